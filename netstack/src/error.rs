@@ -1,0 +1,47 @@
+//! Errors of the data plane.
+
+use shardflow_memory::MemoryError;
+use thiserror::Error;
+
+/// Errors raised while writing to a result partition or reading an input gate.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum NetError {
+    /// The consuming side of a channel is gone (its task ended or was cancelled).
+    #[error("subpartition {subpartition}: the consumer closed the channel")]
+    ConsumerGone {
+        /// Subpartition whose channel closed.
+        subpartition: usize,
+    },
+    /// The producing side went away without sending end-of-partition.
+    #[error("input channel {channel}: the producer went away before end of partition")]
+    ProducerLost {
+        /// Input channel of the gate.
+        channel: usize,
+    },
+    /// A record does not fit in an empty segment.
+    #[error("a record of {record_bytes} bytes does not fit in a segment of {segment_bytes} bytes")]
+    RecordTooLarge {
+        /// Encoded size (or a lower bound of it).
+        record_bytes: usize,
+        /// Segment size.
+        segment_bytes: usize,
+    },
+    /// A buffer's bytes are not a valid archive of the expected record type.
+    #[error("malformed record at byte {offset} of a buffer: {reason}")]
+    MalformedRecord {
+        /// Where in the buffer.
+        offset: usize,
+        /// What the check said.
+        reason: String,
+    },
+    /// A memory error (pool exhausted, …).
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Flow control was violated: a sender pushed beyond its credits. A bug, reported
+    /// as an error so the task fails instead of the process.
+    #[error("flow control violated on a channel: ring of {capacity} slots full")]
+    RingOverflow {
+        /// Ring capacity.
+        capacity: usize,
+    },
+}
