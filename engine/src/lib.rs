@@ -1,1 +1,87 @@
-//! tmp
+//! The shardflow engine: shards, the task runtime, operators and the embedded
+//! engine (coordinator and one worker in the caller's process).
+//!
+//! An [`Engine`] runs one shard per chosen core: a glommio executor pinned to that
+//! core, owning a segment pool and the tasks deployed into its slots. A [`Job`]
+//! (built with [`JobBuilder`] or from a raw [`JobGraph`]) names its operators by
+//! registered name plus config bytes; the coordinator validates it, places every
+//! subtask in a slot ([`PlacementStrategy`]), reserves network memory, wires the
+//! channels and deploys. Each task pulls buffers from its input gate, runs records
+//! through its chain of operators by direct calls, and writes the result into its
+//! partitions. Sinks hand their results back in the [`JobResult`].
+//!
+//! ```text
+//!  submit(Job) ─► coordinator: validate ─► place ─► reserve ─► wire channels ─► deploy
+//!                                                                                │
+//!        shard 0 (core a)                      shard 1 (core b)                  ▼
+//!   source[0] ─► chain ─► partition ─┬─local──► gate ─► chain ─► sink[0]
+//!                                    └─SPSC ring (credits)──────► gate ─► sink[1] …
+//!        task reports (state, results) ─────────────► coordinator ─► JobHandle::wait
+//! ```
+//!
+//! Invariants: shard-local objects are `!Send` and created on their shard; types that
+//! cross threads say so; nothing on the data path takes a lock or allocates a
+//! segment beyond the budget reserved at deployment; a failing or panicking task is
+//! a FAILED subtask with its cause, never a hang.
+//!
+//! ```no_run
+//! use shardflow_engine::{ops, Engine, JobBuilder, PartitionerKind};
+//!
+//! let engine = Engine::builder().shards(2).build()?;
+//! let job = JobBuilder::new("exchange")
+//!     .source("source", ops::generator(1_000_000, ops::KeyGen::Golden, ops::ValueGen::Index), 2)
+//!     .connect(PartitionerKind::Hash, "sink", 2)
+//!     .then(ops::count_sink())
+//!     .build();
+//! let result = engine.run(job)?;
+//! assert_eq!(result.count().0, 1_000_000);
+//! println!("{}", result.placement);
+//! # Ok::<(), shardflow_engine::EngineError>(())
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod coordinator;
+mod engine;
+mod error;
+mod job;
+mod mailbox;
+mod operator;
+pub mod ops;
+mod record;
+mod registry;
+mod shard;
+mod task;
+
+pub use config::{Cores, EngineBuilder, EngineConfig, IdlePolicy};
+pub use engine::{online_cores, Engine, PoolUsage, ShardInfo};
+pub use error::{EngineError, OperatorError};
+pub use job::{CollectHandle, Job, JobBuilder, JobHandle, JobResult, SubtaskReport};
+pub use operator::{ChainHead, Operator, SinkOutput, SourceOperator, SourceStatus, TaskInfo};
+pub use record::{OpConfig, Record};
+pub use registry::{JobResources, OperatorRegistry};
+pub use shardflow_control::{
+    ControlError, ExecutionState, JobGraph, JobId, JobStatus, JobVertex, OperatorSpec, PartitionerKind,
+    PlacementStrategy, SlotAssignment,
+};
+pub use shardflow_netstack::fmix64;
+
+#[cfg(test)]
+mod auto_traits {
+    use super::*;
+    fn is_send<T: Send>() {}
+    fn is_sync<T: Sync>() {}
+
+    #[test]
+    fn cross_thread_types_are_send() {
+        is_send::<Engine>();
+        is_sync::<Engine>();
+        is_send::<JobHandle>();
+        is_send::<Job>();
+        is_send::<JobResult>();
+        is_send::<CollectHandle>();
+        is_sync::<OperatorRegistry>();
+        is_send::<EngineBuilder>();
+    }
+}

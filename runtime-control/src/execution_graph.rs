@@ -151,6 +151,27 @@ impl ExecutionGraph {
         Ok(())
     }
 
+    /// Starts cancelling every subtask that is not terminal: those not yet deployed
+    /// go straight to CANCELED, the others to CANCELING. Returns the attempts that
+    /// need a cancel message.
+    pub fn begin_cancel(&mut self) -> Vec<AttemptId> {
+        let mut to_cancel = Vec::new();
+        for s in &mut self.subtasks {
+            match s.state {
+                ExecutionState::Created | ExecutionState::Scheduled => {
+                    let _ = s.state.transition(ExecutionState::Canceled);
+                }
+                ExecutionState::Deploying | ExecutionState::Initializing | ExecutionState::Running => {
+                    let _ = s.state.transition(ExecutionState::Canceling);
+                    to_cancel.push(s.attempt);
+                }
+                _ => {}
+            }
+        }
+        self.settle();
+        to_cancel
+    }
+
     /// Applies a state event of subtask `id`'s attempt and derives the job status.
     /// Returns the job status after the event.
     pub fn on_state(

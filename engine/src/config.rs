@@ -1,0 +1,219 @@
+//! Engine configuration: a plain struct with a builder whose setters document their
+//! default and range; `build` validates and returns a structured error.
+
+use std::time::Duration;
+
+use shardflow_memory::{DEFAULT_SEGMENT_BYTES, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES};
+
+use crate::error::EngineError;
+use crate::registry::OperatorRegistry;
+
+/// What an idle shard does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdlePolicy {
+    /// Sleep in the kernel until an event or timer (no CPU while idle). Default.
+    #[default]
+    Park,
+    /// Busy-poll: lowest latency, one full core per shard.
+    Spin,
+}
+
+/// Which cores run shards.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Cores {
+    /// One shard on each online core.
+    #[default]
+    All,
+    /// The first `n` online cores.
+    Count(usize),
+    /// Exactly these cores, one shard each, in this order.
+    List(Vec<usize>),
+}
+
+/// Validated engine configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Cores that run shards.
+    pub cores: Cores,
+    /// Task slots per shard.
+    pub slots_per_shard: u32,
+    /// Segment size.
+    pub segment_bytes: usize,
+    /// Network buffer memory per shard (its segment pool).
+    pub network_memory_bytes: usize,
+    /// Exclusive credits (buffers) per input channel.
+    pub exclusive_credits: u32,
+    /// Floating credits per input gate.
+    pub floating_credits: u32,
+    /// Events that may be in flight per channel besides data.
+    pub event_room: u32,
+    /// A partial buffer leaves after this long at the latest.
+    pub flush_timeout: Option<Duration>,
+    /// What idle shards do.
+    pub idle: IdlePolicy,
+    /// Prefault pool memory at start-up (`MAP_POPULATE`).
+    pub prefault: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            cores: Cores::All,
+            slots_per_shard: 2,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            network_memory_bytes: 64 << 20,
+            exclusive_credits: 4,
+            floating_credits: 8,
+            event_room: 8,
+            flush_timeout: Some(Duration::from_millis(100)),
+            idle: IdlePolicy::Park,
+            prefault: true,
+        }
+    }
+}
+
+/// Builds an [`EngineConfig`]; see each setter for default and range.
+#[derive(Debug, Clone)]
+pub struct EngineBuilder {
+    config: EngineConfig,
+    registry: OperatorRegistry,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        EngineBuilder { config: EngineConfig::default(), registry: OperatorRegistry::with_builtins() }
+    }
+}
+
+impl EngineBuilder {
+    /// Defaults everywhere, with the built-in operators registered.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds operators to the engine's registry (every job can name them).
+    #[must_use]
+    pub fn register(mut self, f: impl FnOnce(&mut OperatorRegistry)) -> Self {
+        f(&mut self.registry);
+        self
+    }
+
+    /// Cores that run shards. Default: all online cores.
+    #[must_use]
+    pub fn cores(mut self, cores: Cores) -> Self {
+        self.config.cores = cores;
+        self
+    }
+
+    /// Shards on the first `n` online cores (1..=online cores).
+    #[must_use]
+    pub fn shards(mut self, n: usize) -> Self {
+        self.config.cores = Cores::Count(n);
+        self
+    }
+
+    /// Task slots per shard. Default 2; 1..=64.
+    #[must_use]
+    pub fn slots_per_shard(mut self, n: u32) -> Self {
+        self.config.slots_per_shard = n;
+        self
+    }
+
+    /// Segment size. Default 32 KiB; a power of two from 4 KiB to 64 MiB.
+    #[must_use]
+    pub fn segment_bytes(mut self, bytes: usize) -> Self {
+        self.config.segment_bytes = bytes;
+        self
+    }
+
+    /// Network buffer memory per shard. Default 64 MiB; at least 16 segments.
+    #[must_use]
+    pub fn network_memory_bytes(mut self, bytes: usize) -> Self {
+        self.config.network_memory_bytes = bytes;
+        self
+    }
+
+    /// Exclusive credits per input channel. Default 4; 1..=1024.
+    #[must_use]
+    pub fn exclusive_credits(mut self, n: u32) -> Self {
+        self.config.exclusive_credits = n;
+        self
+    }
+
+    /// Floating credits per input gate. Default 8; 0..=4096.
+    #[must_use]
+    pub fn floating_credits(mut self, n: u32) -> Self {
+        self.config.floating_credits = n;
+        self
+    }
+
+    /// Partial buffers leave after this long at the latest. Default 100 ms; `None`
+    /// leaves it to full buffers, drained inputs and events.
+    #[must_use]
+    pub fn flush_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.flush_timeout = timeout;
+        self
+    }
+
+    /// Idle policy. Default [`IdlePolicy::Park`].
+    #[must_use]
+    pub fn idle(mut self, idle: IdlePolicy) -> Self {
+        self.config.idle = idle;
+        self
+    }
+
+    /// Prefault pool memory at start-up. Default true.
+    #[must_use]
+    pub fn prefault(mut self, prefault: bool) -> Self {
+        self.config.prefault = prefault;
+        self
+    }
+
+    /// The checked configuration.
+    pub fn config(&self) -> Result<EngineConfig, EngineError> {
+        let c = self.config.clone();
+        let bad = |field: &'static str, value: String, reason: &str| EngineError::InvalidConfig {
+            field,
+            value,
+            reason: reason.to_string(),
+        };
+        if !(1..=64).contains(&c.slots_per_shard) {
+            return Err(bad("slots_per_shard", c.slots_per_shard.to_string(), "must be 1..=64"));
+        }
+        if !c.segment_bytes.is_power_of_two() || !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&c.segment_bytes) {
+            return Err(bad(
+                "segment_bytes",
+                c.segment_bytes.to_string(),
+                &format!("must be a power of two from {MIN_SEGMENT_BYTES} to {MAX_SEGMENT_BYTES}"),
+            ));
+        }
+        if c.network_memory_bytes / c.segment_bytes < 16 {
+            return Err(bad(
+                "network_memory_bytes",
+                c.network_memory_bytes.to_string(),
+                &format!("must hold at least 16 segments of {} bytes", c.segment_bytes),
+            ));
+        }
+        if !(1..=1024).contains(&c.exclusive_credits) {
+            return Err(bad("exclusive_credits", c.exclusive_credits.to_string(), "must be 1..=1024"));
+        }
+        if c.floating_credits > 4096 {
+            return Err(bad("floating_credits", c.floating_credits.to_string(), "must be 0..=4096"));
+        }
+        if let Cores::Count(0) = c.cores {
+            return Err(bad("shards", "0".into(), "at least one shard"));
+        }
+        if let Cores::List(l) = &c.cores {
+            if l.is_empty() {
+                return Err(bad("cores", "[]".into(), "at least one core"));
+            }
+        }
+        Ok(c)
+    }
+
+    /// Starts the engine.
+    pub fn build(self) -> Result<crate::Engine, EngineError> {
+        let config = self.config()?;
+        crate::Engine::start(config, self.registry)
+    }
+}

@@ -1,0 +1,112 @@
+//! Errors of the engine: configuration, submission, deployment and task failures.
+
+use shardflow_control::{ControlError, JobId};
+use shardflow_memory::MemoryError;
+use shardflow_netstack::NetError;
+use thiserror::Error;
+
+/// Everything the engine refuses or reports, each naming the problem.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum EngineError {
+    /// A configured core does not exist on this machine.
+    #[error("core {core} does not exist on this machine (online cores: {online:?})")]
+    UnknownCore {
+        /// The core asked for.
+        core: usize,
+        /// Cores that are online.
+        online: Vec<usize>,
+    },
+    /// The same core was listed twice.
+    #[error("core {core} is listed twice; each shard needs its own core")]
+    DuplicateCore {
+        /// The core.
+        core: usize,
+    },
+    /// A configuration value is out of range.
+    #[error("invalid engine configuration: {field} = {value}: {reason}")]
+    InvalidConfig {
+        /// The setting.
+        field: &'static str,
+        /// Its value, as text.
+        value: String,
+        /// The allowed range or rule.
+        reason: String,
+    },
+    /// An operator's configuration bytes are wrong.
+    #[error("operator '{operator}': invalid configuration: {reason}")]
+    InvalidOperatorConfig {
+        /// Operator name.
+        operator: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A vertex uses an operator in the wrong position (a source after an input, …).
+    #[error("vertex '{vertex}': {reason}")]
+    InvalidChain {
+        /// Vertex name.
+        vertex: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A feature the job graph asks for that this engine does not run.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The job graph or placement is invalid.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// The job does not fit the memory budgets.
+    #[error("job does not fit shard {shard}'s memory: {cause}")]
+    OverBudget {
+        /// The shard whose budget is too small.
+        shard: u32,
+        /// The budget error, with the numbers.
+        cause: MemoryError,
+    },
+    /// A memory error.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// A data-plane error.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// A shard could not be started.
+    #[error("shard {shard} on core {core} failed to start: {reason}")]
+    ShardStart {
+        /// Shard index.
+        shard: u32,
+        /// Its core.
+        core: usize,
+        /// Why.
+        reason: String,
+    },
+    /// The engine has shut down (or a shard died).
+    #[error("the engine is shut down")]
+    Shutdown,
+    /// No such job.
+    #[error("unknown job {0}")]
+    UnknownJob(JobId),
+    /// The job failed; the first failing subtask and its cause.
+    #[error("job {job} failed: {cause}")]
+    JobFailed {
+        /// The job.
+        job: JobId,
+        /// "subtask: cause".
+        cause: String,
+    },
+    /// The job was cancelled.
+    #[error("job {0} was cancelled")]
+    JobCanceled(JobId),
+    /// Waiting for the job timed out (the job keeps running).
+    #[error("timed out waiting for job {0}")]
+    Timeout(JobId),
+}
+
+/// Why an operator failed while running; the task reports it as its failure cause.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum OperatorError {
+    /// The operator's own error.
+    #[error("{0}")]
+    User(String),
+    /// A data-plane error.
+    #[error(transparent)]
+    Net(#[from] NetError),
+}

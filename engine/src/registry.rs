@@ -1,0 +1,180 @@
+//! The operator registry: operator name → factory. A job names its operators; every
+//! process running the job resolves the names in its own registry, so one job
+//! definition runs unchanged embedded and on a cluster.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+
+use crate::error::{EngineError, OperatorError};
+use crate::operator::{ChainHead, Operator, SourceOperator};
+use crate::record::{OpConfig, Record};
+
+/// Per-job resources a factory may hand to the operators it builds (the channels of
+/// collect sinks).
+#[derive(Debug, Clone, Default)]
+pub struct JobResources {
+    collectors: HashMap<String, Sender<Vec<Record>>>,
+}
+
+impl JobResources {
+    /// Registers the sending end of a collector named `name`.
+    pub fn add_collector(&mut self, name: &str, tx: Sender<Vec<Record>>) {
+        self.collectors.insert(name.to_string(), tx);
+    }
+    /// The collector `name`, if the job has one.
+    pub fn collector(&self, name: &str) -> Option<&Sender<Vec<Record>>> {
+        self.collectors.get(name)
+    }
+}
+
+type SourceFactory = dyn Fn(&OpConfig, &JobResources) -> Result<Box<dyn SourceOperator>, EngineError> + Send + Sync;
+type OperatorFactory = dyn Fn(&OpConfig, &JobResources) -> Result<Box<dyn Operator>, EngineError> + Send + Sync;
+
+#[derive(Clone)]
+enum Factory {
+    Source(Arc<SourceFactory>),
+    Operator(Arc<OperatorFactory>),
+}
+
+/// Name → factory. `Send + Sync`: shared by the coordinator (which validates) and
+/// every shard (which builds the operators on its own thread).
+#[derive(Clone, Default)]
+pub struct OperatorRegistry {
+    factories: HashMap<String, Factory>,
+}
+
+impl std::fmt::Debug for OperatorRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&String> = self.factories.keys().collect();
+        names.sort();
+        f.debug_struct("OperatorRegistry").field("operators", &names).finish()
+    }
+}
+
+impl OperatorRegistry {
+    /// An empty registry.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// A registry holding the built-in operators (see [`crate::ops`]).
+    pub fn with_builtins() -> Self {
+        let mut r = Self::empty();
+        crate::ops::register_builtins(&mut r);
+        r
+    }
+
+    /// Registers a source factory under `name` (replacing any previous one).
+    pub fn register_source<F>(&mut self, name: &str, factory: F)
+    where
+        F: Fn(&OpConfig, &JobResources) -> Result<Box<dyn SourceOperator>, EngineError> + Send + Sync + 'static,
+    {
+        self.factories.insert(name.to_string(), Factory::Source(Arc::new(factory)));
+    }
+
+    /// Registers an operator factory under `name` (replacing any previous one).
+    pub fn register_operator<F>(&mut self, name: &str, factory: F)
+    where
+        F: Fn(&OpConfig, &JobResources) -> Result<Box<dyn Operator>, EngineError> + Send + Sync + 'static,
+    {
+        self.factories.insert(name.to_string(), Factory::Operator(Arc::new(factory)));
+    }
+
+    /// Registers a record-to-record function as operator `name`.
+    pub fn register_map<F>(&mut self, name: &str, f: F)
+    where
+        F: Fn(Record) -> Record + Clone + Send + Sync + 'static,
+    {
+        self.register_operator(name, move |_, _| Ok(Box::new(MapFn(f.clone()))));
+    }
+
+    /// Registers a predicate as operator `name`: records for which it is false are dropped.
+    pub fn register_filter<F>(&mut self, name: &str, f: F)
+    where
+        F: Fn(&Record) -> bool + Clone + Send + Sync + 'static,
+    {
+        self.register_operator(name, move |_, _| Ok(Box::new(FilterFn(f.clone()))));
+    }
+
+    /// Registers a one-to-many function as operator `name`.
+    pub fn register_flat_map<F>(&mut self, name: &str, f: F)
+    where
+        F: Fn(&Record, &mut Vec<Record>) + Clone + Send + Sync + 'static,
+    {
+        self.register_operator(name, move |_, _| Ok(Box::new(FlatMapFn(f.clone()))));
+    }
+
+    /// Adds every entry of `other`, replacing same-named ones.
+    pub fn merge(&mut self, other: &OperatorRegistry) {
+        for (k, v) in &other.factories {
+            self.factories.insert(k.clone(), v.clone());
+        }
+    }
+
+    /// Whether nothing is registered.
+    pub fn is_empty(&self) -> bool {
+        self.factories.is_empty()
+    }
+
+    /// Whether `name` is registered.
+    pub fn contains(&self, name: &str) -> bool {
+        self.factories.contains_key(name)
+    }
+
+    /// Whether `name` is a source.
+    pub fn is_source(&self, name: &str) -> bool {
+        matches!(self.factories.get(name), Some(Factory::Source(_)))
+    }
+
+    /// Builds operator `name` from its config bytes as a chain head.
+    pub fn build_head(&self, name: &str, config: &[u8], res: &JobResources) -> Result<ChainHead, EngineError> {
+        let cfg = OpConfig::parse(name, config)?;
+        match self.factories.get(name) {
+            Some(Factory::Source(f)) => Ok(ChainHead::Source(f(&cfg, res)?)),
+            Some(Factory::Operator(f)) => Ok(ChainHead::Operator(f(&cfg, res)?)),
+            None => Err(EngineError::InvalidOperatorConfig {
+                operator: name.to_string(),
+                reason: "not registered".into(),
+            }),
+        }
+    }
+
+    /// Builds operator `name` as a chained (non-head) operator.
+    pub fn build_operator(&self, name: &str, config: &[u8], res: &JobResources) -> Result<Box<dyn Operator>, EngineError> {
+        match self.build_head(name, config, res)? {
+            ChainHead::Operator(op) => Ok(op),
+            ChainHead::Source(_) => Err(EngineError::InvalidOperatorConfig {
+                operator: name.to_string(),
+                reason: "a source can only head a vertex without inputs".into(),
+            }),
+        }
+    }
+}
+
+struct MapFn<F>(F);
+impl<F: Fn(Record) -> Record> Operator for MapFn<F> {
+    fn process_batch(&mut self, input: &[Record], out: &mut Vec<Record>) -> Result<(), OperatorError> {
+        out.extend(input.iter().map(|r| (self.0)(*r)));
+        Ok(())
+    }
+}
+
+struct FilterFn<F>(F);
+impl<F: Fn(&Record) -> bool> Operator for FilterFn<F> {
+    fn process_batch(&mut self, input: &[Record], out: &mut Vec<Record>) -> Result<(), OperatorError> {
+        out.extend(input.iter().filter(|r| (self.0)(r)));
+        Ok(())
+    }
+}
+
+struct FlatMapFn<F>(F);
+impl<F: Fn(&Record, &mut Vec<Record>)> Operator for FlatMapFn<F> {
+    fn process_batch(&mut self, input: &[Record], out: &mut Vec<Record>) -> Result<(), OperatorError> {
+        for r in input {
+            (self.0)(r, out);
+        }
+        Ok(())
+    }
+}

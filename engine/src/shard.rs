@@ -1,0 +1,248 @@
+//! Shards: one glommio executor pinned to one core, owning a segment pool and the
+//! tasks deployed into its slots.
+//!
+//! A shard is started from a `Send` description ([`ShardSpec`]); its pool, tasks and
+//! gates are created on its own thread and never leave it. The coordinator talks to
+//! it through a mailbox ([`ShardCommand`]) and hears back through task reports.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use futures_lite::FutureExt;
+use glommio::{LocalExecutorBuilder, Placement};
+use shardflow_control::{AttemptId, ExecutionState, JobId};
+use shardflow_memory::{PoolMonitor, SegmentPool, SegmentPoolBuilder};
+
+use crate::config::IdlePolicy;
+use crate::coordinator::CoordinatorMsg;
+use crate::error::EngineError;
+use crate::mailbox::{mailbox, Mailbox, MailboxSender};
+use crate::task::{run_task, TaskDeployment, TaskFailure};
+
+/// Commands a shard executes.
+pub(crate) enum ShardCommand {
+    /// Run a subtask.
+    Deploy(Box<TaskDeployment>),
+    /// Cancel every task of the job on this shard.
+    Cancel(JobId),
+    /// Cancel everything and stop.
+    Shutdown,
+}
+
+/// What a shard is started with. `Send`.
+pub(crate) struct ShardSpec {
+    pub(crate) id: u32,
+    pub(crate) core: usize,
+    pub(crate) segment_bytes: usize,
+    pub(crate) segments: usize,
+    pub(crate) prefault: bool,
+    pub(crate) idle: IdlePolicy,
+}
+
+/// The coordinator's handle on a running shard.
+pub(crate) struct ShardHandle {
+    pub(crate) id: u32,
+    pub(crate) core: usize,
+    pub(crate) mailbox: MailboxSender<ShardCommand>,
+    pub(crate) pool: PoolMonitor,
+    thread: Option<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl ShardHandle {
+    /// Starts the shard's thread and waits until its pool is mapped.
+    pub(crate) fn start(spec: ShardSpec, coordinator: Sender<CoordinatorMsg>) -> Result<Self, EngineError> {
+        let (tx, rx) = mailbox::<ShardCommand>();
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let (id, core) = (spec.id, spec.core);
+        let start_err = |reason: String| EngineError::ShardStart { shard: id, core, reason };
+        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(core))
+            .name(&format!("shard-{id}"))
+            .io_memory(1 << 20)
+            .ring_depth(64);
+        if spec.idle == IdlePolicy::Spin {
+            builder = builder.spin_before_park(Duration::from_secs(3600));
+        }
+        let thread = builder
+            .spawn(move || async move {
+                let pool = SegmentPoolBuilder::new(spec.id, spec.segments)
+                    .segment_bytes(spec.segment_bytes)
+                    .populate(spec.prefault)
+                    .build();
+                let pool = match pool {
+                    Ok(p) => Rc::new(p),
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(pool.monitor()));
+                shard_loop(pool, rx, coordinator).await;
+            })
+            .map_err(|e| start_err(e.to_string()))?;
+        match ready_rx.recv() {
+            Ok(Ok(pool)) => Ok(ShardHandle { id, core, mailbox: tx, pool, thread: Some(thread) }),
+            Ok(Err(e)) => Err(start_err(e.to_string())),
+            Err(_) => {
+                let reason = match thread.join() {
+                    Err(e) => e.to_string(),
+                    Ok(()) => "the shard thread exited during start-up".into(),
+                };
+                Err(start_err(reason))
+            }
+        }
+    }
+
+    /// Asks the shard to stop and waits for its thread.
+    pub(crate) fn stop(&mut self) {
+        let _ = self.mailbox.send(ShardCommand::Shutdown);
+        if let Some(t) = self.thread.take() {
+            if let Err(e) = t.join() {
+                tracing::error!(shard = self.id, "shard thread ended abnormally: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for ShardHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A local cancellation flag a task races against.
+#[derive(Clone, Default)]
+struct CancelToken(Rc<RefCell<(bool, Option<Waker>)>>);
+
+impl CancelToken {
+    fn cancel(&self) {
+        let mut s = self.0.borrow_mut();
+        s.0 = true;
+        if let Some(w) = s.1.take() {
+            w.wake();
+        }
+    }
+    async fn cancelled(&self) {
+        poll_fn(|cx| {
+            let mut s = self.0.borrow_mut();
+            if s.0 {
+                Poll::Ready(())
+            } else {
+                s.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+type Tasks = Rc<RefCell<HashMap<JobId, Vec<(AttemptId, CancelToken)>>>>;
+
+/// Counts the shard's live tasks so shutdown can wait for the last one.
+#[derive(Clone, Default)]
+struct Live(Rc<RefCell<(usize, Option<Waker>)>>);
+
+impl Live {
+    fn enter(&self) {
+        self.0.borrow_mut().0 += 1;
+    }
+    fn leave(&self) {
+        let mut s = self.0.borrow_mut();
+        s.0 -= 1;
+        if s.0 == 0 {
+            if let Some(w) = s.1.take() {
+                w.wake();
+            }
+        }
+    }
+    async fn all_done(&self) {
+        poll_fn(|cx| {
+            let mut s = self.0.borrow_mut();
+            if s.0 == 0 {
+                Poll::Ready(())
+            } else {
+                s.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+async fn shard_loop(pool: Rc<SegmentPool>, commands: Mailbox<ShardCommand>, coordinator: Sender<CoordinatorMsg>) {
+    let tasks: Tasks = Rc::default();
+    let live = Live::default();
+    while let Some(cmd) = commands.recv().await {
+        match cmd {
+            ShardCommand::Deploy(d) => {
+                let token = CancelToken::default();
+                tasks.borrow_mut().entry(d.job).or_default().push((d.attempt, token.clone()));
+                live.enter();
+                let (live, tasks, coordinator, pool) = (live.clone(), tasks.clone(), coordinator.clone(), pool.clone());
+                glommio::spawn_local(async move {
+                    supervise(*d, pool, token, tasks, coordinator).await;
+                    live.leave();
+                })
+                .detach();
+            }
+            ShardCommand::Cancel(job) => {
+                for (_, t) in tasks.borrow_mut().remove(&job).unwrap_or_default() {
+                    t.cancel();
+                }
+            }
+            ShardCommand::Shutdown => break,
+        }
+    }
+    let all: Vec<CancelToken> = tasks.borrow_mut().drain().flat_map(|(_, v)| v).map(|(_, t)| t).collect();
+    for t in all {
+        t.cancel();
+    }
+    live.all_done().await;
+}
+
+/// Runs one task, reporting INITIALIZING, RUNNING and its terminal state; a panic
+/// or error becomes FAILED with its cause, a cancel becomes CANCELED.
+async fn supervise(d: TaskDeployment, pool: Rc<SegmentPool>, token: CancelToken, tasks: Tasks, coordinator: Sender<CoordinatorMsg>) {
+    let (job, attempt) = (d.job, d.attempt);
+    let report = {
+        let coordinator = coordinator.clone();
+        move |state: ExecutionState, failure: Option<TaskFailure>, output| {
+            let _ = coordinator.send(CoordinatorMsg::TaskState { job, attempt, state, failure, output });
+        }
+    };
+    report(ExecutionState::Initializing, None, None);
+    let on_running = {
+        let report = report.clone();
+        move || report(ExecutionState::Running, None, None)
+    };
+    let run = AssertUnwindSafe(run_task(d, pool, on_running)).catch_unwind();
+    let outcome = async { Some(run.await) }.or(async {
+        token.cancelled().await;
+        None
+    });
+    match outcome.await {
+        None => report(ExecutionState::Canceled, None, None),
+        Some(Ok(Ok(output))) => report(ExecutionState::Finished, None, Some(output)),
+        Some(Ok(Err(failure))) => report(ExecutionState::Failed, Some(failure), None),
+        Some(Err(panic)) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic payload".into());
+            report(
+                ExecutionState::Failed,
+                Some(TaskFailure { cause: format!("operator panicked: {msg}"), secondary: false }),
+                None,
+            )
+        }
+    }
+    if let Some(v) = tasks.borrow_mut().get_mut(&job) {
+        v.retain(|(a, _)| *a != attempt);
+    }
+}

@@ -1,0 +1,367 @@
+//! The task runtime: one subtask running on its shard. It pulls buffers from its
+//! input gate (or polls its source), runs records through its operator chain by
+//! direct calls, and writes the chain's output into its result partitions.
+//!
+//! Flushing: a buffer leaves when full, when the task has drained its input (so
+//! latency is low at no throughput cost), before an event, or after the flush
+//! timeout.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shardflow_control::{AttemptId, JobId, OperatorSpec};
+use shardflow_memory::SegmentPool;
+use shardflow_netstack::{
+    ChannelReceiver, ChannelSender, CreditLedger, Event, GateItem, InputGate, NetError, PartitionWriter, Partitioner,
+};
+
+use crate::config::IdlePolicy;
+use crate::error::{EngineError, OperatorError};
+use crate::operator::{ChainHead, Operator, SinkOutput, SourceOperator, SourceStatus, TaskInfo};
+use crate::record::{key_of, Record};
+use crate::registry::{JobResources, OperatorRegistry};
+
+/// Records a source appends per poll at most.
+const SOURCE_BATCH: usize = 1024;
+/// Input buffers processed between voluntary yields.
+const BUFFERS_PER_YIELD: u32 = 16;
+
+/// One output of a task: a result partition for one outgoing edge.
+pub(crate) struct OutputDeployment {
+    pub(crate) partitioner: Partitioner,
+    pub(crate) senders: Vec<ChannelSender>,
+}
+
+/// Everything a shard needs to run one subtask (a task deployment descriptor).
+/// `Send`: built by the coordinator, moved to the shard, turned into `!Send`
+/// operators and gates there.
+pub(crate) struct TaskDeployment {
+    pub(crate) job: JobId,
+    pub(crate) attempt: AttemptId,
+    pub(crate) info: TaskInfo,
+    pub(crate) chain: Vec<OperatorSpec>,
+    pub(crate) inputs: Vec<ChannelReceiver>,
+    pub(crate) exclusive_credits: u32,
+    pub(crate) floating_credits: u32,
+    pub(crate) outputs: Vec<OutputDeployment>,
+    pub(crate) registry: Arc<OperatorRegistry>,
+    pub(crate) resources: Arc<JobResources>,
+    pub(crate) flush_timeout: Option<Duration>,
+    pub(crate) idle: IdlePolicy,
+}
+
+/// What a finished task reports.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TaskOutput {
+    pub(crate) sinks: Vec<SinkOutput>,
+    pub(crate) records_in: u64,
+    pub(crate) records_out: u64,
+}
+
+/// Why a task failed. `secondary` marks failures caused by a peer going away (the
+/// root cause is reported by that peer).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TaskFailure {
+    pub(crate) cause: String,
+    pub(crate) secondary: bool,
+}
+
+impl From<OperatorError> for TaskFailure {
+    fn from(e: OperatorError) -> Self {
+        let secondary = matches!(
+            e,
+            OperatorError::Net(NetError::ConsumerGone { .. } | NetError::ProducerLost { .. })
+        );
+        TaskFailure { cause: e.to_string(), secondary }
+    }
+}
+
+impl From<NetError> for TaskFailure {
+    fn from(e: NetError) -> Self {
+        OperatorError::Net(e).into()
+    }
+}
+
+impl From<EngineError> for TaskFailure {
+    fn from(e: EngineError) -> Self {
+        TaskFailure { cause: e.to_string(), secondary: false }
+    }
+}
+
+/// The operators after the head, with one reusable output buffer each.
+struct Chain {
+    ops: Vec<Box<dyn Operator>>,
+    bufs: Vec<Vec<Record>>,
+}
+
+impl Chain {
+    fn new(ops: Vec<Box<dyn Operator>>) -> Self {
+        let bufs = ops.iter().map(|_| Vec::with_capacity(SOURCE_BATCH)).collect();
+        Chain { ops, bufs }
+    }
+
+    /// Runs `input` through `ops[from..]`; the result is `self.output(from, input)`.
+    fn run(&mut self, from: usize, input: &[Record]) -> Result<(), OperatorError> {
+        for k in from..self.ops.len() {
+            let (before, after) = self.bufs.split_at_mut(k);
+            let out = &mut after[0];
+            out.clear();
+            let src: &[Record] = if k == from { input } else { &before[k - 1] };
+            self.ops[k].process_batch(src, out)?;
+        }
+        Ok(())
+    }
+
+    fn output<'a>(&'a self, from: usize, input: &'a [Record]) -> &'a [Record] {
+        if self.ops.len() > from {
+            &self.bufs[self.ops.len() - 1]
+        } else {
+            input
+        }
+    }
+}
+
+/// Routes a batch to every output.
+async fn emit(writers: &mut [PartitionWriter<Record>], records: &[Record]) -> Result<(), NetError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    for w in writers.iter_mut() {
+        w.emit(records).await?;
+    }
+    Ok(())
+}
+
+async fn flush(writers: &mut [PartitionWriter<Record>]) -> Result<(), NetError> {
+    for w in writers.iter_mut() {
+        w.flush().await?;
+    }
+    Ok(())
+}
+
+async fn broadcast(writers: &mut [PartitionWriter<Record>], event: Event) -> Result<(), NetError> {
+    for w in writers.iter_mut() {
+        w.broadcast_event(event).await?;
+    }
+    Ok(())
+}
+
+/// The parts of a deployed task, built on its shard.
+struct Built {
+    head: ChainHead,
+    chain: Chain,
+    writers: Vec<PartitionWriter<Record>>,
+    gate: Option<InputGate>,
+}
+
+fn build(d: &mut TaskDeployment, pool: &Rc<SegmentPool>) -> Result<Built, TaskFailure> {
+    let mut specs = d.chain.iter();
+    let head_spec = specs.next().ok_or_else(|| TaskFailure {
+        cause: "empty operator chain".into(),
+        secondary: false,
+    })?;
+    let head = d.registry.build_head(&head_spec.name, &head_spec.config, &d.resources)?;
+    let ops = specs
+        .map(|s| d.registry.build_operator(&s.name, &s.config, &d.resources))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut writers = Vec::with_capacity(d.outputs.len());
+    for out in d.outputs.drain(..) {
+        let mut w = PartitionWriter::new(pool.clone(), out.senders, out.partitioner, key_of)?;
+        w.set_flush_timeout(d.flush_timeout);
+        writers.push(w);
+    }
+    let gate = if d.inputs.is_empty() {
+        None
+    } else {
+        let receivers: Vec<ChannelReceiver> = d.inputs.drain(..).collect();
+        let ledger = CreditLedger::new(receivers.len(), d.exclusive_credits, d.floating_credits);
+        Some(InputGate::new(receivers, ledger))
+    };
+    Ok(Built { head, chain: Chain::new(ops), writers, gate })
+}
+
+/// Runs one subtask to completion. `on_running` is called once the operators are
+/// open.
+pub(crate) async fn run_task(
+    mut d: TaskDeployment,
+    pool: Rc<SegmentPool>,
+    on_running: impl FnOnce(),
+) -> Result<TaskOutput, TaskFailure> {
+    let Built { head, mut chain, mut writers, gate } = build(&mut d, &pool)?;
+    for op in &mut chain.ops {
+        op.open(&d.info)?;
+    }
+    let records_in = match (head, gate) {
+        (ChainHead::Source(mut source), None) => {
+            source.open(&d.info)?;
+            on_running();
+            run_source(source.as_mut(), &mut chain, &mut writers, d.idle, d.flush_timeout.is_some()).await?
+        }
+        (ChainHead::Operator(mut op), Some(mut gate)) => {
+            op.open(&d.info)?;
+            on_running();
+            // The head joins the chain: it is ops[0] from here on.
+            chain.ops.insert(0, op);
+            chain.bufs.insert(0, Vec::with_capacity(SOURCE_BATCH));
+            run_input(&mut gate, &mut chain, &mut writers, d.flush_timeout.is_some()).await?
+        }
+        (ChainHead::Source(_), Some(_)) => {
+            return Err(TaskFailure { cause: "a source vertex cannot have inputs".into(), secondary: false })
+        }
+        (ChainHead::Operator(_), None) => {
+            return Err(TaskFailure { cause: "a vertex without inputs must start with a source".into(), secondary: false })
+        }
+    };
+    // End of input: each operator emits what it holds, which flows down the chain.
+    for k in 0..chain.ops.len() {
+        let mut held = std::mem::take(&mut chain.bufs[k]);
+        held.clear();
+        chain.ops[k].finish(&mut held)?;
+        chain.run(k + 1, &held)?;
+        let out = chain.output(k + 1, &held);
+        emit(&mut writers, out).await?;
+        chain.bufs[k] = held;
+    }
+    for w in &mut writers {
+        w.finish().await?;
+    }
+    let records_out = writers.iter().map(|w| w.records_out()).sum();
+    let sinks = chain
+        .ops
+        .iter_mut()
+        .map(|op| op.close())
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(|s| *s != SinkOutput::None)
+        .collect();
+    Ok(TaskOutput { sinks, records_in, records_out })
+}
+
+async fn run_source(
+    source: &mut dyn SourceOperator,
+    chain: &mut Chain,
+    writers: &mut [PartitionWriter<Record>],
+    idle: IdlePolicy,
+    timed_flush: bool,
+) -> Result<u64, TaskFailure> {
+    let mut batch = Vec::with_capacity(SOURCE_BATCH);
+    let mut produced = 0u64;
+    loop {
+        batch.clear();
+        match source.poll_next(&mut batch)? {
+            SourceStatus::Emitted => {
+                produced += batch.len() as u64;
+                chain.run(0, &batch)?;
+                emit(writers, chain.output(0, &batch)).await?;
+                if timed_flush {
+                    let now = Instant::now();
+                    for w in writers.iter_mut() {
+                        w.flush_if_due(now).await?;
+                    }
+                }
+            }
+            SourceStatus::IdleUntil(due) => {
+                // Nothing due: the source has drained its input.
+                flush(writers).await?;
+                wait_until(due, idle).await;
+            }
+            SourceStatus::Finished => break,
+        }
+        glommio::yield_if_needed().await;
+    }
+    Ok(produced)
+}
+
+/// Waits for `due` under the shard's idle policy.
+async fn wait_until(due: Instant, idle: IdlePolicy) {
+    match idle {
+        IdlePolicy::Park => {
+            let now = Instant::now();
+            if due > now {
+                glommio::timer::sleep(due - now).await;
+            }
+        }
+        IdlePolicy::Spin => {
+            while Instant::now() < due {
+                glommio::executor().yield_task_queue_now().await;
+            }
+        }
+    }
+}
+
+async fn run_input(
+    gate: &mut InputGate,
+    chain: &mut Chain,
+    writers: &mut [PartitionWriter<Record>],
+    timed_flush: bool,
+) -> Result<u64, TaskFailure> {
+    let channels = gate.num_channels();
+    let mut watermarks = vec![0u64; channels];
+    let mut emitted_watermark = 0u64;
+    let mut barrier_seen: Vec<u64> = vec![0; channels];
+    let mut records_in = 0u64;
+    let mut since_yield = 0u32;
+    loop {
+        let (channel, item) = match gate.try_next()? {
+            Some(x) => x,
+            None => {
+                if gate.is_finished() {
+                    break;
+                }
+                // Drained: send partial buffers before waiting.
+                flush(writers).await?;
+                match gate.next().await? {
+                    Some(x) => x,
+                    None => break,
+                }
+            }
+        };
+        match item {
+            GateItem::Data(buffer) => {
+                let records = buffer.pod::<Record>();
+                records_in += records.len() as u64;
+                chain.run(0, records)?;
+                emit(writers, chain.output(0, records)).await?;
+                drop(buffer);
+                since_yield += 1;
+                if since_yield >= BUFFERS_PER_YIELD {
+                    since_yield = 0;
+                    if timed_flush {
+                        let now = Instant::now();
+                        for w in writers.iter_mut() {
+                            w.flush_if_due(now).await?;
+                        }
+                    }
+                    glommio::yield_if_needed().await;
+                }
+            }
+            GateItem::Event(Event::Watermark(w)) => {
+                watermarks[channel] = watermarks[channel].max(w);
+                let min = watermarks.iter().copied().min().unwrap_or(0);
+                if min > emitted_watermark {
+                    emitted_watermark = min;
+                    for k in 0..chain.ops.len() {
+                        let mut out = std::mem::take(&mut chain.bufs[k]);
+                        out.clear();
+                        chain.ops[k].process_watermark(min, &mut out)?;
+                        chain.run(k + 1, &out)?;
+                        emit(writers, chain.output(k + 1, &out)).await?;
+                        chain.bufs[k] = out;
+                    }
+                    broadcast(writers, Event::Watermark(min)).await?;
+                }
+            }
+            GateItem::Event(Event::Barrier(b)) => {
+                // Forwarded once every channel has delivered it (alignment and
+                // snapshots come with the checkpoint coordinator).
+                barrier_seen[channel] = b.checkpoint_id;
+                if barrier_seen.iter().all(|&id| id >= b.checkpoint_id) {
+                    broadcast(writers, Event::Barrier(b)).await?;
+                }
+            }
+            GateItem::Event(Event::EndOfPartition) => {}
+        }
+    }
+    Ok(records_in)
+}
