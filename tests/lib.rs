@@ -1,1 +1,2 @@
-//! tmp
+//! The workspace integration tests live in `integration/` as one test binary, one
+//! module per `<area>_<behaviour>`.

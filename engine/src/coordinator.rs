@@ -4,6 +4,7 @@
 //! and drives each job's execution graph from task reports.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,12 +28,20 @@ use crate::task::{OutputDeployment, TaskDeployment, TaskFailure, TaskOutput};
 /// How a job ended, sent to its handle.
 pub(crate) type JobOutcome = Result<JobResult, EngineError>;
 
+/// What a successful submission hands back.
+pub(crate) struct Submitted {
+    pub(crate) id: JobId,
+    pub(crate) placement: SlotAssignment,
+    pub(crate) outcome: Receiver<JobOutcome>,
+    pub(crate) progress: Arc<AtomicU64>,
+}
+
 /// Messages to the coordinator thread.
 pub(crate) enum CoordinatorMsg {
     Submit {
         job: Box<Job>,
         strategy: PlacementStrategy,
-        reply: Sender<Result<(JobId, SlotAssignment, Receiver<JobOutcome>), EngineError>>,
+        reply: Sender<Result<Submitted, EngineError>>,
     },
     Cancel(JobId),
     TaskState {
@@ -138,7 +147,7 @@ impl Coordinator {
         &mut self,
         job: Job,
         strategy: &PlacementStrategy,
-    ) -> Result<(JobId, SlotAssignment, Receiver<JobOutcome>), EngineError> {
+    ) -> Result<Submitted, EngineError> {
         let Job { graph, resources, registry: extra } = job;
         let registry = if extra.is_empty() {
             self.registry.clone()
@@ -170,7 +179,9 @@ impl Coordinator {
         let mut eg = ExecutionGraph::expand(job_id, &graph, &order);
         eg.start()?;
         let submitted = Instant::now();
-        let deployments = self.deployments(job_id, &graph, &eg, &assignment, registry, resources, submitted);
+        let progress = Arc::new(AtomicU64::new(0));
+        let deployments =
+            self.deployments(job_id, &graph, &eg, &assignment, registry, resources, submitted, progress.clone());
         let (outcome_tx, outcome_rx) = crossbeam_channel::bounded(1);
         let mut shards: Vec<u32> = assignment.placements.iter().map(|p| p.slot.shard.0).collect();
         shards.sort_unstable();
@@ -204,7 +215,7 @@ impl Coordinator {
             }
         }
         tracing::debug!(%job_id, "job deployed");
-        Ok((job_id, assignment, outcome_rx))
+        Ok(Submitted { id: job_id, placement: assignment, outcome: outcome_rx, progress })
     }
 
     /// Reserves each shard's network buffers for the job: per subpartition one
@@ -237,6 +248,7 @@ impl Coordinator {
         registry: Arc<OperatorRegistry>,
         resources: Arc<crate::registry::JobResources>,
         job_start: Instant,
+        progress: Arc<AtomicU64>,
     ) -> Vec<(u32, TaskDeployment)> {
         let cfg = &self.config;
         let max_in_flight = cfg.exclusive_credits + cfg.floating_credits;
@@ -291,6 +303,7 @@ impl Coordinator {
                     resources: resources.clone(),
                     flush_timeout: cfg.flush_timeout,
                     idle: cfg.idle,
+                    progress: progress.clone(),
                 },
             ));
         }

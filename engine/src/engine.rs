@@ -36,6 +36,8 @@ pub struct PoolUsage {
     pub free_segments: usize,
     /// Segment size.
     pub segment_bytes: usize,
+    /// Most segments in use at once since start-up or [`Engine::reset_memory_peaks`].
+    pub peak_in_use: usize,
 }
 
 /// The embedded engine. Dropping it cancels running jobs and stops every shard.
@@ -138,8 +140,14 @@ impl Engine {
         self.coordinator
             .send(CoordinatorMsg::Submit { job: Box::new(job), strategy, reply: reply_tx })
             .map_err(|_| EngineError::Shutdown)?;
-        let (id, placement, outcome) = reply_rx.recv().map_err(|_| EngineError::Shutdown)??;
-        Ok(JobHandle { id, placement, outcome, coordinator: self.coordinator.clone() })
+        let s = reply_rx.recv().map_err(|_| EngineError::Shutdown)??;
+        Ok(JobHandle {
+            id: s.id,
+            placement: s.placement,
+            outcome: s.outcome,
+            progress: s.progress,
+            coordinator: self.coordinator.clone(),
+        })
     }
 
     /// Submits `job` and waits for its result.
@@ -166,8 +174,16 @@ impl Engine {
                 segments: p.segments(),
                 free_segments: p.free_segments(),
                 segment_bytes: p.segment_bytes(),
+                peak_in_use: p.peak_in_use(),
             })
             .collect()
+    }
+
+    /// Restarts the peak-occupancy tracking of every pool.
+    pub fn reset_memory_peaks(&self) {
+        for p in &self.pools {
+            p.reset_peak();
+        }
     }
 
     /// Task slots not allocated to any job.

@@ -1,6 +1,8 @@
 //! Jobs as users build, submit and read them: a fluent builder over the JobGraph,
 //! collect handles, job handles and results.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -254,6 +256,7 @@ pub struct JobHandle {
     pub(crate) id: JobId,
     pub(crate) placement: SlotAssignment,
     pub(crate) outcome: Receiver<JobOutcome>,
+    pub(crate) progress: Arc<AtomicU64>,
     pub(crate) coordinator: Sender<CoordinatorMsg>,
 }
 
@@ -266,6 +269,11 @@ impl JobHandle {
     /// Which slot, shard and core each subtask runs on.
     pub fn placement(&self) -> &SlotAssignment {
         &self.placement
+    }
+
+    /// Records the job's sources have produced so far.
+    pub fn source_records(&self) -> u64 {
+        self.progress.load(Ordering::Relaxed)
     }
 
     /// Requests cancellation; [`JobHandle::wait`] then returns [`EngineError::JobCanceled`].

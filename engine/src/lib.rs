@@ -63,7 +63,7 @@ pub use record::{OpConfig, Record};
 pub use registry::{JobResources, OperatorRegistry};
 pub use shardflow_control::{
     ControlError, ExecutionState, JobGraph, JobId, JobStatus, JobVertex, OperatorSpec, PartitionerKind,
-    PlacementStrategy, SlotAssignment,
+    PlacementStrategy, SlotAssignment, VertexId,
 };
 pub use shardflow_netstack::fmix64;
 

@@ -225,7 +225,10 @@ async fn supervise(d: TaskDeployment, pool: Rc<SegmentPool>, token: CancelToken,
         token.cancelled().await;
         None
     });
-    match outcome.await {
+    // `let` (not `match` on the await) so the task's gates, writers and buffers are
+    // dropped, and its segments home, before the terminal state is reported.
+    let outcome = outcome.await;
+    match outcome {
         None => report(ExecutionState::Canceled, None, None),
         Some(Ok(Ok(output))) => report(ExecutionState::Finished, None, Some(output)),
         Some(Ok(Err(failure))) => report(ExecutionState::Failed, Some(failure), None),

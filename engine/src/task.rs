@@ -7,6 +7,7 @@
 //! timeout.
 
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,8 @@ pub(crate) struct TaskDeployment {
     pub(crate) resources: Arc<JobResources>,
     pub(crate) flush_timeout: Option<Duration>,
     pub(crate) idle: IdlePolicy,
+    /// Records produced by the job's sources so far (shared by the job's tasks).
+    pub(crate) progress: Arc<AtomicU64>,
 }
 
 /// What a finished task reports.
@@ -196,7 +199,7 @@ pub(crate) async fn run_task(
         (ChainHead::Source(mut source), None) => {
             source.open(&d.info)?;
             on_running();
-            run_source(source.as_mut(), &mut chain, &mut writers, d.idle, d.flush_timeout.is_some()).await?
+            run_source(source.as_mut(), &mut chain, &mut writers, d.idle, d.flush_timeout.is_some(), &d.progress).await?
         }
         (ChainHead::Operator(mut op), Some(mut gate)) => {
             op.open(&d.info)?;
@@ -244,6 +247,7 @@ async fn run_source(
     writers: &mut [PartitionWriter<Record>],
     idle: IdlePolicy,
     timed_flush: bool,
+    progress: &AtomicU64,
 ) -> Result<u64, TaskFailure> {
     let mut batch = Vec::with_capacity(SOURCE_BATCH);
     let mut produced = 0u64;
@@ -252,6 +256,7 @@ async fn run_source(
         match source.poll_next(&mut batch)? {
             SourceStatus::Emitted => {
                 produced += batch.len() as u64;
+                progress.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 chain.run(0, &batch)?;
                 emit(writers, chain.output(0, &batch)).await?;
                 if timed_flush {

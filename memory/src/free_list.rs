@@ -16,6 +16,8 @@ pub(crate) struct FreeStack {
     /// `next[i]` = index + 1 of the entry below `i`, or [`NONE`].
     next: Box<[AtomicU32]>,
     len: AtomicUsize,
+    /// Lowest `len` seen since creation or the last reset.
+    low_water: AtomicUsize,
 }
 
 impl FreeStack {
@@ -29,6 +31,7 @@ impl FreeStack {
             head: AtomicU64::new(u64::from(head)),
             next,
             len: AtomicUsize::new(capacity as usize),
+            low_water: AtomicUsize::new(capacity as usize),
         }
     }
 
@@ -67,12 +70,23 @@ impl FreeStack {
                 .compare_exchange_weak(head, new, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => {
-                    self.len.fetch_sub(1, Ordering::Relaxed);
+                    let now = self.len.fetch_sub(1, Ordering::Relaxed) - 1;
+                    self.low_water.fetch_min(now, Ordering::Relaxed);
                     return Some(top - 1);
                 }
                 Err(actual) => head = actual,
             }
         }
+    }
+
+    /// Fewest entries the stack has held since creation or [`FreeStack::reset_low_water`].
+    pub(crate) fn low_water(&self) -> usize {
+        self.low_water.load(Ordering::Relaxed)
+    }
+
+    /// Restarts low-water tracking from the current length.
+    pub(crate) fn reset_low_water(&self) {
+        self.low_water.store(self.len(), Ordering::Relaxed);
     }
 
     /// Entries on the stack (exact when no push or pop is in flight).

@@ -204,6 +204,14 @@ impl PoolMonitor {
     pub fn segment_bytes(&self) -> usize {
         self.shared.segment_bytes
     }
+    /// Most segments in use at once since the pool was built or the peak was reset.
+    pub fn peak_in_use(&self) -> usize {
+        self.shared.segments - self.shared.free.low_water()
+    }
+    /// Restarts peak tracking from the current occupancy.
+    pub fn reset_peak(&self) {
+        self.shared.free.reset_low_water();
+    }
 }
 
 impl fmt::Debug for PoolMonitor {
@@ -321,6 +329,11 @@ mod tests {
         assert_eq!(p.monitor().free_segments(), 0);
         drop(segs);
         assert_eq!(p.monitor().free_segments(), 3);
+        assert_eq!(p.monitor().peak_in_use(), 3);
+        p.monitor().reset_peak();
+        let one = p.allocate().unwrap();
+        assert_eq!(p.monitor().peak_in_use(), 1);
+        drop(one);
     }
 
     #[test]

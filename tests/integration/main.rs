@@ -1,2 +1,11 @@
-//! tmp
-fn main(){}
+//! shardflow's integration tests: the embedded engine end to end. One binary, one
+//! module per area and behaviour. Every wait has a generous timeout that fails the
+//! test with a message; nothing sleeps to wait for something.
+
+mod common;
+mod embedded_backpressure;
+mod embedded_bad_input;
+mod embedded_cancel;
+mod embedded_failure;
+mod embedded_oracle;
+mod embedded_placement;

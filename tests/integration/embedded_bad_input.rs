@@ -1,0 +1,124 @@
+//! Bad input is refused before anything runs, with a typed error naming the problem.
+
+use shardflow_engine::{
+    ops, ControlError, Cores, Engine, VertexId, EngineError, Job, JobBuilder, JobGraph, JobVertex, OperatorSpec, PartitionerKind,
+};
+
+use crate::common::{small_engine, TIMEOUT};
+
+fn vertex(name: &str, chain: Vec<OperatorSpec>, parallelism: u32) -> JobVertex {
+    JobVertex { name: name.into(), chain, parallelism, slot_sharing_group: "default".into() }
+}
+
+fn source() -> OperatorSpec {
+    ops::generator(10, ops::KeyGen::Index, ops::ValueGen::Index)
+}
+
+#[test]
+fn invalid_job_graphs_are_refused_by_name() {
+    let engine = small_engine().build().expect("engine starts");
+    let slots = engine.free_slots().unwrap();
+
+    // a cycle
+    let mut g = JobGraph::new("cycle");
+    let a = g.add_vertex(vertex("a", vec![ops::map_add(1)], 1));
+    let b = g.add_vertex(vertex("b", vec![ops::map_add(1)], 1));
+    g.connect(a, b, PartitionerKind::Hash);
+    g.connect(b, a, PartitionerKind::Hash);
+    assert!(matches!(
+        engine.submit(Job::from_graph(g)),
+        Err(EngineError::Control(ControlError::Cycle { .. }))
+    ));
+
+    // zero parallelism
+    let mut g = JobGraph::new("zero");
+    g.add_vertex(vertex("src", vec![source()], 0));
+    let err = engine.submit(Job::from_graph(g)).unwrap_err();
+    assert_eq!(err, EngineError::Control(ControlError::ZeroParallelism { vertex: "src".into() }));
+    assert_eq!(err.to_string(), "invalid job graph: vertex 'src' has parallelism 0 (must be at least 1)");
+
+    // unknown operator
+    let mut g = JobGraph::new("unknown");
+    g.add_vertex(vertex("src", vec![source(), OperatorSpec::new("no-such-op", vec![])], 1));
+    assert_eq!(
+        engine.submit(Job::from_graph(g)).unwrap_err(),
+        EngineError::Control(ControlError::UnknownOperator { vertex: "src".into(), operator: "no-such-op".into() })
+    );
+
+    // an edge to a missing vertex
+    let mut g = JobGraph::new("dangling");
+    let a = g.add_vertex(vertex("src", vec![source()], 1));
+    g.connect(a, VertexId(7), PartitionerKind::Hash);
+    assert_eq!(
+        engine.submit(Job::from_graph(g)).unwrap_err(),
+        EngineError::Control(ControlError::EdgeToMissingVertex { edge: 0, missing: 7 })
+    );
+
+    // bad operator configuration
+    let mut g = JobGraph::new("bad-config");
+    g.add_vertex(vertex("src", vec![OperatorSpec::new("generator", b"records=ten".to_vec())], 1));
+    assert!(matches!(
+        engine.submit(Job::from_graph(g)),
+        Err(EngineError::InvalidOperatorConfig { operator, .. }) if operator == "generator"
+    ));
+
+    // a vertex without inputs that does not start with a source
+    let mut g = JobGraph::new("no-source");
+    g.add_vertex(vertex("lonely", vec![ops::count_sink()], 1));
+    assert!(matches!(engine.submit(Job::from_graph(g)), Err(EngineError::InvalidChain { vertex, .. }) if vertex == "lonely"));
+
+    // more parallelism than slots
+    let job = JobBuilder::new("too-wide")
+        .source("src", source(), 64)
+        .connect(PartitionerKind::Hash, "sink", 1)
+        .then(ops::count_sink())
+        .build();
+    assert!(matches!(
+        engine.submit(job),
+        Err(EngineError::Control(ControlError::NotEnoughSlots { required: 64, .. }))
+    ));
+
+    // Nothing of the above took a slot, and the engine still runs jobs.
+    assert_eq!(engine.free_slots().unwrap(), slots);
+    let ok = JobBuilder::new("fine")
+        .source("src", source(), 1)
+        .connect(PartitionerKind::Hash, "sink", 1)
+        .then(ops::count_sink())
+        .build();
+    assert_eq!(engine.submit(ok).unwrap().wait_timeout(TIMEOUT).unwrap().count().0, 10);
+}
+
+#[test]
+fn a_core_that_does_not_exist_is_refused() {
+    let err = Engine::builder().cores(Cores::List(vec![100_000])).build().unwrap_err();
+    assert!(matches!(err, EngineError::UnknownCore { core: 100_000, .. }), "{err}");
+    let online = shardflow_engine::online_cores();
+    let err = Engine::builder().cores(Cores::List(vec![online[0], online[0]])).build().unwrap_err();
+    assert_eq!(err, EngineError::DuplicateCore { core: online[0] });
+    let err = Engine::builder().segment_bytes(3000).build().unwrap_err();
+    assert!(matches!(err, EngineError::InvalidConfig { field: "segment_bytes", .. }), "{err}");
+}
+
+#[test]
+fn a_budget_too_small_for_the_channels_is_refused_with_the_numbers() {
+    // 16 segments of 4 KiB per shard; a 4 x 4 all-to-all job needs far more.
+    let engine = small_engine().network_memory_bytes(16 * 4096).build().expect("engine starts");
+    let slots = engine.free_slots().unwrap();
+    let job = JobBuilder::new("greedy")
+        .source("src", source(), 4)
+        .connect(PartitionerKind::Hash, "sink", 4)
+        .then(ops::count_sink())
+        .build();
+    match engine.submit(job) {
+        Err(EngineError::OverBudget { cause, .. }) => {
+            let msg = cause.to_string();
+            assert!(msg.starts_with("network buffers budget exceeded: requested"), "{msg}");
+            assert!(msg.contains("of 65536 bytes available"), "{msg}");
+        }
+        other => panic!("expected an over-budget refusal, got {other:?}"),
+    }
+    assert_eq!(engine.free_slots().unwrap(), slots, "a refused job holds no slot");
+    for pool in engine.memory() {
+        assert_eq!(pool.free_segments, pool.segments);
+    }
+}
