@@ -4,7 +4,9 @@
 //!
 //! Run with `cargo run --release -p shardflow-engine --example embedded`.
 
-use shardflow_engine::{ops, CollectHandle, Cores, Engine, EngineError, JobBuilder, PartitionerKind, PlacementStrategy};
+use shardflow_engine::{
+    ops, CollectHandle, Cores, Engine, EngineError, JobBuilder, PartitionerKind, PlacementStrategy,
+};
 
 fn main() -> Result<(), EngineError> {
     let cores = shardflow_engine::online_cores();

@@ -10,9 +10,9 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use shardflow_control::{
-    edge_channels, place, subpartitions, AttemptId, ExecutionGraph, ExecutionState, JobGraph, JobId,
-    JobStatus, PartitionerKind, PlacementStrategy, ResultPartitionType, ShardId, SlotAssignment, SlotId, SlotOffer,
-    VertexId, WorkerId,
+    edge_channels, place, subpartitions, AttemptId, ExecutionGraph, ExecutionState, JobGraph, JobId, JobStatus,
+    PartitionerKind, PlacementStrategy, ResultPartitionType, ShardId, SlotAssignment, SlotId, SlotOffer, VertexId,
+    WorkerId,
 };
 use shardflow_memory::{Budget, BudgetKind, Reservation};
 use shardflow_netstack::{channel, ChannelReceiver, ChannelSender, Partitioner};
@@ -122,7 +122,8 @@ impl Coordinator {
                     self.on_task_state(job, attempt, state, failure, output)
                 }
                 CoordinatorMsg::Status { job, reply } => {
-                    let status = self.jobs.get(&job).map(|j| j.eg.status()).or_else(|| self.finished.get(&job).copied());
+                    let status =
+                        self.jobs.get(&job).map(|j| j.eg.status()).or_else(|| self.finished.get(&job).copied());
                     let _ = reply.send(status);
                 }
                 CoordinatorMsg::FreeSlots(reply) => {
@@ -143,11 +144,7 @@ impl Coordinator {
         }
     }
 
-    fn submit(
-        &mut self,
-        job: Job,
-        strategy: &PlacementStrategy,
-    ) -> Result<Submitted, EngineError> {
+    fn submit(&mut self, job: Job, strategy: &PlacementStrategy) -> Result<Submitted, EngineError> {
         let Job { graph, resources, registry: extra } = job;
         let registry = if extra.is_empty() {
             self.registry.clone()
@@ -389,11 +386,7 @@ impl Coordinator {
             JobStatus::Canceled => Err(EngineError::JobCanceled(job)),
             _ => Err(EngineError::JobFailed {
                 job,
-                cause: jm
-                    .root_cause
-                    .clone()
-                    .or(jm.secondary_cause.clone())
-                    .unwrap_or_else(|| "unknown cause".into()),
+                cause: jm.root_cause.clone().or(jm.secondary_cause.clone()).unwrap_or_else(|| "unknown cause".into()),
             }),
         };
         let _ = jm.outcome.send(outcome);

@@ -123,7 +123,11 @@ impl Engine {
         let thread = std::thread::Builder::new()
             .name("shardflow-coordinator".into())
             .spawn(move || coordinator.run(rx))
-            .map_err(|e| EngineError::ShardStart { shard: u32::MAX, core: 0, reason: format!("coordinator thread: {e}") })?;
+            .map_err(|e| EngineError::ShardStart {
+                shard: u32::MAX,
+                core: 0,
+                reason: format!("coordinator thread: {e}"),
+            })?;
         Ok(Engine { coordinator: tx, thread: Some(thread), shards, pools, config })
     }
 

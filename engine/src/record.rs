@@ -64,16 +64,11 @@ impl OpConfig {
 
     /// Decodes bytes written by [`OpConfig::to_bytes`] for `operator`.
     pub fn parse(operator: &str, bytes: &[u8]) -> Result<Self, EngineError> {
-        let bad = |reason: String| EngineError::InvalidOperatorConfig {
-            operator: operator.to_string(),
-            reason,
-        };
+        let bad = |reason: String| EngineError::InvalidOperatorConfig { operator: operator.to_string(), reason };
         let text = std::str::from_utf8(bytes).map_err(|e| bad(format!("not UTF-8: {e}")))?;
         let mut entries = BTreeMap::new();
         for part in text.split(';').filter(|p| !p.is_empty()) {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| bad(format!("'{part}' is not key=value")))?;
+            let (k, v) = part.split_once('=').ok_or_else(|| bad(format!("'{part}' is not key=value")))?;
             entries.insert(k.to_string(), v.to_string());
         }
         Ok(OpConfig { entries })
@@ -117,10 +112,7 @@ mod tests {
         let back = OpConfig::parse("generator", &c.to_bytes()).unwrap();
         assert_eq!(back, c);
         assert_eq!(back.u64("generator", "records").unwrap(), 10);
-        assert!(matches!(
-            back.u64("generator", "keys"),
-            Err(EngineError::InvalidOperatorConfig { .. })
-        ));
+        assert!(matches!(back.u64("generator", "keys"), Err(EngineError::InvalidOperatorConfig { .. })));
         assert!(OpConfig::parse("x", b"novalue").is_err());
         assert!(OpConfig::parse("x", &[0xff]).is_err());
         assert_eq!(std::mem::size_of::<Record>(), 24);

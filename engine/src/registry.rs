@@ -134,15 +134,19 @@ impl OperatorRegistry {
         match self.factories.get(name) {
             Some(Factory::Source(f)) => Ok(ChainHead::Source(f(&cfg, res)?)),
             Some(Factory::Operator(f)) => Ok(ChainHead::Operator(f(&cfg, res)?)),
-            None => Err(EngineError::InvalidOperatorConfig {
-                operator: name.to_string(),
-                reason: "not registered".into(),
-            }),
+            None => {
+                Err(EngineError::InvalidOperatorConfig { operator: name.to_string(), reason: "not registered".into() })
+            }
         }
     }
 
     /// Builds operator `name` as a chained (non-head) operator.
-    pub fn build_operator(&self, name: &str, config: &[u8], res: &JobResources) -> Result<Box<dyn Operator>, EngineError> {
+    pub fn build_operator(
+        &self,
+        name: &str,
+        config: &[u8],
+        res: &JobResources,
+    ) -> Result<Box<dyn Operator>, EngineError> {
         match self.build_head(name, config, res)? {
             ChainHead::Operator(op) => Ok(op),
             ChainHead::Source(_) => Err(EngineError::InvalidOperatorConfig {

@@ -207,7 +207,13 @@ async fn shard_loop(pool: Rc<SegmentPool>, commands: Mailbox<ShardCommand>, coor
 
 /// Runs one task, reporting INITIALIZING, RUNNING and its terminal state; a panic
 /// or error becomes FAILED with its cause, a cancel becomes CANCELED.
-async fn supervise(d: TaskDeployment, pool: Rc<SegmentPool>, token: CancelToken, tasks: Tasks, coordinator: Sender<CoordinatorMsg>) {
+async fn supervise(
+    d: TaskDeployment,
+    pool: Rc<SegmentPool>,
+    token: CancelToken,
+    tasks: Tasks,
+    coordinator: Sender<CoordinatorMsg>,
+) {
     let (job, attempt) = (d.job, d.attempt);
     let report = {
         let coordinator = coordinator.clone();

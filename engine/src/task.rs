@@ -72,10 +72,7 @@ pub(crate) struct TaskFailure {
 
 impl From<OperatorError> for TaskFailure {
     fn from(e: OperatorError) -> Self {
-        let secondary = matches!(
-            e,
-            OperatorError::Net(NetError::ConsumerGone { .. } | NetError::ProducerLost { .. })
-        );
+        let secondary = matches!(e, OperatorError::Net(NetError::ConsumerGone { .. } | NetError::ProducerLost { .. }));
         TaskFailure { cause: e.to_string(), secondary }
     }
 }
@@ -160,14 +157,11 @@ struct Built {
 
 fn build(d: &mut TaskDeployment, pool: &Rc<SegmentPool>) -> Result<Built, TaskFailure> {
     let mut specs = d.chain.iter();
-    let head_spec = specs.next().ok_or_else(|| TaskFailure {
-        cause: "empty operator chain".into(),
-        secondary: false,
-    })?;
+    let head_spec =
+        specs.next().ok_or_else(|| TaskFailure { cause: "empty operator chain".into(), secondary: false })?;
     let head = d.registry.build_head(&head_spec.name, &head_spec.config, &d.resources)?;
-    let ops = specs
-        .map(|s| d.registry.build_operator(&s.name, &s.config, &d.resources))
-        .collect::<Result<Vec<_>, _>>()?;
+    let ops =
+        specs.map(|s| d.registry.build_operator(&s.name, &s.config, &d.resources)).collect::<Result<Vec<_>, _>>()?;
     let mut writers = Vec::with_capacity(d.outputs.len());
     for out in d.outputs.drain(..) {
         let mut w = PartitionWriter::new(pool.clone(), out.senders, out.partitioner, key_of)?;
@@ -199,7 +193,8 @@ pub(crate) async fn run_task(
         (ChainHead::Source(mut source), None) => {
             source.open(&d.info)?;
             on_running();
-            run_source(source.as_mut(), &mut chain, &mut writers, d.idle, d.flush_timeout.is_some(), &d.progress).await?
+            run_source(source.as_mut(), &mut chain, &mut writers, d.idle, d.flush_timeout.is_some(), &d.progress)
+                .await?
         }
         (ChainHead::Operator(mut op), Some(mut gate)) => {
             op.open(&d.info)?;
@@ -213,7 +208,10 @@ pub(crate) async fn run_task(
             return Err(TaskFailure { cause: "a source vertex cannot have inputs".into(), secondary: false })
         }
         (ChainHead::Operator(_), None) => {
-            return Err(TaskFailure { cause: "a vertex without inputs must start with a source".into(), secondary: false })
+            return Err(TaskFailure {
+                cause: "a vertex without inputs must start with a source".into(),
+                secondary: false,
+            })
         }
     };
     // End of input: each operator emits what it holds, which flows down the chain.

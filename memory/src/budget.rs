@@ -23,13 +23,7 @@ struct Inner {
 impl Budget {
     /// A budget of `capacity_bytes` for `kind`.
     pub fn new(kind: BudgetKind, capacity_bytes: u64) -> Self {
-        Budget {
-            inner: Arc::new(Inner {
-                kind,
-                capacity_bytes,
-                used_bytes: AtomicU64::new(0),
-            }),
-        }
+        Budget { inner: Arc::new(Inner { kind, capacity_bytes, used_bytes: AtomicU64::new(0) }) }
     }
 
     /// Reserves `bytes`, or fails with [`MemoryError::BudgetExceeded`]; on failure
@@ -47,18 +41,8 @@ impl Budget {
                     capacity_bytes: inner.capacity_bytes,
                 });
             }
-            match inner.used_bytes.compare_exchange_weak(
-                used,
-                used + bytes,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    return Ok(Reservation {
-                        budget: self.clone(),
-                        bytes,
-                    })
-                }
+            match inner.used_bytes.compare_exchange_weak(used, used + bytes, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Ok(Reservation { budget: self.clone(), bytes }),
                 Err(actual) => used = actual,
             }
         }
@@ -112,19 +96,13 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.budget
-            .inner
-            .used_bytes
-            .fetch_sub(self.bytes, Ordering::AcqRel);
+        self.budget.inner.used_bytes.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }
 
 impl fmt::Debug for Reservation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Reservation")
-            .field("kind", &self.budget.kind())
-            .field("bytes", &self.bytes)
-            .finish()
+        f.debug_struct("Reservation").field("kind", &self.budget.kind()).field("bytes", &self.bytes).finish()
     }
 }
 
@@ -158,9 +136,6 @@ mod tests {
     fn error_message_names_the_numbers() {
         let b = Budget::new(BudgetKind::NetworkBuffers, 10);
         let msg = b.reserve(11).unwrap_err().to_string();
-        assert_eq!(
-            msg,
-            "network buffers budget exceeded: requested 11 bytes, 10 of 10 bytes available"
-        );
+        assert_eq!(msg, "network buffers budget exceeded: requested 11 bytes, 10 of 10 bytes available");
     }
 }

@@ -24,7 +24,9 @@ impl std::fmt::Display for BudgetKind {
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum MemoryError {
     /// The segment size is not a power of two inside the supported range.
-    #[error("segment size {segment_bytes} bytes is invalid: it must be a power of two between {min_bytes} and {max_bytes}")]
+    #[error(
+        "segment size {segment_bytes} bytes is invalid: it must be a power of two between {min_bytes} and {max_bytes}"
+    )]
     InvalidSegmentSize {
         /// The size asked for.
         segment_bytes: usize,

@@ -23,9 +23,8 @@ pub(crate) struct FreeStack {
 impl FreeStack {
     /// A stack holding every index in `0..capacity`, lowest on top.
     pub(crate) fn full(capacity: u32) -> Self {
-        let next: Box<[AtomicU32]> = (0..capacity)
-            .map(|i| AtomicU32::new(if i + 1 < capacity { i + 2 } else { NONE }))
-            .collect();
+        let next: Box<[AtomicU32]> =
+            (0..capacity).map(|i| AtomicU32::new(if i + 1 < capacity { i + 2 } else { NONE })).collect();
         let head = if capacity == 0 { NONE } else { 1 };
         FreeStack {
             head: AtomicU64::new(u64::from(head)),
@@ -44,10 +43,7 @@ impl FreeStack {
             let new = (tag << 32) | u64::from(index + 1);
             // Release: the link written above (and every access to the segment's bytes
             // before the release) happens-before the pop that takes this index.
-            match self
-                .head
-                .compare_exchange_weak(head, new, Ordering::AcqRel, Ordering::Acquire)
-            {
+            match self.head.compare_exchange_weak(head, new, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => break,
                 Err(actual) => head = actual,
             }
@@ -65,10 +61,7 @@ impl FreeStack {
             let below = self.next[(top - 1) as usize].load(Ordering::Relaxed);
             let tag = (head >> 32).wrapping_add(1);
             let new = (tag << 32) | u64::from(below);
-            match self
-                .head
-                .compare_exchange_weak(head, new, Ordering::AcqRel, Ordering::Acquire)
-            {
+            match self.head.compare_exchange_weak(head, new, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
                     let now = self.len.fetch_sub(1, Ordering::Relaxed) - 1;
                     self.low_water.fetch_min(now, Ordering::Relaxed);

@@ -47,8 +47,7 @@ pub use budget::{Budget, Reservation};
 pub use error::{BudgetKind, MemoryError};
 pub use pod::{read_pod, SegmentWriter};
 pub use pool::{
-    PoolMonitor, Segment, SegmentPool, SegmentPoolBuilder, DEFAULT_SEGMENT_BYTES,
-    MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
+    PoolMonitor, Segment, SegmentPool, SegmentPoolBuilder, DEFAULT_SEGMENT_BYTES, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
 };
 
 #[cfg(all(test, not(loom)))]

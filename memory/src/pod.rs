@@ -28,20 +28,10 @@ impl<T: Pod> SegmentWriter<T> {
     pub fn new(mut segment: Segment) -> Self {
         let size = std::mem::size_of::<T>().max(1);
         let bytes = segment.as_bytes_mut();
-        assert_eq!(
-            bytes.as_ptr() as usize % std::mem::align_of::<T>(),
-            0,
-            "segments are page-aligned"
-        );
+        assert_eq!(bytes.as_ptr() as usize % std::mem::align_of::<T>(), 0, "segments are page-aligned");
         let capacity = bytes.len() / size;
         let base = bytes.as_mut_ptr().cast::<T>();
-        SegmentWriter {
-            segment,
-            base,
-            len: 0,
-            capacity,
-            _t: PhantomData,
-        }
+        SegmentWriter { segment, base, len: 0, capacity, _t: PhantomData }
     }
 
     /// Appends `value` if there is room; returns `false` (and writes nothing) when full.

@@ -32,12 +32,7 @@ pub struct SegmentPoolBuilder {
 impl SegmentPoolBuilder {
     /// A pool for `shard` with `segments` segments of [`DEFAULT_SEGMENT_BYTES`].
     pub fn new(shard: u32, segments: usize) -> Self {
-        SegmentPoolBuilder {
-            shard,
-            segment_bytes: DEFAULT_SEGMENT_BYTES,
-            segments,
-            populate: true,
-        }
+        SegmentPoolBuilder { shard, segment_bytes: DEFAULT_SEGMENT_BYTES, segments, populate: true }
     }
 
     /// Size of one segment. Default 32 KiB; a power of two from 4 KiB to 64 MiB.
@@ -68,10 +63,7 @@ impl SegmentPoolBuilder {
         }
         let max = (u32::MAX - 1) as usize;
         if self.segments == 0 || self.segments > max {
-            return Err(MemoryError::InvalidSegmentCount {
-                segments: self.segments,
-                max,
-            });
+            return Err(MemoryError::InvalidSegmentCount { segments: self.segments, max });
         }
         Ok(())
     }
@@ -90,14 +82,9 @@ impl SegmentPoolBuilder {
         if self.populate {
             options.populate();
         }
-        let mut map = options.map_anon().map_err(|e| MemoryError::MapFailed {
-            bytes,
-            reason: e.to_string(),
-        })?;
-        let base = NonNull::new(map.as_mut_ptr()).ok_or_else(|| MemoryError::MapFailed {
-            bytes,
-            reason: "null mapping".into(),
-        })?;
+        let mut map = options.map_anon().map_err(|e| MemoryError::MapFailed { bytes, reason: e.to_string() })?;
+        let base = NonNull::new(map.as_mut_ptr())
+            .ok_or_else(|| MemoryError::MapFailed { bytes, reason: "null mapping".into() })?;
         let shared = Arc::new(PoolShared {
             _map: map,
             base,
@@ -106,10 +93,7 @@ impl SegmentPoolBuilder {
             segments: self.segments,
             free: FreeStack::full(self.segments as u32),
         });
-        Ok(SegmentPool {
-            shared,
-            _not_send: PhantomData,
-        })
+        Ok(SegmentPool { shared, _not_send: PhantomData })
     }
 }
 
@@ -146,11 +130,7 @@ impl SegmentPool {
         let offset = index as usize * self.shared.segment_bytes;
         // SAFETY: `index < segments`, so `offset + segment_bytes` lies within the region.
         let ptr = unsafe { NonNull::new_unchecked(self.shared.base.as_ptr().add(offset)) };
-        Some(Segment {
-            ptr,
-            index,
-            home: self.shared.clone(),
-        })
+        Some(Segment { ptr, index, home: self.shared.clone() })
     }
 
     /// Takes a free segment, or a [`MemoryError::PoolExhausted`] naming the numbers.
@@ -169,9 +149,7 @@ impl SegmentPool {
 
     /// A `Send` read-only view of this pool's occupancy, for reports and tests.
     pub fn monitor(&self) -> PoolMonitor {
-        PoolMonitor {
-            shared: self.shared.clone(),
-        }
+        PoolMonitor { shared: self.shared.clone() }
     }
 }
 
@@ -288,10 +266,7 @@ mod tests {
     use super::*;
 
     fn pool(segments: usize) -> SegmentPool {
-        SegmentPoolBuilder::new(0, segments)
-            .segment_bytes(4096)
-            .build()
-            .unwrap()
+        SegmentPoolBuilder::new(0, segments).segment_bytes(4096).build().unwrap()
     }
 
     #[test]
@@ -315,10 +290,7 @@ mod tests {
     fn allocates_distinct_aligned_segments_until_exhausted() {
         let p = pool(3);
         let mut segs: Vec<Segment> = (0..3).map(|_| p.allocate().unwrap()).collect();
-        assert!(matches!(
-            p.allocate(),
-            Err(MemoryError::PoolExhausted { segments: 3, .. })
-        ));
+        assert!(matches!(p.allocate(), Err(MemoryError::PoolExhausted { segments: 3, .. })));
         for (i, s) in segs.iter_mut().enumerate() {
             assert_eq!(s.as_bytes().as_ptr() as usize % 4096, 0);
             s.as_bytes_mut().fill(i as u8);

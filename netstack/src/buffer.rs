@@ -16,11 +16,7 @@ impl Buffer {
     /// Wraps a filled segment.
     pub fn new(segment: Segment, records: usize, bytes: usize) -> Self {
         debug_assert!(bytes <= segment.capacity_bytes());
-        Buffer {
-            segment,
-            records,
-            bytes,
-        }
+        Buffer { segment, records, bytes }
     }
     /// Number of records.
     pub fn records(&self) -> usize {

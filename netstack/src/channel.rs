@@ -50,11 +50,7 @@ struct Shared {
 
 /// Creates a channel whose receiver starts by granting `initial_credits`, able to hold
 /// `max_data_in_flight` data buffers and `event_room` events at once.
-pub fn channel(
-    initial_credits: u32,
-    max_data_in_flight: u32,
-    event_room: u32,
-) -> (ChannelSender, ChannelReceiver) {
+pub fn channel(initial_credits: u32, max_data_in_flight: u32, event_room: u32) -> (ChannelSender, ChannelReceiver) {
     let event_room = event_room.max(1);
     let shared = Arc::new(Shared {
         ring: ArrayQueue::new((max_data_in_flight.max(initial_credits) + event_room) as usize),
@@ -67,13 +63,7 @@ pub fn channel(
         sender_closed: AtomicBool::new(false),
         receiver_closed: AtomicBool::new(false),
     });
-    (
-        ChannelSender {
-            shared: shared.clone(),
-            subpartition: 0,
-        },
-        ChannelReceiver { shared },
-    )
+    (ChannelSender { shared: shared.clone(), subpartition: 0 }, ChannelReceiver { shared })
 }
 
 /// The producing end. `Send`: created at deployment, moved to the producer's shard.
@@ -91,18 +81,14 @@ impl ChannelSender {
     }
 
     fn closed_error(&self) -> NetError {
-        NetError::ConsumerGone {
-            subpartition: self.subpartition,
-        }
+        NetError::ConsumerGone { subpartition: self.subpartition }
     }
 
     fn push(&self, envelope: Envelope) -> Result<(), NetError> {
         self.shared
             .ring
             .push(envelope)
-            .map_err(|_| NetError::RingOverflow {
-                capacity: self.shared.ring.capacity(),
-            })?;
+            .map_err(|_| NetError::RingOverflow { capacity: self.shared.ring.capacity() })?;
         self.shared.consumer.wake();
         Ok(())
     }
@@ -286,10 +272,7 @@ mod tests {
         let (tx, rx) = channel(2, 2, 1);
         block_on(tx.send_data(buffer(&pool))).unwrap();
         drop(rx);
-        assert_eq!(
-            block_on(tx.send_data(buffer(&pool))),
-            Err(NetError::ConsumerGone { subpartition: 0 })
-        );
+        assert_eq!(block_on(tx.send_data(buffer(&pool))), Err(NetError::ConsumerGone { subpartition: 0 }));
         drop(tx);
         assert_eq!(pool.monitor().free_segments(), 2);
     }

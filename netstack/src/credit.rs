@@ -29,12 +29,7 @@ impl CreditLedger {
     /// A gate of `channels` channels with `exclusive` credits each and `floating`
     /// shared ones.
     pub fn new(channels: usize, exclusive: u32, floating: u32) -> Self {
-        CreditLedger {
-            exclusive,
-            floating_total: floating,
-            floating_free: floating,
-            floating_held: vec![0; channels],
-        }
+        CreditLedger { exclusive, floating_total: floating, floating_free: floating, floating_held: vec![0; channels] }
     }
 
     /// Credits each channel starts with.

@@ -67,12 +67,7 @@ impl InputGate {
     pub fn new(receivers: Vec<ChannelReceiver>, ledger: CreditLedger) -> Self {
         let n = receivers.len();
         InputGate {
-            inner: Rc::new(RefCell::new(GateInner {
-                channels: receivers,
-                ended: vec![false; n],
-                live: n,
-                ledger,
-            })),
+            inner: Rc::new(RefCell::new(GateInner { channels: receivers, ended: vec![false; n], live: n, ledger })),
             next_channel: 0,
         }
     }
@@ -120,14 +115,9 @@ impl InputGate {
             };
             self.next_channel = c + 1;
             return Ok(Some(Some(match env {
-                Envelope::Data(buffer) => (
-                    c,
-                    GateItem::Data(InputBuffer {
-                        buffer: Some(buffer),
-                        channel: c,
-                        gate: self.inner.clone(),
-                    }),
-                ),
+                Envelope::Data(buffer) => {
+                    (c, GateItem::Data(InputBuffer { buffer: Some(buffer), channel: c, gate: self.inner.clone() }))
+                }
                 Envelope::Event(event) => {
                     if event == Event::EndOfPartition {
                         inner.ended[c] = true;
@@ -199,10 +189,7 @@ impl Deref for InputBuffer {
 
 impl std::fmt::Debug for InputBuffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InputBuffer")
-            .field("channel", &self.channel)
-            .field("buffer", &self.buffer)
-            .finish()
+        f.debug_struct("InputBuffer").field("channel", &self.channel).field("buffer", &self.buffer).finish()
     }
 }
 

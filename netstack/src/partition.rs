@@ -72,18 +72,12 @@ impl<T: Pod> PartitionWriter<T> {
     ) -> Result<Self, NetError> {
         let seg_bytes = pool.segment_bytes();
         if std::mem::size_of::<T>() > seg_bytes {
-            return Err(NetError::RecordTooLarge {
-                record_bytes: std::mem::size_of::<T>(),
-                segment_bytes: seg_bytes,
-            });
+            return Err(NetError::RecordTooLarge { record_bytes: std::mem::size_of::<T>(), segment_bytes: seg_bytes });
         }
         let mut subs = Vec::with_capacity(senders.len());
         for (i, mut sender) in senders.into_iter().enumerate() {
             sender.set_subpartition(i);
-            subs.push(Subpartition {
-                sender,
-                writer: Some(SegmentWriter::new(pool.allocate()?)),
-            });
+            subs.push(Subpartition { sender, writer: Some(SegmentWriter::new(pool.allocate()?)) });
         }
         Ok(PartitionWriter {
             pool,

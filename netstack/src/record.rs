@@ -44,12 +44,7 @@ where
 {
     /// A writer over an empty segment.
     pub fn new(segment: Segment) -> Self {
-        RkyvWriter {
-            segment,
-            pos: 0,
-            records: 0,
-            _t: PhantomData,
-        }
+        RkyvWriter { segment, pos: 0, records: 0, _t: PhantomData }
     }
 
     /// Archives `value` into the segment: `Ok(true)` if written, `Ok(false)` if it
@@ -78,10 +73,7 @@ where
 
     fn too_large_or_full(&self, at_least: usize) -> Result<bool, NetError> {
         if self.records == 0 {
-            Err(NetError::RecordTooLarge {
-                record_bytes: at_least,
-                segment_bytes: self.segment.capacity_bytes(),
-            })
+            Err(NetError::RecordTooLarge { record_bytes: at_least, segment_bytes: self.segment.capacity_bytes() })
         } else {
             Ok(false)
         }
@@ -104,11 +96,7 @@ pub fn rkyv_records<A>(buffer: &Buffer) -> RkyvRecords<'_, A>
 where
     A: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
 {
-    RkyvRecords {
-        bytes: buffer.as_bytes(),
-        pos: 0,
-        _a: PhantomData,
-    }
+    RkyvRecords { bytes: buffer.as_bytes(), pos: 0, _a: PhantomData }
 }
 
 /// Iterator over the archived records of a buffer; a malformed record ends the
@@ -129,9 +117,7 @@ where
         if self.pos >= self.bytes.len() {
             return None;
         }
-        let malformed = |offset, reason: String| {
-            Some(Err(NetError::MalformedRecord { offset, reason }))
-        };
+        let malformed = |offset, reason: String| Some(Err(NetError::MalformedRecord { offset, reason }));
         let Some(header) = self.bytes.get(self.pos..self.pos + 4) else {
             let at = self.pos;
             self.pos = self.bytes.len();

@@ -48,24 +48,12 @@ pub fn edge_channels(graph: &JobGraph, edge: usize) -> Vec<ChannelSpec> {
     let p = graph.vertices[e.source.0 as usize].parallelism;
     let c = graph.vertices[e.target.0 as usize].parallelism;
     match e.distribution {
-        DistributionPattern::Pointwise => (0..p)
-            .map(|i| ChannelSpec {
-                edge,
-                producer: i,
-                consumer: i,
-                subpartition: 0,
-                input_channel: 0,
-            })
-            .collect(),
+        DistributionPattern::Pointwise => {
+            (0..p).map(|i| ChannelSpec { edge, producer: i, consumer: i, subpartition: 0, input_channel: 0 }).collect()
+        }
         DistributionPattern::AllToAll => (0..p)
             .flat_map(|i| {
-                (0..c).map(move |j| ChannelSpec {
-                    edge,
-                    producer: i,
-                    consumer: j,
-                    subpartition: j,
-                    input_channel: i,
-                })
+                (0..c).map(move |j| ChannelSpec { edge, producer: i, consumer: j, subpartition: j, input_channel: i })
             })
             .collect(),
     }
@@ -108,21 +96,14 @@ impl ExecutionGraph {
             let vx = &graph.vertices[v.0 as usize];
             for i in 0..vx.parallelism {
                 subtasks.push(ExecutionVertex {
-                    attempt: AttemptId {
-                        execution_vertex: ExecutionVertexId { vertex: v, subtask: i },
-                        attempt: 0,
-                    },
+                    attempt: AttemptId { execution_vertex: ExecutionVertexId { vertex: v, subtask: i }, attempt: 0 },
                     state: ExecutionState::Created,
                     display_name: format!("{} ({}/{})", vx.name, i + 1, vx.parallelism),
                     failure: None,
                 });
             }
         }
-        ExecutionGraph {
-            job_id,
-            subtasks,
-            status: JobStatus::Created,
-        }
+        ExecutionGraph { job_id, subtasks, status: JobStatus::Created }
     }
 
     /// The job's status.
@@ -184,9 +165,7 @@ impl ExecutionGraph {
             .subtasks
             .iter_mut()
             .find(|s| s.attempt == attempt)
-            .ok_or_else(|| ControlError::UnknownAttempt {
-                attempt: attempt.to_string(),
-            })?;
+            .ok_or_else(|| ControlError::UnknownAttempt { attempt: attempt.to_string() })?;
         sub.state.transition(to)?;
         if to == ExecutionState::Failed {
             sub.failure = failure;
@@ -217,9 +196,7 @@ impl ExecutionGraph {
 
     /// The first failure, as "subtask: cause".
     pub fn first_failure(&self) -> Option<String> {
-        self.subtasks
-            .iter()
-            .find_map(|s| s.failure.as_ref().map(|f| format!("{}: {f}", s.display_name)))
+        self.subtasks.iter().find_map(|s| s.failure.as_ref().map(|f| format!("{}: {f}", s.display_name)))
     }
 }
 

@@ -20,10 +20,7 @@ pub struct OperatorSpec {
 impl OperatorSpec {
     /// An operator `name` with `config`.
     pub fn new(name: impl Into<String>, config: Vec<u8>) -> Self {
-        OperatorSpec {
-            name: name.into(),
-            config,
-        }
+        OperatorSpec { name: name.into(), config }
     }
 }
 
@@ -100,10 +97,7 @@ pub struct JobGraph {
 impl JobGraph {
     /// An empty graph called `name`.
     pub fn new(name: impl Into<String>) -> Self {
-        JobGraph {
-            name: name.into(),
-            ..Default::default()
-        }
+        JobGraph { name: name.into(), ..Default::default() }
     }
 
     /// Adds a vertex and returns its id.
@@ -160,10 +154,7 @@ impl JobGraph {
                 return Err(ControlError::EmptyChain { vertex: v.name.clone() });
             }
             if let Some(op) = v.chain.iter().find(|op| !is_registered(&op.name)) {
-                return Err(ControlError::UnknownOperator {
-                    vertex: v.name.clone(),
-                    operator: op.name.clone(),
-                });
+                return Err(ControlError::UnknownOperator { vertex: v.name.clone(), operator: op.name.clone() });
             }
         }
         let n = self.vertices.len() as u32;
@@ -223,10 +214,7 @@ impl JobGraph {
             }
         }
         if order.len() < n {
-            let vertices = (0..n)
-                .filter(|&v| indegree[v] > 0)
-                .map(|v| self.vertices[v].name.clone())
-                .collect();
+            let vertices = (0..n).filter(|&v| indegree[v] > 0).map(|v| self.vertices[v].name.clone()).collect();
             return Err(ControlError::Cycle { vertices });
         }
         Ok(order)
@@ -273,10 +261,7 @@ mod tests {
         let b = g.add_vertex(vertex("b", 1));
         g.connect(a, b, PartitionerKind::Hash);
         g.connect(b, a, PartitionerKind::Hash);
-        assert_eq!(
-            g.validate(&known),
-            Err(ControlError::Cycle { vertices: vec!["a".into(), "b".into()] })
-        );
+        assert_eq!(g.validate(&known), Err(ControlError::Cycle { vertices: vec!["a".into(), "b".into()] }));
 
         let mut g = JobGraph::new("j");
         g.add_vertex(vertex("a", 0));

@@ -55,11 +55,9 @@ impl FromStr for PlacementStrategy {
         let bad = |reason: String| ControlError::InvalidPlacementMap { reason };
         let mut map = BTreeMap::new();
         for entry in s.split(';').map(str::trim).filter(|e| !e.is_empty()) {
-            let (vertex, cores) = entry.split_once('=').ok_or_else(|| {
-                bad(format!(
-                    "'{entry}' is neither spread, pack, colocate nor vertex=core[,core...]"
-                ))
-            })?;
+            let (vertex, cores) = entry
+                .split_once('=')
+                .ok_or_else(|| bad(format!("'{entry}' is neither spread, pack, colocate nor vertex=core[,core...]")))?;
             let cores = cores
                 .split(',')
                 .map(|c| c.trim().parse::<usize>().map_err(|_| bad(format!("'{c}' is not a core number in '{entry}'"))))
@@ -131,13 +129,7 @@ impl SlotAssignment {
 impl fmt::Display for SlotAssignment {
     /// A table: subtask, slot, core.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let w = self
-            .placements
-            .iter()
-            .map(|p| p.vertex_name.len() + 8)
-            .max()
-            .unwrap_or(7)
-            .max(7);
+        let w = self.placements.iter().map(|p| p.vertex_name.len() + 8).max().unwrap_or(7).max(7);
         writeln!(f, "{:<w$}  {:<26}  core", "subtask", "slot")?;
         for p in &self.placements {
             let name = format!("{}[{}]", p.vertex_name, p.subtask.subtask);
@@ -160,20 +152,11 @@ pub fn place(
     slots: &[SlotOffer],
     strategy: &PlacementStrategy,
 ) -> Result<SlotAssignment, ControlError> {
-    let mut states: Vec<SlotState> = slots
-        .iter()
-        .map(|&offer| SlotState {
-            offer,
-            group: None,
-            vertices: HashSet::new(),
-        })
-        .collect();
+    let mut states: Vec<SlotState> =
+        slots.iter().map(|&offer| SlotState { offer, group: None, vertices: HashSet::new() }).collect();
     states.sort_by_key(|s| s.offer.slot);
     let required = required_slots(graph, strategy);
-    let not_enough = || ControlError::NotEnoughSlots {
-        required,
-        available: slots.len(),
-    };
+    let not_enough = || ControlError::NotEnoughSlots { required, available: slots.len() };
     if let PlacementStrategy::Explicit(map) = strategy {
         check_explicit(graph, map, slots)?;
     }
@@ -187,20 +170,18 @@ pub fn place(
                 !s.vertices.contains(&v) && s.group.as_deref().is_none_or(|g| g == vx.slot_sharing_group)
             };
             let load = |s: &SlotState, shard_load: &HashMap<(u32, u32), usize>| {
-                shard_load
-                    .get(&(s.offer.slot.worker.0, s.offer.slot.shard.0))
-                    .copied()
-                    .unwrap_or(0)
+                shard_load.get(&(s.offer.slot.worker.0, s.offer.slot.shard.0)).copied().unwrap_or(0)
             };
             // Least-loaded shard; on that shard a slot already in use first.
-            let spread_pick = |states: &[SlotState], shard_load: &HashMap<(u32, u32), usize>, only_core: Option<usize>| {
-                states
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| fits(s) && only_core.is_none_or(|c| s.offer.core == c))
-                    .min_by_key(|(_, s)| (load(s, shard_load), s.group.is_none(), s.offer.slot))
-                    .map(|(k, _)| k)
-            };
+            let spread_pick =
+                |states: &[SlotState], shard_load: &HashMap<(u32, u32), usize>, only_core: Option<usize>| {
+                    states
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| fits(s) && only_core.is_none_or(|c| s.offer.core == c))
+                        .min_by_key(|(_, s)| (load(s, shard_load), s.group.is_none(), s.offer.slot))
+                        .map(|(k, _)| k)
+                };
             let chosen = match strategy {
                 PlacementStrategy::Spread => spread_pick(&states, &shard_load, None),
                 PlacementStrategy::Pack => states
@@ -226,12 +207,7 @@ pub fn place(
                     let core = cores[i as usize % cores.len()];
                     match spread_pick(&states, &shard_load, Some(core)) {
                         Some(k) => Some(k),
-                        None => {
-                            return Err(ControlError::CoreFull {
-                                vertex: vx.name.clone(),
-                                core,
-                            })
-                        }
+                        None => return Err(ControlError::CoreFull { vertex: vx.name.clone(), core }),
                     }
                 }
             };
@@ -244,9 +220,7 @@ pub fn place(
                 s.group.get_or_insert_with(|| vx.slot_sharing_group.clone());
             }
             s.vertices.insert(v);
-            *shard_load
-                .entry((s.offer.slot.worker.0, s.offer.slot.shard.0))
-                .or_default() += 1;
+            *shard_load.entry((s.offer.slot.worker.0, s.offer.slot.shard.0)).or_default() += 1;
             out.placements.push(SubtaskPlacement {
                 subtask: ExecutionVertexId { vertex: v, subtask: i },
                 vertex_name: vx.name.clone(),
@@ -282,9 +256,7 @@ fn check_explicit(
     cores.dedup();
     for name in map.keys() {
         if !graph.vertices.iter().any(|v| &v.name == name) {
-            return Err(ControlError::InvalidPlacementMap {
-                reason: format!("the job has no vertex named '{name}'"),
-            });
+            return Err(ControlError::InvalidPlacementMap { reason: format!("the job has no vertex named '{name}'") });
         }
     }
     for v in &graph.vertices {
@@ -299,11 +271,7 @@ fn check_explicit(
             });
         }
         if let Some(&core) = vc.iter().find(|c| !cores.contains(c)) {
-            return Err(ControlError::UnknownCore {
-                vertex: v.name.clone(),
-                core,
-                available: cores.clone(),
-            });
+            return Err(ControlError::UnknownCore { vertex: v.name.clone(), core, available: cores.clone() });
         }
     }
     Ok(())

@@ -11,11 +11,7 @@ pub(crate) const TIMEOUT: Duration = Duration::from_secs(60);
 /// start-up), so many engines can start in one test run.
 pub(crate) fn small_engine() -> EngineBuilder {
     let shards = shardflow_engine::online_cores().len().min(2);
-    Engine::builder()
-        .cores(Cores::Count(shards))
-        .segment_bytes(4096)
-        .network_memory_bytes(16 << 20)
-        .prefault(false)
+    Engine::builder().cores(Cores::Count(shards)).segment_bytes(4096).network_memory_bytes(16 << 20).prefault(false)
 }
 
 /// Number of shards `small_engine` starts.

@@ -9,11 +9,7 @@ use crate::common::{shard_count, small_engine, TIMEOUT};
 #[test]
 fn slow_sink_bounds_memory_and_loses_nothing() {
     let (exclusive, floating) = (2u32, 2u32);
-    let engine = small_engine()
-        .exclusive_credits(exclusive)
-        .floating_credits(floating)
-        .build()
-        .expect("engine starts");
+    let engine = small_engine().exclusive_credits(exclusive).floating_credits(floating).build().expect("engine starts");
     let p = shard_count() as u32;
     // 300k records of 24 bytes = ~1760 buffers of 4 KiB: without flow control far more
     // than the bound below would pile up in front of the slow sink.

@@ -1,7 +1,8 @@
 //! Bad input is refused before anything runs, with a typed error naming the problem.
 
 use shardflow_engine::{
-    ops, ControlError, Cores, Engine, VertexId, EngineError, Job, JobBuilder, JobGraph, JobVertex, OperatorSpec, PartitionerKind,
+    ops, ControlError, Cores, Engine, EngineError, Job, JobBuilder, JobGraph, JobVertex, OperatorSpec, PartitionerKind,
+    VertexId,
 };
 
 use crate::common::{small_engine, TIMEOUT};
@@ -25,10 +26,7 @@ fn invalid_job_graphs_are_refused_by_name() {
     let b = g.add_vertex(vertex("b", vec![ops::map_add(1)], 1));
     g.connect(a, b, PartitionerKind::Hash);
     g.connect(b, a, PartitionerKind::Hash);
-    assert!(matches!(
-        engine.submit(Job::from_graph(g)),
-        Err(EngineError::Control(ControlError::Cycle { .. }))
-    ));
+    assert!(matches!(engine.submit(Job::from_graph(g)), Err(EngineError::Control(ControlError::Cycle { .. }))));
 
     // zero parallelism
     let mut g = JobGraph::new("zero");
@@ -65,7 +63,9 @@ fn invalid_job_graphs_are_refused_by_name() {
     // a vertex without inputs that does not start with a source
     let mut g = JobGraph::new("no-source");
     g.add_vertex(vertex("lonely", vec![ops::count_sink()], 1));
-    assert!(matches!(engine.submit(Job::from_graph(g)), Err(EngineError::InvalidChain { vertex, .. }) if vertex == "lonely"));
+    assert!(
+        matches!(engine.submit(Job::from_graph(g)), Err(EngineError::InvalidChain { vertex, .. }) if vertex == "lonely")
+    );
 
     // more parallelism than slots
     let job = JobBuilder::new("too-wide")
@@ -73,10 +73,7 @@ fn invalid_job_graphs_are_refused_by_name() {
         .connect(PartitionerKind::Hash, "sink", 1)
         .then(ops::count_sink())
         .build();
-    assert!(matches!(
-        engine.submit(job),
-        Err(EngineError::Control(ControlError::NotEnoughSlots { required: 64, .. }))
-    ));
+    assert!(matches!(engine.submit(job), Err(EngineError::Control(ControlError::NotEnoughSlots { required: 64, .. }))));
 
     // Nothing of the above took a slot, and the engine still runs jobs.
     assert_eq!(engine.free_slots().unwrap(), slots);

@@ -50,10 +50,7 @@ pub fn generator(records: u64, keys: KeyGen, values: ValueGen) -> OperatorSpec {
 /// A source paced to `rate` records/s in total for `duration_ms`; record r is due at
 /// `start + r / rate` and carries that time, so generator lag counts as latency.
 pub fn paced_generator(rate: u64, duration_ms: u64) -> OperatorSpec {
-    spec(
-        "paced-generator",
-        OpConfig::new().with("rate", rate).with("duration_ms", duration_ms),
-    )
+    spec("paced-generator", OpConfig::new().with("rate", rate).with("duration_ms", duration_ms))
 }
 
 /// value += `add`.

@@ -173,11 +173,7 @@ impl SourceOperator for PacedGenerator {
                 break;
             }
             let r = self.next;
-            out.push(Record {
-                key: r.wrapping_mul(super::GOLDEN),
-                value: r,
-                time: self.job_start_ns + due,
-            });
+            out.push(Record { key: r.wrapping_mul(super::GOLDEN), value: r, time: self.job_start_ns + due });
             self.next += self.step;
         }
         if !out.is_empty() {
@@ -206,7 +202,10 @@ pub(super) fn register(r: &mut OperatorRegistry) {
         let op = "paced-generator";
         let rate = c.u64(op, "rate")?;
         if rate == 0 {
-            return Err(EngineError::InvalidOperatorConfig { operator: op.into(), reason: "rate must be at least 1".into() });
+            return Err(EngineError::InvalidOperatorConfig {
+                operator: op.into(),
+                reason: "rate must be at least 1".into(),
+            });
         }
         let duration_ms = c.u64(op, "duration_ms")?;
         let total = (u128::from(rate) * u128::from(duration_ms) / 1000) as u64;

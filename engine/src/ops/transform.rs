@@ -64,9 +64,7 @@ pub(super) fn register(r: &mut OperatorRegistry) {
             drop: c.u64_or("filter.value_mod", "drop", 0)?,
         }))
     });
-    r.register_operator("flat_map.repeat", |c, _| {
-        Ok(Box::new(FlatMapRepeat(c.u64("flat_map.repeat", "times")?)))
-    });
+    r.register_operator("flat_map.repeat", |c, _| Ok(Box::new(FlatMapRepeat(c.u64("flat_map.repeat", "times")?))));
     r.register_operator("key_by.value_mod", |c, _| {
         Ok(Box::new(KeyByValueMod(positive(c, "key_by.value_mod", "modulus")?)))
     });
