@@ -334,6 +334,7 @@ impl Coordinator {
         failure: Option<TaskFailure>,
         output: Option<TaskOutput>,
     ) {
+        tracing::debug!(%job, %attempt, %state, failure = ?failure.as_ref().map(|f| &f.cause), "task state");
         let Some(jm) = self.jobs.get_mut(&job) else { return };
         let Some(current) = jm.eg.subtasks.iter().find(|s| s.attempt == attempt).map(|s| s.state) else {
             tracing::warn!(%job, %attempt, "report for an unknown attempt");

@@ -64,9 +64,15 @@ impl ShardHandle {
         let mut builder = LocalExecutorBuilder::new(Placement::Fixed(core))
             .name(&format!("shard-{id}"))
             .io_memory(1 << 20)
+            // glommio's preempt timer stays at its default (100 ms): shorter ones
+            // hang its reactor on this kernel (a sleeping executor misses wake-ups
+            // once timers and foreign wakes mix; reproduced outside shardflow).
             .ring_depth(64);
         if spec.idle == IdlePolicy::Spin {
-            builder = builder.spin_before_park(Duration::from_secs(3600));
+            // The executor polls instead of sleeping in the kernel: timers and
+            // wake-ups from other shards are picked up within microseconds, at
+            // the price of a busy core. After a second without work it parks.
+            builder = builder.spin_before_park(Duration::from_secs(1));
         }
         let thread = builder
             .spawn(move || async move {

@@ -193,7 +193,7 @@ pub(crate) async fn run_task(
         (ChainHead::Source(mut source), None) => {
             source.open(&d.info)?;
             on_running();
-            run_source(source.as_mut(), &mut chain, &mut writers, d.idle, d.flush_timeout.is_some(), &d.progress)
+            run_source(source.as_mut(), &mut chain, &mut writers, d.flush_timeout.is_some(), &d.progress, d.idle)
                 .await?
         }
         (ChainHead::Operator(mut op), Some(mut gate)) => {
@@ -243,9 +243,9 @@ async fn run_source(
     source: &mut dyn SourceOperator,
     chain: &mut Chain,
     writers: &mut [PartitionWriter<Record>],
-    idle: IdlePolicy,
     timed_flush: bool,
     progress: &AtomicU64,
+    idle: IdlePolicy,
 ) -> Result<u64, TaskFailure> {
     let mut batch = Vec::with_capacity(SOURCE_BATCH);
     let mut produced = 0u64;
@@ -276,7 +276,9 @@ async fn run_source(
     Ok(produced)
 }
 
-/// Waits for `due` under the shard's idle policy.
+/// Waits for `due`: on a parking shard with a timer (the kernel wakes the shard); on a
+/// spinning shard by watching the clock, yielding the task queue on every turn so
+/// the reactor keeps serving wake-ups from other shards meanwhile.
 async fn wait_until(due: Instant, idle: IdlePolicy) {
     match idle {
         IdlePolicy::Park => {

@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use strength_reduce::StrengthReducedU64;
+
 use crate::error::{EngineError, OperatorError};
 use crate::operator::{SourceOperator, SourceStatus, TaskInfo};
 use crate::record::{OpConfig, Record};
@@ -89,6 +91,8 @@ impl ValueGen {
 struct Generator {
     records: u64,
     keys: KeyGen,
+    /// `modulus` of [`KeyGen::MulMod`], reduced to multiplications once.
+    reduced: Option<StrengthReducedU64>,
     values: ValueGen,
     batch: u64,
     next: u64,
@@ -121,9 +125,10 @@ impl SourceOperator for Generator {
         match self.keys {
             KeyGen::Golden => out.extend(range.map(|r| Record::new(r.wrapping_mul(GOLDEN), value(r)))),
             KeyGen::Index => out.extend(range.map(|r| Record::new(r, value(r)))),
-            KeyGen::MulMod { mul, modulus } => {
-                out.extend(range.map(|r| Record::new(r.wrapping_mul(mul) % modulus, value(r))))
-            }
+            KeyGen::MulMod { mul, modulus } => match self.reduced {
+                Some(m) => out.extend(range.map(|r| Record::new(r.wrapping_mul(mul) % m, value(r)))),
+                None => out.extend(range.map(|r| Record::new(r.wrapping_mul(mul) % modulus, value(r)))),
+            },
         }
         self.next = end;
         Ok(SourceStatus::Emitted)
@@ -189,9 +194,15 @@ impl SourceOperator for PacedGenerator {
 pub(super) fn register(r: &mut OperatorRegistry) {
     r.register_source("generator", |c, _| {
         let batch = c.u64_or("generator", "batch", DEFAULT_BATCH)?.max(1);
+        let keys = KeyGen::from_config(c)?;
+        let reduced = match keys {
+            KeyGen::MulMod { modulus, .. } => Some(StrengthReducedU64::new(modulus)),
+            _ => None,
+        };
         Ok(Box::new(Generator {
             records: c.u64("generator", "records")?,
-            keys: KeyGen::from_config(c)?,
+            keys,
+            reduced,
             values: ValueGen::from_config(c)?,
             batch,
             next: 0,

@@ -1,5 +1,7 @@
 //! Stateless record-by-record operators.
 
+use strength_reduce::StrengthReducedU64;
+
 use crate::error::{EngineError, OperatorError};
 use crate::operator::Operator;
 use crate::record::{OpConfig, Record};
@@ -15,7 +17,7 @@ impl Operator for MapAdd {
 }
 
 struct FilterValueMod {
-    modulus: u64,
+    modulus: StrengthReducedU64,
     drop: u64,
 }
 impl Operator for FilterValueMod {
@@ -36,7 +38,7 @@ impl Operator for FlatMapRepeat {
     }
 }
 
-struct KeyByValueMod(u64);
+struct KeyByValueMod(StrengthReducedU64);
 impl Operator for KeyByValueMod {
     fn process_batch(&mut self, input: &[Record], out: &mut Vec<Record>) -> Result<(), OperatorError> {
         let m = self.0;
@@ -60,12 +62,12 @@ pub(super) fn register(r: &mut OperatorRegistry) {
     r.register_operator("map.add", |c, _| Ok(Box::new(MapAdd(c.u64("map.add", "add")?))));
     r.register_operator("filter.value_mod", |c, _| {
         Ok(Box::new(FilterValueMod {
-            modulus: positive(c, "filter.value_mod", "modulus")?,
+            modulus: StrengthReducedU64::new(positive(c, "filter.value_mod", "modulus")?),
             drop: c.u64_or("filter.value_mod", "drop", 0)?,
         }))
     });
     r.register_operator("flat_map.repeat", |c, _| Ok(Box::new(FlatMapRepeat(c.u64("flat_map.repeat", "times")?))));
     r.register_operator("key_by.value_mod", |c, _| {
-        Ok(Box::new(KeyByValueMod(positive(c, "key_by.value_mod", "modulus")?)))
+        Ok(Box::new(KeyByValueMod(StrengthReducedU64::new(positive(c, "key_by.value_mod", "modulus")?))))
     });
 }
