@@ -34,7 +34,7 @@ fn pod_hash_partitioned(c: &mut Criterion) {
             let ledgers: Vec<CreditLedger> = (0..2).map(|_| CreditLedger::new(1, 64, 0)).collect();
             let (txs, rxs): (Vec<_>, Vec<_>) =
                 ledgers.iter().map(|l| channel(l.initial_credits(), l.max_in_flight_per_channel(), 2)).unzip();
-            let mut w = PartitionWriter::new(pool.clone(), txs, Partitioner::Hash, |r: &Record| r.key).expect("writer");
+            let mut w = PartitionWriter::<Record>::new(pool.clone(), txs, Partitioner::Hash).expect("writer");
             let mut gates: Vec<InputGate> =
                 rxs.into_iter().zip(ledgers).map(|(rx, l)| InputGate::new(vec![rx], l)).collect();
             block_on(async {

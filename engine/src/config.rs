@@ -51,6 +51,10 @@ pub struct EngineConfig {
     pub flush_timeout: Option<Duration>,
     /// What idle shards do.
     pub idle: IdlePolicy,
+    /// Under [`IdlePolicy::Park`], the shortest timed wait: a source with records due
+    /// sooner sleeps this long and emits them together (each kernel timer costs a VM
+    /// exit on these machines, so per-record timers would keep the cores busy).
+    pub min_park: Duration,
     /// Prefault pool memory at start-up (`MAP_POPULATE`).
     pub prefault: bool,
 }
@@ -67,6 +71,7 @@ impl Default for EngineConfig {
             event_room: 8,
             flush_timeout: Some(Duration::from_millis(100)),
             idle: IdlePolicy::Park,
+            min_park: Duration::from_micros(100),
             prefault: true,
         }
     }
@@ -162,6 +167,13 @@ impl EngineBuilder {
         self
     }
 
+    /// Shortest timed wait of a parking shard. Default 100 µs; 0..=1 s.
+    #[must_use]
+    pub fn min_park(mut self, d: Duration) -> Self {
+        self.config.min_park = d;
+        self
+    }
+
     /// Prefault pool memory at start-up. Default true.
     #[must_use]
     pub fn prefault(mut self, prefault: bool) -> Self {
@@ -199,6 +211,9 @@ impl EngineBuilder {
         }
         if c.floating_credits > 4096 {
             return Err(bad("floating_credits", c.floating_credits.to_string(), "must be 0..=4096"));
+        }
+        if c.min_park > Duration::from_secs(1) {
+            return Err(bad("min_park", format!("{:?}", c.min_park), "must be at most 1 s"));
         }
         if let Cores::Count(0) = c.cores {
             return Err(bad("shards", "0".into(), "at least one shard"));

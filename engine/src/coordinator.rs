@@ -300,6 +300,7 @@ impl Coordinator {
                     resources: resources.clone(),
                     flush_timeout: cfg.flush_timeout,
                     idle: cfg.idle,
+                    min_park: cfg.min_park,
                     progress: progress.clone(),
                 },
             ));

@@ -30,10 +30,11 @@ impl Record {
     }
 }
 
-/// The key used for hash partitioning.
-#[inline(always)]
-pub(crate) fn key_of(r: &Record) -> u64 {
-    r.key
+impl shardflow_netstack::Keyed for Record {
+    #[inline(always)]
+    fn key(&self) -> u64 {
+        self.key
+    }
 }
 
 /// Operator configuration: `key=value` pairs, encoded as `k=v;k=v` UTF-8 bytes so a

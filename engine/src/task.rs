@@ -20,7 +20,7 @@ use shardflow_netstack::{
 use crate::config::IdlePolicy;
 use crate::error::{EngineError, OperatorError};
 use crate::operator::{ChainHead, Operator, SinkOutput, SourceOperator, SourceStatus, TaskInfo};
-use crate::record::{key_of, Record};
+use crate::record::Record;
 use crate::registry::{JobResources, OperatorRegistry};
 
 /// Records a source appends per poll at most.
@@ -50,6 +50,7 @@ pub(crate) struct TaskDeployment {
     pub(crate) resources: Arc<JobResources>,
     pub(crate) flush_timeout: Option<Duration>,
     pub(crate) idle: IdlePolicy,
+    pub(crate) min_park: Duration,
     /// Records produced by the job's sources so far (shared by the job's tasks).
     pub(crate) progress: Arc<AtomicU64>,
 }
@@ -164,7 +165,7 @@ fn build(d: &mut TaskDeployment, pool: &Rc<SegmentPool>) -> Result<Built, TaskFa
         specs.map(|s| d.registry.build_operator(&s.name, &s.config, &d.resources)).collect::<Result<Vec<_>, _>>()?;
     let mut writers = Vec::with_capacity(d.outputs.len());
     for out in d.outputs.drain(..) {
-        let mut w = PartitionWriter::new(pool.clone(), out.senders, out.partitioner, key_of)?;
+        let mut w = PartitionWriter::new(pool.clone(), out.senders, out.partitioner)?;
         w.set_flush_timeout(d.flush_timeout);
         writers.push(w);
     }
@@ -193,8 +194,16 @@ pub(crate) async fn run_task(
         (ChainHead::Source(mut source), None) => {
             source.open(&d.info)?;
             on_running();
-            run_source(source.as_mut(), &mut chain, &mut writers, d.flush_timeout.is_some(), &d.progress, d.idle)
-                .await?
+            run_source(
+                source.as_mut(),
+                &mut chain,
+                &mut writers,
+                d.flush_timeout.is_some(),
+                &d.progress,
+                d.idle,
+                d.min_park,
+            )
+            .await?
         }
         (ChainHead::Operator(mut op), Some(mut gate)) => {
             op.open(&d.info)?;
@@ -246,6 +255,7 @@ async fn run_source(
     timed_flush: bool,
     progress: &AtomicU64,
     idle: IdlePolicy,
+    min_park: Duration,
 ) -> Result<u64, TaskFailure> {
     let mut batch = Vec::with_capacity(SOURCE_BATCH);
     let mut produced = 0u64;
@@ -267,7 +277,7 @@ async fn run_source(
             SourceStatus::IdleUntil(due) => {
                 // Nothing due: the source has drained its input.
                 flush(writers).await?;
-                wait_until(due, idle).await;
+                wait_until(due, idle, min_park).await;
             }
             SourceStatus::Finished => break,
         }
@@ -276,15 +286,16 @@ async fn run_source(
     Ok(produced)
 }
 
-/// Waits for `due`: on a parking shard with a timer (the kernel wakes the shard); on a
+/// Waits for `due`: on a parking shard with a timer of at least `min_park` (the
+/// kernel wakes the shard); on a
 /// spinning shard by watching the clock, yielding the task queue on every turn so
 /// the reactor keeps serving wake-ups from other shards meanwhile.
-async fn wait_until(due: Instant, idle: IdlePolicy) {
+async fn wait_until(due: Instant, idle: IdlePolicy, min_park: Duration) {
     match idle {
         IdlePolicy::Park => {
             let now = Instant::now();
             if due > now {
-                glommio::timer::sleep(due - now).await;
+                glommio::timer::sleep((due - now).max(min_park)).await;
             }
         }
         IdlePolicy::Spin => {

@@ -34,7 +34,7 @@
 //! let pool = Rc::new(SegmentPoolBuilder::new(0, 8).segment_bytes(4096).build()?);
 //! let ledger = CreditLedger::new(1, 2, 1);
 //! let (tx, rx) = channel(ledger.initial_credits(), ledger.max_in_flight_per_channel(), 2);
-//! let mut out = PartitionWriter::<[u64; 2]>::new(pool, vec![tx], Partitioner::Forward, |r| r[0])?;
+//! let mut out = PartitionWriter::<[u64; 2]>::new(pool, vec![tx], Partitioner::Forward)?;
 //! let mut gate = InputGate::new(vec![rx], ledger);
 //! block_on(async {
 //!     out.emit(&[[1, 10], [2, 20]]).await?;
@@ -68,5 +68,5 @@ pub use credit::{CreditLedger, Recycle};
 pub use error::NetError;
 pub use event::{CheckpointBarrier, Event};
 pub use gate::{GateItem, InputBuffer, InputGate};
-pub use partition::{fmix64, hash_route, PartitionWriter, Partitioner};
+pub use partition::{fmix64, hash_route, Keyed, PartitionWriter, Partitioner};
 pub use record::{rkyv_records, RkyvRecords, RkyvWriter};

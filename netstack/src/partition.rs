@@ -13,6 +13,21 @@ use crate::channel::ChannelSender;
 use crate::error::NetError;
 use crate::event::Event;
 
+/// A record that carries its partitioning key (read on every routed record, so it
+/// is a trait to be inlined, not a function pointer).
+pub trait Keyed {
+    /// The key hash partitioning routes on.
+    fn key(&self) -> u64;
+}
+
+/// Arrays of `u64` are keyed by their first element.
+impl<const N: usize> Keyed for [u64; N] {
+    #[inline(always)]
+    fn key(&self) -> u64 {
+        self[0]
+    }
+}
+
 /// How a record picks its subpartition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Partitioner {
@@ -50,11 +65,10 @@ struct Subpartition<T: Pod> {
 
 /// Writes records of type `T` into the subpartitions of one result partition.
 /// `!Send`: it lives on the producer's shard, next to the pool it draws from.
-pub struct PartitionWriter<T: Pod> {
+pub struct PartitionWriter<T: Pod + Keyed> {
     pool: Rc<SegmentPool>,
     subs: Vec<Subpartition<T>>,
     partitioner: Partitioner,
-    key_of: fn(&T) -> u64,
     next_rr: usize,
     flush_timeout: Option<Duration>,
     oldest_unflushed: Option<Instant>,
@@ -62,14 +76,9 @@ pub struct PartitionWriter<T: Pod> {
     buffers_out: u64,
 }
 
-impl<T: Pod> PartitionWriter<T> {
+impl<T: Pod + Keyed> PartitionWriter<T> {
     /// A writer over `senders` (one per subpartition, in subpartition order).
-    pub fn new(
-        pool: Rc<SegmentPool>,
-        senders: Vec<ChannelSender>,
-        partitioner: Partitioner,
-        key_of: fn(&T) -> u64,
-    ) -> Result<Self, NetError> {
+    pub fn new(pool: Rc<SegmentPool>, senders: Vec<ChannelSender>, partitioner: Partitioner) -> Result<Self, NetError> {
         let seg_bytes = pool.segment_bytes();
         if std::mem::size_of::<T>() > seg_bytes {
             return Err(NetError::RecordTooLarge { record_bytes: std::mem::size_of::<T>(), segment_bytes: seg_bytes });
@@ -83,7 +92,6 @@ impl<T: Pod> PartitionWriter<T> {
             pool,
             subs,
             partitioner,
-            key_of,
             next_rr: 0,
             flush_timeout: None,
             oldest_unflushed: None,
@@ -154,9 +162,8 @@ impl<T: Pod> PartitionWriter<T> {
     #[inline]
     fn fill_hash(&mut self, recs: &[T]) -> (usize, bool) {
         let n = self.subs.len();
-        let key_of = self.key_of;
         for (j, r) in recs.iter().enumerate() {
-            let w = writer(&mut self.subs[hash_route(key_of(r), n)]);
+            let w = writer(&mut self.subs[hash_route(r.key(), n)]);
             w.push(*r);
             if w.is_full() {
                 self.records_out += j as u64 + 1;

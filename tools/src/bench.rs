@@ -74,6 +74,10 @@ pub(crate) struct BenchArgs {
     /// Flush timeout for partial buffers, in ms (0 = none). Default 100.
     #[arg(long)]
     flush_timeout_ms: Option<u64>,
+    /// Park mode: shortest timed wait of a source, in µs (records due sooner are
+    /// emitted together). Default 100.
+    #[arg(long)]
+    min_park_us: Option<u64>,
     /// Print the placement table on stderr.
     #[arg(long)]
     show_placement: bool,
@@ -103,6 +107,9 @@ pub(crate) fn run(a: &BenchArgs) -> Result<bool> {
     });
     if let Some(b) = a.segment_bytes {
         builder = builder.segment_bytes(b);
+    }
+    if let Some(us) = a.min_park_us {
+        builder = builder.min_park(Duration::from_micros(us));
     }
     if let Some(ms) = a.flush_timeout_ms {
         builder = builder.flush_timeout((ms > 0).then(|| Duration::from_millis(ms)));

@@ -1,6 +1,4 @@
-//! Keyed processing with per-key value state, kept in a shard-local hash map.
-
-use rustc_hash::FxHashMap;
+//! Keyed processing with per-key value state, kept in a shard-local hash table.
 
 use crate::error::OperatorError;
 use crate::operator::Operator;
@@ -15,23 +13,96 @@ pub trait KeyedProcessFunction: 'static {
     fn on_end(&mut self, _key: u64, _state: u64, _out: &mut Vec<Record>) {}
 }
 
+/// Per-key `u64` value state: open addressing with linear probing, key and value
+/// side by side so a hit touches one cache line. The slot hash is Fibonacci hashing,
+/// independent of the routing hash (fmix64), whose top bits are the same for every
+/// key that reaches one subtask.
+pub(crate) struct ValueTable {
+    /// `(key, value)`; a slot is free when its key is [`FREE`].
+    slots: Vec<(u64, u64)>,
+    shift: u32,
+    len: usize,
+    /// The value of key [`FREE`] itself, which cannot live in a slot.
+    free_key_value: Option<u64>,
+}
+
+const FREE: u64 = u64::MAX;
+const MIN_BITS: u32 = 10;
+
+impl ValueTable {
+    pub(crate) fn new() -> Self {
+        ValueTable { slots: vec![(FREE, 0); 1 << MIN_BITS], shift: 64 - MIN_BITS, len: 0, free_key_value: None }
+    }
+
+    #[inline(always)]
+    fn home(&self, key: u64) -> usize {
+        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
+    }
+
+    /// The value of `key`, inserted as 0 if absent.
+    #[inline(always)]
+    pub(crate) fn value_mut(&mut self, key: u64) -> &mut u64 {
+        if key == FREE {
+            return self.free_key_value.get_or_insert(0);
+        }
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            self.grow();
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(key);
+        loop {
+            let k = self.slots[i].0;
+            if k == key {
+                return &mut self.slots[i].1;
+            }
+            if k == FREE {
+                self.len += 1;
+                self.slots[i] = (key, 0);
+                return &mut self.slots[i].1;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn grow(&mut self) {
+        let old = std::mem::replace(&mut self.slots, vec![(FREE, 0); 0]);
+        self.slots = vec![(FREE, 0); old.len() * 2];
+        self.shift -= 1;
+        let mask = self.slots.len() - 1;
+        for (k, v) in old.into_iter().filter(|s| s.0 != FREE) {
+            let mut i = self.home(k);
+            while self.slots[i].0 != FREE {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = (k, v);
+        }
+    }
+
+    /// Every `(key, value)`, leaving the table empty.
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.len = 0;
+        let free = self.free_key_value.take().map(|v| (FREE, v));
+        self.slots.iter_mut().filter(|s| s.0 != FREE).map(|s| std::mem::replace(s, (FREE, 0))).chain(free)
+    }
+}
+
 /// Runs a [`KeyedProcessFunction`] over records of the keys routed to this subtask.
 pub struct KeyedProcess<F> {
     f: F,
-    state: FxHashMap<u64, u64>,
+    state: ValueTable,
 }
 
 impl<F: KeyedProcessFunction> KeyedProcess<F> {
     /// Wraps `f` with empty state.
     pub fn new(f: F) -> Self {
-        KeyedProcess { f, state: FxHashMap::default() }
+        KeyedProcess { f, state: ValueTable::new() }
     }
 }
 
 impl<F: KeyedProcessFunction> Operator for KeyedProcess<F> {
     fn process_batch(&mut self, input: &[Record], out: &mut Vec<Record>) -> Result<(), OperatorError> {
         for r in input {
-            let s = self.state.entry(r.key).or_insert(0);
+            let s = self.state.value_mut(r.key);
             self.f.process(r, s, out);
         }
         Ok(())
@@ -70,4 +141,34 @@ impl KeyedProcessFunction for Sum {
 pub(super) fn register(r: &mut OperatorRegistry) {
     r.register_operator("keyed.count", |_, _| Ok(Box::new(KeyedProcess::new(Count))));
     r.register_operator("keyed.sum", |_, _| Ok(Box::new(KeyedProcess::new(Sum))));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn value_table_agrees_with_a_hash_map_through_growth() {
+        let mut t = ValueTable::new();
+        let mut oracle: HashMap<u64, u64> = HashMap::new();
+        let mut x = 7u64;
+        for i in 0..50_000u64 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let key = match i % 5 {
+                0 => u64::MAX,
+                1 => 0,
+                _ => x % 20_000,
+            };
+            *t.value_mut(key) += i;
+            *oracle.entry(key).or_insert(0) += i;
+        }
+        let mut got: Vec<(u64, u64)> = t.drain().collect();
+        got.sort_unstable();
+        let mut want: Vec<(u64, u64)> = oracle.into_iter().collect();
+        want.sort_unstable();
+        assert_eq!(got, want);
+        assert_eq!(t.drain().count(), 0, "drained");
+    }
 }
