@@ -73,3 +73,17 @@ mod auto_traits {
 /// ```
 #[cfg(doctest)]
 pub struct SegmentPoolIsNotSend;
+
+/// Hints the CPU to bring the cache line holding `value` into L1, so a lookup a few
+/// iterations later does not stall on memory. A no-op where unsupported.
+#[inline(always)]
+pub fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` is a hint that never faults and never writes; the
+    // pointer comes from a live reference.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((value as *const T).cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
