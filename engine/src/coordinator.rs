@@ -204,9 +204,15 @@ impl Coordinator {
                 shards,
             },
         );
+        // One message per shard: a spinning shard reads its mailbox only between
+        // time slices, so a job's tasks on one shard must arrive together.
+        let mut per_shard: BTreeMap<u32, Vec<TaskDeployment>> = BTreeMap::new();
         for (shard, d) in deployments {
+            per_shard.entry(shard).or_default().push(d);
+        }
+        for (shard, ds) in per_shard {
             if let Some(s) = self.shards.iter().find(|s| s.id == shard) {
-                if s.mailbox.send(ShardCommand::Deploy(Box::new(d))).is_err() {
+                if s.mailbox.send(ShardCommand::Deploy(ds)).is_err() {
                     tracing::error!(shard, "shard mailbox closed while deploying");
                 }
             }

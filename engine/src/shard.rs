@@ -27,8 +27,8 @@ use crate::task::{run_task, TaskDeployment, TaskFailure};
 
 /// Commands a shard executes.
 pub(crate) enum ShardCommand {
-    /// Run a subtask.
-    Deploy(Box<TaskDeployment>),
+    /// Run these subtasks (all of one job on this shard, so they start together).
+    Deploy(Vec<TaskDeployment>),
     /// Cancel every task of the job on this shard.
     Cancel(JobId),
     /// Cancel everything and stop.
@@ -185,16 +185,19 @@ async fn shard_loop(pool: Rc<SegmentPool>, commands: Mailbox<ShardCommand>, coor
     let live = Live::default();
     while let Some(cmd) = commands.recv().await {
         match cmd {
-            ShardCommand::Deploy(d) => {
-                let token = CancelToken::default();
-                tasks.borrow_mut().entry(d.job).or_default().push((d.attempt, token.clone()));
-                live.enter();
-                let (live, tasks, coordinator, pool) = (live.clone(), tasks.clone(), coordinator.clone(), pool.clone());
-                glommio::spawn_local(async move {
-                    supervise(*d, pool, token, tasks, coordinator).await;
-                    live.leave();
-                })
-                .detach();
+            ShardCommand::Deploy(deployments) => {
+                for d in deployments {
+                    let token = CancelToken::default();
+                    tasks.borrow_mut().entry(d.job).or_default().push((d.attempt, token.clone()));
+                    live.enter();
+                    let (live, tasks, coordinator, pool) =
+                        (live.clone(), tasks.clone(), coordinator.clone(), pool.clone());
+                    glommio::spawn_local(async move {
+                        supervise(d, pool, token, tasks, coordinator).await;
+                        live.leave();
+                    })
+                    .detach();
+                }
             }
             ShardCommand::Cancel(job) => {
                 for (_, t) in tasks.borrow_mut().remove(&job).unwrap_or_default() {

@@ -167,6 +167,7 @@ fn build(d: &mut TaskDeployment, pool: &Rc<SegmentPool>) -> Result<Built, TaskFa
     for out in d.outputs.drain(..) {
         let mut w = PartitionWriter::new(pool.clone(), out.senders, out.partitioner)?;
         w.set_flush_timeout(d.flush_timeout);
+        w.set_busy_poll(d.idle == IdlePolicy::Spin);
         writers.push(w);
     }
     let gate = if d.inputs.is_empty() {
@@ -211,7 +212,7 @@ pub(crate) async fn run_task(
             // The head joins the chain: it is ops[0] from here on.
             chain.ops.insert(0, op);
             chain.bufs.insert(0, Vec::with_capacity(SOURCE_BATCH));
-            run_input(&mut gate, &mut chain, &mut writers, d.flush_timeout.is_some()).await?
+            run_input(&mut gate, &mut chain, &mut writers, d.flush_timeout.is_some(), d.idle).await?
         }
         (ChainHead::Source(_), Some(_)) => {
             return Err(TaskFailure { cause: "a source vertex cannot have inputs".into(), secondary: false })
@@ -300,7 +301,7 @@ async fn wait_until(due: Instant, idle: IdlePolicy, min_park: Duration) {
         }
         IdlePolicy::Spin => {
             while Instant::now() < due {
-                glommio::executor().yield_task_queue_now().await;
+                futures_lite::future::yield_now().await;
             }
         }
     }
@@ -311,6 +312,7 @@ async fn run_input(
     chain: &mut Chain,
     writers: &mut [PartitionWriter<Record>],
     timed_flush: bool,
+    idle: IdlePolicy,
 ) -> Result<u64, TaskFailure> {
     let channels = gate.num_channels();
     let mut watermarks = vec![0u64; channels];
@@ -318,7 +320,7 @@ async fn run_input(
     let mut barrier_seen: Vec<u64> = vec![0; channels];
     let mut records_in = 0u64;
     let mut since_yield = 0u32;
-    loop {
+    'input: loop {
         let (channel, item) = match gate.try_next()? {
             Some(x) => x,
             None => {
@@ -327,9 +329,21 @@ async fn run_input(
                 }
                 // Drained: send partial buffers before waiting.
                 flush(writers).await?;
-                match gate.next().await? {
-                    Some(x) => x,
-                    None => break,
+                match idle {
+                    IdlePolicy::Park => match gate.next().await? {
+                        Some(x) => x,
+                        None => break,
+                    },
+                    // Poll the gate: no wake-up has to cross cores.
+                    IdlePolicy::Spin => loop {
+                        futures_lite::future::yield_now().await;
+                        if let Some(x) = gate.try_next()? {
+                            break x;
+                        }
+                        if gate.is_finished() {
+                            break 'input;
+                        }
+                    },
                 }
             }
         };

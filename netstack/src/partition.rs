@@ -106,6 +106,14 @@ impl<T: Pod + Keyed> PartitionWriter<T> {
         self.flush_timeout = timeout;
     }
 
+    /// Busy-poll instead of parking while waiting for credit (see
+    /// [`crate::ChannelSender::set_busy_poll`]).
+    pub fn set_busy_poll(&mut self, on: bool) {
+        for sub in &mut self.subs {
+            sub.sender.set_busy_poll(on);
+        }
+    }
+
     /// Number of subpartitions.
     pub fn num_subpartitions(&self) -> usize {
         self.subs.len()

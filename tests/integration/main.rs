@@ -9,3 +9,4 @@ mod embedded_cancel;
 mod embedded_failure;
 mod embedded_oracle;
 mod embedded_placement;
+mod embedded_spin;
