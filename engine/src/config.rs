@@ -41,6 +41,9 @@ pub struct EngineConfig {
     pub segment_bytes: usize,
     /// Network buffer memory per shard (its segment pool).
     pub network_memory_bytes: usize,
+    /// Managed memory per task slot (keyed state and other operator memory), shared
+    /// by the subtasks in the slot.
+    pub managed_memory_per_slot_bytes: u64,
     /// Exclusive credits (buffers) per input channel.
     pub exclusive_credits: u32,
     /// Floating credits per input gate.
@@ -66,6 +69,7 @@ impl Default for EngineConfig {
             slots_per_shard: 2,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             network_memory_bytes: 64 << 20,
+            managed_memory_per_slot_bytes: 1 << 30,
             exclusive_credits: 4,
             floating_credits: 8,
             event_room: 8,
@@ -138,6 +142,13 @@ impl EngineBuilder {
         self
     }
 
+    /// Managed memory per task slot. Default 1 GiB; at least 64 KiB.
+    #[must_use]
+    pub fn managed_memory_per_slot_bytes(mut self, bytes: u64) -> Self {
+        self.config.managed_memory_per_slot_bytes = bytes;
+        self
+    }
+
     /// Exclusive credits per input channel. Default 4; 1..=1024.
     #[must_use]
     pub fn exclusive_credits(mut self, n: u32) -> Self {
@@ -204,6 +215,13 @@ impl EngineBuilder {
                 "network_memory_bytes",
                 c.network_memory_bytes.to_string(),
                 &format!("must hold at least 16 segments of {} bytes", c.segment_bytes),
+            ));
+        }
+        if c.managed_memory_per_slot_bytes < 64 << 10 {
+            return Err(bad(
+                "managed_memory_per_slot_bytes",
+                c.managed_memory_per_slot_bytes.to_string(),
+                "must be at least 65536",
             ));
         }
         if !(1..=1024).contains(&c.exclusive_credits) {

@@ -78,6 +78,8 @@ pub(crate) struct Coordinator {
     shards: Vec<ShardHandle>,
     budgets: Vec<Budget>,
     slots: Vec<(SlotOffer, Option<JobId>)>,
+    /// Managed memory of each slot, by slot id.
+    managed: HashMap<SlotId, Budget>,
     jobs: HashMap<JobId, JobMaster>,
     finished: HashMap<JobId, JobStatus>,
     next_job: u64,
@@ -89,7 +91,7 @@ impl Coordinator {
             .iter()
             .map(|s| Budget::new(BudgetKind::NetworkBuffers, (s.pool.segments() * s.pool.segment_bytes()) as u64))
             .collect();
-        let slots = shards
+        let slots: Vec<(SlotOffer, Option<JobId>)> = shards
             .iter()
             .flat_map(|s| {
                 (0..config.slots_per_shard).map(move |i| {
@@ -98,12 +100,19 @@ impl Coordinator {
                 })
             })
             .collect();
+        let managed = slots
+            .iter()
+            .map(|(offer, _)| {
+                (offer.slot, Budget::new(BudgetKind::ManagedMemory, config.managed_memory_per_slot_bytes))
+            })
+            .collect();
         Coordinator {
             config,
             registry,
             shards,
             budgets,
             slots,
+            managed,
             jobs: HashMap::new(),
             finished: HashMap::new(),
             next_job: 1,
@@ -296,6 +305,7 @@ impl Coordinator {
                         parallelism: v.parallelism,
                         job_start,
                         core: place.core,
+                        managed_memory: self.managed[&place.slot].clone(),
                     },
                     chain: v.chain.clone(),
                     inputs,

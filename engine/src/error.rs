@@ -109,4 +109,7 @@ pub enum OperatorError {
     /// A data-plane error.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// The operator's memory exceeds its slot's managed memory budget.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
 }

@@ -9,6 +9,7 @@
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
+use shardflow_memory::Budget;
 
 use crate::error::OperatorError;
 use crate::record::Record;
@@ -26,6 +27,9 @@ pub struct TaskInfo {
     pub job_start: Instant,
     /// Core this subtask's shard runs on.
     pub core: usize,
+    /// The managed memory of this subtask's slot: operators reserve what they keep
+    /// (keyed state, buffers) and fail with the numbers when it is exhausted.
+    pub managed_memory: Budget,
 }
 
 /// A result a sink hands back when its task finishes.

@@ -119,3 +119,31 @@ fn a_budget_too_small_for_the_channels_is_refused_with_the_numbers() {
         assert_eq!(pool.free_segments, pool.segments);
     }
 }
+
+#[test]
+fn keyed_state_beyond_the_slot_budget_fails_the_job_with_the_numbers() {
+    let engine = small_engine().managed_memory_per_slot_bytes(256 << 10).build().expect("engine starts");
+    let keyed = |keys: u64| {
+        JobBuilder::new("keyed")
+            .source(
+                "src",
+                ops::generator(200_000, ops::KeyGen::MulMod { mul: 2_654_435_761, modulus: keys }, ops::ValueGen::One),
+                1,
+            )
+            .connect(PartitionerKind::Hash, "count", 1)
+            .then(ops::keyed_count())
+            .then(ops::count_sink())
+            .build()
+    };
+    // 100 000 keys need a 2 MiB table: far over a 256 KiB slot.
+    match engine.submit(keyed(100_000)).unwrap().wait_timeout(TIMEOUT) {
+        Err(EngineError::JobFailed { cause, .. }) => {
+            assert!(cause.contains("managed memory budget exceeded: requested"), "{cause}");
+            assert!(cause.contains("of 262144 bytes available"), "{cause}");
+        }
+        other => panic!("expected the job to fail on its memory budget, got {other:?}"),
+    }
+    // The failed job's reservations are gone: a job that fits runs in the same slot.
+    let result = engine.submit(keyed(1_000)).unwrap().wait_timeout(TIMEOUT).expect("fits the budget");
+    assert_eq!(result.count(), (1_000, 200_000));
+}

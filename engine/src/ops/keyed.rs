@@ -1,7 +1,9 @@
 //! Keyed processing with per-key value state, kept in a shard-local hash table.
 
+use shardflow_memory::{Budget, MemoryError, Reservation};
+
 use crate::error::OperatorError;
-use crate::operator::Operator;
+use crate::operator::{Operator, TaskInfo};
 use crate::record::Record;
 use crate::registry::OperatorRegistry;
 
@@ -20,6 +22,10 @@ pub trait KeyedProcessFunction: 'static {
 pub(crate) struct ValueTable {
     /// `(key, value)`; a slot is free when its key is [`FREE`].
     slots: Vec<(u64, u64)>,
+    /// The slot's managed memory, once the operator is open.
+    budget: Option<Budget>,
+    /// What the table holds of it.
+    reserved: Option<Reservation>,
     shift: u32,
     len: usize,
     /// The value of key [`FREE`] itself, which cannot live in a slot.
@@ -31,7 +37,25 @@ const MIN_BITS: u32 = 10;
 
 impl ValueTable {
     pub(crate) fn new() -> Self {
-        ValueTable { slots: vec![(FREE, 0); 1 << MIN_BITS], shift: 64 - MIN_BITS, len: 0, free_key_value: None }
+        ValueTable {
+            slots: vec![(FREE, 0); 1 << MIN_BITS],
+            budget: None,
+            reserved: None,
+            shift: 64 - MIN_BITS,
+            len: 0,
+            free_key_value: None,
+        }
+    }
+
+    /// Charges the table's memory to `budget` from now on.
+    pub(crate) fn account_to(&mut self, budget: Budget) -> Result<(), MemoryError> {
+        self.reserved = Some(budget.reserve(Self::bytes(self.slots.len()))?);
+        self.budget = Some(budget);
+        Ok(())
+    }
+
+    fn bytes(slots: usize) -> u64 {
+        (slots * std::mem::size_of::<(u64, u64)>()) as u64
     }
 
     #[inline(always)]
@@ -45,32 +69,38 @@ impl ValueTable {
         shardflow_memory::prefetch(&self.slots[self.home(key)]);
     }
 
-    /// The value of `key`, inserted as 0 if absent.
+    /// The value of `key`, inserted as 0 if absent; an error if growing the table
+    /// would exceed the managed memory budget (the table is left as it was).
     #[inline(always)]
-    pub(crate) fn value_mut(&mut self, key: u64) -> &mut u64 {
+    pub(crate) fn value_mut(&mut self, key: u64) -> Result<&mut u64, MemoryError> {
         if key == FREE {
-            return self.free_key_value.get_or_insert(0);
+            return Ok(self.free_key_value.get_or_insert(0));
         }
         if (self.len + 1) * 4 > self.slots.len() * 3 {
-            self.grow();
+            self.grow()?;
         }
         let mask = self.slots.len() - 1;
         let mut i = self.home(key);
         loop {
             let k = self.slots[i].0;
             if k == key {
-                return &mut self.slots[i].1;
+                return Ok(&mut self.slots[i].1);
             }
             if k == FREE {
                 self.len += 1;
                 self.slots[i] = (key, 0);
-                return &mut self.slots[i].1;
+                return Ok(&mut self.slots[i].1);
             }
             i = (i + 1) & mask;
         }
     }
 
-    fn grow(&mut self) {
+    fn grow(&mut self) -> Result<(), MemoryError> {
+        if let Some(budget) = &self.budget {
+            // Reserve the larger table before giving back the smaller one.
+            let bigger = budget.reserve(Self::bytes(self.slots.len() * 2))?;
+            self.reserved = Some(bigger);
+        }
         let old = std::mem::replace(&mut self.slots, vec![(FREE, 0); 0]);
         self.slots = vec![(FREE, 0); old.len() * 2];
         self.shift -= 1;
@@ -82,6 +112,7 @@ impl ValueTable {
             }
             self.slots[i] = (k, v);
         }
+        Ok(())
     }
 
     /// Every `(key, value)`, leaving the table empty.
@@ -106,6 +137,11 @@ impl<F: KeyedProcessFunction> KeyedProcess<F> {
 }
 
 impl<F: KeyedProcessFunction> Operator for KeyedProcess<F> {
+    fn open(&mut self, info: &TaskInfo) -> Result<(), OperatorError> {
+        self.state.account_to(info.managed_memory.clone())?;
+        Ok(())
+    }
+
     fn process_batch(&mut self, input: &[Record], out: &mut Vec<Record>) -> Result<(), OperatorError> {
         // Prefetch the slot of the record `AHEAD` positions on, so table misses
         // overlap instead of stalling one by one.
@@ -114,7 +150,7 @@ impl<F: KeyedProcessFunction> Operator for KeyedProcess<F> {
             if let Some(next) = input.get(i + AHEAD) {
                 self.state.prefetch(next.key);
             }
-            let s = self.state.value_mut(r.key);
+            let s = self.state.value_mut(r.key)?;
             self.f.process(r, s, out);
         }
         Ok(())
@@ -173,7 +209,7 @@ mod tests {
                 1 => 0,
                 _ => x % 20_000,
             };
-            *t.value_mut(key) += i;
+            *t.value_mut(key).unwrap() += i;
             *oracle.entry(key).or_insert(0) += i;
         }
         let mut got: Vec<(u64, u64)> = t.drain().collect();
@@ -182,5 +218,30 @@ mod tests {
         want.sort_unstable();
         assert_eq!(got, want);
         assert_eq!(t.drain().count(), 0, "drained");
+    }
+
+    #[test]
+    fn growth_past_the_budget_is_a_typed_error_and_leaves_the_table_intact() {
+        use shardflow_memory::BudgetKind;
+        let budget = Budget::new(BudgetKind::ManagedMemory, 64 << 10);
+        let mut t = ValueTable::new();
+        t.account_to(budget.clone()).unwrap();
+        assert_eq!(budget.used_bytes(), 16 << 10, "1024 slots of 16 bytes");
+        let mut inserted = 0u64;
+        let err = loop {
+            match t.value_mut(inserted) {
+                Ok(v) => *v = inserted,
+                Err(e) => break e,
+            }
+            inserted += 1;
+        };
+        assert!(matches!(err, MemoryError::BudgetExceeded { kind: BudgetKind::ManagedMemory, .. }), "{err}");
+        // A rehash holds the old and the new table at once: growing from 2048 slots
+        // (32 KiB) to 4096 needs 32 + 64 KiB, more than the 64 KiB budget.
+        assert_eq!(inserted, 1536, "grew to 2048 slots, refused the next doubling");
+        assert_eq!(budget.used_bytes(), 32 << 10, "a refused growth takes nothing");
+        assert_eq!(t.drain().count() as u64, inserted, "nothing lost");
+        drop(t);
+        assert_eq!(budget.used_bytes(), 0, "released with the table");
     }
 }
