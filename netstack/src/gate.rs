@@ -95,6 +95,15 @@ impl InputGate {
             if inner.ended[c] {
                 continue;
             }
+            // A sender out of credit announces a backlog: answer it with floating
+            // credits at once, not only when the channel runs dry (Flink's protocol).
+            let starved = {
+                let ch = &inner.channels[c];
+                ch.backlog() > 0 && ch.credits() == 0
+            };
+            if starved && inner.ledger.floating_free() > 0 {
+                inner.distribute_floating();
+            }
             let ch = &inner.channels[c];
             let env = match ch.try_recv() {
                 Some(env) => env,
@@ -106,9 +115,6 @@ impl InputGate {
                             None => return Err(NetError::ProducerLost { channel: c }),
                         }
                     } else {
-                        if ch.backlog() > 0 && ch.credits() == 0 {
-                            inner.distribute_floating();
-                        }
                         continue;
                     }
                 }
