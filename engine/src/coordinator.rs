@@ -69,7 +69,6 @@ struct JobMaster {
     secondary_cause: Option<String>,
     outcome: Sender<JobOutcome>,
     submitted: Instant,
-    shards: Vec<u32>,
 }
 
 pub(crate) struct Coordinator {
@@ -176,28 +175,25 @@ impl Coordinator {
         let reservations = self.reserve(&graph, &assignment)?;
 
         let job_id = JobId(self.next_job);
+        let mut eg = ExecutionGraph::expand(job_id, &graph, &order);
+        eg.start()?;
+        for a in eg.subtasks.iter().map(|s| s.attempt).collect::<Vec<_>>() {
+            for to in [ExecutionState::Scheduled, ExecutionState::Deploying] {
+                eg.on_state(a, to, None)?;
+            }
+        }
+        // Nothing below can fail: only now does the job take its id and slots.
         self.next_job += 1;
         for p in &assignment.placements {
             if let Some(s) = self.slots.iter_mut().find(|s| s.0.slot == p.slot) {
                 s.1 = Some(job_id);
             }
         }
-        let mut eg = ExecutionGraph::expand(job_id, &graph, &order);
-        eg.start()?;
         let submitted = Instant::now();
         let progress = Arc::new(AtomicU64::new(0));
         let deployments =
             self.deployments(job_id, &graph, &eg, &assignment, registry, resources, submitted, progress.clone());
         let (outcome_tx, outcome_rx) = crossbeam_channel::bounded(1);
-        let mut shards: Vec<u32> = assignment.placements.iter().map(|p| p.slot.shard.0).collect();
-        shards.sort_unstable();
-        shards.dedup();
-        let attempts: Vec<AttemptId> = eg.subtasks.iter().map(|s| s.attempt).collect();
-        for a in &attempts {
-            for to in [ExecutionState::Scheduled, ExecutionState::Deploying] {
-                eg.on_state(*a, to, None)?;
-            }
-        }
         self.jobs.insert(
             job_id,
             JobMaster {
@@ -210,7 +206,6 @@ impl Coordinator {
                 secondary_cause: None,
                 outcome: outcome_tx,
                 submitted,
-                shards,
             },
         );
         // One message per shard: a spinning shard reads its mailbox only between
@@ -338,7 +333,8 @@ impl Coordinator {
         if to_cancel.is_empty() {
             return;
         }
-        for s in shards.iter().filter(|s| jm.shards.contains(&s.id)) {
+        let hosts = |id: u32| jm.assignment.placements.iter().any(|p| p.slot.shard.0 == id);
+        for s in shards.iter().filter(|s| hosts(s.id)) {
             let _ = s.mailbox.send(ShardCommand::Cancel(jm.eg.job_id));
         }
     }

@@ -157,7 +157,8 @@ impl OperatorRegistry {
     }
 }
 
-struct MapFn<F>(F);
+/// A record-to-record function as an operator (inlined per batch).
+pub(crate) struct MapFn<F>(pub(crate) F);
 impl<F: Fn(Record) -> Record> Operator for MapFn<F> {
     fn process_batch(&mut self, input: &[Record], out: &mut Vec<Record>) -> Result<(), OperatorError> {
         out.extend(input.iter().map(|r| (self.0)(*r)));
@@ -165,7 +166,8 @@ impl<F: Fn(Record) -> Record> Operator for MapFn<F> {
     }
 }
 
-struct FilterFn<F>(F);
+/// A predicate as an operator.
+pub(crate) struct FilterFn<F>(pub(crate) F);
 impl<F: Fn(&Record) -> bool> Operator for FilterFn<F> {
     fn process_batch(&mut self, input: &[Record], out: &mut Vec<Record>) -> Result<(), OperatorError> {
         out.extend(input.iter().filter(|r| (self.0)(r)));
@@ -173,7 +175,8 @@ impl<F: Fn(&Record) -> bool> Operator for FilterFn<F> {
     }
 }
 
-struct FlatMapFn<F>(F);
+/// A one-to-many function as an operator.
+pub(crate) struct FlatMapFn<F>(pub(crate) F);
 impl<F: Fn(&Record, &mut Vec<Record>)> Operator for FlatMapFn<F> {
     fn process_batch(&mut self, input: &[Record], out: &mut Vec<Record>) -> Result<(), OperatorError> {
         for r in input {

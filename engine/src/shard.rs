@@ -121,22 +121,26 @@ impl Drop for ShardHandle {
     }
 }
 
-/// A local cancellation flag a task races against.
+/// A shard-local value that tasks can wait on until it satisfies a condition
+/// (the cancel flag of a task, the count of live tasks).
 #[derive(Clone, Default)]
-struct CancelToken(Rc<RefCell<(bool, Option<Waker>)>>);
+struct LocalWatch<T>(Rc<RefCell<(T, Option<Waker>)>>);
 
-impl CancelToken {
-    fn cancel(&self) {
+impl<T> LocalWatch<T> {
+    /// Changes the value and wakes the waiter, if any.
+    fn update(&self, f: impl FnOnce(&mut T)) {
         let mut s = self.0.borrow_mut();
-        s.0 = true;
+        f(&mut s.0);
         if let Some(w) = s.1.take() {
             w.wake();
         }
     }
-    async fn cancelled(&self) {
+
+    /// Waits until `done` holds for the value.
+    async fn until(&self, done: impl Fn(&T) -> bool) {
         poll_fn(|cx| {
             let mut s = self.0.borrow_mut();
-            if s.0 {
+            if done(&s.0) {
                 Poll::Ready(())
             } else {
                 s.1 = Some(cx.waker().clone());
@@ -146,39 +150,13 @@ impl CancelToken {
         .await
     }
 }
+
+/// Set to `true` to cancel a task.
+type CancelToken = LocalWatch<bool>;
+/// How many tasks the shard runs, so shutdown can wait for the last one.
+type Live = LocalWatch<usize>;
 
 type Tasks = Rc<RefCell<HashMap<JobId, Vec<(AttemptId, CancelToken)>>>>;
-
-/// Counts the shard's live tasks so shutdown can wait for the last one.
-#[derive(Clone, Default)]
-struct Live(Rc<RefCell<(usize, Option<Waker>)>>);
-
-impl Live {
-    fn enter(&self) {
-        self.0.borrow_mut().0 += 1;
-    }
-    fn leave(&self) {
-        let mut s = self.0.borrow_mut();
-        s.0 -= 1;
-        if s.0 == 0 {
-            if let Some(w) = s.1.take() {
-                w.wake();
-            }
-        }
-    }
-    async fn all_done(&self) {
-        poll_fn(|cx| {
-            let mut s = self.0.borrow_mut();
-            if s.0 == 0 {
-                Poll::Ready(())
-            } else {
-                s.1 = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await
-    }
-}
 
 async fn shard_loop(pool: Rc<SegmentPool>, commands: Mailbox<ShardCommand>, coordinator: Sender<CoordinatorMsg>) {
     let tasks: Tasks = Rc::default();
@@ -189,19 +167,19 @@ async fn shard_loop(pool: Rc<SegmentPool>, commands: Mailbox<ShardCommand>, coor
                 for d in deployments {
                     let token = CancelToken::default();
                     tasks.borrow_mut().entry(d.job).or_default().push((d.attempt, token.clone()));
-                    live.enter();
+                    live.update(|n| *n += 1);
                     let (live, tasks, coordinator, pool) =
                         (live.clone(), tasks.clone(), coordinator.clone(), pool.clone());
                     glommio::spawn_local(async move {
                         supervise(d, pool, token, tasks, coordinator).await;
-                        live.leave();
+                        live.update(|n| *n -= 1);
                     })
                     .detach();
                 }
             }
             ShardCommand::Cancel(job) => {
                 for (_, t) in tasks.borrow_mut().remove(&job).unwrap_or_default() {
-                    t.cancel();
+                    t.update(|c| *c = true);
                 }
             }
             ShardCommand::Shutdown => break,
@@ -209,9 +187,9 @@ async fn shard_loop(pool: Rc<SegmentPool>, commands: Mailbox<ShardCommand>, coor
     }
     let all: Vec<CancelToken> = tasks.borrow_mut().drain().flat_map(|(_, v)| v).map(|(_, t)| t).collect();
     for t in all {
-        t.cancel();
+        t.update(|c| *c = true);
     }
-    live.all_done().await;
+    live.until(|n| *n == 0).await;
 }
 
 /// Runs one task, reporting INITIALIZING, RUNNING and its terminal state; a panic
@@ -237,7 +215,7 @@ async fn supervise(
     };
     let run = AssertUnwindSafe(run_task(d, pool, on_running)).catch_unwind();
     let outcome = async { Some(run.await) }.or(async {
-        token.cancelled().await;
+        token.until(|cancelled| *cancelled).await;
         None
     });
     // `let` (not `match` on the await) so the task's gates, writers and buffers are
@@ -260,7 +238,11 @@ async fn supervise(
             )
         }
     }
-    if let Some(v) = tasks.borrow_mut().get_mut(&job) {
+    let mut tasks = tasks.borrow_mut();
+    if let Some(v) = tasks.get_mut(&job) {
         v.retain(|(a, _)| *a != attempt);
+        if v.is_empty() {
+            tasks.remove(&job);
+        }
     }
 }

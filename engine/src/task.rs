@@ -123,6 +123,34 @@ impl Chain {
     }
 }
 
+/// Lets each operator of the chain emit in turn (`step`: end of input, a
+/// watermark, …); what operator `k` emits flows through operators `k+1..` and on to
+/// the writers.
+async fn cascade(
+    chain: &mut Chain,
+    writers: &mut [PartitionWriter<Record>],
+    mut step: impl FnMut(&mut dyn Operator, &mut Vec<Record>) -> Result<(), OperatorError>,
+) -> Result<(), TaskFailure> {
+    for k in 0..chain.ops.len() {
+        let mut emitted = std::mem::take(&mut chain.bufs[k]);
+        emitted.clear();
+        step(chain.ops[k].as_mut(), &mut emitted)?;
+        chain.run(k + 1, &emitted)?;
+        emit(writers, chain.output(k + 1, &emitted)).await?;
+        chain.bufs[k] = emitted;
+    }
+    Ok(())
+}
+
+/// Sends partial buffers older than the flush timeout.
+async fn flush_due(writers: &mut [PartitionWriter<Record>]) -> Result<(), NetError> {
+    let now = Instant::now();
+    for w in writers.iter_mut() {
+        w.flush_if_due(now).await?;
+    }
+    Ok(())
+}
+
 /// Routes a batch to every output.
 async fn emit(writers: &mut [PartitionWriter<Record>], records: &[Record]) -> Result<(), NetError> {
     if records.is_empty() {
@@ -225,15 +253,7 @@ pub(crate) async fn run_task(
         }
     };
     // End of input: each operator emits what it holds, which flows down the chain.
-    for k in 0..chain.ops.len() {
-        let mut held = std::mem::take(&mut chain.bufs[k]);
-        held.clear();
-        chain.ops[k].finish(&mut held)?;
-        chain.run(k + 1, &held)?;
-        let out = chain.output(k + 1, &held);
-        emit(&mut writers, out).await?;
-        chain.bufs[k] = held;
-    }
+    cascade(&mut chain, &mut writers, |op, out| op.finish(out)).await?;
     for w in &mut writers {
         w.finish().await?;
     }
@@ -269,10 +289,7 @@ async fn run_source(
                 chain.run(0, &batch)?;
                 emit(writers, chain.output(0, &batch)).await?;
                 if timed_flush {
-                    let now = Instant::now();
-                    for w in writers.iter_mut() {
-                        w.flush_if_due(now).await?;
-                    }
+                    flush_due(writers).await?;
                 }
             }
             SourceStatus::IdleUntil(due) => {
@@ -288,9 +305,8 @@ async fn run_source(
 }
 
 /// Waits for `due`: on a parking shard with a timer of at least `min_park` (the
-/// kernel wakes the shard); on a
-/// spinning shard by watching the clock, yielding the task queue on every turn so
-/// the reactor keeps serving wake-ups from other shards meanwhile.
+/// kernel wakes the shard); on a spinning shard by watching the clock between turns
+/// of the shard's other tasks (which poll their gates, so nothing needs waking).
 async fn wait_until(due: Instant, idle: IdlePolicy, min_park: Duration) {
     match idle {
         IdlePolicy::Park => {
@@ -358,10 +374,7 @@ async fn run_input(
                 if since_yield >= BUFFERS_PER_YIELD {
                     since_yield = 0;
                     if timed_flush {
-                        let now = Instant::now();
-                        for w in writers.iter_mut() {
-                            w.flush_if_due(now).await?;
-                        }
+                        flush_due(writers).await?;
                     }
                     glommio::yield_if_needed().await;
                 }
@@ -371,14 +384,7 @@ async fn run_input(
                 let min = watermarks.iter().copied().min().unwrap_or(0);
                 if min > emitted_watermark {
                     emitted_watermark = min;
-                    for k in 0..chain.ops.len() {
-                        let mut out = std::mem::take(&mut chain.bufs[k]);
-                        out.clear();
-                        chain.ops[k].process_watermark(min, &mut out)?;
-                        chain.run(k + 1, &out)?;
-                        emit(writers, chain.output(k + 1, &out)).await?;
-                        chain.bufs[k] = out;
-                    }
+                    cascade(chain, writers, |op, out| op.process_watermark(min, out)).await?;
                     broadcast(writers, Event::Watermark(min)).await?;
                 }
             }

@@ -34,6 +34,10 @@ pub enum NetError {
         /// What the check said.
         reason: String,
     },
+    /// The partition writer was finished, or an earlier send failed or was
+    /// cancelled mid-way; it accepts no more records.
+    #[error("the result partition is closed: it was finished or an earlier send did not complete")]
+    PartitionClosed,
     /// A memory error (pool exhausted, …).
     #[error(transparent)]
     Memory(#[from] MemoryError),

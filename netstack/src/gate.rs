@@ -101,7 +101,7 @@ impl InputGate {
                 let ch = &inner.channels[c];
                 ch.backlog() > 0 && ch.credits() == 0
             };
-            if starved && inner.ledger.floating_free() > 0 {
+            if starved {
                 inner.distribute_floating();
             }
             let ch = &inner.channels[c];

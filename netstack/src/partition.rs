@@ -135,6 +135,11 @@ impl<T: Pod + Keyed> PartitionWriter<T> {
         if records.is_empty() {
             return Ok(());
         }
+        // Every subpartition holds a writer from `new` until `finish`; one is
+        // missing after `finish` or a send that failed or was cancelled.
+        if self.subs.iter().any(|s| s.writer.is_none()) {
+            return Err(NetError::PartitionClosed);
+        }
         if self.flush_timeout.is_some() && self.oldest_unflushed.is_none() {
             self.oldest_unflushed = Some(Instant::now());
         }
@@ -286,15 +291,24 @@ impl<T: Pod + Keyed> PartitionWriter<T> {
 fn writer<T: Pod>(sub: &mut Subpartition<T>) -> &mut SegmentWriter<T> {
     match sub.writer.as_mut() {
         Some(w) => w,
-        // Every subpartition holds a writer from `new` until `finish`, and `emit`
-        // after `finish` is a caller bug.
-        None => unreachable!("emit after finish"),
+        // `emit` checks that every writer is present before filling.
+        None => unreachable!("emit checked that every subpartition has a writer"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn emit_after_finish_is_a_typed_error() {
+        use futures_lite::future::block_on;
+        let pool = Rc::new(shardflow_memory::SegmentPoolBuilder::new(0, 4).segment_bytes(4096).build().unwrap());
+        let (tx, _rx) = crate::channel(2, 2, 2);
+        let mut w = PartitionWriter::<[u64; 2]>::new(pool, vec![tx], Partitioner::Forward).unwrap();
+        block_on(w.finish()).unwrap();
+        assert_eq!(block_on(w.emit(&[[1, 1]])), Err(NetError::PartitionClosed));
+    }
 
     #[test]
     fn hash_route_spreads_and_stays_in_range() {

@@ -164,22 +164,12 @@ impl<F: KeyedProcessFunction> Operator for KeyedProcess<F> {
     }
 }
 
-struct Count;
-impl KeyedProcessFunction for Count {
-    #[inline(always)]
-    fn process(&mut self, _record: &Record, state: &mut u64, _out: &mut Vec<Record>) {
-        *state += 1;
-    }
-    fn on_end(&mut self, key: u64, state: u64, out: &mut Vec<Record>) {
-        out.push(Record::new(key, state));
-    }
-}
-
-struct Sum;
-impl KeyedProcessFunction for Sum {
+/// A per-key fold of the values seen, emitted once per key at end of input.
+struct Fold<F>(F);
+impl<F: Fn(u64, &Record) -> u64 + 'static> KeyedProcessFunction for Fold<F> {
     #[inline(always)]
     fn process(&mut self, record: &Record, state: &mut u64, _out: &mut Vec<Record>) {
-        *state = state.wrapping_add(record.value);
+        *state = (self.0)(*state, record);
     }
     fn on_end(&mut self, key: u64, state: u64, out: &mut Vec<Record>) {
         out.push(Record::new(key, state));
@@ -187,8 +177,10 @@ impl KeyedProcessFunction for Sum {
 }
 
 pub(super) fn register(r: &mut OperatorRegistry) {
-    r.register_operator("keyed.count", |_, _| Ok(Box::new(KeyedProcess::new(Count))));
-    r.register_operator("keyed.sum", |_, _| Ok(Box::new(KeyedProcess::new(Sum))));
+    r.register_operator("keyed.count", |_, _| Ok(Box::new(KeyedProcess::new(Fold(|n, _: &Record| n + 1)))));
+    r.register_operator("keyed.sum", |_, _| {
+        Ok(Box::new(KeyedProcess::new(Fold(|sum: u64, r: &Record| sum.wrapping_add(r.value)))))
+    });
 }
 
 #[cfg(test)]

@@ -1,51 +1,11 @@
-//! Stateless record-by-record operators.
+//! Stateless record-by-record operators: configured closures in the registry's
+//! generic map, filter and flat-map operators.
 
 use strength_reduce::StrengthReducedU64;
 
-use crate::error::{EngineError, OperatorError};
-use crate::operator::Operator;
+use crate::error::EngineError;
 use crate::record::{OpConfig, Record};
-use crate::registry::OperatorRegistry;
-
-struct MapAdd(u64);
-impl Operator for MapAdd {
-    fn process_batch(&mut self, input: &[Record], out: &mut Vec<Record>) -> Result<(), OperatorError> {
-        let add = self.0;
-        out.extend(input.iter().map(|r| Record { value: r.value.wrapping_add(add), ..*r }));
-        Ok(())
-    }
-}
-
-struct FilterValueMod {
-    modulus: StrengthReducedU64,
-    drop: u64,
-}
-impl Operator for FilterValueMod {
-    fn process_batch(&mut self, input: &[Record], out: &mut Vec<Record>) -> Result<(), OperatorError> {
-        let (m, d) = (self.modulus, self.drop);
-        out.extend(input.iter().filter(|r| r.value % m != d));
-        Ok(())
-    }
-}
-
-struct FlatMapRepeat(u64);
-impl Operator for FlatMapRepeat {
-    fn process_batch(&mut self, input: &[Record], out: &mut Vec<Record>) -> Result<(), OperatorError> {
-        for r in input {
-            out.extend((0..self.0).map(|i| Record { value: r.value.wrapping_add(i), ..*r }));
-        }
-        Ok(())
-    }
-}
-
-struct KeyByValueMod(StrengthReducedU64);
-impl Operator for KeyByValueMod {
-    fn process_batch(&mut self, input: &[Record], out: &mut Vec<Record>) -> Result<(), OperatorError> {
-        let m = self.0;
-        out.extend(input.iter().map(|r| Record { key: r.value % m, ..*r }));
-        Ok(())
-    }
-}
+use crate::registry::{FilterFn, FlatMapFn, MapFn, OperatorRegistry};
 
 fn positive(c: &OpConfig, op: &str, key: &str) -> Result<u64, EngineError> {
     let v = c.u64(op, key)?;
@@ -59,15 +19,23 @@ fn positive(c: &OpConfig, op: &str, key: &str) -> Result<u64, EngineError> {
 }
 
 pub(super) fn register(r: &mut OperatorRegistry) {
-    r.register_operator("map.add", |c, _| Ok(Box::new(MapAdd(c.u64("map.add", "add")?))));
-    r.register_operator("filter.value_mod", |c, _| {
-        Ok(Box::new(FilterValueMod {
-            modulus: StrengthReducedU64::new(positive(c, "filter.value_mod", "modulus")?),
-            drop: c.u64_or("filter.value_mod", "drop", 0)?,
-        }))
+    r.register_operator("map.add", |c, _| {
+        let add = c.u64("map.add", "add")?;
+        Ok(Box::new(MapFn(move |r: Record| Record { value: r.value.wrapping_add(add), ..r })))
     });
-    r.register_operator("flat_map.repeat", |c, _| Ok(Box::new(FlatMapRepeat(c.u64("flat_map.repeat", "times")?))));
+    r.register_operator("filter.value_mod", |c, _| {
+        let m = StrengthReducedU64::new(positive(c, "filter.value_mod", "modulus")?);
+        let drop = c.u64_or("filter.value_mod", "drop", 0)?;
+        Ok(Box::new(FilterFn(move |r: &Record| r.value % m != drop)))
+    });
+    r.register_operator("flat_map.repeat", |c, _| {
+        let times = c.u64("flat_map.repeat", "times")?;
+        Ok(Box::new(FlatMapFn(move |r: &Record, out: &mut Vec<Record>| {
+            out.extend((0..times).map(|i| Record { value: r.value.wrapping_add(i), ..*r }))
+        })))
+    });
     r.register_operator("key_by.value_mod", |c, _| {
-        Ok(Box::new(KeyByValueMod(StrengthReducedU64::new(positive(c, "key_by.value_mod", "modulus")?))))
+        let m = StrengthReducedU64::new(positive(c, "key_by.value_mod", "modulus")?);
+        Ok(Box::new(MapFn(move |r: Record| Record { key: r.value % m, ..r })))
     });
 }
