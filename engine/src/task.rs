@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use shardflow_control::{AttemptId, JobId, OperatorSpec};
 use shardflow_memory::SegmentPool;
 use shardflow_netstack::{
-    ChannelReceiver, ChannelSender, CreditLedger, Event, GateItem, InputGate, NetError, PartitionWriter, Partitioner,
+    ChannelReceiver, ChannelSender, CheckpointBarrier, CreditLedger, Event, GateItem, InputGate, NetError,
+    PartitionWriter, Partitioner,
 };
 
 use crate::config::IdlePolicy;
@@ -119,6 +120,74 @@ impl Chain {
             &self.bufs[self.ops.len() - 1]
         } else {
             input
+        }
+    }
+}
+
+/// Event-time and barrier progress over the channels of one input gate. A
+/// watermark moves on when the slowest live channel's does; a barrier is forwarded
+/// once every live channel has delivered it (alignment and snapshots come with the
+/// checkpoint coordinator). A channel that has ended holds back neither.
+struct ChannelProgress {
+    watermarks: Vec<u64>,
+    barriers: Vec<u64>,
+    ended: Vec<bool>,
+    emitted_watermark: u64,
+    /// The newest barrier seen and not yet forwarded.
+    pending: Option<CheckpointBarrier>,
+    /// The newest checkpoint id forwarded.
+    forwarded: u64,
+}
+
+impl ChannelProgress {
+    fn new(channels: usize) -> Self {
+        ChannelProgress {
+            watermarks: vec![0; channels],
+            barriers: vec![0; channels],
+            ended: vec![false; channels],
+            emitted_watermark: 0,
+            pending: None,
+            forwarded: 0,
+        }
+    }
+
+    /// Applies `event` from `channel`; returns the watermark and the barrier to
+    /// forward, if any.
+    fn on_event(&mut self, channel: usize, event: Event) -> (Option<u64>, Option<CheckpointBarrier>) {
+        match event {
+            Event::Watermark(w) => self.watermarks[channel] = self.watermarks[channel].max(w),
+            Event::Barrier(b) => {
+                self.barriers[channel] = self.barriers[channel].max(b.checkpoint_id);
+                let newer = self.pending.map_or(self.forwarded, |p| p.checkpoint_id);
+                if b.checkpoint_id > newer {
+                    self.pending = Some(b);
+                }
+            }
+            Event::EndOfPartition => self.ended[channel] = true,
+        }
+        (self.advance_watermark(), self.complete_barrier())
+    }
+
+    fn live(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.ended.len()).filter(|&c| !self.ended[c])
+    }
+
+    fn advance_watermark(&mut self) -> Option<u64> {
+        let min = self.live().map(|c| self.watermarks[c]).min()?;
+        (min > self.emitted_watermark).then(|| {
+            self.emitted_watermark = min;
+            min
+        })
+    }
+
+    fn complete_barrier(&mut self) -> Option<CheckpointBarrier> {
+        let b = self.pending?;
+        if self.live().all(|c| self.barriers[c] >= b.checkpoint_id) {
+            self.pending = None;
+            self.forwarded = b.checkpoint_id;
+            Some(b)
+        } else {
+            None
         }
     }
 }
@@ -330,10 +399,7 @@ async fn run_input(
     timed_flush: bool,
     idle: IdlePolicy,
 ) -> Result<u64, TaskFailure> {
-    let channels = gate.num_channels();
-    let mut watermarks = vec![0u64; channels];
-    let mut emitted_watermark = 0u64;
-    let mut barrier_seen: Vec<u64> = vec![0; channels];
+    let mut progress = ChannelProgress::new(gate.num_channels());
     let mut records_in = 0u64;
     let mut since_yield = 0u32;
     'input: loop {
@@ -379,25 +445,49 @@ async fn run_input(
                     glommio::yield_if_needed().await;
                 }
             }
-            GateItem::Event(Event::Watermark(w)) => {
-                watermarks[channel] = watermarks[channel].max(w);
-                let min = watermarks.iter().copied().min().unwrap_or(0);
-                if min > emitted_watermark {
-                    emitted_watermark = min;
+            GateItem::Event(event) => {
+                let (watermark, barrier) = progress.on_event(channel, event);
+                if let Some(min) = watermark {
                     cascade(chain, writers, |op, out| op.process_watermark(min, out)).await?;
                     broadcast(writers, Event::Watermark(min)).await?;
                 }
-            }
-            GateItem::Event(Event::Barrier(b)) => {
-                // Forwarded once every channel has delivered it (alignment and
-                // snapshots come with the checkpoint coordinator).
-                barrier_seen[channel] = b.checkpoint_id;
-                if barrier_seen.iter().all(|&id| id >= b.checkpoint_id) {
+                if let Some(b) = barrier {
                     broadcast(writers, Event::Barrier(b)).await?;
                 }
             }
-            GateItem::Event(Event::EndOfPartition) => {}
         }
     }
     Ok(records_in)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn barrier(id: u64) -> CheckpointBarrier {
+        CheckpointBarrier { checkpoint_id: id, timestamp_ms: 0 }
+    }
+
+    #[test]
+    fn the_watermark_follows_the_slowest_live_channel() {
+        let mut p = ChannelProgress::new(2);
+        assert_eq!(p.on_event(0, Event::Watermark(10)), (None, None), "channel 1 is still at 0");
+        assert_eq!(p.on_event(1, Event::Watermark(5)), (Some(5), None));
+        assert_eq!(p.on_event(1, Event::Watermark(7)), (Some(7), None));
+        // Channel 1 ends: it no longer holds channel 0's watermark back.
+        assert_eq!(p.on_event(1, Event::EndOfPartition), (Some(10), None));
+        assert_eq!(p.on_event(0, Event::EndOfPartition), (None, None), "nothing live: end of input");
+    }
+
+    #[test]
+    fn a_barrier_is_forwarded_once_every_live_channel_delivered_it() {
+        let mut p = ChannelProgress::new(3);
+        assert_eq!(p.on_event(0, Event::Barrier(barrier(1))), (None, None));
+        assert_eq!(p.on_event(1, Event::Barrier(barrier(1))), (None, None));
+        // Channel 2 ends without the barrier: the others complete it.
+        assert_eq!(p.on_event(2, Event::EndOfPartition), (None, Some(barrier(1))));
+        assert_eq!(p.on_event(0, Event::Barrier(barrier(2))), (None, None));
+        assert_eq!(p.on_event(1, Event::Barrier(barrier(2))), (None, Some(barrier(2))));
+        assert_eq!(p.on_event(1, Event::Barrier(barrier(2))), (None, None), "forwarded once");
+    }
 }
