@@ -6,6 +6,7 @@ macro_rules! id {
     ($(#[$m:meta])* $name:ident($inner:ty), $prefix:literal) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
         pub struct $name(pub $inner);
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -36,6 +37,23 @@ id!(
     "shard-"
 );
 id!(
+    /// Fencing token of the ResourceManager leader: messages acting for it carry it,
+    /// and receivers reject any other (a stale leader's) value.
+    ResourceManagerId(u64),
+    "rm-"
+);
+id!(
+    /// Fencing token of a job's JobMaster: deployments, cancels and state updates
+    /// of the job carry it.
+    JobMasterId(u64),
+    "jm-"
+);
+id!(
+    /// One allocation of a slot to a job.
+    AllocationId(u64),
+    "alloc-"
+);
+id!(
     /// A checkpoint.
     CheckpointId(u64),
     "chk-"
@@ -43,6 +61,7 @@ id!(
 
 /// One subtask of a vertex: `(vertex, subtask index)` — Flink's ExecutionVertexID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ExecutionVertexId {
     /// The job vertex.
     pub vertex: VertexId,
@@ -58,6 +77,7 @@ impl fmt::Display for ExecutionVertexId {
 
 /// One attempt to run a subtask — Flink's ExecutionAttemptID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct AttemptId {
     /// The subtask.
     pub execution_vertex: ExecutionVertexId,
@@ -73,6 +93,7 @@ impl fmt::Display for AttemptId {
 
 /// A task slot: worker, shard, index within the shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct SlotId {
     /// The worker offering it.
     pub worker: WorkerId,

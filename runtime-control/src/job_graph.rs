@@ -10,6 +10,7 @@ use crate::ids::VertexId;
 
 /// One operator of a chain: a registered name plus its serialized configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct OperatorSpec {
     /// Name under which the operator factory is registered.
     pub name: String,
@@ -26,6 +27,7 @@ impl OperatorSpec {
 
 /// A vertex: a chain of operators run by each of `parallelism` subtasks.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct JobVertex {
     /// Unique name within the job.
     pub name: String,
@@ -39,6 +41,7 @@ pub struct JobVertex {
 
 /// How producer subtasks connect to consumer subtasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum DistributionPattern {
     /// Subtask i → subtask i (equal parallelism).
     Pointwise,
@@ -48,6 +51,7 @@ pub enum DistributionPattern {
 
 /// When the consumer may read a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum ResultPartitionType {
     /// While the producer runs (streaming).
     Pipelined,
@@ -57,6 +61,7 @@ pub enum ResultPartitionType {
 
 /// Which subpartition a record goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum PartitionerKind {
     /// Same subtask index (pointwise only).
     Forward,
@@ -70,6 +75,7 @@ pub enum PartitionerKind {
 
 /// An edge of the job graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct JobEdge {
     /// Producer vertex.
     pub source: VertexId,
@@ -85,6 +91,7 @@ pub struct JobEdge {
 
 /// A job: named vertices and the edges between them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct JobGraph {
     /// Job name, for people.
     pub name: String,

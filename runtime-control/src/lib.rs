@@ -51,9 +51,14 @@ mod state;
 
 pub use error::ControlError;
 pub use execution_graph::{edge_channels, input_channels, subpartitions, ChannelSpec, ExecutionGraph, ExecutionVertex};
-pub use ids::{AttemptId, CheckpointId, ExecutionVertexId, JobId, ShardId, SlotId, VertexId, WorkerId};
+pub use ids::{
+    AllocationId, AttemptId, CheckpointId, ExecutionVertexId, JobId, JobMasterId, ResourceManagerId, ShardId, SlotId,
+    VertexId, WorkerId,
+};
 pub use job_graph::{
     DistributionPattern, JobEdge, JobGraph, JobVertex, OperatorSpec, PartitionerKind, ResultPartitionType,
 };
 pub use placement::{place, PlacementStrategy, SlotAssignment, SlotOffer, SubtaskPlacement};
 pub use state::{ExecutionState, JobStatus};
+
+pub mod protocol;

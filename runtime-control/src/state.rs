@@ -7,6 +7,7 @@ use crate::error::ControlError;
 
 /// The state of one execution attempt (Flink's ExecutionState).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum ExecutionState {
     /// Exists in the execution graph.
     Created,
@@ -77,6 +78,7 @@ impl fmt::Display for ExecutionState {
 
 /// The status of a job (Flink's JobStatus).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum JobStatus {
     /// Submitted, being set up.
     Initializing,
