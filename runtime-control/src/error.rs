@@ -94,6 +94,39 @@ pub enum ControlError {
         /// The attempt, as text.
         attempt: String,
     },
+    /// A restart strategy could not be parsed.
+    #[error("invalid restart strategy '{spec}': {reason}")]
+    InvalidRestartStrategy {
+        /// The text given.
+        spec: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A worker registered under a resource id that is already registered.
+    #[error("a worker with resource id '{resource_id}' is already registered")]
+    DuplicateRegistration {
+        /// The resource id.
+        resource_id: String,
+    },
+    /// The job needs data channels between workers, which this build cannot run yet.
+    #[error("edge '{edge}' would need data channels between workers, and remote channels are not built yet; no single worker has {required} free slots for the whole job")]
+    RemoteChannels {
+        /// The edge, as "source -> target".
+        edge: String,
+        /// Slots the job needs.
+        required: usize,
+    },
+    /// An operator's configuration is invalid.
+    #[error("invalid job graph: vertex '{vertex}': {reason}")]
+    InvalidOperator {
+        /// Vertex name.
+        vertex: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Not supported by this build.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
     /// Not enough free slots for the job.
     #[error("not enough task slots: the job needs {required} slots, {available} are free")]
     NotEnoughSlots {

@@ -153,6 +153,48 @@ impl ExecutionGraph {
         to_cancel
     }
 
+    /// Starts a failover: the job goes RESTARTING and every subtask not terminal is
+    /// cancelled as in [`Self::begin_cancel`]. Returns the attempts that need a
+    /// cancel message. The job stays RESTARTING until [`Self::restart`].
+    pub fn fail_over(&mut self) -> Result<Vec<AttemptId>, ControlError> {
+        if self.status != JobStatus::Restarting {
+            self.status.transition(JobStatus::Restarting)?;
+        }
+        Ok(self.begin_cancel())
+    }
+
+    /// Whether every subtask is terminal.
+    pub fn all_terminal(&self) -> bool {
+        self.subtasks.iter().all(|s| s.state.is_terminal())
+    }
+
+    /// Restarts a RESTARTING job whose subtasks are all terminal: every subtask gets
+    /// a new attempt in CREATED and the job is RUNNING again. Returns the new epoch
+    /// (attempt number).
+    pub fn restart(&mut self) -> Result<u32, ControlError> {
+        if self.status != JobStatus::Restarting || !self.all_terminal() {
+            return Err(ControlError::IllegalJobTransition { from: self.status, to: JobStatus::Running });
+        }
+        let mut epoch = 0;
+        for s in &mut self.subtasks {
+            s.attempt.attempt += 1;
+            epoch = s.attempt.attempt;
+            s.state = ExecutionState::Created;
+            s.failure = None;
+        }
+        self.status.transition(JobStatus::Running)?;
+        Ok(epoch)
+    }
+
+    /// Fails a RESTARTING job for good (no restart possible); every subtask must be
+    /// terminal.
+    pub fn give_up(&mut self) -> Result<(), ControlError> {
+        if !self.all_terminal() {
+            return Err(ControlError::IllegalJobTransition { from: self.status, to: JobStatus::Failed });
+        }
+        self.status.transition(JobStatus::Failed)
+    }
+
     /// Applies a state event of subtask `id`'s attempt and derives the job status.
     /// Returns the job status after the event.
     pub fn on_state(
@@ -188,6 +230,7 @@ impl ExecutionGraph {
             }
             JobStatus::Failing => JobStatus::Failed,
             JobStatus::Cancelling => JobStatus::Canceled,
+            // A failover waits for `restart`.
             _ => return,
         };
         // The edges above are legal by construction.

@@ -60,8 +60,9 @@ id!(
 );
 
 /// One subtask of a vertex: `(vertex, subtask index)` — Flink's ExecutionVertexID.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
 pub struct ExecutionVertexId {
     /// The job vertex.
     pub vertex: VertexId,
@@ -76,8 +77,9 @@ impl fmt::Display for ExecutionVertexId {
 }
 
 /// One attempt to run a subtask — Flink's ExecutionAttemptID.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
 pub struct AttemptId {
     /// The subtask.
     pub execution_vertex: ExecutionVertexId,
@@ -92,8 +94,9 @@ impl fmt::Display for AttemptId {
 }
 
 /// A task slot: worker, shard, index within the shard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
 pub struct SlotId {
     /// The worker offering it.
     pub worker: WorkerId,

@@ -9,8 +9,7 @@ use crate::error::ControlError;
 use crate::ids::VertexId;
 
 /// One operator of a chain: a registered name plus its serialized configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct OperatorSpec {
     /// Name under which the operator factory is registered.
     pub name: String,
@@ -26,8 +25,7 @@ impl OperatorSpec {
 }
 
 /// A vertex: a chain of operators run by each of `parallelism` subtasks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct JobVertex {
     /// Unique name within the job.
     pub name: String,
@@ -40,8 +38,7 @@ pub struct JobVertex {
 }
 
 /// How producer subtasks connect to consumer subtasks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum DistributionPattern {
     /// Subtask i → subtask i (equal parallelism).
     Pointwise,
@@ -50,8 +47,7 @@ pub enum DistributionPattern {
 }
 
 /// When the consumer may read a partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum ResultPartitionType {
     /// While the producer runs (streaming).
     Pipelined,
@@ -60,8 +56,7 @@ pub enum ResultPartitionType {
 }
 
 /// Which subpartition a record goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum PartitionerKind {
     /// Same subtask index (pointwise only).
     Forward,
@@ -74,8 +69,7 @@ pub enum PartitionerKind {
 }
 
 /// An edge of the job graph.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct JobEdge {
     /// Producer vertex.
     pub source: VertexId,
@@ -90,8 +84,7 @@ pub struct JobEdge {
 }
 
 /// A job: named vertices and the edges between them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct JobGraph {
     /// Job name, for people.
     pub name: String,

@@ -42,15 +42,21 @@
 
 #![forbid(unsafe_code)]
 
+mod coordinator;
 mod error;
 mod execution_graph;
+mod heartbeat;
 mod ids;
 mod job_graph;
 mod placement;
+mod restart;
+mod slot_manager;
 mod state;
 
+pub use coordinator::{validate_job, ConnId, Coordinator, CoordinatorConfig, OperatorCatalog, Output};
 pub use error::ControlError;
 pub use execution_graph::{edge_channels, input_channels, subpartitions, ChannelSpec, ExecutionGraph, ExecutionVertex};
+pub use heartbeat::HeartbeatMonitor;
 pub use ids::{
     AllocationId, AttemptId, CheckpointId, ExecutionVertexId, JobId, JobMasterId, ResourceManagerId, ShardId, SlotId,
     VertexId, WorkerId,
@@ -59,6 +65,8 @@ pub use job_graph::{
     DistributionPattern, JobEdge, JobGraph, JobVertex, OperatorSpec, PartitionerKind, ResultPartitionType,
 };
 pub use placement::{place, PlacementStrategy, SlotAssignment, SlotOffer, SubtaskPlacement};
+pub use restart::{parse_duration, RestartDecision, RestartStrategy, RestartTracker};
+pub use slot_manager::{SlotManager, WorkerEntry};
 pub use state::{ExecutionState, JobStatus};
 
 pub mod protocol;

@@ -169,8 +169,11 @@ pub fn place(
             let fits = |s: &SlotState| {
                 !s.vertices.contains(&v) && s.group.as_deref().is_none_or(|g| g == vx.slot_sharing_group)
             };
+            // Least-loaded worker first, then least-loaded shard on it.
             let load = |s: &SlotState, shard_load: &HashMap<(u32, u32), usize>| {
-                shard_load.get(&(s.offer.slot.worker.0, s.offer.slot.shard.0)).copied().unwrap_or(0)
+                let w = s.offer.slot.worker.0;
+                let worker: usize = shard_load.iter().filter(|((sw, _), _)| *sw == w).map(|(_, n)| n).sum();
+                (worker, shard_load.get(&(w, s.offer.slot.shard.0)).copied().unwrap_or(0))
             };
             // Least-loaded shard; on that shard a slot already in use first.
             let spread_pick =
@@ -234,7 +237,7 @@ pub fn place(
 
 /// Slots the job needs: per slot-sharing group its largest parallelism (colocate:
 /// the largest parallelism overall).
-fn required_slots(graph: &JobGraph, strategy: &PlacementStrategy) -> usize {
+pub(crate) fn required_slots(graph: &JobGraph, strategy: &PlacementStrategy) -> usize {
     if matches!(strategy, PlacementStrategy::Colocate) {
         return graph.vertices.iter().map(|v| v.parallelism as usize).max().unwrap_or(0);
     }

@@ -6,8 +6,7 @@ use std::fmt;
 use crate::error::ControlError;
 
 /// The state of one execution attempt (Flink's ExecutionState).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum ExecutionState {
     /// Exists in the execution graph.
     Created,
@@ -77,8 +76,7 @@ impl fmt::Display for ExecutionState {
 }
 
 /// The status of a job (Flink's JobStatus).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum JobStatus {
     /// Submitted, being set up.
     Initializing,

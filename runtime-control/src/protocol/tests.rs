@@ -2,10 +2,11 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::ids::{
-    AllocationId, AttemptId, ExecutionVertexId, JobId, JobMasterId, ResourceManagerId, ShardId, SlotId, VertexId, WorkerId,
+    AllocationId, AttemptId, ExecutionVertexId, JobId, JobMasterId, ResourceManagerId, ShardId, SlotId, VertexId,
+    WorkerId,
 };
-use crate::state::ExecutionState;
 use crate::job_graph::{JobGraph, JobVertex, OperatorSpec, PartitionerKind};
+use crate::state::ExecutionState;
 
 fn attempt(v: u32, s: u32, a: u32) -> AttemptId {
     AttemptId { execution_vertex: ExecutionVertexId { vertex: VertexId(v), subtask: s }, attempt: a }
