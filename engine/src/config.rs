@@ -244,6 +244,11 @@ impl EngineBuilder {
         Ok(c)
     }
 
+    /// The checked configuration and the registry.
+    pub(crate) fn into_parts(self) -> Result<(EngineConfig, OperatorRegistry), EngineError> {
+        Ok((self.config()?, self.registry))
+    }
+
     /// Starts the engine.
     pub fn build(self) -> Result<crate::Engine, EngineError> {
         let config = self.config()?;

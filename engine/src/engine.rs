@@ -14,7 +14,7 @@ use crate::coordinator::{Coordinator, CoordinatorMsg};
 use crate::error::EngineError;
 use crate::job::{Job, JobHandle, JobResult};
 use crate::registry::OperatorRegistry;
-use crate::shard::{ShardHandle, ShardSpec};
+use crate::shard::{ReportSink, ShardHandle, ShardSpec, TaskReport};
 
 /// A shard as the engine reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +66,7 @@ pub fn online_cores() -> Vec<usize> {
     cores
 }
 
-fn resolve_cores(cores: &Cores) -> Result<Vec<usize>, EngineError> {
+pub(crate) fn resolve_cores(cores: &Cores) -> Result<Vec<usize>, EngineError> {
     let online = online_cores();
     match cores {
         Cores::All => Ok(online),
@@ -115,7 +115,17 @@ impl Engine {
                 idle: config.idle,
             };
             // On error the shards started so far stop as `handles` drops.
-            handles.push(ShardHandle::start(spec, tx.clone())?);
+            let coordinator = tx.clone();
+            let reports: ReportSink = Arc::new(move |r: TaskReport| {
+                let _ = coordinator.send(CoordinatorMsg::TaskState {
+                    job: r.job,
+                    attempt: r.attempt,
+                    state: r.state,
+                    failure: r.failure,
+                    output: r.output,
+                });
+            });
+            handles.push(ShardHandle::start(spec, reports)?);
         }
         let shards = handles.iter().map(|h| ShardInfo { id: h.id, core: h.core }).collect();
         let pools = handles.iter().map(|h| h.pool.clone()).collect();

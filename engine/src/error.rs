@@ -1,5 +1,6 @@
 //! Errors of the engine: configuration, submission, deployment and task failures.
 
+use shardflow_control::protocol::{ErrorCode, FrameError};
 use shardflow_control::{ControlError, JobId};
 use shardflow_memory::MemoryError;
 use shardflow_netstack::NetError;
@@ -98,6 +99,41 @@ pub enum EngineError {
     /// Waiting for the job timed out (the job keeps running).
     #[error("timed out waiting for job {0}")]
     Timeout(JobId),
+    /// An I/O operation of the cluster edge failed.
+    #[error("{what}: {reason}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS's reason.
+        reason: String,
+    },
+    /// The peer answered with an error.
+    #[error("{code:?}: {message}")]
+    Remote {
+        /// Its code.
+        code: ErrorCode,
+        /// Its message.
+        message: String,
+    },
+    /// The peer answered with a message that does not answer the request.
+    #[error("unexpected reply: expected {expected}, got {got}")]
+    UnexpectedReply {
+        /// What was expected.
+        expected: &'static str,
+        /// What came.
+        got: &'static str,
+    },
+    /// A frame could not be decoded.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// A named job does not exist or got a bad parameter.
+    #[error("job '{job}': {reason}")]
+    NamedJob {
+        /// The job's name.
+        job: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Why an operator failed while running; the task reports it as its failure cause.

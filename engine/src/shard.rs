@@ -13,17 +13,17 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
+use std::sync::Arc;
+
 use futures_lite::FutureExt;
 use glommio::{LocalExecutorBuilder, Placement};
 use shardflow_control::{AttemptId, ExecutionState, JobId};
 use shardflow_memory::{PoolMonitor, SegmentPool, SegmentPoolBuilder};
 
 use crate::config::IdlePolicy;
-use crate::coordinator::CoordinatorMsg;
 use crate::error::EngineError;
 use crate::mailbox::{mailbox, Mailbox, MailboxSender};
-use crate::task::{run_task, TaskDeployment, TaskFailure};
+use crate::task::{run_task, TaskDeployment, TaskFailure, TaskOutput};
 
 /// Commands a shard executes.
 pub(crate) enum ShardCommand {
@@ -31,9 +31,23 @@ pub(crate) enum ShardCommand {
     Deploy(Vec<TaskDeployment>),
     /// Cancel every task of the job on this shard.
     Cancel(JobId),
+    /// Cancel one attempt of the job.
+    CancelAttempt(JobId, AttemptId),
     /// Cancel everything and stop.
     Shutdown,
 }
+
+/// A task's state change, as a shard reports it.
+pub(crate) struct TaskReport {
+    pub(crate) job: JobId,
+    pub(crate) attempt: AttemptId,
+    pub(crate) state: ExecutionState,
+    pub(crate) failure: Option<TaskFailure>,
+    pub(crate) output: Option<TaskOutput>,
+}
+
+/// Where a shard's task reports go (the embedded coordinator or a worker).
+pub(crate) type ReportSink = Arc<dyn Fn(TaskReport) + Send + Sync>;
 
 /// What a shard is started with. `Send`.
 pub(crate) struct ShardSpec {
@@ -56,7 +70,7 @@ pub(crate) struct ShardHandle {
 
 impl ShardHandle {
     /// Starts the shard's thread and waits until its pool is mapped.
-    pub(crate) fn start(spec: ShardSpec, coordinator: Sender<CoordinatorMsg>) -> Result<Self, EngineError> {
+    pub(crate) fn start(spec: ShardSpec, reports: ReportSink) -> Result<Self, EngineError> {
         let (tx, rx) = mailbox::<ShardCommand>();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let (id, core) = (spec.id, spec.core);
@@ -88,7 +102,7 @@ impl ShardHandle {
                     }
                 };
                 let _ = ready_tx.send(Ok(pool.monitor()));
-                shard_loop(pool, rx, coordinator).await;
+                shard_loop(pool, rx, reports).await;
             })
             .map_err(|e| start_err(e.to_string()))?;
         match ready_rx.recv() {
@@ -158,7 +172,7 @@ type Live = LocalWatch<usize>;
 
 type Tasks = Rc<RefCell<HashMap<JobId, Vec<(AttemptId, CancelToken)>>>>;
 
-async fn shard_loop(pool: Rc<SegmentPool>, commands: Mailbox<ShardCommand>, coordinator: Sender<CoordinatorMsg>) {
+async fn shard_loop(pool: Rc<SegmentPool>, commands: Mailbox<ShardCommand>, reports: ReportSink) {
     let tasks: Tasks = Rc::default();
     let live = Live::default();
     while let Some(cmd) = commands.recv().await {
@@ -168,10 +182,9 @@ async fn shard_loop(pool: Rc<SegmentPool>, commands: Mailbox<ShardCommand>, coor
                     let token = CancelToken::default();
                     tasks.borrow_mut().entry(d.job).or_default().push((d.attempt, token.clone()));
                     live.update(|n| *n += 1);
-                    let (live, tasks, coordinator, pool) =
-                        (live.clone(), tasks.clone(), coordinator.clone(), pool.clone());
+                    let (live, tasks, reports, pool) = (live.clone(), tasks.clone(), reports.clone(), pool.clone());
                     glommio::spawn_local(async move {
-                        supervise(d, pool, token, tasks, coordinator).await;
+                        supervise(d, pool, token, tasks, reports).await;
                         live.update(|n| *n -= 1);
                     })
                     .detach();
@@ -180,6 +193,13 @@ async fn shard_loop(pool: Rc<SegmentPool>, commands: Mailbox<ShardCommand>, coor
             ShardCommand::Cancel(job) => {
                 for (_, t) in tasks.borrow_mut().remove(&job).unwrap_or_default() {
                     t.update(|c| *c = true);
+                }
+            }
+            ShardCommand::CancelAttempt(job, attempt) => {
+                if let Some(v) = tasks.borrow().get(&job) {
+                    for (_, t) in v.iter().filter(|(a, _)| *a == attempt) {
+                        t.update(|c| *c = true);
+                    }
                 }
             }
             ShardCommand::Shutdown => break,
@@ -194,19 +214,10 @@ async fn shard_loop(pool: Rc<SegmentPool>, commands: Mailbox<ShardCommand>, coor
 
 /// Runs one task, reporting INITIALIZING, RUNNING and its terminal state; a panic
 /// or error becomes FAILED with its cause, a cancel becomes CANCELED.
-async fn supervise(
-    d: TaskDeployment,
-    pool: Rc<SegmentPool>,
-    token: CancelToken,
-    tasks: Tasks,
-    coordinator: Sender<CoordinatorMsg>,
-) {
+async fn supervise(d: TaskDeployment, pool: Rc<SegmentPool>, token: CancelToken, tasks: Tasks, reports: ReportSink) {
     let (job, attempt) = (d.job, d.attempt);
-    let report = {
-        let coordinator = coordinator.clone();
-        move |state: ExecutionState, failure: Option<TaskFailure>, output| {
-            let _ = coordinator.send(CoordinatorMsg::TaskState { job, attempt, state, failure, output });
-        }
+    let report = move |state: ExecutionState, failure: Option<TaskFailure>, output| {
+        reports(TaskReport { job, attempt, state, failure, output })
     };
     report(ExecutionState::Initializing, None, None);
     let on_running = {

@@ -149,10 +149,14 @@ struct JobMaster {
     all_running: Option<Duration>,
 }
 
+enum WaitFor {
+    Job(JobId, WaitCondition),
+    Workers(u32),
+}
+
 struct Waiter {
     conn: ConnId,
-    job: JobId,
-    until: WaitCondition,
+    what: WaitFor,
     deadline: Instant,
 }
 
@@ -305,8 +309,12 @@ impl Coordinator {
                     return c.reject(conn, ErrorCode::UnknownJob, &format!("no job {}", m.job));
                 }
                 let deadline = now + Duration::from_millis(m.timeout_ms);
-                c.waiters.push(Waiter { conn, job: m.job, until: m.until, deadline });
+                c.waiters.push(Waiter { conn, what: WaitFor::Job(m.job, m.until), deadline });
                 c.wake_waiters(now);
+            }),
+            Message::WaitForWorkers(m) => self.client(conn, role, |c| {
+                let deadline = now + Duration::from_millis(m.timeout_ms);
+                c.waiters.push(Waiter { conn, what: WaitFor::Workers(m.workers), deadline });
             }),
             Message::CancelJob(m) => self.client(conn, role, |c| {
                 if c.jobs.contains_key(&m.job) {
@@ -317,17 +325,8 @@ impl Coordinator {
                 }
             }),
             Message::RequestResourceOverview(_) => self.client(conn, role, |c| {
-                let (total, free) = c.slots.totals();
-                let running = c.jobs.values().filter(|j| !j.eg.status().is_globally_terminal()).count();
-                c.send(
-                    conn,
-                    Message::ResourceOverview(ResourceOverview {
-                        workers: c.worker_conns.len() as u32,
-                        total_slots: total as u32,
-                        free_slots: free as u32,
-                        running_jobs: running as u32,
-                    }),
-                );
+                let o = c.overview();
+                c.send(conn, o);
             }),
             Message::RequestWorkerInfo(_) => self.client(conn, role, |c| {
                 let workers = c
@@ -615,13 +614,37 @@ impl Coordinator {
         })
     }
 
+    fn overview(&self) -> Message {
+        let (total, free) = self.slots.totals();
+        let running = self.jobs.values().filter(|j| !j.eg.status().is_globally_terminal()).count();
+        Message::ResourceOverview(ResourceOverview {
+            workers: self.worker_conns.len() as u32,
+            total_slots: total as u32,
+            free_slots: free as u32,
+            running_jobs: running as u32,
+        })
+    }
+
     fn wake_waiters(&mut self, now: Instant) {
         let mut i = 0;
         while i < self.waiters.len() {
             let w = &self.waiters[i];
-            let met = match self.jobs.get(&w.job) {
+            let (job, until) = match w.what {
+                WaitFor::Workers(n) => {
+                    if self.worker_conns.len() as u32 >= n || now >= w.deadline {
+                        let w = self.waiters.swap_remove(i);
+                        let o = self.overview();
+                        self.send(w.conn, o);
+                    } else {
+                        i += 1;
+                    }
+                    continue;
+                }
+                WaitFor::Job(job, until) => (job, until),
+            };
+            let met = match self.jobs.get(&job) {
                 None => true,
-                Some(jm) => match w.until {
+                Some(jm) => match until {
                     WaitCondition::Terminal => jm.eg.status().is_globally_terminal(),
                     WaitCondition::AllRunning => {
                         jm.eg.status().is_globally_terminal()
@@ -636,9 +659,9 @@ impl Coordinator {
             };
             if met || now >= w.deadline {
                 let w = self.waiters.swap_remove(i);
-                match self.details(w.job) {
+                match self.details(job) {
                     Some(d) => self.send(w.conn, Message::JobDetails(d)),
-                    None => self.reject(w.conn, ErrorCode::UnknownJob, &format!("no job {}", w.job)),
+                    None => self.reject(w.conn, ErrorCode::UnknownJob, &format!("no job {job}")),
                 }
             } else {
                 i += 1;

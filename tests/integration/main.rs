@@ -2,6 +2,7 @@
 //! module per area and behaviour. Every wait has a generous timeout that fails the
 //! test with a message; nothing sleeps to wait for something.
 
+mod cluster_inprocess;
 mod common;
 mod embedded_backpressure;
 mod embedded_bad_input;

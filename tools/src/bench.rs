@@ -11,11 +11,7 @@ use shardflow_engine::{
 };
 
 use crate::cpu::process_cpu_time;
-
-/// P2's key space.
-const P2_KEYS: u64 = 100_000;
-/// P2's key multiplier.
-const P2_MUL: u64 = 2_654_435_761;
+use shardflow_engine::catalog::{exchange, keyed_sum, latency, P2_KEYS};
 
 /// The benchmark pipelines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -195,39 +191,6 @@ fn verdict(ok: bool) -> &'static str {
     } else {
         "FAIL"
     }
-}
-
-/// P1.
-pub(crate) fn exchange(n: u64, p: u32) -> Job {
-    JobBuilder::new("exchange")
-        .source("source", ops::generator(n, ops::KeyGen::Golden, ops::ValueGen::Index), p)
-        .connect(PartitionerKind::Hash, "sink", p)
-        .then(ops::count_sink())
-        .build()
-}
-
-/// P2.
-pub(crate) fn keyed_sum(n: u64, p: u32) -> Job {
-    JobBuilder::new("keyed-sum")
-        .source(
-            "source",
-            ops::generator(n, ops::KeyGen::MulMod { mul: P2_MUL, modulus: P2_KEYS }, ops::ValueGen::One),
-            p,
-        )
-        .connect(PartitionerKind::Hash, "keyed-count", p)
-        .then(ops::keyed_count())
-        .then(ops::count_sink())
-        .build()
-}
-
-/// P4.
-pub(crate) fn latency(rate: u64, duration_ms: u64, p: u32) -> Job {
-    JobBuilder::new("latency")
-        .source("source", ops::paced_generator(rate, duration_ms), p)
-        .then(ops::map_add(1))
-        .connect(PartitionerKind::Hash, "sink", p)
-        .then(ops::latency_sink())
-        .build()
 }
 
 /// Waits for the job, showing a progress bar on stderr once it has run a second.

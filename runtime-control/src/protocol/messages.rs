@@ -554,6 +554,15 @@ payloads! {
         pub subtasks: Vec<SubtaskDetails>,
     }
 
+    /// Client → ResourceManager: answer with [`ResourceOverview`] once at least
+    /// `workers` workers are registered or `timeout_ms` passes.
+    pub struct WaitForWorkers {
+        /// Workers to wait for.
+        pub workers: u32,
+        /// Give up after this long (the reply then shows the cluster as it is).
+        pub timeout_ms: u64,
+    }
+
     /// Client → Dispatcher: cancel a job.
     pub struct CancelJob {
         /// The job.

@@ -292,6 +292,7 @@ message_kinds! {
     73 => StopWithSavepoint,
     74 => DisposeSavepoint,
     75 => WaitJob,
+    76 => WaitForWorkers,
     // JobMaster gateway
     96 => UpdateTaskExecutionState,
     97 => AcknowledgeCheckpoint,

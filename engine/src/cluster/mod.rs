@@ -1,0 +1,186 @@
+//! Cluster mode: the coordinator process ([`CoordinatorServer`]), the worker process
+//! ([`Worker`]), a client ([`ClusterClient`]) and [`MiniCluster`], which runs a
+//! coordinator and workers in one process over in-process connections that carry
+//! the same frames as TCP.
+
+mod link;
+mod server;
+mod worker;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shardflow_control::protocol::*;
+use shardflow_control::{CoordinatorConfig, JobGraph, JobId};
+
+pub use server::CoordinatorServer;
+pub use worker::{Worker, WorkerOptions};
+
+use link::{pipe, read_frame, send_message, FrameSink, Received, TcpSink};
+use worker::Connector;
+
+use crate::config::EngineBuilder;
+use crate::error::EngineError;
+use crate::registry::OperatorRegistry;
+
+/// A client of the coordinator: one request at a time, each answered by one
+/// frame. After an error reply the coordinator closes the connection; connect again.
+pub struct ClusterClient {
+    sink: Box<dyn FrameSink>,
+    reader: Box<dyn Read + Send>,
+    max_frame_bytes: usize,
+}
+
+impl std::fmt::Debug for ClusterClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterClient").finish_non_exhaustive()
+    }
+}
+
+macro_rules! expect {
+    ($reply:expr, $variant:ident) => {
+        match $reply {
+            Message::$variant(m) => Ok(m),
+            other => Err(EngineError::UnexpectedReply { expected: stringify!($variant), got: other.kind_name() }),
+        }
+    };
+}
+
+impl ClusterClient {
+    /// Connects to the coordinator at `addr`.
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self, EngineError> {
+        let io = |e: std::io::Error| EngineError::Io {
+            what: format!("connecting to the coordinator at {addr}"),
+            reason: e.to_string(),
+        };
+        let stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
+        stream.set_nodelay(true).map_err(io)?;
+        let reader = stream.try_clone().map_err(io)?;
+        Ok(ClusterClient {
+            sink: Box::new(TcpSink(stream)),
+            reader: Box::new(reader),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+        })
+    }
+
+    /// Sends `msg` and returns the answer; an error reply becomes
+    /// [`EngineError::Remote`].
+    pub fn request(&mut self, msg: &Message) -> Result<Message, EngineError> {
+        send_message(self.sink.as_mut(), msg)
+            .map_err(|e| EngineError::Io { what: format!("sending {}", msg.kind_name()), reason: e.to_string() })?;
+        match read_frame(&mut self.reader, self.max_frame_bytes) {
+            Received::Message(Message::ErrorReply(e)) => Err(EngineError::Remote { code: e.code, message: e.message }),
+            Received::Message(m) => Ok(m),
+            Received::Bad(e) => Err(EngineError::Frame(e)),
+            Received::Closed => Err(EngineError::Io {
+                what: format!("waiting for the answer to {}", msg.kind_name()),
+                reason: "the coordinator closed the connection".into(),
+            }),
+        }
+    }
+
+    /// Submits a job graph; empty strings pick the cluster's default placement and
+    /// restart strategy.
+    pub fn submit(&mut self, graph: JobGraph, placement: &str, restart: &str) -> Result<JobId, EngineError> {
+        let m = Message::SubmitJob(SubmitJob { graph, placement: placement.into(), restart: restart.into() });
+        Ok(expect!(self.request(&m)?, JobSubmitted)?.job)
+    }
+
+    /// Every job.
+    pub fn list(&mut self) -> Result<Vec<JobSummary>, EngineError> {
+        Ok(expect!(self.request(&Message::ListJobs(ListJobs {}))?, JobList)?.jobs)
+    }
+
+    /// One job's status, subtasks and their locations.
+    pub fn job(&mut self, job: JobId) -> Result<JobDetails, EngineError> {
+        expect!(self.request(&Message::RequestJob(RequestJob { job }))?, JobDetails)
+    }
+
+    /// Waits (in the coordinator) until `job` meets `until` or `timeout` passes, and
+    /// returns the job as it is then.
+    pub fn wait(&mut self, job: JobId, until: WaitCondition, timeout: Duration) -> Result<JobDetails, EngineError> {
+        let m = Message::WaitJob(WaitJob { job, until, timeout_ms: timeout.as_millis() as u64 });
+        expect!(self.request(&m)?, JobDetails)
+    }
+
+    /// Cancels a job.
+    pub fn cancel(&mut self, job: JobId) -> Result<(), EngineError> {
+        expect!(self.request(&Message::CancelJob(CancelJob { job }))?, Ack).map(|_| ())
+    }
+
+    /// The cluster's totals.
+    pub fn overview(&mut self) -> Result<ResourceOverview, EngineError> {
+        expect!(self.request(&Message::RequestResourceOverview(RequestResourceOverview {}))?, ResourceOverview)
+    }
+
+    /// Waits (in the coordinator) until at least `n` workers are registered or
+    /// `timeout` passes; returns the cluster's totals then.
+    pub fn wait_for_workers(&mut self, n: u32, timeout: Duration) -> Result<ResourceOverview, EngineError> {
+        let m = Message::WaitForWorkers(WaitForWorkers { workers: n, timeout_ms: timeout.as_millis() as u64 });
+        expect!(self.request(&m)?, ResourceOverview)
+    }
+
+    /// Every worker.
+    pub fn workers(&mut self) -> Result<Vec<WorkerInfo>, EngineError> {
+        Ok(expect!(self.request(&Message::RequestWorkerInfo(RequestWorkerInfo {}))?, WorkerInfoList)?.workers)
+    }
+}
+
+/// A coordinator and workers in one process, joined by in-process connections that
+/// carry the same frames as TCP: the cluster's code path without sockets.
+pub struct MiniCluster {
+    workers: Vec<Worker>,
+    server: Arc<CoordinatorServer>,
+}
+
+impl std::fmt::Debug for MiniCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MiniCluster").field("workers", &self.workers.len()).finish()
+    }
+}
+
+impl MiniCluster {
+    /// Starts a coordinator with `config` and one worker per engine builder.
+    pub fn start(config: CoordinatorConfig, workers: Vec<EngineBuilder>) -> Result<Self, EngineError> {
+        let server =
+            Arc::new(CoordinatorServer::start(config, OperatorRegistry::with_builtins(), DEFAULT_MAX_FRAME_BYTES)?);
+        let mut started = Vec::new();
+        for (i, engine) in workers.into_iter().enumerate() {
+            let weak = Arc::downgrade(&server);
+            let connector = Connector::InProcess(Arc::new(move || {
+                let server = weak.upgrade()?;
+                let (mine, theirs) = pipe();
+                server.connect_in_process(theirs);
+                Some(mine)
+            }));
+            let options = WorkerOptions { resource_id: Some(format!("mini-worker-{i}")), ..WorkerOptions::default() };
+            started.push(Worker::start_with(connector, engine, options)?);
+        }
+        Ok(MiniCluster { workers: started, server })
+    }
+
+    /// A client on an in-process connection.
+    pub fn client(&self) -> ClusterClient {
+        let (mine, theirs) = pipe();
+        self.server.connect_in_process(theirs);
+        ClusterClient {
+            sink: Box::new(mine.sink),
+            reader: Box::new(mine.reader),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+
+    /// The workers.
+    pub fn workers(&self) -> &[Worker] {
+        &self.workers
+    }
+
+    /// Stops the workers, then the coordinator.
+    pub fn shutdown(mut self) {
+        for w in self.workers.drain(..) {
+            w.shutdown();
+        }
+    }
+}

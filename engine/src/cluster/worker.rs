@@ -1,0 +1,774 @@
+//! The worker (Flink's TaskExecutor): one process's shards, offered as slots to a
+//! coordinator. It registers, then serves the TaskExecutor gateway: slot requests
+//! (a slot held by another allocation answers "occupied" with its owner), task
+//! submissions (refused without the slot's allocation or with another job
+//! master's token), cancels, frees, heartbeats, slot reports and shard dumps. Task
+//! state changes flow back as they happen.
+//!
+//! If the coordinator goes away (connection closed, or silent past the heartbeat
+//! timeout) the worker cancels its tasks, frees its slots and registers again,
+//! backing off between attempts.
+//!
+//! Data channels are wired here: a task's input and output channels meet in a
+//! per-job table keyed by (epoch, edge, producer, subpartition), whichever of the
+//! two tasks is deployed first creates the channel. Channels between workers need
+//! the TCP data plane, which is not built yet; the coordinator keeps jobs whose
+//! edges would need them inside one worker.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use shardflow_control::protocol::*;
+use shardflow_control::{
+    AttemptId, ExecutionState, JobId, JobMasterId, PartitionerKind, ResourceManagerId, ShardId, SlotId, WorkerId,
+};
+use shardflow_memory::{Budget, BudgetKind, Reservation};
+use shardflow_netstack::{channel, ChannelReceiver, ChannelSender, Partitioner};
+
+use super::link::{read_frame, send_message, FrameSink, PipeEnd, Received, TcpSink};
+use crate::config::{EngineBuilder, EngineConfig};
+use crate::engine::resolve_cores;
+use crate::error::EngineError;
+use crate::operator::{SinkOutput, TaskInfo};
+use crate::registry::{JobResources, OperatorRegistry};
+use crate::shard::{ReportSink, ShardCommand, ShardHandle, ShardSpec, TaskReport};
+use crate::task::{OutputDeployment, TaskDeployment, TaskOutput};
+
+/// How a worker reaches its coordinator.
+#[derive(Clone)]
+pub(crate) enum Connector {
+    /// Over TCP.
+    Tcp(SocketAddr),
+    /// In-process: each call yields a fresh pipe whose other end the coordinator
+    /// serves.
+    InProcess(Arc<dyn Fn() -> Option<PipeEnd> + Send + Sync>),
+}
+
+/// Settings of the worker beyond its engine configuration.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The name it registers under; default: host-pid-start time.
+    pub resource_id: Option<String>,
+    /// First wait before reconnecting. Default 50 ms.
+    pub reconnect_min: Duration,
+    /// Longest wait before reconnecting. Default 2 s.
+    pub reconnect_max: Duration,
+    /// Largest frame accepted. Default 16 MiB.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            resource_id: None,
+            reconnect_min: Duration::from_millis(50),
+            reconnect_max: Duration::from_secs(2),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+}
+
+enum Event {
+    Frame(u64, Message),
+    Bad(u64, FrameError),
+    Closed(u64),
+    Task(TaskReport),
+    Stop,
+}
+
+/// A running worker. Dropping it cancels its tasks and stops its shards.
+pub struct Worker {
+    events: Sender<Event>,
+    stopping: Arc<AtomicBool>,
+    registered: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// Starts the shards of `engine` and a worker serving the coordinator at
+    /// `coordinator` (registering, and re-registering after losing it).
+    pub fn start(coordinator: SocketAddr, engine: EngineBuilder, options: WorkerOptions) -> Result<Self, EngineError> {
+        Self::start_with(Connector::Tcp(coordinator), engine, options)
+    }
+
+    pub(crate) fn start_with(
+        connector: Connector,
+        engine: EngineBuilder,
+        options: WorkerOptions,
+    ) -> Result<Self, EngineError> {
+        let (config, registry) = engine.into_parts()?;
+        let cores = resolve_cores(&config.cores)?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let segments = config.network_memory_bytes / config.segment_bytes;
+        let mut shards = Vec::with_capacity(cores.len());
+        for (i, &core) in cores.iter().enumerate() {
+            let spec = ShardSpec {
+                id: i as u32,
+                core,
+                segment_bytes: config.segment_bytes,
+                segments,
+                prefault: config.prefault,
+                idle: config.idle,
+            };
+            let events = tx.clone();
+            let reports: ReportSink = Arc::new(move |r| {
+                let _ = events.send(Event::Task(r));
+            });
+            shards.push(ShardHandle::start(spec, reports)?);
+        }
+        let resource_id = options.resource_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let started =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+            format!("{}-{}-{started}", host.trim(), std::process::id())
+        });
+        let stopping = Arc::new(AtomicBool::new(false));
+        let registered = Arc::new(AtomicU64::new(0));
+        let state = WorkerState::new(config, registry, shards, resource_id);
+        let (stop2, reg2, events2) = (stopping.clone(), registered.clone(), tx.clone());
+        let thread = std::thread::Builder::new()
+            .name("worker".into())
+            .spawn(move || run(state, connector, options, rx, events2, stop2, reg2))
+            .map_err(|e| EngineError::Io { what: "starting the worker thread".into(), reason: e.to_string() })?;
+        Ok(Worker { events: tx, stopping, registered, thread: Some(thread) })
+    }
+
+    /// How many times it has registered with a coordinator so far.
+    pub fn registrations(&self) -> u64 {
+        self.registered.load(Ordering::Acquire)
+    }
+
+    /// Cancels its tasks, stops its shards and waits.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.stopping.store(true, Ordering::Release);
+        let _ = self.events.send(Event::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct SlotState {
+    status: SlotStatus,
+    /// The allocation's job master token.
+    job_master: Option<JobMasterId>,
+    managed: Budget,
+}
+
+struct TaskEntry {
+    slot: SlotId,
+    job_master: JobMasterId,
+    vertex: String,
+    state: ExecutionState,
+    _network: Reservation,
+}
+
+/// One end of a channel waiting for the task at the other end.
+enum Pending {
+    Sender(ChannelSender),
+    Receiver(ChannelReceiver),
+}
+
+type WireKey = (JobId, u32, u32, u32, u32);
+
+struct WorkerState {
+    config: EngineConfig,
+    registry: Arc<OperatorRegistry>,
+    resources: Arc<JobResources>,
+    shards: Vec<ShardHandle>,
+    budgets: Vec<Budget>,
+    resource_id: String,
+    worker: WorkerId,
+    rm: ResourceManagerId,
+    slots: BTreeMap<SlotId, SlotState>,
+    tasks: HashMap<(JobId, AttemptId), TaskEntry>,
+    wiring: HashMap<WireKey, Pending>,
+    progress: HashMap<JobId, Arc<AtomicU64>>,
+}
+
+impl WorkerState {
+    fn new(config: EngineConfig, registry: OperatorRegistry, shards: Vec<ShardHandle>, resource_id: String) -> Self {
+        let budgets = shards
+            .iter()
+            .map(|s| Budget::new(BudgetKind::NetworkBuffers, (s.pool.segments() * s.pool.segment_bytes()) as u64))
+            .collect();
+        let mut w = WorkerState {
+            config,
+            registry: Arc::new(registry),
+            resources: Arc::new(JobResources::default()),
+            shards,
+            budgets,
+            resource_id,
+            worker: WorkerId(u32::MAX),
+            rm: ResourceManagerId(0),
+            slots: BTreeMap::new(),
+            tasks: HashMap::new(),
+            wiring: HashMap::new(),
+            progress: HashMap::new(),
+        };
+        w.reset_slots(WorkerId(u32::MAX));
+        w
+    }
+
+    fn reset_slots(&mut self, worker: WorkerId) {
+        self.worker = worker;
+        self.slots.clear();
+        for s in &self.shards {
+            for index in 0..self.config.slots_per_shard {
+                let slot = SlotId { worker, shard: ShardId(s.id), index };
+                self.slots.insert(
+                    slot,
+                    SlotState {
+                        status: SlotStatus { slot, core: s.core as u32, allocated: None },
+                        job_master: None,
+                        managed: Budget::new(BudgetKind::ManagedMemory, self.config.managed_memory_per_slot_bytes),
+                    },
+                );
+            }
+        }
+    }
+
+    fn resources(&self) -> WorkerResources {
+        WorkerResources {
+            cores: self.shards.iter().map(|s| s.core as u32).collect(),
+            slots_per_shard: self.config.slots_per_shard,
+            network_memory_bytes: self.config.network_memory_bytes as u64,
+            managed_memory_per_slot_bytes: self.config.managed_memory_per_slot_bytes,
+        }
+    }
+
+    fn report(&self) -> SlotReport {
+        SlotReport { slots: self.slots.values().map(|s| s.status.clone()).collect() }
+    }
+
+    /// Cancels everything and forgets every allocation (the coordinator is gone).
+    fn release_all(&mut self) {
+        let jobs: Vec<JobId> = self.tasks.keys().map(|(j, _)| *j).collect();
+        for s in &self.shards {
+            for &job in &jobs {
+                let _ = s.mailbox.send(ShardCommand::Cancel(job));
+            }
+        }
+        self.tasks.clear();
+        self.wiring.clear();
+        self.progress.clear();
+        let worker = self.worker;
+        self.reset_slots(worker);
+    }
+
+    /// Handles one message from the coordinator; returns the replies.
+    fn on_message(&mut self, msg: Message) -> Result<Vec<Message>, (ErrorCode, String)> {
+        let stale = |token: ResourceManagerId, rm: ResourceManagerId| {
+            if token == rm {
+                Ok(())
+            } else {
+                Err((ErrorCode::StaleToken, format!("fencing token {token} is not the leader's ({rm})")))
+            }
+        };
+        let mut out = Vec::new();
+        match msg {
+            Message::HeartbeatFromCoordinator(m) => {
+                stale(m.resource_manager, self.rm)?;
+                out.push(Message::HeartbeatFromWorker(HeartbeatFromWorker {
+                    resource_manager: self.rm,
+                    worker: self.worker,
+                    seq: m.seq,
+                    report: self.report(),
+                }));
+            }
+            Message::RequestSlot(m) => {
+                stale(m.resource_manager, self.rm)?;
+                let outcome = match self.slots.get_mut(&m.slot) {
+                    None => SlotRequestOutcome::UnknownSlot,
+                    Some(s) => match s.status.allocated {
+                        Some(owner) if owner.allocation != m.allocation => SlotRequestOutcome::Occupied(owner),
+                        _ => {
+                            s.status.allocated = Some(SlotAllocation { allocation: m.allocation, job: m.job });
+                            s.job_master = Some(m.job_master);
+                            SlotRequestOutcome::Allocated
+                        }
+                    },
+                };
+                out.push(Message::SlotRequestReply(SlotRequestReply {
+                    slot: m.slot,
+                    allocation: m.allocation,
+                    outcome,
+                }));
+            }
+            Message::SubmitTask(m) => {
+                let (job, attempt) = (m.descriptor.job, m.descriptor.attempt);
+                if let Err(error) = self.submit(m.descriptor) {
+                    tracing::warn!(%job, %attempt, "task refused: {}", error.message);
+                    out.push(Message::TaskRefused(TaskRefused { job, attempt, error }));
+                }
+            }
+            Message::CancelTask(m) => {
+                if let Some(t) = self.tasks.get(&(m.job, m.attempt)) {
+                    if t.job_master != m.job_master {
+                        return Err((
+                            ErrorCode::StaleToken,
+                            format!("job master token {} does not own {}", m.job_master, m.attempt),
+                        ));
+                    }
+                    let shard = t.slot.shard.0 as usize;
+                    let _ = self.shards[shard].mailbox.send(ShardCommand::CancelAttempt(m.job, m.attempt));
+                }
+            }
+            Message::FreeSlot(m) => {
+                let Some((&slot, s)) = self
+                    .slots
+                    .iter_mut()
+                    .find(|(_, s)| s.status.allocated.is_some_and(|a| a.allocation == m.allocation))
+                else {
+                    return Ok(out);
+                };
+                if s.job_master != Some(m.job_master) {
+                    return Err((
+                        ErrorCode::StaleToken,
+                        format!("job master token {} does not own {}", m.job_master, m.allocation),
+                    ));
+                }
+                s.status.allocated = None;
+                s.job_master = None;
+                for ((job, attempt), t) in &self.tasks {
+                    if t.slot == slot {
+                        let _ = self.shards[slot.shard.0 as usize]
+                            .mailbox
+                            .send(ShardCommand::CancelAttempt(*job, *attempt));
+                    }
+                }
+            }
+            Message::RequestSlotReport(m) => {
+                stale(m.resource_manager, self.rm)?;
+                out.push(Message::SlotReportMessage(SlotReportMessage {
+                    resource_manager: self.rm,
+                    worker: self.worker,
+                    report: self.report(),
+                }));
+            }
+            Message::RequestShardDump(m) => {
+                stale(m.resource_manager, self.rm)?;
+                let shards = self
+                    .shards
+                    .iter()
+                    .map(|s| ShardDumpEntry {
+                        shard: s.id,
+                        core: s.core as u32,
+                        tasks: self
+                            .tasks
+                            .iter()
+                            .filter(|(_, t)| t.slot.shard.0 == s.id)
+                            .map(|((job, attempt), t)| format!("{job} {attempt} {} {}", t.vertex, t.state))
+                            .collect(),
+                    })
+                    .collect();
+                out.push(Message::ShardDump(ShardDump { worker: self.worker, shards }));
+            }
+            Message::DisconnectResourceManager(m) => {
+                stale(m.resource_manager, self.rm)?;
+                return Err((ErrorCode::Unexpected, format!("coordinator disconnected us: {}", m.cause)));
+            }
+            Message::UpdatePartitions(_) | Message::ReleasePartitions(_) => {}
+            Message::TriggerCheckpoint(m) => out.push(Message::AcknowledgeCheckpoint(AcknowledgeCheckpoint {
+                job_master: m.job_master,
+                job: m.job,
+                attempt: m.attempt,
+                checkpoint: m.checkpoint,
+                state_bytes: 0,
+            })),
+            Message::ConfirmCheckpoint(_) | Message::AbortCheckpoint(_) => {}
+            Message::ErrorReply(e) => return Err((e.code, format!("coordinator reported: {}", e.message))),
+            other => {
+                return Err((ErrorCode::Unexpected, format!("{} is not a message a worker accepts", other.kind_name())))
+            }
+        }
+        Ok(out)
+    }
+
+    fn submit(&mut self, d: TaskDeploymentDescriptor) -> Result<(), ErrorReply> {
+        let refuse = |code, message: String| ErrorReply { code, message, retryable: false };
+        let slot = self
+            .slots
+            .get(&d.slot)
+            .ok_or_else(|| refuse(ErrorCode::NoSlotAllocated, format!("{} is not a slot of this worker", d.slot)))?;
+        match slot.status.allocated {
+            Some(a) if a.allocation == d.allocation && a.job == d.job => {}
+            _ => {
+                return Err(refuse(
+                    ErrorCode::NoSlotAllocated,
+                    format!("{} is not allocated to {} of {}", d.slot, d.allocation, d.job),
+                ))
+            }
+        }
+        if slot.job_master != Some(d.job_master) {
+            return Err(refuse(
+                ErrorCode::StaleToken,
+                format!("job master token {} does not own {}", d.job_master, d.slot),
+            ));
+        }
+        let remote = d
+            .inputs
+            .iter()
+            .flat_map(|g| g.producers.iter())
+            .chain(d.outputs.iter().flat_map(|p| p.consumers.iter()))
+            .find(|c| c.worker != self.worker);
+        if let Some(c) = remote {
+            return Err(refuse(
+                ErrorCode::Unsupported,
+                format!("a channel to {} needs the TCP data plane, which is not built yet", c.worker),
+            ));
+        }
+        let shard = d.slot.shard.0 as usize;
+        let cfg = &self.config;
+        let per_channel = 1 + u64::from(cfg.exclusive_credits) + u64::from(cfg.floating_credits);
+        let subs: u64 = d.outputs.iter().map(|p| p.consumers.len() as u64).sum();
+        let network = self.budgets[shard]
+            .reserve(subs * per_channel * cfg.segment_bytes as u64)
+            .map_err(|e| refuse(ErrorCode::Internal, format!("network memory of shard {shard}: {e}")))?;
+        let epoch = d.attempt.attempt;
+        let max_in_flight = cfg.exclusive_credits + cfg.floating_credits;
+        let mut inputs = Vec::new();
+        for g in &d.inputs {
+            for p in &g.producers {
+                let key = (d.job, epoch, g.edge, p.peer_subtask, p.subpartition);
+                let rx = match self.wiring.remove(&key) {
+                    Some(Pending::Receiver(rx)) => rx,
+                    other => {
+                        let (tx, rx) = channel(cfg.exclusive_credits, max_in_flight, cfg.event_room);
+                        if other.is_none() {
+                            self.wiring.insert(key, Pending::Sender(tx));
+                        }
+                        rx
+                    }
+                };
+                inputs.push(rx);
+            }
+        }
+        let subtask = d.attempt.execution_vertex.subtask;
+        let mut outputs = Vec::new();
+        for p in &d.outputs {
+            let mut senders = Vec::new();
+            for c in &p.consumers {
+                let key = (d.job, epoch, p.edge, subtask, c.subpartition);
+                let tx = match self.wiring.remove(&key) {
+                    Some(Pending::Sender(tx)) => tx,
+                    other => {
+                        let (tx, rx) = channel(cfg.exclusive_credits, max_in_flight, cfg.event_room);
+                        if other.is_none() {
+                            self.wiring.insert(key, Pending::Receiver(rx));
+                        }
+                        tx
+                    }
+                };
+                senders.push(tx);
+            }
+            let partitioner = match p.partitioner {
+                PartitionerKind::Forward => Partitioner::Forward,
+                PartitionerKind::Hash => Partitioner::Hash,
+                PartitionerKind::Rebalance => Partitioner::Rebalance,
+                PartitionerKind::Broadcast => Partitioner::Broadcast,
+            };
+            outputs.push(OutputDeployment { partitioner, senders });
+        }
+        let progress = self.progress.entry(d.job).or_default().clone();
+        let info = TaskInfo {
+            vertex: d.vertex_name.clone(),
+            subtask,
+            parallelism: d.parallelism,
+            job_start: Instant::now(),
+            core: self.shards[shard].core,
+            managed_memory: slot.managed.clone(),
+        };
+        let deployment = TaskDeployment {
+            job: d.job,
+            attempt: d.attempt,
+            info,
+            chain: d.chain,
+            inputs,
+            exclusive_credits: cfg.exclusive_credits,
+            floating_credits: cfg.floating_credits,
+            outputs,
+            registry: self.registry.clone(),
+            resources: self.resources.clone(),
+            flush_timeout: cfg.flush_timeout,
+            idle: cfg.idle,
+            min_park: cfg.min_park,
+            progress,
+        };
+        self.tasks.insert(
+            (d.job, d.attempt),
+            TaskEntry {
+                slot: d.slot,
+                job_master: d.job_master,
+                vertex: d.vertex_name,
+                state: ExecutionState::Deploying,
+                _network: network,
+            },
+        );
+        if self.shards[shard].mailbox.send(ShardCommand::Deploy(vec![deployment])).is_err() {
+            self.tasks.remove(&(d.job, d.attempt));
+            return Err(refuse(ErrorCode::Internal, format!("shard {shard} has stopped")));
+        }
+        Ok(())
+    }
+
+    /// A task changed state: the update for its job master, if it is still ours.
+    fn on_task(&mut self, r: TaskReport) -> Option<Message> {
+        let key = (r.job, r.attempt);
+        let entry = self.tasks.get_mut(&key)?;
+        entry.state = r.state;
+        let job_master = entry.job_master;
+        if r.state.is_terminal() {
+            self.tasks.remove(&key);
+            if !self.tasks.keys().any(|(j, _)| *j == r.job) {
+                self.wiring.retain(|k, _| k.0 != r.job);
+                self.progress.remove(&r.job);
+            }
+        }
+        Some(Message::UpdateTaskExecutionState(UpdateTaskExecutionState {
+            job_master,
+            job: r.job,
+            attempt: r.attempt,
+            state: r.state,
+            failure: r.failure.map(|f| TaskFailureInfo { cause: f.cause, secondary: f.secondary }),
+            result: r.output.map(result_info),
+        }))
+    }
+}
+
+fn result_info(o: TaskOutput) -> TaskResultInfo {
+    let sinks = o
+        .sinks
+        .into_iter()
+        .filter_map(|s| match s {
+            SinkOutput::None => None,
+            SinkOutput::Count { records, value_sum } => Some(SinkResult { records, value_sum, latency_ns: None }),
+            SinkOutput::Latency(h) => Some(SinkResult {
+                records: h.len(),
+                value_sum: 0,
+                latency_ns: Some([
+                    h.value_at_quantile(0.5),
+                    h.value_at_quantile(0.99),
+                    h.value_at_quantile(0.999),
+                    h.max(),
+                ]),
+            }),
+            SinkOutput::Records(r) => Some(SinkResult {
+                records: r.len() as u64,
+                value_sum: r.iter().fold(0u64, |a, x| a.wrapping_add(x.value)),
+                latency_ns: None,
+            }),
+        })
+        .collect();
+    TaskResultInfo { records_in: o.records_in, records_out: o.records_out, sinks }
+}
+
+enum SessionEnd {
+    Stop,
+    Lost(String),
+}
+
+fn connect(connector: &Connector, events: &Sender<Event>, session: u64, max: usize) -> Option<Box<dyn FrameSink>> {
+    match connector {
+        Connector::Tcp(addr) => {
+            let stream = TcpStream::connect_timeout(addr, Duration::from_secs(2)).ok()?;
+            stream.set_nodelay(true).ok()?;
+            let reader = stream.try_clone().ok()?;
+            spawn_reader(session, reader, events.clone(), max);
+            Some(Box::new(TcpSink(stream)))
+        }
+        Connector::InProcess(f) => {
+            let PipeEnd { sink, reader } = f()?;
+            spawn_reader(session, reader, events.clone(), max);
+            Some(Box::new(sink))
+        }
+    }
+}
+
+fn spawn_reader(session: u64, mut r: impl Read + Send + 'static, events: Sender<Event>, max: usize) {
+    let _ = std::thread::Builder::new().name("worker-conn".into()).spawn(move || loop {
+        match read_frame(&mut r, max) {
+            Received::Message(m) => {
+                if events.send(Event::Frame(session, m)).is_err() {
+                    break;
+                }
+            }
+            Received::Bad(e) => {
+                let _ = events.send(Event::Bad(session, e));
+                break;
+            }
+            Received::Closed => {
+                let _ = events.send(Event::Closed(session));
+                break;
+            }
+        }
+    });
+}
+
+fn run(
+    mut state: WorkerState,
+    connector: Connector,
+    options: WorkerOptions,
+    rx: Receiver<Event>,
+    events: Sender<Event>,
+    stopping: Arc<AtomicBool>,
+    registered: Arc<AtomicU64>,
+) {
+    let mut backoff = options.reconnect_min;
+    let mut session = 0u64;
+    while !stopping.load(Ordering::Acquire) {
+        session += 1;
+        let end = match connect(&connector, &events, session, options.max_frame_bytes) {
+            Some(sink) => serve(&mut state, sink, session, &rx, &registered, &mut backoff, &options),
+            None => SessionEnd::Lost("cannot connect".into()),
+        };
+        state.release_all();
+        match end {
+            SessionEnd::Stop => break,
+            SessionEnd::Lost(why) => {
+                tracing::warn!(resource_id = %state.resource_id, "coordinator lost: {why}; retrying in {backoff:?}");
+                // Wait out the backoff, still draining task reports and honouring stop.
+                let until = Instant::now() + backoff;
+                loop {
+                    match rx.recv_deadline(until) {
+                        Ok(Event::Stop) => return shutdown(state),
+                        Ok(_) => {}
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => return shutdown(state),
+                    }
+                }
+                backoff = (backoff * 2).min(options.reconnect_max);
+            }
+        }
+    }
+    shutdown(state);
+}
+
+fn shutdown(mut state: WorkerState) {
+    state.release_all();
+    for s in &mut state.shards {
+        s.stop();
+    }
+}
+
+fn serve(
+    state: &mut WorkerState,
+    mut sink: Box<dyn FrameSink>,
+    session: u64,
+    rx: &Receiver<Event>,
+    registered: &AtomicU64,
+    backoff: &mut Duration,
+    options: &WorkerOptions,
+) -> SessionEnd {
+    let register = Message::RegisterWorker(RegisterWorker {
+        resource_id: state.resource_id.clone(),
+        address: format!("pid {}", std::process::id()),
+        resources: state.resources(),
+        slots: state.report(),
+    });
+    if send_message(sink.as_mut(), &register).is_err() {
+        return SessionEnd::Lost("the connection broke while registering".into());
+    }
+    let mut timeout = Duration::from_secs(10);
+    let mut last_heard = Instant::now();
+    let mut is_registered = false;
+    loop {
+        let event = match rx.recv_deadline(last_heard + timeout) {
+            Ok(e) => e,
+            Err(RecvTimeoutError::Timeout) => {
+                sink.close();
+                return SessionEnd::Lost(format!("no word from the coordinator for {} ms", timeout.as_millis()));
+            }
+            Err(RecvTimeoutError::Disconnected) => return SessionEnd::Stop,
+        };
+        let replies = match event {
+            Event::Stop => {
+                if is_registered {
+                    let bye = Message::DisconnectWorker(DisconnectWorker {
+                        resource_manager: state.rm,
+                        worker: state.worker,
+                        cause: "worker shutting down".into(),
+                    });
+                    let _ = send_message(sink.as_mut(), &bye);
+                }
+                sink.close();
+                return SessionEnd::Stop;
+            }
+            Event::Frame(s, _) | Event::Bad(s, _) | Event::Closed(s) if s != session => continue,
+            Event::Closed(_) => {
+                sink.close();
+                return SessionEnd::Lost("the connection closed".into());
+            }
+            Event::Bad(_, e) => {
+                let _ = send_message(sink.as_mut(), &e.reply());
+                sink.close();
+                return SessionEnd::Lost(format!("bad frame from the coordinator: {e}"));
+            }
+            Event::Task(r) => state.on_task(r).into_iter().collect(),
+            Event::Frame(_, msg) => {
+                last_heard = Instant::now();
+                if !is_registered {
+                    match msg {
+                        Message::RegistrationAccepted(a) => {
+                            is_registered = true;
+                            state.rm = a.resource_manager;
+                            state.reset_slots(a.worker);
+                            timeout = Duration::from_millis(a.heartbeat_timeout_ms.max(1));
+                            *backoff = options.reconnect_min;
+                            registered.fetch_add(1, Ordering::AcqRel);
+                            tracing::info!(worker = %a.worker, "registered with the coordinator");
+                            Vec::new()
+                        }
+                        Message::ErrorReply(e) => {
+                            sink.close();
+                            return SessionEnd::Lost(format!("registration refused: {:?}: {}", e.code, e.message));
+                        }
+                        other => {
+                            let m = format!("expected RegistrationAccepted, got {}", other.kind_name());
+                            let _ = send_message(sink.as_mut(), &Message::error(ErrorCode::Unexpected, m.clone()));
+                            sink.close();
+                            return SessionEnd::Lost(m);
+                        }
+                    }
+                } else {
+                    match state.on_message(msg) {
+                        Ok(r) => r,
+                        Err((code, m)) => {
+                            let _ = send_message(sink.as_mut(), &Message::error(code, m.clone()));
+                            sink.close();
+                            return SessionEnd::Lost(m);
+                        }
+                    }
+                }
+            }
+        };
+        for r in replies {
+            if send_message(sink.as_mut(), &r).is_err() {
+                sink.close();
+                return SessionEnd::Lost("the connection broke".into());
+            }
+        }
+    }
+}

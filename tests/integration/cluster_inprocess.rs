@@ -1,0 +1,63 @@
+//! A coordinator and two workers in one process ([`MiniCluster`]): the cluster's
+//! state machines, frames and worker wiring over in-process connections.
+
+use std::collections::BTreeMap;
+
+use shardflow_engine::catalog::named_job;
+use shardflow_engine::cluster::MiniCluster;
+use shardflow_engine::protocol::{ErrorCode, WaitCondition};
+use shardflow_engine::{CoordinatorConfig, Cores, EngineError, ExecutionState, JobStatus};
+
+use crate::common::{small_engine, TIMEOUT};
+
+fn worker(core: usize) -> shardflow_engine::EngineBuilder {
+    small_engine().cores(Cores::List(vec![core])).slots_per_shard(2)
+}
+
+fn cores() -> (usize, usize) {
+    let online = shardflow_engine::online_cores();
+    (online[0], *online.last().unwrap_or(&online[0]))
+}
+
+#[test]
+fn a_forward_job_runs_on_both_workers_and_finishes_with_the_right_sums() {
+    let (c0, c1) = cores();
+    let cluster = MiniCluster::start(CoordinatorConfig::default(), vec![worker(c0), worker(c1)]).unwrap();
+    let mut client = cluster.client();
+    assert_eq!(client.wait_for_workers(2, TIMEOUT).unwrap().workers, 2);
+    let n = 200_000u64;
+    let params = BTreeMap::from([("records".to_string(), n.to_string())]);
+    let job = named_job("forward-count", &params, 2).unwrap();
+    let id = client.submit(job.graph().clone(), "", "").unwrap();
+    let done = client.wait(id, WaitCondition::Terminal, TIMEOUT).unwrap();
+    assert_eq!(done.status, JobStatus::Finished, "{done:?}");
+    let workers: std::collections::BTreeSet<_> =
+        done.subtasks.iter().filter_map(|s| s.slot.map(|x| x.worker)).collect();
+    assert_eq!(workers.len(), 2, "the job uses both workers: {done:?}");
+    assert!(done.subtasks.iter().all(|s| s.state == ExecutionState::Finished));
+    let (records, sum) = done
+        .subtasks
+        .iter()
+        .filter_map(|s| s.result.as_ref())
+        .flat_map(|r| r.sinks.iter())
+        .fold((0u64, 0u64), |(r, v), s| (r + s.records, v.wrapping_add(s.value_sum)));
+    assert_eq!(records, n);
+    assert_eq!(sum, n * (n + 1) / 2, "values 1..=n after map +1");
+    let overview = client.overview().unwrap();
+    assert_eq!((overview.workers, overview.total_slots, overview.free_slots), (2, 4, 4));
+    cluster.shutdown();
+}
+
+#[test]
+fn unknown_jobs_and_invalid_graphs_are_typed_errors() {
+    let (c0, _) = cores();
+    let cluster = MiniCluster::start(CoordinatorConfig::default(), vec![worker(c0)]).unwrap();
+    assert_eq!(cluster.client().wait_for_workers(1, TIMEOUT).unwrap().workers, 1);
+    let err = cluster.client().cancel(shardflow_engine::JobId(999)).unwrap_err();
+    assert!(matches!(err, EngineError::Remote { code: ErrorCode::UnknownJob, .. }), "{err}");
+    let params = BTreeMap::from([("records".to_string(), "1000".to_string())]);
+    let job = named_job("keyed-sum", &params, 3).unwrap();
+    let err = cluster.client().submit(job.graph().clone(), "", "").unwrap_err();
+    assert!(matches!(err, EngineError::Remote { code: ErrorCode::NotEnoughSlots, .. }), "{err}");
+    cluster.shutdown();
+}
