@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use shardflow_engine::{
-    ops, Cores, Engine, IdlePolicy, Job, JobBuilder, JobHandle, JobResult, PartitionerKind, PlacementStrategy,
-};
+use shardflow_engine::{Cores, Engine, IdlePolicy, JobHandle, JobResult, PlacementStrategy};
 
 use crate::cpu::process_cpu_time;
 use shardflow_engine::catalog::{exchange, keyed_sum, latency, P2_KEYS};

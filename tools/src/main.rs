@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod cluster;
 mod cpu;
 
 use std::process::ExitCode;
@@ -15,6 +16,10 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "shardflow", version, about, long_about = None)]
 struct Cli {
+    /// Config file (TOML) with `[coordinator]`, `[worker]` and `[client]` tables;
+    /// default `$SHARDFLOW_CONFIG`. Flags override it.
+    #[arg(long, global = true)]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -29,6 +34,20 @@ enum Command {
     /// reported separately as startup_s, and cpu_s is the process's user+system CPU
     /// time during the job. Exit status 1 if verification fails, 2 on bad input.
     Bench(bench::BenchArgs),
+    /// Run a coordinator (Dispatcher, ResourceManager, JobMasters) until killed.
+    Coordinator(cluster::CoordinatorArgs),
+    /// Run a worker (TaskExecutor) with one shard per core until killed.
+    Worker(cluster::WorkerArgs),
+    /// Submit a named job to the cluster.
+    Submit(cluster::SubmitArgs),
+    /// List the cluster's jobs.
+    List(cluster::ListArgs),
+    /// Show a job: status and, per subtask, state, worker, shard and core.
+    Status(cluster::StatusArgs),
+    /// Cancel a job.
+    Cancel(cluster::CancelArgs),
+    /// Show the cluster: workers, slots, free slots, utilization.
+    Cluster(cluster::ClusterArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,9 +56,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let outcome = match cli.command {
+    let outcome = cluster::ConfigFile::load(cli.config.as_deref()).and_then(|cfg| match cli.command {
         Command::Bench(args) => bench::run(&args),
-    };
+        Command::Coordinator(a) => cluster::coordinator(&a, &cfg).map(|()| true),
+        Command::Worker(a) => cluster::worker(&a, &cfg).map(|()| true),
+        Command::Submit(a) => cluster::submit(&a, &cfg),
+        Command::List(a) => cluster::list(&a, &cfg).map(|()| true),
+        Command::Status(a) => cluster::status(&a, &cfg).map(|()| true),
+        Command::Cancel(a) => cluster::cancel(&a, &cfg).map(|()| true),
+        Command::Cluster(a) => cluster::cluster(&a, &cfg),
+    });
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),

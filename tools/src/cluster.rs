@@ -1,0 +1,512 @@
+//! Cluster commands: `coordinator` and `worker` processes, and the client commands
+//! `submit`, `list`, `status`, `cancel` and `cluster`. Tables for people, `--json`
+//! for programs; everything a flag sets can also come from the config file.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+use serde_json::json;
+use shardflow_engine::catalog::{named_job, NAMED_JOBS};
+use shardflow_engine::cluster::{ClusterClient, CoordinatorServer, Worker, WorkerOptions};
+use shardflow_engine::protocol::{JobDetails, WaitCondition, DEFAULT_MAX_FRAME_BYTES};
+use shardflow_engine::{
+    CoordinatorConfig, Cores, Engine, IdlePolicy, JobId, OperatorRegistry, PlacementStrategy, RestartStrategy,
+};
+
+/// Where clients look for the coordinator without a flag or config file.
+pub(crate) const DEFAULT_COORDINATOR: &str = "127.0.0.1:6123";
+
+/// The config file (TOML): one table per role.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConfigFile {
+    #[serde(default)]
+    coordinator: CoordinatorSection,
+    #[serde(default)]
+    worker: WorkerSection,
+    #[serde(default)]
+    client: ClientSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CoordinatorSection {
+    bind: Option<String>,
+    heartbeat_interval_ms: Option<u64>,
+    heartbeat_timeout_ms: Option<u64>,
+    slot_wait_timeout_ms: Option<u64>,
+    placement: Option<String>,
+    restart: Option<String>,
+    max_frame_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkerSection {
+    coordinator: Option<String>,
+    cores: Option<Vec<usize>>,
+    slots_per_shard: Option<u32>,
+    resource_id: Option<String>,
+    segment_bytes: Option<usize>,
+    network_memory_bytes: Option<usize>,
+    managed_memory_per_slot_bytes: Option<u64>,
+    idle: Option<String>,
+    prefault: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientSection {
+    coordinator: Option<String>,
+}
+
+impl ConfigFile {
+    /// Reads `path`, or `$SHARDFLOW_CONFIG`, or nothing.
+    pub(crate) fn load(path: Option<&Path>) -> Result<Self> {
+        let path: Option<PathBuf> =
+            path.map(Path::to_path_buf).or_else(|| std::env::var_os("SHARDFLOW_CONFIG").map(PathBuf::from));
+        let Some(path) = path else { return Ok(ConfigFile::default()) };
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+    }
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .with_context(|| format!("'{addr}' is not an address (host:port)"))?
+        .next()
+        .with_context(|| format!("'{addr}' resolves to no address"))
+}
+
+fn parse_job_id(s: &str) -> Result<JobId> {
+    let digits = s.strip_prefix("job-").unwrap_or(s);
+    Ok(JobId(digits.parse().with_context(|| format!("'{s}' is not a job id (like job-3 or 3)"))?))
+}
+
+/// Flags every client command has.
+#[derive(Debug, Args)]
+pub(crate) struct ClientArgs {
+    /// The coordinator. Default: the config file's `[client] coordinator`, else 127.0.0.1:6123.
+    #[arg(long)]
+    coordinator: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ClientArgs {
+    fn connect(&self, cfg: &ConfigFile) -> Result<ClusterClient> {
+        let addr = self.coordinator.clone().or(cfg.client.coordinator.clone()).unwrap_or(DEFAULT_COORDINATOR.into());
+        Ok(ClusterClient::connect(resolve(&addr)?, Duration::from_secs(5))?)
+    }
+}
+
+/// `shardflow coordinator`.
+#[derive(Debug, Args)]
+pub(crate) struct CoordinatorArgs {
+    /// Address to listen on. Default 127.0.0.1:6123.
+    #[arg(long)]
+    bind: Option<String>,
+    /// Heartbeat interval in ms. Default 1000.
+    #[arg(long)]
+    heartbeat_interval_ms: Option<u64>,
+    /// A worker silent this long (ms) is lost. Default 5000.
+    #[arg(long)]
+    heartbeat_timeout_ms: Option<u64>,
+    /// How long (ms) a restarting job waits for slots. Default 10000.
+    #[arg(long)]
+    slot_wait_timeout_ms: Option<u64>,
+    /// Default placement: spread, pack, colocate (default) or `vertex=cores;...`.
+    #[arg(long)]
+    placement: Option<String>,
+    /// Default restart strategy: none, fixed-delay[:attempts=N,delay=D] (default),
+    /// exponential-delay[:initial=D,max=D,multiplier=F,reset=D,attempts=N].
+    #[arg(long)]
+    restart: Option<String>,
+}
+
+pub(crate) fn coordinator(a: &CoordinatorArgs, cfg: &ConfigFile) -> Result<()> {
+    let c = &cfg.coordinator;
+    let bind = a.bind.clone().or(c.bind.clone()).unwrap_or(DEFAULT_COORDINATOR.into());
+    let mut config = CoordinatorConfig::default();
+    let ms = Duration::from_millis;
+    if let Some(v) = a.heartbeat_interval_ms.or(c.heartbeat_interval_ms) {
+        config.heartbeat_interval = ms(v.max(1));
+    }
+    if let Some(v) = a.heartbeat_timeout_ms.or(c.heartbeat_timeout_ms) {
+        config.heartbeat_timeout = ms(v.max(1));
+    }
+    if let Some(v) = a.slot_wait_timeout_ms.or(c.slot_wait_timeout_ms) {
+        config.slot_wait_timeout = ms(v);
+    }
+    if let Some(p) = a.placement.clone().or(c.placement.clone()) {
+        config.default_placement = p.parse::<PlacementStrategy>()?;
+    }
+    if let Some(r) = a.restart.clone().or(c.restart.clone()) {
+        config.default_restart = r.parse::<RestartStrategy>()?;
+    }
+    let max = c.max_frame_bytes.unwrap_or(DEFAULT_MAX_FRAME_BYTES);
+    let server = CoordinatorServer::bind(resolve(&bind)?, config, OperatorRegistry::with_builtins(), max)?;
+    let addr = server.local_addr().context("the listener has no address")?;
+    println!("coordinator listening on {addr}");
+    tracing::info!(%addr, "coordinator started");
+    loop {
+        std::thread::park();
+    }
+}
+
+/// `shardflow worker`.
+#[derive(Debug, Args)]
+pub(crate) struct WorkerArgs {
+    /// The coordinator to register with. Default: the config file's, else 127.0.0.1:6123.
+    #[arg(long)]
+    coordinator: Option<String>,
+    /// Cores for the shards, e.g. `0,1`. Default: every online core.
+    #[arg(long, value_delimiter = ',')]
+    cores: Option<Vec<usize>>,
+    /// Slots per shard. Default 2.
+    #[arg(long)]
+    slots_per_shard: Option<u32>,
+    /// Name to register under. Default: host-pid-start time.
+    #[arg(long)]
+    resource_id: Option<String>,
+    /// Network memory per shard in bytes. Default 64 MiB.
+    #[arg(long)]
+    network_memory_bytes: Option<usize>,
+    /// Segment size in bytes. Default 32 KiB.
+    #[arg(long)]
+    segment_bytes: Option<usize>,
+    /// Idle policy: park (default) or spin.
+    #[arg(long, value_enum)]
+    idle: Option<IdleArg>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum IdleArg {
+    Park,
+    Spin,
+}
+
+pub(crate) fn worker(a: &WorkerArgs, cfg: &ConfigFile) -> Result<()> {
+    let w = &cfg.worker;
+    let addr = a.coordinator.clone().or(w.coordinator.clone()).unwrap_or(DEFAULT_COORDINATOR.into());
+    let mut engine = Engine::builder();
+    if let Some(c) = a.cores.clone().or(w.cores.clone()) {
+        engine = engine.cores(Cores::List(c));
+    }
+    if let Some(k) = a.slots_per_shard.or(w.slots_per_shard) {
+        engine = engine.slots_per_shard(k);
+    }
+    if let Some(b) = a.network_memory_bytes.or(w.network_memory_bytes) {
+        engine = engine.network_memory_bytes(b);
+    }
+    if let Some(b) = a.segment_bytes.or(w.segment_bytes) {
+        engine = engine.segment_bytes(b);
+    }
+    if let Some(b) = w.managed_memory_per_slot_bytes {
+        engine = engine.managed_memory_per_slot_bytes(b);
+    }
+    if let Some(p) = w.prefault {
+        engine = engine.prefault(p);
+    }
+    let idle = match (a.idle, w.idle.as_deref()) {
+        (Some(IdleArg::Spin), _) | (None, Some("spin")) => IdlePolicy::Spin,
+        (Some(IdleArg::Park), _) | (None, Some("park") | None) => IdlePolicy::Park,
+        (None, Some(other)) => bail!("worker.idle = '{other}': expected park or spin"),
+    };
+    engine = engine.idle(idle);
+    let options =
+        WorkerOptions { resource_id: a.resource_id.clone().or(w.resource_id.clone()), ..WorkerOptions::default() };
+    let _worker = Worker::start(resolve(&addr)?, engine, options)?;
+    println!("worker started, registering with {addr}");
+    loop {
+        std::thread::park();
+    }
+}
+
+/// When `submit` or `status` waits.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum WaitArg {
+    /// Until every subtask runs.
+    Running,
+    /// Until the job ends.
+    Finished,
+}
+
+/// `shardflow submit`.
+#[derive(Debug, Args)]
+pub(crate) struct SubmitArgs {
+    /// A named job (see `--list-jobs`).
+    job: Option<String>,
+    /// Job parameter `key=value`, repeatable.
+    #[arg(long = "param", value_name = "K=V")]
+    params: Vec<String>,
+    /// Parallelism of every vertex. Default 2.
+    #[arg(long, short = 'p', default_value_t = 2)]
+    parallelism: u32,
+    /// spread, pack, colocate, `vertex=cores;...`, or a file holding the latter.
+    /// Default: the cluster's (colocate).
+    #[arg(long)]
+    placement: Option<String>,
+    /// Restart strategy. Default: the cluster's.
+    #[arg(long)]
+    restart: Option<String>,
+    /// Wait until the job runs or ends, and print its status.
+    #[arg(long, value_enum)]
+    wait: Option<WaitArg>,
+    /// Seconds to wait at most. Default 300.
+    #[arg(long, default_value_t = 300)]
+    timeout_s: u64,
+    /// List the named jobs and their parameters.
+    #[arg(long)]
+    list_jobs: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub(crate) fn submit(a: &SubmitArgs, cfg: &ConfigFile) -> Result<bool> {
+    if a.list_jobs {
+        for (name, help) in NAMED_JOBS {
+            println!("{name:<14} {help}");
+        }
+        return Ok(true);
+    }
+    let name = a.job.as_deref().context("name a job to submit (see --list-jobs)")?;
+    let mut params = BTreeMap::new();
+    for p in &a.params {
+        let (k, v) = p.split_once('=').with_context(|| format!("--param '{p}' is not key=value"))?;
+        params.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    let job = named_job(name, &params, a.parallelism)?;
+    let placement = match &a.placement {
+        Some(p) if Path::new(p).is_file() => {
+            std::fs::read_to_string(p).with_context(|| format!("reading placement file {p}"))?.trim().to_string()
+        }
+        Some(p) => p.clone(),
+        None => String::new(),
+    };
+    let mut client = a.client.connect(cfg)?;
+    let id = client.submit(job.graph().clone(), &placement, a.restart.as_deref().unwrap_or(""))?;
+    let Some(wait) = a.wait else {
+        if a.client.json {
+            println!("{}", json!({ "job": id.to_string() }));
+        } else {
+            println!("submitted {id}");
+        }
+        return Ok(true);
+    };
+    let until = match wait {
+        WaitArg::Running => WaitCondition::AllRunning,
+        WaitArg::Finished => WaitCondition::Terminal,
+    };
+    let d = client.wait(id, until, Duration::from_secs(a.timeout_s))?;
+    print_details(&d, a.client.json);
+    Ok(!matches!(d.status, shardflow_engine::JobStatus::Failed | shardflow_engine::JobStatus::Canceled))
+}
+
+/// `shardflow list`.
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub(crate) fn list(a: &ListArgs, cfg: &ConfigFile) -> Result<()> {
+    let jobs = a.client.connect(cfg)?.list()?;
+    if a.client.json {
+        let v: Vec<_> = jobs
+            .iter()
+            .map(|j| {
+                json!({"job": j.job.to_string(), "name": j.name, "status": j.status.to_string(),
+                       "subtasks": j.subtasks, "running": j.running, "finished": j.finished, "restarts": j.restarts})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+        return Ok(());
+    }
+    println!(
+        "{:<8} {:<16} {:<12} {:>8} {:>8} {:>8} {:>8}",
+        "JOB", "NAME", "STATUS", "SUBTASKS", "RUNNING", "FINISHED", "RESTARTS"
+    );
+    for j in jobs {
+        println!(
+            "{:<8} {:<16} {:<12} {:>8} {:>8} {:>8} {:>8}",
+            j.job.to_string(),
+            j.name,
+            j.status.to_string(),
+            j.subtasks,
+            j.running,
+            j.finished,
+            j.restarts
+        );
+    }
+    Ok(())
+}
+
+/// `shardflow status`.
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// The job (`job-3` or `3`).
+    job: String,
+    /// Wait until the job runs or ends first.
+    #[arg(long, value_enum)]
+    wait: Option<WaitArg>,
+    /// Seconds to wait at most. Default 300.
+    #[arg(long, default_value_t = 300)]
+    timeout_s: u64,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub(crate) fn status(a: &StatusArgs, cfg: &ConfigFile) -> Result<()> {
+    let id = parse_job_id(&a.job)?;
+    let mut client = a.client.connect(cfg)?;
+    let d = match a.wait {
+        None => client.job(id)?,
+        Some(w) => {
+            let until = if matches!(w, WaitArg::Running) { WaitCondition::AllRunning } else { WaitCondition::Terminal };
+            client.wait(id, until, Duration::from_secs(a.timeout_s))?
+        }
+    };
+    print_details(&d, a.client.json);
+    Ok(())
+}
+
+fn print_details(d: &JobDetails, as_json: bool) {
+    let records = |s: &shardflow_engine::protocol::SubtaskDetails| {
+        s.result.as_ref().map(|r| r.sinks.iter().map(|x| x.records).sum::<u64>())
+    };
+    let value_sum = |s: &shardflow_engine::protocol::SubtaskDetails| {
+        s.result.as_ref().map(|r| r.sinks.iter().fold(0u64, |a, x| a.wrapping_add(x.value_sum)))
+    };
+    if as_json {
+        let subtasks: Vec<_> = d
+            .subtasks
+            .iter()
+            .map(|s| {
+                json!({"vertex": s.vertex, "subtask": s.subtask, "attempt": s.attempt, "state": s.state.to_string(),
+                       "worker": s.slot.map(|x| x.worker.0), "shard": s.slot.map(|x| x.shard.0),
+                       "slot": s.slot.map(|x| x.to_string()), "core": s.core,
+                       "records_in": s.result.as_ref().map(|r| r.records_in),
+                       "sink_records": records(s), "sink_value_sum": value_sum(s), "failure": s.failure})
+            })
+            .collect();
+        let v = json!({"job": d.job.to_string(), "name": d.name, "status": d.status.to_string(),
+                       "restarts": d.restarts, "failure": d.failure,
+                       "submit_to_running_us": d.submit_to_running_us, "subtasks": subtasks});
+        println!("{v}");
+        return;
+    }
+    println!("{} {} {} (restarts {})", d.job, d.name, d.status, d.restarts);
+    if let Some(f) = &d.failure {
+        println!("failure: {f}");
+    }
+    println!(
+        "{:<16} {:>4} {:>4} {:<13} {:<10} {:<8} {:>4} {:>12}",
+        "VERTEX", "SUB", "ATT", "STATE", "WORKER", "SHARD", "CORE", "SINK_RECORDS"
+    );
+    for s in &d.subtasks {
+        let dash = || "-".to_string();
+        println!(
+            "{:<16} {:>4} {:>4} {:<13} {:<10} {:<8} {:>4} {:>12}",
+            s.vertex,
+            s.subtask,
+            s.attempt,
+            s.state.to_string(),
+            s.slot.map_or_else(dash, |x| x.worker.to_string()),
+            s.slot.map_or_else(dash, |x| x.shard.to_string()),
+            s.core.map_or_else(dash, |c| c.to_string()),
+            records(s).map_or_else(dash, |r| r.to_string()),
+        );
+    }
+}
+
+/// `shardflow cancel`.
+#[derive(Debug, Args)]
+pub(crate) struct CancelArgs {
+    /// The job (`job-3` or `3`).
+    job: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub(crate) fn cancel(a: &CancelArgs, cfg: &ConfigFile) -> Result<()> {
+    let id = parse_job_id(&a.job)?;
+    a.client.connect(cfg)?.cancel(id)?;
+    if a.client.json {
+        println!("{}", json!({"job": id.to_string(), "cancel": "requested"}));
+    } else {
+        println!("cancelling {id}");
+    }
+    Ok(())
+}
+
+/// `shardflow cluster`.
+#[derive(Debug, Args)]
+pub(crate) struct ClusterArgs {
+    /// Wait until this many workers are registered first.
+    #[arg(long)]
+    wait_workers: Option<u32>,
+    /// Seconds to wait at most. Default 60.
+    #[arg(long, default_value_t = 60)]
+    timeout_s: u64,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub(crate) fn cluster(a: &ClusterArgs, cfg: &ConfigFile) -> Result<bool> {
+    let mut client = a.client.connect(cfg)?;
+    let o = match a.wait_workers {
+        Some(n) => client.wait_for_workers(n, Duration::from_secs(a.timeout_s))?,
+        None => client.overview()?,
+    };
+    let mut client = a.client.connect(cfg)?;
+    let workers = client.workers()?;
+    let util = if o.total_slots == 0 {
+        0.0
+    } else {
+        100.0 * f64::from(o.total_slots - o.free_slots) / f64::from(o.total_slots)
+    };
+    if a.client.json {
+        let ws: Vec<_> = workers
+            .iter()
+            .map(|w| {
+                json!({"worker": w.worker.to_string(), "resource_id": w.resource_id, "address": w.address,
+                       "cores": w.resources.cores, "slots": w.slots, "free_slots": w.free_slots,
+                       "last_heartbeat_ms": w.last_heartbeat_ms})
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"workers": o.workers, "total_slots": o.total_slots, "free_slots": o.free_slots,
+                   "utilization_pct": util, "running_jobs": o.running_jobs, "worker_list": ws})
+        );
+    } else {
+        println!(
+            "workers {}  slots {}  free {}  utilization {util:.0}%  running jobs {}",
+            o.workers, o.total_slots, o.free_slots, o.running_jobs
+        );
+        println!(
+            "{:<10} {:<32} {:<10} {:>6} {:>6} {:>10}",
+            "WORKER", "RESOURCE ID", "CORES", "SLOTS", "FREE", "HEARTBEAT"
+        );
+        for w in &workers {
+            let cores: Vec<String> = w.resources.cores.iter().map(u32::to_string).collect();
+            println!(
+                "{:<10} {:<32} {:<10} {:>6} {:>6} {:>8}ms",
+                w.worker.to_string(),
+                w.resource_id,
+                cores.join(","),
+                w.slots,
+                w.free_slots,
+                w.last_heartbeat_ms
+            );
+        }
+    }
+    Ok(a.wait_workers.is_none_or(|n| o.workers >= n))
+}
