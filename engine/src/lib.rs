@@ -63,7 +63,7 @@ pub use job::{CollectHandle, Job, JobBuilder, JobHandle, JobResult, SubtaskRepor
 pub use operator::{ChainHead, Operator, SinkOutput, SourceOperator, SourceStatus, TaskInfo};
 pub use record::{OpConfig, Record};
 pub use registry::{JobResources, OperatorRegistry};
-pub use shardflow_control::{protocol, CoordinatorConfig, RestartStrategy};
+pub use shardflow_control::{protocol, CoordinatorConfig, ResourceManagerId, RestartStrategy};
 pub use shardflow_control::{
     ControlError, ExecutionState, JobGraph, JobId, JobStatus, JobVertex, OperatorSpec, PartitionerKind,
     PlacementStrategy, SlotAssignment, VertexId,

@@ -1,0 +1,324 @@
+//! Cluster mode with real processes on 127.0.0.1: a `shardflow coordinator`, two
+//! `shardflow worker`s, and the client commands. Workers are SIGKILLed for real;
+//! bad bytes go to the coordinator's port raw. Every process a test starts is
+//! killed when the test ends (also on failure), and every wait is the
+//! coordinator's own (`--wait`, `--wait-workers`) with a generous timeout.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use shardflow_engine::protocol::{self, ErrorCode, Message, DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES, PROTOCOL_VERSION};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shardflow");
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Cluster {
+    addr: String,
+    _coordinator: Proc,
+    workers: Vec<Proc>,
+}
+
+fn online_cores() -> Vec<usize> {
+    shardflow_engine::online_cores()
+}
+
+/// A coordinator on a free port plus one worker per entry of `slots` (worker i on
+/// core i mod online cores, with that many slots), all registered.
+fn cluster(coordinator_flags: &[&str], slots: &[u32]) -> Cluster {
+    let mut child = Command::new(BIN)
+        .args(["coordinator", "--bind", "127.0.0.1:0"])
+        .args(coordinator_flags)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("coordinator starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let coordinator = Proc(child);
+    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "coordinator said: {line}");
+    let cores = online_cores();
+    let workers = slots
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let core = cores[i % cores.len()].to_string();
+            Proc(
+                Command::new(BIN)
+                    .args(["worker", "--coordinator", &addr, "--cores", &core, "--resource-id", &format!("w{i}")])
+                    .args(["--slots-per-shard", &k.to_string(), "--network-memory-bytes", "8388608"])
+                    .args(["--segment-bytes", "4096"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("worker starts"),
+            )
+        })
+        .collect();
+    let c = Cluster { addr, _coordinator: coordinator, workers };
+    let v = c.json(&["cluster", "--wait-workers", &slots.len().to_string(), "--timeout-s", "60"]);
+    assert_eq!(v["workers"], slots.len(), "{v}");
+    c
+}
+
+impl Cluster {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN).args(args).args(["--coordinator", &self.addr]).output().unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.run(&[args, &["--json"]].concat());
+        assert!(out.status.success() || !out.stdout.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    fn submit(&self, args: &[&str]) -> String {
+        let v = self.json(&[&["submit"], args].concat());
+        v["job"].as_str().unwrap().to_string()
+    }
+}
+
+fn sink_totals(job: &Value) -> (u64, u64) {
+    job["subtasks"].as_array().unwrap().iter().fold((0, 0), |(r, s), t| {
+        (r + t["sink_records"].as_u64().unwrap_or(0), s.wrapping_add(t["sink_value_sum"].as_u64().unwrap_or(0)))
+    })
+}
+
+fn workers_of(job: &Value) -> std::collections::BTreeSet<u64> {
+    job["subtasks"].as_array().unwrap().iter().map(|t| t["worker"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn two_workers_run_a_forward_job_and_list_status_cancel_work() {
+    let c = cluster(&[], &[2, 2]);
+    let n = 2_000_000u64;
+    let v = c.json(&[
+        "submit",
+        "forward-count",
+        "--param",
+        &format!("records={n}"),
+        "--wait",
+        "finished",
+        "--timeout-s",
+        "120",
+    ]);
+    assert_eq!(v["status"], "FINISHED", "{v}");
+    assert_eq!(workers_of(&v).len(), 2, "data stays inside each of the two workers: {v}");
+    assert!(v["subtasks"].as_array().unwrap().iter().all(|t| t["state"] == "FINISHED"));
+    assert_eq!(sink_totals(&v), (n, n * (n + 1) / 2));
+    let first = v["job"].as_str().unwrap().to_string();
+
+    // a long-running job: every subtask RUNNING with a location, then cancelled
+    let id = c.submit(&["forward-count", "--param", "rate=1000", "--param", "duration_ms=600000"]);
+    let v = c.json(&["status", &id, "--wait", "running", "--timeout-s", "60"]);
+    assert_eq!(v["status"], "RUNNING", "{v}");
+    for t in v["subtasks"].as_array().unwrap() {
+        assert_eq!(t["state"], "RUNNING", "{v}");
+        assert!(t["worker"].is_u64() && t["shard"].is_u64() && t["core"].is_u64(), "{t}");
+    }
+    let list = c.json(&["list"]);
+    let names: Vec<&str> = list.as_array().unwrap().iter().map(|j| j["job"].as_str().unwrap()).collect();
+    assert_eq!(names, vec![first.as_str(), id.as_str()]);
+    let out = c.run(&["cancel", &id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = c.json(&["status", &id, "--wait", "finished", "--timeout-s", "60"]);
+    assert_eq!(v["status"], "CANCELED", "{v}");
+    let o = c.json(&["cluster"]);
+    assert_eq!((o["total_slots"].as_u64(), o["free_slots"].as_u64()), (Some(4), Some(4)), "{o}");
+}
+
+#[test]
+fn a_sigkilled_worker_makes_the_job_restart_on_the_remaining_slots() {
+    let mut c =
+        cluster(&["--heartbeat-timeout-ms", "2000", "--restart", "fixed-delay:attempts=2,delay=100ms"], &[2, 2]);
+    let id = c.submit(&["forward-count", "--param", "rate=4000", "--param", "duration_ms=3000"]);
+    let v = c.json(&["status", &id, "--wait", "running", "--timeout-s", "60"]);
+    assert_eq!(workers_of(&v).len(), 2, "{v}");
+    c.workers[1].0.kill().unwrap();
+    c.workers[1].0.wait().unwrap();
+    let v = c.json(&["status", &id, "--wait", "finished", "--timeout-s", "120"]);
+    assert_eq!(v["status"], "FINISHED", "{v}");
+    assert_eq!(v["restarts"], 1, "{v}");
+    assert!(v["failure"].as_str().unwrap().contains("lost"), "{v}");
+    assert_eq!(workers_of(&v).len(), 1, "the restarted job runs on the surviving worker: {v}");
+    assert!(v["subtasks"].as_array().unwrap().iter().all(|t| t["attempt"] == 1));
+    let o = c.json(&["cluster"]);
+    assert_eq!(o["workers"], 1, "{o}");
+}
+
+#[test]
+fn a_sigkilled_worker_fails_the_job_clearly_when_too_few_slots_remain() {
+    let mut c = cluster(&["--slot-wait-timeout-ms", "300", "--restart", "fixed-delay:attempts=2,delay=10ms"], &[1, 1]);
+    let id = c.submit(&["forward-count", "--param", "rate=1000", "--param", "duration_ms=600000"]);
+    c.json(&["status", &id, "--wait", "running", "--timeout-s", "60"]);
+    c.workers[0].0.kill().unwrap();
+    c.workers[0].0.wait().unwrap();
+    let v = c.json(&["status", &id, "--wait", "finished", "--timeout-s", "60"]);
+    assert_eq!(v["status"], "FAILED", "{v}");
+    let failure = v["failure"].as_str().unwrap();
+    assert!(failure.contains("cannot restart") && failure.contains("not enough task slots"), "{failure}");
+    assert!(failure.contains("lost"), "{failure}");
+}
+
+// ------------------------------------------------------------------ bad input
+
+/// Sends `bytes` on a fresh connection (then half-closes it), and returns the
+/// frame the coordinator answers with; asserts the coordinator then closes the
+/// connection and still serves others.
+fn send_raw(c: &Cluster, bytes: &[u8]) -> Message {
+    let mut s = TcpStream::connect(&c.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(bytes).unwrap();
+    let _ = s.shutdown(Shutdown::Write);
+    answer_then_closed(c, s)
+}
+
+fn answer_then_closed(c: &Cluster, mut s: TcpStream) -> Message {
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).expect("the coordinator answers, then closes");
+    let (msg, used) = protocol::decode(&got, DEFAULT_MAX_FRAME_BYTES).expect("the answer is one frame");
+    assert_eq!(used, got.len(), "nothing after the error reply");
+    let o = c.json(&["cluster"]);
+    assert!(o["workers"].is_u64(), "the coordinator still serves: {o}");
+    msg
+}
+
+fn assert_error(m: &Message, code: ErrorCode) {
+    match m {
+        Message::ErrorReply(e) => assert_eq!(e.code, code, "{}", e.message),
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+}
+
+fn header(len: u32, version: u16, kind: u16) -> Vec<u8> {
+    let mut h = vec![0u8; HEADER_BYTES];
+    h[0..4].copy_from_slice(&len.to_le_bytes());
+    h[4..6].copy_from_slice(&version.to_le_bytes());
+    h[6..8].copy_from_slice(&kind.to_le_bytes());
+    h
+}
+
+fn frame(m: &Message) -> Vec<u8> {
+    protocol::encode(m).unwrap().to_vec()
+}
+
+#[test]
+fn bad_input_truncated_frame() {
+    let c = cluster(&[], &[]);
+    let full = frame(&Message::ListJobs(protocol::ListJobs {}));
+    let mut bytes = header(64, PROTOCOL_VERSION, 66);
+    bytes.extend_from_slice(&[0u8; 10]);
+    assert_eq!(full.len(), HEADER_BYTES);
+    assert_error(&send_raw(&c, &bytes), ErrorCode::Truncated);
+}
+
+#[test]
+fn bad_input_garbage_bytes() {
+    let c = cluster(&[], &[]);
+    let body: Vec<u8> = (0..96u32).map(|i| (i * 151 + 7) as u8).collect();
+    let mut bytes = header(body.len() as u32, PROTOCOL_VERSION, 64);
+    bytes.extend_from_slice(&body);
+    assert_error(&send_raw(&c, &bytes), ErrorCode::Malformed);
+}
+
+#[test]
+fn bad_input_length_over_the_maximum() {
+    let c = cluster(&[], &[]);
+    assert_error(&send_raw(&c, &header(u32::MAX, PROTOCOL_VERSION, 66)), ErrorCode::FrameTooLarge);
+}
+
+#[test]
+fn bad_input_unknown_version() {
+    let c = cluster(&[], &[]);
+    assert_error(&send_raw(&c, &header(0, PROTOCOL_VERSION + 1, 66)), ErrorCode::UnsupportedVersion);
+}
+
+#[test]
+fn bad_input_unknown_kind() {
+    let c = cluster(&[], &[]);
+    assert_error(&send_raw(&c, &header(0, PROTOCOL_VERSION, 999)), ErrorCode::UnknownKind);
+}
+
+#[test]
+fn bad_input_stale_fencing_token() {
+    let c = cluster(&[], &[]);
+    let mut s = TcpStream::connect(&c.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let register = protocol::RegisterWorker {
+        resource_id: "impostor".into(),
+        address: "test".into(),
+        resources: protocol::WorkerResources {
+            cores: vec![0],
+            slots_per_shard: 1,
+            network_memory_bytes: 1 << 20,
+            managed_memory_per_slot_bytes: 1 << 20,
+        },
+        slots: protocol::SlotReport { slots: vec![] },
+    };
+    s.write_all(&frame(&Message::RegisterWorker(register))).unwrap();
+    let accepted = match read_one(&mut s) {
+        Message::RegistrationAccepted(a) => a,
+        other => panic!("{other:?}"),
+    };
+    let stale = shardflow_engine::protocol::HeartbeatFromWorker {
+        resource_manager: shardflow_engine::ResourceManagerId(accepted.resource_manager.0 ^ 1),
+        worker: accepted.worker,
+        seq: 1,
+        report: protocol::SlotReport { slots: vec![] },
+    };
+    s.write_all(&frame(&Message::HeartbeatFromWorker(stale))).unwrap();
+    let m = answer_then_closed(&c, s);
+    assert_error(&m, ErrorCode::StaleToken);
+}
+
+fn read_one(s: &mut TcpStream) -> Message {
+    let mut head = [0u8; HEADER_BYTES];
+    s.read_exact(&mut head).unwrap();
+    let h = protocol::FrameHeader::parse(&head, DEFAULT_MAX_FRAME_BYTES).unwrap();
+    let mut body = vec![0u8; h.len];
+    s.read_exact(&mut body).unwrap();
+    protocol::decode(&[&head[..], &body].concat(), DEFAULT_MAX_FRAME_BYTES).unwrap().0
+}
+
+#[test]
+fn bad_input_duplicate_registration() {
+    let c = cluster(&[], &[1]);
+    let v = c.json(&["cluster"]);
+    let id = v["worker_list"][0]["resource_id"].as_str().unwrap().to_string();
+    let register = protocol::RegisterWorker {
+        resource_id: id,
+        address: "test".into(),
+        resources: protocol::WorkerResources {
+            cores: vec![0],
+            slots_per_shard: 1,
+            network_memory_bytes: 1 << 20,
+            managed_memory_per_slot_bytes: 1 << 20,
+        },
+        slots: protocol::SlotReport { slots: vec![] },
+    };
+    assert_error(&send_raw(&c, &frame(&Message::RegisterWorker(register))), ErrorCode::DuplicateRegistration);
+    assert_eq!(c.json(&["cluster"])["workers"], 1, "the registered worker is untouched");
+}
+
+#[test]
+fn bad_input_unknown_job_id() {
+    let c = cluster(&[], &[]);
+    let m = Message::CancelJob(protocol::CancelJob { job: shardflow_engine::JobId(4242) });
+    assert_error(&send_raw(&c, &frame(&m)), ErrorCode::UnknownJob);
+    let out = c.run(&["status", "job-4242"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no job job-4242"));
+}
