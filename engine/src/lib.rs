@@ -64,6 +64,7 @@ pub use operator::{ChainHead, Operator, SinkOutput, SourceOperator, SourceStatus
 pub use record::{OpConfig, Record};
 pub use registry::{JobResources, OperatorRegistry};
 pub use shardflow_control::{protocol, CoordinatorConfig, ResourceManagerId, RestartStrategy};
+pub use shardflow_control::{AllocationId, AttemptId, ExecutionVertexId, JobMasterId, ShardId, SlotId, WorkerId};
 pub use shardflow_control::{
     ControlError, ExecutionState, JobGraph, JobId, JobStatus, JobVertex, OperatorSpec, PartitionerKind,
     PlacementStrategy, SlotAssignment, VertexId,

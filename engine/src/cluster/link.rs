@@ -87,13 +87,14 @@ impl FrameSink for TcpSink {
 
 /// One direction of an in-process connection: frames as bytes, and `None` for the
 /// end of the stream.
-type Pipe = (Sender<Option<Vec<u8>>>, Receiver<Option<Vec<u8>>>);
+type PipeTx = Sender<Option<Vec<u8>>>;
+type Pipe = (PipeTx, Receiver<Option<Vec<u8>>>);
 
 /// The sending half of an in-process connection.
 pub(crate) struct PipeSink {
-    tx: Sender<Option<Vec<u8>>>,
+    tx: PipeTx,
     /// The other direction, so closing ends the peer's sending too.
-    back: Arc<Mutex<Option<Sender<Option<Vec<u8>>>>>>,
+    back: Arc<Mutex<Option<PipeTx>>>,
 }
 
 impl FrameSink for PipeSink {

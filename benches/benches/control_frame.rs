@@ -1,0 +1,76 @@
+//! Control-plane frames: isolates encoding a deployment-descriptor-sized
+//! `SubmitTask` frame into a reused buffer, then receiving it: header checks,
+//! rkyv's checked access (validation), and the full decode into owned values.
+
+#![allow(missing_docs)]
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use rkyv::util::AlignedVec;
+use shardflow_engine::protocol::{self, *};
+use shardflow_engine::{
+    AllocationId, AttemptId, ExecutionVertexId, JobId, JobMasterId, OperatorSpec, PartitionerKind, ShardId, SlotId,
+    VertexId, WorkerId,
+};
+
+/// A descriptor as a 4-way keyed job deploys it: a 3-operator chain, one input gate
+/// and one output partition of 4 channels each.
+fn descriptor() -> Message {
+    let loc = |i: u32| ChannelLocation { peer_subtask: i, subpartition: i, worker: WorkerId(i % 2) };
+    Message::SubmitTask(SubmitTask {
+        descriptor: TaskDeploymentDescriptor {
+            job: JobId(7),
+            job_name: "keyed-sum".into(),
+            job_master: JobMasterId(0x5eed),
+            allocation: AllocationId(42),
+            slot: SlotId { worker: WorkerId(1), shard: ShardId(0), index: 1 },
+            attempt: AttemptId { execution_vertex: ExecutionVertexId { vertex: VertexId(1), subtask: 3 }, attempt: 0 },
+            vertex_name: "keyed-count".into(),
+            parallelism: 4,
+            chain: vec![
+                OperatorSpec::new("keyed_count", Vec::new()),
+                OperatorSpec::new("map.add", b"add=1".to_vec()),
+                OperatorSpec::new("sink.count", Vec::new()),
+            ],
+            inputs: vec![GateDeployment { edge: 0, producers: (0..4).map(loc).collect() }],
+            outputs: vec![PartitionDeployment {
+                edge: 1,
+                partitioner: PartitionerKind::Hash,
+                consumers: (0..4).map(loc).collect(),
+            }],
+        },
+    })
+}
+
+fn frames(c: &mut Criterion) {
+    let msg = descriptor();
+    let mut buf = AlignedVec::<16>::new();
+    protocol::encode_into(&msg, &mut buf).unwrap();
+    let frame_bytes = buf.len();
+    let mut g = c.benchmark_group(format!("control_frame/submit_task_{frame_bytes}B"));
+    g.bench_function("encode", |b| b.iter(|| protocol::encode_into(std::hint::black_box(&msg), &mut buf).unwrap()));
+    g.bench_function("encode+checked_access", |b| {
+        b.iter(|| {
+            protocol::encode_into(std::hint::black_box(&msg), &mut buf).unwrap();
+            let head: &[u8; HEADER_BYTES] = buf[..HEADER_BYTES].try_into().unwrap();
+            let h = FrameHeader::parse(head, DEFAULT_MAX_FRAME_BYTES).unwrap();
+            let body = &buf[HEADER_BYTES..HEADER_BYTES + h.len];
+            let archived = rkyv::access::<rkyv::Archived<SubmitTask>, rkyv::rancor::Error>(body).unwrap();
+            std::hint::black_box(archived.descriptor.parallelism);
+        })
+    });
+    let mut body = AlignedVec::<16>::new();
+    g.bench_function("encode+checked_decode_owned", |b| {
+        b.iter(|| {
+            protocol::encode_into(std::hint::black_box(&msg), &mut buf).unwrap();
+            let head: &[u8; HEADER_BYTES] = buf[..HEADER_BYTES].try_into().unwrap();
+            let h = FrameHeader::parse(head, DEFAULT_MAX_FRAME_BYTES).unwrap();
+            body.clear();
+            body.extend_from_slice(&buf[HEADER_BYTES..HEADER_BYTES + h.len]);
+            std::hint::black_box(protocol::decode_body(h, &body).unwrap());
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, frames);
+criterion_main!(benches);
