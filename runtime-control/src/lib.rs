@@ -14,6 +14,10 @@
 //!      └──────────── place(slots, strategy) ─────┴──► SlotAssignment (subtask → slot → core)
 //! ```
 //!
+//! The control plane lives here too: [`protocol`] (rkyv frames and the gateway
+//! messages), and the [`Coordinator`] state machine (Dispatcher, ResourceManager
+//! with its [`SlotManager`], JobMasters, [`HeartbeatMonitor`], [`RestartTracker`]).
+//!
 //! Nothing here does I/O or reads a clock: events in, decisions out.
 //!
 //! ```
