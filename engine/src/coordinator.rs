@@ -11,11 +11,10 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 use shardflow_control::{
     edge_channels, place, subpartitions, AttemptId, ExecutionGraph, ExecutionState, JobGraph, JobId, JobStatus,
-    PartitionerKind, PlacementStrategy, ResultPartitionType, ShardId, SlotAssignment, SlotId, SlotOffer, VertexId,
-    WorkerId,
+    PlacementStrategy, ResultPartitionType, ShardId, SlotAssignment, SlotId, SlotOffer, VertexId, WorkerId,
 };
 use shardflow_memory::{Budget, BudgetKind, Reservation};
-use shardflow_netstack::{channel, ChannelReceiver, ChannelSender, Partitioner};
+use shardflow_netstack::{channel, ChannelReceiver, ChannelSender};
 
 use crate::config::EngineConfig;
 use crate::error::EngineError;
@@ -23,7 +22,7 @@ use crate::job::{Job, JobResult, SubtaskReport};
 use crate::operator::TaskInfo;
 use crate::registry::OperatorRegistry;
 use crate::shard::{ShardCommand, ShardHandle};
-use crate::task::{OutputDeployment, TaskDeployment, TaskFailure, TaskOutput};
+use crate::task::{partitioner, OutputDeployment, TaskDeployment, TaskFailure, TaskOutput};
 
 /// How a job ended, sent to its handle.
 pub(crate) type JobOutcome = Result<JobResult, EngineError>;
@@ -86,10 +85,7 @@ pub(crate) struct Coordinator {
 
 impl Coordinator {
     pub(crate) fn new(config: EngineConfig, registry: Arc<OperatorRegistry>, shards: Vec<ShardHandle>) -> Self {
-        let budgets = shards
-            .iter()
-            .map(|s| Budget::new(BudgetKind::NetworkBuffers, (s.pool.segments() * s.pool.segment_bytes()) as u64))
-            .collect();
+        let budgets = shards.iter().map(ShardHandle::network_budget).collect();
         let slots: Vec<(SlotOffer, Option<JobId>)> = shards
             .iter()
             .flat_map(|s| {
@@ -279,12 +275,7 @@ impl Coordinator {
             let outputs = graph
                 .outputs(id.vertex)
                 .map(|(e, edge)| OutputDeployment {
-                    partitioner: match edge.partitioner {
-                        PartitionerKind::Forward => Partitioner::Forward,
-                        PartitionerKind::Hash => Partitioner::Hash,
-                        PartitionerKind::Rebalance => Partitioner::Rebalance,
-                        PartitionerKind::Broadcast => Partitioner::Broadcast,
-                    },
+                    partitioner: partitioner(edge.partitioner),
                     senders: senders.remove(&(e, id.subtask)).unwrap_or_default().into_iter().flatten().collect(),
                 })
                 .collect();

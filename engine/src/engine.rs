@@ -14,7 +14,7 @@ use crate::coordinator::{Coordinator, CoordinatorMsg};
 use crate::error::EngineError;
 use crate::job::{Job, JobHandle, JobResult};
 use crate::registry::OperatorRegistry;
-use crate::shard::{ReportSink, ShardHandle, ShardSpec, TaskReport};
+use crate::shard::{start_shards, ReportSink, TaskReport};
 
 /// A shard as the engine reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,32 +101,18 @@ impl Engine {
     }
 
     pub(crate) fn start(config: EngineConfig, registry: OperatorRegistry) -> Result<Self, EngineError> {
-        let cores = resolve_cores(&config.cores)?;
         let (tx, rx) = crossbeam_channel::unbounded();
-        let segments = config.network_memory_bytes / config.segment_bytes;
-        let mut handles = Vec::with_capacity(cores.len());
-        for (i, &core) in cores.iter().enumerate() {
-            let spec = ShardSpec {
-                id: i as u32,
-                core,
-                segment_bytes: config.segment_bytes,
-                segments,
-                prefault: config.prefault,
-                idle: config.idle,
-            };
-            // On error the shards started so far stop as `handles` drops.
-            let coordinator = tx.clone();
-            let reports: ReportSink = Arc::new(move |r: TaskReport| {
-                let _ = coordinator.send(CoordinatorMsg::TaskState {
-                    job: r.job,
-                    attempt: r.attempt,
-                    state: r.state,
-                    failure: r.failure,
-                    output: r.output,
-                });
+        let coordinator = tx.clone();
+        let reports: ReportSink = Arc::new(move |r: TaskReport| {
+            let _ = coordinator.send(CoordinatorMsg::TaskState {
+                job: r.job,
+                attempt: r.attempt,
+                state: r.state,
+                failure: r.failure,
+                output: r.output,
             });
-            handles.push(ShardHandle::start(spec, reports)?);
-        }
+        });
+        let handles = start_shards(&config, reports)?;
         let shards = handles.iter().map(|h| ShardInfo { id: h.id, core: h.core }).collect();
         let pools = handles.iter().map(|h| h.pool.clone()).collect();
         let coordinator = Coordinator::new(config.clone(), Arc::new(registry), handles);

@@ -18,9 +18,10 @@ use std::sync::Arc;
 use futures_lite::FutureExt;
 use glommio::{LocalExecutorBuilder, Placement};
 use shardflow_control::{AttemptId, ExecutionState, JobId};
-use shardflow_memory::{PoolMonitor, SegmentPool, SegmentPoolBuilder};
+use shardflow_memory::{Budget, BudgetKind, PoolMonitor, SegmentPool, SegmentPoolBuilder};
 
-use crate::config::IdlePolicy;
+use crate::config::{EngineConfig, IdlePolicy};
+use crate::engine::resolve_cores;
 use crate::error::EngineError;
 use crate::mailbox::{mailbox, Mailbox, MailboxSender};
 use crate::task::{run_task, TaskDeployment, TaskFailure, TaskOutput};
@@ -57,6 +58,26 @@ pub(crate) struct ShardSpec {
     pub(crate) segments: usize,
     pub(crate) prefault: bool,
     pub(crate) idle: IdlePolicy,
+}
+
+/// Starts one shard per configured core, each reporting to `reports`. On error the
+/// shards started so far stop.
+pub(crate) fn start_shards(config: &EngineConfig, reports: ReportSink) -> Result<Vec<ShardHandle>, EngineError> {
+    let cores = resolve_cores(&config.cores)?;
+    let segments = config.network_memory_bytes / config.segment_bytes;
+    let mut handles = Vec::with_capacity(cores.len());
+    for (i, &core) in cores.iter().enumerate() {
+        let spec = ShardSpec {
+            id: i as u32,
+            core,
+            segment_bytes: config.segment_bytes,
+            segments,
+            prefault: config.prefault,
+            idle: config.idle,
+        };
+        handles.push(ShardHandle::start(spec, reports.clone())?);
+    }
+    Ok(handles)
 }
 
 /// The coordinator's handle on a running shard.
@@ -116,6 +137,11 @@ impl ShardHandle {
                 Err(start_err(reason))
             }
         }
+    }
+
+    /// A budget for the network memory of this shard's pool.
+    pub(crate) fn network_budget(&self) -> Budget {
+        Budget::new(BudgetKind::NetworkBuffers, (self.pool.segments() * self.pool.segment_bytes()) as u64)
     }
 
     /// Asks the shard to stop and waits for its thread.

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shardflow_control::{AttemptId, JobId, OperatorSpec};
+use shardflow_control::{AttemptId, JobId, OperatorSpec, PartitionerKind};
 use shardflow_memory::SegmentPool;
 use shardflow_netstack::{
     ChannelReceiver, ChannelSender, CheckpointBarrier, CreditLedger, Event, GateItem, InputGate, NetError,
@@ -28,6 +28,16 @@ use crate::registry::{JobResources, OperatorRegistry};
 const SOURCE_BATCH: usize = 1024;
 /// Input buffers processed between voluntary yields.
 const BUFFERS_PER_YIELD: u32 = 16;
+
+/// The netstack partitioner of an edge's partitioner kind.
+pub(crate) fn partitioner(kind: PartitionerKind) -> Partitioner {
+    match kind {
+        PartitionerKind::Forward => Partitioner::Forward,
+        PartitionerKind::Hash => Partitioner::Hash,
+        PartitionerKind::Rebalance => Partitioner::Rebalance,
+        PartitionerKind::Broadcast => Partitioner::Broadcast,
+    }
+}
 
 /// One output of a task: a result partition for one outgoing edge.
 pub(crate) struct OutputDeployment {

@@ -211,6 +211,21 @@ fn header(len: u32, version: u16, kind: u16) -> Vec<u8> {
     h
 }
 
+/// A worker's registration, as a raw client would send it.
+fn registration(resource_id: String) -> Message {
+    Message::RegisterWorker(protocol::RegisterWorker {
+        resource_id,
+        address: "test".into(),
+        resources: protocol::WorkerResources {
+            cores: vec![0],
+            slots_per_shard: 1,
+            network_memory_bytes: 1 << 20,
+            managed_memory_per_slot_bytes: 1 << 20,
+        },
+        slots: protocol::SlotReport { slots: vec![] },
+    })
+}
+
 fn frame(m: &Message) -> Vec<u8> {
     protocol::encode(m).unwrap().to_vec()
 }
@@ -257,18 +272,8 @@ fn bad_input_stale_fencing_token() {
     let c = cluster(&[], &[]);
     let mut s = TcpStream::connect(&c.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let register = protocol::RegisterWorker {
-        resource_id: "impostor".into(),
-        address: "test".into(),
-        resources: protocol::WorkerResources {
-            cores: vec![0],
-            slots_per_shard: 1,
-            network_memory_bytes: 1 << 20,
-            managed_memory_per_slot_bytes: 1 << 20,
-        },
-        slots: protocol::SlotReport { slots: vec![] },
-    };
-    s.write_all(&frame(&Message::RegisterWorker(register))).unwrap();
+    let register = registration("impostor".into());
+    s.write_all(&frame(&register)).unwrap();
     let accepted = match read_one(&mut s) {
         Message::RegistrationAccepted(a) => a,
         other => panic!("{other:?}"),
@@ -298,18 +303,8 @@ fn bad_input_duplicate_registration() {
     let c = cluster(&[], &[1]);
     let v = c.json(&["cluster"]);
     let id = v["worker_list"][0]["resource_id"].as_str().unwrap().to_string();
-    let register = protocol::RegisterWorker {
-        resource_id: id,
-        address: "test".into(),
-        resources: protocol::WorkerResources {
-            cores: vec![0],
-            slots_per_shard: 1,
-            network_memory_bytes: 1 << 20,
-            managed_memory_per_slot_bytes: 1 << 20,
-        },
-        slots: protocol::SlotReport { slots: vec![] },
-    };
-    assert_error(&send_raw(&c, &frame(&Message::RegisterWorker(register))), ErrorCode::DuplicateRegistration);
+    let register = registration(id);
+    assert_error(&send_raw(&c, &frame(&register)), ErrorCode::DuplicateRegistration);
     assert_eq!(c.json(&["cluster"])["workers"], 1, "the registered worker is untouched");
 }
 

@@ -59,6 +59,25 @@ pub(crate) fn read_frame(r: &mut impl Read, max_frame_bytes: usize) -> Received 
     }
 }
 
+/// Reads frames from `r` on a thread of its own, handing each to `deliver`, until
+/// the stream ends, a frame is bad (delivered, then the thread stops) or `deliver`
+/// returns `false`. Fails only if the thread cannot start.
+pub(crate) fn spawn_reader(
+    name: String,
+    mut r: impl Read + Send + 'static,
+    max_frame_bytes: usize,
+    deliver: impl Fn(Received) -> bool + Send + 'static,
+) -> io::Result<()> {
+    std::thread::Builder::new().name(name).spawn(move || loop {
+        let received = read_frame(&mut r, max_frame_bytes);
+        let last = !matches!(received, Received::Message(_));
+        if !deliver(received) || last {
+            break;
+        }
+    })?;
+    Ok(())
+}
+
 /// The sending half of a connection.
 pub(crate) trait FrameSink: Send {
     /// Sends one encoded frame; an error means the connection is gone.

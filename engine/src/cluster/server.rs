@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use shardflow_control::protocol::{FrameError, Message};
 use shardflow_control::{ConnId, Coordinator, CoordinatorConfig, Output, ResourceManagerId};
 
-use super::link::{read_frame, send_message, FrameSink, PipeEnd, Received, TcpSink};
+use super::link::{self, send_message, FrameSink, PipeEnd, Received, TcpSink};
 use crate::catalog::RegistryCatalog;
 use crate::error::EngineError;
 use crate::registry::OperatorRegistry;
@@ -120,7 +120,10 @@ impl CoordinatorServer {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let PipeEnd { sink, reader } = end;
         let _ = self.events.send(Event::Open(conn, Box::new(sink)));
-        spawn_reader(conn, reader, self.events.clone(), self.max_frame_bytes);
+        if let Err(e) = spawn_reader(conn, reader, self.events.clone(), self.max_frame_bytes) {
+            tracing::error!(conn, "cannot start a reader thread: {e}");
+            let _ = self.events.send(Event::Closed(conn));
+        }
     }
 
     /// Stops serving and waits for the threads.
@@ -150,32 +153,22 @@ impl Drop for CoordinatorServer {
 fn serve_tcp(conn: ConnId, stream: TcpStream, events: &Sender<Event>, max: usize) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let writer = stream.try_clone()?;
+    // Open goes first so the loop knows the connection before its first frame.
     let _ = events.send(Event::Open(conn, Box::new(TcpSink(writer))));
-    spawn_reader(conn, stream, events.clone(), max);
-    Ok(())
+    spawn_reader(conn, stream, events.clone(), max).inspect_err(|_| {
+        let _ = events.send(Event::Closed(conn));
+    })
 }
 
-fn spawn_reader(conn: ConnId, mut r: impl Read + Send + 'static, events: Sender<Event>, max: usize) {
-    let spawned = std::thread::Builder::new().name(format!("conn-{conn}")).spawn(move || loop {
-        match read_frame(&mut r, max) {
-            Received::Message(m) => {
-                if events.send(Event::Frame(conn, m)).is_err() {
-                    break;
-                }
-            }
-            Received::Bad(e) => {
-                let _ = events.send(Event::Bad(conn, e));
-                break;
-            }
-            Received::Closed => {
-                let _ = events.send(Event::Closed(conn));
-                break;
-            }
-        }
-    });
-    if let Err(e) = spawned {
-        tracing::error!(conn, "cannot start a reader thread: {e}");
-    }
+fn spawn_reader(conn: ConnId, r: impl Read + Send + 'static, events: Sender<Event>, max: usize) -> std::io::Result<()> {
+    link::spawn_reader(format!("conn-{conn}"), r, max, move |received| {
+        let event = match received {
+            Received::Message(m) => Event::Frame(conn, m),
+            Received::Bad(e) => Event::Bad(conn, e),
+            Received::Closed => Event::Closed(conn),
+        };
+        events.send(event).is_ok()
+    })
 }
 
 fn event_loop(mut c: Coordinator, rx: Receiver<Event>, _events: Sender<Event>) {

@@ -25,20 +25,17 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use shardflow_control::protocol::*;
-use shardflow_control::{
-    AttemptId, ExecutionState, JobId, JobMasterId, PartitionerKind, ResourceManagerId, ShardId, SlotId, WorkerId,
-};
+use shardflow_control::{AttemptId, ExecutionState, JobId, JobMasterId, ResourceManagerId, ShardId, SlotId, WorkerId};
 use shardflow_memory::{Budget, BudgetKind, Reservation};
-use shardflow_netstack::{channel, ChannelReceiver, ChannelSender, Partitioner};
+use shardflow_netstack::{channel, ChannelReceiver, ChannelSender};
 
-use super::link::{read_frame, send_message, FrameSink, PipeEnd, Received, TcpSink};
+use super::link::{self, send_message, FrameSink, PipeEnd, Received, TcpSink};
 use crate::config::{EngineBuilder, EngineConfig};
-use crate::engine::resolve_cores;
 use crate::error::EngineError;
 use crate::operator::{SinkOutput, TaskInfo};
 use crate::registry::{JobResources, OperatorRegistry};
-use crate::shard::{ReportSink, ShardCommand, ShardHandle, ShardSpec, TaskReport};
-use crate::task::{OutputDeployment, TaskDeployment, TaskOutput};
+use crate::shard::{start_shards, ReportSink, ShardCommand, ShardHandle, TaskReport};
+use crate::task::{partitioner, OutputDeployment, TaskDeployment, TaskOutput};
 
 /// How a worker reaches its coordinator.
 #[derive(Clone)]
@@ -109,25 +106,12 @@ impl Worker {
         options: WorkerOptions,
     ) -> Result<Self, EngineError> {
         let (config, registry) = engine.into_parts()?;
-        let cores = resolve_cores(&config.cores)?;
         let (tx, rx) = crossbeam_channel::unbounded();
-        let segments = config.network_memory_bytes / config.segment_bytes;
-        let mut shards = Vec::with_capacity(cores.len());
-        for (i, &core) in cores.iter().enumerate() {
-            let spec = ShardSpec {
-                id: i as u32,
-                core,
-                segment_bytes: config.segment_bytes,
-                segments,
-                prefault: config.prefault,
-                idle: config.idle,
-            };
-            let events = tx.clone();
-            let reports: ReportSink = Arc::new(move |r| {
-                let _ = events.send(Event::Task(r));
-            });
-            shards.push(ShardHandle::start(spec, reports)?);
-        }
+        let events = tx.clone();
+        let reports: ReportSink = Arc::new(move |r| {
+            let _ = events.send(Event::Task(r));
+        });
+        let shards = start_shards(&config, reports)?;
         let resource_id = options.resource_id.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
             let started =
@@ -210,10 +194,7 @@ struct WorkerState {
 
 impl WorkerState {
     fn new(config: EngineConfig, registry: OperatorRegistry, shards: Vec<ShardHandle>, resource_id: String) -> Self {
-        let budgets = shards
-            .iter()
-            .map(|s| Budget::new(BudgetKind::NetworkBuffers, (s.pool.segments() * s.pool.segment_bytes()) as u64))
-            .collect();
+        let budgets = shards.iter().map(ShardHandle::network_budget).collect();
         let mut w = WorkerState {
             config,
             registry: Arc::new(registry),
@@ -484,13 +465,7 @@ impl WorkerState {
                 };
                 senders.push(tx);
             }
-            let partitioner = match p.partitioner {
-                PartitionerKind::Forward => Partitioner::Forward,
-                PartitionerKind::Hash => Partitioner::Hash,
-                PartitionerKind::Rebalance => Partitioner::Rebalance,
-                PartitionerKind::Broadcast => Partitioner::Broadcast,
-            };
-            outputs.push(OutputDeployment { partitioner, senders });
+            outputs.push(OutputDeployment { partitioner: partitioner(p.partitioner), senders });
         }
         let progress = self.progress.entry(d.job).or_default().clone();
         let info = TaskInfo {
@@ -596,35 +571,26 @@ fn connect(connector: &Connector, events: &Sender<Event>, session: u64, max: usi
             let stream = TcpStream::connect_timeout(addr, Duration::from_secs(2)).ok()?;
             stream.set_nodelay(true).ok()?;
             let reader = stream.try_clone().ok()?;
-            spawn_reader(session, reader, events.clone(), max);
+            spawn_reader(session, reader, events.clone(), max).ok()?;
             Some(Box::new(TcpSink(stream)))
         }
         Connector::InProcess(f) => {
             let PipeEnd { sink, reader } = f()?;
-            spawn_reader(session, reader, events.clone(), max);
+            spawn_reader(session, reader, events.clone(), max).ok()?;
             Some(Box::new(sink))
         }
     }
 }
 
-fn spawn_reader(session: u64, mut r: impl Read + Send + 'static, events: Sender<Event>, max: usize) {
-    let _ = std::thread::Builder::new().name("worker-conn".into()).spawn(move || loop {
-        match read_frame(&mut r, max) {
-            Received::Message(m) => {
-                if events.send(Event::Frame(session, m)).is_err() {
-                    break;
-                }
-            }
-            Received::Bad(e) => {
-                let _ = events.send(Event::Bad(session, e));
-                break;
-            }
-            Received::Closed => {
-                let _ = events.send(Event::Closed(session));
-                break;
-            }
-        }
-    });
+fn spawn_reader(session: u64, r: impl Read + Send + 'static, events: Sender<Event>, max: usize) -> std::io::Result<()> {
+    link::spawn_reader("worker-conn".into(), r, max, move |received| {
+        let event = match received {
+            Received::Message(m) => Event::Frame(session, m),
+            Received::Bad(e) => Event::Bad(session, e),
+            Received::Closed => Event::Closed(session),
+        };
+        events.send(event).is_ok()
+    })
 }
 
 fn run(
