@@ -1,20 +1,28 @@
-//! The embedded engine: a coordinator thread and one shard per chosen core, in the
-//! caller's process.
+//! The embedded engine: the cluster's coordinator and one worker owning a shard per
+//! chosen core, in the caller's process, joined by in-process connections that
+//! carry the same frames as TCP. A job's own operators and collectors are added to
+//! the process's live registry under names unique to the submission, so its graph
+//! travels in frames like any other.
 
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
-use shardflow_control::{JobId, JobStatus, PlacementStrategy};
+use shardflow_control::protocol::{ErrorCode, DEFAULT_MAX_FRAME_BYTES};
+use shardflow_control::{
+    CoordinatorConfig, ExecutionVertexId, JobId, JobStatus, PlacementStrategy, RestartStrategy, SlotAssignment,
+    SubtaskPlacement, VertexId,
+};
 use shardflow_memory::PoolMonitor;
 
+use crate::catalog::check_job;
+use crate::cluster::{pipe_client, ClusterClient, CoordinatorServer, JobBoard, Worker, WorkerOptions};
 use crate::config::{Cores, EngineBuilder, EngineConfig};
-use crate::coordinator::{Coordinator, CoordinatorMsg};
 use crate::error::EngineError;
 use crate::job::{Job, JobHandle, JobResult};
-use crate::registry::OperatorRegistry;
-use crate::shard::{start_shards, ReportSink, TaskReport};
+use crate::ops;
+use crate::record::OpConfig;
+use crate::registry::{LiveRegistry, OperatorRegistry};
 
 /// A shard as the engine reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,11 +50,60 @@ pub struct PoolUsage {
 
 /// The embedded engine. Dropping it cancels running jobs and stops every shard.
 pub struct Engine {
-    coordinator: Sender<CoordinatorMsg>,
-    thread: Option<JoinHandle<()>>,
+    inner: Arc<EngineInner>,
+    worker: Option<Worker>,
     shards: Vec<ShardInfo>,
     pools: Vec<PoolMonitor>,
     config: EngineConfig,
+}
+
+/// What the engine shares with its job handles.
+pub(crate) struct EngineInner {
+    server: Mutex<Option<CoordinatorServer>>,
+    live: Arc<LiveRegistry>,
+    pub(crate) board: Arc<JobBoard>,
+    submissions: AtomicU64,
+    stopping: AtomicBool,
+}
+
+impl EngineInner {
+    /// A client on a fresh in-process connection, unless the engine has stopped.
+    pub(crate) fn client(&self) -> Result<ClusterClient, EngineError> {
+        let server = self.server.lock().unwrap_or_else(PoisonError::into_inner);
+        server.as_ref().map(pipe_client).ok_or(EngineError::Shutdown)
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Forgets the operators and collectors a submission added.
+    pub(crate) fn forget(&self, names: &SubmissionNames) {
+        if names.operators.is_empty() && names.collectors.is_empty() {
+            return;
+        }
+        self.live.update(|registry, resources| {
+            for n in &names.operators {
+                registry.remove(n);
+            }
+            for c in &names.collectors {
+                resources.remove_collector(c);
+            }
+        });
+    }
+}
+
+impl std::fmt::Debug for EngineInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineInner").finish_non_exhaustive()
+    }
+}
+
+/// The live-registry names one submission added.
+#[derive(Debug, Default)]
+pub(crate) struct SubmissionNames {
+    operators: Vec<String>,
+    collectors: Vec<String>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -94,6 +151,10 @@ pub(crate) fn resolve_cores(cores: &Cores) -> Result<Vec<usize>, EngineError> {
     }
 }
 
+/// How long the embedded worker may wait for its coordinator's heartbeat: both
+/// live in this process, so only a stall of the whole process delays one.
+const EMBEDDED_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(300);
+
 impl Engine {
     /// A builder with the default configuration.
     pub fn builder() -> EngineBuilder {
@@ -101,30 +162,40 @@ impl Engine {
     }
 
     pub(crate) fn start(config: EngineConfig, registry: OperatorRegistry) -> Result<Self, EngineError> {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let coordinator = tx.clone();
-        let reports: ReportSink = Arc::new(move |r: TaskReport| {
-            let _ = coordinator.send(CoordinatorMsg::TaskState {
-                job: r.job,
-                attempt: r.attempt,
-                state: r.state,
-                failure: r.failure,
-                output: r.output,
-            });
+        let live = Arc::new(LiveRegistry::new(registry));
+        let coordinator = CoordinatorConfig {
+            heartbeat_timeout: EMBEDDED_HEARTBEAT_TIMEOUT,
+            default_placement: PlacementStrategy::Spread,
+            default_restart: RestartStrategy::None,
+            ..CoordinatorConfig::default()
+        };
+        let server = CoordinatorServer::start_live(coordinator, live.clone(), DEFAULT_MAX_FRAME_BYTES)?;
+        let inner = Arc::new(EngineInner {
+            server: Mutex::new(Some(server)),
+            live: live.clone(),
+            board: Arc::new(JobBoard::default()),
+            submissions: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
         });
-        let handles = start_shards(&config, reports)?;
-        let shards = handles.iter().map(|h| ShardInfo { id: h.id, core: h.core }).collect();
-        let pools = handles.iter().map(|h| h.pool.clone()).collect();
-        let coordinator = Coordinator::new(config.clone(), Arc::new(registry), handles);
-        let thread = std::thread::Builder::new()
-            .name("shardflow-coordinator".into())
-            .spawn(move || coordinator.run(rx))
-            .map_err(|e| EngineError::ShardStart {
-                shard: u32::MAX,
-                core: 0,
-                reason: format!("coordinator thread: {e}"),
-            })?;
-        Ok(Engine { coordinator: tx, thread: Some(thread), shards, pools, config })
+        let weak = Arc::downgrade(&inner);
+        let connector = crate::cluster::in_process_connector(move || {
+            let inner = weak.upgrade()?;
+            let server = inner.server.lock().unwrap_or_else(PoisonError::into_inner);
+            server.as_ref().map(crate::cluster::pipe_to)
+        });
+        let options = WorkerOptions { resource_id: Some("embedded".into()), ..WorkerOptions::default() };
+        let worker = Worker::start_with(connector, config.clone(), live, Some(inner.board.clone()), options)?;
+        let shards = worker.shards().iter().map(|s| ShardInfo { id: s.id, core: s.core }).collect();
+        let pools = worker.shards().iter().map(|s| s.pool.clone()).collect();
+        let engine = Engine { inner, worker: Some(worker), shards, pools, config };
+        let overview = engine.inner.client()?.wait_for_workers(1, Duration::from_secs(60))?;
+        if overview.workers != 1 {
+            return Err(EngineError::Io {
+                what: "starting the embedded engine".into(),
+                reason: "its worker did not register with its coordinator within 60 s".into(),
+            });
+        }
+        Ok(engine)
     }
 
     /// Submits `job`, placed with the default strategy (`spread`).
@@ -133,20 +204,85 @@ impl Engine {
     }
 
     /// Submits `job`, placed by `strategy`. Invalid graphs, unknown operators, bad
-    /// operator configuration, placement and memory problems are refused here, before
-    /// anything runs.
+    /// operator configuration and too few slots are refused here, before anything
+    /// runs; a task that does not fit its shard's network memory fails the job.
     pub fn submit_with(&self, job: Job, strategy: PlacementStrategy) -> Result<JobHandle, EngineError> {
-        let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
-        self.coordinator
-            .send(CoordinatorMsg::Submit { job: Box::new(job), strategy, reply: reply_tx })
-            .map_err(|_| EngineError::Shutdown)?;
-        let s = reply_rx.recv().map_err(|_| EngineError::Shutdown)??;
+        let Job { mut graph, resources, registry: own } = job;
+        let (base, _) = self.inner.live.snapshot();
+        let merged = if own.is_empty() {
+            base
+        } else {
+            let mut r = (*base).clone();
+            r.merge(&own);
+            Arc::new(r)
+        };
+        check_job(&graph, &merged, &resources)?;
+
+        // The job's own operators and collectors, under names unique to this submission.
+        let n = self.inner.submissions.fetch_add(1, Ordering::Relaxed) + 1;
+        let tag = |name: &str| format!("{name}@{n}");
+        let own_names: Vec<String> = own.names().map(str::to_string).collect();
+        let collectors: Vec<String> = resources.collector_names().map(str::to_string).collect();
+        for op in graph.vertices.iter_mut().flat_map(|v| v.chain.iter_mut()) {
+            if own_names.contains(&op.name) {
+                op.name = tag(&op.name);
+            } else if op.name == "sink.collect" {
+                let cfg = OpConfig::parse(&op.name, &op.config)?;
+                if let Some(c) = cfg.get("collector").filter(|c| collectors.iter().any(|x| x == c)) {
+                    *op = ops::collect_sink_as(&tag(c), c);
+                }
+            }
+        }
+        let names = SubmissionNames {
+            operators: own_names.iter().map(|o| tag(o)).collect(),
+            collectors: collectors.iter().map(|c| tag(c)).collect(),
+        };
+        self.inner.live.update(|registry, live_resources| {
+            registry.merge_renamed(&own, tag);
+            for c in &collectors {
+                if let Some(tx) = resources.collector(c) {
+                    live_resources.add_collector(&tag(c), tx.clone());
+                }
+            }
+        });
+
+        let submitted_at = Instant::now();
+        let vertex_names: Vec<String> = graph.vertices.iter().map(|v| v.name.clone()).collect();
+        let name = graph.name.clone();
+        let submitted = self.inner.client().and_then(|mut c| {
+            let id = c.submit(graph, &strategy.to_string(), "")?;
+            Ok((id, c.job(id)?))
+        });
+        let (id, details) = match submitted {
+            Ok(x) => x,
+            Err(e) => {
+                self.inner.forget(&names);
+                return Err(e);
+            }
+        };
+        let mut placements: Vec<SubtaskPlacement> = details
+            .subtasks
+            .iter()
+            .filter_map(|s| {
+                let vertex = vertex_names.iter().position(|v| *v == s.vertex)?;
+                Some(SubtaskPlacement {
+                    subtask: ExecutionVertexId { vertex: VertexId(vertex as u32), subtask: s.subtask },
+                    vertex_name: s.vertex.clone(),
+                    slot: s.slot?,
+                    core: s.core? as usize,
+                })
+            })
+            .collect();
+        placements.sort_by_key(|p| (p.subtask.vertex, p.subtask.subtask));
         Ok(JobHandle {
-            id: s.id,
-            placement: s.placement,
-            outcome: s.outcome,
-            progress: s.progress,
-            coordinator: self.coordinator.clone(),
+            id,
+            name,
+            vertex_names,
+            placement: SlotAssignment { placements },
+            progress: self.inner.board.progress(id),
+            submitted_at,
+            names,
+            engine: self.inner.clone(),
         })
     }
 
@@ -188,16 +324,16 @@ impl Engine {
 
     /// Task slots not allocated to any job.
     pub fn free_slots(&self) -> Result<usize, EngineError> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.coordinator.send(CoordinatorMsg::FreeSlots(tx)).map_err(|_| EngineError::Shutdown)?;
-        rx.recv_timeout(Duration::from_secs(30)).map_err(|_| EngineError::Shutdown)
+        Ok(self.inner.client()?.overview()?.free_slots as usize)
     }
 
     /// The status of job `id`.
     pub fn job_status(&self, id: JobId) -> Result<JobStatus, EngineError> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.coordinator.send(CoordinatorMsg::Status { job: id, reply: tx }).map_err(|_| EngineError::Shutdown)?;
-        rx.recv_timeout(Duration::from_secs(30)).map_err(|_| EngineError::Shutdown)?.ok_or(EngineError::UnknownJob(id))
+        match self.inner.client()?.job(id) {
+            Ok(d) => Ok(d.status),
+            Err(EngineError::Remote { code: ErrorCode::UnknownJob, .. }) => Err(EngineError::UnknownJob(id)),
+            Err(e) => Err(e),
+        }
     }
 
     /// Cancels running jobs, stops every shard and waits for them.
@@ -206,10 +342,12 @@ impl Engine {
     }
 
     fn stop(&mut self) {
-        let _ = self.coordinator.send(CoordinatorMsg::Shutdown);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        self.inner.stopping.store(true, Ordering::Release);
+        if let Some(w) = self.worker.take() {
+            w.shutdown();
         }
+        let server = self.inner.server.lock().unwrap_or_else(PoisonError::into_inner).take();
+        drop(server);
     }
 }
 

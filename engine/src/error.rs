@@ -41,28 +41,12 @@ pub enum EngineError {
         /// What is wrong.
         reason: String,
     },
-    /// A vertex uses an operator in the wrong position (a source after an input, …).
-    #[error("vertex '{vertex}': {reason}")]
-    InvalidChain {
-        /// Vertex name.
-        vertex: String,
-        /// What is wrong.
-        reason: String,
-    },
     /// A feature the job graph asks for that this engine does not run.
     #[error("unsupported: {0}")]
     Unsupported(String),
     /// The job graph or placement is invalid.
     #[error(transparent)]
     Control(#[from] ControlError),
-    /// The job does not fit the memory budgets.
-    #[error("job does not fit shard {shard}'s memory: {cause}")]
-    OverBudget {
-        /// The shard whose budget is too small.
-        shard: u32,
-        /// The budget error, with the numbers.
-        cause: MemoryError,
-    },
     /// A memory error.
     #[error(transparent)]
     Memory(#[from] MemoryError),
@@ -108,7 +92,7 @@ pub enum EngineError {
         reason: String,
     },
     /// The peer answered with an error.
-    #[error("{code:?}: {message}")]
+    #[error("{message} [{code:?}]")]
     Remote {
         /// Its code.
         code: ErrorCode,

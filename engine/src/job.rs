@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use hdrhistogram::Histogram;
+use shardflow_control::protocol::{ErrorCode, JobDetails, WaitCondition};
 use shardflow_control::{
     JobGraph, JobId, JobStatus, JobVertex, OperatorSpec, PartitionerKind, SlotAssignment, VertexId,
 };
 
-use crate::coordinator::{CoordinatorMsg, JobOutcome};
+use crate::engine::{EngineInner, SubmissionNames};
 use crate::error::EngineError;
 use crate::operator::SinkOutput;
 use crate::ops;
@@ -251,14 +252,21 @@ impl JobResult {
 }
 
 /// A submitted job: its id and placement, and the way to wait for or cancel it.
+/// Dropping it leaves the job running; its result is then no longer kept.
 #[derive(Debug)]
 pub struct JobHandle {
     pub(crate) id: JobId,
+    pub(crate) name: String,
+    pub(crate) vertex_names: Vec<String>,
     pub(crate) placement: SlotAssignment,
-    pub(crate) outcome: Receiver<JobOutcome>,
     pub(crate) progress: Arc<AtomicU64>,
-    pub(crate) coordinator: Sender<CoordinatorMsg>,
+    pub(crate) submitted_at: Instant,
+    pub(crate) names: SubmissionNames,
+    pub(crate) engine: Arc<EngineInner>,
 }
+
+/// The longest single wait asked of the coordinator; longer waits ask again.
+const WAIT_STEP: Duration = Duration::from_secs(3600);
 
 impl JobHandle {
     /// The job id.
@@ -278,20 +286,82 @@ impl JobHandle {
 
     /// Requests cancellation; [`JobHandle::wait`] then returns [`EngineError::JobCanceled`].
     pub fn cancel(&self) {
-        let _ = self.coordinator.send(CoordinatorMsg::Cancel(self.id));
+        if let Ok(mut c) = self.engine.client() {
+            let _ = c.cancel(self.id);
+        }
     }
 
     /// Waits for the job to end.
     pub fn wait(self) -> Result<JobResult, EngineError> {
-        self.outcome.recv().map_err(|_| EngineError::Shutdown)?
+        self.outcome(None)
     }
 
     /// Waits up to `timeout`; the job keeps running after a timeout.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<JobResult, EngineError> {
-        match self.outcome.recv_timeout(timeout) {
-            Ok(o) => o,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(EngineError::Timeout(self.id)),
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(EngineError::Shutdown),
+        self.outcome(Some(Instant::now() + timeout))
+    }
+
+    fn outcome(&self, deadline: Option<Instant>) -> Result<JobResult, EngineError> {
+        let gone = |e: EngineError| match e {
+            EngineError::Remote { code: ErrorCode::UnknownJob, .. } => EngineError::UnknownJob(self.id),
+            _ => EngineError::Shutdown,
+        };
+        let mut client = self.engine.client()?;
+        let details = loop {
+            let step = deadline.map_or(WAIT_STEP, |d| d.saturating_duration_since(Instant::now()).min(WAIT_STEP));
+            let d = client.wait(self.id, WaitCondition::Terminal, step).map_err(gone)?;
+            if d.status.is_globally_terminal() {
+                break d;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(EngineError::Timeout(self.id));
+            }
+        };
+        let finished_at = Instant::now();
+        let outputs = self.engine.board.take(self.id);
+        self.engine.forget(&self.names);
+        if details.status != JobStatus::Finished && self.engine.stopping() {
+            return Err(EngineError::Shutdown);
         }
+        self.result(details, outputs, finished_at)
+    }
+
+    fn result(
+        &self,
+        details: JobDetails,
+        outputs: crate::cluster::Outputs,
+        finished_at: Instant,
+    ) -> Result<JobResult, EngineError> {
+        match details.status {
+            JobStatus::Finished => Ok(JobResult {
+                job_id: self.id,
+                name: self.name.clone(),
+                status: details.status,
+                placement: self.placement.clone(),
+                subtasks: outputs
+                    .into_iter()
+                    .map(|((v, i), o)| SubtaskReport {
+                        vertex: self.vertex_names.get(v.0 as usize).cloned().unwrap_or_default(),
+                        subtask: i,
+                        records_in: o.records_in,
+                        records_out: o.records_out,
+                        sinks: o.sinks,
+                    })
+                    .collect(),
+                submitted_at: self.submitted_at,
+                finished_at,
+            }),
+            JobStatus::Canceled => Err(EngineError::JobCanceled(self.id)),
+            _ => Err(EngineError::JobFailed {
+                job: self.id,
+                cause: details.failure.unwrap_or_else(|| "unknown cause".into()),
+            }),
+        }
+    }
+}
+
+impl Drop for JobHandle {
+    fn drop(&mut self) {
+        self.engine.forget(&self.names);
     }
 }

@@ -2,21 +2,25 @@
 //! engine (coordinator and one worker in the caller's process).
 //!
 //! An [`Engine`] runs one shard per chosen core: a glommio executor pinned to that
-//! core, owning a segment pool and the tasks deployed into its slots. A [`Job`]
-//! (built with [`JobBuilder`] or from a raw [`JobGraph`]) names its operators by
-//! registered name plus config bytes; the coordinator validates it, places every
-//! subtask in a slot ([`PlacementStrategy`]), reserves network memory, wires the
-//! channels and deploys. Each task pulls buffers from its input gate, runs records
-//! through its chain of operators by direct calls, and writes the result into its
-//! partitions. Sinks hand their results back in the [`JobResult`].
+//! core, owning a segment pool and the tasks deployed into its slots. It is a
+//! one-worker cluster in the caller's process: the coordinator state machine of
+//! `shardflow-control` and a [`cluster::Worker`] owning the shards, joined by
+//! in-process connections that carry the same frames as TCP. A [`Job`] (built with
+//! [`JobBuilder`] or from a raw [`JobGraph`]) names its operators by registered name
+//! plus config bytes; the engine checks it, the coordinator validates and places
+//! every subtask in a slot ([`PlacementStrategy`]) and sends one deployment
+//! descriptor per subtask; the worker reserves network memory, wires the channels
+//! and deploys to the shards. Each task pulls buffers from its input gate, runs
+//! records through its chain of operators by direct calls, and writes the result
+//! into its partitions. Sinks hand their results back in the [`JobResult`].
 //!
 //! ```text
-//!  submit(Job) ─► coordinator: validate ─► place ─► reserve ─► wire channels ─► deploy
+//!  submit(Job) ─► check ─► SubmitJob ─► coordinator: validate ─► place ─► RequestSlot, SubmitTask
 //!                                                                                │
-//!        shard 0 (core a)                      shard 1 (core b)                  ▼
-//!   source[0] ─► chain ─► partition ─┬─local──► gate ─► chain ─► sink[0]
+//!        shard 0 (core a)                      shard 1 (core b)     worker: reserve, wire
+//!   source[0] ─► chain ─► partition ─┬─local──► gate ─► chain ─► sink[0]        ▼
 //!                                    └─SPSC ring (credits)──────► gate ─► sink[1] …
-//!        task reports (state, results) ─────────────► coordinator ─► JobHandle::wait
+//!   task states (UpdateTaskExecutionState) ─► coordinator ─► JobHandle::wait (WaitJob)
 //! ```
 //!
 //! Invariants: shard-local objects are `!Send` and created on their shard; types that
@@ -44,7 +48,6 @@
 pub mod catalog;
 pub mod cluster;
 mod config;
-mod coordinator;
 mod engine;
 mod error;
 mod job;

@@ -3,7 +3,7 @@
 //! definition runs unchanged embedded and on a cluster.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crossbeam_channel::Sender;
 
@@ -26,6 +26,42 @@ impl JobResources {
     /// The collector `name`, if the job has one.
     pub fn collector(&self, name: &str) -> Option<&Sender<Vec<Record>>> {
         self.collectors.get(name)
+    }
+    /// Removes the collector `name`.
+    pub(crate) fn remove_collector(&mut self, name: &str) {
+        self.collectors.remove(name);
+    }
+    /// The collectors' names.
+    pub(crate) fn collector_names(&self) -> impl Iterator<Item = &str> {
+        self.collectors.keys().map(String::as_str)
+    }
+}
+
+/// The operators and resources a process resolves job graphs against, changeable
+/// while it runs: the embedded engine adds a job's own operators and collectors
+/// (under names unique to the submission) before submitting it and removes them
+/// when it ends. Readers take a snapshot; a change never alters a snapshot taken.
+#[derive(Debug, Default)]
+pub(crate) struct LiveRegistry {
+    inner: Mutex<(Arc<OperatorRegistry>, Arc<JobResources>)>,
+}
+
+impl LiveRegistry {
+    pub(crate) fn new(registry: OperatorRegistry) -> Self {
+        LiveRegistry { inner: Mutex::new((Arc::new(registry), Arc::new(JobResources::default()))) }
+    }
+
+    /// The operators and resources as they are now.
+    pub(crate) fn snapshot(&self) -> (Arc<OperatorRegistry>, Arc<JobResources>) {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Changes the operators and resources.
+    pub(crate) fn update(&self, f: impl FnOnce(&mut OperatorRegistry, &mut JobResources)) {
+        let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mut registry, mut resources) = ((*g.0).clone(), (*g.1).clone());
+        f(&mut registry, &mut resources);
+        *g = (Arc::new(registry), Arc::new(resources));
     }
 }
 
@@ -111,6 +147,23 @@ impl OperatorRegistry {
         for (k, v) in &other.factories {
             self.factories.insert(k.clone(), v.clone());
         }
+    }
+
+    /// Adds every entry of `other`, each under `rename(name)`.
+    pub(crate) fn merge_renamed(&mut self, other: &OperatorRegistry, rename: impl Fn(&str) -> String) {
+        for (k, v) in &other.factories {
+            self.factories.insert(rename(k), v.clone());
+        }
+    }
+
+    /// Removes `name`.
+    pub(crate) fn remove(&mut self, name: &str) {
+        self.factories.remove(name);
+    }
+
+    /// The registered names.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
+        self.factories.keys().map(String::as_str)
     }
 
     /// Whether nothing is registered.

@@ -47,7 +47,7 @@ pub(crate) struct TaskReport {
     pub(crate) output: Option<TaskOutput>,
 }
 
-/// Where a shard's task reports go (the embedded coordinator or a worker).
+/// Where a shard's task reports go (its worker).
 pub(crate) type ReportSink = Arc<dyn Fn(TaskReport) + Send + Sync>;
 
 /// What a shard is started with. `Send`.

@@ -262,6 +262,7 @@ impl Coordinator {
             }
             Message::DisconnectWorker(m) => {
                 if self.check_worker(conn, role, m.resource_manager, m.worker) {
+                    tracing::info!(worker = %m.worker, "worker disconnects: {}", m.cause);
                     self.worker_lost(now, m.worker, &format!("it disconnected: {}", m.cause));
                     self.out.push(Output::Close(conn));
                     self.conns.remove(&conn);
@@ -416,7 +417,13 @@ impl Coordinator {
     }
 
     fn reject(&mut self, conn: ConnId, code: ErrorCode, message: &str) {
-        tracing::warn!(conn, ?code, "rejected: {message}");
+        match code {
+            // The client's own mistake, answered to it: not the cluster's trouble.
+            ErrorCode::InvalidJob | ErrorCode::NotEnoughSlots | ErrorCode::UnknownJob => {
+                tracing::info!(conn, ?code, "rejected: {message}")
+            }
+            _ => tracing::warn!(conn, ?code, "rejected: {message}"),
+        }
         self.out.push(Output::Send(conn, Message::error(code, message)));
         self.out.push(Output::Close(conn));
         // The driver reports the close back through `on_disconnect`.
@@ -491,7 +498,11 @@ impl Coordinator {
 
     fn worker_lost(&mut self, now: Instant, worker: WorkerId, why: &str) {
         let Some(entry) = self.slots.remove(worker) else { return };
-        tracing::warn!(%worker, resource_id = %entry.resource_id, "worker lost: {why}");
+        if self.jobs.values().any(|j| !j.eg.status().is_globally_terminal()) {
+            tracing::warn!(%worker, resource_id = %entry.resource_id, "worker lost: {why}");
+        } else {
+            tracing::info!(%worker, resource_id = %entry.resource_id, "worker lost: {why}");
+        }
         self.heartbeats.forget(worker);
         if let Some(conn) = self.worker_conns.remove(&worker) {
             self.conns.remove(&conn);

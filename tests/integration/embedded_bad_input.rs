@@ -1,9 +1,12 @@
-//! Bad input is refused before anything runs, with a typed error naming the problem.
+//! Bad input is refused with a typed error naming the problem: by the engine before anything
+//! runs, or by the worker that cannot deploy a task (the job then fails with the numbers).
 
 use shardflow_engine::{
     ops, ControlError, Cores, Engine, EngineError, Job, JobBuilder, JobGraph, JobVertex, OperatorSpec, PartitionerKind,
     VertexId,
 };
+
+use shardflow_engine::protocol::ErrorCode;
 
 use crate::common::{small_engine, TIMEOUT};
 
@@ -63,9 +66,10 @@ fn invalid_job_graphs_are_refused_by_name() {
     // a vertex without inputs that does not start with a source
     let mut g = JobGraph::new("no-source");
     g.add_vertex(vertex("lonely", vec![ops::count_sink()], 1));
-    assert!(
-        matches!(engine.submit(Job::from_graph(g)), Err(EngineError::InvalidChain { vertex, .. }) if vertex == "lonely")
-    );
+    assert!(matches!(
+        engine.submit(Job::from_graph(g)),
+        Err(EngineError::Control(ControlError::InvalidOperator { vertex, .. })) if vertex == "lonely"
+    ));
 
     // more parallelism than slots
     let job = JobBuilder::new("too-wide")
@@ -73,7 +77,12 @@ fn invalid_job_graphs_are_refused_by_name() {
         .connect(PartitionerKind::Hash, "sink", 1)
         .then(ops::count_sink())
         .build();
-    assert!(matches!(engine.submit(job), Err(EngineError::Control(ControlError::NotEnoughSlots { required: 64, .. }))));
+    match engine.submit(job) {
+        Err(EngineError::Remote { code: ErrorCode::NotEnoughSlots, message }) => {
+            assert!(message.contains("64"), "the refusal says how many slots it needs: {message}")
+        }
+        other => panic!("expected a not-enough-slots refusal, got {other:?}"),
+    }
 
     // Nothing of the above took a slot, and the engine still runs jobs.
     assert_eq!(engine.free_slots().unwrap(), slots);
@@ -97,7 +106,7 @@ fn a_core_that_does_not_exist_is_refused() {
 }
 
 #[test]
-fn a_budget_too_small_for_the_channels_is_refused_with_the_numbers() {
+fn a_task_too_big_for_its_shards_network_budget_is_refused_and_fails_the_job_with_the_numbers() {
     // 16 segments of 4 KiB per shard; a 4 x 4 all-to-all job needs far more.
     let engine = small_engine().network_memory_bytes(16 * 4096).build().expect("engine starts");
     let slots = engine.free_slots().unwrap();
@@ -106,13 +115,13 @@ fn a_budget_too_small_for_the_channels_is_refused_with_the_numbers() {
         .connect(PartitionerKind::Hash, "sink", 4)
         .then(ops::count_sink())
         .build();
-    match engine.submit(job) {
-        Err(EngineError::OverBudget { cause, .. }) => {
-            let msg = cause.to_string();
-            assert!(msg.starts_with("network buffers budget exceeded: requested"), "{msg}");
-            assert!(msg.contains("of 65536 bytes available"), "{msg}");
+    // The worker refuses the deployment that does not fit; the job fails with the numbers.
+    match engine.submit(job).expect("the graph is valid").wait_timeout(TIMEOUT) {
+        Err(EngineError::JobFailed { cause, .. }) => {
+            assert!(cause.contains("network buffers budget exceeded: requested"), "{cause}");
+            assert!(cause.contains("of 65536 bytes available"), "{cause}");
         }
-        other => panic!("expected an over-budget refusal, got {other:?}"),
+        other => panic!("expected the deployment to be refused, got {other:?}"),
     }
     assert_eq!(engine.free_slots().unwrap(), slots, "a refused job holds no slot");
     for pool in engine.memory() {

@@ -16,14 +16,33 @@ use shardflow_control::protocol::*;
 use shardflow_control::{CoordinatorConfig, JobGraph, JobId};
 
 pub use server::CoordinatorServer;
+pub(crate) use worker::{JobBoard, Outputs};
 pub use worker::{Worker, WorkerOptions};
 
-use link::{pipe, read_frame, send_message, FrameSink, Received, TcpSink};
+use link::{pipe, read_frame, send_message, FrameSink, PipeEnd, Received, TcpSink};
 use worker::Connector;
 
 use crate::config::EngineBuilder;
 use crate::error::EngineError;
-use crate::registry::OperatorRegistry;
+use crate::registry::{LiveRegistry, OperatorRegistry};
+
+/// Opens an in-process connection to `server`; returns this side's end.
+pub(crate) fn pipe_to(server: &CoordinatorServer) -> PipeEnd {
+    let (mine, theirs) = pipe();
+    server.connect_in_process(theirs);
+    mine
+}
+
+/// A client on a fresh in-process connection to `server`.
+pub(crate) fn pipe_client(server: &CoordinatorServer) -> ClusterClient {
+    let PipeEnd { sink, reader } = pipe_to(server);
+    ClusterClient { sink: Box::new(sink), reader: Box::new(reader), max_frame_bytes: DEFAULT_MAX_FRAME_BYTES }
+}
+
+/// A worker connector that opens each connection with `open`.
+pub(crate) fn in_process_connector(open: impl Fn() -> Option<PipeEnd> + Send + Sync + 'static) -> Connector {
+    Connector::InProcess(Arc::new(open))
+}
 
 /// A client of the coordinator: one request at a time, each answered by one
 /// frame. After an error reply the coordinator closes the connection; connect again.
@@ -149,27 +168,18 @@ impl MiniCluster {
         let mut started = Vec::new();
         for (i, engine) in workers.into_iter().enumerate() {
             let weak = Arc::downgrade(&server);
-            let connector = Connector::InProcess(Arc::new(move || {
-                let server = weak.upgrade()?;
-                let (mine, theirs) = pipe();
-                server.connect_in_process(theirs);
-                Some(mine)
-            }));
+            let connector = in_process_connector(move || Some(pipe_to(&*weak.upgrade()?)));
             let options = WorkerOptions { resource_id: Some(format!("mini-worker-{i}")), ..WorkerOptions::default() };
-            started.push(Worker::start_with(connector, engine, options)?);
+            let (config, registry) = engine.into_parts()?;
+            let live = Arc::new(LiveRegistry::new(registry));
+            started.push(Worker::start_with(connector, config, live, None, options)?);
         }
         Ok(MiniCluster { workers: started, server })
     }
 
     /// A client on an in-process connection.
     pub fn client(&self) -> ClusterClient {
-        let (mine, theirs) = pipe();
-        self.server.connect_in_process(theirs);
-        ClusterClient {
-            sink: Box::new(mine.sink),
-            reader: Box::new(mine.reader),
-            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
-        }
+        pipe_client(&self.server)
     }
 
     /// The workers.

@@ -17,7 +17,7 @@ use shardflow_control::{ConnId, Coordinator, CoordinatorConfig, Output, Resource
 use super::link::{self, send_message, FrameSink, PipeEnd, Received, TcpSink};
 use crate::catalog::RegistryCatalog;
 use crate::error::EngineError;
-use crate::registry::OperatorRegistry;
+use crate::registry::{LiveRegistry, OperatorRegistry};
 
 pub(crate) enum Event {
     Open(ConnId, Box<dyn FrameSink>),
@@ -92,9 +92,17 @@ impl CoordinatorServer {
         registry: OperatorRegistry,
         max_frame_bytes: usize,
     ) -> Result<Self, EngineError> {
+        Self::start_live(config, Arc::new(LiveRegistry::new(registry)), max_frame_bytes)
+    }
+
+    /// Starts serving in-process connections only, checking jobs against `live`.
+    pub(crate) fn start_live(
+        config: CoordinatorConfig,
+        live: Arc<LiveRegistry>,
+        max_frame_bytes: usize,
+    ) -> Result<Self, EngineError> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let coordinator =
-            Coordinator::new(config, Box::new(RegistryCatalog::new(registry)), fresh_token(), Instant::now());
+        let coordinator = Coordinator::new(config, Box::new(RegistryCatalog::new(live)), fresh_token(), Instant::now());
         let events = tx.clone();
         let looper = std::thread::Builder::new()
             .name("coordinator".into())

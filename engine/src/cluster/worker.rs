@@ -19,21 +19,23 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use shardflow_control::protocol::*;
-use shardflow_control::{AttemptId, ExecutionState, JobId, JobMasterId, ResourceManagerId, ShardId, SlotId, WorkerId};
-use shardflow_memory::{Budget, BudgetKind, Reservation};
+use shardflow_control::{
+    AttemptId, ExecutionState, JobId, JobMasterId, ResourceManagerId, ShardId, SlotId, VertexId, WorkerId,
+};
+use shardflow_memory::{Budget, BudgetKind, PoolMonitor, Reservation};
 use shardflow_netstack::{channel, ChannelReceiver, ChannelSender};
 
 use super::link::{self, send_message, FrameSink, PipeEnd, Received, TcpSink};
 use crate::config::{EngineBuilder, EngineConfig};
 use crate::error::EngineError;
 use crate::operator::{SinkOutput, TaskInfo};
-use crate::registry::{JobResources, OperatorRegistry};
+use crate::registry::LiveRegistry;
 use crate::shard::{start_shards, ReportSink, ShardCommand, ShardHandle, TaskReport};
 use crate::task::{partitioner, OutputDeployment, TaskDeployment, TaskOutput};
 
@@ -79,8 +81,48 @@ enum Event {
     Stop,
 }
 
+/// What a worker running inside the embedded engine's process shares with it
+/// beyond frames: each job's source progress and each finished subtask's full
+/// output (histograms and all; the frames carry a summary). Entries live until the
+/// engine takes them.
+#[derive(Debug, Default)]
+pub(crate) struct JobBoard {
+    progress: Mutex<HashMap<JobId, Arc<AtomicU64>>>,
+    outputs: Mutex<HashMap<JobId, Outputs>>,
+}
+
+/// The outputs of a job's finished subtasks, by vertex and subtask.
+pub(crate) type Outputs = BTreeMap<(VertexId, u32), TaskOutput>;
+
+impl JobBoard {
+    /// The source progress counter of `job`.
+    pub(crate) fn progress(&self, job: JobId) -> Arc<AtomicU64> {
+        self.progress.lock().unwrap_or_else(PoisonError::into_inner).entry(job).or_default().clone()
+    }
+
+    /// Takes the outputs of `job`'s subtasks and forgets the job.
+    pub(crate) fn take(&self, job: JobId) -> Outputs {
+        self.progress.lock().unwrap_or_else(PoisonError::into_inner).remove(&job);
+        self.outputs.lock().unwrap_or_else(PoisonError::into_inner).remove(&job).unwrap_or_default()
+    }
+
+    fn put(&self, job: JobId, attempt: AttemptId, output: TaskOutput) {
+        let at = (attempt.execution_vertex.vertex, attempt.execution_vertex.subtask);
+        self.outputs.lock().unwrap_or_else(PoisonError::into_inner).entry(job).or_default().insert(at, output);
+    }
+}
+
+/// A shard of a worker: its index, core and segment pool.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerShard {
+    pub(crate) id: u32,
+    pub(crate) core: usize,
+    pub(crate) pool: PoolMonitor,
+}
+
 /// A running worker. Dropping it cancels its tasks and stops its shards.
 pub struct Worker {
+    shards: Vec<WorkerShard>,
     events: Sender<Event>,
     stopping: Arc<AtomicBool>,
     registered: Arc<AtomicU64>,
@@ -97,21 +139,24 @@ impl Worker {
     /// Starts the shards of `engine` and a worker serving the coordinator at
     /// `coordinator` (registering, and re-registering after losing it).
     pub fn start(coordinator: SocketAddr, engine: EngineBuilder, options: WorkerOptions) -> Result<Self, EngineError> {
-        Self::start_with(Connector::Tcp(coordinator), engine, options)
+        let (config, registry) = engine.into_parts()?;
+        Self::start_with(Connector::Tcp(coordinator), config, Arc::new(LiveRegistry::new(registry)), None, options)
     }
 
     pub(crate) fn start_with(
         connector: Connector,
-        engine: EngineBuilder,
+        config: EngineConfig,
+        live: Arc<LiveRegistry>,
+        board: Option<Arc<JobBoard>>,
         options: WorkerOptions,
     ) -> Result<Self, EngineError> {
-        let (config, registry) = engine.into_parts()?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let events = tx.clone();
         let reports: ReportSink = Arc::new(move |r| {
             let _ = events.send(Event::Task(r));
         });
         let shards = start_shards(&config, reports)?;
+        let shard_list = shards.iter().map(|s| WorkerShard { id: s.id, core: s.core, pool: s.pool.clone() }).collect();
         let resource_id = options.resource_id.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
             let started =
@@ -120,13 +165,18 @@ impl Worker {
         });
         let stopping = Arc::new(AtomicBool::new(false));
         let registered = Arc::new(AtomicU64::new(0));
-        let state = WorkerState::new(config, registry, shards, resource_id);
+        let state = WorkerState::new(config, live, board, shards, resource_id);
         let (stop2, reg2, events2) = (stopping.clone(), registered.clone(), tx.clone());
         let thread = std::thread::Builder::new()
             .name("worker".into())
             .spawn(move || run(state, connector, options, rx, events2, stop2, reg2))
             .map_err(|e| EngineError::Io { what: "starting the worker thread".into(), reason: e.to_string() })?;
-        Ok(Worker { events: tx, stopping, registered, thread: Some(thread) })
+        Ok(Worker { shards: shard_list, events: tx, stopping, registered, thread: Some(thread) })
+    }
+
+    /// Its shards.
+    pub(crate) fn shards(&self) -> &[WorkerShard] {
+        &self.shards
     }
 
     /// How many times it has registered with a coordinator so far.
@@ -179,8 +229,8 @@ type WireKey = (JobId, u32, u32, u32, u32);
 
 struct WorkerState {
     config: EngineConfig,
-    registry: Arc<OperatorRegistry>,
-    resources: Arc<JobResources>,
+    live: Arc<LiveRegistry>,
+    board: Option<Arc<JobBoard>>,
     shards: Vec<ShardHandle>,
     budgets: Vec<Budget>,
     resource_id: String,
@@ -190,15 +240,25 @@ struct WorkerState {
     tasks: HashMap<(JobId, AttemptId), TaskEntry>,
     wiring: HashMap<WireKey, Pending>,
     progress: HashMap<JobId, Arc<AtomicU64>>,
+    /// Deployments not yet handed to their shard, by shard: the tasks of one job
+    /// that arrive together go to a shard in one message, since a spinning shard
+    /// reads its mailbox only between time slices.
+    batch: BTreeMap<usize, Vec<TaskDeployment>>,
 }
 
 impl WorkerState {
-    fn new(config: EngineConfig, registry: OperatorRegistry, shards: Vec<ShardHandle>, resource_id: String) -> Self {
+    fn new(
+        config: EngineConfig,
+        live: Arc<LiveRegistry>,
+        board: Option<Arc<JobBoard>>,
+        shards: Vec<ShardHandle>,
+        resource_id: String,
+    ) -> Self {
         let budgets = shards.iter().map(ShardHandle::network_budget).collect();
         let mut w = WorkerState {
             config,
-            registry: Arc::new(registry),
-            resources: Arc::new(JobResources::default()),
+            live,
+            board,
             shards,
             budgets,
             resource_id,
@@ -208,6 +268,7 @@ impl WorkerState {
             tasks: HashMap::new(),
             wiring: HashMap::new(),
             progress: HashMap::new(),
+            batch: BTreeMap::new(),
         };
         w.reset_slots(WorkerId(u32::MAX));
         w
@@ -252,6 +313,7 @@ impl WorkerState {
                 let _ = s.mailbox.send(ShardCommand::Cancel(job));
             }
         }
+        self.batch.clear();
         self.tasks.clear();
         self.wiring.clear();
         self.progress.clear();
@@ -467,7 +529,11 @@ impl WorkerState {
             }
             outputs.push(OutputDeployment { partitioner: partitioner(p.partitioner), senders });
         }
-        let progress = self.progress.entry(d.job).or_default().clone();
+        let progress = match &self.board {
+            Some(b) => b.progress(d.job),
+            None => self.progress.entry(d.job).or_default().clone(),
+        };
+        let (registry, resources) = self.live.snapshot();
         let info = TaskInfo {
             vertex: d.vertex_name.clone(),
             subtask,
@@ -485,8 +551,8 @@ impl WorkerState {
             exclusive_credits: cfg.exclusive_credits,
             floating_credits: cfg.floating_credits,
             outputs,
-            registry: self.registry.clone(),
-            resources: self.resources.clone(),
+            registry,
+            resources,
             flush_timeout: cfg.flush_timeout,
             idle: cfg.idle,
             min_park: cfg.min_park,
@@ -502,11 +568,34 @@ impl WorkerState {
                 _network: network,
             },
         );
-        if self.shards[shard].mailbox.send(ShardCommand::Deploy(vec![deployment])).is_err() {
-            self.tasks.remove(&(d.job, d.attempt));
-            return Err(refuse(ErrorCode::Internal, format!("shard {shard} has stopped")));
-        }
+        self.batch.entry(shard).or_default().push(deployment);
         Ok(())
+    }
+
+    /// Hands the batched deployments to their shards; a task whose shard has
+    /// stopped is reported failed.
+    fn flush(&mut self) -> Vec<Message> {
+        let mut out = Vec::new();
+        for (shard, ds) in std::mem::take(&mut self.batch) {
+            let attempts: Vec<(JobId, AttemptId)> = ds.iter().map(|d| (d.job, d.attempt)).collect();
+            if self.shards[shard].mailbox.send(ShardCommand::Deploy(ds)).is_err() {
+                for (job, attempt) in attempts {
+                    let Some(t) = self.tasks.remove(&(job, attempt)) else { continue };
+                    out.push(Message::UpdateTaskExecutionState(UpdateTaskExecutionState {
+                        job_master: t.job_master,
+                        job,
+                        attempt,
+                        state: ExecutionState::Failed,
+                        failure: Some(TaskFailureInfo {
+                            cause: format!("shard {shard} has stopped"),
+                            secondary: false,
+                        }),
+                        result: None,
+                    }));
+                }
+            }
+        }
+        out
     }
 
     /// A task changed state: the update for its job master, if it is still ours.
@@ -521,6 +610,10 @@ impl WorkerState {
                 self.wiring.retain(|k, _| k.0 != r.job);
                 self.progress.remove(&r.job);
             }
+        }
+        if let (Some(board), Some(o)) = (&self.board, &r.output) {
+            // Before the frame: once the job master hears of the end, the output is there.
+            board.put(r.job, r.attempt, o.clone());
         }
         Some(Message::UpdateTaskExecutionState(UpdateTaskExecutionState {
             job_master,
@@ -669,7 +762,10 @@ fn serve(
             }
             Err(RecvTimeoutError::Disconnected) => return SessionEnd::Stop,
         };
-        let replies = match event {
+        // Deployments wait in the batch only while more of them follow right away.
+        let submit = matches!(&event, Event::Frame(_, Message::SubmitTask(_)));
+        let mut replies = if submit { Vec::new() } else { state.flush() };
+        replies.extend(match event {
             Event::Stop => {
                 if is_registered {
                     let bye = Message::DisconnectWorker(DisconnectWorker {
@@ -729,7 +825,10 @@ fn serve(
                     }
                 }
             }
-        };
+        });
+        if rx.is_empty() {
+            replies.extend(state.flush());
+        }
         for r in replies {
             if send_message(sink.as_mut(), &r).is_err() {
                 sink.close();

@@ -98,6 +98,13 @@ pub fn collect_sink(name: &str) -> OperatorSpec {
     spec("sink.collect", OpConfig::new().with("collector", name))
 }
 
+/// A collect sink feeding the collector registered as `key`, called `label` in
+/// messages (the embedded engine registers a job's collectors under names unique
+/// to the submission).
+pub(crate) fn collect_sink_as(key: &str, label: &str) -> OperatorSpec {
+    spec("sink.collect", OpConfig::new().with("collector", key).with("label", label))
+}
+
 /// Records `now − time` of each record into a histogram.
 pub fn latency_sink() -> OperatorSpec {
     spec("sink.latency", OpConfig::new())

@@ -97,8 +97,10 @@ pub(super) fn register(r: &mut OperatorRegistry) {
     r.register_operator("sink.discard", |_, _| Ok(Box::new(Discard)));
     r.register_operator("sink.count", |_, _| Ok(Box::new(Count::default())));
     r.register_operator("sink.collect", |c, res| {
-        let name = c.get("collector").unwrap_or_default().to_string();
-        let tx = res.collector(&name).cloned().ok_or_else(|| EngineError::InvalidOperatorConfig {
+        let key = c.get("collector").unwrap_or_default();
+        // `label`: the name the job gave it, where the engine registered it under another.
+        let name = c.get("label").unwrap_or(key).to_string();
+        let tx = res.collector(key).cloned().ok_or_else(|| EngineError::InvalidOperatorConfig {
             operator: "sink.collect".into(),
             reason: format!("the job has no collector named '{name}'"),
         })?;
