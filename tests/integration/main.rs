@@ -11,3 +11,4 @@ mod embedded_failure;
 mod embedded_oracle;
 mod embedded_placement;
 mod embedded_spin;
+mod embedded_time;

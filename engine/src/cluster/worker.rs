@@ -240,6 +240,9 @@ struct WorkerState {
     tasks: HashMap<(JobId, AttemptId), TaskEntry>,
     wiring: HashMap<WireKey, Pending>,
     progress: HashMap<JobId, Arc<AtomicU64>>,
+    /// The clock origin shared by the tasks of one job attempt here: record
+    /// timestamps are relative to it.
+    job_starts: HashMap<(JobId, u32), Instant>,
     /// Deployments not yet handed to their shard, by shard: the tasks of one job
     /// that arrive together go to a shard in one message, since a spinning shard
     /// reads its mailbox only between time slices.
@@ -268,6 +271,7 @@ impl WorkerState {
             tasks: HashMap::new(),
             wiring: HashMap::new(),
             progress: HashMap::new(),
+            job_starts: HashMap::new(),
             batch: BTreeMap::new(),
         };
         w.reset_slots(WorkerId(u32::MAX));
@@ -316,6 +320,7 @@ impl WorkerState {
         self.batch.clear();
         self.tasks.clear();
         self.wiring.clear();
+        self.job_starts.clear();
         self.progress.clear();
         let worker = self.worker;
         self.reset_slots(worker);
@@ -538,7 +543,7 @@ impl WorkerState {
             vertex: d.vertex_name.clone(),
             subtask,
             parallelism: d.parallelism,
-            job_start: Instant::now(),
+            job_start: *self.job_starts.entry((d.job, epoch)).or_insert_with(Instant::now),
             core: self.shards[shard].core,
             managed_memory: slot.managed.clone(),
         };
@@ -609,6 +614,7 @@ impl WorkerState {
             if !self.tasks.keys().any(|(j, _)| *j == r.job) {
                 self.wiring.retain(|k, _| k.0 != r.job);
                 self.progress.remove(&r.job);
+                self.job_starts.retain(|k, _| k.0 != r.job);
             }
         }
         if let (Some(board), Some(o)) = (&self.board, &r.output) {
