@@ -252,7 +252,10 @@ impl JobResult {
 }
 
 /// A submitted job: its id and placement, and the way to wait for or cancel it.
-/// Dropping it leaves the job running; its result is then no longer kept.
+/// Dropping it leaves the job running; its result is then no longer kept. The
+/// coordinator remembers the last 1000 ended jobs
+/// ([`crate::CoordinatorConfig::retained_jobs`]): a job waited for only after more
+/// than that many others ended answers [`EngineError::UnknownJob`].
 #[derive(Debug)]
 pub struct JobHandle {
     pub(crate) id: JobId,

@@ -17,7 +17,7 @@
 //! request that fails gets an [`ErrorReply`] and its connection is closed; the
 //! coordinator goes on serving every other connection.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::error::ControlError;
@@ -101,6 +101,10 @@ pub struct CoordinatorConfig {
     /// Restart strategy when a submission names none. Default `fixed-delay`, 3
     /// attempts, 1 s apart.
     pub default_restart: RestartStrategy,
+    /// Ended jobs kept for status queries (Flink's job store capacity); beyond
+    /// this the longest-ended are forgotten and answer `UnknownJob`. At least 1.
+    /// Default 1000.
+    pub retained_jobs: usize,
 }
 
 impl Default for CoordinatorConfig {
@@ -111,6 +115,7 @@ impl Default for CoordinatorConfig {
             slot_wait_timeout: Duration::from_secs(10),
             default_placement: PlacementStrategy::Colocate,
             default_restart: RestartStrategy::default(),
+            retained_jobs: 1000,
         }
     }
 }
@@ -170,6 +175,8 @@ pub struct Coordinator {
     conns: HashMap<ConnId, Role>,
     worker_conns: BTreeMap<WorkerId, ConnId>,
     jobs: BTreeMap<JobId, JobMaster>,
+    /// Ended jobs, longest-ended first.
+    ended: VecDeque<JobId>,
     waiters: Vec<Waiter>,
     next_job: u64,
     token_seed: u64,
@@ -198,6 +205,7 @@ impl Coordinator {
             conns: HashMap::new(),
             worker_conns: BTreeMap::new(),
             jobs: BTreeMap::new(),
+            ended: VecDeque::new(),
             waiters: Vec::new(),
             next_job: 1,
             token_seed: token.0 ^ 0x9e37_79b9_7f4a_7c15,
@@ -843,6 +851,12 @@ impl Coordinator {
                 jm.phase = Phase::Done;
                 tracing::info!(job = %id, %status, "job ended");
                 self.free_slots(id, &format!("job {status}"));
+                self.ended.push_back(id);
+                while self.ended.len() > self.config.retained_jobs.max(1) {
+                    if let Some(old) = self.ended.pop_front() {
+                        self.jobs.remove(&old);
+                    }
+                }
             }
             Phase::Running => {}
             Phase::RestartPending { at } => {

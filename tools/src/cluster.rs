@@ -42,6 +42,7 @@ struct CoordinatorSection {
     slot_wait_timeout_ms: Option<u64>,
     placement: Option<String>,
     restart: Option<String>,
+    retained_jobs: Option<usize>,
     max_frame_bytes: Option<usize>,
 }
 
@@ -128,6 +129,10 @@ pub(crate) struct CoordinatorArgs {
     /// exponential-delay[:initial=D,max=D,multiplier=F,reset=D,attempts=N].
     #[arg(long)]
     restart: Option<String>,
+    /// Ended jobs kept for `status` and `list`; the longest-ended beyond this are
+    /// forgotten. Default 1000.
+    #[arg(long)]
+    retained_jobs: Option<usize>,
 }
 
 pub(crate) fn coordinator(a: &CoordinatorArgs, cfg: &ConfigFile) -> Result<()> {
@@ -149,6 +154,9 @@ pub(crate) fn coordinator(a: &CoordinatorArgs, cfg: &ConfigFile) -> Result<()> {
     }
     if let Some(r) = a.restart.clone().or(c.restart.clone()) {
         config.default_restart = r.parse::<RestartStrategy>()?;
+    }
+    if let Some(n) = a.retained_jobs.or(c.retained_jobs) {
+        config.retained_jobs = n.max(1);
     }
     let max = c.max_frame_bytes.unwrap_or(DEFAULT_MAX_FRAME_BYTES);
     let server = CoordinatorServer::bind(resolve(&bind)?, config, OperatorRegistry::with_builtins(), max)?;

@@ -31,6 +31,7 @@ fn config() -> CoordinatorConfig {
         slot_wait_timeout: Duration::from_secs(2),
         default_placement: PlacementStrategy::Colocate,
         default_restart: "fixed-delay:attempts=1,delay=500ms".parse().unwrap(),
+        retained_jobs: 1000,
     }
 }
 
@@ -377,4 +378,33 @@ fn a_stale_job_master_token_is_rejected_and_cancel_ends_the_job() {
     }
     assert_eq!(h.c.job_status(id), Some(JobStatus::Canceled));
     assert_eq!(h.c.slot_manager().totals(), (4, 4));
+}
+
+#[test]
+fn only_the_configured_number_of_ended_jobs_is_kept() {
+    let t0 = Instant::now();
+    let config = CoordinatorConfig { retained_jobs: 2, ..config() };
+    let mut h = Harness { c: Coordinator::new(config, Box::new(Catalog), RM, t0), t0 };
+    h.register(1, "a", vec![0]);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (id, out) = submit(&mut h, 10, job(1, PartitionerKind::Forward, b""), at(t0, 10 * i));
+        let subs = submissions(&out);
+        run_all(&mut h, &subs, at(t0, 10 * i + 1));
+        for (c, d) in &subs {
+            update(&mut h, *c, d, ExecutionState::Finished, at(t0, 10 * i + 2));
+        }
+        assert_eq!(details(&mut h, id, at(t0, 10 * i + 3)).status, JobStatus::Finished);
+        ids.push(id);
+    }
+    // the longest-ended job is forgotten; the two latest answer
+    match &h.c.on_message(at(t0, 40), 99, Message::RequestJob(RequestJob { job: ids[0] }))[..] {
+        [Output::Send(99, Message::ErrorReply(e)), Output::Close(99)] => assert_eq!(e.code, ErrorCode::UnknownJob),
+        other => panic!("{other:?}"),
+    }
+    let listed = match &h.c.on_message(at(t0, 41), 98, Message::ListJobs(ListJobs {}))[..] {
+        [Output::Send(98, Message::JobList(l))] => l.jobs.iter().map(|j| j.job).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(listed, ids[1..]);
 }
