@@ -216,7 +216,7 @@ struct TaskEntry {
     job_master: JobMasterId,
     vertex: String,
     state: ExecutionState,
-    _network: Reservation,
+    network: Reservation,
 }
 
 /// One end of a channel waiting for the task at the other end.
@@ -240,6 +240,9 @@ struct WorkerState {
     tasks: HashMap<(JobId, AttemptId), TaskEntry>,
     wiring: HashMap<WireKey, Pending>,
     progress: HashMap<JobId, Arc<AtomicU64>>,
+    /// Network memory of tasks cancelled when the coordinator was lost, held until
+    /// each reports its end.
+    draining: HashMap<(JobId, AttemptId), Reservation>,
     /// The clock origin shared by the tasks of one job attempt here: record
     /// timestamps are relative to it.
     job_starts: HashMap<(JobId, u32), Instant>,
@@ -271,6 +274,7 @@ impl WorkerState {
             tasks: HashMap::new(),
             wiring: HashMap::new(),
             progress: HashMap::new(),
+            draining: HashMap::new(),
             job_starts: HashMap::new(),
             batch: BTreeMap::new(),
         };
@@ -318,7 +322,8 @@ impl WorkerState {
             }
         }
         self.batch.clear();
-        self.tasks.clear();
+        // A cancelled task keeps its network memory until its shard reports it ended.
+        self.draining.extend(self.tasks.drain().map(|(k, t)| (k, t.network)));
         self.wiring.clear();
         self.job_starts.clear();
         self.progress.clear();
@@ -570,7 +575,7 @@ impl WorkerState {
                 job_master: d.job_master,
                 vertex: d.vertex_name,
                 state: ExecutionState::Deploying,
-                _network: network,
+                network,
             },
         );
         self.batch.entry(shard).or_default().push(deployment);
@@ -606,6 +611,9 @@ impl WorkerState {
     /// A task changed state: the update for its job master, if it is still ours.
     fn on_task(&mut self, r: TaskReport) -> Option<Message> {
         let key = (r.job, r.attempt);
+        if r.state.is_terminal() {
+            self.draining.remove(&key);
+        }
         let entry = self.tasks.get_mut(&key)?;
         entry.state = r.state;
         let job_master = entry.job_master;
@@ -719,6 +727,10 @@ fn run(
                 loop {
                     match rx.recv_deadline(until) {
                         Ok(Event::Stop) => return shutdown(state),
+                        Ok(Event::Task(r)) => {
+                            // No coordinator to tell; this releases what the task held.
+                            let _ = state.on_task(r);
+                        }
                         Ok(_) => {}
                         Err(RecvTimeoutError::Timeout) => break,
                         Err(RecvTimeoutError::Disconnected) => return shutdown(state),
