@@ -321,7 +321,10 @@ impl WorkerState {
                 let _ = s.mailbox.send(ShardCommand::Cancel(job));
             }
         }
-        self.batch.clear();
+        // Batched tasks never reached a shard: their memory is free at once.
+        for d in std::mem::take(&mut self.batch).into_values().flatten() {
+            self.tasks.remove(&(d.job, d.attempt));
+        }
         // A cancelled task keeps its network memory until its shard reports it ended.
         self.draining.extend(self.tasks.drain().map(|(k, t)| (k, t.network)));
         self.wiring.clear();
