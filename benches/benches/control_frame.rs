@@ -1,10 +1,14 @@
-//! Control-plane frames: isolates encoding a deployment-descriptor-sized
-//! `SubmitTask` frame into a reused buffer, then receiving it: header checks,
-//! rkyv's checked access (validation), and the full decode into owned values.
+//! Control-plane frames: encoding a deployment frame into a reused buffer, then
+//! receiving it: header checks, rkyv's checked access (validation), and the full
+//! decode into owned values. The deployment is a 4-way keyed job's subtask, as the
+//! coordinator sends it (`DeployTask`: the vertex's information archived once per
+//! vertex and carried as bytes) and sent whole (`SubmitTask`); plus reading the
+//! vertex information, which a worker does once per vertex.
 
 #![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use rkyv::rancor::Error;
 use rkyv::util::AlignedVec;
 use shardflow_engine::protocol::{self, *};
 use shardflow_engine::{
@@ -14,54 +18,78 @@ use shardflow_engine::{
 
 /// A descriptor as a 4-way keyed job deploys it: a 3-operator chain, one input gate
 /// and one output partition of 4 channels each.
-fn descriptor() -> Message {
+fn descriptor() -> TaskDeploymentDescriptor {
     let loc = |i: u32| ChannelLocation { peer_subtask: i, subpartition: i, worker: WorkerId(i % 2) };
-    Message::SubmitTask(SubmitTask {
-        descriptor: TaskDeploymentDescriptor {
-            job: JobId(7),
-            job_name: "keyed-sum".into(),
-            job_master: JobMasterId(0x5eed),
-            allocation: AllocationId(42),
-            slot: SlotId { worker: WorkerId(1), shard: ShardId(0), index: 1 },
-            attempt: AttemptId { execution_vertex: ExecutionVertexId { vertex: VertexId(1), subtask: 3 }, attempt: 0 },
-            vertex_name: "keyed-count".into(),
-            parallelism: 4,
-            chain: vec![
-                OperatorSpec::new("keyed_count", Vec::new()),
-                OperatorSpec::new("map.add", b"add=1".to_vec()),
-                OperatorSpec::new("sink.count", Vec::new()),
-            ],
-            inputs: vec![GateDeployment { edge: 0, producers: (0..4).map(loc).collect() }],
-            outputs: vec![PartitionDeployment {
-                edge: 1,
-                partitioner: PartitionerKind::Hash,
-                consumers: (0..4).map(loc).collect(),
-            }],
-        },
-    })
+    TaskDeploymentDescriptor {
+        job: JobId(7),
+        job_name: "keyed-sum".into(),
+        job_master: JobMasterId(0x5eed),
+        allocation: AllocationId(42),
+        slot: SlotId { worker: WorkerId(1), shard: ShardId(0), index: 1 },
+        attempt: AttemptId { execution_vertex: ExecutionVertexId { vertex: VertexId(1), subtask: 3 }, attempt: 0 },
+        vertex_name: "keyed-count".into(),
+        parallelism: 4,
+        chain: vec![
+            OperatorSpec::new("keyed_count", Vec::new()),
+            OperatorSpec::new("map.add", b"add=1".to_vec()),
+            OperatorSpec::new("sink.count", Vec::new()),
+        ],
+        inputs: vec![GateDeployment { edge: 0, producers: (0..4).map(loc).collect() }],
+        outputs: vec![PartitionDeployment {
+            edge: 1,
+            partitioner: PartitionerKind::Hash,
+            consumers: (0..4).map(loc).collect(),
+        }],
+    }
+}
+
+/// The same subtask as the coordinator deploys it.
+fn deployment(d: TaskDeploymentDescriptor) -> DeployTask {
+    let info = TaskInformation {
+        job_name: d.job_name,
+        vertex_name: d.vertex_name,
+        parallelism: d.parallelism,
+        chain: d.chain,
+    };
+    DeployTask {
+        job: d.job,
+        job_master: d.job_master,
+        allocation: d.allocation,
+        slot: d.slot,
+        attempt: d.attempt,
+        task_information: info.archive().unwrap(),
+        inputs: d.inputs,
+        outputs: d.outputs,
+    }
+}
+
+/// Encodes `msg` into `buf`, checks the header and validates the archive.
+fn round_trip<T>(msg: &Message, buf: &mut AlignedVec<16>) -> usize
+where
+    T: rkyv::Archive,
+    T::Archived: rkyv::Portable + for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, Error>>,
+{
+    protocol::encode_into(std::hint::black_box(msg), buf).unwrap();
+    let head: &[u8; HEADER_BYTES] = buf[..HEADER_BYTES].try_into().unwrap();
+    let h = FrameHeader::parse(head, DEFAULT_MAX_FRAME_BYTES).unwrap();
+    let body = &buf[HEADER_BYTES..HEADER_BYTES + h.len];
+    let archived = rkyv::access::<T::Archived, Error>(body).unwrap();
+    std::hint::black_box(archived);
+    h.len
 }
 
 fn frames(c: &mut Criterion) {
-    let msg = descriptor();
+    let deploy = Message::DeployTask(deployment(descriptor()));
+    let whole = Message::SubmitTask(SubmitTask { descriptor: descriptor() });
     let mut buf = AlignedVec::<16>::new();
-    protocol::encode_into(&msg, &mut buf).unwrap();
-    let frame_bytes = buf.len();
-    let mut g = c.benchmark_group(format!("control_frame/submit_task_{frame_bytes}B"));
-    g.bench_function("encode", |b| b.iter(|| protocol::encode_into(std::hint::black_box(&msg), &mut buf).unwrap()));
-    g.bench_function("encode+checked_access", |b| {
-        b.iter(|| {
-            protocol::encode_into(std::hint::black_box(&msg), &mut buf).unwrap();
-            let head: &[u8; HEADER_BYTES] = buf[..HEADER_BYTES].try_into().unwrap();
-            let h = FrameHeader::parse(head, DEFAULT_MAX_FRAME_BYTES).unwrap();
-            let body = &buf[HEADER_BYTES..HEADER_BYTES + h.len];
-            let archived = rkyv::access::<rkyv::Archived<SubmitTask>, rkyv::rancor::Error>(body).unwrap();
-            std::hint::black_box(archived.descriptor.parallelism);
-        })
-    });
+    protocol::encode_into(&deploy, &mut buf).unwrap();
+    let mut g = c.benchmark_group(format!("control_frame/deploy_task_{}B", buf.len()));
+    g.bench_function("encode", |b| b.iter(|| protocol::encode_into(std::hint::black_box(&deploy), &mut buf).unwrap()));
+    g.bench_function("encode+checked_access", |b| b.iter(|| round_trip::<DeployTask>(&deploy, &mut buf)));
     let mut body = AlignedVec::<16>::new();
     g.bench_function("encode+checked_decode_owned", |b| {
         b.iter(|| {
-            protocol::encode_into(std::hint::black_box(&msg), &mut buf).unwrap();
+            protocol::encode_into(std::hint::black_box(&deploy), &mut buf).unwrap();
             let head: &[u8; HEADER_BYTES] = buf[..HEADER_BYTES].try_into().unwrap();
             let h = FrameHeader::parse(head, DEFAULT_MAX_FRAME_BYTES).unwrap();
             body.clear();
@@ -69,6 +97,16 @@ fn frames(c: &mut Criterion) {
             std::hint::black_box(protocol::decode_body(h, &body).unwrap());
         })
     });
+    let Message::DeployTask(d) = &deploy else { unreachable!() };
+    let info = d.task_information.clone();
+    g.bench_function("vertex_information_read (once per vertex)", |b| {
+        b.iter(|| std::hint::black_box(TaskInformation::from_archive(std::hint::black_box(&info)).unwrap()))
+    });
+    g.finish();
+
+    protocol::encode_into(&whole, &mut buf).unwrap();
+    let mut g = c.benchmark_group(format!("control_frame/submit_task_{}B", buf.len()));
+    g.bench_function("encode+checked_access", |b| b.iter(|| round_trip::<SubmitTask>(&whole, &mut buf)));
     g.finish();
 }
 

@@ -728,6 +728,8 @@ impl Coordinator {
             }
         }
         let attempts: Vec<AttemptId> = jm.eg.subtasks.iter().map(|s| s.attempt).collect();
+        // Each vertex's information is archived once; its descriptors carry the bytes.
+        let mut information: HashMap<VertexId, Vec<u8>> = HashMap::new();
         for a in attempts {
             for to in [ExecutionState::Scheduled, ExecutionState::Deploying] {
                 if let Err(e) = jm.eg.on_state(a, to, None) {
@@ -736,8 +738,18 @@ impl Coordinator {
             }
             let Some(place) = jm.assignment.of(a.execution_vertex) else { continue };
             let Some(&conn) = self.worker_conns.get(&place.slot.worker) else { continue };
-            let descriptor = descriptor(id, jm, a);
-            out.push(Output::Send(conn, Message::SubmitTask(SubmitTask { descriptor })));
+            let vertex = a.execution_vertex.vertex;
+            let info = match information.entry(vertex) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => match task_information(jm, vertex).archive() {
+                    Ok(bytes) => e.insert(bytes),
+                    Err(err) => {
+                        tracing::error!(job = %id, %vertex, "deploy: {err}");
+                        continue;
+                    }
+                },
+            };
+            out.push(Output::Send(conn, Message::DeployTask(deploy_task(id, jm, a, info.clone()))));
         }
         self.out.extend(out);
     }
@@ -928,7 +940,19 @@ fn summary(id: JobId, jm: &JobMaster) -> JobSummary {
 }
 
 /// The deployment descriptor of `attempt`.
-fn descriptor(id: JobId, jm: &JobMaster, attempt: AttemptId) -> TaskDeploymentDescriptor {
+/// What every subtask of `vertex` shares.
+fn task_information(jm: &JobMaster, vertex: VertexId) -> TaskInformation {
+    let v = &jm.graph.vertices[vertex.0 as usize];
+    TaskInformation {
+        job_name: jm.graph.name.clone(),
+        vertex_name: v.name.clone(),
+        parallelism: v.parallelism,
+        chain: v.chain.clone(),
+    }
+}
+
+/// The deployment of `attempt`, carrying its vertex's archived information.
+fn deploy_task(id: JobId, jm: &JobMaster, attempt: AttemptId, task_information: Vec<u8>) -> DeployTask {
     let ev = attempt.execution_vertex;
     let g = &jm.graph;
     let worker_of = |v: VertexId, i: u32| {
@@ -974,17 +998,13 @@ fn descriptor(id: JobId, jm: &JobMaster, attempt: AttemptId) -> TaskDeploymentDe
     let place = jm.assignment.of(ev);
     let slot = place
         .map_or(crate::ids::SlotId { worker: WorkerId(u32::MAX), shard: crate::ids::ShardId(0), index: 0 }, |p| p.slot);
-    let vertex = &g.vertices[ev.vertex.0 as usize];
-    TaskDeploymentDescriptor {
+    DeployTask {
         job: id,
-        job_name: g.name.clone(),
         job_master: jm.token,
         allocation: jm.allocations.get(&slot).copied().unwrap_or(AllocationId(0)),
         slot,
         attempt,
-        vertex_name: vertex.name.clone(),
-        parallelism: vertex.parallelism,
-        chain: vertex.chain.clone(),
+        task_information,
         inputs,
         outputs,
     }

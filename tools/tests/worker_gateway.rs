@@ -147,22 +147,28 @@ fn attempt(subtask: u32) -> AttemptId {
     AttemptId { execution_vertex: ExecutionVertexId { vertex: VertexId(0), subtask }, attempt: 0 }
 }
 
-/// A one-vertex task (source, map +1, count sink) in slot `index`.
+/// A one-vertex task (source, map +1, count sink) in slot `index`, as a
+/// coordinator deploys it.
 fn task(index: u32, allocation: u64, job_master: u64, subtask: u32, source: OperatorSpec) -> Message {
-    Message::SubmitTask(SubmitTask {
-        descriptor: TaskDeploymentDescriptor {
-            job: JobId(1),
-            job_name: "gateway".into(),
-            job_master: JobMasterId(job_master),
-            allocation: AllocationId(allocation),
-            slot: slot(index),
-            attempt: attempt(subtask),
-            vertex_name: "source".into(),
-            parallelism: 2,
-            chain: vec![source, ops::map_add(1), ops::count_sink()],
-            inputs: vec![],
-            outputs: vec![],
-        },
+    let info = TaskInformation {
+        job_name: "gateway".into(),
+        vertex_name: "source".into(),
+        parallelism: 2,
+        chain: vec![source, ops::map_add(1), ops::count_sink()],
+    };
+    deploy(index, allocation, job_master, subtask, info.archive().unwrap())
+}
+
+fn deploy(index: u32, allocation: u64, job_master: u64, subtask: u32, task_information: Vec<u8>) -> Message {
+    Message::DeployTask(DeployTask {
+        job: JobId(1),
+        job_master: JobMasterId(job_master),
+        allocation: AllocationId(allocation),
+        slot: slot(index),
+        attempt: attempt(subtask),
+        task_information,
+        inputs: vec![],
+        outputs: vec![],
     })
 }
 
@@ -203,6 +209,8 @@ fn a_task_without_its_slot_or_with_another_job_masters_token_is_refused() {
     assert_eq!(refused(conn.expect()).code, ErrorCode::NoSlotAllocated, "slot 0 belongs to allocation 1");
     conn.send(task(0, 1, 99, 0, source()));
     assert_eq!(refused(conn.expect()).code, ErrorCode::StaleToken, "job master 99 does not own slot 0");
+    conn.send(deploy(0, 1, 11, 0, b"not an archive of task information".to_vec()));
+    assert_eq!(refused(conn.expect()).code, ErrorCode::Malformed, "the vertex information is checked");
 
     // the right allocation and token: the task runs to the end and reports its result
     conn.send(task(0, 1, 11, 0, source()));
@@ -213,6 +221,13 @@ fn a_task_without_its_slot_or_with_another_job_masters_token_is_refused() {
     let sinks: Vec<(u64, u64)> = result.sinks.iter().map(|s| (s.records, s.value_sum)).collect();
     // subtask 0 of 2 produces the first half of the generator's records
     assert_eq!(sinks, vec![(500, 500 * 501 / 2)]);
+
+    // a descriptor sent whole (kind SubmitTask, not DeployTask) is deployed the same way
+    let Message::DeployTask(d) = task(0, 1, 11, 1, source()) else { unreachable!() };
+    conn.send(Message::SubmitTask(SubmitTask { descriptor: d.descriptor().unwrap() }));
+    let done = conn.until_state(attempt(1), ExecutionState::Finished);
+    let sinks: Vec<(u64, u64)> = done.result.unwrap().sinks.iter().map(|s| (s.records, s.value_sum)).collect();
+    assert_eq!(sinks, vec![(500, (501..=1_000).sum::<u64>())], "subtask 1 produces the second half");
 }
 
 #[test]

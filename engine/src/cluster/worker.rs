@@ -243,6 +243,9 @@ struct WorkerState {
     /// Network memory of tasks cancelled when the coordinator was lost, held until
     /// each reports its end.
     draining: HashMap<(JobId, AttemptId), Reservation>,
+    /// Vertex information as received (archived) and read, by job, vertex and
+    /// epoch.
+    information: HashMap<(JobId, VertexId, u32), (Vec<u8>, TaskInformation)>,
     /// The clock origin shared by the tasks of one job attempt here: record
     /// timestamps are relative to it.
     job_starts: HashMap<(JobId, u32), Instant>,
@@ -275,6 +278,7 @@ impl WorkerState {
             wiring: HashMap::new(),
             progress: HashMap::new(),
             draining: HashMap::new(),
+            information: HashMap::new(),
             job_starts: HashMap::new(),
             batch: BTreeMap::new(),
         };
@@ -328,6 +332,7 @@ impl WorkerState {
         // A cancelled task keeps its network memory until its shard reports it ended.
         self.draining.extend(self.tasks.drain().map(|(k, t)| (k, t.network)));
         self.wiring.clear();
+        self.information.clear();
         self.job_starts.clear();
         self.progress.clear();
         let worker = self.worker;
@@ -376,6 +381,13 @@ impl WorkerState {
             Message::SubmitTask(m) => {
                 let (job, attempt) = (m.descriptor.job, m.descriptor.attempt);
                 if let Err(error) = self.submit(m.descriptor) {
+                    tracing::warn!(%job, %attempt, "task refused: {}", error.message);
+                    out.push(Message::TaskRefused(TaskRefused { job, attempt, error }));
+                }
+            }
+            Message::DeployTask(m) => {
+                let (job, attempt) = (m.job, m.attempt);
+                if let Err(error) = self.information(&m).and_then(|info| self.submit(m.with_information(info))) {
                     tracing::warn!(%job, %attempt, "task refused: {}", error.message);
                     out.push(Message::TaskRefused(TaskRefused { job, attempt, error }));
                 }
@@ -461,6 +473,24 @@ impl WorkerState {
             }
         }
         Ok(out)
+    }
+
+    /// The vertex information of `m`, read and validated once per vertex and
+    /// attempt epoch.
+    fn information(&mut self, m: &DeployTask) -> Result<TaskInformation, ErrorReply> {
+        let key = (m.job, m.attempt.execution_vertex.vertex, m.attempt.attempt);
+        if let Some((bytes, info)) = self.information.get(&key) {
+            if *bytes == m.task_information {
+                return Ok(info.clone());
+            }
+        }
+        let info = TaskInformation::from_archive(&m.task_information).map_err(|e| ErrorReply {
+            code: e.code(),
+            message: e.to_string(),
+            retryable: false,
+        })?;
+        self.information.insert(key, (m.task_information.clone(), info.clone()));
+        Ok(info)
     }
 
     fn submit(&mut self, d: TaskDeploymentDescriptor) -> Result<(), ErrorReply> {
@@ -626,6 +656,7 @@ impl WorkerState {
                 self.wiring.retain(|k, _| k.0 != r.job);
                 self.progress.remove(&r.job);
                 self.job_starts.retain(|k, _| k.0 != r.job);
+                self.information.retain(|k, _| k.0 != r.job);
             }
         }
         if let (Some(board), Some(o)) = (&self.board, &r.output) {
@@ -784,7 +815,7 @@ fn serve(
             Err(RecvTimeoutError::Disconnected) => return SessionEnd::Stop,
         };
         // Deployments wait in the batch only while more of them follow right away.
-        let submit = matches!(&event, Event::Frame(_, Message::SubmitTask(_)));
+        let submit = matches!(&event, Event::Frame(_, Message::SubmitTask(_) | Message::DeployTask(_)));
         let mut replies = if submit { Vec::new() } else { state.flush() };
         replies.extend(match event {
             Event::Stop => {

@@ -104,7 +104,9 @@ fn submit(h: &mut Harness, conn: ConnId, g: JobGraph, now: Instant) -> (JobId, V
 fn submissions(out: &[Output]) -> Vec<(ConnId, TaskDeploymentDescriptor)> {
     out.iter()
         .filter_map(|o| match o {
-            Output::Send(c, Message::SubmitTask(s)) => Some((*c, s.descriptor.clone())),
+            Output::Send(c, Message::DeployTask(d)) => {
+                Some((*c, d.clone().descriptor().expect("the vertex information reads back")))
+            }
             _ => None,
         })
         .collect()

@@ -115,6 +115,21 @@ payloads! {
         pub outputs: Vec<PartitionDeployment>,
     }
 
+    /// What every subtask of one vertex shares (Flink's TaskInformation, with the
+    /// job's name): archived once per vertex and deployment, and carried as bytes
+    /// by each of its [`DeployTask`]s, so a descriptor costs a copy of it, not a
+    /// serialization, and a worker validates it once per vertex.
+    pub struct TaskInformation {
+        /// The job's name.
+        pub job_name: String,
+        /// The vertex's name.
+        pub vertex_name: String,
+        /// The vertex's parallelism.
+        pub parallelism: u32,
+        /// The operator chain, head first.
+        pub chain: Vec<OperatorSpec>,
+    }
+
     /// A task's failure as reported.
     pub struct TaskFailureInfo {
         /// What went wrong.
@@ -239,6 +254,28 @@ payloads! {
     pub struct SubmitTask {
         /// The descriptor; it carries the job master's token.
         pub descriptor: TaskDeploymentDescriptor,
+    }
+
+    /// JobMaster → worker: run a task (Flink's submitTask with its
+    /// TaskDeploymentDescriptor). The vertex's [`TaskInformation`] travels archived
+    /// as bytes; [`DeployTask::descriptor`] gives the whole descriptor.
+    pub struct DeployTask {
+        /// The job.
+        pub job: JobId,
+        /// Token of the job's master; the slot's allocation must carry the same.
+        pub job_master: JobMasterId,
+        /// The allocation the task runs in.
+        pub allocation: AllocationId,
+        /// The slot the task runs in.
+        pub slot: SlotId,
+        /// The attempt; `attempt.attempt` is the job's restart epoch.
+        pub attempt: AttemptId,
+        /// The vertex's [`TaskInformation`], archived ([`TaskInformation::archive`]).
+        pub task_information: Vec<u8>,
+        /// Input gates.
+        pub inputs: Vec<GateDeployment>,
+        /// Result partitions.
+        pub outputs: Vec<PartitionDeployment>,
     }
 
     /// Worker → JobMaster: a submission was refused; nothing runs.

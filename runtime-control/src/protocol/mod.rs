@@ -19,7 +19,8 @@
 //!   renumbered; new messages take new kinds. A peer that gets a kind it does not
 //!   know answers [`ErrorCode::UnknownKind`] and closes.
 //! - Within one `version`, a payload's archived layout is frozen: the golden-bytes
-//!   tests pin it. Changing any payload's fields (or a type it contains) means a new
+//!   tests pin it. So is that of [`TaskInformation`], which travels archived inside
+//!   [`DeployTask`]. Changing any payload's fields (or a type it contains) means a new
 //!   kind for that message, or a new `version` for a change across many.
 //! - Peers speak exactly one version; a worker and a coordinator of different
 //!   versions refuse each other at the first frame ([`ErrorCode::UnsupportedVersion`]),
@@ -265,6 +266,7 @@ message_kinds! {
     14 => RequestShardDump,
     15 => ShardDump,
     16 => DisconnectResourceManager,
+    17 => DeployTask,
     // ResourceManager gateway
     32 => RegisterWorker,
     33 => RegistrationAccepted,
@@ -298,6 +300,52 @@ message_kinds! {
     97 => AcknowledgeCheckpoint,
     // Either way
     127 => ErrorReply,
+}
+
+impl TaskInformation {
+    /// Archives it, for [`DeployTask::task_information`].
+    pub fn archive(&self) -> Result<Vec<u8>, FrameError> {
+        rkyv::to_bytes::<rancor::Error>(self)
+            .map(|b| b.to_vec())
+            .map_err(|e| FrameError::Encode { kind_name: "TaskInformation", reason: e.to_string() })
+    }
+
+    /// Reads an archive made by [`TaskInformation::archive`] (copied into an
+    /// aligned buffer, then checked access). Any bytes give a value or a
+    /// [`FrameError::Malformed`]; none panics.
+    pub fn from_archive(bytes: &[u8]) -> Result<Self, FrameError> {
+        let malformed =
+            |e: rancor::Error| FrameError::Malformed { kind_name: "TaskInformation", reason: e.to_string() };
+        let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
+        aligned.extend_from_slice(bytes);
+        let archived = rkyv::access::<rkyv::Archived<TaskInformation>, rancor::Error>(&aligned).map_err(malformed)?;
+        rkyv::deserialize::<TaskInformation, rancor::Error>(archived).map_err(malformed)
+    }
+}
+
+impl DeployTask {
+    /// The task's whole descriptor, given its vertex's information.
+    pub fn with_information(self, info: TaskInformation) -> TaskDeploymentDescriptor {
+        TaskDeploymentDescriptor {
+            job: self.job,
+            job_name: info.job_name,
+            job_master: self.job_master,
+            allocation: self.allocation,
+            slot: self.slot,
+            attempt: self.attempt,
+            vertex_name: info.vertex_name,
+            parallelism: info.parallelism,
+            chain: info.chain,
+            inputs: self.inputs,
+            outputs: self.outputs,
+        }
+    }
+
+    /// The task's whole descriptor, reading its vertex's information.
+    pub fn descriptor(self) -> Result<TaskDeploymentDescriptor, FrameError> {
+        let info = TaskInformation::from_archive(&self.task_information)?;
+        Ok(self.with_information(info))
+    }
 }
 
 impl Message {

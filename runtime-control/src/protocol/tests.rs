@@ -43,6 +43,27 @@ pub(crate) fn sample_descriptor() -> TaskDeploymentDescriptor {
     }
 }
 
+/// The sample descriptor as a coordinator deploys it.
+pub(crate) fn sample_deploy() -> DeployTask {
+    let d = sample_descriptor();
+    let info = TaskInformation {
+        job_name: d.job_name,
+        vertex_name: d.vertex_name,
+        parallelism: d.parallelism,
+        chain: d.chain,
+    };
+    DeployTask {
+        job: d.job,
+        job_master: d.job_master,
+        allocation: d.allocation,
+        slot: d.slot,
+        attempt: d.attempt,
+        task_information: info.archive().unwrap(),
+        inputs: d.inputs,
+        outputs: d.outputs,
+    }
+}
+
 fn samples() -> Vec<Message> {
     let report = SlotReport {
         slots: vec![
@@ -78,6 +99,7 @@ fn samples() -> Vec<Message> {
             outcome: SlotRequestOutcome::Occupied(SlotAllocation { allocation: AllocationId(4), job: JobId(3) }),
         }),
         Message::SubmitTask(SubmitTask { descriptor: sample_descriptor() }),
+        Message::DeployTask(sample_deploy()),
         Message::RegisterWorker(RegisterWorker {
             resource_id: "host-1234".into(),
             address: "127.0.0.1:5000".into(),
@@ -126,6 +148,15 @@ fn every_sample_round_trips() {
 }
 
 #[test]
+fn a_deployment_carries_the_whole_descriptor() {
+    let d = sample_deploy();
+    assert_eq!(d.clone().descriptor().unwrap(), sample_descriptor());
+    let whole = encode(&Message::SubmitTask(SubmitTask { descriptor: sample_descriptor() })).unwrap();
+    let deploy = encode(&Message::DeployTask(d)).unwrap();
+    assert!(deploy.len() <= whole.len() + 32, "{} vs {} bytes", deploy.len(), whole.len());
+}
+
+#[test]
 fn kinds_are_unique_and_named() {
     let mut seen = std::collections::HashSet::new();
     for &k in KINDS {
@@ -165,6 +196,16 @@ fn golden_bytes() {
         "30000000010001000000000000000000\
          0100000000000000020000000300000004000000000000000500000000000000\
          06000000000000000700000000000000"
+    );
+    let info = TaskInformation {
+        job_name: "j".into(),
+        vertex_name: "v".into(),
+        parallelism: 2,
+        chain: vec![OperatorSpec::new("x", vec![1])],
+    };
+    assert_eq!(
+        hex(&info.archive().unwrap()),
+        "0100000078fffffffffffffff4ffffff010000006affffffffffffff76ffffffffffffff02000000dcffffff01000000"
     );
     let err = encode(&Message::error(ErrorCode::StaleToken, "stale")).unwrap();
     assert_eq!(hex(&err), "1000000001007f000000000000000000060000007374616c65ffffff00000000");
@@ -225,9 +266,18 @@ proptest! {
         }
     }
 
+    /// Any bytes as a deployment's vertex information: read or a typed error.
+    #[test]
+    fn any_task_information_reads_or_fails_typed(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        if let Err(e) = TaskInformation::from_archive(&bytes) {
+            let typed = matches!(e, FrameError::Malformed { kind_name: "TaskInformation", .. });
+            prop_assert!(typed, "{e:?}");
+        }
+    }
+
     /// Flipping any byte of a valid frame gives a frame or a typed error.
     #[test]
-    fn mutated_frames_never_panic(index in 0usize..10_000, value in any::<u8>(), which in 0usize..11) {
+    fn mutated_frames_never_panic(index in 0usize..10_000, value in any::<u8>(), which in 0usize..12) {
         let mut bytes = encode(&samples()[which]).unwrap().to_vec();
         let i = index % bytes.len();
         bytes[i] = value;
