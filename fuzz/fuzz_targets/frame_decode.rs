@@ -1,6 +1,7 @@
 //! Fuzzes the control-plane frame decoder: any bytes must decode to a message or a
 //! typed `FrameError`, never a panic; a decoded message must re-encode and decode
-//! to itself. Run with `cargo fuzz run frame_decode` (nightly).
+//! to itself; a deployment's vertex information (an archive inside `DeployTask`)
+//! must read or fail typed too. Run with `cargo fuzz run frame_decode` (nightly).
 
 #![no_main]
 
@@ -13,5 +14,12 @@ fuzz_target!(|data: &[u8]| {
         let again = protocol::encode(&msg).expect("a decoded message encodes");
         let (back, _) = protocol::decode(&again, 1 << 20).expect("a re-encoded message decodes");
         assert_eq!(back, msg);
+        if let protocol::Message::DeployTask(d) = msg {
+            let _ = d.descriptor();
+        }
+    }
+    if let Ok(info) = protocol::TaskInformation::from_archive(data) {
+        let again = info.archive().expect("vertex information that was read archives again");
+        assert_eq!(protocol::TaskInformation::from_archive(&again).expect("and reads back"), info);
     }
 });
