@@ -283,6 +283,7 @@ impl Engine {
             submitted_at,
             names,
             engine: self.inner.clone(),
+            taken: AtomicBool::new(false),
         })
     }
 

@@ -266,6 +266,8 @@ pub struct JobHandle {
     pub(crate) submitted_at: Instant,
     pub(crate) names: SubmissionNames,
     pub(crate) engine: Arc<EngineInner>,
+    /// Whether its outcome has been handed out.
+    pub(crate) taken: std::sync::atomic::AtomicBool,
 }
 
 /// The longest single wait asked of the coordinator; longer waits ask again.
@@ -322,6 +324,7 @@ impl JobHandle {
         };
         let finished_at = Instant::now();
         let outputs = self.engine.board.take(self.id);
+        self.taken.store(true, Ordering::Release);
         self.engine.forget(&self.names);
         if details.status != JobStatus::Finished && self.engine.stopping() {
             return Err(EngineError::Shutdown);
@@ -366,5 +369,8 @@ impl JobHandle {
 impl Drop for JobHandle {
     fn drop(&mut self) {
         self.engine.forget(&self.names);
+        if !self.taken.load(Ordering::Acquire) {
+            self.engine.board.abandon(self.id);
+        }
     }
 }

@@ -15,7 +15,7 @@
 //! the TCP data plane, which is not built yet; the coordinator keeps jobs whose
 //! edges would need them inside one worker.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -84,11 +84,13 @@ enum Event {
 /// What a worker running inside the embedded engine's process shares with it
 /// beyond frames: each job's source progress and each finished subtask's full
 /// output (histograms and all; the frames carry a summary). Entries live until the
-/// engine takes them.
+/// engine takes them, or, for a job nobody waits for any more, until its last task
+/// here ends.
 #[derive(Debug, Default)]
 pub(crate) struct JobBoard {
     progress: Mutex<HashMap<JobId, Arc<AtomicU64>>>,
     outputs: Mutex<HashMap<JobId, Outputs>>,
+    abandoned: Mutex<HashSet<JobId>>,
 }
 
 /// The outputs of a job's finished subtasks, by vertex and subtask.
@@ -106,9 +108,25 @@ impl JobBoard {
         self.outputs.lock().unwrap_or_else(PoisonError::into_inner).remove(&job).unwrap_or_default()
     }
 
+    /// Nobody will take `job`'s outputs: forget them, and keep none that come.
+    pub(crate) fn abandon(&self, job: JobId) {
+        self.abandoned.lock().unwrap_or_else(PoisonError::into_inner).insert(job);
+        self.take(job);
+    }
+
     fn put(&self, job: JobId, attempt: AttemptId, output: TaskOutput) {
+        if self.abandoned.lock().unwrap_or_else(PoisonError::into_inner).contains(&job) {
+            return;
+        }
         let at = (attempt.execution_vertex.vertex, attempt.execution_vertex.subtask);
         self.outputs.lock().unwrap_or_else(PoisonError::into_inner).entry(job).or_default().insert(at, output);
+    }
+
+    /// The last task of `job` on this worker ended.
+    fn ended_here(&self, job: JobId) {
+        if self.abandoned.lock().unwrap_or_else(PoisonError::into_inner).remove(&job) {
+            self.take(job);
+        }
     }
 }
 
@@ -650,6 +668,10 @@ impl WorkerState {
         let entry = self.tasks.get_mut(&key)?;
         entry.state = r.state;
         let job_master = entry.job_master;
+        if let (Some(board), Some(o)) = (&self.board, &r.output) {
+            // Before the frame: once the job master hears of the end, the output is there.
+            board.put(r.job, r.attempt, o.clone());
+        }
         if r.state.is_terminal() {
             self.tasks.remove(&key);
             if !self.tasks.keys().any(|(j, _)| *j == r.job) {
@@ -657,11 +679,10 @@ impl WorkerState {
                 self.progress.remove(&r.job);
                 self.job_starts.retain(|k, _| k.0 != r.job);
                 self.information.retain(|k, _| k.0 != r.job);
+                if let Some(board) = &self.board {
+                    board.ended_here(r.job);
+                }
             }
-        }
-        if let (Some(board), Some(o)) = (&self.board, &r.output) {
-            // Before the frame: once the job master hears of the end, the output is there.
-            board.put(r.job, r.attempt, o.clone());
         }
         Some(Message::UpdateTaskExecutionState(UpdateTaskExecutionState {
             job_master,
@@ -887,5 +908,45 @@ fn serve(
                 return SessionEnd::Lost("the connection broke".into());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardflow_control::ExecutionVertexId;
+
+    fn attempt(subtask: u32) -> AttemptId {
+        AttemptId { execution_vertex: ExecutionVertexId { vertex: VertexId(1), subtask }, attempt: 0 }
+    }
+
+    fn output(n: u64) -> TaskOutput {
+        TaskOutput { sinks: vec![SinkOutput::Count { records: n, value_sum: n }], records_in: n, records_out: 0 }
+    }
+
+    #[test]
+    fn the_board_keeps_outputs_until_taken() {
+        let board = JobBoard::default();
+        board.progress(JobId(1)).store(7, Ordering::Relaxed);
+        assert_eq!(board.progress(JobId(1)).load(Ordering::Relaxed), 7, "one counter per job");
+        board.put(JobId(1), attempt(0), output(3));
+        board.put(JobId(1), attempt(1), output(4));
+        let taken = board.take(JobId(1));
+        assert_eq!(taken.values().map(|o| o.records_in).collect::<Vec<_>>(), vec![3, 4]);
+        assert!(board.take(JobId(1)).is_empty(), "taken once");
+        assert!(board.progress.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_abandoned_jobs_outputs_are_dropped_and_forgotten_when_it_ends() {
+        let board = JobBoard::default();
+        board.put(JobId(2), attempt(0), output(1));
+        board.abandon(JobId(2));
+        assert!(board.outputs.lock().unwrap().is_empty(), "what was there is dropped");
+        board.put(JobId(2), attempt(1), output(2));
+        assert!(board.outputs.lock().unwrap().is_empty(), "what comes later is not kept");
+        board.ended_here(JobId(2));
+        assert!(board.abandoned.lock().unwrap().is_empty(), "no marker outlives the job");
+        assert!(board.progress.lock().unwrap().is_empty());
     }
 }
