@@ -43,26 +43,6 @@ fn descriptor() -> TaskDeploymentDescriptor {
     }
 }
 
-/// The same subtask as the coordinator deploys it.
-fn deployment(d: TaskDeploymentDescriptor) -> DeployTask {
-    let info = TaskInformation {
-        job_name: d.job_name,
-        vertex_name: d.vertex_name,
-        parallelism: d.parallelism,
-        chain: d.chain,
-    };
-    DeployTask {
-        job: d.job,
-        job_master: d.job_master,
-        allocation: d.allocation,
-        slot: d.slot,
-        attempt: d.attempt,
-        task_information: info.archive().unwrap(),
-        inputs: d.inputs,
-        outputs: d.outputs,
-    }
-}
-
 /// Encodes `msg` into `buf`, checks the header and validates the archive.
 fn round_trip<T>(msg: &Message, buf: &mut AlignedVec<16>) -> usize
 where
@@ -79,7 +59,7 @@ where
 }
 
 fn frames(c: &mut Criterion) {
-    let deploy = Message::DeployTask(deployment(descriptor()));
+    let deploy = Message::DeployTask(DeployTask::from_descriptor(descriptor()).unwrap());
     let whole = Message::SubmitTask(SubmitTask { descriptor: descriptor() });
     let mut buf = AlignedVec::<16>::new();
     protocol::encode_into(&deploy, &mut buf).unwrap();

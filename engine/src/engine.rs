@@ -173,7 +173,7 @@ impl Engine {
         let inner = Arc::new(EngineInner {
             server: Mutex::new(Some(server)),
             live: live.clone(),
-            board: Arc::new(JobBoard::default()),
+            board: Arc::new(JobBoard::embedded()),
             submissions: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
         });
@@ -184,7 +184,7 @@ impl Engine {
             server.as_ref().map(crate::cluster::pipe_to)
         });
         let options = WorkerOptions { resource_id: Some("embedded".into()), ..WorkerOptions::default() };
-        let worker = Worker::start_with(connector, config.clone(), live, Some(inner.board.clone()), options)?;
+        let worker = Worker::start_with(connector, config.clone(), live, inner.board.clone(), options)?;
         let shards = worker.shards().iter().map(|s| ShardInfo { id: s.id, core: s.core }).collect();
         let pools = worker.shards().iter().map(|s| s.pool.clone()).collect();
         let engine = Engine { inner, worker: Some(worker), shards, pools, config };

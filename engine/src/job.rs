@@ -325,7 +325,6 @@ impl JobHandle {
         let finished_at = Instant::now();
         let outputs = self.engine.board.take(self.id);
         self.taken.store(true, Ordering::Release);
-        self.engine.forget(&self.names);
         if details.status != JobStatus::Finished && self.engine.stopping() {
             return Err(EngineError::Shutdown);
         }

@@ -144,9 +144,7 @@ impl OperatorRegistry {
 
     /// Adds every entry of `other`, replacing same-named ones.
     pub fn merge(&mut self, other: &OperatorRegistry) {
-        for (k, v) in &other.factories {
-            self.factories.insert(k.clone(), v.clone());
-        }
+        self.merge_renamed(other, str::to_string);
     }
 
     /// Adds every entry of `other`, each under `rename(name)`.

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::error::ControlError;
-use crate::execution_graph::{edge_channels, ExecutionGraph};
+use crate::execution_graph::{edge_channels, ChannelSpec, ExecutionGraph};
 use crate::heartbeat::HeartbeatMonitor;
 use crate::ids::{
     AllocationId, AttemptId, ExecutionVertexId, JobId, JobMasterId, ResourceManagerId, VertexId, WorkerId,
@@ -728,8 +728,10 @@ impl Coordinator {
             }
         }
         let attempts: Vec<AttemptId> = jm.eg.subtasks.iter().map(|s| s.attempt).collect();
-        // Each vertex's information is archived once; its descriptors carry the bytes.
+        // Each vertex's information is archived once, and each edge's channels are
+        // listed once; the descriptors carry the bytes and their own channels.
         let mut information: HashMap<VertexId, Vec<u8>> = HashMap::new();
+        let channels: Vec<Vec<ChannelSpec>> = (0..jm.graph.edges.len()).map(|e| edge_channels(&jm.graph, e)).collect();
         for a in attempts {
             for to in [ExecutionState::Scheduled, ExecutionState::Deploying] {
                 if let Err(e) = jm.eg.on_state(a, to, None) {
@@ -749,7 +751,7 @@ impl Coordinator {
                     }
                 },
             };
-            out.push(Output::Send(conn, Message::DeployTask(deploy_task(id, jm, a, info.clone()))));
+            out.push(Output::Send(conn, Message::DeployTask(deploy_task(id, jm, &channels, a, info.clone()))));
         }
         self.out.extend(out);
     }
@@ -952,49 +954,41 @@ fn task_information(jm: &JobMaster, vertex: VertexId) -> TaskInformation {
 }
 
 /// The deployment of `attempt`, carrying its vertex's archived information.
-fn deploy_task(id: JobId, jm: &JobMaster, attempt: AttemptId, task_information: Vec<u8>) -> DeployTask {
+fn deploy_task(
+    id: JobId,
+    jm: &JobMaster,
+    channels: &[Vec<ChannelSpec>],
+    attempt: AttemptId,
+    task_information: Vec<u8>,
+) -> DeployTask {
     let ev = attempt.execution_vertex;
     let g = &jm.graph;
-    let worker_of = |v: VertexId, i: u32| {
-        jm.assignment.of(ExecutionVertexId { vertex: v, subtask: i }).map_or(WorkerId(u32::MAX), |p| p.slot.worker)
+    // The far ends of this subtask's channels on edge `e`, in gate (consuming) or
+    // subpartition (producing) order, with the worker of the peer subtask.
+    let ends = |e: usize, peer_vertex: VertexId, consuming: bool| -> Vec<ChannelLocation> {
+        let mut chans: Vec<&ChannelSpec> =
+            channels[e].iter().filter(|c| ev.subtask == if consuming { c.consumer } else { c.producer }).collect();
+        chans.sort_by_key(|c| if consuming { c.input_channel } else { c.subpartition });
+        chans
+            .iter()
+            .map(|c| {
+                let peer_subtask = if consuming { c.producer } else { c.consumer };
+                let peer = jm.assignment.of(ExecutionVertexId { vertex: peer_vertex, subtask: peer_subtask });
+                ChannelLocation {
+                    peer_subtask,
+                    subpartition: c.subpartition,
+                    worker: peer.map_or(WorkerId(u32::MAX), |p| p.slot.worker),
+                }
+            })
+            .collect()
     };
-    let inputs = g
-        .inputs(ev.vertex)
-        .map(|(e, edge)| {
-            let mut chans: Vec<_> = edge_channels(g, e).into_iter().filter(|c| c.consumer == ev.subtask).collect();
-            chans.sort_by_key(|c| c.input_channel);
-            GateDeployment {
-                edge: e as u32,
-                producers: chans
-                    .iter()
-                    .map(|c| ChannelLocation {
-                        peer_subtask: c.producer,
-                        subpartition: c.subpartition,
-                        worker: worker_of(edge.source, c.producer),
-                    })
-                    .collect(),
-            }
-        })
-        .collect();
-    let outputs = g
-        .outputs(ev.vertex)
-        .map(|(e, edge)| {
-            let mut chans: Vec<_> = edge_channels(g, e).into_iter().filter(|c| c.producer == ev.subtask).collect();
-            chans.sort_by_key(|c| c.subpartition);
-            PartitionDeployment {
-                edge: e as u32,
-                partitioner: edge.partitioner,
-                consumers: chans
-                    .iter()
-                    .map(|c| ChannelLocation {
-                        peer_subtask: c.consumer,
-                        subpartition: c.subpartition,
-                        worker: worker_of(edge.target, c.consumer),
-                    })
-                    .collect(),
-            }
-        })
-        .collect();
+    let inputs =
+        g.inputs(ev.vertex).map(|(e, edge)| GateDeployment { edge: e as u32, producers: ends(e, edge.source, true) });
+    let outputs = g.outputs(ev.vertex).map(|(e, edge)| PartitionDeployment {
+        edge: e as u32,
+        partitioner: edge.partitioner,
+        consumers: ends(e, edge.target, false),
+    });
     let place = jm.assignment.of(ev);
     let slot = place
         .map_or(crate::ids::SlotId { worker: WorkerId(u32::MAX), shard: crate::ids::ShardId(0), index: 0 }, |p| p.slot);
@@ -1005,8 +999,8 @@ fn deploy_task(id: JobId, jm: &JobMaster, attempt: AttemptId, task_information: 
         slot,
         attempt,
         task_information,
-        inputs,
-        outputs,
+        inputs: inputs.collect(),
+        outputs: outputs.collect(),
     }
 }
 

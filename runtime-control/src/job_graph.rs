@@ -221,6 +221,24 @@ impl JobGraph {
     }
 }
 
+/// A `source` → `sink` graph of parallelism `p` (operator `x` in each), and its
+/// topological order: the shape the placement tests place.
+#[cfg(test)]
+pub(crate) fn source_sink(p: u32, partitioner: PartitionerKind) -> (JobGraph, Vec<VertexId>) {
+    let mut g = JobGraph::new("j");
+    let v = |name: &str| JobVertex {
+        name: name.into(),
+        chain: vec![OperatorSpec::new("x", vec![])],
+        parallelism: p,
+        slot_sharing_group: "default".into(),
+    };
+    let a = g.add_vertex(v("source"));
+    let b = g.add_vertex(v("sink"));
+    g.connect(a, b, partitioner);
+    let order = g.validate(&|_| true).expect("a valid graph");
+    (g, order)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

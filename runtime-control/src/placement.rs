@@ -284,7 +284,7 @@ fn check_explicit(
 mod tests {
     use super::*;
     use crate::ids::WorkerId;
-    use crate::job_graph::{JobVertex, OperatorSpec, PartitionerKind};
+    use crate::job_graph::{source_sink, PartitionerKind};
 
     fn slots(shards: u32, per_shard: u32) -> Vec<SlotOffer> {
         (0..shards)
@@ -297,28 +297,13 @@ mod tests {
             .collect()
     }
 
-    fn two_vertices(p: u32) -> (JobGraph, Vec<VertexId>) {
-        let mut g = JobGraph::new("j");
-        let v = |name: &str| JobVertex {
-            name: name.into(),
-            chain: vec![OperatorSpec::new("x", vec![])],
-            parallelism: p,
-            slot_sharing_group: "default".into(),
-        };
-        let a = g.add_vertex(v("source"));
-        let b = g.add_vertex(v("sink"));
-        g.connect(a, b, PartitionerKind::Hash);
-        let order = g.validate(&|_| true).unwrap();
-        (g, order)
-    }
-
     fn shards(a: &SlotAssignment) -> Vec<(String, u32, u32)> {
         a.placements.iter().map(|p| (p.vertex_name.clone(), p.subtask.subtask, p.slot.shard.0)).collect()
     }
 
     #[test]
     fn spread_balances_shards_and_shares_slots() {
-        let (g, order) = two_vertices(2);
+        let (g, order) = source_sink(2, PartitionerKind::Hash);
         let a = place(&g, &order, &slots(2, 2), &PlacementStrategy::Spread).unwrap();
         assert_eq!(
             shards(&a),
@@ -329,14 +314,14 @@ mod tests {
 
     #[test]
     fn pack_fills_one_shard_first() {
-        let (g, order) = two_vertices(2);
+        let (g, order) = source_sink(2, PartitionerKind::Hash);
         let a = place(&g, &order, &slots(2, 2), &PlacementStrategy::Pack).unwrap();
         assert!(a.placements.iter().all(|p| p.slot.shard == ShardId(0)), "{a}");
     }
 
     #[test]
     fn colocate_puts_subtask_i_of_every_vertex_in_one_slot() {
-        let (g, order) = two_vertices(3);
+        let (g, order) = source_sink(3, PartitionerKind::Hash);
         let a = place(&g, &order, &slots(2, 2), &PlacementStrategy::Colocate).unwrap();
         for i in 0..3 {
             let src = a.of(ExecutionVertexId { vertex: VertexId(0), subtask: i }).unwrap().slot;
@@ -347,7 +332,7 @@ mod tests {
 
     #[test]
     fn explicit_map_is_obeyed_and_checked() {
-        let (g, order) = two_vertices(2);
+        let (g, order) = source_sink(2, PartitionerKind::Hash);
         let s: PlacementStrategy = "source=1;sink=0,1".parse().unwrap();
         let a = place(&g, &order, &slots(2, 2), &s).unwrap();
         assert_eq!(
@@ -366,7 +351,7 @@ mod tests {
 
     #[test]
     fn too_few_slots_is_a_typed_error_with_numbers() {
-        let (g, order) = two_vertices(4);
+        let (g, order) = source_sink(4, PartitionerKind::Hash);
         assert_eq!(
             place(&g, &order, &slots(1, 2), &PlacementStrategy::Spread),
             Err(ControlError::NotEnoughSlots { required: 4, available: 2 })

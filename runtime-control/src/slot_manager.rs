@@ -181,7 +181,7 @@ fn crossing_edge(graph: &JobGraph, a: &SlotAssignment) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job_graph::{JobVertex, OperatorSpec, PartitionerKind};
+    use crate::job_graph::{source_sink, PartitionerKind};
 
     fn resources(cores: Vec<u32>) -> WorkerResources {
         WorkerResources {
@@ -190,21 +190,6 @@ mod tests {
             network_memory_bytes: 1 << 20,
             managed_memory_per_slot_bytes: 1 << 20,
         }
-    }
-
-    fn two_vertex(p: u32, partitioner: PartitionerKind) -> (JobGraph, Vec<VertexId>) {
-        let mut g = JobGraph::new("j");
-        let v = |n: &str| JobVertex {
-            name: n.into(),
-            chain: vec![OperatorSpec::new("x", vec![])],
-            parallelism: p,
-            slot_sharing_group: "default".into(),
-        };
-        let a = g.add_vertex(v("a"));
-        let b = g.add_vertex(v("b"));
-        g.connect(a, b, partitioner);
-        let order = g.validate(&|_| true).unwrap();
-        (g, order)
     }
 
     #[test]
@@ -231,18 +216,18 @@ mod tests {
         let mut sm = SlotManager::new();
         sm.register("a", "x", resources(vec![0])).unwrap();
         sm.register("b", "y", resources(vec![1])).unwrap();
-        let (g, order) = two_vertex(2, PartitionerKind::Forward);
+        let (g, order) = source_sink(2, PartitionerKind::Forward);
         let a = sm.place(&g, &order, &PlacementStrategy::Colocate).unwrap();
         let workers: std::collections::BTreeSet<u32> = a.placements.iter().map(|p| p.slot.worker.0).collect();
         assert_eq!(workers.len(), 2, "colocated forward pipelines use both workers:\n{a}");
         assert!(crossing_edge(&g, &a).is_none());
 
-        let (g, order) = two_vertex(2, PartitionerKind::Hash);
+        let (g, order) = source_sink(2, PartitionerKind::Hash);
         let a = sm.place(&g, &order, &PlacementStrategy::Colocate).unwrap();
         let workers: std::collections::BTreeSet<u32> = a.placements.iter().map(|p| p.slot.worker.0).collect();
         assert_eq!(workers.len(), 1, "{a}");
 
-        let (g, order) = two_vertex(3, PartitionerKind::Hash);
+        let (g, order) = source_sink(3, PartitionerKind::Hash);
         let e = sm.place(&g, &order, &PlacementStrategy::Colocate).unwrap_err();
         assert!(matches!(e, ControlError::RemoteChannels { required: 3, .. }), "{e}");
     }

@@ -172,7 +172,7 @@ impl MiniCluster {
             let options = WorkerOptions { resource_id: Some(format!("mini-worker-{i}")), ..WorkerOptions::default() };
             let (config, registry) = engine.into_parts()?;
             let live = Arc::new(LiveRegistry::new(registry));
-            started.push(Worker::start_with(connector, config, live, None, options)?);
+            started.push(Worker::start_with(connector, config, live, Arc::default(), options)?);
         }
         Ok(MiniCluster { workers: started, server })
     }

@@ -81,13 +81,14 @@ enum Event {
     Stop,
 }
 
-/// What a worker running inside the embedded engine's process shares with it
-/// beyond frames: each job's source progress and each finished subtask's full
-/// output (histograms and all; the frames carry a summary). Entries live until the
-/// engine takes them, or, for a job nobody waits for any more, until its last task
-/// here ends.
+/// Each job's source progress and, for an engine embedding the worker in its
+/// process, each finished subtask's full output (histograms and all; the frames
+/// carry a summary). A worker of its own keeps no outputs and forgets a job when
+/// its last task here ends; an embedding engine's entries live until it takes
+/// them, or, for a job nobody waits for any more, until its last task here ends.
 #[derive(Debug, Default)]
 pub(crate) struct JobBoard {
+    keep_outputs: bool,
     progress: Mutex<HashMap<JobId, Arc<AtomicU64>>>,
     outputs: Mutex<HashMap<JobId, Outputs>>,
     abandoned: Mutex<HashSet<JobId>>,
@@ -97,6 +98,11 @@ pub(crate) struct JobBoard {
 pub(crate) type Outputs = BTreeMap<(VertexId, u32), TaskOutput>;
 
 impl JobBoard {
+    /// The board of a worker embedded in an engine, which takes the outputs.
+    pub(crate) fn embedded() -> Self {
+        JobBoard { keep_outputs: true, ..JobBoard::default() }
+    }
+
     /// The source progress counter of `job`.
     pub(crate) fn progress(&self, job: JobId) -> Arc<AtomicU64> {
         self.progress.lock().unwrap_or_else(PoisonError::into_inner).entry(job).or_default().clone()
@@ -114,17 +120,17 @@ impl JobBoard {
         self.take(job);
     }
 
-    fn put(&self, job: JobId, attempt: AttemptId, output: TaskOutput) {
-        if self.abandoned.lock().unwrap_or_else(PoisonError::into_inner).contains(&job) {
+    fn put(&self, job: JobId, attempt: AttemptId, output: &TaskOutput) {
+        if !self.keep_outputs || self.abandoned.lock().unwrap_or_else(PoisonError::into_inner).contains(&job) {
             return;
         }
         let at = (attempt.execution_vertex.vertex, attempt.execution_vertex.subtask);
-        self.outputs.lock().unwrap_or_else(PoisonError::into_inner).entry(job).or_default().insert(at, output);
+        self.outputs.lock().unwrap_or_else(PoisonError::into_inner).entry(job).or_default().insert(at, output.clone());
     }
 
     /// The last task of `job` on this worker ended.
     fn ended_here(&self, job: JobId) {
-        if self.abandoned.lock().unwrap_or_else(PoisonError::into_inner).remove(&job) {
+        if !self.keep_outputs || self.abandoned.lock().unwrap_or_else(PoisonError::into_inner).remove(&job) {
             self.take(job);
         }
     }
@@ -158,14 +164,15 @@ impl Worker {
     /// `coordinator` (registering, and re-registering after losing it).
     pub fn start(coordinator: SocketAddr, engine: EngineBuilder, options: WorkerOptions) -> Result<Self, EngineError> {
         let (config, registry) = engine.into_parts()?;
-        Self::start_with(Connector::Tcp(coordinator), config, Arc::new(LiveRegistry::new(registry)), None, options)
+        let live = Arc::new(LiveRegistry::new(registry));
+        Self::start_with(Connector::Tcp(coordinator), config, live, Arc::default(), options)
     }
 
     pub(crate) fn start_with(
         connector: Connector,
         config: EngineConfig,
         live: Arc<LiveRegistry>,
-        board: Option<Arc<JobBoard>>,
+        board: Arc<JobBoard>,
         options: WorkerOptions,
     ) -> Result<Self, EngineError> {
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -243,12 +250,74 @@ enum Pending {
     Receiver(ChannelReceiver),
 }
 
-type WireKey = (JobId, u32, u32, u32, u32);
+/// A task's end of a channel: which [`Pending`] it is, and how a new channel splits
+/// into it and the end left for the peer.
+trait ChannelEnd: Sized {
+    fn from_pending(p: Pending) -> Result<Self, Pending>;
+    fn split(tx: ChannelSender, rx: ChannelReceiver) -> (Self, Pending);
+}
+
+impl ChannelEnd for ChannelSender {
+    fn from_pending(p: Pending) -> Result<Self, Pending> {
+        match p {
+            Pending::Sender(tx) => Ok(tx),
+            other => Err(other),
+        }
+    }
+    fn split(tx: ChannelSender, rx: ChannelReceiver) -> (Self, Pending) {
+        (tx, Pending::Receiver(rx))
+    }
+}
+
+impl ChannelEnd for ChannelReceiver {
+    fn from_pending(p: Pending) -> Result<Self, Pending> {
+        match p {
+            Pending::Receiver(rx) => Ok(rx),
+            other => Err(other),
+        }
+    }
+    fn split(tx: ChannelSender, rx: ChannelReceiver) -> (Self, Pending) {
+        (rx, Pending::Sender(tx))
+    }
+}
+
+/// What the worker keeps for a job while it has tasks here.
+#[derive(Default)]
+struct JobHere {
+    /// Channel ends waiting for the task at the other end, by attempt epoch, edge,
+    /// producer subtask and subpartition: whichever task comes first creates the
+    /// channel.
+    wiring: HashMap<(u32, u32, u32, u32), Pending>,
+    /// Vertex information as received (archived) and read, by vertex and epoch.
+    information: HashMap<(VertexId, u32), (Vec<u8>, TaskInformation)>,
+    /// The clock origin shared by the tasks of one attempt epoch here: record
+    /// timestamps count from it.
+    starts: HashMap<u32, Instant>,
+}
+
+impl JobHere {
+    /// This task's end of channel `key`: the end its peer left waiting, or one end
+    /// of a new channel whose other end now waits for the peer.
+    fn claim<E: ChannelEnd>(&mut self, key: (u32, u32, u32, u32), cfg: &EngineConfig) -> E {
+        match self.wiring.remove(&key).map(E::from_pending) {
+            Some(Ok(end)) => end,
+            left => {
+                let max_in_flight = cfg.exclusive_credits + cfg.floating_credits;
+                let (tx, rx) = channel(cfg.exclusive_credits, max_in_flight, cfg.event_room);
+                let (mine, theirs) = E::split(tx, rx);
+                if left.is_none() {
+                    self.wiring.insert(key, theirs);
+                }
+                mine
+            }
+        }
+    }
+}
 
 struct WorkerState {
     config: EngineConfig,
     live: Arc<LiveRegistry>,
-    board: Option<Arc<JobBoard>>,
+    board: Arc<JobBoard>,
     shards: Vec<ShardHandle>,
     budgets: Vec<Budget>,
     resource_id: String,
@@ -256,17 +325,10 @@ struct WorkerState {
     rm: ResourceManagerId,
     slots: BTreeMap<SlotId, SlotState>,
     tasks: HashMap<(JobId, AttemptId), TaskEntry>,
-    wiring: HashMap<WireKey, Pending>,
-    progress: HashMap<JobId, Arc<AtomicU64>>,
+    jobs: HashMap<JobId, JobHere>,
     /// Network memory of tasks cancelled when the coordinator was lost, held until
     /// each reports its end.
     draining: HashMap<(JobId, AttemptId), Reservation>,
-    /// Vertex information as received (archived) and read, by job, vertex and
-    /// epoch.
-    information: HashMap<(JobId, VertexId, u32), (Vec<u8>, TaskInformation)>,
-    /// The clock origin shared by the tasks of one job attempt here: record
-    /// timestamps are relative to it.
-    job_starts: HashMap<(JobId, u32), Instant>,
     /// Deployments not yet handed to their shard, by shard: the tasks of one job
     /// that arrive together go to a shard in one message, since a spinning shard
     /// reads its mailbox only between time slices.
@@ -277,7 +339,7 @@ impl WorkerState {
     fn new(
         config: EngineConfig,
         live: Arc<LiveRegistry>,
-        board: Option<Arc<JobBoard>>,
+        board: Arc<JobBoard>,
         shards: Vec<ShardHandle>,
         resource_id: String,
     ) -> Self {
@@ -293,11 +355,8 @@ impl WorkerState {
             rm: ResourceManagerId(0),
             slots: BTreeMap::new(),
             tasks: HashMap::new(),
-            wiring: HashMap::new(),
-            progress: HashMap::new(),
+            jobs: HashMap::new(),
             draining: HashMap::new(),
-            information: HashMap::new(),
-            job_starts: HashMap::new(),
             batch: BTreeMap::new(),
         };
         w.reset_slots(WorkerId(u32::MAX));
@@ -349,10 +408,9 @@ impl WorkerState {
         }
         // A cancelled task keeps its network memory until its shard reports it ended.
         self.draining.extend(self.tasks.drain().map(|(k, t)| (k, t.network)));
-        self.wiring.clear();
-        self.information.clear();
-        self.job_starts.clear();
-        self.progress.clear();
+        for (job, _) in self.jobs.drain() {
+            self.board.ended_here(job);
+        }
         let worker = self.worker;
         self.reset_slots(worker);
     }
@@ -408,6 +466,7 @@ impl WorkerState {
                 if let Err(error) = self.information(&m).and_then(|info| self.submit(m.with_information(info))) {
                     tracing::warn!(%job, %attempt, "task refused: {}", error.message);
                     out.push(Message::TaskRefused(TaskRefused { job, attempt, error }));
+                    self.forget_if_idle(job);
                 }
             }
             Message::CancelTask(m) => {
@@ -496,8 +555,9 @@ impl WorkerState {
     /// The vertex information of `m`, read and validated once per vertex and
     /// attempt epoch.
     fn information(&mut self, m: &DeployTask) -> Result<TaskInformation, ErrorReply> {
-        let key = (m.job, m.attempt.execution_vertex.vertex, m.attempt.attempt);
-        if let Some((bytes, info)) = self.information.get(&key) {
+        let key = (m.attempt.execution_vertex.vertex, m.attempt.attempt);
+        let known = &mut self.jobs.entry(m.job).or_default().information;
+        if let Some((bytes, info)) = known.get(&key) {
             if *bytes == m.task_information {
                 return Ok(info.clone());
             }
@@ -507,7 +567,7 @@ impl WorkerState {
             message: e.to_string(),
             retryable: false,
         })?;
-        self.information.insert(key, (m.task_information.clone(), info.clone()));
+        known.insert(key, (m.task_information.clone(), info.clone()));
         Ok(info)
     }
 
@@ -552,54 +612,30 @@ impl WorkerState {
             .reserve(subs * per_channel * cfg.segment_bytes as u64)
             .map_err(|e| refuse(ErrorCode::Internal, format!("network memory of shard {shard}: {e}")))?;
         let epoch = d.attempt.attempt;
-        let max_in_flight = cfg.exclusive_credits + cfg.floating_credits;
-        let mut inputs = Vec::new();
-        for g in &d.inputs {
-            for p in &g.producers {
-                let key = (d.job, epoch, g.edge, p.peer_subtask, p.subpartition);
-                let rx = match self.wiring.remove(&key) {
-                    Some(Pending::Receiver(rx)) => rx,
-                    other => {
-                        let (tx, rx) = channel(cfg.exclusive_credits, max_in_flight, cfg.event_room);
-                        if other.is_none() {
-                            self.wiring.insert(key, Pending::Sender(tx));
-                        }
-                        rx
-                    }
-                };
-                inputs.push(rx);
-            }
-        }
         let subtask = d.attempt.execution_vertex.subtask;
-        let mut outputs = Vec::new();
-        for p in &d.outputs {
-            let mut senders = Vec::new();
-            for c in &p.consumers {
-                let key = (d.job, epoch, p.edge, subtask, c.subpartition);
-                let tx = match self.wiring.remove(&key) {
-                    Some(Pending::Sender(tx)) => tx,
-                    other => {
-                        let (tx, rx) = channel(cfg.exclusive_credits, max_in_flight, cfg.event_room);
-                        if other.is_none() {
-                            self.wiring.insert(key, Pending::Receiver(rx));
-                        }
-                        tx
-                    }
-                };
-                senders.push(tx);
-            }
-            outputs.push(OutputDeployment { partitioner: partitioner(p.partitioner), senders });
-        }
-        let progress = match &self.board {
-            Some(b) => b.progress(d.job),
-            None => self.progress.entry(d.job).or_default().clone(),
-        };
+        let job = self.jobs.entry(d.job).or_default();
+        let inputs = d
+            .inputs
+            .iter()
+            .flat_map(|g| g.producers.iter().map(move |p| (epoch, g.edge, p.peer_subtask, p.subpartition)))
+            .map(|key| job.claim(key, cfg))
+            .collect();
+        let outputs = d
+            .outputs
+            .iter()
+            .map(|p| OutputDeployment {
+                partitioner: partitioner(p.partitioner),
+                senders: p.consumers.iter().map(|c| job.claim((epoch, p.edge, subtask, c.subpartition), cfg)).collect(),
+            })
+            .collect();
+        let job_start = *job.starts.entry(epoch).or_insert_with(Instant::now);
+        let progress = self.board.progress(d.job);
         let (registry, resources) = self.live.snapshot();
         let info = TaskInfo {
             vertex: d.vertex_name.clone(),
             subtask,
             parallelism: d.parallelism,
-            job_start: *self.job_starts.entry((d.job, epoch)).or_insert_with(Instant::now),
+            job_start,
             core: self.shards[shard].core,
             managed_memory: slot.managed.clone(),
         };
@@ -659,6 +695,13 @@ impl WorkerState {
         out
     }
 
+    /// Forgets `job` once no task of it is here.
+    fn forget_if_idle(&mut self, job: JobId) {
+        if !self.tasks.keys().any(|(j, _)| *j == job) && self.jobs.remove(&job).is_some() {
+            self.board.ended_here(job);
+        }
+    }
+
     /// A task changed state: the update for its job master, if it is still ours.
     fn on_task(&mut self, r: TaskReport) -> Option<Message> {
         let key = (r.job, r.attempt);
@@ -668,21 +711,13 @@ impl WorkerState {
         let entry = self.tasks.get_mut(&key)?;
         entry.state = r.state;
         let job_master = entry.job_master;
-        if let (Some(board), Some(o)) = (&self.board, &r.output) {
+        if let Some(o) = &r.output {
             // Before the frame: once the job master hears of the end, the output is there.
-            board.put(r.job, r.attempt, o.clone());
+            self.board.put(r.job, r.attempt, o);
         }
         if r.state.is_terminal() {
             self.tasks.remove(&key);
-            if !self.tasks.keys().any(|(j, _)| *j == r.job) {
-                self.wiring.retain(|k, _| k.0 != r.job);
-                self.progress.remove(&r.job);
-                self.job_starts.retain(|k, _| k.0 != r.job);
-                self.information.retain(|k, _| k.0 != r.job);
-                if let Some(board) = &self.board {
-                    board.ended_here(r.job);
-                }
-            }
+            self.forget_if_idle(r.job);
         }
         Some(Message::UpdateTaskExecutionState(UpdateTaskExecutionState {
             job_master,
@@ -926,11 +961,11 @@ mod tests {
 
     #[test]
     fn the_board_keeps_outputs_until_taken() {
-        let board = JobBoard::default();
+        let board = JobBoard::embedded();
         board.progress(JobId(1)).store(7, Ordering::Relaxed);
         assert_eq!(board.progress(JobId(1)).load(Ordering::Relaxed), 7, "one counter per job");
-        board.put(JobId(1), attempt(0), output(3));
-        board.put(JobId(1), attempt(1), output(4));
+        board.put(JobId(1), attempt(0), &output(3));
+        board.put(JobId(1), attempt(1), &output(4));
         let taken = board.take(JobId(1));
         assert_eq!(taken.values().map(|o| o.records_in).collect::<Vec<_>>(), vec![3, 4]);
         assert!(board.take(JobId(1)).is_empty(), "taken once");
@@ -939,14 +974,24 @@ mod tests {
 
     #[test]
     fn an_abandoned_jobs_outputs_are_dropped_and_forgotten_when_it_ends() {
-        let board = JobBoard::default();
-        board.put(JobId(2), attempt(0), output(1));
+        let board = JobBoard::embedded();
+        board.put(JobId(2), attempt(0), &output(1));
         board.abandon(JobId(2));
         assert!(board.outputs.lock().unwrap().is_empty(), "what was there is dropped");
-        board.put(JobId(2), attempt(1), output(2));
+        board.put(JobId(2), attempt(1), &output(2));
         assert!(board.outputs.lock().unwrap().is_empty(), "what comes later is not kept");
         board.ended_here(JobId(2));
         assert!(board.abandoned.lock().unwrap().is_empty(), "no marker outlives the job");
+        assert!(board.progress.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_worker_of_its_own_keeps_no_outputs_and_forgets_a_job_when_it_ends() {
+        let board = JobBoard::default();
+        board.progress(JobId(3)).store(5, Ordering::Relaxed);
+        board.put(JobId(3), attempt(0), &output(1));
+        assert!(board.outputs.lock().unwrap().is_empty());
+        board.ended_here(JobId(3));
         assert!(board.progress.lock().unwrap().is_empty());
     }
 }

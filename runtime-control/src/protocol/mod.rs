@@ -324,6 +324,27 @@ impl TaskInformation {
 }
 
 impl DeployTask {
+    /// `d` as deployed: its vertex's information archived into it. (A coordinator
+    /// deploying many subtasks of a vertex archives the information once.)
+    pub fn from_descriptor(d: TaskDeploymentDescriptor) -> Result<Self, FrameError> {
+        let info = TaskInformation {
+            job_name: d.job_name,
+            vertex_name: d.vertex_name,
+            parallelism: d.parallelism,
+            chain: d.chain,
+        };
+        Ok(DeployTask {
+            job: d.job,
+            job_master: d.job_master,
+            allocation: d.allocation,
+            slot: d.slot,
+            attempt: d.attempt,
+            task_information: info.archive()?,
+            inputs: d.inputs,
+            outputs: d.outputs,
+        })
+    }
+
     /// The task's whole descriptor, given its vertex's information.
     pub fn with_information(self, info: TaskInformation) -> TaskDeploymentDescriptor {
         TaskDeploymentDescriptor {

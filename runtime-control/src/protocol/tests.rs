@@ -45,23 +45,7 @@ pub(crate) fn sample_descriptor() -> TaskDeploymentDescriptor {
 
 /// The sample descriptor as a coordinator deploys it.
 pub(crate) fn sample_deploy() -> DeployTask {
-    let d = sample_descriptor();
-    let info = TaskInformation {
-        job_name: d.job_name,
-        vertex_name: d.vertex_name,
-        parallelism: d.parallelism,
-        chain: d.chain,
-    };
-    DeployTask {
-        job: d.job,
-        job_master: d.job_master,
-        allocation: d.allocation,
-        slot: d.slot,
-        attempt: d.attempt,
-        task_information: info.archive().unwrap(),
-        inputs: d.inputs,
-        outputs: d.outputs,
-    }
+    DeployTask::from_descriptor(sample_descriptor()).unwrap()
 }
 
 fn samples() -> Vec<Message> {
