@@ -309,7 +309,9 @@ impl JobHandle {
     fn outcome(&self, deadline: Option<Instant>) -> Result<JobResult, EngineError> {
         let gone = |e: EngineError| match e {
             EngineError::Remote { code: ErrorCode::UnknownJob, .. } => EngineError::UnknownJob(self.id),
-            _ => EngineError::Shutdown,
+            // The in-process coordinator closed the connection: the engine stopped.
+            EngineError::Io { .. } => EngineError::Shutdown,
+            other => other,
         };
         let mut client = self.engine.client()?;
         let details = loop {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use shardflow_engine::protocol::*;
 use shardflow_engine::{
-    ops, AllocationId, AttemptId, ExecutionState, ExecutionVertexId, JobId, JobMasterId, OperatorSpec,
+    ops, AllocationId, AttemptId, ExecutionState, ExecutionVertexId, JobId, JobMasterId, OperatorSpec, PartitionerKind,
     ResourceManagerId, ShardId, SlotId, VertexId, WorkerId,
 };
 
@@ -236,6 +236,9 @@ fn cancel_is_prompt_and_needs_the_owners_token() {
     assert_eq!(request_slot(&mut conn, 0, 1, 1, 11), SlotRequestOutcome::Allocated);
     conn.send(task(0, 1, 11, 0, ops::paced_generator(1_000, 600_000)));
     conn.until_state(attempt(0), ExecutionState::Running);
+    // the same attempt again is refused; the running one is untouched
+    conn.send(task(0, 1, 11, 0, ops::paced_generator(1_000, 600_000)));
+    assert_eq!(refused(conn.expect()).code, ErrorCode::Unexpected, "attempt 0 already runs");
 
     conn.send(Message::CancelTask(CancelTask { job_master: JobMasterId(11), job: JobId(1), attempt: attempt(0) }));
     // a ten-minute source ends within the read timeout: cancel does not wait for it
@@ -275,4 +278,43 @@ fn a_stale_coordinator_token_closes_the_connection_and_the_worker_registers_agai
     assert_eq!(slots.slots.len(), 2);
     assert!(slots.slots.iter().all(|s| s.allocated.is_none()), "{slots:?}");
     assert_eq!(request_slot(&mut again, 1, 2, 2, 22), SlotRequestOutcome::Allocated);
+}
+
+#[test]
+fn a_consumer_deployed_after_its_producer_finished_still_gets_the_records() {
+    // The producer's channel end waits in the worker for the consumer, however long
+    // the consumer takes to come: here it comes only after the producer has ended.
+    let (_w, _l, mut conn) = registered_worker();
+    assert_eq!(request_slot(&mut conn, 0, 1, 1, 11), SlotRequestOutcome::Allocated);
+    let here = |peer_subtask| ChannelLocation { peer_subtask, subpartition: 0, worker: ME };
+    let vertex =
+        |v: u32| AttemptId { execution_vertex: ExecutionVertexId { vertex: VertexId(v), subtask: 0 }, attempt: 0 };
+    let descriptor = |v: u32, name: &str, chain: Vec<OperatorSpec>| TaskDeploymentDescriptor {
+        job: JobId(1),
+        job_name: "late-consumer".into(),
+        job_master: JobMasterId(11),
+        allocation: AllocationId(1),
+        slot: slot(0),
+        attempt: vertex(v),
+        vertex_name: name.into(),
+        parallelism: 1,
+        chain,
+        inputs: vec![],
+        outputs: vec![],
+    };
+    let producer = TaskDeploymentDescriptor {
+        outputs: vec![PartitionDeployment { edge: 0, partitioner: PartitionerKind::Forward, consumers: vec![here(0)] }],
+        ..descriptor(0, "source", vec![ops::generator(10, ops::KeyGen::Index, ops::ValueGen::Index)])
+    };
+    conn.send(Message::DeployTask(DeployTask::from_descriptor(producer).unwrap()));
+    conn.until_state(vertex(0), ExecutionState::Finished);
+
+    let consumer = TaskDeploymentDescriptor {
+        inputs: vec![GateDeployment { edge: 0, producers: vec![here(0)] }],
+        ..descriptor(1, "sink", vec![ops::map_add(1), ops::count_sink()])
+    };
+    conn.send(Message::DeployTask(DeployTask::from_descriptor(consumer).unwrap()));
+    let done = conn.until_state(vertex(1), ExecutionState::Finished);
+    let sinks: Vec<(u64, u64)> = done.result.unwrap().sinks.iter().map(|s| (s.records, s.value_sum)).collect();
+    assert_eq!(sinks, vec![(10, 55)]);
 }

@@ -495,7 +495,7 @@ impl WorkerState {
                         format!("job master token {} does not own {}", m.job_master, m.allocation),
                     ));
                 }
-                s.status.allocated = None;
+                let freed = s.status.allocated.take().map(|a| a.job);
                 s.job_master = None;
                 for ((job, attempt), t) in &self.tasks {
                     if t.slot == slot {
@@ -503,6 +503,9 @@ impl WorkerState {
                             .mailbox
                             .send(ShardCommand::CancelAttempt(*job, *attempt));
                     }
+                }
+                if let Some(job) = freed {
+                    self.forget_if_idle(job);
                 }
             }
             Message::RequestSlotReport(m) => {
@@ -573,6 +576,9 @@ impl WorkerState {
 
     fn submit(&mut self, d: TaskDeploymentDescriptor) -> Result<(), ErrorReply> {
         let refuse = |code, message: String| ErrorReply { code, message, retryable: false };
+        if self.tasks.contains_key(&(d.job, d.attempt)) {
+            return Err(refuse(ErrorCode::Unexpected, format!("{} of {} is already deployed here", d.attempt, d.job)));
+        }
         let slot = self
             .slots
             .get(&d.slot)
@@ -695,9 +701,12 @@ impl WorkerState {
         out
     }
 
-    /// Forgets `job` once no task of it is here.
+    /// Forgets `job` once it holds no slot and runs no task here. Not sooner: a
+    /// producer may end before its consumer is deployed, and the channel end it
+    /// left must wait for that consumer.
     fn forget_if_idle(&mut self, job: JobId) {
-        if !self.tasks.keys().any(|(j, _)| *j == job) && self.jobs.remove(&job).is_some() {
+        let holds_slot = self.slots.values().any(|s| s.status.allocated.is_some_and(|a| a.job == job));
+        if !holds_slot && !self.tasks.keys().any(|(j, _)| *j == job) && self.jobs.remove(&job).is_some() {
             self.board.ended_here(job);
         }
     }
