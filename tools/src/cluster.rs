@@ -7,7 +7,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use serde_json::json;
@@ -31,6 +31,8 @@ pub(crate) struct ConfigFile {
     worker: WorkerSection,
     #[serde(default)]
     client: ClientSection,
+    #[serde(default)]
+    submit: SubmitSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -56,7 +58,7 @@ struct WorkerSection {
     segment_bytes: Option<usize>,
     network_memory_bytes: Option<usize>,
     managed_memory_per_slot_bytes: Option<u64>,
-    idle: Option<String>,
+    idle: Option<IdleArg>,
     prefault: Option<bool>,
 }
 
@@ -64,6 +66,15 @@ struct WorkerSection {
 #[serde(deny_unknown_fields)]
 struct ClientSection {
     coordinator: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitSection {
+    parallelism: Option<u32>,
+    placement: Option<String>,
+    restart: Option<String>,
+    timeout_s: Option<u64>,
 }
 
 impl ConfigFile {
@@ -133,6 +144,9 @@ pub(crate) struct CoordinatorArgs {
     /// forgotten. Default 1000.
     #[arg(long)]
     retained_jobs: Option<usize>,
+    /// Largest control frame accepted, in bytes. Default 16 MiB.
+    #[arg(long)]
+    max_frame_bytes: Option<usize>,
 }
 
 pub(crate) fn coordinator(a: &CoordinatorArgs, cfg: &ConfigFile) -> Result<()> {
@@ -158,7 +172,7 @@ pub(crate) fn coordinator(a: &CoordinatorArgs, cfg: &ConfigFile) -> Result<()> {
     if let Some(n) = a.retained_jobs.or(c.retained_jobs) {
         config.retained_jobs = n.max(1);
     }
-    let max = c.max_frame_bytes.unwrap_or(DEFAULT_MAX_FRAME_BYTES);
+    let max = a.max_frame_bytes.or(c.max_frame_bytes).unwrap_or(DEFAULT_MAX_FRAME_BYTES);
     let server = CoordinatorServer::bind(resolve(&bind)?, config, OperatorRegistry::with_builtins(), max)?;
     let addr = server.local_addr().context("the listener has no address")?;
     println!("coordinator listening on {addr}");
@@ -194,7 +208,8 @@ pub(crate) struct WorkerArgs {
     idle: Option<IdleArg>,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub(crate) enum IdleArg {
     Park,
     Spin,
@@ -222,10 +237,9 @@ pub(crate) fn worker(a: &WorkerArgs, cfg: &ConfigFile) -> Result<()> {
     if let Some(p) = w.prefault {
         engine = engine.prefault(p);
     }
-    let idle = match (a.idle, w.idle.as_deref()) {
-        (Some(IdleArg::Spin), _) | (None, Some("spin")) => IdlePolicy::Spin,
-        (Some(IdleArg::Park), _) | (None, Some("park") | None) => IdlePolicy::Park,
-        (None, Some(other)) => bail!("worker.idle = '{other}': expected park or spin"),
+    let idle = match a.idle.or(w.idle) {
+        Some(IdleArg::Spin) => IdlePolicy::Spin,
+        Some(IdleArg::Park) | None => IdlePolicy::Park,
     };
     engine = engine.idle(idle);
     let options =
@@ -254,22 +268,23 @@ pub(crate) struct SubmitArgs {
     /// Job parameter `key=value`, repeatable.
     #[arg(long = "param", value_name = "K=V")]
     params: Vec<String>,
-    /// Parallelism of every vertex. Default 2.
-    #[arg(long, short = 'p', default_value_t = 2)]
-    parallelism: u32,
+    /// Parallelism of every vertex. Default: the config file's `[submit]
+    /// parallelism`, else 2.
+    #[arg(long, short = 'p')]
+    parallelism: Option<u32>,
     /// spread, pack, colocate, `vertex=cores;...`, or a file holding the latter.
-    /// Default: the cluster's (colocate).
+    /// Default: the config file's, else the cluster's (colocate).
     #[arg(long)]
     placement: Option<String>,
-    /// Restart strategy. Default: the cluster's.
+    /// Restart strategy. Default: the config file's, else the cluster's.
     #[arg(long)]
     restart: Option<String>,
     /// Wait until the job runs or ends, and print its status.
     #[arg(long, value_enum)]
     wait: Option<WaitArg>,
-    /// Seconds to wait at most. Default 300.
-    #[arg(long, default_value_t = 300)]
-    timeout_s: u64,
+    /// Seconds to wait at most. Default: the config file's, else 300.
+    #[arg(long)]
+    timeout_s: Option<u64>,
     /// List the named jobs and their parameters.
     #[arg(long)]
     list_jobs: bool,
@@ -290,8 +305,9 @@ pub(crate) fn submit(a: &SubmitArgs, cfg: &ConfigFile) -> Result<bool> {
         let (k, v) = p.split_once('=').with_context(|| format!("--param '{p}' is not key=value"))?;
         params.insert(k.trim().to_string(), v.trim().to_string());
     }
-    let job = named_job(name, &params, a.parallelism)?;
-    let placement = match &a.placement {
+    let defaults = &cfg.submit;
+    let job = named_job(name, &params, a.parallelism.or(defaults.parallelism).unwrap_or(2))?;
+    let placement = match a.placement.as_ref().or(defaults.placement.as_ref()) {
         Some(p) if Path::new(p).is_file() => {
             std::fs::read_to_string(p).with_context(|| format!("reading placement file {p}"))?.trim().to_string()
         }
@@ -299,7 +315,8 @@ pub(crate) fn submit(a: &SubmitArgs, cfg: &ConfigFile) -> Result<bool> {
         None => String::new(),
     };
     let mut client = a.client.connect(cfg)?;
-    let id = client.submit(job.graph().clone(), &placement, a.restart.as_deref().unwrap_or(""))?;
+    let restart = a.restart.as_deref().or(defaults.restart.as_deref()).unwrap_or("");
+    let id = client.submit(job.graph().clone(), &placement, restart)?;
     let Some(wait) = a.wait else {
         if a.client.json {
             println!("{}", json!({ "job": id.to_string() }));
@@ -312,7 +329,7 @@ pub(crate) fn submit(a: &SubmitArgs, cfg: &ConfigFile) -> Result<bool> {
         WaitArg::Running => WaitCondition::AllRunning,
         WaitArg::Finished => WaitCondition::Terminal,
     };
-    let d = client.wait(id, until, Duration::from_secs(a.timeout_s))?;
+    let d = client.wait(id, until, Duration::from_secs(a.timeout_s.or(defaults.timeout_s).unwrap_or(300)))?;
     print_details(&d, a.client.json);
     Ok(!matches!(d.status, shardflow_engine::JobStatus::Failed | shardflow_engine::JobStatus::Canceled))
 }

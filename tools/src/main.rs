@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "shardflow", version, about, long_about = None)]
 struct Cli {
-    /// Config file (TOML) with `[coordinator]`, `[worker]` and `[client]` tables;
+    /// Config file (TOML) with `[coordinator]`, `[worker]`, `[client]` and `[submit]` tables;
     /// default `$SHARDFLOW_CONFIG`. Flags override it.
     #[arg(long, global = true)]
     config: Option<std::path::PathBuf>,
@@ -70,7 +70,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
     }

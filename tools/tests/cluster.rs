@@ -26,7 +26,7 @@ impl Drop for Proc {
 
 struct Cluster {
     addr: String,
-    _coordinator: Proc,
+    coordinator: Proc,
     workers: Vec<Proc>,
 }
 
@@ -34,12 +34,11 @@ fn online_cores() -> Vec<usize> {
     shardflow_engine::online_cores()
 }
 
-/// A coordinator on a free port plus one worker per entry of `slots` (worker i on
-/// core i mod online cores, with that many slots), all registered.
-fn cluster(coordinator_flags: &[&str], slots: &[u32]) -> Cluster {
+/// A `shardflow coordinator` with `args`, and the address it says it listens on.
+fn start_coordinator(args: &[&str]) -> (Proc, String) {
     let mut child = Command::new(BIN)
-        .args(["coordinator", "--bind", "127.0.0.1:0"])
-        .args(coordinator_flags)
+        .arg("coordinator")
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -49,6 +48,13 @@ fn cluster(coordinator_flags: &[&str], slots: &[u32]) -> Cluster {
     let coordinator = Proc(child);
     let addr = line.trim().rsplit(' ').next().unwrap().to_string();
     assert!(addr.starts_with("127.0.0.1:"), "coordinator said: {line}");
+    (coordinator, addr)
+}
+
+/// A coordinator on a free port plus one worker per entry of `slots` (worker i on
+/// core i mod online cores, with that many slots), all registered.
+fn cluster(coordinator_flags: &[&str], slots: &[u32]) -> Cluster {
+    let (coordinator, addr) = start_coordinator(&[&["--bind", "127.0.0.1:0"], coordinator_flags].concat());
     let cores = online_cores();
     let workers = slots
         .iter()
@@ -67,7 +73,7 @@ fn cluster(coordinator_flags: &[&str], slots: &[u32]) -> Cluster {
             )
         })
         .collect();
-    let c = Cluster { addr, _coordinator: coordinator, workers };
+    let c = Cluster { addr, coordinator, workers };
     let v = c.json(&["cluster", "--wait-workers", &slots.len().to_string(), "--timeout-s", "60"]);
     assert_eq!(v["workers"], slots.len(), "{v}");
     c
@@ -171,6 +177,138 @@ fn a_sigkilled_worker_fails_the_job_clearly_when_too_few_slots_remain() {
     let failure = v["failure"].as_str().unwrap();
     assert!(failure.contains("cannot restart") && failure.contains("not enough task slots"), "{failure}");
     assert!(failure.contains("lost"), "{failure}");
+}
+
+#[test]
+fn workers_register_again_with_a_restarted_coordinator_and_run_its_jobs() {
+    let mut c = cluster(&[], &[2, 2]);
+    let id = c.submit(&["forward-count", "--param", "rate=1000", "--param", "duration_ms=600000"]);
+    c.json(&["status", &id, "--wait", "running", "--timeout-s", "60"]);
+
+    c.coordinator.0.kill().unwrap();
+    c.coordinator.0.wait().unwrap();
+    // The same address, so the workers' reconnect loop finds it; they back off
+    // (at most 2 s between tries) until it listens again.
+    let (coordinator, addr) = start_coordinator(&["--bind", &c.addr]);
+    assert_eq!(addr, c.addr);
+    c.coordinator = coordinator;
+    let v = c.json(&["cluster", "--wait-workers", "2", "--timeout-s", "60"]);
+    assert_eq!((v["workers"].as_u64(), v["total_slots"].as_u64()), (Some(2), Some(4)), "{v}");
+    assert_eq!(c.json(&["list"]), serde_json::json!([]), "the new coordinator knows no jobs");
+
+    // The old job's tasks were cancelled with the session; all four slots serve the new one.
+    let n = 1_000_000u64;
+    let v = c.json(&[
+        "submit",
+        "forward-count",
+        "--param",
+        &format!("records={n}"),
+        "--parallelism",
+        "4",
+        "--wait",
+        "finished",
+        "--timeout-s",
+        "120",
+    ]);
+    assert_eq!(v["status"], "FINISHED", "{v}");
+    assert_eq!(workers_of(&v).len(), 2, "{v}");
+    assert_eq!(sink_totals(&v), (n, n * (n + 1) / 2));
+}
+
+/// A config file in the temp directory, removed on drop.
+struct ConfigFile(std::path::PathBuf);
+
+impl ConfigFile {
+    fn new(name: &str, text: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("shardflow-{}-{name}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        ConfigFile(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Subtasks per vertex (every vertex alike).
+fn parallelism(job: &Value) -> usize {
+    let subtasks = job["subtasks"].as_array().unwrap();
+    let per_vertex = subtasks.iter().filter(|t| t["vertex"] == subtasks[0]["vertex"]).count();
+    assert_eq!(subtasks.len() % per_vertex, 0, "{job}");
+    per_vertex
+}
+
+/// `shardflow --config FILE args...` with no other flags.
+fn with_config(config: &ConfigFile, args: &[&str]) -> Output {
+    Command::new(BIN).args(["--config", config.path()]).args(args).output().unwrap()
+}
+
+#[test]
+fn every_role_takes_its_settings_from_the_config_file() {
+    let coordinator_cfg = ConfigFile::new("coordinator", "[coordinator]\nbind = \"127.0.0.1:0\"\nretained_jobs = 5\n");
+    let (_coordinator, addr) = start_coordinator(&["--config", coordinator_cfg.path()]);
+    let core = online_cores()[0];
+    let cfg = ConfigFile::new(
+        "cluster",
+        &format!(
+            "[worker]\ncoordinator = \"{addr}\"\ncores = [{core}]\nslots_per_shard = 3\nresource_id = \"from-config\"\n\
+             network_memory_bytes = 8388608\nsegment_bytes = 4096\nidle = \"park\"\n\n\
+             [client]\ncoordinator = \"{addr}\"\n\n[submit]\nparallelism = 3\ntimeout_s = 120\n"
+        ),
+    );
+    let _worker = Proc(
+        Command::new(BIN)
+            .args(["--config", cfg.path(), "worker"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("worker starts"),
+    );
+    let out = with_config(&cfg, &["cluster", "--wait-workers", "1", "--timeout-s", "60", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["total_slots"], 3, "slots_per_shard from [worker]: {v}");
+    assert_eq!(v["worker_list"][0]["resource_id"], "from-config", "{v}");
+    assert_eq!(v["worker_list"][0]["cores"], serde_json::json!([core]), "{v}");
+
+    let n = 300_000u64;
+    let out = with_config(
+        &cfg,
+        &["submit", "forward-count", "--param", &format!("records={n}"), "--wait", "finished", "--json"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], "FINISHED", "{v}");
+    assert_eq!(parallelism(&v), 3, "parallelism from [submit]: {v}");
+    assert_eq!(sink_totals(&v), (n, n * (n + 1) / 2));
+
+    // A flag wins over the file.
+    let out = with_config(&cfg, &["submit", "forward-count", "-p", "1", "--wait", "finished", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(parallelism(&v), 1, "{v}");
+}
+
+#[test]
+fn a_config_file_with_an_unknown_key_or_a_wrong_type_is_refused_by_name() {
+    for (text, names) in [
+        ("[client]\ncoordinatr = \"127.0.0.1:1\"\n", "unknown field `coordinatr`"),
+        ("[worker]\nslots_per_shard = \"three\"\n", "slots_per_shard"),
+        ("[worker]\nidle = \"spinny\"\n", "unknown variant `spinny`, expected `park` or `spin`"),
+        ("[scheduler]\n", "unknown field `scheduler`"),
+    ] {
+        let cfg = ConfigFile::new("bad", text);
+        let out = with_config(&cfg, &["list"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {err}");
+        assert!(err.starts_with(&format!("error: config file {}", cfg.path())), "{err}");
+        assert!(err.contains(names), "{text}: {err}");
+    }
 }
 
 // ------------------------------------------------------------------ bad input
