@@ -363,22 +363,19 @@ impl WorkerState {
         w
     }
 
+    /// Every slot free, named for `worker`. A slot keeps its managed-memory budget
+    /// across registrations: a task cancelled with the old session still holds
+    /// its share until its shard reports it ended.
     fn reset_slots(&mut self, worker: WorkerId) {
+        let shards: Vec<(u32, u32)> = self.shards.iter().map(|s| (s.id, s.core as u32)).collect();
+        self.slots = slot_table(
+            worker,
+            &shards,
+            self.config.slots_per_shard,
+            self.config.managed_memory_per_slot_bytes,
+            std::mem::take(&mut self.slots),
+        );
         self.worker = worker;
-        self.slots.clear();
-        for s in &self.shards {
-            for index in 0..self.config.slots_per_shard {
-                let slot = SlotId { worker, shard: ShardId(s.id), index };
-                self.slots.insert(
-                    slot,
-                    SlotState {
-                        status: SlotStatus { slot, core: s.core as u32, allocated: None },
-                        job_master: None,
-                        managed: Budget::new(BudgetKind::ManagedMemory, self.config.managed_memory_per_slot_bytes),
-                    },
-                );
-            }
-        }
     }
 
     fn resources(&self) -> WorkerResources {
@@ -955,6 +952,34 @@ fn serve(
     }
 }
 
+/// The slot table of a worker with `shards` (id, core), every slot free; each
+/// slot's managed-memory budget is taken over from `previous` where that held the
+/// same shard and index.
+fn slot_table(
+    worker: WorkerId,
+    shards: &[(u32, u32)],
+    slots_per_shard: u32,
+    managed_bytes: u64,
+    previous: BTreeMap<SlotId, SlotState>,
+) -> BTreeMap<SlotId, SlotState> {
+    let mut budgets: HashMap<(ShardId, u32), Budget> =
+        previous.into_iter().map(|(slot, s)| ((slot.shard, slot.index), s.managed)).collect();
+    let mut slots = BTreeMap::new();
+    for &(shard, core) in shards {
+        for index in 0..slots_per_shard {
+            let slot = SlotId { worker, shard: ShardId(shard), index };
+            let managed = budgets
+                .remove(&(slot.shard, index))
+                .unwrap_or_else(|| Budget::new(BudgetKind::ManagedMemory, managed_bytes));
+            slots.insert(
+                slot,
+                SlotState { status: SlotStatus { slot, core, allocated: None }, job_master: None, managed },
+            );
+        }
+    }
+    slots
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -966,6 +991,25 @@ mod tests {
 
     fn output(n: u64) -> TaskOutput {
         TaskOutput { sinks: vec![SinkOutput::Count { records: n, value_sum: n }], records_in: n, records_out: 0 }
+    }
+
+    #[test]
+    fn a_slot_keeps_its_managed_memory_budget_when_the_worker_registers_again() {
+        let first = slot_table(WorkerId(1), &[(0, 3), (1, 5)], 2, 1000, BTreeMap::new());
+        assert_eq!(first.len(), 4);
+        let slot = SlotId { worker: WorkerId(1), shard: ShardId(1), index: 1 };
+        let held = first[&slot].managed.reserve(600).unwrap();
+
+        let second = slot_table(WorkerId(2), &[(0, 3), (1, 5)], 2, 1000, first);
+        let again = SlotId { worker: WorkerId(2), shard: ShardId(1), index: 1 };
+        assert_eq!(second[&again].status.core, 5);
+        assert!(second.values().all(|s| s.status.allocated.is_none() && s.job_master.is_none()));
+        assert_eq!(second[&again].managed.available_bytes(), 400, "the cancelled task still holds its share");
+        assert!(second[&again].managed.reserve(500).is_err());
+        drop(held);
+        assert_eq!(second[&again].managed.available_bytes(), 1000);
+        let other = SlotId { worker: WorkerId(2), shard: ShardId(0), index: 0 };
+        assert_eq!(second[&other].managed.available_bytes(), 1000);
     }
 
     #[test]
