@@ -51,6 +51,11 @@ fn start_coordinator(args: &[&str]) -> (Proc, String) {
     (coordinator, addr)
 }
 
+/// `shardflow <args>` for a worker, its output discarded.
+fn start_worker(args: &[&str]) -> Proc {
+    Proc(Command::new(BIN).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("worker starts"))
+}
+
 /// A coordinator on a free port plus one worker per entry of `slots` (worker i on
 /// core i mod online cores, with that many slots), all registered.
 fn cluster(coordinator_flags: &[&str], slots: &[u32]) -> Cluster {
@@ -61,16 +66,10 @@ fn cluster(coordinator_flags: &[&str], slots: &[u32]) -> Cluster {
         .enumerate()
         .map(|(i, k)| {
             let core = cores[i % cores.len()].to_string();
-            Proc(
-                Command::new(BIN)
-                    .args(["worker", "--coordinator", &addr, "--cores", &core, "--resource-id", &format!("w{i}")])
-                    .args(["--slots-per-shard", &k.to_string(), "--network-memory-bytes", "8388608"])
-                    .args(["--segment-bytes", "4096"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("worker starts"),
-            )
+            let (id, k) = (format!("w{i}"), k.to_string());
+            let memory = ["--network-memory-bytes", "8388608", "--segment-bytes", "4096"];
+            let identity = ["--cores", core.as_str(), "--resource-id", &id, "--slots-per-shard", &k];
+            start_worker(&[&["worker", "--coordinator", addr.as_str()][..], &identity, &memory].concat())
         })
         .collect();
     let c = Cluster { addr, coordinator, workers };
@@ -262,14 +261,7 @@ fn every_role_takes_its_settings_from_the_config_file() {
              [client]\ncoordinator = \"{addr}\"\n\n[submit]\nparallelism = 3\ntimeout_s = 120\n"
         ),
     );
-    let _worker = Proc(
-        Command::new(BIN)
-            .args(["--config", cfg.path(), "worker"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("worker starts"),
-    );
+    let _worker = start_worker(&["--config", cfg.path(), "worker"]);
     let out = with_config(&cfg, &["cluster", "--wait-workers", "1", "--timeout-s", "60", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
