@@ -90,6 +90,17 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
     }
 
+    /// Submits `forward-count` over `n` records with `flags`, waits for its end and
+    /// checks it FINISHED with every record counted once; returns its status.
+    fn count_to_the_end(&self, n: u64, flags: &[&str]) -> Value {
+        let records = format!("records={n}");
+        let submit = ["submit", "forward-count", "--param", &records, "--wait", "finished", "--timeout-s", "120"];
+        let v = self.json(&[&submit[..], flags].concat());
+        assert_eq!(v["status"], "FINISHED", "{v}");
+        assert_eq!(sink_totals(&v), (n, n * (n + 1) / 2), "{v}");
+        v
+    }
+
     fn submit(&self, args: &[&str]) -> String {
         let v = self.json(&[&["submit"], args].concat());
         v["job"].as_str().unwrap().to_string()
@@ -109,21 +120,9 @@ fn workers_of(job: &Value) -> std::collections::BTreeSet<u64> {
 #[test]
 fn two_workers_run_a_forward_job_and_list_status_cancel_work() {
     let c = cluster(&[], &[2, 2]);
-    let n = 2_000_000u64;
-    let v = c.json(&[
-        "submit",
-        "forward-count",
-        "--param",
-        &format!("records={n}"),
-        "--wait",
-        "finished",
-        "--timeout-s",
-        "120",
-    ]);
-    assert_eq!(v["status"], "FINISHED", "{v}");
+    let v = c.count_to_the_end(2_000_000, &[]);
     assert_eq!(workers_of(&v).len(), 2, "data stays inside each of the two workers: {v}");
     assert!(v["subtasks"].as_array().unwrap().iter().all(|t| t["state"] == "FINISHED"));
-    assert_eq!(sink_totals(&v), (n, n * (n + 1) / 2));
     let first = v["job"].as_str().unwrap().to_string();
 
     // a long-running job: every subtask RUNNING with a location, then cancelled
@@ -196,22 +195,8 @@ fn workers_register_again_with_a_restarted_coordinator_and_run_its_jobs() {
     assert_eq!(c.json(&["list"]), serde_json::json!([]), "the new coordinator knows no jobs");
 
     // The old job's tasks were cancelled with the session; all four slots serve the new one.
-    let n = 1_000_000u64;
-    let v = c.json(&[
-        "submit",
-        "forward-count",
-        "--param",
-        &format!("records={n}"),
-        "--parallelism",
-        "4",
-        "--wait",
-        "finished",
-        "--timeout-s",
-        "120",
-    ]);
-    assert_eq!(v["status"], "FINISHED", "{v}");
+    let v = c.count_to_the_end(1_000_000, &["--parallelism", "4"]);
     assert_eq!(workers_of(&v).len(), 2, "{v}");
-    assert_eq!(sink_totals(&v), (n, n * (n + 1) / 2));
 }
 
 /// A config file in the temp directory, removed on drop.
