@@ -157,6 +157,8 @@ struct JobMaster {
 enum WaitFor {
     Job(JobId, WaitCondition),
     Workers(u32),
+    /// The worker's answer to a [`RequestShardDump`].
+    Dump(WorkerId),
 }
 
 struct Waiter {
@@ -303,7 +305,10 @@ impl Coordinator {
             Message::AcknowledgeCheckpoint(m) => {
                 tracing::debug!(job = %m.job, checkpoint = %m.checkpoint, "checkpoint acknowledgement ignored: no checkpoint is pending");
             }
-            Message::ShardDump(m) => tracing::info!(worker = %m.worker, shards = ?m.shards, "shard dump"),
+            Message::ShardDump(m) => match role {
+                Some(Role::Worker(w)) if w == m.worker => self.forward_dump(m),
+                _ => self.reject(conn, ErrorCode::NotRegistered, "shard dumps come from the worker they describe"),
+            },
             Message::SubmitJob(m) => self.client(conn, role, |c| c.submit(now, conn, m)),
             Message::ListJobs(_) => self.client(conn, role, |c| {
                 let jobs = c.jobs.iter().map(|(&id, jm)| summary(id, jm)).collect();
@@ -352,6 +357,18 @@ impl Coordinator {
                     })
                     .collect();
                 c.send(conn, Message::WorkerInfoList(WorkerInfoList { workers }));
+            }),
+            Message::RequestWorkerDump(m) => self.client(conn, role, |c| {
+                let Some(&worker_conn) = c.worker_conns.get(&m.worker) else {
+                    return c.reject(conn, ErrorCode::UnknownWorker, &format!("no worker {}", m.worker));
+                };
+                // One request to the worker serves every client waiting for its dump.
+                if !c.waiters.iter().any(|w| matches!(w.what, WaitFor::Dump(x) if x == m.worker)) {
+                    let request = RequestShardDump { resource_manager: c.token };
+                    c.send(worker_conn, Message::RequestShardDump(request));
+                }
+                let deadline = now + Duration::from_millis(m.timeout_ms);
+                c.waiters.push(Waiter { conn, what: WaitFor::Dump(m.worker), deadline });
             }),
             Message::TriggerSavepoint(_) | Message::StopWithSavepoint(_) | Message::DisposeSavepoint(_) => self.reject(
                 conn,
@@ -659,6 +676,21 @@ impl Coordinator {
                     }
                     continue;
                 }
+                WaitFor::Dump(worker) => {
+                    let lost = !self.worker_conns.contains_key(&worker);
+                    if lost || now >= w.deadline {
+                        let w = self.waiters.swap_remove(i);
+                        let (code, why) = if lost {
+                            (ErrorCode::UnknownWorker, format!("{worker} was lost before it answered"))
+                        } else {
+                            (ErrorCode::Internal, format!("{worker} did not answer in time"))
+                        };
+                        self.reject(w.conn, code, &why);
+                    } else {
+                        i += 1;
+                    }
+                    continue;
+                }
                 WaitFor::Job(job, until) => (job, until),
             };
             let met = match self.jobs.get(&job) {
@@ -685,6 +717,18 @@ impl Coordinator {
             } else {
                 i += 1;
             }
+        }
+    }
+
+    /// Hands a worker's dump to every client waiting for it.
+    fn forward_dump(&mut self, dump: ShardDump) {
+        let (waiting, rest) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|w| matches!(w.what, WaitFor::Dump(x) if x == dump.worker));
+        self.waiters = rest;
+        let waiting: Vec<Waiter> = waiting;
+        for w in waiting {
+            self.send(w.conn, Message::ShardDump(dump.clone()));
         }
     }
 

@@ -1,5 +1,5 @@
 //! Cluster commands: `coordinator` and `worker` processes, and the client commands
-//! `submit`, `list`, `status`, `cancel` and `cluster`. Tables for people, `--json`
+//! `submit`, `list`, `status`, `cancel`, `cluster` and `dump`. Tables for people, `--json`
 //! for programs; everything a flag sets can also come from the config file.
 
 use std::collections::BTreeMap;
@@ -15,7 +15,7 @@ use shardflow_engine::catalog::{named_job, NAMED_JOBS};
 use shardflow_engine::cluster::{ClusterClient, CoordinatorServer, Worker, WorkerOptions};
 use shardflow_engine::protocol::{JobDetails, WaitCondition, DEFAULT_MAX_FRAME_BYTES};
 use shardflow_engine::{
-    CoordinatorConfig, Cores, Engine, IdlePolicy, JobId, OperatorRegistry, PlacementStrategy, RestartStrategy,
+    CoordinatorConfig, Cores, Engine, IdlePolicy, JobId, OperatorRegistry, PlacementStrategy, RestartStrategy, WorkerId,
 };
 
 /// Where clients look for the coordinator without a flag or config file.
@@ -534,4 +534,47 @@ pub(crate) fn cluster(a: &ClusterArgs, cfg: &ConfigFile) -> Result<bool> {
         }
     }
     Ok(a.wait_workers.is_none_or(|n| o.workers >= n))
+}
+
+/// `shardflow dump`.
+#[derive(Debug, Args)]
+pub(crate) struct DumpArgs {
+    /// The worker: `worker-1`, `1`, or the resource id it registered with.
+    worker: String,
+    /// Seconds to wait for its answer at most. Default 10.
+    #[arg(long, default_value_t = 10)]
+    timeout_s: u64,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub(crate) fn dump(a: &DumpArgs, cfg: &ConfigFile) -> Result<()> {
+    let mut client = a.client.connect(cfg)?;
+    let digits = a.worker.strip_prefix("worker-").unwrap_or(&a.worker);
+    let worker = match digits.parse() {
+        Ok(n) => WorkerId(n),
+        Err(_) => client
+            .workers()?
+            .iter()
+            .find(|w| w.resource_id == a.worker)
+            .map(|w| w.worker)
+            .with_context(|| format!("no worker '{}' (give worker-N, N or a resource id)", a.worker))?,
+    };
+    let d = client.shard_dump(worker, Duration::from_secs(a.timeout_s))?;
+    if a.client.json {
+        let shards: Vec<_> =
+            d.shards.iter().map(|s| json!({"shard": s.shard, "core": s.core, "tasks": s.tasks})).collect();
+        println!("{}", json!({"worker": d.worker.to_string(), "shards": shards}));
+        return Ok(());
+    }
+    println!("{}", d.worker);
+    println!("{:<6} {:>4}  TASKS (job attempt vertex state)", "SHARD", "CORE");
+    for s in &d.shards {
+        let first = s.tasks.first().map_or("-", String::as_str);
+        println!("{:<6} {:>4}  {first}", s.shard, s.core);
+        for t in s.tasks.iter().skip(1) {
+            println!("{:<6} {:>4}  {t}", "", "");
+        }
+    }
+    Ok(())
 }

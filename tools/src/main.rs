@@ -48,6 +48,8 @@ enum Command {
     Cancel(cluster::CancelArgs),
     /// Show the cluster: workers, slots, free slots, utilization.
     Cluster(cluster::ClusterArgs),
+    /// Show what a worker runs, shard by shard (core, tasks and their states).
+    Dump(cluster::DumpArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Command::Status(a) => cluster::status(&a, &cfg).map(|()| true),
         Command::Cancel(a) => cluster::cancel(&a, &cfg).map(|()| true),
         Command::Cluster(a) => cluster::cluster(&a, &cfg),
+        Command::Dump(a) => cluster::dump(&a, &cfg).map(|()| true),
     });
     match outcome {
         Ok(true) => ExitCode::SUCCESS,

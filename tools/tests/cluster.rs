@@ -145,6 +145,28 @@ fn two_workers_run_a_forward_job_and_list_status_cancel_work() {
 }
 
 #[test]
+fn a_worker_dump_shows_each_shard_with_its_core_and_tasks() {
+    let c = cluster(&[], &[2, 2]);
+    let id = c.submit(&["forward-count", "--param", "rate=1000", "--param", "duration_ms=600000"]);
+    let job = c.json(&["status", &id, "--wait", "running", "--timeout-s", "60"]);
+    let cores = online_cores();
+    for (i, resource_id) in ["w0", "w1"].into_iter().enumerate() {
+        let v = c.json(&["dump", resource_id]);
+        let shards = v["shards"].as_array().unwrap();
+        assert_eq!(shards.len(), 1, "{v}");
+        assert_eq!(shards[0]["core"], cores[i % cores.len()], "{v}");
+        let tasks: Vec<&str> = shards[0]["tasks"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+        let worker: u64 = v["worker"].as_str().unwrap().trim_start_matches("worker-").parse().unwrap();
+        let here = job["subtasks"].as_array().unwrap().iter().filter(|t| t["worker"] == worker).count();
+        assert_eq!(tasks.len(), here, "every subtask placed on {resource_id} and nothing else: {v} vs {job}");
+        assert!(tasks.iter().all(|t| t.starts_with(&format!("{id} ")) && t.ends_with(" RUNNING")), "{tasks:?}");
+    }
+    let out = c.run(&["dump", "worker-99"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no worker worker-99"));
+}
+
+#[test]
 fn a_sigkilled_worker_makes_the_job_restart_on_the_remaining_slots() {
     let mut c =
         cluster(&["--heartbeat-timeout-ms", "2000", "--restart", "fixed-delay:attempts=2,delay=100ms"], &[2, 2]);

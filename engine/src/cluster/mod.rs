@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shardflow_control::protocol::*;
-use shardflow_control::{CoordinatorConfig, JobGraph, JobId};
+use shardflow_control::{CoordinatorConfig, JobGraph, JobId, WorkerId};
 
 pub use server::CoordinatorServer;
 pub(crate) use worker::{JobBoard, Outputs};
@@ -144,6 +144,14 @@ impl ClusterClient {
     /// Every worker.
     pub fn workers(&mut self) -> Result<Vec<WorkerInfo>, EngineError> {
         Ok(expect!(self.request(&Message::RequestWorkerInfo(RequestWorkerInfo {}))?, WorkerInfoList)?.workers)
+    }
+
+    /// What `worker` runs, shard by shard (its answer to the coordinator's
+    /// [`RequestShardDump`](crate::protocol::RequestShardDump)), waiting at most
+    /// `timeout` for it.
+    pub fn shard_dump(&mut self, worker: WorkerId, timeout: Duration) -> Result<ShardDump, EngineError> {
+        let m = Message::RequestWorkerDump(RequestWorkerDump { worker, timeout_ms: timeout.as_millis() as u64 });
+        expect!(self.request(&m)?, ShardDump)
     }
 }
 

@@ -515,14 +515,15 @@ impl WorkerState {
             }
             Message::RequestShardDump(m) => {
                 stale(m.resource_manager, self.rm)?;
+                let mut tasks: Vec<_> = self.tasks.iter().collect();
+                tasks.sort_unstable_by_key(|(key, _)| **key);
                 let shards = self
                     .shards
                     .iter()
                     .map(|s| ShardDumpEntry {
                         shard: s.id,
                         core: s.core as u32,
-                        tasks: self
-                            .tasks
+                        tasks: tasks
                             .iter()
                             .filter(|(_, t)| t.slot.shard.0 == s.id)
                             .map(|((job, attempt), t)| format!("{job} {attempt} {} {}", t.vertex, t.state))

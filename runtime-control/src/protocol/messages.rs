@@ -527,6 +527,16 @@ payloads! {
         pub workers: Vec<WorkerInfo>,
     }
 
+    /// Client → ResourceManager: ask `worker` for its [`ShardDump`] (the
+    /// ResourceManager sends it [`RequestShardDump`] and forwards the answer), or
+    /// answer an error if it is unknown, lost, or silent for `timeout_ms`.
+    pub struct RequestWorkerDump {
+        /// The worker.
+        pub worker: WorkerId,
+        /// Give up after this long.
+        pub timeout_ms: u64,
+    }
+
     // -------------------------------------------------- Dispatcher gateway
 
     /// Client → Dispatcher: run this job.

@@ -281,6 +281,7 @@ message_kinds! {
     42 => ResourceOverview,
     43 => RequestWorkerInfo,
     44 => WorkerInfoList,
+    45 => RequestWorkerDump,
     // Dispatcher gateway
     64 => SubmitJob,
     65 => JobSubmitted,

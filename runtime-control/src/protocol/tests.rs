@@ -115,6 +115,11 @@ fn samples() -> Vec<Message> {
             }),
         }),
         Message::WaitJob(WaitJob { job: JobId(3), until: WaitCondition::AllRunning, timeout_ms: 1000 }),
+        Message::RequestWorkerDump(RequestWorkerDump { worker: WorkerId(2), timeout_ms: 5000 }),
+        Message::ShardDump(ShardDump {
+            worker: WorkerId(2),
+            shards: vec![ShardDumpEntry { shard: 1, core: 1, tasks: vec!["job-1 v0/1#0 map RUNNING".into()] }],
+        }),
         Message::ListJobs(ListJobs {}),
         Message::Ack(Ack {}),
         Message::error(ErrorCode::StaleToken, "stale"),
