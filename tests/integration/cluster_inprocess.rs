@@ -61,3 +61,21 @@ fn unknown_jobs_and_invalid_graphs_are_typed_errors() {
     assert!(matches!(err, EngineError::Remote { code: ErrorCode::NotEnoughSlots, .. }), "{err}");
     cluster.shutdown();
 }
+
+#[test]
+fn a_coordinator_that_never_answers_is_a_clear_error_not_a_hang() {
+    use shardflow_engine::cluster::ClusterClient;
+    // Accepts connections (the kernel's backlog) and never reads or answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let mut client =
+        ClusterClient::connect(addr, TIMEOUT).unwrap().with_answer_timeout(std::time::Duration::from_millis(200));
+    match client.list() {
+        Err(EngineError::Io { what, reason }) => {
+            assert!(what.contains("ListJobs"), "{what}");
+            assert!(reason.contains("did not answer within 200 ms"), "{reason}");
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    drop(silent);
+}

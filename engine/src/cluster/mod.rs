@@ -10,7 +10,7 @@ mod worker;
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shardflow_control::protocol::*;
 use shardflow_control::{CoordinatorConfig, JobGraph, JobId, WorkerId};
@@ -36,7 +36,13 @@ pub(crate) fn pipe_to(server: &CoordinatorServer) -> PipeEnd {
 /// A client on a fresh in-process connection to `server`.
 pub(crate) fn pipe_client(server: &CoordinatorServer) -> ClusterClient {
     let PipeEnd { sink, reader } = pipe_to(server);
-    ClusterClient { sink: Box::new(sink), reader: Box::new(reader), max_frame_bytes: DEFAULT_MAX_FRAME_BYTES }
+    ClusterClient {
+        sink: Box::new(sink),
+        reader: Box::new(reader),
+        socket: None,
+        answer_timeout: DEFAULT_ANSWER_TIMEOUT,
+        max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+    }
 }
 
 /// A worker connector that opens each connection with `open`.
@@ -44,11 +50,19 @@ pub(crate) fn in_process_connector(open: impl Fn() -> Option<PipeEnd> + Send + S
     Connector::InProcess(Arc::new(open))
 }
 
+/// How long a client waits for an answer beyond what it asked the coordinator to
+/// wait for.
+pub const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A client of the coordinator: one request at a time, each answered by one
 /// frame. After an error reply the coordinator closes the connection; connect again.
+/// Over TCP a coordinator that does not answer in time is an error, not a hang.
 pub struct ClusterClient {
     sink: Box<dyn FrameSink>,
     reader: Box<dyn Read + Send>,
+    /// The TCP connection, to bound each wait for an answer.
+    socket: Option<TcpStream>,
+    answer_timeout: Duration,
     max_frame_bytes: usize,
 }
 
@@ -77,26 +91,52 @@ impl ClusterClient {
         let stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
         stream.set_nodelay(true).map_err(io)?;
         let reader = stream.try_clone().map_err(io)?;
+        let socket = Some(stream.try_clone().map_err(io)?);
         Ok(ClusterClient {
             sink: Box::new(TcpSink(stream)),
             reader: Box::new(reader),
+            socket,
+            answer_timeout: DEFAULT_ANSWER_TIMEOUT,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
         })
     }
 
+    /// How long to wait for an answer (beyond a wait the request itself asks for).
+    /// Default [`DEFAULT_ANSWER_TIMEOUT`].
+    pub fn with_answer_timeout(mut self, timeout: Duration) -> Self {
+        self.answer_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
     /// Sends `msg` and returns the answer; an error reply becomes
-    /// [`EngineError::Remote`].
+    /// [`EngineError::Remote`], no answer within the answer timeout
+    /// [`EngineError::Io`].
     pub fn request(&mut self, msg: &Message) -> Result<Message, EngineError> {
+        self.request_within(msg, Duration::ZERO)
+    }
+
+    /// [`Self::request`] for a request the coordinator may hold for up to `waits`.
+    fn request_within(&mut self, msg: &Message, waits: Duration) -> Result<Message, EngineError> {
+        let within = waits.saturating_add(self.answer_timeout);
+        let waiting = || format!("waiting for the answer to {}", msg.kind_name());
+        if let Some(s) = &self.socket {
+            s.set_read_timeout(Some(within)).map_err(|e| EngineError::Io { what: waiting(), reason: e.to_string() })?;
+        }
         send_message(self.sink.as_mut(), msg)
             .map_err(|e| EngineError::Io { what: format!("sending {}", msg.kind_name()), reason: e.to_string() })?;
+        let asked = Instant::now();
         match read_frame(&mut self.reader, self.max_frame_bytes) {
             Received::Message(Message::ErrorReply(e)) => Err(EngineError::Remote { code: e.code, message: e.message }),
             Received::Message(m) => Ok(m),
             Received::Bad(e) => Err(EngineError::Frame(e)),
-            Received::Closed => Err(EngineError::Io {
-                what: format!("waiting for the answer to {}", msg.kind_name()),
-                reason: "the coordinator closed the connection".into(),
+            // A read timeout ends the read like a close; the clock tells them apart.
+            Received::Closed if self.socket.is_some() && asked.elapsed() >= within => Err(EngineError::Io {
+                what: waiting(),
+                reason: format!("the coordinator did not answer within {} ms", within.as_millis()),
             }),
+            Received::Closed => {
+                Err(EngineError::Io { what: waiting(), reason: "the coordinator closed the connection".into() })
+            }
         }
     }
 
@@ -121,7 +161,7 @@ impl ClusterClient {
     /// returns the job as it is then.
     pub fn wait(&mut self, job: JobId, until: WaitCondition, timeout: Duration) -> Result<JobDetails, EngineError> {
         let m = Message::WaitJob(WaitJob { job, until, timeout_ms: timeout.as_millis() as u64 });
-        expect!(self.request(&m)?, JobDetails)
+        expect!(self.request_within(&m, timeout)?, JobDetails)
     }
 
     /// Cancels a job.
@@ -138,7 +178,7 @@ impl ClusterClient {
     /// `timeout` passes; returns the cluster's totals then.
     pub fn wait_for_workers(&mut self, n: u32, timeout: Duration) -> Result<ResourceOverview, EngineError> {
         let m = Message::WaitForWorkers(WaitForWorkers { workers: n, timeout_ms: timeout.as_millis() as u64 });
-        expect!(self.request(&m)?, ResourceOverview)
+        expect!(self.request_within(&m, timeout)?, ResourceOverview)
     }
 
     /// Every worker.
@@ -151,7 +191,7 @@ impl ClusterClient {
     /// `timeout` for it.
     pub fn shard_dump(&mut self, worker: WorkerId, timeout: Duration) -> Result<ShardDump, EngineError> {
         let m = Message::RequestWorkerDump(RequestWorkerDump { worker, timeout_ms: timeout.as_millis() as u64 });
-        expect!(self.request(&m)?, ShardDump)
+        expect!(self.request_within(&m, timeout)?, ShardDump)
     }
 }
 
