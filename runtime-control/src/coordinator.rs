@@ -722,11 +722,10 @@ impl Coordinator {
 
     /// Hands a worker's dump to every client waiting for it.
     fn forward_dump(&mut self, dump: ShardDump) {
-        let (waiting, rest) = std::mem::take(&mut self.waiters)
+        let (waiting, rest): (Vec<Waiter>, _) = std::mem::take(&mut self.waiters)
             .into_iter()
             .partition(|w| matches!(w.what, WaitFor::Dump(x) if x == dump.worker));
         self.waiters = rest;
-        let waiting: Vec<Waiter> = waiting;
         for w in waiting {
             self.send(w.conn, Message::ShardDump(dump.clone()));
         }
