@@ -21,11 +21,13 @@ pub(crate) enum Received {
     Bad(FrameError),
     /// The peer closed the connection between frames.
     Closed,
+    /// No (whole) frame within the stream's read timeout, where one is set.
+    TimedOut,
 }
 
 /// Reads one frame from `r`: header, checks, body into an aligned buffer, checked
-/// decode. I/O errors other than a clean end of stream between frames count as
-/// a close.
+/// decode. A read timeout is [`Received::TimedOut`]; other I/O errors count as a
+/// close.
 pub(crate) fn read_frame(r: &mut impl Read, max_frame_bytes: usize) -> Received {
     let mut head = [0u8; HEADER_BYTES];
     let mut got = 0;
@@ -34,8 +36,11 @@ pub(crate) fn read_frame(r: &mut impl Read, max_frame_bytes: usize) -> Received 
             Ok(0) if got == 0 => return Received::Closed,
             Ok(0) => return Received::Bad(FrameError::Truncated { needed: HEADER_BYTES - got }),
             Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Received::Closed,
+            Err(e) => {
+                if let Some(end) = failed_read(&e) {
+                    return end;
+                }
+            }
         }
     }
     let header = match FrameHeader::parse(&head, max_frame_bytes) {
@@ -49,13 +54,26 @@ pub(crate) fn read_frame(r: &mut impl Read, max_frame_bytes: usize) -> Received 
         match r.read(&mut body[filled..]) {
             Ok(0) => return Received::Bad(FrameError::Truncated { needed: header.len - filled }),
             Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Received::Closed,
+            Err(e) => {
+                if let Some(end) = failed_read(&e) {
+                    return end;
+                }
+            }
         }
     }
     match protocol::decode_body(header, &body) {
         Ok(m) => Received::Message(m),
         Err(e) => Received::Bad(e),
+    }
+}
+
+/// What a failed read means: nothing (interrupted: read again), a timeout, or a
+/// lost connection.
+fn failed_read(e: &io::Error) -> Option<Received> {
+    match e.kind() {
+        io::ErrorKind::Interrupted => None,
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Some(Received::TimedOut),
+        _ => Some(Received::Closed),
     }
 }
 

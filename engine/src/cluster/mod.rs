@@ -10,7 +10,7 @@ mod worker;
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shardflow_control::protocol::*;
 use shardflow_control::{CoordinatorConfig, JobGraph, JobId, WorkerId};
@@ -124,13 +124,11 @@ impl ClusterClient {
         }
         send_message(self.sink.as_mut(), msg)
             .map_err(|e| EngineError::Io { what: format!("sending {}", msg.kind_name()), reason: e.to_string() })?;
-        let asked = Instant::now();
         match read_frame(&mut self.reader, self.max_frame_bytes) {
             Received::Message(Message::ErrorReply(e)) => Err(EngineError::Remote { code: e.code, message: e.message }),
             Received::Message(m) => Ok(m),
             Received::Bad(e) => Err(EngineError::Frame(e)),
-            // A read timeout ends the read like a close; the clock tells them apart.
-            Received::Closed if self.socket.is_some() && asked.elapsed() >= within => Err(EngineError::Io {
+            Received::TimedOut => Err(EngineError::Io {
                 what: waiting(),
                 reason: format!("the coordinator did not answer within {} ms", within.as_millis()),
             }),

@@ -173,7 +173,7 @@ fn spawn_reader(conn: ConnId, r: impl Read + Send + 'static, events: Sender<Even
         let event = match received {
             Received::Message(m) => Event::Frame(conn, m),
             Received::Bad(e) => Event::Bad(conn, e),
-            Received::Closed => Event::Closed(conn),
+            Received::Closed | Received::TimedOut => Event::Closed(conn),
         };
         events.send(event).is_ok()
     })

@@ -791,7 +791,7 @@ fn spawn_reader(session: u64, r: impl Read + Send + 'static, events: Sender<Even
         let event = match received {
             Received::Message(m) => Event::Frame(session, m),
             Received::Bad(e) => Event::Bad(session, e),
-            Received::Closed => Event::Closed(session),
+            Received::Closed | Received::TimedOut => Event::Closed(session),
         };
         events.send(event).is_ok()
     })
