@@ -260,6 +260,15 @@ pub(crate) enum WaitArg {
     Finished,
 }
 
+impl WaitArg {
+    fn condition(self) -> WaitCondition {
+        match self {
+            WaitArg::Running => WaitCondition::AllRunning,
+            WaitArg::Finished => WaitCondition::Terminal,
+        }
+    }
+}
+
 /// `shardflow submit`.
 #[derive(Debug, Args)]
 pub(crate) struct SubmitArgs {
@@ -325,11 +334,8 @@ pub(crate) fn submit(a: &SubmitArgs, cfg: &ConfigFile) -> Result<bool> {
         }
         return Ok(true);
     };
-    let until = match wait {
-        WaitArg::Running => WaitCondition::AllRunning,
-        WaitArg::Finished => WaitCondition::Terminal,
-    };
-    let d = client.wait(id, until, Duration::from_secs(a.timeout_s.or(defaults.timeout_s).unwrap_or(300)))?;
+    let d =
+        client.wait(id, wait.condition(), Duration::from_secs(a.timeout_s.or(defaults.timeout_s).unwrap_or(300)))?;
     print_details(&d, a.client.json);
     Ok(!matches!(d.status, shardflow_engine::JobStatus::Failed | shardflow_engine::JobStatus::Canceled))
 }
@@ -393,10 +399,7 @@ pub(crate) fn status(a: &StatusArgs, cfg: &ConfigFile) -> Result<()> {
     let mut client = a.client.connect(cfg)?;
     let d = match a.wait {
         None => client.job(id)?,
-        Some(w) => {
-            let until = if matches!(w, WaitArg::Running) { WaitCondition::AllRunning } else { WaitCondition::Terminal };
-            client.wait(id, until, Duration::from_secs(a.timeout_s))?
-        }
+        Some(w) => client.wait(id, w.condition(), Duration::from_secs(a.timeout_s))?,
     };
     print_details(&d, a.client.json);
     Ok(())
@@ -490,7 +493,6 @@ pub(crate) fn cluster(a: &ClusterArgs, cfg: &ConfigFile) -> Result<bool> {
         Some(n) => client.wait_for_workers(n, Duration::from_secs(a.timeout_s))?,
         None => client.overview()?,
     };
-    let mut client = a.client.connect(cfg)?;
     let workers = client.workers()?;
     let util = if o.total_slots == 0 {
         0.0

@@ -111,7 +111,15 @@ pub(crate) fn send_message(sink: &mut dyn FrameSink, msg: &Message) -> io::Resul
 }
 
 /// The sending half of a TCP connection.
-pub(crate) struct TcpSink(pub(crate) TcpStream);
+pub(crate) struct TcpSink(TcpStream);
+
+impl TcpSink {
+    /// Control frames are small and answered at once: no Nagle delay.
+    pub(crate) fn new(stream: TcpStream) -> io::Result<Self> {
+        stream.set_nodelay(true)?;
+        Ok(TcpSink(stream))
+    }
+}
 
 impl FrameSink for TcpSink {
     fn send(&mut self, frame: &[u8]) -> io::Result<()> {

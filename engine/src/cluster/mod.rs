@@ -89,11 +89,10 @@ impl ClusterClient {
             reason: e.to_string(),
         };
         let stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
-        stream.set_nodelay(true).map_err(io)?;
         let reader = stream.try_clone().map_err(io)?;
         let socket = Some(stream.try_clone().map_err(io)?);
         Ok(ClusterClient {
-            sink: Box::new(TcpSink(stream)),
+            sink: Box::new(TcpSink::new(stream).map_err(io)?),
             reader: Box::new(reader),
             socket,
             answer_timeout: DEFAULT_ANSWER_TIMEOUT,

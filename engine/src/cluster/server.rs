@@ -47,10 +47,9 @@ impl std::fmt::Debug for CoordinatorServer {
 /// A fresh fencing token per coordinator start.
 fn fresh_token() -> ResourceManagerId {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    let mut h = std::hash::DefaultHasher::new();
-    std::hash::Hash::hash(&(nanos, std::process::id()), &mut h);
-    let r = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), nanos);
-    ResourceManagerId(std::hash::Hasher::finish(&h) ^ r)
+    // RandomState is seeded randomly per process; time and pid separate restarts.
+    let seed = std::collections::hash_map::RandomState::new();
+    ResourceManagerId(std::hash::BuildHasher::hash_one(&seed, (nanos, std::process::id())))
 }
 
 impl CoordinatorServer {
@@ -103,10 +102,9 @@ impl CoordinatorServer {
     ) -> Result<Self, EngineError> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let coordinator = Coordinator::new(config, Box::new(RegistryCatalog::new(live)), fresh_token(), Instant::now());
-        let events = tx.clone();
         let looper = std::thread::Builder::new()
             .name("coordinator".into())
-            .spawn(move || event_loop(coordinator, rx, events))
+            .spawn(move || event_loop(coordinator, rx))
             .map_err(|e| EngineError::Io { what: "starting the coordinator thread".into(), reason: e.to_string() })?;
         Ok(CoordinatorServer {
             addr: None,
@@ -159,10 +157,9 @@ impl Drop for CoordinatorServer {
 }
 
 fn serve_tcp(conn: ConnId, stream: TcpStream, events: &Sender<Event>, max: usize) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
-    let writer = stream.try_clone()?;
+    let writer = TcpSink::new(stream.try_clone()?)?;
     // Open goes first so the loop knows the connection before its first frame.
-    let _ = events.send(Event::Open(conn, Box::new(TcpSink(writer))));
+    let _ = events.send(Event::Open(conn, Box::new(writer)));
     spawn_reader(conn, stream, events.clone(), max).inspect_err(|_| {
         let _ = events.send(Event::Closed(conn));
     })
@@ -179,7 +176,7 @@ fn spawn_reader(conn: ConnId, r: impl Read + Send + 'static, events: Sender<Even
     })
 }
 
-fn event_loop(mut c: Coordinator, rx: Receiver<Event>, _events: Sender<Event>) {
+fn event_loop(mut c: Coordinator, rx: Receiver<Event>) {
     let mut sinks: HashMap<ConnId, Box<dyn FrameSink>> = HashMap::new();
     loop {
         let deadline = c.next_deadline();

@@ -773,10 +773,10 @@ fn connect(connector: &Connector, events: &Sender<Event>, session: u64, max: usi
     match connector {
         Connector::Tcp(addr) => {
             let stream = TcpStream::connect_timeout(addr, Duration::from_secs(2)).ok()?;
-            stream.set_nodelay(true).ok()?;
             let reader = stream.try_clone().ok()?;
+            let sink = TcpSink::new(stream).ok()?;
             spawn_reader(session, reader, events.clone(), max).ok()?;
-            Some(Box::new(TcpSink(stream)))
+            Some(Box::new(sink))
         }
         Connector::InProcess(f) => {
             let PipeEnd { sink, reader } = f()?;
