@@ -150,6 +150,9 @@ struct JobMaster {
     phase: Phase,
     results: BTreeMap<ExecutionVertexId, TaskResultInfo>,
     failure: Option<String>,
+    /// The recorded failure was caused by a peer going away: a root cause that
+    /// reports later replaces it.
+    failure_secondary: bool,
     deployed_at: Instant,
     all_running: Option<Duration>,
 }
@@ -594,6 +597,7 @@ impl Coordinator {
             phase: Phase::Running,
             results: BTreeMap::new(),
             failure: None,
+            failure_secondary: false,
             deployed_at: now,
             all_running: None,
         };
@@ -849,6 +853,8 @@ impl Coordinator {
             tracing::debug!(job = %id, %attempt, "update for an old attempt");
             return;
         };
+        // A task that failed while being cancelled still names the job's root cause.
+        let reported = state;
         if current == ExecutionState::Canceling {
             match state {
                 ExecutionState::Initializing | ExecutionState::Running => return,
@@ -861,10 +867,14 @@ impl Coordinator {
         }
         let status_before = jm.eg.status();
         let cause = failure.as_ref().map(|f| f.cause.clone());
-        if let (Some(f), ExecutionState::Failed) = (&failure, state) {
+        let cancelled_by_user = matches!(status_before, JobStatus::Cancelling | JobStatus::Canceled);
+        if let (Some(f), ExecutionState::Failed, false) = (&failure, reported, cancelled_by_user) {
             let name = jm.eg.subtasks.iter().find(|s| s.attempt == attempt).map(|s| s.display_name.clone());
-            if jm.failure.is_none() || (status_before == JobStatus::Running && !f.secondary) {
+            let replaces =
+                jm.failure.is_none() || (!f.secondary && (status_before == JobStatus::Running || jm.failure_secondary));
+            if replaces {
                 jm.failure = Some(format!("{}: {}", name.unwrap_or_default(), f.cause));
+                jm.failure_secondary = f.secondary;
             }
         }
         match jm.eg.on_state(attempt, state, cause) {

@@ -482,3 +482,37 @@ fn a_shard_dump_request_fails_clearly_for_an_unknown_a_silent_or_a_lost_worker()
     assert_eq!(e.code, ErrorCode::UnknownWorker);
     assert!(e.message.contains("lost"), "{}", e.message);
 }
+
+fn fail(h: &mut Harness, conn: ConnId, d: &TaskDeploymentDescriptor, cause: &str, secondary: bool, now: Instant) {
+    let failure = Some(TaskFailureInfo { cause: cause.into(), secondary });
+    let m = UpdateTaskExecutionState {
+        job_master: d.job_master,
+        job: d.job,
+        attempt: d.attempt,
+        state: ExecutionState::Failed,
+        failure,
+        result: None,
+    };
+    h.c.on_message(now, conn, Message::UpdateTaskExecutionState(m));
+}
+
+#[test]
+fn a_root_cause_reported_after_a_peers_secondary_failure_names_the_job_failure() {
+    let mut h = Harness::new();
+    let t0 = h.t0;
+    h.register(1, "a", vec![0]);
+    let (id, out) = submit(&mut h, 10, job(1, PartitionerKind::Forward, b""), at(t0, 1));
+    let subs = submissions(&out);
+    run_all(&mut h, &subs, at(t0, 2));
+    let (source, sink) = (&subs[0], &subs[1]);
+    assert_eq!(source.1.vertex_name, "source");
+    // The sink fails; its source notices first that its consumer went away.
+    fail(&mut h, source.0, &source.1, "the consumer closed the channel", true, at(t0, 3));
+    fail(&mut h, sink.0, &sink.1, "managed memory budget exceeded", false, at(t0, 4));
+    let d = details(&mut h, id, at(t0, 5));
+    let failure = d.failure.unwrap();
+    assert!(failure.contains("sink") && failure.contains("managed memory budget exceeded"), "{failure}");
+    // A later root cause does not replace the first one.
+    fail(&mut h, sink.0, &sink.1, "something after", false, at(t0, 6));
+    assert!(details(&mut h, id, at(t0, 7)).failure.unwrap().contains("managed memory"));
+}
