@@ -30,6 +30,49 @@ pub enum Cores {
     List(Vec<usize>),
 }
 
+impl Cores {
+    /// The cores these name on this machine, checked: every core online, none
+    /// twice, no more than are online.
+    pub fn resolve(&self) -> Result<Vec<usize>, EngineError> {
+        let online = online_cores();
+        match self {
+            Cores::All => Ok(online),
+            Cores::Count(n) => {
+                if *n > online.len() {
+                    return Err(EngineError::InvalidConfig {
+                        field: "shards",
+                        value: n.to_string(),
+                        reason: format!("only {} cores are online ({online:?})", online.len()),
+                    });
+                }
+                Ok(online[..*n].to_vec())
+            }
+            Cores::List(list) => {
+                for (i, &c) in list.iter().enumerate() {
+                    if !online.contains(&c) {
+                        return Err(EngineError::UnknownCore { core: c, online: online.clone() });
+                    }
+                    if list[..i].contains(&c) {
+                        return Err(EngineError::DuplicateCore { core: c });
+                    }
+                }
+                Ok(list.clone())
+            }
+        }
+    }
+}
+
+/// Online CPUs, sorted.
+pub fn online_cores() -> Vec<usize> {
+    let mut cores: Vec<usize> = match glommio::CpuSet::online() {
+        Ok(set) => set.iter().map(|l| l.cpu).collect(),
+        Err(_) => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
+    };
+    cores.sort_unstable();
+    cores.dedup();
+    cores
+}
+
 /// Validated engine configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineConfig {
@@ -247,11 +290,5 @@ impl EngineBuilder {
     /// The checked configuration and the registry.
     pub(crate) fn into_parts(self) -> Result<(EngineConfig, OperatorRegistry), EngineError> {
         Ok((self.config()?, self.registry))
-    }
-
-    /// Starts the engine.
-    pub fn build(self) -> Result<crate::Engine, EngineError> {
-        let config = self.config()?;
-        crate::Engine::start(config, self.registry)
     }
 }

@@ -4,8 +4,8 @@
 //! the process's live registry under names unique to the submission, so its graph
 //! travels in frames like any other.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shardflow_control::protocol::{ErrorCode, DEFAULT_MAX_FRAME_BYTES};
@@ -15,14 +15,15 @@ use shardflow_control::{
 };
 use shardflow_memory::PoolMonitor;
 
-use crate::catalog::check_job;
-use crate::cluster::{pipe_client, ClusterClient, CoordinatorServer, JobBoard, Worker, WorkerOptions};
-use crate::config::{Cores, EngineBuilder, EngineConfig};
+use crate::cluster::{CoordinatorServer, JobBoard, Worker, WorkerOptions};
+use crate::config::{EngineBuilder, EngineConfig};
 use crate::error::EngineError;
 use crate::job::{Job, JobHandle, JobResult};
 use crate::ops;
 use crate::record::OpConfig;
+use crate::registry::catalog::check_job;
 use crate::registry::{LiveRegistry, OperatorRegistry};
+use crate::shared::{EngineInner, SubmissionNames};
 
 /// A shard as the engine reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,97 +58,9 @@ pub struct Engine {
     config: EngineConfig,
 }
 
-/// What the engine shares with its job handles.
-pub(crate) struct EngineInner {
-    server: Mutex<Option<CoordinatorServer>>,
-    live: Arc<LiveRegistry>,
-    pub(crate) board: Arc<JobBoard>,
-    submissions: AtomicU64,
-    stopping: AtomicBool,
-}
-
-impl EngineInner {
-    /// A client on a fresh in-process connection, unless the engine has stopped.
-    pub(crate) fn client(&self) -> Result<ClusterClient, EngineError> {
-        let server = self.server.lock().unwrap_or_else(PoisonError::into_inner);
-        server.as_ref().map(pipe_client).ok_or(EngineError::Shutdown)
-    }
-
-    pub(crate) fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
-    }
-
-    /// Forgets the operators and collectors a submission added.
-    pub(crate) fn forget(&self, names: &SubmissionNames) {
-        if names.operators.is_empty() && names.collectors.is_empty() {
-            return;
-        }
-        self.live.update(|registry, resources| {
-            for n in &names.operators {
-                registry.remove(n);
-            }
-            for c in &names.collectors {
-                resources.remove_collector(c);
-            }
-        });
-    }
-}
-
-impl std::fmt::Debug for EngineInner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EngineInner").finish_non_exhaustive()
-    }
-}
-
-/// The live-registry names one submission added.
-#[derive(Debug, Default)]
-pub(crate) struct SubmissionNames {
-    operators: Vec<String>,
-    collectors: Vec<String>,
-}
-
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine").field("shards", &self.shards).field("config", &self.config).finish()
-    }
-}
-
-/// Online CPUs, sorted.
-pub fn online_cores() -> Vec<usize> {
-    let mut cores: Vec<usize> = match glommio::CpuSet::online() {
-        Ok(set) => set.iter().map(|l| l.cpu).collect(),
-        Err(_) => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
-    };
-    cores.sort_unstable();
-    cores.dedup();
-    cores
-}
-
-pub(crate) fn resolve_cores(cores: &Cores) -> Result<Vec<usize>, EngineError> {
-    let online = online_cores();
-    match cores {
-        Cores::All => Ok(online),
-        Cores::Count(n) => {
-            if *n > online.len() {
-                return Err(EngineError::InvalidConfig {
-                    field: "shards",
-                    value: n.to_string(),
-                    reason: format!("only {} cores are online ({online:?})", online.len()),
-                });
-            }
-            Ok(online[..*n].to_vec())
-        }
-        Cores::List(list) => {
-            for (i, &c) in list.iter().enumerate() {
-                if !online.contains(&c) {
-                    return Err(EngineError::UnknownCore { core: c, online: online.clone() });
-                }
-                if list[..i].contains(&c) {
-                    return Err(EngineError::DuplicateCore { core: c });
-                }
-            }
-            Ok(list.clone())
-        }
     }
 }
 
@@ -170,19 +83,9 @@ impl Engine {
             ..CoordinatorConfig::default()
         };
         let server = CoordinatorServer::start_live(coordinator, live.clone(), DEFAULT_MAX_FRAME_BYTES)?;
-        let inner = Arc::new(EngineInner {
-            server: Mutex::new(Some(server)),
-            live: live.clone(),
-            board: Arc::new(JobBoard::embedded()),
-            submissions: AtomicU64::new(0),
-            stopping: AtomicBool::new(false),
-        });
+        let inner = Arc::new(EngineInner::new(server, live.clone(), Arc::new(JobBoard::embedded())));
         let weak = Arc::downgrade(&inner);
-        let connector = crate::cluster::in_process_connector(move || {
-            let inner = weak.upgrade()?;
-            let server = inner.server.lock().unwrap_or_else(PoisonError::into_inner);
-            server.as_ref().map(crate::cluster::pipe_to)
-        });
+        let connector = crate::cluster::in_process_connector(move || weak.upgrade()?.pipe());
         let options = WorkerOptions { resource_id: Some("embedded".into()), ..WorkerOptions::default() };
         let worker = Worker::start_with(connector, config.clone(), live, inner.board.clone(), options)?;
         let shards = worker.shards().iter().map(|s| ShardInfo { id: s.id, core: s.core }).collect();
@@ -208,7 +111,7 @@ impl Engine {
     /// runs; a task that does not fit its shard's network memory fails the job.
     pub fn submit_with(&self, job: Job, strategy: PlacementStrategy) -> Result<JobHandle, EngineError> {
         let Job { mut graph, resources, registry: own } = job;
-        let (base, _) = self.inner.live.snapshot();
+        let (base, _) = self.inner.live().snapshot();
         let merged = if own.is_empty() {
             base
         } else {
@@ -219,7 +122,7 @@ impl Engine {
         check_job(&graph, &merged, &resources)?;
 
         // The job's own operators and collectors, under names unique to this submission.
-        let n = self.inner.submissions.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = self.inner.next_submission();
         let tag = |name: &str| format!("{name}@{n}");
         let own_names: Vec<String> = own.names().map(str::to_string).collect();
         let collectors: Vec<String> = resources.collector_names().map(str::to_string).collect();
@@ -237,7 +140,7 @@ impl Engine {
             operators: own_names.iter().map(|o| tag(o)).collect(),
             collectors: collectors.iter().map(|c| tag(c)).collect(),
         };
-        self.inner.live.update(|registry, live_resources| {
+        self.inner.live().update(|registry, live_resources| {
             registry.merge_renamed(&own, tag);
             for c in &collectors {
                 if let Some(tx) = resources.collector(c) {
@@ -343,12 +246,18 @@ impl Engine {
     }
 
     fn stop(&mut self) {
-        self.inner.stopping.store(true, Ordering::Release);
         if let Some(w) = self.worker.take() {
             w.shutdown();
         }
-        let server = self.inner.server.lock().unwrap_or_else(PoisonError::into_inner).take();
-        drop(server);
+        self.inner.stop();
+    }
+}
+
+impl EngineBuilder {
+    /// Starts the engine.
+    pub fn build(self) -> Result<Engine, EngineError> {
+        let (config, registry) = self.into_parts()?;
+        Engine::start(config, registry)
     }
 }
 

@@ -12,12 +12,12 @@ use shardflow_control::{
     JobGraph, JobId, JobStatus, JobVertex, OperatorSpec, PartitionerKind, SlotAssignment, VertexId,
 };
 
-use crate::engine::{EngineInner, SubmissionNames};
 use crate::error::EngineError;
 use crate::operator::SinkOutput;
 use crate::ops;
 use crate::record::Record;
 use crate::registry::{JobResources, OperatorRegistry};
+use crate::shared::{EngineInner, SubmissionNames};
 
 /// A job ready to submit: its graph, the resources its operators use (collectors)
 /// and any operators registered just for it.

@@ -100,3 +100,32 @@ pub enum ChainHead {
     /// An operator consuming the input gate.
     Operator(Box<dyn Operator>),
 }
+
+/// A record-to-record function as an operator (inlined per batch).
+pub(crate) struct MapFn<F>(pub(crate) F);
+impl<F: Fn(Record) -> Record> Operator for MapFn<F> {
+    fn process_batch(&mut self, input: &[Record], out: &mut Vec<Record>) -> Result<(), OperatorError> {
+        out.extend(input.iter().map(|r| (self.0)(*r)));
+        Ok(())
+    }
+}
+
+/// A predicate as an operator.
+pub(crate) struct FilterFn<F>(pub(crate) F);
+impl<F: Fn(&Record) -> bool> Operator for FilterFn<F> {
+    fn process_batch(&mut self, input: &[Record], out: &mut Vec<Record>) -> Result<(), OperatorError> {
+        out.extend(input.iter().filter(|r| (self.0)(r)));
+        Ok(())
+    }
+}
+
+/// A one-to-many function as an operator.
+pub(crate) struct FlatMapFn<F>(pub(crate) F);
+impl<F: Fn(&Record, &mut Vec<Record>)> Operator for FlatMapFn<F> {
+    fn process_batch(&mut self, input: &[Record], out: &mut Vec<Record>) -> Result<(), OperatorError> {
+        for r in input {
+            (self.0)(r, out);
+        }
+        Ok(())
+    }
+}

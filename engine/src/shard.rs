@@ -21,7 +21,6 @@ use shardflow_control::{AttemptId, ExecutionState, JobId};
 use shardflow_memory::{Budget, BudgetKind, PoolMonitor, SegmentPool, SegmentPoolBuilder};
 
 use crate::config::{EngineConfig, IdlePolicy};
-use crate::engine::resolve_cores;
 use crate::error::EngineError;
 use crate::mailbox::{mailbox, Mailbox, MailboxSender};
 use crate::task::{run_task, TaskDeployment, TaskFailure, TaskOutput};
@@ -63,7 +62,7 @@ pub(crate) struct ShardSpec {
 /// Starts one shard per configured core, each reporting to `reports`. On error the
 /// shards started so far stop.
 pub(crate) fn start_shards(config: &EngineConfig, reports: ReportSink) -> Result<Vec<ShardHandle>, EngineError> {
-    let cores = resolve_cores(&config.cores)?;
+    let cores = config.cores.resolve()?;
     let segments = config.network_memory_bytes / config.segment_bytes;
     let mut handles = Vec::with_capacity(cores.len());
     for (i, &core) in cores.iter().enumerate() {

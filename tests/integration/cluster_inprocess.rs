@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use shardflow_engine::catalog::named_job;
 use shardflow_engine::cluster::MiniCluster;
+use shardflow_engine::jobs::named_job;
 use shardflow_engine::protocol::{ErrorCode, WaitCondition};
 use shardflow_engine::{CoordinatorConfig, Cores, EngineError, ExecutionState, JobStatus};
 

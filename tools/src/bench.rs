@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shardflow_engine::{Cores, Engine, IdlePolicy, JobHandle, JobResult, PlacementStrategy};
 
 use crate::cpu::process_cpu_time;
-use shardflow_engine::catalog::{exchange, keyed_sum, latency, P2_KEYS};
+use shardflow_engine::jobs::{exchange, keyed_sum, latency, P2_KEYS};
 
 /// The benchmark pipelines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -11,8 +11,8 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use serde_json::json;
-use shardflow_engine::catalog::{named_job, NAMED_JOBS};
 use shardflow_engine::cluster::{ClusterClient, CoordinatorServer, Worker, WorkerOptions};
+use shardflow_engine::jobs::{named_job, NAMED_JOBS};
 use shardflow_engine::protocol::{JobDetails, WaitCondition, DEFAULT_MAX_FRAME_BYTES};
 use shardflow_engine::{
     CoordinatorConfig, Cores, Engine, IdlePolicy, JobId, OperatorRegistry, PlacementStrategy, RestartStrategy, WorkerId,

@@ -19,7 +19,8 @@ pub use server::CoordinatorServer;
 pub(crate) use worker::{JobBoard, Outputs};
 pub use worker::{Worker, WorkerOptions};
 
-use link::{pipe, read_frame, send_message, FrameSink, PipeEnd, Received, TcpSink};
+pub(crate) use link::PipeEnd;
+use link::{pipe, read_frame, send_message, FrameSink, Received, TcpSink};
 use worker::Connector;
 
 use crate::config::EngineBuilder;

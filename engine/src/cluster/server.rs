@@ -15,8 +15,8 @@ use shardflow_control::protocol::{FrameError, Message};
 use shardflow_control::{ConnId, Coordinator, CoordinatorConfig, Output, ResourceManagerId};
 
 use super::link::{self, send_message, FrameSink, PipeEnd, Received, TcpSink};
-use crate::catalog::RegistryCatalog;
 use crate::error::EngineError;
+use crate::registry::catalog::RegistryCatalog;
 use crate::registry::{LiveRegistry, OperatorRegistry};
 
 pub(crate) enum Event {

@@ -29,12 +29,16 @@ use crate::registry::OperatorRegistry;
 pub use keyed::{KeyedProcess, KeyedProcessFunction};
 pub use source::{KeyGen, ValueGen, GOLDEN};
 
-/// Registers every built-in operator.
-pub(crate) fn register_builtins(r: &mut OperatorRegistry) {
-    source::register(r);
-    transform::register(r);
-    keyed::register(r);
-    sink::register(r);
+impl OperatorRegistry {
+    /// A registry holding the built-in operators (the table above).
+    pub fn with_builtins() -> Self {
+        let mut r = Self::empty();
+        source::register(&mut r);
+        transform::register(&mut r);
+        keyed::register(&mut r);
+        sink::register(&mut r);
+        r
+    }
 }
 
 fn spec(name: &str, cfg: OpConfig) -> OperatorSpec {

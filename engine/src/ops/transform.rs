@@ -4,8 +4,9 @@
 use strength_reduce::StrengthReducedU64;
 
 use crate::error::EngineError;
+use crate::operator::{FilterFn, FlatMapFn, MapFn};
 use crate::record::{OpConfig, Record};
-use crate::registry::{FilterFn, FlatMapFn, MapFn, OperatorRegistry};
+use crate::registry::OperatorRegistry;
 
 fn positive(c: &OpConfig, op: &str, key: &str) -> Result<u64, EngineError> {
     let v = c.u64(op, key)?;

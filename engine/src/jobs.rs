@@ -1,18 +1,14 @@
 //! Named jobs: the benchmark pipelines and a few more, built from parameters, so
 //! that `shardflow bench` runs them embedded and `shardflow submit <name>` runs the
-//! same graphs on a cluster. Also the bridge from the operator registry to the
-//! coordinator's [`OperatorCatalog`].
+//! same graphs on a cluster.
 
 use std::collections::BTreeMap;
 
-use std::sync::Arc;
-
-use shardflow_control::{validate_job, OperatorCatalog, OperatorSpec, PartitionerKind};
+use shardflow_control::{OperatorSpec, PartitionerKind};
 
 use crate::error::EngineError;
 use crate::job::{Job, JobBuilder};
 use crate::ops;
-use crate::registry::{JobResources, LiveRegistry, OperatorRegistry};
 
 /// P2's key space.
 pub const P2_KEYS: u64 = 100_000;
@@ -110,59 +106,4 @@ pub fn named_job(name: &str, params: &BTreeMap<String, String>, parallelism: u32
             forward_count(source, parallelism)
         }
     })
-}
-
-/// A registry as the coordinator sees it: the live one of the process it runs
-/// in.
-pub(crate) struct RegistryCatalog {
-    live: Arc<LiveRegistry>,
-}
-
-impl RegistryCatalog {
-    pub(crate) fn new(live: Arc<LiveRegistry>) -> Self {
-        RegistryCatalog { live }
-    }
-}
-
-impl OperatorCatalog for RegistryCatalog {
-    fn contains(&self, name: &str) -> bool {
-        self.live.snapshot().0.contains(name)
-    }
-    fn is_source(&self, name: &str) -> bool {
-        self.live.snapshot().0.is_source(name)
-    }
-    fn check(&self, spec: &OperatorSpec) -> Result<(), String> {
-        let (registry, resources) = self.live.snapshot();
-        registry.build_head(&spec.name, &spec.config, &resources).map(|_| ()).map_err(|e| e.to_string())
-    }
-}
-
-/// [`validate_job`] against `registry` and `resources`, with the engine's errors:
-/// the graph's shape and operator names first, then every operator built once (so
-/// bad configuration is refused by operator), then the chains.
-pub(crate) fn check_job(
-    graph: &shardflow_control::JobGraph,
-    registry: &OperatorRegistry,
-    resources: &JobResources,
-) -> Result<(), EngineError> {
-    graph.validate(&|name| registry.contains(name))?;
-    for v in &graph.vertices {
-        for op in &v.chain {
-            registry.build_head(&op.name, &op.config, resources)?;
-        }
-    }
-    struct Local<'a>(&'a OperatorRegistry);
-    impl OperatorCatalog for Local<'_> {
-        fn contains(&self, name: &str) -> bool {
-            self.0.contains(name)
-        }
-        fn is_source(&self, name: &str) -> bool {
-            self.0.is_source(name)
-        }
-        fn check(&self, _: &OperatorSpec) -> Result<(), String> {
-            Ok(()) // built above
-        }
-    }
-    validate_job(graph, &Local(registry))?;
-    Ok(())
 }

@@ -1,14 +1,18 @@
 //! The operator registry: operator name → factory. A job names its operators; every
 //! process running the job resolves the names in its own registry, so one job
 //! definition runs unchanged embedded and on a cluster.
+//!
+//! [`catalog`] shows a registry to the coordinator and checks jobs against it.
+
+pub(crate) mod catalog;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crossbeam_channel::Sender;
 
-use crate::error::{EngineError, OperatorError};
-use crate::operator::{ChainHead, Operator, SourceOperator};
+use crate::error::EngineError;
+use crate::operator::{ChainHead, FilterFn, FlatMapFn, MapFn, Operator, SourceOperator};
 use crate::record::{OpConfig, Record};
 
 /// Per-job resources a factory may hand to the operators it builds (the channels of
@@ -93,13 +97,6 @@ impl OperatorRegistry {
     /// An empty registry.
     pub fn empty() -> Self {
         Self::default()
-    }
-
-    /// A registry holding the built-in operators (see [`crate::ops`]).
-    pub fn with_builtins() -> Self {
-        let mut r = Self::empty();
-        crate::ops::register_builtins(&mut r);
-        r
     }
 
     /// Registers a source factory under `name` (replacing any previous one).
@@ -205,34 +202,5 @@ impl OperatorRegistry {
                 reason: "a source can only head a vertex without inputs".into(),
             }),
         }
-    }
-}
-
-/// A record-to-record function as an operator (inlined per batch).
-pub(crate) struct MapFn<F>(pub(crate) F);
-impl<F: Fn(Record) -> Record> Operator for MapFn<F> {
-    fn process_batch(&mut self, input: &[Record], out: &mut Vec<Record>) -> Result<(), OperatorError> {
-        out.extend(input.iter().map(|r| (self.0)(*r)));
-        Ok(())
-    }
-}
-
-/// A predicate as an operator.
-pub(crate) struct FilterFn<F>(pub(crate) F);
-impl<F: Fn(&Record) -> bool> Operator for FilterFn<F> {
-    fn process_batch(&mut self, input: &[Record], out: &mut Vec<Record>) -> Result<(), OperatorError> {
-        out.extend(input.iter().filter(|r| (self.0)(r)));
-        Ok(())
-    }
-}
-
-/// A one-to-many function as an operator.
-pub(crate) struct FlatMapFn<F>(pub(crate) F);
-impl<F: Fn(&Record, &mut Vec<Record>)> Operator for FlatMapFn<F> {
-    fn process_batch(&mut self, input: &[Record], out: &mut Vec<Record>) -> Result<(), OperatorError> {
-        for r in input {
-            (self.0)(r, out);
-        }
-        Ok(())
     }
 }
