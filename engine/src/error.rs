@@ -41,6 +41,14 @@ pub enum EngineError {
         /// What is wrong.
         reason: String,
     },
+    /// An operator's factory panicked while building it (a bug in the factory).
+    #[error("operator '{operator}': building it panicked: {message}")]
+    OperatorPanicked {
+        /// Operator name.
+        operator: String,
+        /// The panic's message.
+        message: String,
+    },
     /// A feature the job graph asks for that this engine does not run.
     #[error("unsupported: {0}")]
     Unsupported(String),

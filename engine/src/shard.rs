@@ -262,11 +262,7 @@ async fn supervise(d: TaskDeployment, pool: Rc<SegmentPool>, token: CancelToken,
         Some(Ok(Ok(output))) => report(ExecutionState::Finished, None, Some(output)),
         Some(Ok(Err(failure))) => report(ExecutionState::Failed, Some(failure), None),
         Some(Err(panic)) => {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic payload".into());
+            let msg = shardflow_control::panic_message(&*panic);
             report(
                 ExecutionState::Failed,
                 Some(TaskFailure { cause: format!("operator panicked: {msg}"), secondary: false }),

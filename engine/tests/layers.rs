@@ -54,8 +54,7 @@ fn modules_import_only_lower_layers() {
         let own = layer(&top).unwrap_or_else(|| panic!("{}: module '{top}' is not in LAYERS", rel.display()));
         let text = std::fs::read_to_string(&file).unwrap();
         for (at, _) in text.match_indices("crate::") {
-            let name: String =
-                text[at + 7..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            let name: String = text[at + 7..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
             let Some(theirs) = layer(&name) else { continue };
             checked += 1;
             if name != top && theirs >= own {

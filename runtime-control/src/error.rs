@@ -88,6 +88,14 @@ pub enum ControlError {
         /// Requested status.
         to: JobStatus,
     },
+    /// A job master phase change that is not a legal edge.
+    #[error("illegal job master phase transition {from} -> {to}")]
+    IllegalPhaseTransition {
+        /// Current phase.
+        from: String,
+        /// Requested phase.
+        to: String,
+    },
     /// A state event names an attempt the graph does not have (a stale attempt).
     #[error("unknown execution attempt {attempt}")]
     UnknownAttempt {
@@ -123,6 +131,13 @@ pub enum ControlError {
         vertex: String,
         /// What is wrong.
         reason: String,
+    },
+    /// The operator catalog panicked while checking the job (a bug in an
+    /// operator factory of the process).
+    #[error("invalid job graph: checking its operators panicked: {message}")]
+    CatalogPanicked {
+        /// The panic's message.
+        message: String,
     },
     /// Not supported by this build.
     #[error("unsupported: {0}")]

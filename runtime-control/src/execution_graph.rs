@@ -237,6 +237,18 @@ impl ExecutionGraph {
         let _ = self.status.transition(next);
     }
 
+    /// Fails the job at once (its master found an error in its own bookkeeping):
+    /// every subtask not terminal is cancelled as in [`Self::begin_cancel`] and the
+    /// job goes FAILED, a legal edge from every status that is not terminal but
+    /// SUSPENDED (which stays). Returns the attempts that need a cancel message.
+    pub fn abort(&mut self) -> Vec<AttemptId> {
+        let to_cancel = self.begin_cancel();
+        if self.status.can_transition(JobStatus::Failed) {
+            self.status = JobStatus::Failed;
+        }
+        to_cancel
+    }
+
     /// The first failure, as "subtask: cause".
     pub fn first_failure(&self) -> Option<String> {
         self.subtasks.iter().find_map(|s| s.failure.as_ref().map(|f| format!("{}: {f}", s.display_name)))
@@ -292,6 +304,23 @@ mod tests {
             let expect = if i + 1 == attempts.len() { JobStatus::Finished } else { JobStatus::Running };
             assert_eq!(st, expect);
         }
+    }
+
+    #[test]
+    fn abort_fails_the_job_from_any_live_status_and_lists_what_to_cancel() {
+        use ExecutionState::*;
+        let (g, order) = graph();
+        let mut eg = ExecutionGraph::expand(JobId(1), &g, &order);
+        eg.start().unwrap();
+        let first = eg.subtasks[0].attempt;
+        for to in [Scheduled, Deploying, Initializing, Running] {
+            eg.on_state(first, to, None).unwrap();
+        }
+        assert_eq!(eg.abort(), vec![first], "only the deployed subtask needs a cancel message");
+        assert_eq!(eg.status(), JobStatus::Failed);
+        assert!(eg.subtasks[1..].iter().all(|s| s.state == Canceled));
+        eg.on_state(first, Canceled, None).unwrap();
+        assert_eq!(eg.status(), JobStatus::Failed, "stays failed");
     }
 
     #[test]

@@ -57,7 +57,9 @@ mod restart;
 mod slot_manager;
 mod state;
 
-pub use coordinator::{validate_job, ConnId, Coordinator, CoordinatorConfig, OperatorCatalog, Output};
+pub use coordinator::{
+    panic_message, validate_job, CatalogError, ConnId, Coordinator, CoordinatorConfig, OperatorCatalog, Output,
+};
 pub use error::ControlError;
 pub use execution_graph::{edge_channels, input_channels, subpartitions, ChannelSpec, ExecutionGraph, ExecutionVertex};
 pub use heartbeat::HeartbeatMonitor;

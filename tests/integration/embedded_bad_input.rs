@@ -156,3 +156,31 @@ fn keyed_state_beyond_the_slot_budget_fails_the_job_with_the_numbers() {
     let result = engine.submit(keyed(1_000)).unwrap().wait_timeout(TIMEOUT).expect("fits the budget");
     assert_eq!(result.count(), (1_000, 200_000));
 }
+
+#[test]
+fn a_panicking_operator_factory_is_a_typed_refusal_and_the_engine_keeps_running() {
+    let engine = small_engine()
+        .register(|r| r.register_operator("explodes", |_, _| panic!("factory bug")))
+        .build()
+        .expect("engine starts");
+    let slots = engine.free_slots().unwrap();
+    let job = JobBuilder::new("boom")
+        .source("source", source(), 1)
+        .connect(PartitionerKind::Forward, "sink", 1)
+        .then(OperatorSpec::new("explodes", vec![]))
+        .build();
+    match engine.submit(job) {
+        Err(EngineError::OperatorPanicked { operator, message }) => {
+            assert_eq!(operator, "explodes");
+            assert_eq!(message, "factory bug");
+        }
+        other => panic!("expected a typed refusal, got {other:?}"),
+    }
+    assert_eq!(engine.free_slots().unwrap(), slots, "nothing was placed");
+    let ok = JobBuilder::new("fine")
+        .source("source", source(), 1)
+        .connect(PartitionerKind::Forward, "sink", 1)
+        .then(ops::count_sink())
+        .build();
+    assert_eq!(engine.submit(ok).unwrap().wait_timeout(TIMEOUT).unwrap().count().0, 10);
+}

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use shardflow_control::{validate_job, JobGraph, OperatorCatalog, OperatorSpec};
+use shardflow_control::{validate_job, CatalogError, JobGraph, OperatorCatalog, OperatorSpec};
 
 use super::{JobResources, LiveRegistry, OperatorRegistry};
 use crate::error::EngineError;
@@ -27,9 +27,12 @@ impl OperatorCatalog for RegistryCatalog {
     fn is_source(&self, name: &str) -> bool {
         self.live.snapshot().0.is_source(name)
     }
-    fn check(&self, spec: &OperatorSpec) -> Result<(), String> {
+    fn check(&self, spec: &OperatorSpec) -> Result<(), CatalogError> {
         let (registry, resources) = self.live.snapshot();
-        registry.build_head(&spec.name, &spec.config, &resources).map(|_| ()).map_err(|e| e.to_string())
+        registry.build_head(&spec.name, &spec.config, &resources).map(|_| ()).map_err(|e| match e {
+            EngineError::OperatorPanicked { operator, message } => CatalogError::Panicked { operator, message },
+            other => CatalogError::InvalidConfig { reason: other.to_string() },
+        })
     }
 }
 
@@ -55,10 +58,30 @@ pub(crate) fn check_job(
         fn is_source(&self, name: &str) -> bool {
             self.0.is_source(name)
         }
-        fn check(&self, _: &OperatorSpec) -> Result<(), String> {
+        fn check(&self, _: &OperatorSpec) -> Result<(), CatalogError> {
             Ok(()) // built above
         }
     }
     validate_job(graph, &Local(registry))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_factory_that_panics_is_a_typed_catalog_error() {
+        let mut registry = OperatorRegistry::empty();
+        registry.register_operator("explodes", |_, _| panic!("factory bug"));
+        let catalog = RegistryCatalog::new(Arc::new(LiveRegistry::new(registry)));
+        assert_eq!(
+            catalog.check(&OperatorSpec::new("explodes", vec![])),
+            Err(CatalogError::Panicked { operator: "explodes".into(), message: "factory bug".into() })
+        );
+        assert!(matches!(
+            catalog.check(&OperatorSpec::new("missing", vec![])),
+            Err(CatalogError::InvalidConfig { reason }) if reason.contains("not registered")
+        ));
+    }
 }

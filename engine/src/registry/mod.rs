@@ -7,9 +7,11 @@
 pub(crate) mod catalog;
 
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crossbeam_channel::Sender;
+use shardflow_control::panic_message;
 
 use crate::error::EngineError;
 use crate::operator::{ChainHead, FilterFn, FlatMapFn, MapFn, Operator, SourceOperator};
@@ -176,16 +178,20 @@ impl OperatorRegistry {
         matches!(self.factories.get(name), Some(Factory::Source(_)))
     }
 
-    /// Builds operator `name` from its config bytes as a chain head.
+    /// Builds operator `name` from its config bytes as a chain head. A factory
+    /// that panics is an [`EngineError::OperatorPanicked`], not a dead thread.
     pub fn build_head(&self, name: &str, config: &[u8], res: &JobResources) -> Result<ChainHead, EngineError> {
         let cfg = OpConfig::parse(name, config)?;
-        match self.factories.get(name) {
+        let built = catch_unwind(AssertUnwindSafe(|| match self.factories.get(name) {
             Some(Factory::Source(f)) => Ok(ChainHead::Source(f(&cfg, res)?)),
             Some(Factory::Operator(f)) => Ok(ChainHead::Operator(f(&cfg, res)?)),
             None => {
                 Err(EngineError::InvalidOperatorConfig { operator: name.to_string(), reason: "not registered".into() })
             }
-        }
+        }));
+        built.unwrap_or_else(|payload| {
+            Err(EngineError::OperatorPanicked { operator: name.to_string(), message: panic_message(&*payload) })
+        })
     }
 
     /// Builds operator `name` as a chained (non-head) operator.

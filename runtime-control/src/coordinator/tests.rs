@@ -1,8 +1,13 @@
 //! The coordinator driven by hand: messages in, outputs out, time passed as an
 //! argument (no sleeps, no sockets).
 
+use std::time::Duration;
+
 use super::*;
-use crate::job_graph::{JobVertex, PartitionerKind};
+use crate::ids::JobMasterId;
+use crate::job_graph::{JobGraph, JobVertex, OperatorSpec, PartitionerKind};
+use crate::placement::PlacementStrategy;
+use crate::state::ExecutionState;
 
 struct Catalog;
 
@@ -13,9 +18,12 @@ impl OperatorCatalog for Catalog {
     fn is_source(&self, name: &str) -> bool {
         name == "src"
     }
-    fn check(&self, spec: &OperatorSpec) -> Result<(), String> {
+    fn check(&self, spec: &OperatorSpec) -> Result<(), CatalogError> {
+        if spec.config == b"panic" {
+            panic!("the factory exploded");
+        }
         if spec.config == b"bad" {
-            Err("bad config".into())
+            Err(CatalogError::InvalidConfig { reason: "bad config".into() })
         } else {
             Ok(())
         }
@@ -515,4 +523,31 @@ fn a_root_cause_reported_after_a_peers_secondary_failure_names_the_job_failure()
     // A later root cause does not replace the first one.
     fail(&mut h, sink.0, &sink.1, "something after", false, at(t0, 6));
     assert!(details(&mut h, id, at(t0, 7)).failure.unwrap().contains("managed memory"));
+}
+
+#[test]
+fn a_panicking_catalog_check_is_a_typed_refusal_and_the_coordinator_lives() {
+    let mut h = Harness::new();
+    let t0 = h.t0;
+    h.register(1, "a", vec![0, 1]);
+    let out = h.c.on_message(
+        at(t0, 1),
+        5,
+        Message::SubmitJob(SubmitJob {
+            graph: job(2, PartitionerKind::Hash, b"panic"),
+            placement: String::new(),
+            restart: String::new(),
+        }),
+    );
+    match &out[..] {
+        [Output::Send(5, Message::ErrorReply(e)), Output::Close(5)] => {
+            assert_eq!(e.code, ErrorCode::InvalidJob);
+            assert!(e.message.contains("panicked") && e.message.contains("the factory exploded"), "{}", e.message);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    h.c.on_disconnect(at(t0, 2), 5);
+    let (id, out) = submit(&mut h, 6, job(2, PartitionerKind::Hash, b""), at(t0, 3));
+    assert_eq!(submissions(&out).len(), 4, "the next submission is deployed as usual");
+    assert_eq!(h.c.job_status(id), Some(JobStatus::Running));
 }

@@ -1,0 +1,191 @@
+//! The Dispatcher's part of the coordinator: submissions (each creates a
+//! [`JobMaster`]), cancels, the jobs kept after they end, task reports routed to
+//! their job's master, and the clients waiting for a job, for workers or for a
+//! worker's dump.
+
+use std::time::{Duration, Instant};
+
+use super::job_master::JobMaster;
+use super::validation::validate_job;
+use super::{ConnId, Coordinator, Role};
+use crate::error::ControlError;
+use crate::ids::{JobId, JobMasterId, WorkerId};
+use crate::placement::PlacementStrategy;
+use crate::protocol::*;
+use crate::restart::{RestartStrategy, RestartTracker};
+use crate::state::ExecutionState;
+
+/// What a waiting client waits for.
+pub(super) enum WaitFor {
+    /// A job's condition.
+    Job(JobId, WaitCondition),
+    /// At least this many registered workers.
+    Workers(u32),
+    /// The worker's answer to a [`RequestShardDump`].
+    Dump(WorkerId),
+}
+
+/// A client waiting for something, until `deadline` at the latest.
+pub(super) struct Waiter {
+    pub(super) conn: ConnId,
+    pub(super) what: WaitFor,
+    pub(super) deadline: Instant,
+}
+
+impl Coordinator {
+    pub(super) fn submit(&mut self, now: Instant, conn: ConnId, m: SubmitJob) {
+        let placement = if m.placement.is_empty() {
+            Ok(self.config.default_placement.clone())
+        } else {
+            m.placement.parse::<PlacementStrategy>()
+        };
+        let restart = if m.restart.is_empty() {
+            Ok(self.config.default_restart.clone())
+        } else {
+            m.restart.parse::<RestartStrategy>()
+        };
+        let checked = placement
+            .and_then(|p| restart.map(|r| (p, r)))
+            .and_then(|(p, r)| validate_job(&m.graph, self.catalog.as_ref()).map(|order| (p, r, order)));
+        let (placement, restart, order) = match checked {
+            Ok(x) => x,
+            Err(e) => return self.reject(conn, ErrorCode::InvalidJob, &e.to_string()),
+        };
+        let id = JobId(self.next_job);
+        let token = self.fresh_token();
+        let started = JobMaster::start(id, token, m.graph, order, placement, RestartTracker::new(restart), now);
+        let jm = match started {
+            Ok(jm) => jm,
+            Err(e) => return self.reject(conn, ErrorCode::Internal, &e.to_string()),
+        };
+        let assignment = match jm.place(&self.slots) {
+            Ok(a) => a,
+            Err(e) => {
+                let code = match e {
+                    ControlError::NotEnoughSlots { .. } | ControlError::RemoteChannels { .. } => {
+                        ErrorCode::NotEnoughSlots
+                    }
+                    _ => ErrorCode::InvalidJob,
+                };
+                return self.reject(conn, code, &e.to_string());
+            }
+        };
+        self.next_job += 1;
+        tracing::info!(job = %id, name = %jm.graph().name, "job submitted");
+        self.jobs.insert(id, jm);
+        self.send(conn, Message::JobSubmitted(JobSubmitted { job: id }));
+        self.with_job(now, id, |jm, gw| jm.deploy(gw, now, assignment));
+    }
+
+    pub(super) fn cancel_job(&mut self, now: Instant, conn: ConnId, m: CancelJob) {
+        if self.with_job(now, m.job, |jm, gw| jm.cancel(gw)).is_some() {
+            self.send(conn, Message::Ack(Ack {}));
+        } else {
+            self.reject(conn, ErrorCode::UnknownJob, &format!("no job {}", m.job));
+        }
+    }
+
+    /// Job `id` has ended: it is kept for status queries until
+    /// `retained_jobs` others have ended after it.
+    pub(super) fn job_ended(&mut self, id: JobId) {
+        self.ended.push_back(id);
+        while self.ended.len() > self.config.retained_jobs.max(1) {
+            if let Some(old) = self.ended.pop_front() {
+                self.jobs.remove(&old);
+            }
+        }
+    }
+
+    pub(super) fn fresh_token(&mut self) -> JobMasterId {
+        // splitmix64 over a seed from the ResourceManager's random token.
+        self.token_seed = self.token_seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.token_seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        JobMasterId(z ^ (z >> 31))
+    }
+
+    // ---------------------------------------- JobMaster gateway, routed
+
+    pub(super) fn task_update(&mut self, now: Instant, conn: ConnId, role: Option<Role>, m: UpdateTaskExecutionState) {
+        if !matches!(role, Some(Role::Worker(_))) {
+            return self.reject(conn, ErrorCode::NotRegistered, "task updates come from registered workers");
+        }
+        let Some(jm) = self.jobs.get(&m.job) else {
+            tracing::debug!(job = %m.job, "update for a job that is gone");
+            return;
+        };
+        if jm.token() != m.job_master {
+            return self.reject(
+                conn,
+                ErrorCode::StaleToken,
+                &format!("job master token {} is not {}'s current one", m.job_master, m.job),
+            );
+        }
+        self.with_job(now, m.job, |jm, gw| jm.on_task_state(gw, now, m.attempt, m.state, m.failure, m.result));
+    }
+
+    pub(super) fn task_refused(&mut self, now: Instant, conn: ConnId, role: Option<Role>, m: TaskRefused) {
+        if !matches!(role, Some(Role::Worker(_))) {
+            return self.reject(conn, ErrorCode::NotRegistered, "task replies come from registered workers");
+        }
+        let failure = TaskFailureInfo { cause: format!("submission refused: {}", m.error.message), secondary: false };
+        self.with_job(now, m.job, |jm, gw| {
+            jm.on_task_state(gw, now, m.attempt, ExecutionState::Failed, Some(failure), None)
+        });
+    }
+
+    // ------------------------------------------------------------ waiters
+
+    pub(super) fn wait_job(&mut self, now: Instant, conn: ConnId, m: WaitJob) {
+        if !self.jobs.contains_key(&m.job) {
+            return self.reject(conn, ErrorCode::UnknownJob, &format!("no job {}", m.job));
+        }
+        let deadline = now + Duration::from_millis(m.timeout_ms);
+        self.waiters.push(Waiter { conn, what: WaitFor::Job(m.job, m.until), deadline });
+    }
+
+    pub(super) fn wait_for_workers(&mut self, now: Instant, conn: ConnId, m: WaitForWorkers) {
+        let deadline = now + Duration::from_millis(m.timeout_ms);
+        self.waiters.push(Waiter { conn, what: WaitFor::Workers(m.workers), deadline });
+    }
+
+    /// Answers every waiter whose condition is met or whose deadline has come.
+    pub(super) fn wake_waiters(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.waiters.len() {
+            let w = &self.waiters[i];
+            let expired = now >= w.deadline;
+            let answer: Option<Result<Message, (ErrorCode, String)>> = match w.what {
+                WaitFor::Workers(n) => (self.worker_conns.len() as u32 >= n || expired).then(|| Ok(self.overview())),
+                WaitFor::Dump(worker) => {
+                    if !self.worker_conns.contains_key(&worker) {
+                        Some(Err((ErrorCode::UnknownWorker, format!("{worker} was lost before it answered"))))
+                    } else {
+                        expired.then(|| Err((ErrorCode::Internal, format!("{worker} did not answer in time"))))
+                    }
+                }
+                WaitFor::Job(job, until) => match self.jobs.get(&job) {
+                    None => Some(Err((ErrorCode::UnknownJob, format!("no job {job}")))),
+                    Some(jm) => {
+                        let met = match until {
+                            WaitCondition::Terminal => jm.status().is_globally_terminal(),
+                            WaitCondition::AllRunning => jm.status().is_globally_terminal() || jm.all_running(),
+                        };
+                        (met || expired).then(|| Ok(Message::JobDetails(jm.details())))
+                    }
+                },
+            };
+            match answer {
+                None => i += 1,
+                Some(reply) => {
+                    let w = self.waiters.swap_remove(i);
+                    match reply {
+                        Ok(msg) => self.send(w.conn, msg),
+                        Err((code, why)) => self.reject(w.conn, code, &why),
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,565 @@
+//! One job's master (Flink's JobMaster): its execution graph, placement and
+//! allocations, deployments, the states its subtasks report, failover and
+//! restarts, and its results. It acts on the cluster only through
+//! [`Gateways`]: the slot manager, the workers' connections and the outputs.
+//!
+//! The master's own lifecycle is [`Phase`], with its legal edges written out:
+//!
+//! ```text
+//!  Scheduled ──deploy──► Running ──failure, restart allowed──► RestartPending
+//!                          ▲  │                                   │ all terminal, delay over
+//!                  deploy  │  └──── terminal (finished, failed,   ▼
+//!                          └──────── cancelled) ─► Done ◄── WaitingForSlots
+//!                                                            (gives up after the wait)
+//! ```
+//!
+//! An error of the execution graph's state machine here is a bug, never
+//! swallowed: the job fails with it as its cause ([`JobMaster::abort`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use super::config::CoordinatorConfig;
+use super::{ConnId, Output};
+use crate::error::ControlError;
+use crate::execution_graph::{edge_channels, ChannelSpec, ExecutionGraph};
+use crate::ids::{
+    AllocationId, AttemptId, ExecutionVertexId, JobId, JobMasterId, ResourceManagerId, ShardId, SlotId, VertexId,
+    WorkerId,
+};
+use crate::job_graph::JobGraph;
+use crate::placement::{PlacementStrategy, SlotAssignment};
+use crate::protocol::*;
+use crate::restart::{RestartDecision, RestartTracker};
+use crate::slot_manager::SlotManager;
+use crate::state::{ExecutionState, JobStatus};
+
+/// Where a job master is in its life (beside its job's [`JobStatus`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Created and placed; deployment not sent yet.
+    Scheduled,
+    /// Deployed (or being deployed); states flow.
+    Running,
+    /// Failed over; restart once every subtask is terminal and `at` has come.
+    RestartPending {
+        /// When the restart strategy allows the restart.
+        at: Instant,
+    },
+    /// Restart due, waiting for free slots until `deadline`.
+    WaitingForSlots {
+        /// When it gives up.
+        deadline: Instant,
+    },
+    /// Globally terminal: nothing more happens.
+    Done,
+}
+
+impl Phase {
+    /// Whether `self → to` is a legal edge (the diagram in the module docs).
+    pub(super) fn can_transition(self, to: Phase) -> bool {
+        use Phase::*;
+        matches!(
+            (self, to),
+            (Scheduled, Running | Done)
+                | (Running, RestartPending { .. } | Done)
+                | (RestartPending { .. }, WaitingForSlots { .. } | Done)
+                | (WaitingForSlots { .. }, Running | Done)
+        )
+    }
+}
+
+/// What a job master may use of the rest of the coordinator while it acts.
+pub(super) struct Gateways<'a> {
+    /// The ResourceManager's slots.
+    pub(super) slots: &'a mut SlotManager,
+    /// Each registered worker's connection.
+    pub(super) workers: &'a BTreeMap<WorkerId, ConnId>,
+    /// What the driver must do.
+    pub(super) out: &'a mut Vec<Output>,
+    /// The coordinator's settings.
+    pub(super) config: &'a CoordinatorConfig,
+    /// The ResourceManager's fencing token (slot requests carry it).
+    pub(super) rm: ResourceManagerId,
+}
+
+impl Gateways<'_> {
+    fn send_to_worker(&mut self, worker: WorkerId, msg: Message) {
+        if let Some(&conn) = self.workers.get(&worker) {
+            self.out.push(Output::Send(conn, msg));
+        }
+    }
+}
+
+/// The master of one job.
+pub(super) struct JobMaster {
+    id: JobId,
+    token: JobMasterId,
+    graph: JobGraph,
+    order: Vec<VertexId>,
+    eg: ExecutionGraph,
+    placement: PlacementStrategy,
+    restart: RestartTracker,
+    assignment: SlotAssignment,
+    allocations: BTreeMap<SlotId, AllocationId>,
+    phase: Phase,
+    results: BTreeMap<ExecutionVertexId, TaskResultInfo>,
+    failure: Option<String>,
+    /// The recorded failure was caused by a peer going away: a root cause that
+    /// reports later replaces it.
+    failure_secondary: bool,
+    deployed_at: Instant,
+    all_running: Option<Duration>,
+}
+
+impl JobMaster {
+    /// The master of a validated job (`order` from its validation), RUNNING and
+    /// placed by `assignment`; [`Self::deploy`] sends it out.
+    pub(super) fn start(
+        id: JobId,
+        token: JobMasterId,
+        graph: JobGraph,
+        order: Vec<VertexId>,
+        placement: PlacementStrategy,
+        restart: RestartTracker,
+        now: Instant,
+    ) -> Result<Self, ControlError> {
+        let mut eg = ExecutionGraph::expand(id, &graph, &order);
+        eg.start()?;
+        Ok(JobMaster {
+            id,
+            token,
+            graph,
+            order,
+            eg,
+            placement,
+            restart,
+            assignment: SlotAssignment::default(),
+            allocations: BTreeMap::new(),
+            phase: Phase::Scheduled,
+            results: BTreeMap::new(),
+            failure: None,
+            failure_secondary: false,
+            deployed_at: now,
+            all_running: None,
+        })
+    }
+
+    /// Its fencing token.
+    pub(super) fn token(&self) -> JobMasterId {
+        self.token
+    }
+
+    /// Its job graph.
+    pub(super) fn graph(&self) -> &JobGraph {
+        &self.graph
+    }
+
+    /// The job's status.
+    pub(super) fn status(&self) -> JobStatus {
+        self.eg.status()
+    }
+
+    /// Where the job would be placed now.
+    pub(super) fn place(&self, slots: &SlotManager) -> Result<SlotAssignment, ControlError> {
+        slots.place(&self.graph, &self.order, &self.placement)
+    }
+
+    fn set_phase(&mut self, to: Phase) -> Result<(), ControlError> {
+        if !self.phase.can_transition(to) {
+            return Err(ControlError::IllegalPhaseTransition {
+                from: format!("{:?}", self.phase),
+                to: format!("{to:?}"),
+            });
+        }
+        self.phase = to;
+        Ok(())
+    }
+
+    /// When it must be looked at again at the latest.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::RestartPending { at } => Some(at),
+            Phase::WaitingForSlots { deadline } => Some(deadline),
+            _ => None,
+        }
+    }
+
+    /// Whether every subtask of the current attempt runs (or has finished) and
+    /// the job is not restarting.
+    pub(super) fn all_running(&self) -> bool {
+        self.phase == Phase::Running
+            && self.eg.subtasks.iter().all(|s| matches!(s.state, ExecutionState::Running | ExecutionState::Finished))
+    }
+
+    /// Allocates the assignment's slots and sends slot requests and deployment
+    /// descriptors.
+    pub(super) fn deploy(&mut self, gw: &mut Gateways<'_>, now: Instant, assignment: SlotAssignment) {
+        if let Err(e) = self.try_deploy(gw, now, assignment) {
+            self.abort(gw, &e);
+        }
+    }
+
+    fn try_deploy(
+        &mut self,
+        gw: &mut Gateways<'_>,
+        now: Instant,
+        assignment: SlotAssignment,
+    ) -> Result<(), ControlError> {
+        let mut slots: Vec<SlotId> = assignment.placements.iter().map(|p| p.slot).collect();
+        slots.sort();
+        slots.dedup();
+        let allocated = gw.slots.allocate(self.id, &slots);
+        self.allocations = allocated.iter().copied().collect();
+        self.assignment = assignment;
+        self.set_phase(Phase::Running)?;
+        self.deployed_at = now;
+        for &(slot, allocation) in &allocated {
+            let request =
+                RequestSlot { resource_manager: gw.rm, slot, allocation, job: self.id, job_master: self.token };
+            gw.send_to_worker(slot.worker, Message::RequestSlot(request));
+        }
+        let attempts: Vec<AttemptId> = self.eg.subtasks.iter().map(|s| s.attempt).collect();
+        // Each vertex's information is archived once, and each edge's channels are
+        // listed once; the descriptors carry the bytes and their own channels.
+        let mut information: HashMap<VertexId, Vec<u8>> = HashMap::new();
+        let channels: Vec<Vec<ChannelSpec>> =
+            (0..self.graph.edges.len()).map(|e| edge_channels(&self.graph, e)).collect();
+        for a in attempts {
+            for to in [ExecutionState::Scheduled, ExecutionState::Deploying] {
+                self.eg.on_state(a, to, None)?;
+            }
+            let place = self.assignment.of(a.execution_vertex).ok_or_else(|| {
+                ControlError::Unsupported(format!("internal: {} has no place in the assignment", a.execution_vertex))
+            })?;
+            let vertex = a.execution_vertex.vertex;
+            let info = match information.entry(vertex) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                    self.task_information(vertex)
+                        .archive()
+                        .map_err(|err| ControlError::Unsupported(format!("internal: {err}")))?,
+                ),
+            };
+            let deploy = self.deploy_task(&channels, a, info.clone());
+            gw.send_to_worker(place.slot.worker, Message::DeployTask(deploy));
+        }
+        Ok(())
+    }
+
+    /// What every subtask of `vertex` shares.
+    fn task_information(&self, vertex: VertexId) -> TaskInformation {
+        let v = &self.graph.vertices[vertex.0 as usize];
+        TaskInformation {
+            job_name: self.graph.name.clone(),
+            vertex_name: v.name.clone(),
+            parallelism: v.parallelism,
+            chain: v.chain.clone(),
+        }
+    }
+
+    /// The deployment of `attempt`, carrying its vertex's archived information.
+    fn deploy_task(&self, channels: &[Vec<ChannelSpec>], attempt: AttemptId, task_information: Vec<u8>) -> DeployTask {
+        let ev = attempt.execution_vertex;
+        let g = &self.graph;
+        // The far ends of this subtask's channels on edge `e`, in gate (consuming) or
+        // subpartition (producing) order, with the worker of the peer subtask.
+        let ends = |e: usize, peer_vertex: VertexId, consuming: bool| -> Vec<ChannelLocation> {
+            let mut chans: Vec<&ChannelSpec> =
+                channels[e].iter().filter(|c| ev.subtask == if consuming { c.consumer } else { c.producer }).collect();
+            chans.sort_by_key(|c| if consuming { c.input_channel } else { c.subpartition });
+            chans
+                .iter()
+                .map(|c| {
+                    let peer_subtask = if consuming { c.producer } else { c.consumer };
+                    let peer = self.assignment.of(ExecutionVertexId { vertex: peer_vertex, subtask: peer_subtask });
+                    ChannelLocation {
+                        peer_subtask,
+                        subpartition: c.subpartition,
+                        worker: peer.map_or(WorkerId(u32::MAX), |p| p.slot.worker),
+                    }
+                })
+                .collect()
+        };
+        let inputs = g
+            .inputs(ev.vertex)
+            .map(|(e, edge)| GateDeployment { edge: e as u32, producers: ends(e, edge.source, true) });
+        let outputs = g.outputs(ev.vertex).map(|(e, edge)| PartitionDeployment {
+            edge: e as u32,
+            partitioner: edge.partitioner,
+            consumers: ends(e, edge.target, false),
+        });
+        let slot = self
+            .assignment
+            .of(ev)
+            .map_or(SlotId { worker: WorkerId(u32::MAX), shard: ShardId(0), index: 0 }, |p| p.slot);
+        DeployTask {
+            job: self.id,
+            job_master: self.token,
+            allocation: self.allocations.get(&slot).copied().unwrap_or(AllocationId(0)),
+            slot,
+            attempt,
+            task_information,
+            inputs: inputs.collect(),
+            outputs: outputs.collect(),
+        }
+    }
+
+    fn send_cancels(&self, gw: &mut Gateways<'_>, attempts: &[AttemptId]) {
+        for &attempt in attempts {
+            let Some(place) = self.assignment.of(attempt.execution_vertex) else { continue };
+            let cancel = CancelTask { job_master: self.token, job: self.id, attempt };
+            gw.send_to_worker(place.slot.worker, Message::CancelTask(cancel));
+        }
+    }
+
+    /// The user cancels the job: every subtask not terminal is cancelled.
+    pub(super) fn cancel(&mut self, gw: &mut Gateways<'_>) {
+        if let Err(e) = self.eg.cancel() {
+            return self.abort(gw, &e);
+        }
+        let to_cancel = self.eg.begin_cancel();
+        self.send_cancels(gw, &to_cancel);
+    }
+
+    /// Fails the job for an error of its own bookkeeping (a bug): logged, recorded
+    /// as the job's failure, every subtask cancelled, the job FAILED.
+    pub(super) fn abort(&mut self, gw: &mut Gateways<'_>, error: &ControlError) {
+        tracing::error!(job = %self.id, "job master error, failing the job: {error}");
+        self.failure = Some(format!("internal error of the job master: {error}"));
+        self.failure_secondary = false;
+        let to_cancel = self.eg.abort();
+        self.send_cancels(gw, &to_cancel);
+    }
+
+    /// A state change of `attempt`, reported by its worker (or concluded by the
+    /// coordinator, as when a worker is lost).
+    pub(super) fn on_task_state(
+        &mut self,
+        gw: &mut Gateways<'_>,
+        now: Instant,
+        attempt: AttemptId,
+        mut state: ExecutionState,
+        failure: Option<TaskFailureInfo>,
+        result: Option<TaskResultInfo>,
+    ) {
+        let Some(current) = self.eg.subtasks.iter().find(|s| s.attempt == attempt).map(|s| s.state) else {
+            tracing::debug!(job = %self.id, %attempt, "update for an old attempt");
+            return;
+        };
+        // A task that failed while being cancelled still names the job's root cause.
+        let reported = state;
+        if current == ExecutionState::Canceling {
+            match state {
+                ExecutionState::Initializing | ExecutionState::Running => return,
+                ExecutionState::Finished | ExecutionState::Failed => state = ExecutionState::Canceled,
+                _ => {}
+            }
+        }
+        if let Some(r) = result {
+            self.results.insert(attempt.execution_vertex, r);
+        }
+        let status_before = self.eg.status();
+        let cause = failure.as_ref().map(|f| f.cause.clone());
+        let cancelled_by_user = matches!(status_before, JobStatus::Cancelling | JobStatus::Canceled);
+        if let (Some(f), ExecutionState::Failed, false) = (&failure, reported, cancelled_by_user) {
+            let name = self.eg.subtasks.iter().find(|s| s.attempt == attempt).map(|s| s.display_name.clone());
+            let replaces = self.failure.is_none()
+                || (!f.secondary && (status_before == JobStatus::Running || self.failure_secondary));
+            if replaces {
+                self.failure = Some(format!("{}: {}", name.unwrap_or_default(), f.cause));
+                self.failure_secondary = f.secondary;
+            }
+        }
+        if let Err(e) = self.eg.on_state(attempt, state, cause) {
+            // A late or repeated report (a worker's view lags the master's): not a bug.
+            tracing::debug!(job = %self.id, %attempt, "ignored task update: {e}");
+            return;
+        }
+        if self.all_running.is_none()
+            && self.eg.subtasks.iter().all(|s| matches!(s.state, ExecutionState::Running | ExecutionState::Finished))
+        {
+            self.all_running = Some(now.saturating_duration_since(self.deployed_at));
+        }
+        if self.eg.status() == JobStatus::Failing && status_before != JobStatus::Failing {
+            match self.restart.on_failure(now) {
+                RestartDecision::RestartAt(at) => {
+                    tracing::info!(job = %self.id, restarts = self.restart.restarts(), "job fails over; restart in {:?}", at - now);
+                    let fail_over = self.eg.fail_over().and_then(|to_cancel| {
+                        self.set_phase(Phase::RestartPending { at })?;
+                        Ok(to_cancel)
+                    });
+                    match fail_over {
+                        Ok(to_cancel) => self.send_cancels(gw, &to_cancel),
+                        Err(e) => self.abort(gw, &e),
+                    }
+                }
+                RestartDecision::GiveUp => {
+                    tracing::info!(job = %self.id, "job fails: the restart strategy allows no more restarts");
+                    let to_cancel = self.eg.begin_cancel();
+                    self.send_cancels(gw, &to_cancel);
+                }
+            }
+        }
+    }
+
+    /// `worker` is gone: its subtasks failed (or, being cancelled, are cancelled).
+    pub(super) fn worker_lost(&mut self, gw: &mut Gateways<'_>, now: Instant, worker: WorkerId, cause: &str) {
+        self.allocations.retain(|slot, _| slot.worker != worker);
+        let on_worker: Vec<(AttemptId, ExecutionState)> = self
+            .eg
+            .subtasks
+            .iter()
+            .filter(|s| !s.state.is_terminal())
+            .filter(|s| self.assignment.of(s.id()).is_some_and(|p| p.slot.worker == worker))
+            .map(|s| (s.attempt, s.state))
+            .collect();
+        for (attempt, state) in on_worker {
+            let to = if state == ExecutionState::Canceling { ExecutionState::Canceled } else { ExecutionState::Failed };
+            let failure = TaskFailureInfo { cause: cause.to_string(), secondary: false };
+            self.on_task_state(gw, now, attempt, to, Some(failure), None);
+        }
+    }
+
+    /// Moves the job on: frees the slots of a terminal job, restarts a failed-over
+    /// job when its time has come and slots are free, gives up waiting for slots.
+    /// Returns `true` when the job has just ended.
+    pub(super) fn settle(&mut self, gw: &mut Gateways<'_>, now: Instant) -> bool {
+        let status = self.eg.status();
+        match self.phase {
+            Phase::Done => false,
+            _ if status.is_globally_terminal() => {
+                self.phase = Phase::Done;
+                tracing::info!(job = %self.id, %status, "job ended");
+                self.free_slots(gw, &format!("job {status}"));
+                true
+            }
+            Phase::Scheduled | Phase::Running => false,
+            Phase::RestartPending { at } => {
+                if self.eg.all_terminal() {
+                    self.free_slots(gw, "job restarts");
+                    if now >= at {
+                        let deadline = now + gw.config.slot_wait_timeout;
+                        if let Err(e) = self.set_phase(Phase::WaitingForSlots { deadline }) {
+                            self.abort(gw, &e);
+                            return self.settle(gw, now);
+                        }
+                        return self.try_restart(gw, now);
+                    }
+                }
+                false
+            }
+            Phase::WaitingForSlots { .. } => self.try_restart(gw, now),
+        }
+    }
+
+    /// Restarts the job if enough slots are free, or fails it once the wait is
+    /// over. Returns `true` when the job has just ended.
+    fn try_restart(&mut self, gw: &mut Gateways<'_>, now: Instant) -> bool {
+        let Phase::WaitingForSlots { deadline } = self.phase else { return false };
+        match self.place(gw.slots) {
+            Ok(assignment) => match self.eg.restart() {
+                Ok(epoch) => {
+                    tracing::info!(job = %self.id, epoch, "job restarts");
+                    self.deploy(gw, now, assignment);
+                    self.settle(gw, now)
+                }
+                Err(e) => {
+                    self.abort(gw, &e);
+                    self.settle(gw, now)
+                }
+            },
+            Err(e) if now >= deadline => {
+                let waited = gw.config.slot_wait_timeout;
+                self.failure = Some(format!(
+                    "cannot restart: {e} (waited {} ms); first failure: {}",
+                    waited.as_millis(),
+                    self.failure.clone().unwrap_or_default()
+                ));
+                if let Err(e) = self.eg.give_up() {
+                    self.abort(gw, &e);
+                }
+                tracing::warn!(job = %self.id, "job failed: {}", self.failure.as_deref().unwrap_or(""));
+                self.settle(gw, now)
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn free_slots(&mut self, gw: &mut Gateways<'_>, cause: &str) {
+        let freed = gw.slots.free_job(self.id);
+        self.allocations.clear();
+        for (slot, allocation) in freed {
+            let free = FreeSlot { job_master: self.token, allocation, cause: cause.to_string() };
+            gw.send_to_worker(slot.worker, Message::FreeSlot(free));
+        }
+    }
+
+    /// The job in a listing.
+    pub(super) fn summary(&self) -> JobSummary {
+        let count = |st: ExecutionState| self.eg.subtasks.iter().filter(|s| s.state == st).count() as u32;
+        JobSummary {
+            job: self.id,
+            name: self.graph.name.clone(),
+            status: self.eg.status(),
+            subtasks: self.eg.subtasks.len() as u32,
+            running: count(ExecutionState::Running),
+            finished: count(ExecutionState::Finished),
+            restarts: self.restart.restarts(),
+        }
+    }
+
+    /// The job in detail: every subtask with its state, place and result.
+    pub(super) fn details(&self) -> JobDetails {
+        let subtasks = self
+            .eg
+            .subtasks
+            .iter()
+            .map(|s| {
+                let place = self.assignment.of(s.id());
+                SubtaskDetails {
+                    vertex: self.graph.vertices[s.id().vertex.0 as usize].name.clone(),
+                    subtask: s.id().subtask,
+                    attempt: s.attempt.attempt,
+                    state: s.state,
+                    slot: place.map(|p| p.slot),
+                    core: place.map(|p| p.core as u32),
+                    result: self.results.get(&s.id()).cloned(),
+                    failure: s.failure.clone(),
+                }
+            })
+            .collect();
+        JobDetails {
+            job: self.id,
+            name: self.graph.name.clone(),
+            status: self.eg.status(),
+            restarts: self.restart.restarts(),
+            failure: self.failure.clone(),
+            submit_to_running_us: self.all_running.map(|d| d.as_micros() as u64),
+            subtasks,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_phase_table_allows_exactly_the_drawn_edges() {
+        let t = Instant::now();
+        let all = [
+            Phase::Scheduled,
+            Phase::Running,
+            Phase::RestartPending { at: t },
+            Phase::WaitingForSlots { deadline: t },
+            Phase::Done,
+        ];
+        let legal: Vec<(usize, usize)> = all
+            .iter()
+            .enumerate()
+            .flat_map(|(i, a)| all.iter().enumerate().filter(|(_, b)| a.can_transition(**b)).map(move |(j, _)| (i, j)))
+            .collect();
+        assert_eq!(legal, vec![(0, 1), (0, 4), (1, 2), (1, 4), (2, 3), (2, 4), (3, 1), (3, 4)]);
+    }
+}

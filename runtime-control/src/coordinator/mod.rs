@@ -1,0 +1,314 @@
+//! The coordinator as one sans-I/O state machine: the Dispatcher (jobs by id,
+//! submit, list, details, cancel, waits), the ResourceManager (worker
+//! registration, fencing, heartbeats, the [`SlotManager`]) and one [`JobMaster`]
+//! per job (scheduling, deployment descriptors, execution states, restarts).
+//!
+//! ```text
+//!  driver (sockets, timers)                 Coordinator
+//!   frame from conn ──on_message(now, conn, msg)──► Vec<Output>: Send(conn, msg) | Close(conn)
+//!   conn closed     ──on_disconnect(now, conn)────► …
+//!   timer           ──on_tick(now)────────────────► …          next_deadline() says when
+//! ```
+//!
+//! Time only enters as the `now` argument, so tests drive it by hand.
+//!
+//! Connections have roles: the first message decides. `RegisterWorker` makes a
+//! worker connection; client requests (submit, list, …) a client connection. A
+//! request that fails gets an [`ErrorReply`] and its connection is closed; the
+//! coordinator goes on serving every other connection.
+//!
+//! Files: [`config`] (settings), [`validation`] (the operator catalog and job
+//! checks), `resource_manager.rs` (workers, heartbeats, dumps),
+//! `dispatcher.rs` (jobs and the clients waiting on them) and
+//! `job_master.rs` (one job's life).
+
+mod config;
+mod dispatcher;
+mod job_master;
+mod resource_manager;
+mod validation;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Instant;
+
+pub use config::CoordinatorConfig;
+pub use validation::{panic_message, validate_job, CatalogError, OperatorCatalog};
+
+use dispatcher::Waiter;
+use job_master::{Gateways, JobMaster};
+
+use crate::heartbeat::HeartbeatMonitor;
+use crate::ids::{JobId, ResourceManagerId, WorkerId};
+use crate::protocol::*;
+use crate::slot_manager::SlotManager;
+use crate::state::JobStatus;
+
+/// A connection, as the driver numbers them.
+pub type ConnId = u64;
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send a message on a connection.
+    Send(ConnId, Message),
+    /// Close a connection (after sending what came before on it).
+    Close(ConnId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Worker(WorkerId),
+    Client,
+}
+
+/// Dispatcher, ResourceManager and JobMasters of one cluster.
+pub struct Coordinator {
+    config: CoordinatorConfig,
+    catalog: Box<dyn OperatorCatalog>,
+    token: ResourceManagerId,
+    slots: SlotManager,
+    heartbeats: HeartbeatMonitor<WorkerId>,
+    conns: HashMap<ConnId, Role>,
+    worker_conns: BTreeMap<WorkerId, ConnId>,
+    jobs: BTreeMap<JobId, JobMaster>,
+    /// Ended jobs, longest-ended first.
+    ended: VecDeque<JobId>,
+    waiters: Vec<Waiter>,
+    next_job: u64,
+    token_seed: u64,
+    heartbeat_seq: u64,
+    next_heartbeat: Instant,
+    out: Vec<Output>,
+}
+
+impl Coordinator {
+    /// A coordinator whose ResourceManager leads with fencing token `token` (the
+    /// driver picks a fresh random one per process start).
+    pub fn new(
+        config: CoordinatorConfig,
+        catalog: Box<dyn OperatorCatalog>,
+        token: ResourceManagerId,
+        now: Instant,
+    ) -> Self {
+        let heartbeats = HeartbeatMonitor::new(config.heartbeat_timeout);
+        let next_heartbeat = now + config.heartbeat_interval;
+        Coordinator {
+            config,
+            catalog,
+            token,
+            slots: SlotManager::new(),
+            heartbeats,
+            conns: HashMap::new(),
+            worker_conns: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            ended: VecDeque::new(),
+            waiters: Vec::new(),
+            next_job: 1,
+            token_seed: token.0 ^ 0x9e37_79b9_7f4a_7c15,
+            heartbeat_seq: 0,
+            next_heartbeat,
+            out: Vec::new(),
+        }
+    }
+
+    /// The ResourceManager's fencing token.
+    pub fn token(&self) -> ResourceManagerId {
+        self.token
+    }
+
+    /// The slot manager (for inspection).
+    pub fn slot_manager(&self) -> &SlotManager {
+        &self.slots
+    }
+
+    /// The status of a job.
+    pub fn job_status(&self, job: JobId) -> Option<JobStatus> {
+        self.jobs.get(&job).map(JobMaster::status)
+    }
+
+    /// When [`Self::on_tick`] must run next at the latest.
+    pub fn next_deadline(&self) -> Instant {
+        let mut d = self.next_heartbeat;
+        if let Some(h) = self.heartbeats.next_deadline() {
+            d = d.min(h);
+        }
+        for at in self.jobs.values().filter_map(JobMaster::next_deadline) {
+            d = d.min(at);
+        }
+        for w in &self.waiters {
+            d = d.min(w.deadline);
+        }
+        d
+    }
+
+    /// A frame arrived on `conn`.
+    pub fn on_message(&mut self, now: Instant, conn: ConnId, msg: Message) -> Vec<Output> {
+        let role = self.conns.get(&conn).copied();
+        if let Some(Role::Worker(w)) = role {
+            self.heartbeats.heard(w, now);
+        }
+        match msg {
+            // ResourceManager gateway
+            Message::RegisterWorker(m) => self.register_worker(now, conn, role, m),
+            Message::HeartbeatFromWorker(m) => {
+                if self.check_worker(conn, role, m.resource_manager, m.worker) {
+                    tracing::trace!(worker = %m.worker, seq = m.seq, "heartbeat");
+                }
+            }
+            Message::SlotReportMessage(m) => {
+                self.check_worker(conn, role, m.resource_manager, m.worker);
+            }
+            Message::NotifySlotAvailable(m) => {
+                self.check_worker(conn, role, m.resource_manager, m.worker);
+            }
+            Message::DisconnectWorker(m) => self.worker_disconnects(now, conn, role, m),
+            Message::SlotRequestReply(m) => self.slot_request_reply(conn, role, m),
+            Message::ShardDump(m) => match role {
+                Some(Role::Worker(w)) if w == m.worker => self.forward_dump(m),
+                _ => self.reject(conn, ErrorCode::NotRegistered, "shard dumps come from the worker they describe"),
+            },
+            Message::RequestResourceOverview(_) => self.client(conn, role, |c| {
+                let o = c.overview();
+                c.send(conn, o);
+            }),
+            Message::RequestWorkerInfo(_) => self.client(conn, role, |c| c.worker_info(now, conn)),
+            Message::RequestWorkerDump(m) => self.client(conn, role, |c| c.request_dump(now, conn, m)),
+            Message::WaitForWorkers(m) => self.client(conn, role, |c| c.wait_for_workers(now, conn, m)),
+            // JobMaster gateway
+            Message::UpdateTaskExecutionState(m) => self.task_update(now, conn, role, m),
+            Message::TaskRefused(m) => self.task_refused(now, conn, role, m),
+            Message::AcknowledgeCheckpoint(m) => {
+                tracing::debug!(job = %m.job, checkpoint = %m.checkpoint, "checkpoint acknowledgement ignored: no checkpoint is pending");
+            }
+            // Dispatcher gateway
+            Message::SubmitJob(m) => self.client(conn, role, |c| c.submit(now, conn, m)),
+            Message::ListJobs(_) => self.client(conn, role, |c| {
+                let jobs = c.jobs.values().map(JobMaster::summary).collect();
+                c.send(conn, Message::JobList(JobList { jobs }));
+            }),
+            Message::RequestJob(m) => self.client(conn, role, |c| match c.jobs.get(&m.job) {
+                Some(jm) => {
+                    let d = jm.details();
+                    c.send(conn, Message::JobDetails(d))
+                }
+                None => c.reject(conn, ErrorCode::UnknownJob, &format!("no job {}", m.job)),
+            }),
+            Message::WaitJob(m) => self.client(conn, role, |c| c.wait_job(now, conn, m)),
+            Message::CancelJob(m) => self.client(conn, role, |c| c.cancel_job(now, conn, m)),
+            Message::TriggerSavepoint(_) | Message::StopWithSavepoint(_) | Message::DisposeSavepoint(_) => self.reject(
+                conn,
+                ErrorCode::Unsupported,
+                "savepoints come with checkpointing, which this build does not run yet",
+            ),
+            Message::RegisterJobMaster(_) | Message::RequestSlots(_) | Message::CancelSlotRequest(_) => self.reject(
+                conn,
+                ErrorCode::Unsupported,
+                "job masters run inside the coordinator; external job masters are not supported",
+            ),
+            Message::ErrorReply(e) => {
+                tracing::warn!(conn, code = ?e.code, "peer reported: {}", e.message);
+                self.out.push(Output::Close(conn));
+            }
+            other => self.reject(
+                conn,
+                ErrorCode::Unexpected,
+                &format!("{} is not a message the coordinator accepts", other.kind_name()),
+            ),
+        }
+        self.wake_waiters(now);
+        std::mem::take(&mut self.out)
+    }
+
+    /// A frame on `conn` could not be decoded: the peer is told why and `conn` is
+    /// closed.
+    pub fn on_frame_error(&mut self, _now: Instant, conn: ConnId, err: &FrameError) -> Vec<Output> {
+        tracing::warn!(conn, "bad frame: {err}");
+        self.out.push(Output::Send(conn, err.reply()));
+        self.out.push(Output::Close(conn));
+        std::mem::take(&mut self.out)
+    }
+
+    /// `conn` closed (by the peer or after an error).
+    pub fn on_disconnect(&mut self, now: Instant, conn: ConnId) -> Vec<Output> {
+        if let Some(Role::Worker(w)) = self.conns.remove(&conn) {
+            self.worker_lost(now, w, "its connection closed");
+        }
+        self.waiters.retain(|w| w.conn != conn);
+        self.wake_waiters(now);
+        std::mem::take(&mut self.out)
+    }
+
+    /// Time passed: heartbeats, lost workers, due restarts, timed-out waits.
+    pub fn on_tick(&mut self, now: Instant) -> Vec<Output> {
+        self.heartbeat_tick(now);
+        let ids: Vec<JobId> = self.jobs.keys().copied().collect();
+        for id in ids {
+            self.settle(now, id);
+        }
+        self.wake_waiters(now);
+        std::mem::take(&mut self.out)
+    }
+
+    // ------------------------------------------------------------ plumbing
+
+    fn send(&mut self, conn: ConnId, msg: Message) {
+        self.out.push(Output::Send(conn, msg));
+    }
+
+    fn reject(&mut self, conn: ConnId, code: ErrorCode, message: &str) {
+        match code {
+            // The client's own mistake, answered to it: not the cluster's trouble.
+            ErrorCode::InvalidJob | ErrorCode::NotEnoughSlots | ErrorCode::UnknownJob => {
+                tracing::info!(conn, ?code, "rejected: {message}")
+            }
+            _ => tracing::warn!(conn, ?code, "rejected: {message}"),
+        }
+        self.out.push(Output::Send(conn, Message::error(code, message)));
+        self.out.push(Output::Close(conn));
+        // The driver reports the close back through `on_disconnect`.
+    }
+
+    fn client(&mut self, conn: ConnId, role: Option<Role>, f: impl FnOnce(&mut Self)) {
+        match role {
+            Some(Role::Worker(_)) => {
+                self.reject(conn, ErrorCode::Unexpected, "client requests come on client connections")
+            }
+            _ => {
+                self.conns.insert(conn, Role::Client);
+                f(self)
+            }
+        }
+    }
+
+    /// Runs `f` on job `id`'s master with the gateways it acts through, then
+    /// settles the job; `None` if there is no such job.
+    fn with_job<R>(
+        &mut self,
+        now: Instant,
+        id: JobId,
+        f: impl FnOnce(&mut JobMaster, &mut Gateways<'_>) -> R,
+    ) -> Option<R> {
+        let jm = self.jobs.get_mut(&id)?;
+        let mut gw = Gateways {
+            slots: &mut self.slots,
+            workers: &self.worker_conns,
+            out: &mut self.out,
+            config: &self.config,
+            rm: self.token,
+        };
+        let r = f(jm, &mut gw);
+        let ended = jm.settle(&mut gw, now);
+        if ended {
+            self.job_ended(id);
+        }
+        Some(r)
+    }
+
+    /// Moves job `id` on (see [`JobMaster::settle`]).
+    fn settle(&mut self, now: Instant, id: JobId) {
+        self.with_job(now, id, |_, _| ());
+    }
+}
+
+#[cfg(test)]
+mod tests;
