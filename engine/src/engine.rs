@@ -8,14 +8,14 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shardflow_control::protocol::{ErrorCode, DEFAULT_MAX_FRAME_BYTES};
+use shardflow_control::protocol::ErrorCode;
 use shardflow_control::{
     CoordinatorConfig, ExecutionVertexId, JobId, JobStatus, PlacementStrategy, RestartStrategy, SlotAssignment,
     SubtaskPlacement, VertexId,
 };
 use shardflow_memory::PoolMonitor;
 
-use crate::cluster::{CoordinatorServer, JobBoard, Worker, WorkerOptions};
+use crate::cluster::{CoordinatorServer, JobBoard, ServerOptions, Worker, WorkerOptions};
 use crate::config::{EngineBuilder, EngineConfig};
 use crate::error::EngineError;
 use crate::job::{Job, JobHandle, JobResult};
@@ -82,7 +82,7 @@ impl Engine {
             default_restart: RestartStrategy::None,
             ..CoordinatorConfig::default()
         };
-        let server = CoordinatorServer::start_live(coordinator, live.clone(), DEFAULT_MAX_FRAME_BYTES)?;
+        let server = CoordinatorServer::start_live(coordinator, live.clone(), ServerOptions::default())?;
         let inner = Arc::new(EngineInner::new(server, live.clone(), Arc::new(JobBoard::embedded())));
         let weak = Arc::downgrade(&inner);
         let connector = crate::cluster::in_process_connector(move || weak.upgrade()?.pipe());

@@ -99,6 +99,13 @@ pub enum EngineError {
         /// The OS's reason.
         reason: String,
     },
+    /// A coordinator refused this worker for good (another live worker holds its
+    /// resource id); the worker has stopped.
+    #[error("{reason}")]
+    RegistrationRefused {
+        /// The coordinator's reason.
+        reason: String,
+    },
     /// The peer answered with an error.
     #[error("{message} [{code:?}]")]
     Remote {

@@ -37,6 +37,17 @@ pub(crate) enum ShardCommand {
     Shutdown,
 }
 
+impl std::fmt::Debug for ShardCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShardCommand::Deploy(ds) => write!(f, "Deploy({} tasks)", ds.len()),
+            ShardCommand::Cancel(job) => write!(f, "Cancel({job})"),
+            ShardCommand::CancelAttempt(job, attempt) => write!(f, "CancelAttempt({job}, {attempt})"),
+            ShardCommand::Shutdown => f.write_str("Shutdown"),
+        }
+    }
+}
+
 /// A task's state change, as a shard reports it.
 pub(crate) struct TaskReport {
     pub(crate) job: JobId,

@@ -11,9 +11,9 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use serde_json::json;
-use shardflow_engine::cluster::{ClusterClient, CoordinatorServer, Worker, WorkerOptions};
+use shardflow_engine::cluster::{ClusterClient, CoordinatorServer, ServerOptions, Worker, WorkerOptions};
 use shardflow_engine::jobs::{named_job, NAMED_JOBS};
-use shardflow_engine::protocol::{JobDetails, WaitCondition, DEFAULT_MAX_FRAME_BYTES};
+use shardflow_engine::protocol::{JobDetails, WaitCondition};
 use shardflow_engine::{
     CoordinatorConfig, Cores, Engine, IdlePolicy, JobId, OperatorRegistry, PlacementStrategy, RestartStrategy, WorkerId,
 };
@@ -46,6 +46,8 @@ struct CoordinatorSection {
     restart: Option<String>,
     retained_jobs: Option<usize>,
     max_frame_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    write_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -147,6 +149,14 @@ pub(crate) struct CoordinatorArgs {
     /// Largest control frame accepted, in bytes. Default 16 MiB.
     #[arg(long)]
     max_frame_bytes: Option<usize>,
+    /// TCP connections served at once; more are refused with a clear error.
+    /// Default 512.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// A peer that takes no bytes of a reply for this long (ms) is disconnected.
+    /// Default 10000.
+    #[arg(long)]
+    write_timeout_ms: Option<u64>,
 }
 
 pub(crate) fn coordinator(a: &CoordinatorArgs, cfg: &ConfigFile) -> Result<()> {
@@ -172,13 +182,36 @@ pub(crate) fn coordinator(a: &CoordinatorArgs, cfg: &ConfigFile) -> Result<()> {
     if let Some(n) = a.retained_jobs.or(c.retained_jobs) {
         config.retained_jobs = n.max(1);
     }
-    let max = a.max_frame_bytes.or(c.max_frame_bytes).unwrap_or(DEFAULT_MAX_FRAME_BYTES);
-    let server = CoordinatorServer::bind(resolve(&bind)?, config, OperatorRegistry::with_builtins(), max)?;
+    let mut options = ServerOptions::default();
+    if let Some(max) = a.max_frame_bytes.or(c.max_frame_bytes) {
+        options.limits.max_frame_bytes = max;
+    }
+    if let Some(n) = a.max_connections.or(c.max_connections) {
+        options.max_connections = n.max(1);
+    }
+    if let Some(ms) = a.write_timeout_ms.or(c.write_timeout_ms) {
+        options.limits.write_timeout = Duration::from_millis(ms.max(1));
+    }
+    raise_open_files(options.max_connections);
+    let server = CoordinatorServer::bind(resolve(&bind)?, config, OperatorRegistry::with_builtins(), options)?;
     let addr = server.local_addr().context("the listener has no address")?;
     println!("coordinator listening on {addr}");
     tracing::info!(%addr, "coordinator started");
     loop {
         std::thread::park();
+    }
+}
+
+/// Raises the soft open-file limit to the hard one (every connection costs a
+/// descriptor), and says so if it still cannot hold `connections` of them.
+fn raise_open_files(connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < connections as u64 + 64 => tracing::warn!(
+            "the open-file limit is {limit}, below max_connections ({connections}) + 64: connections beyond the \
+             descriptors left are refused (raise it with `ulimit -n`)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read or raise the open-file limit: {e}"),
     }
 }
 
@@ -244,11 +277,11 @@ pub(crate) fn worker(a: &WorkerArgs, cfg: &ConfigFile) -> Result<()> {
     engine = engine.idle(idle);
     let options =
         WorkerOptions { resource_id: a.resource_id.clone().or(w.resource_id.clone()), ..WorkerOptions::default() };
-    let _worker = Worker::start(resolve(&addr)?, engine, options)?;
+    let worker = Worker::start(resolve(&addr)?, engine, options)?;
     println!("worker started, registering with {addr}");
-    loop {
-        std::thread::park();
-    }
+    // Runs until killed, unless a coordinator refuses it for good.
+    worker.wait()?;
+    Ok(())
 }
 
 /// When `submit` or `status` waits.

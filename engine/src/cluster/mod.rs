@@ -15,12 +15,13 @@ use std::time::Duration;
 use shardflow_control::protocol::*;
 use shardflow_control::{CoordinatorConfig, JobGraph, JobId, WorkerId};
 
-pub use server::CoordinatorServer;
+pub use link::ConnectionLimits;
+pub use server::{CoordinatorServer, ServerOptions};
 pub(crate) use worker::{JobBoard, Outputs};
 pub use worker::{Worker, WorkerOptions};
 
 pub(crate) use link::PipeEnd;
-use link::{pipe, read_frame, send_message, FrameSink, Received, TcpSink};
+use link::{open_tcp, pipe, read_frame, send_message, FrameSink, PipeReader, Received, TcpReader};
 use worker::Connector;
 
 use crate::config::EngineBuilder;
@@ -29,7 +30,7 @@ use crate::registry::{LiveRegistry, OperatorRegistry};
 
 /// Opens an in-process connection to `server`; returns this side's end.
 pub(crate) fn pipe_to(server: &CoordinatorServer) -> PipeEnd {
-    let (mine, theirs) = pipe();
+    let (mine, theirs) = pipe(server.limits());
     server.connect_in_process(theirs);
     mine
 }
@@ -39,10 +40,9 @@ pub(crate) fn pipe_client(server: &CoordinatorServer) -> ClusterClient {
     let PipeEnd { sink, reader } = pipe_to(server);
     ClusterClient {
         sink: Box::new(sink),
-        reader: Box::new(reader),
-        socket: None,
+        reader: ClientReader::Pipe(reader),
         answer_timeout: DEFAULT_ANSWER_TIMEOUT,
-        max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+        max_frame_bytes: server.limits().max_frame_bytes,
     }
 }
 
@@ -60,11 +60,24 @@ pub const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Over TCP a coordinator that does not answer in time is an error, not a hang.
 pub struct ClusterClient {
     sink: Box<dyn FrameSink>,
-    reader: Box<dyn Read + Send>,
-    /// The TCP connection, to bound each wait for an answer.
-    socket: Option<TcpStream>,
+    reader: ClientReader,
     answer_timeout: Duration,
     max_frame_bytes: usize,
+}
+
+/// Where a client reads its answers: a socket (each wait bounded) or a pipe.
+enum ClientReader {
+    Tcp(TcpReader),
+    Pipe(PipeReader),
+}
+
+impl Read for ClientReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            ClientReader::Tcp(r) => r.read(buf),
+            ClientReader::Pipe(r) => r.read(buf),
+        }
+    }
 }
 
 impl std::fmt::Debug for ClusterClient {
@@ -90,14 +103,13 @@ impl ClusterClient {
             reason: e.to_string(),
         };
         let stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
-        let reader = stream.try_clone().map_err(io)?;
-        let socket = Some(stream.try_clone().map_err(io)?);
+        let limits = ConnectionLimits::default();
+        let (sink, reader) = open_tcp("client", stream, &limits, None).map_err(io)?;
         Ok(ClusterClient {
-            sink: Box::new(TcpSink::new(stream).map_err(io)?),
-            reader: Box::new(reader),
-            socket,
+            sink: Box::new(sink),
+            reader: ClientReader::Tcp(reader),
             answer_timeout: DEFAULT_ANSWER_TIMEOUT,
-            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_frame_bytes: limits.max_frame_bytes,
         })
     }
 
@@ -119,8 +131,8 @@ impl ClusterClient {
     fn request_within(&mut self, msg: &Message, waits: Duration) -> Result<Message, EngineError> {
         let within = waits.saturating_add(self.answer_timeout);
         let waiting = || format!("waiting for the answer to {}", msg.kind_name());
-        if let Some(s) = &self.socket {
-            s.set_read_timeout(Some(within)).map_err(|e| EngineError::Io { what: waiting(), reason: e.to_string() })?;
+        if let ClientReader::Tcp(r) = &self.reader {
+            r.set_read_timeout(Some(within)).map_err(|e| EngineError::Io { what: waiting(), reason: e.to_string() })?;
         }
         send_message(self.sink.as_mut(), msg)
             .map_err(|e| EngineError::Io { what: format!("sending {}", msg.kind_name()), reason: e.to_string() })?;
@@ -210,7 +222,7 @@ impl MiniCluster {
     /// Starts a coordinator with `config` and one worker per engine builder.
     pub fn start(config: CoordinatorConfig, workers: Vec<EngineBuilder>) -> Result<Self, EngineError> {
         let server =
-            Arc::new(CoordinatorServer::start(config, OperatorRegistry::with_builtins(), DEFAULT_MAX_FRAME_BYTES)?);
+            Arc::new(CoordinatorServer::start(config, OperatorRegistry::with_builtins(), ServerOptions::default())?);
         let mut started = Vec::new();
         for (i, engine) in workers.into_iter().enumerate() {
             let weak = Arc::downgrade(&server);

@@ -1,28 +1,52 @@
 //! The coordinator process's I/O edge: accepts TCP (or in-process) connections,
 //! feeds their frames to the sans-I/O [`Coordinator`] and carries out its outputs,
 //! with its timers driven by the coordinator's own next deadline.
+//!
+//! The event loop never touches a socket: each connection's reader thread hands
+//! it frames, and its outputs are queued on the connection's bounded outbox,
+//! written by the connection's writer thread (see [`super::link`]). A peer whose
+//! outbox is full is dropped, so one peer that stops reading delays nobody. The
+//! acceptor caps the connections ([`ServerOptions::max_connections`]), refusing
+//! more with a clear error reply, and backs off when `accept` fails (out of
+//! descriptors) instead of spinning.
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use shardflow_control::protocol::{FrameError, Message};
+use shardflow_control::protocol::{self, ErrorCode, ErrorReply, FrameError, Message};
 use shardflow_control::{ConnId, Coordinator, CoordinatorConfig, Output, ResourceManagerId};
 
-use super::link::{self, send_message, FrameSink, PipeEnd, Received, TcpSink};
+use super::link::{self, open_tcp, send_message, ConnectionLimits, FrameSink, Permit, PipeEnd, Received, SendError};
 use crate::error::EngineError;
 use crate::registry::catalog::RegistryCatalog;
 use crate::registry::{LiveRegistry, OperatorRegistry};
 
+/// How a coordinator process serves its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerOptions {
+    /// What each connection may cost (frame size, queue, write timeout).
+    pub limits: ConnectionLimits,
+    /// TCP connections served at once; more are refused with an error reply.
+    /// Default 512.
+    pub max_connections: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions { limits: ConnectionLimits::default(), max_connections: 512 }
+    }
+}
+
 pub(crate) enum Event {
     Open(ConnId, Box<dyn FrameSink>),
-    Frame(ConnId, Message),
-    Bad(ConnId, FrameError),
+    Frame(ConnId, Message, Permit),
+    Bad(ConnId, FrameError, Permit),
     Closed(ConnId),
     Shutdown,
 }
@@ -32,10 +56,10 @@ pub(crate) enum Event {
 pub struct CoordinatorServer {
     addr: Option<SocketAddr>,
     events: Sender<Event>,
-    next_conn: Arc<std::sync::atomic::AtomicU64>,
+    next_conn: Arc<AtomicU64>,
     stopping: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
-    max_frame_bytes: usize,
+    options: ServerOptions,
 }
 
 impl std::fmt::Debug for CoordinatorServer {
@@ -58,30 +82,26 @@ impl CoordinatorServer {
         bind: SocketAddr,
         config: CoordinatorConfig,
         registry: OperatorRegistry,
-        max_frame_bytes: usize,
+        options: ServerOptions,
     ) -> Result<Self, EngineError> {
         let listener = TcpListener::bind(bind)
             .map_err(|e| EngineError::Io { what: format!("binding {bind}"), reason: e.to_string() })?;
         let addr = listener.local_addr().ok();
-        let mut server = Self::start(config, registry, max_frame_bytes)?;
+        let mut server = Self::start(config, registry, options)?;
         server.addr = addr;
-        let (events, next_conn, stopping) = (server.events.clone(), server.next_conn.clone(), server.stopping.clone());
-        let acceptor = std::thread::Builder::new()
+        let acceptor = Acceptor {
+            listener,
+            events: server.events.clone(),
+            next_conn: server.next_conn.clone(),
+            stopping: server.stopping.clone(),
+            open: Arc::default(),
+            options,
+        };
+        let thread = std::thread::Builder::new()
             .name("coordinator-accept".into())
-            .spawn(move || {
-                for stream in listener.incoming() {
-                    if stopping.load(Ordering::Acquire) {
-                        break;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    let conn = next_conn.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = serve_tcp(conn, stream, &events, max_frame_bytes) {
-                        tracing::warn!(conn, "connection setup failed: {e}");
-                    }
-                }
-            })
+            .spawn(move || acceptor.run())
             .map_err(|e| EngineError::Io { what: "starting the accept thread".into(), reason: e.to_string() })?;
-        server.threads.push(acceptor);
+        server.threads.push(thread);
         Ok(server)
     }
 
@@ -89,16 +109,16 @@ impl CoordinatorServer {
     pub(crate) fn start(
         config: CoordinatorConfig,
         registry: OperatorRegistry,
-        max_frame_bytes: usize,
+        options: ServerOptions,
     ) -> Result<Self, EngineError> {
-        Self::start_live(config, Arc::new(LiveRegistry::new(registry)), max_frame_bytes)
+        Self::start_live(config, Arc::new(LiveRegistry::new(registry)), options)
     }
 
     /// Starts serving in-process connections only, checking jobs against `live`.
     pub(crate) fn start_live(
         config: CoordinatorConfig,
         live: Arc<LiveRegistry>,
-        max_frame_bytes: usize,
+        options: ServerOptions,
     ) -> Result<Self, EngineError> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let coordinator = Coordinator::new(config, Box::new(RegistryCatalog::new(live)), fresh_token(), Instant::now());
@@ -109,10 +129,10 @@ impl CoordinatorServer {
         Ok(CoordinatorServer {
             addr: None,
             events: tx,
-            next_conn: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+            next_conn: Arc::new(AtomicU64::new(1)),
             stopping: Arc::new(AtomicBool::new(false)),
             threads: vec![looper],
-            max_frame_bytes,
+            options,
         })
     }
 
@@ -121,12 +141,19 @@ impl CoordinatorServer {
         self.addr
     }
 
+    /// The limits of its connections.
+    pub(crate) fn limits(&self) -> &ConnectionLimits {
+        &self.options.limits
+    }
+
     /// Connects an in-process peer (a worker or client of this process).
     pub(crate) fn connect_in_process(&self, end: PipeEnd) {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let PipeEnd { sink, reader } = end;
         let _ = self.events.send(Event::Open(conn, Box::new(sink)));
-        if let Err(e) = spawn_reader(conn, reader, self.events.clone(), self.max_frame_bytes) {
+        let events = self.events.clone();
+        if let Err(e) = link::spawn_reader(format!("conn-{conn}"), reader, &self.options.limits, deliver(conn, events))
+        {
             tracing::error!(conn, "cannot start a reader thread: {e}");
             let _ = self.events.send(Event::Closed(conn));
         }
@@ -156,24 +183,156 @@ impl Drop for CoordinatorServer {
     }
 }
 
-fn serve_tcp(conn: ConnId, stream: TcpStream, events: &Sender<Event>, max: usize) -> std::io::Result<()> {
-    let writer = TcpSink::new(stream.try_clone()?)?;
-    // Open goes first so the loop knows the connection before its first frame.
-    let _ = events.send(Event::Open(conn, Box::new(writer)));
-    spawn_reader(conn, stream, events.clone(), max).inspect_err(|_| {
-        let _ = events.send(Event::Closed(conn));
-    })
-}
-
-fn spawn_reader(conn: ConnId, r: impl Read + Send + 'static, events: Sender<Event>, max: usize) -> std::io::Result<()> {
-    link::spawn_reader(format!("conn-{conn}"), r, max, move |received| {
+/// How a connection's reader thread hands its frames to the event loop.
+fn deliver(conn: ConnId, events: Sender<Event>) -> impl FnMut(Received, Permit) -> bool + Send + 'static {
+    move |received, permit| {
         let event = match received {
-            Received::Message(m) => Event::Frame(conn, m),
-            Received::Bad(e) => Event::Bad(conn, e),
+            Received::Message(m) => Event::Frame(conn, m, permit),
+            Received::Bad(e) => Event::Bad(conn, e, permit),
             Received::Closed | Received::TimedOut => Event::Closed(conn),
         };
         events.send(event).is_ok()
-    })
+    }
+}
+
+/// Shortest and longest pause after a failed `accept`.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
+
+/// The accept loop: counts the open TCP connections against the cap, refuses
+/// the ones beyond it, and backs off when `accept` fails.
+struct Acceptor {
+    listener: TcpListener,
+    events: Sender<Event>,
+    next_conn: Arc<AtomicU64>,
+    stopping: Arc<AtomicBool>,
+    /// TCP connections whose reader still runs.
+    open: Arc<AtomicUsize>,
+    options: ServerOptions,
+}
+
+/// Counts one open connection until dropped (by its reader thread, when it ends).
+struct OpenConnection {
+    open: Arc<AtomicUsize>,
+    peer: SocketAddr,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        let open = self.open.fetch_sub(1, Ordering::AcqRel) - 1;
+        tracing::info!(peer = %self.peer, "connection from {} ended; {open} open", self.peer);
+    }
+}
+
+impl Acceptor {
+    fn run(self) {
+        // A descriptor held in reserve: when `accept` fails for want of
+        // descriptors, releasing it lets the waiting peer be accepted and told why.
+        let mut reserve = std::fs::File::open("/dev/null").ok();
+        let mut backoff = ACCEPT_BACKOFF.0;
+        let mut failures = 0u64;
+        loop {
+            let accepted = self.listener.accept();
+            if self.stopping.load(Ordering::Acquire) {
+                break;
+            }
+            match accepted {
+                Ok((stream, peer)) => {
+                    if failures > 0 {
+                        tracing::info!("accepting connections again after {failures} failed accepts");
+                    }
+                    failures = 0;
+                    backoff = ACCEPT_BACKOFF.0;
+                    self.serve(stream, peer);
+                }
+                Err(e) => {
+                    // Out of descriptors, `accept` fails at once, whether a peer
+                    // waits or not: the reserve lets a waiting peer be told why;
+                    // with nobody waiting, back off instead of spinning.
+                    let mut refused = false;
+                    if is_out_of_descriptors(&e) {
+                        if let Some(spare) = reserve.take() {
+                            drop(spare);
+                            refused = self.refuse_one_waiting(&e);
+                        }
+                    }
+                    if reserve.is_none() {
+                        reserve = std::fs::File::open("/dev/null").ok();
+                    }
+                    if !refused {
+                        failures += 1;
+                        if failures == 1 || backoff == ACCEPT_BACKOFF.1 {
+                            tracing::warn!("accept failed: {e}; retrying in {} ms", backoff.as_millis());
+                        }
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// With a descriptor freed, accepts a peer that is waiting, if one is, and
+    /// refuses it with `error`'s reason. Returns whether one was.
+    fn refuse_one_waiting(&self, error: &std::io::Error) -> bool {
+        if self.listener.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let waiting = self.listener.accept();
+        let _ = self.listener.set_nonblocking(false);
+        match waiting {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nonblocking(false);
+                let why = format!("the coordinator is out of file descriptors ({error}); try again later");
+                tracing::warn!(%peer, "refusing a connection: {why}");
+                refuse(stream, why);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn serve(&self, stream: TcpStream, peer: SocketAddr) {
+        // Only this thread adds to the count, so it cannot pass the cap between
+        // the check and the add.
+        if self.open.load(Ordering::Acquire) >= self.options.max_connections {
+            let why = format!(
+                "too many connections: the coordinator serves at most {} (max_connections); try again later",
+                self.options.max_connections
+            );
+            tracing::warn!(%peer, "refusing a connection: {why}");
+            return refuse(stream, why);
+        }
+        self.open.fetch_add(1, Ordering::AcqRel);
+        // Counted until the socket's descriptor is closed.
+        let counted = Box::new(OpenConnection { open: self.open.clone(), peer });
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (sink, reader) = match open_tcp(&format!("conn-{conn}"), stream, &self.options.limits, Some(counted)) {
+            Ok(halves) => halves,
+            Err(e) => return tracing::warn!(%peer, conn, "connection setup failed: {e}"),
+        };
+        // Open goes first so the loop knows the connection before its first frame.
+        let _ = self.events.send(Event::Open(conn, Box::new(sink)));
+        let reading = deliver(conn, self.events.clone());
+        if let Err(e) = link::spawn_reader(format!("conn-{conn}-read"), reader, &self.options.limits, reading) {
+            tracing::warn!(%peer, conn, "cannot start a reader thread: {e}");
+            let _ = self.events.send(Event::Closed(conn));
+        }
+    }
+}
+
+fn is_out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Tells a peer we will not serve it, and closes. A fresh connection's send
+/// buffer is empty, so this small write does not block.
+fn refuse(mut stream: TcpStream, why: String) {
+    let reply = Message::ErrorReply(ErrorReply { code: ErrorCode::Internal, message: why, retryable: true });
+    if let Ok(frame) = protocol::encode(&reply) {
+        let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+        let _ = stream.write_all(&frame);
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
 fn event_loop(mut c: Coordinator, rx: Receiver<Event>) {
@@ -192,11 +351,11 @@ fn event_loop(mut c: Coordinator, rx: Receiver<Event>) {
                 sinks.insert(conn, sink);
                 Vec::new()
             }
-            Some(Event::Frame(conn, m)) if sinks.contains_key(&conn) => c.on_message(now, conn, m),
-            Some(Event::Bad(conn, e)) if sinks.contains_key(&conn) => c.on_frame_error(now, conn, &e),
+            Some(Event::Frame(conn, m, _permit)) if sinks.contains_key(&conn) => c.on_message(now, conn, m),
+            Some(Event::Bad(conn, e, _permit)) if sinks.contains_key(&conn) => c.on_frame_error(now, conn, &e),
             Some(Event::Closed(conn)) => match sinks.remove(&conn) {
                 Some(mut s) => {
-                    s.close();
+                    s.abort();
                     c.on_disconnect(now, conn)
                 }
                 None => Vec::new(),
@@ -213,15 +372,18 @@ fn event_loop(mut c: Coordinator, rx: Receiver<Event>) {
             for o in outputs {
                 match o {
                     Output::Send(conn, msg) => {
-                        let failed = match sinks.get_mut(&conn) {
-                            Some(s) => send_message(s.as_mut(), &msg).is_err(),
-                            None => false,
-                        };
-                        if failed {
-                            if let Some(mut s) = sinks.remove(&conn) {
-                                s.close();
-                                more.extend(c.on_disconnect(now, conn));
+                        let Some(s) = sinks.get_mut(&conn) else { continue };
+                        if let Err(e) = send_message(s.as_mut(), &msg) {
+                            match &e {
+                                SendError::Full { .. } => {
+                                    tracing::warn!(conn, peer = %s.peer(), "disconnecting {}: {e}", s.peer())
+                                }
+                                _ => tracing::debug!(conn, peer = %s.peer(), "cannot send {}: {e}", msg.kind_name()),
                             }
+                            if let Some(mut s) = sinks.remove(&conn) {
+                                s.abort();
+                            }
+                            more.extend(c.on_disconnect(now, conn));
                         }
                     }
                     Output::Close(conn) => {

@@ -106,7 +106,7 @@ impl FrameError {
 
     /// The error reply for this failure.
     pub fn reply(&self) -> Message {
-        Message::ErrorReply(ErrorReply { code: self.code(), message: self.to_string(), retryable: false })
+        Message::error(self.code(), self.to_string())
     }
 }
 
@@ -371,9 +371,18 @@ impl DeployTask {
 }
 
 impl Message {
-    /// An error reply.
+    /// An error reply, retryable as its code says ([`ErrorCode::is_retryable`]).
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
-        Message::ErrorReply(ErrorReply { code, message: message.into(), retryable: false })
+        Message::ErrorReply(ErrorReply { code, message: message.into(), retryable: code.is_retryable() })
+    }
+}
+
+impl ErrorCode {
+    /// Whether the same request may succeed later without being changed: slots
+    /// and memory free up, a peer that was busy may answer. A malformed frame, a
+    /// stale token or an invalid job stay what they are.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorCode::NotEnoughSlots | ErrorCode::SlotOccupied | ErrorCode::Internal)
     }
 }
 

@@ -1,0 +1,699 @@
+//! The TaskExecutor gateway as a sans-I/O state machine: frames from the
+//! coordinator, reports from the shards and the time in; frames to send, shard
+//! commands and the end of a session out ([`Action`]). The session loop
+//! (`session.rs`) is its I/O edge; tests drive it by hand with paused time.
+//!
+//! ```text
+//!  session loop                         Gateway
+//!   connected ──────────connected(now)──────► [Send(RegisterWorker)]
+//!   frame ──────────────on_message(now, m)──► Send(reply) | Shard(i, cmd) | End
+//!   task report ────────on_task(report)─────► Send(UpdateTaskExecutionState)
+//!   inbox drained ──────flush()─────────────► Shard(i, Deploy(batch))
+//!   timer ──────────────on_tick(now)────────► End (coordinator silent)  next_deadline() says when
+//!   connection lost ────disconnected()──────► Shard(i, Cancel(job))
+//! ```
+//!
+//! It serves slot requests (a slot held by another allocation answers
+//! "occupied" with its owner), deployments (refused without the slot's
+//! allocation, with another job master's token, or when malformed: parallelism
+//! 0, a subtask beyond it, an output without consumers, an input without
+//! producers), cancels, frees, heartbeats, slot reports and shard dumps.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shardflow_control::protocol::*;
+use shardflow_control::{AttemptId, ExecutionState, JobId, JobMasterId, ResourceManagerId, ShardId, SlotId, WorkerId};
+use shardflow_memory::{Budget, BudgetKind, Reservation};
+
+use super::board::JobBoard;
+use super::wiring::JobHere;
+use crate::config::EngineConfig;
+use crate::operator::{SinkOutput, TaskInfo};
+use crate::registry::LiveRegistry;
+use crate::shard::{ShardCommand, TaskReport};
+use crate::task::{partitioner, OutputDeployment, TaskDeployment, TaskOutput};
+
+/// What the session loop must do.
+pub(crate) enum Action {
+    /// Send a frame to the coordinator.
+    Send(Message),
+    /// Post a command to shard `i`'s mailbox.
+    Shard(usize, ShardCommand),
+    /// The session is over (after the frames before): close the connection.
+    /// `retry`: whether registering again can help.
+    End {
+        /// Why, for the log.
+        reason: String,
+        /// Whether to connect and register again.
+        retry: bool,
+    },
+}
+
+impl std::fmt::Debug for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Send(m) => write!(f, "Send({})", m.kind_name()),
+            Action::Shard(i, c) => write!(f, "Shard({i}, {c:?})"),
+            Action::End { reason, retry } => write!(f, "End({reason:?}, retry {retry})"),
+        }
+    }
+}
+
+/// A shard as the gateway sees it: index, core and network budget.
+pub(crate) struct ShardSlots {
+    pub(crate) id: u32,
+    pub(crate) core: usize,
+    pub(crate) network: Budget,
+}
+
+struct SlotState {
+    status: SlotStatus,
+    /// The allocation's job master token.
+    job_master: Option<JobMasterId>,
+    managed: Budget,
+}
+
+struct TaskEntry {
+    slot: SlotId,
+    job_master: JobMasterId,
+    vertex: String,
+    state: ExecutionState,
+    network: Reservation,
+}
+
+/// Where the conversation with the coordinator stands.
+enum Registration {
+    /// Waiting for the answer to `RegisterWorker` until `deadline`.
+    Pending { deadline: Instant },
+    /// Registered; silent past `timeout` since `last_heard`, the coordinator is lost.
+    Registered { last_heard: Instant, timeout: Duration },
+    /// No session.
+    Idle,
+}
+
+/// The worker's TaskExecutor gateway.
+pub(crate) struct Gateway {
+    config: EngineConfig,
+    live: Arc<LiveRegistry>,
+    board: Arc<JobBoard>,
+    shards: Vec<ShardSlots>,
+    resource_id: String,
+    registration_timeout: Duration,
+    registration: Registration,
+    worker: WorkerId,
+    rm: ResourceManagerId,
+    slots: BTreeMap<SlotId, SlotState>,
+    tasks: HashMap<(JobId, AttemptId), TaskEntry>,
+    jobs: HashMap<JobId, JobHere>,
+    /// Network memory of tasks cancelled when the coordinator was lost, held until
+    /// each reports its end.
+    draining: HashMap<(JobId, AttemptId), Reservation>,
+    /// Deployments not yet handed to their shard, by shard: the tasks of one job
+    /// that arrive together go to a shard in one message, since a spinning shard
+    /// reads its mailbox only between time slices.
+    batch: BTreeMap<usize, Vec<TaskDeployment>>,
+}
+
+/// A refusal of a deployment.
+fn refuse(code: ErrorCode, message: String) -> ErrorReply {
+    ErrorReply { code, message, retryable: code.is_retryable() }
+}
+
+impl Gateway {
+    pub(crate) fn new(
+        config: EngineConfig,
+        live: Arc<LiveRegistry>,
+        board: Arc<JobBoard>,
+        shards: Vec<ShardSlots>,
+        resource_id: String,
+        registration_timeout: Duration,
+    ) -> Self {
+        let mut g = Gateway {
+            config,
+            live,
+            board,
+            shards,
+            resource_id,
+            registration_timeout,
+            registration: Registration::Idle,
+            worker: WorkerId(u32::MAX),
+            rm: ResourceManagerId(0),
+            slots: BTreeMap::new(),
+            tasks: HashMap::new(),
+            jobs: HashMap::new(),
+            draining: HashMap::new(),
+            batch: BTreeMap::new(),
+        };
+        g.reset_slots(WorkerId(u32::MAX));
+        g
+    }
+
+    /// The name it registers under.
+    pub(crate) fn resource_id(&self) -> &str {
+        &self.resource_id
+    }
+
+    /// Whether a coordinator has accepted its registration in this session.
+    pub(crate) fn is_registered(&self) -> bool {
+        matches!(self.registration, Registration::Registered { .. })
+    }
+
+    /// When [`Self::on_tick`] must run at the latest.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        match self.registration {
+            Registration::Pending { deadline } => Some(deadline),
+            Registration::Registered { last_heard, timeout } => Some(last_heard + timeout),
+            Registration::Idle => None,
+        }
+    }
+
+    /// A connection to a coordinator is open: register.
+    pub(crate) fn connected(&mut self, now: Instant) -> Vec<Action> {
+        self.registration = Registration::Pending { deadline: now + self.registration_timeout };
+        vec![Action::Send(Message::RegisterWorker(RegisterWorker {
+            resource_id: self.resource_id.clone(),
+            address: format!("pid {}", std::process::id()),
+            resources: self.resources(),
+            slots: self.report(),
+        }))]
+    }
+
+    /// Time passed: a coordinator silent too long is lost.
+    pub(crate) fn on_tick(&mut self, now: Instant) -> Vec<Action> {
+        let reason = match self.registration {
+            Registration::Pending { deadline } if now >= deadline => format!(
+                "the coordinator did not answer the registration within {} ms",
+                self.registration_timeout.as_millis()
+            ),
+            Registration::Registered { last_heard, timeout } if now >= last_heard + timeout => {
+                format!("no word from the coordinator for {} ms", timeout.as_millis())
+            }
+            _ => return Vec::new(),
+        };
+        vec![Action::End { reason, retry: true }]
+    }
+
+    /// The session is closed: every task is cancelled and every allocation
+    /// forgotten (the coordinator is gone).
+    pub(crate) fn disconnected(&mut self) -> Vec<Action> {
+        self.registration = Registration::Idle;
+        let jobs: Vec<JobId> = self.tasks.keys().map(|(j, _)| *j).collect();
+        let mut out = Vec::new();
+        for shard in 0..self.shards.len() {
+            out.extend(jobs.iter().map(|&job| Action::Shard(shard, ShardCommand::Cancel(job))));
+        }
+        // Batched tasks never reached a shard: their memory is free at once.
+        for d in std::mem::take(&mut self.batch).into_values().flatten() {
+            self.tasks.remove(&(d.job, d.attempt));
+        }
+        // A cancelled task keeps its network memory until its shard reports it ended.
+        self.draining.extend(self.tasks.drain().map(|(k, t)| (k, t.network)));
+        for (job, _) in self.jobs.drain() {
+            self.board.ended_here(job);
+        }
+        let worker = self.worker;
+        self.reset_slots(worker);
+        out
+    }
+
+    /// The worker stops: it says goodbye if registered (the session loop then
+    /// closes the connection).
+    pub(crate) fn stop(&mut self) -> Vec<Action> {
+        if !self.is_registered() {
+            return Vec::new();
+        }
+        vec![Action::Send(Message::DisconnectWorker(DisconnectWorker {
+            resource_manager: self.rm,
+            worker: self.worker,
+            cause: "worker shutting down".into(),
+        }))]
+    }
+
+    /// The coordinator sent bytes that are not a frame.
+    pub(crate) fn on_bad_frame(&mut self, e: &FrameError) -> Vec<Action> {
+        vec![
+            Action::Send(e.reply()),
+            Action::End { reason: format!("bad frame from the coordinator: {e}"), retry: true },
+        ]
+    }
+
+    /// Every slot free, named for `worker`. A slot keeps its managed-memory budget
+    /// across registrations: a task cancelled with the old session still holds
+    /// its share until its shard reports it ended.
+    fn reset_slots(&mut self, worker: WorkerId) {
+        let shards: Vec<(u32, u32)> = self.shards.iter().map(|s| (s.id, s.core as u32)).collect();
+        self.slots = slot_table(
+            worker,
+            &shards,
+            self.config.slots_per_shard,
+            self.config.managed_memory_per_slot_bytes,
+            std::mem::take(&mut self.slots),
+        );
+        self.worker = worker;
+    }
+
+    fn resources(&self) -> WorkerResources {
+        WorkerResources {
+            cores: self.shards.iter().map(|s| s.core as u32).collect(),
+            slots_per_shard: self.config.slots_per_shard,
+            network_memory_bytes: self.config.network_memory_bytes as u64,
+            managed_memory_per_slot_bytes: self.config.managed_memory_per_slot_bytes,
+        }
+    }
+
+    fn report(&self) -> SlotReport {
+        SlotReport { slots: self.slots.values().map(|s| s.status.clone()).collect() }
+    }
+
+    /// A frame from the coordinator.
+    pub(crate) fn on_message(&mut self, now: Instant, msg: Message) -> Vec<Action> {
+        match self.registration {
+            Registration::Idle => Vec::new(),
+            Registration::Pending { .. } => self.on_registration_answer(now, msg),
+            Registration::Registered { timeout, .. } => {
+                self.registration = Registration::Registered { last_heard: now, timeout };
+                match self.serve(msg) {
+                    Ok(out) => out,
+                    Err((code, m)) => {
+                        vec![Action::Send(Message::error(code, m.clone())), Action::End { reason: m, retry: true }]
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_registration_answer(&mut self, now: Instant, msg: Message) -> Vec<Action> {
+        match msg {
+            Message::RegistrationAccepted(a) => {
+                let timeout = Duration::from_millis(a.heartbeat_timeout_ms.max(1));
+                self.registration = Registration::Registered { last_heard: now, timeout };
+                self.rm = a.resource_manager;
+                self.reset_slots(a.worker);
+                tracing::info!(worker = %a.worker, "registered with the coordinator");
+                Vec::new()
+            }
+            Message::ErrorReply(e) => {
+                // Another live worker holds this name: registering again cannot help.
+                let retry = e.code != ErrorCode::DuplicateRegistration;
+                vec![Action::End { reason: format!("registration refused: {}", e.message), retry }]
+            }
+            other => {
+                let m = format!("expected RegistrationAccepted, got {}", other.kind_name());
+                vec![
+                    Action::Send(Message::error(ErrorCode::Unexpected, m.clone())),
+                    Action::End { reason: m, retry: true },
+                ]
+            }
+        }
+    }
+
+    /// Handles one message of a registered session; returns what to do.
+    fn serve(&mut self, msg: Message) -> Result<Vec<Action>, (ErrorCode, String)> {
+        let stale = |token: ResourceManagerId, rm: ResourceManagerId| {
+            if token == rm {
+                Ok(())
+            } else {
+                Err((ErrorCode::StaleToken, format!("fencing token {token} is not the leader's ({rm})")))
+            }
+        };
+        let mut out = Vec::new();
+        match msg {
+            Message::HeartbeatFromCoordinator(m) => {
+                stale(m.resource_manager, self.rm)?;
+                out.push(Action::Send(Message::HeartbeatFromWorker(HeartbeatFromWorker {
+                    resource_manager: self.rm,
+                    worker: self.worker,
+                    seq: m.seq,
+                    report: self.report(),
+                })));
+            }
+            Message::RequestSlot(m) => {
+                stale(m.resource_manager, self.rm)?;
+                let outcome = match self.slots.get_mut(&m.slot) {
+                    None => SlotRequestOutcome::UnknownSlot,
+                    Some(s) => match s.status.allocated {
+                        Some(owner) if owner.allocation != m.allocation => SlotRequestOutcome::Occupied(owner),
+                        _ => {
+                            s.status.allocated = Some(SlotAllocation { allocation: m.allocation, job: m.job });
+                            s.job_master = Some(m.job_master);
+                            SlotRequestOutcome::Allocated
+                        }
+                    },
+                };
+                out.push(Action::Send(Message::SlotRequestReply(SlotRequestReply {
+                    slot: m.slot,
+                    allocation: m.allocation,
+                    outcome,
+                })));
+            }
+            Message::SubmitTask(m) => {
+                let (job, attempt) = (m.descriptor.job, m.descriptor.attempt);
+                if let Err(error) = self.deploy(m.descriptor) {
+                    out.push(self.refused(job, attempt, error));
+                }
+            }
+            Message::DeployTask(m) => {
+                let (job, attempt) = (m.job, m.attempt);
+                if let Err(error) = self.information(&m).and_then(|info| self.deploy(m.with_information(info))) {
+                    out.push(self.refused(job, attempt, error));
+                }
+            }
+            Message::CancelTask(m) => {
+                if let Some(t) = self.tasks.get(&(m.job, m.attempt)) {
+                    if t.job_master != m.job_master {
+                        return Err((
+                            ErrorCode::StaleToken,
+                            format!("job master token {} does not own {}", m.job_master, m.attempt),
+                        ));
+                    }
+                    let shard = t.slot.shard.0 as usize;
+                    out.push(Action::Shard(shard, ShardCommand::CancelAttempt(m.job, m.attempt)));
+                }
+            }
+            Message::FreeSlot(m) => {
+                let Some((&slot, s)) = self
+                    .slots
+                    .iter_mut()
+                    .find(|(_, s)| s.status.allocated.is_some_and(|a| a.allocation == m.allocation))
+                else {
+                    return Ok(out);
+                };
+                if s.job_master != Some(m.job_master) {
+                    return Err((
+                        ErrorCode::StaleToken,
+                        format!("job master token {} does not own {}", m.job_master, m.allocation),
+                    ));
+                }
+                let freed = s.status.allocated.take().map(|a| a.job);
+                s.job_master = None;
+                for ((job, attempt), t) in &self.tasks {
+                    if t.slot == slot {
+                        out.push(Action::Shard(slot.shard.0 as usize, ShardCommand::CancelAttempt(*job, *attempt)));
+                    }
+                }
+                if let Some(job) = freed {
+                    self.forget_if_idle(job);
+                }
+            }
+            Message::RequestSlotReport(m) => {
+                stale(m.resource_manager, self.rm)?;
+                out.push(Action::Send(Message::SlotReportMessage(SlotReportMessage {
+                    resource_manager: self.rm,
+                    worker: self.worker,
+                    report: self.report(),
+                })));
+            }
+            Message::RequestShardDump(m) => {
+                stale(m.resource_manager, self.rm)?;
+                out.push(Action::Send(Message::ShardDump(self.dump())));
+            }
+            Message::DisconnectResourceManager(m) => {
+                stale(m.resource_manager, self.rm)?;
+                out.push(Action::End { reason: format!("coordinator disconnected us: {}", m.cause), retry: true });
+            }
+            Message::UpdatePartitions(_) | Message::ReleasePartitions(_) => {}
+            Message::TriggerCheckpoint(_) | Message::ConfirmCheckpoint(_) | Message::AbortCheckpoint(_) => {
+                return Err((ErrorCode::Unsupported, "this worker takes no checkpoints yet".into()));
+            }
+            Message::ErrorReply(e) => return Err((e.code, format!("coordinator reported: {}", e.message))),
+            other => {
+                return Err((ErrorCode::Unexpected, format!("{} is not a message a worker accepts", other.kind_name())))
+            }
+        }
+        Ok(out)
+    }
+
+    fn refused(&mut self, job: JobId, attempt: AttemptId, error: ErrorReply) -> Action {
+        tracing::warn!(%job, %attempt, "task refused: {}", error.message);
+        self.forget_if_idle(job);
+        Action::Send(Message::TaskRefused(TaskRefused { job, attempt, error }))
+    }
+
+    fn dump(&self) -> ShardDump {
+        let mut tasks: Vec<_> = self.tasks.iter().collect();
+        tasks.sort_unstable_by_key(|(key, _)| **key);
+        let shards = self
+            .shards
+            .iter()
+            .map(|s| ShardDumpEntry {
+                shard: s.id,
+                core: s.core as u32,
+                tasks: tasks
+                    .iter()
+                    .filter(|(_, t)| t.slot.shard.0 == s.id)
+                    .map(|((job, attempt), t)| format!("{job} {attempt} {} {}", t.vertex, t.state))
+                    .collect(),
+            })
+            .collect();
+        ShardDump { worker: self.worker, shards }
+    }
+
+    /// The vertex information of `m`, read and validated once per vertex and
+    /// attempt epoch.
+    fn information(&mut self, m: &DeployTask) -> Result<TaskInformation, ErrorReply> {
+        let key = (m.attempt.execution_vertex.vertex, m.attempt.attempt);
+        let known = &mut self.jobs.entry(m.job).or_default().information;
+        if let Some((bytes, info)) = known.get(&key) {
+            if *bytes == m.task_information {
+                return Ok(info.clone());
+            }
+        }
+        let info = TaskInformation::from_archive(&m.task_information).map_err(|e| refuse(e.code(), e.to_string()))?;
+        known.insert(key, (m.task_information.clone(), info.clone()));
+        Ok(info)
+    }
+
+    /// Checks a deployment's own consistency: what a task could not run with.
+    fn check_shape(d: &TaskDeploymentDescriptor) -> Result<(), ErrorReply> {
+        let malformed = |m: String| Err(refuse(ErrorCode::Malformed, format!("{} of {}: {m}", d.attempt, d.job)));
+        let subtask = d.attempt.execution_vertex.subtask;
+        if d.parallelism == 0 {
+            return malformed("parallelism 0 (must be at least 1)".into());
+        }
+        if subtask >= d.parallelism {
+            return malformed(format!("subtask {subtask} of a vertex with parallelism {}", d.parallelism));
+        }
+        if d.chain.is_empty() {
+            return malformed("an empty operator chain".into());
+        }
+        if let Some(p) = d.outputs.iter().find(|p| p.consumers.is_empty()) {
+            return malformed(format!("output on edge {} has no consumers", p.edge));
+        }
+        if let Some(g) = d.inputs.iter().find(|g| g.producers.is_empty()) {
+            return malformed(format!("input on edge {} has no producers", g.edge));
+        }
+        Ok(())
+    }
+
+    fn deploy(&mut self, d: TaskDeploymentDescriptor) -> Result<(), ErrorReply> {
+        Self::check_shape(&d)?;
+        if self.tasks.contains_key(&(d.job, d.attempt)) {
+            return Err(refuse(ErrorCode::Unexpected, format!("{} of {} is already deployed here", d.attempt, d.job)));
+        }
+        let slot = self
+            .slots
+            .get(&d.slot)
+            .ok_or_else(|| refuse(ErrorCode::NoSlotAllocated, format!("{} is not a slot of this worker", d.slot)))?;
+        match slot.status.allocated {
+            Some(a) if a.allocation == d.allocation && a.job == d.job => {}
+            _ => {
+                return Err(refuse(
+                    ErrorCode::NoSlotAllocated,
+                    format!("{} is not allocated to {} of {}", d.slot, d.allocation, d.job),
+                ))
+            }
+        }
+        if slot.job_master != Some(d.job_master) {
+            return Err(refuse(
+                ErrorCode::StaleToken,
+                format!("job master token {} does not own {}", d.job_master, d.slot),
+            ));
+        }
+        let remote = d
+            .inputs
+            .iter()
+            .flat_map(|g| g.producers.iter())
+            .chain(d.outputs.iter().flat_map(|p| p.consumers.iter()))
+            .find(|c| c.worker != self.worker);
+        if let Some(c) = remote {
+            return Err(refuse(
+                ErrorCode::Unsupported,
+                format!("a channel to {} needs the TCP data plane, which is not built yet", c.worker),
+            ));
+        }
+        let shard = d.slot.shard.0 as usize;
+        let cfg = &self.config;
+        let per_channel = 1 + u64::from(cfg.exclusive_credits) + u64::from(cfg.floating_credits);
+        let subs: u64 = d.outputs.iter().map(|p| p.consumers.len() as u64).sum();
+        let bytes = subs.saturating_mul(per_channel).saturating_mul(cfg.segment_bytes as u64);
+        let network = self.shards[shard]
+            .network
+            .reserve(bytes)
+            .map_err(|e| refuse(ErrorCode::Internal, format!("network memory of shard {shard}: {e}")))?;
+        let epoch = d.attempt.attempt;
+        let subtask = d.attempt.execution_vertex.subtask;
+        let job = self.jobs.entry(d.job).or_default();
+        let inputs = d
+            .inputs
+            .iter()
+            .flat_map(|g| g.producers.iter().map(move |p| (epoch, g.edge, p.peer_subtask, p.subpartition)))
+            .map(|key| job.claim(key, cfg))
+            .collect();
+        let outputs = d
+            .outputs
+            .iter()
+            .map(|p| OutputDeployment {
+                partitioner: partitioner(p.partitioner),
+                senders: p.consumers.iter().map(|c| job.claim((epoch, p.edge, subtask, c.subpartition), cfg)).collect(),
+            })
+            .collect();
+        let job_start = *job.starts.entry(epoch).or_insert_with(Instant::now);
+        let progress = self.board.progress(d.job);
+        let (registry, resources) = self.live.snapshot();
+        let info = TaskInfo {
+            vertex: d.vertex_name.clone(),
+            subtask,
+            parallelism: d.parallelism,
+            job_start,
+            core: self.shards[shard].core,
+            managed_memory: slot.managed.clone(),
+        };
+        let deployment = TaskDeployment {
+            job: d.job,
+            attempt: d.attempt,
+            info,
+            chain: d.chain,
+            inputs,
+            exclusive_credits: cfg.exclusive_credits,
+            floating_credits: cfg.floating_credits,
+            outputs,
+            registry,
+            resources,
+            flush_timeout: cfg.flush_timeout,
+            idle: cfg.idle,
+            min_park: cfg.min_park,
+            progress,
+        };
+        self.tasks.insert(
+            (d.job, d.attempt),
+            TaskEntry {
+                slot: d.slot,
+                job_master: d.job_master,
+                vertex: d.vertex_name,
+                state: ExecutionState::Deploying,
+                network,
+            },
+        );
+        self.batch.entry(shard).or_default().push(deployment);
+        Ok(())
+    }
+
+    /// No more frames right now: the batched deployments go to their shards.
+    pub(crate) fn flush(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.batch)
+            .into_iter()
+            .map(|(shard, ds)| Action::Shard(shard, ShardCommand::Deploy(ds)))
+            .collect()
+    }
+
+    /// Forgets `job` once it holds no slot and runs no task here. Not sooner: a
+    /// producer may end before its consumer is deployed, and the channel end it
+    /// left must wait for that consumer.
+    fn forget_if_idle(&mut self, job: JobId) {
+        let holds_slot = self.slots.values().any(|s| s.status.allocated.is_some_and(|a| a.job == job));
+        if !holds_slot && !self.tasks.keys().any(|(j, _)| *j == job) && self.jobs.remove(&job).is_some() {
+            self.board.ended_here(job);
+        }
+    }
+
+    /// A task changed state: the update for its job master, if it is still ours
+    /// and a coordinator is there to hear it.
+    pub(crate) fn on_task(&mut self, r: TaskReport) -> Vec<Action> {
+        let key = (r.job, r.attempt);
+        if r.state.is_terminal() {
+            self.draining.remove(&key);
+        }
+        let Some(entry) = self.tasks.get_mut(&key) else { return Vec::new() };
+        entry.state = r.state;
+        let job_master = entry.job_master;
+        if let Some(o) = &r.output {
+            // Before the frame: once the job master hears of the end, the output is there.
+            self.board.put(r.job, r.attempt, o);
+        }
+        if r.state.is_terminal() {
+            self.tasks.remove(&key);
+            self.forget_if_idle(r.job);
+        }
+        if !self.is_registered() {
+            return Vec::new();
+        }
+        vec![Action::Send(Message::UpdateTaskExecutionState(UpdateTaskExecutionState {
+            job_master,
+            job: r.job,
+            attempt: r.attempt,
+            state: r.state,
+            failure: r.failure.map(|f| TaskFailureInfo { cause: f.cause, secondary: f.secondary }),
+            result: r.output.map(result_info),
+        }))]
+    }
+}
+
+fn result_info(o: TaskOutput) -> TaskResultInfo {
+    let sinks = o
+        .sinks
+        .into_iter()
+        .filter_map(|s| match s {
+            SinkOutput::None => None,
+            SinkOutput::Count { records, value_sum } => Some(SinkResult { records, value_sum, latency_ns: None }),
+            SinkOutput::Latency(h) => Some(SinkResult {
+                records: h.len(),
+                value_sum: 0,
+                latency_ns: Some([
+                    h.value_at_quantile(0.5),
+                    h.value_at_quantile(0.99),
+                    h.value_at_quantile(0.999),
+                    h.max(),
+                ]),
+            }),
+            SinkOutput::Records(r) => Some(SinkResult {
+                records: r.len() as u64,
+                value_sum: r.iter().fold(0u64, |a, x| a.wrapping_add(x.value)),
+                latency_ns: None,
+            }),
+        })
+        .collect();
+    TaskResultInfo { records_in: o.records_in, records_out: o.records_out, sinks }
+}
+
+/// The slot table of a worker with `shards` (id, core), every slot free; each
+/// slot's managed-memory budget is taken over from `previous` where that held the
+/// same shard and index.
+fn slot_table(
+    worker: WorkerId,
+    shards: &[(u32, u32)],
+    slots_per_shard: u32,
+    managed_bytes: u64,
+    previous: BTreeMap<SlotId, SlotState>,
+) -> BTreeMap<SlotId, SlotState> {
+    let mut budgets: HashMap<(ShardId, u32), Budget> =
+        previous.into_iter().map(|(slot, s)| ((slot.shard, slot.index), s.managed)).collect();
+    let mut slots = BTreeMap::new();
+    for &(shard, core) in shards {
+        for index in 0..slots_per_shard {
+            let slot = SlotId { worker, shard: ShardId(shard), index };
+            let managed = budgets
+                .remove(&(slot.shard, index))
+                .unwrap_or_else(|| Budget::new(BudgetKind::ManagedMemory, managed_bytes));
+            slots.insert(
+                slot,
+                SlotState { status: SlotStatus { slot, core, allocated: None }, job_master: None, managed },
+            );
+        }
+    }
+    slots
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,304 @@
+//! The gateway driven by hand: frames, task reports and the time in, actions
+//! out. No shards, no sockets, no sleeps: `now` is an argument.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shardflow_control::protocol::*;
+use shardflow_control::{
+    AllocationId, AttemptId, ExecutionState, ExecutionVertexId, JobId, JobMasterId, PartitionerKind, ResourceManagerId,
+    ShardId, SlotId, VertexId, WorkerId,
+};
+use shardflow_memory::{Budget, BudgetKind};
+
+use super::{Action, Gateway, ShardSlots};
+use crate::cluster::worker::board::JobBoard;
+use crate::config::EngineConfig;
+use crate::ops;
+use crate::registry::{LiveRegistry, OperatorRegistry};
+use crate::shard::{ShardCommand, TaskReport};
+use crate::task::TaskOutput;
+
+const RM: ResourceManagerId = ResourceManagerId(0x77);
+const ME: WorkerId = WorkerId(3);
+const NETWORK_BYTES: u64 = 8 << 20;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+struct Harness {
+    g: Gateway,
+    board: Arc<JobBoard>,
+    network: Budget,
+    t0: Instant,
+}
+
+impl Harness {
+    /// A gateway of one shard (core 5) with two slots, not yet connected.
+    fn new() -> Self {
+        let board = Arc::new(JobBoard::embedded());
+        let network = Budget::new(BudgetKind::NetworkBuffers, NETWORK_BYTES);
+        let config = EngineConfig { slots_per_shard: 2, segment_bytes: 4096, ..EngineConfig::default() };
+        let shards = vec![ShardSlots { id: 0, core: 5, network: network.clone() }];
+        let live = Arc::new(LiveRegistry::new(OperatorRegistry::with_builtins()));
+        let g = Gateway::new(config, live, board.clone(), shards, "gw".into(), ms(10_000));
+        Harness { g, board, network, t0: Instant::now() }
+    }
+
+    fn at(&self, n: u64) -> Instant {
+        self.t0 + ms(n)
+    }
+
+    /// Connected and registered at t0 with a heartbeat timeout of 5 s.
+    fn registered() -> Self {
+        let mut h = Harness::new();
+        let out = h.g.connected(h.t0);
+        assert!(matches!(&out[..], [Action::Send(Message::RegisterWorker(r))] if r.resource_id == "gw"), "{out:?}");
+        let accepted = RegistrationAccepted {
+            worker: ME,
+            resource_manager: RM,
+            heartbeat_interval_ms: 1_000,
+            heartbeat_timeout_ms: 5_000,
+        };
+        assert!(h.g.on_message(h.t0, Message::RegistrationAccepted(accepted)).is_empty());
+        assert!(h.g.is_registered());
+        h
+    }
+
+    fn send(&mut self, t: u64, m: Message) -> Vec<Action> {
+        let now = self.at(t);
+        self.g.on_message(now, m)
+    }
+
+    fn allocate(&mut self, index: u32, allocation: u64, job_master: u64) {
+        let out = self.send(
+            1,
+            Message::RequestSlot(RequestSlot {
+                resource_manager: RM,
+                slot: slot(index),
+                allocation: AllocationId(allocation),
+                job: JobId(1),
+                job_master: JobMasterId(job_master),
+            }),
+        );
+        assert!(
+            matches!(&out[..], [Action::Send(Message::SlotRequestReply(r))] if r.outcome == SlotRequestOutcome::Allocated),
+            "{out:?}"
+        );
+    }
+}
+
+fn slot(index: u32) -> SlotId {
+    SlotId { worker: ME, shard: ShardId(0), index }
+}
+
+fn attempt(vertex: u32, subtask: u32) -> AttemptId {
+    AttemptId { execution_vertex: ExecutionVertexId { vertex: VertexId(vertex), subtask }, attempt: 0 }
+}
+
+/// Subtask `subtask` of a two-subtask source vertex in slot 0 (allocation 1, job
+/// master 11), writing forward to the consumer subtask of the same index.
+fn descriptor(subtask: u32) -> TaskDeploymentDescriptor {
+    TaskDeploymentDescriptor {
+        job: JobId(1),
+        job_name: "gateway".into(),
+        job_master: JobMasterId(11),
+        allocation: AllocationId(1),
+        slot: slot(0),
+        attempt: attempt(0, subtask),
+        vertex_name: "source".into(),
+        parallelism: 2,
+        chain: vec![ops::generator(100, ops::KeyGen::Index, ops::ValueGen::Index)],
+        inputs: vec![],
+        outputs: vec![PartitionDeployment {
+            edge: 0,
+            partitioner: PartitionerKind::Forward,
+            consumers: vec![ChannelLocation { peer_subtask: subtask, subpartition: 0, worker: ME }],
+        }],
+    }
+}
+
+fn deploy(d: TaskDeploymentDescriptor) -> Message {
+    Message::DeployTask(DeployTask::from_descriptor(d).unwrap())
+}
+
+fn refusal(out: &[Action]) -> &ErrorReply {
+    match out {
+        [Action::Send(Message::TaskRefused(r))] => &r.error,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn deployed(out: &[Action]) -> usize {
+    out.iter()
+        .map(|a| match a {
+            Action::Shard(0, ShardCommand::Deploy(ds)) => ds.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+fn report(a: AttemptId, state: ExecutionState, output: Option<TaskOutput>) -> TaskReport {
+    TaskReport { job: JobId(1), attempt: a, state, failure: None, output }
+}
+
+#[test]
+fn a_silent_coordinator_is_lost_after_the_heartbeat_timeout_and_every_frame_resets_the_clock() {
+    let mut h = Harness::registered();
+    assert_eq!(h.g.next_deadline(), Some(h.at(5_000)));
+    assert!(h.g.on_tick(h.at(4_999)).is_empty());
+    let hb = Message::HeartbeatFromCoordinator(HeartbeatFromCoordinator { resource_manager: RM, seq: 1 });
+    let out = h.send(4_000, hb);
+    assert!(matches!(&out[..], [Action::Send(Message::HeartbeatFromWorker(r))] if r.seq == 1 && r.worker == ME));
+    assert!(h.g.on_tick(h.at(8_999)).is_empty(), "heard at 4 s: lost at 9 s, not before");
+    match &h.g.on_tick(h.at(9_000))[..] {
+        [Action::End { reason, retry: true }] => assert!(reason.contains("no word from the coordinator for 5000 ms")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_unanswered_registration_ends_the_session_and_a_duplicate_name_ends_the_worker() {
+    let mut h = Harness::new();
+    h.g.connected(h.t0);
+    assert!(h.g.on_tick(h.at(9_999)).is_empty());
+    assert!(matches!(&h.g.on_tick(h.at(10_000))[..], [Action::End { retry: true, .. }]));
+
+    let mut h = Harness::new();
+    h.g.connected(h.t0);
+    let refused =
+        Message::error(ErrorCode::DuplicateRegistration, "a worker with resource id 'gw' is already registered");
+    match &h.send(1, refused)[..] {
+        [Action::End { reason, retry: false }] => assert!(reason.contains("already registered"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!h.g.is_registered());
+}
+
+#[test]
+fn malformed_deployments_are_refused_with_a_typed_error_and_hold_nothing() {
+    let mut h = Harness::registered();
+    h.allocate(0, 1, 11);
+    let cases: Vec<(TaskDeploymentDescriptor, &str)> = vec![
+        (TaskDeploymentDescriptor { parallelism: 0, ..descriptor(0) }, "parallelism 0"),
+        (descriptor(2), "subtask 2 of a vertex with parallelism 2"),
+        (
+            TaskDeploymentDescriptor {
+                outputs: vec![PartitionDeployment { edge: 4, partitioner: PartitionerKind::Hash, consumers: vec![] }],
+                ..descriptor(0)
+            },
+            "output on edge 4 has no consumers",
+        ),
+        (
+            TaskDeploymentDescriptor { inputs: vec![GateDeployment { edge: 3, producers: vec![] }], ..descriptor(0) },
+            "input on edge 3 has no producers",
+        ),
+        (TaskDeploymentDescriptor { chain: vec![], ..descriptor(0) }, "empty operator chain"),
+    ];
+    for (d, why) in cases {
+        let out = h.send(2, deploy(d));
+        let e = refusal(&out);
+        assert_eq!(e.code, ErrorCode::Malformed, "{why}: {}", e.message);
+        assert!(e.message.contains(why), "{why}: {}", e.message);
+        assert!(!e.retryable);
+    }
+    assert_eq!(deployed(&h.g.flush()), 0, "nothing reached a shard");
+    assert_eq!(h.network.available_bytes(), NETWORK_BYTES, "no network memory is held");
+}
+
+#[test]
+fn a_deployment_goes_to_its_shard_and_its_states_flow_back() {
+    let mut h = Harness::registered();
+    h.allocate(0, 1, 11);
+    assert!(h.send(2, deploy(descriptor(0))).is_empty());
+    assert!(h.send(2, deploy(descriptor(1))).is_empty());
+    assert!(h.network.available_bytes() < NETWORK_BYTES, "each task holds its channels' memory");
+    assert_eq!(deployed(&h.g.flush()), 2, "deployments that arrive together go to the shard in one message");
+
+    let a = attempt(0, 0);
+    let out = h.g.on_task(report(a, ExecutionState::Running, None));
+    assert!(matches!(&out[..], [Action::Send(Message::UpdateTaskExecutionState(u))]
+        if u.attempt == a && u.state == ExecutionState::Running && u.job_master == JobMasterId(11)));
+    let output = TaskOutput { sinks: vec![], records_in: 50, records_out: 50 };
+    let out = h.g.on_task(report(a, ExecutionState::Finished, Some(output)));
+    assert!(matches!(&out[..], [Action::Send(Message::UpdateTaskExecutionState(u))]
+        if u.state == ExecutionState::Finished && u.result.as_ref().is_some_and(|r| r.records_out == 50)));
+    assert_eq!(h.board.take(JobId(1)).len(), 1, "the embedding engine gets the full output");
+
+    // the same attempt again is refused while the other one still runs
+    let out = h.send(3, deploy(descriptor(1)));
+    assert_eq!(refusal(&out).code, ErrorCode::Unexpected);
+}
+
+#[test]
+fn checkpoint_messages_are_answered_unsupported() {
+    let mut h = Harness::registered();
+    let trigger = Message::TriggerCheckpoint(TriggerCheckpoint {
+        job_master: JobMasterId(11),
+        job: JobId(1),
+        attempt: attempt(0, 0),
+        checkpoint: shardflow_control::CheckpointId(1),
+        timestamp_ms: 0,
+    });
+    match &h.send(1, trigger)[..] {
+        [Action::Send(Message::ErrorReply(e)), Action::End { .. }] => {
+            assert_eq!(e.code, ErrorCode::Unsupported);
+            assert!(e.message.contains("checkpoints"), "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_stale_fencing_token_is_an_error_that_ends_the_session() {
+    let mut h = Harness::registered();
+    let stale =
+        Message::HeartbeatFromCoordinator(HeartbeatFromCoordinator { resource_manager: ResourceManagerId(1), seq: 1 });
+    assert!(matches!(&h.send(1, stale)[..],
+        [Action::Send(Message::ErrorReply(e)), Action::End { retry: true, .. }] if e.code == ErrorCode::StaleToken));
+}
+
+#[test]
+fn losing_the_coordinator_cancels_the_tasks_which_keep_their_memory_until_they_end() {
+    let mut h = Harness::registered();
+    h.allocate(0, 1, 11);
+    h.send(2, deploy(descriptor(0)));
+    h.g.flush();
+    let held = NETWORK_BYTES - h.network.available_bytes();
+    assert!(held > 0);
+    let out = h.g.disconnected();
+    assert!(matches!(&out[..], [Action::Shard(0, ShardCommand::Cancel(JobId(1)))]), "{out:?}");
+    assert_eq!(NETWORK_BYTES - h.network.available_bytes(), held, "the cancelled task is still draining");
+    assert!(h.g.on_task(report(attempt(0, 0), ExecutionState::Canceled, None)).is_empty(), "nobody to tell");
+    assert_eq!(h.network.available_bytes(), NETWORK_BYTES, "its end releases its memory");
+
+    // registered again: every slot free, the managed-memory budgets kept
+    let out = h.g.connected(h.at(10));
+    match &out[..] {
+        [Action::Send(Message::RegisterWorker(r))] => {
+            assert_eq!(r.slots.slots.len(), 2);
+            assert!(r.slots.slots.iter().all(|s| s.allocated.is_none() && s.core == 5));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_slot_keeps_its_managed_memory_budget_when_the_worker_registers_again() {
+    let first = super::slot_table(WorkerId(1), &[(0, 3), (1, 5)], 2, 1000, Default::default());
+    assert_eq!(first.len(), 4);
+    let slot = SlotId { worker: WorkerId(1), shard: ShardId(1), index: 1 };
+    let held = first[&slot].managed.reserve(600).unwrap();
+
+    let second = super::slot_table(WorkerId(2), &[(0, 3), (1, 5)], 2, 1000, first);
+    let again = SlotId { worker: WorkerId(2), shard: ShardId(1), index: 1 };
+    assert_eq!(second[&again].status.core, 5);
+    assert!(second.values().all(|s| s.status.allocated.is_none() && s.job_master.is_none()));
+    assert_eq!(second[&again].managed.available_bytes(), 400, "the cancelled task still holds its share");
+    assert!(second[&again].managed.reserve(500).is_err());
+    drop(held);
+    assert_eq!(second[&again].managed.available_bytes(), 1000);
+    let other = SlotId { worker: WorkerId(2), shard: ShardId(0), index: 0 };
+    assert_eq!(second[&other].managed.available_bytes(), 1000);
+}

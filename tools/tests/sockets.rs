@@ -1,0 +1,223 @@
+//! Sockets that cannot stall the coordinator, tried with real processes on
+//! 127.0.0.1: a client that floods requests and never reads its replies, and
+//! connection floods past the connection cap and past the process's descriptor
+//! limit. Every wait is on an event (a reply, a log line, a closed socket) with
+//! a generous timeout; every process started is killed when the test ends.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use shardflow_engine::protocol::{self, ErrorCode, Message, DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shardflow");
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A coordinator whose log lines (stderr, at info) arrive on a channel.
+struct Coordinator {
+    _proc: Proc,
+    addr: String,
+    log: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Coordinator {
+    /// `shardflow coordinator --bind 127.0.0.1:0 args…`, run by `sh` after
+    /// `shell_prefix` (say, `ulimit -n 64;`).
+    fn start(shell_prefix: &str, args: &[&str]) -> Self {
+        let script = format!("{shell_prefix} exec \"$0\" coordinator --bind 127.0.0.1:0 \"$@\"");
+        let mut child = Command::new("sh")
+            .args(["-c", &script, BIN])
+            .args(args)
+            .env("SHARDFLOW_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("coordinator starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+        assert!(addr.starts_with("127.0.0.1:"), "coordinator said: {line}");
+        Coordinator { _proc: Proc(child), addr, log, seen: Vec::new() }
+    }
+
+    /// Waits for a log line containing every one of `parts`; returns it.
+    fn wait_for_log(&mut self, parts: &[&str]) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.log.recv_timeout(left).unwrap_or_else(|_| {
+                panic!("no log line with {parts:?} within {WAIT:?}; seen:\n{}", self.seen.join("\n"))
+            });
+            self.seen.push(line.clone());
+            if parts.iter().all(|p| line.contains(p)) {
+                return line;
+            }
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN).args(args).args(["--coordinator", &self.addr]).output().unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.run(&[args, &["--json"]].concat());
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+fn frame(m: &Message) -> Vec<u8> {
+    protocol::encode(m).unwrap().into_vec()
+}
+
+/// Reads one frame, waiting at most [`WAIT`].
+fn read_one(s: &mut TcpStream) -> Message {
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut head = [0u8; HEADER_BYTES];
+    s.read_exact(&mut head).expect("a frame within the timeout");
+    let h = protocol::FrameHeader::parse(&head, DEFAULT_MAX_FRAME_BYTES).unwrap();
+    let mut body = vec![0u8; h.len];
+    s.read_exact(&mut body).unwrap();
+    protocol::decode(&[&head[..], &body].concat(), DEFAULT_MAX_FRAME_BYTES).unwrap().0
+}
+
+/// A worker with one shard on the first online core.
+fn worker(addr: &str, id: &str, core: usize) -> Proc {
+    let core = core.to_string();
+    Proc(
+        Command::new(BIN)
+            .args(["worker", "--coordinator", addr, "--cores", &core, "--resource-id", id, "--slots-per-shard", "2"])
+            .args(["--network-memory-bytes", "8388608", "--segment-bytes", "4096"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("worker starts"),
+    )
+}
+
+#[test]
+fn a_client_that_floods_requests_and_never_reads_is_dropped_and_delays_nobody() {
+    let mut c = Coordinator::start("", &["--heartbeat-timeout-ms", "5000", "--write-timeout-ms", "600000"]);
+    let cores = shardflow_engine::online_cores();
+    let _w0 = worker(&c.addr, "w0", cores[0]);
+    let _w1 = worker(&c.addr, "w1", cores[cores.len() - 1]);
+    assert_eq!(c.json(&["cluster", "--wait-workers", "2", "--timeout-s", "60"])["workers"], 2);
+    let job = c.json(&["submit", "forward-count", "--param", "rate=1000", "--param", "duration_ms=600000"]);
+    let job = job["job"].as_str().unwrap().to_string();
+    assert_eq!(c.json(&["status", &job, "--wait", "running", "--timeout-s", "60"])["status"], "RUNNING");
+
+    // The flood: requests, written in batches, replies never read. The write
+    // timeout is the coordinator's 600 s, so only the bounded outbox can end it.
+    let mut flood = TcpStream::connect(&c.addr).unwrap();
+    flood.set_write_timeout(Some(WAIT)).unwrap();
+    let flood_addr = flood.local_addr().unwrap().to_string();
+    let batch: Vec<u8> =
+        std::iter::repeat_n(frame(&Message::ListJobs(protocol::ListJobs {})), 4096).flatten().collect();
+    let (sent_tx, sent) = mpsc::channel();
+    let flooder = std::thread::spawn(move || {
+        let mut total = 0usize;
+        loop {
+            if let Err(e) = flood.write_all(&batch) {
+                return (total, e.kind());
+            }
+            total += batch.len();
+            let _ = sent_tx.send(total);
+        }
+    });
+    // Past 256 KB of requests (what froze the coordinator before), others are
+    // still answered at once.
+    while sent.recv_timeout(WAIT).expect("the flood keeps being read") < 256 << 10 {}
+    let v = c.json(&["cluster"]);
+    assert_eq!(v["workers"], 2, "{v}");
+
+    let line = c.wait_for_log(&["disconnecting", &flood_addr, "not reading"]);
+    let (total, kind) = flooder.join().unwrap();
+    assert!(
+        matches!(kind, std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset),
+        "the flood ends because it was disconnected, not by its own timeout: {kind:?} after {total} bytes ({line})"
+    );
+    let v = c.json(&["status", &job]);
+    assert_eq!((v["status"].as_str(), v["restarts"].as_u64()), (Some("RUNNING"), Some(0)), "{v}");
+    let v = c.json(&["cluster"]);
+    assert_eq!(v["workers"], 2, "no worker was lost: {v}");
+    assert!(!c.seen.iter().any(|l| l.contains("worker lost")), "{}", c.seen.join("\n"));
+}
+
+/// Opens `n` idle connections; returns those the coordinator kept open and the
+/// messages of the refusals the others got.
+fn connection_flood(addr: &str, n: usize) -> (Vec<TcpStream>, Vec<String>) {
+    let mut kept = Vec::new();
+    let mut refusals = Vec::new();
+    let mut streams: Vec<TcpStream> = (0..n).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // A refused connection gets its error reply at once; a kept one answers a request.
+    for mut s in streams.drain(..) {
+        s.write_all(&frame(&Message::RequestResourceOverview(protocol::RequestResourceOverview {}))).unwrap();
+        match read_one(&mut s) {
+            Message::ErrorReply(e) => {
+                assert_eq!(e.code, ErrorCode::Internal);
+                assert!(e.retryable, "{}", e.message);
+                refusals.push(e.message);
+            }
+            Message::ResourceOverview(_) => kept.push(s),
+            other => panic!("{other:?}"),
+        }
+    }
+    (kept, refusals)
+}
+
+#[test]
+fn connections_past_the_cap_are_refused_clearly_and_the_coordinator_answers_after() {
+    let mut c = Coordinator::start("", &["--max-connections", "8"]);
+    let (kept, refusals) = connection_flood(&c.addr, 12);
+    assert_eq!((kept.len(), refusals.len()), (8, 4), "{refusals:?}");
+    assert!(refusals.iter().all(|m| m.contains("too many connections") && m.contains("at most 8")), "{refusals:?}");
+    c.wait_for_log(&["refusing a connection", "too many connections"]);
+    let out = c.run(&["cluster"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("too many connections"));
+    drop(kept);
+    c.wait_for_log(&["ended; 0 open"]);
+    let out = c.run(&["cluster", "--json"]);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), c.seen.join("\n"));
+}
+
+#[test]
+fn a_connection_flood_past_the_descriptor_limit_is_refused_and_the_coordinator_answers_after() {
+    // 40 descriptors, a cap far above: accept itself fails for want of descriptors.
+    let mut c = Coordinator::start("ulimit -n 40 &&", &[]);
+    c.wait_for_log(&["open-file limit is 40"]);
+    let (kept, refusals) = connection_flood(&c.addr, 60);
+    assert!(!kept.is_empty() && !refusals.is_empty(), "{} kept, {refusals:?}", kept.len());
+    assert!(refusals.iter().all(|m| m.contains("out of file descriptors")), "{refusals:?}");
+    c.wait_for_log(&["refusing a connection", "out of file descriptors"]);
+    // Nobody waits now and every descriptor is taken: accept fails at once, and
+    // the acceptor backs off instead of spinning on it.
+    c.wait_for_log(&["accept failed", "Too many open files", "retrying in"]);
+    drop(kept);
+    c.wait_for_log(&["ended; 0 open"]);
+    let out = c.run(&["cluster", "--json"]);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), c.seen.join("\n"));
+}
