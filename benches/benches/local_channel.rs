@@ -39,7 +39,7 @@ fn cross_thread(n: u64) -> Duration {
             let mut seg = pool.allocate().expect("credits bound the pool");
             seg.as_bytes_mut().fill(i as u8);
             let len = seg.capacity_bytes();
-            tx.send_data(Buffer::new(seg, 1, len)).await.expect("send");
+            tx.send_data(Buffer::new(seg, 1, len).expect("fits")).await.expect("send");
         }
         tx.send_event(shardflow_netstack::Event::EndOfPartition).await.expect("eop");
     });
@@ -59,7 +59,7 @@ fn same_thread(n: u64) -> Duration {
             let mut seg = pool.allocate().expect("free");
             seg.as_bytes_mut().fill(i as u8);
             let len = seg.capacity_bytes();
-            tx.send_data(Buffer::new(seg, 1, len)).await.expect("send");
+            tx.send_data(Buffer::new(seg, 1, len).expect("fits")).await.expect("send");
             if let Some((_, GateItem::Data(buf))) = gate.try_next().expect("gate") {
                 sum = bytemuck::cast_slice::<u8, u64>(buf.as_bytes()).iter().fold(sum, |s, &w| s.wrapping_add(w));
             }

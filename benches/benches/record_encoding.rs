@@ -44,7 +44,11 @@ fn pod_hash_partitioned(c: &mut Criterion) {
                 for g in &mut gates {
                     while let Some((_, item)) = g.try_next().expect("gate") {
                         if let GateItem::Data(buf) = item {
-                            sum = buf.pod::<Record>().iter().fold(sum, |s, r| s.wrapping_add(r.value));
+                            sum = buf
+                                .pod::<Record>()
+                                .expect("pod buffer")
+                                .iter()
+                                .fold(sum, |s, r| s.wrapping_add(r.value));
                         }
                     }
                 }
@@ -60,7 +64,7 @@ fn pod_hash_partitioned(c: &mut Criterion) {
             let mut total = 0u64;
             let mut w = RkyvWriter::<Event>::new(pool.allocate().expect("segment"));
             let mut flush = |w: RkyvWriter<Event>| {
-                let buf = w.finish();
+                let buf = w.finish().expect("fits");
                 for e in rkyv_records::<ArchivedEvent>(&buf) {
                     total = total.wrapping_add(e.expect("valid").user.to_native());
                 }

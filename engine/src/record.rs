@@ -38,10 +38,21 @@ impl shardflow_netstack::Keyed for Record {
 }
 
 /// Operator configuration: `key=value` pairs, encoded as `k=v;k=v` UTF-8 bytes so a
-/// job description stays readable on the wire and in logs.
+/// job description stays readable on the wire and in logs. A `;`, `=` or `\\` in
+/// a key or value is escaped with a backslash, so any strings round-trip.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OpConfig {
     entries: BTreeMap<String, String>,
+}
+
+/// Appends `text` with `;`, `=` and `\\` escaped.
+fn escape_into(out: &mut String, text: &str) {
+    for c in text.chars() {
+        if matches!(c, ';' | '=' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
 }
 
 impl OpConfig {
@@ -59,8 +70,16 @@ impl OpConfig {
 
     /// The encoded bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let parts: Vec<String> = self.entries.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        parts.join(";").into_bytes()
+        let mut out = String::new();
+        for (i, (k, v)) in self.entries.iter().enumerate() {
+            if i > 0 {
+                out.push(';');
+            }
+            escape_into(&mut out, k);
+            out.push('=');
+            escape_into(&mut out, v);
+        }
+        out.into_bytes()
     }
 
     /// Decodes bytes written by [`OpConfig::to_bytes`] for `operator`.
@@ -68,9 +87,33 @@ impl OpConfig {
         let bad = |reason: String| EngineError::InvalidOperatorConfig { operator: operator.to_string(), reason };
         let text = std::str::from_utf8(bytes).map_err(|e| bad(format!("not UTF-8: {e}")))?;
         let mut entries = BTreeMap::new();
-        for part in text.split(';').filter(|p| !p.is_empty()) {
-            let (k, v) = part.split_once('=').ok_or_else(|| bad(format!("'{part}' is not key=value")))?;
-            entries.insert(k.to_string(), v.to_string());
+        // The entry being read: its key once its `=` has come, and the text so far.
+        let (mut key, mut part): (Option<String>, String) = (None, String::new());
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some(e @ (';' | '=' | '\\')) => part.push(e),
+                    Some(other) => return Err(bad(format!("'\\{other}' is not an escape (only \\; \\= \\\\)"))),
+                    None => return Err(bad("a lone '\\' at the end".into())),
+                },
+                '=' if key.is_none() => key = Some(std::mem::take(&mut part)),
+                ';' => {
+                    match key.take() {
+                        Some(k) => entries.insert(k, std::mem::take(&mut part)),
+                        None if part.is_empty() => None,
+                        None => return Err(bad(format!("'{part}' is not key=value"))),
+                    };
+                }
+                c => part.push(c),
+            }
+        }
+        match key {
+            Some(k) => {
+                entries.insert(k, part);
+            }
+            None if part.is_empty() => {}
+            None => return Err(bad(format!("'{part}' is not key=value"))),
         }
         Ok(OpConfig { entries })
     }
@@ -105,7 +148,34 @@ impl OpConfig {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Any keys and values, separators and backslashes included, come back as
+        /// they went in.
+        #[test]
+        fn any_strings_round_trip(entries in proptest::collection::btree_map(".*", ".*", 0..6)) {
+            let c = entries.iter().fold(OpConfig::new(), |c, (k, v)| c.with(k, v));
+            prop_assert_eq!(OpConfig::parse("op", &c.to_bytes()).unwrap(), c);
+        }
+
+        /// Any bytes parse or fail typed.
+        #[test]
+        fn any_bytes_parse_or_fail_typed(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = OpConfig::parse("op", &bytes);
+        }
+    }
+
+    #[test]
+    fn separators_in_values_are_escaped() {
+        let c = OpConfig::new().with("path", "a=b;c\\d").with("k;=", "");
+        assert_eq!(String::from_utf8(c.to_bytes()).unwrap(), "k\\;\\==;path=a\\=b\\;c\\\\d");
+        assert_eq!(OpConfig::parse("op", &c.to_bytes()).unwrap().get("path"), Some("a=b;c\\d"));
+        assert!(OpConfig::parse("op", b"a=\\x").is_err());
+        assert!(OpConfig::parse("op", b"a=b\\").is_err());
+    }
 
     #[test]
     fn config_round_trips_and_reports_bad_values() {

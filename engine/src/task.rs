@@ -441,7 +441,7 @@ async fn run_input(
         };
         match item {
             GateItem::Data(buffer) => {
-                let records = buffer.pod::<Record>();
+                let records = buffer.pod::<Record>()?;
                 records_in += records.len() as u64;
                 chain.run(0, records)?;
                 emit(writers, chain.output(0, records)).await?;

@@ -73,12 +73,11 @@ impl<T: Pod> SegmentWriter<T> {
     }
 }
 
-/// The first `len` records of `segment`, read in place.
-///
-/// Panics if `len` records do not fit, which only a caller bug can cause.
-pub fn read_pod<T: Pod>(segment: &Segment, len: usize) -> &[T] {
-    let bytes = &segment.as_bytes()[..len * std::mem::size_of::<T>()];
-    bytemuck::cast_slice(bytes)
+/// The first `len` records of `segment`, read in place; `None` if `len` of them
+/// do not fit in it (checked arithmetic: no count panics).
+pub fn read_pod<T: Pod>(segment: &Segment, len: usize) -> Option<&[T]> {
+    let bytes = segment.as_bytes().get(..len.checked_mul(std::mem::size_of::<T>())?)?;
+    bytemuck::try_cast_slice(bytes).ok()
 }
 
 #[cfg(all(test, not(loom)))]
@@ -98,8 +97,10 @@ mod tests {
         assert!(w.is_full());
         assert_eq!(i as usize, w.capacity());
         let (seg, len) = w.finish();
-        let recs = read_pod::<[u64; 3]>(&seg, len);
+        let recs = read_pod::<[u64; 3]>(&seg, len).unwrap();
         assert_eq!(recs.len(), 170);
         assert_eq!(recs[169], [169, 338, 507]);
+        assert!(read_pod::<[u64; 3]>(&seg, 171).is_none(), "more than fit");
+        assert!(read_pod::<[u64; 3]>(&seg, usize::MAX).is_none(), "no overflow");
     }
 }

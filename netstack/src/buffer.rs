@@ -3,8 +3,11 @@
 use bytemuck::Pod;
 use shardflow_memory::{read_pod, Segment};
 
+use crate::error::NetError;
+
 /// A segment with `records` records in its first `bytes` bytes. Moves by ownership;
-/// dropping it returns the segment to its home pool.
+/// dropping it returns the segment to its home pool. Built only through checking
+/// constructors, so no count it carries can make a reader panic.
 #[derive(Debug)]
 pub struct Buffer {
     segment: Segment,
@@ -13,11 +16,26 @@ pub struct Buffer {
 }
 
 impl Buffer {
-    /// Wraps a filled segment.
-    pub fn new(segment: Segment, records: usize, bytes: usize) -> Self {
-        debug_assert!(bytes <= segment.capacity_bytes());
-        Buffer { segment, records, bytes }
+    /// Wraps a filled segment holding `records` records in its first `bytes`
+    /// bytes; refused if `bytes` exceeds the segment.
+    pub fn new(segment: Segment, records: usize, bytes: usize) -> Result<Self, NetError> {
+        if bytes > segment.capacity_bytes() {
+            return Err(NetError::BadBuffer { records, record_bytes: None, bytes, capacity: segment.capacity_bytes() });
+        }
+        Ok(Buffer { segment, records, bytes })
     }
+
+    /// Wraps a segment holding `records` fixed-size records of type `T`; refused
+    /// if they do not fit in it (checked arithmetic).
+    pub fn of_pod<T: Pod>(segment: Segment, records: usize) -> Result<Self, NetError> {
+        let size = std::mem::size_of::<T>();
+        let capacity = segment.capacity_bytes();
+        match records.checked_mul(size) {
+            Some(bytes) if bytes <= capacity => Ok(Buffer { segment, records, bytes }),
+            _ => Err(NetError::BadBuffer { records, record_bytes: Some(size), bytes: usize::MAX, capacity }),
+        }
+    }
+
     /// Number of records.
     pub fn records(&self) -> usize {
         self.records
@@ -30,12 +48,47 @@ impl Buffer {
     pub fn as_bytes(&self) -> &[u8] {
         &self.segment.as_bytes()[..self.bytes]
     }
-    /// The records, read in place, for a buffer of fixed-size plain-data records.
-    pub fn pod<T: Pod>(&self) -> &[T] {
-        read_pod(&self.segment, self.records)
+    /// The records, read in place, for a buffer of fixed-size plain-data records
+    /// of type `T`; a typed error if the buffer does not hold exactly its count of
+    /// `T`s (another record type, or a bad count).
+    #[inline]
+    pub fn pod<T: Pod>(&self) -> Result<&[T], NetError> {
+        let size = std::mem::size_of::<T>();
+        let bad = || NetError::BadBuffer {
+            records: self.records,
+            record_bytes: Some(size),
+            bytes: self.bytes,
+            capacity: self.segment.capacity_bytes(),
+        };
+        if self.records.checked_mul(size) != Some(self.bytes) {
+            return Err(bad());
+        }
+        read_pod(&self.segment, self.records).ok_or_else(bad)
     }
     /// The underlying segment.
     pub fn into_segment(self) -> Segment {
         self.segment
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardflow_memory::SegmentPoolBuilder;
+
+    #[test]
+    fn no_count_can_make_a_reader_panic() {
+        let pool = SegmentPoolBuilder::new(0, 4).segment_bytes(4096).build().unwrap();
+        assert!(matches!(Buffer::new(pool.allocate().unwrap(), 1, 4097), Err(NetError::BadBuffer { .. })));
+        assert!(matches!(Buffer::of_pod::<[u64; 3]>(pool.allocate().unwrap(), 171), Err(NetError::BadBuffer { .. })));
+        assert!(matches!(
+            Buffer::of_pod::<[u64; 3]>(pool.allocate().unwrap(), usize::MAX),
+            Err(NetError::BadBuffer { .. })
+        ));
+        let full = Buffer::of_pod::<[u64; 3]>(pool.allocate().unwrap(), 170).unwrap();
+        assert_eq!(full.pod::<[u64; 3]>().unwrap().len(), 170);
+        assert!(full.pod::<[u64; 2]>().is_err(), "read as another record type: a typed error");
+        let claims = Buffer::new(pool.allocate().unwrap(), usize::MAX, 4096).unwrap();
+        assert!(matches!(claims.pod::<u64>(), Err(NetError::BadBuffer { records: usize::MAX, .. })));
     }
 }

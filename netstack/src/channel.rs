@@ -260,7 +260,7 @@ mod tests {
     use shardflow_memory::SegmentPoolBuilder;
 
     fn buffer(pool: &shardflow_memory::SegmentPool) -> Buffer {
-        Buffer::new(pool.allocate().unwrap(), 0, 0)
+        Buffer::new(pool.allocate().unwrap(), 0, 0).unwrap()
     }
 
     #[test]

@@ -34,6 +34,19 @@ pub enum NetError {
         /// What the check said.
         reason: String,
     },
+    /// A buffer's record count and byte count do not fit its segment or its
+    /// record type.
+    #[error("a buffer claims {records} records{} in {bytes} bytes of a {capacity}-byte segment", record_bytes.map(|b| format!(" of {b} bytes")).unwrap_or_default())]
+    BadBuffer {
+        /// Records it claims.
+        records: usize,
+        /// Size of the record type read, if known.
+        record_bytes: Option<usize>,
+        /// Bytes it claims (`usize::MAX` when the count overflows).
+        bytes: usize,
+        /// Its segment's size.
+        capacity: usize,
+    },
     /// The partition writer was finished, or an earlier send failed or was
     /// cancelled mid-way; it accepts no more records.
     #[error("the result partition is closed: it was finished or an earlier send did not complete")]

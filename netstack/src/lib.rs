@@ -42,7 +42,7 @@
 //!     let mut sum = 0;
 //!     while let Some((_channel, item)) = gate.next().await? {
 //!         if let GateItem::Data(buf) = item {
-//!             sum += buf.pod::<[u64; 2]>().iter().map(|r| r[1]).sum::<u64>();
+//!             sum += buf.pod::<[u64; 2]>()?.iter().map(|r| r[1]).sum::<u64>();
 //!         }
 //!     }
 //!     assert_eq!(sum, 30);

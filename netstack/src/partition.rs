@@ -241,7 +241,7 @@ impl<T: Pod + Keyed> PartitionWriter<T> {
             return Ok(());
         }
         let (segment, records) = w.finish();
-        let buffer = Buffer::new(segment, records, records * std::mem::size_of::<T>());
+        let buffer = Buffer::of_pod::<T>(segment, records)?;
         sub.sender.send_data(buffer).await?;
         self.buffers_out += 1;
         sub.writer = Some(SegmentWriter::new(self.pool.allocate()?));

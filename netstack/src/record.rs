@@ -40,7 +40,7 @@ pub struct RkyvWriter<T> {
 
 impl<T> RkyvWriter<T>
 where
-    T: for<'a, 'b> Serialize<HighSerializer<RkyvSlice<'b>, ArenaHandle<'a>, rancor::Error>>,
+    T: for<'a, 'b> Serialize<HighSerializer<RkyvSlice<'b>, ArenaHandle<'a>, rancor::BoxedError>>,
 {
     /// A writer over an empty segment.
     pub fn new(segment: Segment) -> Self {
@@ -58,7 +58,7 @@ where
         }
         let out = &mut self.segment.as_bytes_mut()[start..];
         let room = out.len();
-        match rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, RkyvSlice::from(out)) {
+        match rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, RkyvSlice::from(out)) {
             Ok(written) => {
                 let len = written.len();
                 let header = &mut self.segment.as_bytes_mut()[self.pos..self.pos + HEADER];
@@ -85,7 +85,7 @@ where
     }
 
     /// The filled buffer.
-    pub fn finish(self) -> Buffer {
+    pub fn finish(self) -> Result<Buffer, NetError> {
         let bytes = self.pos.min(self.segment.capacity_bytes());
         Buffer::new(self.segment, self.records, bytes)
     }
@@ -94,7 +94,7 @@ where
 /// Reads the archived records of a buffer in place, checking each one.
 pub fn rkyv_records<A>(buffer: &Buffer) -> RkyvRecords<'_, A>
 where
-    A: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
+    A: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>,
 {
     RkyvRecords { bytes: buffer.as_bytes(), pos: 0, _a: PhantomData }
 }
@@ -109,7 +109,7 @@ pub struct RkyvRecords<'b, A> {
 
 impl<'b, A> Iterator for RkyvRecords<'b, A>
 where
-    A: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>> + 'b,
+    A: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>> + 'b,
 {
     type Item = Result<&'b A, NetError>;
 
@@ -132,7 +132,7 @@ where
         };
         let at = self.pos;
         self.pos = align_up(start + len);
-        match rkyv::access::<A, rancor::Error>(body) {
+        match rkyv::access::<A, rancor::BoxedError>(body) {
             Ok(a) => Some(Ok(a)),
             Err(e) => {
                 self.pos = self.bytes.len();
@@ -163,7 +163,7 @@ mod tests {
             n += 1;
         }
         assert!(n > 50, "{n} records fit");
-        let buf = w.finish();
+        let buf = w.finish().unwrap();
         assert_eq!(buf.records() as u64, n);
         let read: Vec<_> = rkyv_records::<ArchivedClick>(&buf).collect::<Result<_, _>>().unwrap();
         assert_eq!(read.len() as u64, n);
@@ -184,7 +184,7 @@ mod tests {
         let pool = SegmentPoolBuilder::new(0, 1).segment_bytes(4096).build().unwrap();
         let mut seg = pool.allocate().unwrap();
         seg.as_bytes_mut()[..4].copy_from_slice(&5000u32.to_le_bytes());
-        let buf = Buffer::new(seg, 1, 64);
+        let buf = Buffer::new(seg, 1, 64).unwrap();
         let mut it = rkyv_records::<ArchivedClick>(&buf);
         assert!(matches!(it.next(), Some(Err(NetError::MalformedRecord { offset: 0, .. }))));
         assert!(it.next().is_none());

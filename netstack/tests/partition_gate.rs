@@ -36,7 +36,7 @@ fn drain(gate: &mut InputGate) -> (Vec<[u64; 2]>, Vec<Event>) {
     let (mut recs, mut events) = (Vec::new(), Vec::new());
     while let Some((_, item)) = gate.try_next().expect("gate") {
         match item {
-            GateItem::Data(buf) => recs.extend_from_slice(buf.pod::<[u64; 2]>()),
+            GateItem::Data(buf) => recs.extend_from_slice(buf.pod::<[u64; 2]>().unwrap()),
             GateItem::Event(e) => events.push(e),
         }
     }

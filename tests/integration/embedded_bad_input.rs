@@ -63,6 +63,17 @@ fn invalid_job_graphs_are_refused_by_name() {
         Err(EngineError::InvalidOperatorConfig { operator, .. }) if operator == "generator"
     ));
 
+    // a repeat count that would blow up a batch's output
+    let mut g = JobGraph::new("huge-repeat");
+    g.add_vertex(vertex("src", vec![source(), ops::flat_map_repeat(1 << 40), ops::count_sink()], 1));
+    match engine.submit(Job::from_graph(g)) {
+        Err(EngineError::InvalidOperatorConfig { operator, reason }) => {
+            assert_eq!(operator, "flat_map.repeat");
+            assert!(reason.contains("at most 1024"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
     // a vertex without inputs that does not start with a source
     let mut g = JobGraph::new("no-source");
     g.add_vertex(vertex("lonely", vec![ops::count_sink()], 1));

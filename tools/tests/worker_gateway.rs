@@ -318,3 +318,33 @@ fn a_consumer_deployed_after_its_producer_finished_still_gets_the_records() {
     let sinks: Vec<(u64, u64)> = done.result.unwrap().sinks.iter().map(|s| (s.records, s.value_sum)).collect();
     assert_eq!(sinks, vec![(10, 55)]);
 }
+
+#[test]
+fn malformed_deployments_are_refused_and_the_worker_serves_on() {
+    let (_w, _l, mut conn) = registered_worker();
+    assert_eq!(request_slot(&mut conn, 0, 1, 1, 11), SlotRequestOutcome::Allocated);
+    let source = || ops::generator(1_000, ops::KeyGen::Golden, ops::ValueGen::Index);
+    let Message::DeployTask(good) = task(0, 1, 11, 0, source()) else { unreachable!() };
+    let d = good.clone().descriptor().unwrap();
+
+    // parallelism 0: the task would divide by it
+    let zero = TaskDeploymentDescriptor { parallelism: 0, ..d.clone() };
+    conn.send(Message::DeployTask(DeployTask::from_descriptor(zero).unwrap()));
+    let e = refused(conn.expect());
+    assert_eq!(e.code, ErrorCode::Malformed, "{}", e.message);
+    assert!(e.message.contains("parallelism 0"), "{}", e.message);
+
+    // an output nobody consumes: the task would index an empty subpartition list
+    let orphan = TaskDeploymentDescriptor {
+        outputs: vec![PartitionDeployment { edge: 0, partitioner: PartitionerKind::Hash, consumers: vec![] }],
+        ..d
+    };
+    conn.send(Message::DeployTask(DeployTask::from_descriptor(orphan).unwrap()));
+    let e = refused(conn.expect());
+    assert_eq!(e.code, ErrorCode::Malformed, "{}", e.message);
+    assert!(e.message.contains("no consumers"), "{}", e.message);
+
+    conn.send(Message::DeployTask(good));
+    let done = conn.until_state(attempt(0), ExecutionState::Finished);
+    assert_eq!(done.result.unwrap().sinks[0].records, 500, "the worker still runs what is well formed");
+}

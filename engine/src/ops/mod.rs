@@ -6,7 +6,7 @@
 //! | `paced-generator` | source | `rate` (records/s, all subtasks), `duration_ms`, `start_offset_ms` |
 //! | `map.add` | map | `add`: value += add (wrapping) |
 //! | `filter.value_mod` | filter | keeps records with `value % modulus != drop` |
-//! | `flat_map.repeat` | flat_map | `times`: emits (key, value + i) for i in 0..times |
+//! | `flat_map.repeat` | flat_map | `times` (≤ 1 024): emits (key, value + i) for i in 0..times |
 //! | `key_by.value_mod` | key_by | key = value % `modulus` |
 //! | `keyed.count` | keyed process | per-key count in value state; at end emits (key, count) |
 //! | `keyed.sum` | keyed process | per-key wrapping sum of values; at end emits (key, sum) |

@@ -8,6 +8,10 @@ use crate::operator::{FilterFn, FlatMapFn, MapFn};
 use crate::record::{OpConfig, Record};
 use crate::registry::OperatorRegistry;
 
+/// Most copies `flat_map.repeat` emits per record: a source batch of 1 024
+/// records then yields at most 24 MiB of output.
+pub(crate) const MAX_REPEAT: u64 = 1024;
+
 fn positive(c: &OpConfig, op: &str, key: &str) -> Result<u64, EngineError> {
     let v = c.u64(op, key)?;
     if v == 0 {
@@ -31,6 +35,12 @@ pub(super) fn register(r: &mut OperatorRegistry) {
     });
     r.register_operator("flat_map.repeat", |c, _| {
         let times = c.u64("flat_map.repeat", "times")?;
+        if times > MAX_REPEAT {
+            return Err(EngineError::InvalidOperatorConfig {
+                operator: "flat_map.repeat".into(),
+                reason: format!("times={times}: at most {MAX_REPEAT} (a batch's output is held at once)"),
+            });
+        }
         Ok(Box::new(FlatMapFn(move |r: &Record, out: &mut Vec<Record>| {
             out.extend((0..times).map(|i| Record { value: r.value.wrapping_add(i), ..*r }))
         })))

@@ -37,6 +37,9 @@ pub use messages::*;
 pub const PROTOCOL_VERSION: u16 = 1;
 /// Bytes of the frame header.
 pub const HEADER_BYTES: usize = 16;
+/// The highest version a shardflow peer could speak; a higher one means the peer
+/// speaks another protocol.
+const MAX_PLAUSIBLE_VERSION: u16 = 255;
 /// Default maximum frame size (archive bytes).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
 
@@ -62,6 +65,13 @@ pub enum FrameError {
     UnsupportedVersion {
         /// The frame's version.
         got: u16,
+    },
+    /// The bytes are not a shardflow frame at all: the peer speaks another
+    /// protocol (its version field is none a shardflow build ever used).
+    #[error("the peer does not speak the shardflow protocol (its first bytes: {first_bytes})")]
+    NotShardflow {
+        /// The peer's first bytes, printable.
+        first_bytes: String,
     },
     /// No message has this kind.
     #[error("unknown message kind {kind}")]
@@ -96,7 +106,7 @@ impl FrameError {
         match self {
             FrameError::Truncated { .. } => ErrorCode::Truncated,
             FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
-            FrameError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+            FrameError::UnsupportedVersion { .. } | FrameError::NotShardflow { .. } => ErrorCode::UnsupportedVersion,
             FrameError::UnknownKind { .. } => ErrorCode::UnknownKind,
             FrameError::BadHeader => ErrorCode::BadHeader,
             FrameError::Malformed { .. } => ErrorCode::Malformed,
@@ -127,6 +137,12 @@ impl FrameHeader {
         let version = u16::from_le_bytes([bytes[4], bytes[5]]);
         let kind = u16::from_le_bytes([bytes[6], bytes[7]]);
         if version != PROTOCOL_VERSION {
+            // Versions count up from 1 and stay small; anything else (an HTTP
+            // reply reads as version 12591) is another protocol.
+            if version == 0 || version > MAX_PLAUSIBLE_VERSION {
+                let first_bytes = format!("{:?}", String::from_utf8_lossy(bytes));
+                return Err(FrameError::NotShardflow { first_bytes });
+            }
             return Err(FrameError::UnsupportedVersion { got: version });
         }
         if bytes[8..].iter().any(|&b| b != 0) {
@@ -224,21 +240,21 @@ macro_rules! message_kinds {
             }
 
             fn encode_after_header(&self, out: AlignedVec<16>) -> Result<AlignedVec<16>, FrameError> {
-                let err = |e: rancor::Error| FrameError::Encode { kind_name: self.kind_name(), reason: e.to_string() };
+                let err = |e: rancor::BoxedError| FrameError::Encode { kind_name: self.kind_name(), reason: e.to_string() };
                 match self {
-                    $(Message::$name(m) => rkyv::api::high::to_bytes_in::<_, rancor::Error>(m, out).map_err(err),)*
+                    $(Message::$name(m) => rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(m, out).map_err(err),)*
                 }
             }
 
             fn decode(kind: u16, body: &[u8]) -> Result<Message, FrameError> {
                 match kind {
                     $($kind => {
-                        let malformed = |e: rancor::Error| FrameError::Malformed {
+                        let malformed = |e: rancor::BoxedError| FrameError::Malformed {
                             kind_name: stringify!($name),
                             reason: e.to_string(),
                         };
-                        let archived = rkyv::access::<rkyv::Archived<$name>, rancor::Error>(body).map_err(malformed)?;
-                        let value = rkyv::deserialize::<$name, rancor::Error>(archived).map_err(malformed)?;
+                        let archived = rkyv::access::<rkyv::Archived<$name>, rancor::BoxedError>(body).map_err(malformed)?;
+                        let value = rkyv::deserialize::<$name, rancor::BoxedError>(archived).map_err(malformed)?;
                         Ok(Message::$name(value))
                     })*
                     _ => Err(FrameError::UnknownKind { kind }),
@@ -306,7 +322,7 @@ message_kinds! {
 impl TaskInformation {
     /// Archives it, for [`DeployTask::task_information`].
     pub fn archive(&self) -> Result<Vec<u8>, FrameError> {
-        rkyv::to_bytes::<rancor::Error>(self)
+        rkyv::to_bytes::<rancor::BoxedError>(self)
             .map(|b| b.to_vec())
             .map_err(|e| FrameError::Encode { kind_name: "TaskInformation", reason: e.to_string() })
     }
@@ -316,11 +332,12 @@ impl TaskInformation {
     /// [`FrameError::Malformed`]; none panics.
     pub fn from_archive(bytes: &[u8]) -> Result<Self, FrameError> {
         let malformed =
-            |e: rancor::Error| FrameError::Malformed { kind_name: "TaskInformation", reason: e.to_string() };
+            |e: rancor::BoxedError| FrameError::Malformed { kind_name: "TaskInformation", reason: e.to_string() };
         let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
         aligned.extend_from_slice(bytes);
-        let archived = rkyv::access::<rkyv::Archived<TaskInformation>, rancor::Error>(&aligned).map_err(malformed)?;
-        rkyv::deserialize::<TaskInformation, rancor::Error>(archived).map_err(malformed)
+        let archived =
+            rkyv::access::<rkyv::Archived<TaskInformation>, rancor::BoxedError>(&aligned).map_err(malformed)?;
+        rkyv::deserialize::<TaskInformation, rancor::BoxedError>(archived).map_err(malformed)
     }
 }
 

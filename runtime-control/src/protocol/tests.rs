@@ -227,8 +227,36 @@ fn truncated_and_garbage_frames_are_typed_errors() {
     for (i, b) in garbage[HEADER_BYTES..].iter_mut().enumerate() {
         *b = (i as u8).wrapping_mul(151).wrapping_add(7);
     }
-    assert!(matches!(decode(&garbage, 1 << 20), Err(FrameError::Malformed { kind_name: "SubmitTask", .. })));
+    match decode(&garbage, 1 << 20) {
+        Err(FrameError::Malformed { kind_name: "SubmitTask", reason }) => {
+            // rkyv's own account of what was wrong, in every build profile.
+            assert!(!reason.contains("without error information"), "{reason}");
+            assert!(!reason.contains("enable debug assertions"), "{reason}");
+            assert!(!reason.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
     assert_eq!(FrameError::BadHeader.code(), ErrorCode::BadHeader);
+}
+
+#[test]
+fn another_protocol_is_named_as_such_and_a_near_version_as_a_version() {
+    let http: [u8; HEADER_BYTES] = *b"HTTP/1.1 400 Bad";
+    match FrameHeader::parse(&http, 1024) {
+        Err(e @ FrameError::NotShardflow { .. }) => {
+            assert_eq!(
+                e.to_string(),
+                r#"the peer does not speak the shardflow protocol (its first bytes: "HTTP/1.1 400 Bad")"#
+            );
+            assert_eq!(e.code(), ErrorCode::UnsupportedVersion);
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut h = [0u8; HEADER_BYTES];
+    h[4] = 2;
+    assert_eq!(FrameHeader::parse(&h, 1024), Err(FrameError::UnsupportedVersion { got: 2 }));
+    h[4] = 0;
+    assert!(matches!(FrameHeader::parse(&h, 1024), Err(FrameError::NotShardflow { .. })), "version 0 was never used");
 }
 
 proptest! {
