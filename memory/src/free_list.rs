@@ -36,6 +36,10 @@ impl FreeStack {
 
     pub(crate) fn push(&self, index: u32) {
         debug_assert!((index as usize) < self.next.len());
+        // Counted before it is visible: a pop that takes it (after the CAS below,
+        // which releases this add) subtracts after this add, so `len` never
+        // underflows; it may count an entry early, never late.
+        self.len.fetch_add(1, Ordering::Relaxed);
         let mut head = self.head.load(Ordering::Acquire);
         loop {
             self.next[index as usize].store(head as u32, Ordering::Relaxed);
@@ -48,7 +52,6 @@ impl FreeStack {
                 Err(actual) => head = actual,
             }
         }
-        self.len.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn pop(&self) -> Option<u32> {
@@ -82,7 +85,8 @@ impl FreeStack {
         self.low_water.store(self.len(), Ordering::Relaxed);
     }
 
-    /// Entries on the stack (exact when no push or pop is in flight).
+    /// Entries on the stack (exact when no push or pop is in flight; while a push
+    /// is, it may count that entry already).
     pub(crate) fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed)
     }
@@ -134,6 +138,30 @@ mod tests {
 mod loom_tests {
     use super::*;
     use crate::sync::Arc;
+
+    /// An empty stack: one thread returns a segment while another allocates.
+    /// The allocation may see it or not, but `len` never underflows (run with
+    /// overflow checks on) and ends equal to what the stack holds.
+    #[test]
+    fn push_and_pop_on_an_empty_stack_keep_len_exact() {
+        loom::model(|| {
+            let s = Arc::new(FreeStack::full(2));
+            let (a, b) = (s.pop().unwrap(), s.pop().unwrap());
+            assert_eq!(s.len(), 0);
+            let s1 = s.clone();
+            let returner = loom::thread::spawn(move || s1.push(a));
+            let s2 = s.clone();
+            let allocator = loom::thread::spawn(move || s2.pop());
+            s.push(b);
+            returner.join().unwrap();
+            let got = allocator.join().unwrap();
+            let mut rest: Vec<u32> = std::iter::from_fn(|| s.pop()).collect();
+            assert_eq!(s.len(), 0);
+            rest.extend(got);
+            rest.sort_unstable();
+            assert_eq!(rest, vec![0, 1], "every index exactly once");
+        });
+    }
 
     /// Two foreign shards return segments while the home shard allocates: every index
     /// ends up exactly once either in the home shard's hands or on the stack.

@@ -71,7 +71,7 @@ impl Buffer {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use shardflow_memory::SegmentPoolBuilder;

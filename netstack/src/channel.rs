@@ -13,17 +13,14 @@
 //! (registered a waker); a busy consumer costs the producer one atomic swap.
 
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use atomic_waker::AtomicWaker;
-use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::CachePadded;
 
 use crate::buffer::Buffer;
 use crate::error::NetError;
 use crate::event::Event;
+use crate::sync::{Arc, ArrayQueue, AtomicBool, AtomicU32, AtomicWaker, Ordering};
 
 /// What travels on a channel.
 #[derive(Debug)]
@@ -253,7 +250,7 @@ impl Drop for ChannelReceiver {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use futures_lite::future::{block_on, poll_once};
@@ -325,5 +322,43 @@ mod tests {
         block_on(tx.send_event(Event::EndOfPartition)).unwrap();
         assert!(rx.is_sender_closed());
         assert!(matches!(rx.try_recv(), Some(Envelope::Event(Event::EndOfPartition))));
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::future::block_on;
+
+    /// A sender without credit parks (announcing its backlog) while the
+    /// receiver grants one: whatever the interleaving, the sender wakes and takes
+    /// it (a lost wake-up would leave `block_on` waiting for ever, which loom
+    /// reports), and the backlog is withdrawn once the credit is taken.
+    #[test]
+    fn a_grant_always_wakes_a_sender_parked_for_credit() {
+        loom::model(|| {
+            let (tx, rx) = channel(0, 1, 1);
+            let receiver = loom::thread::spawn(move || {
+                rx.grant(1);
+                rx
+            });
+            block_on(poll_fn(|cx| tx.poll_credit(cx))).unwrap();
+            let rx = receiver.join().unwrap();
+            assert_eq!(tx.credits(), 0, "the one credit was taken");
+            assert_eq!(rx.backlog(), 0, "no backlog is left announced");
+        });
+    }
+
+    /// A receiver that goes away wakes a sender parked for credit, which then
+    /// fails typed instead of waiting for ever.
+    #[test]
+    fn a_closing_receiver_wakes_a_parked_sender() {
+        loom::model(|| {
+            let (tx, rx) = channel(0, 1, 1);
+            let receiver = loom::thread::spawn(move || drop(rx));
+            let got = block_on(poll_fn(|cx| tx.poll_credit(cx)));
+            assert_eq!(got, Err(NetError::ConsumerGone { subpartition: 0 }));
+            receiver.join().unwrap();
+        });
     }
 }

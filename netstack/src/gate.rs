@@ -204,3 +204,44 @@ impl Drop for InputBuffer {
         self.gate.borrow_mut().recycle(self.channel);
     }
 }
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::channel::channel;
+    use loom::future::block_on;
+
+    /// Two producers send and end their channels while the gate's task waits on
+    /// both:
+    /// the gate registers its waker on every channel and scans again, so a send
+    /// landing between its scan and its registration is never missed (a lost
+    /// wake-up leaves `block_on` waiting for ever, which loom reports).
+    #[test]
+    fn a_waiting_gate_sees_every_channel_end() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(|| {
+            let (tx0, rx0) = channel(1, 1, 1);
+            let (tx1, rx1) = channel(1, 1, 1);
+            let p0 = loom::thread::spawn(move || block_on(tx0.send_event(Event::EndOfPartition)).unwrap());
+            let p1 = loom::thread::spawn(move || {
+                block_on(tx1.send_event(Event::Watermark(7))).unwrap();
+                block_on(tx1.send_event(Event::EndOfPartition)).unwrap();
+            });
+            let mut gate = InputGate::new(vec![rx0, rx1], CreditLedger::new(2, 1, 0));
+            let mut seen = Vec::new();
+            loop {
+                match block_on(gate.next()) {
+                    Ok(Some((c, GateItem::Event(e)))) => seen.push((c, e)),
+                    Ok(None) => break,
+                    other => panic!("{other:?}"),
+                }
+            }
+            seen.sort_by_key(|(c, _)| *c);
+            let expected = vec![(0, Event::EndOfPartition), (1, Event::Watermark(7)), (1, Event::EndOfPartition)];
+            assert_eq!(seen, expected, "in order per channel, nothing lost");
+            p0.join().unwrap();
+            p1.join().unwrap();
+        });
+    }
+}

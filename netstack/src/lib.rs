@@ -61,6 +61,7 @@ mod event;
 mod gate;
 mod partition;
 mod record;
+mod sync;
 
 pub use buffer::Buffer;
 pub use channel::{channel, ChannelReceiver, ChannelSender, Envelope};

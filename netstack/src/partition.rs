@@ -296,7 +296,7 @@ fn writer<T: Pod>(sub: &mut Subpartition<T>) -> &mut SegmentWriter<T> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

@@ -387,6 +387,30 @@ impl DeployTask {
     }
 }
 
+/// The decoder's contract, checked on any bytes (the body of the
+/// `frame_decode` fuzz target, and of a test over its checked-in seeds): `data`
+/// decodes to a message or a typed [`FrameError`], never a panic; a decoded
+/// message encodes again and decodes to itself; a deployment's vertex
+/// information, and any bytes read as vertex information, read or fail typed.
+///
+/// # Panics
+/// If the contract is broken: that is what the fuzzer looks for.
+pub fn check_decoder(data: &[u8]) {
+    if let Ok((msg, used)) = decode(data, 1 << 20) {
+        assert!(used <= data.len());
+        let again = encode(&msg).expect("a decoded message encodes");
+        let (back, _) = decode(&again, 1 << 20).expect("a re-encoded message decodes");
+        assert_eq!(back, msg);
+        if let Message::DeployTask(d) = msg {
+            let _ = d.descriptor();
+        }
+    }
+    if let Ok(info) = TaskInformation::from_archive(data) {
+        let again = info.archive().expect("vertex information that was read archives again");
+        assert_eq!(TaskInformation::from_archive(&again).expect("and reads back"), info);
+    }
+}
+
 impl Message {
     /// An error reply, retryable as its code says ([`ErrorCode::is_retryable`]).
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {

@@ -239,6 +239,47 @@ fn truncated_and_garbage_frames_are_typed_errors() {
     assert_eq!(FrameError::BadHeader.code(), ErrorCode::BadHeader);
 }
 
+/// The fuzz target's seeds, checked in under `fuzz/seeds/frame_decode`: every
+/// message kind's sample frame, and bad frames of every typed error.
+fn seed_frames() -> Vec<(String, Vec<u8>)> {
+    let mut seeds: Vec<(String, Vec<u8>)> = samples()
+        .iter()
+        .map(|m| (format!("kind-{:03}-{}", m.kind(), m.kind_name()), encode(m).unwrap().to_vec()))
+        .collect();
+    let deploy = encode(&Message::DeployTask(sample_deploy())).unwrap().to_vec();
+    seeds.push(("bad-truncated".into(), deploy[..deploy.len() / 2].to_vec()));
+    let mut garbage = deploy.clone();
+    for (i, b) in garbage[HEADER_BYTES..].iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(151).wrapping_add(7);
+    }
+    seeds.push(("bad-garbage-body".into(), garbage));
+    seeds.push(("bad-http-reply".into(), b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec()));
+    seeds.push(("task-information".into(), sample_deploy().task_information));
+    seeds
+}
+
+#[test]
+fn the_fuzz_seeds_are_current_and_keep_the_decoder_contract() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/frame_decode");
+    if std::env::var_os("SHARDFLOW_WRITE_SEEDS").is_some() {
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, bytes) in seed_frames() {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+    }
+    let mut checked = 0;
+    for (name, bytes) in seed_frames() {
+        let on_disk = std::fs::read(dir.join(&name))
+            .unwrap_or_else(|e| panic!("seed {name}: {e} (write them with SHARDFLOW_WRITE_SEEDS=1)"));
+        assert_eq!(on_disk, bytes, "seed {name} is stale: write the seeds again with SHARDFLOW_WRITE_SEEDS=1");
+    }
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        check_decoder(&std::fs::read(entry.unwrap().path()).unwrap());
+        checked += 1;
+    }
+    assert_eq!(checked, seed_frames().len(), "no stray files among the seeds");
+}
+
 #[test]
 fn another_protocol_is_named_as_such_and_a_near_version_as_a_version() {
     let http: [u8; HEADER_BYTES] = *b"HTTP/1.1 400 Bad";
