@@ -24,13 +24,21 @@ mod tests {
 
     #[test]
     fn cpu_time_grows_with_work() {
+        // Works until the kernel has counted a tick of it (a stalled machine may
+        // take long to give one), with a bound that fails clearly.
         let before = process_cpu_time().expect("readable /proc/self/stat");
         let start = std::time::Instant::now();
         let mut x = 1u64;
-        while start.elapsed() < Duration::from_millis(60) {
-            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-        }
-        let after = process_cpu_time().unwrap();
-        assert!(after > before, "{before:?} -> {after:?}");
+        let after = loop {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            let now = process_cpu_time().unwrap();
+            if now > before {
+                break now;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "no CPU time counted in 60 s of work");
+        };
+        assert!(after - before >= Duration::from_millis(1000 / USER_HZ), "{before:?} -> {after:?}: whole ticks");
     }
 }

@@ -1,32 +1,24 @@
 //! Cluster mode with real processes on 127.0.0.1: a `shardflow coordinator`, two
 //! `shardflow worker`s, and the client commands. Workers are SIGKILLed for real;
 //! bad bytes go to the coordinator's port raw. Every process a test starts is
-//! killed when the test ends (also on failure), and every wait is the
-//! coordinator's own (`--wait`, `--wait-workers`) with a generous timeout.
+//! killed when the test ends (also on failure), and every wait is on an event:
+//! the coordinator's own waits (`--wait`, `--wait-workers`) or a line of its log,
+//! with a generous timeout.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::{Coordinator, Proc, BIN};
 use serde_json::Value;
 use shardflow_engine::protocol::{self, ErrorCode, Message, DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES, PROTOCOL_VERSION};
 
-const BIN: &str = env!("CARGO_BIN_EXE_shardflow");
-
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 struct Cluster {
     addr: String,
-    coordinator: Proc,
+    coordinator: Coordinator,
     workers: Vec<Proc>,
 }
 
@@ -34,43 +26,16 @@ fn online_cores() -> Vec<usize> {
     shardflow_engine::online_cores()
 }
 
-/// A `shardflow coordinator` with `args`, and the address it says it listens on.
-fn start_coordinator(args: &[&str]) -> (Proc, String) {
-    let mut child = Command::new(BIN)
-        .arg("coordinator")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("coordinator starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let coordinator = Proc(child);
-    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
-    assert!(addr.starts_with("127.0.0.1:"), "coordinator said: {line}");
-    (coordinator, addr)
-}
-
-/// `shardflow <args>` for a worker, its output discarded.
-fn start_worker(args: &[&str]) -> Proc {
-    Proc(Command::new(BIN).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("worker starts"))
-}
-
 /// A coordinator on a free port plus one worker per entry of `slots` (worker i on
 /// core i mod online cores, with that many slots), all registered.
 fn cluster(coordinator_flags: &[&str], slots: &[u32]) -> Cluster {
-    let (coordinator, addr) = start_coordinator(&[&["--bind", "127.0.0.1:0"], coordinator_flags].concat());
+    let coordinator = Coordinator::start("", &[&["--bind", "127.0.0.1:0"], coordinator_flags].concat());
+    let addr = coordinator.addr.clone();
     let cores = online_cores();
     let workers = slots
         .iter()
         .enumerate()
-        .map(|(i, k)| {
-            let core = cores[i % cores.len()].to_string();
-            let (id, k) = (format!("w{i}"), k.to_string());
-            let memory = ["--network-memory-bytes", "8388608", "--segment-bytes", "4096"];
-            let identity = ["--cores", core.as_str(), "--resource-id", &id, "--slots-per-shard", &k];
-            start_worker(&[&["worker", "--coordinator", addr.as_str()][..], &identity, &memory].concat())
-        })
+        .map(|(i, &k)| common::worker(&addr, &format!("w{i}"), cores[i % cores.len()], k))
         .collect();
     let c = Cluster { addr, coordinator, workers };
     let v = c.json(&["cluster", "--wait-workers", &slots.len().to_string(), "--timeout-s", "60"]);
@@ -168,21 +133,25 @@ fn a_worker_dump_shows_each_shard_with_its_core_and_tasks() {
 
 #[test]
 fn a_sigkilled_worker_makes_the_job_restart_on_the_remaining_slots() {
-    let mut c =
-        cluster(&["--heartbeat-timeout-ms", "2000", "--restart", "fixed-delay:attempts=2,delay=100ms"], &[2, 2]);
-    let id = c.submit(&["forward-count", "--param", "rate=4000", "--param", "duration_ms=3000"]);
+    let mut c = cluster(&["--restart", "fixed-delay:attempts=2,delay=100ms"], &[2, 2]);
+    let id = c.submit(&["forward-count", "--param", "rate=1000", "--param", "duration_ms=600000"]);
     let v = c.json(&["status", &id, "--wait", "running", "--timeout-s", "60"]);
     assert_eq!(workers_of(&v).len(), 2, "{v}");
     c.workers[1].0.kill().unwrap();
     c.workers[1].0.wait().unwrap();
-    let v = c.json(&["status", &id, "--wait", "finished", "--timeout-s", "120"]);
-    assert_eq!(v["status"], "FINISHED", "{v}");
+    // The kill closes the worker's connection: the job fails over and restarts.
+    c.coordinator.wait_for_log(&["worker lost", "w1"]);
+    c.coordinator.wait_for_log(&["job restarts", &format!("job={id}")]);
+    let v = c.json(&["status", &id, "--wait", "running", "--timeout-s", "60"]);
+    assert_eq!(v["status"], "RUNNING", "{v}");
     assert_eq!(v["restarts"], 1, "{v}");
     assert!(v["failure"].as_str().unwrap().contains("lost"), "{v}");
     assert_eq!(workers_of(&v).len(), 1, "the restarted job runs on the surviving worker: {v}");
-    assert!(v["subtasks"].as_array().unwrap().iter().all(|t| t["attempt"] == 1));
+    assert!(v["subtasks"].as_array().unwrap().iter().all(|t| t["attempt"] == 1 && t["state"] == "RUNNING"), "{v}");
     let o = c.json(&["cluster"]);
     assert_eq!(o["workers"], 1, "{o}");
+    assert!(c.run(&["cancel", &id]).status.success());
+    assert_eq!(c.json(&["status", &id, "--wait", "finished", "--timeout-s", "60"])["status"], "CANCELED");
 }
 
 #[test]
@@ -205,12 +174,12 @@ fn workers_register_again_with_a_restarted_coordinator_and_run_its_jobs() {
     let id = c.submit(&["forward-count", "--param", "rate=1000", "--param", "duration_ms=600000"]);
     c.json(&["status", &id, "--wait", "running", "--timeout-s", "60"]);
 
-    c.coordinator.0.kill().unwrap();
-    c.coordinator.0.wait().unwrap();
+    c.coordinator.proc.0.kill().unwrap();
+    c.coordinator.proc.0.wait().unwrap();
     // The same address, so the workers' reconnect loop finds it; they back off
     // (at most 2 s between tries) until it listens again.
-    let (coordinator, addr) = start_coordinator(&["--bind", &c.addr]);
-    assert_eq!(addr, c.addr);
+    let coordinator = Coordinator::start("", &["--bind", &c.addr]);
+    assert_eq!(coordinator.addr, c.addr);
     c.coordinator = coordinator;
     let v = c.json(&["cluster", "--wait-workers", "2", "--timeout-s", "60"]);
     assert_eq!((v["workers"].as_u64(), v["total_slots"].as_u64()), (Some(2), Some(4)), "{v}");
@@ -258,7 +227,8 @@ fn with_config(config: &ConfigFile, args: &[&str]) -> Output {
 #[test]
 fn every_role_takes_its_settings_from_the_config_file() {
     let coordinator_cfg = ConfigFile::new("coordinator", "[coordinator]\nbind = \"127.0.0.1:0\"\nretained_jobs = 5\n");
-    let (_coordinator, addr) = start_coordinator(&["--config", coordinator_cfg.path()]);
+    let coordinator = Coordinator::start("", &["--config", coordinator_cfg.path()]);
+    let addr = coordinator.addr.clone();
     let core = online_cores()[0];
     let cfg = ConfigFile::new(
         "cluster",
@@ -268,7 +238,14 @@ fn every_role_takes_its_settings_from_the_config_file() {
              [client]\ncoordinator = \"{addr}\"\n\n[submit]\nparallelism = 3\ntimeout_s = 120\n"
         ),
     );
-    let _worker = start_worker(&["--config", cfg.path(), "worker"]);
+    let _worker = Proc(
+        Command::new(BIN)
+            .args(["--config", cfg.path(), "worker"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("worker starts"),
+    );
     let out = with_config(&cfg, &["cluster", "--wait-workers", "1", "--timeout-s", "60", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -4,90 +4,14 @@
 //! limit. Every wait is on an event (a reply, a log line, a closed socket) with
 //! a generous timeout; every process started is killed when the test ends.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::time::{Duration, Instant};
+use std::sync::mpsc;
 
-use serde_json::Value;
+use common::{worker, Coordinator, WAIT};
 use shardflow_engine::protocol::{self, ErrorCode, Message, DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES};
-
-const BIN: &str = env!("CARGO_BIN_EXE_shardflow");
-const WAIT: Duration = Duration::from_secs(60);
-
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A coordinator whose log lines (stderr, at info) arrive on a channel.
-struct Coordinator {
-    _proc: Proc,
-    addr: String,
-    log: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Coordinator {
-    /// `shardflow coordinator --bind 127.0.0.1:0 args…`, run by `sh` after
-    /// `shell_prefix` (say, `ulimit -n 64;`).
-    fn start(shell_prefix: &str, args: &[&str]) -> Self {
-        let script = format!("{shell_prefix} exec \"$0\" coordinator --bind 127.0.0.1:0 \"$@\"");
-        let mut child = Command::new("sh")
-            .args(["-c", &script, BIN])
-            .args(args)
-            .env("SHARDFLOW_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("coordinator starts");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, log) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line.trim().rsplit(' ').next().unwrap().to_string();
-        assert!(addr.starts_with("127.0.0.1:"), "coordinator said: {line}");
-        Coordinator { _proc: Proc(child), addr, log, seen: Vec::new() }
-    }
-
-    /// Waits for a log line containing every one of `parts`; returns it.
-    fn wait_for_log(&mut self, parts: &[&str]) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.log.recv_timeout(left).unwrap_or_else(|_| {
-                panic!("no log line with {parts:?} within {WAIT:?}; seen:\n{}", self.seen.join("\n"))
-            });
-            self.seen.push(line.clone());
-            if parts.iter().all(|p| line.contains(p)) {
-                return line;
-            }
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN).args(args).args(["--coordinator", &self.addr]).output().unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let out = self.run(&[args, &["--json"]].concat());
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
 
 fn frame(m: &Message) -> Vec<u8> {
     protocol::encode(m).unwrap().into_vec()
@@ -104,26 +28,14 @@ fn read_one(s: &mut TcpStream) -> Message {
     protocol::decode(&[&head[..], &body].concat(), DEFAULT_MAX_FRAME_BYTES).unwrap().0
 }
 
-/// A worker with one shard on the first online core.
-fn worker(addr: &str, id: &str, core: usize) -> Proc {
-    let core = core.to_string();
-    Proc(
-        Command::new(BIN)
-            .args(["worker", "--coordinator", addr, "--cores", &core, "--resource-id", id, "--slots-per-shard", "2"])
-            .args(["--network-memory-bytes", "8388608", "--segment-bytes", "4096"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("worker starts"),
-    )
-}
-
 #[test]
 fn a_client_that_floods_requests_and_never_reads_is_dropped_and_delays_nobody() {
-    let mut c = Coordinator::start("", &["--heartbeat-timeout-ms", "5000", "--write-timeout-ms", "600000"]);
+    // A long heartbeat timeout: a machine stall must not pass for a lost worker.
+    let args = ["--bind", "127.0.0.1:0", "--heartbeat-timeout-ms", "60000", "--write-timeout-ms", "600000"];
+    let mut c = Coordinator::start("", &args);
     let cores = shardflow_engine::online_cores();
-    let _w0 = worker(&c.addr, "w0", cores[0]);
-    let _w1 = worker(&c.addr, "w1", cores[cores.len() - 1]);
+    let _w0 = worker(&c.addr, "w0", cores[0], 2);
+    let _w1 = worker(&c.addr, "w1", cores[cores.len() - 1], 2);
     assert_eq!(c.json(&["cluster", "--wait-workers", "2", "--timeout-s", "60"])["workers"], 2);
     let job = c.json(&["submit", "forward-count", "--param", "rate=1000", "--param", "duration_ms=600000"]);
     let job = job["job"].as_str().unwrap().to_string();
@@ -190,7 +102,7 @@ fn connection_flood(addr: &str, n: usize) -> (Vec<TcpStream>, Vec<String>) {
 
 #[test]
 fn connections_past_the_cap_are_refused_clearly_and_the_coordinator_answers_after() {
-    let mut c = Coordinator::start("", &["--max-connections", "8"]);
+    let mut c = Coordinator::start("", &["--bind", "127.0.0.1:0", "--max-connections", "8"]);
     let (kept, refusals) = connection_flood(&c.addr, 12);
     assert_eq!((kept.len(), refusals.len()), (8, 4), "{refusals:?}");
     assert!(refusals.iter().all(|m| m.contains("too many connections") && m.contains("at most 8")), "{refusals:?}");
@@ -207,7 +119,7 @@ fn connections_past_the_cap_are_refused_clearly_and_the_coordinator_answers_afte
 #[test]
 fn a_connection_flood_past_the_descriptor_limit_is_refused_and_the_coordinator_answers_after() {
     // 40 descriptors, a cap far above: accept itself fails for want of descriptors.
-    let mut c = Coordinator::start("ulimit -n 40 &&", &[]);
+    let mut c = Coordinator::start("ulimit -n 40 &&", &["--bind", "127.0.0.1:0"]);
     c.wait_for_log(&["open-file limit is 40"]);
     let (kept, refusals) = connection_flood(&c.addr, 60);
     assert!(!kept.is_empty() && !refusals.is_empty(), "{} kept, {refusals:?}", kept.len());

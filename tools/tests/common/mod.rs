@@ -1,0 +1,106 @@
+//! What the real-process tests share: children killed on drop, and a
+//! coordinator whose log lines arrive on a channel, so a test can wait for
+//! what the coordinator did (an event) instead of for time to pass.
+
+#![allow(dead_code, reason = "each test binary uses its own part of the helpers")]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_shardflow");
+/// Generous bound of every wait.
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
+
+/// A child process killed on drop.
+pub(crate) struct Proc(pub(crate) Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `shardflow coordinator` logging at info, its log lines on a channel.
+pub(crate) struct Coordinator {
+    pub(crate) proc: Proc,
+    pub(crate) addr: String,
+    log: Receiver<String>,
+    /// Every log line read so far.
+    pub(crate) seen: Vec<String>,
+}
+
+impl Coordinator {
+    /// `shardflow coordinator args…`, run by `sh` after `shell_prefix` (say,
+    /// `ulimit -n 64 &&`); waits until it says where it listens.
+    pub(crate) fn start(shell_prefix: &str, args: &[&str]) -> Self {
+        let script = format!("{shell_prefix} exec \"$0\" coordinator \"$@\"");
+        let mut child = Command::new("sh")
+            .args(["-c", &script, BIN])
+            .args(args)
+            .env("SHARDFLOW_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("coordinator starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, log) = mpsc::channel();
+        // Drains stderr for the coordinator's whole life: a full pipe would stall it.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+        assert!(addr.starts_with("127.0.0.1:"), "coordinator said: {line}");
+        Coordinator { proc: Proc(child), addr, log, seen: Vec::new() }
+    }
+
+    /// Waits for a log line containing every one of `parts`; returns it.
+    pub(crate) fn wait_for_log(&mut self, parts: &[&str]) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.log.recv_timeout(left).unwrap_or_else(|_| {
+                panic!("no log line with {parts:?} within {WAIT:?}; seen:\n{}", self.seen.join("\n"))
+            });
+            self.seen.push(line.clone());
+            if parts.iter().all(|p| line.contains(p)) {
+                return line;
+            }
+        }
+    }
+
+    /// `shardflow args… --coordinator ADDR`.
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN).args(args).args(["--coordinator", &self.addr]).output().unwrap()
+    }
+
+    /// `shardflow args… --json`, which must succeed; its JSON.
+    pub(crate) fn json(&self, args: &[&str]) -> Value {
+        let out = self.run(&[args, &["--json"]].concat());
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+/// A worker of `slots` slots on one shard on `core`, registering as `id`.
+pub(crate) fn worker(addr: &str, id: &str, core: usize, slots: u32) -> Proc {
+    let (core, slots) = (core.to_string(), slots.to_string());
+    Proc(
+        Command::new(BIN)
+            .args(["worker", "--coordinator", addr, "--cores", &core, "--resource-id", id])
+            .args(["--slots-per-shard", &slots, "--network-memory-bytes", "8388608", "--segment-bytes", "4096"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("worker starts"),
+    )
+}
