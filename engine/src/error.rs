@@ -71,6 +71,22 @@ pub enum EngineError {
         /// Why.
         reason: String,
     },
+    /// The locked-memory limit is too low for the shards and cannot be raised.
+    #[error(
+        "the locked-memory limit (ulimit -l) is {} KiB, hard limit {} KiB, but {shards} shards need {} KiB: \
+         run `ulimit -l {}` first (as root, or raise memlock in /etc/security/limits.conf)",
+        soft >> 10, hard >> 10, needed >> 10, needed >> 10
+    )]
+    LockedMemoryLimit {
+        /// The soft limit, bytes.
+        soft: u64,
+        /// The hard limit, bytes.
+        hard: u64,
+        /// What the shards need, bytes.
+        needed: u64,
+        /// The shards.
+        shards: usize,
+    },
     /// The engine has shut down (or a shard died).
     #[error("the engine is shut down")]
     Shutdown,

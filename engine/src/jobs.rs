@@ -98,10 +98,15 @@ pub fn named_job(name: &str, params: &BTreeMap<String, String>, parallelism: u32
         "keyed-sum" => keyed_sum(num("records", 100_000_000)?, parallelism),
         "latency" => latency(num("rate", 200_000)?, num("duration_ms", 10_000)?, parallelism),
         _ => {
-            let source = if params.contains_key("duration_ms") {
-                ops::paced_generator(num("rate", 100_000)?, num("duration_ms", 10_000)?)
-            } else {
-                ops::generator(num("records", 1_000_000)?, ops::KeyGen::Golden, ops::ValueGen::Index)
+            let has = |k: &str| params.contains_key(k);
+            let source = match (has("records"), has("rate"), has("duration_ms")) {
+                (_, false, false) => {
+                    ops::generator(num("records", 1_000_000)?, ops::KeyGen::Golden, ops::ValueGen::Index)
+                }
+                (false, true, true) => ops::paced_generator(num("rate", 0)?, num("duration_ms", 0)?),
+                (true, _, _) => return Err(bad("give records=N, or rate=R with duration_ms=D, not both".into())),
+                (false, true, false) => return Err(bad("rate=R paces the source for duration_ms=D: give both".into())),
+                (false, false, true) => return Err(bad("duration_ms=D needs the rate=R to pace at: give both".into())),
             };
             forward_count(source, parallelism)
         }

@@ -15,7 +15,7 @@
 //! into its partitions. Sinks hand their results back in the [`JobResult`].
 //!
 //! ```text
-//!  submit(Job) ─► check ─► SubmitJob ─► coordinator: validate ─► place ─► RequestSlot, SubmitTask
+//!  submit(Job) ─► check ─► SubmitJob ─► coordinator: validate ─► place ─► RequestSlot, DeployTask
 //!                                                                                │
 //!        shard 0 (core a)                      shard 1 (core b)     worker: reserve, wire
 //!   source[0] ─► chain ─► partition ─┬─local──► gate ─► chain ─► sink[0]        ▼

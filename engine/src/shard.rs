@@ -2,7 +2,7 @@
 //! tasks deployed into its slots.
 //!
 //! A shard is started from a `Send` description ([`ShardSpec`]); its pool, tasks and
-//! gates are created on its own thread and never leave it. The coordinator talks to
+//! gates are created on its own thread and never leave it. Its worker talks to
 //! it through a mailbox ([`ShardCommand`]) and hears back through task reports.
 
 use std::cell::RefCell;
@@ -74,6 +74,7 @@ pub(crate) struct ShardSpec {
 /// shards started so far stop.
 pub(crate) fn start_shards(config: &EngineConfig, reports: ReportSink) -> Result<Vec<ShardHandle>, EngineError> {
     let cores = config.cores.resolve()?;
+    ensure_locked_memory(cores.len())?;
     let segments = config.network_memory_bytes / config.segment_bytes;
     let mut handles = Vec::with_capacity(cores.len());
     for (i, &core) in cores.iter().enumerate() {
@@ -90,7 +91,57 @@ pub(crate) fn start_shards(config: &EngineConfig, reports: ReportSink) -> Result
     Ok(handles)
 }
 
-/// The coordinator's handle on a running shard.
+/// Locked memory a shard's reactor takes: glommio refuses to start below 512 KiB
+/// of `RLIMIT_MEMLOCK`, and registers the shard's 1 MiB of I/O memory as locked.
+const LOCKED_BYTES_PER_SHARD: u64 = (1 << 20) + (256 << 10);
+
+/// What to do about the locked-memory limit before starting `shards` shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LockedMemoryPlan {
+    /// The soft limit suffices.
+    Enough,
+    /// Raise the soft limit to the hard one (any process may).
+    RaiseSoft(u64),
+    /// Raise both (only a privileged process may).
+    RaiseBoth(u64),
+}
+
+fn locked_memory_plan(soft: u64, hard: u64, needed: u64) -> LockedMemoryPlan {
+    if soft >= needed {
+        LockedMemoryPlan::Enough
+    } else if hard >= needed {
+        LockedMemoryPlan::RaiseSoft(hard)
+    } else {
+        LockedMemoryPlan::RaiseBoth(needed)
+    }
+}
+
+/// Raises the soft locked-memory limit (`ulimit -l`) where the hard limit
+/// allows, so shards start under a common default of 64 KiB; where it does not,
+/// says in one line what to run.
+fn ensure_locked_memory(shards: usize) -> Result<(), EngineError> {
+    use rlimit::Resource;
+    let needed = (shards as u64).saturating_mul(LOCKED_BYTES_PER_SHARD).max(512 << 10);
+    let Ok((soft, hard)) = Resource::MEMLOCK.get() else { return Ok(()) };
+    let raised = match locked_memory_plan(soft, hard, needed) {
+        LockedMemoryPlan::Enough => return Ok(()),
+        LockedMemoryPlan::RaiseSoft(to) => Resource::MEMLOCK.set(to, hard).map(|()| to),
+        LockedMemoryPlan::RaiseBoth(to) => Resource::MEMLOCK.set(to, to).map(|()| to),
+    };
+    match raised {
+        Ok(to) => {
+            tracing::info!(
+                "raised the locked-memory limit from {} to {} KiB for {shards} shards",
+                soft >> 10,
+                to >> 10
+            );
+            Ok(())
+        }
+        Err(_) => Err(EngineError::LockedMemoryLimit { soft, hard, needed, shards }),
+    }
+}
+
+/// The worker's handle on a running shard.
 pub(crate) struct ShardHandle {
     pub(crate) id: u32,
     pub(crate) core: usize,
@@ -287,5 +338,26 @@ async fn supervise(d: TaskDeployment, pool: Rc<SegmentPool>, token: CancelToken,
         if v.is_empty() {
             tasks.remove(&job);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_locked_memory_limit_is_raised_where_it_can_be() {
+        use LockedMemoryPlan::*;
+        let kib = |n: u64| n << 10;
+        assert_eq!(locked_memory_plan(kib(8192), kib(8192), kib(2560)), Enough);
+        assert_eq!(locked_memory_plan(kib(64), kib(8192), kib(2560)), RaiseSoft(kib(8192)));
+        assert_eq!(locked_memory_plan(kib(64), u64::MAX, kib(2560)), RaiseSoft(u64::MAX));
+        assert_eq!(locked_memory_plan(kib(64), kib(64), kib(2560)), RaiseBoth(kib(2560)));
+        let e = EngineError::LockedMemoryLimit { soft: kib(64), hard: kib(64), needed: kib(2560), shards: 2 };
+        assert_eq!(
+            e.to_string(),
+            "the locked-memory limit (ulimit -l) is 64 KiB, hard limit 64 KiB, but 2 shards need 2560 KiB: \
+             run `ulimit -l 2560` first (as root, or raise memlock in /etc/security/limits.conf)"
+        );
     }
 }

@@ -46,7 +46,7 @@ pub(crate) struct OutputDeployment {
 }
 
 /// Everything a shard needs to run one subtask (a task deployment descriptor).
-/// `Send`: built by the coordinator, moved to the shard, turned into `!Send`
+/// `Send`: built by the worker, moved to the shard, turned into `!Send`
 /// operators and gates there.
 pub(crate) struct TaskDeployment {
     pub(crate) job: JobId,

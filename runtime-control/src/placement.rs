@@ -273,6 +273,17 @@ fn check_explicit(
                 reason: format!("vertex '{}' has an empty core list", v.name),
             });
         }
+        if vc.len() > v.parallelism as usize {
+            return Err(ControlError::InvalidPlacementMap {
+                reason: format!(
+                    "vertex '{}' has {} subtasks but {} cores are listed ({vc:?}): subtask i runs on the i-th core, \
+                     so the extra cores would be ignored",
+                    v.name,
+                    v.parallelism,
+                    vc.len()
+                ),
+            });
+        }
         if let Some(&core) = vc.iter().find(|c| !cores.contains(c)) {
             return Err(ControlError::UnknownCore { vertex: v.name.clone(), core, available: cores.clone() });
         }
@@ -346,6 +357,13 @@ mod tests {
         );
         let s: PlacementStrategy = "source=0".parse().unwrap();
         assert!(matches!(place(&g, &order, &slots(2, 2), &s), Err(ControlError::InvalidPlacementMap { .. })));
+        let s: PlacementStrategy = "source=0,1,1;sink=0".parse().unwrap();
+        match place(&g, &order, &slots(2, 2), &s) {
+            Err(ControlError::InvalidPlacementMap { reason }) => {
+                assert!(reason.contains("2 subtasks but 3 cores"), "{reason}")
+            }
+            other => panic!("extra cores are refused, not ignored: {other:?}"),
+        }
         assert!("nonsense".parse::<PlacementStrategy>().is_err());
     }
 

@@ -112,6 +112,9 @@ impl SlotManager {
         order: &[VertexId],
         strategy: &PlacementStrategy,
     ) -> Result<SlotAssignment, ControlError> {
+        if let PlacementStrategy::Explicit(map) = strategy {
+            self.check_cores(map)?;
+        }
         let offers = self.free_offers();
         let first = place(graph, order, &offers, strategy)?;
         let Some(edge) = crossing_edge(graph, &first) else { return Ok(first) };
@@ -122,6 +125,25 @@ impl SlotManager {
             }
         }
         Err(ControlError::RemoteChannels { edge, required: required_slots(graph, strategy) })
+    }
+
+    /// Whether every core of an explicit map runs a shard, and has a free slot.
+    fn check_cores(&self, map: &BTreeMap<String, Vec<usize>>) -> Result<(), ControlError> {
+        let slots = || self.workers.values().flat_map(|w| w.slots.values());
+        let mut cores: Vec<usize> = slots().map(|s| s.core as usize).collect();
+        cores.sort_unstable();
+        cores.dedup();
+        for (vertex, wanted) in map {
+            for &core in wanted {
+                if !cores.contains(&core) {
+                    return Err(ControlError::UnknownCore { vertex: vertex.clone(), core, available: cores.clone() });
+                }
+                if !slots().any(|s| s.core as usize == core && s.allocated.is_none()) {
+                    return Err(ControlError::CoreFull { vertex: vertex.clone(), core });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Allocates `slots` to `job`; returns each slot's new allocation. Slots already
@@ -209,6 +231,28 @@ mod tests {
         assert!(sm.remove(w0).is_some());
         assert_eq!(sm.totals(), (2, 2));
         assert_eq!(sm.worker(w1).unwrap().resource_id, "b");
+    }
+
+    #[test]
+    fn an_explicit_core_whose_slots_are_all_busy_is_full_not_unknown() {
+        let mut sm = SlotManager::new();
+        sm.register("a", "x", resources(vec![0, 1])).unwrap();
+        let core1: Vec<SlotId> = sm.free_offers().iter().filter(|o| o.core == 1).map(|o| o.slot).collect();
+        assert_eq!(sm.allocate(JobId(1), &core1).len(), 2);
+        let (g, order) = source_sink(1, PartitionerKind::Forward);
+        let busy: PlacementStrategy = "source=1;sink=1".parse().unwrap();
+        assert_eq!(
+            sm.place(&g, &order, &busy),
+            Err(ControlError::CoreFull { vertex: "sink".into(), core: 1 }),
+            "core 1 runs a shard; its slots are taken"
+        );
+        let absent: PlacementStrategy = "source=5;sink=0".parse().unwrap();
+        assert_eq!(
+            sm.place(&g, &order, &absent),
+            Err(ControlError::UnknownCore { vertex: "source".into(), core: 5, available: vec![0, 1] })
+        );
+        let free: PlacementStrategy = "source=0;sink=0".parse().unwrap();
+        assert!(sm.place(&g, &order, &free).is_ok());
     }
 
     #[test]

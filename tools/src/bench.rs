@@ -1,15 +1,20 @@
 //! `shardflow bench`: the benchmark pipelines P1 `exchange`, P2 `keyed-sum` and P4
-//! `latency` of `shared/BENCHMARKS.md`, on the embedded engine.
+//! `latency` (defined in `docs/benchmarks.md`), on the embedded engine.
 
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use shardflow_engine::{Cores, Engine, IdlePolicy, JobHandle, JobResult, PlacementStrategy};
-
-use crate::cpu::process_cpu_time;
 use shardflow_engine::jobs::{exchange, keyed_sum, latency, P2_KEYS};
+use shardflow_engine::{Cores, EngineError, IdlePolicy, JobHandle, JobResult, PlacementStrategy};
+
+use crate::cluster::ConfigFile;
+use crate::cpu::process_cpu_time;
+use crate::Exit;
 
 /// The benchmark pipelines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -38,10 +43,11 @@ pub(crate) struct BenchArgs {
     /// Pipeline to run.
     #[arg(value_enum)]
     pipeline: Pipeline,
-    /// Records (exchange, keyed-sum). Default 100 000 000. Underscores allowed.
+    /// Records (exchange, keyed-sum); underscores allowed. Default 100 000 000.
     #[arg(long, short = 'n', value_parser = parse_count)]
     records: Option<u64>,
-    /// Shards, one per core, on the first S online cores. Default: 2, or all cores if fewer.
+    /// Shards, one per core, on the first S online cores. Default: the config
+    /// file's `[worker] cores`, else 2 (or all cores if fewer).
     #[arg(long, short = 's', conflicts_with = "cores")]
     shards: Option<usize>,
     /// Explicit cores for the shards, e.g. `0,1`.
@@ -50,19 +56,20 @@ pub(crate) struct BenchArgs {
     /// Parallelism of every vertex. Default: the number of shards.
     #[arg(long, short = 'p')]
     parallelism: Option<u32>,
-    /// Latency: total source rate in records/s. Default 200 000.
+    /// Latency: total source rate in records/s.
     #[arg(long, default_value_t = 200_000, value_parser = parse_count)]
     rate: u64,
-    /// Latency: how long the source runs, in seconds. Default 20.
+    /// Latency: how long the source runs, in seconds.
     #[arg(long, default_value_t = 20.0)]
     duration: f64,
     /// Placement: spread, pack, colocate, or an explicit map `source=0,1;sink=1,0`.
     #[arg(long, default_value = "spread")]
     placement: String,
-    /// What idle shards do.
-    #[arg(long, value_enum, default_value_t = Idle::Park)]
-    idle: Idle,
-    /// Segment size in bytes (power of two, 4096..=67108864). Default 32768.
+    /// What idle shards do. Default: the config file's `[worker] idle`, else park.
+    #[arg(long, value_enum)]
+    idle: Option<Idle>,
+    /// Segment size in bytes (power of two, 4096..=67108864). Default: the config
+    /// file's, else 32768.
     #[arg(long)]
     segment_bytes: Option<usize>,
     /// Flush timeout for partial buffers, in ms (0 = none). Default 100.
@@ -81,8 +88,9 @@ fn parse_count(s: &str) -> std::result::Result<u64, String> {
     s.replace('_', "").parse::<u64>().map_err(|e| format!("'{s}': {e}"))
 }
 
-/// Runs the pipeline; `Ok(false)` when verification failed.
-pub(crate) fn run(a: &BenchArgs) -> Result<bool> {
+/// Runs the pipeline: [`Exit::Failed`] when verification failed,
+/// [`Exit::Interrupted`] after Ctrl-C.
+pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
     if !(a.duration.is_finite() && a.duration > 0.0 && a.duration <= 86_400.0) {
         bail!("--duration {}: must be a number of seconds in (0, 86400]", a.duration);
     }
@@ -90,15 +98,19 @@ pub(crate) fn run(a: &BenchArgs) -> Result<bool> {
         bail!("--rate 0: must be at least 1 record/s");
     }
     let placement: PlacementStrategy = a.placement.parse().context("--placement")?;
-    let cores = match (&a.cores, a.shards) {
-        (Some(list), _) => Cores::List(list.clone()),
-        (None, Some(n)) => Cores::Count(n),
-        (None, None) => Cores::Count(shardflow_engine::online_cores().len().min(2)),
-    };
-    let mut builder = Engine::builder().cores(cores).idle(match a.idle {
-        Idle::Park => IdlePolicy::Park,
-        Idle::Spin => IdlePolicy::Spin,
-    });
+    // The config file's [worker] table sets the engine; flags win.
+    let mut builder = cfg.worker.engine();
+    match (&a.cores, a.shards, &cfg.worker.cores) {
+        (Some(list), _, _) => builder = builder.cores(Cores::List(list.clone())),
+        (None, Some(n), _) => builder = builder.cores(Cores::Count(n)),
+        (None, None, Some(_)) => {}
+        (None, None, None) => builder = builder.cores(Cores::Count(shardflow_engine::online_cores().len().min(2))),
+    }
+    match a.idle {
+        Some(Idle::Park) => builder = builder.idle(IdlePolicy::Park),
+        Some(Idle::Spin) => builder = builder.idle(IdlePolicy::Spin),
+        None => {}
+    }
     if let Some(b) = a.segment_bytes {
         builder = builder.segment_bytes(b);
     }
@@ -127,7 +139,19 @@ pub(crate) fn run(a: &BenchArgs) -> Result<bool> {
     if a.show_placement {
         eprint!("{}", handle.placement());
     }
-    let result = wait_with_progress(handle, expected_source_records)?;
+    let result = match wait_with_progress(handle, expected_source_records, a.pipeline)? {
+        Waited::Done(result) => result,
+        Waited::Interrupted { after, source_records } => {
+            let s = after.as_secs_f64();
+            println!(
+                "interrupted after {s:.3} s: the job was cancelled; its sources had produced {source_records} records \
+                 ({:.0} records/s)",
+                source_records as f64 / s.max(1e-9)
+            );
+            engine.shutdown();
+            return Ok(Exit::Interrupted);
+        }
+    };
     let cpu_s = match (cpu0, process_cpu_time()) {
         (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64(),
         _ => f64::NAN,
@@ -162,6 +186,17 @@ pub(crate) fn run(a: &BenchArgs) -> Result<bool> {
             let hist = result.latency().context("the latency sink reported no histogram")?;
             let received = hist.len();
             let ok = received == expected_source_records;
+            // The source is paced to the rate; if it could not keep up, every
+            // record's lag behind its schedule counts as latency: say so.
+            let source_s = received as f64 / a.rate as f64;
+            if wall_s > source_s * 1.1 + 0.25 {
+                eprintln!(
+                    "warning: the source could not pace {} records/s: its {received} records took {wall_s:.1} s, \
+                     not {source_s:.1} s ({:.0} records/s); the latencies include that lag",
+                    a.rate,
+                    received as f64 / wall_s
+                );
+            }
             let us = |v: u64| v as f64 / 1000.0;
             println!("received={received} expected={expected_source_records} mean_us={:.1}", hist.mean() / 1000.0);
             println!(
@@ -174,13 +209,13 @@ pub(crate) fn run(a: &BenchArgs) -> Result<bool> {
                 us(hist.max()),
                 a.rate,
                 a.duration,
-                if a.idle == Idle::Spin { "spin" } else { "park" },
+                if engine.config().idle == IdlePolicy::Spin { "spin" } else { "park" },
             );
             ok
         }
     };
     engine.shutdown();
-    Ok(ok)
+    Ok(if ok { Exit::Done } else { Exit::Failed })
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -191,27 +226,74 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
-/// Waits for the job, showing a progress bar on stderr once it has run a second.
-fn wait_with_progress(handle: JobHandle, expected: u64) -> Result<JobResult> {
+/// How waiting for a bench's job ended.
+enum Waited {
+    /// The job ended (its result, or why it failed).
+    Done(JobResult),
+    /// Ctrl-C: the job was cancelled after `after`, its sources having produced
+    /// `source_records`.
+    Interrupted { after: Duration, source_records: u64 },
+}
+
+/// How often a progress line is printed when stderr is not a terminal.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// Waits for the job, showing progress on stderr once it has run a second (a
+/// bar at a terminal, a line every 10 s otherwise). Ctrl-C cancels the job.
+fn wait_with_progress(handle: JobHandle, expected: u64, pipeline: Pipeline) -> Result<Waited> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    // A second Ctrl-C while cancelling falls through to the default: the process ends.
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::AcqRel) {
+            std::process::exit(130);
+        }
+    });
     let start = Instant::now();
-    let bar = ProgressBar::with_draw_target(Some(expected), ProgressDrawTarget::stderr());
+    let at_terminal = std::io::stderr().is_terminal();
+    if !at_terminal {
+        eprintln!("running {pipeline:?}: {expected} source records; Ctrl-C cancels");
+    }
+    let bar = ProgressBar::with_draw_target(Some(expected), ProgressDrawTarget::hidden());
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} source records ({per_sec})")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
-    bar.set_draw_target(ProgressDrawTarget::hidden());
+    let mut next_line = PROGRESS_EVERY;
     loop {
+        if interrupted.load(Ordering::Acquire) {
+            bar.finish_and_clear();
+            handle.cancel();
+            let after = start.elapsed();
+            let source_records = handle.source_records();
+            return match handle.wait_timeout(Duration::from_secs(60)) {
+                Err(EngineError::JobCanceled(_)) => Ok(Waited::Interrupted { after, source_records }),
+                Ok(result) => Ok(Waited::Done(result)),
+                Err(e) => Err(e.into()),
+            };
+        }
         match handle.wait_timeout(Duration::from_millis(100)) {
-            Err(shardflow_engine::EngineError::Timeout(_)) => {
-                if start.elapsed() >= Duration::from_secs(1) && bar.is_hidden() {
-                    bar.set_draw_target(ProgressDrawTarget::stderr());
+            Err(EngineError::Timeout(_)) => {
+                let elapsed = start.elapsed();
+                let done = handle.source_records();
+                if at_terminal {
+                    if elapsed >= Duration::from_secs(1) && bar.is_hidden() {
+                        bar.set_draw_target(ProgressDrawTarget::stderr());
+                    }
+                    bar.set_position(done);
+                } else if elapsed >= next_line {
+                    next_line += PROGRESS_EVERY;
+                    let per_s = done as f64 / elapsed.as_secs_f64();
+                    eprintln!(
+                        "progress: {:.0} s, {done} of {expected} source records ({per_s:.0}/s)",
+                        elapsed.as_secs_f64()
+                    );
                 }
-                bar.set_position(handle.source_records());
             }
             other => {
                 bar.finish_and_clear();
-                return Ok(other?);
+                return Ok(Waited::Done(other?));
             }
         }
     }

@@ -7,16 +7,19 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use serde_json::json;
 use shardflow_engine::cluster::{ClusterClient, CoordinatorServer, ServerOptions, Worker, WorkerOptions};
 use shardflow_engine::jobs::{named_job, NAMED_JOBS};
-use shardflow_engine::protocol::{JobDetails, WaitCondition};
+use shardflow_engine::protocol::{JobDetails, SubtaskDetails, WaitCondition};
 use shardflow_engine::{
-    CoordinatorConfig, Cores, Engine, IdlePolicy, JobId, OperatorRegistry, PlacementStrategy, RestartStrategy, WorkerId,
+    CoordinatorConfig, Cores, Engine, EngineBuilder, ExecutionState, IdlePolicy, JobId, JobStatus, OperatorRegistry,
+    PlacementStrategy, RestartStrategy, WorkerId,
 };
+
+use crate::Exit;
 
 /// Where clients look for the coordinator without a flag or config file.
 pub(crate) const DEFAULT_COORDINATOR: &str = "127.0.0.1:6123";
@@ -28,7 +31,7 @@ pub(crate) struct ConfigFile {
     #[serde(default)]
     coordinator: CoordinatorSection,
     #[serde(default)]
-    worker: WorkerSection,
+    pub(crate) worker: WorkerSection,
     #[serde(default)]
     client: ClientSection,
     #[serde(default)]
@@ -52,9 +55,9 @@ struct CoordinatorSection {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct WorkerSection {
+pub(crate) struct WorkerSection {
     coordinator: Option<String>,
-    cores: Option<Vec<usize>>,
+    pub(crate) cores: Option<Vec<usize>>,
     slots_per_shard: Option<u32>,
     resource_id: Option<String>,
     segment_bytes: Option<usize>,
@@ -100,6 +103,36 @@ fn resolve(addr: &str) -> Result<SocketAddr> {
 fn parse_job_id(s: &str) -> Result<JobId> {
     let digits = s.strip_prefix("job-").unwrap_or(s);
     Ok(JobId(digits.parse().with_context(|| format!("'{s}' is not a job id (like job-3 or 3)"))?))
+}
+
+impl WorkerSection {
+    /// An engine as the file's `[worker]` table sets it (the keys of an engine:
+    /// not `coordinator` or `resource_id`), for flags to refine.
+    pub(crate) fn engine(&self) -> EngineBuilder {
+        let mut engine = Engine::builder();
+        if let Some(c) = self.cores.clone() {
+            engine = engine.cores(Cores::List(c));
+        }
+        if let Some(k) = self.slots_per_shard {
+            engine = engine.slots_per_shard(k);
+        }
+        if let Some(b) = self.network_memory_bytes {
+            engine = engine.network_memory_bytes(b);
+        }
+        if let Some(b) = self.segment_bytes {
+            engine = engine.segment_bytes(b);
+        }
+        if let Some(b) = self.managed_memory_per_slot_bytes {
+            engine = engine.managed_memory_per_slot_bytes(b);
+        }
+        if let Some(p) = self.prefault {
+            engine = engine.prefault(p);
+        }
+        if let Some(i) = self.idle {
+            engine = engine.idle(i.policy());
+        }
+        engine
+    }
 }
 
 /// Flags every client command has.
@@ -159,7 +192,7 @@ pub(crate) struct CoordinatorArgs {
     write_timeout_ms: Option<u64>,
 }
 
-pub(crate) fn coordinator(a: &CoordinatorArgs, cfg: &ConfigFile) -> Result<()> {
+pub(crate) fn coordinator(a: &CoordinatorArgs, cfg: &ConfigFile) -> Result<Exit> {
     let c = &cfg.coordinator;
     let bind = a.bind.clone().or(c.bind.clone()).unwrap_or(DEFAULT_COORDINATOR.into());
     let mut config = CoordinatorConfig::default();
@@ -248,44 +281,45 @@ pub(crate) enum IdleArg {
     Spin,
 }
 
-pub(crate) fn worker(a: &WorkerArgs, cfg: &ConfigFile) -> Result<()> {
+impl IdleArg {
+    pub(crate) fn policy(self) -> IdlePolicy {
+        match self {
+            IdleArg::Park => IdlePolicy::Park,
+            IdleArg::Spin => IdlePolicy::Spin,
+        }
+    }
+}
+
+pub(crate) fn worker(a: &WorkerArgs, cfg: &ConfigFile) -> Result<Exit> {
     let w = &cfg.worker;
     let addr = a.coordinator.clone().or(w.coordinator.clone()).unwrap_or(DEFAULT_COORDINATOR.into());
-    let mut engine = Engine::builder();
-    if let Some(c) = a.cores.clone().or(w.cores.clone()) {
+    let mut engine = w.engine();
+    if let Some(c) = a.cores.clone() {
         engine = engine.cores(Cores::List(c));
     }
-    if let Some(k) = a.slots_per_shard.or(w.slots_per_shard) {
+    if let Some(k) = a.slots_per_shard {
         engine = engine.slots_per_shard(k);
     }
-    if let Some(b) = a.network_memory_bytes.or(w.network_memory_bytes) {
+    if let Some(b) = a.network_memory_bytes {
         engine = engine.network_memory_bytes(b);
     }
-    if let Some(b) = a.segment_bytes.or(w.segment_bytes) {
+    if let Some(b) = a.segment_bytes {
         engine = engine.segment_bytes(b);
     }
-    if let Some(b) = w.managed_memory_per_slot_bytes {
-        engine = engine.managed_memory_per_slot_bytes(b);
+    if let Some(i) = a.idle {
+        engine = engine.idle(i.policy());
     }
-    if let Some(p) = w.prefault {
-        engine = engine.prefault(p);
-    }
-    let idle = match a.idle.or(w.idle) {
-        Some(IdleArg::Spin) => IdlePolicy::Spin,
-        Some(IdleArg::Park) | None => IdlePolicy::Park,
-    };
-    engine = engine.idle(idle);
     let options =
         WorkerOptions { resource_id: a.resource_id.clone().or(w.resource_id.clone()), ..WorkerOptions::default() };
     let worker = Worker::start(resolve(&addr)?, engine, options)?;
     println!("worker started, registering with {addr}");
     // Runs until killed, unless a coordinator refuses it for good.
     worker.wait()?;
-    Ok(())
+    Ok(Exit::Done)
 }
 
 /// When `submit` or `status` waits.
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum WaitArg {
     /// Until every subtask runs.
     Running,
@@ -298,6 +332,23 @@ impl WaitArg {
         match self {
             WaitArg::Running => WaitCondition::AllRunning,
             WaitArg::Finished => WaitCondition::Terminal,
+        }
+    }
+
+    /// How a wait that returned `d` ended: met, failed (the job failed or was
+    /// cancelled), or timed out (said on stderr).
+    fn outcome(self, d: &JobDetails, timeout_s: u64) -> Exit {
+        let all_running =
+            d.subtasks.iter().all(|s| matches!(s.state, ExecutionState::Running | ExecutionState::Finished));
+        match d.status {
+            JobStatus::Finished => Exit::Done,
+            JobStatus::Failed | JobStatus::Canceled => Exit::Failed,
+            JobStatus::Running if self == WaitArg::Running && all_running => Exit::Done,
+            status => {
+                let what = if self == WaitArg::Running { "run" } else { "end" };
+                eprintln!("timed out after {timeout_s} s waiting for {} to {what}: it is {status}", d.job);
+                Exit::TimedOut
+            }
         }
     }
 }
@@ -334,18 +385,28 @@ pub(crate) struct SubmitArgs {
     client: ClientArgs,
 }
 
-pub(crate) fn submit(a: &SubmitArgs, cfg: &ConfigFile) -> Result<bool> {
+pub(crate) fn submit(a: &SubmitArgs, cfg: &ConfigFile) -> Result<Exit> {
     if a.list_jobs {
-        for (name, help) in NAMED_JOBS {
-            println!("{name:<14} {help}");
+        if a.client.json {
+            let jobs: Vec<_> =
+                NAMED_JOBS.iter().map(|(name, help)| json!({"name": name, "parameters": help})).collect();
+            println!("{}", serde_json::Value::Array(jobs));
+        } else {
+            for (name, help) in NAMED_JOBS {
+                println!("{name:<14} {help}");
+            }
         }
-        return Ok(true);
+        return Ok(Exit::Done);
     }
     let name = a.job.as_deref().context("name a job to submit (see --list-jobs)")?;
     let mut params = BTreeMap::new();
     for p in &a.params {
         let (k, v) = p.split_once('=').with_context(|| format!("--param '{p}' is not key=value"))?;
-        params.insert(k.trim().to_string(), v.trim().to_string());
+        let (k, v) = (k.trim().to_string(), v.trim().to_string());
+        if let Some(first) = params.get(&k) {
+            bail!("--param {k} is given twice ({k}={first} and {k}={v}): give it once");
+        }
+        params.insert(k, v);
     }
     let defaults = &cfg.submit;
     let job = named_job(name, &params, a.parallelism.or(defaults.parallelism).unwrap_or(2))?;
@@ -365,12 +426,12 @@ pub(crate) fn submit(a: &SubmitArgs, cfg: &ConfigFile) -> Result<bool> {
         } else {
             println!("submitted {id}");
         }
-        return Ok(true);
+        return Ok(Exit::Done);
     };
-    let d =
-        client.wait(id, wait.condition(), Duration::from_secs(a.timeout_s.or(defaults.timeout_s).unwrap_or(300)))?;
+    let timeout_s = a.timeout_s.or(defaults.timeout_s).unwrap_or(300);
+    let d = client.wait(id, wait.condition(), Duration::from_secs(timeout_s))?;
     print_details(&d, a.client.json);
-    Ok(!matches!(d.status, shardflow_engine::JobStatus::Failed | shardflow_engine::JobStatus::Canceled))
+    Ok(wait.outcome(&d, timeout_s))
 }
 
 /// `shardflow list`.
@@ -380,7 +441,7 @@ pub(crate) struct ListArgs {
     client: ClientArgs,
 }
 
-pub(crate) fn list(a: &ListArgs, cfg: &ConfigFile) -> Result<()> {
+pub(crate) fn list(a: &ListArgs, cfg: &ConfigFile) -> Result<Exit> {
     let jobs = a.client.connect(cfg)?.list()?;
     if a.client.json {
         let v: Vec<_> = jobs
@@ -391,7 +452,7 @@ pub(crate) fn list(a: &ListArgs, cfg: &ConfigFile) -> Result<()> {
             })
             .collect();
         println!("{}", serde_json::Value::Array(v));
-        return Ok(());
+        return Ok(Exit::Done);
     }
     println!(
         "{:<8} {:<16} {:<12} {:>8} {:>8} {:>8} {:>8}",
@@ -409,7 +470,7 @@ pub(crate) fn list(a: &ListArgs, cfg: &ConfigFile) -> Result<()> {
             j.restarts
         );
     }
-    Ok(())
+    Ok(Exit::Done)
 }
 
 /// `shardflow status`.
@@ -420,31 +481,64 @@ pub(crate) struct StatusArgs {
     /// Wait until the job runs or ends first.
     #[arg(long, value_enum)]
     wait: Option<WaitArg>,
-    /// Seconds to wait at most. Default 300.
+    /// Seconds to wait at most.
     #[arg(long, default_value_t = 300)]
     timeout_s: u64,
     #[command(flatten)]
     client: ClientArgs,
 }
 
-pub(crate) fn status(a: &StatusArgs, cfg: &ConfigFile) -> Result<()> {
+pub(crate) fn status(a: &StatusArgs, cfg: &ConfigFile) -> Result<Exit> {
     let id = parse_job_id(&a.job)?;
     let mut client = a.client.connect(cfg)?;
-    let d = match a.wait {
-        None => client.job(id)?,
-        Some(w) => client.wait(id, w.condition(), Duration::from_secs(a.timeout_s))?,
+    let Some(wait) = a.wait else {
+        print_details(&client.job(id)?, a.client.json);
+        return Ok(Exit::Done);
     };
+    let d = client.wait(id, wait.condition(), Duration::from_secs(a.timeout_s))?;
     print_details(&d, a.client.json);
-    Ok(())
+    Ok(wait.outcome(&d, a.timeout_s))
+}
+
+/// A subtask's sink results as JSON: records, value sum and, for latency
+/// sinks, percentiles in µs.
+fn sinks_json(s: &SubtaskDetails) -> serde_json::Value {
+    let sinks: Vec<_> = s
+        .result
+        .iter()
+        .flat_map(|r| r.sinks.iter())
+        .map(|x| {
+            let latency = x.latency_ns.map(|[p50, p99, p999, max]| {
+                let us = |ns: u64| ns as f64 / 1000.0;
+                json!({"p50_us": us(p50), "p99_us": us(p99), "p999_us": us(p999), "max_us": us(max)})
+            });
+            json!({"records": x.records, "value_sum": x.value_sum, "latency": latency})
+        })
+        .collect();
+    serde_json::Value::Array(sinks)
+}
+
+/// A subtask's sink results for a table cell: `records sum=…` or
+/// `records p50=…us p99=…us`.
+fn sinks_cell(s: &SubtaskDetails) -> String {
+    let Some(r) = s.result.as_ref().filter(|r| !r.sinks.is_empty()) else { return "-".into() };
+    let cells: Vec<String> = r
+        .sinks
+        .iter()
+        .map(|x| match x.latency_ns {
+            Some([p50, p99, ..]) => {
+                format!("{} p50={:.1}us p99={:.1}us", x.records, p50 as f64 / 1e3, p99 as f64 / 1e3)
+            }
+            None => format!("{} sum={}", x.records, x.value_sum),
+        })
+        .collect();
+    cells.join("; ")
 }
 
 fn print_details(d: &JobDetails, as_json: bool) {
-    let records = |s: &shardflow_engine::protocol::SubtaskDetails| {
-        s.result.as_ref().map(|r| r.sinks.iter().map(|x| x.records).sum::<u64>())
-    };
-    let value_sum = |s: &shardflow_engine::protocol::SubtaskDetails| {
-        s.result.as_ref().map(|r| r.sinks.iter().fold(0u64, |a, x| a.wrapping_add(x.value_sum)))
-    };
+    let records = |s: &SubtaskDetails| s.result.as_ref().map(|r| r.sinks.iter().map(|x| x.records).sum::<u64>());
+    let value_sum =
+        |s: &SubtaskDetails| s.result.as_ref().map(|r| r.sinks.iter().fold(0u64, |a, x| a.wrapping_add(x.value_sum)));
     if as_json {
         let subtasks: Vec<_> = d
             .subtasks
@@ -454,7 +548,8 @@ fn print_details(d: &JobDetails, as_json: bool) {
                        "worker": s.slot.map(|x| x.worker.0), "shard": s.slot.map(|x| x.shard.0),
                        "slot": s.slot.map(|x| x.to_string()), "core": s.core,
                        "records_in": s.result.as_ref().map(|r| r.records_in),
-                       "sink_records": records(s), "sink_value_sum": value_sum(s), "failure": s.failure})
+                       "sink_records": records(s), "sink_value_sum": value_sum(s), "sinks": sinks_json(s),
+                       "failure": s.failure})
             })
             .collect();
         let v = json!({"job": d.job.to_string(), "name": d.name, "status": d.status.to_string(),
@@ -468,13 +563,13 @@ fn print_details(d: &JobDetails, as_json: bool) {
         println!("failure: {f}");
     }
     println!(
-        "{:<16} {:>4} {:>4} {:<13} {:<10} {:<8} {:>4} {:>12}",
-        "VERTEX", "SUB", "ATT", "STATE", "WORKER", "SHARD", "CORE", "SINK_RECORDS"
+        "{:<16} {:>4} {:>4} {:<13} {:<10} {:<8} {:>4}  SINKS",
+        "VERTEX", "SUB", "ATT", "STATE", "WORKER", "SHARD", "CORE"
     );
     for s in &d.subtasks {
         let dash = || "-".to_string();
         println!(
-            "{:<16} {:>4} {:>4} {:<13} {:<10} {:<8} {:>4} {:>12}",
+            "{:<16} {:>4} {:>4} {:<13} {:<10} {:<8} {:>4}  {}",
             s.vertex,
             s.subtask,
             s.attempt,
@@ -482,7 +577,7 @@ fn print_details(d: &JobDetails, as_json: bool) {
             s.slot.map_or_else(dash, |x| x.worker.to_string()),
             s.slot.map_or_else(dash, |x| x.shard.to_string()),
             s.core.map_or_else(dash, |c| c.to_string()),
-            records(s).map_or_else(dash, |r| r.to_string()),
+            sinks_cell(s),
         );
     }
 }
@@ -496,7 +591,7 @@ pub(crate) struct CancelArgs {
     client: ClientArgs,
 }
 
-pub(crate) fn cancel(a: &CancelArgs, cfg: &ConfigFile) -> Result<()> {
+pub(crate) fn cancel(a: &CancelArgs, cfg: &ConfigFile) -> Result<Exit> {
     let id = parse_job_id(&a.job)?;
     a.client.connect(cfg)?.cancel(id)?;
     if a.client.json {
@@ -504,7 +599,7 @@ pub(crate) fn cancel(a: &CancelArgs, cfg: &ConfigFile) -> Result<()> {
     } else {
         println!("cancelling {id}");
     }
-    Ok(())
+    Ok(Exit::Done)
 }
 
 /// `shardflow cluster`.
@@ -513,14 +608,14 @@ pub(crate) struct ClusterArgs {
     /// Wait until this many workers are registered first.
     #[arg(long)]
     wait_workers: Option<u32>,
-    /// Seconds to wait at most. Default 60.
+    /// Seconds to wait at most.
     #[arg(long, default_value_t = 60)]
     timeout_s: u64,
     #[command(flatten)]
     client: ClientArgs,
 }
 
-pub(crate) fn cluster(a: &ClusterArgs, cfg: &ConfigFile) -> Result<bool> {
+pub(crate) fn cluster(a: &ClusterArgs, cfg: &ConfigFile) -> Result<Exit> {
     let mut client = a.client.connect(cfg)?;
     let o = match a.wait_workers {
         Some(n) => client.wait_for_workers(n, Duration::from_secs(a.timeout_s))?,
@@ -568,7 +663,13 @@ pub(crate) fn cluster(a: &ClusterArgs, cfg: &ConfigFile) -> Result<bool> {
             );
         }
     }
-    Ok(a.wait_workers.is_none_or(|n| o.workers >= n))
+    match a.wait_workers {
+        Some(n) if o.workers < n => {
+            eprintln!("timed out after {} s waiting for {n} workers: {} registered", a.timeout_s, o.workers);
+            Ok(Exit::TimedOut)
+        }
+        _ => Ok(Exit::Done),
+    }
 }
 
 /// `shardflow dump`.
@@ -576,14 +677,14 @@ pub(crate) fn cluster(a: &ClusterArgs, cfg: &ConfigFile) -> Result<bool> {
 pub(crate) struct DumpArgs {
     /// The worker: `worker-1`, `1`, or the resource id it registered with.
     worker: String,
-    /// Seconds to wait for its answer at most. Default 10.
+    /// Seconds to wait for its answer at most.
     #[arg(long, default_value_t = 10)]
     timeout_s: u64,
     #[command(flatten)]
     client: ClientArgs,
 }
 
-pub(crate) fn dump(a: &DumpArgs, cfg: &ConfigFile) -> Result<()> {
+pub(crate) fn dump(a: &DumpArgs, cfg: &ConfigFile) -> Result<Exit> {
     let mut client = a.client.connect(cfg)?;
     let digits = a.worker.strip_prefix("worker-").unwrap_or(&a.worker);
     let worker = match digits.parse() {
@@ -600,7 +701,7 @@ pub(crate) fn dump(a: &DumpArgs, cfg: &ConfigFile) -> Result<()> {
         let shards: Vec<_> =
             d.shards.iter().map(|s| json!({"shard": s.shard, "core": s.core, "tasks": s.tasks})).collect();
         println!("{}", json!({"worker": d.worker.to_string(), "shards": shards}));
-        return Ok(());
+        return Ok(Exit::Done);
     }
     println!("{}", d.worker);
     println!("{:<6} {:>4}  TASKS (job attempt vertex state)", "SHARD", "CORE");
@@ -611,5 +712,5 @@ pub(crate) fn dump(a: &DumpArgs, cfg: &ConfigFile) -> Result<()> {
             println!("{:<6} {:>4}  {t}", "", "");
         }
     }
-    Ok(())
+    Ok(Exit::Done)
 }

@@ -1,6 +1,6 @@
 //! `shardflow`: the command-line tool. `shardflow bench <pipeline>` runs a benchmark
-//! pipeline of `shared/BENCHMARKS.md` on the embedded engine and prints, last, one
-//! machine-readable line.
+//! pipeline (defined in `docs/benchmarks.md`) on the embedded engine and prints,
+//! last, one machine-readable line; the other commands run and drive a cluster.
 
 #![forbid(unsafe_code)]
 
@@ -12,9 +12,18 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// Exit statuses, for scripts (also in `--help` and README).
+const EXIT_STATUSES: &str = "\
+Exit status:
+  0    done (a wait was met; a bench verified)
+  1    a bench failed verification, or the job waited for failed or was cancelled
+  2    bad input or an error (the reason is printed on stderr)
+  3    a wait timed out (the job is still running or restarting)
+  130  interrupted (Ctrl-C): a bench cancels its job and prints what was done";
+
 /// shardflow: a thread-per-core dataflow engine.
 #[derive(Debug, Parser)]
-#[command(name = "shardflow", version, about, long_about = None)]
+#[command(name = "shardflow", version, about, long_about = None, after_help = EXIT_STATUSES)]
 struct Cli {
     /// Config file (TOML) with `[coordinator]`, `[worker]`, `[client]` and `[submit]` tables;
     /// default `$SHARDFLOW_CONFIG`. Flags override it.
@@ -32,24 +41,42 @@ enum Command {
     /// `shardflow <pipeline> N=<records> records_per_s=<float> wall_s=<float> verify=OK|FAIL [key=value ...]`.
     /// wall_s runs from job submission to job completion; engine start-up is
     /// reported separately as startup_s, and cpu_s is the process's user+system CPU
-    /// time during the job. Exit status 1 if verification fails, 2 on bad input.
+    /// time during the job. The config file's `[worker]` table sets the engine
+    /// (cores, slots, memory, idle policy); flags win.
+    #[command(after_help = EXIT_STATUSES)]
     Bench(bench::BenchArgs),
     /// Run a coordinator (Dispatcher, ResourceManager, JobMasters) until killed.
     Coordinator(cluster::CoordinatorArgs),
     /// Run a worker (TaskExecutor) with one shard per core until killed.
     Worker(cluster::WorkerArgs),
     /// Submit a named job to the cluster.
+    #[command(after_help = EXIT_STATUSES)]
     Submit(cluster::SubmitArgs),
     /// List the cluster's jobs.
     List(cluster::ListArgs),
-    /// Show a job: status and, per subtask, state, worker, shard and core.
+    /// Show a job: status and, per subtask, state, place and sink results.
+    #[command(after_help = EXIT_STATUSES)]
     Status(cluster::StatusArgs),
-    /// Cancel a job.
+    /// Cancel a running job.
     Cancel(cluster::CancelArgs),
     /// Show the cluster: workers, slots, free slots, utilization.
+    #[command(after_help = EXIT_STATUSES)]
     Cluster(cluster::ClusterArgs),
     /// Show what a worker runs, shard by shard (core, tasks and their states).
     Dump(cluster::DumpArgs),
+}
+
+/// How a command ended, as its exit status tells a script ([`EXIT_STATUSES`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// Done; a wait was met.
+    Done,
+    /// Verification failed, or the job failed or was cancelled.
+    Failed,
+    /// A wait timed out.
+    TimedOut,
+    /// Interrupted by Ctrl-C.
+    Interrupted,
 }
 
 fn main() -> ExitCode {
@@ -61,19 +88,21 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let outcome = cluster::ConfigFile::load(cli.config.as_deref()).and_then(|cfg| match cli.command {
-        Command::Bench(args) => bench::run(&args),
-        Command::Coordinator(a) => cluster::coordinator(&a, &cfg).map(|()| true),
-        Command::Worker(a) => cluster::worker(&a, &cfg).map(|()| true),
+        Command::Bench(args) => bench::run(&args, &cfg),
+        Command::Coordinator(a) => cluster::coordinator(&a, &cfg),
+        Command::Worker(a) => cluster::worker(&a, &cfg),
         Command::Submit(a) => cluster::submit(&a, &cfg),
-        Command::List(a) => cluster::list(&a, &cfg).map(|()| true),
-        Command::Status(a) => cluster::status(&a, &cfg).map(|()| true),
-        Command::Cancel(a) => cluster::cancel(&a, &cfg).map(|()| true),
+        Command::List(a) => cluster::list(&a, &cfg),
+        Command::Status(a) => cluster::status(&a, &cfg),
+        Command::Cancel(a) => cluster::cancel(&a, &cfg),
         Command::Cluster(a) => cluster::cluster(&a, &cfg),
-        Command::Dump(a) => cluster::dump(&a, &cfg).map(|()| true),
+        Command::Dump(a) => cluster::dump(&a, &cfg),
     });
     match outcome {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
+        Ok(Exit::Done) => ExitCode::SUCCESS,
+        Ok(Exit::Failed) => ExitCode::from(1),
+        Ok(Exit::TimedOut) => ExitCode::from(3),
+        Ok(Exit::Interrupted) => ExitCode::from(130),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)

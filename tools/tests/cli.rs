@@ -82,3 +82,114 @@ fn help_documents_every_flag() {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
 }
+
+/// `shardflow args…` run by `sh` after `shell_prefix` (say, `ulimit -S -l 64 &&`).
+fn shardflow_under(shell_prefix: &str, args: &[&str]) -> Output {
+    let script = format!("{shell_prefix} exec \"$0\" \"$@\"");
+    Command::new("sh").args(["-c", &script, env!("CARGO_BIN_EXE_shardflow")]).args(args).output().unwrap()
+}
+
+#[test]
+fn a_low_locked_memory_soft_limit_is_raised_and_the_engine_starts() {
+    // 64 KiB is a common default for users; glommio needs 512 KiB per shard.
+    let out =
+        shardflow_under("ulimit -S -l 64 &&", &["bench", "exchange", "--records", "100000", "--segment-bytes", "4096"]);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(field(&last_line(&out), "verify"), "OK");
+}
+
+#[test]
+fn the_config_files_worker_table_sets_the_bench_engine_and_flags_win() {
+    let core = shardflow_engine::online_cores()[0];
+    let path = std::env::temp_dir().join(format!("shardflow-bench-{}.toml", std::process::id()));
+    std::fs::write(&path, format!("[worker]\ncores = [{core}]\nsegment_bytes = 4096\nprefault = false\n")).unwrap();
+    let cfg = path.to_str().unwrap();
+    let out = shardflow(&["--config", cfg, "bench", "exchange", "--records", "100000"]);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(field(&last_line(&out), "shards"), "1", "one core from [worker] cores");
+    let out = shardflow(&["--config", cfg, "bench", "exchange", "--records", "100000", "--segment-bytes", "1000"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("segment_bytes = 1000"), "the flag wins");
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn the_named_jobs_list_as_json_and_ignored_parameters_are_refused() {
+    let out = shardflow(&["submit", "--list-jobs", "--json"]);
+    assert!(out.status.success());
+    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON, not the table");
+    let names: Vec<&str> = jobs.as_array().unwrap().iter().map(|j| j["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["exchange", "keyed-sum", "latency", "forward-count"]);
+    // Refused before any connection is tried (port 9 on loopback is never served).
+    for (params, why) in [
+        (&["--param", "rate=1000"][..], "give both"),
+        (&["--param", "duration_ms=1000"][..], "give both"),
+        (&["--param", "records=5", "--param", "rate=1000", "--param", "duration_ms=9"][..], "not both"),
+        (&["--param", "records=5", "--param", "records=6"][..], "given twice"),
+    ] {
+        let out = shardflow(&[&["submit", "forward-count", "--coordinator", "127.0.0.1:9"][..], params].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{params:?}: {err}");
+        assert!(err.contains(why), "{params:?}: {err}");
+    }
+}
+
+#[test]
+fn a_peer_that_speaks_another_protocol_is_named_as_such() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut s, _) = listener.accept().unwrap();
+        let mut request = [0u8; 16];
+        let _ = s.read(&mut request);
+        s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n").unwrap();
+    });
+    let out = shardflow(&["list", "--coordinator", &addr]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("does not speak the shardflow protocol") && err.contains("HTTP/1.1 400"), "{err}");
+    server.join().unwrap();
+}
+
+#[test]
+fn a_latency_bench_whose_source_cannot_keep_the_pace_says_so() {
+    let out = shardflow(&["bench", "latency", "--rate", "1000000000", "--duration", "0.03", "--segment-bytes", "4096"]);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("warning: the source could not pace 1000000000 records/s"), "{err}");
+}
+
+#[test]
+fn ctrl_c_cancels_a_bench_and_prints_what_was_done() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardflow"))
+        .args(["bench", "exchange", "--records", "18446744073709551615", "--segment-bytes", "4096"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Not at a terminal, it says at once that it runs and how to stop it.
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.contains("Ctrl-C cancels"), "{line}");
+    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("interrupted after") && stdout.contains("the job was cancelled"), "{stdout}");
+}
+
+#[test]
+fn help_texts_do_not_repeat_their_defaults() {
+    for cmd in ["bench", "coordinator", "worker", "submit", "list", "status", "cancel", "cluster", "dump"] {
+        let out = shardflow(&[cmd, "--help"]);
+        let help = String::from_utf8_lossy(&out.stdout);
+        for line in help.lines() {
+            assert!(!(line.contains("Default") && line.contains("[default:")), "{cmd}: {line}");
+        }
+    }
+    let help = String::from_utf8_lossy(&shardflow(&["status", "--help"]).stdout).to_string();
+    assert!(help.contains("3    a wait timed out"), "exit statuses are documented: {help}");
+}

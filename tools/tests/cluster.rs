@@ -89,6 +89,17 @@ fn two_workers_run_a_forward_job_and_list_status_cancel_work() {
     assert_eq!(workers_of(&v).len(), 2, "data stays inside each of the two workers: {v}");
     assert!(v["subtasks"].as_array().unwrap().iter().all(|t| t["state"] == "FINISHED"));
     let first = v["job"].as_str().unwrap().to_string();
+    // the table shows what the sinks counted, not just how many records they saw
+    let table = String::from_utf8_lossy(&c.run(&["status", &first]).stdout).to_string();
+    assert!(table.contains(" sum="), "{table}");
+    // an ended job is not cancelled again: said so, and not 0
+    let out = c.run(&["cancel", &first]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has already ended (FINISHED)"));
+    let o = c.json(&["cluster"]);
+    let addresses: Vec<&str> =
+        o["worker_list"].as_array().unwrap().iter().map(|w| w["address"].as_str().unwrap()).collect();
+    assert!(addresses.iter().all(|a| a.starts_with("127.0.0.1:")), "where each worker connects from: {addresses:?}");
 
     // a long-running job: every subtask RUNNING with a location, then cancelled
     let id = c.submit(&["forward-count", "--param", "rate=1000", "--param", "duration_ms=600000"]);
@@ -101,9 +112,16 @@ fn two_workers_run_a_forward_job_and_list_status_cancel_work() {
     let list = c.json(&["list"]);
     let names: Vec<&str> = list.as_array().unwrap().iter().map(|j| j["job"].as_str().unwrap()).collect();
     assert_eq!(names, vec![first.as_str(), id.as_str()]);
+    // a wait that times out says so and exits 3, not 0
+    let out = c.run(&["status", &id, "--wait", "finished", "--timeout-s", "1"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timed out after 1 s waiting for"));
     let out = c.run(&["cancel", &id]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v = c.json(&["status", &id, "--wait", "finished", "--timeout-s", "60"]);
+    // a wait met by a cancelled job exits 1
+    let out = c.run(&["status", &id, "--wait", "finished", "--timeout-s", "60", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["status"], "CANCELED", "{v}");
     let o = c.json(&["cluster"]);
     assert_eq!((o["total_slots"].as_u64(), o["free_slots"].as_u64()), (Some(4), Some(4)), "{o}");
@@ -166,6 +184,7 @@ fn a_sigkilled_worker_fails_the_job_clearly_when_too_few_slots_remain() {
     let failure = v["failure"].as_str().unwrap();
     assert!(failure.contains("cannot restart") && failure.contains("not enough task slots"), "{failure}");
     assert!(failure.contains("lost"), "{failure}");
+    assert_eq!(c.run(&["status", &id, "--wait", "finished"]).status.code(), Some(1), "a wait met by a failed job");
 }
 
 #[test]
@@ -417,9 +436,45 @@ fn bad_input_duplicate_registration() {
     let c = cluster(&[], &[1]);
     let v = c.json(&["cluster"]);
     let id = v["worker_list"][0]["resource_id"].as_str().unwrap().to_string();
-    let register = registration(id);
+    let register = registration(id.clone());
     assert_error(&send_raw(&c, &frame(&register)), ErrorCode::DuplicateRegistration);
     assert_eq!(c.json(&["cluster"])["workers"], 1, "the registered worker is untouched");
+
+    // a worker process under the same name exits with the reason instead of retrying
+    let core = online_cores()[0].to_string();
+    let mut twin = Command::new(BIN)
+        .args(["worker", "--coordinator", &c.addr, "--resource-id", &id, "--cores", &core])
+        .args(["--network-memory-bytes", "8388608", "--segment-bytes", "4096"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = twin.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::BufReader::new(stderr).read_to_string(&mut text);
+        let _ = tx.send(text);
+    });
+    let twin = Proc(twin);
+    let text = rx.recv_timeout(common::WAIT).expect("the twin worker exits within the wait");
+    assert!(text.contains("already registered"), "{text}");
+    let mut child = twin;
+    assert_eq!(child.0.wait().unwrap().code(), Some(2), "{text}");
+    assert_eq!(c.json(&["cluster"])["workers"], 1);
+}
+
+#[test]
+fn an_explicit_placement_on_a_busy_core_says_the_core_is_full() {
+    let c = cluster(&[], &[1]);
+    let core = online_cores()[0];
+    c.submit(&["forward-count", "-p", "1", "--param", "rate=1000", "--param", "duration_ms=600000"]);
+    let map = format!("source={core};count={core}");
+    let out = c.run(&["submit", "forward-count", "-p", "1", "--placement", &map]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("core {core} has no free slot left")), "{err}");
+    assert!(!err.contains("no shard runs on that core"), "{err}");
 }
 
 #[test]

@@ -348,6 +348,7 @@ fn event_loop(mut c: Coordinator, rx: Receiver<Event>) {
         let mut outputs = match event {
             None => c.on_tick(now),
             Some(Event::Open(conn, sink)) => {
+                c.on_connect(conn, sink.peer());
                 sinks.insert(conn, sink);
                 Vec::new()
             }

@@ -78,11 +78,15 @@ impl Coordinator {
     }
 
     pub(super) fn cancel_job(&mut self, now: Instant, conn: ConnId, m: CancelJob) {
-        if self.with_job(now, m.job, |jm, gw| jm.cancel(gw)).is_some() {
-            self.send(conn, Message::Ack(Ack {}));
-        } else {
-            self.reject(conn, ErrorCode::UnknownJob, &format!("no job {}", m.job));
+        let Some(status) = self.jobs.get(&m.job).map(JobMaster::status) else {
+            return self.reject(conn, ErrorCode::UnknownJob, &format!("no job {}", m.job));
+        };
+        if status.is_globally_terminal() {
+            let why = format!("{} has already ended ({status}): nothing to cancel", m.job);
+            return self.reject(conn, ErrorCode::Unexpected, &why);
         }
+        self.with_job(now, m.job, |jm, gw| jm.cancel(gw));
+        self.send(conn, Message::Ack(Ack {}));
     }
 
     /// Job `id` has ended: it is kept for status queries until

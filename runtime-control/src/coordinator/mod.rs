@@ -69,6 +69,8 @@ pub struct Coordinator {
     slots: SlotManager,
     heartbeats: HeartbeatMonitor<WorkerId>,
     conns: HashMap<ConnId, Role>,
+    /// Each open connection's peer, as the driver names it (an address).
+    peers: HashMap<ConnId, String>,
     worker_conns: BTreeMap<WorkerId, ConnId>,
     jobs: BTreeMap<JobId, JobMaster>,
     /// Ended jobs, longest-ended first.
@@ -99,6 +101,7 @@ impl Coordinator {
             slots: SlotManager::new(),
             heartbeats,
             conns: HashMap::new(),
+            peers: HashMap::new(),
             worker_conns: BTreeMap::new(),
             jobs: BTreeMap::new(),
             ended: VecDeque::new(),
@@ -139,6 +142,12 @@ impl Coordinator {
             d = d.min(w.deadline);
         }
         d
+    }
+
+    /// `conn` opened, from `peer` (its address, for people): a worker registering
+    /// on it is listed with this address.
+    pub fn on_connect(&mut self, conn: ConnId, peer: &str) {
+        self.peers.insert(conn, peer.to_string());
     }
 
     /// A frame arrived on `conn`.
@@ -230,6 +239,7 @@ impl Coordinator {
 
     /// `conn` closed (by the peer or after an error).
     pub fn on_disconnect(&mut self, now: Instant, conn: ConnId) -> Vec<Output> {
+        self.peers.remove(&conn);
         if let Some(Role::Worker(w)) = self.conns.remove(&conn) {
             self.worker_lost(now, w, "its connection closed");
         }

@@ -14,9 +14,12 @@ impl Coordinator {
         if role.is_some() {
             return self.reject(conn, ErrorCode::Unexpected, "this connection has already registered or made requests");
         }
-        match self.slots.register(&m.resource_id, &m.address, m.resources) {
+        // Where the connection comes from; the worker's own account (host, pid) if
+        // the driver gave none.
+        let address = self.peers.get(&conn).cloned().unwrap_or_else(|| m.address.clone());
+        match self.slots.register(&m.resource_id, &address, m.resources) {
             Ok(worker) => {
-                tracing::info!(%worker, resource_id = %m.resource_id, address = %m.address, "worker registered");
+                tracing::info!(%worker, resource_id = %m.resource_id, %address, runs = %m.address, "worker registered");
                 self.conns.insert(conn, Role::Worker(worker));
                 self.worker_conns.insert(worker, conn);
                 self.heartbeats.heard(worker, now);

@@ -388,6 +388,26 @@ fn a_stale_job_master_token_is_rejected_and_cancel_ends_the_job() {
     }
     assert_eq!(h.c.job_status(id), Some(JobStatus::Canceled));
     assert_eq!(h.c.slot_manager().totals(), (4, 4));
+    let out = h.c.on_message(at(t0, 5), 11, Message::CancelJob(CancelJob { job: id }));
+    match &out[..] {
+        [Output::Send(11, Message::ErrorReply(e)), Output::Close(11)] => {
+            assert_eq!(e.code, ErrorCode::Unexpected);
+            assert!(e.message.contains("has already ended (CANCELED)"), "{}", e.message);
+        }
+        other => panic!("cancelling an ended job is refused: {other:?}"),
+    }
+}
+
+#[test]
+fn a_worker_is_listed_with_the_address_its_connection_comes_from() {
+    let mut h = Harness::new();
+    h.c.on_connect(1, "10.1.2.3:4567");
+    h.register(1, "a", vec![0]);
+    let out = h.c.on_message(h.t0, 9, Message::RequestWorkerInfo(RequestWorkerInfo {}));
+    match &out[..] {
+        [Output::Send(9, Message::WorkerInfoList(l))] => assert_eq!(l.workers[0].address, "10.1.2.3:4567"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

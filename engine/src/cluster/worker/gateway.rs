@@ -174,7 +174,7 @@ impl Gateway {
         self.registration = Registration::Pending { deadline: now + self.registration_timeout };
         vec![Action::Send(Message::RegisterWorker(RegisterWorker {
             resource_id: self.resource_id.clone(),
-            address: format!("pid {}", std::process::id()),
+            address: format!("{} pid {}", hostname(), std::process::id()),
             resources: self.resources(),
             slots: self.report(),
         }))]
@@ -638,6 +638,11 @@ impl Gateway {
             result: r.output.map(result_info),
         }))]
     }
+}
+
+/// This machine's name, as the kernel knows it.
+pub(super) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
 }
 
 fn result_info(o: TaskOutput) -> TaskResultInfo {

@@ -150,7 +150,6 @@ impl Drop for Worker {
 
 /// host-pid-start time.
 fn default_resource_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
-    format!("{}-{}-{started}", host.trim(), std::process::id())
+    format!("{}-{}-{started}", gateway::hostname(), std::process::id())
 }
