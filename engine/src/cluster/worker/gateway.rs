@@ -30,10 +30,10 @@ use shardflow_memory::{Budget, BudgetKind, Reservation};
 use super::board::JobBoard;
 use super::wiring::JobHere;
 use crate::config::EngineConfig;
-use crate::operator::{SinkOutput, TaskInfo};
+use crate::operator::SinkOutput;
 use crate::registry::LiveRegistry;
 use crate::shard::{ShardCommand, TaskReport};
-use crate::task::{partitioner, OutputDeployment, TaskDeployment, TaskOutput};
+use crate::task::{TaskDeployment, TaskOutput};
 
 /// What the session loop must do.
 pub(crate) enum Action {
@@ -450,146 +450,6 @@ impl Gateway {
         ShardDump { worker: self.worker, shards }
     }
 
-    /// The vertex information of `m`, read and validated once per vertex and
-    /// attempt epoch.
-    fn information(&mut self, m: &DeployTask) -> Result<TaskInformation, ErrorReply> {
-        let key = (m.attempt.execution_vertex.vertex, m.attempt.attempt);
-        let known = &mut self.jobs.entry(m.job).or_default().information;
-        if let Some((bytes, info)) = known.get(&key) {
-            if *bytes == m.task_information {
-                return Ok(info.clone());
-            }
-        }
-        let info = TaskInformation::from_archive(&m.task_information).map_err(|e| refuse(e.code(), e.to_string()))?;
-        known.insert(key, (m.task_information.clone(), info.clone()));
-        Ok(info)
-    }
-
-    /// Checks a deployment's own consistency: what a task could not run with.
-    fn check_shape(d: &TaskDeploymentDescriptor) -> Result<(), ErrorReply> {
-        let malformed = |m: String| Err(refuse(ErrorCode::Malformed, format!("{} of {}: {m}", d.attempt, d.job)));
-        let subtask = d.attempt.execution_vertex.subtask;
-        if d.parallelism == 0 {
-            return malformed("parallelism 0 (must be at least 1)".into());
-        }
-        if subtask >= d.parallelism {
-            return malformed(format!("subtask {subtask} of a vertex with parallelism {}", d.parallelism));
-        }
-        if d.chain.is_empty() {
-            return malformed("an empty operator chain".into());
-        }
-        if let Some(p) = d.outputs.iter().find(|p| p.consumers.is_empty()) {
-            return malformed(format!("output on edge {} has no consumers", p.edge));
-        }
-        if let Some(g) = d.inputs.iter().find(|g| g.producers.is_empty()) {
-            return malformed(format!("input on edge {} has no producers", g.edge));
-        }
-        Ok(())
-    }
-
-    fn deploy(&mut self, d: TaskDeploymentDescriptor) -> Result<(), ErrorReply> {
-        Self::check_shape(&d)?;
-        if self.tasks.contains_key(&(d.job, d.attempt)) {
-            return Err(refuse(ErrorCode::Unexpected, format!("{} of {} is already deployed here", d.attempt, d.job)));
-        }
-        let slot = self
-            .slots
-            .get(&d.slot)
-            .ok_or_else(|| refuse(ErrorCode::NoSlotAllocated, format!("{} is not a slot of this worker", d.slot)))?;
-        match slot.status.allocated {
-            Some(a) if a.allocation == d.allocation && a.job == d.job => {}
-            _ => {
-                return Err(refuse(
-                    ErrorCode::NoSlotAllocated,
-                    format!("{} is not allocated to {} of {}", d.slot, d.allocation, d.job),
-                ))
-            }
-        }
-        if slot.job_master != Some(d.job_master) {
-            return Err(refuse(
-                ErrorCode::StaleToken,
-                format!("job master token {} does not own {}", d.job_master, d.slot),
-            ));
-        }
-        let remote = d
-            .inputs
-            .iter()
-            .flat_map(|g| g.producers.iter())
-            .chain(d.outputs.iter().flat_map(|p| p.consumers.iter()))
-            .find(|c| c.worker != self.worker);
-        if let Some(c) = remote {
-            return Err(refuse(
-                ErrorCode::Unsupported,
-                format!("a channel to {} needs the TCP data plane, which is not built yet", c.worker),
-            ));
-        }
-        let shard = d.slot.shard.0 as usize;
-        let cfg = &self.config;
-        let per_channel = 1 + u64::from(cfg.exclusive_credits) + u64::from(cfg.floating_credits);
-        let subs: u64 = d.outputs.iter().map(|p| p.consumers.len() as u64).sum();
-        let bytes = subs.saturating_mul(per_channel).saturating_mul(cfg.segment_bytes as u64);
-        let network = self.shards[shard]
-            .network
-            .reserve(bytes)
-            .map_err(|e| refuse(ErrorCode::Internal, format!("network memory of shard {shard}: {e}")))?;
-        let epoch = d.attempt.attempt;
-        let subtask = d.attempt.execution_vertex.subtask;
-        let job = self.jobs.entry(d.job).or_default();
-        let inputs = d
-            .inputs
-            .iter()
-            .flat_map(|g| g.producers.iter().map(move |p| (epoch, g.edge, p.peer_subtask, p.subpartition)))
-            .map(|key| job.claim(key, cfg))
-            .collect();
-        let outputs = d
-            .outputs
-            .iter()
-            .map(|p| OutputDeployment {
-                partitioner: partitioner(p.partitioner),
-                senders: p.consumers.iter().map(|c| job.claim((epoch, p.edge, subtask, c.subpartition), cfg)).collect(),
-            })
-            .collect();
-        let job_start = *job.starts.entry(epoch).or_insert_with(Instant::now);
-        let progress = self.board.progress(d.job);
-        let (registry, resources) = self.live.snapshot();
-        let info = TaskInfo {
-            vertex: d.vertex_name.clone(),
-            subtask,
-            parallelism: d.parallelism,
-            job_start,
-            core: self.shards[shard].core,
-            managed_memory: slot.managed.clone(),
-        };
-        let deployment = TaskDeployment {
-            job: d.job,
-            attempt: d.attempt,
-            info,
-            chain: d.chain,
-            inputs,
-            exclusive_credits: cfg.exclusive_credits,
-            floating_credits: cfg.floating_credits,
-            outputs,
-            registry,
-            resources,
-            flush_timeout: cfg.flush_timeout,
-            idle: cfg.idle,
-            min_park: cfg.min_park,
-            progress,
-        };
-        self.tasks.insert(
-            (d.job, d.attempt),
-            TaskEntry {
-                slot: d.slot,
-                job_master: d.job_master,
-                vertex: d.vertex_name,
-                state: ExecutionState::Deploying,
-                network,
-            },
-        );
-        self.batch.entry(shard).or_default().push(deployment);
-        Ok(())
-    }
-
     /// No more frames right now: the batched deployments go to their shards.
     pub(crate) fn flush(&mut self) -> Vec<Action> {
         std::mem::take(&mut self.batch)
@@ -699,6 +559,8 @@ fn slot_table(
     }
     slots
 }
+
+mod deploy;
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,54 @@
+//! Cluster commands: `coordinator` and `worker` processes (`roles.rs`), and the
+//! client commands `submit`, `list`, `status`, `cancel`, `cluster` and `dump`
+//! (`client.rs`). Tables for people, `--json` for programs; everything a flag sets
+//! can also come from the config file (`config.rs`).
+
+mod client;
+mod config;
+mod roles;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use shardflow_engine::cluster::ClusterClient;
+use shardflow_engine::JobId;
+
+pub(crate) use client::{cancel, cluster, dump, list, status, submit};
+pub(crate) use client::{CancelArgs, ClusterArgs, DumpArgs, ListArgs, StatusArgs, SubmitArgs};
+pub(crate) use config::ConfigFile;
+pub(crate) use roles::{coordinator, worker, CoordinatorArgs, WorkerArgs};
+
+/// Where clients look for the coordinator without a flag or config file.
+pub(crate) const DEFAULT_COORDINATOR: &str = "127.0.0.1:6123";
+
+pub(super) fn resolve(addr: &str) -> Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .with_context(|| format!("'{addr}' is not an address (host:port)"))?
+        .next()
+        .with_context(|| format!("'{addr}' resolves to no address"))
+}
+
+pub(super) fn parse_job_id(s: &str) -> Result<JobId> {
+    let digits = s.strip_prefix("job-").unwrap_or(s);
+    Ok(JobId(digits.parse().with_context(|| format!("'{s}' is not a job id (like job-3 or 3)"))?))
+}
+
+/// Flags every client command has.
+#[derive(Debug, Args)]
+pub(crate) struct ClientArgs {
+    /// The coordinator. Default: the config file's `[client] coordinator`, else 127.0.0.1:6123.
+    #[arg(long)]
+    coordinator: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+impl ClientArgs {
+    pub(super) fn connect(&self, cfg: &ConfigFile) -> Result<ClusterClient> {
+        let addr = self.coordinator.clone().or(cfg.client.coordinator.clone()).unwrap_or(DEFAULT_COORDINATOR.into());
+        Ok(ClusterClient::connect(resolve(&addr)?, Duration::from_secs(5))?)
+    }
+}

@@ -1,0 +1,172 @@
+//! The long-running roles: `shardflow coordinator` and `shardflow worker`.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+use shardflow_engine::cluster::{CoordinatorServer, ServerOptions, Worker, WorkerOptions};
+use shardflow_engine::{CoordinatorConfig, IdlePolicy, OperatorRegistry, PlacementStrategy, RestartStrategy};
+
+use super::config::WorkerSection;
+use super::{resolve, ConfigFile, DEFAULT_COORDINATOR};
+use crate::Exit;
+
+/// `shardflow coordinator`.
+#[derive(Debug, Args)]
+pub(crate) struct CoordinatorArgs {
+    /// Address to listen on. Default 127.0.0.1:6123.
+    #[arg(long)]
+    bind: Option<String>,
+    /// Heartbeat interval in ms. Default 1000.
+    #[arg(long)]
+    heartbeat_interval_ms: Option<u64>,
+    /// A worker silent this long (ms) is lost. Default 5000.
+    #[arg(long)]
+    heartbeat_timeout_ms: Option<u64>,
+    /// How long (ms) a restarting job waits for slots. Default 10000.
+    #[arg(long)]
+    slot_wait_timeout_ms: Option<u64>,
+    /// Default placement: spread, pack, colocate (default) or `vertex=cores;...`.
+    #[arg(long)]
+    placement: Option<String>,
+    /// Default restart strategy: none, fixed-delay[:attempts=N,delay=D] (default),
+    /// exponential-delay[:initial=D,max=D,multiplier=F,reset=D,attempts=N].
+    #[arg(long)]
+    restart: Option<String>,
+    /// Ended jobs kept for `status` and `list`; the longest-ended beyond this are
+    /// forgotten. Default 1000.
+    #[arg(long)]
+    retained_jobs: Option<usize>,
+    /// Largest control frame accepted, in bytes. Default 16 MiB.
+    #[arg(long)]
+    max_frame_bytes: Option<usize>,
+    /// TCP connections served at once; more are refused with a clear error.
+    /// Default 512.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// A peer that takes no bytes of a reply for this long (ms) is disconnected.
+    /// Default 10000.
+    #[arg(long)]
+    write_timeout_ms: Option<u64>,
+}
+
+pub(crate) fn coordinator(a: &CoordinatorArgs, cfg: &ConfigFile) -> Result<Exit> {
+    let c = &cfg.coordinator;
+    let bind = a.bind.clone().or(c.bind.clone()).unwrap_or(DEFAULT_COORDINATOR.into());
+    let mut config = CoordinatorConfig::default();
+    let ms = Duration::from_millis;
+    if let Some(v) = a.heartbeat_interval_ms.or(c.heartbeat_interval_ms) {
+        config.heartbeat_interval = ms(v.max(1));
+    }
+    if let Some(v) = a.heartbeat_timeout_ms.or(c.heartbeat_timeout_ms) {
+        config.heartbeat_timeout = ms(v.max(1));
+    }
+    if let Some(v) = a.slot_wait_timeout_ms.or(c.slot_wait_timeout_ms) {
+        config.slot_wait_timeout = ms(v);
+    }
+    if let Some(p) = a.placement.clone().or(c.placement.clone()) {
+        config.default_placement = p.parse::<PlacementStrategy>()?;
+    }
+    if let Some(r) = a.restart.clone().or(c.restart.clone()) {
+        config.default_restart = r.parse::<RestartStrategy>()?;
+    }
+    if let Some(n) = a.retained_jobs.or(c.retained_jobs) {
+        config.retained_jobs = n.max(1);
+    }
+    let mut options = ServerOptions::default();
+    if let Some(max) = a.max_frame_bytes.or(c.max_frame_bytes) {
+        options.limits.max_frame_bytes = max;
+    }
+    if let Some(n) = a.max_connections.or(c.max_connections) {
+        options.max_connections = n.max(1);
+    }
+    if let Some(ms) = a.write_timeout_ms.or(c.write_timeout_ms) {
+        options.limits.write_timeout = Duration::from_millis(ms.max(1));
+    }
+    raise_open_files(options.max_connections);
+    let server = CoordinatorServer::bind(resolve(&bind)?, config, OperatorRegistry::with_builtins(), options)?;
+    let addr = server.local_addr().context("the listener has no address")?;
+    println!("coordinator listening on {addr}");
+    tracing::info!(%addr, "coordinator started");
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Raises the soft open-file limit to the hard one (every connection costs a
+/// descriptor), and says so if it still cannot hold `connections` of them.
+fn raise_open_files(connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < connections as u64 + 64 => tracing::warn!(
+            "the open-file limit is {limit}, below max_connections ({connections}) + 64: connections beyond the \
+             descriptors left are refused (raise it with `ulimit -n`)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read or raise the open-file limit: {e}"),
+    }
+}
+
+/// `shardflow worker`.
+#[derive(Debug, Args)]
+pub(crate) struct WorkerArgs {
+    /// The coordinator to register with. Default: the config file's, else 127.0.0.1:6123.
+    #[arg(long)]
+    coordinator: Option<String>,
+    /// Cores for the shards, e.g. `0,1`. Default: every online core.
+    #[arg(long, value_delimiter = ',')]
+    cores: Option<Vec<usize>>,
+    /// Slots per shard. Default 2.
+    #[arg(long)]
+    slots_per_shard: Option<u32>,
+    /// Name to register under. Default: host-pid-start time.
+    #[arg(long)]
+    resource_id: Option<String>,
+    /// Network memory per shard in bytes. Default 64 MiB.
+    #[arg(long)]
+    network_memory_bytes: Option<usize>,
+    /// Segment size in bytes. Default 32 KiB.
+    #[arg(long)]
+    segment_bytes: Option<usize>,
+    /// Idle policy: park (default) or spin.
+    #[arg(long, value_enum)]
+    idle: Option<IdleArg>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum IdleArg {
+    Park,
+    Spin,
+}
+
+impl IdleArg {
+    pub(crate) fn policy(self) -> IdlePolicy {
+        match self {
+            IdleArg::Park => IdlePolicy::Park,
+            IdleArg::Spin => IdlePolicy::Spin,
+        }
+    }
+}
+
+pub(crate) fn worker(a: &WorkerArgs, cfg: &ConfigFile) -> Result<Exit> {
+    // Each flag wins over its key in the file's [worker] table.
+    let w = cfg.worker.clone();
+    let w = WorkerSection {
+        coordinator: a.coordinator.clone().or(w.coordinator),
+        cores: a.cores.clone().or(w.cores),
+        slots_per_shard: a.slots_per_shard.or(w.slots_per_shard),
+        resource_id: a.resource_id.clone().or(w.resource_id),
+        segment_bytes: a.segment_bytes.or(w.segment_bytes),
+        network_memory_bytes: a.network_memory_bytes.or(w.network_memory_bytes),
+        idle: a.idle.or(w.idle),
+        ..w
+    };
+    let addr = w.coordinator.clone().unwrap_or(DEFAULT_COORDINATOR.into());
+    let options = WorkerOptions { resource_id: w.resource_id.clone(), ..WorkerOptions::default() };
+    let worker = Worker::start(resolve(&addr)?, w.engine(), options)?;
+    println!("worker started, registering with {addr}");
+    // Runs until killed, unless a coordinator refuses it for good.
+    worker.wait()?;
+    Ok(Exit::Done)
+}
