@@ -5,8 +5,11 @@
 //!
 //! No peer can stall the process it talks to:
 //!
-//! - **Sending never blocks the caller.** [`FrameSink::try_send`] queues the
-//!   frame; a writer thread per TCP connection writes it with a write timeout.
+//! - **Sending never blocks the caller.** [`FrameSink::try_send`] writes the
+//!   frame at once only if nothing is queued and the socket takes all of it
+//!   without waiting (a non-blocking send: no thread hop on the common path);
+//!   otherwise it queues the frame (or the rest of it) for the connection's
+//!   writer thread, which writes with a write timeout.
 //!   The queue is bounded ([`ConnectionLimits::max_queued_bytes`]): a peer that
 //!   stops reading fills it, and the connection is dropped instead of waited
 //!   for ([`SendError::Full`]); a write that makes no progress within the write
@@ -252,6 +255,11 @@ impl Outbox {
         let _ = self.tx.send(Outgoing::Close);
     }
 
+    /// Whether no frame is queued or being written.
+    fn is_idle(&self) -> bool {
+        self.queued.load(std::sync::atomic::Ordering::Acquire) == 0
+    }
+
     /// Another sending end of the same queue.
     fn clone_sender(&self) -> Outbox {
         Outbox { tx: self.tx.clone(), queued: std::sync::Arc::clone(&self.queued), max_bytes: self.max_bytes }
@@ -259,13 +267,15 @@ impl Outbox {
 }
 
 impl OutboxReader {
-    /// The next item, waiting for one; `None` once the sending end is gone.
+    /// The next item, waiting for one; `None` once the sending end is gone. A
+    /// frame counts as queued until [`Self::done`] says it was written.
     fn recv(&self) -> Option<Outgoing> {
-        let item = self.rx.recv().ok()?;
-        if let Outgoing::Frame(f) = &item {
-            self.queued.fetch_sub(f.len(), std::sync::atomic::Ordering::AcqRel);
-        }
-        Some(item)
+        self.rx.recv().ok()
+    }
+
+    /// A frame of `bytes` taken by [`Self::recv`] has been written (or dropped).
+    fn done(&self, bytes: usize) {
+        self.queued.fetch_sub(bytes, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -313,6 +323,9 @@ mod tests {
         out.try_send(vec![0; 150]).expect("an empty queue takes any frame");
         assert_eq!(out.try_send(vec![0; 1]), Err(SendError::Full { queued_bytes: 150, max_bytes: 100 }));
         assert!(matches!(rd.recv(), Some(Outgoing::Frame(f)) if f.len() == 150));
+        assert!(!out.is_idle(), "taken, not yet written");
+        rd.done(150);
+        assert!(out.is_idle());
         out.try_send(vec![0; 60]).unwrap();
         out.try_send(vec![0; 40]).unwrap();
         assert!(matches!(out.try_send(vec![0; 1]), Err(SendError::Full { queued_bytes: 100, .. })));

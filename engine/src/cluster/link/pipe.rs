@@ -55,6 +55,7 @@ impl Read for PipeReader {
             }
             match self.queue.recv() {
                 Some(Outgoing::Frame(bytes)) => {
+                    self.queue.done(bytes.len());
                     self.pending = bytes;
                     self.at = 0;
                 }

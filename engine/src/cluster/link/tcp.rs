@@ -1,11 +1,13 @@
 //! A TCP connection: one socket shared by a reader thread and a writer thread
 //! (one descriptor per connection), tuned with no Nagle delay, keepalive and a
-//! user timeout, and written only by its writer thread, with a write timeout.
+//! user timeout. A frame is written by the sender itself only when nothing is
+//! queued and the socket takes it whole without waiting; everything else is
+//! written by the writer thread, in order, with a write timeout.
 
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use socket2::{SockRef, TcpKeepalive};
 
@@ -31,6 +33,9 @@ pub(crate) fn tune(stream: &TcpStream, limits: &ConnectionLimits) -> io::Result<
 /// as its descriptor (the server's count of open connections).
 struct Socket {
     stream: TcpStream,
+    /// Held by whoever writes (the writer thread, or a sender's non-blocking
+    /// attempt), so frames go out whole and in order.
+    writing: Mutex<()>,
     _until_closed: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
@@ -60,7 +65,7 @@ pub(crate) fn open_tcp(
 ) -> io::Result<(TcpSink, TcpReader)> {
     tune(&stream, limits)?;
     let peer = stream.peer_addr().map_or_else(|_| "an unknown peer".to_string(), |a: SocketAddr| a.to_string());
-    let stream = Arc::new(Socket { stream, _until_closed: until_closed });
+    let stream = Arc::new(Socket { stream, writing: Mutex::new(()), _until_closed: until_closed });
     let closed = Arc::new(AtomicBool::new(false));
     let (outbox, queue) = outbox(limits.max_queued_bytes);
     let (w_stream, w_closed, w_peer, timeout) = (stream.clone(), closed.clone(), peer.clone(), limits.write_timeout);
@@ -69,7 +74,12 @@ pub(crate) fn open_tcp(
         while let Some(item) = queue.recv() {
             match item {
                 Outgoing::Frame(frame) => {
-                    if let Err(e) = out.write_all(&frame) {
+                    let written = {
+                        let _writing = w_stream.writing.lock().unwrap_or_else(PoisonError::into_inner);
+                        out.write_all(&frame)
+                    };
+                    queue.done(frame.len());
+                    if let Err(e) = written {
                         if !w_closed.swap(true, Ordering::AcqRel) {
                             match e.kind() {
                                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => tracing::warn!(
@@ -110,15 +120,53 @@ impl io::Read for TcpReader {
     }
 }
 
+impl TcpSink {
+    /// Writes what the socket takes of `frame` now, without waiting, if nothing
+    /// is queued or being written; returns what is left to queue (all of it when
+    /// the socket is busy).
+    fn write_now(&self, mut frame: Vec<u8>) -> Result<Option<Vec<u8>>, SendError> {
+        if !self.outbox.is_idle() {
+            return Ok(Some(frame));
+        }
+        let Ok(_writing) = self.stream.writing.try_lock() else { return Ok(Some(frame)) };
+        // Under the lock, an idle outbox means no frame is queued or in the
+        // writer's hands: writing now keeps the order.
+        if !self.outbox.is_idle() {
+            return Ok(Some(frame));
+        }
+        match SockRef::from(&self.stream.stream).send_with_flags(&frame, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) {
+            Ok(n) if n == frame.len() => Ok(None),
+            Ok(n) => {
+                frame.drain(..n);
+                // Queued while still holding the lock, so nothing overtakes the rest.
+                self.outbox.try_send(frame)?;
+                Ok(None)
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => Ok(Some(frame)),
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, "write failed: {e}");
+                self.closed.store(true, Ordering::Release);
+                let _ = self.stream.shutdown(Shutdown::Both);
+                Err(SendError::Closed)
+            }
+        }
+    }
+}
+
 impl FrameSink for TcpSink {
     fn try_send(&mut self, frame: Vec<u8>) -> Result<(), SendError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(SendError::Closed);
         }
-        self.outbox.try_send(frame)
+        match self.write_now(frame)? {
+            None => Ok(()),
+            Some(rest) => self.outbox.try_send(rest),
+        }
     }
 
     fn close(&mut self) {
+        // Nothing more goes out; the writer sends what is queued, then closes.
+        self.closed.store(true, Ordering::Release);
         self.outbox.close();
     }
 
@@ -137,5 +185,34 @@ impl Drop for TcpSink {
     fn drop(&mut self) {
         // The writer finishes what is queued, then closes.
         self.outbox.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// Frames of many sizes, sent while the peer is not reading (so some go out
+    /// at once, some in part, the rest through the writer thread), arrive whole
+    /// and in order.
+    #[test]
+    fn frames_arrive_whole_and_in_order_whichever_path_they_take() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        let limits = ConnectionLimits { max_queued_bytes: 256 << 20, ..ConnectionLimits::default() };
+        let (mut sink, _reader) = open_tcp("test", client, &limits, None).unwrap();
+        let frames: Vec<Vec<u8>> = (0..200u32).map(|i| vec![i as u8; 16 + (i as usize * 7919) % (512 << 10)]).collect();
+        for f in &frames {
+            sink.try_send(f.clone()).unwrap();
+        }
+        sink.close();
+        peer.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).expect("everything, then the end");
+        assert_eq!(got, frames.concat());
     }
 }
