@@ -12,7 +12,7 @@ use std::net::{Shutdown, TcpStream};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{Coordinator, Proc, BIN};
+use common::{frame, read_one, Coordinator, Proc, BIN};
 use serde_json::Value;
 use shardflow_engine::protocol::{self, ErrorCode, Message, DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES, PROTOCOL_VERSION};
 
@@ -359,10 +359,6 @@ fn registration(resource_id: String) -> Message {
     })
 }
 
-fn frame(m: &Message) -> Vec<u8> {
-    protocol::encode(m).unwrap().to_vec()
-}
-
 #[test]
 fn bad_input_truncated_frame() {
     let c = cluster(&[], &[]);
@@ -420,15 +416,6 @@ fn bad_input_stale_fencing_token() {
     s.write_all(&frame(&Message::HeartbeatFromWorker(stale))).unwrap();
     let m = answer_then_closed(&c, s);
     assert_error(&m, ErrorCode::StaleToken);
-}
-
-fn read_one(s: &mut TcpStream) -> Message {
-    let mut head = [0u8; HEADER_BYTES];
-    s.read_exact(&mut head).unwrap();
-    let h = protocol::FrameHeader::parse(&head, DEFAULT_MAX_FRAME_BYTES).unwrap();
-    let mut body = vec![0u8; h.len];
-    s.read_exact(&mut body).unwrap();
-    protocol::decode(&[&head[..], &body].concat(), DEFAULT_MAX_FRAME_BYTES).unwrap().0
 }
 
 #[test]

@@ -6,27 +6,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::mpsc;
 
-use common::{worker, Coordinator, WAIT};
-use shardflow_engine::protocol::{self, ErrorCode, Message, DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES};
-
-fn frame(m: &Message) -> Vec<u8> {
-    protocol::encode(m).unwrap().into_vec()
-}
-
-/// Reads one frame, waiting at most [`WAIT`].
-fn read_one(s: &mut TcpStream) -> Message {
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    let mut head = [0u8; HEADER_BYTES];
-    s.read_exact(&mut head).expect("a frame within the timeout");
-    let h = protocol::FrameHeader::parse(&head, DEFAULT_MAX_FRAME_BYTES).unwrap();
-    let mut body = vec![0u8; h.len];
-    s.read_exact(&mut body).unwrap();
-    protocol::decode(&[&head[..], &body].concat(), DEFAULT_MAX_FRAME_BYTES).unwrap().0
-}
+use common::{frame, read_one, worker, Coordinator, WAIT};
+use shardflow_engine::protocol::{self, ErrorCode, Message};
 
 #[test]
 fn a_client_that_floods_requests_and_never_reads_is_dropped_and_delays_nobody() {

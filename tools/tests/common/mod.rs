@@ -4,12 +4,14 @@
 
 #![allow(dead_code, reason = "each test binary uses its own part of the helpers")]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpStream;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use shardflow_engine::protocol::{self, Message, DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES};
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_shardflow");
 /// Generous bound of every wait.
@@ -103,4 +105,20 @@ pub(crate) fn worker(addr: &str, id: &str, core: usize, slots: u32) -> Proc {
             .spawn()
             .expect("worker starts"),
     )
+}
+
+/// `m` as a frame's bytes.
+pub(crate) fn frame(m: &Message) -> Vec<u8> {
+    protocol::encode(m).unwrap().into_vec()
+}
+
+/// Reads one frame from `s`, waiting at most [`WAIT`].
+pub(crate) fn read_one(s: &mut TcpStream) -> Message {
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut head = [0u8; HEADER_BYTES];
+    s.read_exact(&mut head).expect("a frame within the timeout");
+    let h = protocol::FrameHeader::parse(&head, DEFAULT_MAX_FRAME_BYTES).unwrap();
+    let mut body = vec![0u8; h.len];
+    s.read_exact(&mut body).unwrap();
+    protocol::decode(&[&head[..], &body].concat(), DEFAULT_MAX_FRAME_BYTES).unwrap().0
 }
