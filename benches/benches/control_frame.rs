@@ -11,12 +11,13 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use rkyv::rancor::Error;
 use rkyv::util::AlignedVec;
 use shardflow_engine::protocol::{self, *};
+use shardflow_engine::Data;
 use shardflow_engine::{
     AllocationId, AttemptId, ExecutionVertexId, JobId, JobMasterId, OperatorSpec, PartitionerKind, ShardId, SlotId,
     VertexId, WorkerId,
 };
 
-/// A descriptor as a 4-way keyed job deploys it: a 3-operator chain, one input gate
+/// A descriptor as a 4-way keyed job deploys it: a typed job's vertex, one input gate
 /// and one output partition of 4 channels each.
 fn descriptor() -> TaskDeploymentDescriptor {
     let loc = |i: u32| ChannelLocation { peer_subtask: i, subpartition: i, worker: WorkerId(i % 2) };
@@ -29,11 +30,10 @@ fn descriptor() -> TaskDeploymentDescriptor {
         attempt: AttemptId { execution_vertex: ExecutionVertexId { vertex: VertexId(1), subtask: 3 }, attempt: 0 },
         vertex_name: "keyed-count".into(),
         parallelism: 4,
-        chain: vec![
-            OperatorSpec::new("keyed_count", Vec::new()),
-            OperatorSpec::new("map.add", b"add=1".to_vec()),
-            OperatorSpec::new("sink.count", Vec::new()),
-        ],
+        max_parallelism: 128,
+        chain: vec![OperatorSpec::new("job:keyed-sum", b"parallelism=4;records=100000000;vertex=1".to_vec())],
+        input_formats: vec![shardflow_engine::jobs::KeyValue::format()],
+        output_formats: vec![shardflow_engine::jobs::KeyValue::format()],
         inputs: vec![GateDeployment { edge: 0, producers: (0..4).map(loc).collect() }],
         outputs: vec![PartitionDeployment {
             edge: 1,

@@ -1,86 +1,125 @@
-//! Record encoding: isolates writing records into segments and reading them back in
-//! place — fixed-size plain-data records copied once through the partition writer's
-//! hash routing, versus variable-size records archived with rkyv and read with
-//! checked access.
+//! Record encoding through a result partition: fixed-size plain data copied once
+//! and read in place as a slice, versus variable-size records archived with rkyv
+//! (a struct with a string, and bare words) and read in place with checked
+//! access — the engine's two encodings, as a task writes and reads them.
 
 #![allow(missing_docs)]
 
 use std::rc::Rc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use futures_lite::future::block_on;
-use rkyv::{Archive, Serialize};
 use shardflow_benches::exchange_records;
-use shardflow_engine::Record;
-use shardflow_memory::SegmentPoolBuilder;
-use shardflow_netstack::{
-    channel, rkyv_records, CreditLedger, GateItem, InputGate, PartitionWriter, Partitioner, RkyvWriter,
-};
+use shardflow_engine::data::{Buffer, ResultPartition};
+use shardflow_engine::{key_hash, Data};
+use shardflow_memory::{SegmentPool, SegmentPoolBuilder};
+use shardflow_netstack::{channel, CreditLedger, GateItem, InputGate};
 
-#[derive(Archive, Serialize)]
+#[derive(Clone, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct Event {
     user: u64,
     page: String,
     millis: u64,
 }
+shardflow_engine::rkyv_data!(Event);
 
-fn pod_hash_partitioned(c: &mut Criterion) {
-    let records = exchange_records(64 * 1024);
-    let pool = Rc::new(SegmentPoolBuilder::new(0, 256).build().expect("pool"));
+/// Writes `records` hash-routed into a partition of two subpartitions, then
+/// reads every buffer back, calling `read` on each.
+fn through_partition<T: Data>(
+    pool: &Rc<SegmentPool>,
+    records: &[T],
+    key: impl Fn(&T::Borrowed) -> u64,
+    mut read: impl FnMut(&Buffer),
+) {
+    let ledgers: Vec<CreditLedger> = (0..2).map(|_| CreditLedger::new(1, 512, 0)).collect();
+    let (txs, rxs): (Vec<_>, Vec<_>) =
+        ledgers.iter().map(|l| channel(l.initial_credits(), l.max_in_flight_per_channel(), 2)).unzip();
+    let mut partition = ResultPartition::new(pool.clone(), txs, 512);
+    for r in records {
+        let b = std::borrow::Borrow::borrow(r);
+        T::write(b, &mut partition, (key_hash(&key(b)) & 1) as usize).expect("write");
+    }
+    partition.finish().expect("finish");
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    assert!(partition.poll_ready(&mut cx).is_ready(), "credits cover the bench's buffers");
+    for (rx, l) in rxs.into_iter().zip(ledgers) {
+        let mut gate = InputGate::new(vec![rx], l);
+        while let Some((_, item)) = gate.try_next().expect("gate") {
+            if let GateItem::Data(buf) = item {
+                read(&buf);
+            }
+        }
+    }
+}
+
+fn record_encoding(c: &mut Criterion) {
+    let pool = Rc::new(SegmentPoolBuilder::new(0, 1024).build().expect("pool"));
     let mut g = c.benchmark_group("record_encoding");
+
+    let records = exchange_records(64 * 1024);
     g.throughput(Throughput::Elements(records.len() as u64));
-    g.bench_function("pod_24b_hash_to_2_subpartitions_and_read", |b| {
+    g.bench_function("pod_16b_write_route_read_slice", |b| {
         b.iter(|| {
-            let ledgers: Vec<CreditLedger> = (0..2).map(|_| CreditLedger::new(1, 64, 0)).collect();
-            let (txs, rxs): (Vec<_>, Vec<_>) =
-                ledgers.iter().map(|l| channel(l.initial_credits(), l.max_in_flight_per_channel(), 2)).unzip();
-            let mut w = PartitionWriter::<Record>::new(pool.clone(), txs, Partitioner::Hash).expect("writer");
-            let mut gates: Vec<InputGate> =
-                rxs.into_iter().zip(ledgers).map(|(rx, l)| InputGate::new(vec![rx], l)).collect();
-            block_on(async {
-                w.emit(&records).await.expect("emit");
-                w.finish().await.expect("finish");
-                let mut sum = 0u64;
-                for g in &mut gates {
-                    while let Some((_, item)) = g.try_next().expect("gate") {
-                        if let GateItem::Data(buf) = item {
-                            sum = buf
-                                .pod::<Record>()
-                                .expect("pod buffer")
-                                .iter()
-                                .fold(sum, |s, r| s.wrapping_add(r.value));
-                        }
-                    }
-                }
-                std::hint::black_box(sum)
-            })
+            let mut sum = 0u64;
+            through_partition(
+                &pool,
+                &records,
+                |r| r.key,
+                |buf| {
+                    let slice = <shardflow_engine::jobs::KeyValue as Data>::slice(buf).expect("pod").unwrap_or(&[]);
+                    sum = slice.iter().fold(sum, |s, r| s.wrapping_add(r.value));
+                },
+            );
+            std::hint::black_box(sum)
         })
     });
+
     let events: Vec<Event> =
-        (0..4096u64).map(|i| Event { user: i, page: format!("/article/{}", i % 97), millis: i * 3 }).collect();
+        (0..16 * 1024u64).map(|i| Event { user: i, page: format!("/article/{}", i % 97), millis: i * 3 }).collect();
     g.throughput(Throughput::Elements(events.len() as u64));
-    g.bench_function("rkyv_event_archive_and_checked_read", |b| {
+    g.bench_function("rkyv_event_write_route_checked_read", |b| {
         b.iter(|| {
-            let mut total = 0u64;
-            let mut w = RkyvWriter::<Event>::new(pool.allocate().expect("segment"));
-            let mut flush = |w: RkyvWriter<Event>| {
-                let buf = w.finish().expect("fits");
-                for e in rkyv_records::<ArchivedEvent>(&buf) {
-                    total = total.wrapping_add(e.expect("valid").user.to_native());
-                }
-            };
-            for e in &events {
-                if !w.try_push(e).expect("fits a segment") {
-                    flush(std::mem::replace(&mut w, RkyvWriter::new(pool.allocate().expect("segment"))));
-                    assert!(w.try_push(e).expect("fits"));
-                }
-            }
-            flush(w);
-            std::hint::black_box(total)
+            let mut sum = 0u64;
+            through_partition(
+                &pool,
+                &events,
+                |e| e.user,
+                |buf| {
+                    let mut cursor = 0;
+                    Event::each(buf, &mut cursor, &mut |e| {
+                        sum = sum.wrapping_add(e.millis);
+                        true
+                    })
+                    .expect("valid");
+                },
+            );
+            std::hint::black_box(sum)
+        })
+    });
+
+    let words: Vec<String> = (0..64 * 1024u64).map(|i| format!("w{}", i % 100_000)).collect();
+    g.throughput(Throughput::Elements(words.len() as u64));
+    g.bench_function("rkyv_word_write_route_checked_read_in_place", |b| {
+        b.iter(|| {
+            let mut bytes = 0usize;
+            through_partition(
+                &pool,
+                &words,
+                |w| w.len() as u64,
+                |buf| {
+                    let mut cursor = 0;
+                    String::each(buf, &mut cursor, &mut |w: &str| {
+                        bytes += w.len();
+                        true
+                    })
+                    .expect("valid");
+                },
+            );
+            std::hint::black_box(bytes)
         })
     });
     g.finish();
 }
 
-criterion_group!(benches, pod_hash_partitioned);
+criterion_group!(benches, record_encoding);
 criterion_main!(benches);

@@ -3,7 +3,7 @@
 
 #![forbid(unsafe_code)]
 
-use shardflow_engine::Record;
+use shardflow_engine::jobs::{KeyValue, GOLDEN};
 
 /// A tiny deterministic generator (splitmix64): same seed, same sequence, on every
 /// machine.
@@ -32,11 +32,11 @@ impl SplitMix {
 }
 
 /// P1's records: (r·GOLDEN, r) for r in `0..n`.
-pub fn exchange_records(n: u64) -> Vec<Record> {
-    (0..n).map(|r| Record::new(r.wrapping_mul(shardflow_engine::ops::GOLDEN), r)).collect()
+pub fn exchange_records(n: u64) -> Vec<KeyValue> {
+    (0..n).map(|r| KeyValue { key: r.wrapping_mul(GOLDEN), value: r }).collect()
 }
 
 /// P2's records: ((r·2654435761) mod 100 000, 1) for r in `0..n`.
-pub fn keyed_records(n: u64) -> Vec<Record> {
-    (0..n).map(|r| Record::new(r.wrapping_mul(2_654_435_761) % 100_000, 1)).collect()
+pub fn keyed_records(n: u64) -> Vec<KeyValue> {
+    (0..n).map(|r| KeyValue { key: r.wrapping_mul(2_654_435_761) % 100_000, value: 1 }).collect()
 }

@@ -6,17 +6,8 @@ use std::time::Duration;
 use shardflow_memory::{DEFAULT_SEGMENT_BYTES, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES};
 
 use crate::error::EngineError;
-use crate::registry::OperatorRegistry;
-
-/// What an idle shard does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum IdlePolicy {
-    /// Sleep in the kernel until an event or timer (no CPU while idle). Default.
-    #[default]
-    Park,
-    /// Busy-poll: lowest latency, one full core per shard.
-    Spin,
-}
+use crate::registry::JobCatalog;
+pub use crate::runtime::IdlePolicy;
 
 /// Which cores run shards.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -128,25 +119,27 @@ impl Default for EngineConfig {
 #[derive(Debug, Clone)]
 pub struct EngineBuilder {
     config: EngineConfig,
-    registry: OperatorRegistry,
+    jobs: JobCatalog,
 }
 
 impl Default for EngineBuilder {
     fn default() -> Self {
-        EngineBuilder { config: EngineConfig::default(), registry: OperatorRegistry::with_builtins() }
+        EngineBuilder { config: EngineConfig::default(), jobs: JobCatalog::new() }
     }
 }
 
 impl EngineBuilder {
-    /// Defaults everywhere, with the built-in operators registered.
+    /// Defaults everywhere, no named jobs.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Adds operators to the engine's registry (every job can name them).
+    /// The named jobs this process can run when a graph names them (a cluster's
+    /// coordinator and workers need the jobs submitted to them; an embedded
+    /// engine runs the jobs it is handed and needs none).
     #[must_use]
-    pub fn register(mut self, f: impl FnOnce(&mut OperatorRegistry)) -> Self {
-        f(&mut self.registry);
+    pub fn jobs(mut self, catalog: &JobCatalog) -> Self {
+        self.jobs.merge(catalog);
         self
     }
 
@@ -287,8 +280,8 @@ impl EngineBuilder {
         Ok(c)
     }
 
-    /// The checked configuration and the registry.
-    pub(crate) fn into_parts(self) -> Result<(EngineConfig, OperatorRegistry), EngineError> {
-        Ok((self.config()?, self.registry))
+    /// The checked configuration and the named jobs.
+    pub(crate) fn into_parts(self) -> Result<(EngineConfig, JobCatalog), EngineError> {
+        Ok((self.config()?, self.jobs))
     }
 }

@@ -1,8 +1,8 @@
 //! The embedded engine: the cluster's coordinator and one worker owning a shard per
 //! chosen core, in the caller's process, joined by in-process connections that
-//! carry the same frames as TCP. A job's own operators and collectors are added to
-//! the process's live registry under names unique to the submission, so its graph
-//! travels in frames like any other.
+//! carry the same frames as TCP. A job's typed plan is added to the process's
+//! live registry under a name unique to the submission, so its graph travels in
+//! frames like any other and its vertices resolve to the plan.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -10,19 +10,19 @@ use std::time::{Duration, Instant};
 
 use shardflow_control::protocol::ErrorCode;
 use shardflow_control::{
-    CoordinatorConfig, ExecutionVertexId, JobId, JobStatus, PlacementStrategy, RestartStrategy, SlotAssignment,
-    SubtaskPlacement, VertexId,
+    validate_job, CoordinatorConfig, ExecutionVertexId, JobId, JobStatus, PlacementStrategy, RestartStrategy,
+    SlotAssignment, SubtaskPlacement, VertexId,
 };
 use shardflow_memory::PoolMonitor;
 
+use crate::api::Job;
 use crate::cluster::{CoordinatorServer, JobBoard, ServerOptions, Worker, WorkerOptions};
 use crate::config::{EngineBuilder, EngineConfig};
 use crate::error::EngineError;
-use crate::job::{Job, JobHandle, JobResult};
-use crate::ops;
-use crate::record::OpConfig;
-use crate::registry::catalog::check_job;
-use crate::registry::{LiveRegistry, OperatorRegistry};
+use crate::job::{JobHandle, JobResult};
+use crate::params::Params;
+use crate::registry::catalog::RegistryCatalog;
+use crate::registry::{stamp, JobCatalog, LiveRegistry};
 use crate::shared::{EngineInner, SubmissionNames};
 
 /// A shard as the engine reports it.
@@ -74,7 +74,7 @@ impl Engine {
         EngineBuilder::new()
     }
 
-    pub(crate) fn start(config: EngineConfig, registry: OperatorRegistry) -> Result<Self, EngineError> {
+    pub(crate) fn start(config: EngineConfig, registry: JobCatalog) -> Result<Self, EngineError> {
         let live = Arc::new(LiveRegistry::new(registry));
         let coordinator = CoordinatorConfig {
             heartbeat_timeout: EMBEDDED_HEARTBEAT_TIMEOUT,
@@ -110,45 +110,19 @@ impl Engine {
     /// operator configuration and too few slots are refused here, before anything
     /// runs; a task that does not fit its shard's network memory fails the job.
     pub fn submit_with(&self, job: Job, strategy: PlacementStrategy) -> Result<JobHandle, EngineError> {
-        let Job { mut graph, resources, registry: own } = job;
-        let (base, _) = self.inner.live().snapshot();
-        let merged = if own.is_empty() {
-            base
-        } else {
-            let mut r = (*base).clone();
-            r.merge(&own);
-            Arc::new(r)
-        };
-        check_job(&graph, &merged, &resources)?;
-
-        // The job's own operators and collectors, under names unique to this submission.
-        let n = self.inner.next_submission();
-        let tag = |name: &str| format!("{name}@{n}");
-        let own_names: Vec<String> = own.names().map(str::to_string).collect();
-        let collectors: Vec<String> = resources.collector_names().map(str::to_string).collect();
-        for op in graph.vertices.iter_mut().flat_map(|v| v.chain.iter_mut()) {
-            if own_names.contains(&op.name) {
-                op.name = tag(&op.name);
-            } else if op.name == "sink.collect" {
-                let cfg = OpConfig::parse(&op.name, &op.config)?;
-                if let Some(c) = cfg.get("collector").filter(|c| collectors.iter().any(|x| x == c)) {
-                    *op = ops::collect_sink_as(&tag(c), c);
-                }
-            }
+        let mut job = job;
+        // The job's plan, under a name unique to this submission.
+        let tag = format!("{}@{}", job.graph.name, self.inner.next_submission());
+        stamp(&mut job, &tag, &Params::new());
+        let strategy = self.with_hints(&job, strategy);
+        let job = Arc::new(job);
+        self.inner.live().add(&tag, job.clone());
+        let names = SubmissionNames { jobs: vec![tag] };
+        if let Err(e) = validate_job(&job.graph, &RegistryCatalog::new(self.inner.live_arc())) {
+            self.inner.forget(&names);
+            return Err(e.into());
         }
-        let names = SubmissionNames {
-            operators: own_names.iter().map(|o| tag(o)).collect(),
-            collectors: collectors.iter().map(|c| tag(c)).collect(),
-        };
-        self.inner.live().update(|registry, live_resources| {
-            registry.merge_renamed(&own, tag);
-            for c in &collectors {
-                if let Some(tx) = resources.collector(c) {
-                    live_resources.add_collector(&tag(c), tx.clone());
-                }
-            }
-        });
-
+        let graph = job.graph.clone();
         let submitted_at = Instant::now();
         let vertex_names: Vec<String> = graph.vertices.iter().map(|v| v.name.clone()).collect();
         let name = graph.name.clone();
@@ -193,6 +167,23 @@ impl Engine {
     /// Submits `job` and waits for its result.
     pub fn run(&self, job: Job) -> Result<JobResult, EngineError> {
         self.submit(job)?.wait()
+    }
+
+    /// `strategy`, or where the job has placement hints and `strategy` is the
+    /// default, an explicit map: hinted vertices on their cores, the others on
+    /// every shard's.
+    fn with_hints(&self, job: &Job, strategy: PlacementStrategy) -> PlacementStrategy {
+        if job.hints.is_empty() || strategy != PlacementStrategy::Spread {
+            return strategy;
+        }
+        let all: Vec<usize> = self.shards.iter().map(|s| s.core).collect();
+        let map = job
+            .graph
+            .vertices
+            .iter()
+            .map(|v| (v.name.clone(), job.hints.get(&v.name).cloned().unwrap_or_else(|| all.clone())))
+            .collect();
+        PlacementStrategy::Explicit(map)
     }
 
     /// The shards and their cores.

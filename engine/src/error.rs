@@ -141,6 +141,16 @@ pub enum EngineError {
     /// A frame could not be decoded.
     #[error(transparent)]
     Frame(#[from] FrameError),
+    /// A deployment does not fit the job's plan (a bug, or two builds that
+    /// disagree about the job).
+    #[error("invalid deployment: {reason}")]
+    InvalidDeployment {
+        /// What does not fit.
+        reason: String,
+    },
+    /// A dataflow that cannot be built.
+    #[error(transparent)]
+    Dataflow(#[from] DataflowError),
     /// A named job does not exist or got a bad parameter.
     #[error("job '{job}': {reason}")]
     NamedJob {
@@ -163,4 +173,65 @@ pub enum OperatorError {
     /// The operator's memory exceeds its slot's managed memory budget.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+}
+
+/// A dataflow that cannot be built, each naming the operator at fault.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum DataflowError {
+    /// Nothing consumes the job's results.
+    #[error("dataflow '{job}' has no sink, so its results would go nowhere: end a stream with count(), collect(), egress(), for_each(), latency() or discard()")]
+    NoSink {
+        /// The job.
+        job: String,
+    },
+    /// A stream was created and never used.
+    #[error("the output of '{operator}' is never consumed: end it with a sink or remove it")]
+    Unconsumed {
+        /// The operator whose output nobody reads.
+        operator: String,
+    },
+    /// Two operators share a name (names identify state in snapshots).
+    #[error("two operators are named '{name}': operator names identify state in snapshots and must be unique")]
+    DuplicateName {
+        /// The name.
+        name: String,
+    },
+    /// A parallelism of 0.
+    #[error("'{operator}': parallelism must be at least 1")]
+    ZeroParallelism {
+        /// The operator.
+        operator: String,
+    },
+    /// The parallelism of an operator whose output is already used elsewhere.
+    #[error("'{operator}': set its parallelism before anything consumes its output")]
+    ParallelismAfterUse {
+        /// The operator.
+        operator: String,
+    },
+    /// The parallelism of an ingress (fixed with its queues).
+    #[error("'{operator}': an ingress's parallelism is fixed when it is created (Dataflow::ingress_with)")]
+    FixedParallelism {
+        /// The operator.
+        operator: String,
+    },
+    /// A forward edge between vertices of different parallelism.
+    #[error(
+        "'{from}' ({upstream} subtasks) -> '{to}' ({downstream}): forward() needs equal parallelism; use rebalance()"
+    )]
+    ForwardMismatch {
+        /// The upstream vertex.
+        from: String,
+        /// Its parallelism.
+        upstream: u32,
+        /// The downstream vertex.
+        to: String,
+        /// Its parallelism.
+        downstream: u32,
+    },
+    /// Streams of two different dataflows were combined.
+    #[error("'{operator}': its inputs come from different dataflows")]
+    ForeignStream {
+        /// The operator.
+        operator: String,
+    },
 }

@@ -1,185 +1,17 @@
-//! Jobs as users build, submit and read them: a fluent builder over the JobGraph,
-//! collect handles, job handles and results.
+//! Jobs as users submit and read them: a built job, job handles and results.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
 use hdrhistogram::Histogram;
 use shardflow_control::protocol::{ErrorCode, JobDetails, WaitCondition};
-use shardflow_control::{
-    JobGraph, JobId, JobStatus, JobVertex, OperatorSpec, PartitionerKind, SlotAssignment, VertexId,
-};
+use shardflow_control::{JobId, JobStatus, SlotAssignment};
 
 use crate::error::EngineError;
-use crate::operator::SinkOutput;
-use crate::ops;
-use crate::record::Record;
-use crate::registry::{JobResources, OperatorRegistry};
+use crate::runtime::collector::SinkOutput;
+use crate::runtime::state::JobSnapshot;
 use crate::shared::{EngineInner, SubmissionNames};
-
-/// A job ready to submit: its graph, the resources its operators use (collectors)
-/// and any operators registered just for it.
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub(crate) graph: JobGraph,
-    pub(crate) resources: JobResources,
-    pub(crate) registry: OperatorRegistry,
-}
-
-impl Job {
-    /// A job from a hand-built graph whose operators are all in the engine's registry.
-    pub fn from_graph(graph: JobGraph) -> Self {
-        Job { graph, resources: JobResources::default(), registry: OperatorRegistry::empty() }
-    }
-
-    /// The job graph.
-    pub fn graph(&self) -> &JobGraph {
-        &self.graph
-    }
-}
-
-/// Receives the records of a `sink.collect` operator while and after the job runs.
-#[derive(Debug, Clone)]
-pub struct CollectHandle {
-    name: String,
-    tx: Sender<Vec<Record>>,
-    rx: Receiver<Vec<Record>>,
-}
-
-impl CollectHandle {
-    /// A new collector called `name` (unique within its job).
-    pub fn new(name: &str) -> Self {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        CollectHandle { name: name.to_string(), tx, rx }
-    }
-
-    /// Every record received so far, in arrival order per subtask.
-    pub fn drain(&self) -> Vec<Record> {
-        self.rx.try_iter().flatten().collect()
-    }
-
-    /// The next batch, waiting up to `timeout`.
-    pub fn recv_timeout(&self, timeout: Duration) -> Option<Vec<Record>> {
-        self.rx.recv_timeout(timeout).ok()
-    }
-}
-
-/// Builds a job as a pipeline: each call acts on the current vertex, either chaining
-/// an operator into it or starting a new vertex connected by a partitioner.
-///
-/// ```
-/// use shardflow_engine::{ops, JobBuilder, PartitionerKind};
-///
-/// let job = JobBuilder::new("exchange")
-///     .source("source", ops::generator(1000, ops::KeyGen::Golden, ops::ValueGen::Index), 2)
-///     .connect(PartitionerKind::Hash, "sink", 2)
-///     .then(ops::count_sink())
-///     .build();
-/// assert_eq!(job.graph().vertices.len(), 2);
-/// ```
-#[derive(Debug)]
-pub struct JobBuilder {
-    job: Job,
-    current: Option<VertexId>,
-}
-
-impl JobBuilder {
-    /// An empty job called `name`.
-    pub fn new(name: &str) -> Self {
-        JobBuilder { job: Job::from_graph(JobGraph::new(name)), current: None }
-    }
-
-    /// Starts a source vertex `name` with `parallelism` subtasks.
-    #[must_use]
-    pub fn source(mut self, name: &str, source: OperatorSpec, parallelism: u32) -> Self {
-        let v = self.job.graph.add_vertex(JobVertex {
-            name: name.to_string(),
-            chain: vec![source],
-            parallelism,
-            slot_sharing_group: "default".into(),
-        });
-        self.current = Some(v);
-        self
-    }
-
-    /// Chains `op` into the current vertex (direct calls, no buffer in between).
-    #[must_use]
-    pub fn then(mut self, op: OperatorSpec) -> Self {
-        if let Some(v) = self.current {
-            self.job.graph.vertices[v.0 as usize].chain.push(op);
-        }
-        self
-    }
-
-    /// Starts vertex `name` with `parallelism` subtasks, fed from the current vertex
-    /// through `partitioner`. Its chain starts with the next [`JobBuilder::then`].
-    #[must_use]
-    pub fn connect(mut self, partitioner: PartitionerKind, name: &str, parallelism: u32) -> Self {
-        let group = self
-            .current
-            .map(|v| self.job.graph.vertices[v.0 as usize].slot_sharing_group.clone())
-            .unwrap_or_else(|| "default".into());
-        let v = self.job.graph.add_vertex(JobVertex {
-            name: name.to_string(),
-            chain: Vec::new(),
-            parallelism,
-            slot_sharing_group: group,
-        });
-        if let Some(from) = self.current {
-            self.job.graph.connect(from, v, partitioner);
-        }
-        self.current = Some(v);
-        self
-    }
-
-    /// Puts the current vertex in slot-sharing group `group`.
-    #[must_use]
-    pub fn slot_sharing_group(mut self, group: &str) -> Self {
-        if let Some(v) = self.current {
-            self.job.graph.vertices[v.0 as usize].slot_sharing_group = group.to_string();
-        }
-        self
-    }
-
-    /// Chains a record-to-record function, registered for this job as `name`.
-    #[must_use]
-    pub fn map(mut self, name: &str, f: impl Fn(Record) -> Record + Clone + Send + Sync + 'static) -> Self {
-        self.job.registry.register_map(name, f);
-        self.then(OperatorSpec::new(name, Vec::new()))
-    }
-
-    /// Chains a predicate, registered for this job as `name`.
-    #[must_use]
-    pub fn filter(mut self, name: &str, f: impl Fn(&Record) -> bool + Clone + Send + Sync + 'static) -> Self {
-        self.job.registry.register_filter(name, f);
-        self.then(OperatorSpec::new(name, Vec::new()))
-    }
-
-    /// Chains a one-to-many function, registered for this job as `name`.
-    #[must_use]
-    pub fn flat_map(
-        mut self,
-        name: &str,
-        f: impl Fn(&Record, &mut Vec<Record>) + Clone + Send + Sync + 'static,
-    ) -> Self {
-        self.job.registry.register_flat_map(name, f);
-        self.then(OperatorSpec::new(name, Vec::new()))
-    }
-
-    /// Chains a collect sink feeding `handle`.
-    #[must_use]
-    pub fn collect(mut self, handle: &CollectHandle) -> Self {
-        self.job.resources.add_collector(&handle.name, handle.tx.clone());
-        self.then(ops::collect_sink(&handle.name))
-    }
-
-    /// The job.
-    pub fn build(self) -> Job {
-        self.job
-    }
-}
 
 /// What one subtask reported when it finished.
 #[derive(Debug, Clone, PartialEq)]
@@ -213,6 +45,9 @@ pub struct JobResult {
     pub submitted_at: Instant,
     /// When its last subtask finished.
     pub finished_at: Instant,
+    /// The operators' state at the end of input, for a job that stopped with a
+    /// snapshot ([`crate::Dataflow::stop_with_snapshot`]).
+    pub snapshot: Option<JobSnapshot>,
 }
 
 impl JobResult {
@@ -341,6 +176,13 @@ impl JobHandle {
     ) -> Result<JobResult, EngineError> {
         match details.status {
             JobStatus::Finished => Ok(JobResult {
+                snapshot: outputs.values().any(|o| !o.snapshot.is_empty()).then(|| {
+                    let mut s = JobSnapshot::default();
+                    for part in outputs.values().flat_map(|o| o.snapshot.iter()) {
+                        s.add(part.clone());
+                    }
+                    s
+                }),
                 job_id: self.id,
                 name: self.name.clone(),
                 status: details.status,

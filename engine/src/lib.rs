@@ -1,24 +1,25 @@
-//! The shardflow engine: shards, the task runtime, operators and the embedded
-//! engine (coordinator and one worker in the caller's process).
+//! The shardflow engine: shards, the typed task runtime and the embedded engine
+//! (coordinator and one worker in the caller's process).
 //!
-//! An [`Engine`] runs one shard per chosen core: a glommio executor pinned to that
-//! core, owning a segment pool and the tasks deployed into its slots. It is a
-//! one-worker cluster in the caller's process: the coordinator state machine of
-//! `shardflow-control` and a [`cluster::Worker`] owning the shards, joined by
-//! in-process connections that carry the same frames as TCP. A [`Job`] (built with
-//! [`JobBuilder`] or from a raw [`JobGraph`]) names its operators by registered name
-//! plus config bytes; the engine checks it, the coordinator validates and places
-//! every subtask in a slot ([`PlacementStrategy`]) and sends one deployment
-//! descriptor per subtask; the worker reserves network memory, wires the channels
-//! and deploys to the shards. Each task pulls buffers from its input gate, runs
-//! records through its chain of operators by direct calls, and writes the result
-//! into its partitions. Sinks hand their results back in the [`JobResult`].
+//! A [`Dataflow`] builds a job over streams of the user's own record types
+//! ([`Data`]: plain fixed-size data copied once and read in place, or rkyv
+//! archives read with checked access): sources, transforms, keyed state in key
+//! groups, two-input operators and sinks. An [`Engine`] runs one shard per
+//! chosen core: a glommio executor pinned to that core, owning a segment pool and
+//! the tasks deployed into its slots. It is a one-worker cluster in the caller's
+//! process: the coordinator state machine of `shardflow-control` and a
+//! [`cluster::Worker`] owning the shards, joined by in-process connections that
+//! carry the same frames as TCP. The coordinator validates the job's graph
+//! (every edge carries its record format), places every subtask in a slot
+//! ([`PlacementStrategy`]) and sends one deployment descriptor per subtask; the
+//! worker reserves network memory, wires the channels and deploys to the shards,
+//! where each task builds its typed operator chain and runs it in a mailbox loop.
 //!
 //! ```text
-//!  submit(Job) ─► check ─► SubmitJob ─► coordinator: validate ─► place ─► RequestSlot, DeployTask
-//!                                                                                │
-//!        shard 0 (core a)                      shard 1 (core b)     worker: reserve, wire
-//!   source[0] ─► chain ─► partition ─┬─local──► gate ─► chain ─► sink[0]        ▼
+//!  Dataflow::build ─► Job (graph + typed plan) ─► submit ─► coordinator: validate ─► place ─► DeployTask
+//!                                                                                       │
+//!        shard 0 (core a)                              shard 1 (core b)        worker: reserve, wire
+//!   source[0] ─► chain ─► partition ─┬─local──► gate ─► chain ─► sink[0]               ▼
 //!                                    └─SPSC ring (credits)──────► gate ─► sink[1] …
 //!   task states (UpdateTaskExecutionState) ─► coordinator ─► JobHandle::wait (WaitJob)
 //! ```
@@ -29,53 +30,69 @@
 //! a FAILED subtask with its cause, never a hang.
 //!
 //! ```no_run
-//! use shardflow_engine::{ops, Engine, JobBuilder, PartitionerKind};
+//! use shardflow_engine::{Dataflow, Emitter, Engine};
 //!
 //! let engine = Engine::builder().shards(2).build()?;
-//! let job = JobBuilder::new("exchange")
-//!     .source("source", ops::generator(1_000_000, ops::KeyGen::Golden, ops::ValueGen::Index), 2)
-//!     .connect(PartitionerKind::Hash, "sink", 2)
-//!     .then(ops::count_sink())
-//!     .build();
-//! let result = engine.run(job)?;
-//! assert_eq!(result.count().0, 1_000_000);
-//! println!("{}", result.placement);
+//! let df = Dataflow::new("wordcount").parallelism(2);
+//! let counts = df
+//!     .from_iter("lines", vec!["a rose is a rose".to_string()])
+//!     .flat_map(|line: &str, out: &mut Emitter<'_, String>| line.split(' ').for_each(|w| out.emit_ref(w)))
+//!     .key_by_ref::<String, _>(|w: &str| w)
+//!     .count_final()
+//!     .collect();
+//! let result = engine.run(df.build()?)?;
+//! println!("{:?} in {:?}\n{}", counts.take(), result.duration(), result.placement);
 //! # Ok::<(), shardflow_engine::EngineError>(())
 //! ```
 
 #![forbid(unsafe_code)]
 
 // The import graph runs one way, bottom to top (`tests/layers.rs` checks it):
-// error, record → operator → registry → ops → config → task, mailbox → shard →
-// cluster → shared (the engine's inner state) → job → engine → jobs (the named
-// benchmark jobs).
+// error, params, data → runtime → api (the typed dataflow API and the built
+// job) → registry → config → mailbox → shard → cluster → shared (the engine's
+// inner state) → job (handles and results) → engine → jobs (the named benchmark
+// jobs).
+mod api;
 pub mod cluster;
 mod config;
+#[doc(hidden)]
+pub mod data;
 mod engine;
 mod error;
 mod job;
 pub mod jobs;
 mod mailbox;
-mod operator;
-pub mod ops;
-mod record;
+mod params;
 mod registry;
+mod runtime;
 mod shard;
 mod shared;
-mod task;
 
+pub use api::{
+    ConnectedStreams, Dataflow, Job, KeyedConnectedStreams, KeyedStream, Sink, Stream, DEFAULT_MAX_PARALLELISM,
+};
 pub use config::{online_cores, Cores, EngineBuilder, EngineConfig, IdlePolicy};
+pub use data::{key_hash, Data, Key};
 pub use engine::{Engine, PoolUsage, ShardInfo};
-pub use error::{EngineError, OperatorError};
-pub use job::{CollectHandle, Job, JobBuilder, JobHandle, JobResult, SubtaskReport};
-pub use operator::{ChainHead, Operator, SinkOutput, SourceOperator, SourceStatus, TaskInfo};
-pub use record::{OpConfig, Record};
-pub use registry::{JobResources, OperatorRegistry};
+pub use error::{DataflowError, EngineError, OperatorError};
+pub use job::{JobHandle, JobResult, SubtaskReport};
+pub use params::Params;
+pub use registry::{JobCatalog, JobParams};
+pub use runtime::collector::{Emitter, SinkOutput, TaskInfo};
+pub use runtime::keyed::{
+    Aggregator, Count, KeyedCoProcessFunction, KeyedContext, KeyedProcessFunction, ListState, MapState, Reduce,
+    ReducingState, StateDeclarations, ValueState,
+};
+pub use runtime::ops::{ListStateHandle, OperatorContext, ProcessFunction};
+pub use runtime::output::{KeyBy, KeyByRef, KeySelector};
+pub use runtime::sinks::{CollectHandle, EgressHandle};
+pub use runtime::sources::{IngressHandle, PushError, Source, SourceOutput, SourceStatus, SOURCE_BATCH};
+pub use runtime::state::{key_group_range, subtask_of_key_group, JobSnapshot, OperatorSnapshot};
 pub use shardflow_control::{protocol, CoordinatorConfig, ResourceManagerId, RestartStrategy};
 pub use shardflow_control::{AllocationId, AttemptId, ExecutionVertexId, JobMasterId, ShardId, SlotId, WorkerId};
 pub use shardflow_control::{
     ControlError, ExecutionState, JobGraph, JobId, JobStatus, JobVertex, OperatorSpec, PartitionerKind,
-    PlacementStrategy, SlotAssignment, VertexId,
+    PlacementStrategy, RecordEncoding, RecordFormat, SlotAssignment, VertexId,
 };
 pub use shardflow_netstack::fmix64;
 
@@ -92,8 +109,10 @@ mod auto_traits {
         is_send::<JobHandle>();
         is_send::<Job>();
         is_send::<JobResult>();
-        is_send::<CollectHandle>();
-        is_sync::<OperatorRegistry>();
+        is_send::<CollectHandle<String>>();
+        is_send::<IngressHandle<String>>();
+        is_send::<EgressHandle<String>>();
+        is_sync::<JobCatalog>();
         is_send::<EngineBuilder>();
     }
 }

@@ -23,7 +23,7 @@ use shardflow_memory::{Budget, BudgetKind, PoolMonitor, SegmentPool, SegmentPool
 use crate::config::{EngineConfig, IdlePolicy};
 use crate::error::EngineError;
 use crate::mailbox::{mailbox, Mailbox, MailboxSender};
-use crate::task::{run_task, TaskDeployment, TaskFailure, TaskOutput};
+use crate::runtime::task::{run_task, TaskDeployment, TaskFailure, TaskOutput};
 
 /// Commands a shard executes.
 pub(crate) enum ShardCommand {

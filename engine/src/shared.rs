@@ -35,6 +35,11 @@ impl EngineInner {
         &self.live
     }
 
+    /// The process's live registry, shared.
+    pub(crate) fn live_arc(&self) -> Arc<LiveRegistry> {
+        self.live.clone()
+    }
+
     /// A number unique to each submission of this engine, from 1.
     pub(crate) fn next_submission(&self) -> u64 {
         self.submissions.fetch_add(1, Ordering::Relaxed) + 1
@@ -64,19 +69,11 @@ impl EngineInner {
         self.stopping.load(Ordering::Acquire)
     }
 
-    /// Forgets the operators and collectors a submission added.
+    /// Forgets the jobs a submission added.
     pub(crate) fn forget(&self, names: &SubmissionNames) {
-        if names.operators.is_empty() && names.collectors.is_empty() {
-            return;
+        for n in &names.jobs {
+            self.live.remove(n);
         }
-        self.live.update(|registry, resources| {
-            for n in &names.operators {
-                registry.remove(n);
-            }
-            for c in &names.collectors {
-                resources.remove_collector(c);
-            }
-        });
     }
 }
 
@@ -89,6 +86,5 @@ impl std::fmt::Debug for EngineInner {
 /// The live-registry names one submission added.
 #[derive(Debug, Default)]
 pub(crate) struct SubmissionNames {
-    pub(crate) operators: Vec<String>,
-    pub(crate) collectors: Vec<String>,
+    pub(crate) jobs: Vec<String>,
 }

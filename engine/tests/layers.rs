@@ -7,12 +7,12 @@ use std::path::Path;
 /// Layer of each top-level module, bottom first.
 const LAYERS: &[(&str, u32)] = &[
     ("error", 0),
-    ("record", 1),
-    ("operator", 2),
-    ("registry", 3),
-    ("ops", 4),
+    ("params", 1),
+    ("data", 1),
+    ("runtime", 2),
+    ("api", 3),
+    ("registry", 4),
     ("config", 5),
-    ("task", 6),
     ("mailbox", 6),
     ("shard", 7),
     ("cluster", 8),

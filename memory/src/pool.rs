@@ -239,6 +239,24 @@ impl Segment {
         self.home.segment_bytes
     }
 
+    /// Writes `value` at byte `offset` if it fits (one bounds check); `false` and
+    /// nothing written if it does not. `offset` must be a multiple of `T`'s
+    /// alignment (segments are page-aligned, so any multiple of `size_of::<T>()`
+    /// is); a misaligned one writes nothing and returns `false`.
+    #[inline(always)]
+    pub fn write_pod<T: bytemuck::Pod>(&mut self, offset: usize, value: &T) -> bool {
+        let size = std::mem::size_of::<T>();
+        if offset > self.home.segment_bytes.saturating_sub(size) || offset % std::mem::align_of::<T>() != 0 {
+            return false;
+        }
+        // SAFETY: `offset + size <= segment_bytes` (checked above), so the write stays
+        // inside this segment's exclusive range (`&mut self`); the address is aligned
+        // for `T` (page-aligned base, `offset` a multiple of its alignment), and
+        // `T: Pod` has no invalid bit patterns or drop glue.
+        unsafe { self.ptr.as_ptr().add(offset).cast::<T>().write(*value) };
+        true
+    }
+
     /// The shard whose pool this segment belongs to.
     pub fn home_shard(&self) -> u32 {
         self.home.shard

@@ -97,13 +97,45 @@ impl ChannelSender {
         NetError::ConsumerGone { subpartition: self.subpartition }
     }
 
-    fn push(&self, envelope: Envelope) -> Result<(), NetError> {
+    /// Puts `envelope` on the ring: a data buffer after [`Self::poll_credit`] took
+    /// a credit for it, an event after [`Self::poll_event_room`] reserved room.
+    /// After end of partition the sender side is closed.
+    pub fn push(&self, envelope: Envelope) -> Result<(), NetError> {
+        let end = matches!(envelope, Envelope::Event(Event::EndOfPartition));
         self.shared
             .ring
             .push(envelope)
             .map_err(|_| NetError::RingOverflow { capacity: self.shared.ring.capacity() })?;
+        if end {
+            self.shared.sender_closed.store(true, Ordering::Release);
+        }
         self.shared.consumer.wake();
         Ok(())
+    }
+
+    /// Sends `buffer` now if a credit is free; hands it back if not (or if the
+    /// receiver is gone). Announces no backlog: [`Self::poll_credit`] does.
+    #[inline]
+    pub fn try_send_data(&self, buffer: Buffer) -> Result<(), Buffer> {
+        let s = &*self.shared;
+        if s.receiver_closed.load(Ordering::Acquire) || s.credits.load(Ordering::Acquire) == 0 {
+            return Err(buffer);
+        }
+        match s.ring.push(Envelope::Data(buffer)) {
+            Ok(()) => {
+                // Only this side decrements, so a positive load stays positive.
+                s.credits.fetch_sub(1, Ordering::AcqRel);
+                if s.backlog.load(Ordering::Relaxed) != 0 {
+                    s.backlog.store(0, Ordering::Release);
+                }
+                s.consumer.wake();
+                Ok(())
+            }
+            // A full ring despite a credit is a flow-control bug: the buffer waits,
+            // and the next `push` reports it as a typed error.
+            Err(Envelope::Data(buffer)) => Err(buffer),
+            Err(Envelope::Event(_)) => Ok(()),
+        }
     }
 
     /// Sends a data buffer as soon as a credit allows. On error the buffer is dropped
@@ -117,8 +149,9 @@ impl ChannelSender {
         self.push(Envelope::Data(buffer))
     }
 
-    /// Waits for one data credit and takes it.
-    fn poll_credit(&self, cx: &mut Context<'_>) -> Poll<Result<(), NetError>> {
+    /// Waits for one data credit and takes it; the data buffer it is for must then
+    /// be [`Self::push`]ed. While waiting, the sender announces a backlog.
+    pub fn poll_credit(&self, cx: &mut Context<'_>) -> Poll<Result<(), NetError>> {
         let s = &*self.shared;
         for attempt in 0..2 {
             if s.receiver_closed.load(Ordering::Acquire) {
@@ -148,29 +181,27 @@ impl ChannelSender {
     /// # Cancel safety
     /// Cancel-safe: nothing is sent unless the future completes.
     pub async fn send_event(&self, event: Event) -> Result<(), NetError> {
-        poll_fn(|cx| {
-            let s = &*self.shared;
-            for attempt in 0..2 {
-                if s.receiver_closed.load(Ordering::Acquire) {
-                    return Poll::Ready(Err(self.closed_error()));
-                }
-                if s.events_in_flight.load(Ordering::Acquire) < s.event_room {
-                    s.events_in_flight.fetch_add(1, Ordering::AcqRel);
-                    return Poll::Ready(Ok(()));
-                }
-                if attempt == 0 {
-                    s.producer.register(cx.waker());
-                }
+        poll_fn(|cx| self.poll_event_room(cx)).await?;
+        self.push(Envelope::Event(event))
+    }
+
+    /// Waits for a slot of the event room and reserves it; the event must then be
+    /// [`Self::push`]ed.
+    pub fn poll_event_room(&self, cx: &mut Context<'_>) -> Poll<Result<(), NetError>> {
+        let s = &*self.shared;
+        for attempt in 0..2 {
+            if s.receiver_closed.load(Ordering::Acquire) {
+                return Poll::Ready(Err(self.closed_error()));
             }
-            self.pending(cx)
-        })
-        .await?;
-        let end = event == Event::EndOfPartition;
-        self.push(Envelope::Event(event))?;
-        if end {
-            self.shared.sender_closed.store(true, Ordering::Release);
+            if s.events_in_flight.load(Ordering::Acquire) < s.event_room {
+                s.events_in_flight.fetch_add(1, Ordering::AcqRel);
+                return Poll::Ready(Ok(()));
+            }
+            if attempt == 0 {
+                s.producer.register(cx.waker());
+            }
         }
-        Ok(())
+        self.pending(cx)
     }
 
     /// Unused credits right now.

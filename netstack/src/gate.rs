@@ -141,7 +141,9 @@ impl InputGate {
         Ok(self.scan()?.flatten())
     }
 
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<(usize, GateItem)>, NetError>> {
+    /// The next item, or `Pending` with the waker registered on every live
+    /// channel; `Ok(None)` once every channel has ended.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<(usize, GateItem)>, NetError>> {
         if let Some(item) = self.scan()? {
             return Poll::Ready(Ok(item));
         }

@@ -1,23 +1,26 @@
 //! The data plane of shardflow: result partitions, input gates, credit-based channels
-//! and record encoding into memory segments.
+//! and record framing in memory segments.
 //!
-//! A producer subtask writes records through a [`PartitionWriter`], which routes each
-//! record with a [`Partitioner`] to one subpartition and copies it once into that
+//! A producer subtask writes records through a [`ResultPartition`] into the
+//! subpartition its caller routed each record to, copying it once into that
 //! subpartition's current segment. A full buffer leaves against a credit over a
-//! [`channel`]; the consumer subtask's [`InputGate`] reads its channels, hands out
+//! [`channel`], or waits in the partition's queue: writing never blocks, and the
+//! task awaits [`ResultPartition::poll_ready`] between records once the partition is
+//! overdrawn. The consumer subtask's [`InputGate`] reads its channels, hands out
 //! buffers read in place, and returns each credit when the buffer is dropped.
 //!
 //! ```text
-//!  producer shard                                   consumer shard
-//!  records ─► PartitionWriter ─► subpartition k ─► channel k ─► InputGate ─► task
-//!               (route, copy once)   (segment)    (ring, credits)  (read in place)
+//!  producer shard                                     consumer shard
+//!  records ─► ResultPartition ─► subpartition k ─► channel k ─► InputGate ─► task
+//!               (copy once)      (segment; queue)  (ring, credits)  (read in place)
 //!                    ▲                                                   │
 //!                    └─────────── credit back when the buffer drops ◄────┘
 //! ```
 //!
 //! Invariants:
 //! - a data buffer is sent only against a credit: memory in flight per channel is at
-//!   most `exclusive + floating` segments (see [`CreditLedger`]);
+//!   most `exclusive + floating` segments (see [`CreditLedger`]); what waits beyond
+//!   that is bounded by the partition's overdraft, checked between records;
 //! - events ([`Event`]) need no credit and have reserved ring room: data never starves
 //!   a barrier; they stay in order with the data of their channel;
 //! - the consumer is woken at most once per buffer, and only if it parked.
@@ -26,19 +29,22 @@
 //! inside glommio shards and in plain tests:
 //!
 //! ```
+//! use std::future::poll_fn;
 //! use std::rc::Rc;
 //! use futures_lite::future::block_on;
 //! use shardflow_memory::SegmentPoolBuilder;
-//! use shardflow_netstack::{channel, CreditLedger, GateItem, InputGate, PartitionWriter, Partitioner};
+//! use shardflow_netstack::{channel, CreditLedger, GateItem, InputGate, ResultPartition};
 //!
 //! let pool = Rc::new(SegmentPoolBuilder::new(0, 8).segment_bytes(4096).build()?);
 //! let ledger = CreditLedger::new(1, 2, 1);
 //! let (tx, rx) = channel(ledger.initial_credits(), ledger.max_in_flight_per_channel(), 2);
-//! let mut out = PartitionWriter::<[u64; 2]>::new(pool, vec![tx], Partitioner::Forward)?;
+//! let mut out = ResultPartition::new(pool, vec![tx], 2);
 //! let mut gate = InputGate::new(vec![rx], ledger);
 //! block_on(async {
-//!     out.emit(&[[1, 10], [2, 20]]).await?;
-//!     out.finish().await?;
+//!     out.write_pod(0, &[1u64, 10])?;
+//!     out.write_pod(0, &[2u64, 20])?;
+//!     out.finish()?;
+//!     poll_fn(|cx| out.poll_ready(cx)).await?;
 //!     let mut sum = 0;
 //!     while let Some((_channel, item)) = gate.next().await? {
 //!         if let GateItem::Data(buf) = item {
@@ -60,7 +66,6 @@ mod error;
 mod event;
 mod gate;
 mod partition;
-mod record;
 mod sync;
 
 pub use buffer::Buffer;
@@ -69,5 +74,4 @@ pub use credit::{CreditLedger, Recycle};
 pub use error::NetError;
 pub use event::{CheckpointBarrier, Event};
 pub use gate::{GateItem, InputBuffer, InputGate};
-pub use partition::{fmix64, hash_route, Keyed, PartitionWriter, Partitioner};
-pub use record::{rkyv_records, RkyvRecords, RkyvWriter};
+pub use partition::{fmix64, ResultPartition, VarRecords, VAR_HEADER};

@@ -1,47 +1,34 @@
-//! The producer side: a result partition writer routes records to subpartitions,
-//! copies each once into the subpartition's current segment and sends full buffers
-//! against credits.
+//! The producer side: a result partition writes records into the current segment
+//! of the subpartition its caller picked, and sends full buffers against credits.
+//!
+//! Writing never waits. A full buffer goes out at once if its channel has a
+//! credit; otherwise it joins the subpartition's queue of pending envelopes
+//! (data and events, in order). The task that owns the partition asks
+//! [`ResultPartition::overdrawn`] between records and, once the queues hold more
+//! than the partition's overdraft, stops taking input and awaits
+//! [`ResultPartition::poll_ready`], which sends what credits allow: a
+//! back-pressured task waits between records, never inside one, and can serve
+//! its control lane meanwhile.
+//!
+//! Two encodings, both copied once into the segment and read in place:
+//! fixed-size plain data ([`ResultPartition::write_pod`]: records packed back to
+//! back) and variable-size records ([`ResultPartition::write_var`]: each framed as
+//! `[len: u32][pad to align][bytes][pad to 4]`, read with [`VarRecords`]).
 
+use std::collections::VecDeque;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
-use shardflow_memory::{SegmentPool, SegmentWriter};
+use shardflow_memory::{Segment, SegmentPool};
 
 use crate::buffer::Buffer;
-use crate::channel::ChannelSender;
+use crate::channel::{ChannelSender, Envelope};
 use crate::error::NetError;
 use crate::event::Event;
 
-/// A record that carries its partitioning key (read on every routed record, so it
-/// is a trait to be inlined, not a function pointer).
-pub trait Keyed {
-    /// The key hash partitioning routes on.
-    fn key(&self) -> u64;
-}
-
-/// Arrays of `u64` are keyed by their first element.
-impl<const N: usize> Keyed for [u64; N] {
-    #[inline(always)]
-    fn key(&self) -> u64 {
-        self[0]
-    }
-}
-
-/// How a record picks its subpartition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Partitioner {
-    /// Subtask i → subtask i (one subpartition).
-    Forward,
-    /// By [`fmix64`] of the record's key.
-    Hash,
-    /// Round robin, record by record.
-    Rebalance,
-    /// Every record to every subpartition.
-    Broadcast,
-}
-
-/// murmur3's 64-bit finalizer: the routing hash (never route on raw key bits).
+/// murmur3's 64-bit finalizer: the routing hash mix (never route on raw key bits).
 #[inline(always)]
 pub fn fmix64(mut k: u64) -> u64 {
     k ^= k >> 33;
@@ -52,55 +39,76 @@ pub fn fmix64(mut k: u64) -> u64 {
     k
 }
 
-/// Subpartition of `key` among `n`: the hash scaled to `0..n` (no division).
+/// Bytes of the length prefix of a variable-size record.
+pub const VAR_HEADER: usize = 4;
+
 #[inline(always)]
-pub fn hash_route(key: u64, n: usize) -> usize {
-    ((u128::from(fmix64(key)) * n as u128) >> 64) as usize
+fn align_up(x: usize, align: usize) -> usize {
+    (x + align - 1) & !(align - 1)
 }
 
-struct Subpartition<T: Pod> {
+/// One subpartition: its channel, the segment being filled, and what waits to go.
+struct Subpartition {
     sender: ChannelSender,
-    writer: Option<SegmentWriter<T>>,
+    segment: Option<Segment>,
+    /// Bytes written into `segment`.
+    pos: usize,
+    /// Records written into `segment`.
+    records: usize,
+    /// Full buffers and events not sent yet, in order.
+    pending: VecDeque<Envelope>,
 }
 
-/// Writes records of type `T` into the subpartitions of one result partition.
-/// `!Send`: it lives on the producer's shard, next to the pool it draws from.
-pub struct PartitionWriter<T: Pod + Keyed> {
+/// Writes records into the subpartitions of one result partition (one per
+/// consumer subtask of an edge). `!Send`: it lives on the producer's shard, next to
+/// the pool it draws from.
+pub struct ResultPartition {
     pool: Rc<SegmentPool>,
-    subs: Vec<Subpartition<T>>,
-    partitioner: Partitioner,
-    next_rr: usize,
+    subs: Vec<Subpartition>,
+    segment_bytes: usize,
+    /// Data buffers pending over all subpartitions.
+    pending_buffers: usize,
+    /// Pending buffers beyond which the partition is overdrawn.
+    overdraft: usize,
+    /// Subpartitions with something pending (so `poll_ready` visits only those).
+    waiting: Vec<usize>,
     flush_timeout: Option<Duration>,
     oldest_unflushed: Option<Instant>,
     records_out: u64,
     buffers_out: u64,
+    finished: bool,
 }
 
-impl<T: Pod + Keyed> PartitionWriter<T> {
-    /// A writer over `senders` (one per subpartition, in subpartition order).
-    pub fn new(pool: Rc<SegmentPool>, senders: Vec<ChannelSender>, partitioner: Partitioner) -> Result<Self, NetError> {
-        let seg_bytes = pool.segment_bytes();
-        if std::mem::size_of::<T>() > seg_bytes {
-            return Err(NetError::RecordTooLarge { record_bytes: std::mem::size_of::<T>(), segment_bytes: seg_bytes });
-        }
-        let mut subs = Vec::with_capacity(senders.len());
-        for (i, mut sender) in senders.into_iter().enumerate() {
-            sender.set_subpartition(i);
-            subs.push(Subpartition { sender, writer: Some(SegmentWriter::new(pool.allocate()?)) });
-        }
-        Ok(PartitionWriter {
+impl ResultPartition {
+    /// A partition over `senders` (one per subpartition, in subpartition order)
+    /// that may hold up to `overdraft` buffers beyond what credits let out before
+    /// it is overdrawn (at least one).
+    pub fn new(pool: Rc<SegmentPool>, senders: Vec<ChannelSender>, overdraft: usize) -> Self {
+        let segment_bytes = pool.segment_bytes();
+        let subs = senders
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut sender)| {
+                sender.set_subpartition(i);
+                Subpartition { sender, segment: None, pos: 0, records: 0, pending: VecDeque::new() }
+            })
+            .collect();
+        ResultPartition {
             pool,
             subs,
-            partitioner,
-            next_rr: 0,
+            segment_bytes,
+            pending_buffers: 0,
+            overdraft: overdraft.max(1),
+            waiting: Vec::new(),
             flush_timeout: None,
             oldest_unflushed: None,
             records_out: 0,
             buffers_out: 0,
-        })
+            finished: false,
+        }
     }
 
-    /// A partial buffer older than `timeout` is sent by [`PartitionWriter::flush_if_due`].
+    /// A partial buffer older than `timeout` is sent by [`Self::flush_if_due`].
     /// Default: none (buffers leave when full, on flush or on an event).
     pub fn set_flush_timeout(&mut self, timeout: Option<Duration>) {
         self.flush_timeout = timeout;
@@ -115,11 +123,12 @@ impl<T: Pod + Keyed> PartitionWriter<T> {
     }
 
     /// Number of subpartitions.
+    #[inline]
     pub fn num_subpartitions(&self) -> usize {
         self.subs.len()
     }
 
-    /// Records written so far (a broadcast record counts once per subpartition).
+    /// Records written so far.
     pub fn records_out(&self) -> u64 {
         self.records_out
     }
@@ -129,196 +138,278 @@ impl<T: Pod + Keyed> PartitionWriter<T> {
         self.buffers_out
     }
 
-    /// Routes and copies `records` into subpartition buffers, sending every buffer
-    /// that fills up (waiting for credit when there is none: back-pressure).
-    pub async fn emit(&mut self, records: &[T]) -> Result<(), NetError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        // Every subpartition holds a writer from `new` until `finish`; one is
-        // missing after `finish` or a send that failed or was cancelled.
-        if self.subs.iter().any(|s| s.writer.is_none()) {
+    /// Whether more buffers wait than the overdraft allows: stop writing and await
+    /// [`Self::poll_ready`].
+    #[inline(always)]
+    pub fn overdrawn(&self) -> bool {
+        self.pending_buffers > self.overdraft
+    }
+
+    /// Whether nothing waits to be sent.
+    #[inline]
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    fn check_open(&self) -> Result<(), NetError> {
+        if self.finished {
             return Err(NetError::PartitionClosed);
         }
+        Ok(())
+    }
+
+    /// Copies `record` into subpartition `sp`.
+    #[inline(always)]
+    pub fn write_pod<T: Pod>(&mut self, sp: usize, record: &T) -> Result<(), NetError> {
+        let size = std::mem::size_of::<T>();
+        let sub = &mut self.subs[sp];
+        if let Some(seg) = sub.segment.as_mut() {
+            if seg.write_pod(sub.pos, record) {
+                sub.pos += size;
+                sub.records += 1;
+                self.records_out += 1;
+                return Ok(());
+            }
+        }
+        self.write_pod_slow(sp, record)
+    }
+
+    #[inline(never)]
+    fn write_pod_slow<T: Pod>(&mut self, sp: usize, record: &T) -> Result<(), NetError> {
+        self.check_open()?;
+        let size = std::mem::size_of::<T>();
+        if size > self.segment_bytes {
+            return Err(NetError::RecordTooLarge { record_bytes: size, segment_bytes: self.segment_bytes });
+        }
+        self.seal(sp);
+        self.start_segment(sp)?;
+        let sub = &mut self.subs[sp];
+        let written = sub.segment.as_mut().is_some_and(|seg| seg.write_pod(0, record));
+        debug_assert!(written, "a fresh segment takes one record");
+        sub.pos = size;
+        sub.records = 1;
+        self.records_out += 1;
+        Ok(())
+    }
+
+    /// Writes a variable-size record into subpartition `sp`: `encode` gets the
+    /// room left (starting `align`-aligned, `align` a power of two ≤ 4096) and
+    /// returns the bytes it wrote, or `None` if the record does not fit there; it
+    /// is then called again on a fresh segment. A record that does not fit an
+    /// empty segment is [`NetError::RecordTooLarge`].
+    pub fn write_var(
+        &mut self,
+        sp: usize,
+        align: usize,
+        mut encode: impl FnMut(&mut [u8]) -> Option<usize>,
+    ) -> Result<(), NetError> {
+        self.check_open()?;
+        let align = align.max(VAR_HEADER);
+        for fresh in [false, true] {
+            if fresh {
+                self.seal(sp);
+            }
+            if self.subs[sp].segment.is_none() {
+                self.start_segment(sp)?;
+            }
+            let sub = &mut self.subs[sp];
+            let Some(seg) = sub.segment.as_mut() else { continue };
+            let start = align_up(sub.pos + VAR_HEADER, align);
+            if start < seg.capacity_bytes() {
+                if let Some(len) = encode(&mut seg.as_bytes_mut()[start..]) {
+                    seg.as_bytes_mut()[sub.pos..sub.pos + VAR_HEADER].copy_from_slice(&(len as u32).to_le_bytes());
+                    sub.pos = align_up(start + len, VAR_HEADER);
+                    sub.records += 1;
+                    self.records_out += 1;
+                    return Ok(());
+                }
+            }
+            if sub.records == 0 {
+                break;
+            }
+        }
+        Err(NetError::RecordTooLarge { record_bytes: self.segment_bytes, segment_bytes: self.segment_bytes })
+    }
+
+    fn start_segment(&mut self, sp: usize) -> Result<(), NetError> {
+        let seg = self.pool.allocate()?;
+        let sub = &mut self.subs[sp];
+        sub.segment = Some(seg);
+        sub.pos = 0;
+        sub.records = 0;
         if self.flush_timeout.is_some() && self.oldest_unflushed.is_none() {
             self.oldest_unflushed = Some(Instant::now());
         }
-        let mut i = 0;
-        while i < records.len() {
-            let rest = &records[i..];
-            let (consumed, any_full) = match self.partitioner {
-                Partitioner::Forward => self.fill_forward(rest),
-                Partitioner::Hash => self.fill_hash(rest),
-                Partitioner::Rebalance => self.fill_rebalance(rest),
-                Partitioner::Broadcast => self.fill_broadcast(rest),
-            };
-            i += consumed;
-            if any_full {
-                self.send_full().await?;
-            }
-        }
         Ok(())
     }
 
-    #[inline]
-    fn fill_forward(&mut self, recs: &[T]) -> (usize, bool) {
-        let w = writer(&mut self.subs[0]);
-        let room = w.capacity() - w.len();
-        let n = room.min(recs.len());
-        for r in &recs[..n] {
-            w.push(*r);
-        }
-        self.records_out += n as u64;
-        (n, w.is_full())
-    }
-
-    #[inline]
-    fn fill_hash(&mut self, recs: &[T]) -> (usize, bool) {
-        let n = self.subs.len();
-        for (j, r) in recs.iter().enumerate() {
-            let w = writer(&mut self.subs[hash_route(r.key(), n)]);
-            w.push(*r);
-            if w.is_full() {
-                self.records_out += j as u64 + 1;
-                return (j + 1, true);
-            }
-        }
-        self.records_out += recs.len() as u64;
-        (recs.len(), false)
-    }
-
-    #[inline]
-    fn fill_rebalance(&mut self, recs: &[T]) -> (usize, bool) {
-        let n = self.subs.len();
-        for (j, r) in recs.iter().enumerate() {
-            let w = writer(&mut self.subs[self.next_rr]);
-            self.next_rr = if self.next_rr + 1 == n { 0 } else { self.next_rr + 1 };
-            w.push(*r);
-            if w.is_full() {
-                self.records_out += j as u64 + 1;
-                return (j + 1, true);
-            }
-        }
-        self.records_out += recs.len() as u64;
-        (recs.len(), false)
-    }
-
-    #[inline]
-    fn fill_broadcast(&mut self, recs: &[T]) -> (usize, bool) {
-        for (j, r) in recs.iter().enumerate() {
-            let mut full = false;
-            for sub in &mut self.subs {
-                let w = writer(sub);
-                w.push(*r);
-                full |= w.is_full();
-            }
-            self.records_out += self.subs.len() as u64;
-            if full {
-                return (j + 1, true);
-            }
-        }
-        (recs.len(), false)
-    }
-
-    async fn send_full(&mut self) -> Result<(), NetError> {
-        for sp in 0..self.subs.len() {
-            if writer(&mut self.subs[sp]).is_full() {
-                self.send_sub(sp).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends subpartition `sp`'s current buffer (if it holds anything) and starts a
-    /// fresh one.
-    async fn send_sub(&mut self, sp: usize) -> Result<(), NetError> {
+    /// Moves subpartition `sp`'s current buffer, if it holds records, to the
+    /// channel (a credit permitting and nothing queued before it) or its queue.
+    fn seal(&mut self, sp: usize) {
         let sub = &mut self.subs[sp];
-        let Some(w) = sub.writer.take() else {
-            return Ok(());
-        };
-        if w.is_empty() {
-            sub.writer = Some(w);
-            return Ok(());
+        if sub.records == 0 {
+            return;
         }
-        let (segment, records) = w.finish();
-        let buffer = Buffer::of_pod::<T>(segment, records)?;
-        sub.sender.send_data(buffer).await?;
+        let Some(seg) = sub.segment.take() else { return };
+        let (records, bytes) = (sub.records, sub.pos);
+        sub.records = 0;
+        sub.pos = 0;
+        let Ok(buffer) = Buffer::new(seg, records, bytes) else { return };
         self.buffers_out += 1;
-        sub.writer = Some(SegmentWriter::new(self.pool.allocate()?));
-        Ok(())
+        let buffer = if sub.pending.is_empty() {
+            match sub.sender.try_send_data(buffer) {
+                Ok(()) => return,
+                // No credit (or the consumer is gone: `poll_ready` reports it).
+                Err(buffer) => buffer,
+            }
+        } else {
+            buffer
+        };
+        self.queue(sp, Envelope::Data(buffer));
     }
 
-    /// Sends every partial buffer now (the task drained its input, or an event follows).
-    pub async fn flush(&mut self) -> Result<(), NetError> {
+    /// Sends every partial buffer now (the task drained its input, or an event
+    /// follows).
+    pub fn flush(&mut self) {
         for sp in 0..self.subs.len() {
-            self.send_sub(sp).await?;
+            self.seal(sp);
         }
         self.oldest_unflushed = None;
-        Ok(())
     }
 
     /// Flushes if the oldest unsent record has waited longer than the flush timeout.
-    pub async fn flush_if_due(&mut self, now: Instant) -> Result<(), NetError> {
+    pub fn flush_if_due(&mut self, now: Instant) {
         if let (Some(t), Some(since)) = (self.flush_timeout, self.oldest_unflushed) {
             if now.saturating_duration_since(since) >= t {
-                self.flush().await?;
+                self.flush();
             }
         }
-        Ok(())
     }
 
-    /// Flushes, then sends `event` on every subpartition, in band.
-    pub async fn broadcast_event(&mut self, event: Event) -> Result<(), NetError> {
-        self.flush().await?;
-        for sub in &self.subs {
-            sub.sender.send_event(event).await?;
+    /// Flushes, then queues `event` on every subpartition, in band after the data
+    /// before it. [`Self::poll_ready`] sends it.
+    pub fn broadcast_event(&mut self, event: Event) -> Result<(), NetError> {
+        self.check_open()?;
+        self.flush();
+        for sp in 0..self.subs.len() {
+            self.queue(sp, Envelope::Event(event));
+        }
+        if event == Event::EndOfPartition {
+            self.finished = true;
         }
         Ok(())
     }
 
-    /// Flushes, sends end of partition everywhere and returns the current segments.
-    pub async fn finish(&mut self) -> Result<(), NetError> {
-        self.broadcast_event(Event::EndOfPartition).await?;
-        for sub in &mut self.subs {
-            sub.writer = None;
+    /// Flushes and queues end of partition everywhere; await [`Self::poll_ready`]
+    /// to send it.
+    pub fn finish(&mut self) -> Result<(), NetError> {
+        self.broadcast_event(Event::EndOfPartition)
+    }
+
+    fn queue(&mut self, sp: usize, envelope: Envelope) {
+        let sub = &mut self.subs[sp];
+        if matches!(envelope, Envelope::Data(_)) {
+            self.pending_buffers += 1;
         }
-        Ok(())
+        if sub.pending.is_empty() {
+            self.waiting.push(sp);
+        }
+        sub.pending.push_back(envelope);
+    }
+
+    /// Sends what waits, as credits and event room allow: `Ready` once nothing
+    /// waits; an error if a consumer is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: nothing is lost if the future polling this is dropped; what
+    /// was not sent stays queued.
+    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), NetError>> {
+        let mut k = 0;
+        while k < self.waiting.len() {
+            let sp = self.waiting[k];
+            let sub = &mut self.subs[sp];
+            while let Some(front) = sub.pending.front() {
+                let is_data = matches!(front, Envelope::Data(_));
+                let room = if is_data { sub.sender.poll_credit(cx) } else { sub.sender.poll_event_room(cx) };
+                match room {
+                    Poll::Pending => break,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {}
+                }
+                let Some(envelope) = sub.pending.pop_front() else { break };
+                if is_data {
+                    self.pending_buffers -= 1;
+                }
+                sub.sender.push(envelope)?;
+            }
+            if sub.pending.is_empty() {
+                self.waiting.swap_remove(k);
+            } else {
+                k += 1;
+            }
+        }
+        if self.waiting.is_empty() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
     }
 }
 
-/// The current segment writer of an open subpartition.
-#[inline(always)]
-fn writer<T: Pod>(sub: &mut Subpartition<T>) -> &mut SegmentWriter<T> {
-    match sub.writer.as_mut() {
-        Some(w) => w,
-        // `emit` checks that every writer is present before filling.
-        None => unreachable!("emit checked that every subpartition has a writer"),
+/// The variable-size records of a buffer (written by
+/// [`ResultPartition::write_var`] with alignment `align`), as byte slices; a
+/// length that runs past the buffer ends the iteration with
+/// [`NetError::MalformedRecord`].
+pub struct VarRecords<'b> {
+    bytes: &'b [u8],
+    pos: usize,
+    align: usize,
+}
+
+impl<'b> VarRecords<'b> {
+    /// The records of `buffer`, framed with alignment `align`.
+    pub fn new(buffer: &'b Buffer, align: usize) -> Self {
+        VarRecords { bytes: buffer.as_bytes(), pos: 0, align: align.max(VAR_HEADER) }
+    }
+
+    /// The records from byte `pos` on (a position [`Self::position`] returned).
+    pub fn from_position(buffer: &'b Buffer, align: usize, pos: usize) -> Self {
+        VarRecords { bytes: buffer.as_bytes(), pos, align: align.max(VAR_HEADER) }
+    }
+
+    /// Where the next record starts.
+    pub fn position(&self) -> usize {
+        self.pos
     }
 }
 
-#[cfg(all(test, not(loom)))]
-mod tests {
-    use super::*;
+impl<'b> Iterator for VarRecords<'b> {
+    type Item = Result<&'b [u8], NetError>;
 
-    #[test]
-    fn emit_after_finish_is_a_typed_error() {
-        use futures_lite::future::block_on;
-        let pool = Rc::new(shardflow_memory::SegmentPoolBuilder::new(0, 4).segment_bytes(4096).build().unwrap());
-        let (tx, _rx) = crate::channel(2, 2, 2);
-        let mut w = PartitionWriter::<[u64; 2]>::new(pool, vec![tx], Partitioner::Forward).unwrap();
-        block_on(w.finish()).unwrap();
-        assert_eq!(block_on(w.emit(&[[1, 1]])), Err(NetError::PartitionClosed));
-    }
-
-    #[test]
-    fn hash_route_spreads_and_stays_in_range() {
-        let mut counts = [0usize; 3];
-        for k in 0..30_000u64 {
-            counts[hash_route(k, 3)] += 1;
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.pos >= self.bytes.len() {
+            return None;
         }
-        for c in counts {
-            assert!((9_000..11_000).contains(&c), "{counts:?}");
+        let at = self.pos;
+        let header = self.bytes.get(at..at + VAR_HEADER).and_then(|h| h.first_chunk::<VAR_HEADER>());
+        let start = align_up(at + VAR_HEADER, self.align);
+        let record = header
+            .map(|h| u32::from_le_bytes(*h) as usize)
+            .and_then(|len| start.checked_add(len).map(|end| (len, end)))
+            .and_then(|(len, end)| self.bytes.get(start..end).map(|b| (len, b)));
+        match record {
+            Some((len, bytes)) => {
+                self.pos = align_up(start + len, VAR_HEADER);
+                Some(Ok(bytes))
+            }
+            None => {
+                self.pos = self.bytes.len();
+                Some(Err(NetError::MalformedRecord {
+                    offset: at,
+                    reason: "a record's length runs past the buffer".into(),
+                }))
+            }
         }
-        assert_eq!(hash_route(u64::MAX, 1), 0);
     }
 }

@@ -1,25 +1,28 @@
-//! The partition writer and input gate together, through the public API: routing,
-//! flushing rules, in-band event order, floating credits.
+//! The result partition and input gate together, through the public API: records
+//! reach the subpartition their caller picked, flushing rules, in-band event order,
+//! the overdraft and readiness under back-pressure, floating credits, framing of
+//! variable-size records.
 
+use std::future::poll_fn;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_lite::future::block_on;
+use futures_lite::future::{block_on, poll_once};
 use shardflow_memory::{SegmentPool, SegmentPoolBuilder};
-use shardflow_netstack::{channel, hash_route, CreditLedger, Event, GateItem, InputGate, PartitionWriter, Partitioner};
+use shardflow_netstack::{channel, CreditLedger, Event, GateItem, InputGate, NetError, ResultPartition, VarRecords};
 
 fn pool(segments: usize) -> Rc<SegmentPool> {
     Rc::new(SegmentPoolBuilder::new(0, segments).segment_bytes(4096).build().expect("pool"))
 }
 
-/// One writer with `subs` subpartitions, each feeding its own single-channel gate.
+/// One partition with `subs` subpartitions, each feeding its own single-channel gate.
 fn wire(
     pool: &Rc<SegmentPool>,
     subs: usize,
-    partitioner: Partitioner,
     exclusive: u32,
     floating: u32,
-) -> (PartitionWriter<[u64; 2]>, Vec<InputGate>) {
+    overdraft: usize,
+) -> (ResultPartition, Vec<InputGate>) {
     let mut txs = Vec::new();
     let mut gates = Vec::new();
     for _ in 0..subs {
@@ -28,7 +31,7 @@ fn wire(
         txs.push(tx);
         gates.push(InputGate::new(vec![rx], ledger));
     }
-    (PartitionWriter::new(pool.clone(), txs, partitioner).expect("writer"), gates)
+    (ResultPartition::new(pool.clone(), txs, overdraft), gates)
 }
 
 /// Everything ready in a gate now: (records, events).
@@ -43,33 +46,39 @@ fn drain(gate: &mut InputGate) -> (Vec<[u64; 2]>, Vec<Event>) {
     (recs, events)
 }
 
+fn ready(w: &mut ResultPartition) -> Result<(), NetError> {
+    block_on(poll_fn(|cx| w.poll_ready(cx)))
+}
+
 #[test]
-fn hash_partitioning_routes_every_record_to_its_subpartition() {
+fn records_reach_the_subpartition_their_caller_picked() {
     let p = pool(64);
-    let (mut w, mut gates) = wire(&p, 3, Partitioner::Hash, 8, 0);
-    let records: Vec<[u64; 2]> = (0..1000u64).map(|i| [i * 7919, i]).collect();
-    block_on(async {
-        w.emit(&records).await.unwrap();
-        w.finish().await.unwrap();
-    });
-    let mut total = 0;
+    let (mut w, mut gates) = wire(&p, 3, 8, 0, 4);
+    for i in 0..1000u64 {
+        w.write_pod((i % 3) as usize, &[i, i]).unwrap();
+    }
+    w.finish().unwrap();
+    ready(&mut w).unwrap();
     for (sp, gate) in gates.iter_mut().enumerate() {
         let (recs, events) = drain(gate);
-        assert!(recs.iter().all(|r| hash_route(r[0], 3) == sp));
+        assert!(recs.iter().all(|r| r[0] % 3 == sp as u64));
+        assert_eq!(recs.len(), if sp == 0 { 334 } else { 333 });
         assert_eq!(events, vec![Event::EndOfPartition]);
-        total += recs.len();
     }
-    assert_eq!(total, 1000);
+    assert_eq!(w.records_out(), 1000);
+    assert_eq!(w.write_pod(0, &[1u64, 1]), Err(NetError::PartitionClosed), "finished: closed");
 }
 
 #[test]
 fn a_partial_buffer_waits_for_a_flush_and_an_event_flushes_first() {
     let p = pool(16);
-    let (mut w, mut gates) = wire(&p, 1, Partitioner::Forward, 4, 0);
-    block_on(w.emit(&[[1, 1], [2, 2]])).unwrap();
+    let (mut w, mut gates) = wire(&p, 1, 4, 0, 4);
+    w.write_pod(0, &[1u64, 1]).unwrap();
+    w.write_pod(0, &[2u64, 2]).unwrap();
     assert_eq!(drain(&mut gates[0]), (vec![], vec![]), "a partial buffer stays until flushed");
 
-    block_on(w.broadcast_event(Event::Watermark(42))).unwrap();
+    w.broadcast_event(Event::Watermark(42)).unwrap();
+    ready(&mut w).unwrap();
     let (recs, events) = drain(&mut gates[0]);
     assert_eq!(recs, vec![[1, 1], [2, 2]], "data before the event");
     assert_eq!(events, vec![Event::Watermark(42)]);
@@ -78,68 +87,123 @@ fn a_partial_buffer_waits_for_a_flush_and_an_event_flushes_first() {
 #[test]
 fn the_flush_timeout_sends_a_partial_buffer_once_due() {
     let p = pool(16);
-    let (mut w, mut gates) = wire(&p, 1, Partitioner::Forward, 4, 0);
+    let (mut w, mut gates) = wire(&p, 1, 4, 0, 4);
     w.set_flush_timeout(Some(Duration::from_secs(3600)));
-    block_on(w.emit(&[[7, 7]])).unwrap();
+    w.write_pod(0, &[7u64, 7]).unwrap();
     let now = Instant::now();
-    block_on(w.flush_if_due(now)).unwrap();
+    w.flush_if_due(now);
     assert!(drain(&mut gates[0]).0.is_empty(), "not due yet");
-    block_on(w.flush_if_due(now + Duration::from_secs(3601))).unwrap();
+    w.flush_if_due(now + Duration::from_secs(3601));
     assert_eq!(drain(&mut gates[0]).0, vec![[7, 7]], "sent once the timeout passed");
 }
 
 #[test]
-fn broadcast_copies_and_rebalance_alternates() {
-    let p = pool(64);
-    let (mut w, mut gates) = wire(&p, 2, Partitioner::Broadcast, 4, 0);
-    block_on(async {
-        w.emit(&[[1, 1], [2, 2], [3, 3]]).await.unwrap();
-        w.finish().await.unwrap();
-    });
-    for g in &mut gates {
-        assert_eq!(drain(g).0, vec![[1, 1], [2, 2], [3, 3]]);
+fn without_credit_writes_go_on_into_the_overdraft_and_readiness_waits_for_the_consumer() {
+    // 4 KiB segments of 16-byte records: 256 records per buffer. One exclusive
+    // credit, no floating ones, an overdraft of 2 buffers.
+    let p = pool(16);
+    let (mut w, mut gates) = wire(&p, 1, 1, 0, 2);
+    let mut i = 0u64;
+    while !w.overdrawn() {
+        w.write_pod(0, &[i, i]).unwrap();
+        i += 1;
     }
-    let (mut w, mut gates) = wire(&p, 2, Partitioner::Rebalance, 4, 0);
-    block_on(async {
-        w.emit(&[[1, 1], [2, 2], [3, 3], [4, 4]]).await.unwrap();
-        w.finish().await.unwrap();
-    });
-    assert_eq!(drain(&mut gates[0]).0, vec![[1, 1], [3, 3]]);
-    assert_eq!(drain(&mut gates[1]).0, vec![[2, 2], [4, 4]]);
+    // One buffer went out on the credit; three wait: one more than the overdraft.
+    assert_eq!(i, 256 * 4 + 1, "writing never waited");
+    assert!(block_on(poll_once(poll_fn(|cx| w.poll_ready(cx)))).is_none(), "not ready: no credit");
+    let mut got = Vec::new();
+    loop {
+        let (recs, _) = drain(&mut gates[0]);
+        got.extend(recs); // each buffer dropped here returns its credit
+        if let Some(r) = block_on(poll_once(poll_fn(|cx| w.poll_ready(cx)))) {
+            r.unwrap();
+            break;
+        }
+    }
+    assert!(!w.overdrawn());
+    w.finish().unwrap();
+    loop {
+        let (recs, events) = drain(&mut gates[0]);
+        got.extend(recs);
+        if events == vec![Event::EndOfPartition] {
+            break;
+        }
+        if let Some(r) = block_on(poll_once(poll_fn(|cx| w.poll_ready(cx)))) {
+            r.unwrap();
+        }
+    }
+    let want: Vec<[u64; 2]> = (0..i).map(|k| [k, k]).collect();
+    assert_eq!(got, want, "nothing lost, in order");
+    drop(w);
+    drop(gates);
+    assert_eq!(p.monitor().free_segments(), 16, "every segment came home");
 }
 
 #[test]
 fn floating_credits_let_a_backlogged_channel_send_beyond_its_exclusive_ones() {
-    // 4 KiB segments of 16-byte records: 256 records per buffer; 3 full buffers.
     let p = pool(32);
-    let ledger = CreditLedger::new(1, 1, 2);
-    let (tx, rx) = channel(ledger.initial_credits(), ledger.max_in_flight_per_channel(), 4);
-    let mut w = PartitionWriter::<[u64; 2]>::new(p.clone(), vec![tx], Partitioner::Forward).unwrap();
-    let mut gate = InputGate::new(vec![rx], ledger);
-    let records: Vec<[u64; 2]> = (0..256 * 3).map(|i| [i, i]).collect();
-    let mut emit = Box::pin(w.emit(&records));
+    let (mut w, mut gates) = wire(&p, 1, 1, 2, 8);
+    for i in 0..256 * 3 {
+        w.write_pod(0, &[i as u64, 0]).unwrap();
+    }
+    w.flush();
     // Hold every buffer received: no exclusive credit ever comes back, so only the
-    // gate's floating credits, granted on the sender's backlog announcements, can let
-    // the writer finish.
+    // gate's floating credits, granted on the sender's backlog announcements, can
+    // let the partition drain.
     let mut held = Vec::new();
     let mut done = false;
     for _ in 0..10 {
-        if block_on(futures_lite::future::poll_once(emit.as_mut())).is_some() {
+        if let Some(r) = block_on(poll_once(poll_fn(|cx| w.poll_ready(cx)))) {
+            r.unwrap();
             done = true;
             break;
         }
-        while let Some((_, GateItem::Data(buf))) = gate.try_next().unwrap() {
+        while let Some((_, GateItem::Data(buf))) = gates[0].try_next().unwrap() {
             held.push(buf);
         }
     }
-    assert!(done, "floating credits unblocked the writer");
-    drop(emit);
-    while let Some((_, GateItem::Data(buf))) = gate.try_next().unwrap() {
+    assert!(done, "floating credits drained the partition");
+    while let Some((_, GateItem::Data(buf))) = gates[0].try_next().unwrap() {
         held.push(buf);
     }
     assert_eq!(held.len(), 3, "three buffers in flight on a channel with one exclusive credit");
-    assert!(p.monitor().peak_in_use() <= 1 + 1 + 2, "one being filled plus exclusive plus floating");
     drop(held);
     drop(w);
     assert_eq!(p.monitor().free_segments(), 32);
+}
+
+#[test]
+fn variable_size_records_are_framed_aligned_and_a_too_large_one_is_typed() {
+    let p = pool(8);
+    let (mut w, mut gates) = wire(&p, 1, 8, 0, 4);
+    let words: Vec<String> = (0..500).map(|i| format!("word-{i}").repeat(1 + i % 5)).collect();
+    for word in &words {
+        w.write_var(0, 8, |room| {
+            let b = word.as_bytes();
+            (b.len() <= room.len()).then(|| {
+                room[..b.len()].copy_from_slice(b);
+                b.len()
+            })
+        })
+        .unwrap();
+    }
+    let big = vec![7u8; 5000];
+    let too_large = w.write_var(0, 8, |room| (big.len() <= room.len()).then_some(big.len()));
+    assert!(matches!(too_large, Err(NetError::RecordTooLarge { segment_bytes: 4096, .. })), "{too_large:?}");
+    w.finish().unwrap();
+    ready(&mut w).unwrap();
+    let mut got = Vec::new();
+    while let Some((_, item)) = gates[0].try_next().unwrap() {
+        if let GateItem::Data(buf) = item {
+            let mut n = 0;
+            for rec in VarRecords::new(&buf, 8) {
+                let bytes = rec.unwrap();
+                assert_eq!(bytes.as_ptr() as usize % 8, 0, "each record starts aligned");
+                got.push(String::from_utf8(bytes.to_vec()).unwrap());
+                n += 1;
+            }
+            assert_eq!(n, buf.records());
+        }
+    }
+    assert_eq!(got, words);
 }

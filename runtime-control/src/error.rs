@@ -16,6 +16,33 @@ pub enum ControlError {
         /// Vertex name.
         vertex: String,
     },
+    /// A vertex runs more subtasks than the job has key groups.
+    #[error("invalid job graph: vertex '{vertex}' has parallelism {parallelism}, above the job's maximum parallelism (key groups) of {max_parallelism}")]
+    ParallelismAboveMax {
+        /// Vertex name.
+        vertex: String,
+        /// Its parallelism.
+        parallelism: u32,
+        /// The job's key groups.
+        max_parallelism: u32,
+    },
+    /// The job's maximum parallelism is out of range.
+    #[error("invalid job graph: maximum parallelism {max_parallelism} is not within 1..=32768")]
+    InvalidMaxParallelism {
+        /// The value given.
+        max_parallelism: u32,
+    },
+    /// An edge's record format differs from what the process's operators read or
+    /// write (two builds disagree about a type).
+    #[error("invalid job graph: edge '{edge}' carries {submitted}, but this process's operators use {here}")]
+    FormatMismatch {
+        /// The edge, as "source -> target".
+        edge: String,
+        /// The format in the submitted graph.
+        submitted: String,
+        /// The format this process derives.
+        here: String,
+    },
     /// Two vertices share a name.
     #[error("invalid job graph: two vertices are named '{vertex}'")]
     DuplicateVertexName {

@@ -60,16 +60,66 @@ pub enum ResultPartitionType {
 pub enum PartitionerKind {
     /// Same subtask index (pointwise only).
     Forward,
-    /// By hash of the record key.
+    /// By the key group of the record's key (hash mod max parallelism), each
+    /// consumer owning a contiguous range of key groups.
     Hash,
     /// Round robin.
     Rebalance,
     /// To every consumer.
     Broadcast,
+    /// Chosen by a user function.
+    Custom,
+}
+
+/// How a record type is encoded in buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum RecordEncoding {
+    /// Fixed-size plain data, packed and read in place.
+    Pod {
+        /// Bytes per record.
+        size: u32,
+        /// Alignment.
+        align: u32,
+    },
+    /// rkyv archives, framed per record and read with checked access.
+    Rkyv {
+        /// Bytes of the archived root.
+        archived_size: u32,
+        /// Alignment of each archive in the buffer.
+        align: u32,
+    },
+}
+
+/// The record type an edge carries: its name and encoding. Two processes that
+/// disagree about an edge's format refuse the job.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct RecordFormat {
+    /// The Rust type's name.
+    pub type_name: String,
+    /// Its encoding.
+    pub encoding: RecordEncoding,
+}
+
+impl RecordFormat {
+    /// A format for edges whose records are not described (tests, tools).
+    pub fn untyped() -> Self {
+        RecordFormat { type_name: String::new(), encoding: RecordEncoding::Pod { size: 0, align: 1 } }
+    }
+}
+
+impl std::fmt::Display for RecordFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.encoding {
+            RecordEncoding::Pod { size, .. } => write!(f, "{} (plain data, {size} bytes)", self.type_name),
+            RecordEncoding::Rkyv { archived_size, .. } => {
+                write!(f, "{} (rkyv, archived root of {archived_size} bytes)", self.type_name)
+            }
+        }
+    }
 }
 
 /// An edge of the job graph.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct JobEdge {
     /// Producer vertex.
     pub source: VertexId,
@@ -81,10 +131,12 @@ pub struct JobEdge {
     pub partition_type: ResultPartitionType,
     /// Record routing.
     pub partitioner: PartitionerKind,
+    /// The records it carries.
+    pub format: RecordFormat,
 }
 
 /// A job: named vertices and the edges between them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct JobGraph {
     /// Job name, for people.
     pub name: String,
@@ -92,6 +144,26 @@ pub struct JobGraph {
     pub vertices: Vec<JobVertex>,
     /// Edges.
     pub edges: Vec<JobEdge>,
+    /// Key groups of the job's keyed state (Flink's maximum parallelism): no
+    /// vertex may run more subtasks. Default 128.
+    pub max_parallelism: u32,
+}
+
+/// The most key groups a job may have (Flink's bound too).
+pub const MAX_KEY_GROUPS: u32 = 32_768;
+
+/// The default number of key groups.
+pub const DEFAULT_MAX_PARALLELISM: u32 = 128;
+
+impl Default for JobGraph {
+    fn default() -> Self {
+        JobGraph {
+            name: String::new(),
+            vertices: Vec::new(),
+            edges: Vec::new(),
+            max_parallelism: DEFAULT_MAX_PARALLELISM,
+        }
+    }
 }
 
 impl JobGraph {
@@ -106,8 +178,15 @@ impl JobGraph {
         VertexId(self.vertices.len() as u32 - 1)
     }
 
-    /// Adds an edge; the distribution pattern follows from the partitioner.
-    pub fn connect(&mut self, source: VertexId, target: VertexId, partitioner: PartitionerKind) {
+    /// Adds an edge of records of `format`; the distribution pattern follows from
+    /// the partitioner.
+    pub fn connect_with(
+        &mut self,
+        source: VertexId,
+        target: VertexId,
+        partitioner: PartitionerKind,
+        format: RecordFormat,
+    ) {
         let distribution = match partitioner {
             PartitionerKind::Forward => DistributionPattern::Pointwise,
             _ => DistributionPattern::AllToAll,
@@ -118,7 +197,13 @@ impl JobGraph {
             distribution,
             partition_type: ResultPartitionType::Pipelined,
             partitioner,
+            format,
         });
+    }
+
+    /// Adds an edge whose record format is not described.
+    pub fn connect(&mut self, source: VertexId, target: VertexId, partitioner: PartitionerKind) {
+        self.connect_with(source, target, partitioner, RecordFormat::untyped());
     }
 
     /// The vertex `id`, if it exists.
@@ -142,6 +227,9 @@ impl JobGraph {
         if self.vertices.is_empty() {
             return Err(ControlError::EmptyGraph);
         }
+        if !(1..=MAX_KEY_GROUPS).contains(&self.max_parallelism) {
+            return Err(ControlError::InvalidMaxParallelism { max_parallelism: self.max_parallelism });
+        }
         let mut names = HashSet::new();
         for v in &self.vertices {
             if !names.insert(v.name.as_str()) {
@@ -149,6 +237,13 @@ impl JobGraph {
             }
             if v.parallelism == 0 {
                 return Err(ControlError::ZeroParallelism { vertex: v.name.clone() });
+            }
+            if v.parallelism > self.max_parallelism {
+                return Err(ControlError::ParallelismAboveMax {
+                    vertex: v.name.clone(),
+                    parallelism: v.parallelism,
+                    max_parallelism: self.max_parallelism,
+                });
             }
             if v.chain.is_empty() {
                 return Err(ControlError::EmptyChain { vertex: v.name.clone() });

@@ -68,7 +68,8 @@ pub use ids::{
     VertexId, WorkerId,
 };
 pub use job_graph::{
-    DistributionPattern, JobEdge, JobGraph, JobVertex, OperatorSpec, PartitionerKind, ResultPartitionType,
+    DistributionPattern, JobEdge, JobGraph, JobVertex, OperatorSpec, PartitionerKind, RecordEncoding, RecordFormat,
+    ResultPartitionType, DEFAULT_MAX_PARALLELISM, MAX_KEY_GROUPS,
 };
 pub use placement::{place, PlacementStrategy, SlotAssignment, SlotOffer, SubtaskPlacement};
 pub use restart::{parse_duration, RestartDecision, RestartStrategy, RestartTracker};

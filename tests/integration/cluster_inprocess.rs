@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use shardflow_engine::cluster::MiniCluster;
-use shardflow_engine::jobs::named_job;
+use shardflow_engine::jobs::{catalog, named_job};
 use shardflow_engine::protocol::{ErrorCode, WaitCondition};
 use shardflow_engine::{CoordinatorConfig, Cores, EngineError, ExecutionState, JobStatus};
 
@@ -22,7 +22,7 @@ fn cores() -> (usize, usize) {
 #[test]
 fn a_forward_job_runs_on_both_workers_and_finishes_with_the_right_sums() {
     let (c0, c1) = cores();
-    let cluster = MiniCluster::start(CoordinatorConfig::default(), vec![worker(c0), worker(c1)]).unwrap();
+    let cluster = MiniCluster::start(CoordinatorConfig::default(), &catalog(), vec![worker(c0), worker(c1)]).unwrap();
     let mut client = cluster.client();
     assert_eq!(client.wait_for_workers(2, TIMEOUT).unwrap().workers, 2);
     let n = 200_000u64;
@@ -51,7 +51,7 @@ fn a_forward_job_runs_on_both_workers_and_finishes_with_the_right_sums() {
 #[test]
 fn unknown_jobs_and_invalid_graphs_are_typed_errors() {
     let (c0, _) = cores();
-    let cluster = MiniCluster::start(CoordinatorConfig::default(), vec![worker(c0)]).unwrap();
+    let cluster = MiniCluster::start(CoordinatorConfig::default(), &catalog(), vec![worker(c0)]).unwrap();
     assert_eq!(cluster.client().wait_for_workers(1, TIMEOUT).unwrap().workers, 1);
     let err = cluster.client().cancel(shardflow_engine::JobId(999)).unwrap_err();
     assert!(matches!(err, EngineError::Remote { code: ErrorCode::UnknownJob, .. }), "{err}");
@@ -78,4 +78,24 @@ fn a_coordinator_that_never_answers_is_a_clear_error_not_a_hang() {
         other => panic!("expected a timeout, got {other:?}"),
     }
     drop(silent);
+}
+
+#[test]
+fn a_graph_whose_edge_format_differs_from_the_cluster_build_is_refused() {
+    let (c0, _) = cores();
+    let cluster = MiniCluster::start(CoordinatorConfig::default(), &catalog(), vec![worker(c0)]).unwrap();
+    assert_eq!(cluster.client().wait_for_workers(1, TIMEOUT).unwrap().workers, 1);
+    let params = BTreeMap::from([("records".to_string(), "1000".to_string())]);
+    let mut graph = named_job("exchange", &params, 1).unwrap().graph().clone();
+    // Another build of the job that disagrees about the record type.
+    graph.edges[0].format.type_name = "shardflow_engine::jobs::OldKeyValue".into();
+    let err = cluster.client().submit(graph, "", "").unwrap_err();
+    match err {
+        EngineError::Remote { code: ErrorCode::InvalidJob, message } => {
+            assert!(message.contains("OldKeyValue") && message.contains("KeyValue"), "{message}");
+        }
+        other => panic!("expected a typed refusal, got {other}"),
+    }
+    assert!(cluster.client().list().unwrap().is_empty(), "nothing runs");
+    cluster.shutdown();
 }

@@ -1,26 +1,35 @@
-//! Back-pressure: a deliberately slow sink throttles the source through credits, so
-//! network memory stays within what the deployment reserved, far below the pool,
-//! and no record is lost.
+//! Back-pressure: a deliberately slow consumer throttles its producers through
+//! credits (inside the job) and bounded queues (at its edges), so memory stays
+//! within what was reserved and no record is lost.
 
-use shardflow_engine::{ops, JobBuilder, PartitionerKind};
+use std::time::Duration;
+
+use shardflow_engine::jobs::{KeyValue, GOLDEN};
+use shardflow_engine::{Dataflow, PushError};
 
 use crate::common::{shard_count, small_engine, TIMEOUT};
+
+/// Burns `work` rounds of mixing on `x` (a slow operator).
+fn slow(x: u64, work: u64) -> u64 {
+    (0..work).fold(x, |x, _| std::hint::black_box(shardflow_engine::fmix64(x)))
+}
 
 #[test]
 fn slow_sink_bounds_memory_and_loses_nothing() {
     let (exclusive, floating) = (2u32, 2u32);
     let engine = small_engine().exclusive_credits(exclusive).floating_credits(floating).build().expect("engine starts");
     let p = shard_count() as u32;
-    // 300k records of 24 bytes = ~1760 buffers of 4 KiB: without flow control far more
-    // than the bound below would pile up in front of the slow sink.
+    // 300k records of 16 bytes = ~1170 buffers of 4 KiB: without flow control far
+    // more than the bound below would pile up in front of the slow sink.
     let n = 300_000u64;
-    let job = JobBuilder::new("slow-sink")
-        .source("source", ops::generator(n, ops::KeyGen::Golden, ops::ValueGen::Index), p)
-        .connect(PartitionerKind::Hash, "slow", p)
-        .then(ops::slow_sink(300))
-        .build();
+    let df = Dataflow::new("slow-sink").parallelism(p);
+    df.generate("source", n, |r| KeyValue { key: r.wrapping_mul(GOLDEN), value: r })
+        .key_by(|r: &KeyValue| r.key)
+        .as_stream()
+        .map(|r: &KeyValue| KeyValue { key: slow(r.key, 300), value: r.value })
+        .count_and_sum(|r: &KeyValue| r.value);
     engine.reset_memory_peaks();
-    let result = engine.submit(job).expect("submit").wait_timeout(TIMEOUT).expect("job finishes");
+    let result = engine.submit(df.build().unwrap()).expect("submit").wait_timeout(TIMEOUT).expect("job finishes");
 
     let (count, sum) = result.count();
     assert_eq!(count, n, "every record reaches the sink");
@@ -29,8 +38,9 @@ fn slow_sink_bounds_memory_and_loses_nothing() {
     assert_eq!(sent, n);
 
     // Per shard: one source subtask, p subpartitions, each holding one buffer being
-    // filled plus at most exclusive + floating in flight.
-    let bound = p as usize * (1 + exclusive + floating) as usize;
+    // filled plus at most exclusive + floating in flight, and the partition's
+    // overdraft of 4 buffers.
+    let bound = p as usize * (1 + exclusive + floating) as usize + 4 + 1;
     for pool in engine.memory() {
         assert!(
             pool.peak_in_use <= bound,
@@ -42,6 +52,63 @@ fn slow_sink_bounds_memory_and_loses_nothing() {
         assert!(pool.peak_in_use > 0, "the pool was used");
         assert_eq!(pool.free_segments, pool.segments, "every segment came home");
     }
-    let buffers = n as usize * 24 / 4096;
+    let buffers = n as usize * 16 / 4096;
     assert!(buffers > 10 * bound, "the run is big enough to need back-pressure");
+}
+
+#[test]
+fn ingress_and_egress_under_a_slow_reader_bound_memory_and_lose_nothing() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("service").parallelism(shard_count() as u32);
+    let (requests, mut ingress) = df.ingress::<String>("requests", 8);
+    let answers = requests.map(|r: &str| format!("{r}!")).egress(4);
+    let handle = engine.submit(df.build().unwrap()).unwrap();
+
+    let n = 5_000u64;
+    let pusher = std::thread::spawn(move || {
+        for i in 0..n {
+            ingress.push(format!("request-{i}")).expect("the job takes every request");
+        }
+        // Dropping the handle ends the source.
+    });
+    // A slow reader: the queues in between stay within their capacity.
+    let mut got = Vec::new();
+    let mut most_queued = 0;
+    while let Some(answer) = answers.recv() {
+        most_queued = most_queued.max(answers.len());
+        if got.len() % 1000 == 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        got.push(answer);
+    }
+    pusher.join().unwrap();
+    assert!(most_queued <= 4, "the egress queue never holds more than its capacity: {most_queued}");
+    handle.wait_timeout(TIMEOUT).expect("the job ends when the ingress handle is dropped");
+    got.sort();
+    let mut want: Vec<String> = (0..n).map(|i| format!("request-{i}!")).collect();
+    want.sort();
+    assert_eq!(got, want, "every request answered exactly once");
+}
+
+#[test]
+fn a_full_ingress_hands_the_record_back_and_a_gone_job_closes_it() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("blocked");
+    let (s, mut ingress) = df.ingress::<u64>("numbers", 2);
+    // The egress nobody reads fills, then the job stops taking input.
+    let answers = s.egress(1);
+    let handle = engine.submit(df.build().unwrap()).unwrap();
+    let mut pushed = 0u64;
+    let full = loop {
+        match ingress.push_timeout(pushed, Duration::from_millis(200)) {
+            Ok(()) => pushed += 1,
+            Err(e) => break e,
+        }
+        assert!(pushed < 100_000, "back-pressure stops the pusher");
+    };
+    assert_eq!(full, PushError::Full(pushed), "the record comes back");
+    handle.cancel();
+    assert!(handle.wait_timeout(TIMEOUT).is_err(), "cancelled");
+    assert!(matches!(ingress.try_push(7), Err(PushError::Closed(7))), "the job is gone");
+    drop(answers);
 }

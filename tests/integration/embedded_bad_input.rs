@@ -1,108 +1,80 @@
-//! Bad input is refused with a typed error naming the problem: by the engine before anything
-//! runs, or by the worker that cannot deploy a task (the job then fails with the numbers).
-
-use shardflow_engine::{
-    ops, ControlError, Cores, Engine, EngineError, Job, JobBuilder, JobGraph, JobVertex, OperatorSpec, PartitionerKind,
-    VertexId,
-};
+//! Bad input is refused with a typed error naming the problem: by the dataflow
+//! builder, by the engine before anything runs, or by the task that meets it
+//! (the job then fails with the numbers). Nothing hangs, nothing is left held.
 
 use shardflow_engine::protocol::ErrorCode;
+use shardflow_engine::{Cores, Dataflow, DataflowError, Engine, EngineError};
 
 use crate::common::{small_engine, TIMEOUT};
 
-fn vertex(name: &str, chain: Vec<OperatorSpec>, parallelism: u32) -> JobVertex {
-    JobVertex { name: name.into(), chain, parallelism, slot_sharing_group: "default".into() }
-}
-
-fn source() -> OperatorSpec {
-    ops::generator(10, ops::KeyGen::Index, ops::ValueGen::Index)
+fn failure(r: Result<shardflow_engine::JobResult, EngineError>) -> String {
+    match r {
+        Err(EngineError::JobFailed { cause, .. }) => cause,
+        other => panic!("expected a failed job, got {other:?}"),
+    }
 }
 
 #[test]
-fn invalid_job_graphs_are_refused_by_name() {
+fn dataflows_a_new_user_trips_over_are_typed_errors() {
+    // No sink: the results would go nowhere.
+    assert_eq!(
+        Dataflow::new("empty").build().unwrap_err(),
+        EngineError::Dataflow(DataflowError::NoSink { job: "empty".into() })
+    );
+    let df = Dataflow::new("no-sink");
+    let _ = df.generate("numbers", 10, |r| r).map(|r: &u64| r + 1).name("dangling");
+    assert_eq!(
+        df.build().unwrap_err(),
+        EngineError::Dataflow(DataflowError::Unconsumed { operator: "dangling".into() }),
+        "an operator whose output nobody reads"
+    );
+    let df = Dataflow::new("nothing");
+    df.generate("numbers", 10, |r| r).filter(|_: &u64| true).discard();
+    assert!(df.build().is_ok(), "a discarding sink is a sink");
+    let df = Dataflow::new("sinkless");
+    let _unused = df.generate("numbers", 10, |r| r);
+    assert!(matches!(df.build(), Err(EngineError::Dataflow(DataflowError::Unconsumed { .. }))));
+
+    // Two operators of one name (names identify state).
+    let df = Dataflow::new("twins");
+    let s = df.generate("numbers", 10, |r| r);
+    s.map(|r: &u64| *r).name("same").count();
+    s.map(|r: &u64| *r).name("same").count();
+    assert_eq!(df.build().unwrap_err(), EngineError::Dataflow(DataflowError::DuplicateName { name: "same".into() }));
+
+    // Two collect sinks are two handles: each gets its own records.
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("two-collects");
+    let s = df.generate("numbers", 100, |r| r);
+    let (a, b) = (s.collect(), s.filter(|r: &u64| r % 2 == 0).collect());
+    engine.run(df.build().unwrap()).unwrap();
+    assert_eq!((a.take().len(), b.take().len()), (100, 50));
+
+    // A forward edge between different parallelisms; parallelism 0.
+    let df = Dataflow::new("forward").parallelism(2);
+    df.generate("numbers", 10, |r| r).forward().map(|r: &u64| *r).name("narrow").parallelism(1).count();
+    assert!(matches!(df.build(), Err(EngineError::Dataflow(DataflowError::ForwardMismatch { .. }))));
+    let df = Dataflow::new("zero");
+    df.generate("numbers", 10, |r| r).parallelism(0).count();
+    assert!(matches!(df.build(), Err(EngineError::Dataflow(DataflowError::ZeroParallelism { .. }))));
+}
+
+#[test]
+fn more_parallelism_than_slots_is_refused_with_the_numbers_and_nothing_is_held() {
     let engine = small_engine().build().expect("engine starts");
     let slots = engine.free_slots().unwrap();
-
-    // a cycle
-    let mut g = JobGraph::new("cycle");
-    let a = g.add_vertex(vertex("a", vec![ops::map_add(1)], 1));
-    let b = g.add_vertex(vertex("b", vec![ops::map_add(1)], 1));
-    g.connect(a, b, PartitionerKind::Hash);
-    g.connect(b, a, PartitionerKind::Hash);
-    assert!(matches!(engine.submit(Job::from_graph(g)), Err(EngineError::Control(ControlError::Cycle { .. }))));
-
-    // zero parallelism
-    let mut g = JobGraph::new("zero");
-    g.add_vertex(vertex("src", vec![source()], 0));
-    let err = engine.submit(Job::from_graph(g)).unwrap_err();
-    assert_eq!(err, EngineError::Control(ControlError::ZeroParallelism { vertex: "src".into() }));
-    assert_eq!(err.to_string(), "invalid job graph: vertex 'src' has parallelism 0 (must be at least 1)");
-
-    // unknown operator
-    let mut g = JobGraph::new("unknown");
-    g.add_vertex(vertex("src", vec![source(), OperatorSpec::new("no-such-op", vec![])], 1));
-    assert_eq!(
-        engine.submit(Job::from_graph(g)).unwrap_err(),
-        EngineError::Control(ControlError::UnknownOperator { vertex: "src".into(), operator: "no-such-op".into() })
-    );
-
-    // an edge to a missing vertex
-    let mut g = JobGraph::new("dangling");
-    let a = g.add_vertex(vertex("src", vec![source()], 1));
-    g.connect(a, VertexId(7), PartitionerKind::Hash);
-    assert_eq!(
-        engine.submit(Job::from_graph(g)).unwrap_err(),
-        EngineError::Control(ControlError::EdgeToMissingVertex { edge: 0, missing: 7 })
-    );
-
-    // bad operator configuration
-    let mut g = JobGraph::new("bad-config");
-    g.add_vertex(vertex("src", vec![OperatorSpec::new("generator", b"records=ten".to_vec())], 1));
-    assert!(matches!(
-        engine.submit(Job::from_graph(g)),
-        Err(EngineError::InvalidOperatorConfig { operator, .. }) if operator == "generator"
-    ));
-
-    // a repeat count that would blow up a batch's output
-    let mut g = JobGraph::new("huge-repeat");
-    g.add_vertex(vertex("src", vec![source(), ops::flat_map_repeat(1 << 40), ops::count_sink()], 1));
-    match engine.submit(Job::from_graph(g)) {
-        Err(EngineError::InvalidOperatorConfig { operator, reason }) => {
-            assert_eq!(operator, "flat_map.repeat");
-            assert!(reason.contains("at most 1024"), "{reason}");
-        }
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-
-    // a vertex without inputs that does not start with a source
-    let mut g = JobGraph::new("no-source");
-    g.add_vertex(vertex("lonely", vec![ops::count_sink()], 1));
-    assert!(matches!(
-        engine.submit(Job::from_graph(g)),
-        Err(EngineError::Control(ControlError::InvalidOperator { vertex, .. })) if vertex == "lonely"
-    ));
-
-    // more parallelism than slots
-    let job = JobBuilder::new("too-wide")
-        .source("src", source(), 64)
-        .connect(PartitionerKind::Hash, "sink", 1)
-        .then(ops::count_sink())
-        .build();
-    match engine.submit(job) {
+    let df = Dataflow::new("too-wide");
+    df.generate("src", 10, |r| r).parallelism(64).rebalance().count();
+    match engine.submit(df.build().unwrap()) {
         Err(EngineError::Remote { code: ErrorCode::NotEnoughSlots, message }) => {
             assert!(message.contains("64"), "the refusal says how many slots it needs: {message}")
         }
         other => panic!("expected a not-enough-slots refusal, got {other:?}"),
     }
-
-    // Nothing of the above took a slot, and the engine still runs jobs.
     assert_eq!(engine.free_slots().unwrap(), slots);
-    let ok = JobBuilder::new("fine")
-        .source("src", source(), 1)
-        .connect(PartitionerKind::Hash, "sink", 1)
-        .then(ops::count_sink())
-        .build();
-    assert_eq!(engine.submit(ok).unwrap().wait_timeout(TIMEOUT).unwrap().count().0, 10);
+    let ok = Dataflow::new("fine");
+    ok.generate("src", 10, |r| r).rebalance().count();
+    assert_eq!(engine.submit(ok.build().unwrap()).unwrap().wait_timeout(TIMEOUT).unwrap().count().0, 10);
 }
 
 #[test]
@@ -121,19 +93,11 @@ fn a_task_too_big_for_its_shards_network_budget_is_refused_and_fails_the_job_wit
     // 16 segments of 4 KiB per shard; a 4 x 4 all-to-all job needs far more.
     let engine = small_engine().network_memory_bytes(16 * 4096).build().expect("engine starts");
     let slots = engine.free_slots().unwrap();
-    let job = JobBuilder::new("greedy")
-        .source("src", source(), 4)
-        .connect(PartitionerKind::Hash, "sink", 4)
-        .then(ops::count_sink())
-        .build();
-    // The worker refuses the deployment that does not fit; the job fails with the numbers.
-    match engine.submit(job).expect("the graph is valid").wait_timeout(TIMEOUT) {
-        Err(EngineError::JobFailed { cause, .. }) => {
-            assert!(cause.contains("network buffers budget exceeded: requested"), "{cause}");
-            assert!(cause.contains("of 65536 bytes available"), "{cause}");
-        }
-        other => panic!("expected the deployment to be refused, got {other:?}"),
-    }
+    let df = Dataflow::new("greedy").parallelism(4);
+    df.generate("src", 10, |r| r).key_by(|r: &u64| *r).as_stream().count();
+    let cause = failure(engine.submit(df.build().unwrap()).expect("the graph is valid").wait_timeout(TIMEOUT));
+    assert!(cause.contains("network buffers budget exceeded: requested"), "{cause}");
+    assert!(cause.contains("of 65536 bytes available"), "{cause}");
     assert_eq!(engine.free_slots().unwrap(), slots, "a refused job holds no slot");
     for pool in engine.memory() {
         assert_eq!(pool.free_segments, pool.segments);
@@ -144,54 +108,53 @@ fn a_task_too_big_for_its_shards_network_budget_is_refused_and_fails_the_job_wit
 fn keyed_state_beyond_the_slot_budget_fails_the_job_with_the_numbers() {
     let engine = small_engine().managed_memory_per_slot_bytes(256 << 10).build().expect("engine starts");
     let keyed = |keys: u64| {
-        JobBuilder::new("keyed")
-            .source(
-                "src",
-                ops::generator(200_000, ops::KeyGen::MulMod { mul: 2_654_435_761, modulus: keys }, ops::ValueGen::One),
-                1,
-            )
-            .connect(PartitionerKind::Hash, "count", 1)
-            .then(ops::keyed_count())
-            .then(ops::count_sink())
-            .build()
+        let df = Dataflow::new("keyed");
+        df.generate("src", 200_000, move |r| format!("key-{}", r.wrapping_mul(2_654_435_761) % keys))
+            .key_by_ref::<String, _>(|k: &str| k)
+            .count_final()
+            .count_and_sum(|(_, n): &(String, u64)| *n);
+        df.build().unwrap()
     };
-    // 100 000 keys need a 2 MiB table: far over a 256 KiB slot.
-    match engine.submit(keyed(100_000)).unwrap().wait_timeout(TIMEOUT) {
-        Err(EngineError::JobFailed { cause, .. }) => {
-            assert!(cause.contains("managed memory budget exceeded: requested"), "{cause}");
-            assert!(cause.contains("of 262144 bytes available"), "{cause}");
-        }
-        other => panic!("expected the job to fail on its memory budget, got {other:?}"),
-    }
+    // 100 000 string keys need megabytes: far over a 256 KiB slot.
+    let cause = failure(engine.submit(keyed(100_000)).unwrap().wait_timeout(TIMEOUT));
+    assert!(cause.contains("managed memory budget exceeded: requested"), "{cause}");
+    assert!(cause.contains("of 262144 bytes available"), "{cause}");
     // The failed job's reservations are gone: a job that fits runs in the same slot.
     let result = engine.submit(keyed(1_000)).unwrap().wait_timeout(TIMEOUT).expect("fits the budget");
     assert_eq!(result.count(), (1_000, 200_000));
 }
 
 #[test]
-fn a_panicking_operator_factory_is_a_typed_refusal_and_the_engine_keeps_running() {
-    let engine = small_engine()
-        .register(|r| r.register_operator("explodes", |_, _| panic!("factory bug")))
-        .build()
-        .expect("engine starts");
-    let slots = engine.free_slots().unwrap();
-    let job = JobBuilder::new("boom")
-        .source("source", source(), 1)
-        .connect(PartitionerKind::Forward, "sink", 1)
-        .then(OperatorSpec::new("explodes", vec![]))
-        .build();
-    match engine.submit(job) {
-        Err(EngineError::OperatorPanicked { operator, message }) => {
-            assert_eq!(operator, "explodes");
-            assert_eq!(message, "factory bug");
-        }
-        other => panic!("expected a typed refusal, got {other:?}"),
+fn a_record_bigger_than_a_segment_fails_the_job_naming_its_size() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("huge");
+    df.from_iter("text", ["small".to_string(), "x".repeat(10_000)]).rebalance().count();
+    let cause = failure(engine.submit(df.build().unwrap()).unwrap().wait_timeout(TIMEOUT));
+    assert!(cause.contains("10008") || cause.contains("1001"), "names the record's size: {cause}");
+    assert!(cause.contains("4096"), "and the segment's: {cause}");
+}
+
+#[test]
+fn a_source_that_cannot_be_created_fails_the_job_with_its_cause() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("no-source");
+    df.source_fallible("broken", |_: &shardflow_engine::TaskInfo| -> Result<Nothing, _> {
+        Err(shardflow_engine::OperatorError::User("the input file is missing".into()))
+    })
+    .count();
+    let cause = failure(engine.submit(df.build().unwrap()).unwrap().wait_timeout(TIMEOUT));
+    assert!(cause.contains("the input file is missing"), "{cause}");
+}
+
+/// A source that is never created.
+struct Nothing;
+
+impl shardflow_engine::Source<u64> for Nothing {
+    fn poll_next(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+        _: &mut shardflow_engine::SourceOutput<'_, u64>,
+    ) -> Result<shardflow_engine::SourceStatus, shardflow_engine::OperatorError> {
+        Ok(shardflow_engine::SourceStatus::Finished)
     }
-    assert_eq!(engine.free_slots().unwrap(), slots, "nothing was placed");
-    let ok = JobBuilder::new("fine")
-        .source("source", source(), 1)
-        .connect(PartitionerKind::Forward, "sink", 1)
-        .then(ops::count_sink())
-        .build();
-    assert_eq!(engine.submit(ok).unwrap().wait_timeout(TIMEOUT).unwrap().count().0, 10);
 }

@@ -1,7 +1,8 @@
 //! Cancel: a running job stops promptly, reports CANCELED, and frees every slot and
 //! every segment.
 
-use shardflow_engine::{ops, CollectHandle, EngineError, JobBuilder, JobStatus, PartitionerKind};
+use shardflow_engine::jobs::{KeyValue, GOLDEN};
+use shardflow_engine::{Dataflow, EngineError, JobStatus};
 
 use crate::common::{shard_count, small_engine, TIMEOUT};
 
@@ -10,21 +11,20 @@ fn cancel_of_a_running_job_is_prompt_and_frees_everything() {
     let engine = small_engine().build().expect("engine starts");
     let slots_before = engine.free_slots().unwrap();
     let p = shard_count() as u32;
-    let seen = CollectHandle::new("seen");
     // Effectively endless: a trillion records.
-    let job = JobBuilder::new("endless")
-        .source("source", ops::generator(1_000_000_000_000, ops::KeyGen::Golden, ops::ValueGen::Index), p)
-        .connect(PartitionerKind::Hash, "sink", p)
-        .filter("every-millionth", |r| r.value % 1_000_000 == 0)
-        .collect(&seen)
-        .build();
-    let handle = engine.submit(job).expect("submit");
+    let df = Dataflow::new("endless").parallelism(p);
+    let seen = df
+        .generate("source", 1_000_000_000_000, |r| KeyValue { key: r.wrapping_mul(GOLDEN), value: r })
+        .key_by(|r: &KeyValue| r.key)
+        .as_stream()
+        .filter(|r: &KeyValue| r.value % 1_000_000 == 0)
+        .egress(16);
+    let handle = engine.submit(df.build().unwrap()).expect("submit");
     let id = handle.id();
     assert!(engine.free_slots().unwrap() < slots_before, "the job holds slots");
 
     // Wait for evidence that records flow, then cancel.
-    let first = seen.recv_timeout(TIMEOUT).expect("records reach the sink while the job runs");
-    assert!(!first.is_empty());
+    seen.recv_timeout(TIMEOUT).expect("records reach the sink while the job runs");
     assert_eq!(engine.job_status(id).unwrap(), JobStatus::Running);
 
     // A trillion records take hours: ending within the wait means the cancel did it.
@@ -43,12 +43,9 @@ fn cancel_of_a_running_job_is_prompt_and_frees_everything() {
 #[test]
 fn cancelling_twice_or_after_the_end_is_harmless() {
     let engine = small_engine().build().expect("engine starts");
-    let job = JobBuilder::new("short")
-        .source("source", ops::generator(1000, ops::KeyGen::Index, ops::ValueGen::Index), 1)
-        .connect(PartitionerKind::Rebalance, "sink", 1)
-        .then(ops::count_sink())
-        .build();
-    let handle = engine.submit(job).expect("submit");
+    let df = Dataflow::new("short");
+    df.generate("source", 1000, |r| r).rebalance().count();
+    let handle = engine.submit(df.build().unwrap()).expect("submit");
     let result = handle.wait_timeout(TIMEOUT).expect("finishes");
     assert_eq!(result.count().0, 1000);
     handle.cancel();

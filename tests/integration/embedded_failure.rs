@@ -1,34 +1,41 @@
-//! Failure: an operator that panics or errors fails its job with the cause; the
-//! other subtasks are cancelled, nothing hangs, and the engine runs the next job.
+//! Failure: a user function or key selector that panics or errors fails its job
+//! with the cause; the other subtasks are cancelled, nothing hangs, and the engine
+//! runs the next job.
 
-use shardflow_engine::{ops, EngineError, JobBuilder, JobStatus, PartitionerKind};
+use shardflow_engine::jobs::{KeyValue, GOLDEN};
+use shardflow_engine::{Dataflow, EngineError, JobStatus};
 
 use crate::common::{shard_count, small_engine, TIMEOUT};
 
-#[test]
-fn a_panicking_operator_fails_the_job_with_its_cause() {
-    let engine = small_engine().build().expect("engine starts");
-    let p = shard_count() as u32;
-    let slots = engine.free_slots().unwrap();
-    let job = JobBuilder::new("panics")
-        .source("source", ops::generator(1_000_000, ops::KeyGen::Golden, ops::ValueGen::Index), p)
-        .connect(PartitionerKind::Hash, "boom", p)
-        .map("explode-at-4242", |r| {
-            assert!(r.value != 4242, "record 4242 is poison");
-            r
-        })
-        .then(ops::count_sink())
-        .build();
-    let handle = engine.submit(job).expect("submit");
-    let id = handle.id();
-    match handle.wait_timeout(TIMEOUT) {
-        Err(EngineError::JobFailed { job, cause }) => {
-            assert_eq!(job, id);
-            assert!(cause.contains("boom ("), "names the subtask: {cause}");
-            assert!(cause.contains("panicked") && cause.contains("record 4242 is poison"), "{cause}");
+fn expect_failure(result: Result<shardflow_engine::JobResult, EngineError>, needles: &[&str]) {
+    match result {
+        Err(EngineError::JobFailed { cause, .. }) => {
+            for n in needles {
+                assert!(cause.contains(n), "'{n}' in: {cause}");
+            }
         }
         other => panic!("expected a failed job, got {other:?}"),
     }
+}
+
+#[test]
+fn a_panicking_function_fails_the_job_with_its_cause_and_the_engine_goes_on() {
+    let engine = small_engine().build().expect("engine starts");
+    let p = shard_count() as u32;
+    let slots = engine.free_slots().unwrap();
+    let df = Dataflow::new("panics").parallelism(p);
+    df.generate("source", 1_000_000, |r| KeyValue { key: r.wrapping_mul(GOLDEN), value: r })
+        .key_by(|r: &KeyValue| r.key)
+        .as_stream()
+        .map(|r: &KeyValue| {
+            assert!(r.value != 4242, "record 4242 is poison");
+            *r
+        })
+        .name("boom")
+        .count();
+    let handle = engine.submit(df.build().unwrap()).expect("submit");
+    let id = handle.id();
+    expect_failure(handle.wait_timeout(TIMEOUT), &["boom (", "panicked", "record 4242 is poison"]);
     assert_eq!(engine.job_status(id).unwrap(), JobStatus::Failed);
     assert_eq!(engine.free_slots().unwrap(), slots);
     for pool in engine.memory() {
@@ -36,26 +43,30 @@ fn a_panicking_operator_fails_the_job_with_its_cause() {
     }
 
     // The engine is still healthy.
-    let ok = JobBuilder::new("after")
-        .source("source", ops::generator(10_000, ops::KeyGen::Index, ops::ValueGen::Index), p)
-        .connect(PartitionerKind::Hash, "sink", p)
-        .then(ops::count_sink())
-        .build();
-    assert_eq!(engine.submit(ok).unwrap().wait_timeout(TIMEOUT).unwrap().count().0, 10_000);
+    let ok = Dataflow::new("after").parallelism(p);
+    ok.generate("source", 10_000, |r| r).rebalance().count();
+    assert_eq!(engine.run(ok.build().unwrap()).unwrap().count().0, 10_000);
 }
 
 #[test]
-fn a_collector_dropped_by_its_reader_fails_the_job_instead_of_hanging() {
+fn a_panicking_key_selector_fails_the_job_with_its_cause() {
     let engine = small_engine().build().expect("engine starts");
-    let handle = shardflow_engine::CollectHandle::new("gone");
-    let job = JobBuilder::new("reader-gone")
-        .source("source", ops::generator(100_000, ops::KeyGen::Index, ops::ValueGen::Index), 1)
-        .connect(PartitionerKind::Rebalance, "sink", 1)
-        .collect(&handle)
-        .build();
+    let df = Dataflow::new("bad-key").parallelism(shard_count() as u32);
+    df.from_iter("words", ["a", "b", "poison", "c"].map(String::from))
+        .key_by(|w: &str| {
+            assert!(w != "poison", "no key for '{w}'");
+            w.to_string()
+        })
+        .count_final()
+        .count();
+    expect_failure(engine.submit(df.build().unwrap()).unwrap().wait_timeout(TIMEOUT), &["no key for 'poison'"]);
+}
+
+#[test]
+fn an_egress_dropped_by_its_reader_fails_the_job_instead_of_hanging() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("reader-gone");
+    let handle = df.generate("source", 100_000, |r| r).rebalance().egress(8);
     drop(handle);
-    match engine.submit(job).unwrap().wait_timeout(TIMEOUT) {
-        Err(EngineError::JobFailed { cause, .. }) => assert!(cause.contains("collector 'gone'"), "{cause}"),
-        other => panic!("expected a failed job, got {other:?}"),
-    }
+    expect_failure(engine.submit(df.build().unwrap()).unwrap().wait_timeout(TIMEOUT), &["egress", "dropped"]);
 }

@@ -1,156 +1,230 @@
-//! Oracle test: random linear job shapes (parallelism 1..=4, every partitioner,
-//! chains of stateless and keyed operators) run on the embedded engine must produce
-//! exactly the multiset of records a naive single-threaded evaluation produces.
+//! A randomized oracle: random job shapes (union, connect, flat map, key by,
+//! reduce, process with map state, several parallelisms) over random user records
+//! with strings, each checked against a naive single-threaded evaluation.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use shardflow_benches::SplitMix;
-use shardflow_engine::{ops, CollectHandle, JobBuilder, OperatorSpec, PartitionerKind, Record};
+use shardflow_engine::{
+    Dataflow, Emitter, Engine, KeyedCoProcessFunction, KeyedContext, KeyedProcessFunction, MapState, OperatorError,
+    StateDeclarations, ValueState,
+};
 
-use crate::common::{small_engine, TIMEOUT};
+use crate::common::{shard_count, small_engine, TIMEOUT};
 
-/// One operator of the random pipeline, with its naive meaning.
-#[derive(Debug, Clone, Copy)]
-enum Op {
-    Add(u64),
-    DropMod(u64, u64),
-    Repeat(u64),
-    KeyByMod(u64),
-    KeyedCount,
-    KeyedSum,
+/// A user's record: strings and a number, encoded with rkyv.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct Click {
+    user: String,
+    page: String,
+    amount: u64,
+}
+shardflow_engine::rkyv_data!(Click);
+
+fn clicks(rng: &mut SplitMix, n: usize) -> Vec<Click> {
+    let users = rng.range(1, 40);
+    (0..n)
+        .map(|_| Click {
+            user: format!("user-{}", rng.range(0, users)),
+            page: format!("/{}/{}", ["news", "shop", "help"][rng.range(0, 2) as usize], rng.range(0, 9)),
+            amount: rng.range(0, 1000),
+        })
+        .collect()
 }
 
-impl Op {
-    fn spec(self) -> OperatorSpec {
-        match self {
-            Op::Add(c) => ops::map_add(c),
-            Op::DropMod(m, d) => ops::filter_value_mod(m, d),
-            Op::Repeat(t) => ops::flat_map_repeat(t),
-            Op::KeyByMod(m) => ops::key_by_value_mod(m),
-            Op::KeyedCount => ops::keyed_count(),
-            Op::KeyedSum => ops::keyed_sum(),
-        }
-    }
+fn run<T>(engine: &Engine, df: &Dataflow, handle: &shardflow_engine::CollectHandle<T>) -> Vec<T> {
+    let job = df.build().expect("the dataflow is valid");
+    engine.submit(job).expect("submit").wait_timeout(TIMEOUT).expect("the job finishes");
+    handle.take()
+}
 
-    /// The naive, global evaluation.
-    fn apply(self, data: Vec<Record>) -> Vec<Record> {
-        match self {
-            Op::Add(c) => data.into_iter().map(|r| Record { value: r.value.wrapping_add(c), ..r }).collect(),
-            Op::DropMod(m, d) => data.into_iter().filter(|r| r.value % m != d).collect(),
-            Op::Repeat(t) => data
-                .into_iter()
-                .flat_map(|r| (0..t).map(move |i| Record { value: r.value.wrapping_add(i), ..r }))
-                .collect(),
-            Op::KeyByMod(m) => data.into_iter().map(|r| Record { key: r.value % m, ..r }).collect(),
-            Op::KeyedCount | Op::KeyedSum => {
-                let mut per_key = std::collections::BTreeMap::<u64, u64>::new();
-                for r in data {
-                    let s = per_key.entry(r.key).or_insert(0);
-                    *s = if matches!(self, Op::KeyedCount) { *s + 1 } else { s.wrapping_add(r.value) };
-                }
-                per_key.into_iter().map(|(k, v)| Record::new(k, v)).collect()
+/// Union of two sources, filter, map, key by user, reduce to each user's total.
+fn union_filter_map_reduce(engine: &Engine, rng: &mut SplitMix, max_p: u64) {
+    let (a, b) = (clicks(rng, 1500), clicks(rng, 700));
+    let k = rng.range(2, 5);
+    let df = Dataflow::new("union-reduce").parallelism(rng.range(1, max_p) as u32);
+    let left = df.from_iter("left", a.clone()).parallelism(rng.range(1, max_p) as u32);
+    let right = df.from_iter("right", b.clone()).parallelism(rng.range(1, max_p) as u32);
+    let totals = left
+        .union(&right)
+        .filter(move |c: &Click| c.amount % k != 0)
+        .map(|c: &Click| Click { amount: c.amount * 2, ..c.clone() })
+        .key_by_ref::<String, _>(|c: &Click| &c.user)
+        .reduce_final(|acc: &Click, c: &Click| Click { amount: acc.amount + c.amount, ..acc.clone() })
+        .parallelism(rng.range(1, max_p) as u32)
+        .map(|c: &Click| (c.user.clone(), c.amount))
+        .collect();
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for c in a.iter().chain(&b).filter(|c| c.amount % k != 0) {
+        *want.entry(c.user.clone()).or_default() += c.amount * 2;
+    }
+    let got: BTreeMap<String, u64> = run(engine, &df, &totals).into_iter().collect();
+    assert_eq!(got, want, "union → filter → map → reduce");
+}
+
+/// Per user: the distinct pages (map state) and the clicks, emitted at the end.
+#[derive(Clone)]
+struct PagesPerUser {
+    pages: Option<MapState<String, u64>>,
+}
+
+impl KeyedProcessFunction<String, Click, (String, u64, u64)> for PagesPerUser {
+    fn open(&mut self, states: &mut StateDeclarations<'_, String>) -> Result<(), OperatorError> {
+        self.pages = Some(states.map_state("pages")?);
+        Ok(())
+    }
+    fn process(
+        &mut self,
+        c: &Click,
+        ctx: &mut KeyedContext<'_, String>,
+        _: &mut Emitter<'_, (String, u64, u64)>,
+    ) -> Result<(), OperatorError> {
+        let pages = self.pages.as_ref().expect("opened");
+        match ctx.map_get(pages, c.page.as_str())? {
+            Some(n) => *n += 1,
+            None => ctx.map_insert(pages, c.page.clone(), 1)?,
+        }
+        Ok(())
+    }
+    fn on_end_of_input(
+        &mut self,
+        ctx: &mut KeyedContext<'_, String>,
+        out: &mut Emitter<'_, (String, u64, u64)>,
+    ) -> Result<(), OperatorError> {
+        let entries = ctx.map_entries(self.pages.as_ref().expect("opened"))?;
+        let clicks = entries.iter().map(|(_, n)| n).sum();
+        out.emit((ctx.key().to_string(), entries.len() as u64, clicks));
+        Ok(())
+    }
+}
+
+fn keyed_process_with_map_state(engine: &Engine, rng: &mut SplitMix, max_p: u64) {
+    let input = clicks(rng, 2000);
+    let df = Dataflow::new("pages").parallelism(rng.range(1, max_p) as u32);
+    let out = df
+        .from_iter("clicks", input.clone())
+        .key_by(|c: &Click| c.user.clone())
+        .process(PagesPerUser { pages: None })
+        .parallelism(rng.range(1, max_p) as u32)
+        .collect();
+    let mut pages: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for c in &input {
+        pages.entry(c.user.clone()).or_default().insert(c.page.clone());
+        *counts.entry(c.user.clone()).or_default() += 1;
+    }
+    let want: BTreeSet<(String, u64, u64)> =
+        pages.into_iter().map(|(u, p)| (u.clone(), p.len() as u64, counts[&u])).collect();
+    let got: BTreeSet<(String, u64, u64)> = run(engine, &df, &out).into_iter().collect();
+    assert_eq!(got, want, "keyed process with map state");
+}
+
+/// Users' tiers joined with their clicks by a keyed co-process.
+#[derive(Clone, Default)]
+struct TierTotals {
+    tier: Option<ValueState<u64>>,
+    total: Option<ValueState<u64>>,
+}
+
+impl KeyedCoProcessFunction<String, (String, u64), Click, (String, u64)> for TierTotals {
+    fn open(&mut self, states: &mut StateDeclarations<'_, String>) -> Result<(), OperatorError> {
+        self.tier = Some(states.value_state("tier")?);
+        self.total = Some(states.value_state("total")?);
+        Ok(())
+    }
+    fn process_first(
+        &mut self,
+        user: &(String, u64),
+        ctx: &mut KeyedContext<'_, String>,
+        _: &mut Emitter<'_, (String, u64)>,
+    ) -> Result<(), OperatorError> {
+        ctx.set_value(self.tier.as_ref().expect("opened"), user.1)
+    }
+    fn process_second(
+        &mut self,
+        c: &Click,
+        ctx: &mut KeyedContext<'_, String>,
+        _: &mut Emitter<'_, (String, u64)>,
+    ) -> Result<(), OperatorError> {
+        let total = self.total.as_ref().expect("opened");
+        let now = ctx.value(total)?.copied().unwrap_or(0) + c.amount;
+        ctx.set_value(total, now)
+    }
+    fn on_end_of_input(
+        &mut self,
+        ctx: &mut KeyedContext<'_, String>,
+        out: &mut Emitter<'_, (String, u64)>,
+    ) -> Result<(), OperatorError> {
+        let tier = ctx.value(self.tier.as_ref().expect("opened"))?.copied().unwrap_or(0);
+        let total = ctx.value(self.total.as_ref().expect("opened"))?.copied().unwrap_or(0);
+        out.emit((ctx.key().to_string(), tier * total));
+        Ok(())
+    }
+}
+
+fn connect_keyed_co_process(engine: &Engine, rng: &mut SplitMix, max_p: u64) {
+    let input = clicks(rng, 1500);
+    let users: Vec<(String, u64)> = (0..30).map(|u| (format!("user-{u}"), rng.range(1, 3))).collect();
+    let df = Dataflow::new("tiers").parallelism(rng.range(1, max_p) as u32);
+    let tiers = df.from_iter("users", users.clone()).key_by_ref::<String, _>(|u: &(String, u64)| &u.0);
+    let spend = df.from_iter("clicks", input.clone()).key_by_ref::<String, _>(|c: &Click| &c.user);
+    let out = tiers.connect(&spend).process(TierTotals::default()).collect();
+    let tier: BTreeMap<&str, u64> = users.iter().map(|(u, t)| (u.as_str(), *t)).collect();
+    let mut want: BTreeMap<String, u64> = users.iter().map(|(u, _)| (u.clone(), 0)).collect();
+    for c in &input {
+        *want.entry(c.user.clone()).or_default() += tier.get(c.user.as_str()).copied().unwrap_or(0) * c.amount;
+    }
+    let got: BTreeMap<String, u64> = run(engine, &df, &out).into_iter().collect();
+    assert_eq!(got, want, "connect → keyed co-process");
+}
+
+/// Page segments by flat map, counted per segment (running counts: the last
+/// count of each segment is its total), plus a co-map of two streams.
+fn flat_map_running_count_and_co_map(engine: &Engine, rng: &mut SplitMix, max_p: u64) {
+    let input = clicks(rng, 1000);
+    let df = Dataflow::new("segments").parallelism(rng.range(1, max_p) as u32);
+    let s = df.from_iter("clicks", input.clone());
+    let counts = s
+        .flat_map(|c: &Click, out: &mut Emitter<'_, String>| {
+            for part in c.page.split('/').filter(|p| !p.is_empty()) {
+                out.emit_ref(part);
             }
+        })
+        .key_by_ref::<String, _>(|w: &str| w)
+        .count()
+        .collect();
+    let amounts = df.generate("numbers", 500, |r| r).parallelism(rng.range(1, max_p) as u32);
+    let mixed = s.connect(&amounts).map(|c: &Click| c.amount, |n: &u64| n * 1000).collect();
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for c in &input {
+        for part in c.page.split('/').filter(|p| !p.is_empty()) {
+            *want.entry(part.to_string()).or_default() += 1;
         }
     }
-}
-
-#[derive(Debug)]
-struct Stage {
-    partitioner: PartitionerKind,
-    parallelism: u32,
-    ops: Vec<Op>,
-}
-
-#[derive(Debug)]
-struct Shape {
-    records: u64,
-    source_parallelism: u32,
-    source_ops: Vec<Op>,
-    stages: Vec<Stage>,
-}
-
-fn stateless(rng: &mut SplitMix) -> Op {
-    match rng.range(0, 3) {
-        0 => Op::Add(rng.range(1, 1000)),
-        1 => Op::DropMod(rng.range(2, 7), rng.range(0, 1)),
-        2 => Op::Repeat(rng.range(1, 3)),
-        _ => Op::KeyByMod(rng.range(1, 50)),
+    let job = df.build().unwrap();
+    engine.submit(job).unwrap().wait_timeout(TIMEOUT).unwrap();
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    for (w, n) in counts.take() {
+        let e = last.entry(w).or_default();
+        *e = (*e).max(n);
     }
-}
-
-fn random_shape(rng: &mut SplitMix) -> Shape {
-    let source_parallelism = rng.range(1, 4) as u32;
-    let source_ops = (0..rng.range(0, 2)).map(|_| stateless(rng)).collect();
-    let mut prev = source_parallelism;
-    let mut stages = Vec::new();
-    for _ in 0..rng.range(1, 3) {
-        let partitioner = match rng.range(0, 3) {
-            0 => PartitionerKind::Forward,
-            1 => PartitionerKind::Hash,
-            2 => PartitionerKind::Rebalance,
-            _ => PartitionerKind::Broadcast,
-        };
-        let parallelism = if partitioner == PartitionerKind::Forward { prev } else { rng.range(1, 4) as u32 };
-        let mut ops = Vec::new();
-        // Keyed operators only right after a hash exchange: each key at one subtask.
-        if partitioner == PartitionerKind::Hash && rng.range(0, 1) == 0 {
-            ops.push(if rng.range(0, 1) == 0 { Op::KeyedCount } else { Op::KeyedSum });
-        }
-        for _ in 0..rng.range(0, 2) {
-            ops.push(stateless(rng));
-        }
-        stages.push(Stage { partitioner, parallelism, ops });
-        prev = parallelism;
-    }
-    Shape { records: rng.range(1, 20_000), source_parallelism, source_ops, stages }
-}
-
-fn naive(shape: &Shape) -> Vec<Record> {
-    let mut data: Vec<Record> = (0..shape.records).map(|r| Record::new(r, r)).collect();
-    for op in &shape.source_ops {
-        data = op.apply(data);
-    }
-    for st in &shape.stages {
-        if st.partitioner == PartitionerKind::Broadcast {
-            data = data.iter().flat_map(|r| std::iter::repeat_n(*r, st.parallelism as usize)).collect();
-        }
-        for op in &st.ops {
-            data = op.apply(data);
-        }
-    }
-    data.sort_unstable();
-    data
+    assert_eq!(last, want, "flat map → running count");
+    let mut got = mixed.take();
+    got.sort_unstable();
+    let mut expected: Vec<u64> = input.iter().map(|c| c.amount).chain((0..500).map(|n| n * 1000)).collect();
+    expected.sort_unstable();
+    assert_eq!(got, expected, "co-map of two streams");
 }
 
 #[test]
-fn random_job_shapes_match_a_naive_evaluation() {
+fn random_job_shapes_agree_with_a_naive_evaluation() {
     let engine = small_engine().build().expect("engine starts");
-    let mut rng = SplitMix::new(0x05ee_d0f0_ac1e);
-    for case in 0..24 {
-        let shape = random_shape(&mut rng);
-        let collected = CollectHandle::new("out");
-        let mut b = JobBuilder::new(&format!("oracle-{case}")).source(
-            "source",
-            ops::generator(shape.records, ops::KeyGen::Index, ops::ValueGen::Index),
-            shape.source_parallelism,
-        );
-        for op in &shape.source_ops {
-            b = b.then(op.spec());
-        }
-        for (i, st) in shape.stages.iter().enumerate() {
-            b = b.connect(st.partitioner, &format!("stage-{i}"), st.parallelism);
-            if st.ops.is_empty() {
-                b = b.then(ops::map_add(0));
-            }
-            for op in &st.ops {
-                b = b.then(op.spec());
-            }
-        }
-        let job = b.collect(&collected).build();
-        let handle = engine.submit(job).unwrap_or_else(|e| panic!("case {case} {shape:?}: submit: {e}"));
-        handle.wait_timeout(TIMEOUT).unwrap_or_else(|e| panic!("case {case} {shape:?}: {e}"));
-        let mut got = collected.drain();
-        got.sort_unstable();
-        let want = naive(&shape);
-        assert_eq!(got.len(), want.len(), "case {case}: record count differs for {shape:?}");
-        assert!(got == want, "case {case}: records differ for {shape:?}");
+    let max_p = (2 * shard_count()).min(3) as u64;
+    for seed in 0..3 {
+        let mut rng = SplitMix::new(0xC0FFEE + seed);
+        union_filter_map_reduce(&engine, &mut rng, max_p);
+        keyed_process_with_map_state(&engine, &mut rng, max_p);
+        connect_keyed_co_process(&engine, &mut rng, max_p);
+        flat_map_running_count_and_co_map(&engine, &mut rng, max_p);
     }
 }

@@ -1,16 +1,21 @@
-//! Placement is a visible result: each strategy puts subtasks where it says, and the
-//! job computes the same answer wherever its subtasks run.
+//! Placement is a visible result: each strategy puts subtasks where it says, a
+//! dataflow's core hints are followed, and the job computes the same answer
+//! wherever its subtasks run.
 
-use shardflow_engine::{ops, JobBuilder, PartitionerKind, PlacementStrategy};
+use shardflow_engine::jobs::{KeyValue, GOLDEN};
+use shardflow_engine::{Dataflow, Job, PlacementStrategy};
 
 use crate::common::{shard_count, small_engine, TIMEOUT};
 
-fn job(n: u64) -> shardflow_engine::Job {
-    JobBuilder::new("placed")
-        .source("source", ops::generator(n, ops::KeyGen::Golden, ops::ValueGen::Index), 2)
-        .connect(PartitionerKind::Hash, "sink", 2)
-        .then(ops::count_sink())
-        .build()
+fn job(n: u64) -> Job {
+    let df = Dataflow::new("placed").parallelism(2);
+    df.generate("source", n, |r| KeyValue { key: r.wrapping_mul(GOLDEN), value: r })
+        .key_by(|r: &KeyValue| r.key)
+        .as_stream()
+        .map(|r: &KeyValue| *r)
+        .name("sink")
+        .count_and_sum(|r: &KeyValue| r.value);
+    df.build().unwrap()
 }
 
 #[test]
@@ -51,4 +56,17 @@ fn strategies_place_subtasks_as_documented_and_results_agree() {
     let result = explicit.wait_timeout(TIMEOUT).unwrap();
     assert_eq!(result.count(), (n, n * (n - 1) / 2));
     assert_eq!(result.placement, *explicit.placement());
+}
+
+#[test]
+fn core_hints_of_a_dataflow_place_its_vertex() {
+    let engine = small_engine().build().expect("engine starts");
+    let last = engine.shards().last().unwrap().core;
+    let df = Dataflow::new("hinted").parallelism(2);
+    df.generate("source", 1000, |r| r).rebalance().map(|r: &u64| *r).name("pinned").cores(&[last]).count();
+    let handle = engine.submit(df.build().unwrap()).unwrap();
+    let pinned: Vec<_> = handle.placement().placements.iter().filter(|p| p.vertex_name == "pinned").collect();
+    assert_eq!(pinned.len(), 2);
+    assert!(pinned.iter().all(|p| p.core == last), "{}", handle.placement());
+    assert_eq!(handle.wait_timeout(TIMEOUT).unwrap().count().0, 1000);
 }

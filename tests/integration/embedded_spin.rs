@@ -1,7 +1,8 @@
 //! The spin idle policy: shards busy-poll their gates and credits instead of
 //! parking; results, paced sources and cancellation behave as under park.
 
-use shardflow_engine::{ops, CollectHandle, EngineError, IdlePolicy, JobBuilder, PartitionerKind};
+use shardflow_engine::jobs::{KeyValue, GOLDEN};
+use shardflow_engine::{Dataflow, EngineError, IdlePolicy};
 
 use crate::common::{shard_count, small_engine, TIMEOUT};
 
@@ -11,31 +12,22 @@ fn spinning_shards_compute_the_same_results_and_cancel() {
     let p = shard_count() as u32;
 
     let n = 200_000u64;
-    let exchange = JobBuilder::new("spin-exchange")
-        .source("source", ops::generator(n, ops::KeyGen::Golden, ops::ValueGen::Index), p)
-        .connect(PartitionerKind::Hash, "sink", p)
-        .then(ops::count_sink())
-        .build();
-    assert_eq!(engine.submit(exchange).unwrap().wait_timeout(TIMEOUT).unwrap().count(), (n, n * (n - 1) / 2));
+    let job = shardflow_engine::jobs::exchange(n, p).unwrap();
+    assert_eq!(engine.submit(job).unwrap().wait_timeout(TIMEOUT).unwrap().count(), (n, n * (n - 1) / 2));
 
     // A paced source: 2 000 records over 100 ms, every one accounted for.
-    let paced = JobBuilder::new("spin-paced")
-        .source("source", ops::paced_generator(20_000, 100), p)
-        .then(ops::map_add(1))
-        .connect(PartitionerKind::Hash, "sink", p)
-        .then(ops::latency_sink())
-        .build();
+    let paced = shardflow_engine::jobs::latency(20_000, 100, p).unwrap();
     let result = engine.submit(paced).unwrap().wait_timeout(TIMEOUT).unwrap();
     assert_eq!(result.latency().expect("histogram").len(), 2_000);
 
-    let seen = CollectHandle::new("seen");
-    let endless = JobBuilder::new("spin-endless")
-        .source("source", ops::generator(1_000_000_000_000, ops::KeyGen::Golden, ops::ValueGen::Index), p)
-        .connect(PartitionerKind::Hash, "sink", p)
-        .filter("sample", |r| r.value % 1_000_000 == 0)
-        .collect(&seen)
-        .build();
-    let handle = engine.submit(endless).unwrap();
+    let df = Dataflow::new("spin-endless").parallelism(p);
+    let seen = df
+        .generate("source", 1_000_000_000_000, |r| KeyValue { key: r.wrapping_mul(GOLDEN), value: r })
+        .key_by(|r: &KeyValue| r.key)
+        .as_stream()
+        .filter(|r: &KeyValue| r.value % 1_000_000 == 0)
+        .egress(16);
+    let handle = engine.submit(df.build().unwrap()).unwrap();
     seen.recv_timeout(TIMEOUT).expect("records flow");
     handle.cancel();
     assert!(matches!(handle.wait_timeout(TIMEOUT), Err(EngineError::JobCanceled(_))));

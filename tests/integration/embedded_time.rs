@@ -1,49 +1,52 @@
 //! Time in records: every task of a job counts record times from one origin, so a
-//! sink's `now - record.time` is the record's real age.
+//! sink's `now - record time` is the record's real age.
 
-use shardflow_engine::{ops, JobBuilder, OperatorSpec, PartitionerKind};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+
+use shardflow_engine::{Dataflow, Emitter, OperatorContext, OperatorError, ProcessFunction};
 
 use crate::common::{shard_count, small_engine};
 
 /// Records its task's clock origin when opened, and passes records through.
-struct ClockProbe(std::sync::mpsc::Sender<(String, u32, std::time::Instant)>);
+#[derive(Clone)]
+struct ClockProbe(Arc<Mutex<Sender<(String, u32, std::time::Instant)>>>);
 
-impl shardflow_engine::Operator for ClockProbe {
-    fn open(&mut self, info: &shardflow_engine::TaskInfo) -> Result<(), shardflow_engine::OperatorError> {
-        let _ = self.0.send((info.vertex.clone(), info.subtask, info.job_start));
+impl ProcessFunction<u64, u64> for ClockProbe {
+    fn open(&mut self, ctx: &mut OperatorContext<'_>) -> Result<(), OperatorError> {
+        let t = ctx.task();
+        let _ = self.0.lock().unwrap().send((t.vertex.clone(), t.subtask, t.job_start));
         Ok(())
     }
-    fn process_batch(
+    fn process(
         &mut self,
-        input: &[shardflow_engine::Record],
-        out: &mut Vec<shardflow_engine::Record>,
-    ) -> Result<(), shardflow_engine::OperatorError> {
-        out.extend_from_slice(input);
+        r: &u64,
+        _: &mut OperatorContext<'_>,
+        out: &mut Emitter<'_, u64>,
+    ) -> Result<(), OperatorError> {
+        out.emit(*r);
         Ok(())
     }
 }
 
 #[test]
 fn every_task_of_a_job_counts_record_times_from_one_origin() {
-    // Latency is `now - record.time`, the time stamped by a source and read by a sink
-    // in another task: both must count from the same instant.
+    // Latency is `now - record time`, the time stamped by a source and read by a
+    // sink in another task: both must count from the same instant.
     let (tx, rx) = std::sync::mpsc::channel();
-    let engine = small_engine()
-        .register(move |r| {
-            let tx = tx.clone();
-            r.register_operator("probe", move |_, _| Ok(Box::new(ClockProbe(tx.clone()))));
-        })
-        .build()
-        .expect("engine starts");
+    let probe = ClockProbe(Arc::new(Mutex::new(tx)));
+    let engine = small_engine().build().expect("engine starts");
     let p = shard_count() as u32;
-    let job = JobBuilder::new("one-clock")
-        .source("source", ops::generator(10_000, ops::KeyGen::Golden, ops::ValueGen::Index), p)
-        .then(OperatorSpec::new("probe", Vec::new()))
-        .connect(PartitionerKind::Hash, "sink", p)
-        .then(OperatorSpec::new("probe", Vec::new()))
-        .then(ops::count_sink())
-        .build();
-    let result = engine.run(job).expect("job finishes");
+    let df = Dataflow::new("one-clock").parallelism(p);
+    df.generate("source", 10_000, |r| r)
+        .process(probe.clone())
+        .name("probe-1")
+        .key_by(|r: &u64| *r)
+        .as_stream()
+        .process(probe)
+        .name("probe-2")
+        .count();
+    let result = engine.run(df.build().unwrap()).expect("job finishes");
     assert_eq!(result.count().0, 10_000);
     let seen: Vec<_> = rx.try_iter().collect();
     assert_eq!(seen.len(), 2 * p as usize, "every task opened its probe: {seen:?}");

@@ -11,4 +11,5 @@ mod embedded_failure;
 mod embedded_oracle;
 mod embedded_placement;
 mod embedded_spin;
+mod embedded_state;
 mod embedded_time;

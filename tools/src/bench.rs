@@ -1,5 +1,6 @@
-//! `shardflow bench`: the benchmark pipelines P1 `exchange`, P2 `keyed-sum` and P4
-//! `latency` (defined in `docs/benchmarks.md`), on the embedded engine.
+//! `shardflow bench`: the benchmark pipelines P1 `exchange`, P2 `keyed-sum`, P4
+//! `latency` and P8 `wordcount` (defined in `docs/benchmarks.md`), on the
+//! embedded engine.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use shardflow_engine::jobs::{exchange, keyed_sum, latency, P2_KEYS};
+use shardflow_engine::jobs::{exchange, keyed_sum, latency, wordcount, P2_KEYS, P8_WORDS, P8_WORDS_PER_LINE};
 use shardflow_engine::{Cores, EngineError, IdlePolicy, JobHandle, JobResult, PlacementStrategy};
 
 use crate::cluster::ConfigFile;
@@ -27,6 +28,10 @@ pub(crate) enum Pipeline {
     /// P4: source paced to --rate for --duration, records stamped with their
     /// scheduled time → map value+1 → exchange by hash(key) → latency histogram.
     Latency,
+    /// P8: `String` lines of 8 words → split → key by the word itself → count per
+    /// word → each word's count once at end of input. -n counts lines
+    /// (default 10 000 000).
+    Wordcount,
 }
 
 /// Idle policy of the shards.
@@ -43,7 +48,8 @@ pub(crate) struct BenchArgs {
     /// Pipeline to run.
     #[arg(value_enum)]
     pipeline: Pipeline,
-    /// Records (exchange, keyed-sum); underscores allowed. Default 100 000 000.
+    /// Records (exchange, keyed-sum; lines for wordcount); underscores allowed.
+    /// Default 100 000 000 (wordcount 10 000 000).
     #[arg(long, short = 'n', value_parser = parse_count)]
     records: Option<u64>,
     /// Shards, one per core, on the first S online cores. Default: the config
@@ -124,14 +130,15 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
     let engine = builder.build()?;
     let startup_s = t0.elapsed().as_secs_f64();
     let p = a.parallelism.unwrap_or(engine.shards().len() as u32);
-    let n = a.records.unwrap_or(100_000_000);
+    let n = a.records.unwrap_or(if a.pipeline == Pipeline::Wordcount { 10_000_000 } else { 100_000_000 });
     let (job, expected_source_records) = match a.pipeline {
-        Pipeline::Exchange => (exchange(n, p), n),
-        Pipeline::KeyedSum => (keyed_sum(n, p), n),
+        Pipeline::Exchange => (exchange(n, p)?, n),
+        Pipeline::KeyedSum => (keyed_sum(n, p)?, n),
+        Pipeline::Wordcount => (wordcount(n, p)?, n),
         Pipeline::Latency => {
             let duration_ms = (a.duration * 1000.0).round() as u64;
             let total = (u128::from(a.rate) * u128::from(duration_ms) / 1000) as u64;
-            (latency(a.rate, duration_ms, p), total)
+            (latency(a.rate, duration_ms, p)?, total)
         }
     };
     let cpu0 = process_cpu_time();
@@ -178,6 +185,19 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
             println!(
                 "shardflow keyed-sum N={n} records_per_s={:.0} wall_s={wall_s:.3} verify={} {common}",
                 n as f64 / wall_s,
+                verdict(ok)
+            );
+            ok
+        }
+        Pipeline::Wordcount => {
+            let (words, total) = result.count();
+            let expected_words = (n * P8_WORDS_PER_LINE).min(P8_WORDS);
+            let ok = words == expected_words && total == n * P8_WORDS_PER_LINE;
+            println!("distinct_words={words} words={total} expected_distinct={expected_words}");
+            println!(
+                "shardflow wordcount N={n} records_per_s={:.0} words_per_s={:.0} wall_s={wall_s:.3} verify={} {common}",
+                n as f64 / wall_s,
+                (n * P8_WORDS_PER_LINE) as f64 / wall_s,
                 verdict(ok)
             );
             ok

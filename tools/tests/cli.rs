@@ -118,7 +118,7 @@ fn the_named_jobs_list_as_json_and_ignored_parameters_are_refused() {
     assert!(out.status.success());
     let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON, not the table");
     let names: Vec<&str> = jobs.as_array().unwrap().iter().map(|j| j["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["exchange", "keyed-sum", "latency", "forward-count"]);
+    assert_eq!(names, ["exchange", "forward-count", "keyed-sum", "latency", "local-count", "wordcount"]);
     // Refused before any connection is tried (port 9 on loopback is never served).
     for (params, why) in [
         (&["--param", "rate=1000"][..], "give both"),

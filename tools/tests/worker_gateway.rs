@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use shardflow_engine::protocol::*;
 use shardflow_engine::{
-    ops, AllocationId, AttemptId, ExecutionState, ExecutionVertexId, JobId, JobMasterId, OperatorSpec, PartitionerKind,
+    AllocationId, AttemptId, ExecutionState, ExecutionVertexId, JobId, JobMasterId, OperatorSpec, PartitionerKind,
     ResourceManagerId, ShardId, SlotId, VertexId, WorkerId,
 };
 
@@ -147,14 +147,36 @@ fn attempt(subtask: u32) -> AttemptId {
     AttemptId { execution_vertex: ExecutionVertexId { vertex: VertexId(0), subtask }, attempt: 0 }
 }
 
+/// The graph of named job `name` with `params`.
+fn graph(name: &str, params: &[(&str, &str)], parallelism: u32) -> shardflow_engine::JobGraph {
+    let params = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    shardflow_engine::jobs::catalog().build(name, &params, parallelism).unwrap().graph().clone()
+}
+
+/// `local-count` (source, map +1, count sink in one vertex) at parallelism 2.
+fn local_count(params: &[(&str, &str)]) -> OperatorSpec {
+    graph("local-count", params, 2).vertices[0].chain[0].clone()
+}
+
+fn generator() -> OperatorSpec {
+    local_count(&[("records", "1000")])
+}
+
+fn paced() -> OperatorSpec {
+    local_count(&[("rate", "1000"), ("duration_ms", "600000")])
+}
+
 /// A one-vertex task (source, map +1, count sink) in slot `index`, as a
 /// coordinator deploys it.
-fn task(index: u32, allocation: u64, job_master: u64, subtask: u32, source: OperatorSpec) -> Message {
+fn task(index: u32, allocation: u64, job_master: u64, subtask: u32, spec: OperatorSpec) -> Message {
     let info = TaskInformation {
         job_name: "gateway".into(),
         vertex_name: "source".into(),
         parallelism: 2,
-        chain: vec![source, ops::map_add(1), ops::count_sink()],
+        max_parallelism: 128,
+        chain: vec![spec],
+        input_formats: vec![],
+        output_formats: vec![],
     };
     deploy(index, allocation, job_master, subtask, info.archive().unwrap())
 }
@@ -201,7 +223,7 @@ fn a_slot_held_by_another_allocation_answers_occupied_with_its_owner() {
 fn a_task_without_its_slot_or_with_another_job_masters_token_is_refused() {
     let (_w, _l, mut conn) = registered_worker();
     assert_eq!(request_slot(&mut conn, 0, 1, 1, 11), SlotRequestOutcome::Allocated);
-    let source = || ops::generator(1_000, ops::KeyGen::Golden, ops::ValueGen::Index);
+    let source = generator;
 
     conn.send(task(1, 1, 11, 0, source()));
     assert_eq!(refused(conn.expect()).code, ErrorCode::NoSlotAllocated, "slot 1 was never allocated");
@@ -234,10 +256,10 @@ fn a_task_without_its_slot_or_with_another_job_masters_token_is_refused() {
 fn cancel_is_prompt_and_needs_the_owners_token() {
     let (_w, _l, mut conn) = registered_worker();
     assert_eq!(request_slot(&mut conn, 0, 1, 1, 11), SlotRequestOutcome::Allocated);
-    conn.send(task(0, 1, 11, 0, ops::paced_generator(1_000, 600_000)));
+    conn.send(task(0, 1, 11, 0, paced()));
     conn.until_state(attempt(0), ExecutionState::Running);
     // the same attempt again is refused; the running one is untouched
-    conn.send(task(0, 1, 11, 0, ops::paced_generator(1_000, 600_000)));
+    conn.send(task(0, 1, 11, 0, paced()));
     assert_eq!(refused(conn.expect()).code, ErrorCode::Unexpected, "attempt 0 already runs");
 
     conn.send(Message::CancelTask(CancelTask { job_master: JobMasterId(11), job: JobId(1), attempt: attempt(0) }));
@@ -246,7 +268,7 @@ fn cancel_is_prompt_and_needs_the_owners_token() {
     assert!(canceled.failure.is_none(), "{canceled:?}");
 
     // a second task, then a cancel carrying another job master's token
-    conn.send(task(0, 1, 11, 1, ops::paced_generator(1_000, 600_000)));
+    conn.send(task(0, 1, 11, 1, paced()));
     conn.until_state(attempt(1), ExecutionState::Running);
     conn.send(Message::CancelTask(CancelTask { job_master: JobMasterId(12), job: JobId(1), attempt: attempt(1) }));
     match conn.expect() {
@@ -289,7 +311,9 @@ fn a_consumer_deployed_after_its_producer_finished_still_gets_the_records() {
     let here = |peer_subtask| ChannelLocation { peer_subtask, subpartition: 0, worker: ME };
     let vertex =
         |v: u32| AttemptId { execution_vertex: ExecutionVertexId { vertex: VertexId(v), subtask: 0 }, attempt: 0 };
-    let descriptor = |v: u32, name: &str, chain: Vec<OperatorSpec>| TaskDeploymentDescriptor {
+    let g = graph("forward-count", &[("records", "10")], 1);
+    let format = g.edges[0].format.clone();
+    let descriptor = |v: u32, name: &str| TaskDeploymentDescriptor {
         job: JobId(1),
         job_name: "late-consumer".into(),
         job_master: JobMasterId(11),
@@ -298,20 +322,25 @@ fn a_consumer_deployed_after_its_producer_finished_still_gets_the_records() {
         attempt: vertex(v),
         vertex_name: name.into(),
         parallelism: 1,
-        chain,
+        max_parallelism: 128,
+        chain: g.vertices[v as usize].chain.clone(),
+        input_formats: vec![],
+        output_formats: vec![],
         inputs: vec![],
         outputs: vec![],
     };
     let producer = TaskDeploymentDescriptor {
         outputs: vec![PartitionDeployment { edge: 0, partitioner: PartitionerKind::Forward, consumers: vec![here(0)] }],
-        ..descriptor(0, "source", vec![ops::generator(10, ops::KeyGen::Index, ops::ValueGen::Index)])
+        output_formats: vec![format.clone()],
+        ..descriptor(0, "source")
     };
     conn.send(Message::DeployTask(DeployTask::from_descriptor(producer).unwrap()));
     conn.until_state(vertex(0), ExecutionState::Finished);
 
     let consumer = TaskDeploymentDescriptor {
         inputs: vec![GateDeployment { edge: 0, producers: vec![here(0)] }],
-        ..descriptor(1, "sink", vec![ops::map_add(1), ops::count_sink()])
+        input_formats: vec![format.clone()],
+        ..descriptor(1, "sink")
     };
     conn.send(Message::DeployTask(DeployTask::from_descriptor(consumer).unwrap()));
     let done = conn.until_state(vertex(1), ExecutionState::Finished);
@@ -323,7 +352,7 @@ fn a_consumer_deployed_after_its_producer_finished_still_gets_the_records() {
 fn malformed_deployments_are_refused_and_the_worker_serves_on() {
     let (_w, _l, mut conn) = registered_worker();
     assert_eq!(request_slot(&mut conn, 0, 1, 1, 11), SlotRequestOutcome::Allocated);
-    let source = || ops::generator(1_000, ops::KeyGen::Golden, ops::ValueGen::Index);
+    let source = generator;
     let Message::DeployTask(good) = task(0, 1, 11, 0, source()) else { unreachable!() };
     let d = good.clone().descriptor().unwrap();
 
@@ -337,6 +366,7 @@ fn malformed_deployments_are_refused_and_the_worker_serves_on() {
     // an output nobody consumes: the task would index an empty subpartition list
     let orphan = TaskDeploymentDescriptor {
         outputs: vec![PartitionDeployment { edge: 0, partitioner: PartitionerKind::Hash, consumers: vec![] }],
+        output_formats: vec![shardflow_engine::RecordFormat::untyped()],
         ..d
     };
     conn.send(Message::DeployTask(DeployTask::from_descriptor(orphan).unwrap()));

@@ -26,7 +26,7 @@ use worker::Connector;
 
 use crate::config::EngineBuilder;
 use crate::error::EngineError;
-use crate::registry::{LiveRegistry, OperatorRegistry};
+use crate::registry::{JobCatalog, LiveRegistry};
 
 /// Opens an in-process connection to `server`; returns this side's end.
 pub(crate) fn pipe_to(server: &CoordinatorServer) -> PipeEnd {
@@ -219,16 +219,20 @@ impl std::fmt::Debug for MiniCluster {
 }
 
 impl MiniCluster {
-    /// Starts a coordinator with `config` and one worker per engine builder.
-    pub fn start(config: CoordinatorConfig, workers: Vec<EngineBuilder>) -> Result<Self, EngineError> {
-        let server =
-            Arc::new(CoordinatorServer::start(config, OperatorRegistry::with_builtins(), ServerOptions::default())?);
+    /// Starts a coordinator with `config` and one worker per engine builder,
+    /// all knowing the named jobs of `jobs`.
+    pub fn start(
+        config: CoordinatorConfig,
+        jobs: &JobCatalog,
+        workers: Vec<EngineBuilder>,
+    ) -> Result<Self, EngineError> {
+        let server = Arc::new(CoordinatorServer::start(config, jobs.clone(), ServerOptions::default())?);
         let mut started = Vec::new();
         for (i, engine) in workers.into_iter().enumerate() {
             let weak = Arc::downgrade(&server);
             let connector = in_process_connector(move || Some(pipe_to(&*weak.upgrade()?)));
             let options = WorkerOptions { resource_id: Some(format!("mini-worker-{i}")), ..WorkerOptions::default() };
-            let (config, registry) = engine.into_parts()?;
+            let (config, registry) = engine.jobs(jobs).into_parts()?;
             let live = Arc::new(LiveRegistry::new(registry));
             started.push(Worker::start_with(connector, config, live, Arc::default(), options)?);
         }

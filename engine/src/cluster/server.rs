@@ -25,7 +25,7 @@ use shardflow_control::{ConnId, Coordinator, CoordinatorConfig, Output, Resource
 use super::link::{self, open_tcp, send_message, ConnectionLimits, FrameSink, Permit, PipeEnd, Received, SendError};
 use crate::error::EngineError;
 use crate::registry::catalog::RegistryCatalog;
-use crate::registry::{LiveRegistry, OperatorRegistry};
+use crate::registry::{JobCatalog, LiveRegistry};
 
 /// How a coordinator process serves its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +81,7 @@ impl CoordinatorServer {
     pub fn bind(
         bind: SocketAddr,
         config: CoordinatorConfig,
-        registry: OperatorRegistry,
+        registry: JobCatalog,
         options: ServerOptions,
     ) -> Result<Self, EngineError> {
         let listener = TcpListener::bind(bind)
@@ -108,7 +108,7 @@ impl CoordinatorServer {
     /// Starts the coordinator without a listener (in-process connections only).
     pub(crate) fn start(
         config: CoordinatorConfig,
-        registry: OperatorRegistry,
+        registry: JobCatalog,
         options: ServerOptions,
     ) -> Result<Self, EngineError> {
         Self::start_live(config, Arc::new(LiveRegistry::new(registry)), options)

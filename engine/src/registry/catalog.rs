@@ -1,15 +1,15 @@
-//! The registry as the coordinator sees it ([`OperatorCatalog`]), and the
-//! engine's own check of a job against a registry before it is submitted.
+//! The jobs of a process as the coordinator sees them ([`OperatorCatalog`]):
+//! each vertex resolves to a typed plan, and each edge of a submitted graph must
+//! carry the record format this process's plan reads and writes.
 
 use std::sync::Arc;
 
-use shardflow_control::{validate_job, CatalogError, JobGraph, OperatorCatalog, OperatorSpec};
+use shardflow_control::{CatalogError, ControlError, JobGraph, OperatorCatalog, OperatorSpec};
 
-use super::{JobResources, LiveRegistry, OperatorRegistry};
+use super::LiveRegistry;
 use crate::error::EngineError;
 
-/// A registry as the coordinator sees it: the live one of the process it runs
-/// in.
+/// The live registry of the process the coordinator runs in.
 pub(crate) struct RegistryCatalog {
     live: Arc<LiveRegistry>,
 }
@@ -20,68 +20,89 @@ impl RegistryCatalog {
     }
 }
 
-impl OperatorCatalog for RegistryCatalog {
-    fn contains(&self, name: &str) -> bool {
-        self.live.snapshot().0.contains(name)
-    }
-    fn is_source(&self, name: &str) -> bool {
-        self.live.snapshot().0.is_source(name)
-    }
-    fn check(&self, spec: &OperatorSpec) -> Result<(), CatalogError> {
-        let (registry, resources) = self.live.snapshot();
-        registry.build_head(&spec.name, &spec.config, &resources).map(|_| ()).map_err(|e| match e {
-            EngineError::OperatorPanicked { operator, message } => CatalogError::Panicked { operator, message },
-            other => CatalogError::InvalidConfig { reason: other.to_string() },
-        })
+fn catalog_error(e: EngineError) -> CatalogError {
+    match e {
+        EngineError::OperatorPanicked { operator, message } => CatalogError::Panicked { operator, message },
+        other => CatalogError::InvalidConfig { reason: other.to_string() },
     }
 }
 
-/// [`validate_job`] against `registry` and `resources`, with the engine's errors:
-/// the graph's shape and operator names first, then every operator built once (so
-/// bad configuration is refused by operator), then the chains.
-pub(crate) fn check_job(
-    graph: &JobGraph,
-    registry: &OperatorRegistry,
-    resources: &JobResources,
-) -> Result<(), EngineError> {
-    graph.validate(&|name| registry.contains(name))?;
-    for v in &graph.vertices {
-        for op in &v.chain {
-            registry.build_head(&op.name, &op.config, resources)?;
+impl OperatorCatalog for RegistryCatalog {
+    fn contains(&self, name: &str) -> bool {
+        self.live.knows(name)
+    }
+
+    fn is_source(&self, spec: &OperatorSpec) -> bool {
+        self.live.resolve(spec).is_ok_and(|(job, v)| job.plan.vertices[v].is_source())
+    }
+
+    fn check(&self, spec: &OperatorSpec) -> Result<(), CatalogError> {
+        self.live.resolve(spec).map(|_| ()).map_err(catalog_error)
+    }
+
+    fn check_graph(&self, graph: &JobGraph) -> Result<(), ControlError> {
+        check_formats(graph, &self.live)
+    }
+}
+
+/// Checks that `graph` is the graph this process builds for the job its
+/// vertices name: the same vertices, and on every edge the same record format.
+pub(crate) fn check_formats(graph: &JobGraph, live: &LiveRegistry) -> Result<(), ControlError> {
+    let Some(spec) = graph.vertices.first().and_then(|v| v.chain.first()) else { return Ok(()) };
+    let (job, _) = live
+        .resolve(spec)
+        .map_err(|e| ControlError::InvalidOperator { vertex: graph.vertices[0].name.clone(), reason: e.to_string() })?;
+    let here = &job.graph;
+    let shape = |reason: String| ControlError::InvalidOperator { vertex: graph.name.clone(), reason };
+    if here.vertices.len() != graph.vertices.len() || here.edges.len() != graph.edges.len() {
+        return Err(shape(format!(
+            "this process builds the job with {} vertices and {} edges, the graph has {} and {}",
+            here.vertices.len(),
+            here.edges.len(),
+            graph.vertices.len(),
+            graph.edges.len()
+        )));
+    }
+    for (submitted, mine) in graph.edges.iter().zip(&here.edges) {
+        let edge = || {
+            let name = |v: shardflow_control::VertexId| {
+                graph.vertices.get(v.0 as usize).map_or_else(|| v.to_string(), |x| x.name.clone())
+            };
+            format!("{} -> {}", name(submitted.source), name(submitted.target))
+        };
+        if (submitted.source, submitted.target) != (mine.source, mine.target) {
+            return Err(shape(format!("edge '{}' is not an edge of the job this process builds", edge())));
+        }
+        if submitted.format != mine.format {
+            return Err(ControlError::FormatMismatch {
+                edge: edge(),
+                submitted: submitted.format.to_string(),
+                here: mine.format.to_string(),
+            });
         }
     }
-    struct Local<'a>(&'a OperatorRegistry);
-    impl OperatorCatalog for Local<'_> {
-        fn contains(&self, name: &str) -> bool {
-            self.0.contains(name)
-        }
-        fn is_source(&self, name: &str) -> bool {
-            self.0.is_source(name)
-        }
-        fn check(&self, _: &OperatorSpec) -> Result<(), CatalogError> {
-            Ok(()) // built above
-        }
-    }
-    validate_job(graph, &Local(registry))?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::JobCatalog;
 
     #[test]
-    fn a_factory_that_panics_is_a_typed_catalog_error() {
-        let mut registry = OperatorRegistry::empty();
-        registry.register_operator("explodes", |_, _| panic!("factory bug"));
-        let catalog = RegistryCatalog::new(Arc::new(LiveRegistry::new(registry)));
+    fn a_job_builder_that_panics_is_a_typed_catalog_error() {
+        let mut jobs = JobCatalog::new();
+        jobs.register("explodes", "a bug", |_| panic!("builder bug"));
+        let catalog = RegistryCatalog::new(Arc::new(LiveRegistry::new(jobs)));
+        let spec = OperatorSpec::new("job:explodes", b"vertex=0".to_vec());
         assert_eq!(
-            catalog.check(&OperatorSpec::new("explodes", vec![])),
-            Err(CatalogError::Panicked { operator: "explodes".into(), message: "factory bug".into() })
+            catalog.check(&spec),
+            Err(CatalogError::Panicked { operator: "job explodes".into(), message: "builder bug".into() })
         );
         assert!(matches!(
-            catalog.check(&OperatorSpec::new("missing", vec![])),
-            Err(CatalogError::InvalidConfig { reason }) if reason.contains("not registered")
+            catalog.check(&OperatorSpec::new("job:missing", b"vertex=0".to_vec())),
+            Err(CatalogError::InvalidConfig { reason }) if reason.contains("no such job")
         ));
+        assert!(!catalog.contains("generator"), "only typed jobs");
     }
 }

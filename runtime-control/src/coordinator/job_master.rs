@@ -254,7 +254,10 @@ impl JobMaster {
             job_name: self.graph.name.clone(),
             vertex_name: v.name.clone(),
             parallelism: v.parallelism,
+            max_parallelism: self.graph.max_parallelism,
             chain: v.chain.clone(),
+            input_formats: self.graph.inputs(vertex).map(|(_, e)| e.format.clone()).collect(),
+            output_formats: self.graph.outputs(vertex).map(|(_, e)| e.format.clone()).collect(),
         }
     }
 

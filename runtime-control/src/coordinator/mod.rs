@@ -46,8 +46,10 @@ use crate::state::JobStatus;
 /// A connection, as the driver numbers them.
 pub type ConnId = u64;
 
-/// What the driver must do.
+/// What the driver must do. (A message is moved once per frame: boxing it
+/// would cost an allocation per frame for nothing.)
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Output {
     /// Send a message on a connection.
     Send(ConnId, Message),

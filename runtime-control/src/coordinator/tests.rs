@@ -15,7 +15,8 @@ impl OperatorCatalog for Catalog {
     fn contains(&self, name: &str) -> bool {
         matches!(name, "src" | "map" | "sink")
     }
-    fn is_source(&self, name: &str) -> bool {
+    fn is_source(&self, spec: &OperatorSpec) -> bool {
+        let name = spec.name.as_str();
         name == "src"
     }
     fn check(&self, spec: &OperatorSpec) -> Result<(), CatalogError> {

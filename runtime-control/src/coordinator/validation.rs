@@ -32,10 +32,15 @@ pub enum CatalogError {
 pub trait OperatorCatalog: Send {
     /// Whether `name` is registered.
     fn contains(&self, name: &str) -> bool;
-    /// Whether `name` is a source.
-    fn is_source(&self, name: &str) -> bool;
+    /// Whether the operator `spec` names is a source.
+    fn is_source(&self, spec: &OperatorSpec) -> bool;
     /// Builds the operator once to check its configuration.
     fn check(&self, spec: &OperatorSpec) -> Result<(), CatalogError>;
+    /// Checks the whole graph against what this process builds from it (each
+    /// edge's record format); by default nothing more.
+    fn check_graph(&self, _graph: &JobGraph) -> Result<(), ControlError> {
+        Ok(())
+    }
 }
 
 /// The message of a caught panic's payload.
@@ -61,14 +66,14 @@ fn validate_unguarded(graph: &JobGraph, catalog: &dyn OperatorCatalog) -> Result
     for (i, v) in graph.vertices.iter().enumerate() {
         let has_inputs = graph.inputs(VertexId(i as u32)).next().is_some();
         let bad = |reason: &str| ControlError::InvalidOperator { vertex: v.name.clone(), reason: reason.into() };
-        let head_is_source = catalog.is_source(&v.chain[0].name);
+        let head_is_source = catalog.is_source(&v.chain[0]);
         if has_inputs && head_is_source {
             return Err(bad("a source cannot consume inputs"));
         }
         if !has_inputs && !head_is_source {
             return Err(bad("a vertex without inputs must start with a source"));
         }
-        if v.chain.iter().skip(1).any(|op| catalog.is_source(&op.name)) {
+        if v.chain.iter().skip(1).any(|op| catalog.is_source(op)) {
             return Err(bad("a source can only head a chain"));
         }
         for op in &v.chain {
@@ -77,6 +82,7 @@ fn validate_unguarded(graph: &JobGraph, catalog: &dyn OperatorCatalog) -> Result
                 .map_err(|e| ControlError::InvalidOperator { vertex: v.name.clone(), reason: e.to_string() })?;
         }
     }
+    catalog.check_graph(graph)?;
     if let Some(e) = graph.edges.iter().find(|e| e.partition_type == ResultPartitionType::Blocking) {
         return Err(ControlError::Unsupported(format!(
             "blocking partition on edge {} -> {}: only pipelined partitions run",

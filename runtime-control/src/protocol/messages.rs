@@ -8,7 +8,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::ids::{AllocationId, AttemptId, CheckpointId, JobId, JobMasterId, ResourceManagerId, SlotId, WorkerId};
-use crate::job_graph::{JobGraph, OperatorSpec, PartitionerKind};
+use crate::job_graph::{JobGraph, OperatorSpec, PartitionerKind, RecordFormat};
 use crate::state::{ExecutionState, JobStatus};
 
 macro_rules! payloads {
@@ -107,8 +107,14 @@ payloads! {
         pub vertex_name: String,
         /// The vertex's parallelism.
         pub parallelism: u32,
+        /// The job's key groups.
+        pub max_parallelism: u32,
         /// The operator chain, head first.
         pub chain: Vec<OperatorSpec>,
+        /// The record format of each input edge, in gate order.
+        pub input_formats: Vec<RecordFormat>,
+        /// The record format of each output edge, in partition order.
+        pub output_formats: Vec<RecordFormat>,
         /// Input gates.
         pub inputs: Vec<GateDeployment>,
         /// Result partitions.
@@ -126,8 +132,14 @@ payloads! {
         pub vertex_name: String,
         /// The vertex's parallelism.
         pub parallelism: u32,
+        /// The job's key groups.
+        pub max_parallelism: u32,
         /// The operator chain, head first.
         pub chain: Vec<OperatorSpec>,
+        /// The record format of each input edge, in gate order.
+        pub input_formats: Vec<RecordFormat>,
+        /// The record format of each output edge, in partition order.
+        pub output_formats: Vec<RecordFormat>,
     }
 
     /// A task's failure as reported.

@@ -34,7 +34,7 @@ use rkyv::util::AlignedVec;
 pub use messages::*;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Bytes of the frame header.
 pub const HEADER_BYTES: usize = 16;
 /// The highest version a shardflow peer could speak; a higher one means the peer
@@ -349,7 +349,10 @@ impl DeployTask {
             job_name: d.job_name,
             vertex_name: d.vertex_name,
             parallelism: d.parallelism,
+            max_parallelism: d.max_parallelism,
             chain: d.chain,
+            input_formats: d.input_formats,
+            output_formats: d.output_formats,
         };
         Ok(DeployTask {
             job: d.job,
@@ -374,7 +377,10 @@ impl DeployTask {
             attempt: self.attempt,
             vertex_name: info.vertex_name,
             parallelism: info.parallelism,
+            max_parallelism: info.max_parallelism,
             chain: info.chain,
+            input_formats: info.input_formats,
+            output_formats: info.output_formats,
             inputs: self.inputs,
             outputs: self.outputs,
         }

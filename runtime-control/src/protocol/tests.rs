@@ -5,7 +5,7 @@ use crate::ids::{
     AllocationId, AttemptId, ExecutionVertexId, JobId, JobMasterId, ResourceManagerId, ShardId, SlotId, VertexId,
     WorkerId,
 };
-use crate::job_graph::{JobGraph, JobVertex, OperatorSpec, PartitionerKind};
+use crate::job_graph::{JobGraph, JobVertex, OperatorSpec, PartitionerKind, RecordEncoding, RecordFormat};
 use crate::state::ExecutionState;
 
 fn attempt(v: u32, s: u32, a: u32) -> AttemptId {
@@ -29,6 +29,15 @@ pub(crate) fn sample_descriptor() -> TaskDeploymentDescriptor {
         attempt: attempt(1, 3, 0),
         vertex_name: "count".into(),
         parallelism: 4,
+        max_parallelism: 128,
+        input_formats: vec![RecordFormat {
+            type_name: "shardflow::Rec".into(),
+            encoding: RecordEncoding::Pod { size: 16, align: 8 },
+        }],
+        output_formats: vec![RecordFormat {
+            type_name: "alloc::string::String".into(),
+            encoding: RecordEncoding::Rkyv { archived_size: 8, align: 4 },
+        }],
         chain: vec![
             OperatorSpec::new("keyed_count", b"".to_vec()),
             OperatorSpec::new("map.add", b"delta=1".to_vec()),
@@ -165,13 +174,13 @@ fn hex(bytes: &[u8]) -> String {
 #[test]
 fn golden_bytes() {
     let ack = encode(&Message::Ack(Ack {})).unwrap();
-    assert_eq!(hex(&ack), "00000000010047000000000000000000");
+    assert_eq!(hex(&ack), "00000000020047000000000000000000");
     let hb = encode(&Message::HeartbeatFromCoordinator(HeartbeatFromCoordinator {
         resource_manager: ResourceManagerId(0x0102030405060708),
         seq: 3,
     }))
     .unwrap();
-    assert_eq!(hex(&hb), "1000000001000c00000000000000000008070605040302010300000000000000");
+    assert_eq!(hex(&hb), "1000000002000c00000000000000000008070605040302010300000000000000");
     let req = encode(&Message::RequestSlot(RequestSlot {
         resource_manager: ResourceManagerId(1),
         slot: slot(2, 3, 4),
@@ -182,7 +191,7 @@ fn golden_bytes() {
     .unwrap();
     assert_eq!(
         hex(&req),
-        "30000000010001000000000000000000\
+        "30000000020001000000000000000000\
          0100000000000000020000000300000004000000000000000500000000000000\
          06000000000000000700000000000000"
     );
@@ -190,14 +199,20 @@ fn golden_bytes() {
         job_name: "j".into(),
         vertex_name: "v".into(),
         parallelism: 2,
+        max_parallelism: 128,
         chain: vec![OperatorSpec::new("x", vec![1])],
+        input_formats: vec![],
+        output_formats: vec![RecordFormat {
+            type_name: "u64".into(),
+            encoding: RecordEncoding::Pod { size: 8, align: 8 },
+        }],
     };
     assert_eq!(
         hex(&info.archive().unwrap()),
-        "0100000078fffffffffffffff4ffffff010000006affffffffffffff76ffffffffffffff02000000dcffffff01000000"
+        "0100000078fffffffffffffff4ffffff01000000753634ffffffffff0000000008000000080000006affffffffffffff76ffffffffffffff0200000080000000c4ffffff01000000ccffffff00000000c4ffffff01000000"
     );
     let err = encode(&Message::error(ErrorCode::StaleToken, "stale")).unwrap();
-    assert_eq!(hex(&err), "1000000001007f000000000000000000060000007374616c65ffffff00000000");
+    assert_eq!(hex(&err), "1000000002007f000000000000000000060000007374616c65ffffff00000000");
 }
 
 #[test]
@@ -206,7 +221,7 @@ fn header_checks_come_before_the_body() {
     let mut h: [u8; HEADER_BYTES] = good[..HEADER_BYTES].try_into().unwrap();
     h[4] = 9;
     assert_eq!(FrameHeader::parse(&h, 1024), Err(FrameError::UnsupportedVersion { got: 9 }));
-    h[4] = 1;
+    h[4] = 2;
     h[6] = 200;
     assert_eq!(FrameHeader::parse(&h, 1024), Err(FrameError::UnknownKind { kind: 200 }));
     h[6] = 71;
@@ -294,8 +309,8 @@ fn another_protocol_is_named_as_such_and_a_near_version_as_a_version() {
         other => panic!("{other:?}"),
     }
     let mut h = [0u8; HEADER_BYTES];
-    h[4] = 2;
-    assert_eq!(FrameHeader::parse(&h, 1024), Err(FrameError::UnsupportedVersion { got: 2 }));
+    h[4] = 3;
+    assert_eq!(FrameHeader::parse(&h, 1024), Err(FrameError::UnsupportedVersion { got: 3 }));
     h[4] = 0;
     assert!(matches!(FrameHeader::parse(&h, 1024), Err(FrameError::NotShardflow { .. })), "version 0 was never used");
 }

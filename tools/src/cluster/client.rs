@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
-use shardflow_engine::jobs::{named_job, NAMED_JOBS};
 use shardflow_engine::protocol::{JobDetails, SubtaskDetails, WaitCondition};
 use shardflow_engine::{ExecutionState, JobStatus, WorkerId};
 
@@ -85,10 +84,10 @@ pub(crate) fn submit(a: &SubmitArgs, cfg: &ConfigFile) -> Result<Exit> {
     if a.list_jobs {
         if a.client.json {
             let jobs: Vec<_> =
-                NAMED_JOBS.iter().map(|(name, help)| json!({"name": name, "parameters": help})).collect();
+                crate::jobs().jobs().map(|(name, help)| json!({"name": name, "parameters": help})).collect();
             println!("{}", serde_json::Value::Array(jobs));
         } else {
-            for (name, help) in NAMED_JOBS {
+            for (name, help) in crate::jobs().jobs() {
                 println!("{name:<14} {help}");
             }
         }
@@ -105,7 +104,7 @@ pub(crate) fn submit(a: &SubmitArgs, cfg: &ConfigFile) -> Result<Exit> {
         params.insert(k, v);
     }
     let defaults = &cfg.submit;
-    let job = named_job(name, &params, a.parallelism.or(defaults.parallelism).unwrap_or(2))?;
+    let job = crate::jobs().build(name, &params, a.parallelism.or(defaults.parallelism).unwrap_or(2))?;
     let placement = match a.placement.as_ref().or(defaults.placement.as_ref()) {
         Some(p) if Path::new(p).is_file() => {
             std::fs::read_to_string(p).with_context(|| format!("reading placement file {p}"))?.trim().to_string()

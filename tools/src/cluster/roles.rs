@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use shardflow_engine::cluster::{CoordinatorServer, ServerOptions, Worker, WorkerOptions};
-use shardflow_engine::{CoordinatorConfig, IdlePolicy, OperatorRegistry, PlacementStrategy, RestartStrategy};
+use shardflow_engine::{CoordinatorConfig, IdlePolicy, PlacementStrategy, RestartStrategy};
 
 use super::config::WorkerSection;
 use super::{resolve, ConfigFile, DEFAULT_COORDINATOR};
@@ -85,7 +85,7 @@ pub(crate) fn coordinator(a: &CoordinatorArgs, cfg: &ConfigFile) -> Result<Exit>
         options.limits.write_timeout = Duration::from_millis(ms.max(1));
     }
     raise_open_files(options.max_connections);
-    let server = CoordinatorServer::bind(resolve(&bind)?, config, OperatorRegistry::with_builtins(), options)?;
+    let server = CoordinatorServer::bind(resolve(&bind)?, config, crate::jobs().clone(), options)?;
     let addr = server.local_addr().context("the listener has no address")?;
     println!("coordinator listening on {addr}");
     tracing::info!(%addr, "coordinator started");
@@ -164,7 +164,7 @@ pub(crate) fn worker(a: &WorkerArgs, cfg: &ConfigFile) -> Result<Exit> {
     };
     let addr = w.coordinator.clone().unwrap_or(DEFAULT_COORDINATOR.into());
     let options = WorkerOptions { resource_id: w.resource_id.clone(), ..WorkerOptions::default() };
-    let worker = Worker::start(resolve(&addr)?, w.engine(), options)?;
+    let worker = Worker::start(resolve(&addr)?, w.engine().jobs(crate::jobs()), options)?;
     println!("worker started, registering with {addr}");
     // Runs until killed, unless a coordinator refuses it for good.
     worker.wait()?;

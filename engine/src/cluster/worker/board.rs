@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use shardflow_control::{AttemptId, JobId, VertexId};
 
-use crate::task::TaskOutput;
+use crate::runtime::task::TaskOutput;
 
 /// Each job's source progress and, for an engine embedding the worker in its
 /// process, each finished subtask's full output (histograms and all; the frames
@@ -72,14 +72,19 @@ mod tests {
     use shardflow_control::{ExecutionVertexId, VertexId};
 
     use super::*;
-    use crate::operator::SinkOutput;
+    use crate::runtime::collector::SinkOutput;
 
     fn attempt(subtask: u32) -> AttemptId {
         AttemptId { execution_vertex: ExecutionVertexId { vertex: VertexId(1), subtask }, attempt: 0 }
     }
 
     fn output(n: u64) -> TaskOutput {
-        TaskOutput { sinks: vec![SinkOutput::Count { records: n, value_sum: n }], records_in: n, records_out: 0 }
+        TaskOutput {
+            sinks: vec![SinkOutput::Count { records: n, value_sum: n }],
+            records_in: n,
+            records_out: 0,
+            snapshot: Vec::new(),
+        }
     }
 
     #[test]

@@ -30,10 +30,10 @@ use shardflow_memory::{Budget, BudgetKind, Reservation};
 use super::board::JobBoard;
 use super::wiring::JobHere;
 use crate::config::EngineConfig;
-use crate::operator::SinkOutput;
 use crate::registry::LiveRegistry;
+use crate::runtime::collector::SinkOutput;
+use crate::runtime::task::{TaskDeployment, TaskOutput};
 use crate::shard::{ShardCommand, TaskReport};
-use crate::task::{TaskDeployment, TaskOutput};
 
 /// What the session loop must do.
 pub(crate) enum Action {
@@ -521,11 +521,6 @@ fn result_info(o: TaskOutput) -> TaskResultInfo {
                     h.value_at_quantile(0.999),
                     h.max(),
                 ]),
-            }),
-            SinkOutput::Records(r) => Some(SinkResult {
-                records: r.len() as u64,
-                value_sum: r.iter().fold(0u64, |a, x| a.wrapping_add(x.value)),
-                latency_ns: None,
             }),
         })
         .collect();

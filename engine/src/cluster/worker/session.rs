@@ -17,8 +17,8 @@ use shardflow_control::ExecutionState;
 use super::gateway::{Action, Gateway};
 use super::options::{Connector, WorkerOptions};
 use crate::cluster::link::{send_message, FrameSink, Permit, Received};
+use crate::runtime::task::TaskFailure;
 use crate::shard::{ShardCommand, ShardHandle, TaskReport};
-use crate::task::TaskFailure;
 
 /// What the worker's thread waits for.
 pub(super) enum Event {

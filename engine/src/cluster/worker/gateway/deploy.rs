@@ -8,8 +8,8 @@ use shardflow_control::protocol::*;
 use shardflow_control::ExecutionState;
 
 use super::{refuse, Gateway, TaskEntry};
-use crate::operator::TaskInfo;
-use crate::task::{partitioner, OutputDeployment, TaskDeployment};
+use crate::runtime::collector::TaskInfo;
+use crate::runtime::task::{TaskDeployment, OVERDRAFT};
 
 impl Gateway {
     /// The vertex information of `m`, read and validated once per vertex and
@@ -45,6 +45,37 @@ impl Gateway {
         }
         if let Some(g) = d.inputs.iter().find(|g| g.producers.is_empty()) {
             return malformed(format!("input on edge {} has no producers", g.edge));
+        }
+        Ok(())
+    }
+
+    /// Checks that the descriptor's edges carry the record formats this
+    /// process's plan of the job reads and writes.
+    fn check_formats(d: &TaskDeploymentDescriptor, graph: &shardflow_control::JobGraph) -> Result<(), ErrorReply> {
+        let edges = d.inputs.iter().map(|g| g.edge).zip(&d.input_formats);
+        let edges = edges.chain(d.outputs.iter().map(|p| p.edge).zip(&d.output_formats));
+        for (edge, format) in edges {
+            let Some(mine) = graph.edges.get(edge as usize) else {
+                return Err(refuse(
+                    ErrorCode::InvalidJob,
+                    format!("{} of {}: no edge {edge} in the job", d.attempt, d.job),
+                ));
+            };
+            if mine.format != *format {
+                return Err(refuse(
+                    ErrorCode::InvalidJob,
+                    format!(
+                        "{} of {}: edge {edge} carries {format}, but this worker's build uses {}",
+                        d.attempt, d.job, mine.format
+                    ),
+                ));
+            }
+        }
+        if d.input_formats.len() != d.inputs.len() || d.output_formats.len() != d.outputs.len() {
+            return Err(refuse(
+                ErrorCode::Malformed,
+                format!("{} of {}: formats do not match the edges", d.attempt, d.job),
+            ));
         }
         Ok(())
     }
@@ -85,39 +116,49 @@ impl Gateway {
                 format!("a channel to {} needs the TCP data plane, which is not built yet", c.worker),
             ));
         }
+        let (job, vertex) = self.live.resolve(&d.chain[0]).map_err(|e| refuse(ErrorCode::InvalidJob, e.to_string()))?;
+        Self::check_formats(&d, &job.graph)?;
         let shard = d.slot.shard.0 as usize;
         let cfg = &self.config;
         let per_channel = 1 + u64::from(cfg.exclusive_credits) + u64::from(cfg.floating_credits);
         let subs: u64 = d.outputs.iter().map(|p| p.consumers.len() as u64).sum();
-        let bytes = subs.saturating_mul(per_channel).saturating_mul(cfg.segment_bytes as u64);
+        let overdraft = (d.outputs.len() * OVERDRAFT) as u64;
+        let bytes = (subs.saturating_mul(per_channel) + overdraft).saturating_mul(cfg.segment_bytes as u64);
         let network = self.shards[shard]
             .network
             .reserve(bytes)
             .map_err(|e| refuse(ErrorCode::Internal, format!("network memory of shard {shard}: {e}")))?;
         let epoch = d.attempt.attempt;
         let subtask = d.attempt.execution_vertex.subtask;
-        let job = self.jobs.entry(d.job).or_default();
+        let here = self.jobs.entry(d.job).or_default();
         let inputs = d
             .inputs
             .iter()
-            .flat_map(|g| g.producers.iter().map(move |p| (epoch, g.edge, p.peer_subtask, p.subpartition)))
-            .map(|key| job.claim(key, cfg))
+            .map(|g| {
+                let channels = g
+                    .producers
+                    .iter()
+                    .map(|p| here.claim((epoch, g.edge, p.peer_subtask, p.subpartition), cfg))
+                    .collect();
+                (g.edge as usize, channels)
+            })
             .collect();
         let outputs = d
             .outputs
             .iter()
-            .map(|p| OutputDeployment {
-                partitioner: partitioner(p.partitioner),
-                senders: p.consumers.iter().map(|c| job.claim((epoch, p.edge, subtask, c.subpartition), cfg)).collect(),
+            .map(|p| {
+                let senders =
+                    p.consumers.iter().map(|c| here.claim((epoch, p.edge, subtask, c.subpartition), cfg)).collect();
+                (p.edge as usize, senders)
             })
             .collect();
-        let job_start = *job.starts.entry(epoch).or_insert_with(Instant::now);
+        let job_start = *here.starts.entry(epoch).or_insert_with(Instant::now);
         let progress = self.board.progress(d.job);
-        let (registry, resources) = self.live.snapshot();
         let info = TaskInfo {
             vertex: d.vertex_name.clone(),
             subtask,
             parallelism: d.parallelism,
+            max_parallelism: d.max_parallelism,
             job_start,
             core: self.shards[shard].core,
             managed_memory: slot.managed.clone(),
@@ -126,13 +167,12 @@ impl Gateway {
             job: d.job,
             attempt: d.attempt,
             info,
-            chain: d.chain,
+            plan: job.plan.clone(),
+            vertex,
             inputs,
             exclusive_credits: cfg.exclusive_credits,
             floating_credits: cfg.floating_credits,
             outputs,
-            registry,
-            resources,
             flush_timeout: cfg.flush_timeout,
             idle: cfg.idle,
             min_park: cfg.min_park,

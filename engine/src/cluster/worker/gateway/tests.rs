@@ -12,16 +12,27 @@ use shardflow_control::{
 use shardflow_memory::{Budget, BudgetKind};
 
 use super::{Action, Gateway, ShardSlots};
+use crate::api::Dataflow;
 use crate::cluster::worker::board::JobBoard;
 use crate::config::EngineConfig;
-use crate::ops;
-use crate::registry::{LiveRegistry, OperatorRegistry};
+use crate::registry::{JobCatalog, LiveRegistry};
+use crate::runtime::task::TaskOutput;
 use crate::shard::{ShardCommand, TaskReport};
-use crate::task::TaskOutput;
 
 const RM: ResourceManagerId = ResourceManagerId(0x77);
 const ME: WorkerId = WorkerId(3);
 const NETWORK_BYTES: u64 = 8 << 20;
+
+/// A catalog with one job: numbers `0..records` forward to a counting vertex.
+fn catalog() -> JobCatalog {
+    let mut jobs = JobCatalog::new();
+    jobs.register("numbers", "records=N", |p| {
+        let df = Dataflow::new("numbers").parallelism(p.parallelism());
+        df.generate("source", p.u64_or("records", 100)?, |r| r).forward().count();
+        df.build()
+    });
+    jobs
+}
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -41,7 +52,7 @@ impl Harness {
         let network = Budget::new(BudgetKind::NetworkBuffers, NETWORK_BYTES);
         let config = EngineConfig { slots_per_shard: 2, segment_bytes: 4096, ..EngineConfig::default() };
         let shards = vec![ShardSlots { id: 0, core: 5, network: network.clone() }];
-        let live = Arc::new(LiveRegistry::new(OperatorRegistry::with_builtins()));
+        let live = Arc::new(LiveRegistry::new(catalog()));
         let g = Gateway::new(config, live, board.clone(), shards, "gw".into(), ms(10_000));
         Harness { g, board, network, t0: Instant::now() }
     }
@@ -100,6 +111,8 @@ fn attempt(vertex: u32, subtask: u32) -> AttemptId {
 /// Subtask `subtask` of a two-subtask source vertex in slot 0 (allocation 1, job
 /// master 11), writing forward to the consumer subtask of the same index.
 fn descriptor(subtask: u32) -> TaskDeploymentDescriptor {
+    let params = [("records".to_string(), "100".to_string())].into();
+    let job = catalog().build("numbers", &params, 2).unwrap();
     TaskDeploymentDescriptor {
         job: JobId(1),
         job_name: "gateway".into(),
@@ -109,7 +122,10 @@ fn descriptor(subtask: u32) -> TaskDeploymentDescriptor {
         attempt: attempt(0, subtask),
         vertex_name: "source".into(),
         parallelism: 2,
-        chain: vec![ops::generator(100, ops::KeyGen::Index, ops::ValueGen::Index)],
+        max_parallelism: 128,
+        chain: job.graph.vertices[0].chain.clone(),
+        input_formats: vec![],
+        output_formats: vec![job.graph.edges[0].format.clone()],
         inputs: vec![],
         outputs: vec![PartitionDeployment {
             edge: 0,
@@ -220,7 +236,7 @@ fn a_deployment_goes_to_its_shard_and_its_states_flow_back() {
     let out = h.g.on_task(report(a, ExecutionState::Running, None));
     assert!(matches!(&out[..], [Action::Send(Message::UpdateTaskExecutionState(u))]
         if u.attempt == a && u.state == ExecutionState::Running && u.job_master == JobMasterId(11)));
-    let output = TaskOutput { sinks: vec![], records_in: 50, records_out: 50 };
+    let output = TaskOutput { sinks: vec![], records_in: 50, records_out: 50, snapshot: vec![] };
     let out = h.g.on_task(report(a, ExecutionState::Finished, Some(output)));
     assert!(matches!(&out[..], [Action::Send(Message::UpdateTaskExecutionState(u))]
         if u.state == ExecutionState::Finished && u.result.as_ref().is_some_and(|r| r.records_out == 50)));
@@ -301,4 +317,17 @@ fn a_slot_keeps_its_managed_memory_budget_when_the_worker_registers_again() {
     assert_eq!(second[&again].managed.available_bytes(), 1000);
     let other = SlotId { worker: WorkerId(2), shard: ShardId(0), index: 0 };
     assert_eq!(second[&other].managed.available_bytes(), 1000);
+}
+
+#[test]
+fn a_deployment_whose_edge_format_differs_from_this_build_is_refused() {
+    let mut h = Harness::registered();
+    h.allocate(0, 1, 11);
+    let mut d = descriptor(0);
+    d.output_formats[0].type_name = "some::OtherType".into();
+    let out = h.send(2, deploy(d));
+    let e = refusal(&out);
+    assert_eq!(e.code, ErrorCode::InvalidJob, "{e:?}");
+    assert!(e.message.contains("some::OtherType"), "{}", e.message);
+    assert_eq!(h.network.used_bytes(), 0, "nothing reserved");
 }

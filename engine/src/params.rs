@@ -1,47 +1,15 @@
-//! The record the engine's operators exchange, and operator configuration bytes.
+//! Job parameters as bytes: how a job graph names a vertex of a typed job and
+//! the parameters its catalog entry was built with.
 
 use std::collections::BTreeMap;
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::error::EngineError;
 
-/// The engine's record: a key, a value and a time, three `u64`s of plain data.
-/// Copied once into an output segment and read in place by the consumer.
-///
-/// `time` is the record's event or creation time in nanoseconds since the job's
-/// start instant (latency pipelines measure `now − time` at the sink).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Pod, Zeroable)]
-pub struct Record {
-    /// Partitioning key.
-    pub key: u64,
-    /// Payload.
-    pub value: u64,
-    /// Time in ns since the job's start instant.
-    pub time: u64,
-}
-
-impl Record {
-    /// A record with time 0.
-    #[inline]
-    pub const fn new(key: u64, value: u64) -> Self {
-        Record { key, value, time: 0 }
-    }
-}
-
-impl shardflow_netstack::Keyed for Record {
-    #[inline(always)]
-    fn key(&self) -> u64 {
-        self.key
-    }
-}
-
-/// Operator configuration: `key=value` pairs, encoded as `k=v;k=v` UTF-8 bytes so a
+/// Parameters: `key=value` pairs, encoded as `k=v;k=v` UTF-8 bytes so a
 /// job description stays readable on the wire and in logs. A `;`, `=` or `\\` in
 /// a key or value is escaped with a backslash, so any strings round-trip.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OpConfig {
+pub struct Params {
     entries: BTreeMap<String, String>,
 }
 
@@ -55,7 +23,7 @@ fn escape_into(out: &mut String, text: &str) {
     }
 }
 
-impl OpConfig {
+impl Params {
     /// An empty configuration.
     pub fn new() -> Self {
         Self::default()
@@ -82,7 +50,7 @@ impl OpConfig {
         out.into_bytes()
     }
 
-    /// Decodes bytes written by [`OpConfig::to_bytes`] for `operator`.
+    /// Decodes bytes written by [`Params::to_bytes`] for `operator`.
     pub fn parse(operator: &str, bytes: &[u8]) -> Result<Self, EngineError> {
         let bad = |reason: String| EngineError::InvalidOperatorConfig { operator: operator.to_string(), reason };
         let text = std::str::from_utf8(bytes).map_err(|e| bad(format!("not UTF-8: {e}")))?;
@@ -115,7 +83,22 @@ impl OpConfig {
             None if part.is_empty() => {}
             None => return Err(bad(format!("'{part}' is not key=value"))),
         }
-        Ok(OpConfig { entries })
+        Ok(Params { entries })
+    }
+
+    /// Parameters from a map.
+    pub fn from_map(map: &BTreeMap<String, String>) -> Self {
+        Params { entries: map.clone() }
+    }
+
+    /// Every parameter, by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Takes `key` out.
+    pub fn remove(&mut self, key: &str) -> Option<String> {
+        self.entries.remove(key)
     }
 
     /// The raw value of `key`.
@@ -157,35 +140,34 @@ mod tests {
         /// they went in.
         #[test]
         fn any_strings_round_trip(entries in proptest::collection::btree_map(".*", ".*", 0..6)) {
-            let c = entries.iter().fold(OpConfig::new(), |c, (k, v)| c.with(k, v));
-            prop_assert_eq!(OpConfig::parse("op", &c.to_bytes()).unwrap(), c);
+            let c = entries.iter().fold(Params::new(), |c, (k, v)| c.with(k, v));
+            prop_assert_eq!(Params::parse("op", &c.to_bytes()).unwrap(), c);
         }
 
         /// Any bytes parse or fail typed.
         #[test]
         fn any_bytes_parse_or_fail_typed(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let _ = OpConfig::parse("op", &bytes);
+            let _ = Params::parse("op", &bytes);
         }
     }
 
     #[test]
     fn separators_in_values_are_escaped() {
-        let c = OpConfig::new().with("path", "a=b;c\\d").with("k;=", "");
+        let c = Params::new().with("path", "a=b;c\\d").with("k;=", "");
         assert_eq!(String::from_utf8(c.to_bytes()).unwrap(), "k\\;\\==;path=a\\=b\\;c\\\\d");
-        assert_eq!(OpConfig::parse("op", &c.to_bytes()).unwrap().get("path"), Some("a=b;c\\d"));
-        assert!(OpConfig::parse("op", b"a=\\x").is_err());
-        assert!(OpConfig::parse("op", b"a=b\\").is_err());
+        assert_eq!(Params::parse("op", &c.to_bytes()).unwrap().get("path"), Some("a=b;c\\d"));
+        assert!(Params::parse("op", b"a=\\x").is_err());
+        assert!(Params::parse("op", b"a=b\\").is_err());
     }
 
     #[test]
     fn config_round_trips_and_reports_bad_values() {
-        let c = OpConfig::new().with("records", 10).with("keys", "golden");
-        let back = OpConfig::parse("generator", &c.to_bytes()).unwrap();
+        let c = Params::new().with("records", 10).with("keys", "golden");
+        let back = Params::parse("generator", &c.to_bytes()).unwrap();
         assert_eq!(back, c);
         assert_eq!(back.u64("generator", "records").unwrap(), 10);
         assert!(matches!(back.u64("generator", "keys"), Err(EngineError::InvalidOperatorConfig { .. })));
-        assert!(OpConfig::parse("x", b"novalue").is_err());
-        assert!(OpConfig::parse("x", &[0xff]).is_err());
-        assert_eq!(std::mem::size_of::<Record>(), 24);
+        assert!(Params::parse("x", b"novalue").is_err());
+        assert!(Params::parse("x", &[0xff]).is_err());
     }
 }

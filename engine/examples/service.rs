@@ -1,0 +1,65 @@
+//! An embedded service: a thread pushes requests into a running job through an
+//! ingress handle and reads the answers from an egress handle, with
+//! back-pressure both ways.
+//!
+//! `cargo run --release -p shardflow-engine --example service`
+
+use std::time::Instant;
+
+use shardflow_engine::{Dataflow, Engine, EngineError};
+
+/// A request a service receives.
+#[derive(Debug, Clone, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct Request {
+    id: u64,
+    user: String,
+    amount: u64,
+}
+shardflow_engine::rkyv_data!(Request);
+
+fn main() -> Result<(), EngineError> {
+    let engine = Engine::builder().build()?;
+    let shards = engine.shards().len() as u32;
+
+    // Requests in; each user's running total out.
+    let df = Dataflow::new("running-totals").parallelism(shards);
+    let (requests, mut ingress) = df.ingress::<Request>("requests", 1024);
+    let answers = requests
+        .key_by_ref::<String, _>(|r: &Request| &r.user)
+        .reduce(|total: &Request, r: &Request| Request {
+            id: r.id,
+            user: total.user.clone(),
+            amount: total.amount + r.amount,
+        })
+        .name("totals")
+        .egress(1024);
+    let job = engine.submit(df.build()?)?;
+
+    let n = 100_000u64;
+    let service = std::thread::spawn(move || {
+        for id in 0..n {
+            let request = Request { id, user: format!("user-{}", id % 100), amount: id % 7 };
+            if ingress.push(request).is_err() {
+                break; // the job is gone
+            }
+        }
+        // Dropping the handle ends the job's input.
+    });
+
+    let start = Instant::now();
+    let mut answered = 0u64;
+    let mut last = None;
+    for answer in answers.iter() {
+        answered += 1;
+        last = Some(answer);
+    }
+    let elapsed = start.elapsed();
+    service.join().expect("the service thread");
+    job.wait()?;
+    println!(
+        "{answered} requests answered in {:.1} ms ({:.0} per second); last answer: {last:?}",
+        elapsed.as_secs_f64() * 1e3,
+        answered as f64 / elapsed.as_secs_f64()
+    );
+    Ok(())
+}

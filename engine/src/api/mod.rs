@@ -1,0 +1,441 @@
+//! The typed dataflow API: a [`Dataflow`] builds a job from sources, transforms
+//! and sinks over streams of the user's own record types.
+//!
+//! Operators connected without an exchange run in one vertex and call each other
+//! directly (a chain, as Flink chains forward edges of equal parallelism); an
+//! exchange (`key_by`, `rebalance`, `broadcast`, a custom partitioner, a
+//! `forward()` that breaks the chain, a union or a connect) starts a new vertex
+//! whose records arrive through the network stack.
+//!
+//! ```
+//! use shardflow_engine::{Dataflow, Engine};
+//!
+//! let df = Dataflow::new("word-lengths").parallelism(2);
+//! let lengths = df
+//!     .from_iter("words", ["apple", "fig", "kiwi", "fig"].map(String::from))
+//!     .key_by_ref::<String, _>(|w: &str| w)
+//!     .count_final()
+//!     .map(|(word, n): &(String, u64)| (word.len() as u64, *n))
+//!     .collect();
+//! let job = df.build()?;
+//! # let engine = Engine::builder().shards(1).build()?;
+//! engine.run(job)?;
+//! let mut got = lengths.take();
+//! got.sort();
+//! assert_eq!(got, vec![(3, 2), (4, 1), (5, 1)]);
+//! # Ok::<(), shardflow_engine::EngineError>(())
+//! ```
+
+mod keyed;
+mod stream;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use shardflow_control::{JobGraph, JobVertex, OperatorSpec, PartitionerKind, RecordFormat, VertexId};
+
+use crate::data::Data;
+use crate::error::{DataflowError, EngineError};
+use crate::params::Params;
+use crate::runtime::build::{attach, consumers, port, Name, NodeFactory, Port};
+use crate::runtime::collector::TaskInfo;
+use crate::runtime::output::{Routing, WriterFactory};
+use crate::runtime::sources::{self, FromItems, Generator, IngressHandle, Source, SourceNode};
+use crate::runtime::state::JobSnapshot;
+use crate::runtime::vertex::{EntryFactory, PortEntry, VertexPlan};
+use crate::runtime::JobPlan;
+
+pub use keyed::{ConnectedStreams, KeyedConnectedStreams, KeyedStream};
+pub use stream::{Sink, Stream};
+
+/// Default key groups of a job (its maximum parallelism).
+pub const DEFAULT_MAX_PARALLELISM: u32 = 128;
+
+/// How an edge between two vertices routes records, decided when the job is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EdgeKind {
+    /// Forward if the two vertices have equal parallelism, else round robin.
+    Auto,
+    /// Exactly this.
+    Fixed(PartitionerKind),
+}
+
+struct PlanEdge {
+    source: usize,
+    target: usize,
+    kind: EdgeKind,
+    format: RecordFormat,
+}
+
+struct PlanVertex {
+    /// The head operator's name.
+    name: Name,
+    parallelism: u32,
+    slot_sharing_group: String,
+    cores: Option<Vec<usize>>,
+    body: VertexPlan,
+    /// An ingress's queues are made for its parallelism.
+    fixed_parallelism: bool,
+}
+
+/// An operator as the builder tracks it.
+struct PlanOp {
+    name: Name,
+    vertex: usize,
+    /// Whether it heads its vertex (else it is chained after another).
+    head: bool,
+    /// How many consumers its output has (`None`: a sink).
+    consumers: Option<Box<dyn Fn() -> usize>>,
+    /// Moves a chained operator into a vertex of its own (to give it another
+    /// parallelism): returns the new vertex.
+    rehome: Option<Rehome>,
+}
+
+/// Moves a chained operator into a vertex of its own; returns the vertex.
+pub(crate) type Rehome = Box<dyn Fn(&mut Plan) -> usize>;
+
+/// The job being built.
+pub(crate) struct Plan {
+    name: String,
+    parallelism: u32,
+    max_parallelism: u32,
+    vertices: Vec<PlanVertex>,
+    edges: Vec<PlanEdge>,
+    ops: Vec<PlanOp>,
+    sinks: usize,
+    errors: Vec<DataflowError>,
+    restore: Option<Arc<JobSnapshot>>,
+    snapshot_at_end: bool,
+}
+
+pub(crate) type PlanRef = Rc<RefCell<Plan>>;
+
+impl Plan {
+    fn error(&mut self, e: DataflowError) {
+        self.errors.push(e);
+    }
+
+    fn add_vertex(&mut self, name: &Name, parallelism: u32, body: VertexPlan) -> usize {
+        self.vertices.push(PlanVertex {
+            name: name.clone(),
+            parallelism,
+            slot_sharing_group: "default".into(),
+            cores: None,
+            body,
+            fixed_parallelism: false,
+        });
+        self.vertices.len() - 1
+    }
+
+    fn add_edge(&mut self, source: usize, target: usize, kind: EdgeKind, format: RecordFormat) -> usize {
+        self.edges.push(PlanEdge { source, target, kind, format });
+        self.edges.len() - 1
+    }
+
+    /// Adds an input edge `edge` feeding `entry` to vertex `vertex`.
+    fn add_entry(&mut self, vertex: usize, edge: usize, entry: Arc<dyn EntryFactory>) {
+        if let VertexPlan::Inputs(entries) = &mut self.vertices[vertex].body {
+            entries.push((edge, entry));
+        }
+    }
+
+    fn op_name(&self, op: usize) -> String {
+        self.ops[op].name.get()
+    }
+
+    /// A fresh default name: `kind-N`.
+    fn default_name(&self, kind: &str) -> Name {
+        Name::new(format!("{kind}-{}", self.ops.len()))
+    }
+
+    /// Sends the records of `port` (in vertex `from`) through a new edge to a new
+    /// vertex of its own, routed by `routing`; returns the vertex and the port
+    /// its records arrive at.
+    fn exchange<T: Data>(
+        &mut self,
+        from: usize,
+        port_in: &Port<T>,
+        routing: Routing<T>,
+        kind: EdgeKind,
+        name: &Name,
+    ) -> (usize, Port<T>) {
+        let root = port::<T>();
+        let vertex = self.add_vertex(name, self.parallelism, VertexPlan::Inputs(Vec::new()));
+        let edge = self.add_edge(from, vertex, kind, T::format());
+        attach(port_in, Arc::new(WriterFactory { edge, routing }));
+        self.add_entry(vertex, edge, Arc::new(PortEntry { port: root.clone(), key: edge }));
+        (vertex, root)
+    }
+}
+
+/// Builds a job: sources, transforms and sinks over typed streams. Cheap handles
+/// ([`Stream`]) refer to it; [`Dataflow::build`] checks it and makes the [`Job`].
+pub struct Dataflow {
+    plan: PlanRef,
+}
+
+impl std::fmt::Debug for Dataflow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = self.plan.borrow();
+        f.debug_struct("Dataflow").field("name", &p.name).field("vertices", &p.vertices.len()).finish()
+    }
+}
+
+impl Dataflow {
+    /// A dataflow called `name`, every operator at parallelism 1 unless set.
+    pub fn new(name: &str) -> Self {
+        Dataflow {
+            plan: Rc::new(RefCell::new(Plan {
+                name: name.to_string(),
+                parallelism: 1,
+                max_parallelism: DEFAULT_MAX_PARALLELISM,
+                vertices: Vec::new(),
+                edges: Vec::new(),
+                ops: Vec::new(),
+                sinks: 0,
+                errors: Vec::new(),
+                restore: None,
+                snapshot_at_end: false,
+            })),
+        }
+    }
+
+    /// The parallelism of operators created from now on (each can set its own).
+    #[must_use]
+    pub fn parallelism(self, parallelism: u32) -> Self {
+        {
+            let mut p = self.plan.borrow_mut();
+            if parallelism == 0 {
+                let operator = p.name.clone();
+                p.error(DataflowError::ZeroParallelism { operator });
+            }
+            p.parallelism = parallelism.max(1);
+        }
+        self
+    }
+
+    /// The job's key groups: the most subtasks any keyed operator may ever have,
+    /// and the unit keyed state is redistributed in (default 128).
+    #[must_use]
+    pub fn max_parallelism(self, max: u32) -> Self {
+        self.plan.borrow_mut().max_parallelism = max;
+        self
+    }
+
+    /// Starts the job's state from `snapshot` (taken at any parallelism with the
+    /// same maximum parallelism and operator names).
+    #[must_use]
+    pub fn restore(self, snapshot: JobSnapshot) -> Self {
+        self.plan.borrow_mut().restore = Some(Arc::new(snapshot));
+        self
+    }
+
+    /// At the end of input, snapshots every operator's state instead of
+    /// finishing (stop with a snapshot: no end-of-input results are emitted); the
+    /// snapshot is in [`crate::JobResult::snapshot`].
+    #[must_use]
+    pub fn stop_with_snapshot(self) -> Self {
+        self.plan.borrow_mut().snapshot_at_end = true;
+        self
+    }
+
+    /// Starts a stream at a source vertex: `make` creates the source of each
+    /// subtask, on its shard.
+    pub fn source<T, S, F>(&self, name: &str, make: F) -> Stream<T>
+    where
+        T: Data,
+        S: Source<T>,
+        F: Fn(&TaskInfo) -> S + Send + Sync + 'static,
+    {
+        self.source_fallible(name, move |task: &TaskInfo| Ok(make(task)))
+    }
+
+    /// As [`Dataflow::source`], with a `make` that may fail (the task then fails).
+    pub fn source_fallible<T, S, F>(&self, name: &str, make: F) -> Stream<T>
+    where
+        T: Data,
+        S: Source<T>,
+        F: Fn(&TaskInfo) -> Result<S, crate::OperatorError> + Send + Sync + 'static,
+    {
+        let out = port::<T>();
+        let node = SourceNode { make: Arc::new(make), port: out.clone(), _s: std::marker::PhantomData };
+        let mut p = self.plan.borrow_mut();
+        let name = Name::new(name);
+        let parallelism = p.parallelism;
+        let vertex = p.add_vertex(&name, parallelism, VertexPlan::Source(Arc::new(node)));
+        drop(p);
+        Stream::head(&self.plan, name, vertex, out)
+    }
+
+    /// A source emitting `f(r)` for r in `0..n`, each subtask its contiguous share.
+    pub fn generate<T: Data>(&self, name: &str, n: u64, f: impl Fn(u64) -> T + Send + Sync + 'static) -> Stream<T> {
+        let f = Arc::new(f);
+        self.source(name, move |_: &TaskInfo| Generator {
+            n,
+            f: f.clone(),
+            next: 0,
+            end: 0,
+            _t: std::marker::PhantomData,
+        })
+    }
+
+    /// A source emitting `items`: subtask i of p the items i, i+p, i+2p, …
+    pub fn from_iter<T: Data>(&self, name: &str, items: impl IntoIterator<Item = T>) -> Stream<T> {
+        let items: Arc<Vec<T>> = Arc::new(items.into_iter().collect());
+        self.source(name, move |_: &TaskInfo| FromItems { items: items.clone(), next: 0, step: 1 })
+    }
+
+    /// A source a service pushes records into through the returned handle, with
+    /// one queue of `capacity` records per source subtask (at the dataflow's
+    /// parallelism). See [`IngressHandle`].
+    pub fn ingress<T: Data>(&self, name: &str, capacity: usize) -> (Stream<T>, IngressHandle<T>) {
+        let parallelism = self.plan.borrow().parallelism;
+        self.ingress_with(name, capacity, parallelism)
+    }
+
+    /// [`Dataflow::ingress`] with `parallelism` source subtasks.
+    pub fn ingress_with<T: Data>(
+        &self,
+        name: &str,
+        capacity: usize,
+        parallelism: u32,
+    ) -> (Stream<T>, IngressHandle<T>) {
+        let (handle, queues) = sources::ingress::<T>(name, capacity, parallelism);
+        let queues = Arc::new(queues);
+        let who = name.to_string();
+        let stream = self.source_fallible(name, move |task: &TaskInfo| {
+            queues.source(task.subtask).ok_or_else(|| {
+                crate::OperatorError::User(format!("ingress '{who}' has no queue for subtask {}", task.subtask))
+            })
+        });
+        {
+            let mut p = self.plan.borrow_mut();
+            let v = &mut p.vertices[stream.vertex];
+            v.parallelism = parallelism.max(1);
+            v.fixed_parallelism = true;
+        }
+        (stream, handle)
+    }
+
+    /// Checks the dataflow and makes the job: every stream consumed, at least
+    /// one sink, unique operator names, forward edges between equal
+    /// parallelisms.
+    pub fn build(&self) -> Result<Job, EngineError> {
+        let p = self.plan.borrow();
+        if let Some(e) = p.errors.first() {
+            return Err(e.clone().into());
+        }
+        let mut seen = HashSet::new();
+        for op in &p.ops {
+            let name = op.name.get();
+            if !seen.insert(name.clone()) {
+                return Err(DataflowError::DuplicateName { name }.into());
+            }
+            if op.consumers.as_ref().is_some_and(|c| c() == 0) {
+                return Err(DataflowError::Unconsumed { operator: name }.into());
+            }
+        }
+        if p.sinks == 0 {
+            return Err(DataflowError::NoSink { job: p.name.clone() }.into());
+        }
+        let mut graph = JobGraph::new(&p.name);
+        graph.max_parallelism = p.max_parallelism;
+        let mut hints = BTreeMap::new();
+        for (i, v) in p.vertices.iter().enumerate() {
+            let name = v.name.get();
+            if let Some(cores) = &v.cores {
+                hints.insert(name.clone(), cores.clone());
+            }
+            graph.add_vertex(JobVertex {
+                name,
+                chain: vec![OperatorSpec::new(JOB_OPERATOR, Params::new().with(VERTEX_PARAM, i).to_bytes())],
+                parallelism: v.parallelism,
+                slot_sharing_group: v.slot_sharing_group.clone(),
+            });
+        }
+        for e in &p.edges {
+            let (up, down) = (&p.vertices[e.source], &p.vertices[e.target]);
+            let partitioner = match e.kind {
+                EdgeKind::Auto if up.parallelism == down.parallelism => PartitionerKind::Forward,
+                EdgeKind::Auto => PartitionerKind::Rebalance,
+                EdgeKind::Fixed(PartitionerKind::Forward) if up.parallelism != down.parallelism => {
+                    return Err(DataflowError::ForwardMismatch {
+                        from: up.name.get(),
+                        upstream: up.parallelism,
+                        to: down.name.get(),
+                        downstream: down.parallelism,
+                    }
+                    .into())
+                }
+                EdgeKind::Fixed(k) => k,
+            };
+            graph.connect_with(VertexId(e.source as u32), VertexId(e.target as u32), partitioner, e.format.clone());
+        }
+        let plan = JobPlan {
+            vertices: p.vertices.iter().map(|v| v.body.clone()).collect(),
+            restore: p.restore.clone(),
+            snapshot_at_end: p.snapshot_at_end,
+        };
+        Ok(Job::new(graph, Arc::new(plan), hints))
+    }
+}
+
+/// A job ready to submit: its graph (what the coordinator validates and places)
+/// and its typed plan (what each subtask builds its operators from). Made by
+/// [`crate::Dataflow::build`] or a [`crate::JobCatalog`] entry.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub(crate) graph: JobGraph,
+    pub(crate) plan: Arc<JobPlan>,
+    /// Vertex name → cores, from the dataflow's placement hints.
+    pub(crate) hints: BTreeMap<String, Vec<usize>>,
+}
+
+impl Job {
+    pub(crate) fn new(graph: JobGraph, plan: Arc<JobPlan>, hints: BTreeMap<String, Vec<usize>>) -> Self {
+        Job { graph, plan, hints }
+    }
+
+    /// The job graph.
+    pub fn graph(&self) -> &JobGraph {
+        &self.graph
+    }
+
+    /// The job's name.
+    pub fn name(&self) -> &str {
+        &self.graph.name
+    }
+}
+
+/// The operator name every vertex of a typed job carries in its graph: the
+/// job's catalog name follows (`job:<name>`), its vertex index is a parameter.
+pub(crate) const JOB_OPERATOR: &str = "job:";
+/// The parameter naming a vertex of its job.
+pub(crate) const VERTEX_PARAM: &str = "vertex";
+
+/// Registers a new operator in the plan and returns its index.
+pub(crate) fn add_op(
+    plan: &mut Plan,
+    name: Name,
+    vertex: usize,
+    head: bool,
+    consumers: Option<Box<dyn Fn() -> usize>>,
+    rehome: Option<Rehome>,
+) -> usize {
+    plan.ops.push(PlanOp { name, vertex, head, consumers, rehome });
+    plan.ops.len() - 1
+}
+
+/// The consumer count of `port`, as a check for [`Dataflow::build`].
+pub(crate) fn consumer_check<T: Data>(port: &Port<T>) -> Box<dyn Fn() -> usize> {
+    let port = port.clone();
+    Box::new(move || consumers(&port))
+}
+
+/// Detaches `factory` from `port`.
+pub(crate) fn detach<T: Data>(port: &Port<T>, factory: &Arc<dyn NodeFactory<T>>) {
+    let mut consumers = port.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    consumers.retain(|c| !Arc::ptr_eq(c, factory));
+}

@@ -1,0 +1,343 @@
+//! [`Stream`]: a typed stream of records and what can be done with it.
+
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use shardflow_control::PartitionerKind;
+
+use super::{add_op, consumer_check, detach, ConnectedStreams, EdgeKind, KeyedStream, Plan, PlanRef};
+use crate::data::{Data, Key};
+use crate::error::DataflowError;
+use crate::runtime::build::{attach, port, Name, NodeFactory, Port};
+use crate::runtime::collector::Emitter;
+use crate::runtime::ops::{FilterFactory, FlatMapFactory, MapFactory, ProcessFactory, ProcessFunction};
+use crate::runtime::output::{KeyBy, KeyByRef, KeySelector, Routing, SelectorRoute, WriterFactory};
+use crate::runtime::sinks::{
+    self, CollectFactory, CollectHandle, CountFactory, Discard, EgressHandle, ForEachFactory, LatencyFactory,
+};
+use crate::runtime::vertex::{PortEntry, VertexPlan};
+
+/// A stream of records of type `T`, produced by one operator of a
+/// [`super::Dataflow`]. Transforms return new streams; a stream may feed
+/// several consumers (each gets every record). Settings (`name`,
+/// `parallelism`, …) apply to the operator that produces the stream.
+pub struct Stream<T: Data> {
+    pub(crate) plan: PlanRef,
+    pub(crate) vertex: usize,
+    pub(crate) port: Port<T>,
+    pub(crate) op: usize,
+    /// An exchange the next operator's records go through (else it is chained).
+    pub(crate) exchange: Option<(Routing<T>, EdgeKind)>,
+}
+
+impl<T: Data> Clone for Stream<T> {
+    fn clone(&self) -> Self {
+        Stream {
+            plan: self.plan.clone(),
+            vertex: self.vertex,
+            port: self.port.clone(),
+            op: self.op,
+            exchange: self.exchange.clone(),
+        }
+    }
+}
+
+impl<T: Data> std::fmt::Debug for Stream<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = self.plan.borrow();
+        f.debug_struct("Stream").field("operator", &p.op_name(self.op)).field("vertex", &self.vertex).finish()
+    }
+}
+
+impl<T: Data> Stream<T> {
+    /// The stream of an operator heading vertex `vertex`.
+    pub(crate) fn head(plan: &PlanRef, name: Name, vertex: usize, out: Port<T>) -> Self {
+        let op = add_op(&mut plan.borrow_mut(), name, vertex, true, Some(consumer_check(&out)), None);
+        Stream { plan: plan.clone(), vertex, port: out, op, exchange: None }
+    }
+
+    /// Where an operator consuming this stream runs: chained into this vertex, or
+    /// at the head of a new vertex behind the pending exchange. Returns the vertex,
+    /// the port the operator reads, and whether it heads its vertex.
+    fn place(&self, p: &mut Plan, name: &Name) -> (usize, Port<T>, bool) {
+        match &self.exchange {
+            None => (self.vertex, self.port.clone(), false),
+            Some((routing, kind)) => {
+                let (v, root) = p.exchange(self.vertex, &self.port, routing.clone(), *kind, name);
+                (v, root, true)
+            }
+        }
+    }
+
+    /// Adds an operator reading this stream, built by `make` from its name and
+    /// output port.
+    pub(crate) fn then<U: Data>(
+        &self,
+        kind: &str,
+        make: impl FnOnce(Name, Port<U>) -> Arc<dyn NodeFactory<T>>,
+    ) -> Stream<U> {
+        let mut p = self.plan.borrow_mut();
+        let name = p.default_name(kind);
+        let out = port::<U>();
+        let factory = make(name.clone(), out.clone());
+        let (vertex, input, head) = self.place(&mut p, &name);
+        attach(&input, factory.clone());
+        let rehome: Option<super::Rehome> = if head {
+            None
+        } else {
+            let (from, name) = (vertex, name.clone());
+            Some(Box::new(move |p: &mut Plan| {
+                detach(&input, &factory);
+                let (v, root) = p.exchange(from, &input, Routing::Rebalance, EdgeKind::Auto, &name);
+                attach(&root, factory.clone());
+                v
+            }))
+        };
+        let op = add_op(&mut p, name, vertex, head, Some(consumer_check(&out)), rehome);
+        Stream { plan: self.plan.clone(), vertex, port: out, op, exchange: None }
+    }
+
+    /// Ends this stream in a sink built by `make` from its name.
+    fn sink(&self, kind: &str, make: impl FnOnce(Name) -> Arc<dyn NodeFactory<T>>) -> Sink {
+        let mut p = self.plan.borrow_mut();
+        let name = p.default_name(kind);
+        let factory = make(name.clone());
+        let (vertex, input, head) = self.place(&mut p, &name);
+        attach(&input, factory);
+        add_op(&mut p, name.clone(), vertex, head, None, None);
+        p.sinks += 1;
+        Sink { name }
+    }
+
+    fn with_exchange(&self, routing: Routing<T>, kind: PartitionerKind) -> Stream<T> {
+        Stream { exchange: Some((routing, EdgeKind::Fixed(kind))), ..self.clone() }
+    }
+
+    // ------------------------------------------------------------ settings
+
+    /// Names the operator producing this stream (unique in the job: its state's
+    /// id in snapshots; also the vertex name if it heads one).
+    #[must_use]
+    pub fn name(self, name: &str) -> Self {
+        self.plan.borrow().ops[self.op].name.set(name);
+        self
+    }
+
+    /// Runs the operator producing this stream with `parallelism` subtasks. A
+    /// chained operator given another parallelism than its vertex moves to a
+    /// vertex of its own (records reach it round robin).
+    #[must_use]
+    pub fn parallelism(mut self, parallelism: u32) -> Self {
+        let mut p = self.plan.borrow_mut();
+        let operator = p.op_name(self.op);
+        let op = &p.ops[self.op];
+        let vertex = op.vertex;
+        if parallelism == 0 {
+            p.error(DataflowError::ZeroParallelism { operator });
+        } else if op.consumers.as_ref().is_some_and(|c| c() > 0) {
+            p.error(DataflowError::ParallelismAfterUse { operator });
+        } else if p.vertices[vertex].parallelism == parallelism {
+        } else if p.vertices[vertex].fixed_parallelism {
+            p.error(DataflowError::FixedParallelism { operator });
+        } else if op.head {
+            p.vertices[vertex].parallelism = parallelism;
+        } else if let Some(rehome) = p.ops[self.op].rehome.take() {
+            let v = rehome(&mut p);
+            p.vertices[v].parallelism = parallelism;
+            let op = &mut p.ops[self.op];
+            op.vertex = v;
+            op.head = true;
+            self.vertex = v;
+        }
+        drop(p);
+        self
+    }
+
+    /// Puts the vertex of the operator producing this stream in slot-sharing
+    /// group `group` (vertices of one group may share a slot).
+    #[must_use]
+    pub fn slot_sharing_group(self, group: &str) -> Self {
+        self.plan.borrow_mut().vertices[self.vertex].slot_sharing_group = group.to_string();
+        self
+    }
+
+    /// Places the subtasks of this stream's vertex on `cores` (subtask i on
+    /// `cores[i % len]`); vertices without a hint spread over every shard.
+    #[must_use]
+    pub fn cores(self, cores: &[usize]) -> Self {
+        self.plan.borrow_mut().vertices[self.vertex].cores = Some(cores.to_vec());
+        self
+    }
+
+    // ---------------------------------------------------------- transforms
+
+    /// Each record mapped by `f`.
+    pub fn map<U: Data>(&self, f: impl Fn(&T::Borrowed) -> U + Send + Sync + 'static) -> Stream<U> {
+        let f = Arc::new(f);
+        self.then("map", |_, next| Arc::new(MapFactory { f, next, _t: PhantomData }))
+    }
+
+    /// The records for which `f` is true.
+    pub fn filter(&self, f: impl Fn(&T::Borrowed) -> bool + Send + Sync + 'static) -> Stream<T> {
+        let f = Arc::new(f);
+        self.then("filter", |_, next| Arc::new(FilterFactory { f, next }))
+    }
+
+    /// Zero or more records per record: `f` emits them.
+    pub fn flat_map<U: Data>(
+        &self,
+        f: impl Fn(&T::Borrowed, &mut Emitter<'_, U>) + Send + Sync + 'static,
+    ) -> Stream<U> {
+        let f = Arc::new(f);
+        self.then("flat_map", |_, next| Arc::new(FlatMapFactory { f, next, _t: PhantomData }))
+    }
+
+    /// A process function over each record, with operator state.
+    pub fn process<O: Data, P: ProcessFunction<T, O>>(&self, f: P) -> Stream<O> {
+        self.then("process", |name, next| Arc::new(ProcessFactory { name, f, next, _t: PhantomData }))
+    }
+
+    /// Partitions by a key computed from each record: each key's records reach
+    /// one subtask (by key group), where keyed operators keep state per key.
+    pub fn key_by<K: Key, F>(&self, f: F) -> KeyedStream<K, T, KeyBy<F>>
+    where
+        F: Fn(&T::Borrowed) -> K + Send + Sync + 'static,
+    {
+        self.keyed(KeyBy(f))
+    }
+
+    /// Partitions by a key borrowed from each record (a `&str` of a `String`
+    /// field: no allocation per record).
+    pub fn key_by_ref<K: Key, F>(&self, f: F) -> KeyedStream<K, T, KeyByRef<F>>
+    where
+        F: for<'a> Fn(&'a T::Borrowed) -> &'a K::Borrowed + Send + Sync + 'static,
+    {
+        self.keyed(KeyByRef(f))
+    }
+
+    fn keyed<K: Key, S: KeySelector<K, T>>(&self, selector: S) -> KeyedStream<K, T, S> {
+        let selector = Arc::new(selector);
+        let route = Arc::new(SelectorRoute::<K, S>(selector.clone(), PhantomData));
+        KeyedStream {
+            stream: self.with_exchange(Routing::KeyGroups(route), PartitionerKind::Hash),
+            selector,
+            _k: PhantomData,
+        }
+    }
+
+    /// Sends the records round robin to the next operator's subtasks.
+    pub fn rebalance(&self) -> Stream<T> {
+        self.with_exchange(Routing::Rebalance, PartitionerKind::Rebalance)
+    }
+
+    /// Sends every record to every subtask of the next operator.
+    pub fn broadcast(&self) -> Stream<T> {
+        self.with_exchange(Routing::Broadcast, PartitionerKind::Broadcast)
+    }
+
+    /// Breaks the chain: the next operator starts a vertex of its own, subtask i
+    /// fed by subtask i of this one (equal parallelism).
+    pub fn forward(&self) -> Stream<T> {
+        self.with_exchange(Routing::Forward, PartitionerKind::Forward)
+    }
+
+    /// Routes each record to the subtask `f(record, subtasks)` (modulo subtasks).
+    pub fn partition_custom(&self, f: impl Fn(&T::Borrowed, usize) -> usize + Send + Sync + 'static) -> Stream<T> {
+        self.with_exchange(Routing::Custom(Arc::new(f)), PartitionerKind::Custom)
+    }
+
+    /// The records of this stream and `other` as one stream.
+    pub fn union(&self, other: &Stream<T>) -> Stream<T> {
+        let mut p = self.plan.borrow_mut();
+        let name = p.default_name("union");
+        if !Rc::ptr_eq(&self.plan, &other.plan) {
+            p.error(DataflowError::ForeignStream { operator: name.get() });
+        }
+        let root = port::<T>();
+        let parallelism = p.parallelism;
+        let vertex = p.add_vertex(&name, parallelism, VertexPlan::Inputs(Vec::new()));
+        let key = p.edges.len();
+        for s in [self, other] {
+            let (routing, kind) = s.exchange.clone().unwrap_or((Routing::Rebalance, EdgeKind::Auto));
+            let edge = p.add_edge(s.vertex, vertex, kind, T::format());
+            attach(&s.port, Arc::new(WriterFactory { edge, routing }));
+            p.add_entry(vertex, edge, Arc::new(PortEntry { port: root.clone(), key }));
+        }
+        let op = add_op(&mut p, name, vertex, true, Some(consumer_check(&root)), None);
+        Stream { plan: self.plan.clone(), vertex, port: root, op, exchange: None }
+    }
+
+    /// This stream and `other` as the two inputs of one operator.
+    pub fn connect<B: Data>(&self, other: &Stream<B>) -> ConnectedStreams<T, B> {
+        ConnectedStreams { first: self.clone(), second: other.clone() }
+    }
+
+    // --------------------------------------------------------------- sinks
+
+    /// Counts the records; the job's [`crate::JobResult::count`] sums the counts.
+    pub fn count(&self) -> Sink {
+        self.sink("count", |name| Arc::new(CountFactory::<fn(&T::Borrowed) -> u64> { name, value: None }))
+    }
+
+    /// Counts the records and sums `value` of each (wrapping), for
+    /// [`crate::JobResult::count`].
+    pub fn count_and_sum(&self, value: impl Fn(&T::Borrowed) -> u64 + Send + Sync + 'static) -> Sink {
+        let value = Some(Arc::new(value));
+        self.sink("count", |name| Arc::new(CountFactory { name, value }))
+    }
+
+    /// Drops the records.
+    pub fn discard(&self) -> Sink {
+        self.sink("discard", |_| Arc::new(Discard))
+    }
+
+    /// Calls `f` with each record (on the sink's shard).
+    pub fn for_each(&self, f: impl Fn(&T::Borrowed) + Send + Sync + 'static) -> Sink {
+        let f = Arc::new(f);
+        self.sink("for_each", |_| Arc::new(ForEachFactory(f)))
+    }
+
+    /// Gathers every record in memory, readable from the handle once the job has
+    /// finished (for tests and small results).
+    pub fn collect(&self) -> CollectHandle<T> {
+        let handle = CollectHandle::new();
+        let h = handle.clone();
+        self.sink("collect", |name| Arc::new(CollectFactory { name, handle: h }));
+        handle
+    }
+
+    /// Records `now − time_ns(record)` in a histogram ([`crate::JobResult::latency`]),
+    /// `time_ns` being the record's time in ns since the job's start instant.
+    pub fn latency(&self, time_ns: impl Fn(&T::Borrowed) -> u64 + Send + Sync + 'static) -> Sink {
+        let time_ns = Arc::new(time_ns);
+        self.sink("latency", |name| Arc::new(LatencyFactory { name, time_ns }))
+    }
+
+    /// Hands the records to a service thread through a bounded queue of
+    /// `capacity` records: see [`EgressHandle`].
+    pub fn egress(&self, capacity: usize) -> EgressHandle<T> {
+        let mut handle = None;
+        self.sink("egress", |name| {
+            let (factory, h) = sinks::egress::<T>(name, capacity);
+            handle = Some(h);
+            Arc::new(factory)
+        });
+        handle.unwrap_or_else(|| unreachable!("the sink's factory is made at once"))
+    }
+}
+
+/// A sink of a dataflow: its name can be set (the vertex's name if the sink
+/// heads one).
+#[derive(Debug)]
+pub struct Sink {
+    name: Name,
+}
+
+impl Sink {
+    /// Names the sink (unique in the job).
+    pub fn name(self, name: &str) -> Self {
+        self.name.set(name);
+        self
+    }
+}

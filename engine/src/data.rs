@@ -1,0 +1,525 @@
+//! The records a stream carries: any type the user defines, in one of two
+//! encodings chosen by the type.
+//!
+//! - **Plain fixed-size data** (`bytemuck::Pod`): copied once into the segment,
+//!   read in place as a slice, and passed through chains in batches. The fast path
+//!   of the benchmark pipelines. Declare with [`pod_data!`].
+//! - **rkyv** (strings, vectors, enums, nested structs): archived once into the
+//!   segment and read with checked access. Declare with [`rkyv_data!`]; `String`,
+//!   `Vec<u8>` and tuples of rkyv types are built in.
+//!
+//! Operators see a record as `&T::Borrowed`: the record itself, or for `String`
+//! (`str`) and `Vec<u8>` (`[u8]`) the borrowed form read in place from the
+//! buffer, so a stream of words is read without an allocation per word. A
+//! stream's [`RecordFormat`] travels with each edge of the job graph, so two
+//! processes that disagree on a type refuse the job instead of reading garbage.
+
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
+
+use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor;
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::ser::writer::Buffer as RkyvSlice;
+use rkyv::util::AlignedVec;
+use shardflow_control::{RecordEncoding, RecordFormat};
+use shardflow_netstack::{fmix64, VarRecords};
+
+/// A record type a stream can carry. Implement it with [`pod_data!`] or
+/// [`rkyv_data!`]; primitives, `String`, `Vec<u8>` and tuples of rkyv types have it.
+pub trait Data: Clone + Send + Sync + 'static + Borrow<Self::Borrowed> {
+    /// What operators see of a record: the type itself, or a form borrowed from
+    /// the buffer it is read from (`str` for `String`).
+    type Borrowed: ?Sized + 'static;
+
+    /// Whether records are fixed-size plain data, packed and read in place as a
+    /// slice (and batched through chains).
+    const POD: bool;
+
+    /// The type's format, recorded on every edge that carries it.
+    fn format() -> RecordFormat;
+
+    /// An owned record from its borrowed form.
+    fn to_owned_record(borrowed: &Self::Borrowed) -> Self;
+
+    /// Writes `record` into subpartition `sp` of `out`.
+    fn write(record: &Self::Borrowed, out: &mut ResultPartition, sp: usize) -> Result<(), NetError>;
+
+    /// The records of a buffer of fixed-size data, in place (`None` for rkyv
+    /// types).
+    fn slice(buffer: &Buffer) -> Result<Option<&[Self]>, NetError>;
+
+    /// Calls `f` with each record of `buffer` from byte `*cursor` on, until `f`
+    /// returns `false` (after handling that record) or the buffer ends; `*cursor`
+    /// then points at the next record. For rkyv types (fixed-size data uses
+    /// [`Self::slice`]).
+    fn each(buffer: &Buffer, cursor: &mut usize, f: &mut dyn FnMut(&Self::Borrowed) -> bool) -> Result<(), NetError>;
+
+    /// `record` as bytes (for snapshots).
+    fn to_bytes(record: &Self::Borrowed) -> Result<Vec<u8>, NetError>;
+
+    /// A record from bytes [`Self::to_bytes`] wrote; checked, never trusted.
+    fn from_bytes(bytes: &[u8]) -> Result<Self, NetError>;
+}
+
+/// A key of a keyed stream: hashable, comparable, and routable the same way in
+/// every process (its hash is FxHash of its borrowed form, mixed with fmix64).
+pub trait Key: Data<Borrowed: Hash + Eq> + Hash + Eq {}
+
+impl<K: Data<Borrowed: Hash + Eq> + Hash + Eq> Key for K {}
+
+/// The routing hash of a key (in its borrowed form): stable across processes of
+/// one build, never the raw key bits.
+#[inline(always)]
+pub fn key_hash<Q: Hash + ?Sized>(key: &Q) -> u64 {
+    let mut h = rustc_hash::FxHasher::default();
+    key.hash(&mut h);
+    fmix64(h.finish())
+}
+
+// ------------------------------------------------------------------ plain data
+
+/// Declares fixed-size plain-data record types: each must be
+/// `bytemuck::Pod + Send + Sync` (`#[repr(C)]`, `#[derive(Clone, Copy, Pod,
+/// Zeroable)]`).
+///
+/// ```
+/// use bytemuck::{Pod, Zeroable};
+///
+/// #[repr(C)]
+/// #[derive(Clone, Copy, Debug, Pod, Zeroable)]
+/// struct Click { user: u64, page: u64 }
+/// shardflow_engine::pod_data!(Click);
+/// ```
+#[macro_export]
+macro_rules! pod_data {
+    ($($t:ty),* $(,)?) => {$(
+        impl $crate::Data for $t {
+            type Borrowed = $t;
+            const POD: bool = true;
+            fn format() -> $crate::RecordFormat {
+                $crate::data::pod_format::<$t>()
+            }
+            #[inline(always)]
+            fn to_owned_record(b: &$t) -> $t {
+                *b
+            }
+            #[inline(always)]
+            fn write(
+                record: &$t,
+                out: &mut $crate::data::ResultPartition,
+                sp: usize,
+            ) -> ::std::result::Result<(), $crate::data::NetError> {
+                out.write_pod(sp, record)
+            }
+            #[inline]
+            fn slice(
+                buffer: &$crate::data::Buffer,
+            ) -> ::std::result::Result<::std::option::Option<&[$t]>, $crate::data::NetError> {
+                buffer.pod::<$t>().map(::std::option::Option::Some)
+            }
+            fn each(
+                buffer: &$crate::data::Buffer,
+                cursor: &mut usize,
+                f: &mut dyn FnMut(&$t) -> bool,
+            ) -> ::std::result::Result<(), $crate::data::NetError> {
+                let records = buffer.pod::<$t>()?;
+                while let Some(r) = records.get(*cursor) {
+                    *cursor += 1;
+                    if !f(r) {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+            fn to_bytes(record: &$t) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::data::NetError> {
+                Ok($crate::data::bytes_of(record).to_vec())
+            }
+            fn from_bytes(bytes: &[u8]) -> ::std::result::Result<$t, $crate::data::NetError> {
+                $crate::data::pod_from_bytes::<$t>(bytes)
+            }
+        }
+    )*};
+}
+
+pub use bytemuck::bytes_of;
+#[doc(hidden)]
+pub use rkyv;
+#[doc(hidden)]
+pub use shardflow_netstack::{Buffer, NetError, ResultPartition};
+
+/// The format of a plain-data type.
+#[doc(hidden)]
+pub fn pod_format<T: bytemuck::Pod>() -> RecordFormat {
+    RecordFormat {
+        type_name: std::any::type_name::<T>().to_string(),
+        encoding: RecordEncoding::Pod {
+            size: std::mem::size_of::<T>() as u32,
+            align: std::mem::align_of::<T>() as u32,
+        },
+    }
+}
+
+/// A plain-data record from exactly its bytes.
+#[doc(hidden)]
+pub fn pod_from_bytes<T: bytemuck::Pod>(bytes: &[u8]) -> Result<T, NetError> {
+    bytemuck::try_pod_read_unaligned(bytes).map_err(|e| NetError::MalformedRecord {
+        offset: 0,
+        reason: format!("{} bytes are not a {}: {e}", bytes.len(), std::any::type_name::<T>()),
+    })
+}
+
+pod_data!(u8, u16, u32, u64, u128, i8, i16, i32, i64, i128, f32, f64);
+pod_data!([u64; 2], [u64; 3], [u64; 4], [u32; 2], [u32; 4]);
+
+// ------------------------------------------------------------------------ rkyv
+
+/// The rkyv bounds a record type needs: archivable into a segment, checkable,
+/// and deserializable back.
+pub trait RkyvRecord:
+    Sized
+    + rkyv::Archive
+    + for<'a, 'b> rkyv::Serialize<HighSerializer<RkyvSlice<'b>, ArenaHandle<'a>, rancor::BoxedError>>
+    + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::BoxedError>>
+where
+    Self::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
+        + rkyv::Deserialize<Self, HighDeserializer<rancor::BoxedError>>,
+{
+}
+
+impl<T> RkyvRecord for T
+where
+    T: rkyv::Archive
+        + for<'a, 'b> rkyv::Serialize<HighSerializer<RkyvSlice<'b>, ArenaHandle<'a>, rancor::BoxedError>>
+        + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::BoxedError>>,
+    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
+        + rkyv::Deserialize<T, HighDeserializer<rancor::BoxedError>>,
+{
+}
+
+/// Alignment of an archive in a buffer: rkyv's archives need at most 16.
+pub const RKYV_ALIGN: usize = 16;
+
+/// The format of an rkyv type.
+#[doc(hidden)]
+pub fn rkyv_format<T: rkyv::Archive>(align: usize) -> RecordFormat {
+    RecordFormat {
+        type_name: std::any::type_name::<T>().to_string(),
+        encoding: RecordEncoding::Rkyv {
+            archived_size: std::mem::size_of::<T::Archived>() as u32,
+            align: align as u32,
+        },
+    }
+}
+
+/// Archives `value` into subpartition `sp` (a record too large for a segment is
+/// refused with its real size).
+#[doc(hidden)]
+pub fn write_rkyv<V>(value: &V, align: usize, out: &mut ResultPartition, sp: usize) -> Result<(), NetError>
+where
+    V: for<'a, 'b> rkyv::Serialize<HighSerializer<RkyvSlice<'b>, ArenaHandle<'a>, rancor::BoxedError>>
+        + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::BoxedError>>,
+{
+    let written = out.write_var(sp, align, |room| {
+        rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, RkyvSlice::from(room)).ok().map(|w| w.len())
+    });
+    match written {
+        Err(NetError::RecordTooLarge { segment_bytes, .. }) => {
+            let record_bytes = rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, AlignedVec::<16>::new())
+                .map_or(segment_bytes + 1, |v| v.len());
+            Err(NetError::RecordTooLarge { record_bytes, segment_bytes })
+        }
+        other => other,
+    }
+}
+
+/// Each archived record of `buffer` from `*cursor`, checked, handed to `f`.
+#[doc(hidden)]
+pub fn each_archived<A>(
+    buffer: &Buffer,
+    align: usize,
+    cursor: &mut usize,
+    f: &mut dyn FnMut(&A) -> bool,
+) -> Result<(), NetError>
+where
+    A: rkyv::Portable + for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>,
+{
+    let mut records = VarRecords::from_position(buffer, align, *cursor);
+    while let Some(bytes) = records.next() {
+        let at = records.position();
+        let bytes = bytes?;
+        let archived = rkyv::access::<A, rancor::BoxedError>(bytes)
+            .map_err(|e| NetError::MalformedRecord { offset: *cursor, reason: e.to_string() })?;
+        *cursor = at;
+        if !f(archived) {
+            break;
+        }
+    }
+    *cursor = records.position().max(*cursor);
+    Ok(())
+}
+
+/// `value` archived on its own (for snapshots).
+#[doc(hidden)]
+pub fn rkyv_to_bytes<V>(value: &V) -> Result<Vec<u8>, NetError>
+where
+    V: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::BoxedError>>,
+{
+    rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, AlignedVec::<16>::new())
+        .map(|v| v.into_vec())
+        .map_err(|e| NetError::MalformedRecord { offset: 0, reason: format!("cannot archive: {e}") })
+}
+
+/// A value from bytes [`rkyv_to_bytes`] wrote: copied into an aligned buffer,
+/// checked, deserialized.
+#[doc(hidden)]
+pub fn rkyv_from_bytes<T: RkyvRecord>(bytes: &[u8]) -> Result<T, NetError>
+where
+    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
+        + rkyv::Deserialize<T, HighDeserializer<rancor::BoxedError>>,
+{
+    let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
+    aligned.extend_from_slice(bytes);
+    let malformed = |e: rancor::BoxedError| NetError::MalformedRecord { offset: 0, reason: e.to_string() };
+    let archived = rkyv::access::<T::Archived, rancor::BoxedError>(&aligned).map_err(malformed)?;
+    rkyv::deserialize::<T, rancor::BoxedError>(archived).map_err(malformed)
+}
+
+/// Declares rkyv record types (`#[derive(rkyv::Archive, rkyv::Serialize,
+/// rkyv::Deserialize)]`, plus `Clone`): archived once into a segment and read
+/// with checked access; operators see the deserialized value.
+///
+/// ```
+/// #[derive(Clone, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+/// struct Request { user: String, path: String, millis: u64 }
+/// shardflow_engine::rkyv_data!(Request);
+/// ```
+#[macro_export]
+macro_rules! rkyv_data {
+    ($($t:ty),* $(,)?) => {$(
+        impl $crate::Data for $t {
+            type Borrowed = $t;
+            const POD: bool = false;
+            fn format() -> $crate::RecordFormat {
+                $crate::data::rkyv_format::<$t>($crate::data::RKYV_ALIGN)
+            }
+            fn to_owned_record(b: &$t) -> $t {
+                ::std::clone::Clone::clone(b)
+            }
+            fn write(
+                record: &$t,
+                out: &mut $crate::data::ResultPartition,
+                sp: usize,
+            ) -> ::std::result::Result<(), $crate::data::NetError> {
+                $crate::data::write_rkyv(record, $crate::data::RKYV_ALIGN, out, sp)
+            }
+            fn slice(
+                _: &$crate::data::Buffer,
+            ) -> ::std::result::Result<::std::option::Option<&[$t]>, $crate::data::NetError> {
+                Ok(None)
+            }
+            fn each(
+                buffer: &$crate::data::Buffer,
+                cursor: &mut usize,
+                f: &mut dyn FnMut(&$t) -> bool,
+            ) -> ::std::result::Result<(), $crate::data::NetError> {
+                let mut failed = None;
+                $crate::data::each_archived::<<$t as $crate::data::rkyv::Archive>::Archived>(
+                    buffer,
+                    $crate::data::RKYV_ALIGN,
+                    cursor,
+                    &mut |a| match $crate::data::rkyv::deserialize::<$t, $crate::data::rkyv::rancor::BoxedError>(a) {
+                        Ok(v) => f(&v),
+                        Err(e) => {
+                            failed = Some(e.to_string());
+                            false
+                        }
+                    },
+                )?;
+                match failed {
+                    None => Ok(()),
+                    Some(reason) => Err($crate::data::NetError::MalformedRecord { offset: *cursor, reason }),
+                }
+            }
+            fn to_bytes(record: &$t) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::data::NetError> {
+                $crate::data::rkyv_to_bytes(record)
+            }
+            fn from_bytes(bytes: &[u8]) -> ::std::result::Result<$t, $crate::data::NetError> {
+                $crate::data::rkyv_from_bytes::<$t>(bytes)
+            }
+        }
+    )*};
+}
+
+/// Tuples of rkyv-encodable parts are records (deserialized for operators).
+macro_rules! tuple_data {
+    ($($name:ident),+) => {
+        impl<$($name),+> Data for ($($name,)+)
+        where
+            $($name: Data + RkyvRecord,
+              <$name as rkyv::Archive>::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
+                + rkyv::Deserialize<$name, HighDeserializer<rancor::BoxedError>>,)+
+            ($($name,)+): RkyvRecord,
+            <($($name,)+) as rkyv::Archive>::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
+                + rkyv::Deserialize<($($name,)+), HighDeserializer<rancor::BoxedError>>,
+        {
+            type Borrowed = Self;
+            const POD: bool = false;
+            fn format() -> RecordFormat {
+                rkyv_format::<Self>(RKYV_ALIGN)
+            }
+            fn to_owned_record(b: &Self) -> Self {
+                b.clone()
+            }
+            fn write(record: &Self, out: &mut ResultPartition, sp: usize) -> Result<(), NetError> {
+                write_rkyv(record, RKYV_ALIGN, out, sp)
+            }
+            fn slice(_: &Buffer) -> Result<Option<&[Self]>, NetError> {
+                Ok(None)
+            }
+            fn each(buffer: &Buffer, cursor: &mut usize, f: &mut dyn FnMut(&Self) -> bool) -> Result<(), NetError> {
+                let mut failed = None;
+                each_archived::<<Self as rkyv::Archive>::Archived>(buffer, RKYV_ALIGN, cursor, &mut |a| {
+                    match rkyv::deserialize::<Self, rancor::BoxedError>(a) {
+                        Ok(v) => f(&v),
+                        Err(e) => {
+                            failed = Some(e.to_string());
+                            false
+                        }
+                    }
+                })?;
+                match failed {
+                    None => Ok(()),
+                    Some(reason) => Err(NetError::MalformedRecord { offset: *cursor, reason }),
+                }
+            }
+            fn to_bytes(record: &Self) -> Result<Vec<u8>, NetError> {
+                rkyv_to_bytes(record)
+            }
+            fn from_bytes(bytes: &[u8]) -> Result<Self, NetError> {
+                rkyv_from_bytes::<Self>(bytes)
+            }
+        }
+    };
+}
+
+tuple_data!(A, B);
+tuple_data!(A, B, C);
+
+// ------------------------------------------------------- strings and bytes
+
+/// A `&str` archived as a `String`, so a borrowed word is written without an
+/// owned copy.
+struct StrAsString<'a>(&'a str);
+
+impl rkyv::Archive for StrAsString<'_> {
+    type Archived = rkyv::string::ArchivedString;
+    type Resolver = rkyv::string::StringResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: rkyv::Place<Self::Archived>) {
+        rkyv::string::ArchivedString::resolve_from_str(self.0, resolver, out);
+    }
+}
+
+impl<S: rancor::Fallible + rkyv::ser::Writer + ?Sized> rkyv::Serialize<S> for StrAsString<'_>
+where
+    S::Error: rancor::Source,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        rkyv::string::ArchivedString::serialize_from_str(self.0, serializer)
+    }
+}
+
+/// Alignment of an archived `String` or byte vector: a relative pointer and a
+/// length of 32 bits, bytes of alignment 1.
+const STRING_ALIGN: usize = 4;
+
+impl Data for String {
+    type Borrowed = str;
+    const POD: bool = false;
+
+    fn format() -> RecordFormat {
+        rkyv_format::<String>(STRING_ALIGN)
+    }
+
+    fn to_owned_record(b: &str) -> String {
+        b.to_owned()
+    }
+
+    #[inline]
+    fn write(record: &str, out: &mut ResultPartition, sp: usize) -> Result<(), NetError> {
+        write_rkyv(&StrAsString(record), STRING_ALIGN, out, sp)
+    }
+
+    fn slice(_: &Buffer) -> Result<Option<&[String]>, NetError> {
+        Ok(None)
+    }
+
+    fn each(buffer: &Buffer, cursor: &mut usize, f: &mut dyn FnMut(&str) -> bool) -> Result<(), NetError> {
+        each_archived::<rkyv::string::ArchivedString>(buffer, STRING_ALIGN, cursor, &mut |a| f(a.as_str()))
+    }
+
+    fn to_bytes(record: &str) -> Result<Vec<u8>, NetError> {
+        Ok(record.as_bytes().to_vec())
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Result<String, NetError> {
+        String::from_utf8(bytes.to_vec())
+            .map_err(|e| NetError::MalformedRecord { offset: 0, reason: format!("not UTF-8: {e}") })
+    }
+}
+
+/// A `&[u8]` archived as a `Vec<u8>`.
+struct BytesAsVec<'a>(&'a [u8]);
+
+impl rkyv::Archive for BytesAsVec<'_> {
+    type Archived = rkyv::vec::ArchivedVec<u8>;
+    type Resolver = rkyv::vec::VecResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: rkyv::Place<Self::Archived>) {
+        rkyv::vec::ArchivedVec::resolve_from_slice(self.0, resolver, out);
+    }
+}
+
+impl<S: rancor::Fallible + rkyv::ser::Writer + rkyv::ser::Allocator + ?Sized> rkyv::Serialize<S> for BytesAsVec<'_>
+where
+    S::Error: rancor::Source,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        rkyv::vec::ArchivedVec::serialize_from_slice(self.0, serializer)
+    }
+}
+
+impl Data for Vec<u8> {
+    type Borrowed = [u8];
+    const POD: bool = false;
+
+    fn format() -> RecordFormat {
+        rkyv_format::<Vec<u8>>(STRING_ALIGN)
+    }
+
+    fn to_owned_record(b: &[u8]) -> Vec<u8> {
+        b.to_vec()
+    }
+
+    fn write(record: &[u8], out: &mut ResultPartition, sp: usize) -> Result<(), NetError> {
+        write_rkyv(&BytesAsVec(record), STRING_ALIGN, out, sp)
+    }
+
+    fn slice(_: &Buffer) -> Result<Option<&[Vec<u8>]>, NetError> {
+        Ok(None)
+    }
+
+    fn each(buffer: &Buffer, cursor: &mut usize, f: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), NetError> {
+        each_archived::<rkyv::vec::ArchivedVec<u8>>(buffer, STRING_ALIGN, cursor, &mut |a| f(a.as_slice()))
+    }
+
+    fn to_bytes(record: &[u8]) -> Result<Vec<u8>, NetError> {
+        Ok(record.to_vec())
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Result<Vec<u8>, NetError> {
+        Ok(bytes.to_vec())
+    }
+}

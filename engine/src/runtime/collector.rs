@@ -1,0 +1,224 @@
+//! How records move inside a vertex: each operator is a [`Collector`] of its input
+//! type that calls the next one directly. Plain-data records move in batches (one
+//! call per batch, a tight loop inside); the others one at a time, read in place
+//! where their type allows.
+//!
+//! Operators that hold state or results also have a [`Lifecycle`]: opened before
+//! the first record, finished at the end of input (emitting what they hold down
+//! the chain), asked for timers and snapshots, closed with their sink results.
+//! A failure inside a record call is kept in the task's [`Failure`] slot, which
+//! the task checks between batches.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Instant;
+
+use crate::data::Data;
+use crate::error::OperatorError;
+use crate::runtime::state::OperatorSnapshot;
+
+/// Receives the records of a stream: the next operator of a chain, a sink, or an
+/// output partition.
+pub(crate) trait Collector<T: Data> {
+    /// One record.
+    fn collect(&mut self, record: &T::Borrowed);
+
+    /// A batch of owned records (plain data moves this way).
+    fn collect_batch(&mut self, records: &[T]) {
+        for r in records {
+            self.collect(r.borrow());
+        }
+    }
+}
+
+/// Hands records to the next operator from inside a user function (`flat_map`,
+/// `process`): owned values, or borrowed forms written as they are (a `&str` into a
+/// stream of `String`s costs no allocation when the next stage encodes it).
+pub struct Emitter<'a, T: Data> {
+    next: &'a mut dyn Collector<T>,
+    emitted: u64,
+}
+
+impl<'a, T: Data> Emitter<'a, T> {
+    pub(crate) fn new(next: &'a mut dyn Collector<T>) -> Self {
+        Emitter { next, emitted: 0 }
+    }
+
+    /// Emits `record`.
+    #[inline]
+    pub fn emit(&mut self, record: T) {
+        self.emitted += 1;
+        self.next.collect(record.borrow());
+    }
+
+    /// Emits a record given in its borrowed form.
+    #[inline]
+    pub fn emit_ref(&mut self, record: &T::Borrowed) {
+        self.emitted += 1;
+        self.next.collect(record);
+    }
+
+    /// Records emitted through this emitter.
+    pub fn emitted(&self) -> u64 {
+        self.emitted
+    }
+}
+
+/// Where a task keeps the first failure of a record call, for the task to act on
+/// between batches.
+#[derive(Clone, Default)]
+pub(crate) struct Failure(Rc<RefCell<Option<OperatorError>>>);
+
+impl Failure {
+    /// Keeps `e` unless a failure is already kept.
+    pub(crate) fn set(&self, e: OperatorError) {
+        let mut slot = self.0.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+    }
+
+    /// The failure, if any, once.
+    #[inline]
+    pub(crate) fn take(&self) -> Option<OperatorError> {
+        self.0.borrow_mut().take()
+    }
+}
+
+/// Several consumers of one stream in a chain: each gets every record.
+pub(crate) struct Tee<T: Data> {
+    pub(crate) outs: Vec<Box<dyn Collector<T>>>,
+}
+
+impl<T: Data> Collector<T> for Tee<T> {
+    #[inline]
+    fn collect(&mut self, record: &T::Borrowed) {
+        for o in &mut self.outs {
+            o.collect(record);
+        }
+    }
+
+    fn collect_batch(&mut self, records: &[T]) {
+        for o in &mut self.outs {
+            o.collect_batch(records);
+        }
+    }
+}
+
+/// What a task knows about itself, handed to operators when they open.
+#[derive(Debug, Clone)]
+pub struct TaskInfo {
+    /// Vertex name.
+    pub vertex: String,
+    /// This subtask's index.
+    pub subtask: u32,
+    /// The vertex's parallelism.
+    pub parallelism: u32,
+    /// The job's key groups.
+    pub max_parallelism: u32,
+    /// The job's start instant (of this attempt); record times count from here.
+    pub job_start: Instant,
+    /// Core this subtask's shard runs on.
+    pub core: usize,
+    /// The managed memory of this subtask's slot: keyed state is charged to it.
+    pub managed_memory: shardflow_memory::Budget,
+}
+
+impl TaskInfo {
+    /// The key groups this subtask owns: a contiguous range (Flink's
+    /// `KeyGroupRangeAssignment`).
+    pub fn key_groups(&self) -> std::ops::Range<u32> {
+        crate::runtime::state::key_group_range(self.subtask, self.parallelism, self.max_parallelism)
+    }
+}
+
+/// What a sink reports when its task finishes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkOutput {
+    /// Nothing to report.
+    None,
+    /// Records counted and the wrapping sum of a value taken from each.
+    Count {
+        /// Records seen.
+        records: u64,
+        /// Wrapping sum of their values.
+        value_sum: u64,
+    },
+    /// A latency histogram in nanoseconds (`now − record time`).
+    Latency(hdrhistogram::Histogram<u64>),
+}
+
+/// The lifecycle of an operator with state or results: `open → (records,
+/// timers)* → snapshot(id)* → finish → close`.
+pub(crate) trait Lifecycle {
+    /// The operator's name (unique in the job: its state's id in snapshots).
+    fn name(&self) -> &str;
+    /// Before the first record.
+    fn open(&mut self, _task: &TaskInfo) -> Result<(), OperatorError> {
+        Ok(())
+    }
+    /// When its next processing-time timer is due.
+    fn next_timer(&self) -> Option<Instant> {
+        None
+    }
+    /// Fires the timers due at `now`.
+    fn fire_timers(&mut self, _now: Instant) -> Result<(), OperatorError> {
+        Ok(())
+    }
+    /// Its state, per key group (and operator state), for checkpoint `id`.
+    fn snapshot(&mut self, _id: u64) -> Result<Vec<OperatorSnapshot>, OperatorError> {
+        Ok(Vec::new())
+    }
+    /// Checkpoint `id` completed.
+    fn notify_checkpoint_complete(&mut self, _id: u64) {}
+    /// Checkpoint `id` was aborted.
+    fn notify_checkpoint_aborted(&mut self, _id: u64) {}
+    /// End of all input: emit what is held down the chain, in steps; `true` once
+    /// done (the task waits for its outputs between steps).
+    fn finish(&mut self) -> Result<bool, OperatorError> {
+        Ok(true)
+    }
+    /// After finish (or instead, when stopping with a snapshot): the sink's result.
+    fn close(&mut self) -> Result<SinkOutput, OperatorError> {
+        Ok(SinkOutput::None)
+    }
+}
+
+/// An operator shared by its record path (a [`Collector`]) and its lifecycle.
+pub(crate) type Shared<O> = Rc<RefCell<O>>;
+
+/// The record path of a shared operator.
+pub(crate) struct SharedCollector<O>(pub(crate) Shared<O>);
+
+/// A shared operator's lifecycle, as the task calls it.
+pub(crate) struct SharedLifecycle<O>(pub(crate) Shared<O>, pub(crate) String);
+
+impl<O: Lifecycle> Lifecycle for SharedLifecycle<O> {
+    fn name(&self) -> &str {
+        &self.1
+    }
+    fn open(&mut self, task: &TaskInfo) -> Result<(), OperatorError> {
+        self.0.borrow_mut().open(task)
+    }
+    fn next_timer(&self) -> Option<Instant> {
+        RefCell::borrow(&self.0).next_timer()
+    }
+    fn fire_timers(&mut self, now: Instant) -> Result<(), OperatorError> {
+        self.0.borrow_mut().fire_timers(now)
+    }
+    fn snapshot(&mut self, id: u64) -> Result<Vec<OperatorSnapshot>, OperatorError> {
+        self.0.borrow_mut().snapshot(id)
+    }
+    fn notify_checkpoint_complete(&mut self, id: u64) {
+        self.0.borrow_mut().notify_checkpoint_complete(id)
+    }
+    fn notify_checkpoint_aborted(&mut self, id: u64) {
+        self.0.borrow_mut().notify_checkpoint_aborted(id)
+    }
+    fn finish(&mut self) -> Result<bool, OperatorError> {
+        self.0.borrow_mut().finish()
+    }
+    fn close(&mut self) -> Result<SinkOutput, OperatorError> {
+        self.0.borrow_mut().close()
+    }
+}

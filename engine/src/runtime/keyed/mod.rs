@@ -1,0 +1,568 @@
+//! Keyed processing: per-key aggregation (count, reduce, aggregate; running or at
+//! the end of input) and the keyed process function with value, list, map,
+//! reducing and aggregating state and processing-time timers.
+//!
+//! State is keyed by the real key — two keys with the same hash keep separate
+//! state — held in hash tables charged to the slot's managed memory, and
+//! snapshotted per key group.
+
+use std::any::Any;
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasherDefault;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rustc_hash::FxHasher;
+
+use crate::data::{key_hash, Data, Key};
+use crate::error::{EngineError, OperatorError};
+use crate::runtime::build::{build_port, BuildContext, Name, NodeFactory, Port};
+use crate::runtime::collector::{Collector, Emitter, Failure, Lifecycle, Shared, SharedCollector, TaskInfo};
+use crate::runtime::output::KeySelector;
+use crate::runtime::state::{
+    entry_bytes, GroupWriter, JobSnapshot, KeyGroupRouter, OperatorSnapshot, SnapshotReader, StateMemory,
+};
+
+/// Snapshot entries of one key group: key and value bytes.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The hash tables of keyed state: FxHash, fast on the short keys streams use.
+pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+mod aggregate;
+mod process;
+
+pub use aggregate::*;
+pub use process::*;
+
+// ------------------------------------------------------------ keyed state
+
+/// A state handle: declared in `open`, used with the current key in
+/// `process`.
+pub struct StateHandle<S> {
+    index: usize,
+    owner: u64,
+    _s: PhantomData<fn() -> S>,
+}
+
+impl<S> Clone for StateHandle<S> {
+    fn clone(&self) -> Self {
+        StateHandle { index: self.index, owner: self.owner, _s: PhantomData }
+    }
+}
+
+/// A value per key.
+pub type ValueState<V> = StateHandle<ValueKind<V>>;
+/// A list per key.
+pub type ListState<V> = StateHandle<ListKind<V>>;
+/// A map per key.
+pub type MapState<UK, UV> = StateHandle<MapKind<UK, UV>>;
+/// A value per key folded by a reduce function.
+pub type ReducingState<V> = StateHandle<ReducingKind<V>>;
+
+#[doc(hidden)]
+pub struct ValueKind<V>(PhantomData<V>);
+#[doc(hidden)]
+pub struct ListKind<V>(PhantomData<V>);
+#[doc(hidden)]
+pub struct MapKind<UK, UV>(PhantomData<(UK, UV)>);
+#[doc(hidden)]
+pub struct ReducingKind<V>(PhantomData<V>);
+
+/// One declared state of a keyed operator, type-erased.
+trait Table<K: Key>: Any {
+    fn name(&self) -> &str;
+    /// Appends this table's entries of each key group to `groups`.
+    fn snapshot(&self, router: &KeyGroupRouter, groups: &mut BTreeMap<u32, Vec<u8>>) -> Result<(), OperatorError>;
+    /// Restores one entry.
+    fn restore(&mut self, key: K, value: &[u8], memory: &mut StateMemory) -> Result<(), OperatorError>;
+    /// Every key with state here.
+    fn keys(&self) -> Vec<K>;
+    fn any(&mut self) -> &mut dyn Any;
+}
+
+/// Writes one table's entries, bucketed by key group.
+fn snapshot_table<'e, K: Key + 'e, V: 'e>(
+    name: &str,
+    entries: impl Iterator<Item = (&'e K, &'e V)>,
+    value_bytes: impl Fn(&V) -> Result<Vec<u8>, OperatorError>,
+    router: &KeyGroupRouter,
+    groups: &mut BTreeMap<u32, Vec<u8>>,
+) -> Result<(), OperatorError> {
+    let mut buckets: BTreeMap<u32, Entries> = BTreeMap::new();
+    for (k, v) in entries {
+        let g = router.key_group(key_hash(k.borrow()));
+        buckets.entry(g).or_default().push((K::to_bytes(k.borrow())?, value_bytes(v)?));
+    }
+    for (g, entries) in buckets {
+        let out = groups.entry(g).or_default();
+        let mut w = GroupWriter::new(out, name);
+        for (k, v) in &entries {
+            w.entry(k, v);
+        }
+    }
+    Ok(())
+}
+
+/// A length-prefixed list of byte strings (a list or map value in a snapshot).
+fn put_items(items: impl Iterator<Item = Result<Vec<u8>, OperatorError>>) -> Result<Vec<u8>, OperatorError> {
+    let mut out = Vec::new();
+    for item in items {
+        let item = item?;
+        out.extend_from_slice(&(item.len() as u32).to_le_bytes());
+        out.extend_from_slice(&item);
+    }
+    Ok(out)
+}
+
+fn items(mut bytes: &[u8]) -> Result<Vec<&[u8]>, OperatorError> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let len = bytes.first_chunk::<4>().map(|l| u32::from_le_bytes(*l) as usize);
+        let item = len.and_then(|l| bytes.get(4..4 + l));
+        let Some(item) = item else {
+            return Err(OperatorError::User("malformed state snapshot: a list item runs past its value".into()));
+        };
+        out.push(item);
+        bytes = &bytes[4 + item.len()..];
+    }
+    Ok(out)
+}
+
+struct ValueTable<K, V> {
+    name: String,
+    map: FxMap<K, V>,
+}
+
+impl<K: Key, V: Data> Table<K> for ValueTable<K, V> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn snapshot(&self, router: &KeyGroupRouter, groups: &mut BTreeMap<u32, Vec<u8>>) -> Result<(), OperatorError> {
+        snapshot_table(&self.name, self.map.iter(), |v| Ok(V::to_bytes(v.borrow())?), router, groups)
+    }
+    fn restore(&mut self, key: K, value: &[u8], memory: &mut StateMemory) -> Result<(), OperatorError> {
+        memory.grow(entry_bytes::<K, V>(key.borrow()))?;
+        self.map.insert(key, V::from_bytes(value)?);
+        Ok(())
+    }
+    fn keys(&self) -> Vec<K> {
+        self.map.keys().cloned().collect()
+    }
+    fn any(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+struct ListTable<K, V> {
+    name: String,
+    map: FxMap<K, Vec<V>>,
+}
+
+impl<K: Key, V: Data> Table<K> for ListTable<K, V> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn snapshot(&self, router: &KeyGroupRouter, groups: &mut BTreeMap<u32, Vec<u8>>) -> Result<(), OperatorError> {
+        snapshot_table(
+            &self.name,
+            self.map.iter(),
+            |l| put_items(l.iter().map(|v| Ok(V::to_bytes(v.borrow())?))),
+            router,
+            groups,
+        )
+    }
+    fn restore(&mut self, key: K, value: &[u8], memory: &mut StateMemory) -> Result<(), OperatorError> {
+        let list = items(value)?.into_iter().map(V::from_bytes).collect::<Result<Vec<_>, _>>()?;
+        memory.grow(entry_bytes::<K, Vec<V>>(key.borrow()) + (list.len() * std::mem::size_of::<V>()) as u64)?;
+        self.map.insert(key, list);
+        Ok(())
+    }
+    fn keys(&self) -> Vec<K> {
+        self.map.keys().cloned().collect()
+    }
+    fn any(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+struct MapTable<K, UK, UV> {
+    name: String,
+    map: FxMap<K, FxMap<UK, UV>>,
+}
+
+impl<K: Key, UK: Key, UV: Data> Table<K> for MapTable<K, UK, UV> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn snapshot(&self, router: &KeyGroupRouter, groups: &mut BTreeMap<u32, Vec<u8>>) -> Result<(), OperatorError> {
+        snapshot_table(
+            &self.name,
+            self.map.iter(),
+            |m| {
+                put_items(m.iter().flat_map(|(uk, uv)| {
+                    [
+                        UK::to_bytes(uk.borrow()).map_err(OperatorError::from),
+                        UV::to_bytes(uv.borrow()).map_err(OperatorError::from),
+                    ]
+                }))
+            },
+            router,
+            groups,
+        )
+    }
+    fn restore(&mut self, key: K, value: &[u8], memory: &mut StateMemory) -> Result<(), OperatorError> {
+        let parts = items(value)?;
+        if parts.len() % 2 != 0 {
+            return Err(OperatorError::User("malformed state snapshot: a map entry lacks its value".into()));
+        }
+        let mut m = FxMap::default();
+        for pair in parts.chunks(2) {
+            let uk = UK::from_bytes(pair[0])?;
+            memory.grow(entry_bytes::<UK, UV>(uk.borrow()))?;
+            m.insert(uk, UV::from_bytes(pair[1])?);
+        }
+        memory.grow(entry_bytes::<K, FxMap<UK, UV>>(key.borrow()))?;
+        self.map.insert(key, m);
+        Ok(())
+    }
+    fn keys(&self) -> Vec<K> {
+        self.map.keys().cloned().collect()
+    }
+    fn any(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+struct ReducingTable<K, V, F> {
+    values: ValueTable<K, V>,
+    f: Arc<F>,
+}
+
+impl<K: Key, V: Data, F: Fn(&V, &V::Borrowed) -> V + Send + Sync + 'static> Table<K> for ReducingTable<K, V, F> {
+    fn name(&self) -> &str {
+        self.values.name()
+    }
+    fn snapshot(&self, router: &KeyGroupRouter, groups: &mut BTreeMap<u32, Vec<u8>>) -> Result<(), OperatorError> {
+        self.values.snapshot(router, groups)
+    }
+    fn restore(&mut self, key: K, value: &[u8], memory: &mut StateMemory) -> Result<(), OperatorError> {
+        self.values.restore(key, value, memory)
+    }
+    fn keys(&self) -> Vec<K> {
+        self.values.keys()
+    }
+    fn any(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// The declared states of one keyed operator, their memory and its timers.
+pub(crate) struct KeyedBackend<K: Key> {
+    owner: u64,
+    tables: Vec<Box<dyn Table<K>>>,
+    memory: StateMemory,
+    /// Processing-time timers: when, and for which keys.
+    timers: BTreeMap<Instant, Vec<K>>,
+}
+
+/// Distinguishes the backends of a process so a handle is used only with its own.
+static NEXT_BACKEND: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl<K: Key> KeyedBackend<K> {
+    fn new() -> Self {
+        KeyedBackend {
+            owner: NEXT_BACKEND.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            tables: Vec::new(),
+            memory: StateMemory::new(),
+            timers: BTreeMap::new(),
+        }
+    }
+
+    fn declare<S>(&mut self, name: &str, table: Box<dyn Table<K>>) -> Result<StateHandle<S>, OperatorError> {
+        if self.tables.iter().any(|t| t.name() == name) {
+            return Err(OperatorError::User(format!("state '{name}' is declared twice")));
+        }
+        self.tables.push(table);
+        Ok(StateHandle { index: self.tables.len() - 1, owner: self.owner, _s: PhantomData })
+    }
+
+    fn table<S, T: 'static>(&mut self, h: &StateHandle<S>) -> Result<&mut T, OperatorError> {
+        if h.owner != self.owner {
+            return Err(OperatorError::User("a state handle was used with another operator's state".into()));
+        }
+        self.tables
+            .get_mut(h.index)
+            .and_then(|t| t.any().downcast_mut::<T>())
+            .ok_or_else(|| OperatorError::User("a state handle does not match its state".into()))
+    }
+
+    fn restore(&mut self, operator: &str, snapshot: &JobSnapshot, task: &TaskInfo) -> Result<(), OperatorError> {
+        for group in snapshot.key_groups_for(operator, task)?.into_iter().flatten() {
+            let mut r = SnapshotReader::new(group);
+            while !r.is_empty() {
+                let (name, entries) = r.state()?;
+                let Some(table) = self.tables.iter_mut().find(|t| t.name() == name) else {
+                    return Err(OperatorError::User(format!(
+                        "the snapshot of '{operator}' has state '{name}', which the operator no longer declares"
+                    )));
+                };
+                for _ in 0..entries {
+                    let (k, v) = r.entry()?;
+                    table.restore(K::from_bytes(k)?, v, &mut self.memory)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self, operator: &str, task: &TaskInfo) -> Result<OperatorSnapshot, OperatorError> {
+        let router = KeyGroupRouter::new(task.parallelism, task.max_parallelism);
+        let mut key_groups = BTreeMap::new();
+        for t in &self.tables {
+            t.snapshot(&router, &mut key_groups)?;
+        }
+        Ok(OperatorSnapshot {
+            operator: operator.to_string(),
+            max_parallelism: task.max_parallelism,
+            key_groups,
+            operator_state: Vec::new(),
+        })
+    }
+
+    fn keys(&self) -> Vec<K> {
+        let mut seen: FxMap<K, ()> = FxMap::default();
+        for t in &self.tables {
+            for k in t.keys() {
+                seen.insert(k, ());
+            }
+        }
+        seen.into_keys().collect()
+    }
+}
+
+/// Declares the states of a keyed process function (in its `open`).
+pub struct StateDeclarations<'a, K: Key> {
+    backend: &'a mut KeyedBackend<K>,
+    task: &'a TaskInfo,
+}
+
+impl<K: Key> StateDeclarations<'_, K> {
+    /// The subtask.
+    pub fn task(&self) -> &TaskInfo {
+        self.task
+    }
+
+    /// A value per key.
+    pub fn value_state<V: Data>(&mut self, name: &str) -> Result<ValueState<V>, OperatorError> {
+        self.backend.declare(name, Box::new(ValueTable::<K, V> { name: name.into(), map: FxMap::default() }))
+    }
+
+    /// A list per key.
+    pub fn list_state<V: Data>(&mut self, name: &str) -> Result<ListState<V>, OperatorError> {
+        self.backend.declare(name, Box::new(ListTable::<K, V> { name: name.into(), map: FxMap::default() }))
+    }
+
+    /// A map per key.
+    pub fn map_state<UK: Key, UV: Data>(&mut self, name: &str) -> Result<MapState<UK, UV>, OperatorError> {
+        self.backend.declare(name, Box::new(MapTable::<K, UK, UV> { name: name.into(), map: FxMap::default() }))
+    }
+
+    /// A value per key that each `add` folds with `f`.
+    pub fn reducing_state<V: Data, F>(&mut self, name: &str, f: F) -> Result<ReducingState<V>, OperatorError>
+    where
+        F: Fn(&V, &V::Borrowed) -> V + Send + Sync + 'static,
+    {
+        let values = ValueTable::<K, V> { name: name.into(), map: FxMap::default() };
+        self.backend.declare(name, Box::new(ReducingTable { values, f: Arc::new(f) }))
+    }
+}
+
+/// The current key, its state, and the timer service, in a keyed process
+/// function's calls.
+pub struct KeyedContext<'a, K: Key> {
+    key: &'a K::Borrowed,
+    backend: &'a mut KeyedBackend<K>,
+    task: &'a TaskInfo,
+}
+
+impl<K: Key> KeyedContext<'_, K> {
+    /// The current key.
+    pub fn key(&self) -> &K::Borrowed {
+        self.key
+    }
+
+    /// The subtask.
+    pub fn task(&self) -> &TaskInfo {
+        self.task
+    }
+
+    /// The current key's value, if it has one.
+    pub fn value<V: Data>(&mut self, h: &ValueState<V>) -> Result<Option<&mut V>, OperatorError> {
+        let key = self.key;
+        Ok(self.backend.table::<_, ValueTable<K, V>>(h)?.map.get_mut(key))
+    }
+
+    /// Sets the current key's value.
+    pub fn set_value<V: Data>(&mut self, h: &ValueState<V>, value: V) -> Result<(), OperatorError> {
+        let key = self.key;
+        let grow = entry_bytes::<K, V>(key);
+        let table = self.backend.table::<_, ValueTable<K, V>>(h)?;
+        match table.map.get_mut(key) {
+            Some(v) => *v = value,
+            None => {
+                table.map.insert(K::to_owned_record(key), value);
+                self.backend.memory.grow(grow)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Clears the current key's value.
+    pub fn clear_value<V: Data>(&mut self, h: &ValueState<V>) -> Result<(), OperatorError> {
+        let key = self.key;
+        if self.backend.table::<_, ValueTable<K, V>>(h)?.map.remove(key).is_some() {
+            self.backend.memory.shrink(entry_bytes::<K, V>(key));
+        }
+        Ok(())
+    }
+
+    /// Appends to the current key's list.
+    pub fn list_push<V: Data>(&mut self, h: &ListState<V>, value: V) -> Result<(), OperatorError> {
+        let key = self.key;
+        let mut grow = std::mem::size_of::<V>() as u64;
+        let table = self.backend.table::<_, ListTable<K, V>>(h)?;
+        match table.map.get_mut(key) {
+            Some(l) => l.push(value),
+            None => {
+                grow += entry_bytes::<K, Vec<V>>(key);
+                table.map.insert(K::to_owned_record(key), vec![value]);
+            }
+        }
+        self.backend.memory.grow(grow)
+    }
+
+    /// The current key's list (empty if it has none).
+    pub fn list<V: Data>(&mut self, h: &ListState<V>) -> Result<&[V], OperatorError> {
+        let key = self.key;
+        Ok(self.backend.table::<_, ListTable<K, V>>(h)?.map.get(key).map_or(&[], Vec::as_slice))
+    }
+
+    /// Clears the current key's list.
+    pub fn list_clear<V: Data>(&mut self, h: &ListState<V>) -> Result<(), OperatorError> {
+        let key = self.key;
+        if let Some(l) = self.backend.table::<_, ListTable<K, V>>(h)?.map.remove(key) {
+            self.backend.memory.shrink(entry_bytes::<K, Vec<V>>(key) + (l.len() * std::mem::size_of::<V>()) as u64);
+        }
+        Ok(())
+    }
+
+    /// The current key's map entry for `user_key`.
+    pub fn map_get<UK: Key, UV: Data>(
+        &mut self,
+        h: &MapState<UK, UV>,
+        user_key: &UK::Borrowed,
+    ) -> Result<Option<&mut UV>, OperatorError> {
+        let key = self.key;
+        Ok(self.backend.table::<_, MapTable<K, UK, UV>>(h)?.map.get_mut(key).and_then(|m| m.get_mut(user_key)))
+    }
+
+    /// Puts `user_key → value` into the current key's map.
+    pub fn map_insert<UK: Key, UV: Data>(
+        &mut self,
+        h: &MapState<UK, UV>,
+        user_key: UK,
+        value: UV,
+    ) -> Result<(), OperatorError> {
+        let key = self.key;
+        let mut grow = entry_bytes::<UK, UV>(user_key.borrow());
+        let table = self.backend.table::<_, MapTable<K, UK, UV>>(h)?;
+        let map = match table.map.get_mut(key) {
+            Some(m) => m,
+            None => {
+                grow += entry_bytes::<K, FxMap<UK, UV>>(key);
+                table.map.entry(K::to_owned_record(key)).or_default()
+            }
+        };
+        if map.insert(user_key, value).is_some() {
+            grow = 0;
+        }
+        self.backend.memory.grow(grow)
+    }
+
+    /// Removes `user_key` from the current key's map.
+    pub fn map_remove<UK: Key, UV: Data>(
+        &mut self,
+        h: &MapState<UK, UV>,
+        user_key: &UK::Borrowed,
+    ) -> Result<Option<UV>, OperatorError> {
+        let key = self.key;
+        let removed =
+            self.backend.table::<_, MapTable<K, UK, UV>>(h)?.map.get_mut(key).and_then(|m| m.remove(user_key));
+        if removed.is_some() {
+            self.backend.memory.shrink(entry_bytes::<UK, UV>(user_key));
+        }
+        Ok(removed)
+    }
+
+    /// The current key's map entries, in no particular order.
+    pub fn map_entries<UK: Key, UV: Data>(&mut self, h: &MapState<UK, UV>) -> Result<Vec<(UK, UV)>, OperatorError> {
+        let key = self.key;
+        Ok(self
+            .backend
+            .table::<_, MapTable<K, UK, UV>>(h)?
+            .map
+            .get(key)
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default())
+    }
+
+    /// Folds `value` into the current key's reducing state.
+    pub fn reducing_add<V: Data, F>(&mut self, h: &ReducingState<V>, value: &V::Borrowed) -> Result<(), OperatorError>
+    where
+        F: Fn(&V, &V::Borrowed) -> V + Send + Sync + 'static,
+    {
+        let key = self.key;
+        let grow = entry_bytes::<K, V>(key);
+        let table = self.backend.table::<_, ReducingTable<K, V, F>>(h)?;
+        match table.values.map.get_mut(key) {
+            Some(acc) => *acc = (table.f)(acc, value),
+            None => {
+                table.values.map.insert(K::to_owned_record(key), V::to_owned_record(value));
+                self.backend.memory.grow(grow)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The current key's reduced value, if any (the reduce function `F` given when
+    /// the state was declared).
+    pub fn reducing_get<V: Data, F>(&mut self, h: &ReducingState<V>) -> Result<Option<&V>, OperatorError>
+    where
+        F: Fn(&V, &V::Borrowed) -> V + Send + Sync + 'static,
+    {
+        let key = self.key;
+        Ok(self.backend.table::<_, ReducingTable<K, V, F>>(h)?.values.map.get(key))
+    }
+
+    /// Calls `on_timer` for the current key at `at` (processing time); one timer
+    /// per key and instant.
+    pub fn register_timer(&mut self, at: Instant) {
+        let keys = self.backend.timers.entry(at).or_default();
+        if !keys.iter().any(|k| k.borrow() == self.key) {
+            keys.push(K::to_owned_record(self.key));
+        }
+    }
+
+    /// Deletes the current key's timer at `at`.
+    pub fn delete_timer(&mut self, at: Instant) {
+        if let Some(keys) = self.backend.timers.get_mut(&at) {
+            keys.retain(|k| k.borrow() != self.key);
+            if keys.is_empty() {
+                self.backend.timers.remove(&at);
+            }
+        }
+    }
+}

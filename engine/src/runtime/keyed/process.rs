@@ -1,0 +1,350 @@
+//! Keyed process functions with one and two inputs, on the keyed state of
+//! the parent module and processing-time timers.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+/// A function over each record of a keyed stream, with keyed state and
+/// processing-time timers (Flink's `KeyedProcessFunction`).
+pub trait KeyedProcessFunction<K: Key, T: Data, O: Data>: Clone + Send + Sync + 'static {
+    /// Before the first record: declare the states here.
+    fn open(&mut self, _states: &mut StateDeclarations<'_, K>) -> Result<(), OperatorError> {
+        Ok(())
+    }
+    /// One record of key `ctx.key()`.
+    fn process(
+        &mut self,
+        record: &T::Borrowed,
+        ctx: &mut KeyedContext<'_, K>,
+        out: &mut Emitter<'_, O>,
+    ) -> Result<(), OperatorError>;
+    /// A timer of key `ctx.key()` registered for `at` fired.
+    fn on_timer(
+        &mut self,
+        _at: Instant,
+        _ctx: &mut KeyedContext<'_, K>,
+        _out: &mut Emitter<'_, O>,
+    ) -> Result<(), OperatorError> {
+        Ok(())
+    }
+    /// End of input, once for each key that has state.
+    fn on_end_of_input(
+        &mut self,
+        _ctx: &mut KeyedContext<'_, K>,
+        _out: &mut Emitter<'_, O>,
+    ) -> Result<(), OperatorError> {
+        Ok(())
+    }
+}
+
+/// The shared machinery of one- and two-input keyed process operators.
+pub(crate) struct KeyedCore<K: Key, O: Data> {
+    name: String,
+    backend: KeyedBackend<K>,
+    next: Box<dyn Collector<O>>,
+    restore: Option<Arc<JobSnapshot>>,
+    task: Option<TaskInfo>,
+    failure: Failure,
+    /// The keys still to get their end-of-input call.
+    finishing: Option<Vec<K>>,
+}
+
+impl<K: Key, O: Data> KeyedCore<K, O> {
+    fn new(name: &str, next: Box<dyn Collector<O>>, ctx: &BuildContext<'_>) -> Self {
+        KeyedCore {
+            name: name.to_string(),
+            backend: KeyedBackend::new(),
+            next,
+            restore: ctx.restore.clone(),
+            task: None,
+            failure: ctx.failure.clone(),
+            finishing: None,
+        }
+    }
+
+    /// Runs `f` with a context for `key`; a failure is kept for the task.
+    fn with_key(
+        &mut self,
+        key: &K::Borrowed,
+        f: impl FnOnce(&mut KeyedContext<'_, K>, &mut Emitter<'_, O>) -> Result<(), OperatorError>,
+    ) {
+        let Some(task) = &self.task else {
+            return self.failure.set(OperatorError::User("a record came before the operator opened".into()));
+        };
+        let mut ctx = KeyedContext { key, backend: &mut self.backend, task };
+        if let Err(e) = f(&mut ctx, &mut Emitter::new(&mut *self.next)) {
+            self.failure.set(e);
+        }
+    }
+
+    fn open(
+        &mut self,
+        task: &TaskInfo,
+        declare: impl FnOnce(&mut StateDeclarations<'_, K>) -> Result<(), OperatorError>,
+    ) -> Result<(), OperatorError> {
+        self.backend.memory.account_to(task.managed_memory.clone())?;
+        declare(&mut StateDeclarations { backend: &mut self.backend, task })?;
+        if let Some(s) = self.restore.take() {
+            self.backend.restore(&self.name, &s, task)?;
+        }
+        self.task = Some(task.clone());
+        Ok(())
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        self.backend.timers.keys().next().copied()
+    }
+
+    /// Removes and returns the timers due at `now`.
+    fn due_timers(&mut self, now: Instant) -> Vec<(Instant, K)> {
+        let mut due = Vec::new();
+        while let Some(entry) = self.backend.timers.first_entry() {
+            if *entry.key() > now {
+                break;
+            }
+            let (at, keys) = entry.remove_entry();
+            due.extend(keys.into_iter().map(|k| (at, k)));
+        }
+        due
+    }
+
+    /// Calls `each` for the next keys with state at the end of input; `true`
+    /// once every key had its call.
+    fn finish_step(&mut self, mut each: impl FnMut(&K::Borrowed, &mut Self)) -> Result<bool, OperatorError> {
+        let mut keys = match self.finishing.take() {
+            Some(keys) => keys,
+            None => self.backend.keys(),
+        };
+        // This step's keys: the last ones (`keys` keeps the rest).
+        let step = keys.split_off(keys.len().saturating_sub(FINISH_STEP));
+        for key in &step {
+            each(key.borrow(), self);
+        }
+        let done = keys.is_empty();
+        self.finishing = Some(keys);
+        Ok(done)
+    }
+
+    fn snapshot(&self) -> Result<Vec<OperatorSnapshot>, OperatorError> {
+        match &self.task {
+            Some(task) => Ok(vec![self.backend.snapshot(&self.name, task)?]),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+pub(crate) struct KeyedProcessOp<K: Key, T: Data, O: Data, S, P> {
+    core: KeyedCore<K, O>,
+    selector: Arc<S>,
+    f: P,
+    _t: PhantomData<fn(&T)>,
+}
+
+impl<K: Key, T: Data, O: Data, S: KeySelector<K, T>, P: KeyedProcessFunction<K, T, O>> Collector<T>
+    for SharedCollector<KeyedProcessOp<K, T, O, S, P>>
+{
+    fn collect(&mut self, record: &T::Borrowed) {
+        let mut op = self.0.borrow_mut();
+        let KeyedProcessOp { core, selector, f, .. } = &mut *op;
+        selector.with_key(record, |key| core.with_key(key, |ctx, out| f.process(record, ctx, out)));
+    }
+}
+
+impl<K: Key, T: Data, O: Data, S: KeySelector<K, T>, P: KeyedProcessFunction<K, T, O>> Lifecycle
+    for KeyedProcessOp<K, T, O, S, P>
+{
+    fn name(&self) -> &str {
+        &self.core.name
+    }
+    fn open(&mut self, task: &TaskInfo) -> Result<(), OperatorError> {
+        let f = &mut self.f;
+        self.core.open(task, |d| f.open(d))
+    }
+    fn next_timer(&self) -> Option<Instant> {
+        self.core.next_timer()
+    }
+    fn fire_timers(&mut self, now: Instant) -> Result<(), OperatorError> {
+        for (at, key) in self.core.due_timers(now) {
+            let f = &mut self.f;
+            self.core.with_key(key.borrow(), |ctx, out| f.on_timer(at, ctx, out));
+        }
+        Ok(())
+    }
+    fn snapshot(&mut self, _id: u64) -> Result<Vec<OperatorSnapshot>, OperatorError> {
+        self.core.snapshot()
+    }
+    fn finish(&mut self) -> Result<bool, OperatorError> {
+        let f = &mut self.f;
+        self.core.finish_step(|key, core| core.with_key(key, |ctx, out| f.on_end_of_input(ctx, out)))
+    }
+}
+
+pub(crate) struct KeyedProcessFactory<K, T, O: Data, S, P> {
+    pub(crate) name: Name,
+    pub(crate) selector: Arc<S>,
+    pub(crate) f: P,
+    pub(crate) next: Port<O>,
+    pub(crate) _t: PhantomData<fn(&K, &T)>,
+}
+
+impl<K: Key, T: Data, O: Data, S: KeySelector<K, T>, P: KeyedProcessFunction<K, T, O>> NodeFactory<T>
+    for KeyedProcessFactory<K, T, O, S, P>
+{
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
+        let next = build_port(&self.next, ctx)?;
+        let name = self.name.get();
+        let op = KeyedProcessOp {
+            core: KeyedCore::new(&name, next, ctx),
+            selector: self.selector.clone(),
+            f: self.f.clone(),
+            _t: PhantomData,
+        };
+        Ok(ctx.stateful(&name, op))
+    }
+}
+
+// ------------------------------------------------------- two keyed inputs
+
+/// A function over the records of two keyed streams with one key type, sharing
+/// keyed state (Flink's `KeyedCoProcessFunction`).
+pub trait KeyedCoProcessFunction<K: Key, A: Data, B: Data, O: Data>: Clone + Send + Sync + 'static {
+    /// Before the first record: declare the states here.
+    fn open(&mut self, _states: &mut StateDeclarations<'_, K>) -> Result<(), OperatorError> {
+        Ok(())
+    }
+    /// A record of the first input.
+    fn process_first(
+        &mut self,
+        record: &A::Borrowed,
+        ctx: &mut KeyedContext<'_, K>,
+        out: &mut Emitter<'_, O>,
+    ) -> Result<(), OperatorError>;
+    /// A record of the second input.
+    fn process_second(
+        &mut self,
+        record: &B::Borrowed,
+        ctx: &mut KeyedContext<'_, K>,
+        out: &mut Emitter<'_, O>,
+    ) -> Result<(), OperatorError>;
+    /// A timer fired.
+    fn on_timer(
+        &mut self,
+        _at: Instant,
+        _ctx: &mut KeyedContext<'_, K>,
+        _out: &mut Emitter<'_, O>,
+    ) -> Result<(), OperatorError> {
+        Ok(())
+    }
+    /// End of both inputs, once for each key that has state.
+    fn on_end_of_input(
+        &mut self,
+        _ctx: &mut KeyedContext<'_, K>,
+        _out: &mut Emitter<'_, O>,
+    ) -> Result<(), OperatorError> {
+        Ok(())
+    }
+}
+
+pub(crate) struct KeyedCoProcessOp<K: Key, A, B, O: Data, SA, SB, P> {
+    core: KeyedCore<K, O>,
+    first: Arc<SA>,
+    second: Arc<SB>,
+    f: P,
+    _t: PhantomData<fn(&A, &B)>,
+}
+
+/// The first input's record path into a two-input operator.
+pub(crate) struct FirstInput<Op>(pub(crate) Shared<Op>);
+/// The second input's record path into a two-input operator.
+pub(crate) struct SecondInput<Op>(pub(crate) Shared<Op>);
+
+impl<K: Key, A: Data, B: Data, O: Data, SA: KeySelector<K, A>, SB: KeySelector<K, B>, P> Collector<A>
+    for FirstInput<KeyedCoProcessOp<K, A, B, O, SA, SB, P>>
+where
+    P: KeyedCoProcessFunction<K, A, B, O>,
+{
+    fn collect(&mut self, record: &A::Borrowed) {
+        let mut op = self.0.borrow_mut();
+        let KeyedCoProcessOp { core, first, f, .. } = &mut *op;
+        first.with_key(record, |key| core.with_key(key, |ctx, out| f.process_first(record, ctx, out)));
+    }
+}
+
+impl<K: Key, A: Data, B: Data, O: Data, SA: KeySelector<K, A>, SB: KeySelector<K, B>, P> Collector<B>
+    for SecondInput<KeyedCoProcessOp<K, A, B, O, SA, SB, P>>
+where
+    P: KeyedCoProcessFunction<K, A, B, O>,
+{
+    fn collect(&mut self, record: &B::Borrowed) {
+        let mut op = self.0.borrow_mut();
+        let KeyedCoProcessOp { core, second, f, .. } = &mut *op;
+        second.with_key(record, |key| core.with_key(key, |ctx, out| f.process_second(record, ctx, out)));
+    }
+}
+
+impl<K: Key, A: Data, B: Data, O: Data, SA: KeySelector<K, A>, SB: KeySelector<K, B>, P> Lifecycle
+    for KeyedCoProcessOp<K, A, B, O, SA, SB, P>
+where
+    P: KeyedCoProcessFunction<K, A, B, O>,
+{
+    fn name(&self) -> &str {
+        &self.core.name
+    }
+    fn open(&mut self, task: &TaskInfo) -> Result<(), OperatorError> {
+        let f = &mut self.f;
+        self.core.open(task, |d| f.open(d))
+    }
+    fn next_timer(&self) -> Option<Instant> {
+        self.core.next_timer()
+    }
+    fn fire_timers(&mut self, now: Instant) -> Result<(), OperatorError> {
+        for (at, key) in self.core.due_timers(now) {
+            let f = &mut self.f;
+            self.core.with_key(key.borrow(), |ctx, out| f.on_timer(at, ctx, out));
+        }
+        Ok(())
+    }
+    fn snapshot(&mut self, _id: u64) -> Result<Vec<OperatorSnapshot>, OperatorError> {
+        self.core.snapshot()
+    }
+    fn finish(&mut self) -> Result<bool, OperatorError> {
+        let f = &mut self.f;
+        self.core.finish_step(|key, core| core.with_key(key, |ctx, out| f.on_end_of_input(ctx, out)))
+    }
+}
+
+/// Builds both input paths of a two-input operator for a subtask.
+pub(crate) trait TwoInputFactory<A: Data, B: Data>: Send + Sync {
+    #[allow(clippy::type_complexity)]
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<(Box<dyn Collector<A>>, Box<dyn Collector<B>>), EngineError>;
+}
+
+pub(crate) struct KeyedCoProcessFactory<K, A, B, O: Data, SA, SB, P> {
+    pub(crate) name: Name,
+    pub(crate) first: Arc<SA>,
+    pub(crate) second: Arc<SB>,
+    pub(crate) f: P,
+    pub(crate) next: Port<O>,
+    pub(crate) _t: PhantomData<fn(&K, &A, &B)>,
+}
+
+impl<K: Key, A: Data, B: Data, O: Data, SA: KeySelector<K, A>, SB: KeySelector<K, B>, P> TwoInputFactory<A, B>
+    for KeyedCoProcessFactory<K, A, B, O, SA, SB, P>
+where
+    P: KeyedCoProcessFunction<K, A, B, O>,
+{
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<(Box<dyn Collector<A>>, Box<dyn Collector<B>>), EngineError> {
+        let next = build_port(&self.next, ctx)?;
+        let name = self.name.get();
+        let op = KeyedCoProcessOp {
+            core: KeyedCore::new(&name, next, ctx),
+            first: self.first.clone(),
+            second: self.second.clone(),
+            f: self.f.clone(),
+            _t: PhantomData,
+        };
+        let shared = std::rc::Rc::new(std::cell::RefCell::new(op));
+        ctx.lifecycles.push(Box::new(crate::runtime::collector::SharedLifecycle(shared.clone(), name)));
+        Ok((Box::new(FirstInput(shared.clone())), Box::new(SecondInput(shared))))
+    }
+}

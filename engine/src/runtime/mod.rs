@@ -1,0 +1,53 @@
+//! The typed task runtime: how a vertex's operators are built on their shard and
+//! call each other ([`collector`], [`build`], [`vertex`]), the operators
+//! themselves ([`ops`], [`keyed`], [`sources`], [`sinks`]), where records leave a
+//! vertex ([`output`]), keyed state in key groups ([`state`]) and the mailbox
+//! loop that runs a task ([`task`]).
+
+pub(crate) mod build;
+pub(crate) mod collector;
+pub(crate) mod keyed;
+pub(crate) mod ops;
+pub(crate) mod output;
+pub(crate) mod sinks;
+pub(crate) mod sources;
+pub(crate) mod state;
+pub(crate) mod task;
+pub(crate) mod vertex;
+
+use std::sync::Arc;
+
+/// What an idle shard does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdlePolicy {
+    /// Sleep in the kernel until an event or timer (no CPU while idle). Default.
+    #[default]
+    Park,
+    /// Busy-poll: lowest latency, one full core per shard.
+    Spin,
+}
+
+use crate::runtime::state::JobSnapshot;
+use crate::runtime::vertex::VertexPlan;
+
+/// A job's typed plan: each vertex's body, and how the job starts and ends.
+/// Shared by every subtask of the job (`Send + Sync`).
+pub(crate) struct JobPlan {
+    /// By job-graph vertex.
+    pub(crate) vertices: Vec<VertexPlan>,
+    /// The snapshot the job's state starts from.
+    pub(crate) restore: Option<Arc<JobSnapshot>>,
+    /// At the end of input, snapshot the operators' state instead of finishing
+    /// them (stop with a snapshot).
+    pub(crate) snapshot_at_end: bool,
+}
+
+impl std::fmt::Debug for JobPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobPlan")
+            .field("vertices", &self.vertices.len())
+            .field("restore", &self.restore.is_some())
+            .field("snapshot_at_end", &self.snapshot_at_end)
+            .finish()
+    }
+}

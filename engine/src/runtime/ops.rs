@@ -1,0 +1,357 @@
+//! Stateless operators (map, filter, flat map) and the non-keyed process
+//! function with operator state (a list per subtask).
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use crate::data::Data;
+use crate::error::{EngineError, OperatorError};
+use crate::runtime::build::{build_port, BuildContext, Name, NodeFactory, Port};
+use crate::runtime::collector::{Collector, Emitter, Failure, Lifecycle, SharedCollector, TaskInfo};
+use crate::runtime::state::{JobSnapshot, OperatorSnapshot};
+
+/// A record-to-record function.
+pub(crate) struct MapOp<T: Data, U: Data, F> {
+    f: Arc<F>,
+    next: Box<dyn Collector<U>>,
+    buf: Vec<U>,
+    _t: PhantomData<fn(&T)>,
+}
+
+impl<T: Data, U: Data, F: Fn(&T::Borrowed) -> U> Collector<T> for MapOp<T, U, F> {
+    #[inline]
+    fn collect(&mut self, record: &T::Borrowed) {
+        let u = (self.f)(record);
+        self.next.collect(u.borrow());
+    }
+
+    fn collect_batch(&mut self, records: &[T]) {
+        if U::POD {
+            self.buf.clear();
+            self.buf.extend(records.iter().map(|r| (self.f)(r.borrow())));
+            self.next.collect_batch(&self.buf);
+        } else {
+            for r in records {
+                self.collect(r.borrow());
+            }
+        }
+    }
+}
+
+pub(crate) struct MapFactory<T, U: Data, F> {
+    pub(crate) f: Arc<F>,
+    pub(crate) next: Port<U>,
+    pub(crate) _t: PhantomData<fn(&T)>,
+}
+
+impl<T: Data, U: Data, F: Fn(&T::Borrowed) -> U + Send + Sync + 'static> NodeFactory<T> for MapFactory<T, U, F> {
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
+        let next = build_port(&self.next, ctx)?;
+        Ok(Box::new(MapOp { f: self.f.clone(), next, buf: Vec::new(), _t: PhantomData }))
+    }
+}
+
+/// A predicate: records for which it is false are dropped.
+pub(crate) struct FilterOp<T: Data, F> {
+    f: Arc<F>,
+    next: Box<dyn Collector<T>>,
+    buf: Vec<T>,
+}
+
+impl<T: Data, F: Fn(&T::Borrowed) -> bool> Collector<T> for FilterOp<T, F> {
+    #[inline]
+    fn collect(&mut self, record: &T::Borrowed) {
+        if (self.f)(record) {
+            self.next.collect(record);
+        }
+    }
+
+    fn collect_batch(&mut self, records: &[T]) {
+        if T::POD {
+            self.buf.clear();
+            self.buf.extend(records.iter().filter(|r| (self.f)((*r).borrow())).cloned());
+            self.next.collect_batch(&self.buf);
+        } else {
+            for r in records {
+                self.collect(r.borrow());
+            }
+        }
+    }
+}
+
+pub(crate) struct FilterFactory<T: Data, F> {
+    pub(crate) f: Arc<F>,
+    pub(crate) next: Port<T>,
+}
+
+impl<T: Data, F: Fn(&T::Borrowed) -> bool + Send + Sync + 'static> NodeFactory<T> for FilterFactory<T, F> {
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
+        let next = build_port(&self.next, ctx)?;
+        Ok(Box::new(FilterOp { f: self.f.clone(), next, buf: Vec::new() }))
+    }
+}
+
+/// A one-to-many function, emitting through an [`Emitter`].
+pub(crate) struct FlatMapOp<T: Data, U: Data, F> {
+    f: Arc<F>,
+    next: Box<dyn Collector<U>>,
+    _t: PhantomData<fn(&T)>,
+}
+
+impl<T: Data, U: Data, F: Fn(&T::Borrowed, &mut Emitter<'_, U>)> Collector<T> for FlatMapOp<T, U, F> {
+    #[inline]
+    fn collect(&mut self, record: &T::Borrowed) {
+        (self.f)(record, &mut Emitter::new(&mut *self.next));
+    }
+}
+
+pub(crate) struct FlatMapFactory<T, U: Data, F> {
+    pub(crate) f: Arc<F>,
+    pub(crate) next: Port<U>,
+    pub(crate) _t: PhantomData<fn(&T)>,
+}
+
+impl<T: Data, U: Data, F> NodeFactory<T> for FlatMapFactory<T, U, F>
+where
+    F: Fn(&T::Borrowed, &mut Emitter<'_, U>) + Send + Sync + 'static,
+{
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
+        let next = build_port(&self.next, ctx)?;
+        Ok(Box::new(FlatMapOp { f: self.f.clone(), next, _t: PhantomData }))
+    }
+}
+
+// ---------------------------------------------------------- process function
+
+/// A list of items kept per subtask, snapshotted item by item and dealt round
+/// robin to the subtasks of a restored job (Flink's operator list state).
+pub struct ListStateHandle<V> {
+    name: String,
+    _v: PhantomData<fn() -> V>,
+}
+
+impl<V> Clone for ListStateHandle<V> {
+    fn clone(&self) -> Self {
+        ListStateHandle { name: self.name.clone(), _v: PhantomData }
+    }
+}
+
+trait ErasedList: Any {
+    fn items(&self) -> Result<Vec<Vec<u8>>, OperatorError>;
+    fn as_any(&mut self) -> &mut dyn Any;
+}
+
+impl<V: Data> ErasedList for Vec<V> {
+    fn items(&self) -> Result<Vec<Vec<u8>>, OperatorError> {
+        self.iter().map(|v| V::to_bytes(v.borrow()).map_err(OperatorError::from)).collect()
+    }
+    fn as_any(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// What a process function sees of its subtask and its operator state.
+pub struct OperatorContext<'a> {
+    task: &'a TaskInfo,
+    name: &'a str,
+    lists: &'a mut BTreeMap<String, Box<dyn ErasedListBox>>,
+    restore: Option<&'a JobSnapshot>,
+}
+
+/// A type-erased operator-state list.
+#[doc(hidden)]
+pub(crate) trait ErasedListBox {
+    #[doc(hidden)]
+    fn items(&self) -> Result<Vec<Vec<u8>>, OperatorError>;
+    #[doc(hidden)]
+    fn any(&mut self) -> &mut dyn Any;
+}
+
+impl<L: ErasedList> ErasedListBox for L {
+    fn items(&self) -> Result<Vec<Vec<u8>>, OperatorError> {
+        ErasedList::items(self)
+    }
+    fn any(&mut self) -> &mut dyn Any {
+        self.as_any()
+    }
+}
+
+impl OperatorContext<'_> {
+    /// The subtask.
+    pub fn task(&self) -> &TaskInfo {
+        self.task
+    }
+
+    /// Declares operator list state `name` (in `open`), restored from the job's
+    /// snapshot if it has one.
+    pub fn list_state<V: Data>(&mut self, name: &str) -> Result<ListStateHandle<V>, OperatorError> {
+        let key = format!("{}/{name}", self.name);
+        if !self.lists.contains_key(&key) {
+            let mut items: Vec<V> = Vec::new();
+            if let Some(s) = self.restore {
+                for b in s.operator_items_for(&key, self.task.subtask, self.task.parallelism) {
+                    items.push(V::from_bytes(b)?);
+                }
+            }
+            self.lists.insert(key.clone(), Box::new(items));
+        }
+        Ok(ListStateHandle { name: key, _v: PhantomData })
+    }
+
+    /// The items of list state `handle`.
+    pub fn list<V: Data>(&mut self, handle: &ListStateHandle<V>) -> Result<&mut Vec<V>, OperatorError> {
+        self.lists
+            .get_mut(&handle.name)
+            .and_then(|l| l.any().downcast_mut::<Vec<V>>())
+            .ok_or_else(|| OperatorError::User(format!("list state '{}' is not this operator's", handle.name)))
+    }
+}
+
+/// A function over each record of a non-keyed stream, with operator state.
+pub trait ProcessFunction<T: Data, O: Data>: Clone + Send + Sync + 'static {
+    /// Before the first record: declare state here.
+    fn open(&mut self, _ctx: &mut OperatorContext<'_>) -> Result<(), OperatorError> {
+        Ok(())
+    }
+    /// One record.
+    fn process(
+        &mut self,
+        record: &T::Borrowed,
+        ctx: &mut OperatorContext<'_>,
+        out: &mut Emitter<'_, O>,
+    ) -> Result<(), OperatorError>;
+    /// End of input: emit what is held.
+    fn finish(&mut self, _ctx: &mut OperatorContext<'_>, _out: &mut Emitter<'_, O>) -> Result<(), OperatorError> {
+        Ok(())
+    }
+}
+
+pub(crate) struct ProcessOp<T: Data, O: Data, P> {
+    name: String,
+    f: P,
+    next: Box<dyn Collector<O>>,
+    lists: BTreeMap<String, Box<dyn ErasedListBox>>,
+    task: Option<TaskInfo>,
+    restore: Option<Arc<JobSnapshot>>,
+    failure: Failure,
+    _t: PhantomData<fn(&T)>,
+}
+
+impl<T: Data, O: Data, P: ProcessFunction<T, O>> ProcessOp<T, O, P> {
+    fn with_context<R>(
+        &mut self,
+        f: impl FnOnce(&mut P, &mut OperatorContext<'_>, &mut Emitter<'_, O>) -> R,
+    ) -> Option<R> {
+        let task = self.task.as_ref()?;
+        let mut ctx =
+            OperatorContext { task, name: &self.name, lists: &mut self.lists, restore: self.restore.as_deref() };
+        Some(f(&mut self.f, &mut ctx, &mut Emitter::new(&mut *self.next)))
+    }
+}
+
+impl<T: Data, O: Data, P: ProcessFunction<T, O>> Collector<T> for SharedCollector<ProcessOp<T, O, P>> {
+    fn collect(&mut self, record: &T::Borrowed) {
+        let mut op = self.0.borrow_mut();
+        let failure = op.failure.clone();
+        match op.with_context(|f, ctx, out| f.process(record, ctx, out)) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => failure.set(e),
+            None => failure.set(OperatorError::User("a record came before the operator opened".into())),
+        }
+    }
+}
+
+impl<T: Data, O: Data, P: ProcessFunction<T, O>> Lifecycle for ProcessOp<T, O, P> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn open(&mut self, task: &TaskInfo) -> Result<(), OperatorError> {
+        self.task = Some(task.clone());
+        self.with_context(|f, ctx, _| f.open(ctx)).unwrap_or(Ok(()))
+    }
+    fn finish(&mut self) -> Result<bool, OperatorError> {
+        self.with_context(|f, ctx, out| f.finish(ctx, out)).unwrap_or(Ok(())).map(|()| true)
+    }
+    fn snapshot(&mut self, _id: u64) -> Result<Vec<OperatorSnapshot>, OperatorError> {
+        // Each list is its own entry, named `operator/list`, restored by that name.
+        self.lists
+            .iter()
+            .map(|(name, list)| {
+                Ok(OperatorSnapshot {
+                    operator: name.clone(),
+                    max_parallelism: self.task.as_ref().map_or(0, |t| t.max_parallelism),
+                    key_groups: Default::default(),
+                    operator_state: vec![list.items()?],
+                })
+            })
+            .collect()
+    }
+}
+
+pub(crate) struct ProcessFactory<T, O: Data, P> {
+    pub(crate) name: Name,
+    pub(crate) f: P,
+    pub(crate) next: Port<O>,
+    pub(crate) _t: PhantomData<fn(&T)>,
+}
+
+impl<T: Data, O: Data, P: ProcessFunction<T, O>> NodeFactory<T> for ProcessFactory<T, O, P> {
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
+        let next = build_port(&self.next, ctx)?;
+        let name = self.name.get();
+        let op = ProcessOp {
+            name: name.clone(),
+            f: self.f.clone(),
+            next,
+            lists: BTreeMap::new(),
+            task: None,
+            restore: ctx.restore.clone(),
+            failure: ctx.failure.clone(),
+            _t: PhantomData,
+        };
+        Ok(ctx.stateful(&name, op))
+    }
+}
+
+// -------------------------------------------------------- two plain inputs
+
+/// One side of a co-flat-map: its function and the chain both sides feed.
+struct CoSide<T, O: Data, F> {
+    f: Arc<F>,
+    next: std::rc::Rc<std::cell::RefCell<Box<dyn Collector<O>>>>,
+    _t: PhantomData<fn(&T)>,
+}
+
+impl<T: Data, O: Data, F: Fn(&T::Borrowed, &mut Emitter<'_, O>)> Collector<T> for CoSide<T, O, F> {
+    #[inline]
+    fn collect(&mut self, record: &T::Borrowed) {
+        let mut next = self.next.borrow_mut();
+        (self.f)(record, &mut Emitter::new(&mut **next));
+    }
+}
+
+/// Two inputs of different types into one stream (co-map, co-flat-map).
+pub(crate) struct CoFlatMapFactory<A, B, O: Data, FA, FB> {
+    pub(crate) first: Arc<FA>,
+    pub(crate) second: Arc<FB>,
+    pub(crate) next: Port<O>,
+    pub(crate) _t: PhantomData<fn(&A, &B)>,
+}
+
+impl<A, B, O, FA, FB> crate::runtime::keyed::TwoInputFactory<A, B> for CoFlatMapFactory<A, B, O, FA, FB>
+where
+    A: Data,
+    B: Data,
+    O: Data,
+    FA: Fn(&A::Borrowed, &mut Emitter<'_, O>) + Send + Sync + 'static,
+    FB: Fn(&B::Borrowed, &mut Emitter<'_, O>) + Send + Sync + 'static,
+{
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<(Box<dyn Collector<A>>, Box<dyn Collector<B>>), EngineError> {
+        let next = std::rc::Rc::new(std::cell::RefCell::new(build_port(&self.next, ctx)?));
+        let a = CoSide { f: self.first.clone(), next: next.clone(), _t: PhantomData };
+        let b = CoSide { f: self.second.clone(), next, _t: PhantomData };
+        Ok((Box::new(a), Box::new(b)))
+    }
+}

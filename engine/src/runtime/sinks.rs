@@ -1,0 +1,465 @@
+//! Sinks: count, discard, latency, a callback, collect for tests, and the
+//! bounded, back-pressured egress handle a service reads results from.
+
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use hdrhistogram::Histogram;
+
+use crate::data::Data;
+use crate::error::{EngineError, OperatorError};
+use crate::runtime::build::{BuildContext, Name, NodeFactory};
+use crate::runtime::collector::{Collector, Lifecycle, SharedCollector, SinkOutput, TaskInfo};
+use crate::runtime::output::Output;
+
+/// Counts records and sums a value of each (wrapping).
+pub(crate) struct CountSink<T: Data, F> {
+    name: String,
+    value: Option<Arc<F>>,
+    records: u64,
+    sum: u64,
+    _t: PhantomData<fn(&T)>,
+}
+
+impl<T: Data, F: Fn(&T::Borrowed) -> u64> Collector<T> for SharedCollector<CountSink<T, F>> {
+    #[inline]
+    fn collect(&mut self, record: &T::Borrowed) {
+        let mut s = self.0.borrow_mut();
+        s.records += 1;
+        if let Some(f) = &s.value {
+            s.sum = s.sum.wrapping_add(f(record));
+        }
+    }
+
+    #[inline]
+    fn collect_batch(&mut self, records: &[T]) {
+        let mut s = self.0.borrow_mut();
+        s.records += records.len() as u64;
+        if let Some(f) = s.value.clone() {
+            s.sum = records.iter().fold(s.sum, |acc, r| acc.wrapping_add(f(r.borrow())));
+        }
+    }
+}
+
+impl<T: Data, F: Fn(&T::Borrowed) -> u64> Lifecycle for CountSink<T, F> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn close(&mut self) -> Result<SinkOutput, OperatorError> {
+        Ok(SinkOutput::Count { records: self.records, value_sum: self.sum })
+    }
+}
+
+pub(crate) struct CountFactory<F> {
+    pub(crate) name: Name,
+    pub(crate) value: Option<Arc<F>>,
+}
+
+impl<T: Data, F: Fn(&T::Borrowed) -> u64 + Send + Sync + 'static> NodeFactory<T> for CountFactory<F> {
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
+        let name = self.name.get();
+        let sink = CountSink { name: name.clone(), value: self.value.clone(), records: 0, sum: 0, _t: PhantomData };
+        Ok(ctx.stateful(&name, sink))
+    }
+}
+
+/// Drops every record.
+pub(crate) struct Discard;
+
+impl<T: Data> Collector<T> for Discard {
+    #[inline(always)]
+    fn collect(&mut self, _: &T::Borrowed) {}
+    #[inline(always)]
+    fn collect_batch(&mut self, _: &[T]) {}
+}
+
+impl<T: Data> NodeFactory<T> for Discard {
+    fn build(&self, _: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
+        Ok(Box::new(Discard))
+    }
+}
+
+/// Records `now − time(record)` (ns since the attempt's start instant) in an HDR
+/// histogram; one clock read per batch.
+pub(crate) struct LatencySink<T: Data, F> {
+    name: String,
+    time_ns: Arc<F>,
+    start: Option<Instant>,
+    hist: Histogram<u64>,
+    _t: PhantomData<fn(&T)>,
+}
+
+impl<T: Data, F: Fn(&T::Borrowed) -> u64> LatencySink<T, F> {
+    fn now_ns(&self) -> u64 {
+        self.start.map_or(0, |s| s.elapsed().as_nanos() as u64)
+    }
+}
+
+impl<T: Data, F: Fn(&T::Borrowed) -> u64> Collector<T> for SharedCollector<LatencySink<T, F>> {
+    fn collect(&mut self, record: &T::Borrowed) {
+        let mut s = self.0.borrow_mut();
+        let now = s.now_ns();
+        let t = (s.time_ns)(record);
+        s.hist.saturating_record(now.saturating_sub(t).max(1));
+    }
+
+    fn collect_batch(&mut self, records: &[T]) {
+        let mut s = self.0.borrow_mut();
+        let now = s.now_ns();
+        for r in records {
+            let t = (s.time_ns)(r.borrow());
+            s.hist.saturating_record(now.saturating_sub(t).max(1));
+        }
+    }
+}
+
+impl<T: Data, F: Fn(&T::Borrowed) -> u64> Lifecycle for LatencySink<T, F> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn open(&mut self, task: &TaskInfo) -> Result<(), OperatorError> {
+        self.start = Some(task.job_start);
+        Ok(())
+    }
+    fn close(&mut self) -> Result<SinkOutput, OperatorError> {
+        Ok(SinkOutput::Latency(std::mem::replace(&mut self.hist, latency_histogram())))
+    }
+}
+
+/// 1 ns to 1 h at 3 significant digits.
+pub(crate) fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+pub(crate) struct LatencyFactory<F> {
+    pub(crate) name: Name,
+    pub(crate) time_ns: Arc<F>,
+}
+
+impl<T: Data, F: Fn(&T::Borrowed) -> u64 + Send + Sync + 'static> NodeFactory<T> for LatencyFactory<F> {
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
+        let name = self.name.get();
+        let sink = LatencySink {
+            name: name.clone(),
+            time_ns: self.time_ns.clone(),
+            start: None,
+            hist: latency_histogram(),
+            _t: PhantomData,
+        };
+        Ok(ctx.stateful(&name, sink))
+    }
+}
+
+/// Calls a function with each record.
+pub(crate) struct ForEach<F>(Arc<F>);
+
+impl<T: Data, F: Fn(&T::Borrowed)> Collector<T> for ForEach<F> {
+    #[inline]
+    fn collect(&mut self, record: &T::Borrowed) {
+        (self.0)(record);
+    }
+}
+
+pub(crate) struct ForEachFactory<F>(pub(crate) Arc<F>);
+
+impl<T: Data, F: Fn(&T::Borrowed) + Send + Sync + 'static> NodeFactory<T> for ForEachFactory<F> {
+    fn build(&self, _: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
+        Ok(Box::new(ForEach(self.0.clone())))
+    }
+}
+
+// ------------------------------------------------------------------ collect
+
+/// The records a collect sink gathered, readable once the job has finished.
+/// Meant for tests and small results: everything is kept in memory.
+#[derive(Debug)]
+pub struct CollectHandle<T> {
+    records: Arc<Mutex<Vec<T>>>,
+}
+
+impl<T> Clone for CollectHandle<T> {
+    fn clone(&self) -> Self {
+        CollectHandle { records: self.records.clone() }
+    }
+}
+
+impl<T> CollectHandle<T> {
+    pub(crate) fn new() -> Self {
+        CollectHandle { records: Arc::default() }
+    }
+
+    /// Takes every record gathered so far: each sink subtask's records, in its
+    /// arrival order, once that subtask has finished.
+    pub fn take(&self) -> Vec<T> {
+        std::mem::take(&mut *self.records.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+pub(crate) struct CollectSink<T> {
+    name: String,
+    local: Vec<T>,
+    out: Arc<Mutex<Vec<T>>>,
+}
+
+impl<T: Data> Collector<T> for SharedCollector<CollectSink<T>> {
+    fn collect(&mut self, record: &T::Borrowed) {
+        self.0.borrow_mut().local.push(T::to_owned_record(record));
+    }
+    fn collect_batch(&mut self, records: &[T]) {
+        self.0.borrow_mut().local.extend_from_slice(records);
+    }
+}
+
+impl<T: Data> Lifecycle for CollectSink<T> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn close(&mut self) -> Result<SinkOutput, OperatorError> {
+        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+        out.append(&mut self.local);
+        Ok(SinkOutput::None)
+    }
+}
+
+pub(crate) struct CollectFactory<T> {
+    pub(crate) name: Name,
+    pub(crate) handle: CollectHandle<T>,
+}
+
+impl<T: Data> NodeFactory<T> for CollectFactory<T> {
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
+        let name = self.name.get();
+        let sink = CollectSink { name: name.clone(), local: Vec::new(), out: self.handle.records.clone() };
+        Ok(ctx.stateful(&name, sink))
+    }
+}
+
+// ------------------------------------------------------------------- egress
+
+/// The sink subtasks waiting for room in an egress queue.
+#[derive(Default)]
+struct EgressWaiters {
+    any: AtomicBool,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl EgressWaiters {
+    fn wake_all(&self) {
+        if self.any.swap(false, Ordering::SeqCst) {
+            let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(PoisonError::into_inner));
+            for w in wakers {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// Reads a job's results from any thread: a bounded queue the job's egress sinks
+/// fill. While it is full the sinks stop taking input (back-pressure through the
+/// whole job); memory stays bounded by its capacity. Ends (`None`) once every
+/// sink subtask has finished and everything was read.
+pub struct EgressHandle<T> {
+    rx: Receiver<T>,
+    waiters: Arc<EgressWaiters>,
+}
+
+impl<T> std::fmt::Debug for EgressHandle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EgressHandle").field("queued", &self.rx.len()).finish()
+    }
+}
+
+impl<T> EgressHandle<T> {
+    /// The next result, waiting for one; `None` once the job's sinks have all
+    /// finished and the queue is empty.
+    pub fn recv(&self) -> Option<T> {
+        let r = self.rx.recv().ok();
+        self.waiters.wake_all();
+        r
+    }
+
+    /// The next result, waiting up to `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        let r = self.rx.recv_timeout(timeout);
+        self.waiters.wake_all();
+        r
+    }
+
+    /// The next result if one is queued.
+    pub fn try_recv(&self) -> Result<T, TryRecvError> {
+        let r = self.rx.try_recv();
+        self.waiters.wake_all();
+        r
+    }
+
+    /// Results queued now.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Whether no result is queued now.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
+    /// Every result until the end.
+    pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        std::iter::from_fn(|| self.recv())
+    }
+}
+
+/// One sink subtask's end of an egress: records that found the queue full wait
+/// in `stash`; the task takes no input until they are gone.
+pub(crate) struct EgressSink<T> {
+    name: String,
+    tx: Option<Sender<T>>,
+    stash: VecDeque<T>,
+    waiters: Arc<EgressWaiters>,
+    gone: bool,
+}
+
+impl<T: Data> EgressSink<T> {
+    #[inline]
+    fn send(&mut self, record: T) {
+        if !self.stash.is_empty() {
+            return self.stash.push_back(record);
+        }
+        match self.tx.as_ref().map(|tx| tx.try_send(record)) {
+            Some(Ok(())) | None => {}
+            Some(Err(TrySendError::Full(r))) => self.stash.push_back(r),
+            Some(Err(TrySendError::Disconnected(r))) => {
+                self.gone = true;
+                self.stash.push_back(r);
+            }
+        }
+    }
+
+    /// Moves stashed records into the queue while it has room.
+    fn drain(&mut self) -> Result<(), OperatorError> {
+        let Some(tx) = &self.tx else { return Ok(()) };
+        while let Some(r) = self.stash.pop_front() {
+            match tx.try_send(r) {
+                Ok(()) => {}
+                Err(TrySendError::Full(r)) => {
+                    self.stash.push_front(r);
+                    return Ok(());
+                }
+                Err(TrySendError::Disconnected(r)) => {
+                    self.stash.push_front(r);
+                    self.gone = true;
+                    break;
+                }
+            }
+        }
+        if self.gone {
+            return Err(OperatorError::User(format!(
+                "egress '{}': the handle was dropped with {} results undelivered",
+                self.name,
+                self.stash.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<T: Data> Collector<T> for SharedCollector<EgressSink<T>> {
+    #[inline]
+    fn collect(&mut self, record: &T::Borrowed) {
+        self.0.borrow_mut().send(T::to_owned_record(record));
+    }
+    fn collect_batch(&mut self, records: &[T]) {
+        let mut s = self.0.borrow_mut();
+        for r in records {
+            s.send(r.clone());
+        }
+    }
+}
+
+impl<T: Data> Output for SharedCollector<EgressSink<T>> {
+    fn overdrawn(&self) -> bool {
+        !std::cell::RefCell::borrow(&self.0).stash.is_empty()
+    }
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), OperatorError>> {
+        let mut s = self.0.borrow_mut();
+        s.drain()?;
+        if s.stash.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        // Register, then try once more: a read between the try and the
+        // registration sees the flag and wakes us.
+        s.waiters.wakers.lock().unwrap_or_else(PoisonError::into_inner).push(cx.waker().clone());
+        s.waiters.any.store(true, Ordering::SeqCst);
+        s.drain()?;
+        if s.stash.is_empty() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        std::cell::RefCell::borrow(&self.0).stash.is_empty()
+    }
+}
+
+impl<T: Data> Lifecycle for EgressSink<T> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn close(&mut self) -> Result<SinkOutput, OperatorError> {
+        // Dropping the sender: the handle ends once every subtask's is gone.
+        self.tx = None;
+        Ok(SinkOutput::None)
+    }
+}
+
+/// Hands each sink subtask a sender; the template is dropped once the vertex's
+/// subtasks all have theirs, so the handle ends when they finish.
+pub(crate) struct EgressFactory<T> {
+    pub(crate) name: Name,
+    template: Mutex<Option<Sender<T>>>,
+    taken: AtomicU32,
+    waiters: Arc<EgressWaiters>,
+}
+
+/// An egress queue of `capacity` results.
+pub(crate) fn egress<T>(name: Name, capacity: usize) -> (EgressFactory<T>, EgressHandle<T>) {
+    let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+    let waiters = Arc::new(EgressWaiters::default());
+    let factory =
+        EgressFactory { name, template: Mutex::new(Some(tx)), taken: AtomicU32::new(0), waiters: waiters.clone() };
+    (factory, EgressHandle { rx, waiters })
+}
+
+impl<T: Data> NodeFactory<T> for EgressFactory<T> {
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
+        let name = self.name.get();
+        let tx = {
+            let mut template = self.template.lock().unwrap_or_else(PoisonError::into_inner);
+            let tx = template.as_ref().cloned().ok_or_else(|| EngineError::InvalidDeployment {
+                reason: format!("egress '{name}' serves one run of its job; its handle has ended"),
+            })?;
+            if self.taken.fetch_add(1, Ordering::AcqRel) + 1 >= ctx.task.parallelism {
+                *template = None;
+            }
+            tx
+        };
+        let sink = EgressSink {
+            name: name.clone(),
+            tx: Some(tx),
+            stash: VecDeque::new(),
+            waiters: self.waiters.clone(),
+            gone: false,
+        };
+        let shared = std::rc::Rc::new(std::cell::RefCell::new(sink));
+        ctx.lifecycles.push(Box::new(crate::runtime::collector::SharedLifecycle(shared.clone(), name)));
+        ctx.outputs.push(Box::new(SharedCollector(shared.clone())));
+        Ok(Box::new(SharedCollector(shared)))
+    }
+}

@@ -1,0 +1,489 @@
+//! Sources: the user's [`Source`] trait (bounded or unbounded, waker-based so an
+//! idle source costs nothing), generators, collections, and the ingress handle a
+//! service thread pushes records through.
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Context;
+use std::time::{Duration, Instant};
+
+use atomic_waker::AtomicWaker;
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+
+use crate::data::Data;
+use crate::error::OperatorError;
+use crate::runtime::collector::{Collector, TaskInfo};
+
+/// Records a source hands on per poll at most.
+pub const SOURCE_BATCH: usize = 1024;
+
+/// What a source did on one poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceStatus {
+    /// Records were pushed (or may be ready at once): poll again.
+    Emitted,
+    /// Nothing now; the waker of the poll's context is registered and will be
+    /// woken when records arrive.
+    Pending,
+    /// Nothing is due before this instant; the task flushes and waits.
+    IdleUntil(Instant),
+    /// The source is exhausted.
+    Finished,
+}
+
+/// Where a source pushes its records during one poll.
+pub struct SourceOutput<'a, T: Data> {
+    batch: &'a mut Vec<T>,
+    next: &'a mut dyn Collector<T>,
+    pushed: usize,
+}
+
+impl<T: Data> SourceOutput<'_, T> {
+    /// Pushes `record`.
+    #[inline]
+    pub fn push(&mut self, record: T) {
+        self.pushed += 1;
+        if T::POD {
+            self.batch.push(record);
+        } else {
+            self.next.collect(record.borrow());
+        }
+    }
+
+    /// Pushes a record given in its borrowed form (a `&str` for a stream of
+    /// `String`s: no allocation).
+    #[inline]
+    pub fn push_ref(&mut self, record: &T::Borrowed) {
+        self.pushed += 1;
+        if T::POD {
+            self.batch.push(T::to_owned_record(record));
+        } else {
+            self.next.collect(record);
+        }
+    }
+
+    /// Records pushed in this poll.
+    pub fn len(&self) -> usize {
+        self.pushed
+    }
+
+    /// Whether nothing was pushed in this poll.
+    pub fn is_empty(&self) -> bool {
+        self.pushed == 0
+    }
+
+    /// Whether this poll has pushed its share ([`SOURCE_BATCH`]): return
+    /// [`SourceStatus::Emitted`] and go on at the next poll.
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        self.pushed >= SOURCE_BATCH
+    }
+}
+
+/// A source of records of type `T`, one instance per source subtask, created on
+/// its shard (so it need not be `Send`).
+///
+/// A bounded source returns [`SourceStatus::Finished`] at its end; an unbounded
+/// one never does. A source waiting for outside input registers the context's
+/// waker, returns [`SourceStatus::Pending`] and costs nothing until woken.
+pub trait Source<T: Data>: 'static {
+    /// Before the first poll.
+    fn open(&mut self, _task: &TaskInfo) -> Result<(), OperatorError> {
+        Ok(())
+    }
+    /// Pushes up to [`SOURCE_BATCH`] records into `out`.
+    fn poll_next(&mut self, cx: &mut Context<'_>, out: &mut SourceOutput<'_, T>)
+        -> Result<SourceStatus, OperatorError>;
+}
+
+/// A source task's record path, type-erased for the task loop.
+pub(crate) trait SourceDriver {
+    fn open(&mut self, task: &TaskInfo) -> Result<(), OperatorError>;
+    /// Polls the source once, pushing what it emits down the chain.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Result<SourceStatus, OperatorError>;
+    /// Records produced so far.
+    fn produced(&self) -> u64;
+}
+
+/// A typed source and the chain it feeds.
+pub(crate) struct SourceVertex<T: Data, S> {
+    pub(crate) source: S,
+    pub(crate) next: Box<dyn Collector<T>>,
+    pub(crate) batch: Vec<T>,
+    /// The job's count of records produced.
+    pub(crate) progress: Arc<AtomicU64>,
+    pub(crate) produced: u64,
+}
+
+impl<T: Data, S: Source<T>> SourceDriver for SourceVertex<T, S> {
+    fn open(&mut self, task: &TaskInfo) -> Result<(), OperatorError> {
+        self.source.open(task)
+    }
+
+    #[inline]
+    fn poll(&mut self, cx: &mut Context<'_>) -> Result<SourceStatus, OperatorError> {
+        self.batch.clear();
+        let SourceVertex { source, next, batch, progress, .. } = self;
+        let mut out = SourceOutput { batch, next: &mut **next, pushed: 0 };
+        let status = source.poll_next(cx, &mut out)?;
+        let pushed = out.pushed;
+        let _ = progress;
+        if !self.batch.is_empty() {
+            self.next.collect_batch(&self.batch);
+        }
+        if pushed > 0 {
+            self.produced += pushed as u64;
+            self.progress.fetch_add(pushed as u64, Ordering::Relaxed);
+        }
+        Ok(status)
+    }
+
+    fn produced(&self) -> u64 {
+        self.produced
+    }
+}
+
+/// This subtask's contiguous share of `0..n`.
+pub(crate) fn share(n: u64, index: u32, parallelism: u32) -> (u64, u64) {
+    let (i, p, n) = (u128::from(index), u128::from(parallelism.max(1)), u128::from(n));
+    ((n * i / p) as u64, (n * (i + 1) / p) as u64)
+}
+
+/// Emits `f(r)` for r in this subtask's contiguous share of `0..n`.
+pub(crate) struct Generator<T, F> {
+    pub(crate) n: u64,
+    pub(crate) f: Arc<F>,
+    pub(crate) next: u64,
+    pub(crate) end: u64,
+    pub(crate) _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Data, F: Fn(u64) -> T + Send + Sync + 'static> Source<T> for Generator<T, F> {
+    fn open(&mut self, task: &TaskInfo) -> Result<(), OperatorError> {
+        (self.next, self.end) = share(self.n, task.subtask, task.parallelism);
+        Ok(())
+    }
+
+    #[inline]
+    fn poll_next(&mut self, _: &mut Context<'_>, out: &mut SourceOutput<'_, T>) -> Result<SourceStatus, OperatorError> {
+        if self.next >= self.end {
+            return Ok(SourceStatus::Finished);
+        }
+        let stop = (self.next + SOURCE_BATCH as u64).min(self.end);
+        if T::POD {
+            out.batch.extend((self.next..stop).map(|r| (self.f)(r)));
+            out.pushed += (stop - self.next) as usize;
+        } else {
+            for r in self.next..stop {
+                out.push((self.f)(r));
+            }
+        }
+        self.next = stop;
+        Ok(SourceStatus::Emitted)
+    }
+}
+
+/// Emits the items of a collection: subtask i of p the items i, i+p, i+2p, …
+pub(crate) struct FromItems<T> {
+    pub(crate) items: Arc<Vec<T>>,
+    pub(crate) next: usize,
+    pub(crate) step: usize,
+}
+
+impl<T: Data> Source<T> for FromItems<T> {
+    fn open(&mut self, task: &TaskInfo) -> Result<(), OperatorError> {
+        self.next = task.subtask as usize;
+        self.step = task.parallelism.max(1) as usize;
+        Ok(())
+    }
+
+    fn poll_next(&mut self, _: &mut Context<'_>, out: &mut SourceOutput<'_, T>) -> Result<SourceStatus, OperatorError> {
+        while !out.is_full() {
+            let Some(item) = self.items.get(self.next) else { break };
+            out.push_ref(item.borrow());
+            self.next += self.step;
+        }
+        Ok(if out.is_empty() { SourceStatus::Finished } else { SourceStatus::Emitted })
+    }
+}
+
+// ------------------------------------------------------------------ ingress
+
+/// How a pusher wakes its source subtask, only when the source is parked on an
+/// empty queue (so a busy source costs the pusher no wake-up).
+#[derive(Default)]
+struct IngressWake {
+    waker: AtomicWaker,
+    parked: AtomicBool,
+}
+
+impl IngressWake {
+    fn wake(&self) {
+        if self.parked.swap(false, Ordering::SeqCst) {
+            self.waker.wake();
+        }
+    }
+}
+
+/// Whether an ingress's job still reads it: closed once every source subtask
+/// that started has ended (the job finished, failed or was cancelled).
+#[derive(Default)]
+struct IngressLife {
+    live: std::sync::atomic::AtomicUsize,
+    closed: AtomicBool,
+}
+
+/// How often a pusher blocked on a full queue looks whether the job is gone.
+const CLOSED_CHECK: Duration = Duration::from_millis(50);
+
+/// The queues of an ingress, one per source subtask.
+struct IngressQueues<T> {
+    name: String,
+    senders: Vec<Sender<T>>,
+    wakes: Vec<Arc<IngressWake>>,
+    life: Arc<IngressLife>,
+}
+
+impl<T> Drop for IngressQueues<T> {
+    fn drop(&mut self) {
+        // The last handle is gone: the sources see the end once they drain.
+        self.senders.clear();
+        for w in &self.wakes {
+            w.parked.store(false, Ordering::SeqCst);
+            w.waker.wake();
+        }
+    }
+}
+
+/// Why a push did not take its record; the record comes back.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError<T> {
+    /// The queue is full (only from [`IngressHandle::try_push`] and
+    /// [`IngressHandle::push_timeout`]).
+    Full(T),
+    /// The job's source is gone (the job ended, failed or was cancelled).
+    Closed(T),
+}
+
+impl<T> PushError<T> {
+    /// The record that was not taken.
+    pub fn into_inner(self) -> T {
+        match self {
+            PushError::Full(t) | PushError::Closed(t) => t,
+        }
+    }
+}
+
+impl<T> std::fmt::Display for PushError<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PushError::Full(_) => f.write_str("the ingress queue is full"),
+            PushError::Closed(_) => f.write_str("the ingress's job is gone"),
+        }
+    }
+}
+
+impl<T: std::fmt::Debug> std::error::Error for PushError<T> {}
+
+/// Pushes records into a running job from any thread: one bounded queue per
+/// source subtask, filled round robin (or [`IngressHandle::push_to`] one
+/// subtask). A full queue makes [`IngressHandle::push`] wait (back-pressure) and
+/// [`IngressHandle::try_push`] hand the record back. The job's ingress source
+/// ends once every clone of the handle is dropped and its queue is drained.
+pub struct IngressHandle<T> {
+    queues: Arc<IngressQueues<T>>,
+    next: usize,
+}
+
+impl<T> Clone for IngressHandle<T> {
+    fn clone(&self) -> Self {
+        IngressHandle { queues: self.queues.clone(), next: self.next }
+    }
+}
+
+impl<T> std::fmt::Debug for IngressHandle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngressHandle")
+            .field("name", &self.queues.name)
+            .field("subtasks", &self.queues.senders.len())
+            .finish()
+    }
+}
+
+impl<T: Send> IngressHandle<T> {
+    /// The number of source subtasks (queues).
+    pub fn subtasks(&self) -> usize {
+        self.queues.senders.len()
+    }
+
+    fn pick(&mut self) -> usize {
+        let i = self.next;
+        self.next = (i + 1) % self.queues.senders.len().max(1);
+        i
+    }
+
+    /// Pushes `record`, waiting while the queue is full.
+    pub fn push(&mut self, record: T) -> Result<(), PushError<T>> {
+        let i = self.pick();
+        self.push_to(i, record)
+    }
+
+    /// Pushes `record` to source subtask `subtask`'s queue, waiting while it is
+    /// full. A subtask out of range is taken modulo the number of subtasks.
+    pub fn push_to(&self, subtask: usize, record: T) -> Result<(), PushError<T>> {
+        let i = subtask % self.queues.senders.len().max(1);
+        let mut record = record;
+        loop {
+            if self.queues.life.closed.load(Ordering::Acquire) {
+                return Err(PushError::Closed(record));
+            }
+            match self.queues.senders[i].send_timeout(record, CLOSED_CHECK) {
+                Ok(()) => break,
+                Err(crossbeam_channel::SendTimeoutError::Timeout(r)) => record = r,
+                Err(crossbeam_channel::SendTimeoutError::Disconnected(r)) => return Err(PushError::Closed(r)),
+            }
+        }
+        self.queues.wakes[i].wake();
+        Ok(())
+    }
+
+    /// Pushes `record` if its queue has room now.
+    pub fn try_push(&mut self, record: T) -> Result<(), PushError<T>> {
+        if self.queues.life.closed.load(Ordering::Acquire) {
+            return Err(PushError::Closed(record));
+        }
+        let i = self.pick();
+        match self.queues.senders[i].try_send(record) {
+            Ok(()) => {
+                self.queues.wakes[i].wake();
+                Ok(())
+            }
+            Err(crossbeam_channel::TrySendError::Full(r)) => Err(PushError::Full(r)),
+            Err(crossbeam_channel::TrySendError::Disconnected(r)) => Err(PushError::Closed(r)),
+        }
+    }
+
+    /// Pushes `record`, waiting up to `timeout` for room.
+    pub fn push_timeout(&mut self, record: T, timeout: Duration) -> Result<(), PushError<T>> {
+        if self.queues.life.closed.load(Ordering::Acquire) {
+            return Err(PushError::Closed(record));
+        }
+        let i = self.pick();
+        match self.queues.senders[i].send_timeout(record, timeout) {
+            Ok(()) => {
+                self.queues.wakes[i].wake();
+                Ok(())
+            }
+            Err(crossbeam_channel::SendTimeoutError::Timeout(r)) => Err(PushError::Full(r)),
+            Err(crossbeam_channel::SendTimeoutError::Disconnected(r)) => Err(PushError::Closed(r)),
+        }
+    }
+}
+
+/// The source side of an ingress: each subtask takes its queue.
+pub(crate) struct IngressSources<T> {
+    pub(crate) receivers: Vec<Receiver<T>>,
+    wakes: Vec<Arc<IngressWake>>,
+    life: Arc<IngressLife>,
+}
+
+/// An ingress of `parallelism` queues of `capacity` records each.
+pub(crate) fn ingress<T>(name: &str, capacity: usize, parallelism: u32) -> (IngressHandle<T>, IngressSources<T>) {
+    let (mut senders, mut receivers, mut wakes) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..parallelism.max(1) {
+        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        senders.push(tx);
+        receivers.push(rx);
+        wakes.push(Arc::new(IngressWake::default()));
+    }
+    let life = Arc::new(IngressLife::default());
+    let queues = Arc::new(IngressQueues { name: name.to_string(), senders, wakes: wakes.clone(), life: life.clone() });
+    (IngressHandle { queues, next: 0 }, IngressSources { receivers, wakes, life })
+}
+
+impl<T> IngressSources<T> {
+    /// The source of subtask `subtask`.
+    pub(crate) fn source(&self, subtask: u32) -> Option<IngressSource<T>> {
+        let i = subtask as usize;
+        let source = IngressSource {
+            rx: self.receivers.get(i)?.clone(),
+            wake: self.wakes.get(i)?.clone(),
+            life: self.life.clone(),
+        };
+        self.life.live.fetch_add(1, Ordering::AcqRel);
+        Some(source)
+    }
+}
+
+/// One subtask's end of an ingress.
+pub(crate) struct IngressSource<T> {
+    rx: Receiver<T>,
+    wake: Arc<IngressWake>,
+    life: Arc<IngressLife>,
+}
+
+impl<T> Drop for IngressSource<T> {
+    fn drop(&mut self) {
+        if self.life.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.life.closed.store(true, Ordering::Release);
+        }
+    }
+}
+
+impl<T: Data> Source<T> for IngressSource<T> {
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut SourceOutput<'_, T>,
+    ) -> Result<SourceStatus, OperatorError> {
+        let mut registered = false;
+        loop {
+            match self.rx.try_recv() {
+                Ok(r) => {
+                    out.push(r);
+                    if out.is_full() {
+                        return Ok(SourceStatus::Emitted);
+                    }
+                }
+                Err(TryRecvError::Disconnected) if out.is_empty() => return Ok(SourceStatus::Finished),
+                Err(TryRecvError::Disconnected) => return Ok(SourceStatus::Emitted),
+                Err(TryRecvError::Empty) if !out.is_empty() => return Ok(SourceStatus::Emitted),
+                Err(TryRecvError::Empty) if registered => return Ok(SourceStatus::Pending),
+                Err(TryRecvError::Empty) => {
+                    // Park, then look once more: a push between the look and the
+                    // park sees the flag and wakes us.
+                    self.wake.waker.register(cx.waker());
+                    self.wake.parked.store(true, Ordering::SeqCst);
+                    registered = true;
+                }
+            }
+        }
+    }
+}
+
+/// Builds a source subtask: its chain, then the source itself.
+pub(crate) struct SourceNode<T: Data, S, F> {
+    pub(crate) make: Arc<F>,
+    pub(crate) port: crate::runtime::build::Port<T>,
+    pub(crate) _s: PhantomData<fn() -> S>,
+}
+
+impl<T, S, F> crate::runtime::vertex::SourceFactory for SourceNode<T, S, F>
+where
+    T: Data,
+    S: Source<T>,
+    F: Fn(&TaskInfo) -> Result<S, OperatorError> + Send + Sync + 'static,
+{
+    fn build(
+        &self,
+        ctx: &mut crate::runtime::build::BuildContext<'_>,
+    ) -> Result<Box<dyn SourceDriver>, crate::error::EngineError> {
+        let next = crate::runtime::build::build_port(&self.port, ctx)?;
+        let source = (self.make)(ctx.task).map_err(|e| crate::error::EngineError::InvalidDeployment {
+            reason: format!("creating the source: {e}"),
+        })?;
+        let batch = Vec::with_capacity(if T::POD { SOURCE_BATCH } else { 0 });
+        Ok(Box::new(SourceVertex { source, next, batch, progress: ctx.progress.clone(), produced: 0 }))
+    }
+}

@@ -1,0 +1,576 @@
+//! The mailbox task runtime: one subtask on its shard, waiting on one thing at a
+//! time — its control lane (timers; cancellation drops the task at its await
+//! point), whether its outputs can take more, and its inputs (a source, or one
+//! gate per incoming edge) — and doing one step of work when something is ready.
+//!
+//! A step is one chunk of a buffer (or one source poll, one event, the due
+//! timers). Between steps the task looks at its outputs: while one is overdrawn
+//! (its consumers granted no credit) it takes no input, so it never blocks inside
+//! a batch and a task under back-pressure still serves its control lane. A
+//! buffer leaves when full, when the task has drained its input (so latency is
+//! low at no throughput cost), before an event, or after the flush timeout.
+//!
+//! ```text
+//!   loop: failure? ─► due timers? ─► outputs overdrawn? (wait) ─► current buffer: feed a chunk
+//!         ─► source: poll │ gates: next item (round robin) ─► nothing: flush, arm timer, wait
+//!   end of input ─► finish operators upstream first (in steps) ─► end of partition ─► drain ─► close
+//! ```
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use glommio::timer::Timer;
+use shardflow_control::{AttemptId, JobId};
+use shardflow_memory::SegmentPool;
+use shardflow_netstack::{
+    ChannelReceiver, ChannelSender, CheckpointBarrier, CreditLedger, Event, GateItem, InputBuffer, InputGate, NetError,
+    ResultPartition,
+};
+
+use crate::error::{EngineError, OperatorError};
+use crate::runtime::build::BuildContext;
+use crate::runtime::collector::{Failure, Lifecycle, SinkOutput, TaskInfo};
+use crate::runtime::output::{Output, Partition};
+use crate::runtime::sources::{SourceDriver, SourceStatus};
+use crate::runtime::state::OperatorSnapshot;
+use crate::runtime::vertex::{InputEntry, VertexBody};
+use crate::runtime::IdlePolicy;
+use crate::runtime::JobPlan;
+
+/// Buffers a partition may hold beyond what credits let out before the task
+/// stops taking input.
+pub(crate) const OVERDRAFT: usize = 4;
+
+/// Everything a shard needs to run one subtask (a task deployment descriptor).
+/// `Send`: built by the worker, moved to the shard, turned into `!Send`
+/// operators and gates there.
+pub(crate) struct TaskDeployment {
+    pub(crate) job: JobId,
+    pub(crate) attempt: AttemptId,
+    pub(crate) info: TaskInfo,
+    /// The job's typed plan and this task's vertex in it.
+    pub(crate) plan: Arc<JobPlan>,
+    pub(crate) vertex: usize,
+    /// Input channels per incoming edge, in gate order.
+    pub(crate) inputs: Vec<(usize, Vec<ChannelReceiver>)>,
+    pub(crate) exclusive_credits: u32,
+    pub(crate) floating_credits: u32,
+    /// Output channels per outgoing edge, subpartition by subpartition.
+    pub(crate) outputs: Vec<(usize, Vec<ChannelSender>)>,
+    pub(crate) flush_timeout: Option<Duration>,
+    pub(crate) idle: IdlePolicy,
+    pub(crate) min_park: Duration,
+    /// Records produced by the job's sources so far (shared by the job's tasks).
+    pub(crate) progress: Arc<AtomicU64>,
+}
+
+/// What a finished task reports.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TaskOutput {
+    pub(crate) sinks: Vec<SinkOutput>,
+    pub(crate) records_in: u64,
+    pub(crate) records_out: u64,
+    /// The operators' state at the end of input, when the job stops with a
+    /// snapshot.
+    pub(crate) snapshot: Vec<OperatorSnapshot>,
+}
+
+/// Why a task failed. `secondary` marks failures caused by a peer going away (the
+/// root cause is reported by that peer).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TaskFailure {
+    pub(crate) cause: String,
+    pub(crate) secondary: bool,
+}
+
+impl From<OperatorError> for TaskFailure {
+    fn from(e: OperatorError) -> Self {
+        let secondary = matches!(e, OperatorError::Net(NetError::ConsumerGone { .. } | NetError::ProducerLost { .. }));
+        TaskFailure { cause: e.to_string(), secondary }
+    }
+}
+
+impl From<NetError> for TaskFailure {
+    fn from(e: NetError) -> Self {
+        OperatorError::Net(e).into()
+    }
+}
+
+impl From<EngineError> for TaskFailure {
+    fn from(e: EngineError) -> Self {
+        TaskFailure { cause: e.to_string(), secondary: false }
+    }
+}
+
+/// Event-time and barrier progress over every input channel of a task (all its
+/// gates). A watermark moves on when the slowest live channel's does; a barrier
+/// is forwarded once every live channel has delivered it (alignment and
+/// snapshots come with the checkpoint coordinator). A channel that has ended
+/// holds back neither.
+pub(crate) struct ChannelProgress {
+    watermarks: Vec<u64>,
+    barriers: Vec<u64>,
+    ended: Vec<bool>,
+    emitted_watermark: u64,
+    /// The newest barrier seen and not yet forwarded.
+    pending: Option<CheckpointBarrier>,
+    /// The newest checkpoint id forwarded.
+    forwarded: u64,
+}
+
+impl ChannelProgress {
+    pub(crate) fn new(channels: usize) -> Self {
+        ChannelProgress {
+            watermarks: vec![0; channels],
+            barriers: vec![0; channels],
+            ended: vec![false; channels],
+            emitted_watermark: 0,
+            pending: None,
+            forwarded: 0,
+        }
+    }
+
+    /// Applies `event` from `channel`; returns the watermark and the barrier to
+    /// forward, if any.
+    pub(crate) fn on_event(&mut self, channel: usize, event: Event) -> (Option<u64>, Option<CheckpointBarrier>) {
+        match event {
+            Event::Watermark(w) => self.watermarks[channel] = self.watermarks[channel].max(w),
+            Event::Barrier(b) => {
+                self.barriers[channel] = self.barriers[channel].max(b.checkpoint_id);
+                let newer = self.pending.map_or(self.forwarded, |p| p.checkpoint_id);
+                if b.checkpoint_id > newer {
+                    self.pending = Some(b);
+                }
+            }
+            Event::EndOfPartition => self.ended[channel] = true,
+        }
+        (self.advance_watermark(), self.complete_barrier())
+    }
+
+    fn live(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.ended.len()).filter(|&c| !self.ended[c])
+    }
+
+    fn advance_watermark(&mut self) -> Option<u64> {
+        let min = self.live().map(|c| self.watermarks[c]).min()?;
+        (min > self.emitted_watermark).then(|| {
+            self.emitted_watermark = min;
+            min
+        })
+    }
+
+    fn complete_barrier(&mut self) -> Option<CheckpointBarrier> {
+        let b = self.pending?;
+        if self.live().all(|c| self.barriers[c] >= b.checkpoint_id) {
+            self.pending = None;
+            self.forwarded = b.checkpoint_id;
+            Some(b)
+        } else {
+            None
+        }
+    }
+}
+
+/// The inputs of a task that reads gates: one gate and one entry per edge.
+struct Inputs {
+    gates: Vec<InputGate>,
+    entries: Vec<Box<dyn InputEntry>>,
+    /// The first channel of each gate in `progress`'s numbering.
+    offsets: Vec<usize>,
+    progress: ChannelProgress,
+    next_gate: usize,
+    /// A buffer being read: its gate, the buffer, where the next record starts.
+    current: Option<(usize, InputBuffer, usize)>,
+}
+
+enum Body {
+    Source { driver: Box<dyn SourceDriver>, idle_until: Option<Instant> },
+    Inputs(Box<Inputs>),
+}
+
+/// The id of the snapshot a job stopping with a snapshot takes at its end.
+const END_SNAPSHOT: u64 = 0;
+
+/// `e` with the operator it came from, where it is the operator's own error.
+fn named(operator: &str, e: OperatorError) -> OperatorError {
+    match e {
+        OperatorError::User(m) => OperatorError::User(format!("operator '{operator}': {m}")),
+        other => other,
+    }
+}
+
+/// What one step did.
+enum Step {
+    Worked,
+    EndOfInput,
+}
+
+/// A task being run.
+struct Task {
+    info: TaskInfo,
+    body: Body,
+    partitions: Vec<Partition>,
+    /// Partitions and bounded sinks: what the task waits on before taking input.
+    outputs: Vec<Box<dyn Output>>,
+    /// Downstream first (the order they were built).
+    lifecycles: Vec<Box<dyn Lifecycle>>,
+    failure: Failure,
+    timer: Option<(Instant, Pin<Box<Timer>>)>,
+    idle: IdlePolicy,
+    min_park: Duration,
+    timed_flush: bool,
+    records_in: u64,
+}
+
+/// Runs one subtask to completion. `on_running` is called once its operators are
+/// open.
+pub(crate) async fn run_task(
+    d: TaskDeployment,
+    pool: Rc<SegmentPool>,
+    on_running: impl FnOnce(),
+) -> Result<TaskOutput, TaskFailure> {
+    let snapshot_at_end = d.plan.snapshot_at_end;
+    let mut task = Task::build(d, &pool)?;
+    for l in task.lifecycles.iter_mut().rev() {
+        l.open(&task.info)?;
+    }
+    if let Body::Source { driver, .. } = &mut task.body {
+        driver.open(&task.info)?;
+    }
+    on_running();
+    while let Step::Worked = poll_fn(|cx| task.poll_step(cx)).await? {
+        glommio::yield_if_needed().await;
+    }
+    task.end(snapshot_at_end).await
+}
+
+impl Task {
+    fn build(mut d: TaskDeployment, pool: &Rc<SegmentPool>) -> Result<Task, TaskFailure> {
+        let mut partitions = std::collections::HashMap::new();
+        let mut ordered = Vec::new();
+        for (edge, senders) in d.outputs.drain(..) {
+            let mut p = ResultPartition::new(pool.clone(), senders, OVERDRAFT);
+            p.set_flush_timeout(d.flush_timeout);
+            p.set_busy_poll(d.idle == IdlePolicy::Spin);
+            let p: Partition = Rc::new(std::cell::RefCell::new(p));
+            partitions.insert(edge, p.clone());
+            ordered.push(p);
+        }
+        let failure = Failure::default();
+        let mut ctx = BuildContext {
+            task: &d.info,
+            partitions,
+            failure: failure.clone(),
+            lifecycles: Vec::new(),
+            outputs: Vec::new(),
+            restore: d.plan.restore.clone(),
+            progress: d.progress.clone(),
+        };
+        let plan = d
+            .plan
+            .vertices
+            .get(d.vertex)
+            .ok_or_else(|| TaskFailure { cause: format!("the job has no vertex {}", d.vertex), secondary: false })?;
+        let edges: Vec<usize> = d.inputs.iter().map(|(e, _)| *e).collect();
+        let body = match plan.build(&mut ctx, &edges)? {
+            VertexBody::Source(driver) => Body::Source { driver, idle_until: None },
+            VertexBody::Inputs(entries) => {
+                let (mut gates, mut offsets, mut channels) = (Vec::new(), Vec::new(), 0);
+                for (_, receivers) in d.inputs.drain(..) {
+                    offsets.push(channels);
+                    channels += receivers.len();
+                    let ledger = CreditLedger::new(receivers.len(), d.exclusive_credits, d.floating_credits);
+                    gates.push(InputGate::new(receivers, ledger));
+                }
+                Body::Inputs(Box::new(Inputs {
+                    gates,
+                    entries,
+                    offsets,
+                    progress: ChannelProgress::new(channels),
+                    next_gate: 0,
+                    current: None,
+                }))
+            }
+        };
+        let BuildContext { lifecycles, outputs: extra, .. } = ctx;
+        let mut outputs: Vec<Box<dyn Output>> =
+            ordered.iter().map(|p| Box::new(p.clone()) as Box<dyn Output>).collect();
+        outputs.extend(extra);
+        Ok(Task {
+            info: d.info,
+            body,
+            partitions: ordered,
+            outputs,
+            lifecycles,
+            failure,
+            timer: None,
+            idle: d.idle,
+            min_park: d.min_park,
+            timed_flush: d.flush_timeout.is_some(),
+            records_in: 0,
+        })
+    }
+
+    fn check_failure(&self) -> Result<(), TaskFailure> {
+        match self.failure.take() {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        self.lifecycles.iter().filter_map(|l| l.next_timer()).min()
+    }
+
+    /// Sends what waits on every output; `Ready(true)` if one is still overdrawn.
+    fn poll_outputs(&mut self, cx: &mut Context<'_>) -> Result<bool, TaskFailure> {
+        let mut blocked = false;
+        for o in &mut self.outputs {
+            if o.is_idle() {
+                continue;
+            }
+            match o.poll_ready(cx) {
+                Poll::Ready(r) => r?,
+                Poll::Pending => blocked |= o.overdrawn(),
+            }
+        }
+        Ok(blocked)
+    }
+
+    /// Arms the task's timer for the earliest of `wake_at` and its operators'
+    /// timers; a spinning shard re-polls at once instead.
+    fn arm_timer(&mut self, cx: &mut Context<'_>, wake_at: Option<Instant>) {
+        let due = match (self.next_timer(), wake_at) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => match a.or(b) {
+                Some(d) => d,
+                None => return,
+            },
+        };
+        if self.idle == IdlePolicy::Spin {
+            cx.waker().wake_by_ref();
+            return;
+        }
+        if self.timer.as_ref().is_none_or(|(at, _)| *at != due) {
+            let wait = due.saturating_duration_since(Instant::now()).max(self.min_park);
+            self.timer = Some((due, Box::pin(Timer::new(wait))));
+        }
+        if let Some((_, t)) = &mut self.timer {
+            if t.as_mut().poll(cx).is_ready() {
+                self.timer = None;
+                cx.waker().wake_by_ref();
+            }
+        }
+    }
+
+    /// One step of work, or `Pending` with every waker registered.
+    fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Result<Step, TaskFailure>> {
+        match self.try_step(cx) {
+            Ok(Some(step)) => Poll::Ready(Ok(step)),
+            Ok(None) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn try_step(&mut self, cx: &mut Context<'_>) -> Result<Option<Step>, TaskFailure> {
+        self.check_failure()?;
+        if let Some(due) = self.next_timer() {
+            let now = Instant::now();
+            if due <= now {
+                for l in &mut self.lifecycles {
+                    l.fire_timers(now)?;
+                }
+                return Ok(Some(Step::Worked));
+            }
+        }
+        if self.timed_flush {
+            let now = Instant::now();
+            for p in &self.partitions {
+                p.borrow_mut().flush_if_due(now);
+            }
+        }
+        if self.poll_outputs(cx)? {
+            self.arm_timer(cx, None);
+            return Ok(None);
+        }
+        let mut wake_at = None;
+        match &mut self.body {
+            Body::Source { driver, idle_until } => {
+                if idle_until.is_some_and(|t| t > Instant::now()) {
+                    wake_at = *idle_until;
+                } else {
+                    *idle_until = None;
+                    match driver.poll(cx)? {
+                        SourceStatus::Emitted => return Ok(Some(Step::Worked)),
+                        SourceStatus::Finished => return Ok(Some(Step::EndOfInput)),
+                        SourceStatus::Pending => {}
+                        SourceStatus::IdleUntil(t) => {
+                            *idle_until = Some(t);
+                            wake_at = Some(t);
+                        }
+                    }
+                }
+            }
+            Body::Inputs(inputs) => {
+                if let Some((gate, buffer, cursor)) = &mut inputs.current {
+                    if inputs.entries[*gate].feed(buffer, cursor)? {
+                        self.records_in += buffer.records() as u64;
+                        inputs.current = None;
+                    }
+                    return Ok(Some(Step::Worked));
+                }
+                let n = inputs.gates.len();
+                let mut live = false;
+                for k in 0..n {
+                    let g = (inputs.next_gate + k) % n;
+                    if inputs.gates[g].is_finished() {
+                        continue;
+                    }
+                    live = true;
+                    match inputs.gates[g].poll_next(cx) {
+                        Poll::Pending | Poll::Ready(Ok(None)) => continue,
+                        Poll::Ready(Err(e)) => return Err(e.into()),
+                        Poll::Ready(Ok(Some((channel, item)))) => {
+                            inputs.next_gate = g + 1;
+                            match item {
+                                GateItem::Data(buffer) => inputs.current = Some((g, buffer, 0)),
+                                GateItem::Event(event) => {
+                                    let at = inputs.offsets[g] + channel;
+                                    let (watermark, barrier) = inputs.progress.on_event(at, event);
+                                    for p in &self.partitions {
+                                        let mut p = p.borrow_mut();
+                                        if let Some(w) = watermark {
+                                            p.broadcast_event(Event::Watermark(w))?;
+                                        }
+                                        if let Some(b) = barrier {
+                                            p.broadcast_event(Event::Barrier(b))?;
+                                        }
+                                    }
+                                }
+                            }
+                            return Ok(Some(Step::Worked));
+                        }
+                    }
+                }
+                if !live {
+                    return Ok(Some(Step::EndOfInput));
+                }
+            }
+        }
+        // Nothing to do: the input is drained, so partial buffers leave now.
+        for p in &self.partitions {
+            p.borrow_mut().flush();
+        }
+        self.poll_outputs(cx)?;
+        self.arm_timer(cx, wake_at);
+        if self.idle == IdlePolicy::Spin && matches!(self.body, Body::Inputs(_)) {
+            // Poll the gates again: no wake-up has to cross cores.
+            cx.waker().wake_by_ref();
+        }
+        Ok(None)
+    }
+
+    /// Waits until no output is overdrawn (`all`: until every output is idle).
+    async fn drain_outputs(&mut self, all: bool) -> Result<(), TaskFailure> {
+        poll_fn(|cx| {
+            let blocked = match self.poll_outputs(cx) {
+                Ok(b) => b,
+                Err(e) => return Poll::Ready(Err(e)),
+            };
+            let waiting = if all { self.outputs.iter().any(|o| !o.is_idle()) } else { blocked };
+            if waiting {
+                Poll::Pending
+            } else {
+                Poll::Ready(Ok(()))
+            }
+        })
+        .await
+    }
+
+    /// End of input: finish (or snapshot) the operators, end the partitions, wait
+    /// until everything has left, close.
+    async fn end(mut self, snapshot_at_end: bool) -> Result<TaskOutput, TaskFailure> {
+        let mut snapshot = Vec::new();
+        if snapshot_at_end {
+            let taken: Result<(), OperatorError> = self.lifecycles.iter_mut().try_for_each(|l| {
+                snapshot.extend(l.snapshot(END_SNAPSHOT).map_err(|e| named(l.name(), e))?);
+                Ok(())
+            });
+            for l in &mut self.lifecycles {
+                match &taken {
+                    Ok(()) => l.notify_checkpoint_complete(END_SNAPSHOT),
+                    Err(_) => l.notify_checkpoint_aborted(END_SNAPSHOT),
+                }
+            }
+            taken?;
+        } else {
+            // Upstream first, so what one emits reaches the next before it finishes.
+            for k in (0..self.lifecycles.len()).rev() {
+                loop {
+                    let l = &mut self.lifecycles[k];
+                    let done = l.finish().map_err(|e| named(l.name(), e))?;
+                    self.check_failure()?;
+                    self.drain_outputs(false).await?;
+                    if done {
+                        break;
+                    }
+                }
+            }
+        }
+        for o in &mut self.outputs {
+            o.finish()?;
+        }
+        self.drain_outputs(true).await?;
+        self.check_failure()?;
+        let mut sinks = Vec::new();
+        for l in &mut self.lifecycles {
+            let out = l.close()?;
+            if out != SinkOutput::None {
+                sinks.push(out);
+            }
+        }
+        let records_in = match &self.body {
+            Body::Source { driver, .. } => driver.produced(),
+            Body::Inputs(_) => self.records_in,
+        };
+        let records_out = self.partitions.iter().map(|p| p.borrow().records_out()).sum();
+        Ok(TaskOutput { sinks, records_in, records_out, snapshot })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn barrier(id: u64) -> CheckpointBarrier {
+        CheckpointBarrier { checkpoint_id: id, timestamp_ms: 0 }
+    }
+
+    #[test]
+    fn the_watermark_follows_the_slowest_live_channel() {
+        let mut p = ChannelProgress::new(2);
+        assert_eq!(p.on_event(0, Event::Watermark(10)), (None, None), "channel 1 is still at 0");
+        assert_eq!(p.on_event(1, Event::Watermark(5)), (Some(5), None));
+        assert_eq!(p.on_event(1, Event::Watermark(7)), (Some(7), None));
+        // Channel 1 ends: it no longer holds channel 0's watermark back.
+        assert_eq!(p.on_event(1, Event::EndOfPartition), (Some(10), None));
+        assert_eq!(p.on_event(0, Event::EndOfPartition), (None, None), "nothing live: end of input");
+    }
+
+    #[test]
+    fn a_barrier_is_forwarded_once_every_live_channel_delivered_it() {
+        let mut p = ChannelProgress::new(3);
+        assert_eq!(p.on_event(0, Event::Barrier(barrier(1))), (None, None));
+        assert_eq!(p.on_event(1, Event::Barrier(barrier(1))), (None, None));
+        // Channel 2 ends without the barrier: the others complete it.
+        assert_eq!(p.on_event(2, Event::EndOfPartition), (None, Some(barrier(1))));
+        assert_eq!(p.on_event(0, Event::Barrier(barrier(2))), (None, None));
+        assert_eq!(p.on_event(1, Event::Barrier(barrier(2))), (None, Some(barrier(2))));
+        assert_eq!(p.on_event(1, Event::Barrier(barrier(2))), (None, None), "forwarded once");
+    }
+}

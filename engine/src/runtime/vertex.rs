@@ -1,0 +1,197 @@
+//! A vertex's body as the task runs it: a source driving its chain, or one input
+//! entry per incoming edge turning buffers into records of that edge's type and
+//! calling the chain it feeds. The task is type-erased (buffers and events); each
+//! body is typed, composed when the job is built.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use shardflow_netstack::{Buffer, NetError};
+
+use crate::data::Data;
+use crate::error::EngineError;
+use crate::runtime::build::{build_port, BuildContext, Port};
+use crate::runtime::collector::Collector;
+use crate::runtime::keyed::TwoInputFactory;
+use crate::runtime::sources::SourceDriver;
+
+/// Plain-data records handed down a chain per call: enough to amortize the call,
+/// few enough that the task looks at its outputs often.
+const POD_CHUNK: usize = 256;
+/// Variable-size records read per step.
+const VAR_CHUNK: usize = 64;
+
+/// Reads the records of one input edge's buffers into its chain.
+pub(crate) trait InputEntry {
+    /// Feeds one chunk of `buffer`'s records from `*cursor` on; `true` once the
+    /// buffer is done.
+    fn feed(&mut self, buffer: &Buffer, cursor: &mut usize) -> Result<bool, NetError>;
+}
+
+struct PodEntry<T: Data>(Box<dyn Collector<T>>);
+
+impl<T: Data> InputEntry for PodEntry<T> {
+    #[inline]
+    fn feed(&mut self, buffer: &Buffer, cursor: &mut usize) -> Result<bool, NetError> {
+        let records = T::slice(buffer)?.unwrap_or(&[]);
+        let start = (*cursor).min(records.len());
+        let end = (start + POD_CHUNK).min(records.len());
+        self.0.collect_batch(&records[start..end]);
+        *cursor = end;
+        Ok(end == records.len())
+    }
+}
+
+struct VarEntry<T: Data>(Box<dyn Collector<T>>);
+
+impl<T: Data> InputEntry for VarEntry<T> {
+    #[inline]
+    fn feed(&mut self, buffer: &Buffer, cursor: &mut usize) -> Result<bool, NetError> {
+        let mut n = 0;
+        let next = &mut self.0;
+        T::each(buffer, cursor, &mut |r| {
+            next.collect(r);
+            n += 1;
+            n < VAR_CHUNK
+        })?;
+        Ok(*cursor >= buffer.bytes())
+    }
+}
+
+/// The entry reading records of type `T` into `next`.
+pub(crate) fn entry<T: Data>(next: Box<dyn Collector<T>>) -> Box<dyn InputEntry> {
+    if T::POD {
+        Box::new(PodEntry(next))
+    } else {
+        Box::new(VarEntry(next))
+    }
+}
+
+/// A chain several input edges feed (a union): built once per subtask, shared.
+struct SharedRoot<T: Data>(Rc<RefCell<Box<dyn Collector<T>>>>);
+
+impl<T: Data> Collector<T> for SharedRoot<T> {
+    #[inline]
+    fn collect(&mut self, record: &T::Borrowed) {
+        self.0.borrow_mut().collect(record);
+    }
+    #[inline]
+    fn collect_batch(&mut self, records: &[T]) {
+        self.0.borrow_mut().collect_batch(records);
+    }
+}
+
+/// What a subtask's entries have built, by the plan's node key, so entries that
+/// share a chain (a union, both sides of a two-input operator) share it.
+#[derive(Default)]
+pub(crate) struct Roots(HashMap<usize, Box<dyn Any>>);
+
+/// Builds the entry of one input edge.
+pub(crate) trait EntryFactory: Send + Sync {
+    fn build(&self, ctx: &mut BuildContext<'_>, roots: &mut Roots) -> Result<Box<dyn InputEntry>, EngineError>;
+}
+
+/// An edge feeding the consumers of `port` (shared by every edge with `key`).
+pub(crate) struct PortEntry<T: Data> {
+    pub(crate) port: Port<T>,
+    pub(crate) key: usize,
+}
+
+impl<T: Data> EntryFactory for PortEntry<T> {
+    fn build(&self, ctx: &mut BuildContext<'_>, roots: &mut Roots) -> Result<Box<dyn InputEntry>, EngineError> {
+        let root = match roots.0.get(&self.key).and_then(|r| r.downcast_ref::<Rc<RefCell<Box<dyn Collector<T>>>>>()) {
+            Some(r) => r.clone(),
+            None => {
+                let r = Rc::new(RefCell::new(build_port(&self.port, ctx)?));
+                roots.0.insert(self.key, Box::new(r.clone()));
+                r
+            }
+        };
+        Ok(entry::<T>(Box::new(SharedRoot(root))))
+    }
+}
+
+/// One side of a two-input operator.
+pub(crate) struct SideEntry<A: Data, B: Data> {
+    pub(crate) op: Arc<dyn TwoInputFactory<A, B>>,
+    pub(crate) key: usize,
+    pub(crate) first: bool,
+}
+
+type Sides<A, B> = (Option<Box<dyn Collector<A>>>, Option<Box<dyn Collector<B>>>);
+
+impl<A: Data, B: Data> EntryFactory for SideEntry<A, B> {
+    fn build(&self, ctx: &mut BuildContext<'_>, roots: &mut Roots) -> Result<Box<dyn InputEntry>, EngineError> {
+        if let std::collections::hash_map::Entry::Vacant(slot) = roots.0.entry(self.key) {
+            let (a, b) = self.op.build(ctx)?;
+            let sides: Sides<A, B> = (Some(a), Some(b));
+            slot.insert(Box::new(sides));
+        }
+        let sides = roots.0.get_mut(&self.key).and_then(|s| s.downcast_mut::<Sides<A, B>>());
+        let taken =
+            sides.and_then(|(a, b)| if self.first { a.take().map(entry::<A>) } else { b.take().map(entry::<B>) });
+        taken.ok_or_else(|| EngineError::InvalidDeployment {
+            reason: "one side of a two-input operator is fed by two edges".into(),
+        })
+    }
+}
+
+/// Builds a source vertex's driver (its chain first).
+pub(crate) trait SourceFactory: Send + Sync {
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Box<dyn SourceDriver>, EngineError>;
+}
+
+/// A vertex's body as the job builder planned it.
+#[derive(Clone)]
+pub(crate) enum VertexPlan {
+    /// A source and its chain.
+    Source(Arc<dyn SourceFactory>),
+    /// One entry per incoming edge (graph edge index).
+    Inputs(Vec<(usize, Arc<dyn EntryFactory>)>),
+}
+
+/// A vertex's body, built on its task's shard.
+pub(crate) enum VertexBody {
+    Source(Box<dyn SourceDriver>),
+    /// Entries by input edge, in the deployment's gate order.
+    Inputs(Vec<Box<dyn InputEntry>>),
+}
+
+impl VertexPlan {
+    pub(crate) fn is_source(&self) -> bool {
+        matches!(self, VertexPlan::Source(_))
+    }
+
+    /// Builds the body for a task whose gates read `edges`, in that order.
+    pub(crate) fn build(&self, ctx: &mut BuildContext<'_>, edges: &[usize]) -> Result<VertexBody, EngineError> {
+        match self {
+            VertexPlan::Source(s) => {
+                if !edges.is_empty() {
+                    return Err(EngineError::InvalidDeployment { reason: "a source vertex has no inputs".into() });
+                }
+                Ok(VertexBody::Source(s.build(ctx)?))
+            }
+            VertexPlan::Inputs(entries) => {
+                let mut roots = Roots::default();
+                let mut built = Vec::with_capacity(edges.len());
+                for edge in edges {
+                    let Some((_, f)) = entries.iter().find(|(e, _)| e == edge) else {
+                        return Err(EngineError::InvalidDeployment {
+                            reason: format!("the vertex has no input on edge {edge}"),
+                        });
+                    };
+                    built.push(f.build(ctx, &mut roots)?);
+                }
+                if built.len() != entries.len() {
+                    return Err(EngineError::InvalidDeployment {
+                        reason: format!("{} input edges deployed, the vertex has {}", built.len(), entries.len()),
+                    });
+                }
+                Ok(VertexBody::Inputs(built))
+            }
+        }
+    }
+}
