@@ -97,23 +97,34 @@ const TABLE: &str = "table";
 impl<K: Key, T: Data, S: KeySelector<K, T>, A: Aggregator<K, T>> AggregateOp<K, T, S, A> {
     #[inline(always)]
     fn one(&mut self, record: &T::Borrowed) {
+        let AggregateOp { selector, agg, running, table, next, .. } = self;
+        let fresh = selector.with_key(record, |key| match table.get_mut(key) {
+            Some(acc) => {
+                agg.add(acc, record);
+                if *running {
+                    next.collect(agg.result(key, acc).borrow());
+                }
+                false
+            }
+            None => true,
+        });
+        if fresh {
+            self.first(record);
+        }
+    }
+
+    /// A key's first record: its state is created (and charged to memory).
+    #[cold]
+    #[inline(never)]
+    fn first(&mut self, record: &T::Borrowed) {
         let AggregateOp { selector, agg, running, table, memory, next, failure, .. } = self;
         selector.with_key(record, |key| {
-            let acc = match table.get_mut(key) {
-                Some(acc) => {
-                    agg.add(acc, record);
-                    acc
-                }
-                None => {
-                    if let Err(e) = memory.grow(entry_bytes::<K, A::Acc>(key)) {
-                        return failure.set(e);
-                    }
-                    table.entry(K::to_owned_record(key)).or_insert_with(|| agg.first(record))
-                }
-            };
+            if let Err(e) = memory.grow(entry_bytes::<K, A::Acc>(key)) {
+                return failure.set(e);
+            }
+            let acc = table.entry(K::to_owned_record(key)).or_insert_with(|| agg.first(record));
             if *running {
-                let out = agg.result(key, acc);
-                next.collect(out.borrow());
+                next.collect(agg.result(key, acc).borrow());
             }
         });
     }
