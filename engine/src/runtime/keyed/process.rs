@@ -133,40 +133,41 @@ impl<K: Key, O: Data> KeyedCore<K, O> {
     }
 }
 
-pub(crate) struct KeyedProcessOp<K: Key, T: Data, O: Data, S, P> {
+/// What a keyed operator calls back besides its records: open, timers, the end
+/// of input (a one- or two-input keyed process function).
+pub(crate) trait KeyedCallbacks<K: Key, O: Data> {
+    fn open(&mut self, states: &mut StateDeclarations<'_, K>) -> Result<(), OperatorError>;
+    fn on_timer(
+        &mut self,
+        at: Instant,
+        ctx: &mut KeyedContext<'_, K>,
+        out: &mut Emitter<'_, O>,
+    ) -> Result<(), OperatorError>;
+    fn on_end_of_input(&mut self, ctx: &mut KeyedContext<'_, K>, out: &mut Emitter<'_, O>)
+        -> Result<(), OperatorError>;
+}
+
+/// A keyed operator: its state, timers and callbacks `C`.
+pub(crate) struct KeyedOp<K: Key, O: Data, C> {
     core: KeyedCore<K, O>,
-    selector: Arc<S>,
-    f: P,
-    _t: PhantomData<fn(&T)>,
+    callbacks: C,
 }
 
-impl<K: Key, T: Data, O: Data, S: KeySelector<K, T>, P: KeyedProcessFunction<K, T, O>> Collector<T>
-    for SharedCollector<KeyedProcessOp<K, T, O, S, P>>
-{
-    fn collect(&mut self, record: &T::Borrowed) {
-        let mut op = self.0.borrow_mut();
-        let KeyedProcessOp { core, selector, f, .. } = &mut *op;
-        selector.with_key(record, |key| core.with_key(key, |ctx, out| f.process(record, ctx, out)));
-    }
-}
-
-impl<K: Key, T: Data, O: Data, S: KeySelector<K, T>, P: KeyedProcessFunction<K, T, O>> Lifecycle
-    for KeyedProcessOp<K, T, O, S, P>
-{
+impl<K: Key, O: Data, C: KeyedCallbacks<K, O>> Lifecycle for KeyedOp<K, O, C> {
     fn name(&self) -> &str {
         &self.core.name
     }
     fn open(&mut self, task: &TaskInfo) -> Result<(), OperatorError> {
-        let f = &mut self.f;
-        self.core.open(task, |d| f.open(d))
+        let c = &mut self.callbacks;
+        self.core.open(task, |d| c.open(d))
     }
     fn next_timer(&self) -> Option<Instant> {
         self.core.next_timer()
     }
     fn fire_timers(&mut self, now: Instant) -> Result<(), OperatorError> {
         for (at, key) in self.core.due_timers(now) {
-            let f = &mut self.f;
-            self.core.with_key(key.borrow(), |ctx, out| f.on_timer(at, ctx, out));
+            let c = &mut self.callbacks;
+            self.core.with_key(key.borrow(), |ctx, out| c.on_timer(at, ctx, out));
         }
         Ok(())
     }
@@ -174,8 +175,46 @@ impl<K: Key, T: Data, O: Data, S: KeySelector<K, T>, P: KeyedProcessFunction<K, 
         self.core.snapshot()
     }
     fn finish(&mut self) -> Result<bool, OperatorError> {
-        let f = &mut self.f;
-        self.core.finish_step(|key, core| core.with_key(key, |ctx, out| f.on_end_of_input(ctx, out)))
+        let c = &mut self.callbacks;
+        self.core.finish_step(|key, core| core.with_key(key, |ctx, out| c.on_end_of_input(ctx, out)))
+    }
+}
+
+/// A one-input keyed process function and its key selector.
+pub(crate) struct OneInput<T, S, P> {
+    selector: Arc<S>,
+    f: P,
+    _t: PhantomData<fn(&T)>,
+}
+
+impl<K: Key, T: Data, O: Data, S, P: KeyedProcessFunction<K, T, O>> KeyedCallbacks<K, O> for OneInput<T, S, P> {
+    fn open(&mut self, states: &mut StateDeclarations<'_, K>) -> Result<(), OperatorError> {
+        self.f.open(states)
+    }
+    fn on_timer(
+        &mut self,
+        at: Instant,
+        ctx: &mut KeyedContext<'_, K>,
+        out: &mut Emitter<'_, O>,
+    ) -> Result<(), OperatorError> {
+        self.f.on_timer(at, ctx, out)
+    }
+    fn on_end_of_input(
+        &mut self,
+        ctx: &mut KeyedContext<'_, K>,
+        out: &mut Emitter<'_, O>,
+    ) -> Result<(), OperatorError> {
+        self.f.on_end_of_input(ctx, out)
+    }
+}
+
+impl<K: Key, T: Data, O: Data, S: KeySelector<K, T>, P: KeyedProcessFunction<K, T, O>> Collector<T>
+    for SharedCollector<KeyedOp<K, O, OneInput<T, S, P>>>
+{
+    fn collect(&mut self, record: &T::Borrowed) {
+        let mut op = self.0.borrow_mut();
+        let KeyedOp { core, callbacks: OneInput { selector, f, .. } } = &mut *op;
+        selector.with_key(record, |key| core.with_key(key, |ctx, out| f.process(record, ctx, out)));
     }
 }
 
@@ -193,11 +232,9 @@ impl<K: Key, T: Data, O: Data, S: KeySelector<K, T>, P: KeyedProcessFunction<K, 
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
         let next = build_port(&self.next, ctx)?;
         let name = self.name.get();
-        let op = KeyedProcessOp {
+        let op = KeyedOp {
             core: KeyedCore::new(&name, next, ctx),
-            selector: self.selector.clone(),
-            f: self.f.clone(),
-            _t: PhantomData,
+            callbacks: OneInput { selector: self.selector.clone(), f: self.f.clone(), _t: PhantomData },
         };
         Ok(ctx.stateful(&name, op))
     }
@@ -245,13 +282,40 @@ pub trait KeyedCoProcessFunction<K: Key, A: Data, B: Data, O: Data>: Clone + Sen
     }
 }
 
-pub(crate) struct KeyedCoProcessOp<K: Key, A, B, O: Data, SA, SB, P> {
-    core: KeyedCore<K, O>,
+/// A keyed co-process function and the key selectors of its two inputs.
+pub(crate) struct TwoInputs<A, B, SA, SB, P> {
     first: Arc<SA>,
     second: Arc<SB>,
     f: P,
     _t: PhantomData<fn(&A, &B)>,
 }
+
+impl<K: Key, A: Data, B: Data, O: Data, SA, SB, P> KeyedCallbacks<K, O> for TwoInputs<A, B, SA, SB, P>
+where
+    P: KeyedCoProcessFunction<K, A, B, O>,
+{
+    fn open(&mut self, states: &mut StateDeclarations<'_, K>) -> Result<(), OperatorError> {
+        self.f.open(states)
+    }
+    fn on_timer(
+        &mut self,
+        at: Instant,
+        ctx: &mut KeyedContext<'_, K>,
+        out: &mut Emitter<'_, O>,
+    ) -> Result<(), OperatorError> {
+        self.f.on_timer(at, ctx, out)
+    }
+    fn on_end_of_input(
+        &mut self,
+        ctx: &mut KeyedContext<'_, K>,
+        out: &mut Emitter<'_, O>,
+    ) -> Result<(), OperatorError> {
+        self.f.on_end_of_input(ctx, out)
+    }
+}
+
+/// A keyed two-input operator.
+type CoOp<K, A, B, O, SA, SB, P> = KeyedOp<K, O, TwoInputs<A, B, SA, SB, P>>;
 
 /// The first input's record path into a two-input operator.
 pub(crate) struct FirstInput<Op>(pub(crate) Shared<Op>);
@@ -259,57 +323,26 @@ pub(crate) struct FirstInput<Op>(pub(crate) Shared<Op>);
 pub(crate) struct SecondInput<Op>(pub(crate) Shared<Op>);
 
 impl<K: Key, A: Data, B: Data, O: Data, SA: KeySelector<K, A>, SB: KeySelector<K, B>, P> Collector<A>
-    for FirstInput<KeyedCoProcessOp<K, A, B, O, SA, SB, P>>
+    for FirstInput<CoOp<K, A, B, O, SA, SB, P>>
 where
     P: KeyedCoProcessFunction<K, A, B, O>,
 {
     fn collect(&mut self, record: &A::Borrowed) {
         let mut op = self.0.borrow_mut();
-        let KeyedCoProcessOp { core, first, f, .. } = &mut *op;
+        let KeyedOp { core, callbacks: TwoInputs { first, f, .. } } = &mut *op;
         first.with_key(record, |key| core.with_key(key, |ctx, out| f.process_first(record, ctx, out)));
     }
 }
 
 impl<K: Key, A: Data, B: Data, O: Data, SA: KeySelector<K, A>, SB: KeySelector<K, B>, P> Collector<B>
-    for SecondInput<KeyedCoProcessOp<K, A, B, O, SA, SB, P>>
+    for SecondInput<CoOp<K, A, B, O, SA, SB, P>>
 where
     P: KeyedCoProcessFunction<K, A, B, O>,
 {
     fn collect(&mut self, record: &B::Borrowed) {
         let mut op = self.0.borrow_mut();
-        let KeyedCoProcessOp { core, second, f, .. } = &mut *op;
+        let KeyedOp { core, callbacks: TwoInputs { second, f, .. } } = &mut *op;
         second.with_key(record, |key| core.with_key(key, |ctx, out| f.process_second(record, ctx, out)));
-    }
-}
-
-impl<K: Key, A: Data, B: Data, O: Data, SA: KeySelector<K, A>, SB: KeySelector<K, B>, P> Lifecycle
-    for KeyedCoProcessOp<K, A, B, O, SA, SB, P>
-where
-    P: KeyedCoProcessFunction<K, A, B, O>,
-{
-    fn name(&self) -> &str {
-        &self.core.name
-    }
-    fn open(&mut self, task: &TaskInfo) -> Result<(), OperatorError> {
-        let f = &mut self.f;
-        self.core.open(task, |d| f.open(d))
-    }
-    fn next_timer(&self) -> Option<Instant> {
-        self.core.next_timer()
-    }
-    fn fire_timers(&mut self, now: Instant) -> Result<(), OperatorError> {
-        for (at, key) in self.core.due_timers(now) {
-            let f = &mut self.f;
-            self.core.with_key(key.borrow(), |ctx, out| f.on_timer(at, ctx, out));
-        }
-        Ok(())
-    }
-    fn snapshot(&mut self, _id: u64) -> Result<Vec<OperatorSnapshot>, OperatorError> {
-        self.core.snapshot()
-    }
-    fn finish(&mut self) -> Result<bool, OperatorError> {
-        let f = &mut self.f;
-        self.core.finish_step(|key, core| core.with_key(key, |ctx, out| f.on_end_of_input(ctx, out)))
     }
 }
 
@@ -336,12 +369,14 @@ where
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<(Box<dyn Collector<A>>, Box<dyn Collector<B>>), EngineError> {
         let next = build_port(&self.next, ctx)?;
         let name = self.name.get();
-        let op = KeyedCoProcessOp {
+        let op = KeyedOp {
             core: KeyedCore::new(&name, next, ctx),
-            first: self.first.clone(),
-            second: self.second.clone(),
-            f: self.f.clone(),
-            _t: PhantomData,
+            callbacks: TwoInputs {
+                first: self.first.clone(),
+                second: self.second.clone(),
+                f: self.f.clone(),
+                _t: PhantomData,
+            },
         };
         let shared = std::rc::Rc::new(std::cell::RefCell::new(op));
         ctx.lifecycles.push(Box::new(crate::runtime::collector::SharedLifecycle(shared.clone(), name)));
