@@ -25,6 +25,13 @@
 //! - Peers speak exactly one version; a worker and a coordinator of different
 //!   versions refuse each other at the first frame ([`ErrorCode::UnsupportedVersion`]),
 //!   so a cluster is upgraded by restarting all its processes.
+//!
+//! # Versions
+//!
+//! - 1: the first cluster protocol.
+//! - 2: typed jobs: job edges carry a `RecordFormat`, jobs a maximum parallelism
+//!   (key groups), and task information and deployment descriptors the key
+//!   groups and the record format of each input and output edge.
 
 mod messages;
 
