@@ -13,3 +13,4 @@ mod embedded_placement;
 mod embedded_spin;
 mod embedded_state;
 mod embedded_time;
+mod embedded_timers;

@@ -1,0 +1,126 @@
+//! The task's control lane: processing-time timers of a keyed process function
+//! fire while the task waits for input, and operator list state (a list per
+//! subtask) is snapshotted and dealt out again at another parallelism.
+
+use std::time::{Duration, Instant};
+
+use shardflow_engine::{
+    Dataflow, Emitter, KeyedContext, KeyedProcessFunction, ListStateHandle, OperatorContext, OperatorError,
+    ProcessFunction, StateDeclarations, ValueState,
+};
+
+use crate::common::{small_engine, TIMEOUT};
+
+/// Counts each key's records; 5 ms after a key's first record a timer emits
+/// `(key, count so far)`.
+#[derive(Clone, Default)]
+struct CountThenReport {
+    count: Option<ValueState<u64>>,
+}
+
+impl KeyedProcessFunction<u64, u64, (u64, u64)> for CountThenReport {
+    fn open(&mut self, states: &mut StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
+        self.count = Some(states.value_state("count")?);
+        Ok(())
+    }
+    fn process(
+        &mut self,
+        _: &u64,
+        ctx: &mut KeyedContext<'_, u64>,
+        _: &mut Emitter<'_, (u64, u64)>,
+    ) -> Result<(), OperatorError> {
+        let count = self.count.as_ref().expect("opened");
+        let n = ctx.value(count)?.copied().unwrap_or(0);
+        if n == 0 {
+            ctx.register_timer(Instant::now() + Duration::from_millis(5));
+        }
+        ctx.set_value(count, n + 1)
+    }
+    fn on_timer(
+        &mut self,
+        _: Instant,
+        ctx: &mut KeyedContext<'_, u64>,
+        out: &mut Emitter<'_, (u64, u64)>,
+    ) -> Result<(), OperatorError> {
+        let n = ctx.value(self.count.as_ref().expect("opened"))?.copied().unwrap_or(0);
+        out.emit((*ctx.key(), n));
+        Ok(())
+    }
+}
+
+#[test]
+fn processing_time_timers_fire_while_the_task_waits_for_input() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("timers").parallelism(2);
+    let (numbers, mut ingress) = df.ingress::<u64>("numbers", 64);
+    let reports = numbers.key_by(|n: &u64| n % 3).process(CountThenReport::default()).egress(16);
+    let job = engine.submit(df.build().unwrap()).unwrap();
+    for n in 0..30u64 {
+        ingress.push(n).unwrap();
+    }
+    // The input stops here but stays open: only the timers can produce output.
+    let mut got: Vec<(u64, u64)> =
+        (0..3).map(|_| reports.recv_timeout(TIMEOUT).expect("each key's timer fires")).collect();
+    got.sort_unstable();
+    assert_eq!(got.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![0, 1, 2], "one report per key");
+    assert!(got.iter().all(|(_, n)| (1..=10).contains(n)), "{got:?}");
+    drop(ingress);
+    job.wait_timeout(TIMEOUT).expect("the job ends with its input");
+}
+
+/// Keeps every record it sees in operator list state.
+#[derive(Clone, Default)]
+struct Remember {
+    seen: Option<ListStateHandle<u64>>,
+}
+
+impl ProcessFunction<u64, u64> for Remember {
+    fn open(&mut self, ctx: &mut OperatorContext<'_>) -> Result<(), OperatorError> {
+        self.seen = Some(ctx.list_state::<u64>("seen")?);
+        Ok(())
+    }
+    fn process(
+        &mut self,
+        r: &u64,
+        ctx: &mut OperatorContext<'_>,
+        out: &mut Emitter<'_, u64>,
+    ) -> Result<(), OperatorError> {
+        ctx.list(self.seen.as_ref().expect("opened"))?.push(*r);
+        out.emit(*r);
+        Ok(())
+    }
+    fn finish(&mut self, ctx: &mut OperatorContext<'_>, out: &mut Emitter<'_, u64>) -> Result<(), OperatorError> {
+        // At the end, report how many items this subtask holds (restored + new).
+        let held = ctx.list(self.seen.as_ref().expect("opened"))?.len() as u64;
+        out.emit(1_000_000 + held);
+        Ok(())
+    }
+}
+
+#[test]
+fn operator_list_state_is_dealt_out_again_at_another_parallelism() {
+    let engine = small_engine().build().expect("engine starts");
+    let run = |p: u32, items: Vec<u64>, restore: Option<shardflow_engine::JobSnapshot>, stop: bool| {
+        let mut df = Dataflow::new("remember").parallelism(p);
+        if let Some(s) = restore {
+            df = df.restore(s);
+        }
+        if stop {
+            df = df.stop_with_snapshot();
+        }
+        let out = df.from_iter("items", items).process(Remember::default()).name("remember").collect();
+        let result = engine.run(df.build().unwrap()).expect("the job finishes");
+        (out.take(), result.snapshot)
+    };
+    let (_, snapshot) = run(2, (0..100).collect(), None, true);
+    let snapshot = snapshot.expect("a snapshot");
+    let lists = &snapshot.operators["remember/seen"].operator_state;
+    assert_eq!(lists.len(), 2, "one list per subtask");
+    assert_eq!(lists.iter().map(Vec::len).sum::<usize>(), 100);
+    // Restored into 3 subtasks with no new input: the 100 items are dealt round
+    // robin, and every one is held by exactly one subtask.
+    let (out, _) = run(3, Vec::new(), Some(snapshot), false);
+    let mut held: Vec<u64> = out.into_iter().filter(|x| *x >= 1_000_000).map(|x| x - 1_000_000).collect();
+    held.sort_unstable();
+    assert_eq!(held, vec![33, 33, 34]);
+}
