@@ -33,12 +33,23 @@
 //!   (key groups), and task information and deployment descriptors the key
 //!   groups and the record format of each input and output edge.
 
+/// Declares payload structs: rkyv-archivable, comparable, cloneable.
+macro_rules! payloads {
+    ($($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* pub $field:ident : $ty:ty),* $(,)? })*) => {$(
+        $(#[$m])*
+        #[derive(Debug, Clone, PartialEq, Archive, Serialize, Deserialize)]
+        pub struct $name { $($(#[$fm])* pub $field: $ty),* }
+    )*};
+}
+
 mod messages;
+mod parts;
 
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 pub use messages::*;
+pub use parts::*;
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 2;
