@@ -77,6 +77,9 @@ pub struct ResultPartition {
     records_out: u64,
     buffers_out: u64,
     finished: bool,
+    /// A buffer that could not be sealed: the records in it are lost, and every
+    /// later write and send reports this.
+    broken: Option<NetError>,
 }
 
 impl ResultPartition {
@@ -105,6 +108,7 @@ impl ResultPartition {
             records_out: 0,
             buffers_out: 0,
             finished: false,
+            broken: None,
         }
     }
 
@@ -152,6 +156,9 @@ impl ResultPartition {
     }
 
     fn check_open(&self) -> Result<(), NetError> {
+        if let Some(e) = &self.broken {
+            return Err(e.clone());
+        }
         if self.finished {
             return Err(NetError::PartitionClosed);
         }
@@ -254,7 +261,13 @@ impl ResultPartition {
         let (records, bytes) = (sub.records, sub.pos);
         sub.records = 0;
         sub.pos = 0;
-        let Ok(buffer) = Buffer::new(seg, records, bytes) else { return };
+        let buffer = match Buffer::new(seg, records, bytes) {
+            Ok(b) => b,
+            Err(e) => {
+                self.broken.get_or_insert(e);
+                return;
+            }
+        };
         self.buffers_out += 1;
         let buffer = if sub.pending.is_empty() {
             match sub.sender.try_send_data(buffer) {
@@ -324,6 +337,9 @@ impl ResultPartition {
     /// Cancel-safe: nothing is lost if the future polling this is dropped; what
     /// was not sent stays queued.
     pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), NetError>> {
+        if let Some(e) = &self.broken {
+            return Poll::Ready(Err(e.clone()));
+        }
         let mut k = 0;
         while k < self.waiting.len() {
             let sp = self.waiting[k];

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use shardflow_engine::{Cores, Engine, EngineBuilder};
+use shardflow_engine::jobs::{KeyValue, GOLDEN};
+use shardflow_engine::{Cores, Dataflow, EgressHandle, Engine, EngineBuilder, Job};
 
 /// Generous upper bound for any single wait in a test.
 pub(crate) const TIMEOUT: Duration = Duration::from_secs(60);
@@ -17,4 +18,17 @@ pub(crate) fn small_engine() -> EngineBuilder {
 /// Number of shards `small_engine` starts.
 pub(crate) fn shard_count() -> usize {
     shardflow_engine::online_cores().len().min(2)
+}
+
+/// An effectively endless job (a trillion records, exchanged by key) whose
+/// egress sees every millionth record: evidence that records flow.
+pub(crate) fn endless_job(name: &str, parallelism: u32) -> (Job, EgressHandle<KeyValue>) {
+    let df = Dataflow::new(name).parallelism(parallelism);
+    let seen = df
+        .generate("source", 1_000_000_000_000, |r| KeyValue { key: r.wrapping_mul(GOLDEN), value: r })
+        .key_by(|r: &KeyValue| r.key)
+        .as_stream()
+        .filter(|r: &KeyValue| r.value % 1_000_000 == 0)
+        .egress(16);
+    (df.build().expect("a valid dataflow"), seen)
 }

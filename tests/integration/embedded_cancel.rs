@@ -1,25 +1,17 @@
 //! Cancel: a running job stops promptly, reports CANCELED, and frees every slot and
 //! every segment.
 
-use shardflow_engine::jobs::{KeyValue, GOLDEN};
 use shardflow_engine::{Dataflow, EngineError, JobStatus};
 
-use crate::common::{shard_count, small_engine, TIMEOUT};
+use crate::common::{endless_job, shard_count, small_engine, TIMEOUT};
 
 #[test]
 fn cancel_of_a_running_job_is_prompt_and_frees_everything() {
     let engine = small_engine().build().expect("engine starts");
     let slots_before = engine.free_slots().unwrap();
     let p = shard_count() as u32;
-    // Effectively endless: a trillion records.
-    let df = Dataflow::new("endless").parallelism(p);
-    let seen = df
-        .generate("source", 1_000_000_000_000, |r| KeyValue { key: r.wrapping_mul(GOLDEN), value: r })
-        .key_by(|r: &KeyValue| r.key)
-        .as_stream()
-        .filter(|r: &KeyValue| r.value % 1_000_000 == 0)
-        .egress(16);
-    let handle = engine.submit(df.build().unwrap()).expect("submit");
+    let (job, seen) = endless_job("endless", p);
+    let handle = engine.submit(job).expect("submit");
     let id = handle.id();
     assert!(engine.free_slots().unwrap() < slots_before, "the job holds slots");
 

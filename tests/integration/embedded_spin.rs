@@ -1,10 +1,9 @@
 //! The spin idle policy: shards busy-poll their gates and credits instead of
 //! parking; results, paced sources and cancellation behave as under park.
 
-use shardflow_engine::jobs::{KeyValue, GOLDEN};
-use shardflow_engine::{Dataflow, EngineError, IdlePolicy};
+use shardflow_engine::{EngineError, IdlePolicy};
 
-use crate::common::{shard_count, small_engine, TIMEOUT};
+use crate::common::{endless_job, shard_count, small_engine, TIMEOUT};
 
 #[test]
 fn spinning_shards_compute_the_same_results_and_cancel() {
@@ -20,14 +19,8 @@ fn spinning_shards_compute_the_same_results_and_cancel() {
     let result = engine.submit(paced).unwrap().wait_timeout(TIMEOUT).unwrap();
     assert_eq!(result.latency().expect("histogram").len(), 2_000);
 
-    let df = Dataflow::new("spin-endless").parallelism(p);
-    let seen = df
-        .generate("source", 1_000_000_000_000, |r| KeyValue { key: r.wrapping_mul(GOLDEN), value: r })
-        .key_by(|r: &KeyValue| r.key)
-        .as_stream()
-        .filter(|r: &KeyValue| r.value % 1_000_000 == 0)
-        .egress(16);
-    let handle = engine.submit(df.build().unwrap()).unwrap();
+    let (job, seen) = endless_job("spin-endless", p);
+    let handle = engine.submit(job).unwrap();
     seen.recv_timeout(TIMEOUT).expect("records flow");
     handle.cancel();
     assert!(matches!(handle.wait_timeout(TIMEOUT), Err(EngineError::JobCanceled(_))));

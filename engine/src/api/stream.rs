@@ -317,13 +317,12 @@ impl<T: Data> Stream<T> {
     /// Hands the records to a service thread through a bounded queue of
     /// `capacity` records: see [`EgressHandle`].
     pub fn egress(&self, capacity: usize) -> EgressHandle<T> {
-        let mut handle = None;
+        let (mut factory, handle) = sinks::egress::<T>(Name::default(), capacity);
         self.sink("egress", |name| {
-            let (factory, h) = sinks::egress::<T>(name, capacity);
-            handle = Some(h);
+            factory.name = name;
             Arc::new(factory)
         });
-        handle.unwrap_or_else(|| unreachable!("the sink's factory is made at once"))
+        handle
     }
 }
 

@@ -36,31 +36,23 @@ pub(crate) trait Collector<T: Data> {
 /// stream of `String`s costs no allocation when the next stage encodes it).
 pub struct Emitter<'a, T: Data> {
     next: &'a mut dyn Collector<T>,
-    emitted: u64,
 }
 
 impl<'a, T: Data> Emitter<'a, T> {
     pub(crate) fn new(next: &'a mut dyn Collector<T>) -> Self {
-        Emitter { next, emitted: 0 }
+        Emitter { next }
     }
 
     /// Emits `record`.
     #[inline]
     pub fn emit(&mut self, record: T) {
-        self.emitted += 1;
         self.next.collect(record.borrow());
     }
 
     /// Emits a record given in its borrowed form.
     #[inline]
     pub fn emit_ref(&mut self, record: &T::Borrowed) {
-        self.emitted += 1;
         self.next.collect(record);
-    }
-
-    /// Records emitted through this emitter.
-    pub fn emitted(&self) -> u64 {
-        self.emitted
     }
 }
 

@@ -159,6 +159,13 @@ pub(crate) struct PartitionWriter<T: Data, R> {
     _t: PhantomData<fn(&T)>,
 }
 
+impl<T: Data, R: Route<T>> PartitionWriter<T, R> {
+    /// A writer routing by `route` into `partition`'s `subpartitions`.
+    fn boxed(partition: Partition, route: R, subpartitions: usize, failure: Failure) -> Box<dyn Collector<T>> {
+        Box::new(PartitionWriter { partition, route, subpartitions, failure, _t: PhantomData })
+    }
+}
+
 #[inline(always)]
 fn write_routed<T: Data, R: Route<T>>(
     route: &mut R,
@@ -229,7 +236,7 @@ impl<K: Key, T: Data, S: KeySelector<K, T>> KeyGroupRoute<T> for SelectorRoute<K
             router: KeyGroupRouter::new(subpartitions as u32, max_parallelism),
             _k: PhantomData,
         };
-        Box::new(PartitionWriter { partition, route, subpartitions, failure, _t: PhantomData })
+        PartitionWriter::boxed(partition, route, subpartitions, failure)
     }
 }
 
@@ -244,29 +251,15 @@ impl<T: Data> NodeFactory<T> for WriterFactory<T> {
         let partition = ctx.partition(self.edge)?;
         let n = partition.borrow().num_subpartitions();
         let failure = ctx.failure.clone();
-        let boxed: Box<dyn Collector<T>> = match &self.routing {
-            Routing::Forward => {
-                Box::new(PartitionWriter { partition, route: ToFirst, subpartitions: n, failure, _t: PhantomData })
+        let boxed = match &self.routing {
+            Routing::Forward => PartitionWriter::boxed(partition, ToFirst, n, failure),
+            // Start where the subtask's index says, so subtasks spread at once.
+            Routing::Rebalance => {
+                PartitionWriter::boxed(partition, RoundRobin(ctx.task.subtask as usize % n.max(1)), n, failure)
             }
-            Routing::Rebalance => Box::new(PartitionWriter {
-                partition,
-                // Start where the subtask's index says, so subtasks spread at once.
-                route: RoundRobin(ctx.task.subtask as usize % n.max(1)),
-                subpartitions: n,
-                failure,
-                _t: PhantomData,
-            }),
-            Routing::Broadcast => {
-                Box::new(PartitionWriter { partition, route: ToAll, subpartitions: n, failure, _t: PhantomData })
-            }
+            Routing::Broadcast => PartitionWriter::boxed(partition, ToAll, n, failure),
             Routing::KeyGroups(r) => r.writer(partition, n, ctx.task.max_parallelism, failure),
-            Routing::Custom(f) => Box::new(PartitionWriter {
-                partition,
-                route: ByFunction(f.clone()),
-                subpartitions: n,
-                failure,
-                _t: PhantomData,
-            }),
+            Routing::Custom(f) => PartitionWriter::boxed(partition, ByFunction(f.clone()), n, failure),
         };
         Ok(boxed)
     }

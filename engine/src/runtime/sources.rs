@@ -124,11 +124,10 @@ impl<T: Data, S: Source<T>> SourceDriver for SourceVertex<T, S> {
     #[inline]
     fn poll(&mut self, cx: &mut Context<'_>) -> Result<SourceStatus, OperatorError> {
         self.batch.clear();
-        let SourceVertex { source, next, batch, progress, .. } = self;
+        let SourceVertex { source, next, batch, .. } = self;
         let mut out = SourceOutput { batch, next: &mut **next, pushed: 0 };
         let status = source.poll_next(cx, &mut out)?;
         let pushed = out.pushed;
-        let _ = progress;
         if !self.batch.is_empty() {
             self.next.collect_batch(&self.batch);
         }

@@ -426,36 +426,50 @@ impl Task {
                 }
                 let n = inputs.gates.len();
                 let mut live = false;
-                for k in 0..n {
-                    let g = (inputs.next_gate + k) % n;
-                    if inputs.gates[g].is_finished() {
-                        continue;
-                    }
-                    live = true;
-                    match inputs.gates[g].poll_next(cx) {
-                        Poll::Pending | Poll::Ready(Ok(None)) => continue,
-                        Poll::Ready(Err(e)) => return Err(e.into()),
-                        Poll::Ready(Ok(Some((channel, item)))) => {
-                            inputs.next_gate = g + 1;
-                            match item {
-                                GateItem::Data(buffer) => inputs.current = Some((g, buffer, 0)),
-                                GateItem::Event(event) => {
-                                    let at = inputs.offsets[g] + channel;
-                                    let (watermark, barrier) = inputs.progress.on_event(at, event);
-                                    for p in &self.partitions {
-                                        let mut p = p.borrow_mut();
-                                        if let Some(w) = watermark {
-                                            p.broadcast_event(Event::Watermark(w))?;
-                                        }
-                                        if let Some(b) = barrier {
-                                            p.broadcast_event(Event::Barrier(b))?;
-                                        }
-                                    }
-                                }
+                let mut found = None;
+                // With several gates, look at all of them before registering a
+                // waker on any: an empty side is not a reason to wait.
+                let passes: &[bool] = if n > 1 { &[false, true] } else { &[true] };
+                'passes: for &register in passes {
+                    for k in 0..n {
+                        let g = (inputs.next_gate + k) % n;
+                        if inputs.gates[g].is_finished() {
+                            continue;
+                        }
+                        live = true;
+                        let item = if register {
+                            match inputs.gates[g].poll_next(cx) {
+                                Poll::Pending => None,
+                                Poll::Ready(r) => r?,
                             }
-                            return Ok(Some(Step::Worked));
+                        } else {
+                            inputs.gates[g].try_next()?
+                        };
+                        if let Some(item) = item {
+                            found = Some((g, item));
+                            break 'passes;
                         }
                     }
+                }
+                if let Some((g, (channel, item))) = found {
+                    inputs.next_gate = g + 1;
+                    match item {
+                        GateItem::Data(buffer) => inputs.current = Some((g, buffer, 0)),
+                        GateItem::Event(event) => {
+                            let at = inputs.offsets[g] + channel;
+                            let (watermark, barrier) = inputs.progress.on_event(at, event);
+                            for p in &self.partitions {
+                                let mut p = p.borrow_mut();
+                                if let Some(w) = watermark {
+                                    p.broadcast_event(Event::Watermark(w))?;
+                                }
+                                if let Some(b) = barrier {
+                                    p.broadcast_event(Event::Barrier(b))?;
+                                }
+                            }
+                        }
+                    }
+                    return Ok(Some(Step::Worked));
                 }
                 if !live {
                     return Ok(Some(Step::EndOfInput));

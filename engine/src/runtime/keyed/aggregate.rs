@@ -76,7 +76,8 @@ pub(crate) struct AggregateOp<K: Key, T: Data, S, A: Aggregator<K, T>> {
     selector: Arc<S>,
     agg: A,
     running: bool,
-    table: FxMap<K, A::Acc>,
+    /// The accumulators, by key (snapshotted as one value state).
+    table: ValueTable<K, A::Acc>,
     memory: StateMemory,
     next: Box<dyn Collector<A::Out>>,
     restore: Option<Arc<JobSnapshot>>,
@@ -91,14 +92,14 @@ pub(crate) struct AggregateOp<K: Key, T: Data, S, A: Aggregator<K, T>> {
 /// outputs between steps.
 pub(super) const FINISH_STEP: usize = 1024;
 
-/// The name a single-table operator's state has in snapshots.
+/// The name an aggregation's state has in snapshots.
 const TABLE: &str = "table";
 
 impl<K: Key, T: Data, S: KeySelector<K, T>, A: Aggregator<K, T>> AggregateOp<K, T, S, A> {
     #[inline(always)]
     fn one(&mut self, record: &T::Borrowed) {
         let AggregateOp { selector, agg, running, table, next, .. } = self;
-        let fresh = selector.with_key(record, |key| match table.get_mut(key) {
+        let fresh = selector.with_key(record, |key| match table.map.get_mut(key) {
             Some(acc) => {
                 agg.add(acc, record);
                 if *running {
@@ -122,7 +123,7 @@ impl<K: Key, T: Data, S: KeySelector<K, T>, A: Aggregator<K, T>> AggregateOp<K, 
             if let Err(e) = memory.grow(entry_bytes::<K, A::Acc>(key)) {
                 return failure.set(e);
             }
-            let acc = table.entry(K::to_owned_record(key)).or_insert_with(|| agg.first(record));
+            let acc = table.map.entry(K::to_owned_record(key)).or_insert_with(|| agg.first(record));
             if *running {
                 next.collect(agg.result(key, acc).borrow());
             }
@@ -154,18 +155,8 @@ impl<K: Key, T: Data, S: KeySelector<K, T>, A: Aggregator<K, T>> Lifecycle for A
     fn open(&mut self, task: &TaskInfo) -> Result<(), OperatorError> {
         self.memory.account_to(task.managed_memory.clone())?;
         if let Some(snapshot) = self.restore.take() {
-            for group in snapshot.key_groups_for(&self.name, task)?.into_iter().flatten() {
-                let mut r = SnapshotReader::new(group);
-                while !r.is_empty() {
-                    let (_, entries) = r.state()?;
-                    for _ in 0..entries {
-                        let (k, v) = r.entry()?;
-                        let key = K::from_bytes(k)?;
-                        self.memory.grow(entry_bytes::<K, A::Acc>(key.borrow()))?;
-                        self.table.insert(key, A::Acc::from_bytes(v)?);
-                    }
-                }
-            }
+            let AggregateOp { table, memory, .. } = self;
+            restore_entries(&snapshot, &self.name, task, |_, k, v| table.restore(K::from_bytes(k)?, v, memory))?;
         }
         self.task = Some(task.clone());
         Ok(())
@@ -174,23 +165,8 @@ impl<K: Key, T: Data, S: KeySelector<K, T>, A: Aggregator<K, T>> Lifecycle for A
     fn snapshot(&mut self, _id: u64) -> Result<Vec<OperatorSnapshot>, OperatorError> {
         let Some(task) = &self.task else { return Ok(Vec::new()) };
         let router = KeyGroupRouter::new(task.parallelism, task.max_parallelism);
-        let mut buckets: BTreeMap<u32, Entries> = BTreeMap::new();
-        for (k, acc) in &self.table {
-            let group = router.key_group(key_hash(k.borrow()));
-            buckets.entry(group).or_default().push((K::to_bytes(k.borrow())?, A::Acc::to_bytes(acc.borrow())?));
-        }
-        let key_groups = buckets
-            .into_iter()
-            .map(|(g, entries)| {
-                let mut out = Vec::new();
-                let mut w = GroupWriter::new(&mut out, TABLE);
-                for (k, v) in &entries {
-                    w.entry(k, v);
-                }
-                drop(w);
-                (g, out)
-            })
-            .collect();
+        let mut key_groups = BTreeMap::new();
+        self.table.snapshot(&router, &mut key_groups)?;
         Ok(vec![OperatorSnapshot {
             operator: self.name.clone(),
             max_parallelism: task.max_parallelism,
@@ -204,7 +180,7 @@ impl<K: Key, T: Data, S: KeySelector<K, T>, A: Aggregator<K, T>> Lifecycle for A
             return Ok(true);
         }
         if self.finishing.is_none() {
-            let table = std::mem::take(&mut self.table);
+            let table = std::mem::take(&mut self.table.map);
             self.memory.shrink(self.memory.used_bytes());
             self.finishing = Some(table.into_iter());
         }
@@ -241,7 +217,7 @@ impl<K: Key, T: Data, S: KeySelector<K, T>, A: Aggregator<K, T>> NodeFactory<T> 
             selector: self.selector.clone(),
             agg: self.agg.clone(),
             running: self.running,
-            table: FxMap::default(),
+            table: ValueTable { name: TABLE.to_string(), map: FxMap::default() },
             memory: StateMemory::new(),
             next,
             restore: ctx.restore.clone(),

@@ -106,6 +106,27 @@ fn snapshot_table<'e, K: Key + 'e, V: 'e>(
     Ok(())
 }
 
+/// Calls `each(state, key, value)` for every entry of the key groups of
+/// `operator` in `snapshot` that `task` owns.
+fn restore_entries(
+    snapshot: &JobSnapshot,
+    operator: &str,
+    task: &TaskInfo,
+    mut each: impl FnMut(&str, &[u8], &[u8]) -> Result<(), OperatorError>,
+) -> Result<(), OperatorError> {
+    for group in snapshot.key_groups_for(operator, task)?.into_iter().flatten() {
+        let mut r = SnapshotReader::new(group);
+        while !r.is_empty() {
+            let (name, entries) = r.state()?;
+            for _ in 0..entries {
+                let (k, v) = r.entry()?;
+                each(name, k, v)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A length-prefixed list of byte strings (a list or map value in a snapshot).
 fn put_items(items: impl Iterator<Item = Result<Vec<u8>, OperatorError>>) -> Result<Vec<u8>, OperatorError> {
     let mut out = Vec::new();
@@ -300,22 +321,15 @@ impl<K: Key> KeyedBackend<K> {
     }
 
     fn restore(&mut self, operator: &str, snapshot: &JobSnapshot, task: &TaskInfo) -> Result<(), OperatorError> {
-        for group in snapshot.key_groups_for(operator, task)?.into_iter().flatten() {
-            let mut r = SnapshotReader::new(group);
-            while !r.is_empty() {
-                let (name, entries) = r.state()?;
-                let Some(table) = self.tables.iter_mut().find(|t| t.name() == name) else {
-                    return Err(OperatorError::User(format!(
-                        "the snapshot of '{operator}' has state '{name}', which the operator no longer declares"
-                    )));
-                };
-                for _ in 0..entries {
-                    let (k, v) = r.entry()?;
-                    table.restore(K::from_bytes(k)?, v, &mut self.memory)?;
-                }
-            }
-        }
-        Ok(())
+        let KeyedBackend { tables, memory, .. } = self;
+        restore_entries(snapshot, operator, task, |name, k, v| {
+            let Some(table) = tables.iter_mut().find(|t| t.name() == name) else {
+                return Err(OperatorError::User(format!(
+                    "the snapshot of '{operator}' has state '{name}', which the operator no longer declares"
+                )));
+            };
+            table.restore(K::from_bytes(k)?, v, memory)
+        })
     }
 
     fn snapshot(&self, operator: &str, task: &TaskInfo) -> Result<OperatorSnapshot, OperatorError> {
