@@ -116,6 +116,23 @@ impl ExecutionGraph {
         self.subtasks.iter().find(|s| s.id() == id)
     }
 
+    /// Numbers every attempt of a CREATED job `epoch` (a job recovered by a new
+    /// leader continues the attempt numbers of the old one, so none repeats).
+    pub fn resume_at(&mut self, epoch: u32) -> Result<(), ControlError> {
+        if self.status != JobStatus::Created {
+            return Err(ControlError::IllegalJobTransition { from: self.status, to: JobStatus::Created });
+        }
+        for s in &mut self.subtasks {
+            s.attempt.attempt = epoch;
+        }
+        Ok(())
+    }
+
+    /// The attempt number of the current deployment.
+    pub fn epoch(&self) -> u32 {
+        self.subtasks.first().map_or(0, |s| s.attempt.attempt)
+    }
+
     /// Moves the job to RUNNING (its subtasks are being scheduled).
     pub fn start(&mut self) -> Result<(), ControlError> {
         self.status.transition(JobStatus::Running)

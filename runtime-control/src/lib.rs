@@ -52,6 +52,7 @@ mod execution_graph;
 mod heartbeat;
 mod ids;
 mod job_graph;
+mod job_store;
 mod placement;
 mod restart;
 mod slot_manager;
@@ -71,6 +72,7 @@ pub use job_graph::{
     DistributionPattern, JobEdge, JobGraph, JobVertex, OperatorSpec, PartitionerKind, RecordEncoding, RecordFormat,
     ResultPartitionType, DEFAULT_MAX_PARALLELISM, MAX_KEY_GROUPS,
 };
+pub use job_store::{CompletedCheckpointPointer, JobRecord, JobRecordError, JOB_RECORD_VERSION};
 pub use placement::{place, PlacementStrategy, SlotAssignment, SlotOffer, SubtaskPlacement};
 pub use restart::{parse_duration, RestartDecision, RestartStrategy, RestartTracker};
 pub use slot_manager::{SlotManager, WorkerEntry};

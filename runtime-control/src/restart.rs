@@ -149,6 +149,12 @@ impl RestartTracker {
         RestartTracker { strategy, restarts: 0, backoff: None, last_failure: None }
     }
 
+    /// A tracker that counts on from `restarts` earlier restarts (a job a new
+    /// leader recovered from its job store).
+    pub fn resumed(strategy: RestartStrategy, restarts: u32) -> Self {
+        RestartTracker { restarts, ..Self::new(strategy) }
+    }
+
     /// Restarts decided so far.
     pub fn restarts(&self) -> u32 {
         self.restarts

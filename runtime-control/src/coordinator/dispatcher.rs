@@ -7,13 +7,22 @@ use std::time::{Duration, Instant};
 
 use super::job_master::JobMaster;
 use super::validation::validate_job;
-use super::{ConnId, Coordinator, Role};
+use super::{ConnId, Coordinator, Output, Role};
 use crate::error::ControlError;
 use crate::ids::{JobId, JobMasterId, WorkerId};
-use crate::placement::PlacementStrategy;
+use crate::job_store::JobRecord;
+use crate::placement::{PlacementStrategy, SlotAssignment};
 use crate::protocol::*;
 use crate::restart::{RestartStrategy, RestartTracker};
-use crate::state::ExecutionState;
+use crate::state::{ExecutionState, JobStatus};
+
+/// The error code of a placement that failed.
+fn placement_code(e: &ControlError) -> ErrorCode {
+    match e {
+        ControlError::NotEnoughSlots { .. } | ControlError::RemoteChannels { .. } => ErrorCode::NotEnoughSlots,
+        _ => ErrorCode::InvalidJob,
+    }
+}
 
 /// What a waiting client waits for.
 pub(super) enum WaitFor {
@@ -23,6 +32,14 @@ pub(super) enum WaitFor {
     Workers(u32),
     /// The worker's answer to a [`RequestShardDump`].
     Dump(WorkerId),
+}
+
+/// A submission whose record the job store is writing.
+pub(super) struct PendingSubmit {
+    /// The submitting client.
+    conn: ConnId,
+    /// The job's master, not yet deployed.
+    jm: JobMaster,
 }
 
 /// A client waiting for something, until `deadline` at the latest.
@@ -60,31 +77,106 @@ impl Coordinator {
         };
         let assignment = match jm.place(&self.slots) {
             Ok(a) => a,
-            Err(e) => {
-                let code = match e {
-                    ControlError::NotEnoughSlots { .. } | ControlError::RemoteChannels { .. } => {
-                        ErrorCode::NotEnoughSlots
-                    }
-                    _ => ErrorCode::InvalidJob,
-                };
-                return self.reject(conn, code, &e.to_string());
-            }
+            Err(e) => return self.reject(conn, placement_code(&e), &e.to_string()),
         };
         self.next_job += 1;
+        if self.job_store {
+            // Acknowledged and deployed once the job store has it (`stored`).
+            let record = Box::new(jm.record());
+            self.pending.insert(id, PendingSubmit { conn, jm });
+            self.out.push(Output::StoreJob { record, ack: true });
+            return;
+        }
+        self.accept_job(now, conn, jm, assignment);
+    }
+
+    /// Registers a submitted job, answers its client and deploys it.
+    fn accept_job(&mut self, now: Instant, conn: ConnId, jm: JobMaster, assignment: SlotAssignment) {
+        let id = jm.id();
         tracing::info!(job = %id, name = %jm.graph().name, "job submitted");
         self.jobs.insert(id, jm);
         self.send(conn, Message::JobSubmitted(JobSubmitted { job: id }));
         self.with_job(now, id, |jm, gw| jm.deploy(gw, now, assignment));
     }
 
+    /// The job store's answer to a submission's record.
+    pub(super) fn stored(&mut self, now: Instant, job: JobId, outcome: Result<(), String>) {
+        let Some(PendingSubmit { conn, mut jm }) = self.pending.remove(&job) else {
+            tracing::debug!(%job, "job store answer for no pending submission");
+            return;
+        };
+        if let Err(why) = outcome {
+            let why = format!("the job store did not take the job: {why}");
+            return self.reject(conn, ErrorCode::Internal, &why);
+        }
+        jm.stored();
+        // Slots may have gone to others while the record was written.
+        match jm.place(&self.slots) {
+            Ok(assignment) => self.accept_job(now, conn, jm, assignment),
+            Err(e) => {
+                self.out.push(Output::RemoveJob(job));
+                self.reject(conn, placement_code(&e), &e.to_string());
+            }
+        }
+    }
+
+    /// Takes over a job the job store held when this leader was elected.
+    pub(super) fn recover(&mut self, now: Instant, r: JobRecord) {
+        let id = r.job;
+        if r.has_ended() {
+            self.history.insert(id, r);
+            self.job_ended(id);
+            return;
+        }
+        let placement = r.placement.parse::<PlacementStrategy>();
+        let restart = r.restart.parse::<RestartStrategy>();
+        let checked = placement
+            .and_then(|p| restart.map(|rs| (p, rs)))
+            .and_then(|(p, rs)| validate_job(&r.graph, self.catalog.as_ref()).map(|order| (p, rs, order)));
+        let token = self.fresh_token();
+        let deadline = now + self.config.slot_wait_timeout;
+        let recovered = checked.and_then(|(placement, restart, order)| {
+            let tracker = RestartTracker::resumed(restart, r.restarts);
+            JobMaster::recover(&r, token, order, placement, tracker, now, deadline)
+        });
+        match recovered {
+            Ok(jm) => {
+                tracing::info!(job = %id, name = %r.graph.name, epoch = r.epoch, "job recovered from the job store");
+                self.jobs.insert(id, jm);
+            }
+            Err(e) => {
+                tracing::warn!(job = %id, "cannot recover the job from the job store: {e}");
+                let mut failed = r;
+                failed.status = JobStatus::Failed;
+                let mut details = failed.details();
+                details.status = JobStatus::Failed;
+                details.failure = Some(format!("cannot recover the job after a change of leader: {e}"));
+                failed.details = Some(details);
+                self.out.push(Output::StoreJob { record: Box::new(failed.clone()), ack: false });
+                self.history.insert(id, failed);
+                self.job_ended(id);
+            }
+        }
+    }
+
+    /// A job's details, running or ended (here or under an earlier leader).
+    pub(super) fn details(&self, job: JobId) -> Option<JobDetails> {
+        match self.jobs.get(&job) {
+            Some(jm) => Some(jm.details()),
+            None => self.history.get(&job).map(JobRecord::details),
+        }
+    }
+
     pub(super) fn cancel_job(&mut self, now: Instant, conn: ConnId, m: CancelJob) {
-        let Some(status) = self.jobs.get(&m.job).map(JobMaster::status) else {
+        let status = self.jobs.get(&m.job).map(JobMaster::status).or(self.history.get(&m.job).map(|r| r.status));
+        let Some(status) = status else {
             return self.reject(conn, ErrorCode::UnknownJob, &format!("no job {}", m.job));
         };
         if status.is_globally_terminal() {
             let why = format!("{} has already ended ({status}): nothing to cancel", m.job);
             return self.reject(conn, ErrorCode::Unexpected, &why);
         }
+        tracing::info!(job = %m.job, "cancel requested");
         self.with_job(now, m.job, |jm, gw| jm.cancel(gw));
         self.send(conn, Message::Ack(Ack {}));
     }
@@ -96,6 +188,10 @@ impl Coordinator {
         while self.ended.len() > self.config.retained_jobs.max(1) {
             if let Some(old) = self.ended.pop_front() {
                 self.jobs.remove(&old);
+                self.history.remove(&old);
+                if self.job_store {
+                    self.out.push(Output::RemoveJob(old));
+                }
             }
         }
     }
@@ -142,7 +238,7 @@ impl Coordinator {
     // ------------------------------------------------------------ waiters
 
     pub(super) fn wait_job(&mut self, now: Instant, conn: ConnId, m: WaitJob) {
-        if !self.jobs.contains_key(&m.job) {
+        if !self.jobs.contains_key(&m.job) && !self.history.contains_key(&m.job) {
             return self.reject(conn, ErrorCode::UnknownJob, &format!("no job {}", m.job));
         }
         let deadline = now + Duration::from_millis(m.timeout_ms);
@@ -170,7 +266,12 @@ impl Coordinator {
                     }
                 }
                 WaitFor::Job(job, until) => match self.jobs.get(&job) {
-                    None => Some(Err((ErrorCode::UnknownJob, format!("no job {job}")))),
+                    None => Some(
+                        self.history
+                            .get(&job)
+                            .map(|r| Message::JobDetails(r.details()))
+                            .ok_or_else(|| (ErrorCode::UnknownJob, format!("no job {job}"))),
+                    ),
                     Some(jm) => {
                         let met = match until {
                             WaitCondition::Terminal => jm.status().is_globally_terminal(),

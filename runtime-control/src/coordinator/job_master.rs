@@ -7,10 +7,11 @@
 //!
 //! ```text
 //!  Scheduled ──deploy──► Running ──failure, restart allowed──► RestartPending
-//!                          ▲  │                                   │ all terminal, delay over
-//!                  deploy  │  └──── terminal (finished, failed,   ▼
-//!                          └──────── cancelled) ─► Done ◄── WaitingForSlots
-//!                                                            (gives up after the wait)
+//!                       ▲  ▲  │                                   │ all terminal, delay over
+//!               deploy  │  │  └──── terminal (finished, failed,   ▼
+//!  Recovering ──────────┘  └──────── cancelled) ─► Done ◄── WaitingForSlots
+//!   (a new leader's job;     deploy                          (gives up after the wait)
+//!    gives up after the wait) ──────────────────► Done
 //! ```
 //!
 //! An error of the execution graph's state machine here is a bug, never
@@ -28,6 +29,7 @@ use crate::ids::{
     WorkerId,
 };
 use crate::job_graph::JobGraph;
+use crate::job_store::JobRecord;
 use crate::placement::{PlacementStrategy, SlotAssignment};
 use crate::protocol::*;
 use crate::restart::{RestartDecision, RestartTracker};
@@ -51,6 +53,12 @@ pub(super) enum Phase {
         /// When it gives up.
         deadline: Instant,
     },
+    /// Recovered from the job store by a new leader: waiting for the workers to
+    /// register their slots until `deadline`, then deployed from the start.
+    Recovering {
+        /// When it gives up.
+        deadline: Instant,
+    },
     /// Globally terminal: nothing more happens.
     Done,
 }
@@ -62,6 +70,7 @@ impl Phase {
         matches!(
             (self, to),
             (Scheduled, Running | Done)
+                | (Recovering { .. }, Running | Done)
                 | (Running, RestartPending { .. } | Done)
                 | (RestartPending { .. }, WaitingForSlots { .. } | Done)
                 | (WaitingForSlots { .. }, Running | Done)
@@ -110,6 +119,9 @@ pub(super) struct JobMaster {
     failure_secondary: bool,
     deployed_at: Instant,
     all_running: Option<Duration>,
+    /// What the job store holds of it (epoch, restarts, ended), where a job store
+    /// is kept; `None` before the first write.
+    stored: Option<(u32, u32, bool)>,
 }
 
 impl JobMaster {
@@ -142,7 +154,80 @@ impl JobMaster {
             failure_secondary: false,
             deployed_at: now,
             all_running: None,
+            stored: None,
         })
+    }
+
+    /// The master of a job a new leader read from its job store (`record`, whose
+    /// graph validated to `order`): CREATED, its attempts numbered on from the
+    /// record's epoch, waiting until `deadline` for slots to deploy it from the
+    /// start.
+    #[allow(clippy::too_many_arguments, reason = "one constructor, called once, with named fields")]
+    pub(super) fn recover(
+        record: &JobRecord,
+        token: JobMasterId,
+        order: Vec<VertexId>,
+        placement: PlacementStrategy,
+        restart: RestartTracker,
+        now: Instant,
+        deadline: Instant,
+    ) -> Result<Self, ControlError> {
+        let mut eg = ExecutionGraph::expand(record.job, &record.graph, &order);
+        eg.resume_at(record.epoch.saturating_add(1))?;
+        Ok(JobMaster {
+            id: record.job,
+            token,
+            graph: record.graph.clone(),
+            order,
+            eg,
+            placement,
+            restart,
+            assignment: SlotAssignment::default(),
+            allocations: BTreeMap::new(),
+            phase: Phase::Recovering { deadline },
+            results: BTreeMap::new(),
+            failure: None,
+            failure_secondary: false,
+            deployed_at: now,
+            all_running: None,
+            stored: Some((record.epoch, record.restarts, record.has_ended())),
+        })
+    }
+
+    /// The job as the job store keeps it now.
+    pub(super) fn record(&self) -> JobRecord {
+        let status = self.eg.status();
+        JobRecord {
+            job: self.id,
+            graph: self.graph.clone(),
+            placement: self.placement.to_string(),
+            restart: self.restart.strategy().to_string(),
+            epoch: self.eg.epoch(),
+            restarts: self.restart.restarts(),
+            status,
+            details: status.is_globally_terminal().then(|| self.details()),
+            latest_checkpoint: None,
+        }
+    }
+
+    /// Whether the job store's record of it is out of date (its epoch, its
+    /// restarts or whether it has ended changed since the last write).
+    pub(super) fn store_due(&self) -> bool {
+        self.stored != Some(self.stored_state())
+    }
+
+    /// The job store now holds [`Self::record`].
+    pub(super) fn stored(&mut self) {
+        self.stored = Some(self.stored_state());
+    }
+
+    fn stored_state(&self) -> (u32, u32, bool) {
+        (self.eg.epoch(), self.restart.restarts(), self.eg.status().is_globally_terminal())
+    }
+
+    /// Its job's id.
+    pub(super) fn id(&self) -> JobId {
+        self.id
     }
 
     /// Its fencing token.
@@ -180,7 +265,7 @@ impl JobMaster {
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         match self.phase {
             Phase::RestartPending { at } => Some(at),
-            Phase::WaitingForSlots { deadline } => Some(deadline),
+            Phase::WaitingForSlots { deadline } | Phase::Recovering { deadline } => Some(deadline),
             _ => None,
         }
     }
@@ -453,6 +538,33 @@ impl JobMaster {
                 false
             }
             Phase::WaitingForSlots { .. } => self.try_restart(gw, now),
+            Phase::Recovering { deadline } => self.try_recover(gw, now, deadline),
+        }
+    }
+
+    /// Deploys a recovered job if enough slots are free, or fails it once the
+    /// wait is over. Returns `true` when the job has just ended.
+    fn try_recover(&mut self, gw: &mut Gateways<'_>, now: Instant, deadline: Instant) -> bool {
+        match self.place(gw.slots) {
+            Ok(assignment) => {
+                if let Err(e) = self.eg.start() {
+                    self.abort(gw, &e);
+                    return self.settle(gw, now);
+                }
+                tracing::info!(job = %self.id, epoch = self.eg.epoch(), "recovered job deploys");
+                self.deploy(gw, now, assignment);
+                self.settle(gw, now)
+            }
+            Err(e) if now >= deadline => {
+                self.failure = Some(format!(
+                    "cannot recover the job after a change of leader: {e} (waited {} ms)",
+                    gw.config.slot_wait_timeout.as_millis()
+                ));
+                let _ = self.eg.abort();
+                tracing::warn!(job = %self.id, "job failed: {}", self.failure.as_deref().unwrap_or(""));
+                self.settle(gw, now)
+            }
+            Err(_) => false,
         }
     }
 
@@ -557,12 +669,13 @@ mod tests {
             Phase::RestartPending { at: t },
             Phase::WaitingForSlots { deadline: t },
             Phase::Done,
+            Phase::Recovering { deadline: t },
         ];
         let legal: Vec<(usize, usize)> = all
             .iter()
             .enumerate()
             .flat_map(|(i, a)| all.iter().enumerate().filter(|(_, b)| a.can_transition(**b)).map(move |(j, _)| (i, j)))
             .collect();
-        assert_eq!(legal, vec![(0, 1), (0, 4), (1, 2), (1, 4), (2, 3), (2, 4), (3, 1), (3, 4)]);
+        assert_eq!(legal, vec![(0, 1), (0, 4), (1, 2), (1, 4), (2, 3), (2, 4), (3, 1), (3, 4), (5, 1), (5, 4)]);
     }
 }

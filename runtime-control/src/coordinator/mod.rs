@@ -12,6 +12,13 @@
 //!
 //! Time only enters as the `now` argument, so tests drive it by hand.
 //!
+//! A highly available leader keeps a job store ([`Coordinator::with_job_store`]):
+//! it asks the driver to write a job's [`JobRecord`] ([`Output::StoreJob`])
+//! before it acknowledges the submission (the driver answers with
+//! [`Coordinator::on_job_stored`]), and again whenever the record changes (a
+//! restart, the end); a new leader starts from the records it read and runs
+//! every job that had not ended again.
+//!
 //! Connections have roles: the first message decides. `RegisterWorker` makes a
 //! worker connection; client requests (submit, list, …) a client connection. A
 //! request that fails gets an [`ErrorReply`] and its connection is closed; the
@@ -39,6 +46,7 @@ use job_master::{Gateways, JobMaster};
 
 use crate::heartbeat::HeartbeatMonitor;
 use crate::ids::{JobId, ResourceManagerId, WorkerId};
+use crate::job_store::JobRecord;
 use crate::protocol::*;
 use crate::slot_manager::SlotManager;
 use crate::state::JobStatus;
@@ -55,6 +63,20 @@ pub enum Output {
     Send(ConnId, Message),
     /// Close a connection (after sending what came before on it).
     Close(ConnId),
+    /// Write a job's record to the job store (only with a job store). With
+    /// `ack`, the driver reports the outcome through
+    /// [`Coordinator::on_job_stored`], once; without, it keeps trying until the
+    /// write succeeds or the leadership is lost (a later record of the same job
+    /// replaces an earlier one not yet written).
+    StoreJob {
+        /// The record.
+        record: Box<JobRecord>,
+        /// Whether the coordinator waits for the outcome.
+        ack: bool,
+    },
+    /// Remove a job's record from the job store (the job ended long ago and is
+    /// forgotten: `retained_jobs`).
+    RemoveJob(JobId),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +105,15 @@ pub struct Coordinator {
     heartbeat_seq: u64,
     next_heartbeat: Instant,
     out: Vec<Output>,
+    /// Whether jobs are written to a job store.
+    job_store: bool,
+    /// Submissions whose record is being written, by job: answered (and
+    /// deployed) once the store has it.
+    pending: BTreeMap<JobId, dispatcher::PendingSubmit>,
+    /// Jobs that ended under an earlier leader, as the job store had them.
+    history: BTreeMap<JobId, JobRecord>,
+    /// Where this coordinator is reached, as the overview names the leader.
+    address: String,
 }
 
 impl Coordinator {
@@ -113,6 +144,45 @@ impl Coordinator {
             heartbeat_seq: 0,
             next_heartbeat,
             out: Vec::new(),
+            job_store: false,
+            pending: BTreeMap::new(),
+            history: BTreeMap::new(),
+            address: String::new(),
+        }
+    }
+
+    /// Names the address this coordinator is reached at (the overview's
+    /// `leader`).
+    pub fn with_address(mut self, address: impl Into<String>) -> Self {
+        self.address = address.into();
+        self
+    }
+
+    /// Makes this coordinator a highly available leader with a job store that
+    /// held `records` when it won the leadership (its fencing token is the
+    /// leadership's epoch): jobs that had not ended are recovered, to be deployed
+    /// from the start once enough workers have registered (within
+    /// `slot_wait_timeout`), and ended ones are kept for `list` and `status`. Job
+    /// ids continue after the highest recorded. A record whose graph this build
+    /// cannot run fails its job with the reason.
+    pub fn with_job_store(mut self, now: Instant, mut records: Vec<JobRecord>) -> Self {
+        self.job_store = true;
+        records.sort_by_key(|r| r.job);
+        for r in records {
+            self.next_job = self.next_job.max(r.job.0 + 1);
+            self.recover(now, r);
+        }
+        // What recovering asked for (records to write) comes out with the next call.
+        self
+    }
+
+    /// The leadership epoch the overview reports: the token of a leader with a
+    /// job store, 0 for a standalone coordinator.
+    fn epoch(&self) -> u64 {
+        if self.job_store {
+            self.token.0
+        } else {
+            0
         }
     }
 
@@ -194,14 +264,13 @@ impl Coordinator {
             // Dispatcher gateway
             Message::SubmitJob(m) => self.client(conn, role, |c| c.submit(now, conn, m)),
             Message::ListJobs(_) => self.client(conn, role, |c| {
-                let jobs = c.jobs.values().map(JobMaster::summary).collect();
+                let mut jobs: Vec<JobSummary> = c.jobs.values().map(JobMaster::summary).collect();
+                jobs.extend(c.history.values().map(JobRecord::summary));
+                jobs.sort_by_key(|j| j.job);
                 c.send(conn, Message::JobList(JobList { jobs }));
             }),
-            Message::RequestJob(m) => self.client(conn, role, |c| match c.jobs.get(&m.job) {
-                Some(jm) => {
-                    let d = jm.details();
-                    c.send(conn, Message::JobDetails(d))
-                }
+            Message::RequestJob(m) => self.client(conn, role, |c| match c.details(m.job) {
+                Some(d) => c.send(conn, Message::JobDetails(d)),
                 None => c.reject(conn, ErrorCode::UnknownJob, &format!("no job {}", m.job)),
             }),
             Message::WaitJob(m) => self.client(conn, role, |c| c.wait_job(now, conn, m)),
@@ -246,6 +315,15 @@ impl Coordinator {
             self.worker_lost(now, w, "its connection closed");
         }
         self.waiters.retain(|w| w.conn != conn);
+        self.wake_waiters(now);
+        std::mem::take(&mut self.out)
+    }
+
+    /// The job store answered the write of a submission's record (an
+    /// [`Output::StoreJob`] with `ack`): the submission is acknowledged and the
+    /// job deployed, or the client is told the store did not take it.
+    pub fn on_job_stored(&mut self, now: Instant, job: JobId, outcome: Result<(), String>) -> Vec<Output> {
+        self.stored(now, job, outcome);
         self.wake_waiters(now);
         std::mem::take(&mut self.out)
     }
@@ -310,6 +388,10 @@ impl Coordinator {
         };
         let r = f(jm, &mut gw);
         let ended = jm.settle(&mut gw, now);
+        if self.job_store && jm.store_due() {
+            jm.stored();
+            self.out.push(Output::StoreJob { record: Box::new(jm.record()), ack: false });
+        }
         if ended {
             self.job_ended(id);
         }

@@ -127,6 +127,8 @@ impl Coordinator {
             total_slots: total as u32,
             free_slots: free as u32,
             running_jobs: running as u32,
+            leader: self.address.clone(),
+            leader_epoch: self.epoch(),
         })
     }
 

@@ -296,7 +296,7 @@ payloads! {
     /// Client → ResourceManager: totals, please.
     pub struct RequestResourceOverview {}
 
-    /// ResourceManager → client: the cluster's totals.
+    /// ResourceManager → client: the cluster's totals, and who leads.
     pub struct ResourceOverview {
         /// Registered workers.
         pub workers: u32,
@@ -306,6 +306,11 @@ payloads! {
         pub free_slots: u32,
         /// Running jobs.
         pub running_jobs: u32,
+        /// The address the answering coordinator, the leader, is reached at.
+        pub leader: String,
+        /// Its leadership epoch (its fencing token) under high availability; 0 for
+        /// a standalone coordinator.
+        pub leader_epoch: u64,
     }
 
     /// Client → ResourceManager: every worker, please.
@@ -464,6 +469,35 @@ payloads! {
         pub state_bytes: u64,
     }
 
+    // ------------------------------------------------ connection set-up
+
+    /// Client (worker, client) → coordinator, first frame of a connection to a
+    /// cluster with a secret: a fresh random nonce.
+    pub struct AuthHello {
+        /// The client's nonce.
+        pub client_nonce: [u8; 32],
+        /// What connects (`worker`, `client`), for the coordinator's log.
+        pub role: String,
+    }
+
+    /// Coordinator → client: its own nonce, and its proof that it holds the
+    /// secret (an HMAC over both nonces; see `shardflow_engine`'s link layer).
+    pub struct AuthChallenge {
+        /// The coordinator's nonce.
+        pub server_nonce: [u8; 32],
+        /// HMAC-SHA256 of the secret over the server label and both nonces.
+        pub server_proof: [u8; 32],
+    }
+
+    /// Client → coordinator: its proof that it holds the secret.
+    pub struct AuthResponse {
+        /// HMAC-SHA256 of the secret over the client label and both nonces.
+        pub client_proof: [u8; 32],
+    }
+
+    /// Coordinator → client: the proof holds; frames may flow.
+    pub struct AuthAccepted {}
+
     /// Either way: the request failed. The sender closes the connection after it.
     pub struct ErrorReply {
         /// What kind of failure.
@@ -534,4 +568,10 @@ pub enum ErrorCode {
     Unexpected,
     /// Something failed inside the peer.
     Internal,
+    /// The peer did not prove it holds the cluster's secret (or the two sides
+    /// disagree on whether there is one).
+    Unauthenticated,
+    /// The coordinator is not the leader (a standby, or a leader that lost its
+    /// leadership); the message names the leader where one is known.
+    NotLeader,
 }

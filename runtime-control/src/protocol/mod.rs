@@ -32,6 +32,10 @@
 //! - 2: typed jobs: job edges carry a `RecordFormat`, jobs a maximum parallelism
 //!   (key groups), and task information and deployment descriptors the key
 //!   groups and the record format of each input and output edge.
+//! - 3: an authenticated control plane and high availability: the connection
+//!   set-up kinds 128–131 (`AuthHello`, `AuthChallenge`, `AuthResponse`,
+//!   `AuthAccepted`), the error codes `Unauthenticated` and `NotLeader`, and a
+//!   `ResourceOverview` that names the leader and its epoch.
 
 /// Declares payload structs: rkyv-archivable, comparable, cloneable.
 macro_rules! payloads {
@@ -52,7 +56,7 @@ pub use messages::*;
 pub use parts::*;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Bytes of the frame header.
 pub const HEADER_BYTES: usize = 16;
 /// The highest version a shardflow peer could speak; a higher one means the peer
@@ -335,6 +339,11 @@ message_kinds! {
     97 => AcknowledgeCheckpoint,
     // Either way
     127 => ErrorReply,
+    // Connection set-up, before any other frame where the cluster has a secret
+    128 => AuthHello,
+    129 => AuthChallenge,
+    130 => AuthResponse,
+    131 => AuthAccepted,
 }
 
 impl TaskInformation {
@@ -444,10 +453,11 @@ impl Message {
 
 impl ErrorCode {
     /// Whether the same request may succeed later without being changed: slots
-    /// and memory free up, a peer that was busy may answer. A malformed frame, a
-    /// stale token or an invalid job stay what they are.
+    /// and memory free up, a peer that was busy may answer, a new leader may be
+    /// elected. A malformed frame, a stale token, a wrong secret or an invalid job
+    /// stay what they are.
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorCode::NotEnoughSlots | ErrorCode::SlotOccupied | ErrorCode::Internal)
+        matches!(self, ErrorCode::NotEnoughSlots | ErrorCode::SlotOccupied | ErrorCode::Internal | ErrorCode::NotLeader)
     }
 }
 
