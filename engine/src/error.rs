@@ -115,6 +115,16 @@ pub enum EngineError {
         /// The OS's reason.
         reason: String,
     },
+    /// A control connection could not be set up: TLS failed, or one side did not
+    /// prove it holds the cluster's secret. Retrying with the same settings
+    /// cannot help.
+    #[error("the connection to {peer} was refused: {reason}")]
+    ConnectionRefused {
+        /// The other side.
+        peer: String,
+        /// Why (a TLS error, "wrong cluster secret", …).
+        reason: String,
+    },
     /// A coordinator refused this worker for good (another live worker holds its
     /// resource id); the worker has stopped.
     #[error("{reason}")]

@@ -54,8 +54,8 @@ Exit status:
 #[derive(Debug, Parser)]
 #[command(name = "shardflow", version, about, long_about = None, after_help = EXIT_STATUSES)]
 struct Cli {
-    /// Config file (TOML) with `[coordinator]`, `[worker]`, `[client]` and `[submit]` tables;
-    /// default `$SHARDFLOW_CONFIG`. Flags override it.
+    /// Config file (TOML) with `[coordinator]`, `[worker]`, `[client]`, `[submit]`, `[ha]` and
+    /// `[security]` tables; default `$SHARDFLOW_CONFIG`. Flags override it.
     #[arg(long, global = true)]
     config: Option<std::path::PathBuf>,
     #[command(subcommand)]
@@ -93,6 +93,9 @@ enum Command {
     Cluster(cluster::ClusterArgs),
     /// Show what a worker runs, shard by shard (core, tasks and their states).
     Dump(cluster::DumpArgs),
+    /// Make a test CA and a certificate it signed, for a cluster's TLS
+    /// (`--tls-cert node.pem --tls-key node.key --tls-ca ca.pem`).
+    MakeCerts(cluster::MakeCertsArgs),
 }
 
 /// How a command ended, as its exit status tells a script ([`EXIT_STATUSES`]).
@@ -130,6 +133,7 @@ pub fn main_with(jobs: JobCatalog) -> ExitCode {
         Command::Cancel(a) => cluster::cancel(&a, &cfg),
         Command::Cluster(a) => cluster::cluster(&a, &cfg),
         Command::Dump(a) => cluster::dump(&a, &cfg),
+        Command::MakeCerts(a) => cluster::make_certs(&a),
     });
     match outcome {
         Ok(Exit::Done) => ExitCode::SUCCESS,

@@ -3,6 +3,7 @@
 //! coordinator and workers in one process over in-process connections that carry
 //! the same frames as TCP.
 
+mod ha;
 mod link;
 mod server;
 mod worker;
@@ -15,13 +16,14 @@ use std::time::Duration;
 use shardflow_control::protocol::*;
 use shardflow_control::{CoordinatorConfig, JobGraph, JobId, WorkerId};
 
-pub use link::ConnectionLimits;
+pub use ha::{HaConfig, LeaderInfo};
+pub use link::{ClusterSecret, ConnectionLimits, Security, TlsConfig, MIN_SECRET_BYTES};
 pub use server::{CoordinatorServer, ServerOptions};
 pub(crate) use worker::{JobBoard, Outputs};
 pub use worker::{Worker, WorkerOptions};
 
 pub(crate) use link::PipeEnd;
-use link::{open_tcp, pipe, read_frame, send_message, FrameSink, PipeReader, Received, TcpReader};
+use link::{open_tcp, pipe, read_frame, send_message, FrameSink, HandshakeError, PipeReader, Received, TcpReader};
 use worker::Connector;
 
 use crate::config::EngineBuilder;
@@ -98,19 +100,46 @@ macro_rules! expect {
 impl ClusterClient {
     /// Connects to the coordinator at `addr`.
     pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self, EngineError> {
+        Self::connect_with(addr, timeout, &Security::none())
+    }
+
+    /// Connects to the coordinator at `addr`, proving what `security` holds (the
+    /// cluster's secret, a certificate of its CA) within `timeout`.
+    pub fn connect_with(addr: SocketAddr, timeout: Duration, security: &Security) -> Result<Self, EngineError> {
         let io = |e: std::io::Error| EngineError::Io {
             what: format!("connecting to the coordinator at {addr}"),
             reason: e.to_string(),
         };
         let stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
-        let limits = ConnectionLimits::default();
-        let (sink, reader) = open_tcp("client", stream, &limits, None).map_err(io)?;
+        let limits = ConnectionLimits { handshake_timeout: timeout, ..ConnectionLimits::default() };
+        let established =
+            link::connect(stream, security, addr, "client", &limits).map_err(|e| handshake_error(addr, e))?;
+        let (sink, reader) = open_tcp("client", established, &limits, None).map_err(io)?;
         Ok(ClusterClient {
             sink: Box::new(sink),
             reader: ClientReader::Tcp(reader),
             answer_timeout: DEFAULT_ANSWER_TIMEOUT,
             max_frame_bytes: limits.max_frame_bytes,
         })
+    }
+
+    /// Connects to the leader of the highly available cluster `ha`, waiting up
+    /// to `timeout` for one to be elected, proving what `security` holds.
+    /// Returns the client and the leader it reached.
+    pub fn connect_leader(
+        ha: &HaConfig,
+        timeout: Duration,
+        security: &Security,
+    ) -> Result<(Self, LeaderInfo), EngineError> {
+        let leader = current_leader(ha, timeout)?;
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(leader.address.as_str())
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| EngineError::Io {
+                what: "connecting to the cluster's leader".into(),
+                reason: format!("its address '{}' does not resolve", leader.address),
+            })?;
+        Ok((Self::connect_with(addr, timeout, security)?, leader))
     }
 
     /// How long to wait for an answer (beyond a wait the request itself asks for).
@@ -202,6 +231,23 @@ impl ClusterClient {
     pub fn shard_dump(&mut self, worker: WorkerId, timeout: Duration) -> Result<ShardDump, EngineError> {
         let m = Message::RequestWorkerDump(RequestWorkerDump { worker, timeout_ms: timeout.as_millis() as u64 });
         expect!(self.request_within(&m, timeout)?, ShardDump)
+    }
+}
+
+/// The leader of the highly available cluster `ha` as etcd names it, waiting up
+/// to `timeout` for one to be elected.
+pub fn current_leader(ha: &HaConfig, timeout: Duration) -> Result<LeaderInfo, EngineError> {
+    ha::services(ha)?.leader(timeout)
+}
+
+/// A failed set-up of a connection to `addr` as the caller sees it: refused for
+/// good (TLS, the secret) or an I/O failure worth another try.
+pub(crate) fn handshake_error(addr: SocketAddr, e: HandshakeError) -> EngineError {
+    match e {
+        HandshakeError::Io(reason) => {
+            EngineError::Io { what: format!("connecting to the coordinator at {addr}"), reason }
+        }
+        other => EngineError::ConnectionRefused { peer: addr.to_string(), reason: other.to_string() },
     }
 }
 

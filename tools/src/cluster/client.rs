@@ -10,7 +10,7 @@ use serde_json::json;
 use shardflow_engine::protocol::{JobDetails, SubtaskDetails, WaitCondition};
 use shardflow_engine::{ExecutionState, JobStatus, WorkerId};
 
-use super::{parse_job_id, ClientArgs, ConfigFile};
+use super::{parse_job_id, ClientArgs, ConfigFile, FOLLOW_LEADER};
 use crate::Exit;
 
 /// When `submit` or `status` waits.
@@ -114,7 +114,7 @@ pub(crate) fn submit(a: &SubmitArgs, cfg: &ConfigFile) -> Result<Exit> {
     };
     let mut client = a.client.connect(cfg)?;
     let restart = a.restart.as_deref().or(defaults.restart.as_deref()).unwrap_or("");
-    let id = client.submit(job.graph().clone(), &placement, restart)?;
+    let id = client.once(|c| c.submit(job.graph().clone(), &placement, restart))?;
     let Some(wait) = a.wait else {
         if a.client.json {
             println!("{}", json!({ "job": id.to_string() }));
@@ -124,7 +124,8 @@ pub(crate) fn submit(a: &SubmitArgs, cfg: &ConfigFile) -> Result<Exit> {
         return Ok(Exit::Done);
     };
     let timeout_s = a.timeout_s.or(defaults.timeout_s).unwrap_or(300);
-    let d = client.wait(id, wait.condition(), Duration::from_secs(timeout_s))?;
+    // The job is kept by every leader: a wait follows a change of leader.
+    let d = client.following(Duration::from_secs(timeout_s), |c, left| c.wait(id, wait.condition(), left))?;
     print_details(&d, a.client.json);
     Ok(wait.outcome(&d, timeout_s))
 }
@@ -137,7 +138,7 @@ pub(crate) struct ListArgs {
 }
 
 pub(crate) fn list(a: &ListArgs, cfg: &ConfigFile) -> Result<Exit> {
-    let jobs = a.client.connect(cfg)?.list()?;
+    let jobs = a.client.connect(cfg)?.following(FOLLOW_LEADER, |c, _| c.list())?;
     if a.client.json {
         let v: Vec<_> = jobs
             .iter()
@@ -187,10 +188,10 @@ pub(crate) fn status(a: &StatusArgs, cfg: &ConfigFile) -> Result<Exit> {
     let id = parse_job_id(&a.job)?;
     let mut client = a.client.connect(cfg)?;
     let Some(wait) = a.wait else {
-        print_details(&client.job(id)?, a.client.json);
+        print_details(&client.following(FOLLOW_LEADER, |c, _| c.job(id))?, a.client.json);
         return Ok(Exit::Done);
     };
-    let d = client.wait(id, wait.condition(), Duration::from_secs(a.timeout_s))?;
+    let d = client.following(Duration::from_secs(a.timeout_s), |c, left| c.wait(id, wait.condition(), left))?;
     print_details(&d, a.client.json);
     Ok(wait.outcome(&d, a.timeout_s))
 }
@@ -288,7 +289,7 @@ pub(crate) struct CancelArgs {
 
 pub(crate) fn cancel(a: &CancelArgs, cfg: &ConfigFile) -> Result<Exit> {
     let id = parse_job_id(&a.job)?;
-    a.client.connect(cfg)?.cancel(id)?;
+    a.client.connect(cfg)?.once(|c| c.cancel(id))?;
     if a.client.json {
         println!("{}", json!({"job": id.to_string(), "cancel": "requested"}));
     } else {
@@ -313,10 +314,12 @@ pub(crate) struct ClusterArgs {
 pub(crate) fn cluster(a: &ClusterArgs, cfg: &ConfigFile) -> Result<Exit> {
     let mut client = a.client.connect(cfg)?;
     let o = match a.wait_workers {
-        Some(n) => client.wait_for_workers(n, Duration::from_secs(a.timeout_s))?,
-        None => client.overview()?,
+        Some(n) => client.following(Duration::from_secs(a.timeout_s), |c, left| c.wait_for_workers(n, left))?,
+        None => client.following(FOLLOW_LEADER, |c, _| c.overview())?,
     };
-    let workers = client.workers()?;
+    let workers = client.following(FOLLOW_LEADER, |c, _| c.workers())?;
+    // The answering coordinator names itself: the leader.
+    let leader = json!({"address": o.leader, "epoch": o.leader_epoch, "high_availability": client.leader.is_some()});
     let util = if o.total_slots == 0 {
         0.0
     } else {
@@ -334,9 +337,13 @@ pub(crate) fn cluster(a: &ClusterArgs, cfg: &ConfigFile) -> Result<Exit> {
         println!(
             "{}",
             json!({"workers": o.workers, "total_slots": o.total_slots, "free_slots": o.free_slots,
-                   "utilization_pct": util, "running_jobs": o.running_jobs, "worker_list": ws})
+                   "utilization_pct": util, "running_jobs": o.running_jobs, "leader": leader, "worker_list": ws})
         );
     } else {
+        match client.leader {
+            Some(_) => println!("leader {} (epoch {})", o.leader, o.leader_epoch),
+            None => println!("coordinator {}", o.leader),
+        }
         println!(
             "workers {}  slots {}  free {}  utilization {util:.0}%  running jobs {}",
             o.workers, o.total_slots, o.free_slots, o.running_jobs
@@ -380,7 +387,8 @@ pub(crate) struct DumpArgs {
 }
 
 pub(crate) fn dump(a: &DumpArgs, cfg: &ConfigFile) -> Result<Exit> {
-    let mut client = a.client.connect(cfg)?;
+    let mut connection = a.client.connect(cfg)?;
+    let client = connection.client();
     let digits = a.worker.strip_prefix("worker-").unwrap_or(&a.worker);
     let worker = match digits.parse() {
         Ok(n) => WorkerId(n),

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use shardflow_engine::{Cores, Engine, EngineBuilder};
 
 use super::roles::IdleArg;
+use super::{HaSection, SecuritySection};
 
 /// The config file (TOML): one table per role.
 #[derive(Debug, Default, Deserialize)]
@@ -20,12 +21,17 @@ pub(crate) struct ConfigFile {
     pub(crate) client: ClientSection,
     #[serde(default)]
     pub(crate) submit: SubmitSection,
+    #[serde(default)]
+    pub(crate) ha: HaSection,
+    #[serde(default)]
+    pub(crate) security: SecuritySection,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CoordinatorSection {
     pub(crate) bind: Option<String>,
+    pub(crate) advertise: Option<String>,
     pub(crate) heartbeat_interval_ms: Option<u64>,
     pub(crate) heartbeat_timeout_ms: Option<u64>,
     pub(crate) slot_wait_timeout_ms: Option<u64>,

@@ -3,6 +3,8 @@
 //! (`client.rs`). Tables for people, `--json` for programs; everything a flag sets
 //! can also come from the config file (`config.rs`).
 
+mod access;
+mod certs;
 mod client;
 mod config;
 mod roles;
@@ -12,8 +14,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use shardflow_engine::cluster::ClusterClient;
 use shardflow_engine::JobId;
+
+pub(crate) use access::{AccessArgs, Connection, HaSection, SecuritySection};
+pub(crate) use certs::{make_certs, MakeCertsArgs};
 
 pub(crate) use client::{cancel, cluster, dump, list, status, submit};
 pub(crate) use client::{CancelArgs, ClusterArgs, DumpArgs, ListArgs, StatusArgs, SubmitArgs};
@@ -38,17 +42,22 @@ pub(super) fn parse_job_id(s: &str) -> Result<JobId> {
 /// Flags every client command has.
 #[derive(Debug, Args)]
 pub(crate) struct ClientArgs {
-    /// The coordinator. Default: the config file's `[client] coordinator`, else 127.0.0.1:6123.
+    /// The coordinator. Default: the config file's `[client] coordinator`, else
+    /// 127.0.0.1:6123; with --ha-etcd, whichever coordinator leads.
     #[arg(long)]
     coordinator: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub(super) json: bool,
+    #[command(flatten)]
+    access: AccessArgs,
 }
 
 impl ClientArgs {
-    pub(super) fn connect(&self, cfg: &ConfigFile) -> Result<ClusterClient> {
-        let addr = self.coordinator.clone().or(cfg.client.coordinator.clone()).unwrap_or(DEFAULT_COORDINATOR.into());
-        Ok(ClusterClient::connect(resolve(&addr)?, Duration::from_secs(5))?)
+    pub(super) fn connect(&self, cfg: &ConfigFile) -> Result<Connection> {
+        Connection::open(self.coordinator.as_deref(), &self.access, cfg)
     }
 }
+
+/// How long reads and waits go on finding a leader that went away.
+pub(super) const FOLLOW_LEADER: Duration = Duration::from_secs(60);

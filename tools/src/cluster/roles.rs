@@ -9,7 +9,7 @@ use shardflow_engine::cluster::{CoordinatorServer, ServerOptions, Worker, Worker
 use shardflow_engine::{CoordinatorConfig, IdlePolicy, PlacementStrategy, RestartStrategy};
 
 use super::config::WorkerSection;
-use super::{resolve, ConfigFile, DEFAULT_COORDINATOR};
+use super::{resolve, AccessArgs, ConfigFile, DEFAULT_COORDINATOR};
 use crate::Exit;
 
 /// `shardflow coordinator`.
@@ -18,6 +18,10 @@ pub(crate) struct CoordinatorArgs {
     /// Address to listen on. Default 127.0.0.1:6123.
     #[arg(long)]
     bind: Option<String>,
+    /// The address workers and clients reach this coordinator at, as it is
+    /// announced under high availability. Default: the address it listens on.
+    #[arg(long)]
+    advertise: Option<String>,
     /// Heartbeat interval in ms. Default 1000.
     #[arg(long)]
     heartbeat_interval_ms: Option<u64>,
@@ -49,6 +53,8 @@ pub(crate) struct CoordinatorArgs {
     /// Default 10000.
     #[arg(long)]
     write_timeout_ms: Option<u64>,
+    #[command(flatten)]
+    access: AccessArgs,
 }
 
 pub(crate) fn coordinator(a: &CoordinatorArgs, cfg: &ConfigFile) -> Result<Exit> {
@@ -84,11 +90,20 @@ pub(crate) fn coordinator(a: &CoordinatorArgs, cfg: &ConfigFile) -> Result<Exit>
     if let Some(ms) = a.write_timeout_ms.or(c.write_timeout_ms) {
         options.limits.write_timeout = Duration::from_millis(ms.max(1));
     }
+    options.security = a.access.security(cfg)?;
+    options.ha = a.access.ha(cfg)?;
+    options.advertise = a.advertise.clone().or(c.advertise.clone());
+    let ha = options.ha.clone();
     raise_open_files(options.max_connections);
     let server = CoordinatorServer::bind(resolve(&bind)?, config, crate::jobs().clone(), options)?;
     let addr = server.local_addr().context("the listener has no address")?;
     println!("coordinator listening on {addr}");
-    tracing::info!(%addr, "coordinator started");
+    match ha {
+        Some(ha) => {
+            tracing::info!(%addr, cluster_id = %ha.cluster_id, "coordinator started: a standby campaigning for the leadership")
+        }
+        None => tracing::info!(%addr, "coordinator started"),
+    }
     loop {
         std::thread::park();
     }
@@ -131,6 +146,8 @@ pub(crate) struct WorkerArgs {
     /// Idle policy: park (default) or spin.
     #[arg(long, value_enum)]
     idle: Option<IdleArg>,
+    #[command(flatten)]
+    access: AccessArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, Deserialize)]
@@ -162,10 +179,26 @@ pub(crate) fn worker(a: &WorkerArgs, cfg: &ConfigFile) -> Result<Exit> {
         idle: a.idle.or(w.idle),
         ..w
     };
-    let addr = w.coordinator.clone().unwrap_or(DEFAULT_COORDINATOR.into());
-    let options = WorkerOptions { resource_id: w.resource_id.clone(), ..WorkerOptions::default() };
-    let worker = Worker::start(resolve(&addr)?, w.engine().jobs(crate::jobs()), options)?;
-    println!("worker started, registering with {addr}");
+    let security = a.access.security(cfg)?;
+    let options = WorkerOptions { resource_id: w.resource_id.clone(), security, ..WorkerOptions::default() };
+    let engine = w.engine().jobs(crate::jobs());
+    let worker = match a.access.ha(cfg)? {
+        Some(ha) => {
+            let worker = Worker::start_ha(&ha, engine, options)?;
+            println!(
+                "worker started, registering with the leader of cluster {} (etcd {})",
+                ha.cluster_id,
+                ha.endpoints.join(",")
+            );
+            worker
+        }
+        None => {
+            let addr = w.coordinator.clone().unwrap_or(DEFAULT_COORDINATOR.into());
+            let worker = Worker::start(resolve(&addr)?, engine, options)?;
+            println!("worker started, registering with {addr}");
+            worker
+        }
+    };
     // Runs until killed, unless a coordinator refuses it for good.
     worker.wait()?;
     Ok(Exit::Done)

@@ -122,3 +122,136 @@ pub(crate) fn read_one(s: &mut TcpStream) -> Message {
     s.read_exact(&mut body).unwrap();
     protocol::decode(&[&head[..], &body].concat(), DEFAULT_MAX_FRAME_BYTES).unwrap().0
 }
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the caller).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A directory of its own for a test, removed on drop.
+pub(crate) struct TempDir(pub(crate) std::path::PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(what: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("shardflow-test-{what}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// `name` inside it, as a string.
+    pub(crate) fn path(&self, name: &str) -> String {
+        self.0.join(name).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A single-member etcd on loopback ports of its own, with short raft timings
+/// (so that a 1 s lease is granted as asked), killed on drop. `.ci/run`
+/// installs etcd where it is missing.
+pub(crate) struct Etcd {
+    proc: Option<Proc>,
+    /// host:port of its client API.
+    pub(crate) endpoint: String,
+    peer: String,
+    dir: TempDir,
+}
+
+impl Etcd {
+    pub(crate) fn start() -> Self {
+        let dir = TempDir::new("etcd");
+        let endpoint = format!("127.0.0.1:{}", free_port());
+        let peer = format!("127.0.0.1:{}", free_port());
+        let mut e = Etcd { proc: None, endpoint, peer, dir };
+        e.spawn();
+        e
+    }
+
+    /// Starts it (again, on the same data and ports) and waits until it serves.
+    pub(crate) fn spawn(&mut self) {
+        let bin = std::env::var("ETCD").unwrap_or_else(|_| "etcd".into());
+        let (client, peer) = (format!("http://{}", self.endpoint), format!("http://{}", self.peer));
+        let mut child = Command::new(&bin)
+            .args(["--name", "test", "--data-dir", &self.dir.path("data")])
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("test={peer}")])
+            .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {bin}: {e}: the HA tests need etcd (.ci/run installs it: apt-get install etcd-server)"
+                )
+            });
+        let stderr = child.stderr.take().unwrap();
+        let (tx, ready) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut told = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !told && line.contains("ready to serve client requests") {
+                    told = tx.send(()).is_ok();
+                }
+            }
+        });
+        self.proc = Some(Proc(child));
+        ready.recv_timeout(WAIT).unwrap_or_else(|_| panic!("etcd did not get ready within {WAIT:?}"));
+    }
+
+    /// Kills it (SIGKILL); its data stays for [`Self::spawn`].
+    pub(crate) fn kill(&mut self) {
+        self.proc.take();
+    }
+}
+
+/// `shardflow worker args…` with one shard on `core`, `slots` slots and small
+/// buffers, registering as `id`; its log (info) goes to `log`, if given.
+pub(crate) fn worker_with(id: &str, core: usize, slots: u32, args: &[&str], log: Option<&str>) -> Proc {
+    let (core, slots) = (core.to_string(), slots.to_string());
+    let stderr = match log {
+        Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+        None => Stdio::null(),
+    };
+    Proc(
+        Command::new(BIN)
+            .args(["worker", "--cores", &core, "--resource-id", id])
+            .args(["--slots-per-shard", &slots, "--network-memory-bytes", "8388608", "--segment-bytes", "4096"])
+            .args(args)
+            .env("SHARDFLOW_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("worker starts"),
+    )
+}
+
+/// `shardflow args…`; its output.
+pub(crate) fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+/// `shardflow args… --json`, which must print JSON (succeed, or end with a job's
+/// failure status, as a wait met by a cancelled job does); its JSON.
+pub(crate) fn json(args: &[&str]) -> Value {
+    let out = run(&[args, &["--json"]].concat());
+    let answered = out.status.success() || (out.status.code() == Some(1) && !out.stdout.is_empty());
+    assert!(answered, "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The sinks' (records, value sum) over a job's subtasks.
+pub(crate) fn sink_totals(job: &Value) -> (u64, u64) {
+    job["subtasks"].as_array().unwrap().iter().fold((0, 0), |(r, s), t| {
+        (r + t["sink_records"].as_u64().unwrap_or(0), s.wrapping_add(t["sink_value_sum"].as_u64().unwrap_or(0)))
+    })
+}

@@ -23,7 +23,9 @@
 //! - TCP connections have no Nagle delay and keepalive on, with
 //!   `TCP_USER_TIMEOUT` set to the write timeout.
 
+mod handshake;
 mod pipe;
+mod security;
 mod tcp;
 
 use std::io::{self, Read};
@@ -34,7 +36,9 @@ use crossbeam_channel::{Receiver, Sender};
 use rkyv::util::AlignedVec;
 use shardflow_control::protocol::{self, FrameError, FrameHeader, Message, DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES};
 
+pub(crate) use handshake::{accept, connect, HandshakeError};
 pub(crate) use pipe::{pipe, PipeEnd, PipeReader};
+pub use security::{ClusterSecret, Security, TlsConfig, MIN_SECRET_BYTES};
 pub(crate) use tcp::{open_tcp, TcpReader};
 
 /// How a connection guards its process against its peer.
@@ -53,6 +57,9 @@ pub struct ConnectionLimits {
     pub max_unhandled_frames: usize,
     /// Idle time before TCP keepalive probes start. Default 10 s.
     pub keepalive: Duration,
+    /// How long a new connection may take to set up (TLS, the secret's proof)
+    /// before it is dropped. Default 5 s.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -63,6 +70,7 @@ impl Default for ConnectionLimits {
             max_queued_bytes: 8 << 20,
             max_unhandled_frames: 64,
             keepalive: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -156,23 +164,32 @@ impl Drop for Permit {
 /// start.
 pub(crate) fn spawn_reader(
     name: String,
-    mut r: impl Read + Send + 'static,
+    r: impl Read + Send + 'static,
     limits: &ConnectionLimits,
-    mut deliver: impl FnMut(Received, Permit) -> bool + Send + 'static,
+    deliver: impl FnMut(Received, Permit) -> bool + Send + 'static,
 ) -> io::Result<JoinHandle<()>> {
-    let max_frame_bytes = limits.max_frame_bytes;
+    let limits = *limits;
+    std::thread::Builder::new().name(name).spawn(move || read_frames(r, &limits, deliver))
+}
+
+/// The body of [`spawn_reader`], on the calling thread.
+pub(crate) fn read_frames(
+    mut r: impl Read,
+    limits: &ConnectionLimits,
+    mut deliver: impl FnMut(Received, Permit) -> bool,
+) {
     let (held, permits): (Sender<()>, Receiver<()>) = crossbeam_channel::bounded(limits.max_unhandled_frames.max(1));
-    std::thread::Builder::new().name(name).spawn(move || loop {
+    loop {
         // Waits while the consumer is behind: the peer's sends then wait in TCP.
         if held.send(()).is_err() {
             break;
         }
-        let received = read_frame(&mut r, max_frame_bytes);
+        let received = read_frame(&mut r, limits.max_frame_bytes);
         let last = !matches!(received, Received::Message(_));
         if !deliver(received, Permit(permits.clone())) || last {
             break;
         }
-    })
+    }
 }
 
 /// Why a frame was not queued.
@@ -215,7 +232,10 @@ pub(crate) fn send_message(sink: &mut dyn FrameSink, msg: &Message) -> Result<()
 
 /// An item of a connection's outgoing queue.
 enum Outgoing {
+    /// A frame, to be sealed (over TLS) and written.
     Frame(Vec<u8>),
+    /// Bytes as they go on the wire (the sealed rest of a frame the sender began).
+    Wire(Vec<u8>),
     Close,
 }
 
@@ -249,6 +269,17 @@ impl Outbox {
         }
         self.queued.fetch_add(frame.len(), Ordering::AcqRel);
         self.tx.send(Outgoing::Frame(frame)).map_err(|_| SendError::Closed)
+    }
+
+    /// Queues bytes that go on the wire as they are (already sealed).
+    fn try_send_wire(&self, wire: Vec<u8>) -> Result<(), SendError> {
+        use std::sync::atomic::Ordering;
+        let queued = self.queued.load(Ordering::Acquire);
+        if queued > 0 && queued.saturating_add(wire.len()) > self.max_bytes {
+            return Err(SendError::Full { queued_bytes: queued, max_bytes: self.max_bytes });
+        }
+        self.queued.fetch_add(wire.len(), Ordering::AcqRel);
+        self.tx.send(Outgoing::Wire(wire)).map_err(|_| SendError::Closed)
     }
 
     fn close(&self) {

@@ -54,7 +54,7 @@ impl Read for PipeReader {
                 return Ok(0);
             }
             match self.queue.recv() {
-                Some(Outgoing::Frame(bytes)) => {
+                Some(Outgoing::Frame(bytes) | Outgoing::Wire(bytes)) => {
                     self.queue.done(bytes.len());
                     self.pending = bytes;
                     self.at = 0;

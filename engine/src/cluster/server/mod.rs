@@ -8,9 +8,15 @@
 //! outbox is full is dropped, so one peer that stops reading delays nobody. The
 //! acceptor caps the connections ([`ServerOptions::max_connections`]), refusing
 //! more with a clear error reply, and backs off when `accept` fails (out of
-//! descriptors) instead of spinning.
+//! descriptors) instead of spinning. Each accepted connection is set up (TLS, the
+//! cluster secret's proof) on a thread of its own before its first frame reaches
+//! the loop.
+//!
+//! With [`ServerOptions::ha`] the process campaigns for the leadership and is a
+//! standby until it wins (`driver.rs` draws the states and the output gate).
 
-use std::collections::HashMap;
+mod driver;
+
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -18,28 +24,47 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::Sender;
 use shardflow_control::protocol::{self, ErrorCode, ErrorReply, FrameError, Message};
-use shardflow_control::{ConnId, Coordinator, CoordinatorConfig, Output, ResourceManagerId};
+use shardflow_control::{ConnId, Coordinator, CoordinatorConfig, ResourceManagerId};
 
-use super::link::{self, open_tcp, send_message, ConnectionLimits, FrameSink, Permit, PipeEnd, Received, SendError};
+use driver::{Driver, Ha};
+
+use super::ha::{self as ha_services, HaConfig, LeadershipEvent};
+use super::link::{self, open_tcp, ConnectionLimits, FrameSink, Permit, PipeEnd, Received, Security};
 use crate::error::EngineError;
 use crate::registry::catalog::RegistryCatalog;
 use crate::registry::{JobCatalog, LiveRegistry};
 
 /// How a coordinator process serves its connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// What each connection may cost (frame size, queue, write timeout).
     pub limits: ConnectionLimits,
     /// TCP connections served at once; more are refused with an error reply.
     /// Default 512.
     pub max_connections: usize,
+    /// What a TCP connection must prove before its frames reach the
+    /// coordinator (the cluster's secret, TLS). Default: nothing.
+    pub security: Security,
+    /// High availability: campaign for the leadership in etcd, keep jobs in its
+    /// job store. Default: none (standalone, today's behaviour).
+    pub ha: Option<HaConfig>,
+    /// The address workers and clients reach this coordinator at, as the leader
+    /// key names it. Default: the address it listens on (which must then not be
+    /// a wildcard like 0.0.0.0 under high availability).
+    pub advertise: Option<String>,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        ServerOptions { limits: ConnectionLimits::default(), max_connections: 512 }
+        ServerOptions {
+            limits: ConnectionLimits::default(),
+            max_connections: 512,
+            security: Security::none(),
+            ha: None,
+            advertise: None,
+        }
     }
 }
 
@@ -48,6 +73,7 @@ pub(crate) enum Event {
     Frame(ConnId, Message, Permit),
     Bad(ConnId, FrameError, Permit),
     Closed(ConnId),
+    Leadership(LeadershipEvent),
     Shutdown,
 }
 
@@ -87,7 +113,21 @@ impl CoordinatorServer {
         let listener = TcpListener::bind(bind)
             .map_err(|e| EngineError::Io { what: format!("binding {bind}"), reason: e.to_string() })?;
         let addr = listener.local_addr().ok();
-        let mut server = Self::start(config, registry, options)?;
+        let advertised = match (&options.advertise, addr) {
+            (Some(a), _) => a.clone(),
+            (None, Some(a)) if options.ha.is_some() && a.ip().is_unspecified() => {
+                return Err(EngineError::InvalidConfig {
+                    field: "advertise",
+                    value: a.to_string(),
+                    reason: "under high availability the leader key must name an address others can reach: \
+                             give --advertise HOST:PORT"
+                        .into(),
+                })
+            }
+            (None, Some(a)) => a.to_string(),
+            (None, None) => bind.to_string(),
+        };
+        let mut server = Self::launch(config, Arc::new(LiveRegistry::new(registry)), options, advertised)?;
         server.addr = addr;
         let acceptor = Acceptor {
             listener,
@@ -95,7 +135,7 @@ impl CoordinatorServer {
             next_conn: server.next_conn.clone(),
             stopping: server.stopping.clone(),
             open: Arc::default(),
-            options,
+            options: server.options.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("coordinator-accept".into())
@@ -120,11 +160,42 @@ impl CoordinatorServer {
         live: Arc<LiveRegistry>,
         options: ServerOptions,
     ) -> Result<Self, EngineError> {
+        Self::launch(config, live, options, "in-process".into())
+    }
+
+    /// Starts the event loop: standalone, or a standby campaigning as `advertised`.
+    fn launch(
+        config: CoordinatorConfig,
+        live: Arc<LiveRegistry>,
+        options: ServerOptions,
+        advertised: String,
+    ) -> Result<Self, EngineError> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let coordinator = Coordinator::new(config, Box::new(RegistryCatalog::new(live)), fresh_token(), Instant::now());
+        let driver = match &options.ha {
+            None => {
+                let c = Coordinator::new(config, Box::new(RegistryCatalog::new(live)), fresh_token(), Instant::now())
+                    .with_address(advertised);
+                Driver::standalone(rx, c)
+            }
+            Some(ha) => {
+                let services = ha_services::services(ha)?;
+                let events = tx.clone();
+                let election = services.elect(
+                    advertised.clone(),
+                    Box::new(move |ev| {
+                        let _ = events.send(Event::Leadership(ev));
+                    }),
+                )?;
+                let make: driver::MakeCoordinator = Box::new(move |token, now| {
+                    Coordinator::new(config.clone(), Box::new(RegistryCatalog::new(live.clone())), token, now)
+                        .with_address(advertised.clone())
+                });
+                Driver::highly_available(rx, Ha { election, make, _services: services })
+            }
+        };
         let looper = std::thread::Builder::new()
             .name("coordinator".into())
-            .spawn(move || event_loop(coordinator, rx))
+            .spawn(move || driver.run())
             .map_err(|e| EngineError::Io { what: "starting the coordinator thread".into(), reason: e.to_string() })?;
         Ok(CoordinatorServer {
             addr: None,
@@ -306,16 +377,25 @@ impl Acceptor {
         // Counted until the socket's descriptor is closed.
         let counted = Box::new(OpenConnection { open: self.open.clone(), peer });
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (sink, reader) = match open_tcp(&format!("conn-{conn}"), stream, &self.options.limits, Some(counted)) {
-            Ok(halves) => halves,
-            Err(e) => return tracing::warn!(%peer, conn, "connection setup failed: {e}"),
-        };
-        // Open goes first so the loop knows the connection before its first frame.
-        let _ = self.events.send(Event::Open(conn, Box::new(sink)));
-        let reading = deliver(conn, self.events.clone());
-        if let Err(e) = link::spawn_reader(format!("conn-{conn}-read"), reader, &self.options.limits, reading) {
-            tracing::warn!(%peer, conn, "cannot start a reader thread: {e}");
-            let _ = self.events.send(Event::Closed(conn));
+        let (options, events) = (self.options.clone(), self.events.clone());
+        // The connection's own thread sets it up (TLS, the secret's proof), so a
+        // slow or silent peer delays nobody, then reads its frames.
+        let started = std::thread::Builder::new().name(format!("conn-{conn}-read")).spawn(move || {
+            let established = match link::accept(stream, &options.security, &options.limits) {
+                Ok(e) => e,
+                Err(e) => return tracing::warn!(%peer, conn, "refused a connection from {peer}: {e}"),
+            };
+            let (sink, reader) = match open_tcp(&format!("conn-{conn}"), established, &options.limits, Some(counted)) {
+                Ok(halves) => halves,
+                Err(e) => return tracing::warn!(%peer, conn, "connection setup failed: {e}"),
+            };
+            // Open goes first so the loop knows the connection before its first frame.
+            if events.send(Event::Open(conn, Box::new(sink))).is_ok() {
+                link::read_frames(reader, &options.limits, deliver(conn, events));
+            }
+        });
+        if let Err(e) = started {
+            tracing::warn!(%peer, conn, "cannot start a connection thread: {e}");
         }
     }
 }
@@ -333,72 +413,4 @@ fn refuse(mut stream: TcpStream, why: String) {
         let _ = stream.write_all(&frame);
     }
     let _ = stream.shutdown(std::net::Shutdown::Both);
-}
-
-fn event_loop(mut c: Coordinator, rx: Receiver<Event>) {
-    let mut sinks: HashMap<ConnId, Box<dyn FrameSink>> = HashMap::new();
-    loop {
-        let deadline = c.next_deadline();
-        let event = match rx.recv_deadline(deadline) {
-            Ok(e) => Some(e),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        let now = Instant::now();
-        let mut outputs = match event {
-            None => c.on_tick(now),
-            Some(Event::Open(conn, sink)) => {
-                c.on_connect(conn, sink.peer());
-                sinks.insert(conn, sink);
-                Vec::new()
-            }
-            Some(Event::Frame(conn, m, _permit)) if sinks.contains_key(&conn) => c.on_message(now, conn, m),
-            Some(Event::Bad(conn, e, _permit)) if sinks.contains_key(&conn) => c.on_frame_error(now, conn, &e),
-            Some(Event::Closed(conn)) => match sinks.remove(&conn) {
-                Some(mut s) => {
-                    s.abort();
-                    c.on_disconnect(now, conn)
-                }
-                None => Vec::new(),
-            },
-            Some(Event::Frame(..) | Event::Bad(..)) => Vec::new(),
-            Some(Event::Shutdown) => break,
-        };
-        if now >= c.next_deadline() {
-            outputs.extend(c.on_tick(now));
-        }
-        // Outputs can produce more outputs (closing a worker's connection fails its jobs over).
-        while !outputs.is_empty() {
-            let mut more = Vec::new();
-            for o in outputs {
-                match o {
-                    Output::Send(conn, msg) => {
-                        let Some(s) = sinks.get_mut(&conn) else { continue };
-                        if let Err(e) = send_message(s.as_mut(), &msg) {
-                            match &e {
-                                SendError::Full { .. } => {
-                                    tracing::warn!(conn, peer = %s.peer(), "disconnecting {}: {e}", s.peer())
-                                }
-                                _ => tracing::debug!(conn, peer = %s.peer(), "cannot send {}: {e}", msg.kind_name()),
-                            }
-                            if let Some(mut s) = sinks.remove(&conn) {
-                                s.abort();
-                            }
-                            more.extend(c.on_disconnect(now, conn));
-                        }
-                    }
-                    Output::Close(conn) => {
-                        if let Some(mut s) = sinks.remove(&conn) {
-                            s.close();
-                            more.extend(c.on_disconnect(now, conn));
-                        }
-                    }
-                }
-            }
-            outputs = more;
-        }
-    }
-    for (_, mut s) in sinks {
-        s.close();
-    }
 }

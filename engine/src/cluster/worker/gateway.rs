@@ -102,6 +102,9 @@ pub(crate) struct Gateway {
     resource_id: String,
     registration_timeout: Duration,
     registration: Registration,
+    /// The token the coordinator of this session must register us under: the
+    /// leadership's epoch, under high availability.
+    expected_rm: Option<ResourceManagerId>,
     worker: WorkerId,
     rm: ResourceManagerId,
     slots: BTreeMap<SlotId, SlotState>,
@@ -138,6 +141,7 @@ impl Gateway {
             resource_id,
             registration_timeout,
             registration: Registration::Idle,
+            expected_rm: None,
             worker: WorkerId(u32::MAX),
             rm: ResourceManagerId(0),
             slots: BTreeMap::new(),
@@ -169,9 +173,13 @@ impl Gateway {
         }
     }
 
-    /// A connection to a coordinator is open: register.
-    pub(crate) fn connected(&mut self, now: Instant) -> Vec<Action> {
+    /// A connection to a coordinator is open: register. Under high
+    /// availability, `expected` is the epoch of the leader the connection was
+    /// made to: a registration under any other token is refused (a deposed
+    /// leader's).
+    pub(crate) fn connected(&mut self, now: Instant, expected: Option<ResourceManagerId>) -> Vec<Action> {
         self.registration = Registration::Pending { deadline: now + self.registration_timeout };
+        self.expected_rm = expected;
         vec![Action::Send(Message::RegisterWorker(RegisterWorker {
             resource_id: self.resource_id.clone(),
             address: format!("{} pid {}", hostname(), std::process::id()),
@@ -286,6 +294,17 @@ impl Gateway {
 
     fn on_registration_answer(&mut self, now: Instant, msg: Message) -> Vec<Action> {
         match msg {
+            Message::RegistrationAccepted(a) if self.expected_rm.is_some_and(|e| e != a.resource_manager) => {
+                let m = format!(
+                    "the coordinator accepted us under token {}, but the leader's epoch is {}: it does not lead",
+                    a.resource_manager,
+                    self.expected_rm.map_or(0, |e| e.0)
+                );
+                vec![
+                    Action::Send(Message::error(ErrorCode::StaleToken, m.clone())),
+                    Action::End { reason: m, retry: true },
+                ]
+            }
             Message::RegistrationAccepted(a) => {
                 let timeout = Duration::from_millis(a.heartbeat_timeout_ms.max(1));
                 self.registration = Registration::Registered { last_heard: now, timeout };
@@ -295,8 +314,9 @@ impl Gateway {
                 Vec::new()
             }
             Message::ErrorReply(e) => {
-                // Another live worker holds this name: registering again cannot help.
-                let retry = e.code != ErrorCode::DuplicateRegistration;
+                // Another live worker holds this name, or the coordinator wants a
+                // secret we do not have: registering again cannot help.
+                let retry = !matches!(e.code, ErrorCode::DuplicateRegistration | ErrorCode::Unauthenticated);
                 vec![Action::End { reason: format!("registration refused: {}", e.message), retry }]
             }
             other => {

@@ -22,16 +22,18 @@ mod wiring;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 pub(crate) use board::{JobBoard, Outputs};
 pub(crate) use options::Connector;
+use options::HaConnector;
 pub use options::WorkerOptions;
 
 use gateway::{Gateway, ShardSlots};
 use session::{Event, Session};
 
+use super::ha::{services as ha_services, HaConfig};
 use crate::config::{EngineBuilder, EngineConfig};
 use crate::error::EngineError;
 use crate::registry::LiveRegistry;
@@ -69,6 +71,17 @@ impl Worker {
         Self::start_with(Connector::Tcp(coordinator), config, live, Arc::default(), options)
     }
 
+    /// Starts the shards of `engine` and a worker serving whichever coordinator
+    /// leads the highly available cluster `ha` (following every change of
+    /// leader, registering with each new one).
+    pub fn start_ha(ha: &HaConfig, engine: EngineBuilder, options: WorkerOptions) -> Result<Self, EngineError> {
+        let services = ha_services(ha)?;
+        let (config, registry) = engine.into_parts()?;
+        let live = Arc::new(LiveRegistry::new(registry));
+        let connector = Connector::Ha(Arc::new(HaConnector { services, retrieval: Mutex::new(None) }));
+        Self::start_with(connector, config, live, Arc::default(), options)
+    }
+
     pub(crate) fn start_with(
         connector: Connector,
         config: EngineConfig,
@@ -81,6 +94,12 @@ impl Worker {
         let reports: ReportSink = Arc::new(move |r| {
             let _ = events.send(Event::Task(r));
         });
+        let leaders = tx.clone();
+        connector
+            .follow(move |l| {
+                let _ = leaders.send(Event::LeaderChanged(l));
+            })
+            .map_err(|reason| EngineError::Io { what: "following the cluster's leader".into(), reason })?;
         let shards = start_shards(&config, reports)?;
         let shard_list = shards.iter().map(|s| WorkerShard { id: s.id, core: s.core, pool: s.pool.clone() }).collect();
         let slots = shards.iter().map(|s| ShardSlots { id: s.id, core: s.core, network: s.network_budget() }).collect();

@@ -3,7 +3,9 @@
 //! actions: frames onto the connection's bounded outbox (never a blocking
 //! write), commands into the shards' mailboxes. When a session ends it cancels
 //! what ran, backs off (doubling from `reconnect_min` to `reconnect_max`) and
-//! connects again, unless the coordinator refused the worker for good.
+//! connects again, unless the coordinator refused the worker for good. Under
+//! high availability a new leader ends the session at once, and a worker
+//! backing off connects as soon as one is elected.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use shardflow_control::protocol::{FrameError, Message};
-use shardflow_control::ExecutionState;
+use shardflow_control::{ExecutionState, ResourceManagerId};
 
+use super::super::ha::LeaderInfo;
 use super::gateway::{Action, Gateway};
 use super::options::{Connector, WorkerOptions};
 use crate::cluster::link::{send_message, FrameSink, Permit, Received};
@@ -30,6 +33,8 @@ pub(super) enum Event {
     Closed(u64),
     /// A shard's report.
     Task(TaskReport),
+    /// The cluster's leader changed (high availability).
+    LeaderChanged(Option<LeaderInfo>),
     /// The worker stops.
     Stop,
 }
@@ -42,6 +47,18 @@ enum SessionEnd {
     Lost(String),
     /// The coordinator refused the worker for good.
     Refused(String),
+    /// Another coordinator leads now: connect to it at once.
+    NewLeader(String),
+}
+
+/// How a wait between sessions ended.
+enum BackOff {
+    /// The worker stops.
+    Stop,
+    /// A leader was elected: connect now.
+    NewLeader,
+    /// The wait is over.
+    Waited,
 }
 
 /// The worker's thread: its gateway, its shards and the way to its coordinator.
@@ -73,9 +90,10 @@ impl Session {
                 };
                 events.send(event).is_ok()
             };
-            let end = match self.connector.connect(&self.options.limits, deliver) {
-                Ok(sink) => self.serve(sink, session, &mut backoff),
-                Err(why) => SessionEnd::Lost(format!("cannot connect: {why}")),
+            let end = match self.connector.connect(&self.options, deliver) {
+                Ok(c) => self.serve(c.sink, c.epoch, session, &mut backoff),
+                Err(f) if f.retry => SessionEnd::Lost(format!("cannot connect: {}", f.reason)),
+                Err(f) => SessionEnd::Refused(f.reason),
             };
             let cancels = self.gateway.disconnected();
             self.carry_out_offline(cancels);
@@ -87,10 +105,15 @@ impl Session {
                 }
                 SessionEnd::Lost(why) => {
                     tracing::warn!(resource_id = %self.gateway.resource_id(), "coordinator lost: {why}; retrying in {backoff:?}");
-                    if self.back_off(backoff) {
-                        break Ok(());
+                    match self.back_off(backoff) {
+                        BackOff::Stop => break Ok(()),
+                        BackOff::NewLeader => backoff = self.options.reconnect_min,
+                        BackOff::Waited => backoff = (backoff * 2).min(self.options.reconnect_max),
                     }
-                    backoff = (backoff * 2).min(self.options.reconnect_max);
+                }
+                SessionEnd::NewLeader(why) => {
+                    tracing::info!(resource_id = %self.gateway.resource_id(), "{why}: registering with it");
+                    backoff = self.options.reconnect_min;
                 }
             }
         };
@@ -101,25 +124,39 @@ impl Session {
     }
 
     /// Waits out `backoff`, still taking task reports (no coordinator hears
-    /// them; they release what the tasks held). `true` if the worker stops.
-    fn back_off(&mut self, backoff: Duration) -> bool {
+    /// them; they release what the tasks held); a newly elected leader ends
+    /// the wait.
+    fn back_off(&mut self, backoff: Duration) -> BackOff {
         let until = Instant::now() + backoff;
         loop {
             match self.inbox.recv_deadline(until) {
-                Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => return true,
+                Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => return BackOff::Stop,
                 Ok(Event::Task(r)) => {
                     let actions = self.gateway.on_task(r);
                     self.carry_out_offline(actions);
                 }
+                Ok(Event::LeaderChanged(Some(l))) => {
+                    tracing::info!(epoch = l.epoch, address = %l.address, "a leader is elected: connecting at once");
+                    return BackOff::NewLeader;
+                }
                 Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => return false,
+                Err(RecvTimeoutError::Timeout) => return BackOff::Waited,
             }
         }
     }
 
-    /// One session: register, then serve until it ends.
-    fn serve(&mut self, mut sink: Box<dyn FrameSink>, session: u64, backoff: &mut Duration) -> SessionEnd {
-        let mut pending: VecDeque<Action> = self.gateway.connected(Instant::now()).into();
+    /// One session: register, then serve until it ends. `epoch`: the
+    /// leadership the connection was made to (high availability), whose token
+    /// the registration must carry.
+    fn serve(
+        &mut self,
+        mut sink: Box<dyn FrameSink>,
+        epoch: Option<u64>,
+        session: u64,
+        backoff: &mut Duration,
+    ) -> SessionEnd {
+        let expected = epoch.map(ResourceManagerId);
+        let mut pending: VecDeque<Action> = self.gateway.connected(Instant::now(), expected).into();
         loop {
             if let Some(end) = self.carry_out(&mut pending, sink.as_mut()) {
                 return end;
@@ -153,6 +190,14 @@ impl Session {
                     return SessionEnd::Stop;
                 }
                 Event::Frame(s, ..) | Event::Bad(s, ..) | Event::Closed(s) if s != session => continue,
+                Event::LeaderChanged(Some(l)) if epoch.is_some_and(|e| e != l.epoch) => {
+                    sink.close();
+                    return SessionEnd::NewLeader(format!(
+                        "a new leader is elected: {} (epoch {})",
+                        l.address, l.epoch
+                    ));
+                }
+                Event::LeaderChanged(_) => {}
                 Event::Closed(_) => {
                     sink.abort();
                     return SessionEnd::Lost("the connection closed".into());

@@ -64,7 +64,7 @@ impl Harness {
     /// Connected and registered at t0 with a heartbeat timeout of 5 s.
     fn registered() -> Self {
         let mut h = Harness::new();
-        let out = h.g.connected(h.t0);
+        let out = h.g.connected(h.t0, None);
         assert!(matches!(&out[..], [Action::Send(Message::RegisterWorker(r))] if r.resource_id == "gw"), "{out:?}");
         let accepted = RegistrationAccepted {
             worker: ME,
@@ -177,12 +177,12 @@ fn a_silent_coordinator_is_lost_after_the_heartbeat_timeout_and_every_frame_rese
 #[test]
 fn an_unanswered_registration_ends_the_session_and_a_duplicate_name_ends_the_worker() {
     let mut h = Harness::new();
-    h.g.connected(h.t0);
+    h.g.connected(h.t0, None);
     assert!(h.g.on_tick(h.at(9_999)).is_empty());
     assert!(matches!(&h.g.on_tick(h.at(10_000))[..], [Action::End { retry: true, .. }]));
 
     let mut h = Harness::new();
-    h.g.connected(h.t0);
+    h.g.connected(h.t0, None);
     let refused =
         Message::error(ErrorCode::DuplicateRegistration, "a worker with resource id 'gw' is already registered");
     match &h.send(1, refused)[..] {
@@ -290,7 +290,7 @@ fn losing_the_coordinator_cancels_the_tasks_which_keep_their_memory_until_they_e
     assert_eq!(h.network.available_bytes(), NETWORK_BYTES, "its end releases its memory");
 
     // registered again: every slot free, the managed-memory budgets kept
-    let out = h.g.connected(h.at(10));
+    let out = h.g.connected(h.at(10), None);
     match &out[..] {
         [Action::Send(Message::RegisterWorker(r))] => {
             assert_eq!(r.slots.slots.len(), 2);
@@ -330,4 +330,39 @@ fn a_deployment_whose_edge_format_differs_from_this_build_is_refused() {
     assert_eq!(e.code, ErrorCode::InvalidJob, "{e:?}");
     assert!(e.message.contains("some::OtherType"), "{}", e.message);
     assert_eq!(h.network.used_bytes(), 0, "nothing reserved");
+}
+
+#[test]
+fn under_high_availability_only_the_elected_leaders_token_is_accepted() {
+    let accepted = |rm| {
+        Message::RegistrationAccepted(RegistrationAccepted {
+            worker: ME,
+            resource_manager: rm,
+            heartbeat_interval_ms: 1_000,
+            heartbeat_timeout_ms: 5_000,
+        })
+    };
+    // Connected to the leader of epoch 9 (as etcd named it): a coordinator that
+    // registers us under another token (a deposed leader's) is refused.
+    let mut h = Harness::new();
+    h.g.connected(h.t0, Some(ResourceManagerId(9)));
+    let out = h.g.on_message(h.t0, accepted(ResourceManagerId(8)));
+    match &out[..] {
+        [Action::Send(Message::ErrorReply(e)), Action::End { reason, retry: true }] => {
+            assert_eq!(e.code, ErrorCode::StaleToken);
+            assert!(reason.contains("does not lead"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!h.g.is_registered());
+    // The elected one's token is taken.
+    let out = h.g.connected(h.at(1), Some(ResourceManagerId(9)));
+    assert_eq!(out.len(), 1);
+    assert!(h.g.on_message(h.at(1), accepted(ResourceManagerId(9))).is_empty());
+    assert!(h.g.is_registered());
+    // A coordinator that wants a secret we lack refuses us for good.
+    let mut h = Harness::new();
+    h.g.connected(h.t0, None);
+    let out = h.g.on_message(h.t0, Message::error(ErrorCode::Unauthenticated, "this cluster requires authentication"));
+    assert!(matches!(&out[..], [Action::End { retry: false, .. }]), "{out:?}");
 }

@@ -1,0 +1,233 @@
+//! High availability with real processes and a real etcd on loopback ports:
+//! two `shardflow coordinator`s campaigning in etcd, two workers and the
+//! client commands finding the leader there (`--ha-etcd`, no `--coordinator`).
+//! The leader is SIGKILLed, SIGSTOPped and resumed; etcd itself is killed and
+//! started again. Every wait is on an event (a log line, or a wait the
+//! coordinator answers), with a generous timeout; everything a test starts is
+//! killed when it ends.
+
+mod common;
+
+use std::process::Command;
+
+use common::{json, run, sink_totals, worker_with, Coordinator, Etcd, Proc, TempDir};
+use serde_json::Value;
+
+/// Everything of one HA cluster.
+struct Ha {
+    etcd: Etcd,
+    cluster_id: String,
+    leader: Coordinator,
+    standby: Coordinator,
+    _workers: Vec<Proc>,
+    logs: TempDir,
+}
+
+impl Ha {
+    /// etcd, two coordinators (the first leads, the second is a standby) with a
+    /// 1 s lease, and two workers of two slots, all registered.
+    fn start(name: &str, coordinator_flags: &[&str]) -> Self {
+        let etcd = Etcd::start();
+        let cluster_id = name.to_string();
+        let ha = ["--ha-etcd", etcd.endpoint.as_str(), "--cluster-id", name];
+        let flags = [&["--bind", "127.0.0.1:0", "--lease-ttl-ms", "1000"], &ha[..], coordinator_flags].concat();
+        let mut leader = Coordinator::start("", &flags);
+        leader.wait_for_log(&["leading the cluster"]);
+        let mut standby = Coordinator::start("", &flags);
+        standby.wait_for_log(&["a standby campaigning"]);
+        let logs = TempDir::new("ha-logs");
+        let workers = (0..2)
+            .map(|i| worker_with(&format!("w{i}"), i % cores(), 2, &ha, Some(&logs.path(&format!("w{i}.log")))))
+            .collect();
+        let h = Ha { etcd, cluster_id, leader, standby, _workers: workers, logs };
+        let v = h.json(&["cluster", "--wait-workers", "2", "--timeout-s", "60"]);
+        assert_eq!(v["workers"], 2, "{v}");
+        assert_eq!(v["leader"]["address"], h.leader.addr.as_str(), "the first coordinator leads: {v}");
+        h
+    }
+
+    /// The flags that find this cluster's leader.
+    fn ha(&self) -> [&str; 4] {
+        ["--ha-etcd", self.etcd.endpoint.as_str(), "--cluster-id", self.cluster_id.as_str()]
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        json(&[args, &self.ha()[..]].concat())
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        run(&[args, &self.ha()[..]].concat())
+    }
+
+    /// A worker's log so far.
+    fn worker_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.logs.path(&format!("w{i}.log"))).unwrap_or_default()
+    }
+}
+
+fn cores() -> usize {
+    shardflow_engine::online_cores().len().max(1)
+}
+
+fn signal(p: &Proc, sig: &str) {
+    let status = Command::new("kill").args([sig, &p.0.id().to_string()]).status().unwrap();
+    assert!(status.success(), "kill {sig}");
+}
+
+/// The tasks a worker's dump lists, over its shards.
+fn tasks_of(dump: &Value) -> Vec<String> {
+    dump["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["tasks"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn attempts(job: &Value) -> Vec<u64> {
+    job["subtasks"].as_array().unwrap().iter().map(|t| t["attempt"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn a_sigkilled_leader_is_replaced_and_its_running_job_completes_under_the_new_one() {
+    let mut h = Ha::start("kill", &[]);
+    // 10 000 records at 1 000/s: still running when the leader dies.
+    let submitted = h.json(&[
+        "submit",
+        "forward-count",
+        "--param",
+        "rate=1000",
+        "--param",
+        "duration_ms=10000",
+        "--wait",
+        "running",
+    ]);
+    let id = submitted["job"].as_str().unwrap().to_string();
+    assert_eq!(submitted["status"], "RUNNING", "{submitted}");
+    assert_eq!(attempts(&submitted), vec![0; 4]);
+
+    h.leader.proc.0.kill().unwrap();
+    h.leader.proc.0.wait().unwrap();
+    h.standby.wait_for_log(&["won the leadership"]);
+    h.standby.wait_for_log(&["job recovered from the job store", &format!("job={id}")]);
+
+    // The client finds the new leader in etcd and waits there for the end.
+    let v = h.json(&["status", &id, "--wait", "finished", "--timeout-s", "120"]);
+    assert_eq!(v["status"], "FINISHED", "{v}");
+    assert_eq!(sink_totals(&v), (10_000, 10_000 * 10_001 / 2), "every record once, from the rerun: {v}");
+    assert!(attempts(&v).iter().all(|&a| a >= 1), "the new leader ran it again (attempt 1 and on): {v}");
+    let cluster = h.json(&["cluster"]);
+    assert_eq!(cluster["leader"]["address"], h.standby.addr.as_str(), "{cluster}");
+    assert_eq!(cluster["workers"], 2, "both workers registered with the new leader: {cluster}");
+    let list = h.json(&["list"]);
+    let jobs: Vec<(&str, &str)> =
+        list.as_array().unwrap().iter().map(|j| (j["job"].as_str().unwrap(), j["status"].as_str().unwrap())).collect();
+    assert_eq!(jobs, vec![(id.as_str(), "FINISHED")], "the new leader lists the job");
+    for i in 0..2 {
+        assert!(h.worker_log(i).contains("leader is elected"), "worker {i} followed: {}", h.worker_log(i));
+    }
+}
+
+#[test]
+fn a_paused_leader_resumed_after_a_takeover_acts_on_nothing_and_steps_down() {
+    let mut h = Ha::start("pause", &[]);
+    let v = h.json(&[
+        "submit",
+        "forward-count",
+        "--param",
+        "rate=1000",
+        "--param",
+        "duration_ms=600000",
+        "--wait",
+        "running",
+    ]);
+    let id = v["job"].as_str().unwrap().to_string();
+
+    signal(&h.leader.proc, "-STOP");
+    // Past its 1 s lease the standby wins; the workers follow it.
+    h.standby.wait_for_log(&["leading the cluster"]);
+    let v = h.json(&["status", &id, "--wait", "running", "--timeout-s", "60"]);
+    assert_eq!(v["status"], "RUNNING", "{v}");
+    assert_eq!(attempts(&v), vec![1; 4], "the new leader runs it again: {v}");
+    let cluster = h.json(&["cluster", "--wait-workers", "2", "--timeout-s", "60"]);
+    assert_eq!(cluster["leader"]["address"], h.standby.addr.as_str(), "{cluster}");
+    let new_epoch = cluster["leader"]["epoch"].as_u64().unwrap();
+
+    signal(&h.leader.proc, "-CONT");
+    // Resumed, it finds its lease gone: everything it would have done (its
+    // workers vanished, so its job would fail over) is dropped, and it steps down.
+    let line = h.leader.wait_for_log(&["stepping down to standby"]);
+    assert!(line.contains("held actions dropped"), "{line}");
+    // It serves nobody: a client sent to it is told who leads.
+    let out = run(&["list", "--coordinator", &h.leader.addr]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("standby") && err.contains(&h.standby.addr), "{err}");
+    let out = run(&["cancel", &id, "--coordinator", &h.leader.addr]);
+    assert_eq!(out.status.code(), Some(2), "a cancel at the deposed leader is refused");
+    // Nothing it did reached the workers: the job runs on under the new leader, same attempt.
+    let v = h.json(&["status", &id]);
+    assert_eq!((v["status"].as_str(), attempts(&v)), (Some("RUNNING"), vec![1; 4]), "{v}");
+    let cluster = h.json(&["cluster"]);
+    assert_eq!(cluster["leader"]["epoch"].as_u64(), Some(new_epoch), "{cluster}");
+    let tasks: Vec<String> = ["w0", "w1"].iter().flat_map(|w| tasks_of(&h.json(&["dump", w]))).collect();
+    assert_eq!(tasks.len(), 4, "the workers run the job's four subtasks and nothing else: {tasks:?}");
+    assert!(tasks.iter().all(|t| t.starts_with(&format!("{id} ")) && t.ends_with(" RUNNING")), "{tasks:?}");
+    assert!(h.run(&["cancel", &id]).status.success());
+    assert_eq!(h.json(&["status", &id, "--wait", "finished", "--timeout-s", "60"])["status"], "CANCELED");
+}
+
+#[test]
+fn with_etcd_gone_for_a_while_the_leader_keeps_its_jobs_holds_its_actions_and_recovers() {
+    let mut h = Ha::start("outage", &[]);
+    let v = h.json(&[
+        "submit",
+        "forward-count",
+        "--param",
+        "rate=1000",
+        "--param",
+        "duration_ms=600000",
+        "--wait",
+        "running",
+    ]);
+    let id = v["job"].as_str().unwrap().to_string();
+    let leader_addr = h.leader.addr.clone();
+    let direct = ["--coordinator", leader_addr.as_str()];
+    let epoch = h.json(&["cluster"])["leader"]["epoch"].as_u64();
+
+    h.etcd.kill();
+    h.leader.wait_for_log(&["the leadership is unconfirmed"]);
+    // Informing answers still flow: the job runs.
+    let v = json(&[&["status", &id][..], &direct[..]].concat());
+    assert_eq!((v["status"].as_str(), attempts(&v)), (Some("RUNNING"), vec![0; 4]), "{v}");
+    // A cancel is taken but held: the workers' tasks keep running meanwhile.
+    let mut cancel = Proc(
+        Command::new(common::BIN)
+            .args(["cancel", &id])
+            .args(direct)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    h.leader.wait_for_log(&["cancel requested", &format!("job={id}")]);
+    let v = json(&[&["status", &id][..], &direct[..]].concat());
+    assert_eq!(v["status"], "CANCELLING", "the coordinator took the cancel: {v}");
+    let tasks: Vec<String> =
+        ["w0", "w1"].iter().flat_map(|w| tasks_of(&json(&[&["dump", w][..], &direct[..]].concat()))).collect();
+    assert_eq!(tasks.len(), 4, "{tasks:?}");
+    assert!(tasks.iter().all(|t| t.ends_with(" RUNNING")), "no cancel reached the workers without etcd: {tasks:?}");
+
+    h.etcd.spawn();
+    h.leader.wait_for_log(&["the leadership is confirmed again"]);
+    let status = cancel.0.wait().unwrap();
+    assert!(status.success(), "the held cancel is carried out once etcd is back");
+    let v = h.json(&["status", &id, "--wait", "finished", "--timeout-s", "60"]);
+    assert_eq!(v["status"], "CANCELED", "{v}");
+    assert_eq!(v["restarts"], 0, "the job never restarted: {v}");
+    let cluster = h.json(&["cluster"]);
+    assert_eq!(cluster["leader"]["address"], leader_addr.as_str(), "the same leader throughout: {cluster}");
+    assert_eq!(cluster["leader"]["epoch"].as_u64(), epoch, "the same leadership throughout: {cluster}");
+    // And it still takes new work.
+    let v = h.json(&["submit", "forward-count", "--param", "records=5000", "--wait", "finished"]);
+    assert_eq!((v["status"].as_str(), sink_totals(&v)), (Some("FINISHED"), (5000, 5000 * 5001 / 2)), "{v}");
+}
