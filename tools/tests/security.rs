@@ -121,9 +121,13 @@ fn with_tls_a_certificate_of_another_ca_is_refused() {
     let (code, err) = stderr_of(&[&["list", "--secret-file", good.as_str()][..], &other[..], &at[..]].concat());
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("TLS handshake failed") && err.contains("certificate"), "{err}");
-    // A client without TLS.
+    // A client without TLS, with the secret or without it: told what to check.
     let (code, err) = stderr_of(&[&["list", "--secret-file", good.as_str()][..], &at[..]].concat());
     assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("TLS"), "{err}");
+    let (code, err) = stderr_of(&[&["list"][..], &at[..]].concat());
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("does it require TLS?"), "{err}");
     c.wait_for_log(&["refused a connection from 127.0.0.1:", "does the other side speak TLS?"]);
     // A worker with the other CA's certificate ends with the reason.
     let (code, log) =
@@ -137,4 +141,67 @@ fn with_tls_a_certificate_of_another_ca_is_refused() {
     let submit = ["submit", "forward-count", "-p", "1", "--param", "records=3000", "--wait", "finished"];
     let v = json(&[&submit[..], &authorized[..]].concat());
     assert_eq!((v["status"].as_str(), sink_totals(&v)), (Some("FINISHED"), (3000, 3000 * 3001 / 2)), "{v}");
+}
+
+/// Not a check but a measurement (issue 11: TLS's cost on submit → RUNNING):
+/// a plain cluster and one with the secret and TLS (coordinator and two
+/// workers each) up at once; a 2 × 2 `forward-count` submitted to each in
+/// turn, 15 rounds, and each job's `submit_to_running_us` (the coordinator's
+/// own clock, from the submission to every subtask RUNNING) printed.
+///
+/// `cargo test --release -p shardflow-tools --test security -- --ignored --nocapture submit_to_running`
+#[test]
+#[ignore = "a measurement: run it by name, in release"]
+fn submit_to_running_with_and_without_tls() {
+    let dir = TempDir::new("tls-cost");
+    let out = run(&["make-certs", "--dir", &dir.path("ca")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let good = secret(&dir, "cluster.secret", 0x42);
+    let secure: Vec<String> = [
+        "--secret-file",
+        &good,
+        "--tls-cert",
+        &dir.path("ca/node.pem"),
+        "--tls-key",
+        &dir.path("ca/node.key"),
+        "--tls-ca",
+        &dir.path("ca/ca.pem"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let clusters: Vec<(&str, Vec<String>)> = vec![("plain", vec![]), ("secret+tls", secure)];
+    let mut up = Vec::new();
+    for (name, flags) in &clusters {
+        let c = Coordinator::start("", &[&["--bind", "127.0.0.1:0"][..], &strs(flags)[..]].concat());
+        let access = [&["--coordinator", c.addr.as_str()][..], &strs(flags)[..]].concat();
+        let access: Vec<String> = access.iter().map(|s| s.to_string()).collect();
+        let workers: Vec<_> = (0..2)
+            .map(|i| {
+                worker_with(
+                    &format!("{name}-w{i}"),
+                    i % shardflow_engine::online_cores().len().max(1),
+                    2,
+                    &strs(&access),
+                    None,
+                )
+            })
+            .collect();
+        let v = json(&[&["cluster", "--wait-workers", "2", "--timeout-s", "60"][..], &strs(&access)[..]].concat());
+        assert_eq!(v["workers"], 2, "{v}");
+        up.push((name, c, access, workers));
+    }
+    let mut times: Vec<Vec<u64>> = vec![Vec::new(); up.len()];
+    for _ in 0..15 {
+        for (i, (_, _, access, _)) in up.iter().enumerate() {
+            let submit = ["submit", "forward-count", "-p", "2", "--param", "records=1000", "--wait", "finished"];
+            let v = json(&[&submit[..], &strs(access)[..]].concat());
+            assert_eq!(v["status"], "FINISHED", "{v}");
+            times[i].push(v["submit_to_running_us"].as_u64().expect("a job that ran says when it was running"));
+        }
+    }
+    for ((name, ..), mut t) in up.iter().zip(times) {
+        t.sort_unstable();
+        println!("submit_to_running cluster={name} rounds=15 median_us={} all_us={t:?}", t[7]);
+    }
 }

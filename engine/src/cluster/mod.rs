@@ -45,6 +45,7 @@ pub(crate) fn pipe_client(server: &CoordinatorServer) -> ClusterClient {
         reader: ClientReader::Pipe(reader),
         answer_timeout: DEFAULT_ANSWER_TIMEOUT,
         max_frame_bytes: server.limits().max_frame_bytes,
+        tls: false,
     }
 }
 
@@ -65,6 +66,8 @@ pub struct ClusterClient {
     reader: ClientReader,
     answer_timeout: Duration,
     max_frame_bytes: usize,
+    /// Whether the connection runs over TLS (to explain bytes that are not frames).
+    tls: bool,
 }
 
 /// Where a client reads its answers: a socket (each wait bounded) or a pipe.
@@ -120,6 +123,7 @@ impl ClusterClient {
             reader: ClientReader::Tcp(reader),
             answer_timeout: DEFAULT_ANSWER_TIMEOUT,
             max_frame_bytes: limits.max_frame_bytes,
+            tls: security.has_tls(),
         })
     }
 
@@ -168,6 +172,11 @@ impl ClusterClient {
         match read_frame(&mut self.reader, self.max_frame_bytes) {
             Received::Message(Message::ErrorReply(e)) => Err(EngineError::Remote { code: e.code, message: e.message }),
             Received::Message(m) => Ok(m),
+            // A coordinator that requires TLS answers a plain client with a TLS alert.
+            Received::Bad(e) if !self.tls && matches!(self.reader, ClientReader::Tcp(_)) => Err(EngineError::Io {
+                what: waiting(),
+                reason: format!("{e}: the coordinator answered with bytes that are not a frame (does it require TLS?)"),
+            }),
             Received::Bad(e) => Err(EngineError::Frame(e)),
             Received::TimedOut => Err(EngineError::Io {
                 what: waiting(),

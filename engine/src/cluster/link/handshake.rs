@@ -213,7 +213,7 @@ pub(crate) fn accept(
             }
             r => return Err(io.missing(r, "authentication", timeout_ms)),
         };
-        let server_nonce = nonce();
+        let server_nonce = fresh_nonce()?;
         let server_proof = secret.prove(SERVER_LABEL, &hello.client_nonce, &server_nonce);
         io.send(&Message::AuthChallenge(AuthChallenge { server_nonce, server_proof }))?;
         match io.receive(limits.max_frame_bytes) {
@@ -235,6 +235,11 @@ pub(crate) fn accept(
         io.send(&Message::AuthAccepted(AuthAccepted {}))?;
     }
     Ok(Established { stream, tls })
+}
+
+/// A nonce for this handshake, or the error that ends it.
+fn fresh_nonce() -> Result<[u8; 32], HandshakeError> {
+    nonce().ok_or_else(|| HandshakeError::Io("the system's random source failed: no nonce for the handshake".into()))
 }
 
 /// The role a peer gave, safe to log.
@@ -269,7 +274,7 @@ pub(crate) fn connect(
     };
     if let Some(secret) = &security.secret {
         let mut io = SetUp { stream: &mut stream, tls: tls.as_mut(), tls_failure: None };
-        let client_nonce = nonce();
+        let client_nonce = fresh_nonce()?;
         io.send(&Message::AuthHello(AuthHello { client_nonce, role: role.to_string() }))?;
         let challenge = match io.receive(limits.max_frame_bytes) {
             Received::Message(Message::AuthChallenge(c)) => c,

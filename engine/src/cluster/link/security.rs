@@ -90,15 +90,13 @@ impl ClusterSecret {
     }
 }
 
-/// A fresh random nonce.
-pub(crate) fn nonce() -> [u8; 32] {
+/// A fresh random nonce, or `None` when the system's random source fails (the
+/// handshake then refuses to go on: a predictable nonce would let a recorded
+/// proof be replayed).
+pub(crate) fn nonce() -> Option<[u8; 32]> {
     let mut n = [0u8; 32];
-    // The system's random source does not fail on Linux once booted; if it ever
-    // did, an all-zero nonce still leaves the HMAC keyed by the secret.
-    if SystemRandom::new().fill(&mut n).is_err() {
-        tracing::error!("the system random source failed; the connection's nonce is not random");
-    }
-    n
+    SystemRandom::new().fill(&mut n).ok()?;
+    Some(n)
 }
 
 /// TLS settings of a process: its certificate chain and key, and the cluster's
@@ -213,7 +211,7 @@ mod tests {
     fn a_proof_verifies_only_with_the_same_secret_label_and_nonces() {
         let s = ClusterSecret::new(b"0123456789abcdef0123456789abcdef\n").unwrap();
         let other = ClusterSecret::new(b"0123456789abcdef0123456789abcdeX").unwrap();
-        let (a, b) = (nonce(), nonce());
+        let (a, b) = (nonce().unwrap(), nonce().unwrap());
         assert_ne!(a, b, "fresh nonces");
         let p = s.prove(b"server", &a, &b);
         assert!(s.verify(b"server", &a, &b, &p));
