@@ -10,6 +10,7 @@ use std::rc::Rc;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use shardflow_benches::exchange_records;
 use shardflow_engine::data::{Buffer, ResultPartition};
+use shardflow_engine::jobs::KeyValue;
 use shardflow_engine::{key_hash, Data};
 use shardflow_memory::{SegmentPool, SegmentPoolBuilder};
 use shardflow_netstack::{channel, CreditLedger, GateItem, InputGate};
@@ -52,6 +53,34 @@ fn through_partition<T: Data>(
     }
 }
 
+/// Writes `records` into a partition of two subpartitions the way a task's
+/// writer does, in batches of 256 routed by key hash through
+/// [`Data::write_routed`], then reads every buffer back, summing values.
+fn pod_batches_through_partition(pool: &Rc<SegmentPool>, records: &[KeyValue]) -> u64 {
+    let ledgers: Vec<CreditLedger> = (0..2).map(|_| CreditLedger::new(1, 512, 0)).collect();
+    let (txs, rxs): (Vec<_>, Vec<_>) =
+        ledgers.iter().map(|l| channel(l.initial_credits(), l.max_in_flight_per_channel(), 2)).unzip();
+    let mut partition = ResultPartition::new(pool.clone(), txs, 512);
+    for batch in records.chunks(256) {
+        KeyValue::write_routed(batch, &mut partition, |r| Some((key_hash(&r.key) & 1) as usize)).expect("write");
+    }
+    partition.finish().expect("finish");
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    assert!(partition.poll_ready(&mut cx).is_ready(), "credits cover the bench's buffers");
+    let mut sum = 0u64;
+    for (rx, l) in rxs.into_iter().zip(ledgers) {
+        let mut gate = InputGate::new(vec![rx], l);
+        while let Some((_, item)) = gate.try_next().expect("gate") {
+            if let GateItem::Data(buf) = item {
+                let slice = KeyValue::slice(&buf).expect("pod").unwrap_or(&[]);
+                sum = slice.iter().fold(sum, |s, r| s.wrapping_add(r.value));
+            }
+        }
+    }
+    sum
+}
+
 fn record_encoding(c: &mut Criterion) {
     let pool = Rc::new(SegmentPoolBuilder::new(0, 1024).build().expect("pool"));
     let mut g = c.benchmark_group("record_encoding");
@@ -72,6 +101,10 @@ fn record_encoding(c: &mut Criterion) {
             );
             std::hint::black_box(sum)
         })
+    });
+
+    g.bench_function("pod_16b_write_routed_batches_read_slice", |b| {
+        b.iter(|| std::hint::black_box(pod_batches_through_partition(&pool, &records)))
     });
 
     let events: Vec<Event> =

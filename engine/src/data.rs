@@ -46,6 +46,25 @@ pub trait Data: Clone + Send + Sync + 'static + Borrow<Self::Borrowed> {
     /// Writes `record` into subpartition `sp` of `out`.
     fn write(record: &Self::Borrowed, out: &mut ResultPartition, sp: usize) -> Result<(), NetError>;
 
+    /// Writes each of `records`, in order, into the subpartition `pick` chooses
+    /// for it (`None`: every subpartition). Plain data copies them in one loop
+    /// over the segments being filled.
+    #[inline]
+    fn write_routed(
+        records: &[Self],
+        out: &mut ResultPartition,
+        mut pick: impl FnMut(&Self::Borrowed) -> Option<usize>,
+    ) -> Result<(), NetError> {
+        for r in records {
+            let r = r.borrow();
+            match pick(r) {
+                Some(sp) => Self::write(r, out, sp)?,
+                None => (0..out.num_subpartitions()).try_for_each(|sp| Self::write(r, out, sp))?,
+            }
+        }
+        Ok(())
+    }
+
     /// The records of a buffer of fixed-size data, in place (`None` for rkyv
     /// types).
     fn slice(buffer: &Buffer) -> Result<Option<&[Self]>, NetError>;
@@ -112,6 +131,14 @@ macro_rules! pod_data {
                 sp: usize,
             ) -> ::std::result::Result<(), $crate::data::NetError> {
                 out.write_pod(sp, record)
+            }
+            #[inline]
+            fn write_routed(
+                records: &[$t],
+                out: &mut $crate::data::ResultPartition,
+                pick: impl FnMut(&$t) -> ::std::option::Option<usize>,
+            ) -> ::std::result::Result<(), $crate::data::NetError> {
+                out.write_pod_routed(records, pick)
             }
             #[inline]
             fn slice(

@@ -51,6 +51,15 @@ pub enum NetError {
     /// cancelled mid-way; it accepts no more records.
     #[error("the result partition is closed: it was finished or an earlier send did not complete")]
     PartitionClosed,
+    /// A route picked a subpartition the partition does not have. A bug of the
+    /// route, reported as an error so the task fails instead of the process.
+    #[error("a record was routed to subpartition {subpartition} of a partition of {subpartitions}")]
+    NoSuchSubpartition {
+        /// The subpartition picked.
+        subpartition: usize,
+        /// How many there are.
+        subpartitions: usize,
+    },
     /// A memory error (pool exhausted, …).
     #[error(transparent)]
     Memory(#[from] MemoryError),

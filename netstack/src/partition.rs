@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
 use shardflow_memory::{Segment, SegmentPool};
+use smallvec::SmallVec;
 
 use crate::buffer::Buffer;
 use crate::channel::{ChannelSender, Envelope};
@@ -45,6 +46,16 @@ pub const VAR_HEADER: usize = 4;
 #[inline(always)]
 fn align_up(x: usize, align: usize) -> usize {
     (x + align - 1) & !(align - 1)
+}
+
+/// The free room of `sub`'s segment as a slice of `T` (empty without a segment,
+/// or where the records written so far leave it misaligned for `T`).
+#[inline]
+fn pod_room<T: Pod>(sub: &mut Subpartition) -> &mut [T] {
+    let Some(seg) = sub.segment.as_mut() else { return &mut [] };
+    let free = seg.as_bytes_mut().get_mut(sub.pos..).unwrap_or_default();
+    let whole = free.len() / std::mem::size_of::<T>() * std::mem::size_of::<T>();
+    bytemuck::try_cast_slice_mut(&mut free[..whole]).unwrap_or_default()
 }
 
 /// One subpartition: its channel, the segment being filled, and what waits to go.
@@ -179,6 +190,102 @@ impl ResultPartition {
             }
         }
         self.write_pod_slow(sp, record)
+    }
+
+    /// Copies each of `records`, in order, into the subpartition `pick` chooses
+    /// for it (`None`: into every subpartition): what [`Self::write_pod`] does
+    /// record by record, in tight loops over typed views of the segments being
+    /// filled, so a record costs its routing and one copy. `pick` is called once
+    /// per record, in order. On an error the records before the failing one are
+    /// written.
+    #[inline]
+    pub fn write_pod_routed<T: Pod>(
+        &mut self,
+        records: &[T],
+        mut pick: impl FnMut(&T) -> Option<usize>,
+    ) -> Result<(), NetError> {
+        let size = std::mem::size_of::<T>();
+        let mut rest = records;
+        while !rest.is_empty() {
+            if size == 0 {
+                // Zero-sized records: nothing to copy, each still counts.
+                let (r, tail) = (&rest[0], &rest[1..]);
+                self.write_routed_slow(r, pick(r))?;
+                rest = tail;
+                continue;
+            }
+            let (done, stuck) = self.copy_as_routed(rest, &mut pick);
+            rest = &rest[done..];
+            // The record that found no room (or goes everywhere) goes the slow way.
+            if let Some(to) = stuck {
+                self.write_routed_slow(&rest[0], to)?;
+                rest = &rest[1..];
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies records as they are routed, until one finds no room (or names a
+    /// subpartition there is not). Returns the records written and, if it
+    /// stopped, where the next one goes.
+    #[inline(always)]
+    fn copy_as_routed<T: Pod>(
+        &mut self,
+        records: &[T],
+        pick: &mut impl FnMut(&T) -> Option<usize>,
+    ) -> (usize, Option<Option<usize>>) {
+        let size = std::mem::size_of::<T>();
+        let (counts, stuck, done) = {
+            let mut rooms: SmallVec<[(&mut [T], usize); 8]> =
+                self.subs.iter_mut().map(|sub| (pod_room(sub), 0)).collect();
+            let rooms = &mut rooms[..];
+            let mut stuck = None;
+            let mut done = 0;
+            for r in records {
+                let to = pick(r);
+                match to {
+                    Some(sp) => {
+                        let Some((slot, n)) =
+                            rooms.get_mut(sp).and_then(|(room, n)| room.get_mut(*n).map(|slot| (slot, n)))
+                        else {
+                            stuck = Some(to);
+                            break;
+                        };
+                        *slot = *r;
+                        *n += 1;
+                    }
+                    None => {
+                        if !rooms.iter().all(|(room, n)| *n < room.len()) {
+                            stuck = Some(to);
+                            break;
+                        }
+                        for (room, n) in rooms.iter_mut() {
+                            room[*n] = *r;
+                            *n += 1;
+                        }
+                    }
+                }
+                done += 1;
+            }
+            let counts: SmallVec<[usize; 8]> = rooms.iter().map(|(_, n)| *n).collect();
+            (counts, stuck, done)
+        };
+        for (sub, n) in self.subs.iter_mut().zip(&counts) {
+            sub.pos += n * size;
+            sub.records += n;
+        }
+        self.records_out += counts.iter().sum::<usize>() as u64;
+        (done, stuck)
+    }
+
+    /// One record the fast loops left: into subpartition `to` (a fresh segment
+    /// if the current one is full), or into every subpartition for `None`.
+    fn write_routed_slow<T: Pod>(&mut self, record: &T, to: Option<usize>) -> Result<(), NetError> {
+        match to {
+            Some(sp) if sp < self.subs.len() => self.write_pod(sp, record),
+            Some(sp) => Err(NetError::NoSuchSubpartition { subpartition: sp, subpartitions: self.subs.len() }),
+            None => (0..self.subs.len()).try_for_each(|sp| self.write_pod(sp, record)),
+        }
     }
 
     #[inline(never)]

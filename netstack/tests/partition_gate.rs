@@ -69,6 +69,61 @@ fn records_reach_the_subpartition_their_caller_picked() {
     assert_eq!(w.write_pod(0, &[1u64, 1]), Err(NetError::PartitionClosed), "finished: closed");
 }
 
+/// A route for record `i`: mostly one subpartition, now and then every one.
+fn route(i: u64, subs: usize) -> Option<usize> {
+    let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+    (h % 11 != 0).then_some((h % subs as u64) as usize)
+}
+
+#[test]
+fn batches_routed_in_one_call_land_as_record_by_record_writes_do() {
+    // Batches of odd sizes across segment boundaries (a 4 KiB segment holds 256
+    // records), with broadcasts among them, against the same records written one
+    // by one.
+    for subs in [1, 2, 3, 9] {
+        let p = pool(256);
+        let (mut batched, mut batched_gates) = wire(&p, subs, 64, 0, 64);
+        let (mut single, mut single_gates) = wire(&p, subs, 64, 0, 64);
+        let records: Vec<[u64; 2]> = (0..5000u64).map(|i| [i, i * 7]).collect();
+        let mut calls = 0;
+        for batch in records.chunks(173) {
+            batched
+                .write_pod_routed(batch, |r| {
+                    calls += 1;
+                    route(r[0], subs)
+                })
+                .unwrap();
+        }
+        assert_eq!(calls, records.len(), "the route is asked once per record");
+        for r in &records {
+            match route(r[0], subs) {
+                Some(sp) => single.write_pod(sp, r).unwrap(),
+                None => (0..subs).for_each(|sp| single.write_pod(sp, r).unwrap()),
+            }
+        }
+        assert_eq!(batched.records_out(), single.records_out());
+        for w in [&mut batched, &mut single] {
+            w.finish().unwrap();
+            ready(w).unwrap();
+        }
+        for (b, s) in batched_gates.iter_mut().zip(&mut single_gates) {
+            let (got, want) = (drain(b), drain(s));
+            assert!(!want.0.is_empty());
+            assert_eq!(got, want, "{subs} subpartitions: same records, same order");
+        }
+    }
+}
+
+#[test]
+fn a_route_to_a_subpartition_that_does_not_exist_is_a_typed_error() {
+    let p = pool(16);
+    let (mut w, _gates) = wire(&p, 2, 8, 0, 4);
+    let records = [[1u64, 1], [2, 2], [3, 3]];
+    let e = w.write_pod_routed(&records, |r| Some(if r[0] == 3 { 5 } else { 0 })).unwrap_err();
+    assert_eq!(e, NetError::NoSuchSubpartition { subpartition: 5, subpartitions: 2 });
+    assert_eq!(w.records_out(), 2, "the records before it are written");
+}
+
 #[test]
 fn a_partial_buffer_waits_for_a_flush_and_an_event_flushes_first() {
     let p = pool(16);

@@ -190,12 +190,9 @@ impl<T: Data, R: Route<T>> Collector<T> for PartitionWriter<T, R> {
 
     fn collect_batch(&mut self, records: &[T]) {
         let PartitionWriter { partition, route, subpartitions, failure, .. } = self;
-        let mut out = partition.borrow_mut();
-        for r in records {
-            if let Err(e) = write_routed(route, *subpartitions, &mut out, r.borrow()) {
-                failure.set(e.into());
-                return;
-            }
+        let n = *subpartitions;
+        if let Err(e) = T::write_routed(records, &mut partition.borrow_mut(), |r| route.pick(r, n)) {
+            failure.set(e.into());
         }
     }
 }
