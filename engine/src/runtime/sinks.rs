@@ -38,10 +38,11 @@ impl<T: Data, F: Fn(&T::Borrowed) -> u64> Collector<T> for SharedCollector<Count
 
     #[inline]
     fn collect_batch(&mut self, records: &[T]) {
-        let mut s = self.0.borrow_mut();
-        s.records += records.len() as u64;
-        if let Some(f) = s.value.clone() {
-            s.sum = records.iter().fold(s.sum, |acc, r| acc.wrapping_add(f(r.borrow())));
+        let mut guard = self.0.borrow_mut();
+        let CountSink { value, records: count, sum, .. } = &mut *guard;
+        *count += records.len() as u64;
+        if let Some(f) = value {
+            *sum = records.iter().fold(*sum, |acc, r| acc.wrapping_add(f(r.borrow())));
         }
     }
 }

@@ -18,9 +18,10 @@ use crate::runtime::collector::Collector;
 use crate::runtime::keyed::TwoInputFactory;
 use crate::runtime::sources::SourceDriver;
 
-/// Plain-data records handed down a chain per call: enough to amortize the call,
-/// few enough that the task looks at its outputs often.
-const POD_CHUNK: usize = 256;
+/// Plain-data records handed down a chain per call (and per step of the task):
+/// enough to amortize the call and the step, few enough that the task looks at
+/// its outputs and timers often (the same as a source's batch).
+const POD_CHUNK: usize = crate::runtime::sources::SOURCE_BATCH;
 /// Variable-size records read per step.
 const VAR_CHUNK: usize = 64;
 
