@@ -23,22 +23,14 @@ struct Event {
 }
 shardflow_engine::rkyv_data!(Event);
 
-/// Writes `records` hash-routed into a partition of two subpartitions, then
+/// Writes records with `write` into a partition of two subpartitions, then
 /// reads every buffer back, calling `read` on each.
-fn through_partition<T: Data>(
-    pool: &Rc<SegmentPool>,
-    records: &[T],
-    key: impl Fn(&T::Borrowed) -> u64,
-    mut read: impl FnMut(&Buffer),
-) {
+fn through_partition(pool: &Rc<SegmentPool>, write: impl FnOnce(&mut ResultPartition), mut read: impl FnMut(&Buffer)) {
     let ledgers: Vec<CreditLedger> = (0..2).map(|_| CreditLedger::new(1, 512, 0)).collect();
     let (txs, rxs): (Vec<_>, Vec<_>) =
         ledgers.iter().map(|l| channel(l.initial_credits(), l.max_in_flight_per_channel(), 2)).unzip();
     let mut partition = ResultPartition::new(pool.clone(), txs, 512);
-    for r in records {
-        let b = std::borrow::Borrow::borrow(r);
-        T::write(b, &mut partition, (key_hash(&key(b)) & 1) as usize).expect("write");
-    }
+    write(&mut partition);
     partition.finish().expect("finish");
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
@@ -53,32 +45,25 @@ fn through_partition<T: Data>(
     }
 }
 
-/// Writes `records` into a partition of two subpartitions the way a task's
-/// writer does, in batches of 256 routed by key hash through
-/// [`Data::write_routed`], then reads every buffer back, summing values.
-fn pod_batches_through_partition(pool: &Rc<SegmentPool>, records: &[KeyValue]) -> u64 {
-    let ledgers: Vec<CreditLedger> = (0..2).map(|_| CreditLedger::new(1, 512, 0)).collect();
-    let (txs, rxs): (Vec<_>, Vec<_>) =
-        ledgers.iter().map(|l| channel(l.initial_credits(), l.max_in_flight_per_channel(), 2)).unzip();
-    let mut partition = ResultPartition::new(pool.clone(), txs, 512);
-    for batch in records.chunks(256) {
-        KeyValue::write_routed(batch, &mut partition, |r| Some((key_hash(&r.key) & 1) as usize)).expect("write");
-    }
-    partition.finish().expect("finish");
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
-    assert!(partition.poll_ready(&mut cx).is_ready(), "credits cover the bench's buffers");
-    let mut sum = 0u64;
-    for (rx, l) in rxs.into_iter().zip(ledgers) {
-        let mut gate = InputGate::new(vec![rx], l);
-        while let Some((_, item)) = gate.try_next().expect("gate") {
-            if let GateItem::Data(buf) = item {
-                let slice = KeyValue::slice(&buf).expect("pod").unwrap_or(&[]);
-                sum = slice.iter().fold(sum, |s, r| s.wrapping_add(r.value));
-            }
+/// Writes `records` one call per record, routed by the hash of `key`.
+fn one_by_one<'a, T: Data>(
+    records: &'a [T],
+    key: impl Fn(&T::Borrowed) -> u64 + 'a,
+) -> impl FnOnce(&mut ResultPartition) + 'a {
+    move |partition| {
+        for r in records {
+            let b = std::borrow::Borrow::borrow(r);
+            T::write(b, partition, (key_hash(&key(b)) & 1) as usize).expect("write");
         }
     }
-    sum
+}
+
+/// Sums the values of a buffer of `KeyValue`s into `sum`.
+fn sum_values(sum: &mut u64) -> impl FnMut(&Buffer) + '_ {
+    |buf| {
+        let slice = KeyValue::slice(buf).expect("pod").unwrap_or(&[]);
+        *sum = slice.iter().fold(*sum, |s, r| s.wrapping_add(r.value));
+    }
 }
 
 fn record_encoding(c: &mut Criterion) {
@@ -90,21 +75,22 @@ fn record_encoding(c: &mut Criterion) {
     g.bench_function("pod_16b_write_route_read_slice", |b| {
         b.iter(|| {
             let mut sum = 0u64;
-            through_partition(
-                &pool,
-                &records,
-                |r| r.key,
-                |buf| {
-                    let slice = <shardflow_engine::jobs::KeyValue as Data>::slice(buf).expect("pod").unwrap_or(&[]);
-                    sum = slice.iter().fold(sum, |s, r| s.wrapping_add(r.value));
-                },
-            );
+            through_partition(&pool, one_by_one(&records, |r| r.key), sum_values(&mut sum));
             std::hint::black_box(sum)
         })
     });
-
+    // As a task's writer does: batches of 256, each routed and copied in one call.
     g.bench_function("pod_16b_write_routed_batches_read_slice", |b| {
-        b.iter(|| std::hint::black_box(pod_batches_through_partition(&pool, &records)))
+        b.iter(|| {
+            let mut sum = 0u64;
+            let write = |partition: &mut ResultPartition| {
+                for batch in records.chunks(256) {
+                    KeyValue::write_routed(batch, partition, |r| Some((key_hash(&r.key) & 1) as usize)).expect("write");
+                }
+            };
+            through_partition(&pool, write, sum_values(&mut sum));
+            std::hint::black_box(sum)
+        })
     });
 
     let events: Vec<Event> =
@@ -113,19 +99,14 @@ fn record_encoding(c: &mut Criterion) {
     g.bench_function("rkyv_event_write_route_checked_read", |b| {
         b.iter(|| {
             let mut sum = 0u64;
-            through_partition(
-                &pool,
-                &events,
-                |e| e.user,
-                |buf| {
-                    let mut cursor = 0;
-                    Event::each(buf, &mut cursor, &mut |e| {
-                        sum = sum.wrapping_add(e.millis);
-                        true
-                    })
-                    .expect("valid");
-                },
-            );
+            through_partition(&pool, one_by_one(&events, |e| e.user), |buf| {
+                let mut cursor = 0;
+                Event::each(buf, &mut cursor, &mut |e| {
+                    sum = sum.wrapping_add(e.millis);
+                    true
+                })
+                .expect("valid");
+            });
             std::hint::black_box(sum)
         })
     });
@@ -135,19 +116,14 @@ fn record_encoding(c: &mut Criterion) {
     g.bench_function("rkyv_word_write_route_checked_read_in_place", |b| {
         b.iter(|| {
             let mut bytes = 0usize;
-            through_partition(
-                &pool,
-                &words,
-                |w| w.len() as u64,
-                |buf| {
-                    let mut cursor = 0;
-                    String::each(buf, &mut cursor, &mut |w: &str| {
-                        bytes += w.len();
-                        true
-                    })
-                    .expect("valid");
-                },
-            );
+            through_partition(&pool, one_by_one(&words, |w| w.len() as u64), |buf| {
+                let mut cursor = 0;
+                String::each(buf, &mut cursor, &mut |w: &str| {
+                    bytes += w.len();
+                    true
+                })
+                .expect("valid");
+            });
             std::hint::black_box(bytes)
         })
     });

@@ -167,7 +167,7 @@ impl<T: Data, R: Route<T>> PartitionWriter<T, R> {
 }
 
 #[inline(always)]
-fn write_routed<T: Data, R: Route<T>>(
+fn write_one<T: Data, R: Route<T>>(
     route: &mut R,
     subpartitions: usize,
     out: &mut ResultPartition,
@@ -183,7 +183,7 @@ impl<T: Data, R: Route<T>> Collector<T> for PartitionWriter<T, R> {
     #[inline]
     fn collect(&mut self, record: &T::Borrowed) {
         let PartitionWriter { partition, route, subpartitions, failure, .. } = self;
-        if let Err(e) = write_routed(route, *subpartitions, &mut partition.borrow_mut(), record) {
+        if let Err(e) = write_one(route, *subpartitions, &mut partition.borrow_mut(), record) {
             failure.set(e.into());
         }
     }
