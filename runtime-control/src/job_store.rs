@@ -66,6 +66,10 @@ pub struct JobRecord {
     pub details: Option<JobDetails>,
     /// The latest completed checkpoint, once checkpoints exist.
     pub latest_checkpoint: Option<CompletedCheckpointPointer>,
+    /// The resource ids of the workers its latest deployment ran on (empty
+    /// before the first): a new leader gives them a while to register again
+    /// before it deploys the job, so the job lands where it ran.
+    pub workers: Vec<String>,
 }
 
 /// Why bytes from the job store are not a record.
@@ -181,6 +185,7 @@ mod tests {
             status: JobStatus::Running,
             details: None,
             latest_checkpoint: Some(CompletedCheckpointPointer { checkpoint: CheckpointId(4), location: "x".into() }),
+            workers: vec!["w0".into(), "w1".into()],
         }
     }
 

@@ -84,6 +84,13 @@ fn tasks_of(dump: &Value) -> Vec<String> {
         .collect()
 }
 
+/// How many workers a job's subtasks run on.
+fn workers_of(job: &Value) -> usize {
+    let workers: std::collections::BTreeSet<u64> =
+        job["subtasks"].as_array().unwrap().iter().map(|t| t["worker"].as_u64().unwrap()).collect();
+    workers.len()
+}
+
 fn attempts(job: &Value) -> Vec<u64> {
     job["subtasks"].as_array().unwrap().iter().map(|t| t["attempt"].as_u64().unwrap()).collect()
 }
@@ -105,6 +112,7 @@ fn a_sigkilled_leader_is_replaced_and_its_running_job_completes_under_the_new_on
     let id = submitted["job"].as_str().unwrap().to_string();
     assert_eq!(submitted["status"], "RUNNING", "{submitted}");
     assert_eq!(attempts(&submitted), vec![0; 4]);
+    assert_eq!(workers_of(&submitted), 2, "placed on both workers: {submitted}");
 
     h.leader.proc.0.kill().unwrap();
     h.leader.proc.0.wait().unwrap();
@@ -112,6 +120,8 @@ fn a_sigkilled_leader_is_replaced_and_its_running_job_completes_under_the_new_on
     h.standby.wait_for_log(&["job recovered from the job store", &format!("job={id}")]);
 
     // The client finds the new leader in etcd and waits there for the end.
+    let v = h.json(&["status", &id, "--wait", "running", "--timeout-s", "60"]);
+    assert_eq!(workers_of(&v), 2, "the new leader waited for both workers and placed it alike: {v}");
     let v = h.json(&["status", &id, "--wait", "finished", "--timeout-s", "120"]);
     assert_eq!(v["status"], "FINISHED", "{v}");
     assert_eq!(sink_totals(&v), (10_000, 10_000 * 10_001 / 2), "every record once, from the rerun: {v}");

@@ -135,9 +135,13 @@ impl Coordinator {
             .and_then(|(p, rs)| validate_job(&r.graph, self.catalog.as_ref()).map(|order| (p, rs, order)));
         let token = self.fresh_token();
         let deadline = now + self.config.slot_wait_timeout;
+        // The workers it ran on re-register within moments of a change of leader
+        // (they follow the leader key); one that does not within a heartbeat
+        // timeout is taken for lost.
+        let settle = now + self.config.heartbeat_timeout;
         let recovered = checked.and_then(|(placement, restart, order)| {
             let tracker = RestartTracker::resumed(restart, r.restarts);
-            JobMaster::recover(&r, token, order, placement, tracker, now, deadline)
+            JobMaster::recover(&r, token, order, placement, tracker, now, deadline, settle)
         });
         match recovered {
             Ok(jm) => {

@@ -119,10 +119,19 @@ pub(super) struct JobMaster {
     failure_secondary: bool,
     deployed_at: Instant,
     all_running: Option<Duration>,
-    /// What the job store holds of it (epoch, restarts, ended), where a job store
-    /// is kept; `None` before the first write.
-    stored: Option<(u32, u32, bool)>,
+    /// What the job store holds of it, where a job store is kept; `None` before
+    /// the first write.
+    stored: Option<StoredState>,
+    /// The resource ids of the workers its latest deployment ran on.
+    workers: Vec<String>,
+    /// A recovered job's workers of old, and until when it waits for them to
+    /// register before it is placed on whatever is there.
+    awaiting: Option<(Vec<String>, Instant)>,
 }
+
+/// What a job store write records that can change: epoch, restarts, whether it
+/// ended, and its workers.
+type StoredState = (u32, u32, bool, Vec<String>);
 
 impl JobMaster {
     /// The master of a validated job (`order` from its validation), RUNNING and
@@ -155,13 +164,15 @@ impl JobMaster {
             deployed_at: now,
             all_running: None,
             stored: None,
+            workers: Vec::new(),
+            awaiting: None,
         })
     }
 
     /// The master of a job a new leader read from its job store (`record`, whose
     /// graph validated to `order`): CREATED, its attempts numbered on from the
     /// record's epoch, waiting until `deadline` for slots to deploy it from the
-    /// start.
+    /// start, and until `settle` (at most) for the workers it ran on to register.
     #[allow(clippy::too_many_arguments, reason = "one constructor, called once, with named fields")]
     pub(super) fn recover(
         record: &JobRecord,
@@ -171,6 +182,7 @@ impl JobMaster {
         restart: RestartTracker,
         now: Instant,
         deadline: Instant,
+        settle: Instant,
     ) -> Result<Self, ControlError> {
         let mut eg = ExecutionGraph::expand(record.job, &record.graph, &order);
         eg.resume_at(record.epoch.saturating_add(1))?;
@@ -190,7 +202,9 @@ impl JobMaster {
             failure_secondary: false,
             deployed_at: now,
             all_running: None,
-            stored: Some((record.epoch, record.restarts, record.has_ended())),
+            stored: Some((record.epoch, record.restarts, record.has_ended(), record.workers.clone())),
+            workers: record.workers.clone(),
+            awaiting: (!record.workers.is_empty()).then(|| (record.workers.clone(), settle.min(deadline))),
         })
     }
 
@@ -207,11 +221,13 @@ impl JobMaster {
             status,
             details: status.is_globally_terminal().then(|| self.details()),
             latest_checkpoint: None,
+            workers: self.workers.clone(),
         }
     }
 
     /// Whether the job store's record of it is out of date (its epoch, its
-    /// restarts or whether it has ended changed since the last write).
+    /// restarts, whether it has ended or its workers changed since the last
+    /// write).
     pub(super) fn store_due(&self) -> bool {
         self.stored != Some(self.stored_state())
     }
@@ -221,8 +237,8 @@ impl JobMaster {
         self.stored = Some(self.stored_state());
     }
 
-    fn stored_state(&self) -> (u32, u32, bool) {
-        (self.eg.epoch(), self.restart.restarts(), self.eg.status().is_globally_terminal())
+    fn stored_state(&self) -> StoredState {
+        (self.eg.epoch(), self.restart.restarts(), self.eg.status().is_globally_terminal(), self.workers.clone())
     }
 
     /// Its job's id.
@@ -265,7 +281,10 @@ impl JobMaster {
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         match self.phase {
             Phase::RestartPending { at } => Some(at),
-            Phase::WaitingForSlots { deadline } | Phase::Recovering { deadline } => Some(deadline),
+            Phase::WaitingForSlots { deadline } => Some(deadline),
+            Phase::Recovering { deadline } => {
+                Some(self.awaiting.as_ref().map_or(deadline, |(_, settle)| deadline.min(*settle)))
+            }
             _ => None,
         }
     }
@@ -296,6 +315,11 @@ impl JobMaster {
         slots.dedup();
         let allocated = gw.slots.allocate(self.id, &slots);
         self.allocations = allocated.iter().copied().collect();
+        let mut workers: Vec<String> =
+            slots.iter().filter_map(|s| gw.slots.worker(s.worker)).map(|w| w.resource_id.clone()).collect();
+        workers.sort();
+        workers.dedup();
+        self.workers = workers;
         self.assignment = assignment;
         self.set_phase(Phase::Running)?;
         self.deployed_at = now;
@@ -545,6 +569,13 @@ impl JobMaster {
     /// Deploys a recovered job if enough slots are free, or fails it once the
     /// wait is over. Returns `true` when the job has just ended.
     fn try_recover(&mut self, gw: &mut Gateways<'_>, now: Instant, deadline: Instant) -> bool {
+        if let Some((workers, settle)) = &self.awaiting {
+            let registered = |id: &String| gw.slots.workers().any(|(_, w)| &w.resource_id == id);
+            if now < *settle && !workers.iter().all(registered) {
+                return false;
+            }
+            self.awaiting = None;
+        }
         match self.place(gw.slots) {
             Ok(assignment) => {
                 if let Err(e) = self.eg.start() {

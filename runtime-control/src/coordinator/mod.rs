@@ -162,7 +162,9 @@ impl Coordinator {
     /// held `records` when it won the leadership (its fencing token is the
     /// leadership's epoch): jobs that had not ended are recovered, to be deployed
     /// from the start once enough workers have registered (within
-    /// `slot_wait_timeout`), and ended ones are kept for `list` and `status`. Job
+    /// `slot_wait_timeout`) — once the workers each ran on have, or a
+    /// `heartbeat_timeout` has passed without them — and ended ones are kept for
+    /// `list` and `status`. Job
     /// ids continue after the highest recorded. A record whose graph this build
     /// cannot run fails its job with the reason.
     pub fn with_job_store(mut self, now: Instant, mut records: Vec<JobRecord>) -> Self {

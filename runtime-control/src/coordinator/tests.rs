@@ -613,7 +613,9 @@ fn with_a_job_store_a_submission_is_answered_only_once_its_record_is_written() {
     let out = h.c.on_job_stored(at(t0, 2), JobId(1), Ok(()));
     assert!(matches!(&out[0], Output::Send(10, Message::JobSubmitted(s)) if s.job == JobId(1)), "{out:?}");
     assert_eq!(submissions(&out).len(), 4, "deployed after the answer");
-    assert!(stores(&out).is_empty(), "nothing new to write: {out:?}");
+    let written = stores(&out);
+    assert_eq!(written.len(), 1, "the deployment's workers are written: {out:?}");
+    assert_eq!((written[0].0.workers.clone(), written[0].1), (vec!["a".to_string()], false));
 
     // a write that fails: the client hears why (retryable), and the job does not exist
     let out = h.c.on_message(at(t0, 3), 11, submit_msg(job(1, PartitionerKind::Forward, b"")));
@@ -672,6 +674,7 @@ fn recorded(id: u64, status: JobStatus, epoch: u32) -> JobRecord {
         status,
         details: None,
         latest_checkpoint: None,
+        workers: Vec::new(),
     };
     if status.is_globally_terminal() {
         r.details = Some(r.details());
@@ -749,4 +752,60 @@ fn a_recovered_job_without_slots_fails_after_the_wait_with_the_reason() {
         [Output::Send(22, Message::ResourceOverview(o))] => assert_eq!(o.leader_epoch, 0),
         other => panic!("{other:?}"),
     }
+}
+
+/// Registers worker `name` (one core, two slots) on connection `conn` at `now`;
+/// what the coordinator does then.
+fn register_at(h: &mut Harness, conn: ConnId, name: &str, now: Instant) -> Vec<Output> {
+    let m = RegisterWorker {
+        resource_id: name.into(),
+        address: "127.0.0.1".into(),
+        resources: WorkerResources {
+            cores: vec![0],
+            slots_per_shard: 2,
+            network_memory_bytes: 1 << 20,
+            managed_memory_per_slot_bytes: 1 << 20,
+        },
+        slots: SlotReport { slots: vec![] },
+    };
+    let out = h.c.on_message(now, conn, Message::RegisterWorker(m));
+    assert!(matches!(&out[0], Output::Send(c, Message::RegistrationAccepted(_)) if *c == conn), "{out:?}");
+    out
+}
+
+#[test]
+fn a_recovered_job_waits_for_the_workers_it_ran_on_but_not_past_the_settle_time() {
+    let ran_on_a_and_b = || JobRecord { workers: vec!["a".into(), "b".into()], ..recorded(1, JobStatus::Running, 0) };
+
+    // Both come back: it deploys once the second has registered, not before.
+    let mut h = ha_harness(vec![ran_on_a_and_b()]);
+    let t0 = h.t0;
+    h.c.on_tick(at(t0, 1));
+    let out = register_at(&mut h, 1, "a", at(t0, 2));
+    assert!(submissions(&out).is_empty(), "a alone has the slots, but b ran it too: {out:?}");
+    let out = register_at(&mut h, 2, "b", at(t0, 3));
+    assert_eq!(submissions(&out).len(), 2, "{out:?}");
+    let written = stores(&out);
+    assert_eq!(written.len(), 1, "{out:?}");
+    assert!(!written[0].0.workers.is_empty(), "the new deployment's workers are recorded: {written:?}");
+
+    // Only a comes back: at the settle time (here the slot wait, the earlier) it deploys there.
+    let mut h = ha_harness(vec![ran_on_a_and_b()]);
+    let t0 = h.t0;
+    h.c.on_tick(at(t0, 1));
+    let out = register_at(&mut h, 1, "a", at(t0, 2));
+    assert!(submissions(&out).is_empty(), "{out:?}");
+    assert!(h.c.next_deadline() <= at(t0, 2000), "it looks again at the settle time");
+    let out = h.c.on_tick(at(t0, 2000));
+    assert_eq!(submissions(&out).len(), 2, "{out:?}");
+    assert_eq!(h.c.job_status(JobId(1)), Some(JobStatus::Running));
+    let written = stores(&out);
+    assert_eq!(written.iter().map(|(r, _)| r.workers.clone()).collect::<Vec<_>>(), vec![vec!["a".to_string()]]);
+
+    // A record without workers (never deployed) waits for no one.
+    let mut h = ha_harness(vec![recorded(1, JobStatus::Running, 0)]);
+    let t0 = h.t0;
+    h.c.on_tick(at(t0, 1));
+    let out = register_at(&mut h, 1, "a", at(t0, 2));
+    assert_eq!(submissions(&out).len(), 2, "{out:?}");
 }
