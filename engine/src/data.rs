@@ -24,7 +24,7 @@ use rkyv::ser::allocator::ArenaHandle;
 use rkyv::ser::writer::Buffer as RkyvSlice;
 use rkyv::util::AlignedVec;
 use shardflow_control::{RecordEncoding, RecordFormat};
-use shardflow_netstack::VarRecords;
+use shardflow_netstack::{fmix64, VarRecords};
 
 /// A record type a stream can carry. Implement it with [`pod_data!`] or
 /// [`rkyv_data!`]; primitives, `String`, `Vec<u8>` and tuples of rkyv types have it.
@@ -89,18 +89,18 @@ pub trait Key: Data<Borrowed: Hash + Eq> + Hash + Eq {}
 impl<K: Data<Borrowed: Hash + Eq> + Hash + Eq> Key for K {}
 
 /// The routing hash of a key (in its borrowed form): stable across processes of
-/// one build, never the raw key bits. FxHash of the key, finished with a
-/// xorshift–multiply–xorshift so that the low bits (the key group) depend on
-/// every bit of the key: two multiplies for a `u64` key, against three for
-/// FxHash followed by murmur3's fmix64, and as even over key groups (a test
-/// below holds it to that on structured key sets).
+/// one build, never the raw key bits. FxHash of the key, finished with murmur3's
+/// fmix64 so that the low bits (the key group) depend on every bit of the key.
+///
+/// Why not a cheaper finish: one xorshift–multiply–xorshift instead of fmix64
+/// (two multiplies for a `u64` key instead of three) spread keys over key
+/// groups as evenly and made P1 5 % faster, but P8 `wordcount` 10 % slower
+/// (`docs/benchmarks.md`, 2026-12-05).
 #[inline(always)]
 pub fn key_hash<Q: Hash + ?Sized>(key: &Q) -> u64 {
     let mut h = rustc_hash::FxHasher::default();
     key.hash(&mut h);
-    let x = h.finish();
-    let x = (x ^ (x >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
-    x ^ (x >> 32)
+    fmix64(h.finish())
 }
 
 // ------------------------------------------------------------------ plain data
