@@ -83,24 +83,95 @@ pub trait Data: Clone + Send + Sync + 'static + Borrow<Self::Borrowed> {
 }
 
 /// A key of a keyed stream: hashable, comparable, and routable the same way in
-/// every process (its hash is [`key_hash`] of its borrowed form).
+/// every process (its routing hash is [`key_hash`] of its borrowed form).
 pub trait Key: Data<Borrowed: Hash + Eq> + Hash + Eq {}
 
 impl<K: Data<Borrowed: Hash + Eq> + Hash + Eq> Key for K {}
 
 /// The routing hash of a key (in its borrowed form): stable across processes of
-/// one build, never the raw key bits. FxHash of the key, finished with murmur3's
-/// fmix64 so that the low bits (the key group) depend on every bit of the key.
-///
-/// Why not a cheaper finish: one xorshift–multiply–xorshift instead of fmix64
-/// (two multiplies for a `u64` key instead of three) spread keys over key
-/// groups as evenly and made P1 5 % faster, but P8 `wordcount` 10 % slower
-/// (`docs/benchmarks.md`, 2026-12-05).
+/// one build, never the raw key bits, and murmur3's fmix64 last, so the low bits
+/// (the key group) depend on every bit of the key. A key that hashes as one
+/// integer (`u64`, `u32`, …) is fmix64 of that integer: two multiplies, as the
+/// timely peer routes; anything else (strings, tuples, structs) is fmix64 of
+/// its FxHash.
 #[inline(always)]
 pub fn key_hash<Q: Hash + ?Sized>(key: &Q) -> u64 {
-    let mut h = rustc_hash::FxHasher::default();
+    let mut h = RouteHasher::Empty;
     key.hash(&mut h);
-    fmix64(h.finish())
+    h.finish()
+}
+
+/// The hasher of [`key_hash`]: a key's first integer is held as it is; a
+/// second write, or bytes, go through FxHash; fmix64 finishes either.
+enum RouteHasher {
+    /// Nothing written yet.
+    Empty,
+    /// One integer written.
+    One(u64),
+    /// More than one integer, or bytes.
+    Fx(rustc_hash::FxHasher),
+}
+
+impl RouteHasher {
+    /// Feeds `write` to the FxHash state (a held integer goes in first).
+    #[inline(always)]
+    fn with_fx(&mut self, write: impl FnOnce(&mut rustc_hash::FxHasher)) {
+        let mut fx = match std::mem::replace(self, RouteHasher::Empty) {
+            RouteHasher::Fx(fx) => fx,
+            RouteHasher::One(held) => {
+                let mut fx = rustc_hash::FxHasher::default();
+                fx.write_u64(held);
+                fx
+            }
+            RouteHasher::Empty => rustc_hash::FxHasher::default(),
+        };
+        write(&mut fx);
+        *self = RouteHasher::Fx(fx);
+    }
+}
+
+impl Hasher for RouteHasher {
+    #[inline(always)]
+    fn finish(&self) -> u64 {
+        match self {
+            RouteHasher::Empty => fmix64(0),
+            RouteHasher::One(x) => fmix64(*x),
+            RouteHasher::Fx(fx) => fmix64(fx.finish()),
+        }
+    }
+
+    #[inline(always)]
+    fn write(&mut self, bytes: &[u8]) {
+        self.with_fx(|fx| fx.write(bytes));
+    }
+
+    #[inline(always)]
+    fn write_u64(&mut self, x: u64) {
+        match self {
+            RouteHasher::Empty => *self = RouteHasher::One(x),
+            _ => self.with_fx(|fx| fx.write_u64(x)),
+        }
+    }
+
+    #[inline(always)]
+    fn write_u8(&mut self, x: u8) {
+        self.write_u64(u64::from(x));
+    }
+
+    #[inline(always)]
+    fn write_u16(&mut self, x: u16) {
+        self.write_u64(u64::from(x));
+    }
+
+    #[inline(always)]
+    fn write_u32(&mut self, x: u32) {
+        self.write_u64(u64::from(x));
+    }
+
+    #[inline(always)]
+    fn write_usize(&mut self, x: usize) {
+        self.write_u64(x as u64);
+    }
 }
 
 // ------------------------------------------------------------------ plain data
@@ -588,5 +659,32 @@ mod tests {
         let words: Vec<String> = (0..n).map(|w| format!("w{w}")).collect();
         let (min, max) = spread(words.iter().map(|w| key_hash(w.as_str())));
         assert!(min > 870 && max < 1180, "words: {min}..{max} per group");
+        let pairs: Vec<(u32, u32)> = (0..n as u32).map(|i| (i >> 9, i & 511)).collect();
+        let (min, max) = spread(pairs.iter().map(key_hash));
+        assert!(min > 870 && max < 1180, "pairs: {min}..{max} per group");
+    }
+
+    #[test]
+    fn an_integer_key_hashes_as_fmix64_of_itself_and_other_keys_as_fmix64_of_fxhash() {
+        use shardflow_netstack::fmix64;
+        use std::hash::{Hash, Hasher};
+        let fx = |k: &dyn Fn(&mut rustc_hash::FxHasher)| {
+            let mut h = rustc_hash::FxHasher::default();
+            k(&mut h);
+            fmix64(h.finish())
+        };
+        assert_eq!(key_hash(&42u64), fmix64(42));
+        assert_eq!(key_hash(&42u32), fmix64(42), "any one integer");
+        assert_eq!(key_hash(&-1i64), fmix64(u64::MAX));
+        assert_eq!(key_hash("w7"), fx(&|h| "w7".hash(h)));
+        // Two integers: both through FxHash, in order.
+        assert_eq!(
+            key_hash(&(1u64, 2u64)),
+            fx(&|h| {
+                h.write_u64(1);
+                h.write_u64(2)
+            })
+        );
+        assert_ne!(key_hash(&(1u64, 2u64)), key_hash(&(2u64, 1u64)));
     }
 }
