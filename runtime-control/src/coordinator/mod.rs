@@ -27,7 +27,7 @@
 //! Files: [`config`] (settings), [`validation`] (the operator catalog and job
 //! checks), `resource_manager.rs` (workers, heartbeats, dumps),
 //! `dispatcher.rs` (jobs and the clients waiting on them) and
-//! `job_master.rs` (one job's life).
+//! `job_master/` (one job's life; its deployments in `deploy.rs`).
 
 mod config;
 mod dispatcher;
