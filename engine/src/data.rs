@@ -55,14 +55,7 @@ pub trait Data: Clone + Send + Sync + 'static + Borrow<Self::Borrowed> {
         out: &mut ResultPartition,
         mut pick: impl FnMut(&Self::Borrowed) -> Option<usize>,
     ) -> Result<(), NetError> {
-        for r in records {
-            let r = r.borrow();
-            match pick(r) {
-                Some(sp) => Self::write(r, out, sp)?,
-                None => (0..out.num_subpartitions()).try_for_each(|sp| Self::write(r, out, sp))?,
-            }
-        }
-        Ok(())
+        records.iter().try_for_each(|r| write_to::<Self>(r.borrow(), out, pick(r.borrow())))
     }
 
     /// The records of a buffer of fixed-size data, in place (`None` for rkyv
@@ -80,6 +73,19 @@ pub trait Data: Clone + Send + Sync + 'static + Borrow<Self::Borrowed> {
 
     /// A record from bytes [`Self::to_bytes`] wrote; checked, never trusted.
     fn from_bytes(bytes: &[u8]) -> Result<Self, NetError>;
+}
+
+/// Writes `record` into subpartition `to` of `out`, or into every one for `None`.
+#[inline(always)]
+pub(crate) fn write_to<T: Data>(
+    record: &T::Borrowed,
+    out: &mut ResultPartition,
+    to: Option<usize>,
+) -> Result<(), NetError> {
+    match to {
+        Some(sp) => T::write(record, out, sp),
+        None => (0..out.num_subpartitions()).try_for_each(|sp| T::write(record, out, sp)),
+    }
 }
 
 /// A key of a keyed stream: hashable, comparable, and routable the same way in

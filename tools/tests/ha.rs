@@ -13,6 +13,12 @@ use std::process::Command;
 use common::{json, run, sink_totals, worker_with, Coordinator, Etcd, Proc, TempDir};
 use serde_json::Value;
 
+/// A coordinator of cluster `cluster_id` on `etcd` with a 1 s lease.
+fn coordinator(etcd: &Etcd, cluster_id: &str, extra: &[&str]) -> Coordinator {
+    let ha = ["--ha-etcd", etcd.endpoint.as_str(), "--cluster-id", cluster_id];
+    Coordinator::start("", &[&["--bind", "127.0.0.1:0", "--lease-ttl-ms", "1000"], &ha[..], extra].concat())
+}
+
 /// Everything of one HA cluster.
 struct Ha {
     etcd: Etcd,
@@ -30,10 +36,9 @@ impl Ha {
         let etcd = Etcd::start();
         let cluster_id = name.to_string();
         let ha = ["--ha-etcd", etcd.endpoint.as_str(), "--cluster-id", name];
-        let flags = [&["--bind", "127.0.0.1:0", "--lease-ttl-ms", "1000"], &ha[..], coordinator_flags].concat();
-        let mut leader = Coordinator::start("", &flags);
+        let mut leader = coordinator(&etcd, name, coordinator_flags);
         leader.wait_for_log(&["leading the cluster"]);
-        let mut standby = Coordinator::start("", &flags);
+        let mut standby = coordinator(&etcd, name, coordinator_flags);
         standby.wait_for_log(&["a standby campaigning"]);
         let logs = TempDir::new("ha-logs");
         let workers = (0..2)
@@ -271,9 +276,7 @@ fn failover_time_over_ten_kills() {
         println!("kill {kill}: running again under the new leader after {} ms", took.as_millis());
         times.push(took);
         // The killed coordinator's place: a new standby.
-        let ha = ["--ha-etcd", h.etcd.endpoint.as_str(), "--cluster-id", h.cluster_id.as_str()];
-        let flags = [&["--bind", "127.0.0.1:0", "--lease-ttl-ms", "1000"], &ha[..]].concat();
-        let mut fresh = Coordinator::start("", &flags);
+        let mut fresh = coordinator(&h.etcd, &h.cluster_id, &[]);
         fresh.wait_for_log(&["a standby campaigning"]);
         h.leader = std::mem::replace(&mut h.standby, fresh);
     }

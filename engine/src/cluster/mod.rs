@@ -45,7 +45,7 @@ pub(crate) fn pipe_client(server: &CoordinatorServer) -> ClusterClient {
         reader: ClientReader::Pipe(reader),
         answer_timeout: DEFAULT_ANSWER_TIMEOUT,
         max_frame_bytes: server.limits().max_frame_bytes,
-        tls: false,
+        plain_tcp: false,
     }
 }
 
@@ -66,8 +66,9 @@ pub struct ClusterClient {
     reader: ClientReader,
     answer_timeout: Duration,
     max_frame_bytes: usize,
-    /// Whether the connection runs over TLS (to explain bytes that are not frames).
-    tls: bool,
+    /// A TCP connection without TLS: a coordinator that requires TLS answers it
+    /// with a TLS alert, which reads as a bad frame.
+    plain_tcp: bool,
 }
 
 /// Where a client reads its answers: a socket (each wait bounded) or a pipe.
@@ -123,7 +124,7 @@ impl ClusterClient {
             reader: ClientReader::Tcp(reader),
             answer_timeout: DEFAULT_ANSWER_TIMEOUT,
             max_frame_bytes: limits.max_frame_bytes,
-            tls: security.has_tls(),
+            plain_tcp: !security.has_tls(),
         })
     }
 
@@ -172,8 +173,7 @@ impl ClusterClient {
         match read_frame(&mut self.reader, self.max_frame_bytes) {
             Received::Message(Message::ErrorReply(e)) => Err(EngineError::Remote { code: e.code, message: e.message }),
             Received::Message(m) => Ok(m),
-            // A coordinator that requires TLS answers a plain client with a TLS alert.
-            Received::Bad(e) if !self.tls && matches!(self.reader, ClientReader::Tcp(_)) => Err(EngineError::Io {
+            Received::Bad(e) if self.plain_tcp => Err(EngineError::Io {
                 what: waiting(),
                 reason: format!("{e}: the coordinator answered with bytes that are not a frame (does it require TLS?)"),
             }),

@@ -8,9 +8,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use shardflow_netstack::{NetError, ResultPartition};
+use shardflow_netstack::ResultPartition;
 
-use crate::data::{key_hash, Data, Key};
+use crate::data::{key_hash, write_to, Data, Key};
 use crate::error::OperatorError;
 use crate::runtime::build::{BuildContext, NodeFactory};
 use crate::runtime::collector::{Collector, Failure};
@@ -166,24 +166,12 @@ impl<T: Data, R: Route<T>> PartitionWriter<T, R> {
     }
 }
 
-#[inline(always)]
-fn write_one<T: Data, R: Route<T>>(
-    route: &mut R,
-    subpartitions: usize,
-    out: &mut ResultPartition,
-    record: &T::Borrowed,
-) -> Result<(), NetError> {
-    match route.pick(record, subpartitions) {
-        Some(sp) => T::write(record, out, sp),
-        None => (0..subpartitions).try_for_each(|sp| T::write(record, out, sp)),
-    }
-}
-
 impl<T: Data, R: Route<T>> Collector<T> for PartitionWriter<T, R> {
     #[inline]
     fn collect(&mut self, record: &T::Borrowed) {
         let PartitionWriter { partition, route, subpartitions, failure, .. } = self;
-        if let Err(e) = write_one(route, *subpartitions, &mut partition.borrow_mut(), record) {
+        let to = route.pick(record, *subpartitions);
+        if let Err(e) = write_to::<T>(record, &mut partition.borrow_mut(), to) {
             failure.set(e.into());
         }
     }

@@ -150,26 +150,7 @@ impl JobMaster {
     ) -> Result<Self, ControlError> {
         let mut eg = ExecutionGraph::expand(id, &graph, &order);
         eg.start()?;
-        Ok(JobMaster {
-            id,
-            token,
-            graph,
-            order,
-            eg,
-            placement,
-            restart,
-            assignment: SlotAssignment::default(),
-            allocations: BTreeMap::new(),
-            phase: Phase::Scheduled,
-            results: BTreeMap::new(),
-            failure: None,
-            failure_secondary: false,
-            deployed_at: now,
-            all_running: None,
-            stored: None,
-            workers: Vec::new(),
-            awaiting: None,
-        })
+        Ok(Self::fresh(id, token, graph, order, eg, placement, restart, Phase::Scheduled, now))
     }
 
     /// The master of a job a new leader read from its job store (`record`, whose
@@ -189,26 +170,47 @@ impl JobMaster {
     ) -> Result<Self, ControlError> {
         let mut eg = ExecutionGraph::expand(record.job, &record.graph, &order);
         eg.resume_at(record.epoch.saturating_add(1))?;
-        Ok(JobMaster {
-            id: record.job,
+        let phase = Phase::Recovering { deadline };
+        let mut jm = Self::fresh(record.job, token, record.graph.clone(), order, eg, placement, restart, phase, now);
+        jm.stored = Some((record.epoch, record.restarts, record.has_ended(), record.workers.clone()));
+        jm.workers = record.workers.clone();
+        jm.awaiting = (!record.workers.is_empty()).then(|| (record.workers.clone(), settle.min(deadline)));
+        Ok(jm)
+    }
+
+    /// A master in `phase` that has placed, deployed and stored nothing yet.
+    #[allow(clippy::too_many_arguments, reason = "private; the two constructors above name every field")]
+    fn fresh(
+        id: JobId,
+        token: JobMasterId,
+        graph: JobGraph,
+        order: Vec<VertexId>,
+        eg: ExecutionGraph,
+        placement: PlacementStrategy,
+        restart: RestartTracker,
+        phase: Phase,
+        now: Instant,
+    ) -> Self {
+        JobMaster {
+            id,
             token,
-            graph: record.graph.clone(),
+            graph,
             order,
             eg,
             placement,
             restart,
             assignment: SlotAssignment::default(),
             allocations: BTreeMap::new(),
-            phase: Phase::Recovering { deadline },
+            phase,
             results: BTreeMap::new(),
             failure: None,
             failure_secondary: false,
             deployed_at: now,
             all_running: None,
-            stored: Some((record.epoch, record.restarts, record.has_ended(), record.workers.clone())),
-            workers: record.workers.clone(),
-            awaiting: (!record.workers.is_empty()).then(|| (record.workers.clone(), settle.min(deadline))),
-        })
+            stored: None,
+            workers: Vec::new(),
+            awaiting: None,
+        }
     }
 
     /// The job as the job store keeps it now.
