@@ -1,6 +1,7 @@
-//! A randomized oracle: random job shapes (union, connect, flat map, key by,
-//! reduce, process with map state, several parallelisms) over random user records
-//! with strings, each checked against a naive single-threaded evaluation.
+//! Oracles for four job shapes (union, connect, flat map, key by, reduce,
+//! running count, process with map state, keyed co-process) at random
+//! parallelisms over random user records with strings, each checked against a
+//! naive single-threaded evaluation. Random shapes: `embedded_random_graphs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -217,7 +218,7 @@ fn flat_map_running_count_and_co_map(engine: &Engine, rng: &mut SplitMix, max_p:
 }
 
 #[test]
-fn random_job_shapes_agree_with_a_naive_evaluation() {
+fn four_job_shapes_at_random_parallelisms_agree_with_a_naive_evaluation() {
     let engine = small_engine().build().expect("engine starts");
     let max_p = (2 * shard_count()).min(3) as u64;
     for seed in 0..3 {

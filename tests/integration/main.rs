@@ -10,6 +10,7 @@ mod embedded_cancel;
 mod embedded_failure;
 mod embedded_oracle;
 mod embedded_placement;
+mod embedded_random_graphs;
 mod embedded_routing;
 mod embedded_spin;
 mod embedded_state;
