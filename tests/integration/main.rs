@@ -3,6 +3,7 @@
 //! test with a message; nothing sleeps to wait for something.
 
 mod cluster_inprocess;
+mod cluster_own_binary;
 mod common;
 mod embedded_backpressure;
 mod embedded_bad_input;

@@ -1,0 +1,75 @@
+//! A user's own binary (`bin/own_jobs.rs`: its jobs in a catalog, handed to
+//! `shardflow_tools::main_with`) is a whole cluster: coordinator, worker and
+//! client processes of that one binary run its job over its own record type.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+
+const OWN: &str = env!("CARGO_BIN_EXE_own-jobs");
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn own(args: &[&str]) -> Output {
+    Command::new(OWN).args(args).output().expect("own-jobs runs")
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    let out = own(&[args, &["--json"]].concat());
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+#[test]
+fn a_users_own_binary_runs_its_own_jobs_as_a_cluster() {
+    let mut coordinator = Command::new(OWN)
+        .args(["coordinator", "--bind", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("coordinator starts");
+    let mut line = String::new();
+    BufReader::new(coordinator.stdout.take().expect("piped")).read_line(&mut line).expect("it says where it listens");
+    let _coordinator = Proc(coordinator);
+    let addr = line.trim().rsplit(' ').next().unwrap_or_default().to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "coordinator said: {line}");
+    let at = ["--coordinator", addr.as_str()];
+    let _worker = Proc(
+        Command::new(OWN)
+            .args(["worker", "--cores", "0", "--resource-id", "w0", "--slots-per-shard", "2"])
+            .args(["--network-memory-bytes", "8388608", "--segment-bytes", "4096"])
+            .args(at)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("worker starts"),
+    );
+    let v = json(&[&["cluster", "--wait-workers", "1", "--timeout-s", "60"][..], &at[..]].concat());
+    assert_eq!(v["workers"], 1, "{v}");
+
+    // Its catalog is its own: its job is listed, the shipped benchmarks are not.
+    let out = own(&["submit", "--list-jobs"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && listed.contains("visit-time"), "{listed}");
+    assert!(!listed.contains("keyed-sum"), "{listed}");
+    let out = own(&[&["submit", "keyed-sum", "--wait", "finished"][..], &at[..]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no such job") && err.contains("visit-time"), "{err}");
+
+    // Its job: 20 000 visits of 50 users, keyed by the user's name, summed.
+    let submit = ["submit", "visit-time", "-p", "2", "--param", "visits=20000", "--param", "users=50"];
+    let v = json(&[&submit[..], &["--wait", "finished"], &at[..]].concat());
+    assert_eq!(v["status"], "FINISHED", "{v}");
+    let (records, sum) = v["subtasks"].as_array().expect("subtasks").iter().fold((0, 0), |(r, s), t| {
+        (r + t["sink_records"].as_u64().unwrap_or(0), s + t["sink_value_sum"].as_u64().unwrap_or(0))
+    });
+    assert_eq!((records, sum), (50, 20_000 * 19_999 / 2), "one total per user, every visit's time: {v}");
+}
