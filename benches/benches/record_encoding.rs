@@ -1,7 +1,8 @@
 //! Record encoding through a result partition: fixed-size plain data copied once
 //! and read in place as a slice, versus variable-size records archived with rkyv
-//! (a struct with a string, and bare words) and read in place with checked
-//! access — the engine's two encodings, as a task writes and reads them.
+//! (a struct with a string, and bare words) and read with checked access — the
+//! struct deserialized per record (`rkyv_data!`) or read in place through its
+//! view (`rkyv_view!`) — the engine's encodings, as a task writes and reads them.
 
 #![allow(missing_docs)]
 
@@ -22,6 +23,45 @@ struct Event {
     millis: u64,
 }
 shardflow_engine::rkyv_data!(Event);
+
+/// `Event`'s twin, read in place through a view.
+#[derive(Clone, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct Visit {
+    user: u64,
+    page: String,
+    millis: u64,
+}
+
+trait VisitView: shardflow_engine::data::RecordView<Visit> {
+    fn user(&self) -> u64;
+    fn page(&self) -> &str;
+    fn millis(&self) -> u64;
+}
+
+impl VisitView for Visit {
+    fn user(&self) -> u64 {
+        self.user
+    }
+    fn page(&self) -> &str {
+        &self.page
+    }
+    fn millis(&self) -> u64 {
+        self.millis
+    }
+}
+
+impl VisitView for ArchivedVisit {
+    fn user(&self) -> u64 {
+        self.user.to_native()
+    }
+    fn page(&self) -> &str {
+        &self.page
+    }
+    fn millis(&self) -> u64 {
+        self.millis.to_native()
+    }
+}
+shardflow_engine::rkyv_view!(Visit as dyn VisitView);
 
 /// Writes records with `write` into a partition of two subpartitions, then
 /// reads every buffer back, calling `read` on each.
@@ -102,7 +142,24 @@ fn record_encoding(c: &mut Criterion) {
             through_partition(&pool, one_by_one(&events, |e| e.user), |buf| {
                 let mut cursor = 0;
                 Event::each(buf, &mut cursor, &mut |e| {
-                    sum = sum.wrapping_add(e.millis);
+                    sum = sum.wrapping_add(e.millis + e.page.len() as u64);
+                    true
+                })
+                .expect("valid");
+            });
+            std::hint::black_box(sum)
+        })
+    });
+
+    let visits: Vec<Visit> =
+        events.iter().map(|e| Visit { user: e.user, page: e.page.clone(), millis: e.millis }).collect();
+    g.bench_function("rkyv_event_view_write_route_checked_read_in_place", |b| {
+        b.iter(|| {
+            let mut sum = 0u64;
+            through_partition(&pool, one_by_one(&visits, |v| v.user()), |buf| {
+                let mut cursor = 0;
+                Visit::each(buf, &mut cursor, &mut |v| {
+                    sum = sum.wrapping_add(v.millis() + v.page().len() as u64);
                     true
                 })
                 .expect("valid");

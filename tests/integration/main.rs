@@ -12,6 +12,7 @@ mod embedded_failure;
 mod embedded_oracle;
 mod embedded_placement;
 mod embedded_random_graphs;
+mod embedded_records;
 mod embedded_routing;
 mod embedded_spin;
 mod embedded_state;

@@ -1,0 +1,426 @@
+//! Records through rkyv: the bounds a type needs, the helpers the declaring
+//! macros expand to, tuples, and in-place views of a user's own types
+//! ([`RecordView`], declared with [`rkyv_view!`](crate::rkyv_view)).
+
+use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor;
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::ser::writer::Buffer as RkyvSlice;
+use rkyv::util::AlignedVec;
+use shardflow_control::{RecordEncoding, RecordFormat};
+use shardflow_netstack::{Buffer, NetError, ResultPartition, VarRecords};
+
+use super::Data;
+
+/// The rkyv bounds a record type needs: archivable into a segment, checkable,
+/// and deserializable back.
+pub trait RkyvRecord:
+    Sized
+    + rkyv::Archive
+    + for<'a, 'b> rkyv::Serialize<HighSerializer<RkyvSlice<'b>, ArenaHandle<'a>, rancor::BoxedError>>
+    + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::BoxedError>>
+where
+    Self::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
+        + rkyv::Deserialize<Self, HighDeserializer<rancor::BoxedError>>,
+{
+}
+
+impl<T> RkyvRecord for T
+where
+    T: rkyv::Archive
+        + for<'a, 'b> rkyv::Serialize<HighSerializer<RkyvSlice<'b>, ArenaHandle<'a>, rancor::BoxedError>>
+        + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::BoxedError>>,
+    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
+        + rkyv::Deserialize<T, HighDeserializer<rancor::BoxedError>>,
+{
+}
+
+/// Alignment of an archive in a buffer: rkyv's archives need at most 16.
+pub const RKYV_ALIGN: usize = 16;
+
+/// The format of an rkyv type.
+#[doc(hidden)]
+pub fn rkyv_format<T: rkyv::Archive>(align: usize) -> RecordFormat {
+    RecordFormat {
+        type_name: std::any::type_name::<T>().to_string(),
+        encoding: RecordEncoding::Rkyv {
+            archived_size: std::mem::size_of::<T::Archived>() as u32,
+            align: align as u32,
+        },
+    }
+}
+
+/// Archives `value` into subpartition `sp` (a record too large for a segment is
+/// refused with its real size).
+#[doc(hidden)]
+pub fn write_rkyv<V>(value: &V, align: usize, out: &mut ResultPartition, sp: usize) -> Result<(), NetError>
+where
+    V: for<'a, 'b> rkyv::Serialize<HighSerializer<RkyvSlice<'b>, ArenaHandle<'a>, rancor::BoxedError>>
+        + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::BoxedError>>,
+{
+    let written = out.write_var(sp, align, |room| {
+        rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, RkyvSlice::from(room)).ok().map(|w| w.len())
+    });
+    match written {
+        Err(NetError::RecordTooLarge { segment_bytes, .. }) => {
+            let record_bytes = rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, AlignedVec::<16>::new())
+                .map_or(segment_bytes + 1, |v| v.len());
+            Err(NetError::RecordTooLarge { record_bytes, segment_bytes })
+        }
+        other => other,
+    }
+}
+
+/// Each archived record of `buffer` from `*cursor`, checked, handed to `f`.
+#[doc(hidden)]
+pub fn each_archived<A>(
+    buffer: &Buffer,
+    align: usize,
+    cursor: &mut usize,
+    f: &mut dyn FnMut(&A) -> bool,
+) -> Result<(), NetError>
+where
+    A: rkyv::Portable + for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>,
+{
+    let mut records = VarRecords::from_position(buffer, align, *cursor);
+    while let Some(bytes) = records.next() {
+        let at = records.position();
+        let bytes = bytes?;
+        let archived = rkyv::access::<A, rancor::BoxedError>(bytes)
+            .map_err(|e| NetError::MalformedRecord { offset: *cursor, reason: e.to_string() })?;
+        *cursor = at;
+        if !f(archived) {
+            break;
+        }
+    }
+    *cursor = records.position().max(*cursor);
+    Ok(())
+}
+
+/// `value` archived on its own (for snapshots).
+#[doc(hidden)]
+pub fn rkyv_to_bytes<V>(value: &V) -> Result<Vec<u8>, NetError>
+where
+    V: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::BoxedError>>,
+{
+    rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, AlignedVec::<16>::new())
+        .map(|v| v.into_vec())
+        .map_err(|e| NetError::MalformedRecord { offset: 0, reason: format!("cannot archive: {e}") })
+}
+
+/// A value from bytes [`rkyv_to_bytes`] wrote: copied into an aligned buffer,
+/// checked, deserialized.
+#[doc(hidden)]
+pub fn rkyv_from_bytes<T: RkyvRecord>(bytes: &[u8]) -> Result<T, NetError>
+where
+    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
+        + rkyv::Deserialize<T, HighDeserializer<rancor::BoxedError>>,
+{
+    let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
+    aligned.extend_from_slice(bytes);
+    let malformed = |e: rancor::BoxedError| NetError::MalformedRecord { offset: 0, reason: e.to_string() };
+    let archived = rkyv::access::<T::Archived, rancor::BoxedError>(&aligned).map_err(malformed)?;
+    rkyv::deserialize::<T, rancor::BoxedError>(archived).map_err(malformed)
+}
+
+/// Declares rkyv record types (`#[derive(rkyv::Archive, rkyv::Serialize,
+/// rkyv::Deserialize)]`, plus `Clone`): archived once into a segment and read
+/// with checked access; operators see the deserialized value (an owned copy
+/// per record after an exchange). To read them in place instead, declare a view
+/// with [`rkyv_view!`](crate::rkyv_view).
+///
+/// ```
+/// #[derive(Clone, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+/// struct Request { user: String, path: String, millis: u64 }
+/// shardflow_engine::rkyv_data!(Request);
+/// ```
+#[macro_export]
+macro_rules! rkyv_data {
+    ($($t:ty),* $(,)?) => {$(
+        impl $crate::Data for $t {
+            type Borrowed = $t;
+            const POD: bool = false;
+            fn format() -> $crate::RecordFormat {
+                $crate::data::rkyv_format::<$t>($crate::data::RKYV_ALIGN)
+            }
+            fn to_owned_record(b: &$t) -> $t {
+                ::std::clone::Clone::clone(b)
+            }
+            fn write(
+                record: &$t,
+                out: &mut $crate::data::ResultPartition,
+                sp: usize,
+            ) -> ::std::result::Result<(), $crate::data::NetError> {
+                $crate::data::write_rkyv(record, $crate::data::RKYV_ALIGN, out, sp)
+            }
+            fn slice(
+                _: &$crate::data::Buffer,
+            ) -> ::std::result::Result<::std::option::Option<&[$t]>, $crate::data::NetError> {
+                Ok(None)
+            }
+            fn each(
+                buffer: &$crate::data::Buffer,
+                cursor: &mut usize,
+                f: &mut dyn FnMut(&$t) -> bool,
+            ) -> ::std::result::Result<(), $crate::data::NetError> {
+                let mut failed = None;
+                $crate::data::each_archived::<<$t as $crate::data::rkyv::Archive>::Archived>(
+                    buffer,
+                    $crate::data::RKYV_ALIGN,
+                    cursor,
+                    &mut |a| match $crate::data::rkyv::deserialize::<$t, $crate::data::rkyv::rancor::BoxedError>(a) {
+                        Ok(v) => f(&v),
+                        Err(e) => {
+                            failed = Some(e.to_string());
+                            false
+                        }
+                    },
+                )?;
+                match failed {
+                    None => Ok(()),
+                    Some(reason) => Err($crate::data::NetError::MalformedRecord { offset: *cursor, reason }),
+                }
+            }
+            fn to_bytes(record: &$t) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::data::NetError> {
+                $crate::data::rkyv_to_bytes(record)
+            }
+            fn from_bytes(bytes: &[u8]) -> ::std::result::Result<$t, $crate::data::NetError> {
+                $crate::data::rkyv_from_bytes::<$t>(bytes)
+            }
+        }
+    )*};
+}
+
+/// A record of a type declared with [`rkyv_view!`](crate::rkyv_view), as its
+/// view sees it: the owned value, where an operator of this chain made it, or
+/// its archive read in place from a network buffer, after an exchange.
+pub enum RecordRef<'a, T: rkyv::Archive> {
+    /// Made in this chain.
+    Owned(&'a T),
+    /// Read in place from a buffer (checked when it was read).
+    Archived(&'a T::Archived),
+}
+
+impl<T: rkyv::Archive> Clone for RecordRef<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T: rkyv::Archive> Copy for RecordRef<'_, T> {}
+
+impl<T: RkyvRecord + Clone> RecordRef<'_, T>
+where
+    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
+        + rkyv::Deserialize<T, HighDeserializer<rancor::BoxedError>>,
+{
+    /// The record as an owned value: a clone, or deserialized from its archive.
+    ///
+    /// # Panics
+    /// If a checked archive does not deserialize, which rkyv's derived types
+    /// never do (a hand-written `Deserialize` that fails would).
+    pub fn to_owned_record(self) -> T {
+        match self {
+            RecordRef::Owned(t) => t.clone(),
+            RecordRef::Archived(a) => rkyv::deserialize::<T, rancor::BoxedError>(a).unwrap_or_else(|e| {
+                panic!("a checked {} archive does not deserialize: {e}", std::any::type_name::<T>())
+            }),
+        }
+    }
+}
+
+/// The supertrait of a view trait declared with [`rkyv_view!`](crate::rkyv_view):
+/// which form of the record a view is (the macro implements it).
+pub trait RecordView<T: rkyv::Archive>: 'static {
+    /// The record behind this view.
+    fn record(&self) -> RecordRef<'_, T>;
+}
+
+/// Writes the record behind a view: an owned one archived, an archived one
+/// (forwarded unchanged to another exchange) deserialized and archived again.
+#[doc(hidden)]
+pub fn write_view<T: RkyvRecord + Clone>(
+    record: RecordRef<'_, T>,
+    out: &mut ResultPartition,
+    sp: usize,
+) -> Result<(), NetError>
+where
+    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
+        + rkyv::Deserialize<T, HighDeserializer<rancor::BoxedError>>,
+{
+    match record {
+        RecordRef::Owned(t) => write_rkyv(t, RKYV_ALIGN, out, sp),
+        RecordRef::Archived(_) => write_rkyv(&record.to_owned_record(), RKYV_ALIGN, out, sp),
+    }
+}
+
+/// Declares rkyv record types that operators read **in place**, through a view
+/// trait of the user's: after an exchange an operator gets the archive in the
+/// network buffer (checked, never deserialized: a string field is a `&str` into
+/// the buffer, no allocation per record), within a chain the owned value — both
+/// as `&dyn View`.
+///
+/// The view trait has [`RecordView<T>`] as a supertrait and is implemented for
+/// the type and for its archived form (`Archived<Name>`, rkyv's derive makes
+/// it); the macro implements the rest. Operators then take `&dyn View`:
+///
+/// ```
+/// use shardflow_engine::data::{RecordRef, RecordView};
+///
+/// #[derive(Clone, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+/// struct Visit { user: String, millis: u64 }
+///
+/// trait VisitView: RecordView<Visit> {
+///     fn user(&self) -> &str;
+///     fn millis(&self) -> u64;
+/// }
+/// impl VisitView for Visit {
+///     fn user(&self) -> &str { &self.user }
+///     fn millis(&self) -> u64 { self.millis }
+/// }
+/// impl VisitView for ArchivedVisit {
+///     fn user(&self) -> &str { &self.user }
+///     fn millis(&self) -> u64 { self.millis.to_native() }
+/// }
+/// shardflow_engine::rkyv_view!(Visit as dyn VisitView);
+///
+/// # use shardflow_engine::{Dataflow, Engine};
+/// let df = Dataflow::new("time-per-user");
+/// let visits = vec![Visit { user: "ann".into(), millis: 5 }, Visit { user: "bob".into(), millis: 7 }];
+/// let totals = df
+///     .from_iter("visits", visits)
+///     .key_by_ref::<String, _>(|v: &dyn VisitView| v.user())
+///     // after the exchange: `v` is the archive in the buffer
+///     .reduce_final(|acc: &Visit, v: &dyn VisitView| Visit { millis: acc.millis + v.millis(), ..acc.clone() })
+///     .map(|v: &dyn VisitView| (v.user().to_string(), v.millis()))
+///     .collect();
+/// # let engine = Engine::builder().shards(1).build()?;
+/// # engine.run(df.build()?)?;
+/// # let mut got = totals.take(); got.sort();
+/// # assert_eq!(got, vec![("ann".to_string(), 5), ("bob".to_string(), 7)]);
+/// # Ok::<(), shardflow_engine::EngineError>(())
+/// ```
+#[macro_export]
+macro_rules! rkyv_view {
+    ($t:ty as dyn $view:path) => {
+        impl $crate::data::RecordView<$t> for $t {
+            #[inline(always)]
+            fn record(&self) -> $crate::data::RecordRef<'_, $t> {
+                $crate::data::RecordRef::Owned(self)
+            }
+        }
+        impl $crate::data::RecordView<$t> for <$t as $crate::data::rkyv::Archive>::Archived {
+            #[inline(always)]
+            fn record(&self) -> $crate::data::RecordRef<'_, $t> {
+                $crate::data::RecordRef::Archived(self)
+            }
+        }
+        impl ::std::borrow::Borrow<dyn $view + 'static> for $t {
+            #[inline(always)]
+            fn borrow(&self) -> &(dyn $view + 'static) {
+                self
+            }
+        }
+        impl $crate::Data for $t {
+            type Borrowed = dyn $view + 'static;
+            const POD: bool = false;
+            fn format() -> $crate::RecordFormat {
+                $crate::data::rkyv_format::<$t>($crate::data::RKYV_ALIGN)
+            }
+            fn to_owned_record(b: &(dyn $view + 'static)) -> $t {
+                $crate::data::RecordView::<$t>::record(b).to_owned_record()
+            }
+            fn write(
+                record: &(dyn $view + 'static),
+                out: &mut $crate::data::ResultPartition,
+                sp: usize,
+            ) -> ::std::result::Result<(), $crate::data::NetError> {
+                $crate::data::write_view($crate::data::RecordView::<$t>::record(record), out, sp)
+            }
+            fn slice(
+                _: &$crate::data::Buffer,
+            ) -> ::std::result::Result<::std::option::Option<&[$t]>, $crate::data::NetError> {
+                Ok(None)
+            }
+            fn each(
+                buffer: &$crate::data::Buffer,
+                cursor: &mut usize,
+                f: &mut dyn FnMut(&(dyn $view + 'static)) -> bool,
+            ) -> ::std::result::Result<(), $crate::data::NetError> {
+                $crate::data::each_archived::<<$t as $crate::data::rkyv::Archive>::Archived>(
+                    buffer,
+                    $crate::data::RKYV_ALIGN,
+                    cursor,
+                    &mut |a| f(a),
+                )
+            }
+            fn to_bytes(
+                record: &(dyn $view + 'static),
+            ) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::data::NetError> {
+                match $crate::data::RecordView::<$t>::record(record) {
+                    $crate::data::RecordRef::Owned(t) => $crate::data::rkyv_to_bytes(t),
+                    r => $crate::data::rkyv_to_bytes(&r.to_owned_record()),
+                }
+            }
+            fn from_bytes(bytes: &[u8]) -> ::std::result::Result<$t, $crate::data::NetError> {
+                $crate::data::rkyv_from_bytes::<$t>(bytes)
+            }
+        }
+    };
+}
+
+/// Tuples of rkyv-encodable parts are records (deserialized for operators).
+macro_rules! tuple_data {
+    ($($name:ident),+) => {
+        impl<$($name),+> Data for ($($name,)+)
+        where
+            $($name: Data + RkyvRecord,
+              <$name as rkyv::Archive>::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
+                + rkyv::Deserialize<$name, HighDeserializer<rancor::BoxedError>>,)+
+            ($($name,)+): RkyvRecord,
+            <($($name,)+) as rkyv::Archive>::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
+                + rkyv::Deserialize<($($name,)+), HighDeserializer<rancor::BoxedError>>,
+        {
+            type Borrowed = Self;
+            const POD: bool = false;
+            fn format() -> RecordFormat {
+                rkyv_format::<Self>(RKYV_ALIGN)
+            }
+            fn to_owned_record(b: &Self) -> Self {
+                b.clone()
+            }
+            fn write(record: &Self, out: &mut ResultPartition, sp: usize) -> Result<(), NetError> {
+                write_rkyv(record, RKYV_ALIGN, out, sp)
+            }
+            fn slice(_: &Buffer) -> Result<Option<&[Self]>, NetError> {
+                Ok(None)
+            }
+            fn each(buffer: &Buffer, cursor: &mut usize, f: &mut dyn FnMut(&Self) -> bool) -> Result<(), NetError> {
+                let mut failed = None;
+                each_archived::<<Self as rkyv::Archive>::Archived>(buffer, RKYV_ALIGN, cursor, &mut |a| {
+                    match rkyv::deserialize::<Self, rancor::BoxedError>(a) {
+                        Ok(v) => f(&v),
+                        Err(e) => {
+                            failed = Some(e.to_string());
+                            false
+                        }
+                    }
+                })?;
+                match failed {
+                    None => Ok(()),
+                    Some(reason) => Err(NetError::MalformedRecord { offset: *cursor, reason }),
+                }
+            }
+            fn to_bytes(record: &Self) -> Result<Vec<u8>, NetError> {
+                rkyv_to_bytes(record)
+            }
+            fn from_bytes(bytes: &[u8]) -> Result<Self, NetError> {
+                rkyv_from_bytes::<Self>(bytes)
+            }
+        }
+    };
+}
+
+tuple_data!(A, B);
+tuple_data!(A, B, C);

@@ -1,0 +1,350 @@
+//! The records a stream carries: any type the user defines, in one of two
+//! encodings chosen by the type.
+//!
+//! - **Plain fixed-size data** (`bytemuck::Pod`): copied once into the segment,
+//!   read in place as a slice, and passed through chains in batches. The fast path
+//!   of the benchmark pipelines. Declare with [`pod_data!`].
+//! - **rkyv** (strings, vectors, enums, nested structs): archived once into the
+//!   segment and read with checked access. Declare with [`rkyv_view!`] to read
+//!   records in place through a view trait of yours, or with [`rkyv_data!`] to
+//!   have each deserialized (no view to write, an allocation per string field);
+//!   `String`, `Vec<u8>` and tuples of rkyv types are built in.
+//!
+//! Operators see a record as `&T::Borrowed`: the record itself (plain data,
+//! `rkyv_data!`, tuples); for `String` (`str`) and `Vec<u8>` (`[u8]`) the borrowed
+//! form read in place from the buffer, so a stream of words is read without an
+//! allocation per word; for an `rkyv_view!` type `&dyn View`, the archive in the
+//! buffer after an exchange and the owned value within a chain. A
+//! stream's [`RecordFormat`] travels with each edge of the job graph, so two
+//! processes that disagree on a type refuse the job instead of reading garbage.
+
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
+
+use shardflow_control::{RecordEncoding, RecordFormat};
+use shardflow_netstack::fmix64;
+
+mod archived;
+mod text;
+
+#[doc(hidden)]
+pub use archived::{each_archived, rkyv_format, rkyv_from_bytes, rkyv_to_bytes, write_rkyv, write_view};
+pub use archived::{RecordRef, RecordView, RkyvRecord, RKYV_ALIGN};
+
+/// A record type a stream can carry. Implement it with [`pod_data!`] or
+/// [`rkyv_data!`]; primitives, `String`, `Vec<u8>` and tuples of rkyv types have it.
+pub trait Data: Clone + Send + Sync + 'static + Borrow<Self::Borrowed> {
+    /// What operators see of a record: the type itself, or a form borrowed from
+    /// the buffer it is read from (`str` for `String`).
+    type Borrowed: ?Sized + 'static;
+
+    /// Whether records are fixed-size plain data, packed and read in place as a
+    /// slice (and batched through chains).
+    const POD: bool;
+
+    /// The type's format, recorded on every edge that carries it.
+    fn format() -> RecordFormat;
+
+    /// An owned record from its borrowed form.
+    fn to_owned_record(borrowed: &Self::Borrowed) -> Self;
+
+    /// Writes `record` into subpartition `sp` of `out`.
+    fn write(record: &Self::Borrowed, out: &mut ResultPartition, sp: usize) -> Result<(), NetError>;
+
+    /// Writes each of `records`, in order, into the subpartition `pick` chooses
+    /// for it (`None`: every subpartition). Plain data copies them in one loop
+    /// over the segments being filled.
+    #[inline]
+    fn write_routed(
+        records: &[Self],
+        out: &mut ResultPartition,
+        mut pick: impl FnMut(&Self::Borrowed) -> Option<usize>,
+    ) -> Result<(), NetError> {
+        records.iter().try_for_each(|r| write_to::<Self>(r.borrow(), out, pick(r.borrow())))
+    }
+
+    /// The records of a buffer of fixed-size data, in place (`None` for rkyv
+    /// types).
+    fn slice(buffer: &Buffer) -> Result<Option<&[Self]>, NetError>;
+
+    /// Calls `f` with each record of `buffer` from byte `*cursor` on, until `f`
+    /// returns `false` (after handling that record) or the buffer ends; `*cursor`
+    /// then points at the next record. For rkyv types (fixed-size data uses
+    /// [`Self::slice`]).
+    fn each(buffer: &Buffer, cursor: &mut usize, f: &mut dyn FnMut(&Self::Borrowed) -> bool) -> Result<(), NetError>;
+
+    /// `record` as bytes (for snapshots).
+    fn to_bytes(record: &Self::Borrowed) -> Result<Vec<u8>, NetError>;
+
+    /// A record from bytes [`Self::to_bytes`] wrote; checked, never trusted.
+    fn from_bytes(bytes: &[u8]) -> Result<Self, NetError>;
+}
+
+/// Writes `record` into subpartition `to` of `out`, or into every one for `None`.
+#[inline(always)]
+pub(crate) fn write_to<T: Data>(
+    record: &T::Borrowed,
+    out: &mut ResultPartition,
+    to: Option<usize>,
+) -> Result<(), NetError> {
+    match to {
+        Some(sp) => T::write(record, out, sp),
+        None => (0..out.num_subpartitions()).try_for_each(|sp| T::write(record, out, sp)),
+    }
+}
+
+/// A key of a keyed stream: hashable, comparable, and routable the same way in
+/// every process (its routing hash is [`key_hash`] of its borrowed form).
+pub trait Key: Data<Borrowed: Hash + Eq> + Hash + Eq {}
+
+impl<K: Data<Borrowed: Hash + Eq> + Hash + Eq> Key for K {}
+
+/// The routing hash of a key (in its borrowed form): stable across processes of
+/// one build, never the raw key bits, and murmur3's fmix64 last, so the low bits
+/// (the key group) depend on every bit of the key. A key that hashes as one
+/// integer (`u64`, `u32`, …) is fmix64 of that integer: two multiplies, as the
+/// timely peer routes; anything else (strings, tuples, structs) is fmix64 of
+/// its FxHash.
+#[inline(always)]
+pub fn key_hash<Q: Hash + ?Sized>(key: &Q) -> u64 {
+    let mut h = RouteHasher::Empty;
+    key.hash(&mut h);
+    h.finish()
+}
+
+/// The hasher of [`key_hash`]: a key's first integer is held as it is; a
+/// second write, or bytes, go through FxHash; fmix64 finishes either.
+enum RouteHasher {
+    /// Nothing written yet.
+    Empty,
+    /// One integer written.
+    One(u64),
+    /// More than one integer, or bytes.
+    Fx(rustc_hash::FxHasher),
+}
+
+impl RouteHasher {
+    /// Feeds `write` to the FxHash state (a held integer goes in first).
+    #[inline(always)]
+    fn with_fx(&mut self, write: impl FnOnce(&mut rustc_hash::FxHasher)) {
+        let mut fx = match std::mem::replace(self, RouteHasher::Empty) {
+            RouteHasher::Fx(fx) => fx,
+            RouteHasher::One(held) => {
+                let mut fx = rustc_hash::FxHasher::default();
+                fx.write_u64(held);
+                fx
+            }
+            RouteHasher::Empty => rustc_hash::FxHasher::default(),
+        };
+        write(&mut fx);
+        *self = RouteHasher::Fx(fx);
+    }
+}
+
+impl Hasher for RouteHasher {
+    #[inline(always)]
+    fn finish(&self) -> u64 {
+        match self {
+            RouteHasher::Empty => fmix64(0),
+            RouteHasher::One(x) => fmix64(*x),
+            RouteHasher::Fx(fx) => fmix64(fx.finish()),
+        }
+    }
+
+    #[inline(always)]
+    fn write(&mut self, bytes: &[u8]) {
+        self.with_fx(|fx| fx.write(bytes));
+    }
+
+    #[inline(always)]
+    fn write_u64(&mut self, x: u64) {
+        match self {
+            RouteHasher::Empty => *self = RouteHasher::One(x),
+            _ => self.with_fx(|fx| fx.write_u64(x)),
+        }
+    }
+
+    #[inline(always)]
+    fn write_u8(&mut self, x: u8) {
+        self.write_u64(u64::from(x));
+    }
+
+    #[inline(always)]
+    fn write_u16(&mut self, x: u16) {
+        self.write_u64(u64::from(x));
+    }
+
+    #[inline(always)]
+    fn write_u32(&mut self, x: u32) {
+        self.write_u64(u64::from(x));
+    }
+
+    #[inline(always)]
+    fn write_usize(&mut self, x: usize) {
+        self.write_u64(x as u64);
+    }
+}
+
+// ------------------------------------------------------------------ plain data
+
+/// Declares fixed-size plain-data record types: each must be
+/// `bytemuck::Pod + Send + Sync` (`#[repr(C)]`, `#[derive(Clone, Copy, Pod,
+/// Zeroable)]`).
+///
+/// ```
+/// use bytemuck::{Pod, Zeroable};
+///
+/// #[repr(C)]
+/// #[derive(Clone, Copy, Debug, Pod, Zeroable)]
+/// struct Click { user: u64, page: u64 }
+/// shardflow_engine::pod_data!(Click);
+/// ```
+#[macro_export]
+macro_rules! pod_data {
+    ($($t:ty),* $(,)?) => {$(
+        impl $crate::Data for $t {
+            type Borrowed = $t;
+            const POD: bool = true;
+            fn format() -> $crate::RecordFormat {
+                $crate::data::pod_format::<$t>()
+            }
+            #[inline(always)]
+            fn to_owned_record(b: &$t) -> $t {
+                *b
+            }
+            #[inline(always)]
+            fn write(
+                record: &$t,
+                out: &mut $crate::data::ResultPartition,
+                sp: usize,
+            ) -> ::std::result::Result<(), $crate::data::NetError> {
+                out.write_pod(sp, record)
+            }
+            #[inline]
+            fn write_routed(
+                records: &[$t],
+                out: &mut $crate::data::ResultPartition,
+                pick: impl FnMut(&$t) -> ::std::option::Option<usize>,
+            ) -> ::std::result::Result<(), $crate::data::NetError> {
+                out.write_pod_routed(records, pick)
+            }
+            #[inline]
+            fn slice(
+                buffer: &$crate::data::Buffer,
+            ) -> ::std::result::Result<::std::option::Option<&[$t]>, $crate::data::NetError> {
+                buffer.pod::<$t>().map(::std::option::Option::Some)
+            }
+            fn each(
+                buffer: &$crate::data::Buffer,
+                cursor: &mut usize,
+                f: &mut dyn FnMut(&$t) -> bool,
+            ) -> ::std::result::Result<(), $crate::data::NetError> {
+                let records = buffer.pod::<$t>()?;
+                while let Some(r) = records.get(*cursor) {
+                    *cursor += 1;
+                    if !f(r) {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+            fn to_bytes(record: &$t) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::data::NetError> {
+                Ok($crate::data::bytes_of(record).to_vec())
+            }
+            fn from_bytes(bytes: &[u8]) -> ::std::result::Result<$t, $crate::data::NetError> {
+                $crate::data::pod_from_bytes::<$t>(bytes)
+            }
+        }
+    )*};
+}
+
+pub use bytemuck::bytes_of;
+#[doc(hidden)]
+pub use rkyv;
+#[doc(hidden)]
+pub use shardflow_netstack::{Buffer, NetError, ResultPartition};
+
+/// The format of a plain-data type.
+#[doc(hidden)]
+pub fn pod_format<T: bytemuck::Pod>() -> RecordFormat {
+    RecordFormat {
+        type_name: std::any::type_name::<T>().to_string(),
+        encoding: RecordEncoding::Pod {
+            size: std::mem::size_of::<T>() as u32,
+            align: std::mem::align_of::<T>() as u32,
+        },
+    }
+}
+
+/// A plain-data record from exactly its bytes.
+#[doc(hidden)]
+pub fn pod_from_bytes<T: bytemuck::Pod>(bytes: &[u8]) -> Result<T, NetError> {
+    bytemuck::try_pod_read_unaligned(bytes).map_err(|e| NetError::MalformedRecord {
+        offset: 0,
+        reason: format!("{} bytes are not a {}: {e}", bytes.len(), std::any::type_name::<T>()),
+    })
+}
+
+pod_data!(u8, u16, u32, u64, u128, i8, i16, i32, i64, i128, f32, f64);
+pod_data!([u64; 2], [u64; 3], [u64; 4], [u32; 2], [u32; 4]);
+
+#[cfg(test)]
+mod tests {
+    use super::key_hash;
+
+    /// Records per key group of `hashes` over 128 groups: (fewest, most).
+    fn spread(hashes: impl Iterator<Item = u64>) -> (u64, u64) {
+        let mut groups = [0u64; 128];
+        for h in hashes {
+            groups[(h % 128) as usize] += 1;
+        }
+        (*groups.iter().min().unwrap(), *groups.iter().max().unwrap())
+    }
+
+    #[test]
+    fn structured_keys_spread_evenly_over_key_groups() {
+        let n = 1u64 << 17; // 1024 keys per group
+        let sets: [(&str, Vec<u64>); 5] = [
+            ("sequential", (0..n).collect()),
+            ("low bits zero", (0..n).map(|i| i << 12).collect()),
+            ("only high bits", (0..n).map(|i| i << 47).collect()),
+            ("golden multiples", (0..n).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect()),
+            ("dense small range", (0..n).map(|i| i % 100_000).collect()),
+        ];
+        for (name, keys) in sets {
+            let (min, max) = spread(keys.iter().map(key_hash));
+            // A uniform hash puts 1024 ± 32 (one σ) in each group; ±15 % is far out.
+            assert!(min > 870 && max < 1180, "{name}: {min}..{max} per group");
+        }
+        let words: Vec<String> = (0..n).map(|w| format!("w{w}")).collect();
+        let (min, max) = spread(words.iter().map(|w| key_hash(w.as_str())));
+        assert!(min > 870 && max < 1180, "words: {min}..{max} per group");
+        let pairs: Vec<(u32, u32)> = (0..n as u32).map(|i| (i >> 9, i & 511)).collect();
+        let (min, max) = spread(pairs.iter().map(key_hash));
+        assert!(min > 870 && max < 1180, "pairs: {min}..{max} per group");
+    }
+
+    #[test]
+    fn an_integer_key_hashes_as_fmix64_of_itself_and_other_keys_as_fmix64_of_fxhash() {
+        use shardflow_netstack::fmix64;
+        use std::hash::{Hash, Hasher};
+        let fx = |k: &dyn Fn(&mut rustc_hash::FxHasher)| {
+            let mut h = rustc_hash::FxHasher::default();
+            k(&mut h);
+            fmix64(h.finish())
+        };
+        assert_eq!(key_hash(&42u64), fmix64(42));
+        assert_eq!(key_hash(&42u32), fmix64(42), "any one integer");
+        assert_eq!(key_hash(&-1i64), fmix64(u64::MAX));
+        assert_eq!(key_hash("w7"), fx(&|h| "w7".hash(h)));
+        // Two integers: both through FxHash, in order.
+        assert_eq!(
+            key_hash(&(1u64, 2u64)),
+            fx(&|h| {
+                h.write_u64(1);
+                h.write_u64(2)
+            })
+        );
+        assert_ne!(key_hash(&(1u64, 2u64)), key_hash(&(2u64, 1u64)));
+    }
+}

@@ -1,0 +1,125 @@
+//! Strings and byte vectors: archived as rkyv's `String` and `Vec<u8>`, read in
+//! place as `&str` and `&[u8]`, written from a borrowed form without an owned
+//! copy.
+
+use rkyv::rancor;
+use shardflow_control::RecordFormat;
+use shardflow_netstack::{Buffer, NetError, ResultPartition};
+
+use super::archived::{each_archived, rkyv_format, write_rkyv};
+use super::Data;
+
+/// A `&str` archived as a `String`, so a borrowed word is written without an
+/// owned copy.
+struct StrAsString<'a>(&'a str);
+
+impl rkyv::Archive for StrAsString<'_> {
+    type Archived = rkyv::string::ArchivedString;
+    type Resolver = rkyv::string::StringResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: rkyv::Place<Self::Archived>) {
+        rkyv::string::ArchivedString::resolve_from_str(self.0, resolver, out);
+    }
+}
+
+impl<S: rancor::Fallible + rkyv::ser::Writer + ?Sized> rkyv::Serialize<S> for StrAsString<'_>
+where
+    S::Error: rancor::Source,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        rkyv::string::ArchivedString::serialize_from_str(self.0, serializer)
+    }
+}
+
+/// Alignment of an archived `String` or byte vector: a relative pointer and a
+/// length of 32 bits, bytes of alignment 1.
+const STRING_ALIGN: usize = 4;
+
+impl Data for String {
+    type Borrowed = str;
+    const POD: bool = false;
+
+    fn format() -> RecordFormat {
+        rkyv_format::<String>(STRING_ALIGN)
+    }
+
+    fn to_owned_record(b: &str) -> String {
+        b.to_owned()
+    }
+
+    #[inline]
+    fn write(record: &str, out: &mut ResultPartition, sp: usize) -> Result<(), NetError> {
+        write_rkyv(&StrAsString(record), STRING_ALIGN, out, sp)
+    }
+
+    fn slice(_: &Buffer) -> Result<Option<&[String]>, NetError> {
+        Ok(None)
+    }
+
+    fn each(buffer: &Buffer, cursor: &mut usize, f: &mut dyn FnMut(&str) -> bool) -> Result<(), NetError> {
+        each_archived::<rkyv::string::ArchivedString>(buffer, STRING_ALIGN, cursor, &mut |a| f(a.as_str()))
+    }
+
+    fn to_bytes(record: &str) -> Result<Vec<u8>, NetError> {
+        Ok(record.as_bytes().to_vec())
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Result<String, NetError> {
+        String::from_utf8(bytes.to_vec())
+            .map_err(|e| NetError::MalformedRecord { offset: 0, reason: format!("not UTF-8: {e}") })
+    }
+}
+
+/// A `&[u8]` archived as a `Vec<u8>`.
+struct BytesAsVec<'a>(&'a [u8]);
+
+impl rkyv::Archive for BytesAsVec<'_> {
+    type Archived = rkyv::vec::ArchivedVec<u8>;
+    type Resolver = rkyv::vec::VecResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: rkyv::Place<Self::Archived>) {
+        rkyv::vec::ArchivedVec::resolve_from_slice(self.0, resolver, out);
+    }
+}
+
+impl<S: rancor::Fallible + rkyv::ser::Writer + rkyv::ser::Allocator + ?Sized> rkyv::Serialize<S> for BytesAsVec<'_>
+where
+    S::Error: rancor::Source,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        rkyv::vec::ArchivedVec::serialize_from_slice(self.0, serializer)
+    }
+}
+
+impl Data for Vec<u8> {
+    type Borrowed = [u8];
+    const POD: bool = false;
+
+    fn format() -> RecordFormat {
+        rkyv_format::<Vec<u8>>(STRING_ALIGN)
+    }
+
+    fn to_owned_record(b: &[u8]) -> Vec<u8> {
+        b.to_vec()
+    }
+
+    fn write(record: &[u8], out: &mut ResultPartition, sp: usize) -> Result<(), NetError> {
+        write_rkyv(&BytesAsVec(record), STRING_ALIGN, out, sp)
+    }
+
+    fn slice(_: &Buffer) -> Result<Option<&[Vec<u8>]>, NetError> {
+        Ok(None)
+    }
+
+    fn each(buffer: &Buffer, cursor: &mut usize, f: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), NetError> {
+        each_archived::<rkyv::vec::ArchivedVec<u8>>(buffer, STRING_ALIGN, cursor, &mut |a| f(a.as_slice()))
+    }
+
+    fn to_bytes(record: &[u8]) -> Result<Vec<u8>, NetError> {
+        Ok(record.to_vec())
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Result<Vec<u8>, NetError> {
+        Ok(bytes.to_vec())
+    }
+}
