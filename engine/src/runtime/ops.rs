@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::data::Data;
 use crate::error::{EngineError, OperatorError};
 use crate::runtime::build::{build_port, BuildContext, Name, NodeFactory, Port};
-use crate::runtime::collector::{Collector, Emitter, Failure, Lifecycle, SharedCollector, TaskInfo};
+use crate::runtime::collector::{Collector, Emitter, Failure, Lifecycle, SharedCollector, SinkOutput, TaskInfo};
 use crate::runtime::state::{JobSnapshot, OperatorSnapshot};
 
 /// A record-to-record function.
@@ -226,6 +226,21 @@ pub trait ProcessFunction<T: Data, O: Data>: Clone + Send + Sync + 'static {
     fn finish(&mut self, _ctx: &mut OperatorContext<'_>, _out: &mut Emitter<'_, O>) -> Result<(), OperatorError> {
         Ok(())
     }
+    /// Just before the operator's list states are written for checkpoint
+    /// `checkpoint`: move into them what the function holds elsewhere (Flink's
+    /// `CheckpointedFunction::snapshotState`).
+    fn snapshot(&mut self, _checkpoint: u64, _ctx: &mut OperatorContext<'_>) -> Result<(), OperatorError> {
+        Ok(())
+    }
+    /// Checkpoint `checkpoint` completed: commit what waited for it.
+    fn on_checkpoint_complete(&mut self, _checkpoint: u64) {}
+    /// Checkpoint `checkpoint` was aborted: roll back what waited for it.
+    fn on_checkpoint_aborted(&mut self, _checkpoint: u64) {}
+    /// Last: after the end of input (or the final snapshot of a job that stops
+    /// with one), release what `open` acquired.
+    fn close(&mut self) -> Result<(), OperatorError> {
+        Ok(())
+    }
 }
 
 pub(crate) struct ProcessOp<T: Data, O: Data, P> {
@@ -274,7 +289,8 @@ impl<T: Data, O: Data, P: ProcessFunction<T, O>> Lifecycle for ProcessOp<T, O, P
     fn finish(&mut self) -> Result<bool, OperatorError> {
         self.with_context(|f, ctx, out| f.finish(ctx, out)).unwrap_or(Ok(())).map(|()| true)
     }
-    fn snapshot(&mut self, _id: u64) -> Result<Vec<OperatorSnapshot>, OperatorError> {
+    fn snapshot(&mut self, id: u64) -> Result<Vec<OperatorSnapshot>, OperatorError> {
+        self.with_context(|f, ctx, _| f.snapshot(id, ctx)).unwrap_or(Ok(()))?;
         // Each list is its own entry, named `operator/list`, restored by that name.
         self.lists
             .iter()
@@ -287,6 +303,15 @@ impl<T: Data, O: Data, P: ProcessFunction<T, O>> Lifecycle for ProcessOp<T, O, P
                 })
             })
             .collect()
+    }
+    fn notify_checkpoint_complete(&mut self, id: u64) {
+        self.f.on_checkpoint_complete(id);
+    }
+    fn notify_checkpoint_aborted(&mut self, id: u64) {
+        self.f.on_checkpoint_aborted(id);
+    }
+    fn close(&mut self) -> Result<SinkOutput, OperatorError> {
+        self.f.close().map(|()| SinkOutput::None)
     }
 }
 

@@ -35,6 +35,15 @@ pub trait KeyedProcessFunction<K: Key, T: Data, O: Data>: Clone + Send + Sync + 
     ) -> Result<(), OperatorError> {
         Ok(())
     }
+    /// Checkpoint `checkpoint` completed: commit what waited for it.
+    fn on_checkpoint_complete(&mut self, _checkpoint: u64) {}
+    /// Checkpoint `checkpoint` was aborted: roll back what waited for it.
+    fn on_checkpoint_aborted(&mut self, _checkpoint: u64) {}
+    /// Last: after the end of input (or the final snapshot of a job that stops
+    /// with one), release what `open` acquired.
+    fn close(&mut self) -> Result<(), OperatorError> {
+        Ok(())
+    }
 }
 
 /// The shared machinery of one- and two-input keyed process operators.
@@ -145,6 +154,9 @@ pub(crate) trait KeyedCallbacks<K: Key, O: Data> {
     ) -> Result<(), OperatorError>;
     fn on_end_of_input(&mut self, ctx: &mut KeyedContext<'_, K>, out: &mut Emitter<'_, O>)
         -> Result<(), OperatorError>;
+    fn on_checkpoint_complete(&mut self, checkpoint: u64);
+    fn on_checkpoint_aborted(&mut self, checkpoint: u64);
+    fn close(&mut self) -> Result<(), OperatorError>;
 }
 
 /// A keyed operator: its state, timers and callbacks `C`.
@@ -173,6 +185,15 @@ impl<K: Key, O: Data, C: KeyedCallbacks<K, O>> Lifecycle for KeyedOp<K, O, C> {
     }
     fn snapshot(&mut self, _id: u64) -> Result<Vec<OperatorSnapshot>, OperatorError> {
         self.core.snapshot()
+    }
+    fn notify_checkpoint_complete(&mut self, id: u64) {
+        self.callbacks.on_checkpoint_complete(id);
+    }
+    fn notify_checkpoint_aborted(&mut self, id: u64) {
+        self.callbacks.on_checkpoint_aborted(id);
+    }
+    fn close(&mut self) -> Result<SinkOutput, OperatorError> {
+        self.callbacks.close().map(|()| SinkOutput::None)
     }
     fn finish(&mut self) -> Result<bool, OperatorError> {
         let c = &mut self.callbacks;
@@ -205,6 +226,15 @@ impl<K: Key, T: Data, O: Data, S, P: KeyedProcessFunction<K, T, O>> KeyedCallbac
         out: &mut Emitter<'_, O>,
     ) -> Result<(), OperatorError> {
         self.f.on_end_of_input(ctx, out)
+    }
+    fn on_checkpoint_complete(&mut self, checkpoint: u64) {
+        self.f.on_checkpoint_complete(checkpoint);
+    }
+    fn on_checkpoint_aborted(&mut self, checkpoint: u64) {
+        self.f.on_checkpoint_aborted(checkpoint);
+    }
+    fn close(&mut self) -> Result<(), OperatorError> {
+        self.f.close()
     }
 }
 
@@ -280,6 +310,15 @@ pub trait KeyedCoProcessFunction<K: Key, A: Data, B: Data, O: Data>: Clone + Sen
     ) -> Result<(), OperatorError> {
         Ok(())
     }
+    /// Checkpoint `checkpoint` completed: commit what waited for it.
+    fn on_checkpoint_complete(&mut self, _checkpoint: u64) {}
+    /// Checkpoint `checkpoint` was aborted: roll back what waited for it.
+    fn on_checkpoint_aborted(&mut self, _checkpoint: u64) {}
+    /// Last: after the end of input (or the final snapshot of a job that stops
+    /// with one), release what `open` acquired.
+    fn close(&mut self) -> Result<(), OperatorError> {
+        Ok(())
+    }
 }
 
 /// A keyed co-process function and the key selectors of its two inputs.
@@ -311,6 +350,15 @@ where
         out: &mut Emitter<'_, O>,
     ) -> Result<(), OperatorError> {
         self.f.on_end_of_input(ctx, out)
+    }
+    fn on_checkpoint_complete(&mut self, checkpoint: u64) {
+        self.f.on_checkpoint_complete(checkpoint);
+    }
+    fn on_checkpoint_aborted(&mut self, checkpoint: u64) {
+        self.f.on_checkpoint_aborted(checkpoint);
+    }
+    fn close(&mut self) -> Result<(), OperatorError> {
+        self.f.close()
     }
 }
 
