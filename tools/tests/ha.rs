@@ -290,3 +290,46 @@ fn failover_time_over_ten_kills() {
     );
     assert!(times[9] <= std::time::Duration::from_secs(3), "the target is ≤ 3 s: {times:?}");
 }
+
+/// The names scripts rely on, through a config file alone: `[ha] kind,
+/// endpoints, lease_ttl_ms, cluster_id` and `[security] secret_file` configure
+/// a coordinator, a worker and the client commands (no `--coordinator`, no
+/// `--ha-etcd`); a client whose file lacks the secret is refused, and a kind
+/// shardflow does not know is refused by name.
+#[test]
+fn the_config_files_ha_and_security_tables_configure_every_role() {
+    use std::os::unix::fs::PermissionsExt;
+    let etcd = Etcd::start();
+    let dir = TempDir::new("ha-config");
+    let secret = dir.path("cluster.secret");
+    std::fs::write(&secret, format!("{}\n", "7e".repeat(32))).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let ha = format!(
+        "[ha]\nkind = \"etcd\"\nendpoints = [\"{}\"]\nlease_ttl_ms = 1000\ncluster_id = \"from-config\"\n",
+        etcd.endpoint
+    );
+    let config = dir.path("cluster.toml");
+    std::fs::write(&config, format!("{ha}\n[security]\nsecret_file = \"{secret}\"\n")).unwrap();
+    let no_secret = dir.path("no-secret.toml");
+    std::fs::write(&no_secret, &ha).unwrap();
+    let unknown_kind = dir.path("zookeeper.toml");
+    std::fs::write(&unknown_kind, "[ha]\nkind = \"zookeeper\"\nendpoints = [\"127.0.0.1:2181\"]\n").unwrap();
+
+    let mut c = Coordinator::start("", &["--bind", "127.0.0.1:0", "--config", &config]);
+    c.wait_for_log(&["leading the cluster"]);
+    let _w = worker_with("w0", 0, 2, &["--config", &config], None);
+    let v = json(&["cluster", "--wait-workers", "1", "--timeout-s", "60", "--config", &config]);
+    assert_eq!((v["workers"].as_u64(), v["leader"]["address"].as_str()), (Some(1), Some(c.addr.as_str())), "{v}");
+    let submit = ["submit", "forward-count", "-p", "1", "--param", "records=2000", "--wait", "finished"];
+    let v = json(&[&submit[..], &["--config", &config]].concat());
+    assert_eq!((v["status"].as_str(), sink_totals(&v)), (Some("FINISHED"), (2000, 2000 * 2001 / 2)), "{v}");
+
+    let out = run(&["list", "--config", &no_secret]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("requires authentication"), "found the leader through [ha], refused for the secret: {err}");
+    let out = run(&["list", "--config", &unknown_kind]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("zookeeper") && err.contains("etcd"), "{err}");
+}
