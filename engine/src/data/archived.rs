@@ -154,11 +154,6 @@ macro_rules! rkyv_data {
             ) -> ::std::result::Result<(), $crate::data::NetError> {
                 $crate::data::write_rkyv(record, $crate::data::RKYV_ALIGN, out, sp)
             }
-            fn slice(
-                _: &$crate::data::Buffer,
-            ) -> ::std::result::Result<::std::option::Option<&[$t]>, $crate::data::NetError> {
-                Ok(None)
-            }
             fn each(
                 buffer: &$crate::data::Buffer,
                 cursor: &mut usize,
@@ -338,11 +333,6 @@ macro_rules! rkyv_view {
             ) -> ::std::result::Result<(), $crate::data::NetError> {
                 $crate::data::write_view($crate::data::RecordView::<$t>::record(record), out, sp)
             }
-            fn slice(
-                _: &$crate::data::Buffer,
-            ) -> ::std::result::Result<::std::option::Option<&[$t]>, $crate::data::NetError> {
-                Ok(None)
-            }
             fn each(
                 buffer: &$crate::data::Buffer,
                 cursor: &mut usize,
@@ -392,9 +382,6 @@ macro_rules! tuple_data {
             }
             fn write(record: &Self, out: &mut ResultPartition, sp: usize) -> Result<(), NetError> {
                 write_rkyv(record, RKYV_ALIGN, out, sp)
-            }
-            fn slice(_: &Buffer) -> Result<Option<&[Self]>, NetError> {
-                Ok(None)
             }
             fn each(buffer: &Buffer, cursor: &mut usize, f: &mut dyn FnMut(&Self) -> bool) -> Result<(), NetError> {
                 let mut failed = None;

@@ -63,9 +63,11 @@ pub trait Data: Clone + Send + Sync + 'static + Borrow<Self::Borrowed> {
         records.iter().try_for_each(|r| write_to::<Self>(r.borrow(), out, pick(r.borrow())))
     }
 
-    /// The records of a buffer of fixed-size data, in place (`None` for rkyv
-    /// types).
-    fn slice(buffer: &Buffer) -> Result<Option<&[Self]>, NetError>;
+    /// The records of a buffer of fixed-size data, in place (`None`, the
+    /// default, for rkyv types).
+    fn slice(_buffer: &Buffer) -> Result<Option<&[Self]>, NetError> {
+        Ok(None)
+    }
 
     /// Calls `f` with each record of `buffer` from byte `*cursor` on, until `f`
     /// returns `false` (after handling that record) or the buffer ends; `*cursor`

@@ -52,10 +52,6 @@ impl Data for String {
         write_rkyv(&StrAsString(record), STRING_ALIGN, out, sp)
     }
 
-    fn slice(_: &Buffer) -> Result<Option<&[String]>, NetError> {
-        Ok(None)
-    }
-
     fn each(buffer: &Buffer, cursor: &mut usize, f: &mut dyn FnMut(&str) -> bool) -> Result<(), NetError> {
         each_archived::<rkyv::string::ArchivedString>(buffer, STRING_ALIGN, cursor, &mut |a| f(a.as_str()))
     }
@@ -105,10 +101,6 @@ impl Data for Vec<u8> {
 
     fn write(record: &[u8], out: &mut ResultPartition, sp: usize) -> Result<(), NetError> {
         write_rkyv(&BytesAsVec(record), STRING_ALIGN, out, sp)
-    }
-
-    fn slice(_: &Buffer) -> Result<Option<&[Vec<u8>]>, NetError> {
-        Ok(None)
     }
 
     fn each(buffer: &Buffer, cursor: &mut usize, f: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), NetError> {
