@@ -411,3 +411,6 @@ macro_rules! tuple_data {
 
 tuple_data!(A, B);
 tuple_data!(A, B, C);
+
+// Primitives that are not plain data (not every bit pattern is one).
+crate::rkyv_data!(bool, char);
