@@ -1,6 +1,7 @@
 //! The task's control lane: processing-time timers of a keyed process function
-//! fire while the task waits for input, and operator list state (a list per
-//! subtask) is snapshotted and dealt out again at another parallelism.
+//! fire while the task waits for input and while its output is full (so does a
+//! cancel), and operator list state (a list per subtask) is snapshotted and
+//! dealt out again at another parallelism.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,7 @@ use shardflow_engine::{
 };
 
 use crate::common::{small_engine, TIMEOUT};
+use shardflow_engine::EngineError;
 
 /// Counts each key's records; 5 ms after a key's first record a timer emits
 /// `(key, count so far)`.
@@ -123,4 +125,75 @@ fn operator_list_state_is_dealt_out_again_at_another_parallelism() {
     let mut held: Vec<u64> = out.into_iter().filter(|x| *x >= 1_000_000).map(|x| x - 1_000_000).collect();
     held.sort_unstable();
     assert_eq!(held, vec![33, 33, 34]);
+}
+
+/// Passes every record on; a timer per key, re-armed every millisecond, tells
+/// `fired` each time it fires.
+#[derive(Clone)]
+struct Ticker {
+    fired: crossbeam_channel::Sender<()>,
+    armed: Option<ValueState<bool>>,
+}
+
+impl KeyedProcessFunction<u64, u64, u64> for Ticker {
+    fn open(&mut self, states: &mut StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
+        self.armed = Some(states.value_state("armed")?);
+        Ok(())
+    }
+    fn process(
+        &mut self,
+        r: &u64,
+        ctx: &mut KeyedContext<'_, u64>,
+        out: &mut Emitter<'_, u64>,
+    ) -> Result<(), OperatorError> {
+        let armed = self.armed.as_ref().expect("opened");
+        if ctx.value(armed)?.is_none() {
+            ctx.set_value(armed, true)?;
+            ctx.register_timer(Instant::now() + Duration::from_millis(1));
+        }
+        out.emit(*r);
+        Ok(())
+    }
+    fn on_timer(
+        &mut self,
+        at: Instant,
+        ctx: &mut KeyedContext<'_, u64>,
+        _: &mut Emitter<'_, u64>,
+    ) -> Result<(), OperatorError> {
+        let _ = self.fired.try_send(());
+        ctx.register_timer(at + Duration::from_millis(1));
+        Ok(())
+    }
+}
+
+#[test]
+fn a_task_whose_output_is_full_still_fires_its_timers_and_is_cancelled_promptly() {
+    let engine = small_engine().build().expect("engine starts");
+    let (fired, fires) = crossbeam_channel::bounded(1024);
+    let df = Dataflow::new("back-pressured-timers");
+    // An endless source into a keyed operator whose egress nobody reads: once
+    // the egress is full, the operator's task takes no more input.
+    let out = df
+        .generate("numbers", u64::MAX, |r| r)
+        .key_by(|r: &u64| r % 4)
+        .process(Ticker { fired, armed: None })
+        .egress(8);
+    let job = engine.submit(df.build().expect("valid")).expect("submit");
+    // Timers that fire while the egress is full (it never drains: nobody reads).
+    let mut while_full = 0;
+    while while_full < 20 {
+        fires.recv_timeout(TIMEOUT).expect("the timers fire while the task is back-pressured");
+        if out.len() == 8 {
+            while_full += 1;
+        }
+    }
+    let before = job.source_records();
+    job.cancel();
+    match job.wait_timeout(TIMEOUT) {
+        Err(EngineError::JobCanceled(_)) => {}
+        other => panic!("the back-pressured job ends cancelled, not {other:?}"),
+    }
+    // Held back by credits: what the source made fits in the engine's 16 MiB of
+    // network buffers (2 Mi records of 8 bytes), a source batch and the egress.
+    assert!(before <= (16 << 20) / 8 + 1024 + 8, "the source was held back: {before} records");
 }
