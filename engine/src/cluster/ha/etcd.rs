@@ -601,10 +601,12 @@ async fn lead(
             },
             () = tokio::time::sleep(retry_in), if !pending.is_empty() => {}
         }
-        // The job store's writes, in order; a failed one is retried (a
-        // submission's only until it has waited `ack_within`).
-        while Instant::now() >= retry_at {
-            let Some((op, since)) = pending.front() else { break };
+        // The job store's writes, in order, one per turn of the loop: a renewal
+        // that falls due between two writes goes first (`biased`), so a burst of
+        // submissions never holds the lease's renewal back by more than one
+        // write's timeout (TTL/3). A failed write is retried (a submission's only
+        // until it has waited `ack_within`).
+        if let Some((op, since)) = pending.front().filter(|_| Instant::now() >= retry_at) {
             match write(ctx, epoch, op).await {
                 Ok(true) => {
                     if let Some((StoreOp::Put { record, ack: true }, _)) = pending.pop_front() {
