@@ -152,3 +152,35 @@ fn a_keyed_function_is_told_its_snapshot_completed_and_is_closed() {
     let groups = &snapshot.operators["counter"].key_groups;
     assert!(!groups.is_empty(), "the ten keys' counts are in the snapshot");
 }
+
+/// Passes records on; cannot release what it opened.
+#[derive(Clone)]
+struct FailsToClose;
+
+impl ProcessFunction<u64, u64> for FailsToClose {
+    fn process(
+        &mut self,
+        r: &u64,
+        _: &mut OperatorContext<'_>,
+        out: &mut Emitter<'_, u64>,
+    ) -> Result<(), OperatorError> {
+        out.emit(*r);
+        Ok(())
+    }
+    fn close(&mut self) -> Result<(), OperatorError> {
+        Err(OperatorError::User("the connection would not close".into()))
+    }
+}
+
+#[test]
+fn a_close_that_fails_fails_the_job_naming_its_operator() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("fails-to-close");
+    df.generate("numbers", 100, |r| r).process(FailsToClose).name("closer").count();
+    match engine.run(df.build().expect("valid")) {
+        Err(shardflow_engine::EngineError::JobFailed { cause, .. }) => {
+            assert!(cause.contains("operator 'closer'") && cause.contains("would not close"), "{cause}");
+        }
+        other => panic!("expected a failed job, got {other:?}"),
+    }
+}

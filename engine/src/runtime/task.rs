@@ -543,7 +543,7 @@ impl Task {
         self.check_failure()?;
         let mut sinks = Vec::new();
         for l in &mut self.lifecycles {
-            let out = l.close()?;
+            let out = l.close().map_err(|e| named(l.name(), e))?;
             if out != SinkOutput::None {
                 sinks.push(out);
             }
