@@ -237,7 +237,8 @@ pub trait ProcessFunction<T: Data, O: Data>: Clone + Send + Sync + 'static {
     /// Checkpoint `checkpoint` was aborted: roll back what waited for it.
     fn on_checkpoint_aborted(&mut self, _checkpoint: u64) {}
     /// Last: after the end of input (or the final snapshot of a job that stops
-    /// with one), release what `open` acquired.
+    /// with one), release what `open` acquired. A failed or cancelled task is
+    /// dropped instead: what must be released then, release in `Drop`.
     fn close(&mut self) -> Result<(), OperatorError> {
         Ok(())
     }

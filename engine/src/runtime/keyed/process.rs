@@ -40,7 +40,8 @@ pub trait KeyedProcessFunction<K: Key, T: Data, O: Data>: Clone + Send + Sync + 
     /// Checkpoint `checkpoint` was aborted: roll back what waited for it.
     fn on_checkpoint_aborted(&mut self, _checkpoint: u64) {}
     /// Last: after the end of input (or the final snapshot of a job that stops
-    /// with one), release what `open` acquired.
+    /// with one), release what `open` acquired. A failed or cancelled task is
+    /// dropped instead: what must be released then, release in `Drop`.
     fn close(&mut self) -> Result<(), OperatorError> {
         Ok(())
     }
@@ -315,7 +316,8 @@ pub trait KeyedCoProcessFunction<K: Key, A: Data, B: Data, O: Data>: Clone + Sen
     /// Checkpoint `checkpoint` was aborted: roll back what waited for it.
     fn on_checkpoint_aborted(&mut self, _checkpoint: u64) {}
     /// Last: after the end of input (or the final snapshot of a job that stops
-    /// with one), release what `open` acquired.
+    /// with one), release what `open` acquired. A failed or cancelled task is
+    /// dropped instead: what must be released then, release in `Drop`.
     fn close(&mut self) -> Result<(), OperatorError> {
         Ok(())
     }
