@@ -235,7 +235,7 @@ impl ClusterClient {
     }
 
     /// What `worker` runs, shard by shard (its answer to the coordinator's
-    /// [`RequestShardDump`](crate::protocol::RequestShardDump)), waiting at most
+    /// [`RequestShardDump`]), waiting at most
     /// `timeout` for it.
     pub fn shard_dump(&mut self, worker: WorkerId, timeout: Duration) -> Result<ShardDump, EngineError> {
         let m = Message::RequestWorkerDump(RequestWorkerDump { worker, timeout_ms: timeout.as_millis() as u64 });

@@ -3,12 +3,13 @@
 //!
 //! - **Plain fixed-size data** (`bytemuck::Pod`): copied once into the segment,
 //!   read in place as a slice, and passed through chains in batches. The fast path
-//!   of the benchmark pipelines. Declare with [`pod_data!`].
+//!   of the benchmark pipelines. Declare with [`pod_data!`](crate::pod_data).
 //! - **rkyv** (strings, vectors, enums, nested structs): archived once into the
-//!   segment and read with checked access. Declare with [`rkyv_view!`] to read
-//!   records in place through a view trait of yours, or with [`rkyv_data!`] to
-//!   have each deserialized (no view to write, an allocation per string field);
-//!   `String`, `Vec<u8>` and tuples of rkyv types are built in.
+//!   segment and read with checked access. Declare with
+//!   [`rkyv_view!`](crate::rkyv_view) to read records in place through a view
+//!   trait of yours, or with [`rkyv_data!`](crate::rkyv_data) to have each
+//!   deserialized (no view to write, an allocation per string field); `String`,
+//!   `Vec<u8>` and tuples of rkyv types are built in.
 //!
 //! Operators see a record as `&T::Borrowed`: the record itself (plain data,
 //! `rkyv_data!`, tuples); for `String` (`str`) and `Vec<u8>` (`[u8]`) the borrowed
@@ -31,8 +32,9 @@ mod text;
 pub use archived::{each_archived, rkyv_format, rkyv_from_bytes, rkyv_to_bytes, write_rkyv, write_view};
 pub use archived::{RecordRef, RecordView, RkyvRecord, RKYV_ALIGN};
 
-/// A record type a stream can carry. Implement it with [`pod_data!`] or
-/// [`rkyv_data!`]; primitives, `String`, `Vec<u8>` and tuples of rkyv types have it.
+/// A record type a stream can carry. Implement it with [`pod_data!`](crate::pod_data),
+/// [`rkyv_view!`](crate::rkyv_view) or [`rkyv_data!`](crate::rkyv_data); primitives,
+/// `String`, `Vec<u8>` and tuples of rkyv types have it.
 pub trait Data: Clone + Send + Sync + 'static + Borrow<Self::Borrowed> {
     /// What operators see of a record: the type itself, or a form borrowed from
     /// the buffer it is read from (`str` for `String`).

@@ -113,7 +113,7 @@ payloads! {
 
     /// What every subtask of one vertex shares (Flink's TaskInformation, with the
     /// job's name): archived once per vertex and deployment, and carried as bytes
-    /// by each of its [`DeployTask`]s, so a descriptor costs a copy of it, not a
+    /// by each of its [`DeployTask`](super::DeployTask)s, so a descriptor costs a copy of it, not a
     /// serialization, and a worker validates it once per vertex.
     pub struct TaskInformation {
         /// The job's name.
