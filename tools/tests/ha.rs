@@ -119,6 +119,15 @@ fn a_sigkilled_leader_is_replaced_and_its_running_job_completes_under_the_new_on
     assert_eq!(attempts(&submitted), vec![0; 4]);
     assert_eq!(workers_of(&submitted), 2, "placed on both workers: {submitted}");
 
+    // A client already waiting for the end when the leader dies: it follows the
+    // leadership to the standby and keeps waiting there, no restart.
+    let waiting = Command::new(common::BIN)
+        .args(["status", &id, "--wait", "finished", "--timeout-s", "120", "--json"])
+        .args(h.ha())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut waiting = Proc(waiting);
     h.leader.proc.0.kill().unwrap();
     h.leader.proc.0.wait().unwrap();
     h.standby.wait_for_log(&["won the leadership"]);
@@ -131,6 +140,11 @@ fn a_sigkilled_leader_is_replaced_and_its_running_job_completes_under_the_new_on
     assert_eq!(v["status"], "FINISHED", "{v}");
     assert_eq!(sink_totals(&v), (10_000, 10_000 * 10_001 / 2), "every record once, from the rerun: {v}");
     assert!(attempts(&v).iter().all(|&a| a >= 1), "the new leader ran it again (attempt 1 and on): {v}");
+    let mut told = String::new();
+    std::io::Read::read_to_string(&mut waiting.0.stdout.take().unwrap(), &mut told).unwrap();
+    let status = waiting.0.wait().unwrap();
+    let told: Value = serde_json::from_str(&told).unwrap_or_else(|e| panic!("{e}: {told}"));
+    assert!(status.success() && told["status"] == "FINISHED", "the waiting client saw the end: {told}");
     let cluster = h.json(&["cluster"]);
     assert_eq!(cluster["leader"]["address"], h.standby.addr.as_str(), "{cluster}");
     assert_eq!(cluster["workers"], 2, "both workers registered with the new leader: {cluster}");
