@@ -3,7 +3,7 @@
 //! (the job then fails with the numbers). Nothing hangs, nothing is left held.
 
 use shardflow_engine::protocol::ErrorCode;
-use shardflow_engine::{Cores, Dataflow, DataflowError, Engine, EngineError};
+use shardflow_engine::{Cores, Dataflow, DataflowError, Engine, EngineError, OperatorError};
 
 use crate::common::{small_engine, TIMEOUT};
 
@@ -122,6 +122,53 @@ fn keyed_state_beyond_the_slot_budget_fails_the_job_with_the_numbers() {
     // The failed job's reservations are gone: a job that fits runs in the same slot.
     let result = engine.submit(keyed(1_000)).unwrap().wait_timeout(TIMEOUT).expect("fits the budget");
     assert_eq!(result.count(), (1_000, 200_000));
+}
+
+/// Keeps every record of its key in list state.
+#[derive(Clone, Default)]
+struct KeepAll {
+    kept: Option<shardflow_engine::ListState<String>>,
+}
+
+impl shardflow_engine::KeyedProcessFunction<u64, String, String> for KeepAll {
+    fn open(&mut self, states: &mut shardflow_engine::StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
+        self.kept = Some(states.list_state("kept")?);
+        Ok(())
+    }
+    fn process(
+        &mut self,
+        line: &str,
+        ctx: &mut shardflow_engine::KeyedContext<'_, u64>,
+        _: &mut shardflow_engine::Emitter<'_, String>,
+    ) -> Result<(), OperatorError> {
+        ctx.list_push(self.kept.as_ref().expect("opened"), line.to_string())
+    }
+}
+
+#[test]
+fn what_state_values_hold_on_the_heap_counts_against_the_slot_budget() {
+    let engine = small_engine().managed_memory_per_slot_bytes(256 << 10).build().expect("engine starts");
+    // Four keys, few table entries, but 1 000 lines of 1 KiB each kept: 1 MiB.
+    let kept = |lines: u64| {
+        let df = Dataflow::new("kept-lines");
+        df.generate("lines", lines, |r| format!("{r:>1024}"))
+            .key_by(|l: &str| l.trim_start().parse::<u64>().unwrap_or(0) % 4)
+            .process(KeepAll::default())
+            .discard();
+        df.build().unwrap()
+    };
+    let cause = failure(engine.submit(kept(1_000)).unwrap().wait_timeout(TIMEOUT));
+    assert!(cause.contains("managed memory budget exceeded") && cause.contains("of 262144 bytes available"), "{cause}");
+    engine.submit(kept(100)).unwrap().wait_timeout(TIMEOUT).expect("100 KiB of lines fit");
+
+    // One key whose reduced string grows to 1 MiB.
+    let df = Dataflow::new("growing-value");
+    df.generate("parts", 1_000, |_| "x".repeat(1024))
+        .key_by(|_: &str| 0u64)
+        .reduce_final(|acc: &String, s: &str| acc.clone() + s)
+        .discard();
+    let cause = failure(engine.submit(df.build().unwrap()).unwrap().wait_timeout(TIMEOUT));
+    assert!(cause.contains("managed memory budget exceeded"), "{cause}");
 }
 
 #[test]

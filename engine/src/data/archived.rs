@@ -98,6 +98,34 @@ where
     Ok(())
 }
 
+/// An estimate of what an owned `value` holds on the heap: the size of its
+/// archive beyond the archived root (`inline` bytes), archived into a buffer
+/// this thread reuses; 0 at no cost for a type that needs no drop.
+#[doc(hidden)]
+pub fn rkyv_heap_bytes<V>(value: &V, inline: usize) -> usize
+where
+    V: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::BoxedError>>,
+{
+    // A type that needs no drop owns nothing on the heap (a known constant).
+    if !std::mem::needs_drop::<V>() {
+        return 0;
+    }
+    thread_local! {
+        static SCRATCH: std::cell::Cell<Option<AlignedVec>> = const { std::cell::Cell::new(None) };
+    }
+    let mut scratch = SCRATCH.take().unwrap_or_default();
+    scratch.clear();
+    let bytes = match rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, scratch) {
+        Ok(written) => {
+            let len = written.len();
+            SCRATCH.set(Some(written));
+            len
+        }
+        Err(_) => 0,
+    };
+    bytes.saturating_sub(inline)
+}
+
 /// `value` archived on its own (for snapshots).
 #[doc(hidden)]
 pub fn rkyv_to_bytes<V>(value: &V) -> Result<Vec<u8>, NetError>
@@ -182,6 +210,12 @@ macro_rules! rkyv_data {
             }
             fn from_bytes(bytes: &[u8]) -> ::std::result::Result<$t, $crate::data::NetError> {
                 $crate::data::rkyv_from_bytes::<$t>(bytes)
+            }
+            fn heap_bytes(record: &$t) -> usize {
+                $crate::data::rkyv_heap_bytes(
+                    record,
+                    ::std::mem::size_of::<<$t as $crate::data::rkyv::Archive>::Archived>(),
+                )
             }
         }
     )*};
@@ -356,6 +390,13 @@ macro_rules! rkyv_view {
             fn from_bytes(bytes: &[u8]) -> ::std::result::Result<$t, $crate::data::NetError> {
                 $crate::data::rkyv_from_bytes::<$t>(bytes)
             }
+            fn heap_bytes(record: &(dyn $view + 'static)) -> usize {
+                let inline = ::std::mem::size_of::<<$t as $crate::data::rkyv::Archive>::Archived>();
+                match $crate::data::RecordView::<$t>::record(record) {
+                    $crate::data::RecordRef::Owned(t) => $crate::data::rkyv_heap_bytes(t, inline),
+                    r => $crate::data::rkyv_heap_bytes(&r.to_owned_record(), inline),
+                }
+            }
         }
     };
 }
@@ -404,6 +445,12 @@ macro_rules! tuple_data {
             }
             fn from_bytes(bytes: &[u8]) -> Result<Self, NetError> {
                 rkyv_from_bytes::<Self>(bytes)
+            }
+            #[allow(non_snake_case, reason = "each part is bound to its type's name")]
+            #[inline]
+            fn heap_bytes(record: &Self) -> usize {
+                let ($($name,)+) = record;
+                0 $(+ <$name as Data>::heap_bytes($name.borrow()))+
             }
         }
     };

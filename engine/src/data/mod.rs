@@ -29,7 +29,9 @@ mod archived;
 mod text;
 
 #[doc(hidden)]
-pub use archived::{each_archived, rkyv_format, rkyv_from_bytes, rkyv_to_bytes, write_rkyv, write_view};
+pub use archived::{
+    each_archived, rkyv_format, rkyv_from_bytes, rkyv_heap_bytes, rkyv_to_bytes, write_rkyv, write_view,
+};
 pub use archived::{RecordRef, RecordView, RkyvRecord, RKYV_ALIGN};
 
 /// A record type a stream can carry. Implement it with [`pod_data!`](crate::pod_data),
@@ -82,6 +84,17 @@ pub trait Data: Clone + Send + Sync + 'static + Borrow<Self::Borrowed> {
 
     /// A record from bytes [`Self::to_bytes`] wrote; checked, never trusted.
     fn from_bytes(bytes: &[u8]) -> Result<Self, NetError>;
+
+    /// What an owned copy of `record` holds on the heap beyond its own
+    /// `size_of`, in bytes: what keyed state charges to the slot's managed
+    /// memory for it besides the table entry. 0 for plain data; a string's or
+    /// byte vector's length; the parts' sum for tuples; for other rkyv types the
+    /// size of the archive beyond the archived root (measured by archiving it
+    /// into a reused buffer).
+    #[inline(always)]
+    fn heap_bytes(_record: &Self::Borrowed) -> usize {
+        0
+    }
 }
 
 /// Writes `record` into subpartition `to` of `out`, or into every one for `None`.
@@ -326,6 +339,25 @@ mod tests {
         let pairs: Vec<(u32, u32)> = (0..n as u32).map(|i| (i >> 9, i & 511)).collect();
         let (min, max) = spread(pairs.iter().map(key_hash));
         assert!(min > 870 && max < 1180, "pairs: {min}..{max} per group");
+    }
+
+    #[test]
+    fn heap_bytes_count_what_an_owned_record_holds_beyond_itself() {
+        use super::Data;
+        #[derive(Clone, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+        struct Named {
+            id: u64,
+            name: String,
+        }
+        crate::rkyv_data!(Named);
+        assert_eq!(u64::heap_bytes(&7), 0);
+        assert_eq!(bool::heap_bytes(&true), 0, "needs no drop: not even archived");
+        assert_eq!(String::heap_bytes("twelve bytes"), 12);
+        assert_eq!(<Vec<u8>>::heap_bytes(&[0; 5][..]), 5);
+        assert_eq!(<(String, u64)>::heap_bytes(&("abc".to_string(), 1)), 3);
+        let short = Named::heap_bytes(&Named { id: 1, name: "x".into() });
+        let long = Named::heap_bytes(&Named { id: 1, name: "x".repeat(1000) });
+        assert!(long >= 1000 && long - short >= 990, "the archive's string bytes: {short}, {long}");
     }
 
     #[test]

@@ -43,6 +43,11 @@ impl Data for String {
         rkyv_format::<String>(STRING_ALIGN)
     }
 
+    #[inline]
+    fn heap_bytes(record: &str) -> usize {
+        record.len()
+    }
+
     fn to_owned_record(b: &str) -> String {
         b.to_owned()
     }
@@ -93,6 +98,11 @@ impl Data for Vec<u8> {
 
     fn format() -> RecordFormat {
         rkyv_format::<Vec<u8>>(STRING_ALIGN)
+    }
+
+    #[inline]
+    fn heap_bytes(record: &[u8]) -> usize {
+        record.len()
     }
 
     fn to_owned_record(b: &[u8]) -> Vec<u8> {

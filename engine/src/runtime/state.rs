@@ -107,6 +107,17 @@ impl StateMemory {
         Ok(())
     }
 
+    /// Something the state holds went from `before` to `after` bytes.
+    #[inline]
+    pub(crate) fn resize(&mut self, before: u64, after: u64) -> Result<(), OperatorError> {
+        if after > before {
+            self.grow(after - before)
+        } else {
+            self.shrink(before - after);
+            Ok(())
+        }
+    }
+
     /// The state shrank by `bytes` (reservations are kept for regrowth).
     pub(crate) fn shrink(&mut self, bytes: u64) {
         self.used_bytes = self.used_bytes.saturating_sub(bytes);
@@ -118,8 +129,14 @@ impl StateMemory {
     }
 }
 
+/// What an owned `value` holds on the heap ([`Data::heap_bytes`]).
+#[inline(always)]
+pub(crate) fn heap_of<V: Data>(value: &V) -> u64 {
+    V::heap_bytes(value.borrow()) as u64
+}
+
 /// An estimate of what one entry of a hash table of `K → V` costs, with `key`'s
-/// own bytes.
+/// own bytes (a value's heap is [`heap_of`] it).
 #[inline]
 pub(crate) fn entry_bytes<K: Data, V>(key: &K::Borrowed) -> u64 {
     (std::mem::size_of::<K>() + std::mem::size_of::<V>() + 16 + std::mem::size_of_val(key)) as u64

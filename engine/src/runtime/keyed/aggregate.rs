@@ -98,10 +98,18 @@ const TABLE: &str = "table";
 impl<K: Key, T: Data, S: KeySelector<K, T>, A: Aggregator<K, T>> AggregateOp<K, T, S, A> {
     #[inline(always)]
     fn one(&mut self, record: &T::Borrowed) {
-        let AggregateOp { selector, agg, running, table, next, .. } = self;
+        let AggregateOp { selector, agg, running, table, memory, next, failure, .. } = self;
         let fresh = selector.with_key(record, |key| match table.map.get_mut(key) {
             Some(acc) => {
+                // Free for plain data: both sides are the constant 0.
+                let before = heap_of(acc);
                 agg.add(acc, record);
+                let after = heap_of(acc);
+                if after != before {
+                    if let Err(e) = memory.resize(before, after) {
+                        failure.set(e);
+                    }
+                }
                 if *running {
                     next.collect(agg.result(key, acc).borrow());
                 }
@@ -120,10 +128,11 @@ impl<K: Key, T: Data, S: KeySelector<K, T>, A: Aggregator<K, T>> AggregateOp<K, 
     fn first(&mut self, record: &T::Borrowed) {
         let AggregateOp { selector, agg, running, table, memory, next, failure, .. } = self;
         selector.with_key(record, |key| {
-            if let Err(e) = memory.grow(entry_bytes::<K, A::Acc>(key)) {
+            let acc = agg.first(record);
+            if let Err(e) = memory.grow(entry_bytes::<K, A::Acc>(key) + heap_of(&acc)) {
                 return failure.set(e);
             }
-            let acc = table.map.entry(K::to_owned_record(key)).or_insert_with(|| agg.first(record));
+            let acc = table.map.entry(K::to_owned_record(key)).or_insert(acc);
             if *running {
                 next.collect(agg.result(key, acc).borrow());
             }

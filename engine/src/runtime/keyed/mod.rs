@@ -24,7 +24,7 @@ use crate::runtime::collector::{
 };
 use crate::runtime::output::KeySelector;
 use crate::runtime::state::{
-    entry_bytes, GroupWriter, JobSnapshot, KeyGroupRouter, OperatorSnapshot, SnapshotReader, StateMemory,
+    entry_bytes, heap_of, GroupWriter, JobSnapshot, KeyGroupRouter, OperatorSnapshot, SnapshotReader, StateMemory,
 };
 
 /// Snapshot entries of one key group: key and value bytes.
@@ -154,6 +154,11 @@ fn items(mut bytes: &[u8]) -> Result<Vec<&[u8]>, OperatorError> {
     Ok(out)
 }
 
+/// What a list of `V` holds: its items and their heaps.
+fn list_bytes<V: Data>(list: &[V]) -> u64 {
+    list.iter().map(|v| std::mem::size_of::<V>() as u64 + heap_of(v)).sum()
+}
+
 struct ValueTable<K, V> {
     name: String,
     map: FxMap<K, V>,
@@ -167,8 +172,9 @@ impl<K: Key, V: Data> Table<K> for ValueTable<K, V> {
         snapshot_table(&self.name, self.map.iter(), |v| Ok(V::to_bytes(v.borrow())?), router, groups)
     }
     fn restore(&mut self, key: K, value: &[u8], memory: &mut StateMemory) -> Result<(), OperatorError> {
-        memory.grow(entry_bytes::<K, V>(key.borrow()))?;
-        self.map.insert(key, V::from_bytes(value)?);
+        let value = V::from_bytes(value)?;
+        memory.grow(entry_bytes::<K, V>(key.borrow()) + heap_of(&value))?;
+        self.map.insert(key, value);
         Ok(())
     }
     fn keys(&self) -> Vec<K> {
@@ -199,7 +205,7 @@ impl<K: Key, V: Data> Table<K> for ListTable<K, V> {
     }
     fn restore(&mut self, key: K, value: &[u8], memory: &mut StateMemory) -> Result<(), OperatorError> {
         let list = items(value)?.into_iter().map(V::from_bytes).collect::<Result<Vec<_>, _>>()?;
-        memory.grow(entry_bytes::<K, Vec<V>>(key.borrow()) + (list.len() * std::mem::size_of::<V>()) as u64)?;
+        memory.grow(entry_bytes::<K, Vec<V>>(key.borrow()) + list_bytes(&list))?;
         self.map.insert(key, list);
         Ok(())
     }
@@ -243,9 +249,9 @@ impl<K: Key, UK: Key, UV: Data> Table<K> for MapTable<K, UK, UV> {
         }
         let mut m = FxMap::default();
         for pair in parts.chunks(2) {
-            let uk = UK::from_bytes(pair[0])?;
-            memory.grow(entry_bytes::<UK, UV>(uk.borrow()))?;
-            m.insert(uk, UV::from_bytes(pair[1])?);
+            let (uk, uv) = (UK::from_bytes(pair[0])?, UV::from_bytes(pair[1])?);
+            memory.grow(entry_bytes::<UK, UV>(uk.borrow()) + heap_of(&uv))?;
+            m.insert(uk, uv);
         }
         memory.grow(entry_bytes::<K, FxMap<UK, UV>>(key.borrow()))?;
         self.map.insert(key, m);
@@ -415,7 +421,9 @@ impl<K: Key> KeyedContext<'_, K> {
         self.task
     }
 
-    /// The current key's value, if it has one.
+    /// The current key's value, if it has one. What a change made through the
+    /// reference adds to the value's heap is not charged to managed memory:
+    /// grow a value with [`Self::set_value`].
     pub fn value<V: Data>(&mut self, h: &ValueState<V>) -> Result<Option<&mut V>, OperatorError> {
         let key = self.key;
         Ok(self.backend.table::<_, ValueTable<K, V>>(h)?.map.get_mut(key))
@@ -424,23 +432,26 @@ impl<K: Key> KeyedContext<'_, K> {
     /// Sets the current key's value.
     pub fn set_value<V: Data>(&mut self, h: &ValueState<V>, value: V) -> Result<(), OperatorError> {
         let key = self.key;
-        let grow = entry_bytes::<K, V>(key);
+        let new = heap_of(&value);
         let table = self.backend.table::<_, ValueTable<K, V>>(h)?;
         match table.map.get_mut(key) {
-            Some(v) => *v = value,
+            Some(v) => {
+                let old = heap_of(v);
+                *v = value;
+                self.backend.memory.resize(old, new)
+            }
             None => {
                 table.map.insert(K::to_owned_record(key), value);
-                self.backend.memory.grow(grow)?;
+                self.backend.memory.grow(entry_bytes::<K, V>(key) + new)
             }
         }
-        Ok(())
     }
 
     /// Clears the current key's value.
     pub fn clear_value<V: Data>(&mut self, h: &ValueState<V>) -> Result<(), OperatorError> {
         let key = self.key;
-        if self.backend.table::<_, ValueTable<K, V>>(h)?.map.remove(key).is_some() {
-            self.backend.memory.shrink(entry_bytes::<K, V>(key));
+        if let Some(v) = self.backend.table::<_, ValueTable<K, V>>(h)?.map.remove(key) {
+            self.backend.memory.shrink(entry_bytes::<K, V>(key) + heap_of(&v));
         }
         Ok(())
     }
@@ -448,7 +459,7 @@ impl<K: Key> KeyedContext<'_, K> {
     /// Appends to the current key's list.
     pub fn list_push<V: Data>(&mut self, h: &ListState<V>, value: V) -> Result<(), OperatorError> {
         let key = self.key;
-        let mut grow = std::mem::size_of::<V>() as u64;
+        let mut grow = std::mem::size_of::<V>() as u64 + heap_of(&value);
         let table = self.backend.table::<_, ListTable<K, V>>(h)?;
         match table.map.get_mut(key) {
             Some(l) => l.push(value),
@@ -470,12 +481,14 @@ impl<K: Key> KeyedContext<'_, K> {
     pub fn list_clear<V: Data>(&mut self, h: &ListState<V>) -> Result<(), OperatorError> {
         let key = self.key;
         if let Some(l) = self.backend.table::<_, ListTable<K, V>>(h)?.map.remove(key) {
-            self.backend.memory.shrink(entry_bytes::<K, Vec<V>>(key) + (l.len() * std::mem::size_of::<V>()) as u64);
+            self.backend.memory.shrink(entry_bytes::<K, Vec<V>>(key) + list_bytes(&l));
         }
         Ok(())
     }
 
-    /// The current key's map entry for `user_key`.
+    /// The current key's map entry for `user_key` (a change through the
+    /// reference that grows the value's heap is not charged: see
+    /// [`Self::value`]).
     pub fn map_get<UK: Key, UV: Data>(
         &mut self,
         h: &MapState<UK, UV>,
@@ -493,7 +506,8 @@ impl<K: Key> KeyedContext<'_, K> {
         value: UV,
     ) -> Result<(), OperatorError> {
         let key = self.key;
-        let mut grow = entry_bytes::<UK, UV>(user_key.borrow());
+        let new = heap_of(&value);
+        let mut grow = entry_bytes::<UK, UV>(user_key.borrow()) + new;
         let table = self.backend.table::<_, MapTable<K, UK, UV>>(h)?;
         let map = match table.map.get_mut(key) {
             Some(m) => m,
@@ -502,10 +516,10 @@ impl<K: Key> KeyedContext<'_, K> {
                 table.map.entry(K::to_owned_record(key)).or_default()
             }
         };
-        if map.insert(user_key, value).is_some() {
-            grow = 0;
+        match map.insert(user_key, value) {
+            Some(old) => self.backend.memory.resize(heap_of(&old), new),
+            None => self.backend.memory.grow(grow),
         }
-        self.backend.memory.grow(grow)
     }
 
     /// Removes `user_key` from the current key's map.
@@ -517,8 +531,8 @@ impl<K: Key> KeyedContext<'_, K> {
         let key = self.key;
         let removed =
             self.backend.table::<_, MapTable<K, UK, UV>>(h)?.map.get_mut(key).and_then(|m| m.remove(user_key));
-        if removed.is_some() {
-            self.backend.memory.shrink(entry_bytes::<UK, UV>(user_key));
+        if let Some(v) = &removed {
+            self.backend.memory.shrink(entry_bytes::<UK, UV>(user_key) + heap_of(v));
         }
         Ok(removed)
     }
@@ -541,16 +555,21 @@ impl<K: Key> KeyedContext<'_, K> {
         F: Fn(&V, &V::Borrowed) -> V + Send + Sync + 'static,
     {
         let key = self.key;
-        let grow = entry_bytes::<K, V>(key);
         let table = self.backend.table::<_, ReducingTable<K, V, F>>(h)?;
         match table.values.map.get_mut(key) {
-            Some(acc) => *acc = (table.f)(acc, value),
+            Some(acc) => {
+                let old = heap_of(acc);
+                *acc = (table.f)(acc, value);
+                let new = heap_of(acc);
+                self.backend.memory.resize(old, new)
+            }
             None => {
-                table.values.map.insert(K::to_owned_record(key), V::to_owned_record(value));
-                self.backend.memory.grow(grow)?;
+                let first = V::to_owned_record(value);
+                let grow = entry_bytes::<K, V>(key) + heap_of(&first);
+                table.values.map.insert(K::to_owned_record(key), first);
+                self.backend.memory.grow(grow)
             }
         }
-        Ok(())
     }
 
     /// The current key's reduced value, if any (the reduce function `F` given when
