@@ -1,7 +1,8 @@
 //! The task's control lane: processing-time timers of a keyed process function
 //! fire while the task waits for input and while its output is full (so does a
-//! cancel), and operator list state (a list per subtask) is snapshotted and
-//! dealt out again at another parallelism.
+//! cancel), and pending ones travel in a snapshot and fire after a restore at
+//! another parallelism; operator list state (a list per subtask) is
+//! snapshotted and dealt out again at another parallelism.
 
 use std::time::{Duration, Instant};
 
@@ -196,4 +197,72 @@ fn a_task_whose_output_is_full_still_fires_its_timers_and_is_cancelled_promptly(
     // Held back by credits: what the source made fits in the engine's 16 MiB of
     // network buffers (2 Mi records of 8 bytes), a source batch and the egress.
     assert!(before <= (16 << 20) / 8 + 1024 + 8, "the source was held back: {before} records");
+}
+
+/// Counts each key's records; at its first record registers a timer 200 ms
+/// ahead, whose firing reports `(key, count)` on `fired`.
+#[derive(Clone)]
+struct ReportLater {
+    count: Option<ValueState<u64>>,
+    fired: crossbeam_channel::Sender<(u64, u64)>,
+}
+
+impl KeyedProcessFunction<u64, u64, u64> for ReportLater {
+    fn open(&mut self, states: &mut StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
+        self.count = Some(states.value_state("count")?);
+        Ok(())
+    }
+    fn process(
+        &mut self,
+        _: &u64,
+        ctx: &mut KeyedContext<'_, u64>,
+        _: &mut Emitter<'_, u64>,
+    ) -> Result<(), OperatorError> {
+        let count = self.count.as_ref().expect("opened");
+        let n = ctx.value(count)?.copied().unwrap_or(0);
+        if n == 0 {
+            ctx.register_timer(Instant::now() + Duration::from_millis(200));
+        }
+        ctx.set_value(count, n + 1)
+    }
+    fn on_timer(
+        &mut self,
+        _: Instant,
+        ctx: &mut KeyedContext<'_, u64>,
+        _: &mut Emitter<'_, u64>,
+    ) -> Result<(), OperatorError> {
+        let n = ctx.value(self.count.as_ref().expect("opened"))?.copied().unwrap_or(0);
+        let _ = self.fired.send((*ctx.key(), n));
+        Ok(())
+    }
+}
+
+#[test]
+fn pending_timers_are_in_the_snapshot_and_fire_after_a_restore_at_another_parallelism() {
+    let engine = small_engine().build().expect("engine starts");
+    let (fired, reports) = crossbeam_channel::unbounded();
+    // Ten keys, 3 records each, at parallelism 2, stopped with a snapshot.
+    let df = Dataflow::new("report-later").parallelism(2).stop_with_snapshot();
+    df.from_iter("numbers", 0..30u64)
+        .key_by(|n: &u64| n % 10)
+        .process(ReportLater { count: None, fired: fired.clone() })
+        .name("reporter")
+        .discard();
+    let snapshot = engine.run(df.build().unwrap()).expect("the job stops").snapshot.expect("a snapshot");
+    // A timer that fired before the stop reported already; the others must
+    // fire after the restore, each once, with the count the snapshot kept.
+    let mut seen: Vec<(u64, u64)> = reports.try_iter().collect();
+
+    let df = Dataflow::new("report-later").parallelism(3).restore(snapshot);
+    let (numbers, ingress) = df.ingress::<u64>("numbers", 16);
+    numbers.key_by(|n: &u64| n % 10).process(ReportLater { count: None, fired }).name("reporter").discard();
+    let job = engine.submit(df.build().unwrap()).unwrap();
+    while seen.len() < 10 {
+        seen.push(reports.recv_timeout(TIMEOUT).expect("every key's timer fires after the restore"));
+    }
+    drop(ingress);
+    job.wait_timeout(TIMEOUT).expect("the restored job ends with its input");
+    seen.sort_unstable();
+    assert_eq!(seen, (0..10).map(|k| (k, 3)).collect::<Vec<_>>(), "one report per key, none twice");
+    assert!(reports.try_recv().is_err(), "no timer fired twice");
 }

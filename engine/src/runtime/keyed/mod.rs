@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use rustc_hash::FxHasher;
 
@@ -297,6 +297,37 @@ pub(crate) struct KeyedBackend<K: Key> {
     timers: BTreeMap<Instant, Vec<K>>,
 }
 
+/// The name a keyed operator's timers have in its snapshot (no declared state
+/// can have it: names starting with NUL are refused).
+const TIMERS: &str = "\0timers";
+
+/// The two clocks read together: a timer's `Instant` travels in a snapshot as
+/// milliseconds of wall-clock time since the Unix epoch (an `Instant` means
+/// nothing in another process), as Flink keeps processing-time timers.
+struct Clocks {
+    instant: Instant,
+    epoch_ms: u64,
+}
+
+impl Clocks {
+    fn now() -> Self {
+        let since_epoch = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        Clocks { instant: Instant::now(), epoch_ms: since_epoch.as_millis() as u64 }
+    }
+
+    fn to_epoch_ms(&self, at: Instant) -> u64 {
+        match at.checked_duration_since(self.instant) {
+            Some(ahead) => self.epoch_ms + ahead.as_millis() as u64,
+            None => self.epoch_ms.saturating_sub(self.instant.duration_since(at).as_millis() as u64),
+        }
+    }
+
+    /// The instant of `epoch_ms`; one already past is now (it fires at once).
+    fn to_instant(&self, epoch_ms: u64) -> Instant {
+        self.instant + Duration::from_millis(epoch_ms.saturating_sub(self.epoch_ms))
+    }
+}
+
 /// Distinguishes the backends of a process so a handle is used only with its own.
 static NEXT_BACKEND: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -311,6 +342,11 @@ impl<K: Key> KeyedBackend<K> {
     }
 
     fn declare<S>(&mut self, name: &str, table: Box<dyn Table<K>>) -> Result<StateHandle<S>, OperatorError> {
+        if name.starts_with('\0') {
+            return Err(OperatorError::User(format!(
+                "state name {name:?} starts with NUL (kept for the engine's own)"
+            )));
+        }
         if self.tables.iter().any(|t| t.name() == name) {
             return Err(OperatorError::User(format!("state '{name}' is declared twice")));
         }
@@ -329,8 +365,19 @@ impl<K: Key> KeyedBackend<K> {
     }
 
     fn restore(&mut self, operator: &str, snapshot: &JobSnapshot, task: &TaskInfo) -> Result<(), OperatorError> {
-        let KeyedBackend { tables, memory, .. } = self;
+        let KeyedBackend { tables, memory, timers, .. } = self;
+        let clocks = Clocks::now();
         restore_entries(snapshot, operator, task, |name, k, v| {
+            if name == TIMERS {
+                let key = K::from_bytes(k)?;
+                for at in items(v)? {
+                    let ms = <[u8; 8]>::try_from(at).map_err(|_| {
+                        OperatorError::User(format!("malformed state snapshot: a timer of '{operator}' is not 8 bytes"))
+                    })?;
+                    timers.entry(clocks.to_instant(u64::from_le_bytes(ms))).or_default().push(key.clone());
+                }
+                return Ok(());
+            }
             let Some(table) = tables.iter_mut().find(|t| t.name() == name) else {
                 return Err(OperatorError::User(format!(
                     "the snapshot of '{operator}' has state '{name}', which the operator no longer declares"
@@ -345,6 +392,16 @@ impl<K: Key> KeyedBackend<K> {
         let mut key_groups = BTreeMap::new();
         for t in &self.tables {
             t.snapshot(&router, &mut key_groups)?;
+        }
+        if !self.timers.is_empty() {
+            let clocks = Clocks::now();
+            let mut per_key: FxMap<&K, Vec<u64>> = FxMap::default();
+            for (at, keys) in &self.timers {
+                let ms = clocks.to_epoch_ms(*at);
+                keys.iter().for_each(|k| per_key.entry(k).or_default().push(ms));
+            }
+            let to_bytes = |times: &Vec<u64>| put_items(times.iter().map(|t| Ok(t.to_le_bytes().to_vec())));
+            snapshot_table(TIMERS, per_key.iter().map(|(k, v)| (*k, v)), to_bytes, &router, &mut key_groups)?;
         }
         Ok(OperatorSnapshot {
             operator: operator.to_string(),
