@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Instant;
 
 use rustc_hash::FxHasher;
 
@@ -24,7 +24,8 @@ use crate::runtime::collector::{
 };
 use crate::runtime::output::KeySelector;
 use crate::runtime::state::{
-    entry_bytes, heap_of, GroupWriter, JobSnapshot, KeyGroupRouter, OperatorSnapshot, SnapshotReader, StateMemory,
+    entry_bytes, heap_of, Clocks, GroupWriter, JobSnapshot, KeyGroupRouter, OperatorSnapshot, SnapshotReader,
+    StateMemory,
 };
 
 /// Snapshot entries of one key group: key and value bytes.
@@ -301,33 +302,6 @@ pub(crate) struct KeyedBackend<K: Key> {
 /// can have it: names starting with NUL are refused).
 const TIMERS: &str = "\0timers";
 
-/// The two clocks read together: a timer's `Instant` travels in a snapshot as
-/// milliseconds of wall-clock time since the Unix epoch (an `Instant` means
-/// nothing in another process), as Flink keeps processing-time timers.
-struct Clocks {
-    instant: Instant,
-    epoch_ms: u64,
-}
-
-impl Clocks {
-    fn now() -> Self {
-        let since_epoch = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        Clocks { instant: Instant::now(), epoch_ms: since_epoch.as_millis() as u64 }
-    }
-
-    fn to_epoch_ms(&self, at: Instant) -> u64 {
-        match at.checked_duration_since(self.instant) {
-            Some(ahead) => self.epoch_ms + ahead.as_millis() as u64,
-            None => self.epoch_ms.saturating_sub(self.instant.duration_since(at).as_millis() as u64),
-        }
-    }
-
-    /// The instant of `epoch_ms`; one already past is now (it fires at once).
-    fn to_instant(&self, epoch_ms: u64) -> Instant {
-        self.instant + Duration::from_millis(epoch_ms.saturating_sub(self.epoch_ms))
-    }
-}
-
 /// Distinguishes the backends of a process so a handle is used only with its own.
 static NEXT_BACKEND: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -371,10 +345,11 @@ impl<K: Key> KeyedBackend<K> {
             if name == TIMERS {
                 let key = K::from_bytes(k)?;
                 for at in items(v)? {
-                    let ms = <[u8; 8]>::try_from(at).map_err(|_| {
-                        OperatorError::User(format!("malformed state snapshot: a timer of '{operator}' is not 8 bytes"))
+                    let at = <[u8; 8]>::try_from(at).ok().and_then(|ms| clocks.to_instant(u64::from_le_bytes(ms)));
+                    let at = at.ok_or_else(|| {
+                        OperatorError::User(format!("malformed state snapshot: a timer of '{operator}' is not a time"))
                     })?;
-                    timers.entry(clocks.to_instant(u64::from_le_bytes(ms))).or_default().push(key.clone());
+                    timers.entry(at).or_default().push(key.clone());
                 }
                 return Ok(());
             }
