@@ -171,6 +171,38 @@ fn what_state_values_hold_on_the_heap_counts_against_the_slot_budget() {
     assert!(cause.contains("managed memory budget exceeded"), "{cause}");
 }
 
+/// Keeps every line in operator list state.
+#[derive(Clone, Default)]
+struct KeepLines(Option<shardflow_engine::ListStateHandle<String>>);
+
+impl shardflow_engine::ProcessFunction<String, String> for KeepLines {
+    fn open(&mut self, ctx: &mut shardflow_engine::OperatorContext<'_>) -> Result<(), OperatorError> {
+        self.0 = Some(ctx.list_state("lines")?);
+        Ok(())
+    }
+    fn process(
+        &mut self,
+        line: &str,
+        ctx: &mut shardflow_engine::OperatorContext<'_>,
+        _: &mut shardflow_engine::Emitter<'_, String>,
+    ) -> Result<(), OperatorError> {
+        ctx.list(self.0.as_ref().expect("opened"))?.push(line.to_string())
+    }
+}
+
+#[test]
+fn operator_list_state_beyond_the_slot_budget_fails_the_job_with_the_numbers() {
+    let engine = small_engine().managed_memory_per_slot_bytes(256 << 10).build().expect("engine starts");
+    let kept = |lines: u64| {
+        let df = Dataflow::new("kept-in-operator-state");
+        df.generate("lines", lines, |r| format!("{r:>1024}")).process(KeepLines::default()).discard();
+        df.build().unwrap()
+    };
+    let cause = failure(engine.submit(kept(1_000)).unwrap().wait_timeout(TIMEOUT));
+    assert!(cause.contains("managed memory budget exceeded") && cause.contains("of 262144 bytes available"), "{cause}");
+    engine.submit(kept(100)).unwrap().wait_timeout(TIMEOUT).expect("100 KiB of lines fit");
+}
+
 #[test]
 fn a_record_bigger_than_a_segment_fails_the_job_naming_its_size() {
     let engine = small_engine().build().expect("engine starts");

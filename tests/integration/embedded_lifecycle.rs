@@ -42,9 +42,7 @@ impl ProcessFunction<u64, u64> for Holder {
     }
     fn snapshot(&mut self, checkpoint: u64, ctx: &mut OperatorContext<'_>) -> Result<(), OperatorError> {
         note(&self.log, format!("{}:snapshot {checkpoint} of {}", self.subtask, self.held.len()));
-        let state = ctx.list(self.state.as_ref().expect("opened"))?;
-        state.append(&mut self.held);
-        Ok(())
+        ctx.list(self.state.as_ref().expect("opened"))?.extend(self.held.drain(..))
     }
     fn on_checkpoint_complete(&mut self, checkpoint: u64) {
         note(&self.log, format!("{}:complete {checkpoint}", self.subtask));

@@ -88,7 +88,7 @@ impl ProcessFunction<u64, u64> for Remember {
         ctx: &mut OperatorContext<'_>,
         out: &mut Emitter<'_, u64>,
     ) -> Result<(), OperatorError> {
-        ctx.list(self.seen.as_ref().expect("opened"))?.push(*r);
+        ctx.list(self.seen.as_ref().expect("opened"))?.push(*r)?;
         out.emit(*r);
         Ok(())
     }

@@ -10,7 +10,7 @@ use crate::data::Data;
 use crate::error::{EngineError, OperatorError};
 use crate::runtime::build::{build_port, BuildContext, Name, NodeFactory, Port};
 use crate::runtime::collector::{Collector, Emitter, Failure, Lifecycle, SharedCollector, SinkOutput, TaskInfo};
-use crate::runtime::state::{JobSnapshot, OperatorSnapshot};
+use crate::runtime::state::{list_bytes, JobSnapshot, OperatorSnapshot, StateMemory};
 
 /// A record-to-record function.
 pub(crate) struct MapOp<T: Data, U: Data, F> {
@@ -157,7 +157,49 @@ pub struct OperatorContext<'a> {
     task: &'a TaskInfo,
     name: &'a str,
     lists: &'a mut BTreeMap<String, Box<dyn ErasedListBox>>,
+    memory: &'a mut StateMemory,
     restore: Option<&'a JobSnapshot>,
+}
+
+/// Operator list state as a function uses it: read as a slice, changed through
+/// methods that charge what it holds (items and their heap) to the slot's
+/// managed memory, so a list that outgrows the budget fails the job with the
+/// numbers.
+pub struct ListRef<'a, V> {
+    items: &'a mut Vec<V>,
+    memory: &'a mut StateMemory,
+}
+
+impl<V> std::ops::Deref for ListRef<'_, V> {
+    type Target = [V];
+    fn deref(&self) -> &[V] {
+        self.items
+    }
+}
+
+impl<V: Data> ListRef<'_, V> {
+    /// Appends `item`.
+    pub fn push(&mut self, item: V) -> Result<(), OperatorError> {
+        self.memory.grow(list_bytes(std::slice::from_ref(&item)))?;
+        self.items.push(item);
+        Ok(())
+    }
+
+    /// Appends every item of `items`.
+    pub fn extend(&mut self, items: impl IntoIterator<Item = V>) -> Result<(), OperatorError> {
+        items.into_iter().try_for_each(|item| self.push(item))
+    }
+
+    /// Removes and returns every item.
+    pub fn take(&mut self) -> Vec<V> {
+        self.memory.shrink(list_bytes(self.items));
+        std::mem::take(self.items)
+    }
+
+    /// Removes every item.
+    pub fn clear(&mut self) {
+        self.take();
+    }
 }
 
 /// A type-erased operator-state list.
@@ -194,6 +236,7 @@ impl OperatorContext<'_> {
                 for b in s.operator_items_for(&key, self.task.subtask, self.task.parallelism) {
                     items.push(V::from_bytes(b)?);
                 }
+                self.memory.grow(list_bytes(&items))?;
             }
             self.lists.insert(key.clone(), Box::new(items));
         }
@@ -201,11 +244,13 @@ impl OperatorContext<'_> {
     }
 
     /// The items of list state `handle`.
-    pub fn list<V: Data>(&mut self, handle: &ListStateHandle<V>) -> Result<&mut Vec<V>, OperatorError> {
-        self.lists
+    pub fn list<V: Data>(&mut self, handle: &ListStateHandle<V>) -> Result<ListRef<'_, V>, OperatorError> {
+        let items = self
+            .lists
             .get_mut(&handle.name)
             .and_then(|l| l.any().downcast_mut::<Vec<V>>())
-            .ok_or_else(|| OperatorError::User(format!("list state '{}' is not this operator's", handle.name)))
+            .ok_or_else(|| OperatorError::User(format!("list state '{}' is not this operator's", handle.name)))?;
+        Ok(ListRef { items, memory: self.memory })
     }
 }
 
@@ -249,6 +294,8 @@ pub(crate) struct ProcessOp<T: Data, O: Data, P> {
     f: P,
     next: Box<dyn Collector<O>>,
     lists: BTreeMap<String, Box<dyn ErasedListBox>>,
+    /// What the lists hold, charged to the slot's managed memory.
+    memory: StateMemory,
     task: Option<TaskInfo>,
     restore: Option<Arc<JobSnapshot>>,
     failure: Failure,
@@ -261,8 +308,13 @@ impl<T: Data, O: Data, P: ProcessFunction<T, O>> ProcessOp<T, O, P> {
         f: impl FnOnce(&mut P, &mut OperatorContext<'_>, &mut Emitter<'_, O>) -> R,
     ) -> Option<R> {
         let task = self.task.as_ref()?;
-        let mut ctx =
-            OperatorContext { task, name: &self.name, lists: &mut self.lists, restore: self.restore.as_deref() };
+        let mut ctx = OperatorContext {
+            task,
+            name: &self.name,
+            lists: &mut self.lists,
+            memory: &mut self.memory,
+            restore: self.restore.as_deref(),
+        };
         Some(f(&mut self.f, &mut ctx, &mut Emitter::new(&mut *self.next)))
     }
 }
@@ -284,6 +336,7 @@ impl<T: Data, O: Data, P: ProcessFunction<T, O>> Lifecycle for ProcessOp<T, O, P
         &self.name
     }
     fn open(&mut self, task: &TaskInfo) -> Result<(), OperatorError> {
+        self.memory.account_to(task.managed_memory.clone())?;
         self.task = Some(task.clone());
         self.with_context(|f, ctx, _| f.open(ctx)).unwrap_or(Ok(()))
     }
@@ -332,6 +385,7 @@ impl<T: Data, O: Data, P: ProcessFunction<T, O>> NodeFactory<T> for ProcessFacto
             f: self.f.clone(),
             next,
             lists: BTreeMap::new(),
+            memory: StateMemory::new(),
             task: None,
             restore: ctx.restore.clone(),
             failure: ctx.failure.clone(),

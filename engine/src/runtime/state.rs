@@ -136,6 +136,11 @@ pub(crate) fn heap_of<V: Data>(value: &V) -> u64 {
     V::heap_bytes(value.borrow()) as u64
 }
 
+/// What a list of `V` holds: its items and their heaps.
+pub(crate) fn list_bytes<V: Data>(list: &[V]) -> u64 {
+    list.iter().map(|v| std::mem::size_of::<V>() as u64 + heap_of(v)).sum()
+}
+
 /// An estimate of what one entry of a hash table of `K → V` costs, with `key`'s
 /// own bytes (a value's heap is [`heap_of`] it).
 #[inline]

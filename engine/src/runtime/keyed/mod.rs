@@ -24,8 +24,8 @@ use crate::runtime::collector::{
 };
 use crate::runtime::output::KeySelector;
 use crate::runtime::state::{
-    entry_bytes, heap_of, Clocks, GroupWriter, JobSnapshot, KeyGroupRouter, OperatorSnapshot, SnapshotReader,
-    StateMemory,
+    entry_bytes, heap_of, list_bytes, Clocks, GroupWriter, JobSnapshot, KeyGroupRouter, OperatorSnapshot,
+    SnapshotReader, StateMemory,
 };
 
 /// Snapshot entries of one key group: key and value bytes.
@@ -153,11 +153,6 @@ fn items(mut bytes: &[u8]) -> Result<Vec<&[u8]>, OperatorError> {
         bytes = &bytes[4 + item.len()..];
     }
     Ok(out)
-}
-
-/// What a list of `V` holds: its items and their heaps.
-fn list_bytes<V: Data>(list: &[V]) -> u64 {
-    list.iter().map(|v| std::mem::size_of::<V>() as u64 + heap_of(v)).sum()
 }
 
 struct ValueTable<K, V> {
