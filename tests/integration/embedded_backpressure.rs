@@ -112,3 +112,52 @@ fn a_full_ingress_hands_the_record_back_and_a_gone_job_closes_it() {
     assert!(matches!(ingress.try_push(7), Err(PushError::Closed(7))), "the job is gone");
     drop(answers);
 }
+
+/// Tags each record with the subtask it reached.
+#[derive(Clone)]
+struct TagSubtask;
+
+impl shardflow_engine::ProcessFunction<u64, (u64, u64)> for TagSubtask {
+    fn process(
+        &mut self,
+        r: &u64,
+        ctx: &mut shardflow_engine::OperatorContext<'_>,
+        out: &mut shardflow_engine::Emitter<'_, (u64, u64)>,
+    ) -> Result<(), shardflow_engine::OperatorError> {
+        out.emit((u64::from(ctx.task().subtask), *r));
+        Ok(())
+    }
+}
+
+#[test]
+fn split_ingress_handles_feed_one_subtask_each_from_threads_of_their_own() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("split-ingress");
+    let (requests, ingress) = df.ingress_with::<u64>("requests", 4, 2);
+    // Chained to the source: each record tagged with the source subtask it entered.
+    let tagged = requests.process(TagSubtask).collect();
+    let job = engine.submit(df.build().unwrap()).unwrap();
+    let handles = ingress.split();
+    drop(ingress);
+    assert_eq!(handles.len(), 2);
+    let threads: Vec<_> = handles
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut h)| {
+            std::thread::spawn(move || {
+                for n in 0..1_000u64 {
+                    h.push(i as u64 * 1_000_000 + n).expect("the job reads its input");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a pushing thread");
+    }
+    // Every handle is gone: the input ends and so does the job.
+    job.wait_timeout(TIMEOUT).expect("the job ends with its input");
+    let mut got = tagged.take();
+    got.sort_unstable();
+    let want: Vec<(u64, u64)> = (0..2u64).flat_map(|i| (0..1_000).map(move |n| (i, i * 1_000_000 + n))).collect();
+    assert_eq!(got, want, "handle i's records, all of them, entered subtask i");
+}

@@ -287,17 +287,19 @@ impl<T: std::fmt::Debug> std::error::Error for PushError<T> {}
 
 /// Pushes records into a running job from any thread: one bounded queue per
 /// source subtask, filled round robin (or [`IngressHandle::push_to`] one
-/// subtask). A full queue makes [`IngressHandle::push`] wait (back-pressure) and
+/// subtask, or a handle of [`IngressHandle::split`] per subtask). A full queue makes [`IngressHandle::push`] wait (back-pressure) and
 /// [`IngressHandle::try_push`] hand the record back. The job's ingress source
 /// ends once every clone of the handle is dropped and its queue is drained.
 pub struct IngressHandle<T> {
     queues: Arc<IngressQueues<T>>,
     next: usize,
+    /// The one subtask this handle feeds ([`IngressHandle::split`]).
+    pinned: Option<usize>,
 }
 
 impl<T> Clone for IngressHandle<T> {
     fn clone(&self) -> Self {
-        IngressHandle { queues: self.queues.clone(), next: self.next }
+        IngressHandle { queues: self.queues.clone(), next: self.next, pinned: self.pinned }
     }
 }
 
@@ -316,7 +318,18 @@ impl<T: Send> IngressHandle<T> {
         self.queues.senders.len()
     }
 
+    /// One handle per source subtask, each feeding only its own subtask's
+    /// queue (a service thread per subtask, records of one handle in order).
+    /// The job's input ends once every handle, these and the original, is
+    /// dropped.
+    pub fn split(&self) -> Vec<IngressHandle<T>> {
+        (0..self.subtasks()).map(|i| IngressHandle { queues: self.queues.clone(), next: i, pinned: Some(i) }).collect()
+    }
+
     fn pick(&mut self) -> usize {
+        if let Some(i) = self.pinned {
+            return i;
+        }
         let i = self.next;
         self.next = (i + 1) % self.queues.senders.len().max(1);
         i
@@ -398,7 +411,7 @@ pub(crate) fn ingress<T>(name: &str, capacity: usize, parallelism: u32) -> (Ingr
     }
     let life = Arc::new(IngressLife::default());
     let queues = Arc::new(IngressQueues { name: name.to_string(), senders, wakes: wakes.clone(), life: life.clone() });
-    (IngressHandle { queues, next: 0 }, IngressSources { receivers, wakes, life })
+    (IngressHandle { queues, next: 0, pinned: None }, IngressSources { receivers, wakes, life })
 }
 
 impl<T> IngressSources<T> {
