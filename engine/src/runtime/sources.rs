@@ -287,7 +287,8 @@ impl<T: std::fmt::Debug> std::error::Error for PushError<T> {}
 
 /// Pushes records into a running job from any thread: one bounded queue per
 /// source subtask, filled round robin (or [`IngressHandle::push_to`] one
-/// subtask, or a handle of [`IngressHandle::split`] per subtask). A full queue makes [`IngressHandle::push`] wait (back-pressure) and
+/// subtask, or a handle of [`IngressHandle::split`] per subtask). A full queue
+/// makes [`IngressHandle::push`] wait (back-pressure) and
 /// [`IngressHandle::try_push`] hand the record back. The job's ingress source
 /// ends once every clone of the handle is dropped and its queue is drained.
 pub struct IngressHandle<T> {
