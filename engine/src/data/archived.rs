@@ -257,6 +257,16 @@ where
             }),
         }
     }
+
+    /// Calls `f` with the owned record: this one, or (from an archive) a
+    /// deserialized copy.
+    #[inline]
+    pub fn with_owned<R>(self, f: impl FnOnce(&T) -> R) -> R {
+        match self {
+            RecordRef::Owned(t) => f(t),
+            RecordRef::Archived(_) => f(&self.to_owned_record()),
+        }
+    }
 }
 
 /// The supertrait of a view trait declared with [`rkyv_view!`](crate::rkyv_view):
@@ -264,24 +274,6 @@ where
 pub trait RecordView<T: rkyv::Archive>: 'static {
     /// The record behind this view.
     fn record(&self) -> RecordRef<'_, T>;
-}
-
-/// Writes the record behind a view: an owned one archived, an archived one
-/// (forwarded unchanged to another exchange) deserialized and archived again.
-#[doc(hidden)]
-pub fn write_view<T: RkyvRecord + Clone>(
-    record: RecordRef<'_, T>,
-    out: &mut ResultPartition,
-    sp: usize,
-) -> Result<(), NetError>
-where
-    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
-        + rkyv::Deserialize<T, HighDeserializer<rancor::BoxedError>>,
-{
-    match record {
-        RecordRef::Owned(t) => write_rkyv(t, RKYV_ALIGN, out, sp),
-        RecordRef::Archived(_) => write_rkyv(&record.to_owned_record(), RKYV_ALIGN, out, sp),
-    }
 }
 
 /// Declares rkyv record types that operators read **in place**, through a view
@@ -365,7 +357,10 @@ macro_rules! rkyv_view {
                 out: &mut $crate::data::ResultPartition,
                 sp: usize,
             ) -> ::std::result::Result<(), $crate::data::NetError> {
-                $crate::data::write_view($crate::data::RecordView::<$t>::record(record), out, sp)
+                // An archive forwarded unchanged to another exchange is
+                // deserialized and archived again.
+                $crate::data::RecordView::<$t>::record(record)
+                    .with_owned(|t| $crate::data::write_rkyv(t, $crate::data::RKYV_ALIGN, out, sp))
             }
             fn each(
                 buffer: &$crate::data::Buffer,
@@ -382,20 +377,14 @@ macro_rules! rkyv_view {
             fn to_bytes(
                 record: &(dyn $view + 'static),
             ) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::data::NetError> {
-                match $crate::data::RecordView::<$t>::record(record) {
-                    $crate::data::RecordRef::Owned(t) => $crate::data::rkyv_to_bytes(t),
-                    r => $crate::data::rkyv_to_bytes(&r.to_owned_record()),
-                }
+                $crate::data::RecordView::<$t>::record(record).with_owned($crate::data::rkyv_to_bytes)
             }
             fn from_bytes(bytes: &[u8]) -> ::std::result::Result<$t, $crate::data::NetError> {
                 $crate::data::rkyv_from_bytes::<$t>(bytes)
             }
             fn heap_bytes(record: &(dyn $view + 'static)) -> usize {
                 let inline = ::std::mem::size_of::<<$t as $crate::data::rkyv::Archive>::Archived>();
-                match $crate::data::RecordView::<$t>::record(record) {
-                    $crate::data::RecordRef::Owned(t) => $crate::data::rkyv_heap_bytes(t, inline),
-                    r => $crate::data::rkyv_heap_bytes(&r.to_owned_record(), inline),
-                }
+                $crate::data::RecordView::<$t>::record(record).with_owned(|t| $crate::data::rkyv_heap_bytes(t, inline))
             }
         }
     };

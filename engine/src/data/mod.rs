@@ -29,9 +29,7 @@ mod archived;
 mod text;
 
 #[doc(hidden)]
-pub use archived::{
-    each_archived, rkyv_format, rkyv_from_bytes, rkyv_heap_bytes, rkyv_to_bytes, write_rkyv, write_view,
-};
+pub use archived::{each_archived, rkyv_format, rkyv_from_bytes, rkyv_heap_bytes, rkyv_to_bytes, write_rkyv};
 pub use archived::{RecordRef, RecordView, RkyvRecord, RKYV_ALIGN};
 
 /// A record type a stream can carry. Implement it with [`pod_data!`](crate::pod_data),

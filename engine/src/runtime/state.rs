@@ -315,7 +315,7 @@ impl Clocks {
 
     pub(crate) fn to_epoch_ms(&self, at: Instant) -> u64 {
         match at.checked_duration_since(self.instant) {
-            Some(ahead) => self.epoch_ms + ahead.as_millis() as u64,
+            Some(ahead) => self.epoch_ms.saturating_add(ahead.as_millis().try_into().unwrap_or(u64::MAX)),
             None => self.epoch_ms.saturating_sub(self.instant.duration_since(at).as_millis() as u64),
         }
     }
