@@ -23,7 +23,8 @@ use shardflow_memory::{Budget, BudgetKind, PoolMonitor, SegmentPool, SegmentPool
 use crate::config::{EngineConfig, IdlePolicy};
 use crate::error::EngineError;
 use crate::mailbox::{mailbox, Mailbox, MailboxSender};
-use crate::runtime::task::{run_task, TaskDeployment, TaskFailure, TaskOutput};
+use crate::runtime::control::{ControlLane, TaskControl};
+use crate::runtime::task::{run_task, TaskDeployment, TaskFailure, TaskOutput, TaskStop};
 
 /// Commands a shard executes.
 pub(crate) enum ShardCommand {
@@ -222,8 +223,8 @@ impl Drop for ShardHandle {
     }
 }
 
-/// A shard-local value that tasks can wait on until it satisfies a condition
-/// (the cancel flag of a task, the count of live tasks).
+/// A shard-local value that can be waited on until it satisfies a condition
+/// (the count of live tasks).
 #[derive(Clone, Default)]
 struct LocalWatch<T>(Rc<RefCell<(T, Option<Waker>)>>);
 
@@ -252,12 +253,11 @@ impl<T> LocalWatch<T> {
     }
 }
 
-/// Set to `true` to cancel a task.
-type CancelToken = LocalWatch<bool>;
 /// How many tasks the shard runs, so shutdown can wait for the last one.
 type Live = LocalWatch<usize>;
 
-type Tasks = Rc<RefCell<HashMap<JobId, Vec<(AttemptId, CancelToken)>>>>;
+/// The control lane of every running task, by job.
+type Tasks = Rc<RefCell<HashMap<JobId, Vec<(AttemptId, ControlLane)>>>>;
 
 async fn shard_loop(pool: Rc<SegmentPool>, commands: Mailbox<ShardCommand>, reports: ReportSink) {
     let tasks: Tasks = Rc::default();
@@ -266,42 +266,42 @@ async fn shard_loop(pool: Rc<SegmentPool>, commands: Mailbox<ShardCommand>, repo
         match cmd {
             ShardCommand::Deploy(deployments) => {
                 for d in deployments {
-                    let token = CancelToken::default();
-                    tasks.borrow_mut().entry(d.job).or_default().push((d.attempt, token.clone()));
+                    let lane = ControlLane::default();
+                    tasks.borrow_mut().entry(d.job).or_default().push((d.attempt, lane.clone()));
                     live.update(|n| *n += 1);
                     let (live, tasks, reports, pool) = (live.clone(), tasks.clone(), reports.clone(), pool.clone());
                     glommio::spawn_local(async move {
-                        supervise(d, pool, token, tasks, reports).await;
+                        supervise(d, pool, lane, tasks, reports).await;
                         live.update(|n| *n -= 1);
                     })
                     .detach();
                 }
             }
             ShardCommand::Cancel(job) => {
-                for (_, t) in tasks.borrow_mut().remove(&job).unwrap_or_default() {
-                    t.update(|c| *c = true);
+                for (_, lane) in tasks.borrow_mut().remove(&job).unwrap_or_default() {
+                    lane.post(TaskControl::Cancel);
                 }
             }
             ShardCommand::CancelAttempt(job, attempt) => {
                 if let Some(v) = tasks.borrow().get(&job) {
-                    for (_, t) in v.iter().filter(|(a, _)| *a == attempt) {
-                        t.update(|c| *c = true);
+                    for (_, lane) in v.iter().filter(|(a, _)| *a == attempt) {
+                        lane.post(TaskControl::Cancel);
                     }
                 }
             }
             ShardCommand::Shutdown => break,
         }
     }
-    let all: Vec<CancelToken> = tasks.borrow_mut().drain().flat_map(|(_, v)| v).map(|(_, t)| t).collect();
-    for t in all {
-        t.update(|c| *c = true);
+    let all: Vec<ControlLane> = tasks.borrow_mut().drain().flat_map(|(_, v)| v).map(|(_, lane)| lane).collect();
+    for lane in all {
+        lane.post(TaskControl::Cancel);
     }
     live.until(|n| *n == 0).await;
 }
 
 /// Runs one task, reporting INITIALIZING, RUNNING and its terminal state; a panic
-/// or error becomes FAILED with its cause, a cancel becomes CANCELED.
-async fn supervise(d: TaskDeployment, pool: Rc<SegmentPool>, token: CancelToken, tasks: Tasks, reports: ReportSink) {
+/// or error becomes FAILED with its cause, a cancel (posted to `lane`) CANCELED.
+async fn supervise(d: TaskDeployment, pool: Rc<SegmentPool>, lane: ControlLane, tasks: Tasks, reports: ReportSink) {
     let (job, attempt) = (d.job, d.attempt);
     let report = move |state: ExecutionState, failure: Option<TaskFailure>, output| {
         reports(TaskReport { job, attempt, state, failure, output })
@@ -311,19 +311,17 @@ async fn supervise(d: TaskDeployment, pool: Rc<SegmentPool>, token: CancelToken,
         let report = report.clone();
         move || report(ExecutionState::Running, None, None)
     };
-    let run = AssertUnwindSafe(run_task(d, pool, on_running)).catch_unwind();
-    let outcome = async { Some(run.await) }.or(async {
-        token.until(|cancelled| *cancelled).await;
-        None
-    });
+    // Panics in the task's loop are caught inside it (so its operators are
+    // closed); this catches the rest (building the task).
+    let run = AssertUnwindSafe(run_task(d, pool, lane, on_running)).catch_unwind();
     // `let` (not `match` on the await) so the task's gates, writers and buffers are
     // dropped, and its segments home, before the terminal state is reported.
-    let outcome = outcome.await;
+    let outcome = run.await;
     match outcome {
-        None => report(ExecutionState::Canceled, None, None),
-        Some(Ok(Ok(output))) => report(ExecutionState::Finished, None, Some(output)),
-        Some(Ok(Err(failure))) => report(ExecutionState::Failed, Some(failure), None),
-        Some(Err(panic)) => {
+        Ok(Err(TaskStop::Canceled)) => report(ExecutionState::Canceled, None, None),
+        Ok(Ok(output)) => report(ExecutionState::Finished, None, Some(output)),
+        Ok(Err(TaskStop::Failed(failure))) => report(ExecutionState::Failed, Some(failure), None),
+        Err(panic) => {
             let msg = shardflow_control::panic_message(&*panic);
             report(
                 ExecutionState::Failed,

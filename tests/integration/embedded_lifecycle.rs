@@ -1,17 +1,19 @@
 //! The lifecycle user functions see: open → process → snapshot(checkpoint) →
 //! notify complete → close when a job stops with a snapshot, open → process →
-//! finish → close when it runs to its end; and a function that holds records in
-//! its own fields moves them into its state when asked for a snapshot, so a
-//! restored job loses none of them.
+//! finish → close when it runs to its end, open → process → close when it is
+//! cancelled or fails; and a function that holds records in its own fields
+//! moves them into its state when asked for a snapshot, so a restored job loses
+//! none of them.
 
 use std::sync::{Arc, Mutex};
+use std::task::Context;
 
 use shardflow_engine::{
-    Dataflow, Emitter, JobSnapshot, KeyedContext, KeyedProcessFunction, ListStateHandle, OperatorContext,
-    OperatorError, ProcessFunction, StateDeclarations, ValueState,
+    Dataflow, Emitter, EngineError, JobSnapshot, KeyedContext, KeyedProcessFunction, ListStateHandle, OperatorContext,
+    OperatorError, ProcessFunction, Source, SourceOutput, SourceStatus, StateDeclarations, TaskInfo, ValueState,
 };
 
-use crate::common::small_engine;
+use crate::common::{small_engine, TIMEOUT};
 
 type Log = Arc<Mutex<Vec<String>>>;
 
@@ -181,4 +183,157 @@ fn a_close_that_fails_fails_the_job_naming_its_operator() {
         }
         other => panic!("expected a failed job, got {other:?}"),
     }
+}
+
+/// Counts up from 0 (to `limit`, or forever), logging its open and close.
+struct Counting {
+    next: u64,
+    limit: Option<u64>,
+    log: Log,
+}
+
+impl Source<u64> for Counting {
+    fn open(&mut self, _: &TaskInfo) -> Result<(), OperatorError> {
+        note(&self.log, "source:open".into());
+        Ok(())
+    }
+    fn poll_next(
+        &mut self,
+        _: &mut Context<'_>,
+        out: &mut SourceOutput<'_, u64>,
+    ) -> Result<SourceStatus, OperatorError> {
+        while !out.is_full() {
+            if self.limit.is_some_and(|l| self.next >= l) {
+                return Ok(SourceStatus::Finished);
+            }
+            out.push(self.next);
+            self.next += 1;
+        }
+        Ok(SourceStatus::Emitted)
+    }
+    fn close(&mut self) -> Result<(), OperatorError> {
+        note(&self.log, "source:close".into());
+        Ok(())
+    }
+}
+
+/// What a [`Relay`] does at record [`FAIL_AT`].
+#[derive(Clone, Copy, PartialEq)]
+enum AtFailAt {
+    PassOn,
+    Fail,
+    Panic,
+}
+
+const FAIL_AT: u64 = 5000;
+
+/// Passes records on, logging its open and close; at record [`FAIL_AT`] it may
+/// fail or panic, and its close may fail too.
+#[derive(Clone)]
+struct Relay {
+    name: &'static str,
+    at_fail_at: AtFailAt,
+    close_fails: bool,
+    log: Log,
+}
+
+impl ProcessFunction<u64, u64> for Relay {
+    fn open(&mut self, _: &mut OperatorContext<'_>) -> Result<(), OperatorError> {
+        note(&self.log, format!("{}:open", self.name));
+        Ok(())
+    }
+    fn process(
+        &mut self,
+        r: &u64,
+        _: &mut OperatorContext<'_>,
+        out: &mut Emitter<'_, u64>,
+    ) -> Result<(), OperatorError> {
+        if *r == FAIL_AT {
+            match self.at_fail_at {
+                AtFailAt::PassOn => {}
+                AtFailAt::Fail => return Err(OperatorError::User(format!("{} refused record {r}", self.name))),
+                AtFailAt::Panic => panic!("{} cannot take record {r}", self.name),
+            }
+        }
+        out.emit(*r);
+        Ok(())
+    }
+    fn close(&mut self) -> Result<(), OperatorError> {
+        note(&self.log, format!("{}:close", self.name));
+        if self.close_fails {
+            return Err(OperatorError::User(format!("{} could not release its connection", self.name)));
+        }
+        Ok(())
+    }
+}
+
+fn sorted(log: &Log) -> Vec<String> {
+    let mut calls = log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    calls.sort_unstable();
+    calls
+}
+
+#[test]
+fn a_cancelled_job_closes_its_source_and_operators() {
+    let engine = small_engine().build().expect("engine starts");
+    let log = Log::default();
+    let df = Dataflow::new("cancelled");
+    let source_log = log.clone();
+    let relay = Relay { name: "relay", at_fail_at: AtFailAt::PassOn, close_fails: false, log: log.clone() };
+    // One task: the source, the relay and the egress are chained. The egress is
+    // read once and then left full, so the task ends up held back by it.
+    let egress = df
+        .source("counting", move |_| Counting { next: 0, limit: None, log: source_log.clone() })
+        .process(relay)
+        .name("relay")
+        .egress(1);
+    let handle = engine.submit(df.build().expect("valid")).expect("submit");
+    assert_eq!(egress.recv_timeout(TIMEOUT), Ok(0), "the job runs");
+    assert_eq!(sorted(&log), ["relay:open", "source:open"], "nothing is closed while it runs");
+    handle.cancel();
+    match handle.wait_timeout(TIMEOUT) {
+        Err(EngineError::JobCanceled(_)) => {}
+        other => panic!("expected a cancelled job, got {other:?}"),
+    }
+    assert_eq!(sorted(&log), ["relay:close", "relay:open", "source:close", "source:open"]);
+}
+
+#[test]
+fn every_operator_opened_is_closed_once_whether_its_task_finishes_fails_or_panics() {
+    let engine = small_engine().build().expect("engine starts");
+    for at_fail_at in [AtFailAt::PassOn, AtFailAt::Fail, AtFailAt::Panic] {
+        let log = Log::default();
+        let df = Dataflow::new("fails-midway");
+        let source_log = log.clone();
+        // After a failure, a close that fails too is only logged.
+        let close_fails = at_fail_at != AtFailAt::PassOn;
+        let first = Relay { name: "first", at_fail_at: AtFailAt::PassOn, close_fails, log: log.clone() };
+        let second = Relay { name: "second", at_fail_at, close_fails: false, log: log.clone() };
+        df.source("counting", move |_| Counting { next: 0, limit: Some(2 * FAIL_AT), log: source_log.clone() })
+            .process(first)
+            .name("first")
+            .process(second)
+            .name("second")
+            .count();
+        let outcome = engine.run(df.build().expect("valid"));
+        match (at_fail_at, outcome) {
+            (AtFailAt::PassOn, Ok(result)) => assert_eq!(result.count().0, 2 * FAIL_AT),
+            (AtFailAt::Fail, Err(EngineError::JobFailed { cause, .. })) => {
+                assert!(cause.contains("second refused record 5000"), "the first cause stands: {cause}");
+            }
+            (AtFailAt::Panic, Err(EngineError::JobFailed { cause, .. })) => {
+                assert!(cause.contains("second cannot take record 5000"), "the first cause stands: {cause}");
+            }
+            (_, other) => panic!("unexpected outcome {other:?}"),
+        }
+        assert_eq!(
+            sorted(&log),
+            ["first:close", "first:open", "second:close", "second:open", "source:close", "source:open"],
+            "every operator opened is closed once"
+        );
+    }
+    // The engine runs on.
+    let df = Dataflow::new("after");
+    df.generate("numbers", 100, |r| r).count();
+    assert_eq!(engine.run(df.build().expect("valid")).expect("runs").count().0, 100);
 }

@@ -6,6 +6,7 @@
 
 pub(crate) mod build;
 pub(crate) mod collector;
+pub(crate) mod control;
 pub(crate) mod keyed;
 pub(crate) mod ops;
 pub(crate) mod output;

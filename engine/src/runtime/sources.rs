@@ -95,6 +95,13 @@ pub trait Source<T: Data>: 'static {
     /// Pushes up to [`SOURCE_BATCH`] records into `out`.
     fn poll_next(&mut self, cx: &mut Context<'_>, out: &mut SourceOutput<'_, T>)
         -> Result<SourceStatus, OperatorError>;
+    /// Last, on every path: after the source finished and everything it emitted
+    /// left the task, or when the task is cancelled or fails (an error returned
+    /// then is logged; the task's own cause stands). Release what `open`
+    /// acquired.
+    fn close(&mut self) -> Result<(), OperatorError> {
+        Ok(())
+    }
 }
 
 /// A source task's record path, type-erased for the task loop.
@@ -102,6 +109,7 @@ pub(crate) trait SourceDriver {
     fn open(&mut self, task: &TaskInfo) -> Result<(), OperatorError>;
     /// Polls the source once, pushing what it emits down the chain.
     fn poll(&mut self, cx: &mut Context<'_>) -> Result<SourceStatus, OperatorError>;
+    fn close(&mut self) -> Result<(), OperatorError>;
     /// Records produced so far.
     fn produced(&self) -> u64;
 }
@@ -136,6 +144,10 @@ impl<T: Data, S: Source<T>> SourceDriver for SourceVertex<T, S> {
             self.progress.fetch_add(pushed as u64, Ordering::Relaxed);
         }
         Ok(status)
+    }
+
+    fn close(&mut self) -> Result<(), OperatorError> {
+        self.source.close()
     }
 
     fn produced(&self) -> u64 {

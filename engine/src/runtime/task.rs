@@ -1,7 +1,8 @@
 //! The mailbox task runtime: one subtask on its shard, waiting on one thing at a
-//! time — its control lane (timers; cancellation drops the task at its await
-//! point), whether its outputs can take more, and its inputs (a source, or one
-//! gate per incoming edge) — and doing one step of work when something is ready.
+//! time — its control lane (cancel, and later checkpoint triggers and
+//! notifications) and its timers, whether its outputs can take more, and its
+//! inputs (a source, or one gate per incoming edge) — and doing one step of work
+//! when something is ready.
 //!
 //! A step is one chunk of a buffer (or one source poll, one event, the due
 //! timers). Between steps the task looks at its outputs: while one is overdrawn
@@ -11,12 +12,15 @@
 //! low at no throughput cost), before an event, or after the flush timeout.
 //!
 //! ```text
-//!   loop: failure? ─► due timers? ─► outputs overdrawn? (wait) ─► current buffer: feed a chunk
-//!         ─► source: poll │ gates: next item (round robin) ─► nothing: flush, arm timer, wait
+//!   loop: control lane? ─► failure? ─► due timers? ─► outputs overdrawn? (wait)
+//!         ─► current buffer: feed a chunk ─► source: poll │ gates: next item (round robin)
+//!         ─► nothing: flush, arm timer, wait
 //!   end of input ─► finish operators upstream first (in steps) ─► end of partition ─► drain ─► close
+//!   cancel, failure or panic ─► close every operator opened and not yet closed ─► CANCELED │ FAILED
 //! ```
 
 use std::future::{poll_fn, Future};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::AtomicU64;
@@ -24,6 +28,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures_lite::FutureExt;
 use glommio::timer::Timer;
 use shardflow_control::{AttemptId, JobId};
 use shardflow_memory::SegmentPool;
@@ -35,6 +40,7 @@ use shardflow_netstack::{
 use crate::error::{EngineError, OperatorError};
 use crate::runtime::build::BuildContext;
 use crate::runtime::collector::{Failure, Lifecycle, SinkOutput, TaskInfo};
+use crate::runtime::control::{ControlLane, TaskControl};
 use crate::runtime::output::{Output, Partition};
 use crate::runtime::sources::{SourceDriver, SourceStatus};
 use crate::runtime::state::OperatorSnapshot;
@@ -104,6 +110,48 @@ impl From<NetError> for TaskFailure {
 impl From<EngineError> for TaskFailure {
     fn from(e: EngineError) -> Self {
         TaskFailure { cause: e.to_string(), secondary: false }
+    }
+}
+
+/// How a task ended without finishing.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum TaskStop {
+    /// An operator failed or panicked, or a channel broke.
+    Failed(TaskFailure),
+    /// Its control lane said so.
+    Canceled,
+}
+
+impl std::fmt::Display for TaskStop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TaskStop::Failed(e) => write!(f, "failed: {}", e.cause),
+            TaskStop::Canceled => f.write_str("was cancelled"),
+        }
+    }
+}
+
+impl From<TaskFailure> for TaskStop {
+    fn from(e: TaskFailure) -> Self {
+        TaskStop::Failed(e)
+    }
+}
+
+impl From<OperatorError> for TaskStop {
+    fn from(e: OperatorError) -> Self {
+        TaskStop::Failed(e.into())
+    }
+}
+
+impl From<NetError> for TaskStop {
+    fn from(e: NetError) -> Self {
+        TaskStop::Failed(e.into())
+    }
+}
+
+impl From<EngineError> for TaskStop {
+    fn from(e: EngineError) -> Self {
+        TaskStop::Failed(e.into())
     }
 }
 
@@ -219,6 +267,13 @@ struct Task {
     outputs: Vec<Box<dyn Output>>,
     /// Downstream first (the order they were built).
     lifecycles: Vec<Box<dyn Lifecycle>>,
+    /// Operators whose `open` was called: the last `opened` of `lifecycles`
+    /// (opened upstream first), and the source, if `source_opened`.
+    opened: usize,
+    source_opened: bool,
+    /// Operators whose `close` was called: the first `closed` of `lifecycles`.
+    closed: usize,
+    control: ControlLane,
     failure: Failure,
     timer: Option<(Instant, Pin<Box<Timer>>)>,
     idle: IdlePolicy,
@@ -227,30 +282,31 @@ struct Task {
     records_in: u64,
 }
 
-/// Runs one subtask to completion. `on_running` is called once its operators are
-/// open.
+/// Runs one subtask to its end, serving `control`. `on_running` is called once
+/// its operators are open. However it ends, every operator opened is closed.
 pub(crate) async fn run_task(
     d: TaskDeployment,
     pool: Rc<SegmentPool>,
+    control: ControlLane,
     on_running: impl FnOnce(),
-) -> Result<TaskOutput, TaskFailure> {
+) -> Result<TaskOutput, TaskStop> {
     let snapshot_at_end = d.plan.snapshot_at_end;
-    let mut task = Task::build(d, &pool)?;
-    for l in task.lifecycles.iter_mut().rev() {
-        l.open(&task.info)?;
-    }
-    if let Body::Source { driver, .. } = &mut task.body {
-        driver.open(&task.info)?;
-    }
-    on_running();
-    while let Step::Worked = poll_fn(|cx| task.poll_step(cx)).await? {
-        glommio::yield_if_needed().await;
-    }
-    task.end(snapshot_at_end).await
+    let mut task = Task::build(d, &pool, control)?;
+    let run = AssertUnwindSafe(task.run(snapshot_at_end, on_running)).catch_unwind().await;
+    let stop = match run {
+        Ok(Ok(output)) => return Ok(output),
+        Ok(Err(stop)) => stop,
+        Err(panic) => TaskStop::Failed(TaskFailure {
+            cause: format!("operator panicked: {}", shardflow_control::panic_message(&*panic)),
+            secondary: false,
+        }),
+    };
+    task.close_after(&stop);
+    Err(stop)
 }
 
 impl Task {
-    fn build(mut d: TaskDeployment, pool: &Rc<SegmentPool>) -> Result<Task, TaskFailure> {
+    fn build(mut d: TaskDeployment, pool: &Rc<SegmentPool>, control: ControlLane) -> Result<Task, TaskFailure> {
         let mut partitions = std::collections::HashMap::new();
         let mut ordered = Vec::new();
         for (edge, senders) in d.outputs.drain(..) {
@@ -307,6 +363,10 @@ impl Task {
             partitions: ordered,
             outputs,
             lifecycles,
+            opened: 0,
+            source_opened: false,
+            closed: 0,
+            control,
             failure,
             timer: None,
             idle: d.idle,
@@ -314,6 +374,61 @@ impl Task {
             timed_flush: d.flush_timeout.is_some(),
             records_in: 0,
         })
+    }
+
+    /// Opens the operators, runs the loop to the end of input and ends.
+    async fn run(&mut self, snapshot_at_end: bool, on_running: impl FnOnce()) -> Result<TaskOutput, TaskStop> {
+        for k in (0..self.lifecycles.len()).rev() {
+            self.opened += 1;
+            let l = &mut self.lifecycles[k];
+            l.open(&self.info).map_err(|e| named(l.name(), e))?;
+        }
+        if let Body::Source { driver, .. } = &mut self.body {
+            self.source_opened = true;
+            driver.open(&self.info)?;
+        }
+        on_running();
+        while let Step::Worked = poll_fn(|cx| self.poll_step(cx)).await? {
+            glommio::yield_if_needed().await;
+        }
+        self.end(snapshot_at_end).await
+    }
+
+    /// After a cancel, a failure or a panic: closes every operator opened and
+    /// not closed yet, so each releases what it acquired. What a close returns
+    /// or raises then is logged; the task's own cause stands.
+    fn close_after(&mut self, stop: &TaskStop) {
+        let job = &self.info.vertex;
+        let subtask = self.info.subtask;
+        let log = |operator: &str, outcome: std::thread::Result<Result<(), OperatorError>>| {
+            let problem = match outcome {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(panic) => format!("panicked: {}", shardflow_control::panic_message(&*panic)),
+            };
+            tracing::warn!(vertex = %job, subtask, operator, "closing after the task {stop}: {problem}");
+        };
+        if std::mem::take(&mut self.source_opened) {
+            if let Body::Source { driver, .. } = &mut self.body {
+                log("source", catch_unwind(AssertUnwindSafe(|| driver.close())));
+            }
+        }
+        let n = self.lifecycles.len();
+        for k in self.closed.max(n - self.opened)..n {
+            let l = &mut self.lifecycles[k];
+            let outcome = catch_unwind(AssertUnwindSafe(|| l.close().map(drop)));
+            log(l.name(), outcome);
+        }
+        self.closed = n;
+    }
+
+    /// Serves the control lane: `Err` once the task is to stop.
+    #[inline]
+    fn serve_control(&mut self, cx: &mut Context<'_>) -> Result<(), TaskStop> {
+        match self.control.poll_next(cx) {
+            Some(TaskControl::Cancel) => Err(TaskStop::Canceled),
+            None => Ok(()),
+        }
     }
 
     fn check_failure(&self) -> Result<(), TaskFailure> {
@@ -328,7 +443,7 @@ impl Task {
     }
 
     /// Sends what waits on every output; `Ready(true)` if one is still overdrawn.
-    fn poll_outputs(&mut self, cx: &mut Context<'_>) -> Result<bool, TaskFailure> {
+    fn poll_outputs(&mut self, cx: &mut Context<'_>) -> Result<bool, TaskStop> {
         let mut blocked = false;
         for o in &mut self.outputs {
             if o.is_idle() {
@@ -369,7 +484,7 @@ impl Task {
     }
 
     /// One step of work, or `Pending` with every waker registered.
-    fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Result<Step, TaskFailure>> {
+    fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Result<Step, TaskStop>> {
         match self.try_step(cx) {
             Ok(Some(step)) => Poll::Ready(Ok(step)),
             Ok(None) => Poll::Pending,
@@ -377,7 +492,8 @@ impl Task {
         }
     }
 
-    fn try_step(&mut self, cx: &mut Context<'_>) -> Result<Option<Step>, TaskFailure> {
+    fn try_step(&mut self, cx: &mut Context<'_>) -> Result<Option<Step>, TaskStop> {
+        self.serve_control(cx)?;
         self.check_failure()?;
         if let Some(due) = self.next_timer() {
             let now = Instant::now();
@@ -490,8 +606,11 @@ impl Task {
     }
 
     /// Waits until no output is overdrawn (`all`: until every output is idle).
-    async fn drain_outputs(&mut self, all: bool) -> Result<(), TaskFailure> {
+    async fn drain_outputs(&mut self, all: bool) -> Result<(), TaskStop> {
         poll_fn(|cx| {
+            if let Err(stop) = self.serve_control(cx) {
+                return Poll::Ready(Err(stop));
+            }
             let blocked = match self.poll_outputs(cx) {
                 Ok(b) => b,
                 Err(e) => return Poll::Ready(Err(e)),
@@ -508,7 +627,7 @@ impl Task {
 
     /// End of input: finish (or snapshot) the operators, end the partitions, wait
     /// until everything has left, close.
-    async fn end(mut self, snapshot_at_end: bool) -> Result<TaskOutput, TaskFailure> {
+    async fn end(&mut self, snapshot_at_end: bool) -> Result<TaskOutput, TaskStop> {
         let mut snapshot = Vec::new();
         if snapshot_at_end {
             let taken: Result<(), OperatorError> = self.lifecycles.iter_mut().try_for_each(|l| {
@@ -541,8 +660,14 @@ impl Task {
         }
         self.drain_outputs(true).await?;
         self.check_failure()?;
+        if std::mem::take(&mut self.source_opened) {
+            if let Body::Source { driver, .. } = &mut self.body {
+                driver.close()?;
+            }
+        }
         let mut sinks = Vec::new();
         for l in &mut self.lifecycles {
+            self.closed += 1;
             let out = l.close().map_err(|e| named(l.name(), e))?;
             if out != SinkOutput::None {
                 sinks.push(out);

@@ -39,9 +39,10 @@ pub trait KeyedProcessFunction<K: Key, T: Data, O: Data>: Clone + Send + Sync + 
     fn on_checkpoint_complete(&mut self, _checkpoint: u64) {}
     /// Checkpoint `checkpoint` was aborted: roll back what waited for it.
     fn on_checkpoint_aborted(&mut self, _checkpoint: u64) {}
-    /// Last: after the end of input (or the final snapshot of a job that stops
-    /// with one), release what `open` acquired. A failed or cancelled task is
-    /// dropped instead: what must be released then, release in `Drop`.
+    /// Last, on every path (as Flink's `close`): after the end of input (or the
+    /// final snapshot of a job that stops with one), or when the task is
+    /// cancelled or fails — then an error returned here is logged and the
+    /// task's own cause stands. Release what `open` acquired.
     fn close(&mut self) -> Result<(), OperatorError> {
         Ok(())
     }
@@ -315,9 +316,10 @@ pub trait KeyedCoProcessFunction<K: Key, A: Data, B: Data, O: Data>: Clone + Sen
     fn on_checkpoint_complete(&mut self, _checkpoint: u64) {}
     /// Checkpoint `checkpoint` was aborted: roll back what waited for it.
     fn on_checkpoint_aborted(&mut self, _checkpoint: u64) {}
-    /// Last: after the end of input (or the final snapshot of a job that stops
-    /// with one), release what `open` acquired. A failed or cancelled task is
-    /// dropped instead: what must be released then, release in `Drop`.
+    /// Last, on every path (as Flink's `close`): after the end of input (or the
+    /// final snapshot of a job that stops with one), or when the task is
+    /// cancelled or fails — then an error returned here is logged and the
+    /// task's own cause stands. Release what `open` acquired.
     fn close(&mut self) -> Result<(), OperatorError> {
         Ok(())
     }
