@@ -35,7 +35,7 @@ impl KeyedProcessFunction<u64, u64, (u64, u64)> for CountThenReport {
         let count = self.count.as_ref().expect("opened");
         let n = ctx.value(count)?.copied().unwrap_or(0);
         if n == 0 {
-            ctx.register_timer(Instant::now() + Duration::from_millis(5));
+            ctx.register_timer(Instant::now() + Duration::from_millis(5))?;
         }
         ctx.set_value(count, n + 1)
     }
@@ -150,7 +150,7 @@ impl KeyedProcessFunction<u64, u64, u64> for Ticker {
         let armed = self.armed.as_ref().expect("opened");
         if ctx.value(armed)?.is_none() {
             ctx.set_value(armed, true)?;
-            ctx.register_timer(Instant::now() + Duration::from_millis(1));
+            ctx.register_timer(Instant::now() + Duration::from_millis(1))?;
         }
         out.emit(*r);
         Ok(())
@@ -162,7 +162,7 @@ impl KeyedProcessFunction<u64, u64, u64> for Ticker {
         _: &mut Emitter<'_, u64>,
     ) -> Result<(), OperatorError> {
         let _ = self.fired.try_send(());
-        ctx.register_timer(at + Duration::from_millis(1));
+        ctx.register_timer(at + Duration::from_millis(1))?;
         Ok(())
     }
 }
@@ -221,7 +221,7 @@ impl KeyedProcessFunction<u64, u64, u64> for ReportLater {
         let count = self.count.as_ref().expect("opened");
         let n = ctx.value(count)?.copied().unwrap_or(0);
         if n == 0 {
-            ctx.register_timer(Instant::now() + Duration::from_millis(200));
+            ctx.register_timer(Instant::now() + Duration::from_millis(200))?;
         }
         ctx.set_value(count, n + 1)
     }

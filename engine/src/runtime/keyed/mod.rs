@@ -27,6 +27,7 @@ use crate::runtime::state::{
     entry_bytes, heap_of, list_bytes, Clocks, GroupWriter, JobSnapshot, KeyGroupRouter, OperatorSnapshot,
     SnapshotReader, StateMemory,
 };
+use timers::{add_timer, TimerKeys};
 
 /// Snapshot entries of one key group: key and value bytes.
 type Entries = Vec<(Vec<u8>, Vec<u8>)>;
@@ -36,6 +37,7 @@ pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 mod aggregate;
 mod process;
+mod timers;
 
 pub use aggregate::*;
 pub use process::*;
@@ -288,9 +290,10 @@ impl<K: Key, V: Data, F: Fn(&V, &V::Borrowed) -> V + Send + Sync + 'static> Tabl
 pub(crate) struct KeyedBackend<K: Key> {
     owner: u64,
     tables: Vec<Box<dyn Table<K>>>,
+    /// What the tables and the timers hold, charged to the slot's managed memory.
     memory: StateMemory,
     /// Processing-time timers: when, and for which keys.
-    timers: BTreeMap<Instant, Vec<K>>,
+    timers: BTreeMap<Instant, TimerKeys<K>>,
 }
 
 /// The name a keyed operator's timers have in its snapshot (no declared state
@@ -344,7 +347,7 @@ impl<K: Key> KeyedBackend<K> {
                     let at = at.ok_or_else(|| {
                         OperatorError::User(format!("malformed state snapshot: a timer of '{operator}' is not a time"))
                     })?;
-                    timers.entry(at).or_default().push(key.clone());
+                    add_timer(timers, memory, at, key.borrow())?;
                 }
                 return Ok(());
             }
@@ -608,23 +611,7 @@ impl<K: Key> KeyedContext<'_, K> {
         let key = self.key;
         Ok(self.backend.table::<_, ReducingTable<K, V, F>>(h)?.values.map.get(key))
     }
-
-    /// Calls `on_timer` for the current key at `at` (processing time); one timer
-    /// per key and instant.
-    pub fn register_timer(&mut self, at: Instant) {
-        let keys = self.backend.timers.entry(at).or_default();
-        if !keys.iter().any(|k| k.borrow() == self.key) {
-            keys.push(K::to_owned_record(self.key));
-        }
-    }
-
-    /// Deletes the current key's timer at `at`.
-    pub fn delete_timer(&mut self, at: Instant) {
-        if let Some(keys) = self.backend.timers.get_mut(&at) {
-            keys.retain(|k| k.borrow() != self.key);
-            if keys.is_empty() {
-                self.backend.timers.remove(&at);
-            }
-        }
-    }
 }
+
+#[cfg(test)]
+mod tests;

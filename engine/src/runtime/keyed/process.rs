@@ -108,15 +108,7 @@ impl<K: Key, O: Data> KeyedCore<K, O> {
 
     /// Removes and returns the timers due at `now`.
     fn due_timers(&mut self, now: Instant) -> Vec<(Instant, K)> {
-        let mut due = Vec::new();
-        while let Some(entry) = self.backend.timers.first_entry() {
-            if *entry.key() > now {
-                break;
-            }
-            let (at, keys) = entry.remove_entry();
-            due.extend(keys.into_iter().map(|k| (at, k)));
-        }
-        due
+        self.backend.take_due_timers(now)
     }
 
     /// Calls `each` for the next keys with state at the end of input; `true`
