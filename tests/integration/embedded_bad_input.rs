@@ -171,6 +171,65 @@ fn what_state_values_hold_on_the_heap_counts_against_the_slot_budget() {
     assert!(cause.contains("managed memory budget exceeded"), "{cause}");
 }
 
+/// Appends every line of its key to one string in value state, in place.
+#[derive(Clone, Default)]
+struct AppendInPlace {
+    text: Option<shardflow_engine::ValueState<String>>,
+    pages: Option<shardflow_engine::MapState<u64, String>>,
+    /// Grow the map entry instead of the value.
+    in_map: bool,
+}
+
+impl shardflow_engine::KeyedProcessFunction<u64, String, String> for AppendInPlace {
+    fn open(&mut self, states: &mut shardflow_engine::StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
+        self.text = Some(states.value_state("text")?);
+        self.pages = Some(states.map_state("pages")?);
+        Ok(())
+    }
+    fn process(
+        &mut self,
+        line: &str,
+        ctx: &mut shardflow_engine::KeyedContext<'_, u64>,
+        _: &mut shardflow_engine::Emitter<'_, String>,
+    ) -> Result<(), OperatorError> {
+        let grown = if self.in_map {
+            ctx.map_update(self.pages.as_ref().expect("opened"), &0, |s| s.push_str(line))?
+        } else {
+            ctx.update_value(self.text.as_ref().expect("opened"), |s| s.push_str(line))?
+        };
+        if grown.is_none() {
+            if self.in_map {
+                ctx.map_insert(self.pages.as_ref().expect("opened"), 0, line.to_string())?;
+            } else {
+                ctx.set_value(self.text.as_ref().expect("opened"), line.to_string())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_value_grown_in_place_is_charged_to_the_slot_budget() {
+    let engine = small_engine().managed_memory_per_slot_bytes(256 << 10).build().expect("engine starts");
+    let grow = |lines: u64, in_map: bool| {
+        let df = Dataflow::new("grown-in-place");
+        df.generate("lines", lines, |_| "x".repeat(1024))
+            .key_by(|_: &str| 0u64)
+            .process(AppendInPlace { in_map, ..AppendInPlace::default() })
+            .discard();
+        df.build().unwrap()
+    };
+    for in_map in [false, true] {
+        // One key's string grows to 1 MiB through update_value / map_update.
+        let cause = failure(engine.submit(grow(1_000, in_map)).unwrap().wait_timeout(TIMEOUT));
+        assert!(
+            cause.contains("managed memory budget exceeded") && cause.contains("of 262144 bytes available"),
+            "in_map {in_map}: {cause}"
+        );
+        engine.submit(grow(100, in_map)).unwrap().wait_timeout(TIMEOUT).expect("100 KiB fits");
+    }
+}
+
 /// Keeps every line in operator list state.
 #[derive(Clone, Default)]
 struct KeepLines(Option<shardflow_engine::ListStateHandle<String>>);

@@ -81,9 +81,8 @@ impl KeyedProcessFunction<String, Click, (String, u64, u64)> for PagesPerUser {
         _: &mut Emitter<'_, (String, u64, u64)>,
     ) -> Result<(), OperatorError> {
         let pages = self.pages.as_ref().expect("opened");
-        match ctx.map_get(pages, c.page.as_str())? {
-            Some(n) => *n += 1,
-            None => ctx.map_insert(pages, c.page.clone(), 1)?,
+        if ctx.map_update(pages, c.page.as_str(), |n| *n += 1)?.is_none() {
+            ctx.map_insert(pages, c.page.clone(), 1)?;
         }
         Ok(())
     }

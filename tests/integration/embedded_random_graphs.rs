@@ -66,9 +66,8 @@ impl KeyedProcessFunction<String, Visit, Visit> for DistinctPages {
         _: &mut Emitter<'_, Visit>,
     ) -> Result<(), OperatorError> {
         let pages = self.pages.as_ref().expect("opened");
-        match ctx.map_get(pages, v.page.as_str())? {
-            Some(n) => *n += 1,
-            None => ctx.map_insert(pages, v.page.clone(), 1)?,
+        if ctx.map_update(pages, v.page.as_str(), |n| *n += 1)?.is_none() {
+            ctx.map_insert(pages, v.page.clone(), 1)?;
         }
         Ok(())
     }

@@ -395,6 +395,15 @@ impl<K: Key> KeyedBackend<K> {
     }
 }
 
+/// Runs `f` on `value`; returns its result and the value's heap bytes before
+/// and after.
+#[inline(always)]
+fn update_measured<V: Data, R>(value: &mut V, f: impl FnOnce(&mut V) -> R) -> (R, u64, u64) {
+    let before = heap_of(value);
+    let r = f(value);
+    (r, before, heap_of(value))
+}
+
 /// Declares the states of a keyed process function (in its `open`).
 pub struct StateDeclarations<'a, K: Key> {
     backend: &'a mut KeyedBackend<K>,
@@ -451,12 +460,27 @@ impl<K: Key> KeyedContext<'_, K> {
         self.task
     }
 
-    /// The current key's value, if it has one. What a change made through the
-    /// reference adds to the value's heap is not charged to managed memory:
-    /// grow a value with [`Self::set_value`].
-    pub fn value<V: Data>(&mut self, h: &ValueState<V>) -> Result<Option<&mut V>, OperatorError> {
+    /// The current key's value, if it has one. To change it in place, see
+    /// [`Self::update_value`].
+    pub fn value<V: Data>(&mut self, h: &ValueState<V>) -> Result<Option<&V>, OperatorError> {
         let key = self.key;
-        Ok(self.backend.table::<_, ValueTable<K, V>>(h)?.map.get_mut(key))
+        Ok(self.backend.table::<_, ValueTable<K, V>>(h)?.map.get(key))
+    }
+
+    /// Changes the current key's value in place with `f`, if it has one, and
+    /// returns what `f` returned. What the change adds to the value's heap (a
+    /// longer string, a grown vector) is charged to managed memory; for plain
+    /// data this costs nothing.
+    pub fn update_value<V: Data, R>(
+        &mut self,
+        h: &ValueState<V>,
+        f: impl FnOnce(&mut V) -> R,
+    ) -> Result<Option<R>, OperatorError> {
+        let key = self.key;
+        let Some(v) = self.backend.table::<_, ValueTable<K, V>>(h)?.map.get_mut(key) else { return Ok(None) };
+        let (r, before, after) = update_measured(v, f);
+        self.backend.memory.resize(before, after)?;
+        Ok(Some(r))
     }
 
     /// Sets the current key's value.
@@ -516,16 +540,32 @@ impl<K: Key> KeyedContext<'_, K> {
         Ok(())
     }
 
-    /// The current key's map entry for `user_key` (a change through the
-    /// reference that grows the value's heap is not charged: see
-    /// [`Self::value`]).
+    /// The current key's map entry for `user_key`. To change it in place, see
+    /// [`Self::map_update`].
     pub fn map_get<UK: Key, UV: Data>(
         &mut self,
         h: &MapState<UK, UV>,
         user_key: &UK::Borrowed,
-    ) -> Result<Option<&mut UV>, OperatorError> {
+    ) -> Result<Option<&UV>, OperatorError> {
         let key = self.key;
-        Ok(self.backend.table::<_, MapTable<K, UK, UV>>(h)?.map.get_mut(key).and_then(|m| m.get_mut(user_key)))
+        Ok(self.backend.table::<_, MapTable<K, UK, UV>>(h)?.map.get(key).and_then(|m| m.get(user_key)))
+    }
+
+    /// Changes the current key's map entry for `user_key` in place with `f`, if
+    /// there is one, and returns what `f` returned; the change is charged as
+    /// in [`Self::update_value`].
+    pub fn map_update<UK: Key, UV: Data, R>(
+        &mut self,
+        h: &MapState<UK, UV>,
+        user_key: &UK::Borrowed,
+        f: impl FnOnce(&mut UV) -> R,
+    ) -> Result<Option<R>, OperatorError> {
+        let key = self.key;
+        let table = self.backend.table::<_, MapTable<K, UK, UV>>(h)?;
+        let Some(v) = table.map.get_mut(key).and_then(|m| m.get_mut(user_key)) else { return Ok(None) };
+        let (r, before, after) = update_measured(v, f);
+        self.backend.memory.resize(before, after)?;
+        Ok(Some(r))
     }
 
     /// Puts `user_key → value` into the current key's map.
