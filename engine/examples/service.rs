@@ -54,6 +54,9 @@ fn main() -> Result<(), EngineError> {
         last = Some(answer);
     }
     let elapsed = start.elapsed();
+    if let Some(why) = answers.stopped() {
+        eprintln!("the answers were cut short: {why}");
+    }
     service.join().expect("the service thread");
     job.wait()?;
     println!(

@@ -88,6 +88,7 @@ fn ingress_and_egress_under_a_slow_reader_bound_memory_and_lose_nothing() {
     let mut want: Vec<String> = (0..n).map(|i| format!("request-{i}!")).collect();
     want.sort();
     assert_eq!(got, want, "every request answered exactly once");
+    assert_eq!(answers.stopped(), None, "the stream ended complete");
 }
 
 #[test]

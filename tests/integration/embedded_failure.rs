@@ -70,3 +70,33 @@ fn an_egress_dropped_by_its_reader_fails_the_job_instead_of_hanging() {
     drop(handle);
     expect_failure(engine.submit(df.build().unwrap()).unwrap().wait_timeout(TIMEOUT), &["egress", "dropped"]);
 }
+
+#[test]
+fn an_egress_cut_short_by_a_failure_says_so_after_its_last_result() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("fails-while-serving").parallelism(shard_count() as u32);
+    let answers = df
+        .generate("source", 1_000_000, |r| r)
+        .map(|r: &u64| {
+            assert!(*r != 300_000, "record 300000 is poison");
+            *r
+        })
+        .name("boom")
+        .rebalance()
+        .egress(64);
+    let handle = engine.submit(df.build().unwrap()).expect("submit");
+    assert_eq!(answers.stopped(), None, "nothing stopped yet");
+    // Read to the end: the stream ends (it does not hang) short of its million.
+    let mut read = 0u64;
+    loop {
+        match answers.recv_timeout(TIMEOUT) {
+            Ok(_) => read += 1,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => panic!("the egress neither delivered nor ended"),
+        }
+    }
+    assert!(read < 1_000_000, "the stream was cut short: {read}");
+    let why = answers.stopped().expect("the end says it was cut short");
+    assert!(why.starts_with("egress '"), "{why}");
+    expect_failure(handle.wait_timeout(TIMEOUT), &["record 300000 is poison"]);
+}

@@ -296,6 +296,10 @@ fn a_cancelled_job_closes_its_source_and_operators() {
         other => panic!("expected a cancelled job, got {other:?}"),
     }
     assert_eq!(sorted(&log), ["relay:close", "relay:open", "source:close", "source:open"]);
+    // The egress ends, and says why it ended early.
+    while egress.recv_timeout(TIMEOUT).is_ok() {}
+    let why = egress.stopped().expect("a cancelled stream says so");
+    assert!(why.contains("was cancelled"), "{why}");
 }
 
 #[test]

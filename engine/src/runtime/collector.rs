@@ -141,7 +141,8 @@ pub enum SinkOutput {
 }
 
 /// The lifecycle of an operator with state or results: `open → (records,
-/// timers)* → snapshot(id)* → finish → close`.
+/// timers)* → snapshot(id)* → finish → close`, or `close_after_stop` once the
+/// task is cancelled or fails after `open` was called.
 pub(crate) trait Lifecycle {
     /// The operator's name (unique in the job: its state's id in snapshots).
     fn name(&self) -> &str;
@@ -173,6 +174,12 @@ pub(crate) trait Lifecycle {
     /// After finish (or instead, when stopping with a snapshot): the sink's result.
     fn close(&mut self) -> Result<SinkOutput, OperatorError> {
         Ok(SinkOutput::None)
+    }
+    /// Instead of `close` when the task stops early (`stop` says why: failed
+    /// with its cause, or cancelled): release what `open` acquired; a result
+    /// is of no use then.
+    fn close_after_stop(&mut self, _stop: &str) -> Result<(), OperatorError> {
+        self.close().map(drop)
     }
 }
 
@@ -212,5 +219,8 @@ impl<O: Lifecycle> Lifecycle for SharedLifecycle<O> {
     }
     fn close(&mut self) -> Result<SinkOutput, OperatorError> {
         self.0.borrow_mut().close()
+    }
+    fn close_after_stop(&mut self, stop: &str) -> Result<(), OperatorError> {
+        self.0.borrow_mut().close_after_stop(stop)
     }
 }

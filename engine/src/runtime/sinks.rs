@@ -260,13 +260,19 @@ impl EgressWaiters {
     }
 }
 
+/// Why an egress's sinks stopped early: the first one's reason.
+#[derive(Default)]
+struct EgressStop(Mutex<Option<String>>);
+
 /// Reads a job's results from any thread: a bounded queue the job's egress sinks
 /// fill. While it is full the sinks stop taking input (back-pressure through the
 /// whole job); memory stays bounded by its capacity. Ends (`None`) once every
-/// sink subtask has finished and everything was read.
+/// sink subtask has ended and everything was read; [`EgressHandle::stopped`]
+/// then tells a complete stream from one cut short by a failure or a cancel.
 pub struct EgressHandle<T> {
     rx: Receiver<T>,
     waiters: Arc<EgressWaiters>,
+    stop: Arc<EgressStop>,
 }
 
 impl<T> std::fmt::Debug for EgressHandle<T> {
@@ -312,6 +318,14 @@ impl<T> EgressHandle<T> {
     pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
         std::iter::from_fn(|| self.recv())
     }
+
+    /// Why the stream was cut short, if it was: set (before the stream ends)
+    /// when a sink subtask's task failed — with the cause it saw — or was
+    /// cancelled; `None` while the job runs and after a complete end. Once the
+    /// stream ends (`None` from [`EgressHandle::recv`]) this is final.
+    pub fn stopped(&self) -> Option<String> {
+        self.stop.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
 }
 
 /// One sink subtask's end of an egress: records that found the queue full wait
@@ -321,6 +335,7 @@ pub(crate) struct EgressSink<T> {
     tx: Option<Sender<T>>,
     stash: VecDeque<T>,
     waiters: Arc<EgressWaiters>,
+    stop: Arc<EgressStop>,
     gone: bool,
 }
 
@@ -418,6 +433,30 @@ impl<T: Data> Lifecycle for EgressSink<T> {
         self.tx = None;
         Ok(SinkOutput::None)
     }
+    fn close_after_stop(&mut self, stop: &str) -> Result<(), OperatorError> {
+        self.end_early(stop);
+        Ok(())
+    }
+}
+
+impl<T> EgressSink<T> {
+    /// Records why the stream ends early, then ends this subtask's part: the
+    /// reason first, so a reader that sees the end sees it too.
+    fn end_early(&mut self, why: &str) {
+        let mut first = self.stop.0.lock().unwrap_or_else(PoisonError::into_inner);
+        first.get_or_insert_with(|| format!("egress '{}': its task {why}", self.name));
+        drop(first);
+        self.tx = None;
+    }
+}
+
+impl<T> Drop for EgressSink<T> {
+    fn drop(&mut self) {
+        // Neither closed nor stopped: the task ended before it opened.
+        if self.tx.is_some() {
+            self.end_early("ended before it opened");
+        }
+    }
 }
 
 /// Hands each sink subtask a sender; the template is dropped once the vertex's
@@ -427,15 +466,22 @@ pub(crate) struct EgressFactory<T> {
     template: Mutex<Option<Sender<T>>>,
     taken: AtomicU32,
     waiters: Arc<EgressWaiters>,
+    stop: Arc<EgressStop>,
 }
 
 /// An egress queue of `capacity` results.
 pub(crate) fn egress<T>(name: Name, capacity: usize) -> (EgressFactory<T>, EgressHandle<T>) {
     let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
     let waiters = Arc::new(EgressWaiters::default());
-    let factory =
-        EgressFactory { name, template: Mutex::new(Some(tx)), taken: AtomicU32::new(0), waiters: waiters.clone() };
-    (factory, EgressHandle { rx, waiters })
+    let stop = Arc::new(EgressStop::default());
+    let factory = EgressFactory {
+        name,
+        template: Mutex::new(Some(tx)),
+        taken: AtomicU32::new(0),
+        waiters: waiters.clone(),
+        stop: stop.clone(),
+    };
+    (factory, EgressHandle { rx, waiters, stop })
 }
 
 impl<T: Data> NodeFactory<T> for EgressFactory<T> {
@@ -456,6 +502,7 @@ impl<T: Data> NodeFactory<T> for EgressFactory<T> {
             tx: Some(tx),
             stash: VecDeque::new(),
             waiters: self.waiters.clone(),
+            stop: self.stop.clone(),
             gone: false,
         };
         let shared = std::rc::Rc::new(std::cell::RefCell::new(sink));

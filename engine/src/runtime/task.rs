@@ -414,9 +414,10 @@ impl Task {
             }
         }
         let n = self.lifecycles.len();
+        let why = stop.to_string();
         for k in self.closed.max(n - self.opened)..n {
             let l = &mut self.lifecycles[k];
-            let outcome = catch_unwind(AssertUnwindSafe(|| l.close().map(drop)));
+            let outcome = catch_unwind(AssertUnwindSafe(|| l.close_after_stop(&why)));
             log(l.name(), outcome);
         }
         self.closed = n;
