@@ -105,6 +105,25 @@ fn a_task_too_big_for_its_shards_network_budget_is_refused_and_fails_the_job_wit
 }
 
 #[test]
+fn an_egress_of_a_job_refused_at_deployment_ends_and_says_why() {
+    // As above: the job's source tasks are refused; its egress sinks, which
+    // fit, are stopped.
+    let engine = small_engine().network_memory_bytes(16 * 4096).build().expect("engine starts");
+    let df = Dataflow::new("greedy-service").parallelism(4);
+    let answers = df.generate("src", 10, |r| r).key_by(|r: &u64| *r).as_stream().egress(8);
+    let job = engine.submit(df.build().unwrap()).expect("the graph is valid");
+    // Read first, as a service's reader thread would: the stream ends.
+    match answers.recv_timeout(TIMEOUT) {
+        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {}
+        other => panic!("expected the stream to end, got {other:?}"),
+    }
+    let why = answers.stopped().expect("a stream cut short says why");
+    assert!(why.contains("was cancelled") || why.contains("failed"), "{why}");
+    let cause = failure(job.wait_timeout(TIMEOUT));
+    assert!(cause.contains("network buffers budget exceeded"), "{cause}");
+}
+
+#[test]
 fn keyed_state_beyond_the_slot_budget_fails_the_job_with_the_numbers() {
     let engine = small_engine().managed_memory_per_slot_bytes(256 << 10).build().expect("engine starts");
     let keyed = |keys: u64| {
