@@ -183,6 +183,17 @@ fn a_close_that_fails_fails_the_job_naming_its_operator() {
         }
         other => panic!("expected a failed job, got {other:?}"),
     }
+
+    // A source's close that fails at the end names its vertex too.
+    let df = Dataflow::new("source-fails-to-close");
+    let log = Log::default();
+    df.source("reader", move |_| Counting { next: 0, limit: Some(100), log: log.clone(), close_fails: true }).count();
+    match engine.run(df.build().expect("valid")) {
+        Err(shardflow_engine::EngineError::JobFailed { cause, .. }) => {
+            assert!(cause.contains("operator 'reader'") && cause.contains("would not close"), "{cause}");
+        }
+        other => panic!("expected a failed job, got {other:?}"),
+    }
 }
 
 /// Counts up from 0 (to `limit`, or forever), logging its open and close.
@@ -190,6 +201,7 @@ struct Counting {
     next: u64,
     limit: Option<u64>,
     log: Log,
+    close_fails: bool,
 }
 
 impl Source<u64> for Counting {
@@ -213,6 +225,9 @@ impl Source<u64> for Counting {
     }
     fn close(&mut self) -> Result<(), OperatorError> {
         note(&self.log, "source:close".into());
+        if self.close_fails {
+            return Err(OperatorError::User("the input file would not close".into()));
+        }
         Ok(())
     }
 }
@@ -283,7 +298,7 @@ fn a_cancelled_job_closes_its_source_and_operators() {
     // One task: the source, the relay and the egress are chained. The egress is
     // read once and then left full, so the task ends up held back by it.
     let egress = df
-        .source("counting", move |_| Counting { next: 0, limit: None, log: source_log.clone() })
+        .source("counting", move |_| Counting { next: 0, limit: None, log: source_log.clone(), close_fails: false })
         .process(relay)
         .name("relay")
         .egress(1);
@@ -313,12 +328,17 @@ fn every_operator_opened_is_closed_once_whether_its_task_finishes_fails_or_panic
         let close_fails = at_fail_at != AtFailAt::PassOn;
         let first = Relay { name: "first", at_fail_at: AtFailAt::PassOn, close_fails, log: log.clone() };
         let second = Relay { name: "second", at_fail_at, close_fails: false, log: log.clone() };
-        df.source("counting", move |_| Counting { next: 0, limit: Some(2 * FAIL_AT), log: source_log.clone() })
-            .process(first)
-            .name("first")
-            .process(second)
-            .name("second")
-            .count();
+        df.source("counting", move |_| Counting {
+            next: 0,
+            limit: Some(2 * FAIL_AT),
+            log: source_log.clone(),
+            close_fails: false,
+        })
+        .process(first)
+        .name("first")
+        .process(second)
+        .name("second")
+        .count();
         let outcome = engine.run(df.build().expect("valid"));
         match (at_fail_at, outcome) {
             (AtFailAt::PassOn, Ok(result)) => assert_eq!(result.count().0, 2 * FAIL_AT),

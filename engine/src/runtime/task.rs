@@ -385,7 +385,7 @@ impl Task {
         }
         if let Body::Source { driver, .. } = &mut self.body {
             self.source_opened = true;
-            driver.open(&self.info)?;
+            driver.open(&self.info).map_err(|e| named(&self.info.vertex, e))?;
         }
         on_running();
         while let Step::Worked = poll_fn(|cx| self.poll_step(cx)).await? {
@@ -398,7 +398,7 @@ impl Task {
     /// not closed yet, so each releases what it acquired. What a close returns
     /// or raises then is logged; the task's own cause stands.
     fn close_after(&mut self, stop: &TaskStop) {
-        let job = &self.info.vertex;
+        let vertex = &self.info.vertex;
         let subtask = self.info.subtask;
         let log = |operator: &str, outcome: std::thread::Result<Result<(), OperatorError>>| {
             let problem = match outcome {
@@ -406,11 +406,11 @@ impl Task {
                 Ok(Err(e)) => e.to_string(),
                 Err(panic) => format!("panicked: {}", shardflow_control::panic_message(&*panic)),
             };
-            tracing::warn!(vertex = %job, subtask, operator, "closing after the task {stop}: {problem}");
+            tracing::warn!(%vertex, subtask, operator, "closing after the task {stop}: {problem}");
         };
         if std::mem::take(&mut self.source_opened) {
             if let Body::Source { driver, .. } = &mut self.body {
-                log("source", catch_unwind(AssertUnwindSafe(|| driver.close())));
+                log(vertex, catch_unwind(AssertUnwindSafe(|| driver.close())));
             }
         }
         let n = self.lifecycles.len();
@@ -663,7 +663,7 @@ impl Task {
         self.check_failure()?;
         if std::mem::take(&mut self.source_opened) {
             if let Body::Source { driver, .. } = &mut self.body {
-                driver.close()?;
+                driver.close().map_err(|e| named(&self.info.vertex, e))?;
             }
         }
         let mut sinks = Vec::new();
