@@ -321,14 +321,7 @@ async fn supervise(d: TaskDeployment, pool: Rc<SegmentPool>, lane: ControlLane, 
         Ok(Err(TaskStop::Canceled)) => report(ExecutionState::Canceled, None, None),
         Ok(Ok(output)) => report(ExecutionState::Finished, None, Some(output)),
         Ok(Err(TaskStop::Failed(failure))) => report(ExecutionState::Failed, Some(failure), None),
-        Err(panic) => {
-            let msg = shardflow_control::panic_message(&*panic);
-            report(
-                ExecutionState::Failed,
-                Some(TaskFailure { cause: format!("operator panicked: {msg}"), secondary: false }),
-                None,
-            )
-        }
+        Err(panic) => report(ExecutionState::Failed, Some(TaskFailure::panicked(&*panic)), None),
     }
     let mut tasks = tasks.borrow_mut();
     if let Some(v) = tasks.get_mut(&job) {

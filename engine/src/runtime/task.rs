@@ -94,6 +94,16 @@ pub(crate) struct TaskFailure {
     pub(crate) secondary: bool,
 }
 
+impl TaskFailure {
+    /// The failure of a task whose code panicked with `payload`.
+    pub(crate) fn panicked(payload: &(dyn std::any::Any + Send)) -> Self {
+        TaskFailure {
+            cause: format!("operator panicked: {}", shardflow_control::panic_message(payload)),
+            secondary: false,
+        }
+    }
+}
+
 impl From<OperatorError> for TaskFailure {
     fn from(e: OperatorError) -> Self {
         let secondary = matches!(e, OperatorError::Net(NetError::ConsumerGone { .. } | NetError::ProducerLost { .. }));
@@ -296,10 +306,7 @@ pub(crate) async fn run_task(
     let stop = match run {
         Ok(Ok(output)) => return Ok(output),
         Ok(Err(stop)) => stop,
-        Err(panic) => TaskStop::Failed(TaskFailure {
-            cause: format!("operator panicked: {}", shardflow_control::panic_message(&*panic)),
-            secondary: false,
-        }),
+        Err(panic) => TaskStop::Failed(TaskFailure::panicked(&*panic)),
     };
     task.close_after(&stop);
     Err(stop)
