@@ -60,7 +60,7 @@ pub fn channel(initial_credits: u32, max_data_in_flight: u32, event_room: u32) -
         sender_closed: AtomicBool::new(false),
         receiver_closed: AtomicBool::new(false),
     });
-    (ChannelSender { shared: shared.clone(), subpartition: 0, busy_poll: false }, ChannelReceiver { shared })
+    (ChannelSender { shared: shared.clone(), subpartition: 0 }, ChannelReceiver { shared })
 }
 
 /// The producing end. `Send`: created at deployment, moved to the producer's shard.
@@ -69,28 +69,12 @@ pub fn channel(initial_credits: u32, max_data_in_flight: u32, event_room: u32) -
 pub struct ChannelSender {
     shared: Arc<Shared>,
     subpartition: usize,
-    busy_poll: bool,
 }
 
 impl ChannelSender {
     /// Names the subpartition this sender serves, for error messages.
     pub fn set_subpartition(&mut self, index: usize) {
         self.subpartition = index;
-    }
-
-    /// Busy-poll instead of parking while waiting for a credit or event room: the
-    /// waiting task re-schedules itself at once and needs no wake-up from the
-    /// consumer's thread. For shards that spin when idle. Default off.
-    pub fn set_busy_poll(&mut self, on: bool) {
-        self.busy_poll = on;
-    }
-
-    /// `Pending`, re-scheduling the task at once when busy-polling.
-    fn pending<T>(&self, cx: &mut Context<'_>) -> Poll<T> {
-        if self.busy_poll {
-            cx.waker().wake_by_ref();
-        }
-        Poll::Pending
     }
 
     fn closed_error(&self) -> NetError {
@@ -173,7 +157,7 @@ impl ChannelSender {
                 s.consumer.wake();
             }
         }
-        self.pending(cx)
+        Poll::Pending
     }
 
     /// Sends an event; needs no data credit, only a slot of the event room.
@@ -201,7 +185,7 @@ impl ChannelSender {
                 s.producer.register(cx.waker());
             }
         }
-        self.pending(cx)
+        Poll::Pending
     }
 
     /// Unused credits right now.
@@ -319,32 +303,6 @@ mod tests {
         assert_eq!(block_on(tx.send_data(buffer(&pool))), Err(NetError::ConsumerGone { subpartition: 0 }));
         drop(tx);
         assert_eq!(pool.monitor().free_segments(), 2);
-    }
-
-    #[test]
-    fn a_busy_polling_sender_reschedules_itself_instead_of_parking() {
-        use std::future::Future;
-        use std::sync::atomic::AtomicUsize;
-        use std::task::{Wake, Waker};
-        struct Count(AtomicUsize);
-        impl Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        let pool = SegmentPoolBuilder::new(0, 2).segment_bytes(4096).build().unwrap();
-        let (mut tx, _rx) = channel(0, 1, 1);
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
-        let mut cx = Context::from_waker(&waker);
-        let mut fut = Box::pin(tx.send_data(buffer(&pool)));
-        assert!(fut.as_mut().poll(&mut cx).is_pending());
-        assert_eq!(count.0.load(Ordering::SeqCst), 0, "parks: no self-wake");
-        drop(fut);
-        tx.set_busy_poll(true);
-        let mut fut = Box::pin(tx.send_data(buffer(&pool)));
-        assert!(fut.as_mut().poll(&mut cx).is_pending());
-        assert_eq!(count.0.load(Ordering::SeqCst), 1, "busy-polls: woke itself");
     }
 
     #[test]

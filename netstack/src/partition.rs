@@ -129,14 +129,6 @@ impl ResultPartition {
         self.flush_timeout = timeout;
     }
 
-    /// Busy-poll instead of parking while waiting for credit (see
-    /// [`crate::ChannelSender::set_busy_poll`]).
-    pub fn set_busy_poll(&mut self, on: bool) {
-        for sub in &mut self.subs {
-            sub.sender.set_busy_poll(on);
-        }
-    }
-
     /// Number of subpartitions.
     #[inline]
     pub fn num_subpartitions(&self) -> usize {

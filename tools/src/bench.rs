@@ -1,6 +1,6 @@
 //! `shardflow bench`: the benchmark pipelines P1 `exchange`, P2 `keyed-sum`, P4
-//! `latency` and P8 `wordcount` (defined in `docs/benchmarks.md`), on the
-//! embedded engine.
+//! `latency` and P8 `wordcount` (defined in `docs/benchmarks.md`), and a
+//! service's `roundtrip`, on the embedded engine.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shardflow_engine::jobs::{exchange, keyed_sum, latency, wordcount, P2_KEYS, P8_WORDS, P8_WORDS_PER_LINE};
-use shardflow_engine::{Cores, EngineError, IdlePolicy, JobHandle, JobResult, PlacementStrategy};
+use shardflow_engine::{Cores, Dataflow, Engine, EngineError, IdlePolicy, JobHandle, JobResult, PlacementStrategy};
 
 use crate::cluster::ConfigFile;
 use crate::cpu::process_cpu_time;
@@ -32,6 +32,11 @@ pub(crate) enum Pipeline {
     /// word → each word's count once at end of input. -n counts lines
     /// (default 10 000 000).
     Wordcount,
+    /// A service's round trips: a thread pushes request r into an ingress handle
+    /// and waits for its answer (exchange by hash(r), map +1) from an egress
+    /// handle before the next; push → answer into a histogram. -n counts
+    /// requests (default 100 000).
+    Roundtrip,
 }
 
 /// Idle policy of the shards.
@@ -130,8 +135,18 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
     let engine = builder.build()?;
     let startup_s = t0.elapsed().as_secs_f64();
     let p = a.parallelism.unwrap_or(engine.shards().len() as u32);
-    let n = a.records.unwrap_or(if a.pipeline == Pipeline::Wordcount { 10_000_000 } else { 100_000_000 });
+    let n = a.records.unwrap_or(match a.pipeline {
+        Pipeline::Wordcount => 10_000_000,
+        Pipeline::Roundtrip => 100_000,
+        _ => 100_000_000,
+    });
     let (job, expected_source_records) = match a.pipeline {
+        Pipeline::Roundtrip => {
+            // Driven from this thread, not waited for.
+            let ok = roundtrip(&engine, n, p, placement, startup_s)?;
+            engine.shutdown();
+            return Ok(if ok { Exit::Done } else { Exit::Failed });
+        }
         Pipeline::Exchange => (exchange(n, p)?, n),
         Pipeline::KeyedSum => (keyed_sum(n, p)?, n),
         Pipeline::Wordcount => (wordcount(n, p)?, n),
@@ -202,6 +217,7 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
             );
             ok
         }
+        Pipeline::Roundtrip => unreachable!("the roundtrip pipeline returns before its job is waited for"),
         Pipeline::Latency => {
             let hist = result.latency().context("the latency sink reported no histogram")?;
             let received = hist.len();
@@ -236,6 +252,58 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
     };
     engine.shutdown();
     Ok(if ok { Exit::Done } else { Exit::Failed })
+}
+
+/// How long a round trip may take before the bench gives up on it.
+const ROUNDTRIP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `roundtrip` pipeline: `n` requests, one at a time, from this thread.
+/// Returns whether every answer was right.
+fn roundtrip(engine: &Engine, n: u64, p: u32, placement: PlacementStrategy, startup_s: f64) -> Result<bool> {
+    let df = Dataflow::new("roundtrip").parallelism(p);
+    let (requests, mut ingress) = df.ingress::<u64>("requests", 1024);
+    let answers = requests.key_by(|r: &u64| *r).as_stream().map(|r: &u64| r + 1).name("answer").egress(1024);
+    let cpu0 = process_cpu_time();
+    let handle = engine.submit_with(df.build()?, placement)?;
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)?;
+    let mut right = 0u64;
+    let start = Instant::now();
+    for r in 0..n {
+        let sent = Instant::now();
+        if ingress.push(r).is_err() {
+            bail!("the job stopped taking requests at request {r}: {:?}", answers.stopped());
+        }
+        match answers.recv_timeout(ROUNDTRIP_TIMEOUT) {
+            Ok(answer) => {
+                hist.saturating_record(sent.elapsed().as_nanos() as u64);
+                right += u64::from(answer == r + 1);
+            }
+            Err(e) => bail!("no answer to request {r} within {ROUNDTRIP_TIMEOUT:?} ({e}): {:?}", answers.stopped()),
+        }
+    }
+    let wall_s = start.elapsed().as_secs_f64();
+    drop(ingress);
+    handle.wait_timeout(ROUNDTRIP_TIMEOUT)?;
+    let cpu_s = match (cpu0, process_cpu_time()) {
+        (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64(),
+        _ => f64::NAN,
+    };
+    let ok = right == n;
+    let us = |v: u64| v as f64 / 1000.0;
+    println!("answered={n} right={right} mean_us={:.1}", hist.mean() / 1000.0);
+    println!(
+        "shardflow roundtrip N={n} requests_per_s={:.0} wall_s={wall_s:.3} verify={} p50_us={:.1} p99_us={:.1} \
+         p999_us={:.1} max_us={:.1} idle={} startup_s={startup_s:.3} cpu_s={cpu_s:.2} shards={} parallelism={p}",
+        n as f64 / wall_s,
+        verdict(ok),
+        us(hist.value_at_quantile(0.5)),
+        us(hist.value_at_quantile(0.99)),
+        us(hist.value_at_quantile(0.999)),
+        us(hist.max()),
+        if engine.config().idle == IdlePolicy::Spin { "spin" } else { "park" },
+        engine.shards().len(),
+    );
+    Ok(ok)
 }
 
 fn verdict(ok: bool) -> &'static str {

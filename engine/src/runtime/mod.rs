@@ -24,7 +24,9 @@ pub enum IdlePolicy {
     /// Sleep in the kernel until an event or timer (no CPU while idle). Default.
     #[default]
     Park,
-    /// Busy-poll: lowest latency, one full core per shard.
+    /// Busy-poll when idle: the shard polls its I/O, timers and wake-ups from
+    /// other threads instead of sleeping (parking after a second without work);
+    /// lowest latency, one full core per shard.
     Spin,
 }
 

@@ -319,7 +319,6 @@ impl Task {
         for (edge, senders) in d.outputs.drain(..) {
             let mut p = ResultPartition::new(pool.clone(), senders, OVERDRAFT);
             p.set_flush_timeout(d.flush_timeout);
-            p.set_busy_poll(d.idle == IdlePolicy::Spin);
             let p: Partition = Rc::new(std::cell::RefCell::new(p));
             partitions.insert(edge, p.clone());
             ordered.push(p);
@@ -466,7 +465,8 @@ impl Task {
     }
 
     /// Arms the task's timer for the earliest of `wake_at` and its operators'
-    /// timers; a spinning shard re-polls at once instead.
+    /// timers. A parking shard coalesces waits to at least `min_park`; a
+    /// spinning one polls its timers while it spins, so it waits exactly.
     fn arm_timer(&mut self, cx: &mut Context<'_>, wake_at: Option<Instant>) {
         let due = match (self.next_timer(), wake_at) {
             (Some(a), Some(b)) => a.min(b),
@@ -475,12 +475,9 @@ impl Task {
                 None => return,
             },
         };
-        if self.idle == IdlePolicy::Spin {
-            cx.waker().wake_by_ref();
-            return;
-        }
         if self.timer.as_ref().is_none_or(|(at, _)| *at != due) {
-            let wait = due.saturating_duration_since(Instant::now()).max(self.min_park);
+            let floor = if self.idle == IdlePolicy::Spin { Duration::ZERO } else { self.min_park };
+            let wait = due.saturating_duration_since(Instant::now()).max(floor);
             self.timer = Some((due, Box::pin(Timer::new(wait))));
         }
         if let Some((_, t)) = &mut self.timer {
@@ -606,10 +603,6 @@ impl Task {
         }
         self.poll_outputs(cx)?;
         self.arm_timer(cx, wake_at);
-        if self.idle == IdlePolicy::Spin && matches!(self.body, Body::Inputs(_)) {
-            // Poll the gates again: no wake-up has to cross cores.
-            cx.waker().wake_by_ref();
-        }
         Ok(None)
     }
 

@@ -114,8 +114,8 @@ pub(crate) struct Gateway {
     /// each reports its end.
     draining: HashMap<(JobId, AttemptId), Reservation>,
     /// Deployments not yet handed to their shard, by shard: the tasks of one job
-    /// that arrive together go to a shard in one message, since a spinning shard
-    /// reads its mailbox only between time slices.
+    /// that arrive together go to a shard in one message (one cross-thread wake,
+    /// and they start together).
     batch: BTreeMap<usize, Vec<TaskDeployment>>,
 }
 
