@@ -174,10 +174,7 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
             return Ok(Exit::Interrupted);
         }
     };
-    let cpu_s = match (cpu0, process_cpu_time()) {
-        (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64(),
-        _ => f64::NAN,
-    };
+    let cpu_s = cpu_since(cpu0);
     let wall_s = result.duration().as_secs_f64();
     let common = format!("startup_s={startup_s:.3} cpu_s={cpu_s:.2} shards={} parallelism={p}", engine.shards().len());
     let ok = match a.pipeline {
@@ -233,19 +230,15 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
                     received as f64 / wall_s
                 );
             }
-            let us = |v: u64| v as f64 / 1000.0;
             println!("received={received} expected={expected_source_records} mean_us={:.1}", hist.mean() / 1000.0);
             println!(
-                "shardflow latency N={received} records_per_s={:.0} wall_s={wall_s:.3} verify={} p50_us={:.1} p99_us={:.1} p999_us={:.1} max_us={:.1} rate={} duration_s={} idle={} {common}",
+                "shardflow latency N={received} records_per_s={:.0} wall_s={wall_s:.3} verify={} {} rate={} duration_s={} idle={} {common}",
                 received as f64 / wall_s,
                 verdict(ok),
-                us(hist.value_at_quantile(0.5)),
-                us(hist.value_at_quantile(0.99)),
-                us(hist.value_at_quantile(0.999)),
-                us(hist.max()),
+                quantiles_us(&hist),
                 a.rate,
                 a.duration,
-                if engine.config().idle == IdlePolicy::Spin { "spin" } else { "park" },
+                idle_name(&engine),
             );
             ok
         }
@@ -284,26 +277,47 @@ fn roundtrip(engine: &Engine, n: u64, p: u32, placement: PlacementStrategy, star
     let wall_s = start.elapsed().as_secs_f64();
     drop(ingress);
     handle.wait_timeout(ROUNDTRIP_TIMEOUT)?;
-    let cpu_s = match (cpu0, process_cpu_time()) {
-        (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64(),
-        _ => f64::NAN,
-    };
+    let cpu_s = cpu_since(cpu0);
     let ok = right == n;
-    let us = |v: u64| v as f64 / 1000.0;
     println!("answered={n} right={right} mean_us={:.1}", hist.mean() / 1000.0);
     println!(
-        "shardflow roundtrip N={n} requests_per_s={:.0} wall_s={wall_s:.3} verify={} p50_us={:.1} p99_us={:.1} \
-         p999_us={:.1} max_us={:.1} idle={} startup_s={startup_s:.3} cpu_s={cpu_s:.2} shards={} parallelism={p}",
+        "shardflow roundtrip N={n} requests_per_s={:.0} wall_s={wall_s:.3} verify={} {} idle={} \
+         startup_s={startup_s:.3} cpu_s={cpu_s:.2} shards={} parallelism={p}",
         n as f64 / wall_s,
         verdict(ok),
-        us(hist.value_at_quantile(0.5)),
-        us(hist.value_at_quantile(0.99)),
-        us(hist.value_at_quantile(0.999)),
-        us(hist.max()),
-        if engine.config().idle == IdlePolicy::Spin { "spin" } else { "park" },
+        quantiles_us(&hist),
+        idle_name(engine),
         engine.shards().len(),
     );
     Ok(ok)
+}
+
+/// CPU seconds the process spent since `start` (NaN where unknown).
+fn cpu_since(start: Option<Duration>) -> f64 {
+    match (start, process_cpu_time()) {
+        (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64(),
+        _ => f64::NAN,
+    }
+}
+
+/// `p50_us= p99_us= p999_us= max_us=` of a histogram in nanoseconds.
+fn quantiles_us(hist: &hdrhistogram::Histogram<u64>) -> String {
+    let us = |v: u64| v as f64 / 1000.0;
+    format!(
+        "p50_us={:.1} p99_us={:.1} p999_us={:.1} max_us={:.1}",
+        us(hist.value_at_quantile(0.5)),
+        us(hist.value_at_quantile(0.99)),
+        us(hist.value_at_quantile(0.999)),
+        us(hist.max())
+    )
+}
+
+fn idle_name(engine: &Engine) -> &'static str {
+    if engine.config().idle == IdlePolicy::Spin {
+        "spin"
+    } else {
+        "park"
+    }
 }
 
 fn verdict(ok: bool) -> &'static str {

@@ -49,6 +49,19 @@ fn bench_keyed_sum_and_latency_verify() {
 }
 
 #[test]
+fn bench_roundtrip_answers_every_request_and_reports_its_quantiles() {
+    let out = shardflow(&["bench", "roundtrip", "--records", "2000", "--segment-bytes", "4096"]);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let line = last_line(&out);
+    assert!(line.starts_with("shardflow roundtrip N=2000 requests_per_s="), "{line}");
+    assert_eq!(field(&line, "verify"), "OK");
+    assert_eq!(field(&line, "idle"), "park");
+    for key in ["p50_us", "p99_us", "p999_us", "max_us", "cpu_s"] {
+        field(&line, key).parse::<f64>().unwrap();
+    }
+}
+
+#[test]
 fn bad_input_is_one_clear_line_and_a_non_zero_exit() {
     for (args, expect) in [
         (&["bench", "exchange", "--cores", "4096"][..], "error: core 4096 does not exist on this machine"),

@@ -10,6 +10,7 @@ pub(crate) mod control;
 pub(crate) mod keyed;
 pub(crate) mod ops;
 pub(crate) mod output;
+pub(crate) mod progress;
 pub(crate) mod sinks;
 pub(crate) mod sources;
 pub(crate) mod state;
