@@ -107,7 +107,8 @@ fn a_function_is_told_of_its_snapshot_and_moves_what_it_holds_into_state() {
     }
 }
 
-/// Counts per key; logs its checkpoint notifications and its close.
+/// Counts per key and emits each key's count at the end of input; logs its
+/// open, checkpoint notifications and close.
 #[derive(Clone, Default)]
 struct KeyedCounter {
     count: Option<ValueState<u64>>,
@@ -129,6 +130,14 @@ impl KeyedProcessFunction<u64, u64, u64> for KeyedCounter {
         let count = self.count.as_ref().expect("opened");
         let now = ctx.value(count)?.copied().unwrap_or(0) + 1;
         ctx.set_value(count, now)
+    }
+    fn on_end_of_input(
+        &mut self,
+        ctx: &mut KeyedContext<'_, u64>,
+        out: &mut Emitter<'_, u64>,
+    ) -> Result<(), OperatorError> {
+        out.emit(ctx.value(self.count.as_ref().expect("opened"))?.copied().unwrap_or(0));
+        Ok(())
     }
     fn on_checkpoint_complete(&mut self, checkpoint: u64) {
         note(&self.log, format!("0:complete {checkpoint}"));
@@ -362,44 +371,6 @@ fn every_operator_opened_is_closed_once_whether_its_task_finishes_fails_or_panic
     assert_eq!(engine.run(df.build().expect("valid")).expect("runs").count().0, 100);
 }
 
-/// Counts per key and emits each key's count at the end of input; logs its close.
-#[derive(Clone, Default)]
-struct CountAtEnd {
-    count: Option<ValueState<u64>>,
-    log: Log,
-}
-
-impl KeyedProcessFunction<u64, u64, u64> for CountAtEnd {
-    fn open(&mut self, states: &mut StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
-        self.count = Some(states.value_state("count")?);
-        Ok(())
-    }
-    fn process(
-        &mut self,
-        _: &u64,
-        ctx: &mut KeyedContext<'_, u64>,
-        _: &mut Emitter<'_, u64>,
-    ) -> Result<(), OperatorError> {
-        let count = self.count.as_ref().expect("opened");
-        if ctx.update_value(count, |n| *n += 1)?.is_none() {
-            ctx.set_value(count, 1)?;
-        }
-        Ok(())
-    }
-    fn on_end_of_input(
-        &mut self,
-        ctx: &mut KeyedContext<'_, u64>,
-        out: &mut Emitter<'_, u64>,
-    ) -> Result<(), OperatorError> {
-        out.emit(ctx.value(self.count.as_ref().expect("opened"))?.copied().unwrap_or(0));
-        Ok(())
-    }
-    fn close(&mut self) -> Result<(), OperatorError> {
-        note(&self.log, "count:close".into());
-        Ok(())
-    }
-}
-
 #[test]
 fn a_task_held_back_while_it_finishes_still_takes_its_cancel() {
     let engine = small_engine().build().expect("engine starts");
@@ -407,7 +378,7 @@ fn a_task_held_back_while_it_finishes_still_takes_its_cancel() {
     let df = Dataflow::new("finishing");
     // 10 000 keys: their counts leave only at the end of input, in steps, into
     // an egress read once — the task waits for it between finishing steps.
-    let counter = CountAtEnd { log: log.clone(), ..CountAtEnd::default() };
+    let counter = KeyedCounter { log: log.clone(), ..KeyedCounter::default() };
     let counts = df.generate("numbers", 10_000, |r| r).key_by(|r: &u64| *r).process(counter).name("count").egress(1);
     let handle = engine.submit(df.build().expect("valid")).expect("submit");
     assert_eq!(counts.recv_timeout(TIMEOUT), Ok(1), "the operator is finishing");
@@ -416,7 +387,7 @@ fn a_task_held_back_while_it_finishes_still_takes_its_cancel() {
         Err(EngineError::JobCanceled(_)) => {}
         other => panic!("expected a cancelled job, got {other:?}"),
     }
-    assert_eq!(sorted(&log), ["count:close"], "closed once, after the cancel");
+    assert_eq!(calls_of(&log, 0), ["open", "close"], "closed once, after the cancel");
     let mut read = 1;
     while counts.recv_timeout(TIMEOUT).is_ok() {
         read += 1;
