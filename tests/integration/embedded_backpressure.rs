@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use shardflow_engine::jobs::{KeyValue, GOLDEN};
-use shardflow_engine::{Dataflow, PushError};
+use shardflow_engine::{Dataflow, PushError, SOURCE_BATCH};
 
-use crate::common::{shard_count, small_engine, TIMEOUT};
+use crate::common::{shard_count, small_engine, SMALL_SEGMENT_BYTES, TIMEOUT};
 
 /// Burns `work` rounds of mixing on `x` (a slow operator).
 fn slow(x: u64, work: u64) -> u64 {
@@ -37,10 +37,15 @@ fn slow_sink_bounds_memory_and_loses_nothing() {
     let sent: u64 = result.subtasks.iter().filter(|s| s.vertex == "source").map(|s| s.records_out).sum();
     assert_eq!(sent, n);
 
-    // Per shard: one source subtask, p subpartitions, each holding one buffer being
-    // filled plus at most exclusive + floating in flight, and the partition's
-    // overdraft of 4 buffers.
-    let bound = p as usize * (1 + exclusive + floating) as usize + 4 + 1;
+    // Per shard: one source subtask writing p subpartitions, each holding one
+    // buffer being filled and at most exclusive + floating in flight (credits);
+    // beyond those, buffers wait for credits: up to the partition's overdraft of
+    // 4 when the task looks between source batches, plus what one batch fills
+    // before it looks again (the batch's bytes in segments, and one more per
+    // subpartition where the batch starts mid-buffer).
+    let record = std::mem::size_of::<KeyValue>();
+    let per_batch = SOURCE_BATCH * record / SMALL_SEGMENT_BYTES + p as usize;
+    let bound = p as usize * (1 + exclusive + floating) as usize + 4 + per_batch;
     for pool in engine.memory() {
         assert!(
             pool.peak_in_use <= bound,
@@ -52,7 +57,7 @@ fn slow_sink_bounds_memory_and_loses_nothing() {
         assert!(pool.peak_in_use > 0, "the pool was used");
         assert_eq!(pool.free_segments, pool.segments, "every segment came home");
     }
-    let buffers = n as usize * 16 / 4096;
+    let buffers = n as usize * record / SMALL_SEGMENT_BYTES;
     assert!(buffers > 10 * bound, "the run is big enough to need back-pressure");
 }
 
