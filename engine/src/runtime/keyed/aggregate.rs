@@ -96,9 +96,12 @@ pub(super) const FINISH_STEP: usize = 1024;
 const TABLE: &str = "table";
 
 impl<K: Key, T: Data, S: KeySelector<K, T>, A: Aggregator<K, T>> AggregateOp<K, T, S, A> {
+    /// Folds `record` into its key's accumulator and, if `running` (the
+    /// operator's own flag, passed as a constant where a batch is folded),
+    /// emits the key's new result.
     #[inline(always)]
-    fn one(&mut self, record: &T::Borrowed) {
-        let AggregateOp { selector, agg, running, table, memory, next, failure, .. } = self;
+    fn one(&mut self, record: &T::Borrowed, running: bool) {
+        let AggregateOp { selector, agg, table, memory, next, failure, .. } = self;
         let fresh = selector.with_key(record, |key| match table.map.get_mut(key) {
             Some(acc) => {
                 // Free for plain data: both sides are the constant 0.
@@ -110,7 +113,7 @@ impl<K: Key, T: Data, S: KeySelector<K, T>, A: Aggregator<K, T>> AggregateOp<K, 
                         failure.set(e);
                     }
                 }
-                if *running {
+                if running {
                     next.collect(agg.result(key, acc).borrow());
                 }
                 false
@@ -145,13 +148,18 @@ impl<K: Key, T: Data, S: KeySelector<K, T>, A: Aggregator<K, T>> Collector<T>
 {
     #[inline]
     fn collect(&mut self, record: &T::Borrowed) {
-        self.0.borrow_mut().one(record);
+        let mut op = self.0.borrow_mut();
+        let running = op.running;
+        op.one(record, running);
     }
 
     fn collect_batch(&mut self, records: &[T]) {
         let mut op = self.0.borrow_mut();
-        for r in records {
-            op.one(r.borrow());
+        // One loop per value of the flag: the flag is not read per record.
+        if op.running {
+            records.iter().for_each(|r| op.one(r.borrow(), true));
+        } else {
+            records.iter().for_each(|r| op.one(r.borrow(), false));
         }
     }
 }
