@@ -1,7 +1,7 @@
 //! A filled segment on its way from a subpartition to an input channel.
 
 use bytemuck::Pod;
-use shardflow_memory::{read_pod, Segment};
+use shardflow_memory::{read_pod, Reservation, Segment};
 
 use crate::error::NetError;
 
@@ -13,6 +13,9 @@ pub struct Buffer {
     segment: Segment,
     records: usize,
     bytes: usize,
+    /// The network memory its segment is charged to beyond its task's own
+    /// reservation (a partition writing past its overdraft), given back with it.
+    charge: Option<Reservation>,
 }
 
 impl Buffer {
@@ -22,7 +25,13 @@ impl Buffer {
         if bytes > segment.capacity_bytes() {
             return Err(NetError::BadBuffer { records, record_bytes: None, bytes, capacity: segment.capacity_bytes() });
         }
-        Ok(Buffer { segment, records, bytes })
+        Ok(Buffer { segment, records, bytes, charge: None })
+    }
+
+    /// This buffer, holding `charge` until it is dropped.
+    pub(crate) fn charged(mut self, charge: Option<Reservation>) -> Self {
+        self.charge = charge;
+        self
     }
 
     /// Wraps a segment holding `records` fixed-size records of type `T`; refused
@@ -31,7 +40,7 @@ impl Buffer {
         let size = std::mem::size_of::<T>();
         let capacity = segment.capacity_bytes();
         match records.checked_mul(size) {
-            Some(bytes) if bytes <= capacity => Ok(Buffer { segment, records, bytes }),
+            Some(bytes) if bytes <= capacity => Ok(Buffer { segment, records, bytes, charge: None }),
             _ => Err(NetError::BadBuffer { records, record_bytes: Some(size), bytes: usize::MAX, capacity }),
         }
     }
@@ -65,7 +74,8 @@ impl Buffer {
         }
         read_pod(&self.segment, self.records).ok_or_else(bad)
     }
-    /// The underlying segment.
+    /// The underlying segment (what it was charged to beyond its task's
+    /// reservation is given back).
     pub fn into_segment(self) -> Segment {
         self.segment
     }

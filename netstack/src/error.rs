@@ -60,6 +60,23 @@ pub enum NetError {
         /// How many there are.
         subpartitions: usize,
     },
+    /// A step of a task wrote more full buffers than credits let out and the
+    /// partition's overdraft holds (a `flat_map` fanning one record out into
+    /// many, say), and the shard's network memory has nothing left beyond what
+    /// its tasks reserved: the task fails, the others keep their memory.
+    #[error(
+        "{pending} full buffers wait for credits, past the partition's overdraft of {overdraft} \
+         (one step wrote that much under back-pressure), and no network memory is left beyond \
+         what the shard's tasks reserved: {source}"
+    )]
+    OverdraftExhausted {
+        /// Full buffers waiting for credits.
+        pending: usize,
+        /// The partition's overdraft.
+        overdraft: usize,
+        /// The refused charge.
+        source: MemoryError,
+    },
     /// A memory error (pool exhausted, …).
     #[error(transparent)]
     Memory(#[from] MemoryError),

@@ -20,7 +20,9 @@
 //! Invariants:
 //! - a data buffer is sent only against a credit: memory in flight per channel is at
 //!   most `exclusive + floating` segments (see [`CreditLedger`]); what waits beyond
-//!   that is bounded by the partition's overdraft, checked between records;
+//!   that is bounded by the partition's overdraft, checked between its caller's
+//!   steps; segments a step writes beyond the partition's reservation are charged
+//!   to the shard's network memory ([`ResultPartition::charge_overdraft_to`]);
 //! - events ([`Event`]) need no credit and have reserved ring room: data never starves
 //!   a barrier; they stay in order with the data of their channel;
 //! - the consumer is woken at most once per buffer, and only if it parked.

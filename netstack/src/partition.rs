@@ -4,11 +4,13 @@
 //! Writing never waits. A full buffer goes out at once if its channel has a
 //! credit; otherwise it joins the subpartition's queue of pending envelopes
 //! (data and events, in order). The task that owns the partition asks
-//! [`ResultPartition::overdrawn`] between records and, once the queues hold more
-//! than the partition's overdraft, stops taking input and awaits
-//! [`ResultPartition::poll_ready`], which sends what credits allow: a
-//! back-pressured task waits between records, never inside one, and can serve
-//! its control lane meanwhile.
+//! [`ResultPartition::overdrawn`] between its steps (a chunk of records each)
+//! and, once the queues hold more than the partition's overdraft, stops taking
+//! input and awaits [`ResultPartition::poll_ready`], which sends what credits
+//! allow: a back-pressured task waits between steps, never inside one, and can
+//! serve its control lane meanwhile. What one step writes beyond the task's
+//! reservation is charged to the shard's network memory
+//! ([`ResultPartition::charge_overdraft_to`]).
 //!
 //! Two encodings, both copied once into the segment and read in place:
 //! fixed-size plain data ([`ResultPartition::write_pod`]: records packed back to
@@ -21,7 +23,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
-use shardflow_memory::{Segment, SegmentPool};
+use shardflow_memory::{Budget, Reservation, Segment, SegmentPool};
 use smallvec::SmallVec;
 
 use crate::buffer::Buffer;
@@ -66,6 +68,8 @@ struct Subpartition {
     pos: usize,
     /// Records written into `segment`.
     records: usize,
+    /// What `segment` is charged to beyond the task's reservation.
+    charge: Option<Reservation>,
     /// Full buffers and events not sent yet, in order.
     pending: VecDeque<Envelope>,
 }
@@ -81,6 +85,9 @@ pub struct ResultPartition {
     pending_buffers: usize,
     /// Pending buffers beyond which the partition is overdrawn.
     overdraft: usize,
+    /// The shard's network memory, where segments started while overdrawn are
+    /// charged (see [`Self::charge_overdraft_to`]).
+    network: Option<Budget>,
     /// Subpartitions with something pending (so `poll_ready` visits only those).
     waiting: Vec<usize>,
     flush_timeout: Option<Duration>,
@@ -104,7 +111,7 @@ impl ResultPartition {
             .enumerate()
             .map(|(i, mut sender)| {
                 sender.set_subpartition(i);
-                Subpartition { sender, segment: None, pos: 0, records: 0, pending: VecDeque::new() }
+                Subpartition { sender, segment: None, pos: 0, records: 0, charge: None, pending: VecDeque::new() }
             })
             .collect();
         ResultPartition {
@@ -113,6 +120,7 @@ impl ResultPartition {
             segment_bytes,
             pending_buffers: 0,
             overdraft: overdraft.max(1),
+            network: None,
             waiting: Vec::new(),
             flush_timeout: None,
             oldest_unflushed: None,
@@ -121,6 +129,35 @@ impl ResultPartition {
             finished: false,
             broken: None,
         }
+    }
+
+    /// The most segments a partition of `subpartitions` holds while it keeps
+    /// within its reservation, which is what its task reserves: per
+    /// subpartition a buffer being filled, `credits` in flight (exclusive and
+    /// floating) and one buffer a step may complete past the overdraft; and
+    /// the overdraft.
+    pub fn reserved_segments(subpartitions: usize, credits: u32, overdraft: usize) -> u64 {
+        subpartitions as u64 * (2 + u64::from(credits)) + overdraft.max(1) as u64
+    }
+
+    /// Charges to `network` every segment started beyond the partition's
+    /// reservation ([`Self::reserved_segments`]), for as long as that segment
+    /// lives.
+    ///
+    /// The task looks at the partition between steps, and one step can write
+    /// more than the reservation allows for (a `flat_map` fanning one record
+    /// out into many buffers, large records): those segments come out of what
+    /// the shard's tasks have not reserved, and once that is gone the write
+    /// fails with [`NetError::OverdraftExhausted`] instead of taking another
+    /// task's reserved segments.
+    pub fn charge_overdraft_to(&mut self, network: Budget) {
+        self.network = Some(network);
+    }
+
+    /// Whether a segment started now is beyond the reservation: more buffers
+    /// wait than the overdraft and a step's one per subpartition.
+    fn beyond_reservation(&self) -> bool {
+        self.pending_buffers > self.overdraft + self.subs.len()
     }
 
     /// A partial buffer older than `timeout` is sent by [`Self::flush_if_due`].
@@ -338,9 +375,20 @@ impl ResultPartition {
     }
 
     fn start_segment(&mut self, sp: usize) -> Result<(), NetError> {
+        let charge = match &self.network {
+            Some(network) if self.beyond_reservation() => {
+                Some(network.reserve(self.segment_bytes as u64).map_err(|source| NetError::OverdraftExhausted {
+                    pending: self.pending_buffers,
+                    overdraft: self.overdraft,
+                    source,
+                })?)
+            }
+            _ => None,
+        };
         let seg = self.pool.allocate()?;
         let sub = &mut self.subs[sp];
         sub.segment = Some(seg);
+        sub.charge = charge;
         sub.pos = 0;
         sub.records = 0;
         if self.flush_timeout.is_some() && self.oldest_unflushed.is_none() {
@@ -357,11 +405,11 @@ impl ResultPartition {
             return;
         }
         let Some(seg) = sub.segment.take() else { return };
-        let (records, bytes) = (sub.records, sub.pos);
+        let (records, bytes, charge) = (sub.records, sub.pos, sub.charge.take());
         sub.records = 0;
         sub.pos = 0;
         let buffer = match Buffer::new(seg, records, bytes) {
-            Ok(b) => b,
+            Ok(b) => b.charged(charge),
             Err(e) => {
                 self.broken.get_or_insert(e);
                 return;

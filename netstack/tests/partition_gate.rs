@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use futures_lite::future::{block_on, poll_once};
-use shardflow_memory::{SegmentPool, SegmentPoolBuilder};
+use shardflow_memory::{Budget, BudgetKind, SegmentPool, SegmentPoolBuilder};
 use shardflow_netstack::{channel, CreditLedger, Event, GateItem, InputGate, NetError, ResultPartition, VarRecords};
 
 fn pool(segments: usize) -> Rc<SegmentPool> {
@@ -191,6 +191,62 @@ fn without_credit_writes_go_on_into_the_overdraft_and_readiness_waits_for_the_co
     assert_eq!(got, want, "nothing lost, in order");
     drop(w);
     drop(gates);
+    assert_eq!(p.monitor().free_segments(), 16, "every segment came home");
+}
+
+#[test]
+fn segments_beyond_the_reservation_are_charged_to_the_network_memory_and_refused_once_it_is_spent() {
+    // One subpartition of 4 KiB segments (256 records each), one exclusive credit,
+    // an overdraft of 2: a buffer being filled, one in flight, one a step may
+    // complete past the overdraft, and the overdraft: 5 segments reserved.
+    let seg = 4096u64;
+    assert_eq!(ResultPartition::reserved_segments(1, 1, 2), 5);
+    let p = pool(16);
+    let (mut w, mut gates) = wire(&p, 1, 1, 0, 2);
+    // The shard's network memory: this task's reservation and 3 segments more.
+    let network = Budget::new(BudgetKind::NetworkBuffers, 8 * seg);
+    let reservation = network.reserve(5 * seg).unwrap();
+    w.charge_overdraft_to(network.clone());
+
+    // One step that never lets the task look: 1 buffer goes out on the credit,
+    // 4 wait within the reservation, 3 more are charged, the next is refused.
+    let mut i = 0u64;
+    let err = loop {
+        match w.write_pod(0, &[i, i]) {
+            Ok(()) => i += 1,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(i, 8 * 256, "8 full buffers written");
+    assert_eq!(network.available_bytes(), 0, "3 segments charged beyond the reservation");
+    match &err {
+        NetError::OverdraftExhausted { pending: 7, overdraft: 2, source } => {
+            assert!(source.to_string().contains("0 of 32768 bytes available"), "{source}");
+        }
+        other => panic!("expected the overdraft to be exhausted, got {other:?}"),
+    }
+    assert_eq!(p.monitor().free_segments(), 8, "the other half of the pool stays for other tasks");
+
+    // The consumer drains: each charged buffer gives its charge back as it drops.
+    let mut got = Vec::new();
+    loop {
+        got.extend(drain(&mut gates[0]).0);
+        if let Some(r) = block_on(poll_once(poll_fn(|cx| w.poll_ready(cx)))) {
+            r.unwrap();
+            break;
+        }
+    }
+    got.extend(drain(&mut gates[0]).0);
+    assert_eq!(network.used_bytes(), 5 * seg, "only the reservation is held");
+    // Nothing written was lost, and the partition writes on.
+    w.write_pod(0, &[i, i]).expect("within the reservation again");
+    w.finish().unwrap();
+    ready(&mut w).unwrap();
+    got.extend(drain(&mut gates[0]).0);
+    let want: Vec<[u64; 2]> = (0..=i).map(|k| [k, k]).collect();
+    assert_eq!(got, want, "nothing lost, in order");
+    drop((w, gates, reservation));
+    assert_eq!(network.used_bytes(), 0);
     assert_eq!(p.monitor().free_segments(), 16, "every segment came home");
 }
 

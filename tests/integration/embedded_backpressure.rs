@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use shardflow_engine::jobs::{KeyValue, GOLDEN};
-use shardflow_engine::{Dataflow, PushError, SOURCE_BATCH};
+use shardflow_engine::{Dataflow, Emitter, EngineError, PushError, SOURCE_BATCH};
 
-use crate::common::{shard_count, small_engine, SMALL_SEGMENT_BYTES, TIMEOUT};
+use crate::common::{endless_job, shard_count, small_engine, SMALL_SEGMENT_BYTES, TIMEOUT};
 
 /// Burns `work` rounds of mixing on `x` (a slow operator).
 fn slow(x: u64, work: u64) -> u64 {
@@ -166,4 +166,55 @@ fn split_ingress_handles_feed_one_subtask_each_from_threads_of_their_own() {
     got.sort_unstable();
     let want: Vec<(u64, u64)> = (0..2u64).flat_map(|i| (0..1_000).map(move |n| (i, i * 1_000_000 + n))).collect();
     assert_eq!(got, want, "handle i's records, all of them, entered subtask i");
+}
+
+#[test]
+fn a_step_that_writes_past_back_pressure_fails_its_own_job_and_spares_the_others() {
+    // 48 segments of 32 KiB per shard. A source batch of 16-byte records
+    // completes at most one buffer per subpartition, which a task's reservation
+    // covers: the steady job never needs more than it reserved (12 segments a
+    // shard with these credits), nor does the burst's until its step.
+    let segment = 32 << 10;
+    let engine = small_engine()
+        .segment_bytes(segment)
+        .network_memory_bytes(48 * segment)
+        .exclusive_credits(1)
+        .floating_credits(1)
+        .build()
+        .expect("engine starts");
+    let p = shard_count() as u32;
+    let (steady, seen) = endless_job("steady", p);
+    let steady = engine.submit(steady).expect("submit");
+    seen.recv_timeout(TIMEOUT).expect("the steady job's records flow");
+
+    // One record fans out, in one step, into 44 buffers: more than the burst's
+    // own reservation and all the shard left unreserved (36), fewer than the
+    // whole pool. Taken from the pool regardless, they would leave the steady
+    // job short of its own reserved segments.
+    let per_record = 44 * segment as u64 / 8;
+    let df = Dataflow::new("burst").parallelism(p);
+    df.from_iter("one", (0..u64::from(p)).collect::<Vec<_>>())
+        .flat_map(move |r: &u64, out: &mut Emitter<'_, u64>| (0..per_record).for_each(|i| out.emit(r * per_record + i)))
+        .key_by(|r: &u64| *r)
+        .as_stream()
+        .count();
+    let cause = match engine.submit(df.build().unwrap()).expect("submit").wait_timeout(TIMEOUT) {
+        Err(EngineError::JobFailed { cause, .. }) => cause,
+        other => panic!("expected the burst to fail, got {other:?}"),
+    };
+    assert!(cause.contains("past the partition's overdraft"), "{cause}");
+    assert!(cause.contains("network buffers budget exceeded"), "{cause}");
+
+    // The steady job kept its reserved segments: its records still flow.
+    for _ in 0..3 {
+        seen.recv_timeout(TIMEOUT).expect("the steady job still runs after the burst failed");
+    }
+    steady.cancel();
+    match steady.wait_timeout(TIMEOUT) {
+        Err(EngineError::JobCanceled(_)) => {}
+        other => panic!("expected the steady job to end by the cancel, got {other:?}"),
+    }
+    for pool in engine.memory() {
+        assert_eq!(pool.free_segments, pool.segments, "shard {}: every segment is home", pool.shard);
+    }
 }

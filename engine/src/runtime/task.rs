@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use futures_lite::FutureExt;
 use glommio::timer::Timer;
 use shardflow_control::{AttemptId, JobId};
-use shardflow_memory::SegmentPool;
+use shardflow_memory::{Budget, SegmentPool};
 use shardflow_netstack::{
     ChannelReceiver, ChannelSender, CreditLedger, Event, GateItem, InputBuffer, InputGate, NetError, ResultPartition,
 };
@@ -69,6 +69,9 @@ pub(crate) struct TaskDeployment {
     /// Output channels per outgoing edge, subpartition by subpartition.
     pub(crate) outputs: Vec<(usize, Vec<ChannelSender>)>,
     pub(crate) flush_timeout: Option<Duration>,
+    /// The shard's network memory: what the task's outputs write beyond its
+    /// reservation is charged here.
+    pub(crate) network: Budget,
     pub(crate) idle: IdlePolicy,
     pub(crate) min_park: Duration,
     /// Records produced by the job's sources so far (shared by the job's tasks).
@@ -250,6 +253,7 @@ impl Task {
         for (edge, senders) in d.outputs.drain(..) {
             let mut p = ResultPartition::new(pool.clone(), senders, OVERDRAFT);
             p.set_flush_timeout(d.flush_timeout);
+            p.charge_overdraft_to(d.network.clone());
             let p: Partition = Rc::new(std::cell::RefCell::new(p));
             partitions.insert(edge, p.clone());
             ordered.push(p);

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use shardflow_control::protocol::*;
 use shardflow_control::ExecutionState;
+use shardflow_netstack::ResultPartition;
 
 use super::{refuse, Gateway, TaskEntry};
 use crate::runtime::collector::TaskInfo;
@@ -120,10 +121,10 @@ impl Gateway {
         Self::check_formats(&d, &job.graph)?;
         let shard = d.slot.shard.0 as usize;
         let cfg = &self.config;
-        let per_channel = 1 + u64::from(cfg.exclusive_credits) + u64::from(cfg.floating_credits);
-        let subs: u64 = d.outputs.iter().map(|p| p.consumers.len() as u64).sum();
-        let overdraft = (d.outputs.len() * OVERDRAFT) as u64;
-        let bytes = (subs.saturating_mul(per_channel) + overdraft).saturating_mul(cfg.segment_bytes as u64);
+        let credits = cfg.exclusive_credits.saturating_add(cfg.floating_credits);
+        let segments: u64 =
+            d.outputs.iter().map(|p| ResultPartition::reserved_segments(p.consumers.len(), credits, OVERDRAFT)).sum();
+        let bytes = segments.saturating_mul(cfg.segment_bytes as u64);
         let network = self.shards[shard]
             .network
             .reserve(bytes)
@@ -174,6 +175,7 @@ impl Gateway {
             floating_credits: cfg.floating_credits,
             outputs,
             flush_timeout: cfg.flush_timeout,
+            network: self.shards[shard].network.clone(),
             idle: cfg.idle,
             min_park: cfg.min_park,
             progress,
