@@ -246,7 +246,7 @@ impl Source<String> for Lines {
         if self.next >= self.n {
             return Ok(SourceStatus::Finished);
         }
-        while self.next < self.n && out.len() < 256 {
+        while self.next < self.n && out.len() < 256 && !out.is_full() {
             self.line.clear();
             for j in 0..P8_WORDS_PER_LINE {
                 let w = ((P8_WORDS_PER_LINE * self.next + j).wrapping_mul(P2_MUL) % P8_WORDS) as usize;

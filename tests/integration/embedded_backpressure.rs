@@ -218,3 +218,49 @@ fn a_step_that_writes_past_back_pressure_fails_its_own_job_and_spares_the_others
         assert_eq!(pool.free_segments, pool.segments, "shard {}: every segment is home", pool.shard);
     }
 }
+
+#[test]
+fn large_records_wait_for_credits_instead_of_filling_the_shard() {
+    // A source of ~30 KB records, one to a 32 KiB segment, that could push a
+    // thousand in one poll; and a relay that turns 500-byte records, 64 to a
+    // step, into 30 KB ones. 3 MiB of network memory per shard is 96 segments:
+    // either running on past back-pressure would need far more.
+    let segment = 32 << 10;
+    let engine = small_engine()
+        .segment_bytes(segment)
+        .network_memory_bytes(96 * segment)
+        .exclusive_credits(4)
+        .floating_credits(8)
+        .build()
+        .expect("engine starts");
+    let p = shard_count() as u32;
+    let n = 2_000u64;
+    let len = |r: u64| 30_000 + (r % 7) as usize;
+    let df = Dataflow::new("large-records").parallelism(p);
+    let large = df.generate("large", n, move |r| "x".repeat(len(r)));
+    let grown = df
+        .generate("small", n, |r| "y".repeat(500 + (r % 3) as usize))
+        .rebalance()
+        .map(|s: &str| s.repeat(60))
+        .name("relay");
+    large.union(&grown).map(|s: &str| s.len() as u64).count_and_sum(|l: &u64| *l);
+    engine.reset_memory_peaks();
+    let result = engine.submit(df.build().unwrap()).expect("submit").wait_timeout(TIMEOUT).expect("job finishes");
+    let want: u64 = (0..n).map(|r| len(r) as u64 + 60 * (500 + r % 3)).sum();
+    assert_eq!(result.count(), (2 * n, want), "every record, whole");
+    // Per shard three subtasks write p subpartitions each (the two sources and
+    // the relay): a buffer being filled, 4 + 8 credits and one buffer past the
+    // overdraft per subpartition, plus the overdraft of 4 — what each task
+    // reserved. A poll or a step ends once its outputs wait, so nothing beyond
+    // the reservations is needed.
+    let reserved = 3 * (p as usize * (1 + 4 + 8 + 1) + 4);
+    for pool in engine.memory() {
+        assert!(
+            pool.peak_in_use <= reserved,
+            "shard {} used {} segments at peak, its tasks reserved {reserved}",
+            pool.shard,
+            pool.peak_in_use
+        );
+        assert_eq!(pool.free_segments, pool.segments, "every segment came home");
+    }
+}

@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use crate::data::Data;
 use crate::error::OperatorError;
 use crate::runtime::collector::{Collector, TaskInfo};
+use crate::runtime::output::Partition;
 
 /// Records a source hands on per poll at most.
 pub const SOURCE_BATCH: usize = 1024;
@@ -37,6 +38,9 @@ pub struct SourceOutput<'a, T: Data> {
     batch: &'a mut Vec<T>,
     next: &'a mut dyn Collector<T>,
     pushed: usize,
+    /// The task's result partitions (records of rkyv types reach them as they
+    /// are pushed).
+    partitions: &'a [Partition],
 }
 
 impl<T: Data> SourceOutput<'_, T> {
@@ -73,11 +77,15 @@ impl<T: Data> SourceOutput<'_, T> {
         self.pushed == 0
     }
 
-    /// Whether this poll has pushed its share ([`SOURCE_BATCH`]): return
-    /// [`SourceStatus::Emitted`] and go on at the next poll.
+    /// Whether this poll has pushed its share: return
+    /// [`SourceStatus::Emitted`] and go on at the next poll. The share is
+    /// [`SOURCE_BATCH`] records, and for records of rkyv types, which go down
+    /// the chain as they are pushed, no more than the task's outputs take
+    /// before they wait for credits (large records: the poll ends early
+    /// instead of writing past back-pressure).
     #[inline]
     pub fn is_full(&self) -> bool {
-        self.pushed >= SOURCE_BATCH
+        self.pushed >= SOURCE_BATCH || (!T::POD && self.partitions.iter().any(|p| p.borrow().overdrawn()))
     }
 }
 
@@ -92,7 +100,8 @@ pub trait Source<T: Data>: 'static {
     fn open(&mut self, _task: &TaskInfo) -> Result<(), OperatorError> {
         Ok(())
     }
-    /// Pushes up to [`SOURCE_BATCH`] records into `out`.
+    /// Pushes records into `out` until [`SourceOutput::is_full`] (or it has no
+    /// more now).
     fn poll_next(&mut self, cx: &mut Context<'_>, out: &mut SourceOutput<'_, T>)
         -> Result<SourceStatus, OperatorError>;
     /// Last, on every path: after the source finished and everything it emitted
@@ -119,6 +128,8 @@ pub(crate) struct SourceVertex<T: Data, S> {
     pub(crate) source: S,
     pub(crate) next: Box<dyn Collector<T>>,
     pub(crate) batch: Vec<T>,
+    /// The task's result partitions, which a poll keeps within.
+    pub(crate) partitions: Vec<Partition>,
     /// The job's count of records produced.
     pub(crate) progress: Arc<AtomicU64>,
     pub(crate) produced: u64,
@@ -132,8 +143,8 @@ impl<T: Data, S: Source<T>> SourceDriver for SourceVertex<T, S> {
     #[inline]
     fn poll(&mut self, cx: &mut Context<'_>) -> Result<SourceStatus, OperatorError> {
         self.batch.clear();
-        let SourceVertex { source, next, batch, .. } = self;
-        let mut out = SourceOutput { batch, next: &mut **next, pushed: 0 };
+        let SourceVertex { source, next, batch, partitions, .. } = self;
+        let mut out = SourceOutput { batch, next: &mut **next, pushed: 0, partitions };
         let status = source.poll_next(cx, &mut out)?;
         let pushed = out.pushed;
         if !self.batch.is_empty() {
@@ -185,12 +196,13 @@ impl<T: Data, F: Fn(u64) -> T + Send + Sync + 'static> Source<T> for Generator<T
         if T::POD {
             out.batch.extend((self.next..stop).map(|r| (self.f)(r)));
             out.pushed += (stop - self.next) as usize;
+            self.next = stop;
         } else {
-            for r in self.next..stop {
-                out.push((self.f)(r));
+            while self.next < stop && !out.is_full() {
+                out.push((self.f)(self.next));
+                self.next += 1;
             }
         }
-        self.next = stop;
         Ok(SourceStatus::Emitted)
     }
 }
@@ -215,7 +227,8 @@ impl<T: Data> Source<T> for FromItems<T> {
             out.push_ref(item.borrow());
             self.next += self.step;
         }
-        Ok(if out.is_empty() { SourceStatus::Finished } else { SourceStatus::Emitted })
+        let done = self.next >= self.items.len();
+        Ok(if done && out.is_empty() { SourceStatus::Finished } else { SourceStatus::Emitted })
     }
 }
 
@@ -509,6 +522,7 @@ where
             reason: format!("creating the source: {e}"),
         })?;
         let batch = Vec::with_capacity(if T::POD { SOURCE_BATCH } else { 0 });
-        Ok(Box::new(SourceVertex { source, next, batch, progress: ctx.progress.clone(), produced: 0 }))
+        let partitions = ctx.partitions.values().cloned().collect();
+        Ok(Box::new(SourceVertex { source, next, batch, partitions, progress: ctx.progress.clone(), produced: 0 }))
     }
 }

@@ -16,6 +16,7 @@ use crate::error::EngineError;
 use crate::runtime::build::{build_port, BuildContext, Port};
 use crate::runtime::collector::Collector;
 use crate::runtime::keyed::TwoInputFactory;
+use crate::runtime::output::Partition;
 use crate::runtime::sources::SourceDriver;
 
 /// Plain-data records handed down a chain per call (and per step of the task):
@@ -46,28 +47,35 @@ impl<T: Data> InputEntry for PodEntry<T> {
     }
 }
 
-struct VarEntry<T: Data>(Box<dyn Collector<T>>);
+/// Variable-size records, read one by one: a chunk also ends once one of the
+/// task's partitions waits for credits (large records do not pile up past
+/// back-pressure).
+struct VarEntry<T: Data> {
+    next: Box<dyn Collector<T>>,
+    partitions: Vec<Partition>,
+}
 
 impl<T: Data> InputEntry for VarEntry<T> {
     #[inline]
     fn feed(&mut self, buffer: &Buffer, cursor: &mut usize) -> Result<bool, NetError> {
         let mut n = 0;
-        let next = &mut self.0;
+        let VarEntry { next, partitions } = self;
         T::each(buffer, cursor, &mut |r| {
             next.collect(r);
             n += 1;
-            n < VAR_CHUNK
+            n < VAR_CHUNK && !partitions.iter().any(|p| p.borrow().overdrawn())
         })?;
         Ok(*cursor >= buffer.bytes())
     }
 }
 
-/// The entry reading records of type `T` into `next`.
-pub(crate) fn entry<T: Data>(next: Box<dyn Collector<T>>) -> Box<dyn InputEntry> {
+/// The entry reading records of type `T` into `next`, in a task writing to
+/// `ctx`'s partitions.
+pub(crate) fn entry<T: Data>(next: Box<dyn Collector<T>>, ctx: &BuildContext<'_>) -> Box<dyn InputEntry> {
     if T::POD {
         Box::new(PodEntry(next))
     } else {
-        Box::new(VarEntry(next))
+        Box::new(VarEntry { next, partitions: ctx.partitions.values().cloned().collect() })
     }
 }
 
@@ -111,7 +119,7 @@ impl<T: Data> EntryFactory for PortEntry<T> {
                 r
             }
         };
-        Ok(entry::<T>(Box::new(SharedRoot(root))))
+        Ok(entry::<T>(Box::new(SharedRoot(root)), ctx))
     }
 }
 
@@ -132,8 +140,13 @@ impl<A: Data, B: Data> EntryFactory for SideEntry<A, B> {
             slot.insert(Box::new(sides));
         }
         let sides = roots.0.get_mut(&self.key).and_then(|s| s.downcast_mut::<Sides<A, B>>());
-        let taken =
-            sides.and_then(|(a, b)| if self.first { a.take().map(entry::<A>) } else { b.take().map(entry::<B>) });
+        let taken = sides.and_then(|(a, b)| {
+            if self.first {
+                a.take().map(|a| entry::<A>(a, ctx))
+            } else {
+                b.take().map(|b| entry::<B>(b, ctx))
+            }
+        });
         taken.ok_or_else(|| EngineError::InvalidDeployment {
             reason: "one side of a two-input operator is fed by two edges".into(),
         })
