@@ -34,6 +34,13 @@ pub(crate) trait Output {
 /// A result partition, shared by the writers that route into it and the task.
 pub(crate) type Partition = Rc<RefCell<ResultPartition>>;
 
+/// Whether one of `partitions` waits for credits: a poll or a step writing
+/// records as they come ends there.
+#[inline]
+pub(crate) fn any_overdrawn(partitions: &[Partition]) -> bool {
+    partitions.iter().any(|p| p.borrow().overdrawn())
+}
+
 impl Output for Partition {
     #[inline]
     fn overdrawn(&self) -> bool {

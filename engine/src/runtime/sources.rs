@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use crate::data::Data;
 use crate::error::OperatorError;
 use crate::runtime::collector::{Collector, TaskInfo};
-use crate::runtime::output::Partition;
+use crate::runtime::output::{any_overdrawn, Partition};
 
 /// Records a source hands on per poll at most.
 pub const SOURCE_BATCH: usize = 1024;
@@ -85,7 +85,7 @@ impl<T: Data> SourceOutput<'_, T> {
     /// instead of writing past back-pressure).
     #[inline]
     pub fn is_full(&self) -> bool {
-        self.pushed >= SOURCE_BATCH || (!T::POD && self.partitions.iter().any(|p| p.borrow().overdrawn()))
+        self.pushed >= SOURCE_BATCH || (!T::POD && any_overdrawn(self.partitions))
     }
 }
 

@@ -16,7 +16,7 @@ use crate::error::EngineError;
 use crate::runtime::build::{build_port, BuildContext, Port};
 use crate::runtime::collector::Collector;
 use crate::runtime::keyed::TwoInputFactory;
-use crate::runtime::output::Partition;
+use crate::runtime::output::{any_overdrawn, Partition};
 use crate::runtime::sources::SourceDriver;
 
 /// Plain-data records handed down a chain per call (and per step of the task):
@@ -63,7 +63,7 @@ impl<T: Data> InputEntry for VarEntry<T> {
         T::each(buffer, cursor, &mut |r| {
             next.collect(r);
             n += 1;
-            n < VAR_CHUNK && !partitions.iter().any(|p| p.borrow().overdrawn())
+            n < VAR_CHUNK && !any_overdrawn(partitions)
         })?;
         Ok(*cursor >= buffer.bytes())
     }
