@@ -1,16 +1,17 @@
 //! A filled segment on its way from a subpartition to an input channel.
 
 use bytemuck::Pod;
-use shardflow_memory::{read_pod, Reservation, Segment};
+use shardflow_memory::{Reservation, Segment};
 
 use crate::error::NetError;
+use crate::storage::Storage;
 
 /// A segment with `records` records in its first `bytes` bytes. Moves by ownership;
 /// dropping it returns the segment to its home pool. Built only through checking
 /// constructors, so no count it carries can make a reader panic.
 #[derive(Debug)]
 pub struct Buffer {
-    segment: Segment,
+    segment: Storage,
     records: usize,
     bytes: usize,
     /// The network memory its segment is charged to beyond its task's own
@@ -22,6 +23,11 @@ impl Buffer {
     /// Wraps a filled segment holding `records` records in its first `bytes`
     /// bytes; refused if `bytes` exceeds the segment.
     pub fn new(segment: Segment, records: usize, bytes: usize) -> Result<Self, NetError> {
+        Self::of(Storage::Pool(segment), records, bytes)
+    }
+
+    /// Wraps `storage` holding `records` records in its first `bytes` bytes.
+    pub(crate) fn of(segment: Storage, records: usize, bytes: usize) -> Result<Self, NetError> {
         if bytes > segment.capacity_bytes() {
             return Err(NetError::BadBuffer { records, record_bytes: None, bytes, capacity: segment.capacity_bytes() });
         }
@@ -40,7 +46,9 @@ impl Buffer {
         let size = std::mem::size_of::<T>();
         let capacity = segment.capacity_bytes();
         match records.checked_mul(size) {
-            Some(bytes) if bytes <= capacity => Ok(Buffer { segment, records, bytes, charge: None }),
+            Some(bytes) if bytes <= capacity => {
+                Ok(Buffer { segment: Storage::Pool(segment), records, bytes, charge: None })
+            }
             _ => Err(NetError::BadBuffer { records, record_bytes: Some(size), bytes: usize::MAX, capacity }),
         }
     }
@@ -72,12 +80,20 @@ impl Buffer {
         if self.records.checked_mul(size) != Some(self.bytes) {
             return Err(bad());
         }
-        read_pod(&self.segment, self.records).ok_or_else(bad)
+        self.segment.read_pod(self.records).ok_or_else(bad)
     }
-    /// The underlying segment (what it was charged to beyond its task's
-    /// reservation is given back).
-    pub fn into_segment(self) -> Segment {
-        self.segment
+    /// Whether its bytes were spilled to the heap (the shard's network memory
+    /// had none to spare) rather than held in a segment.
+    pub fn is_spilled(&self) -> bool {
+        self.segment.is_heap()
+    }
+    /// The underlying segment (`None` for a spilled buffer; what it was
+    /// charged to beyond its task's reservation is given back).
+    pub fn into_segment(self) -> Option<Segment> {
+        match self.segment {
+            Storage::Pool(s) => Some(s),
+            Storage::Heap(_) => None,
+        }
     }
 }
 

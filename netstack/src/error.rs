@@ -62,19 +62,21 @@ pub enum NetError {
     },
     /// A step of a task wrote more full buffers than credits let out and the
     /// partition's overdraft holds (a `flat_map` fanning one record out into
-    /// many, say), and the shard's network memory has nothing left beyond what
-    /// its tasks reserved: the task fails, the others keep their memory.
+    /// many, say), and neither the shard's network memory beyond what its
+    /// tasks reserved nor the memory the partition spills to had room for
+    /// another: the task fails, the others keep their memory.
     #[error(
         "{pending} full buffers wait for credits, past the partition's overdraft of {overdraft} \
-         (one step wrote that much under back-pressure), and no network memory is left beyond \
-         what the shard's tasks reserved: {source}"
+         (one step wrote that much under back-pressure), and there is no memory left to hold \
+         another: {source}"
     )]
     OverdraftExhausted {
         /// Full buffers waiting for credits.
         pending: usize,
         /// The partition's overdraft.
         overdraft: usize,
-        /// The refused charge.
+        /// The last refusal (of the spill budget where there is one, else of
+        /// the network memory).
         source: MemoryError,
     },
     /// A memory error (pool exhausted, …).

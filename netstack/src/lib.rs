@@ -22,7 +22,8 @@
 //!   most `exclusive + floating` segments (see [`CreditLedger`]); what waits beyond
 //!   that is bounded by the partition's overdraft, checked between its caller's
 //!   steps; segments a step writes beyond the partition's reservation are charged
-//!   to the shard's network memory ([`ResultPartition::charge_overdraft_to`]);
+//!   to the shard's network memory ([`ResultPartition::charge_overdraft_to`]), and
+//!   past it spill to the heap ([`ResultPartition::spill_to`]);
 //! - events ([`Event`]) need no credit and have reserved ring room: data never starves
 //!   a barrier; they stay in order with the data of their channel;
 //! - the consumer is woken at most once per buffer, and only if it parked.
@@ -68,6 +69,7 @@ mod error;
 mod event;
 mod gate;
 mod partition;
+mod storage;
 mod sync;
 
 pub use buffer::Buffer;

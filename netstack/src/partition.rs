@@ -23,13 +23,14 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
-use shardflow_memory::{Budget, Reservation, Segment, SegmentPool};
+use shardflow_memory::{Budget, Reservation, SegmentPool};
 use smallvec::SmallVec;
 
 use crate::buffer::Buffer;
 use crate::channel::{ChannelSender, Envelope};
 use crate::error::NetError;
 use crate::event::Event;
+use crate::storage::Storage;
 
 /// murmur3's 64-bit finalizer: the routing hash mix (never route on raw key bits).
 #[inline(always)]
@@ -63,7 +64,7 @@ fn pod_room<T: Pod>(sub: &mut Subpartition) -> &mut [T] {
 /// One subpartition: its channel, the segment being filled, and what waits to go.
 struct Subpartition {
     sender: ChannelSender,
-    segment: Option<Segment>,
+    segment: Option<Storage>,
     /// Bytes written into `segment`.
     pos: usize,
     /// Records written into `segment`.
@@ -85,9 +86,12 @@ pub struct ResultPartition {
     pending_buffers: usize,
     /// Pending buffers beyond which the partition is overdrawn.
     overdraft: usize,
-    /// The shard's network memory, where segments started while overdrawn are
-    /// charged (see [`Self::charge_overdraft_to`]).
+    /// The shard's network memory, where segments started beyond the
+    /// reservation are charged (see [`Self::charge_overdraft_to`]).
     network: Option<Budget>,
+    /// Where a buffer goes on the heap when `network` has nothing to spare
+    /// (see [`Self::spill_to`]).
+    spill: Option<Budget>,
     /// Subpartitions with something pending (so `poll_ready` visits only those).
     waiting: Vec<usize>,
     flush_timeout: Option<Duration>,
@@ -121,6 +125,7 @@ impl ResultPartition {
             pending_buffers: 0,
             overdraft: overdraft.max(1),
             network: None,
+            spill: None,
             waiting: Vec::new(),
             flush_timeout: None,
             oldest_unflushed: None,
@@ -146,12 +151,22 @@ impl ResultPartition {
     ///
     /// The task looks at the partition between steps, and one step can write
     /// more than the reservation allows for (a `flat_map` fanning one record
-    /// out into many buffers, large records): those segments come out of what
-    /// the shard's tasks have not reserved, and once that is gone the write
-    /// fails with [`NetError::OverdraftExhausted`] instead of taking another
-    /// task's reserved segments.
+    /// out into many buffers): those segments come out of what the shard's
+    /// tasks have not reserved, never out of another task's reservation; once
+    /// that is gone, buffers spill ([`Self::spill_to`]) or the write fails with
+    /// [`NetError::OverdraftExhausted`].
     pub fn charge_overdraft_to(&mut self, network: Budget) {
         self.network = Some(network);
+    }
+
+    /// Once the network memory has nothing to spare, puts each buffer started
+    /// beyond the reservation on the heap instead, charged to `memory` (the
+    /// task's managed memory) for as long as it lives: a step that fans out
+    /// completes, and the write fails with [`NetError::OverdraftExhausted`]
+    /// only when `memory` is spent too. Spilled buffers travel and are read
+    /// as segments are; the consumer's credits still pace them.
+    pub fn spill_to(&mut self, memory: Budget) {
+        self.spill = Some(memory);
     }
 
     /// Whether a segment started now is beyond the reservation: more buffers
@@ -375,17 +390,10 @@ impl ResultPartition {
     }
 
     fn start_segment(&mut self, sp: usize) -> Result<(), NetError> {
-        let charge = match &self.network {
-            Some(network) if self.beyond_reservation() => {
-                Some(network.reserve(self.segment_bytes as u64).map_err(|source| NetError::OverdraftExhausted {
-                    pending: self.pending_buffers,
-                    overdraft: self.overdraft,
-                    source,
-                })?)
-            }
-            _ => None,
+        let (seg, charge) = match &self.network {
+            Some(network) if self.beyond_reservation() => self.beyond(network)?,
+            _ => (Storage::Pool(self.pool.allocate()?), None),
         };
-        let seg = self.pool.allocate()?;
         let sub = &mut self.subs[sp];
         sub.segment = Some(seg);
         sub.charge = charge;
@@ -395,6 +403,26 @@ impl ResultPartition {
             self.oldest_unflushed = Some(Instant::now());
         }
         Ok(())
+    }
+
+    /// A buffer beyond the reservation: a segment charged to `network`, or,
+    /// where it has none to spare, heap charged to the spill budget.
+    #[cold]
+    fn beyond(&self, network: &Budget) -> Result<(Storage, Option<Reservation>), NetError> {
+        let bytes = self.segment_bytes as u64;
+        let refused = match network.reserve(bytes) {
+            Ok(charge) => return Ok((Storage::Pool(self.pool.allocate()?), Some(charge))),
+            Err(e) => e,
+        };
+        let spilled = match &self.spill {
+            Some(memory) => memory.reserve(bytes).map(|charge| (Storage::heap(self.segment_bytes), Some(charge))),
+            None => Err(refused),
+        };
+        spilled.map_err(|source| NetError::OverdraftExhausted {
+            pending: self.pending_buffers,
+            overdraft: self.overdraft,
+            source,
+        })
     }
 
     /// Moves subpartition `sp`'s current buffer, if it holds records, to the
@@ -408,7 +436,7 @@ impl ResultPartition {
         let (records, bytes, charge) = (sub.records, sub.pos, sub.charge.take());
         sub.records = 0;
         sub.pos = 0;
-        let buffer = match Buffer::new(seg, records, bytes) {
+        let buffer = match Buffer::of(seg, records, bytes) {
             Ok(b) => b.charged(charge),
             Err(e) => {
                 self.broken.get_or_insert(e);

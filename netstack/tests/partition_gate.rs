@@ -251,6 +251,62 @@ fn segments_beyond_the_reservation_are_charged_to_the_network_memory_and_refused
 }
 
 #[test]
+fn past_the_network_memory_buffers_spill_to_the_heap_and_read_as_segments_do() {
+    // As above: 5 segments reserved, and no network memory to spare at all.
+    let seg = 4096u64;
+    let p = pool(16);
+    let (mut w, mut gates) = wire(&p, 1, 1, 0, 2);
+    let network = Budget::new(BudgetKind::NetworkBuffers, 5 * seg);
+    let reservation = network.reserve(5 * seg).unwrap();
+    let managed = Budget::new(BudgetKind::ManagedMemory, 3 * seg);
+    w.charge_overdraft_to(network.clone());
+    w.spill_to(managed.clone());
+
+    // One step: 1 buffer out on the credit, 4 waiting within the reservation,
+    // then 3 on the heap, charged to the managed memory; the next is refused.
+    let mut i = 0u64;
+    let err = loop {
+        match w.write_pod(0, &[i, i]) {
+            Ok(()) => i += 1,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(i, 8 * 256);
+    assert_eq!(managed.available_bytes(), 0, "3 buffers spilled");
+    assert_eq!(p.monitor().free_segments(), 11, "the pool gave no more than the reservation");
+    match &err {
+        NetError::OverdraftExhausted { pending: 7, source, .. } => {
+            assert!(source.to_string().starts_with("managed memory budget exceeded"), "{source}");
+        }
+        other => panic!("expected the overdraft to be exhausted, got {other:?}"),
+    }
+
+    // The consumer reads every buffer in order, spilled or not.
+    let (mut got, mut spilled) = (Vec::new(), 0);
+    let mut read = |gate: &mut InputGate| {
+        while let Some((_, item)) = gate.try_next().expect("gate") {
+            if let GateItem::Data(buf) = item {
+                spilled += usize::from(buf.is_spilled());
+                got.extend_from_slice(buf.pod::<[u64; 2]>().unwrap());
+            }
+        }
+    };
+    loop {
+        read(&mut gates[0]);
+        if let Some(r) = block_on(poll_once(poll_fn(|cx| w.poll_ready(cx)))) {
+            r.unwrap();
+            break;
+        }
+    }
+    read(&mut gates[0]);
+    assert_eq!(spilled, 3);
+    assert_eq!(got, (0..i).map(|k| [k, k]).collect::<Vec<_>>(), "nothing lost, in order");
+    assert_eq!(managed.used_bytes(), 0, "the spill is given back as its buffers drop");
+    drop((w, gates, reservation));
+    assert_eq!(p.monitor().free_segments(), 16, "every segment came home");
+}
+
+#[test]
 fn floating_credits_let_a_backlogged_channel_send_beyond_its_exclusive_ones() {
     let p = pool(32);
     let (mut w, mut gates) = wire(&p, 1, 1, 2, 8);

@@ -168,8 +168,22 @@ fn split_ingress_handles_feed_one_subtask_each_from_threads_of_their_own() {
     assert_eq!(got, want, "handle i's records, all of them, entered subtask i");
 }
 
+/// A job whose subtasks each fan one record out, in one step, into `segments`
+/// full buffers of `segment` bytes; its count sink gets `(records, sum)`.
+fn burst(p: u32, segments: u64, segment: usize) -> (shardflow_engine::Job, u64, u64) {
+    let per_record = segments * segment as u64 / 8;
+    let df = Dataflow::new("burst").parallelism(p);
+    df.from_iter("one", (0..u64::from(p)).collect::<Vec<_>>())
+        .flat_map(move |r: &u64, out: &mut Emitter<'_, u64>| (0..per_record).for_each(|i| out.emit(r * per_record + i)))
+        .key_by(|r: &u64| *r)
+        .as_stream()
+        .count_and_sum(|r: &u64| *r);
+    let n = per_record * u64::from(p);
+    (df.build().unwrap(), n, (0..n).sum())
+}
+
 #[test]
-fn a_step_that_writes_past_back_pressure_fails_its_own_job_and_spares_the_others() {
+fn a_step_that_fans_out_past_the_network_memory_spills_and_spares_the_others() {
     // 48 segments of 32 KiB per shard. A source batch of 16-byte records
     // completes at most one buffer per subpartition, which a task's reservation
     // covers: the steady job never needs more than it reserved (12 segments a
@@ -187,27 +201,16 @@ fn a_step_that_writes_past_back_pressure_fails_its_own_job_and_spares_the_others
     let steady = engine.submit(steady).expect("submit");
     seen.recv_timeout(TIMEOUT).expect("the steady job's records flow");
 
-    // One record fans out, in one step, into 44 buffers: more than the burst's
-    // own reservation and all the shard left unreserved (36), fewer than the
-    // whole pool. Taken from the pool regardless, they would leave the steady
-    // job short of its own reserved segments.
-    let per_record = 44 * segment as u64 / 8;
-    let df = Dataflow::new("burst").parallelism(p);
-    df.from_iter("one", (0..u64::from(p)).collect::<Vec<_>>())
-        .flat_map(move |r: &u64, out: &mut Emitter<'_, u64>| (0..per_record).for_each(|i| out.emit(r * per_record + i)))
-        .key_by(|r: &u64| *r)
-        .as_stream()
-        .count();
-    let cause = match engine.submit(df.build().unwrap()).expect("submit").wait_timeout(TIMEOUT) {
-        Err(EngineError::JobFailed { cause, .. }) => cause,
-        other => panic!("expected the burst to fail, got {other:?}"),
-    };
-    assert!(cause.contains("past the partition's overdraft"), "{cause}");
-    assert!(cause.contains("network buffers budget exceeded"), "{cause}");
+    // One record fans out, in one step, into 100 buffers: more than the whole
+    // pool. Past its reservation the burst takes what no task reserved, then
+    // spills to its slot's managed memory; credits pace it all to the sink.
+    let (job, n, sum) = burst(p, 100, segment);
+    let result = engine.submit(job).expect("submit").wait_timeout(TIMEOUT).expect("the burst completes");
+    assert_eq!(result.count(), (n, sum), "every record of the burst, once");
 
     // The steady job kept its reserved segments: its records still flow.
     for _ in 0..3 {
-        seen.recv_timeout(TIMEOUT).expect("the steady job still runs after the burst failed");
+        seen.recv_timeout(TIMEOUT).expect("the steady job still runs after the burst");
     }
     steady.cancel();
     match steady.wait_timeout(TIMEOUT) {
@@ -217,6 +220,34 @@ fn a_step_that_writes_past_back_pressure_fails_its_own_job_and_spares_the_others
     for pool in engine.memory() {
         assert_eq!(pool.free_segments, pool.segments, "shard {}: every segment is home", pool.shard);
     }
+}
+
+#[test]
+fn a_fan_out_past_the_network_and_the_managed_memory_fails_with_the_numbers() {
+    // As above, with 256 KiB of managed memory per slot to spill to: 8 buffers.
+    let segment = 32 << 10;
+    let engine = small_engine()
+        .segment_bytes(segment)
+        .network_memory_bytes(48 * segment)
+        .managed_memory_per_slot_bytes(256 << 10)
+        .exclusive_credits(1)
+        .floating_credits(1)
+        .build()
+        .expect("engine starts");
+    let (job, _, _) = burst(shard_count() as u32, 100, segment);
+    let cause = match engine.submit(job).expect("submit").wait_timeout(TIMEOUT) {
+        Err(EngineError::JobFailed { cause, .. }) => cause,
+        other => panic!("expected the burst to fail, got {other:?}"),
+    };
+    assert!(cause.contains("past the partition's overdraft"), "{cause}");
+    assert!(cause.contains("managed memory budget exceeded: requested 32768 bytes"), "{cause}");
+    for pool in engine.memory() {
+        assert_eq!(pool.free_segments, pool.segments, "shard {}: every segment is home", pool.shard);
+    }
+    // The engine runs on: the next job completes.
+    let (job, n, sum) = burst(shard_count() as u32, 2, segment);
+    let result = engine.submit(job).expect("submit").wait_timeout(TIMEOUT).expect("a small burst completes");
+    assert_eq!(result.count(), (n, sum));
 }
 
 #[test]

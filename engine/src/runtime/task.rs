@@ -254,6 +254,7 @@ impl Task {
             let mut p = ResultPartition::new(pool.clone(), senders, OVERDRAFT);
             p.set_flush_timeout(d.flush_timeout);
             p.charge_overdraft_to(d.network.clone());
+            p.spill_to(d.info.managed_memory.clone());
             let p: Partition = Rc::new(std::cell::RefCell::new(p));
             partitions.insert(edge, p.clone());
             ordered.push(p);
