@@ -372,10 +372,11 @@ impl ResultPartition {
             }
             let sub = &mut self.subs[sp];
             let Some(seg) = sub.segment.as_mut() else { continue };
+            let bytes = seg.as_bytes_mut();
             let start = align_up(sub.pos + VAR_HEADER, align);
-            if start < seg.capacity_bytes() {
-                if let Some(len) = encode(&mut seg.as_bytes_mut()[start..]) {
-                    seg.as_bytes_mut()[sub.pos..sub.pos + VAR_HEADER].copy_from_slice(&(len as u32).to_le_bytes());
+            if start < bytes.len() {
+                if let Some(len) = encode(&mut bytes[start..]) {
+                    bytes[sub.pos..sub.pos + VAR_HEADER].copy_from_slice(&(len as u32).to_le_bytes());
                     sub.pos = align_up(start + len, VAR_HEADER);
                     sub.records += 1;
                     self.records_out += 1;
