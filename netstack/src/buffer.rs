@@ -6,16 +6,18 @@ use shardflow_memory::{Reservation, Segment};
 use crate::error::NetError;
 use crate::storage::Storage;
 
-/// A segment with `records` records in its first `bytes` bytes. Moves by ownership;
-/// dropping it returns the segment to its home pool. Built only through checking
+/// A segment (or, spilled, heap pages laid out as one) with `records` records in
+/// its first `bytes` bytes. Moves by ownership; dropping it returns the segment to
+/// its home pool and any charge to its budget. Built only through checking
 /// constructors, so no count it carries can make a reader panic.
 #[derive(Debug)]
 pub struct Buffer {
     segment: Storage,
     records: usize,
     bytes: usize,
-    /// The network memory its segment is charged to beyond its task's own
-    /// reservation (a partition writing past its overdraft), given back with it.
+    /// What it is charged to beyond its task's own reservation (the shard's
+    /// network memory, or the managed memory a spilled buffer takes), given
+    /// back with it.
     charge: Option<Reservation>,
 }
 
