@@ -5,7 +5,7 @@
 //! written alike, so a record's layout does not depend on where it went.
 
 use bytemuck::{Pod, Zeroable};
-use shardflow_memory::{read_pod, Segment};
+use shardflow_memory::Segment;
 
 /// One page of a spilled buffer: aligned as a pool segment is.
 #[derive(Clone, Copy, Zeroable, Pod)]
@@ -90,13 +90,8 @@ impl Storage {
     /// not fit.
     #[inline]
     pub(crate) fn read_pod<T: Pod>(&self, len: usize) -> Option<&[T]> {
-        match self {
-            Storage::Pool(s) => read_pod(s, len),
-            Storage::Heap(_) => {
-                let bytes = self.as_bytes().get(..len.checked_mul(std::mem::size_of::<T>())?)?;
-                bytemuck::try_cast_slice(bytes).ok()
-            }
-        }
+        let bytes = self.as_bytes().get(..len.checked_mul(std::mem::size_of::<T>())?)?;
+        bytemuck::try_cast_slice(bytes).ok()
     }
 }
 
