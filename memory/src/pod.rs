@@ -76,7 +76,13 @@ impl<T: Pod> SegmentWriter<T> {
 /// The first `len` records of `segment`, read in place; `None` if `len` of them
 /// do not fit in it (checked arithmetic: no count panics).
 pub fn read_pod<T: Pod>(segment: &Segment, len: usize) -> Option<&[T]> {
-    let bytes = segment.as_bytes().get(..len.checked_mul(std::mem::size_of::<T>())?)?;
+    pod_prefix(segment.as_bytes(), len)
+}
+
+/// The first `len` records of type `T` in `bytes`, read in place; `None` if
+/// `len` of them do not fit or `bytes` is misaligned for `T`.
+pub fn pod_prefix<T: Pod>(bytes: &[u8], len: usize) -> Option<&[T]> {
+    let bytes = bytes.get(..len.checked_mul(std::mem::size_of::<T>())?)?;
     bytemuck::try_cast_slice(bytes).ok()
 }
 

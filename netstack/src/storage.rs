@@ -5,7 +5,7 @@
 //! written alike, so a record's layout does not depend on where it went.
 
 use bytemuck::{Pod, Zeroable};
-use shardflow_memory::Segment;
+use shardflow_memory::{pod_prefix, Segment};
 
 /// One page of a spilled buffer: aligned as a pool segment is.
 #[derive(Clone, Copy, Zeroable, Pod)]
@@ -90,8 +90,7 @@ impl Storage {
     /// not fit.
     #[inline]
     pub(crate) fn read_pod<T: Pod>(&self, len: usize) -> Option<&[T]> {
-        let bytes = self.as_bytes().get(..len.checked_mul(std::mem::size_of::<T>())?)?;
-        bytemuck::try_cast_slice(bytes).ok()
+        pod_prefix(self.as_bytes(), len)
     }
 }
 

@@ -168,10 +168,23 @@ fn split_ingress_handles_feed_one_subtask_each_from_threads_of_their_own() {
     assert_eq!(got, want, "handle i's records, all of them, entered subtask i");
 }
 
+/// The segment size of [`engine_of`].
+const SEGMENT: usize = 32 << 10;
+
+/// An engine of `segments` segments of [`SEGMENT`] bytes per shard, with
+/// `exclusive` and `floating` credits.
+fn engine_of(segments: usize, exclusive: u32, floating: u32) -> shardflow_engine::EngineBuilder {
+    small_engine()
+        .segment_bytes(SEGMENT)
+        .network_memory_bytes(segments * SEGMENT)
+        .exclusive_credits(exclusive)
+        .floating_credits(floating)
+}
+
 /// A job whose subtasks each fan one record out, in one step, into `segments`
-/// full buffers of `segment` bytes; its count sink gets `(records, sum)`.
-fn burst(p: u32, segments: u64, segment: usize) -> (shardflow_engine::Job, u64, u64) {
-    let per_record = segments * segment as u64 / 8;
+/// full buffers of [`SEGMENT`] bytes; its count sink gets `(records, sum)`.
+fn burst(p: u32, segments: u64) -> (shardflow_engine::Job, u64, u64) {
+    let per_record = segments * SEGMENT as u64 / 8;
     let df = Dataflow::new("burst").parallelism(p);
     df.from_iter("one", (0..u64::from(p)).collect::<Vec<_>>())
         .flat_map(move |r: &u64, out: &mut Emitter<'_, u64>| (0..per_record).for_each(|i| out.emit(r * per_record + i)))
@@ -188,14 +201,7 @@ fn a_step_that_fans_out_past_the_network_memory_spills_and_spares_the_others() {
     // completes at most one buffer per subpartition, which a task's reservation
     // covers: the steady job never needs more than it reserved (12 segments a
     // shard with these credits), nor does the burst's until its step.
-    let segment = 32 << 10;
-    let engine = small_engine()
-        .segment_bytes(segment)
-        .network_memory_bytes(48 * segment)
-        .exclusive_credits(1)
-        .floating_credits(1)
-        .build()
-        .expect("engine starts");
+    let engine = engine_of(48, 1, 1).build().expect("engine starts");
     let p = shard_count() as u32;
     let (steady, seen) = endless_job("steady", p);
     let steady = engine.submit(steady).expect("submit");
@@ -204,7 +210,7 @@ fn a_step_that_fans_out_past_the_network_memory_spills_and_spares_the_others() {
     // One record fans out, in one step, into 100 buffers: more than the whole
     // pool. Past its reservation the burst takes what no task reserved, then
     // spills to its slot's managed memory; credits pace it all to the sink.
-    let (job, n, sum) = burst(p, 100, segment);
+    let (job, n, sum) = burst(p, 100);
     let result = engine.submit(job).expect("submit").wait_timeout(TIMEOUT).expect("the burst completes");
     assert_eq!(result.count(), (n, sum), "every record of the burst, once");
 
@@ -225,16 +231,8 @@ fn a_step_that_fans_out_past_the_network_memory_spills_and_spares_the_others() {
 #[test]
 fn a_fan_out_past_the_network_and_the_managed_memory_fails_with_the_numbers() {
     // As above, with 256 KiB of managed memory per slot to spill to: 8 buffers.
-    let segment = 32 << 10;
-    let engine = small_engine()
-        .segment_bytes(segment)
-        .network_memory_bytes(48 * segment)
-        .managed_memory_per_slot_bytes(256 << 10)
-        .exclusive_credits(1)
-        .floating_credits(1)
-        .build()
-        .expect("engine starts");
-    let (job, _, _) = burst(shard_count() as u32, 100, segment);
+    let engine = engine_of(48, 1, 1).managed_memory_per_slot_bytes(256 << 10).build().expect("engine starts");
+    let (job, _, _) = burst(shard_count() as u32, 100);
     let cause = match engine.submit(job).expect("submit").wait_timeout(TIMEOUT) {
         Err(EngineError::JobFailed { cause, .. }) => cause,
         other => panic!("expected the burst to fail, got {other:?}"),
@@ -245,7 +243,7 @@ fn a_fan_out_past_the_network_and_the_managed_memory_fails_with_the_numbers() {
         assert_eq!(pool.free_segments, pool.segments, "shard {}: every segment is home", pool.shard);
     }
     // The engine runs on: the next job completes.
-    let (job, n, sum) = burst(shard_count() as u32, 2, segment);
+    let (job, n, sum) = burst(shard_count() as u32, 2);
     let result = engine.submit(job).expect("submit").wait_timeout(TIMEOUT).expect("a small burst completes");
     assert_eq!(result.count(), (n, sum));
 }
@@ -256,14 +254,7 @@ fn large_records_wait_for_credits_instead_of_filling_the_shard() {
     // thousand in one poll; and a relay that turns 500-byte records, 64 to a
     // step, into 30 KB ones. 3 MiB of network memory per shard is 96 segments:
     // either running on past back-pressure would need far more.
-    let segment = 32 << 10;
-    let engine = small_engine()
-        .segment_bytes(segment)
-        .network_memory_bytes(96 * segment)
-        .exclusive_credits(4)
-        .floating_credits(8)
-        .build()
-        .expect("engine starts");
+    let engine = engine_of(96, 4, 8).build().expect("engine starts");
     let p = shard_count() as u32;
     let n = 2_000u64;
     let len = |r: u64| 30_000 + (r % 7) as usize;

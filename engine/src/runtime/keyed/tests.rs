@@ -20,6 +20,13 @@ fn task(budget: &Budget) -> TaskInfo {
     }
 }
 
+/// A subtask and an empty keyed backend, both charged to `budget`.
+fn charged_to(budget: &Budget) -> (TaskInfo, KeyedBackend<String>) {
+    let mut backend = KeyedBackend::<String>::new();
+    backend.memory.account_to(budget.clone()).expect("an empty state fits");
+    (task(budget), backend)
+}
+
 fn with_key<R>(
     backend: &mut KeyedBackend<String>,
     task: &TaskInfo,
@@ -32,9 +39,7 @@ fn with_key<R>(
 #[test]
 fn keys_sharing_an_instant_get_one_timer_each_and_fire_once_releasing_their_memory() {
     let budget = Budget::new(BudgetKind::ManagedMemory, 1 << 20);
-    let task = task(&budget);
-    let mut backend = KeyedBackend::<String>::new();
-    backend.memory.account_to(budget.clone()).expect("an empty state fits");
+    let (task, mut backend) = charged_to(&budget);
     let at = Instant::now() + Duration::from_secs(3600);
     let keys: Vec<String> = (0..1000).map(|i| format!("key-{i}")).collect();
     for key in &keys {
@@ -74,9 +79,7 @@ fn keys_sharing_an_instant_get_one_timer_each_and_fire_once_releasing_their_memo
 #[test]
 fn pending_timers_beyond_the_budget_are_a_typed_error_with_the_numbers() {
     let budget = Budget::new(BudgetKind::ManagedMemory, 64 << 10);
-    let task = task(&budget);
-    let mut backend = KeyedBackend::<String>::new();
-    backend.memory.account_to(budget.clone()).expect("an empty state fits");
+    let (task, mut backend) = charged_to(&budget);
     let at = Instant::now() + Duration::from_secs(3600);
     let refused = (0..100_000u32)
         .map(|i| with_key(&mut backend, &task, &format!("a-rather-long-key-{i}"), |ctx| ctx.register_timer(at)))
