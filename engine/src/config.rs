@@ -89,8 +89,9 @@ pub struct EngineConfig {
     /// What idle shards do.
     pub idle: IdlePolicy,
     /// Under [`IdlePolicy::Park`], the shortest timed wait: a source with records due
-    /// sooner sleeps this long and emits them together (each kernel timer costs a VM
-    /// exit on these machines, so per-record timers would keep the cores busy).
+    /// sooner sleeps this long and emits them together. 0 (the default) keeps timed
+    /// waits exact; 10–100 µs trades latency for CPU (each timed wake-up costs
+    /// kernel time, VM exits on virtual machines).
     pub min_park: Duration,
     /// Prefault pool memory at start-up (`MAP_POPULATE`).
     pub prefault: bool,
@@ -109,7 +110,7 @@ impl Default for EngineConfig {
             event_room: 8,
             flush_timeout: Some(Duration::from_millis(100)),
             idle: IdlePolicy::Park,
-            min_park: Duration::from_micros(100),
+            min_park: Duration::ZERO,
             prefault: true,
         }
     }
@@ -214,7 +215,7 @@ impl EngineBuilder {
         self
     }
 
-    /// Shortest timed wait of a parking shard. Default 100 µs; 0..=1 s.
+    /// Shortest timed wait of a parking shard. Default 0 (exact); 0..=1 s.
     #[must_use]
     pub fn min_park(mut self, d: Duration) -> Self {
         self.config.min_park = d;

@@ -6,7 +6,8 @@
 //! archives read with checked access): sources, transforms, keyed state in key
 //! groups, two-input operators and sinks. An [`Engine`] runs one shard per
 //! chosen core: a glommio executor pinned to that core, owning a segment pool and
-//! the tasks deployed into its slots. It is a one-worker cluster in the caller's
+//! the tasks deployed into its slots, which it schedules itself (a ready queue,
+//! timers, a futex park when idle). It is a one-worker cluster in the caller's
 //! process: the coordinator state machine of `shardflow-control` and a
 //! [`cluster::Worker`] owning the shards, joined by in-process connections that
 //! carry the same frames as TCP. The coordinator validates the job's graph

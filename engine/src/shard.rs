@@ -1,5 +1,6 @@
 //! Shards: one glommio executor pinned to one core, owning a segment pool and the
-//! tasks deployed into its slots.
+//! tasks deployed into its slots. The tasks run on the shard's own scheduler
+//! (`runtime::scheduler`), inside the executor's one task.
 //!
 //! A shard is started from a `Send` description ([`ShardSpec`]); its pool, tasks and
 //! gates are created on its own thread and never leave it. Its worker talks to
@@ -11,7 +12,6 @@ use std::future::poll_fn;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
 
 use std::sync::Arc;
 
@@ -24,6 +24,7 @@ use crate::config::{EngineConfig, IdlePolicy};
 use crate::error::EngineError;
 use crate::mailbox::{mailbox, Mailbox, MailboxSender};
 use crate::runtime::control::{ControlLane, TaskControl};
+use crate::runtime::scheduler::Scheduler;
 use crate::runtime::task::{run_task, TaskDeployment, TaskFailure, TaskOutput, TaskStop};
 
 /// Commands a shard executes.
@@ -158,19 +159,14 @@ impl ShardHandle {
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let (id, core) = (spec.id, spec.core);
         let start_err = |reason: String| EngineError::ShardStart { shard: id, core, reason };
-        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(core))
+        let idle = spec.idle;
+        let builder = LocalExecutorBuilder::new(Placement::Fixed(core))
             .name(&format!("shard-{id}"))
             .io_memory(1 << 20)
             // glommio's preempt timer stays at its default (100 ms): shorter ones
             // hang its reactor on this kernel (a sleeping executor misses wake-ups
             // once timers and foreign wakes mix; reproduced outside shardflow).
             .ring_depth(64);
-        if spec.idle == IdlePolicy::Spin {
-            // The executor polls instead of sleeping in the kernel: timers and
-            // wake-ups from other shards are picked up within microseconds, at
-            // the price of a busy core. After a second without work it parks.
-            builder = builder.spin_before_park(Duration::from_secs(1));
-        }
         let thread = builder
             .spawn(move || async move {
                 let pool = SegmentPoolBuilder::new(spec.id, spec.segments)
@@ -185,7 +181,10 @@ impl ShardHandle {
                     }
                 };
                 let _ = ready_tx.send(Ok(pool.monitor()));
-                shard_loop(pool, rx, reports).await;
+                // The shard's tasks run on its own scheduler (see
+                // `runtime::scheduler`): glommio hosts the thread.
+                let sched = Rc::new(Scheduler::new(idle));
+                sched.block_on(shard_loop(pool, sched.clone(), rx, reports));
             })
             .map_err(|e| start_err(e.to_string()))?;
         match ready_rx.recv() {
@@ -259,7 +258,7 @@ type Live = LocalWatch<usize>;
 /// The control lane of every running task, by job.
 type Tasks = Rc<RefCell<HashMap<JobId, Vec<(AttemptId, ControlLane)>>>>;
 
-async fn shard_loop(pool: Rc<SegmentPool>, commands: Mailbox<ShardCommand>, reports: ReportSink) {
+async fn shard_loop(pool: Rc<SegmentPool>, sched: Rc<Scheduler>, commands: Mailbox<ShardCommand>, reports: ReportSink) {
     let tasks: Tasks = Rc::default();
     let live = Live::default();
     while let Some(cmd) = commands.recv().await {
@@ -270,11 +269,11 @@ async fn shard_loop(pool: Rc<SegmentPool>, commands: Mailbox<ShardCommand>, repo
                     tasks.borrow_mut().entry(d.job).or_default().push((d.attempt, lane.clone()));
                     live.update(|n| *n += 1);
                     let (live, tasks, reports, pool) = (live.clone(), tasks.clone(), reports.clone(), pool.clone());
-                    glommio::spawn_local(async move {
-                        supervise(d, pool, lane, tasks, reports).await;
+                    let task_sched = sched.clone();
+                    sched.spawn(async move {
+                        supervise(d, pool, task_sched, lane, tasks, reports).await;
                         live.update(|n| *n -= 1);
-                    })
-                    .detach();
+                    });
                 }
             }
             ShardCommand::Cancel(job) => {
@@ -301,7 +300,14 @@ async fn shard_loop(pool: Rc<SegmentPool>, commands: Mailbox<ShardCommand>, repo
 
 /// Runs one task, reporting INITIALIZING, RUNNING and its terminal state; a panic
 /// or error becomes FAILED with its cause, a cancel (posted to `lane`) CANCELED.
-async fn supervise(d: TaskDeployment, pool: Rc<SegmentPool>, lane: ControlLane, tasks: Tasks, reports: ReportSink) {
+async fn supervise(
+    d: TaskDeployment,
+    pool: Rc<SegmentPool>,
+    sched: Rc<Scheduler>,
+    lane: ControlLane,
+    tasks: Tasks,
+    reports: ReportSink,
+) {
     let (job, attempt) = (d.job, d.attempt);
     let report = move |state: ExecutionState, failure: Option<TaskFailure>, output| {
         reports(TaskReport { job, attempt, state, failure, output })
@@ -313,7 +319,7 @@ async fn supervise(d: TaskDeployment, pool: Rc<SegmentPool>, lane: ControlLane, 
     };
     // Panics in the task's loop are caught inside it (so its operators are
     // closed); this catches the rest (building the task).
-    let run = AssertUnwindSafe(run_task(d, pool, lane, on_running)).catch_unwind();
+    let run = AssertUnwindSafe(run_task(d, pool, sched, lane, on_running)).catch_unwind();
     // `let` (not `match` on the await) so the task's gates, writers and buffers are
     // dropped, and its segments home, before the terminal state is reported.
     let outcome = run.await;

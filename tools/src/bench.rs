@@ -87,7 +87,7 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     flush_timeout_ms: Option<u64>,
     /// Park mode: shortest timed wait of a source, in µs (records due sooner are
-    /// emitted together). Default 100.
+    /// emitted together: less CPU, more latency). Default 0 (exact).
     #[arg(long)]
     min_park_us: Option<u64>,
     /// Print the placement table on stderr.

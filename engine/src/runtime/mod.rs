@@ -11,6 +11,7 @@ pub(crate) mod keyed;
 pub(crate) mod ops;
 pub(crate) mod output;
 pub(crate) mod progress;
+pub(crate) mod scheduler;
 pub(crate) mod sinks;
 pub(crate) mod sources;
 pub(crate) mod state;
@@ -25,8 +26,8 @@ pub enum IdlePolicy {
     /// Sleep in the kernel until an event or timer (no CPU while idle). Default.
     #[default]
     Park,
-    /// Busy-poll when idle: the shard polls its I/O, timers and wake-ups from
-    /// other threads instead of sleeping (parking after a second without work);
+    /// Busy-poll when idle: the shard polls its timers and wake-ups from other
+    /// threads instead of sleeping (parking after a second without work);
     /// lowest latency, one full core per shard.
     Spin,
 }

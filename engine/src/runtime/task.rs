@@ -19,9 +19,8 @@
 //!   cancel, failure or panic ─► close every operator opened and not yet closed ─► CANCELED │ FAILED
 //! ```
 
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -29,7 +28,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
-use glommio::timer::Timer;
 use shardflow_control::{AttemptId, JobId};
 use shardflow_memory::{Budget, SegmentPool};
 use shardflow_netstack::{
@@ -42,6 +40,7 @@ use crate::runtime::collector::{Failure, Lifecycle, SinkOutput, TaskInfo};
 use crate::runtime::control::{ControlLane, TaskControl};
 use crate::runtime::output::{Output, Partition};
 use crate::runtime::progress::ChannelProgress;
+use crate::runtime::scheduler::{yield_now, Scheduler};
 use crate::runtime::sources::{SourceDriver, SourceStatus};
 use crate::runtime::state::OperatorSnapshot;
 use crate::runtime::vertex::{InputEntry, VertexBody};
@@ -219,7 +218,11 @@ struct Task {
     closed: usize,
     control: ControlLane,
     failure: Failure,
-    timer: Option<(Instant, Pin<Box<Timer>>)>,
+    /// The shard's scheduler: time slices and timers.
+    sched: Rc<Scheduler>,
+    /// The instant the armed timer waits for, and when it was set to fire
+    /// (at least `min_park` after it was armed).
+    timer: Option<(Instant, Instant)>,
     idle: IdlePolicy,
     min_park: Duration,
     timed_flush: bool,
@@ -231,11 +234,12 @@ struct Task {
 pub(crate) async fn run_task(
     d: TaskDeployment,
     pool: Rc<SegmentPool>,
+    sched: Rc<Scheduler>,
     control: ControlLane,
     on_running: impl FnOnce(),
 ) -> Result<TaskOutput, TaskStop> {
     let snapshot_at_end = d.plan.snapshot_at_end;
-    let mut task = Task::build(d, &pool, control)?;
+    let mut task = Task::build(d, &pool, sched, control)?;
     let run = AssertUnwindSafe(task.run(snapshot_at_end, on_running)).catch_unwind().await;
     let stop = match run {
         Ok(Ok(output)) => return Ok(output),
@@ -247,7 +251,12 @@ pub(crate) async fn run_task(
 }
 
 impl Task {
-    fn build(mut d: TaskDeployment, pool: &Rc<SegmentPool>, control: ControlLane) -> Result<Task, TaskFailure> {
+    fn build(
+        mut d: TaskDeployment,
+        pool: &Rc<SegmentPool>,
+        sched: Rc<Scheduler>,
+        control: ControlLane,
+    ) -> Result<Task, TaskFailure> {
         let mut partitions = std::collections::HashMap::new();
         let mut ordered = Vec::new();
         for (edge, senders) in d.outputs.drain(..) {
@@ -310,6 +319,7 @@ impl Task {
             closed: 0,
             control,
             failure,
+            sched,
             timer: None,
             idle: d.idle,
             min_park: d.min_park,
@@ -331,7 +341,9 @@ impl Task {
         }
         on_running();
         while let Step::Worked = poll_fn(|cx| self.poll_step(cx)).await? {
-            glommio::yield_if_needed().await;
+            if self.sched.should_yield() {
+                yield_now().await;
+            }
         }
         self.end(snapshot_at_end).await
     }
@@ -411,16 +423,14 @@ impl Task {
                 None => return,
             },
         };
-        if self.timer.as_ref().is_none_or(|(at, _)| *at != due) {
+        let now = Instant::now();
+        // A timer armed for another instant, or one that has fired, is armed anew
+        // (one for an earlier instant fires later and wakes the task for nothing).
+        if self.timer.is_none_or(|(at, fire)| at != due || fire <= now) {
             let floor = if self.idle == IdlePolicy::Spin { Duration::ZERO } else { self.min_park };
-            let wait = due.saturating_duration_since(Instant::now()).max(floor);
-            self.timer = Some((due, Box::pin(Timer::new(wait))));
-        }
-        if let Some((_, t)) = &mut self.timer {
-            if t.as_mut().poll(cx).is_ready() {
-                self.timer = None;
-                cx.waker().wake_by_ref();
-            }
+            let fire = due.max(now + floor);
+            self.sched.wake_at(fire, cx.waker());
+            self.timer = Some((due, fire));
         }
     }
 
