@@ -371,6 +371,97 @@ mod tests {
     }
 
     #[test]
+    fn a_wake_up_during_the_tasks_own_poll_is_kept() {
+        on_own_thread(|| {
+            // The task registers, finds nothing, and only then (still inside its
+            // poll) lets another thread set the flag and wake it.
+            let flag = Arc::new(Signal::default());
+            let (checked_tx, checked_rx) = mpsc::channel::<()>();
+            let (woken_tx, woken_rx) = mpsc::channel::<()>();
+            let remote = flag.clone();
+            let other = std::thread::spawn(move || {
+                checked_rx.recv_timeout(Duration::from_secs(30)).expect("the task never polled");
+                remote.set();
+                woken_tx.send(()).unwrap();
+            });
+            let sched = Rc::new(Scheduler::new(IdlePolicy::Park));
+            let f = flag.clone();
+            let mut first = true;
+            sched.block_on(poll_fn(move |cx| {
+                f.waker.register(cx.waker());
+                if f.set.load(Ordering::Acquire) {
+                    return Poll::Ready(());
+                }
+                if std::mem::take(&mut first) {
+                    checked_tx.send(()).unwrap();
+                    woken_rx.recv_timeout(Duration::from_secs(30)).expect("the other thread never woke the task");
+                }
+                Poll::Pending
+            }));
+            other.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn no_wake_up_is_lost_when_many_threads_wake_tasks_at_once() {
+        on_own_thread(|| {
+            const TASKS: usize = 4;
+            const ROUNDS: usize = 20_000;
+            // Thread k raises task k's counter round by round and waits for the
+            // task's acknowledgement before the next: each round needs a wake-up
+            // that reaches a shard parked (or on its way to park), from four
+            // threads at once. One lost wake-up and the test stops.
+            let sched = Rc::new(Scheduler::new(IdlePolicy::Park));
+            let finished = Rc::new((Cell::new(0), RefCell::new(None::<Waker>)));
+            let mut threads = Vec::new();
+            for _ in 0..TASKS {
+                let counter = Arc::new((AtomicUsize::new(0), atomic_waker::AtomicWaker::new()));
+                let (ack_tx, ack_rx) = mpsc::channel::<usize>();
+                let (c, finished) = (counter.clone(), finished.clone());
+                sched.spawn(async move {
+                    for round in 1..=ROUNDS {
+                        poll_fn(|cx| {
+                            c.1.register(cx.waker());
+                            if c.0.load(Ordering::Acquire) >= round {
+                                Poll::Ready(())
+                            } else {
+                                Poll::Pending
+                            }
+                        })
+                        .await;
+                        ack_tx.send(round).unwrap();
+                    }
+                    finished.0.set(finished.0.get() + 1);
+                    if let Some(w) = finished.1.borrow_mut().take() {
+                        w.wake();
+                    }
+                });
+                threads.push(std::thread::spawn(move || {
+                    for round in 1..=ROUNDS {
+                        counter.0.store(round, Ordering::Release);
+                        counter.1.wake();
+                        let seen = ack_rx.recv_timeout(Duration::from_secs(30));
+                        assert_eq!(seen, Ok(round), "round {round} was not taken: a lost wake-up");
+                    }
+                }));
+            }
+            let f = finished.clone();
+            sched.block_on(poll_fn(move |cx| {
+                if f.0.get() == TASKS {
+                    Poll::Ready(())
+                } else {
+                    *f.1.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }));
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert_eq!(finished.0.get(), TASKS);
+        });
+    }
+
+    #[test]
     fn timers_fire_in_order_and_not_early() {
         on_own_thread(|| {
             let sched = Rc::new(Scheduler::new(IdlePolicy::Park));
