@@ -1,6 +1,6 @@
 //! A multi-producer mailbox that any thread can post to and one shard awaits:
-//! a crossbeam channel plus an atomic waker (glommio hands a foreign wake back to
-//! the owning executor).
+//! a crossbeam channel plus an atomic waker (the shard's scheduler takes a wake-up
+//! from another thread onto its ready queue).
 
 use std::future::poll_fn;
 use std::sync::Arc;

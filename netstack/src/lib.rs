@@ -29,7 +29,7 @@
 //! - the consumer is woken at most once per buffer, and only if it parked.
 //!
 //! The channel types are executor-agnostic (`std` wakers), so the same code runs
-//! inside glommio shards and in plain tests:
+//! inside shards (on their own scheduler) and in plain tests:
 //!
 //! ```
 //! use std::future::poll_fn;
