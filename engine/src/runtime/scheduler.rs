@@ -51,6 +51,11 @@ pub(crate) const SLICE: Duration = Duration::from_millis(1);
 /// Under [`IdlePolicy::Spin`], how long an idle shard polls before it parks.
 pub(crate) const SPIN_BEFORE_PARK: Duration = Duration::from_secs(1);
 
+/// How late the kernel may wake a parked shard for its timer. 1.5 µs: P4 at
+/// p50 ≈ 9.5 µs on ~1.42 cores; 1 µs bought 0.2 µs of median for 0.1 core, 2 µs
+/// saved 0.07 core and put the median at 10 µs (`docs/benchmarks.md`).
+const TIMER_SLACK: Duration = Duration::from_nanos(1_500);
+
 /// Steps a task takes between two looks at the clock.
 const STEPS_PER_CLOCK_READ: u32 = 32;
 
@@ -135,11 +140,12 @@ pub(crate) struct Scheduler {
 
 impl Scheduler {
     /// A scheduler for the calling thread. Under [`IdlePolicy::Park`] it sets the
-    /// thread's timer slack to 1 µs: the kernel's default (50 µs) would let a
-    /// parked shard's timed wake-up run up to 50 µs late.
+    /// thread's timer slack to [`TIMER_SLACK`]: the kernel's default (50 µs) would
+    /// let a parked shard's timed wake-up run up to 50 µs late.
     pub(crate) fn new(idle: IdlePolicy) -> Scheduler {
         if idle == IdlePolicy::Park {
-            if let Err(e) = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1_000)) {
+            let slack = std::num::NonZeroU64::new(TIMER_SLACK.as_nanos() as u64);
+            if let Err(e) = rustix::thread::set_current_timer_slack(slack) {
                 tracing::debug!("timer slack stays at the kernel's default: {e}");
             }
         }
