@@ -91,20 +91,19 @@ impl Wake for TaskWaker {
 struct Slot {
     /// `None` while it is being polled.
     future: Option<LocalFuture>,
-    flag: Arc<TaskWaker>,
-    waker: Waker,
+    waker: Arc<TaskWaker>,
 }
 
-/// A timer: wake `waker` at `at`. Ordered by `(at, seq)`.
+/// A timer: wake `waker` at `at`. Ordered by `at` alone: the timers due by a
+/// round all fire in it, in whatever order.
 struct Deadline {
     at: Instant,
-    seq: u64,
     waker: Waker,
 }
 
 impl PartialEq for Deadline {
     fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
+        self.at == other.at
     }
 }
 
@@ -118,7 +117,7 @@ impl PartialOrd for Deadline {
 
 impl Ord for Deadline {
     fn cmp(&self, other: &Self) -> CmpOrdering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
+        self.at.cmp(&other.at)
     }
 }
 
@@ -130,7 +129,6 @@ pub(crate) struct Scheduler {
     slots: RefCell<Vec<Option<Slot>>>,
     free: RefCell<Vec<usize>>,
     timers: RefCell<BinaryHeap<Reverse<Deadline>>>,
-    timer_seq: Cell<u64>,
     /// When the round polling the current task began (its time slice is
     /// counted from there: one clock read per round, not per poll), and the
     /// task's steps since it was polled.
@@ -155,7 +153,6 @@ impl Scheduler {
             slots: RefCell::default(),
             free: RefCell::default(),
             timers: RefCell::default(),
-            timer_seq: Cell::new(0),
             slice_started: Cell::new(Instant::now()),
             steps: Cell::new(0),
         }
@@ -169,17 +166,14 @@ impl Scheduler {
             slots.push(None);
             slots.len() - 1
         });
-        let flag = Arc::new(TaskWaker { id, queued: AtomicBool::new(true), ready: self.ready.clone() });
-        let waker = Waker::from(flag.clone());
-        self.slots.borrow_mut()[id] = Some(Slot { future: Some(Box::pin(future)), flag, waker });
+        let waker = Arc::new(TaskWaker { id, queued: AtomicBool::new(true), ready: self.ready.clone() });
+        self.slots.borrow_mut()[id] = Some(Slot { future: Some(Box::pin(future)), waker });
         self.ready.ids.push(id);
     }
 
     /// Wakes `waker` at `at`, or as soon after as the thread runs again.
     pub(crate) fn wake_at(&self, at: Instant, waker: &Waker) {
-        let seq = self.timer_seq.get();
-        self.timer_seq.set(seq + 1);
-        self.timers.borrow_mut().push(Reverse(Deadline { at, seq, waker: waker.clone() }));
+        self.timers.borrow_mut().push(Reverse(Deadline { at, waker: waker.clone() }));
     }
 
     /// Whether the task being polled has had its time slice and should
@@ -259,14 +253,16 @@ impl Scheduler {
     }
 
     fn poll(&self, id: usize) {
+        // A stale wake-up (a timer or waker the ended task left behind) finds the
+        // slot empty, or polls the task now in it once for nothing.
         let taken = match self.slots.borrow_mut().get_mut(id) {
-            Some(Some(slot)) => slot.future.take().map(|f| (f, slot.flag.clone(), slot.waker.clone())),
-            // A stale wake-up: the task ended (its slot may hold another by now).
+            Some(Some(slot)) => slot.future.take().map(|f| (f, slot.waker.clone())),
             _ => None,
         };
-        let Some((mut future, flag, waker)) = taken else { return };
-        flag.queued.store(false, Ordering::Release);
+        let Some((mut future, task)) = taken else { return };
+        task.queued.store(false, Ordering::Release);
         self.steps.set(0);
+        let waker = Waker::from(task);
         let ended = future.as_mut().poll(&mut Context::from_waker(&waker)).is_ready();
         if ended {
             self.slots.borrow_mut()[id] = None;
