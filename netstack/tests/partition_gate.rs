@@ -46,6 +46,31 @@ fn drain(gate: &mut InputGate) -> (Vec<[u64; 2]>, Vec<Event>) {
     (recs, events)
 }
 
+/// Writes `[i, i]` for i = 0, 1, … in one step (never looking at readiness)
+/// until a write is refused: how many were taken, and the refusal.
+fn write_until_refused(w: &mut ResultPartition) -> (u64, NetError) {
+    let mut i = 0u64;
+    loop {
+        match w.write_pod(0, &[i, i]) {
+            Ok(()) => i += 1,
+            Err(e) => return (i, e),
+        }
+    }
+}
+
+/// Lets the consumer `read` the gate until the partition is ready again, then
+/// once more.
+fn read_until_ready(w: &mut ResultPartition, gate: &mut InputGate, mut read: impl FnMut(&mut InputGate)) {
+    loop {
+        read(gate);
+        if let Some(r) = block_on(poll_once(poll_fn(|cx| w.poll_ready(cx)))) {
+            r.unwrap();
+            break;
+        }
+    }
+    read(gate);
+}
+
 fn ready(w: &mut ResultPartition) -> Result<(), NetError> {
     block_on(poll_fn(|cx| w.poll_ready(cx)))
 }
@@ -167,14 +192,8 @@ fn without_credit_writes_go_on_into_the_overdraft_and_readiness_waits_for_the_co
     assert_eq!(i, 256 * 4 + 1, "writing never waited");
     assert!(block_on(poll_once(poll_fn(|cx| w.poll_ready(cx)))).is_none(), "not ready: no credit");
     let mut got = Vec::new();
-    loop {
-        let (recs, _) = drain(&mut gates[0]);
-        got.extend(recs); // each buffer dropped here returns its credit
-        if let Some(r) = block_on(poll_once(poll_fn(|cx| w.poll_ready(cx)))) {
-            r.unwrap();
-            break;
-        }
-    }
+    // Each buffer drained (and dropped) returns its credit.
+    read_until_ready(&mut w, &mut gates[0], |g| got.extend(drain(g).0));
     assert!(!w.overdrawn());
     w.finish().unwrap();
     loop {
@@ -210,13 +229,7 @@ fn segments_beyond_the_reservation_are_charged_to_the_network_memory_and_refused
 
     // One step that never lets the task look: 1 buffer goes out on the credit,
     // 4 wait within the reservation, 3 more are charged, the next is refused.
-    let mut i = 0u64;
-    let err = loop {
-        match w.write_pod(0, &[i, i]) {
-            Ok(()) => i += 1,
-            Err(e) => break e,
-        }
-    };
+    let (i, err) = write_until_refused(&mut w);
     assert_eq!(i, 8 * 256, "8 full buffers written");
     assert_eq!(network.available_bytes(), 0, "3 segments charged beyond the reservation");
     match &err {
@@ -229,14 +242,7 @@ fn segments_beyond_the_reservation_are_charged_to_the_network_memory_and_refused
 
     // The consumer drains: each charged buffer gives its charge back as it drops.
     let mut got = Vec::new();
-    loop {
-        got.extend(drain(&mut gates[0]).0);
-        if let Some(r) = block_on(poll_once(poll_fn(|cx| w.poll_ready(cx)))) {
-            r.unwrap();
-            break;
-        }
-    }
-    got.extend(drain(&mut gates[0]).0);
+    read_until_ready(&mut w, &mut gates[0], |g| got.extend(drain(g).0));
     assert_eq!(network.used_bytes(), 5 * seg, "only the reservation is held");
     // Nothing written was lost, and the partition writes on.
     w.write_pod(0, &[i, i]).expect("within the reservation again");
@@ -264,13 +270,7 @@ fn past_the_network_memory_buffers_spill_to_the_heap_and_read_as_segments_do() {
 
     // One step: 1 buffer out on the credit, 4 waiting within the reservation,
     // then 3 on the heap, charged to the managed memory; the next is refused.
-    let mut i = 0u64;
-    let err = loop {
-        match w.write_pod(0, &[i, i]) {
-            Ok(()) => i += 1,
-            Err(e) => break e,
-        }
-    };
+    let (i, err) = write_until_refused(&mut w);
     assert_eq!(i, 8 * 256);
     assert_eq!(managed.available_bytes(), 0, "3 buffers spilled");
     assert_eq!(p.monitor().free_segments(), 11, "the pool gave no more than the reservation");
@@ -283,22 +283,14 @@ fn past_the_network_memory_buffers_spill_to_the_heap_and_read_as_segments_do() {
 
     // The consumer reads every buffer in order, spilled or not.
     let (mut got, mut spilled) = (Vec::new(), 0);
-    let mut read = |gate: &mut InputGate| {
+    read_until_ready(&mut w, &mut gates[0], |gate| {
         while let Some((_, item)) = gate.try_next().expect("gate") {
             if let GateItem::Data(buf) = item {
                 spilled += usize::from(buf.is_spilled());
                 got.extend_from_slice(buf.pod::<[u64; 2]>().unwrap());
             }
         }
-    };
-    loop {
-        read(&mut gates[0]);
-        if let Some(r) = block_on(poll_once(poll_fn(|cx| w.poll_ready(cx)))) {
-            r.unwrap();
-            break;
-        }
-    }
-    read(&mut gates[0]);
+    });
     assert_eq!(spilled, 3);
     assert_eq!(got, (0..i).map(|k| [k, k]).collect::<Vec<_>>(), "nothing lost, in order");
     assert_eq!(managed.used_bytes(), 0, "the spill is given back as its buffers drop");

@@ -17,13 +17,23 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key}= in {line}"))
 }
 
-#[test]
-fn bench_exchange_prints_the_machine_readable_last_line() {
-    let out = shardflow(&["bench", "exchange", "--records", "200_000", "--segment-bytes", "4096"]);
+/// Runs `shardflow bench args…`, which must succeed and verify, and returns its
+/// last line after checking that it starts with `prefix`.
+fn bench_line(args: &[&str], prefix: &str) -> String {
+    let out = shardflow(&[&["bench"], args].concat());
     assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let line = last_line(&out);
-    assert!(line.starts_with("shardflow exchange N=200000 records_per_s="), "{line}");
-    assert_eq!(field(&line, "verify"), "OK");
+    assert!(line.starts_with(prefix), "{line}");
+    assert_eq!(field(&line, "verify"), "OK", "{line}");
+    line
+}
+
+#[test]
+fn bench_exchange_prints_the_machine_readable_last_line() {
+    let line = bench_line(
+        &["exchange", "--records", "200_000", "--segment-bytes", "4096"],
+        "shardflow exchange N=200000 records_per_s=",
+    );
     assert!(field(&line, "records_per_s").parse::<f64>().unwrap() > 0.0);
     assert!(field(&line, "wall_s").parse::<f64>().unwrap() > 0.0);
     field(&line, "startup_s").parse::<f64>().unwrap();
@@ -32,17 +42,11 @@ fn bench_exchange_prints_the_machine_readable_last_line() {
 
 #[test]
 fn bench_keyed_sum_and_latency_verify() {
-    let out = shardflow(&["bench", "keyed-sum", "--records", "300000", "--segment-bytes", "4096"]);
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    let line = last_line(&out);
-    assert!(line.starts_with("shardflow keyed-sum N=300000 "), "{line}");
-    assert_eq!(field(&line, "verify"), "OK");
-
-    let out = shardflow(&["bench", "latency", "--rate", "20000", "--duration", "0.3", "--segment-bytes", "4096"]);
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    let line = last_line(&out);
-    assert!(line.starts_with("shardflow latency N=6000 "), "{line}");
-    assert_eq!(field(&line, "verify"), "OK");
+    bench_line(&["keyed-sum", "--records", "300000", "--segment-bytes", "4096"], "shardflow keyed-sum N=300000 ");
+    let line = bench_line(
+        &["latency", "--rate", "20000", "--duration", "0.3", "--segment-bytes", "4096"],
+        "shardflow latency N=6000 ",
+    );
     for key in ["p50_us", "p99_us", "p999_us", "max_us", "cpu_s"] {
         field(&line, key).parse::<f64>().unwrap();
     }
@@ -50,11 +54,10 @@ fn bench_keyed_sum_and_latency_verify() {
 
 #[test]
 fn bench_roundtrip_answers_every_request_and_reports_its_quantiles() {
-    let out = shardflow(&["bench", "roundtrip", "--records", "2000", "--segment-bytes", "4096"]);
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    let line = last_line(&out);
-    assert!(line.starts_with("shardflow roundtrip N=2000 requests_per_s="), "{line}");
-    assert_eq!(field(&line, "verify"), "OK");
+    let line = bench_line(
+        &["roundtrip", "--records", "2000", "--segment-bytes", "4096"],
+        "shardflow roundtrip N=2000 requests_per_s=",
+    );
     assert_eq!(field(&line, "idle"), "park");
     for key in ["p50_us", "p99_us", "p999_us", "max_us", "cpu_s"] {
         field(&line, key).parse::<f64>().unwrap();

@@ -40,6 +40,12 @@ impl BuildContext<'_> {
         })
     }
 
+    /// Every partition of the task (what a poll or a chunk of large records
+    /// stays within).
+    pub(crate) fn all_partitions(&self) -> Vec<Partition> {
+        self.partitions.values().cloned().collect()
+    }
+
     /// Registers `op`'s lifecycle and returns its record path.
     pub(crate) fn stateful<T: Data, O>(&mut self, name: &str, op: O) -> Box<dyn Collector<T>>
     where

@@ -46,10 +46,10 @@ use crate::runtime::IdlePolicy;
 
 /// How long a task runs before it lets the shard's other tasks (its mailbox
 /// among them) in.
-pub(crate) const SLICE: Duration = Duration::from_millis(1);
+const SLICE: Duration = Duration::from_millis(1);
 
 /// Under [`IdlePolicy::Spin`], how long an idle shard polls before it parks.
-pub(crate) const SPIN_BEFORE_PARK: Duration = Duration::from_secs(1);
+const SPIN_BEFORE_PARK: Duration = Duration::from_secs(1);
 
 /// How late the kernel may wake a parked shard for its timer. 1.5 µs: P4 at
 /// p50 ≈ 9.5 µs on ~1.42 cores; 1 µs bought 0.2 µs of median for 0.1 core, 2 µs

@@ -522,7 +522,7 @@ where
             reason: format!("creating the source: {e}"),
         })?;
         let batch = Vec::with_capacity(if T::POD { SOURCE_BATCH } else { 0 });
-        let partitions = ctx.partitions.values().cloned().collect();
+        let partitions = ctx.all_partitions();
         Ok(Box::new(SourceVertex { source, next, batch, partitions, progress: ctx.progress.clone(), produced: 0 }))
     }
 }

@@ -75,7 +75,7 @@ pub(crate) fn entry<T: Data>(next: Box<dyn Collector<T>>, ctx: &BuildContext<'_>
     if T::POD {
         Box::new(PodEntry(next))
     } else {
-        Box::new(VarEntry { next, partitions: ctx.partitions.values().cloned().collect() })
+        Box::new(VarEntry { next, partitions: ctx.all_partitions() })
     }
 }
 
