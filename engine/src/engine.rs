@@ -23,6 +23,7 @@ use crate::job::{JobHandle, JobResult};
 use crate::params::Params;
 use crate::registry::catalog::RegistryCatalog;
 use crate::registry::{stamp, JobCatalog, LiveRegistry};
+use crate::shard::HostedShard;
 use crate::shared::{EngineInner, SubmissionNames};
 
 /// A shard as the engine reports it.
@@ -74,7 +75,12 @@ impl Engine {
         EngineBuilder::new()
     }
 
-    pub(crate) fn start(config: EngineConfig, registry: JobCatalog) -> Result<Self, EngineError> {
+    /// Starts the engine; with `host`, shard 0 is the calling thread's (returned).
+    pub(crate) fn start(
+        config: EngineConfig,
+        registry: JobCatalog,
+        host: bool,
+    ) -> Result<(Self, Option<HostedShard>), EngineError> {
         let live = Arc::new(LiveRegistry::new(registry));
         let coordinator = CoordinatorConfig {
             heartbeat_timeout: EMBEDDED_HEARTBEAT_TIMEOUT,
@@ -87,7 +93,7 @@ impl Engine {
         let weak = Arc::downgrade(&inner);
         let connector = crate::cluster::in_process_connector(move || weak.upgrade()?.pipe());
         let options = WorkerOptions { resource_id: Some("embedded".into()), ..WorkerOptions::default() };
-        let worker = Worker::start_with(connector, config.clone(), live, inner.board.clone(), options)?;
+        let (worker, hosted) = Worker::start_with(connector, config.clone(), live, inner.board.clone(), options, host)?;
         let shards = worker.shards().iter().map(|s| ShardInfo { id: s.id, core: s.core }).collect();
         let pools = worker.shards().iter().map(|s| s.pool.clone()).collect();
         let engine = Engine { inner, worker: Some(worker), shards, pools, config };
@@ -98,7 +104,7 @@ impl Engine {
                 reason: "its worker did not register with its coordinator within 60 s".into(),
             });
         }
-        Ok(engine)
+        Ok((engine, hosted))
     }
 
     /// Submits `job`, placed with the default strategy (`spread`).
@@ -245,11 +251,57 @@ impl Engine {
 }
 
 impl EngineBuilder {
-    /// Starts the engine.
+    /// Starts the engine: one shard per core, each on a thread of its own.
     pub fn build(self) -> Result<Engine, EngineError> {
         let (config, registry) = self.into_parts()?;
-        Engine::start(config, registry)
+        Ok(Engine::start(config, registry, false)?.0)
     }
+
+    /// Starts the engine with shard 0 hosted by the calling thread, for a host
+    /// that owns its loop: the thread is pinned to the first configured core
+    /// and runs the shard's tasks only when it steps the returned
+    /// [`HostedShard`] (the other shards have threads of their own, as with
+    /// [`EngineBuilder::build`]). Threads the caller starts afterwards inherit
+    /// the pinning, as from any pinned thread.
+    ///
+    /// ```no_run
+    /// use shardflow_engine::{Dataflow, Engine, PlacementStrategy};
+    ///
+    /// let (engine, mut shard) = Engine::builder().shards(1).build_hosted()?;
+    /// let df = Dataflow::new("service").parallelism(1);
+    /// let (requests, mut ingress) = df.ingress::<u64>("requests", 1024);
+    /// let mut answers = requests.map(|r: &u64| r * 2).egress(1024);
+    /// let job = engine.submit(df.build()?)?;
+    /// ingress.push(21).expect("the job takes requests");
+    /// // The host's thread runs the job until the answer is there.
+    /// assert_eq!(shard.block_on(answers.recv_async()), Some(42));
+    /// drop(ingress);
+    /// shard.step_during(|| job.wait())?;
+    /// # Ok::<(), shardflow_engine::EngineError>(())
+    /// ```
+    pub fn build_hosted(self) -> Result<(Engine, HostedShard), EngineError> {
+        let (config, registry) = self.into_parts()?;
+        let (engine, hosted) = Engine::start(config, registry, true)?;
+        let Some(hosted) = hosted else {
+            return Err(EngineError::ShardStart { shard: 0, core: 0, reason: "no shard was hosted".into() });
+        };
+        pin_current_thread(hosted.core()).map_err(|reason| EngineError::ShardStart {
+            shard: hosted.id(),
+            core: hosted.core(),
+            reason,
+        })?;
+        Ok((engine, hosted))
+    }
+}
+
+/// Pins the calling thread to `core`.
+fn pin_current_thread(core: usize) -> Result<(), String> {
+    let mut set = rustix::thread::CpuSet::new();
+    if core >= rustix::thread::CpuSet::MAX_CPU {
+        return Err(format!("core {core} is beyond the {} a CPU set holds", rustix::thread::CpuSet::MAX_CPU));
+    }
+    set.set(core);
+    rustix::thread::sched_setaffinity(None, &set).map_err(|e| format!("pinning the host thread: {e}"))
 }
 
 impl Drop for Engine {

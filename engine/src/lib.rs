@@ -16,6 +16,12 @@
 //! worker reserves network memory, wires the channels and deploys to the shards,
 //! where each task builds its typed operator chain and runs it in a mailbox loop.
 //!
+//! A service embeds it at one of three depths: [`Engine::run`] (submit, wait for
+//! the result); a running job fed through an [`IngressHandle`] and read through an
+//! [`EgressHandle`] from the service's threads; or, for a host that owns its loop,
+//! shard 0 on the host's own thread ([`EngineBuilder::build_hosted`]), whose tasks
+//! run only when the host steps its [`HostedShard`].
+//!
 //! ```text
 //!  Dataflow::build ─► Job (graph + typed plan) ─► submit ─► coordinator: validate ─► place ─► DeployTask
 //!                                                                                       │
@@ -89,6 +95,7 @@ pub use runtime::output::{KeyBy, KeyByRef, KeySelector};
 pub use runtime::sinks::{CollectHandle, EgressHandle};
 pub use runtime::sources::{IngressHandle, PushError, Source, SourceOutput, SourceStatus, SOURCE_BATCH};
 pub use runtime::state::{key_group_range, subtask_of_key_group, JobSnapshot, OperatorSnapshot};
+pub use shard::HostedShard;
 pub use shardflow_control::{protocol, CoordinatorConfig, ResourceManagerId, RestartStrategy};
 pub use shardflow_control::{AllocationId, AttemptId, ExecutionVertexId, JobMasterId, ShardId, SlotId, WorkerId};
 pub use shardflow_control::{
@@ -115,5 +122,19 @@ mod auto_traits {
         is_send::<EgressHandle<String>>();
         is_sync::<JobCatalog>();
         is_send::<EngineBuilder>();
+    }
+
+    /// Implemented twice for a `Send` type: naming the item is then ambiguous
+    /// and does not compile (the `assert_not_impl` trick).
+    trait AmbiguousIfSend<A> {
+        fn item() {}
+    }
+    impl<T: ?Sized> AmbiguousIfSend<()> for T {}
+    impl<T: ?Sized + Send> AmbiguousIfSend<u8> for T {}
+
+    #[test]
+    fn shard_local_types_are_not_send() {
+        // A hosted shard is its host thread's: it cannot be moved to another.
+        <HostedShard as AmbiguousIfSend<_>>::item();
     }
 }

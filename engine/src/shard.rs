@@ -8,10 +8,11 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
@@ -37,6 +38,9 @@ pub(crate) enum ShardCommand {
     CancelAttempt(JobId, AttemptId),
     /// Cancel everything and stop.
     Shutdown,
+    /// Stop, failing every task with this cause (its host dropped a hosted
+    /// shard under running jobs).
+    Abandon(String),
 }
 
 impl std::fmt::Debug for ShardCommand {
@@ -46,6 +50,7 @@ impl std::fmt::Debug for ShardCommand {
             ShardCommand::Cancel(job) => write!(f, "Cancel({job})"),
             ShardCommand::CancelAttempt(job, attempt) => write!(f, "CancelAttempt({job}, {attempt})"),
             ShardCommand::Shutdown => f.write_str("Shutdown"),
+            ShardCommand::Abandon(why) => write!(f, "Abandon({why})"),
         }
     }
 }
@@ -72,13 +77,19 @@ pub(crate) struct ShardSpec {
     pub(crate) idle: IdlePolicy,
 }
 
-/// Starts one shard per configured core, each reporting to `reports`. On error the
-/// shards started so far stop.
-pub(crate) fn start_shards(config: &EngineConfig, reports: ReportSink) -> Result<Vec<ShardHandle>, EngineError> {
+/// Starts one shard per configured core, each reporting to `reports`; with
+/// `host`, shard 0 is hosted by the calling thread (returned, not started). On
+/// error the shards started so far stop.
+pub(crate) fn start_shards(
+    config: &EngineConfig,
+    reports: ReportSink,
+    host: bool,
+) -> Result<(Vec<ShardHandle>, Option<HostedShard>), EngineError> {
     let cores = config.cores.resolve()?;
     ensure_locked_memory(cores.len())?;
     let segments = config.network_memory_bytes / config.segment_bytes;
     let mut handles = Vec::with_capacity(cores.len());
+    let mut hosted = None;
     for (i, &core) in cores.iter().enumerate() {
         let spec = ShardSpec {
             id: i as u32,
@@ -88,9 +99,15 @@ pub(crate) fn start_shards(config: &EngineConfig, reports: ReportSink) -> Result
             prefault: config.prefault,
             idle: config.idle,
         };
-        handles.push(ShardHandle::start(spec, reports.clone())?);
+        if host && i == 0 {
+            let (handle, shard) = HostedShard::new(spec, reports.clone())?;
+            handles.push(handle);
+            hosted = Some(shard);
+        } else {
+            handles.push(ShardHandle::start(spec, reports.clone())?);
+        }
     }
-    Ok(handles)
+    Ok((handles, hosted))
 }
 
 /// Locked memory a shard's reactor takes: glommio refuses to start below 512 KiB
@@ -185,6 +202,7 @@ impl ShardHandle {
                 // `runtime::scheduler`): glommio hosts the thread.
                 let sched = Rc::new(Scheduler::new(idle));
                 sched.block_on(shard_loop(pool, sched.clone(), rx, reports));
+                sched.drop_tasks();
             })
             .map_err(|e| start_err(e.to_string()))?;
         match ready_rx.recv() {
@@ -205,7 +223,8 @@ impl ShardHandle {
         Budget::new(BudgetKind::NetworkBuffers, (self.pool.segments() * self.pool.segment_bytes()) as u64)
     }
 
-    /// Asks the shard to stop and waits for its thread.
+    /// Asks the shard to stop and waits for its thread (a hosted shard stops
+    /// when its host next runs it).
     pub(crate) fn stop(&mut self) {
         let _ = self.mailbox.send(ShardCommand::Shutdown);
         if let Some(t) = self.thread.take() {
@@ -255,12 +274,17 @@ impl<T> LocalWatch<T> {
 /// How many tasks the shard runs, so shutdown can wait for the last one.
 type Live = LocalWatch<usize>;
 
+/// Why the shard was abandoned, if it was.
+type Abandoned = Rc<RefCell<Option<String>>>;
+
 /// The control lane of every running task, by job.
 type Tasks = Rc<RefCell<HashMap<JobId, Vec<(AttemptId, ControlLane)>>>>;
 
 async fn shard_loop(pool: Rc<SegmentPool>, sched: Rc<Scheduler>, commands: Mailbox<ShardCommand>, reports: ReportSink) {
     let tasks: Tasks = Rc::default();
     let live = Live::default();
+    // Why the shard is abandoned, once it is: its cancelled tasks report FAILED.
+    let abandoned: Abandoned = Rc::default();
     while let Some(cmd) = commands.recv().await {
         match cmd {
             ShardCommand::Deploy(deployments) => {
@@ -269,9 +293,9 @@ async fn shard_loop(pool: Rc<SegmentPool>, sched: Rc<Scheduler>, commands: Mailb
                     tasks.borrow_mut().entry(d.job).or_default().push((d.attempt, lane.clone()));
                     live.update(|n| *n += 1);
                     let (live, tasks, reports, pool) = (live.clone(), tasks.clone(), reports.clone(), pool.clone());
-                    let task_sched = sched.clone();
+                    let (task_sched, abandoned) = (sched.clone(), abandoned.clone());
                     sched.spawn(async move {
-                        supervise(d, pool, task_sched, lane, tasks, reports).await;
+                        supervise(d, pool, task_sched, lane, tasks, reports, abandoned).await;
                         live.update(|n| *n -= 1);
                     });
                 }
@@ -289,6 +313,10 @@ async fn shard_loop(pool: Rc<SegmentPool>, sched: Rc<Scheduler>, commands: Mailb
                 }
             }
             ShardCommand::Shutdown => break,
+            ShardCommand::Abandon(why) => {
+                *abandoned.borrow_mut() = Some(why);
+                break;
+            }
         }
     }
     let all: Vec<ControlLane> = tasks.borrow_mut().drain().flat_map(|(_, v)| v).map(|(_, lane)| lane).collect();
@@ -296,6 +324,141 @@ async fn shard_loop(pool: Rc<SegmentPool>, sched: Rc<Scheduler>, commands: Mailb
         lane.post(TaskControl::Cancel);
     }
     live.until(|n| *n == 0).await;
+}
+
+/// A shard run by its host's thread: the host owns its loop and runs the
+/// shard's tasks when it calls [`HostedShard::step`],
+/// [`HostedShard::step_or_park`] or [`HostedShard::block_on`] (timely's
+/// `Worker::step`). Made by [`crate::EngineBuilder::build_hosted`] on the
+/// calling thread, which it pins to the shard's core; `!Send`. It is shard 0 of
+/// its engine: it offers slots, takes deployments and reports like any other,
+/// but nothing of it runs between the host's calls, so a job with a subtask on
+/// it makes progress only while the host steps. A host that must make a
+/// blocking call of the engine meanwhile (waiting for a job) makes it through
+/// [`HostedShard::step_during`].
+///
+/// Its timers are kept to the thread's timer slack (the kernel's default is
+/// 50 µs; a shard of its own thread sets 1.5 µs): a host that needs precise
+/// timers sets its own (`prctl(PR_SET_TIMERSLACK)`).
+///
+/// Dropping it cancels the tasks it runs and waits for them to end; jobs placed
+/// on it later fail with the shard stopped. Once its engine is gone it stops
+/// at the next step ([`HostedShard::is_stopped`]).
+pub struct HostedShard {
+    id: u32,
+    core: usize,
+    sched: Rc<Scheduler>,
+    stopped: LocalWatch<bool>,
+    commands: MailboxSender<ShardCommand>,
+}
+
+impl std::fmt::Debug for HostedShard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostedShard").field("id", &self.id).field("core", &self.core).finish_non_exhaustive()
+    }
+}
+
+impl HostedShard {
+    /// The shard on this thread, and the worker's handle on it.
+    fn new(spec: ShardSpec, reports: ReportSink) -> Result<(ShardHandle, HostedShard), EngineError> {
+        let (id, core) = (spec.id, spec.core);
+        let pool = SegmentPoolBuilder::new(spec.id, spec.segments)
+            .segment_bytes(spec.segment_bytes)
+            .populate(spec.prefault)
+            .build()
+            .map_err(|e| EngineError::ShardStart { shard: id, core, reason: e.to_string() })?;
+        let pool = Rc::new(pool);
+        let monitor = pool.monitor();
+        let (tx, rx) = mailbox::<ShardCommand>();
+        let sched = Rc::new(Scheduler::hosted(spec.idle));
+        let stopped = LocalWatch::<bool>::default();
+        let (s, done) = (sched.clone(), stopped.clone());
+        sched.spawn(async move {
+            shard_loop(pool, s, rx, reports).await;
+            done.update(|d| *d = true);
+        });
+        let handle = ShardHandle { id, core, mailbox: tx.clone(), pool: monitor, thread: None };
+        Ok((handle, HostedShard { id, core, sched, stopped, commands: tx }))
+    }
+
+    /// Its index among its engine's shards (0).
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The core it runs on: the host thread's.
+    pub fn core(&self) -> usize {
+        self.core
+    }
+
+    /// Runs what is ready now: timers due, tasks woken (each for at most its
+    /// time slice). Whether there was anything to do; never waits.
+    pub fn step(&mut self) -> bool {
+        self.sched.step()
+    }
+
+    /// [`HostedShard::step`]; with nothing to do, parks the thread until a
+    /// task is woken, a timer is due or `timeout` passes (`None`: no limit).
+    /// Whether there was anything to do.
+    pub fn step_or_park(&mut self, timeout: Option<Duration>) -> bool {
+        let worked = self.sched.step();
+        if !worked {
+            self.sched.park(timeout);
+        }
+        worked
+    }
+
+    /// Runs the shard until `future` is ready, polling it on this thread
+    /// between rounds (it is woken like a task: an
+    /// [`crate::EgressHandle::recv_async`] returns as soon as a result is
+    /// there); idles by the engine's [`crate::IdlePolicy`].
+    pub fn block_on<F: Future>(&mut self, future: F) -> F::Output {
+        self.sched.block_on(future)
+    }
+
+    /// [`HostedShard::block_on`] for at most `timeout`: `None` if `future` was
+    /// not ready by then (it is dropped; with a cancel-safe future such as
+    /// [`crate::EgressHandle::recv_async`] nothing is lost).
+    pub fn block_on_timeout<F: Future>(&mut self, future: F, timeout: Duration) -> Option<F::Output> {
+        self.sched.block_on_until(future, Instant::now().checked_add(timeout))
+    }
+
+    /// Runs `call` on a helper thread and this shard until it returns: for
+    /// the engine's blocking calls from the host's thread, such as
+    /// [`crate::JobHandle::wait`] for a job with subtasks here.
+    pub fn step_during<R: Send>(&mut self, call: impl FnOnce() -> R + Send) -> R {
+        let done: Arc<(std::sync::Mutex<Option<R>>, atomic_waker::AtomicWaker)> = Arc::default();
+        std::thread::scope(|scope| {
+            let d = done.clone();
+            scope.spawn(move || {
+                let r = call();
+                *d.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(r);
+                d.1.wake();
+            });
+            self.block_on(poll_fn(|cx| {
+                done.1.register(cx.waker());
+                match done.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+                    Some(r) => Poll::Ready(r),
+                    None => Poll::Pending,
+                }
+            }))
+        })
+    }
+
+    /// Whether it has stopped (its engine shut down, or it was told to).
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.0.borrow().0
+    }
+}
+
+impl Drop for HostedShard {
+    fn drop(&mut self) {
+        let why = format!("shard {} (hosted) was dropped by its host", self.id);
+        let _ = self.commands.send(ShardCommand::Abandon(why));
+        let stopped = self.stopped.clone();
+        self.sched.block_on(stopped.until(|s| *s));
+        self.sched.drop_tasks();
+    }
 }
 
 /// Runs one task, reporting INITIALIZING, RUNNING and its terminal state; a panic
@@ -307,6 +470,7 @@ async fn supervise(
     lane: ControlLane,
     tasks: Tasks,
     reports: ReportSink,
+    abandoned: Abandoned,
 ) {
     let (job, attempt) = (d.job, d.attempt);
     let report = move |state: ExecutionState, failure: Option<TaskFailure>, output| {
@@ -324,7 +488,10 @@ async fn supervise(
     // dropped, and its segments home, before the terminal state is reported.
     let outcome = run.await;
     match outcome {
-        Ok(Err(TaskStop::Canceled)) => report(ExecutionState::Canceled, None, None),
+        Ok(Err(TaskStop::Canceled)) => match abandoned.borrow().clone() {
+            None => report(ExecutionState::Canceled, None, None),
+            Some(cause) => report(ExecutionState::Failed, Some(TaskFailure { cause, secondary: false }), None),
+        },
         Ok(Ok(output)) => report(ExecutionState::Finished, None, Some(output)),
         Ok(Err(TaskStop::Failed(failure))) => report(ExecutionState::Failed, Some(failure), None),
         Err(panic) => report(ExecutionState::Failed, Some(TaskFailure::panicked(&*panic)), None),

@@ -9,6 +9,7 @@ mod embedded_backpressure;
 mod embedded_bad_input;
 mod embedded_cancel;
 mod embedded_failure;
+mod embedded_hosted;
 mod embedded_lifecycle;
 mod embedded_oracle;
 mod embedded_placement;

@@ -289,7 +289,7 @@ impl MiniCluster {
             let options = WorkerOptions { resource_id: Some(format!("mini-worker-{i}")), ..WorkerOptions::default() };
             let (config, registry) = engine.jobs(jobs).into_parts()?;
             let live = Arc::new(LiveRegistry::new(registry));
-            started.push(Worker::start_with(connector, config, live, Arc::default(), options)?);
+            started.push(Worker::start_with(connector, config, live, Arc::default(), options, false)?.0);
         }
         Ok(MiniCluster { workers: started, server })
     }

@@ -18,7 +18,43 @@ pub(crate) mod state;
 pub(crate) mod task;
 pub(crate) mod vertex;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Waker;
+
+use atomic_waker::AtomicWaker;
+
+/// How one side of a queue between threads wakes the other only when it waits:
+/// a pusher its ingress source parked on an empty queue, an egress sink its
+/// reader. The side that waits parks, then looks at the queue once more; the
+/// other puts, then wakes: a put between the look and the park sees the flag.
+/// A side that never waits costs the other one atomic swap per put.
+#[derive(Default)]
+pub(crate) struct ParkedWaker {
+    waker: AtomicWaker,
+    parked: AtomicBool,
+}
+
+impl ParkedWaker {
+    /// Waits with `waker`: the next [`ParkedWaker::wake`] wakes it.
+    pub(crate) fn park(&self, waker: &Waker) {
+        self.waker.register(waker);
+        self.parked.store(true, Ordering::SeqCst);
+    }
+
+    /// Wakes the waiting side, if it waits.
+    pub(crate) fn wake(&self) {
+        if self.parked.swap(false, Ordering::SeqCst) {
+            self.waker.wake();
+        }
+    }
+
+    /// Wakes the last registered waker whether it waits or not (the queue ends).
+    pub(crate) fn wake_always(&self) {
+        self.parked.store(false, Ordering::SeqCst);
+        self.waker.wake();
+    }
+}
 
 /// What an idle shard does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,6 +1,9 @@
 //! A shard's scheduler: it polls the shard's futures (its mailbox loop and one
 //! per subtask) on the shard's thread, keeps their timers, and parks the thread
-//! on a futex when nothing is ready.
+//! on a futex when nothing is ready. A shard of its own thread runs it to the
+//! end (`block_on` its mailbox loop); a hosted shard is run by its host's
+//! thread, a round at a time (`step`, `park`) or around the host's own future
+//! (`block_on`): see [`crate::HostedShard`].
 //!
 //! glommio hosts the shard: it pins the thread to its core and owns the io_uring
 //! the remote data plane will drive. But a shard's tasks do no I/O of glommio's:
@@ -19,9 +22,10 @@
 //! slice (`SLICE`). Timers are a binary heap the loop reads before it parks.
 //!
 //! ```text
-//!   loop: fire due timers ─► poll what is ready now (in wake order; what those polls
-//!         wake waits for the next round) ─► nothing? park (spin: poll on, 1 s) until
-//!         the earliest timer or a wake-up
+//!   block_on(f): f woken? poll f ─► step ─► nothing? park (spin: poll on, 1 s)
+//!   step:        fire due timers ─► poll what is ready now (in wake order; what
+//!                those polls wake waits for the next round)
+//!   park:        until a wake-up, the earliest timer (or the host's timeout)
 //!   wake (any thread): queued already? done : push id, unpark the shard's thread
 //! ```
 //!
@@ -33,7 +37,6 @@ use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::BinaryHeap;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
@@ -60,6 +63,9 @@ const TIMER_SLACK: Duration = Duration::from_nanos(1_500);
 const STEPS_PER_CLOCK_READ: u32 = 32;
 
 type LocalFuture = Pin<Box<dyn Future<Output = ()>>>;
+
+/// The id of the future [`Scheduler::block_on`] polls: no task's.
+const HOST: usize = usize::MAX;
 
 /// What other threads reach: the ready queue and the thread to unpark. `Send + Sync`.
 struct ReadyQueue {
@@ -137,9 +143,10 @@ pub(crate) struct Scheduler {
 }
 
 impl Scheduler {
-    /// A scheduler for the calling thread. Under [`IdlePolicy::Park`] it sets the
-    /// thread's timer slack to [`TIMER_SLACK`]: the kernel's default (50 µs) would
-    /// let a parked shard's timed wake-up run up to 50 µs late.
+    /// A scheduler for the calling thread, a shard's own. Under
+    /// [`IdlePolicy::Park`] it sets the thread's timer slack to [`TIMER_SLACK`]:
+    /// the kernel's default (50 µs) would let a parked shard's timed wake-up run
+    /// up to 50 µs late.
     pub(crate) fn new(idle: IdlePolicy) -> Scheduler {
         if idle == IdlePolicy::Park {
             let slack = std::num::NonZeroU64::new(TIMER_SLACK.as_nanos() as u64);
@@ -147,6 +154,12 @@ impl Scheduler {
                 tracing::debug!("timer slack stays at the kernel's default: {e}");
             }
         }
+        Scheduler::hosted(idle)
+    }
+
+    /// A scheduler for the calling thread, a host's: its timer slack is the
+    /// host's to set.
+    pub(crate) fn hosted(idle: IdlePolicy) -> Scheduler {
         Scheduler {
             idle,
             ready: Arc::new(ReadyQueue { ids: SegQueue::new(), thread: std::thread::current() }),
@@ -185,46 +198,91 @@ impl Scheduler {
         steps % STEPS_PER_CLOCK_READ == 0 && self.slice_started.get().elapsed() >= SLICE
     }
 
-    /// Runs `main` and every task spawned meanwhile until `main` ends; then drops
-    /// the tasks still there.
-    pub(crate) fn block_on(&self, main: impl Future<Output = ()> + 'static) {
-        let done = Rc::new(Cell::new(false));
-        let finished = done.clone();
-        self.spawn(async move {
-            main.await;
-            finished.set(true);
-        });
+    /// Polls `future` on this thread, running the shard's tasks between its
+    /// polls, until it is ready; an idle shard spins (under
+    /// [`IdlePolicy::Spin`], for [`SPIN_BEFORE_PARK`]) or parks. The tasks stay:
+    /// [`Scheduler::drop_tasks`] ends them.
+    pub(crate) fn block_on<F: Future>(&self, future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        loop {
+            if let Some(out) = self.block_on_until(future.as_mut(), None) {
+                return out;
+            }
+        }
+    }
+
+    /// [`Scheduler::block_on`] until `deadline`: `None` if `future` was not
+    /// ready by then (it is dropped).
+    pub(crate) fn block_on_until<F: Future>(&self, future: F, deadline: Option<Instant>) -> Option<F::Output> {
+        let mut future = std::pin::pin!(future);
+        // The future is woken like a task, under an id no slot has.
+        let host = Arc::new(TaskWaker { id: HOST, queued: AtomicBool::new(true), ready: self.ready.clone() });
+        let waker = Waker::from(host.clone());
         let mut idle_since: Option<Instant> = None;
-        while !done.get() {
-            let now = Instant::now();
-            self.slice_started.set(now);
-            let mut worked = self.fire_timers(now);
-            // What these polls wake waits for the next round, so a task that wakes
-            // itself cannot keep the timers (or a park) from their turn.
-            for _ in 0..self.ready.ids.len() {
-                match self.ready.ids.pop() {
-                    Some(id) => {
-                        self.poll(id);
-                        worked = true;
-                    }
-                    None => break,
+        loop {
+            if host.queued.swap(false, Ordering::AcqRel) {
+                if let Poll::Ready(out) = future.as_mut().poll(&mut Context::from_waker(&waker)) {
+                    return Some(out);
                 }
             }
-            if worked {
+            if self.step() {
                 idle_since = None;
                 continue;
             }
+            let now = Instant::now();
+            let left = match deadline {
+                Some(d) if now >= d => return None,
+                Some(d) => Some(d - now),
+                None => None,
+            };
             if self.idle == IdlePolicy::Spin && now - *idle_since.get_or_insert(now) < SPIN_BEFORE_PARK {
                 std::hint::spin_loop();
                 continue;
             }
-            let next = self.timers.borrow().peek().map(|Reverse(d)| d.at);
-            match next {
-                Some(at) => std::thread::park_timeout(at.saturating_duration_since(Instant::now())),
-                None => std::thread::park(),
+            self.park(left);
+        }
+    }
+
+    /// One round: wakes the timers due now and polls the tasks ready now (in
+    /// wake order; what those polls wake waits for the next round, so a task
+    /// that wakes itself cannot keep the timers or a park from their turn).
+    /// Whether there was anything to do.
+    pub(crate) fn step(&self) -> bool {
+        let now = Instant::now();
+        self.slice_started.set(now);
+        let mut worked = self.fire_timers(now);
+        for _ in 0..self.ready.ids.len() {
+            match self.ready.ids.pop() {
+                Some(id) => {
+                    self.poll(id);
+                    worked = true;
+                }
+                None => break,
             }
         }
-        // Dropped outside the borrows: a task's drop may wake or spawn.
+        worked
+    }
+
+    /// Parks the thread until a wake-up, the earliest timer or `timeout`,
+    /// whichever comes first (at once if a wake-up came since the last round).
+    pub(crate) fn park(&self, timeout: Option<Duration>) {
+        let now = Instant::now();
+        let timer = self.timers.borrow().peek().map(|Reverse(d)| d.at);
+        let until = match (timer, timeout.and_then(|t| now.checked_add(t))) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match until {
+            Some(at) => std::thread::park_timeout(at.saturating_duration_since(now)),
+            None => std::thread::park(),
+        }
+    }
+
+    /// Drops every task and timer. Tasks hold their scheduler, so a shard that
+    /// ends calls this to free them (a task's drop may wake or spawn: done
+    /// outside the borrows).
+    pub(crate) fn drop_tasks(&self) {
+        self.free.borrow_mut().clear();
         let left = std::mem::take(&mut *self.slots.borrow_mut());
         drop(left);
         let timers = std::mem::take(&mut *self.timers.borrow_mut());
@@ -292,6 +350,7 @@ pub(crate) async fn yield_now() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::rc::Rc;
     use std::sync::atomic::AtomicUsize;
     use std::sync::mpsc;
 
@@ -545,9 +604,67 @@ mod tests {
                 }
             });
             assert_eq!(ran.load(Ordering::Relaxed), 12);
-            // The main task and at most 4 others at once: ended tasks' slots were reused.
-            assert!(sched.slots.borrow().is_empty(), "slots are dropped at the end");
-            assert!(sched.free.borrow().len() <= 5, "{} slots", sched.free.borrow().len());
+            // At most 4 tasks at once: ended tasks' slots were reused.
+            assert!(sched.slots.borrow().iter().all(Option::is_none), "every task ended");
+            assert!(sched.free.borrow().len() <= 4, "{} slots", sched.free.borrow().len());
+            sched.drop_tasks();
+            assert!(sched.slots.borrow().is_empty());
+        });
+    }
+
+    #[test]
+    fn a_step_runs_what_is_ready_and_never_waits() {
+        on_own_thread(|| {
+            let sched = Rc::new(Scheduler::hosted(IdlePolicy::Park));
+            assert!(!sched.step(), "nothing to do");
+            let polls = Rc::new(Cell::new(0));
+            let p = polls.clone();
+            let signal = Arc::new(Signal::default());
+            let s = signal.clone();
+            sched.spawn(async move {
+                p.set(p.get() + 1);
+                s.wait().await;
+                p.set(p.get() + 1);
+            });
+            assert!(sched.step(), "the new task ran");
+            assert_eq!(polls.get(), 1);
+            assert!(!sched.step(), "the task waits: nothing to do, and no wait");
+            signal.set();
+            assert!(sched.step(), "the wake-up queued it");
+            assert_eq!(polls.get(), 2, "it ran to its end");
+            assert!(!sched.step());
+        });
+    }
+
+    #[test]
+    fn a_future_not_ready_by_its_deadline_is_given_up_and_the_tasks_stay() {
+        on_own_thread(|| {
+            let sched = Rc::new(Scheduler::hosted(IdlePolicy::Park));
+            let signal = Arc::new(Signal::default());
+            let s = signal.clone();
+            let ran = Rc::new(Cell::new(false));
+            let r = ran.clone();
+            sched.spawn(async move {
+                s.wait().await;
+                r.set(true);
+            });
+            let deadline = Instant::now() + Duration::from_millis(20);
+            let never = std::future::pending::<()>();
+            assert_eq!(sched.block_on_until(never, Some(deadline)), None);
+            assert!(Instant::now() >= deadline, "given up only at the deadline");
+            assert!(!ran.get());
+            // The task is still there: a later run finishes it.
+            signal.set();
+            let r = ran.clone();
+            sched.block_on(poll_fn(move |cx| {
+                if r.get() {
+                    Poll::Ready(())
+                } else {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+            }));
+            sched.drop_tasks();
         });
     }
 }

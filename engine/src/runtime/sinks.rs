@@ -16,6 +16,7 @@ use crate::error::{EngineError, OperatorError};
 use crate::runtime::build::{BuildContext, Name, NodeFactory};
 use crate::runtime::collector::{Collector, Lifecycle, SharedCollector, SinkOutput, TaskInfo};
 use crate::runtime::output::Output;
+use crate::runtime::ParkedWaker;
 
 /// Counts records and sums a value of each (wrapping).
 pub(crate) struct CountSink<T: Data, F> {
@@ -273,6 +274,7 @@ pub struct EgressHandle<T> {
     rx: Receiver<T>,
     waiters: Arc<EgressWaiters>,
     stop: Arc<EgressStop>,
+    reader: Arc<ParkedWaker>,
 }
 
 impl<T> std::fmt::Debug for EgressHandle<T> {
@@ -304,6 +306,31 @@ impl<T> EgressHandle<T> {
         r
     }
 
+    /// The next result, awaited: `None` once the job's sinks have all finished
+    /// and the queue is empty. For a reader in an async runtime, or on a
+    /// [`crate::HostedShard`] (`shard.block_on(egress.recv_async())`).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a result is taken only when the future completes.
+    pub async fn recv_async(&mut self) -> Option<T> {
+        std::future::poll_fn(|cx| {
+            for attempt in 0..2 {
+                match self.rx.try_recv() {
+                    Ok(r) => {
+                        self.waiters.wake_all();
+                        return Poll::Ready(Some(r));
+                    }
+                    Err(TryRecvError::Disconnected) => return Poll::Ready(None),
+                    // Park, then look once more (`ParkedWaker`).
+                    Err(TryRecvError::Empty) if attempt == 0 => self.reader.park(cx.waker()),
+                    Err(TryRecvError::Empty) => {}
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
     /// Results queued now.
     pub fn len(&self) -> usize {
         self.rx.len()
@@ -332,11 +359,38 @@ impl<T> EgressHandle<T> {
 /// in `stash`; the task takes no input until they are gone.
 pub(crate) struct EgressSink<T> {
     name: String,
-    tx: Option<Sender<T>>,
+    tx: Option<EgressSender<T>>,
     stash: VecDeque<T>,
     waiters: Arc<EgressWaiters>,
     stop: Arc<EgressStop>,
     gone: bool,
+}
+
+/// A sink subtask's sender: it wakes the handle's reader after every result
+/// (only a reader that waits costs a wake-up) and when it goes (the stream may
+/// have ended).
+struct EgressSender<T> {
+    /// `Some` until it is dropped.
+    tx: Option<Sender<T>>,
+    reader: Arc<ParkedWaker>,
+}
+
+impl<T> EgressSender<T> {
+    #[inline]
+    fn try_send(&self, record: T) -> Result<(), TrySendError<T>> {
+        let Some(tx) = &self.tx else { return Err(TrySendError::Disconnected(record)) };
+        tx.try_send(record)?;
+        self.reader.wake();
+        Ok(())
+    }
+}
+
+impl<T> Drop for EgressSender<T> {
+    fn drop(&mut self) {
+        // The sender first, then the wake-up: the reader must find the end.
+        drop(self.tx.take());
+        self.reader.wake_always();
+    }
 }
 
 impl<T: Data> EgressSink<T> {
@@ -464,9 +518,18 @@ impl<T> Drop for EgressSink<T> {
 pub(crate) struct EgressFactory<T> {
     pub(crate) name: Name,
     template: Mutex<Option<Sender<T>>>,
+    reader: Arc<ParkedWaker>,
     taken: AtomicU32,
     waiters: Arc<EgressWaiters>,
     stop: Arc<EgressStop>,
+}
+
+impl<T> Drop for EgressFactory<T> {
+    fn drop(&mut self) {
+        // The template first, then the wake-up: the reader must find the end.
+        drop(self.template.get_mut().unwrap_or_else(PoisonError::into_inner).take());
+        self.reader.wake_always();
+    }
 }
 
 /// An egress queue of `capacity` results.
@@ -474,14 +537,16 @@ pub(crate) fn egress<T>(name: Name, capacity: usize) -> (EgressFactory<T>, Egres
     let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
     let waiters = Arc::new(EgressWaiters::default());
     let stop = Arc::new(EgressStop::default());
+    let reader = Arc::new(ParkedWaker::default());
     let factory = EgressFactory {
         name,
         template: Mutex::new(Some(tx)),
+        reader: reader.clone(),
         taken: AtomicU32::new(0),
         waiters: waiters.clone(),
         stop: stop.clone(),
     };
-    (factory, EgressHandle { rx, waiters, stop })
+    (factory, EgressHandle { rx, waiters, stop, reader })
 }
 
 impl<T: Data> NodeFactory<T> for EgressFactory<T> {
@@ -494,8 +559,10 @@ impl<T: Data> NodeFactory<T> for EgressFactory<T> {
             })?;
             if self.taken.fetch_add(1, Ordering::AcqRel) + 1 >= ctx.task.parallelism {
                 *template = None;
+                // The stream may have ended with it.
+                self.reader.wake_always();
             }
-            tx
+            EgressSender { tx: Some(tx), reader: self.reader.clone() }
         };
         let sink = EgressSink {
             name: name.clone(),

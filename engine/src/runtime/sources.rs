@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::task::Context;
 use std::time::{Duration, Instant};
 
-use atomic_waker::AtomicWaker;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use crate::data::Data;
 use crate::error::OperatorError;
 use crate::runtime::collector::{Collector, TaskInfo};
 use crate::runtime::output::{any_overdrawn, Partition};
+use crate::runtime::ParkedWaker;
 
 /// Records a source hands on per poll at most.
 pub const SOURCE_BATCH: usize = 1024;
@@ -234,22 +234,6 @@ impl<T: Data> Source<T> for FromItems<T> {
 
 // ------------------------------------------------------------------ ingress
 
-/// How a pusher wakes its source subtask, only when the source is parked on an
-/// empty queue (so a busy source costs the pusher no wake-up).
-#[derive(Default)]
-struct IngressWake {
-    waker: AtomicWaker,
-    parked: AtomicBool,
-}
-
-impl IngressWake {
-    fn wake(&self) {
-        if self.parked.swap(false, Ordering::SeqCst) {
-            self.waker.wake();
-        }
-    }
-}
-
 /// Whether an ingress's job still reads it: closed once every source subtask
 /// that started has ended (the job finished, failed or was cancelled).
 #[derive(Default)]
@@ -265,7 +249,7 @@ const CLOSED_CHECK: Duration = Duration::from_millis(50);
 struct IngressQueues<T> {
     name: String,
     senders: Vec<Sender<T>>,
-    wakes: Vec<Arc<IngressWake>>,
+    wakes: Vec<Arc<ParkedWaker>>,
     life: Arc<IngressLife>,
 }
 
@@ -274,8 +258,7 @@ impl<T> Drop for IngressQueues<T> {
         // The last handle is gone: the sources see the end once they drain.
         self.senders.clear();
         for w in &self.wakes {
-            w.parked.store(false, Ordering::SeqCst);
-            w.waker.wake();
+            w.wake_always();
         }
     }
 }
@@ -422,7 +405,7 @@ impl<T: Send> IngressHandle<T> {
 /// The source side of an ingress: each subtask takes its queue.
 pub(crate) struct IngressSources<T> {
     pub(crate) receivers: Vec<Receiver<T>>,
-    wakes: Vec<Arc<IngressWake>>,
+    wakes: Vec<Arc<ParkedWaker>>,
     life: Arc<IngressLife>,
 }
 
@@ -433,7 +416,7 @@ pub(crate) fn ingress<T>(name: &str, capacity: usize, parallelism: u32) -> (Ingr
         let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
         senders.push(tx);
         receivers.push(rx);
-        wakes.push(Arc::new(IngressWake::default()));
+        wakes.push(Arc::new(ParkedWaker::default()));
     }
     let life = Arc::new(IngressLife::default());
     let queues = Arc::new(IngressQueues { name: name.to_string(), senders, wakes: wakes.clone(), life: life.clone() });
@@ -457,7 +440,7 @@ impl<T> IngressSources<T> {
 /// One subtask's end of an ingress.
 pub(crate) struct IngressSource<T> {
     rx: Receiver<T>,
-    wake: Arc<IngressWake>,
+    wake: Arc<ParkedWaker>,
     life: Arc<IngressLife>,
 }
 
@@ -491,8 +474,7 @@ impl<T: Data> Source<T> for IngressSource<T> {
                 Err(TryRecvError::Empty) => {
                     // Park, then look once more: a push between the look and the
                     // park sees the flag and wakes us.
-                    self.wake.waker.register(cx.waker());
-                    self.wake.parked.store(true, Ordering::SeqCst);
+                    self.wake.park(cx.waker());
                     registered = true;
                 }
             }

@@ -37,7 +37,7 @@ use super::ha::{services as ha_services, HaConfig};
 use crate::config::{EngineBuilder, EngineConfig};
 use crate::error::EngineError;
 use crate::registry::LiveRegistry;
-use crate::shard::{start_shards, ReportSink};
+use crate::shard::{start_shards, HostedShard, ReportSink};
 use shardflow_memory::PoolMonitor;
 
 /// A shard of a worker: its index, core and segment pool.
@@ -68,7 +68,7 @@ impl Worker {
     pub fn start(coordinator: SocketAddr, engine: EngineBuilder, options: WorkerOptions) -> Result<Self, EngineError> {
         let (config, registry) = engine.into_parts()?;
         let live = Arc::new(LiveRegistry::new(registry));
-        Self::start_with(Connector::Tcp(coordinator), config, live, Arc::default(), options)
+        Ok(Self::start_with(Connector::Tcp(coordinator), config, live, Arc::default(), options, false)?.0)
     }
 
     /// Starts the shards of `engine` and a worker serving whichever coordinator
@@ -79,16 +79,19 @@ impl Worker {
         let (config, registry) = engine.into_parts()?;
         let live = Arc::new(LiveRegistry::new(registry));
         let connector = Connector::Ha(Arc::new(HaConnector { services, retrieval: Mutex::new(None) }));
-        Self::start_with(connector, config, live, Arc::default(), options)
+        Ok(Self::start_with(connector, config, live, Arc::default(), options, false)?.0)
     }
 
+    /// Starts the shards (with `host`, shard 0 is the calling thread's,
+    /// returned) and the worker's thread.
     pub(crate) fn start_with(
         connector: Connector,
         config: EngineConfig,
         live: Arc<LiveRegistry>,
         board: Arc<JobBoard>,
         options: WorkerOptions,
-    ) -> Result<Self, EngineError> {
+        host: bool,
+    ) -> Result<(Self, Option<HostedShard>), EngineError> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let events = tx.clone();
         let reports: ReportSink = Arc::new(move |r| {
@@ -100,7 +103,7 @@ impl Worker {
                 let _ = leaders.send(Event::LeaderChanged(l));
             })
             .map_err(|reason| EngineError::Io { what: "following the cluster's leader".into(), reason })?;
-        let shards = start_shards(&config, reports)?;
+        let (shards, hosted) = start_shards(&config, reports, host)?;
         let shard_list = shards.iter().map(|s| WorkerShard { id: s.id, core: s.core, pool: s.pool.clone() }).collect();
         let slots = shards.iter().map(|s| ShardSlots { id: s.id, core: s.core, network: s.network_budget() }).collect();
         let resource_id = options.resource_id.clone().unwrap_or_else(default_resource_id);
@@ -119,7 +122,7 @@ impl Worker {
             .name("worker".into())
             .spawn(move || session.run())
             .map_err(|e| EngineError::Io { what: "starting the worker thread".into(), reason: e.to_string() })?;
-        Ok(Worker { shards: shard_list, events: tx, registered, thread: Some(thread) })
+        Ok((Worker { shards: shard_list, events: tx, registered, thread: Some(thread) }, hosted))
     }
 
     /// Its shards.

@@ -1,0 +1,146 @@
+//! A shard hosted by the caller's thread: the host owns its loop and the
+//! shard's tasks run only inside its calls.
+
+use shardflow_engine::{Dataflow, EgressHandle, Engine, EngineError, HostedShard, IngressHandle, JobHandle};
+use shardflow_engine::{JobStatus, PushError};
+
+use crate::common::{shard_count, small_engine, TIMEOUT};
+
+/// The next answer, the host's thread running its shard meanwhile; fails the
+/// test after [`TIMEOUT`].
+fn next_answer(shard: &mut HostedShard, answers: &mut EgressHandle<u64>, what: &str) -> Option<u64> {
+    match shard.block_on_timeout(answers.recv_async(), TIMEOUT) {
+        Some(answer) => answer,
+        None => panic!("no answer to {what} within {TIMEOUT:?}: {:?}", answers.stopped()),
+    }
+}
+
+/// The job's end, the host's thread running its shard meanwhile.
+fn wait_stepping(shard: &mut HostedShard, job: &JobHandle) -> Result<shardflow_engine::JobResult, EngineError> {
+    shard.step_during(|| job.wait_timeout(TIMEOUT))
+}
+
+/// An engine whose shard 0 is this thread's, and a job of one subtask per
+/// vertex on it: requests in, each answered with itself + 1.
+struct HostedJob {
+    engine: Engine,
+    shard: HostedShard,
+    ingress: IngressHandle<u64>,
+    answers: EgressHandle<u64>,
+    job: JobHandle,
+}
+
+impl HostedJob {
+    /// Ends the input: the stream ends complete, the job finishes (while this
+    /// thread runs its shard), the engine stops.
+    fn finish(self) {
+        let HostedJob { engine, mut shard, ingress, mut answers, job } = self;
+        drop(ingress);
+        assert_eq!(next_answer(&mut shard, &mut answers, "the end of input"), None, "the stream ends");
+        assert_eq!(answers.stopped(), None, "a complete stream");
+        let result = wait_stepping(&mut shard, &job).expect("the job finishes");
+        assert_eq!(result.status, JobStatus::Finished);
+        drop(job);
+        drop(shard);
+        engine.shutdown();
+    }
+}
+
+fn hosted_job(name: &str) -> HostedJob {
+    let (engine, shard) = small_engine().build_hosted().expect("a hosted engine starts");
+    let core = shard.core();
+    let df = Dataflow::new(name).parallelism(1);
+    let (requests, ingress) = df.ingress::<u64>("requests", 8);
+    let answers = requests.cores(&[core]).map(|r: &u64| r + 1).cores(&[core]).egress(8);
+    let job = engine.submit(df.build().expect("a valid dataflow")).expect("the job is accepted");
+    HostedJob { engine, shard, ingress, answers, job }
+}
+
+#[test]
+fn a_host_thread_runs_its_shard_and_answers_cross_every_shard() {
+    let (engine, mut shard) = small_engine().build_hosted().expect("a hosted engine starts");
+    assert_eq!(engine.shards()[0].core, shard.core(), "the hosted shard is shard 0, on the first core");
+    let p = shard_count() as u32;
+    let df = Dataflow::new("hosted-service").parallelism(p);
+    let (requests, mut ingress) = df.ingress::<u64>("requests", 64);
+    // Keyed by the request: with two shards, half the requests are answered on
+    // the other shard's thread, half on this one.
+    let mut answers = requests.key_by(|r: &u64| *r).as_stream().map(|r: &u64| r * 3).egress(64);
+    let job = engine.submit(df.build().expect("a valid dataflow")).expect("the job is accepted");
+    let here = job.placement().placements.iter().filter(|s| s.core == shard.core()).count();
+    assert_eq!(here, 2, "one ingress and one answering subtask on the hosted shard:\n{}", job.placement());
+    for r in 0..2_000u64 {
+        ingress.push(r).expect("the job takes every request");
+        assert_eq!(next_answer(&mut shard, &mut answers, &format!("request {r}")), Some(r * 3));
+    }
+    HostedJob { engine, shard, ingress, answers, job }.finish();
+}
+
+#[test]
+fn nothing_runs_on_a_hosted_shard_until_its_host_steps() {
+    let HostedJob { engine, mut shard, mut ingress, mut answers, job } = hosted_job("hosted-only");
+    let core = shard.core();
+    assert!(job.placement().placements.iter().all(|s| s.core == core), "{}", job.placement());
+    // The deployment waits in the shard's mailbox, the request in its queue:
+    // no thread but this one can answer it.
+    ingress.push(41).expect("the queue has room");
+    assert_eq!(answers.try_recv().ok(), None, "no answer before the host steps");
+    assert_eq!(next_answer(&mut shard, &mut answers, "request 41"), Some(42));
+    // A host with its own loop: step until the answer is there.
+    ingress.push(1).expect("the queue has room");
+    let mut steps = 0u64;
+    let answer = loop {
+        if let Ok(a) = answers.try_recv() {
+            break a;
+        }
+        shard.step();
+        steps += 1;
+        assert!(steps < 100_000_000, "no answer after {steps} steps");
+    };
+    assert_eq!(answer, 2);
+    HostedJob { engine, shard, ingress, answers, job }.finish();
+}
+
+#[test]
+fn a_dropped_hosted_shard_fails_its_tasks_and_refuses_new_ones() {
+    let HostedJob { engine, mut shard, mut ingress, mut answers, job } = hosted_job("hosted-then-dropped");
+    let core = shard.core();
+    ingress.push(1).expect("the queue has room");
+    assert_eq!(next_answer(&mut shard, &mut answers, "request 1"), Some(2), "the job runs");
+    drop(shard);
+    // Its tasks failed as it went, with the reason: the job ends instead of hanging.
+    match job.wait_timeout(TIMEOUT) {
+        Err(EngineError::JobFailed { cause, .. }) => assert!(cause.contains("dropped by its host"), "{cause}"),
+        other => panic!("the job must fail without its shard: {other:?}"),
+    }
+    assert!(answers.recv_timeout(TIMEOUT).is_err(), "the stream ended");
+    assert!(answers.stopped().is_some(), "cut short: {:?}", answers.stopped());
+    assert!(matches!(ingress.try_push(2), Err(PushError::Closed(2))), "the ingress is closed");
+    // A job placed on the stopped shard fails, typed, with the reason.
+    let df = Dataflow::new("after-the-shard").parallelism(1);
+    let _ = df.generate("numbers", 10, |r| r).cores(&[core]).count();
+    let job = engine.submit(df.build().expect("a valid dataflow")).expect("the job is accepted");
+    match job.wait_timeout(TIMEOUT) {
+        Err(EngineError::JobFailed { cause, .. }) => assert!(cause.contains("stopped"), "{cause}"),
+        other => panic!("a job on a stopped shard fails: {other:?}"),
+    }
+    engine.shutdown();
+}
+
+#[test]
+fn a_hosted_shard_stops_once_its_engine_is_gone() {
+    let HostedJob { engine, mut shard, mut ingress, mut answers, job: _job } = hosted_job("engine-goes");
+    ingress.push(1).expect("the queue has room");
+    assert_eq!(next_answer(&mut shard, &mut answers, "request 1"), Some(2));
+    assert!(!shard.is_stopped());
+    engine.shutdown();
+    // The shutdown reached the shard's mailbox: the next steps cancel its task
+    // and end it; the egress then ends, cut short.
+    assert_eq!(next_answer(&mut shard, &mut answers, "the shutdown"), None);
+    assert!(answers.stopped().is_some(), "cut short by the cancel");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !shard.is_stopped() {
+        assert!(std::time::Instant::now() < deadline, "the hosted shard did not stop within {TIMEOUT:?}");
+        shard.step_or_park(Some(std::time::Duration::from_millis(10)));
+    }
+}
