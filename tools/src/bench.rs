@@ -11,7 +11,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shardflow_engine::jobs::{exchange, keyed_sum, latency, wordcount, P2_KEYS, P8_WORDS, P8_WORDS_PER_LINE};
-use shardflow_engine::{Cores, Dataflow, Engine, EngineError, IdlePolicy, JobHandle, JobResult, PlacementStrategy};
+use shardflow_engine::{
+    Cores, Dataflow, Engine, EngineError, HostedShard, IdlePolicy, JobHandle, JobResult, PlacementStrategy,
+};
 
 use crate::cluster::ConfigFile;
 use crate::cpu::process_cpu_time;
@@ -93,6 +95,11 @@ pub(crate) struct BenchArgs {
     /// Print the placement table on stderr.
     #[arg(long)]
     show_placement: bool,
+    /// Host shard 0 on this thread (`EngineBuilder::build_hosted`): the bench's
+    /// own thread runs it while it waits (roundtrip: while it waits for each
+    /// answer), pinned to the first core.
+    #[arg(long)]
+    hosted: bool,
 }
 
 fn parse_count(s: &str) -> std::result::Result<u64, String> {
@@ -132,7 +139,12 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
         builder = builder.flush_timeout((ms > 0).then(|| Duration::from_millis(ms)));
     }
     let t0 = Instant::now();
-    let engine = builder.build()?;
+    let (engine, mut hosted) = if a.hosted {
+        let (engine, shard) = builder.build_hosted()?;
+        (engine, Some(shard))
+    } else {
+        (builder.build()?, None)
+    };
     let startup_s = t0.elapsed().as_secs_f64();
     let p = a.parallelism.unwrap_or(engine.shards().len() as u32);
     let n = a.records.unwrap_or(match a.pipeline {
@@ -143,7 +155,7 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
     let (job, expected_source_records) = match a.pipeline {
         Pipeline::Roundtrip => {
             // Driven from this thread, not waited for.
-            let ok = roundtrip(&engine, n, p, placement, startup_s)?;
+            let ok = roundtrip(&engine, hosted.as_mut(), n, p, placement, startup_s)?;
             engine.shutdown();
             return Ok(if ok { Exit::Done } else { Exit::Failed });
         }
@@ -161,7 +173,11 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
     if a.show_placement {
         eprint!("{}", handle.placement());
     }
-    let result = match wait_with_progress(handle, expected_source_records, a.pipeline)? {
+    let waited = match hosted.as_mut() {
+        Some(shard) => shard.step_during(|| wait_with_progress(handle, expected_source_records, a.pipeline))?,
+        None => wait_with_progress(handle, expected_source_records, a.pipeline)?,
+    };
+    let result = match waited {
         Waited::Done(result) => result,
         Waited::Interrupted { after, source_records } => {
             let s = after.as_secs_f64();
@@ -176,7 +192,11 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
     };
     let cpu_s = cpu_since(cpu0);
     let wall_s = result.duration().as_secs_f64();
-    let common = format!("startup_s={startup_s:.3} cpu_s={cpu_s:.2} shards={} parallelism={p}", engine.shards().len());
+    let common = format!(
+        "startup_s={startup_s:.3} cpu_s={cpu_s:.2} shards={} parallelism={p}{}",
+        engine.shards().len(),
+        hosted_tag(hosted.is_some())
+    );
     let ok = match a.pipeline {
         Pipeline::Exchange => {
             let (count, sum) = result.count();
@@ -250,12 +270,20 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
 /// How long a round trip may take before the bench gives up on it.
 const ROUNDTRIP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The `roundtrip` pipeline: `n` requests, one at a time, from this thread.
-/// Returns whether every answer was right.
-fn roundtrip(engine: &Engine, n: u64, p: u32, placement: PlacementStrategy, startup_s: f64) -> Result<bool> {
+/// The `roundtrip` pipeline: `n` requests, one at a time, from this thread
+/// (which runs `hosted` while it waits for an answer). Returns whether every
+/// answer was right.
+fn roundtrip(
+    engine: &Engine,
+    mut hosted: Option<&mut HostedShard>,
+    n: u64,
+    p: u32,
+    placement: PlacementStrategy,
+    startup_s: f64,
+) -> Result<bool> {
     let df = Dataflow::new("roundtrip").parallelism(p);
     let (requests, mut ingress) = df.ingress::<u64>("requests", 1024);
-    let answers = requests.key_by(|r: &u64| *r).as_stream().map(|r: &u64| r + 1).name("answer").egress(1024);
+    let mut answers = requests.key_by(|r: &u64| *r).as_stream().map(|r: &u64| r + 1).name("answer").egress(1024);
     let cpu0 = process_cpu_time();
     let handle = engine.submit_with(df.build()?, placement)?;
     let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)?;
@@ -266,28 +294,36 @@ fn roundtrip(engine: &Engine, n: u64, p: u32, placement: PlacementStrategy, star
         if ingress.push(r).is_err() {
             bail!("the job stopped taking requests at request {r}: {:?}", answers.stopped());
         }
-        match answers.recv_timeout(ROUNDTRIP_TIMEOUT) {
-            Ok(answer) => {
+        let answer = match hosted.as_deref_mut() {
+            Some(shard) => shard.block_on_timeout(answers.recv_async(), ROUNDTRIP_TIMEOUT).flatten(),
+            None => answers.recv_timeout(ROUNDTRIP_TIMEOUT).ok(),
+        };
+        match answer {
+            Some(answer) => {
                 hist.saturating_record(sent.elapsed().as_nanos() as u64);
                 right += u64::from(answer == r + 1);
             }
-            Err(e) => bail!("no answer to request {r} within {ROUNDTRIP_TIMEOUT:?} ({e}): {:?}", answers.stopped()),
+            None => bail!("no answer to request {r} within {ROUNDTRIP_TIMEOUT:?}: {:?}", answers.stopped()),
         }
     }
     let wall_s = start.elapsed().as_secs_f64();
     drop(ingress);
-    handle.wait_timeout(ROUNDTRIP_TIMEOUT)?;
+    match hosted.as_deref_mut() {
+        Some(shard) => shard.step_during(|| handle.wait_timeout(ROUNDTRIP_TIMEOUT))?,
+        None => handle.wait_timeout(ROUNDTRIP_TIMEOUT)?,
+    };
     let cpu_s = cpu_since(cpu0);
     let ok = right == n;
     println!("answered={n} right={right} mean_us={:.1}", hist.mean() / 1000.0);
     println!(
         "shardflow roundtrip N={n} requests_per_s={:.0} wall_s={wall_s:.3} verify={} {} idle={} \
-         startup_s={startup_s:.3} cpu_s={cpu_s:.2} shards={} parallelism={p}",
+         startup_s={startup_s:.3} cpu_s={cpu_s:.2} shards={} parallelism={p}{}",
         n as f64 / wall_s,
         verdict(ok),
         quantiles_us(&hist),
         idle_name(engine),
         engine.shards().len(),
+        hosted_tag(hosted.is_some()),
     );
     Ok(ok)
 }
@@ -317,6 +353,15 @@ fn idle_name(engine: &Engine) -> &'static str {
         "spin"
     } else {
         "park"
+    }
+}
+
+/// ` hosted=true` where shard 0 ran on the bench's thread.
+fn hosted_tag(hosted: bool) -> &'static str {
+    if hosted {
+        " hosted=true"
+    } else {
+        ""
     }
 }
 

@@ -65,6 +65,19 @@ fn bench_roundtrip_answers_every_request_and_reports_its_quantiles() {
 }
 
 #[test]
+fn bench_hosted_runs_shard_0_on_the_benchs_own_thread() {
+    // Every subtask on shard 0, the bench's thread: answered without a thread hop.
+    let line = bench_line(
+        &["roundtrip", "--records", "2000", "-p", "1", "--placement", "pack", "--hosted"],
+        "shardflow roundtrip N=2000 requests_per_s=",
+    );
+    assert_eq!(field(&line, "hosted"), "true", "{line}");
+    // A throughput pipeline: the bench's thread runs shard 0 while it waits.
+    let line = bench_line(&["keyed-sum", "--records", "200_000", "--hosted"], "shardflow keyed-sum N=200000 ");
+    assert_eq!(field(&line, "hosted"), "true", "{line}");
+}
+
+#[test]
 fn bad_input_is_one_clear_line_and_a_non_zero_exit() {
     for (args, expect) in [
         (&["bench", "exchange", "--cores", "4096"][..], "error: core 4096 does not exist on this machine"),
