@@ -97,6 +97,52 @@ fn ingress_and_egress_under_a_slow_reader_bound_memory_and_lose_nothing() {
 }
 
 #[test]
+fn async_pushers_and_readers_await_room_and_results_across_threads() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("async-service").parallelism(shard_count() as u32);
+    // Queues of two: the pusher and the reader wait for each other all along.
+    let (requests, mut ingress) = df.ingress::<u64>("requests", 2);
+    let mut answers = requests.key_by(|r: &u64| *r).as_stream().map(|r: &u64| r * 2).egress(2);
+    let handle = engine.submit(df.build().unwrap()).unwrap();
+    let n = 5_000u64;
+    let pusher = std::thread::spawn(move || {
+        futures_lite::future::block_on(async move {
+            for r in 0..n {
+                ingress.push_async(r).await.expect("the job takes every request");
+            }
+        })
+    });
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let reader = std::thread::spawn(move || {
+        let got: Vec<u64> = futures_lite::future::block_on(async move {
+            let mut got = Vec::new();
+            while let Some(a) = answers.recv_async().await {
+                got.push(a);
+            }
+            assert_eq!(answers.stopped(), None, "the stream ended complete");
+            got
+        });
+        let _ = tx.send(got);
+    });
+    let mut got = rx.recv_timeout(TIMEOUT).expect("every answer within the timeout (a lost wake-up otherwise)");
+    pusher.join().unwrap();
+    reader.join().unwrap();
+    handle.wait_timeout(TIMEOUT).expect("the job ends when the ingress handle is dropped");
+    got.sort_unstable();
+    assert_eq!(got, (0..n).map(|r| r * 2).collect::<Vec<_>>(), "every request answered exactly once");
+
+    // A job that is gone hands an awaited push's record back.
+    let df = Dataflow::new("async-gone");
+    let (s, mut ingress) = df.ingress::<u64>("numbers", 2);
+    s.count();
+    let handle = engine.submit(df.build().unwrap()).unwrap();
+    handle.cancel();
+    assert!(matches!(handle.wait_timeout(TIMEOUT), Err(EngineError::JobCanceled(_))));
+    let pushed = futures_lite::future::block_on(ingress.push_async(7));
+    assert!(matches!(pushed, Err(PushError::Closed(7))), "{pushed:?}");
+}
+
+#[test]
 fn a_full_ingress_hands_the_record_back_and_a_gone_job_closes_it() {
     let engine = small_engine().build().expect("engine starts");
     let df = Dataflow::new("blocked");

@@ -102,6 +102,35 @@ fn nothing_runs_on_a_hosted_shard_until_its_host_steps() {
 }
 
 #[test]
+fn a_host_awaits_room_in_an_ingress_its_own_shard_drains() {
+    let (engine, mut shard) = small_engine().build_hosted().expect("a hosted engine starts");
+    let core = shard.core();
+    let df = Dataflow::new("hosted-push").parallelism(1);
+    let (requests, mut ingress) = df.ingress::<u64>("requests", 2);
+    let got = requests.cores(&[core]).map(|r: &u64| r + 1).cores(&[core]).collect();
+    let job = engine.submit(df.build().expect("a valid dataflow")).expect("the job is accepted");
+    // The queue holds two; only this thread drains it. A blocking push would
+    // wait for itself: the awaited one lets the shard run meanwhile.
+    let n = 10_000u64;
+    let pushed = shard.block_on_timeout(
+        async {
+            for r in 0..n {
+                ingress.push_async(r).await?;
+            }
+            Ok::<(), PushError<u64>>(())
+        },
+        TIMEOUT,
+    );
+    assert_eq!(pushed, Some(Ok(())), "every record pushed within {TIMEOUT:?}");
+    drop(ingress);
+    assert_eq!(wait_stepping(&mut shard, &job).expect("the job finishes").status, JobStatus::Finished);
+    assert_eq!(got.take(), (1..=n).collect::<Vec<_>>(), "every record, in order");
+    drop(job);
+    drop(shard);
+    engine.shutdown();
+}
+
+#[test]
 fn a_dropped_hosted_shard_fails_its_tasks_and_refuses_new_ones() {
     let HostedJob { engine, mut shard, mut ingress, mut answers, job } = hosted_job("hosted-then-dropped");
     let core = shard.core();

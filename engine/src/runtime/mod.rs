@@ -19,7 +19,7 @@ pub(crate) mod task;
 pub(crate) mod vertex;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Waker;
 
 use atomic_waker::AtomicWaker;
@@ -66,6 +66,35 @@ pub enum IdlePolicy {
     /// threads instead of sleeping (parking after a second without work);
     /// lowest latency, one full core per shard.
     Spin,
+}
+
+/// Whoever waits for room in a bounded queue between threads (egress sinks, and
+/// ingress pushers that await): the side that takes from the queue wakes them
+/// all after it took something. Same park-and-recheck as [`ParkedWaker`], for
+/// any number of waiters.
+#[derive(Default)]
+pub(crate) struct RoomWaiters {
+    any: AtomicBool,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl RoomWaiters {
+    /// Waits with `waker`: the next [`RoomWaiters::wake_all`] wakes it. The
+    /// caller looks at the queue once more after this.
+    pub(crate) fn register(&self, waker: &Waker) {
+        self.wakers.lock().unwrap_or_else(PoisonError::into_inner).push(waker.clone());
+        self.any.store(true, Ordering::SeqCst);
+    }
+
+    /// Wakes every waiter, if any waits.
+    pub(crate) fn wake_all(&self) {
+        if self.any.swap(false, Ordering::SeqCst) {
+            let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(PoisonError::into_inner));
+            for w in wakers {
+                w.wake();
+            }
+        }
+    }
 }
 
 use crate::runtime::state::JobSnapshot;

@@ -3,9 +3,9 @@
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
@@ -16,7 +16,7 @@ use crate::error::{EngineError, OperatorError};
 use crate::runtime::build::{BuildContext, Name, NodeFactory};
 use crate::runtime::collector::{Collector, Lifecycle, SharedCollector, SinkOutput, TaskInfo};
 use crate::runtime::output::Output;
-use crate::runtime::ParkedWaker;
+use crate::runtime::{ParkedWaker, RoomWaiters};
 
 /// Counts records and sums a value of each (wrapping).
 pub(crate) struct CountSink<T: Data, F> {
@@ -243,24 +243,6 @@ impl<T: Data> NodeFactory<T> for CollectFactory<T> {
 
 // ------------------------------------------------------------------- egress
 
-/// The sink subtasks waiting for room in an egress queue.
-#[derive(Default)]
-struct EgressWaiters {
-    any: AtomicBool,
-    wakers: Mutex<Vec<Waker>>,
-}
-
-impl EgressWaiters {
-    fn wake_all(&self) {
-        if self.any.swap(false, Ordering::SeqCst) {
-            let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(PoisonError::into_inner));
-            for w in wakers {
-                w.wake();
-            }
-        }
-    }
-}
-
 /// Why an egress's sinks stopped early: the first one's reason.
 #[derive(Default)]
 struct EgressStop(Mutex<Option<String>>);
@@ -272,7 +254,7 @@ struct EgressStop(Mutex<Option<String>>);
 /// then tells a complete stream from one cut short by a failure or a cancel.
 pub struct EgressHandle<T> {
     rx: Receiver<T>,
-    waiters: Arc<EgressWaiters>,
+    waiters: Arc<RoomWaiters>,
     stop: Arc<EgressStop>,
     reader: Arc<ParkedWaker>,
 }
@@ -361,7 +343,7 @@ pub(crate) struct EgressSink<T> {
     name: String,
     tx: Option<EgressSender<T>>,
     stash: VecDeque<T>,
-    waiters: Arc<EgressWaiters>,
+    waiters: Arc<RoomWaiters>,
     stop: Arc<EgressStop>,
     gone: bool,
 }
@@ -463,8 +445,7 @@ impl<T: Data> Output for SharedCollector<EgressSink<T>> {
         }
         // Register, then try once more: a read between the try and the
         // registration sees the flag and wakes us.
-        s.waiters.wakers.lock().unwrap_or_else(PoisonError::into_inner).push(cx.waker().clone());
-        s.waiters.any.store(true, Ordering::SeqCst);
+        s.waiters.register(cx.waker());
         s.drain()?;
         if s.stash.is_empty() {
             Poll::Ready(Ok(()))
@@ -520,7 +501,7 @@ pub(crate) struct EgressFactory<T> {
     template: Mutex<Option<Sender<T>>>,
     reader: Arc<ParkedWaker>,
     taken: AtomicU32,
-    waiters: Arc<EgressWaiters>,
+    waiters: Arc<RoomWaiters>,
     stop: Arc<EgressStop>,
 }
 
@@ -535,7 +516,7 @@ impl<T> Drop for EgressFactory<T> {
 /// An egress queue of `capacity` results.
 pub(crate) fn egress<T>(name: Name, capacity: usize) -> (EgressFactory<T>, EgressHandle<T>) {
     let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
-    let waiters = Arc::new(EgressWaiters::default());
+    let waiters = Arc::new(RoomWaiters::default());
     let stop = Arc::new(EgressStop::default());
     let reader = Arc::new(ParkedWaker::default());
     let factory = EgressFactory {

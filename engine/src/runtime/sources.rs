@@ -5,7 +5,7 @@
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::Context;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -14,7 +14,7 @@ use crate::data::Data;
 use crate::error::OperatorError;
 use crate::runtime::collector::{Collector, TaskInfo};
 use crate::runtime::output::{any_overdrawn, Partition};
-use crate::runtime::ParkedWaker;
+use crate::runtime::{ParkedWaker, RoomWaiters};
 
 /// Records a source hands on per poll at most.
 pub const SOURCE_BATCH: usize = 1024;
@@ -236,10 +236,11 @@ impl<T: Data> Source<T> for FromItems<T> {
 
 /// Whether an ingress's job still reads it: closed once every source subtask
 /// that started has ended (the job finished, failed or was cancelled).
-#[derive(Default)]
 struct IngressLife {
     live: std::sync::atomic::AtomicUsize,
     closed: AtomicBool,
+    /// By queue: pushers awaiting room ([`IngressHandle::push_async`]).
+    rooms: Vec<RoomWaiters>,
 }
 
 /// How often a pusher blocked on a full queue looks whether the job is gone.
@@ -369,6 +370,45 @@ impl<T: Send> IngressHandle<T> {
         Ok(())
     }
 
+    /// Pushes `record`, awaiting room while the queue is full: for a pusher in
+    /// an async runtime, or on a [`crate::HostedShard`] whose own source drains
+    /// the queue (a blocking [`IngressHandle::push`] there would wait for
+    /// itself).
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe: a push cancelled while it waits drops its record.
+    pub async fn push_async(&mut self, record: T) -> Result<(), PushError<T>> {
+        let i = self.pick();
+        let queues = &self.queues;
+        let mut record = Some(record);
+        std::future::poll_fn(|cx| {
+            // Always `Some` here: the future ends when it hands the record on.
+            let Some(mut r) = record.take() else { return Poll::Pending };
+            for attempt in 0..2 {
+                if queues.life.closed.load(Ordering::SeqCst) {
+                    return Poll::Ready(Err(PushError::Closed(r)));
+                }
+                match queues.senders[i].try_send(r) {
+                    Ok(()) => {
+                        queues.wakes[i].wake();
+                        return Poll::Ready(Ok(()));
+                    }
+                    Err(crossbeam_channel::TrySendError::Disconnected(back)) => {
+                        return Poll::Ready(Err(PushError::Closed(back)))
+                    }
+                    Err(crossbeam_channel::TrySendError::Full(back)) => r = back,
+                }
+                // Wait for room, then look once more (`RoomWaiters`).
+                if attempt == 0 {
+                    queues.life.rooms[i].register(cx.waker());
+                }
+            }
+            record = Some(r);
+            Poll::Pending
+        })
+        .await
+    }
+
     /// Pushes `record` if its queue has room now.
     pub fn try_push(&mut self, record: T) -> Result<(), PushError<T>> {
         if self.queues.life.closed.load(Ordering::Acquire) {
@@ -418,7 +458,8 @@ pub(crate) fn ingress<T>(name: &str, capacity: usize, parallelism: u32) -> (Ingr
         receivers.push(rx);
         wakes.push(Arc::new(ParkedWaker::default()));
     }
-    let life = Arc::new(IngressLife::default());
+    let rooms = (0..senders.len()).map(|_| RoomWaiters::default()).collect();
+    let life = Arc::new(IngressLife { live: Default::default(), closed: AtomicBool::new(false), rooms });
     let queues = Arc::new(IngressQueues { name: name.to_string(), senders, wakes: wakes.clone(), life: life.clone() });
     (IngressHandle { queues, next: 0, pinned: None }, IngressSources { receivers, wakes, life })
 }
@@ -428,6 +469,7 @@ impl<T> IngressSources<T> {
     pub(crate) fn source(&self, subtask: u32) -> Option<IngressSource<T>> {
         let i = subtask as usize;
         let source = IngressSource {
+            queue: i,
             rx: self.receivers.get(i)?.clone(),
             wake: self.wakes.get(i)?.clone(),
             life: self.life.clone(),
@@ -439,6 +481,7 @@ impl<T> IngressSources<T> {
 
 /// One subtask's end of an ingress.
 pub(crate) struct IngressSource<T> {
+    queue: usize,
     rx: Receiver<T>,
     wake: Arc<ParkedWaker>,
     life: Arc<IngressLife>,
@@ -447,7 +490,11 @@ pub(crate) struct IngressSource<T> {
 impl<T> Drop for IngressSource<T> {
     fn drop(&mut self) {
         if self.life.live.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.life.closed.store(true, Ordering::Release);
+            self.life.closed.store(true, Ordering::SeqCst);
+            // Awaiting pushers find the job gone.
+            for room in &self.life.rooms {
+                room.wake_all();
+            }
         }
     }
 }
@@ -458,19 +505,31 @@ impl<T: Data> Source<T> for IngressSource<T> {
         cx: &mut Context<'_>,
         out: &mut SourceOutput<'_, T>,
     ) -> Result<SourceStatus, OperatorError> {
+        let status = self.take(cx, out);
+        if !out.is_empty() {
+            // Room in the queue for pushers that await it.
+            self.life.rooms[self.queue].wake_all();
+        }
+        Ok(status)
+    }
+}
+
+impl<T: Data> IngressSource<T> {
+    /// Takes what is queued into `out`, or parks on the empty queue.
+    fn take(&mut self, cx: &mut Context<'_>, out: &mut SourceOutput<'_, T>) -> SourceStatus {
         let mut registered = false;
         loop {
             match self.rx.try_recv() {
                 Ok(r) => {
                     out.push(r);
                     if out.is_full() {
-                        return Ok(SourceStatus::Emitted);
+                        return SourceStatus::Emitted;
                     }
                 }
-                Err(TryRecvError::Disconnected) if out.is_empty() => return Ok(SourceStatus::Finished),
-                Err(TryRecvError::Disconnected) => return Ok(SourceStatus::Emitted),
-                Err(TryRecvError::Empty) if !out.is_empty() => return Ok(SourceStatus::Emitted),
-                Err(TryRecvError::Empty) if registered => return Ok(SourceStatus::Pending),
+                Err(TryRecvError::Disconnected) if out.is_empty() => return SourceStatus::Finished,
+                Err(TryRecvError::Disconnected) => return SourceStatus::Emitted,
+                Err(TryRecvError::Empty) if !out.is_empty() => return SourceStatus::Emitted,
+                Err(TryRecvError::Empty) if registered => return SourceStatus::Pending,
                 Err(TryRecvError::Empty) => {
                     // Park, then look once more: a push between the look and the
                     // park sees the flag and wakes us.
