@@ -276,7 +276,8 @@ impl EngineBuilder {
     /// // The host's thread runs the job until the answer is there.
     /// assert_eq!(shard.block_on(answers.recv_async()), Some(42));
     /// drop(ingress);
-    /// shard.step_during(|| job.wait())?;
+    /// job.wait()?; // on the host's thread: runs the shard while it waits
+    /// # drop(shard);
     /// # Ok::<(), shardflow_engine::EngineError>(())
     /// ```
     pub fn build_hosted(self) -> Result<(Engine, HostedShard), EngineError> {

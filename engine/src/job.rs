@@ -131,7 +131,8 @@ impl JobHandle {
         }
     }
 
-    /// Waits for the job to end.
+    /// Waits for the job to end (on the thread of a [`crate::HostedShard`],
+    /// running the shard meanwhile).
     pub fn wait(self) -> Result<JobResult, EngineError> {
         self.outcome(None)
     }
@@ -149,16 +150,18 @@ impl JobHandle {
             other => other,
         };
         let mut client = self.engine.client()?;
-        let details = loop {
+        let id = self.id;
+        // On a host's thread, its shard runs while the coordinator is asked.
+        let details = crate::runtime::scheduler::blocking(move || loop {
             let step = deadline.map_or(WAIT_STEP, |d| d.saturating_duration_since(Instant::now()).min(WAIT_STEP));
-            let d = client.wait(self.id, WaitCondition::Terminal, step).map_err(gone)?;
+            let d = client.wait(id, WaitCondition::Terminal, step).map_err(gone)?;
             if d.status.is_globally_terminal() {
-                break d;
+                break Ok(d);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(EngineError::Timeout(self.id));
+                break Err(EngineError::Timeout(id));
             }
-        };
+        })?;
         let finished_at = Instant::now();
         let outputs = self.engine.board.take(self.id);
         self.taken.store(true, Ordering::Release);

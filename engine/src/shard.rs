@@ -25,7 +25,7 @@ use crate::config::{EngineConfig, IdlePolicy};
 use crate::error::EngineError;
 use crate::mailbox::{mailbox, Mailbox, MailboxSender};
 use crate::runtime::control::{ControlLane, TaskControl};
-use crate::runtime::scheduler::Scheduler;
+use crate::runtime::scheduler::{host_here, unhost_here, Scheduler};
 use crate::runtime::task::{run_task, TaskDeployment, TaskFailure, TaskOutput, TaskStop};
 
 /// Commands a shard executes.
@@ -333,9 +333,14 @@ async fn shard_loop(pool: Rc<SegmentPool>, sched: Rc<Scheduler>, commands: Mailb
 /// calling thread, which it pins to the shard's core; `!Send`. It is shard 0 of
 /// its engine: it offers slots, takes deployments and reports like any other,
 /// but nothing of it runs between the host's calls, so a job with a subtask on
-/// it makes progress only while the host steps. A host that must make a
-/// blocking call of the engine meanwhile (waiting for a job) makes it through
-/// [`HostedShard::step_during`].
+/// it makes progress only while the host steps. The engine's blocking calls
+/// made on the host's thread run the shard while they wait
+/// ([`crate::JobHandle::wait`], [`crate::EgressHandle::recv`],
+/// [`crate::IngressHandle::push`] and their timed forms, so
+/// [`crate::Engine::run`] too), unless made inside one of the shard's own
+/// tasks (there they block, as on a shard of its own thread); other blocking
+/// calls go through [`HostedShard::step_during`]. A thread hosts one shard at
+/// a time.
 ///
 /// Its timers are kept to the thread's timer slack (the kernel's default is
 /// 50 µs; a shard of its own thread sets 1.5 µs): a host that needs precise
@@ -362,15 +367,22 @@ impl HostedShard {
     /// The shard on this thread, and the worker's handle on it.
     fn new(spec: ShardSpec, reports: ReportSink) -> Result<(ShardHandle, HostedShard), EngineError> {
         let (id, core) = (spec.id, spec.core);
+        let start_err = |reason: String| EngineError::ShardStart { shard: id, core, reason };
+        let sched = Rc::new(Scheduler::hosted(spec.idle));
+        if !host_here(&sched) {
+            return Err(start_err("this thread hosts a shard already (one per thread)".into()));
+        }
         let pool = SegmentPoolBuilder::new(spec.id, spec.segments)
             .segment_bytes(spec.segment_bytes)
             .populate(spec.prefault)
             .build()
-            .map_err(|e| EngineError::ShardStart { shard: id, core, reason: e.to_string() })?;
+            .map_err(|e| {
+                unhost_here();
+                start_err(e.to_string())
+            })?;
         let pool = Rc::new(pool);
         let monitor = pool.monitor();
         let (tx, rx) = mailbox::<ShardCommand>();
-        let sched = Rc::new(Scheduler::hosted(spec.idle));
         let stopped = LocalWatch::<bool>::default();
         let (s, done) = (sched.clone(), stopped.clone());
         sched.spawn(async move {
@@ -424,25 +436,13 @@ impl HostedShard {
     }
 
     /// Runs `call` on a helper thread and this shard until it returns: for
-    /// the engine's blocking calls from the host's thread, such as
-    /// [`crate::JobHandle::wait`] for a job with subtasks here.
+    /// the blocking calls of the host's own, or of another library. (The
+    /// engine's blocking calls made on the host's thread run the shard while
+    /// they wait by themselves: [`crate::JobHandle::wait`],
+    /// [`crate::EgressHandle::recv`], [`crate::IngressHandle::push`] and their
+    /// timed forms.)
     pub fn step_during<R: Send>(&mut self, call: impl FnOnce() -> R + Send) -> R {
-        let done: Arc<(std::sync::Mutex<Option<R>>, atomic_waker::AtomicWaker)> = Arc::default();
-        std::thread::scope(|scope| {
-            let d = done.clone();
-            scope.spawn(move || {
-                let r = call();
-                *d.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(r);
-                d.1.wake();
-            });
-            self.block_on(poll_fn(|cx| {
-                done.1.register(cx.waker());
-                match done.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
-                    Some(r) => Poll::Ready(r),
-                    None => Poll::Pending,
-                }
-            }))
-        })
+        crate::runtime::scheduler::step_during(&self.sched, call)
     }
 
     /// Whether it has stopped (its engine shut down, or it was told to).
@@ -458,6 +458,7 @@ impl Drop for HostedShard {
         let stopped = self.stopped.clone();
         self.sched.block_on(stopped.until(|s| *s));
         self.sched.drop_tasks();
+        unhost_here();
     }
 }
 

@@ -15,11 +15,6 @@ fn next_answer(shard: &mut HostedShard, answers: &mut EgressHandle<u64>, what: &
     }
 }
 
-/// The job's end, the host's thread running its shard meanwhile.
-fn wait_stepping(shard: &mut HostedShard, job: &JobHandle) -> Result<shardflow_engine::JobResult, EngineError> {
-    shard.step_during(|| job.wait_timeout(TIMEOUT))
-}
-
 /// An engine whose shard 0 is this thread's, and a job of one subtask per
 /// vertex on it: requests in, each answered with itself + 1.
 struct HostedJob {
@@ -38,7 +33,8 @@ impl HostedJob {
         drop(ingress);
         assert_eq!(next_answer(&mut shard, &mut answers, "the end of input"), None, "the stream ends");
         assert_eq!(answers.stopped(), None, "a complete stream");
-        let result = wait_stepping(&mut shard, &job).expect("the job finishes");
+        // A wait on the host's thread runs its shard meanwhile.
+        let result = job.wait_timeout(TIMEOUT).expect("the job finishes");
         assert_eq!(result.status, JobStatus::Finished);
         drop(job);
         drop(shard);
@@ -123,9 +119,44 @@ fn a_host_awaits_room_in_an_ingress_its_own_shard_drains() {
     );
     assert_eq!(pushed, Some(Ok(())), "every record pushed within {TIMEOUT:?}");
     drop(ingress);
-    assert_eq!(wait_stepping(&mut shard, &job).expect("the job finishes").status, JobStatus::Finished);
+    let finished = shard.step_during(|| job.wait_timeout(TIMEOUT)).expect("the job finishes");
+    assert_eq!(finished.status, JobStatus::Finished);
     assert_eq!(got.take(), (1..=n).collect::<Vec<_>>(), "every record, in order");
     drop(job);
+    drop(shard);
+    engine.shutdown();
+}
+
+#[test]
+fn the_engines_blocking_calls_on_the_host_thread_run_its_shard() {
+    let HostedJob { engine, shard, ingress, answers, job } = hosted_job("blocking-calls");
+    let core = shard.core();
+    // A queue of 8 that only this thread drains: blocking pushes past it, and
+    // blocking reads of answers only this thread computes.
+    for r in 0..1_000u64 {
+        ingress.push_to(0, r).expect("the job takes every request");
+        assert_eq!(answers.recv_timeout(TIMEOUT), Ok(r + 1), "answer to {r}");
+    }
+    // 12 pushes into a queue of 8 nothing else drains: the 9th waits for the
+    // shard to run (12 fit once the egress, 8 too, takes answers).
+    let mut ingress = ingress;
+    for r in 0..12u64 {
+        ingress.push(r).expect("the job takes every request");
+    }
+    assert_eq!((0..12).map(|_| answers.recv()).collect::<Vec<_>>(), (1..=12).map(Some).collect::<Vec<_>>());
+    HostedJob { engine, shard, ingress, answers, job }.finish();
+    // Engine::run of a job whose every subtask is on the host's shard.
+    let (engine, shard) = small_engine().build_hosted().expect("a hosted engine starts");
+    let df = Dataflow::new("run-here").parallelism(1);
+    let counted = df.generate("numbers", 10_000, |r| r).cores(&[core]).map(|r: &u64| r * 2).cores(&[core]).collect();
+    let result = engine.run(df.build().expect("a valid dataflow")).expect("the job runs on this thread");
+    assert_eq!(result.status, JobStatus::Finished);
+    assert_eq!(counted.take().len(), 10_000);
+    // One hosted shard per thread.
+    match small_engine().build_hosted() {
+        Err(EngineError::ShardStart { reason, .. }) => assert!(reason.contains("hosts a shard already"), "{reason}"),
+        other => panic!("a second hosted shard on one thread is refused: {other:?}"),
+    }
     drop(shard);
     engine.shutdown();
 }

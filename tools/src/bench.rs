@@ -11,9 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shardflow_engine::jobs::{exchange, keyed_sum, latency, wordcount, P2_KEYS, P8_WORDS, P8_WORDS_PER_LINE};
-use shardflow_engine::{
-    Cores, Dataflow, Engine, EngineError, HostedShard, IdlePolicy, JobHandle, JobResult, PlacementStrategy,
-};
+use shardflow_engine::{Cores, Dataflow, Engine, EngineError, IdlePolicy, JobHandle, JobResult, PlacementStrategy};
 
 use crate::cluster::ConfigFile;
 use crate::cpu::process_cpu_time;
@@ -155,7 +153,7 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
     let (job, expected_source_records) = match a.pipeline {
         Pipeline::Roundtrip => {
             // Driven from this thread, not waited for.
-            let ok = roundtrip(&engine, hosted.as_mut(), n, p, placement, startup_s)?;
+            let ok = roundtrip(&engine, hosted.is_some(), n, p, placement, startup_s)?;
             engine.shutdown();
             return Ok(if ok { Exit::Done } else { Exit::Failed });
         }
@@ -271,11 +269,11 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
 const ROUNDTRIP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The `roundtrip` pipeline: `n` requests, one at a time, from this thread
-/// (which runs `hosted` while it waits for an answer). Returns whether every
-/// answer was right.
+/// (which runs shard 0 while it waits for an answer, where it is `hosted`).
+/// Returns whether every answer was right.
 fn roundtrip(
     engine: &Engine,
-    mut hosted: Option<&mut HostedShard>,
+    hosted: bool,
     n: u64,
     p: u32,
     placement: PlacementStrategy,
@@ -283,7 +281,7 @@ fn roundtrip(
 ) -> Result<bool> {
     let df = Dataflow::new("roundtrip").parallelism(p);
     let (requests, mut ingress) = df.ingress::<u64>("requests", 1024);
-    let mut answers = requests.key_by(|r: &u64| *r).as_stream().map(|r: &u64| r + 1).name("answer").egress(1024);
+    let answers = requests.key_by(|r: &u64| *r).as_stream().map(|r: &u64| r + 1).name("answer").egress(1024);
     let cpu0 = process_cpu_time();
     let handle = engine.submit_with(df.build()?, placement)?;
     let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)?;
@@ -294,24 +292,18 @@ fn roundtrip(
         if ingress.push(r).is_err() {
             bail!("the job stopped taking requests at request {r}: {:?}", answers.stopped());
         }
-        let answer = match hosted.as_deref_mut() {
-            Some(shard) => shard.block_on_timeout(answers.recv_async(), ROUNDTRIP_TIMEOUT).flatten(),
-            None => answers.recv_timeout(ROUNDTRIP_TIMEOUT).ok(),
-        };
-        match answer {
-            Some(answer) => {
+        // On a hosted shard's thread the wait runs the shard.
+        match answers.recv_timeout(ROUNDTRIP_TIMEOUT) {
+            Ok(answer) => {
                 hist.saturating_record(sent.elapsed().as_nanos() as u64);
                 right += u64::from(answer == r + 1);
             }
-            None => bail!("no answer to request {r} within {ROUNDTRIP_TIMEOUT:?}: {:?}", answers.stopped()),
+            Err(e) => bail!("no answer to request {r} within {ROUNDTRIP_TIMEOUT:?} ({e}): {:?}", answers.stopped()),
         }
     }
     let wall_s = start.elapsed().as_secs_f64();
     drop(ingress);
-    match hosted.as_deref_mut() {
-        Some(shard) => shard.step_during(|| handle.wait_timeout(ROUNDTRIP_TIMEOUT))?,
-        None => handle.wait_timeout(ROUNDTRIP_TIMEOUT)?,
-    };
+    handle.wait_timeout(ROUNDTRIP_TIMEOUT)?;
     let cpu_s = cpu_since(cpu0);
     let ok = right == n;
     println!("answered={n} right={right} mean_us={:.1}", hist.mean() / 1000.0);
@@ -323,7 +315,7 @@ fn roundtrip(
         quantiles_us(&hist),
         idle_name(engine),
         engine.shards().len(),
-        hosted_tag(hosted.is_some()),
+        hosted_tag(hosted),
     );
     Ok(ok)
 }

@@ -16,6 +16,7 @@ use crate::error::{EngineError, OperatorError};
 use crate::runtime::build::{BuildContext, Name, NodeFactory};
 use crate::runtime::collector::{Collector, Lifecycle, SharedCollector, SinkOutput, TaskInfo};
 use crate::runtime::output::Output;
+use crate::runtime::scheduler::hosted_here;
 use crate::runtime::{ParkedWaker, RoomWaiters};
 
 /// Counts records and sums a value of each (wrapping).
@@ -267,15 +268,27 @@ impl<T> std::fmt::Debug for EgressHandle<T> {
 
 impl<T> EgressHandle<T> {
     /// The next result, waiting for one; `None` once the job's sinks have all
-    /// finished and the queue is empty.
+    /// finished and the queue is empty. On the thread of a
+    /// [`crate::HostedShard`] the shard runs meanwhile.
     pub fn recv(&self) -> Option<T> {
+        if let Some(sched) = hosted_here() {
+            return sched.block_on(self.next_result());
+        }
         let r = self.rx.recv().ok();
         self.waiters.wake_all();
         r
     }
 
-    /// The next result, waiting up to `timeout`.
+    /// The next result, waiting up to `timeout` (on a host's thread, running
+    /// its shard meanwhile).
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        if let Some(sched) = hosted_here() {
+            return match sched.block_on_until(self.next_result(), Instant::now().checked_add(timeout)) {
+                Some(Some(r)) => Ok(r),
+                Some(None) => Err(RecvTimeoutError::Disconnected),
+                None => Err(RecvTimeoutError::Timeout),
+            };
+        }
         let r = self.rx.recv_timeout(timeout);
         self.waiters.wake_all();
         r
@@ -295,6 +308,13 @@ impl<T> EgressHandle<T> {
     /// # Cancel safety
     /// Cancel-safe: a result is taken only when the future completes.
     pub async fn recv_async(&mut self) -> Option<T> {
+        self.next_result().await
+    }
+
+    /// The next result, awaited through the reader's waker (one reader at a
+    /// time: [`EgressHandle::recv_async`] takes `&mut`; the blocking calls use
+    /// it only on a host's thread).
+    fn next_result(&self) -> impl std::future::Future<Output = Option<T>> + '_ {
         std::future::poll_fn(|cx| {
             for attempt in 0..2 {
                 match self.rx.try_recv() {
@@ -310,7 +330,6 @@ impl<T> EgressHandle<T> {
             }
             Poll::Pending
         })
-        .await
     }
 
     /// Results queued now.

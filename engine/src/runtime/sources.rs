@@ -2,6 +2,7 @@
 //! idle source costs nothing), generators, collections, and the ingress handle a
 //! service thread pushes records through.
 
+use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use crate::data::Data;
 use crate::error::OperatorError;
 use crate::runtime::collector::{Collector, TaskInfo};
 use crate::runtime::output::{any_overdrawn, Partition};
+use crate::runtime::scheduler::hosted_here;
 use crate::runtime::{ParkedWaker, RoomWaiters};
 
 /// Records a source hands on per poll at most.
@@ -345,7 +347,8 @@ impl<T: Send> IngressHandle<T> {
         i
     }
 
-    /// Pushes `record`, waiting while the queue is full.
+    /// Pushes `record`, waiting while the queue is full (on the thread of a
+    /// [`crate::HostedShard`], running the shard meanwhile).
     pub fn push(&mut self, record: T) -> Result<(), PushError<T>> {
         let i = self.pick();
         self.push_to(i, record)
@@ -355,6 +358,10 @@ impl<T: Send> IngressHandle<T> {
     /// full. A subtask out of range is taken modulo the number of subtasks.
     pub fn push_to(&self, subtask: usize, record: T) -> Result<(), PushError<T>> {
         let i = subtask % self.queues.senders.len().max(1);
+        if let Some(sched) = hosted_here() {
+            // On a host's thread: its shard runs while the push waits.
+            return sched.block_on(self.push_when_room(i, &mut Some(record)));
+        }
         let mut record = record;
         loop {
             if self.queues.life.closed.load(Ordering::Acquire) {
@@ -379,11 +386,21 @@ impl<T: Send> IngressHandle<T> {
     /// Not cancel-safe: a push cancelled while it waits drops its record.
     pub async fn push_async(&mut self, record: T) -> Result<(), PushError<T>> {
         let i = self.pick();
+        let mut slot = Some(record);
+        self.push_when_room(i, &mut slot).await
+    }
+
+    /// Pushes the record in `slot` to queue `i` once it has room; while it
+    /// waits the record stays in `slot` (so a caller that gives up has it).
+    fn push_when_room<'a>(
+        &'a self,
+        i: usize,
+        slot: &'a mut Option<T>,
+    ) -> impl Future<Output = Result<(), PushError<T>>> + 'a {
         let queues = &self.queues;
-        let mut record = Some(record);
-        std::future::poll_fn(|cx| {
+        std::future::poll_fn(move |cx| {
             // Always `Some` here: the future ends when it hands the record on.
-            let Some(mut r) = record.take() else { return Poll::Pending };
+            let Some(mut r) = slot.take() else { return Poll::Pending };
             for attempt in 0..2 {
                 if queues.life.closed.load(Ordering::SeqCst) {
                     return Poll::Ready(Err(PushError::Closed(r)));
@@ -403,10 +420,9 @@ impl<T: Send> IngressHandle<T> {
                     queues.life.rooms[i].register(cx.waker());
                 }
             }
-            record = Some(r);
+            *slot = Some(r);
             Poll::Pending
         })
-        .await
     }
 
     /// Pushes `record` if its queue has room now.
@@ -431,6 +447,15 @@ impl<T: Send> IngressHandle<T> {
             return Err(PushError::Closed(record));
         }
         let i = self.pick();
+        if let Some(sched) = hosted_here() {
+            let mut slot = Some(record);
+            let pushed = sched.block_on_until(self.push_when_room(i, &mut slot), Instant::now().checked_add(timeout));
+            return match (pushed, slot.take()) {
+                (Some(done), _) => done,
+                (None, Some(r)) => Err(PushError::Full(r)),
+                (None, None) => Ok(()),
+            };
+        }
         match self.queues.senders[i].send_timeout(record, timeout) {
             Ok(()) => {
                 self.queues.wakes[i].wake();
