@@ -152,7 +152,7 @@ impl JobHandle {
         let mut client = self.engine.client()?;
         let id = self.id;
         // On a host's thread, its shard runs while the coordinator is asked.
-        let details = crate::runtime::scheduler::blocking(move || loop {
+        let details = crate::runtime::host::blocking(move || loop {
             let step = deadline.map_or(WAIT_STEP, |d| d.saturating_duration_since(Instant::now()).min(WAIT_STEP));
             let d = client.wait(id, WaitCondition::Terminal, step).map_err(gone)?;
             if d.status.is_globally_terminal() {

@@ -25,7 +25,8 @@ use crate::config::{EngineConfig, IdlePolicy};
 use crate::error::EngineError;
 use crate::mailbox::{mailbox, Mailbox, MailboxSender};
 use crate::runtime::control::{ControlLane, TaskControl};
-use crate::runtime::scheduler::{host_here, unhost_here, Scheduler};
+use crate::runtime::host::{host_here, unhost_here};
+use crate::runtime::scheduler::Scheduler;
 use crate::runtime::task::{run_task, TaskDeployment, TaskFailure, TaskOutput, TaskStop};
 
 /// Commands a shard executes.
@@ -346,8 +347,9 @@ async fn shard_loop(pool: Rc<SegmentPool>, sched: Rc<Scheduler>, commands: Mailb
 /// 50 µs; a shard of its own thread sets 1.5 µs): a host that needs precise
 /// timers sets its own (`prctl(PR_SET_TIMERSLACK)`).
 ///
-/// Dropping it cancels the tasks it runs and waits for them to end; jobs placed
-/// on it later fail with the shard stopped. Once its engine is gone it stops
+/// Dropping it stops the tasks it runs, failing them with that cause (their
+/// jobs fail, or restart elsewhere by their restart strategy), and waits for
+/// them to end; jobs placed on it later fail with the shard stopped. Once its engine is gone it stops
 /// at the next step ([`HostedShard::is_stopped`]).
 pub struct HostedShard {
     id: u32,
@@ -442,7 +444,7 @@ impl HostedShard {
     /// [`crate::EgressHandle::recv`], [`crate::IngressHandle::push`] and their
     /// timed forms.)
     pub fn step_during<R: Send>(&mut self, call: impl FnOnce() -> R + Send) -> R {
-        crate::runtime::scheduler::step_during(&self.sched, call)
+        crate::runtime::host::step_during(&self.sched, call)
     }
 
     /// Whether it has stopped (its engine shut down, or it was told to).

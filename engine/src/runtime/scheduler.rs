@@ -37,7 +37,6 @@ use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::BinaryHeap;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
@@ -142,7 +141,7 @@ pub(crate) struct Scheduler {
     slice_started: Cell<Instant>,
     steps: Cell<u32>,
     /// A task is being polled (a blocking call made inside one must not run
-    /// the shard again: see [`hosted_here`]).
+    /// the shard again: see `host::hosted_here`).
     polling: Cell<bool>,
 }
 
@@ -192,6 +191,11 @@ impl Scheduler {
     /// Wakes `waker` at `at`, or as soon after as the thread runs again.
     pub(crate) fn wake_at(&self, at: Instant, waker: &Waker) {
         self.timers.borrow_mut().push(Reverse(Deadline { at, waker: waker.clone() }));
+    }
+
+    /// Whether one of its tasks is being polled now.
+    pub(crate) fn is_polling(&self) -> bool {
+        self.polling.get()
     }
 
     /// Whether the task being polled has had its time slice and should
@@ -339,67 +343,6 @@ impl Scheduler {
     }
 }
 
-thread_local! {
-    /// The scheduler of the shard the thread hosts, if it hosts one.
-    static HOSTED: RefCell<Option<Rc<Scheduler>>> = const { RefCell::new(None) };
-}
-
-/// Makes `sched` the scheduler the calling thread hosts; `false` if it hosts
-/// one already.
-pub(crate) fn host_here(sched: &Rc<Scheduler>) -> bool {
-    HOSTED.with(|h| {
-        let mut h = h.borrow_mut();
-        if h.is_some() {
-            return false;
-        }
-        *h = Some(sched.clone());
-        true
-    })
-}
-
-/// The calling thread hosts no shard any more.
-pub(crate) fn unhost_here() {
-    HOSTED.with(|h| h.borrow_mut().take());
-}
-
-/// The scheduler of the shard the calling thread hosts, for a blocking call
-/// to run while it waits: `None` on other threads, and inside one of the
-/// shard's tasks (a blocking call there blocks the shard, as on a shard of its
-/// own thread, rather than running its tasks re-entrantly).
-pub(crate) fn hosted_here() -> Option<Rc<Scheduler>> {
-    HOSTED.with(|h| h.borrow().as_ref().filter(|s| !s.polling.get()).cloned())
-}
-
-/// Runs `call` on a helper thread while the calling thread runs `sched`, until
-/// `call` returns: a blocking call made on a host's thread.
-pub(crate) fn step_during<R: Send>(sched: &Scheduler, call: impl FnOnce() -> R + Send) -> R {
-    let done: Arc<(std::sync::Mutex<Option<R>>, atomic_waker::AtomicWaker)> = Arc::default();
-    std::thread::scope(|scope| {
-        let d = done.clone();
-        scope.spawn(move || {
-            let r = call();
-            *d.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(r);
-            d.1.wake();
-        });
-        sched.block_on(poll_fn(|cx| {
-            done.1.register(cx.waker());
-            match done.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
-                Some(r) => Poll::Ready(r),
-                None => Poll::Pending,
-            }
-        }))
-    })
-}
-
-/// `call`, run while the shard the calling thread hosts runs (if it hosts
-/// one; see [`hosted_here`]).
-pub(crate) fn blocking<R: Send>(call: impl FnOnce() -> R + Send) -> R {
-    match hosted_here() {
-        Some(sched) => step_during(&sched, call),
-        None => call(),
-    }
-}
-
 /// Lets the shard's other ready tasks run before this one goes on.
 pub(crate) async fn yield_now() {
     let mut yielded = false;
@@ -418,6 +361,7 @@ pub(crate) async fn yield_now() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::rc::Rc;
     use std::sync::atomic::AtomicUsize;
     use std::sync::mpsc;
 
@@ -731,37 +675,6 @@ mod tests {
                     Poll::Pending
                 }
             }));
-            sched.drop_tasks();
-        });
-    }
-
-    #[test]
-    fn a_hosts_blocking_calls_run_its_shard_but_not_from_inside_a_task() {
-        on_own_thread(|| {
-            let sched = Rc::new(Scheduler::hosted(IdlePolicy::Park));
-            assert!(hosted_here().is_none(), "not a host yet");
-            assert!(host_here(&sched));
-            assert!(!host_here(&Rc::new(Scheduler::hosted(IdlePolicy::Park))), "one hosted shard per thread");
-            // Inside a task a blocking call must block, not run the shard again.
-            let inside = Rc::new(Cell::new(None));
-            let i = inside.clone();
-            sched.spawn(async move { i.set(Some(hosted_here().is_some())) });
-            // A blocking call of the host's: its shard's task runs meanwhile.
-            let answer = blocking(|| 42);
-            assert_eq!(answer, 42);
-            let ran = inside.clone();
-            let s = hosted_here().expect("the thread hosts it");
-            s.block_on(poll_fn(move |cx| {
-                if ran.get().is_some() {
-                    Poll::Ready(())
-                } else {
-                    cx.waker().wake_by_ref();
-                    Poll::Pending
-                }
-            }));
-            assert_eq!(inside.get(), Some(false), "no hosted scheduler inside a task's poll");
-            unhost_here();
-            assert!(hosted_here().is_none());
             sched.drop_tasks();
         });
     }

@@ -15,8 +15,8 @@ use crate::data::Data;
 use crate::error::{EngineError, OperatorError};
 use crate::runtime::build::{BuildContext, Name, NodeFactory};
 use crate::runtime::collector::{Collector, Lifecycle, SharedCollector, SinkOutput, TaskInfo};
+use crate::runtime::host::hosted_here;
 use crate::runtime::output::Output;
-use crate::runtime::scheduler::hosted_here;
 use crate::runtime::{ParkedWaker, RoomWaiters};
 
 /// Counts records and sums a value of each (wrapping).

@@ -14,8 +14,8 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use crate::data::Data;
 use crate::error::OperatorError;
 use crate::runtime::collector::{Collector, TaskInfo};
+use crate::runtime::host::hosted_here;
 use crate::runtime::output::{any_overdrawn, Partition};
-use crate::runtime::scheduler::hosted_here;
 use crate::runtime::{ParkedWaker, RoomWaiters};
 
 /// Records a source hands on per poll at most.

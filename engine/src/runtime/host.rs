@@ -1,0 +1,112 @@
+//! A thread that hosts a shard (a [`crate::HostedShard`]): which scheduler it
+//! hosts, and how a blocking call made on it runs that shard while it waits
+//! instead of waiting for itself.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Poll;
+
+use crate::runtime::scheduler::Scheduler;
+
+thread_local! {
+    /// The scheduler of the shard the thread hosts, if it hosts one.
+    static HOSTED: RefCell<Option<Rc<Scheduler>>> = const { RefCell::new(None) };
+}
+
+/// Makes `sched` the scheduler the calling thread hosts; `false` if it hosts
+/// one already.
+pub(crate) fn host_here(sched: &Rc<Scheduler>) -> bool {
+    HOSTED.with(|h| {
+        let mut h = h.borrow_mut();
+        if h.is_some() {
+            return false;
+        }
+        *h = Some(sched.clone());
+        true
+    })
+}
+
+/// The calling thread hosts no shard any more.
+pub(crate) fn unhost_here() {
+    HOSTED.with(|h| h.borrow_mut().take());
+}
+
+/// The scheduler of the shard the calling thread hosts, for a blocking call
+/// to run while it waits: `None` on other threads, and inside one of the
+/// shard's tasks (a blocking call there blocks the shard, as on a shard of its
+/// own thread, rather than running its tasks re-entrantly).
+pub(crate) fn hosted_here() -> Option<Rc<Scheduler>> {
+    HOSTED.with(|h| h.borrow().as_ref().filter(|s| !s.is_polling()).cloned())
+}
+
+/// Runs `call` on a helper thread while the calling thread runs `sched`, until
+/// `call` returns: a blocking call made on a host's thread.
+pub(crate) fn step_during<R: Send>(sched: &Scheduler, call: impl FnOnce() -> R + Send) -> R {
+    let done: Arc<(std::sync::Mutex<Option<R>>, atomic_waker::AtomicWaker)> = Arc::default();
+    std::thread::scope(|scope| {
+        let d = done.clone();
+        scope.spawn(move || {
+            let r = call();
+            *d.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(r);
+            d.1.wake();
+        });
+        sched.block_on(poll_fn(|cx| {
+            done.1.register(cx.waker());
+            match done.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+                Some(r) => Poll::Ready(r),
+                None => Poll::Pending,
+            }
+        }))
+    })
+}
+
+/// `call`, run while the shard the calling thread hosts runs (if it hosts
+/// one; see [`hosted_here`]).
+pub(crate) fn blocking<R: Send>(call: impl FnOnce() -> R + Send) -> R {
+    match hosted_here() {
+        Some(sched) => step_during(&sched, call),
+        None => call(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::IdlePolicy;
+    use std::cell::Cell;
+
+    #[test]
+    fn a_hosts_blocking_calls_run_its_shard_but_not_from_inside_a_task() {
+        // On a thread of its own: it hosts a scheduler for the test's length.
+        let host = std::thread::spawn(|| {
+            let sched = Rc::new(Scheduler::hosted(IdlePolicy::Park));
+            assert!(hosted_here().is_none(), "not a host yet");
+            assert!(host_here(&sched));
+            assert!(!host_here(&Rc::new(Scheduler::hosted(IdlePolicy::Park))), "one hosted shard per thread");
+            // Inside a task a blocking call must block, not run the shard again.
+            let inside = Rc::new(Cell::new(None));
+            let i = inside.clone();
+            sched.spawn(async move { i.set(Some(hosted_here().is_some())) });
+            // A blocking call of the host's: its shard's task runs meanwhile.
+            let answer = blocking(|| 42);
+            assert_eq!(answer, 42);
+            let ran = inside.clone();
+            let s = hosted_here().expect("the thread hosts it");
+            s.block_on(poll_fn(move |cx| {
+                if ran.get().is_some() {
+                    Poll::Ready(())
+                } else {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+            }));
+            assert_eq!(inside.get(), Some(false), "no hosted scheduler inside a task's poll");
+            unhost_here();
+            assert!(hosted_here().is_none());
+            sched.drop_tasks();
+        });
+        host.join().expect("the host thread's checks hold");
+    }
+}
