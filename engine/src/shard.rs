@@ -348,7 +348,7 @@ async fn shard_loop(pool: Rc<SegmentPool>, sched: Rc<Scheduler>, commands: Mailb
 /// timers sets its own (`prctl(PR_SET_TIMERSLACK)`).
 ///
 /// Dropping it stops the tasks it runs, failing them with that cause (their
-/// jobs fail, or restart elsewhere by their restart strategy), and waits for
+/// jobs fail, or restart as their restart strategy says), and waits for
 /// them to end; jobs placed on it later fail with the shard stopped. Once its engine is gone it stops
 /// at the next step ([`HostedShard::is_stopped`]).
 pub struct HostedShard {
