@@ -1,8 +1,9 @@
 //! The task's control lane: processing-time timers of a keyed process function
 //! fire while the task waits for input and while its output is full (so does a
-//! cancel), and pending ones travel in a snapshot and fire after a restore at
-//! another parallelism; operator list state (a list per subtask) is
-//! snapshotted and dealt out again at another parallelism.
+//! cancel), wake a hosted shard parked between its host's calls, and pending
+//! ones travel in a snapshot and fire after a restore at another parallelism;
+//! operator list state (a list per subtask) is snapshotted and dealt out again
+//! at another parallelism.
 
 use std::time::{Duration, Instant};
 
@@ -69,6 +70,42 @@ fn processing_time_timers_fire_while_the_task_waits_for_input() {
     assert!(got.iter().all(|(_, n)| (1..=10).contains(n)), "{got:?}");
     drop(ingress);
     job.wait_timeout(TIMEOUT).expect("the job ends with its input");
+}
+
+#[test]
+fn processing_time_timers_wake_a_hosted_shard_parked_between_the_hosts_calls() {
+    let (engine, mut shard) = small_engine().build_hosted().expect("a hosted engine starts");
+    let here = [shard.core()];
+    let df = Dataflow::new("hosted-timers").parallelism(1);
+    let (numbers, mut ingress) = df.ingress::<u64>("numbers", 64);
+    let reports =
+        numbers.cores(&here).key_by(|n: &u64| n % 3).process(CountThenReport::default()).cores(&here).egress(16);
+    let job = engine.submit(df.build().unwrap()).unwrap();
+    assert!(job.placement().placements.iter().all(|p| p.core == here[0]), "{}", job.placement());
+    for n in 0..30u64 {
+        ingress.try_push(n).expect("the queue has room");
+    }
+    // A host's own loop: step, and park when there is nothing to do. Only the
+    // timers produce output, and only a timer wakes the parked thread.
+    let deadline = Instant::now() + TIMEOUT;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        while let Ok(r) = reports.try_recv() {
+            got.push(r);
+        }
+        let now = Instant::now();
+        assert!(now < deadline, "the timers did not fire within {TIMEOUT:?}: {got:?}");
+        shard.step_or_park(Some(deadline - now));
+    }
+    got.sort_unstable();
+    // Each key's count when its timer fired: all 10 records unless the machine
+    // stalled past 5 ms mid-input.
+    assert_eq!(got.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![0, 1, 2], "one report per key");
+    assert!(got.iter().all(|(_, n)| (1..=10).contains(n)), "{got:?}");
+    drop(ingress);
+    job.wait_timeout(TIMEOUT).expect("the job ends with its input (the wait runs the shard)");
+    drop(shard);
+    engine.shutdown();
 }
 
 /// Keeps every record it sees in operator list state.
