@@ -265,7 +265,7 @@ impl EngineBuilder {
     /// the pinning, as from any pinned thread.
     ///
     /// ```no_run
-    /// use shardflow_engine::{Dataflow, Engine, PlacementStrategy};
+    /// use shardflow_engine::{Dataflow, Engine};
     ///
     /// let (engine, mut shard) = Engine::builder().shards(1).build_hosted()?;
     /// let df = Dataflow::new("service").parallelism(1);

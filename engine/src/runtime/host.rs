@@ -42,13 +42,15 @@ pub(crate) fn hosted_here() -> Option<Rc<Scheduler>> {
 }
 
 /// Runs `call` on a helper thread while the calling thread runs `sched`, until
-/// `call` returns: a blocking call made on a host's thread.
+/// `call` returns: a blocking call made on a host's thread. A panic in `call`
+/// goes on unwinding on the calling thread.
 pub(crate) fn step_during<R: Send>(sched: &Scheduler, call: impl FnOnce() -> R + Send) -> R {
-    let done: Arc<(std::sync::Mutex<Option<R>>, atomic_waker::AtomicWaker)> = Arc::default();
-    std::thread::scope(|scope| {
+    type Outcome<R> = std::sync::Mutex<Option<std::thread::Result<R>>>;
+    let done: Arc<(Outcome<R>, atomic_waker::AtomicWaker)> = Arc::default();
+    let outcome = std::thread::scope(|scope| {
         let d = done.clone();
         scope.spawn(move || {
-            let r = call();
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(call));
             *d.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(r);
             d.1.wake();
         });
@@ -59,7 +61,8 @@ pub(crate) fn step_during<R: Send>(sched: &Scheduler, call: impl FnOnce() -> R +
                 None => Poll::Pending,
             }
         }))
-    })
+    });
+    outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// `call`, run while the shard the calling thread hosts runs (if it hosts
@@ -108,5 +111,25 @@ mod tests {
             sched.drop_tasks();
         });
         host.join().expect("the host thread's checks hold");
+    }
+
+    #[test]
+    fn a_panic_in_a_call_made_while_stepping_reaches_the_host() {
+        // On a thread of its own, so a wait without end fails the test in 60 s.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let host = std::thread::spawn(move || {
+            let sched = Scheduler::hosted(IdlePolicy::Park);
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                step_during(&sched, || -> u32 { panic!("the blocking call failed") })
+            }));
+            let message = caught.err().map(|p| shardflow_control::panic_message(&*p));
+            let _ = tx.send((message, step_during(&sched, || 7)));
+        });
+        let (message, next) = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the call's panic reaches the host within 60 s, instead of a wait without end");
+        assert_eq!(message.as_deref(), Some("the blocking call failed"));
+        assert_eq!(next, 7, "and the next call runs");
+        host.join().expect("the host thread ends");
     }
 }
