@@ -12,14 +12,14 @@ use std::future::{poll_fn, Future};
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use std::sync::Arc;
 
 use futures_lite::FutureExt;
 use glommio::{LocalExecutorBuilder, Placement};
 use shardflow_control::{AttemptId, ExecutionState, JobId};
-use shardflow_memory::{Budget, BudgetKind, PoolMonitor, SegmentPool, SegmentPoolBuilder};
+use shardflow_memory::{Budget, BudgetKind, MemoryError, PoolMonitor, SegmentPool, SegmentPoolBuilder};
 
 use crate::config::{EngineConfig, IdlePolicy};
 use crate::error::EngineError;
@@ -76,6 +76,16 @@ pub(crate) struct ShardSpec {
     pub(crate) segments: usize,
     pub(crate) prefault: bool,
     pub(crate) idle: IdlePolicy,
+}
+
+impl ShardSpec {
+    /// The shard's segment pool, mapped on the calling thread (the shard's).
+    fn pool(&self) -> Result<SegmentPool, MemoryError> {
+        SegmentPoolBuilder::new(self.id, self.segments)
+            .segment_bytes(self.segment_bytes)
+            .populate(self.prefault)
+            .build()
+    }
 }
 
 /// Starts one shard per configured core, each reporting to `reports`; with
@@ -187,11 +197,7 @@ impl ShardHandle {
             .ring_depth(64);
         let thread = builder
             .spawn(move || async move {
-                let pool = SegmentPoolBuilder::new(spec.id, spec.segments)
-                    .segment_bytes(spec.segment_bytes)
-                    .populate(spec.prefault)
-                    .build();
-                let pool = match pool {
+                let pool = match spec.pool() {
                     Ok(p) => Rc::new(p),
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -374,14 +380,10 @@ impl HostedShard {
         if !host_here(&sched) {
             return Err(start_err("this thread hosts a shard already (one per thread)".into()));
         }
-        let pool = SegmentPoolBuilder::new(spec.id, spec.segments)
-            .segment_bytes(spec.segment_bytes)
-            .populate(spec.prefault)
-            .build()
-            .map_err(|e| {
-                unhost_here();
-                start_err(e.to_string())
-            })?;
+        let pool = spec.pool().map_err(|e| {
+            unhost_here();
+            start_err(e.to_string())
+        })?;
         let pool = Rc::new(pool);
         let monitor = pool.monitor();
         let (tx, rx) = mailbox::<ShardCommand>();
@@ -434,7 +436,7 @@ impl HostedShard {
     /// not ready by then (it is dropped; with a cancel-safe future such as
     /// [`crate::EgressHandle::recv_async`] nothing is lost).
     pub fn block_on_timeout<F: Future>(&mut self, future: F, timeout: Duration) -> Option<F::Output> {
-        self.sched.block_on_until(future, Instant::now().checked_add(timeout))
+        self.sched.block_on_timeout(future, timeout)
     }
 
     /// Runs `call` on a helper thread and this shard until it returns: for

@@ -143,6 +143,10 @@ pub(crate) struct Scheduler {
     /// A task is being polled (a blocking call made inside one must not run
     /// the shard again: see `host::hosted_here`).
     polling: Cell<bool>,
+    /// Wakers of `block_on` futures, kept for the next call (a host waiting
+    /// for each answer would otherwise allocate one per answer); one per
+    /// nesting level.
+    host_wakers: RefCell<Vec<Arc<TaskWaker>>>,
 }
 
 impl Scheduler {
@@ -172,6 +176,7 @@ impl Scheduler {
             slice_started: Cell::new(Instant::now()),
             steps: Cell::new(0),
             polling: Cell::new(false),
+            host_wakers: RefCell::default(),
         }
     }
 
@@ -220,12 +225,29 @@ impl Scheduler {
         }
     }
 
+    /// [`Scheduler::block_on`] for at most `timeout`: `None` if `future` was
+    /// not ready by then (it is dropped).
+    pub(crate) fn block_on_timeout<F: Future>(&self, future: F, timeout: Duration) -> Option<F::Output> {
+        self.block_on_until(future, Instant::now().checked_add(timeout))
+    }
+
     /// [`Scheduler::block_on`] until `deadline`: `None` if `future` was not
     /// ready by then (it is dropped).
-    pub(crate) fn block_on_until<F: Future>(&self, future: F, deadline: Option<Instant>) -> Option<F::Output> {
+    fn block_on_until<F: Future>(&self, future: F, deadline: Option<Instant>) -> Option<F::Output> {
+        // The future is woken like a task, under an id no slot has; a waker a
+        // finished call left behind only costs a spurious poll.
+        let reused = self.host_wakers.borrow_mut().pop();
+        let host = reused.unwrap_or_else(|| {
+            Arc::new(TaskWaker { id: HOST, queued: AtomicBool::new(true), ready: self.ready.clone() })
+        });
+        host.queued.store(true, Ordering::Release);
+        let out = self.poll_host(future, &host, deadline);
+        self.host_wakers.borrow_mut().push(host);
+        out
+    }
+
+    fn poll_host<F: Future>(&self, future: F, host: &Arc<TaskWaker>, deadline: Option<Instant>) -> Option<F::Output> {
         let mut future = std::pin::pin!(future);
-        // The future is woken like a task, under an id no slot has.
-        let host = Arc::new(TaskWaker { id: HOST, queued: AtomicBool::new(true), ready: self.ready.clone() });
         let waker = Waker::from(host.clone());
         let mut idle_since: Option<Instant> = None;
         loop {
@@ -359,323 +381,4 @@ pub(crate) async fn yield_now() {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::rc::Rc;
-    use std::sync::atomic::AtomicUsize;
-    use std::sync::mpsc;
-
-    /// A one-shot signal another thread sets.
-    #[derive(Default)]
-    struct Signal {
-        set: AtomicBool,
-        waker: atomic_waker::AtomicWaker,
-    }
-
-    impl Signal {
-        fn set(&self) {
-            self.set.store(true, Ordering::Release);
-            self.waker.wake();
-        }
-
-        async fn wait(&self) {
-            poll_fn(|cx| {
-                self.waker.register(cx.waker());
-                if self.set.load(Ordering::Acquire) {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }
-            })
-            .await
-        }
-    }
-
-    /// Runs `test` on a thread of its own (the scheduler's), failing clearly if it
-    /// does not end within 60 s instead of hanging the suite.
-    fn on_own_thread(test: impl FnOnce() + Send + 'static) {
-        let (done_tx, done_rx) = mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            test();
-            let _ = done_tx.send(());
-        });
-        match done_rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(()) => thread.join().unwrap(),
-            Err(mpsc::RecvTimeoutError::Disconnected) => std::panic::resume_unwind(thread.join().unwrap_err()),
-            Err(mpsc::RecvTimeoutError::Timeout) => panic!("the scheduler did not finish within 60 s: a lost wake-up"),
-        }
-    }
-
-    fn sleep(sched: &Rc<Scheduler>, at: Instant) -> impl Future<Output = ()> {
-        let sched = sched.clone();
-        poll_fn(move |cx| {
-            if Instant::now() >= at {
-                Poll::Ready(())
-            } else {
-                sched.wake_at(at, cx.waker());
-                Poll::Pending
-            }
-        })
-    }
-
-    #[test]
-    fn a_parked_shard_wakes_for_another_threads_wake_up() {
-        on_own_thread(|| {
-            for idle in [IdlePolicy::Park, IdlePolicy::Spin] {
-                let signal = Arc::new(Signal::default());
-                let (tx, rx) = mpsc::channel();
-                let remote = signal.clone();
-                let waker_thread = std::thread::spawn(move || {
-                    // Set only once the shard waits (it says so), so the wake-up finds it parked or spinning.
-                    rx.recv_timeout(Duration::from_secs(30)).expect("the shard never waited");
-                    remote.set();
-                });
-                let sched = Rc::new(Scheduler::new(idle));
-                let s = signal.clone();
-                sched.block_on(async move {
-                    let _ = tx.send(());
-                    s.wait().await;
-                });
-                waker_thread.join().unwrap();
-                assert!(signal.set.load(Ordering::Acquire), "{idle:?}");
-            }
-        });
-    }
-
-    #[test]
-    fn a_wake_up_during_the_tasks_own_poll_is_kept() {
-        on_own_thread(|| {
-            // The task registers, finds nothing, and only then (still inside its
-            // poll) lets another thread set the flag and wake it.
-            let flag = Arc::new(Signal::default());
-            let (checked_tx, checked_rx) = mpsc::channel::<()>();
-            let (woken_tx, woken_rx) = mpsc::channel::<()>();
-            let remote = flag.clone();
-            let other = std::thread::spawn(move || {
-                checked_rx.recv_timeout(Duration::from_secs(30)).expect("the task never polled");
-                remote.set();
-                woken_tx.send(()).unwrap();
-            });
-            let sched = Rc::new(Scheduler::new(IdlePolicy::Park));
-            let f = flag.clone();
-            let mut first = true;
-            sched.block_on(poll_fn(move |cx| {
-                f.waker.register(cx.waker());
-                if f.set.load(Ordering::Acquire) {
-                    return Poll::Ready(());
-                }
-                if std::mem::take(&mut first) {
-                    checked_tx.send(()).unwrap();
-                    woken_rx.recv_timeout(Duration::from_secs(30)).expect("the other thread never woke the task");
-                }
-                Poll::Pending
-            }));
-            other.join().unwrap();
-        });
-    }
-
-    #[test]
-    fn no_wake_up_is_lost_when_many_threads_wake_tasks_at_once() {
-        on_own_thread(|| {
-            const TASKS: usize = 4;
-            const ROUNDS: usize = 20_000;
-            // Thread k raises task k's counter round by round and waits for the
-            // task's acknowledgement before the next: each round needs a wake-up
-            // that reaches a shard parked (or on its way to park), from four
-            // threads at once. One lost wake-up and the test stops.
-            let sched = Rc::new(Scheduler::new(IdlePolicy::Park));
-            let finished = Rc::new((Cell::new(0), RefCell::new(None::<Waker>)));
-            let mut threads = Vec::new();
-            for _ in 0..TASKS {
-                let counter = Arc::new((AtomicUsize::new(0), atomic_waker::AtomicWaker::new()));
-                let (ack_tx, ack_rx) = mpsc::channel::<usize>();
-                let (c, finished) = (counter.clone(), finished.clone());
-                sched.spawn(async move {
-                    for round in 1..=ROUNDS {
-                        poll_fn(|cx| {
-                            c.1.register(cx.waker());
-                            if c.0.load(Ordering::Acquire) >= round {
-                                Poll::Ready(())
-                            } else {
-                                Poll::Pending
-                            }
-                        })
-                        .await;
-                        ack_tx.send(round).unwrap();
-                    }
-                    finished.0.set(finished.0.get() + 1);
-                    if let Some(w) = finished.1.borrow_mut().take() {
-                        w.wake();
-                    }
-                });
-                threads.push(std::thread::spawn(move || {
-                    for round in 1..=ROUNDS {
-                        counter.0.store(round, Ordering::Release);
-                        counter.1.wake();
-                        let seen = ack_rx.recv_timeout(Duration::from_secs(30));
-                        assert_eq!(seen, Ok(round), "round {round} was not taken: a lost wake-up");
-                    }
-                }));
-            }
-            let f = finished.clone();
-            sched.block_on(poll_fn(move |cx| {
-                if f.0.get() == TASKS {
-                    Poll::Ready(())
-                } else {
-                    *f.1.borrow_mut() = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            }));
-            for t in threads {
-                t.join().unwrap();
-            }
-            assert_eq!(finished.0.get(), TASKS);
-        });
-    }
-
-    #[test]
-    fn timers_fire_in_order_and_not_early() {
-        on_own_thread(|| {
-            let sched = Rc::new(Scheduler::new(IdlePolicy::Park));
-            let order = Rc::new(RefCell::new(Vec::new()));
-            let start = Instant::now();
-            for (k, ms) in [(0, 30u64), (1, 10), (2, 20)] {
-                let (order, at) = (order.clone(), start + Duration::from_millis(ms));
-                let sleep = sleep(&sched, at);
-                sched.spawn(async move {
-                    sleep.await;
-                    assert!(Instant::now() >= at, "timer {k} fired early");
-                    order.borrow_mut().push(k);
-                });
-            }
-            let s = sched.clone();
-            let last = sleep(&s, start + Duration::from_millis(40));
-            sched.block_on(last);
-            assert_eq!(*order.borrow(), vec![1, 2, 0]);
-        });
-    }
-
-    #[test]
-    fn a_task_that_never_waits_yields_to_the_others() {
-        on_own_thread(|| {
-            let sched = Rc::new(Scheduler::new(IdlePolicy::Park));
-            let stop = Rc::new(Cell::new(false));
-            let spins = Rc::new(Cell::new(0u64));
-            let (s, stop2, spins2) = (sched.clone(), stop.clone(), spins.clone());
-            // Busy until told to stop; it only lets others in through `should_yield`.
-            sched.spawn(async move {
-                while !stop2.get() {
-                    spins2.set(spins2.get() + 1);
-                    if s.should_yield() {
-                        yield_now().await;
-                    }
-                }
-            });
-            let signal = Arc::new(Signal::default());
-            let remote = signal.clone();
-            let other = std::thread::spawn(move || remote.set());
-            let seen = signal.clone();
-            sched.block_on(async move {
-                // Another thread's wake-up reaches this task while the busy one runs.
-                seen.wait().await;
-                stop.set(true);
-            });
-            other.join().unwrap();
-            assert!(spins.get() > 0);
-        });
-    }
-
-    #[test]
-    fn tasks_spawned_while_polling_run_and_slots_are_reused() {
-        on_own_thread(|| {
-            let sched = Rc::new(Scheduler::new(IdlePolicy::Park));
-            let ran = Rc::new(AtomicUsize::new(0));
-            let (s, r) = (sched.clone(), ran.clone());
-            sched.block_on(async move {
-                for round in 0..3 {
-                    let signal = Rc::new(Cell::new(false));
-                    for _ in 0..4 {
-                        let (r, signal) = (r.clone(), signal.clone());
-                        s.spawn(async move {
-                            yield_now().await;
-                            r.fetch_add(1, Ordering::Relaxed);
-                            signal.set(true);
-                        });
-                    }
-                    poll_fn(|cx| {
-                        if r.load(Ordering::Relaxed) == 4 * (round + 1) {
-                            Poll::Ready(())
-                        } else {
-                            cx.waker().wake_by_ref();
-                            Poll::Pending
-                        }
-                    })
-                    .await;
-                    assert!(signal.get());
-                }
-            });
-            assert_eq!(ran.load(Ordering::Relaxed), 12);
-            // At most 4 tasks at once: ended tasks' slots were reused.
-            assert!(sched.slots.borrow().iter().all(Option::is_none), "every task ended");
-            assert!(sched.free.borrow().len() <= 4, "{} slots", sched.free.borrow().len());
-            sched.drop_tasks();
-            assert!(sched.slots.borrow().is_empty());
-        });
-    }
-
-    #[test]
-    fn a_step_runs_what_is_ready_and_never_waits() {
-        on_own_thread(|| {
-            let sched = Rc::new(Scheduler::hosted(IdlePolicy::Park));
-            assert!(!sched.step(), "nothing to do");
-            let polls = Rc::new(Cell::new(0));
-            let p = polls.clone();
-            let signal = Arc::new(Signal::default());
-            let s = signal.clone();
-            sched.spawn(async move {
-                p.set(p.get() + 1);
-                s.wait().await;
-                p.set(p.get() + 1);
-            });
-            assert!(sched.step(), "the new task ran");
-            assert_eq!(polls.get(), 1);
-            assert!(!sched.step(), "the task waits: nothing to do, and no wait");
-            signal.set();
-            assert!(sched.step(), "the wake-up queued it");
-            assert_eq!(polls.get(), 2, "it ran to its end");
-            assert!(!sched.step());
-        });
-    }
-
-    #[test]
-    fn a_future_not_ready_by_its_deadline_is_given_up_and_the_tasks_stay() {
-        on_own_thread(|| {
-            let sched = Rc::new(Scheduler::hosted(IdlePolicy::Park));
-            let signal = Arc::new(Signal::default());
-            let s = signal.clone();
-            let ran = Rc::new(Cell::new(false));
-            let r = ran.clone();
-            sched.spawn(async move {
-                s.wait().await;
-                r.set(true);
-            });
-            let deadline = Instant::now() + Duration::from_millis(20);
-            let never = std::future::pending::<()>();
-            assert_eq!(sched.block_on_until(never, Some(deadline)), None);
-            assert!(Instant::now() >= deadline, "given up only at the deadline");
-            assert!(!ran.get());
-            // The task is still there: a later run finishes it.
-            signal.set();
-            let r = ran.clone();
-            sched.block_on(poll_fn(move |cx| {
-                if r.get() {
-                    Poll::Ready(())
-                } else {
-                    cx.waker().wake_by_ref();
-                    Poll::Pending
-                }
-            }));
-            sched.drop_tasks();
-        });
-    }
-}
+mod tests;

@@ -283,7 +283,7 @@ impl<T> EgressHandle<T> {
     /// its shard meanwhile).
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
         if let Some(sched) = hosted_here() {
-            return match sched.block_on_until(self.next_result(), Instant::now().checked_add(timeout)) {
+            return match sched.block_on_timeout(self.next_result(), timeout) {
                 Some(Some(r)) => Ok(r),
                 Some(None) => Err(RecvTimeoutError::Disconnected),
                 None => Err(RecvTimeoutError::Timeout),

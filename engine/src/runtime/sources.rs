@@ -449,7 +449,7 @@ impl<T: Send> IngressHandle<T> {
         let i = self.pick();
         if let Some(sched) = hosted_here() {
             let mut slot = Some(record);
-            let pushed = sched.block_on_until(self.push_when_room(i, &mut slot), Instant::now().checked_add(timeout));
+            let pushed = sched.block_on_timeout(self.push_when_room(i, &mut slot), timeout);
             return match (pushed, slot.take()) {
                 (Some(done), _) => done,
                 (None, Some(r)) => Err(PushError::Full(r)),
