@@ -95,7 +95,11 @@ pub struct ResultPartition {
     /// Subpartitions with something pending (so `poll_ready` visits only those).
     waiting: Vec<usize>,
     flush_timeout: Option<Duration>,
-    oldest_unflushed: Option<Instant>,
+    /// Whether a partial buffer was started since the last flush (kept only
+    /// with a flush timeout), and since when [`Self::flush_if_due`] has seen it
+    /// waiting: writing a record reads no clock.
+    unflushed: bool,
+    unflushed_since: Option<Instant>,
     records_out: u64,
     buffers_out: u64,
     finished: bool,
@@ -128,7 +132,8 @@ impl ResultPartition {
             spill: None,
             waiting: Vec::new(),
             flush_timeout: None,
-            oldest_unflushed: None,
+            unflushed: false,
+            unflushed_since: None,
             records_out: 0,
             buffers_out: 0,
             finished: false,
@@ -175,8 +180,11 @@ impl ResultPartition {
         self.pending_buffers > self.overdraft + self.subs.len()
     }
 
-    /// A partial buffer older than `timeout` is sent by [`Self::flush_if_due`].
-    /// Default: none (buffers leave when full, on flush or on an event).
+    /// A partial buffer that has waited `timeout` is sent by
+    /// [`Self::flush_if_due`]; the wait counts from the first call that found it
+    /// (a task calls it at the start of every step, so a record waits at most
+    /// the rest of its own step longer). Default: none (buffers leave when
+    /// full, on flush or on an event).
     pub fn set_flush_timeout(&mut self, timeout: Option<Duration>) {
         self.flush_timeout = timeout;
     }
@@ -400,9 +408,7 @@ impl ResultPartition {
         sub.charge = charge;
         sub.pos = 0;
         sub.records = 0;
-        if self.flush_timeout.is_some() && self.oldest_unflushed.is_none() {
-            self.oldest_unflushed = Some(Instant::now());
-        }
+        self.unflushed |= self.flush_timeout.is_some();
         Ok(())
     }
 
@@ -463,15 +469,28 @@ impl ResultPartition {
         for sp in 0..self.subs.len() {
             self.seal(sp);
         }
-        self.oldest_unflushed = None;
+        self.unflushed = false;
+        self.unflushed_since = None;
     }
 
-    /// Flushes if the oldest unsent record has waited longer than the flush timeout.
+    /// Whether a partial buffer waits for [`Self::flush_if_due`] (never
+    /// without a flush timeout): a caller with nothing waiting reads no clock.
+    #[inline]
+    pub fn awaits_flush(&self) -> bool {
+        self.unflushed
+    }
+
+    /// Flushes once a partial buffer has waited the flush timeout, counted from
+    /// the first call that found it waiting.
     pub fn flush_if_due(&mut self, now: Instant) {
-        if let (Some(t), Some(since)) = (self.flush_timeout, self.oldest_unflushed) {
-            if now.saturating_duration_since(since) >= t {
-                self.flush();
-            }
+        let Some(timeout) = self.flush_timeout else { return };
+        if !self.unflushed {
+            return;
+        }
+        match self.unflushed_since {
+            None => self.unflushed_since = Some(now),
+            Some(since) if now.saturating_duration_since(since) >= timeout => self.flush(),
+            Some(_) => {}
         }
     }
 

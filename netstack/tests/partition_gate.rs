@@ -168,13 +168,39 @@ fn a_partial_buffer_waits_for_a_flush_and_an_event_flushes_first() {
 fn the_flush_timeout_sends_a_partial_buffer_once_due() {
     let p = pool(16);
     let (mut w, mut gates) = wire(&p, 1, 4, 0, 4);
-    w.set_flush_timeout(Some(Duration::from_secs(3600)));
+    let timeout = Duration::from_secs(3600);
+    w.set_flush_timeout(Some(timeout));
+    assert!(!w.awaits_flush(), "nothing written, nothing to look at");
     w.write_pod(0, &[7u64, 7]).unwrap();
-    let now = Instant::now();
-    w.flush_if_due(now);
+    assert!(w.awaits_flush());
+    // The wait counts from the first look that finds the buffer.
+    let first_look = Instant::now() + Duration::from_secs(60);
+    w.flush_if_due(first_look);
+    w.flush_if_due(first_look + timeout - Duration::from_nanos(1));
     assert!(drain(&mut gates[0]).0.is_empty(), "not due yet");
-    w.flush_if_due(now + Duration::from_secs(3601));
+    w.flush_if_due(first_look + timeout);
     assert_eq!(drain(&mut gates[0]).0, vec![[7, 7]], "sent once the timeout passed");
+    assert!(!w.awaits_flush(), "flushed: nothing waits");
+
+    // A later buffer's wait starts afresh at its own first look.
+    w.write_pod(0, &[8u64, 8]).unwrap();
+    let again = first_look + 3 * timeout;
+    w.flush_if_due(again);
+    assert!(drain(&mut gates[0]).0.is_empty(), "an earlier buffer's wait does not carry over");
+    w.flush_if_due(again + timeout);
+    assert_eq!(drain(&mut gates[0]).0, vec![[8, 8]]);
+}
+
+#[test]
+fn without_a_flush_timeout_nothing_awaits_a_timed_flush() {
+    let p = pool(16);
+    let (mut w, mut gates) = wire(&p, 1, 4, 0, 4);
+    w.write_pod(0, &[7u64, 7]).unwrap();
+    assert!(!w.awaits_flush());
+    w.flush_if_due(Instant::now() + Duration::from_secs(1 << 20));
+    assert!(drain(&mut gates[0]).0.is_empty(), "no timeout: the buffer waits for a flush");
+    w.flush();
+    assert_eq!(drain(&mut gates[0]).0, vec![[7, 7]]);
 }
 
 #[test]
