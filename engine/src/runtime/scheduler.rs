@@ -135,10 +135,12 @@ pub(crate) struct Scheduler {
     slots: RefCell<Vec<Option<Slot>>>,
     free: RefCell<Vec<usize>>,
     timers: RefCell<BinaryHeap<Reverse<Deadline>>>,
-    /// When the round polling the current task began (its time slice is
-    /// counted from there: one clock read per round, not per poll), and the
-    /// task's steps since it was polled.
-    slice_started: Cell<Instant>,
+    /// When the round polling the current task began, as first read in the
+    /// round (by its due timers, or the first [`Scheduler::should_yield`] that
+    /// reads the clock): time slices count from there, and a round with no
+    /// timers and short polls reads no clock. And the task's steps since it
+    /// was polled.
+    slice_started: Cell<Option<Instant>>,
     steps: Cell<u32>,
     /// A task is being polled (a blocking call made inside one must not run
     /// the shard again: see `host::hosted_here`).
@@ -173,7 +175,7 @@ impl Scheduler {
             slots: RefCell::default(),
             free: RefCell::default(),
             timers: RefCell::default(),
-            slice_started: Cell::new(Instant::now()),
+            slice_started: Cell::new(None),
             steps: Cell::new(0),
             polling: Cell::new(false),
             host_wakers: RefCell::default(),
@@ -209,7 +211,19 @@ impl Scheduler {
     pub(crate) fn should_yield(&self) -> bool {
         let steps = self.steps.get() + 1;
         self.steps.set(steps);
-        steps % STEPS_PER_CLOCK_READ == 0 && self.slice_started.get().elapsed() >= SLICE
+        steps % STEPS_PER_CLOCK_READ == 0 && self.slice_spent()
+    }
+
+    #[cold]
+    fn slice_spent(&self) -> bool {
+        let now = Instant::now();
+        match self.slice_started.get() {
+            Some(started) => now.saturating_duration_since(started) >= SLICE,
+            None => {
+                self.slice_started.set(Some(now));
+                false
+            }
+        }
     }
 
     /// Polls `future` on this thread, running the shard's tasks between its
@@ -260,6 +274,10 @@ impl Scheduler {
                 idle_since = None;
                 continue;
             }
+            if deadline.is_none() && self.idle == IdlePolicy::Park {
+                self.park(None);
+                continue;
+            }
             let now = Instant::now();
             let left = match deadline {
                 Some(d) if now >= d => return None,
@@ -279,9 +297,13 @@ impl Scheduler {
     /// that wakes itself cannot keep the timers or a park from their turn).
     /// Whether there was anything to do.
     pub(crate) fn step(&self) -> bool {
-        let now = Instant::now();
-        self.slice_started.set(now);
-        let mut worked = self.fire_timers(now);
+        let mut worked = false;
+        self.slice_started.set(None);
+        if !self.timers.borrow().is_empty() {
+            let now = Instant::now();
+            self.slice_started.set(Some(now));
+            worked = self.fire_timers(now);
+        }
         for _ in 0..self.ready.ids.len() {
             match self.ready.ids.pop() {
                 Some(id) => {
@@ -297,8 +319,11 @@ impl Scheduler {
     /// Parks the thread until a wake-up, the earliest timer or `timeout`,
     /// whichever comes first (at once if a wake-up came since the last round).
     pub(crate) fn park(&self, timeout: Option<Duration>) {
-        let now = Instant::now();
         let timer = self.timers.borrow().peek().map(|Reverse(d)| d.at);
+        if timer.is_none() && timeout.is_none() {
+            return std::thread::park();
+        }
+        let now = Instant::now();
         let until = match (timer, timeout.and_then(|t| now.checked_add(t))) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

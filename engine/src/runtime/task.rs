@@ -201,6 +201,20 @@ enum Step {
     EndOfInput,
 }
 
+/// The clock of one step, read at most once: the first look at it (timers, a
+/// timed flush, an idle source, arming the timer) reads it; the step's later
+/// looks share that reading. A step is short (one chunk, one poll), so they
+/// see it at most that much early.
+#[derive(Default)]
+struct StepClock(Option<Instant>);
+
+impl StepClock {
+    #[inline]
+    fn now(&mut self) -> Instant {
+        *self.0.get_or_insert_with(Instant::now)
+    }
+}
+
 /// A task being run.
 struct Task {
     info: TaskInfo,
@@ -415,7 +429,7 @@ impl Task {
     /// Arms the task's timer for the earliest of `wake_at` and its operators'
     /// timers. A parking shard coalesces waits to at least `min_park`; a
     /// spinning one polls its timers while it spins, so it waits exactly.
-    fn arm_timer(&mut self, cx: &mut Context<'_>, wake_at: Option<Instant>) {
+    fn arm_timer(&mut self, cx: &mut Context<'_>, wake_at: Option<Instant>, clock: &mut StepClock) {
         let due = match (self.next_timer(), wake_at) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => match a.or(b) {
@@ -423,7 +437,7 @@ impl Task {
                 None => return,
             },
         };
-        let now = Instant::now();
+        let now = clock.now();
         // A timer armed for another instant, or one that has fired, is armed anew
         // (one for an earlier instant fires later and wakes the task for nothing).
         if self.timer.is_none_or(|(at, fire)| at != due || fire <= now) {
@@ -446,8 +460,9 @@ impl Task {
     fn try_step(&mut self, cx: &mut Context<'_>) -> Result<Option<Step>, TaskStop> {
         self.serve_control(cx)?;
         self.check_failure()?;
+        let mut clock = StepClock::default();
         if let Some(due) = self.next_timer() {
-            let now = Instant::now();
+            let now = clock.now();
             if due <= now {
                 for l in &mut self.lifecycles {
                     l.fire_timers(now)?;
@@ -456,19 +471,21 @@ impl Task {
             }
         }
         if self.timed_flush {
-            let now = Instant::now();
             for p in &self.partitions {
-                p.borrow_mut().flush_if_due(now);
+                let mut p = p.borrow_mut();
+                if p.awaits_flush() {
+                    p.flush_if_due(clock.now());
+                }
             }
         }
         if self.poll_outputs(cx)? {
-            self.arm_timer(cx, None);
+            self.arm_timer(cx, None, &mut clock);
             return Ok(None);
         }
         let mut wake_at = None;
         match &mut self.body {
             Body::Source { driver, idle_until } => {
-                if idle_until.is_some_and(|t| t > Instant::now()) {
+                if idle_until.is_some_and(|t| t > clock.now()) {
                     wake_at = *idle_until;
                 } else {
                     *idle_until = None;
@@ -548,7 +565,7 @@ impl Task {
             p.borrow_mut().flush();
         }
         self.poll_outputs(cx)?;
-        self.arm_timer(cx, wake_at);
+        self.arm_timer(cx, wake_at, &mut clock);
         Ok(None)
     }
 
