@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use shardflow_engine::jobs::{KeyValue, GOLDEN};
-use shardflow_engine::{Dataflow, Emitter, EngineError, PushError, SOURCE_BATCH};
+use shardflow_engine::{Dataflow, Emitter, EngineError, IngressHandle, PushError, SOURCE_BATCH};
 
 use crate::common::{endless_job, shard_count, small_engine, SMALL_SEGMENT_BYTES, TIMEOUT};
 
@@ -163,6 +163,83 @@ fn a_full_ingress_hands_the_record_back_and_a_gone_job_closes_it() {
     assert!(handle.wait_timeout(TIMEOUT).is_err(), "cancelled");
     assert!(matches!(ingress.try_push(7), Err(PushError::Closed(7))), "the job is gone");
     drop(answers);
+}
+
+/// Pushes from a thread of its own until the ingress stops taking records;
+/// tells `blocked` when a push first found the queue full (it then waits in
+/// `push`, or in `push_timeout` for an hour), and returns how the pushing
+/// ended.
+fn push_until_refused(
+    mut ingress: IngressHandle<u64>,
+    with_timeout: bool,
+    blocked: crossbeam_channel::Sender<()>,
+) -> std::thread::JoinHandle<PushError<u64>> {
+    std::thread::spawn(move || {
+        let mut next = 0u64;
+        loop {
+            let r = match ingress.try_push(next) {
+                Ok(()) => Ok(()),
+                Err(PushError::Full(r)) => {
+                    let _ = blocked.try_send(());
+                    if with_timeout {
+                        ingress.push_timeout(r, Duration::from_secs(3600))
+                    } else {
+                        ingress.push(r)
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(()) => next += 1,
+                Err(e) => return e,
+            }
+        }
+    })
+}
+
+#[test]
+fn a_push_waiting_for_room_gets_its_record_back_as_soon_as_the_job_is_gone() {
+    let engine = small_engine().build().expect("engine starts");
+    for with_timeout in [false, true] {
+        let df = Dataflow::new(&format!("gone-while-waiting-{with_timeout}"));
+        let (s, ingress) = df.ingress::<u64>("numbers", 2);
+        // The egress nobody reads fills, then the job stops taking input.
+        let answers = s.egress(1);
+        let handle = engine.submit(df.build().unwrap()).unwrap();
+        let (tx, blocked) = crossbeam_channel::bounded(1);
+        let pusher = push_until_refused(ingress, with_timeout, tx);
+        blocked.recv_timeout(TIMEOUT).expect("the queue fills");
+        handle.cancel();
+        assert!(handle.wait_timeout(TIMEOUT).is_err(), "cancelled");
+        // The waiting push learns of the end from the job, not from a timeout
+        // (an hour) or a poll: a pusher still waiting would fail the join below.
+        let (tx, done) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let _ = tx.send(pusher.join());
+        });
+        let end = done.recv_timeout(TIMEOUT).expect("the waiting push returns once the job is gone");
+        assert!(matches!(end, Ok(PushError::Closed(_))), "timeout {with_timeout}: {end:?}");
+        drop(answers);
+    }
+
+    // A job dropped before it ever ran, with the dataflow it came from (which
+    // could build it again): nothing will read its queue.
+    let (job, ingress) = {
+        let df = Dataflow::new("never-run");
+        let (s, ingress) = df.ingress::<u64>("numbers", 1);
+        s.count();
+        (df.build().unwrap(), ingress)
+    };
+    let (tx, blocked) = crossbeam_channel::bounded(1);
+    let pusher = push_until_refused(ingress, false, tx);
+    blocked.recv_timeout(TIMEOUT).expect("a queue of one fills at once");
+    drop(job);
+    let (tx, done) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(pusher.join());
+    });
+    let end = done.recv_timeout(TIMEOUT).expect("the waiting push returns once its job is dropped");
+    assert!(matches!(end, Ok(PushError::Closed(_))), "{end:?}");
 }
 
 /// Tags each record with the subtask it reached.

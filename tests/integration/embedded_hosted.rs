@@ -188,6 +188,34 @@ fn a_dropped_hosted_shard_fails_its_tasks_and_refuses_new_ones() {
 }
 
 #[test]
+fn a_push_waiting_on_another_thread_learns_at_once_that_the_hosted_job_is_gone() {
+    let HostedJob { engine, shard, ingress, answers, job } = hosted_job("hosted-waiting-pusher");
+    // Nothing drains the queue of 8 while the host does not step: the pusher
+    // fills it, then waits for room for an hour.
+    let (tx, full) = crossbeam_channel::bounded(1);
+    let pusher = std::thread::spawn(move || {
+        let mut ingress = ingress;
+        for r in 0..8 {
+            ingress.try_push(r).expect("room for 8 before the shard runs");
+        }
+        assert!(matches!(ingress.try_push(8), Err(PushError::Full(8))), "nothing drains the queue");
+        let _ = tx.send(());
+        ingress.push_timeout(8, std::time::Duration::from_secs(3600))
+    });
+    full.recv_timeout(TIMEOUT).expect("the pusher fills the queue");
+    drop(shard);
+    assert!(job.wait_timeout(TIMEOUT).is_err(), "the job fails without its shard");
+    let (tx, done) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(pusher.join());
+    });
+    let end = done.recv_timeout(TIMEOUT).expect("the waiting push returns once the job is gone, not in an hour");
+    assert!(matches!(end, Ok(Err(PushError::Closed(8)))), "{end:?}");
+    drop(answers);
+    engine.shutdown();
+}
+
+#[test]
 fn a_hosted_shard_stops_once_its_engine_is_gone() {
     let HostedJob { engine, mut shard, mut ingress, mut answers, job: _job } = hosted_job("engine-goes");
     ingress.push(1).expect("the queue has room");

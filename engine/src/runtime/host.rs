@@ -1,12 +1,16 @@
 //! A thread that hosts a shard (a [`crate::HostedShard`]): which scheduler it
 //! hosts, and how a blocking call made on it runs that shard while it waits
-//! instead of waiting for itself.
+//! instead of waiting for itself. And how a blocking call waits for an event
+//! on any thread ([`wait`]).
 
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::Thread;
+use std::time::Instant;
 
 use crate::runtime::scheduler::Scheduler;
 
@@ -63,6 +67,77 @@ pub(crate) fn step_during<R: Send>(sched: &Scheduler, call: impl FnOnce() -> R +
         }))
     });
     outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Waits for `future` on the calling thread: a host's runs its shard meanwhile
+/// ([`hosted_here`]); any other thread (or a task's poll) sleeps until the
+/// future's waker wakes it.
+pub(crate) fn wait<F: Future>(future: F) -> F::Output {
+    match hosted_here() {
+        Some(sched) => sched.block_on(future),
+        None => {
+            let mut future = std::pin::pin!(future);
+            loop {
+                if let Some(out) = park_until(future.as_mut(), None) {
+                    return out;
+                }
+            }
+        }
+    }
+}
+
+/// [`wait`] until `deadline`: `None` if `future` was not ready by then (it is
+/// dropped).
+pub(crate) fn wait_until<F: Future>(future: F, deadline: Instant) -> Option<F::Output> {
+    match hosted_here() {
+        Some(sched) => sched.block_on_until(future, Some(deadline)),
+        None => park_until(future, Some(deadline)),
+    }
+}
+
+/// Wakes a thread parked in [`park_until`].
+struct ParkedThread {
+    thread: Thread,
+    woken: AtomicBool,
+}
+
+impl Wake for ParkedThread {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            self.thread.unpark();
+        }
+    }
+}
+
+/// Polls `future` on this thread, parking it between polls until the future's
+/// waker wakes it or `deadline` passes (then `None`).
+fn park_until<F: Future>(future: F, deadline: Option<Instant>) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let parked = Arc::new(ParkedThread { thread: std::thread::current(), woken: AtomicBool::new(false) });
+    let waker = Waker::from(parked.clone());
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return Some(out);
+        }
+        // A park may return without a wake-up: only `woken` says there was one.
+        while !parked.woken.swap(false, Ordering::AcqRel) {
+            match deadline {
+                None => std::thread::park(),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return None;
+                    }
+                    std::thread::park_timeout(d - now);
+                }
+            }
+        }
+    }
 }
 
 /// `call`, run while the shard the calling thread hosts runs (if it hosts
@@ -131,5 +206,39 @@ mod tests {
         assert_eq!(message.as_deref(), Some("the blocking call failed"));
         assert_eq!(next, 7, "and the next call runs");
         host.join().expect("the host thread ends");
+    }
+
+    #[test]
+    fn a_wait_on_a_plain_thread_sleeps_until_its_waker_or_its_deadline() {
+        // On a thread of its own, so a wait without end fails the test in 60 s.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            assert!(hosted_here().is_none(), "a plain thread");
+            // Woken from another thread once its answer is there.
+            let slot: Arc<(std::sync::Mutex<Option<u32>>, atomic_waker::AtomicWaker)> = Arc::default();
+            let s = slot.clone();
+            let helper = std::thread::spawn(move || {
+                *s.0.lock().unwrap() = Some(5);
+                s.1.wake();
+            });
+            let answer = wait(poll_fn(|cx| {
+                slot.1.register(cx.waker());
+                match slot.0.lock().unwrap().take() {
+                    Some(a) => Poll::Ready(a),
+                    None => Poll::Pending,
+                }
+            }));
+            helper.join().expect("the helper ends");
+            // Never woken: given up at its deadline, the future dropped.
+            let deadline = Instant::now() + std::time::Duration::from_millis(5);
+            let given_up = wait_until(std::future::pending::<u32>(), deadline);
+            let _ = tx.send((answer, given_up, Instant::now() >= deadline));
+        });
+        let (answer, given_up, after) =
+            rx.recv_timeout(std::time::Duration::from_secs(60)).expect("both waits end within 60 s");
+        assert_eq!(answer, 5, "the wake-up ends the wait with the answer");
+        assert_eq!(given_up, None, "nothing came by the deadline");
+        assert!(after, "not given up before the deadline");
+        waiter.join().expect("the waiting thread ends");
     }
 }

@@ -247,7 +247,7 @@ impl Scheduler {
 
     /// [`Scheduler::block_on`] until `deadline`: `None` if `future` was not
     /// ready by then (it is dropped).
-    fn block_on_until<F: Future>(&self, future: F, deadline: Option<Instant>) -> Option<F::Output> {
+    pub(crate) fn block_on_until<F: Future>(&self, future: F, deadline: Option<Instant>) -> Option<F::Output> {
         // The future is woken like a task, under an id no slot has; a waker a
         // finished call left behind only costs a spurious poll.
         let reused = self.host_wakers.borrow_mut().pop();

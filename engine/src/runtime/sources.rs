@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use crate::data::Data;
 use crate::error::OperatorError;
 use crate::runtime::collector::{Collector, TaskInfo};
-use crate::runtime::host::hosted_here;
+use crate::runtime::host::{wait, wait_until};
 use crate::runtime::output::{any_overdrawn, Partition};
 use crate::runtime::{ParkedWaker, RoomWaiters};
 
@@ -237,16 +237,24 @@ impl<T: Data> Source<T> for FromItems<T> {
 // ------------------------------------------------------------------ ingress
 
 /// Whether an ingress's job still reads it: closed once every source subtask
-/// that started has ended (the job finished, failed or was cancelled).
+/// that started has ended (the job finished, failed or was cancelled), or when
+/// none can start any more (the job was dropped or refused).
 struct IngressLife {
     live: std::sync::atomic::AtomicUsize,
     closed: AtomicBool,
-    /// By queue: pushers awaiting room ([`IngressHandle::push_async`]).
+    /// By queue: pushers waiting for room (or the end).
     rooms: Vec<RoomWaiters>,
 }
 
-/// How often a pusher blocked on a full queue looks whether the job is gone.
-const CLOSED_CHECK: Duration = Duration::from_millis(50);
+impl IngressLife {
+    /// The job reads no more: pushers waiting for room find it gone.
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        for room in &self.rooms {
+            room.wake_all();
+        }
+    }
+}
 
 /// The queues of an ingress, one per source subtask.
 struct IngressQueues<T> {
@@ -358,29 +366,17 @@ impl<T: Send> IngressHandle<T> {
     /// full. A subtask out of range is taken modulo the number of subtasks.
     pub fn push_to(&self, subtask: usize, record: T) -> Result<(), PushError<T>> {
         let i = subtask % self.queues.senders.len().max(1);
-        if let Some(sched) = hosted_here() {
-            // On a host's thread: its shard runs while the push waits.
-            return sched.block_on(self.push_when_room(i, &mut Some(record)));
+        match self.try_push_to(i, record) {
+            // Waits for room or the job's end, whichever comes first (on a
+            // host's thread running its shard meanwhile).
+            Err(PushError::Full(r)) => wait(self.push_when_room(i, &mut Some(r))),
+            done => done,
         }
-        let mut record = record;
-        loop {
-            if self.queues.life.closed.load(Ordering::Acquire) {
-                return Err(PushError::Closed(record));
-            }
-            match self.queues.senders[i].send_timeout(record, CLOSED_CHECK) {
-                Ok(()) => break,
-                Err(crossbeam_channel::SendTimeoutError::Timeout(r)) => record = r,
-                Err(crossbeam_channel::SendTimeoutError::Disconnected(r)) => return Err(PushError::Closed(r)),
-            }
-        }
-        self.queues.wakes[i].wake();
-        Ok(())
     }
 
     /// Pushes `record`, awaiting room while the queue is full: for a pusher in
-    /// an async runtime, or on a [`crate::HostedShard`] whose own source drains
-    /// the queue (a blocking [`IngressHandle::push`] there would wait for
-    /// itself).
+    /// an async runtime, or in a future a [`crate::HostedShard`] runs
+    /// (`shard.block_on(…)`), whose shard drains the queue while it awaits.
     ///
     /// # Cancel safety
     /// Not cancel-safe: a push cancelled while it waits drops its record.
@@ -427,10 +423,16 @@ impl<T: Send> IngressHandle<T> {
 
     /// Pushes `record` if its queue has room now.
     pub fn try_push(&mut self, record: T) -> Result<(), PushError<T>> {
+        let i = self.pick();
+        self.try_push_to(i, record)
+    }
+
+    /// Pushes `record` to queue `i` if it has room now.
+    #[inline]
+    fn try_push_to(&self, i: usize, record: T) -> Result<(), PushError<T>> {
         if self.queues.life.closed.load(Ordering::Acquire) {
             return Err(PushError::Closed(record));
         }
-        let i = self.pick();
         match self.queues.senders[i].try_send(record) {
             Ok(()) => {
                 self.queues.wakes[i].wake();
@@ -441,28 +443,24 @@ impl<T: Send> IngressHandle<T> {
         }
     }
 
-    /// Pushes `record`, waiting up to `timeout` for room.
+    /// Pushes `record`, waiting up to `timeout` for room: [`PushError::Full`]
+    /// if none came, [`PushError::Closed`] as soon as the job is gone.
     pub fn push_timeout(&mut self, record: T, timeout: Duration) -> Result<(), PushError<T>> {
-        if self.queues.life.closed.load(Ordering::Acquire) {
-            return Err(PushError::Closed(record));
-        }
         let i = self.pick();
-        if let Some(sched) = hosted_here() {
-            let mut slot = Some(record);
-            let pushed = sched.block_on_timeout(self.push_when_room(i, &mut slot), timeout);
-            return match (pushed, slot.take()) {
-                (Some(done), _) => done,
-                (None, Some(r)) => Err(PushError::Full(r)),
-                (None, None) => Ok(()),
-            };
-        }
-        match self.queues.senders[i].send_timeout(record, timeout) {
-            Ok(()) => {
-                self.queues.wakes[i].wake();
-                Ok(())
-            }
-            Err(crossbeam_channel::SendTimeoutError::Timeout(r)) => Err(PushError::Full(r)),
-            Err(crossbeam_channel::SendTimeoutError::Disconnected(r)) => Err(PushError::Closed(r)),
+        let record = match self.try_push_to(i, record) {
+            Err(PushError::Full(r)) => r,
+            done => return done,
+        };
+        let Some(deadline) = Instant::now().checked_add(timeout) else {
+            // Beyond any clock: no deadline.
+            return wait(self.push_when_room(i, &mut Some(record)));
+        };
+        let mut slot = Some(record);
+        let pushed = wait_until(self.push_when_room(i, &mut slot), deadline);
+        match (pushed, slot.take()) {
+            (Some(done), _) => done,
+            (None, Some(r)) => Err(PushError::Full(r)),
+            (None, None) => Ok(()),
         }
     }
 }
@@ -487,6 +485,17 @@ pub(crate) fn ingress<T>(name: &str, capacity: usize, parallelism: u32) -> (Ingr
     let life = Arc::new(IngressLife { live: Default::default(), closed: AtomicBool::new(false), rooms });
     let queues = Arc::new(IngressQueues { name: name.to_string(), senders, wakes: wakes.clone(), life: life.clone() });
     (IngressHandle { queues, next: 0, pinned: None }, IngressSources { receivers, wakes, life })
+}
+
+impl<T> Drop for IngressSources<T> {
+    fn drop(&mut self) {
+        // No source starts any more (the job was dropped, refused or is over):
+        // with none running, nothing reads the queues. A source still running
+        // closes them when it ends.
+        if self.life.live.load(Ordering::Acquire) == 0 {
+            self.life.close();
+        }
+    }
 }
 
 impl<T> IngressSources<T> {
@@ -515,11 +524,7 @@ pub(crate) struct IngressSource<T> {
 impl<T> Drop for IngressSource<T> {
     fn drop(&mut self) {
         if self.life.live.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.life.closed.store(true, Ordering::SeqCst);
-            // Awaiting pushers find the job gone.
-            for room in &self.life.rooms {
-                room.wake_all();
-            }
+            self.life.close();
         }
     }
 }
