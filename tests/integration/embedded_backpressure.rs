@@ -143,6 +143,35 @@ fn async_pushers_and_readers_await_room_and_results_across_threads() {
 }
 
 #[test]
+fn an_awaiting_reader_is_woken_for_results_that_arrive_in_batches() {
+    let engine = small_engine().build().expect("engine starts");
+    let p = shard_count() as u32;
+    let n = 50_000u64;
+    let df = Dataflow::new("batched-egress").parallelism(p);
+    // Plain data across an exchange reaches the egress a buffer at a time: the
+    // sink queues a batch, then wakes the reader once.
+    let mut answers = df.generate("numbers", n, |r| r).rebalance().egress(16);
+    let handle = engine.submit(df.build().unwrap()).unwrap();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let reader = std::thread::spawn(move || {
+        let got: Vec<u64> = futures_lite::future::block_on(async move {
+            let mut got = Vec::new();
+            while let Some(a) = answers.recv_async().await {
+                got.push(a);
+            }
+            assert_eq!(answers.stopped(), None, "the stream ended complete");
+            got
+        });
+        let _ = tx.send(got);
+    });
+    let mut got = rx.recv_timeout(TIMEOUT).expect("every result within the timeout (a lost wake-up otherwise)");
+    reader.join().unwrap();
+    handle.wait_timeout(TIMEOUT).expect("the job finishes");
+    got.sort_unstable();
+    assert_eq!(got, (0..n).collect::<Vec<_>>(), "every result exactly once");
+}
+
+#[test]
 fn a_full_ingress_hands_the_record_back_and_a_gone_job_closes_it() {
     let engine = small_engine().build().expect("engine starts");
     let df = Dataflow::new("blocked");

@@ -367,9 +367,9 @@ pub(crate) struct EgressSink<T> {
     gone: bool,
 }
 
-/// A sink subtask's sender: it wakes the handle's reader after every result
-/// (only a reader that waits costs a wake-up) and when it goes (the stream may
-/// have ended).
+/// A sink subtask's sender: the sink wakes the handle's reader after a result
+/// or a batch of them (only a reader that waits costs a wake-up), and the
+/// sender when it goes (the stream may have ended).
 struct EgressSender<T> {
     /// `Some` until it is dropped.
     tx: Option<Sender<T>>,
@@ -377,12 +377,17 @@ struct EgressSender<T> {
 }
 
 impl<T> EgressSender<T> {
+    /// Queues `record` without waking the reader: the caller wakes it once
+    /// after a batch ([`EgressSender::wake_reader`]).
     #[inline]
-    fn try_send(&self, record: T) -> Result<(), TrySendError<T>> {
+    fn try_send_quiet(&self, record: T) -> Result<(), TrySendError<T>> {
         let Some(tx) = &self.tx else { return Err(TrySendError::Disconnected(record)) };
-        tx.try_send(record)?;
+        tx.try_send(record)
+    }
+
+    #[inline]
+    fn wake_reader(&self) {
         self.reader.wake();
-        Ok(())
     }
 }
 
@@ -397,10 +402,19 @@ impl<T> Drop for EgressSender<T> {
 impl<T: Data> EgressSink<T> {
     #[inline]
     fn send(&mut self, record: T) {
+        self.send_quiet(record);
+        if let Some(tx) = &self.tx {
+            tx.wake_reader();
+        }
+    }
+
+    /// [`EgressSink::send`] without waking the reader (a batch wakes it once).
+    #[inline]
+    fn send_quiet(&mut self, record: T) {
         if !self.stash.is_empty() {
             return self.stash.push_back(record);
         }
-        match self.tx.as_ref().map(|tx| tx.try_send(record)) {
+        match self.tx.as_ref().map(|tx| tx.try_send_quiet(record)) {
             Some(Ok(())) | None => {}
             Some(Err(TrySendError::Full(r))) => self.stash.push_back(r),
             Some(Err(TrySendError::Disconnected(r))) => {
@@ -410,15 +424,17 @@ impl<T: Data> EgressSink<T> {
         }
     }
 
-    /// Moves stashed records into the queue while it has room.
+    /// Moves stashed records into the queue while it has room, then wakes the
+    /// reader once.
     fn drain(&mut self) -> Result<(), OperatorError> {
         let Some(tx) = &self.tx else { return Ok(()) };
+        let mut sent = false;
         while let Some(r) = self.stash.pop_front() {
-            match tx.try_send(r) {
-                Ok(()) => {}
+            match tx.try_send_quiet(r) {
+                Ok(()) => sent = true,
                 Err(TrySendError::Full(r)) => {
                     self.stash.push_front(r);
-                    return Ok(());
+                    break;
                 }
                 Err(TrySendError::Disconnected(r)) => {
                     self.stash.push_front(r);
@@ -426,6 +442,9 @@ impl<T: Data> EgressSink<T> {
                     break;
                 }
             }
+        }
+        if sent {
+            tx.wake_reader();
         }
         if self.gone {
             return Err(OperatorError::User(format!(
@@ -446,7 +465,11 @@ impl<T: Data> Collector<T> for SharedCollector<EgressSink<T>> {
     fn collect_batch(&mut self, records: &[T]) {
         let mut s = self.0.borrow_mut();
         for r in records {
-            s.send(r.clone());
+            s.send_quiet(r.clone());
+        }
+        // One wake-up for the batch: the reader takes what is queued.
+        if let Some(tx) = &s.tx {
+            tx.wake_reader();
         }
     }
 }

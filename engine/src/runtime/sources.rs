@@ -356,7 +356,9 @@ impl<T: Send> IngressHandle<T> {
     }
 
     /// Pushes `record`, waiting while the queue is full (on the thread of a
-    /// [`crate::HostedShard`], running the shard meanwhile).
+    /// [`crate::HostedShard`], running the shard meanwhile). Once the job is
+    /// gone — also while the push waits — the record comes back in
+    /// [`PushError::Closed`].
     pub fn push(&mut self, record: T) -> Result<(), PushError<T>> {
         let i = self.pick();
         self.push_to(i, record)
