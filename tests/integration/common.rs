@@ -8,6 +8,20 @@ use shardflow_engine::{Cores, Dataflow, EgressHandle, Engine, EngineBuilder, Job
 /// Generous upper bound for any single wait in a test.
 pub(crate) const TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Joins `thread`, failing the test after [`TIMEOUT`] (with `what` did not
+/// happen) instead of waiting without end; a panic of the thread goes on here.
+pub(crate) fn join_within<T: Send + 'static>(thread: std::thread::JoinHandle<T>, what: &str) -> T {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(thread.join());
+    });
+    match rx.recv_timeout(TIMEOUT) {
+        Ok(Ok(value)) => value,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => panic!("not within {TIMEOUT:?}: {what}"),
+    }
+}
+
 /// The segment size of [`small_engine`].
 pub(crate) const SMALL_SEGMENT_BYTES: usize = 4096;
 

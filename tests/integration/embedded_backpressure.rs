@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use shardflow_engine::jobs::{KeyValue, GOLDEN};
-use shardflow_engine::{Dataflow, Emitter, EngineError, IngressHandle, PushError, SOURCE_BATCH};
+use shardflow_engine::{Dataflow, EgressHandle, Emitter, EngineError, IngressHandle, PushError, SOURCE_BATCH};
 
-use crate::common::{endless_job, shard_count, small_engine, SMALL_SEGMENT_BYTES, TIMEOUT};
+use crate::common::{endless_job, join_within, shard_count, small_engine, SMALL_SEGMENT_BYTES, TIMEOUT};
 
 /// Burns `work` rounds of mixing on `x` (a slow operator).
 fn slow(x: u64, work: u64) -> u64 {
@@ -96,13 +96,28 @@ fn ingress_and_egress_under_a_slow_reader_bound_memory_and_lose_nothing() {
     assert_eq!(answers.stopped(), None, "the stream ended complete");
 }
 
+/// Reads every result on a thread of its own, awaiting each
+/// ([`EgressHandle::recv_async`]), and checks the stream ended complete.
+fn read_async(mut answers: EgressHandle<u64>) -> std::thread::JoinHandle<Vec<u64>> {
+    std::thread::spawn(move || {
+        futures_lite::future::block_on(async move {
+            let mut got = Vec::new();
+            while let Some(a) = answers.recv_async().await {
+                got.push(a);
+            }
+            assert_eq!(answers.stopped(), None, "the stream ended complete");
+            got
+        })
+    })
+}
+
 #[test]
 fn async_pushers_and_readers_await_room_and_results_across_threads() {
     let engine = small_engine().build().expect("engine starts");
     let df = Dataflow::new("async-service").parallelism(shard_count() as u32);
     // Queues of two: the pusher and the reader wait for each other all along.
     let (requests, mut ingress) = df.ingress::<u64>("requests", 2);
-    let mut answers = requests.key_by(|r: &u64| *r).as_stream().map(|r: &u64| r * 2).egress(2);
+    let answers = requests.key_by(|r: &u64| *r).as_stream().map(|r: &u64| r * 2).egress(2);
     let handle = engine.submit(df.build().unwrap()).unwrap();
     let n = 5_000u64;
     let pusher = std::thread::spawn(move || {
@@ -112,21 +127,9 @@ fn async_pushers_and_readers_await_room_and_results_across_threads() {
             }
         })
     });
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    let reader = std::thread::spawn(move || {
-        let got: Vec<u64> = futures_lite::future::block_on(async move {
-            let mut got = Vec::new();
-            while let Some(a) = answers.recv_async().await {
-                got.push(a);
-            }
-            assert_eq!(answers.stopped(), None, "the stream ended complete");
-            got
-        });
-        let _ = tx.send(got);
-    });
-    let mut got = rx.recv_timeout(TIMEOUT).expect("every answer within the timeout (a lost wake-up otherwise)");
+    let reader = read_async(answers);
+    let mut got = join_within(reader, "every answer (a lost wake-up otherwise)");
     pusher.join().unwrap();
-    reader.join().unwrap();
     handle.wait_timeout(TIMEOUT).expect("the job ends when the ingress handle is dropped");
     got.sort_unstable();
     assert_eq!(got, (0..n).map(|r| r * 2).collect::<Vec<_>>(), "every request answered exactly once");
@@ -150,22 +153,9 @@ fn an_awaiting_reader_is_woken_for_results_that_arrive_in_batches() {
     let df = Dataflow::new("batched-egress").parallelism(p);
     // Plain data across an exchange reaches the egress a buffer at a time: the
     // sink queues a batch, then wakes the reader once.
-    let mut answers = df.generate("numbers", n, |r| r).rebalance().egress(16);
+    let answers = df.generate("numbers", n, |r| r).rebalance().egress(16);
     let handle = engine.submit(df.build().unwrap()).unwrap();
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    let reader = std::thread::spawn(move || {
-        let got: Vec<u64> = futures_lite::future::block_on(async move {
-            let mut got = Vec::new();
-            while let Some(a) = answers.recv_async().await {
-                got.push(a);
-            }
-            assert_eq!(answers.stopped(), None, "the stream ended complete");
-            got
-        });
-        let _ = tx.send(got);
-    });
-    let mut got = rx.recv_timeout(TIMEOUT).expect("every result within the timeout (a lost wake-up otherwise)");
-    reader.join().unwrap();
+    let mut got = join_within(read_async(answers), "every result (a lost wake-up otherwise)");
     handle.wait_timeout(TIMEOUT).expect("the job finishes");
     got.sort_unstable();
     assert_eq!(got, (0..n).collect::<Vec<_>>(), "every result exactly once");
@@ -242,12 +232,8 @@ fn a_push_waiting_for_room_gets_its_record_back_as_soon_as_the_job_is_gone() {
         assert!(handle.wait_timeout(TIMEOUT).is_err(), "cancelled");
         // The waiting push learns of the end from the job, not from a timeout
         // (an hour) or a poll: a pusher still waiting would fail the join below.
-        let (tx, done) = crossbeam_channel::bounded(1);
-        std::thread::spawn(move || {
-            let _ = tx.send(pusher.join());
-        });
-        let end = done.recv_timeout(TIMEOUT).expect("the waiting push returns once the job is gone");
-        assert!(matches!(end, Ok(PushError::Closed(_))), "timeout {with_timeout}: {end:?}");
+        let end = join_within(pusher, "the waiting push returns once the job is gone");
+        assert!(matches!(end, PushError::Closed(_)), "timeout {with_timeout}: {end:?}");
         drop(answers);
     }
 
@@ -263,12 +249,8 @@ fn a_push_waiting_for_room_gets_its_record_back_as_soon_as_the_job_is_gone() {
     let pusher = push_until_refused(ingress, false, tx);
     blocked.recv_timeout(TIMEOUT).expect("a queue of one fills at once");
     drop(job);
-    let (tx, done) = crossbeam_channel::bounded(1);
-    std::thread::spawn(move || {
-        let _ = tx.send(pusher.join());
-    });
-    let end = done.recv_timeout(TIMEOUT).expect("the waiting push returns once its job is dropped");
-    assert!(matches!(end, Ok(PushError::Closed(_))), "{end:?}");
+    let end = join_within(pusher, "the waiting push returns once its job is dropped");
+    assert!(matches!(end, PushError::Closed(_)), "{end:?}");
 }
 
 /// Tags each record with the subtask it reached.

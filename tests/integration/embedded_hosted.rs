@@ -4,7 +4,7 @@
 use shardflow_engine::{Dataflow, EgressHandle, Engine, EngineError, HostedShard, IngressHandle, JobHandle};
 use shardflow_engine::{JobStatus, PushError};
 
-use crate::common::{shard_count, small_engine, TIMEOUT};
+use crate::common::{join_within, shard_count, small_engine, TIMEOUT};
 
 /// The next answer, the host's thread running its shard meanwhile; fails the
 /// test after [`TIMEOUT`].
@@ -205,12 +205,8 @@ fn a_push_waiting_on_another_thread_learns_at_once_that_the_hosted_job_is_gone()
     full.recv_timeout(TIMEOUT).expect("the pusher fills the queue");
     drop(shard);
     assert!(job.wait_timeout(TIMEOUT).is_err(), "the job fails without its shard");
-    let (tx, done) = crossbeam_channel::bounded(1);
-    std::thread::spawn(move || {
-        let _ = tx.send(pusher.join());
-    });
-    let end = done.recv_timeout(TIMEOUT).expect("the waiting push returns once the job is gone, not in an hour");
-    assert!(matches!(end, Ok(Err(PushError::Closed(8)))), "{end:?}");
+    let end = join_within(pusher, "the waiting push returns once the job is gone, not in an hour");
+    assert!(matches!(end, Err(PushError::Closed(8))), "{end:?}");
     drop(answers);
     engine.shutdown();
 }
