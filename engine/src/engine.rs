@@ -262,7 +262,9 @@ impl EngineBuilder {
     /// and runs the shard's tasks only when it steps the returned
     /// [`HostedShard`] (the other shards have threads of their own, as with
     /// [`EngineBuilder::build`]). Threads the caller starts afterwards inherit
-    /// the pinning, as from any pinned thread.
+    /// the pinning, as from any pinned thread; the helper thread of
+    /// [`HostedShard::step_during`] (and of the engine's blocking calls made on
+    /// the host's thread) runs where the thread could run before.
     ///
     /// ```no_run
     /// use shardflow_engine::{Dataflow, Engine};
@@ -286,6 +288,9 @@ impl EngineBuilder {
         let Some(hosted) = hosted else {
             return Err(EngineError::ShardStart { shard: 0, core: 0, reason: "no shard was hosted".into() });
         };
+        if let Ok(cpus) = rustix::thread::sched_getaffinity(None) {
+            crate::runtime::host::remember_unpinned(cpus);
+        }
         pin_current_thread(hosted.core()).map_err(|reason| EngineError::ShardStart {
             shard: hosted.id(),
             core: hosted.core(),

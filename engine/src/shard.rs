@@ -440,7 +440,9 @@ impl HostedShard {
     }
 
     /// Runs `call` on a helper thread and this shard until it returns: for
-    /// the blocking calls of the host's own, or of another library. (The
+    /// the blocking calls of the host's own, or of another library. The
+    /// helper runs on the cores the host thread could run on before it was
+    /// pinned, not on the shard's core. (The
     /// engine's blocking calls made on the host's thread run the shard while
     /// they wait by themselves: [`crate::JobHandle::wait`],
     /// [`crate::EgressHandle::recv`], [`crate::IngressHandle::push`] and their

@@ -211,6 +211,29 @@ fn a_push_waiting_on_another_thread_learns_at_once_that_the_hosted_job_is_gone()
     engine.shutdown();
 }
 
+/// The cores in `set`.
+fn cores_of(set: &rustix::thread::CpuSet) -> Vec<usize> {
+    (0..rustix::thread::CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect()
+}
+
+#[test]
+fn a_call_handed_to_a_helper_runs_where_the_host_could_before_it_was_pinned() {
+    // On a thread of its own: hosting pins the calling thread.
+    let host = std::thread::spawn(|| {
+        let before = rustix::thread::sched_getaffinity(None).expect("the thread's cores");
+        let (engine, mut shard) = small_engine().build_hosted().expect("a hosted engine starts");
+        let pinned = rustix::thread::sched_getaffinity(None).expect("the host's cores");
+        let helper = shard.step_during(|| rustix::thread::sched_getaffinity(None).expect("the helper's cores"));
+        let core = shard.core();
+        drop(shard);
+        engine.shutdown();
+        (cores_of(&before), cores_of(&pinned), cores_of(&helper), core)
+    });
+    let (before, pinned, helper, core) = join_within(host, "the host's checks");
+    assert_eq!(pinned, vec![core], "the host thread runs on its shard's core only");
+    assert_eq!(helper, before, "the helper is not held to the host's core");
+}
+
 #[test]
 fn a_hosted_shard_stops_once_its_engine_is_gone() {
     let HostedJob { engine, mut shard, mut ingress, mut answers, job: _job } = hosted_job("engine-goes");

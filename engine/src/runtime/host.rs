@@ -17,6 +17,9 @@ use crate::runtime::scheduler::Scheduler;
 thread_local! {
     /// The scheduler of the shard the thread hosts, if it hosts one.
     static HOSTED: RefCell<Option<Rc<Scheduler>>> = const { RefCell::new(None) };
+    /// The cores the host thread could run on before it was pinned to its
+    /// shard's: where [`step_during`]'s helper runs.
+    static UNPINNED: std::cell::Cell<Option<rustix::thread::CpuSet>> = const { std::cell::Cell::new(None) };
 }
 
 /// Makes `sched` the scheduler the calling thread hosts; `false` if it hosts
@@ -35,6 +38,14 @@ pub(crate) fn host_here(sched: &Rc<Scheduler>) -> bool {
 /// The calling thread hosts no shard any more.
 pub(crate) fn unhost_here() {
     HOSTED.with(|h| h.borrow_mut().take());
+    UNPINNED.set(None);
+}
+
+/// Remembers `cpus`, the cores the host thread could run on before it was
+/// pinned: a blocking call [`step_during`] hands to a helper thread runs
+/// there, not on the core the host keeps busy with its shard.
+pub(crate) fn remember_unpinned(cpus: rustix::thread::CpuSet) {
+    UNPINNED.set(Some(cpus));
 }
 
 /// The scheduler of the shard the calling thread hosts, for a blocking call
@@ -46,14 +57,21 @@ pub(crate) fn hosted_here() -> Option<Rc<Scheduler>> {
 }
 
 /// Runs `call` on a helper thread while the calling thread runs `sched`, until
-/// `call` returns: a blocking call made on a host's thread. A panic in `call`
-/// goes on unwinding on the calling thread.
+/// `call` returns: a blocking call made on a host's thread. The helper runs on
+/// the cores the host could run on before it was pinned ([`remember_unpinned`]).
+/// A panic in `call` goes on unwinding on the calling thread.
 pub(crate) fn step_during<R: Send>(sched: &Scheduler, call: impl FnOnce() -> R + Send) -> R {
     type Outcome<R> = std::sync::Mutex<Option<std::thread::Result<R>>>;
     let done: Arc<(Outcome<R>, atomic_waker::AtomicWaker)> = Arc::default();
+    let unpinned = UNPINNED.get();
     let outcome = std::thread::scope(|scope| {
         let d = done.clone();
         scope.spawn(move || {
+            if let Some(cpus) = unpinned {
+                if let Err(e) = rustix::thread::sched_setaffinity(None, &cpus) {
+                    tracing::debug!("a host's helper thread stays on the host's core: {e}");
+                }
+            }
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(call));
             *d.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(r);
             d.1.wake();
