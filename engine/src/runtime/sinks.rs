@@ -402,25 +402,34 @@ impl<T> Drop for EgressSender<T> {
 impl<T: Data> EgressSink<T> {
     #[inline]
     fn send(&mut self, record: T) {
-        self.send_quiet(record);
-        if let Some(tx) = &self.tx {
-            tx.wake_reader();
+        if self.send_quiet(record) {
+            self.wake_reader();
         }
     }
 
-    /// [`EgressSink::send`] without waking the reader (a batch wakes it once).
+    /// [`EgressSink::send`] without waking the reader (a batch wakes it once):
+    /// whether the record went into the queue (rather than the stash).
     #[inline]
-    fn send_quiet(&mut self, record: T) {
+    fn send_quiet(&mut self, record: T) -> bool {
         if !self.stash.is_empty() {
-            return self.stash.push_back(record);
+            self.stash.push_back(record);
+            return false;
         }
         match self.tx.as_ref().map(|tx| tx.try_send_quiet(record)) {
-            Some(Ok(())) | None => {}
+            Some(Ok(())) => return true,
+            None => {}
             Some(Err(TrySendError::Full(r))) => self.stash.push_back(r),
             Some(Err(TrySendError::Disconnected(r))) => {
                 self.gone = true;
                 self.stash.push_back(r);
             }
+        }
+        false
+    }
+
+    fn wake_reader(&self) {
+        if let Some(tx) = &self.tx {
+            tx.wake_reader();
         }
     }
 
@@ -464,12 +473,13 @@ impl<T: Data> Collector<T> for SharedCollector<EgressSink<T>> {
     }
     fn collect_batch(&mut self, records: &[T]) {
         let mut s = self.0.borrow_mut();
+        let mut sent = false;
         for r in records {
-            s.send_quiet(r.clone());
+            sent |= s.send_quiet(r.clone());
         }
         // One wake-up for the batch: the reader takes what is queued.
-        if let Some(tx) = &s.tx {
-            tx.wake_reader();
+        if sent {
+            s.wake_reader();
         }
     }
 }
