@@ -288,9 +288,6 @@ impl EngineBuilder {
         let Some(hosted) = hosted else {
             return Err(EngineError::ShardStart { shard: 0, core: 0, reason: "no shard was hosted".into() });
         };
-        if let Ok(cpus) = rustix::thread::sched_getaffinity(None) {
-            crate::runtime::host::remember_unpinned(cpus);
-        }
         pin_current_thread(hosted.core()).map_err(|reason| EngineError::ShardStart {
             shard: hosted.id(),
             core: hosted.core(),

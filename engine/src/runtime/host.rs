@@ -6,31 +6,38 @@
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
-use std::thread::Thread;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
+
+use rustix::thread::CpuSet;
 
 use crate::runtime::scheduler::Scheduler;
 
-thread_local! {
-    /// The scheduler of the shard the thread hosts, if it hosts one.
-    static HOSTED: RefCell<Option<Rc<Scheduler>>> = const { RefCell::new(None) };
-    /// The cores the host thread could run on before it was pinned to its
-    /// shard's: where [`step_during`]'s helper runs.
-    static UNPINNED: std::cell::Cell<Option<rustix::thread::CpuSet>> = const { std::cell::Cell::new(None) };
+/// The shard a thread hosts.
+struct Host {
+    sched: Rc<Scheduler>,
+    /// The cores the thread could run on when it began to host, before it
+    /// was pinned to the shard's: where [`step_during`]'s helper runs.
+    unpinned: Option<CpuSet>,
 }
 
-/// Makes `sched` the scheduler the calling thread hosts; `false` if it hosts
-/// one already.
+thread_local! {
+    /// The shard the thread hosts, if it hosts one.
+    static HOSTED: RefCell<Option<Host>> = const { RefCell::new(None) };
+}
+
+/// Makes `sched` the scheduler the calling thread hosts (noting the cores the
+/// thread may run on now, before it is pinned); `false` if it hosts one
+/// already.
 pub(crate) fn host_here(sched: &Rc<Scheduler>) -> bool {
     HOSTED.with(|h| {
         let mut h = h.borrow_mut();
         if h.is_some() {
             return false;
         }
-        *h = Some(sched.clone());
+        let unpinned = rustix::thread::sched_getaffinity(None).ok();
+        *h = Some(Host { sched: sched.clone(), unpinned });
         true
     })
 }
@@ -38,14 +45,6 @@ pub(crate) fn host_here(sched: &Rc<Scheduler>) -> bool {
 /// The calling thread hosts no shard any more.
 pub(crate) fn unhost_here() {
     HOSTED.with(|h| h.borrow_mut().take());
-    UNPINNED.set(None);
-}
-
-/// Remembers `cpus`, the cores the host thread could run on before it was
-/// pinned: a blocking call [`step_during`] hands to a helper thread runs
-/// there, not on the core the host keeps busy with its shard.
-pub(crate) fn remember_unpinned(cpus: rustix::thread::CpuSet) {
-    UNPINNED.set(Some(cpus));
 }
 
 /// The scheduler of the shard the calling thread hosts, for a blocking call
@@ -53,17 +52,17 @@ pub(crate) fn remember_unpinned(cpus: rustix::thread::CpuSet) {
 /// shard's tasks (a blocking call there blocks the shard, as on a shard of its
 /// own thread, rather than running its tasks re-entrantly).
 pub(crate) fn hosted_here() -> Option<Rc<Scheduler>> {
-    HOSTED.with(|h| h.borrow().as_ref().filter(|s| !s.is_polling()).cloned())
+    HOSTED.with(|h| h.borrow().as_ref().map(|h| &h.sched).filter(|s| !s.is_polling()).cloned())
 }
 
 /// Runs `call` on a helper thread while the calling thread runs `sched`, until
 /// `call` returns: a blocking call made on a host's thread. The helper runs on
-/// the cores the host could run on before it was pinned ([`remember_unpinned`]).
-/// A panic in `call` goes on unwinding on the calling thread.
+/// the cores the host could run on before it was pinned ([`host_here`]). A
+/// panic in `call` goes on unwinding on the calling thread.
 pub(crate) fn step_during<R: Send>(sched: &Scheduler, call: impl FnOnce() -> R + Send) -> R {
     type Outcome<R> = std::sync::Mutex<Option<std::thread::Result<R>>>;
     let done: Arc<(Outcome<R>, atomic_waker::AtomicWaker)> = Arc::default();
-    let unpinned = UNPINNED.get();
+    let unpinned = HOSTED.with(|h| h.borrow().as_ref().and_then(|h| h.unpinned));
     let outcome = std::thread::scope(|scope| {
         let d = done.clone();
         scope.spawn(move || {
@@ -93,14 +92,7 @@ pub(crate) fn step_during<R: Send>(sched: &Scheduler, call: impl FnOnce() -> R +
 pub(crate) fn wait<F: Future>(future: F) -> F::Output {
     match hosted_here() {
         Some(sched) => sched.block_on(future),
-        None => {
-            let mut future = std::pin::pin!(future);
-            loop {
-                if let Some(out) = park_until(future.as_mut(), None) {
-                    return out;
-                }
-            }
-        }
+        None => futures_lite::future::block_on(future),
     }
 }
 
@@ -109,51 +101,23 @@ pub(crate) fn wait<F: Future>(future: F) -> F::Output {
 pub(crate) fn wait_until<F: Future>(future: F, deadline: Instant) -> Option<F::Output> {
     match hosted_here() {
         Some(sched) => sched.block_on_until(future, Some(deadline)),
-        None => park_until(future, Some(deadline)),
+        None => park_until(future, deadline),
     }
 }
 
-/// Wakes a thread parked in [`park_until`].
-struct ParkedThread {
-    thread: Thread,
-    woken: AtomicBool,
-}
-
-impl Wake for ParkedThread {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        if !self.woken.swap(true, Ordering::AcqRel) {
-            self.thread.unpark();
-        }
-    }
-}
-
-/// Polls `future` on this thread, parking it between polls until the future's
-/// waker wakes it or `deadline` passes (then `None`).
-fn park_until<F: Future>(future: F, deadline: Option<Instant>) -> Option<F::Output> {
+/// Polls `future` on this thread, parking it between polls until its waker
+/// wakes it or `deadline` passes (then `None`).
+fn park_until<F: Future>(future: F, deadline: Instant) -> Option<F::Output> {
     let mut future = std::pin::pin!(future);
-    let parked = Arc::new(ParkedThread { thread: std::thread::current(), woken: AtomicBool::new(false) });
-    let waker = Waker::from(parked.clone());
+    let (parker, unparker) = parking::pair();
+    let waker = Waker::from(unparker);
     let mut cx = Context::from_waker(&waker);
     loop {
         if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
             return Some(out);
         }
-        // A park may return without a wake-up: only `woken` says there was one.
-        while !parked.woken.swap(false, Ordering::AcqRel) {
-            match deadline {
-                None => std::thread::park(),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return None;
-                    }
-                    std::thread::park_timeout(d - now);
-                }
-            }
+        if !parker.park_deadline(deadline) {
+            return None;
         }
     }
 }

@@ -378,9 +378,9 @@ struct EgressSender<T> {
 
 impl<T> EgressSender<T> {
     /// Queues `record` without waking the reader: the caller wakes it once
-    /// after a batch ([`EgressSender::wake_reader`]).
+    /// for what it queued ([`EgressSender::wake_reader`]).
     #[inline]
-    fn try_send_quiet(&self, record: T) -> Result<(), TrySendError<T>> {
+    fn try_send(&self, record: T) -> Result<(), TrySendError<T>> {
         let Some(tx) = &self.tx else { return Err(TrySendError::Disconnected(record)) };
         tx.try_send(record)
     }
@@ -415,7 +415,7 @@ impl<T: Data> EgressSink<T> {
             self.stash.push_back(record);
             return false;
         }
-        match self.tx.as_ref().map(|tx| tx.try_send_quiet(record)) {
+        match self.tx.as_ref().map(|tx| tx.try_send(record)) {
             Some(Ok(())) => return true,
             None => {}
             Some(Err(TrySendError::Full(r))) => self.stash.push_back(r),
@@ -439,7 +439,7 @@ impl<T: Data> EgressSink<T> {
         let Some(tx) = &self.tx else { return Ok(()) };
         let mut sent = false;
         while let Some(r) = self.stash.pop_front() {
-            match tx.try_send_quiet(r) {
+            match tx.try_send(r) {
                 Ok(()) => sent = true,
                 Err(TrySendError::Full(r)) => {
                     self.stash.push_front(r);

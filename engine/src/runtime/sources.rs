@@ -395,27 +395,17 @@ impl<T: Send> IngressHandle<T> {
         i: usize,
         slot: &'a mut Option<T>,
     ) -> impl Future<Output = Result<(), PushError<T>>> + 'a {
-        let queues = &self.queues;
         std::future::poll_fn(move |cx| {
             // Always `Some` here: the future ends when it hands the record on.
             let Some(mut r) = slot.take() else { return Poll::Pending };
             for attempt in 0..2 {
-                if queues.life.closed.load(Ordering::SeqCst) {
-                    return Poll::Ready(Err(PushError::Closed(r)));
-                }
-                match queues.senders[i].try_send(r) {
-                    Ok(()) => {
-                        queues.wakes[i].wake();
-                        return Poll::Ready(Ok(()));
-                    }
-                    Err(crossbeam_channel::TrySendError::Disconnected(back)) => {
-                        return Poll::Ready(Err(PushError::Closed(back)))
-                    }
-                    Err(crossbeam_channel::TrySendError::Full(back)) => r = back,
+                match self.try_push_to(i, r) {
+                    Err(PushError::Full(back)) => r = back,
+                    done => return Poll::Ready(done),
                 }
                 // Wait for room, then look once more (`RoomWaiters`).
                 if attempt == 0 {
-                    queues.life.rooms[i].register(cx.waker());
+                    self.queues.life.rooms[i].register(cx.waker());
                 }
             }
             *slot = Some(r);
@@ -429,10 +419,12 @@ impl<T: Send> IngressHandle<T> {
         self.try_push_to(i, record)
     }
 
-    /// Pushes `record` to queue `i` if it has room now.
+    /// Pushes `record` to queue `i` if it has room now. (`SeqCst`: a pusher
+    /// that registered for room looks again, and must see a close made
+    /// before its registration.)
     #[inline]
     fn try_push_to(&self, i: usize, record: T) -> Result<(), PushError<T>> {
-        if self.queues.life.closed.load(Ordering::Acquire) {
+        if self.queues.life.closed.load(Ordering::SeqCst) {
             return Err(PushError::Closed(record));
         }
         match self.queues.senders[i].try_send(record) {
