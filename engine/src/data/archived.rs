@@ -59,13 +59,30 @@ where
     V: for<'a, 'b> rkyv::Serialize<HighSerializer<RkyvSlice<'b>, ArenaHandle<'a>, rancor::BoxedError>>
         + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::BoxedError>>,
 {
-    let written = out.write_var(sp, align, |room| {
-        rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, RkyvSlice::from(room)).ok().map(|w| w.len())
-    });
-    match written {
+    write_archive(
+        out,
+        sp,
+        align,
+        |room| {
+            rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, RkyvSlice::from(room)).ok().map(|w| w.len())
+        },
+        || rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, AlignedVec::<16>::new()).ok().map(|v| v.len()),
+    )
+}
+
+/// Archives into subpartition `sp` what `encode` writes into the room it is
+/// given (`None`: it did not fit); a record too large for a segment is refused
+/// with the size `size` gives (one past the segment's if it cannot tell).
+pub(crate) fn write_archive(
+    out: &mut ResultPartition,
+    sp: usize,
+    align: usize,
+    encode: impl FnMut(&mut [u8]) -> Option<usize>,
+    size: impl FnOnce() -> Option<usize>,
+) -> Result<(), NetError> {
+    match out.write_var(sp, align, encode) {
         Err(NetError::RecordTooLarge { segment_bytes, .. }) => {
-            let record_bytes = rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, AlignedVec::<16>::new())
-                .map_or(segment_bytes + 1, |v| v.len());
+            let record_bytes = size().unwrap_or(segment_bytes + 1);
             Err(NetError::RecordTooLarge { record_bytes, segment_bytes })
         }
         other => other,

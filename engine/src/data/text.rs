@@ -3,10 +3,12 @@
 //! copy.
 
 use rkyv::rancor;
+use rkyv::ser::writer::Buffer as RkyvSlice;
+use rkyv::util::AlignedVec;
 use shardflow_control::RecordFormat;
 use shardflow_netstack::{Buffer, NetError, ResultPartition};
 
-use super::archived::{each_archived, rkyv_format, write_rkyv};
+use super::archived::{each_archived, rkyv_format, write_archive, write_rkyv};
 use super::Data;
 
 /// A `&str` archived as a `String`, so a borrowed word is written without an
@@ -52,9 +54,26 @@ impl Data for String {
         b.to_owned()
     }
 
+    /// A string's archive needs a writer alone: serialized straight into the
+    /// segment, without the arena and sharing map of rkyv's general path.
     #[inline]
     fn write(record: &str, out: &mut ResultPartition, sp: usize) -> Result<(), NetError> {
-        write_rkyv(&StrAsString(record), STRING_ALIGN, out, sp)
+        let value = StrAsString(record);
+        write_archive(
+            out,
+            sp,
+            STRING_ALIGN,
+            |room| {
+                let mut writer = RkyvSlice::from(room);
+                rkyv::api::serialize_using::<_, rancor::Failure>(&value, &mut writer).ok()?;
+                Some(writer.len())
+            },
+            || {
+                let mut writer = AlignedVec::<16>::new();
+                rkyv::api::serialize_using::<_, rancor::Failure>(&value, &mut writer).ok()?;
+                Some(writer.len())
+            },
+        )
     }
 
     fn each(buffer: &Buffer, cursor: &mut usize, f: &mut dyn FnMut(&str) -> bool) -> Result<(), NetError> {
