@@ -16,17 +16,22 @@
 //! median). And a shard that never ran out of work took other threads' wake-ups
 //! only when glommio's 100 ms preempt timer fired.
 //!
-//! Here a wake-up is a push onto the shard's ready queue and, only if the shard
-//! sleeps, one futex wake (`Thread::unpark`); the loop takes the queue on every
-//! round, so a busy shard sees another thread's wake-up within one task's time
-//! slice (`SLICE`). Timers are a binary heap the loop reads before it parks.
+//! Here a wake-up from another thread is a push onto the shard's ready queue
+//! and, only if the shard sleeps, one futex wake (`Thread::unpark`); the loop
+//! takes the queue on every round, so a busy shard sees another thread's
+//! wake-up within one task's time slice (`SLICE`). A wake-up made on the
+//! shard's own thread (a task waking another, a host pushing a request) goes
+//! onto a queue of the thread's, with no atomic queue and no unpark. Timers
+//! are a binary heap the loop reads before it parks.
 //!
 //! ```text
 //!   block_on(f): f woken? poll f ─► step ─► nothing? park (spin: poll on, 1 s)
 //!   step:        fire due timers ─► poll what is ready now (in wake order; what
 //!                those polls wake waits for the next round)
-//!   park:        until a wake-up, the earliest timer (or the host's timeout)
-//!   wake (any thread): queued already? done : push id, unpark the shard's thread
+//!   park:        until a wake-up, the earliest timer (or the host's timeout);
+//!                at once if the thread's own queue holds one
+//!   wake:        queued already? done : on the shard's thread? push id onto its
+//!                own queue : push id onto the shared one, unpark the shard's thread
 //! ```
 //!
 //! A task is woken at most once until it is polled (`queued`), and cleared just
@@ -34,9 +39,10 @@
 
 use std::cell::{Cell, RefCell};
 use std::cmp::{Ordering as CmpOrdering, Reverse};
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
@@ -87,17 +93,91 @@ impl Wake for TaskWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if !self.queued.swap(true, Ordering::AcqRel) {
+        if !self.queued.swap(true, Ordering::AcqRel) && !LocalReady::push(&self.ready, self.id) {
             self.ready.ids.push(self.id);
             self.ready.thread.unpark();
         }
     }
 }
 
+/// The wake-ups a scheduler's own thread makes for its tasks (a task waking
+/// another, a host's push waking a source): kept on the thread, with no atomic
+/// queue and no unpark, as the thread making them is awake. The scheduler
+/// created last on a thread owns its queue.
+struct LocalReady {
+    /// Which scheduler's (the address of its [`ReadyQueue`]; 0: none).
+    owner: Cell<usize>,
+    /// That scheduler's, to hand it what is left if another takes over.
+    queue: RefCell<std::sync::Weak<ReadyQueue>>,
+    ids: RefCell<VecDeque<usize>>,
+}
+
+thread_local! {
+    static LOCAL_READY: LocalReady = const {
+        LocalReady { owner: Cell::new(0), queue: RefCell::new(std::sync::Weak::new()), ids: RefCell::new(VecDeque::new()) }
+    };
+}
+
+impl LocalReady {
+    fn address(ready: &Arc<ReadyQueue>) -> usize {
+        Arc::as_ptr(ready) as usize
+    }
+
+    /// Queues `id` on this thread if it runs `ready`'s scheduler; whether it did.
+    #[inline]
+    fn push(ready: &Arc<ReadyQueue>, id: usize) -> bool {
+        LOCAL_READY
+            .try_with(|local| {
+                let mine = local.owner.get() == Self::address(ready);
+                if mine {
+                    local.ids.borrow_mut().push_back(id);
+                }
+                mine
+            })
+            .unwrap_or(false)
+    }
+
+    /// `ready`'s scheduler runs on this thread from now on: what another left
+    /// queued here goes to its shared queue.
+    fn claim(ready: &Arc<ReadyQueue>) {
+        LOCAL_READY.with(|local| {
+            let left: Vec<usize> = local.ids.borrow_mut().drain(..).collect();
+            let previous = local.queue.replace(Arc::downgrade(ready));
+            if let Some(previous) = previous.upgrade() {
+                left.into_iter().for_each(|id| previous.ids.push(id));
+                previous.thread.unpark();
+            }
+            local.owner.set(Self::address(ready));
+        });
+    }
+
+    /// `ready`'s scheduler is gone: its queue here goes with it.
+    fn release(ready: &Arc<ReadyQueue>) {
+        let _ = LOCAL_READY.try_with(|local| {
+            if local.owner.get() == Self::address(ready) {
+                local.owner.set(0);
+                local.queue.replace(std::sync::Weak::new());
+                local.ids.borrow_mut().clear();
+            }
+        });
+    }
+
+    /// How many are queued here for `ready`'s scheduler.
+    fn len(ready: &Arc<ReadyQueue>) -> usize {
+        LOCAL_READY.with(|local| if local.owner.get() == Self::address(ready) { local.ids.borrow().len() } else { 0 })
+    }
+
+    fn pop() -> Option<usize> {
+        LOCAL_READY.with(|local| local.ids.borrow_mut().pop_front())
+    }
+}
+
 struct Slot {
     /// `None` while it is being polled.
     future: Option<LocalFuture>,
-    waker: Arc<TaskWaker>,
+    task: Arc<TaskWaker>,
+    /// `task` as a `Waker`, made once: a poll clones the `Rc`, not the `Arc`.
+    waker: Rc<Waker>,
 }
 
 /// A timer: wake `waker` at `at`. Ordered by `at` alone: the timers due by a
@@ -169,9 +249,11 @@ impl Scheduler {
     /// A scheduler for the calling thread, a host's: its timer slack is the
     /// host's to set.
     pub(crate) fn hosted(idle: IdlePolicy) -> Scheduler {
+        let ready = Arc::new(ReadyQueue { ids: SegQueue::new(), thread: std::thread::current() });
+        LocalReady::claim(&ready);
         Scheduler {
             idle,
-            ready: Arc::new(ReadyQueue { ids: SegQueue::new(), thread: std::thread::current() }),
+            ready,
             slots: RefCell::default(),
             free: RefCell::default(),
             timers: RefCell::default(),
@@ -190,8 +272,9 @@ impl Scheduler {
             slots.push(None);
             slots.len() - 1
         });
-        let waker = Arc::new(TaskWaker { id, queued: AtomicBool::new(true), ready: self.ready.clone() });
-        self.slots.borrow_mut()[id] = Some(Slot { future: Some(Box::pin(future)), waker });
+        let task = Arc::new(TaskWaker { id, queued: AtomicBool::new(true), ready: self.ready.clone() });
+        let waker = Rc::new(Waker::from(task.clone()));
+        self.slots.borrow_mut()[id] = Some(Slot { future: Some(Box::pin(future)), task, waker });
         self.ready.ids.push(id);
     }
 
@@ -304,6 +387,15 @@ impl Scheduler {
             self.slice_started.set(Some(now));
             worked = self.fire_timers(now);
         }
+        for _ in 0..LocalReady::len(&self.ready) {
+            match LocalReady::pop() {
+                Some(id) => {
+                    self.poll(id);
+                    worked = true;
+                }
+                None => break,
+            }
+        }
         for _ in 0..self.ready.ids.len() {
             match self.ready.ids.pop() {
                 Some(id) => {
@@ -319,6 +411,10 @@ impl Scheduler {
     /// Parks the thread until a wake-up, the earliest timer or `timeout`,
     /// whichever comes first (at once if a wake-up came since the last round).
     pub(crate) fn park(&self, timeout: Option<Duration>) {
+        // Its own wake-ups leave no unpark token behind.
+        if LocalReady::len(&self.ready) > 0 {
+            return;
+        }
         let timer = self.timers.borrow().peek().map(|Reverse(d)| d.at);
         if timer.is_none() && timeout.is_none() {
             return std::thread::park();
@@ -370,13 +466,14 @@ impl Scheduler {
         // A stale wake-up (a timer or waker the ended task left behind) finds the
         // slot empty, or polls the task now in it once for nothing.
         let taken = match self.slots.borrow_mut().get_mut(id) {
-            Some(Some(slot)) => slot.future.take().map(|f| (f, slot.waker.clone())),
+            Some(Some(slot)) => slot.future.take().map(|f| {
+                slot.task.queued.store(false, Ordering::Release);
+                (f, slot.waker.clone())
+            }),
             _ => None,
         };
-        let Some((mut future, task)) = taken else { return };
-        task.queued.store(false, Ordering::Release);
+        let Some((mut future, waker)) = taken else { return };
         self.steps.set(0);
-        let waker = Waker::from(task);
         self.polling.set(true);
         let ended = future.as_mut().poll(&mut Context::from_waker(&waker)).is_ready();
         self.polling.set(false);
@@ -387,6 +484,12 @@ impl Scheduler {
         } else if let Some(Some(slot)) = self.slots.borrow_mut().get_mut(id) {
             slot.future = Some(future);
         }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        LocalReady::release(&self.ready);
     }
 }
 

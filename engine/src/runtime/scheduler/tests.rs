@@ -288,6 +288,70 @@ fn a_step_runs_what_is_ready_and_never_waits() {
     });
 }
 
+/// A task on `sched` that counts its polls and waits for `signal`.
+fn counting_task(sched: &Scheduler, signal: &Arc<Signal>) -> Rc<Cell<u32>> {
+    let polls = Rc::new(Cell::new(0));
+    let (p, s) = (polls.clone(), signal.clone());
+    sched.spawn(async move {
+        p.set(p.get() + 1);
+        s.wait().await;
+        p.set(p.get() + 1);
+    });
+    polls
+}
+
+#[test]
+fn a_wake_up_from_the_shards_own_thread_is_not_lost_to_a_park() {
+    on_own_thread(|| {
+        let sched = Scheduler::hosted(IdlePolicy::Park);
+        let signal = Arc::new(Signal::default());
+        let polls = counting_task(&sched, &signal);
+        assert!(sched.step());
+        assert_eq!(polls.get(), 1, "the task waits for its signal");
+        // Woken by the host's thread itself, between rounds: queued on the
+        // thread, with no unpark token, so the park must see the queue (a lost
+        // wake-up parks for good and the 60 s guard fails the test).
+        signal.set();
+        assert_eq!(LocalReady::len(&sched.ready), 1, "kept on the thread, not in the shared queue");
+        assert!(sched.ready.ids.is_empty());
+        sched.park(None);
+        assert!(sched.step(), "the wake-up queued it");
+        assert_eq!(polls.get(), 2, "it ran to its end");
+    });
+}
+
+#[test]
+fn a_second_scheduler_on_a_thread_leaves_the_firsts_wake_ups_with_it() {
+    on_own_thread(|| {
+        let first = Scheduler::hosted(IdlePolicy::Park);
+        let (early, late) = (Arc::new(Signal::default()), Arc::new(Signal::default()));
+        let early_polls = counting_task(&first, &early);
+        let late_polls = counting_task(&first, &late);
+        assert!(first.step());
+        assert_eq!((early_polls.get(), late_polls.get()), (1, 1));
+        // Queued on the thread for the first; then a second takes the thread
+        // over: the first gets what was queued, and later wake-ups, through its
+        // shared queue.
+        early.set();
+        let second = Scheduler::hosted(IdlePolicy::Park);
+        late.set();
+        assert_eq!(LocalReady::len(&second.ready), 0, "none of the second's");
+        assert!(!second.step(), "the second has nothing to run");
+        assert!(first.step());
+        assert_eq!((early_polls.get(), late_polls.get()), (2, 2), "both of the first's tasks ran");
+        // The second's own wake-ups stay on the thread; dropping it drops them.
+        let mine = Arc::new(Signal::default());
+        let my_polls = counting_task(&second, &mine);
+        assert!(second.step());
+        mine.set();
+        assert_eq!(LocalReady::len(&second.ready), 1);
+        assert!(second.step());
+        assert_eq!(my_polls.get(), 2);
+        drop(second);
+        assert!(LOCAL_READY.with(|l| l.owner.get() == 0 && l.ids.borrow().is_empty()), "released");
+    });
+}
+
 #[test]
 fn a_future_not_ready_by_its_deadline_is_given_up_and_the_tasks_stay() {
     on_own_thread(|| {
