@@ -3,6 +3,7 @@
 //! ([`RecordView`], declared with [`rkyv_view!`](crate::rkyv_view)).
 
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
+use rkyv::api::low::LowValidator;
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor;
 use rkyv::ser::allocator::ArenaHandle;
@@ -100,12 +101,53 @@ pub fn each_archived<A>(
 where
     A: rkyv::Portable + for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>,
 {
+    each_checked(buffer, align, cursor, access_high::<A>, f)
+}
+
+/// [`each_archived`] for archives with no shared pointers (a string, a byte
+/// vector): checked by rkyv's validator without the sharing map and with a
+/// zero-sized error; a malformed one is checked again for rkyv's account of it.
+pub(crate) fn each_archived_unshared<A>(
+    buffer: &Buffer,
+    align: usize,
+    cursor: &mut usize,
+    f: &mut dyn FnMut(&A) -> bool,
+) -> Result<(), NetError>
+where
+    A: rkyv::Portable
+        + for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
+        + for<'a> CheckBytes<LowValidator<'a, rancor::Failure>>,
+{
+    fn access<A>(bytes: &[u8]) -> Result<&A, String>
+    where
+        A: rkyv::Portable
+            + for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
+            + for<'a> CheckBytes<LowValidator<'a, rancor::Failure>>,
+    {
+        rkyv::api::low::access::<A, rancor::Failure>(bytes).or_else(|_| access_high::<A>(bytes))
+    }
+    each_checked(buffer, align, cursor, access::<A>, f)
+}
+
+fn access_high<A>(bytes: &[u8]) -> Result<&A, String>
+where
+    A: rkyv::Portable + for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>,
+{
+    rkyv::access::<A, rancor::BoxedError>(bytes).map_err(|e| e.to_string())
+}
+
+fn each_checked<A>(
+    buffer: &Buffer,
+    align: usize,
+    cursor: &mut usize,
+    access: for<'b> fn(&'b [u8]) -> Result<&'b A, String>,
+    f: &mut dyn FnMut(&A) -> bool,
+) -> Result<(), NetError> {
     let mut records = VarRecords::from_position(buffer, align, *cursor);
     while let Some(bytes) = records.next() {
         let at = records.position();
         let bytes = bytes?;
-        let archived = rkyv::access::<A, rancor::BoxedError>(bytes)
-            .map_err(|e| NetError::MalformedRecord { offset: *cursor, reason: e.to_string() })?;
+        let archived = access(bytes).map_err(|reason| NetError::MalformedRecord { offset: *cursor, reason })?;
         *cursor = at;
         if !f(archived) {
             break;

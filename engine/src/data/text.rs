@@ -8,7 +8,7 @@ use rkyv::util::AlignedVec;
 use shardflow_control::RecordFormat;
 use shardflow_netstack::{Buffer, NetError, ResultPartition};
 
-use super::archived::{each_archived, rkyv_format, write_archive, write_rkyv};
+use super::archived::{each_archived_unshared, rkyv_format, write_archive, write_rkyv};
 use super::Data;
 
 /// A `&str` archived as a `String`, so a borrowed word is written without an
@@ -77,7 +77,7 @@ impl Data for String {
     }
 
     fn each(buffer: &Buffer, cursor: &mut usize, f: &mut dyn FnMut(&str) -> bool) -> Result<(), NetError> {
-        each_archived::<rkyv::string::ArchivedString>(buffer, STRING_ALIGN, cursor, &mut |a| f(a.as_str()))
+        each_archived_unshared::<rkyv::string::ArchivedString>(buffer, STRING_ALIGN, cursor, &mut |a| f(a.as_str()))
     }
 
     fn to_bytes(record: &str) -> Result<Vec<u8>, NetError> {
@@ -133,7 +133,7 @@ impl Data for Vec<u8> {
     }
 
     fn each(buffer: &Buffer, cursor: &mut usize, f: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), NetError> {
-        each_archived::<rkyv::vec::ArchivedVec<u8>>(buffer, STRING_ALIGN, cursor, &mut |a| f(a.as_slice()))
+        each_archived_unshared::<rkyv::vec::ArchivedVec<u8>>(buffer, STRING_ALIGN, cursor, &mut |a| f(a.as_slice()))
     }
 
     fn to_bytes(record: &[u8]) -> Result<Vec<u8>, NetError> {
@@ -142,5 +142,80 @@ impl Data for Vec<u8> {
 
     fn from_bytes(bytes: &[u8]) -> Result<Vec<u8>, NetError> {
         Ok(bytes.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shardflow_memory::SegmentPoolBuilder;
+    use shardflow_netstack::{Buffer, NetError};
+
+    use crate::Data;
+
+    /// A buffer of variable-size records as a partition frames them (align 4):
+    /// `[len: u32][bytes][pad to 4]` each.
+    fn buffer_of(records: &[Vec<u8>]) -> Buffer {
+        let pool = SegmentPoolBuilder::new(0, 1).segment_bytes(4096).populate(false).build().expect("pool");
+        let mut segment = pool.allocate().expect("a segment");
+        let bytes = segment.as_bytes_mut();
+        let mut at = 0;
+        for r in records {
+            bytes[at..at + 4].copy_from_slice(&(r.len() as u32).to_le_bytes());
+            bytes[at + 4..at + 4 + r.len()].copy_from_slice(r);
+            at = (at + 4 + r.len() + 3) & !3;
+        }
+        Buffer::new(segment, records.len(), at).expect("a buffer")
+    }
+
+    fn archive(s: &str) -> Vec<u8> {
+        rkyv::to_bytes::<rkyv::rancor::Error>(&s.to_string()).expect("archived").to_vec()
+    }
+
+    #[test]
+    fn a_malformed_string_is_a_typed_error_with_rkyvs_account_and_its_offset() {
+        let good = archive("hello");
+        let mut bad = archive("a word longer than eight bytes");
+        bad[2] = 0xff; // the text's third byte: no longer UTF-8
+        let buffer = buffer_of(&[good.clone(), bad, good]);
+        let (mut seen, mut cursor) = (Vec::new(), 0);
+        let err = String::each(&buffer, &mut cursor, &mut |w| {
+            seen.push(w.to_string());
+            true
+        })
+        .expect_err("the second record is not a string");
+        assert_eq!(seen, ["hello"], "the record before it was read");
+        let second = (4 + archive("hello").len() + 3) & !3;
+        match err {
+            NetError::MalformedRecord { offset, reason } => {
+                assert_eq!(offset, second, "names where the bad record starts");
+                assert_eq!(cursor, second, "and stops there: nothing after it is skipped");
+                assert!(reason.to_lowercase().contains("utf"), "rkyv's account, not a bare failure: {reason}");
+            }
+            other => panic!("not a malformed record: {other}"),
+        }
+    }
+
+    #[test]
+    fn strings_and_byte_vectors_read_back_in_place() {
+        let words = ["", "a", "eight by", "longer than eight bytes"];
+        let buffer = buffer_of(&words.map(archive));
+        let (mut seen, mut cursor) = (Vec::new(), 0);
+        String::each(&buffer, &mut cursor, &mut |w| {
+            seen.push(w.to_string());
+            true
+        })
+        .expect("all well-formed");
+        assert_eq!(seen, words);
+        let blobs: Vec<Vec<u8>> = vec![vec![], vec![0xff; 3], (0..=255).collect()];
+        let archived: Vec<Vec<u8>> =
+            blobs.iter().map(|b| rkyv::to_bytes::<rkyv::rancor::Error>(b).expect("archived").to_vec()).collect();
+        let buffer = buffer_of(&archived);
+        let (mut seen, mut cursor) = (Vec::new(), 0);
+        Vec::<u8>::each(&buffer, &mut cursor, &mut |b| {
+            seen.push(b.to_vec());
+            true
+        })
+        .expect("all well-formed");
+        assert_eq!(seen, blobs);
     }
 }
