@@ -26,8 +26,9 @@
 //!
 //! ```text
 //!   block_on(f): f woken? poll f ─► step ─► nothing? park (spin: poll on, 1 s)
-//!   step:        fire due timers ─► poll what is ready now (in wake order; what
-//!                those polls wake waits for the next round)
+//!   step:        fire due timers ─► poll what is ready now (the thread's own
+//!                wake-ups, then other threads', each in wake order; what those
+//!                polls wake waits for the next round)
 //!   park:        until a wake-up, the earliest timer (or the host's timeout);
 //!                at once if the thread's own queue holds one
 //!   wake:        queued already? done : on the shard's thread? push id onto its
@@ -144,6 +145,8 @@ impl LocalReady {
             let left: Vec<usize> = local.ids.borrow_mut().drain(..).collect();
             let previous = local.queue.replace(Arc::downgrade(ready));
             if let Some(previous) = previous.upgrade() {
+                // Its thread is this one, awake: the token only makes its next
+                // park look at the shared queue first.
                 left.into_iter().for_each(|id| previous.ids.push(id));
                 previous.thread.unpark();
             }
@@ -375,9 +378,10 @@ impl Scheduler {
         }
     }
 
-    /// One round: wakes the timers due now and polls the tasks ready now (in
-    /// wake order; what those polls wake waits for the next round, so a task
-    /// that wakes itself cannot keep the timers or a park from their turn).
+    /// One round: wakes the timers due now and polls the tasks ready now (the
+    /// thread's own wake-ups, then other threads', each in wake order; what
+    /// those polls wake waits for the next round, so a task that wakes itself
+    /// cannot keep the timers or a park from their turn).
     /// Whether there was anything to do.
     pub(crate) fn step(&self) -> bool {
         let mut worked = false;
