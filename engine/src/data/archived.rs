@@ -107,7 +107,7 @@ where
 /// [`each_archived`] for archives with no shared pointers (a string, a byte
 /// vector): checked by rkyv's validator without the sharing map and with a
 /// zero-sized error; a malformed one is checked again for rkyv's account of it.
-pub(crate) fn each_archived_unshared<A>(
+pub fn each_archived_unshared<A>(
     buffer: &Buffer,
     align: usize,
     cursor: &mut usize,
@@ -127,6 +127,94 @@ where
         rkyv::api::low::access::<A, rancor::Failure>(bytes).or_else(|_| access_high::<A>(bytes))
     }
     each_checked(buffer, align, cursor, access::<A>, f)
+}
+
+/// Picks how the records of an archived type `A` are checked, by what `A`
+/// allows: [`each_archived_unshared`] where its archive can hold no shared
+/// pointer (most records), [`each_archived`] where it can (an `Rc`, an `Arc`).
+/// The declaring macros call `(&Checker::<A>::new()).each(…)` on their
+/// concrete type, and method resolution takes [`CheckUnshared`] where `A`
+/// qualifies before [`CheckShared`], one reference further (autoref
+/// specialization, as `anyhow!` tells its arguments apart).
+#[doc(hidden)]
+pub struct Checker<A>(std::marker::PhantomData<fn() -> A>);
+
+impl<A> Checker<A> {
+    #[doc(hidden)]
+    #[allow(clippy::new_without_default, reason = "made only by the declaring macros")]
+    pub fn new() -> Self {
+        Checker(std::marker::PhantomData)
+    }
+}
+
+/// [`Checker`]'s choice for archives without shared pointers.
+#[doc(hidden)]
+pub trait CheckUnshared<A> {
+    fn each(
+        &self,
+        buffer: &Buffer,
+        align: usize,
+        cursor: &mut usize,
+        f: &mut dyn FnMut(&A) -> bool,
+    ) -> Result<(), NetError>;
+
+    /// Which path it is.
+    #[cfg(test)]
+    fn path(&self) -> &'static str {
+        "unshared"
+    }
+}
+
+impl<A> CheckUnshared<A> for Checker<A>
+where
+    A: rkyv::Portable
+        + for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
+        + for<'a> CheckBytes<LowValidator<'a, rancor::Failure>>,
+{
+    #[inline]
+    fn each(
+        &self,
+        buffer: &Buffer,
+        align: usize,
+        cursor: &mut usize,
+        f: &mut dyn FnMut(&A) -> bool,
+    ) -> Result<(), NetError> {
+        each_archived_unshared(buffer, align, cursor, f)
+    }
+}
+
+/// [`Checker`]'s choice for any other archive.
+#[doc(hidden)]
+pub trait CheckShared<A> {
+    fn each(
+        &self,
+        buffer: &Buffer,
+        align: usize,
+        cursor: &mut usize,
+        f: &mut dyn FnMut(&A) -> bool,
+    ) -> Result<(), NetError>;
+
+    /// Which path it is.
+    #[cfg(test)]
+    fn path(&self) -> &'static str {
+        "shared"
+    }
+}
+
+impl<A> CheckShared<A> for &Checker<A>
+where
+    A: rkyv::Portable + for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>,
+{
+    #[inline]
+    fn each(
+        &self,
+        buffer: &Buffer,
+        align: usize,
+        cursor: &mut usize,
+        f: &mut dyn FnMut(&A) -> bool,
+    ) -> Result<(), NetError> {
+        each_archived(buffer, align, cursor, f)
+    }
 }
 
 fn access_high<A>(bytes: &[u8]) -> Result<&A, String>
@@ -247,7 +335,9 @@ macro_rules! rkyv_data {
                 f: &mut dyn FnMut(&$t) -> bool,
             ) -> ::std::result::Result<(), $crate::data::NetError> {
                 let mut failed = None;
-                $crate::data::each_archived::<<$t as $crate::data::rkyv::Archive>::Archived>(
+                #[allow(unused_imports, reason = "one of the two is the checker's choice")]
+                use $crate::data::{CheckShared as _, CheckUnshared as _};
+                (&$crate::data::Checker::<<$t as $crate::data::rkyv::Archive>::Archived>::new()).each(
                     buffer,
                     $crate::data::RKYV_ALIGN,
                     cursor,
@@ -426,7 +516,9 @@ macro_rules! rkyv_view {
                 cursor: &mut usize,
                 f: &mut dyn FnMut(&(dyn $view + 'static)) -> bool,
             ) -> ::std::result::Result<(), $crate::data::NetError> {
-                $crate::data::each_archived::<<$t as $crate::data::rkyv::Archive>::Archived>(
+                #[allow(unused_imports, reason = "one of the two is the checker's choice")]
+                use $crate::data::{CheckShared as _, CheckUnshared as _};
+                (&$crate::data::Checker::<<$t as $crate::data::rkyv::Archive>::Archived>::new()).each(
                     buffer,
                     $crate::data::RKYV_ALIGN,
                     cursor,
@@ -509,3 +601,88 @@ tuple_data!(A, B, C);
 
 // Primitives that are not plain data (not every bit pattern is one).
 crate::rkyv_data!(bool, char);
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rkyv::api::high::HighSerializer;
+    use rkyv::ser::allocator::ArenaHandle;
+    use rkyv::util::AlignedVec;
+    use shardflow_netstack::NetError;
+
+    use super::{CheckShared as _, CheckUnshared as _, Checker};
+    use crate::data::testing::{buffer_of, next_record};
+    use crate::Data;
+
+    #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    struct Plain {
+        name: String,
+        tags: Vec<u32>,
+    }
+    crate::rkyv_data!(Plain);
+
+    /// A record whose archive holds a shared pointer.
+    #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    struct Shared {
+        name: Arc<str>,
+        n: u64,
+    }
+    crate::rkyv_data!(Shared);
+
+    #[test]
+    #[allow(clippy::needless_borrow, reason = "the borrow is what lets the shared path be found")]
+    fn the_checker_takes_the_unshared_path_where_the_archive_allows_it() {
+        assert_eq!((&Checker::<rkyv::string::ArchivedString>::new()).path(), "unshared");
+        assert_eq!((&Checker::<ArchivedPlain>::new()).path(), "unshared");
+        assert_eq!((&Checker::<ArchivedShared>::new()).path(), "shared", "an Arc needs the sharing map");
+    }
+
+    fn archive<T>(value: &T) -> Vec<u8>
+    where
+        T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rkyv::rancor::Error>>,
+    {
+        rkyv::to_bytes::<rkyv::rancor::Error>(value).expect("archived").to_vec()
+    }
+
+    /// Reads the records of `records` (archives) as `T`, up to the first error.
+    fn read_all<T: Data<Borrowed = T>>(records: &[Vec<u8>]) -> (Vec<T>, usize, Result<(), NetError>) {
+        let buffer = buffer_of(records, super::RKYV_ALIGN);
+        let (mut seen, mut cursor) = (Vec::new(), 0);
+        let read = T::each(&buffer, &mut cursor, &mut |r| {
+            seen.push(r.clone());
+            true
+        });
+        (seen, cursor, read)
+    }
+
+    #[test]
+    fn records_with_and_without_shared_pointers_read_back_and_malformed_ones_are_typed() {
+        let plain =
+            [Plain { name: "ann".into(), tags: vec![1, 2] }, Plain { name: "a longer name".into(), tags: vec![] }];
+        let (seen, _, read) = read_all::<Plain>(&plain.each_ref().map(archive));
+        read.expect("well-formed");
+        assert_eq!(seen, plain);
+        let shared = Shared { name: "shared name, out of line".into(), n: 7 };
+        let (seen, _, read) = read_all::<Shared>(&[archive(&shared), archive(&shared)]);
+        read.expect("well-formed");
+        assert_eq!(seen, [shared.clone(), shared]);
+
+        // The name's length pointing far past the record: a typed error with
+        // rkyv's account of it, at the record's offset, where reading stops.
+        let good = archive(&plain[0]);
+        let mut bad = archive(&plain[1]);
+        let root = bad.len() - std::mem::size_of::<ArchivedPlain>();
+        bad[root..root + 4].copy_from_slice(&0x7fff_fff0u32.to_le_bytes());
+        let (seen, cursor, read) = read_all::<Plain>(&[good.clone(), bad, good.clone()]);
+        assert_eq!(seen, [plain[0].clone()]);
+        match read {
+            Err(NetError::MalformedRecord { offset, reason }) => {
+                let second = next_record(good.len(), super::RKYV_ALIGN);
+                assert_eq!((offset, cursor), (second, second));
+                assert!(!reason.contains("without error information"), "rkyv's account: {reason}");
+            }
+            other => panic!("not a malformed record: {other:?}"),
+        }
+    }
+}

@@ -29,7 +29,10 @@ mod archived;
 mod text;
 
 #[doc(hidden)]
-pub use archived::{each_archived, rkyv_format, rkyv_from_bytes, rkyv_heap_bytes, rkyv_to_bytes, write_rkyv};
+pub use archived::{
+    each_archived, each_archived_unshared, rkyv_format, rkyv_from_bytes, rkyv_heap_bytes, rkyv_to_bytes, write_rkyv,
+    CheckShared, CheckUnshared, Checker,
+};
 pub use archived::{RecordRef, RecordView, RkyvRecord, RKYV_ALIGN};
 
 /// A record type a stream can carry. Implement it with [`pod_data!`](crate::pod_data),
@@ -302,6 +305,35 @@ pub fn pod_from_bytes<T: bytemuck::Pod>(bytes: &[u8]) -> Result<T, NetError> {
 
 pod_data!(u8, u16, u32, u64, u128, i8, i16, i32, i64, i128, f32, f64);
 pod_data!([u64; 2], [u64; 3], [u64; 4], [u32; 2], [u32; 4]);
+
+/// Buffers for the data tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use shardflow_memory::SegmentPoolBuilder;
+    use shardflow_netstack::Buffer;
+
+    /// A buffer of variable-size records as a partition frames them:
+    /// `[len: u32][pad to align][bytes][pad to 4]` each, from offset 0.
+    pub(crate) fn buffer_of(records: &[Vec<u8>], align: usize) -> Buffer {
+        let pool = SegmentPoolBuilder::new(0, 1).segment_bytes(4096).populate(false).build().expect("pool");
+        let mut segment = pool.allocate().expect("a segment");
+        let bytes = segment.as_bytes_mut();
+        let mut at = 0;
+        for r in records {
+            bytes[at..at + 4].copy_from_slice(&(r.len() as u32).to_le_bytes());
+            let start = (at + 4).next_multiple_of(align);
+            bytes[start..start + r.len()].copy_from_slice(r);
+            at = (start + r.len()).next_multiple_of(4);
+        }
+        Buffer::new(segment, records.len(), at).expect("a buffer")
+    }
+
+    /// Where a record of `bytes` starting at 0 in a buffer of [`buffer_of`]
+    /// leaves the next one.
+    pub(crate) fn next_record(bytes: usize, align: usize) -> usize {
+        (4usize.next_multiple_of(align) + bytes).next_multiple_of(4)
+    }
+}
 
 #[cfg(test)]
 mod tests {

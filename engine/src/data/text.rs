@@ -147,25 +147,10 @@ impl Data for Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use shardflow_memory::SegmentPoolBuilder;
-    use shardflow_netstack::{Buffer, NetError};
+    use shardflow_netstack::NetError;
 
+    use crate::data::testing::{buffer_of, next_record};
     use crate::Data;
-
-    /// A buffer of variable-size records as a partition frames them (align 4):
-    /// `[len: u32][bytes][pad to 4]` each.
-    fn buffer_of(records: &[Vec<u8>]) -> Buffer {
-        let pool = SegmentPoolBuilder::new(0, 1).segment_bytes(4096).populate(false).build().expect("pool");
-        let mut segment = pool.allocate().expect("a segment");
-        let bytes = segment.as_bytes_mut();
-        let mut at = 0;
-        for r in records {
-            bytes[at..at + 4].copy_from_slice(&(r.len() as u32).to_le_bytes());
-            bytes[at + 4..at + 4 + r.len()].copy_from_slice(r);
-            at = (at + 4 + r.len() + 3) & !3;
-        }
-        Buffer::new(segment, records.len(), at).expect("a buffer")
-    }
 
     fn archive(s: &str) -> Vec<u8> {
         rkyv::to_bytes::<rkyv::rancor::Error>(&s.to_string()).expect("archived").to_vec()
@@ -176,7 +161,7 @@ mod tests {
         let good = archive("hello");
         let mut bad = archive("a word longer than eight bytes");
         bad[2] = 0xff; // the text's third byte: no longer UTF-8
-        let buffer = buffer_of(&[good.clone(), bad, good]);
+        let buffer = buffer_of(&[good.clone(), bad, good], super::STRING_ALIGN);
         let (mut seen, mut cursor) = (Vec::new(), 0);
         let err = String::each(&buffer, &mut cursor, &mut |w| {
             seen.push(w.to_string());
@@ -184,7 +169,7 @@ mod tests {
         })
         .expect_err("the second record is not a string");
         assert_eq!(seen, ["hello"], "the record before it was read");
-        let second = (4 + archive("hello").len() + 3) & !3;
+        let second = next_record(archive("hello").len(), super::STRING_ALIGN);
         match err {
             NetError::MalformedRecord { offset, reason } => {
                 assert_eq!(offset, second, "names where the bad record starts");
@@ -198,7 +183,7 @@ mod tests {
     #[test]
     fn strings_and_byte_vectors_read_back_in_place() {
         let words = ["", "a", "eight by", "longer than eight bytes"];
-        let buffer = buffer_of(&words.map(archive));
+        let buffer = buffer_of(&words.map(archive), super::STRING_ALIGN);
         let (mut seen, mut cursor) = (Vec::new(), 0);
         String::each(&buffer, &mut cursor, &mut |w| {
             seen.push(w.to_string());
@@ -209,7 +194,7 @@ mod tests {
         let blobs: Vec<Vec<u8>> = vec![vec![], vec![0xff; 3], (0..=255).collect()];
         let archived: Vec<Vec<u8>> =
             blobs.iter().map(|b| rkyv::to_bytes::<rkyv::rancor::Error>(b).expect("archived").to_vec()).collect();
-        let buffer = buffer_of(&archived);
+        let buffer = buffer_of(&archived, super::STRING_ALIGN);
         let (mut seen, mut cursor) = (Vec::new(), 0);
         Vec::<u8>::each(&buffer, &mut cursor, &mut |b| {
             seen.push(b.to_vec());
