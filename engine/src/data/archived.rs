@@ -104,9 +104,10 @@ where
     each_checked(buffer, align, cursor, access_high::<A>, f)
 }
 
-/// [`each_archived`] for archives with no shared pointers (a string, a byte
-/// vector): checked by rkyv's validator without the sharing map and with a
+/// [`each_archived`] for archives that can hold no shared pointer (a string,
+/// a byte vector, most user types; [`Checker`] tells them apart): checked by rkyv's validator without the sharing map and with a
 /// zero-sized error; a malformed one is checked again for rkyv's account of it.
+#[doc(hidden)]
 pub fn each_archived_unshared<A>(
     buffer: &Buffer,
     align: usize,
