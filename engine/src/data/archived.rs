@@ -104,39 +104,20 @@ where
     each_checked(buffer, align, cursor, access_high::<A>, f)
 }
 
-/// [`each_archived`] for archives that can hold no shared pointer (a string,
-/// a byte vector, most user types; [`Checker`] tells them apart): checked by rkyv's validator without the sharing map and with a
-/// zero-sized error; a malformed one is checked again for rkyv's account of it.
+/// How the records of an archived type are checked: from a record's bytes to
+/// its archive, or rkyv's account of why they are none.
 #[doc(hidden)]
-pub fn each_archived_unshared<A>(
-    buffer: &Buffer,
-    align: usize,
-    cursor: &mut usize,
-    f: &mut dyn FnMut(&A) -> bool,
-) -> Result<(), NetError>
-where
-    A: rkyv::Portable
-        + for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
-        + for<'a> CheckBytes<LowValidator<'a, rancor::Failure>>,
-{
-    fn access<A>(bytes: &[u8]) -> Result<&A, String>
-    where
-        A: rkyv::Portable
-            + for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
-            + for<'a> CheckBytes<LowValidator<'a, rancor::Failure>>,
-    {
-        rkyv::api::low::access::<A, rancor::Failure>(bytes).or_else(|_| access_high::<A>(bytes))
-    }
-    each_checked(buffer, align, cursor, access::<A>, f)
-}
+pub type Access<A> = for<'b> fn(&'b [u8]) -> Result<&'b A, String>;
 
 /// Picks how the records of an archived type `A` are checked, by what `A`
-/// allows: [`each_archived_unshared`] where its archive can hold no shared
-/// pointer (most records), [`each_archived`] where it can (an `Rc`, an `Arc`).
-/// The declaring macros call `(&Checker::<A>::new()).each(…)` on their
-/// concrete type, and method resolution takes [`CheckUnshared`] where `A`
-/// qualifies before [`CheckShared`], one reference further (autoref
-/// specialization, as `anyhow!` tells its arguments apart).
+/// allows: rkyv's low-level validator (no sharing map, a zero-sized error; a
+/// malformed record is checked again for rkyv's account of it) where its
+/// archive can hold no shared pointer (strings, byte vectors, most user
+/// types), the high-level one where it can (an `Rc`, an `Arc`). The declaring
+/// macros call `(&Checker::<A>::new()).access()` on their concrete type, and
+/// method resolution takes [`CheckUnshared`] where `A` qualifies before
+/// [`CheckShared`], one reference further (autoref specialization, as
+/// `anyhow!` tells its arguments apart).
 #[doc(hidden)]
 pub struct Checker<A>(std::marker::PhantomData<fn() -> A>);
 
@@ -151,13 +132,7 @@ impl<A> Checker<A> {
 /// [`Checker`]'s choice for archives without shared pointers.
 #[doc(hidden)]
 pub trait CheckUnshared<A> {
-    fn each(
-        &self,
-        buffer: &Buffer,
-        align: usize,
-        cursor: &mut usize,
-        f: &mut dyn FnMut(&A) -> bool,
-    ) -> Result<(), NetError>;
+    fn access(&self) -> Access<A>;
 
     /// Which path it is.
     #[cfg(test)]
@@ -172,28 +147,15 @@ where
         + for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
         + for<'a> CheckBytes<LowValidator<'a, rancor::Failure>>,
 {
-    #[inline]
-    fn each(
-        &self,
-        buffer: &Buffer,
-        align: usize,
-        cursor: &mut usize,
-        f: &mut dyn FnMut(&A) -> bool,
-    ) -> Result<(), NetError> {
-        each_archived_unshared(buffer, align, cursor, f)
+    fn access(&self) -> Access<A> {
+        access_unshared::<A>
     }
 }
 
 /// [`Checker`]'s choice for any other archive.
 #[doc(hidden)]
 pub trait CheckShared<A> {
-    fn each(
-        &self,
-        buffer: &Buffer,
-        align: usize,
-        cursor: &mut usize,
-        f: &mut dyn FnMut(&A) -> bool,
-    ) -> Result<(), NetError>;
+    fn access(&self) -> Access<A>;
 
     /// Which path it is.
     #[cfg(test)]
@@ -206,16 +168,18 @@ impl<A> CheckShared<A> for &Checker<A>
 where
     A: rkyv::Portable + for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>,
 {
-    #[inline]
-    fn each(
-        &self,
-        buffer: &Buffer,
-        align: usize,
-        cursor: &mut usize,
-        f: &mut dyn FnMut(&A) -> bool,
-    ) -> Result<(), NetError> {
-        each_archived(buffer, align, cursor, f)
+    fn access(&self) -> Access<A> {
+        access_high::<A>
     }
+}
+
+pub(crate) fn access_unshared<A>(bytes: &[u8]) -> Result<&A, String>
+where
+    A: rkyv::Portable
+        + for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
+        + for<'a> CheckBytes<LowValidator<'a, rancor::Failure>>,
+{
+    rkyv::api::low::access::<A, rancor::Failure>(bytes).or_else(|_| access_high::<A>(bytes))
 }
 
 fn access_high<A>(bytes: &[u8]) -> Result<&A, String>
@@ -225,11 +189,13 @@ where
     rkyv::access::<A, rancor::BoxedError>(bytes).map_err(|e| e.to_string())
 }
 
-fn each_checked<A>(
+/// [`each_archived`] with the records checked by `access`.
+#[doc(hidden)]
+pub fn each_checked<A>(
     buffer: &Buffer,
     align: usize,
     cursor: &mut usize,
-    access: for<'b> fn(&'b [u8]) -> Result<&'b A, String>,
+    access: Access<A>,
     f: &mut dyn FnMut(&A) -> bool,
 ) -> Result<(), NetError> {
     let mut records = VarRecords::from_position(buffer, align, *cursor);
@@ -338,10 +304,11 @@ macro_rules! rkyv_data {
                 let mut failed = None;
                 #[allow(unused_imports, reason = "one of the two is the checker's choice")]
                 use $crate::data::{CheckShared as _, CheckUnshared as _};
-                (&$crate::data::Checker::<<$t as $crate::data::rkyv::Archive>::Archived>::new()).each(
+                $crate::data::each_checked(
                     buffer,
                     $crate::data::RKYV_ALIGN,
                     cursor,
+                    (&$crate::data::Checker::<<$t as $crate::data::rkyv::Archive>::Archived>::new()).access(),
                     &mut |a| match $crate::data::rkyv::deserialize::<$t, $crate::data::rkyv::rancor::BoxedError>(a) {
                         Ok(v) => f(&v),
                         Err(e) => {
@@ -519,10 +486,11 @@ macro_rules! rkyv_view {
             ) -> ::std::result::Result<(), $crate::data::NetError> {
                 #[allow(unused_imports, reason = "one of the two is the checker's choice")]
                 use $crate::data::{CheckShared as _, CheckUnshared as _};
-                (&$crate::data::Checker::<<$t as $crate::data::rkyv::Archive>::Archived>::new()).each(
+                $crate::data::each_checked(
                     buffer,
                     $crate::data::RKYV_ALIGN,
                     cursor,
+                    (&$crate::data::Checker::<<$t as $crate::data::rkyv::Archive>::Archived>::new()).access(),
                     &mut |a| f(a),
                 )
             }

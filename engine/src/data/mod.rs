@@ -30,7 +30,7 @@ mod text;
 
 #[doc(hidden)]
 pub use archived::{
-    each_archived, each_archived_unshared, rkyv_format, rkyv_from_bytes, rkyv_heap_bytes, rkyv_to_bytes, write_rkyv,
+    each_archived, each_checked, rkyv_format, rkyv_from_bytes, rkyv_heap_bytes, rkyv_to_bytes, write_rkyv, Access,
     CheckShared, CheckUnshared, Checker,
 };
 pub use archived::{RecordRef, RecordView, RkyvRecord, RKYV_ALIGN};

@@ -8,7 +8,7 @@ use rkyv::util::AlignedVec;
 use shardflow_control::RecordFormat;
 use shardflow_netstack::{Buffer, NetError, ResultPartition};
 
-use super::archived::{each_archived_unshared, rkyv_format, write_archive, write_rkyv};
+use super::archived::{access_unshared, each_checked, rkyv_format, write_archive, write_rkyv};
 use super::Data;
 
 /// A `&str` archived as a `String`, so a borrowed word is written without an
@@ -77,7 +77,9 @@ impl Data for String {
     }
 
     fn each(buffer: &Buffer, cursor: &mut usize, f: &mut dyn FnMut(&str) -> bool) -> Result<(), NetError> {
-        each_archived_unshared::<rkyv::string::ArchivedString>(buffer, STRING_ALIGN, cursor, &mut |a| f(a.as_str()))
+        each_checked(buffer, STRING_ALIGN, cursor, access_unshared::<rkyv::string::ArchivedString>, &mut |a| {
+            f(a.as_str())
+        })
     }
 
     fn to_bytes(record: &str) -> Result<Vec<u8>, NetError> {
@@ -133,7 +135,9 @@ impl Data for Vec<u8> {
     }
 
     fn each(buffer: &Buffer, cursor: &mut usize, f: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), NetError> {
-        each_archived_unshared::<rkyv::vec::ArchivedVec<u8>>(buffer, STRING_ALIGN, cursor, &mut |a| f(a.as_slice()))
+        each_checked(buffer, STRING_ALIGN, cursor, access_unshared::<rkyv::vec::ArchivedVec<u8>>, &mut |a| {
+            f(a.as_slice())
+        })
     }
 
     fn to_bytes(record: &[u8]) -> Result<Vec<u8>, NetError> {
