@@ -33,6 +33,12 @@ where
     }
 }
 
+/// The bytes of `value`'s archive written into `writer` (`None`: it did not fit).
+fn archive_into(value: &StrAsString<'_>, mut writer: impl rkyv::ser::Writer<rancor::Failure>) -> Option<usize> {
+    rkyv::api::serialize_using::<_, rancor::Failure>(value, &mut writer).ok()?;
+    Some(writer.pos())
+}
+
 /// Alignment of an archived `String` or byte vector: a relative pointer and a
 /// length of 32 bits, bytes of alignment 1.
 const STRING_ALIGN: usize = 4;
@@ -63,16 +69,8 @@ impl Data for String {
             out,
             sp,
             STRING_ALIGN,
-            |room| {
-                let mut writer = RkyvSlice::from(room);
-                rkyv::api::serialize_using::<_, rancor::Failure>(&value, &mut writer).ok()?;
-                Some(writer.len())
-            },
-            || {
-                let mut writer = AlignedVec::<16>::new();
-                rkyv::api::serialize_using::<_, rancor::Failure>(&value, &mut writer).ok()?;
-                Some(writer.len())
-            },
+            |room| archive_into(&value, RkyvSlice::from(room)),
+            || archive_into(&value, AlignedVec::<16>::new()),
         )
     }
 

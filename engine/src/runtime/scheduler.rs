@@ -106,22 +106,20 @@ impl Wake for TaskWaker {
 /// queue and no unpark, as the thread making them is awake. The scheduler
 /// created last on a thread owns its queue.
 struct LocalReady {
-    /// Which scheduler's (the address of its [`ReadyQueue`]; 0: none).
-    owner: Cell<usize>,
-    /// That scheduler's, to hand it what is left if another takes over.
-    queue: RefCell<std::sync::Weak<ReadyQueue>>,
+    /// The owner's shared queue: who it is (while this holds it, its address
+    /// is no other's), and where what is left goes if another takes over.
+    owner: RefCell<std::sync::Weak<ReadyQueue>>,
     ids: RefCell<VecDeque<usize>>,
 }
 
 thread_local! {
-    static LOCAL_READY: LocalReady = const {
-        LocalReady { owner: Cell::new(0), queue: RefCell::new(std::sync::Weak::new()), ids: RefCell::new(VecDeque::new()) }
-    };
+    static LOCAL_READY: LocalReady =
+        const { LocalReady { owner: RefCell::new(std::sync::Weak::new()), ids: RefCell::new(VecDeque::new()) } };
 }
 
 impl LocalReady {
-    fn address(ready: &Arc<ReadyQueue>) -> usize {
-        Arc::as_ptr(ready) as usize
+    fn owned_by(&self, ready: &Arc<ReadyQueue>) -> bool {
+        std::ptr::eq(self.owner.borrow().as_ptr(), Arc::as_ptr(ready))
     }
 
     /// Queues `id` on this thread if it runs `ready`'s scheduler; whether it did.
@@ -129,7 +127,7 @@ impl LocalReady {
     fn push(ready: &Arc<ReadyQueue>, id: usize) -> bool {
         LOCAL_READY
             .try_with(|local| {
-                let mine = local.owner.get() == Self::address(ready);
+                let mine = local.owned_by(ready);
                 if mine {
                     local.ids.borrow_mut().push_back(id);
                 }
@@ -143,23 +141,21 @@ impl LocalReady {
     fn claim(ready: &Arc<ReadyQueue>) {
         LOCAL_READY.with(|local| {
             let left: Vec<usize> = local.ids.borrow_mut().drain(..).collect();
-            let previous = local.queue.replace(Arc::downgrade(ready));
+            let previous = local.owner.replace(Arc::downgrade(ready));
             if let Some(previous) = previous.upgrade() {
                 // Its thread is this one, awake: the token only makes its next
                 // park look at the shared queue first.
                 left.into_iter().for_each(|id| previous.ids.push(id));
                 previous.thread.unpark();
             }
-            local.owner.set(Self::address(ready));
         });
     }
 
     /// `ready`'s scheduler is gone: its queue here goes with it.
     fn release(ready: &Arc<ReadyQueue>) {
         let _ = LOCAL_READY.try_with(|local| {
-            if local.owner.get() == Self::address(ready) {
-                local.owner.set(0);
-                local.queue.replace(std::sync::Weak::new());
+            if local.owned_by(ready) {
+                local.owner.replace(std::sync::Weak::new());
                 local.ids.borrow_mut().clear();
             }
         });
@@ -167,7 +163,7 @@ impl LocalReady {
 
     /// How many are queued here for `ready`'s scheduler.
     fn len(ready: &Arc<ReadyQueue>) -> usize {
-        LOCAL_READY.with(|local| if local.owner.get() == Self::address(ready) { local.ids.borrow().len() } else { 0 })
+        LOCAL_READY.with(|local| if local.owned_by(ready) { local.ids.borrow().len() } else { 0 })
     }
 
     fn pop() -> Option<usize> {

@@ -348,7 +348,7 @@ fn a_second_scheduler_on_a_thread_leaves_the_firsts_wake_ups_with_it() {
         assert!(second.step());
         assert_eq!(my_polls.get(), 2);
         drop(second);
-        assert!(LOCAL_READY.with(|l| l.owner.get() == 0 && l.ids.borrow().is_empty()), "released");
+        assert!(LOCAL_READY.with(|l| l.owner.borrow().upgrade().is_none() && l.ids.borrow().is_empty()), "released");
     });
 }
 
