@@ -312,3 +312,30 @@ impl Drop for Engine {
         self.stop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Cores, Dataflow};
+
+    #[test]
+    fn submitting_and_waiting_leave_no_connection_behind() {
+        let engine = Engine::builder()
+            .cores(Cores::Count(1))
+            .segment_bytes(4096)
+            .network_memory_bytes(4 << 20)
+            .prefault(false)
+            .build()
+            .expect("engine starts");
+        let wait = Duration::from_secs(60);
+        // The worker's own connection stays; every client's ends with it.
+        assert_eq!(engine.inner.connections_after(1, wait), 1, "after start-up");
+        for i in 0..20u64 {
+            let df = Dataflow::new("small").parallelism(1);
+            let out = df.from_iter("numbers", vec![i, i + 1]).map(|r: &u64| r * 2).collect();
+            engine.submit(df.build().unwrap()).unwrap().wait_timeout(wait).unwrap();
+            assert_eq!(out.take(), vec![2 * i, 2 * i + 2]);
+        }
+        assert_eq!(engine.inner.connections_after(1, wait), 1, "after 20 jobs");
+    }
+}

@@ -52,6 +52,14 @@ impl EngineInner {
         server.as_ref().map(crate::cluster::pipe_to)
     }
 
+    /// How many in-process connections its coordinator serves, once at most
+    /// `n` do or `timeout` passed.
+    #[cfg(test)]
+    pub(crate) fn connections_after(&self, n: usize, timeout: std::time::Duration) -> usize {
+        let server = self.server.lock().unwrap_or_else(PoisonError::into_inner);
+        server.as_ref().map_or(0, |s| s.in_process_connections().wait_for_at_most(n, timeout))
+    }
+
     /// Marks the engine stopping and stops its coordinator.
     pub(crate) fn stop(&self) {
         self.stopping.store(true, Ordering::Release);

@@ -39,6 +39,16 @@ impl FrameSink for PipeSink {
     }
 }
 
+impl Drop for PipeSink {
+    /// A dropped end closes the connection, as a dropped socket does: the
+    /// peer's reader sees the end after what was queued (its thread ends), and
+    /// the peer's sends fail. (The peer's own half of this direction's queue
+    /// would otherwise keep it open forever.)
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 /// The receiving half of an in-process connection, readable like a socket.
 pub(crate) struct PipeReader {
     queue: OutboxReader,
@@ -90,4 +100,36 @@ pub(crate) fn pipe(limits: &ConnectionLimits) -> (PipeEnd, PipeEnd) {
     };
     let right = PipeEnd { sink: PipeSink { outbox: b_out, closed, back: a_out }, reader: reader(a_in) };
     (left, right)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use shardflow_control::protocol::{ListJobs, Message};
+
+    use super::super::{send_message, spawn_reader, Received};
+    use super::*;
+
+    #[test]
+    fn dropping_one_end_ends_the_peers_reader_after_what_was_queued() {
+        let limits = ConnectionLimits::default();
+        let (mut left, right) = pipe(&limits);
+        let PipeEnd { sink: mut right_sink, reader } = right;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let thread = spawn_reader("pipe-test".into(), reader, &limits, move |r, _| {
+            tx.send(matches!(r, Received::Message(Message::ListJobs(_)))).is_ok()
+        })
+        .unwrap();
+        send_message(&mut left.sink, &Message::ListJobs(ListJobs {})).unwrap();
+        drop(left);
+        let wait = Duration::from_secs(60);
+        assert_eq!(rx.recv_timeout(wait), Ok(true), "the frame queued before the drop arrives");
+        assert_eq!(rx.recv_timeout(wait), Ok(false), "then the end, not a wait for a frame that never comes");
+        thread.join().expect("the reader's thread ends");
+        assert!(
+            matches!(send_message(&mut right_sink, &Message::ListJobs(ListJobs {})), Err(SendError::Closed)),
+            "and the peer's sends fail"
+        );
+    }
 }

@@ -20,7 +20,7 @@ mod driver;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -86,6 +86,43 @@ pub struct CoordinatorServer {
     stopping: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     options: ServerOptions,
+    /// The in-process connections whose reader still runs.
+    in_process: Arc<InProcessConnections>,
+}
+
+/// Counts a server's in-process connections until their readers end (the
+/// peer dropped its end), and lets a caller wait for the count to fall.
+#[derive(Debug, Default)]
+pub(crate) struct InProcessConnections {
+    open: std::sync::Mutex<usize>,
+    changed: std::sync::Condvar,
+}
+
+impl InProcessConnections {
+    /// Counts one more, until the returned guard is dropped.
+    fn opened(self: &Arc<Self>) -> InProcessConnection {
+        *self.open.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        InProcessConnection(self.clone())
+    }
+
+    /// Waits up to `timeout` for at most `n` to be open; returns how many are.
+    #[cfg(test)]
+    pub(crate) fn wait_for_at_most(&self, n: usize, timeout: Duration) -> usize {
+        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let (open, _) =
+            self.changed.wait_timeout_while(open, timeout, |open| *open > n).unwrap_or_else(PoisonError::into_inner);
+        *open
+    }
+}
+
+/// One counted in-process connection (held by its reader thread).
+struct InProcessConnection(Arc<InProcessConnections>);
+
+impl Drop for InProcessConnection {
+    fn drop(&mut self) {
+        *self.0.open.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
+        self.0.changed.notify_all();
+    }
 }
 
 impl std::fmt::Debug for CoordinatorServer {
@@ -204,6 +241,7 @@ impl CoordinatorServer {
             stopping: Arc::new(AtomicBool::new(false)),
             threads: vec![looper],
             options,
+            in_process: Arc::default(),
         })
     }
 
@@ -222,12 +260,22 @@ impl CoordinatorServer {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let PipeEnd { sink, reader } = end;
         let _ = self.events.send(Event::Open(conn, Box::new(sink)));
-        let events = self.events.clone();
-        if let Err(e) = link::spawn_reader(format!("conn-{conn}"), reader, &self.options.limits, deliver(conn, events))
-        {
+        let (counted, mut deliver) = (self.in_process.opened(), deliver(conn, self.events.clone()));
+        // The count falls when the reader's thread ends, dropping the closure.
+        let deliver = move |r, p| {
+            let _counted = &counted;
+            deliver(r, p)
+        };
+        if let Err(e) = link::spawn_reader(format!("conn-{conn}"), reader, &self.options.limits, deliver) {
             tracing::error!(conn, "cannot start a reader thread: {e}");
             let _ = self.events.send(Event::Closed(conn));
         }
+    }
+
+    /// Its in-process connections whose reader still runs.
+    #[cfg(test)]
+    pub(crate) fn in_process_connections(&self) -> &InProcessConnections {
+        &self.in_process
     }
 
     /// Stops serving and waits for the threads.
