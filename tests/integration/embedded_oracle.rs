@@ -11,7 +11,7 @@ use shardflow_engine::{
     StateDeclarations, ValueState,
 };
 
-use crate::common::{shard_count, small_engine, TIMEOUT};
+use crate::common::{oracle_cases, shard_count, small_engine, TIMEOUT};
 
 /// A user's record: strings and a number, encoded with rkyv.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -220,7 +220,7 @@ fn flat_map_running_count_and_co_map(engine: &Engine, rng: &mut SplitMix, max_p:
 fn four_job_shapes_at_random_parallelisms_agree_with_a_naive_evaluation() {
     let engine = small_engine().build().expect("engine starts");
     let max_p = (2 * shard_count()).min(3) as u64;
-    for seed in 0..3 {
+    for seed in 0..oracle_cases(3) {
         let mut rng = SplitMix::new(0xC0FFEE + seed);
         union_filter_map_reduce(&engine, &mut rng, max_p);
         keyed_process_with_map_state(&engine, &mut rng, max_p);

@@ -17,7 +17,7 @@ use shardflow_engine::{
     OperatorError, StateDeclarations, Stream, ValueState,
 };
 
-use crate::common::{shard_count, small_engine, TIMEOUT};
+use crate::common::{oracle_cases, shard_count, small_engine, TIMEOUT};
 
 /// The user record every stream of a random graph carries (rkyv: strings).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -270,7 +270,7 @@ fn build(df: &Dataflow, rng: &mut SplitMix, max_p: u64, log: &mut Vec<String>) -
 fn random_dataflow_graphs_agree_with_a_naive_evaluation() {
     let engine: Engine = small_engine().build().expect("engine starts");
     let max_p = (2 * shard_count()).min(3) as u64;
-    for seed in 0..40 {
+    for seed in 0..oracle_cases(40) {
         let mut rng = SplitMix::new(0x5EED_0000 + seed);
         let df = Dataflow::new(&format!("random-{seed}")).parallelism(rng.range(1, max_p) as u32);
         let mut log = Vec::new();
