@@ -23,8 +23,8 @@ pub(crate) fn join_within<T: Send + 'static>(thread: std::thread::JoinHandle<T>,
 }
 
 /// How many random cases an oracle test runs: `default`, or for a soak run
-/// `SHARDFLOW_ORACLE_SCALE` times as many (e.g. `SHARDFLOW_ORACLE_SCALE=500
-/// cargo test --release -p shardflow-tests oracle random`).
+/// `SHARDFLOW_ORACLE_SCALE` times as many (README: `SHARDFLOW_ORACLE_SCALE=500
+/// cargo test --release -p shardflow-tests -- oracle random_dataflow`).
 pub(crate) fn oracle_cases(default: u64) -> u64 {
     let scale = std::env::var("SHARDFLOW_ORACLE_SCALE").ok().map(|s| {
         s.parse::<u64>().unwrap_or_else(|e| panic!("SHARDFLOW_ORACLE_SCALE={s:?} is not a whole number: {e}"))
