@@ -19,7 +19,7 @@ mod driver;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -87,22 +87,28 @@ pub struct CoordinatorServer {
     threads: Vec<JoinHandle<()>>,
     options: ServerOptions,
     /// The in-process connections whose reader still runs.
-    in_process: Arc<InProcessConnections>,
+    in_process: Arc<ConnectionCount>,
 }
 
-/// Counts a server's in-process connections until their readers end (the
-/// peer dropped its end), and lets a caller wait for the count to fall.
+/// Connections whose reader still runs: counted while their [`Counted`]
+/// guard lives (their reader thread holds it), and waited on.
 #[derive(Debug, Default)]
-pub(crate) struct InProcessConnections {
+pub(crate) struct ConnectionCount {
     open: std::sync::Mutex<usize>,
     changed: std::sync::Condvar,
 }
 
-impl InProcessConnections {
-    /// Counts one more, until the returned guard is dropped.
-    fn opened(self: &Arc<Self>) -> InProcessConnection {
+impl ConnectionCount {
+    /// How many are open.
+    fn now(&self) -> usize {
+        *self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts one more, until the returned guard is dropped; a TCP `peer`'s
+    /// end is logged.
+    fn opened(self: &Arc<Self>, peer: Option<SocketAddr>) -> Counted {
         *self.open.lock().unwrap_or_else(PoisonError::into_inner) += 1;
-        InProcessConnection(self.clone())
+        Counted { count: self.clone(), peer }
     }
 
     /// Waits up to `timeout` for at most `n` to be open; returns how many are.
@@ -115,13 +121,23 @@ impl InProcessConnections {
     }
 }
 
-/// One counted in-process connection (held by its reader thread).
-struct InProcessConnection(Arc<InProcessConnections>);
+/// One counted connection.
+struct Counted {
+    count: Arc<ConnectionCount>,
+    peer: Option<SocketAddr>,
+}
 
-impl Drop for InProcessConnection {
+impl Drop for Counted {
     fn drop(&mut self) {
-        *self.0.open.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
-        self.0.changed.notify_all();
+        let open = {
+            let mut open = self.count.open.lock().unwrap_or_else(PoisonError::into_inner);
+            *open -= 1;
+            *open
+        };
+        self.count.changed.notify_all();
+        if let Some(peer) = self.peer {
+            tracing::info!(%peer, "connection from {peer} ended; {open} open");
+        }
     }
 }
 
@@ -260,7 +276,7 @@ impl CoordinatorServer {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let PipeEnd { sink, reader } = end;
         let _ = self.events.send(Event::Open(conn, Box::new(sink)));
-        let (counted, mut deliver) = (self.in_process.opened(), deliver(conn, self.events.clone()));
+        let (counted, mut deliver) = (self.in_process.opened(None), deliver(conn, self.events.clone()));
         // The count falls when the reader's thread ends, dropping the closure.
         let deliver = move |r, p| {
             let _counted = &counted;
@@ -274,7 +290,7 @@ impl CoordinatorServer {
 
     /// Its in-process connections whose reader still runs.
     #[cfg(test)]
-    pub(crate) fn in_process_connections(&self) -> &InProcessConnections {
+    pub(crate) fn in_process_connections(&self) -> &ConnectionCount {
         &self.in_process
     }
 
@@ -325,21 +341,8 @@ struct Acceptor {
     next_conn: Arc<AtomicU64>,
     stopping: Arc<AtomicBool>,
     /// TCP connections whose reader still runs.
-    open: Arc<AtomicUsize>,
+    open: Arc<ConnectionCount>,
     options: ServerOptions,
-}
-
-/// Counts one open connection until dropped (by its reader thread, when it ends).
-struct OpenConnection {
-    open: Arc<AtomicUsize>,
-    peer: SocketAddr,
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        let open = self.open.fetch_sub(1, Ordering::AcqRel) - 1;
-        tracing::info!(peer = %self.peer, "connection from {} ended; {open} open", self.peer);
-    }
 }
 
 impl Acceptor {
@@ -413,7 +416,7 @@ impl Acceptor {
     fn serve(&self, stream: TcpStream, peer: SocketAddr) {
         // Only this thread adds to the count, so it cannot pass the cap between
         // the check and the add.
-        if self.open.load(Ordering::Acquire) >= self.options.max_connections {
+        if self.open.now() >= self.options.max_connections {
             let why = format!(
                 "too many connections: the coordinator serves at most {} (max_connections); try again later",
                 self.options.max_connections
@@ -421,9 +424,8 @@ impl Acceptor {
             tracing::warn!(%peer, "refusing a connection: {why}");
             return refuse(stream, why);
         }
-        self.open.fetch_add(1, Ordering::AcqRel);
         // Counted until the socket's descriptor is closed.
-        let counted = Box::new(OpenConnection { open: self.open.clone(), peer });
+        let counted = Box::new(self.open.opened(Some(peer)));
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (options, events) = (self.options.clone(), self.events.clone());
         // The connection's own thread sets it up (TLS, the secret's proof), so a
