@@ -167,6 +167,7 @@ impl Engine {
             names,
             engine: self.inner.clone(),
             taken: AtomicBool::new(false),
+            ingresses: job.plan.ingresses.clone(),
         })
     }
 

@@ -3,9 +3,9 @@
 //! (the job then fails with the numbers). Nothing hangs, nothing is left held.
 
 use shardflow_engine::protocol::ErrorCode;
-use shardflow_engine::{Cores, Dataflow, DataflowError, Engine, EngineError, OperatorError};
+use shardflow_engine::{Cores, Dataflow, DataflowError, Engine, EngineError, OperatorError, PushError};
 
-use crate::common::{small_engine, TIMEOUT};
+use crate::common::{join_within, small_engine, TIMEOUT};
 
 fn failure(r: Result<shardflow_engine::JobResult, EngineError>) -> String {
     match r {
@@ -121,6 +121,31 @@ fn an_egress_of_a_job_refused_at_deployment_ends_and_says_why() {
     assert!(why.contains("was cancelled") || why.contains("failed"), "{why}");
     let cause = failure(job.wait_timeout(TIMEOUT));
     assert!(cause.contains("network buffers budget exceeded"), "{cause}");
+}
+
+#[test]
+fn a_push_waiting_on_a_job_refused_at_deployment_learns_it_is_gone() {
+    // As above: the job's tasks are refused, so no ingress source ever runs;
+    // a pusher waiting for room must not wait for the handle's drop.
+    let engine = small_engine().network_memory_bytes(16 * 4096).build().expect("engine starts");
+    let df = Dataflow::new("greedy-ingress").parallelism(4);
+    let (requests, mut ingress) = df.ingress::<u64>("requests", 1);
+    requests.key_by(|r: &u64| *r).as_stream().count();
+    let job = engine.submit(df.build().unwrap()).expect("the graph is valid");
+    let pusher = std::thread::spawn(move || {
+        let mut last = Ok(());
+        for r in 0..64 {
+            last = ingress.push_timeout(r, std::time::Duration::from_secs(3600));
+            if last.is_err() {
+                break;
+            }
+        }
+        last
+    });
+    let cause = failure(job.wait_timeout(TIMEOUT));
+    assert!(cause.contains("network buffers budget exceeded"), "{cause}");
+    let end = join_within(pusher, "a push into the failed job returns, not in an hour");
+    assert!(matches!(end, Err(PushError::Closed(_))), "{end:?}");
 }
 
 #[test]

@@ -108,6 +108,8 @@ pub(crate) struct Plan {
     errors: Vec<DataflowError>,
     restore: Option<Arc<JobSnapshot>>,
     snapshot_at_end: bool,
+    /// The job's ingresses, to close when it ends.
+    ingresses: Vec<sources::IngressCloser>,
 }
 
 pub(crate) type PlanRef = Rc<RefCell<Plan>>;
@@ -198,6 +200,7 @@ impl Dataflow {
                 errors: Vec::new(),
                 restore: None,
                 snapshot_at_end: false,
+                ingresses: Vec::new(),
             })),
         }
     }
@@ -303,6 +306,7 @@ impl Dataflow {
         parallelism: u32,
     ) -> (Stream<T>, IngressHandle<T>) {
         let (handle, queues) = sources::ingress::<T>(name, capacity, parallelism);
+        self.plan.borrow_mut().ingresses.push(queues.closer());
         let queues = Arc::new(queues);
         let who = name.to_string();
         let stream = self.source_fallible(name, move |task: &TaskInfo| {
@@ -377,6 +381,7 @@ impl Dataflow {
             vertices: p.vertices.iter().map(|v| v.body.clone()).collect(),
             restore: p.restore.clone(),
             snapshot_at_end: p.snapshot_at_end,
+            ingresses: p.ingresses.clone(),
         };
         Ok(Job::new(graph, Arc::new(plan), hints))
     }

@@ -112,6 +112,8 @@ pub(crate) struct JobPlan {
     /// At the end of input, snapshot the operators' state instead of finishing
     /// them (stop with a snapshot).
     pub(crate) snapshot_at_end: bool,
+    /// Its ingresses: closed when the job ends.
+    pub(crate) ingresses: Vec<sources::IngressCloser>,
 }
 
 impl std::fmt::Debug for JobPlan {

@@ -256,6 +256,24 @@ impl IngressLife {
     }
 }
 
+/// Closes an ingress once its job has ended, whether or not a source of it
+/// ever ran (a job refused at deployment, or whose shard went away before a
+/// deployment reached it, starts none): pushers waiting for room find it gone.
+#[derive(Clone)]
+pub(crate) struct IngressCloser(Arc<IngressLife>);
+
+impl IngressCloser {
+    pub(crate) fn close(&self) {
+        self.0.close();
+    }
+}
+
+impl std::fmt::Debug for IngressCloser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngressCloser").field("closed", &self.0.closed.load(Ordering::Relaxed)).finish()
+    }
+}
+
 /// The queues of an ingress, one per source subtask.
 struct IngressQueues<T> {
     name: String,
@@ -493,6 +511,12 @@ impl<T> Drop for IngressSources<T> {
 }
 
 impl<T> IngressSources<T> {
+    /// What closes the ingress from outside the job (its handle, when the job
+    /// has ended).
+    pub(crate) fn closer(&self) -> IngressCloser {
+        IngressCloser(self.life.clone())
+    }
+
     /// The source of subtask `subtask`.
     pub(crate) fn source(&self, subtask: u32) -> Option<IngressSource<T>> {
         let i = subtask as usize;
