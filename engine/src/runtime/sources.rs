@@ -256,15 +256,20 @@ impl IngressLife {
     }
 }
 
-/// Closes an ingress once its job has ended, whether or not a source of it
-/// ever ran (a job refused at deployment, or whose shard went away before a
-/// deployment reached it, starts none): pushers waiting for room find it gone.
+/// Closes an ingress once its job has ended, also where no source of it ever
+/// ran to close it (a job refused at deployment, or whose shard went away
+/// before a deployment reached it): pushers waiting for room find it gone.
 #[derive(Clone)]
 pub(crate) struct IngressCloser(Arc<IngressLife>);
 
 impl IngressCloser {
+    /// Closes the ingress unless a source of it runs (a job submitted from a
+    /// clone of the same plan reads the same queues): the rule of
+    /// [`IngressSources`]'s drop.
     pub(crate) fn close(&self) {
-        self.0.close();
+        if self.0.live.load(Ordering::Acquire) == 0 {
+            self.0.close();
+        }
     }
 }
 
