@@ -254,6 +254,14 @@ impl IngressLife {
             room.wake_all();
         }
     }
+
+    /// No source starts any more: with none running, nothing reads the queues,
+    /// so [`Self::close`]; a source still running closes them when it ends.
+    fn close_unless_read(&self) {
+        if self.live.load(Ordering::Acquire) == 0 {
+            self.close();
+        }
+    }
 }
 
 /// Closes an ingress once its job has ended, also where no source of it ever
@@ -264,12 +272,9 @@ pub(crate) struct IngressCloser(Arc<IngressLife>);
 
 impl IngressCloser {
     /// Closes the ingress unless a source of it runs (a job submitted from a
-    /// clone of the same plan reads the same queues): the rule of
-    /// [`IngressSources`]'s drop.
+    /// clone of the same plan reads the same queues).
     pub(crate) fn close(&self) {
-        if self.0.live.load(Ordering::Acquire) == 0 {
-            self.0.close();
-        }
+        self.0.close_unless_read();
     }
 }
 
@@ -506,12 +511,8 @@ pub(crate) fn ingress<T>(name: &str, capacity: usize, parallelism: u32) -> (Ingr
 
 impl<T> Drop for IngressSources<T> {
     fn drop(&mut self) {
-        // No source starts any more (the job was dropped, refused or is over):
-        // with none running, nothing reads the queues. A source still running
-        // closes them when it ends.
-        if self.life.live.load(Ordering::Acquire) == 0 {
-            self.life.close();
-        }
+        // The job was dropped, refused or is over.
+        self.life.close_unless_read();
     }
 }
 
