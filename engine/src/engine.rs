@@ -97,7 +97,7 @@ impl Engine {
         let shards = worker.shards().iter().map(|s| ShardInfo { id: s.id, core: s.core }).collect();
         let pools = worker.shards().iter().map(|s| s.pool.clone()).collect();
         let engine = Engine { inner, worker: Some(worker), shards, pools, config };
-        let overview = engine.inner.client()?.wait_for_workers(1, Duration::from_secs(60))?;
+        let overview = engine.inner.with_client(|c| c.wait_for_workers(1, Duration::from_secs(60)))?;
         if overview.workers != 1 {
             return Err(EngineError::Io {
                 what: "starting the embedded engine".into(),
@@ -132,7 +132,7 @@ impl Engine {
         let submitted_at = Instant::now();
         let vertex_names: Vec<String> = graph.vertices.iter().map(|v| v.name.clone()).collect();
         let name = graph.name.clone();
-        let submitted = self.inner.client().and_then(|mut c| {
+        let submitted = self.inner.with_client(|c| {
             let id = c.submit(graph, &strategy.to_string(), "")?;
             Ok((id, c.job(id)?))
         });
@@ -226,12 +226,12 @@ impl Engine {
 
     /// Task slots not allocated to any job.
     pub fn free_slots(&self) -> Result<usize, EngineError> {
-        Ok(self.inner.client()?.overview()?.free_slots as usize)
+        Ok(self.inner.with_client(|c| c.overview())?.free_slots as usize)
     }
 
     /// The status of job `id`.
     pub fn job_status(&self, id: JobId) -> Result<JobStatus, EngineError> {
-        match self.inner.client()?.job(id) {
+        match self.inner.with_client(|c| c.job(id)) {
             Ok(d) => Ok(d.status),
             Err(EngineError::Remote { code: ErrorCode::UnknownJob, .. }) => Err(EngineError::UnknownJob(id)),
             Err(e) => Err(e),
@@ -319,24 +319,46 @@ mod tests {
     use super::*;
     use crate::{Cores, Dataflow};
 
-    #[test]
-    fn submitting_and_waiting_leave_no_connection_behind() {
-        let engine = Engine::builder()
+    fn small_engine() -> Engine {
+        Engine::builder()
             .cores(Cores::Count(1))
             .segment_bytes(4096)
             .network_memory_bytes(4 << 20)
             .prefault(false)
             .build()
-            .expect("engine starts");
+            .expect("engine starts")
+    }
+
+    #[test]
+    fn job_after_job_reuses_one_client_connection_and_leaks_none() {
+        let engine = small_engine();
         let wait = Duration::from_secs(60);
-        // The worker's own connection stays; every client's ends with it.
-        assert_eq!(engine.inner.connections_after(1, wait), 1, "after start-up");
+        // The worker's and the start-up client's (kept idle).
+        assert_eq!(engine.inner.connections_after(2, wait), 2, "after start-up");
+        let offered = engine.inner.connections_offered();
         for i in 0..20u64 {
             let df = Dataflow::new("small").parallelism(1);
             let out = df.from_iter("numbers", vec![i, i + 1]).map(|r: &u64| r * 2).collect();
-            engine.submit(df.build().unwrap()).unwrap().wait_timeout(wait).unwrap();
+            let job = engine.submit(df.build().unwrap()).unwrap();
+            let status = engine.job_status(job.id()).expect("a submitted job's status");
+            assert!(!matches!(status, JobStatus::Failed | JobStatus::Canceled), "{status:?}");
+            job.wait_timeout(wait).unwrap();
             assert_eq!(out.take(), vec![2 * i, 2 * i + 2]);
         }
-        assert_eq!(engine.inner.connections_after(1, wait), 1, "after 20 jobs");
+        assert_eq!(engine.inner.connections_offered(), offered, "20 jobs opened no connection of their own");
+        assert_eq!(engine.inner.connections_after(2, wait), 2, "after 20 jobs");
+    }
+
+    #[test]
+    fn a_client_answered_with_an_error_is_not_reused() {
+        let engine = small_engine();
+        let slots = engine.free_slots().expect("free slots");
+        let offered = engine.inner.connections_offered();
+        // The coordinator closes a connection after an error reply.
+        assert!(matches!(engine.job_status(JobId(u64::MAX)), Err(EngineError::UnknownJob(_))));
+        assert_eq!(engine.free_slots(), Ok(slots), "the next call gets a working client");
+        assert_eq!(engine.inner.connections_offered(), offered + 1, "a fresh one, once");
+        assert_eq!(engine.free_slots(), Ok(slots));
+        assert_eq!(engine.inner.connections_offered(), offered + 1, "then reused");
     }
 }

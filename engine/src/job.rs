@@ -128,9 +128,7 @@ impl JobHandle {
 
     /// Requests cancellation; [`JobHandle::wait`] then returns [`EngineError::JobCanceled`].
     pub fn cancel(&self) {
-        if let Ok(mut c) = self.engine.client() {
-            let _ = c.cancel(self.id);
-        }
+        let _ = self.engine.with_client(|c| c.cancel(self.id));
     }
 
     /// Waits for the job to end (on the thread of a [`crate::HostedShard`],
@@ -154,16 +152,17 @@ impl JobHandle {
         let mut client = self.engine.client()?;
         let id = self.id;
         // On a host's thread, its shard runs while the coordinator is asked.
-        let details = crate::runtime::host::blocking(move || loop {
+        let (details, client) = crate::runtime::host::blocking(move || loop {
             let step = deadline.map_or(WAIT_STEP, |d| d.saturating_duration_since(Instant::now()).min(WAIT_STEP));
             let d = client.wait(id, WaitCondition::Terminal, step).map_err(gone)?;
             if d.status.is_globally_terminal() {
-                break Ok(d);
+                break Ok((d, client));
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break Err(EngineError::Timeout(id));
             }
         })?;
+        self.engine.done_with(client);
         let finished_at = Instant::now();
         // Nothing reads the job's ingresses any more: their pushers learn it,
         // even where no source of the job ever ran to close them.

@@ -1,6 +1,7 @@
 //! What the embedded engine shares with its job handles: the in-process
-//! coordinator, the live registry, the result board. Job handles outlive no
-//! engine state they need: they hold this, not the engine.
+//! coordinator and the clients that talk to it, the live registry, the result
+//! board. Job handles outlive no engine state they need: they hold this, not the
+//! engine.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,9 +15,16 @@ pub(crate) struct EngineInner {
     server: Mutex<Option<CoordinatorServer>>,
     live: Arc<LiveRegistry>,
     pub(crate) board: Arc<JobBoard>,
+    /// In-process clients not in use, kept for the next call: each connection
+    /// costs the coordinator a reader thread, started and ended with it.
+    idle: Mutex<Vec<ClusterClient>>,
     submissions: AtomicU64,
     stopping: AtomicBool,
 }
+
+/// The most idle clients kept; callers beyond them at once open connections of
+/// their own, closed after the call.
+const IDLE_CLIENTS: usize = 4;
 
 impl EngineInner {
     /// The shared state of an engine whose coordinator is `server`.
@@ -25,6 +33,7 @@ impl EngineInner {
             server: Mutex::new(Some(server)),
             live,
             board,
+            idle: Mutex::new(Vec::new()),
             submissions: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
         }
@@ -60,17 +69,55 @@ impl EngineInner {
         server.as_ref().map_or(0, |s| s.in_process_connections().wait_for_at_most(n, timeout))
     }
 
-    /// Marks the engine stopping and stops its coordinator.
+    /// How many connections its coordinator has been offered.
+    #[cfg(test)]
+    pub(crate) fn connections_offered(&self) -> u64 {
+        let server = self.server.lock().unwrap_or_else(PoisonError::into_inner);
+        server.as_ref().map_or(0, |s| s.connections_offered())
+    }
+
+    /// Marks the engine stopping, closes its idle clients and stops its
+    /// coordinator.
     pub(crate) fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
+        drop(std::mem::take(&mut *self.idle.lock().unwrap_or_else(PoisonError::into_inner)));
         let server = self.server.lock().unwrap_or_else(PoisonError::into_inner).take();
         drop(server);
     }
 
-    /// A client on a fresh in-process connection, unless the engine has stopped.
+    /// Runs `call` on an in-process client ([`Self::client`]) and keeps the
+    /// client for the next call if it succeeded ([`Self::done_with`]).
+    pub(crate) fn with_client<R>(
+        &self,
+        call: impl FnOnce(&mut ClusterClient) -> Result<R, EngineError>,
+    ) -> Result<R, EngineError> {
+        let mut client = self.client()?;
+        let result = call(&mut client);
+        if result.is_ok() {
+            self.done_with(client);
+        }
+        result
+    }
+
+    /// An idle in-process client, else one on a fresh connection, unless the
+    /// engine has stopped.
     pub(crate) fn client(&self) -> Result<ClusterClient, EngineError> {
+        if let Some(client) = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop() {
+            return Ok(client);
+        }
         let server = self.server.lock().unwrap_or_else(PoisonError::into_inner);
         server.as_ref().map(pipe_client).ok_or(EngineError::Shutdown)
+    }
+
+    /// Keeps `client`, whose last call succeeded, for the next caller (up to
+    /// [`IDLE_CLIENTS`], and not once the engine stops). After an error reply
+    /// the coordinator closes the connection: such a client is dropped, never
+    /// handed back.
+    pub(crate) fn done_with(&self, client: ClusterClient) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < IDLE_CLIENTS && !self.stopping() {
+            idle.push(client);
+        }
     }
 
     pub(crate) fn stopping(&self) -> bool {

@@ -294,6 +294,12 @@ impl CoordinatorServer {
         &self.in_process
     }
 
+    /// How many connections (TCP or in-process) it has been offered.
+    #[cfg(test)]
+    pub(crate) fn connections_offered(&self) -> u64 {
+        self.next_conn.load(Ordering::Relaxed) - 1
+    }
+
     /// Stops serving and waits for the threads.
     pub fn shutdown(mut self) {
         self.stop();
