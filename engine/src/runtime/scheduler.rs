@@ -24,6 +24,17 @@
 //! onto a queue of the thread's, with no atomic queue and no unpark. Timers
 //! are a binary heap the loop reads before it parks.
 //!
+//! A shard says whether it sleeps, and until when (`ReadyQueue::sleep`): it
+//! publishes that before it parks and looks at its queue once more after, and
+//! a waker looks at it after its push (both behind a full fence, so one of the
+//! two sees the other). A shard that is awake is not unparked: it takes the
+//! queue before it sleeps. Nor is one whose own timer wakes it within
+//! `TIMER_GRACE`: on these VMs a futex wake of a sleeping core takes
+//! 20–30 µs to run the woken thread, costs the waker a system call and the
+//! woken an extra sleep, while a timed wake-up due soon comes anyway. A shard
+//! paced by its timers (P4's sources) then takes the other shards' records on
+//! its own rounds.
+//!
 //! ```text
 //!   block_on(f): f woken? poll f ─► step ─► nothing? park (spin: poll on, 1 s)
 //!   step:        fire due timers ─► poll what is ready now (the thread's own
@@ -32,7 +43,8 @@
 //!   park:        until a wake-up, the earliest timer (or the host's timeout);
 //!                at once if the thread's own queue holds one
 //!   wake:        queued already? done : on the shard's thread? push id onto its
-//!                own queue : push id onto the shared one, unpark the shard's thread
+//!                own queue : push id onto the shared one, unpark the shard's
+//!                thread if it sleeps with no timer due within TIMER_GRACE
 //! ```
 //!
 //! A task is woken at most once until it is polled (`queued`), and cleared just
@@ -44,8 +56,8 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -74,10 +86,61 @@ type LocalFuture = Pin<Box<dyn Future<Output = ()>>>;
 /// The id of the future [`Scheduler::block_on`] polls: no task's.
 const HOST: usize = usize::MAX;
 
-/// What other threads reach: the ready queue and the thread to unpark. `Send + Sync`.
+/// A wake-up from another thread leaves a sleeping shard to its own timer if
+/// that is due within this (see the module's documentation).
+const TIMER_GRACE: Duration = Duration::from_micros(15);
+
+/// What other threads reach: the ready queue, the thread to unpark and whether
+/// it sleeps. `Send + Sync`.
 struct ReadyQueue {
     ids: SegQueue<usize>,
     thread: Thread,
+    /// [`AWAKE`], [`ASLEEP`] (until a wake-up), or the instant its timer wakes
+    /// it (nanoseconds since [`EPOCH`], at least 1).
+    sleep: AtomicU64,
+}
+
+/// [`ReadyQueue::sleep`]: the thread runs (it takes the queue before it parks).
+const AWAKE: u64 = 0;
+/// [`ReadyQueue::sleep`]: the thread parks with no timer.
+const ASLEEP: u64 = u64::MAX;
+
+/// The origin of [`ReadyQueue::sleep`]'s instants.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// `at` in nanoseconds since [`EPOCH`], at least 1 (never [`AWAKE`]).
+fn since_epoch(at: Instant) -> u64 {
+    (at.saturating_duration_since(*EPOCH).as_nanos() as u64).clamp(1, ASLEEP - 1)
+}
+
+impl ReadyQueue {
+    fn new() -> Self {
+        LazyLock::force(&EPOCH);
+        ReadyQueue { ids: SegQueue::new(), thread: std::thread::current(), sleep: AtomicU64::new(AWAKE) }
+    }
+
+    /// Queues `id` from another thread, and unparks the thread unless it is
+    /// awake or its own timer wakes it within [`TIMER_GRACE`].
+    fn push_and_wake(&self, id: usize) {
+        self.ids.push(id);
+        // Pairs with the fence in `Scheduler::park`: the push is seen there,
+        // or its `sleep` here.
+        fence(Ordering::SeqCst);
+        if needs_unpark(self.sleep.load(Ordering::Relaxed), Instant::now) {
+            self.thread.unpark();
+        }
+    }
+}
+
+/// Whether a thread whose [`ReadyQueue::sleep`] is `sleep` must be unparked
+/// for a wake-up now: it sleeps with no timer, or with one due later than
+/// [`TIMER_GRACE`] from now (the clock is read only then).
+fn needs_unpark(sleep: u64, now: impl FnOnce() -> Instant) -> bool {
+    match sleep {
+        AWAKE => false,
+        ASLEEP => true,
+        until => until > since_epoch(now()).saturating_add(TIMER_GRACE.as_nanos() as u64),
+    }
 }
 
 /// One task's waker.
@@ -95,8 +158,7 @@ impl Wake for TaskWaker {
 
     fn wake_by_ref(self: &Arc<Self>) {
         if !self.queued.swap(true, Ordering::AcqRel) && !LocalReady::push(&self.ready, self.id) {
-            self.ready.ids.push(self.id);
-            self.ready.thread.unpark();
+            self.ready.push_and_wake(self.id);
         }
     }
 }
@@ -248,7 +310,7 @@ impl Scheduler {
     /// A scheduler for the calling thread, a host's: its timer slack is the
     /// host's to set.
     pub(crate) fn hosted(idle: IdlePolicy) -> Scheduler {
-        let ready = Arc::new(ReadyQueue { ids: SegQueue::new(), thread: std::thread::current() });
+        let ready = Arc::new(ReadyQueue::new());
         LocalReady::claim(&ready);
         Scheduler {
             idle,
@@ -416,18 +478,29 @@ impl Scheduler {
             return;
         }
         let timer = self.timers.borrow().peek().map(|Reverse(d)| d.at);
-        if timer.is_none() && timeout.is_none() {
-            return std::thread::park();
-        }
-        let now = Instant::now();
-        let until = match (timer, timeout.and_then(|t| now.checked_add(t))) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let (now, until) = match (timer, timeout) {
+            (None, None) => (None, None),
+            (timer, timeout) => {
+                let now = Instant::now();
+                let until = match (timer, timeout.and_then(|t| now.checked_add(t))) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                (Some(now), until)
+            }
         };
-        match until {
-            Some(at) => std::thread::park_timeout(at.saturating_duration_since(now)),
-            None => std::thread::park(),
+        // Says it sleeps, then looks at the queue once more: a waker that
+        // pushed before it saw `AWAKE` (or a timer due soon) and left the
+        // unpark to this look.
+        self.ready.sleep.store(until.map_or(ASLEEP, since_epoch), Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if self.ready.ids.is_empty() {
+            match (now, until) {
+                (Some(now), Some(at)) => std::thread::park_timeout(at.saturating_duration_since(now)),
+                _ => std::thread::park(),
+            }
         }
+        self.ready.sleep.store(AWAKE, Ordering::Relaxed);
     }
 
     /// Drops every task and timer. Tasks hold their scheduler, so a shard that

@@ -84,6 +84,42 @@ fn a_parked_shard_wakes_for_another_threads_wake_up() {
 }
 
 #[test]
+fn a_shard_parked_on_a_far_timer_wakes_for_another_threads_wake_up() {
+    on_own_thread(|| {
+        let signal = Arc::new(Signal::default());
+        let (tx, rx) = mpsc::channel();
+        let remote = signal.clone();
+        let waker_thread = std::thread::spawn(move || {
+            rx.recv_timeout(Duration::from_secs(30)).expect("the shard never waited");
+            remote.set();
+        });
+        let sched = Rc::new(Scheduler::new(IdlePolicy::Park));
+        // A timer an hour off: the shard parks on it, and only the other
+        // thread's unpark can end the test within on_own_thread's minute.
+        sched.spawn(sleep(&sched, Instant::now() + Duration::from_secs(3600)));
+        let s = signal.clone();
+        sched.block_on(async move {
+            let _ = tx.send(());
+            s.wait().await;
+        });
+        waker_thread.join().unwrap();
+    });
+}
+
+#[test]
+fn another_threads_wake_up_unparks_a_shard_unless_it_is_awake_or_its_timer_is_due_soon() {
+    LazyLock::force(&EPOCH);
+    let now = Instant::now();
+    let at = |d: Duration| since_epoch(now + d);
+    assert!(!needs_unpark(AWAKE, || now), "an awake shard takes its queue before it parks");
+    assert!(needs_unpark(ASLEEP, || now), "a shard parked with no timer");
+    assert!(!needs_unpark(at(Duration::ZERO), || now), "a timer due now");
+    assert!(!needs_unpark(at(TIMER_GRACE / 2), || now), "a timer due within the grace");
+    assert!(needs_unpark(at(TIMER_GRACE * 2), || now), "a timer due after the grace");
+    assert!(needs_unpark(at(Duration::from_secs(1)), || now), "a timer a second off");
+}
+
+#[test]
 fn a_wake_up_during_the_tasks_own_poll_is_kept() {
     on_own_thread(|| {
         // The task registers, finds nothing, and only then (still inside its
