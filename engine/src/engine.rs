@@ -24,7 +24,7 @@ use crate::params::Params;
 use crate::registry::catalog::RegistryCatalog;
 use crate::registry::{stamp, JobCatalog, LiveRegistry};
 use crate::shard::HostedShard;
-use crate::shared::{EngineInner, SubmissionNames};
+use crate::shared::{EngineInner, JobEnds, SubmissionNames};
 
 /// A shard as the engine reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,8 +88,12 @@ impl Engine {
             default_restart: RestartStrategy::None,
             ..CoordinatorConfig::default()
         };
-        let server = CoordinatorServer::start_live(coordinator, live.clone(), ServerOptions::default())?;
-        let inner = Arc::new(EngineInner::new(server, live.clone(), Arc::new(JobBoard::embedded())));
+        let job_ends = Arc::new(JobEnds::default());
+        let ends = job_ends.clone();
+        let on_job_end = Box::new(move |id| ends.ended(id));
+        let server =
+            CoordinatorServer::start_live(coordinator, live.clone(), ServerOptions::default(), Some(on_job_end))?;
+        let inner = Arc::new(EngineInner::new(server, live.clone(), Arc::new(JobBoard::embedded()), job_ends));
         let weak = Arc::downgrade(&inner);
         let connector = crate::cluster::in_process_connector(move || weak.upgrade()?.pipe());
         let options = WorkerOptions { resource_id: Some("embedded".into()), ..WorkerOptions::default() };
@@ -134,6 +138,7 @@ impl Engine {
         let name = graph.name.clone();
         let submitted = self.inner.with_client(|c| {
             let id = c.submit(graph, &strategy.to_string(), "")?;
+            self.inner.job_ends.watch(id, job.plan.ingresses.clone());
             Ok((id, c.job(id)?))
         });
         let (id, details) = match submitted {
@@ -167,7 +172,6 @@ impl Engine {
             names,
             engine: self.inner.clone(),
             taken: AtomicBool::new(false),
-            ingresses: job.plan.ingresses.clone(),
         })
     }
 

@@ -103,8 +103,6 @@ pub struct JobHandle {
     pub(crate) engine: Arc<EngineInner>,
     /// Whether its outcome has been handed out.
     pub(crate) taken: std::sync::atomic::AtomicBool,
-    /// The job's ingresses, closed once it has ended.
-    pub(crate) ingresses: Vec<crate::runtime::sources::IngressCloser>,
 }
 
 /// The longest single wait asked of the coordinator; longer waits ask again.
@@ -164,9 +162,6 @@ impl JobHandle {
         })?;
         self.engine.done_with(client);
         let finished_at = Instant::now();
-        // Nothing reads the job's ingresses any more: their pushers learn it,
-        // even where no source of the job ever ran to close them.
-        self.ingresses.iter().for_each(crate::runtime::sources::IngressCloser::close);
         let outputs = self.engine.board.take(self.id);
         self.taken.store(true, Ordering::Release);
         if details.status != JobStatus::Finished && self.engine.stopping() {

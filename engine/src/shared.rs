@@ -3,18 +3,24 @@
 //! board. Job handles outlive no engine state they need: they hold this, not the
 //! engine.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use shardflow_control::JobId;
 
 use crate::cluster::{pipe_client, ClusterClient, CoordinatorServer, JobBoard};
 use crate::error::EngineError;
 use crate::registry::LiveRegistry;
+use crate::runtime::sources::IngressCloser;
 
 /// What the engine shares with its job handles.
 pub(crate) struct EngineInner {
     server: Mutex<Option<CoordinatorServer>>,
     live: Arc<LiveRegistry>,
     pub(crate) board: Arc<JobBoard>,
+    /// The ingresses of its jobs, closed when the coordinator says a job ended.
+    pub(crate) job_ends: Arc<JobEnds>,
     /// In-process clients not in use, kept for the next call: each connection
     /// costs the coordinator a reader thread, started and ended with it.
     idle: Mutex<Vec<ClusterClient>>,
@@ -28,11 +34,17 @@ const IDLE_CLIENTS: usize = 4;
 
 impl EngineInner {
     /// The shared state of an engine whose coordinator is `server`.
-    pub(crate) fn new(server: CoordinatorServer, live: Arc<LiveRegistry>, board: Arc<JobBoard>) -> Self {
+    pub(crate) fn new(
+        server: CoordinatorServer,
+        live: Arc<LiveRegistry>,
+        board: Arc<JobBoard>,
+        job_ends: Arc<JobEnds>,
+    ) -> Self {
         EngineInner {
             server: Mutex::new(Some(server)),
             live,
             board,
+            job_ends,
             idle: Mutex::new(Vec::new()),
             submissions: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
@@ -142,4 +154,76 @@ impl std::fmt::Debug for EngineInner {
 #[derive(Debug, Default)]
 pub(crate) struct SubmissionNames {
     pub(crate) jobs: Vec<String>,
+}
+
+/// The ingresses of an engine's jobs, each job's closed (unless a source of it
+/// still reads, which closes it as it ends) when its coordinator says the job
+/// ended: a pusher waiting for room learns it even where no source of the job
+/// ever ran (a job refused at deployment) and nobody waits on its handle.
+#[derive(Debug, Default)]
+pub(crate) struct JobEnds {
+    jobs: Mutex<Ends>,
+}
+
+#[derive(Debug, Default)]
+struct Ends {
+    /// Running jobs' ingresses.
+    watched: HashMap<JobId, Vec<IngressCloser>>,
+    /// Jobs that ended before they were watched (between the coordinator's
+    /// acceptance and [`JobEnds::watch`]).
+    ended: HashSet<JobId>,
+}
+
+impl JobEnds {
+    /// Closes `ingresses` when job `id` ends (at once if it has).
+    pub(crate) fn watch(&self, id: JobId, ingresses: Vec<IngressCloser>) {
+        let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        if jobs.ended.remove(&id) {
+            drop(jobs);
+            ingresses.iter().for_each(IngressCloser::close);
+        } else {
+            jobs.watched.insert(id, ingresses);
+        }
+    }
+
+    /// Job `id` ended (the coordinator's thread calls this).
+    pub(crate) fn ended(&self, id: JobId) {
+        let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        match jobs.watched.remove(&id) {
+            Some(ingresses) => {
+                drop(jobs);
+                ingresses.iter().for_each(IngressCloser::close);
+            }
+            None => {
+                jobs.ended.insert(id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::sources::ingress;
+    use crate::PushError;
+
+    #[test]
+    fn a_jobs_end_closes_its_ingresses_whether_it_comes_before_or_after_the_watch() {
+        let ends = JobEnds::default();
+        let (mut early, early_sources) = ingress::<u64>("early", 4, 1);
+        let (mut late, late_sources) = ingress::<u64>("late", 4, 1);
+        // Ends before it is watched (between acceptance and the watch).
+        ends.ended(JobId(1));
+        ends.watch(JobId(1), vec![early_sources.closer()]);
+        assert!(matches!(early.try_push(1), Err(PushError::Closed(1))));
+        // Watched, then another job ends: still open.
+        ends.watch(JobId(2), vec![late_sources.closer()]);
+        ends.ended(JobId(3));
+        assert!(late.try_push(2).is_ok());
+        ends.ended(JobId(2));
+        assert!(matches!(late.try_push(3), Err(PushError::Closed(3))));
+        let jobs = ends.jobs.lock().unwrap();
+        assert!(jobs.watched.is_empty());
+        assert_eq!(jobs.ended, HashSet::from([JobId(3)]), "only the unwatched end is kept");
+    }
 }

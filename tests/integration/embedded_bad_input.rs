@@ -126,7 +126,8 @@ fn an_egress_of_a_job_refused_at_deployment_ends_and_says_why() {
 #[test]
 fn a_push_waiting_on_a_job_refused_at_deployment_learns_it_is_gone() {
     // As above: the job's tasks are refused, so no ingress source ever runs;
-    // a pusher waiting for room must not wait for the handle's drop.
+    // a pusher waiting for room must learn it from the job's end, not from a
+    // wait on the handle or its drop (a service may push before it waits).
     let engine = small_engine().network_memory_bytes(16 * 4096).build().expect("engine starts");
     let df = Dataflow::new("greedy-ingress").parallelism(4);
     let (requests, mut ingress) = df.ingress::<u64>("requests", 1);
@@ -142,10 +143,11 @@ fn a_push_waiting_on_a_job_refused_at_deployment_learns_it_is_gone() {
         }
         last
     });
-    let cause = failure(job.wait_timeout(TIMEOUT));
-    assert!(cause.contains("network buffers budget exceeded"), "{cause}");
+    // Nobody waits on the job before the pusher is back.
     let end = join_within(pusher, "a push into the failed job returns, not in an hour");
     assert!(matches!(end, Err(PushError::Closed(_))), "{end:?}");
+    let cause = failure(job.wait_timeout(TIMEOUT));
+    assert!(cause.contains("network buffers budget exceeded"), "{cause}");
 }
 
 #[test]

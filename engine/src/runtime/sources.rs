@@ -517,7 +517,7 @@ impl<T> Drop for IngressSources<T> {
 }
 
 impl<T> IngressSources<T> {
-    /// What closes the ingress from outside the job (its handle, when the job
+    /// What closes the ingress from outside the job (the engine, when the job
     /// has ended).
     pub(crate) fn closer(&self) -> IngressCloser {
         IngressCloser(self.life.clone())

@@ -188,6 +188,7 @@ impl Coordinator {
     /// Job `id` has ended: it is kept for status queries until
     /// `retained_jobs` others have ended after it.
     pub(super) fn job_ended(&mut self, id: JobId) {
+        self.out.push(Output::JobEnded(id));
         self.ended.push_back(id);
         while self.ended.len() > self.config.retained_jobs.max(1) {
             if let Some(old) = self.ended.pop_front() {

@@ -77,6 +77,12 @@ pub enum Output {
     /// Remove a job's record from the job store (the job ended long ago and is
     /// forgotten: `retained_jobs`).
     RemoveJob(JobId),
+    /// A job reached a terminal status (finished, failed or cancelled; or,
+    /// recovered from the job store, had reached one), after its tasks all
+    /// ended. It changes nothing in the cluster: for a driver that tells
+    /// someone in its process (the embedded engine closes the job's ingresses).
+    /// Comes before the answers to those waiting for the job's end.
+    JobEnded(JobId),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -200,10 +200,18 @@ fn a_forward_job_is_deployed_across_workers_runs_and_frees_its_slots() {
         }
         other => panic!("{other:?}"),
     }
+    // a waiter for the end hears of it after the driver (JobEnded), only at the last update
+    let terminal = WaitJob { job: id, until: WaitCondition::Terminal, timeout_ms: 5000 };
+    assert!(h.c.on_message(at(t0, 5), 12, Message::WaitJob(terminal)).is_empty());
     let mut last = vec![];
     for (c, d) in &subs {
+        assert!(!last.iter().any(|o| matches!(o, Output::JobEnded(_))), "ended before its last task: {last:?}");
         last = update(&mut h, *c, d, ExecutionState::Finished, at(t0, 6));
     }
+    let ended = last.iter().position(|o| *o == Output::JobEnded(id)).expect("the job's end is an output");
+    let answered = last.iter().position(|o| matches!(o, Output::Send(12, Message::JobDetails(_))));
+    assert!(answered.is_some_and(|a| a > ended), "{last:?}");
+    assert_eq!(last.iter().filter(|o| matches!(o, Output::JobEnded(_))).count(), 1);
     let frees = last.iter().filter(|o| matches!(o, Output::Send(_, Message::FreeSlot(_)))).count();
     assert_eq!(frees, 2);
     let d = details(&mut h, id, at(t0, 7));

@@ -80,7 +80,14 @@ pub(super) struct Driver {
     sinks: HashMap<ConnId, Box<dyn FrameSink>>,
     state: State,
     ha: Option<Ha>,
+    /// Told of each job's end, on this loop's thread.
+    on_job_end: Option<OnJobEnd>,
 }
+
+/// What a driver tells of each job's end ([`Output::JobEnded`]): called on the
+/// coordinator's thread, before the answers to those waiting for the end; it
+/// must not block.
+pub(crate) type OnJobEnd = Box<dyn Fn(shardflow_control::JobId) + Send>;
 
 /// Whether an output only informs: it may leave while the leadership is
 /// unconfirmed.
@@ -97,7 +104,7 @@ fn informs(o: &Output) -> bool {
                 | Message::RequestShardDump(_)
                 | Message::ErrorReply(_)
         ),
-        Output::Close(_) => true,
+        Output::Close(_) | Output::JobEnded(_) => true,
         Output::StoreJob { .. } | Output::RemoveJob(_) => false,
     }
 }
@@ -105,7 +112,7 @@ fn informs(o: &Output) -> bool {
 fn conn_of(o: &Output) -> Option<ConnId> {
     match o {
         Output::Send(c, _) | Output::Close(c) => Some(*c),
-        Output::StoreJob { .. } | Output::RemoveJob(_) => None,
+        Output::StoreJob { .. } | Output::RemoveJob(_) | Output::JobEnded(_) => None,
     }
 }
 
@@ -120,12 +127,18 @@ impl Driver {
             held_conns: HashSet::new(),
             lapse_logged: false,
         };
-        Driver { rx, sinks: HashMap::new(), state: State::Leading(Box::new(leader)), ha: None }
+        Driver { rx, sinks: HashMap::new(), state: State::Leading(Box::new(leader)), ha: None, on_job_end: None }
     }
 
     /// A highly available loop, a standby until its election is won.
     pub(super) fn highly_available(rx: Receiver<Event>, ha: Ha) -> Self {
-        Driver { rx, sinks: HashMap::new(), state: State::Standby(None), ha: Some(ha) }
+        Driver { rx, sinks: HashMap::new(), state: State::Standby(None), ha: Some(ha), on_job_end: None }
+    }
+
+    /// Tells `f` of each job's end from now on.
+    pub(super) fn on_job_end(mut self, f: Option<OnJobEnd>) -> Self {
+        self.on_job_end = f;
+        self
     }
 
     /// Runs until shut down; then resigns the leadership and closes every
@@ -354,6 +367,11 @@ impl Driver {
                     Output::RemoveJob(job) => {
                         if let Some(ha) = &self.ha {
                             ha.election.store(l.epoch, StoreOp::Remove(job));
+                        }
+                    }
+                    Output::JobEnded(job) => {
+                        if let Some(f) = &self.on_job_end {
+                            f(job);
                         }
                     }
                 }

@@ -28,6 +28,7 @@ use crossbeam_channel::Sender;
 use shardflow_control::protocol::{self, ErrorCode, ErrorReply, FrameError, Message};
 use shardflow_control::{ConnId, Coordinator, CoordinatorConfig, ResourceManagerId};
 
+pub(crate) use driver::OnJobEnd;
 use driver::{Driver, Ha};
 
 use super::ha::{self as ha_services, HaConfig, LeadershipEvent};
@@ -180,7 +181,7 @@ impl CoordinatorServer {
             (None, Some(a)) => a.to_string(),
             (None, None) => bind.to_string(),
         };
-        let mut server = Self::launch(config, Arc::new(LiveRegistry::new(registry)), options, advertised)?;
+        let mut server = Self::launch(config, Arc::new(LiveRegistry::new(registry)), options, advertised, None)?;
         server.addr = addr;
         let acceptor = Acceptor {
             listener,
@@ -204,16 +205,18 @@ impl CoordinatorServer {
         registry: JobCatalog,
         options: ServerOptions,
     ) -> Result<Self, EngineError> {
-        Self::start_live(config, Arc::new(LiveRegistry::new(registry)), options)
+        Self::start_live(config, Arc::new(LiveRegistry::new(registry)), options, None)
     }
 
-    /// Starts serving in-process connections only, checking jobs against `live`.
+    /// Starts serving in-process connections only, checking jobs against
+    /// `live`, telling `on_job_end` of each job's end.
     pub(crate) fn start_live(
         config: CoordinatorConfig,
         live: Arc<LiveRegistry>,
         options: ServerOptions,
+        on_job_end: Option<OnJobEnd>,
     ) -> Result<Self, EngineError> {
-        Self::launch(config, live, options, "in-process".into())
+        Self::launch(config, live, options, "in-process".into(), on_job_end)
     }
 
     /// Starts the event loop: standalone, or a standby campaigning as `advertised`.
@@ -222,6 +225,7 @@ impl CoordinatorServer {
         live: Arc<LiveRegistry>,
         options: ServerOptions,
         advertised: String,
+        on_job_end: Option<OnJobEnd>,
     ) -> Result<Self, EngineError> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let driver = match &options.ha {
@@ -245,7 +249,8 @@ impl CoordinatorServer {
                 });
                 Driver::highly_available(rx, Ha { election, make, _services: services })
             }
-        };
+        }
+        .on_job_end(on_job_end);
         let looper = std::thread::Builder::new()
             .name("coordinator".into())
             .spawn(move || driver.run())
