@@ -41,7 +41,8 @@
 //!                wake-ups, then other threads', each in wake order; what those
 //!                polls wake waits for the next round)
 //!   park:        until a wake-up, the earliest timer (or the host's timeout);
-//!                at once if the thread's own queue holds one
+//!                at once if the thread's own queue holds one; a wait shorter
+//!                than SPIN_BELOW spins on the clock and the queue instead
 //!   wake:        queued already? done : on the shard's thread? push id onto its
 //!                own queue : push id onto the shared one, unpark the shard's
 //!                thread if it sleeps with no timer due within TIMER_GRACE
@@ -77,6 +78,15 @@ const SPIN_BEFORE_PARK: Duration = Duration::from_secs(1);
 /// p50 ≈ 9.5 µs on ~1.42 cores; 1 µs bought 0.2 µs of median for 0.1 core, 2 µs
 /// saved 0.07 core and put the median at 10 µs (`docs/benchmarks.md`).
 const TIMER_SLACK: Duration = Duration::from_nanos(1_500);
+
+/// A timed wait shorter than this spins (on the clock and the ready queue)
+/// instead of parking: on these VMs arming a kernel timer costs the sleeper
+/// 5–20 µs of CPU (the VM exit that programs the timer) and wakes it that late
+/// or later, so a shorter park buys nothing and costs more than the spin. P4
+/// in a slow-timer phase: 3 µs took p50 from 26.3 to 23.8 µs and CPU by 11%,
+/// 6 µs to 22.3 µs and by 16%; 10 µs (P4's own pace per shard) spun for ever,
+/// at two full cores (`docs/benchmarks.md`, 2026-12-06).
+const SPIN_BELOW: Duration = Duration::from_micros(5);
 
 /// Steps a task takes between two looks at the clock.
 const STEPS_PER_CLOCK_READ: u32 = 32;
@@ -471,7 +481,8 @@ impl Scheduler {
     }
 
     /// Parks the thread until a wake-up, the earliest timer or `timeout`,
-    /// whichever comes first (at once if a wake-up came since the last round).
+    /// whichever comes first (at once if a wake-up came since the last round;
+    /// spinning instead if that is less than [`SPIN_BELOW`] away).
     pub(crate) fn park(&self, timeout: Option<Duration>) {
         // Its own wake-ups leave no unpark token behind.
         if LocalReady::len(&self.ready) > 0 {
@@ -489,6 +500,15 @@ impl Scheduler {
                 (Some(now), until)
             }
         };
+        if let (Some(now), Some(at)) = (now, until) {
+            if at.saturating_duration_since(now) < SPIN_BELOW {
+                // Awake all along: another thread's wake-up lands in the queue.
+                while self.ready.ids.is_empty() && Instant::now() < at {
+                    std::hint::spin_loop();
+                }
+                return;
+            }
+        }
         // Says it sleeps, then looks at the queue once more: a waker that
         // pushed before it saw `AWAKE` (or a timer due soon) and left the
         // unpark to this look.

@@ -233,6 +233,40 @@ fn timers_fire_in_order_and_not_early() {
 }
 
 #[test]
+fn timers_closer_than_the_spin_threshold_fire_in_order_too() {
+    on_own_thread(|| {
+        let sched = Rc::new(Scheduler::new(IdlePolicy::Park));
+        let order = Rc::new(RefCell::new(Vec::new()));
+        // Far enough off to be armed before any is due, then all within
+        // SPIN_BELOW of each other: the shard spins between them (those due
+        // by the same round fire in deadline order too).
+        let start = Instant::now() + Duration::from_millis(20);
+        let step = SPIN_BELOW / 4;
+        let host: Rc<RefCell<Option<Waker>>> = Rc::default();
+        for (k, n) in [(0, 3u32), (1, 1), (2, 2)] {
+            let (order, host, sleep) = (order.clone(), host.clone(), sleep(&sched, start + step * n));
+            sched.spawn(async move {
+                sleep.await;
+                order.borrow_mut().push(k);
+                if let Some(w) = host.borrow_mut().take() {
+                    w.wake();
+                }
+            });
+        }
+        let fired = order.clone();
+        sched.block_on(poll_fn(move |cx| {
+            *host.borrow_mut() = Some(cx.waker().clone());
+            if fired.borrow().len() == 3 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }));
+        assert_eq!(*order.borrow(), vec![1, 2, 0]);
+    });
+}
+
+#[test]
 fn a_task_that_never_waits_yields_to_the_others() {
     on_own_thread(|| {
         let sched = Rc::new(Scheduler::new(IdlePolicy::Park));
