@@ -489,35 +489,38 @@ impl Scheduler {
             return;
         }
         let timer = self.timers.borrow().peek().map(|Reverse(d)| d.at);
-        let (now, until) = match (timer, timeout) {
-            (None, None) => (None, None),
-            (timer, timeout) => {
-                let now = Instant::now();
-                let until = match (timer, timeout.and_then(|t| now.checked_add(t))) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                (Some(now), until)
-            }
+        let wait = if timer.is_none() && timeout.is_none() {
+            None
+        } else {
+            let now = Instant::now();
+            let at = timer.into_iter().chain(timeout.and_then(|t| now.checked_add(t))).min();
+            at.map(|at| (at, at.saturating_duration_since(now)))
         };
-        if let (Some(now), Some(at)) = (now, until) {
-            if at.saturating_duration_since(now) < SPIN_BELOW {
-                // Awake all along: another thread's wake-up lands in the queue.
-                while self.ready.ids.is_empty() && Instant::now() < at {
-                    std::hint::spin_loop();
-                }
-                return;
-            }
+        match wait {
+            Some((at, left)) if left < SPIN_BELOW => self.spin_until(at),
+            _ => self.sleep(wait),
         }
-        // Says it sleeps, then looks at the queue once more: a waker that
-        // pushed before it saw `AWAKE` (or a timer due soon) and left the
-        // unpark to this look.
-        self.ready.sleep.store(until.map_or(ASLEEP, since_epoch), Ordering::Relaxed);
+    }
+
+    /// Spins until `at` or another thread's wake-up (the thread is awake all
+    /// along: the wake-up lands in the queue, with no unpark).
+    fn spin_until(&self, at: Instant) {
+        while self.ready.ids.is_empty() && Instant::now() < at {
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Parks until a wake-up or, with `wait` (the instant and the time until
+    /// it), its instant. Says it sleeps and until when, then looks at the
+    /// queue once more: a waker that pushed before it saw `AWAKE` (or a timer
+    /// due soon) and left the unpark to this look.
+    fn sleep(&self, wait: Option<(Instant, Duration)>) {
+        self.ready.sleep.store(wait.map_or(ASLEEP, |(at, _)| since_epoch(at)), Ordering::Relaxed);
         fence(Ordering::SeqCst);
         if self.ready.ids.is_empty() {
-            match (now, until) {
-                (Some(now), Some(at)) => std::thread::park_timeout(at.saturating_duration_since(now)),
-                _ => std::thread::park(),
+            match wait {
+                Some((_, left)) => std::thread::park_timeout(left),
+                None => std::thread::park(),
             }
         }
         self.ready.sleep.store(AWAKE, Ordering::Relaxed);
