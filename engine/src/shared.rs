@@ -70,7 +70,7 @@ impl EngineInner {
     /// the engine's own worker).
     pub(crate) fn pipe(&self) -> Option<crate::cluster::PipeEnd> {
         let server = self.server.lock().unwrap_or_else(PoisonError::into_inner);
-        server.as_ref().map(crate::cluster::pipe_to)
+        server.as_ref().map(CoordinatorServer::connect_in_process)
     }
 
     /// How many in-process connections its coordinator serves, once at most

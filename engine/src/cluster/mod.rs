@@ -23,23 +23,16 @@ pub(crate) use worker::{JobBoard, Outputs};
 pub use worker::{Worker, WorkerOptions};
 
 pub(crate) use link::PipeEnd;
-use link::{open_tcp, pipe, read_frame, send_message, FrameSink, HandshakeError, PipeReader, Received, TcpReader};
+use link::{open_tcp, read_frame, send_message, FrameSink, HandshakeError, PipeReader, Received, TcpReader};
 use worker::Connector;
 
 use crate::config::EngineBuilder;
 use crate::error::EngineError;
 use crate::registry::{JobCatalog, LiveRegistry};
 
-/// Opens an in-process connection to `server`; returns this side's end.
-pub(crate) fn pipe_to(server: &CoordinatorServer) -> PipeEnd {
-    let (mine, theirs) = pipe(server.limits());
-    server.connect_in_process(theirs);
-    mine
-}
-
 /// A client on a fresh in-process connection to `server`.
 pub(crate) fn pipe_client(server: &CoordinatorServer) -> ClusterClient {
-    let PipeEnd { sink, reader } = pipe_to(server);
+    let PipeEnd { sink, reader } = server.connect_in_process();
     ClusterClient {
         sink: Box::new(sink),
         reader: ClientReader::Pipe(reader),
@@ -285,7 +278,7 @@ impl MiniCluster {
         let mut started = Vec::new();
         for (i, engine) in workers.into_iter().enumerate() {
             let weak = Arc::downgrade(&server);
-            let connector = in_process_connector(move || Some(pipe_to(&*weak.upgrade()?)));
+            let connector = in_process_connector(move || Some(weak.upgrade()?.connect_in_process()));
             let options = WorkerOptions { resource_id: Some(format!("mini-worker-{i}")), ..WorkerOptions::default() };
             let (config, registry) = engine.jobs(jobs).into_parts()?;
             let live = Arc::new(LiveRegistry::new(registry));

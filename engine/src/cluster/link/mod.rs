@@ -1,7 +1,8 @@
 //! Moving frames: over TCP (a reader and a writer thread per connection) or
-//! in-process (channels of encoded frames). Both carry the same bytes, decoded
-//! by the same [`shardflow_control::protocol`] code, so an in-process cluster
-//! runs the code path of a distributed one.
+//! in-process (encoded frames handed to the coordinator's loop on the sending
+//! thread, and a queue of them back). Both carry the same bytes, decoded by the
+//! same [`shardflow_control::protocol`] code, so an in-process cluster runs the
+//! code path of a distributed one.
 //!
 //! No peer can stall the process it talks to:
 //!
@@ -37,7 +38,7 @@ use rkyv::util::AlignedVec;
 use shardflow_control::protocol::{self, FrameError, FrameHeader, Message, DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES};
 
 pub(crate) use handshake::{accept, connect, HandshakeError};
-pub(crate) use pipe::{pipe, PipeEnd, PipeReader};
+pub(crate) use pipe::{direct_pipe, PipeEnd, PipeReader};
 pub use security::{ClusterSecret, Security, TlsConfig, MIN_SECRET_BYTES};
 pub(crate) use tcp::{open_tcp, TcpReader};
 
@@ -147,13 +148,30 @@ fn failed_read(e: &io::Error) -> Option<Received> {
 }
 
 /// A frame read from a peer and not yet handled. The reader that read it counts
-/// it against [`ConnectionLimits::max_unhandled_frames`] until it is dropped.
+/// it against [`ConnectionLimits::max_unhandled_frames`] (an in-process peer's
+/// sink, its bytes against [`ConnectionLimits::max_queued_bytes`]) until it is
+/// dropped.
 #[derive(Debug)]
-pub(crate) struct Permit(Receiver<()>);
+pub(crate) struct Permit(Held);
+
+#[derive(Debug)]
+enum Held {
+    /// One of a reader's frame slots.
+    Slot(Receiver<()>),
+    /// `.1` bytes of an in-process sink's unhandled ones.
+    Bytes(std::sync::Arc<std::sync::atomic::AtomicUsize>, usize),
+}
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let _ = self.0.try_recv();
+        match &self.0 {
+            Held::Slot(slots) => {
+                let _ = slots.try_recv();
+            }
+            Held::Bytes(unhandled, n) => {
+                unhandled.fetch_sub(*n, std::sync::atomic::Ordering::AcqRel);
+            }
+        }
     }
 }
 
@@ -186,7 +204,7 @@ pub(crate) fn read_frames(
         }
         let received = read_frame(&mut r, limits.max_frame_bytes);
         let last = !matches!(received, Received::Message(_));
-        if !deliver(received, Permit(permits.clone())) || last {
+        if !deliver(received, Permit(Held::Slot(permits.clone()))) || last {
             break;
         }
     }

@@ -87,7 +87,7 @@ pub struct CoordinatorServer {
     stopping: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     options: ServerOptions,
-    /// The in-process connections whose reader still runs.
+    /// The in-process connections whose peer's end is open.
     in_process: Arc<ConnectionCount>,
 }
 
@@ -276,24 +276,21 @@ impl CoordinatorServer {
         &self.options.limits
     }
 
-    /// Connects an in-process peer (a worker or client of this process).
-    pub(crate) fn connect_in_process(&self, end: PipeEnd) {
+    /// A new in-process connection (for a worker or client of this process):
+    /// the peer's end. Its frames reach the loop on the peer's own thread.
+    pub(crate) fn connect_in_process(&self) -> PipeEnd {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let PipeEnd { sink, reader } = end;
-        let _ = self.events.send(Event::Open(conn, Box::new(sink)));
         let (counted, mut deliver) = (self.in_process.opened(None), deliver(conn, self.events.clone()));
-        // The count falls when the reader's thread ends, dropping the closure.
-        let deliver = move |r, p| {
+        // The count falls when the peer's end is dropped, with the closure.
+        let (mine, theirs) = link::direct_pipe(&self.options.limits, move |r, p| {
             let _counted = &counted;
             deliver(r, p)
-        };
-        if let Err(e) = link::spawn_reader(format!("conn-{conn}"), reader, &self.options.limits, deliver) {
-            tracing::error!(conn, "cannot start a reader thread: {e}");
-            let _ = self.events.send(Event::Closed(conn));
-        }
+        });
+        let _ = self.events.send(Event::Open(conn, Box::new(mine)));
+        theirs
     }
 
-    /// Its in-process connections whose reader still runs.
+    /// Its in-process connections whose peer's end is open.
     #[cfg(test)]
     pub(crate) fn in_process_connections(&self) -> &ConnectionCount {
         &self.in_process
