@@ -29,11 +29,11 @@
 //! a waker looks at it after its push (both behind a full fence, so one of the
 //! two sees the other). A shard that is awake is not unparked: it takes the
 //! queue before it sleeps. Nor is one whose own timer wakes it within
-//! `TIMER_GRACE`: on these VMs a futex wake of a sleeping core takes
-//! 20–30 µs to run the woken thread, costs the waker a system call and the
-//! woken an extra sleep, while a timed wake-up due soon comes anyway. A shard
-//! paced by its timers (P4's sources) then takes the other shards' records on
-//! its own rounds.
+//! `TIMER_GRACE`: the unpark would cost the waker a system call, and the woken
+//! the timer it armed (cancelled) and a new one at its next park, each ~20 µs
+//! of CPU on these VMs in a slow phase (a VM exit programs the timer), while a
+//! timed wake-up due soon comes anyway. A shard paced by its timers (P4's
+//! sources) then takes the other shards' records on its own rounds.
 //!
 //! ```text
 //!   block_on(f): f woken? poll f ─► step ─► nothing? park (spin: poll on, 1 s)
