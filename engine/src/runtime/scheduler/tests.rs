@@ -237,16 +237,23 @@ fn timers_closer_than_the_spin_threshold_fire_in_order_too() {
     on_own_thread(|| {
         let sched = Rc::new(Scheduler::new(IdlePolicy::Park));
         let order = Rc::new(RefCell::new(Vec::new()));
-        // Far enough off to be armed before any is due, then all within
-        // SPIN_BELOW of each other: the shard spins between them (those due
-        // by the same round fire in deadline order too).
-        let start = Instant::now() + Duration::from_millis(20);
-        let step = SPIN_BELOW / 4;
+        // All within SPIN_BELOW of each other: the shard spins between them.
+        // Each task arms its timer at its first poll and runs on once it
+        // fires, so the order is the timers' even if the thread runs late.
+        let (start, step) = (Instant::now() + SPIN_BELOW, SPIN_BELOW / 4);
         let host: Rc<RefCell<Option<Waker>>> = Rc::default();
         for (k, n) in [(0, 3u32), (1, 1), (2, 2)] {
-            let (order, host, sleep) = (order.clone(), host.clone(), sleep(&sched, start + step * n));
+            let (order, host, sched2) = (order.clone(), host.clone(), sched.clone());
+            let mut armed = false;
             sched.spawn(async move {
-                sleep.await;
+                poll_fn(|cx| {
+                    if std::mem::replace(&mut armed, true) {
+                        return Poll::Ready(());
+                    }
+                    sched2.wake_at(start + step * n, cx.waker());
+                    Poll::Pending
+                })
+                .await;
                 order.borrow_mut().push(k);
                 if let Some(w) = host.borrow_mut().take() {
                     w.wake();
