@@ -47,15 +47,16 @@ fn on_own_thread(test: impl FnOnce() + Send + 'static) {
     }
 }
 
-fn sleep(sched: &Rc<Scheduler>, at: Instant) -> impl Future<Output = ()> {
-    let sched = sched.clone();
+/// Arms a timer for `at` at its first poll and is ready once woken: woken by
+/// the timer alone, so timers fire in their order however late the thread runs.
+fn timer(sched: &Rc<Scheduler>, at: Instant) -> impl Future<Output = ()> {
+    let (sched, mut armed) = (sched.clone(), false);
     poll_fn(move |cx| {
-        if Instant::now() >= at {
-            Poll::Ready(())
-        } else {
-            sched.wake_at(at, cx.waker());
-            Poll::Pending
+        if std::mem::replace(&mut armed, true) {
+            return Poll::Ready(());
         }
+        sched.wake_at(at, cx.waker());
+        Poll::Pending
     })
 }
 
@@ -96,7 +97,7 @@ fn a_shard_parked_on_a_far_timer_wakes_for_another_threads_wake_up() {
         let sched = Rc::new(Scheduler::new(IdlePolicy::Park));
         // A timer an hour off: the shard parks on it, and only the other
         // thread's unpark can end the test within on_own_thread's minute.
-        sched.spawn(sleep(&sched, Instant::now() + Duration::from_secs(3600)));
+        sched.spawn(timer(&sched, Instant::now() + Duration::from_secs(3600)));
         let s = signal.clone();
         sched.block_on(async move {
             let _ = tx.send(());
@@ -218,16 +219,15 @@ fn timers_fire_in_order_and_not_early() {
         let start = Instant::now();
         for (k, ms) in [(0, 30u64), (1, 10), (2, 20)] {
             let (order, at) = (order.clone(), start + Duration::from_millis(ms));
-            let sleep = sleep(&sched, at);
+            let timer = timer(&sched, at);
             sched.spawn(async move {
-                sleep.await;
+                timer.await;
                 assert!(Instant::now() >= at, "timer {k} fired early");
                 order.borrow_mut().push(k);
             });
         }
-        let s = sched.clone();
-        let last = sleep(&s, start + Duration::from_millis(40));
-        sched.block_on(last);
+        // Armed last and due last: it fires after the three, whatever the delays.
+        sched.block_on(timer(&sched, start + Duration::from_millis(40)));
         assert_eq!(*order.borrow(), vec![1, 2, 0]);
     });
 }
@@ -238,22 +238,12 @@ fn timers_closer_than_the_spin_threshold_fire_in_order_too() {
         let sched = Rc::new(Scheduler::new(IdlePolicy::Park));
         let order = Rc::new(RefCell::new(Vec::new()));
         // All within SPIN_BELOW of each other: the shard spins between them.
-        // Each task arms its timer at its first poll and runs on once it
-        // fires, so the order is the timers' even if the thread runs late.
         let (start, step) = (Instant::now() + SPIN_BELOW, SPIN_BELOW / 4);
         let host: Rc<RefCell<Option<Waker>>> = Rc::default();
         for (k, n) in [(0, 3u32), (1, 1), (2, 2)] {
-            let (order, host, sched2) = (order.clone(), host.clone(), sched.clone());
-            let mut armed = false;
+            let (order, host, timer) = (order.clone(), host.clone(), timer(&sched, start + step * n));
             sched.spawn(async move {
-                poll_fn(|cx| {
-                    if std::mem::replace(&mut armed, true) {
-                        return Poll::Ready(());
-                    }
-                    sched2.wake_at(start + step * n, cx.waker());
-                    Poll::Pending
-                })
-                .await;
+                timer.await;
                 order.borrow_mut().push(k);
                 if let Some(w) = host.borrow_mut().take() {
                     w.wake();
