@@ -60,50 +60,39 @@ fn timer(sched: &Rc<Scheduler>, at: Instant) -> impl Future<Output = ()> {
     })
 }
 
+/// A shard waits (as `idle` says; with a timer an hour off armed, or none)
+/// for a signal another thread sets once the shard says it waits.
+fn wakes_for_another_threads_wake_up(idle: IdlePolicy, far_timer: bool) {
+    let signal = Arc::new(Signal::default());
+    let (tx, rx) = mpsc::channel();
+    let remote = signal.clone();
+    let waker_thread = std::thread::spawn(move || {
+        // Set only once the shard waits (it says so), so the wake-up finds it parked or spinning.
+        rx.recv_timeout(Duration::from_secs(30)).expect("the shard never waited");
+        remote.set();
+    });
+    let sched = Rc::new(Scheduler::new(idle));
+    if far_timer {
+        sched.spawn(timer(&sched, Instant::now() + Duration::from_secs(3600)));
+    }
+    let s = signal.clone();
+    sched.block_on(async move {
+        let _ = tx.send(());
+        s.wait().await;
+    });
+    waker_thread.join().unwrap();
+    assert!(signal.set.load(Ordering::Acquire), "{idle:?}");
+}
+
 #[test]
 fn a_parked_shard_wakes_for_another_threads_wake_up() {
     on_own_thread(|| {
         for idle in [IdlePolicy::Park, IdlePolicy::Spin] {
-            let signal = Arc::new(Signal::default());
-            let (tx, rx) = mpsc::channel();
-            let remote = signal.clone();
-            let waker_thread = std::thread::spawn(move || {
-                // Set only once the shard waits (it says so), so the wake-up finds it parked or spinning.
-                rx.recv_timeout(Duration::from_secs(30)).expect("the shard never waited");
-                remote.set();
-            });
-            let sched = Rc::new(Scheduler::new(idle));
-            let s = signal.clone();
-            sched.block_on(async move {
-                let _ = tx.send(());
-                s.wait().await;
-            });
-            waker_thread.join().unwrap();
-            assert!(signal.set.load(Ordering::Acquire), "{idle:?}");
+            wakes_for_another_threads_wake_up(idle, false);
         }
-    });
-}
-
-#[test]
-fn a_shard_parked_on_a_far_timer_wakes_for_another_threads_wake_up() {
-    on_own_thread(|| {
-        let signal = Arc::new(Signal::default());
-        let (tx, rx) = mpsc::channel();
-        let remote = signal.clone();
-        let waker_thread = std::thread::spawn(move || {
-            rx.recv_timeout(Duration::from_secs(30)).expect("the shard never waited");
-            remote.set();
-        });
-        let sched = Rc::new(Scheduler::new(IdlePolicy::Park));
-        // A timer an hour off: the shard parks on it, and only the other
-        // thread's unpark can end the test within on_own_thread's minute.
-        sched.spawn(timer(&sched, Instant::now() + Duration::from_secs(3600)));
-        let s = signal.clone();
-        sched.block_on(async move {
-            let _ = tx.send(());
-            s.wait().await;
-        });
-        waker_thread.join().unwrap();
+        // Parked on a timer an hour off: only the other thread's unpark can
+        // end the test within on_own_thread's minute.
+        wakes_for_another_threads_wake_up(IdlePolicy::Park, true);
     });
 }
 
