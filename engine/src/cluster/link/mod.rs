@@ -20,7 +20,10 @@
 //!   are not yet handled, it stops reading, so a flooding peer meets TCP
 //!   back-pressure instead of growing a queue. A frame's body is read into a
 //!   buffer that grows as its bytes arrive, never allocated whole from the
-//!   length a peer announces.
+//!   length a peer announces. An in-process peer hands its frames on itself,
+//!   each with a [`Permit`] for its bytes: beyond
+//!   [`ConnectionLimits::max_queued_bytes`] not yet handled, its send is
+//!   [`SendError::Full`], as a full queue's would be.
 //! - TCP connections have no Nagle delay and keepalive on, with
 //!   `TCP_USER_TIMEOUT` set to the write timeout.
 

@@ -91,8 +91,9 @@ pub struct CoordinatorServer {
     in_process: Arc<ConnectionCount>,
 }
 
-/// Connections whose reader still runs: counted while their [`Counted`]
-/// guard lives (their reader thread holds it), and waited on.
+/// Open connections: counted while their [`Counted`] guard lives (a TCP
+/// connection's reader thread holds it, an in-process one's peer end), and
+/// waited on.
 #[derive(Debug, Default)]
 pub(crate) struct ConnectionCount {
     open: std::sync::Mutex<usize>,
