@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{json, run, sink_totals, worker_with, Coordinator, TempDir};
+use common::{exit_within, json, run, sink_totals, worker_command, worker_with, Coordinator, TempDir};
 
 /// A secret file of 64 hex characters, readable by its owner only.
 fn secret(dir: &TempDir, name: &str, byte: u8) -> String {
@@ -21,9 +21,8 @@ fn secret(dir: &TempDir, name: &str, byte: u8) -> String {
 /// A worker process that must end by itself; its exit code and stderr.
 fn refused_worker(id: &str, args: &[&str], dir: &TempDir) -> (Option<i32>, String) {
     let log = dir.path(&format!("{id}.log"));
-    let mut w = worker_with(id, 0, 1, args, Some(&log));
     // It exits on its own: a refusal for good ends the worker.
-    let status = w.0.wait().unwrap();
+    let status = exit_within(worker_command(id, 0, 1, args, Some(&log)), &format!("worker {id}"));
     (status.code(), std::fs::read_to_string(&log).unwrap())
 }
 
@@ -127,8 +126,12 @@ fn with_tls_a_certificate_of_another_ca_is_refused() {
     assert!(err.contains("TLS"), "{err}");
     let (code, err) = stderr_of(&[&["list"][..], &at[..]].concat());
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("does it require TLS?"), "{err}");
+    assert!(err.contains("was refused") && err.contains("does it require TLS?"), "{err}");
     c.wait_for_log(&["refused a connection from 127.0.0.1:", "does the other side speak TLS?"]);
+    // So is a worker with neither: it ends with the reason instead of retrying.
+    let (code, log) = refused_worker("w-plain", &at, &dir);
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("does it require TLS?") && log.contains("--tls-cert"), "{log}");
     // A worker with the other CA's certificate ends with the reason.
     let (code, log) =
         refused_worker("w-foreign", &[&at[..], &["--secret-file", good.as_str()], &other[..]].concat(), &dir);

@@ -39,6 +39,7 @@ pub(crate) fn pipe_client(server: &CoordinatorServer) -> ClusterClient {
         answer_timeout: DEFAULT_ANSWER_TIMEOUT,
         max_frame_bytes: server.limits().max_frame_bytes,
         plain_tcp: false,
+        peer: "the in-process coordinator".into(),
     }
 }
 
@@ -62,6 +63,8 @@ pub struct ClusterClient {
     /// A TCP connection without TLS: a coordinator that requires TLS answers it
     /// with a TLS alert, which reads as a bad frame.
     plain_tcp: bool,
+    /// The coordinator's address, for errors.
+    peer: String,
 }
 
 /// Where a client reads its answers: a socket (each wait bounded) or a pipe.
@@ -118,6 +121,7 @@ impl ClusterClient {
             answer_timeout: DEFAULT_ANSWER_TIMEOUT,
             max_frame_bytes: limits.max_frame_bytes,
             plain_tcp: !security.has_tls(),
+            peer: addr.to_string(),
         })
     }
 
@@ -166,9 +170,14 @@ impl ClusterClient {
         match read_frame(&mut self.reader, self.max_frame_bytes) {
             Received::Message(Message::ErrorReply(e)) => Err(EngineError::Remote { code: e.code, message: e.message }),
             Received::Message(m) => Ok(m),
-            Received::Bad(e) if self.plain_tcp => Err(EngineError::Io {
-                what: waiting(),
-                reason: format!("{e}: the coordinator answered with bytes that are not a frame (does it require TLS?)"),
+            // Not a coordinator that went away but one this client cannot speak
+            // to: asking again (or the same leader again) cannot help.
+            Received::Bad(e) if self.plain_tcp => Err(EngineError::ConnectionRefused {
+                peer: self.peer.clone(),
+                reason: format!(
+                    "{e}: it answered {} with bytes that are not a frame (does it require TLS?)",
+                    msg.kind_name()
+                ),
             }),
             Received::Bad(e) => Err(EngineError::Frame(e)),
             Received::TimedOut => Err(EngineError::Io {

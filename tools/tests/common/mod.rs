@@ -216,22 +216,42 @@ impl Etcd {
 /// `shardflow worker args…` with one shard on `core`, `slots` slots and small
 /// buffers, registering as `id`; its log (info) goes to `log`, if given.
 pub(crate) fn worker_with(id: &str, core: usize, slots: u32, args: &[&str], log: Option<&str>) -> Proc {
+    Proc(worker_command(id, core, slots, args, log).spawn().expect("worker starts"))
+}
+
+/// The command [`worker_with`] spawns.
+pub(crate) fn worker_command(id: &str, core: usize, slots: u32, args: &[&str], log: Option<&str>) -> Command {
     let (core, slots) = (core.to_string(), slots.to_string());
     let stderr = match log {
         Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
         None => Stdio::null(),
     };
-    Proc(
-        Command::new(BIN)
-            .args(["worker", "--cores", &core, "--resource-id", id])
-            .args(["--slots-per-shard", &slots, "--network-memory-bytes", "8388608", "--segment-bytes", "4096"])
-            .args(args)
-            .env("SHARDFLOW_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("worker starts"),
-    )
+    let mut cmd = Command::new(BIN);
+    cmd.args(["worker", "--cores", &core, "--resource-id", id])
+        .args(["--slots-per-shard", &slots, "--network-memory-bytes", "8388608", "--segment-bytes", "4096"])
+        .args(args)
+        .env("SHARDFLOW_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    cmd
+}
+
+/// Runs `cmd`, which must end by itself within [`WAIT`]: its exit status.
+/// One still running then is killed and fails the test.
+pub(crate) fn exit_within(mut cmd: Command, what: &str) -> std::process::ExitStatus {
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{what} starts: {e}"));
+    let pid = child.id().to_string();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    match rx.recv_timeout(WAIT) {
+        Ok(status) => status.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+            panic!("{what} did not end by itself within {WAIT:?}");
+        }
+    }
 }
 
 /// `shardflow args…`; its output.

@@ -157,6 +157,10 @@ impl Session {
     ) -> SessionEnd {
         let expected = epoch.map(ResourceManagerId);
         let mut pending: VecDeque<Action> = self.gateway.connected(Instant::now(), expected).into();
+        // Over TCP without TLS, a coordinator that requires TLS answers the first
+        // frame with a TLS alert: bytes that are not a frame before any frame.
+        let plain_tcp = !matches!(self.connector, Connector::InProcess(_)) && !self.options.security.has_tls();
+        let mut heard = false;
         loop {
             if let Some(end) = self.carry_out(&mut pending, sink.as_mut()) {
                 return end;
@@ -202,9 +206,20 @@ impl Session {
                     sink.abort();
                     return SessionEnd::Lost("the connection closed".into());
                 }
+                Event::Bad(_, e, _permit) if plain_tcp && !heard => {
+                    // Connecting again cannot help: the worker stops with the reason.
+                    sink.close();
+                    return SessionEnd::Refused(format!(
+                        "the coordinator answered with bytes that are not a frame ({e}): does it require TLS? \
+                         (give the worker --tls-cert, --tls-key and --tls-ca)"
+                    ));
+                }
                 Event::Bad(_, e, _permit) => pending.extend(self.gateway.on_bad_frame(&e)),
                 Event::Task(r) => pending.extend(self.gateway.on_task(r)),
-                Event::Frame(_, msg, _permit) => pending.extend(self.gateway.on_message(now, msg)),
+                Event::Frame(_, msg, _permit) => {
+                    heard = true;
+                    pending.extend(self.gateway.on_message(now, msg));
+                }
             }
             if !was_registered && self.gateway.is_registered() {
                 *backoff = self.options.reconnect_min;
