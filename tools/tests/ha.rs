@@ -306,10 +306,12 @@ fn failover_time_over_ten_kills() {
 }
 
 /// The names scripts rely on, through a config file alone: `[ha] kind,
-/// endpoints, lease_ttl_ms, cluster_id` and `[security] secret_file` configure
-/// a coordinator, a worker and the client commands (no `--coordinator`, no
-/// `--ha-etcd`); a client whose file lacks the secret is refused, and a kind
-/// shardflow does not know is refused by name.
+/// endpoints, lease_ttl_ms, cluster_id` and `[security] secret_file, tls_cert,
+/// tls_key, tls_ca` configure a coordinator, a worker and the client commands
+/// (no `--coordinator`, no `--ha-etcd`). A client whose file lacks the secret
+/// is refused, and so is one that lacks TLS too (it finds the leader and is
+/// refused for good, not asking it again until its deadline); a kind shardflow
+/// does not know is refused by name.
 #[test]
 fn the_config_files_ha_and_security_tables_configure_every_role() {
     use std::os::unix::fs::PermissionsExt;
@@ -322,10 +324,20 @@ fn the_config_files_ha_and_security_tables_configure_every_role() {
         "[ha]\nkind = \"etcd\"\nendpoints = [\"{}\"]\nlease_ttl_ms = 1000\ncluster_id = \"from-config\"\n",
         etcd.endpoint
     );
+    let out = run(&["make-certs", "--dir", &dir.path("certs")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tls = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\ntls_ca = \"{}\"\n",
+        dir.path("certs/node.pem"),
+        dir.path("certs/node.key"),
+        dir.path("certs/ca.pem")
+    );
     let config = dir.path("cluster.toml");
-    std::fs::write(&config, format!("{ha}\n[security]\nsecret_file = \"{secret}\"\n")).unwrap();
+    std::fs::write(&config, format!("{ha}\n[security]\nsecret_file = \"{secret}\"\n{tls}")).unwrap();
     let no_secret = dir.path("no-secret.toml");
-    std::fs::write(&no_secret, &ha).unwrap();
+    std::fs::write(&no_secret, format!("{ha}\n[security]\n{tls}")).unwrap();
+    let bare = dir.path("bare.toml");
+    std::fs::write(&bare, &ha).unwrap();
     let unknown_kind = dir.path("zookeeper.toml");
     std::fs::write(&unknown_kind, "[ha]\nkind = \"zookeeper\"\nendpoints = [\"127.0.0.1:2181\"]\n").unwrap();
 
@@ -342,6 +354,14 @@ fn the_config_files_ha_and_security_tables_configure_every_role() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("requires authentication"), "found the leader through [ha], refused for the secret: {err}");
+    // Refused for good, not taken for a leader gone away (which is asked again
+    // until the client's deadline, and ends in a timeout's or a closed
+    // connection's error).
+    let out = run(&["list", "--config", &bare]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("was refused") && err.contains("does it require TLS?"), "{err}");
+    c.wait_for_log(&["refused a connection from 127.0.0.1:", "speak TLS?"]);
     let out = run(&["list", "--config", &unknown_kind]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");

@@ -231,14 +231,15 @@ impl Connection {
         mut request: impl FnMut(&mut ClusterClient) -> Result<T, EngineError>,
     ) -> Result<T> {
         let deadline = Instant::now() + FIND_LEADER;
+        let mut again = Pause::new();
         loop {
             match request(&mut self.client) {
                 Err(e @ EngineError::Remote { code: ErrorCode::NotLeader, .. }) => {
-                    let Some(ha) = self.ha.as_ref().filter(|_| Instant::now() < deadline) else { return Err(e.into()) };
+                    if self.ha.is_none() || Instant::now() >= deadline {
+                        return Err(e.into());
+                    }
                     tracing::info!("{e}; finding the leader again");
-                    let (client, leader) = reach_leader(ha, &self.security, deadline)?;
-                    self.client = client;
-                    self.leader = Some(leader);
+                    self.reach_leader_again(deadline, &mut again)?;
                 }
                 other => return Ok(other?),
             }
@@ -254,20 +255,56 @@ impl Connection {
         mut request: impl FnMut(&mut ClusterClient, Duration) -> Result<T, EngineError>,
     ) -> Result<T> {
         let deadline = Instant::now() + within;
+        let mut again = Pause::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let e = match request(&mut self.client, left) {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
-            let Some(ha) = self.ha.as_ref().filter(|_| leader_moved(&e) && Instant::now() < deadline) else {
+            if self.ha.is_none() || !leader_moved(&e) || Instant::now() >= deadline {
                 return Err(e.into());
-            };
+            }
             tracing::info!("the leader went away ({e}); finding the leader again");
-            let (client, leader) = reach_leader(ha, &self.security, deadline)?;
-            self.client = client;
-            self.leader = Some(leader);
+            self.reach_leader_again(deadline, &mut again)?;
         }
+    }
+
+    /// Connects to the leader again after a request failed. The same leader
+    /// found again (its key outlives it until its lease lapses, or it fails
+    /// every request at once) is asked again only after a pause of `again`,
+    /// so a client never hammers a coordinator until its deadline.
+    fn reach_leader_again(&mut self, deadline: Instant, again: &mut Pause) -> Result<()> {
+        let Some(ha) = self.ha.as_ref() else { return Ok(()) };
+        let (client, leader) = reach_leader(ha, &self.security, deadline)?;
+        if self.leader.as_ref() == Some(&leader) {
+            again.sleep_before(deadline);
+        }
+        self.client = client;
+        self.leader = Some(leader);
+        Ok(())
+    }
+}
+
+/// A pause that doubles from 50 ms to 1 s between tries.
+struct Pause(Duration);
+
+impl Pause {
+    fn new() -> Self {
+        Pause(Duration::from_millis(50))
+    }
+
+    /// Whether a pause still ends before `deadline`.
+    fn fits_before(&self, deadline: Instant) -> bool {
+        Instant::now() + self.0 < deadline
+    }
+
+    /// Sleeps the pause (at most until `deadline`) and doubles it.
+    fn sleep_before(&mut self, deadline: Instant) {
+        // Not waiting for an event: what would end the pause (an old leader's key
+        // lapsing, a standby taking over) is announced to no one.
+        std::thread::sleep(self.0.min(deadline.saturating_duration_since(Instant::now())));
+        self.0 = (self.0 * 2).min(Duration::from_secs(1));
     }
 }
 
@@ -279,16 +316,13 @@ const FIND_LEADER: Duration = Duration::from_secs(30);
 /// that does not lead yet) until `deadline`. Refusals for good (a wrong
 /// secret, TLS) are not tried again.
 fn reach_leader(ha: &HaConfig, security: &Security, deadline: Instant) -> Result<(ClusterClient, LeaderInfo)> {
-    let mut pause = Duration::from_millis(50);
+    let mut pause = Pause::new();
     loop {
         match ClusterClient::connect_leader(ha, CONNECT_TIMEOUT, security) {
             Ok(reached) => return Ok(reached),
-            Err(e) if leader_moved(&e) && Instant::now() + pause < deadline => {
+            Err(e) if leader_moved(&e) && pause.fits_before(deadline) => {
                 tracing::debug!("no leader to reach yet: {e}");
-                // Not waiting for an event here: the old leader's key goes when its
-                // lease lapses, a moment no one announces to us.
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_secs(1));
+                pause.sleep_before(deadline);
             }
             Err(e) => return Err(e.into()),
         }
