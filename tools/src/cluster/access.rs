@@ -316,13 +316,20 @@ const FIND_LEADER: Duration = Duration::from_secs(30);
 /// that does not lead yet) until `deadline`. Refusals for good (a wrong
 /// secret, TLS) are not tried again.
 fn reach_leader(ha: &HaConfig, security: &Security, deadline: Instant) -> Result<(ClusterClient, LeaderInfo)> {
-    let mut pause = Pause::new();
+    let (start, mut pause) = (Instant::now(), Pause::new());
     loop {
         match ClusterClient::connect_leader(ha, CONNECT_TIMEOUT, security) {
             Ok(reached) => return Ok(reached),
             Err(e) if leader_moved(&e) && pause.fits_before(deadline) => {
                 tracing::debug!("no leader to reach yet: {e}");
                 pause.sleep_before(deadline);
+            }
+            Err(e) if leader_moved(&e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "no leader of cluster '{}' reached within {:.0} s",
+                    ha.cluster_id,
+                    start.elapsed().as_secs_f64()
+                )));
             }
             Err(e) => return Err(e.into()),
         }

@@ -150,25 +150,36 @@ impl HighAvailabilityServices for EtcdHa {
 
     fn leader(&self, timeout: Duration) -> Result<LeaderInfo, EngineError> {
         let ctx = self.ctx.clone();
+        // What the last read of etcd failed with (none: etcd answered, naming no leader).
+        let last_error = Arc::new(Mutex::new(None::<String>));
+        let seen = last_error.clone();
         let found = self.runtime.block_on(async move {
             tokio::time::timeout(timeout, async {
                 let mut backoff = Backoff::new();
                 loop {
-                    match leader_now(&ctx).await {
-                        Ok((Some(l), _)) => return Ok(l),
-                        Ok((None, _)) => {}
-                        Err(e) => tracing::debug!("reading the leader from etcd: {e}"),
+                    let read = leader_now(&ctx).await;
+                    match read {
+                        Ok((Some(l), _)) => return l,
+                        Ok((None, _)) => *seen.lock().unwrap_or_else(PoisonError::into_inner) = None,
+                        Err(e) => {
+                            tracing::debug!("reading the leader from etcd: {e}");
+                            *seen.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+                        }
                     }
                     backoff.wait().await;
                 }
             })
             .await
         });
-        found.unwrap_or_else(|_| {
-            Err(EngineError::Io {
+        found.map_err(|_| {
+            let why = match last_error.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                Some(e) => format!("etcd cannot be read ({e})"),
+                None => "etcd names no leader (is a coordinator of this cluster id running?)".to_string(),
+            };
+            EngineError::Io {
                 what: format!("finding the cluster's leader in etcd at {}", self.endpoints),
-                reason: format!("no leader within {} ms (is etcd up, and a coordinator running?)", timeout.as_millis()),
-            })
+                reason: format!("none within {} ms: {why}", timeout.as_millis()),
+            }
         })
     }
 }

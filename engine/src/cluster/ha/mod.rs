@@ -201,4 +201,16 @@ mod tests {
         let e = HaConfig { cluster_id: "a/b".into(), ..HaConfig::etcd(vec!["x:1".into()]) }.validate().unwrap_err();
         assert!(e.to_string().contains("ha.cluster_id"), "{e}");
     }
+
+    #[test]
+    fn a_leader_looked_for_where_no_etcd_listens_names_the_cause() {
+        // A loopback port nothing listens on: every read is refused at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let ha = HaConfig::etcd(vec![format!("127.0.0.1:{port}")]);
+        let e = crate::cluster::current_leader(&ha, Duration::from_millis(300)).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, EngineError::Io { .. }), "{e:?}");
+        assert!(text.contains("none within 300 ms: etcd cannot be read"), "{text}");
+        assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    }
 }
