@@ -1,7 +1,8 @@
 //! The task's control lane: processing-time timers of a keyed process function
 //! fire while the task waits for input and while its output is full (so does a
-//! cancel), wake a hosted shard parked between its host's calls, and pending
-//! ones travel in a snapshot and fire after a restore at another parallelism;
+//! cancel), wake a hosted shard parked between its host's calls, neither fire
+//! nor hold the job once its input has ended, and pending ones travel in a
+//! snapshot and fire after a restore at another parallelism;
 //! operator list state (a list per subtask) is snapshotted and dealt out again
 //! at another parallelism.
 
@@ -70,6 +71,60 @@ fn processing_time_timers_fire_while_the_task_waits_for_input() {
     assert!(got.iter().all(|(_, n)| (1..=10).contains(n)), "{got:?}");
     drop(ingress);
     job.wait_timeout(TIMEOUT).expect("the job ends with its input");
+}
+
+/// Arms a timer an hour ahead for each record's key (and another at the end
+/// of input); a timer that fires emits `(key, 1)`, the end of input `(key, 0)`.
+#[derive(Clone, Default)]
+struct AnHourAhead {
+    seen: Option<ValueState<bool>>,
+}
+
+impl KeyedProcessFunction<u64, u64, (u64, u64)> for AnHourAhead {
+    fn open(&mut self, states: &mut StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
+        self.seen = Some(states.value_state("seen")?);
+        Ok(())
+    }
+    fn process(
+        &mut self,
+        _: &u64,
+        ctx: &mut KeyedContext<'_, u64>,
+        _: &mut Emitter<'_, (u64, u64)>,
+    ) -> Result<(), OperatorError> {
+        ctx.set_value(self.seen.as_ref().expect("opened"), true)?;
+        ctx.register_timer(Instant::now() + Duration::from_secs(3600))
+    }
+    fn on_timer(
+        &mut self,
+        _: Instant,
+        ctx: &mut KeyedContext<'_, u64>,
+        out: &mut Emitter<'_, (u64, u64)>,
+    ) -> Result<(), OperatorError> {
+        out.emit((*ctx.key(), 1));
+        Ok(())
+    }
+    fn on_end_of_input(
+        &mut self,
+        ctx: &mut KeyedContext<'_, u64>,
+        out: &mut Emitter<'_, (u64, u64)>,
+    ) -> Result<(), OperatorError> {
+        ctx.register_timer(Instant::now() + Duration::from_secs(3600))?;
+        out.emit((*ctx.key(), 0));
+        Ok(())
+    }
+}
+
+#[test]
+fn timers_pending_at_the_end_of_input_neither_fire_nor_hold_the_job() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("an-hour-ahead").parallelism(2);
+    let got = df.from_iter("numbers", 0..30u64).key_by(|n: &u64| n % 3).process(AnHourAhead::default()).collect();
+    let job = engine.submit(df.build().unwrap()).unwrap();
+    // An hour's timers: a job that waited for them would not end within the wait.
+    job.wait_timeout(TIMEOUT).expect("the job ends with its input, its timers pending");
+    let mut got = got.take();
+    got.sort_unstable();
+    assert_eq!(got, vec![(0, 0), (1, 0), (2, 0)], "each key's end of input, and no timer");
 }
 
 #[test]

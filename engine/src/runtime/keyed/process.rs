@@ -18,7 +18,8 @@ pub trait KeyedProcessFunction<K: Key, T: Data, O: Data>: Clone + Send + Sync + 
         ctx: &mut KeyedContext<'_, K>,
         out: &mut Emitter<'_, O>,
     ) -> Result<(), OperatorError>;
-    /// A timer of key `ctx.key()` registered for `at` fired.
+    /// A timer of key `ctx.key()` registered for `at` fired (never after the
+    /// end of input: see [`KeyedContext::register_timer`]).
     fn on_timer(
         &mut self,
         _at: Instant,
@@ -287,7 +288,8 @@ pub trait KeyedCoProcessFunction<K: Key, A: Data, B: Data, O: Data>: Clone + Sen
         ctx: &mut KeyedContext<'_, K>,
         out: &mut Emitter<'_, O>,
     ) -> Result<(), OperatorError>;
-    /// A timer fired.
+    /// A timer of key `ctx.key()` registered for `at` fired (never after the
+    /// end of both inputs).
     fn on_timer(
         &mut self,
         _at: Instant,

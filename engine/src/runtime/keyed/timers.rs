@@ -68,7 +68,10 @@ impl<K: Key> KeyedContext<'_, K> {
     /// Calls `on_timer` for the current key at `at` (processing time); one timer
     /// per key and instant, however often it is registered. Pending timers are
     /// keyed state: charged to the slot's managed memory (an error once it is
-    /// exhausted) and written to snapshots.
+    /// exhausted) and written to snapshots. Once the input has ended, pending
+    /// timers do not fire and the task does not wait for them (as Flink's
+    /// processing-time timers): what a timer would emit at the end, emit in
+    /// `on_end_of_input`.
     pub fn register_timer(&mut self, at: Instant) -> Result<(), OperatorError> {
         let KeyedBackend { timers, memory, .. } = &mut *self.backend;
         add_timer(timers, memory, at, self.key)
