@@ -203,7 +203,8 @@ impl LeaderElection for EtcdElection {
         }
         if let Some(task) = self.task.take() {
             // Resigning deletes the leader key, so a standby takes over at once.
-            let _ = self.runtime.block_on(tokio::time::timeout(Duration::from_secs(3), task));
+            // (The timeout is made inside the runtime: its timer needs one.)
+            let _ = self.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(3), task).await });
         }
     }
 }

@@ -316,7 +316,10 @@ impl CoordinatorServer {
             let _ = TcpStream::connect(addr);
         }
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            let name = t.thread().name().unwrap_or("unnamed").to_string();
+            if t.join().is_err() {
+                tracing::error!("its thread {name:?} panicked while the coordinator stopped");
+            }
         }
     }
 }
