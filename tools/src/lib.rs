@@ -74,7 +74,11 @@ enum Command {
     /// (cores, slots, memory, idle policy); flags win.
     #[command(after_help = EXIT_STATUSES)]
     Bench(bench::BenchArgs),
-    /// Run a coordinator (Dispatcher, ResourceManager, JobMasters) until killed.
+    /// Run a coordinator (Dispatcher, ResourceManager, JobMasters) until stopped.
+    ///
+    /// SIGTERM or Ctrl-C stops it cleanly: a leader of a highly available
+    /// cluster resigns first (a standby leads at once), every connection is
+    /// closed, and the exit status is 0.
     Coordinator(cluster::CoordinatorArgs),
     /// Run a worker (TaskExecutor) with one shard per core until killed.
     Worker(cluster::WorkerArgs),

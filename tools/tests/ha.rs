@@ -1,8 +1,8 @@
 //! High availability with real processes and a real etcd on loopback ports:
 //! two `shardflow coordinator`s campaigning in etcd, two workers and the
 //! client commands finding the leader there (`--ha-etcd`, no `--coordinator`).
-//! The leader is SIGKILLed, SIGSTOPped and resumed; etcd itself is killed and
-//! started again. Every wait is on an event (a log line, or a wait the
+//! The leader is SIGKILLed, SIGSTOPped and resumed, stopped with SIGTERM; etcd
+//! itself is killed and started again. Every wait is on an event (a log line, or a wait the
 //! coordinator answers), with a generous timeout; everything a test starts is
 //! killed when it ends.
 
@@ -15,8 +15,13 @@ use serde_json::Value;
 
 /// A coordinator of cluster `cluster_id` on `etcd` with a 1 s lease.
 fn coordinator(etcd: &Etcd, cluster_id: &str, extra: &[&str]) -> Coordinator {
+    leased_coordinator(etcd, cluster_id, "1000", extra)
+}
+
+/// A coordinator of cluster `cluster_id` on `etcd` with a lease of `ttl_ms`.
+fn leased_coordinator(etcd: &Etcd, cluster_id: &str, ttl_ms: &str, extra: &[&str]) -> Coordinator {
     let ha = ["--ha-etcd", etcd.endpoint.as_str(), "--cluster-id", cluster_id];
-    Coordinator::start("", &[&["--bind", "127.0.0.1:0", "--lease-ttl-ms", "1000"], &ha[..], extra].concat())
+    Coordinator::start("", &[&["--bind", "127.0.0.1:0", "--lease-ttl-ms", ttl_ms], &ha[..], extra].concat())
 }
 
 /// Everything of one HA cluster.
@@ -33,12 +38,17 @@ impl Ha {
     /// etcd, two coordinators (the first leads, the second is a standby) with a
     /// 1 s lease, and two workers of two slots, all registered.
     fn start(name: &str, coordinator_flags: &[&str]) -> Self {
+        Self::start_leased(name, "1000", coordinator_flags)
+    }
+
+    /// [`Ha::start`] with coordinators' leases of `ttl_ms`.
+    fn start_leased(name: &str, ttl_ms: &str, coordinator_flags: &[&str]) -> Self {
         let etcd = Etcd::start();
         let cluster_id = name.to_string();
         let ha = ["--ha-etcd", etcd.endpoint.as_str(), "--cluster-id", name];
-        let mut leader = coordinator(&etcd, name, coordinator_flags);
+        let mut leader = leased_coordinator(&etcd, name, ttl_ms, coordinator_flags);
         leader.wait_for_log(&["leading the cluster"]);
-        let mut standby = coordinator(&etcd, name, coordinator_flags);
+        let mut standby = leased_coordinator(&etcd, name, ttl_ms, coordinator_flags);
         standby.wait_for_log(&["a standby campaigning"]);
         let logs = TempDir::new("ha-logs");
         let workers = (0..2)
@@ -155,6 +165,42 @@ fn a_sigkilled_leader_is_replaced_and_its_running_job_completes_under_the_new_on
     for i in 0..2 {
         assert!(h.worker_log(i).contains("leader is elected"), "worker {i} followed: {}", h.worker_log(i));
     }
+}
+
+/// A leader stopped by SIGTERM resigns: with a lease of five minutes, far
+/// beyond every wait here, only its resignation can make the standby lead
+/// (and recover the job) within the wait.
+#[test]
+fn a_leader_stopped_by_sigterm_resigns_and_the_standby_leads_at_once() {
+    let mut h = Ha::start_leased("term", "300000", &[]);
+    let v = h.json(&[
+        "submit",
+        "forward-count",
+        "--param",
+        "rate=1000",
+        "--param",
+        "duration_ms=600000",
+        "--wait",
+        "running",
+    ]);
+    let id = v["job"].as_str().unwrap().to_string();
+
+    signal(&h.leader.proc, "-TERM");
+    let line = h.leader.wait_for_log(&["stopping: resigning"]);
+    assert!(line.contains("SIGTERM"), "{line}");
+    h.leader.wait_for_log(&["coordinator stopped"]);
+    let status = h.leader.proc.0.wait().unwrap();
+    assert!(status.success(), "a stop asked for is a clean exit: {status}");
+    assert!(!h.leader.seen.iter().any(|l| l.contains("panicked")), "{:?}", h.leader.seen);
+
+    h.standby.wait_for_log(&["won the leadership"]);
+    h.standby.wait_for_log(&["job recovered from the job store", &format!("job={id}")]);
+    let v = h.json(&["status", &id, "--wait", "running", "--timeout-s", "60"]);
+    assert_eq!(v["status"], "RUNNING", "{v}");
+    let cluster = h.json(&["cluster", "--wait-workers", "2", "--timeout-s", "60"]);
+    assert_eq!(cluster["leader"]["address"], h.standby.addr.as_str(), "{cluster}");
+    assert!(h.run(&["cancel", &id]).status.success());
+    assert_eq!(h.json(&["status", &id, "--wait", "finished", "--timeout-s", "60"])["status"], "CANCELED");
 }
 
 #[test]

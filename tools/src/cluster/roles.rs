@@ -95,6 +95,9 @@ pub(crate) fn coordinator(a: &CoordinatorArgs, cfg: &ConfigFile) -> Result<Exit>
     options.advertise = a.advertise.clone().or(c.advertise.clone());
     let ha = options.ha.clone();
     raise_open_files(options.max_connections);
+    // Taken before the server starts, so no signal finds the default action.
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .context("cannot take SIGTERM and SIGINT")?;
     let server = CoordinatorServer::bind(resolve(&bind)?, config, crate::jobs().clone(), options)?;
     let addr = server.local_addr().context("the listener has no address")?;
     println!("coordinator listening on {addr}");
@@ -104,9 +107,17 @@ pub(crate) fn coordinator(a: &CoordinatorArgs, cfg: &ConfigFile) -> Result<Exit>
         }
         None => tracing::info!(%addr, "coordinator started"),
     }
-    loop {
-        std::thread::park();
-    }
+    // SIGTERM or SIGINT stops the coordinator cleanly: a leader resigns (a
+    // standby takes over at once instead of when the lease lapses), and every
+    // connection is closed.
+    let signal = signals.forever().next();
+    tracing::info!(
+        signal = signal.and_then(signal_hook::low_level::signal_name).unwrap_or("?"),
+        "stopping: resigning any leadership and closing every connection"
+    );
+    server.shutdown();
+    tracing::info!("coordinator stopped");
+    Ok(Exit::Done)
 }
 
 /// Raises the soft open-file limit to the hard one (every connection costs a
