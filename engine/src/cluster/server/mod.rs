@@ -169,7 +169,10 @@ impl CoordinatorServer {
             .map_err(|e| EngineError::Io { what: format!("binding {bind}"), reason: e.to_string() })?;
         let addr = listener.local_addr().ok();
         let advertised = match (&options.advertise, addr) {
-            (Some(a), _) => a.clone(),
+            (Some(a), _) => {
+                check_advertised(a)?;
+                a.clone()
+            }
             (None, Some(a)) if options.ha.is_some() && a.ip().is_unspecified() => {
                 return Err(EngineError::InvalidConfig {
                     field: "advertise",
@@ -330,6 +333,29 @@ impl Drop for CoordinatorServer {
     }
 }
 
+/// An address to announce (`--advertise`): `HOST:PORT`, a host others can
+/// reach (no wildcard address) and a port that is not 0. Whether the host
+/// resolves is left to those who look it up: it may resolve only where they are.
+fn check_advertised(address: &str) -> Result<(), EngineError> {
+    let bad = |reason: &str| {
+        Err(EngineError::InvalidConfig { field: "advertise", value: address.to_string(), reason: reason.into() })
+    };
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return bad("give HOST:PORT, the address workers and clients reach this coordinator at");
+    };
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad("the host must be a name or an IP address, without spaces");
+    }
+    if !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
+        return bad("the port must be a number from 1 to 65535");
+    }
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    if ip.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
+        return bad("a wildcard address names no host others can reach");
+    }
+    Ok(())
+}
+
 /// How a connection's reader thread hands its frames to the event loop.
 fn deliver(conn: ConnId, events: Sender<Event>) -> impl FnMut(Received, Permit) -> bool + Send + 'static {
     move |received, permit| {
@@ -475,4 +501,29 @@ fn refuse(mut stream: TcpStream, why: String) {
         let _ = stream.write_all(&frame);
     }
     let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_advertised;
+
+    #[test]
+    fn an_advertised_address_is_host_and_port() {
+        for good in ["127.0.0.1:6123", "coordinator.example:6123", "[::1]:6123", "node-7:1"] {
+            assert!(check_advertised(good).is_ok(), "{good}");
+        }
+        for (bad, why) in [
+            ("not an address", "HOST:PORT"),
+            ("host:", "port"),
+            (":6123", "host"),
+            ("host:0", "port"),
+            ("host:70000", "port"),
+            ("my host:6123", "spaces"),
+            ("0.0.0.0:6123", "wildcard"),
+            ("[::]:6123", "wildcard"),
+        ] {
+            let e = check_advertised(bad).expect_err(bad).to_string();
+            assert!(e.contains("advertise") && e.contains(why), "{bad}: {e}");
+        }
+    }
 }
