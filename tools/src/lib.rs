@@ -80,7 +80,11 @@ enum Command {
     /// cluster resigns first (a standby leads at once), every connection is
     /// closed, and the exit status is 0.
     Coordinator(cluster::CoordinatorArgs),
-    /// Run a worker (TaskExecutor) with one shard per core until killed.
+    /// Run a worker (TaskExecutor) with one shard per core until stopped.
+    ///
+    /// SIGTERM or Ctrl-C stops it cleanly: it tells its coordinator it leaves
+    /// (whose jobs then fail over at once), cancels its tasks, closing every
+    /// operator, and exits with status 0.
     Worker(cluster::WorkerArgs),
     /// Submit a named job to the cluster.
     #[command(after_help = EXIT_STATUSES)]

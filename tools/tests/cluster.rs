@@ -1,9 +1,9 @@
 //! Cluster mode with real processes on 127.0.0.1: a `shardflow coordinator`, two
-//! `shardflow worker`s, and the client commands. Workers are SIGKILLed for real;
-//! bad bytes go to the coordinator's port raw. Every process a test starts is
-//! killed when the test ends (also on failure), and every wait is on an event:
-//! the coordinator's own waits (`--wait`, `--wait-workers`) or a line of its log,
-//! with a generous timeout.
+//! `shardflow worker`s, and the client commands. Workers are SIGKILLed (and
+//! stopped with SIGTERM) for real; bad bytes go to the coordinator's port raw.
+//! Every process a test starts is killed when the test ends (also on failure),
+//! and every wait is on an event: the coordinator's own waits (`--wait`,
+//! `--wait-workers`) or a line of its log, with a generous timeout.
 
 mod common;
 
@@ -168,6 +168,27 @@ fn a_sigkilled_worker_makes_the_job_restart_on_the_remaining_slots() {
     assert!(v["subtasks"].as_array().unwrap().iter().all(|t| t["attempt"] == 1 && t["state"] == "RUNNING"), "{v}");
     let o = c.json(&["cluster"]);
     assert_eq!(o["workers"], 1, "{o}");
+    assert!(c.run(&["cancel", &id]).status.success());
+    assert_eq!(c.json(&["status", &id, "--wait", "finished", "--timeout-s", "60"])["status"], "CANCELED");
+}
+
+#[test]
+fn a_worker_stopped_by_sigterm_says_goodbye_and_its_job_restarts_elsewhere() {
+    let mut c = cluster(&["--restart", "fixed-delay:attempts=2,delay=100ms"], &[2, 2]);
+    let id = c.submit(&["forward-count", "--param", "rate=1000", "--param", "duration_ms=600000"]);
+    let v = c.json(&["status", &id, "--wait", "running", "--timeout-s", "60"]);
+    assert_eq!(workers_of(&v).len(), 2, "{v}");
+    let pid = c.workers[1].0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = c.workers[1].0.wait().unwrap();
+    assert!(status.success(), "a stop asked for is a clean exit: {status}");
+    // It said goodbye (a killed worker's connection just closes): the job fails
+    // over at once and runs on the other worker.
+    c.coordinator.wait_for_log(&["worker disconnects: worker shutting down"]);
+    c.coordinator.wait_for_log(&["job restarts", &format!("job={id}")]);
+    let v = c.json(&["status", &id, "--wait", "running", "--timeout-s", "60"]);
+    assert_eq!((v["status"].as_str(), v["restarts"].as_u64()), (Some("RUNNING"), Some(1)), "{v}");
+    assert_eq!(workers_of(&v).len(), 1, "{v}");
     assert!(c.run(&["cancel", &id]).status.success());
     assert_eq!(c.json(&["status", &id, "--wait", "finished", "--timeout-s", "60"])["status"], "CANCELED");
 }

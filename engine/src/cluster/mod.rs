@@ -20,7 +20,7 @@ pub use ha::{HaConfig, LeaderInfo};
 pub use link::{ClusterSecret, ConnectionLimits, Security, TlsConfig, MIN_SECRET_BYTES};
 pub use server::{CoordinatorServer, ServerOptions};
 pub(crate) use worker::{JobBoard, Outputs};
-pub use worker::{Worker, WorkerOptions};
+pub use worker::{Worker, WorkerOptions, WorkerStopper};
 
 pub(crate) use link::PipeEnd;
 use link::{open_tcp, read_frame, send_message, FrameSink, HandshakeError, PipeReader, Received, TcpReader};

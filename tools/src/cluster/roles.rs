@@ -96,8 +96,7 @@ pub(crate) fn coordinator(a: &CoordinatorArgs, cfg: &ConfigFile) -> Result<Exit>
     let ha = options.ha.clone();
     raise_open_files(options.max_connections);
     // Taken before the server starts, so no signal finds the default action.
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-        .context("cannot take SIGTERM and SIGINT")?;
+    let mut signals = termination_signals()?;
     let server = CoordinatorServer::bind(resolve(&bind)?, config, crate::jobs().clone(), options)?;
     let addr = server.local_addr().context("the listener has no address")?;
     println!("coordinator listening on {addr}");
@@ -118,6 +117,13 @@ pub(crate) fn coordinator(a: &CoordinatorArgs, cfg: &ConfigFile) -> Result<Exit>
     server.shutdown();
     tracing::info!("coordinator stopped");
     Ok(Exit::Done)
+}
+
+/// SIGTERM and SIGINT, taken from their default action (ending the process at
+/// once) so that a role can stop cleanly.
+fn termination_signals() -> Result<signal_hook::iterator::Signals> {
+    signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .context("cannot take SIGTERM and SIGINT")
 }
 
 /// Raises the soft open-file limit to the hard one (every connection costs a
@@ -193,6 +199,7 @@ pub(crate) fn worker(a: &WorkerArgs, cfg: &ConfigFile) -> Result<Exit> {
     let security = a.access.security(cfg)?;
     let options = WorkerOptions { resource_id: w.resource_id.clone(), security, ..WorkerOptions::default() };
     let engine = w.engine().jobs(crate::jobs());
+    let mut signals = termination_signals()?;
     let worker = match a.access.ha(cfg)? {
         Some(ha) => {
             let worker = Worker::start_ha(&ha, engine, options)?;
@@ -210,7 +217,23 @@ pub(crate) fn worker(a: &WorkerArgs, cfg: &ConfigFile) -> Result<Exit> {
             worker
         }
     };
-    // Runs until killed, unless a coordinator refuses it for good.
+    // SIGTERM or SIGINT stops it cleanly: it says goodbye to its coordinator
+    // (whose jobs then fail over at once), and its tasks are cancelled, every
+    // operator closed. Otherwise it runs until a coordinator refuses it for good.
+    let stopper = worker.stopper();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                tracing::info!(
+                    signal = signal_hook::low_level::signal_name(signal).unwrap_or("?"),
+                    "stopping: cancelling every task and leaving the coordinator"
+                );
+                stopper.stop();
+            }
+        })
+        .context("cannot start the signal thread")?;
     worker.wait()?;
+    tracing::info!("worker stopped");
     Ok(Exit::Done)
 }

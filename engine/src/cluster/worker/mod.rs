@@ -135,10 +135,17 @@ impl Worker {
         self.registered.load(Ordering::Acquire)
     }
 
-    /// Waits until the worker ends: never, unless a coordinator refuses it for
-    /// good, which is [`EngineError::RegistrationRefused`] with the reason.
+    /// Waits until the worker ends: when a [`WorkerStopper`] stops it (`Ok`),
+    /// or a coordinator refuses it for good, which is
+    /// [`EngineError::RegistrationRefused`] with the reason.
     pub fn wait(mut self) -> Result<(), EngineError> {
         self.join()
+    }
+
+    /// A handle that stops the worker from another thread (a signal's, say)
+    /// while its owner waits in [`Worker::wait`].
+    pub fn stopper(&self) -> WorkerStopper {
+        WorkerStopper(self.events.clone())
     }
 
     /// Cancels its tasks, stops its shards and waits.
@@ -161,6 +168,19 @@ impl Worker {
                 reason: format!("panicked: {}", shardflow_control::panic_message(&*panic)),
             }),
         }
+    }
+}
+
+/// Stops a [`Worker`] as [`Worker::shutdown`] does: it says goodbye to its
+/// coordinator, cancels its tasks (each operator is closed) and stops its
+/// shards; the owner's [`Worker::wait`] then returns.
+#[derive(Debug, Clone)]
+pub struct WorkerStopper(crossbeam_channel::Sender<Event>);
+
+impl WorkerStopper {
+    /// Asks the worker to stop (once it has, this does nothing).
+    pub fn stop(&self) {
+        let _ = self.0.send(Event::Stop);
     }
 }
 
