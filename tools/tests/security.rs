@@ -131,7 +131,8 @@ fn with_tls_a_certificate_of_another_ca_is_refused() {
     // So is a worker with neither: it ends with the reason instead of retrying.
     let (code, log) = refused_worker("w-plain", &at, &dir);
     assert_eq!(code, Some(2), "{log}");
-    assert!(log.contains("does it require TLS?") && log.contains("--tls-cert"), "{log}");
+    assert!(log.contains(&format!("at {addr} ")) && log.contains("does it require TLS?"), "{log}");
+    assert!(log.contains("--tls-cert"), "{log}");
     // A worker with the other CA's certificate ends with the reason.
     let (code, log) =
         refused_worker("w-foreign", &[&at[..], &["--secret-file", good.as_str()], &other[..]].concat(), &dir);

@@ -91,6 +91,8 @@ pub(crate) enum Connector {
 pub(crate) struct Connected {
     pub(crate) sink: Box<dyn FrameSink>,
     pub(crate) epoch: Option<u64>,
+    /// The coordinator's address (`None` in-process).
+    pub(crate) peer: Option<SocketAddr>,
 }
 
 impl Connector {
@@ -105,7 +107,7 @@ impl Connector {
         match self {
             Connector::Tcp(addr) => {
                 let sink = tcp(*addr, options, deliver)?;
-                Ok(Connected { sink, epoch: None })
+                Ok(Connected { sink, epoch: None, peer: Some(*addr) })
             }
             Connector::Ha(ha) => {
                 let leader = ha.leader().map_err(|e| format!("no leader: {e}"))?;
@@ -116,13 +118,13 @@ impl Connector {
                     .and_then(|mut a| a.next())
                     .ok_or_else(|| format!("the leader's address '{}' does not resolve", leader.address))?;
                 let sink = tcp(addr, options, deliver)?;
-                Ok(Connected { sink, epoch: Some(leader.epoch) })
+                Ok(Connected { sink, epoch: Some(leader.epoch), peer: Some(addr) })
             }
             Connector::InProcess(open) => {
                 let PipeEnd { sink, reader } =
                     open().ok_or_else(|| "the in-process coordinator has stopped".to_string())?;
                 link::spawn_reader("worker-conn-read".into(), reader, limits, deliver).map_err(|e| e.to_string())?;
-                Ok(Connected { sink: Box::new(sink), epoch: None })
+                Ok(Connected { sink: Box::new(sink), epoch: None, peer: None })
             }
         }
     }

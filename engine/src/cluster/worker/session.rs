@@ -18,7 +18,7 @@ use shardflow_control::{ExecutionState, ResourceManagerId};
 
 use super::super::ha::LeaderInfo;
 use super::gateway::{Action, Gateway};
-use super::options::{Connector, WorkerOptions};
+use super::options::{Connected, Connector, WorkerOptions};
 use crate::cluster::link::{send_message, FrameSink, Permit, Received};
 use crate::runtime::task::TaskFailure;
 use crate::shard::{ShardCommand, ShardHandle, TaskReport};
@@ -91,7 +91,7 @@ impl Session {
                 events.send(event).is_ok()
             };
             let end = match self.connector.connect(&self.options, deliver) {
-                Ok(c) => self.serve(c.sink, c.epoch, session, &mut backoff),
+                Ok(c) => self.serve(c, session, &mut backoff),
                 Err(f) if f.retry => SessionEnd::Lost(format!("cannot connect: {}", f.reason)),
                 Err(f) => SessionEnd::Refused(f.reason),
             };
@@ -145,21 +145,16 @@ impl Session {
         }
     }
 
-    /// One session: register, then serve until it ends. `epoch`: the
-    /// leadership the connection was made to (high availability), whose token
-    /// the registration must carry.
-    fn serve(
-        &mut self,
-        mut sink: Box<dyn FrameSink>,
-        epoch: Option<u64>,
-        session: u64,
-        backoff: &mut Duration,
-    ) -> SessionEnd {
+    /// One session on `connection`: register, then serve until it ends. Its
+    /// epoch is the leadership it was made to (high availability), whose
+    /// token the registration must carry.
+    fn serve(&mut self, connection: Connected, session: u64, backoff: &mut Duration) -> SessionEnd {
+        let Connected { mut sink, epoch, peer } = connection;
         let expected = epoch.map(ResourceManagerId);
         let mut pending: VecDeque<Action> = self.gateway.connected(Instant::now(), expected).into();
         // Over TCP without TLS, a coordinator that requires TLS answers the first
         // frame with a TLS alert: bytes that are not a frame before any frame.
-        let plain_tcp = !matches!(self.connector, Connector::InProcess(_)) && !self.options.security.has_tls();
+        let plain_tcp = peer.filter(|_| !self.options.security.has_tls());
         let mut heard = false;
         loop {
             if let Some(end) = self.carry_out(&mut pending, sink.as_mut()) {
@@ -206,12 +201,13 @@ impl Session {
                     sink.abort();
                     return SessionEnd::Lost("the connection closed".into());
                 }
-                Event::Bad(_, e, _permit) if plain_tcp && !heard => {
+                Event::Bad(_, e, _permit) if plain_tcp.is_some() && !heard => {
                     // Connecting again cannot help: the worker stops with the reason.
                     sink.close();
+                    let at = plain_tcp.map_or_else(String::new, |a| a.to_string());
                     return SessionEnd::Refused(format!(
-                        "the coordinator answered with bytes that are not a frame ({e}): does it require TLS? \
-                         (give the worker --tls-cert, --tls-key and --tls-ca)"
+                        "the coordinator at {at} answered with bytes that are not a frame ({e}): does it require \
+                         TLS? (give the worker --tls-cert, --tls-key and --tls-ca)"
                     ));
                 }
                 Event::Bad(_, e, _permit) => pending.extend(self.gateway.on_bad_frame(&e)),
