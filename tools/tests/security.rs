@@ -209,3 +209,21 @@ fn submit_to_running_with_and_without_tls() {
         println!("submit_to_running cluster={name} rounds=15 median_us={} all_us={t:?}", t[7]);
     }
 }
+
+#[test]
+fn make_certs_keeps_an_earlier_ca_unless_forced() {
+    let dir = TempDir::new("make-certs");
+    let certs = dir.path("certs");
+    let out = run(&["make-certs", "--dir", &certs]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ca = std::fs::read(format!("{certs}/ca.pem")).unwrap();
+    // Again into the same directory: refused, the CA untouched.
+    let (code, err) = stderr_of(&["make-certs", "--dir", &certs]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("ca.pem exists already") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(format!("{certs}/ca.pem")).unwrap(), ca, "the earlier CA is kept");
+    // With --force: a new CA.
+    let out = run(&["make-certs", "--dir", &certs, "--force"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_ne!(std::fs::read(format!("{certs}/ca.pem")).unwrap(), ca, "replaced");
+}

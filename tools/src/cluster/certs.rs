@@ -28,7 +28,14 @@ pub(crate) struct MakeCertsArgs {
     /// The CA's name, in its subject. Default `shardflow test CA`.
     #[arg(long, default_value = "shardflow test CA")]
     ca_name: String,
+    /// Replace the files of an earlier run (processes still holding its
+    /// certificates are then refused by those given the new ones).
+    #[arg(long)]
+    force: bool,
 }
+
+/// The files `make-certs` writes into its directory.
+const FILES: [&str; 3] = ["ca.pem", "node.pem", "node.key"];
 
 fn write(path: &Path, contents: &str, private: bool) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -39,6 +46,15 @@ fn write(path: &Path, contents: &str, private: bool) -> Result<()> {
 }
 
 pub(crate) fn make_certs(a: &MakeCertsArgs) -> Result<Exit> {
+    if !a.force {
+        if let Some(there) = FILES.iter().map(|f| a.dir.join(f)).find(|p| p.exists()) {
+            anyhow::bail!(
+                "{} exists already: a new CA would refuse every process holding the old one's certificates \
+                 (pass --force to replace the files anyway)",
+                there.display()
+            );
+        }
+    }
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -57,9 +73,10 @@ pub(crate) fn make_certs(a: &MakeCertsArgs) -> Result<Exit> {
     let key = KeyPair::generate()?;
     let cert = node.signed_by(&key, &ca)?;
 
-    write(&a.dir.join("ca.pem"), &ca.pem(), false)?;
-    write(&a.dir.join("node.pem"), &cert.pem(), false)?;
-    write(&a.dir.join("node.key"), &key.serialize_pem(), true)?;
+    let [ca_file, node_file, key_file] = FILES.map(|f| a.dir.join(f));
+    write(&ca_file, &ca.pem(), false)?;
+    write(&node_file, &cert.pem(), false)?;
+    write(&key_file, &key.serialize_pem(), true)?;
     println!("wrote {0}/ca.pem, {0}/node.pem and {0}/node.key (for {1})", a.dir.display(), a.hosts.join(", "));
     Ok(Exit::Done)
 }
