@@ -75,6 +75,13 @@ impl HaConfig {
         if self.endpoints.is_empty() || self.endpoints.iter().any(|e| e.trim().is_empty()) {
             return bad("ha.endpoints", format!("{:?}", self.endpoints), "name at least one etcd endpoint (host:port)");
         }
+        if let Some(e) = self.endpoints.iter().find(|e| e.contains("://") && !e.trim().starts_with("http://")) {
+            return bad(
+                "ha.endpoints",
+                e.clone(),
+                "give host:port or http://host:port (this build talks to etcd without TLS)",
+            );
+        }
         if self.lease_ttl < Duration::from_secs(1) {
             return bad(
                 "ha.lease_ttl_ms",
@@ -200,6 +207,11 @@ mod tests {
         assert!(e.to_string().contains("ha.lease_ttl_ms"), "{e}");
         let e = HaConfig { cluster_id: "a/b".into(), ..HaConfig::etcd(vec!["x:1".into()]) }.validate().unwrap_err();
         assert!(e.to_string().contains("ha.cluster_id"), "{e}");
+        assert!(HaConfig::etcd(vec!["http://127.0.0.1:2379".into()]).validate().is_ok());
+        for scheme in ["https://127.0.0.1:2379", "unix:///run/etcd.sock"] {
+            let e = HaConfig::etcd(vec!["x:1".into(), scheme.into()]).validate().unwrap_err().to_string();
+            assert!(e.contains("ha.endpoints") && e.contains(scheme) && e.contains("without TLS"), "{e}");
+        }
     }
 
     #[test]
