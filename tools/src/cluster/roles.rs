@@ -7,6 +7,9 @@ use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use shardflow_engine::cluster::{CoordinatorServer, ServerOptions, Worker, WorkerOptions};
 use shardflow_engine::{CoordinatorConfig, IdlePolicy, PlacementStrategy, RestartStrategy};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use signal_hook::low_level::signal_name;
 
 use super::config::WorkerSection;
 use super::{resolve, AccessArgs, ConfigFile, DEFAULT_COORDINATOR};
@@ -96,7 +99,7 @@ pub(crate) fn coordinator(a: &CoordinatorArgs, cfg: &ConfigFile) -> Result<Exit>
     let ha = options.ha.clone();
     raise_open_files(options.max_connections);
     // Taken before the server starts, so no signal finds the default action.
-    let mut signals = termination_signals()?;
+    let signals = termination_signals()?;
     let server = CoordinatorServer::bind(resolve(&bind)?, config, crate::jobs().clone(), options)?;
     let addr = server.local_addr().context("the listener has no address")?;
     println!("coordinator listening on {addr}");
@@ -109,11 +112,12 @@ pub(crate) fn coordinator(a: &CoordinatorArgs, cfg: &ConfigFile) -> Result<Exit>
     // SIGTERM or SIGINT stops the coordinator cleanly: a leader resigns (a
     // standby takes over at once instead of when the lease lapses), and every
     // connection is closed.
-    let signal = signals.forever().next();
-    tracing::info!(
-        signal = signal.and_then(signal_hook::low_level::signal_name).unwrap_or("?"),
-        "stopping: resigning any leadership and closing every connection"
-    );
+    let (stop, stopped) = std::sync::mpsc::channel();
+    stop_on_signal(signals, move |signal| {
+        let _ = stop.send(signal);
+    })?;
+    let signal = stopped.recv().unwrap_or("?");
+    tracing::info!(signal, "stopping: resigning any leadership and closing every connection");
     server.shutdown();
     tracing::info!("coordinator stopped");
     Ok(Exit::Done)
@@ -121,9 +125,28 @@ pub(crate) fn coordinator(a: &CoordinatorArgs, cfg: &ConfigFile) -> Result<Exit>
 
 /// SIGTERM and SIGINT, taken from their default action (ending the process at
 /// once) so that a role can stop cleanly.
-fn termination_signals() -> Result<signal_hook::iterator::Signals> {
-    signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-        .context("cannot take SIGTERM and SIGINT")
+fn termination_signals() -> Result<Signals> {
+    Signals::new([SIGTERM, SIGINT]).context("cannot take SIGTERM and SIGINT")
+}
+
+/// Waits on a thread of its own for `signals`: the first calls `stop` with its
+/// name; a second ends the process at once, as the default action would have
+/// (exit status 128 + the signal's number).
+fn stop_on_signal(mut signals: Signals, stop: impl FnOnce(&'static str) + Send + 'static) -> Result<()> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut caught = signals.forever();
+            if let Some(first) = caught.next() {
+                stop(signal_name(first).unwrap_or("?"));
+            }
+            if let Some(second) = caught.next() {
+                eprintln!("{} while stopping: ending at once", signal_name(second).unwrap_or("a second signal"));
+                std::process::exit(128 + second);
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
 }
 
 /// Raises the soft open-file limit to the hard one (every connection costs a
@@ -199,7 +222,7 @@ pub(crate) fn worker(a: &WorkerArgs, cfg: &ConfigFile) -> Result<Exit> {
     let security = a.access.security(cfg)?;
     let options = WorkerOptions { resource_id: w.resource_id.clone(), security, ..WorkerOptions::default() };
     let engine = w.engine().jobs(crate::jobs());
-    let mut signals = termination_signals()?;
+    let signals = termination_signals()?;
     let worker = match a.access.ha(cfg)? {
         Some(ha) => {
             let worker = Worker::start_ha(&ha, engine, options)?;
@@ -221,18 +244,10 @@ pub(crate) fn worker(a: &WorkerArgs, cfg: &ConfigFile) -> Result<Exit> {
     // (whose jobs then fail over at once), and its tasks are cancelled, every
     // operator closed. Otherwise it runs until a coordinator refuses it for good.
     let stopper = worker.stopper();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
-                tracing::info!(
-                    signal = signal_hook::low_level::signal_name(signal).unwrap_or("?"),
-                    "stopping: cancelling every task and leaving the coordinator"
-                );
-                stopper.stop();
-            }
-        })
-        .context("cannot start the signal thread")?;
+    stop_on_signal(signals, move |signal| {
+        tracing::info!(signal, "stopping: cancelling every task and leaving the coordinator");
+        stopper.stop();
+    })?;
     worker.wait()?;
     tracing::info!("worker stopped");
     Ok(Exit::Done)
