@@ -22,7 +22,8 @@ pub(crate) struct EngineInner {
     /// The ingresses of its jobs, closed when the coordinator says a job ended.
     pub(crate) job_ends: Arc<JobEnds>,
     /// In-process clients not in use, kept for the next call: each connection
-    /// costs the coordinator a reader thread, started and ended with it.
+    /// costs the coordinator's loop an open and a close, and the client a
+    /// queue of its own.
     idle: Mutex<Vec<ClusterClient>>,
     submissions: AtomicU64,
     stopping: AtomicBool,

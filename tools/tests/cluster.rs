@@ -149,16 +149,16 @@ fn a_worker_dump_shows_each_shard_with_its_core_and_tasks() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no worker worker-99"));
 }
 
-#[test]
-fn a_sigkilled_worker_makes_the_job_restart_on_the_remaining_slots() {
+/// A job on both workers; worker w1 is ended by `end`, and the coordinator
+/// logs `lost` of it: the job fails over and restarts on the other worker's
+/// slots, a new attempt everywhere.
+fn the_job_restarts_on_the_worker_left(end: impl FnOnce(&mut Proc), lost: &[&str]) {
     let mut c = cluster(&["--restart", "fixed-delay:attempts=2,delay=100ms"], &[2, 2]);
     let id = c.submit(&["forward-count", "--param", "rate=1000", "--param", "duration_ms=600000"]);
     let v = c.json(&["status", &id, "--wait", "running", "--timeout-s", "60"]);
     assert_eq!(workers_of(&v).len(), 2, "{v}");
-    c.workers[1].0.kill().unwrap();
-    c.workers[1].0.wait().unwrap();
-    // The kill closes the worker's connection: the job fails over and restarts.
-    c.coordinator.wait_for_log(&["worker lost", "w1"]);
+    end(&mut c.workers[1]);
+    c.coordinator.wait_for_log(lost);
     c.coordinator.wait_for_log(&["job restarts", &format!("job={id}")]);
     let v = c.json(&["status", &id, "--wait", "running", "--timeout-s", "60"]);
     assert_eq!(v["status"], "RUNNING", "{v}");
@@ -173,24 +173,24 @@ fn a_sigkilled_worker_makes_the_job_restart_on_the_remaining_slots() {
 }
 
 #[test]
+fn a_sigkilled_worker_makes_the_job_restart_on_the_remaining_slots() {
+    // The kill closes the worker's connection.
+    let kill = |w: &mut Proc| {
+        w.0.kill().unwrap();
+        w.0.wait().unwrap();
+    };
+    the_job_restarts_on_the_worker_left(kill, &["worker lost", "w1"]);
+}
+
+#[test]
 fn a_worker_stopped_by_sigterm_says_goodbye_and_its_job_restarts_elsewhere() {
-    let mut c = cluster(&["--restart", "fixed-delay:attempts=2,delay=100ms"], &[2, 2]);
-    let id = c.submit(&["forward-count", "--param", "rate=1000", "--param", "duration_ms=600000"]);
-    let v = c.json(&["status", &id, "--wait", "running", "--timeout-s", "60"]);
-    assert_eq!(workers_of(&v).len(), 2, "{v}");
-    let pid = c.workers[1].0.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = c.workers[1].0.wait().unwrap();
-    assert!(status.success(), "a stop asked for is a clean exit: {status}");
-    // It said goodbye (a killed worker's connection just closes): the job fails
-    // over at once and runs on the other worker.
-    c.coordinator.wait_for_log(&["worker disconnects: worker shutting down"]);
-    c.coordinator.wait_for_log(&["job restarts", &format!("job={id}")]);
-    let v = c.json(&["status", &id, "--wait", "running", "--timeout-s", "60"]);
-    assert_eq!((v["status"].as_str(), v["restarts"].as_u64()), (Some("RUNNING"), Some(1)), "{v}");
-    assert_eq!(workers_of(&v).len(), 1, "{v}");
-    assert!(c.run(&["cancel", &id]).status.success());
-    assert_eq!(c.json(&["status", &id, "--wait", "finished", "--timeout-s", "60"])["status"], "CANCELED");
+    let term = |w: &mut Proc| {
+        assert!(Command::new("kill").args(["-TERM", &w.0.id().to_string()]).status().unwrap().success());
+        let status = w.0.wait().unwrap();
+        assert!(status.success(), "a stop asked for is a clean exit: {status}");
+    };
+    // It said goodbye (a killed worker's connection just closes).
+    the_job_restarts_on_the_worker_left(term, &["worker disconnects: worker shutting down"]);
 }
 
 #[test]

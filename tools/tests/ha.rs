@@ -74,6 +74,15 @@ impl Ha {
         run(&[args, &self.ha()[..]].concat())
     }
 
+    /// Submits a job that runs ten minutes (unless cancelled), waits until it
+    /// runs; its id.
+    fn submit_endless(&self) -> String {
+        let args = ["submit", "forward-count", "--param", "rate=1000", "--param", "duration_ms=600000"];
+        let v = self.json(&[&args[..], &["--wait", "running"]].concat());
+        assert_eq!(v["status"], "RUNNING", "{v}");
+        v["job"].as_str().unwrap().to_string()
+    }
+
     /// A worker's log so far.
     fn worker_log(&self, i: usize) -> String {
         std::fs::read_to_string(self.logs.path(&format!("w{i}.log"))).unwrap_or_default()
@@ -173,17 +182,7 @@ fn a_sigkilled_leader_is_replaced_and_its_running_job_completes_under_the_new_on
 #[test]
 fn a_leader_stopped_by_sigterm_resigns_and_the_standby_leads_at_once() {
     let mut h = Ha::start_leased("term", "300000", &[]);
-    let v = h.json(&[
-        "submit",
-        "forward-count",
-        "--param",
-        "rate=1000",
-        "--param",
-        "duration_ms=600000",
-        "--wait",
-        "running",
-    ]);
-    let id = v["job"].as_str().unwrap().to_string();
+    let id = h.submit_endless();
 
     signal(&h.leader.proc, "-TERM");
     let line = h.leader.wait_for_log(&["stopping: resigning"]);
@@ -206,17 +205,7 @@ fn a_leader_stopped_by_sigterm_resigns_and_the_standby_leads_at_once() {
 #[test]
 fn a_paused_leader_resumed_after_a_takeover_acts_on_nothing_and_steps_down() {
     let mut h = Ha::start("pause", &[]);
-    let v = h.json(&[
-        "submit",
-        "forward-count",
-        "--param",
-        "rate=1000",
-        "--param",
-        "duration_ms=600000",
-        "--wait",
-        "running",
-    ]);
-    let id = v["job"].as_str().unwrap().to_string();
+    let id = h.submit_endless();
 
     signal(&h.leader.proc, "-STOP");
     // Past its 1 s lease the standby wins; the workers follow it.
@@ -255,17 +244,7 @@ fn a_paused_leader_resumed_after_a_takeover_acts_on_nothing_and_steps_down() {
 #[test]
 fn with_etcd_gone_for_a_while_the_leader_keeps_its_jobs_holds_its_actions_and_recovers() {
     let mut h = Ha::start("outage", &[]);
-    let v = h.json(&[
-        "submit",
-        "forward-count",
-        "--param",
-        "rate=1000",
-        "--param",
-        "duration_ms=600000",
-        "--wait",
-        "running",
-    ]);
-    let id = v["job"].as_str().unwrap().to_string();
+    let id = h.submit_endless();
     let leader_addr = h.leader.addr.clone();
     let direct = ["--coordinator", leader_addr.as_str()];
     let epoch = h.json(&["cluster"])["leader"]["epoch"].as_u64();

@@ -154,8 +154,8 @@ impl Session {
         let mut pending: VecDeque<Action> = self.gateway.connected(Instant::now(), expected).into();
         // Over TCP without TLS, a coordinator that requires TLS answers the first
         // frame with a TLS alert: bytes that are not a frame before any frame.
-        let plain_tcp = peer.filter(|_| !self.options.security.has_tls());
-        let mut heard = false;
+        // Its address while no frame has come.
+        let mut unheard_plain = peer.filter(|_| !self.options.security.has_tls());
         loop {
             if let Some(end) = self.carry_out(&mut pending, sink.as_mut()) {
                 return end;
@@ -201,19 +201,20 @@ impl Session {
                     sink.abort();
                     return SessionEnd::Lost("the connection closed".into());
                 }
-                Event::Bad(_, e, _permit) if plain_tcp.is_some() && !heard => {
-                    // Connecting again cannot help: the worker stops with the reason.
-                    sink.close();
-                    let at = plain_tcp.map_or_else(String::new, |a| a.to_string());
-                    return SessionEnd::Refused(format!(
-                        "the coordinator at {at} answered with bytes that are not a frame ({e}): does it require \
-                         TLS? (give the worker --tls-cert, --tls-key and --tls-ca)"
-                    ));
+                Event::Bad(_, e, _permit) => {
+                    if let Some(at) = unheard_plain {
+                        // Connecting again cannot help: the worker stops with the reason.
+                        sink.close();
+                        return SessionEnd::Refused(format!(
+                            "the coordinator at {at} answered with bytes that are not a frame ({e}): does it \
+                             require TLS? (give the worker --tls-cert, --tls-key and --tls-ca)"
+                        ));
+                    }
+                    pending.extend(self.gateway.on_bad_frame(&e));
                 }
-                Event::Bad(_, e, _permit) => pending.extend(self.gateway.on_bad_frame(&e)),
                 Event::Task(r) => pending.extend(self.gateway.on_task(r)),
                 Event::Frame(_, msg, _permit) => {
-                    heard = true;
+                    unheard_plain = None;
                     pending.extend(self.gateway.on_message(now, msg));
                 }
             }
