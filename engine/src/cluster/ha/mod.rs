@@ -37,12 +37,14 @@
 //! The embedded engine never needs any of this: standalone (no HA) is the
 //! default everywhere.
 
+#[cfg(feature = "etcd")]
 mod etcd;
 
 use std::time::Duration;
 
 use shardflow_control::{JobId, JobRecord};
 
+#[cfg(feature = "etcd")]
 pub(crate) use etcd::EtcdHa;
 
 use crate::error::EngineError;
@@ -108,6 +110,7 @@ pub struct LeaderInfo {
 
 /// What an election tells its contender (the coordinator's event loop).
 #[derive(Debug)]
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))] // made by the services alone
 pub(crate) enum LeadershipEvent {
     /// Won: the epoch (the fencing token), the job store's records, and until
     /// when the leadership is confirmed.
@@ -142,6 +145,7 @@ pub(crate) enum LeadershipEvent {
 
 /// A write to the job store, fenced by the leadership.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))] // read by the services alone
 pub(crate) enum StoreOp {
     /// Write a job's record; with `ack`, the outcome comes back as
     /// [`LeadershipEvent::Stored`].
@@ -187,9 +191,23 @@ pub(crate) trait HighAvailabilityServices: Send + Sync {
 }
 
 /// The services for `config` (etcd is the one kind today).
+#[cfg(feature = "etcd")]
 pub(crate) fn services(config: &HaConfig) -> Result<std::sync::Arc<dyn HighAvailabilityServices>, EngineError> {
     config.validate()?;
     Ok(EtcdHa::start(config)?)
+}
+
+/// Without the `etcd` feature there are no services: a typed refusal.
+#[cfg(not(feature = "etcd"))]
+pub(crate) fn services(config: &HaConfig) -> Result<std::sync::Arc<dyn HighAvailabilityServices>, EngineError> {
+    config.validate()?;
+    Err(EngineError::InvalidConfig {
+        field: "ha.kind",
+        value: "etcd".into(),
+        reason: "this build has no etcd support: build shardflow-engine with its `etcd` feature \
+                 (shardflow-tools turns it on by default)"
+            .into(),
+    })
 }
 
 #[cfg(test)]
@@ -214,6 +232,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "etcd")]
     #[test]
     fn a_leader_looked_for_where_no_etcd_listens_names_the_cause() {
         // A loopback port nothing listens on: every read is refused at once.
@@ -224,5 +243,18 @@ mod tests {
         assert!(matches!(e, EngineError::Io { .. }), "{e:?}");
         assert!(text.contains("none within 300 ms: etcd cannot be read"), "{text}");
         assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    }
+
+    #[cfg(not(feature = "etcd"))]
+    #[test]
+    fn a_build_without_etcd_refuses_ha_settings_by_name() {
+        let ha = HaConfig::etcd(vec!["127.0.0.1:2379".into()]);
+        let e = crate::cluster::current_leader(&ha, Duration::from_millis(300)).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, EngineError::InvalidConfig { field: "ha.kind", .. }), "{e:?}");
+        assert!(text.contains("no etcd support") && text.contains("`etcd` feature"), "{text}");
+        // Bad settings are still named first.
+        let e = crate::cluster::current_leader(&HaConfig::etcd(vec![]), Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(e, EngineError::InvalidConfig { field: "ha.endpoints", .. }), "{e:?}");
     }
 }

@@ -124,6 +124,11 @@ impl TlsConfig {
     /// certificate, so it must allow both uses; its subject alternative names
     /// must include the addresses clients connect to.
     pub fn from_pem(cert_chain: &[u8], key: &[u8], ca: &[u8]) -> Result<Self, EngineError> {
+        // rustls 0.23.48 deprecates ring's provider for lacking post-quantum key
+        // exchange (X25519MLKEM768, which only its aws-lc-rs provider has, at the
+        // price of a C and cmake build); ring's classical suites are what this
+        // build offers, so the deprecation is acknowledged here.
+        #[allow(deprecated)]
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_chain)
             .collect::<Result<_, _>>()
