@@ -128,6 +128,48 @@ fn two_workers_run_a_forward_job_and_list_status_cancel_work() {
 }
 
 #[test]
+fn waiting_for_workers_also_waits_for_a_coordinator_still_starting() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    // The client first, as a script that starts a cluster may run it: nothing
+    // listens at `addr` yet.
+    let mut waiting = Proc(
+        Command::new(BIN)
+            .args(["cluster", "--wait-workers", "1", "--timeout-s", "60", "--json", "--coordinator", &addr])
+            .env("SHARDFLOW_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("client starts"),
+    );
+    let mut log = BufReader::new(waiting.0.stderr.take().unwrap()).lines();
+    let told = format!("waiting for the coordinator at {addr} to listen");
+    // Its own 60 s timeout bounds this read: it ends by then.
+    let line = log.find(|l| l.as_ref().is_ok_and(|l| l.contains(&told)));
+    assert!(line.is_some(), "the client never said it waits for the coordinator");
+    std::thread::spawn(move || log.for_each(drop));
+    let _coordinator = Coordinator::start("", &["--bind", &addr]);
+    let _worker = common::worker(&addr, "w0", online_cores()[0], 1);
+    let mut out = String::new();
+    waiting.0.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let status = waiting.0.wait().unwrap();
+    assert!(status.success(), "{status}: {out}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["workers"], 1, "{v}");
+
+    // Nobody ever listening: a clear error once its time is up.
+    let nobody = format!("127.0.0.1:{}", common::free_port());
+    let out = Command::new(BIN)
+        .args(["cluster", "--wait-workers", "1", "--timeout-s", "1", "--coordinator", &nobody])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("no coordinator at {nobody} within 1 s")), "{err}");
+}
+
+#[test]
 fn a_worker_dump_shows_each_shard_with_its_core_and_tasks() {
     let c = cluster(&[], &[2, 2]);
     let id = c.submit(&["forward-count", "--param", "rate=1000", "--param", "duration_ms=600000"]);

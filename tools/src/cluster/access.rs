@@ -203,19 +203,53 @@ impl Connection {
     /// under high availability, else to `coordinator` (or the file's, or the
     /// default address).
     pub(crate) fn open(coordinator: Option<&str>, access: &AccessArgs, cfg: &ConfigFile) -> Result<Self> {
+        Self::open_within(coordinator, access, cfg, None)
+    }
+
+    /// As [`Self::open`]; with `wait`, a coordinator that does not listen yet
+    /// (one starting next to this client, in a script) is tried again until
+    /// `wait` has passed — under high availability, a leader is looked for
+    /// that long at least.
+    pub(crate) fn open_within(
+        coordinator: Option<&str>,
+        access: &AccessArgs,
+        cfg: &ConfigFile,
+        wait: Option<Duration>,
+    ) -> Result<Self> {
         let security = access.security(cfg)?;
         let ha = access.ha(cfg)?;
         if let Some(ha) = ha {
             if coordinator.is_some() {
                 tracing::info!("--coordinator is ignored: the leader is found through --ha-etcd");
             }
-            let (client, leader) = reach_leader(&ha, &security, Instant::now() + FIND_LEADER)?;
+            let (client, leader) =
+                reach_leader(&ha, &security, Instant::now() + wait.unwrap_or_default().max(FIND_LEADER))?;
             return Ok(Connection { client, ha: Some(ha), security, leader: Some(leader) });
         }
         let addr =
             coordinator.map(String::from).or(cfg.client.coordinator.clone()).unwrap_or(DEFAULT_COORDINATOR.into());
-        let client = ClusterClient::connect_with(resolve(&addr)?, CONNECT_TIMEOUT, &security)?;
-        Ok(Connection { client, ha: None, security, leader: None })
+        let addr = resolve(&addr)?;
+        let (start, mut pause) = (Instant::now(), Pause::new());
+        let deadline = start + wait.unwrap_or_default();
+        loop {
+            match ClusterClient::connect_with(addr, CONNECT_TIMEOUT, &security) {
+                Ok(client) => return Ok(Connection { client, ha: None, security, leader: None }),
+                // Not listening yet, or gone while it started: ask again.
+                Err(e @ EngineError::Io { .. }) if wait.is_some() => {
+                    if Instant::now() >= deadline {
+                        let waited = start.elapsed().as_secs_f64();
+                        return Err(
+                            anyhow::Error::new(e).context(format!("no coordinator at {addr} within {waited:.0} s"))
+                        );
+                    }
+                    if pause.is_first() {
+                        tracing::info!("waiting for the coordinator at {addr} to listen ({e})");
+                    }
+                    pause.sleep_before(deadline); // then a last try at the deadline
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// The client, for a request made once (a submission, a cancel).
@@ -292,6 +326,11 @@ struct Pause(Duration);
 impl Pause {
     fn new() -> Self {
         Pause(Duration::from_millis(50))
+    }
+
+    /// Whether no pause was slept yet.
+    fn is_first(&self) -> bool {
+        self.0 == Duration::from_millis(50)
     }
 
     /// Whether a pause still ends before `deadline`.

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -301,7 +301,8 @@ pub(crate) fn cancel(a: &CancelArgs, cfg: &ConfigFile) -> Result<Exit> {
 /// `shardflow cluster`.
 #[derive(Debug, Args)]
 pub(crate) struct ClusterArgs {
-    /// Wait until this many workers are registered first.
+    /// Wait until this many workers are registered first (and, until then, for
+    /// the coordinator to listen).
     #[arg(long)]
     wait_workers: Option<u32>,
     /// Seconds to wait at most.
@@ -312,10 +313,19 @@ pub(crate) struct ClusterArgs {
 }
 
 pub(crate) fn cluster(a: &ClusterArgs, cfg: &ConfigFile) -> Result<Exit> {
-    let mut client = a.client.connect(cfg)?;
-    let o = match a.wait_workers {
-        Some(n) => client.following(Duration::from_secs(a.timeout_s), |c, left| c.wait_for_workers(n, left))?,
-        None => client.following(FOLLOW_LEADER, |c, _| c.overview())?,
+    let (o, mut client) = match a.wait_workers {
+        Some(n) => {
+            // A script starts a cluster and then waits for it: the coordinator
+            // may not listen yet either.
+            let deadline = Instant::now() + Duration::from_secs(a.timeout_s);
+            let mut client = a.client.connect_within(cfg, Duration::from_secs(a.timeout_s))?;
+            let left = || deadline.saturating_duration_since(Instant::now());
+            (client.following(left(), |c, left| c.wait_for_workers(n, left))?, client)
+        }
+        None => {
+            let mut client = a.client.connect(cfg)?;
+            (client.following(FOLLOW_LEADER, |c, _| c.overview())?, client)
+        }
     };
     let workers = client.following(FOLLOW_LEADER, |c, _| c.workers())?;
     // The answering coordinator names itself: the leader.

@@ -57,6 +57,12 @@ impl ClientArgs {
     pub(super) fn connect(&self, cfg: &ConfigFile) -> Result<Connection> {
         Connection::open(self.coordinator.as_deref(), &self.access, cfg)
     }
+
+    /// As [`Self::connect`], waiting up to `wait` for a coordinator (or leader)
+    /// that is not there yet.
+    pub(super) fn connect_within(&self, cfg: &ConfigFile, wait: Duration) -> Result<Connection> {
+        Connection::open_within(self.coordinator.as_deref(), &self.access, cfg, Some(wait))
+    }
 }
 
 /// How long reads and waits go on finding a leader that went away.
