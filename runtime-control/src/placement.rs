@@ -62,7 +62,13 @@ impl FromStr for PlacementStrategy {
                 .split(',')
                 .map(|c| c.trim().parse::<usize>().map_err(|_| bad(format!("'{c}' is not a core number in '{entry}'"))))
                 .collect::<Result<Vec<_>, _>>()?;
-            map.insert(vertex.trim().to_string(), cores);
+            let vertex = vertex.trim();
+            if vertex.is_empty() {
+                return Err(bad(format!("'{entry}' names no vertex before '='")));
+            }
+            if map.insert(vertex.to_string(), cores).is_some() {
+                return Err(bad(format!("vertex '{vertex}' is listed twice: give its cores once")));
+            }
         }
         if map.is_empty() {
             return Err(bad("empty placement map".into()));
@@ -365,6 +371,11 @@ mod tests {
             other => panic!("extra cores are refused, not ignored: {other:?}"),
         }
         assert!("nonsense".parse::<PlacementStrategy>().is_err());
+        // A vertex given twice is a typo, not "the last one wins".
+        let e = "source=0;source=1,0;sink=0,1".parse::<PlacementStrategy>().unwrap_err().to_string();
+        assert!(e.contains("vertex 'source' is listed twice"), "{e}");
+        let e = " =0;sink=1".parse::<PlacementStrategy>().unwrap_err().to_string();
+        assert!(e.contains("names no vertex"), "{e}");
     }
 
     #[test]
