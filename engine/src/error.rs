@@ -238,6 +238,12 @@ pub enum DataflowError {
         /// Its parallelism.
         downstream: u32,
     },
+    /// A placement hint of no core.
+    #[error("'{operator}': cores(&[]) names no core: give at least one, or no hint")]
+    NoCores {
+        /// The operator.
+        operator: String,
+    },
     /// Streams of two different dataflows were combined.
     #[error("'{operator}': its inputs come from different dataflows")]
     ForeignStream {

@@ -57,6 +57,13 @@ fn dataflows_a_new_user_trips_over_are_typed_errors() {
     let df = Dataflow::new("zero");
     df.generate("numbers", 10, |r| r).parallelism(0).count();
     assert!(matches!(df.build(), Err(EngineError::Dataflow(DataflowError::ZeroParallelism { .. }))));
+    // A placement hint of no core (it read as a malformed placement map).
+    let df = Dataflow::new("nowhere");
+    df.generate("numbers", 10, |r| r).rebalance().map(|r: &u64| *r).name("pinned").cores(&[]).count();
+    match df.build() {
+        Err(EngineError::Dataflow(DataflowError::NoCores { operator })) => assert_eq!(operator, "pinned"),
+        other => panic!("expected NoCores, got {other:?}"),
+    }
 }
 
 #[test]

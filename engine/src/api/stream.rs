@@ -166,7 +166,14 @@ impl<T: Data> Stream<T> {
     /// `cores[i % len]`); vertices without a hint spread over every shard.
     #[must_use]
     pub fn cores(self, cores: &[usize]) -> Self {
-        self.plan.borrow_mut().vertices[self.vertex].cores = Some(cores.to_vec());
+        let mut p = self.plan.borrow_mut();
+        if cores.is_empty() {
+            let operator = p.op_name(self.op);
+            p.error(DataflowError::NoCores { operator });
+        } else {
+            p.vertices[self.vertex].cores = Some(cores.to_vec());
+        }
+        drop(p);
         self
     }
 
