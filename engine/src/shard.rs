@@ -497,7 +497,7 @@ async fn supervise(
     match outcome {
         Ok(Err(TaskStop::Canceled)) => match abandoned.borrow().clone() {
             None => report(ExecutionState::Canceled, None, None),
-            Some(cause) => report(ExecutionState::Failed, Some(TaskFailure { cause, secondary: false }), None),
+            Some(cause) => report(ExecutionState::Failed, Some(TaskFailure::new(cause)), None),
         },
         Ok(Ok(output)) => report(ExecutionState::Finished, None, Some(output)),
         Ok(Err(TaskStop::Failed(failure))) => report(ExecutionState::Failed, Some(failure), None),

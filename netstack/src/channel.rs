@@ -43,6 +43,9 @@ struct Shared {
     producer: AtomicWaker,
     sender_closed: AtomicBool,
     receiver_closed: AtomicBool,
+    /// Why the producer failed, when it says so before it goes
+    /// ([`ChannelSender::fail`]): the consumer names the root cause.
+    failure: std::sync::OnceLock<String>,
 }
 
 /// Creates a channel whose receiver starts by granting `initial_credits`, able to hold
@@ -59,6 +62,7 @@ pub fn channel(initial_credits: u32, max_data_in_flight: u32, event_room: u32) -
         producer: AtomicWaker::new(),
         sender_closed: AtomicBool::new(false),
         receiver_closed: AtomicBool::new(false),
+        failure: std::sync::OnceLock::new(),
     });
     (ChannelSender { shared: shared.clone(), subpartition: 0 }, ChannelReceiver { shared })
 }
@@ -197,6 +201,13 @@ impl ChannelSender {
     pub fn is_closed(&self) -> bool {
         self.shared.receiver_closed.load(Ordering::Acquire)
     }
+
+    /// Records why the producer fails, before it drops this sender: the
+    /// consumer's [`NetError::ProducerLost`] then names that cause (the first
+    /// one recorded stands).
+    pub fn fail(&self, cause: &str) {
+        let _ = self.shared.failure.set(cause.to_string());
+    }
 }
 
 impl Drop for ChannelSender {
@@ -244,6 +255,11 @@ impl ChannelReceiver {
     /// Whether the sender is gone (after end of partition, or lost).
     pub fn is_sender_closed(&self) -> bool {
         self.shared.sender_closed.load(Ordering::Acquire)
+    }
+
+    /// Why the producer failed, if it said so ([`ChannelSender::fail`]).
+    pub fn producer_failure(&self) -> Option<String> {
+        self.shared.failure.get().cloned()
     }
 
     /// Whether the ring is empty.

@@ -13,10 +13,15 @@ pub enum NetError {
         subpartition: usize,
     },
     /// The producing side went away without sending end-of-partition.
-    #[error("input channel {channel}: the producer went away before end of partition")]
+    #[error("input channel {channel}: {}", match cause {
+        Some(cause) => format!("its producer failed: {cause}"),
+        None => "the producer went away before end of partition".to_string(),
+    })]
     ProducerLost {
         /// Input channel of the gate.
         channel: usize,
+        /// The producer's failure (the root cause), when it said why.
+        cause: Option<String>,
     },
     /// A record does not fit in an empty segment.
     #[error("a record of {record_bytes} bytes does not fit in a segment of {segment_bytes} bytes")]

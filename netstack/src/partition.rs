@@ -514,6 +514,15 @@ impl ResultPartition {
         self.broadcast_event(Event::EndOfPartition)
     }
 
+    /// Tells every consumer why this partition's producer fails (before it
+    /// drops the partition): their gates report `cause` instead of a producer
+    /// that merely went away.
+    pub fn fail(&self, cause: &str) {
+        for sub in &self.subs {
+            sub.sender.fail(cause);
+        }
+    }
+
     fn queue(&mut self, sp: usize, envelope: Envelope) {
         let sub = &mut self.subs[sp];
         if matches!(envelope, Envelope::Data(_)) {

@@ -392,3 +392,23 @@ fn variable_size_records_are_framed_aligned_and_a_too_large_one_is_typed() {
     }
     assert_eq!(got, words);
 }
+
+#[test]
+fn a_producer_that_fails_names_its_cause_to_the_consumer_and_one_merely_gone_does_not() {
+    let p = pool(8);
+    let (w, mut gates) = wire(&p, 2, 2, 0, 4);
+    w.fail("operator panicked: record 7 is poison");
+    drop(w);
+    for (i, gate) in gates.iter_mut().enumerate() {
+        let e = gate.try_next().expect_err("the producer is gone before end of partition");
+        assert_eq!(
+            e,
+            NetError::ProducerLost { channel: 0, cause: Some("operator panicked: record 7 is poison".into()) }
+        );
+        assert_eq!(e.to_string(), "input channel 0: its producer failed: operator panicked: record 7 is poison", "{i}");
+    }
+    let (w, mut gates) = wire(&p, 1, 2, 0, 4);
+    drop(w);
+    let e = gates[0].try_next().expect_err("gone");
+    assert_eq!(e.to_string(), "input channel 0: the producer went away before end of partition");
+}

@@ -3,7 +3,7 @@
 //! runs the next job.
 
 use shardflow_engine::jobs::{KeyValue, GOLDEN};
-use shardflow_engine::{Dataflow, EngineError, JobStatus};
+use shardflow_engine::{Dataflow, Emitter, EngineError, JobStatus, OperatorError};
 
 use crate::common::{shard_count, small_engine, TIMEOUT};
 
@@ -98,5 +98,37 @@ fn an_egress_cut_short_by_a_failure_says_so_after_its_last_result() {
     assert!(read < 1_000_000, "the stream was cut short: {read}");
     let why = answers.stopped().expect("the end says it was cut short");
     assert!(why.starts_with("egress '"), "{why}");
+    // Its producer told the egress's task why it failed — unless the job's
+    // cancel reached that task first.
+    assert!(why.contains("record 300000 is poison") || why.contains("cancelled"), "{why}");
     expect_failure(handle.wait_timeout(TIMEOUT), &["record 300000 is poison"]);
+}
+
+#[test]
+fn an_egress_whose_task_fails_before_it_opens_names_the_cause() {
+    #[derive(Clone)]
+    struct Refuses;
+    impl shardflow_engine::ProcessFunction<u64, u64> for Refuses {
+        fn open(&mut self, _ctx: &mut shardflow_engine::OperatorContext<'_>) -> Result<(), OperatorError> {
+            Err(OperatorError::User("the model file is missing".into()))
+        }
+        fn process(
+            &mut self,
+            r: &u64,
+            _ctx: &mut shardflow_engine::OperatorContext<'_>,
+            out: &mut Emitter<'_, u64>,
+        ) -> Result<(), OperatorError> {
+            out.emit(*r);
+            Ok(())
+        }
+    }
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("cannot-open").parallelism(1);
+    // The egress shares the failing operator's task, and opens after it.
+    let answers = df.generate("source", 10, |r| r).rebalance().process(Refuses).name("scorer").egress(4);
+    let handle = engine.submit(df.build().unwrap()).expect("submit");
+    assert_eq!(answers.recv_timeout(TIMEOUT), Err(crossbeam_channel::RecvTimeoutError::Disconnected));
+    let why = answers.stopped().expect("the end says it was cut short");
+    assert!(why.contains("scorer") && why.contains("the model file is missing"), "{why}");
+    expect_failure(handle.wait_timeout(TIMEOUT), &["the model file is missing"]);
 }

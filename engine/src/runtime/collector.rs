@@ -181,6 +181,10 @@ pub(crate) trait Lifecycle {
     fn close_after_stop(&mut self, _stop: &str) -> Result<(), OperatorError> {
         self.close().map(drop)
     }
+    /// The task stopped before this operator was opened (`stop` says why):
+    /// nothing to release, but a sink can still tell its reader why its
+    /// results end.
+    fn stopped_unopened(&mut self, _stop: &str) {}
 }
 
 /// An operator shared by its record path (a [`Collector`]) and its lifecycle.
@@ -222,5 +226,8 @@ impl<O: Lifecycle> Lifecycle for SharedLifecycle<O> {
     }
     fn close_after_stop(&mut self, stop: &str) -> Result<(), OperatorError> {
         self.0.borrow_mut().close_after_stop(stop)
+    }
+    fn stopped_unopened(&mut self, stop: &str) {
+        self.0.borrow_mut().stopped_unopened(stop)
     }
 }

@@ -524,6 +524,9 @@ impl<T: Data> Lifecycle for EgressSink<T> {
         self.end_early(stop);
         Ok(())
     }
+    fn stopped_unopened(&mut self, stop: &str) {
+        self.end_early(stop);
+    }
 }
 
 impl<T> EgressSink<T> {

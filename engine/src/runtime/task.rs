@@ -94,22 +94,36 @@ pub(crate) struct TaskOutput {
 pub(crate) struct TaskFailure {
     pub(crate) cause: String,
     pub(crate) secondary: bool,
+    /// A failed producer's cause this failure follows from, if it said one.
+    root: Option<String>,
 }
 
 impl TaskFailure {
+    /// A failure of this task's own.
+    pub(crate) fn new(cause: String) -> Self {
+        TaskFailure { cause, secondary: false, root: None }
+    }
+
     /// The failure of a task whose code panicked with `payload`.
     pub(crate) fn panicked(payload: &(dyn std::any::Any + Send)) -> Self {
-        TaskFailure {
-            cause: format!("operator panicked: {}", shardflow_control::panic_message(payload)),
-            secondary: false,
-        }
+        Self::new(format!("operator panicked: {}", shardflow_control::panic_message(payload)))
+    }
+
+    /// What this task's consumers are told: the root cause, carried on from a
+    /// producer that failed first, else this task's own.
+    fn root(&self) -> &str {
+        self.root.as_deref().unwrap_or(&self.cause)
     }
 }
 
 impl From<OperatorError> for TaskFailure {
     fn from(e: OperatorError) -> Self {
         let secondary = matches!(e, OperatorError::Net(NetError::ConsumerGone { .. } | NetError::ProducerLost { .. }));
-        TaskFailure { cause: e.to_string(), secondary }
+        let root = match &e {
+            OperatorError::Net(NetError::ProducerLost { cause, .. }) => cause.clone(),
+            _ => None,
+        };
+        TaskFailure { cause: e.to_string(), secondary, root }
     }
 }
 
@@ -121,7 +135,7 @@ impl From<NetError> for TaskFailure {
 
 impl From<EngineError> for TaskFailure {
     fn from(e: EngineError) -> Self {
-        TaskFailure { cause: e.to_string(), secondary: false }
+        TaskFailure::new(e.to_string())
     }
 }
 
@@ -260,6 +274,11 @@ pub(crate) async fn run_task(
         Ok(Err(stop)) => stop,
         Err(panic) => TaskStop::Failed(TaskFailure::panicked(&*panic)),
     };
+    if let TaskStop::Failed(failure) = &stop {
+        for p in &task.partitions {
+            p.borrow().fail(failure.root());
+        }
+    }
     task.close_after(&stop);
     Err(stop)
 }
@@ -296,7 +315,7 @@ impl Task {
             .plan
             .vertices
             .get(d.vertex)
-            .ok_or_else(|| TaskFailure { cause: format!("the job has no vertex {}", d.vertex), secondary: false })?;
+            .ok_or_else(|| TaskFailure::new(format!("the job has no vertex {}", d.vertex)))?;
         let edges: Vec<usize> = d.inputs.iter().map(|(e, _)| *e).collect();
         let body = match plan.build(&mut ctx, &edges)? {
             VertexBody::Source(driver) => Body::Source { driver, idle_until: None },
@@ -383,6 +402,9 @@ impl Task {
         }
         let n = self.lifecycles.len();
         let why = stop.to_string();
+        for l in &mut self.lifecycles[..n - self.opened] {
+            l.stopped_unopened(&why);
+        }
         for k in self.closed.max(n - self.opened)..n {
             let l = &mut self.lifecycles[k];
             let outcome = catch_unwind(AssertUnwindSafe(|| l.close_after_stop(&why)));
@@ -643,5 +665,26 @@ impl Task {
         };
         let records_out = self.partitions.iter().map(|p| p.borrow().records_out()).sum();
         Ok(TaskOutput { sinks, records_in, records_out, snapshot })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_that_follows_from_a_failed_producer_passes_the_root_cause_on() {
+        // A → B → C: B's gate saw A fail; what B tells C is A's cause, not a
+        // chain of "its producer failed" around it.
+        let root = "operator panicked: record 7 is poison";
+        let b = TaskFailure::from(NetError::ProducerLost { channel: 1, cause: Some(root.into()) });
+        assert!(b.secondary);
+        assert_eq!(b.cause, format!("input channel 1: its producer failed: {root}"));
+        assert_eq!(b.root(), root);
+        let lost = TaskFailure::from(NetError::ProducerLost { channel: 0, cause: None });
+        assert_eq!(lost.root(), lost.cause);
+        let own = TaskFailure::new("operator 'x': bad".into());
+        assert!(!own.secondary);
+        assert_eq!(own.root(), "operator 'x': bad");
     }
 }

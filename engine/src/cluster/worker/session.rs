@@ -275,7 +275,7 @@ impl Session {
                         job: d.job,
                         attempt: d.attempt,
                         state: ExecutionState::Failed,
-                        failure: Some(TaskFailure { cause: format!("shard {i} has stopped"), secondary: false }),
+                        failure: Some(TaskFailure::new(format!("shard {i} has stopped"))),
                         output: None,
                     })
                 })
