@@ -91,7 +91,7 @@ fn connections_past_the_cap_are_refused_clearly_and_the_coordinator_answers_afte
     let (kept, refusals) = connection_flood(&c.addr, 12);
     assert_eq!((kept.len(), refusals.len()), (8, 4), "{refusals:?}");
     assert!(refusals.iter().all(|m| m.contains("too many connections") && m.contains("at most 8")), "{refusals:?}");
-    c.wait_for_log(&["refusing a connection", "too many connections"]);
+    c.wait_for_log(&["refused a connection from 127.0.0.1:", "too many connections"]);
     let out = c.run(&["cluster"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("too many connections"));
@@ -109,7 +109,7 @@ fn a_connection_flood_past_the_descriptor_limit_is_refused_and_the_coordinator_a
     let (kept, refusals) = connection_flood(&c.addr, 60);
     assert!(!kept.is_empty() && !refusals.is_empty(), "{} kept, {refusals:?}", kept.len());
     assert!(refusals.iter().all(|m| m.contains("out of file descriptors")), "{refusals:?}");
-    c.wait_for_log(&["refusing a connection", "out of file descriptors"]);
+    c.wait_for_log(&["refused a connection from 127.0.0.1:", "out of file descriptors"]);
     // Nobody waits now and every descriptor is taken: accept fails at once, and
     // the acceptor backs off instead of spinning on it.
     c.wait_for_log(&["accept failed", "Too many open files", "retrying in"]);

@@ -16,6 +16,7 @@
 //! standby until it wins (`driver.rs` draws the states and the output gate).
 
 mod driver;
+mod refusals;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -30,6 +31,7 @@ use shardflow_control::{ConnId, Coordinator, CoordinatorConfig, ResourceManagerI
 
 pub(crate) use driver::OnJobEnd;
 use driver::{Driver, Ha};
+use refusals::RefusalLog;
 
 use super::ha::{self as ha_services, HaConfig, LeadershipEvent};
 use super::link::{self, open_tcp, ConnectionLimits, FrameSink, Permit, PipeEnd, Received, Security};
@@ -194,6 +196,7 @@ impl CoordinatorServer {
             stopping: server.stopping.clone(),
             open: Arc::default(),
             options: server.options.clone(),
+            refusals: Arc::default(),
         };
         let thread = std::thread::Builder::new()
             .name("coordinator-accept".into())
@@ -381,6 +384,8 @@ struct Acceptor {
     /// TCP connections whose reader still runs.
     open: Arc<ConnectionCount>,
     options: ServerOptions,
+    /// Where refused connections are logged, within a budget.
+    refusals: Arc<RefusalLog>,
 }
 
 impl Acceptor {
@@ -443,7 +448,7 @@ impl Acceptor {
             Ok((stream, peer)) => {
                 let _ = stream.set_nonblocking(false);
                 let why = format!("the coordinator is out of file descriptors ({error}); try again later");
-                tracing::warn!(%peer, "refusing a connection: {why}");
+                self.refusals.refused(peer, &why);
                 refuse(stream, why);
                 true
             }
@@ -459,19 +464,19 @@ impl Acceptor {
                 "too many connections: the coordinator serves at most {} (max_connections); try again later",
                 self.options.max_connections
             );
-            tracing::warn!(%peer, "refusing a connection: {why}");
+            self.refusals.refused(peer, &why);
             return refuse(stream, why);
         }
         // Counted until the socket's descriptor is closed.
         let counted = Box::new(self.open.opened(Some(peer)));
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (options, events) = (self.options.clone(), self.events.clone());
+        let (options, events, refusals) = (self.options.clone(), self.events.clone(), self.refusals.clone());
         // The connection's own thread sets it up (TLS, the secret's proof), so a
         // slow or silent peer delays nobody, then reads its frames.
         let started = std::thread::Builder::new().name(format!("conn-{conn}-read")).spawn(move || {
             let established = match link::accept(stream, &options.security, &options.limits) {
                 Ok(e) => e,
-                Err(e) => return tracing::warn!(%peer, conn, "refused a connection from {peer}: {e}"),
+                Err(e) => return refusals.refused(peer, &e),
             };
             let (sink, reader) = match open_tcp(&format!("conn-{conn}"), established, &options.limits, Some(counted)) {
                 Ok(halves) => halves,
