@@ -129,7 +129,6 @@ fn two_workers_run_a_forward_job_and_list_status_cancel_work() {
 
 #[test]
 fn waiting_for_workers_also_waits_for_a_coordinator_still_starting() {
-    use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     let addr = format!("127.0.0.1:{}", common::free_port());
     // The client first, as a script that starts a cluster may run it: nothing
@@ -143,12 +142,8 @@ fn waiting_for_workers_also_waits_for_a_coordinator_still_starting() {
             .spawn()
             .expect("client starts"),
     );
-    let mut log = BufReader::new(waiting.0.stderr.take().unwrap()).lines();
-    let told = format!("waiting for the coordinator at {addr} to listen");
-    // Its own 60 s timeout bounds this read: it ends by then.
-    let line = log.find(|l| l.as_ref().is_ok_and(|l| l.contains(&told)));
-    assert!(line.is_some(), "the client never said it waits for the coordinator");
-    std::thread::spawn(move || log.for_each(drop));
+    let mut log = common::Log::of(waiting.0.stderr.take().unwrap());
+    log.wait_for(&["waiting for the coordinator at", &addr, "to listen"]);
     let _coordinator = Coordinator::start("", &["--bind", &addr]);
     let _worker = common::worker(&addr, "w0", online_cores()[0], 1);
     let mut out = String::new();

@@ -190,7 +190,7 @@ fn a_leader_stopped_by_sigterm_resigns_and_the_standby_leads_at_once() {
     h.leader.wait_for_log(&["coordinator stopped"]);
     let status = h.leader.proc.0.wait().unwrap();
     assert!(status.success(), "a stop asked for is a clean exit: {status}");
-    assert!(!h.leader.seen.iter().any(|l| l.contains("panicked")), "{:?}", h.leader.seen);
+    assert!(!h.leader.log.seen.iter().any(|l| l.contains("panicked")), "{:?}", h.leader.log.seen);
 
     h.standby.wait_for_log(&["won the leadership"]);
     h.standby.wait_for_log(&["job recovered from the job store", &format!("job={id}")]);
@@ -239,6 +239,41 @@ fn a_paused_leader_resumed_after_a_takeover_acts_on_nothing_and_steps_down() {
     assert!(tasks.iter().all(|t| t.starts_with(&format!("{id} ")) && t.ends_with(" RUNNING")), "{tasks:?}");
     assert!(h.run(&["cancel", &id]).status.success());
     assert_eq!(h.json(&["status", &id, "--wait", "finished", "--timeout-s", "60"])["status"], "CANCELED");
+}
+
+/// A paused leader answers nothing and closes nothing: a client waiting on it
+/// learns of the takeover from etcd, ends that connection and follows.
+#[test]
+fn a_client_waiting_on_a_paused_leader_follows_the_takeover_at_once() {
+    let mut h = Ha::start("paused-client", &[]);
+    let id = h.submit_endless();
+    // Its wait (ten minutes) and its answer timeout are far beyond every wait here.
+    let mut waiting = Proc(
+        Command::new(common::BIN)
+            .args(["status", &id, "--wait", "finished", "--timeout-s", "600", "--json"])
+            .args(h.ha())
+            .env("SHARDFLOW_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut log = common::Log::of(waiting.0.stderr.take().unwrap());
+    log.wait_for(&["reached the leader", &h.leader.addr]);
+
+    signal(&h.leader.proc, "-STOP");
+    h.standby.wait_for_log(&["leading the cluster"]);
+    // Its lease lapsed (no leader yet) or the standby leads already.
+    log.wait_for(&[&format!("{} no longer leads the cluster", h.leader.addr), "finding the leader again"]);
+    log.wait_for(&["reached the leader", &h.standby.addr]);
+    // It waits at the new leader now: the end it waits for comes from there.
+    assert!(h.run(&["cancel", &id]).status.success());
+    let mut told = String::new();
+    std::io::Read::read_to_string(&mut waiting.0.stdout.take().unwrap(), &mut told).unwrap();
+    let status = waiting.0.wait().unwrap();
+    let told: Value = serde_json::from_str(&told).unwrap_or_else(|e| panic!("{e}: {told}"));
+    assert_eq!((status.code(), told["status"].as_str()), (Some(1), Some("CANCELED")), "{told}");
+    signal(&h.leader.proc, "-CONT");
 }
 
 #[test]

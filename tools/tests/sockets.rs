@@ -60,7 +60,7 @@ fn a_client_that_floods_requests_and_never_reads_is_dropped_and_delays_nobody() 
     assert_eq!((v["status"].as_str(), v["restarts"].as_u64()), (Some("RUNNING"), Some(0)), "{v}");
     let v = c.json(&["cluster"]);
     assert_eq!(v["workers"], 2, "no worker was lost: {v}");
-    assert!(!c.seen.iter().any(|l| l.contains("worker lost")), "{}", c.seen.join("\n"));
+    assert!(!c.log.seen.iter().any(|l| l.contains("worker lost")), "{}", c.log.seen.join("\n"));
 }
 
 /// Opens `n` idle connections; returns those the coordinator kept open and the
@@ -98,7 +98,7 @@ fn connections_past_the_cap_are_refused_clearly_and_the_coordinator_answers_afte
     drop(kept);
     c.wait_for_log(&["ended; 0 open"]);
     let out = c.run(&["cluster", "--json"]);
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), c.seen.join("\n"));
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), c.log.seen.join("\n"));
 }
 
 #[test]
@@ -116,5 +116,5 @@ fn a_connection_flood_past_the_descriptor_limit_is_refused_and_the_coordinator_a
     drop(kept);
     c.wait_for_log(&["ended; 0 open"]);
     let out = c.run(&["cluster", "--json"]);
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), c.seen.join("\n"));
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), c.log.seen.join("\n"));
 }

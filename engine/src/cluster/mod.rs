@@ -10,7 +10,7 @@ mod worker;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use shardflow_control::protocol::*;
@@ -23,7 +23,9 @@ pub(crate) use worker::{JobBoard, Outputs};
 pub use worker::{Worker, WorkerOptions, WorkerStopper};
 
 pub(crate) use link::PipeEnd;
-use link::{open_tcp, read_frame, send_message, FrameSink, HandshakeError, PipeReader, Received, TcpReader};
+use link::{
+    open_tcp, read_frame, send_message, FrameSink, HandshakeError, Interrupter, PipeReader, Received, TcpReader,
+};
 use worker::Connector;
 
 use crate::config::EngineBuilder;
@@ -40,6 +42,7 @@ pub(crate) fn pipe_client(server: &CoordinatorServer) -> ClusterClient {
         max_frame_bytes: server.limits().max_frame_bytes,
         plain_tcp: false,
         peer: "the in-process coordinator".into(),
+        leader_watch: None,
     }
 }
 
@@ -65,6 +68,33 @@ pub struct ClusterClient {
     plain_tcp: bool,
     /// The coordinator's address, for errors.
     peer: String,
+    /// Under high availability: ends the connection once its coordinator no
+    /// longer leads.
+    leader_watch: Option<LeaderWatch>,
+}
+
+/// Watches the leader a client reached: once another leads (or none does) it
+/// ends the client's connection, so that a request waiting there fails at once
+/// and the caller finds the new leader. A leader that died closes its sockets
+/// anyway; one paused or cut off answers nothing, and a client waiting on it
+/// would otherwise wait out its whole answer timeout.
+struct LeaderWatch {
+    // Dropped in this order: the watch stops before its services do.
+    _retrieval: Box<dyn ha::LeaderRetrieval>,
+    _services: Arc<dyn ha::HighAvailabilityServices>,
+    /// Who leads instead, once the connection was ended for it.
+    moved: Arc<Mutex<Option<Option<LeaderInfo>>>>,
+}
+
+impl LeaderWatch {
+    /// Why the connection was ended, if it was for a change of leader.
+    fn moved(&self, peer: &str) -> Option<String> {
+        let moved = self.moved.lock().unwrap_or_else(PoisonError::into_inner).clone()?;
+        Some(match moved {
+            Some(l) => format!("{peer} no longer leads the cluster: {} does (epoch {})", l.address, l.epoch),
+            None => format!("{peer} no longer leads the cluster (no leader is elected yet)"),
+        })
+    }
 }
 
 /// Where a client reads its answers: a socket (each wait bounded) or a pipe.
@@ -122,18 +152,23 @@ impl ClusterClient {
             max_frame_bytes: limits.max_frame_bytes,
             plain_tcp: !security.has_tls(),
             peer: addr.to_string(),
+            leader_watch: None,
         })
     }
 
     /// Connects to the leader of the highly available cluster `ha`, waiting up
     /// to `timeout` for one to be elected, proving what `security` holds.
-    /// Returns the client and the leader it reached.
+    /// Returns the client and the leader it reached. While the client lives it
+    /// watches the leadership: once its coordinator no longer leads, a request
+    /// (also one waiting for its answer) fails at once with
+    /// [`EngineError::Io`] naming who leads now — connect again.
     pub fn connect_leader(
         ha: &HaConfig,
         timeout: Duration,
         security: &Security,
     ) -> Result<(Self, LeaderInfo), EngineError> {
-        let leader = current_leader(ha, timeout)?;
+        let services = ha::services(ha)?;
+        let leader = services.leader(timeout)?;
         let addr = std::net::ToSocketAddrs::to_socket_addrs(leader.address.as_str())
             .ok()
             .and_then(|mut a| a.next())
@@ -141,7 +176,14 @@ impl ClusterClient {
                 what: "connecting to the cluster's leader".into(),
                 reason: format!("its address '{}' does not resolve", leader.address),
             })?;
-        Ok((Self::connect_with(addr, timeout, security)?, leader))
+        let mut client = Self::connect_with(addr, timeout, security)?;
+        if let ClientReader::Tcp(reader) = &client.reader {
+            let moved = Arc::new(Mutex::new(None));
+            let on_change = watch_leader(leader.clone(), reader.interrupter(), moved.clone());
+            let retrieval = services.follow(on_change)?;
+            client.leader_watch = Some(LeaderWatch { _retrieval: retrieval, _services: services, moved });
+        }
+        Ok((client, leader))
     }
 
     /// How long to wait for an answer (beyond a wait the request itself asks for).
@@ -162,12 +204,20 @@ impl ClusterClient {
     fn request_within(&mut self, msg: &Message, waits: Duration) -> Result<Message, EngineError> {
         let within = waits.saturating_add(self.answer_timeout);
         let waiting = || format!("waiting for the answer to {}", msg.kind_name());
+        // Nothing sent yet: as good as an answer from a coordinator not leading.
+        if let Some(why) = self.leader_watch.as_ref().and_then(|w| w.moved(&self.peer)) {
+            return Err(EngineError::Remote { code: ErrorCode::NotLeader, message: why });
+        }
         if let ClientReader::Tcp(r) = &self.reader {
             r.set_read_timeout(Some(within)).map_err(|e| EngineError::Io { what: waiting(), reason: e.to_string() })?;
         }
         send_message(self.sink.as_mut(), msg)
             .map_err(|e| EngineError::Io { what: format!("sending {}", msg.kind_name()), reason: e.to_string() })?;
-        match read_frame(&mut self.reader, self.max_frame_bytes) {
+        let received = read_frame(&mut self.reader, self.max_frame_bytes);
+        if let Some(why) = self.leader_watch.as_ref().and_then(|w| w.moved(&self.peer)) {
+            return Err(EngineError::Io { what: waiting(), reason: why });
+        }
+        match received {
             Received::Message(Message::ErrorReply(e)) => Err(EngineError::Remote { code: e.code, message: e.message }),
             Received::Message(m) => Ok(m),
             // Not a coordinator that went away but one this client cannot speak
@@ -243,6 +293,22 @@ impl ClusterClient {
         let m = Message::RequestWorkerDump(RequestWorkerDump { worker, timeout_ms: timeout.as_millis() as u64 });
         expect!(self.request_within(&m, timeout)?, ShardDump)
     }
+}
+
+/// What a [`LeaderWatch`] does on each change of leader: anyone but `reached`
+/// leading (or nobody) ends the connection `interrupter` ends, recording who
+/// leads in `moved`.
+fn watch_leader(
+    reached: LeaderInfo,
+    interrupter: Interrupter,
+    moved: Arc<Mutex<Option<Option<LeaderInfo>>>>,
+) -> ha::LeaderSink {
+    Box::new(move |now: Option<LeaderInfo>| {
+        if now.as_ref() != Some(&reached) {
+            *moved.lock().unwrap_or_else(PoisonError::into_inner) = Some(now);
+            interrupter.interrupt();
+        }
+    })
 }
 
 /// The leader of the highly available cluster `ha` as etcd names it, waiting up

@@ -358,7 +358,10 @@ fn reach_leader(ha: &HaConfig, security: &Security, deadline: Instant) -> Result
     let (start, mut pause) = (Instant::now(), Pause::new());
     loop {
         match ClusterClient::connect_leader(ha, CONNECT_TIMEOUT, security) {
-            Ok(reached) => return Ok(reached),
+            Ok((client, leader)) => {
+                tracing::info!("reached the leader {} (epoch {})", leader.address, leader.epoch);
+                return Ok((client, leader));
+            }
             Err(e) if leader_moved(&e) && pause.fits_before(deadline) => {
                 tracing::debug!("no leader to reach yet: {e}");
                 pause.sleep_before(deadline);

@@ -27,13 +27,46 @@ impl Drop for Proc {
     }
 }
 
+/// A child's log (its stderr), line by line on a channel, drained for the
+/// child's whole life (a full pipe would stall it).
+pub(crate) struct Log {
+    rx: Receiver<String>,
+    /// Every line read so far.
+    pub(crate) seen: Vec<String>,
+}
+
+impl Log {
+    pub(crate) fn of(stderr: std::process::ChildStderr) -> Self {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Log { rx, seen: Vec::new() }
+    }
+
+    /// Waits for a line containing every one of `parts`; returns it.
+    pub(crate) fn wait_for(&mut self, parts: &[&str]) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.rx.recv_timeout(left).unwrap_or_else(|_| {
+                panic!("no log line with {parts:?} within {WAIT:?}; seen:\n{}", self.seen.join("\n"))
+            });
+            self.seen.push(line.clone());
+            if parts.iter().all(|p| line.contains(p)) {
+                return line;
+            }
+        }
+    }
+}
+
 /// A `shardflow coordinator` logging at info, its log lines on a channel.
 pub(crate) struct Coordinator {
     pub(crate) proc: Proc,
     pub(crate) addr: String,
-    log: Receiver<String>,
-    /// Every log line read so far.
-    pub(crate) seen: Vec<String>,
+    pub(crate) log: Log,
 }
 
 impl Coordinator {
@@ -49,34 +82,17 @@ impl Coordinator {
             .stderr(Stdio::piped())
             .spawn()
             .expect("coordinator starts");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, log) = mpsc::channel();
-        // Drains stderr for the coordinator's whole life: a full pipe would stall it.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        let log = Log::of(child.stderr.take().unwrap());
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let addr = line.trim().rsplit(' ').next().unwrap().to_string();
         assert!(addr.starts_with("127.0.0.1:"), "coordinator said: {line}");
-        Coordinator { proc: Proc(child), addr, log, seen: Vec::new() }
+        Coordinator { proc: Proc(child), addr, log }
     }
 
     /// Waits for a log line containing every one of `parts`; returns it.
     pub(crate) fn wait_for_log(&mut self, parts: &[&str]) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.log.recv_timeout(left).unwrap_or_else(|_| {
-                panic!("no log line with {parts:?} within {WAIT:?}; seen:\n{}", self.seen.join("\n"))
-            });
-            self.seen.push(line.clone());
-            if parts.iter().all(|p| line.contains(p)) {
-                return line;
-            }
-        }
+        self.log.wait_for(parts)
     }
 
     /// `shardflow args… --coordinator ADDR`.

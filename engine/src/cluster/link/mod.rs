@@ -43,7 +43,7 @@ use shardflow_control::protocol::{self, FrameError, FrameHeader, Message, DEFAUL
 pub(crate) use handshake::{accept, connect, HandshakeError};
 pub(crate) use pipe::{direct_pipe, PipeEnd, PipeReader};
 pub use security::{ClusterSecret, Security, TlsConfig, MIN_SECRET_BYTES};
-pub(crate) use tcp::{open_tcp, TcpReader};
+pub(crate) use tcp::{open_tcp, Interrupter, TcpReader};
 
 /// How a connection guards its process against its peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

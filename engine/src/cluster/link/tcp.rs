@@ -168,6 +168,16 @@ impl std::ops::Deref for Socket {
     }
 }
 
+/// Ends a connection from another thread (see [`TcpReader::interrupter`]).
+pub(crate) struct Interrupter(Arc<Socket>);
+
+impl Interrupter {
+    /// Shuts the socket down both ways.
+    pub(crate) fn interrupt(&self) {
+        let _ = self.0.stream.shutdown(Shutdown::Both);
+    }
+}
+
 /// The socket as its reader reads it (decrypting, over TLS).
 pub(crate) struct TcpReader {
     socket: Arc<Socket>,
@@ -187,6 +197,12 @@ impl TcpReader {
     /// Bounds each read (`None`: wait as long as it takes).
     pub(crate) fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> io::Result<()> {
         self.socket.set_read_timeout(timeout)
+    }
+
+    /// A way to end this connection from another thread: a read blocked on it
+    /// returns at once.
+    pub(crate) fn interrupter(&self) -> Interrupter {
+        Interrupter(self.socket.clone())
     }
 
     /// Reads plaintext from the TLS session `tls`, feeding it the socket's bytes
