@@ -68,14 +68,34 @@ fn etcd_error(what: &str, e: impl std::fmt::Display) -> EngineError {
     EngineError::Io { what: what.to_string(), reason: e.to_string() }
 }
 
+/// An etcd client error in one line: a gRPC status by its code and message,
+/// then the root cause (tonic's own text carries the whole transport error's
+/// debug form, `ConnectError(ConnectError("tcp connect error", …, Os { … }))`).
+fn concise(e: &etcd_client::Error) -> String {
+    use std::error::Error as _;
+    let (top, below) = match e {
+        etcd_client::Error::GRpcStatus(s) => (format!("{}: {}", s.code().description(), s.message()), s.source()),
+        etcd_client::Error::TransportError(t) => (t.to_string(), t.source()),
+        other => (other.to_string(), None),
+    };
+    let mut root = below;
+    while let Some(next) = root.and_then(std::error::Error::source) {
+        root = Some(next);
+    }
+    match root.map(ToString::to_string) {
+        Some(root) if !top.contains(&root) => format!("{top}: {root}"),
+        _ => top,
+    }
+}
+
 /// Runs `f` within `limit`; an elapsed timeout is an error like any other.
-async fn bounded<T, E: std::fmt::Display>(
+async fn bounded<T>(
     limit: Duration,
-    f: impl std::future::Future<Output = Result<T, E>>,
+    f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(limit, f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Err(e)) => Err(concise(&e)),
         Err(_) => Err(format!("etcd did not answer within {} ms", limit.as_millis())),
     }
 }
@@ -119,7 +139,7 @@ impl EtcdHa {
         let joined = endpoints.join(",");
         let client = runtime
             .block_on(Client::connect(&endpoints, Some(options)))
-            .map_err(|e| etcd_error(&format!("connecting to etcd at {joined}"), e))?;
+            .map_err(|e| etcd_error(&format!("connecting to etcd at {joined}"), concise(&e)))?;
         let ttl_s = config.lease_ttl.as_millis().div_ceil(1000).max(1) as i64;
         Ok(Arc::new(EtcdHa {
             runtime,
@@ -272,7 +292,7 @@ async fn next_change(w: &mut WatchStream) -> Result<Option<Option<LeaderInfo>>, 
             Ok(resp.events().last().map(|ev| ev.kv().and_then(leader_of)))
         }
         Ok(None) => Err("the watch ended".into()),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(concise(&e)),
     }
 }
 
@@ -503,7 +523,7 @@ async fn renew(
                 Ok((ctx.ttl_s, sent))
             }
             Ok(Err(etcd_client::Error::LeaseKeepAliveError(e))) if e.contains("not found") => Ok((0, sent)),
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Err(e)) => Err(concise(&e)),
             Err(_) => Err(format!("etcd did not answer within {} ms", ctx.request_timeout.as_millis())),
         };
     };

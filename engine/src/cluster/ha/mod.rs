@@ -243,6 +243,10 @@ mod tests {
         assert!(matches!(e, EngineError::Io { .. }), "{e:?}");
         assert!(text.contains("none within 300 ms: etcd cannot be read"), "{text}");
         assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+        // One line a person reads: the status and the root cause, not tonic's
+        // debug form of the transport error.
+        assert!(text.contains("unavailable") && text.contains("Connection refused"), "{text}");
+        assert!(!text.contains("ConnectError(") && !text.contains("Os {"), "{text}");
     }
 
     #[cfg(not(feature = "etcd"))]
