@@ -5,6 +5,7 @@
 
 mod ha;
 mod link;
+mod retry_log;
 mod server;
 mod worker;
 

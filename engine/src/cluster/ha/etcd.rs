@@ -26,6 +26,7 @@ use super::{
     HaConfig, HighAvailabilityServices, LeaderElection, LeaderInfo, LeaderRetrieval, LeaderSink, LeadershipEvent,
     LeadershipSink, StoreOp,
 };
+use crate::cluster::retry_log::RetryLog;
 use crate::error::EngineError;
 
 /// The keys of one cluster.
@@ -361,6 +362,7 @@ async fn campaign(
 ) {
     let mut backoff = Backoff::new();
     let mut told: Option<Option<LeaderInfo>> = None;
+    let mut failures = RetryLog::default();
     loop {
         // Standby: wait while another leads.
         let vacant = tokio::select! {
@@ -368,9 +370,13 @@ async fn campaign(
             v = wait_for_vacancy(&ctx, &events, &mut told) => v,
         };
         if let Err(e) = vacant {
-            tracing::warn!("waiting for the leadership: {e}; retrying");
+            match failures.note(Instant::now(), &e) {
+                Some(note) => tracing::warn!("waiting for the leadership: {e}{note}; retrying"),
+                None => tracing::debug!("waiting for the leadership: {e}; retrying"),
+            }
             tokio::select! { _ = &mut stop => return, () = backoff.wait() => continue }
         }
+        failures.clear();
         let won = tokio::select! {
             _ = &mut stop => return,
             w = try_to_win(&ctx, &address) => w,

@@ -17,6 +17,7 @@ use shardflow_control::protocol::{FrameError, Message};
 use shardflow_control::{ExecutionState, ResourceManagerId};
 
 use super::super::ha::LeaderInfo;
+use super::super::retry_log::RetryLog;
 use super::gateway::{Action, Gateway};
 use super::options::{Connected, Connector, WorkerOptions};
 use crate::cluster::link::{send_message, FrameSink, Permit, Received};
@@ -79,6 +80,7 @@ impl Session {
     pub(super) fn run(mut self) -> Result<(), String> {
         let mut backoff = self.options.reconnect_min;
         let mut session = 0u64;
+        let mut failures = RetryLog::default();
         let outcome = loop {
             session += 1;
             let events = self.events.clone();
@@ -90,11 +92,15 @@ impl Session {
                 };
                 events.send(event).is_ok()
             };
+            let registrations = self.registered.load(Ordering::Acquire);
             let end = match self.connector.connect(&self.options, deliver) {
                 Ok(c) => self.serve(c, session, &mut backoff),
                 Err(f) if f.retry => SessionEnd::Lost(format!("cannot connect: {}", f.reason)),
                 Err(f) => SessionEnd::Refused(f.reason),
             };
+            if self.registered.load(Ordering::Acquire) != registrations {
+                failures.clear();
+            }
             let cancels = self.gateway.disconnected();
             self.carry_out_offline(cancels);
             match end {
@@ -104,7 +110,13 @@ impl Session {
                     break Err(why);
                 }
                 SessionEnd::Lost(why) => {
-                    tracing::warn!(resource_id = %self.gateway.resource_id(), "coordinator lost: {why}; retrying in {backoff:?}");
+                    let id = self.gateway.resource_id();
+                    match failures.note(Instant::now(), &why) {
+                        Some(note) => {
+                            tracing::warn!(resource_id = %id, "coordinator lost: {why}{note}; retrying in {backoff:?}");
+                        }
+                        None => tracing::debug!(resource_id = %id, "coordinator lost: {why}; retrying in {backoff:?}"),
+                    }
                     match self.back_off(backoff) {
                         BackOff::Stop => break Ok(()),
                         BackOff::NewLeader => backoff = self.options.reconnect_min,
