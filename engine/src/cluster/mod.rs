@@ -215,8 +215,12 @@ impl ClusterClient {
         send_message(self.sink.as_mut(), msg)
             .map_err(|e| EngineError::Io { what: format!("sending {}", msg.kind_name()), reason: e.to_string() })?;
         let received = read_frame(&mut self.reader, self.max_frame_bytes);
-        if let Some(why) = self.leader_watch.as_ref().and_then(|w| w.moved(&self.peer)) {
-            return Err(EngineError::Io { what: waiting(), reason: why });
+        // An answer that came stands (a submission it acknowledges was taken);
+        // no answer, after the watch ended the connection, is the leader's move.
+        if !matches!(received, Received::Message(_)) {
+            if let Some(why) = self.leader_watch.as_ref().and_then(|w| w.moved(&self.peer)) {
+                return Err(EngineError::Io { what: waiting(), reason: why });
+            }
         }
         match received {
             Received::Message(Message::ErrorReply(e)) => Err(EngineError::Remote { code: e.code, message: e.message }),

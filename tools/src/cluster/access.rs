@@ -229,7 +229,7 @@ impl Connection {
         let addr =
             coordinator.map(String::from).or(cfg.client.coordinator.clone()).unwrap_or(DEFAULT_COORDINATOR.into());
         let addr = resolve(&addr)?;
-        let (start, mut pause) = (Instant::now(), Pause::new());
+        let (start, mut pause, mut told) = (Instant::now(), Pause::new(), false);
         let deadline = start + wait.unwrap_or_default();
         loop {
             match ClusterClient::connect_with(addr, CONNECT_TIMEOUT, &security) {
@@ -242,7 +242,7 @@ impl Connection {
                             anyhow::Error::new(e).context(format!("no coordinator at {addr} within {waited:.0} s"))
                         );
                     }
-                    if pause.is_first() {
+                    if !std::mem::replace(&mut told, true) {
                         tracing::info!("waiting for the coordinator at {addr} to listen ({e})");
                     }
                     pause.sleep_before(deadline); // then a last try at the deadline
@@ -326,11 +326,6 @@ struct Pause(Duration);
 impl Pause {
     fn new() -> Self {
         Pause(Duration::from_millis(50))
-    }
-
-    /// Whether no pause was slept yet.
-    fn is_first(&self) -> bool {
-        self.0 == Duration::from_millis(50)
     }
 
     /// Whether a pause still ends before `deadline`.

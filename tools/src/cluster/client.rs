@@ -319,8 +319,8 @@ pub(crate) fn cluster(a: &ClusterArgs, cfg: &ConfigFile) -> Result<Exit> {
             // may not listen yet either.
             let deadline = Instant::now() + Duration::from_secs(a.timeout_s);
             let mut client = a.client.connect_within(cfg, Duration::from_secs(a.timeout_s))?;
-            let left = || deadline.saturating_duration_since(Instant::now());
-            (client.following(left(), |c, left| c.wait_for_workers(n, left))?, client)
+            let left = deadline.saturating_duration_since(Instant::now());
+            (client.following(left, |c, left| c.wait_for_workers(n, left))?, client)
         }
         None => {
             let mut client = a.client.connect(cfg)?;
