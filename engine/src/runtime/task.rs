@@ -110,9 +110,15 @@ impl TaskFailure {
     }
 
     /// What this task's consumers are told: the root cause, carried on from a
-    /// producer that failed first, else this task's own.
-    fn root(&self) -> &str {
-        self.root.as_deref().unwrap_or(&self.cause)
+    /// producer that failed first, else this task's own — none for a failure
+    /// that only follows a peer's going away (a consumer that closed says
+    /// nothing about why).
+    fn root(&self) -> Option<&str> {
+        match &self.root {
+            Some(root) => Some(root),
+            None if self.secondary => None,
+            None => Some(&self.cause),
+        }
     }
 }
 
@@ -274,9 +280,12 @@ pub(crate) async fn run_task(
         Ok(Err(stop)) => stop,
         Err(panic) => TaskStop::Failed(TaskFailure::panicked(&*panic)),
     };
-    if let TaskStop::Failed(failure) = &stop {
+    if let Some(root) = match &stop {
+        TaskStop::Failed(failure) => failure.root(),
+        TaskStop::Canceled => None,
+    } {
         for p in &task.partitions {
-            p.borrow().fail(failure.root());
+            p.borrow().fail(root);
         }
     }
     task.close_after(&stop);
@@ -680,11 +689,14 @@ mod tests {
         let b = TaskFailure::from(NetError::ProducerLost { channel: 1, cause: Some(root.into()) });
         assert!(b.secondary);
         assert_eq!(b.cause, format!("input channel 1: its producer failed: {root}"));
-        assert_eq!(b.root(), root);
+        assert_eq!(b.root(), Some(root));
+        // Peers merely gone say nothing about why: nothing is passed on.
         let lost = TaskFailure::from(NetError::ProducerLost { channel: 0, cause: None });
-        assert_eq!(lost.root(), lost.cause);
+        assert_eq!(lost.root(), None);
+        let closed = TaskFailure::from(NetError::ConsumerGone { subpartition: 0 });
+        assert_eq!(closed.root(), None);
         let own = TaskFailure::new("operator 'x': bad".into());
         assert!(!own.secondary);
-        assert_eq!(own.root(), "operator 'x': bad");
+        assert_eq!(own.root(), Some("operator 'x': bad"));
     }
 }
