@@ -60,9 +60,21 @@ struct Ctx {
 
 /// The HA services of one process on etcd.
 pub(crate) struct EtcdHa {
-    runtime: tokio::runtime::Runtime,
+    /// `Some` until dropped (see the `Drop` impl).
+    runtime: Option<tokio::runtime::Runtime>,
     ctx: Ctx,
     endpoints: String,
+}
+
+impl Drop for EtcdHa {
+    fn drop(&mut self) {
+        // Without waiting for its threads: a runtime dropped the usual way
+        // blocks, which panics inside another async runtime — and a client of
+        // the services (a `ClusterClient` holds them) may be dropped in one.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 fn etcd_error(what: &str, e: impl std::fmt::Display) -> EngineError {
@@ -118,6 +130,10 @@ impl Backoff {
 }
 
 impl EtcdHa {
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime.as_ref().expect("the runtime lives until the services are dropped")
+    }
+
     /// Starts the runtime and an etcd client for `config` (connections are made
     /// lazily: an etcd that is down now is an error of each request, retried).
     pub(crate) fn start(config: &HaConfig) -> Result<Arc<Self>, EngineError> {
@@ -143,7 +159,7 @@ impl EtcdHa {
             .map_err(|e| etcd_error(&format!("connecting to etcd at {joined}"), concise(&e)))?;
         let ttl_s = config.lease_ttl.as_millis().div_ceil(1000).max(1) as i64;
         Ok(Arc::new(EtcdHa {
-            runtime,
+            runtime: Some(runtime),
             ctx: Ctx { client, keys: Keys::new(&config.cluster_id), ttl_s, request_timeout },
             endpoints: joined,
         }))
@@ -154,18 +170,18 @@ impl HighAvailabilityServices for EtcdHa {
     fn elect(&self, address: String, events: LeadershipSink) -> Result<Box<dyn LeaderElection>, EngineError> {
         let (ops_tx, ops_rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = oneshot::channel();
-        let task = self.runtime.spawn(campaign(self.ctx.clone(), address, Arc::new(events), ops_rx, stop_rx));
+        let task = self.runtime().spawn(campaign(self.ctx.clone(), address, Arc::new(events), ops_rx, stop_rx));
         Ok(Box::new(EtcdElection {
             ops: ops_tx,
             stop: Some(stop_tx),
             task: Some(task),
-            runtime: self.runtime.handle().clone(),
+            runtime: self.runtime().handle().clone(),
         }))
     }
 
     fn follow(&self, on_change: LeaderSink) -> Result<Box<dyn LeaderRetrieval>, EngineError> {
         let current = Arc::new(Mutex::new(None));
-        let task = self.runtime.spawn(follow(self.ctx.clone(), current.clone(), on_change));
+        let task = self.runtime().spawn(follow(self.ctx.clone(), current.clone(), on_change));
         Ok(Box::new(EtcdRetrieval { current, task }))
     }
 
@@ -174,7 +190,7 @@ impl HighAvailabilityServices for EtcdHa {
         // What the last read of etcd failed with (none: etcd answered, naming no leader).
         let last_error = Arc::new(Mutex::new(None::<String>));
         let seen = last_error.clone();
-        let found = self.runtime.block_on(async move {
+        let found = self.runtime().block_on(async move {
             tokio::time::timeout(timeout, async {
                 let mut backoff = Backoff::new();
                 loop {

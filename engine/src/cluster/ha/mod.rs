@@ -249,6 +249,16 @@ mod tests {
         assert!(!text.contains("ConnectError(") && !text.contains("Os {"), "{text}");
     }
 
+    #[cfg(feature = "etcd")]
+    #[test]
+    fn the_services_can_be_dropped_inside_another_async_runtime() {
+        // A service's own tokio code may drop a ClusterClient, which holds them.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let ha = services(&HaConfig::etcd(vec![format!("127.0.0.1:{port}")])).expect("connections are lazy");
+        let outer = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        outer.block_on(async move { drop(ha) });
+    }
+
     #[cfg(not(feature = "etcd"))]
     #[test]
     fn a_build_without_etcd_refuses_ha_settings_by_name() {
