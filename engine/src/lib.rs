@@ -90,7 +90,7 @@ pub use runtime::keyed::{
     Aggregator, Count, KeyedCoProcessFunction, KeyedContext, KeyedProcessFunction, ListState, MapState, Reduce,
     ReducingState, StateDeclarations, ValueState,
 };
-pub use runtime::ops::{ListRef, ListStateHandle, OperatorContext, ProcessFunction};
+pub use runtime::ops::{CoProcessFunction, ListRef, ListStateHandle, OperatorContext, ProcessFunction};
 pub use runtime::output::{KeyBy, KeyByRef, KeySelector};
 pub use runtime::sinks::{CollectHandle, EgressHandle};
 pub use runtime::sources::{IngressHandle, PushError, Source, SourceOutput, SourceStatus, SOURCE_BATCH};

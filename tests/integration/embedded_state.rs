@@ -1,14 +1,17 @@
 //! Keyed state: by the real key (two keys with one hash keep separate state), in
 //! key groups spread over subtasks by contiguous ranges, snapshotted per key
 //! group and restored at another parallelism with the same results as an
-//! uninterrupted run.
+//! uninterrupted run; and broadcast state, a whole copy per subtask.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 use bytemuck::{Pod, Zeroable};
 use shardflow_benches::SplitMix;
-use shardflow_engine::{key_group_range, subtask_of_key_group, Dataflow, Engine, JobSnapshot};
+use shardflow_engine::{
+    key_group_range, subtask_of_key_group, CoProcessFunction, Dataflow, Emitter, Engine, JobSnapshot, ListStateHandle,
+    OperatorContext, OperatorError,
+};
 
 use crate::common::{small_engine, TIMEOUT};
 
@@ -130,4 +133,111 @@ fn state_snapshotted_at_parallelism_2_restores_into_3_with_the_results_of_one_ru
     one_run.sort();
     assert_eq!(split, one_run, "the two halves emit exactly what one run emits");
     assert_eq!(last(&after.iter().chain(&before).cloned().collect::<Vec<_>>()), last(&whole));
+}
+
+/// A rule: events at or above `min` are tagged `tag`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+struct Rule {
+    min: u64,
+    tag: u64,
+}
+shardflow_engine::pod_data!(Rule);
+
+/// Every subtask's rules in broadcast state (the second input is broadcast);
+/// events held in list state until the end, then matched against the rules.
+/// Each subtask also says how many rules it holds, as `(u64::MAX, n)`.
+#[derive(Clone, Default)]
+struct Matcher {
+    rules: Option<ListStateHandle<Rule>>,
+    held: Option<ListStateHandle<u64>>,
+}
+
+impl CoProcessFunction<u64, Rule, (u64, u64)> for Matcher {
+    fn open(&mut self, ctx: &mut OperatorContext<'_>) -> Result<(), OperatorError> {
+        self.rules = Some(ctx.broadcast_state("rules")?);
+        self.held = Some(ctx.list_state("held")?);
+        Ok(())
+    }
+    fn process_first(
+        &mut self,
+        event: &u64,
+        ctx: &mut OperatorContext<'_>,
+        _: &mut Emitter<'_, (u64, u64)>,
+    ) -> Result<(), OperatorError> {
+        ctx.list(self.held.as_ref().expect("opened"))?.push(*event)
+    }
+    fn process_second(
+        &mut self,
+        rule: &Rule,
+        ctx: &mut OperatorContext<'_>,
+        _: &mut Emitter<'_, (u64, u64)>,
+    ) -> Result<(), OperatorError> {
+        ctx.list(self.rules.as_ref().expect("opened"))?.push(*rule)
+    }
+    fn finish(
+        &mut self,
+        ctx: &mut OperatorContext<'_>,
+        out: &mut Emitter<'_, (u64, u64)>,
+    ) -> Result<(), OperatorError> {
+        let rules = ctx.list(self.rules.as_ref().expect("opened"))?.to_vec();
+        out.emit((u64::MAX, rules.len() as u64));
+        for event in ctx.list(self.held.as_ref().expect("opened"))?.iter() {
+            rules.iter().filter(|r| *event >= r.min).for_each(|r| out.emit((*event, r.tag)));
+        }
+        Ok(())
+    }
+}
+
+fn matching(
+    engine: &Engine,
+    events: Vec<u64>,
+    rules: Vec<Rule>,
+    parallelism: u32,
+    snapshot: Option<JobSnapshot>,
+    stop: bool,
+) -> (Vec<(u64, u64)>, Option<JobSnapshot>) {
+    let mut df = Dataflow::new("matching").parallelism(parallelism);
+    if let Some(s) = snapshot {
+        df = df.restore(s);
+    }
+    if stop {
+        df = df.stop_with_snapshot();
+    }
+    let rules = df.from_iter("rules", rules).parallelism(1).broadcast();
+    let out = df.from_iter("events", events).connect(&rules).process(Matcher::default()).name("matcher").collect();
+    let result = engine.submit(df.build().unwrap()).unwrap().wait_timeout(TIMEOUT).expect("the job finishes");
+    let mut out = out.take();
+    out.sort_unstable();
+    (out, result.snapshot)
+}
+
+#[test]
+fn broadcast_rules_reach_every_subtask_of_a_co_process_function_and_survive_a_rescale() {
+    let engine = small_engine().build().expect("engine starts");
+    let rules = vec![Rule { min: 100, tag: 1 }, Rule { min: 900, tag: 2 }];
+    let want: Vec<(u64, u64)> = {
+        let mut w: Vec<(u64, u64)> =
+            (0..1_000u64).flat_map(|e| rules.iter().filter(move |r| e >= r.min).map(move |r| (e, r.tag))).collect();
+        w.sort_unstable();
+        w
+    };
+    let told = |out: &[(u64, u64)]| out.iter().filter(|(e, _)| *e == u64::MAX).map(|(_, n)| *n).collect::<Vec<_>>();
+    let matched = |out: &[(u64, u64)]| out.iter().filter(|(e, _)| *e != u64::MAX).copied().collect::<Vec<_>>();
+
+    // One run at parallelism 3: every subtask holds both rules.
+    let (out, _) = matching(&engine, (0..1_000).collect(), rules.clone(), 3, None, false);
+    assert_eq!(told(&out), vec![2, 2, 2], "each subtask saw every rule");
+    assert_eq!(matched(&out), want);
+
+    // Stopped with a snapshot at 3 after half the events, restored at 2 with
+    // the rest and no rules: each new subtask gets a whole copy of the rules
+    // (list state would have dealt them out), and the held events come back.
+    let (before, snapshot) = matching(&engine, (0..500).collect(), rules.clone(), 3, None, true);
+    assert!(before.is_empty(), "stopped with a snapshot: nothing finished");
+    let snapshot = snapshot.expect("a snapshot");
+    assert_eq!(snapshot.operators["matcher/rules"].operator_state.len(), 3, "one copy per old subtask");
+    let (after, _) = matching(&engine, (500..1_000).collect(), Vec::new(), 2, Some(snapshot), false);
+    assert_eq!(told(&after), vec![2, 2], "each restored subtask holds both rules");
+    assert_eq!(matched(&after), want, "the same matches as one run");
 }

@@ -14,7 +14,7 @@ use crate::runtime::keyed::{
     AggregateFactory, Aggregator, Count, KeyedCoProcessFactory, KeyedCoProcessFunction, KeyedProcessFactory,
     KeyedProcessFunction, Reduce, TwoInputFactory,
 };
-use crate::runtime::ops::CoFlatMapFactory;
+use crate::runtime::ops::{CoFlatMapFactory, CoProcessFactory, CoProcessFunction};
 use crate::runtime::output::{KeySelector, Routing, WriterFactory};
 use crate::runtime::vertex::{SideEntry, VertexPlan};
 
@@ -151,6 +151,15 @@ impl<A: Data, B: Data> ConnectedStreams<A, B> {
         second: impl Fn(&B::Borrowed) -> O + Send + Sync + 'static,
     ) -> Stream<O> {
         self.flat_map(move |a, out| out.emit(first(a)), move |b, out| out.emit(second(b)))
+    }
+
+    /// A co-process function over both inputs, with operator state per
+    /// subtask (Flink's `CoProcessFunction`). With `other.broadcast()` as the
+    /// second input every subtask sees all of it: the broadcast-state pattern.
+    pub fn process<O: Data, P: CoProcessFunction<A, B, O>>(&self, f: P) -> Stream<O> {
+        two_inputs(&self.first, &self.second, "co_process", |name, next| {
+            Arc::new(CoProcessFactory { name, f, next, _t: PhantomData })
+        })
     }
 
     /// Zero or more output records per record of either input.

@@ -1,5 +1,6 @@
-//! Stateless operators (map, filter, flat map) and the non-keyed process
-//! function with operator state (a list per subtask).
+//! Stateless operators (map, filter, flat map, co-flat-map) and the non-keyed
+//! process functions, one- and two-input, with operator state (a list per
+//! subtask).
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -9,7 +10,10 @@ use std::sync::Arc;
 use crate::data::Data;
 use crate::error::{EngineError, OperatorError};
 use crate::runtime::build::{build_port, BuildContext, Name, NodeFactory, Port};
-use crate::runtime::collector::{Collector, Emitter, Failure, Lifecycle, SharedCollector, SinkOutput, TaskInfo};
+use crate::runtime::collector::{
+    Collector, Emitter, Failure, Lifecycle, SharedCollector, SharedLifecycle, SinkOutput, TaskInfo,
+};
+use crate::runtime::keyed::{FirstInput, SecondInput, TwoInputFactory};
 use crate::runtime::state::{list_bytes, JobSnapshot, OperatorSnapshot, StateMemory};
 
 /// A record-to-record function.
@@ -227,13 +231,31 @@ impl OperatorContext<'_> {
     }
 
     /// Declares operator list state `name` (in `open`), restored from the job's
-    /// snapshot if it has one.
+    /// snapshot if it has one: the items of every old subtask, dealt round
+    /// robin to the new ones.
     pub fn list_state<V: Data>(&mut self, name: &str) -> Result<ListStateHandle<V>, OperatorError> {
+        self.declare(name, |s, key, task| s.operator_items_for(key, task.subtask, task.parallelism))
+    }
+
+    /// Declares broadcast state `name` (in `open`): a list every subtask holds
+    /// a whole copy of, because each saw the whole broadcast input (rules, a
+    /// model). Restored from the job's snapshot, at any parallelism, every new
+    /// subtask gets one old subtask's copy (Flink's broadcast state), where
+    /// [`Self::list_state`] would deal the items out.
+    pub fn broadcast_state<V: Data>(&mut self, name: &str) -> Result<ListStateHandle<V>, OperatorError> {
+        self.declare(name, |s, key, task| s.operator_copy_for(key, task.subtask))
+    }
+
+    fn declare<V: Data>(
+        &mut self,
+        name: &str,
+        restored: impl for<'s> Fn(&'s JobSnapshot, &str, &TaskInfo) -> Vec<&'s [u8]>,
+    ) -> Result<ListStateHandle<V>, OperatorError> {
         let key = format!("{}/{name}", self.name);
         if !self.lists.contains_key(&key) {
             let mut items: Vec<V> = Vec::new();
             if let Some(s) = self.restore {
-                for b in s.operator_items_for(&key, self.task.subtask, self.task.parallelism) {
+                for b in restored(s, &key, self.task) {
                     items.push(V::from_bytes(b)?);
                 }
                 self.memory.grow(list_bytes(&items))?;
@@ -290,9 +312,97 @@ pub trait ProcessFunction<T: Data, O: Data>: Clone + Send + Sync + 'static {
     }
 }
 
-pub(crate) struct ProcessOp<T: Data, O: Data, P> {
+/// A function over the two inputs of connected non-keyed streams, with
+/// operator state (Flink's `CoProcessFunction`). Each subtask has its own copy
+/// of the function: with a broadcast second input (`other.broadcast()`) every
+/// copy sees all of that input — the broadcast-state pattern (rules or a model
+/// read by every subtask of the first input).
+pub trait CoProcessFunction<A: Data, B: Data, O: Data>: Clone + Send + Sync + 'static {
+    /// Before the first record: declare state here.
+    fn open(&mut self, _ctx: &mut OperatorContext<'_>) -> Result<(), OperatorError> {
+        Ok(())
+    }
+    /// One record of the first input.
+    fn process_first(
+        &mut self,
+        record: &A::Borrowed,
+        ctx: &mut OperatorContext<'_>,
+        out: &mut Emitter<'_, O>,
+    ) -> Result<(), OperatorError>;
+    /// One record of the second input.
+    fn process_second(
+        &mut self,
+        record: &B::Borrowed,
+        ctx: &mut OperatorContext<'_>,
+        out: &mut Emitter<'_, O>,
+    ) -> Result<(), OperatorError>;
+    /// End of both inputs: emit what is held.
+    fn finish(&mut self, _ctx: &mut OperatorContext<'_>, _out: &mut Emitter<'_, O>) -> Result<(), OperatorError> {
+        Ok(())
+    }
+    /// As [`ProcessFunction::snapshot`].
+    fn snapshot(&mut self, _checkpoint: u64, _ctx: &mut OperatorContext<'_>) -> Result<(), OperatorError> {
+        Ok(())
+    }
+    /// Checkpoint `checkpoint` completed: commit what waited for it.
+    fn on_checkpoint_complete(&mut self, _checkpoint: u64) {}
+    /// Checkpoint `checkpoint` was aborted: roll back what waited for it.
+    fn on_checkpoint_aborted(&mut self, _checkpoint: u64) {}
+    /// As [`ProcessFunction::close`].
+    fn close(&mut self) -> Result<(), OperatorError> {
+        Ok(())
+    }
+}
+
+/// What a stateful non-keyed operator calls besides its record path: the
+/// one-input [`ProcessFunction`] and the two-input [`CoProcessFunction`] alike.
+pub(crate) trait OperatorCallbacks<O: Data> {
+    fn open(&mut self, ctx: &mut OperatorContext<'_>) -> Result<(), OperatorError>;
+    fn finish(&mut self, ctx: &mut OperatorContext<'_>, out: &mut Emitter<'_, O>) -> Result<(), OperatorError>;
+    fn snapshot(&mut self, checkpoint: u64, ctx: &mut OperatorContext<'_>) -> Result<(), OperatorError>;
+    fn on_checkpoint_complete(&mut self, checkpoint: u64);
+    fn on_checkpoint_aborted(&mut self, checkpoint: u64);
+    fn close(&mut self) -> Result<(), OperatorError>;
+}
+
+/// A one-input function as its operator holds it.
+pub(crate) struct OneInput<T, P>(P, PhantomData<fn(&T)>);
+/// A two-input function as its operator holds it.
+pub(crate) struct CoInputs<A, B, P>(P, PhantomData<fn(&A, &B)>);
+
+/// Implements [`OperatorCallbacks`] for a holder of a function that has the
+/// same callbacks under the same names.
+macro_rules! callbacks_of {
+    ($holder:ty, [$($t:ident),*], $bound:path) => {
+        impl<$($t: Data,)* O: Data, P: $bound> OperatorCallbacks<O> for $holder {
+            fn open(&mut self, ctx: &mut OperatorContext<'_>) -> Result<(), OperatorError> {
+                self.0.open(ctx)
+            }
+            fn finish(&mut self, ctx: &mut OperatorContext<'_>, out: &mut Emitter<'_, O>) -> Result<(), OperatorError> {
+                self.0.finish(ctx, out)
+            }
+            fn snapshot(&mut self, checkpoint: u64, ctx: &mut OperatorContext<'_>) -> Result<(), OperatorError> {
+                self.0.snapshot(checkpoint, ctx)
+            }
+            fn on_checkpoint_complete(&mut self, checkpoint: u64) {
+                self.0.on_checkpoint_complete(checkpoint)
+            }
+            fn on_checkpoint_aborted(&mut self, checkpoint: u64) {
+                self.0.on_checkpoint_aborted(checkpoint)
+            }
+            fn close(&mut self) -> Result<(), OperatorError> {
+                self.0.close()
+            }
+        }
+    };
+}
+callbacks_of!(OneInput<T, P>, [T], ProcessFunction<T, O>);
+callbacks_of!(CoInputs<A, B, P>, [A, B], CoProcessFunction<A, B, O>);
+
+/// A non-keyed operator with operator state, over function holder `C`.
+pub(crate) struct ProcessOp<O: Data, C> {
     name: String,
-    f: P,
+    f: C,
     next: Box<dyn Collector<O>>,
     lists: BTreeMap<String, Box<dyn ErasedListBox>>,
     /// What the lists hold, charged to the slot's managed memory.
@@ -300,13 +410,25 @@ pub(crate) struct ProcessOp<T: Data, O: Data, P> {
     task: Option<TaskInfo>,
     restore: Option<Arc<JobSnapshot>>,
     failure: Failure,
-    _t: PhantomData<fn(&T)>,
 }
 
-impl<T: Data, O: Data, P: ProcessFunction<T, O>> ProcessOp<T, O, P> {
+impl<O: Data, C> ProcessOp<O, C> {
+    fn new(name: String, f: C, next: Box<dyn Collector<O>>, ctx: &BuildContext<'_>) -> Self {
+        ProcessOp {
+            name,
+            f,
+            next,
+            lists: BTreeMap::new(),
+            memory: StateMemory::new(),
+            task: None,
+            restore: ctx.restore.clone(),
+            failure: ctx.failure.clone(),
+        }
+    }
+
     fn with_context<R>(
         &mut self,
-        f: impl FnOnce(&mut P, &mut OperatorContext<'_>, &mut Emitter<'_, O>) -> R,
+        f: impl FnOnce(&mut C, &mut OperatorContext<'_>, &mut Emitter<'_, O>) -> R,
     ) -> Option<R> {
         let task = self.task.as_ref()?;
         let mut ctx = OperatorContext {
@@ -318,13 +440,14 @@ impl<T: Data, O: Data, P: ProcessFunction<T, O>> ProcessOp<T, O, P> {
         };
         Some(f(&mut self.f, &mut ctx, &mut Emitter::new(&mut *self.next)))
     }
-}
 
-impl<T: Data, O: Data, P: ProcessFunction<T, O>> Collector<T> for SharedCollector<ProcessOp<T, O, P>> {
-    fn collect(&mut self, record: &T::Borrowed) {
-        let mut op = self.0.borrow_mut();
-        let failure = op.failure.clone();
-        match op.with_context(|f, ctx, out| f.process(record, ctx, out)) {
+    /// Hands one record to the function through `f`; an error fails the task.
+    fn record(
+        &mut self,
+        f: impl FnOnce(&mut C, &mut OperatorContext<'_>, &mut Emitter<'_, O>) -> Result<(), OperatorError>,
+    ) {
+        let failure = self.failure.clone();
+        match self.with_context(f) {
             Some(Ok(())) => {}
             Some(Err(e)) => failure.set(e),
             None => failure.set(OperatorError::User("a record came before the operator opened".into())),
@@ -332,7 +455,29 @@ impl<T: Data, O: Data, P: ProcessFunction<T, O>> Collector<T> for SharedCollecto
     }
 }
 
-impl<T: Data, O: Data, P: ProcessFunction<T, O>> Lifecycle for ProcessOp<T, O, P> {
+impl<T: Data, O: Data, P: ProcessFunction<T, O>> Collector<T> for SharedCollector<ProcessOp<O, OneInput<T, P>>> {
+    fn collect(&mut self, record: &T::Borrowed) {
+        self.0.borrow_mut().record(|f, ctx, out| f.0.process(record, ctx, out));
+    }
+}
+
+impl<A: Data, B: Data, O: Data, P: CoProcessFunction<A, B, O>> Collector<A>
+    for FirstInput<ProcessOp<O, CoInputs<A, B, P>>>
+{
+    fn collect(&mut self, record: &A::Borrowed) {
+        self.0.borrow_mut().record(|f, ctx, out| f.0.process_first(record, ctx, out));
+    }
+}
+
+impl<A: Data, B: Data, O: Data, P: CoProcessFunction<A, B, O>> Collector<B>
+    for SecondInput<ProcessOp<O, CoInputs<A, B, P>>>
+{
+    fn collect(&mut self, record: &B::Borrowed) {
+        self.0.borrow_mut().record(|f, ctx, out| f.0.process_second(record, ctx, out));
+    }
+}
+
+impl<O: Data, C: OperatorCallbacks<O>> Lifecycle for ProcessOp<O, C> {
     fn name(&self) -> &str {
         &self.name
     }
@@ -381,18 +526,26 @@ impl<T: Data, O: Data, P: ProcessFunction<T, O>> NodeFactory<T> for ProcessFacto
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
         let next = build_port(&self.next, ctx)?;
         let name = self.name.get();
-        let op = ProcessOp {
-            name: name.clone(),
-            f: self.f.clone(),
-            next,
-            lists: BTreeMap::new(),
-            memory: StateMemory::new(),
-            task: None,
-            restore: ctx.restore.clone(),
-            failure: ctx.failure.clone(),
-            _t: PhantomData,
-        };
+        let op = ProcessOp::new(name.clone(), OneInput(self.f.clone(), PhantomData), next, ctx);
         Ok(ctx.stateful(&name, op))
+    }
+}
+
+pub(crate) struct CoProcessFactory<A, B, O: Data, P> {
+    pub(crate) name: Name,
+    pub(crate) f: P,
+    pub(crate) next: Port<O>,
+    pub(crate) _t: PhantomData<fn(&A, &B)>,
+}
+
+impl<A: Data, B: Data, O: Data, P: CoProcessFunction<A, B, O>> TwoInputFactory<A, B> for CoProcessFactory<A, B, O, P> {
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<(Box<dyn Collector<A>>, Box<dyn Collector<B>>), EngineError> {
+        let next = build_port(&self.next, ctx)?;
+        let name = self.name.get();
+        let op = ProcessOp::new(name.clone(), CoInputs(self.f.clone(), PhantomData), next, ctx);
+        let shared = std::rc::Rc::new(std::cell::RefCell::new(op));
+        ctx.lifecycles.push(Box::new(SharedLifecycle(shared.clone(), name)));
+        Ok((Box::new(FirstInput(shared.clone())), Box::new(SecondInput(shared))))
     }
 }
 
@@ -421,7 +574,7 @@ pub(crate) struct CoFlatMapFactory<A, B, O: Data, FA, FB> {
     pub(crate) _t: PhantomData<fn(&A, &B)>,
 }
 
-impl<A, B, O, FA, FB> crate::runtime::keyed::TwoInputFactory<A, B> for CoFlatMapFactory<A, B, O, FA, FB>
+impl<A, B, O, FA, FB> TwoInputFactory<A, B> for CoFlatMapFactory<A, B, O, FA, FB>
 where
     A: Data,
     B: Data,

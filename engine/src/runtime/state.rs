@@ -217,6 +217,17 @@ impl JobSnapshot {
             .map(|(_, b)| b.as_slice())
             .collect()
     }
+
+    /// The broadcast-state items of `operator` that subtask `subtask`
+    /// restores: one old subtask's whole list (each holds the same), the
+    /// subtask's own where it had one.
+    pub(crate) fn operator_copy_for(&self, operator: &str, subtask: u32) -> Vec<&[u8]> {
+        let Some(s) = self.operators.get(operator) else { return Vec::new() };
+        match s.operator_state.len() {
+            0 => Vec::new(),
+            n => s.operator_state[subtask as usize % n].iter().map(Vec::as_slice).collect(),
+        }
+    }
 }
 
 /// Writes the entries of one state of one key group.
