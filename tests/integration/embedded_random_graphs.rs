@@ -1,5 +1,6 @@
 //! Random dataflow graphs: from a seed, sources, transforms, exchanges, unions,
-//! connects and keyed operators (reduce, count, process with map state, keyed
+//! connects (co-map, a co-process function holding both inputs in list state)
+//! and keyed operators (reduce, count, process with map state, keyed
 //! co-process) are stacked onto random earlier streams, each at a random
 //! parallelism; every stream left unconsumed ends in a collect sink. The same
 //! operations run over plain vectors, one record at a time, on one thread, and
@@ -13,8 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use shardflow_benches::SplitMix;
 use shardflow_engine::{
-    CollectHandle, Dataflow, Emitter, Engine, KeyedCoProcessFunction, KeyedContext, KeyedProcessFunction, MapState,
-    OperatorError, StateDeclarations, Stream, ValueState,
+    CoProcessFunction, CollectHandle, Dataflow, Emitter, Engine, KeyedCoProcessFunction, KeyedContext,
+    KeyedProcessFunction, ListStateHandle, MapState, OperatorContext, OperatorError, StateDeclarations, Stream,
+    ValueState,
 };
 
 use crate::common::{oracle_cases, shard_count, small_engine, TIMEOUT};
@@ -155,13 +157,56 @@ fn sum_and_count(first: &[Visit], second: &[Visit]) -> Vec<Visit> {
         .collect()
 }
 
+/// Not keyed, over two inputs: holds every record of both in list state and
+/// emits them at the end, the second's with `amount + 7` (what a co-map does,
+/// through operator state).
+#[derive(Clone, Default)]
+struct HoldBoth {
+    first: Option<ListStateHandle<Visit>>,
+    second: Option<ListStateHandle<Visit>>,
+}
+
+impl CoProcessFunction<Visit, Visit, Visit> for HoldBoth {
+    fn open(&mut self, ctx: &mut OperatorContext<'_>) -> Result<(), OperatorError> {
+        self.first = Some(ctx.list_state("first")?);
+        self.second = Some(ctx.list_state("second")?);
+        Ok(())
+    }
+    fn process_first(
+        &mut self,
+        v: &Visit,
+        ctx: &mut OperatorContext<'_>,
+        _: &mut Emitter<'_, Visit>,
+    ) -> Result<(), OperatorError> {
+        ctx.list(self.first.as_ref().expect("opened"))?.push(v.clone())
+    }
+    fn process_second(
+        &mut self,
+        v: &Visit,
+        ctx: &mut OperatorContext<'_>,
+        _: &mut Emitter<'_, Visit>,
+    ) -> Result<(), OperatorError> {
+        ctx.list(self.second.as_ref().expect("opened"))?.push(bump(v))
+    }
+    fn finish(&mut self, ctx: &mut OperatorContext<'_>, out: &mut Emitter<'_, Visit>) -> Result<(), OperatorError> {
+        for held in [&self.first, &self.second] {
+            ctx.list(held.as_ref().expect("opened"))?.take().into_iter().for_each(|v| out.emit(v));
+        }
+        Ok(())
+    }
+}
+
+fn bump(v: &Visit) -> Visit {
+    Visit { amount: v.amount + 7, ..v.clone() }
+}
+
 /// Folds two visits of one user: amounts add, the greater page stays.
 fn fold(acc: &Visit, v: &Visit) -> Visit {
     Visit { user: acc.user.clone(), page: acc.page.clone().max(v.page.clone()), amount: acc.amount + v.amount }
 }
 
 /// What the random graph is made of, one entry per kind of step.
-const STEPS: usize = 11;
+const STEPS: usize = 12;
 
 /// Builds a random graph from `rng` into `df`: returns its streams, each with its
 /// expected records. `log` names the steps taken, for a failure's message.
@@ -237,10 +282,14 @@ fn build(df: &Dataflow, rng: &mut SplitMix, max_p: u64, log: &mut Vec<String>) -
                 (stream, sum_and_count(wa, wb), format!("keyed connect n{a} n{b}"))
             }
             8 => {
-                let bump = |v: &Visit| Visit { amount: v.amount + 7, ..v.clone() };
                 let stream = sa.connect(&nodes[b].stream).map(Visit::clone, bump);
                 let want = wa.iter().cloned().chain(wb.iter().map(bump)).collect();
                 (stream, want, format!("connect, co-map n{a} n{b}"))
+            }
+            10 => {
+                let stream = sa.connect(&nodes[b].stream).process(HoldBoth::default());
+                let want = wa.iter().cloned().chain(wb.iter().map(bump)).collect();
+                (stream, want, format!("connect, co-process holding both in list state n{a} n{b}"))
             }
             9 => {
                 // Every record to each of the next operator's p subtasks.
@@ -257,7 +306,7 @@ fn build(df: &Dataflow, rng: &mut SplitMix, max_p: u64, log: &mut Vec<String>) -
             }
         };
         nodes[a].consumed = true;
-        if matches!(step, 3 | 7 | 8) {
+        if matches!(step, 3 | 7 | 8 | 10) {
             nodes[b].consumed = true;
         }
         log.push(format!("n{}: {what} at p{p}", nodes.len()));
