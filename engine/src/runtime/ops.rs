@@ -317,6 +317,48 @@ pub trait ProcessFunction<T: Data, O: Data>: Clone + Send + Sync + 'static {
 /// of the function: with a broadcast second input (`other.broadcast()`) every
 /// copy sees all of that input — the broadcast-state pattern (rules or a model
 /// read by every subtask of the first input).
+///
+/// ```
+/// use shardflow_engine::{CoProcessFunction, Dataflow, Emitter, Engine, ListStateHandle, OperatorContext, OperatorError};
+///
+/// /// The events at or above the lowest threshold, decided at the end (a
+/// /// threshold may come after an event).
+/// #[derive(Clone, Default)]
+/// struct Above {
+///     thresholds: Option<ListStateHandle<u64>>,
+///     events: Option<ListStateHandle<u64>>,
+/// }
+///
+/// impl CoProcessFunction<u64, u64, u64> for Above {
+///     fn open(&mut self, ctx: &mut OperatorContext<'_>) -> Result<(), OperatorError> {
+///         self.thresholds = Some(ctx.broadcast_state("thresholds")?);
+///         self.events = Some(ctx.list_state("events")?);
+///         Ok(())
+///     }
+///     fn process_first(&mut self, e: &u64, ctx: &mut OperatorContext<'_>, _: &mut Emitter<'_, u64>) -> Result<(), OperatorError> {
+///         ctx.list(self.events.as_ref().unwrap())?.push(*e)
+///     }
+///     fn process_second(&mut self, t: &u64, ctx: &mut OperatorContext<'_>, _: &mut Emitter<'_, u64>) -> Result<(), OperatorError> {
+///         ctx.list(self.thresholds.as_ref().unwrap())?.push(*t)
+///     }
+///     fn finish(&mut self, ctx: &mut OperatorContext<'_>, out: &mut Emitter<'_, u64>) -> Result<(), OperatorError> {
+///         let min = ctx.list(self.thresholds.as_ref().unwrap())?.iter().copied().min().unwrap_or(u64::MAX);
+///         ctx.list(self.events.as_ref().unwrap())?.iter().filter(|e| **e >= min).for_each(|e| out.emit(*e));
+///         Ok(())
+///     }
+/// }
+///
+/// let df = Dataflow::new("above").parallelism(2);
+/// // Every subtask of the co-process function gets every threshold.
+/// let thresholds = df.from_iter("thresholds", vec![7u64, 9]).parallelism(1).broadcast();
+/// let above = df.from_iter("events", 0..10u64).connect(&thresholds).process(Above::default()).collect();
+/// let engine = Engine::builder().shards(1).build()?;
+/// engine.run(df.build()?)?;
+/// let mut got = above.take();
+/// got.sort();
+/// assert_eq!(got, vec![7, 8, 9]);
+/// # Ok::<(), shardflow_engine::EngineError>(())
+/// ```
 pub trait CoProcessFunction<A: Data, B: Data, O: Data>: Clone + Send + Sync + 'static {
     /// Before the first record: declare state here.
     fn open(&mut self, _ctx: &mut OperatorContext<'_>) -> Result<(), OperatorError> {
