@@ -35,7 +35,8 @@
 //!   changes; a new leader reads them all and runs every job that had not ended.
 //!
 //! The embedded engine never needs any of this: standalone (no HA) is the
-//! default everywhere.
+//! default everywhere, and the etcd services are the crate's `etcd` feature
+//! (without it only these traits remain, and [`services`] refuses by type).
 
 #[cfg(feature = "etcd")]
 mod etcd;
