@@ -33,10 +33,10 @@ use crate::runtime::task::{run_task, TaskDeployment, TaskFailure, TaskOutput, Ta
 pub(crate) enum ShardCommand {
     /// Run these subtasks (all of one job on this shard, so they start together).
     Deploy(Vec<TaskDeployment>),
-    /// Cancel every task of the job on this shard.
-    Cancel(JobId),
-    /// Cancel one attempt of the job.
-    CancelAttempt(JobId, AttemptId),
+    /// Cancel every task of the job on this shard, telling them why.
+    Cancel(JobId, String),
+    /// Cancel one attempt of the job, telling it why.
+    CancelAttempt(JobId, AttemptId, String),
     /// Cancel everything and stop.
     Shutdown,
     /// Stop, failing every task with this cause (its host dropped a hosted
@@ -48,8 +48,8 @@ impl std::fmt::Debug for ShardCommand {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ShardCommand::Deploy(ds) => write!(f, "Deploy({} tasks)", ds.len()),
-            ShardCommand::Cancel(job) => write!(f, "Cancel({job})"),
-            ShardCommand::CancelAttempt(job, attempt) => write!(f, "CancelAttempt({job}, {attempt})"),
+            ShardCommand::Cancel(job, why) => write!(f, "Cancel({job}: {why})"),
+            ShardCommand::CancelAttempt(job, attempt, why) => write!(f, "CancelAttempt({job}, {attempt}: {why})"),
             ShardCommand::Shutdown => f.write_str("Shutdown"),
             ShardCommand::Abandon(why) => write!(f, "Abandon({why})"),
         }
@@ -307,15 +307,17 @@ async fn shard_loop(pool: Rc<SegmentPool>, sched: Rc<Scheduler>, commands: Mailb
                     });
                 }
             }
-            ShardCommand::Cancel(job) => {
+            ShardCommand::Cancel(job, why) => {
+                let why: Rc<str> = why.into();
                 for (_, lane) in tasks.borrow_mut().remove(&job).unwrap_or_default() {
-                    lane.post(TaskControl::Cancel);
+                    lane.post(TaskControl::Cancel(why.clone()));
                 }
             }
-            ShardCommand::CancelAttempt(job, attempt) => {
+            ShardCommand::CancelAttempt(job, attempt, why) => {
                 if let Some(v) = tasks.borrow().get(&job) {
+                    let why: Rc<str> = why.into();
                     for (_, lane) in v.iter().filter(|(a, _)| *a == attempt) {
-                        lane.post(TaskControl::Cancel);
+                        lane.post(TaskControl::Cancel(why.clone()));
                     }
                 }
             }
@@ -327,8 +329,9 @@ async fn shard_loop(pool: Rc<SegmentPool>, sched: Rc<Scheduler>, commands: Mailb
         }
     }
     let all: Vec<ControlLane> = tasks.borrow_mut().drain().flat_map(|(_, v)| v).map(|(_, lane)| lane).collect();
+    let why: Rc<str> = "its shard stops".into();
     for lane in all {
-        lane.post(TaskControl::Cancel);
+        lane.post(TaskControl::Cancel(why.clone()));
     }
     live.until(|n| *n == 0).await;
 }
@@ -495,7 +498,7 @@ async fn supervise(
     // dropped, and its segments home, before the terminal state is reported.
     let outcome = run.await;
     match outcome {
-        Ok(Err(TaskStop::Canceled)) => match abandoned.borrow().clone() {
+        Ok(Err(TaskStop::Canceled(_))) => match abandoned.borrow().clone() {
             None => report(ExecutionState::Canceled, None, None),
             Some(cause) => report(ExecutionState::Failed, Some(TaskFailure::new(cause)), None),
         },

@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use crossbeam_utils::CachePadded;
 
 use crate::buffer::Buffer;
-use crate::error::NetError;
+use crate::error::{NetError, ProducerEnd};
 use crate::event::Event;
 use crate::sync::{Arc, ArrayQueue, AtomicBool, AtomicU32, AtomicWaker, Ordering};
 
@@ -43,9 +43,9 @@ struct Shared {
     producer: AtomicWaker,
     sender_closed: AtomicBool,
     receiver_closed: AtomicBool,
-    /// Why the producer failed, when it says so before it goes
-    /// ([`ChannelSender::fail`]): the consumer names the root cause.
-    failure: std::sync::OnceLock<String>,
+    /// Why the producer stopped, when it says so before it goes
+    /// ([`ChannelSender::fail`], [`ChannelSender::cancel`]).
+    end: std::sync::OnceLock<ProducerEnd>,
 }
 
 /// Creates a channel whose receiver starts by granting `initial_credits`, able to hold
@@ -62,7 +62,7 @@ pub fn channel(initial_credits: u32, max_data_in_flight: u32, event_room: u32) -
         producer: AtomicWaker::new(),
         sender_closed: AtomicBool::new(false),
         receiver_closed: AtomicBool::new(false),
-        failure: std::sync::OnceLock::new(),
+        end: std::sync::OnceLock::new(),
     });
     (ChannelSender { shared: shared.clone(), subpartition: 0 }, ChannelReceiver { shared })
 }
@@ -204,9 +204,15 @@ impl ChannelSender {
 
     /// Records why the producer fails, before it drops this sender: the
     /// consumer's [`NetError::ProducerLost`] then names that cause (the first
-    /// one recorded stands).
+    /// end recorded stands).
     pub fn fail(&self, cause: &str) {
-        let _ = self.shared.failure.set(cause.to_string());
+        let _ = self.shared.end.set(ProducerEnd::Failed(cause.to_string()));
+    }
+
+    /// Records that the producer was cancelled, and why, before it drops this
+    /// sender (the first end recorded stands).
+    pub fn cancel(&self, reason: &str) {
+        let _ = self.shared.end.set(ProducerEnd::Cancelled(reason.to_string()));
     }
 }
 
@@ -257,9 +263,9 @@ impl ChannelReceiver {
         self.shared.sender_closed.load(Ordering::Acquire)
     }
 
-    /// Why the producer failed, if it said so ([`ChannelSender::fail`]).
-    pub fn producer_failure(&self) -> Option<String> {
-        self.shared.failure.get().cloned()
+    /// Why the producer stopped, if it said so.
+    pub fn producer_end(&self) -> Option<ProducerEnd> {
+        self.shared.end.get().cloned()
     }
 
     /// Whether the ring is empty.

@@ -13,15 +13,15 @@ pub enum NetError {
         subpartition: usize,
     },
     /// The producing side went away without sending end-of-partition.
-    #[error("input channel {channel}: {}", match cause {
-        Some(cause) => format!("its producer failed: {cause}"),
+    #[error("input channel {channel}: {}", match end {
+        Some(end) => end.to_string(),
         None => "the producer went away before end of partition".to_string(),
     })]
     ProducerLost {
         /// Input channel of the gate.
         channel: usize,
-        /// The producer's failure (the root cause), when it said why.
-        cause: Option<String>,
+        /// Why the producer stopped, when it said so.
+        end: Option<ProducerEnd>,
     },
     /// A record does not fit in an empty segment.
     #[error("a record of {record_bytes} bytes does not fit in a segment of {segment_bytes} bytes")]
@@ -94,4 +94,16 @@ pub enum NetError {
         /// Ring capacity.
         capacity: usize,
     },
+}
+
+/// Why a producer stopped without end of partition, as it told its channels
+/// (see `ChannelSender::fail` and `ChannelSender::cancel`).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ProducerEnd {
+    /// It failed: the root cause.
+    #[error("its producer failed: {0}")]
+    Failed(String),
+    /// It was cancelled, for this reason.
+    #[error("its producer was cancelled: {0}")]
+    Cancelled(String),
 }

@@ -103,7 +103,7 @@ impl InputGate {
                         // EndOfPartition is pushed before the flag is set: look again.
                         match ch.try_recv() {
                             Some(env) => env,
-                            None => return Err(NetError::ProducerLost { channel: c, cause: ch.producer_failure() }),
+                            None => return Err(NetError::ProducerLost { channel: c, end: ch.producer_end() }),
                         }
                     } else {
                         // Floating credits go to a backlogged channel once its ring is

@@ -75,7 +75,7 @@ mod sync;
 pub use buffer::Buffer;
 pub use channel::{channel, ChannelReceiver, ChannelSender, Envelope};
 pub use credit::{CreditLedger, Recycle};
-pub use error::NetError;
+pub use error::{NetError, ProducerEnd};
 pub use event::{CheckpointBarrier, Event};
 pub use gate::{GateItem, InputBuffer, InputGate};
 pub use partition::{fmix64, ResultPartition, VarRecords, VAR_HEADER};

@@ -523,6 +523,14 @@ impl ResultPartition {
         }
     }
 
+    /// Tells every consumer that this partition's producer was cancelled, and
+    /// why (before it drops the partition).
+    pub fn cancel(&self, reason: &str) {
+        for sub in &self.subs {
+            sub.sender.cancel(reason);
+        }
+    }
+
     fn queue(&mut self, sp: usize, envelope: Envelope) {
         let sub = &mut self.subs[sp];
         if matches!(envelope, Envelope::Data(_)) {

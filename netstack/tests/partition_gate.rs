@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future::{block_on, poll_once};
 use shardflow_memory::{Budget, BudgetKind, SegmentPool, SegmentPoolBuilder};
-use shardflow_netstack::{channel, CreditLedger, Event, GateItem, InputGate, NetError, ResultPartition, VarRecords};
+use shardflow_netstack::{
+    channel, CreditLedger, Event, GateItem, InputGate, NetError, ProducerEnd, ResultPartition, VarRecords,
+};
 
 fn pool(segments: usize) -> Rc<SegmentPool> {
     Rc::new(SegmentPoolBuilder::new(0, segments).segment_bytes(4096).build().expect("pool"))
@@ -394,19 +396,22 @@ fn variable_size_records_are_framed_aligned_and_a_too_large_one_is_typed() {
 }
 
 #[test]
-fn a_producer_that_fails_names_its_cause_to_the_consumer_and_one_merely_gone_does_not() {
+fn a_producer_that_fails_or_is_cancelled_says_so_to_the_consumer_and_one_merely_gone_does_not() {
     let p = pool(8);
     let (w, mut gates) = wire(&p, 2, 2, 0, 4);
     w.fail("operator panicked: record 7 is poison");
     drop(w);
     for (i, gate) in gates.iter_mut().enumerate() {
         let e = gate.try_next().expect_err("the producer is gone before end of partition");
-        assert_eq!(
-            e,
-            NetError::ProducerLost { channel: 0, cause: Some("operator panicked: record 7 is poison".into()) }
-        );
+        let end = ProducerEnd::Failed("operator panicked: record 7 is poison".into());
+        assert_eq!(e, NetError::ProducerLost { channel: 0, end: Some(end) });
         assert_eq!(e.to_string(), "input channel 0: its producer failed: operator panicked: record 7 is poison", "{i}");
     }
+    let (w, mut gates) = wire(&p, 1, 2, 0, 4);
+    w.cancel("the job was cancelled");
+    drop(w);
+    let e = gates[0].try_next().expect_err("cancelled");
+    assert_eq!(e.to_string(), "input channel 0: its producer was cancelled: the job was cancelled");
     let (w, mut gates) = wire(&p, 1, 2, 0, 4);
     drop(w);
     let e = gates[0].try_next().expect_err("gone");

@@ -44,3 +44,19 @@ fn cancelling_twice_or_after_the_end_is_harmless() {
     handle.cancel();
     assert_eq!(engine.job_status(handle.id()).unwrap(), JobStatus::Finished);
 }
+
+#[test]
+fn an_egress_of_a_cancelled_job_says_it_was_cancelled() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("served").parallelism(shard_count() as u32);
+    let (requests, ingress) = df.ingress::<u64>("requests", 16);
+    let answers = requests.rebalance().map(|r: &u64| r + 1).egress(16);
+    let handle = engine.submit(df.build().unwrap()).expect("submit");
+    handle.cancel();
+    // Nothing was pushed: the stream ends at once, cut short by the cancel.
+    assert_eq!(answers.recv_timeout(TIMEOUT), Err(crossbeam_channel::RecvTimeoutError::Disconnected));
+    let why = answers.stopped().expect("a stream cut short says why");
+    assert!(why.ends_with("was cancelled: the job was cancelled"), "{why}");
+    assert!(matches!(handle.wait_timeout(TIMEOUT), Err(EngineError::JobCanceled(_))));
+    drop(ingress);
+}

@@ -262,7 +262,13 @@ fn cancel_is_prompt_and_needs_the_owners_token() {
     conn.send(task(0, 1, 11, 0, paced()));
     assert_eq!(refused(conn.expect()).code, ErrorCode::Unexpected, "attempt 0 already runs");
 
-    conn.send(Message::CancelTask(CancelTask { job_master: JobMasterId(11), job: JobId(1), attempt: attempt(0) }));
+    let why = "the job was cancelled".to_string();
+    conn.send(Message::CancelTask(CancelTask {
+        job_master: JobMasterId(11),
+        job: JobId(1),
+        attempt: attempt(0),
+        reason: why,
+    }));
     // a ten-minute source ends within the read timeout: cancel does not wait for it
     let canceled = conn.until_state(attempt(0), ExecutionState::Canceled);
     assert!(canceled.failure.is_none(), "{canceled:?}");
@@ -270,7 +276,13 @@ fn cancel_is_prompt_and_needs_the_owners_token() {
     // a second task, then a cancel carrying another job master's token
     conn.send(task(0, 1, 11, 1, paced()));
     conn.until_state(attempt(1), ExecutionState::Running);
-    conn.send(Message::CancelTask(CancelTask { job_master: JobMasterId(12), job: JobId(1), attempt: attempt(1) }));
+    let why = "the job was cancelled".to_string();
+    conn.send(Message::CancelTask(CancelTask {
+        job_master: JobMasterId(12),
+        job: JobId(1),
+        attempt: attempt(1),
+        reason: why,
+    }));
     match conn.expect() {
         Message::ErrorReply(e) => assert_eq!(e.code, ErrorCode::StaleToken, "{}", e.message),
         other => panic!("expected a stale-token error, got {other:?}"),

@@ -11,10 +11,12 @@ use std::rc::Rc;
 use std::task::{Context, Waker};
 
 /// A message to a running task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum TaskControl {
-    /// Stop: take no more input, close the operators, end as CANCELED.
-    Cancel,
+    /// Stop: take no more input, close the operators, end as CANCELED; why
+    /// (the job was cancelled, or failed with its cause), for its sinks'
+    /// readers.
+    Cancel(Rc<str>),
 }
 
 #[derive(Default)]
@@ -79,11 +81,11 @@ mod tests {
         assert_eq!(lane.poll_next(&mut cx), None, "nothing posted yet");
         assert_eq!(lane.poll_next(&mut cx), None, "registering again keeps one waker");
         let poster = lane.clone();
-        poster.post(TaskControl::Cancel);
-        poster.post(TaskControl::Cancel);
+        poster.post(TaskControl::Cancel("asked".into()));
+        poster.post(TaskControl::Cancel("asked".into()));
         assert_eq!(counter.0.load(Ordering::SeqCst), 1, "the first post wakes; the waker is then spent");
-        assert_eq!(lane.poll_next(&mut cx), Some(TaskControl::Cancel));
-        assert_eq!(lane.poll_next(&mut cx), Some(TaskControl::Cancel));
+        assert_eq!(lane.poll_next(&mut cx), Some(TaskControl::Cancel("asked".into())));
+        assert_eq!(lane.poll_next(&mut cx), Some(TaskControl::Cancel("asked".into())));
         assert_eq!(lane.poll_next(&mut cx), None);
     }
 }

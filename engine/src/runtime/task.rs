@@ -31,7 +31,8 @@ use futures_lite::FutureExt;
 use shardflow_control::{AttemptId, JobId};
 use shardflow_memory::{Budget, SegmentPool};
 use shardflow_netstack::{
-    ChannelReceiver, ChannelSender, CreditLedger, Event, GateItem, InputBuffer, InputGate, NetError, ResultPartition,
+    ChannelReceiver, ChannelSender, CreditLedger, Event, GateItem, InputBuffer, InputGate, NetError, ProducerEnd,
+    ResultPartition,
 };
 
 use crate::error::{EngineError, OperatorError};
@@ -126,7 +127,9 @@ impl From<OperatorError> for TaskFailure {
     fn from(e: OperatorError) -> Self {
         let secondary = matches!(e, OperatorError::Net(NetError::ConsumerGone { .. } | NetError::ProducerLost { .. }));
         let root = match &e {
-            OperatorError::Net(NetError::ProducerLost { cause, .. }) => cause.clone(),
+            OperatorError::Net(NetError::ProducerLost { end: Some(ProducerEnd::Failed(cause)), .. }) => {
+                Some(cause.clone())
+            }
             _ => None,
         };
         TaskFailure { cause: e.to_string(), secondary, root }
@@ -150,15 +153,15 @@ impl From<EngineError> for TaskFailure {
 pub(crate) enum TaskStop {
     /// An operator failed or panicked, or a channel broke.
     Failed(TaskFailure),
-    /// Its control lane said so.
-    Canceled,
+    /// Its control lane said so, and why.
+    Canceled(std::rc::Rc<str>),
 }
 
 impl std::fmt::Display for TaskStop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TaskStop::Failed(e) => write!(f, "failed: {}", e.cause),
-            TaskStop::Canceled => f.write_str("was cancelled"),
+            TaskStop::Canceled(why) => write!(f, "was cancelled: {why}"),
         }
     }
 }
@@ -171,13 +174,19 @@ impl From<TaskFailure> for TaskStop {
 
 impl From<OperatorError> for TaskStop {
     fn from(e: OperatorError) -> Self {
-        TaskStop::Failed(e.into())
+        match e {
+            // A producer cancelled: this task is part of the same cancel.
+            OperatorError::Net(NetError::ProducerLost { end: Some(ProducerEnd::Cancelled(why)), .. }) => {
+                TaskStop::Canceled(why.into())
+            }
+            e => TaskStop::Failed(e.into()),
+        }
     }
 }
 
 impl From<NetError> for TaskStop {
     fn from(e: NetError) -> Self {
-        TaskStop::Failed(e.into())
+        OperatorError::Net(e).into()
     }
 }
 
@@ -280,12 +289,12 @@ pub(crate) async fn run_task(
         Ok(Err(stop)) => stop,
         Err(panic) => TaskStop::Failed(TaskFailure::panicked(&*panic)),
     };
-    if let Some(root) = match &stop {
-        TaskStop::Failed(failure) => failure.root(),
-        TaskStop::Canceled => None,
-    } {
-        for p in &task.partitions {
-            p.borrow().fail(root);
+    // Before the partitions go: the consumers learn why (the root cause, or
+    // the cancel and its reason) instead of a producer that merely went away.
+    for p in &task.partitions {
+        match &stop {
+            TaskStop::Failed(failure) => failure.root().into_iter().for_each(|root| p.borrow().fail(root)),
+            TaskStop::Canceled(why) => p.borrow().cancel(why),
         }
     }
     task.close_after(&stop);
@@ -426,7 +435,7 @@ impl Task {
     #[inline]
     fn serve_control(&mut self, cx: &mut Context<'_>) -> Result<(), TaskStop> {
         match self.control.poll_next(cx) {
-            Some(TaskControl::Cancel) => Err(TaskStop::Canceled),
+            Some(TaskControl::Cancel(why)) => Err(TaskStop::Canceled(why)),
             None => Ok(()),
         }
     }
@@ -686,17 +695,27 @@ mod tests {
         // A → B → C: B's gate saw A fail; what B tells C is A's cause, not a
         // chain of "its producer failed" around it.
         let root = "operator panicked: record 7 is poison";
-        let b = TaskFailure::from(NetError::ProducerLost { channel: 1, cause: Some(root.into()) });
+        let b = TaskFailure::from(NetError::ProducerLost { channel: 1, end: Some(ProducerEnd::Failed(root.into())) });
         assert!(b.secondary);
         assert_eq!(b.cause, format!("input channel 1: its producer failed: {root}"));
         assert_eq!(b.root(), Some(root));
         // Peers merely gone say nothing about why: nothing is passed on.
-        let lost = TaskFailure::from(NetError::ProducerLost { channel: 0, cause: None });
+        let lost = TaskFailure::from(NetError::ProducerLost { channel: 0, end: None });
         assert_eq!(lost.root(), None);
         let closed = TaskFailure::from(NetError::ConsumerGone { subpartition: 0 });
         assert_eq!(closed.root(), None);
         let own = TaskFailure::new("operator 'x': bad".into());
         assert!(!own.secondary);
         assert_eq!(own.root(), Some("operator 'x': bad"));
+    }
+
+    #[test]
+    fn a_task_whose_producer_was_cancelled_ends_as_part_of_that_cancel() {
+        let why = "the job was cancelled";
+        let stop = TaskStop::from(NetError::ProducerLost { channel: 0, end: Some(ProducerEnd::Cancelled(why.into())) });
+        assert_eq!(stop, TaskStop::Canceled(why.into()));
+        assert_eq!(stop.to_string(), "was cancelled: the job was cancelled");
+        let stop = TaskStop::from(NetError::ProducerLost { channel: 0, end: None });
+        assert!(matches!(stop, TaskStop::Failed(TaskFailure { secondary: true, .. })), "{stop:?}");
     }
 }

@@ -554,6 +554,47 @@ fn a_root_cause_reported_after_a_peers_secondary_failure_names_the_job_failure()
     assert!(details(&mut h, id, at(t0, 7)).failure.unwrap().contains("managed memory"));
 }
 
+/// The reasons of the cancels among `out`.
+fn cancel_reasons(out: &[Output]) -> Vec<String> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send(_, Message::CancelTask(c)) => Some(c.reason.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_task_cancelled_on_its_worker_unasked_fails_the_attempt_and_cancels_say_why() {
+    let mut h = Harness::new();
+    let t0 = h.t0;
+    h.register(1, "a", vec![0]);
+    let (id, out) = submit(&mut h, 10, job(1, PartitionerKind::Forward, b""), at(t0, 1));
+    let subs = submissions(&out);
+    run_all(&mut h, &subs, at(t0, 2));
+    // Its worker cancelled the sink (say, its shard stopped): not ignored, a failure.
+    let out = update(&mut h, subs[1].0, &subs[1].1, ExecutionState::Canceled, at(t0, 3));
+    let d = details(&mut h, id, at(t0, 4));
+    assert_ne!(d.status, JobStatus::Running, "the job moved on: {d:?}");
+    let failure = d.failure.expect("a failure");
+    assert!(failure.contains("cancelled on its worker, not by its job master"), "{failure}");
+    // The cancel of the other task says why.
+    let reasons = cancel_reasons(&out);
+    assert_eq!(reasons.len(), 1, "{out:?}");
+    assert!(reasons[0].starts_with("the job ") && reasons[0].contains("cancelled on its worker"), "{reasons:?}");
+}
+
+#[test]
+fn a_users_cancel_tells_the_tasks_the_job_was_cancelled() {
+    let mut h = Harness::new();
+    let t0 = h.t0;
+    h.register(1, "a", vec![0]);
+    let (id, out) = submit(&mut h, 10, job(1, PartitionerKind::Forward, b""), at(t0, 1));
+    run_all(&mut h, &submissions(&out), at(t0, 2));
+    let out = h.c.on_message(at(t0, 3), 10, Message::CancelJob(CancelJob { job: id }));
+    assert_eq!(cancel_reasons(&out), vec!["the job was cancelled"; 2], "{out:?}");
+}
+
 #[test]
 fn a_panicking_catalog_check_is_a_typed_refusal_and_the_coordinator_lives() {
     let mut h = Harness::new();

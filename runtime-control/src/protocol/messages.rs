@@ -86,6 +86,9 @@ payloads! {
         pub job: JobId,
         /// The attempt.
         pub attempt: AttemptId,
+        /// Why, for the task's end and its sinks' readers: the job was
+        /// cancelled, or it failed or fails over, with the cause.
+        pub reason: String,
     }
 
     /// JobMaster → worker: free a slot (its tasks are cancelled).

@@ -56,7 +56,7 @@ pub use messages::*;
 pub use parts::*;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Bytes of the frame header.
 pub const HEADER_BYTES: usize = 16;
 /// The highest version a shardflow peer could speak; a higher one means the peer

@@ -187,13 +187,13 @@ fn hex(bytes: &[u8]) -> String {
 #[test]
 fn golden_bytes() {
     let ack = encode(&Message::Ack(Ack {})).unwrap();
-    assert_eq!(hex(&ack), "00000000030047000000000000000000");
+    assert_eq!(hex(&ack), "00000000040047000000000000000000");
     let hb = encode(&Message::HeartbeatFromCoordinator(HeartbeatFromCoordinator {
         resource_manager: ResourceManagerId(0x0102030405060708),
         seq: 3,
     }))
     .unwrap();
-    assert_eq!(hex(&hb), "1000000003000c00000000000000000008070605040302010300000000000000");
+    assert_eq!(hex(&hb), "1000000004000c00000000000000000008070605040302010300000000000000");
     let req = encode(&Message::RequestSlot(RequestSlot {
         resource_manager: ResourceManagerId(1),
         slot: slot(2, 3, 4),
@@ -204,7 +204,7 @@ fn golden_bytes() {
     .unwrap();
     assert_eq!(
         hex(&req),
-        "30000000030001000000000000000000\
+        "30000000040001000000000000000000\
          0100000000000000020000000300000004000000000000000500000000000000\
          06000000000000000700000000000000"
     );
@@ -225,7 +225,7 @@ fn golden_bytes() {
         "0100000078fffffffffffffff4ffffff01000000753634ffffffffff0000000008000000080000006affffffffffffff76ffffffffffffff0200000080000000c4ffffff01000000ccffffff00000000c4ffffff01000000"
     );
     let err = encode(&Message::error(ErrorCode::StaleToken, "stale")).unwrap();
-    assert_eq!(hex(&err), "1000000003007f000000000000000000060000007374616c65ffffff00000000");
+    assert_eq!(hex(&err), "1000000004007f000000000000000000060000007374616c65ffffff00000000");
 }
 
 #[test]
@@ -234,7 +234,7 @@ fn header_checks_come_before_the_body() {
     let mut h: [u8; HEADER_BYTES] = good[..HEADER_BYTES].try_into().unwrap();
     h[4] = 9;
     assert_eq!(FrameHeader::parse(&h, 1024), Err(FrameError::UnsupportedVersion { got: 9 }));
-    h[4] = 3;
+    h[4] = PROTOCOL_VERSION as u8;
     h[6] = 200;
     assert_eq!(FrameHeader::parse(&h, 1024), Err(FrameError::UnknownKind { kind: 200 }));
     h[6] = 71;
@@ -322,10 +322,10 @@ fn another_protocol_is_named_as_such_and_a_near_version_as_a_version() {
         other => panic!("{other:?}"),
     }
     let mut h = [0u8; HEADER_BYTES];
-    h[4] = 4;
-    assert_eq!(FrameHeader::parse(&h, 1024), Err(FrameError::UnsupportedVersion { got: 4 }));
-    h[4] = 2;
-    assert_eq!(FrameHeader::parse(&h, 1024), Err(FrameError::UnsupportedVersion { got: 2 }), "the last version");
+    h[4] = 5;
+    assert_eq!(FrameHeader::parse(&h, 1024), Err(FrameError::UnsupportedVersion { got: 5 }));
+    h[4] = 3;
+    assert_eq!(FrameHeader::parse(&h, 1024), Err(FrameError::UnsupportedVersion { got: 3 }), "the last version");
     h[4] = 0;
     assert!(matches!(FrameHeader::parse(&h, 1024), Err(FrameError::NotShardflow { .. })), "version 0 was never used");
 }

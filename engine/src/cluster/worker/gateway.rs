@@ -210,7 +210,8 @@ impl Gateway {
         let jobs: Vec<JobId> = self.tasks.keys().map(|(j, _)| *j).collect();
         let mut out = Vec::new();
         for shard in 0..self.shards.len() {
-            out.extend(jobs.iter().map(|&job| Action::Shard(shard, ShardCommand::Cancel(job))));
+            let why = || "the worker lost its coordinator".to_string();
+            out.extend(jobs.iter().map(|&job| Action::Shard(shard, ShardCommand::Cancel(job, why()))));
         }
         // Batched tasks never reached a shard: their memory is free at once.
         for d in std::mem::take(&mut self.batch).into_values().flatten() {
@@ -389,7 +390,7 @@ impl Gateway {
                         ));
                     }
                     let shard = t.slot.shard.0 as usize;
-                    out.push(Action::Shard(shard, ShardCommand::CancelAttempt(m.job, m.attempt)));
+                    out.push(Action::Shard(shard, ShardCommand::CancelAttempt(m.job, m.attempt, m.reason.clone())));
                 }
             }
             Message::FreeSlot(m) => {
@@ -410,7 +411,11 @@ impl Gateway {
                 s.job_master = None;
                 for ((job, attempt), t) in &self.tasks {
                     if t.slot == slot {
-                        out.push(Action::Shard(slot.shard.0 as usize, ShardCommand::CancelAttempt(*job, *attempt)));
+                        let why = "its slot was freed".to_string();
+                        out.push(Action::Shard(
+                            slot.shard.0 as usize,
+                            ShardCommand::CancelAttempt(*job, *attempt, why),
+                        ));
                     }
                 }
                 if let Some(job) = freed {

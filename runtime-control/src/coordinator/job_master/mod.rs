@@ -301,12 +301,18 @@ impl JobMaster {
             && self.eg.subtasks.iter().all(|s| matches!(s.state, ExecutionState::Running | ExecutionState::Finished))
     }
 
-    fn send_cancels(&self, gw: &mut Gateways<'_>, attempts: &[AttemptId]) {
+    /// Cancels `attempts`, telling their tasks `reason`.
+    fn send_cancels(&self, gw: &mut Gateways<'_>, attempts: &[AttemptId], reason: &str) {
         for &attempt in attempts {
             let Some(place) = self.assignment.of(attempt.execution_vertex) else { continue };
-            let cancel = CancelTask { job_master: self.token, job: self.id, attempt };
+            let cancel = CancelTask { job_master: self.token, job: self.id, attempt, reason: reason.to_string() };
             gw.send_to_worker(place.slot.worker, Message::CancelTask(cancel));
         }
+    }
+
+    /// The job's failure as the tasks cancelled for it are told.
+    fn failure_reason(&self, what: &str) -> String {
+        format!("{what}: {}", self.failure.as_deref().unwrap_or("a subtask failed"))
     }
 
     /// The user cancels the job: every subtask not terminal is cancelled.
@@ -315,7 +321,7 @@ impl JobMaster {
             return self.abort(gw, &e);
         }
         let to_cancel = self.eg.begin_cancel();
-        self.send_cancels(gw, &to_cancel);
+        self.send_cancels(gw, &to_cancel, "the job was cancelled");
     }
 
     /// Fails the job for an error of its own bookkeeping (a bug): logged, recorded
@@ -325,7 +331,7 @@ impl JobMaster {
         self.failure = Some(format!("internal error of the job master: {error}"));
         self.failure_secondary = false;
         let to_cancel = self.eg.abort();
-        self.send_cancels(gw, &to_cancel);
+        self.send_cancels(gw, &to_cancel, &self.failure_reason("the job failed"));
     }
 
     /// A state change of `attempt`, reported by its worker (or concluded by the
@@ -336,13 +342,22 @@ impl JobMaster {
         now: Instant,
         attempt: AttemptId,
         mut state: ExecutionState,
-        failure: Option<TaskFailureInfo>,
+        mut failure: Option<TaskFailureInfo>,
         result: Option<TaskResultInfo>,
     ) {
         let Some(current) = self.eg.subtasks.iter().find(|s| s.attempt == attempt).map(|s| s.state) else {
             tracing::debug!(job = %self.id, %attempt, "update for an old attempt");
             return;
         };
+        // Cancelled on its worker without this master asking (its shard stopped,
+        // or a producer its worker cancelled took it along): the attempt is lost,
+        // a failure that moves the job on — not a report to ignore while the job
+        // waits for it.
+        if state == ExecutionState::Canceled && current != ExecutionState::Canceling && !current.is_terminal() {
+            state = ExecutionState::Failed;
+            let cause = "the task was cancelled on its worker, not by its job master".to_string();
+            failure = Some(failure.unwrap_or(TaskFailureInfo { cause, secondary: true }));
+        }
         // A task that failed while being cancelled still names the job's root cause.
         let reported = state;
         if current == ExecutionState::Canceling {
@@ -386,14 +401,14 @@ impl JobMaster {
                         Ok(to_cancel)
                     });
                     match fail_over {
-                        Ok(to_cancel) => self.send_cancels(gw, &to_cancel),
+                        Ok(to_cancel) => self.send_cancels(gw, &to_cancel, &self.failure_reason("the job restarts")),
                         Err(e) => self.abort(gw, &e),
                     }
                 }
                 RestartDecision::GiveUp => {
                     tracing::info!(job = %self.id, "job fails: the restart strategy allows no more restarts");
                     let to_cancel = self.eg.begin_cancel();
-                    self.send_cancels(gw, &to_cancel);
+                    self.send_cancels(gw, &to_cancel, &self.failure_reason("the job failed"));
                 }
             }
         }
