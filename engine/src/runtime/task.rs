@@ -293,7 +293,11 @@ pub(crate) async fn run_task(
     // the cancel and its reason) instead of a producer that merely went away.
     for p in &task.partitions {
         match &stop {
-            TaskStop::Failed(failure) => failure.root().into_iter().for_each(|root| p.borrow().fail(root)),
+            TaskStop::Failed(failure) => {
+                if let Some(root) = failure.root() {
+                    p.borrow().fail(root);
+                }
+            }
             TaskStop::Canceled(why) => p.borrow().cancel(why),
         }
     }

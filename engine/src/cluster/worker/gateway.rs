@@ -209,9 +209,9 @@ impl Gateway {
         self.registration = Registration::Idle;
         let jobs: Vec<JobId> = self.tasks.keys().map(|(j, _)| *j).collect();
         let mut out = Vec::new();
+        let why = "the worker lost its coordinator";
         for shard in 0..self.shards.len() {
-            let why = || "the worker lost its coordinator".to_string();
-            out.extend(jobs.iter().map(|&job| Action::Shard(shard, ShardCommand::Cancel(job, why()))));
+            out.extend(jobs.iter().map(|&job| Action::Shard(shard, ShardCommand::Cancel(job, why.into()))));
         }
         // Batched tasks never reached a shard: their memory is free at once.
         for d in std::mem::take(&mut self.batch).into_values().flatten() {
