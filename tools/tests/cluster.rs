@@ -165,6 +165,32 @@ fn waiting_for_workers_also_waits_for_a_coordinator_still_starting() {
 }
 
 #[test]
+fn a_worker_without_its_coordinator_warns_once_and_retries_quietly() {
+    use std::process::Stdio;
+    let nobody = format!("127.0.0.1:{}", common::free_port());
+    let mut worker = Proc(
+        Command::new(BIN)
+            .args(["worker", "--coordinator", &nobody, "--cores", &online_cores()[0].to_string()])
+            .args(["--network-memory-bytes", "8388608", "--segment-bytes", "4096"])
+            .env("SHARDFLOW_LOG", "warn,shardflow_engine::cluster::worker=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("worker starts"),
+    );
+    let mut log = common::Log::of(worker.0.stderr.take().unwrap());
+    let first = log.wait_for(&["coordinator lost", "Connection refused"]);
+    assert!(first.contains("WARN"), "{first}");
+    // The same failure three more times: at debug, within the minute.
+    for _ in 0..3 {
+        let again = log.wait_for(&["coordinator lost", "Connection refused"]);
+        assert!(again.contains("DEBUG"), "{again}");
+    }
+    let warned = log.seen.iter().filter(|l| l.contains("WARN") && l.contains("coordinator lost")).count();
+    assert_eq!(warned, 1, "{}", log.seen.join("\n"));
+}
+
+#[test]
 fn a_worker_dump_shows_each_shard_with_its_core_and_tasks() {
     let c = cluster(&[], &[2, 2]);
     let id = c.submit(&["forward-count", "--param", "rate=1000", "--param", "duration_ms=600000"]);
