@@ -162,6 +162,17 @@ fn generator() -> OperatorSpec {
     local_count(&[("records", "1000")])
 }
 
+/// Job master `job_master` cancels subtask `subtask` of job 1.
+fn cancel(job_master: u64, subtask: u32) -> Message {
+    let reason = "the job was cancelled".to_string();
+    Message::CancelTask(CancelTask {
+        job_master: JobMasterId(job_master),
+        job: JobId(1),
+        attempt: attempt(subtask),
+        reason,
+    })
+}
+
 fn paced() -> OperatorSpec {
     local_count(&[("rate", "1000"), ("duration_ms", "600000")])
 }
@@ -262,13 +273,7 @@ fn cancel_is_prompt_and_needs_the_owners_token() {
     conn.send(task(0, 1, 11, 0, paced()));
     assert_eq!(refused(conn.expect()).code, ErrorCode::Unexpected, "attempt 0 already runs");
 
-    let why = "the job was cancelled".to_string();
-    conn.send(Message::CancelTask(CancelTask {
-        job_master: JobMasterId(11),
-        job: JobId(1),
-        attempt: attempt(0),
-        reason: why,
-    }));
+    conn.send(cancel(11, 0));
     // a ten-minute source ends within the read timeout: cancel does not wait for it
     let canceled = conn.until_state(attempt(0), ExecutionState::Canceled);
     assert!(canceled.failure.is_none(), "{canceled:?}");
@@ -276,13 +281,7 @@ fn cancel_is_prompt_and_needs_the_owners_token() {
     // a second task, then a cancel carrying another job master's token
     conn.send(task(0, 1, 11, 1, paced()));
     conn.until_state(attempt(1), ExecutionState::Running);
-    let why = "the job was cancelled".to_string();
-    conn.send(Message::CancelTask(CancelTask {
-        job_master: JobMasterId(12),
-        job: JobId(1),
-        attempt: attempt(1),
-        reason: why,
-    }));
+    conn.send(cancel(12, 1));
     match conn.expect() {
         Message::ErrorReply(e) => assert_eq!(e.code, ErrorCode::StaleToken, "{}", e.message),
         other => panic!("expected a stale-token error, got {other:?}"),

@@ -533,14 +533,22 @@ fn fail(h: &mut Harness, conn: ConnId, d: &TaskDeploymentDescriptor, cause: &str
     h.c.on_message(now, conn, Message::UpdateTaskExecutionState(m));
 }
 
-#[test]
-fn a_root_cause_reported_after_a_peers_secondary_failure_names_the_job_failure() {
+/// One worker (connection 1, one slot) running a source → sink job submitted
+/// on connection 10, at `t0 + 2 ms`: the harness, the job and its two tasks.
+fn one_running_job() -> (Harness, JobId, Vec<(ConnId, TaskDeploymentDescriptor)>) {
     let mut h = Harness::new();
     let t0 = h.t0;
     h.register(1, "a", vec![0]);
     let (id, out) = submit(&mut h, 10, job(1, PartitionerKind::Forward, b""), at(t0, 1));
     let subs = submissions(&out);
     run_all(&mut h, &subs, at(t0, 2));
+    (h, id, subs)
+}
+
+#[test]
+fn a_root_cause_reported_after_a_peers_secondary_failure_names_the_job_failure() {
+    let (mut h, id, subs) = one_running_job();
+    let t0 = h.t0;
     let (source, sink) = (&subs[0], &subs[1]);
     assert_eq!(source.1.vertex_name, "source");
     // The sink fails; its source notices first that its consumer went away.
@@ -566,12 +574,8 @@ fn cancel_reasons(out: &[Output]) -> Vec<String> {
 
 #[test]
 fn a_task_cancelled_on_its_worker_unasked_fails_the_attempt_and_cancels_say_why() {
-    let mut h = Harness::new();
+    let (mut h, id, subs) = one_running_job();
     let t0 = h.t0;
-    h.register(1, "a", vec![0]);
-    let (id, out) = submit(&mut h, 10, job(1, PartitionerKind::Forward, b""), at(t0, 1));
-    let subs = submissions(&out);
-    run_all(&mut h, &subs, at(t0, 2));
     // Its worker cancelled the sink (say, its shard stopped): not ignored, a failure.
     let out = update(&mut h, subs[1].0, &subs[1].1, ExecutionState::Canceled, at(t0, 3));
     let d = details(&mut h, id, at(t0, 4));
@@ -586,11 +590,8 @@ fn a_task_cancelled_on_its_worker_unasked_fails_the_attempt_and_cancels_say_why(
 
 #[test]
 fn a_users_cancel_tells_the_tasks_the_job_was_cancelled() {
-    let mut h = Harness::new();
+    let (mut h, id, _) = one_running_job();
     let t0 = h.t0;
-    h.register(1, "a", vec![0]);
-    let (id, out) = submit(&mut h, 10, job(1, PartitionerKind::Forward, b""), at(t0, 1));
-    run_all(&mut h, &submissions(&out), at(t0, 2));
     let out = h.c.on_message(at(t0, 3), 10, Message::CancelJob(CancelJob { job: id }));
     assert_eq!(cancel_reasons(&out), vec!["the job was cancelled"; 2], "{out:?}");
 }
