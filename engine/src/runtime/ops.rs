@@ -488,11 +488,10 @@ impl<O: Data, C> ProcessOp<O, C> {
         &mut self,
         f: impl FnOnce(&mut C, &mut OperatorContext<'_>, &mut Emitter<'_, O>) -> Result<(), OperatorError>,
     ) {
-        let failure = self.failure.clone();
         match self.with_context(f) {
             Some(Ok(())) => {}
-            Some(Err(e)) => failure.set(e),
-            None => failure.set(OperatorError::User("a record came before the operator opened".into())),
+            Some(Err(e)) => self.failure.set(e),
+            None => self.failure.set(OperatorError::User("a record came before the operator opened".into())),
         }
     }
 }
