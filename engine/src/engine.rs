@@ -24,7 +24,7 @@ use crate::params::Params;
 use crate::registry::catalog::RegistryCatalog;
 use crate::registry::{stamp, JobCatalog, LiveRegistry};
 use crate::shard::HostedShard;
-use crate::shared::{EngineInner, JobEnds, SubmissionNames};
+use crate::shared::{EngineInner, JobEnds, Submission};
 
 /// A shard as the engine reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +88,7 @@ impl Engine {
             default_restart: RestartStrategy::None,
             ..CoordinatorConfig::default()
         };
-        let job_ends = Arc::new(JobEnds::default());
+        let job_ends = Arc::new(JobEnds::new(live.clone()));
         let ends = job_ends.clone();
         let on_job_end = Box::new(move |id| ends.ended(id));
         let server =
@@ -127,27 +127,20 @@ impl Engine {
         let strategy = self.with_hints(&job, strategy);
         let job = Arc::new(job);
         self.inner.live().add(&tag, job.clone());
-        let names = SubmissionNames { jobs: vec![tag] };
         if let Err(e) = validate_job(&job.graph, &RegistryCatalog::new(self.inner.live_arc())) {
-            self.inner.forget(&names);
+            self.inner.live().remove(&tag);
             return Err(e.into());
         }
         let graph = job.graph.clone();
         let submitted_at = Instant::now();
         let vertex_names: Vec<String> = graph.vertices.iter().map(|v| v.name.clone()).collect();
         let name = graph.name.clone();
-        let submitted = self.inner.with_client(|c| {
-            let id = c.submit(graph, &strategy.to_string(), "")?;
-            self.inner.job_ends.watch(id, job.plan.ingresses.clone());
+        let (id, details) = self.inner.with_client(|c| {
+            let id = c.submit(graph, &strategy.to_string(), "").inspect_err(|_| self.inner.live().remove(&tag))?;
+            // From here the job's end, not its handle, ends the submission.
+            self.inner.job_ends.watch(id, Submission { tag, ingresses: job.plan.ingresses.clone() });
             Ok((id, c.job(id)?))
-        });
-        let (id, details) = match submitted {
-            Ok(x) => x,
-            Err(e) => {
-                self.inner.forget(&names);
-                return Err(e);
-            }
-        };
+        })?;
         let mut placements: Vec<SubtaskPlacement> = details
             .subtasks
             .iter()
@@ -169,7 +162,6 @@ impl Engine {
             placement: SlotAssignment { placements },
             progress: self.inner.board.progress(id),
             submitted_at,
-            names,
             engine: self.inner.clone(),
             taken: AtomicBool::new(false),
         })
@@ -364,5 +356,23 @@ mod tests {
         assert_eq!(engine.inner.connections_offered(), offered + 1, "a fresh one, once");
         assert_eq!(engine.free_slots(), Ok(slots));
         assert_eq!(engine.inner.connections_offered(), offered + 1, "then reused");
+    }
+
+    #[test]
+    fn a_dropped_handle_leaves_its_running_job_the_plan_its_tasks_are_built_from() {
+        let engine = small_engine();
+        let wait = Duration::from_secs(60);
+        let df = Dataflow::new("let-go").parallelism(1);
+        let (requests, mut ingress) = df.ingress::<u64>("requests", 4);
+        let answers = requests.map(|r: &u64| r + 1).egress(4);
+        let handle = engine.submit(df.build().unwrap()).unwrap();
+        let plan = format!("{}let-go@1", crate::api::JOB_OPERATOR);
+        ingress.push(1).unwrap();
+        assert_eq!(answers.recv_timeout(wait), Ok(2), "the job runs");
+        drop(handle);
+        // A task deployed now (late, or restarted) still finds its plan.
+        assert!(engine.inner.live().knows(&plan), "the plan stays while the job runs");
+        ingress.push(2).unwrap();
+        assert_eq!(answers.recv_timeout(wait), Ok(3), "and the job serves on");
     }
 }

@@ -11,7 +11,7 @@ use shardflow_control::{JobId, JobStatus, SlotAssignment};
 use crate::error::EngineError;
 use crate::runtime::collector::SinkOutput;
 use crate::runtime::state::JobSnapshot;
-use crate::shared::{EngineInner, SubmissionNames};
+use crate::shared::EngineInner;
 
 /// What one subtask reported when it finished.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,7 +99,6 @@ pub struct JobHandle {
     pub(crate) placement: SlotAssignment,
     pub(crate) progress: Arc<AtomicU64>,
     pub(crate) submitted_at: Instant,
-    pub(crate) names: SubmissionNames,
     pub(crate) engine: Arc<EngineInner>,
     /// Whether its outcome has been handed out.
     pub(crate) taken: std::sync::atomic::AtomicBool,
@@ -213,7 +212,6 @@ impl JobHandle {
 
 impl Drop for JobHandle {
     fn drop(&mut self) {
-        self.engine.forget(&self.names);
         if !self.taken.load(Ordering::Acquire) {
             self.engine.board.abandon(self.id);
         }

@@ -136,13 +136,6 @@ impl EngineInner {
     pub(crate) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
     }
-
-    /// Forgets the jobs a submission added.
-    pub(crate) fn forget(&self, names: &SubmissionNames) {
-        for n in &names.jobs {
-            self.live.remove(n);
-        }
-    }
 }
 
 impl std::fmt::Debug for EngineInner {
@@ -151,39 +144,50 @@ impl std::fmt::Debug for EngineInner {
     }
 }
 
-/// The live-registry names one submission added.
-#[derive(Debug, Default)]
-pub(crate) struct SubmissionNames {
-    pub(crate) jobs: Vec<String>,
+/// What one accepted submission leaves behind until its job ends: its plan in
+/// the live registry (under the submission's tag) and its ingresses.
+#[derive(Debug)]
+pub(crate) struct Submission {
+    pub(crate) tag: String,
+    pub(crate) ingresses: Vec<IngressCloser>,
 }
 
-/// The ingresses of an engine's jobs, each job's closed (unless a source of it
-/// still reads, which closes it as it ends) when its coordinator says the job
-/// ended: a pusher waiting for room learns it even where no source of the job
-/// ever ran (a job refused at deployment) and nobody waits on its handle.
-#[derive(Debug, Default)]
+/// The submissions of an engine's running jobs, each ended when its coordinator
+/// says the job ended — not when its handle is dropped: a job submitted and left
+/// to run (fed by its ingress, read through its egress) keeps its plan for every
+/// task deployed or restarted until its end. Then its ingresses are closed
+/// (unless a source of it still reads, which closes it as it ends), so a pusher
+/// waiting for room learns it even where no source of the job ever ran (a job
+/// refused at deployment), and its plan leaves the live registry.
+#[derive(Debug)]
 pub(crate) struct JobEnds {
+    live: Arc<LiveRegistry>,
     jobs: Mutex<Ends>,
 }
 
 #[derive(Debug, Default)]
 struct Ends {
-    /// Running jobs' ingresses.
-    watched: HashMap<JobId, Vec<IngressCloser>>,
+    /// Running jobs' submissions.
+    watched: HashMap<JobId, Submission>,
     /// Jobs that ended before they were watched (between the coordinator's
     /// acceptance and [`JobEnds::watch`]).
     ended: HashSet<JobId>,
 }
 
 impl JobEnds {
-    /// Closes `ingresses` when job `id` ends (at once if it has).
-    pub(crate) fn watch(&self, id: JobId, ingresses: Vec<IngressCloser>) {
+    /// Ends of the jobs whose plans are in `live`.
+    pub(crate) fn new(live: Arc<LiveRegistry>) -> Self {
+        JobEnds { live, jobs: Mutex::default() }
+    }
+
+    /// Ends `submission` when job `id` ends (at once if it has).
+    pub(crate) fn watch(&self, id: JobId, submission: Submission) {
         let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
         if jobs.ended.remove(&id) {
             drop(jobs);
-            ingresses.iter().for_each(IngressCloser::close);
+            self.end(submission);
         } else {
-            jobs.watched.insert(id, ingresses);
+            jobs.watched.insert(id, submission);
         }
     }
 
@@ -191,38 +195,63 @@ impl JobEnds {
     pub(crate) fn ended(&self, id: JobId) {
         let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
         match jobs.watched.remove(&id) {
-            Some(ingresses) => {
+            Some(submission) => {
                 drop(jobs);
-                ingresses.iter().for_each(IngressCloser::close);
+                self.end(submission);
             }
             None => {
                 jobs.ended.insert(id);
             }
         }
     }
+
+    fn end(&self, submission: Submission) {
+        submission.ingresses.iter().for_each(IngressCloser::close);
+        self.live.remove(&submission.tag);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::JOB_OPERATOR;
+    use crate::registry::JobCatalog;
     use crate::runtime::sources::ingress;
-    use crate::PushError;
+    use crate::{Dataflow, Job, PushError};
+
+    fn plan(name: &str) -> Job {
+        let df = Dataflow::new(name);
+        df.from_iter("items", vec![1u64]).discard();
+        df.build().expect("a one-vertex job")
+    }
+
+    fn known(live: &LiveRegistry, tag: &str) -> bool {
+        live.knows(&format!("{JOB_OPERATOR}{tag}"))
+    }
 
     #[test]
-    fn a_jobs_end_closes_its_ingresses_whether_it_comes_before_or_after_the_watch() {
-        let ends = JobEnds::default();
+    fn a_jobs_end_closes_its_ingresses_and_forgets_its_plan_whether_before_or_after_the_watch() {
+        let live = Arc::new(LiveRegistry::new(JobCatalog::new()));
+        let ends = JobEnds::new(live.clone());
         let (mut early, early_sources) = ingress::<u64>("early", 4, 1);
         let (mut late, late_sources) = ingress::<u64>("late", 4, 1);
+        let submission = |tag: &str, closer| {
+            live.add(tag, Arc::new(plan(tag)));
+            Submission { tag: tag.to_string(), ingresses: vec![closer] }
+        };
         // Ends before it is watched (between acceptance and the watch).
         ends.ended(JobId(1));
-        ends.watch(JobId(1), vec![early_sources.closer()]);
+        ends.watch(JobId(1), submission("early@1", early_sources.closer()));
         assert!(matches!(early.try_push(1), Err(PushError::Closed(1))));
-        // Watched, then another job ends: still open.
-        ends.watch(JobId(2), vec![late_sources.closer()]);
+        assert!(!known(&live, "early@1"), "an ended job's plan is forgotten");
+        // Watched, then another job ends: still open, still known.
+        ends.watch(JobId(2), submission("late@2", late_sources.closer()));
         ends.ended(JobId(3));
         assert!(late.try_push(2).is_ok());
+        assert!(known(&live, "late@2"), "a running job's plan stays");
         ends.ended(JobId(2));
         assert!(matches!(late.try_push(3), Err(PushError::Closed(3))));
+        assert!(!known(&live, "late@2"));
         let jobs = ends.jobs.lock().unwrap();
         assert!(jobs.watched.is_empty());
         assert_eq!(jobs.ended, HashSet::from([JobId(3)]), "only the unwatched end is kept");

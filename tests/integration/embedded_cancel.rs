@@ -1,5 +1,6 @@
 //! Cancel: a running job stops promptly, reports CANCELED, and frees every slot and
-//! every segment.
+//! every segment. Letting go is not cancelling: a job whose handle is dropped
+//! runs on to its end.
 
 use shardflow_engine::{Dataflow, EngineError, JobStatus};
 
@@ -59,4 +60,25 @@ fn an_egress_of_a_cancelled_job_says_it_was_cancelled() {
     assert!(why.ends_with("was cancelled: the job was cancelled"), "{why}");
     assert!(matches!(handle.wait_timeout(TIMEOUT), Err(EngineError::JobCanceled(_))));
     drop(ingress);
+}
+
+#[test]
+fn a_job_whose_handle_is_dropped_runs_on_fed_and_read_by_the_service() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("let-go").parallelism(shard_count() as u32);
+    let (requests, mut ingress) = df.ingress::<u64>("requests", 8);
+    let answers = requests.map(|r: &u64| r * 2).egress(1024);
+    // Dropped at once, before its tasks have built their operators from the plan.
+    drop(engine.submit(df.build().expect("valid")).expect("submit"));
+    for r in 0..1000 {
+        ingress.push(r).expect("the job takes every request");
+    }
+    drop(ingress);
+    let mut got = Vec::new();
+    while let Ok(a) = answers.recv_timeout(TIMEOUT) {
+        got.push(a);
+    }
+    assert_eq!(answers.stopped(), None, "the job ran to its end");
+    got.sort_unstable();
+    assert_eq!(got, (0..1000).map(|r| r * 2).collect::<Vec<u64>>());
 }
