@@ -82,3 +82,17 @@ fn a_job_whose_handle_is_dropped_runs_on_fed_and_read_by_the_service() {
     got.sort_unstable();
     assert_eq!(got, (0..1000).map(|r| r * 2).collect::<Vec<u64>>());
 }
+
+#[test]
+fn an_engine_shut_down_under_a_running_job_ends_its_streams_saying_why() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("endless");
+    let answers = df.generate("numbers", u64::MAX, |i| i).egress(16);
+    let handle = engine.submit(df.build().expect("valid")).expect("submit");
+    assert!(answers.recv_timeout(TIMEOUT).is_ok(), "the job runs");
+    engine.shutdown();
+    assert!(matches!(handle.wait_timeout(TIMEOUT), Err(EngineError::Shutdown)));
+    while answers.recv_timeout(TIMEOUT).is_ok() {}
+    let why = answers.stopped().expect("a stream cut short says so");
+    assert!(why.contains("was cancelled: the worker shut down"), "{why}");
+}

@@ -10,7 +10,7 @@
 //!   task report ────────on_task(report)─────► Send(UpdateTaskExecutionState)
 //!   inbox drained ──────flush()─────────────► Shard(i, Deploy(batch))
 //!   timer ──────────────on_tick(now)────────► End (coordinator silent)  next_deadline() says when
-//!   connection lost ────disconnected()──────► Shard(i, Cancel(job))
+//!   connection lost ────disconnected(why)───► Shard(i, Cancel(job, why))
 //! ```
 //!
 //! It serves slot requests (a slot held by another allocation answers
@@ -203,13 +203,12 @@ impl Gateway {
         vec![Action::End { reason, retry: true }]
     }
 
-    /// The session is closed: every task is cancelled and every allocation
-    /// forgotten (the coordinator is gone).
-    pub(crate) fn disconnected(&mut self) -> Vec<Action> {
+    /// The session is closed: every task is cancelled, `why` (the coordinator
+    /// is gone, or the worker stops), and every allocation forgotten.
+    pub(crate) fn disconnected(&mut self, why: &str) -> Vec<Action> {
         self.registration = Registration::Idle;
         let jobs: Vec<JobId> = self.tasks.keys().map(|(j, _)| *j).collect();
         let mut out = Vec::new();
-        let why = "the worker lost its coordinator";
         for shard in 0..self.shards.len() {
             out.extend(jobs.iter().map(|&job| Action::Shard(shard, ShardCommand::Cancel(job, why.into()))));
         }

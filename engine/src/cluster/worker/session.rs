@@ -101,7 +101,11 @@ impl Session {
             if self.registered.load(Ordering::Acquire) != registrations {
                 failures.clear();
             }
-            let cancels = self.gateway.disconnected();
+            let why = match end {
+                SessionEnd::Stop => "the worker shut down",
+                _ => "the worker lost its coordinator",
+            };
+            let cancels = self.gateway.disconnected(why);
             self.carry_out_offline(cancels);
             match end {
                 SessionEnd::Stop => break Ok(()),

@@ -283,8 +283,11 @@ fn losing_the_coordinator_cancels_the_tasks_which_keep_their_memory_until_they_e
     h.g.flush();
     let held = NETWORK_BYTES - h.network.available_bytes();
     assert!(held > 0);
-    let out = h.g.disconnected();
-    assert!(matches!(&out[..], [Action::Shard(0, ShardCommand::Cancel(JobId(1), _))]), "{out:?}");
+    let out = h.g.disconnected("the worker lost its coordinator");
+    assert!(
+        matches!(&out[..], [Action::Shard(0, ShardCommand::Cancel(JobId(1), why))] if why.contains("lost its coordinator")),
+        "{out:?}"
+    );
     assert_eq!(NETWORK_BYTES - h.network.available_bytes(), held, "the cancelled task is still draining");
     assert!(h.g.on_task(report(attempt(0, 0), ExecutionState::Canceled, None)).is_empty(), "nobody to tell");
     assert_eq!(h.network.available_bytes(), NETWORK_BYTES, "its end releases its memory");
