@@ -17,20 +17,25 @@ use crate::cluster::ConfigFile;
 use crate::cpu::process_cpu_time;
 use crate::Exit;
 
-/// The benchmark pipelines.
+/// The benchmark pipelines, by name or by their number in BENCHMARKS.md (`p1`, `p2`,
+/// `p4`, `p8`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Pipeline {
     /// P1: (r·GOLDEN, r) → all-to-all exchange by hash(key) → count and sum values.
+    #[value(alias = "p1")]
     Exchange,
     /// P2: ((r·2654435761) mod 100 000, 1) → exchange by hash(key) → keyed count in
     /// keyed state → each key's final count once at end of input.
+    #[value(alias = "p2")]
     KeyedSum,
     /// P4: source paced to --rate for --duration, records stamped with their
     /// scheduled time → map value+1 → exchange by hash(key) → latency histogram.
+    #[value(alias = "p4")]
     Latency,
     /// P8: `String` lines of 8 words → split → key by the word itself → count per
     /// word → each word's count once at end of input. -n counts lines
     /// (default 10 000 000).
+    #[value(alias = "p8")]
     Wordcount,
     /// A service's round trips: a thread pushes request r into an ingress handle
     /// and waits for its answer (exchange by hash(r), map +1) from an egress
@@ -50,7 +55,7 @@ pub(crate) enum Idle {
 
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
-    /// Pipeline to run.
+    /// Pipeline to run: its name, or its number (p1, p2, p4, p8).
     #[arg(value_enum)]
     pipeline: Pipeline,
     /// Records (exchange, keyed-sum; lines for wordcount); underscores allowed.
@@ -391,7 +396,8 @@ fn wait_with_progress(handle: JobHandle, expected: u64, pipeline: Pipeline) -> R
     let start = Instant::now();
     let at_terminal = std::io::stderr().is_terminal();
     if !at_terminal {
-        eprintln!("running {pipeline:?}: {expected} source records; Ctrl-C cancels");
+        let name = pipeline.to_possible_value().map_or_else(|| format!("{pipeline:?}"), |v| v.get_name().to_string());
+        eprintln!("running {name}: {expected} source records; Ctrl-C cancels");
     }
     let bar = ProgressBar::with_draw_target(Some(expected), ProgressDrawTarget::hidden());
     bar.set_style(
