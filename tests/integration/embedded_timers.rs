@@ -6,7 +6,7 @@
 //! operator list state (a list per subtask) is snapshotted and dealt out again
 //! at another parallelism.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use shardflow_engine::{
     Dataflow, Emitter, KeyedContext, KeyedProcessFunction, ListStateHandle, OperatorContext, OperatorError,
@@ -37,13 +37,13 @@ impl KeyedProcessFunction<u64, u64, (u64, u64)> for CountThenReport {
         let count = self.count.as_ref().expect("opened");
         let n = ctx.value(count)?.copied().unwrap_or(0);
         if n == 0 {
-            ctx.register_timer(Instant::now() + Duration::from_millis(5))?;
+            ctx.register_timer(ctx.processing_time() + 5_000)?;
         }
         ctx.set_value(count, n + 1)
     }
     fn on_timer(
         &mut self,
-        _: Instant,
+        _: u64,
         ctx: &mut KeyedContext<'_, u64>,
         out: &mut Emitter<'_, (u64, u64)>,
     ) -> Result<(), OperatorError> {
@@ -92,11 +92,11 @@ impl KeyedProcessFunction<u64, u64, (u64, u64)> for AnHourAhead {
         _: &mut Emitter<'_, (u64, u64)>,
     ) -> Result<(), OperatorError> {
         ctx.set_value(self.seen.as_ref().expect("opened"), true)?;
-        ctx.register_timer(Instant::now() + Duration::from_secs(3600))
+        ctx.register_timer(ctx.processing_time() + 3_600_000_000)
     }
     fn on_timer(
         &mut self,
-        _: Instant,
+        _: u64,
         ctx: &mut KeyedContext<'_, u64>,
         out: &mut Emitter<'_, (u64, u64)>,
     ) -> Result<(), OperatorError> {
@@ -108,7 +108,7 @@ impl KeyedProcessFunction<u64, u64, (u64, u64)> for AnHourAhead {
         ctx: &mut KeyedContext<'_, u64>,
         out: &mut Emitter<'_, (u64, u64)>,
     ) -> Result<(), OperatorError> {
-        ctx.register_timer(Instant::now() + Duration::from_secs(3600))?;
+        ctx.register_timer(ctx.processing_time() + 3_600_000_000)?;
         out.emit((*ctx.key(), 0));
         Ok(())
     }
@@ -247,19 +247,19 @@ impl KeyedProcessFunction<u64, u64, u64> for Ticker {
         let armed = self.armed.as_ref().expect("opened");
         if ctx.value(armed)?.is_none() {
             ctx.set_value(armed, true)?;
-            ctx.register_timer(Instant::now() + Duration::from_millis(1))?;
+            ctx.register_timer(ctx.processing_time() + 1_000)?;
         }
         out.emit(*r);
         Ok(())
     }
     fn on_timer(
         &mut self,
-        at: Instant,
+        at: u64,
         ctx: &mut KeyedContext<'_, u64>,
         _: &mut Emitter<'_, u64>,
     ) -> Result<(), OperatorError> {
         let _ = self.fired.try_send(());
-        ctx.register_timer(at + Duration::from_millis(1))?;
+        ctx.register_timer(at + 1_000)?;
         Ok(())
     }
 }
@@ -318,13 +318,13 @@ impl KeyedProcessFunction<u64, u64, u64> for ReportLater {
         let count = self.count.as_ref().expect("opened");
         let n = ctx.value(count)?.copied().unwrap_or(0);
         if n == 0 {
-            ctx.register_timer(Instant::now() + Duration::from_millis(200))?;
+            ctx.register_timer(ctx.processing_time() + 200_000)?;
         }
         ctx.set_value(count, n + 1)
     }
     fn on_timer(
         &mut self,
-        _: Instant,
+        _: u64,
         ctx: &mut KeyedContext<'_, u64>,
         _: &mut Emitter<'_, u64>,
     ) -> Result<(), OperatorError> {

@@ -1,11 +1,13 @@
 //! The typed task runtime: how a vertex's operators are built on their shard and
 //! call each other ([`collector`], [`build`], [`vertex`]), the operators
 //! themselves ([`ops`], [`keyed`], [`sources`], [`sinks`]), where records leave a
-//! vertex ([`output`]), keyed state in key groups ([`state`]), the mailbox
+//! vertex ([`output`]), keyed state in key groups ([`state`]), processing time
+//! ([`clock`]), the mailbox
 //! loop that runs a task ([`task`]), the shard's scheduler ([`scheduler`]) and a
 //! host thread's ([`host`]).
 
 pub(crate) mod build;
+pub(crate) mod clock;
 pub(crate) mod collector;
 pub(crate) mod control;
 pub(crate) mod host;

@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::time::{Duration, Instant, SystemTime};
 
 use shardflow_memory::{Budget, Reservation};
 use strength_reduce::StrengthReducedU64;
@@ -310,49 +309,9 @@ impl<'a> SnapshotReader<'a> {
     }
 }
 
-/// The two clocks read together: a timer's `Instant` travels in a snapshot as
-/// milliseconds of wall-clock time since the Unix epoch (an `Instant` means
-/// nothing in another process), as Flink keeps processing-time timers.
-pub(crate) struct Clocks {
-    instant: Instant,
-    epoch_ms: u64,
-}
-
-impl Clocks {
-    pub(crate) fn now() -> Self {
-        let since_epoch = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        Clocks { instant: Instant::now(), epoch_ms: since_epoch.as_millis() as u64 }
-    }
-
-    pub(crate) fn to_epoch_ms(&self, at: Instant) -> u64 {
-        match at.checked_duration_since(self.instant) {
-            Some(ahead) => self.epoch_ms.saturating_add(ahead.as_millis().try_into().unwrap_or(u64::MAX)),
-            None => self.epoch_ms.saturating_sub(self.instant.duration_since(at).as_millis() as u64),
-        }
-    }
-
-    /// The instant of `epoch_ms`; one already past is now (it fires at once).
-    /// `None` beyond what an `Instant` can hold (a damaged snapshot).
-    pub(crate) fn to_instant(&self, epoch_ms: u64) -> Option<Instant> {
-        self.instant.checked_add(Duration::from_millis(epoch_ms.saturating_sub(self.epoch_ms)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_timer_goes_through_wall_clock_milliseconds_and_back() {
-        let c = Clocks::now();
-        let at = c.instant + Duration::from_millis(1500);
-        let back = c.to_instant(c.to_epoch_ms(at)).expect("a time");
-        assert_eq!(back, c.instant + Duration::from_millis(1500));
-        let past = c.instant.checked_sub(Duration::from_millis(20)).unwrap_or(c.instant);
-        assert_eq!(c.to_instant(c.to_epoch_ms(past)), Some(c.instant), "an overdue timer fires at once");
-        // A damaged snapshot's far future: no panic, and never in the past.
-        assert!(c.to_instant(u64::MAX).is_none_or(|t| t > c.instant));
-    }
 
     #[test]
     fn key_group_ranges_cover_every_group_once_and_match_the_routing() {

@@ -24,8 +24,8 @@ use crate::runtime::collector::{
 };
 use crate::runtime::output::KeySelector;
 use crate::runtime::state::{
-    entry_bytes, heap_of, list_bytes, Clocks, GroupWriter, JobSnapshot, KeyGroupRouter, OperatorSnapshot,
-    SnapshotReader, StateMemory,
+    entry_bytes, heap_of, list_bytes, GroupWriter, JobSnapshot, KeyGroupRouter, OperatorSnapshot, SnapshotReader,
+    StateMemory,
 };
 use timers::{add_timer, TimerKeys};
 
@@ -293,7 +293,7 @@ pub(crate) struct KeyedBackend<K: Key> {
     /// What the tables and the timers hold, charged to the slot's managed memory.
     memory: StateMemory,
     /// Processing-time timers: when, and for which keys.
-    timers: BTreeMap<Instant, TimerKeys<K>>,
+    timers: BTreeMap<u64, TimerKeys<K>>,
 }
 
 /// The name a keyed operator's timers have in its snapshot (no declared state
@@ -338,13 +338,11 @@ impl<K: Key> KeyedBackend<K> {
 
     fn restore(&mut self, operator: &str, snapshot: &JobSnapshot, task: &TaskInfo) -> Result<(), OperatorError> {
         let KeyedBackend { tables, memory, timers, .. } = self;
-        let clocks = Clocks::now();
         restore_entries(snapshot, operator, task, |name, k, v| {
             if name == TIMERS {
                 let key = K::from_bytes(k)?;
                 for at in items(v)? {
-                    let at = <[u8; 8]>::try_from(at).ok().and_then(|ms| clocks.to_instant(u64::from_le_bytes(ms)));
-                    let at = at.ok_or_else(|| {
+                    let at = <[u8; 8]>::try_from(at).map(u64::from_le_bytes).map_err(|_| {
                         OperatorError::User(format!("malformed state snapshot: a timer of '{operator}' is not a time"))
                     })?;
                     add_timer(timers, memory, at, key.borrow())?;
@@ -367,11 +365,9 @@ impl<K: Key> KeyedBackend<K> {
             t.snapshot(&router, &mut key_groups)?;
         }
         if !self.timers.is_empty() {
-            let clocks = Clocks::now();
             let mut per_key: FxMap<&K, Vec<u64>> = FxMap::default();
-            for (at, keys) in &self.timers {
-                let ms = clocks.to_epoch_ms(*at);
-                keys.iter().for_each(|k| per_key.entry(k).or_default().push(ms));
+            for (&at, keys) in &self.timers {
+                keys.iter().for_each(|k| per_key.entry(k).or_default().push(at));
             }
             let to_bytes = |times: &Vec<u64>| put_items(times.iter().map(|t| Ok(t.to_le_bytes().to_vec())));
             snapshot_table(TIMERS, per_key.iter().map(|(k, v)| (*k, v)), to_bytes, &router, &mut key_groups)?;

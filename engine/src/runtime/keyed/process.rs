@@ -3,6 +3,7 @@
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
+use crate::runtime::clock;
 
 /// A function over each record of a keyed stream, with keyed state and
 /// processing-time timers (Flink's `KeyedProcessFunction`).
@@ -18,11 +19,12 @@ pub trait KeyedProcessFunction<K: Key, T: Data, O: Data>: Clone + Send + Sync + 
         ctx: &mut KeyedContext<'_, K>,
         out: &mut Emitter<'_, O>,
     ) -> Result<(), OperatorError>;
-    /// A timer of key `ctx.key()` registered for `at` fired (never after the
-    /// end of input: see [`KeyedContext::register_timer`]).
+    /// A timer of key `ctx.key()` registered for `at` (processing time,
+    /// microseconds since the Unix epoch) fired (never after the end of input:
+    /// see [`KeyedContext::register_timer`]).
     fn on_timer(
         &mut self,
-        _at: Instant,
+        _at: u64,
         _ctx: &mut KeyedContext<'_, K>,
         _out: &mut Emitter<'_, O>,
     ) -> Result<(), OperatorError> {
@@ -103,13 +105,14 @@ impl<K: Key, O: Data> KeyedCore<K, O> {
         Ok(())
     }
 
+    /// When the task loop should wake for the earliest timer.
     fn next_timer(&self) -> Option<Instant> {
-        self.backend.timers.keys().next().copied()
+        self.backend.timers.keys().next().and_then(|&at| clock::instant_at(at))
     }
 
     /// Removes and returns the timers due at `now`.
-    fn due_timers(&mut self, now: Instant) -> Vec<(Instant, K)> {
-        self.backend.take_due_timers(now)
+    fn due_timers(&mut self, now: Instant) -> Vec<(u64, K)> {
+        self.backend.take_due_timers(clock::us_at(now))
     }
 
     /// Calls `each` for the next keys with state at the end of input; `true`
@@ -143,7 +146,7 @@ pub(crate) trait KeyedCallbacks<K: Key, O: Data> {
     fn open(&mut self, states: &mut StateDeclarations<'_, K>) -> Result<(), OperatorError>;
     fn on_timer(
         &mut self,
-        at: Instant,
+        at: u64,
         ctx: &mut KeyedContext<'_, K>,
         out: &mut Emitter<'_, O>,
     ) -> Result<(), OperatorError>;
@@ -209,7 +212,7 @@ impl<K: Key, T: Data, O: Data, S, P: KeyedProcessFunction<K, T, O>> KeyedCallbac
     }
     fn on_timer(
         &mut self,
-        at: Instant,
+        at: u64,
         ctx: &mut KeyedContext<'_, K>,
         out: &mut Emitter<'_, O>,
     ) -> Result<(), OperatorError> {
@@ -288,11 +291,12 @@ pub trait KeyedCoProcessFunction<K: Key, A: Data, B: Data, O: Data>: Clone + Sen
         ctx: &mut KeyedContext<'_, K>,
         out: &mut Emitter<'_, O>,
     ) -> Result<(), OperatorError>;
-    /// A timer of key `ctx.key()` registered for `at` fired (never after the
-    /// end of both inputs).
+    /// A timer of key `ctx.key()` registered for `at` (processing time,
+    /// microseconds since the Unix epoch) fired (never after the end of both
+    /// inputs).
     fn on_timer(
         &mut self,
-        _at: Instant,
+        _at: u64,
         _ctx: &mut KeyedContext<'_, K>,
         _out: &mut Emitter<'_, O>,
     ) -> Result<(), OperatorError> {
@@ -336,7 +340,7 @@ where
     }
     fn on_timer(
         &mut self,
-        at: Instant,
+        at: u64,
         ctx: &mut KeyedContext<'_, K>,
         out: &mut Emitter<'_, O>,
     ) -> Result<(), OperatorError> {

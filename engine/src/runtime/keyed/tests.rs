@@ -1,12 +1,13 @@
 //! The timer service of keyed process functions: one timer per key and
-//! instant, deletes, firing, and what pending timers are charged.
+//! time, deletes, firing, and what pending timers are charged.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use shardflow_memory::{Budget, BudgetKind};
 
-use super::timers::{timer_bytes, TIMER_INSTANT_BYTES};
+use super::timers::{timer_bytes, TIMER_TIME_BYTES};
 use super::*;
+use crate::runtime::clock;
 
 fn task(budget: &Budget) -> TaskInfo {
     TaskInfo {
@@ -37,19 +38,19 @@ fn with_key<R>(
 }
 
 #[test]
-fn keys_sharing_an_instant_get_one_timer_each_and_fire_once_releasing_their_memory() {
+fn keys_sharing_a_time_get_one_timer_each_and_fire_once_releasing_their_memory() {
     let budget = Budget::new(BudgetKind::ManagedMemory, 1 << 20);
     let (task, mut backend) = charged_to(&budget);
-    let at = Instant::now() + Duration::from_secs(3600);
+    let at = clock::now_us() + 3_600_000_000;
     let keys: Vec<String> = (0..1000).map(|i| format!("key-{i}")).collect();
     for key in &keys {
         for _ in 0..3 {
             with_key(&mut backend, &task, key, |ctx| ctx.register_timer(at)).expect("fits the budget");
         }
     }
-    assert_eq!(backend.timers.len(), 1, "one instant");
+    assert_eq!(backend.timers.len(), 1, "one time");
     assert_eq!(backend.timers[&at].len(), 1000, "one timer per key, however often registered");
-    let charged = |keys: &mut dyn Iterator<Item = &String>| TIMER_INSTANT_BYTES + keys.map(timer_bytes).sum::<u64>();
+    let charged = |keys: &mut dyn Iterator<Item = &String>| TIMER_TIME_BYTES + keys.map(timer_bytes).sum::<u64>();
     assert_eq!(backend.memory.used_bytes(), charged(&mut keys.iter()));
     assert!(budget.used_bytes() >= backend.memory.used_bytes(), "reserved from the slot's budget");
 
@@ -58,13 +59,13 @@ fn keys_sharing_an_instant_get_one_timer_each_and_fire_once_releasing_their_memo
         with_key(&mut backend, &task, key, |ctx| {
             ctx.delete_timer(at);
             ctx.delete_timer(at);
-            ctx.delete_timer(at + Duration::from_secs(1));
+            ctx.delete_timer(at + 1);
         });
     }
     let odd: Vec<&String> = keys.iter().skip(1).step_by(2).collect();
     assert_eq!(backend.memory.used_bytes(), charged(&mut odd.iter().copied()));
 
-    assert!(backend.take_due_timers(at - Duration::from_millis(1)).is_empty(), "not due yet");
+    assert!(backend.take_due_timers(at - 1).is_empty(), "not due yet");
     let fired = backend.take_due_timers(at);
     assert!(fired.iter().all(|(t, _)| *t == at));
     let mut got: Vec<&String> = fired.iter().map(|(_, k)| k).collect();
@@ -80,11 +81,29 @@ fn keys_sharing_an_instant_get_one_timer_each_and_fire_once_releasing_their_memo
 fn pending_timers_beyond_the_budget_are_a_typed_error_with_the_numbers() {
     let budget = Budget::new(BudgetKind::ManagedMemory, 64 << 10);
     let (task, mut backend) = charged_to(&budget);
-    let at = Instant::now() + Duration::from_secs(3600);
+    let at = clock::now_us() + 3_600_000_000;
     let refused = (0..100_000u32)
         .map(|i| with_key(&mut backend, &task, &format!("a-rather-long-key-{i}"), |ctx| ctx.register_timer(at)))
         .find_map(Result::err)
         .expect("100 000 timers do not fit in 64 KiB");
     let message = refused.to_string();
     assert!(message.contains("managed memory budget exceeded") && message.contains("65536"), "{message}");
+}
+
+#[test]
+fn a_timer_restored_from_a_snapshot_keeps_its_time_so_the_time_kept_in_state_deletes_it() {
+    let budget = Budget::new(BudgetKind::ManagedMemory, 1 << 20);
+    let (task, mut backend) = charged_to(&budget);
+    // An odd time, to the microsecond, as a function would keep in its state.
+    let at = clock::now_us() + 3_600_000_001;
+    with_key(&mut backend, &task, "session", |ctx| ctx.register_timer(at)).expect("fits");
+    let mut snapshot = JobSnapshot::default();
+    snapshot.add(backend.snapshot("sessions", &task).expect("a snapshot"));
+
+    let (task, mut restored) = charged_to(&budget);
+    restored.restore("sessions", &snapshot, &task).expect("restores");
+    assert_eq!(restored.timers.keys().copied().collect::<Vec<u64>>(), vec![at], "the same time, exactly");
+    with_key(&mut restored, &task, "session", |ctx| ctx.delete_timer(at));
+    assert!(restored.timers.is_empty(), "deleted by the time the function kept");
+    assert_eq!(restored.memory.used_bytes(), 0);
 }
