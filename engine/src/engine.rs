@@ -86,6 +86,8 @@ impl Engine {
             heartbeat_timeout: EMBEDDED_HEARTBEAT_TIMEOUT,
             default_placement: PlacementStrategy::Spread,
             default_restart: RestartStrategy::None,
+            // One worker: a job that does not fit its free slots is refused at once.
+            submit_slot_wait: Duration::ZERO,
             ..CoordinatorConfig::default()
         };
         let job_ends = Arc::new(JobEnds::new(live.clone()));

@@ -2,11 +2,12 @@
 //! state machines, frames and worker wiring over in-process connections.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use shardflow_engine::cluster::MiniCluster;
 use shardflow_engine::jobs::{catalog, named_job};
 use shardflow_engine::protocol::{ErrorCode, WaitCondition};
-use shardflow_engine::{CoordinatorConfig, Cores, EngineError, ExecutionState, JobStatus};
+use shardflow_engine::{CoordinatorConfig, Cores, Dataflow, EngineError, ExecutionState, JobStatus};
 
 use crate::common::{small_engine, TIMEOUT};
 
@@ -51,7 +52,9 @@ fn a_forward_job_runs_on_both_workers_and_finishes_with_the_right_sums() {
 #[test]
 fn unknown_jobs_and_invalid_graphs_are_typed_errors() {
     let (c0, _) = cores();
-    let cluster = MiniCluster::start(CoordinatorConfig::default(), &catalog(), vec![worker(c0)]).unwrap();
+    // Submissions that do not fit are refused at once, not left to wait for slots.
+    let config = CoordinatorConfig { submit_slot_wait: Duration::ZERO, ..CoordinatorConfig::default() };
+    let cluster = MiniCluster::start(config, &catalog(), vec![worker(c0)]).unwrap();
     assert_eq!(cluster.client().wait_for_workers(1, TIMEOUT).unwrap().workers, 1);
     let err = cluster.client().cancel(shardflow_engine::JobId(999)).unwrap_err();
     assert!(matches!(err, EngineError::Remote { code: ErrorCode::UnknownJob, .. }), "{err}");
@@ -97,5 +100,31 @@ fn a_graph_whose_edge_format_differs_from_the_cluster_build_is_refused() {
         other => panic!("expected a typed refusal, got {other}"),
     }
     assert!(cluster.client().list().unwrap().is_empty(), "nothing runs");
+    cluster.shutdown();
+}
+
+#[test]
+fn a_job_submitted_while_another_holds_the_slots_waits_created_and_runs_once_they_free() {
+    let (c0, _) = cores();
+    let mut jobs = catalog();
+    jobs.register("endless", "numbers counted, without end", |p| {
+        let df = Dataflow::new("endless").parallelism(p.parallelism());
+        df.generate("numbers", u64::MAX, |r| r).count();
+        df.build()
+    });
+    // One worker, two slots; the coordinator's default wait for slots.
+    let cluster = MiniCluster::start(CoordinatorConfig::default(), &jobs, vec![worker(c0)]).unwrap();
+    let mut client = cluster.client();
+    assert_eq!(client.wait_for_workers(1, TIMEOUT).unwrap().workers, 1);
+    let endless = jobs.build("endless", &BTreeMap::new(), 2).unwrap();
+    let holder = client.submit(endless.graph().clone(), "", "").unwrap();
+    assert_eq!(client.wait(holder, WaitCondition::AllRunning, TIMEOUT).unwrap().status, JobStatus::Running);
+
+    let params = BTreeMap::from([("records".to_string(), "10000".to_string())]);
+    let waiting = client.submit(named_job("forward-count", &params, 2).unwrap().graph().clone(), "", "").unwrap();
+    assert_eq!(client.job(waiting).unwrap().status, JobStatus::Created, "accepted, waiting for slots");
+    client.cancel(holder).unwrap();
+    let done = client.wait(waiting, WaitCondition::Terminal, TIMEOUT).unwrap();
+    assert_eq!(done.status, JobStatus::Finished, "it ran in the slots the cancelled job freed: {done:?}");
     cluster.shutdown();
 }

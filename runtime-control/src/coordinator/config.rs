@@ -12,8 +12,15 @@ pub struct CoordinatorConfig {
     pub heartbeat_interval: Duration,
     /// A worker silent this long is lost. Default 5 s.
     pub heartbeat_timeout: Duration,
-    /// How long a restarting job waits for enough free slots. Default 10 s.
+    /// How long a restarting job, or one a new leader recovered, waits for
+    /// enough free slots. Default 10 s.
     pub slot_wait_timeout: Duration,
+    /// How long a submitted job waits for enough free slots (workers still
+    /// registering, other jobs' slots) before it fails saying so; it is CREATED
+    /// meanwhile. Zero refuses such a submission at once (`NotEnoughSlots`, as
+    /// the embedded engine does: its one worker's slots are all it will have).
+    /// Default 60 s.
+    pub submit_slot_wait: Duration,
     /// Placement when a submission names none. Default `colocate` (Flink's slot
     /// sharing: subtask i of every vertex in one slot).
     pub default_placement: PlacementStrategy,
@@ -32,6 +39,7 @@ impl Default for CoordinatorConfig {
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(5),
             slot_wait_timeout: Duration::from_secs(10),
+            submit_slot_wait: Duration::from_secs(60),
             default_placement: PlacementStrategy::Colocate,
             default_restart: RestartStrategy::default(),
             retained_jobs: 1000,

@@ -70,12 +70,10 @@ impl Coordinator {
         };
         let id = JobId(self.next_job);
         let token = self.fresh_token();
-        let started = JobMaster::start(id, token, m.graph, order, placement, RestartTracker::new(restart), now);
-        let jm = match started {
-            Ok(jm) => jm,
-            Err(e) => return self.reject(conn, ErrorCode::Internal, &e.to_string()),
-        };
-        let assignment = match jm.place(&self.slots) {
+        let deadline = now + self.config.submit_slot_wait;
+        let restart = RestartTracker::new(restart);
+        let jm = JobMaster::submitted(id, token, m.graph, order, placement, restart, now, deadline);
+        let assignment = match self.placed_or_waits(&jm) {
             Ok(a) => a,
             Err(e) => return self.reject(conn, placement_code(&e), &e.to_string()),
         };
@@ -90,13 +88,38 @@ impl Coordinator {
         self.accept_job(now, conn, jm, assignment);
     }
 
-    /// Registers a submitted job, answers its client and deploys it.
-    fn accept_job(&mut self, now: Instant, conn: ConnId, jm: JobMaster, assignment: SlotAssignment) {
+    /// Where a submitted job is placed now; `None` if too few slots are free
+    /// and submissions wait for them ([`CoordinatorConfig::submit_slot_wait`]);
+    /// the placement's error if they do not, or if waiting cannot help.
+    ///
+    /// [`CoordinatorConfig::submit_slot_wait`]: super::CoordinatorConfig::submit_slot_wait
+    fn placed_or_waits(&self, jm: &JobMaster) -> Result<Option<SlotAssignment>, ControlError> {
+        match jm.place(&self.slots) {
+            Ok(a) => Ok(Some(a)),
+            Err(e) if !self.config.submit_slot_wait.is_zero() && placement_code(&e) == ErrorCode::NotEnoughSlots => {
+                tracing::info!(
+                    job = %jm.id(),
+                    "{e}: the job waits up to {} ms for slots",
+                    self.config.submit_slot_wait.as_millis()
+                );
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Registers a submitted job, answers its client and deploys it by
+    /// `assignment` (or leaves it waiting for slots).
+    fn accept_job(&mut self, now: Instant, conn: ConnId, jm: JobMaster, assignment: Option<SlotAssignment>) {
         let id = jm.id();
         tracing::info!(job = %id, name = %jm.graph().name, "job submitted");
         self.jobs.insert(id, jm);
         self.send(conn, Message::JobSubmitted(JobSubmitted { job: id }));
-        self.with_job(now, id, |jm, gw| jm.deploy(gw, now, assignment));
+        self.with_job(now, id, |jm, gw| {
+            if let Some(assignment) = assignment {
+                jm.start_deploy(gw, now, assignment);
+            }
+        });
     }
 
     /// The job store's answer to a submission's record.
@@ -111,7 +134,7 @@ impl Coordinator {
         }
         jm.stored();
         // Slots may have gone to others while the record was written.
-        match jm.place(&self.slots) {
+        match self.placed_or_waits(&jm) {
             Ok(assignment) => self.accept_job(now, conn, jm, assignment),
             Err(e) => {
                 self.out.push(Output::RemoveJob(job));

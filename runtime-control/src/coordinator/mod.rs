@@ -402,6 +402,12 @@ impl Coordinator {
         }
         if ended {
             self.job_ended(id);
+            // Its slots are free: jobs waiting for slots may fit now.
+            let waiting: Vec<JobId> =
+                self.jobs.iter().filter(|(_, jm)| jm.waits_for_slots()).map(|(&j, _)| j).collect();
+            for job in waiting {
+                self.settle(now, job);
+            }
         }
         Some(r)
     }

@@ -6,12 +6,11 @@
 //! The master's own lifecycle is [`Phase`], with its legal edges written out:
 //!
 //! ```text
-//!  Scheduled ──deploy──► Running ──failure, restart allowed──► RestartPending
-//!                       ▲  ▲  │                                   │ all terminal, delay over
-//!               deploy  │  │  └──── terminal (finished, failed,   ▼
-//!  Recovering ──────────┘  └──────── cancelled) ─► Done ◄── WaitingForSlots
-//!   (a new leader's job;     deploy                          (gives up after the wait)
-//!    gives up after the wait) ──────────────────► Done
+//!  Created ──placed, deploy──► Running ──failure, restart allowed──► RestartPending
+//!   (submitted or recovered;    ▲  │                                   │ all terminal, delay over
+//!    waits for slots)           │  └──── terminal (finished, failed,   ▼
+//!     │                 deploy  └─────── cancelled) ─► Done ◄── WaitingForSlots
+//!     └── gives up after the wait, cancelled ─────────► Done     (gives up after the wait)
 //! ```
 //!
 //! An error of the execution graph's state machine here is a bug, never
@@ -42,8 +41,15 @@ use crate::state::{ExecutionState, JobStatus};
 /// Where a job master is in its life (beside its job's [`JobStatus`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Phase {
-    /// Created and placed; deployment not sent yet.
-    Scheduled,
+    /// CREATED, never deployed: waiting until `deadline` for the slots to place
+    /// it in (a submission that found too few free, the cluster's workers still
+    /// registering or other jobs holding them; or a job a new leader recovered,
+    /// which first waits for the workers it ran on), then deployed from the
+    /// start.
+    Created {
+        /// When it gives up.
+        deadline: Instant,
+    },
     /// Deployed (or being deployed); states flow.
     Running,
     /// Failed over; restart once every subtask is terminal and `at` has come.
@@ -53,12 +59,6 @@ pub(super) enum Phase {
     },
     /// Restart due, waiting for free slots until `deadline`.
     WaitingForSlots {
-        /// When it gives up.
-        deadline: Instant,
-    },
-    /// Recovered from the job store by a new leader: waiting for the workers to
-    /// register their slots until `deadline`, then deployed from the start.
-    Recovering {
         /// When it gives up.
         deadline: Instant,
     },
@@ -72,8 +72,7 @@ impl Phase {
         use Phase::*;
         matches!(
             (self, to),
-            (Scheduled, Running | Done)
-                | (Recovering { .. }, Running | Done)
+            (Created { .. }, Running | Done)
                 | (Running, RestartPending { .. } | Done)
                 | (RestartPending { .. }, WaitingForSlots { .. } | Done)
                 | (WaitingForSlots { .. }, Running | Done)
@@ -130,6 +129,9 @@ pub(super) struct JobMaster {
     /// A recovered job's workers of old, and until when it waits for them to
     /// register before it is placed on whatever is there.
     awaiting: Option<(Vec<String>, Instant)>,
+    /// Whether a new leader recovered it from the job store (else it was
+    /// submitted to this one).
+    recovered: bool,
 }
 
 /// What a job store write records that can change: epoch, restarts, whether it
@@ -137,9 +139,11 @@ pub(super) struct JobMaster {
 type StoredState = (u32, u32, bool, Vec<String>);
 
 impl JobMaster {
-    /// The master of a validated job (`order` from its validation), RUNNING and
-    /// placed by `assignment`; [`Self::deploy`] sends it out.
-    pub(super) fn start(
+    /// The master of a validated job (`order` from its validation), CREATED and
+    /// waiting until `deadline` for slots ([`Self::place`], then
+    /// [`Self::start_deploy`]).
+    #[allow(clippy::too_many_arguments, reason = "one constructor, called once, with named fields")]
+    pub(super) fn submitted(
         id: JobId,
         token: JobMasterId,
         graph: JobGraph,
@@ -147,10 +151,10 @@ impl JobMaster {
         placement: PlacementStrategy,
         restart: RestartTracker,
         now: Instant,
-    ) -> Result<Self, ControlError> {
-        let mut eg = ExecutionGraph::expand(id, &graph, &order);
-        eg.start()?;
-        Ok(Self::fresh(id, token, graph, order, eg, placement, restart, Phase::Scheduled, now))
+        deadline: Instant,
+    ) -> Self {
+        let eg = ExecutionGraph::expand(id, &graph, &order);
+        Self::fresh(id, token, graph, order, eg, placement, restart, Phase::Created { deadline }, now)
     }
 
     /// The master of a job a new leader read from its job store (`record`, whose
@@ -170,8 +174,9 @@ impl JobMaster {
     ) -> Result<Self, ControlError> {
         let mut eg = ExecutionGraph::expand(record.job, &record.graph, &order);
         eg.resume_at(record.epoch.saturating_add(1))?;
-        let phase = Phase::Recovering { deadline };
+        let phase = Phase::Created { deadline };
         let mut jm = Self::fresh(record.job, token, record.graph.clone(), order, eg, placement, restart, phase, now);
+        jm.recovered = true;
         jm.stored = Some((record.epoch, record.restarts, record.has_ended(), record.workers.clone()));
         jm.workers = record.workers.clone();
         jm.awaiting = (!record.workers.is_empty()).then(|| (record.workers.clone(), settle.min(deadline)));
@@ -210,6 +215,7 @@ impl JobMaster {
             stored: None,
             workers: Vec::new(),
             awaiting: None,
+            recovered: false,
         }
     }
 
@@ -287,7 +293,7 @@ impl JobMaster {
         match self.phase {
             Phase::RestartPending { at } => Some(at),
             Phase::WaitingForSlots { deadline } => Some(deadline),
-            Phase::Recovering { deadline } => {
+            Phase::Created { deadline } => {
                 Some(self.awaiting.as_ref().map_or(deadline, |(_, settle)| deadline.min(*settle)))
             }
             _ => None,
@@ -445,7 +451,7 @@ impl JobMaster {
                 self.free_slots(gw, &format!("job {status}"));
                 true
             }
-            Phase::Scheduled | Phase::Running => false,
+            Phase::Running => false,
             Phase::RestartPending { at } => {
                 if self.eg.all_terminal() {
                     self.free_slots(gw, "job restarts");
@@ -461,13 +467,13 @@ impl JobMaster {
                 false
             }
             Phase::WaitingForSlots { .. } => self.try_restart(gw, now),
-            Phase::Recovering { deadline } => self.try_recover(gw, now, deadline),
+            Phase::Created { deadline } => self.try_first_deploy(gw, now, deadline),
         }
     }
 
-    /// Deploys a recovered job if enough slots are free, or fails it once the
-    /// wait is over. Returns `true` when the job has just ended.
-    fn try_recover(&mut self, gw: &mut Gateways<'_>, now: Instant, deadline: Instant) -> bool {
+    /// Deploys a job never deployed if enough slots are free, or fails it once
+    /// the wait is over. Returns `true` when the job has just ended.
+    fn try_first_deploy(&mut self, gw: &mut Gateways<'_>, now: Instant, deadline: Instant) -> bool {
         if let Some((workers, settle)) = &self.awaiting {
             let registered = |id: &String| gw.slots.workers().any(|(_, w)| &w.resource_id == id);
             if now < *settle && !workers.iter().all(registered) {
@@ -477,25 +483,41 @@ impl JobMaster {
         }
         match self.place(gw.slots) {
             Ok(assignment) => {
-                if let Err(e) = self.eg.start() {
-                    self.abort(gw, &e);
-                    return self.settle(gw, now);
+                if self.recovered {
+                    tracing::info!(job = %self.id, epoch = self.eg.epoch(), "recovered job deploys");
                 }
-                tracing::info!(job = %self.id, epoch = self.eg.epoch(), "recovered job deploys");
-                self.deploy(gw, now, assignment);
+                self.start_deploy(gw, now, assignment);
                 self.settle(gw, now)
             }
             Err(e) if now >= deadline => {
-                self.failure = Some(format!(
-                    "cannot recover the job after a change of leader: {e} (waited {} ms)",
-                    gw.config.slot_wait_timeout.as_millis()
-                ));
+                self.failure = Some(if self.recovered {
+                    format!(
+                        "cannot recover the job after a change of leader: {e} (waited {} ms)",
+                        gw.config.slot_wait_timeout.as_millis()
+                    )
+                } else {
+                    format!("{e}, and none freed up within the {} ms it waited", gw.config.submit_slot_wait.as_millis())
+                });
                 let _ = self.eg.abort();
                 tracing::warn!(job = %self.id, "job failed: {}", self.failure.as_deref().unwrap_or(""));
                 self.settle(gw, now)
             }
             Err(_) => false,
         }
+    }
+
+    /// Starts a job never deployed (CREATED → RUNNING) and deploys it by
+    /// `assignment`.
+    pub(super) fn start_deploy(&mut self, gw: &mut Gateways<'_>, now: Instant, assignment: SlotAssignment) {
+        match self.eg.start() {
+            Ok(()) => self.deploy(gw, now, assignment),
+            Err(e) => self.abort(gw, &e),
+        }
+    }
+
+    /// Whether it waits for slots to be deployed or restarted.
+    pub(super) fn waits_for_slots(&self) -> bool {
+        matches!(self.phase, Phase::Created { .. } | Phase::WaitingForSlots { .. })
     }
 
     /// Restarts the job if enough slots are free, or fails it once the wait is
@@ -594,18 +616,17 @@ mod tests {
     fn the_phase_table_allows_exactly_the_drawn_edges() {
         let t = Instant::now();
         let all = [
-            Phase::Scheduled,
+            Phase::Created { deadline: t },
             Phase::Running,
             Phase::RestartPending { at: t },
             Phase::WaitingForSlots { deadline: t },
             Phase::Done,
-            Phase::Recovering { deadline: t },
         ];
         let legal: Vec<(usize, usize)> = all
             .iter()
             .enumerate()
             .flat_map(|(i, a)| all.iter().enumerate().filter(|(_, b)| a.can_transition(**b)).map(move |(j, _)| (i, j)))
             .collect();
-        assert_eq!(legal, vec![(0, 1), (0, 4), (1, 2), (1, 4), (2, 3), (2, 4), (3, 1), (3, 4), (5, 1), (5, 4)]);
+        assert_eq!(legal, vec![(0, 1), (0, 4), (1, 2), (1, 4), (2, 3), (2, 4), (3, 1), (3, 4)]);
     }
 }
