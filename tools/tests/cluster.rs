@@ -165,6 +165,18 @@ fn waiting_for_workers_also_waits_for_a_coordinator_still_starting() {
 }
 
 #[test]
+fn a_job_submitted_before_any_worker_waits_created_and_runs_once_one_registers() {
+    let mut c = cluster(&[], &[]);
+    let v = c.json(&["submit", "forward-count", "--param", "records=1000", "-p", "2"]);
+    assert_eq!(v["status"], "CREATED", "accepted, waiting for slots: {v}");
+    let job = v["job"].as_str().expect("a job id").to_string();
+    c.workers.push(common::worker(&c.addr, "w0", online_cores()[0], 2));
+    let done = c.json(&["status", &job, "--wait", "finished", "--timeout-s", "120"]);
+    assert_eq!(done["status"], "FINISHED", "{done}");
+    assert_eq!(sink_totals(&done), (1000, 1000 * 1001 / 2), "{done}");
+}
+
+#[test]
 fn a_worker_without_its_coordinator_warns_once_and_retries_quietly() {
     use std::process::Stdio;
     let nobody = format!("127.0.0.1:{}", common::free_port());

@@ -116,8 +116,12 @@ pub(crate) fn submit(a: &SubmitArgs, cfg: &ConfigFile) -> Result<Exit> {
     let restart = a.restart.as_deref().or(defaults.restart.as_deref()).unwrap_or("");
     let id = client.once(|c| c.submit(job.graph().clone(), &placement, restart))?;
     let Some(wait) = a.wait else {
+        // A job that found too few free slots waits for them, CREATED: say so.
+        let status = client.following(FOLLOW_LEADER, |c, _| c.job(id))?.status;
         if a.client.json {
-            println!("{}", json!({ "job": id.to_string() }));
+            println!("{}", json!({ "job": id.to_string(), "status": status.to_string() }));
+        } else if status == JobStatus::Created {
+            println!("submitted {id}: {status}, waiting for free slots");
         } else {
             println!("submitted {id}");
         }

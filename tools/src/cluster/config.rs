@@ -35,6 +35,7 @@ pub(crate) struct CoordinatorSection {
     pub(crate) heartbeat_interval_ms: Option<u64>,
     pub(crate) heartbeat_timeout_ms: Option<u64>,
     pub(crate) slot_wait_timeout_ms: Option<u64>,
+    pub(crate) submit_slot_wait_ms: Option<u64>,
     pub(crate) placement: Option<String>,
     pub(crate) restart: Option<String>,
     pub(crate) retained_jobs: Option<usize>,

@@ -31,9 +31,15 @@ pub(crate) struct CoordinatorArgs {
     /// A worker silent this long (ms) is lost. Default 5000.
     #[arg(long)]
     heartbeat_timeout_ms: Option<u64>,
-    /// How long (ms) a restarting job waits for slots. Default 10000.
+    /// How long (ms) a restarting job, or one recovered by a new leader, waits
+    /// for slots. Default 10000.
     #[arg(long)]
     slot_wait_timeout_ms: Option<u64>,
+    /// How long (ms) a submitted job that does not fit the free slots waits
+    /// for them (CREATED: workers registering, other jobs ending) before it
+    /// fails saying so; 0 refuses it at once. Default 60000.
+    #[arg(long)]
+    submit_slot_wait_ms: Option<u64>,
     /// Default placement: spread, pack, colocate (default) or `vertex=cores;...`.
     #[arg(long)]
     placement: Option<String>,
@@ -73,6 +79,9 @@ pub(crate) fn coordinator(a: &CoordinatorArgs, cfg: &ConfigFile) -> Result<Exit>
     }
     if let Some(v) = a.slot_wait_timeout_ms.or(c.slot_wait_timeout_ms) {
         config.slot_wait_timeout = ms(v);
+    }
+    if let Some(v) = a.submit_slot_wait_ms.or(c.submit_slot_wait_ms) {
+        config.submit_slot_wait = ms(v);
     }
     if let Some(p) = a.placement.clone().or(c.placement.clone()) {
         config.default_placement = p.parse::<PlacementStrategy>()?;
