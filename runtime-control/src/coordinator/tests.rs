@@ -927,6 +927,18 @@ fn a_waiting_submission_takes_the_slots_of_a_job_that_ends_at_once() {
 }
 
 #[test]
+fn a_waiting_submission_cancelled_ends_cancelled_and_never_deploys() {
+    let mut h = Harness::new();
+    let t0 = h.t0;
+    let (id, _) = submit(&mut h, 10, job(2, PartitionerKind::Forward, b""), at(t0, 1));
+    let out = h.c.on_message(at(t0, 2), 11, Message::CancelJob(CancelJob { job: id }));
+    assert!(submissions(&out).is_empty(), "{out:?}");
+    assert_eq!(details(&mut h, id, at(t0, 3)).status, JobStatus::Canceled);
+    let out = h.c.on_message(at(t0, 4), 2, register_msg("late", vec![0, 1]));
+    assert!(submissions(&out).is_empty(), "a cancelled job is not deployed when slots come: {out:?}");
+}
+
+#[test]
 fn with_no_wait_for_slots_a_submission_that_does_not_fit_is_refused_at_once() {
     let t0 = Instant::now();
     let config = CoordinatorConfig { submit_slot_wait: Duration::ZERO, ..config() };
