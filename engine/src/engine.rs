@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shardflow_control::protocol::ErrorCode;
+use shardflow_control::protocol::{ErrorCode, ShardDump};
 use shardflow_control::{
     validate_job, CoordinatorConfig, ExecutionVertexId, JobId, JobStatus, PlacementStrategy, RestartStrategy,
     SlotAssignment, SubtaskPlacement, VertexId,
@@ -68,6 +68,10 @@ impl std::fmt::Debug for Engine {
 /// How long the embedded worker may wait for its coordinator's heartbeat: both
 /// live in this process, so only a stall of the whole process delays one.
 const EMBEDDED_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The longest [`Engine::dump`] waits for its worker's answer (in-process: it
+/// comes at once unless the worker's thread stalls).
+const DUMP_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Engine {
     /// A builder with the default configuration.
@@ -225,6 +229,17 @@ impl Engine {
     /// Task slots not allocated to any job.
     pub fn free_slots(&self) -> Result<usize, EngineError> {
         Ok(self.inner.with_client(|c| c.overview())?.free_slots as usize)
+    }
+
+    /// What each shard runs now: its core and its tasks, each with its job,
+    /// attempt, vertex, state and record counts so far (as `shardflow dump`
+    /// shows a cluster's worker): which subtask runs on which core, and how
+    /// far each has come.
+    pub fn dump(&self) -> Result<ShardDump, EngineError> {
+        self.inner.with_client(|c| {
+            let worker = c.workers()?.first().map(|w| w.worker).ok_or(EngineError::Shutdown)?;
+            c.shard_dump(worker, DUMP_TIMEOUT)
+        })
     }
 
     /// The status of job `id`.

@@ -1,9 +1,10 @@
 //! Placement is a visible result: each strategy puts subtasks where it says, a
-//! dataflow's core hints are followed, and the job computes the same answer
-//! wherever its subtasks run.
+//! dataflow's core hints are followed, the job computes the same answer
+//! wherever its subtasks run, and the engine's dump shows each running task on
+//! its shard's core with its record counts so far.
 
 use shardflow_engine::jobs::{KeyValue, GOLDEN};
-use shardflow_engine::{Dataflow, Job, PlacementStrategy};
+use shardflow_engine::{Dataflow, ExecutionState, Job, PlacementStrategy};
 
 use crate::common::{shard_count, small_engine, TIMEOUT};
 
@@ -69,4 +70,36 @@ fn core_hints_of_a_dataflow_place_its_vertex() {
     assert_eq!(pinned.len(), 2);
     assert!(pinned.iter().all(|p| p.core == last), "{}", handle.placement());
     assert_eq!(handle.wait_timeout(TIMEOUT).unwrap().count().0, 1000);
+}
+
+#[test]
+fn the_dump_shows_each_running_task_on_its_core_with_its_records_so_far() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("counted").parallelism(1);
+    let (requests, mut ingress) = df.ingress::<u64>("requests", 128);
+    let answers = requests.rebalance().map(|r: &u64| r + 1).name("plus-one").egress(128);
+    let job = engine.submit(df.build().unwrap()).unwrap();
+    for r in 0..100 {
+        ingress.push(r).unwrap();
+    }
+    for _ in 0..100 {
+        answers.recv_timeout(TIMEOUT).expect("every answer");
+    }
+    let dump = engine.dump().expect("the engine's dump");
+    assert_eq!(dump.shards.len(), shard_count());
+    let tasks: Vec<_> = dump.shards.iter().flat_map(|s| s.tasks.iter().map(move |t| (s, t))).collect();
+    assert_eq!(tasks.len(), 2, "the source and plus-one: {dump:?}");
+    for (shard, task) in &tasks {
+        assert_eq!((task.job, task.state), (job.id(), ExecutionState::Running), "{task:?}");
+        let placed = job.placement().placements.iter().find(|p| p.subtask == task.attempt.execution_vertex);
+        assert_eq!(placed.map(|p| p.core), Some(shard.core as usize), "the dump's core is the placement's: {task:?}");
+    }
+    let plus_one = tasks.iter().find(|(_, t)| t.vertex == "plus-one").expect("plus-one runs").1;
+    // Counted as its input buffers are taken, before any answer leaves: all 100.
+    assert_eq!((plus_one.records_in, plus_one.records_out), (100, 0), "chained to the egress: {plus_one:?}");
+    let source = tasks.iter().find(|(_, t)| t.vertex == "requests").expect("the source runs").1;
+    assert!(source.records_in <= 100 && source.records_out <= 100, "{source:?}");
+    drop(ingress);
+    job.wait_timeout(TIMEOUT).expect("the job ends with its input");
+    assert!(engine.dump().unwrap().shards.iter().all(|s| s.tasks.is_empty()), "ended tasks leave the dump");
 }

@@ -98,13 +98,16 @@ fn signal(p: &Proc, sig: &str) {
     assert!(status.success(), "kill {sig}");
 }
 
-/// The tasks a worker's dump lists, over its shards.
+/// The tasks a worker's dump lists, over its shards, each as "job attempt
+/// vertex state".
 fn tasks_of(dump: &Value) -> Vec<String> {
+    let field = |t: &Value, k: &str| t[k].as_str().unwrap_or_else(|| panic!("no {k} in {t}")).to_string();
     dump["shards"]
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|s| s["tasks"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()))
+        .flat_map(|s| s["tasks"].as_array().unwrap().iter())
+        .map(|t| ["job", "attempt", "vertex", "state"].map(|k| field(t, k)).join(" "))
         .collect()
 }
 

@@ -47,8 +47,10 @@ use crate::runtime::vertex::{InputEntry, VertexBody};
 use crate::runtime::IdlePolicy;
 use crate::runtime::JobPlan;
 
+mod counters;
 mod stop;
 
+pub(crate) use counters::TaskCounters;
 pub(crate) use stop::{TaskFailure, TaskStop};
 
 /// Buffers a partition may hold beyond what credits let out before the task
@@ -79,6 +81,8 @@ pub(crate) struct TaskDeployment {
     pub(crate) min_park: Duration,
     /// Records produced by the job's sources so far (shared by the job's tasks).
     pub(crate) progress: Arc<AtomicU64>,
+    /// This task's record counts, published as it runs.
+    pub(crate) counters: Arc<TaskCounters>,
 }
 
 /// What a finished task reports.
@@ -166,6 +170,7 @@ struct Task {
     min_park: Duration,
     timed_flush: bool,
     records_in: u64,
+    counters: Arc<TaskCounters>,
 }
 
 /// Runs one subtask to its end, serving `control`. `on_running` is called once
@@ -276,6 +281,7 @@ impl Task {
             min_park: d.min_park,
             timed_flush: d.flush_timeout.is_some(),
             records_in: 0,
+            counters: d.counters,
         })
     }
 
@@ -292,6 +298,8 @@ impl Task {
         }
         on_running();
         while let Step::Worked = poll_fn(|cx| self.poll_step(cx)).await? {
+            let (records_in, records_out) = self.counts();
+            self.counters.publish(records_in, records_out);
             if self.sched.should_yield() {
                 yield_now().await;
             }
@@ -443,7 +451,6 @@ impl Task {
             Body::Inputs(inputs) => {
                 if let Some((gate, buffer, cursor)) = &mut inputs.current {
                     if inputs.entries[*gate].feed(buffer, cursor)? {
-                        self.records_in += buffer.records() as u64;
                         inputs.current = None;
                     }
                     return Ok(Some(Step::Worked));
@@ -478,7 +485,12 @@ impl Task {
                 if let Some((g, (channel, item))) = found {
                     inputs.next_gate = g + 1;
                     match item {
-                        GateItem::Data(buffer) => inputs.current = Some((g, buffer, 0)),
+                        GateItem::Data(buffer) => {
+                            // Counted before any of its records reaches an operator.
+                            self.records_in += buffer.records() as u64;
+                            self.counters.publish_in(self.records_in);
+                            inputs.current = Some((g, buffer, 0));
+                        }
                         GateItem::Event(event) => {
                             let at = inputs.offsets[g] + channel;
                             let (watermark, barrier) = inputs.progress.on_event(at, event);
@@ -577,11 +589,19 @@ impl Task {
                 sinks.push(out);
             }
         }
+        let (records_in, records_out) = self.counts();
+        self.counters.publish(records_in, records_out);
+        Ok(TaskOutput { sinks, records_in, records_out, snapshot })
+    }
+
+    /// Records into the chain head (a source's: produced) and out of the chain
+    /// so far.
+    fn counts(&self) -> (u64, u64) {
         let records_in = match &self.body {
             Body::Source { driver, .. } => driver.produced(),
             Body::Inputs(_) => self.records_in,
         };
         let records_out = self.partitions.iter().map(|p| p.borrow().records_out()).sum();
-        Ok(TaskOutput { sinks, records_in, records_out, snapshot })
+        (records_in, records_out)
     }
 }

@@ -36,6 +36,10 @@
 //!   set-up kinds 128–131 (`AuthHello`, `AuthChallenge`, `AuthResponse`,
 //!   `AuthAccepted`), the error codes `Unauthenticated` and `NotLeader`, and a
 //!   `ResourceOverview` that names the leader and its epoch.
+//! - 4: a cancel carries its reason (`CancelTask::reason`), told to the task
+//!   and on to its consumers.
+//! - 5: a worker's dump lists each task as a `TaskDumpEntry`: job, attempt,
+//!   vertex, state and its record counts so far.
 
 /// Declares payload structs: rkyv-archivable, comparable, cloneable.
 macro_rules! payloads {
@@ -56,7 +60,7 @@ pub use messages::*;
 pub use parts::*;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Bytes of the frame header.
 pub const HEADER_BYTES: usize = 16;
 /// The highest version a shardflow peer could speak; a higher one means the peer

@@ -166,8 +166,24 @@ payloads! {
         pub shard: u32,
         /// Its core.
         pub core: u32,
-        /// Its tasks, as "job attempt vertex state".
-        pub tasks: Vec<String>,
+        /// Its tasks.
+        pub tasks: Vec<TaskDumpEntry>,
+    }
+
+    /// One task of a shard as it runs.
+    pub struct TaskDumpEntry {
+        /// Its job.
+        pub job: JobId,
+        /// The attempt it runs.
+        pub attempt: AttemptId,
+        /// Its vertex's name.
+        pub vertex: String,
+        /// Its state.
+        pub state: ExecutionState,
+        /// Records into its chain head so far (a source's: produced).
+        pub records_in: u64,
+        /// Records out of its chain so far (into its result partitions).
+        pub records_out: u64,
     }
 
     /// One worker as the ResourceManager knows it.

@@ -127,7 +127,18 @@ fn samples() -> Vec<Message> {
         Message::RequestWorkerDump(RequestWorkerDump { worker: WorkerId(2), timeout_ms: 5000 }),
         Message::ShardDump(ShardDump {
             worker: WorkerId(2),
-            shards: vec![ShardDumpEntry { shard: 1, core: 1, tasks: vec!["job-1 v0/1#0 map RUNNING".into()] }],
+            shards: vec![ShardDumpEntry {
+                shard: 1,
+                core: 1,
+                tasks: vec![TaskDumpEntry {
+                    job: JobId(1),
+                    attempt: attempt(0, 1, 0),
+                    vertex: "map".into(),
+                    state: ExecutionState::Running,
+                    records_in: 1000,
+                    records_out: 999,
+                }],
+            }],
         }),
         Message::ListJobs(ListJobs {}),
         Message::Ack(Ack {}),
@@ -187,13 +198,13 @@ fn hex(bytes: &[u8]) -> String {
 #[test]
 fn golden_bytes() {
     let ack = encode(&Message::Ack(Ack {})).unwrap();
-    assert_eq!(hex(&ack), "00000000040047000000000000000000");
+    assert_eq!(hex(&ack), "00000000050047000000000000000000");
     let hb = encode(&Message::HeartbeatFromCoordinator(HeartbeatFromCoordinator {
         resource_manager: ResourceManagerId(0x0102030405060708),
         seq: 3,
     }))
     .unwrap();
-    assert_eq!(hex(&hb), "1000000004000c00000000000000000008070605040302010300000000000000");
+    assert_eq!(hex(&hb), "1000000005000c00000000000000000008070605040302010300000000000000");
     let req = encode(&Message::RequestSlot(RequestSlot {
         resource_manager: ResourceManagerId(1),
         slot: slot(2, 3, 4),
@@ -204,7 +215,7 @@ fn golden_bytes() {
     .unwrap();
     assert_eq!(
         hex(&req),
-        "30000000040001000000000000000000\
+        "30000000050001000000000000000000\
          0100000000000000020000000300000004000000000000000500000000000000\
          06000000000000000700000000000000"
     );
@@ -225,7 +236,7 @@ fn golden_bytes() {
         "0100000078fffffffffffffff4ffffff01000000753634ffffffffff0000000008000000080000006affffffffffffff76ffffffffffffff0200000080000000c4ffffff01000000ccffffff00000000c4ffffff01000000"
     );
     let err = encode(&Message::error(ErrorCode::StaleToken, "stale")).unwrap();
-    assert_eq!(hex(&err), "1000000004007f000000000000000000060000007374616c65ffffff00000000");
+    assert_eq!(hex(&err), "1000000005007f000000000000000000060000007374616c65ffffff00000000");
 }
 
 #[test]
@@ -322,10 +333,10 @@ fn another_protocol_is_named_as_such_and_a_near_version_as_a_version() {
         other => panic!("{other:?}"),
     }
     let mut h = [0u8; HEADER_BYTES];
-    h[4] = 5;
-    assert_eq!(FrameHeader::parse(&h, 1024), Err(FrameError::UnsupportedVersion { got: 5 }));
-    h[4] = 3;
-    assert_eq!(FrameHeader::parse(&h, 1024), Err(FrameError::UnsupportedVersion { got: 3 }), "the last version");
+    h[4] = 6;
+    assert_eq!(FrameHeader::parse(&h, 1024), Err(FrameError::UnsupportedVersion { got: 6 }));
+    h[4] = 4;
+    assert_eq!(FrameHeader::parse(&h, 1024), Err(FrameError::UnsupportedVersion { got: 4 }), "the last version");
     h[4] = 0;
     assert!(matches!(FrameHeader::parse(&h, 1024), Err(FrameError::NotShardflow { .. })), "version 0 was never used");
 }

@@ -415,18 +415,46 @@ pub(crate) fn dump(a: &DumpArgs, cfg: &ConfigFile) -> Result<Exit> {
     };
     let d = client.shard_dump(worker, Duration::from_secs(a.timeout_s))?;
     if a.client.json {
-        let shards: Vec<_> =
-            d.shards.iter().map(|s| json!({"shard": s.shard, "core": s.core, "tasks": s.tasks})).collect();
+        let shards: Vec<_> = d
+            .shards
+            .iter()
+            .map(|s| {
+                let tasks: Vec<_> = s
+                    .tasks
+                    .iter()
+                    .map(|t| {
+                        json!({"job": t.job.to_string(), "attempt": t.attempt.to_string(), "vertex": t.vertex,
+                               "state": t.state.to_string(), "records_in": t.records_in,
+                               "records_out": t.records_out})
+                    })
+                    .collect();
+                json!({"shard": s.shard, "core": s.core, "tasks": tasks})
+            })
+            .collect();
         println!("{}", json!({"worker": d.worker.to_string(), "shards": shards}));
         return Ok(Exit::Done);
     }
     println!("{}", d.worker);
-    println!("{:<6} {:>4}  TASKS (job attempt vertex state)", "SHARD", "CORE");
+    println!(
+        "{:<6} {:>4}  {:<8} {:<12} {:<16} {:<12} {:>14} {:>14}",
+        "SHARD", "CORE", "JOB", "ATTEMPT", "VERTEX", "STATE", "RECORDS IN", "RECORDS OUT"
+    );
     for s in &d.shards {
-        let first = s.tasks.first().map_or("-", String::as_str);
-        println!("{:<6} {:>4}  {first}", s.shard, s.core);
-        for t in s.tasks.iter().skip(1) {
-            println!("{:<6} {:>4}  {t}", "", "");
+        if s.tasks.is_empty() {
+            println!("{:<6} {:>4}  -", s.shard, s.core);
+        }
+        for t in &s.tasks {
+            println!(
+                "{:<6} {:>4}  {:<8} {:<12} {:<16} {:<12} {:>14} {:>14}",
+                s.shard,
+                s.core,
+                t.job.to_string(),
+                t.attempt.to_string(),
+                t.vertex,
+                t.state.to_string(),
+                t.records_in,
+                t.records_out
+            );
         }
     }
     Ok(Exit::Done)

@@ -32,7 +32,7 @@ use super::wiring::JobHere;
 use crate::config::EngineConfig;
 use crate::registry::LiveRegistry;
 use crate::runtime::collector::SinkOutput;
-use crate::runtime::task::{TaskDeployment, TaskOutput};
+use crate::runtime::task::{TaskCounters, TaskDeployment, TaskOutput};
 use crate::shard::{ShardCommand, TaskReport};
 
 /// What the session loop must do.
@@ -81,6 +81,8 @@ struct TaskEntry {
     vertex: String,
     state: ExecutionState,
     network: Reservation,
+    /// Its record counts, as its task publishes them.
+    counters: Arc<TaskCounters>,
 }
 
 /// Where the conversation with the coordinator stands.
@@ -467,7 +469,17 @@ impl Gateway {
                 tasks: tasks
                     .iter()
                     .filter(|(_, t)| t.slot.shard.0 == s.id)
-                    .map(|((job, attempt), t)| format!("{job} {attempt} {} {}", t.vertex, t.state))
+                    .map(|(&(job, attempt), t)| {
+                        let (records_in, records_out) = t.counters.read();
+                        TaskDumpEntry {
+                            job,
+                            attempt,
+                            vertex: t.vertex.clone(),
+                            state: t.state,
+                            records_in,
+                            records_out,
+                        }
+                    })
                     .collect(),
             })
             .collect();

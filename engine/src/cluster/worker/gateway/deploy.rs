@@ -2,6 +2,7 @@
 //! allocation and token, the worker's reach), its network memory reserved, its
 //! channels claimed from the job's wiring, and the task batched for its shard.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use shardflow_control::protocol::*;
@@ -10,7 +11,7 @@ use shardflow_netstack::ResultPartition;
 
 use super::{refuse, Gateway, TaskEntry};
 use crate::runtime::collector::TaskInfo;
-use crate::runtime::task::{TaskDeployment, OVERDRAFT};
+use crate::runtime::task::{TaskCounters, TaskDeployment, OVERDRAFT};
 
 impl Gateway {
     /// The vertex information of `m`, read and validated once per vertex and
@@ -155,6 +156,7 @@ impl Gateway {
             .collect();
         let job_start = *here.starts.entry(epoch).or_insert_with(Instant::now);
         let progress = self.board.progress(d.job);
+        let counters = Arc::new(TaskCounters::default());
         let info = TaskInfo {
             vertex: d.vertex_name.clone(),
             subtask,
@@ -179,6 +181,7 @@ impl Gateway {
             idle: cfg.idle,
             min_park: cfg.min_park,
             progress,
+            counters: counters.clone(),
         };
         self.tasks.insert(
             (d.job, d.attempt),
@@ -188,6 +191,7 @@ impl Gateway {
                 vertex: d.vertex_name,
                 state: ExecutionState::Deploying,
                 network,
+                counters,
             },
         );
         self.batch.entry(shard).or_default().push(deployment);

@@ -369,3 +369,32 @@ fn under_high_availability_only_the_elected_leaders_token_is_accepted() {
     let out = h.g.on_message(h.t0, Message::error(ErrorCode::Unauthenticated, "this cluster requires authentication"));
     assert!(matches!(&out[..], [Action::End { retry: false, .. }]), "{out:?}");
 }
+
+#[test]
+fn a_dump_lists_each_task_on_its_shard_with_the_counts_its_task_published() {
+    let mut h = Harness::registered();
+    h.allocate(0, 1, 11);
+    h.send(2, deploy(descriptor(0)));
+    let out = h.g.flush();
+    let counters = match &out[..] {
+        [Action::Shard(0, ShardCommand::Deploy(ds))] => ds[0].counters.clone(),
+        other => panic!("{other:?}"),
+    };
+    counters.publish(70, 69);
+    let out = h.send(3, Message::RequestShardDump(RequestShardDump { resource_manager: RM }));
+    let dump = match &out[..] {
+        [Action::Send(Message::ShardDump(d))] => d,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(dump.worker, ME);
+    let task = TaskDumpEntry {
+        job: JobId(1),
+        attempt: attempt(0, 0),
+        vertex: "source".into(),
+        state: ExecutionState::Deploying,
+        records_in: 70,
+        records_out: 69,
+    };
+    assert_eq!(dump.shards[0].tasks, vec![task], "{dump:?}");
+    assert!(dump.shards[1..].iter().all(|s| s.tasks.is_empty()), "{dump:?}");
+}
