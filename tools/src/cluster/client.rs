@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
-use shardflow_engine::protocol::{JobDetails, SubtaskDetails, WaitCondition};
+use shardflow_engine::protocol::{JobDetails, SubtaskDetails, TaskDumpEntry, WaitCondition};
 use shardflow_engine::{ExecutionState, JobStatus, WorkerId};
 
 use super::{parse_job_id, ClientArgs, ConfigFile, FOLLOW_LEADER};
@@ -117,11 +117,12 @@ pub(crate) fn submit(a: &SubmitArgs, cfg: &ConfigFile) -> Result<Exit> {
     let id = client.once(|c| c.submit(job.graph().clone(), &placement, restart))?;
     let Some(wait) = a.wait else {
         // A job that found too few free slots waits for them, CREATED: say so.
-        let status = client.following(FOLLOW_LEADER, |c, _| c.job(id))?.status;
+        // The job is submitted whatever this asking says.
+        let status = client.following(FOLLOW_LEADER, |c, _| c.job(id)).ok().map(|d| d.status);
         if a.client.json {
-            println!("{}", json!({ "job": id.to_string(), "status": status.to_string() }));
-        } else if status == JobStatus::Created {
-            println!("submitted {id}: {status}, waiting for free slots");
+            println!("{}", json!({ "job": id.to_string(), "status": status.map(|s| s.to_string()) }));
+        } else if status == Some(JobStatus::Created) {
+            println!("submitted {id}: CREATED, waiting for free slots");
         } else {
             println!("submitted {id}");
         }
@@ -388,6 +389,12 @@ pub(crate) fn cluster(a: &ClusterArgs, cfg: &ConfigFile) -> Result<Exit> {
     }
 }
 
+/// A task of a worker's dump, for `--json`.
+fn task_json(t: &TaskDumpEntry) -> serde_json::Value {
+    json!({"job": t.job.to_string(), "attempt": t.attempt.to_string(), "vertex": t.vertex,
+           "state": t.state.to_string(), "records_in": t.records_in, "records_out": t.records_out})
+}
+
 /// `shardflow dump`.
 #[derive(Debug, Args)]
 pub(crate) struct DumpArgs {
@@ -418,18 +425,7 @@ pub(crate) fn dump(a: &DumpArgs, cfg: &ConfigFile) -> Result<Exit> {
         let shards: Vec<_> = d
             .shards
             .iter()
-            .map(|s| {
-                let tasks: Vec<_> = s
-                    .tasks
-                    .iter()
-                    .map(|t| {
-                        json!({"job": t.job.to_string(), "attempt": t.attempt.to_string(), "vertex": t.vertex,
-                               "state": t.state.to_string(), "records_in": t.records_in,
-                               "records_out": t.records_out})
-                    })
-                    .collect();
-                json!({"shard": s.shard, "core": s.core, "tasks": tasks})
-            })
+            .map(|s| json!({"shard": s.shard, "core": s.core, "tasks": s.tasks.iter().map(task_json).collect::<Vec<_>>()}))
             .collect();
         println!("{}", json!({"worker": d.worker.to_string(), "shards": shards}));
         return Ok(Exit::Done);
