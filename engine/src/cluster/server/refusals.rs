@@ -1,7 +1,8 @@
 //! The coordinator's log of refused connections: every refusal names its peer,
 //! but at most [`BURST`] lines go out per [`WINDOW`], so a flood of strangers
-//! (or of connections past the cap) cannot fill a disk through the log. What
-//! is held back is counted and reported with the next line that goes out.
+//! (or of connections past the cap) cannot fill a disk through the log. The
+//! window's last line says that more are held back; what is held back is
+//! counted and reported with the next line that goes out.
 
 use std::fmt::Display;
 use std::net::SocketAddr;
@@ -54,6 +55,10 @@ impl RefusalLog {
             line += &format!(" ({} more refused and not logged before it, the last from {last})", w.held);
             w.held = 0;
         }
+        if w.logged == BURST {
+            let left = WINDOW.saturating_sub(now.duration_since(w.start.unwrap_or(now)));
+            line += &format!("; further refusals in the next {} s are counted, not logged", left.as_secs().max(1));
+        }
         Some(line)
     }
 }
@@ -67,10 +72,16 @@ mod tests {
         let log = RefusalLog::default();
         let t0 = Instant::now();
         let peer = |n: u16| SocketAddr::from(([127, 0, 0, 1], n));
-        for n in 0..BURST as u16 {
+        for n in 0..BURST as u16 - 1 {
             let line = log.line(t0, peer(n), &"wrong secret").expect("within the budget");
             assert_eq!(line, format!("refused a connection from 127.0.0.1:{n}: wrong secret"));
         }
+        let last = log.line(t0 + Duration::from_secs(3), peer(19), &"wrong secret").expect("the budget's last line");
+        assert_eq!(
+            last,
+            "refused a connection from 127.0.0.1:19: wrong secret; \
+             further refusals in the next 7 s are counted, not logged"
+        );
         for n in 0..1000 {
             assert_eq!(log.line(t0 + Duration::from_millis(n), peer(9000), &"wrong secret"), None);
         }
