@@ -63,6 +63,11 @@ impl Cluster {
         let v = self.json(&[&submit[..], flags].concat());
         assert_eq!(v["status"], "FINISHED", "{v}");
         assert_eq!(sink_totals(&v), (n, n * (n + 1) / 2), "{v}");
+        let records = |vertex: &str, key: &str| -> u64 {
+            let of = |t: &&Value| t["vertex"] == vertex;
+            v["subtasks"].as_array().unwrap().iter().filter(of).map(|t| t[key].as_u64().unwrap()).sum()
+        };
+        assert_eq!((records("source", "records_out"), records("count", "records_in")), (n, n), "{v}");
         v
     }
 
@@ -513,6 +518,7 @@ fn bad_input_stale_fencing_token() {
         worker: accepted.worker,
         seq: 1,
         report: protocol::SlotReport { slots: vec![] },
+        tasks: vec![],
     };
     s.write_all(&frame(&Message::HeartbeatFromWorker(stale))).unwrap();
     let m = answer_then_closed(&c, s);

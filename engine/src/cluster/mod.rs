@@ -262,6 +262,11 @@ impl ClusterClient {
         expect!(self.request(&Message::RequestJob(RequestJob { job }))?, JobDetails)
     }
 
+    /// Each subtask of `job` with its record counts so far (see [`JobProgress`]).
+    pub fn job_progress(&mut self, job: JobId) -> Result<JobProgress, EngineError> {
+        expect!(self.request(&Message::RequestJobProgress(RequestJobProgress { job }))?, JobProgress)
+    }
+
     /// Waits (in the coordinator) until `job` meets `until` or `timeout` passes, and
     /// returns the job as it is then.
     pub fn wait(&mut self, job: JobId, until: WaitCondition, timeout: Duration) -> Result<JobDetails, EngineError> {

@@ -242,6 +242,11 @@ impl Coordinator {
             Message::HeartbeatFromWorker(m) => {
                 if self.check_worker(conn, role, m.resource_manager, m.worker) {
                     tracing::trace!(worker = %m.worker, seq = m.seq, "heartbeat");
+                    for t in m.tasks {
+                        if let Some(jm) = self.jobs.get_mut(&t.job) {
+                            jm.on_progress(m.worker, t);
+                        }
+                    }
                 }
             }
             Message::SlotReportMessage(m) => {
@@ -280,6 +285,17 @@ impl Coordinator {
             Message::RequestJob(m) => self.client(conn, role, |c| match c.details(m.job) {
                 Some(d) => c.send(conn, Message::JobDetails(d)),
                 None => c.reject(conn, ErrorCode::UnknownJob, &format!("no job {}", m.job)),
+            }),
+            Message::RequestJobProgress(m) => self.client(conn, role, |c| {
+                let subtasks = match c.jobs.get(&m.job) {
+                    Some(jm) => Some(jm.progress()),
+                    // An ended job's counts are its results, in its details.
+                    None => c.history.get(&m.job).map(|_| Vec::new()),
+                };
+                match subtasks {
+                    Some(subtasks) => c.send(conn, Message::JobProgress(JobProgress { job: m.job, subtasks })),
+                    None => c.reject(conn, ErrorCode::UnknownJob, &format!("no job {}", m.job)),
+                }
             }),
             Message::WaitJob(m) => self.client(conn, role, |c| c.wait_job(now, conn, m)),
             Message::CancelJob(m) => self.client(conn, role, |c| c.cancel_job(now, conn, m)),

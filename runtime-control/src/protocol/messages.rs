@@ -284,6 +284,8 @@ payloads! {
         pub seq: u64,
         /// Its slots.
         pub report: SlotReport,
+        /// Its running tasks' record counts so far.
+        pub tasks: Vec<TaskProgress>,
     }
 
     /// Worker → ResourceManager: leaving.
@@ -368,6 +370,22 @@ payloads! {
     pub struct RequestJob {
         /// The job.
         pub job: JobId,
+    }
+
+    /// Client → Dispatcher: one job's record counts so far, please.
+    pub struct RequestJobProgress {
+        /// The job.
+        pub job: JobId,
+    }
+
+    /// Dispatcher → client: each subtask's record counts so far, of its current
+    /// attempt: while it runs, as its worker's last heartbeat said (at most a
+    /// heartbeat interval old); once finished, its result's.
+    pub struct JobProgress {
+        /// The job.
+        pub job: JobId,
+        /// Subtasks with counts known.
+        pub subtasks: Vec<SubtaskProgress>,
     }
 
     /// Client → Dispatcher: answer with [`JobDetails`] once the job reaches

@@ -39,7 +39,9 @@
 //! - 4: a cancel carries its reason (`CancelTask::reason`), told to the task
 //!   and on to its consumers.
 //! - 5: a worker's dump lists each task as a `TaskDumpEntry`: job, attempt,
-//!   vertex, state and its record counts so far.
+//!   vertex, state and its record counts so far; a worker's heartbeat carries
+//!   its tasks' counts (`TaskProgress`), which a client reads per job
+//!   (kinds 77–78, `RequestJobProgress`, `JobProgress`).
 
 /// Declares payload structs: rkyv-archivable, comparable, cloneable.
 macro_rules! payloads {
@@ -338,6 +340,8 @@ message_kinds! {
     74 => DisposeSavepoint,
     75 => WaitJob,
     76 => WaitForWorkers,
+    77 => RequestJobProgress,
+    78 => JobProgress,
     // JobMaster gateway
     96 => UpdateTaskExecutionState,
     97 => AcknowledgeCheckpoint,

@@ -170,6 +170,32 @@ payloads! {
         pub tasks: Vec<TaskDumpEntry>,
     }
 
+    /// A running task's record counts so far, as its worker last saw them.
+    pub struct TaskProgress {
+        /// Its job.
+        pub job: JobId,
+        /// The attempt it runs.
+        pub attempt: AttemptId,
+        /// Records into its chain head so far (a source's: produced).
+        pub records_in: u64,
+        /// Records out of its chain so far (into its result partitions).
+        pub records_out: u64,
+    }
+
+    /// A subtask's record counts so far, as a client reads them.
+    pub struct SubtaskProgress {
+        /// Its vertex's name.
+        pub vertex: String,
+        /// Its index.
+        pub subtask: u32,
+        /// The attempt counted.
+        pub attempt: u32,
+        /// Records into its chain head so far (a source's: produced).
+        pub records_in: u64,
+        /// Records out of its chain so far (into its result partitions).
+        pub records_out: u64,
+    }
+
     /// One task of a shard as it runs.
     pub struct TaskDumpEntry {
         /// Its job.

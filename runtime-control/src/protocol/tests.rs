@@ -109,6 +109,7 @@ fn samples() -> Vec<Message> {
             worker: WorkerId(1),
             seq: 77,
             report,
+            tasks: vec![TaskProgress { job: JobId(1), attempt: attempt(1, 0, 2), records_in: 5, records_out: 4 }],
         }),
         Message::SubmitJob(SubmitJob { graph: g, placement: "colocate".into(), restart: "none".into() }),
         Message::UpdateTaskExecutionState(UpdateTaskExecutionState {
@@ -125,6 +126,17 @@ fn samples() -> Vec<Message> {
         }),
         Message::WaitJob(WaitJob { job: JobId(3), until: WaitCondition::AllRunning, timeout_ms: 1000 }),
         Message::RequestWorkerDump(RequestWorkerDump { worker: WorkerId(2), timeout_ms: 5000 }),
+        Message::RequestJobProgress(RequestJobProgress { job: JobId(3) }),
+        Message::JobProgress(JobProgress {
+            job: JobId(3),
+            subtasks: vec![SubtaskProgress {
+                vertex: "map".into(),
+                subtask: 1,
+                attempt: 0,
+                records_in: 7,
+                records_out: 7,
+            }],
+        }),
         Message::ShardDump(ShardDump {
             worker: WorkerId(2),
             shards: vec![ShardDumpEntry {

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
-use shardflow_engine::protocol::{JobDetails, SubtaskDetails, TaskDumpEntry, WaitCondition};
+use shardflow_engine::protocol::{JobDetails, SubtaskDetails, SubtaskProgress, TaskDumpEntry, WaitCondition};
 use shardflow_engine::{ExecutionState, JobStatus, WorkerId};
 
+use super::access::Connection;
 use super::{parse_job_id, ClientArgs, ConfigFile, FOLLOW_LEADER};
 use crate::Exit;
 
@@ -131,7 +132,7 @@ pub(crate) fn submit(a: &SubmitArgs, cfg: &ConfigFile) -> Result<Exit> {
     let timeout_s = a.timeout_s.or(defaults.timeout_s).unwrap_or(300);
     // The job is kept by every leader: a wait follows a change of leader.
     let d = client.following(Duration::from_secs(timeout_s), |c, left| c.wait(id, wait.condition(), left))?;
-    print_details(&d, a.client.json);
+    print_details(&d, &progress(&mut client, &d), a.client.json);
     Ok(wait.outcome(&d, timeout_s))
 }
 
@@ -193,11 +194,12 @@ pub(crate) fn status(a: &StatusArgs, cfg: &ConfigFile) -> Result<Exit> {
     let id = parse_job_id(&a.job)?;
     let mut client = a.client.connect(cfg)?;
     let Some(wait) = a.wait else {
-        print_details(&client.following(FOLLOW_LEADER, |c, _| c.job(id))?, a.client.json);
+        let d = client.following(FOLLOW_LEADER, |c, _| c.job(id))?;
+        print_details(&d, &progress(&mut client, &d), a.client.json);
         return Ok(Exit::Done);
     };
     let d = client.following(Duration::from_secs(a.timeout_s), |c, left| c.wait(id, wait.condition(), left))?;
-    print_details(&d, a.client.json);
+    print_details(&d, &progress(&mut client, &d), a.client.json);
     Ok(wait.outcome(&d, a.timeout_s))
 }
 
@@ -236,7 +238,27 @@ fn sinks_cell(s: &SubtaskDetails) -> String {
     cells.join("; ")
 }
 
-fn print_details(d: &JobDetails, as_json: bool) {
+/// The record counts of a job that has not ended, subtask by subtask (an
+/// ended one's are its results); none if the asking fails: the details print
+/// without them.
+fn progress(client: &mut Connection, d: &JobDetails) -> Vec<SubtaskProgress> {
+    if d.status.is_globally_terminal() {
+        return Vec::new();
+    }
+    client.following(FOLLOW_LEADER, |c, _| c.job_progress(d.job)).map(|p| p.subtasks).unwrap_or_default()
+}
+
+/// A subtask's records in and out so far: its progress while it runs, its
+/// result once finished.
+fn counts(s: &SubtaskDetails, progress: &[SubtaskProgress]) -> Option<(u64, u64)> {
+    progress
+        .iter()
+        .find(|p| p.vertex == s.vertex && p.subtask == s.subtask && p.attempt == s.attempt)
+        .map(|p| (p.records_in, p.records_out))
+        .or_else(|| s.result.as_ref().map(|r| (r.records_in, r.records_out)))
+}
+
+fn print_details(d: &JobDetails, progress: &[SubtaskProgress], as_json: bool) {
     let records = |s: &SubtaskDetails| s.result.as_ref().map(|r| r.sinks.iter().map(|x| x.records).sum::<u64>());
     let value_sum =
         |s: &SubtaskDetails| s.result.as_ref().map(|r| r.sinks.iter().fold(0u64, |a, x| a.wrapping_add(x.value_sum)));
@@ -248,7 +270,8 @@ fn print_details(d: &JobDetails, as_json: bool) {
                 json!({"vertex": s.vertex, "subtask": s.subtask, "attempt": s.attempt, "state": s.state.to_string(),
                        "worker": s.slot.map(|x| x.worker.0), "shard": s.slot.map(|x| x.shard.0),
                        "slot": s.slot.map(|x| x.to_string()), "core": s.core,
-                       "records_in": s.result.as_ref().map(|r| r.records_in),
+                       "records_in": counts(s, progress).map(|c| c.0),
+                       "records_out": counts(s, progress).map(|c| c.1),
                        "sink_records": records(s), "sink_value_sum": value_sum(s), "sinks": sinks_json(s),
                        "failure": s.failure})
             })
@@ -264,13 +287,15 @@ fn print_details(d: &JobDetails, as_json: bool) {
         println!("failure: {f}");
     }
     println!(
-        "{:<16} {:>4} {:>4} {:<13} {:<10} {:<8} {:>4}  SINKS",
-        "VERTEX", "SUB", "ATT", "STATE", "WORKER", "SHARD", "CORE"
+        "{:<16} {:>4} {:>4} {:<13} {:<10} {:<8} {:>4} {:>12} {:>12}  SINKS",
+        "VERTEX", "SUB", "ATT", "STATE", "WORKER", "SHARD", "CORE", "RECORDS IN", "RECORDS OUT"
     );
     for s in &d.subtasks {
         let dash = || "-".to_string();
+        let (records_in, records_out) =
+            counts(s, progress).map_or_else(|| (dash(), dash()), |(i, o)| (i.to_string(), o.to_string()));
         println!(
-            "{:<16} {:>4} {:>4} {:<13} {:<10} {:<8} {:>4}  {}",
+            "{:<16} {:>4} {:>4} {:<13} {:<10} {:<8} {:>4} {:>12} {:>12}  {}",
             s.vertex,
             s.subtask,
             s.attempt,
@@ -278,6 +303,8 @@ fn print_details(d: &JobDetails, as_json: bool) {
             s.slot.map_or_else(dash, |x| x.worker.to_string()),
             s.slot.map_or_else(dash, |x| x.shard.to_string()),
             s.core.map_or_else(dash, |c| c.to_string()),
+            records_in,
+            records_out,
             sinks_cell(s),
         );
     }

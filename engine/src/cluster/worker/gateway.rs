@@ -349,6 +349,7 @@ impl Gateway {
                     worker: self.worker,
                     seq: m.seq,
                     report: self.report(),
+                    tasks: self.progress(),
                 })));
             }
             Message::RequestSlot(m) => {
@@ -455,6 +456,17 @@ impl Gateway {
         tracing::warn!(%job, %attempt, "task refused: {}", error.message);
         self.forget_if_idle(job);
         Action::Send(Message::TaskRefused(TaskRefused { job, attempt, error }))
+    }
+
+    /// Its tasks' record counts so far, as they published them.
+    fn progress(&self) -> Vec<TaskProgress> {
+        self.tasks
+            .iter()
+            .map(|(&(job, attempt), t)| {
+                let (records_in, records_out) = t.counters.read();
+                TaskProgress { job, attempt, records_in, records_out }
+            })
+            .collect()
     }
 
     fn dump(&self) -> ShardDump {

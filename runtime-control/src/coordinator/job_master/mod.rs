@@ -115,6 +115,9 @@ pub(super) struct JobMaster {
     allocations: BTreeMap<SlotId, AllocationId>,
     phase: Phase,
     results: BTreeMap<ExecutionVertexId, TaskResultInfo>,
+    /// Each running subtask's record counts as its worker's last heartbeat
+    /// said (of the attempt it names).
+    progress: BTreeMap<ExecutionVertexId, TaskProgress>,
     failure: Option<String>,
     /// The recorded failure was caused by a peer going away: a root cause that
     /// reports later replaces it.
@@ -208,6 +211,7 @@ impl JobMaster {
             allocations: BTreeMap::new(),
             phase,
             results: BTreeMap::new(),
+            progress: BTreeMap::new(),
             failure: None,
             failure_secondary: false,
             deployed_at: now,
@@ -577,6 +581,42 @@ impl JobMaster {
     }
 
     /// The job in detail: every subtask with its state, place and result.
+    /// A running subtask's record counts, from a heartbeat of `worker`: kept
+    /// if they are of the subtask's current attempt, placed on that worker.
+    pub(super) fn on_progress(&mut self, worker: WorkerId, t: TaskProgress) {
+        let id = t.attempt.execution_vertex;
+        let current = self.eg.subtask(id).is_some_and(|s| s.attempt == t.attempt);
+        let here = self.assignment.of(id).is_some_and(|p| p.slot.worker == worker);
+        if current && here {
+            self.progress.insert(id, t);
+        }
+    }
+
+    /// Each subtask's record counts so far, of its current attempt: a finished
+    /// one's result, a running one's last heartbeat.
+    pub(super) fn progress(&self) -> Vec<SubtaskProgress> {
+        self.eg
+            .subtasks
+            .iter()
+            .filter_map(|s| {
+                let counts = match self.results.get(&s.id()) {
+                    Some(r) if s.state == ExecutionState::Finished => (r.records_in, r.records_out),
+                    _ => {
+                        let p = self.progress.get(&s.id()).filter(|p| p.attempt == s.attempt)?;
+                        (p.records_in, p.records_out)
+                    }
+                };
+                Some(SubtaskProgress {
+                    vertex: self.graph.vertices[s.id().vertex.0 as usize].name.clone(),
+                    subtask: s.id().subtask,
+                    attempt: s.attempt.attempt,
+                    records_in: counts.0,
+                    records_out: counts.1,
+                })
+            })
+            .collect()
+    }
+
     pub(super) fn details(&self) -> JobDetails {
         let subtasks = self
             .eg

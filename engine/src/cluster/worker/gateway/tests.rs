@@ -371,7 +371,7 @@ fn under_high_availability_only_the_elected_leaders_token_is_accepted() {
 }
 
 #[test]
-fn a_dump_lists_each_task_on_its_shard_with_the_counts_its_task_published() {
+fn a_dump_and_a_heartbeat_carry_the_counts_each_task_published() {
     let mut h = Harness::registered();
     h.allocate(0, 1, 11);
     h.send(2, deploy(descriptor(0)));
@@ -397,4 +397,13 @@ fn a_dump_lists_each_task_on_its_shard_with_the_counts_its_task_published() {
     };
     assert_eq!(dump.shards[0].tasks, vec![task], "{dump:?}");
     assert!(dump.shards[1..].iter().all(|s| s.tasks.is_empty()), "{dump:?}");
+    // The heartbeat carries the same counts to the coordinator.
+    let out = h.send(4, Message::HeartbeatFromCoordinator(HeartbeatFromCoordinator { resource_manager: RM, seq: 9 }));
+    match &out[..] {
+        [Action::Send(Message::HeartbeatFromWorker(hb))] => {
+            let counts = TaskProgress { job: JobId(1), attempt: attempt(0, 0), records_in: 70, records_out: 69 };
+            assert_eq!((hb.seq, &hb.tasks[..]), (9, &[counts][..]), "{hb:?}");
+        }
+        other => panic!("{other:?}"),
+    }
 }
