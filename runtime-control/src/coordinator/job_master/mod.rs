@@ -16,9 +16,11 @@
 //! An error of the execution graph's state machine here is a bug, never
 //! swallowed: the job fails with it as its cause ([`JobMaster::abort`]).
 //! How an attempt becomes slot requests and deployment frames is in
-//! `deploy.rs`.
+//! `deploy.rs`; what the master tells of its job (listing, details, record
+//! counts) in `report.rs`.
 
 mod deploy;
+mod report;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -563,87 +565,6 @@ impl JobMaster {
         for (slot, allocation) in freed {
             let free = FreeSlot { job_master: self.token, allocation, cause: cause.to_string() };
             gw.send_to_worker(slot.worker, Message::FreeSlot(free));
-        }
-    }
-
-    /// The job in a listing.
-    pub(super) fn summary(&self) -> JobSummary {
-        let count = |st: ExecutionState| self.eg.subtasks.iter().filter(|s| s.state == st).count() as u32;
-        JobSummary {
-            job: self.id,
-            name: self.graph.name.clone(),
-            status: self.eg.status(),
-            subtasks: self.eg.subtasks.len() as u32,
-            running: count(ExecutionState::Running),
-            finished: count(ExecutionState::Finished),
-            restarts: self.restart.restarts(),
-        }
-    }
-
-    /// The job in detail: every subtask with its state, place and result.
-    /// A running subtask's record counts, from a heartbeat of `worker`: kept
-    /// if they are of the subtask's current attempt, placed on that worker.
-    pub(super) fn on_progress(&mut self, worker: WorkerId, t: TaskProgress) {
-        let id = t.attempt.execution_vertex;
-        let current = self.eg.subtask(id).is_some_and(|s| s.attempt == t.attempt);
-        let here = self.assignment.of(id).is_some_and(|p| p.slot.worker == worker);
-        if current && here {
-            self.progress.insert(id, t);
-        }
-    }
-
-    /// Each subtask's record counts so far, of its current attempt: a finished
-    /// one's result, a running one's last heartbeat.
-    pub(super) fn progress(&self) -> Vec<SubtaskProgress> {
-        self.eg
-            .subtasks
-            .iter()
-            .filter_map(|s| {
-                let counts = match self.results.get(&s.id()) {
-                    Some(r) if s.state == ExecutionState::Finished => (r.records_in, r.records_out),
-                    _ => {
-                        let p = self.progress.get(&s.id()).filter(|p| p.attempt == s.attempt)?;
-                        (p.records_in, p.records_out)
-                    }
-                };
-                Some(SubtaskProgress {
-                    vertex: self.graph.vertices[s.id().vertex.0 as usize].name.clone(),
-                    subtask: s.id().subtask,
-                    attempt: s.attempt.attempt,
-                    records_in: counts.0,
-                    records_out: counts.1,
-                })
-            })
-            .collect()
-    }
-
-    pub(super) fn details(&self) -> JobDetails {
-        let subtasks = self
-            .eg
-            .subtasks
-            .iter()
-            .map(|s| {
-                let place = self.assignment.of(s.id());
-                SubtaskDetails {
-                    vertex: self.graph.vertices[s.id().vertex.0 as usize].name.clone(),
-                    subtask: s.id().subtask,
-                    attempt: s.attempt.attempt,
-                    state: s.state,
-                    slot: place.map(|p| p.slot),
-                    core: place.map(|p| p.core as u32),
-                    result: self.results.get(&s.id()).cloned(),
-                    failure: s.failure.clone(),
-                }
-            })
-            .collect();
-        JobDetails {
-            job: self.id,
-            name: self.graph.name.clone(),
-            status: self.eg.status(),
-            restarts: self.restart.restarts(),
-            failure: self.failure.clone(),
-            submit_to_running_us: self.all_running.map(|d| d.as_micros() as u64),
-            subtasks,
         }
     }
 }
