@@ -98,6 +98,7 @@ fn informs(o: &Output) -> bool {
             Message::HeartbeatFromCoordinator(_)
                 | Message::JobList(_)
                 | Message::JobDetails(_)
+                | Message::JobProgress(_)
                 | Message::ResourceOverview(_)
                 | Message::WorkerInfoList(_)
                 | Message::ShardDump(_)
@@ -378,5 +379,55 @@ impl Driver {
             }
             outputs = more;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shardflow_control::protocol::*;
+    use shardflow_control::JobId;
+
+    use super::*;
+
+    #[test]
+    fn what_only_informs_passes_an_unconfirmed_leadership_and_what_acts_waits() {
+        let job = JobId(1);
+        let reads = [
+            Message::JobDetails(JobDetails {
+                job,
+                name: "j".into(),
+                status: shardflow_control::JobStatus::Running,
+                restarts: 0,
+                failure: None,
+                submit_to_running_us: None,
+                subtasks: vec![],
+            }),
+            Message::JobProgress(JobProgress { job, subtasks: vec![] }),
+            Message::JobList(JobList { jobs: vec![] }),
+            Message::error(ErrorCode::UnknownJob, "no job"),
+        ];
+        for m in reads {
+            assert!(informs(&Output::Send(1, m.clone())), "{} only informs", m.kind_name());
+        }
+        let acts = [
+            Message::JobSubmitted(JobSubmitted { job }),
+            Message::Ack(Ack {}),
+            Message::CancelTask(CancelTask {
+                job_master: shardflow_control::JobMasterId(1),
+                job,
+                attempt: shardflow_control::AttemptId {
+                    execution_vertex: shardflow_control::ExecutionVertexId {
+                        vertex: shardflow_control::VertexId(0),
+                        subtask: 0,
+                    },
+                    attempt: 0,
+                },
+                reason: "the job was cancelled".into(),
+            }),
+        ];
+        for m in acts {
+            assert!(!informs(&Output::Send(1, m.clone())), "{} acts: it waits for the leadership", m.kind_name());
+        }
+        assert!(!informs(&Output::RemoveJob(job)));
     }
 }
