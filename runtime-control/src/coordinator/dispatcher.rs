@@ -194,6 +194,15 @@ impl Coordinator {
         }
     }
 
+    /// A job's record counts so far, subtask by subtask; none listed for an
+    /// ended job, whose counts are its results, in its details.
+    pub(super) fn progress(&self, job: JobId) -> Option<Vec<SubtaskProgress>> {
+        match self.jobs.get(&job) {
+            Some(jm) => Some(jm.progress()),
+            None => self.history.get(&job).map(|_| Vec::new()),
+        }
+    }
+
     pub(super) fn cancel_job(&mut self, now: Instant, conn: ConnId, m: CancelJob) {
         let status = self.jobs.get(&m.job).map(JobMaster::status).or(self.history.get(&m.job).map(|r| r.status));
         let Some(status) = status else {

@@ -286,16 +286,9 @@ impl Coordinator {
                 Some(d) => c.send(conn, Message::JobDetails(d)),
                 None => c.reject(conn, ErrorCode::UnknownJob, &format!("no job {}", m.job)),
             }),
-            Message::RequestJobProgress(m) => self.client(conn, role, |c| {
-                let subtasks = match c.jobs.get(&m.job) {
-                    Some(jm) => Some(jm.progress()),
-                    // An ended job's counts are its results, in its details.
-                    None => c.history.get(&m.job).map(|_| Vec::new()),
-                };
-                match subtasks {
-                    Some(subtasks) => c.send(conn, Message::JobProgress(JobProgress { job: m.job, subtasks })),
-                    None => c.reject(conn, ErrorCode::UnknownJob, &format!("no job {}", m.job)),
-                }
+            Message::RequestJobProgress(m) => self.client(conn, role, |c| match c.progress(m.job) {
+                Some(subtasks) => c.send(conn, Message::JobProgress(JobProgress { job: m.job, subtasks })),
+                None => c.reject(conn, ErrorCode::UnknownJob, &format!("no job {}", m.job)),
             }),
             Message::WaitJob(m) => self.client(conn, role, |c| c.wait_job(now, conn, m)),
             Message::CancelJob(m) => self.client(conn, role, |c| c.cancel_job(now, conn, m)),
