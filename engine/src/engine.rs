@@ -237,7 +237,11 @@ impl Engine {
     /// far each has come.
     pub fn dump(&self) -> Result<ShardDump, EngineError> {
         self.inner.with_client(|c| {
-            let worker = c.workers()?.first().map(|w| w.worker).ok_or(EngineError::Shutdown)?;
+            let unregistered = || EngineError::Io {
+                what: "the engine's dump".into(),
+                reason: "its worker is not registered with its coordinator".into(),
+            };
+            let worker = c.workers()?.first().map(|w| w.worker).ok_or_else(unregistered)?;
             c.shard_dump(worker, DUMP_TIMEOUT)
         })
     }

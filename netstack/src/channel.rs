@@ -44,7 +44,7 @@ struct Shared {
     sender_closed: AtomicBool,
     receiver_closed: AtomicBool,
     /// Why the producer stopped, when it says so before it goes
-    /// ([`ChannelSender::fail`], [`ChannelSender::cancel`]).
+    /// ([`ChannelSender::end`]).
     end: std::sync::OnceLock<ProducerEnd>,
 }
 
@@ -202,17 +202,11 @@ impl ChannelSender {
         self.shared.receiver_closed.load(Ordering::Acquire)
     }
 
-    /// Records why the producer fails, before it drops this sender: the
-    /// consumer's [`NetError::ProducerLost`] then names that cause (the first
-    /// end recorded stands).
-    pub fn fail(&self, cause: &str) {
-        let _ = self.shared.end.set(ProducerEnd::Failed(cause.to_string()));
-    }
-
-    /// Records that the producer was cancelled, and why, before it drops this
-    /// sender (the first end recorded stands).
-    pub fn cancel(&self, reason: &str) {
-        let _ = self.shared.end.set(ProducerEnd::Cancelled(reason.to_string()));
+    /// Records why the producer stops (it failed, or was cancelled), before
+    /// it drops this sender: the consumer's [`NetError::ProducerLost`] then
+    /// names it (the first end recorded stands).
+    pub fn end(&self, end: ProducerEnd) {
+        let _ = self.shared.end.set(end);
     }
 }
 

@@ -97,7 +97,7 @@ pub enum NetError {
 }
 
 /// Why a producer stopped without end of partition, as it told its channels
-/// (see `ChannelSender::fail` and `ChannelSender::cancel`).
+/// (see `ChannelSender::end`).
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum ProducerEnd {
     /// It failed: the root cause.

@@ -28,7 +28,7 @@ use smallvec::SmallVec;
 
 use crate::buffer::Buffer;
 use crate::channel::{ChannelSender, Envelope};
-use crate::error::NetError;
+use crate::error::{NetError, ProducerEnd};
 use crate::event::Event;
 use crate::storage::Storage;
 
@@ -514,20 +514,12 @@ impl ResultPartition {
         self.broadcast_event(Event::EndOfPartition)
     }
 
-    /// Tells every consumer why this partition's producer fails (before it
-    /// drops the partition): their gates report `cause` instead of a producer
-    /// that merely went away.
-    pub fn fail(&self, cause: &str) {
+    /// Tells every consumer why this partition's producer stops (it failed,
+    /// or was cancelled), before it drops the partition: their gates report
+    /// that instead of a producer that merely went away.
+    pub fn end(&self, end: &ProducerEnd) {
         for sub in &self.subs {
-            sub.sender.fail(cause);
-        }
-    }
-
-    /// Tells every consumer that this partition's producer was cancelled, and
-    /// why (before it drops the partition).
-    pub fn cancel(&self, reason: &str) {
-        for sub in &self.subs {
-            sub.sender.cancel(reason);
+            sub.sender.end(end.clone());
         }
     }
 

@@ -399,7 +399,7 @@ fn variable_size_records_are_framed_aligned_and_a_too_large_one_is_typed() {
 fn a_producer_that_fails_or_is_cancelled_says_so_to_the_consumer_and_one_merely_gone_does_not() {
     let p = pool(8);
     let (w, mut gates) = wire(&p, 2, 2, 0, 4);
-    w.fail("operator panicked: record 7 is poison");
+    w.end(&ProducerEnd::Failed("operator panicked: record 7 is poison".into()));
     drop(w);
     for (i, gate) in gates.iter_mut().enumerate() {
         let e = gate.try_next().expect_err("the producer is gone before end of partition");
@@ -408,7 +408,7 @@ fn a_producer_that_fails_or_is_cancelled_says_so_to_the_consumer_and_one_merely_
         assert_eq!(e.to_string(), "input channel 0: its producer failed: operator panicked: record 7 is poison", "{i}");
     }
     let (w, mut gates) = wire(&p, 1, 2, 0, 4);
-    w.cancel("the job was cancelled");
+    w.end(&ProducerEnd::Cancelled("the job was cancelled".into()));
     drop(w);
     let e = gates[0].try_next().expect_err("cancelled");
     assert_eq!(e.to_string(), "input channel 0: its producer was cancelled: the job was cancelled");

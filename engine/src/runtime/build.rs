@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::data::Data;
 use crate::error::EngineError;
 use crate::runtime::collector::{
-    Collector, Failure, Lifecycle, Shared, SharedCollector, SharedLifecycle, TaskInfo, Tee,
+    Collector, Failure, FirstInput, Lifecycle, SecondInput, Shared, SharedCollector, SharedLifecycle, TaskInfo, Tee,
 };
 use crate::runtime::output::{Output, Partition};
 use crate::runtime::state::JobSnapshot;
@@ -55,6 +55,23 @@ impl BuildContext<'_> {
         let shared: Shared<O> = std::rc::Rc::new(std::cell::RefCell::new(op));
         self.lifecycles.push(Box::new(SharedLifecycle(shared.clone(), name.to_string())));
         Box::new(SharedCollector(shared))
+    }
+
+    /// As [`Self::stateful`] for a two-input operator: its lifecycle, and the
+    /// record path of each input.
+    pub(crate) fn stateful_two_inputs<A: Data, B: Data, O>(
+        &mut self,
+        name: &str,
+        op: O,
+    ) -> (Box<dyn Collector<A>>, Box<dyn Collector<B>>)
+    where
+        O: Lifecycle + 'static,
+        FirstInput<O>: Collector<A>,
+        SecondInput<O>: Collector<B>,
+    {
+        let shared: Shared<O> = std::rc::Rc::new(std::cell::RefCell::new(op));
+        self.lifecycles.push(Box::new(SharedLifecycle(shared.clone(), name.to_string())));
+        (Box::new(FirstInput(shared.clone())), Box::new(SecondInput(shared)))
     }
 }
 

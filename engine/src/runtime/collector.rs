@@ -193,6 +193,11 @@ pub(crate) type Shared<O> = Rc<RefCell<O>>;
 /// The record path of a shared operator.
 pub(crate) struct SharedCollector<O>(pub(crate) Shared<O>);
 
+/// The first input's record path into a shared two-input operator.
+pub(crate) struct FirstInput<O>(pub(crate) Shared<O>);
+/// The second input's record path into a shared two-input operator.
+pub(crate) struct SecondInput<O>(pub(crate) Shared<O>);
+
 /// A shared operator's lifecycle, as the task calls it.
 pub(crate) struct SharedLifecycle<O>(pub(crate) Shared<O>, pub(crate) String);
 

@@ -11,9 +11,9 @@ use crate::data::Data;
 use crate::error::{EngineError, OperatorError};
 use crate::runtime::build::{build_port, BuildContext, Name, NodeFactory, Port};
 use crate::runtime::collector::{
-    Collector, Emitter, Failure, Lifecycle, SharedCollector, SharedLifecycle, SinkOutput, TaskInfo,
+    Collector, Emitter, Failure, FirstInput, Lifecycle, SecondInput, SharedCollector, SinkOutput, TaskInfo,
 };
-use crate::runtime::keyed::{FirstInput, SecondInput, TwoInputFactory};
+use crate::runtime::keyed::TwoInputFactory;
 use crate::runtime::state::{list_bytes, JobSnapshot, OperatorSnapshot, StateMemory};
 
 /// A record-to-record function.
@@ -584,9 +584,7 @@ impl<A: Data, B: Data, O: Data, P: CoProcessFunction<A, B, O>> TwoInputFactory<A
         let next = build_port(&self.next, ctx)?;
         let name = self.name.get();
         let op = ProcessOp::new(name.clone(), CoInputs(self.f.clone(), PhantomData), next, ctx);
-        let shared = std::rc::Rc::new(std::cell::RefCell::new(op));
-        ctx.lifecycles.push(Box::new(SharedLifecycle(shared.clone(), name)));
-        Ok((Box::new(FirstInput(shared.clone())), Box::new(SecondInput(shared))))
+        Ok(ctx.stateful_two_inputs(&name, op))
     }
 }
 

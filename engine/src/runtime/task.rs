@@ -192,14 +192,9 @@ pub(crate) async fn run_task(
     };
     // Before the partitions go: the consumers learn why (the root cause, or
     // the cancel and its reason) instead of a producer that merely went away.
-    for p in &task.partitions {
-        match &stop {
-            TaskStop::Failed(failure) => {
-                if let Some(root) = failure.root() {
-                    p.borrow().fail(root);
-                }
-            }
-            TaskStop::Canceled(why) => p.borrow().cancel(why),
+    if let Some(end) = stop.producer_end() {
+        for p in &task.partitions {
+            p.borrow().end(&end);
         }
     }
     task.close_after(&stop);

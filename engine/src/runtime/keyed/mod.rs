@@ -19,9 +19,7 @@ use rustc_hash::FxHasher;
 use crate::data::{key_hash, Data, Key};
 use crate::error::{EngineError, OperatorError};
 use crate::runtime::build::{build_port, BuildContext, Name, NodeFactory, Port};
-use crate::runtime::collector::{
-    Collector, Emitter, Failure, Lifecycle, Shared, SharedCollector, SinkOutput, TaskInfo,
-};
+use crate::runtime::collector::{Collector, Emitter, Failure, Lifecycle, SharedCollector, SinkOutput, TaskInfo};
 use crate::runtime::output::KeySelector;
 use crate::runtime::state::{
     entry_bytes, heap_of, list_bytes, GroupWriter, JobSnapshot, KeyGroupRouter, OperatorSnapshot, SnapshotReader,

@@ -4,6 +4,7 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 use crate::runtime::clock;
+use crate::runtime::collector::{FirstInput, SecondInput};
 
 /// A function over each record of a keyed stream, with keyed state and
 /// processing-time timers (Flink's `KeyedProcessFunction`).
@@ -367,11 +368,6 @@ where
 /// A keyed two-input operator.
 type CoOp<K, A, B, O, SA, SB, P> = KeyedOp<K, O, TwoInputs<A, B, SA, SB, P>>;
 
-/// The first input's record path into a two-input operator.
-pub(crate) struct FirstInput<Op>(pub(crate) Shared<Op>);
-/// The second input's record path into a two-input operator.
-pub(crate) struct SecondInput<Op>(pub(crate) Shared<Op>);
-
 impl<K: Key, A: Data, B: Data, O: Data, SA: KeySelector<K, A>, SB: KeySelector<K, B>, P> Collector<A>
     for FirstInput<CoOp<K, A, B, O, SA, SB, P>>
 where
@@ -428,8 +424,6 @@ where
                 _t: PhantomData,
             },
         };
-        let shared = std::rc::Rc::new(std::cell::RefCell::new(op));
-        ctx.lifecycles.push(Box::new(crate::runtime::collector::SharedLifecycle(shared.clone(), name)));
-        Ok((Box::new(FirstInput(shared.clone())), Box::new(SecondInput(shared))))
+        Ok(ctx.stateful_two_inputs(&name, op))
     }
 }

@@ -33,7 +33,7 @@ impl TaskFailure {
     /// producer that failed first, else this task's own — none for a failure
     /// that only follows a peer's going away (a consumer that closed says
     /// nothing about why).
-    pub(super) fn root(&self) -> Option<&str> {
+    fn root(&self) -> Option<&str> {
         match &self.root {
             Some(root) => Some(root),
             None if self.secondary => None,
@@ -74,6 +74,18 @@ pub(crate) enum TaskStop {
     Failed(TaskFailure),
     /// Its control lane said so, and why.
     Canceled(Rc<str>),
+}
+
+impl TaskStop {
+    /// What this task's consumers are told as it stops: the root cause of a
+    /// failure (none for one that only follows a peer's going away), or the
+    /// cancel and its reason.
+    pub(super) fn producer_end(&self) -> Option<ProducerEnd> {
+        match self {
+            TaskStop::Failed(failure) => failure.root().map(|root| ProducerEnd::Failed(root.to_string())),
+            TaskStop::Canceled(why) => Some(ProducerEnd::Cancelled(why.to_string())),
+        }
+    }
 }
 
 impl std::fmt::Display for TaskStop {
