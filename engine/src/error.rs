@@ -206,6 +206,31 @@ pub enum DataflowError {
         /// The name.
         name: String,
     },
+    /// The snapshot a dataflow restores holds state no operator of it owns.
+    #[error(
+        "dataflow '{job}' would drop state of its snapshot that none of its operators owns: {} (renamed or \
+         removed operators?): keep the operators' names, or allow_non_restored_state() to drop it",
+        state.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ")
+    )]
+    UnownedState {
+        /// The job.
+        job: String,
+        /// The snapshot's entries without an operator (`operator` or `operator/list`).
+        state: Vec<String>,
+    },
+    /// The snapshot a dataflow restores has other key groups than the job.
+    #[error(
+        "'{operator}': its snapshot has {snapshot} key groups, the job {job}: keyed state cannot be \
+         redistributed across different maximum parallelisms (set Dataflow::max_parallelism({snapshot}))"
+    )]
+    RestoreKeyGroups {
+        /// The operator.
+        operator: String,
+        /// The snapshot's maximum parallelism.
+        snapshot: u32,
+        /// The job's.
+        job: u32,
+    },
     /// A parallelism of 0.
     #[error("'{operator}': parallelism must be at least 1")]
     ZeroParallelism {

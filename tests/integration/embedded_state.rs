@@ -1,7 +1,9 @@
 //! Keyed state: by the real key (two keys with one hash keep separate state), in
 //! key groups spread over subtasks by contiguous ranges, snapshotted per key
 //! group and restored at another parallelism with the same results as an
-//! uninterrupted run; and broadcast state, a whole copy per subtask.
+//! uninterrupted run; and broadcast state, a whole copy per subtask. A restore
+//! never drops state unnoticed: state no operator owns, other key groups, a
+//! changed state type or a list no longer declared is a typed error.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -9,8 +11,8 @@ use std::hash::{Hash, Hasher};
 use bytemuck::{Pod, Zeroable};
 use shardflow_benches::SplitMix;
 use shardflow_engine::{
-    key_group_range, subtask_of_key_group, CoProcessFunction, Dataflow, Emitter, Engine, JobSnapshot, ListStateHandle,
-    OperatorContext, OperatorError,
+    key_group_range, subtask_of_key_group, CoProcessFunction, CollectHandle, Dataflow, DataflowError, Emitter, Engine,
+    EngineError, JobSnapshot, ListStateHandle, OperatorContext, OperatorError,
 };
 
 use crate::common::{small_engine, TIMEOUT};
@@ -240,4 +242,113 @@ fn broadcast_rules_reach_every_subtask_of_a_co_process_function_and_survive_a_re
     let (after, _) = matching(&engine, (500..1_000).collect(), Vec::new(), 2, Some(snapshot), false);
     assert_eq!(told(&after), vec![2, 2], "each restored subtask holds both rules");
     assert_eq!(matched(&after), want, "the same matches as one run");
+}
+
+/// A job counting `words` on top of the keyed state in `snapshot`, with its
+/// counting operator called `name`, in `max_parallelism` key groups.
+fn recounting(
+    words: &[&str],
+    snapshot: &JobSnapshot,
+    name: &str,
+    max_parallelism: u32,
+) -> (Dataflow, CollectHandle<(String, u64)>) {
+    let df = Dataflow::new("counting").parallelism(2).max_parallelism(max_parallelism).restore(snapshot.clone());
+    let words: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+    let out = df.from_iter("words", words).key_by_ref::<String, _>(|w: &str| w).count().name(name).collect();
+    (df, out)
+}
+
+#[test]
+fn a_restore_that_would_drop_state_or_regroup_keys_is_refused_at_build() {
+    let engine = small_engine().build().expect("engine starts");
+    let words: Vec<String> = ["a", "b", "a"].iter().map(|w| w.to_string()).collect();
+    let (_, snapshot) = counting(&engine, &words, 2, None, true);
+    let snapshot = snapshot.expect("a snapshot");
+    let run = |df: Dataflow, out: CollectHandle<(String, u64)>| {
+        engine.submit(df.build().expect("builds")).unwrap().wait_timeout(TIMEOUT).expect("the job runs");
+        out.take()
+    };
+
+    // The counting operator renamed: its state would be lost.
+    match recounting(&["a"], &snapshot, "per-word-v2", 128).0.build() {
+        Err(EngineError::Dataflow(DataflowError::UnownedState { job, state })) => {
+            assert_eq!((job.as_str(), state), ("counting", vec!["per-word".to_string()]));
+        }
+        other => panic!("a renamed stateful operator must be refused, got {other:?}"),
+    }
+    // Other key groups: the state cannot be split the same way.
+    match recounting(&["a"], &snapshot, "per-word", 64).0.build() {
+        Err(EngineError::Dataflow(DataflowError::RestoreKeyGroups { operator, snapshot, job })) => {
+            assert_eq!((operator.as_str(), snapshot, job), ("per-word", 128, 64));
+        }
+        other => panic!("other key groups must be refused, got {other:?}"),
+    }
+    // The same name restores: "a" was counted twice before.
+    let (df, out) = recounting(&["a"], &snapshot, "per-word", 128);
+    assert_eq!(run(df, out), vec![("a".to_string(), 3)]);
+    // Allowed to drop the state, the renamed operator starts afresh.
+    let (df, out) = recounting(&["a"], &snapshot, "per-word-v2", 128);
+    assert_eq!(run(df.allow_non_restored_state(), out), vec![("a".to_string(), 1)]);
+}
+
+/// Counts words keyed by their length, in an operator named as the word
+/// counter was: its state's key type changed.
+#[test]
+fn state_whose_type_changed_fails_the_job_naming_the_state_and_the_engine_goes_on() {
+    let engine = small_engine().build().expect("engine starts");
+    let words: Vec<String> = ["a", "bb", "a"].iter().map(|w| w.to_string()).collect();
+    let (_, snapshot) = counting(&engine, &words, 2, None, true);
+    let df = Dataflow::new("counting").parallelism(2).restore(snapshot.expect("a snapshot"));
+    let _lengths =
+        df.from_iter("words", words.clone()).key_by(|w: &str| w.len() as u64).count().name("per-word").collect();
+    let failed = engine.submit(df.build().expect("builds")).unwrap().wait_timeout(TIMEOUT);
+    let message = failed.expect_err("state of another key type cannot be restored").to_string();
+    assert!(message.contains("per-word") && message.contains("does not decode"), "{message}");
+    let (again, _) = counting(&engine, &words, 2, None, false);
+    assert_eq!(again.len(), 3, "the engine still runs jobs");
+}
+
+/// [`Matcher`] without its list of held events.
+#[derive(Clone, Default)]
+struct RulesOnly {
+    rules: Option<ListStateHandle<Rule>>,
+}
+
+impl CoProcessFunction<u64, Rule, (u64, u64)> for RulesOnly {
+    fn open(&mut self, ctx: &mut OperatorContext<'_>) -> Result<(), OperatorError> {
+        self.rules = Some(ctx.broadcast_state("rules")?);
+        Ok(())
+    }
+    fn process_first(
+        &mut self,
+        _: &u64,
+        _: &mut OperatorContext<'_>,
+        _: &mut Emitter<'_, (u64, u64)>,
+    ) -> Result<(), OperatorError> {
+        Ok(())
+    }
+    fn process_second(
+        &mut self,
+        _: &Rule,
+        _: &mut OperatorContext<'_>,
+        _: &mut Emitter<'_, (u64, u64)>,
+    ) -> Result<(), OperatorError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_list_of_the_snapshot_the_operator_no_longer_declares_fails_the_job() {
+    let engine = small_engine().build().expect("engine starts");
+    let (_, snapshot) = matching(&engine, (0..100).collect(), vec![Rule { min: 1, tag: 1 }], 2, None, true);
+    let df = Dataflow::new("matching").parallelism(2).restore(snapshot.expect("a snapshot"));
+    let rules = df.from_iter("rules", Vec::<Rule>::new()).parallelism(1).broadcast();
+    let _out =
+        df.from_iter("events", vec![1u64]).connect(&rules).process(RulesOnly::default()).name("matcher").collect();
+    let failed = engine.submit(df.build().expect("builds")).unwrap().wait_timeout(TIMEOUT);
+    let message = failed.expect_err("the held events would be dropped").to_string();
+    assert!(
+        message.contains("matcher") && message.contains("'held'") && message.contains("no longer declares"),
+        "{message}"
+    );
 }

@@ -107,6 +107,9 @@ pub(crate) struct Plan {
     sinks: usize,
     errors: Vec<DataflowError>,
     restore: Option<Arc<JobSnapshot>>,
+    /// Whether state in `restore` that no operator of the job owns is dropped
+    /// (else it is an error).
+    allow_non_restored_state: bool,
     snapshot_at_end: bool,
     /// The job's ingresses, to close when it ends.
     ingresses: Vec<sources::IngressCloser>,
@@ -199,6 +202,7 @@ impl Dataflow {
                 sinks: 0,
                 errors: Vec::new(),
                 restore: None,
+                allow_non_restored_state: false,
                 snapshot_at_end: false,
                 ingresses: Vec::new(),
             })),
@@ -228,10 +232,20 @@ impl Dataflow {
     }
 
     /// Starts the job's state from `snapshot` (taken at any parallelism with the
-    /// same maximum parallelism and operator names).
+    /// same maximum parallelism and operator names). State of an operator the
+    /// job does not have (renamed or removed) makes [`Dataflow::build`] fail,
+    /// so none is dropped unnoticed; see [`Dataflow::allow_non_restored_state`].
     #[must_use]
     pub fn restore(self, snapshot: JobSnapshot) -> Self {
         self.plan.borrow_mut().restore = Some(Arc::new(snapshot));
+        self
+    }
+
+    /// Restores what the job's operators own of the snapshot and drops the state
+    /// of operators the job no longer has (Flink's `--allowNonRestoredState`).
+    #[must_use]
+    pub fn allow_non_restored_state(self) -> Self {
+        self.plan.borrow_mut().allow_non_restored_state = true;
         self
     }
 
@@ -344,6 +358,7 @@ impl Dataflow {
         if p.sinks == 0 {
             return Err(DataflowError::NoSink { job: p.name.clone() }.into());
         }
+        let restore = restored_state(&p, &seen)?;
         let mut graph = JobGraph::new(&p.name);
         graph.max_parallelism = p.max_parallelism;
         let mut hints = BTreeMap::new();
@@ -379,12 +394,48 @@ impl Dataflow {
         }
         let plan = JobPlan {
             vertices: p.vertices.iter().map(|v| v.body.clone()).collect(),
-            restore: p.restore.clone(),
+            restore,
             snapshot_at_end: p.snapshot_at_end,
             ingresses: p.ingresses.clone(),
         };
         Ok(Job::new(graph, Arc::new(plan), hints))
     }
+}
+
+/// The snapshot job `p` restores, checked against its operators (`names`): each
+/// operator's state (keyed, or an operator list named `operator/list`) must
+/// belong to one of them, with the job's key groups; state of no operator is an
+/// error, or dropped where the dataflow allows it.
+fn restored_state(p: &Plan, names: &HashSet<String>) -> Result<Option<Arc<JobSnapshot>>, DataflowError> {
+    let Some(snapshot) = &p.restore else { return Ok(None) };
+    let owner = |entry: &str| {
+        names
+            .iter()
+            .find(|op| entry.strip_prefix(op.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')))
+    };
+    let mut unowned = Vec::new();
+    for (entry, s) in &snapshot.operators {
+        match owner(entry) {
+            None => unowned.push(entry.clone()),
+            Some(op) if !s.key_groups.is_empty() && s.max_parallelism != p.max_parallelism => {
+                return Err(DataflowError::RestoreKeyGroups {
+                    operator: op.clone(),
+                    snapshot: s.max_parallelism,
+                    job: p.max_parallelism,
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    if unowned.is_empty() {
+        return Ok(Some(snapshot.clone()));
+    }
+    if !p.allow_non_restored_state {
+        return Err(DataflowError::UnownedState { job: p.name.clone(), state: unowned });
+    }
+    let mut kept = (**snapshot).clone();
+    kept.operators.retain(|entry, _| !unowned.contains(entry));
+    Ok(Some(Arc::new(kept)))
 }
 
 /// A job ready to submit: its graph (what the coordinator validates and places)

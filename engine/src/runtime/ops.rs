@@ -14,7 +14,7 @@ use crate::runtime::collector::{
     Collector, Emitter, Failure, FirstInput, Lifecycle, SecondInput, SharedCollector, SinkOutput, TaskInfo,
 };
 use crate::runtime::keyed::TwoInputFactory;
-use crate::runtime::state::{list_bytes, JobSnapshot, OperatorSnapshot, StateMemory};
+use crate::runtime::state::{list_bytes, undecodable, JobSnapshot, OperatorSnapshot, StateMemory};
 
 /// A record-to-record function.
 pub(crate) struct MapOp<T: Data, U: Data, F> {
@@ -256,7 +256,7 @@ impl OperatorContext<'_> {
             let mut items: Vec<V> = Vec::new();
             if let Some(s) = self.restore {
                 for b in restored(s, &key, self.task) {
-                    items.push(V::from_bytes(b)?);
+                    items.push(V::from_bytes(b).map_err(|e| undecodable(name, e))?);
                 }
                 self.memory.grow(list_bytes(&items))?;
             }
@@ -525,7 +525,20 @@ impl<O: Data, C: OperatorCallbacks<O>> Lifecycle for ProcessOp<O, C> {
     fn open(&mut self, task: &TaskInfo) -> Result<(), OperatorError> {
         self.memory.account_to(task.managed_memory.clone())?;
         self.task = Some(task.clone());
-        self.with_context(|f, ctx, _| f.open(ctx)).unwrap_or(Ok(()))
+        self.with_context(|f, ctx, _| f.open(ctx)).unwrap_or(Ok(()))?;
+        // Every list of the snapshot must be declared again: none is dropped unnoticed.
+        let Some(snapshot) = self.restore.as_deref() else { return Ok(()) };
+        let prefix = format!("{}/", self.name);
+        let undeclared = snapshot.operators.iter().find(|(entry, s)| {
+            s.key_groups.is_empty() && entry.starts_with(&prefix) && !self.lists.contains_key(entry.as_str())
+        });
+        match undeclared {
+            Some((entry, _)) => Err(OperatorError::User(format!(
+                "the snapshot has list state '{}', which the operator no longer declares",
+                &entry[prefix.len()..]
+            ))),
+            None => Ok(()),
+        }
     }
     fn finish(&mut self) -> Result<bool, OperatorError> {
         self.with_context(|f, ctx, out| f.finish(ctx, out)).unwrap_or(Ok(())).map(|()| true)

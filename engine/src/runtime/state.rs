@@ -17,7 +17,7 @@ use std::ops::Range;
 use shardflow_memory::{Budget, Reservation};
 use strength_reduce::StrengthReducedU64;
 
-use crate::data::Data;
+use crate::data::{Data, NetError};
 use crate::error::OperatorError;
 
 /// The key groups subtask `subtask` of `parallelism` owns.
@@ -196,8 +196,8 @@ impl JobSnapshot {
         let Some(s) = self.operators.get(operator) else { return Ok(None) };
         if s.max_parallelism != task.max_parallelism {
             return Err(OperatorError::User(format!(
-                "operator '{operator}': the snapshot has {} key groups, the job {}: state cannot be redistributed \
-                 across different maximum parallelisms",
+                "the snapshot has {} key groups, the job {}: state cannot be redistributed across different \
+                 maximum parallelisms",
                 s.max_parallelism, task.max_parallelism
             )));
         }
@@ -227,6 +227,15 @@ impl JobSnapshot {
             n => s.operator_state[subtask as usize % n].iter().map(Vec::as_slice).collect(),
         }
     }
+}
+
+/// A snapshot's state `state` that does not decode as the state declared
+/// under its name: the state's types changed since the snapshot.
+pub(crate) fn undecodable(state: &str, e: NetError) -> OperatorError {
+    OperatorError::User(format!(
+        "state '{state}' of the snapshot does not decode as the state the operator declares under that name (did \
+         its key or value type change?): {e}"
+    ))
 }
 
 /// Writes the entries of one state of one key group.

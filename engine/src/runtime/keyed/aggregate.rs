@@ -45,9 +45,9 @@ where
 
 /// Reduces each key's records with a function of two records: emits the
 /// reduced record.
-pub struct Reduce<F>(pub(crate) Arc<F>);
+pub struct Reduce<F: ?Sized>(pub(crate) Arc<F>);
 
-impl<F> Clone for Reduce<F> {
+impl<F: ?Sized> Clone for Reduce<F> {
     fn clone(&self) -> Self {
         Reduce(self.0.clone())
     }
@@ -55,7 +55,7 @@ impl<F> Clone for Reduce<F> {
 
 impl<K: Key, T: Data, F> Aggregator<K, T> for Reduce<F>
 where
-    F: Fn(&T, &T::Borrowed) -> T + Send + Sync + 'static,
+    F: ?Sized + Fn(&T, &T::Borrowed) -> T + Send + Sync + 'static,
 {
     type Acc = T;
     type Out = T;

@@ -22,8 +22,8 @@ use crate::runtime::build::{build_port, BuildContext, Name, NodeFactory, Port};
 use crate::runtime::collector::{Collector, Emitter, Failure, Lifecycle, SharedCollector, SinkOutput, TaskInfo};
 use crate::runtime::output::KeySelector;
 use crate::runtime::state::{
-    entry_bytes, heap_of, list_bytes, GroupWriter, JobSnapshot, KeyGroupRouter, OperatorSnapshot, SnapshotReader,
-    StateMemory,
+    entry_bytes, heap_of, list_bytes, undecodable, GroupWriter, JobSnapshot, KeyGroupRouter, OperatorSnapshot,
+    SnapshotReader, StateMemory,
 };
 use timers::{add_timer, TimerKeys};
 
@@ -64,6 +64,9 @@ pub type ListState<V> = StateHandle<ListKind<V>>;
 pub type MapState<UK, UV> = StateHandle<MapKind<UK, UV>>;
 /// A value per key folded by a reduce function.
 pub type ReducingState<V> = StateHandle<ReducingKind<V>>;
+/// An accumulator per key that an [`Aggregator`] folds records of type `T`
+/// into, read as the aggregator's result.
+pub type AggregatingState<T, A> = StateHandle<AggregatingKind<T, A>>;
 
 #[doc(hidden)]
 pub struct ValueKind<V>(PhantomData<V>);
@@ -73,6 +76,13 @@ pub struct ListKind<V>(PhantomData<V>);
 pub struct MapKind<UK, UV>(PhantomData<(UK, UV)>);
 #[doc(hidden)]
 pub struct ReducingKind<V>(PhantomData<V>);
+#[doc(hidden)]
+pub struct AggregatingKind<T, A>(PhantomData<(T, A)>);
+
+/// The reduce function of a reducing state, as declared.
+type ReduceFn<V> = dyn Fn(&V, &<V as Data>::Borrowed) -> V + Send + Sync;
+/// A reducing state's table: its reduce function as an aggregator.
+type ReducingTable<K, V> = FoldTable<K, V, Reduce<ReduceFn<V>>>;
 
 /// One declared state of a keyed operator, type-erased.
 trait Table<K: Key>: Any {
@@ -123,7 +133,10 @@ fn restore_entries(
             let (name, entries) = r.state()?;
             for _ in 0..entries {
                 let (k, v) = r.entry()?;
-                each(name, k, v)?;
+                each(name, k, v).map_err(|e| match e {
+                    OperatorError::Net(e) => undecodable(name, e),
+                    other => other,
+                })?;
             }
         }
     }
@@ -261,12 +274,14 @@ impl<K: Key, UK: Key, UV: Data> Table<K> for MapTable<K, UK, UV> {
     }
 }
 
-struct ReducingTable<K, V, F> {
-    values: ValueTable<K, V>,
-    f: Arc<F>,
+/// Reducing and aggregating state: an accumulator per key, folded by `agg`.
+struct FoldTable<K: Key, T: Data, A: Aggregator<K, T>> {
+    values: ValueTable<K, A::Acc>,
+    agg: A,
+    _t: PhantomData<fn(&T)>,
 }
 
-impl<K: Key, V: Data, F: Fn(&V, &V::Borrowed) -> V + Send + Sync + 'static> Table<K> for ReducingTable<K, V, F> {
+impl<K: Key, T: Data, A: Aggregator<K, T>> Table<K> for FoldTable<K, T, A> {
     fn name(&self) -> &str {
         self.values.name()
     }
@@ -430,8 +445,28 @@ impl<K: Key> StateDeclarations<'_, K> {
     where
         F: Fn(&V, &V::Borrowed) -> V + Send + Sync + 'static,
     {
-        let values = ValueTable::<K, V> { name: name.into(), map: FxMap::default() };
-        self.backend.declare(name, Box::new(ReducingTable { values, f: Arc::new(f) }))
+        let f: Arc<ReduceFn<V>> = Arc::new(f);
+        self.fold_state(name, Reduce(f))
+    }
+
+    /// An accumulator per key that each `add` folds a record into with `agg`
+    /// (its `first` starts a key's accumulator), read as `agg`'s result — the
+    /// [`Aggregator`] of [`KeyedStream::aggregate`](crate::KeyedStream::aggregate).
+    pub fn aggregating_state<T: Data, A: Aggregator<K, T>>(
+        &mut self,
+        name: &str,
+        agg: A,
+    ) -> Result<AggregatingState<T, A>, OperatorError> {
+        self.fold_state(name, agg)
+    }
+
+    fn fold_state<T: Data, A: Aggregator<K, T>, S>(
+        &mut self,
+        name: &str,
+        agg: A,
+    ) -> Result<StateHandle<S>, OperatorError> {
+        let values = ValueTable::<K, A::Acc> { name: name.into(), map: FxMap::default() };
+        self.backend.declare(name, Box::new(FoldTable { values, agg, _t: PhantomData }))
     }
 }
 
@@ -593,12 +628,27 @@ impl<K: Key> KeyedContext<'_, K> {
         user_key: &UK::Borrowed,
     ) -> Result<Option<UV>, OperatorError> {
         let key = self.key;
-        let removed =
-            self.backend.table::<_, MapTable<K, UK, UV>>(h)?.map.get_mut(key).and_then(|m| m.remove(user_key));
-        if let Some(v) = &removed {
-            self.backend.memory.shrink(entry_bytes::<UK, UV>(user_key) + heap_of(v));
+        let table = self.backend.table::<_, MapTable<K, UK, UV>>(h)?;
+        let Some(map) = table.map.get_mut(key) else { return Ok(None) };
+        let removed = map.remove(user_key);
+        let mut freed = removed.as_ref().map_or(0, |v| entry_bytes::<UK, UV>(user_key) + heap_of(v));
+        // A key whose map is empty has no state: it keeps no entry (nor an end-of-input call).
+        if map.is_empty() {
+            table.map.remove(key);
+            freed += entry_bytes::<K, FxMap<UK, UV>>(key);
         }
+        self.backend.memory.shrink(freed);
         Ok(removed)
+    }
+
+    /// Clears the current key's map.
+    pub fn map_clear<UK: Key, UV: Data>(&mut self, h: &MapState<UK, UV>) -> Result<(), OperatorError> {
+        let key = self.key;
+        if let Some(m) = self.backend.table::<_, MapTable<K, UK, UV>>(h)?.map.remove(key) {
+            let entries: u64 = m.iter().map(|(uk, uv)| entry_bytes::<UK, UV>(uk.borrow()) + heap_of(uv)).sum();
+            self.backend.memory.shrink(entry_bytes::<K, FxMap<UK, UV>>(key) + entries);
+        }
+        Ok(())
     }
 
     /// The current key's map entries, in no particular order.
@@ -613,37 +663,77 @@ impl<K: Key> KeyedContext<'_, K> {
             .unwrap_or_default())
     }
 
-    /// Folds `value` into the current key's reducing state.
-    pub fn reducing_add<V: Data, F>(&mut self, h: &ReducingState<V>, value: &V::Borrowed) -> Result<(), OperatorError>
-    where
-        F: Fn(&V, &V::Borrowed) -> V + Send + Sync + 'static,
-    {
+    /// Folds `value` into the current key's reducing state with the reduce
+    /// function it was declared with (the first value is kept as it is).
+    pub fn reducing_add<V: Data>(&mut self, h: &ReducingState<V>, value: &V::Borrowed) -> Result<(), OperatorError> {
+        self.fold::<V, Reduce<ReduceFn<V>>, _>(h, value)
+    }
+
+    /// The current key's reduced value, if any.
+    pub fn reducing_get<V: Data>(&mut self, h: &ReducingState<V>) -> Result<Option<&V>, OperatorError> {
         let key = self.key;
-        let table = self.backend.table::<_, ReducingTable<K, V, F>>(h)?;
+        Ok(self.backend.table::<_, ReducingTable<K, V>>(h)?.values.map.get(key))
+    }
+
+    /// Clears the current key's reduced value.
+    pub fn reducing_clear<V: Data>(&mut self, h: &ReducingState<V>) -> Result<(), OperatorError> {
+        self.fold_clear::<V, Reduce<ReduceFn<V>>, _>(h)
+    }
+
+    /// Folds `record` into the current key's accumulator.
+    pub fn aggregating_add<T: Data, A: Aggregator<K, T>>(
+        &mut self,
+        h: &AggregatingState<T, A>,
+        record: &T::Borrowed,
+    ) -> Result<(), OperatorError> {
+        self.fold::<T, A, _>(h, record)
+    }
+
+    /// The aggregator's result for the current key, if it has an accumulator.
+    pub fn aggregating_get<T: Data, A: Aggregator<K, T>>(
+        &mut self,
+        h: &AggregatingState<T, A>,
+    ) -> Result<Option<A::Out>, OperatorError> {
+        let key = self.key;
+        let table = self.backend.table::<_, FoldTable<K, T, A>>(h)?;
+        Ok(table.values.map.get(key).map(|acc| table.agg.result(key, acc)))
+    }
+
+    /// Clears the current key's accumulator.
+    pub fn aggregating_clear<T: Data, A: Aggregator<K, T>>(
+        &mut self,
+        h: &AggregatingState<T, A>,
+    ) -> Result<(), OperatorError> {
+        self.fold_clear::<T, A, _>(h)
+    }
+
+    fn fold<T: Data, A: Aggregator<K, T>, S>(
+        &mut self,
+        h: &StateHandle<S>,
+        record: &T::Borrowed,
+    ) -> Result<(), OperatorError> {
+        let key = self.key;
+        let table = self.backend.table::<_, FoldTable<K, T, A>>(h)?;
         match table.values.map.get_mut(key) {
             Some(acc) => {
-                let old = heap_of(acc);
-                *acc = (table.f)(acc, value);
-                let new = heap_of(acc);
-                self.backend.memory.resize(old, new)
+                let ((), before, after) = update_measured(acc, |acc| table.agg.add(acc, record));
+                self.backend.memory.resize(before, after)
             }
             None => {
-                let first = V::to_owned_record(value);
-                let grow = entry_bytes::<K, V>(key) + heap_of(&first);
+                let first = table.agg.first(record);
+                let grow = entry_bytes::<K, A::Acc>(key) + heap_of(&first);
                 table.values.map.insert(K::to_owned_record(key), first);
                 self.backend.memory.grow(grow)
             }
         }
     }
 
-    /// The current key's reduced value, if any (the reduce function `F` given when
-    /// the state was declared).
-    pub fn reducing_get<V: Data, F>(&mut self, h: &ReducingState<V>) -> Result<Option<&V>, OperatorError>
-    where
-        F: Fn(&V, &V::Borrowed) -> V + Send + Sync + 'static,
-    {
+    fn fold_clear<T: Data, A: Aggregator<K, T>, S>(&mut self, h: &StateHandle<S>) -> Result<(), OperatorError> {
         let key = self.key;
-        Ok(self.backend.table::<_, ReducingTable<K, V, F>>(h)?.values.map.get(key))
+        if let Some(acc) = self.backend.table::<_, FoldTable<K, T, A>>(h)?.values.map.remove(key) {
+            self.backend.memory.shrink(entry_bytes::<K, A::Acc>(key) + heap_of(&acc));
+        }
+        Ok(())
     }
 }
 

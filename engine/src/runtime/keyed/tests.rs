@@ -1,5 +1,6 @@
-//! The timer service of keyed process functions: one timer per key and
-//! time, deletes, firing, and what pending timers are charged.
+//! Keyed state as a process function uses it — reducing and aggregating
+//! state, map entries — and the timer service: one timer per key and time,
+//! deletes, firing, and what pending timers are charged.
 
 use std::time::Instant;
 
@@ -106,4 +107,98 @@ fn a_timer_restored_from_a_snapshot_keeps_its_time_so_the_time_kept_in_state_del
     with_key(&mut restored, &task, "session", |ctx| ctx.delete_timer(at));
     assert!(restored.timers.is_empty(), "deleted by the time the function kept");
     assert_eq!(restored.memory.used_bytes(), 0);
+}
+
+/// The mean of a key's values (an aggregator whose accumulator is not its output).
+#[derive(Clone)]
+struct Mean;
+
+impl Aggregator<String, u64> for Mean {
+    type Acc = (u64, u64);
+    type Out = f64;
+    fn first(&self, v: &u64) -> (u64, u64) {
+        (*v, 1)
+    }
+    fn add(&self, acc: &mut (u64, u64), v: &u64) {
+        *acc = (acc.0 + v, acc.1 + 1);
+    }
+    fn result(&self, _: &str, acc: &(u64, u64)) -> f64 {
+        acc.0 as f64 / acc.1 as f64
+    }
+}
+
+#[test]
+fn reducing_and_aggregating_state_fold_per_key_survive_a_snapshot_and_give_back_their_memory() {
+    let budget = Budget::new(BudgetKind::ManagedMemory, 1 << 20);
+    let declare = |backend: &mut KeyedBackend<String>, task: &TaskInfo| {
+        let mut states = StateDeclarations { backend, task };
+        // A closure: the handle's type does not name it.
+        let longest = states
+            .reducing_state("longest", |a: &String, b: &str| if b.len() > a.len() { b.into() } else { a.clone() });
+        (longest.expect("declared"), states.aggregating_state("mean", Mean).expect("declared"))
+    };
+    let (task, mut backend) = charged_to(&budget);
+    let (longest, mean) = declare(&mut backend, &task);
+    for (key, word, n) in [("a", "x", 1), ("b", "yyy", 10), ("a", "zzzz", 2), ("a", "ww", 6), ("b", "v", 20)] {
+        with_key(&mut backend, &task, key, |ctx| {
+            ctx.reducing_add(&longest, word).expect("fits");
+            ctx.aggregating_add(&mean, &n).expect("fits");
+        });
+    }
+    let read = |backend: &mut KeyedBackend<String>, task: &TaskInfo, key: &str| {
+        with_key(backend, task, key, |ctx| {
+            (
+                ctx.reducing_get(&longest).expect("a reducing state").cloned(),
+                ctx.aggregating_get(&mean).expect("an aggregating state"),
+            )
+        })
+    };
+    assert_eq!(read(&mut backend, &task, "a"), (Some("zzzz".to_string()), Some(3.0)));
+    assert_eq!(read(&mut backend, &task, "b"), (Some("yyy".to_string()), Some(15.0)));
+    assert_eq!(read(&mut backend, &task, "c"), (None, None), "a key without records has no state");
+
+    let mut snapshot = JobSnapshot::default();
+    snapshot.add(backend.snapshot("words", &task).expect("a snapshot"));
+    let (task, mut restored) = charged_to(&budget);
+    let (longest_restored, mean_restored) = declare(&mut restored, &task);
+    restored.restore("words", &snapshot, &task).expect("restores");
+    assert_eq!(restored.memory.used_bytes(), backend.memory.used_bytes(), "the same state, charged the same");
+    with_key(&mut restored, &task, "a", |ctx| {
+        ctx.reducing_add(&longest_restored, "uuuuuu").expect("fits");
+        ctx.aggregating_add(&mean_restored, &11).expect("fits");
+        assert_eq!(ctx.reducing_get(&longest_restored).expect("declared").map(String::as_str), Some("uuuuuu"));
+        assert_eq!(ctx.aggregating_get(&mean_restored).expect("declared"), Some(5.0), "(1 + 2 + 6 + 11) / 4");
+    });
+    for key in ["a", "b"] {
+        with_key(&mut restored, &task, key, |ctx| {
+            ctx.reducing_clear(&longest_restored).expect("declared");
+            ctx.aggregating_clear(&mean_restored).expect("declared");
+        });
+    }
+    assert!(restored.keys().is_empty(), "cleared keys have no state");
+    assert_eq!(restored.memory.used_bytes(), 0, "cleared state is no longer charged");
+}
+
+#[test]
+fn a_key_whose_map_loses_its_last_entry_has_no_state_left() {
+    let budget = Budget::new(BudgetKind::ManagedMemory, 1 << 20);
+    let (task, mut backend) = charged_to(&budget);
+    let pages: MapState<String, u64> =
+        StateDeclarations { backend: &mut backend, task: &task }.map_state("pages").expect("declared");
+    for key in ["alice", "bob"] {
+        with_key(&mut backend, &task, key, |ctx| {
+            ctx.map_insert(&pages, "/home".into(), 1).expect("fits");
+            ctx.map_insert(&pages, "/cart".into(), 2).expect("fits");
+        });
+    }
+    with_key(&mut backend, &task, "alice", |ctx| {
+        assert_eq!(ctx.map_remove(&pages, "/home").expect("declared"), Some(1));
+        assert_eq!(ctx.map_remove(&pages, "/nowhere").expect("declared"), None);
+        assert_eq!(ctx.map_remove(&pages, "/cart").expect("declared"), Some(2));
+    });
+    with_key(&mut backend, &task, "carol", |ctx| ctx.map_remove(&pages, "/home")).expect("no state, nothing removed");
+    assert_eq!(backend.keys(), vec!["bob".to_string()], "an emptied map leaves its key without state");
+    with_key(&mut backend, &task, "bob", |ctx| ctx.map_clear(&pages)).expect("declared");
+    assert!(backend.keys().is_empty());
+    assert_eq!(backend.memory.used_bytes(), 0, "no map entry is charged any more");
 }
