@@ -560,6 +560,20 @@ impl<K: Key> KeyedContext<'_, K> {
         Ok(self.backend.table::<_, ListTable<K, V>>(h)?.map.get(key).map_or(&[], Vec::as_slice))
     }
 
+    /// Replaces the current key's list with `items` (Flink's `ListState.update`):
+    /// to keep some of a list, read it, filter, and set what stays. An empty
+    /// list leaves the key without this state.
+    pub fn list_set<V: Data>(&mut self, h: &ListState<V>, items: Vec<V>) -> Result<(), OperatorError> {
+        self.list_clear(h)?;
+        if items.is_empty() {
+            return Ok(());
+        }
+        let key = self.key;
+        let grow = entry_bytes::<K, Vec<V>>(key) + list_bytes(&items);
+        self.backend.table::<_, ListTable<K, V>>(h)?.map.insert(K::to_owned_record(key), items);
+        self.backend.memory.grow(grow)
+    }
+
     /// Clears the current key's list.
     pub fn list_clear<V: Data>(&mut self, h: &ListState<V>) -> Result<(), OperatorError> {
         let key = self.key;

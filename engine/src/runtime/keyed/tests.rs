@@ -202,3 +202,27 @@ fn a_key_whose_map_loses_its_last_entry_has_no_state_left() {
     assert!(backend.keys().is_empty());
     assert_eq!(backend.memory.used_bytes(), 0, "no map entry is charged any more");
 }
+
+#[test]
+fn a_list_set_anew_is_charged_for_what_it_holds_and_an_empty_one_leaves_no_state() {
+    let budget = Budget::new(BudgetKind::ManagedMemory, 1 << 20);
+    let (task, mut backend) = charged_to(&budget);
+    let events: ListState<String> =
+        StateDeclarations { backend: &mut backend, task: &task }.list_state("events").expect("declared");
+    with_key(&mut backend, &task, "alice", |ctx| {
+        for e in ["login", "view", "cart", "logout"] {
+            ctx.list_push(&events, e.to_string()).expect("fits");
+        }
+    });
+    let four = backend.memory.used_bytes();
+    with_key(&mut backend, &task, "alice", |ctx| {
+        let kept: Vec<String> = ctx.list(&events).expect("declared").iter().filter(|e| e.len() == 4).cloned().collect();
+        ctx.list_set(&events, kept).expect("fits");
+        assert_eq!(ctx.list(&events).expect("declared"), ["view", "cart"]);
+    });
+    let two = backend.memory.used_bytes();
+    assert!(two < four, "two items are charged less than four: {two} vs {four}");
+    with_key(&mut backend, &task, "alice", |ctx| ctx.list_set(&events, Vec::new())).expect("declared");
+    assert!(backend.keys().is_empty(), "an empty list is no state");
+    assert_eq!(backend.memory.used_bytes(), 0);
+}
