@@ -1,10 +1,14 @@
 //! Placement is a visible result: each strategy puts subtasks where it says, a
 //! dataflow's core hints are followed, the job computes the same answer
 //! wherever its subtasks run, and the engine's dump shows each running task on
-//! its shard's core with its record counts so far.
+//! its shard's core with its record counts so far. A slot sharing group takes
+//! slots of its own.
 
 use shardflow_engine::jobs::{KeyValue, GOLDEN};
-use shardflow_engine::{Dataflow, ExecutionState, Job, PlacementStrategy};
+use std::collections::BTreeSet;
+
+use shardflow_engine::protocol::ErrorCode;
+use shardflow_engine::{Dataflow, EngineError, ExecutionState, Job, PlacementStrategy};
 
 use crate::common::{shard_count, small_engine, TIMEOUT};
 
@@ -57,6 +61,43 @@ fn strategies_place_subtasks_as_documented_and_results_agree() {
     let result = explicit.wait_timeout(TIMEOUT).unwrap();
     assert_eq!(result.count(), (n, n * (n - 1) / 2));
     assert_eq!(result.placement, *explicit.placement());
+}
+
+#[test]
+fn a_slot_sharing_group_takes_slots_of_its_own_and_too_many_groups_are_refused() {
+    // Four slots on one or two shards.
+    let engine = small_engine().slots_per_shard((4 / shard_count()) as u32).build().expect("engine starts");
+    assert_eq!(engine.free_slots().unwrap(), 4);
+
+    // Two groups at parallelism 2: the source's slots and the heavy map's.
+    let df = Dataflow::new("grouped").parallelism(2);
+    df.generate("source", 1000, |r| r).rebalance().map(|r: &u64| *r).name("heavy").slot_sharing_group("heavy").count();
+    let handle = engine.submit(df.build().unwrap()).unwrap();
+    let slots_of = |vertex: &str| -> BTreeSet<_> {
+        handle.placement().placements.iter().filter(|p| p.vertex_name == vertex).map(|p| p.slot).collect()
+    };
+    let (source, heavy) = (slots_of("source"), slots_of("heavy"));
+    assert_eq!((source.len(), heavy.len()), (2, 2), "{}", handle.placement());
+    assert!(source.is_disjoint(&heavy), "the groups share no slot:\n{}", handle.placement());
+    assert_eq!(handle.wait_timeout(TIMEOUT).unwrap().count().0, 1000);
+
+    // Three groups at parallelism 2 need six slots.
+    let df = Dataflow::new("three-groups").parallelism(2);
+    df.generate("source", 10, |r| r)
+        .rebalance()
+        .map(|r: &u64| *r)
+        .slot_sharing_group("b")
+        .rebalance()
+        .map(|r: &u64| *r)
+        .slot_sharing_group("c")
+        .count();
+    match engine.submit(df.build().unwrap()) {
+        Err(EngineError::Remote { code: ErrorCode::NotEnoughSlots, message }) => {
+            assert!(message.contains("needs 6 slots"), "{message}")
+        }
+        other => panic!("three groups of two do not fit four slots, got {other:?}"),
+    }
+    assert_eq!(engine.free_slots().unwrap(), 4, "nothing held by the refused job");
 }
 
 #[test]

@@ -11,8 +11,9 @@ use std::hash::{Hash, Hasher};
 use bytemuck::{Pod, Zeroable};
 use shardflow_benches::SplitMix;
 use shardflow_engine::{
-    key_group_range, subtask_of_key_group, CoProcessFunction, CollectHandle, Dataflow, DataflowError, Emitter, Engine,
-    EngineError, JobSnapshot, ListStateHandle, OperatorContext, OperatorError,
+    key_group_range, subtask_of_key_group, AggregatingState, Aggregator, CoProcessFunction, CollectHandle, Dataflow,
+    DataflowError, Emitter, Engine, EngineError, JobSnapshot, KeyedContext, KeyedProcessFunction, ListStateHandle,
+    OperatorContext, OperatorError, ReducingState, StateDeclarations,
 };
 
 use crate::common::{small_engine, TIMEOUT};
@@ -351,4 +352,127 @@ fn a_list_of_the_snapshot_the_operator_no_longer_declares_fails_the_job() {
         message.contains("matcher") && message.contains("'held'") && message.contains("no longer declares"),
         "{message}"
     );
+}
+
+/// The count and mean of each key's values: an aggregator from outside the
+/// engine whose accumulator is not its output.
+#[derive(Clone)]
+struct Mean;
+
+impl Aggregator<u64, (u64, u64)> for Mean {
+    type Acc = (u64, u64);
+    type Out = (u64, u64, u64);
+    fn first(&self, r: &(u64, u64)) -> (u64, u64) {
+        (r.1, 1)
+    }
+    fn add(&self, acc: &mut (u64, u64), r: &(u64, u64)) {
+        *acc = (acc.0 + r.1, acc.1 + 1);
+    }
+    fn result(&self, key: &u64, acc: &(u64, u64)) -> (u64, u64, u64) {
+        (*key, acc.1, acc.0 / acc.1)
+    }
+}
+
+#[test]
+fn a_users_aggregator_runs_per_key_emitting_as_it_goes_or_once_at_the_end() {
+    let engine = small_engine().build().expect("engine starts");
+    let records: Vec<(u64, u64)> = (0..3_000u64).map(|r| (r % 7, r)).collect();
+    let mut want: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for (k, v) in &records {
+        let e = want.entry(*k).or_default();
+        *e = (e.0 + 1, e.1 + v);
+    }
+    let want: Vec<(u64, u64, u64)> = want.into_iter().map(|(k, (n, sum))| (k, n, sum / n)).collect();
+
+    let df = Dataflow::new("means").parallelism(2);
+    let keyed = df.from_iter("records", records.clone()).key_by(|r: &(u64, u64)| r.0);
+    let last = keyed.aggregate_final(Mean).name("final").collect();
+    let running = keyed.aggregate(Mean).name("running").collect();
+    engine.submit(df.build().unwrap()).unwrap().wait_timeout(TIMEOUT).expect("the job finishes");
+    let mut last = last.take();
+    last.sort_unstable();
+    assert_eq!(last, want, "one result per key at the end");
+    let running = running.take();
+    assert_eq!(running.len(), records.len(), "a running aggregate emits on every record");
+    let mut latest: BTreeMap<u64, (u64, u64, u64)> = BTreeMap::new();
+    for r in running {
+        let e = latest.entry(r.0).or_insert(r);
+        if r.1 > e.1 {
+            *e = r;
+        }
+    }
+    assert_eq!(latest.into_values().collect::<Vec<_>>(), want, "each key's last running result is its final one");
+}
+
+/// Each key's largest value (reducing state, declared with a closure) and its
+/// count and mean (aggregating state), emitted at the end of input.
+#[derive(Clone, Default)]
+struct Summary {
+    largest: Option<ReducingState<u64>>,
+    mean: Option<AggregatingState<(u64, u64), Mean>>,
+}
+
+impl KeyedProcessFunction<u64, (u64, u64), (u64, u64, u64, u64)> for Summary {
+    fn open(&mut self, states: &mut StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
+        self.largest = Some(states.reducing_state("largest", |a: &u64, b: &u64| *a.max(b))?);
+        self.mean = Some(states.aggregating_state("mean", Mean)?);
+        Ok(())
+    }
+    fn process(
+        &mut self,
+        r: &(u64, u64),
+        ctx: &mut KeyedContext<'_, u64>,
+        _: &mut Emitter<'_, (u64, u64, u64, u64)>,
+    ) -> Result<(), OperatorError> {
+        ctx.reducing_add(self.largest.as_ref().expect("opened"), &r.1)?;
+        ctx.aggregating_add(self.mean.as_ref().expect("opened"), r)
+    }
+    fn on_end_of_input(
+        &mut self,
+        ctx: &mut KeyedContext<'_, u64>,
+        out: &mut Emitter<'_, (u64, u64, u64, u64)>,
+    ) -> Result<(), OperatorError> {
+        let largest = ctx.reducing_get(self.largest.as_ref().expect("opened"))?.copied();
+        let mean = ctx.aggregating_get(self.mean.as_ref().expect("opened"))?;
+        if let (Some(largest), Some((key, n, mean))) = (largest, mean) {
+            out.emit((key, n, mean, largest));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn reducing_and_aggregating_state_serve_a_process_function_across_a_rescale() {
+    let engine = small_engine().build().expect("engine starts");
+    let records: Vec<(u64, u64)> = (0..2_000u64).map(|r| (r % 5, (r * 7919) % 1000)).collect();
+    let summarize = |records: &[(u64, u64)], parallelism: u32, snapshot: Option<JobSnapshot>, stop: bool| {
+        let mut df = Dataflow::new("summary").parallelism(parallelism);
+        if let Some(s) = snapshot {
+            df = df.restore(s);
+        }
+        if stop {
+            df = df.stop_with_snapshot();
+        }
+        let out = df
+            .from_iter("records", records.to_vec())
+            .key_by(|r: &(u64, u64)| r.0)
+            .process(Summary::default())
+            .name("summary")
+            .collect();
+        let result = engine.submit(df.build().unwrap()).unwrap().wait_timeout(TIMEOUT).expect("the job finishes");
+        let mut out = out.take();
+        out.sort_unstable();
+        (out, result.snapshot)
+    };
+    let mut want: BTreeMap<u64, (u64, u64, u64)> = BTreeMap::new();
+    for (k, v) in &records {
+        let e = want.entry(*k).or_default();
+        *e = (e.0 + 1, e.1 + v, e.2.max(*v));
+    }
+    let want: Vec<_> = want.into_iter().map(|(k, (n, sum, max))| (k, n, sum / n, max)).collect();
+    assert_eq!(summarize(&records, 2, None, false).0, want);
+    let (first, rest) = records.split_at(700);
+    let (before, snapshot) = summarize(first, 2, None, true);
+    assert!(before.is_empty(), "stopped with a snapshot: nothing at the end");
+    assert_eq!(summarize(rest, 3, snapshot, false).0, want, "restored at 3: the results of one run");
 }

@@ -567,6 +567,11 @@ macro_rules! tuple_data {
 
 tuple_data!(A, B);
 tuple_data!(A, B, C);
+tuple_data!(A, B, C, D);
+tuple_data!(A, B, C, D, E);
+tuple_data!(A, B, C, D, E, F);
+tuple_data!(A, B, C, D, E, F, G);
+tuple_data!(A, B, C, D, E, F, G, H);
 
 // Primitives that are not plain data (not every bit pattern is one).
 crate::rkyv_data!(bool, char);
