@@ -665,16 +665,25 @@ impl<K: Key> KeyedContext<'_, K> {
         Ok(())
     }
 
-    /// The current key's map entries, in no particular order.
-    pub fn map_entries<UK: Key, UV: Data>(&mut self, h: &MapState<UK, UV>) -> Result<Vec<(UK, UV)>, OperatorError> {
+    /// The current key's map entries, borrowed, in no particular order (see
+    /// [`Self::map_entries`] for owned copies).
+    pub fn map_iter<UK: Key, UV: Data>(
+        &mut self,
+        h: &MapState<UK, UV>,
+    ) -> Result<impl Iterator<Item = (&UK, &UV)> + '_, OperatorError> {
         let key = self.key;
-        Ok(self
-            .backend
-            .table::<_, MapTable<K, UK, UV>>(h)?
-            .map
-            .get(key)
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default())
+        Ok(self.backend.table::<_, MapTable<K, UK, UV>>(h)?.map.get(key).into_iter().flat_map(|m| m.iter()))
+    }
+
+    /// How many entries the current key's map has.
+    pub fn map_len<UK: Key, UV: Data>(&mut self, h: &MapState<UK, UV>) -> Result<usize, OperatorError> {
+        let key = self.key;
+        Ok(self.backend.table::<_, MapTable<K, UK, UV>>(h)?.map.get(key).map_or(0, |m| m.len()))
+    }
+
+    /// The current key's map entries, copied, in no particular order.
+    pub fn map_entries<UK: Key, UV: Data>(&mut self, h: &MapState<UK, UV>) -> Result<Vec<(UK, UV)>, OperatorError> {
+        Ok(self.map_iter(h)?.map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 
     /// Folds `value` into the current key's reducing state with the reduce

@@ -192,11 +192,19 @@ fn a_key_whose_map_loses_its_last_entry_has_no_state_left() {
         });
     }
     with_key(&mut backend, &task, "alice", |ctx| {
+        let mut entries: Vec<(String, u64)> =
+            ctx.map_iter(&pages).expect("declared").map(|(p, n)| (p.clone(), *n)).collect();
+        entries.sort_unstable();
+        assert_eq!(entries, [("/cart".to_string(), 2), ("/home".to_string(), 1)]);
+        assert_eq!(ctx.map_len(&pages).expect("declared"), 2);
         assert_eq!(ctx.map_remove(&pages, "/home").expect("declared"), Some(1));
         assert_eq!(ctx.map_remove(&pages, "/nowhere").expect("declared"), None);
         assert_eq!(ctx.map_remove(&pages, "/cart").expect("declared"), Some(2));
     });
-    with_key(&mut backend, &task, "carol", |ctx| ctx.map_remove(&pages, "/home")).expect("no state, nothing removed");
+    with_key(&mut backend, &task, "carol", |ctx| {
+        assert_eq!(ctx.map_remove(&pages, "/home").expect("declared"), None, "no state, nothing removed");
+        assert_eq!((ctx.map_len(&pages).expect("declared"), ctx.map_iter(&pages).expect("declared").count()), (0, 0));
+    });
     assert_eq!(backend.keys(), vec!["bob".to_string()], "an emptied map leaves its key without state");
     with_key(&mut backend, &task, "bob", |ctx| ctx.map_clear(&pages)).expect("declared");
     assert!(backend.keys().is_empty());
