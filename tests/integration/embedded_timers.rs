@@ -4,7 +4,7 @@
 //! nor hold the job once its input has ended, and pending ones travel in a
 //! snapshot and fire after a restore at another parallelism;
 //! operator list state (a list per subtask) is snapshotted and dealt out again
-//! at another parallelism.
+//! at another parallelism. Every function reads the same processing time.
 
 use std::time::Instant;
 
@@ -362,4 +362,40 @@ fn pending_timers_are_in_the_snapshot_and_fire_after_a_restore_at_another_parall
     seen.sort_unstable();
     assert_eq!(seen, (0..10).map(|k| (k, 3)).collect::<Vec<_>>(), "one report per key, none twice");
     assert!(reports.try_recv().is_err(), "no timer fired twice");
+}
+
+/// Stamps each record with the subtask and the processing time it saw it at.
+#[derive(Clone)]
+struct Stamp;
+
+impl ProcessFunction<u64, (u32, u64, u64)> for Stamp {
+    fn process(
+        &mut self,
+        r: &u64,
+        ctx: &mut OperatorContext<'_>,
+        out: &mut Emitter<'_, (u32, u64, u64)>,
+    ) -> Result<(), OperatorError> {
+        out.emit((ctx.task().subtask, *r, ctx.processing_time()));
+        Ok(())
+    }
+}
+
+#[test]
+fn a_process_function_reads_processing_time_which_never_goes_back() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("stamped").parallelism(2);
+    let stamped = df.generate("numbers", 20_000, |r| r).process(Stamp).collect();
+    engine.submit(df.build().unwrap()).unwrap().wait_timeout(TIMEOUT).expect("the job finishes");
+    let stamped = stamped.take();
+    assert_eq!(stamped.len(), 20_000);
+    let wall_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
+    // Microseconds since the Unix epoch (the wall clock, read once per process).
+    let minute = 60_000_000;
+    assert!(stamped.iter().all(|&(_, _, t)| t.abs_diff(wall_us) < minute), "{:?}", stamped.first());
+    for subtask in [0, 1] {
+        // A generator subtask emits its records in order, the chained function sees them so.
+        let mut times: Vec<(u64, u64)> = stamped.iter().filter(|s| s.0 == subtask).map(|&(_, r, t)| (r, t)).collect();
+        times.sort_unstable();
+        assert!(times.windows(2).all(|w| w[0].1 <= w[1].1), "processing time went back in subtask {subtask}");
+    }
 }

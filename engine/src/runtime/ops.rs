@@ -230,6 +230,13 @@ impl OperatorContext<'_> {
         self.task
     }
 
+    /// The processing time now, as keyed functions read it
+    /// ([`crate::KeyedContext::processing_time`]): microseconds since the Unix
+    /// epoch, never going back.
+    pub fn processing_time(&self) -> u64 {
+        crate::runtime::clock::now_us()
+    }
+
     /// Declares operator list state `name` (in `open`), restored from the job's
     /// snapshot if it has one: the items of every old subtask, dealt round
     /// robin to the new ones.
