@@ -206,6 +206,13 @@ pub enum DataflowError {
         /// The name.
         name: String,
     },
+    /// An operator name with a `/`, which separates an operator's name from its
+    /// lists' in snapshots (`operator/list`).
+    #[error("operator name '{name}' contains '/', which separates an operator from its state in snapshots")]
+    SlashInName {
+        /// The name.
+        name: String,
+    },
     /// The snapshot a dataflow restores holds state no operator of it owns.
     #[error(
         "dataflow '{job}' would drop state of its snapshot that none of its operators owns: {} (renamed or \

@@ -41,6 +41,10 @@ fn dataflows_a_new_user_trips_over_are_typed_errors() {
     s.map(|r: &u64| *r).name("same").count();
     s.map(|r: &u64| *r).name("same").count();
     assert_eq!(df.build().unwrap_err(), EngineError::Dataflow(DataflowError::DuplicateName { name: "same".into() }));
+    // A name that would make snapshot entries ambiguous (`operator/list`).
+    let df = Dataflow::new("slashed");
+    df.generate("numbers", 10, |r| r).map(|r: &u64| *r).name("a/b").count();
+    assert_eq!(df.build().unwrap_err(), EngineError::Dataflow(DataflowError::SlashInName { name: "a/b".into() }));
 
     // Two collect sinks are two handles: each gets its own records.
     let engine = small_engine().build().expect("engine starts");

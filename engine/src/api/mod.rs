@@ -348,6 +348,9 @@ impl Dataflow {
         let mut seen = HashSet::new();
         for op in &p.ops {
             let name = op.name.get();
+            if name.contains('/') {
+                return Err(DataflowError::SlashInName { name }.into());
+            }
             if !seen.insert(name.clone()) {
                 return Err(DataflowError::DuplicateName { name }.into());
             }
