@@ -13,7 +13,7 @@ use shardflow_benches::SplitMix;
 use shardflow_engine::{
     key_group_range, subtask_of_key_group, AggregatingState, Aggregator, CoProcessFunction, CollectHandle, Dataflow,
     DataflowError, Emitter, Engine, EngineError, JobSnapshot, KeyedContext, KeyedProcessFunction, ListStateHandle,
-    OperatorContext, OperatorError, ReducingState, StateDeclarations,
+    MapState, OperatorContext, OperatorError, ReducingState, StateDeclarations,
 };
 
 use crate::common::{small_engine, TIMEOUT};
@@ -475,4 +475,46 @@ fn reducing_and_aggregating_state_serve_a_process_function_across_a_rescale() {
     let (before, snapshot) = summarize(first, 2, None, true);
     assert!(before.is_empty(), "stopped with a snapshot: nothing at the end");
     assert_eq!(summarize(rest, 3, snapshot, false).0, want, "restored at 3: the results of one run");
+}
+
+/// Pairs each key's two records: the first waits in map state, the second
+/// empties the map and emits.
+#[derive(Clone, Default)]
+struct Pairs {
+    waiting: Option<MapState<u64, u64>>,
+}
+
+impl KeyedProcessFunction<u64, u64, u64> for Pairs {
+    fn open(&mut self, states: &mut StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
+        self.waiting = Some(states.map_state("waiting")?);
+        Ok(())
+    }
+    fn process(
+        &mut self,
+        r: &u64,
+        ctx: &mut KeyedContext<'_, u64>,
+        out: &mut Emitter<'_, u64>,
+    ) -> Result<(), OperatorError> {
+        let waiting = self.waiting.as_ref().expect("opened");
+        let n = ctx.map_len(waiting)? as u64;
+        ctx.map_insert(waiting, n, *r)?;
+        if n == 1 {
+            let seats: Vec<u64> = ctx.map_iter(waiting)?.map(|(seat, _)| *seat).collect();
+            for seat in seats {
+                ctx.map_remove(waiting, &seat)?;
+            }
+            out.emit(*r);
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn keys_whose_maps_are_emptied_hold_no_memory() {
+    // 200 000 keys would hold far more than 1 MiB if each kept an empty map.
+    let engine = small_engine().managed_memory_per_slot_bytes(1 << 20).build().expect("engine starts");
+    let df = Dataflow::new("pairs").parallelism(2);
+    df.generate("records", 400_000, |r| r).parallelism(1).key_by(|r: &u64| r / 2).process(Pairs::default()).count();
+    let result = engine.submit(df.build().unwrap()).unwrap().wait_timeout(TIMEOUT).expect("fits in 1 MiB of state");
+    assert_eq!(result.count().0, 200_000, "one output per pair");
 }
