@@ -496,9 +496,9 @@ impl KeyedProcessFunction<u64, u64, u64> for Pairs {
         out: &mut Emitter<'_, u64>,
     ) -> Result<(), OperatorError> {
         let waiting = self.waiting.as_ref().expect("opened");
-        let n = ctx.map_len(waiting)? as u64;
-        ctx.map_insert(waiting, n, *r)?;
-        if n == 1 {
+        // The map's seat for this record: how many records wait already.
+        ctx.map_insert(waiting, ctx.map_len(waiting)? as u64, *r)?;
+        if ctx.map_len(waiting)? == 2 {
             let seats: Vec<u64> = ctx.map_iter(waiting)?.map(|(seat, _)| *seat).collect();
             for seat in seats {
                 ctx.map_remove(waiting, &seat)?;

@@ -94,6 +94,7 @@ trait Table<K: Key>: Any {
     /// Every key with state here.
     fn keys(&self) -> Vec<K>;
     fn any(&mut self) -> &mut dyn Any;
+    fn any_ref(&self) -> &dyn Any;
 }
 
 /// Writes one table's entries, bucketed by key group.
@@ -192,6 +193,9 @@ impl<K: Key, V: Data> Table<K> for ValueTable<K, V> {
     fn any(&mut self) -> &mut dyn Any {
         self
     }
+    fn any_ref(&self) -> &dyn Any {
+        self
+    }
 }
 
 struct ListTable<K, V> {
@@ -222,6 +226,9 @@ impl<K: Key, V: Data> Table<K> for ListTable<K, V> {
         self.map.keys().cloned().collect()
     }
     fn any(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn any_ref(&self) -> &dyn Any {
         self
     }
 }
@@ -272,6 +279,9 @@ impl<K: Key, UK: Key, UV: Data> Table<K> for MapTable<K, UK, UV> {
     fn any(&mut self) -> &mut dyn Any {
         self
     }
+    fn any_ref(&self) -> &dyn Any {
+        self
+    }
 }
 
 /// Reducing and aggregating state: an accumulator per key, folded by `agg`.
@@ -295,6 +305,9 @@ impl<K: Key, T: Data, A: Aggregator<K, T>> Table<K> for FoldTable<K, T, A> {
         self.values.keys()
     }
     fn any(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn any_ref(&self) -> &dyn Any {
         self
     }
 }
@@ -346,6 +359,16 @@ impl<K: Key> KeyedBackend<K> {
         self.tables
             .get_mut(h.index)
             .and_then(|t| t.any().downcast_mut::<T>())
+            .ok_or_else(|| OperatorError::User("a state handle does not match its state".into()))
+    }
+
+    fn table_ref<S, T: 'static>(&self, h: &StateHandle<S>) -> Result<&T, OperatorError> {
+        if h.owner != self.owner {
+            return Err(OperatorError::User("a state handle was used with another operator's state".into()));
+        }
+        self.tables
+            .get(h.index)
+            .and_then(|t| t.any_ref().downcast_ref::<T>())
             .ok_or_else(|| OperatorError::User("a state handle does not match its state".into()))
     }
 
@@ -491,9 +514,9 @@ impl<K: Key> KeyedContext<'_, K> {
 
     /// The current key's value, if it has one. To change it in place, see
     /// [`Self::update_value`].
-    pub fn value<V: Data>(&mut self, h: &ValueState<V>) -> Result<Option<&V>, OperatorError> {
+    pub fn value<V: Data>(&self, h: &ValueState<V>) -> Result<Option<&V>, OperatorError> {
         let key = self.key;
-        Ok(self.backend.table::<_, ValueTable<K, V>>(h)?.map.get(key))
+        Ok(self.backend.table_ref::<_, ValueTable<K, V>>(h)?.map.get(key))
     }
 
     /// Changes the current key's value in place with `f`, if it has one, and
@@ -555,9 +578,9 @@ impl<K: Key> KeyedContext<'_, K> {
     }
 
     /// The current key's list (empty if it has none).
-    pub fn list<V: Data>(&mut self, h: &ListState<V>) -> Result<&[V], OperatorError> {
+    pub fn list<V: Data>(&self, h: &ListState<V>) -> Result<&[V], OperatorError> {
         let key = self.key;
-        Ok(self.backend.table::<_, ListTable<K, V>>(h)?.map.get(key).map_or(&[], Vec::as_slice))
+        Ok(self.backend.table_ref::<_, ListTable<K, V>>(h)?.map.get(key).map_or(&[], Vec::as_slice))
     }
 
     /// Replaces the current key's list with `items` (Flink's `ListState.update`):
@@ -586,12 +609,12 @@ impl<K: Key> KeyedContext<'_, K> {
     /// The current key's map entry for `user_key`. To change it in place, see
     /// [`Self::map_update`].
     pub fn map_get<UK: Key, UV: Data>(
-        &mut self,
+        &self,
         h: &MapState<UK, UV>,
         user_key: &UK::Borrowed,
     ) -> Result<Option<&UV>, OperatorError> {
         let key = self.key;
-        Ok(self.backend.table::<_, MapTable<K, UK, UV>>(h)?.map.get(key).and_then(|m| m.get(user_key)))
+        Ok(self.backend.table_ref::<_, MapTable<K, UK, UV>>(h)?.map.get(key).and_then(|m| m.get(user_key)))
     }
 
     /// Changes the current key's map entry for `user_key` in place with `f`, if
@@ -668,21 +691,21 @@ impl<K: Key> KeyedContext<'_, K> {
     /// The current key's map entries, borrowed, in no particular order (see
     /// [`Self::map_entries`] for owned copies).
     pub fn map_iter<UK: Key, UV: Data>(
-        &mut self,
+        &self,
         h: &MapState<UK, UV>,
     ) -> Result<impl Iterator<Item = (&UK, &UV)> + '_, OperatorError> {
         let key = self.key;
-        Ok(self.backend.table::<_, MapTable<K, UK, UV>>(h)?.map.get(key).into_iter().flat_map(|m| m.iter()))
+        Ok(self.backend.table_ref::<_, MapTable<K, UK, UV>>(h)?.map.get(key).into_iter().flat_map(|m| m.iter()))
     }
 
     /// How many entries the current key's map has.
-    pub fn map_len<UK: Key, UV: Data>(&mut self, h: &MapState<UK, UV>) -> Result<usize, OperatorError> {
+    pub fn map_len<UK: Key, UV: Data>(&self, h: &MapState<UK, UV>) -> Result<usize, OperatorError> {
         let key = self.key;
-        Ok(self.backend.table::<_, MapTable<K, UK, UV>>(h)?.map.get(key).map_or(0, |m| m.len()))
+        Ok(self.backend.table_ref::<_, MapTable<K, UK, UV>>(h)?.map.get(key).map_or(0, |m| m.len()))
     }
 
     /// The current key's map entries, copied, in no particular order.
-    pub fn map_entries<UK: Key, UV: Data>(&mut self, h: &MapState<UK, UV>) -> Result<Vec<(UK, UV)>, OperatorError> {
+    pub fn map_entries<UK: Key, UV: Data>(&self, h: &MapState<UK, UV>) -> Result<Vec<(UK, UV)>, OperatorError> {
         Ok(self.map_iter(h)?.map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 
@@ -693,9 +716,9 @@ impl<K: Key> KeyedContext<'_, K> {
     }
 
     /// The current key's reduced value, if any.
-    pub fn reducing_get<V: Data>(&mut self, h: &ReducingState<V>) -> Result<Option<&V>, OperatorError> {
+    pub fn reducing_get<V: Data>(&self, h: &ReducingState<V>) -> Result<Option<&V>, OperatorError> {
         let key = self.key;
-        Ok(self.backend.table::<_, ReducingTable<K, V>>(h)?.values.map.get(key))
+        Ok(self.backend.table_ref::<_, ReducingTable<K, V>>(h)?.values.map.get(key))
     }
 
     /// Clears the current key's reduced value.
@@ -714,11 +737,11 @@ impl<K: Key> KeyedContext<'_, K> {
 
     /// The aggregator's result for the current key, if it has an accumulator.
     pub fn aggregating_get<T: Data, A: Aggregator<K, T>>(
-        &mut self,
+        &self,
         h: &AggregatingState<T, A>,
     ) -> Result<Option<A::Out>, OperatorError> {
         let key = self.key;
-        let table = self.backend.table::<_, FoldTable<K, T, A>>(h)?;
+        let table = self.backend.table_ref::<_, FoldTable<K, T, A>>(h)?;
         Ok(table.values.map.get(key).map(|acc| table.agg.result(key, acc)))
     }
 

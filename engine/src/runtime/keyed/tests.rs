@@ -147,10 +147,10 @@ fn reducing_and_aggregating_state_fold_per_key_survive_a_snapshot_and_give_back_
     }
     let read = |backend: &mut KeyedBackend<String>, task: &TaskInfo, key: &str| {
         with_key(backend, task, key, |ctx| {
-            (
-                ctx.reducing_get(&longest).expect("a reducing state").cloned(),
-                ctx.aggregating_get(&mean).expect("an aggregating state"),
-            )
+            // Reads borrow the state together: the longest word is still borrowed here.
+            let longest = ctx.reducing_get(&longest).expect("a reducing state");
+            let mean = ctx.aggregating_get(&mean).expect("an aggregating state");
+            (longest.cloned(), mean)
         })
     };
     assert_eq!(read(&mut backend, &task, "a"), (Some("zzzz".to_string()), Some(3.0)));
