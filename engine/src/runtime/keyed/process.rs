@@ -8,6 +8,75 @@ use crate::runtime::collector::{FirstInput, SecondInput};
 
 /// A function over each record of a keyed stream, with keyed state and
 /// processing-time timers (Flink's `KeyedProcessFunction`).
+///
+/// ```
+/// use shardflow_engine::{
+///     Count, Dataflow, Emitter, Engine, KeyedContext, KeyedProcessFunction, OperatorError, ReducingState,
+///     AggregatingState, StateDeclarations, ValueState,
+/// };
+///
+/// /// Per user: purchases counted, the largest one, and a reminder timer an
+/// /// hour after the first (deleted by the time kept in state).
+/// #[derive(Clone, Default)]
+/// struct Purchases {
+///     count: Option<AggregatingState<(String, u64), Count>>,
+///     largest: Option<ReducingState<u64>>,
+///     reminder: Option<ValueState<u64>>,
+/// }
+///
+/// impl KeyedProcessFunction<String, (String, u64), String> for Purchases {
+///     fn open(&mut self, states: &mut StateDeclarations<'_, String>) -> Result<(), OperatorError> {
+///         self.count = Some(states.aggregating_state("count", Count)?);
+///         self.largest = Some(states.reducing_state("largest", |a: &u64, b: &u64| *a.max(b))?);
+///         self.reminder = Some(states.value_state("reminder")?);
+///         Ok(())
+///     }
+///     fn process(
+///         &mut self,
+///         purchase: &(String, u64),
+///         ctx: &mut KeyedContext<'_, String>,
+///         _: &mut Emitter<'_, String>,
+///     ) -> Result<(), OperatorError> {
+///         ctx.aggregating_add(self.count.as_ref().unwrap(), purchase)?;
+///         ctx.reducing_add(self.largest.as_ref().unwrap(), &purchase.1)?;
+///         if ctx.value(self.reminder.as_ref().unwrap())?.is_none() {
+///             let at = ctx.processing_time() + 3_600_000_000;
+///             ctx.register_timer(at)?;
+///             ctx.set_value(self.reminder.as_ref().unwrap(), at)?;
+///         }
+///         Ok(())
+///     }
+///     fn on_end_of_input(
+///         &mut self,
+///         ctx: &mut KeyedContext<'_, String>,
+///         out: &mut Emitter<'_, String>,
+///     ) -> Result<(), OperatorError> {
+///         if let Some(at) = ctx.value(self.reminder.as_ref().unwrap())?.copied() {
+///             ctx.delete_timer(at);
+///         }
+///         let count = ctx.aggregating_get(self.count.as_ref().unwrap())?;
+///         let largest = ctx.reducing_get(self.largest.as_ref().unwrap())?;
+///         if let (Some((user, n)), Some(largest)) = (count, largest) {
+///             out.emit(format!("{user}: {n} purchases, largest {largest}"));
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// let df = Dataflow::new("purchases").parallelism(2);
+/// let purchases = vec![("ann".to_string(), 30), ("bob".to_string(), 5), ("ann".to_string(), 70)];
+/// let summaries = df
+///     .from_iter("purchases", purchases)
+///     .key_by_ref::<String, _>(|p: &(String, u64)| p.0.as_str())
+///     .process(Purchases::default())
+///     .collect();
+/// let engine = Engine::builder().shards(1).build()?;
+/// engine.run(df.build()?)?;
+/// let mut got = summaries.take();
+/// got.sort();
+/// assert_eq!(got, ["ann: 2 purchases, largest 70", "bob: 1 purchases, largest 5"]);
+/// # Ok::<(), shardflow_engine::EngineError>(())
+/// ```
 pub trait KeyedProcessFunction<K: Key, T: Data, O: Data>: Clone + Send + Sync + 'static {
     /// Before the first record: declare the states here.
     fn open(&mut self, _states: &mut StateDeclarations<'_, K>) -> Result<(), OperatorError> {
