@@ -79,8 +79,11 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 20.0)]
     duration: f64,
     /// Placement: spread, pack, colocate, or an explicit map `source=0,1;sink=1,0`.
-    #[arg(long, default_value = "spread")]
-    placement: String,
+    /// Default: pack for latency (its paced rate is a small share of one
+    /// shard, and packed its records cross no core: no cross-core wake-ups),
+    /// spread for the others.
+    #[arg(long)]
+    placement: Option<String>,
     /// What idle shards do. Default: the config file's `[worker] idle`, else park.
     #[arg(long, value_enum)]
     idle: Option<Idle>,
@@ -118,7 +121,9 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
     if a.rate == 0 {
         bail!("--rate 0: must be at least 1 record/s");
     }
-    let placement: PlacementStrategy = a.placement.parse().context("--placement")?;
+    let default_placement = if a.pipeline == Pipeline::Latency { "pack" } else { "spread" };
+    let placement_name = a.placement.as_deref().unwrap_or(default_placement);
+    let placement: PlacementStrategy = placement_name.parse().context("--placement")?;
     // The config file's [worker] table sets the engine; flags win.
     let mut builder = cfg.worker.engine();
     match (&a.cores, a.shards, &cfg.worker.cores) {
@@ -255,13 +260,14 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
             }
             println!("received={received} expected={expected_source_records} mean_us={:.1}", hist.mean() / 1000.0);
             println!(
-                "shardflow latency N={received} records_per_s={:.0} wall_s={wall_s:.3} verify={} {} rate={} duration_s={} idle={} {common}",
+                "shardflow latency N={received} records_per_s={:.0} wall_s={wall_s:.3} verify={} {} rate={} duration_s={} idle={} placement={} {common}",
                 received as f64 / wall_s,
                 verdict(ok),
                 quantiles_us(&hist),
                 a.rate,
                 a.duration,
                 idle_name(&engine),
+                placement_name.replace(' ', ""),
             );
             ok
         }

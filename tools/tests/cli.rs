@@ -51,6 +51,12 @@ fn bench_keyed_sum_and_latency_verify() {
     for key in ["p50_us", "p99_us", "p999_us", "max_us", "cpu_s"] {
         field(&line, key).parse::<f64>().unwrap();
     }
+    assert_eq!(field(&line, "placement"), "pack", "a paced pipeline packs by default: {line}");
+    let spread = bench_line(
+        &["latency", "--rate", "20000", "--duration", "0.1", "--segment-bytes", "4096", "--placement", "spread"],
+        "shardflow latency N=2000 ",
+    );
+    assert_eq!(field(&spread, "placement"), "spread");
 }
 
 #[test]
