@@ -326,6 +326,10 @@ pub(crate) struct KeyedBackend<K: Key> {
 /// can have it: names starting with NUL are refused).
 const TIMERS: &str = "\0timers";
 
+fn handle_mismatch() -> OperatorError {
+    OperatorError::User("a state handle does not match its state".into())
+}
+
 /// Distinguishes the backends of a process so a handle is used only with its own.
 static NEXT_BACKEND: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -352,24 +356,24 @@ impl<K: Key> KeyedBackend<K> {
         Ok(StateHandle { index: self.tables.len() - 1, owner: self.owner, _s: PhantomData })
     }
 
+    /// The table of handle `h`, to change.
     fn table<S, T: 'static>(&mut self, h: &StateHandle<S>) -> Result<&mut T, OperatorError> {
-        if h.owner != self.owner {
-            return Err(OperatorError::User("a state handle was used with another operator's state".into()));
-        }
-        self.tables
-            .get_mut(h.index)
-            .and_then(|t| t.any().downcast_mut::<T>())
-            .ok_or_else(|| OperatorError::User("a state handle does not match its state".into()))
+        let index = self.index_of(h)?;
+        self.tables.get_mut(index).and_then(|t| t.any().downcast_mut::<T>()).ok_or_else(handle_mismatch)
     }
 
+    /// The table of handle `h`, to read.
     fn table_ref<S, T: 'static>(&self, h: &StateHandle<S>) -> Result<&T, OperatorError> {
+        let index = self.index_of(h)?;
+        self.tables.get(index).and_then(|t| t.any_ref().downcast_ref::<T>()).ok_or_else(handle_mismatch)
+    }
+
+    /// Where `h`'s table is, if `h` is this backend's.
+    fn index_of<S>(&self, h: &StateHandle<S>) -> Result<usize, OperatorError> {
         if h.owner != self.owner {
             return Err(OperatorError::User("a state handle was used with another operator's state".into()));
         }
-        self.tables
-            .get(h.index)
-            .and_then(|t| t.any_ref().downcast_ref::<T>())
-            .ok_or_else(|| OperatorError::User("a state handle does not match its state".into()))
+        Ok(h.index)
     }
 
     fn restore(&mut self, operator: &str, snapshot: &JobSnapshot, task: &TaskInfo) -> Result<(), OperatorError> {
