@@ -399,3 +399,38 @@ fn a_process_function_reads_processing_time_which_never_goes_back() {
         assert!(times.windows(2).all(|w| w[0].1 <= w[1].1), "processing time went back in subtask {subtask}");
     }
 }
+
+/// Keeps nothing but a timer an hour ahead per key: what it would emit then,
+/// it emits at the end of input.
+#[derive(Clone)]
+struct Reminder;
+
+impl KeyedProcessFunction<u64, u64, u64> for Reminder {
+    fn process(
+        &mut self,
+        _: &u64,
+        ctx: &mut KeyedContext<'_, u64>,
+        _: &mut Emitter<'_, u64>,
+    ) -> Result<(), OperatorError> {
+        ctx.register_timer(ctx.processing_time() + 3_600_000_000)
+    }
+    fn on_end_of_input(
+        &mut self,
+        ctx: &mut KeyedContext<'_, u64>,
+        out: &mut Emitter<'_, u64>,
+    ) -> Result<(), OperatorError> {
+        out.emit(*ctx.key());
+        Ok(())
+    }
+}
+
+#[test]
+fn a_key_with_only_a_pending_timer_gets_its_end_of_input_call() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("reminders").parallelism(2);
+    let got = df.from_iter("numbers", 0..40u64).key_by(|n: &u64| n % 4).process(Reminder).collect();
+    engine.submit(df.build().unwrap()).unwrap().wait_timeout(TIMEOUT).expect("the job ends, its timers pending");
+    let mut got = got.take();
+    got.sort_unstable();
+    assert_eq!(got, vec![0, 1, 2, 3], "each key with a timer, once");
+}

@@ -420,11 +420,18 @@ impl<K: Key> KeyedBackend<K> {
         })
     }
 
+    /// Every key with state: in a table, or a pending timer (whose function
+    /// may keep nothing else, and is called at the end of input instead).
     fn keys(&self) -> Vec<K> {
         let mut seen: FxMap<K, ()> = FxMap::default();
         for t in &self.tables {
             for k in t.keys() {
                 seen.insert(k, ());
+            }
+        }
+        for keys in self.timers.values() {
+            for k in keys {
+                seen.insert(k.clone(), ());
             }
         }
         seen.into_keys().collect()

@@ -100,7 +100,8 @@ pub trait KeyedProcessFunction<K: Key, T: Data, O: Data>: Clone + Send + Sync + 
     ) -> Result<(), OperatorError> {
         Ok(())
     }
-    /// End of input, once for each key that has state.
+    /// End of input, once for each key that has state (declared state or a
+    /// pending timer).
     fn on_end_of_input(
         &mut self,
         _ctx: &mut KeyedContext<'_, K>,
@@ -372,7 +373,8 @@ pub trait KeyedCoProcessFunction<K: Key, A: Data, B: Data, O: Data>: Clone + Sen
     ) -> Result<(), OperatorError> {
         Ok(())
     }
-    /// End of both inputs, once for each key that has state.
+    /// End of both inputs, once for each key that has state (declared state or
+    /// a pending timer).
     fn on_end_of_input(
         &mut self,
         _ctx: &mut KeyedContext<'_, K>,
