@@ -213,10 +213,12 @@ pub enum DataflowError {
         /// The name.
         name: String,
     },
-    /// The snapshot a dataflow restores holds state no operator of it owns.
+    /// The snapshot a dataflow restores holds state no operator of it restores
+    /// (none of that name, or one keeping another kind of state).
     #[error(
-        "dataflow '{job}' would drop state of its snapshot that none of its operators owns: {} (renamed or \
-         removed operators?): keep the operators' names, or allow_non_restored_state() to drop it",
+        "dataflow '{job}' would drop state of its snapshot that none of its operators restores: {} (an \
+         operator renamed, removed, or now of another kind?): keep the operators' names and kinds, or \
+         allow_non_restored_state() to drop it",
         state.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ")
     )]
     UnownedState {

@@ -277,6 +277,15 @@ fn a_restore_that_would_drop_state_or_regroup_keys_is_refused_at_build() {
         }
         other => panic!("a renamed stateful operator must be refused, got {other:?}"),
     }
+    // The name kept by an operator that keeps no keyed state: nothing would restore it.
+    let df = Dataflow::new("counting").parallelism(2).restore(snapshot.clone());
+    let _words = df.from_iter("words", words.clone()).map(|w: &str| w.len() as u64).name("per-word").collect();
+    match df.build() {
+        Err(EngineError::Dataflow(DataflowError::UnownedState { state, .. })) => {
+            assert_eq!(state, vec!["per-word".to_string()])
+        }
+        other => panic!("keyed state handed to a map must be refused, got {other:?}"),
+    }
     // Other key groups: the state cannot be split the same way.
     match recounting(&["a"], &snapshot, "per-word", 64).0.build() {
         Err(EngineError::Dataflow(DataflowError::RestoreKeyGroups { operator, snapshot, job })) => {
@@ -335,6 +344,20 @@ impl CoProcessFunction<u64, Rule, (u64, u64)> for RulesOnly {
         _: &mut Emitter<'_, (u64, u64)>,
     ) -> Result<(), OperatorError> {
         Ok(())
+    }
+}
+
+#[test]
+fn operator_lists_are_not_handed_to_a_keyed_operator_of_the_same_name() {
+    let engine = small_engine().build().expect("engine starts");
+    let (_, snapshot) = matching(&engine, (0..10).collect(), vec![Rule { min: 1, tag: 1 }], 2, None, true);
+    let df = Dataflow::new("matching").parallelism(2).restore(snapshot.expect("a snapshot"));
+    let _counts = df.from_iter("events", vec![1u64]).key_by(|e: &u64| *e).count().name("matcher").collect();
+    match df.build() {
+        Err(EngineError::Dataflow(DataflowError::UnownedState { state, .. })) => {
+            assert_eq!(state, vec!["matcher/held".to_string(), "matcher/rules".to_string()])
+        }
+        other => panic!("a process function's lists handed to a keyed count must be refused, got {other:?}"),
     }
 }
 

@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::{add_op, consumer_check, EdgeKind, Stream};
+use super::{add_op, consumer_check, EdgeKind, Keeps, Stream};
 use crate::data::{Data, Key};
 use crate::error::DataflowError;
 use crate::runtime::build::{attach, port, Name};
@@ -38,6 +38,7 @@ impl<K: Key, T: Data, S: KeySelector<K, T>> KeyedStream<K, T, S> {
         let selector = self.selector.clone();
         self.stream
             .then(kind, |name, next| Arc::new(AggregateFactory { name, selector, agg, running, next, _t: PhantomData }))
+            .keeping(Keeps::Keyed)
     }
 
     /// The records themselves, partitioned by key: the next operator (or sink)
@@ -92,6 +93,7 @@ impl<K: Key, T: Data, S: KeySelector<K, T>> KeyedStream<K, T, S> {
         let selector = self.selector.clone();
         self.stream
             .then("process", |name, next| Arc::new(KeyedProcessFactory { name, selector, f, next, _t: PhantomData }))
+            .keeping(Keeps::Keyed)
     }
 
     /// This stream and `other`, keyed alike, as the two inputs of one keyed
@@ -160,6 +162,7 @@ impl<A: Data, B: Data> ConnectedStreams<A, B> {
         two_inputs(&self.first, &self.second, "co_process", |name, next| {
             Arc::new(CoProcessFactory { name, f, next, _t: PhantomData })
         })
+        .keeping(Keeps::Lists)
     }
 
     /// Zero or more output records per record of either input.
@@ -189,5 +192,6 @@ impl<K: Key, A: Data, B: Data, SA: KeySelector<K, A>, SB: KeySelector<K, B>> Key
         two_inputs(&self.first.stream, &self.second.stream, "co_process", |name, next| {
             Arc::new(KeyedCoProcessFactory { name, first: sa, second: sb, f, next, _t: PhantomData })
         })
+        .keeping(Keeps::Keyed)
     }
 }

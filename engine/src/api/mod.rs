@@ -43,7 +43,7 @@ use crate::runtime::build::{attach, consumers, port, Name, NodeFactory, Port};
 use crate::runtime::collector::TaskInfo;
 use crate::runtime::output::{Routing, WriterFactory};
 use crate::runtime::sources::{self, FromItems, Generator, IngressHandle, Source, SourceNode};
-use crate::runtime::state::JobSnapshot;
+use crate::runtime::state::{JobSnapshot, OperatorSnapshot};
 use crate::runtime::vertex::{EntryFactory, PortEntry, VertexPlan};
 use crate::runtime::JobPlan;
 
@@ -91,6 +91,22 @@ struct PlanOp {
     /// Moves a chained operator into a vertex of its own (to give it another
     /// parallelism): returns the new vertex.
     rehome: Option<Rehome>,
+    /// The state it keeps: what of a snapshot it restores.
+    keeps: Keeps,
+}
+
+/// The state an operator keeps, so a restore can tell whether every state of
+/// the snapshot reaches an operator that restores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keeps {
+    /// None: maps, filters, sources, sinks.
+    Nothing,
+    /// Keyed state in key groups (aggregations, keyed process functions),
+    /// snapshotted under the operator's name.
+    Keyed,
+    /// Operator lists (process functions of non-keyed streams), each
+    /// snapshotted as `operator/list`.
+    Lists,
 }
 
 /// Moves a chained operator into a vertex of its own; returns the vertex.
@@ -232,9 +248,10 @@ impl Dataflow {
     }
 
     /// Starts the job's state from `snapshot` (taken at any parallelism with the
-    /// same maximum parallelism and operator names). State of an operator the
-    /// job does not have (renamed or removed) makes [`Dataflow::build`] fail,
-    /// so none is dropped unnoticed; see [`Dataflow::allow_non_restored_state`].
+    /// same maximum parallelism and operator names). State no operator of the
+    /// job restores (its operator renamed, removed, or now keeping another kind
+    /// of state) makes [`Dataflow::build`] fail, so none is dropped unnoticed;
+    /// see [`Dataflow::allow_non_restored_state`].
     #[must_use]
     pub fn restore(self, snapshot: JobSnapshot) -> Self {
         self.plan.borrow_mut().restore = Some(Arc::new(snapshot));
@@ -242,7 +259,7 @@ impl Dataflow {
     }
 
     /// Restores what the job's operators own of the snapshot and drops the state
-    /// of operators the job no longer has (Flink's `--allowNonRestoredState`).
+    /// no operator of the job restores (Flink's `--allowNonRestoredState`).
     #[must_use]
     pub fn allow_non_restored_state(self) -> Self {
         self.plan.borrow_mut().allow_non_restored_state = true;
@@ -361,7 +378,7 @@ impl Dataflow {
         if p.sinks == 0 {
             return Err(DataflowError::NoSink { job: p.name.clone() }.into());
         }
-        let restore = restored_state(&p, &seen)?;
+        let restore = restored_state(&p)?;
         let mut graph = JobGraph::new(&p.name);
         graph.max_parallelism = p.max_parallelism;
         let mut hints = BTreeMap::new();
@@ -405,24 +422,28 @@ impl Dataflow {
     }
 }
 
-/// The snapshot job `p` restores, checked against its operators (`names`): each
-/// operator's state (keyed, or an operator list named `operator/list`) must
-/// belong to one of them, with the job's key groups; state of no operator is an
-/// error, or dropped where the dataflow allows it.
-fn restored_state(p: &Plan, names: &HashSet<String>) -> Result<Option<Arc<JobSnapshot>>, DataflowError> {
+/// The snapshot job `p` restores, checked against its operators: each state
+/// of the snapshot must reach an operator that restores it — keyed state (in
+/// key groups, the job's) an operator of that name keeping keyed state, an
+/// operator list (`operator/list`) an operator of that name keeping lists.
+/// State no operator restores is an error, or dropped where the dataflow
+/// allows it.
+fn restored_state(p: &Plan) -> Result<Option<Arc<JobSnapshot>>, DataflowError> {
     let Some(snapshot) = &p.restore else { return Ok(None) };
-    let owner = |entry: &str| {
-        names
-            .iter()
-            .find(|op| entry.strip_prefix(op.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')))
+    let owner = |entry: &str, s: &OperatorSnapshot| {
+        p.ops.iter().find(|op| match entry.strip_prefix(op.name.get().as_str()) {
+            Some("") => op.keeps == Keeps::Keyed || s.key_groups.is_empty() && s.operator_state.is_empty(),
+            Some(list) => list.starts_with('/') && op.keeps == Keeps::Lists,
+            None => false,
+        })
     };
     let mut unowned = Vec::new();
     for (entry, s) in &snapshot.operators {
-        match owner(entry) {
+        match owner(entry, s) {
             None => unowned.push(entry.clone()),
             Some(op) if !s.key_groups.is_empty() && s.max_parallelism != p.max_parallelism => {
                 return Err(DataflowError::RestoreKeyGroups {
-                    operator: op.clone(),
+                    operator: op.name.get(),
                     snapshot: s.max_parallelism,
                     job: p.max_parallelism,
                 })
@@ -483,7 +504,7 @@ pub(crate) fn add_op(
     consumers: Option<Box<dyn Fn() -> usize>>,
     rehome: Option<Rehome>,
 ) -> usize {
-    plan.ops.push(PlanOp { name, vertex, head, consumers, rehome });
+    plan.ops.push(PlanOp { name, vertex, head, consumers, rehome, keeps: Keeps::Nothing });
     plan.ops.len() - 1
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use shardflow_control::PartitionerKind;
 
-use super::{add_op, consumer_check, detach, ConnectedStreams, EdgeKind, KeyedStream, Plan, PlanRef};
+use super::{add_op, consumer_check, detach, ConnectedStreams, EdgeKind, Keeps, KeyedStream, Plan, PlanRef};
 use crate::data::{Data, Key};
 use crate::error::DataflowError;
 use crate::runtime::build::{attach, port, Name, NodeFactory, Port};
@@ -96,6 +96,12 @@ impl<T: Data> Stream<T> {
         };
         let op = add_op(&mut p, name, vertex, head, Some(consumer_check(&out)), rehome);
         Stream { plan: self.plan.clone(), vertex, port: out, op, exchange: None }
+    }
+
+    /// Marks the operator producing this stream as keeping `state`.
+    pub(crate) fn keeping(self, state: Keeps) -> Self {
+        self.plan.borrow_mut().ops[self.op].keeps = state;
+        self
     }
 
     /// Ends this stream in a sink built by `make` from its name.
@@ -203,6 +209,7 @@ impl<T: Data> Stream<T> {
     /// A process function over each record, with operator state.
     pub fn process<O: Data, P: ProcessFunction<T, O>>(&self, f: P) -> Stream<O> {
         self.then("process", |name, next| Arc::new(ProcessFactory { name, f, next, _t: PhantomData }))
+            .keeping(Keeps::Lists)
     }
 
     /// Partitions by a key computed from each record: each key's records reach
