@@ -293,6 +293,12 @@ fn a_restore_that_would_drop_state_or_regroup_keys_is_refused_at_build() {
         }
         other => panic!("other key groups must be refused, got {other:?}"),
     }
+    // Keyed state of no key has nothing to redistribute: other key groups take it.
+    let (_, empty) = counting(&engine, &[], 2, None, true);
+    let empty = empty.expect("a snapshot, if of nothing");
+    assert!(empty.operators["per-word"].key_groups.is_empty());
+    let (df, out) = recounting(&["a"], &empty, "per-word", 64);
+    assert_eq!(run(df, out), vec![("a".to_string(), 1)]);
     // The same name restores: "a" was counted twice before.
     let (df, out) = recounting(&["a"], &snapshot, "per-word", 128);
     assert_eq!(run(df, out), vec![("a".to_string(), 3)]);

@@ -194,7 +194,8 @@ impl JobSnapshot {
         task: &crate::runtime::collector::TaskInfo,
     ) -> Result<Option<Vec<&[u8]>>, OperatorError> {
         let Some(s) = self.operators.get(operator) else { return Ok(None) };
-        if s.max_parallelism != task.max_parallelism {
+        // No keyed state (no key had any): nothing to redistribute.
+        if s.max_parallelism != task.max_parallelism && !s.key_groups.is_empty() {
             return Err(OperatorError::User(format!(
                 "the snapshot has {} key groups, the job {}: state cannot be redistributed across different \
                  maximum parallelisms",
