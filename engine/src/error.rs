@@ -161,12 +161,42 @@ pub enum EngineError {
     /// A dataflow that cannot be built.
     #[error(transparent)]
     Dataflow(#[from] DataflowError),
+    /// A job snapshot that cannot be written or read back.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     /// A named job does not exist or got a bad parameter.
     #[error("job '{job}': {reason}")]
     NamedJob {
         /// The job's name.
         job: String,
         /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A job snapshot that cannot be written or read back.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum SnapshotError {
+    /// The bytes do not start as a snapshot's do.
+    #[error("not a shardflow job snapshot (its first bytes are not a snapshot's header)")]
+    NotASnapshot,
+    /// A snapshot of another format version.
+    #[error("a job snapshot of format version {found}; this build reads version {supported}")]
+    Version {
+        /// The snapshot's version.
+        found: u32,
+        /// The one this build reads.
+        supported: u32,
+    },
+    /// The bytes after the header are not a snapshot (truncated, or damaged).
+    #[error("a malformed job snapshot: {0}")]
+    Malformed(String),
+    /// Writing or reading its file failed.
+    #[error("{what}: {reason}")]
+    Io {
+        /// What was being done, with the path.
+        what: String,
+        /// The OS's reason.
         reason: String,
     },
 }

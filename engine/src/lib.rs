@@ -81,7 +81,7 @@ pub use api::{
 pub use config::{online_cores, Cores, EngineBuilder, EngineConfig, IdlePolicy};
 pub use data::{key_hash, Data, Key};
 pub use engine::{Engine, PoolUsage, ShardInfo};
-pub use error::{DataflowError, EngineError, OperatorError};
+pub use error::{DataflowError, EngineError, OperatorError, SnapshotError};
 pub use job::{JobHandle, JobResult, SubtaskReport};
 pub use params::Params;
 pub use registry::{JobCatalog, JobParams};

@@ -13,7 +13,7 @@ use shardflow_benches::SplitMix;
 use shardflow_engine::{
     key_group_range, subtask_of_key_group, AggregatingState, Aggregator, CoProcessFunction, CollectHandle, Dataflow,
     DataflowError, Emitter, Engine, EngineError, JobSnapshot, KeyedContext, KeyedProcessFunction, ListStateHandle,
-    MapState, OperatorContext, OperatorError, ReducingState, StateDeclarations,
+    MapState, OperatorContext, OperatorError, ReducingState, SnapshotError, StateDeclarations,
 };
 
 use crate::common::{small_engine, TIMEOUT};
@@ -546,4 +546,74 @@ fn keys_whose_maps_are_emptied_hold_no_memory() {
     df.generate("records", 400_000, |r| r).parallelism(1).key_by(|r: &u64| r / 2).process(Pairs::default()).count();
     let result = engine.submit(df.build().unwrap()).unwrap().wait_timeout(TIMEOUT).expect("fits in 1 MiB of state");
     assert_eq!(result.count().0, 200_000, "one output per pair");
+}
+
+/// A directory of its own under the system's temporary one, removed on drop.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("shardflow-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a scratch directory");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_snapshot_saved_to_a_file_restores_in_another_engine_and_a_failed_save_keeps_the_old_file() {
+    let scratch = Scratch::new("savepoint");
+    let path = scratch.0.join("counting.snapshot");
+    let mut rng = SplitMix::new(11);
+    let words: Vec<String> = (0..3_000).map(|_| format!("word-{}", rng.range(0, 200))).collect();
+    let (first, second) = words.split_at(1_000);
+    let whole = {
+        let engine = small_engine().build().expect("engine starts");
+        counting(&engine, &words, 2, None, false).0
+    };
+    {
+        // One engine stops with a snapshot and saves it …
+        let engine = small_engine().build().expect("engine starts");
+        let (_, snapshot) = counting(&engine, first, 2, None, true);
+        snapshot.expect("a snapshot").save(&path).expect("saved");
+    }
+    // … another, later, loads it and goes on at another parallelism.
+    let engine = small_engine().build().expect("engine starts");
+    let loaded = JobSnapshot::load(&path).expect("loaded");
+    let (after, _) = counting(&engine, second, 3, Some(loaded.clone()), false);
+    let last = |v: &[(String, u64)]| {
+        v.iter().cloned().fold(BTreeMap::new(), |mut m: BTreeMap<String, u64>, (w, n)| {
+            let e = m.entry(w).or_default();
+            *e = (*e).max(n);
+            m
+        })
+    };
+    let mut expected = last(&whole);
+    expected.retain(|w, _| second.contains(w));
+    assert_eq!(last(&after), expected, "the counts go on from the saved state");
+
+    // A save that cannot finish (here: its path is a directory) leaves what was there.
+    let taken = scratch.0.join("taken");
+    std::fs::create_dir(&taken).expect("a directory");
+    std::fs::write(taken.join("keep"), b"kept").expect("a file in it");
+    match loaded.save(&taken) {
+        Err(SnapshotError::Io { what, .. }) => assert!(what.contains("taken"), "{what}"),
+        other => panic!("saving over a directory must fail, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(taken.join("keep")).expect("still there"), b"kept");
+    let names: Vec<_> = std::fs::read_dir(&scratch.0).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 2, "no partial file left behind: {names:?}");
+    // Not a snapshot, or none at all: typed errors naming what went wrong.
+    std::fs::write(scratch.0.join("notes.txt"), b"hello").expect("written");
+    assert_eq!(JobSnapshot::load(&scratch.0.join("notes.txt")), Err(SnapshotError::NotASnapshot));
+    match JobSnapshot::load(&scratch.0.join("missing")) {
+        Err(SnapshotError::Io { what, .. }) => assert!(what.contains("missing"), "{what}"),
+        other => panic!("a missing file must be an I/O error, got {other:?}"),
+    }
 }

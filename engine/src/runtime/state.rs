@@ -10,15 +10,22 @@
 //! Snapshot bytes of one key group of one operator: for each of its states, by
 //! name, `[name len u32][name][entries u32]` then per entry `[key len u32][key]
 //! [value len u32][value]` (keys and values as [`Data::to_bytes`] writes them).
+//!
+//! A whole [`JobSnapshot`] goes to bytes (and a file) as a 16-byte header —
+//! magic, format version, the CRC-32 of what follows — and the snapshot's rkyv
+//! archive, read back checked (the CRC, then rkyv's validation): a file may come
+//! from anywhere, and a damaged one must not restore other state.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::ops::Range;
+use std::path::Path;
 
 use shardflow_memory::{Budget, Reservation};
 use strength_reduce::StrengthReducedU64;
 
 use crate::data::{Data, NetError};
-use crate::error::OperatorError;
+use crate::error::{OperatorError, SnapshotError};
 
 /// The key groups subtask `subtask` of `parallelism` owns.
 pub fn key_group_range(subtask: u32, parallelism: u32, max_parallelism: u32) -> Range<u32> {
@@ -148,7 +155,7 @@ pub(crate) fn entry_bytes<K: Data, V>(key: &K::Borrowed) -> u64 {
 }
 
 /// One operator's state as snapshotted by one or more subtasks.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct OperatorSnapshot {
     /// The operator (its name, unique in the job).
     pub operator: String,
@@ -168,14 +175,96 @@ impl OperatorSnapshot {
     }
 }
 
-/// Every stateful operator's snapshot of a job: what a job restores from.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// Every stateful operator's snapshot of a job: what a job restores from. It
+/// goes to bytes and back ([`JobSnapshot::to_bytes`], [`JobSnapshot::from_bytes`])
+/// and to a file ([`JobSnapshot::save`], [`JobSnapshot::load`]), to restore a job
+/// in another process or after an upgrade (Flink's savepoint).
+#[derive(Debug, Clone, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct JobSnapshot {
     /// By operator name.
     pub operators: BTreeMap<String, OperatorSnapshot>,
 }
 
+/// The first bytes of a snapshot's bytes.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"SFSNAPSH";
+/// The format of the bytes after the header; another is refused.
+const SNAPSHOT_VERSION: u32 = 1;
+/// Magic, version, the archive's CRC-32.
+const SNAPSHOT_HEADER: usize = 16;
+
 impl JobSnapshot {
+    /// The snapshot as bytes: a header (magic, format version, checksum) and
+    /// its rkyv archive.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, SnapshotError> {
+        let archive = rkyv::to_bytes::<rkyv::rancor::BoxedError>(self)
+            .map_err(|e| SnapshotError::Malformed(format!("cannot archive it: {e}")))?;
+        let mut out = Vec::with_capacity(SNAPSHOT_HEADER + archive.len());
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(&archive).to_le_bytes());
+        out.extend_from_slice(&archive);
+        Ok(out)
+    }
+
+    /// A snapshot from bytes [`JobSnapshot::to_bytes`] wrote, checked: bytes
+    /// that are not a snapshot of this format are an error, never a panic.
+    pub fn from_bytes(bytes: &[u8]) -> Result<JobSnapshot, SnapshotError> {
+        let Some((header, archive)) = bytes.split_first_chunk::<SNAPSHOT_HEADER>() else {
+            return Err(SnapshotError::NotASnapshot);
+        };
+        if &header[..8] != SNAPSHOT_MAGIC {
+            return Err(SnapshotError::NotASnapshot);
+        }
+        let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+        if version != SNAPSHOT_VERSION {
+            return Err(SnapshotError::Version { found: version, supported: SNAPSHOT_VERSION });
+        }
+        let crc = u32::from_le_bytes([header[12], header[13], header[14], header[15]]);
+        if crc32fast::hash(archive) != crc {
+            return Err(SnapshotError::Malformed(format!(
+                "its {} bytes do not match its checksum (truncated or damaged)",
+                archive.len()
+            )));
+        }
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(archive.len());
+        aligned.extend_from_slice(archive);
+        rkyv::from_bytes::<JobSnapshot, rkyv::rancor::BoxedError>(&aligned)
+            .map_err(|e| SnapshotError::Malformed(e.to_string()))
+    }
+
+    /// Writes the snapshot to `path`, whole or not at all: into a file beside
+    /// it, synced, then renamed over it (a full disk leaves any earlier file
+    /// at `path` as it was).
+    pub fn save(&self, path: &Path) -> Result<(), SnapshotError> {
+        let io = |what: &str, e: std::io::Error| SnapshotError::Io {
+            what: format!("{what} {}", path.display()),
+            reason: e.to_string(),
+        };
+        let bytes = self.to_bytes()?;
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = std::path::PathBuf::from(partial);
+        let written = std::fs::File::create(&partial).and_then(|mut f| {
+            f.write_all(&bytes)?;
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&partial);
+            return Err(io("writing the snapshot", e));
+        }
+        std::fs::rename(&partial, path).map_err(|e| {
+            let _ = std::fs::remove_file(&partial);
+            io("renaming the written snapshot to", e)
+        })
+    }
+
+    /// Reads a snapshot [`JobSnapshot::save`] wrote.
+    pub fn load(path: &Path) -> Result<JobSnapshot, SnapshotError> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| SnapshotError::Io { what: format!("reading {}", path.display()), reason: e.to_string() })?;
+        JobSnapshot::from_bytes(&bytes)
+    }
+
     /// Adds a subtask's snapshot of an operator.
     pub fn add(&mut self, part: OperatorSnapshot) {
         match self.operators.get_mut(&part.operator) {
@@ -322,6 +411,62 @@ impl<'a> SnapshotReader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A snapshot with keyed state, operator lists and an empty operator.
+    fn sample() -> JobSnapshot {
+        let mut s = JobSnapshot::default();
+        let keyed = OperatorSnapshot {
+            operator: "per-word".into(),
+            max_parallelism: 128,
+            key_groups: BTreeMap::from([(3, vec![1, 2, 3]), (77, vec![9; 40])]),
+            operator_state: Vec::new(),
+        };
+        s.add(keyed);
+        let lists = |items: Vec<Vec<u8>>| OperatorSnapshot {
+            operator: "matcher/held".into(),
+            max_parallelism: 128,
+            key_groups: BTreeMap::new(),
+            operator_state: vec![items],
+        };
+        s.add(lists(vec![b"a".to_vec(), b"bc".to_vec()]));
+        s.add(lists(vec![]));
+        s.add(OperatorSnapshot { operator: "idle".into(), max_parallelism: 64, ..OperatorSnapshot::default() });
+        s
+    }
+
+    #[test]
+    fn a_job_snapshot_goes_to_bytes_and_back_whole() {
+        let s = sample();
+        let bytes = s.to_bytes().expect("archives");
+        assert_eq!(JobSnapshot::from_bytes(&bytes), Ok(s));
+        assert_eq!(JobSnapshot::from_bytes(&JobSnapshot::default().to_bytes().unwrap()), Ok(JobSnapshot::default()));
+    }
+
+    #[test]
+    fn bytes_that_are_not_a_job_snapshot_are_a_typed_error_never_a_panic() {
+        let good = sample().to_bytes().expect("archives");
+        assert_eq!(JobSnapshot::from_bytes(&[]), Err(SnapshotError::NotASnapshot));
+        assert_eq!(JobSnapshot::from_bytes(&good[..10]), Err(SnapshotError::NotASnapshot), "shorter than a header");
+        let mut other = good.clone();
+        other[0] = b'X';
+        assert_eq!(JobSnapshot::from_bytes(&other), Err(SnapshotError::NotASnapshot));
+        let mut newer = good.clone();
+        newer[8..12].copy_from_slice(&2u32.to_le_bytes());
+        assert_eq!(JobSnapshot::from_bytes(&newer), Err(SnapshotError::Version { found: 2, supported: 1 }));
+        // Truncated, or any byte of the archive flipped: the checksum says so.
+        assert!(matches!(JobSnapshot::from_bytes(&good[..good.len() - 1]), Err(SnapshotError::Malformed(_))));
+        for i in SNAPSHOT_HEADER..good.len() {
+            let mut damaged = good.clone();
+            damaged[i] ^= 0x20;
+            assert!(matches!(JobSnapshot::from_bytes(&damaged), Err(SnapshotError::Malformed(_))), "byte {i}");
+        }
+        // An archive that matches its checksum but is no snapshot: rkyv's check says so.
+        let mut forged = good[..SNAPSHOT_HEADER].to_vec();
+        let junk = vec![0xFF; 64];
+        forged[12..16].copy_from_slice(&crc32fast::hash(&junk).to_le_bytes());
+        forged.extend_from_slice(&junk);
+        assert!(matches!(JobSnapshot::from_bytes(&forged), Err(SnapshotError::Malformed(_))));
+    }
 
     #[test]
     fn key_group_ranges_cover_every_group_once_and_match_the_routing() {
