@@ -1,7 +1,8 @@
 //! Records of the user's own rkyv types read in place: after an exchange an
 //! operator reads the archive in the network buffer through the user's view
 //! trait (never a deserialized copy), within a chain the owned value; strings,
-//! vectors, enums and nested structs all arrive intact.
+//! vectors, enums and nested structs all arrive intact. Tuples of up to eight
+//! parts, options and vectors of numbers or strings are records as they are.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -218,4 +219,51 @@ fn a_view_records_state_and_collect_hold_owned_copies() {
     }
     let got: BTreeMap<String, Order> = last.take().into_iter().map(|o| (o.customer.clone(), o)).collect();
     assert_eq!(got, best);
+}
+
+#[test]
+fn tuples_options_and_vectors_are_records_through_an_exchange_and_in_state() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("built-in-shapes").parallelism(2);
+    // (id, tag, scores, nickname): a four-part tuple of a number, a string, a
+    // vector and an option.
+    type Row = (u64, String, Vec<u64>, Option<String>);
+    let rows: Vec<Row> = (0..500u64)
+        .map(|i| (i, format!("tag-{}", i % 7), (0..i % 5).collect(), (i % 3 == 0).then(|| format!("nick-{i}"))))
+        .collect();
+    let by_tag = df
+        .from_iter("rows", rows.clone())
+        .key_by_ref::<String, _>(|r: &Row| r.1.as_str())
+        .reduce_final(|acc: &Row, r: &Row| {
+            let mut scores = acc.2.clone();
+            scores.extend(&r.2);
+            (acc.0 + r.0, acc.1.clone(), scores, acc.3.clone().or_else(|| r.3.clone()))
+        })
+        .collect();
+    let nicknames = df
+        .from_iter("nicks", rows.iter().map(|r| r.3.clone()).collect::<Vec<Option<String>>>())
+        .rebalance()
+        .filter(|n: &Option<String>| n.is_some())
+        .collect();
+    let words = df
+        .from_iter("words", vec![vec!["a".to_string(), "b".to_string()], vec!["c".to_string()]])
+        .rebalance()
+        .map(|w: &Vec<String>| w.len() as u64)
+        .collect();
+    engine.submit(df.build().unwrap()).unwrap().wait_timeout(TIMEOUT).expect("the job finishes");
+
+    let mut want: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for r in &rows {
+        let e = want.entry(r.1.clone()).or_default();
+        *e = (e.0 + r.0, e.1 + r.2.iter().sum::<u64>());
+    }
+    let got: BTreeMap<String, (u64, u64)> =
+        by_tag.take().into_iter().map(|(ids, tag, scores, _)| (tag, (ids, scores.iter().sum()))).collect();
+    assert_eq!(got, want, "each tag's ids and scores, through an exchange and keyed state");
+    let nicknames = nicknames.take();
+    assert_eq!(nicknames.len(), rows.iter().filter(|r| r.3.is_some()).count());
+    assert!(nicknames.iter().all(|n| n.as_deref().is_some_and(|n| n.starts_with("nick-"))));
+    let mut words = words.take();
+    words.sort_unstable();
+    assert_eq!(words, vec![1, 2]);
 }

@@ -510,17 +510,19 @@ macro_rules! rkyv_view {
     };
 }
 
-/// Tuples of rkyv-encodable parts are records (deserialized for operators).
-macro_rules! tuple_data {
-    ($($name:ident),+) => {
-        impl<$($name),+> Data for ($($name,)+)
+/// Types made of rkyv-encodable parts `$name` (tuples, options) are records,
+/// deserialized for operators; `$heap` is what a record `$record` holds on the
+/// heap.
+macro_rules! composite_data {
+    ([$($name:ident),+] $t:ty, |$record:ident| $heap:expr) => {
+        impl<$($name),+> Data for $t
         where
             $($name: Data + RkyvRecord,
               <$name as rkyv::Archive>::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
                 + rkyv::Deserialize<$name, HighDeserializer<rancor::BoxedError>>,)+
-            ($($name,)+): RkyvRecord,
-            <($($name,)+) as rkyv::Archive>::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
-                + rkyv::Deserialize<($($name,)+), HighDeserializer<rancor::BoxedError>>,
+            $t: RkyvRecord,
+            <$t as rkyv::Archive>::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
+                + rkyv::Deserialize<$t, HighDeserializer<rancor::BoxedError>>,
         {
             type Borrowed = Self;
             const POD: bool = false;
@@ -555,13 +557,22 @@ macro_rules! tuple_data {
             fn from_bytes(bytes: &[u8]) -> Result<Self, NetError> {
                 rkyv_from_bytes::<Self>(bytes)
             }
-            #[allow(non_snake_case, reason = "each part is bound to its type's name")]
+            #[allow(non_snake_case, reason = "a tuple's parts are bound to their types' names")]
             #[inline]
-            fn heap_bytes(record: &Self) -> usize {
-                let ($($name,)+) = record;
-                0 $(+ <$name as Data>::heap_bytes($name.borrow()))+
+            fn heap_bytes($record: &Self) -> usize {
+                $heap
             }
         }
+    };
+}
+
+/// Tuples of rkyv-encodable parts are records.
+macro_rules! tuple_data {
+    ($($name:ident),+) => {
+        composite_data!([$($name),+] ($($name,)+), |record| {
+            let ($($name,)+) = record;
+            0 $(+ <$name as Data>::heap_bytes($name.borrow()))+
+        });
     };
 }
 
@@ -572,9 +583,13 @@ tuple_data!(A, B, C, D, E);
 tuple_data!(A, B, C, D, E, F);
 tuple_data!(A, B, C, D, E, F, G);
 tuple_data!(A, B, C, D, E, F, G, H);
+composite_data!([A] Option<A>, |record| record.as_ref().map_or(0, |a| <A as Data>::heap_bytes(a.borrow())));
 
 // Primitives that are not plain data (not every bit pattern is one).
 crate::rkyv_data!(bool, char);
+
+// Vectors of numbers and of strings (`Vec<u8>` is read in place as `[u8]`).
+crate::rkyv_data!(Vec<u16>, Vec<u32>, Vec<u64>, Vec<i16>, Vec<i32>, Vec<i64>, Vec<f32>, Vec<f64>, Vec<String>);
 
 #[cfg(test)]
 mod tests {

@@ -9,7 +9,8 @@
 //!   [`rkyv_view!`](crate::rkyv_view) to read records in place through a view
 //!   trait of yours, or with [`rkyv_data!`](crate::rkyv_data) to have each
 //!   deserialized (no view to write, an allocation per string field); `String`,
-//!   `Vec<u8>` and tuples (of 2 to 8) of rkyv types are built in.
+//!   `Vec<u8>`, tuples (of 2 to 8 parts) and `Option`s of rkyv types, and
+//!   vectors of numbers or strings are built in.
 //!
 //! Operators see a record as `&T::Borrowed`: the record itself (plain data,
 //! `rkyv_data!`, tuples); for `String` (`str`) and `Vec<u8>` (`[u8]`) the borrowed
@@ -37,7 +38,8 @@ pub use archived::{RecordRef, RecordView, RkyvRecord, RKYV_ALIGN};
 
 /// A record type a stream can carry. Implement it with [`pod_data!`](crate::pod_data),
 /// [`rkyv_view!`](crate::rkyv_view) or [`rkyv_data!`](crate::rkyv_data); primitives,
-/// `String`, `Vec<u8>` and tuples (of 2 to 8) of rkyv types have it.
+/// `String`, `Vec<u8>`, tuples (of 2 to 8 parts) and `Option`s of rkyv types,
+/// and vectors of numbers or strings have it.
 pub trait Data: Clone + Send + Sync + 'static + Borrow<Self::Borrowed> {
     /// What operators see of a record: the type itself, or a form borrowed from
     /// the buffer it is read from (`str` for `String`).
