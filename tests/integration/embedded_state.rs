@@ -2,8 +2,10 @@
 //! key groups spread over subtasks by contiguous ranges, snapshotted per key
 //! group and restored at another parallelism with the same results as an
 //! uninterrupted run; and broadcast state, a whole copy per subtask. A restore
-//! never drops state unnoticed: state no operator owns, other key groups, a
-//! changed state type or a list no longer declared is a typed error.
+//! never drops state unnoticed: state no operator restores, other key groups, a
+//! changed state type or a list no longer declared is a typed error. Reducing
+//! and aggregating state, a user's aggregator, keys whose state empties (no
+//! memory kept), and a snapshot saved to a file and loaded in another engine.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -307,10 +309,10 @@ fn a_restore_that_would_drop_state_or_regroup_keys_is_refused_at_build() {
     assert_eq!(run(df.allow_non_restored_state(), out), vec![("a".to_string(), 1)]);
 }
 
-/// Counts words keyed by their length, in an operator named as the word
-/// counter was: its state's key type changed.
 #[test]
 fn state_whose_type_changed_fails_the_job_naming_the_state_and_the_engine_goes_on() {
+    // Words counted by their length, in an operator named as the word counter
+    // was: its state's key type changed.
     let engine = small_engine().build().expect("engine starts");
     let words: Vec<String> = ["a", "bb", "a"].iter().map(|w| w.to_string()).collect();
     let (_, snapshot) = counting(&engine, &words, 2, None, true);

@@ -11,8 +11,8 @@ use crate::runtime::collector::{FirstInput, SecondInput};
 ///
 /// ```
 /// use shardflow_engine::{
-///     Count, Dataflow, Emitter, Engine, KeyedContext, KeyedProcessFunction, OperatorError, ReducingState,
-///     AggregatingState, StateDeclarations, ValueState,
+///     AggregatingState, Count, Dataflow, Emitter, Engine, KeyedContext, KeyedProcessFunction, OperatorError,
+///     ReducingState, StateDeclarations, ValueState,
 /// };
 ///
 /// /// Per user: purchases counted, the largest one, and a reminder timer an
