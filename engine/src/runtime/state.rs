@@ -468,6 +468,34 @@ mod tests {
         assert!(matches!(JobSnapshot::from_bytes(&forged), Err(SnapshotError::Malformed(_))));
     }
 
+    proptest::proptest! {
+        /// Any archive bytes behind a valid header and a matching checksum —
+        /// what a forged or foreign file holds — read as a snapshot or fail
+        /// typed, never panic.
+        #[test]
+        fn any_archive_behind_a_valid_header_reads_or_fails_typed(
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+        ) {
+            let mut bytes = SNAPSHOT_MAGIC.to_vec();
+            bytes.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+            bytes.extend_from_slice(&crc32fast::hash(&junk).to_le_bytes());
+            bytes.extend_from_slice(&junk);
+            let _ = JobSnapshot::from_bytes(&bytes);
+        }
+
+        /// Any snapshot goes to bytes and back as it was.
+        #[test]
+        fn any_snapshot_round_trips(
+            groups in proptest::collection::btree_map(0u32..128, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..16), 0..8),
+            items in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8), 0..4),
+        ) {
+            let mut s = JobSnapshot::default();
+            s.add(OperatorSnapshot { operator: "keyed".into(), max_parallelism: 128, key_groups: groups, operator_state: Vec::new() });
+            s.add(OperatorSnapshot { operator: "op/list".into(), max_parallelism: 128, key_groups: BTreeMap::new(), operator_state: vec![items] });
+            proptest::prop_assert_eq!(JobSnapshot::from_bytes(&s.to_bytes().unwrap()), Ok(s));
+        }
+    }
+
     #[test]
     fn key_group_ranges_cover_every_group_once_and_match_the_routing() {
         for max in [1u32, 7, 128, 1000] {
