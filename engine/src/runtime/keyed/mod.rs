@@ -4,9 +4,11 @@
 //!
 //! State is keyed by the real key — two keys with the same hash keep separate
 //! state — held in hash tables charged to the slot's managed memory, and
-//! snapshotted per key group.
+//! snapshotted per key group. This module has the handles, a keyed operator's
+//! backend (its tables, memory and timers) and the context a function reads and
+//! changes state through; `tables` the tables and their snapshot bytes,
+//! `timers` the timer service, `aggregate` and `process` the operators.
 
-use std::any::Any;
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
@@ -16,25 +18,26 @@ use std::time::Instant;
 
 use rustc_hash::FxHasher;
 
-use crate::data::{key_hash, Data, Key};
+use crate::data::{Data, Key};
 use crate::error::{EngineError, OperatorError};
 use crate::runtime::build::{build_port, BuildContext, Name, NodeFactory, Port};
 use crate::runtime::collector::{Collector, Emitter, Failure, Lifecycle, SharedCollector, SinkOutput, TaskInfo};
 use crate::runtime::output::KeySelector;
 use crate::runtime::state::{
-    entry_bytes, heap_of, list_bytes, undecodable, GroupWriter, JobSnapshot, KeyGroupRouter, OperatorSnapshot,
-    SnapshotReader, StateMemory,
+    entry_bytes, heap_of, list_bytes, JobSnapshot, KeyGroupRouter, OperatorSnapshot, StateMemory,
+};
+use tables::{
+    items, put_items, restore_entries, snapshot_table, FoldTable, ListTable, MapTable, ReduceFn, ReducingTable, Table,
+    ValueTable,
 };
 use timers::{add_timer, TimerKeys};
-
-/// Snapshot entries of one key group: key and value bytes.
-type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// The hash tables of keyed state: FxHash, fast on the short keys streams use.
 pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 mod aggregate;
 mod process;
+mod tables;
 mod timers;
 
 pub use aggregate::*;
@@ -78,239 +81,6 @@ pub struct MapKind<UK, UV>(PhantomData<(UK, UV)>);
 pub struct ReducingKind<V>(PhantomData<V>);
 #[doc(hidden)]
 pub struct AggregatingKind<T, A>(PhantomData<(T, A)>);
-
-/// The reduce function of a reducing state, as declared.
-type ReduceFn<V> = dyn Fn(&V, &<V as Data>::Borrowed) -> V + Send + Sync;
-/// A reducing state's table: its reduce function as an aggregator.
-type ReducingTable<K, V> = FoldTable<K, V, Reduce<ReduceFn<V>>>;
-
-/// One declared state of a keyed operator, type-erased.
-trait Table<K: Key>: Any {
-    fn name(&self) -> &str;
-    /// Appends this table's entries of each key group to `groups`.
-    fn snapshot(&self, router: &KeyGroupRouter, groups: &mut BTreeMap<u32, Vec<u8>>) -> Result<(), OperatorError>;
-    /// Restores one entry.
-    fn restore(&mut self, key: K, value: &[u8], memory: &mut StateMemory) -> Result<(), OperatorError>;
-    /// Every key with state here.
-    fn keys(&self) -> Vec<K>;
-    fn any(&mut self) -> &mut dyn Any;
-    fn any_ref(&self) -> &dyn Any;
-}
-
-/// Writes one table's entries, bucketed by key group.
-fn snapshot_table<'e, K: Key + 'e, V: 'e>(
-    name: &str,
-    entries: impl Iterator<Item = (&'e K, &'e V)>,
-    value_bytes: impl Fn(&V) -> Result<Vec<u8>, OperatorError>,
-    router: &KeyGroupRouter,
-    groups: &mut BTreeMap<u32, Vec<u8>>,
-) -> Result<(), OperatorError> {
-    let mut buckets: BTreeMap<u32, Entries> = BTreeMap::new();
-    for (k, v) in entries {
-        let g = router.key_group(key_hash(k.borrow()));
-        buckets.entry(g).or_default().push((K::to_bytes(k.borrow())?, value_bytes(v)?));
-    }
-    for (g, entries) in buckets {
-        let out = groups.entry(g).or_default();
-        let mut w = GroupWriter::new(out, name);
-        for (k, v) in &entries {
-            w.entry(k, v);
-        }
-    }
-    Ok(())
-}
-
-/// Calls `each(state, key, value)` for every entry of the key groups of
-/// `operator` in `snapshot` that `task` owns.
-fn restore_entries(
-    snapshot: &JobSnapshot,
-    operator: &str,
-    task: &TaskInfo,
-    mut each: impl FnMut(&str, &[u8], &[u8]) -> Result<(), OperatorError>,
-) -> Result<(), OperatorError> {
-    for group in snapshot.key_groups_for(operator, task)?.into_iter().flatten() {
-        let mut r = SnapshotReader::new(group);
-        while !r.is_empty() {
-            let (name, entries) = r.state()?;
-            for _ in 0..entries {
-                let (k, v) = r.entry()?;
-                each(name, k, v).map_err(|e| match e {
-                    OperatorError::Net(e) => undecodable(name, e),
-                    other => other,
-                })?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A length-prefixed list of byte strings (a list or map value in a snapshot).
-fn put_items(items: impl Iterator<Item = Result<Vec<u8>, OperatorError>>) -> Result<Vec<u8>, OperatorError> {
-    let mut out = Vec::new();
-    for item in items {
-        let item = item?;
-        out.extend_from_slice(&(item.len() as u32).to_le_bytes());
-        out.extend_from_slice(&item);
-    }
-    Ok(out)
-}
-
-fn items(mut bytes: &[u8]) -> Result<Vec<&[u8]>, OperatorError> {
-    let mut out = Vec::new();
-    while !bytes.is_empty() {
-        let len = bytes.first_chunk::<4>().map(|l| u32::from_le_bytes(*l) as usize);
-        let item = len.and_then(|l| bytes.get(4..4 + l));
-        let Some(item) = item else {
-            return Err(OperatorError::User("malformed state snapshot: a list item runs past its value".into()));
-        };
-        out.push(item);
-        bytes = &bytes[4 + item.len()..];
-    }
-    Ok(out)
-}
-
-struct ValueTable<K, V> {
-    name: String,
-    map: FxMap<K, V>,
-}
-
-impl<K: Key, V: Data> Table<K> for ValueTable<K, V> {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn snapshot(&self, router: &KeyGroupRouter, groups: &mut BTreeMap<u32, Vec<u8>>) -> Result<(), OperatorError> {
-        snapshot_table(&self.name, self.map.iter(), |v| Ok(V::to_bytes(v.borrow())?), router, groups)
-    }
-    fn restore(&mut self, key: K, value: &[u8], memory: &mut StateMemory) -> Result<(), OperatorError> {
-        let value = V::from_bytes(value)?;
-        memory.grow(entry_bytes::<K, V>(key.borrow()) + heap_of(&value))?;
-        self.map.insert(key, value);
-        Ok(())
-    }
-    fn keys(&self) -> Vec<K> {
-        self.map.keys().cloned().collect()
-    }
-    fn any(&mut self) -> &mut dyn Any {
-        self
-    }
-    fn any_ref(&self) -> &dyn Any {
-        self
-    }
-}
-
-struct ListTable<K, V> {
-    name: String,
-    map: FxMap<K, Vec<V>>,
-}
-
-impl<K: Key, V: Data> Table<K> for ListTable<K, V> {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn snapshot(&self, router: &KeyGroupRouter, groups: &mut BTreeMap<u32, Vec<u8>>) -> Result<(), OperatorError> {
-        snapshot_table(
-            &self.name,
-            self.map.iter(),
-            |l| put_items(l.iter().map(|v| Ok(V::to_bytes(v.borrow())?))),
-            router,
-            groups,
-        )
-    }
-    fn restore(&mut self, key: K, value: &[u8], memory: &mut StateMemory) -> Result<(), OperatorError> {
-        let list = items(value)?.into_iter().map(V::from_bytes).collect::<Result<Vec<_>, _>>()?;
-        memory.grow(entry_bytes::<K, Vec<V>>(key.borrow()) + list_bytes(&list))?;
-        self.map.insert(key, list);
-        Ok(())
-    }
-    fn keys(&self) -> Vec<K> {
-        self.map.keys().cloned().collect()
-    }
-    fn any(&mut self) -> &mut dyn Any {
-        self
-    }
-    fn any_ref(&self) -> &dyn Any {
-        self
-    }
-}
-
-struct MapTable<K, UK, UV> {
-    name: String,
-    map: FxMap<K, FxMap<UK, UV>>,
-}
-
-impl<K: Key, UK: Key, UV: Data> Table<K> for MapTable<K, UK, UV> {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn snapshot(&self, router: &KeyGroupRouter, groups: &mut BTreeMap<u32, Vec<u8>>) -> Result<(), OperatorError> {
-        snapshot_table(
-            &self.name,
-            self.map.iter(),
-            |m| {
-                put_items(m.iter().flat_map(|(uk, uv)| {
-                    [
-                        UK::to_bytes(uk.borrow()).map_err(OperatorError::from),
-                        UV::to_bytes(uv.borrow()).map_err(OperatorError::from),
-                    ]
-                }))
-            },
-            router,
-            groups,
-        )
-    }
-    fn restore(&mut self, key: K, value: &[u8], memory: &mut StateMemory) -> Result<(), OperatorError> {
-        let parts = items(value)?;
-        if parts.len() % 2 != 0 {
-            return Err(OperatorError::User("malformed state snapshot: a map entry lacks its value".into()));
-        }
-        let mut m = FxMap::default();
-        for pair in parts.chunks(2) {
-            let (uk, uv) = (UK::from_bytes(pair[0])?, UV::from_bytes(pair[1])?);
-            memory.grow(entry_bytes::<UK, UV>(uk.borrow()) + heap_of(&uv))?;
-            m.insert(uk, uv);
-        }
-        memory.grow(entry_bytes::<K, FxMap<UK, UV>>(key.borrow()))?;
-        self.map.insert(key, m);
-        Ok(())
-    }
-    fn keys(&self) -> Vec<K> {
-        self.map.keys().cloned().collect()
-    }
-    fn any(&mut self) -> &mut dyn Any {
-        self
-    }
-    fn any_ref(&self) -> &dyn Any {
-        self
-    }
-}
-
-/// Reducing and aggregating state: an accumulator per key, folded by `agg`.
-struct FoldTable<K: Key, T: Data, A: Aggregator<K, T>> {
-    values: ValueTable<K, A::Acc>,
-    agg: A,
-    _t: PhantomData<fn(&T)>,
-}
-
-impl<K: Key, T: Data, A: Aggregator<K, T>> Table<K> for FoldTable<K, T, A> {
-    fn name(&self) -> &str {
-        self.values.name()
-    }
-    fn snapshot(&self, router: &KeyGroupRouter, groups: &mut BTreeMap<u32, Vec<u8>>) -> Result<(), OperatorError> {
-        self.values.snapshot(router, groups)
-    }
-    fn restore(&mut self, key: K, value: &[u8], memory: &mut StateMemory) -> Result<(), OperatorError> {
-        self.values.restore(key, value, memory)
-    }
-    fn keys(&self) -> Vec<K> {
-        self.values.keys()
-    }
-    fn any(&mut self) -> &mut dyn Any {
-        self
-    }
-    fn any_ref(&self) -> &dyn Any {
-        self
-    }
-}
 
 /// The declared states of one keyed operator, their memory and its timers.
 pub(crate) struct KeyedBackend<K: Key> {
