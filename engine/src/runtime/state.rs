@@ -196,14 +196,22 @@ impl JobSnapshot {
     /// The snapshot as bytes: a header (magic, format version, checksum) and
     /// its rkyv archive.
     pub fn to_bytes(&self) -> Result<Vec<u8>, SnapshotError> {
-        let archive = rkyv::to_bytes::<rkyv::rancor::BoxedError>(self)
-            .map_err(|e| SnapshotError::Malformed(format!("cannot archive it: {e}")))?;
+        let (header, archive) = self.archived()?;
         let mut out = Vec::with_capacity(SNAPSHOT_HEADER + archive.len());
-        out.extend_from_slice(SNAPSHOT_MAGIC);
-        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(&archive).to_le_bytes());
+        out.extend_from_slice(&header);
         out.extend_from_slice(&archive);
         Ok(out)
+    }
+
+    /// The snapshot's rkyv archive and the header that goes before it.
+    fn archived(&self) -> Result<([u8; SNAPSHOT_HEADER], rkyv::util::AlignedVec), SnapshotError> {
+        let archive = rkyv::to_bytes::<rkyv::rancor::BoxedError>(self)
+            .map_err(|e| SnapshotError::Malformed(format!("cannot archive it: {e}")))?;
+        let mut header = [0; SNAPSHOT_HEADER];
+        header[..8].copy_from_slice(SNAPSHOT_MAGIC);
+        header[8..12].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        header[12..].copy_from_slice(&crc32fast::hash(&archive).to_le_bytes());
+        Ok((header, archive))
     }
 
     /// A snapshot from bytes [`JobSnapshot::to_bytes`] wrote, checked: bytes
@@ -215,11 +223,10 @@ impl JobSnapshot {
         if &header[..8] != SNAPSHOT_MAGIC {
             return Err(SnapshotError::NotASnapshot);
         }
-        let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+        let [version, crc] = [&header[8..12], &header[12..]].map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
         if version != SNAPSHOT_VERSION {
             return Err(SnapshotError::Version { found: version, supported: SNAPSHOT_VERSION });
         }
-        let crc = u32::from_le_bytes([header[12], header[13], header[14], header[15]]);
         if crc32fast::hash(archive) != crc {
             return Err(SnapshotError::Malformed(format!(
                 "its {} bytes do not match its checksum (truncated or damaged)",
@@ -240,12 +247,13 @@ impl JobSnapshot {
             what: format!("{what} {}", path.display()),
             reason: e.to_string(),
         };
-        let bytes = self.to_bytes()?;
+        let (header, archive) = self.archived()?;
         let mut partial = path.as_os_str().to_owned();
         partial.push(".partial");
         let partial = std::path::PathBuf::from(partial);
         let written = std::fs::File::create(&partial).and_then(|mut f| {
-            f.write_all(&bytes)?;
+            f.write_all(&header)?;
+            f.write_all(&archive)?;
             f.sync_all()
         });
         if let Err(e) = written {
