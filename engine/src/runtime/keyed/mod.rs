@@ -127,18 +127,21 @@ impl<K: Key> KeyedBackend<K> {
     }
 
     /// The table of handle `h`, to change.
+    #[inline]
     fn table<S, T: 'static>(&mut self, h: &StateHandle<S>) -> Result<&mut T, OperatorError> {
         let index = self.index_of(h)?;
         self.tables.get_mut(index).and_then(|t| t.any().downcast_mut::<T>()).ok_or_else(handle_mismatch)
     }
 
     /// The table of handle `h`, to read.
+    #[inline]
     fn table_ref<S, T: 'static>(&self, h: &StateHandle<S>) -> Result<&T, OperatorError> {
         let index = self.index_of(h)?;
         self.tables.get(index).and_then(|t| t.any_ref().downcast_ref::<T>()).ok_or_else(handle_mismatch)
     }
 
     /// Where `h`'s table is, if `h` is this backend's.
+    #[inline]
     fn index_of<S>(&self, h: &StateHandle<S>) -> Result<usize, OperatorError> {
         if h.owner != self.owner {
             return Err(OperatorError::User("a state handle was used with another operator's state".into()));
@@ -284,17 +287,20 @@ pub struct KeyedContext<'a, K: Key> {
 
 impl<K: Key> KeyedContext<'_, K> {
     /// The current key.
+    #[inline]
     pub fn key(&self) -> &K::Borrowed {
         self.key
     }
 
     /// The subtask.
+    #[inline]
     pub fn task(&self) -> &TaskInfo {
         self.task
     }
 
     /// The current key's value, if it has one. To change it in place, see
     /// [`Self::update_value`].
+    #[inline]
     pub fn value<V: Data>(&self, h: &ValueState<V>) -> Result<Option<&V>, OperatorError> {
         let key = self.key;
         Ok(self.backend.table_ref::<_, ValueTable<K, V>>(h)?.map.get(key))
@@ -304,6 +310,7 @@ impl<K: Key> KeyedContext<'_, K> {
     /// returns what `f` returned. What the change adds to the value's heap (a
     /// longer string, a grown vector) is charged to managed memory; for plain
     /// data this costs nothing.
+    #[inline]
     pub fn update_value<V: Data, R>(
         &mut self,
         h: &ValueState<V>,
@@ -317,6 +324,7 @@ impl<K: Key> KeyedContext<'_, K> {
     }
 
     /// Sets the current key's value.
+    #[inline]
     pub fn set_value<V: Data>(&mut self, h: &ValueState<V>, value: V) -> Result<(), OperatorError> {
         let key = self.key;
         let new = heap_of(&value);
@@ -335,6 +343,7 @@ impl<K: Key> KeyedContext<'_, K> {
     }
 
     /// Clears the current key's value.
+    #[inline]
     pub fn clear_value<V: Data>(&mut self, h: &ValueState<V>) -> Result<(), OperatorError> {
         let key = self.key;
         if let Some(v) = self.backend.table::<_, ValueTable<K, V>>(h)?.map.remove(key) {
@@ -344,6 +353,7 @@ impl<K: Key> KeyedContext<'_, K> {
     }
 
     /// Appends to the current key's list.
+    #[inline]
     pub fn list_push<V: Data>(&mut self, h: &ListState<V>, value: V) -> Result<(), OperatorError> {
         let key = self.key;
         let mut grow = std::mem::size_of::<V>() as u64 + heap_of(&value);
@@ -359,6 +369,7 @@ impl<K: Key> KeyedContext<'_, K> {
     }
 
     /// The current key's list (empty if it has none).
+    #[inline]
     pub fn list<V: Data>(&self, h: &ListState<V>) -> Result<&[V], OperatorError> {
         let key = self.key;
         Ok(self.backend.table_ref::<_, ListTable<K, V>>(h)?.map.get(key).map_or(&[], Vec::as_slice))
@@ -367,6 +378,7 @@ impl<K: Key> KeyedContext<'_, K> {
     /// Replaces the current key's list with `items` (Flink's `ListState.update`):
     /// to keep some of a list, read it, filter, and set what stays. An empty
     /// list leaves the key without this state.
+    #[inline]
     pub fn list_set<V: Data>(&mut self, h: &ListState<V>, items: Vec<V>) -> Result<(), OperatorError> {
         self.list_clear(h)?;
         if items.is_empty() {
@@ -379,6 +391,7 @@ impl<K: Key> KeyedContext<'_, K> {
     }
 
     /// Clears the current key's list.
+    #[inline]
     pub fn list_clear<V: Data>(&mut self, h: &ListState<V>) -> Result<(), OperatorError> {
         let key = self.key;
         if let Some(l) = self.backend.table::<_, ListTable<K, V>>(h)?.map.remove(key) {
@@ -389,6 +402,7 @@ impl<K: Key> KeyedContext<'_, K> {
 
     /// The current key's map entry for `user_key`. To change it in place, see
     /// [`Self::map_update`].
+    #[inline]
     pub fn map_get<UK: Key, UV: Data>(
         &self,
         h: &MapState<UK, UV>,
@@ -401,6 +415,7 @@ impl<K: Key> KeyedContext<'_, K> {
     /// Changes the current key's map entry for `user_key` in place with `f`, if
     /// there is one, and returns what `f` returned; the change is charged as
     /// in [`Self::update_value`].
+    #[inline]
     pub fn map_update<UK: Key, UV: Data, R>(
         &mut self,
         h: &MapState<UK, UV>,
@@ -416,6 +431,7 @@ impl<K: Key> KeyedContext<'_, K> {
     }
 
     /// Puts `user_key → value` into the current key's map.
+    #[inline]
     pub fn map_insert<UK: Key, UV: Data>(
         &mut self,
         h: &MapState<UK, UV>,
@@ -440,6 +456,7 @@ impl<K: Key> KeyedContext<'_, K> {
     }
 
     /// Removes `user_key` from the current key's map.
+    #[inline]
     pub fn map_remove<UK: Key, UV: Data>(
         &mut self,
         h: &MapState<UK, UV>,
@@ -460,6 +477,7 @@ impl<K: Key> KeyedContext<'_, K> {
     }
 
     /// Clears the current key's map.
+    #[inline]
     pub fn map_clear<UK: Key, UV: Data>(&mut self, h: &MapState<UK, UV>) -> Result<(), OperatorError> {
         let key = self.key;
         if let Some(m) = self.backend.table::<_, MapTable<K, UK, UV>>(h)?.map.remove(key) {
@@ -471,6 +489,7 @@ impl<K: Key> KeyedContext<'_, K> {
 
     /// The current key's map entries, borrowed, in no particular order (see
     /// [`Self::map_entries`] for owned copies).
+    #[inline]
     pub fn map_iter<UK: Key, UV: Data>(
         &self,
         h: &MapState<UK, UV>,
@@ -480,34 +499,40 @@ impl<K: Key> KeyedContext<'_, K> {
     }
 
     /// How many entries the current key's map has.
+    #[inline]
     pub fn map_len<UK: Key, UV: Data>(&self, h: &MapState<UK, UV>) -> Result<usize, OperatorError> {
         let key = self.key;
         Ok(self.backend.table_ref::<_, MapTable<K, UK, UV>>(h)?.map.get(key).map_or(0, |m| m.len()))
     }
 
     /// The current key's map entries, copied, in no particular order.
+    #[inline]
     pub fn map_entries<UK: Key, UV: Data>(&self, h: &MapState<UK, UV>) -> Result<Vec<(UK, UV)>, OperatorError> {
         Ok(self.map_iter(h)?.map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 
     /// Folds `value` into the current key's reducing state with the reduce
     /// function it was declared with (the first value is kept as it is).
+    #[inline]
     pub fn reducing_add<V: Data>(&mut self, h: &ReducingState<V>, value: &V::Borrowed) -> Result<(), OperatorError> {
         self.fold::<V, Reduce<ReduceFn<V>>, _>(h, value)
     }
 
     /// The current key's reduced value, if any.
+    #[inline]
     pub fn reducing_get<V: Data>(&self, h: &ReducingState<V>) -> Result<Option<&V>, OperatorError> {
         let key = self.key;
         Ok(self.backend.table_ref::<_, ReducingTable<K, V>>(h)?.values.map.get(key))
     }
 
     /// Clears the current key's reduced value.
+    #[inline]
     pub fn reducing_clear<V: Data>(&mut self, h: &ReducingState<V>) -> Result<(), OperatorError> {
         self.fold_clear::<V, Reduce<ReduceFn<V>>, _>(h)
     }
 
     /// Folds `record` into the current key's accumulator.
+    #[inline]
     pub fn aggregating_add<T: Data, A: Aggregator<K, T>>(
         &mut self,
         h: &AggregatingState<T, A>,
@@ -517,6 +542,7 @@ impl<K: Key> KeyedContext<'_, K> {
     }
 
     /// The aggregator's result for the current key, if it has an accumulator.
+    #[inline]
     pub fn aggregating_get<T: Data, A: Aggregator<K, T>>(
         &self,
         h: &AggregatingState<T, A>,
@@ -527,6 +553,7 @@ impl<K: Key> KeyedContext<'_, K> {
     }
 
     /// Clears the current key's accumulator.
+    #[inline]
     pub fn aggregating_clear<T: Data, A: Aggregator<K, T>>(
         &mut self,
         h: &AggregatingState<T, A>,
@@ -534,6 +561,7 @@ impl<K: Key> KeyedContext<'_, K> {
         self.fold_clear::<T, A, _>(h)
     }
 
+    #[inline]
     fn fold<T: Data, A: Aggregator<K, T>, S>(
         &mut self,
         h: &StateHandle<S>,
@@ -555,6 +583,7 @@ impl<K: Key> KeyedContext<'_, K> {
         }
     }
 
+    #[inline]
     fn fold_clear<T: Data, A: Aggregator<K, T>, S>(&mut self, h: &StateHandle<S>) -> Result<(), OperatorError> {
         let key = self.key;
         if let Some(acc) = self.backend.table::<_, FoldTable<K, T, A>>(h)?.values.map.remove(key) {

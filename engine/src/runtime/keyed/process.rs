@@ -148,6 +148,7 @@ impl<K: Key, O: Data> KeyedCore<K, O> {
     }
 
     /// Runs `f` with a context for `key`; a failure is kept for the task.
+    #[inline(always)]
     fn with_key(
         &mut self,
         key: &K::Borrowed,
@@ -311,8 +312,22 @@ impl<K: Key, T: Data, O: Data, S: KeySelector<K, T>, P: KeyedProcessFunction<K, 
     for SharedCollector<KeyedOp<K, O, OneInput<T, S, P>>>
 {
     fn collect(&mut self, record: &T::Borrowed) {
+        self.0.borrow_mut().one(record);
+    }
+
+    fn collect_batch(&mut self, records: &[T]) {
+        // One borrow of the operator for the batch.
         let mut op = self.0.borrow_mut();
-        let KeyedOp { core, callbacks: OneInput { selector, f, .. } } = &mut *op;
+        records.iter().for_each(|r| op.one(r.borrow()));
+    }
+}
+
+impl<K: Key, T: Data, O: Data, S: KeySelector<K, T>, P: KeyedProcessFunction<K, T, O>>
+    KeyedOp<K, O, OneInput<T, S, P>>
+{
+    #[inline(always)]
+    fn one(&mut self, record: &T::Borrowed) {
+        let KeyedOp { core, callbacks: OneInput { selector, f, .. } } = self;
         selector.with_key(record, |key| core.with_key(key, |ctx, out| f.process(record, ctx, out)));
     }
 }
@@ -445,9 +460,12 @@ where
     P: KeyedCoProcessFunction<K, A, B, O>,
 {
     fn collect(&mut self, record: &A::Borrowed) {
+        self.0.borrow_mut().first(record);
+    }
+
+    fn collect_batch(&mut self, records: &[A]) {
         let mut op = self.0.borrow_mut();
-        let KeyedOp { core, callbacks: TwoInputs { first, f, .. } } = &mut *op;
-        first.with_key(record, |key| core.with_key(key, |ctx, out| f.process_first(record, ctx, out)));
+        records.iter().for_each(|r| op.first(r.borrow()));
     }
 }
 
@@ -457,8 +475,28 @@ where
     P: KeyedCoProcessFunction<K, A, B, O>,
 {
     fn collect(&mut self, record: &B::Borrowed) {
+        self.0.borrow_mut().second(record);
+    }
+
+    fn collect_batch(&mut self, records: &[B]) {
         let mut op = self.0.borrow_mut();
-        let KeyedOp { core, callbacks: TwoInputs { second, f, .. } } = &mut *op;
+        records.iter().for_each(|r| op.second(r.borrow()));
+    }
+}
+
+impl<K: Key, A: Data, B: Data, O: Data, SA: KeySelector<K, A>, SB: KeySelector<K, B>, P> CoOp<K, A, B, O, SA, SB, P>
+where
+    P: KeyedCoProcessFunction<K, A, B, O>,
+{
+    #[inline(always)]
+    fn first(&mut self, record: &A::Borrowed) {
+        let KeyedOp { core, callbacks: TwoInputs { first, f, .. } } = self;
+        first.with_key(record, |key| core.with_key(key, |ctx, out| f.process_first(record, ctx, out)));
+    }
+
+    #[inline(always)]
+    fn second(&mut self, record: &B::Borrowed) {
+        let KeyedOp { core, callbacks: TwoInputs { second, f, .. } } = self;
         second.with_key(record, |key| core.with_key(key, |ctx, out| f.process_second(record, ctx, out)));
     }
 }

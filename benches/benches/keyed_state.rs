@@ -1,0 +1,117 @@
+//! What keyed state costs per record, on a 2-shard embedded engine: 5 M records
+//! over 100 000 keys through a key-group exchange into a count per key — the
+//! built-in `count_final`, and the same count kept by a keyed process function
+//! in a `ValueState` and in a `ReducingState`. The gap between the first and
+//! the others is what the state API costs a function over the engine's own
+//! aggregation.
+
+#![allow(missing_docs)]
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use shardflow_engine::{
+    Dataflow, Emitter, Engine, KeySelector, KeyedContext, KeyedProcessFunction, KeyedStream, OperatorError,
+    ReducingState, StateDeclarations, Stream, ValueState,
+};
+
+const RECORDS: u64 = 5_000_000;
+const KEYS: u64 = 100_000;
+
+/// A count per key in a value.
+#[derive(Clone, Default)]
+struct ValueCount {
+    count: Option<ValueState<u64>>,
+}
+
+impl KeyedProcessFunction<u64, u64, (u64, u64)> for ValueCount {
+    fn open(&mut self, states: &mut StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
+        self.count = Some(states.value_state("count")?);
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        _: &u64,
+        ctx: &mut KeyedContext<'_, u64>,
+        _: &mut Emitter<'_, (u64, u64)>,
+    ) -> Result<(), OperatorError> {
+        let count = self.count.as_ref().ok_or_else(|| OperatorError::User("not open".into()))?;
+        if ctx.update_value(count, |n| *n += 1)?.is_none() {
+            ctx.set_value(count, 1)?;
+        }
+        Ok(())
+    }
+
+    fn on_end_of_input(
+        &mut self,
+        ctx: &mut KeyedContext<'_, u64>,
+        out: &mut Emitter<'_, (u64, u64)>,
+    ) -> Result<(), OperatorError> {
+        let count = self.count.as_ref().ok_or_else(|| OperatorError::User("not open".into()))?;
+        let n = ctx.value(count)?.copied().unwrap_or(0);
+        out.emit((*ctx.key(), n));
+        Ok(())
+    }
+}
+
+/// A count per key in a reducing state.
+#[derive(Clone, Default)]
+struct ReducingCount {
+    count: Option<ReducingState<u64>>,
+}
+
+impl KeyedProcessFunction<u64, u64, (u64, u64)> for ReducingCount {
+    fn open(&mut self, states: &mut StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
+        self.count = Some(states.reducing_state("count", |a: &u64, b: &u64| a + b)?);
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        _: &u64,
+        ctx: &mut KeyedContext<'_, u64>,
+        _: &mut Emitter<'_, (u64, u64)>,
+    ) -> Result<(), OperatorError> {
+        ctx.reducing_add(self.count.as_ref().ok_or_else(|| OperatorError::User("not open".into()))?, &1)
+    }
+
+    fn on_end_of_input(
+        &mut self,
+        ctx: &mut KeyedContext<'_, u64>,
+        out: &mut Emitter<'_, (u64, u64)>,
+    ) -> Result<(), OperatorError> {
+        let count = self.count.as_ref().ok_or_else(|| OperatorError::User("not open".into()))?;
+        let n = ctx.reducing_get(count)?.copied().unwrap_or(0);
+        out.emit((*ctx.key(), n));
+        Ok(())
+    }
+}
+
+/// The records, keyed.
+fn keyed(df: &Dataflow) -> KeyedStream<u64, u64, impl KeySelector<u64, u64>> {
+    df.generate("numbers", RECORDS, |i| i.wrapping_mul(2_654_435_761) % KEYS).key_by(|k: &u64| *k)
+}
+
+/// Runs the job that `count` counts each key of, and checks its result.
+fn run(engine: &Engine, count: impl FnOnce(&Dataflow) -> Stream<(u64, u64)>) {
+    let df = Dataflow::new("keyed-state").parallelism(2);
+    count(&df).count_and_sum(|r: &(u64, u64)| r.1);
+    let result = engine.run(df.build().expect("a valid job")).expect("finished");
+    assert_eq!(result.count(), (KEYS, RECORDS));
+}
+
+fn keyed_state(c: &mut Criterion) {
+    let engine = Engine::builder().shards(2).build().expect("the engine starts");
+    let mut g = c.benchmark_group("keyed_state");
+    g.sample_size(10).measurement_time(Duration::from_secs(8)).throughput(Throughput::Elements(RECORDS));
+    g.bench_function("count_final", |b| b.iter(|| run(&engine, |df| keyed(df).count_final())));
+    g.bench_function("process_value_state", |b| b.iter(|| run(&engine, |df| keyed(df).process(ValueCount::default()))));
+    g.bench_function("process_reducing_state", |b| {
+        b.iter(|| run(&engine, |df| keyed(df).process(ReducingCount::default())))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, keyed_state);
+criterion_main!(benches);
