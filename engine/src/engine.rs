@@ -92,6 +92,8 @@ impl Engine {
             default_restart: RestartStrategy::None,
             // One worker: a job that does not fit its free slots is refused at once.
             submit_slot_wait: Duration::ZERO,
+            // Its one worker hands each task's snapshot to the job's handle.
+            snapshots_in_process: true,
             ..CoordinatorConfig::default()
         };
         let job_ends = Arc::new(JobEnds::new(live.clone()));
@@ -141,6 +143,7 @@ impl Engine {
         let submitted_at = Instant::now();
         let vertex_names: Vec<String> = graph.vertices.iter().map(|v| v.name.clone()).collect();
         let name = graph.name.clone();
+        let ingress = !job.plan.ingresses.is_empty();
         let (id, details) = self.inner.with_client(|c| {
             let id = c.submit(graph, &strategy.to_string(), "").inspect_err(|_| self.inner.live().remove(&tag))?;
             // From here the job's end, not its handle, ends the submission.
@@ -170,6 +173,7 @@ impl Engine {
             submitted_at,
             engine: self.inner.clone(),
             taken: AtomicBool::new(false),
+            ingress,
         })
     }
 

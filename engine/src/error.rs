@@ -104,6 +104,15 @@ pub enum EngineError {
     /// The job was cancelled.
     #[error("job {0} was cancelled")]
     JobCanceled(JobId),
+    /// The job cannot be stopped with a snapshot now: it has ended, or does not
+    /// run yet (the reason says which).
+    #[error("job {job} cannot be stopped with a snapshot: {reason}")]
+    CannotStop {
+        /// The job.
+        job: JobId,
+        /// Why.
+        reason: String,
+    },
     /// Waiting for the job timed out (the job keeps running).
     #[error("timed out waiting for job {0}")]
     Timeout(JobId),

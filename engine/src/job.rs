@@ -102,6 +102,8 @@ pub struct JobHandle {
     pub(crate) engine: Arc<EngineInner>,
     /// Whether its outcome has been handed out.
     pub(crate) taken: std::sync::atomic::AtomicBool,
+    /// Whether a service pushes its input through an ingress.
+    pub(crate) ingress: bool,
 }
 
 /// The longest single wait asked of the coordinator; longer waits ask again.
@@ -126,6 +128,38 @@ impl JobHandle {
     /// Requests cancellation; [`JobHandle::wait`] then returns [`EngineError::JobCanceled`].
     pub fn cancel(&self) {
         let _ = self.engine.with_client(|c| c.cancel(self.id));
+    }
+
+    /// Stops the job with a snapshot (Flink's stop-with-savepoint): its
+    /// sources stop where they are, each emitting a barrier behind what it has
+    /// emitted; every operator processes what came before the barrier and
+    /// snapshots its state instead of finishing (no end-of-input results), and
+    /// each source with a position records what it had left.
+    /// [`JobHandle::wait`] then returns the snapshot in
+    /// [`JobResult::snapshot`]; a job restored from it
+    /// ([`crate::Dataflow::restore`], at another parallelism too) goes on from
+    /// there. Works under back-pressure: what was emitted before the stop still
+    /// has to leave, so sinks must be read to the end. A job whose sources all
+    /// ended before the stop reached them finishes as usual (no snapshot).
+    /// Asked while the job deploys or restarts, it stops once it runs.
+    /// Refused with [`EngineError::CannotStop`] once the job has ended or is
+    /// being cancelled, and for a job with an ingress: an ingress keeps no
+    /// position, so the records queued in it would be lost — drop its handles
+    /// instead, and the job ends its input with everything pushed (built with
+    /// [`crate::Dataflow::stop_with_snapshot`], it snapshots at that end).
+    pub fn stop_with_snapshot(&self) -> Result<(), EngineError> {
+        if self.ingress {
+            let reason = "an ingress keeps no position, so what is queued in it would be lost: drop its handles \
+                          to end the job's input (a job built to stop with a snapshot takes it at that end)";
+            return Err(EngineError::CannotStop { job: self.id, reason: reason.into() });
+        }
+        self.engine.with_client(|c| c.stop_with_snapshot(self.id)).map_err(|e| match e {
+            EngineError::Remote { code: ErrorCode::UnknownJob, .. } => EngineError::UnknownJob(self.id),
+            EngineError::Remote { code: ErrorCode::Unexpected, message } => {
+                EngineError::CannotStop { job: self.id, reason: message }
+            }
+            other => other,
+        })
     }
 
     /// Waits for the job to end (on the thread of a [`crate::HostedShard`],
@@ -177,13 +211,7 @@ impl JobHandle {
     ) -> Result<JobResult, EngineError> {
         match details.status {
             JobStatus::Finished => Ok(JobResult {
-                snapshot: outputs.values().any(|o| !o.snapshot.is_empty()).then(|| {
-                    let mut s = JobSnapshot::default();
-                    for part in outputs.values().flat_map(|o| o.snapshot.iter()) {
-                        s.add(part.clone());
-                    }
-                    s
-                }),
+                snapshot: snapshot_of(&outputs),
                 job_id: self.id,
                 name: self.name.clone(),
                 status: details.status,
@@ -208,6 +236,24 @@ impl JobHandle {
             }),
         }
     }
+}
+
+/// The snapshot a job's subtasks took at their end, if they took one: with the
+/// position of every source subtask where the job was stopped (what each had
+/// left, a source that had finished included), so a restore goes on from there.
+fn snapshot_of(outputs: &crate::cluster::Outputs) -> Option<JobSnapshot> {
+    let stopped = outputs.values().any(|o| o.stopped);
+    if !stopped && outputs.values().all(|o| o.snapshot.is_empty()) {
+        return None;
+    }
+    let mut s = JobSnapshot::default();
+    for o in outputs.values() {
+        o.snapshot.iter().for_each(|part| s.add(part.clone()));
+        if let Some(position) = o.position.as_ref().filter(|_| stopped) {
+            s.add(position.clone());
+        }
+    }
+    Some(s)
 }
 
 impl Drop for JobHandle {

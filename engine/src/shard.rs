@@ -20,6 +20,7 @@ use futures_lite::FutureExt;
 use glommio::{LocalExecutorBuilder, Placement};
 use shardflow_control::{AttemptId, ExecutionState, JobId};
 use shardflow_memory::{Budget, BudgetKind, MemoryError, PoolMonitor, SegmentPool, SegmentPoolBuilder};
+use shardflow_netstack::CheckpointBarrier;
 
 use crate::config::{EngineConfig, IdlePolicy};
 use crate::error::EngineError;
@@ -37,6 +38,8 @@ pub(crate) enum ShardCommand {
     Cancel(JobId, String),
     /// Cancel one attempt of the job, telling it why.
     CancelAttempt(JobId, AttemptId, String),
+    /// Stop one source attempt of the job after this barrier, with a snapshot.
+    StopAttempt(JobId, AttemptId, CheckpointBarrier),
     /// Cancel everything and stop.
     Shutdown,
     /// Stop, failing every task with this cause (its host dropped a hosted
@@ -50,6 +53,9 @@ impl std::fmt::Debug for ShardCommand {
             ShardCommand::Deploy(ds) => write!(f, "Deploy({} tasks)", ds.len()),
             ShardCommand::Cancel(job, why) => write!(f, "Cancel({job}: {why})"),
             ShardCommand::CancelAttempt(job, attempt, why) => write!(f, "CancelAttempt({job}, {attempt}: {why})"),
+            ShardCommand::StopAttempt(job, attempt, b) => {
+                write!(f, "StopAttempt({job}, {attempt}, checkpoint {})", b.checkpoint_id)
+            }
             ShardCommand::Shutdown => f.write_str("Shutdown"),
             ShardCommand::Abandon(why) => write!(f, "Abandon({why})"),
         }
@@ -318,6 +324,13 @@ async fn shard_loop(pool: Rc<SegmentPool>, sched: Rc<Scheduler>, commands: Mailb
                     let why: Rc<str> = why.into();
                     for (_, lane) in v.iter().filter(|(a, _)| *a == attempt) {
                         lane.post(TaskControl::Cancel(why.clone()));
+                    }
+                }
+            }
+            ShardCommand::StopAttempt(job, attempt, barrier) => {
+                if let Some(v) = tasks.borrow().get(&job) {
+                    for (_, lane) in v.iter().filter(|(a, _)| *a == attempt) {
+                        lane.post(TaskControl::Stop(barrier));
                     }
                 }
             }

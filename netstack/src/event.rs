@@ -8,6 +8,10 @@ pub struct CheckpointBarrier {
     pub checkpoint_id: u64,
     /// When the coordinator triggered it, in ms since the Unix epoch.
     pub timestamp_ms: u64,
+    /// The sources stop after it (a job stopped with a snapshot): nothing
+    /// follows it on a channel but the end of the partition, and each task
+    /// snapshots its operators at the end of its input instead of finishing them.
+    pub stop: bool,
 }
 
 /// An event on a channel.

@@ -18,5 +18,6 @@ mod embedded_records;
 mod embedded_routing;
 mod embedded_spin;
 mod embedded_state;
+mod embedded_stop;
 mod embedded_time;
 mod embedded_timers;

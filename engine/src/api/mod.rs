@@ -31,6 +31,7 @@ mod stream;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
+use std::marker::PhantomData;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -42,7 +43,7 @@ use crate::params::Params;
 use crate::runtime::build::{attach, consumers, port, Name, NodeFactory, Port};
 use crate::runtime::collector::TaskInfo;
 use crate::runtime::output::{Routing, WriterFactory};
-use crate::runtime::sources::{self, FromItems, Generator, IngressHandle, Source, SourceNode};
+use crate::runtime::sources::{self, FromItems, Generator, IngressHandle, Runs, Source, SourceNode};
 use crate::runtime::state::{JobSnapshot, OperatorSnapshot};
 use crate::runtime::vertex::{EntryFactory, PortEntry, VertexPlan};
 use crate::runtime::JobPlan;
@@ -294,31 +295,26 @@ impl Dataflow {
         F: Fn(&TaskInfo) -> Result<S, crate::OperatorError> + Send + Sync + 'static,
     {
         let out = port::<T>();
-        let node = SourceNode { make: Arc::new(make), port: out.clone(), _s: std::marker::PhantomData };
-        let mut p = self.plan.borrow_mut();
         let name = Name::new(name);
+        let node = SourceNode { name: name.clone(), make: Arc::new(make), port: out.clone(), _s: PhantomData };
+        let mut p = self.plan.borrow_mut();
         let parallelism = p.parallelism;
         let vertex = p.add_vertex(&name, parallelism, VertexPlan::Source(Arc::new(node)));
         drop(p);
-        Stream::head(&self.plan, name, vertex, out)
+        // Its position is an operator list (`name/position`).
+        Stream::head(&self.plan, name, vertex, out).keeping(Keeps::Lists)
     }
 
     /// A source emitting `f(r)` for r in `0..n`, each subtask its contiguous share.
     pub fn generate<T: Data>(&self, name: &str, n: u64, f: impl Fn(u64) -> T + Send + Sync + 'static) -> Stream<T> {
         let f = Arc::new(f);
-        self.source(name, move |_: &TaskInfo| Generator {
-            n,
-            f: f.clone(),
-            next: 0,
-            end: 0,
-            _t: std::marker::PhantomData,
-        })
+        self.source(name, move |_: &TaskInfo| Generator { n, f: f.clone(), left: Runs::default(), _t: PhantomData })
     }
 
     /// A source emitting `items`: subtask i of p the items i, i+p, i+2p, …
     pub fn from_iter<T: Data>(&self, name: &str, items: impl IntoIterator<Item = T>) -> Stream<T> {
         let items: Arc<Vec<T>> = Arc::new(items.into_iter().collect());
-        self.source(name, move |_: &TaskInfo| FromItems { items: items.clone(), next: 0, step: 1 })
+        self.source(name, move |_: &TaskInfo| FromItems { items: items.clone(), left: Runs::default() })
     }
 
     /// A source a service pushes records into through the returned handle, with

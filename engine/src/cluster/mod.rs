@@ -279,6 +279,13 @@ impl ClusterClient {
         expect!(self.request(&Message::CancelJob(CancelJob { job }))?, Ack).map(|_| ())
     }
 
+    /// Stops a running job with a snapshot (where the coordinator takes one:
+    /// the embedded engine's).
+    pub fn stop_with_snapshot(&mut self, job: JobId) -> Result<(), EngineError> {
+        let m = Message::StopWithSavepoint(StopWithSavepoint { job, directory: String::new() });
+        expect!(self.request(&m)?, Ack).map(|_| ())
+    }
+
     /// The cluster's totals.
     pub fn overview(&mut self) -> Result<ResourceOverview, EngineError> {
         expect!(self.request(&Message::RequestResourceOverview(RequestResourceOverview {}))?, ResourceOverview)

@@ -1,5 +1,6 @@
 //! A task's control lane: the messages its shard posts to one running task
-//! (today: cancel; the checkpoint protocol adds triggers and notifications),
+//! (cancel, and a source's stop with a snapshot; the checkpoint protocol adds
+//! triggers and notifications),
 //! which the task's loop serves before it takes any input.
 //!
 //! The lane lives on the task's shard (the shard's own mailbox carries commands
@@ -10,6 +11,8 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::task::{Context, Waker};
 
+use shardflow_netstack::CheckpointBarrier;
+
 /// A message to a running task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum TaskControl {
@@ -17,6 +20,9 @@ pub(crate) enum TaskControl {
     /// (the job was cancelled, or failed with its cause), for its sinks'
     /// readers.
     Cancel(Rc<str>),
+    /// A source's stop with a snapshot: emit this barrier, snapshot, and end
+    /// as if the input had ended (the job was stopped with a snapshot).
+    Stop(CheckpointBarrier),
 }
 
 #[derive(Default)]

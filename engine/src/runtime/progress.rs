@@ -77,7 +77,7 @@ mod tests {
     use super::*;
 
     fn barrier(id: u64) -> CheckpointBarrier {
-        CheckpointBarrier { checkpoint_id: id, timestamp_ms: 0 }
+        CheckpointBarrier { checkpoint_id: id, timestamp_ms: 0, stop: false }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The mailbox task runtime: one subtask on its shard, waiting on one thing at a
-//! time — its control lane (cancel, and later checkpoint triggers and
-//! notifications) and its timers, whether its outputs can take more, and its
+//! time — its control lane (cancel, a source's stop with a snapshot, and later
+//! checkpoint triggers and notifications) and its timers, whether its outputs can take more, and its
 //! inputs (a source, or one gate per incoming edge) — and doing one step of work
 //! when something is ready.
 //!
@@ -16,6 +16,8 @@
 //!         ─► current buffer: feed a chunk ─► source: poll │ gates: next item (round robin)
 //!         ─► nothing: flush, arm timer, wait
 //!   end of input ─► finish operators upstream first (in steps) ─► end of partition ─► drain ─► close
+//!   stop (a source told to; a task whose inputs all brought the stop barrier) ─► barrier downstream
+//!         ─► at the end of input: snapshot instead of finish (a source: its position too) ─► …
 //!   cancel, failure or panic ─► close every operator opened and not yet closed ─► CANCELED │ FAILED
 //! ```
 
@@ -31,7 +33,8 @@ use futures_lite::FutureExt;
 use shardflow_control::{AttemptId, JobId};
 use shardflow_memory::{Budget, SegmentPool};
 use shardflow_netstack::{
-    ChannelReceiver, ChannelSender, CreditLedger, Event, GateItem, InputBuffer, InputGate, ResultPartition,
+    ChannelReceiver, ChannelSender, CheckpointBarrier, CreditLedger, Event, GateItem, InputBuffer, InputGate,
+    ResultPartition,
 };
 
 use crate::error::OperatorError;
@@ -94,6 +97,11 @@ pub(crate) struct TaskOutput {
     /// The operators' state at the end of input, when the job stops with a
     /// snapshot.
     pub(crate) snapshot: Vec<OperatorSnapshot>,
+    /// It ended at a stop with a snapshot (not at the end of its input).
+    pub(crate) stopped: bool,
+    /// A source's position at its end (what it had left), where it keeps one:
+    /// part of the snapshot of a job that was stopped.
+    pub(crate) position: Option<OperatorSnapshot>,
 }
 
 /// The inputs of a task that reads gates: one gate and one entry per edge.
@@ -161,6 +169,13 @@ struct Task {
     closed: usize,
     control: ControlLane,
     failure: Failure,
+    /// At the end of input the operators snapshot (this id) instead of
+    /// finishing: the job stops with a snapshot at its end, or was stopped.
+    end_snapshot: Option<u64>,
+    /// The stop barrier a source was told to emit, until it does.
+    stop: Option<CheckpointBarrier>,
+    /// A stop barrier came through (from the source itself, or on every input).
+    stopped: bool,
     /// The shard's scheduler: time slices and timers.
     sched: Rc<Scheduler>,
     /// The instant the armed timer waits for, and when it was set to fire
@@ -182,9 +197,8 @@ pub(crate) async fn run_task(
     control: ControlLane,
     on_running: impl FnOnce(),
 ) -> Result<TaskOutput, TaskStop> {
-    let snapshot_at_end = d.plan.snapshot_at_end;
     let mut task = Task::build(d, &pool, sched, control)?;
-    let run = AssertUnwindSafe(task.run(snapshot_at_end, on_running)).catch_unwind().await;
+    let run = AssertUnwindSafe(task.run(on_running)).catch_unwind().await;
     let stop = match run {
         Ok(Ok(output)) => return Ok(output),
         Ok(Err(stop)) => stop,
@@ -270,6 +284,9 @@ impl Task {
             closed: 0,
             control,
             failure,
+            end_snapshot: d.plan.snapshot_at_end.then_some(END_SNAPSHOT),
+            stop: None,
+            stopped: false,
             sched,
             timer: None,
             idle: d.idle,
@@ -281,7 +298,7 @@ impl Task {
     }
 
     /// Opens the operators, runs the loop to the end of input and ends.
-    async fn run(&mut self, snapshot_at_end: bool, on_running: impl FnOnce()) -> Result<TaskOutput, TaskStop> {
+    async fn run(&mut self, on_running: impl FnOnce()) -> Result<TaskOutput, TaskStop> {
         for k in (0..self.lifecycles.len()).rev() {
             self.opened += 1;
             let l = &mut self.lifecycles[k];
@@ -299,7 +316,7 @@ impl Task {
                 yield_now().await;
             }
         }
-        self.end(snapshot_at_end).await
+        self.end().await
     }
 
     /// After a cancel, a failure or a panic: closes every operator opened and
@@ -337,9 +354,16 @@ impl Task {
     /// Serves the control lane: `Err` once the task is to stop.
     #[inline]
     fn serve_control(&mut self, cx: &mut Context<'_>) -> Result<(), TaskStop> {
-        match self.control.poll_next(cx) {
-            Some(TaskControl::Cancel(why)) => Err(TaskStop::Canceled(why)),
-            None => Ok(()),
+        loop {
+            match self.control.poll_next(cx) {
+                Some(TaskControl::Cancel(why)) => return Err(TaskStop::Canceled(why)),
+                // Only a source stops by itself; the rest of the job follows its barrier.
+                Some(TaskControl::Stop(barrier)) if matches!(self.body, Body::Source { .. }) => {
+                    self.stop = Some(barrier)
+                }
+                Some(TaskControl::Stop(_)) => {}
+                None => return Ok(()),
+            }
         }
     }
 
@@ -428,6 +452,15 @@ impl Task {
         let mut wake_at = None;
         match &mut self.body {
             Body::Source { driver, idle_until } => {
+                if let Some(barrier) = self.stop.take() {
+                    // Nothing follows the barrier but the end of the partitions.
+                    for p in &self.partitions {
+                        p.borrow_mut().broadcast_event(Event::Barrier(barrier))?;
+                    }
+                    self.end_snapshot = Some(barrier.checkpoint_id);
+                    self.stopped = true;
+                    return Ok(Some(Step::EndOfInput));
+                }
                 if idle_until.is_some_and(|t| t > clock.now()) {
                     wake_at = *idle_until;
                 } else {
@@ -489,6 +522,11 @@ impl Task {
                         GateItem::Event(event) => {
                             let at = inputs.offsets[g] + channel;
                             let (watermark, barrier) = inputs.progress.on_event(at, event);
+                            // Every input brought the stop barrier: its producers have stopped.
+                            if let Some(b) = barrier.filter(|b| b.stop) {
+                                self.end_snapshot = Some(b.checkpoint_id);
+                                self.stopped = true;
+                            }
                             for p in &self.partitions {
                                 let mut p = p.borrow_mut();
                                 if let Some(w) = watermark {
@@ -538,17 +576,21 @@ impl Task {
 
     /// End of input: finish (or snapshot) the operators, end the partitions, wait
     /// until everything has left, close.
-    async fn end(&mut self, snapshot_at_end: bool) -> Result<TaskOutput, TaskStop> {
+    async fn end(&mut self) -> Result<TaskOutput, TaskStop> {
         let mut snapshot = Vec::new();
-        if snapshot_at_end {
+        let position = match &mut self.body {
+            Body::Source { driver, .. } => driver.position(&self.info).map_err(|e| named(&self.info.vertex, e))?,
+            Body::Inputs(_) => None,
+        };
+        if let Some(id) = self.end_snapshot {
             let taken: Result<(), OperatorError> = self.lifecycles.iter_mut().try_for_each(|l| {
-                snapshot.extend(l.snapshot(END_SNAPSHOT).map_err(|e| named(l.name(), e))?);
+                snapshot.extend(l.snapshot(id).map_err(|e| named(l.name(), e))?);
                 Ok(())
             });
             for l in &mut self.lifecycles {
                 match &taken {
-                    Ok(()) => l.notify_checkpoint_complete(END_SNAPSHOT),
-                    Err(_) => l.notify_checkpoint_aborted(END_SNAPSHOT),
+                    Ok(()) => l.notify_checkpoint_complete(id),
+                    Err(_) => l.notify_checkpoint_aborted(id),
                 }
             }
             taken?;
@@ -586,7 +628,7 @@ impl Task {
         }
         let (records_in, records_out) = self.counts();
         self.counters.publish(records_in, records_out);
-        Ok(TaskOutput { sinks, records_in, records_out, snapshot })
+        Ok(TaskOutput { sinks, records_in, records_out, snapshot, stopped: self.stopped, position })
     }
 
     /// Records into the chain head (a source's: produced) and out of the chain

@@ -31,6 +31,11 @@ pub struct CoordinatorConfig {
     /// this the longest-ended are forgotten and answer `UnknownJob`. At least 1.
     /// Default 1000.
     pub retained_jobs: usize,
+    /// Whether a running job may be stopped with a snapshot
+    /// (`StopWithSavepoint`): where the workers hand snapshots to a client in
+    /// their own process, as the embedded engine's does. A cluster's
+    /// savepoints, written to storage, come with checkpointing. Default false.
+    pub snapshots_in_process: bool,
 }
 
 impl Default for CoordinatorConfig {
@@ -43,6 +48,7 @@ impl Default for CoordinatorConfig {
             default_placement: PlacementStrategy::Colocate,
             default_restart: RestartStrategy::default(),
             retained_jobs: 1000,
+            snapshots_in_process: false,
         }
     }
 }

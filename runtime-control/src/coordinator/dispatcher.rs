@@ -217,6 +217,32 @@ impl Coordinator {
         self.send(conn, Message::Ack(Ack {}));
     }
 
+    /// Stops a running job with a snapshot, where the coordinator's workers
+    /// hand snapshots to a client in their own process (the embedded engine):
+    /// a cluster's savepoints, written to storage, come with checkpointing.
+    pub(super) fn stop_job(&mut self, now: Instant, conn: ConnId, m: StopWithSavepoint) {
+        if !self.config.snapshots_in_process {
+            let why = "savepoints come with checkpointing, which this build does not run yet";
+            return self.reject(conn, ErrorCode::Unsupported, why);
+        }
+        let status = self.jobs.get(&m.job).map(JobMaster::status).or(self.history.get(&m.job).map(|r| r.status));
+        let Some(status) = status else {
+            return self.reject(conn, ErrorCode::UnknownJob, &format!("no job {}", m.job));
+        };
+        if status.is_globally_terminal() {
+            let why = format!("{} has already ended ({status}): nothing to stop", m.job);
+            return self.reject(conn, ErrorCode::Unexpected, &why);
+        }
+        match self.with_job(now, m.job, |jm, gw| jm.stop_with_snapshot(gw)) {
+            Some(Ok(())) => {
+                tracing::info!(job = %m.job, "stop with a snapshot requested");
+                self.send(conn, Message::Ack(Ack {}));
+            }
+            Some(Err(why)) => self.reject(conn, ErrorCode::Unexpected, &why),
+            None => self.reject(conn, ErrorCode::UnknownJob, &format!("no job {}", m.job)),
+        }
+    }
+
     /// Job `id` has ended: it is kept for status queries until
     /// `retained_jobs` others have ended after it.
     pub(super) fn job_ended(&mut self, id: JobId) {

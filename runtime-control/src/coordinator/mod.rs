@@ -292,7 +292,8 @@ impl Coordinator {
             }),
             Message::WaitJob(m) => self.client(conn, role, |c| c.wait_job(now, conn, m)),
             Message::CancelJob(m) => self.client(conn, role, |c| c.cancel_job(now, conn, m)),
-            Message::TriggerSavepoint(_) | Message::StopWithSavepoint(_) | Message::DisposeSavepoint(_) => self.reject(
+            Message::StopWithSavepoint(m) => self.client(conn, role, |c| c.stop_job(now, conn, m)),
+            Message::TriggerSavepoint(_) | Message::DisposeSavepoint(_) => self.reject(
                 conn,
                 ErrorCode::Unsupported,
                 "savepoints come with checkpointing, which this build does not run yet",

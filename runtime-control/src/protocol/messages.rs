@@ -135,6 +135,10 @@ payloads! {
         pub checkpoint: CheckpointId,
         /// Trigger time, ms since the Unix epoch.
         pub timestamp_ms: u64,
+        /// The source stops after the barrier (stop with a snapshot, Flink's
+        /// stop-with-savepoint): its task snapshots and ends instead of
+        /// reading on, and so does every task downstream.
+        pub stop: bool,
     }
 
     /// CheckpointCoordinator → worker: a checkpoint completed.

@@ -42,6 +42,9 @@
 //!   vertex, state and its record counts so far; a worker's heartbeat carries
 //!   its tasks' counts (`TaskProgress`), which a client reads per job
 //!   (kinds 77–78, `RequestJobProgress`, `JobProgress`).
+//! - 6: `TriggerCheckpoint::stop`: a job stopped with a snapshot
+//!   (`StopWithSavepoint`, where the coordinator takes it) has its sources
+//!   stop after the barrier.
 
 /// Declares payload structs: rkyv-archivable, comparable, cloneable.
 macro_rules! payloads {
@@ -62,7 +65,7 @@ pub use messages::*;
 pub use parts::*;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 /// Bytes of the frame header.
 pub const HEADER_BYTES: usize = 16;
 /// The highest version a shardflow peer could speak; a higher one means the peer

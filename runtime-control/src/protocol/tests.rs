@@ -210,13 +210,13 @@ fn hex(bytes: &[u8]) -> String {
 #[test]
 fn golden_bytes() {
     let ack = encode(&Message::Ack(Ack {})).unwrap();
-    assert_eq!(hex(&ack), "00000000050047000000000000000000");
+    assert_eq!(hex(&ack), "00000000060047000000000000000000");
     let hb = encode(&Message::HeartbeatFromCoordinator(HeartbeatFromCoordinator {
         resource_manager: ResourceManagerId(0x0102030405060708),
         seq: 3,
     }))
     .unwrap();
-    assert_eq!(hex(&hb), "1000000005000c00000000000000000008070605040302010300000000000000");
+    assert_eq!(hex(&hb), "1000000006000c00000000000000000008070605040302010300000000000000");
     let req = encode(&Message::RequestSlot(RequestSlot {
         resource_manager: ResourceManagerId(1),
         slot: slot(2, 3, 4),
@@ -227,7 +227,7 @@ fn golden_bytes() {
     .unwrap();
     assert_eq!(
         hex(&req),
-        "30000000050001000000000000000000\
+        "30000000060001000000000000000000\
          0100000000000000020000000300000004000000000000000500000000000000\
          06000000000000000700000000000000"
     );
@@ -248,7 +248,7 @@ fn golden_bytes() {
         "0100000078fffffffffffffff4ffffff01000000753634ffffffffff0000000008000000080000006affffffffffffff76ffffffffffffff0200000080000000c4ffffff01000000ccffffff00000000c4ffffff01000000"
     );
     let err = encode(&Message::error(ErrorCode::StaleToken, "stale")).unwrap();
-    assert_eq!(hex(&err), "1000000005007f000000000000000000060000007374616c65ffffff00000000");
+    assert_eq!(hex(&err), "1000000006007f000000000000000000060000007374616c65ffffff00000000");
 }
 
 #[test]
@@ -345,10 +345,10 @@ fn another_protocol_is_named_as_such_and_a_near_version_as_a_version() {
         other => panic!("{other:?}"),
     }
     let mut h = [0u8; HEADER_BYTES];
-    h[4] = 6;
-    assert_eq!(FrameHeader::parse(&h, 1024), Err(FrameError::UnsupportedVersion { got: 6 }));
-    h[4] = 4;
-    assert_eq!(FrameHeader::parse(&h, 1024), Err(FrameError::UnsupportedVersion { got: 4 }), "the last version");
+    h[4] = 7;
+    assert_eq!(FrameHeader::parse(&h, 1024), Err(FrameError::UnsupportedVersion { got: 7 }));
+    h[4] = 5;
+    assert_eq!(FrameHeader::parse(&h, 1024), Err(FrameError::UnsupportedVersion { got: 5 }), "the last version");
     h[4] = 0;
     assert!(matches!(FrameHeader::parse(&h, 1024), Err(FrameError::NotShardflow { .. })), "version 0 was never used");
 }

@@ -84,6 +84,8 @@ mod tests {
             records_in: n,
             records_out: 0,
             snapshot: Vec::new(),
+            stopped: false,
+            position: None,
         }
     }
 

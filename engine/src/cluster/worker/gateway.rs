@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use shardflow_control::protocol::*;
 use shardflow_control::{AttemptId, ExecutionState, JobId, JobMasterId, ResourceManagerId, ShardId, SlotId, WorkerId};
 use shardflow_memory::{Budget, BudgetKind, Reservation};
+use shardflow_netstack::CheckpointBarrier;
 
 use super::board::JobBoard;
 use super::wiring::JobHere;
@@ -441,6 +442,20 @@ impl Gateway {
                 out.push(Action::End { reason: format!("coordinator disconnected us: {}", m.cause), retry: true });
             }
             Message::UpdatePartitions(_) | Message::ReleasePartitions(_) => {}
+            Message::TriggerCheckpoint(m) if m.stop => {
+                if let Some(t) = self.tasks.get(&(m.job, m.attempt)) {
+                    if t.job_master != m.job_master {
+                        return Err((
+                            ErrorCode::StaleToken,
+                            format!("job master token {} does not own {}", m.job_master, m.attempt),
+                        ));
+                    }
+                    let barrier =
+                        CheckpointBarrier { checkpoint_id: m.checkpoint.0, timestamp_ms: m.timestamp_ms, stop: true };
+                    let shard = t.slot.shard.0 as usize;
+                    out.push(Action::Shard(shard, ShardCommand::StopAttempt(m.job, m.attempt, barrier)));
+                }
+            }
             Message::TriggerCheckpoint(_) | Message::ConfirmCheckpoint(_) | Message::AbortCheckpoint(_) => {
                 return Err((ErrorCode::Unsupported, "this worker takes no checkpoints yet".into()));
             }

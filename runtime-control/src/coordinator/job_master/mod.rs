@@ -30,7 +30,8 @@ use super::{ConnId, Output};
 use crate::error::ControlError;
 use crate::execution_graph::ExecutionGraph;
 use crate::ids::{
-    AllocationId, AttemptId, ExecutionVertexId, JobId, JobMasterId, ResourceManagerId, SlotId, VertexId, WorkerId,
+    AllocationId, AttemptId, CheckpointId, ExecutionVertexId, JobId, JobMasterId, ResourceManagerId, SlotId, VertexId,
+    WorkerId,
 };
 use crate::job_graph::JobGraph;
 use crate::job_store::JobRecord;
@@ -137,6 +138,12 @@ pub(super) struct JobMaster {
     /// Whether a new leader recovered it from the job store (else it was
     /// submitted to this one).
     recovered: bool,
+    /// The last checkpoint id handed out (a stop with a snapshot takes one).
+    checkpoints: u64,
+    /// The user asked to stop the job with a snapshot.
+    stop_requested: bool,
+    /// The attempt (epoch) whose sources were told to stop.
+    stop_sent: Option<u32>,
 }
 
 /// What a job store write records that can change: epoch, restarts, whether it
@@ -222,6 +229,9 @@ impl JobMaster {
             workers: Vec::new(),
             awaiting: None,
             recovered: false,
+            checkpoints: 0,
+            stop_requested: false,
+            stop_sent: None,
         }
     }
 
@@ -336,6 +346,54 @@ impl JobMaster {
         self.send_cancels(gw, &to_cancel, "the job was cancelled");
     }
 
+    /// The user stops the job with a snapshot: once every subtask runs (at
+    /// once, or when its deployment or a restart is done), each running source
+    /// subtask is told to snapshot and stop after a barrier, and the rest of
+    /// the job follows it to the end of its input, snapshotting instead of
+    /// finishing. `Err` says why the job cannot be stopped (it is being
+    /// cancelled).
+    pub(super) fn stop_with_snapshot(&mut self, gw: &mut Gateways<'_>) -> Result<(), String> {
+        let status = self.status();
+        if matches!(status, JobStatus::Cancelling | JobStatus::Canceled) {
+            return Err(format!("{} is being cancelled ({status}): nothing to stop", self.id));
+        }
+        self.stop_requested = true;
+        self.trigger_stop_if_due(gw);
+        Ok(())
+    }
+
+    /// Tells the sources of the running attempt to stop, if a stop was asked
+    /// and they have not been told yet.
+    fn trigger_stop_if_due(&mut self, gw: &mut Gateways<'_>) {
+        let epoch = self.eg.epoch();
+        if !self.stop_requested || !self.all_running() || self.stop_sent == Some(epoch) {
+            return;
+        }
+        self.stop_sent = Some(epoch);
+        self.checkpoints += 1;
+        let checkpoint = CheckpointId(self.checkpoints);
+        let sources: Vec<VertexId> =
+            self.order.iter().copied().filter(|v| self.graph.edges.iter().all(|e| e.target != *v)).collect();
+        for s in self.eg.subtasks.iter().filter(|s| s.state == ExecutionState::Running) {
+            let attempt = s.attempt;
+            if !sources.contains(&attempt.execution_vertex.vertex) {
+                continue;
+            }
+            let Some(place) = self.assignment.of(attempt.execution_vertex) else { continue };
+            // No wall clock in the coordinator (time enters as `now`): the stop's barrier is untimed.
+            let trigger = TriggerCheckpoint {
+                job_master: self.token,
+                job: self.id,
+                attempt,
+                checkpoint,
+                timestamp_ms: 0,
+                stop: true,
+            };
+            gw.send_to_worker(place.slot.worker, Message::TriggerCheckpoint(trigger));
+        }
+        tracing::info!(job = %self.id, checkpoint = checkpoint.0, "sources told to stop with a snapshot");
+    }
+
     /// Fails the job for an error of its own bookkeeping (a bug): logged, recorded
     /// as the job's failure, every subtask cancelled, the job FAILED.
     pub(super) fn abort(&mut self, gw: &mut Gateways<'_>, error: &ControlError) {
@@ -424,6 +482,7 @@ impl JobMaster {
                 }
             }
         }
+        self.trigger_stop_if_due(gw);
     }
 
     /// `worker` is gone: its subtasks failed (or, being cancelled, are cancelled).

@@ -236,7 +236,8 @@ fn a_deployment_goes_to_its_shard_and_its_states_flow_back() {
     let out = h.g.on_task(report(a, ExecutionState::Running, None));
     assert!(matches!(&out[..], [Action::Send(Message::UpdateTaskExecutionState(u))]
         if u.attempt == a && u.state == ExecutionState::Running && u.job_master == JobMasterId(11)));
-    let output = TaskOutput { sinks: vec![], records_in: 50, records_out: 50, snapshot: vec![] };
+    let output =
+        TaskOutput { sinks: vec![], records_in: 50, records_out: 50, snapshot: vec![], stopped: false, position: None };
     let out = h.g.on_task(report(a, ExecutionState::Finished, Some(output)));
     assert!(matches!(&out[..], [Action::Send(Message::UpdateTaskExecutionState(u))]
         if u.state == ExecutionState::Finished && u.result.as_ref().is_some_and(|r| r.records_out == 50)));
@@ -247,23 +248,46 @@ fn a_deployment_goes_to_its_shard_and_its_states_flow_back() {
     assert_eq!(refusal(&out).code, ErrorCode::Unexpected);
 }
 
-#[test]
-fn checkpoint_messages_are_answered_unsupported() {
-    let mut h = Harness::registered();
-    let trigger = Message::TriggerCheckpoint(TriggerCheckpoint {
-        job_master: JobMasterId(11),
+fn trigger(job_master: u64, stop: bool) -> Message {
+    Message::TriggerCheckpoint(TriggerCheckpoint {
+        job_master: JobMasterId(job_master),
         job: JobId(1),
         attempt: attempt(0, 0),
         checkpoint: shardflow_control::CheckpointId(1),
         timestamp_ms: 0,
-    });
-    match &h.send(1, trigger)[..] {
+        stop,
+    })
+}
+
+#[test]
+fn checkpoint_messages_are_answered_unsupported() {
+    let mut h = Harness::registered();
+    match &h.send(1, trigger(11, false))[..] {
         [Action::Send(Message::ErrorReply(e)), Action::End { .. }] => {
             assert_eq!(e.code, ErrorCode::Unsupported);
             assert!(e.message.contains("checkpoints"), "{}", e.message);
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_stop_with_a_snapshot_goes_to_the_source_tasks_shard_from_its_job_master_only() {
+    let mut h = Harness::registered();
+    h.allocate(0, 1, 11);
+    h.send(2, deploy(descriptor(0)));
+    h.g.flush();
+    let out = h.send(3, trigger(11, true));
+    assert!(
+        matches!(&out[..], [Action::Shard(0, ShardCommand::StopAttempt(JobId(1), a, b))]
+            if *a == attempt(0, 0) && b.stop && b.checkpoint_id == 1),
+        "{out:?}"
+    );
+    let out = h.send(4, trigger(12, true));
+    assert!(
+        matches!(&out[..], [Action::Send(Message::ErrorReply(e)), ..] if e.code == ErrorCode::StaleToken),
+        "{out:?}"
+    );
 }
 
 #[test]

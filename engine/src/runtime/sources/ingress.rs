@@ -1,0 +1,376 @@
+//! The ingress handle: a service thread pushes records into a job's source
+//! subtasks through bounded queues, with back-pressure (`push` waits or hands
+//! the record back), and learns when the job reads no more.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+
+use super::{Source, SourceOutput, SourceStatus};
+use crate::data::Data;
+use crate::error::OperatorError;
+use crate::runtime::host::{wait, wait_until};
+use crate::runtime::{ParkedWaker, RoomWaiters};
+
+/// Whether an ingress's job still reads it: closed once every source subtask
+/// that started has ended (the job finished, failed or was cancelled), or when
+/// none can start any more (the job was dropped or refused).
+struct IngressLife {
+    live: std::sync::atomic::AtomicUsize,
+    closed: AtomicBool,
+    /// By queue: pushers waiting for room (or the end).
+    rooms: Vec<RoomWaiters>,
+}
+
+impl IngressLife {
+    /// The job reads no more: pushers waiting for room find it gone.
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        for room in &self.rooms {
+            room.wake_all();
+        }
+    }
+
+    /// No source starts any more: with none running, nothing reads the queues,
+    /// so [`Self::close`]; a source still running closes them when it ends.
+    fn close_unless_read(&self) {
+        if self.live.load(Ordering::Acquire) == 0 {
+            self.close();
+        }
+    }
+}
+
+/// Closes an ingress once its job has ended, also where no source of it ever
+/// ran to close it (a job refused at deployment, or whose shard went away
+/// before a deployment reached it): pushers waiting for room find it gone.
+#[derive(Clone)]
+pub(crate) struct IngressCloser(Arc<IngressLife>);
+
+impl IngressCloser {
+    /// Closes the ingress unless a source of it runs (a job submitted from a
+    /// clone of the same plan reads the same queues).
+    pub(crate) fn close(&self) {
+        self.0.close_unless_read();
+    }
+}
+
+impl std::fmt::Debug for IngressCloser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngressCloser").field("closed", &self.0.closed.load(Ordering::Relaxed)).finish()
+    }
+}
+
+/// The queues of an ingress, one per source subtask.
+struct IngressQueues<T> {
+    name: String,
+    senders: Vec<Sender<T>>,
+    wakes: Vec<Arc<ParkedWaker>>,
+    life: Arc<IngressLife>,
+}
+
+impl<T> Drop for IngressQueues<T> {
+    fn drop(&mut self) {
+        // The last handle is gone: the sources see the end once they drain.
+        self.senders.clear();
+        for w in &self.wakes {
+            w.wake_always();
+        }
+    }
+}
+
+/// Why a push did not take its record; the record comes back.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError<T> {
+    /// The queue is full (only from [`IngressHandle::try_push`] and
+    /// [`IngressHandle::push_timeout`]).
+    Full(T),
+    /// The job's source is gone (the job ended, failed or was cancelled).
+    Closed(T),
+}
+
+impl<T> PushError<T> {
+    /// The record that was not taken.
+    pub fn into_inner(self) -> T {
+        match self {
+            PushError::Full(t) | PushError::Closed(t) => t,
+        }
+    }
+}
+
+impl<T> std::fmt::Display for PushError<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PushError::Full(_) => f.write_str("the ingress queue is full"),
+            PushError::Closed(_) => f.write_str("the ingress's job is gone"),
+        }
+    }
+}
+
+impl<T: std::fmt::Debug> std::error::Error for PushError<T> {}
+
+/// Pushes records into a running job from any thread: one bounded queue per
+/// source subtask, filled round robin (or [`IngressHandle::push_to`] one
+/// subtask, or a handle of [`IngressHandle::split`] per subtask). A full queue
+/// makes [`IngressHandle::push`] wait (back-pressure) and
+/// [`IngressHandle::try_push`] hand the record back. The job's ingress source
+/// ends once every clone of the handle is dropped and its queue is drained.
+pub struct IngressHandle<T> {
+    queues: Arc<IngressQueues<T>>,
+    next: usize,
+    /// The one subtask this handle feeds ([`IngressHandle::split`]).
+    pinned: Option<usize>,
+}
+
+impl<T> Clone for IngressHandle<T> {
+    fn clone(&self) -> Self {
+        IngressHandle { queues: self.queues.clone(), next: self.next, pinned: self.pinned }
+    }
+}
+
+impl<T> std::fmt::Debug for IngressHandle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngressHandle")
+            .field("name", &self.queues.name)
+            .field("subtasks", &self.queues.senders.len())
+            .finish()
+    }
+}
+
+impl<T: Send> IngressHandle<T> {
+    /// The number of source subtasks (queues).
+    pub fn subtasks(&self) -> usize {
+        self.queues.senders.len()
+    }
+
+    /// One handle per source subtask, each feeding only its own subtask's
+    /// queue (a service thread per subtask, records of one handle in order).
+    /// The job's input ends once every handle, these and the original, is
+    /// dropped.
+    pub fn split(&self) -> Vec<IngressHandle<T>> {
+        (0..self.subtasks()).map(|i| IngressHandle { queues: self.queues.clone(), next: i, pinned: Some(i) }).collect()
+    }
+
+    fn pick(&mut self) -> usize {
+        if let Some(i) = self.pinned {
+            return i;
+        }
+        let i = self.next;
+        self.next = (i + 1) % self.queues.senders.len().max(1);
+        i
+    }
+
+    /// Pushes `record`, waiting while the queue is full (on the thread of a
+    /// [`crate::HostedShard`], running the shard meanwhile). Once the job is
+    /// gone — also while the push waits — the record comes back in
+    /// [`PushError::Closed`].
+    pub fn push(&mut self, record: T) -> Result<(), PushError<T>> {
+        let i = self.pick();
+        self.push_to(i, record)
+    }
+
+    /// Pushes `record` to source subtask `subtask`'s queue, waiting while it is
+    /// full. A subtask out of range is taken modulo the number of subtasks.
+    pub fn push_to(&self, subtask: usize, record: T) -> Result<(), PushError<T>> {
+        let i = subtask % self.queues.senders.len().max(1);
+        match self.try_push_to(i, record) {
+            // Waits for room or the job's end, whichever comes first (on a
+            // host's thread running its shard meanwhile).
+            Err(PushError::Full(r)) => wait(self.push_when_room(i, &mut Some(r))),
+            done => done,
+        }
+    }
+
+    /// Pushes `record`, awaiting room while the queue is full: for a pusher in
+    /// an async runtime, or in a future a [`crate::HostedShard`] runs
+    /// (`shard.block_on(…)`), whose shard drains the queue while it awaits.
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe: a push cancelled while it waits drops its record.
+    pub async fn push_async(&mut self, record: T) -> Result<(), PushError<T>> {
+        let i = self.pick();
+        let mut slot = Some(record);
+        self.push_when_room(i, &mut slot).await
+    }
+
+    /// Pushes the record in `slot` to queue `i` once it has room; while it
+    /// waits the record stays in `slot` (so a caller that gives up has it).
+    fn push_when_room<'a>(
+        &'a self,
+        i: usize,
+        slot: &'a mut Option<T>,
+    ) -> impl Future<Output = Result<(), PushError<T>>> + 'a {
+        std::future::poll_fn(move |cx| {
+            // Always `Some` here: the future ends when it hands the record on.
+            let Some(mut r) = slot.take() else { return Poll::Pending };
+            for attempt in 0..2 {
+                match self.try_push_to(i, r) {
+                    Err(PushError::Full(back)) => r = back,
+                    done => return Poll::Ready(done),
+                }
+                // Wait for room, then look once more (`RoomWaiters`).
+                if attempt == 0 {
+                    self.queues.life.rooms[i].register(cx.waker());
+                }
+            }
+            *slot = Some(r);
+            Poll::Pending
+        })
+    }
+
+    /// Pushes `record` if its queue has room now.
+    pub fn try_push(&mut self, record: T) -> Result<(), PushError<T>> {
+        let i = self.pick();
+        self.try_push_to(i, record)
+    }
+
+    /// Pushes `record` to queue `i` if it has room now. (`SeqCst`: a pusher
+    /// that registered for room looks again, and must see a close made
+    /// before its registration.)
+    #[inline]
+    fn try_push_to(&self, i: usize, record: T) -> Result<(), PushError<T>> {
+        if self.queues.life.closed.load(Ordering::SeqCst) {
+            return Err(PushError::Closed(record));
+        }
+        match self.queues.senders[i].try_send(record) {
+            Ok(()) => {
+                self.queues.wakes[i].wake();
+                Ok(())
+            }
+            Err(crossbeam_channel::TrySendError::Full(r)) => Err(PushError::Full(r)),
+            Err(crossbeam_channel::TrySendError::Disconnected(r)) => Err(PushError::Closed(r)),
+        }
+    }
+
+    /// Pushes `record`, waiting up to `timeout` for room: [`PushError::Full`]
+    /// if none came, [`PushError::Closed`] as soon as the job is gone.
+    pub fn push_timeout(&mut self, record: T, timeout: Duration) -> Result<(), PushError<T>> {
+        let i = self.pick();
+        let record = match self.try_push_to(i, record) {
+            Err(PushError::Full(r)) => r,
+            done => return done,
+        };
+        let Some(deadline) = Instant::now().checked_add(timeout) else {
+            // Beyond any clock: no deadline.
+            return wait(self.push_when_room(i, &mut Some(record)));
+        };
+        let mut slot = Some(record);
+        let pushed = wait_until(self.push_when_room(i, &mut slot), deadline);
+        match (pushed, slot.take()) {
+            (Some(done), _) => done,
+            (None, Some(r)) => Err(PushError::Full(r)),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+/// The source side of an ingress: each subtask takes its queue.
+pub(crate) struct IngressSources<T> {
+    pub(crate) receivers: Vec<Receiver<T>>,
+    wakes: Vec<Arc<ParkedWaker>>,
+    life: Arc<IngressLife>,
+}
+
+/// An ingress of `parallelism` queues of `capacity` records each.
+pub(crate) fn ingress<T>(name: &str, capacity: usize, parallelism: u32) -> (IngressHandle<T>, IngressSources<T>) {
+    let (mut senders, mut receivers, mut wakes) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..parallelism.max(1) {
+        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        senders.push(tx);
+        receivers.push(rx);
+        wakes.push(Arc::new(ParkedWaker::default()));
+    }
+    let rooms = (0..senders.len()).map(|_| RoomWaiters::default()).collect();
+    let life = Arc::new(IngressLife { live: Default::default(), closed: AtomicBool::new(false), rooms });
+    let queues = Arc::new(IngressQueues { name: name.to_string(), senders, wakes: wakes.clone(), life: life.clone() });
+    (IngressHandle { queues, next: 0, pinned: None }, IngressSources { receivers, wakes, life })
+}
+
+impl<T> Drop for IngressSources<T> {
+    fn drop(&mut self) {
+        // The job was dropped, refused or is over.
+        self.life.close_unless_read();
+    }
+}
+
+impl<T> IngressSources<T> {
+    /// What closes the ingress from outside the job (the engine, when the job
+    /// has ended).
+    pub(crate) fn closer(&self) -> IngressCloser {
+        IngressCloser(self.life.clone())
+    }
+
+    /// The source of subtask `subtask`.
+    pub(crate) fn source(&self, subtask: u32) -> Option<IngressSource<T>> {
+        let i = subtask as usize;
+        let source = IngressSource {
+            queue: i,
+            rx: self.receivers.get(i)?.clone(),
+            wake: self.wakes.get(i)?.clone(),
+            life: self.life.clone(),
+        };
+        self.life.live.fetch_add(1, Ordering::AcqRel);
+        Some(source)
+    }
+}
+
+/// One subtask's end of an ingress.
+pub(crate) struct IngressSource<T> {
+    queue: usize,
+    rx: Receiver<T>,
+    wake: Arc<ParkedWaker>,
+    life: Arc<IngressLife>,
+}
+
+impl<T> Drop for IngressSource<T> {
+    fn drop(&mut self) {
+        if self.life.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.life.close();
+        }
+    }
+}
+
+impl<T: Data> Source<T> for IngressSource<T> {
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut SourceOutput<'_, T>,
+    ) -> Result<SourceStatus, OperatorError> {
+        let status = self.take(cx, out);
+        if !out.is_empty() {
+            // Room in the queue for pushers that await it.
+            self.life.rooms[self.queue].wake_all();
+        }
+        Ok(status)
+    }
+}
+
+impl<T: Data> IngressSource<T> {
+    /// Takes what is queued into `out`, or parks on the empty queue.
+    fn take(&mut self, cx: &mut Context<'_>, out: &mut SourceOutput<'_, T>) -> SourceStatus {
+        let mut registered = false;
+        loop {
+            match self.rx.try_recv() {
+                Ok(r) => {
+                    out.push(r);
+                    if out.is_full() {
+                        return SourceStatus::Emitted;
+                    }
+                }
+                Err(TryRecvError::Disconnected) if out.is_empty() => return SourceStatus::Finished,
+                Err(TryRecvError::Disconnected) => return SourceStatus::Emitted,
+                Err(TryRecvError::Empty) if !out.is_empty() => return SourceStatus::Emitted,
+                Err(TryRecvError::Empty) if registered => return SourceStatus::Pending,
+                Err(TryRecvError::Empty) => {
+                    // Park, then look once more: a push between the look and the
+                    // park sees the flag and wakes us.
+                    self.wake.park(cx.waker());
+                    registered = true;
+                }
+            }
+        }
+    }
+}

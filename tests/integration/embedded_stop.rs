@@ -1,0 +1,241 @@
+//! A running job stopped with a snapshot (Flink's stop-with-savepoint): its
+//! sources stop where they are, everything before the stop is processed, the
+//! state and each source's position are snapshotted, and a job restored from
+//! that snapshot at another parallelism goes on from there — the two runs emit
+//! exactly what one uninterrupted run emits. Built-in generators and a user's
+//! source with offsets of its own; under back-pressure; refused once the job
+//! has ended.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::task::Context;
+
+use shardflow_engine::{
+    Dataflow, DataflowError, Engine, EngineError, JobSnapshot, OperatorError, Source, SourceOutput, SourceStatus,
+    TaskInfo,
+};
+
+use crate::common::{small_engine, TIMEOUT};
+
+const N: u64 = 1_000_000;
+
+/// Running counts of `numbers` (`0..N`, keyed by `r % 7`): every record gives
+/// `(key, its count so far)`. The first run ends in an egress of 16 records
+/// nobody reads at first, so the job waits mid-way on its reader; a restored
+/// run collects. Returns the records read and the snapshot (first run), or
+/// the records collected (restored run).
+fn counting(engine: &Engine, parallelism: u32, restore: Option<JobSnapshot>) -> (Vec<(u64, u64)>, Option<JobSnapshot>) {
+    let mut df = Dataflow::new("counting").parallelism(parallelism);
+    let restored = restore.is_some();
+    if let Some(s) = restore {
+        df = df.restore(s);
+    }
+    let counts = df.generate("numbers", N, |r| r).key_by(|r: &u64| r % 7).count().name("per-key");
+    if restored {
+        let out = counts.collect();
+        engine.run(df.build().expect("a valid dataflow")).expect("the restored job finishes");
+        return (out.take(), None);
+    }
+    let out = counts.egress(16);
+    let job = engine.submit(df.build().expect("a valid dataflow")).expect("submitted");
+    // Records flow, and then wait on the egress: the sources are mid-way.
+    let mut read = vec![out.recv_timeout(TIMEOUT).expect("a first count")];
+    job.stop_with_snapshot().expect("a running job can be stopped");
+    // What was emitted before the stop still leaves, through the egress, to its end.
+    loop {
+        match out.recv_timeout(TIMEOUT) {
+            Ok(r) => read.push(r),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            Err(e) => panic!("the stopped job's egress did not end: {e:?}"),
+        }
+    }
+    assert_eq!(out.stopped(), None, "a stop is an orderly end, not a cut");
+    let result = job.wait_timeout(TIMEOUT).expect("a stopped job finishes");
+    assert!(result.snapshot.is_some(), "a stopped job hands back its snapshot ({} records read)", read.len());
+    (read, result.snapshot)
+}
+
+#[test]
+fn a_running_job_stopped_with_a_snapshot_goes_on_from_there_at_another_parallelism() {
+    let engine = small_engine().build().expect("engine starts");
+    let (before, snapshot) = counting(&engine, 2, None);
+    let snapshot = snapshot.expect("checked above");
+    assert!(
+        (before.len() as u64) < N / 2,
+        "the back-pressured job was stopped mid-way, after {} records",
+        before.len()
+    );
+    let position = &snapshot.operators["numbers/position"];
+    assert_eq!(position.operator_state.len(), 2, "each source subtask's position: {position:?}");
+    assert!(snapshot.operators.contains_key("per-key"), "the counts' state");
+
+    // A restore that would drop a source's position is refused, unless allowed.
+    let df = Dataflow::new("renamed").restore(snapshot.clone());
+    df.generate("renamed", 10, |r| r).key_by(|r: &u64| r % 7).count().name("per-key").count();
+    match df.build() {
+        Err(EngineError::Dataflow(DataflowError::UnownedState { state, .. })) => {
+            assert_eq!(state, vec!["numbers/position".to_string()])
+        }
+        other => panic!("a position nobody restores is refused: {other:?}"),
+    }
+
+    let (after, _) = counting(&engine, 3, Some(snapshot));
+    let mut split: Vec<(u64, u64)> = before.into_iter().chain(after).collect();
+    split.sort_unstable();
+    let mut one_run: Vec<(u64, u64)> = Vec::new();
+    let mut seen = [0u64; 7];
+    for r in 0..N {
+        seen[(r % 7) as usize] += 1;
+        one_run.push((r % 7, seen[(r % 7) as usize]));
+    }
+    one_run.sort_unstable();
+    assert_eq!(split.len(), one_run.len(), "no record lost, none counted twice");
+    assert_eq!(split, one_run, "the two runs emit exactly what one run emits");
+}
+
+/// A log of words each source subtask reads its share of (every p-th from its
+/// index) up to `readable`, then waits (an unbounded source, like a topic with
+/// nothing new). Its position: per run of its share, the next offset and the
+/// step, 16 bytes.
+struct LogSource {
+    log: Arc<Vec<String>>,
+    readable: usize,
+    runs: Vec<[u64; 2]>,
+    restored: bool,
+}
+
+impl Source<String> for LogSource {
+    fn restore_state(&mut self, items: Vec<&[u8]>) -> Result<(), OperatorError> {
+        self.restored = true;
+        for item in items {
+            let words: Vec<u64> =
+                item.chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default())).collect();
+            match words[..] {
+                [next, step] if item.len() == 16 && step > 0 => self.runs.push([next, step]),
+                _ => return Err(OperatorError::User(format!("a position of {} bytes, not 16", item.len()))),
+            }
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, task: &TaskInfo) -> Result<(), OperatorError> {
+        if !self.restored {
+            self.runs.push([u64::from(task.subtask), u64::from(task.parallelism)]);
+        }
+        Ok(())
+    }
+
+    fn poll_next(
+        &mut self,
+        _: &mut Context<'_>,
+        out: &mut SourceOutput<'_, String>,
+    ) -> Result<SourceStatus, OperatorError> {
+        for run in &mut self.runs {
+            while !out.is_full() && (run[0] as usize) < self.readable.min(self.log.len()) {
+                out.push_ref(&self.log[run[0] as usize]);
+                run[0] += run[1];
+            }
+        }
+        let done = self.runs.iter().all(|r| r[0] as usize >= self.log.len());
+        Ok(match (out.is_empty(), done) {
+            (false, _) => SourceStatus::Emitted,
+            (true, true) => SourceStatus::Finished,
+            // Nothing readable now, and nothing will wake it: only a stop ends it.
+            (true, false) => SourceStatus::Pending,
+        })
+    }
+
+    fn snapshot_state(&mut self) -> Result<Option<Vec<Vec<u8>>>, OperatorError> {
+        let live = self.runs.iter().filter(|r| (r[0] as usize) < self.log.len());
+        Ok(Some(live.map(|r| r.iter().flat_map(|w| w.to_le_bytes()).collect()).collect()))
+    }
+}
+
+/// Running counts per word of the log, read up to `readable`.
+fn words(
+    engine: &Engine,
+    log: &Arc<Vec<String>>,
+    readable: usize,
+    p: u32,
+    restore: Option<JobSnapshot>,
+) -> (Vec<(String, u64)>, Option<JobSnapshot>) {
+    let mut df = Dataflow::new("words").parallelism(p);
+    if let Some(s) = restore {
+        df = df.restore(s);
+    }
+    let log = log.clone();
+    let make = move |_: &TaskInfo| LogSource { log: log.clone(), readable, runs: Vec::new(), restored: false };
+    let out = df.source("log", make).key_by_ref::<String, _>(|w: &str| w).count().name("per-word").collect();
+    let job = engine.submit(df.build().expect("a valid dataflow")).expect("submitted");
+    if readable < usize::MAX {
+        // It reads what is readable and waits for more: stop it wherever it is.
+        job.stop_with_snapshot().expect("a running job can be stopped");
+    }
+    let result = job.wait_timeout(TIMEOUT).expect("the job finishes");
+    (out.take(), result.snapshot)
+}
+
+#[test]
+fn a_users_source_with_offsets_of_its_own_is_stopped_and_restored_where_it_was() {
+    let engine = small_engine().build().expect("engine starts");
+    let log: Arc<Vec<String>> =
+        Arc::new((0..3_000u64).map(|i| format!("w{}", i.wrapping_mul(2_654_435_761) % 97)).collect());
+    let (before, snapshot) = words(&engine, &log, 1_200, 2, None);
+    let snapshot = snapshot.expect("a stopped job hands back its snapshot");
+    assert!(before.len() <= 1_200, "no more than was readable: {}", before.len());
+    let (after, none) = words(&engine, &log, usize::MAX, 3, Some(snapshot));
+    assert!(none.is_none(), "a job that finishes by itself takes no snapshot");
+
+    let mut split: Vec<(String, u64)> = before.into_iter().chain(after).collect();
+    let mut one_run = Vec::new();
+    let mut seen: BTreeMap<&str, u64> = BTreeMap::new();
+    for w in log.iter() {
+        let n = seen.entry(w).or_default();
+        *n += 1;
+        one_run.push((w.clone(), *n));
+    }
+    split.sort();
+    one_run.sort();
+    assert_eq!(split, one_run, "the two runs emit exactly what one run over the whole log emits");
+}
+
+#[test]
+fn a_job_that_has_ended_cannot_be_stopped() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("short");
+    df.generate("numbers", 100, |r| r).count();
+    let job = engine.submit(df.build().expect("a valid dataflow")).expect("submitted");
+    let result = job.wait_timeout(TIMEOUT).expect("it finishes");
+    assert!(result.snapshot.is_none());
+    match job.stop_with_snapshot() {
+        Err(EngineError::CannotStop { job: id, reason }) => {
+            assert_eq!(id, job.id());
+            assert!(reason.contains("has already ended (FINISHED)"), "{reason}");
+        }
+        other => panic!("an ended job cannot be stopped: {other:?}"),
+    }
+}
+
+#[test]
+fn a_job_fed_through_an_ingress_is_refused_a_stop_and_loses_nothing() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("service").parallelism(1).stop_with_snapshot();
+    let (requests, mut ingress) = df.ingress::<u64>("requests", 64);
+    let sums = requests.key_by(|r: &u64| r % 2).reduce(|a: &u64, b: &u64| a + b).name("sums").collect();
+    let job = engine.submit(df.build().expect("a valid dataflow")).expect("submitted");
+    for r in 0..10u64 {
+        ingress.push(r).expect("the job takes it");
+    }
+    match job.stop_with_snapshot() {
+        Err(EngineError::CannotStop { reason, .. }) => {
+            assert!(reason.contains("ingress keeps no position"), "{reason}")
+        }
+        other => panic!("a stop that would drop queued records is refused: {other:?}"),
+    }
+    // Ended by its handles instead: every record pushed is in the snapshot.
+    drop(ingress);
+    let result = job.wait_timeout(TIMEOUT).expect("the job finishes");
+    assert_eq!(sums.take().len(), 10, "a running sum per record");
+    let snapshot = result.snapshot.expect("built to stop with a snapshot at its end");
+    assert!(snapshot.operators.contains_key("sums"));
+}
