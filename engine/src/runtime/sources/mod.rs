@@ -235,7 +235,8 @@ impl Runs {
         let run = self.runs.front_mut()?;
         let [next, end, step] = *run;
         let n = ((end - next).div_ceil(step)).min(max);
-        run[0] = next + n * step;
+        // Every index taken is below `end`; the one after may not fit a u64.
+        run[0] = next.saturating_add(n.saturating_mul(step));
         if run[0] >= end {
             self.runs.pop_front();
         }
@@ -398,5 +399,47 @@ where
         let partitions = ctx.all_partitions();
         let progress = ctx.progress.clone();
         Ok(Box::new(SourceVertex { source, next, batch, partitions, progress, produced: 0, name }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Runs;
+
+    /// Every index `runs` gives, taking up to `max` at a time.
+    fn drain(runs: &mut Runs, max: u64) -> Vec<u64> {
+        let mut all = Vec::new();
+        while let Some((next, n, step)) = runs.take(max) {
+            all.extend((0..n).map(|k| next + k * step));
+        }
+        all
+    }
+
+    #[test]
+    fn runs_give_their_indices_in_order_and_snapshot_what_is_left() {
+        let mut runs = Runs::default();
+        runs.open([1, 11, 3]);
+        assert_eq!(runs.take(2), Some((1, 2, 3)));
+        let left = runs.snapshot();
+        assert_eq!(left.len(), 1);
+        let mut restored = Runs::default();
+        restored.restore(left.iter().map(Vec::as_slice).collect()).unwrap();
+        restored.open([0, 100, 1]);
+        assert_eq!(drain(&mut restored, 1024), vec![7, 10], "a restored run, not the subtask's fresh share");
+        assert_eq!(drain(&mut runs, 1), vec![7, 10]);
+        assert!(runs.snapshot().is_empty(), "nothing left");
+    }
+
+    #[test]
+    fn a_malformed_or_extreme_position_is_an_error_or_ends_cleanly() {
+        let mut runs = Runs::default();
+        let err = runs.restore(vec![&[1, 2, 3][..]]).unwrap_err();
+        assert!(err.to_string().contains("malformed source position: 3 bytes"), "{err}");
+        let zero_step: Vec<u8> = [0u64, 5, 0].iter().flat_map(|w| w.to_le_bytes()).collect();
+        assert!(Runs::default().restore(vec![&zero_step[..]]).is_err(), "a step of zero never ends");
+        let huge: Vec<u8> = [u64::MAX - 2, u64::MAX, u64::MAX].iter().flat_map(|w| w.to_le_bytes()).collect();
+        let mut runs = Runs::default();
+        runs.restore(vec![&huge[..]]).unwrap();
+        assert_eq!(drain(&mut runs, 1024), vec![u64::MAX - 2], "one index, and no overflow past it");
     }
 }
