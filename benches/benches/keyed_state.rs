@@ -1,4 +1,4 @@
-//! What keyed state costs per record, on a 2-shard embedded engine: 5 M records
+//! What keyed state costs per record, on a 2-shard embedded engine: 20 M records
 //! over 100 000 keys through a key-group exchange into a count per key — the
 //! built-in `count_final`, and the same count kept by a keyed process function
 //! in a `ValueState` and in a `ReducingState`. The gap between the first and
@@ -15,7 +15,7 @@ use shardflow_engine::{
     ReducingState, StateDeclarations, Stream, ValueState,
 };
 
-const RECORDS: u64 = 5_000_000;
+const RECORDS: u64 = 20_000_000;
 const KEYS: u64 = 100_000;
 
 /// A count per key in a value.
