@@ -24,7 +24,10 @@ pub enum NetError {
         end: Option<ProducerEnd>,
     },
     /// A record does not fit in an empty segment.
-    #[error("a record of {record_bytes} bytes does not fit in a segment of {segment_bytes} bytes")]
+    #[error(
+        "a record of {record_bytes} bytes does not fit in a segment of {segment_bytes} bytes (a record crosses an \
+         exchange whole: raise the segment size, `segment_bytes`, to a power of two at least its size)"
+    )]
     RecordTooLarge {
         /// Encoded size (or a lower bound of it).
         record_bytes: usize,

@@ -327,6 +327,7 @@ fn a_record_bigger_than_a_segment_fails_the_job_naming_its_size() {
     let cause = failure(engine.submit(df.build().unwrap()).unwrap().wait_timeout(TIMEOUT));
     assert!(cause.contains("10008") || cause.contains("1001"), "names the record's size: {cause}");
     assert!(cause.contains("4096"), "and the segment's: {cause}");
+    assert!(cause.contains("raise the segment size, `segment_bytes`"), "and how to make it fit: {cause}");
 }
 
 #[test]
