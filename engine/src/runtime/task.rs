@@ -1,8 +1,8 @@
 //! The mailbox task runtime: one subtask on its shard, waiting on one thing at a
 //! time — its control lane (cancel, a source's stop with a snapshot, and later
-//! checkpoint triggers and notifications) and its timers, whether its outputs can take more, and its
-//! inputs (a source, or one gate per incoming edge) — and doing one step of work
-//! when something is ready.
+//! checkpoint triggers and notifications) and its timers, whether its outputs
+//! can take more, and its inputs (a source, or one gate per incoming edge) — and
+//! doing one step of work when something is ready.
 //!
 //! A step is one chunk of a buffer (or one source poll, one event, the due
 //! timers). Between steps the task looks at its outputs: while one is overdrawn

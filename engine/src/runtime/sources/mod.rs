@@ -221,10 +221,18 @@ pub(crate) struct Runs {
 }
 
 impl Runs {
-    /// This subtask's share (`run`), unless restored.
-    fn open(&mut self, run: [u64; 3]) {
+    /// This subtask's share (`run`), unless restored; a restored run must end
+    /// within the source's `len` indices.
+    fn open(&mut self, run: [u64; 3], len: u64) -> Result<(), OperatorError> {
         if !self.restored && run[0] < run[1] {
             self.runs.push_back(run);
+        }
+        match self.runs.iter().find(|r| r[1] > len) {
+            Some(r) => Err(OperatorError::User(format!(
+                "the restored position reaches index {}, past the source's {len} (did its input change?)",
+                r[1] - 1
+            ))),
+            None => Ok(()),
         }
     }
 
@@ -266,7 +274,8 @@ impl Runs {
                         self.runs.push_back(r)
                     }
                 }
-                _ => {
+                Some(_) => return Err(OperatorError::User("malformed source position: a run with a step of 0".into())),
+                None => {
                     return Err(OperatorError::User(format!(
                         "malformed source position: {} bytes where a run (next, end, step) is 24",
                         item.len()
@@ -289,8 +298,7 @@ pub(crate) struct Generator<T, F> {
 impl<T: Data, F: Fn(u64) -> T + Send + Sync + 'static> Source<T> for Generator<T, F> {
     fn open(&mut self, task: &TaskInfo) -> Result<(), OperatorError> {
         let (next, end) = share(self.n, task.subtask, task.parallelism);
-        self.left.open([next, end, 1]);
-        Ok(())
+        self.left.open([next, end, 1], self.n)
     }
 
     #[inline]
@@ -335,23 +343,16 @@ pub(crate) struct FromItems<T> {
 
 impl<T: Data> Source<T> for FromItems<T> {
     fn open(&mut self, task: &TaskInfo) -> Result<(), OperatorError> {
-        let step = u64::from(task.parallelism.max(1));
-        self.left.open([u64::from(task.subtask), self.items.len() as u64, step]);
-        Ok(())
+        let (step, len) = (u64::from(task.parallelism.max(1)), self.items.len() as u64);
+        self.left.open([u64::from(task.subtask), len, step], len)
     }
 
     fn poll_next(&mut self, _: &mut Context<'_>, out: &mut SourceOutput<'_, T>) -> Result<SourceStatus, OperatorError> {
         while !out.is_full() {
             let Some(i) = self.left.take_one() else { break };
-            match usize::try_from(i).ok().and_then(|i| self.items.get(i)) {
-                Some(item) => out.push_ref(item.borrow()),
-                // A restored position past this job's collection (another collection under the same name).
-                None => {
-                    return Err(OperatorError::User(format!(
-                        "the restored position is past the collection's {} items (was it changed?)",
-                        self.items.len()
-                    )))
-                }
+            // `open` checked every index against the collection.
+            if let Some(item) = usize::try_from(i).ok().and_then(|i| self.items.get(i)) {
+                out.push_ref(item.borrow());
             }
         }
         Ok(if out.is_empty() { SourceStatus::Finished } else { SourceStatus::Emitted })
@@ -418,13 +419,13 @@ mod tests {
     #[test]
     fn runs_give_their_indices_in_order_and_snapshot_what_is_left() {
         let mut runs = Runs::default();
-        runs.open([1, 11, 3]);
+        runs.open([1, 11, 3], 11).unwrap();
         assert_eq!(runs.take(2), Some((1, 2, 3)));
         let left = runs.snapshot();
         assert_eq!(left.len(), 1);
         let mut restored = Runs::default();
         restored.restore(left.iter().map(Vec::as_slice).collect()).unwrap();
-        restored.open([0, 100, 1]);
+        restored.open([0, 100, 1], 100).unwrap();
         assert_eq!(drain(&mut restored, 1024), vec![7, 10], "a restored run, not the subtask's fresh share");
         assert_eq!(drain(&mut runs, 1), vec![7, 10]);
         assert!(runs.snapshot().is_empty(), "nothing left");
@@ -436,10 +437,14 @@ mod tests {
         let err = runs.restore(vec![&[1, 2, 3][..]]).unwrap_err();
         assert!(err.to_string().contains("malformed source position: 3 bytes"), "{err}");
         let zero_step: Vec<u8> = [0u64, 5, 0].iter().flat_map(|w| w.to_le_bytes()).collect();
-        assert!(Runs::default().restore(vec![&zero_step[..]]).is_err(), "a step of zero never ends");
+        let err = Runs::default().restore(vec![&zero_step[..]]).unwrap_err();
+        assert!(err.to_string().contains("a step of 0"), "a step of zero never ends: {err}");
         let huge: Vec<u8> = [u64::MAX - 2, u64::MAX, u64::MAX].iter().flat_map(|w| w.to_le_bytes()).collect();
         let mut runs = Runs::default();
         runs.restore(vec![&huge[..]]).unwrap();
+        let err = runs.open([0, 10, 1], 10).unwrap_err();
+        assert!(err.to_string().contains("past the source's 10"), "a position past the input: {err}");
+        runs.open([0, 0, 1], u64::MAX).unwrap();
         assert_eq!(drain(&mut runs, 1024), vec![u64::MAX - 2], "one index, and no overflow past it");
     }
 }
