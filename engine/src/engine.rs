@@ -143,7 +143,6 @@ impl Engine {
         let submitted_at = Instant::now();
         let vertex_names: Vec<String> = graph.vertices.iter().map(|v| v.name.clone()).collect();
         let name = graph.name.clone();
-        let ingress = !job.plan.ingresses.is_empty();
         let (id, details) = self.inner.with_client(|c| {
             let id = c.submit(graph, &strategy.to_string(), "").inspect_err(|_| self.inner.live().remove(&tag))?;
             // From here the job's end, not its handle, ends the submission.
@@ -173,7 +172,6 @@ impl Engine {
             submitted_at,
             engine: self.inner.clone(),
             taken: AtomicBool::new(false),
-            ingress,
         })
     }
 

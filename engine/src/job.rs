@@ -102,8 +102,6 @@ pub struct JobHandle {
     pub(crate) engine: Arc<EngineInner>,
     /// Whether its outcome has been handed out.
     pub(crate) taken: std::sync::atomic::AtomicBool,
-    /// Whether a service pushes its input through an ingress.
-    pub(crate) ingress: bool,
 }
 
 /// The longest single wait asked of the coordinator; longer waits ask again.
@@ -141,18 +139,14 @@ impl JobHandle {
     /// there. Works under back-pressure: what was emitted before the stop still
     /// has to leave, so sinks must be read to the end. A job whose sources all
     /// ended before the stop reached them finishes as usual (no snapshot).
-    /// Asked while the job deploys or restarts, it stops once it runs.
-    /// Refused with [`EngineError::CannotStop`] once the job has ended or is
-    /// being cancelled, and for a job with an ingress: an ingress keeps no
-    /// position, so the records queued in it would be lost — drop its handles
-    /// instead, and the job ends its input with everything pushed (built with
-    /// [`crate::Dataflow::stop_with_snapshot`], it snapshots at that end).
+    /// An ingress closes at the stop — a push from then on hands its record
+    /// back in [`crate::PushError::Closed`] — and what was queued in it is
+    /// processed before the snapshot, so a service knows exactly which records
+    /// the snapshot holds: those its pushes were accepted. Asked while the job
+    /// deploys or restarts, it stops once it runs. Refused with
+    /// [`EngineError::CannotStop`] once the job has ended or is being
+    /// cancelled.
     pub fn stop_with_snapshot(&self) -> Result<(), EngineError> {
-        if self.ingress {
-            let reason = "an ingress keeps no position, so what is queued in it would be lost: drop its handles \
-                          to end the job's input (a job built to stop with a snapshot takes it at that end)";
-            return Err(EngineError::CannotStop { job: self.id, reason: reason.into() });
-        }
         self.engine.with_client(|c| c.stop_with_snapshot(self.id)).map_err(|e| match e {
             EngineError::Remote { code: ErrorCode::UnknownJob, .. } => EngineError::UnknownJob(self.id),
             EngineError::Remote { code: ErrorCode::Unexpected, message } => {

@@ -2,20 +2,21 @@
 //! sources stop where they are, everything before the stop is processed, the
 //! state and each source's position are snapshotted, and a job restored from
 //! that snapshot at another parallelism goes on from there — the two runs emit
-//! exactly what one uninterrupted run emits. Built-in generators and a user's
-//! source with offsets of its own; under back-pressure; refused once the job
-//! has ended.
+//! exactly what one uninterrupted run emits. Built-in generators, a user's
+//! source with offsets of its own, and a service's ingress (it closes at the
+//! stop; what it accepted is in the snapshot, what it refused goes to the
+//! restored job); under back-pressure; refused once the job has ended.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::task::Context;
 
 use shardflow_engine::{
-    Dataflow, DataflowError, Engine, EngineError, JobSnapshot, OperatorError, Source, SourceOutput, SourceStatus,
-    TaskInfo,
+    Dataflow, DataflowError, Engine, EngineError, JobSnapshot, OperatorError, PushError, Source, SourceOutput,
+    SourceStatus, TaskInfo,
 };
 
-use crate::common::{small_engine, TIMEOUT};
+use crate::common::{join_within, small_engine, TIMEOUT};
 
 const N: u64 = 1_000_000;
 
@@ -217,25 +218,62 @@ fn a_job_that_has_ended_cannot_be_stopped() {
 }
 
 #[test]
-fn a_job_fed_through_an_ingress_is_refused_a_stop_and_loses_nothing() {
+fn a_service_job_stops_with_exactly_the_records_its_ingress_accepted() {
     let engine = small_engine().build().expect("engine starts");
-    let df = Dataflow::new("service").parallelism(1).stop_with_snapshot();
-    let (requests, mut ingress) = df.ingress::<u64>("requests", 64);
-    let sums = requests.key_by(|r: &u64| r % 2).reduce(|a: &u64, b: &u64| a + b).name("sums").collect();
-    let job = engine.submit(df.build().expect("a valid dataflow")).expect("submitted");
-    for r in 0..10u64 {
-        ingress.push(r).expect("the job takes it");
-    }
-    match job.stop_with_snapshot() {
-        Err(EngineError::CannotStop { reason, .. }) => {
-            assert!(reason.contains("ingress keeps no position"), "{reason}")
+    let job_of = |restore: Option<JobSnapshot>| {
+        let mut df = Dataflow::new("service").parallelism(2);
+        if let Some(s) = restore {
+            df = df.restore(s);
         }
-        other => panic!("a stop that would drop queued records is refused: {other:?}"),
+        let (requests, ingress) = df.ingress::<u64>("requests", 64);
+        let counts = requests.key_by(|r: &u64| r % 5).count().name("per-key");
+        (df, counts, ingress)
+    };
+    let (df, counts, mut ingress) = job_of(None);
+    let out = counts.egress(16);
+    let job = engine.submit(df.build().expect("a valid dataflow")).expect("submitted");
+    // A service pushes until the job takes no more: the first record refused comes back.
+    let pusher = std::thread::spawn(move || {
+        for r in 0..N {
+            match ingress.push(r) {
+                Ok(()) => {}
+                Err(PushError::Closed(back)) => return back,
+                Err(e) => panic!("a blocking push waits for room: {e}"),
+            }
+        }
+        N
+    });
+    let mut read = vec![out.recv_timeout(TIMEOUT).expect("a first count")];
+    job.stop_with_snapshot().expect("a service's job can be stopped");
+    loop {
+        match out.recv_timeout(TIMEOUT) {
+            Ok(r) => read.push(r),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            Err(e) => panic!("the stopped job's egress did not end: {e:?}"),
+        }
     }
-    // Ended by its handles instead: every record pushed is in the snapshot.
+    let refused = join_within(pusher, "the pusher learns the job takes no more");
+    assert!(refused < N, "stopped mid-stream, at {refused}");
+    assert_eq!(read.len() as u64, refused, "every record accepted before the stop is counted, no other");
+    let snapshot = job.wait_timeout(TIMEOUT).expect("a stopped job finishes").snapshot.expect("its snapshot");
+
+    // The new version gets the rest from the service.
+    let (df, counts, mut ingress) = job_of(Some(snapshot));
+    let rest = counts.collect();
+    let job = engine.submit(df.build().expect("a valid dataflow")).expect("submitted");
+    for r in refused..N {
+        ingress.push(r).expect("the restored job takes it");
+    }
     drop(ingress);
-    let result = job.wait_timeout(TIMEOUT).expect("the job finishes");
-    assert_eq!(sums.take().len(), 10, "a running sum per record");
-    let snapshot = result.snapshot.expect("built to stop with a snapshot at its end");
-    assert!(snapshot.operators.contains_key("sums"));
+    job.wait_timeout(TIMEOUT).expect("the restored job finishes");
+    let mut split: Vec<(u64, u64)> = read.into_iter().chain(rest.take()).collect();
+    split.sort_unstable();
+    let mut one_run: Vec<(u64, u64)> = Vec::new();
+    let mut seen = [0u64; 5];
+    for r in 0..N {
+        seen[(r % 5) as usize] += 1;
+        one_run.push((r % 5, seen[(r % 5) as usize]));
+    }
+    one_run.sort_unstable();
+    assert_eq!(split, one_run, "the two runs count exactly what one run counts");
 }

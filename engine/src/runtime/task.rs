@@ -132,6 +132,11 @@ fn named(operator: &str, e: OperatorError) -> OperatorError {
     }
 }
 
+/// Emits a stop barrier on every partition: nothing follows it but their end.
+fn stop_after(partitions: &[Partition], barrier: CheckpointBarrier) -> Result<(), shardflow_netstack::NetError> {
+    partitions.iter().try_for_each(|p| p.borrow_mut().broadcast_event(Event::Barrier(barrier)))
+}
+
 /// What one step did.
 enum Step {
     Worked,
@@ -174,6 +179,8 @@ struct Task {
     end_snapshot: Option<u64>,
     /// The stop barrier a source was told to emit, until it does.
     stop: Option<CheckpointBarrier>,
+    /// The stop barrier a source emits once it has emitted what it holds.
+    draining: Option<CheckpointBarrier>,
     /// A stop barrier came through (from the source itself, or on every input).
     stopped: bool,
     /// The shard's scheduler: time slices and timers.
@@ -286,6 +293,7 @@ impl Task {
             failure,
             end_snapshot: d.plan.snapshot_at_end.then_some(END_SNAPSHOT),
             stop: None,
+            draining: None,
             stopped: false,
             sched,
             timer: None,
@@ -453,13 +461,14 @@ impl Task {
         match &mut self.body {
             Body::Source { driver, idle_until } => {
                 if let Some(barrier) = self.stop.take() {
-                    // Nothing follows the barrier but the end of the partitions.
-                    for p in &self.partitions {
-                        p.borrow_mut().broadcast_event(Event::Barrier(barrier))?;
+                    // A source holding records it took in (an ingress) emits them first.
+                    if driver.stop().map_err(|e| named(&self.info.vertex, e))? {
+                        self.draining = Some(barrier);
+                    } else {
+                        stop_after(&self.partitions, barrier)?;
+                        (self.end_snapshot, self.stopped) = (Some(barrier.checkpoint_id), true);
+                        return Ok(Some(Step::EndOfInput));
                     }
-                    self.end_snapshot = Some(barrier.checkpoint_id);
-                    self.stopped = true;
-                    return Ok(Some(Step::EndOfInput));
                 }
                 if idle_until.is_some_and(|t| t > clock.now()) {
                     wake_at = *idle_until;
@@ -467,7 +476,13 @@ impl Task {
                     *idle_until = None;
                     match driver.poll(cx)? {
                         SourceStatus::Emitted => return Ok(Some(Step::Worked)),
-                        SourceStatus::Finished => return Ok(Some(Step::EndOfInput)),
+                        SourceStatus::Finished => {
+                            if let Some(barrier) = self.draining.take() {
+                                stop_after(&self.partitions, barrier)?;
+                                (self.end_snapshot, self.stopped) = (Some(barrier.checkpoint_id), true);
+                            }
+                            return Ok(Some(Step::EndOfInput));
+                        }
                         SourceStatus::Pending => {}
                         SourceStatus::IdleUntil(t) => {
                             *idle_until = Some(t);

@@ -22,6 +22,9 @@ use crate::runtime::{ParkedWaker, RoomWaiters};
 struct IngressLife {
     live: std::sync::atomic::AtomicUsize,
     closed: AtomicBool,
+    /// Pushes between their look at `closed` and the queue: a source that
+    /// closes the ingress to stop drains the queues once none is left.
+    pushing: std::sync::atomic::AtomicUsize,
     /// By queue: pushers waiting for room (or the end).
     rooms: Vec<RoomWaiters>,
 }
@@ -232,17 +235,24 @@ impl<T: Send> IngressHandle<T> {
     /// before its registration.)
     #[inline]
     fn try_push_to(&self, i: usize, record: T) -> Result<(), PushError<T>> {
-        if self.queues.life.closed.load(Ordering::SeqCst) {
-            return Err(PushError::Closed(record));
-        }
-        match self.queues.senders[i].try_send(record) {
-            Ok(()) => {
-                self.queues.wakes[i].wake();
-                Ok(())
+        let life = &self.queues.life;
+        // Counted from before the look at `closed` until the record is queued,
+        // so a source stopping (it closes, then drains) misses no record.
+        life.pushing.fetch_add(1, Ordering::SeqCst);
+        let pushed = if life.closed.load(Ordering::SeqCst) {
+            Err(PushError::Closed(record))
+        } else {
+            match self.queues.senders[i].try_send(record) {
+                Ok(()) => Ok(()),
+                Err(crossbeam_channel::TrySendError::Full(r)) => Err(PushError::Full(r)),
+                Err(crossbeam_channel::TrySendError::Disconnected(r)) => Err(PushError::Closed(r)),
             }
-            Err(crossbeam_channel::TrySendError::Full(r)) => Err(PushError::Full(r)),
-            Err(crossbeam_channel::TrySendError::Disconnected(r)) => Err(PushError::Closed(r)),
+        };
+        life.pushing.fetch_sub(1, Ordering::SeqCst);
+        if pushed.is_ok() {
+            self.queues.wakes[i].wake();
         }
+        pushed
     }
 
     /// Pushes `record`, waiting up to `timeout` for room: [`PushError::Full`]
@@ -284,7 +294,12 @@ pub(crate) fn ingress<T>(name: &str, capacity: usize, parallelism: u32) -> (Ingr
         wakes.push(Arc::new(ParkedWaker::default()));
     }
     let rooms = (0..senders.len()).map(|_| RoomWaiters::default()).collect();
-    let life = Arc::new(IngressLife { live: Default::default(), closed: AtomicBool::new(false), rooms });
+    let life = Arc::new(IngressLife {
+        live: Default::default(),
+        closed: AtomicBool::new(false),
+        pushing: Default::default(),
+        rooms,
+    });
     let queues = Arc::new(IngressQueues { name: name.to_string(), senders, wakes: wakes.clone(), life: life.clone() });
     (IngressHandle { queues, next: 0, pinned: None }, IngressSources { receivers, wakes, life })
 }
@@ -311,6 +326,7 @@ impl<T> IngressSources<T> {
             rx: self.receivers.get(i)?.clone(),
             wake: self.wakes.get(i)?.clone(),
             life: self.life.clone(),
+            stopping: false,
         };
         self.life.live.fetch_add(1, Ordering::AcqRel);
         Some(source)
@@ -323,6 +339,9 @@ pub(crate) struct IngressSource<T> {
     rx: Receiver<T>,
     wake: Arc<ParkedWaker>,
     life: Arc<IngressLife>,
+    /// The job is being stopped: the ingress is closed, and what is queued
+    /// goes out before the source ends.
+    stopping: bool,
 }
 
 impl<T> Drop for IngressSource<T> {
@@ -344,7 +363,23 @@ impl<T: Data> Source<T> for IngressSource<T> {
             // Room in the queue for pushers that await it.
             self.life.rooms[self.queue].wake_all();
         }
+        if self.stopping && status == SourceStatus::Pending {
+            // Closed and drained: done once no push is between its look and the queue.
+            return Ok(if self.life.pushing.load(Ordering::SeqCst) == 0 && self.rx.is_empty() {
+                SourceStatus::Finished
+            } else {
+                SourceStatus::Emitted
+            });
+        }
         Ok(status)
+    }
+
+    /// Closes the ingress (pushers get their records back from now on) and
+    /// drains what was queued before.
+    fn stop(&mut self) -> Result<bool, OperatorError> {
+        self.life.close();
+        self.stopping = true;
+        Ok(true)
     }
 }
 

@@ -118,6 +118,14 @@ pub trait Source<T: Data>: 'static {
     fn snapshot_state(&mut self) -> Result<Option<Vec<Vec<u8>>>, OperatorError> {
         Ok(None)
     }
+    /// The job is being stopped with a snapshot: take nothing new from
+    /// outside. `false` (the default): the source stops where it is. `true`:
+    /// it still holds records it took in (an ingress's queue) and emits them
+    /// first — the task polls it on until it returns
+    /// [`SourceStatus::Finished`], then stops.
+    fn stop(&mut self) -> Result<bool, OperatorError> {
+        Ok(false)
+    }
     /// Before `open`, in a job restored from a snapshot that holds this
     /// source's position: this subtask's share of its items (dealt round robin;
     /// none for a subtask with nothing left to read).
@@ -148,6 +156,8 @@ pub(crate) trait SourceDriver {
     fn produced(&self) -> u64;
     /// The source's position as a snapshot entry, if it keeps one.
     fn position(&mut self, task: &TaskInfo) -> Result<Option<OperatorSnapshot>, OperatorError>;
+    /// [`Source::stop`].
+    fn stop(&mut self) -> Result<bool, OperatorError>;
 }
 
 /// A typed source and the chain it feeds.
@@ -192,6 +202,10 @@ impl<T: Data, S: Source<T>> SourceDriver for SourceVertex<T, S> {
 
     fn produced(&self) -> u64 {
         self.produced
+    }
+
+    fn stop(&mut self) -> Result<bool, OperatorError> {
+        self.source.stop()
     }
 
     fn position(&mut self, task: &TaskInfo) -> Result<Option<OperatorSnapshot>, OperatorError> {
