@@ -104,8 +104,8 @@ pub enum EngineError {
     /// The job was cancelled.
     #[error("job {0} was cancelled")]
     JobCanceled(JobId),
-    /// The job cannot be stopped with a snapshot now: it has ended, or does not
-    /// run yet (the reason says which).
+    /// The job cannot be stopped with a snapshot: it has ended, or is being
+    /// cancelled (the reason says which).
     #[error("job {job} cannot be stopped with a snapshot: {reason}")]
     CannotStop {
         /// The job.
