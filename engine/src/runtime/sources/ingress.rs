@@ -91,7 +91,8 @@ pub enum PushError<T> {
     /// The queue is full (only from [`IngressHandle::try_push`] and
     /// [`IngressHandle::push_timeout`]).
     Full(T),
-    /// The job's source is gone (the job ended, failed or was cancelled).
+    /// The job takes no more (it ended, failed or was cancelled, or was
+    /// stopped with a snapshot: what was pushed before is in the snapshot).
     Closed(T),
 }
 
@@ -108,7 +109,7 @@ impl<T> std::fmt::Display for PushError<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PushError::Full(_) => f.write_str("the ingress queue is full"),
-            PushError::Closed(_) => f.write_str("the ingress's job is gone"),
+            PushError::Closed(_) => f.write_str("the ingress's job takes no more (it ended or was stopped)"),
         }
     }
 }
