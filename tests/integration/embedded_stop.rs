@@ -5,15 +5,16 @@
 //! exactly what one uninterrupted run emits. Built-in generators, a user's
 //! source with offsets of its own, and a service's ingress (it closes at the
 //! stop; what it accepted is in the snapshot, what it refused goes to the
-//! restored job); under back-pressure; refused once the job has ended.
+//! restored job); keyed state, operator lists and broadcast state; under
+//! back-pressure; refused once the job has ended.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::task::Context;
 
 use shardflow_engine::{
-    Dataflow, DataflowError, Engine, EngineError, JobSnapshot, OperatorError, PushError, Source, SourceOutput,
-    SourceStatus, TaskInfo,
+    CoProcessFunction, Dataflow, DataflowError, Emitter, Engine, EngineError, JobSnapshot, ListStateHandle,
+    OperatorContext, OperatorError, PushError, Source, SourceOutput, SourceStatus, Stream, TaskInfo,
 };
 
 use crate::common::{join_within, small_engine, TIMEOUT};
@@ -276,4 +277,88 @@ fn a_service_job_stops_with_exactly_the_records_its_ingress_accepted() {
     }
     one_run.sort_unstable();
     assert_eq!(split, one_run, "the two runs count exactly what one run counts");
+}
+
+/// Events held in operator list state, rules in broadcast state; at the end
+/// every event is emitted with the number of rules dividing it (plus one). On
+/// the way each event is also emitted as `(event, 0)`, so the first run's
+/// egress shows progress.
+#[derive(Clone, Default)]
+struct Divisible {
+    rules: Option<ListStateHandle<u64>>,
+    held: Option<ListStateHandle<u64>>,
+}
+
+impl CoProcessFunction<u64, u64, (u64, u64)> for Divisible {
+    fn open(&mut self, ctx: &mut OperatorContext<'_>) -> Result<(), OperatorError> {
+        self.rules = Some(ctx.broadcast_state("rules")?);
+        self.held = Some(ctx.list_state("held")?);
+        Ok(())
+    }
+    fn process_first(
+        &mut self,
+        event: &u64,
+        ctx: &mut OperatorContext<'_>,
+        out: &mut Emitter<'_, (u64, u64)>,
+    ) -> Result<(), OperatorError> {
+        out.emit((*event, 0));
+        ctx.list(self.held.as_ref().expect("opened"))?.push(*event)
+    }
+    fn process_second(
+        &mut self,
+        rule: &u64,
+        ctx: &mut OperatorContext<'_>,
+        _: &mut Emitter<'_, (u64, u64)>,
+    ) -> Result<(), OperatorError> {
+        ctx.list(self.rules.as_ref().expect("opened"))?.push(*rule)
+    }
+    fn finish(
+        &mut self,
+        ctx: &mut OperatorContext<'_>,
+        out: &mut Emitter<'_, (u64, u64)>,
+    ) -> Result<(), OperatorError> {
+        let rules = ctx.list(self.rules.as_ref().expect("opened"))?.to_vec();
+        for event in ctx.list(self.held.as_ref().expect("opened"))?.iter() {
+            out.emit((*event, 1 + rules.iter().filter(|r| event % **r == 0).count() as u64));
+        }
+        Ok(())
+    }
+}
+
+fn divisible(df: &Dataflow) -> Stream<(u64, u64)> {
+    let rules = df.from_iter("rules", vec![2u64, 3, 5]).broadcast();
+    df.generate("events", N, |r| r).rebalance().connect(&rules).process(Divisible::default()).name("divisible")
+}
+
+#[test]
+fn operator_lists_and_broadcast_state_stopped_at_3_restore_into_1() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("divisible").parallelism(3);
+    let out = divisible(&df).egress(16);
+    let job = engine.submit(df.build().expect("a valid dataflow")).expect("submitted");
+    let mut read = vec![out.recv_timeout(TIMEOUT).expect("a first event")];
+    job.stop_with_snapshot().expect("a running job can be stopped");
+    loop {
+        match out.recv_timeout(TIMEOUT) {
+            Ok(r) => read.push(r),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            Err(e) => panic!("the stopped job's egress did not end: {e:?}"),
+        }
+    }
+    let snapshot = job.wait_timeout(TIMEOUT).expect("it finishes").snapshot.expect("its snapshot");
+    assert!(read.iter().all(|r| r.1 == 0), "stopped, not finished: nothing emitted at the end");
+    assert_eq!(snapshot.operators["divisible/rules"].operator_state.len(), 3, "each subtask's copy of the rules");
+
+    let df = Dataflow::new("divisible").parallelism(1).restore(snapshot);
+    let rest = divisible(&df).collect();
+    engine.run(df.build().expect("a valid dataflow")).expect("the restored job finishes");
+    let rest = rest.take();
+    let mut passed: Vec<u64> = read.iter().chain(&rest).filter(|r| r.1 == 0).map(|r| r.0).collect();
+    passed.sort_unstable();
+    assert_eq!(passed, (0..N).collect::<Vec<_>>(), "every event passes once over the two runs");
+    let mut at_end: Vec<(u64, u64)> = rest.into_iter().filter(|r| r.1 > 0).collect();
+    at_end.sort_unstable();
+    let want: Vec<(u64, u64)> =
+        (0..N).map(|e| (e, 1 + [2u64, 3, 5].iter().filter(|r| e % **r == 0).count() as u64)).collect();
+    assert_eq!(at_end, want, "the held events of three subtasks, matched by the one restored subtask");
 }
