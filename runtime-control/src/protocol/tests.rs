@@ -127,6 +127,15 @@ fn samples() -> Vec<Message> {
         Message::WaitJob(WaitJob { job: JobId(3), until: WaitCondition::AllRunning, timeout_ms: 1000 }),
         Message::RequestWorkerDump(RequestWorkerDump { worker: WorkerId(2), timeout_ms: 5000 }),
         Message::RequestJobProgress(RequestJobProgress { job: JobId(3) }),
+        Message::TriggerCheckpoint(TriggerCheckpoint {
+            job_master: JobMasterId(9),
+            job: JobId(3),
+            attempt: AttemptId { execution_vertex: ExecutionVertexId { vertex: VertexId(0), subtask: 1 }, attempt: 2 },
+            checkpoint: crate::ids::CheckpointId(1),
+            timestamp_ms: 0,
+            stop: true,
+        }),
+        Message::StopWithSavepoint(StopWithSavepoint { job: JobId(3), directory: String::new() }),
         Message::JobProgress(JobProgress {
             job: JobId(3),
             subtasks: vec![SubtaskProgress {
