@@ -18,6 +18,11 @@ use shardflow_engine::{
 const RECORDS: u64 = 20_000_000;
 const KEYS: u64 = 100_000;
 
+/// A state handle declared in `open`, or the error of a function used before.
+fn opened<S>(handle: &Option<S>) -> Result<&S, OperatorError> {
+    handle.as_ref().ok_or_else(|| OperatorError::User("used before open".into()))
+}
+
 /// A count per key in a value.
 #[derive(Clone, Default)]
 struct ValueCount {
@@ -36,7 +41,7 @@ impl KeyedProcessFunction<u64, u64, (u64, u64)> for ValueCount {
         ctx: &mut KeyedContext<'_, u64>,
         _: &mut Emitter<'_, (u64, u64)>,
     ) -> Result<(), OperatorError> {
-        let count = self.count.as_ref().ok_or_else(|| OperatorError::User("not open".into()))?;
+        let count = opened(&self.count)?;
         if ctx.update_value(count, |n| *n += 1)?.is_none() {
             ctx.set_value(count, 1)?;
         }
@@ -48,7 +53,7 @@ impl KeyedProcessFunction<u64, u64, (u64, u64)> for ValueCount {
         ctx: &mut KeyedContext<'_, u64>,
         out: &mut Emitter<'_, (u64, u64)>,
     ) -> Result<(), OperatorError> {
-        let count = self.count.as_ref().ok_or_else(|| OperatorError::User("not open".into()))?;
+        let count = opened(&self.count)?;
         let n = ctx.value(count)?.copied().unwrap_or(0);
         out.emit((*ctx.key(), n));
         Ok(())
@@ -73,7 +78,7 @@ impl KeyedProcessFunction<u64, u64, (u64, u64)> for ReducingCount {
         ctx: &mut KeyedContext<'_, u64>,
         _: &mut Emitter<'_, (u64, u64)>,
     ) -> Result<(), OperatorError> {
-        ctx.reducing_add(self.count.as_ref().ok_or_else(|| OperatorError::User("not open".into()))?, &1)
+        ctx.reducing_add(opened(&self.count)?, &1)
     }
 
     fn on_end_of_input(
@@ -81,7 +86,7 @@ impl KeyedProcessFunction<u64, u64, (u64, u64)> for ReducingCount {
         ctx: &mut KeyedContext<'_, u64>,
         out: &mut Emitter<'_, (u64, u64)>,
     ) -> Result<(), OperatorError> {
-        let count = self.count.as_ref().ok_or_else(|| OperatorError::User("not open".into()))?;
+        let count = opened(&self.count)?;
         let n = ctx.reducing_get(count)?.copied().unwrap_or(0);
         out.emit((*ctx.key(), n));
         Ok(())

@@ -200,12 +200,12 @@ impl JobHandle {
     fn result(
         &self,
         details: JobDetails,
-        outputs: crate::cluster::Outputs,
+        mut outputs: crate::cluster::Outputs,
         finished_at: Instant,
     ) -> Result<JobResult, EngineError> {
         match details.status {
             JobStatus::Finished => Ok(JobResult {
-                snapshot: snapshot_of(&outputs),
+                snapshot: snapshot_of(&mut outputs),
                 job_id: self.id,
                 name: self.name.clone(),
                 status: details.status,
@@ -235,16 +235,17 @@ impl JobHandle {
 /// The snapshot a job's subtasks took at their end, if they took one: with the
 /// position of every source subtask where the job was stopped (what each had
 /// left, a source that had finished included), so a restore goes on from there.
-fn snapshot_of(outputs: &crate::cluster::Outputs) -> Option<JobSnapshot> {
+/// The parts are moved out of the outputs, not copied: they hold all the state.
+fn snapshot_of(outputs: &mut crate::cluster::Outputs) -> Option<JobSnapshot> {
     let stopped = outputs.values().any(|o| o.stopped);
     if !stopped && outputs.values().all(|o| o.snapshot.is_empty()) {
         return None;
     }
     let mut s = JobSnapshot::default();
-    for o in outputs.values() {
-        o.snapshot.iter().for_each(|part| s.add(part.clone()));
-        if let Some(position) = o.position.as_ref().filter(|_| stopped) {
-            s.add(position.clone());
+    for o in outputs.values_mut() {
+        std::mem::take(&mut o.snapshot).into_iter().for_each(|part| s.add(part));
+        if let Some(position) = o.position.take().filter(|_| stopped) {
+            s.add(position);
         }
     }
     Some(s)

@@ -293,6 +293,17 @@ type Abandoned = Rc<RefCell<Option<String>>>;
 /// The control lane of every running task, by job.
 type Tasks = Rc<RefCell<HashMap<JobId, Vec<(AttemptId, ControlLane)>>>>;
 
+/// Posts `message` to the task of `attempt` of `job`, if it runs here.
+fn post_to_attempt(
+    tasks: &HashMap<JobId, Vec<(AttemptId, ControlLane)>>,
+    job: JobId,
+    attempt: AttemptId,
+    message: TaskControl,
+) {
+    let lanes = tasks.get(&job).into_iter().flatten();
+    lanes.filter(|(a, _)| *a == attempt).for_each(|(_, lane)| lane.post(message.clone()));
+}
+
 async fn shard_loop(pool: Rc<SegmentPool>, sched: Rc<Scheduler>, commands: Mailbox<ShardCommand>, reports: ReportSink) {
     let tasks: Tasks = Rc::default();
     let live = Live::default();
@@ -320,19 +331,10 @@ async fn shard_loop(pool: Rc<SegmentPool>, sched: Rc<Scheduler>, commands: Mailb
                 }
             }
             ShardCommand::CancelAttempt(job, attempt, why) => {
-                if let Some(v) = tasks.borrow().get(&job) {
-                    let why: Rc<str> = why.into();
-                    for (_, lane) in v.iter().filter(|(a, _)| *a == attempt) {
-                        lane.post(TaskControl::Cancel(why.clone()));
-                    }
-                }
+                post_to_attempt(&tasks.borrow(), job, attempt, TaskControl::Cancel(why.into()));
             }
             ShardCommand::StopAttempt(job, attempt, barrier) => {
-                if let Some(v) = tasks.borrow().get(&job) {
-                    for (_, lane) in v.iter().filter(|(a, _)| *a == attempt) {
-                        lane.post(TaskControl::Stop(barrier));
-                    }
-                }
+                post_to_attempt(&tasks.borrow(), job, attempt, TaskControl::Stop(barrier));
             }
             ShardCommand::Shutdown => break,
             ShardCommand::Abandon(why) => {

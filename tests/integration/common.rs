@@ -63,3 +63,16 @@ pub(crate) fn endless_job(name: &str, parallelism: u32) -> (Job, EgressHandle<Ke
         .egress(16);
     (df.build().expect("a valid dataflow"), seen)
 }
+
+/// Every record `out` still delivers, to its end, failing the test if it
+/// neither delivers nor ends within [`TIMEOUT`].
+pub(crate) fn read_to_end<T>(out: &EgressHandle<T>) -> Vec<T> {
+    let mut read = Vec::new();
+    loop {
+        match out.recv_timeout(TIMEOUT) {
+            Ok(r) => read.push(r),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return read,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => panic!("the egress neither delivered nor ended"),
+        }
+    }
+}

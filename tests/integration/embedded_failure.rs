@@ -5,7 +5,7 @@
 use shardflow_engine::jobs::{KeyValue, GOLDEN};
 use shardflow_engine::{Dataflow, Emitter, EngineError, JobStatus, OperatorError};
 
-use crate::common::{shard_count, small_engine, TIMEOUT};
+use crate::common::{read_to_end, shard_count, small_engine, TIMEOUT};
 
 fn expect_failure(result: Result<shardflow_engine::JobResult, EngineError>, needles: &[&str]) {
     match result {
@@ -87,14 +87,7 @@ fn an_egress_cut_short_by_a_failure_says_so_after_its_last_result() {
     let handle = engine.submit(df.build().unwrap()).expect("submit");
     assert_eq!(answers.stopped(), None, "nothing stopped yet");
     // Read to the end: the stream ends (it does not hang) short of its million.
-    let mut read = 0u64;
-    loop {
-        match answers.recv_timeout(TIMEOUT) {
-            Ok(_) => read += 1,
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => panic!("the egress neither delivered nor ended"),
-        }
-    }
+    let read = read_to_end(&answers).len();
     assert!(read < 1_000_000, "the stream was cut short: {read}");
     let why = answers.stopped().expect("the end says it was cut short");
     assert!(why.starts_with("egress '"), "{why}");

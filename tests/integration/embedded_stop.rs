@@ -17,7 +17,7 @@ use shardflow_engine::{
     OperatorContext, OperatorError, PushError, Source, SourceOutput, SourceStatus, Stream, TaskInfo,
 };
 
-use crate::common::{join_within, small_engine, TIMEOUT};
+use crate::common::{join_within, read_to_end, small_engine, TIMEOUT};
 
 const N: u64 = 1_000_000;
 
@@ -44,13 +44,7 @@ fn counting(engine: &Engine, parallelism: u32, restore: Option<JobSnapshot>) -> 
     let mut read = vec![out.recv_timeout(TIMEOUT).expect("a first count")];
     job.stop_with_snapshot().expect("a running job can be stopped");
     // What was emitted before the stop still leaves, through the egress, to its end.
-    loop {
-        match out.recv_timeout(TIMEOUT) {
-            Ok(r) => read.push(r),
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-            Err(e) => panic!("the stopped job's egress did not end: {e:?}"),
-        }
-    }
+    read.extend(read_to_end(&out));
     assert_eq!(out.stopped(), None, "a stop is an orderly end, not a cut");
     let result = job.wait_timeout(TIMEOUT).expect("a stopped job finishes");
     assert!(result.snapshot.is_some(), "a stopped job hands back its snapshot ({} records read)", read.len());
@@ -246,13 +240,7 @@ fn a_service_job_stops_with_exactly_the_records_its_ingress_accepted() {
     });
     let mut read = vec![out.recv_timeout(TIMEOUT).expect("a first count")];
     job.stop_with_snapshot().expect("a service's job can be stopped");
-    loop {
-        match out.recv_timeout(TIMEOUT) {
-            Ok(r) => read.push(r),
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-            Err(e) => panic!("the stopped job's egress did not end: {e:?}"),
-        }
-    }
+    read.extend(read_to_end(&out));
     let refused = join_within(pusher, "the pusher learns the job takes no more");
     assert!(refused < N, "stopped mid-stream, at {refused}");
     assert_eq!(read.len() as u64, refused, "every record accepted before the stop is counted, no other");
@@ -338,13 +326,7 @@ fn operator_lists_and_broadcast_state_stopped_at_3_restore_into_1() {
     let job = engine.submit(df.build().expect("a valid dataflow")).expect("submitted");
     let mut read = vec![out.recv_timeout(TIMEOUT).expect("a first event")];
     job.stop_with_snapshot().expect("a running job can be stopped");
-    loop {
-        match out.recv_timeout(TIMEOUT) {
-            Ok(r) => read.push(r),
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-            Err(e) => panic!("the stopped job's egress did not end: {e:?}"),
-        }
-    }
+    read.extend(read_to_end(&out));
     let snapshot = job.wait_timeout(TIMEOUT).expect("it finishes").snapshot.expect("its snapshot");
     assert!(read.iter().all(|r| r.1 == 0), "stopped, not finished: nothing emitted at the end");
     assert_eq!(snapshot.operators["divisible/rules"].operator_state.len(), 3, "each subtask's copy of the rules");

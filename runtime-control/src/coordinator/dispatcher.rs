@@ -204,13 +204,8 @@ impl Coordinator {
     }
 
     pub(super) fn cancel_job(&mut self, now: Instant, conn: ConnId, m: CancelJob) {
-        let status = self.jobs.get(&m.job).map(JobMaster::status).or(self.history.get(&m.job).map(|r| r.status));
-        let Some(status) = status else {
-            return self.reject(conn, ErrorCode::UnknownJob, &format!("no job {}", m.job));
-        };
-        if status.is_globally_terminal() {
-            let why = format!("{} has already ended ({status}): nothing to cancel", m.job);
-            return self.reject(conn, ErrorCode::Unexpected, &why);
+        if !self.live_or_reject(conn, m.job, "cancel") {
+            return;
         }
         tracing::info!(job = %m.job, "cancel requested");
         self.with_job(now, m.job, |jm, gw| jm.cancel(gw));
@@ -225,22 +220,32 @@ impl Coordinator {
             let why = "savepoints come with checkpointing, which this build does not run yet";
             return self.reject(conn, ErrorCode::Unsupported, why);
         }
-        let status = self.jobs.get(&m.job).map(JobMaster::status).or(self.history.get(&m.job).map(|r| r.status));
-        let Some(status) = status else {
-            return self.reject(conn, ErrorCode::UnknownJob, &format!("no job {}", m.job));
-        };
-        if status.is_globally_terminal() {
-            let why = format!("{} has already ended ({status}): nothing to stop", m.job);
-            return self.reject(conn, ErrorCode::Unexpected, &why);
+        if !self.live_or_reject(conn, m.job, "stop") {
+            return;
         }
+        // A job that has not ended has its master.
         match self.with_job(now, m.job, |jm, gw| jm.stop_with_snapshot(gw)) {
-            Some(Ok(())) => {
+            Some(Err(why)) => self.reject(conn, ErrorCode::Unexpected, &why),
+            _ => {
                 tracing::info!(job = %m.job, "stop with a snapshot requested");
                 self.send(conn, Message::Ack(Ack {}));
             }
-            Some(Err(why)) => self.reject(conn, ErrorCode::Unexpected, &why),
-            None => self.reject(conn, ErrorCode::UnknownJob, &format!("no job {}", m.job)),
         }
+    }
+
+    /// Whether `job` is known and has not ended; else the request on `conn`
+    /// (to `what` it) is refused saying which.
+    fn live_or_reject(&mut self, conn: ConnId, job: JobId, what: &str) -> bool {
+        let status = self.jobs.get(&job).map(JobMaster::status).or(self.history.get(&job).map(|r| r.status));
+        let why = match status {
+            None => (ErrorCode::UnknownJob, format!("no job {job}")),
+            Some(s) if s.is_globally_terminal() => {
+                (ErrorCode::Unexpected, format!("{job} has already ended ({s}): nothing to {what}"))
+            }
+            Some(_) => return true,
+        };
+        self.reject(conn, why.0, &why.1);
+        false
     }
 
     /// Job `id` has ended: it is kept for status queries until

@@ -49,12 +49,12 @@ impl JobBoard {
         self.take(job);
     }
 
-    pub(super) fn put(&self, job: JobId, attempt: AttemptId, output: &TaskOutput) {
+    pub(super) fn put(&self, job: JobId, attempt: AttemptId, output: TaskOutput) {
         if !self.keep_outputs || self.abandoned.lock().unwrap_or_else(PoisonError::into_inner).contains(&job) {
             return;
         }
         let at = (attempt.execution_vertex.vertex, attempt.execution_vertex.subtask);
-        self.outputs.lock().unwrap_or_else(PoisonError::into_inner).entry(job).or_default().insert(at, output.clone());
+        self.outputs.lock().unwrap_or_else(PoisonError::into_inner).entry(job).or_default().insert(at, output);
     }
 
     /// The last task of `job` on this worker ended.
@@ -94,8 +94,8 @@ mod tests {
         let board = JobBoard::embedded();
         board.progress(JobId(1)).store(7, Ordering::Relaxed);
         assert_eq!(board.progress(JobId(1)).load(Ordering::Relaxed), 7, "one counter per job");
-        board.put(JobId(1), attempt(0), &output(3));
-        board.put(JobId(1), attempt(1), &output(4));
+        board.put(JobId(1), attempt(0), output(3));
+        board.put(JobId(1), attempt(1), output(4));
         let taken = board.take(JobId(1));
         assert_eq!(taken.values().map(|o| o.records_in).collect::<Vec<_>>(), vec![3, 4]);
         assert!(board.take(JobId(1)).is_empty(), "taken once");
@@ -105,10 +105,10 @@ mod tests {
     #[test]
     fn an_abandoned_jobs_outputs_are_dropped_and_forgotten_when_it_ends() {
         let board = JobBoard::embedded();
-        board.put(JobId(2), attempt(0), &output(1));
+        board.put(JobId(2), attempt(0), output(1));
         board.abandon(JobId(2));
         assert!(board.outputs.lock().unwrap().is_empty(), "what was there is dropped");
-        board.put(JobId(2), attempt(1), &output(2));
+        board.put(JobId(2), attempt(1), output(2));
         assert!(board.outputs.lock().unwrap().is_empty(), "what comes later is not kept");
         board.ended_here(JobId(2));
         assert!(board.abandoned.lock().unwrap().is_empty(), "no marker outlives the job");
@@ -119,7 +119,7 @@ mod tests {
     fn a_worker_of_its_own_keeps_no_outputs_and_forgets_a_job_when_it_ends() {
         let board = JobBoard::default();
         board.progress(JobId(3)).store(5, Ordering::Relaxed);
-        board.put(JobId(3), attempt(0), &output(1));
+        board.put(JobId(3), attempt(0), output(1));
         assert!(board.outputs.lock().unwrap().is_empty());
         board.ended_here(JobId(3));
         assert!(board.progress.lock().unwrap().is_empty());

@@ -385,14 +385,7 @@ impl Gateway {
                 }
             }
             Message::CancelTask(m) => {
-                if let Some(t) = self.tasks.get(&(m.job, m.attempt)) {
-                    if t.job_master != m.job_master {
-                        return Err((
-                            ErrorCode::StaleToken,
-                            format!("job master token {} does not own {}", m.job_master, m.attempt),
-                        ));
-                    }
-                    let shard = t.slot.shard.0 as usize;
+                if let Some(shard) = self.shard_of(m.job, m.attempt, m.job_master)? {
                     out.push(Action::Shard(shard, ShardCommand::CancelAttempt(m.job, m.attempt, m.reason.clone())));
                 }
             }
@@ -443,16 +436,9 @@ impl Gateway {
             }
             Message::UpdatePartitions(_) | Message::ReleasePartitions(_) => {}
             Message::TriggerCheckpoint(m) if m.stop => {
-                if let Some(t) = self.tasks.get(&(m.job, m.attempt)) {
-                    if t.job_master != m.job_master {
-                        return Err((
-                            ErrorCode::StaleToken,
-                            format!("job master token {} does not own {}", m.job_master, m.attempt),
-                        ));
-                    }
+                if let Some(shard) = self.shard_of(m.job, m.attempt, m.job_master)? {
                     let barrier =
                         CheckpointBarrier { checkpoint_id: m.checkpoint.0, timestamp_ms: m.timestamp_ms, stop: true };
-                    let shard = t.slot.shard.0 as usize;
                     out.push(Action::Shard(shard, ShardCommand::StopAttempt(m.job, m.attempt, barrier)));
                 }
             }
@@ -465,6 +451,21 @@ impl Gateway {
             }
         }
         Ok(out)
+    }
+
+    /// The shard running `attempt` of `job`, if it runs here; a message about
+    /// it from a job master that does not own it is an error.
+    fn shard_of(
+        &self,
+        job: JobId,
+        attempt: AttemptId,
+        job_master: JobMasterId,
+    ) -> Result<Option<usize>, (ErrorCode, String)> {
+        let Some(t) = self.tasks.get(&(job, attempt)) else { return Ok(None) };
+        if t.job_master != job_master {
+            return Err((ErrorCode::StaleToken, format!("job master token {job_master} does not own {attempt}")));
+        }
+        Ok(Some(t.slot.shard.0 as usize))
     }
 
     fn refused(&mut self, job: JobId, attempt: AttemptId, error: ErrorReply) -> Action {
@@ -541,8 +542,10 @@ impl Gateway {
         let Some(entry) = self.tasks.get_mut(&key) else { return Vec::new() };
         entry.state = r.state;
         let job_master = entry.job_master;
-        if let Some(o) = &r.output {
-            // Before the frame: once the job master hears of the end, the output is there.
+        let result = r.output.as_ref().map(result_info);
+        if let Some(o) = r.output {
+            // Before the frame: once the job master hears of the end, the output is
+            // there (moved: a snapshot in it holds all the task's state).
             self.board.put(r.job, r.attempt, o);
         }
         if r.state.is_terminal() {
@@ -558,7 +561,7 @@ impl Gateway {
             attempt: r.attempt,
             state: r.state,
             failure: r.failure.map(|f| TaskFailureInfo { cause: f.cause, secondary: f.secondary }),
-            result: r.output.map(result_info),
+            result,
         }))]
     }
 }
@@ -568,13 +571,13 @@ pub(super) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
 }
 
-fn result_info(o: TaskOutput) -> TaskResultInfo {
+fn result_info(o: &TaskOutput) -> TaskResultInfo {
     let sinks = o
         .sinks
-        .into_iter()
+        .iter()
         .filter_map(|s| match s {
             SinkOutput::None => None,
-            SinkOutput::Count { records, value_sum } => Some(SinkResult { records, value_sum, latency_ns: None }),
+            &SinkOutput::Count { records, value_sum } => Some(SinkResult { records, value_sum, latency_ns: None }),
             SinkOutput::Latency(h) => Some(SinkResult {
                 records: h.len(),
                 value_sum: 0,

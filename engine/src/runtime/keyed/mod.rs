@@ -27,8 +27,8 @@ use crate::runtime::state::{
     entry_bytes, heap_of, list_bytes, JobSnapshot, KeyGroupRouter, OperatorSnapshot, StateMemory,
 };
 use tables::{
-    items, put_items, restore_entries, snapshot_table, FoldTable, ListTable, MapTable, ReduceFn, ReducingTable, Table,
-    ValueTable,
+    items, put_items, restore_entries, snapshot_table, AsAny, FoldTable, ListTable, MapTable, ReduceFn, ReducingTable,
+    Table, ValueTable,
 };
 use timers::{add_timer, TimerKeys};
 
@@ -130,14 +130,15 @@ impl<K: Key> KeyedBackend<K> {
     #[inline]
     fn table<S, T: 'static>(&mut self, h: &StateHandle<S>) -> Result<&mut T, OperatorError> {
         let index = self.index_of(h)?;
-        self.tables.get_mut(index).and_then(|t| t.any().downcast_mut::<T>()).ok_or_else(handle_mismatch)
+        // Called on the table itself (`**t`), not on its `Box`, which is `Any` too.
+        self.tables.get_mut(index).and_then(|t| AsAny::as_any(&mut **t).downcast_mut::<T>()).ok_or_else(handle_mismatch)
     }
 
     /// The table of handle `h`, to read.
     #[inline]
     fn table_ref<S, T: 'static>(&self, h: &StateHandle<S>) -> Result<&T, OperatorError> {
         let index = self.index_of(h)?;
-        self.tables.get(index).and_then(|t| t.any_ref().downcast_ref::<T>()).ok_or_else(handle_mismatch)
+        self.tables.get(index).and_then(|t| AsAny::as_any_ref(&**t).downcast_ref::<T>()).ok_or_else(handle_mismatch)
     }
 
     /// Where `h`'s table is, if `h` is this backend's.

@@ -24,8 +24,24 @@ pub(super) type ReduceFn<V> = dyn Fn(&V, &<V as Data>::Borrowed) -> V + Send + S
 /// A reducing state's table: its reduce function as an aggregator.
 pub(super) type ReducingTable<K, V> = FoldTable<K, V, Reduce<ReduceFn<V>>>;
 
+/// A value seen as `Any`, to downcast a type-erased table to its own type
+/// (every `'static` type is one).
+pub(super) trait AsAny: Any {
+    fn as_any(&mut self) -> &mut dyn Any;
+    fn as_any_ref(&self) -> &dyn Any;
+}
+
+impl<T: Any> AsAny for T {
+    fn as_any(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn as_any_ref(&self) -> &dyn Any {
+        self
+    }
+}
+
 /// One declared state of a keyed operator, type-erased.
-pub(super) trait Table<K: Key>: Any {
+pub(super) trait Table<K: Key>: AsAny {
     fn name(&self) -> &str;
     /// Appends this table's entries of each key group to `groups`.
     fn snapshot(&self, router: &KeyGroupRouter, groups: &mut BTreeMap<u32, Vec<u8>>) -> Result<(), OperatorError>;
@@ -33,8 +49,6 @@ pub(super) trait Table<K: Key>: Any {
     fn restore(&mut self, key: K, value: &[u8], memory: &mut StateMemory) -> Result<(), OperatorError>;
     /// Every key with state here.
     fn keys(&self) -> Vec<K>;
-    fn any(&mut self) -> &mut dyn Any;
-    fn any_ref(&self) -> &dyn Any;
 }
 
 /// Writes one table's entries, bucketed by key group.
@@ -130,12 +144,6 @@ impl<K: Key, V: Data> Table<K> for ValueTable<K, V> {
     fn keys(&self) -> Vec<K> {
         self.map.keys().cloned().collect()
     }
-    fn any(&mut self) -> &mut dyn Any {
-        self
-    }
-    fn any_ref(&self) -> &dyn Any {
-        self
-    }
 }
 
 pub(super) struct ListTable<K, V> {
@@ -164,12 +172,6 @@ impl<K: Key, V: Data> Table<K> for ListTable<K, V> {
     }
     fn keys(&self) -> Vec<K> {
         self.map.keys().cloned().collect()
-    }
-    fn any(&mut self) -> &mut dyn Any {
-        self
-    }
-    fn any_ref(&self) -> &dyn Any {
-        self
     }
 }
 
@@ -216,12 +218,6 @@ impl<K: Key, UK: Key, UV: Data> Table<K> for MapTable<K, UK, UV> {
     fn keys(&self) -> Vec<K> {
         self.map.keys().cloned().collect()
     }
-    fn any(&mut self) -> &mut dyn Any {
-        self
-    }
-    fn any_ref(&self) -> &dyn Any {
-        self
-    }
 }
 
 /// Reducing and aggregating state: an accumulator per key, folded by `agg`.
@@ -243,11 +239,5 @@ impl<K: Key, T: Data, A: Aggregator<K, T>> Table<K> for FoldTable<K, T, A> {
     }
     fn keys(&self) -> Vec<K> {
         self.values.keys()
-    }
-    fn any(&mut self) -> &mut dyn Any {
-        self
-    }
-    fn any_ref(&self) -> &dyn Any {
-        self
     }
 }
