@@ -9,14 +9,23 @@
 //! Keyed operators emit once per key at the end of input and their functions are
 //! commutative, so each stream's records, as a multiset, do not depend on the
 //! order the engine delivers them in: the comparison is exact.
+//!
+//! The same graphs are also stopped with a snapshot half-way through their
+//! input (sources that read half and wait) and restored at other
+//! parallelisms: the records of the two runs together are again exactly what
+//! naive evaluation predicts, whatever each operator held when it stopped.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::task::Context;
+
+use crossbeam_channel::{Receiver, Sender};
 
 use shardflow_benches::SplitMix;
 use shardflow_engine::{
-    CoProcessFunction, CollectHandle, Dataflow, Emitter, Engine, KeyedCoProcessFunction, KeyedContext,
-    KeyedProcessFunction, ListStateHandle, MapState, OperatorContext, OperatorError, StateDeclarations, Stream,
-    ValueState,
+    CoProcessFunction, CollectHandle, Dataflow, Emitter, Engine, JobSnapshot, KeyedCoProcessFunction, KeyedContext,
+    KeyedProcessFunction, ListStateHandle, MapState, OperatorContext, OperatorError, Source, SourceOutput,
+    SourceStatus, StateDeclarations, Stream, TaskInfo, ValueState,
 };
 
 use crate::common::{oracle_cases, shard_count, small_engine, TIMEOUT};
@@ -208,23 +217,55 @@ fn fold(acc: &Visit, v: &Visit) -> Visit {
 /// What the random graph is made of, one entry per kind of step.
 const STEPS: usize = 12;
 
-/// Builds a random graph from `rng` into `df`: returns its streams, each with its
-/// expected records. `log` names the steps taken, for a failure's message.
-fn build(df: &Dataflow, rng: &mut SplitMix, max_p: u64, log: &mut Vec<String>) -> Vec<Node> {
+/// How a random graph is drawn: its shape (operators, their inputs and
+/// functions) from one generator and every parallelism from another, so the
+/// same shape can be built again at other parallelisms.
+struct Draw {
+    shape: SplitMix,
+    parallelism: SplitMix,
+    max_p: u64,
+    /// Whether `broadcast` may be drawn: its records multiply by the next
+    /// operator's parallelism, which a restore at another parallelism changes.
+    broadcast: bool,
+}
+
+impl Draw {
+    fn new(seed: u64, max_p: u64, broadcast: bool) -> Self {
+        let parallelism = SplitMix::new(0xFA11_0000 + seed);
+        Draw { shape: SplitMix::new(0x5EED_0000 + seed), parallelism, max_p, broadcast }
+    }
+
+    fn parallelism(&mut self) -> u32 {
+        self.parallelism.range(1, self.max_p) as u32
+    }
+}
+
+/// How a graph's sources are made from their names and records.
+type MakeSource<'a> = &'a dyn Fn(&Dataflow, &str, Vec<Visit>) -> Stream<Visit>;
+
+/// Builds a random graph drawn by `draw` into `df`: returns its streams, each
+/// with its expected records. `log` names the steps taken, for a failure's
+/// message.
+fn build(df: &Dataflow, draw: &mut Draw, source: MakeSource<'_>, log: &mut Vec<String>) -> Vec<Node> {
     let mut nodes: Vec<Node> = Vec::new();
-    for s in 0..rng.range(1, 2) {
-        let n = rng.range(100, 600);
-        let input = visits(rng, n);
-        let p = rng.range(1, max_p) as u32;
+    for s in 0..draw.shape.range(1, 2) {
+        let n = draw.shape.range(100, 600);
+        let input = visits(&mut draw.shape, n);
+        let p = draw.parallelism();
         log.push(format!("n{}: source of {} at p{p}", nodes.len(), input.len()));
-        let stream = df.from_iter(&format!("source-{s}"), input.clone()).parallelism(p);
+        let stream = source(df, &format!("source-{s}"), input.clone()).parallelism(p);
         nodes.push(Node { stream, want: input, consumed: false });
     }
-    for _ in 0..rng.range(3, 8) {
+    for _ in 0..draw.shape.range(3, 8) {
+        let rng = &mut draw.shape;
         let a = rng.range(0, nodes.len() as u64 - 1) as usize;
         let b = rng.range(0, nodes.len() as u64 - 1) as usize;
-        let p = rng.range(1, max_p) as u32;
-        let step = rng.range(0, STEPS as u64 - 1);
+        let mut step = rng.range(0, STEPS as u64 - 1);
+        if step == 9 && !draw.broadcast {
+            step = STEPS as u64 - 1;
+        }
+        let p = draw.parallelism();
+        let rng = &mut draw.shape;
         let (sa, wa, wb) = (&nodes[a].stream, &nodes[a].want, &nodes[b].want);
         let (stream, want, what): (Stream<Visit>, Vec<Visit>, String) = match step {
             0 => {
@@ -315,35 +356,182 @@ fn build(df: &Dataflow, rng: &mut SplitMix, max_p: u64, log: &mut Vec<String>) -
     nodes
 }
 
+/// The collect sinks of every stream of `nodes` nothing consumed.
+fn sinks(nodes: &[Node]) -> Vec<(usize, CollectHandle<Visit>)> {
+    nodes.iter().enumerate().filter(|(_, n)| !n.consumed).map(|(i, n)| (i, n.stream.collect())).collect()
+}
+
+/// Asserts that each sink of `nodes` holds exactly (as a multiset) the records
+/// naive evaluation predicts for its stream.
+fn check(seed: u64, nodes: &[Node], got: Vec<(usize, Vec<Visit>)>, log: &[String]) {
+    for (i, mut got) in got {
+        got.sort_unstable();
+        let mut want = nodes[i].want.clone();
+        want.sort_unstable();
+        assert!(
+            got == want,
+            "seed {seed}, sink of n{i}: {} records, {} expected\n{}",
+            got.len(),
+            want.len(),
+            log.join("\n")
+        );
+    }
+}
+
 #[test]
 fn random_dataflow_graphs_agree_with_a_naive_evaluation() {
     let engine: Engine = small_engine().build().expect("engine starts");
     let max_p = (2 * shard_count()).min(3) as u64;
+    let from_iter: MakeSource<'_> = &|df, name, input| df.from_iter(name, input);
     for seed in 0..oracle_cases(40) {
-        let mut rng = SplitMix::new(0x5EED_0000 + seed);
-        let df = Dataflow::new(&format!("random-{seed}")).parallelism(rng.range(1, max_p) as u32);
+        let mut draw = Draw::new(seed, max_p, true);
+        let df = Dataflow::new(&format!("random-{seed}")).parallelism(draw.parallelism());
         let mut log = Vec::new();
-        let nodes = build(&df, &mut rng, max_p, &mut log);
-        let sinks: Vec<(usize, CollectHandle<Visit>)> =
-            nodes.iter().enumerate().filter(|(_, n)| !n.consumed).map(|(i, n)| (i, n.stream.collect())).collect();
+        let nodes = build(&df, &mut draw, from_iter, &mut log);
+        let sinks = sinks(&nodes);
         let job = df.build().unwrap_or_else(|e| panic!("seed {seed}: {e}\n{}", log.join("\n")));
         engine
             .submit(job)
             .expect("submit")
             .wait_timeout(TIMEOUT)
             .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{}", log.join("\n")));
-        for (i, handle) in sinks {
-            let mut got = handle.take();
-            got.sort_unstable();
-            let mut want = nodes[i].want.clone();
-            want.sort_unstable();
-            assert!(
-                got == want,
-                "seed {seed}, sink of n{i}: {} records, {} expected\n{}",
-                got.len(),
-                want.len(),
-                log.join("\n")
-            );
-        }
+        check(seed, &nodes, sinks.into_iter().map(|(i, h)| (i, h.take())).collect(), &log);
     }
+}
+
+/// Each subtask reads its share of `records` (every p-th from its index) up
+/// to index `readable`, then waits for more that never comes: only a stop ends
+/// it. Its position: per run of its share, the next index and the step.
+struct HalfThenWait {
+    records: Arc<Vec<Visit>>,
+    readable: usize,
+    runs: Vec<[u64; 2]>,
+    restored: bool,
+    /// Told `(source, subtask, parallelism)` once it has read what is readable.
+    waiting: Option<Sender<(String, u32, u32)>>,
+    task: Option<TaskInfo>,
+}
+
+impl Source<Visit> for HalfThenWait {
+    fn restore_state(&mut self, items: Vec<&[u8]>) -> Result<(), OperatorError> {
+        self.restored = true;
+        for item in items {
+            let run = <[u8; 16]>::try_from(item).map_err(|_| OperatorError::User("not a run".into()))?;
+            let word = |at: usize| u64::from_le_bytes(run[at..at + 8].try_into().unwrap_or_default());
+            self.runs.push([word(0), word(8)]);
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, task: &TaskInfo) -> Result<(), OperatorError> {
+        if !self.restored {
+            self.runs.push([u64::from(task.subtask), u64::from(task.parallelism)]);
+        }
+        self.task = Some(task.clone());
+        Ok(())
+    }
+
+    fn poll_next(
+        &mut self,
+        _: &mut Context<'_>,
+        out: &mut SourceOutput<'_, Visit>,
+    ) -> Result<SourceStatus, OperatorError> {
+        let end = self.readable.min(self.records.len());
+        for run in &mut self.runs {
+            while !out.is_full() && (run[0] as usize) < end {
+                out.push(self.records[run[0] as usize].clone());
+                run[0] += run[1];
+            }
+        }
+        let done = self.runs.iter().all(|r| r[0] as usize >= self.records.len());
+        Ok(match (out.is_empty(), done) {
+            (false, _) => SourceStatus::Emitted,
+            (true, true) => SourceStatus::Finished,
+            (true, false) => {
+                if let (Some(tell), Some(task)) = (self.waiting.take(), &self.task) {
+                    let _ = tell.send((task.vertex.clone(), task.subtask, task.parallelism));
+                }
+                SourceStatus::Pending
+            }
+        })
+    }
+
+    fn snapshot_state(&mut self) -> Result<Option<Vec<Vec<u8>>>, OperatorError> {
+        let live = self.runs.iter().filter(|r| (r[0] as usize) < self.records.len());
+        Ok(Some(live.map(|r| r.iter().flat_map(|w| w.to_le_bytes()).collect()).collect()))
+    }
+}
+
+/// A source of `records` that reads them all, or (with `waiting`) the first
+/// half, then tells `waiting` and waits.
+fn half_then_wait(
+    waiting: Option<Sender<(String, u32, u32)>>,
+) -> impl Fn(&Dataflow, &str, Vec<Visit>) -> Stream<Visit> {
+    move |df, name, records| {
+        let readable = if waiting.is_some() { records.len() / 2 } else { usize::MAX };
+        let (records, waiting) = (Arc::new(records), waiting.clone());
+        df.source(name, move |_: &TaskInfo| HalfThenWait {
+            records: records.clone(),
+            readable,
+            runs: Vec::new(),
+            restored: false,
+            waiting: waiting.clone(),
+            task: None,
+        })
+    }
+}
+
+/// Waits until every subtask of `sources` sources has told `waiting` it waits.
+fn all_waiting(waiting: &Receiver<(String, u32, u32)>, sources: usize) {
+    let mut told: BTreeMap<String, (BTreeSet<u32>, u32)> = BTreeMap::new();
+    while told.len() < sources || told.values().any(|(seen, p)| seen.len() < *p as usize) {
+        let (source, subtask, p) = waiting.recv_timeout(TIMEOUT).expect("every source subtask reads its half");
+        let entry = told.entry(source).or_default();
+        entry.0.insert(subtask);
+        entry.1 = p;
+    }
+}
+
+#[test]
+fn random_dataflow_graphs_stopped_half_way_and_restored_at_other_parallelisms_agree_with_a_naive_evaluation() {
+    let engine: Engine = small_engine().build().expect("engine starts");
+    let max_p = (2 * shard_count()).min(3) as u64;
+    let (mut rescaled, mut split) = (0, 0);
+    for seed in 0..oracle_cases(16) {
+        // Half the input, then a stop: the snapshot holds what every operator
+        // kept (keyed state, lists, the sources' positions).
+        let (first, second) = (&mut Vec::new(), &mut Vec::new());
+        let mut draw = Draw::new(seed, max_p, false);
+        let df = Dataflow::new(&format!("stopped-{seed}")).parallelism(draw.parallelism());
+        let (tell, waiting) = crossbeam_channel::unbounded();
+        let nodes = build(&df, &mut draw, &half_then_wait(Some(tell)), first);
+        let before = sinks(&nodes);
+        let job = engine.submit(df.build().unwrap_or_else(|e| panic!("seed {seed}: {e}"))).expect("submit");
+        all_waiting(&waiting, first.iter().filter(|step| step.contains("source of")).count());
+        job.stop_with_snapshot().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let result = job.wait_timeout(TIMEOUT).unwrap_or_else(|e| panic!("seed {seed}: {e}\n{}", first.join("\n")));
+        let snapshot = result.snapshot.unwrap_or_else(|| panic!("seed {seed}: a stopped job hands back its snapshot"));
+        let snapshot = JobSnapshot::from_bytes(&snapshot.to_bytes().expect("to bytes")).expect("back from bytes");
+
+        // The same shape at parallelisms drawn anew, restored, reading on to
+        // the end.
+        let mut draw = Draw::new(seed, max_p, false);
+        draw.parallelism = SplitMix::new(0xAF7E_0000 + seed);
+        let df = Dataflow::new(&format!("stopped-{seed}")).parallelism(draw.parallelism()).restore(snapshot);
+        let again = build(&df, &mut draw, &half_then_wait(None), second);
+        let log = [&first[..], &["restored at:".to_string()], &second[..]].concat();
+        rescaled += usize::from(first != second);
+        let after = sinks(&again);
+        engine
+            .run(df.build().unwrap_or_else(|e| panic!("seed {seed}: {e}\n{}", log.join("\n"))))
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{}", log.join("\n")));
+
+        let (before, after): (Vec<_>, Vec<_>) =
+            before.into_iter().zip(after).map(|((i, b), (_, a))| ((i, b.take()), a.take())).unzip();
+        split += usize::from(before.iter().any(|(_, b)| !b.is_empty()) && after.iter().any(|a| !a.is_empty()));
+        let got = before.into_iter().zip(after).map(|((i, b), a)| (i, b.into_iter().chain(a).collect()));
+        check(seed, &nodes, got.collect(), &log);
+    }
+    assert!(rescaled > 0, "some graph was restored at other parallelisms");
+    assert!(split > 0, "some graph had results in both runs");
 }
