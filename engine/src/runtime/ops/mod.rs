@@ -1,0 +1,169 @@
+//! Stateless operators (map, filter, flat map, co-flat-map) and the non-keyed
+//! process functions, one- and two-input, with operator state (a list per
+//! subtask: [`process`]).
+
+mod process;
+
+pub(crate) use process::{CoProcessFactory, ProcessFactory};
+pub use process::{CoProcessFunction, ListRef, ListStateHandle, OperatorContext, ProcessFunction};
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use crate::data::Data;
+use crate::error::EngineError;
+use crate::runtime::build::{build_port, BuildContext, NodeFactory, Port};
+use crate::runtime::collector::{Collector, Emitter};
+use crate::runtime::keyed::TwoInputFactory;
+
+/// A record-to-record function.
+pub(crate) struct MapOp<T: Data, U: Data, F> {
+    f: Arc<F>,
+    next: Box<dyn Collector<U>>,
+    buf: Vec<U>,
+    _t: PhantomData<fn(&T)>,
+}
+
+impl<T: Data, U: Data, F: Fn(&T::Borrowed) -> U> Collector<T> for MapOp<T, U, F> {
+    #[inline]
+    fn collect(&mut self, record: &T::Borrowed) {
+        let u = (self.f)(record);
+        self.next.collect(u.borrow());
+    }
+
+    fn collect_batch(&mut self, records: &[T]) {
+        if U::POD {
+            self.buf.clear();
+            self.buf.extend(records.iter().map(|r| (self.f)(r.borrow())));
+            self.next.collect_batch(&self.buf);
+        } else {
+            for r in records {
+                self.collect(r.borrow());
+            }
+        }
+    }
+}
+
+pub(crate) struct MapFactory<T, U: Data, F> {
+    pub(crate) f: Arc<F>,
+    pub(crate) next: Port<U>,
+    pub(crate) _t: PhantomData<fn(&T)>,
+}
+
+impl<T: Data, U: Data, F: Fn(&T::Borrowed) -> U + Send + Sync + 'static> NodeFactory<T> for MapFactory<T, U, F> {
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
+        let next = build_port(&self.next, ctx)?;
+        Ok(Box::new(MapOp { f: self.f.clone(), next, buf: Vec::new(), _t: PhantomData }))
+    }
+}
+
+/// A predicate: records for which it is false are dropped.
+pub(crate) struct FilterOp<T: Data, F> {
+    f: Arc<F>,
+    next: Box<dyn Collector<T>>,
+    buf: Vec<T>,
+}
+
+impl<T: Data, F: Fn(&T::Borrowed) -> bool> Collector<T> for FilterOp<T, F> {
+    #[inline]
+    fn collect(&mut self, record: &T::Borrowed) {
+        if (self.f)(record) {
+            self.next.collect(record);
+        }
+    }
+
+    fn collect_batch(&mut self, records: &[T]) {
+        if T::POD {
+            self.buf.clear();
+            self.buf.extend(records.iter().filter(|r| (self.f)((*r).borrow())).cloned());
+            self.next.collect_batch(&self.buf);
+        } else {
+            for r in records {
+                self.collect(r.borrow());
+            }
+        }
+    }
+}
+
+pub(crate) struct FilterFactory<T: Data, F> {
+    pub(crate) f: Arc<F>,
+    pub(crate) next: Port<T>,
+}
+
+impl<T: Data, F: Fn(&T::Borrowed) -> bool + Send + Sync + 'static> NodeFactory<T> for FilterFactory<T, F> {
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
+        let next = build_port(&self.next, ctx)?;
+        Ok(Box::new(FilterOp { f: self.f.clone(), next, buf: Vec::new() }))
+    }
+}
+
+/// A one-to-many function, emitting through an [`Emitter`].
+pub(crate) struct FlatMapOp<T: Data, U: Data, F> {
+    f: Arc<F>,
+    next: Box<dyn Collector<U>>,
+    _t: PhantomData<fn(&T)>,
+}
+
+impl<T: Data, U: Data, F: Fn(&T::Borrowed, &mut Emitter<'_, U>)> Collector<T> for FlatMapOp<T, U, F> {
+    #[inline]
+    fn collect(&mut self, record: &T::Borrowed) {
+        (self.f)(record, &mut Emitter::new(&mut *self.next));
+    }
+}
+
+pub(crate) struct FlatMapFactory<T, U: Data, F> {
+    pub(crate) f: Arc<F>,
+    pub(crate) next: Port<U>,
+    pub(crate) _t: PhantomData<fn(&T)>,
+}
+
+impl<T: Data, U: Data, F> NodeFactory<T> for FlatMapFactory<T, U, F>
+where
+    F: Fn(&T::Borrowed, &mut Emitter<'_, U>) + Send + Sync + 'static,
+{
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
+        let next = build_port(&self.next, ctx)?;
+        Ok(Box::new(FlatMapOp { f: self.f.clone(), next, _t: PhantomData }))
+    }
+}
+
+// -------------------------------------------------------- two plain inputs
+
+/// One side of a co-flat-map: its function and the chain both sides feed.
+struct CoSide<T, O: Data, F> {
+    f: Arc<F>,
+    next: std::rc::Rc<std::cell::RefCell<Box<dyn Collector<O>>>>,
+    _t: PhantomData<fn(&T)>,
+}
+
+impl<T: Data, O: Data, F: Fn(&T::Borrowed, &mut Emitter<'_, O>)> Collector<T> for CoSide<T, O, F> {
+    #[inline]
+    fn collect(&mut self, record: &T::Borrowed) {
+        let mut next = self.next.borrow_mut();
+        (self.f)(record, &mut Emitter::new(&mut **next));
+    }
+}
+
+/// Two inputs of different types into one stream (co-map, co-flat-map).
+pub(crate) struct CoFlatMapFactory<A, B, O: Data, FA, FB> {
+    pub(crate) first: Arc<FA>,
+    pub(crate) second: Arc<FB>,
+    pub(crate) next: Port<O>,
+    pub(crate) _t: PhantomData<fn(&A, &B)>,
+}
+
+impl<A, B, O, FA, FB> TwoInputFactory<A, B> for CoFlatMapFactory<A, B, O, FA, FB>
+where
+    A: Data,
+    B: Data,
+    O: Data,
+    FA: Fn(&A::Borrowed, &mut Emitter<'_, O>) + Send + Sync + 'static,
+    FB: Fn(&B::Borrowed, &mut Emitter<'_, O>) + Send + Sync + 'static,
+{
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<(Box<dyn Collector<A>>, Box<dyn Collector<B>>), EngineError> {
+        let next = std::rc::Rc::new(std::cell::RefCell::new(build_port(&self.next, ctx)?));
+        let a = CoSide { f: self.first.clone(), next: next.clone(), _t: PhantomData };
+        let b = CoSide { f: self.second.clone(), next, _t: PhantomData };
+        Ok((Box::new(a), Box::new(b)))
+    }
+}
