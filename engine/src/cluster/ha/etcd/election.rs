@@ -1,232 +1,39 @@
-//! The HA services on etcd's v3 API: etcd-client (gRPC) on a small tokio
-//! runtime of the process's own, talking to the rest of the process through
-//! callbacks and channels, so no async code leaks out of this file.
-//!
-//! Keys, under `/shardflow/<cluster_id>/`:
-//!
-//! - `leader`: the leader's advertised address, on the leader's lease; its
-//!   create revision is the leadership epoch;
-//! - `jobs/<id, 20 digits>`: a job's record (`JobRecord::encode`).
-//!
-//! Every request is bounded by a timeout (a third of the TTL, within 0.2–3 s), so
-//! an etcd that hangs is an error to retry, never a stuck task.
+//! Leadership on etcd: a campaign for the leader key on a lease, leading while
+//! the lease is renewed (writing the job store fenced by the leadership's
+//! epoch), and campaigning again once it is lost, until the process resigns.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp,
-    WatchOptions, WatchStream,
+    Compare, CompareOp, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, WatchStream,
 };
-use shardflow_control::{JobId, JobRecord};
+use shardflow_control::JobRecord;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{
-    HaConfig, HighAvailabilityServices, LeaderElection, LeaderInfo, LeaderRetrieval, LeaderSink, LeadershipEvent,
-    LeadershipSink, StoreOp,
-};
+use super::retrieval::{leader_now, next_change, watch_leader};
+use super::{bounded, concise, Backoff, Ctx};
+use crate::cluster::ha::{LeaderElection, LeaderInfo, LeadershipEvent, LeadershipSink, StoreOp};
 use crate::cluster::retry_log::RetryLog;
-use crate::error::EngineError;
-
-/// The keys of one cluster.
-#[derive(Debug, Clone)]
-struct Keys {
-    leader: String,
-    jobs: String,
-}
-
-impl Keys {
-    fn new(cluster_id: &str) -> Self {
-        Keys { leader: format!("/shardflow/{cluster_id}/leader"), jobs: format!("/shardflow/{cluster_id}/jobs/") }
-    }
-
-    fn job(&self, id: JobId) -> String {
-        format!("{}{:020}", self.jobs, id.0)
-    }
-}
-
-/// What every task of the services needs (no handle on the runtime itself, so
-/// that the runtime is never dropped from inside one of its tasks).
-#[derive(Clone)]
-struct Ctx {
-    client: Client,
-    keys: Keys,
-    /// The TTL asked for, in whole seconds.
-    ttl_s: i64,
-    /// The bound of each request.
-    request_timeout: Duration,
-}
-
-/// The HA services of one process on etcd.
-pub(crate) struct EtcdHa {
-    /// `Some` until dropped (see the `Drop` impl).
-    runtime: Option<tokio::runtime::Runtime>,
-    ctx: Ctx,
-    endpoints: String,
-}
-
-impl Drop for EtcdHa {
-    fn drop(&mut self) {
-        // Without waiting for its threads: a runtime dropped the usual way
-        // blocks, which panics inside another async runtime — and a client of
-        // the services (a `ClusterClient` holds them) may be dropped in one.
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
-fn etcd_error(what: &str, e: impl std::fmt::Display) -> EngineError {
-    EngineError::Io { what: what.to_string(), reason: e.to_string() }
-}
-
-/// An etcd client error in one line: a gRPC status by its code and message,
-/// then the root cause (tonic's own text carries the whole transport error's
-/// debug form, `ConnectError(ConnectError("tcp connect error", …, Os { … }))`).
-fn concise(e: &etcd_client::Error) -> String {
-    use std::error::Error as _;
-    let (top, below) = match e {
-        etcd_client::Error::GRpcStatus(s) => (format!("{}: {}", s.code().description(), s.message()), s.source()),
-        etcd_client::Error::TransportError(t) => (t.to_string(), t.source()),
-        other => (other.to_string(), None),
-    };
-    let mut root = below;
-    while let Some(next) = root.and_then(std::error::Error::source) {
-        root = Some(next);
-    }
-    match root.map(ToString::to_string) {
-        Some(root) if !top.contains(&root) => format!("{top}: {root}"),
-        _ => top,
-    }
-}
-
-/// Runs `f` within `limit`; an elapsed timeout is an error like any other.
-async fn bounded<T>(
-    limit: Duration,
-    f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(limit, f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(concise(&e)),
-        Err(_) => Err(format!("etcd did not answer within {} ms", limit.as_millis())),
-    }
-}
-
-/// Waits that double from 50 ms to 2 s.
-struct Backoff(Duration);
-
-impl Backoff {
-    fn new() -> Self {
-        Backoff(Duration::from_millis(50))
-    }
-    async fn wait(&mut self) {
-        tokio::time::sleep(self.0).await;
-        self.0 = (self.0 * 2).min(Duration::from_secs(2));
-    }
-    fn reset(&mut self) {
-        self.0 = Duration::from_millis(50);
-    }
-}
-
-impl EtcdHa {
-    fn runtime(&self) -> &tokio::runtime::Runtime {
-        self.runtime.as_ref().expect("the runtime lives until the services are dropped")
-    }
-
-    /// Starts the runtime and an etcd client for `config` (connections are made
-    /// lazily: an etcd that is down now is an error of each request, retried).
-    pub(crate) fn start(config: &HaConfig) -> Result<Arc<Self>, EngineError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("shardflow-etcd")
-            .enable_all()
-            .build()
-            .map_err(|e| etcd_error("starting the etcd client's runtime", e))?;
-        let request_timeout = (config.lease_ttl / 3).clamp(Duration::from_millis(200), Duration::from_secs(3));
-        let endpoints: Vec<String> = config
-            .endpoints
-            .iter()
-            .map(|e| if e.contains("://") { e.trim().to_string() } else { format!("http://{}", e.trim()) })
-            .collect();
-        // No HTTP/2 pings: etcd's server refuses pings more often than every 5 s
-        // (`--grpc-keepalive-min-time`) by closing the connection, and a dead
-        // etcd shows anyway as requests that time out.
-        let options = ConnectOptions::new().with_connect_timeout(request_timeout).with_timeout(request_timeout);
-        let joined = endpoints.join(",");
-        let client = runtime
-            .block_on(Client::connect(&endpoints, Some(options)))
-            .map_err(|e| etcd_error(&format!("connecting to etcd at {joined}"), concise(&e)))?;
-        let ttl_s = config.lease_ttl.as_millis().div_ceil(1000).max(1) as i64;
-        Ok(Arc::new(EtcdHa {
-            runtime: Some(runtime),
-            ctx: Ctx { client, keys: Keys::new(&config.cluster_id), ttl_s, request_timeout },
-            endpoints: joined,
-        }))
-    }
-}
-
-impl HighAvailabilityServices for EtcdHa {
-    fn elect(&self, address: String, events: LeadershipSink) -> Result<Box<dyn LeaderElection>, EngineError> {
-        let (ops_tx, ops_rx) = mpsc::unbounded_channel();
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let task = self.runtime().spawn(campaign(self.ctx.clone(), address, Arc::new(events), ops_rx, stop_rx));
-        Ok(Box::new(EtcdElection {
-            ops: ops_tx,
-            stop: Some(stop_tx),
-            task: Some(task),
-            runtime: self.runtime().handle().clone(),
-        }))
-    }
-
-    fn follow(&self, on_change: LeaderSink) -> Result<Box<dyn LeaderRetrieval>, EngineError> {
-        let current = Arc::new(Mutex::new(None));
-        let task = self.runtime().spawn(follow(self.ctx.clone(), current.clone(), on_change));
-        Ok(Box::new(EtcdRetrieval { current, task }))
-    }
-
-    fn leader(&self, timeout: Duration) -> Result<LeaderInfo, EngineError> {
-        let ctx = self.ctx.clone();
-        // What the last read of etcd failed with (none: etcd answered, naming no leader).
-        let last_error = Arc::new(Mutex::new(None::<String>));
-        let seen = last_error.clone();
-        let found = self.runtime().block_on(async move {
-            tokio::time::timeout(timeout, async {
-                let mut backoff = Backoff::new();
-                loop {
-                    let read = leader_now(&ctx).await;
-                    match read {
-                        Ok((Some(l), _)) => return l,
-                        Ok((None, _)) => *seen.lock().unwrap_or_else(PoisonError::into_inner) = None,
-                        Err(e) => {
-                            tracing::debug!("reading the leader from etcd: {e}");
-                            *seen.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
-                        }
-                    }
-                    backoff.wait().await;
-                }
-            })
-            .await
-        });
-        found.map_err(|_| {
-            let why = match last_error.lock().unwrap_or_else(PoisonError::into_inner).take() {
-                Some(e) => format!("etcd cannot be read ({e})"),
-                None => "etcd names no leader (is a coordinator of this cluster id running?)".to_string(),
-            };
-            EngineError::Io {
-                what: format!("finding the cluster's leader in etcd at {}", self.endpoints),
-                reason: format!("none within {} ms: {why}", timeout.as_millis()),
-            }
-        })
-    }
-}
 
 /// A campaign running on the runtime.
-struct EtcdElection {
+pub(super) struct EtcdElection {
     ops: mpsc::UnboundedSender<(u64, StoreOp)>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     runtime: tokio::runtime::Handle,
+}
+
+impl EtcdElection {
+    /// Campaigns on `runtime` for `address`, telling `events` of each
+    /// leadership won and lost.
+    pub(super) fn start(runtime: &tokio::runtime::Runtime, ctx: Ctx, address: String, events: LeadershipSink) -> Self {
+        let (ops_tx, ops_rx) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let task = runtime.spawn(campaign(ctx, address, Arc::new(events), ops_rx, stop_rx));
+        EtcdElection { ops: ops_tx, stop: Some(stop_tx), task: Some(task), runtime: runtime.handle().clone() }
+    }
 }
 
 impl LeaderElection for EtcdElection {
@@ -251,111 +58,6 @@ impl Drop for EtcdElection {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-    }
-}
-
-/// A watch of the leader running on the runtime.
-struct EtcdRetrieval {
-    current: Arc<Mutex<Option<LeaderInfo>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl LeaderRetrieval for EtcdRetrieval {
-    fn current(&self) -> Option<LeaderInfo> {
-        self.current.lock().unwrap_or_else(PoisonError::into_inner).clone()
-    }
-}
-
-impl Drop for EtcdRetrieval {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// The leader key's holder as a [`LeaderInfo`].
-fn leader_of(kv: &etcd_client::KeyValue) -> Option<LeaderInfo> {
-    // A deleted key comes with version 0.
-    if kv.version() == 0 {
-        return None;
-    }
-    let address = String::from_utf8_lossy(kv.value()).into_owned();
-    Some(LeaderInfo { address, epoch: kv.create_revision().max(0) as u64 })
-}
-
-/// The leader now, and the revision it was read at.
-async fn leader_now(ctx: &Ctx) -> Result<(Option<LeaderInfo>, i64), String> {
-    let mut c = ctx.client.clone();
-    let resp = bounded(ctx.request_timeout, c.get(ctx.keys.leader.as_str(), None)).await?;
-    let revision = resp.header().map_or(0, |h| h.revision());
-    Ok((resp.kvs().first().and_then(leader_of), revision))
-}
-
-/// A watch of the leader key from `revision` on.
-async fn watch_leader(ctx: &Ctx, revision: i64) -> Result<WatchStream, String> {
-    let mut c = ctx.client.clone();
-    let options = WatchOptions::new().with_start_revision(revision);
-    bounded(ctx.request_timeout, c.watch(ctx.keys.leader.as_str(), Some(options))).await
-}
-
-/// The next change of the leader key a watch reports: `Ok(Some(leader or
-/// None))`, `Ok(None)` for a response without events, `Err` when the watch is
-/// broken (to be made again).
-async fn next_change(w: &mut WatchStream) -> Result<Option<Option<LeaderInfo>>, String> {
-    match w.message().await {
-        Ok(Some(resp)) => {
-            if resp.canceled() {
-                return Err(format!("etcd cancelled the watch: {}", resp.cancel_reason()));
-            }
-            Ok(resp.events().last().map(|ev| ev.kv().and_then(leader_of)))
-        }
-        Ok(None) => Err("the watch ended".into()),
-        Err(e) => Err(concise(&e)),
-    }
-}
-
-/// Leader retrieval: keeps `current` up to date and tells `on_change`.
-async fn follow(ctx: Ctx, current: Arc<Mutex<Option<LeaderInfo>>>, on_change: LeaderSink) {
-    let mut backoff = Backoff::new();
-    let set = |l: Option<LeaderInfo>| {
-        let mut cur = current.lock().unwrap_or_else(PoisonError::into_inner);
-        if *cur != l {
-            cur.clone_from(&l);
-            drop(cur);
-            on_change(l);
-        }
-    };
-    loop {
-        // Read, then watch from just after what was read; on any error, read again
-        // (keeping the last leader seen: an unreachable etcd elects nobody).
-        let (leader, revision) = match leader_now(&ctx).await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::debug!("reading the leader from etcd: {e}");
-                backoff.wait().await;
-                continue;
-            }
-        };
-        set(leader);
-        let mut watch = match watch_leader(&ctx, revision + 1).await {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::debug!("watching the leader in etcd: {e}");
-                backoff.wait().await;
-                continue;
-            }
-        };
-        backoff.reset();
-        loop {
-            match next_change(&mut watch).await {
-                Ok(Some(l)) => set(l),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::debug!("the leader watch broke: {e}");
-                    break;
-                }
-            }
-        }
-        backoff.wait().await;
     }
 }
 
