@@ -28,13 +28,15 @@ use shardflow_netstack::fmix64;
 
 mod archived;
 mod text;
+mod view;
 
 #[doc(hidden)]
 pub use archived::{
     each_archived, each_checked, rkyv_format, rkyv_from_bytes, rkyv_heap_bytes, rkyv_to_bytes, write_rkyv, Access,
     CheckShared, CheckUnshared, Checker,
 };
-pub use archived::{RecordRef, RecordView, RkyvRecord, RKYV_ALIGN};
+pub use archived::{RkyvRecord, RKYV_ALIGN};
+pub use view::{RecordRef, RecordView};
 
 /// A record type a stream can carry. Implement it with [`pod_data!`](crate::pod_data),
 /// [`rkyv_view!`](crate::rkyv_view) or [`rkyv_data!`](crate::rkyv_data); primitives,
