@@ -312,6 +312,9 @@ impl Dataflow {
     }
 
     /// A source emitting `items`: subtask i of p the items i, i+p, i+2p, …
+    /// The items are collected here, when the dataflow is built (Flink's
+    /// `fromCollection`): an endless iterator never returns; read one through
+    /// [`Dataflow::source`] or [`Dataflow::generate`] instead.
     pub fn from_iter<T: Data>(&self, name: &str, items: impl IntoIterator<Item = T>) -> Stream<T> {
         let items: Arc<Vec<T>> = Arc::new(items.into_iter().collect());
         self.source(name, move |_: &TaskInfo| FromItems { items: items.clone(), left: Runs::default() })
