@@ -12,7 +12,7 @@
 //! from anywhere, and a damaged one must not restore other state.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::Path;
 
 use crate::data::NetError;
@@ -84,6 +84,14 @@ impl JobSnapshot {
         let Some((header, archive)) = bytes.split_first_chunk::<SNAPSHOT_HEADER>() else {
             return Err(SnapshotError::NotASnapshot);
         };
+        let crc = Self::checked_header(header)?;
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(archive.len());
+        aligned.extend_from_slice(archive);
+        Self::from_archive(&aligned, crc)
+    }
+
+    /// The archive's checksum a header gives, if it is a header of this format.
+    fn checked_header(header: &[u8; SNAPSHOT_HEADER]) -> Result<u32, SnapshotError> {
         if &header[..8] != SNAPSHOT_MAGIC {
             return Err(SnapshotError::NotASnapshot);
         }
@@ -91,15 +99,18 @@ impl JobSnapshot {
         if version != SNAPSHOT_VERSION {
             return Err(SnapshotError::Version { found: version, supported: SNAPSHOT_VERSION });
         }
+        Ok(crc)
+    }
+
+    /// The snapshot in `archive`, checked against `crc`, then by rkyv.
+    fn from_archive(archive: &rkyv::util::AlignedVec<16>, crc: u32) -> Result<JobSnapshot, SnapshotError> {
         if crc32fast::hash(archive) != crc {
             return Err(SnapshotError::Malformed(format!(
                 "its {} bytes do not match its checksum (truncated or damaged)",
                 archive.len()
             )));
         }
-        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(archive.len());
-        aligned.extend_from_slice(archive);
-        rkyv::from_bytes::<JobSnapshot, rkyv::rancor::BoxedError>(&aligned)
+        rkyv::from_bytes::<JobSnapshot, rkyv::rancor::BoxedError>(archive)
             .map_err(|e| SnapshotError::Malformed(e.to_string()))
     }
 
@@ -132,9 +143,22 @@ impl JobSnapshot {
 
     /// Reads a snapshot [`JobSnapshot::save`] wrote.
     pub fn load(path: &Path) -> Result<JobSnapshot, SnapshotError> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| SnapshotError::Io { what: format!("reading {}", path.display()), reason: e.to_string() })?;
-        JobSnapshot::from_bytes(&bytes)
+        let io = |e: std::io::Error| SnapshotError::Io {
+            what: format!("reading {}", path.display()),
+            reason: e.to_string(),
+        };
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let mut header = [0; SNAPSHOT_HEADER];
+        match file.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(SnapshotError::NotASnapshot),
+            Err(e) => return Err(io(e)),
+        }
+        let crc = Self::checked_header(&header)?;
+        // Read straight into aligned memory: the archive is read in place.
+        let mut archive = rkyv::util::AlignedVec::<16>::new();
+        archive.extend_from_reader(&mut file).map_err(io)?;
+        Self::from_archive(&archive, crc)
     }
 
     /// Adds a subtask's snapshot of an operator.
