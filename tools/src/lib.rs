@@ -26,6 +26,7 @@
 mod bench;
 mod cluster;
 mod cpu;
+mod snapshot;
 
 use std::process::ExitCode;
 use std::sync::OnceLock;
@@ -104,6 +105,10 @@ enum Command {
     /// Make a test CA and a certificate it signed, for a cluster's TLS
     /// (`--tls-cert node.pem --tls-key node.key --tls-ca ca.pem`).
     MakeCerts(cluster::MakeCertsArgs),
+    /// Show what a job snapshot file holds, operator by operator: key groups,
+    /// keyed states and their entries, keys with pending timers, operator lists
+    /// (a source's position among them).
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 /// How a command ended, as its exit status tells a script ([`EXIT_STATUSES`]).
@@ -142,6 +147,7 @@ pub fn main_with(jobs: JobCatalog) -> ExitCode {
         Command::Cluster(a) => cluster::cluster(&a, &cfg),
         Command::Dump(a) => cluster::dump(&a, &cfg),
         Command::MakeCerts(a) => cluster::make_certs(&a),
+        Command::Snapshot(a) => snapshot::show(&a),
     });
     match outcome {
         Ok(Exit::Done) => ExitCode::SUCCESS,

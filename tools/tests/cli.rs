@@ -1,5 +1,6 @@
-//! The `shardflow` binary end to end: the bench's machine-readable last line, and
-//! bad input refused with one clear line and a non-zero exit.
+//! The `shardflow` binary end to end: the bench's machine-readable last line,
+//! bad input refused with one clear line and a non-zero exit, and a snapshot
+//! file shown.
 
 use std::process::{Command, Output};
 
@@ -228,4 +229,60 @@ fn help_texts_do_not_repeat_their_defaults() {
     }
     let help = String::from_utf8_lossy(&shardflow(&["status", "--help"]).stdout).to_string();
     assert!(help.contains("3    a wait timed out"), "exit statuses are documented: {help}");
+}
+
+#[test]
+fn a_snapshot_file_is_shown_operator_by_operator_and_a_damaged_one_refused() {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use shardflow_engine::{Dataflow, Engine};
+
+    // An endless job over 50 keys, stopped once every key has a count: its
+    // snapshot holds 50 keyed entries and each source subtask's position.
+    let engine = Engine::builder().shards(1).build().expect("engine starts");
+    let df = Dataflow::new("counts").parallelism(2);
+    let counts = df.generate("numbers", u64::MAX, |r| r).key_by(|r: &u64| r % 50).count().name("per-key").egress(64);
+    let job = engine.submit(df.build().expect("a valid dataflow")).expect("submitted");
+    let mut keys = BTreeSet::new();
+    while keys.len() < 50 {
+        let (key, _) = counts.recv_timeout(Duration::from_secs(60)).expect("counts flow");
+        keys.insert(key);
+    }
+    job.stop_with_snapshot().expect("a running job stops");
+    while counts.recv().is_some() {}
+    let snapshot = job.wait_timeout(Duration::from_secs(60)).expect("it stops").snapshot.expect("with a snapshot");
+    engine.shutdown();
+    let path = std::env::temp_dir().join(format!("shardflow-cli-{}.snapshot", std::process::id()));
+    snapshot.save(&path).expect("saved");
+
+    let out = shardflow(&["snapshot", path.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON array");
+    let operator = |name: &str| {
+        shown.as_array().unwrap().iter().find(|o| o["operator"] == name).cloned().unwrap_or_else(|| panic!("{name}"))
+    };
+    let per_key = operator("per-key");
+    assert_eq!(per_key["keyed_states"]["table"], 50, "{per_key}");
+    assert_eq!(per_key["max_parallelism"], 128, "{per_key}");
+    assert!(per_key["key_groups"].as_u64().unwrap() <= 50, "{per_key}");
+    let position = operator("numbers/position");
+    assert_eq!(position["lists"], 2, "each source subtask's position: {position}");
+    assert_eq!(position["list_items"], 2, "{position}");
+
+    let table = shardflow(&["snapshot", path.to_str().unwrap()]);
+    assert!(table.status.success());
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.lines().any(|l| l.starts_with("per-key") && l.contains("table 50")), "{table}");
+
+    // One byte changed: refused with the reason, status 2.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xFF;
+    std::fs::write(&path, &bytes).unwrap();
+    let out = shardflow(&["snapshot", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).ok();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("checksum"), "{stderr}");
 }

@@ -94,7 +94,7 @@ pub(crate) struct KeyedBackend<K: Key> {
 
 /// The name a keyed operator's timers have in its snapshot (no declared state
 /// can have it: names starting with NUL are refused).
-const TIMERS: &str = "\0timers";
+pub(crate) const TIMERS: &str = "\0timers";
 
 fn handle_mismatch() -> OperatorError {
     OperatorError::User("a state handle does not match its state".into())

@@ -10,7 +10,7 @@
 mod snapshot;
 
 pub(crate) use snapshot::{undecodable, GroupWriter, SnapshotReader};
-pub use snapshot::{JobSnapshot, OperatorSnapshot};
+pub use snapshot::{JobSnapshot, OperatorSnapshot, OperatorSummary};
 
 use std::ops::Range;
 

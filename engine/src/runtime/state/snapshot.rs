@@ -17,6 +17,7 @@ use std::path::Path;
 
 use crate::data::NetError;
 use crate::error::{OperatorError, SnapshotError};
+use crate::runtime::keyed::TIMERS;
 
 /// One operator's state as snapshotted by one or more subtasks.
 #[derive(Debug, Clone, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -37,6 +38,66 @@ impl OperatorSnapshot {
         self.key_groups.extend(other.key_groups);
         self.operator_state.extend(other.operator_state);
     }
+
+    /// What it holds, in numbers: its keyed states and their entries, its
+    /// pending timers, its lists. Keyed bytes that do not read as state are
+    /// an error.
+    pub fn summary(&self) -> Result<OperatorSummary, SnapshotError> {
+        let mut keyed_states: BTreeMap<String, u64> = BTreeMap::new();
+        let mut timer_keys = 0;
+        for (group, bytes) in &self.key_groups {
+            let mut r = SnapshotReader::new(bytes);
+            let bad =
+                |e: OperatorError| SnapshotError::Malformed(format!("key group {group} of '{}': {e}", self.operator));
+            while !r.is_empty() {
+                let (name, entries) = r.state().map_err(bad)?;
+                for _ in 0..entries {
+                    r.entry().map_err(bad)?;
+                }
+                match name {
+                    TIMERS => timer_keys += u64::from(entries),
+                    _ => *keyed_states.entry(name.to_string()).or_default() += u64::from(entries),
+                }
+            }
+        }
+        let items = self.operator_state.iter().flatten();
+        Ok(OperatorSummary {
+            operator: self.operator.clone(),
+            max_parallelism: self.max_parallelism,
+            key_groups: self.key_groups.len(),
+            keyed_bytes: self.key_groups.values().map(|b| b.len() as u64).sum(),
+            keyed_states,
+            timer_keys,
+            lists: self.operator_state.len(),
+            list_items: items.clone().count(),
+            list_bytes: items.map(|i| i.len() as u64).sum(),
+        })
+    }
+}
+
+/// What one operator's snapshot holds ([`OperatorSnapshot::summary`]), to
+/// look at before a restore (`shardflow snapshot FILE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorSummary {
+    /// The operator.
+    pub operator: String,
+    /// The job's key groups when the snapshot was taken.
+    pub max_parallelism: u32,
+    /// Key groups with keyed state.
+    pub key_groups: usize,
+    /// Bytes of keyed state (timers included).
+    pub keyed_bytes: u64,
+    /// Keyed states by name: their entries (keys with a value).
+    pub keyed_states: BTreeMap<String, u64>,
+    /// Keys with pending processing-time timers.
+    pub timer_keys: u64,
+    /// Operator-state lists (one per subtask that snapshotted one; a
+    /// source's position is one too).
+    pub lists: usize,
+    /// Items in those lists.
+    pub list_items: usize,
+    /// Bytes of those items.
+    pub list_bytes: u64,
 }
 
 /// Every stateful operator's snapshot of a job: what a job restores from. It
