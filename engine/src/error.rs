@@ -256,15 +256,20 @@ pub enum DataflowError {
     /// (none of that name, or one keeping another kind of state).
     #[error(
         "dataflow '{job}' would drop state of its snapshot that none of its operators restores: {} (an \
-         operator renamed, removed, or now of another kind?): keep the operators' names and kinds, or \
+         operator renamed, removed, or now of another kind?){}: keep the operators' names and kinds — name \
+         stateful operators (`.name(…)`) so that their state outlives changes to the graph — or \
          allow_non_restored_state() to drop it",
-        state.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ")
+        quoted(state),
+        if unrestored.is_empty() { String::new() } else { format!("; its stateful operators with nothing in the snapshot: {}", quoted(unrestored)) }
     )]
     UnownedState {
         /// The job.
         job: String,
         /// The snapshot's entries without an operator (`operator` or `operator/list`).
         state: Vec<String>,
+        /// The job's stateful operators the snapshot holds nothing for: where
+        /// that state was perhaps meant to go.
+        unrestored: Vec<String>,
     },
     /// The snapshot a dataflow restores has other key groups than the job.
     #[error(
@@ -323,4 +328,9 @@ pub enum DataflowError {
         /// The operator.
         operator: String,
     },
+}
+
+/// Names, each in quotes, joined by commas.
+fn quoted(names: &[String]) -> String {
+    names.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ")
 }

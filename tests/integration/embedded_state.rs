@@ -274,8 +274,9 @@ fn a_restore_that_would_drop_state_or_regroup_keys_is_refused_at_build() {
 
     // The counting operator renamed: its state would be lost.
     match recounting(&["a"], &snapshot, "per-word-v2", 128).0.build() {
-        Err(EngineError::Dataflow(DataflowError::UnownedState { job, state })) => {
+        Err(EngineError::Dataflow(DataflowError::UnownedState { job, state, unrestored })) => {
             assert_eq!((job.as_str(), state), ("counting", vec!["per-word".to_string()]));
+            assert_eq!(unrestored, vec!["per-word-v2".to_string()], "where that state was meant to go");
         }
         other => panic!("a renamed stateful operator must be refused, got {other:?}"),
     }

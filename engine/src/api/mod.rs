@@ -100,7 +100,7 @@ struct PlanOp {
 /// the snapshot reaches an operator that restores it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Keeps {
-    /// None: maps, filters, sources, sinks.
+    /// None: maps, filters, sinks.
     Nothing,
     /// Keyed state in key groups (aggregations, keyed process functions),
     /// snapshotted under the operator's name.
@@ -108,6 +108,9 @@ pub(crate) enum Keeps {
     /// Operator lists (process functions of non-keyed streams), each
     /// snapshotted as `operator/list`.
     Lists,
+    /// A source's position, an operator list (`source/position`) that only a
+    /// job stopped while the source ran has.
+    Position,
 }
 
 /// Moves a chained operator into a vertex of its own; returns the vertex.
@@ -302,7 +305,7 @@ impl Dataflow {
         let vertex = p.add_vertex(&name, parallelism, VertexPlan::Source(Arc::new(node)));
         drop(p);
         // Its position is an operator list (`name/position`).
-        Stream::head(&self.plan, name, vertex, out).keeping(Keeps::Lists)
+        Stream::head(&self.plan, name, vertex, out).keeping(Keeps::Position)
     }
 
     /// A source emitting `f(r)` for r in `0..n`, each subtask its contiguous share.
@@ -432,7 +435,7 @@ fn restored_state(p: &Plan) -> Result<Option<Arc<JobSnapshot>>, DataflowError> {
     let owner = |entry: &str, s: &OperatorSnapshot| {
         p.ops.iter().find(|op| match entry.strip_prefix(op.name.get().as_str()) {
             Some("") => op.keeps == Keeps::Keyed || s.key_groups.is_empty() && s.operator_state.is_empty(),
-            Some(list) => list.starts_with('/') && op.keeps == Keeps::Lists,
+            Some(list) => list.starts_with('/') && matches!(op.keeps, Keeps::Lists | Keeps::Position),
             None => false,
         })
     };
@@ -454,7 +457,19 @@ fn restored_state(p: &Plan) -> Result<Option<Arc<JobSnapshot>>, DataflowError> {
         return Ok(Some(snapshot.clone()));
     }
     if !p.allow_non_restored_state {
-        return Err(DataflowError::UnownedState { job: p.name.clone(), state: unowned });
+        // Where the state was meant to go: stateful operators the snapshot has
+        // nothing for (a generated name that moved, such as `count-1` now
+        // `count-2`, shows here).
+        let restores_nothing = |op: &&PlanOp| {
+            let name = op.name.get();
+            !snapshot
+                .operators
+                .keys()
+                .any(|e| e.strip_prefix(name.as_str()).is_some_and(|r| r.is_empty() || r.starts_with('/')))
+        };
+        let stateful = p.ops.iter().filter(|op| matches!(op.keeps, Keeps::Keyed | Keeps::Lists));
+        let unrestored = stateful.filter(restores_nothing).map(|op| op.name.get()).collect();
+        return Err(DataflowError::UnownedState { job: p.name.clone(), state: unowned, unrestored });
     }
     let mut kept = (**snapshot).clone();
     kept.operators.retain(|entry, _| !unowned.contains(entry));
