@@ -4,6 +4,7 @@
 
 use super::*;
 
+/// The records a set of outputs asks to write, with their `ack` flags.
 fn stores(out: &[Output]) -> Vec<(JobRecord, bool)> {
     out.iter()
         .filter_map(|o| match o {

@@ -1,0 +1,54 @@
+//! A job's progress: its workers' last heartbeats, then its results.
+
+use super::*;
+
+fn heartbeat_with(worker: WorkerId, tasks: Vec<TaskProgress>) -> Message {
+    Message::HeartbeatFromWorker(HeartbeatFromWorker {
+        resource_manager: RM,
+        worker,
+        seq: 0,
+        report: SlotReport { slots: vec![] },
+        tasks,
+    })
+}
+
+fn progress_of(h: &mut Harness, job: JobId, now: Instant) -> Vec<(String, u64, u64)> {
+    match &h.c.on_message(now, 99, Message::RequestJobProgress(RequestJobProgress { job }))[..] {
+        [Output::Send(99, Message::JobProgress(p))] => p
+            .subtasks
+            .iter()
+            .map(|s| (format!("{}/{}#{}", s.vertex, s.subtask, s.attempt), s.records_in, s.records_out))
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_jobs_progress_is_its_workers_last_heartbeat_then_its_results() {
+    let (mut h, id, subs) = one_running_job();
+    let t0 = h.t0;
+    assert!(progress_of(&mut h, id, at(t0, 3)).is_empty(), "no heartbeat yet");
+    let (source, sink) = (&subs[0].1, &subs[1].1);
+    let counts = |d: &TaskDeploymentDescriptor, n: u64, out: u64| TaskProgress {
+        job: id,
+        attempt: d.attempt,
+        records_in: n,
+        records_out: out,
+    };
+    let worker = source.slot.worker;
+    h.c.on_message(at(t0, 4), 1, heartbeat_with(worker, vec![counts(source, 70, 70), counts(sink, 60, 0)]));
+    let both = vec![("source/0#0".to_string(), 70, 70), ("sink/0#0".to_string(), 60, 0)];
+    assert_eq!(progress_of(&mut h, id, at(t0, 5)), both);
+    // An old attempt's counts, or another worker's, do not count.
+    let mut stale = counts(source, 999, 999);
+    stale.attempt.attempt += 1;
+    h.c.on_message(at(t0, 6), 1, heartbeat_with(worker, vec![stale]));
+    let other = h.register(2, "b", vec![1]);
+    h.c.on_message(at(t0, 7), 2, heartbeat_with(other, vec![counts(sink, 999, 999)]));
+    assert_eq!(progress_of(&mut h, id, at(t0, 8)), both);
+    // A finished subtask's counts are its result's.
+    update(&mut h, 1, source, ExecutionState::Finished, at(t0, 9));
+    assert_eq!(progress_of(&mut h, id, at(t0, 10)), vec![("source/0#0".to_string(), 5, 5), both[1].clone()]);
+    let out = h.c.on_message(at(t0, 11), 99, Message::RequestJobProgress(RequestJobProgress { job: JobId(77) }));
+    assert!(matches!(&out[0], Output::Send(99, Message::ErrorReply(e)) if e.code == ErrorCode::UnknownJob), "{out:?}");
+}
