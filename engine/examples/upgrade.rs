@@ -68,7 +68,8 @@ fn main() -> Result<(), EngineError> {
     let snapshot = job.wait()?.snapshot.expect("a stopped job hands back its snapshot");
     let path = std::env::temp_dir().join(format!("shardflow-upgrade-{}.snapshot", std::process::id()));
     snapshot.save(&path)?;
-    println!("version 1 stopped after {read} requests; snapshot of {} operators saved", snapshot.operators.len());
+    let held: Vec<&str> = snapshot.operators.keys().map(String::as_str).collect();
+    println!("version 1 stopped after {read} requests; snapshot of {} saved", held.join(", "));
 
     let restored = JobSnapshot::load(&path)?;
     std::fs::remove_file(&path).ok();

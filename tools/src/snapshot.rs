@@ -34,7 +34,11 @@ pub(crate) fn show(a: &SnapshotArgs) -> Result<Exit> {
         return Ok(Exit::Done);
     }
     let bytes: u64 = summaries.iter().map(|s| s.keyed_bytes + s.list_bytes).sum();
-    println!("{}: {} operators, {bytes} bytes of state", a.file.display(), summaries.len());
+    let operators = match summaries.len() {
+        1 => "1 operator".to_string(),
+        n => format!("{n} operators"),
+    };
+    println!("{}: {operators}, {bytes} bytes of state", a.file.display());
     println!(
         "{:<24} {:>14} {:>12} {:<28} {:>10} {:>13}",
         "OPERATOR", "KEY GROUPS", "KEYED BYTES", "KEYED STATES (ENTRIES)", "TIMER KEYS", "LISTS (ITEMS)"
