@@ -471,4 +471,34 @@ mod tests {
         cut.entry().unwrap();
         assert!(cut.entry().is_err(), "a cut snapshot is a typed error");
     }
+
+    #[test]
+    fn a_summary_counts_entries_by_state_timers_apart_and_refuses_bad_bytes() {
+        let group = |states: &[(&str, usize)]| {
+            let mut out = Vec::new();
+            for (name, n) in states {
+                let mut w = GroupWriter::new(&mut out, name);
+                (0..*n).for_each(|i| w.entry(format!("k{i}").as_bytes(), b"v"));
+            }
+            out
+        };
+        let op = OperatorSnapshot {
+            operator: "per-user".into(),
+            max_parallelism: 128,
+            key_groups: [(3, group(&[("sum", 2), (TIMERS, 1)])), (70, group(&[("sum", 1), ("seen", 4)]))].into(),
+            operator_state: vec![vec![b"ab".to_vec()], vec![], vec![b"c".to_vec(), b"".to_vec()]],
+        };
+        let s = op.summary().unwrap();
+        assert_eq!(s.keyed_states, [("seen".to_string(), 4), ("sum".to_string(), 3)].into());
+        assert_eq!((s.timer_keys, s.key_groups, s.max_parallelism), (1, 2, 128));
+        assert_eq!(s.keyed_bytes, op.key_groups.values().map(|b| b.len() as u64).sum::<u64>());
+        assert_eq!((s.lists, s.list_items, s.list_bytes), (3, 3, 3));
+
+        let mut cut = op;
+        cut.key_groups.get_mut(&70).unwrap().pop();
+        match cut.summary() {
+            Err(SnapshotError::Malformed(why)) => assert!(why.contains("key group 70 of 'per-user'"), "{why}"),
+            other => panic!("a cut key group must be refused, got {other:?}"),
+        }
+    }
 }
