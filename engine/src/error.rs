@@ -260,7 +260,7 @@ pub enum DataflowError {
          stateful operators (`.name(…)`) so that their state outlives changes to the graph — or \
          allow_non_restored_state() to drop it",
         quoted(state),
-        if unrestored.is_empty() { String::new() } else { format!("; its stateful operators with nothing in the snapshot: {}", quoted(unrestored)) }
+        unrestored_hint(unrestored)
     )]
     UnownedState {
         /// The job.
@@ -333,4 +333,12 @@ pub enum DataflowError {
 /// Names, each in quotes, joined by commas.
 fn quoted(names: &[String]) -> String {
     names.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ")
+}
+
+/// Where refused state was perhaps meant to go, if anywhere.
+fn unrestored_hint(unrestored: &[String]) -> String {
+    match unrestored {
+        [] => String::new(),
+        names => format!("; its stateful operators with nothing in the snapshot: {}", quoted(names)),
+    }
 }
