@@ -16,6 +16,10 @@ use crate::error::OperatorError;
 use crate::runtime::host::{wait, wait_until};
 use crate::runtime::{ParkedWaker, RoomWaiters};
 
+/// How soon a stopping source looks again for a push that was between its
+/// look at the closed flag and the queue.
+const PUSH_RECHECK: Duration = Duration::from_micros(50);
+
 /// Whether an ingress's job still reads it: closed once every source subtask
 /// that started has ended (the job finished, failed or was cancelled), or when
 /// none can start any more (the job was dropped or refused).
@@ -365,11 +369,15 @@ impl<T: Data> Source<T> for IngressSource<T> {
             self.life.rooms[self.queue].wake_all();
         }
         if self.stopping && status == SourceStatus::Pending {
-            // Closed and drained: done once no push is between its look and the queue.
-            return Ok(if self.life.pushing.load(Ordering::SeqCst) == 0 && self.rx.is_empty() {
-                SourceStatus::Finished
-            } else {
-                SourceStatus::Emitted
+            // Closed and drained: done once no push is between its look and the
+            // queue. The count first: a push it saw may have queued since.
+            let in_flight = self.life.pushing.load(Ordering::SeqCst);
+            return Ok(match (self.rx.is_empty(), in_flight) {
+                (false, _) => SourceStatus::Emitted,
+                (true, 0) => SourceStatus::Finished,
+                // A pusher inside its few instructions, perhaps descheduled
+                // there: look again shortly instead of spinning on it.
+                (true, _) => SourceStatus::IdleUntil(Instant::now() + PUSH_RECHECK),
             });
         }
         Ok(status)
