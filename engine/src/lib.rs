@@ -76,7 +76,8 @@ mod shard;
 mod shared;
 
 pub use api::{
-    ConnectedStreams, Dataflow, Job, KeyedConnectedStreams, KeyedStream, Sink, Stream, DEFAULT_MAX_PARALLELISM,
+    ConnectedStreams, Dataflow, Job, KeyedBroadcastStreams, KeyedConnectedStreams, KeyedStream, Sink, Stream,
+    DEFAULT_MAX_PARALLELISM,
 };
 pub use config::{online_cores, Cores, EngineBuilder, EngineConfig, IdlePolicy};
 pub use data::{key_hash, Data, Key};
@@ -87,8 +88,8 @@ pub use params::Params;
 pub use registry::{JobCatalog, JobParams};
 pub use runtime::collector::{Emitter, SinkOutput, TaskInfo};
 pub use runtime::keyed::{
-    AggregatingState, Aggregator, Count, KeyedCoProcessFunction, KeyedContext, KeyedProcessFunction, ListState,
-    MapState, Reduce, ReducingState, StateDeclarations, ValueState,
+    AggregatingState, Aggregator, BroadcastState, Count, KeyedBroadcastProcessFunction, KeyedCoProcessFunction,
+    KeyedContext, KeyedProcessFunction, ListState, MapState, Reduce, ReducingState, StateDeclarations, ValueState,
 };
 pub use runtime::ops::{CoProcessFunction, ListRef, ListStateHandle, OperatorContext, ProcessFunction};
 pub use runtime::output::{KeyBy, KeyByRef, KeySelector};

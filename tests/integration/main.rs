@@ -7,6 +7,7 @@ mod cluster_own_binary;
 mod common;
 mod embedded_backpressure;
 mod embedded_bad_input;
+mod embedded_broadcast;
 mod embedded_cancel;
 mod embedded_failure;
 mod embedded_hosted;

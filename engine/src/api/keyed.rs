@@ -11,8 +11,8 @@ use crate::error::DataflowError;
 use crate::runtime::build::{attach, port, Name};
 use crate::runtime::collector::Emitter;
 use crate::runtime::keyed::{
-    AggregateFactory, Aggregator, Count, KeyedCoProcessFactory, KeyedCoProcessFunction, KeyedProcessFactory,
-    KeyedProcessFunction, Reduce, TwoInputFactory,
+    AggregateFactory, Aggregator, Count, KeyedBroadcastFactory, KeyedBroadcastProcessFunction, KeyedCoProcessFactory,
+    KeyedCoProcessFunction, KeyedProcessFactory, KeyedProcessFunction, Reduce, TwoInputFactory,
 };
 use crate::runtime::ops::{CoFlatMapFactory, CoProcessFactory, CoProcessFunction};
 use crate::runtime::output::{KeySelector, Routing, WriterFactory};
@@ -109,6 +109,19 @@ impl<K: Key, T: Data, S: KeySelector<K, T>> KeyedStream<K, T, S> {
     }
 }
 
+impl<K: Key, T: Data, S: KeySelector<K, T>> KeyedStream<K, T, S> {
+    /// This stream and `broadcast`, whose every record reaches every subtask,
+    /// as the two inputs of one keyed operator: keyed state and timers for
+    /// this stream's keys, and a broadcast state of `broadcast`'s records
+    /// that every subtask holds (Flink's broadcast state pattern).
+    pub fn connect_broadcast<B: Data>(&self, broadcast: &Stream<B>) -> KeyedBroadcastStreams<K, T, B, S> {
+        KeyedBroadcastStreams {
+            keyed: KeyedStream { stream: self.stream.clone(), selector: self.selector.clone(), _k: PhantomData },
+            broadcast: broadcast.broadcast(),
+        }
+    }
+}
+
 /// Adds a two-input operator reading `first` and `second`, each through its own
 /// edge (its pending exchange, or forward/round robin).
 fn two_inputs<A: Data, B: Data, O: Data>(
@@ -193,5 +206,23 @@ impl<K: Key, A: Data, B: Data, SA: KeySelector<K, A>, SB: KeySelector<K, B>> Key
             Arc::new(KeyedCoProcessFactory { name, first: sa, second: sb, f, next, _t: PhantomData })
         })
         .keeping(Keeps::Keyed)
+    }
+}
+
+/// A keyed stream and a broadcast stream as the inputs of one keyed operator.
+pub struct KeyedBroadcastStreams<K: Key, A: Data, B: Data, SA> {
+    keyed: KeyedStream<K, A, SA>,
+    broadcast: Stream<B>,
+}
+
+impl<K: Key, A: Data, B: Data, SA: KeySelector<K, A>> KeyedBroadcastStreams<K, A, B, SA> {
+    /// A keyed-broadcast process function over both inputs (Flink's
+    /// `KeyedBroadcastProcessFunction`).
+    pub fn process<O: Data, P: KeyedBroadcastProcessFunction<K, A, B, O>>(&self, f: P) -> Stream<O> {
+        let selector = self.keyed.selector.clone();
+        two_inputs(&self.keyed.stream, &self.broadcast, "broadcast_process", |name, next| {
+            Arc::new(KeyedBroadcastFactory { name, selector, f, next, _t: PhantomData })
+        })
+        .keeping(Keeps::KeyedAndLists)
     }
 }

@@ -48,7 +48,7 @@ use crate::runtime::state::{JobSnapshot, OperatorSnapshot};
 use crate::runtime::vertex::{EntryFactory, PortEntry, VertexPlan};
 use crate::runtime::JobPlan;
 
-pub use keyed::{ConnectedStreams, KeyedConnectedStreams, KeyedStream};
+pub use keyed::{ConnectedStreams, KeyedBroadcastStreams, KeyedConnectedStreams, KeyedStream};
 pub use stream::{Sink, Stream};
 
 /// Default key groups of a job (its maximum parallelism).
@@ -111,6 +111,9 @@ pub(crate) enum Keeps {
     /// A source's position, an operator list (`source/position`) that only a
     /// job stopped while the source ran has.
     Position,
+    /// Keyed state and an operator list (a keyed-broadcast operator's
+    /// broadcast state, `operator/broadcast`).
+    KeyedAndLists,
 }
 
 /// Moves a chained operator into a vertex of its own; returns the vertex.
@@ -434,8 +437,13 @@ fn restored_state(p: &Plan) -> Result<Option<Arc<JobSnapshot>>, DataflowError> {
     let Some(snapshot) = &p.restore else { return Ok(None) };
     let owner = |entry: &str, s: &OperatorSnapshot| {
         p.ops.iter().find(|op| match entry.strip_prefix(op.name.get().as_str()) {
-            Some("") => op.keeps == Keeps::Keyed || s.key_groups.is_empty() && s.operator_state.is_empty(),
-            Some(list) => list.starts_with('/') && matches!(op.keeps, Keeps::Lists | Keeps::Position),
+            Some("") => {
+                matches!(op.keeps, Keeps::Keyed | Keeps::KeyedAndLists)
+                    || s.key_groups.is_empty() && s.operator_state.is_empty()
+            }
+            Some(list) => {
+                list.starts_with('/') && matches!(op.keeps, Keeps::Lists | Keeps::Position | Keeps::KeyedAndLists)
+            }
             None => false,
         })
     };
@@ -467,7 +475,7 @@ fn restored_state(p: &Plan) -> Result<Option<Arc<JobSnapshot>>, DataflowError> {
                 .keys()
                 .any(|e| e.strip_prefix(name.as_str()).is_some_and(|r| r.is_empty() || r.starts_with('/')))
         };
-        let stateful = p.ops.iter().filter(|op| matches!(op.keeps, Keeps::Keyed | Keeps::Lists));
+        let stateful = p.ops.iter().filter(|op| matches!(op.keeps, Keeps::Keyed | Keeps::Lists | Keeps::KeyedAndLists));
         let unrestored = stateful.filter(restores_nothing).map(|op| op.name.get()).collect();
         return Err(DataflowError::UnownedState { job: p.name.clone(), state: unowned, unrestored });
     }

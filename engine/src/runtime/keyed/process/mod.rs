@@ -1,5 +1,11 @@
 //! Keyed process functions with one and two inputs, on the keyed state of
-//! the parent module and processing-time timers.
+//! the parent module and processing-time timers; a keyed stream connected to
+//! a broadcast stream is [`broadcast`].
+
+mod broadcast;
+
+pub(crate) use broadcast::KeyedBroadcastFactory;
+pub use broadcast::{BroadcastState, KeyedBroadcastProcessFunction};
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
@@ -227,6 +233,21 @@ pub(crate) trait KeyedCallbacks<K: Key, O: Data> {
     fn on_checkpoint_complete(&mut self, checkpoint: u64);
     fn on_checkpoint_aborted(&mut self, checkpoint: u64);
     fn close(&mut self) -> Result<(), OperatorError>;
+    /// Restores what it keeps besides keyed state (a broadcast state) from
+    /// `snapshot`, charging it to `memory`.
+    fn restore_lists(
+        &mut self,
+        _operator: &str,
+        _snapshot: &JobSnapshot,
+        _task: &TaskInfo,
+        _memory: &mut StateMemory,
+    ) -> Result<(), OperatorError> {
+        Ok(())
+    }
+    /// Snapshots what it keeps besides keyed state.
+    fn snapshot_lists(&self, _operator: &str, _task: &TaskInfo) -> Result<Vec<OperatorSnapshot>, OperatorError> {
+        Ok(Vec::new())
+    }
 }
 
 /// A keyed operator: its state, timers and callbacks `C`.
@@ -240,8 +261,13 @@ impl<K: Key, O: Data, C: KeyedCallbacks<K, O>> Lifecycle for KeyedOp<K, O, C> {
         &self.core.name
     }
     fn open(&mut self, task: &TaskInfo) -> Result<(), OperatorError> {
+        let restore = self.core.restore.clone();
         let c = &mut self.callbacks;
-        self.core.open(task, |d| c.open(d))
+        self.core.open(task, |d| c.open(d))?;
+        match restore {
+            Some(s) => self.callbacks.restore_lists(&self.core.name, &s, task, &mut self.core.backend.memory),
+            None => Ok(()),
+        }
     }
     fn next_timer(&self) -> Option<Instant> {
         self.core.next_timer()
@@ -254,7 +280,11 @@ impl<K: Key, O: Data, C: KeyedCallbacks<K, O>> Lifecycle for KeyedOp<K, O, C> {
         Ok(())
     }
     fn snapshot(&mut self, _id: u64) -> Result<Vec<OperatorSnapshot>, OperatorError> {
-        self.core.snapshot()
+        let mut parts = self.core.snapshot()?;
+        if let Some(task) = &self.core.task {
+            parts.extend(self.callbacks.snapshot_lists(&self.core.name, task)?);
+        }
+        Ok(parts)
     }
     fn notify_checkpoint_complete(&mut self, id: u64) {
         self.callbacks.on_checkpoint_complete(id);

@@ -1,0 +1,321 @@
+//! A keyed stream connected to a broadcast stream (Flink's
+//! `KeyedBroadcastProcessFunction`): the keyed input's records reach the
+//! subtask of their key, with its keyed state and timers; every record of the
+//! broadcast input reaches every subtask, which keeps them in a broadcast state
+//! the keyed side reads — rules applied to events, a model to requests.
+//!
+//! Every subtask sees the same broadcast records, so a function that changes
+//! its broadcast state only from them holds the same copy on each: the state
+//! is snapshotted whole per subtask (`operator/broadcast`) and, at any
+//! parallelism, every new subtask restores one old subtask's copy. Records of
+//! one upstream subtask arrive in their order; those of several interleave
+//! differently on each subtask, so state that depends on the order (a record
+//! that clears the ones before it) wants a broadcast source of parallelism 1.
+//! How the two inputs interleave is not fixed either: read the broadcast state
+//! where its being complete does not matter, or at the end of input.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+use crate::runtime::state::undecodable;
+
+/// The snapshot entry of a keyed-broadcast operator's broadcast state.
+fn broadcast_entry(operator: &str) -> String {
+    format!("{operator}/broadcast")
+}
+
+/// A function over a keyed stream connected to a broadcast stream, with keyed
+/// state and timers for the keyed side and a broadcast state of `B` records
+/// that every subtask holds (Flink's `KeyedBroadcastProcessFunction`).
+///
+/// ```
+/// use shardflow_engine::{
+///     BroadcastState, Dataflow, Emitter, Engine, KeyedBroadcastProcessFunction, KeyedContext, OperatorError,
+///     StateDeclarations, ValueState,
+/// };
+///
+/// /// Per account, its largest payment; at the end, the accounts whose largest
+/// /// is over the lowest threshold broadcast.
+/// #[derive(Clone, Default)]
+/// struct Alerts {
+///     largest: Option<ValueState<u64>>,
+/// }
+///
+/// impl KeyedBroadcastProcessFunction<String, (String, u64), u64, String> for Alerts {
+///     fn open(&mut self, states: &mut StateDeclarations<'_, String>) -> Result<(), OperatorError> {
+///         self.largest = Some(states.value_state("largest")?);
+///         Ok(())
+///     }
+///     fn process_element(
+///         &mut self,
+///         payment: &(String, u64),
+///         _thresholds: &[u64],
+///         ctx: &mut KeyedContext<'_, String>,
+///         _: &mut Emitter<'_, String>,
+///     ) -> Result<(), OperatorError> {
+///         let largest = self.largest.as_ref().unwrap();
+///         let now = ctx.value(largest)?.copied().unwrap_or(0).max(payment.1);
+///         ctx.set_value(largest, now)
+///     }
+///     fn process_broadcast(
+///         &mut self,
+///         threshold: &u64,
+///         thresholds: &mut BroadcastState<'_, u64>,
+///         _: &mut Emitter<'_, String>,
+///     ) -> Result<(), OperatorError> {
+///         thresholds.push(*threshold)
+///     }
+///     fn on_end_of_input(
+///         &mut self,
+///         thresholds: &[u64],
+///         ctx: &mut KeyedContext<'_, String>,
+///         out: &mut Emitter<'_, String>,
+///     ) -> Result<(), OperatorError> {
+///         let largest = ctx.value(self.largest.as_ref().unwrap())?.copied().unwrap_or(0);
+///         if thresholds.iter().min().is_some_and(|t| largest > *t) {
+///             out.emit(format!("{}: {largest}", ctx.key()));
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// let df = Dataflow::new("alerts").parallelism(2);
+/// let thresholds = df.from_iter("thresholds", vec![500u64, 100]);
+/// let payments = vec![("ann".to_string(), 250), ("bob".to_string(), 40), ("ann".to_string(), 20)];
+/// let alerts = df
+///     .from_iter("payments", payments)
+///     .key_by_ref::<String, _>(|p: &(String, u64)| p.0.as_str())
+///     .connect_broadcast(&thresholds)
+///     .process(Alerts::default())
+///     .collect();
+/// let engine = Engine::builder().shards(1).build()?;
+/// engine.run(df.build()?)?;
+/// assert_eq!(alerts.take(), ["ann: 250"]);
+/// # Ok::<(), shardflow_engine::EngineError>(())
+/// ```
+pub trait KeyedBroadcastProcessFunction<K: Key, A: Data, B: Data, O: Data>: Clone + Send + Sync + 'static {
+    /// Before the first record: declare the keyed states here.
+    fn open(&mut self, _states: &mut StateDeclarations<'_, K>) -> Result<(), OperatorError> {
+        Ok(())
+    }
+    /// One record of the keyed input, of key `ctx.key()`; `broadcast` is the
+    /// broadcast state, to read.
+    fn process_element(
+        &mut self,
+        record: &A::Borrowed,
+        broadcast: &[B],
+        ctx: &mut KeyedContext<'_, K>,
+        out: &mut Emitter<'_, O>,
+    ) -> Result<(), OperatorError>;
+    /// One record of the broadcast input (every subtask gets each): change the
+    /// broadcast state from it alone, so that every subtask holds the same.
+    fn process_broadcast(
+        &mut self,
+        record: &B::Borrowed,
+        broadcast: &mut BroadcastState<'_, B>,
+        out: &mut Emitter<'_, O>,
+    ) -> Result<(), OperatorError>;
+    /// A timer of key `ctx.key()` registered for `at` fired (never after the
+    /// end of both inputs).
+    fn on_timer(
+        &mut self,
+        _at: u64,
+        _broadcast: &[B],
+        _ctx: &mut KeyedContext<'_, K>,
+        _out: &mut Emitter<'_, O>,
+    ) -> Result<(), OperatorError> {
+        Ok(())
+    }
+    /// End of both inputs, once for each key that has keyed state (declared
+    /// state or a pending timer).
+    fn on_end_of_input(
+        &mut self,
+        _broadcast: &[B],
+        _ctx: &mut KeyedContext<'_, K>,
+        _out: &mut Emitter<'_, O>,
+    ) -> Result<(), OperatorError> {
+        Ok(())
+    }
+    /// Checkpoint `checkpoint` completed: commit what waited for it.
+    fn on_checkpoint_complete(&mut self, _checkpoint: u64) {}
+    /// Checkpoint `checkpoint` was aborted: roll back what waited for it.
+    fn on_checkpoint_aborted(&mut self, _checkpoint: u64) {}
+    /// Last, on every path (as [`KeyedProcessFunction::close`]).
+    fn close(&mut self) -> Result<(), OperatorError> {
+        Ok(())
+    }
+}
+
+/// The broadcast state of a keyed-broadcast operator's subtask, to change
+/// from a broadcast record: its items, charged to the slot's managed memory.
+pub struct BroadcastState<'a, B> {
+    items: &'a mut Vec<B>,
+    memory: &'a mut StateMemory,
+}
+
+impl<B: Data> BroadcastState<'_, B> {
+    /// The items.
+    pub fn items(&self) -> &[B] {
+        self.items
+    }
+
+    /// Adds `item`; over the slot's managed memory a typed error.
+    pub fn push(&mut self, item: B) -> Result<(), OperatorError> {
+        self.memory.grow(list_bytes(std::slice::from_ref(&item)))?;
+        self.items.push(item);
+        Ok(())
+    }
+
+    /// Keeps the items `keep` says to keep.
+    pub fn retain(&mut self, mut keep: impl FnMut(&B) -> bool) {
+        let before = list_bytes(self.items);
+        self.items.retain(|i| keep(i));
+        self.memory.shrink(before - list_bytes(self.items));
+    }
+
+    /// Removes every item.
+    pub fn clear(&mut self) {
+        self.memory.shrink(list_bytes(self.items));
+        self.items.clear();
+    }
+}
+
+/// A keyed-broadcast function, its keyed input's key selector and its
+/// broadcast state.
+pub(crate) struct BroadcastInputs<A, B, SA, P> {
+    selector: Arc<SA>,
+    f: P,
+    broadcast: Vec<B>,
+    _t: PhantomData<fn(&A)>,
+}
+
+impl<K: Key, A: Data, B: Data, O: Data, SA, P> KeyedCallbacks<K, O> for BroadcastInputs<A, B, SA, P>
+where
+    P: KeyedBroadcastProcessFunction<K, A, B, O>,
+{
+    fn open(&mut self, states: &mut StateDeclarations<'_, K>) -> Result<(), OperatorError> {
+        self.f.open(states)
+    }
+    fn on_timer(
+        &mut self,
+        at: u64,
+        ctx: &mut KeyedContext<'_, K>,
+        out: &mut Emitter<'_, O>,
+    ) -> Result<(), OperatorError> {
+        self.f.on_timer(at, &self.broadcast, ctx, out)
+    }
+    fn on_end_of_input(
+        &mut self,
+        ctx: &mut KeyedContext<'_, K>,
+        out: &mut Emitter<'_, O>,
+    ) -> Result<(), OperatorError> {
+        self.f.on_end_of_input(&self.broadcast, ctx, out)
+    }
+    fn on_checkpoint_complete(&mut self, checkpoint: u64) {
+        self.f.on_checkpoint_complete(checkpoint);
+    }
+    fn on_checkpoint_aborted(&mut self, checkpoint: u64) {
+        self.f.on_checkpoint_aborted(checkpoint);
+    }
+    fn close(&mut self) -> Result<(), OperatorError> {
+        self.f.close()
+    }
+    fn restore_lists(
+        &mut self,
+        operator: &str,
+        snapshot: &JobSnapshot,
+        task: &TaskInfo,
+        memory: &mut StateMemory,
+    ) -> Result<(), OperatorError> {
+        let items = snapshot.operator_copy_for(&broadcast_entry(operator), task.subtask);
+        for bytes in items {
+            self.broadcast.push(B::from_bytes(bytes).map_err(|e| undecodable("broadcast", e))?);
+        }
+        memory.grow(list_bytes(&self.broadcast))
+    }
+    fn snapshot_lists(&self, operator: &str, task: &TaskInfo) -> Result<Vec<OperatorSnapshot>, OperatorError> {
+        let items = self.broadcast.iter().map(|b| B::to_bytes(b.borrow())).collect::<Result<Vec<_>, _>>()?;
+        Ok(vec![OperatorSnapshot {
+            operator: broadcast_entry(operator),
+            max_parallelism: task.max_parallelism,
+            key_groups: BTreeMap::new(),
+            operator_state: vec![items],
+        }])
+    }
+}
+
+/// A keyed-broadcast operator.
+type BroadcastOp<K, A, B, O, SA, P> = KeyedOp<K, O, BroadcastInputs<A, B, SA, P>>;
+
+impl<K: Key, A: Data, B: Data, O: Data, SA: KeySelector<K, A>, P> BroadcastOp<K, A, B, O, SA, P>
+where
+    P: KeyedBroadcastProcessFunction<K, A, B, O>,
+{
+    #[inline(always)]
+    fn element(&mut self, record: &A::Borrowed) {
+        let KeyedOp { core, callbacks: BroadcastInputs { selector, f, broadcast, .. } } = self;
+        selector.with_key(record, |key| core.with_key(key, |ctx, out| f.process_element(record, broadcast, ctx, out)));
+    }
+
+    fn broadcast(&mut self, record: &B::Borrowed) {
+        let KeyedOp { core, callbacks: BroadcastInputs { f, broadcast, .. } } = self;
+        let KeyedCore { backend, next, failure, .. } = core;
+        let mut state = BroadcastState { items: broadcast, memory: &mut backend.memory };
+        if let Err(e) = f.process_broadcast(record, &mut state, &mut Emitter::new(&mut **next)) {
+            failure.set(e);
+        }
+    }
+}
+
+impl<K: Key, A: Data, B: Data, O: Data, SA: KeySelector<K, A>, P> Collector<A>
+    for FirstInput<BroadcastOp<K, A, B, O, SA, P>>
+where
+    P: KeyedBroadcastProcessFunction<K, A, B, O>,
+{
+    fn collect(&mut self, record: &A::Borrowed) {
+        self.0.borrow_mut().element(record);
+    }
+
+    fn collect_batch(&mut self, records: &[A]) {
+        let mut op = self.0.borrow_mut();
+        records.iter().for_each(|r| op.element(r.borrow()));
+    }
+}
+
+impl<K: Key, A: Data, B: Data, O: Data, SA: KeySelector<K, A>, P> Collector<B>
+    for SecondInput<BroadcastOp<K, A, B, O, SA, P>>
+where
+    P: KeyedBroadcastProcessFunction<K, A, B, O>,
+{
+    fn collect(&mut self, record: &B::Borrowed) {
+        self.0.borrow_mut().broadcast(record);
+    }
+}
+
+pub(crate) struct KeyedBroadcastFactory<K, A, B, O: Data, SA, P> {
+    pub(crate) name: Name,
+    pub(crate) selector: Arc<SA>,
+    pub(crate) f: P,
+    pub(crate) next: Port<O>,
+    pub(crate) _t: PhantomData<fn(&K, &A, &B)>,
+}
+
+impl<K: Key, A: Data, B: Data, O: Data, SA: KeySelector<K, A>, P> TwoInputFactory<A, B>
+    for KeyedBroadcastFactory<K, A, B, O, SA, P>
+where
+    P: KeyedBroadcastProcessFunction<K, A, B, O>,
+{
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<(Box<dyn Collector<A>>, Box<dyn Collector<B>>), EngineError> {
+        let next = build_port(&self.next, ctx)?;
+        let name = self.name.get();
+        let op = KeyedOp {
+            core: KeyedCore::new(&name, next, ctx),
+            callbacks: BroadcastInputs {
+                selector: self.selector.clone(),
+                f: self.f.clone(),
+                broadcast: Vec::new(),
+                _t: PhantomData,
+            },
+        };
+        Ok(ctx.stateful_two_inputs(&name, op))
+    }
+}
