@@ -76,3 +76,89 @@ pub(crate) fn read_to_end<T>(out: &EgressHandle<T>) -> Vec<T> {
         }
     }
 }
+
+/// A user's source over a log of records: each subtask reads its share (every
+/// p-th from its index) up to index `readable`, then waits for more that never
+/// comes (an unbounded source, like a topic with nothing new), so only a stop
+/// ends it — unless everything is readable. Its position: per run of its
+/// share, the next index and the step (16 bytes), dealt out again on restore.
+/// Once it has read what is readable it tells `waiting`
+/// `(source, subtask, parallelism)`, if given.
+pub(crate) struct LogSource<T> {
+    pub(crate) log: std::sync::Arc<Vec<T>>,
+    pub(crate) readable: usize,
+    pub(crate) waiting: Option<crossbeam_channel::Sender<(String, u32, u32)>>,
+    runs: Vec<[u64; 2]>,
+    restored: bool,
+    task: Option<shardflow_engine::TaskInfo>,
+}
+
+impl<T> LogSource<T> {
+    pub(crate) fn new(
+        log: std::sync::Arc<Vec<T>>,
+        readable: usize,
+        waiting: Option<crossbeam_channel::Sender<(String, u32, u32)>>,
+    ) -> Self {
+        LogSource { log, readable, waiting, runs: Vec::new(), restored: false, task: None }
+    }
+}
+
+impl<T: shardflow_engine::Data> shardflow_engine::Source<T> for LogSource<T> {
+    fn restore_state(&mut self, items: Vec<&[u8]>) -> Result<(), shardflow_engine::OperatorError> {
+        self.restored = true;
+        for item in items {
+            let Ok(run) = <[u8; 16]>::try_from(item) else {
+                return Err(shardflow_engine::OperatorError::User(format!(
+                    "a position of {} bytes, not 16",
+                    item.len()
+                )));
+            };
+            let word = |at: usize| u64::from_le_bytes(run[at..at + 8].try_into().unwrap_or_default());
+            match [word(0), word(8)] {
+                [_, 0] => return Err(shardflow_engine::OperatorError::User("a position with a step of 0".into())),
+                r => self.runs.push(r),
+            }
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, task: &shardflow_engine::TaskInfo) -> Result<(), shardflow_engine::OperatorError> {
+        if !self.restored {
+            self.runs.push([u64::from(task.subtask), u64::from(task.parallelism)]);
+        }
+        self.task = Some(task.clone());
+        Ok(())
+    }
+
+    fn poll_next(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+        out: &mut shardflow_engine::SourceOutput<'_, T>,
+    ) -> Result<shardflow_engine::SourceStatus, shardflow_engine::OperatorError> {
+        use shardflow_engine::SourceStatus;
+        let end = self.readable.min(self.log.len());
+        for run in &mut self.runs {
+            while !out.is_full() && (run[0] as usize) < end {
+                out.push_ref(std::borrow::Borrow::borrow(&self.log[run[0] as usize]));
+                run[0] += run[1];
+            }
+        }
+        let done = self.runs.iter().all(|r| r[0] as usize >= self.log.len());
+        Ok(match (out.is_empty(), done) {
+            (false, _) => SourceStatus::Emitted,
+            (true, true) => SourceStatus::Finished,
+            // Nothing readable now, and nothing will wake it: only a stop ends it.
+            (true, false) => {
+                if let (Some(tell), Some(task)) = (self.waiting.take(), &self.task) {
+                    let _ = tell.send((task.vertex.clone(), task.subtask, task.parallelism));
+                }
+                SourceStatus::Pending
+            }
+        })
+    }
+
+    fn snapshot_state(&mut self) -> Result<Option<Vec<Vec<u8>>>, shardflow_engine::OperatorError> {
+        let live = self.runs.iter().filter(|r| (r[0] as usize) < self.log.len());
+        Ok(Some(live.map(|r| r.iter().flat_map(|w| w.to_le_bytes()).collect()).collect()))
+    }
+}

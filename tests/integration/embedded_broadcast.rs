@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use shardflow_benches::SplitMix;
 use shardflow_engine::{
-    BroadcastState, CollectHandle, Dataflow, Emitter, JobSnapshot, KeyedBroadcastProcessFunction, KeyedContext,
-    ListState, OperatorError, StateDeclarations,
+    CollectHandle, Dataflow, Emitter, JobSnapshot, KeyedBroadcastProcessFunction, KeyedContext, ListRef, ListState,
+    OperatorError, StateDeclarations,
 };
 
 use crate::common::small_engine;
@@ -39,7 +39,7 @@ impl KeyedBroadcastProcessFunction<String, (String, u64), u64, (String, u64, u64
     fn process_broadcast(
         &mut self,
         threshold: &u64,
-        thresholds: &mut BroadcastState<'_, u64>,
+        thresholds: &mut ListRef<'_, u64>,
         _: &mut Emitter<'_, (String, u64, u64)>,
     ) -> Result<(), OperatorError> {
         match threshold {

@@ -17,18 +17,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::task::Context;
 
 use crossbeam_channel::{Receiver, Sender};
 
 use shardflow_benches::SplitMix;
 use shardflow_engine::{
     CoProcessFunction, CollectHandle, Dataflow, Emitter, Engine, JobSnapshot, KeyedCoProcessFunction, KeyedContext,
-    KeyedProcessFunction, ListStateHandle, MapState, OperatorContext, OperatorError, Source, SourceOutput,
-    SourceStatus, StateDeclarations, Stream, TaskInfo, ValueState,
+    KeyedProcessFunction, ListStateHandle, MapState, OperatorContext, OperatorError, StateDeclarations, Stream,
+    TaskInfo, ValueState,
 };
 
-use crate::common::{oracle_cases, shard_count, small_engine, TIMEOUT};
+use crate::common::{oracle_cases, shard_count, small_engine, LogSource, TIMEOUT};
 
 /// The user record every stream of a random graph carries (rkyv: strings).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -399,69 +398,6 @@ fn random_dataflow_graphs_agree_with_a_naive_evaluation() {
     }
 }
 
-/// Each subtask reads its share of `records` (every p-th from its index) up
-/// to index `readable`, then waits for more that never comes: only a stop ends
-/// it. Its position: per run of its share, the next index and the step.
-struct HalfThenWait {
-    records: Arc<Vec<Visit>>,
-    readable: usize,
-    runs: Vec<[u64; 2]>,
-    restored: bool,
-    /// Told `(source, subtask, parallelism)` once it has read what is readable.
-    waiting: Option<Sender<(String, u32, u32)>>,
-    task: Option<TaskInfo>,
-}
-
-impl Source<Visit> for HalfThenWait {
-    fn restore_state(&mut self, items: Vec<&[u8]>) -> Result<(), OperatorError> {
-        self.restored = true;
-        for item in items {
-            let run = <[u8; 16]>::try_from(item).map_err(|_| OperatorError::User("not a run".into()))?;
-            let word = |at: usize| u64::from_le_bytes(run[at..at + 8].try_into().unwrap_or_default());
-            self.runs.push([word(0), word(8)]);
-        }
-        Ok(())
-    }
-
-    fn open(&mut self, task: &TaskInfo) -> Result<(), OperatorError> {
-        if !self.restored {
-            self.runs.push([u64::from(task.subtask), u64::from(task.parallelism)]);
-        }
-        self.task = Some(task.clone());
-        Ok(())
-    }
-
-    fn poll_next(
-        &mut self,
-        _: &mut Context<'_>,
-        out: &mut SourceOutput<'_, Visit>,
-    ) -> Result<SourceStatus, OperatorError> {
-        let end = self.readable.min(self.records.len());
-        for run in &mut self.runs {
-            while !out.is_full() && (run[0] as usize) < end {
-                out.push(self.records[run[0] as usize].clone());
-                run[0] += run[1];
-            }
-        }
-        let done = self.runs.iter().all(|r| r[0] as usize >= self.records.len());
-        Ok(match (out.is_empty(), done) {
-            (false, _) => SourceStatus::Emitted,
-            (true, true) => SourceStatus::Finished,
-            (true, false) => {
-                if let (Some(tell), Some(task)) = (self.waiting.take(), &self.task) {
-                    let _ = tell.send((task.vertex.clone(), task.subtask, task.parallelism));
-                }
-                SourceStatus::Pending
-            }
-        })
-    }
-
-    fn snapshot_state(&mut self) -> Result<Option<Vec<Vec<u8>>>, OperatorError> {
-        let live = self.runs.iter().filter(|r| (r[0] as usize) < self.records.len());
-        Ok(Some(live.map(|r| r.iter().flat_map(|w| w.to_le_bytes()).collect()).collect()))
-    }
-}
-
 /// A source of `records` that reads them all, or (with `waiting`) the first
 /// half, then tells `waiting` and waits.
 fn half_then_wait(
@@ -470,14 +406,7 @@ fn half_then_wait(
     move |df, name, records| {
         let readable = if waiting.is_some() { records.len() / 2 } else { usize::MAX };
         let (records, waiting) = (Arc::new(records), waiting.clone());
-        df.source(name, move |_: &TaskInfo| HalfThenWait {
-            records: records.clone(),
-            readable,
-            runs: Vec::new(),
-            restored: false,
-            waiting: waiting.clone(),
-            task: None,
-        })
+        df.source(name, move |_: &TaskInfo| LogSource::new(records.clone(), readable, waiting.clone()))
     }
 }
 

@@ -10,14 +10,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::task::Context;
 
 use shardflow_engine::{
     CoProcessFunction, Dataflow, DataflowError, Emitter, Engine, EngineError, JobSnapshot, ListStateHandle,
-    OperatorContext, OperatorError, PushError, Source, SourceOutput, SourceStatus, Stream, TaskInfo,
+    OperatorContext, OperatorError, PushError, Stream, TaskInfo,
 };
 
-use crate::common::{join_within, read_to_end, small_engine, TIMEOUT};
+use crate::common::{join_within, read_to_end, small_engine, LogSource, TIMEOUT};
 
 const N: u64 = 1_000_000;
 
@@ -89,64 +88,6 @@ fn a_running_job_stopped_with_a_snapshot_goes_on_from_there_at_another_paralleli
     assert_eq!(split, one_run, "the two runs emit exactly what one run emits");
 }
 
-/// A log of words each source subtask reads its share of (every p-th from its
-/// index) up to `readable`, then waits (an unbounded source, like a topic with
-/// nothing new). Its position: per run of its share, the next offset and the
-/// step, 16 bytes.
-struct LogSource {
-    log: Arc<Vec<String>>,
-    readable: usize,
-    runs: Vec<[u64; 2]>,
-    restored: bool,
-}
-
-impl Source<String> for LogSource {
-    fn restore_state(&mut self, items: Vec<&[u8]>) -> Result<(), OperatorError> {
-        self.restored = true;
-        for item in items {
-            let words: Vec<u64> =
-                item.chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default())).collect();
-            match words[..] {
-                [next, step] if item.len() == 16 && step > 0 => self.runs.push([next, step]),
-                _ => return Err(OperatorError::User(format!("a position of {} bytes, not 16", item.len()))),
-            }
-        }
-        Ok(())
-    }
-
-    fn open(&mut self, task: &TaskInfo) -> Result<(), OperatorError> {
-        if !self.restored {
-            self.runs.push([u64::from(task.subtask), u64::from(task.parallelism)]);
-        }
-        Ok(())
-    }
-
-    fn poll_next(
-        &mut self,
-        _: &mut Context<'_>,
-        out: &mut SourceOutput<'_, String>,
-    ) -> Result<SourceStatus, OperatorError> {
-        for run in &mut self.runs {
-            while !out.is_full() && (run[0] as usize) < self.readable.min(self.log.len()) {
-                out.push_ref(&self.log[run[0] as usize]);
-                run[0] += run[1];
-            }
-        }
-        let done = self.runs.iter().all(|r| r[0] as usize >= self.log.len());
-        Ok(match (out.is_empty(), done) {
-            (false, _) => SourceStatus::Emitted,
-            (true, true) => SourceStatus::Finished,
-            // Nothing readable now, and nothing will wake it: only a stop ends it.
-            (true, false) => SourceStatus::Pending,
-        })
-    }
-
-    fn snapshot_state(&mut self) -> Result<Option<Vec<Vec<u8>>>, OperatorError> {
-        let live = self.runs.iter().filter(|r| (r[0] as usize) < self.log.len());
-        Ok(Some(live.map(|r| r.iter().flat_map(|w| w.to_le_bytes()).collect()).collect()))
-    }
-}
-
 /// Running counts per word of the log, read up to `readable`.
 fn words(
     engine: &Engine,
@@ -160,7 +101,7 @@ fn words(
         df = df.restore(s);
     }
     let log = log.clone();
-    let make = move |_: &TaskInfo| LogSource { log: log.clone(), readable, runs: Vec::new(), restored: false };
+    let make = move |_: &TaskInfo| LogSource::new(log.clone(), readable, None);
     let out = df.source("log", make).key_by_ref::<String, _>(|w: &str| w).count().name("per-word").collect();
     let job = engine.submit(df.build().expect("a valid dataflow")).expect("submitted");
     if readable < usize::MAX {

@@ -427,6 +427,12 @@ impl Dataflow {
     }
 }
 
+/// Whether snapshot entry `entry` is operator `operator`'s: `Some("")` for
+/// its keyed state, `Some("/list")` for one of its lists.
+fn entry_of<'e>(entry: &'e str, operator: &str) -> Option<&'e str> {
+    entry.strip_prefix(operator).filter(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// The snapshot job `p` restores, checked against its operators: each state
 /// of the snapshot must reach an operator that restores it — keyed state (in
 /// key groups, the job's) an operator of that name keeping keyed state, an
@@ -436,14 +442,12 @@ impl Dataflow {
 fn restored_state(p: &Plan) -> Result<Option<Arc<JobSnapshot>>, DataflowError> {
     let Some(snapshot) = &p.restore else { return Ok(None) };
     let owner = |entry: &str, s: &OperatorSnapshot| {
-        p.ops.iter().find(|op| match entry.strip_prefix(op.name.get().as_str()) {
+        p.ops.iter().find(|op| match entry_of(entry, &op.name.get()) {
             Some("") => {
                 matches!(op.keeps, Keeps::Keyed | Keeps::KeyedAndLists)
                     || s.key_groups.is_empty() && s.operator_state.is_empty()
             }
-            Some(list) => {
-                list.starts_with('/') && matches!(op.keeps, Keeps::Lists | Keeps::Position | Keeps::KeyedAndLists)
-            }
+            Some(_) => matches!(op.keeps, Keeps::Lists | Keeps::Position | Keeps::KeyedAndLists),
             None => false,
         })
     };
@@ -470,12 +474,10 @@ fn restored_state(p: &Plan) -> Result<Option<Arc<JobSnapshot>>, DataflowError> {
         // `count-2`, shows here).
         let restores_nothing = |op: &&PlanOp| {
             let name = op.name.get();
-            !snapshot
-                .operators
-                .keys()
-                .any(|e| e.strip_prefix(name.as_str()).is_some_and(|r| r.is_empty() || r.starts_with('/')))
+            !snapshot.operators.keys().any(|e| entry_of(e, &name).is_some())
         };
-        let stateful = p.ops.iter().filter(|op| matches!(op.keeps, Keeps::Keyed | Keeps::Lists | Keeps::KeyedAndLists));
+        // A source's position is not state the job's logic keeps.
+        let stateful = p.ops.iter().filter(|op| !matches!(op.keeps, Keeps::Nothing | Keeps::Position));
         let unrestored = stateful.filter(restores_nothing).map(|op| op.name.get()).collect();
         return Err(DataflowError::UnownedState { job: p.name.clone(), state: unowned, unrestored });
     }

@@ -132,9 +132,14 @@ fn named(operator: &str, e: OperatorError) -> OperatorError {
     }
 }
 
-/// Emits a stop barrier on every partition: nothing follows it but their end.
-fn stop_after(partitions: &[Partition], barrier: CheckpointBarrier) -> Result<(), shardflow_netstack::NetError> {
-    partitions.iter().try_for_each(|p| p.borrow_mut().broadcast_event(Event::Barrier(barrier)))
+/// Emits a stop barrier on every partition (nothing follows it but their end);
+/// the task's end snapshot and that it stopped, for the task to keep.
+fn stop_after(
+    partitions: &[Partition],
+    barrier: CheckpointBarrier,
+) -> Result<(Option<u64>, bool), shardflow_netstack::NetError> {
+    partitions.iter().try_for_each(|p| p.borrow_mut().broadcast_event(Event::Barrier(barrier)))?;
+    Ok((Some(barrier.checkpoint_id), true))
 }
 
 /// What one step did.
@@ -465,8 +470,7 @@ impl Task {
                     if driver.stop().map_err(|e| named(&self.info.vertex, e))? {
                         self.draining = Some(barrier);
                     } else {
-                        stop_after(&self.partitions, barrier)?;
-                        (self.end_snapshot, self.stopped) = (Some(barrier.checkpoint_id), true);
+                        (self.end_snapshot, self.stopped) = stop_after(&self.partitions, barrier)?;
                         return Ok(Some(Step::EndOfInput));
                     }
                 }
@@ -478,8 +482,7 @@ impl Task {
                         SourceStatus::Emitted => return Ok(Some(Step::Worked)),
                         SourceStatus::Finished => {
                             if let Some(barrier) = self.draining.take() {
-                                stop_after(&self.partitions, barrier)?;
-                                (self.end_snapshot, self.stopped) = (Some(barrier.checkpoint_id), true);
+                                (self.end_snapshot, self.stopped) = stop_after(&self.partitions, barrier)?;
                             }
                             return Ok(Some(Step::EndOfInput));
                         }

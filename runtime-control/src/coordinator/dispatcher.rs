@@ -223,13 +223,14 @@ impl Coordinator {
         if !self.live_or_reject(conn, m.job, "stop") {
             return;
         }
-        // A job that has not ended has its master.
         match self.with_job(now, m.job, |jm, gw| jm.stop_with_snapshot(gw)) {
-            Some(Err(why)) => self.reject(conn, ErrorCode::Unexpected, &why),
-            _ => {
+            Some(Ok(())) => {
                 tracing::info!(job = %m.job, "stop with a snapshot requested");
                 self.send(conn, Message::Ack(Ack {}));
             }
+            Some(Err(why)) => self.reject(conn, ErrorCode::Unexpected, &why),
+            // A job that has not ended has its master: never acknowledged without one.
+            None => self.reject(conn, ErrorCode::UnknownJob, &format!("no job {}", m.job)),
         }
     }
 

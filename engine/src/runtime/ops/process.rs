@@ -37,11 +37,29 @@ trait ErasedList: Any {
 
 impl<V: Data> ErasedList for Vec<V> {
     fn items(&self) -> Result<Vec<Vec<u8>>, OperatorError> {
-        self.iter().map(|v| V::to_bytes(v.borrow()).map_err(OperatorError::from)).collect()
+        list_items(self)
     }
     fn as_any(&mut self) -> &mut dyn Any {
         self
     }
+}
+
+/// An operator list's items as a snapshot holds them.
+pub(crate) fn list_items<V: Data>(list: &[V]) -> Result<Vec<Vec<u8>>, OperatorError> {
+    list.iter().map(|v| V::to_bytes(v.borrow()).map_err(OperatorError::from)).collect()
+}
+
+/// The list of state `state` restored from a snapshot's `items`, charged to
+/// `memory`.
+pub(crate) fn restored_list<V: Data>(
+    items: Vec<&[u8]>,
+    state: &str,
+    memory: &mut StateMemory,
+) -> Result<Vec<V>, OperatorError> {
+    let list: Vec<V> =
+        items.into_iter().map(|b| V::from_bytes(b).map_err(|e| undecodable(state, e))).collect::<Result<_, _>>()?;
+    memory.grow(list_bytes(&list))?;
+    Ok(list)
 }
 
 /// What a process function sees of its subtask and its operator state.
@@ -69,7 +87,12 @@ impl<V> std::ops::Deref for ListRef<'_, V> {
     }
 }
 
-impl<V: Data> ListRef<'_, V> {
+impl<'a, V: Data> ListRef<'a, V> {
+    /// `items`, changed under `memory`'s charge.
+    pub(crate) fn new(items: &'a mut Vec<V>, memory: &'a mut StateMemory) -> Self {
+        ListRef { items, memory }
+    }
+
     /// Appends `item`.
     pub fn push(&mut self, item: V) -> Result<(), OperatorError> {
         self.memory.grow(list_bytes(std::slice::from_ref(&item)))?;
@@ -86,6 +109,13 @@ impl<V: Data> ListRef<'_, V> {
     pub fn take(&mut self) -> Vec<V> {
         self.memory.shrink(list_bytes(self.items));
         std::mem::take(self.items)
+    }
+
+    /// Keeps the items `keep` says to keep.
+    pub fn retain(&mut self, mut keep: impl FnMut(&V) -> bool) {
+        let before = list_bytes(self.items);
+        self.items.retain(|item| keep(item));
+        self.memory.shrink(before - list_bytes(self.items));
     }
 
     /// Removes every item.
@@ -148,13 +178,10 @@ impl OperatorContext<'_> {
     ) -> Result<ListStateHandle<V>, OperatorError> {
         let key = format!("{}/{name}", self.name);
         if !self.lists.contains_key(&key) {
-            let mut items: Vec<V> = Vec::new();
-            if let Some(s) = self.restore {
-                for b in restored(s, &key, self.task) {
-                    items.push(V::from_bytes(b).map_err(|e| undecodable(name, e))?);
-                }
-                self.memory.grow(list_bytes(&items))?;
-            }
+            let items: Vec<V> = match self.restore {
+                Some(s) => restored_list(restored(s, &key, self.task), name, self.memory)?,
+                None => Vec::new(),
+            };
             self.lists.insert(key.clone(), Box::new(items));
         }
         Ok(ListStateHandle { name: key, _v: PhantomData })
@@ -444,12 +471,8 @@ impl<O: Data, C: OperatorCallbacks<O>> Lifecycle for ProcessOp<O, C> {
         self.lists
             .iter()
             .map(|(name, list)| {
-                Ok(OperatorSnapshot {
-                    operator: name.clone(),
-                    max_parallelism: self.task.as_ref().map_or(0, |t| t.max_parallelism),
-                    key_groups: Default::default(),
-                    operator_state: vec![list.items()?],
-                })
+                let max_parallelism = self.task.as_ref().map_or(0, |t| t.max_parallelism);
+                Ok(OperatorSnapshot::of_list(name.clone(), max_parallelism, list.items()?))
             })
             .collect()
     }

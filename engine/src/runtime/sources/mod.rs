@@ -209,12 +209,8 @@ impl<T: Data, S: Source<T>> SourceDriver for SourceVertex<T, S> {
     }
 
     fn position(&mut self, task: &TaskInfo) -> Result<Option<OperatorSnapshot>, OperatorError> {
-        Ok(self.source.snapshot_state()?.map(|items| OperatorSnapshot {
-            operator: position_entry(&self.name),
-            max_parallelism: task.max_parallelism,
-            key_groups: Default::default(),
-            operator_state: vec![items],
-        }))
+        let entry = || position_entry(&self.name);
+        Ok(self.source.snapshot_state()?.map(|items| OperatorSnapshot::of_list(entry(), task.max_parallelism, items)))
     }
 }
 

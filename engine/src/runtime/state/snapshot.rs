@@ -33,6 +33,11 @@ pub struct OperatorSnapshot {
 }
 
 impl OperatorSnapshot {
+    /// One subtask's operator list `items` under `entry` (`operator/list`).
+    pub(crate) fn of_list(entry: String, max_parallelism: u32, items: Vec<Vec<u8>>) -> Self {
+        OperatorSnapshot { operator: entry, max_parallelism, key_groups: BTreeMap::new(), operator_state: vec![items] }
+    }
+
     /// Adds another subtask's part of the same operator's snapshot.
     pub fn merge(&mut self, other: OperatorSnapshot) {
         self.key_groups.extend(other.key_groups);

@@ -16,7 +16,7 @@
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
-use crate::runtime::state::undecodable;
+use crate::runtime::ops::{list_items, restored_list, ListRef};
 
 /// The snapshot entry of a keyed-broadcast operator's broadcast state.
 fn broadcast_entry(operator: &str) -> String {
@@ -29,7 +29,7 @@ fn broadcast_entry(operator: &str) -> String {
 ///
 /// ```
 /// use shardflow_engine::{
-///     BroadcastState, Dataflow, Emitter, Engine, KeyedBroadcastProcessFunction, KeyedContext, OperatorError,
+///     Dataflow, Emitter, Engine, KeyedBroadcastProcessFunction, KeyedContext, ListRef, OperatorError,
 ///     StateDeclarations, ValueState,
 /// };
 ///
@@ -59,7 +59,7 @@ fn broadcast_entry(operator: &str) -> String {
 ///     fn process_broadcast(
 ///         &mut self,
 ///         threshold: &u64,
-///         thresholds: &mut BroadcastState<'_, u64>,
+///         thresholds: &mut ListRef<'_, u64>,
 ///         _: &mut Emitter<'_, String>,
 ///     ) -> Result<(), OperatorError> {
 ///         thresholds.push(*threshold)
@@ -107,11 +107,12 @@ pub trait KeyedBroadcastProcessFunction<K: Key, A: Data, B: Data, O: Data>: Clon
         out: &mut Emitter<'_, O>,
     ) -> Result<(), OperatorError>;
     /// One record of the broadcast input (every subtask gets each): change the
-    /// broadcast state from it alone, so that every subtask holds the same.
+    /// broadcast state from it alone, so that every subtask holds the same
+    /// (changed through [`ListRef`], charged to the slot's managed memory).
     fn process_broadcast(
         &mut self,
         record: &B::Borrowed,
-        broadcast: &mut BroadcastState<'_, B>,
+        broadcast: &mut ListRef<'_, B>,
         out: &mut Emitter<'_, O>,
     ) -> Result<(), OperatorError>;
     /// A timer of key `ctx.key()` registered for `at` fired (never after the
@@ -142,40 +143,6 @@ pub trait KeyedBroadcastProcessFunction<K: Key, A: Data, B: Data, O: Data>: Clon
     /// Last, on every path (as [`KeyedProcessFunction::close`]).
     fn close(&mut self) -> Result<(), OperatorError> {
         Ok(())
-    }
-}
-
-/// The broadcast state of a keyed-broadcast operator's subtask, to change
-/// from a broadcast record: its items, charged to the slot's managed memory.
-pub struct BroadcastState<'a, B> {
-    items: &'a mut Vec<B>,
-    memory: &'a mut StateMemory,
-}
-
-impl<B: Data> BroadcastState<'_, B> {
-    /// The items.
-    pub fn items(&self) -> &[B] {
-        self.items
-    }
-
-    /// Adds `item`; over the slot's managed memory a typed error.
-    pub fn push(&mut self, item: B) -> Result<(), OperatorError> {
-        self.memory.grow(list_bytes(std::slice::from_ref(&item)))?;
-        self.items.push(item);
-        Ok(())
-    }
-
-    /// Keeps the items `keep` says to keep.
-    pub fn retain(&mut self, mut keep: impl FnMut(&B) -> bool) {
-        let before = list_bytes(self.items);
-        self.items.retain(|i| keep(i));
-        self.memory.shrink(before - list_bytes(self.items));
-    }
-
-    /// Removes every item.
-    pub fn clear(&mut self) {
-        self.memory.shrink(list_bytes(self.items));
-        self.items.clear();
     }
 }
 
@@ -227,19 +194,12 @@ where
         memory: &mut StateMemory,
     ) -> Result<(), OperatorError> {
         let items = snapshot.operator_copy_for(&broadcast_entry(operator), task.subtask);
-        for bytes in items {
-            self.broadcast.push(B::from_bytes(bytes).map_err(|e| undecodable("broadcast", e))?);
-        }
-        memory.grow(list_bytes(&self.broadcast))
+        self.broadcast = restored_list(items, "broadcast", memory)?;
+        Ok(())
     }
     fn snapshot_lists(&self, operator: &str, task: &TaskInfo) -> Result<Vec<OperatorSnapshot>, OperatorError> {
-        let items = self.broadcast.iter().map(|b| B::to_bytes(b.borrow())).collect::<Result<Vec<_>, _>>()?;
-        Ok(vec![OperatorSnapshot {
-            operator: broadcast_entry(operator),
-            max_parallelism: task.max_parallelism,
-            key_groups: BTreeMap::new(),
-            operator_state: vec![items],
-        }])
+        let items = list_items(&self.broadcast)?;
+        Ok(vec![OperatorSnapshot::of_list(broadcast_entry(operator), task.max_parallelism, items)])
     }
 }
 
@@ -259,7 +219,7 @@ where
     fn broadcast(&mut self, record: &B::Borrowed) {
         let KeyedOp { core, callbacks: BroadcastInputs { f, broadcast, .. } } = self;
         let KeyedCore { backend, next, failure, .. } = core;
-        let mut state = BroadcastState { items: broadcast, memory: &mut backend.memory };
+        let mut state = ListRef::new(broadcast, &mut backend.memory);
         if let Err(e) = f.process_broadcast(record, &mut state, &mut Emitter::new(&mut **next)) {
             failure.set(e);
         }

@@ -5,7 +5,7 @@
 mod broadcast;
 
 pub(crate) use broadcast::KeyedBroadcastFactory;
-pub use broadcast::{BroadcastState, KeyedBroadcastProcessFunction};
+pub use broadcast::KeyedBroadcastProcessFunction;
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
