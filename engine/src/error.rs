@@ -245,6 +245,34 @@ pub enum DataflowError {
         /// The name.
         name: String,
     },
+    /// A side output asked of an operator that emits none.
+    #[error(
+        "'{operator}' has no side outputs: only flat_map and the process functions emit them (Emitter::emit_side)"
+    )]
+    NoSideOutputs {
+        /// The operator.
+        operator: String,
+    },
+    /// One side output asked for with two record types.
+    #[error("side output '{tag}' of '{operator}' was asked for as {first} and as {then}: a tag has one record type")]
+    SideOutputType {
+        /// The operator.
+        operator: String,
+        /// The tag's id.
+        tag: String,
+        /// The record type it was first asked for with.
+        first: String,
+        /// The other record type.
+        then: String,
+    },
+    /// A parallelism given to a side output.
+    #[error("'{operator}' is a side output of '{producer}' and runs with it: set the parallelism of '{producer}', or of what reads the side output")]
+    SideOutputParallelism {
+        /// The side output's name.
+        operator: String,
+        /// The operator producing it.
+        producer: String,
+    },
     /// An operator name with a `/`, which separates an operator's name from its
     /// lists' in snapshots (`operator/list`).
     #[error("operator name '{name}' contains '/', which separates an operator from its state in snapshots")]

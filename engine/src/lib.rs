@@ -93,6 +93,7 @@ pub use runtime::keyed::{
 };
 pub use runtime::ops::{CoProcessFunction, ListRef, ListStateHandle, OperatorContext, ProcessFunction};
 pub use runtime::output::{KeyBy, KeyByRef, KeySelector};
+pub use runtime::side::OutputTag;
 pub use runtime::sinks::{CollectHandle, EgressHandle};
 pub use runtime::sources::{IngressHandle, PushError, Source, SourceOutput, SourceStatus, SOURCE_BATCH};
 pub use runtime::state::{key_group_range, subtask_of_key_group, JobSnapshot, OperatorSnapshot, OperatorSummary};

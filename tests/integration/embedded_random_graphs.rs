@@ -1,7 +1,7 @@
-//! Random dataflow graphs: from a seed, sources, transforms, exchanges, unions,
-//! connects (co-map, a co-process function holding both inputs in list state)
-//! and keyed operators (reduce, count, process with map state, keyed
-//! co-process) are stacked onto random earlier streams, each at a random
+//! Random dataflow graphs: from a seed, sources, transforms, side outputs,
+//! exchanges, unions, connects (co-map, a co-process function holding both
+//! inputs in list state) and keyed operators (reduce, count, process with map
+//! state, keyed co-process) are stacked onto random earlier streams, each at a random
 //! parallelism; every stream left unconsumed ends in a collect sink. The same
 //! operations run over plain vectors, one record at a time, on one thread, and
 //! every sink must hold exactly the records that naive evaluation predicts.
@@ -23,8 +23,8 @@ use crossbeam_channel::{Receiver, Sender};
 use shardflow_benches::SplitMix;
 use shardflow_engine::{
     CoProcessFunction, CollectHandle, Dataflow, Emitter, Engine, JobSnapshot, KeyedCoProcessFunction, KeyedContext,
-    KeyedProcessFunction, ListStateHandle, MapState, OperatorContext, OperatorError, StateDeclarations, Stream,
-    TaskInfo, ValueState,
+    KeyedProcessFunction, ListStateHandle, MapState, OperatorContext, OperatorError, OutputTag, StateDeclarations,
+    Stream, TaskInfo, ValueState,
 };
 
 use crate::common::{oracle_cases, shard_count, small_engine, LogSource, TIMEOUT};
@@ -214,7 +214,7 @@ fn fold(acc: &Visit, v: &Visit) -> Visit {
 }
 
 /// What the random graph is made of, one entry per kind of step.
-const STEPS: usize = 12;
+const STEPS: usize = 13;
 
 /// How a random graph is drawn: its shape (operators, their inputs and
 /// functions) from one generator and every parallelism from another, so the
@@ -264,6 +264,29 @@ fn build(df: &Dataflow, draw: &mut Draw, source: MakeSource<'_>, log: &mut Vec<S
             step = STEPS as u64 - 1;
         }
         let p = draw.parallelism();
+        if step == 11 {
+            // Odd amounts to a side output, the others on: two streams.
+            let odd = OutputTag::<Visit>::new("odd");
+            let tag = odd.clone();
+            let main = nodes[a]
+                .stream
+                .flat_map(move |v: &Visit, out: &mut Emitter<'_, Visit>| match v.amount % 2 {
+                    1 => out.emit_side_ref(&tag, v),
+                    _ => out.emit_ref(v),
+                })
+                .parallelism(p);
+            let side = main.side_output(&odd);
+            let (odds, evens) = nodes[a].want.iter().cloned().partition(|v| v.amount % 2 == 1);
+            nodes[a].consumed = true;
+            log.push(format!(
+                "n{}: flat_map n{a} at p{p}, odd amounts to a side output n{}",
+                nodes.len(),
+                nodes.len() + 1
+            ));
+            nodes.push(Node { stream: main, want: evens, consumed: false });
+            nodes.push(Node { stream: side, want: odds, consumed: false });
+            continue;
+        }
         let rng = &mut draw.shape;
         let (sa, wa, wb) = (&nodes[a].stream, &nodes[a].want, &nodes[b].want);
         let (stream, want, what): (Stream<Visit>, Vec<Visit>, String) = match step {
@@ -382,11 +405,13 @@ fn random_dataflow_graphs_agree_with_a_naive_evaluation() {
     let engine: Engine = small_engine().build().expect("engine starts");
     let max_p = (2 * shard_count()).min(3) as u64;
     let from_iter: MakeSource<'_> = &|df, name, input| df.from_iter(name, input);
+    let mut sided = 0;
     for seed in 0..oracle_cases(40) {
         let mut draw = Draw::new(seed, max_p, true);
         let df = Dataflow::new(&format!("random-{seed}")).parallelism(draw.parallelism());
         let mut log = Vec::new();
         let nodes = build(&df, &mut draw, from_iter, &mut log);
+        sided += usize::from(log.iter().any(|step| step.contains("to a side output")));
         let sinks = sinks(&nodes);
         let job = df.build().unwrap_or_else(|e| panic!("seed {seed}: {e}\n{}", log.join("\n")));
         engine
@@ -396,6 +421,7 @@ fn random_dataflow_graphs_agree_with_a_naive_evaluation() {
             .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{}", log.join("\n")));
         check(seed, &nodes, sinks.into_iter().map(|(i, h)| (i, h.take())).collect(), &log);
     }
+    assert!(sided > 0, "no graph had a side output");
 }
 
 /// A source of `records` that reads them all, or (with `waiting`) the first

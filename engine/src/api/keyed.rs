@@ -16,6 +16,7 @@ use crate::runtime::keyed::{
 };
 use crate::runtime::ops::{CoFlatMapFactory, CoProcessFactory, CoProcessFunction};
 use crate::runtime::output::{KeySelector, Routing, WriterFactory};
+use crate::runtime::side::OutPorts;
 use crate::runtime::vertex::{SideEntry, VertexPlan};
 
 /// A stream partitioned by key `K`: each key's records reach one subtask,
@@ -92,7 +93,9 @@ impl<K: Key, T: Data, S: KeySelector<K, T>> KeyedStream<K, T, S> {
     pub fn process<O: Data, P: KeyedProcessFunction<K, T, O>>(&self, f: P) -> Stream<O> {
         let selector = self.selector.clone();
         self.stream
-            .then("process", |name, next| Arc::new(KeyedProcessFactory { name, selector, f, next, _t: PhantomData }))
+            .then_emitting("process", |name, out| {
+                Arc::new(KeyedProcessFactory { name, selector, f, out, _t: PhantomData })
+            })
             .keeping(Keeps::Keyed)
     }
 
@@ -128,14 +131,14 @@ fn two_inputs<A: Data, B: Data, O: Data>(
     first: &Stream<A>,
     second: &Stream<B>,
     kind: &str,
-    make: impl FnOnce(Name, crate::runtime::build::Port<O>) -> Arc<dyn TwoInputFactory<A, B>>,
+    make: impl FnOnce(Name, OutPorts<O>) -> Arc<dyn TwoInputFactory<A, B>>,
 ) -> Stream<O> {
     let mut p = first.plan.borrow_mut();
     let name = p.default_name(kind);
     if !Rc::ptr_eq(&first.plan, &second.plan) {
         p.error(DataflowError::ForeignStream { operator: name.get() });
     }
-    let out = port::<O>();
+    let out = OutPorts::new(port::<O>());
     let op = make(name.clone(), out.clone());
     let parallelism = p.parallelism;
     let vertex = p.add_vertex(&name, parallelism, VertexPlan::Inputs(Vec::new()));
@@ -148,8 +151,9 @@ fn two_inputs<A: Data, B: Data, O: Data>(
     let edge = p.add_edge(second.vertex, vertex, kb, B::format());
     attach(&second.port, Arc::new(WriterFactory { edge, routing: rb }));
     p.add_entry(vertex, edge, Arc::new(SideEntry { op, key, first: false }));
-    let op = add_op(&mut p, name, vertex, true, Some(consumer_check(&out)), None);
-    Stream { plan: first.plan.clone(), vertex, port: out, op, exchange: None }
+    let op = add_op(&mut p, name, vertex, true, Some(consumer_check(&out.main)), None);
+    p.ops[op].sides = Some(out.sides);
+    Stream { plan: first.plan.clone(), vertex, port: out.main, op, exchange: None }
 }
 
 /// Two streams as the inputs of one operator (co-map, co-flat-map).
@@ -172,8 +176,8 @@ impl<A: Data, B: Data> ConnectedStreams<A, B> {
     /// subtask (Flink's `CoProcessFunction`). With `other.broadcast()` as the
     /// second input every subtask sees all of it: the broadcast-state pattern.
     pub fn process<O: Data, P: CoProcessFunction<A, B, O>>(&self, f: P) -> Stream<O> {
-        two_inputs(&self.first, &self.second, "co_process", |name, next| {
-            Arc::new(CoProcessFactory { name, f, next, _t: PhantomData })
+        two_inputs(&self.first, &self.second, "co_process", |name, out| {
+            Arc::new(CoProcessFactory { name, f, out, _t: PhantomData })
         })
         .keeping(Keeps::Lists)
     }
@@ -185,8 +189,8 @@ impl<A: Data, B: Data> ConnectedStreams<A, B> {
         second: impl Fn(&B::Borrowed, &mut Emitter<'_, O>) + Send + Sync + 'static,
     ) -> Stream<O> {
         let (first, second) = (Arc::new(first), Arc::new(second));
-        two_inputs(&self.first, &self.second, "co_flat_map", |_, next| {
-            Arc::new(CoFlatMapFactory { first, second, next, _t: PhantomData })
+        two_inputs(&self.first, &self.second, "co_flat_map", |_, out| {
+            Arc::new(CoFlatMapFactory { first, second, out, _t: PhantomData })
         })
     }
 }
@@ -202,8 +206,8 @@ impl<K: Key, A: Data, B: Data, SA: KeySelector<K, A>, SB: KeySelector<K, B>> Key
     /// timers.
     pub fn process<O: Data, P: KeyedCoProcessFunction<K, A, B, O>>(&self, f: P) -> Stream<O> {
         let (sa, sb) = (self.first.selector.clone(), self.second.selector.clone());
-        two_inputs(&self.first.stream, &self.second.stream, "co_process", |name, next| {
-            Arc::new(KeyedCoProcessFactory { name, first: sa, second: sb, f, next, _t: PhantomData })
+        two_inputs(&self.first.stream, &self.second.stream, "co_process", |name, out| {
+            Arc::new(KeyedCoProcessFactory { name, first: sa, second: sb, f, out, _t: PhantomData })
         })
         .keeping(Keeps::Keyed)
     }
@@ -220,8 +224,8 @@ impl<K: Key, A: Data, B: Data, SA: KeySelector<K, A>> KeyedBroadcastStreams<K, A
     /// `KeyedBroadcastProcessFunction`).
     pub fn process<O: Data, P: KeyedBroadcastProcessFunction<K, A, B, O>>(&self, f: P) -> Stream<O> {
         let selector = self.keyed.selector.clone();
-        two_inputs(&self.keyed.stream, &self.broadcast, "broadcast_process", |name, next| {
-            Arc::new(KeyedBroadcastFactory { name, selector, f, next, _t: PhantomData })
+        two_inputs(&self.keyed.stream, &self.broadcast, "broadcast_process", |name, out| {
+            Arc::new(KeyedBroadcastFactory { name, selector, f, out, _t: PhantomData })
         })
         .keeping(Keeps::KeyedAndLists)
     }

@@ -43,6 +43,7 @@ use crate::params::Params;
 use crate::runtime::build::{attach, consumers, port, Name, NodeFactory, Port};
 use crate::runtime::collector::TaskInfo;
 use crate::runtime::output::{Routing, WriterFactory};
+use crate::runtime::side::SidePorts;
 use crate::runtime::sources::{self, FromItems, Generator, IngressHandle, Runs, Source, SourceNode};
 use crate::runtime::state::{JobSnapshot, OperatorSnapshot};
 use crate::runtime::vertex::{EntryFactory, PortEntry, VertexPlan};
@@ -94,6 +95,10 @@ struct PlanOp {
     rehome: Option<Rehome>,
     /// The state it keeps: what of a snapshot it restores.
     keeps: Keeps,
+    /// The side outputs asked for, if it emits through an `Emitter`.
+    sides: Option<SidePorts>,
+    /// The operator whose side output this is, if it is one.
+    side_of: Option<usize>,
 }
 
 /// The state an operator keeps, so a restore can tell whether every state of
@@ -528,7 +533,7 @@ pub(crate) fn add_op(
     consumers: Option<Box<dyn Fn() -> usize>>,
     rehome: Option<Rehome>,
 ) -> usize {
-    plan.ops.push(PlanOp { name, vertex, head, consumers, rehome, keeps: Keeps::Nothing });
+    plan.ops.push(PlanOp { name, vertex, head, consumers, rehome, keeps: Keeps::Nothing, sides: None, side_of: None });
     plan.ops.len() - 1
 }
 

@@ -13,6 +13,7 @@ use crate::runtime::build::{attach, port, Name, NodeFactory, Port};
 use crate::runtime::collector::Emitter;
 use crate::runtime::ops::{FilterFactory, FlatMapFactory, MapFactory, ProcessFactory, ProcessFunction};
 use crate::runtime::output::{KeyBy, KeyByRef, KeySelector, Routing, SelectorRoute, WriterFactory};
+use crate::runtime::side::{OutPorts, OutputTag, SideError, SidePorts};
 use crate::runtime::sinks::{
     self, CollectFactory, CollectHandle, CountFactory, Discard, EgressHandle, ForEachFactory, LatencyFactory,
 };
@@ -77,9 +78,28 @@ impl<T: Data> Stream<T> {
         kind: &str,
         make: impl FnOnce(Name, Port<U>) -> Arc<dyn NodeFactory<T>>,
     ) -> Stream<U> {
+        self.add(kind, |name, out| make(name, out.main), false)
+    }
+
+    /// As [`Self::then`] for an operator that emits through an `Emitter`, so
+    /// its stream can have side outputs.
+    pub(crate) fn then_emitting<U: Data>(
+        &self,
+        kind: &str,
+        make: impl FnOnce(Name, OutPorts<U>) -> Arc<dyn NodeFactory<T>>,
+    ) -> Stream<U> {
+        self.add(kind, make, true)
+    }
+
+    fn add<U: Data>(
+        &self,
+        kind: &str,
+        make: impl FnOnce(Name, OutPorts<U>) -> Arc<dyn NodeFactory<T>>,
+        emitting: bool,
+    ) -> Stream<U> {
         let mut p = self.plan.borrow_mut();
         let name = p.default_name(kind);
-        let out = port::<U>();
+        let out = OutPorts::new(port::<U>());
         let factory = make(name.clone(), out.clone());
         let (vertex, input, head) = self.place(&mut p, &name);
         attach(&input, factory.clone());
@@ -94,8 +114,11 @@ impl<T: Data> Stream<T> {
                 v
             }))
         };
-        let op = add_op(&mut p, name, vertex, head, Some(consumer_check(&out)), rehome);
-        Stream { plan: self.plan.clone(), vertex, port: out, op, exchange: None }
+        let op = add_op(&mut p, name, vertex, head, Some(consumer_check(&out.main)), rehome);
+        if emitting {
+            p.ops[op].sides = Some(out.sides);
+        }
+        Stream { plan: self.plan.clone(), vertex, port: out.main, op, exchange: None }
     }
 
     /// Marks the operator producing this stream as keeping `state`.
@@ -141,7 +164,10 @@ impl<T: Data> Stream<T> {
         let vertex = op.vertex;
         if parallelism == 0 {
             p.error(DataflowError::ZeroParallelism { operator });
-        } else if op.consumers.as_ref().is_some_and(|c| c() > 0) {
+        } else if let Some(producer) = op.side_of {
+            let producer = p.op_name(producer);
+            p.error(DataflowError::SideOutputParallelism { operator, producer });
+        } else if op.consumers.as_ref().is_some_and(|c| c() > 0) || op.sides.as_ref().is_some_and(SidePorts::any) {
             p.error(DataflowError::ParallelismAfterUse { operator });
         } else if p.vertices[vertex].parallelism == parallelism {
         } else if p.vertices[vertex].fixed_parallelism {
@@ -203,12 +229,12 @@ impl<T: Data> Stream<T> {
         f: impl Fn(&T::Borrowed, &mut Emitter<'_, U>) + Send + Sync + 'static,
     ) -> Stream<U> {
         let f = Arc::new(f);
-        self.then("flat_map", |_, next| Arc::new(FlatMapFactory { f, next, _t: PhantomData }))
+        self.then_emitting("flat_map", |_, out| Arc::new(FlatMapFactory { f, out, _t: PhantomData }))
     }
 
     /// A process function over each record, with operator state.
     pub fn process<O: Data, P: ProcessFunction<T, O>>(&self, f: P) -> Stream<O> {
-        self.then("process", |name, next| Arc::new(ProcessFactory { name, f, next, _t: PhantomData }))
+        self.then_emitting("process", |name, out| Arc::new(ProcessFactory { name, f, out, _t: PhantomData }))
             .keeping(Keeps::Lists)
     }
 
@@ -285,6 +311,33 @@ impl<T: Data> Stream<T> {
     /// This stream and `other` as the two inputs of one operator.
     pub fn connect<B: Data>(&self, other: &Stream<B>) -> ConnectedStreams<T, B> {
         ConnectedStreams { first: self.clone(), second: other.clone() }
+    }
+
+    /// The records the function of the operator producing this stream emitted
+    /// to side output `tag` ([`crate::Emitter::emit_side`]): a stream of its
+    /// own, starting where that operator runs. Only `flat_map` and the process
+    /// functions emit side outputs; asked of another operator, or for a tag
+    /// asked for before with another record type, `build` fails with a
+    /// [`DataflowError`]. Asked twice, the two streams are one.
+    pub fn side_output<U: Data>(&self, tag: &OutputTag<U>) -> Stream<U> {
+        let mut p = self.plan.borrow_mut();
+        let name = p.default_name("side_output");
+        let operator = p.op_name(self.op);
+        let port = match p.ops[self.op].sides.as_ref().map(|s| s.port(tag)) {
+            Some(Ok(port)) => port,
+            None => {
+                p.error(DataflowError::NoSideOutputs { operator });
+                port::<U>()
+            }
+            Some(Err(SideError::OtherType { first })) => {
+                let (tag, then) = (tag.id().to_string(), std::any::type_name::<U>().to_string());
+                p.error(DataflowError::SideOutputType { operator, tag, first: first.to_string(), then });
+                port::<U>()
+            }
+        };
+        let op = add_op(&mut p, name, self.vertex, false, Some(consumer_check(&port)), None);
+        p.ops[op].side_of = Some(self.op);
+        Stream { plan: self.plan.clone(), vertex: self.vertex, port, op, exchange: None }
     }
 
     // --------------------------------------------------------------- sinks

@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use crate::data::Data;
 use crate::error::OperatorError;
+use crate::runtime::side::{OutputTag, SideOutputs};
 use crate::runtime::state::OperatorSnapshot;
 
 /// Receives the records of a stream: the next operator of a chain, a sink, or an
@@ -33,14 +34,18 @@ pub(crate) trait Collector<T: Data> {
 
 /// Hands records to the next operator from inside a user function (`flat_map`,
 /// `process`): owned values, or borrowed forms written as they are (a `&str` into a
-/// stream of `String`s costs no allocation when the next stage encodes it).
+/// stream of `String`s costs no allocation when the next stage encodes it). Side
+/// outputs take records of other types, named by an [`OutputTag`].
 pub struct Emitter<'a, T: Data> {
     next: &'a mut dyn Collector<T>,
+    side: &'a mut SideOutputs,
 }
 
 impl<'a, T: Data> Emitter<'a, T> {
-    pub(crate) fn new(next: &'a mut dyn Collector<T>) -> Self {
-        Emitter { next }
+    /// An emitter onto `next` and the operator's side outputs.
+    #[inline]
+    pub(crate) fn with_side(next: &'a mut dyn Collector<T>, side: &'a mut SideOutputs) -> Self {
+        Emitter { next, side }
     }
 
     /// Emits `record`.
@@ -53,6 +58,22 @@ impl<'a, T: Data> Emitter<'a, T> {
     #[inline]
     pub fn emit_ref(&mut self, record: &T::Borrowed) {
         self.next.collect(record);
+    }
+
+    /// Emits `record` to side output `tag`: to the stream
+    /// [`crate::Stream::side_output`] made for it, or nowhere if the dataflow
+    /// asked for none. A tag whose stream was asked for with another record
+    /// type fails the job, naming both types.
+    #[inline]
+    pub fn emit_side<U: Data>(&mut self, tag: &OutputTag<U>, record: U) {
+        self.emit_side_ref(tag, record.borrow());
+    }
+
+    /// Emits a record given in its borrowed form to side output `tag` (as
+    /// [`Self::emit_side`]).
+    #[inline]
+    pub fn emit_side_ref<U: Data>(&mut self, tag: &OutputTag<U>, record: &U::Borrowed) {
+        self.side.collect(tag, record);
     }
 }
 

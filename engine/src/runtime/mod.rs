@@ -16,6 +16,7 @@ pub(crate) mod ops;
 pub(crate) mod output;
 pub(crate) mod progress;
 pub(crate) mod scheduler;
+pub(crate) mod side;
 pub(crate) mod sinks;
 pub(crate) mod sources;
 pub(crate) mod state;

@@ -15,6 +15,7 @@ use crate::error::EngineError;
 use crate::runtime::build::{build_port, BuildContext, NodeFactory, Port};
 use crate::runtime::collector::{Collector, Emitter};
 use crate::runtime::keyed::TwoInputFactory;
+use crate::runtime::side::{OutPorts, Outputs};
 
 /// A record-to-record function.
 pub(crate) struct MapOp<T: Data, U: Data, F> {
@@ -97,23 +98,23 @@ impl<T: Data, F: Fn(&T::Borrowed) -> bool + Send + Sync + 'static> NodeFactory<T
     }
 }
 
-/// A one-to-many function, emitting through an [`Emitter`].
+/// A one-to-many function, emitting through an [`Emitter`] (side outputs too).
 pub(crate) struct FlatMapOp<T: Data, U: Data, F> {
     f: Arc<F>,
-    next: Box<dyn Collector<U>>,
+    out: Outputs<U>,
     _t: PhantomData<fn(&T)>,
 }
 
 impl<T: Data, U: Data, F: Fn(&T::Borrowed, &mut Emitter<'_, U>)> Collector<T> for FlatMapOp<T, U, F> {
     #[inline]
     fn collect(&mut self, record: &T::Borrowed) {
-        (self.f)(record, &mut Emitter::new(&mut *self.next));
+        (self.f)(record, &mut self.out.emitter());
     }
 }
 
 pub(crate) struct FlatMapFactory<T, U: Data, F> {
     pub(crate) f: Arc<F>,
-    pub(crate) next: Port<U>,
+    pub(crate) out: OutPorts<U>,
     pub(crate) _t: PhantomData<fn(&T)>,
 }
 
@@ -122,8 +123,8 @@ where
     F: Fn(&T::Borrowed, &mut Emitter<'_, U>) + Send + Sync + 'static,
 {
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
-        let next = build_port(&self.next, ctx)?;
-        Ok(Box::new(FlatMapOp { f: self.f.clone(), next, _t: PhantomData }))
+        let out = self.out.build(ctx)?;
+        Ok(Box::new(FlatMapOp { f: self.f.clone(), out, _t: PhantomData }))
     }
 }
 
@@ -132,15 +133,14 @@ where
 /// One side of a co-flat-map: its function and the chain both sides feed.
 struct CoSide<T, O: Data, F> {
     f: Arc<F>,
-    next: std::rc::Rc<std::cell::RefCell<Box<dyn Collector<O>>>>,
+    out: std::rc::Rc<std::cell::RefCell<Outputs<O>>>,
     _t: PhantomData<fn(&T)>,
 }
 
 impl<T: Data, O: Data, F: Fn(&T::Borrowed, &mut Emitter<'_, O>)> Collector<T> for CoSide<T, O, F> {
     #[inline]
     fn collect(&mut self, record: &T::Borrowed) {
-        let mut next = self.next.borrow_mut();
-        (self.f)(record, &mut Emitter::new(&mut **next));
+        (self.f)(record, &mut self.out.borrow_mut().emitter());
     }
 }
 
@@ -148,7 +148,7 @@ impl<T: Data, O: Data, F: Fn(&T::Borrowed, &mut Emitter<'_, O>)> Collector<T> fo
 pub(crate) struct CoFlatMapFactory<A, B, O: Data, FA, FB> {
     pub(crate) first: Arc<FA>,
     pub(crate) second: Arc<FB>,
-    pub(crate) next: Port<O>,
+    pub(crate) out: OutPorts<O>,
     pub(crate) _t: PhantomData<fn(&A, &B)>,
 }
 
@@ -161,9 +161,9 @@ where
     FB: Fn(&B::Borrowed, &mut Emitter<'_, O>) + Send + Sync + 'static,
 {
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<(Box<dyn Collector<A>>, Box<dyn Collector<B>>), EngineError> {
-        let next = std::rc::Rc::new(std::cell::RefCell::new(build_port(&self.next, ctx)?));
-        let a = CoSide { f: self.first.clone(), next: next.clone(), _t: PhantomData };
-        let b = CoSide { f: self.second.clone(), next, _t: PhantomData };
+        let out = std::rc::Rc::new(std::cell::RefCell::new(self.out.build(ctx)?));
+        let a = CoSide { f: self.first.clone(), out: out.clone(), _t: PhantomData };
+        let b = CoSide { f: self.second.clone(), out, _t: PhantomData };
         Ok((Box::new(a), Box::new(b)))
     }
 }

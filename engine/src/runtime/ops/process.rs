@@ -10,11 +10,12 @@ use std::sync::Arc;
 
 use crate::data::Data;
 use crate::error::{EngineError, OperatorError};
-use crate::runtime::build::{build_port, BuildContext, Name, NodeFactory, Port};
+use crate::runtime::build::{BuildContext, Name, NodeFactory};
 use crate::runtime::collector::{
     Collector, Emitter, Failure, FirstInput, Lifecycle, SecondInput, SharedCollector, SinkOutput, TaskInfo,
 };
 use crate::runtime::keyed::TwoInputFactory;
+use crate::runtime::side::{OutPorts, Outputs};
 use crate::runtime::state::{list_bytes, undecodable, JobSnapshot, OperatorSnapshot, StateMemory};
 
 /// A list of items kept per subtask, snapshotted item by item and dealt round
@@ -367,7 +368,7 @@ callbacks_of!(CoInputs<A, B, P>, [A, B], CoProcessFunction<A, B, O>);
 pub(crate) struct ProcessOp<O: Data, C> {
     name: String,
     f: C,
-    next: Box<dyn Collector<O>>,
+    out: Outputs<O>,
     lists: BTreeMap<String, Box<dyn ErasedListBox>>,
     /// What the lists hold, charged to the slot's managed memory.
     memory: StateMemory,
@@ -377,11 +378,11 @@ pub(crate) struct ProcessOp<O: Data, C> {
 }
 
 impl<O: Data, C> ProcessOp<O, C> {
-    fn new(name: String, f: C, next: Box<dyn Collector<O>>, ctx: &BuildContext<'_>) -> Self {
+    fn new(name: String, f: C, out: Outputs<O>, ctx: &BuildContext<'_>) -> Self {
         ProcessOp {
             name,
             f,
-            next,
+            out,
             lists: BTreeMap::new(),
             memory: StateMemory::new(),
             task: None,
@@ -402,7 +403,7 @@ impl<O: Data, C> ProcessOp<O, C> {
             memory: &mut self.memory,
             restore: self.restore.as_deref(),
         };
-        Some(f(&mut self.f, &mut ctx, &mut Emitter::new(&mut *self.next)))
+        Some(f(&mut self.f, &mut ctx, &mut self.out.emitter()))
     }
 
     /// Hands one record to the function through `f`; an error fails the task.
@@ -490,15 +491,15 @@ impl<O: Data, C: OperatorCallbacks<O>> Lifecycle for ProcessOp<O, C> {
 pub(crate) struct ProcessFactory<T, O: Data, P> {
     pub(crate) name: Name,
     pub(crate) f: P,
-    pub(crate) next: Port<O>,
+    pub(crate) out: OutPorts<O>,
     pub(crate) _t: PhantomData<fn(&T)>,
 }
 
 impl<T: Data, O: Data, P: ProcessFunction<T, O>> NodeFactory<T> for ProcessFactory<T, O, P> {
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
-        let next = build_port(&self.next, ctx)?;
+        let out = self.out.build(ctx)?;
         let name = self.name.get();
-        let op = ProcessOp::new(name.clone(), OneInput(self.f.clone(), PhantomData), next, ctx);
+        let op = ProcessOp::new(name.clone(), OneInput(self.f.clone(), PhantomData), out, ctx);
         Ok(ctx.stateful(&name, op))
     }
 }
@@ -506,15 +507,15 @@ impl<T: Data, O: Data, P: ProcessFunction<T, O>> NodeFactory<T> for ProcessFacto
 pub(crate) struct CoProcessFactory<A, B, O: Data, P> {
     pub(crate) name: Name,
     pub(crate) f: P,
-    pub(crate) next: Port<O>,
+    pub(crate) out: OutPorts<O>,
     pub(crate) _t: PhantomData<fn(&A, &B)>,
 }
 
 impl<A: Data, B: Data, O: Data, P: CoProcessFunction<A, B, O>> TwoInputFactory<A, B> for CoProcessFactory<A, B, O, P> {
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<(Box<dyn Collector<A>>, Box<dyn Collector<B>>), EngineError> {
-        let next = build_port(&self.next, ctx)?;
+        let out = self.out.build(ctx)?;
         let name = self.name.get();
-        let op = ProcessOp::new(name.clone(), CoInputs(self.f.clone(), PhantomData), next, ctx);
+        let op = ProcessOp::new(name.clone(), CoInputs(self.f.clone(), PhantomData), out, ctx);
         Ok(ctx.stateful_two_inputs(&name, op))
     }
 }

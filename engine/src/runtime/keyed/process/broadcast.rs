@@ -218,9 +218,9 @@ where
 
     fn broadcast(&mut self, record: &B::Borrowed) {
         let KeyedOp { core, callbacks: BroadcastInputs { f, broadcast, .. } } = self;
-        let KeyedCore { backend, next, failure, .. } = core;
+        let KeyedCore { backend, out, failure, .. } = core;
         let mut state = ListRef::new(broadcast, &mut backend.memory);
-        if let Err(e) = f.process_broadcast(record, &mut state, &mut Emitter::new(&mut **next)) {
+        if let Err(e) = f.process_broadcast(record, &mut state, &mut out.emitter()) {
             failure.set(e);
         }
     }
@@ -255,7 +255,7 @@ pub(crate) struct KeyedBroadcastFactory<K, A, B, O: Data, SA, P> {
     pub(crate) name: Name,
     pub(crate) selector: Arc<SA>,
     pub(crate) f: P,
-    pub(crate) next: Port<O>,
+    pub(crate) out: OutPorts<O>,
     pub(crate) _t: PhantomData<fn(&K, &A, &B)>,
 }
 
@@ -265,10 +265,10 @@ where
     P: KeyedBroadcastProcessFunction<K, A, B, O>,
 {
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<(Box<dyn Collector<A>>, Box<dyn Collector<B>>), EngineError> {
-        let next = build_port(&self.next, ctx)?;
+        let out = self.out.build(ctx)?;
         let name = self.name.get();
         let op = KeyedOp {
-            core: KeyedCore::new(&name, next, ctx),
+            core: KeyedCore::new(&name, out, ctx),
             callbacks: BroadcastInputs {
                 selector: self.selector.clone(),
                 f: self.f.clone(),

@@ -11,6 +11,7 @@ pub use broadcast::KeyedBroadcastProcessFunction;
 use super::*;
 use crate::runtime::clock;
 use crate::runtime::collector::{FirstInput, SecondInput};
+use crate::runtime::side::{OutPorts, Outputs};
 
 /// A function over each record of a keyed stream, with keyed state and
 /// processing-time timers (Flink's `KeyedProcessFunction`).
@@ -132,7 +133,7 @@ pub trait KeyedProcessFunction<K: Key, T: Data, O: Data>: Clone + Send + Sync + 
 pub(crate) struct KeyedCore<K: Key, O: Data> {
     name: String,
     backend: KeyedBackend<K>,
-    next: Box<dyn Collector<O>>,
+    out: Outputs<O>,
     restore: Option<Arc<JobSnapshot>>,
     task: Option<TaskInfo>,
     failure: Failure,
@@ -141,11 +142,11 @@ pub(crate) struct KeyedCore<K: Key, O: Data> {
 }
 
 impl<K: Key, O: Data> KeyedCore<K, O> {
-    fn new(name: &str, next: Box<dyn Collector<O>>, ctx: &BuildContext<'_>) -> Self {
+    fn new(name: &str, out: Outputs<O>, ctx: &BuildContext<'_>) -> Self {
         KeyedCore {
             name: name.to_string(),
             backend: KeyedBackend::new(),
-            next,
+            out,
             restore: ctx.restore.clone(),
             task: None,
             failure: ctx.failure.clone(),
@@ -164,7 +165,7 @@ impl<K: Key, O: Data> KeyedCore<K, O> {
             return self.failure.set(OperatorError::User("a record came before the operator opened".into()));
         };
         let mut ctx = KeyedContext { key, backend: &mut self.backend, task };
-        if let Err(e) = f(&mut ctx, &mut Emitter::new(&mut *self.next)) {
+        if let Err(e) = f(&mut ctx, &mut self.out.emitter()) {
             self.failure.set(e);
         }
     }
@@ -366,7 +367,7 @@ pub(crate) struct KeyedProcessFactory<K, T, O: Data, S, P> {
     pub(crate) name: Name,
     pub(crate) selector: Arc<S>,
     pub(crate) f: P,
-    pub(crate) next: Port<O>,
+    pub(crate) out: OutPorts<O>,
     pub(crate) _t: PhantomData<fn(&K, &T)>,
 }
 
@@ -374,10 +375,10 @@ impl<K: Key, T: Data, O: Data, S: KeySelector<K, T>, P: KeyedProcessFunction<K, 
     for KeyedProcessFactory<K, T, O, S, P>
 {
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
-        let next = build_port(&self.next, ctx)?;
+        let out = self.out.build(ctx)?;
         let name = self.name.get();
         let op = KeyedOp {
-            core: KeyedCore::new(&name, next, ctx),
+            core: KeyedCore::new(&name, out, ctx),
             callbacks: OneInput { selector: self.selector.clone(), f: self.f.clone(), _t: PhantomData },
         };
         Ok(ctx.stateful(&name, op))
@@ -542,7 +543,7 @@ pub(crate) struct KeyedCoProcessFactory<K, A, B, O: Data, SA, SB, P> {
     pub(crate) first: Arc<SA>,
     pub(crate) second: Arc<SB>,
     pub(crate) f: P,
-    pub(crate) next: Port<O>,
+    pub(crate) out: OutPorts<O>,
     pub(crate) _t: PhantomData<fn(&K, &A, &B)>,
 }
 
@@ -552,10 +553,10 @@ where
     P: KeyedCoProcessFunction<K, A, B, O>,
 {
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<(Box<dyn Collector<A>>, Box<dyn Collector<B>>), EngineError> {
-        let next = build_port(&self.next, ctx)?;
+        let out = self.out.build(ctx)?;
         let name = self.name.get();
         let op = KeyedOp {
-            core: KeyedCore::new(&name, next, ctx),
+            core: KeyedCore::new(&name, out, ctx),
             callbacks: TwoInputs {
                 first: self.first.clone(),
                 second: self.second.clone(),
