@@ -88,8 +88,8 @@ pub use params::Params;
 pub use registry::{JobCatalog, JobParams};
 pub use runtime::collector::{Emitter, SinkOutput, TaskInfo};
 pub use runtime::keyed::{
-    AggregatingState, Aggregator, Count, KeyedBroadcastProcessFunction, KeyedCoProcessFunction, KeyedContext,
-    KeyedProcessFunction, ListState, MapState, Reduce, ReducingState, StateDeclarations, ValueState,
+    AggregatingState, Aggregator, BroadcastContext, Count, KeyedBroadcastProcessFunction, KeyedCoProcessFunction,
+    KeyedContext, KeyedProcessFunction, ListState, MapState, Reduce, ReducingState, StateDeclarations, ValueState,
 };
 pub use runtime::ops::{CoProcessFunction, ListRef, ListStateHandle, OperatorContext, ProcessFunction};
 pub use runtime::output::{KeyBy, KeyByRef, KeySelector};

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use shardflow_benches::SplitMix;
 use shardflow_engine::{
-    CoProcessFunction, Dataflow, DataflowError, Emitter, EngineError, KeyedBroadcastProcessFunction,
-    KeyedCoProcessFunction, KeyedContext, KeyedProcessFunction, ListRef, OperatorContext, OperatorError, OutputTag,
+    BroadcastContext, CoProcessFunction, Dataflow, DataflowError, Emitter, EngineError, KeyedBroadcastProcessFunction,
+    KeyedCoProcessFunction, KeyedContext, KeyedProcessFunction, OperatorContext, OperatorError, OutputTag,
     StateDeclarations, ValueState,
 };
 
@@ -214,7 +214,7 @@ impl KeyedBroadcastProcessFunction<u64, u64, u64, u64> for Echo {
     fn process_broadcast(
         &mut self,
         rule: &u64,
-        _: &mut ListRef<'_, u64>,
+        _: &mut BroadcastContext<'_, u64, u64>,
         out: &mut Emitter<'_, u64>,
     ) -> Result<(), OperatorError> {
         out.emit_side(&self.rules, format!("rule {rule}"));

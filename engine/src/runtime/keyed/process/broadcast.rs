@@ -29,7 +29,7 @@ fn broadcast_entry(operator: &str) -> String {
 ///
 /// ```
 /// use shardflow_engine::{
-///     Dataflow, Emitter, Engine, KeyedBroadcastProcessFunction, KeyedContext, ListRef, OperatorError,
+///     BroadcastContext, Dataflow, Emitter, Engine, KeyedBroadcastProcessFunction, KeyedContext, OperatorError,
 ///     StateDeclarations, ValueState,
 /// };
 ///
@@ -59,10 +59,10 @@ fn broadcast_entry(operator: &str) -> String {
 ///     fn process_broadcast(
 ///         &mut self,
 ///         threshold: &u64,
-///         thresholds: &mut ListRef<'_, u64>,
+///         ctx: &mut BroadcastContext<'_, String, u64>,
 ///         _: &mut Emitter<'_, String>,
 ///     ) -> Result<(), OperatorError> {
-///         thresholds.push(*threshold)
+///         ctx.broadcast().push(*threshold)
 ///     }
 ///     fn on_end_of_input(
 ///         &mut self,
@@ -108,11 +108,12 @@ pub trait KeyedBroadcastProcessFunction<K: Key, A: Data, B: Data, O: Data>: Clon
     ) -> Result<(), OperatorError>;
     /// One record of the broadcast input (every subtask gets each): change the
     /// broadcast state from it alone, so that every subtask holds the same
-    /// (changed through [`ListRef`], charged to the slot's managed memory).
+    /// (`ctx.broadcast()`, charged to the slot's managed memory), and the
+    /// keyed state of every key this subtask has (`ctx.for_each_key`).
     fn process_broadcast(
         &mut self,
         record: &B::Borrowed,
-        broadcast: &mut ListRef<'_, B>,
+        ctx: &mut BroadcastContext<'_, K, B>,
         out: &mut Emitter<'_, O>,
     ) -> Result<(), OperatorError>;
     /// A timer of key `ctx.key()` registered for `at` fired (never after the
@@ -142,6 +143,117 @@ pub trait KeyedBroadcastProcessFunction<K: Key, A: Data, B: Data, O: Data>: Clon
     fn on_checkpoint_aborted(&mut self, _checkpoint: u64) {}
     /// Last, on every path (as [`KeyedProcessFunction::close`]).
     fn close(&mut self) -> Result<(), OperatorError> {
+        Ok(())
+    }
+}
+
+/// What a keyed-broadcast function sees of its subtask while it processes a
+/// broadcast record: the broadcast state to change, and the keyed state of
+/// every key the subtask has.
+pub struct BroadcastContext<'a, K: Key, B> {
+    broadcast: &'a mut Vec<B>,
+    backend: &'a mut KeyedBackend<K>,
+    task: &'a TaskInfo,
+}
+
+impl<K: Key, B: Data> BroadcastContext<'_, K, B> {
+    /// The broadcast state, to read and change.
+    pub fn broadcast(&mut self) -> ListRef<'_, B> {
+        ListRef::new(self.broadcast, &mut self.backend.memory)
+    }
+
+    /// The subtask.
+    pub fn task(&self) -> &TaskInfo {
+        self.task
+    }
+
+    /// The processing time now (as [`KeyedContext::processing_time`]).
+    pub fn processing_time(&self) -> u64 {
+        clock::now_us()
+    }
+
+    /// Calls `f` with the broadcast state and a context for each key this
+    /// subtask has keyed state for (a declared state or a pending timer), as
+    /// Flink's `applyToKeyedState`: a new rule re-judges every key, an
+    /// expired one clears what it kept. `f` reads and changes the key's state
+    /// and timers; the keys are those there were when the call began. Costs a
+    /// pass over every key, so it suits records that come seldom. The first
+    /// error ends the pass and is returned.
+    ///
+    /// ```
+    /// use shardflow_engine::{
+    ///     BroadcastContext, Dataflow, Emitter, Engine, KeyedBroadcastProcessFunction, KeyedContext,
+    ///     OperatorError, StateDeclarations, ValueState,
+    /// };
+    ///
+    /// /// Per account, its balance; a broadcast fee is taken from every
+    /// /// account there is, and the balances emitted at the end.
+    /// #[derive(Clone, Default)]
+    /// struct Fees {
+    ///     balance: Option<ValueState<i64>>,
+    /// }
+    ///
+    /// impl KeyedBroadcastProcessFunction<String, (String, i64), i64, (String, i64)> for Fees {
+    ///     fn open(&mut self, states: &mut StateDeclarations<'_, String>) -> Result<(), OperatorError> {
+    ///         self.balance = Some(states.value_state("balance")?);
+    ///         Ok(())
+    ///     }
+    ///     fn process_element(
+    ///         &mut self,
+    ///         deposit: &(String, i64),
+    ///         _: &[i64],
+    ///         ctx: &mut KeyedContext<'_, String>,
+    ///         _: &mut Emitter<'_, (String, i64)>,
+    ///     ) -> Result<(), OperatorError> {
+    ///         let balance = self.balance.as_ref().unwrap();
+    ///         let now = ctx.value(balance)?.copied().unwrap_or(0) + deposit.1;
+    ///         ctx.set_value(balance, now)
+    ///     }
+    ///     fn process_broadcast(
+    ///         &mut self,
+    ///         fee: &i64,
+    ///         ctx: &mut BroadcastContext<'_, String, i64>,
+    ///         _: &mut Emitter<'_, (String, i64)>,
+    ///     ) -> Result<(), OperatorError> {
+    ///         let balance = self.balance.as_ref().unwrap();
+    ///         ctx.for_each_key(|_, account| account.update_value(balance, |b| *b -= fee).map(drop))
+    ///     }
+    ///     fn on_end_of_input(
+    ///         &mut self,
+    ///         _: &[i64],
+    ///         ctx: &mut KeyedContext<'_, String>,
+    ///         out: &mut Emitter<'_, (String, i64)>,
+    ///     ) -> Result<(), OperatorError> {
+    ///         let balance = ctx.value(self.balance.as_ref().unwrap())?.copied().unwrap_or(0);
+    ///         out.emit((ctx.key().to_string(), balance));
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let engine = Engine::builder().shards(1).build()?;
+    /// let df = Dataflow::new("fees");
+    /// let deposits = df.from_iter("deposits", vec![("ann".to_string(), 100), ("bob".to_string(), 40)]);
+    /// let fees = df.from_iter("fees", vec![5i64]);
+    /// let balances = deposits
+    ///     .key_by_ref::<String, _>(|d: &(String, i64)| d.0.as_str())
+    ///     .connect_broadcast(&fees)
+    ///     .process(Fees::default())
+    ///     .collect();
+    /// engine.run(df.build()?)?;
+    /// // The fee reached the accounts there were when it came (how the two
+    /// // inputs interleave is not fixed).
+    /// let mut got = balances.take();
+    /// got.sort();
+    /// assert!(matches!(got[0], (ref a, 100 | 95) if a == "ann") && matches!(got[1], (ref b, 40 | 35) if b == "bob"));
+    /// # Ok::<(), shardflow_engine::EngineError>(())
+    /// ```
+    pub fn for_each_key(
+        &mut self,
+        mut f: impl FnMut(&[B], &mut KeyedContext<'_, K>) -> Result<(), OperatorError>,
+    ) -> Result<(), OperatorError> {
+        for key in self.backend.keys() {
+            f(self.broadcast, &mut KeyedContext { key: key.borrow(), backend: self.backend, task: self.task })?;
+        }
         Ok(())
     }
 }
@@ -218,9 +330,12 @@ where
 
     fn broadcast(&mut self, record: &B::Borrowed) {
         let KeyedOp { core, callbacks: BroadcastInputs { f, broadcast, .. } } = self;
-        let KeyedCore { backend, out, failure, .. } = core;
-        let mut state = ListRef::new(broadcast, &mut backend.memory);
-        if let Err(e) = f.process_broadcast(record, &mut state, &mut out.emitter()) {
+        let KeyedCore { backend, out, failure, task, .. } = core;
+        let Some(task) = task.as_ref() else {
+            return failure.set(OperatorError::User("a record came before the operator opened".into()));
+        };
+        let mut ctx = BroadcastContext { broadcast, backend, task };
+        if let Err(e) = f.process_broadcast(record, &mut ctx, &mut out.emitter()) {
             failure.set(e);
         }
     }

@@ -5,7 +5,7 @@
 mod broadcast;
 
 pub(crate) use broadcast::KeyedBroadcastFactory;
-pub use broadcast::KeyedBroadcastProcessFunction;
+pub use broadcast::{BroadcastContext, KeyedBroadcastProcessFunction};
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
