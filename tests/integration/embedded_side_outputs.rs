@@ -1,7 +1,8 @@
 //! Side outputs: what `flat_map` and the process functions emit to a tag
 //! reaches that tag's own stream — chained where the operator runs, or
 //! through an exchange — against a naive evaluation; every two-input operator
-//! emits them too; a record of another type than its tag's stream fails the
+//! emits them too, at the end of input as well (an operator chained after the
+//! side output finishes after its producer); a record of another type than its tag's stream fails the
 //! job naming both; a tag never asked for drops its records; and the mistakes
 //! of building them are dataflow errors.
 
@@ -11,7 +12,7 @@ use shardflow_benches::SplitMix;
 use shardflow_engine::{
     BroadcastContext, CoProcessFunction, Dataflow, DataflowError, Emitter, EngineError, KeyedBroadcastProcessFunction,
     KeyedCoProcessFunction, KeyedContext, KeyedProcessFunction, OperatorContext, OperatorError, OutputTag,
-    StateDeclarations, ValueState,
+    ProcessFunction, StateDeclarations, ValueState,
 };
 
 use crate::common::small_engine;
@@ -159,6 +160,29 @@ impl CoProcessFunction<u64, String, u64> for Tally {
     }
 }
 
+/// The tallies it reads, summed and emitted at the end: chained after the
+/// side output a `Tally` emits to at its own end, it finishes after it.
+#[derive(Clone, Default)]
+struct SumTallies {
+    sum: (u64, u64),
+}
+
+impl ProcessFunction<(u64, u64), (u64, u64)> for SumTallies {
+    fn process(
+        &mut self,
+        t: &(u64, u64),
+        _: &mut OperatorContext<'_>,
+        _: &mut Emitter<'_, (u64, u64)>,
+    ) -> Result<(), OperatorError> {
+        self.sum = (self.sum.0 + t.0, self.sum.1 + t.1);
+        Ok(())
+    }
+    fn finish(&mut self, _: &mut OperatorContext<'_>, out: &mut Emitter<'_, (u64, u64)>) -> Result<(), OperatorError> {
+        out.emit(self.sum);
+        Ok(())
+    }
+}
+
 /// Per key, the first input's records; the second input's go to side output
 /// `orphans` when their key had none before.
 #[derive(Clone)]
@@ -248,7 +272,7 @@ fn every_two_input_operator_emits_side_outputs() {
     let seen = OutputTag::<(u64, u64)>::new("seen");
     let tallied = numbers.connect(&words).process(Tally { seen: seen.clone(), counts: (0, 0) });
     tallied.discard();
-    let tallies = tallied.side_output(&seen).collect();
+    let tallies = tallied.side_output(&seen).process(SumTallies::default()).collect();
 
     // Keyed co-process: second-input records whose key the first never had.
     let orphans = OutputTag::<u64>::new("orphans");
@@ -275,7 +299,7 @@ fn every_two_input_operator_emits_side_outputs() {
     assert_eq!(sorted(mixed_main.take()), sorted(expect_main));
     assert_eq!(sorted(odds.take()), (0..100).filter(|n| n % 2 == 1).collect::<Vec<_>>());
     let tallies = tallies.take();
-    assert_eq!(tallies.len(), 2, "one tally per co-process subtask: {tallies:?}");
+    assert_eq!(tallies.len(), 2, "one sum of tallies per co-process subtask: {tallies:?}");
     assert_eq!(tallies.iter().fold((0, 0), |a, t| (a.0 + t.0, a.1 + t.1)), (100, 30));
     // Keys 0..50 with an even first-input record: the even ones. The probes of
     // odd keys are orphans, unless (how the inputs interleave is not fixed) a
