@@ -13,7 +13,7 @@ use crate::runtime::build::{attach, port, Name, NodeFactory, Port};
 use crate::runtime::collector::Emitter;
 use crate::runtime::ops::{FilterFactory, FlatMapFactory, MapFactory, ProcessFactory, ProcessFunction};
 use crate::runtime::output::{KeyBy, KeyByRef, KeySelector, Routing, SelectorRoute, WriterFactory};
-use crate::runtime::side::{OutPorts, OutputTag, SideError, SidePorts};
+use crate::runtime::side::{OutPorts, OutputTag, SidePorts};
 use crate::runtime::sinks::{
     self, CollectFactory, CollectHandle, CountFactory, Discard, EgressHandle, ForEachFactory, LatencyFactory,
 };
@@ -329,7 +329,7 @@ impl<T: Data> Stream<T> {
                 p.error(DataflowError::NoSideOutputs { operator });
                 port::<U>()
             }
-            Some(Err(SideError::OtherType { first })) => {
+            Some(Err(first)) => {
                 let (tag, then) = (tag.id().to_string(), std::any::type_name::<U>().to_string());
                 p.error(DataflowError::SideOutputType { operator, tag, first: first.to_string(), then });
                 port::<U>()

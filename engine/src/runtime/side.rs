@@ -104,20 +104,16 @@ impl<O: Data> Clone for OutPorts<O> {
 #[derive(Clone, Default)]
 pub(crate) struct SidePorts(Arc<Mutex<Vec<SidePort>>>);
 
-/// Why a side output cannot be had.
-pub(crate) enum SideError {
-    /// The tag was asked for before with another record type.
-    OtherType { first: &'static str },
-}
-
 impl SidePorts {
-    /// The port of side output `tag`: the one asked for before, or a new one.
-    pub(crate) fn port<U: Data>(&self, tag: &OutputTag<U>) -> Result<Port<U>, SideError> {
+    /// The port of side output `tag`: the one asked for before, or a new one;
+    /// or, if the tag was asked for before with another record type, that
+    /// type's name.
+    pub(crate) fn port<U: Data>(&self, tag: &OutputTag<U>) -> Result<Port<U>, &'static str> {
         let mut sides = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(side) = sides.iter().find(|s| s.id == tag.id) {
             return match side.port.downcast_ref::<Port<U>>() {
                 Some(port) => Ok(port.clone()),
-                None => Err(SideError::OtherType { first: side.type_name }),
+                None => Err(side.type_name),
             };
         }
         let port = crate::runtime::build::port::<U>();
