@@ -23,3 +23,4 @@ mod embedded_state;
 mod embedded_stop;
 mod embedded_time;
 mod embedded_timers;
+mod embedded_ttl;

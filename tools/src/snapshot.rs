@@ -50,7 +50,11 @@ pub(crate) fn show(a: &SnapshotArgs) -> Result<Exit> {
             s.operator,
             format!("{} of {}", s.key_groups, s.max_parallelism),
             s.keyed_bytes,
-            if states.is_empty() { "-".to_string() } else { states.join(", ") },
+            match (states.is_empty(), s.expiring) {
+                (true, _) => "-".to_string(),
+                (false, 0) => states.join(", "),
+                (false, n) => format!("{} ({n} with a TTL)", states.join(", ")),
+            },
             s.timer_keys,
             format!("{} ({})", s.lists, s.list_items),
         );
@@ -66,6 +70,7 @@ fn as_json(s: &OperatorSummary) -> serde_json::Value {
         "keyed_bytes": s.keyed_bytes,
         "keyed_states": s.keyed_states,
         "timer_keys": s.timer_keys,
+        "expiring": s.expiring,
         "lists": s.lists,
         "list_items": s.list_items,
         "list_bytes": s.list_bytes,

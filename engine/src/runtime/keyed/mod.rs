@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustc_hash::FxHasher;
 
@@ -27,10 +27,12 @@ use crate::runtime::state::{
     entry_bytes, heap_of, list_bytes, JobSnapshot, KeyGroupRouter, OperatorSnapshot, StateMemory,
 };
 use tables::{
-    items, put_items, restore_entries, snapshot_table, AsAny, FoldTable, ListTable, MapTable, ReduceFn, ReducingTable,
-    Table, ValueTable,
+    items, map_bytes, put_items, restore_entries, snapshot_table, AsAny, FoldTable, ListTable, MapTable, ReduceFn,
+    ReducingTable, Table, ValueTable,
 };
 use timers::{add_timer, TimerKeys};
+use ttl::Expiry;
+pub(crate) use ttl::TTL_PREFIX;
 
 /// The hash tables of keyed state: FxHash, fast on the short keys streams use.
 pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
@@ -39,6 +41,7 @@ mod aggregate;
 mod process;
 mod tables;
 mod timers;
+mod ttl;
 
 pub use aggregate::*;
 pub use process::*;
@@ -90,6 +93,12 @@ pub(crate) struct KeyedBackend<K: Key> {
     memory: StateMemory,
     /// Processing-time timers: when, and for which keys.
     timers: BTreeMap<u64, TimerKeys<K>>,
+    /// Each table's time-to-live, if it has one (by table index).
+    ttls: Vec<Option<Expiry<K>>>,
+    /// Whether any table has a time-to-live.
+    expiring: bool,
+    /// When expired state was last swept away.
+    swept_at: u64,
 }
 
 /// The name a keyed operator's timers have in its snapshot (no declared state
@@ -110,6 +119,9 @@ impl<K: Key> KeyedBackend<K> {
             tables: Vec::new(),
             memory: StateMemory::new(),
             timers: BTreeMap::new(),
+            ttls: Vec::new(),
+            expiring: false,
+            swept_at: 0,
         }
     }
 
@@ -123,22 +135,42 @@ impl<K: Key> KeyedBackend<K> {
             return Err(OperatorError::User(format!("state '{name}' is declared twice")));
         }
         self.tables.push(table);
+        self.ttls.push(None);
         Ok(StateHandle { index: self.tables.len() - 1, owner: self.owner, _s: PhantomData })
     }
 
-    /// The table of handle `h`, to change.
+    /// The table of handle `h`, to change `key`'s state in: a state with a
+    /// time-to-live that expired is gone first, and the write restarts its
+    /// clock.
     #[inline]
-    fn table<S, T: 'static>(&mut self, h: &StateHandle<S>) -> Result<&mut T, OperatorError> {
+    fn table<S, T: 'static>(&mut self, h: &StateHandle<S>, key: &K::Borrowed) -> Result<&mut T, OperatorError> {
         let index = self.index_of(h)?;
+        self.written(index, key)?;
         // Called on the table itself (`**t`), not on its `Box`, which is `Any` too.
         self.tables.get_mut(index).and_then(|t| AsAny::as_any(&mut **t).downcast_mut::<T>()).ok_or_else(handle_mismatch)
     }
 
-    /// The table of handle `h`, to read.
+    /// The table of handle `h`, to clear `key`'s state in (its time-to-live
+    /// clock, if it has one, stops).
     #[inline]
-    fn table_ref<S, T: 'static>(&self, h: &StateHandle<S>) -> Result<&T, OperatorError> {
+    fn table_clearing<S, T: 'static>(
+        &mut self,
+        h: &StateHandle<S>,
+        key: &K::Borrowed,
+    ) -> Result<&mut T, OperatorError> {
         let index = self.index_of(h)?;
-        self.tables.get(index).and_then(|t| AsAny::as_any_ref(&**t).downcast_ref::<T>()).ok_or_else(handle_mismatch)
+        self.unwritten(index, key);
+        self.tables.get_mut(index).and_then(|t| AsAny::as_any(&mut **t).downcast_mut::<T>()).ok_or_else(handle_mismatch)
+    }
+
+    /// The table of handle `h`, to read `key`'s state in; `None` if that state
+    /// expired.
+    #[inline]
+    fn table_ref<S, T: 'static>(&self, h: &StateHandle<S>, key: &K::Borrowed) -> Result<Option<&T>, OperatorError> {
+        let index = self.index_of(h)?;
+        let table = self.tables.get(index).and_then(|t| AsAny::as_any_ref(&**t).downcast_ref::<T>());
+        let table = table.ok_or_else(handle_mismatch)?;
+        Ok((!self.expired(index, key)).then_some(table))
     }
 
     /// Where `h`'s table is, if `h` is this backend's.
@@ -151,8 +183,12 @@ impl<K: Key> KeyedBackend<K> {
     }
 
     fn restore(&mut self, operator: &str, snapshot: &JobSnapshot, task: &TaskInfo) -> Result<(), OperatorError> {
-        let KeyedBackend { tables, memory, timers, .. } = self;
+        let KeyedBackend { tables, memory, timers, ttls, .. } = self;
         restore_entries(snapshot, operator, task, |name, k, v| {
+            if let Some(state) = name.strip_prefix(TTL_PREFIX) {
+                let index = tables.iter().position(|t| t.name() == state);
+                return ttl::restore_written(index.and_then(|i| ttls[i].as_mut()), k, v, memory);
+            }
             if name == TIMERS {
                 let key = K::from_bytes(k)?;
                 for at in items(v)? {
@@ -169,7 +205,8 @@ impl<K: Key> KeyedBackend<K> {
                 )));
             };
             table.restore(K::from_bytes(k)?, v, memory)
-        })
+        })?;
+        self.start_unwritten_clocks()
     }
 
     fn snapshot(&self, operator: &str, task: &TaskInfo) -> Result<OperatorSnapshot, OperatorError> {
@@ -186,6 +223,7 @@ impl<K: Key> KeyedBackend<K> {
             let to_bytes = |times: &Vec<u64>| put_items(times.iter().map(|t| Ok(t.to_le_bytes().to_vec())));
             snapshot_table(TIMERS, per_key.iter().map(|(k, v)| (*k, v)), to_bytes, &router, &mut key_groups)?;
         }
+        self.snapshot_written(&router, &mut key_groups)?;
         Ok(OperatorSnapshot {
             operator: operator.to_string(),
             max_parallelism: task.max_parallelism,
@@ -304,7 +342,7 @@ impl<K: Key> KeyedContext<'_, K> {
     #[inline]
     pub fn value<V: Data>(&self, h: &ValueState<V>) -> Result<Option<&V>, OperatorError> {
         let key = self.key;
-        Ok(self.backend.table_ref::<_, ValueTable<K, V>>(h)?.map.get(key))
+        Ok(self.backend.table_ref::<_, ValueTable<K, V>>(h, key)?.and_then(|t| t.map.get(key)))
     }
 
     /// Changes the current key's value in place with `f`, if it has one, and
@@ -318,7 +356,7 @@ impl<K: Key> KeyedContext<'_, K> {
         f: impl FnOnce(&mut V) -> R,
     ) -> Result<Option<R>, OperatorError> {
         let key = self.key;
-        let Some(v) = self.backend.table::<_, ValueTable<K, V>>(h)?.map.get_mut(key) else { return Ok(None) };
+        let Some(v) = self.backend.table::<_, ValueTable<K, V>>(h, key)?.map.get_mut(key) else { return Ok(None) };
         let (r, before, after) = update_measured(v, f);
         self.backend.memory.resize(before, after)?;
         Ok(Some(r))
@@ -329,7 +367,7 @@ impl<K: Key> KeyedContext<'_, K> {
     pub fn set_value<V: Data>(&mut self, h: &ValueState<V>, value: V) -> Result<(), OperatorError> {
         let key = self.key;
         let new = heap_of(&value);
-        let table = self.backend.table::<_, ValueTable<K, V>>(h)?;
+        let table = self.backend.table::<_, ValueTable<K, V>>(h, key)?;
         match table.map.get_mut(key) {
             Some(v) => {
                 let old = heap_of(v);
@@ -347,7 +385,7 @@ impl<K: Key> KeyedContext<'_, K> {
     #[inline]
     pub fn clear_value<V: Data>(&mut self, h: &ValueState<V>) -> Result<(), OperatorError> {
         let key = self.key;
-        if let Some(v) = self.backend.table::<_, ValueTable<K, V>>(h)?.map.remove(key) {
+        if let Some(v) = self.backend.table_clearing::<_, ValueTable<K, V>>(h, key)?.map.remove(key) {
             self.backend.memory.shrink(entry_bytes::<K, V>(key) + heap_of(&v));
         }
         Ok(())
@@ -358,7 +396,7 @@ impl<K: Key> KeyedContext<'_, K> {
     pub fn list_push<V: Data>(&mut self, h: &ListState<V>, value: V) -> Result<(), OperatorError> {
         let key = self.key;
         let mut grow = std::mem::size_of::<V>() as u64 + heap_of(&value);
-        let table = self.backend.table::<_, ListTable<K, V>>(h)?;
+        let table = self.backend.table::<_, ListTable<K, V>>(h, key)?;
         match table.map.get_mut(key) {
             Some(l) => l.push(value),
             None => {
@@ -373,7 +411,11 @@ impl<K: Key> KeyedContext<'_, K> {
     #[inline]
     pub fn list<V: Data>(&self, h: &ListState<V>) -> Result<&[V], OperatorError> {
         let key = self.key;
-        Ok(self.backend.table_ref::<_, ListTable<K, V>>(h)?.map.get(key).map_or(&[], Vec::as_slice))
+        Ok(self
+            .backend
+            .table_ref::<_, ListTable<K, V>>(h, key)?
+            .and_then(|t| t.map.get(key))
+            .map_or(&[], Vec::as_slice))
     }
 
     /// Replaces the current key's list with `items` (Flink's `ListState.update`):
@@ -387,7 +429,7 @@ impl<K: Key> KeyedContext<'_, K> {
         }
         let key = self.key;
         let grow = entry_bytes::<K, Vec<V>>(key) + list_bytes(&items);
-        self.backend.table::<_, ListTable<K, V>>(h)?.map.insert(K::to_owned_record(key), items);
+        self.backend.table::<_, ListTable<K, V>>(h, key)?.map.insert(K::to_owned_record(key), items);
         self.backend.memory.grow(grow)
     }
 
@@ -395,7 +437,7 @@ impl<K: Key> KeyedContext<'_, K> {
     #[inline]
     pub fn list_clear<V: Data>(&mut self, h: &ListState<V>) -> Result<(), OperatorError> {
         let key = self.key;
-        if let Some(l) = self.backend.table::<_, ListTable<K, V>>(h)?.map.remove(key) {
+        if let Some(l) = self.backend.table_clearing::<_, ListTable<K, V>>(h, key)?.map.remove(key) {
             self.backend.memory.shrink(entry_bytes::<K, Vec<V>>(key) + list_bytes(&l));
         }
         Ok(())
@@ -410,7 +452,8 @@ impl<K: Key> KeyedContext<'_, K> {
         user_key: &UK::Borrowed,
     ) -> Result<Option<&UV>, OperatorError> {
         let key = self.key;
-        Ok(self.backend.table_ref::<_, MapTable<K, UK, UV>>(h)?.map.get(key).and_then(|m| m.get(user_key)))
+        let table = self.backend.table_ref::<_, MapTable<K, UK, UV>>(h, key)?;
+        Ok(table.and_then(|t| t.map.get(key)).and_then(|m| m.get(user_key)))
     }
 
     /// Changes the current key's map entry for `user_key` in place with `f`, if
@@ -424,7 +467,7 @@ impl<K: Key> KeyedContext<'_, K> {
         f: impl FnOnce(&mut UV) -> R,
     ) -> Result<Option<R>, OperatorError> {
         let key = self.key;
-        let table = self.backend.table::<_, MapTable<K, UK, UV>>(h)?;
+        let table = self.backend.table::<_, MapTable<K, UK, UV>>(h, key)?;
         let Some(v) = table.map.get_mut(key).and_then(|m| m.get_mut(user_key)) else { return Ok(None) };
         let (r, before, after) = update_measured(v, f);
         self.backend.memory.resize(before, after)?;
@@ -442,7 +485,7 @@ impl<K: Key> KeyedContext<'_, K> {
         let key = self.key;
         let new = heap_of(&value);
         let mut grow = entry_bytes::<UK, UV>(user_key.borrow()) + new;
-        let table = self.backend.table::<_, MapTable<K, UK, UV>>(h)?;
+        let table = self.backend.table::<_, MapTable<K, UK, UV>>(h, key)?;
         let map = match table.map.get_mut(key) {
             Some(m) => m,
             None => {
@@ -464,7 +507,7 @@ impl<K: Key> KeyedContext<'_, K> {
         user_key: &UK::Borrowed,
     ) -> Result<Option<UV>, OperatorError> {
         let key = self.key;
-        let table = self.backend.table::<_, MapTable<K, UK, UV>>(h)?;
+        let table = self.backend.table::<_, MapTable<K, UK, UV>>(h, key)?;
         let Some(map) = table.map.get_mut(key) else { return Ok(None) };
         let removed = map.remove(user_key);
         let mut freed = removed.as_ref().map_or(0, |v| entry_bytes::<UK, UV>(user_key) + heap_of(v));
@@ -481,9 +524,8 @@ impl<K: Key> KeyedContext<'_, K> {
     #[inline]
     pub fn map_clear<UK: Key, UV: Data>(&mut self, h: &MapState<UK, UV>) -> Result<(), OperatorError> {
         let key = self.key;
-        if let Some(m) = self.backend.table::<_, MapTable<K, UK, UV>>(h)?.map.remove(key) {
-            let entries: u64 = m.iter().map(|(uk, uv)| entry_bytes::<UK, UV>(uk.borrow()) + heap_of(uv)).sum();
-            self.backend.memory.shrink(entry_bytes::<K, FxMap<UK, UV>>(key) + entries);
+        if let Some(m) = self.backend.table_clearing::<_, MapTable<K, UK, UV>>(h, key)?.map.remove(key) {
+            self.backend.memory.shrink(map_bytes::<K, UK, UV>(key, &m));
         }
         Ok(())
     }
@@ -496,14 +538,19 @@ impl<K: Key> KeyedContext<'_, K> {
         h: &MapState<UK, UV>,
     ) -> Result<impl Iterator<Item = (&UK, &UV)> + '_, OperatorError> {
         let key = self.key;
-        Ok(self.backend.table_ref::<_, MapTable<K, UK, UV>>(h)?.map.get(key).into_iter().flat_map(|m| m.iter()))
+        let table = self.backend.table_ref::<_, MapTable<K, UK, UV>>(h, key)?;
+        Ok(table.and_then(|t| t.map.get(key)).into_iter().flat_map(|m| m.iter()))
     }
 
     /// How many entries the current key's map has.
     #[inline]
     pub fn map_len<UK: Key, UV: Data>(&self, h: &MapState<UK, UV>) -> Result<usize, OperatorError> {
         let key = self.key;
-        Ok(self.backend.table_ref::<_, MapTable<K, UK, UV>>(h)?.map.get(key).map_or(0, |m| m.len()))
+        Ok(self
+            .backend
+            .table_ref::<_, MapTable<K, UK, UV>>(h, key)?
+            .and_then(|t| t.map.get(key))
+            .map_or(0, |m| m.len()))
     }
 
     /// The current key's map entries, copied, in no particular order.
@@ -523,7 +570,7 @@ impl<K: Key> KeyedContext<'_, K> {
     #[inline]
     pub fn reducing_get<V: Data>(&self, h: &ReducingState<V>) -> Result<Option<&V>, OperatorError> {
         let key = self.key;
-        Ok(self.backend.table_ref::<_, ReducingTable<K, V>>(h)?.values.map.get(key))
+        Ok(self.backend.table_ref::<_, ReducingTable<K, V>>(h, key)?.and_then(|t| t.values.map.get(key)))
     }
 
     /// Clears the current key's reduced value.
@@ -549,7 +596,7 @@ impl<K: Key> KeyedContext<'_, K> {
         h: &AggregatingState<T, A>,
     ) -> Result<Option<A::Out>, OperatorError> {
         let key = self.key;
-        let table = self.backend.table_ref::<_, FoldTable<K, T, A>>(h)?;
+        let Some(table) = self.backend.table_ref::<_, FoldTable<K, T, A>>(h, key)? else { return Ok(None) };
         Ok(table.values.map.get(key).map(|acc| table.agg.result(key, acc)))
     }
 
@@ -569,7 +616,7 @@ impl<K: Key> KeyedContext<'_, K> {
         record: &T::Borrowed,
     ) -> Result<(), OperatorError> {
         let key = self.key;
-        let table = self.backend.table::<_, FoldTable<K, T, A>>(h)?;
+        let table = self.backend.table::<_, FoldTable<K, T, A>>(h, key)?;
         match table.values.map.get_mut(key) {
             Some(acc) => {
                 let ((), before, after) = update_measured(acc, |acc| table.agg.add(acc, record));
@@ -587,7 +634,7 @@ impl<K: Key> KeyedContext<'_, K> {
     #[inline]
     fn fold_clear<T: Data, A: Aggregator<K, T>, S>(&mut self, h: &StateHandle<S>) -> Result<(), OperatorError> {
         let key = self.key;
-        if let Some(acc) = self.backend.table::<_, FoldTable<K, T, A>>(h)?.values.map.remove(key) {
+        if let Some(acc) = self.backend.table_clearing::<_, FoldTable<K, T, A>>(h, key)?.values.map.remove(key) {
             self.backend.memory.shrink(entry_bytes::<K, A::Acc>(key) + heap_of(&acc));
         }
         Ok(())

@@ -49,6 +49,8 @@ pub(super) trait Table<K: Key>: AsAny {
     fn restore(&mut self, key: K, value: &[u8], memory: &mut StateMemory) -> Result<(), OperatorError>;
     /// Every key with state here.
     fn keys(&self) -> Vec<K>;
+    /// Removes `key`'s state here, giving its bytes back to `memory`.
+    fn clear_key(&mut self, key: &K::Borrowed, memory: &mut StateMemory);
 }
 
 /// Writes one table's entries, bucketed by key group.
@@ -144,6 +146,11 @@ impl<K: Key, V: Data> Table<K> for ValueTable<K, V> {
     fn keys(&self) -> Vec<K> {
         self.map.keys().cloned().collect()
     }
+    fn clear_key(&mut self, key: &K::Borrowed, memory: &mut StateMemory) {
+        if let Some(v) = self.map.remove(key) {
+            memory.shrink(entry_bytes::<K, V>(key) + heap_of(&v));
+        }
+    }
 }
 
 pub(super) struct ListTable<K, V> {
@@ -172,6 +179,11 @@ impl<K: Key, V: Data> Table<K> for ListTable<K, V> {
     }
     fn keys(&self) -> Vec<K> {
         self.map.keys().cloned().collect()
+    }
+    fn clear_key(&mut self, key: &K::Borrowed, memory: &mut StateMemory) {
+        if let Some(l) = self.map.remove(key) {
+            memory.shrink(entry_bytes::<K, Vec<V>>(key) + list_bytes(&l));
+        }
     }
 }
 
@@ -218,6 +230,17 @@ impl<K: Key, UK: Key, UV: Data> Table<K> for MapTable<K, UK, UV> {
     fn keys(&self) -> Vec<K> {
         self.map.keys().cloned().collect()
     }
+    fn clear_key(&mut self, key: &K::Borrowed, memory: &mut StateMemory) {
+        if let Some(m) = self.map.remove(key) {
+            memory.shrink(map_bytes::<K, UK, UV>(key, &m));
+        }
+    }
+}
+
+/// What a key's map takes: its entry in the table and each of its own.
+pub(super) fn map_bytes<K: Key, UK: Key, UV: Data>(key: &K::Borrowed, m: &FxMap<UK, UV>) -> u64 {
+    let entries: u64 = m.iter().map(|(uk, uv)| entry_bytes::<UK, UV>(uk.borrow()) + heap_of(uv)).sum();
+    entry_bytes::<K, FxMap<UK, UV>>(key) + entries
 }
 
 /// Reducing and aggregating state: an accumulator per key, folded by `agg`.
@@ -239,5 +262,8 @@ impl<K: Key, T: Data, A: Aggregator<K, T>> Table<K> for FoldTable<K, T, A> {
     }
     fn keys(&self) -> Vec<K> {
         self.values.keys()
+    }
+    fn clear_key(&mut self, key: &K::Borrowed, memory: &mut StateMemory) {
+        self.values.clear_key(key, memory);
     }
 }

@@ -17,7 +17,7 @@ use std::path::Path;
 
 use crate::data::NetError;
 use crate::error::{OperatorError, SnapshotError};
-use crate::runtime::keyed::TIMERS;
+use crate::runtime::keyed::{TIMERS, TTL_PREFIX};
 
 /// One operator's state as snapshotted by one or more subtasks.
 #[derive(Debug, Clone, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -50,6 +50,7 @@ impl OperatorSnapshot {
     pub fn summary(&self) -> Result<OperatorSummary, SnapshotError> {
         let mut keyed_states: BTreeMap<String, u64> = BTreeMap::new();
         let mut timer_keys = 0;
+        let mut expiring = 0;
         for (group, bytes) in &self.key_groups {
             let mut r = SnapshotReader::new(bytes);
             let bad =
@@ -61,6 +62,8 @@ impl OperatorSnapshot {
                 }
                 match name {
                     TIMERS => timer_keys += u64::from(entries),
+                    // A state's write times, for its time-to-live: not a state of its own.
+                    _ if name.starts_with(TTL_PREFIX) => expiring += u64::from(entries),
                     _ => *keyed_states.entry(name.to_string()).or_default() += u64::from(entries),
                 }
             }
@@ -73,6 +76,7 @@ impl OperatorSnapshot {
             keyed_bytes: self.key_groups.values().map(|b| b.len() as u64).sum(),
             keyed_states,
             timer_keys,
+            expiring,
             lists: self.operator_state.len(),
             list_items: items.clone().count(),
             list_bytes: items.map(|i| i.len() as u64).sum(),
@@ -96,6 +100,9 @@ pub struct OperatorSummary {
     pub keyed_states: BTreeMap<String, u64>,
     /// Keys with pending processing-time timers.
     pub timer_keys: u64,
+    /// Entries of states with a time-to-live that carry their last write
+    /// time (one per key and such state).
+    pub expiring: u64,
     /// Operator-state lists (one per subtask that snapshotted one; a
     /// source's position is one too).
     pub lists: usize,
@@ -490,12 +497,16 @@ mod tests {
         let op = OperatorSnapshot {
             operator: "per-user".into(),
             max_parallelism: 128,
-            key_groups: [(3, group(&[("sum", 2), (TIMERS, 1)])), (70, group(&[("sum", 1), ("seen", 4)]))].into(),
+            key_groups: [
+                (3, group(&[("sum", 2), (TIMERS, 1), ("\0ttl:sum", 2)])),
+                (70, group(&[("sum", 1), ("seen", 4), ("\0ttl:sum", 1)])),
+            ]
+            .into(),
             operator_state: vec![vec![b"ab".to_vec()], vec![], vec![b"c".to_vec(), b"".to_vec()]],
         };
         let s = op.summary().unwrap();
         assert_eq!(s.keyed_states, [("seen".to_string(), 4), ("sum".to_string(), 3)].into());
-        assert_eq!((s.timer_keys, s.key_groups, s.max_parallelism), (1, 2, 128));
+        assert_eq!((s.timer_keys, s.expiring, s.key_groups, s.max_parallelism), (1, 3, 2, 128));
         assert_eq!(s.keyed_bytes, op.key_groups.values().map(|b| b.len() as u64).sum::<u64>());
         assert_eq!((s.lists, s.list_items, s.list_bytes), (3, 3, 3));
 

@@ -251,6 +251,7 @@ impl<K: Key, B: Data> BroadcastContext<'_, K, B> {
         &mut self,
         mut f: impl FnMut(&[B], &mut KeyedContext<'_, K>) -> Result<(), OperatorError>,
     ) -> Result<(), OperatorError> {
+        self.backend.sweep(clock::now_us());
         for key in self.backend.keys() {
             f(self.broadcast, &mut KeyedContext { key: key.borrow(), backend: self.backend, task: self.task })?;
         }

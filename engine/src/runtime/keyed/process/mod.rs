@@ -186,12 +186,20 @@ impl<K: Key, O: Data> KeyedCore<K, O> {
 
     /// When the task loop should wake for the earliest timer.
     fn next_timer(&self) -> Option<Instant> {
-        self.backend.timers.keys().next().and_then(|&at| clock::instant_at(at))
+        let timer = self.backend.timers.keys().next().copied();
+        let at = match (timer, self.backend.next_sweep()) {
+            (Some(timer), Some(sweep)) => Some(timer.min(sweep)),
+            (timer, sweep) => timer.or(sweep),
+        };
+        at.and_then(clock::instant_at)
     }
 
-    /// Removes and returns the timers due at `now`.
+    /// Sweeps expired state if that is due, and removes and returns the
+    /// timers due at `now`.
     fn due_timers(&mut self, now: Instant) -> Vec<(u64, K)> {
-        self.backend.take_due_timers(clock::us_at(now))
+        let now = clock::us_at(now);
+        self.backend.sweep_if_due(now);
+        self.backend.take_due_timers(now)
     }
 
     /// Calls `each` for the next keys with state at the end of input; `true`
@@ -199,7 +207,10 @@ impl<K: Key, O: Data> KeyedCore<K, O> {
     fn finish_step(&mut self, mut each: impl FnMut(&K::Borrowed, &mut Self)) -> Result<bool, OperatorError> {
         let mut keys = match self.finishing.take() {
             Some(keys) => keys,
-            None => self.backend.keys(),
+            None => {
+                self.backend.sweep(clock::now_us());
+                self.backend.keys()
+            }
         };
         // This step's keys: the last ones (`keys` keeps the rest).
         let step = keys.split_off(keys.len().saturating_sub(FINISH_STEP));
@@ -211,7 +222,8 @@ impl<K: Key, O: Data> KeyedCore<K, O> {
         Ok(done)
     }
 
-    fn snapshot(&self) -> Result<Vec<OperatorSnapshot>, OperatorError> {
+    fn snapshot(&mut self) -> Result<Vec<OperatorSnapshot>, OperatorError> {
+        self.backend.sweep(clock::now_us());
         match &self.task {
             Some(task) => Ok(vec![self.backend.snapshot(&self.name, task)?]),
             None => Ok(Vec::new()),
