@@ -1,13 +1,15 @@
 //! Keyed processing: per-key aggregation (count, reduce, aggregate; running or at
 //! the end of input) and the keyed process function with value, list, map,
-//! reducing and aggregating state and processing-time timers.
+//! reducing and aggregating state (each may have a time-to-live) and
+//! processing-time timers.
 //!
 //! State is keyed by the real key — two keys with the same hash keep separate
 //! state — held in hash tables charged to the slot's managed memory, and
 //! snapshotted per key group. This module has the handles, a keyed operator's
 //! backend (its tables, memory and timers) and the context a function reads and
 //! changes state through; `tables` the tables and their snapshot bytes,
-//! `timers` the timer service, `aggregate` and `process` the operators.
+//! `timers` the timer service, `ttl` state expiry, `aggregate` and `process`
+//! the operators.
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};

@@ -187,11 +187,7 @@ impl<K: Key, O: Data> KeyedCore<K, O> {
     /// When the task loop should wake for the earliest timer.
     fn next_timer(&self) -> Option<Instant> {
         let timer = self.backend.timers.keys().next().copied();
-        let at = match (timer, self.backend.next_sweep()) {
-            (Some(timer), Some(sweep)) => Some(timer.min(sweep)),
-            (timer, sweep) => timer.or(sweep),
-        };
-        at.and_then(clock::instant_at)
+        [timer, self.backend.next_sweep()].into_iter().flatten().min().and_then(clock::instant_at)
     }
 
     /// Sweeps expired state if that is due, and removes and returns the
