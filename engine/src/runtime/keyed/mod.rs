@@ -101,6 +101,9 @@ pub(crate) struct KeyedBackend<K: Key> {
     expiring: bool,
     /// When expired state was last swept away.
     swept_at: u64,
+    /// The processing time the current batch of records (or round of
+    /// timers) goes by, for time-to-live ([`Self::clock_in`]).
+    now_us: u64,
 }
 
 /// The name a keyed operator's timers have in its snapshot (no declared state
@@ -124,6 +127,7 @@ impl<K: Key> KeyedBackend<K> {
             ttls: Vec::new(),
             expiring: false,
             swept_at: 0,
+            now_us: 0,
         }
     }
 

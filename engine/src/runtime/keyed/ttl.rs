@@ -61,7 +61,7 @@ impl<K: Key> KeyedBackend<K> {
     #[inline(never)]
     fn written_expiring(&mut self, index: usize, key: &K::Borrowed) -> Result<(), OperatorError> {
         let Some(Some(expiry)) = self.ttls.get_mut(index) else { return Ok(()) };
-        let now = clock::now_us();
+        let now = self.now_us;
         match expiry.written.get_mut(key) {
             Some(at) => {
                 if expired_at(*at, expiry.ttl_us, now) {
@@ -99,13 +99,24 @@ impl<K: Key> KeyedBackend<K> {
     #[inline(never)]
     fn expired_now(&self, index: usize, key: &K::Borrowed) -> bool {
         match self.ttls.get(index) {
-            Some(Some(e)) => e.written.get(key).is_some_and(|at| expired_at(*at, e.ttl_us, clock::now_us())),
+            Some(Some(e)) => e.written.get(key).is_some_and(|at| expired_at(*at, e.ttl_us, self.now_us)),
             _ => false,
         }
     }
 
-    /// Removes every expired state.
+    /// Reads the clock that writes and reads of states with a time-to-live
+    /// go by, once per batch of records or round of timers (a clock read per
+    /// access would cost as much as the access).
+    #[inline]
+    pub(super) fn clock_in(&mut self) {
+        if self.expiring {
+            self.now_us = clock::now_us();
+        }
+    }
+
+    /// Removes every expired state (and reads the clock at `now`).
     pub(super) fn sweep(&mut self, now: u64) {
+        self.now_us = now;
         let KeyedBackend { tables, memory, ttls, swept_at, .. } = self;
         for (table, expiry) in tables.iter_mut().zip(ttls.iter_mut()) {
             let Some(Expiry { ttl_us, written }) = expiry else { continue };

@@ -348,11 +348,14 @@ where
     P: KeyedBroadcastProcessFunction<K, A, B, O>,
 {
     fn collect(&mut self, record: &A::Borrowed) {
-        self.0.borrow_mut().element(record);
+        let mut op = self.0.borrow_mut();
+        op.core.backend.clock_in();
+        op.element(record);
     }
 
     fn collect_batch(&mut self, records: &[A]) {
         let mut op = self.0.borrow_mut();
+        op.core.backend.clock_in();
         records.iter().for_each(|r| op.element(r.borrow()));
     }
 }
@@ -363,7 +366,9 @@ where
     P: KeyedBroadcastProcessFunction<K, A, B, O>,
 {
     fn collect(&mut self, record: &B::Borrowed) {
-        self.0.borrow_mut().broadcast(record);
+        let mut op = self.0.borrow_mut();
+        op.core.backend.clock_in();
+        op.broadcast(record);
     }
 }
 

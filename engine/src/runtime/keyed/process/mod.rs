@@ -194,6 +194,7 @@ impl<K: Key, O: Data> KeyedCore<K, O> {
     /// timers due at `now`.
     fn due_timers(&mut self, now: Instant) -> Vec<(u64, K)> {
         let now = clock::us_at(now);
+        self.backend.clock_in();
         self.backend.sweep_if_due(now);
         self.backend.take_due_timers(now)
     }
@@ -351,12 +352,15 @@ impl<K: Key, T: Data, O: Data, S: KeySelector<K, T>, P: KeyedProcessFunction<K, 
     for SharedCollector<KeyedOp<K, O, OneInput<T, S, P>>>
 {
     fn collect(&mut self, record: &T::Borrowed) {
-        self.0.borrow_mut().one(record);
+        let mut op = self.0.borrow_mut();
+        op.core.backend.clock_in();
+        op.one(record);
     }
 
     fn collect_batch(&mut self, records: &[T]) {
-        // One borrow of the operator for the batch.
+        // One borrow of the operator, and one clock reading, for the batch.
         let mut op = self.0.borrow_mut();
+        op.core.backend.clock_in();
         records.iter().for_each(|r| op.one(r.borrow()));
     }
 }
@@ -499,11 +503,14 @@ where
     P: KeyedCoProcessFunction<K, A, B, O>,
 {
     fn collect(&mut self, record: &A::Borrowed) {
-        self.0.borrow_mut().first(record);
+        let mut op = self.0.borrow_mut();
+        op.core.backend.clock_in();
+        op.first(record);
     }
 
     fn collect_batch(&mut self, records: &[A]) {
         let mut op = self.0.borrow_mut();
+        op.core.backend.clock_in();
         records.iter().for_each(|r| op.first(r.borrow()));
     }
 }
@@ -514,11 +521,14 @@ where
     P: KeyedCoProcessFunction<K, A, B, O>,
 {
     fn collect(&mut self, record: &B::Borrowed) {
-        self.0.borrow_mut().second(record);
+        let mut op = self.0.borrow_mut();
+        op.core.backend.clock_in();
+        op.second(record);
     }
 
     fn collect_batch(&mut self, records: &[B]) {
         let mut op = self.0.borrow_mut();
+        op.core.backend.clock_in();
         records.iter().for_each(|r| op.second(r.borrow()));
     }
 }
