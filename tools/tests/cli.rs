@@ -1,6 +1,6 @@
 //! The `shardflow` binary end to end: the bench's machine-readable last line,
 //! bad input refused with one clear line and a non-zero exit, and a snapshot
-//! file shown.
+//! file shown (how many of its entries expire, too).
 
 use std::process::{Command, Output};
 
@@ -285,4 +285,51 @@ fn a_snapshot_file_is_shown_operator_by_operator_and_a_damaged_one_refused() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("checksum"), "{stderr}");
+}
+
+#[test]
+fn a_snapshot_shows_how_many_entries_expire() {
+    use std::time::Duration;
+
+    use shardflow_engine::{
+        Dataflow, Emitter, Engine, KeyedContext, KeyedProcessFunction, OperatorError, StateDeclarations, ValueState,
+    };
+
+    /// Each key's last record, kept an hour.
+    #[derive(Clone, Default)]
+    struct Last {
+        last: Option<ValueState<u64>>,
+    }
+    impl KeyedProcessFunction<u64, u64, u64> for Last {
+        fn open(&mut self, states: &mut StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
+            let last = states.value_state("last")?;
+            states.expire_after(&last, Duration::from_secs(3_600))?;
+            self.last = Some(last);
+            Ok(())
+        }
+        fn process(
+            &mut self,
+            r: &u64,
+            ctx: &mut KeyedContext<'_, u64>,
+            _: &mut Emitter<'_, u64>,
+        ) -> Result<(), OperatorError> {
+            ctx.set_value(self.last.as_ref().expect("opened"), *r)
+        }
+    }
+
+    let engine = Engine::builder().shards(1).build().expect("engine starts");
+    let df = Dataflow::new("last").stop_with_snapshot();
+    df.from_iter("numbers", 0..100u64).key_by(|r: &u64| r % 20).process(Last::default()).name("last").discard();
+    let snapshot = engine.run(df.build().expect("a valid dataflow")).expect("it stops").snapshot.expect("a snapshot");
+    engine.shutdown();
+    let path = std::env::temp_dir().join(format!("shardflow-cli-ttl-{}.snapshot", std::process::id()));
+    snapshot.save(&path).expect("saved");
+    let json = shardflow(&["snapshot", path.to_str().unwrap(), "--json"]);
+    let table = shardflow(&["snapshot", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).ok();
+    let shown: serde_json::Value = serde_json::from_slice(&json.stdout).expect("one JSON array");
+    let last = shown.as_array().unwrap().iter().find(|o| o["operator"] == "last").cloned().expect("the operator");
+    assert_eq!((&last["keyed_states"]["last"], &last["expiring"]), (&20.into(), &20.into()), "{last}");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.lines().any(|l| l.starts_with("last") && l.contains("last 20 (20 with a TTL)")), "{table}");
 }
