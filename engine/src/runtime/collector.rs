@@ -98,6 +98,11 @@ impl Failure {
     }
 }
 
+/// The failure of a record that reached an operator before it was opened.
+pub(crate) fn unopened() -> OperatorError {
+    OperatorError::User("a record came before the operator opened".into())
+}
+
 /// Several consumers of one stream in a chain: each gets every record.
 pub(crate) struct Tee<T: Data> {
     pub(crate) outs: Vec<Box<dyn Collector<T>>>,

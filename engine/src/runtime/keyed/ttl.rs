@@ -105,8 +105,8 @@ impl<K: Key> KeyedBackend<K> {
     }
 
     /// Reads the clock that writes and reads of states with a time-to-live
-    /// go by, once per batch of records or round of timers (a clock read per
-    /// access would cost as much as the access).
+    /// go by, once per batch of records (a clock read per access would cost
+    /// as much as the access).
     #[inline]
     pub(super) fn clock_in(&mut self) {
         if self.expiring {
@@ -114,14 +114,21 @@ impl<K: Key> KeyedBackend<K> {
         }
     }
 
-    /// Removes every expired state (and reads the clock at `now`).
-    pub(super) fn sweep(&mut self, now: u64) {
+    /// Sets that clock to `now`: the time timers due then fire at.
+    pub(super) fn clock_at(&mut self, now: u64) {
         self.now_us = now;
-        let KeyedBackend { tables, memory, ttls, swept_at, .. } = self;
+    }
+
+    /// Removes every state expired at the clock's reading.
+    pub(super) fn sweep(&mut self) {
+        if !self.expiring {
+            return;
+        }
+        let KeyedBackend { tables, memory, ttls, swept_at, now_us, .. } = self;
         for (table, expiry) in tables.iter_mut().zip(ttls.iter_mut()) {
             let Some(Expiry { ttl_us, written }) = expiry else { continue };
             written.retain(|key, at| {
-                let keep = !expired_at(*at, *ttl_us, now);
+                let keep = !expired_at(*at, *ttl_us, *now_us);
                 if !keep {
                     table.clear_key(key.borrow(), memory);
                     memory.shrink(entry_bytes::<K, u64>(key.borrow()));
@@ -129,20 +136,29 @@ impl<K: Key> KeyedBackend<K> {
                 keep
             });
         }
-        *swept_at = now;
+        *swept_at = *now_us;
+    }
+
+    /// Reads the clock and sweeps (at the end of input, before a snapshot).
+    pub(super) fn sweep_now(&mut self) {
+        self.clock_in();
+        self.sweep();
     }
 
     /// When the next sweep is due: a time-to-live after the last, the
     /// shortest of the states that have keys.
     pub(super) fn next_sweep(&self) -> Option<u64> {
+        if !self.expiring {
+            return None;
+        }
         let shortest = self.ttls.iter().flatten().filter(|e| !e.written.is_empty()).map(|e| e.ttl_us).min()?;
         Some(self.swept_at.saturating_add(shortest))
     }
 
-    /// Sweeps if a sweep is due at `now`.
-    pub(super) fn sweep_if_due(&mut self, now: u64) {
-        if self.next_sweep().is_some_and(|at| at <= now) {
-            self.sweep(now);
+    /// Sweeps if a sweep is due at the clock's reading.
+    pub(super) fn sweep_if_due(&mut self) {
+        if self.next_sweep().is_some_and(|at| at <= self.now_us) {
+            self.sweep();
         }
     }
 

@@ -12,7 +12,7 @@ use crate::data::Data;
 use crate::error::{EngineError, OperatorError};
 use crate::runtime::build::{BuildContext, Name, NodeFactory};
 use crate::runtime::collector::{
-    Collector, Emitter, Failure, FirstInput, Lifecycle, SecondInput, SharedCollector, SinkOutput, TaskInfo,
+    unopened, Collector, Emitter, Failure, FirstInput, Lifecycle, SecondInput, SharedCollector, SinkOutput, TaskInfo,
 };
 use crate::runtime::keyed::TwoInputFactory;
 use crate::runtime::side::{OutPorts, Outputs};
@@ -414,7 +414,7 @@ impl<O: Data, C> ProcessOp<O, C> {
         match self.with_context(f) {
             Some(Ok(())) => {}
             Some(Err(e)) => self.failure.set(e),
-            None => self.failure.set(OperatorError::User("a record came before the operator opened".into())),
+            None => self.failure.set(unopened()),
         }
     }
 }

@@ -16,6 +16,7 @@
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
+use crate::runtime::collector::unopened;
 use crate::runtime::ops::{list_items, restored_list, ListRef};
 
 /// The snapshot entry of a keyed-broadcast operator's broadcast state.
@@ -251,7 +252,8 @@ impl<K: Key, B: Data> BroadcastContext<'_, K, B> {
         &mut self,
         mut f: impl FnMut(&[B], &mut KeyedContext<'_, K>) -> Result<(), OperatorError>,
     ) -> Result<(), OperatorError> {
-        self.backend.sweep(clock::now_us());
+        // The clock was read for the broadcast record.
+        self.backend.sweep();
         for key in self.backend.keys() {
             f(self.broadcast, &mut KeyedContext { key: key.borrow(), backend: self.backend, task: self.task })?;
         }
@@ -333,7 +335,7 @@ where
         let KeyedOp { core, callbacks: BroadcastInputs { f, broadcast, .. } } = self;
         let KeyedCore { backend, out, failure, task, .. } = core;
         let Some(task) = task.as_ref() else {
-            return failure.set(OperatorError::User("a record came before the operator opened".into()));
+            return failure.set(unopened());
         };
         let mut ctx = BroadcastContext { broadcast, backend, task };
         if let Err(e) = f.process_broadcast(record, &mut ctx, &mut out.emitter()) {
@@ -348,15 +350,11 @@ where
     P: KeyedBroadcastProcessFunction<K, A, B, O>,
 {
     fn collect(&mut self, record: &A::Borrowed) {
-        let mut op = self.0.borrow_mut();
-        op.core.backend.clock_in();
-        op.element(record);
+        KeyedOp::clocked(&self.0, |op| op.element(record));
     }
 
     fn collect_batch(&mut self, records: &[A]) {
-        let mut op = self.0.borrow_mut();
-        op.core.backend.clock_in();
-        records.iter().for_each(|r| op.element(r.borrow()));
+        KeyedOp::clocked(&self.0, |op| records.iter().for_each(|r| op.element(r.borrow())));
     }
 }
 
@@ -366,9 +364,7 @@ where
     P: KeyedBroadcastProcessFunction<K, A, B, O>,
 {
     fn collect(&mut self, record: &B::Borrowed) {
-        let mut op = self.0.borrow_mut();
-        op.core.backend.clock_in();
-        op.broadcast(record);
+        KeyedOp::clocked(&self.0, |op| op.broadcast(record));
     }
 }
 

@@ -10,7 +10,7 @@ pub use broadcast::{BroadcastContext, KeyedBroadcastProcessFunction};
 #[allow(clippy::wildcard_imports)]
 use super::*;
 use crate::runtime::clock;
-use crate::runtime::collector::{FirstInput, SecondInput};
+use crate::runtime::collector::{unopened, FirstInput, SecondInput, Shared};
 use crate::runtime::side::{OutPorts, Outputs};
 
 /// A function over each record of a keyed stream, with keyed state and
@@ -162,7 +162,7 @@ impl<K: Key, O: Data> KeyedCore<K, O> {
         f: impl FnOnce(&mut KeyedContext<'_, K>, &mut Emitter<'_, O>) -> Result<(), OperatorError>,
     ) {
         let Some(task) = &self.task else {
-            return self.failure.set(OperatorError::User("a record came before the operator opened".into()));
+            return self.failure.set(unopened());
         };
         let mut ctx = KeyedContext { key, backend: &mut self.backend, task };
         if let Err(e) = f(&mut ctx, &mut self.out.emitter()) {
@@ -194,8 +194,8 @@ impl<K: Key, O: Data> KeyedCore<K, O> {
     /// timers due at `now`.
     fn due_timers(&mut self, now: Instant) -> Vec<(u64, K)> {
         let now = clock::us_at(now);
-        self.backend.clock_in();
-        self.backend.sweep_if_due(now);
+        self.backend.clock_at(now);
+        self.backend.sweep_if_due();
         self.backend.take_due_timers(now)
     }
 
@@ -205,7 +205,7 @@ impl<K: Key, O: Data> KeyedCore<K, O> {
         let mut keys = match self.finishing.take() {
             Some(keys) => keys,
             None => {
-                self.backend.sweep(clock::now_us());
+                self.backend.sweep_now();
                 self.backend.keys()
             }
         };
@@ -220,7 +220,7 @@ impl<K: Key, O: Data> KeyedCore<K, O> {
     }
 
     fn snapshot(&mut self) -> Result<Vec<OperatorSnapshot>, OperatorError> {
-        self.backend.sweep(clock::now_us());
+        self.backend.sweep_now();
         match &self.task {
             Some(task) => Ok(vec![self.backend.snapshot(&self.name, task)?]),
             None => Ok(Vec::new()),
@@ -264,6 +264,17 @@ pub(crate) trait KeyedCallbacks<K: Key, O: Data> {
 pub(crate) struct KeyedOp<K: Key, O: Data, C> {
     core: KeyedCore<K, O>,
     callbacks: C,
+}
+
+impl<K: Key, O: Data, C> KeyedOp<K, O, C> {
+    /// Runs `f`, which hands the shared operator a batch of records (or
+    /// one), with the operator borrowed once and its clock read once.
+    #[inline(always)]
+    fn clocked<R>(op: &Shared<Self>, f: impl FnOnce(&mut Self) -> R) -> R {
+        let mut op = op.borrow_mut();
+        op.core.backend.clock_in();
+        f(&mut op)
+    }
 }
 
 impl<K: Key, O: Data, C: KeyedCallbacks<K, O>> Lifecycle for KeyedOp<K, O, C> {
@@ -352,16 +363,11 @@ impl<K: Key, T: Data, O: Data, S: KeySelector<K, T>, P: KeyedProcessFunction<K, 
     for SharedCollector<KeyedOp<K, O, OneInput<T, S, P>>>
 {
     fn collect(&mut self, record: &T::Borrowed) {
-        let mut op = self.0.borrow_mut();
-        op.core.backend.clock_in();
-        op.one(record);
+        KeyedOp::clocked(&self.0, |op| op.one(record));
     }
 
     fn collect_batch(&mut self, records: &[T]) {
-        // One borrow of the operator, and one clock reading, for the batch.
-        let mut op = self.0.borrow_mut();
-        op.core.backend.clock_in();
-        records.iter().for_each(|r| op.one(r.borrow()));
+        KeyedOp::clocked(&self.0, |op| records.iter().for_each(|r| op.one(r.borrow())));
     }
 }
 
@@ -503,15 +509,11 @@ where
     P: KeyedCoProcessFunction<K, A, B, O>,
 {
     fn collect(&mut self, record: &A::Borrowed) {
-        let mut op = self.0.borrow_mut();
-        op.core.backend.clock_in();
-        op.first(record);
+        KeyedOp::clocked(&self.0, |op| op.first(record));
     }
 
     fn collect_batch(&mut self, records: &[A]) {
-        let mut op = self.0.borrow_mut();
-        op.core.backend.clock_in();
-        records.iter().for_each(|r| op.first(r.borrow()));
+        KeyedOp::clocked(&self.0, |op| records.iter().for_each(|r| op.first(r.borrow())));
     }
 }
 
@@ -521,15 +523,11 @@ where
     P: KeyedCoProcessFunction<K, A, B, O>,
 {
     fn collect(&mut self, record: &B::Borrowed) {
-        let mut op = self.0.borrow_mut();
-        op.core.backend.clock_in();
-        op.second(record);
+        KeyedOp::clocked(&self.0, |op| op.second(record));
     }
 
     fn collect_batch(&mut self, records: &[B]) {
-        let mut op = self.0.borrow_mut();
-        op.core.backend.clock_in();
-        records.iter().for_each(|r| op.second(r.borrow()));
+        KeyedOp::clocked(&self.0, |op| records.iter().for_each(|r| op.second(r.borrow())));
     }
 }
 
