@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
 use shardflow_memory::{Budget, Reservation, SegmentPool};
-use smallvec::SmallVec;
 
 use crate::buffer::Buffer;
 use crate::channel::{ChannelSender, Envelope};
@@ -53,6 +52,12 @@ fn align_up(x: usize, align: usize) -> usize {
 
 /// The free room of `sub`'s segment as a slice of `T` (empty without a segment,
 /// or where the records written so far leave it misaligned for `T`).
+/// Subpartitions [`ResultPartition::write_pod_routed`] routes a batch to in
+/// tight loops: up to this many with rooms of this size…
+const NARROW_WAYS: usize = 8;
+/// …up to this many with larger ones; beyond, record by record.
+const WIDE_WAYS: usize = 64;
+
 #[inline]
 fn pod_room<T: Pod>(sub: &mut Subpartition) -> &mut [T] {
     let Some(seg) = sub.segment.as_mut() else { return &mut [] };
@@ -247,26 +252,28 @@ impl ResultPartition {
     /// Copies each of `records`, in order, into the subpartition `pick` chooses
     /// for it (`None`: into every subpartition): what [`Self::write_pod`] does
     /// record by record, in tight loops over typed views of the segments being
-    /// filled, so a record costs its routing and one copy. `pick` is called once
-    /// per record, in order. On an error the records before the failing one are
-    /// written.
+    /// filled, so a record costs its routing and one copy (up to
+    /// [`WIDE_WAYS`] subpartitions; beyond, record by record). `pick` is called
+    /// once per record, in order. On an error the records before the failing
+    /// one are written.
     #[inline]
     pub fn write_pod_routed<T: Pod>(
         &mut self,
         records: &[T],
         mut pick: impl FnMut(&T) -> Option<usize>,
     ) -> Result<(), NetError> {
-        let size = std::mem::size_of::<T>();
+        let ways = self.subs.len();
+        // Zero-sized records have nothing to copy; each still counts.
+        if std::mem::size_of::<T>() == 0 || ways > WIDE_WAYS {
+            return records.iter().try_for_each(|r| self.write_routed_slow(r, pick(r)));
+        }
         let mut rest = records;
         while !rest.is_empty() {
-            if size == 0 {
-                // Zero-sized records: nothing to copy, each still counts.
-                let (r, tail) = (&rest[0], &rest[1..]);
-                self.write_routed_slow(r, pick(r))?;
-                rest = tail;
-                continue;
-            }
-            let (done, stuck) = self.copy_as_routed(rest, &mut pick);
+            let (done, stuck) = if ways <= NARROW_WAYS {
+                self.copy_as_routed::<T, NARROW_WAYS>(rest, &mut pick)
+            } else {
+                self.copy_as_routed::<T, WIDE_WAYS>(rest, &mut pick)
+            };
             rest = &rest[done..];
             // The record that found no room (or goes everywhere) goes the slow way.
             if let Some(to) = stuck {
@@ -279,50 +286,56 @@ impl ResultPartition {
 
     /// Copies records as they are routed, until one finds no room (or names a
     /// subpartition there is not). Returns the records written and, if it
-    /// stopped, where the next one goes.
+    /// stopped, where the next one goes. The free rooms and the counts written
+    /// into them are arrays of `W` (at least the subpartitions) on the stack:
+    /// indexed by a subpartition below `W`, they need no bounds test, and the
+    /// compiler knows the copies cannot touch them, so a record costs a load
+    /// and two stores beyond its routing (a third as much as with both in one
+    /// slice of pairs, which every copy might alias).
     #[inline(always)]
-    fn copy_as_routed<T: Pod>(
+    fn copy_as_routed<T: Pod, const W: usize>(
         &mut self,
         records: &[T],
         pick: &mut impl FnMut(&T) -> Option<usize>,
     ) -> (usize, Option<Option<usize>>) {
-        let size = std::mem::size_of::<T>();
-        let (counts, stuck, done) = {
-            let mut rooms: SmallVec<[(&mut [T], usize); 8]> =
-                self.subs.iter_mut().map(|sub| (pod_room(sub), 0)).collect();
-            let rooms = &mut rooms[..];
-            let mut stuck = None;
-            let mut done = 0;
+        let ways = self.subs.len();
+        debug_assert!(ways <= W);
+        let mut counts = [0usize; W];
+        let mut stuck = None;
+        let mut done = 0;
+        {
+            let mut rooms: [&mut [T]; W] = std::array::from_fn(|_| <&mut [T]>::default());
+            for (room, sub) in rooms.iter_mut().zip(self.subs.iter_mut()) {
+                *room = pod_room(sub);
+            }
+            let (rooms, counts) = (&mut rooms[..ways], &mut counts[..ways]);
             for r in records {
                 let to = pick(r);
-                match to {
-                    Some(sp) => {
-                        let Some((slot, n)) =
-                            rooms.get_mut(sp).and_then(|(room, n)| room.get_mut(*n).map(|slot| (slot, n)))
-                        else {
-                            stuck = Some(to);
-                            break;
-                        };
-                        *slot = *r;
-                        *n += 1;
+                let placed = match to {
+                    Some(sp) if sp < ways => {
+                        let n = counts[sp % W];
+                        rooms[sp % W].get_mut(n).map(|slot| {
+                            *slot = *r;
+                            counts[sp % W] = n + 1;
+                        })
                     }
-                    None => {
-                        if !rooms.iter().all(|(room, n)| *n < room.len()) {
-                            stuck = Some(to);
-                            break;
-                        }
-                        for (room, n) in rooms.iter_mut() {
+                    Some(_) => None,
+                    None => rooms.iter().zip(counts.iter()).all(|(room, n)| *n < room.len()).then(|| {
+                        for (room, n) in rooms.iter_mut().zip(counts.iter_mut()) {
                             room[*n] = *r;
                             *n += 1;
                         }
-                    }
+                    }),
+                };
+                if placed.is_none() {
+                    stuck = Some(to);
+                    break;
                 }
                 done += 1;
             }
-            let counts: SmallVec<[usize; 8]> = rooms.iter().map(|(_, n)| *n).collect();
-            (counts, stuck, done)
-        };
-        for (sub, n) in self.subs.iter_mut().zip(&counts) {
+        }
+        let size = std::mem::size_of::<T>();
+        for (sub, n) in self.subs.iter_mut().zip(counts) {
             sub.pos += n * size;
             sub.records += n;
         }

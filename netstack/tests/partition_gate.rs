@@ -106,9 +106,10 @@ fn route(i: u64, subs: usize) -> Option<usize> {
 fn batches_routed_in_one_call_land_as_record_by_record_writes_do() {
     // Batches of odd sizes across segment boundaries (a 4 KiB segment holds 256
     // records), with broadcasts among them, against the same records written one
-    // by one.
-    for subs in [1, 2, 3, 9] {
-        let p = pool(256);
+    // by one: to few subpartitions, to more, and to more than the tight loops
+    // take (record by record).
+    for subs in [1, 2, 3, 8, 9, 64, 65] {
+        let p = pool(1024);
         let (mut batched, mut batched_gates) = wire(&p, subs, 64, 0, 64);
         let (mut single, mut single_gates) = wire(&p, subs, 64, 0, 64);
         let records: Vec<[u64; 2]> = (0..5000u64).map(|i| [i, i * 7]).collect();
