@@ -23,7 +23,9 @@ pub enum NetError {
         /// Why the producer stopped, when it said so.
         end: Option<ProducerEnd>,
     },
-    /// A record does not fit in an empty segment.
+    /// A record does not fit in an empty segment, and this partition has no
+    /// memory to give it a buffer of its own (see
+    /// [`crate::ResultPartition::write_oversized`]).
     #[error(
         "a record of {record_bytes} bytes does not fit in a segment of {segment_bytes} bytes (a record crosses an \
          exchange whole: raise the segment size, `segment_bytes`, to a power of two at least its size)"
@@ -33,6 +35,27 @@ pub enum NetError {
         record_bytes: usize,
         /// Segment size.
         segment_bytes: usize,
+    },
+    /// A record larger than a segment travels in a buffer of its own, charged
+    /// to the writing task's managed memory, which cannot hold it.
+    #[error(
+        "a record of {record_bytes} bytes, larger than a segment, needs a buffer of its own that the task's \
+         managed memory cannot hold: {source}"
+    )]
+    RecordOverBudget {
+        /// Encoded size.
+        record_bytes: usize,
+        /// The managed memory's refusal, with its numbers.
+        source: MemoryError,
+    },
+    /// A record is over the largest a buffer's framing holds (its length is
+    /// a 32-bit field).
+    #[error("a record of {record_bytes} bytes is over the largest a buffer holds, {limit_bytes} bytes")]
+    RecordOverLimit {
+        /// Encoded size.
+        record_bytes: usize,
+        /// The largest record.
+        limit_bytes: usize,
     },
     /// A buffer's bytes are not a valid archive of the expected record type.
     #[error("malformed record at byte {offset} of a buffer: {reason}")]

@@ -375,7 +375,8 @@ impl ResultPartition {
     /// room left (starting `align`-aligned, `align` a power of two ≤ 4096) and
     /// returns the bytes it wrote, or `None` if the record does not fit there; it
     /// is then called again on a fresh segment. A record that does not fit an
-    /// empty segment is [`NetError::RecordTooLarge`].
+    /// empty segment is [`NetError::RecordTooLarge`]: its writer may send it in
+    /// a buffer of its own ([`Self::write_oversized`]).
     pub fn write_var(
         &mut self,
         sp: usize,
@@ -409,6 +410,39 @@ impl ResultPartition {
             }
         }
         Err(NetError::RecordTooLarge { record_bytes: self.segment_bytes, segment_bytes: self.segment_bytes })
+    }
+
+    /// Writes one record larger than a segment into subpartition `sp`, in a
+    /// buffer of its own on the heap: `record` is its encoding, as
+    /// [`Self::write_var`]'s `encode` would have written it at an `align`ed
+    /// offset (an rkyv archive, which may move to another offset of the same
+    /// alignment). The buffer is charged to the task's managed memory
+    /// ([`Self::spill_to`]) for as long as it lives, so large records in
+    /// flight stay within the slot's budget; it follows what the subpartition
+    /// holds already, and a credit paces it as any buffer. Without that
+    /// memory, or beyond it, a typed error with the sizes.
+    pub fn write_oversized(&mut self, sp: usize, align: usize, record: &[u8]) -> Result<(), NetError> {
+        self.check_open()?;
+        let record_bytes = record.len();
+        let len = u32::try_from(record_bytes)
+            .map_err(|_| NetError::RecordOverLimit { record_bytes, limit_bytes: u32::MAX as usize })?;
+        let Some(memory) = &self.spill else {
+            return Err(NetError::RecordTooLarge { record_bytes, segment_bytes: self.segment_bytes });
+        };
+        let start = align_up(VAR_HEADER, align.max(VAR_HEADER));
+        let bytes = align_up(start + record_bytes, VAR_HEADER);
+        let mut storage = Storage::heap(bytes);
+        let charge = memory
+            .reserve(storage.capacity_bytes() as u64)
+            .map_err(|source| NetError::RecordOverBudget { record_bytes, source })?;
+        let room = storage.as_bytes_mut();
+        room[..VAR_HEADER].copy_from_slice(&len.to_le_bytes());
+        room[start..start + record_bytes].copy_from_slice(record);
+        // What the subpartition holds goes first.
+        self.seal(sp);
+        self.records_out += 1;
+        self.send_or_queue(sp, Buffer::of(storage, 1, bytes)?.charged(Some(charge)));
+        Ok(())
     }
 
     fn start_segment(&mut self, sp: usize) -> Result<(), NetError> {
@@ -456,14 +490,19 @@ impl ResultPartition {
         let (records, bytes, charge) = (sub.records, sub.pos, sub.charge.take());
         sub.records = 0;
         sub.pos = 0;
-        let buffer = match Buffer::of(seg, records, bytes) {
-            Ok(b) => b.charged(charge),
+        match Buffer::of(seg, records, bytes) {
+            Ok(b) => self.send_or_queue(sp, b.charged(charge)),
             Err(e) => {
                 self.broken.get_or_insert(e);
-                return;
             }
-        };
+        }
+    }
+
+    /// Sends `buffer` on subpartition `sp`'s channel (a credit permitting and
+    /// nothing queued before it) or queues it.
+    fn send_or_queue(&mut self, sp: usize, buffer: Buffer) {
         self.buffers_out += 1;
+        let sub = &mut self.subs[sp];
         let buffer = if sub.pending.is_empty() {
             match sub.sender.try_send_data(buffer) {
                 Ok(()) => return,

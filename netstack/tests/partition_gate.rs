@@ -396,6 +396,67 @@ fn variable_size_records_are_framed_aligned_and_a_too_large_one_is_typed() {
     assert_eq!(got, words);
 }
 
+/// Writes `bytes` as one variable-size record aligned to 8, into a buffer of
+/// its own where no segment holds it.
+fn write_bytes(w: &mut ResultPartition, bytes: &[u8]) -> Result<(), NetError> {
+    let fits = w.write_var(0, 8, |room| {
+        (bytes.len() <= room.len()).then(|| {
+            room[..bytes.len()].copy_from_slice(bytes);
+            bytes.len()
+        })
+    });
+    match fits {
+        Err(NetError::RecordTooLarge { .. }) => w.write_oversized(0, 8, bytes),
+        other => other,
+    }
+}
+
+/// Every record of the buffers ready in `gate`, and how many buffers held them.
+fn var_records(gate: &mut InputGate) -> (Vec<Vec<u8>>, usize) {
+    let (mut got, mut buffers) = (Vec::new(), 0);
+    while let Some((_, item)) = gate.try_next().unwrap() {
+        if let GateItem::Data(buf) = item {
+            buffers += 1;
+            let records: Vec<Vec<u8>> = VarRecords::new(&buf, 8).map(|r| r.unwrap().to_vec()).collect();
+            assert_eq!(records.len(), buf.records());
+            got.extend(records);
+        }
+    }
+    (got, buffers)
+}
+
+#[test]
+fn a_record_larger_than_a_segment_travels_whole_in_order_charged_to_managed_memory() {
+    let p = pool(8);
+    let (mut w, mut gates) = wire(&p, 1, 8, 0, 4);
+    let managed = Budget::new(BudgetKind::ManagedMemory, 64 << 10);
+    let records: Vec<Vec<u8>> = vec![vec![1; 100], vec![2; 5000], vec![3; 100], vec![4; 40_000], vec![5; 4000]];
+    assert_eq!(
+        write_bytes(&mut w, &records[1]),
+        Err(NetError::RecordTooLarge { record_bytes: 5000, segment_bytes: 4096 }),
+        "no managed memory to put it in: refused with the sizes"
+    );
+    w.spill_to(managed.clone());
+    for r in &records {
+        write_bytes(&mut w, r).unwrap();
+    }
+    assert_eq!(managed.used_bytes(), (8 << 10) + (40 << 10), "each large record's pages, while it is in flight");
+    // Over what the task's managed memory has left: refused, with the numbers.
+    match write_bytes(&mut w, &vec![6; 20_000]) {
+        Err(e @ NetError::RecordOverBudget { record_bytes: 20_000, .. }) => {
+            assert!(e.to_string().contains("20000 bytes") && e.to_string().contains("16384"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    w.finish().unwrap();
+    ready(&mut w).unwrap();
+    let (got, buffers) = var_records(&mut gates[0]);
+    assert_eq!(got, records, "whole, in the order written");
+    assert_eq!(buffers, 5, "small records share a segment; each large one has a buffer of its own");
+    assert_eq!(managed.used_bytes(), 0, "read and dropped: the memory is back");
+    assert_eq!(w.records_out(), 5);
+}
+
 #[test]
 fn a_producer_that_fails_or_is_cancelled_says_so_to_the_consumer_and_one_merely_gone_does_not() {
     let p = pool(8);

@@ -222,6 +222,46 @@ fn a_view_records_state_and_collect_hold_owned_copies() {
 }
 
 #[test]
+fn records_larger_than_a_segment_cross_exchanges_whole_among_small_ones() {
+    // 4 KiB segments: strings up to 300 KB and orders carrying 60 KB of items
+    // each travel in a buffer of their own, in order with the small records
+    // around them, through key_by and then a second exchange (an archive read
+    // in place and archived again).
+    let engine = small_engine().build().expect("engine starts");
+    let lens = [3, 5_000, 17, 300_000, 4_089, 4_090, 70_000, 0, 12];
+    let texts: Vec<String> =
+        (0..60).map(|i| char::from(b'a' + (i % 26) as u8).to_string().repeat(lens[i % lens.len()])).collect();
+    let mut input = orders(400);
+    for o in input.iter_mut().step_by(9) {
+        o.items = (0..2_000).map(|k| format!("large-item-{k:>20}")).collect();
+    }
+    let df = Dataflow::new("large-records").parallelism(2);
+    let got_texts =
+        df.from_iter("texts", texts.clone()).rebalance().key_by(|s: &str| s.len() as u64 % 3).as_stream().collect();
+    let got_orders = df
+        .from_iter("orders", input.clone())
+        .key_by_ref::<String, _>(|o: &dyn OrderView| o.customer())
+        .as_stream()
+        .rebalance()
+        .collect();
+    engine.submit(df.build().expect("valid")).expect("submit").wait_timeout(TIMEOUT).expect("the job finishes");
+
+    let (mut got, mut want) = (got_texts.take(), texts);
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "every string, whole");
+    let key = |o: &Order| (o.customer.clone(), o.cents, o.items.clone(), o.to.zip);
+    let (mut got, mut want): (Vec<Order>, _) = (got_orders.take(), input);
+    got.sort_by_key(key);
+    want.sort_by_key(key);
+    assert!(want.iter().any(|o| o.items.len() == 2_000), "some orders are larger than a segment");
+    assert_eq!(got, want, "every order, field by field");
+    for pool in engine.memory() {
+        assert_eq!(pool.free_segments, pool.segments, "every segment came home");
+    }
+}
+
+#[test]
 fn tuples_options_and_vectors_are_records_through_an_exchange_and_in_state() {
     let engine = small_engine().build().expect("engine starts");
     let df = Dataflow::new("built-in-shapes").parallelism(2);

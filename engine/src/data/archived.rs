@@ -52,8 +52,8 @@ pub fn rkyv_format<T: rkyv::Archive>(align: usize) -> RecordFormat {
     }
 }
 
-/// Archives `value` into subpartition `sp` (a record too large for a segment is
-/// refused with its real size).
+/// Archives `value` into subpartition `sp` (a record too large for a segment
+/// travels in a buffer of its own).
 #[doc(hidden)]
 pub fn write_rkyv<V>(value: &V, align: usize, out: &mut ResultPartition, sp: usize) -> Result<(), NetError>
 where
@@ -67,25 +67,28 @@ where
         |room| {
             rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, RkyvSlice::from(room)).ok().map(|w| w.len())
         },
-        || rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, AlignedVec::<16>::new()).ok().map(|v| v.len()),
+        || rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, AlignedVec::<16>::new()).ok(),
     )
 }
 
 /// Archives into subpartition `sp` what `encode` writes into the room it is
-/// given (`None`: it did not fit); a record too large for a segment is refused
-/// with the size `size` gives (one past the segment's if it cannot tell).
+/// given (`None`: it did not fit). A record too large for a segment is
+/// archived on the heap by `archive` and sent in a buffer of its own,
+/// charged to the task's managed memory
+/// ([`ResultPartition::write_oversized`]): the one case of a second copy.
 pub(crate) fn write_archive(
     out: &mut ResultPartition,
     sp: usize,
     align: usize,
     encode: impl FnMut(&mut [u8]) -> Option<usize>,
-    size: impl FnOnce() -> Option<usize>,
+    archive: impl FnOnce() -> Option<AlignedVec<16>>,
 ) -> Result<(), NetError> {
     match out.write_var(sp, align, encode) {
-        Err(NetError::RecordTooLarge { segment_bytes, .. }) => {
-            let record_bytes = size().unwrap_or(segment_bytes + 1);
-            Err(NetError::RecordTooLarge { record_bytes, segment_bytes })
-        }
+        Err(NetError::RecordTooLarge { segment_bytes, .. }) => match archive() {
+            Some(bytes) => out.write_oversized(sp, align, &bytes),
+            // It cannot be archived at all: as large as can be told.
+            None => Err(NetError::RecordTooLarge { record_bytes: segment_bytes + 1, segment_bytes }),
+        },
         other => other,
     }
 }

@@ -70,7 +70,10 @@ impl Data for String {
             sp,
             STRING_ALIGN,
             |room| archive_into(&value, RkyvSlice::from(room)),
-            || archive_into(&value, AlignedVec::<16>::new()),
+            || {
+                let mut archive = AlignedVec::<16>::new();
+                archive_into(&value, &mut archive).map(|_| archive)
+            },
         )
     }
 
