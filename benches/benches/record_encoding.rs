@@ -2,7 +2,8 @@
 //! and read in place as a slice, versus variable-size records archived with rkyv
 //! (a struct with a string, and bare words) and read with checked access — the
 //! struct deserialized per record (`rkyv_data!`) or read in place through its
-//! view (`rkyv_view!`) — the engine's encodings, as a task writes and reads them.
+//! view (`rkyv_view!`) — the engine's encodings, as a task writes and reads them;
+//! and strings larger than a segment, each in a buffer of its own.
 
 #![allow(missing_docs)]
 
@@ -13,7 +14,7 @@ use shardflow_benches::exchange_records;
 use shardflow_engine::data::{Buffer, ResultPartition};
 use shardflow_engine::jobs::KeyValue;
 use shardflow_engine::{key_hash, Data};
-use shardflow_memory::{SegmentPool, SegmentPoolBuilder};
+use shardflow_memory::{Budget, BudgetKind, SegmentPool, SegmentPoolBuilder};
 use shardflow_netstack::{channel, CreditLedger, GateItem, InputGate};
 
 #[derive(Clone, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -70,6 +71,8 @@ fn through_partition(pool: &Rc<SegmentPool>, write: impl FnOnce(&mut ResultParti
     let (txs, rxs): (Vec<_>, Vec<_>) =
         ledgers.iter().map(|l| channel(l.initial_credits(), l.max_in_flight_per_channel(), 2)).unzip();
     let mut partition = ResultPartition::new(pool.clone(), txs, 512);
+    // Where records larger than a segment go (a task's managed memory).
+    partition.spill_to(Budget::new(BudgetKind::ManagedMemory, 1 << 30));
     write(&mut partition);
     partition.finish().expect("finish");
     let waker = std::task::Waker::noop();
@@ -181,6 +184,26 @@ fn record_encoding(c: &mut Criterion) {
                 })
                 .expect("valid");
             });
+            std::hint::black_box(bytes)
+        })
+    });
+
+    // 100 KB strings: larger than a 32 KiB segment, each archived on the heap
+    // and sent in a buffer of its own.
+    let large: Vec<String> = (0..64u8).map(|i| char::from(b'a' + i % 26).to_string().repeat(100_000)).collect();
+    g.throughput(Throughput::Bytes(large.iter().map(|s| s.len() as u64).sum()));
+    g.bench_function("rkyv_100kb_string_write_route_checked_read_in_place", |b| {
+        b.iter(|| {
+            let mut bytes = 0usize;
+            through_partition(&pool, one_by_one(&large, |s| s.len() as u64), |buf| {
+                let mut cursor = 0;
+                String::each(buf, &mut cursor, &mut |s: &str| {
+                    bytes += s.len();
+                    true
+                })
+                .expect("valid");
+            });
+            assert_eq!(bytes, 6_400_000, "every string, whole");
             std::hint::black_box(bytes)
         })
     });

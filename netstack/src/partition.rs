@@ -252,8 +252,8 @@ impl ResultPartition {
     /// Copies each of `records`, in order, into the subpartition `pick` chooses
     /// for it (`None`: into every subpartition): what [`Self::write_pod`] does
     /// record by record, in tight loops over typed views of the segments being
-    /// filled, so a record costs its routing and one copy (up to
-    /// [`WIDE_WAYS`] subpartitions; beyond, record by record). `pick` is called
+    /// filled, so a record costs its routing and one copy (up to 64
+    /// subpartitions; beyond, record by record). `pick` is called
     /// once per record, in order. On an error the records before the failing
     /// one are written.
     #[inline]
@@ -413,35 +413,43 @@ impl ResultPartition {
     }
 
     /// Writes one record larger than a segment into subpartition `sp`, in a
-    /// buffer of its own on the heap: `record` is its encoding, as
-    /// [`Self::write_var`]'s `encode` would have written it at an `align`ed
-    /// offset (an rkyv archive, which may move to another offset of the same
-    /// alignment). The buffer is charged to the task's managed memory
-    /// ([`Self::spill_to`]) for as long as it lives, so large records in
-    /// flight stay within the slot's budget; it follows what the subpartition
-    /// holds already, and a credit paces it as any buffer. Without that
-    /// memory, or beyond it, a typed error with the sizes.
-    pub fn write_oversized(&mut self, sp: usize, align: usize, record: &[u8]) -> Result<(), NetError> {
+    /// buffer of its own on the heap: `encode`, as for [`Self::write_var`],
+    /// writes its `record_bytes` bytes (an rkyv archive, measured first) into
+    /// room of exactly that size. The buffer is charged to the task's managed
+    /// memory ([`Self::spill_to`]) for as long as it lives, so large records
+    /// in flight stay within the slot's budget; it follows what the
+    /// subpartition holds already, and a credit paces it as any buffer.
+    /// Without that memory, or beyond it, a typed error with the sizes.
+    pub fn write_oversized(
+        &mut self,
+        sp: usize,
+        align: usize,
+        record_bytes: usize,
+        encode: impl FnOnce(&mut [u8]) -> Option<usize>,
+    ) -> Result<(), NetError> {
         self.check_open()?;
-        let record_bytes = record.len();
-        let len = u32::try_from(record_bytes)
-            .map_err(|_| NetError::RecordOverLimit { record_bytes, limit_bytes: u32::MAX as usize })?;
+        if u32::try_from(record_bytes).is_err() {
+            return Err(NetError::RecordOverLimit { record_bytes, limit_bytes: u32::MAX as usize });
+        }
         let Some(memory) = &self.spill else {
             return Err(NetError::RecordTooLarge { record_bytes, segment_bytes: self.segment_bytes });
         };
         let start = align_up(VAR_HEADER, align.max(VAR_HEADER));
-        let bytes = align_up(start + record_bytes, VAR_HEADER);
-        let mut storage = Storage::heap(bytes);
+        let mut storage = Storage::heap(align_up(start + record_bytes, VAR_HEADER));
         let charge = memory
             .reserve(storage.capacity_bytes() as u64)
             .map_err(|source| NetError::RecordOverBudget { record_bytes, source })?;
         let room = storage.as_bytes_mut();
-        room[..VAR_HEADER].copy_from_slice(&len.to_le_bytes());
-        room[start..start + record_bytes].copy_from_slice(record);
+        let len = match encode(&mut room[start..start + record_bytes]) {
+            Some(len) if len <= record_bytes => len,
+            // It wrote other than it measured: nothing is sent.
+            _ => return Err(NetError::RecordTooLarge { record_bytes, segment_bytes: self.segment_bytes }),
+        };
+        room[..VAR_HEADER].copy_from_slice(&(len as u32).to_le_bytes());
         // What the subpartition holds goes first.
         self.seal(sp);
         self.records_out += 1;
-        self.send_or_queue(sp, Buffer::of(storage, 1, bytes)?.charged(Some(charge)));
+        self.send_or_queue(sp, Buffer::of(storage, 1, align_up(start + len, VAR_HEADER))?.charged(Some(charge)));
         Ok(())
     }
 

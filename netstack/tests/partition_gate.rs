@@ -399,14 +399,14 @@ fn variable_size_records_are_framed_aligned_and_a_too_large_one_is_typed() {
 /// Writes `bytes` as one variable-size record aligned to 8, into a buffer of
 /// its own where no segment holds it.
 fn write_bytes(w: &mut ResultPartition, bytes: &[u8]) -> Result<(), NetError> {
-    let fits = w.write_var(0, 8, |room| {
+    let mut encode = |room: &mut [u8]| {
         (bytes.len() <= room.len()).then(|| {
             room[..bytes.len()].copy_from_slice(bytes);
             bytes.len()
         })
-    });
-    match fits {
-        Err(NetError::RecordTooLarge { .. }) => w.write_oversized(0, 8, bytes),
+    };
+    match w.write_var(0, 8, &mut encode) {
+        Err(NetError::RecordTooLarge { .. }) => w.write_oversized(0, 8, bytes.len(), encode),
         other => other,
     }
 }

@@ -21,6 +21,7 @@ pub trait RkyvRecord:
     + rkyv::Archive
     + for<'a, 'b> rkyv::Serialize<HighSerializer<RkyvSlice<'b>, ArenaHandle<'a>, rancor::BoxedError>>
     + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::BoxedError>>
+    + for<'a> rkyv::Serialize<HighSerializer<ArchiveSize, ArenaHandle<'a>, rancor::BoxedError>>
 where
     Self::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
         + rkyv::Deserialize<Self, HighDeserializer<rancor::BoxedError>>,
@@ -31,7 +32,8 @@ impl<T> RkyvRecord for T
 where
     T: rkyv::Archive
         + for<'a, 'b> rkyv::Serialize<HighSerializer<RkyvSlice<'b>, ArenaHandle<'a>, rancor::BoxedError>>
-        + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::BoxedError>>,
+        + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::BoxedError>>
+        + for<'a> rkyv::Serialize<HighSerializer<ArchiveSize, ArenaHandle<'a>, rancor::BoxedError>>,
     T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
         + rkyv::Deserialize<T, HighDeserializer<rancor::BoxedError>>,
 {
@@ -52,13 +54,35 @@ pub fn rkyv_format<T: rkyv::Archive>(align: usize) -> RecordFormat {
     }
 }
 
+/// A writer that keeps no bytes, only how many were written: an archive's
+/// size, measured by archiving into it at the cost of the serialization
+/// alone.
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct ArchiveSize(usize);
+
+impl rkyv::ser::Positional for ArchiveSize {
+    #[inline]
+    fn pos(&self) -> usize {
+        self.0
+    }
+}
+
+impl<E> rkyv::ser::Writer<E> for ArchiveSize {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), E> {
+        self.0 += bytes.len();
+        Ok(())
+    }
+}
+
 /// Archives `value` into subpartition `sp` (a record too large for a segment
 /// travels in a buffer of its own).
 #[doc(hidden)]
 pub fn write_rkyv<V>(value: &V, align: usize, out: &mut ResultPartition, sp: usize) -> Result<(), NetError>
 where
     V: for<'a, 'b> rkyv::Serialize<HighSerializer<RkyvSlice<'b>, ArenaHandle<'a>, rancor::BoxedError>>
-        + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::BoxedError>>,
+        + for<'a> rkyv::Serialize<HighSerializer<ArchiveSize, ArenaHandle<'a>, rancor::BoxedError>>,
 {
     write_archive(
         out,
@@ -67,25 +91,33 @@ where
         |room| {
             rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, RkyvSlice::from(room)).ok().map(|w| w.len())
         },
-        || rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, AlignedVec::<16>::new()).ok(),
+        || archive_size(value),
     )
+}
+
+/// The size of `value`'s archive (`None` if it cannot be archived).
+fn archive_size<V>(value: &V) -> Option<usize>
+where
+    V: for<'a> rkyv::Serialize<HighSerializer<ArchiveSize, ArenaHandle<'a>, rancor::BoxedError>>,
+{
+    rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, ArchiveSize::default()).ok().map(|w| w.0)
 }
 
 /// Archives into subpartition `sp` what `encode` writes into the room it is
 /// given (`None`: it did not fit). A record too large for a segment is
-/// archived on the heap by `archive` and sent in a buffer of its own,
-/// charged to the task's managed memory
-/// ([`ResultPartition::write_oversized`]): the one case of a second copy.
+/// measured (`size`) and archived straight into a buffer of its own of that
+/// size, charged to the task's managed memory
+/// ([`ResultPartition::write_oversized`]).
 pub(crate) fn write_archive(
     out: &mut ResultPartition,
     sp: usize,
     align: usize,
-    encode: impl FnMut(&mut [u8]) -> Option<usize>,
-    archive: impl FnOnce() -> Option<AlignedVec<16>>,
+    mut encode: impl FnMut(&mut [u8]) -> Option<usize>,
+    size: impl FnOnce() -> Option<usize>,
 ) -> Result<(), NetError> {
-    match out.write_var(sp, align, encode) {
-        Err(NetError::RecordTooLarge { segment_bytes, .. }) => match archive() {
-            Some(bytes) => out.write_oversized(sp, align, &bytes),
+    match out.write_var(sp, align, &mut encode) {
+        Err(NetError::RecordTooLarge { segment_bytes, .. }) => match size() {
+            Some(bytes) => out.write_oversized(sp, align, bytes, encode),
             // It cannot be archived at all: as large as can be told.
             None => Err(NetError::RecordTooLarge { record_bytes: segment_bytes + 1, segment_bytes }),
         },
@@ -216,31 +248,19 @@ pub fn each_checked<A>(
 }
 
 /// An estimate of what an owned `value` holds on the heap: the size of its
-/// archive beyond the archived root (`inline` bytes), archived into a buffer
-/// this thread reuses; 0 at no cost for a type that needs no drop.
+/// archive beyond the archived root (`inline` bytes), measured by archiving
+/// it into an [`ArchiveSize`] (no bytes copied); 0 at no cost for a type that
+/// needs no drop.
 #[doc(hidden)]
 pub fn rkyv_heap_bytes<V>(value: &V, inline: usize) -> usize
 where
-    V: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::BoxedError>>,
+    V: for<'a> rkyv::Serialize<HighSerializer<ArchiveSize, ArenaHandle<'a>, rancor::BoxedError>>,
 {
     // A type that needs no drop owns nothing on the heap (a known constant).
     if !std::mem::needs_drop::<V>() {
         return 0;
     }
-    thread_local! {
-        static SCRATCH: std::cell::Cell<Option<AlignedVec>> = const { std::cell::Cell::new(None) };
-    }
-    let mut scratch = SCRATCH.take().unwrap_or_default();
-    scratch.clear();
-    let bytes = match rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, scratch) {
-        Ok(written) => {
-            let len = written.len();
-            SCRATCH.set(Some(written));
-            len
-        }
-        Err(_) => 0,
-    };
-    bytes.saturating_sub(inline)
+    archive_size(value).unwrap_or(0).saturating_sub(inline)
 }
 
 /// `value` archived on its own (for snapshots).
@@ -431,7 +451,7 @@ mod tests {
     use rkyv::util::AlignedVec;
     use shardflow_netstack::NetError;
 
-    use super::{CheckShared as _, CheckUnshared as _, Checker};
+    use super::{archive_size, CheckShared as _, CheckUnshared as _, Checker};
     use crate::data::testing::{buffer_of, next_record};
     use crate::Data;
 
@@ -449,6 +469,16 @@ mod tests {
         n: u64,
     }
     crate::rkyv_data!(Shared);
+
+    #[test]
+    fn an_archive_is_measured_at_the_size_it_is_written() {
+        let plain = Plain { name: "x".repeat(70_000), tags: (0..5000).collect() };
+        let name: Arc<str> = Arc::from("shared");
+        let shared = vec![Shared { name: name.clone(), n: 1 }, Shared { name, n: 2 }];
+        assert_eq!(archive_size(&plain), Some(archive(&plain).len()));
+        assert_eq!(archive_size(&shared), Some(archive(&shared).len()), "a shared pointer's target counted once");
+        assert_eq!(archive_size(&String::new()), Some(archive(&String::new()).len()));
+    }
 
     #[test]
     #[allow(clippy::needless_borrow, reason = "the borrow is what lets the shared path be found")]

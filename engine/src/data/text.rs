@@ -4,11 +4,10 @@
 
 use rkyv::rancor;
 use rkyv::ser::writer::Buffer as RkyvSlice;
-use rkyv::util::AlignedVec;
 use shardflow_control::RecordFormat;
 use shardflow_netstack::{Buffer, NetError, ResultPartition};
 
-use super::archived::{access_unshared, each_checked, rkyv_format, write_archive, write_rkyv};
+use super::archived::{access_unshared, each_checked, rkyv_format, write_archive, write_rkyv, ArchiveSize};
 use super::Data;
 
 /// A `&str` archived as a `String`, so a borrowed word is written without an
@@ -70,10 +69,7 @@ impl Data for String {
             sp,
             STRING_ALIGN,
             |room| archive_into(&value, RkyvSlice::from(room)),
-            || {
-                let mut archive = AlignedVec::<16>::new();
-                archive_into(&value, &mut archive).map(|_| archive)
-            },
+            || archive_into(&value, ArchiveSize::default()),
         )
     }
 
