@@ -383,6 +383,26 @@ fn a_fan_out_past_the_network_and_the_managed_memory_fails_with_the_numbers() {
 }
 
 #[test]
+fn records_larger_than_a_segment_in_flight_stay_within_managed_memory() {
+    // 400 records of 100 KB (40 MB) through an exchange, each in a buffer of
+    // its own charged to its producer's managed memory until read: with 3 MiB
+    // per slot the job completes only if credits and the overdraft bound what
+    // is in flight (at most ~22 buffers, 2.2 MB, per producer) and every
+    // buffer gives its bytes back once read.
+    let engine = small_engine().managed_memory_per_slot_bytes(3 << 20).build().expect("engine starts");
+    let p = shard_count() as u32;
+    let n = 400u64;
+    let df = Dataflow::new("large-in-flight").parallelism(p);
+    df.generate("large", n, |r| char::from(b'a' + (r % 26) as u8).to_string().repeat(100_000 + r as usize))
+        .rebalance()
+        .map(|s: &str| (s.len() as u64) * u64::from(s.bytes().all(|b| b == s.as_bytes()[0])))
+        .count_and_sum(|l: &u64| *l);
+    let result = engine.submit(df.build().unwrap()).expect("submit").wait_timeout(TIMEOUT).expect("job finishes");
+    let want: u64 = (0..n).map(|r| 100_000 + r).sum();
+    assert_eq!(result.count(), (n, want), "every record, whole");
+}
+
+#[test]
 fn large_records_wait_for_credits_instead_of_filling_the_shard() {
     // A source of ~30 KB records, one to a 32 KiB segment, that could push a
     // thousand in one poll; and a relay that turns 500-byte records, 64 to a
