@@ -15,7 +15,7 @@
 //! Two encodings, both copied once into the segment and read in place:
 //! fixed-size plain data ([`ResultPartition::write_pod`]: records packed back to
 //! back) and variable-size records ([`ResultPartition::write_var`]: each framed as
-//! `[len: u32][pad to align][bytes][pad to 4]`, read with [`VarRecords`]).
+//! [`crate::framing`] says, read with [`VarRecords`]).
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -29,6 +29,9 @@ use crate::buffer::Buffer;
 use crate::channel::{ChannelSender, Envelope};
 use crate::error::{NetError, ProducerEnd};
 use crate::event::Event;
+#[cfg(doc)]
+use crate::framing::VarRecords;
+use crate::framing::{frame_end, put_len, record_start};
 use crate::storage::Storage;
 
 /// murmur3's 64-bit finalizer: the routing hash mix (never route on raw key bits).
@@ -40,14 +43,6 @@ pub fn fmix64(mut k: u64) -> u64 {
     k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     k ^= k >> 33;
     k
-}
-
-/// Bytes of the length prefix of a variable-size record.
-pub const VAR_HEADER: usize = 4;
-
-#[inline(always)]
-fn align_up(x: usize, align: usize) -> usize {
-    (x + align - 1) & !(align - 1)
 }
 
 /// Subpartitions [`ResultPartition::write_pod_routed`] routes a batch to in
@@ -383,7 +378,6 @@ impl ResultPartition {
         mut encode: impl FnMut(&mut [u8]) -> Option<usize>,
     ) -> Result<(), NetError> {
         self.check_open()?;
-        let align = align.max(VAR_HEADER);
         for fresh in [false, true] {
             if fresh {
                 self.seal(sp);
@@ -394,11 +388,11 @@ impl ResultPartition {
             let sub = &mut self.subs[sp];
             let Some(seg) = sub.segment.as_mut() else { continue };
             let bytes = seg.as_bytes_mut();
-            let start = align_up(sub.pos + VAR_HEADER, align);
+            let start = record_start(sub.pos, align);
             if start < bytes.len() {
                 if let Some(len) = encode(&mut bytes[start..]) {
-                    bytes[sub.pos..sub.pos + VAR_HEADER].copy_from_slice(&(len as u32).to_le_bytes());
-                    sub.pos = align_up(start + len, VAR_HEADER);
+                    put_len(bytes, sub.pos, len);
+                    sub.pos = frame_end(start, len);
                     sub.records += 1;
                     self.records_out += 1;
                     return Ok(());
@@ -433,8 +427,8 @@ impl ResultPartition {
         let Some(memory) = &self.spill else {
             return Err(NetError::RecordTooLarge { record_bytes, segment_bytes: self.segment_bytes });
         };
-        let start = align_up(VAR_HEADER, align.max(VAR_HEADER));
-        let mut storage = Storage::heap(align_up(start + record_bytes, VAR_HEADER));
+        let start = record_start(0, align);
+        let mut storage = Storage::heap(frame_end(start, record_bytes));
         let charge = memory
             .reserve(storage.capacity_bytes() as u64)
             .map_err(|source| NetError::RecordOverBudget { record_bytes, source })?;
@@ -443,11 +437,11 @@ impl ResultPartition {
             let reason = format!("its archive did not fit the {record_bytes} bytes it was measured at");
             return Err(NetError::MalformedRecord { offset: 0, reason });
         };
-        room[..VAR_HEADER].copy_from_slice(&(len as u32).to_le_bytes());
+        put_len(room, 0, len);
         // What the subpartition holds goes first.
         self.seal(sp);
         self.records_out += 1;
-        self.send_or_queue(sp, Buffer::of(storage, 1, align_up(start + len, VAR_HEADER))?.charged(Some(charge)));
+        self.send_or_queue(sp, Buffer::of(storage, 1, frame_end(start, len))?.charged(Some(charge)));
         Ok(())
     }
 
@@ -630,64 +624,6 @@ impl ResultPartition {
             Poll::Ready(Ok(()))
         } else {
             Poll::Pending
-        }
-    }
-}
-
-/// The variable-size records of a buffer (written by
-/// [`ResultPartition::write_var`] with alignment `align`), as byte slices; a
-/// length that runs past the buffer ends the iteration with
-/// [`NetError::MalformedRecord`].
-pub struct VarRecords<'b> {
-    bytes: &'b [u8],
-    pos: usize,
-    align: usize,
-}
-
-impl<'b> VarRecords<'b> {
-    /// The records of `buffer`, framed with alignment `align`.
-    pub fn new(buffer: &'b Buffer, align: usize) -> Self {
-        VarRecords { bytes: buffer.as_bytes(), pos: 0, align: align.max(VAR_HEADER) }
-    }
-
-    /// The records from byte `pos` on (a position [`Self::position`] returned).
-    pub fn from_position(buffer: &'b Buffer, align: usize, pos: usize) -> Self {
-        VarRecords { bytes: buffer.as_bytes(), pos, align: align.max(VAR_HEADER) }
-    }
-
-    /// Where the next record starts.
-    pub fn position(&self) -> usize {
-        self.pos
-    }
-}
-
-impl<'b> Iterator for VarRecords<'b> {
-    type Item = Result<&'b [u8], NetError>;
-
-    #[inline]
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.pos >= self.bytes.len() {
-            return None;
-        }
-        let at = self.pos;
-        let header = self.bytes.get(at..at + VAR_HEADER).and_then(|h| h.first_chunk::<VAR_HEADER>());
-        let start = align_up(at + VAR_HEADER, self.align);
-        let record = header
-            .map(|h| u32::from_le_bytes(*h) as usize)
-            .and_then(|len| start.checked_add(len).map(|end| (len, end)))
-            .and_then(|(len, end)| self.bytes.get(start..end).map(|b| (len, b)));
-        match record {
-            Some((len, bytes)) => {
-                self.pos = align_up(start + len, VAR_HEADER);
-                Some(Ok(bytes))
-            }
-            None => {
-                self.pos = self.bytes.len();
-                Some(Err(NetError::MalformedRecord {
-                    offset: at,
-                    reason: "a record's length runs past the buffer".into(),
-                }))
-            }
         }
     }
 }
