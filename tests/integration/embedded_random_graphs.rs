@@ -5,6 +5,8 @@
 //! parallelism; every stream left unconsumed ends in a collect sink. The same
 //! operations run over plain vectors, one record at a time, on one thread, and
 //! every sink must hold exactly the records that naive evaluation predicts.
+//! About one record in 64 is larger than the tests' segments and crosses each
+//! exchange in a buffer of its own.
 //!
 //! Keyed operators emit once per key at the end of input and their functions are
 //! commutative, so each stream's records, as a multiset, do not depend on the
@@ -38,12 +40,17 @@ struct Visit {
 }
 shardflow_engine::rkyv_data!(Visit);
 
+/// Random visits; about one in 64 to a page with a long name, whose record
+/// is larger than the tests' 4 KiB segments (a buffer of its own).
 fn visits(rng: &mut SplitMix, n: u64) -> Vec<Visit> {
     let users = rng.range(1, 25);
     (0..n)
         .map(|_| Visit {
             user: format!("u{}", rng.range(0, users)),
-            page: format!("/{}/{}", ["news", "shop", "help"][rng.range(0, 2) as usize], rng.range(0, 6)),
+            page: match rng.range(0, 63) {
+                0 => format!("/long/{}", "x".repeat(rng.range(4_000, 9_000) as usize)),
+                _ => format!("/{}/{}", ["news", "shop", "help"][rng.range(0, 2) as usize], rng.range(0, 6)),
+            },
             amount: rng.range(0, 999),
         })
         .collect()
