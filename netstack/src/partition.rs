@@ -228,7 +228,8 @@ impl ResultPartition {
         Ok(())
     }
 
-    /// Copies `record` into subpartition `sp`.
+    /// Copies `record` into subpartition `sp` (one larger than a segment into
+    /// a buffer of its own, as [`Self::write_oversized`] says).
     #[inline(always)]
     pub fn write_pod<T: Pod>(&mut self, sp: usize, record: &T) -> Result<(), NetError> {
         let size = std::mem::size_of::<T>();
@@ -352,7 +353,11 @@ impl ResultPartition {
         self.check_open()?;
         let size = std::mem::size_of::<T>();
         if size > self.segment_bytes {
-            return Err(NetError::RecordTooLarge { record_bytes: size, segment_bytes: self.segment_bytes });
+            // Alone, back to back with nothing (a buffer of one record).
+            return self.send_alone(sp, size, size, |room| {
+                room.copy_from_slice(bytemuck::bytes_of(record));
+                Ok(size)
+            });
         }
         self.seal(sp);
         self.start_segment(sp)?;
@@ -406,19 +411,41 @@ impl ResultPartition {
     }
 
     /// Writes one record larger than a segment into subpartition `sp`, in a
-    /// buffer of its own on the heap: `encode`, as for [`Self::write_var`],
-    /// writes its `record_bytes` bytes (an rkyv archive, measured first) into
-    /// room of exactly that size. The buffer is charged to the task's managed
-    /// memory ([`Self::spill_to`]) for as long as it lives, so large records
-    /// in flight stay within the slot's budget; it follows what the
-    /// subpartition holds already, and a credit paces it as any buffer.
-    /// Without that memory, or beyond it, a typed error with the sizes.
+    /// buffer of its own: `encode`, as for [`Self::write_var`], writes its
+    /// `record_bytes` bytes (an rkyv archive, measured first) into room of
+    /// exactly that size. (A plain-data record larger than a segment goes
+    /// alone likewise, from [`Self::write_pod`].)
     pub fn write_oversized(
         &mut self,
         sp: usize,
         align: usize,
         record_bytes: usize,
         encode: impl FnOnce(&mut [u8]) -> Option<usize>,
+    ) -> Result<(), NetError> {
+        let start = record_start(0, align);
+        self.send_alone(sp, record_bytes, frame_end(start, record_bytes), |room| {
+            let Some(len) = encode(&mut room[start..start + record_bytes]).filter(|&len| len <= record_bytes) else {
+                let reason = format!("its archive did not fit the {record_bytes} bytes it was measured at");
+                return Err(NetError::MalformedRecord { offset: 0, reason });
+            };
+            put_len(room, 0, len);
+            Ok(frame_end(start, len))
+        })
+    }
+
+    /// Sends one record of `record_bytes` bytes in a buffer of its own of
+    /// `bytes`, on the heap, that `fill` writes (returning the bytes used):
+    /// charged to the task's managed memory ([`Self::spill_to`]) for as long
+    /// as it lives, so large records in flight stay within the slot's
+    /// budget; after what the subpartition holds already, paced by a credit
+    /// as any buffer. Without that memory, or beyond it, a typed error with
+    /// the sizes.
+    fn send_alone(
+        &mut self,
+        sp: usize,
+        record_bytes: usize,
+        bytes: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<usize, NetError>,
     ) -> Result<(), NetError> {
         self.check_open()?;
         if u32::try_from(record_bytes).is_err() {
@@ -427,21 +454,15 @@ impl ResultPartition {
         let Some(memory) = &self.spill else {
             return Err(NetError::RecordTooLarge { record_bytes, segment_bytes: self.segment_bytes });
         };
-        let start = record_start(0, align);
-        let mut storage = Storage::heap(frame_end(start, record_bytes));
+        let mut storage = Storage::heap(bytes);
         let charge = memory
             .reserve(storage.capacity_bytes() as u64)
             .map_err(|source| NetError::RecordOverBudget { record_bytes, source })?;
-        let room = storage.as_bytes_mut();
-        let Some(len) = encode(&mut room[start..start + record_bytes]).filter(|&len| len <= record_bytes) else {
-            let reason = format!("its archive did not fit the {record_bytes} bytes it was measured at");
-            return Err(NetError::MalformedRecord { offset: 0, reason });
-        };
-        put_len(room, 0, len);
+        let used = fill(&mut storage.as_bytes_mut()[..bytes])?;
         // What the subpartition holds goes first.
         self.seal(sp);
         self.records_out += 1;
-        self.send_or_queue(sp, Buffer::of(storage, 1, frame_end(start, len))?.charged(Some(charge)));
+        self.send_or_queue(sp, Buffer::of(storage, 1, used)?.charged(Some(charge)));
         Ok(())
     }
 

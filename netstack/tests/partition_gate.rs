@@ -458,6 +458,40 @@ fn a_record_larger_than_a_segment_travels_whole_in_order_charged_to_managed_memo
 }
 
 #[test]
+fn a_plain_record_larger_than_a_segment_travels_alone_charged_to_managed_memory() {
+    // 8 KiB records in 4 KiB segments, one by one and in routed batches.
+    type Big = [u64; 1024];
+    let p = pool(8);
+    let (mut w, mut gates) = wire(&p, 2, 16, 0, 4);
+    let big = |i: u64| -> Big { std::array::from_fn(|k| i * 10_000 + k as u64) };
+    assert_eq!(
+        w.write_pod(0, &big(0)),
+        Err(NetError::RecordTooLarge { record_bytes: 8192, segment_bytes: 4096 }),
+        "no managed memory to put it in"
+    );
+    let managed = Budget::new(BudgetKind::ManagedMemory, 1 << 20);
+    w.spill_to(managed.clone());
+    w.write_pod(1, &big(1)).unwrap();
+    let batch: Vec<Big> = (2..8).map(big).collect();
+    w.write_pod_routed(&batch, |r| Some((r[0] / 10_000 % 2) as usize)).unwrap();
+    assert_eq!(managed.used_bytes(), 7 * 8192, "each record's pages while it is in flight");
+    w.finish().unwrap();
+    ready(&mut w).unwrap();
+    for (sp, gate) in gates.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        while let Some((_, item)) = gate.try_next().unwrap() {
+            if let GateItem::Data(buf) = item {
+                got.extend(buf.pod::<Big>().unwrap().iter().map(|r| r[0] / 10_000));
+                assert!(buf.pod::<Big>().unwrap().iter().all(|r| r[1023] == r[0] + 1023), "whole");
+            }
+        }
+        let want: Vec<u64> = (1..8).filter(|i| *i as usize % 2 == sp).collect();
+        assert_eq!(got, want, "subpartition {sp}: in order");
+    }
+    assert_eq!(managed.used_bytes(), 0, "read and dropped: the memory is back");
+}
+
+#[test]
 fn a_producer_that_fails_or_is_cancelled_says_so_to_the_consumer_and_one_merely_gone_does_not() {
     let p = pool(8);
     let (w, mut gates) = wire(&p, 2, 2, 0, 4);

@@ -221,6 +221,14 @@ fn a_view_records_state_and_collect_hold_owned_copies() {
     assert_eq!(got, best);
 }
 
+/// Plain data of 8 KiB: larger than the tests' 4 KiB segments.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+struct Frame {
+    samples: [u64; 1024],
+}
+shardflow_engine::pod_data!(Frame);
+
 #[test]
 fn records_larger_than_a_segment_cross_exchanges_whole_among_small_ones() {
     // 4 KiB segments: strings up to 300 KB and orders carrying 60 KB of items
@@ -238,14 +246,21 @@ fn records_larger_than_a_segment_cross_exchanges_whole_among_small_ones() {
     let df = Dataflow::new("large-records").parallelism(2);
     let got_texts =
         df.from_iter("texts", texts.clone()).rebalance().key_by(|s: &str| s.len() as u64 % 3).as_stream().collect();
+    df.generate("frames", 300, |i| Frame { samples: std::array::from_fn(|k| i * 10_000 + k as u64) })
+        .key_by(|f: &Frame| f.samples[0] % 7)
+        .as_stream()
+        .map(|f: &Frame| u64::from(f.samples.iter().enumerate().all(|(k, s)| *s == f.samples[0] + k as u64)))
+        .count_and_sum(|whole: &u64| *whole);
     let got_orders = df
         .from_iter("orders", input.clone())
         .key_by_ref::<String, _>(|o: &dyn OrderView| o.customer())
         .as_stream()
         .rebalance()
         .collect();
-    engine.submit(df.build().expect("valid")).expect("submit").wait_timeout(TIMEOUT).expect("the job finishes");
+    let result =
+        engine.submit(df.build().expect("valid")).expect("submit").wait_timeout(TIMEOUT).expect("the job finishes");
 
+    assert_eq!(result.count(), (300, 300), "every 8 KiB plain record, whole (the job's one count sink)");
     let (mut got, mut want) = (got_texts.take(), texts);
     got.sort();
     want.sort();
