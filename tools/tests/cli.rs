@@ -139,13 +139,19 @@ fn a_low_locked_memory_soft_limit_is_raised_and_the_engine_starts() {
 fn the_config_files_worker_table_sets_the_bench_engine_and_flags_win() {
     let core = shardflow_engine::online_cores()[0];
     let path = std::env::temp_dir().join(format!("shardflow-bench-{}.toml", std::process::id()));
-    std::fs::write(&path, format!("[worker]\ncores = [{core}]\nsegment_bytes = 4096\nprefault = false\n")).unwrap();
+    let worker = format!("[worker]\ncores = [{core}]\nsegment_bytes = 4096\nprefault = false\n");
+    std::fs::write(&path, format!("{worker}exclusive_credits = 2\nfloating_credits = 4\n")).unwrap();
     let cfg = path.to_str().unwrap();
     let out = shardflow(&["--config", cfg, "bench", "exchange", "--records", "100000"]);
     assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(field(&last_line(&out), "shards"), "1", "one core from [worker] cores");
     let out = shardflow(&["--config", cfg, "bench", "exchange", "--records", "100000", "--segment-bytes", "1000"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("segment_bytes = 1000"), "the flag wins");
+    // The network buffers' credits reach the engine: out of range, refused by name.
+    std::fs::write(&path, format!("{worker}exclusive_credits = 0\n")).unwrap();
+    let out = shardflow(&["--config", cfg, "bench", "exchange", "--records", "100000"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exclusive_credits = 0"), "{out:?}");
     let _ = std::fs::remove_file(&path);
 }
 

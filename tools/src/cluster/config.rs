@@ -54,6 +54,8 @@ pub(crate) struct WorkerSection {
     pub(crate) segment_bytes: Option<usize>,
     pub(crate) network_memory_bytes: Option<usize>,
     pub(crate) managed_memory_per_slot_bytes: Option<u64>,
+    pub(crate) exclusive_credits: Option<u32>,
+    pub(crate) floating_credits: Option<u32>,
     pub(crate) idle: Option<IdleArg>,
     pub(crate) prefault: Option<bool>,
 }
@@ -103,6 +105,12 @@ impl WorkerSection {
         }
         if let Some(b) = self.managed_memory_per_slot_bytes {
             engine = engine.managed_memory_per_slot_bytes(b);
+        }
+        if let Some(n) = self.exclusive_credits {
+            engine = engine.exclusive_credits(n);
+        }
+        if let Some(n) = self.floating_credits {
+            engine = engine.floating_credits(n);
         }
         if let Some(p) = self.prefault {
             engine = engine.prefault(p);
