@@ -23,7 +23,9 @@
 //!   that is bounded by the partition's overdraft, checked between its caller's
 //!   steps; segments a step writes beyond the partition's reservation are charged
 //!   to the shard's network memory ([`ResultPartition::charge_overdraft_to`]), and
-//!   past it spill to the heap ([`ResultPartition::spill_to`]);
+//!   past it spill to the heap ([`ResultPartition::spill_to`]); a record larger
+//!   than a segment travels alone in a heap buffer of its size, charged alike
+//!   ([`ResultPartition::write_oversized`]);
 //! - events ([`Event`]) need no credit and have reserved ring room: data never starves
 //!   a barrier; they stay in order with the data of their channel;
 //! - the consumer is woken at most once per buffer, and only if it parked.
