@@ -25,7 +25,7 @@ pub enum NetError {
     },
     /// A record does not fit in an empty segment, and this partition has no
     /// memory to give it a buffer of its own (see
-    /// [`crate::ResultPartition::write_oversized`]).
+    /// [`crate::ResultPartition::spill_to`]).
     #[error(
         "a record of {record_bytes} bytes does not fit in a segment of {segment_bytes} bytes (a record crosses an \
          exchange whole: raise the segment size, `segment_bytes`, to a power of two at least its size)"

@@ -1,8 +1,8 @@
 //! How variable-size records are framed in a buffer, one after another from
 //! byte 0: `[len: u32 LE][pad to align][len bytes][pad to 4]`, where `align`
 //! (a power of two, at least 4) is the record type's. The partition writes
-//! frames ([`crate::ResultPartition::write_var`], and
-//! [`crate::ResultPartition::write_oversized`] one to a buffer); a consumer
+//! frames ([`crate::ResultPartition::write_var`]: one to a buffer for a record
+//! larger than a segment); a consumer
 //! reads them with [`VarRecords`], which checks every length against the
 //! buffer.
 

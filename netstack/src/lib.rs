@@ -25,7 +25,7 @@
 //!   to the shard's network memory ([`ResultPartition::charge_overdraft_to`]), and
 //!   past it spill to the heap ([`ResultPartition::spill_to`]); a record larger
 //!   than a segment travels alone in a heap buffer of its size, charged alike
-//!   ([`ResultPartition::write_oversized`]);
+//!   ([`ResultPartition::write_var`], [`ResultPartition::write_pod`]);
 //! - events ([`Event`]) need no credit and have reserved ring room: data never starves
 //!   a barrier; they stay in order with the data of their channel;
 //! - the consumer is woken at most once per buffer, and only if it parked.

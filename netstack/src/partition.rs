@@ -229,7 +229,8 @@ impl ResultPartition {
     }
 
     /// Copies `record` into subpartition `sp` (one larger than a segment into
-    /// a buffer of its own, as [`Self::write_oversized`] says).
+    /// a buffer of its own on the heap, charged to the managed memory of
+    /// [`Self::spill_to`]).
     #[inline(always)]
     pub fn write_pod<T: Pod>(&mut self, sp: usize, record: &T) -> Result<(), NetError> {
         let size = std::mem::size_of::<T>();
@@ -374,13 +375,16 @@ impl ResultPartition {
     /// room left (starting `align`-aligned, `align` a power of two ≤ 4096) and
     /// returns the bytes it wrote, or `None` if the record does not fit there; it
     /// is then called again on a fresh segment. A record that does not fit an
-    /// empty segment is [`NetError::RecordTooLarge`]: its writer may send it in
-    /// a buffer of its own ([`Self::write_oversized`]).
+    /// empty segment is measured (`measure`: its size, `None` if it cannot be
+    /// encoded at all) and `encode` writes it into room of exactly that size,
+    /// in a buffer of its own on the heap, charged to the managed memory of
+    /// [`Self::spill_to`].
     pub fn write_var(
         &mut self,
         sp: usize,
         align: usize,
         mut encode: impl FnMut(&mut [u8]) -> Option<usize>,
+        measure: impl FnOnce() -> Option<usize>,
     ) -> Result<(), NetError> {
         self.check_open()?;
         for fresh in [false, true] {
@@ -407,25 +411,17 @@ impl ResultPartition {
                 break;
             }
         }
-        Err(NetError::RecordTooLarge { record_bytes: self.segment_bytes, segment_bytes: self.segment_bytes })
-    }
-
-    /// Writes one record larger than a segment into subpartition `sp`, in a
-    /// buffer of its own: `encode`, as for [`Self::write_var`], writes its
-    /// `record_bytes` bytes (an rkyv archive, measured first) into room of
-    /// exactly that size. (A plain-data record larger than a segment goes
-    /// alone likewise, from [`Self::write_pod`].)
-    pub fn write_oversized(
-        &mut self,
-        sp: usize,
-        align: usize,
-        record_bytes: usize,
-        encode: impl FnOnce(&mut [u8]) -> Option<usize>,
-    ) -> Result<(), NetError> {
+        let Some(record_bytes) = measure() else {
+            // It cannot be encoded at all: as large as can be told.
+            return Err(NetError::RecordTooLarge {
+                record_bytes: self.segment_bytes + 1,
+                segment_bytes: self.segment_bytes,
+            });
+        };
         let start = record_start(0, align);
         self.send_alone(sp, record_bytes, frame_end(start, record_bytes), |room| {
             let Some(len) = encode(&mut room[start..start + record_bytes]).filter(|&len| len <= record_bytes) else {
-                let reason = format!("its archive did not fit the {record_bytes} bytes it was measured at");
+                let reason = format!("its encoding did not fit the {record_bytes} bytes it was measured at");
                 return Err(NetError::MalformedRecord { offset: 0, reason });
             };
             put_len(room, 0, len);

@@ -366,18 +366,14 @@ fn variable_size_records_are_framed_aligned_and_a_too_large_one_is_typed() {
     let (mut w, mut gates) = wire(&p, 1, 8, 0, 4);
     let words: Vec<String> = (0..500).map(|i| format!("word-{i}").repeat(1 + i % 5)).collect();
     for word in &words {
-        w.write_var(0, 8, |room| {
-            let b = word.as_bytes();
-            (b.len() <= room.len()).then(|| {
-                room[..b.len()].copy_from_slice(b);
-                b.len()
-            })
-        })
-        .unwrap();
+        write_bytes(&mut w, word.as_bytes()).unwrap();
     }
-    let big = vec![7u8; 5000];
-    let too_large = w.write_var(0, 8, |room| (big.len() <= room.len()).then_some(big.len()));
-    assert!(matches!(too_large, Err(NetError::RecordTooLarge { segment_bytes: 4096, .. })), "{too_large:?}");
+    let too_large = write_bytes(&mut w, &[7u8; 5000]);
+    assert_eq!(
+        too_large,
+        Err(NetError::RecordTooLarge { record_bytes: 5000, segment_bytes: 4096 }),
+        "no managed memory for a buffer of its own: refused with its measured size"
+    );
     w.finish().unwrap();
     ready(&mut w).unwrap();
     let mut got = Vec::new();
@@ -396,19 +392,16 @@ fn variable_size_records_are_framed_aligned_and_a_too_large_one_is_typed() {
     assert_eq!(got, words);
 }
 
-/// Writes `bytes` as one variable-size record aligned to 8, into a buffer of
-/// its own where no segment holds it.
+/// Writes `bytes` as one variable-size record aligned to 8 (into a buffer of
+/// its own where no segment holds it).
 fn write_bytes(w: &mut ResultPartition, bytes: &[u8]) -> Result<(), NetError> {
-    let mut encode = |room: &mut [u8]| {
+    let encode = |room: &mut [u8]| {
         (bytes.len() <= room.len()).then(|| {
             room[..bytes.len()].copy_from_slice(bytes);
             bytes.len()
         })
     };
-    match w.write_var(0, 8, &mut encode) {
-        Err(NetError::RecordTooLarge { .. }) => w.write_oversized(0, 8, bytes.len(), encode),
-        other => other,
-    }
+    w.write_var(0, 8, encode, || Some(bytes.len()))
 }
 
 /// Every record of the buffers ready in `gate`, and how many buffers held them.

@@ -84,8 +84,7 @@ where
     V: for<'a, 'b> rkyv::Serialize<HighSerializer<RkyvSlice<'b>, ArenaHandle<'a>, rancor::BoxedError>>
         + for<'a> rkyv::Serialize<HighSerializer<ArchiveSize, ArenaHandle<'a>, rancor::BoxedError>>,
 {
-    write_archive(
-        out,
+    out.write_var(
         sp,
         align,
         |room| {
@@ -101,28 +100,6 @@ where
     V: for<'a> rkyv::Serialize<HighSerializer<ArchiveSize, ArenaHandle<'a>, rancor::BoxedError>>,
 {
     rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, ArchiveSize::default()).ok().map(|w| w.0)
-}
-
-/// Archives into subpartition `sp` what `encode` writes into the room it is
-/// given (`None`: it did not fit). A record too large for a segment is
-/// measured (`size`) and archived straight into a buffer of its own of that
-/// size, charged to the task's managed memory
-/// ([`ResultPartition::write_oversized`]).
-pub(crate) fn write_archive(
-    out: &mut ResultPartition,
-    sp: usize,
-    align: usize,
-    mut encode: impl FnMut(&mut [u8]) -> Option<usize>,
-    size: impl FnOnce() -> Option<usize>,
-) -> Result<(), NetError> {
-    match out.write_var(sp, align, &mut encode) {
-        Err(NetError::RecordTooLarge { segment_bytes, .. }) => match size() {
-            Some(bytes) => out.write_oversized(sp, align, bytes, encode),
-            // It cannot be archived at all: as large as can be told.
-            None => Err(NetError::RecordTooLarge { record_bytes: segment_bytes + 1, segment_bytes }),
-        },
-        other => other,
-    }
 }
 
 /// Each archived record of `buffer` from `*cursor`, checked, handed to `f`.

@@ -7,7 +7,7 @@ use rkyv::ser::writer::Buffer as RkyvSlice;
 use shardflow_control::RecordFormat;
 use shardflow_netstack::{Buffer, NetError, ResultPartition};
 
-use super::archived::{access_unshared, each_checked, rkyv_format, write_archive, write_rkyv, ArchiveSize};
+use super::archived::{access_unshared, each_checked, rkyv_format, write_rkyv, ArchiveSize};
 use super::Data;
 
 /// A `&str` archived as a `String`, so a borrowed word is written without an
@@ -64,8 +64,7 @@ impl Data for String {
     #[inline]
     fn write(record: &str, out: &mut ResultPartition, sp: usize) -> Result<(), NetError> {
         let value = StrAsString(record);
-        write_archive(
-            out,
+        out.write_var(
             sp,
             STRING_ALIGN,
             |room| archive_into(&value, RkyvSlice::from(room)),
