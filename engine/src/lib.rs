@@ -86,6 +86,7 @@ pub use error::{DataflowError, EngineError, OperatorError, SnapshotError};
 pub use job::{JobHandle, JobResult, SubtaskReport};
 pub use params::Params;
 pub use registry::{JobCatalog, JobParams};
+pub use runtime::bound::QueueBound;
 pub use runtime::collector::{Emitter, SinkOutput, TaskInfo};
 pub use runtime::keyed::{
     AggregatingState, Aggregator, BroadcastContext, Count, KeyedBroadcastProcessFunction, KeyedCoProcessFunction,

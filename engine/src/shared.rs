@@ -217,7 +217,7 @@ mod tests {
     use crate::api::JOB_OPERATOR;
     use crate::registry::JobCatalog;
     use crate::runtime::sources::ingress;
-    use crate::{Dataflow, Job, PushError};
+    use crate::{Dataflow, Job, PushError, QueueBound};
 
     fn plan(name: &str) -> Job {
         let df = Dataflow::new(name);
@@ -233,8 +233,8 @@ mod tests {
     fn a_jobs_end_closes_its_ingresses_and_forgets_its_plan_whether_before_or_after_the_watch() {
         let live = Arc::new(LiveRegistry::new(JobCatalog::new()));
         let ends = JobEnds::new(live.clone());
-        let (mut early, early_sources) = ingress::<u64>("early", 4, 1);
-        let (mut late, late_sources) = ingress::<u64>("late", 4, 1);
+        let (mut early, early_sources) = ingress::<u64>("early", QueueBound::records(4), 1);
+        let (mut late, late_sources) = ingress::<u64>("late", QueueBound::records(4), 1);
         let submission = |tag: &str, closer| {
             live.add(tag, Arc::new(plan(tag)));
             Submission { tag: tag.to_string(), ingresses: vec![closer] }

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use shardflow_engine::jobs::{KeyValue, GOLDEN};
-use shardflow_engine::{Dataflow, EgressHandle, Emitter, EngineError, IngressHandle, PushError, SOURCE_BATCH};
+use shardflow_engine::{
+    Dataflow, EgressHandle, Emitter, EngineError, IngressHandle, PushError, QueueBound, SOURCE_BATCH,
+};
 
 use crate::common::{endless_job, join_within, shard_count, small_engine, SMALL_SEGMENT_BYTES, TIMEOUT};
 
@@ -94,6 +96,90 @@ fn ingress_and_egress_under_a_slow_reader_bound_memory_and_lose_nothing() {
     want.sort();
     assert_eq!(got, want, "every request answered exactly once");
     assert_eq!(answers.stopped(), None, "the stream ended complete");
+}
+
+/// What a byte bound charges a `String` of `len` bytes.
+fn string_charge(len: usize) -> usize {
+    std::mem::size_of::<String>() + len
+}
+
+#[test]
+fn an_ingress_bounded_by_bytes_takes_records_by_their_size_and_loses_none() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("ingress-by-bytes").parallelism(1);
+    let bound = 10 * string_charge(1000);
+    let (docs, mut ingress) = df.ingress_bounded::<String>("docs", QueueBound::bytes(bound));
+    let lengths = docs.map(|d: &str| d.len() as u64).collect();
+    let job = df.build().unwrap();
+
+    // Before the job reads: ten documents of 1000 bytes fill the bytes, and
+    // then not even a one-byte one fits (no count bound would stop it).
+    for i in 0..10 {
+        ingress.try_push("a".repeat(1000)).unwrap_or_else(|e| panic!("document {i} fits: {e}"));
+    }
+    assert_eq!((ingress.queued(), ingress.queued_bytes()), (10, bound));
+    assert_eq!(ingress.try_push("b".to_string()), Err(PushError::Full("b".to_string())), "no byte left");
+    let huge = "c".repeat(5 * bound);
+    let huge = match ingress.try_push(huge) {
+        Err(PushError::Full(back)) => back,
+        other => panic!("a document larger than the bound waits for an empty queue: {other:?}"),
+    };
+
+    // Once the job reads, the waiting pushes go through: the huge one alone.
+    let handle = engine.submit(job).unwrap();
+    ingress.push("b".to_string()).expect("room comes");
+    ingress.push(huge).expect("alone in the emptied queue");
+    ingress.push("d".repeat(10)).expect("after it");
+    drop(ingress);
+    handle.wait_timeout(TIMEOUT).expect("the job ends when the ingress handle is dropped");
+    let mut want = vec![1000u64; 10];
+    want.extend([1, 5 * bound as u64, 10]);
+    assert_eq!(lengths.take(), want, "every document, in order");
+}
+
+#[test]
+fn an_egress_bounded_by_bytes_holds_no_more_and_delivers_everything() {
+    let engine = small_engine().build().expect("engine starts");
+    let p = shard_count();
+    let df = Dataflow::new("egress-by-bytes").parallelism(p as u32);
+    let (lengths, mut ingress) = df.ingress::<u64>("lengths", 2);
+    let bound = 8 * string_charge(1000);
+    // Bytes only: the queue holds any number of results within them.
+    let answers = lengths.map(|n: &u64| "z".repeat(*n as usize)).egress_bounded(QueueBound::bytes(bound));
+    let handle = engine.submit(df.build().unwrap()).unwrap();
+
+    // Nobody reads: the egress fills its bytes, then the job stops taking input.
+    // Beside the 8 results it holds, each subtask has at most one source batch
+    // waiting for room and its ingress queue of 2.
+    let most = 8 + p * (SOURCE_BATCH + 2);
+    let mut pushed = 0usize;
+    let refused = loop {
+        match ingress.push_timeout(1000, Duration::from_millis(200)) {
+            Ok(()) => pushed += 1,
+            Err(e) => break e,
+        }
+        assert!(pushed <= most, "the byte bound stops the pusher: {pushed} pushed");
+    };
+    assert!(answers.queued_bytes() <= bound, "{} bytes queued, bound {bound}", answers.queued_bytes());
+    assert!(answers.len() <= 8, "{} results queued", answers.len());
+
+    // A reader drains it all; the queue never holds more than its bytes.
+    let pusher = std::thread::spawn(move || {
+        ingress.push(refused.into_inner()).expect("the job takes it once there is room");
+        for _ in 0..2000 {
+            ingress.push(1000).expect("the job takes every length");
+        }
+    });
+    let mut got = 0usize;
+    while let Some(answer) = answers.recv() {
+        assert_eq!(answer.len(), 1000);
+        assert!(answers.queued_bytes() <= bound, "{} bytes queued, bound {bound}", answers.queued_bytes());
+        got += 1;
+    }
+    pusher.join().unwrap();
+    handle.wait_timeout(TIMEOUT).expect("the job ends when the ingress handle is dropped");
+    assert_eq!(got, pushed + 1 + 2000, "every result exactly once");
+    assert_eq!((answers.stopped(), answers.queued_bytes()), (None, 0), "complete, and every charge given back");
 }
 
 /// Reads every result on a thread of its own, awaiting each
@@ -273,7 +359,7 @@ impl shardflow_engine::ProcessFunction<u64, (u64, u64)> for TagSubtask {
 fn split_ingress_handles_feed_one_subtask_each_from_threads_of_their_own() {
     let engine = small_engine().build().expect("engine starts");
     let df = Dataflow::new("split-ingress");
-    let (requests, ingress) = df.ingress_with::<u64>("requests", 4, 2);
+    let (requests, ingress) = df.ingress_with::<u64>("requests", QueueBound::records(4), 2);
     // Chained to the source: each record tagged with the source subtask it entered.
     let tagged = requests.process(TagSubtask).collect();
     let job = engine.submit(df.build().unwrap()).unwrap();

@@ -40,6 +40,7 @@ use shardflow_control::{JobGraph, JobVertex, OperatorSpec, PartitionerKind, Reco
 use crate::data::Data;
 use crate::error::{DataflowError, EngineError};
 use crate::params::Params;
+use crate::runtime::bound::QueueBound;
 use crate::runtime::build::{attach, consumers, port, Name, NodeFactory, Port};
 use crate::runtime::collector::TaskInfo;
 use crate::runtime::output::{Routing, WriterFactory};
@@ -335,18 +336,32 @@ impl Dataflow {
     /// one queue of `capacity` records per source subtask (at the dataflow's
     /// parallelism). See [`IngressHandle`].
     pub fn ingress<T: Data>(&self, name: &str, capacity: usize) -> (Stream<T>, IngressHandle<T>) {
-        let parallelism = self.plan.borrow().parallelism;
-        self.ingress_with(name, capacity, parallelism)
+        self.ingress_bounded(name, QueueBound::records(capacity))
     }
 
-    /// [`Dataflow::ingress`] with `parallelism` source subtasks.
+    /// [`Dataflow::ingress`] with queues within `bound`: records of any size
+    /// (strings, requests with bodies) bounded by bytes, count or both.
+    ///
+    /// ```
+    /// # use shardflow_engine::{Dataflow, QueueBound};
+    /// let df = Dataflow::new("service");
+    /// // Each source subtask's queue holds at most 256 KiB of requests.
+    /// let (requests, ingress) = df.ingress_bounded::<String>("requests", QueueBound::bytes(256 << 10));
+    /// # drop((requests, ingress));
+    /// ```
+    pub fn ingress_bounded<T: Data>(&self, name: &str, bound: QueueBound) -> (Stream<T>, IngressHandle<T>) {
+        let parallelism = self.plan.borrow().parallelism;
+        self.ingress_with(name, bound, parallelism)
+    }
+
+    /// [`Dataflow::ingress_bounded`] with `parallelism` source subtasks.
     pub fn ingress_with<T: Data>(
         &self,
         name: &str,
-        capacity: usize,
+        bound: QueueBound,
         parallelism: u32,
     ) -> (Stream<T>, IngressHandle<T>) {
-        let (handle, queues) = sources::ingress::<T>(name, capacity, parallelism);
+        let (handle, queues) = sources::ingress::<T>(name, bound, parallelism);
         self.plan.borrow_mut().ingresses.push(queues.closer());
         let queues = Arc::new(queues);
         let who = name.to_string();

@@ -9,6 +9,7 @@ use shardflow_control::PartitionerKind;
 use super::{add_op, consumer_check, detach, ConnectedStreams, EdgeKind, Keeps, KeyedStream, Plan, PlanRef};
 use crate::data::{Data, Key};
 use crate::error::DataflowError;
+use crate::runtime::bound::QueueBound;
 use crate::runtime::build::{attach, port, Name, NodeFactory, Port};
 use crate::runtime::collector::Emitter;
 use crate::runtime::ops::{FilterFactory, FlatMapFactory, MapFactory, ProcessFactory, ProcessFunction};
@@ -384,7 +385,13 @@ impl<T: Data> Stream<T> {
     /// Hands the records to a service thread through a bounded queue of
     /// `capacity` records: see [`EgressHandle`].
     pub fn egress(&self, capacity: usize) -> EgressHandle<T> {
-        let (mut factory, handle) = sinks::egress::<T>(Name::default(), capacity);
+        self.egress_bounded(QueueBound::records(capacity))
+    }
+
+    /// [`Stream::egress`] through a queue within `bound`: results of any size
+    /// bounded by bytes, count or both.
+    pub fn egress_bounded(&self, bound: QueueBound) -> EgressHandle<T> {
+        let (mut factory, handle) = sinks::egress::<T>(Name::default(), bound);
         self.sink("egress", |name| {
             factory.name = name;
             Arc::new(factory)

@@ -6,6 +6,7 @@
 //! loop that runs a task ([`task`]), the shard's scheduler ([`scheduler`]) and a
 //! host thread's ([`host`]).
 
+pub(crate) mod bound;
 pub(crate) mod build;
 pub(crate) mod clock;
 pub(crate) mod collector;

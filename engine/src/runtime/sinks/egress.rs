@@ -1,5 +1,5 @@
-//! The egress handle: a job's sink subtasks fill one bounded queue a service
-//! reads results from, from any thread; while it is full the sinks take no
+//! The egress handle: a job's sink subtasks fill one bounded queue (by count,
+//! bytes or both: [`QueueBound`]) a service reads results from, from any thread; while it is full the sinks take no
 //! input (back-pressure through the whole job), and the reader learns whether
 //! the stream ended complete or was cut short.
 
@@ -13,6 +13,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySen
 
 use crate::data::Data;
 use crate::error::{EngineError, OperatorError};
+use crate::runtime::bound::{ByteBudget, QueueBound};
 use crate::runtime::build::{BuildContext, Name, NodeFactory};
 use crate::runtime::collector::{Collector, Lifecycle, SharedCollector, SinkOutput};
 use crate::runtime::host::hosted_here;
@@ -23,13 +24,16 @@ use crate::runtime::{ParkedWaker, RoomWaiters};
 #[derive(Default)]
 struct EgressStop(Mutex<Option<String>>);
 
-/// Reads a job's results from any thread: a bounded queue the job's egress sinks
-/// fill. While it is full the sinks stop taking input (back-pressure through the
-/// whole job); memory stays bounded by its capacity. Ends (`None`) once every
+/// Reads a job's results from any thread: a queue the job's egress sinks fill,
+/// bounded by a number of records, of bytes or both ([`QueueBound`]). While it
+/// is full the sinks stop taking input (back-pressure through the whole job);
+/// memory stays bounded by its bound. Ends (`None`) once every
 /// sink subtask has ended and everything was read; [`EgressHandle::stopped`]
 /// then tells a complete stream from one cut short by a failure or a cancel.
 pub struct EgressHandle<T> {
-    rx: Receiver<T>,
+    rx: Receiver<Queued<T>>,
+    /// With a byte bound: what the queue holds.
+    budget: Option<Arc<ByteBudget<T>>>,
     waiters: Arc<RoomWaiters>,
     stop: Arc<EgressStop>,
     reader: Arc<ParkedWaker>,
@@ -50,8 +54,7 @@ impl<T> EgressHandle<T> {
             return sched.block_on(self.next_result());
         }
         let r = self.rx.recv().ok();
-        self.waiters.wake_all();
-        r
+        self.taken(r)
     }
 
     /// The next result, waiting up to `timeout` (on a host's thread, running
@@ -65,15 +68,25 @@ impl<T> EgressHandle<T> {
             };
         }
         let r = self.rx.recv_timeout(timeout);
-        self.waiters.wake_all();
-        r
+        self.taken(r)
     }
 
     /// The next result if one is queued.
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
         let r = self.rx.try_recv();
+        self.taken(r)
+    }
+
+    /// A result taken from the queue (if it is one): its charge given back, and
+    /// the sinks waiting for room woken.
+    #[inline]
+    fn taken<R: Taken<T>>(&self, r: R) -> R::Out {
+        let (out, charge) = r.split();
+        if let Some(budget) = &self.budget {
+            budget.give_back(charge);
+        }
         self.waiters.wake_all();
-        r
+        out
     }
 
     /// The next result, awaited: `None` once the job's sinks have all finished
@@ -93,10 +106,7 @@ impl<T> EgressHandle<T> {
         std::future::poll_fn(|cx| {
             for attempt in 0..2 {
                 match self.rx.try_recv() {
-                    Ok(r) => {
-                        self.waiters.wake_all();
-                        return Poll::Ready(Some(r));
-                    }
+                    Ok(r) => return Poll::Ready(self.taken(Some(r))),
                     Err(TryRecvError::Disconnected) => return Poll::Ready(None),
                     // Park, then look once more (`ParkedWaker`).
                     Err(TryRecvError::Empty) if attempt == 0 => self.reader.park(cx.waker()),
@@ -110,6 +120,12 @@ impl<T> EgressHandle<T> {
     /// Results queued now.
     pub fn len(&self) -> usize {
         self.rx.len()
+    }
+
+    /// The bytes queued now, as a byte bound charges them (0 without one: see
+    /// [`QueueBound`]).
+    pub fn queued_bytes(&self) -> usize {
+        self.budget.as_ref().map_or(0, |b| b.used())
     }
 
     /// Whether no result is queued now.
@@ -131,6 +147,36 @@ impl<T> EgressHandle<T> {
     }
 }
 
+/// A queued result and the bytes it was charged (0 without a byte bound).
+type Queued<T> = (T, usize);
+
+/// A receive's outcome, split into what the reader gets and the charge to give
+/// back.
+trait Taken<T> {
+    type Out;
+    fn split(self) -> (Self::Out, usize);
+}
+
+impl<T, E> Taken<T> for Result<Queued<T>, E> {
+    type Out = Result<T, E>;
+    fn split(self) -> (Result<T, E>, usize) {
+        match self {
+            Ok((t, c)) => (Ok(t), c),
+            Err(e) => (Err(e), 0),
+        }
+    }
+}
+
+impl<T> Taken<T> for Option<Queued<T>> {
+    type Out = Option<T>;
+    fn split(self) -> (Option<T>, usize) {
+        match self {
+            Some((t, c)) => (Some(t), c),
+            None => (None, 0),
+        }
+    }
+}
+
 /// One sink subtask's end of an egress: records that found the queue full wait
 /// in `stash`; the task takes no input until they are gone.
 pub(crate) struct EgressSink<T> {
@@ -147,19 +193,46 @@ pub(crate) struct EgressSink<T> {
 /// sender when it goes (the stream may have ended).
 struct EgressSender<T> {
     /// `Some` until it is dropped.
-    tx: Option<Sender<T>>,
+    tx: Option<Sender<Queued<T>>>,
+    budget: Option<Arc<ByteBudget<T>>>,
+    waiters: Arc<RoomWaiters>,
     reader: Arc<ParkedWaker>,
 }
 
-impl<T> EgressSender<T> {
+impl<T: Data> EgressSender<T> {
     /// Queues `record` without waking the reader: the caller wakes it once
-    /// for what it queued ([`EgressSender::wake_reader`]).
+    /// for what it queued ([`EgressSender::wake_reader`]). Full where its
+    /// charge finds no room under a byte bound, or the count bound is reached.
     #[inline]
     fn try_send(&self, record: T) -> Result<(), TrySendError<T>> {
         let Some(tx) = &self.tx else { return Err(TrySendError::Disconnected(record)) };
-        tx.try_send(record)
+        let Some(budget) = &self.budget else {
+            return tx.try_send((record, 0)).map_err(unqueued);
+        };
+        let charge = ByteBudget::charge(&record);
+        if !budget.try_take(charge) {
+            return Err(TrySendError::Full(record));
+        }
+        tx.try_send((record, charge)).map_err(|e| {
+            // Not queued: its charge back, and another sink that found no room
+            // for its bytes meanwhile may find it now.
+            budget.give_back(charge);
+            self.waiters.wake_all();
+            unqueued(e)
+        })
     }
+}
 
+/// The record of a send that did not queue it.
+#[inline]
+fn unqueued<T>(e: TrySendError<Queued<T>>) -> TrySendError<T> {
+    match e {
+        TrySendError::Full((r, _)) => TrySendError::Full(r),
+        TrySendError::Disconnected((r, _)) => TrySendError::Disconnected(r),
+    }
+}
+
+impl<T> EgressSender<T> {
     #[inline]
     fn wake_reader(&self) {
         self.reader.wake();
@@ -328,7 +401,8 @@ impl<T> Drop for EgressSink<T> {
 /// subtasks all have theirs, so the handle ends when they finish.
 pub(crate) struct EgressFactory<T> {
     pub(crate) name: Name,
-    template: Mutex<Option<Sender<T>>>,
+    template: Mutex<Option<Sender<Queued<T>>>>,
+    budget: Option<Arc<ByteBudget<T>>>,
     reader: Arc<ParkedWaker>,
     taken: AtomicU32,
     waiters: Arc<RoomWaiters>,
@@ -343,21 +417,23 @@ impl<T> Drop for EgressFactory<T> {
     }
 }
 
-/// An egress queue of `capacity` results.
-pub(crate) fn egress<T>(name: Name, capacity: usize) -> (EgressFactory<T>, EgressHandle<T>) {
-    let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+/// An egress queue within `bound`.
+pub(crate) fn egress<T: Data>(name: Name, bound: QueueBound) -> (EgressFactory<T>, EgressHandle<T>) {
+    let (tx, rx) = bound.channel();
+    let budget = bound.budget::<T>().map(Arc::new);
     let waiters = Arc::new(RoomWaiters::default());
     let stop = Arc::new(EgressStop::default());
     let reader = Arc::new(ParkedWaker::default());
     let factory = EgressFactory {
         name,
         template: Mutex::new(Some(tx)),
+        budget: budget.clone(),
         reader: reader.clone(),
         taken: AtomicU32::new(0),
         waiters: waiters.clone(),
         stop: stop.clone(),
     };
-    (factory, EgressHandle { rx, waiters, stop, reader })
+    (factory, EgressHandle { rx, budget, waiters, stop, reader })
 }
 
 impl<T: Data> NodeFactory<T> for EgressFactory<T> {
@@ -373,7 +449,12 @@ impl<T: Data> NodeFactory<T> for EgressFactory<T> {
                 // The stream may have ended with it.
                 self.reader.wake_always();
             }
-            EgressSender { tx: Some(tx), reader: self.reader.clone() }
+            EgressSender {
+                tx: Some(tx),
+                budget: self.budget.clone(),
+                waiters: self.waiters.clone(),
+                reader: self.reader.clone(),
+            }
         };
         let sink = EgressSink {
             name: name.clone(),

@@ -1,6 +1,7 @@
 //! The ingress handle: a service thread pushes records into a job's source
-//! subtasks through bounded queues, with back-pressure (`push` waits or hands
-//! the record back), and learns when the job reads no more.
+//! subtasks through bounded queues (by count, bytes or both: [`QueueBound`]),
+//! with back-pressure (`push` waits or hands the record back), and learns when
+//! the job reads no more.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +14,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use super::{Source, SourceOutput, SourceStatus};
 use crate::data::Data;
 use crate::error::OperatorError;
+use crate::runtime::bound::{ByteBudget, QueueBound};
 use crate::runtime::host::{wait, wait_until};
 use crate::runtime::{ParkedWaker, RoomWaiters};
 
@@ -71,10 +73,17 @@ impl std::fmt::Debug for IngressCloser {
     }
 }
 
+/// A queued record and the bytes it was charged (0 without a byte bound).
+type Queued<T> = (T, usize);
+
 /// The queues of an ingress, one per source subtask.
 struct IngressQueues<T> {
     name: String,
-    senders: Vec<Sender<T>>,
+    senders: Vec<Sender<Queued<T>>>,
+    /// By queue, with a byte bound: what it holds.
+    budgets: Arc<[ByteBudget<T>]>,
+    /// What a record is charged, with a byte bound.
+    charge: Option<fn(&T) -> usize>,
     wakes: Vec<Arc<ParkedWaker>>,
     life: Arc<IngressLife>,
 }
@@ -122,7 +131,8 @@ impl<T: std::fmt::Debug> std::error::Error for PushError<T> {}
 
 /// Pushes records into a running job from any thread: one bounded queue per
 /// source subtask, filled round robin (or [`IngressHandle::push_to`] one
-/// subtask, or a handle of [`IngressHandle::split`] per subtask). A full queue
+/// subtask, or a handle of [`IngressHandle::split`] per subtask), each bounded
+/// by a number of records, of bytes or both ([`QueueBound`]). A full queue
 /// makes [`IngressHandle::push`] wait (back-pressure) and
 /// [`IngressHandle::try_push`] hand the record back. The job's ingress source
 /// ends once every clone of the handle is dropped and its queue is drained.
@@ -152,6 +162,17 @@ impl<T: Send> IngressHandle<T> {
     /// The number of source subtasks (queues).
     pub fn subtasks(&self) -> usize {
         self.queues.senders.len()
+    }
+
+    /// The records queued now, in every queue (pushed, not yet read by the job).
+    pub fn queued(&self) -> usize {
+        self.queues.senders.iter().map(Sender::len).sum()
+    }
+
+    /// The bytes queued now, in every queue, as a byte bound charges them (0
+    /// without one: see [`QueueBound`]).
+    pub fn queued_bytes(&self) -> usize {
+        self.queues.budgets.iter().map(ByteBudget::used).sum()
     }
 
     /// One handle per source subtask, each feeding only its own subtask's
@@ -244,20 +265,48 @@ impl<T: Send> IngressHandle<T> {
         // Counted from before the look at `closed` until the record is queued,
         // so a source stopping (it closes, then drains) misses no record.
         life.pushing.fetch_add(1, Ordering::SeqCst);
-        let pushed = if life.closed.load(Ordering::SeqCst) {
-            Err(PushError::Closed(record))
-        } else {
-            match self.queues.senders[i].try_send(record) {
-                Ok(()) => Ok(()),
-                Err(crossbeam_channel::TrySendError::Full(r)) => Err(PushError::Full(r)),
-                Err(crossbeam_channel::TrySendError::Disconnected(r)) => Err(PushError::Closed(r)),
-            }
-        };
+        let pushed =
+            if life.closed.load(Ordering::SeqCst) { Err(PushError::Closed(record)) } else { self.queue(i, record) };
         life.pushing.fetch_sub(1, Ordering::SeqCst);
         if pushed.is_ok() {
             self.queues.wakes[i].wake();
         }
         pushed
+    }
+
+    /// Queues `record` in queue `i` if it has room: room for its charge under a
+    /// byte bound, then a place under the count bound.
+    #[inline]
+    fn queue(&self, i: usize, record: T) -> Result<(), PushError<T>> {
+        let charge = match self.queues.charge {
+            None => 0,
+            Some(charge) => {
+                let c = charge(&record);
+                if !self.queues.budgets[i].try_take(c) {
+                    return Err(PushError::Full(record));
+                }
+                c
+            }
+        };
+        let (r, c) = match self.queues.senders[i].try_send((record, charge)) {
+            Ok(()) => return Ok(()),
+            Err(crossbeam_channel::TrySendError::Full(back)) => back,
+            Err(crossbeam_channel::TrySendError::Disconnected((r, c))) => {
+                self.give_back(i, c);
+                return Err(PushError::Closed(r));
+            }
+        };
+        self.give_back(i, c);
+        Err(PushError::Full(r))
+    }
+
+    /// Gives back the charge of a record that did not go in; a pusher that
+    /// found no room for its bytes meanwhile may find it now.
+    fn give_back(&self, i: usize, charge: usize) {
+        if charge != 0 {
+            self.queues.budgets[i].give_back(charge);
+            self.queues.life.rooms[i].wake_all();
+        }
     }
 
     /// Pushes `record`, waiting up to `timeout` for room: [`PushError::Full`]
@@ -284,20 +333,28 @@ impl<T: Send> IngressHandle<T> {
 
 /// The source side of an ingress: each subtask takes its queue.
 pub(crate) struct IngressSources<T> {
-    pub(crate) receivers: Vec<Receiver<T>>,
+    receivers: Vec<Receiver<Queued<T>>>,
+    budgets: Arc<[ByteBudget<T>]>,
     wakes: Vec<Arc<ParkedWaker>>,
     life: Arc<IngressLife>,
 }
 
-/// An ingress of `parallelism` queues of `capacity` records each.
-pub(crate) fn ingress<T>(name: &str, capacity: usize, parallelism: u32) -> (IngressHandle<T>, IngressSources<T>) {
-    let (mut senders, mut receivers, mut wakes) = (Vec::new(), Vec::new(), Vec::new());
+/// An ingress of `parallelism` queues, each within `bound`.
+pub(crate) fn ingress<T: Data>(
+    name: &str,
+    bound: QueueBound,
+    parallelism: u32,
+) -> (IngressHandle<T>, IngressSources<T>) {
+    let (mut senders, mut receivers, mut wakes, mut budgets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..parallelism.max(1) {
-        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        let (tx, rx) = bound.channel();
         senders.push(tx);
         receivers.push(rx);
         wakes.push(Arc::new(ParkedWaker::default()));
+        budgets.extend(bound.budget::<T>());
     }
+    let budgets: Arc<[ByteBudget<T>]> = budgets.into();
+    let charge = bound.max_bytes().map(|_| ByteBudget::<T>::charge as fn(&T) -> usize);
     let rooms = (0..senders.len()).map(|_| RoomWaiters::default()).collect();
     let life = Arc::new(IngressLife {
         live: Default::default(),
@@ -305,8 +362,15 @@ pub(crate) fn ingress<T>(name: &str, capacity: usize, parallelism: u32) -> (Ingr
         pushing: Default::default(),
         rooms,
     });
-    let queues = Arc::new(IngressQueues { name: name.to_string(), senders, wakes: wakes.clone(), life: life.clone() });
-    (IngressHandle { queues, next: 0, pinned: None }, IngressSources { receivers, wakes, life })
+    let queues = Arc::new(IngressQueues {
+        name: name.to_string(),
+        senders,
+        budgets: budgets.clone(),
+        charge,
+        wakes: wakes.clone(),
+        life: life.clone(),
+    });
+    (IngressHandle { queues, next: 0, pinned: None }, IngressSources { receivers, budgets, wakes, life })
 }
 
 impl<T> Drop for IngressSources<T> {
@@ -329,6 +393,7 @@ impl<T> IngressSources<T> {
         let source = IngressSource {
             queue: i,
             rx: self.receivers.get(i)?.clone(),
+            budgets: self.budgets.clone(),
             wake: self.wakes.get(i)?.clone(),
             life: self.life.clone(),
             stopping: false,
@@ -341,7 +406,10 @@ impl<T> IngressSources<T> {
 /// One subtask's end of an ingress.
 pub(crate) struct IngressSource<T> {
     queue: usize,
-    rx: Receiver<T>,
+    rx: Receiver<Queued<T>>,
+    /// With a byte bound, one per queue: this source gives back the charge of
+    /// what it takes from its own.
+    budgets: Arc<[ByteBudget<T>]>,
     wake: Arc<ParkedWaker>,
     life: Arc<IngressLife>,
     /// The job is being stopped: the ingress is closed, and what is queued
@@ -363,7 +431,11 @@ impl<T: Data> Source<T> for IngressSource<T> {
         cx: &mut Context<'_>,
         out: &mut SourceOutput<'_, T>,
     ) -> Result<SourceStatus, OperatorError> {
-        let status = self.take(cx, out);
+        let mut freed = 0;
+        let status = self.take(cx, out, &mut freed);
+        if let Some(budget) = self.budgets.get(self.queue) {
+            budget.give_back(freed);
+        }
         if !out.is_empty() {
             // Room in the queue for pushers that await it.
             self.life.rooms[self.queue].wake_all();
@@ -393,12 +465,14 @@ impl<T: Data> Source<T> for IngressSource<T> {
 }
 
 impl<T: Data> IngressSource<T> {
-    /// Takes what is queued into `out`, or parks on the empty queue.
-    fn take(&mut self, cx: &mut Context<'_>, out: &mut SourceOutput<'_, T>) -> SourceStatus {
+    /// Takes what is queued into `out` (adding what it was charged to
+    /// `freed`), or parks on the empty queue.
+    fn take(&mut self, cx: &mut Context<'_>, out: &mut SourceOutput<'_, T>, freed: &mut usize) -> SourceStatus {
         let mut registered = false;
         loop {
             match self.rx.try_recv() {
-                Ok(r) => {
+                Ok((r, charge)) => {
+                    *freed += charge;
                     out.push(r);
                     if out.is_full() {
                         return SourceStatus::Emitted;
