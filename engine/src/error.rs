@@ -330,6 +330,19 @@ pub enum DataflowError {
         /// The operator.
         operator: String,
     },
+    /// The job's maximum parallelism changed after a keyed ingress was made
+    /// (its handle routes by the key groups of the one before).
+    #[error(
+        "keyed ingress '{ingress}' routes by {was} key groups: set max_parallelism before creating it (now {now})"
+    )]
+    MaxParallelismAfterKeyedIngress {
+        /// The ingress.
+        ingress: String,
+        /// The maximum parallelism it routes by.
+        was: u32,
+        /// The one set afterwards.
+        now: u32,
+    },
     /// A forward edge between vertices of different parallelism.
     #[error(
         "'{from}' ({upstream} subtasks) -> '{to}' ({downstream}): forward() needs equal parallelism; use rebalance()"

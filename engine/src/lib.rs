@@ -96,7 +96,9 @@ pub use runtime::ops::{CoProcessFunction, ListRef, ListStateHandle, OperatorCont
 pub use runtime::output::{KeyBy, KeyByRef, KeySelector};
 pub use runtime::side::OutputTag;
 pub use runtime::sinks::{CollectHandle, EgressHandle};
-pub use runtime::sources::{IngressHandle, PushError, Source, SourceOutput, SourceStatus, SOURCE_BATCH};
+pub use runtime::sources::{
+    IngressHandle, KeyedIngressHandle, PushError, Source, SourceOutput, SourceStatus, SOURCE_BATCH,
+};
 pub use runtime::state::{key_group_range, subtask_of_key_group, JobSnapshot, OperatorSnapshot, OperatorSummary};
 pub use shard::HostedShard;
 pub use shardflow_control::{protocol, CoordinatorConfig, ResourceManagerId, RestartStrategy};

@@ -233,8 +233,8 @@ mod tests {
     fn a_jobs_end_closes_its_ingresses_and_forgets_its_plan_whether_before_or_after_the_watch() {
         let live = Arc::new(LiveRegistry::new(JobCatalog::new()));
         let ends = JobEnds::new(live.clone());
-        let (mut early, early_sources) = ingress::<u64>("early", QueueBound::records(4), 1);
-        let (mut late, late_sources) = ingress::<u64>("late", QueueBound::records(4), 1);
+        let (mut early, early_sources) = ingress::<u64>("early", QueueBound::records(4), 1, None);
+        let (mut late, late_sources) = ingress::<u64>("late", QueueBound::records(4), 1, None);
         let submission = |tag: &str, closer| {
             live.add(tag, Arc::new(plan(tag)));
             Submission { tag: tag.to_string(), ingresses: vec![closer] }

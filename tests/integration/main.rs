@@ -11,6 +11,7 @@ mod embedded_broadcast;
 mod embedded_cancel;
 mod embedded_failure;
 mod embedded_hosted;
+mod embedded_keyed_ingress;
 mod embedded_lifecycle;
 mod embedded_oracle;
 mod embedded_placement;

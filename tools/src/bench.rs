@@ -11,7 +11,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shardflow_engine::jobs::{exchange, keyed_sum, latency, wordcount, P2_KEYS, P8_WORDS, P8_WORDS_PER_LINE};
-use shardflow_engine::{Cores, Dataflow, Engine, EngineError, IdlePolicy, JobHandle, JobResult, PlacementStrategy};
+use shardflow_engine::{
+    Cores, Dataflow, Engine, EngineError, IdlePolicy, JobHandle, JobResult, PlacementStrategy, QueueBound,
+};
 
 use crate::cluster::ConfigFile;
 use crate::cpu::process_cpu_time;
@@ -106,6 +108,11 @@ pub(crate) struct BenchArgs {
     /// answer), pinned to the first core.
     #[arg(long)]
     hosted: bool,
+    /// Roundtrip: push each request to the subtask that owns its key
+    /// (`Dataflow::ingress_keyed`) instead of round robin and then `key_by`:
+    /// the keyed step chains into the source, and no request crosses a core.
+    #[arg(long)]
+    keyed_ingress: bool,
 }
 
 fn parse_count(s: &str) -> std::result::Result<u64, String> {
@@ -120,6 +127,9 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
     }
     if a.rate == 0 {
         bail!("--rate 0: must be at least 1 record/s");
+    }
+    if a.keyed_ingress && a.pipeline != Pipeline::Roundtrip {
+        bail!("--keyed-ingress: only the roundtrip pipeline has an ingress");
     }
     let default_placement = if a.pipeline == Pipeline::Latency { "pack" } else { "spread" };
     let placement_name = a.placement.as_deref().unwrap_or(default_placement);
@@ -163,7 +173,8 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
     let (job, expected_source_records) = match a.pipeline {
         Pipeline::Roundtrip => {
             // Driven from this thread, not waited for.
-            let ok = roundtrip(&engine, hosted.is_some(), n, p, placement, startup_s)?;
+            let how = Roundtrip { hosted: hosted.is_some(), keyed_ingress: a.keyed_ingress };
+            let ok = roundtrip(&engine, how, n, p, placement, startup_s)?;
             engine.shutdown();
             return Ok(if ok { Exit::Done } else { Exit::Failed });
         }
@@ -279,20 +290,36 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
 /// How long a round trip may take before the bench gives up on it.
 const ROUNDTRIP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The `roundtrip` pipeline: `n` requests, one at a time, from this thread
-/// (which runs shard 0 while it waits for an answer, where it is `hosted`).
-/// Returns whether every answer was right.
+/// How the `roundtrip` pipeline runs.
+#[derive(Clone, Copy)]
+struct Roundtrip {
+    /// Shard 0 runs on this thread, while it waits for an answer.
+    hosted: bool,
+    /// Requests pushed to their key's subtask (no exchange).
+    keyed_ingress: bool,
+}
+
+/// The `roundtrip` pipeline: `n` requests, one at a time, from this thread,
+/// each keyed by itself. Returns whether every answer was right.
 fn roundtrip(
     engine: &Engine,
-    hosted: bool,
+    how: Roundtrip,
     n: u64,
     p: u32,
     placement: PlacementStrategy,
     startup_s: f64,
 ) -> Result<bool> {
     let df = Dataflow::new("roundtrip").parallelism(p);
-    let (requests, mut ingress) = df.ingress::<u64>("requests", 1024);
-    let answers = requests.key_by(|r: &u64| *r).as_stream().map(|r: &u64| r + 1).name("answer").egress(1024);
+    let answer = |r: &u64| r + 1;
+    let (answers, mut push): (_, Box<dyn FnMut(u64) -> bool>) = if how.keyed_ingress {
+        let (requests, mut ingress) = df.ingress_keyed::<u64, u64, _>("requests", QueueBound::records(1024), |r| *r);
+        let answers = requests.as_stream().map(answer).name("answer").egress(1024);
+        (answers, Box::new(move |r| ingress.push(r).is_ok()))
+    } else {
+        let (requests, mut ingress) = df.ingress::<u64>("requests", 1024);
+        let answers = requests.key_by(|r: &u64| *r).as_stream().map(answer).name("answer").egress(1024);
+        (answers, Box::new(move |r| ingress.push(r).is_ok()))
+    };
     let cpu0 = process_cpu_time();
     let handle = engine.submit_with(df.build()?, placement)?;
     let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)?;
@@ -300,7 +327,7 @@ fn roundtrip(
     let start = Instant::now();
     for r in 0..n {
         let sent = Instant::now();
-        if ingress.push(r).is_err() {
+        if !push(r) {
             bail!("the job stopped taking requests at request {r}: {:?}", answers.stopped());
         }
         // On a hosted shard's thread the wait runs the shard.
@@ -313,20 +340,21 @@ fn roundtrip(
         }
     }
     let wall_s = start.elapsed().as_secs_f64();
-    drop(ingress);
+    drop(push);
     handle.wait_timeout(ROUNDTRIP_TIMEOUT)?;
     let cpu_s = cpu_since(cpu0);
     let ok = right == n;
     println!("answered={n} right={right} mean_us={:.1}", hist.mean() / 1000.0);
     println!(
         "shardflow roundtrip N={n} requests_per_s={:.0} wall_s={wall_s:.3} verify={} {} idle={} \
-         startup_s={startup_s:.3} cpu_s={cpu_s:.2} shards={} parallelism={p}{}",
+         startup_s={startup_s:.3} cpu_s={cpu_s:.2} shards={} parallelism={p}{}{}",
         n as f64 / wall_s,
         verdict(ok),
         quantiles_us(&hist),
         idle_name(engine),
         engine.shards().len(),
-        hosted_tag(hosted),
+        hosted_tag(how.hosted),
+        if how.keyed_ingress { " keyed_ingress=true" } else { "" },
     );
     Ok(ok)
 }

@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::{add_op, consumer_check, EdgeKind, Keeps, Stream};
+use super::{add_op, consumer_check, Keeps, Stream};
 use crate::data::{Data, Key};
 use crate::error::DataflowError;
 use crate::runtime::build::{attach, port, Name};
@@ -15,7 +15,7 @@ use crate::runtime::keyed::{
     KeyedCoProcessFunction, KeyedProcessFactory, KeyedProcessFunction, Reduce, TwoInputFactory,
 };
 use crate::runtime::ops::{CoFlatMapFactory, CoProcessFactory, CoProcessFunction};
-use crate::runtime::output::{KeySelector, Routing, WriterFactory};
+use crate::runtime::output::{KeySelector, WriterFactory};
 use crate::runtime::side::OutPorts;
 use crate::runtime::vertex::{SideEntry, VertexPlan};
 
@@ -143,11 +143,11 @@ fn two_inputs<A: Data, B: Data, O: Data>(
     let parallelism = p.parallelism;
     let vertex = p.add_vertex(&name, parallelism, VertexPlan::Inputs(Vec::new()));
     let key = p.edges.len();
-    let (ra, ka) = first.exchange.clone().unwrap_or((Routing::Rebalance, EdgeKind::Auto));
+    let (ra, ka) = first.edge();
     let edge = p.add_edge(first.vertex, vertex, ka, A::format());
     attach(&first.port, Arc::new(WriterFactory { edge, routing: ra }));
     p.add_entry(vertex, edge, Arc::new(SideEntry { op: op.clone(), key, first: true }));
-    let (rb, kb) = second.exchange.clone().unwrap_or((Routing::Rebalance, EdgeKind::Auto));
+    let (rb, kb) = second.edge();
     let edge = p.add_edge(second.vertex, vertex, kb, B::format());
     attach(&second.port, Arc::new(WriterFactory { edge, routing: rb }));
     p.add_entry(vertex, edge, Arc::new(SideEntry { op, key, first: false }));

@@ -37,16 +37,18 @@ use std::sync::Arc;
 
 use shardflow_control::{JobGraph, JobVertex, OperatorSpec, PartitionerKind, RecordFormat, VertexId};
 
-use crate::data::Data;
+use crate::data::{key_hash, Data, Key};
 use crate::error::{DataflowError, EngineError};
 use crate::params::Params;
 use crate::runtime::bound::QueueBound;
 use crate::runtime::build::{attach, consumers, port, Name, NodeFactory, Port};
 use crate::runtime::collector::TaskInfo;
-use crate::runtime::output::{Routing, WriterFactory};
+use crate::runtime::output::{KeyBy, KeySelector, Routing, WriterFactory};
 use crate::runtime::side::SidePorts;
-use crate::runtime::sources::{self, FromItems, Generator, IngressHandle, Runs, Source, SourceNode};
-use crate::runtime::state::{JobSnapshot, OperatorSnapshot};
+use crate::runtime::sources::{
+    self, FromItems, Generator, IngressHandle, KeyedIngressHandle, Runs, Source, SourceNode,
+};
+use crate::runtime::state::{JobSnapshot, KeyGroupRouter, OperatorSnapshot};
 use crate::runtime::vertex::{EntryFactory, PortEntry, VertexPlan};
 use crate::runtime::JobPlan;
 
@@ -61,6 +63,9 @@ pub const DEFAULT_MAX_PARALLELISM: u32 = 128;
 pub(crate) enum EdgeKind {
     /// Forward if the two vertices have equal parallelism, else round robin.
     Auto,
+    /// Chained where it can be; as an edge, forward, and equal parallelism
+    /// is required (a keyed ingress's stream: partitioned at its source).
+    Pinned,
     /// Exactly this.
     Fixed(PartitionerKind),
 }
@@ -142,6 +147,9 @@ pub(crate) struct Plan {
     snapshot_at_end: bool,
     /// The job's ingresses, to close when it ends.
     ingresses: Vec<sources::IngressCloser>,
+    /// The keyed ingresses: their handles route by the max parallelism of
+    /// their creation.
+    keyed_ingresses: Vec<String>,
 }
 
 pub(crate) type PlanRef = Rc<RefCell<Plan>>;
@@ -234,6 +242,7 @@ impl Dataflow {
                 allow_non_restored_state: false,
                 snapshot_at_end: false,
                 ingresses: Vec::new(),
+                keyed_ingresses: Vec::new(),
             })),
         }
     }
@@ -256,7 +265,15 @@ impl Dataflow {
     /// and the unit keyed state is redistributed in (default 128).
     #[must_use]
     pub fn max_parallelism(self, max: u32) -> Self {
-        self.plan.borrow_mut().max_parallelism = max;
+        let mut p = self.plan.borrow_mut();
+        if max != p.max_parallelism {
+            let was = p.max_parallelism;
+            for ingress in p.keyed_ingresses.clone() {
+                p.error(DataflowError::MaxParallelismAfterKeyedIngress { ingress, was, now: max });
+            }
+        }
+        p.max_parallelism = max;
+        drop(p);
         self
     }
 
@@ -361,7 +378,60 @@ impl Dataflow {
         bound: QueueBound,
         parallelism: u32,
     ) -> (Stream<T>, IngressHandle<T>) {
-        let (handle, queues) = sources::ingress::<T>(name, bound, parallelism);
+        self.ingress_routed(name, bound, parallelism, None)
+    }
+
+    /// A source a service pushes records into, partitioned by `key` as they
+    /// are pushed: each record goes to the queue of the source subtask that
+    /// owns its key's key group, so the stream is keyed from its source on
+    /// (as `key_by` would key it) and the keyed operators that follow chain
+    /// into the source's subtasks: no exchange, no hop between cores for a
+    /// request (Flink's `reinterpretAsKeyedStream` for a pre-partitioned
+    /// source). Queues within `bound`, one per subtask at the dataflow's
+    /// parallelism, which the keyed operators keep (another is a typed error
+    /// at [`Dataflow::build`]; so is a `max_parallelism` set after this).
+    ///
+    /// ```
+    /// # use shardflow_engine::{Dataflow, QueueBound};
+    /// let df = Dataflow::new("totals").parallelism(2);
+    /// let (amounts, mut ingress) =
+    ///     df.ingress_keyed::<u64, (u64, u64), _>("amounts", QueueBound::records(1024), |a: &(u64, u64)| a.0);
+    /// let totals = amounts.reduce(|t: &(u64, u64), a: &(u64, u64)| (t.0, t.1 + a.1)).egress(1024);
+    /// ingress.push((7, 100)).unwrap(); // to the subtask that owns key 7
+    /// # drop((totals, ingress));
+    /// ```
+    pub fn ingress_keyed<K: Key, T: Data, F>(
+        &self,
+        name: &str,
+        bound: QueueBound,
+        key: F,
+    ) -> (KeyedStream<K, T, KeyBy<F>>, KeyedIngressHandle<T>)
+    where
+        F: Fn(&T::Borrowed) -> K + Send + Sync + 'static,
+    {
+        let (parallelism, max) = {
+            let p = self.plan.borrow();
+            (p.parallelism, p.max_parallelism)
+        };
+        let selector = Arc::new(KeyBy(key));
+        let router = KeyGroupRouter::new(parallelism, max);
+        let by_key = selector.clone();
+        let route: sources::IngressRoute<T> =
+            Box::new(move |r: &T| router.subtask(KeySelector::<K, T>::with_key(&*by_key, r.borrow(), key_hash)));
+        let (stream, handle) = self.ingress_routed(name, bound, parallelism, Some(route));
+        self.plan.borrow_mut().keyed_ingresses.push(name.to_string());
+        let keyed = KeyedStream { stream: stream.pinned(), selector, _k: PhantomData };
+        (keyed, KeyedIngressHandle::new(handle))
+    }
+
+    fn ingress_routed<T: Data>(
+        &self,
+        name: &str,
+        bound: QueueBound,
+        parallelism: u32,
+        route: Option<sources::IngressRoute<T>>,
+    ) -> (Stream<T>, IngressHandle<T>) {
+        let (handle, queues) = sources::ingress::<T>(name, bound, parallelism, route);
         self.plan.borrow_mut().ingresses.push(queues.closer());
         let queues = Arc::new(queues);
         let who = name.to_string();
@@ -424,7 +494,7 @@ impl Dataflow {
             let partitioner = match e.kind {
                 EdgeKind::Auto if up.parallelism == down.parallelism => PartitionerKind::Forward,
                 EdgeKind::Auto => PartitionerKind::Rebalance,
-                EdgeKind::Fixed(PartitionerKind::Forward) if up.parallelism != down.parallelism => {
+                EdgeKind::Fixed(PartitionerKind::Forward) | EdgeKind::Pinned if up.parallelism != down.parallelism => {
                     return Err(DataflowError::ForwardMismatch {
                         from: up.name.get(),
                         upstream: up.parallelism,
@@ -434,6 +504,7 @@ impl Dataflow {
                     .into())
                 }
                 EdgeKind::Fixed(k) => k,
+                EdgeKind::Pinned => PartitionerKind::Forward,
             };
             graph.connect_with(VertexId(e.source as u32), VertexId(e.target as u32), partitioner, e.format.clone());
         }

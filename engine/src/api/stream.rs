@@ -64,7 +64,7 @@ impl<T: Data> Stream<T> {
     /// the port the operator reads, and whether it heads its vertex.
     fn place(&self, p: &mut Plan, name: &Name) -> (usize, Port<T>, bool) {
         match &self.exchange {
-            None => (self.vertex, self.port.clone(), false),
+            None | Some((_, EdgeKind::Pinned)) => (self.vertex, self.port.clone(), false),
             Some((routing, kind)) => {
                 let (v, root) = p.exchange(self.vertex, &self.port, routing.clone(), *kind, name);
                 (v, root, true)
@@ -108,9 +108,10 @@ impl<T: Data> Stream<T> {
             None
         } else {
             let (from, name) = (vertex, name.clone());
+            let (routing, kind) = self.edge();
             Some(Box::new(move |p: &mut Plan| {
                 detach(&input, &factory);
-                let (v, root) = p.exchange(from, &input, Routing::Rebalance, EdgeKind::Auto, &name);
+                let (v, root) = p.exchange(from, &input, routing.clone(), kind, &name);
                 attach(&root, factory.clone());
                 v
             }))
@@ -142,6 +143,20 @@ impl<T: Data> Stream<T> {
 
     fn with_exchange(&self, routing: Routing<T>, kind: PartitionerKind) -> Stream<T> {
         Stream { exchange: Some((routing, EdgeKind::Fixed(kind))), ..self.clone() }
+    }
+
+    /// This stream, partitioned where it is produced (a keyed ingress's): the
+    /// next operator chains into its vertex, and where it cannot (an operator
+    /// of two inputs, a union) the edge is forward, at equal parallelism.
+    pub(crate) fn pinned(&self) -> Stream<T> {
+        Stream { exchange: Some((Routing::Forward, EdgeKind::Pinned)), ..self.clone() }
+    }
+
+    /// How this stream reaches an operator of a vertex of its own: through its
+    /// pending exchange, forward if pinned, else round robin (forward where the
+    /// parallelisms are equal).
+    pub(crate) fn edge(&self) -> (Routing<T>, EdgeKind) {
+        self.exchange.clone().unwrap_or((Routing::Rebalance, EdgeKind::Auto))
     }
 
     // ------------------------------------------------------------ settings
@@ -300,7 +315,7 @@ impl<T: Data> Stream<T> {
         let vertex = p.add_vertex(&name, parallelism, VertexPlan::Inputs(Vec::new()));
         let key = p.edges.len();
         for s in [self, other] {
-            let (routing, kind) = s.exchange.clone().unwrap_or((Routing::Rebalance, EdgeKind::Auto));
+            let (routing, kind) = s.edge();
             let edge = p.add_edge(s.vertex, vertex, kind, T::format());
             attach(&s.port, Arc::new(WriterFactory { edge, routing }));
             p.add_entry(vertex, edge, Arc::new(PortEntry { port: root.clone(), key }));

@@ -76,10 +76,16 @@ impl std::fmt::Debug for IngressCloser {
 /// A queued record and the bytes it was charged (0 without a byte bound).
 type Queued<T> = (T, usize);
 
+/// Which queue a record of a keyed ingress goes to: the source subtask that
+/// owns its key's key group.
+pub(crate) type IngressRoute<T> = Box<dyn Fn(&T) -> usize + Send + Sync>;
+
 /// The queues of an ingress, one per source subtask.
 struct IngressQueues<T> {
     name: String,
     senders: Vec<Sender<Queued<T>>>,
+    /// A keyed ingress's: each record to its key's subtask.
+    route: Option<IngressRoute<T>>,
     /// By queue, with a byte bound: what it holds.
     budgets: Arc<[ByteBudget<T>]>,
     /// What a record is charged, with a byte bound.
@@ -183,9 +189,13 @@ impl<T: Send> IngressHandle<T> {
         (0..self.subtasks()).map(|i| IngressHandle { queues: self.queues.clone(), next: i, pinned: Some(i) }).collect()
     }
 
-    fn pick(&mut self) -> usize {
+    #[inline]
+    fn pick(&mut self, record: &T) -> usize {
         if let Some(i) = self.pinned {
             return i;
+        }
+        if let Some(route) = &self.queues.route {
+            return route(record);
         }
         let i = self.next;
         self.next = (i + 1) % self.queues.senders.len().max(1);
@@ -197,7 +207,7 @@ impl<T: Send> IngressHandle<T> {
     /// gone — also while the push waits — the record comes back in
     /// [`PushError::Closed`].
     pub fn push(&mut self, record: T) -> Result<(), PushError<T>> {
-        let i = self.pick();
+        let i = self.pick(&record);
         self.push_to(i, record)
     }
 
@@ -220,7 +230,7 @@ impl<T: Send> IngressHandle<T> {
     /// # Cancel safety
     /// Not cancel-safe: a push cancelled while it waits drops its record.
     pub async fn push_async(&mut self, record: T) -> Result<(), PushError<T>> {
-        let i = self.pick();
+        let i = self.pick(&record);
         let mut slot = Some(record);
         self.push_when_room(i, &mut slot).await
     }
@@ -252,7 +262,7 @@ impl<T: Send> IngressHandle<T> {
 
     /// Pushes `record` if its queue has room now.
     pub fn try_push(&mut self, record: T) -> Result<(), PushError<T>> {
-        let i = self.pick();
+        let i = self.pick(&record);
         self.try_push_to(i, record)
     }
 
@@ -312,7 +322,7 @@ impl<T: Send> IngressHandle<T> {
     /// Pushes `record`, waiting up to `timeout` for room: [`PushError::Full`]
     /// if none came, [`PushError::Closed`] as soon as the job is gone.
     pub fn push_timeout(&mut self, record: T, timeout: Duration) -> Result<(), PushError<T>> {
-        let i = self.pick();
+        let i = self.pick(&record);
         let record = match self.try_push_to(i, record) {
             Err(PushError::Full(r)) => r,
             done => return done,
@@ -331,6 +341,74 @@ impl<T: Send> IngressHandle<T> {
     }
 }
 
+/// Pushes records into a keyed ingress ([`crate::Dataflow::ingress_keyed`]):
+/// each goes to the queue of the source subtask that owns its key's key group,
+/// so the stream is partitioned by key from its source on, with no exchange.
+/// An [`IngressHandle`] that cannot pick a queue itself (no `push_to`, no
+/// `split`): records of one key from one handle stay in order.
+pub struct KeyedIngressHandle<T>(IngressHandle<T>);
+
+impl<T> Clone for KeyedIngressHandle<T> {
+    fn clone(&self) -> Self {
+        KeyedIngressHandle(self.0.clone())
+    }
+}
+
+impl<T> std::fmt::Debug for KeyedIngressHandle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("KeyedIngressHandle").field(&self.0).finish()
+    }
+}
+
+impl<T: Send> KeyedIngressHandle<T> {
+    pub(crate) fn new(handle: IngressHandle<T>) -> Self {
+        KeyedIngressHandle(handle)
+    }
+
+    /// The number of source subtasks (queues).
+    pub fn subtasks(&self) -> usize {
+        self.0.subtasks()
+    }
+
+    /// The source subtask `record` goes to (that of its key's key group).
+    pub fn subtask_of(&self, record: &T) -> usize {
+        self.0.queues.route.as_ref().map_or(0, |route| route(record))
+    }
+
+    /// The records queued now, in every queue.
+    pub fn queued(&self) -> usize {
+        self.0.queued()
+    }
+
+    /// The bytes queued now, as a byte bound charges them.
+    pub fn queued_bytes(&self) -> usize {
+        self.0.queued_bytes()
+    }
+
+    /// [`IngressHandle::push`] to the queue of `record`'s key.
+    pub fn push(&mut self, record: T) -> Result<(), PushError<T>> {
+        self.0.push(record)
+    }
+
+    /// [`IngressHandle::push_async`] to the queue of `record`'s key.
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe: a push cancelled while it waits drops its record.
+    pub async fn push_async(&mut self, record: T) -> Result<(), PushError<T>> {
+        self.0.push_async(record).await
+    }
+
+    /// [`IngressHandle::try_push`] to the queue of `record`'s key.
+    pub fn try_push(&mut self, record: T) -> Result<(), PushError<T>> {
+        self.0.try_push(record)
+    }
+
+    /// [`IngressHandle::push_timeout`] to the queue of `record`'s key.
+    pub fn push_timeout(&mut self, record: T, timeout: Duration) -> Result<(), PushError<T>> {
+        self.0.push_timeout(record, timeout)
+    }
+}
+
 /// The source side of an ingress: each subtask takes its queue.
 pub(crate) struct IngressSources<T> {
     receivers: Vec<Receiver<Queued<T>>>,
@@ -339,11 +417,13 @@ pub(crate) struct IngressSources<T> {
     life: Arc<IngressLife>,
 }
 
-/// An ingress of `parallelism` queues, each within `bound`.
+/// An ingress of `parallelism` queues, each within `bound`; a keyed one's
+/// `route` picks each record's queue.
 pub(crate) fn ingress<T: Data>(
     name: &str,
     bound: QueueBound,
     parallelism: u32,
+    route: Option<IngressRoute<T>>,
 ) -> (IngressHandle<T>, IngressSources<T>) {
     let (mut senders, mut receivers, mut wakes, mut budgets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..parallelism.max(1) {
@@ -365,6 +445,7 @@ pub(crate) fn ingress<T: Data>(
     let queues = Arc::new(IngressQueues {
         name: name.to_string(),
         senders,
+        route,
         budgets: budgets.clone(),
         charge,
         wakes: wakes.clone(),

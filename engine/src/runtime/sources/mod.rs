@@ -16,8 +16,8 @@ use crate::runtime::state::OperatorSnapshot;
 
 mod ingress;
 
-pub(crate) use ingress::{ingress, IngressCloser};
-pub use ingress::{IngressHandle, PushError};
+pub(crate) use ingress::{ingress, IngressCloser, IngressRoute};
+pub use ingress::{IngressHandle, KeyedIngressHandle, PushError};
 
 /// Records a source hands on per poll at most.
 pub const SOURCE_BATCH: usize = 1024;
