@@ -1,14 +1,14 @@
-//! Oracles for four job shapes (union, connect, flat map, key by, reduce,
-//! running count, process with map state, keyed co-process) at random
-//! parallelisms over random user records with strings, each checked against a
-//! naive single-threaded evaluation. Random shapes: `embedded_random_graphs`.
+//! Oracles for five job shapes (union, connect, flat map, key by, reduce,
+//! running count, process with map state, keyed co-process, a keyed ingress
+//! pushed from a thread) at random parallelisms over random user records with
+//! strings, each checked against a naive single-threaded evaluation. Random shapes: `embedded_random_graphs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use shardflow_benches::SplitMix;
 use shardflow_engine::{
     Dataflow, Emitter, Engine, KeyedCoProcessFunction, KeyedContext, KeyedProcessFunction, MapState, OperatorError,
-    StateDeclarations, ValueState,
+    QueueBound, StateDeclarations, ValueState,
 };
 
 use crate::common::{oracle_cases, shard_count, small_engine, TIMEOUT};
@@ -178,6 +178,46 @@ fn connect_keyed_co_process(engine: &Engine, rng: &mut SplitMix, max_p: u64) {
     assert_eq!(got, want, "connect → keyed co-process");
 }
 
+/// Clicks pushed from a thread into a keyed ingress (bounded by count and
+/// bytes): its keyed stream feeds a chained process with map state and,
+/// forward, the second input of a keyed co-process.
+fn keyed_ingress_into_process_and_co_process(engine: &Engine, rng: &mut SplitMix, max_p: u64) {
+    let input = clicks(rng, 1500);
+    let users: Vec<(String, u64)> = (0..30).map(|u| (format!("user-{u}"), rng.range(1, 3))).collect();
+    let df = Dataflow::new("keyed-ingress").parallelism(rng.range(1, max_p) as u32);
+    let bound = QueueBound::records(rng.range(1, 64) as usize).and_bytes(rng.range(64, 4096) as usize);
+    let (spend, mut ingress) = df.ingress_keyed::<String, Click, _>("clicks", bound, |c: &Click| c.user.clone());
+    let pages = spend.process(PagesPerUser { pages: None }).collect();
+    let tiers = df.from_iter("users", users.clone()).key_by_ref::<String, _>(|u: &(String, u64)| &u.0);
+    let totals = tiers.connect(&spend).process(TierTotals::default()).collect();
+    let handle = engine.submit(df.build().expect("the dataflow is valid")).expect("submit");
+    let pushed = input.clone();
+    let pusher = std::thread::spawn(move || {
+        for c in pushed {
+            ingress.push(c).expect("the job takes every click");
+        }
+    });
+    crate::common::join_within(pusher, "every click pushed");
+    handle.wait_timeout(TIMEOUT).expect("the job ends when the ingress handle is dropped");
+
+    let mut want_pages: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for c in &input {
+        want_pages.entry(c.user.clone()).or_default().insert(c.page.clone());
+        *counts.entry(c.user.clone()).or_default() += 1;
+    }
+    let want: BTreeSet<(String, u64, u64)> =
+        want_pages.into_iter().map(|(u, p)| (u.clone(), p.len() as u64, counts[&u])).collect();
+    assert_eq!(pages.take().into_iter().collect::<BTreeSet<_>>(), want, "keyed ingress → process with map state");
+    let tier: BTreeMap<&str, u64> = users.iter().map(|(u, t)| (u.as_str(), *t)).collect();
+    let mut want: BTreeMap<String, u64> = users.iter().map(|(u, _)| (u.clone(), 0)).collect();
+    for c in &input {
+        *want.entry(c.user.clone()).or_default() += tier.get(c.user.as_str()).copied().unwrap_or(0) * c.amount;
+    }
+    let got: BTreeMap<String, u64> = totals.take().into_iter().collect();
+    assert_eq!(got, want, "keyed ingress → keyed co-process");
+}
+
 /// Page segments by flat map, counted per segment (running counts: the last
 /// count of each segment is its total), plus a co-map of two streams.
 fn flat_map_running_count_and_co_map(engine: &Engine, rng: &mut SplitMix, max_p: u64) {
@@ -217,7 +257,7 @@ fn flat_map_running_count_and_co_map(engine: &Engine, rng: &mut SplitMix, max_p:
 }
 
 #[test]
-fn four_job_shapes_at_random_parallelisms_agree_with_a_naive_evaluation() {
+fn five_job_shapes_at_random_parallelisms_agree_with_a_naive_evaluation() {
     let engine = small_engine().build().expect("engine starts");
     let max_p = (2 * shard_count()).min(3) as u64;
     for seed in 0..oracle_cases(3) {
@@ -226,5 +266,6 @@ fn four_job_shapes_at_random_parallelisms_agree_with_a_naive_evaluation() {
         keyed_process_with_map_state(&engine, &mut rng, max_p);
         connect_keyed_co_process(&engine, &mut rng, max_p);
         flat_map_running_count_and_co_map(&engine, &mut rng, max_p);
+        keyed_ingress_into_process_and_co_process(&engine, &mut rng, max_p);
     }
 }
