@@ -1,6 +1,7 @@
 //! Keyed state with a time-to-live: once expired it reads as none, is swept
 //! from the end-of-input calls and from snapshots, and a restored state
-//! expires when it would have. No test waits on the clock: a processing-time
+//! expires when it would have; one that expires after access is kept by its
+//! reads. No test waits on the clock: a processing-time
 //! timer registered past a write's expiry is the event that says it expired
 //! (a timer fires only once processing time reaches it), and a state that
 //! must not expire has a time-to-live far beyond the test's timeout.
@@ -228,6 +229,93 @@ fn restored_state_expires_when_it_would_have_and_unstamped_state_starts_its_cloc
     // clocks start at the restore, and 20 ms later every value expired.
     let (push, out, job) = remember(&engine, Some(SHORT), Some(without));
     assert_eq!(tick_then_end(push, &out, job), vec![], "clocks started at the restore");
+}
+
+/// Per key, from a timer at `start`: a value whose reads restart its clock
+/// (`expire_after_access`) and one whose reads do not (`expire_after`), both
+/// of time-to-live `SHORT`, written at `start`, then read and reported by
+/// timers at 0.6, 1.2 and 2.2 times `SHORT` after it. A timer sees state at
+/// its own time, so how late it fires changes nothing.
+#[derive(Clone, Default)]
+struct Cached {
+    used: Option<ValueState<u64>>,
+    written: Option<ValueState<u64>>,
+    /// (start, step), without a time-to-live.
+    progress: Option<ValueState<(u64, u64)>>,
+}
+
+/// (key, step, the read-kept value, the write-kept value).
+type Seen = (u64, u64, Option<u64>, Option<u64>);
+
+/// Timers' offsets from `start`, in tenths of `SHORT`, by step.
+const STEPS: [u64; 4] = [0, 6, 12, 22];
+
+impl KeyedProcessFunction<u64, u64, Seen> for Cached {
+    fn open(&mut self, states: &mut StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
+        let (used, written) = (states.value_state("used")?, states.value_state("written")?);
+        states.expire_after_access(&used, SHORT)?;
+        states.expire_after(&written, SHORT)?;
+        (self.used, self.written) = (Some(used), Some(written));
+        self.progress = Some(states.value_state("progress")?);
+        Ok(())
+    }
+    fn process(
+        &mut self,
+        _: &u64,
+        ctx: &mut KeyedContext<'_, u64>,
+        _: &mut Emitter<'_, Seen>,
+    ) -> Result<(), OperatorError> {
+        let now = ctx.processing_time();
+        ctx.set_value(self.progress.as_ref().expect("opened"), (now, 0))?;
+        ctx.register_timer(now)
+    }
+    fn on_timer(
+        &mut self,
+        at: u64,
+        ctx: &mut KeyedContext<'_, u64>,
+        out: &mut Emitter<'_, Seen>,
+    ) -> Result<(), OperatorError> {
+        let (used, written, progress) = (self.used.as_ref(), self.written.as_ref(), self.progress.as_ref());
+        let (used, written, progress) = (used.expect("opened"), written.expect("opened"), progress.expect("opened"));
+        let (start, step) = ctx.value(progress)?.copied().expect("set before the first timer");
+        let key = *ctx.key();
+        if step == 0 {
+            ctx.set_value(used, key)?;
+            ctx.set_value(written, key)?;
+        } else {
+            out.emit((key, step, ctx.value(used)?.copied(), ctx.value(written)?.copied()));
+        }
+        let start = if step == 0 { at } else { start };
+        if let Some(next) = STEPS.get(step as usize + 1) {
+            ctx.set_value(progress, (start, step + 1))?;
+            ctx.register_timer(start + next * SHORT.as_micros() as u64 / 10)?;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn state_expiring_after_access_is_kept_by_its_reads_and_state_expiring_after_write_is_not() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("cached").parallelism(2);
+    let (keys, mut push) = df.ingress::<u64>("keys", 16);
+    let seen = keys.key_by(|k: &u64| *k).process(Cached::default()).name("cached").egress(64);
+    let job = engine.submit(df.build().expect("a valid dataflow")).expect("submit");
+    for k in 0..10 {
+        push.push(k).expect("the job takes the key");
+    }
+    let mut got: Vec<Seen> =
+        (0..30).map(|i| seen.recv_timeout(TIMEOUT).unwrap_or_else(|e| panic!("report {i}: {e}"))).collect();
+    drop(push);
+    job.wait_timeout(TIMEOUT).expect("the job ends with its input");
+    got.sort_unstable();
+    let mut want: Vec<Seen> = Vec::new();
+    for k in 0..10 {
+        // 0.6: both live. 1.2: the read at 0.6 kept one, the other expired at
+        // 1.0. 2.2: a whole time-to-live since the read at 1.2: both gone.
+        want.extend([(k, 1, Some(k), Some(k)), (k, 2, Some(k), None), (k, 3, None, None)]);
+    }
+    assert_eq!(got, want);
 }
 
 #[test]

@@ -1,15 +1,21 @@
-//! Time-to-live of keyed state (Flink's `StateTtlConfig` with its defaults:
-//! the clock restarts on each write — created, set, added to, changed — never
-//! on a read, and an expired state is never returned). A state declared with
-//! a time-to-live keeps, per key, when it was last written; a key whose state
-//! is older than that reads as having none, loses it at its next write, and
-//! loses it anyway when the operator sweeps: on a timer of its own, every
+//! Time-to-live of keyed state (Flink's `StateTtlConfig`: by default the
+//! clock restarts on each write — created, set, added to, changed — never on
+//! a read; declared with `expire_after_access`, on each read too (Flink's
+//! `OnReadAndWrite`); an expired state is never returned). A state declared
+//! with a time-to-live keeps, per key, when it was last written (or read); a
+//! key whose state is older than that reads as having none, loses it at its
+//! next write, and loses it anyway when the operator sweeps: on a timer of its own, every
 //! time-to-live (the shortest of the operator's), before a snapshot (which so
 //! holds no expired state), before the end-of-input calls and before
 //! `for_each_key`. The write times are keyed state too: charged to the slot's
 //! managed memory and snapshotted (`\0ttl:<state>`), so a restored state
 //! expires when it would have; a state a snapshot has no times for (it had no
-//! time-to-live then) starts its clock at the restore.
+//! time-to-live then) starts its clock at the restore. The clock is processing
+//! time, read once per batch of records; in `on_timer` it is the timer's own
+//! time, so what a timer sees of its key's state does not depend on how late
+//! it fires. A clock never moves a state's time back.
+
+use std::cell::Cell;
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
@@ -18,11 +24,14 @@ use crate::runtime::clock;
 /// The snapshot name of state `<name>`'s write times is this and the name.
 pub(crate) const TTL_PREFIX: &str = "\0ttl:";
 
-/// A state's time-to-live and when each key last wrote it (µs, the
-/// processing-time clock).
+/// A state's time-to-live and when each key last wrote it (or read it, where
+/// reads restart the clock) (µs, the processing-time clock). A read sees the
+/// state through a shared reference: its restart goes through a `Cell`.
 pub(super) struct Expiry<K> {
     ttl_us: u64,
-    written: FxMap<K, u64>,
+    /// Whether a read restarts the clock too (`expire_after_access`).
+    on_read: bool,
+    written: FxMap<K, Cell<u64>>,
 }
 
 /// Whether a state written at `at` has expired at `now`.
@@ -32,14 +41,15 @@ fn expired_at(at: u64, ttl_us: u64, now: u64) -> bool {
 }
 
 impl<K: Key> KeyedBackend<K> {
-    /// Gives table `index` a time-to-live of `ttl`.
-    fn expire_after(&mut self, index: usize, ttl: Duration) -> Result<(), OperatorError> {
+    /// Gives table `index` a time-to-live of `ttl`, restarted by reads too if
+    /// `on_read`.
+    fn expire_after(&mut self, index: usize, ttl: Duration, on_read: bool) -> Result<(), OperatorError> {
         let ttl_us = u64::try_from(ttl.as_micros()).unwrap_or(u64::MAX);
         if ttl_us == 0 {
             return Err(OperatorError::User("a state's time-to-live must be at least a microsecond".into()));
         }
         match self.ttls.get_mut(index) {
-            Some(slot) => *slot = Some(Expiry { ttl_us, written: FxMap::default() }),
+            Some(slot) => *slot = Some(Expiry { ttl_us, on_read, written: FxMap::default() }),
             None => return Err(handle_mismatch()),
         }
         self.expiring = true;
@@ -64,14 +74,14 @@ impl<K: Key> KeyedBackend<K> {
         let now = self.now_us;
         match expiry.written.get_mut(key) {
             Some(at) => {
-                if expired_at(*at, expiry.ttl_us, now) {
+                if expired_at(at.get(), expiry.ttl_us, now) {
                     self.tables[index].clear_key(key, &mut self.memory);
                 }
-                *at = now;
+                at.set(at.get().max(now));
                 Ok(())
             }
             None => {
-                expiry.written.insert(K::to_owned_record(key), now);
+                expiry.written.insert(K::to_owned_record(key), Cell::new(now));
                 self.memory.grow(entry_bytes::<K, u64>(key))
             }
         }
@@ -90,7 +100,8 @@ impl<K: Key> KeyedBackend<K> {
         }
     }
 
-    /// Whether `key`'s state in table `index` has expired (a read sees none).
+    /// Whether `key`'s state in table `index` has expired (a read sees none);
+    /// one that has not and whose reads restart its clock restarts it.
     #[inline(always)]
     pub(super) fn expired(&self, index: usize, key: &K::Borrowed) -> bool {
         self.expiring && self.expired_now(index, key)
@@ -98,10 +109,15 @@ impl<K: Key> KeyedBackend<K> {
 
     #[inline(never)]
     fn expired_now(&self, index: usize, key: &K::Borrowed) -> bool {
-        match self.ttls.get(index) {
-            Some(Some(e)) => e.written.get(key).is_some_and(|at| expired_at(*at, e.ttl_us, self.now_us)),
-            _ => false,
+        let Some(Some(e)) = self.ttls.get(index) else { return false };
+        let Some(at) = e.written.get(key) else { return false };
+        if expired_at(at.get(), e.ttl_us, self.now_us) {
+            return true;
         }
+        if e.on_read {
+            at.set(at.get().max(self.now_us));
+        }
+        false
     }
 
     /// Reads the clock that writes and reads of states with a time-to-live
@@ -126,9 +142,9 @@ impl<K: Key> KeyedBackend<K> {
         }
         let KeyedBackend { tables, memory, ttls, swept_at, now_us, .. } = self;
         for (table, expiry) in tables.iter_mut().zip(ttls.iter_mut()) {
-            let Some(Expiry { ttl_us, written }) = expiry else { continue };
+            let Some(Expiry { ttl_us, written, .. }) = expiry else { continue };
             written.retain(|key, at| {
-                let keep = !expired_at(*at, *ttl_us, *now_us);
+                let keep = !expired_at(at.get(), *ttl_us, *now_us);
                 if !keep {
                     table.clear_key(key.borrow(), memory);
                     memory.shrink(entry_bytes::<K, u64>(key.borrow()));
@@ -171,7 +187,7 @@ impl<K: Key> KeyedBackend<K> {
         for (table, expiry) in self.tables.iter().zip(&self.ttls) {
             let Some(e) = expiry.as_ref().filter(|e| !e.written.is_empty()) else { continue };
             let name = format!("{TTL_PREFIX}{}", table.name());
-            snapshot_table(&name, e.written.iter(), |at| Ok(at.to_le_bytes().to_vec()), router, groups)?;
+            snapshot_table(&name, e.written.iter(), |at| Ok(at.get().to_le_bytes().to_vec()), router, groups)?;
         }
         Ok(())
     }
@@ -186,7 +202,7 @@ impl<K: Key> KeyedBackend<K> {
             for key in table.keys() {
                 if !e.written.contains_key(key.borrow()) {
                     memory.grow(entry_bytes::<K, u64>(key.borrow()))?;
-                    e.written.insert(key, now);
+                    e.written.insert(key, Cell::new(now));
                 }
             }
         }
@@ -208,7 +224,7 @@ pub(super) fn restore_written<K: Key>(
         .map(u64::from_le_bytes)
         .map_err(|_| OperatorError::User("malformed state snapshot: a write time is not a time".into()))?;
     memory.grow(entry_bytes::<K, u64>(key.borrow()))?;
-    e.written.insert(key, at);
+    e.written.insert(key, Cell::new(at));
     Ok(())
 }
 
@@ -252,6 +268,48 @@ impl<K: Key> StateDeclarations<'_, K> {
     /// ```
     pub fn expire_after<S>(&mut self, handle: &StateHandle<S>, ttl: Duration) -> Result<(), OperatorError> {
         let index = self.backend.index_of(handle)?;
-        self.backend.expire_after(index, ttl)
+        self.backend.expire_after(index, ttl, false)
+    }
+
+    /// As [`Self::expire_after`], but a read restarts the clock too (Flink's
+    /// `UpdateType.OnReadAndWrite`): a key's state there that was neither
+    /// read nor written for `ttl` expires — a cache entry kept while it is
+    /// used. A read of state that has expired does not revive it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shardflow_engine::{Emitter, KeyedContext, KeyedProcessFunction, OperatorError, StateDeclarations, ValueState};
+    ///
+    /// /// A user's profile, looked up per request and kept while requests come.
+    /// #[derive(Clone, Default)]
+    /// struct Profiles {
+    ///     profile: Option<ValueState<String>>,
+    /// }
+    ///
+    /// impl KeyedProcessFunction<String, String, String> for Profiles {
+    ///     fn open(&mut self, states: &mut StateDeclarations<'_, String>) -> Result<(), OperatorError> {
+    ///         let profile = states.value_state("profile")?;
+    ///         states.expire_after_access(&profile, Duration::from_secs(10 * 60))?;
+    ///         self.profile = Some(profile);
+    ///         Ok(())
+    ///     }
+    ///     fn process(
+    ///         &mut self,
+    ///         request: &String,
+    ///         ctx: &mut KeyedContext<'_, String>,
+    ///         out: &mut Emitter<'_, String>,
+    ///     ) -> Result<(), OperatorError> {
+    ///         let profile = self.profile.as_ref().unwrap();
+    ///         match ctx.value(profile)? {
+    ///             Some(p) => out.emit(format!("{p}: {request}")), // read: kept 10 more minutes
+    ///             None => ctx.set_value(profile, format!("profile of {}", ctx.key()))?,
+    ///         }
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    pub fn expire_after_access<S>(&mut self, handle: &StateHandle<S>, ttl: Duration) -> Result<(), OperatorError> {
+        let index = self.backend.index_of(handle)?;
+        self.backend.expire_after(index, ttl, true)
     }
 }

@@ -190,13 +190,22 @@ impl<K: Key, O: Data> KeyedCore<K, O> {
         [timer, self.backend.next_sweep()].into_iter().flatten().min().and_then(clock::instant_at)
     }
 
-    /// Sweeps expired state if that is due, and removes and returns the
-    /// timers due at `now`.
+    /// Removes and returns the timers due at `now`, after sweeping expired
+    /// state if that is due at the first one's time (each timer then sees
+    /// its key's state as at its own time: see [`Self::at_timer`]).
     fn due_timers(&mut self, now: Instant) -> Vec<(u64, K)> {
         let now = clock::us_at(now);
-        self.backend.clock_at(now);
+        let due = self.backend.take_due_timers(now);
+        self.backend.clock_at(due.first().map_or(now, |(at, _)| *at));
         self.backend.sweep_if_due();
-        self.backend.take_due_timers(now)
+        due
+    }
+
+    /// Sets the clock state's time-to-live goes by to a timer's time `at`,
+    /// before its `on_timer` call: how late it fires does not change what it
+    /// sees.
+    fn at_timer(&mut self, at: u64) {
+        self.backend.clock_at(at);
     }
 
     /// Calls `each` for the next keys with state at the end of input; `true`
@@ -295,6 +304,7 @@ impl<K: Key, O: Data, C: KeyedCallbacks<K, O>> Lifecycle for KeyedOp<K, O, C> {
     }
     fn fire_timers(&mut self, now: Instant) -> Result<(), OperatorError> {
         for (at, key) in self.core.due_timers(now) {
+            self.core.at_timer(at);
             let c = &mut self.callbacks;
             self.core.with_key(key.borrow(), |ctx, out| c.on_timer(at, ctx, out));
         }
