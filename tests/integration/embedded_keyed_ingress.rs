@@ -90,3 +90,32 @@ fn what_would_break_a_keyed_ingress_s_partitioning_is_a_typed_error() {
     let _ = amounts(&df).reduce(add).collect();
     df.build().expect("max_parallelism set before the keyed ingress");
 }
+
+#[test]
+fn a_key_selector_that_panics_unwinds_into_the_pusher_and_the_job_takes_the_next_push() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("picky").parallelism(2);
+    let (numbers, ingress) = df.ingress_keyed::<u64, u64, _>("numbers", QueueBound::records(8), |n: &u64| {
+        assert!(*n != 13, "no key for thirteen");
+        n % 4
+    });
+    let sums = numbers.reduce(|t: &u64, n: &u64| t + n).collect();
+    let handle = engine.submit(df.build().unwrap()).unwrap();
+
+    // The selector runs in the pushing thread: its panic is the caller's, the
+    // record is not queued, and nothing of the job is touched.
+    let mut pusher = ingress.clone();
+    let panicked = std::thread::spawn(move || pusher.push(13)).join();
+    let cause = panicked.expect_err("the push panics with the selector");
+    assert_eq!(cause.downcast_ref::<&str>(), Some(&"no key for thirteen"));
+
+    let mut ingress = ingress;
+    for n in [1u64, 2, 5, 6] {
+        ingress.push(n).expect("the job takes the next pushes");
+    }
+    drop(ingress);
+    handle.wait_timeout(TIMEOUT).expect("the job ends complete");
+    let mut got = sums.take();
+    got.sort_unstable();
+    assert_eq!(got, [1, 2, 6, 8], "running sums of keys 1 (1, 1+5) and 2 (2, 2+6); 13 never went in");
+}

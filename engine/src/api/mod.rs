@@ -390,6 +390,8 @@ impl Dataflow {
     /// source). Queues within `bound`, one per subtask at the dataflow's
     /// parallelism, which the keyed operators keep (another is a typed error
     /// at [`Dataflow::build`]; so is a `max_parallelism` set after this).
+    /// `key` runs in the pushing thread: a panic there unwinds into the caller
+    /// of `push`, with nothing queued and the job untouched.
     ///
     /// ```
     /// # use shardflow_engine::{Dataflow, QueueBound};
