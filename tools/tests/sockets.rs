@@ -10,7 +10,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::sync::mpsc;
 
-use common::{frame, read_one, worker, Coordinator, WAIT};
+use common::{frame, try_read_one, worker, Coordinator, WAIT};
 use shardflow_engine::protocol::{self, ErrorCode, Message};
 
 #[test]
@@ -64,15 +64,24 @@ fn a_client_that_floods_requests_and_never_reads_is_dropped_and_delays_nobody() 
 }
 
 /// Opens `n` idle connections; returns those the coordinator kept open and the
-/// messages of the refusals the others got.
-fn connection_flood(addr: &str, n: usize) -> (Vec<TcpStream>, Vec<String>) {
+/// messages of the refusals the others got. A connection that got neither
+/// fails the test with the coordinator's log.
+fn connection_flood(c: &mut Coordinator, n: usize) -> (Vec<TcpStream>, Vec<String>) {
     let mut kept = Vec::new();
     let mut refusals = Vec::new();
-    let mut streams: Vec<TcpStream> = (0..n).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let mut streams: Vec<TcpStream> = (0..n).map(|_| TcpStream::connect(&c.addr).unwrap()).collect();
     // A refused connection gets its error reply at once; a kept one answers a request.
-    for mut s in streams.drain(..) {
+    for (i, mut s) in streams.drain(..).enumerate() {
         s.write_all(&frame(&Message::RequestResourceOverview(protocol::RequestResourceOverview {}))).unwrap();
-        match read_one(&mut s) {
+        let reply = try_read_one(&mut s).unwrap_or_else(|e| {
+            panic!(
+                "connection {i} of {n} ({} kept, {} refused before it): no reply ({e}); the coordinator's log:\n{}",
+                kept.len(),
+                refusals.len(),
+                c.log.all()
+            )
+        });
+        match reply {
             Message::ErrorReply(e) => {
                 assert_eq!(e.code, ErrorCode::Internal);
                 assert!(e.retryable, "{}", e.message);
@@ -88,7 +97,7 @@ fn connection_flood(addr: &str, n: usize) -> (Vec<TcpStream>, Vec<String>) {
 #[test]
 fn connections_past_the_cap_are_refused_clearly_and_the_coordinator_answers_after() {
     let mut c = Coordinator::start("", &["--bind", "127.0.0.1:0", "--max-connections", "8"]);
-    let (kept, refusals) = connection_flood(&c.addr, 12);
+    let (kept, refusals) = connection_flood(&mut c, 12);
     assert_eq!((kept.len(), refusals.len()), (8, 4), "{refusals:?}");
     assert!(refusals.iter().all(|m| m.contains("too many connections") && m.contains("at most 8")), "{refusals:?}");
     c.wait_for_log(&["refused a connection from 127.0.0.1:", "too many connections"]);
@@ -106,7 +115,7 @@ fn a_connection_flood_past_the_descriptor_limit_is_refused_and_the_coordinator_a
     // 40 descriptors, a cap far above: accept itself fails for want of descriptors.
     let mut c = Coordinator::start("ulimit -n 40 &&", &["--bind", "127.0.0.1:0"]);
     c.wait_for_log(&["open-file limit is 40"]);
-    let (kept, refusals) = connection_flood(&c.addr, 60);
+    let (kept, refusals) = connection_flood(&mut c, 60);
     assert!(!kept.is_empty() && !refusals.is_empty(), "{} kept, {refusals:?}", kept.len());
     assert!(refusals.iter().all(|m| m.contains("out of file descriptors")), "{refusals:?}");
     c.wait_for_log(&["refused a connection from 127.0.0.1:", "out of file descriptors"]);

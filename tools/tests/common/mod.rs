@@ -46,6 +46,13 @@ impl Log {
         Log { rx, seen: Vec::new() }
     }
 
+    /// Every line read so far, with those that came since the last look
+    /// (without waiting): for a failure's message.
+    pub(crate) fn all(&mut self) -> String {
+        self.seen.extend(self.rx.try_iter());
+        self.seen.join("\n")
+    }
+
     /// Waits for a line containing every one of `parts`; returns it.
     pub(crate) fn wait_for(&mut self, parts: &[&str]) -> String {
         let deadline = Instant::now() + WAIT;
@@ -130,13 +137,19 @@ pub(crate) fn frame(m: &Message) -> Vec<u8> {
 
 /// Reads one frame from `s`, waiting at most [`WAIT`].
 pub(crate) fn read_one(s: &mut TcpStream) -> Message {
-    s.set_read_timeout(Some(WAIT)).unwrap();
+    try_read_one(s).expect("a frame within the timeout")
+}
+
+/// Reads one frame from `s`, waiting at most [`WAIT`]: the error where none
+/// came whole.
+pub(crate) fn try_read_one(s: &mut TcpStream) -> std::io::Result<Message> {
+    s.set_read_timeout(Some(WAIT))?;
     let mut head = [0u8; HEADER_BYTES];
-    s.read_exact(&mut head).expect("a frame within the timeout");
+    s.read_exact(&mut head)?;
     let h = protocol::FrameHeader::parse(&head, DEFAULT_MAX_FRAME_BYTES).unwrap();
     let mut body = vec![0u8; h.len];
-    s.read_exact(&mut body).unwrap();
-    protocol::decode(&[&head[..], &body].concat(), DEFAULT_MAX_FRAME_BYTES).unwrap().0
+    s.read_exact(&mut body)?;
+    Ok(protocol::decode(&[&head[..], &body].concat(), DEFAULT_MAX_FRAME_BYTES).unwrap().0)
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the caller).
