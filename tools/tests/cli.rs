@@ -70,6 +70,12 @@ fn bench_roundtrip_answers_every_request_and_reports_its_quantiles() {
     for key in ["p50_us", "p99_us", "p999_us", "max_us", "cpu_s"] {
         field(&line, key).parse::<f64>().unwrap();
     }
+    // Pushed to each request's key's subtask: no key_by, the same answers.
+    let line = bench_line(
+        &["roundtrip", "--records", "2000", "--segment-bytes", "4096", "--keyed-ingress"],
+        "shardflow roundtrip N=2000 requests_per_s=",
+    );
+    assert_eq!(field(&line, "keyed_ingress"), "true", "{line}");
 }
 
 #[test]
@@ -95,6 +101,7 @@ fn bad_input_is_one_clear_line_and_a_non_zero_exit() {
             "error: invalid engine configuration: segment_bytes = 1000",
         ),
         (&["bench", "latency", "--rate", "0"][..], "error: --rate 0"),
+        (&["bench", "exchange", "--keyed-ingress"][..], "error: --keyed-ingress: only the roundtrip pipeline"),
         (
             &["bench", "exchange", "--placement", "source=0"][..],
             "error: explicit placement: vertex 'sink' is not in the map",
