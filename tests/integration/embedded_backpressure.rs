@@ -182,6 +182,35 @@ fn an_egress_bounded_by_bytes_holds_no_more_and_delivers_everything() {
     assert_eq!((answers.stopped(), answers.queued_bytes()), (None, 0), "complete, and every charge given back");
 }
 
+#[test]
+fn push_all_waits_for_room_mid_batch_loses_nothing_and_hands_back_what_a_gone_job_did_not_take() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("batches").parallelism(shard_count() as u32);
+    // Queues of 4: a batch of 20 000 waits for room many times on the way.
+    let (numbers, mut ingress) = df.ingress::<u64>("numbers", 4);
+    let doubled = numbers.map(|n: &u64| n * 2).collect();
+    let handle = engine.submit(df.build().unwrap()).unwrap();
+    ingress.push_all(0..10_000u64).expect("the job takes the first batch");
+    let mut second: Vec<u64> = (10_000..20_000).collect();
+    ingress.push_all(second.drain(..)).expect("and the second");
+    drop(ingress);
+    handle.wait_timeout(TIMEOUT).expect("the job ends with its input");
+    let mut got = doubled.take();
+    got.sort_unstable();
+    assert_eq!(got, (0..20_000u64).map(|n| n * 2).collect::<Vec<_>>(), "every record once");
+
+    // A gone job: the first record it did not take comes back, the rest stay.
+    let df = Dataflow::new("gone");
+    let (numbers, mut ingress) = df.ingress::<u64>("numbers", 4);
+    numbers.count();
+    let handle = engine.submit(df.build().unwrap()).unwrap();
+    handle.cancel();
+    assert!(handle.wait_timeout(TIMEOUT).is_err(), "cancelled");
+    let mut rest = 7..100u64;
+    assert_eq!(ingress.push_all(&mut rest), Err(PushError::Closed(7)));
+    assert_eq!(rest.next(), Some(8), "the records after it are the caller's");
+}
+
 /// Reads every result on a thread of its own, awaiting each
 /// ([`EgressHandle::recv_async`]), and checks the stream ended complete.
 fn read_async(mut answers: EgressHandle<u64>) -> std::thread::JoinHandle<Vec<u64>> {

@@ -33,6 +33,13 @@ fn a_keyed_ingress_routes_each_key_to_its_key_group_s_subtask_and_chains_the_key
         ingress.push(a.clone()).expect("the job takes every amount");
         pushed.push(a);
     }
+    // Then in batches: each record to its key's subtask, in order.
+    for batch in 0..30u64 {
+        let amounts: Vec<Amount> =
+            (0..100).map(|i| (users[((batch * 100 + i) % 40) as usize].clone(), (batch + i) % 5 + 1)).collect();
+        pushed.extend(amounts.iter().cloned());
+        ingress.push_all(amounts).expect("the job takes every batch");
+    }
     drop(ingress);
     let result = handle.wait_timeout(TIMEOUT).expect("the job ends when the ingress handle is dropped");
 

@@ -260,6 +260,36 @@ impl<T: Send> IngressHandle<T> {
         })
     }
 
+    /// Pushes every record of `records`, in order, each to the queue
+    /// [`Self::push`] would pick, waiting while one is full; wakes each source
+    /// subtask once for what it queued instead of once per record. For a
+    /// service with several records at hand (a socket read's worth): where the
+    /// job keeps up with the pushes, a push wakes a parked shard, and the
+    /// wake-ups, not the records, bound what one thread can push. Once the job
+    /// is gone, [`PushError::Closed`] with the first record it did not take
+    /// (the records before it were taken; to keep those after it, pass
+    /// `&mut iter`).
+    pub fn push_all(&mut self, records: impl IntoIterator<Item = T>) -> Result<(), PushError<T>> {
+        let mut touched = Touched::new(self.queues.senders.len());
+        let result = records.into_iter().try_for_each(|record| {
+            let i = self.pick(&record);
+            match self.try_push_quietly(i, record) {
+                Ok(()) => {
+                    touched.add(i);
+                    Ok(())
+                }
+                Err(PushError::Full(r)) => {
+                    // The sources drain what this call queued, then room comes.
+                    touched.wake(&self.queues.wakes);
+                    self.push_to(i, r)
+                }
+                Err(closed) => Err(closed),
+            }
+        });
+        touched.wake(&self.queues.wakes);
+        result
+    }
+
     /// Pushes `record` if its queue has room now.
     pub fn try_push(&mut self, record: T) -> Result<(), PushError<T>> {
         let i = self.pick(&record);
@@ -271,6 +301,16 @@ impl<T: Send> IngressHandle<T> {
     /// before its registration.)
     #[inline]
     fn try_push_to(&self, i: usize, record: T) -> Result<(), PushError<T>> {
+        let pushed = self.try_push_quietly(i, record);
+        if pushed.is_ok() {
+            self.queues.wakes[i].wake();
+        }
+        pushed
+    }
+
+    /// [`Self::try_push_to`] without waking the source: the caller wakes it.
+    #[inline]
+    fn try_push_quietly(&self, i: usize, record: T) -> Result<(), PushError<T>> {
         let life = &self.queues.life;
         // Counted from before the look at `closed` until the record is queued,
         // so a source stopping (it closes, then drains) misses no record.
@@ -278,9 +318,6 @@ impl<T: Send> IngressHandle<T> {
         let pushed =
             if life.closed.load(Ordering::SeqCst) { Err(PushError::Closed(record)) } else { self.queue(i, record) };
         life.pushing.fetch_sub(1, Ordering::SeqCst);
-        if pushed.is_ok() {
-            self.queues.wakes[i].wake();
-        }
         pushed
     }
 
@@ -341,6 +378,41 @@ impl<T: Send> IngressHandle<T> {
     }
 }
 
+/// The queues a batch of pushes put records in, to wake each once.
+struct Touched {
+    /// Up to 64 queues (the common case, no allocation).
+    low: u64,
+    /// Beyond: one flag per queue.
+    high: Vec<bool>,
+}
+
+impl Touched {
+    fn new(queues: usize) -> Self {
+        Touched { low: 0, high: vec![false; queues.saturating_sub(64)] }
+    }
+
+    #[inline]
+    fn add(&mut self, i: usize) {
+        match i.checked_sub(64) {
+            None => self.low |= 1 << i,
+            Some(j) => self.high[j] = true,
+        }
+    }
+
+    /// Wakes the sources of the queues touched since the last wake.
+    fn wake(&mut self, wakes: &[Arc<ParkedWaker>]) {
+        while self.low != 0 {
+            let i = self.low.trailing_zeros() as usize;
+            self.low &= self.low - 1;
+            wakes[i].wake();
+        }
+        for (j, touched) in self.high.iter_mut().enumerate().filter(|(_, t)| **t) {
+            *touched = false;
+            wakes[64 + j].wake();
+        }
+    }
+}
+
 /// Pushes records into a keyed ingress ([`crate::Dataflow::ingress_keyed`]):
 /// each goes to the queue of the source subtask that owns its key's key group,
 /// so the stream is partitioned by key from its source on, with no exchange.
@@ -396,6 +468,11 @@ impl<T: Send> KeyedIngressHandle<T> {
     /// Not cancel-safe: a push cancelled while it waits drops its record.
     pub async fn push_async(&mut self, record: T) -> Result<(), PushError<T>> {
         self.0.push_async(record).await
+    }
+
+    /// [`IngressHandle::push_all`], each record to the queue of its key.
+    pub fn push_all(&mut self, records: impl IntoIterator<Item = T>) -> Result<(), PushError<T>> {
+        self.0.push_all(records)
     }
 
     /// [`IngressHandle::try_push`] to the queue of `record`'s key.
@@ -571,5 +648,45 @@ impl<T: Data> IngressSource<T> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::task::{Wake, Waker};
+
+    use super::*;
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Counter(AtomicUsize);
+
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_batch_wakes_each_queue_it_touched_once_below_and_beyond_64() {
+        let wakes: Vec<Arc<ParkedWaker>> = (0..80).map(|_| Arc::new(ParkedWaker::default())).collect();
+        let counters: Vec<Arc<Counter>> = (0..80).map(|_| Arc::new(Counter::default())).collect();
+        for (w, c) in wakes.iter().zip(&counters) {
+            w.park(&Waker::from(c.clone()));
+        }
+        let mut touched = Touched::new(80);
+        for i in [0, 5, 5, 63, 64, 70, 70, 79] {
+            touched.add(i);
+        }
+        touched.wake(&wakes);
+        let woken: Vec<usize> = (0..80).filter(|&i| counters[i].0.load(Ordering::SeqCst) > 0).collect();
+        assert_eq!(woken, [0, 5, 63, 64, 70, 79]);
+        assert!(counters.iter().all(|c| c.0.load(Ordering::SeqCst) <= 1), "once each");
+        for (w, c) in wakes.iter().zip(&counters) {
+            w.park(&Waker::from(c.clone()));
+        }
+        touched.wake(&wakes);
+        assert_eq!(counters[5].0.load(Ordering::SeqCst), 1, "a wake forgets what it woke");
     }
 }
