@@ -124,6 +124,7 @@ mod auto_traits {
         is_send::<JobResult>();
         is_send::<CollectHandle<String>>();
         is_send::<IngressHandle<String>>();
+        is_send::<KeyedIngressHandle<String>>();
         is_send::<EgressHandle<String>>();
         is_sync::<JobCatalog>();
         is_send::<EngineBuilder>();

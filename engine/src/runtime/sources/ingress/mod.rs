@@ -6,17 +6,21 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::Sender;
 
-use super::{Source, SourceOutput, SourceStatus};
 use crate::data::Data;
-use crate::error::OperatorError;
 use crate::runtime::bound::{ByteBudget, QueueBound};
 use crate::runtime::host::{wait, wait_until};
 use crate::runtime::{ParkedWaker, RoomWaiters};
+
+mod keyed;
+mod source;
+
+pub use keyed::KeyedIngressHandle;
+pub(crate) use source::IngressSources;
 
 /// How soon a stopping source looks again for a push that was between its
 /// look at the closed flag and the queue.
@@ -413,87 +417,6 @@ impl Touched {
     }
 }
 
-/// Pushes records into a keyed ingress ([`crate::Dataflow::ingress_keyed`]):
-/// each goes to the queue of the source subtask that owns its key's key group,
-/// so the stream is partitioned by key from its source on, with no exchange.
-/// An [`IngressHandle`] that cannot pick a queue itself (no `push_to`, no
-/// `split`): records of one key from one handle stay in order.
-pub struct KeyedIngressHandle<T>(IngressHandle<T>);
-
-impl<T> Clone for KeyedIngressHandle<T> {
-    fn clone(&self) -> Self {
-        KeyedIngressHandle(self.0.clone())
-    }
-}
-
-impl<T> std::fmt::Debug for KeyedIngressHandle<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("KeyedIngressHandle").field(&self.0).finish()
-    }
-}
-
-impl<T: Send> KeyedIngressHandle<T> {
-    pub(crate) fn new(handle: IngressHandle<T>) -> Self {
-        KeyedIngressHandle(handle)
-    }
-
-    /// The number of source subtasks (queues).
-    pub fn subtasks(&self) -> usize {
-        self.0.subtasks()
-    }
-
-    /// The source subtask `record` goes to (that of its key's key group).
-    pub fn subtask_of(&self, record: &T) -> usize {
-        self.0.queues.route.as_ref().map_or(0, |route| route(record))
-    }
-
-    /// The records queued now, in every queue.
-    pub fn queued(&self) -> usize {
-        self.0.queued()
-    }
-
-    /// The bytes queued now, as a byte bound charges them.
-    pub fn queued_bytes(&self) -> usize {
-        self.0.queued_bytes()
-    }
-
-    /// [`IngressHandle::push`] to the queue of `record`'s key.
-    pub fn push(&mut self, record: T) -> Result<(), PushError<T>> {
-        self.0.push(record)
-    }
-
-    /// [`IngressHandle::push_async`] to the queue of `record`'s key.
-    ///
-    /// # Cancel safety
-    /// Not cancel-safe: a push cancelled while it waits drops its record.
-    pub async fn push_async(&mut self, record: T) -> Result<(), PushError<T>> {
-        self.0.push_async(record).await
-    }
-
-    /// [`IngressHandle::push_all`], each record to the queue of its key.
-    pub fn push_all(&mut self, records: impl IntoIterator<Item = T>) -> Result<(), PushError<T>> {
-        self.0.push_all(records)
-    }
-
-    /// [`IngressHandle::try_push`] to the queue of `record`'s key.
-    pub fn try_push(&mut self, record: T) -> Result<(), PushError<T>> {
-        self.0.try_push(record)
-    }
-
-    /// [`IngressHandle::push_timeout`] to the queue of `record`'s key.
-    pub fn push_timeout(&mut self, record: T, timeout: Duration) -> Result<(), PushError<T>> {
-        self.0.push_timeout(record, timeout)
-    }
-}
-
-/// The source side of an ingress: each subtask takes its queue.
-pub(crate) struct IngressSources<T> {
-    receivers: Vec<Receiver<Queued<T>>>,
-    budgets: Arc<[ByteBudget<T>]>,
-    wakes: Vec<Arc<ParkedWaker>>,
-    life: Arc<IngressLife>,
-}
-
 /// An ingress of `parallelism` queues, each within `bound`; a keyed one's
 /// `route` picks each record's queue.
 pub(crate) fn ingress<T: Data>(
@@ -529,126 +452,6 @@ pub(crate) fn ingress<T: Data>(
         life: life.clone(),
     });
     (IngressHandle { queues, next: 0, pinned: None }, IngressSources { receivers, budgets, wakes, life })
-}
-
-impl<T> Drop for IngressSources<T> {
-    fn drop(&mut self) {
-        // The job was dropped, refused or is over.
-        self.life.close_unless_read();
-    }
-}
-
-impl<T> IngressSources<T> {
-    /// What closes the ingress from outside the job (the engine, when the job
-    /// has ended).
-    pub(crate) fn closer(&self) -> IngressCloser {
-        IngressCloser(self.life.clone())
-    }
-
-    /// The source of subtask `subtask`.
-    pub(crate) fn source(&self, subtask: u32) -> Option<IngressSource<T>> {
-        let i = subtask as usize;
-        let source = IngressSource {
-            queue: i,
-            rx: self.receivers.get(i)?.clone(),
-            budgets: self.budgets.clone(),
-            wake: self.wakes.get(i)?.clone(),
-            life: self.life.clone(),
-            stopping: false,
-        };
-        self.life.live.fetch_add(1, Ordering::AcqRel);
-        Some(source)
-    }
-}
-
-/// One subtask's end of an ingress.
-pub(crate) struct IngressSource<T> {
-    queue: usize,
-    rx: Receiver<Queued<T>>,
-    /// With a byte bound, one per queue: this source gives back the charge of
-    /// what it takes from its own.
-    budgets: Arc<[ByteBudget<T>]>,
-    wake: Arc<ParkedWaker>,
-    life: Arc<IngressLife>,
-    /// The job is being stopped: the ingress is closed, and what is queued
-    /// goes out before the source ends.
-    stopping: bool,
-}
-
-impl<T> Drop for IngressSource<T> {
-    fn drop(&mut self) {
-        if self.life.live.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.life.close();
-        }
-    }
-}
-
-impl<T: Data> Source<T> for IngressSource<T> {
-    fn poll_next(
-        &mut self,
-        cx: &mut Context<'_>,
-        out: &mut SourceOutput<'_, T>,
-    ) -> Result<SourceStatus, OperatorError> {
-        let mut freed = 0;
-        let status = self.take(cx, out, &mut freed);
-        if let Some(budget) = self.budgets.get(self.queue) {
-            budget.give_back(freed);
-        }
-        if !out.is_empty() {
-            // Room in the queue for pushers that await it.
-            self.life.rooms[self.queue].wake_all();
-        }
-        if self.stopping && status == SourceStatus::Pending {
-            // Closed and drained: done once no push is between its look and the
-            // queue. The count first: a push it saw may have queued since.
-            let in_flight = self.life.pushing.load(Ordering::SeqCst);
-            return Ok(match (self.rx.is_empty(), in_flight) {
-                (false, _) => SourceStatus::Emitted,
-                (true, 0) => SourceStatus::Finished,
-                // A pusher inside its few instructions, perhaps descheduled
-                // there: look again shortly instead of spinning on it.
-                (true, _) => SourceStatus::IdleUntil(Instant::now() + PUSH_RECHECK),
-            });
-        }
-        Ok(status)
-    }
-
-    /// Closes the ingress (pushers get their records back from now on) and
-    /// drains what was queued before.
-    fn stop(&mut self) -> Result<bool, OperatorError> {
-        self.life.close();
-        self.stopping = true;
-        Ok(true)
-    }
-}
-
-impl<T: Data> IngressSource<T> {
-    /// Takes what is queued into `out` (adding what it was charged to
-    /// `freed`), or parks on the empty queue.
-    fn take(&mut self, cx: &mut Context<'_>, out: &mut SourceOutput<'_, T>, freed: &mut usize) -> SourceStatus {
-        let mut registered = false;
-        loop {
-            match self.rx.try_recv() {
-                Ok((r, charge)) => {
-                    *freed += charge;
-                    out.push(r);
-                    if out.is_full() {
-                        return SourceStatus::Emitted;
-                    }
-                }
-                Err(TryRecvError::Disconnected) if out.is_empty() => return SourceStatus::Finished,
-                Err(TryRecvError::Disconnected) => return SourceStatus::Emitted,
-                Err(TryRecvError::Empty) if !out.is_empty() => return SourceStatus::Emitted,
-                Err(TryRecvError::Empty) if registered => return SourceStatus::Pending,
-                Err(TryRecvError::Empty) => {
-                    // Park, then look once more: a push between the look and the
-                    // park sees the flag and wakes us.
-                    self.wake.park(cx.waker());
-                    registered = true;
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
