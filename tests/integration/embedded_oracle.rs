@@ -98,6 +98,27 @@ impl KeyedProcessFunction<String, Click, (String, u64, u64)> for PagesPerUser {
     }
 }
 
+/// Per user: the distinct pages and the clicks, as `PagesPerUser` emits them.
+fn pages_per_user(input: &[Click]) -> BTreeSet<(String, u64, u64)> {
+    let mut pages: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for c in input {
+        pages.entry(c.user.clone()).or_default().insert(c.page.clone());
+        *counts.entry(c.user.clone()).or_default() += 1;
+    }
+    pages.into_iter().map(|(u, p)| (u.clone(), p.len() as u64, counts[&u])).collect()
+}
+
+/// Per user: tier times the amounts spent, as `TierTotals` emits them.
+fn tier_totals(users: &[(String, u64)], input: &[Click]) -> BTreeMap<String, u64> {
+    let tier: BTreeMap<&str, u64> = users.iter().map(|(u, t)| (u.as_str(), *t)).collect();
+    let mut want: BTreeMap<String, u64> = users.iter().map(|(u, _)| (u.clone(), 0)).collect();
+    for c in input {
+        *want.entry(c.user.clone()).or_default() += tier.get(c.user.as_str()).copied().unwrap_or(0) * c.amount;
+    }
+    want
+}
+
 fn keyed_process_with_map_state(engine: &Engine, rng: &mut SplitMix, max_p: u64) {
     let input = clicks(rng, 2000);
     let df = Dataflow::new("pages").parallelism(rng.range(1, max_p) as u32);
@@ -107,16 +128,8 @@ fn keyed_process_with_map_state(engine: &Engine, rng: &mut SplitMix, max_p: u64)
         .process(PagesPerUser { pages: None })
         .parallelism(rng.range(1, max_p) as u32)
         .collect();
-    let mut pages: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    for c in &input {
-        pages.entry(c.user.clone()).or_default().insert(c.page.clone());
-        *counts.entry(c.user.clone()).or_default() += 1;
-    }
-    let want: BTreeSet<(String, u64, u64)> =
-        pages.into_iter().map(|(u, p)| (u.clone(), p.len() as u64, counts[&u])).collect();
     let got: BTreeSet<(String, u64, u64)> = run(engine, &df, &out).into_iter().collect();
-    assert_eq!(got, want, "keyed process with map state");
+    assert_eq!(got, pages_per_user(&input), "keyed process with map state");
 }
 
 /// Users' tiers joined with their clicks by a keyed co-process.
@@ -169,13 +182,8 @@ fn connect_keyed_co_process(engine: &Engine, rng: &mut SplitMix, max_p: u64) {
     let tiers = df.from_iter("users", users.clone()).key_by_ref::<String, _>(|u: &(String, u64)| &u.0);
     let spend = df.from_iter("clicks", input.clone()).key_by_ref::<String, _>(|c: &Click| &c.user);
     let out = tiers.connect(&spend).process(TierTotals::default()).collect();
-    let tier: BTreeMap<&str, u64> = users.iter().map(|(u, t)| (u.as_str(), *t)).collect();
-    let mut want: BTreeMap<String, u64> = users.iter().map(|(u, _)| (u.clone(), 0)).collect();
-    for c in &input {
-        *want.entry(c.user.clone()).or_default() += tier.get(c.user.as_str()).copied().unwrap_or(0) * c.amount;
-    }
     let got: BTreeMap<String, u64> = run(engine, &df, &out).into_iter().collect();
-    assert_eq!(got, want, "connect → keyed co-process");
+    assert_eq!(got, tier_totals(&users, &input), "connect → keyed co-process");
 }
 
 /// Clicks pushed from a thread into a keyed ingress (bounded by count and
@@ -200,22 +208,10 @@ fn keyed_ingress_into_process_and_co_process(engine: &Engine, rng: &mut SplitMix
     crate::common::join_within(pusher, "every click pushed");
     handle.wait_timeout(TIMEOUT).expect("the job ends when the ingress handle is dropped");
 
-    let mut want_pages: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    for c in &input {
-        want_pages.entry(c.user.clone()).or_default().insert(c.page.clone());
-        *counts.entry(c.user.clone()).or_default() += 1;
-    }
-    let want: BTreeSet<(String, u64, u64)> =
-        want_pages.into_iter().map(|(u, p)| (u.clone(), p.len() as u64, counts[&u])).collect();
-    assert_eq!(pages.take().into_iter().collect::<BTreeSet<_>>(), want, "keyed ingress → process with map state");
-    let tier: BTreeMap<&str, u64> = users.iter().map(|(u, t)| (u.as_str(), *t)).collect();
-    let mut want: BTreeMap<String, u64> = users.iter().map(|(u, _)| (u.clone(), 0)).collect();
-    for c in &input {
-        *want.entry(c.user.clone()).or_default() += tier.get(c.user.as_str()).copied().unwrap_or(0) * c.amount;
-    }
+    let got: BTreeSet<(String, u64, u64)> = pages.take().into_iter().collect();
+    assert_eq!(got, pages_per_user(&input), "keyed ingress → process with map state");
     let got: BTreeMap<String, u64> = totals.take().into_iter().collect();
-    assert_eq!(got, want, "keyed ingress → keyed co-process");
+    assert_eq!(got, tier_totals(&users, &input), "keyed ingress → keyed co-process");
 }
 
 /// Page segments by flat map, counted per segment (running counts: the last
