@@ -295,7 +295,7 @@ impl<K: Key> StateDeclarations<'_, K> {
     ///     }
     ///     fn process(
     ///         &mut self,
-    ///         request: &String,
+    ///         request: &str,
     ///         ctx: &mut KeyedContext<'_, String>,
     ///         out: &mut Emitter<'_, String>,
     ///     ) -> Result<(), OperatorError> {
