@@ -200,15 +200,21 @@ fn push_all_waits_for_room_mid_batch_loses_nothing_and_hands_back_what_a_gone_jo
     assert_eq!(got, (0..20_000u64).map(|n| n * 2).collect::<Vec<_>>(), "every record once");
 
     // A gone job: the first record it did not take comes back, the rest stay.
-    let df = Dataflow::new("gone");
-    let (numbers, mut ingress) = df.ingress::<u64>("numbers", 4);
-    numbers.count();
-    let handle = engine.submit(df.build().unwrap()).unwrap();
-    handle.cancel();
-    assert!(handle.wait_timeout(TIMEOUT).is_err(), "cancelled");
+    let mut ingress = ingress_of_a_cancelled_job(&engine, "gone");
     let mut rest = 7..100u64;
     assert_eq!(ingress.push_all(&mut rest), Err(PushError::Closed(7)));
     assert_eq!(rest.next(), Some(8), "the records after it are the caller's");
+}
+
+/// The ingress of a job that was cancelled: every push finds it gone.
+fn ingress_of_a_cancelled_job(engine: &shardflow_engine::Engine, name: &str) -> IngressHandle<u64> {
+    let df = Dataflow::new(name);
+    let (numbers, ingress) = df.ingress::<u64>("numbers", 4);
+    numbers.count();
+    let handle = engine.submit(df.build().unwrap()).unwrap();
+    handle.cancel();
+    assert!(matches!(handle.wait_timeout(TIMEOUT), Err(EngineError::JobCanceled(_))), "cancelled");
+    ingress
 }
 
 /// Reads every result on a thread of its own, awaiting each
@@ -250,12 +256,7 @@ fn async_pushers_and_readers_await_room_and_results_across_threads() {
     assert_eq!(got, (0..n).map(|r| r * 2).collect::<Vec<_>>(), "every request answered exactly once");
 
     // A job that is gone hands an awaited push's record back.
-    let df = Dataflow::new("async-gone");
-    let (s, mut ingress) = df.ingress::<u64>("numbers", 2);
-    s.count();
-    let handle = engine.submit(df.build().unwrap()).unwrap();
-    handle.cancel();
-    assert!(matches!(handle.wait_timeout(TIMEOUT), Err(EngineError::JobCanceled(_))));
+    let mut ingress = ingress_of_a_cancelled_job(&engine, "async-gone");
     let pushed = futures_lite::future::block_on(ingress.push_async(7));
     assert!(matches!(pushed, Err(PushError::Closed(7))), "{pushed:?}");
 }
