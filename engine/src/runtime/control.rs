@@ -66,22 +66,11 @@ impl ControlLane {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use std::task::Wake;
-
-    struct CountingWaker(AtomicUsize);
-
-    impl Wake for CountingWaker {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use crate::runtime::CountingWaker;
 
     #[test]
     fn a_posted_message_wakes_the_registered_task_once_and_is_taken_in_order() {
-        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
-        let waker = Waker::from(counter.clone());
+        let (waker, counter) = CountingWaker::new();
         let mut cx = Context::from_waker(&waker);
         let lane = ControlLane::default();
         assert_eq!(lane.poll_next(&mut cx), None, "nothing posted yet");
@@ -89,7 +78,7 @@ mod tests {
         let poster = lane.clone();
         poster.post(TaskControl::Cancel("asked".into()));
         poster.post(TaskControl::Cancel("asked".into()));
-        assert_eq!(counter.0.load(Ordering::SeqCst), 1, "the first post wakes; the waker is then spent");
+        assert_eq!(counter.count(), 1, "the first post wakes; the waker is then spent");
         assert_eq!(lane.poll_next(&mut cx), Some(TaskControl::Cancel("asked".into())));
         assert_eq!(lane.poll_next(&mut cx), Some(TaskControl::Cancel("asked".into())));
         assert_eq!(lane.poll_next(&mut cx), None);

@@ -62,6 +62,32 @@ impl ParkedWaker {
     }
 }
 
+/// A waker that counts its wake-ups, for the tests of wake-up protocols.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+#[cfg(test)]
+impl CountingWaker {
+    /// A waker for it, and it.
+    pub(crate) fn new() -> (Waker, Arc<Self>) {
+        let counter = Arc::new(CountingWaker::default());
+        (Waker::from(counter.clone()), counter)
+    }
+
+    /// The wake-ups so far.
+    pub(crate) fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+impl std::task::Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 /// What an idle shard does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IdlePolicy {

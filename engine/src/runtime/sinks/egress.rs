@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySen
 
 use crate::data::Data;
 use crate::error::{EngineError, OperatorError};
-use crate::runtime::bound::{ByteBudget, QueueBound};
+use crate::runtime::bound::{try_send_charged, ByteBudget, QueueBound, Queued};
 use crate::runtime::build::{BuildContext, Name, NodeFactory};
 use crate::runtime::collector::{Collector, Lifecycle, SharedCollector, SinkOutput};
 use crate::runtime::host::hosted_here;
@@ -33,7 +33,7 @@ struct EgressStop(Mutex<Option<String>>);
 pub struct EgressHandle<T> {
     rx: Receiver<Queued<T>>,
     /// With a byte bound: what the queue holds.
-    budget: Option<Arc<ByteBudget<T>>>,
+    budget: Option<Arc<ByteBudget>>,
     waiters: Arc<RoomWaiters>,
     stop: Arc<EgressStop>,
     reader: Arc<ParkedWaker>,
@@ -53,8 +53,7 @@ impl<T> EgressHandle<T> {
         if let Some(sched) = hosted_here() {
             return sched.block_on(self.next_result());
         }
-        let r = self.rx.recv().ok();
-        self.taken(r)
+        self.rx.recv().ok().map(|q| self.taken(q))
     }
 
     /// The next result, waiting up to `timeout` (on a host's thread, running
@@ -67,26 +66,23 @@ impl<T> EgressHandle<T> {
                 None => Err(RecvTimeoutError::Timeout),
             };
         }
-        let r = self.rx.recv_timeout(timeout);
-        self.taken(r)
+        self.rx.recv_timeout(timeout).map(|q| self.taken(q))
     }
 
     /// The next result if one is queued.
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
-        let r = self.rx.try_recv();
-        self.taken(r)
+        self.rx.try_recv().map(|q| self.taken(q))
     }
 
-    /// A result taken from the queue (if it is one): its charge given back, and
-    /// the sinks waiting for room woken.
+    /// A result taken from the queue: its charge given back, then the sinks
+    /// waiting for room woken.
     #[inline]
-    fn taken<R: Taken<T>>(&self, r: R) -> R::Out {
-        let (out, charge) = r.split();
+    fn taken(&self, (result, charge): Queued<T>) -> T {
         if let Some(budget) = &self.budget {
             budget.give_back(charge);
         }
         self.waiters.wake_all();
-        out
+        result
     }
 
     /// The next result, awaited: `None` once the job's sinks have all finished
@@ -106,7 +102,7 @@ impl<T> EgressHandle<T> {
         std::future::poll_fn(|cx| {
             for attempt in 0..2 {
                 match self.rx.try_recv() {
-                    Ok(r) => return Poll::Ready(self.taken(Some(r))),
+                    Ok(q) => return Poll::Ready(Some(self.taken(q))),
                     Err(TryRecvError::Disconnected) => return Poll::Ready(None),
                     // Park, then look once more (`ParkedWaker`).
                     Err(TryRecvError::Empty) if attempt == 0 => self.reader.park(cx.waker()),
@@ -147,36 +143,6 @@ impl<T> EgressHandle<T> {
     }
 }
 
-/// A queued result and the bytes it was charged (0 without a byte bound).
-type Queued<T> = (T, usize);
-
-/// A receive's outcome, split into what the reader gets and the charge to give
-/// back.
-trait Taken<T> {
-    type Out;
-    fn split(self) -> (Self::Out, usize);
-}
-
-impl<T, E> Taken<T> for Result<Queued<T>, E> {
-    type Out = Result<T, E>;
-    fn split(self) -> (Result<T, E>, usize) {
-        match self {
-            Ok((t, c)) => (Ok(t), c),
-            Err(e) => (Err(e), 0),
-        }
-    }
-}
-
-impl<T> Taken<T> for Option<Queued<T>> {
-    type Out = Option<T>;
-    fn split(self) -> (Option<T>, usize) {
-        match self {
-            Some((t, c)) => (Some(t), c),
-            None => (None, 0),
-        }
-    }
-}
-
 /// One sink subtask's end of an egress: records that found the queue full wait
 /// in `stash`; the task takes no input until they are gone.
 pub(crate) struct EgressSink<T> {
@@ -194,7 +160,7 @@ pub(crate) struct EgressSink<T> {
 struct EgressSender<T> {
     /// `Some` until it is dropped.
     tx: Option<Sender<Queued<T>>>,
-    budget: Option<Arc<ByteBudget<T>>>,
+    budget: Option<Arc<ByteBudget>>,
     waiters: Arc<RoomWaiters>,
     reader: Arc<ParkedWaker>,
 }
@@ -206,29 +172,7 @@ impl<T: Data> EgressSender<T> {
     #[inline]
     fn try_send(&self, record: T) -> Result<(), TrySendError<T>> {
         let Some(tx) = &self.tx else { return Err(TrySendError::Disconnected(record)) };
-        let Some(budget) = &self.budget else {
-            return tx.try_send((record, 0)).map_err(unqueued);
-        };
-        let charge = ByteBudget::charge(&record);
-        if !budget.try_take(charge) {
-            return Err(TrySendError::Full(record));
-        }
-        tx.try_send((record, charge)).map_err(|e| {
-            // Not queued: its charge back, and another sink that found no room
-            // for its bytes meanwhile may find it now.
-            budget.give_back(charge);
-            self.waiters.wake_all();
-            unqueued(e)
-        })
-    }
-}
-
-/// The record of a send that did not queue it.
-#[inline]
-fn unqueued<T>(e: TrySendError<Queued<T>>) -> TrySendError<T> {
-    match e {
-        TrySendError::Full((r, _)) => TrySendError::Full(r),
-        TrySendError::Disconnected((r, _)) => TrySendError::Disconnected(r),
+        try_send_charged(tx, self.budget.as_deref(), &self.waiters, record)
     }
 }
 
@@ -402,7 +346,7 @@ impl<T> Drop for EgressSink<T> {
 pub(crate) struct EgressFactory<T> {
     pub(crate) name: Name,
     template: Mutex<Option<Sender<Queued<T>>>>,
-    budget: Option<Arc<ByteBudget<T>>>,
+    budget: Option<Arc<ByteBudget>>,
     reader: Arc<ParkedWaker>,
     taken: AtomicU32,
     waiters: Arc<RoomWaiters>,
@@ -420,7 +364,7 @@ impl<T> Drop for EgressFactory<T> {
 /// An egress queue within `bound`.
 pub(crate) fn egress<T: Data>(name: Name, bound: QueueBound) -> (EgressFactory<T>, EgressHandle<T>) {
     let (tx, rx) = bound.channel();
-    let budget = bound.budget::<T>().map(Arc::new);
+    let budget = bound.budget().map(Arc::new);
     let waiters = Arc::new(RoomWaiters::default());
     let stop = Arc::new(EgressStop::default());
     let reader = Arc::new(ParkedWaker::default());

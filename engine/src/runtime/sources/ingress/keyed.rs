@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::{IngressHandle, PushError};
+use crate::data::Data;
 
 /// Pushes records into a keyed ingress ([`crate::Dataflow::ingress_keyed`]):
 /// each goes to the queue of the source subtask that owns its key's key group,
@@ -23,7 +24,7 @@ impl<T> std::fmt::Debug for KeyedIngressHandle<T> {
     }
 }
 
-impl<T: Send> KeyedIngressHandle<T> {
+impl<T: Data> KeyedIngressHandle<T> {
     pub(crate) fn new(handle: IngressHandle<T>) -> Self {
         KeyedIngressHandle(handle)
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::data::Data;
-use crate::runtime::bound::{ByteBudget, QueueBound};
+use crate::runtime::bound::{try_send_charged, ByteBudget, QueueBound, Queued};
 use crate::runtime::host::{wait, wait_until};
 use crate::runtime::{ParkedWaker, RoomWaiters};
 
@@ -77,9 +77,6 @@ impl std::fmt::Debug for IngressCloser {
     }
 }
 
-/// A queued record and the bytes it was charged (0 without a byte bound).
-type Queued<T> = (T, usize);
-
 /// Which queue a record of a keyed ingress goes to: the source subtask that
 /// owns its key's key group.
 pub(crate) type IngressRoute<T> = Box<dyn Fn(&T) -> usize + Send + Sync>;
@@ -91,9 +88,7 @@ struct IngressQueues<T> {
     /// A keyed ingress's: each record to its key's subtask.
     route: Option<IngressRoute<T>>,
     /// By queue, with a byte bound: what it holds.
-    budgets: Arc<[ByteBudget<T>]>,
-    /// What a record is charged, with a byte bound.
-    charge: Option<fn(&T) -> usize>,
+    budgets: Arc<[ByteBudget]>,
     wakes: Vec<Arc<ParkedWaker>>,
     life: Arc<IngressLife>,
 }
@@ -168,7 +163,7 @@ impl<T> std::fmt::Debug for IngressHandle<T> {
     }
 }
 
-impl<T: Send> IngressHandle<T> {
+impl<T: Data> IngressHandle<T> {
     /// The number of source subtasks (queues).
     pub fn subtasks(&self) -> usize {
         self.queues.senders.len()
@@ -329,35 +324,11 @@ impl<T: Send> IngressHandle<T> {
     /// byte bound, then a place under the count bound.
     #[inline]
     fn queue(&self, i: usize, record: T) -> Result<(), PushError<T>> {
-        let charge = match self.queues.charge {
-            None => 0,
-            Some(charge) => {
-                let c = charge(&record);
-                if !self.queues.budgets[i].try_take(c) {
-                    return Err(PushError::Full(record));
-                }
-                c
-            }
-        };
-        let (r, c) = match self.queues.senders[i].try_send((record, charge)) {
-            Ok(()) => return Ok(()),
-            Err(crossbeam_channel::TrySendError::Full(back)) => back,
-            Err(crossbeam_channel::TrySendError::Disconnected((r, c))) => {
-                self.give_back(i, c);
-                return Err(PushError::Closed(r));
-            }
-        };
-        self.give_back(i, c);
-        Err(PushError::Full(r))
-    }
-
-    /// Gives back the charge of a record that did not go in; a pusher that
-    /// found no room for its bytes meanwhile may find it now.
-    fn give_back(&self, i: usize, charge: usize) {
-        if charge != 0 {
-            self.queues.budgets[i].give_back(charge);
-            self.queues.life.rooms[i].wake_all();
-        }
+        let q = &self.queues;
+        try_send_charged(&q.senders[i], q.budgets.get(i), &q.life.rooms[i], record).map_err(|e| match e {
+            crossbeam_channel::TrySendError::Full(r) => PushError::Full(r),
+            crossbeam_channel::TrySendError::Disconnected(r) => PushError::Closed(r),
+        })
     }
 
     /// Pushes `record`, waiting up to `timeout` for room: [`PushError::Full`]
@@ -431,10 +402,9 @@ pub(crate) fn ingress<T: Data>(
         senders.push(tx);
         receivers.push(rx);
         wakes.push(Arc::new(ParkedWaker::default()));
-        budgets.extend(bound.budget::<T>());
+        budgets.extend(bound.budget());
     }
-    let budgets: Arc<[ByteBudget<T>]> = budgets.into();
-    let charge = bound.max_bytes().map(|_| ByteBudget::<T>::charge as fn(&T) -> usize);
+    let budgets: Arc<[ByteBudget]> = budgets.into();
     let rooms = (0..senders.len()).map(|_| RoomWaiters::default()).collect();
     let life = Arc::new(IngressLife {
         live: Default::default(),
@@ -447,7 +417,6 @@ pub(crate) fn ingress<T: Data>(
         senders,
         route,
         budgets: budgets.clone(),
-        charge,
         wakes: wakes.clone(),
         life: life.clone(),
     });
@@ -456,40 +425,32 @@ pub(crate) fn ingress<T: Data>(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
-    use std::task::{Wake, Waker};
-
     use super::*;
-
-    /// Counts its wake-ups.
-    #[derive(Default)]
-    struct Counter(AtomicUsize);
-
-    impl Wake for Counter {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use crate::runtime::CountingWaker;
 
     #[test]
     fn a_batch_wakes_each_queue_it_touched_once_below_and_beyond_64() {
         let wakes: Vec<Arc<ParkedWaker>> = (0..80).map(|_| Arc::new(ParkedWaker::default())).collect();
-        let counters: Vec<Arc<Counter>> = (0..80).map(|_| Arc::new(Counter::default())).collect();
-        for (w, c) in wakes.iter().zip(&counters) {
-            w.park(&Waker::from(c.clone()));
-        }
+        let counters: Vec<_> = wakes
+            .iter()
+            .map(|w| {
+                let (waker, counter) = CountingWaker::new();
+                w.park(&waker);
+                (waker, counter)
+            })
+            .collect();
         let mut touched = Touched::new(80);
         for i in [0, 5, 5, 63, 64, 70, 70, 79] {
             touched.add(i);
         }
         touched.wake(&wakes);
-        let woken: Vec<usize> = (0..80).filter(|&i| counters[i].0.load(Ordering::SeqCst) > 0).collect();
+        let woken: Vec<usize> = (0..80).filter(|&i| counters[i].1.count() > 0).collect();
         assert_eq!(woken, [0, 5, 63, 64, 70, 79]);
-        assert!(counters.iter().all(|c| c.0.load(Ordering::SeqCst) <= 1), "once each");
-        for (w, c) in wakes.iter().zip(&counters) {
-            w.park(&Waker::from(c.clone()));
+        assert!(counters.iter().all(|(_, c)| c.count() <= 1), "once each");
+        for (w, (waker, _)) in wakes.iter().zip(&counters) {
+            w.park(waker);
         }
         touched.wake(&wakes);
-        assert_eq!(counters[5].0.load(Ordering::SeqCst), 1, "a wake forgets what it woke");
+        assert_eq!(counters[5].1.count(), 1, "a wake forgets what it woke");
     }
 }

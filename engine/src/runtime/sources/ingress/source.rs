@@ -7,17 +7,17 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, TryRecvError};
 
-use super::{IngressCloser, IngressLife, Queued, PUSH_RECHECK};
+use super::{IngressCloser, IngressLife, PUSH_RECHECK};
 use crate::data::Data;
 use crate::error::OperatorError;
-use crate::runtime::bound::ByteBudget;
+use crate::runtime::bound::{ByteBudget, Queued};
 use crate::runtime::sources::{Source, SourceOutput, SourceStatus};
 use crate::runtime::ParkedWaker;
 
 /// The source side of an ingress: each subtask takes its queue.
 pub(crate) struct IngressSources<T> {
     pub(super) receivers: Vec<Receiver<Queued<T>>>,
-    pub(super) budgets: Arc<[ByteBudget<T>]>,
+    pub(super) budgets: Arc<[ByteBudget]>,
     pub(super) wakes: Vec<Arc<ParkedWaker>>,
     pub(super) life: Arc<IngressLife>,
 }
@@ -58,7 +58,7 @@ pub(crate) struct IngressSource<T> {
     rx: Receiver<Queued<T>>,
     /// With a byte bound, one per queue: this source gives back the charge of
     /// what it takes from its own.
-    budgets: Arc<[ByteBudget<T>]>,
+    budgets: Arc<[ByteBudget]>,
     wake: Arc<ParkedWaker>,
     life: Arc<IngressLife>,
     /// The job is being stopped: the ingress is closed, and what is queued
