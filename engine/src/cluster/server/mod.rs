@@ -392,10 +392,17 @@ impl Acceptor {
     fn run(self) {
         // A descriptor held in reserve: when `accept` fails for want of
         // descriptors, releasing it lets the waiting peer be accepted and told why.
-        let mut reserve = std::fs::File::open("/dev/null").ok();
+        let mut reserve = None;
         let mut backoff = ACCEPT_BACKOFF.0;
         let mut failures = 0u64;
         loop {
+            // The reserve is taken back before anything is accepted: a
+            // descriptor freed while it was missing (say, another thread's for
+            // a moment while the reserve was released) goes to it, not to the
+            // next connection, or every peer past the limit would wait unheard.
+            if reserve.is_none() {
+                reserve = std::fs::File::open("/dev/null").ok();
+            }
             let accepted = self.listener.accept();
             if self.stopping.load(Ordering::Acquire) {
                 break;
@@ -419,9 +426,6 @@ impl Acceptor {
                             drop(spare);
                             refused = self.refuse_one_waiting(&e);
                         }
-                    }
-                    if reserve.is_none() {
-                        reserve = std::fs::File::open("/dev/null").ok();
                     }
                     if !refused {
                         failures += 1;
