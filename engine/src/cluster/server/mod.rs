@@ -395,13 +395,27 @@ impl Acceptor {
         let mut reserve = None;
         let mut backoff = ACCEPT_BACKOFF.0;
         let mut failures = 0u64;
-        loop {
-            // The reserve is taken back before anything is accepted: a
-            // descriptor freed while it was missing (say, another thread's for
-            // a moment while the reserve was released) goes to it, not to the
-            // next connection, or every peer past the limit would wait unheard.
+        while !self.stopping.load(Ordering::Acquire) {
+            // Nothing is accepted unless the reserve is held: a descriptor
+            // freed while it was missing (another thread's, held for a moment
+            // just as the reserve was released) goes to the reserve, never to
+            // a connection, or every peer past the limit would wait unheard.
             if reserve.is_none() {
-                reserve = std::fs::File::open("/dev/null").ok();
+                match std::fs::File::open("/dev/null") {
+                    Ok(spare) => reserve = Some(spare),
+                    Err(e) => {
+                        failures += 1;
+                        if failures == 1 || backoff == ACCEPT_BACKOFF.1 {
+                            tracing::warn!(
+                                "no descriptor to hold in reserve ({e}): accepting nothing; retrying in {} ms",
+                                backoff.as_millis()
+                            );
+                        }
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                        continue;
+                    }
+                }
             }
             let accepted = self.listener.accept();
             if self.stopping.load(Ordering::Acquire) {
