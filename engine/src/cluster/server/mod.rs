@@ -374,6 +374,33 @@ fn deliver(conn: ConnId, events: Sender<Event>) -> impl FnMut(Received, Permit) 
 /// Shortest and longest pause after a failed `accept`.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
 
+/// The acceptor's pause after failures in a row: 5 ms, doubling to 1 s; the
+/// first failure and those at the longest pause are logged.
+struct Backoff {
+    pause: Duration,
+    failures: u64,
+}
+
+impl Backoff {
+    /// Logs `why` (where due) and pauses.
+    fn failed(&mut self, why: std::fmt::Arguments<'_>) {
+        self.failures += 1;
+        if self.failures == 1 || self.pause == ACCEPT_BACKOFF.1 {
+            tracing::warn!("{why}; retrying in {} ms", self.pause.as_millis());
+        }
+        std::thread::sleep(self.pause);
+        self.pause = (self.pause * 2).min(ACCEPT_BACKOFF.1);
+    }
+
+    /// A connection was accepted: the next failure starts over.
+    fn succeeded(&mut self) {
+        if self.failures > 0 {
+            tracing::info!("accepting connections again after {} failed accepts", self.failures);
+        }
+        *self = Backoff { pause: ACCEPT_BACKOFF.0, failures: 0 };
+    }
+}
+
 /// The accept loop: counts the open TCP connections against the cap, refuses
 /// the ones beyond it, and backs off when `accept` fails.
 struct Acceptor {
@@ -393,8 +420,7 @@ impl Acceptor {
         // A descriptor held in reserve: when `accept` fails for want of
         // descriptors, releasing it lets the waiting peer be accepted and told why.
         let mut reserve = None;
-        let mut backoff = ACCEPT_BACKOFF.0;
-        let mut failures = 0u64;
+        let mut backoff = Backoff { pause: ACCEPT_BACKOFF.0, failures: 0 };
         while !self.stopping.load(Ordering::Acquire) {
             // Nothing is accepted unless the reserve is held: a descriptor
             // freed while it was missing (another thread's, held for a moment
@@ -404,15 +430,7 @@ impl Acceptor {
                 match std::fs::File::open("/dev/null") {
                     Ok(spare) => reserve = Some(spare),
                     Err(e) => {
-                        failures += 1;
-                        if failures == 1 || backoff == ACCEPT_BACKOFF.1 {
-                            tracing::warn!(
-                                "no descriptor to hold in reserve ({e}): accepting nothing; retrying in {} ms",
-                                backoff.as_millis()
-                            );
-                        }
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                        backoff.failed(format_args!("no descriptor to hold in reserve ({e}): accepting nothing"));
                         continue;
                     }
                 }
@@ -423,11 +441,7 @@ impl Acceptor {
             }
             match accepted {
                 Ok((stream, peer)) => {
-                    if failures > 0 {
-                        tracing::info!("accepting connections again after {failures} failed accepts");
-                    }
-                    failures = 0;
-                    backoff = ACCEPT_BACKOFF.0;
+                    backoff.succeeded();
                     self.serve(stream, peer);
                 }
                 Err(e) => {
@@ -442,12 +456,7 @@ impl Acceptor {
                         }
                     }
                     if !refused {
-                        failures += 1;
-                        if failures == 1 || backoff == ACCEPT_BACKOFF.1 {
-                            tracing::warn!("accept failed: {e}; retrying in {} ms", backoff.as_millis());
-                        }
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                        backoff.failed(format_args!("accept failed: {e}"));
                     }
                 }
             }
