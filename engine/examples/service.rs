@@ -1,11 +1,11 @@
 //! An embedded service: a thread pushes requests, in batches, into a running
 //! job through a keyed ingress handle (each request straight to the subtask
-//! that keeps its user's state, queues bounded by count and bytes) and reads the answers
-//! from an egress handle, with back-pressure both ways; a keyed process
-//! function keeps each user's running total, and the requests it rejects come
-//! back through a side output to an egress of their own, read by a thread of
-//! its own (a reader that drained one egress before the other could wait
-//! forever on a job waiting for room in the other).
+//! that keeps its user's state, queues bounded by count and bytes) and reads
+//! the answers from an egress handle, with back-pressure both ways; a keyed
+//! process function keeps each user's running total, and the requests it
+//! rejects come back through a side output to an egress of their own, read by
+//! a thread of its own (a reader that drained one egress before the other
+//! could wait forever on a job waiting for room in the other).
 //!
 //! `cargo run --release -p shardflow-engine --example service`
 

@@ -1,7 +1,8 @@
 //! Oracles for five job shapes (union, connect, flat map, key by, reduce,
 //! running count, process with map state, keyed co-process, a keyed ingress
 //! pushed from a thread) at random parallelisms over random user records with
-//! strings, each checked against a naive single-threaded evaluation. Random shapes: `embedded_random_graphs`.
+//! strings, each checked against a naive single-threaded evaluation. Random
+//! shapes: `embedded_random_graphs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -4,9 +4,9 @@
 //! `OnReadAndWrite`); an expired state is never returned). A state declared
 //! with a time-to-live keeps, per key, when it was last written (or read); a
 //! key whose state is older than that reads as having none, loses it at its
-//! next write, and loses it anyway when the operator sweeps: on a timer of its own, every
-//! time-to-live (the shortest of the operator's), before a snapshot (which so
-//! holds no expired state), before the end-of-input calls and before
+//! next write, and loses it anyway when the operator sweeps: on a timer of its
+//! own, every time-to-live (the shortest of the operator's), before a snapshot
+//! (which so holds no expired state), before the end-of-input calls and before
 //! `for_each_key`. The write times are keyed state too: charged to the slot's
 //! managed memory and snapshotted (`\0ttl:<state>`), so a restored state
 //! expires when it would have; a state a snapshot has no times for (it had no

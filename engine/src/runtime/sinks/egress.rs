@@ -1,7 +1,8 @@
 //! The egress handle: a job's sink subtasks fill one bounded queue (by count,
-//! bytes or both: [`QueueBound`]) a service reads results from, from any thread; while it is full the sinks take no
-//! input (back-pressure through the whole job), and the reader learns whether
-//! the stream ended complete or was cut short.
+//! bytes or both: [`QueueBound`]) a service reads results from, from any
+//! thread; while it is full the sinks take no input (back-pressure through the
+//! whole job), and the reader learns whether the stream ended complete or was
+//! cut short.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};

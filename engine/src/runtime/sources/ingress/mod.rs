@@ -4,7 +4,7 @@
 //! the job reads no more.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -30,11 +30,11 @@ const PUSH_RECHECK: Duration = Duration::from_micros(50);
 /// that started has ended (the job finished, failed or was cancelled), or when
 /// none can start any more (the job was dropped or refused).
 struct IngressLife {
-    live: std::sync::atomic::AtomicUsize,
+    live: AtomicUsize,
     closed: AtomicBool,
     /// Pushes between their look at `closed` and the queue: a source that
     /// closes the ingress to stop drains the queues once none is left.
-    pushing: std::sync::atomic::AtomicUsize,
+    pushing: AtomicUsize,
     /// By queue: pushers waiting for room (or the end).
     rooms: Vec<RoomWaiters>,
 }
@@ -295,9 +295,7 @@ impl<T: Data> IngressHandle<T> {
         self.try_push_to(i, record)
     }
 
-    /// Pushes `record` to queue `i` if it has room now. (`SeqCst`: a pusher
-    /// that registered for room looks again, and must see a close made
-    /// before its registration.)
+    /// Pushes `record` to queue `i` if it has room now, and wakes its source.
     #[inline]
     fn try_push_to(&self, i: usize, record: T) -> Result<(), PushError<T>> {
         let pushed = self.try_push_quietly(i, record);
@@ -308,6 +306,8 @@ impl<T: Data> IngressHandle<T> {
     }
 
     /// [`Self::try_push_to`] without waking the source: the caller wakes it.
+    /// (`SeqCst`: a pusher that registered for room looks again, and must see
+    /// a close made before its registration.)
     #[inline]
     fn try_push_quietly(&self, i: usize, record: T) -> Result<(), PushError<T>> {
         let life = &self.queues.life;
