@@ -382,6 +382,9 @@ struct Backoff {
 }
 
 impl Backoff {
+    /// No failure yet: the shortest pause next.
+    const FRESH: Backoff = Backoff { pause: ACCEPT_BACKOFF.0, failures: 0 };
+
     /// Logs `why` (where due) and pauses.
     fn failed(&mut self, why: std::fmt::Arguments<'_>) {
         self.failures += 1;
@@ -397,7 +400,7 @@ impl Backoff {
         if self.failures > 0 {
             tracing::info!("accepting connections again after {} failed accepts", self.failures);
         }
-        *self = Backoff { pause: ACCEPT_BACKOFF.0, failures: 0 };
+        *self = Backoff::FRESH;
     }
 }
 
@@ -420,7 +423,7 @@ impl Acceptor {
         // A descriptor held in reserve: when `accept` fails for want of
         // descriptors, releasing it lets the waiting peer be accepted and told why.
         let mut reserve = None;
-        let mut backoff = Backoff { pause: ACCEPT_BACKOFF.0, failures: 0 };
+        let mut backoff = Backoff::FRESH;
         while !self.stopping.load(Ordering::Acquire) {
             // Nothing is accepted unless the reserve is held: a descriptor
             // freed while it was missing (another thread's, held for a moment
