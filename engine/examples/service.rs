@@ -3,17 +3,17 @@
 //! that keeps its user's state, queues bounded by count and bytes) and reads
 //! the answers from an egress handle, with back-pressure both ways; a keyed
 //! process function keeps each user's running total, and the requests it
-//! rejects come back through a side output to an egress of their own, read by
-//! a thread of its own (a reader that drained one egress before the other
-//! could wait forever on a job waiting for room in the other).
+//! rejects come back through a side output to an egress of their own. One
+//! thread reads both with `recv_either` (a reader that drained one egress
+//! before the other could wait forever on a job waiting for room in the other).
 //!
 //! `cargo run --release -p shardflow-engine --example service`
 
 use std::time::Instant;
 
 use shardflow_engine::{
-    Dataflow, Emitter, Engine, EngineError, KeyedContext, KeyedProcessFunction, OperatorError, OutputTag, QueueBound,
-    StateDeclarations, ValueState,
+    Dataflow, Either, Emitter, Engine, EngineError, KeyedContext, KeyedProcessFunction, OperatorError, OutputTag,
+    QueueBound, StateDeclarations, ValueState,
 };
 
 /// A request a service receives.
@@ -72,8 +72,8 @@ fn main() -> Result<(), EngineError> {
         df.ingress_keyed::<String, Request, _>("requests", bound, |r: &Request| r.user.clone());
     let rejected = OutputTag::<String>::new("rejected");
     let totals = requests.process(Totals { total: None, rejected: rejected.clone() }).name("totals");
-    let rejections = totals.side_output(&rejected).egress(1024);
-    let answers = totals.egress(1024);
+    let mut rejections = totals.side_output(&rejected).egress(1024);
+    let mut answers = totals.egress(1024);
     let job = engine.submit(df.build()?)?;
 
     let n = 100_000u64;
@@ -93,28 +93,24 @@ fn main() -> Result<(), EngineError> {
         // Dropping the handle ends the job's input.
     });
 
-    let rejections = std::thread::spawn(move || {
-        let (mut n, mut one) = (0u64, None);
-        for why in rejections.iter() {
-            n += 1;
-            one.get_or_insert(why);
-        }
-        (n, one)
-    });
-
+    // Answers and rejections, as they come, until both streams end.
     let start = Instant::now();
-    let mut answered = 0u64;
-    let mut last = None;
-    for answer in answers.iter() {
-        answered += 1;
-        last = Some(answer);
+    let (mut answered, mut last) = (0u64, None);
+    let (mut rejected, mut one_rejected) = (0u64, None);
+    while let Some(next) = answers.recv_either(&mut rejections) {
+        match next {
+            Either::Left(answer) => (answered, last) = (answered + 1, Some(answer)),
+            Either::Right(why) => {
+                rejected += 1;
+                one_rejected.get_or_insert(why);
+            }
+        }
     }
     let elapsed = start.elapsed();
     if let Some(why) = answers.stopped() {
         eprintln!("the answers were cut short: {why}");
     }
     service.join().expect("the service thread");
-    let (rejected, one_rejected) = rejections.join().expect("the rejections' reader");
     job.wait()?;
     println!(
         "{answered} requests answered in {:.1} ms ({:.0} per second); last answer: {last:?}",

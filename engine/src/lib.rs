@@ -81,6 +81,9 @@ pub use api::{
 };
 pub use config::{online_cores, Cores, EngineBuilder, EngineConfig, IdlePolicy};
 pub use data::{key_hash, Data, Key};
+/// What [`EgressHandle::recv_either`] returns: a result of the first egress
+/// (`Left`) or of the second (`Right`).
+pub use either::Either;
 pub use engine::{Engine, PoolUsage, ShardInfo};
 pub use error::{DataflowError, EngineError, OperatorError, SnapshotError};
 pub use job::{JobHandle, JobResult, SubtaskReport};

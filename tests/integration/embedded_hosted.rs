@@ -1,8 +1,11 @@
 //! A shard hosted by the caller's thread: the host owns its loop and the
 //! shard's tasks run only inside its calls.
 
-use shardflow_engine::{Dataflow, EgressHandle, Engine, EngineError, HostedShard, IngressHandle, JobHandle};
-use shardflow_engine::{JobStatus, PushError};
+use std::time::Duration;
+
+use crossbeam_channel::RecvTimeoutError;
+use shardflow_engine::{Dataflow, EgressHandle, Either, Emitter, Engine, EngineError, HostedShard, IngressHandle};
+use shardflow_engine::{JobHandle, JobStatus, OutputTag, PushError};
 
 use crate::common::{join_within, shard_count, small_engine, TIMEOUT};
 
@@ -250,4 +253,45 @@ fn a_hosted_shard_stops_once_its_engine_is_gone() {
         assert!(std::time::Instant::now() < deadline, "the hosted shard did not stop within {TIMEOUT:?}");
         shard.step_or_park(Some(std::time::Duration::from_millis(10)));
     }
+}
+
+#[test]
+fn a_host_thread_reads_two_egresses_while_its_shard_runs() {
+    let (engine, shard) = small_engine().build_hosted().expect("a hosted engine starts");
+    let core = shard.core();
+    let odd = OutputTag::<u64>::new("odd");
+    let df = Dataflow::new("hosted-two-egresses").parallelism(1);
+    let (requests, mut ingress) = df.ingress::<u64>("requests", 8);
+    let evens = requests
+        .cores(&[core])
+        .flat_map({
+            let odd = odd.clone();
+            move |r: &u64, out: &mut Emitter<'_, u64>| match r % 2 {
+                1 => out.emit_side(&odd, r * 10),
+                _ => out.emit(*r),
+            }
+        })
+        .cores(&[core]);
+    let mut odds = evens.side_output(&odd).egress(1);
+    let mut evens = evens.egress(1);
+    let job = engine.submit(df.build().expect("a valid dataflow")).expect("the job is accepted");
+    assert!(job.placement().placements.iter().all(|s| s.core == core), "{}", job.placement());
+
+    // Nothing pushed, nothing comes: the wait ends at its timeout.
+    let nothing = evens.recv_either_timeout(&mut odds, Duration::from_millis(20));
+    assert_eq!(nothing, Err(RecvTimeoutError::Timeout));
+    // Each answer read on this thread, which runs the shard that computes it.
+    for r in 0..200u64 {
+        ingress.push(r).expect("the job takes every request");
+        let want = if r % 2 == 1 { Either::Right(r * 10) } else { Either::Left(r) };
+        assert_eq!(evens.recv_either_timeout(&mut odds, TIMEOUT), Ok(want), "the answer to request {r}");
+    }
+    drop(ingress);
+    assert_eq!(evens.recv_either_timeout(&mut odds, TIMEOUT), Err(RecvTimeoutError::Disconnected), "both end");
+    assert_eq!((evens.stopped(), odds.stopped()), (None, None), "both streams ended complete");
+    let result = job.wait_timeout(TIMEOUT).expect("the job finishes");
+    assert_eq!(result.status, JobStatus::Finished);
+    drop(job);
+    drop(shard);
+    engine.shutdown();
 }

@@ -4,18 +4,20 @@
 //! emits them too, at the end of input as well (an operator chained after the
 //! side output finishes after its producer); a record of another type than its tag's stream fails the
 //! job naming both; a tag never asked for drops its records; and the mistakes
-//! of building them are dataflow errors.
+//! of building them are dataflow errors. One thread reads a stream and its
+//! side output from two egresses.
 
 use std::collections::BTreeMap;
 
+use crossbeam_channel::RecvTimeoutError;
 use shardflow_benches::SplitMix;
 use shardflow_engine::{
-    BroadcastContext, CoProcessFunction, Dataflow, DataflowError, Emitter, EngineError, KeyedBroadcastProcessFunction,
-    KeyedCoProcessFunction, KeyedContext, KeyedProcessFunction, OperatorContext, OperatorError, OutputTag,
-    ProcessFunction, StateDeclarations, ValueState,
+    BroadcastContext, CoProcessFunction, Dataflow, DataflowError, Either, Emitter, EngineError, JobStatus,
+    KeyedBroadcastProcessFunction, KeyedCoProcessFunction, KeyedContext, KeyedProcessFunction, OperatorContext,
+    OperatorError, OutputTag, ProcessFunction, StateDeclarations, ValueState,
 };
 
-use crate::common::small_engine;
+use crate::common::{shard_count, small_engine, TIMEOUT};
 
 type Payment = (String, u64);
 
@@ -401,4 +403,43 @@ fn mistakes_with_side_outputs_are_dataflow_errors() {
     fm.side_output(&tag).discard();
     fm.parallelism(2).discard();
     assert_eq!(build_error(&df), DataflowError::ParallelismAfterUse { operator: "fm".into() });
+}
+
+#[test]
+fn one_thread_reads_a_stream_and_its_side_output_through_queues_of_two() {
+    let engine = small_engine().build().expect("engine starts");
+    let odd = OutputTag::<String>::new("odd");
+    let n = 5_000u64;
+    let df = Dataflow::new("two-egresses").parallelism(shard_count() as u32);
+    let evens = df.generate("numbers", n, |r| r).rebalance().flat_map({
+        let odd = odd.clone();
+        move |r: &u64, out: &mut Emitter<'_, u64>| match r % 2 {
+            1 => out.emit_side(&odd, format!("odd-{r}")),
+            _ => out.emit(*r),
+        }
+    });
+    // Two results queued each: a reader that drained one egress before the
+    // other would wait forever on a job waiting for room in the other.
+    let mut odds = evens.side_output(&odd).egress(2);
+    let mut evens = evens.egress(2);
+    let job = engine.submit(df.build().expect("a valid dataflow")).expect("the job is accepted");
+
+    let (mut got_evens, mut got_odds) = (Vec::new(), Vec::new());
+    loop {
+        match evens.recv_either_timeout(&mut odds, TIMEOUT) {
+            Ok(Either::Left(r)) => got_evens.push(r),
+            Ok(Either::Right(s)) => got_odds.push(s),
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("neither egress delivered nor ended: {} and {} read", got_evens.len(), got_odds.len())
+            }
+        }
+    }
+    assert_eq!(sorted(got_evens), (0..n).step_by(2).collect::<Vec<_>>(), "every even number, from the stream");
+    let want_odds = sorted((1..n).step_by(2).map(|r| format!("odd-{r}")).collect());
+    assert_eq!(sorted(got_odds), want_odds, "every odd one, from the side output");
+    assert_eq!((evens.stopped(), odds.stopped()), (None, None), "both streams ended complete");
+    let result = job.wait_timeout(TIMEOUT).expect("the job finishes");
+    assert_eq!(result.status, JobStatus::Finished);
+    engine.shutdown();
 }

@@ -8,16 +8,17 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use either::Either;
 
 use crate::data::Data;
 use crate::error::{EngineError, OperatorError};
 use crate::runtime::bound::{try_send_charged, ByteBudget, QueueBound, Queued};
 use crate::runtime::build::{BuildContext, Name, NodeFactory};
 use crate::runtime::collector::{Collector, Lifecycle, SharedCollector, SinkOutput};
-use crate::runtime::host::hosted_here;
+use crate::runtime::host::{self, hosted_here};
 use crate::runtime::output::Output;
 use crate::runtime::{ParkedWaker, RoomWaiters};
 
@@ -100,18 +101,90 @@ impl<T> EgressHandle<T> {
     /// time: [`EgressHandle::recv_async`] takes `&mut`; the blocking calls use
     /// it only on a host's thread).
     fn next_result(&self) -> impl std::future::Future<Output = Option<T>> + '_ {
-        std::future::poll_fn(|cx| {
-            for attempt in 0..2 {
-                match self.rx.try_recv() {
-                    Ok(q) => return Poll::Ready(Some(self.taken(q))),
-                    Err(TryRecvError::Disconnected) => return Poll::Ready(None),
-                    // Park, then look once more (`ParkedWaker`).
-                    Err(TryRecvError::Empty) if attempt == 0 => self.reader.park(cx.waker()),
-                    Err(TryRecvError::Empty) => {}
-                }
+        std::future::poll_fn(|cx| self.poll_result(cx))
+    }
+
+    /// A result if one is queued, the end (`None`) if the stream has ended,
+    /// else the reader's waker set to `cx`'s.
+    fn poll_result(&self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        for attempt in 0..2 {
+            match self.rx.try_recv() {
+                Ok(q) => return Poll::Ready(Some(self.taken(q))),
+                Err(TryRecvError::Disconnected) => return Poll::Ready(None),
+                // Park, then look once more (`ParkedWaker`).
+                Err(TryRecvError::Empty) if attempt == 0 => self.reader.park(cx.waker()),
+                Err(TryRecvError::Empty) => {}
             }
-            Poll::Pending
-        })
+        }
+        Poll::Pending
+    }
+
+    /// The next result of this egress or of `other`, whichever has one,
+    /// waiting for one (on the thread of a [`crate::HostedShard`] the shard
+    /// runs meanwhile): one thread reads two egresses, say a job's output and
+    /// a side output, without draining one while the job waits for room in the
+    /// other. Once one stream has ended, results come from the other; `None`
+    /// once both have ended and everything was read. Where both have results
+    /// queued, the fuller queue's comes first.
+    ///
+    /// ```
+    /// use shardflow_engine::{Dataflow, Either, Emitter, Engine, OutputTag};
+    ///
+    /// let rejected = OutputTag::<String>::new("rejected");
+    /// let df = Dataflow::new("parse");
+    /// let parsed = df.from_iter("lines", (0..1000u64).map(|i| format!("{i:x}"))).flat_map({
+    ///     let rejected = rejected.clone();
+    ///     move |line: &str, out: &mut Emitter<'_, u64>| match line.parse() {
+    ///         Ok(n) => out.emit(n),
+    ///         Err(_) => out.emit_side_ref(&rejected, line),
+    ///     }
+    /// });
+    /// // Queues of 8: neither stream can be drained first.
+    /// let mut bad = parsed.side_output(&rejected).egress(8);
+    /// let mut numbers = parsed.egress(8);
+    /// let engine = Engine::builder().shards(1).build()?;
+    /// let job = engine.submit(df.build()?)?;
+    /// let (mut n, mut not_decimal) = (0, 0);
+    /// while let Some(next) = numbers.recv_either(&mut bad) {
+    ///     match next {
+    ///         Either::Left(_) => n += 1,
+    ///         Either::Right(_) => not_decimal += 1,
+    ///     }
+    /// }
+    /// job.wait()?;
+    /// assert_eq!((n, not_decimal), (400, 600));
+    /// # Ok::<(), shardflow_engine::EngineError>(())
+    /// ```
+    pub fn recv_either<U>(&mut self, other: &mut EgressHandle<U>) -> Option<Either<T, U>> {
+        host::wait(either_result(self, other))
+    }
+
+    /// [`EgressHandle::recv_either`], waiting up to `timeout`: `Disconnected`
+    /// once both streams have ended and everything was read.
+    pub fn recv_either_timeout<U>(
+        &mut self,
+        other: &mut EgressHandle<U>,
+        timeout: Duration,
+    ) -> Result<Either<T, U>, RecvTimeoutError> {
+        let next = either_result(self, other);
+        let got = match Instant::now().checked_add(timeout) {
+            Some(deadline) => host::wait_until(next, deadline),
+            None => Some(host::wait(next)),
+        };
+        match got {
+            Some(Some(r)) => Ok(r),
+            Some(None) => Err(RecvTimeoutError::Disconnected),
+            None => Err(RecvTimeoutError::Timeout),
+        }
+    }
+
+    /// [`EgressHandle::recv_either`], awaited (for a reader in an async
+    /// runtime, or on a [`crate::HostedShard`]).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a result is taken only when the future completes.
+    pub async fn recv_either_async<U>(&mut self, other: &mut EgressHandle<U>) -> Option<Either<T, U>> {
+        either_result(self, other).await
     }
 
     /// Results queued now.
@@ -142,6 +215,36 @@ impl<T> EgressHandle<T> {
     pub fn stopped(&self) -> Option<String> {
         self.stop.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
+}
+
+/// The next result of `a` or `b` (see [`EgressHandle::recv_either`]): both
+/// readers' wakers are set while neither has one.
+fn either_result<'h, T, U>(
+    a: &'h EgressHandle<T>,
+    b: &'h EgressHandle<U>,
+) -> impl std::future::Future<Output = Option<Either<T, U>>> + 'h {
+    std::future::poll_fn(move |cx| {
+        // The fuller queue first: the job may be waiting for room in it.
+        let b_first = b.rx.len() > a.rx.len();
+        let mut ended = 0;
+        for from_b in [b_first, !b_first] {
+            let polled = if from_b {
+                b.poll_result(cx).map(|r| r.map(Either::Right))
+            } else {
+                a.poll_result(cx).map(|r| r.map(Either::Left))
+            };
+            match polled {
+                Poll::Ready(Some(r)) => return Poll::Ready(Some(r)),
+                Poll::Ready(None) => ended += 1,
+                Poll::Pending => {}
+            }
+        }
+        if ended == 2 {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    })
 }
 
 /// One sink subtask's end of an egress: records that found the queue full wait
