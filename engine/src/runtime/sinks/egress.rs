@@ -18,7 +18,7 @@ use crate::error::{EngineError, OperatorError};
 use crate::runtime::bound::{try_send_charged, ByteBudget, QueueBound, Queued};
 use crate::runtime::build::{BuildContext, Name, NodeFactory};
 use crate::runtime::collector::{Collector, Lifecycle, SharedCollector, SinkOutput};
-use crate::runtime::host::{self, hosted_here};
+use crate::runtime::host::hosted_here;
 use crate::runtime::output::Output;
 use crate::runtime::{ParkedWaker, RoomWaiters};
 
@@ -101,22 +101,18 @@ impl<T> EgressHandle<T> {
     /// time: [`EgressHandle::recv_async`] takes `&mut`; the blocking calls use
     /// it only on a host's thread).
     fn next_result(&self) -> impl std::future::Future<Output = Option<T>> + '_ {
-        std::future::poll_fn(|cx| self.poll_result(cx))
-    }
-
-    /// A result if one is queued, the end (`None`) if the stream has ended,
-    /// else the reader's waker set to `cx`'s.
-    fn poll_result(&self, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        for attempt in 0..2 {
-            match self.rx.try_recv() {
-                Ok(q) => return Poll::Ready(Some(self.taken(q))),
-                Err(TryRecvError::Disconnected) => return Poll::Ready(None),
-                // Park, then look once more (`ParkedWaker`).
-                Err(TryRecvError::Empty) if attempt == 0 => self.reader.park(cx.waker()),
-                Err(TryRecvError::Empty) => {}
+        std::future::poll_fn(|cx| {
+            for attempt in 0..2 {
+                match self.rx.try_recv() {
+                    Ok(q) => return Poll::Ready(Some(self.taken(q))),
+                    Err(TryRecvError::Disconnected) => return Poll::Ready(None),
+                    // Park, then look once more (`ParkedWaker`).
+                    Err(TryRecvError::Empty) if attempt == 0 => self.reader.park(cx.waker()),
+                    Err(TryRecvError::Empty) => {}
+                }
             }
-        }
-        Poll::Pending
+            Poll::Pending
+        })
     }
 
     /// The next result of this egress or of `other`, whichever has one,
@@ -156,7 +152,10 @@ impl<T> EgressHandle<T> {
     /// # Ok::<(), shardflow_engine::EngineError>(())
     /// ```
     pub fn recv_either<U>(&mut self, other: &mut EgressHandle<U>) -> Option<Either<T, U>> {
-        host::wait(either_result(self, other))
+        if let Some(sched) = hosted_here() {
+            return sched.block_on(either_result(self, other));
+        }
+        wait_either(self, other, None).ok()
     }
 
     /// [`EgressHandle::recv_either`], waiting up to `timeout`: `Disconnected`
@@ -166,16 +165,14 @@ impl<T> EgressHandle<T> {
         other: &mut EgressHandle<U>,
         timeout: Duration,
     ) -> Result<Either<T, U>, RecvTimeoutError> {
-        let next = either_result(self, other);
-        let got = match Instant::now().checked_add(timeout) {
-            Some(deadline) => host::wait_until(next, deadline),
-            None => Some(host::wait(next)),
-        };
-        match got {
-            Some(Some(r)) => Ok(r),
-            Some(None) => Err(RecvTimeoutError::Disconnected),
-            None => Err(RecvTimeoutError::Timeout),
+        if let Some(sched) = hosted_here() {
+            return match sched.block_on_timeout(either_result(self, other), timeout) {
+                Some(Some(r)) => Ok(r),
+                Some(None) => Err(RecvTimeoutError::Disconnected),
+                None => Err(RecvTimeoutError::Timeout),
+            };
         }
+        wait_either(self, other, Instant::now().checked_add(timeout))
     }
 
     /// [`EgressHandle::recv_either`], awaited (for a reader in an async
@@ -217,34 +214,79 @@ impl<T> EgressHandle<T> {
     }
 }
 
-/// The next result of `a` or `b` (see [`EgressHandle::recv_either`]): both
-/// readers' wakers are set while neither has one.
+/// A result of `a` or `b` if one is queued, the fuller queue's first (the job
+/// may be waiting for room in it); else, for each, whether its stream ended.
+fn try_either<T, U>(a: &EgressHandle<T>, b: &EgressHandle<U>) -> Result<Either<T, U>, [bool; 2]> {
+    let b_first = b.rx.len() > a.rx.len();
+    let mut ended = [false; 2];
+    for from_b in [b_first, !b_first] {
+        let taken = if from_b {
+            b.rx.try_recv().map(|q| Either::Right(b.taken(q)))
+        } else {
+            a.rx.try_recv().map(|q| Either::Left(a.taken(q)))
+        };
+        match taken {
+            Ok(r) => return Ok(r),
+            Err(e) => ended[usize::from(from_b)] = e.is_disconnected(),
+        }
+    }
+    Err(ended)
+}
+
+/// The next result of `a` or `b`, awaited through both readers' wakers
+/// (see [`EgressHandle::recv_either`]).
 fn either_result<'h, T, U>(
     a: &'h EgressHandle<T>,
     b: &'h EgressHandle<U>,
 ) -> impl std::future::Future<Output = Option<Either<T, U>>> + 'h {
     std::future::poll_fn(move |cx| {
-        // The fuller queue first: the job may be waiting for room in it.
-        let b_first = b.rx.len() > a.rx.len();
-        let mut ended = 0;
-        for from_b in [b_first, !b_first] {
-            let polled = if from_b {
-                b.poll_result(cx).map(|r| r.map(Either::Right))
-            } else {
-                a.poll_result(cx).map(|r| r.map(Either::Left))
-            };
-            match polled {
-                Poll::Ready(Some(r)) => return Poll::Ready(Some(r)),
-                Poll::Ready(None) => ended += 1,
-                Poll::Pending => {}
+        for attempt in 0..2 {
+            match try_either(a, b) {
+                Ok(r) => return Poll::Ready(Some(r)),
+                Err([true, true]) => return Poll::Ready(None),
+                // Park both, then look once more (`ParkedWaker`).
+                Err(_) if attempt == 0 => {
+                    a.reader.park(cx.waker());
+                    b.reader.park(cx.waker());
+                }
+                Err(_) => {}
             }
         }
-        if ended == 2 {
-            Poll::Ready(None)
-        } else {
-            Poll::Pending
-        }
+        Poll::Pending
     })
+}
+
+/// The next result of `a` or `b`, blocking a thread that hosts no shard until
+/// one comes, both end, or `deadline` (`None`: no deadline) passes.
+fn wait_either<T, U>(
+    a: &EgressHandle<T>,
+    b: &EgressHandle<U>,
+    deadline: Option<Instant>,
+) -> Result<Either<T, U>, RecvTimeoutError> {
+    let mut select = crossbeam_channel::Select::new();
+    let ops = [select.recv(&a.rx), select.recv(&b.rx)];
+    let mut waited_on = [true; 2];
+    loop {
+        match try_either(a, b) {
+            Ok(r) => return Ok(r),
+            Err([true, true]) => return Err(RecvTimeoutError::Disconnected),
+            Err(ended) => {
+                // An ended stream is ready for ever: no longer waited on.
+                for i in 0..2 {
+                    if ended[i] && waited_on[i] {
+                        select.remove(ops[i]);
+                        waited_on[i] = false;
+                    }
+                }
+            }
+        }
+        // Ready may be a moment early; the deadline holds all the same.
+        match deadline {
+            Some(d) if Instant::now() >= d => return Err(RecvTimeoutError::Timeout),
+            Some(d) => drop(select.ready_deadline(d)),
+            None => drop(select.ready()),
+        }
+    }
 }
 
 /// One sink subtask's end of an egress: records that found the queue full wait
