@@ -263,21 +263,25 @@ fn wait_either<T, U>(
     b: &EgressHandle<U>,
     deadline: Option<Instant>,
 ) -> Result<Either<T, U>, RecvTimeoutError> {
-    let mut select = crossbeam_channel::Select::new();
-    let ops = [select.recv(&a.rx), select.recv(&b.rx)];
+    // Set up once a look finds nothing: most find a result queued.
+    let mut waiting = None;
     let mut waited_on = [true; 2];
     loop {
-        match try_either(a, b) {
+        let ended = match try_either(a, b) {
             Ok(r) => return Ok(r),
             Err([true, true]) => return Err(RecvTimeoutError::Disconnected),
-            Err(ended) => {
-                // An ended stream is ready for ever: no longer waited on.
-                for i in 0..2 {
-                    if ended[i] && waited_on[i] {
-                        select.remove(ops[i]);
-                        waited_on[i] = false;
-                    }
-                }
+            Err(ended) => ended,
+        };
+        let (select, ops) = waiting.get_or_insert_with(|| {
+            let mut select = crossbeam_channel::Select::new();
+            let ops = [select.recv(&a.rx), select.recv(&b.rx)];
+            (select, ops)
+        });
+        // An ended stream is ready for ever: no longer waited on.
+        for i in 0..2 {
+            if ended[i] && waited_on[i] {
+                select.remove(ops[i]);
+                waited_on[i] = false;
             }
         }
         // Ready may be a moment early; the deadline holds all the same.
