@@ -107,8 +107,8 @@ fn main() -> Result<(), EngineError> {
         }
     }
     let elapsed = start.elapsed();
-    if let Some(why) = answers.stopped() {
-        eprintln!("the answers were cut short: {why}");
+    if let Some(why) = answers.stopped().or(rejections.stopped()) {
+        eprintln!("the streams were cut short: {why}");
     }
     service.join().expect("the service thread");
     job.wait()?;
