@@ -620,3 +620,52 @@ fn a_snapshot_saved_to_a_file_restores_in_another_engine_and_a_failed_save_keeps
         other => panic!("a missing file must be an I/O error, got {other:?}"),
     }
 }
+
+/// A table past a core's cache has each chunk of its input read twice, the
+/// first time to announce the keys' slots: the counts stay exact, running or
+/// at the end of input.
+#[test]
+fn counts_over_more_keys_than_a_cache_holds_are_exact_running_and_final() {
+    // 60 000 words over two subtasks: some 30 000 keys each, a table of 32 768
+    // slots of 32 bytes, past the 640 KiB from which keys are announced ahead.
+    const WORDS: u64 = 60_000;
+    const LINES: u64 = 45_000;
+    let word = |i: u64| format!("w{}", i.wrapping_mul(2_654_435_761) % WORDS);
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("many-words").parallelism(2);
+    let words = df
+        .generate("lines", LINES, move |r| (0..4).map(|j| word(4 * r + j)).collect::<Vec<_>>().join(" "))
+        .flat_map(|line: &str, out: &mut Emitter<'_, String>| line.split(' ').for_each(|w| out.emit_ref(w)))
+        .key_by_ref::<String, _>(|w: &str| w);
+    let last = words.count_final().collect();
+    let running = words.count().collect();
+    engine.run(df.build().unwrap()).unwrap();
+
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for i in 0..4 * LINES {
+        *want.entry(word(i)).or_insert(0) += 1;
+    }
+    assert!(want.len() as u64 > 55_000, "most words occur: {}", want.len());
+    // Named, not printed whole: 60 000 entries drown a failure.
+    let differences = |got: &BTreeMap<String, u64>| {
+        let wrong: Vec<_> =
+            want.iter().filter(|&(w, n)| got.get(w) != Some(n)).map(|(w, n)| (w, n, got.get(w))).collect();
+        format!(
+            "{} words, {} wanted, {} wrong, e.g. (word, wanted, got) {:?}",
+            got.len(),
+            want.len(),
+            wrong.len(),
+            &wrong[..wrong.len().min(3)]
+        )
+    };
+    let last: BTreeMap<String, u64> = last.take().into_iter().collect();
+    assert!(last == want, "each word's count once, at the end: {}", differences(&last));
+    let mut highest: BTreeMap<String, u64> = BTreeMap::new();
+    let running = running.take();
+    assert_eq!(running.len() as u64, 4 * LINES, "a running count per word read");
+    for (w, n) in running {
+        let h = highest.entry(w).or_insert(0);
+        *h = (*h).max(n);
+    }
+    assert!(highest == want, "the running counts reach each word's count: {}", differences(&highest));
+}

@@ -100,6 +100,10 @@ impl<T: Data> Route<T> for ToAll {
 pub trait KeySelector<K: Key, T: Data>: Send + Sync + 'static {
     /// Calls `f` with `record`'s key.
     fn with_key<R>(&self, record: &T::Borrowed, f: impl FnOnce(&K::Borrowed) -> R) -> R;
+
+    /// Whether a key costs so little to pick (borrowed, or plain data) that
+    /// picking it twice per record, to announce the record ahead, pays.
+    const CHEAP: bool = false;
 }
 
 /// A key computed from the record.
@@ -114,6 +118,10 @@ where
         let k = (self.0)(record);
         f(k.borrow())
     }
+
+    /// A computed key that owns heap memory (a `String` made per record) is
+    /// not computed twice.
+    const CHEAP: bool = K::POD;
 }
 
 /// A key borrowed from the record (no allocation for a `String` key).
@@ -127,6 +135,8 @@ where
     fn with_key<R>(&self, record: &T::Borrowed, f: impl FnOnce(&K::Borrowed) -> R) -> R {
         f((self.0)(record))
     }
+
+    const CHEAP: bool = true;
 }
 
 /// By key group: the subtask that owns the key's group.

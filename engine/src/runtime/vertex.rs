@@ -60,6 +60,17 @@ impl<T: Data> InputEntry for VarEntry<T> {
     fn feed(&mut self, buffer: &Buffer, cursor: &mut usize) -> Result<bool, NetError> {
         let mut n = 0;
         let VarEntry { next, partitions } = self;
+        if next.prefetches() {
+            // The chunk is read twice: first to announce its records (a keyed
+            // table loads their slots meanwhile), then to hand them over.
+            let mut ahead = *cursor;
+            T::each(buffer, &mut ahead, &mut |r| {
+                next.prefetch(r);
+                n += 1;
+                n < VAR_CHUNK
+            })?;
+            n = 0;
+        }
         T::each(buffer, cursor, &mut |r| {
             next.collect(r);
             n += 1;
@@ -86,6 +97,13 @@ impl<T: Data> Collector<T> for SharedRoot<T> {
     #[inline]
     fn collect(&mut self, record: &T::Borrowed) {
         self.0.borrow_mut().collect(record);
+    }
+    fn prefetches(&self) -> bool {
+        self.0.borrow().prefetches()
+    }
+    #[inline]
+    fn prefetch(&mut self, record: &T::Borrowed) {
+        self.0.borrow_mut().prefetch(record);
     }
     #[inline]
     fn collect_batch(&mut self, records: &[T]) {

@@ -84,7 +84,7 @@ pub(crate) struct AggregateOp<K: Key, T: Data, S, A: Aggregator<K, T>> {
     task: Option<TaskInfo>,
     failure: Failure,
     /// The entries left to emit at the end of input.
-    finishing: Option<std::collections::hash_map::IntoIter<K, A::Acc>>,
+    finishing: Option<hashbrown::hash_table::IntoIter<(K, A::Acc)>>,
     _t: PhantomData<fn(&T)>,
 }
 
@@ -125,6 +125,12 @@ impl<K: Key, T: Data, S: KeySelector<K, T>, A: Aggregator<K, T>> AggregateOp<K, 
         }
     }
 
+    /// Starts loading the table slot of `record`'s key.
+    #[inline(always)]
+    fn prefetch(&self, record: &T::Borrowed) {
+        self.selector.with_key(record, |key| self.table.map.prefetch(key));
+    }
+
     /// A key's first record: its state is created (and charged to memory).
     #[cold]
     #[inline(never)]
@@ -135,7 +141,7 @@ impl<K: Key, T: Data, S: KeySelector<K, T>, A: Aggregator<K, T>> AggregateOp<K, 
             if let Err(e) = memory.grow(entry_bytes::<K, A::Acc>(key) + heap_of(&acc)) {
                 return failure.set(e);
             }
-            let acc = table.map.entry(K::to_owned_record(key)).or_insert(acc);
+            let acc = table.map.insert_new(K::to_owned_record(key), acc);
             if *running {
                 next.collect(agg.result(key, acc).borrow());
             }
@@ -161,6 +167,15 @@ impl<K: Key, T: Data, S: KeySelector<K, T>, A: Aggregator<K, T>> Collector<T>
         } else {
             records.iter().for_each(|r| op.one(r.borrow(), false));
         }
+    }
+
+    fn prefetches(&self) -> bool {
+        S::CHEAP && std::cell::RefCell::borrow(&self.0).table.map.outgrows_cache()
+    }
+
+    #[inline]
+    fn prefetch(&mut self, record: &T::Borrowed) {
+        std::cell::RefCell::borrow(&self.0).prefetch(record);
     }
 }
 
@@ -234,7 +249,7 @@ impl<K: Key, T: Data, S: KeySelector<K, T>, A: Aggregator<K, T>> NodeFactory<T> 
             selector: self.selector.clone(),
             agg: self.agg.clone(),
             running: self.running,
-            table: ValueTable { name: TABLE.to_string(), map: FxMap::default() },
+            table: ValueTable { name: TABLE.to_string(), map: KeyMap::default() },
             memory: StateMemory::new(),
             next,
             restore: ctx.restore.clone(),

@@ -28,6 +28,7 @@ use crate::runtime::output::KeySelector;
 use crate::runtime::state::{
     entry_bytes, heap_of, list_bytes, JobSnapshot, KeyGroupRouter, OperatorSnapshot, StateMemory,
 };
+use keymap::KeyMap;
 use tables::{
     items, map_bytes, put_items, restore_entries, snapshot_table, AsAny, FoldTable, ListTable, MapTable, ReduceFn,
     ReducingTable, Table, ValueTable,
@@ -40,6 +41,7 @@ pub(crate) use ttl::TTL_PREFIX;
 pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 mod aggregate;
+mod keymap;
 mod process;
 mod tables;
 mod timers;
@@ -279,7 +281,7 @@ impl<K: Key> StateDeclarations<'_, K> {
 
     /// A value per key.
     pub fn value_state<V: Data>(&mut self, name: &str) -> Result<ValueState<V>, OperatorError> {
-        self.backend.declare(name, Box::new(ValueTable::<K, V> { name: name.into(), map: FxMap::default() }))
+        self.backend.declare(name, Box::new(ValueTable::<K, V> { name: name.into(), map: KeyMap::default() }))
     }
 
     /// A list per key.
@@ -317,7 +319,7 @@ impl<K: Key> StateDeclarations<'_, K> {
         name: &str,
         agg: A,
     ) -> Result<StateHandle<S>, OperatorError> {
-        let values = ValueTable::<K, A::Acc> { name: name.into(), map: FxMap::default() };
+        let values = ValueTable::<K, A::Acc> { name: name.into(), map: KeyMap::default() };
         self.backend.declare(name, Box::new(FoldTable { values, agg, _t: PhantomData }))
     }
 }

@@ -7,6 +7,7 @@ use std::any::Any;
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
+use super::keymap::KeyMap;
 use super::{Aggregator, FxMap, Reduce};
 use crate::data::{key_hash, Data, Key};
 use crate::error::OperatorError;
@@ -127,7 +128,7 @@ pub(super) fn items(mut bytes: &[u8]) -> Result<Vec<&[u8]>, OperatorError> {
 
 pub(super) struct ValueTable<K, V> {
     pub(super) name: String,
-    pub(super) map: FxMap<K, V>,
+    pub(super) map: KeyMap<K, V>,
 }
 
 impl<K: Key, V: Data> Table<K> for ValueTable<K, V> {
