@@ -88,8 +88,8 @@ impl<K: Key, V> KeyMap<K, V> {
 
     /// Asks the processor to bring `key`'s entry into the cache, without
     /// waiting for it: a hint, right or wrong it changes nothing but time. Only
-    /// the table's control bytes are read (the first slot whose tag matches the
-    /// key's hash: the key's own, but for one in 128 false matches).
+    /// the table's control bytes are read: the slot is the first on the key's
+    /// probe whose 7-bit tag matches its hash, rarely another key's.
     #[inline(always)]
     pub(crate) fn prefetch(&self, key: &K::Borrowed) {
         let slot = self.table.iter_hash_buckets(hash(key)).next();
