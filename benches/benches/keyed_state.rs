@@ -6,7 +6,9 @@
 //! API costs a function over the engine's own aggregation; the last, what
 //! keeping each key's write time adds. Then the same counts keyed by words
 //! (`String`s, 4 M records over 100 000 of them, P8's vocabulary): tables
-//! past a core's cache, whose slots are loaded a chunk of records ahead.
+//! past a core's cache, which the built-in count reads a chunk of records
+//! ahead (a function's state is read when it asks: announcing its records
+//! measured no faster, within this machine's noise).
 
 #![allow(missing_docs)]
 
