@@ -256,6 +256,11 @@ impl<T: Data> Stream<T> {
 
     /// Partitions by a key computed from each record: each key's records reach
     /// one subtask (by key group), where keyed operators keep state per key.
+    /// The selector must give a record the same key every time it is asked:
+    /// it may run more than once per record — where the record is routed,
+    /// where its state is kept, and a second time there for an aggregation
+    /// whose table has outgrown the cache, to load the key's slot ahead (for
+    /// plain-data keys only: a computed `String` is not made twice).
     pub fn key_by<K: Key, F>(&self, f: F) -> KeyedStream<K, T, KeyBy<F>>
     where
         F: Fn(&T::Borrowed) -> K + Send + Sync + 'static,
@@ -264,7 +269,8 @@ impl<T: Data> Stream<T> {
     }
 
     /// Partitions by a key borrowed from each record (a `&str` of a `String`
-    /// field: no allocation per record).
+    /// field: no allocation per record). As for [`Stream::key_by`], the
+    /// selector runs more than once per record.
     pub fn key_by_ref<K: Key, F>(&self, f: F) -> KeyedStream<K, T, KeyByRef<F>>
     where
         F: for<'a> Fn(&'a T::Borrowed) -> &'a K::Borrowed + Send + Sync + 'static,
