@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use shardflow_engine::{
-    Dataflow, Emitter, Engine, KeySelector, KeyedContext, KeyedProcessFunction, KeyedStream, OperatorError,
+    Data, Dataflow, Emitter, Engine, Key, KeySelector, KeyedContext, KeyedProcessFunction, KeyedStream, OperatorError,
     ReducingState, StateDeclarations, Stream, ValueState,
 };
 
@@ -29,16 +29,20 @@ fn opened<S>(handle: &Option<S>) -> Result<&S, OperatorError> {
     handle.as_ref().ok_or_else(|| OperatorError::User("used before open".into()))
 }
 
-/// A count per key in a value (with a time-to-live, if given: one the job
-/// never reaches, so every count survives and only the bookkeeping costs).
+/// A count per key in a value — a number or a word — (with a time-to-live, if
+/// given: one the job never reaches, so every count survives and only the
+/// bookkeeping costs).
 #[derive(Clone, Default)]
 struct ValueCount {
     count: Option<ValueState<u64>>,
     ttl: Option<Duration>,
 }
 
-impl KeyedProcessFunction<u64, u64, (u64, u64)> for ValueCount {
-    fn open(&mut self, states: &mut StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
+impl<K: Key> KeyedProcessFunction<K, K, (K, u64)> for ValueCount
+where
+    (K, u64): Data,
+{
+    fn open(&mut self, states: &mut StateDeclarations<'_, K>) -> Result<(), OperatorError> {
         let count = states.value_state("count")?;
         if let Some(ttl) = self.ttl {
             states.expire_after(&count, ttl)?;
@@ -49,9 +53,9 @@ impl KeyedProcessFunction<u64, u64, (u64, u64)> for ValueCount {
 
     fn process(
         &mut self,
-        _: &u64,
-        ctx: &mut KeyedContext<'_, u64>,
-        _: &mut Emitter<'_, (u64, u64)>,
+        _: &K::Borrowed,
+        ctx: &mut KeyedContext<'_, K>,
+        _: &mut Emitter<'_, (K, u64)>,
     ) -> Result<(), OperatorError> {
         let count = opened(&self.count)?;
         if ctx.update_value(count, |n| *n += 1)?.is_none() {
@@ -62,49 +66,12 @@ impl KeyedProcessFunction<u64, u64, (u64, u64)> for ValueCount {
 
     fn on_end_of_input(
         &mut self,
-        ctx: &mut KeyedContext<'_, u64>,
-        out: &mut Emitter<'_, (u64, u64)>,
+        ctx: &mut KeyedContext<'_, K>,
+        out: &mut Emitter<'_, (K, u64)>,
     ) -> Result<(), OperatorError> {
         let count = opened(&self.count)?;
         let n = ctx.value(count)?.copied().unwrap_or(0);
-        out.emit((*ctx.key(), n));
-        Ok(())
-    }
-}
-
-/// A count per word in a value.
-#[derive(Clone, Default)]
-struct WordCount {
-    count: Option<ValueState<u64>>,
-}
-
-impl KeyedProcessFunction<String, String, (String, u64)> for WordCount {
-    fn open(&mut self, states: &mut StateDeclarations<'_, String>) -> Result<(), OperatorError> {
-        self.count = Some(states.value_state("count")?);
-        Ok(())
-    }
-
-    fn process(
-        &mut self,
-        _: &str,
-        ctx: &mut KeyedContext<'_, String>,
-        _: &mut Emitter<'_, (String, u64)>,
-    ) -> Result<(), OperatorError> {
-        let count = opened(&self.count)?;
-        if ctx.update_value(count, |n| *n += 1)?.is_none() {
-            ctx.set_value(count, 1)?;
-        }
-        Ok(())
-    }
-
-    fn on_end_of_input(
-        &mut self,
-        ctx: &mut KeyedContext<'_, String>,
-        out: &mut Emitter<'_, (String, u64)>,
-    ) -> Result<(), OperatorError> {
-        let count = opened(&self.count)?;
-        let n = ctx.value(count)?.copied().unwrap_or(0);
-        out.emit((ctx.key().to_owned(), n));
+        out.emit((K::to_owned_record(ctx.key()), n));
         Ok(())
     }
 }
@@ -185,7 +152,7 @@ fn keyed_state(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(8)).throughput(Throughput::Elements(WORD_RECORDS));
     g.bench_function("count_final", |b| b.iter(|| run_words(&engine, |df| keyed_words(df).count_final())));
     g.bench_function("process_value_state", |b| {
-        b.iter(|| run_words(&engine, |df| keyed_words(df).process(WordCount::default())))
+        b.iter(|| run_words(&engine, |df| keyed_words(df).process(ValueCount::default())))
     });
     g.finish();
 }
