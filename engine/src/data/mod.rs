@@ -51,6 +51,13 @@ pub trait Data: Clone + Send + Sync + 'static + Borrow<Self::Borrowed> {
     /// slice (and batched through chains).
     const POD: bool;
 
+    /// Whether [`Self::each`] reads records in place, with no copy made per
+    /// record (strings, byte vectors, views), so that reading a run of them
+    /// twice costs little: an input may then announce records to a keyed
+    /// table before handing them over. `false` (the default) for types
+    /// deserialized per record.
+    const READ_IN_PLACE: bool = false;
+
     /// The type's format, recorded on every edge that carries it.
     fn format() -> RecordFormat;
 

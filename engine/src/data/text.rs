@@ -45,6 +45,7 @@ const STRING_ALIGN: usize = 4;
 impl Data for String {
     type Borrowed = str;
     const POD: bool = false;
+    const READ_IN_PLACE: bool = true;
 
     fn format() -> RecordFormat {
         rkyv_format::<String>(STRING_ALIGN)
@@ -112,6 +113,7 @@ where
 impl Data for Vec<u8> {
     type Borrowed = [u8];
     const POD: bool = false;
+    const READ_IN_PLACE: bool = true;
 
     fn format() -> RecordFormat {
         rkyv_format::<Vec<u8>>(STRING_ALIGN)

@@ -134,6 +134,7 @@ macro_rules! rkyv_view {
         impl $crate::Data for $t {
             type Borrowed = dyn $view + 'static;
             const POD: bool = false;
+            const READ_IN_PLACE: bool = true;
             fn format() -> $crate::RecordFormat {
                 $crate::data::rkyv_format::<$t>($crate::data::RKYV_ALIGN)
             }

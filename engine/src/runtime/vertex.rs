@@ -60,7 +60,7 @@ impl<T: Data> InputEntry for VarEntry<T> {
     fn feed(&mut self, buffer: &Buffer, cursor: &mut usize) -> Result<bool, NetError> {
         let mut n = 0;
         let VarEntry { next, partitions } = self;
-        if next.prefetches() {
+        if T::READ_IN_PLACE && next.prefetches() {
             // The chunk is read twice: first to announce its records (a keyed
             // table loads their slots meanwhile), then to hand them over.
             let mut ahead = *cursor;
