@@ -63,7 +63,10 @@ impl<K: Key, V> KeyMap<K, V> {
     }
 
     /// Gives a key that has no value yet its first; the value, to change.
+    /// (The caller has just looked the key up: a second entry for it would
+    /// split its state.)
     pub(crate) fn insert_new(&mut self, key: K, value: V) -> &mut V {
+        debug_assert!(self.get(key.borrow()).is_none(), "insert_new of a key that has a value");
         let h = hash(key.borrow());
         &mut self.table.insert_unique(h, (key, value), |(k, _)| hash(k.borrow())).into_mut().1
     }
