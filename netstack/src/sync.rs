@@ -1,7 +1,8 @@
 //! The one place this crate takes its concurrency primitives from: `std`,
 //! `crossbeam` and `atomic-waker` normally; `loom`'s models under `--cfg loom`,
 //! so the channel's credit protocol and the gate's wake-ups can be
-//! model-checked unchanged (`loom_tests` in `channel.rs` and `gate.rs`).
+//! model-checked unchanged (`loom_tests` in `channel.rs`, `gate.rs` and
+//! `handoff.rs`).
 
 #[cfg(not(loom))]
 pub(crate) use atomic_waker::AtomicWaker;
@@ -10,12 +11,12 @@ pub(crate) use crossbeam_queue::ArrayQueue;
 #[cfg(not(loom))]
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 #[cfg(not(loom))]
-pub(crate) use std::sync::Arc;
+pub(crate) use std::sync::{Arc, Mutex};
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 #[cfg(loom)]
-pub(crate) use loom::sync::Arc;
+pub(crate) use loom::sync::{Arc, Mutex};
 #[cfg(loom)]
 pub(crate) use model::{ArrayQueue, AtomicWaker};
 

@@ -24,43 +24,11 @@ pub(crate) mod state;
 pub(crate) mod task;
 pub(crate) mod vertex;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::Waker;
+use std::sync::Arc;
 
-use atomic_waker::AtomicWaker;
-
-/// How one side of a queue between threads wakes the other only when it waits:
-/// a pusher its ingress source parked on an empty queue, an egress sink its
-/// reader. The side that waits parks, then looks at the queue once more; the
-/// other puts, then wakes: a put between the look and the park sees the flag.
-/// A side that never waits costs the other one atomic swap per put.
-#[derive(Default)]
-pub(crate) struct ParkedWaker {
-    waker: AtomicWaker,
-    parked: AtomicBool,
-}
-
-impl ParkedWaker {
-    /// Waits with `waker`: the next [`ParkedWaker::wake`] wakes it.
-    pub(crate) fn park(&self, waker: &Waker) {
-        self.waker.register(waker);
-        self.parked.store(true, Ordering::SeqCst);
-    }
-
-    /// Wakes the waiting side, if it waits.
-    pub(crate) fn wake(&self) {
-        if self.parked.swap(false, Ordering::SeqCst) {
-            self.waker.wake();
-        }
-    }
-
-    /// Wakes the last registered waker whether it waits or not (the queue ends).
-    pub(crate) fn wake_always(&self) {
-        self.parked.store(false, Ordering::SeqCst);
-        self.waker.wake();
-    }
-}
+/// The wake-up protocols of the queues between a shard and a service's
+/// threads (ingress and egress handles): model-checked where they live.
+pub(crate) use shardflow_netstack::{ParkedWaker, RoomWaiters};
 
 /// A waker that counts its wake-ups, for the tests of wake-up protocols.
 #[cfg(test)]
@@ -70,21 +38,21 @@ pub(crate) struct CountingWaker(std::sync::atomic::AtomicUsize);
 #[cfg(test)]
 impl CountingWaker {
     /// A waker for it, and it.
-    pub(crate) fn new() -> (Waker, Arc<Self>) {
+    pub(crate) fn new() -> (std::task::Waker, Arc<Self>) {
         let counter = Arc::new(CountingWaker::default());
-        (Waker::from(counter.clone()), counter)
+        (std::task::Waker::from(counter.clone()), counter)
     }
 
     /// The wake-ups so far.
     pub(crate) fn count(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
 #[cfg(test)]
 impl std::task::Wake for CountingWaker {
     fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -98,35 +66,6 @@ pub enum IdlePolicy {
     /// threads instead of sleeping (parking after a second without work);
     /// lowest latency, one full core per shard.
     Spin,
-}
-
-/// Whoever waits for room in a bounded queue between threads (egress sinks, and
-/// ingress pushers that await): the side that takes from the queue wakes them
-/// all after it took something. Same park-and-recheck as [`ParkedWaker`], for
-/// any number of waiters.
-#[derive(Default)]
-pub(crate) struct RoomWaiters {
-    any: AtomicBool,
-    wakers: Mutex<Vec<Waker>>,
-}
-
-impl RoomWaiters {
-    /// Waits with `waker`: the next [`RoomWaiters::wake_all`] wakes it. The
-    /// caller looks at the queue once more after this.
-    pub(crate) fn register(&self, waker: &Waker) {
-        self.wakers.lock().unwrap_or_else(PoisonError::into_inner).push(waker.clone());
-        self.any.store(true, Ordering::SeqCst);
-    }
-
-    /// Wakes every waiter, if any waits.
-    pub(crate) fn wake_all(&self) {
-        if self.any.swap(false, Ordering::SeqCst) {
-            let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(PoisonError::into_inner));
-            for w in wakers {
-                w.wake();
-            }
-        }
-    }
 }
 
 use crate::runtime::state::JobSnapshot;
