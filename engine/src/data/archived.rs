@@ -210,13 +210,37 @@ pub fn each_checked<A>(
     access: Access<A>,
     f: &mut dyn FnMut(&A) -> bool,
 ) -> Result<(), NetError> {
+    each_checked_at(buffer, align, cursor, access, |a, _| f(a))
+}
+
+/// [`each_checked`] for a reader that keeps the records: each borrowed for as
+/// long as `buffer`, with the position after it (`Data::EACH_IN_PLACE`).
+#[doc(hidden)]
+pub fn each_checked_in_place<'b, A: 'b>(
+    buffer: &'b Buffer,
+    align: usize,
+    cursor: &mut usize,
+    access: Access<A>,
+    f: &mut dyn FnMut(&'b A, usize) -> bool,
+) -> Result<(), NetError> {
+    each_checked_at(buffer, align, cursor, access, f)
+}
+
+#[inline(always)]
+fn each_checked_at<'b, A: 'b>(
+    buffer: &'b Buffer,
+    align: usize,
+    cursor: &mut usize,
+    access: Access<A>,
+    mut f: impl FnMut(&'b A, usize) -> bool,
+) -> Result<(), NetError> {
     let mut records = VarRecords::from_position(buffer, align, *cursor);
     while let Some(bytes) = records.next() {
         let at = records.position();
         let bytes = bytes?;
         let archived = access(bytes).map_err(|reason| NetError::MalformedRecord { offset: *cursor, reason })?;
         *cursor = at;
-        if !f(archived) {
+        if !f(archived, at) {
             break;
         }
     }

@@ -32,11 +32,20 @@ mod view;
 
 #[doc(hidden)]
 pub use archived::{
-    each_archived, each_checked, rkyv_format, rkyv_from_bytes, rkyv_heap_bytes, rkyv_to_bytes, write_rkyv, Access,
-    CheckShared, CheckUnshared, Checker,
+    each_archived, each_checked, each_checked_in_place, rkyv_format, rkyv_from_bytes, rkyv_heap_bytes, rkyv_to_bytes,
+    write_rkyv, Access, CheckShared, CheckUnshared, Checker,
 };
 pub use archived::{RkyvRecord, RKYV_ALIGN};
 pub use view::{RecordRef, RecordView};
+
+/// [`Data::EACH_IN_PLACE`]: from byte `*cursor` of a buffer on, each record
+/// with the position after it, until the callback returns `false` or the
+/// buffer ends; `*cursor` then points past what was read.
+pub type EachInPlace<T> = for<'b> fn(
+    &'b Buffer,
+    &mut usize,
+    &mut dyn FnMut(&'b <T as Data>::Borrowed, usize) -> bool,
+) -> Result<(), NetError>;
 
 /// A record type a stream can carry. Implement it with [`pod_data!`](crate::pod_data),
 /// [`rkyv_view!`](crate::rkyv_view) or [`rkyv_data!`](crate::rkyv_data); primitives,
@@ -51,12 +60,13 @@ pub trait Data: Clone + Send + Sync + 'static + Borrow<Self::Borrowed> {
     /// slice (and batched through chains).
     const POD: bool;
 
-    /// Whether [`Self::each`] reads records in place, with no copy made per
-    /// record (strings, byte vectors, views), so that reading a run of them
-    /// twice costs little: an input may then announce records to a keyed
-    /// table before handing them over. `false` (the default) for types
-    /// deserialized per record.
-    const READ_IN_PLACE: bool = false;
+    /// For types whose records are read in place, with no copy made per
+    /// record (strings, byte vectors, views): [`Self::each`] with each record
+    /// borrowed for as long as the buffer, so a reader may hold a run of them
+    /// (an input announces a chunk to a keyed table, then hands the same
+    /// records over without reading them again). `None` (the default) for
+    /// types deserialized per record.
+    const EACH_IN_PLACE: Option<EachInPlace<Self>> = None;
 
     /// The type's format, recorded on every edge that carries it.
     fn format() -> RecordFormat;
@@ -380,6 +390,90 @@ mod tests {
         let pairs: Vec<(u32, u32)> = (0..n as u32).map(|i| (i >> 9, i & 511)).collect();
         let (min, max) = spread(pairs.iter().map(key_hash));
         assert!(min > 870 && max < 1180, "pairs: {min}..{max} per group");
+    }
+
+    /// Reads `records` (archives framed at `align`) with `T::EACH_IN_PLACE`,
+    /// holding every record past the read, and checks them against `each`
+    /// one record at a time: the same records (as `read` sees them), each
+    /// ending where `each` leaves its cursor. How many it read.
+    fn held_as_each_reads<T: super::Data, R: PartialEq + std::fmt::Debug>(
+        records: &[Vec<u8>],
+        align: usize,
+        read: impl Fn(&T::Borrowed) -> R,
+    ) -> usize {
+        let buffer = super::testing::buffer_of(records, align);
+        let each_in_place = T::EACH_IN_PLACE.expect("a type read in place");
+        let (mut held, mut cursor) = (Vec::new(), 0);
+        each_in_place(&buffer, &mut cursor, &mut |r, end| {
+            held.push((r, end));
+            true
+        })
+        .expect("well-formed records");
+        assert_eq!(cursor, buffer.bytes(), "read to the end");
+        let mut at = 0;
+        for (r, end) in &held {
+            let mut seen = None;
+            T::each(&buffer, &mut at, &mut |e| {
+                seen = Some(read(e));
+                false
+            })
+            .expect("well-formed records");
+            assert_eq!(seen, Some(read(r)));
+            assert_eq!(at, *end, "the position after the record");
+        }
+        held.len()
+    }
+
+    #[test]
+    fn records_read_in_place_are_held_past_the_read_as_each_reads_them() {
+        use super::Data;
+        let words = ["a", "rose", "is", "a rose longer than eight bytes"];
+        let strings: Vec<_> =
+            words.iter().map(|w| rkyv::to_bytes::<rkyv::rancor::Error>(&w.to_string()).unwrap().to_vec()).collect();
+        assert_eq!(held_as_each_reads::<String, _>(&strings, 4, |s: &str| s.to_owned()), 4);
+        let bytes: Vec<_> = words
+            .iter()
+            .map(|w| rkyv::to_bytes::<rkyv::rancor::Error>(&w.as_bytes().to_vec()).unwrap().to_vec())
+            .collect();
+        assert_eq!(held_as_each_reads::<Vec<u8>, _>(&bytes, 4, |b: &[u8]| b.to_vec()), 4);
+
+        #[derive(Clone, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+        struct Visit {
+            user: String,
+            millis: u64,
+        }
+        trait VisitView: super::RecordView<Visit> {
+            fn user(&self) -> &str;
+            fn millis(&self) -> u64;
+        }
+        impl VisitView for Visit {
+            fn user(&self) -> &str {
+                &self.user
+            }
+            fn millis(&self) -> u64 {
+                self.millis
+            }
+        }
+        impl VisitView for ArchivedVisit {
+            fn user(&self) -> &str {
+                &self.user
+            }
+            fn millis(&self) -> u64 {
+                self.millis.to_native()
+            }
+        }
+        crate::rkyv_view!(Visit as dyn VisitView);
+        let visits: Vec<_> = words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let visit = Visit { user: w.to_string(), millis: i as u64 };
+                rkyv::to_bytes::<rkyv::rancor::Error>(&visit).unwrap().to_vec()
+            })
+            .collect();
+        let read = |v: &dyn VisitView| (v.user().to_owned(), v.millis());
+        assert_eq!(held_as_each_reads::<Visit, _>(&visits, super::RKYV_ALIGN, read), 4);
+        assert!(<(String, u64)>::EACH_IN_PLACE.is_none(), "a tuple is deserialized per record");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use rkyv::ser::writer::Buffer as RkyvSlice;
 use shardflow_control::RecordFormat;
 use shardflow_netstack::{Buffer, NetError, ResultPartition};
 
-use super::archived::{access_unshared, each_checked, rkyv_format, write_rkyv, ArchiveSize};
+use super::archived::{access_unshared, each_checked, each_checked_in_place, rkyv_format, write_rkyv, ArchiveSize};
 use super::Data;
 
 /// A `&str` archived as a `String`, so a borrowed word is written without an
@@ -45,7 +45,15 @@ const STRING_ALIGN: usize = 4;
 impl Data for String {
     type Borrowed = str;
     const POD: bool = false;
-    const READ_IN_PLACE: bool = true;
+    const EACH_IN_PLACE: Option<super::EachInPlace<Self>> = Some(|buffer, cursor, f| {
+        each_checked_in_place(
+            buffer,
+            STRING_ALIGN,
+            cursor,
+            access_unshared::<rkyv::string::ArchivedString>,
+            &mut |a, at| f(a.as_str(), at),
+        )
+    });
 
     fn format() -> RecordFormat {
         rkyv_format::<String>(STRING_ALIGN)
@@ -113,7 +121,15 @@ where
 impl Data for Vec<u8> {
     type Borrowed = [u8];
     const POD: bool = false;
-    const READ_IN_PLACE: bool = true;
+    const EACH_IN_PLACE: Option<super::EachInPlace<Self>> = Some(|buffer, cursor, f| {
+        each_checked_in_place(
+            buffer,
+            STRING_ALIGN,
+            cursor,
+            access_unshared::<rkyv::vec::ArchivedVec<u8>>,
+            &mut |a, at| f(a.as_slice(), at),
+        )
+    });
 
     fn format() -> RecordFormat {
         rkyv_format::<Vec<u8>>(STRING_ALIGN)

@@ -134,7 +134,18 @@ macro_rules! rkyv_view {
         impl $crate::Data for $t {
             type Borrowed = dyn $view + 'static;
             const POD: bool = false;
-            const READ_IN_PLACE: bool = true;
+            const EACH_IN_PLACE: ::std::option::Option<$crate::data::EachInPlace<Self>> =
+                ::std::option::Option::Some(|buffer, cursor, f| {
+                    #[allow(unused_imports, reason = "one of the two is the checker's choice")]
+                    use $crate::data::{CheckShared as _, CheckUnshared as _};
+                    $crate::data::each_checked_in_place(
+                        buffer,
+                        $crate::data::RKYV_ALIGN,
+                        cursor,
+                        (&$crate::data::Checker::<<$t as $crate::data::rkyv::Archive>::Archived>::new()).access(),
+                        &mut |a, at| f(a, at),
+                    )
+                });
             fn format() -> $crate::RecordFormat {
                 $crate::data::rkyv_format::<$t>($crate::data::RKYV_ALIGN)
             }

@@ -10,6 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use shardflow_netstack::{Buffer, NetError};
+use smallvec::SmallVec;
 
 use crate::data::Data;
 use crate::error::EngineError;
@@ -58,19 +59,27 @@ struct VarEntry<T: Data> {
 impl<T: Data> InputEntry for VarEntry<T> {
     #[inline]
     fn feed(&mut self, buffer: &Buffer, cursor: &mut usize) -> Result<bool, NetError> {
-        let mut n = 0;
         let VarEntry { next, partitions } = self;
-        if T::READ_IN_PLACE && next.prefetches() {
-            // The chunk is read twice: first to announce its records (a keyed
-            // table loads their slots meanwhile), then to hand them over.
+        if let Some(each_in_place) = T::EACH_IN_PLACE.filter(|_| next.prefetches()) {
+            // The chunk is read once and held: its records are announced (a
+            // keyed table loads their slots meanwhile), then handed over.
+            let mut chunk = SmallVec::<[(&T::Borrowed, usize); VAR_CHUNK]>::new();
             let mut ahead = *cursor;
-            T::each(buffer, &mut ahead, &mut |r| {
+            each_in_place(buffer, &mut ahead, &mut |r, end| {
                 next.prefetch(r);
-                n += 1;
-                n < VAR_CHUNK
+                chunk.push((r, end));
+                chunk.len() < VAR_CHUNK
             })?;
-            n = 0;
+            for (r, end) in chunk {
+                next.collect(r);
+                *cursor = end;
+                if any_overdrawn(partitions) {
+                    break;
+                }
+            }
+            return Ok(*cursor >= buffer.bytes());
         }
+        let mut n = 0;
         T::each(buffer, cursor, &mut |r| {
             next.collect(r);
             n += 1;
@@ -225,5 +234,89 @@ impl VertexPlan {
                 Ok(VertexBody::Inputs(built))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::task::{Context, Waker};
+
+    use shardflow_memory::SegmentPoolBuilder;
+    use shardflow_netstack::{channel, ResultPartition};
+
+    use super::*;
+    use crate::data::testing::buffer_of;
+
+    /// Announces every word and hands it over; at the word `overdraw_at` it
+    /// fills the partition past its overdraft, as a consumer out of credits
+    /// would leave it.
+    struct Words {
+        announced: HashSet<String>,
+        handed: Rc<RefCell<Vec<String>>>,
+        partition: Partition,
+        overdraw_at: &'static str,
+    }
+
+    impl Collector<String> for Words {
+        fn collect(&mut self, word: &str) {
+            assert!(self.announced.contains(word), "{word} was announced before it was handed over");
+            self.handed.borrow_mut().push(word.to_owned());
+            if word == self.overdraw_at {
+                let mut p = self.partition.borrow_mut();
+                for i in 0..2u64 {
+                    p.write_pod(0, &i).expect("written");
+                    p.flush();
+                }
+                assert!(p.overdrawn(), "two buffers wait, one may");
+            }
+        }
+        fn prefetches(&self) -> bool {
+            true
+        }
+        fn prefetch(&mut self, word: &str) {
+            self.announced.insert(word.to_owned());
+        }
+    }
+
+    /// A chunk is read once and held: its records are announced, then handed
+    /// over one by one, and a partition that runs out of credits part-way
+    /// ends the step right after the record that filled it; the next step
+    /// goes on from the record after it, so each is handed over once, in order.
+    #[test]
+    fn a_held_chunk_stops_where_an_output_runs_out_of_credits_and_goes_on_from_there() {
+        let words: Vec<String> = (0..200).map(|i| format!("w{i}")).collect();
+        let archived: Vec<Vec<u8>> =
+            words.iter().map(|w| rkyv::to_bytes::<rkyv::rancor::Error>(w).expect("archived").to_vec()).collect();
+        let buffer = buffer_of(&archived, 4);
+        let pool = Rc::new(SegmentPoolBuilder::new(0, 4).segment_bytes(4096).populate(false).build().expect("pool"));
+        let (tx, rx) = channel(0, 4, 1);
+        let partition: Partition = Rc::new(RefCell::new(ResultPartition::new(pool, vec![tx], 1)));
+        let handed = Rc::new(RefCell::new(Vec::new()));
+        let next = Words {
+            announced: HashSet::new(),
+            handed: handed.clone(),
+            partition: partition.clone(),
+            overdraw_at: "w100",
+        };
+        let mut entry = VarEntry::<String> { next: Box::new(next), partitions: vec![partition.clone()] };
+
+        let mut cursor = 0;
+        let mut steps = Vec::new();
+        loop {
+            let done = entry.feed(&buffer, &mut cursor).expect("well-formed records");
+            steps.push(handed.borrow().len());
+            if done {
+                break;
+            }
+            if partition.borrow().overdrawn() {
+                // The consumer grants credits: what waits leaves.
+                rx.grant(4);
+                let ready = partition.borrow_mut().poll_ready(&mut Context::from_waker(Waker::noop()));
+                assert!(ready.is_ready() && !partition.borrow().overdrawn());
+            }
+        }
+        assert_eq!(steps, [64, 101, 165, 200], "records handed over after each step");
+        assert_eq!(*handed.borrow(), words, "each once, in order");
     }
 }
