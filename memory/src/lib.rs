@@ -74,6 +74,38 @@ mod auto_traits {
 #[cfg(doctest)]
 pub struct SegmentPoolIsNotSend;
 
+/// Hints the CPU to fetch the cache line holding `byte` for writing: owned by
+/// this core, other cores' copies given up, so a store a few records later
+/// does not wait for the line to move. A no-op where unsupported (the CPU is
+/// asked once whether it has `prefetchw`).
+#[inline(always)]
+pub fn prefetch_write(byte: &mut u8) {
+    #[cfg(target_arch = "x86_64")]
+    if has_prefetchw() {
+        // SAFETY: `prefetchw`, which this CPU has, is a hint that never
+        // faults and changes no data; the pointer comes from a live reference.
+        unsafe {
+            std::arch::asm!("prefetchw [{}]", in(reg) byte as *mut u8, options(nostack, preserves_flags));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = byte;
+}
+
+/// Whether the CPU has `prefetchw` (CPUID 8000_0001h, ECX bit 8).
+#[cfg(target_arch = "x86_64")]
+fn has_prefetchw() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        use std::arch::x86_64::__cpuid;
+        // `__cpuid` is safe from Rust 1.87 on; the project builds on 1.85.
+        // SAFETY: CPUID exists on every x86_64 CPU.
+        #[allow(unused_unsafe)]
+        let (max, ecx) = unsafe { (__cpuid(0x8000_0000).eax, __cpuid(0x8000_0001).ecx) };
+        max >= 0x8000_0001 && ecx & (1 << 8) != 0
+    })
+}
+
 /// Hints the CPU to bring the cache line holding `value` into L1, so a lookup a few
 /// iterations later does not stall on memory. A no-op where unsupported.
 #[inline(always)]

@@ -51,6 +51,14 @@ const NARROW_WAYS: usize = 8;
 /// …up to this many with larger ones; beyond, record by record.
 const WIDE_WAYS: usize = 64;
 
+/// A cache line.
+const LINE: usize = 64;
+/// How far past its end a variable-size write fetches a segment's line for
+/// writing, each time it enters a new line: four lines ahead, the line has
+/// come from the core that read the segment last by the time records reach
+/// it (P8: 4 % less CPU; 2 or 8 lines ahead were slower).
+const WRITE_AHEAD: usize = 4 * LINE;
+
 /// The free room of `sub`'s segment as a slice of `T` (empty without a segment,
 /// or where the records written so far leave it misaligned for `T`).
 #[inline]
@@ -401,7 +409,13 @@ impl ResultPartition {
             if start < bytes.len() {
                 if let Some(len) = encode(&mut bytes[start..]) {
                     put_len(bytes, sub.pos, len);
-                    sub.pos = frame_end(start, len);
+                    let end = frame_end(start, len);
+                    if end / LINE != sub.pos / LINE {
+                        if let Some(ahead) = bytes.get_mut(end + WRITE_AHEAD) {
+                            shardflow_memory::prefetch_write(ahead);
+                        }
+                    }
+                    sub.pos = end;
                     sub.records += 1;
                     self.records_out += 1;
                     return Ok(());
