@@ -126,7 +126,8 @@ pub type Access<A> = for<'b> fn(&'b [u8]) -> Result<&'b A, String>;
 /// malformed record is checked again for rkyv's account of it) where its
 /// archive can hold no shared pointer (strings, byte vectors, most user
 /// types), the high-level one where it can (an `Rc`, an `Arc`). The declaring
-/// macros call `(&Checker::<A>::new()).access()` on their concrete type, and
+/// macros call `(&Checker::<A>::new()).access()` on their concrete type
+/// ([`rkyv_access!`](crate::rkyv_access)), and
 /// method resolution takes [`CheckUnshared`] where `A` qualifies before
 /// [`CheckShared`], one reference further (autoref specialization, as
 /// `anyhow!` tells its arguments apart).
@@ -301,6 +302,18 @@ where
 /// struct Request { user: String, path: String, millis: u64 }
 /// shardflow_engine::rkyv_data!(Request);
 /// ```
+/// The [`Access`] of rkyv type `$t`'s archive, as [`Checker`] picks it: for
+/// the declaring macros.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! rkyv_access {
+    ($t:ty) => {{
+        #[allow(unused_imports, reason = "one of the two is the checker's choice")]
+        use $crate::data::{CheckShared as _, CheckUnshared as _};
+        (&$crate::data::Checker::<<$t as $crate::data::rkyv::Archive>::Archived>::new()).access()
+    }};
+}
+
 #[macro_export]
 macro_rules! rkyv_data {
     ($($t:ty),* $(,)?) => {$(
@@ -326,13 +339,11 @@ macro_rules! rkyv_data {
                 f: &mut dyn FnMut(&$t) -> bool,
             ) -> ::std::result::Result<(), $crate::data::NetError> {
                 let mut failed = None;
-                #[allow(unused_imports, reason = "one of the two is the checker's choice")]
-                use $crate::data::{CheckShared as _, CheckUnshared as _};
                 $crate::data::each_checked(
                     buffer,
                     $crate::data::RKYV_ALIGN,
                     cursor,
-                    (&$crate::data::Checker::<<$t as $crate::data::rkyv::Archive>::Archived>::new()).access(),
+                    $crate::rkyv_access!($t),
                     &mut |a| match $crate::data::rkyv::deserialize::<$t, $crate::data::rkyv::rancor::BoxedError>(a) {
                         Ok(v) => f(&v),
                         Err(e) => {

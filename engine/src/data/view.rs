@@ -136,13 +136,11 @@ macro_rules! rkyv_view {
             const POD: bool = false;
             const EACH_IN_PLACE: ::std::option::Option<$crate::data::EachInPlace<Self>> =
                 ::std::option::Option::Some(|buffer, cursor, f| {
-                    #[allow(unused_imports, reason = "one of the two is the checker's choice")]
-                    use $crate::data::{CheckShared as _, CheckUnshared as _};
                     $crate::data::each_checked_in_place(
                         buffer,
                         $crate::data::RKYV_ALIGN,
                         cursor,
-                        (&$crate::data::Checker::<<$t as $crate::data::rkyv::Archive>::Archived>::new()).access(),
+                        $crate::rkyv_access!($t),
                         &mut |a, at| f(a, at),
                     )
                 });
@@ -167,13 +165,11 @@ macro_rules! rkyv_view {
                 cursor: &mut usize,
                 f: &mut dyn FnMut(&(dyn $view + 'static)) -> bool,
             ) -> ::std::result::Result<(), $crate::data::NetError> {
-                #[allow(unused_imports, reason = "one of the two is the checker's choice")]
-                use $crate::data::{CheckShared as _, CheckUnshared as _};
                 $crate::data::each_checked(
                     buffer,
                     $crate::data::RKYV_ALIGN,
                     cursor,
-                    (&$crate::data::Checker::<<$t as $crate::data::rkyv::Archive>::Archived>::new()).access(),
+                    $crate::rkyv_access!($t),
                     &mut |a| f(a),
                 )
             }
