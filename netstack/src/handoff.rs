@@ -76,9 +76,15 @@ impl Default for RoomWaiters {
 
 impl RoomWaiters {
     /// Waits with `waker`: the next [`RoomWaiters::wake_all`] wakes it. The
-    /// caller looks at the queue once more after this.
+    /// caller looks at the queue once more after this. A waiter polled again
+    /// before a wake-up (its task woken for something else) is kept once, so
+    /// a queue that stays full holds one waker per waiter, not one per poll.
     pub fn register(&self, waker: &Waker) {
-        self.wakers.lock().unwrap_or_else(PoisonError::into_inner).push(waker.clone());
+        let mut wakers = self.wakers.lock().unwrap_or_else(PoisonError::into_inner);
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+        drop(wakers);
         // A swap, as in `ParkedWaker::park`.
         self.any.swap(true, Ordering::SeqCst);
     }
@@ -91,6 +97,43 @@ impl RoomWaiters {
                 w.wake();
             }
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    struct Count(AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting() -> (Waker, Arc<Count>) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        (Waker::from(count.clone()), count)
+    }
+
+    /// A waiter polled many times while the queue stays full is held once
+    /// and woken once; every distinct waiter is woken.
+    #[test]
+    fn a_waiter_registered_again_is_held_once() {
+        let room = RoomWaiters::default();
+        let ((a, a_woken), (b, b_woken)) = (counting(), counting());
+        for _ in 0..1000 {
+            room.register(&a);
+        }
+        room.register(&b);
+        assert_eq!(room.wakers.lock().unwrap().len(), 2, "one waker per waiter, not per poll");
+        room.wake_all();
+        assert_eq!((a_woken.0.load(Ordering::SeqCst), b_woken.0.load(Ordering::SeqCst)), (1, 1));
+        room.wake_all();
+        assert_eq!(a_woken.0.load(Ordering::SeqCst), 1, "nobody waits any more");
     }
 }
 
