@@ -98,7 +98,7 @@ pub use runtime::keyed::{
 pub use runtime::ops::{CoProcessFunction, ListRef, ListStateHandle, OperatorContext, ProcessFunction};
 pub use runtime::output::{KeyBy, KeyByRef, KeySelector};
 pub use runtime::side::OutputTag;
-pub use runtime::sinks::{CollectHandle, EgressHandle};
+pub use runtime::sinks::{CollectHandle, EgressHandle, EgressSelect};
 pub use runtime::sources::{
     IngressHandle, KeyedIngressHandle, PushError, Source, SourceOutput, SourceStatus, SOURCE_BATCH,
 };

@@ -4,20 +4,18 @@
 //! emits them too, at the end of input as well (an operator chained after the
 //! side output finishes after its producer); a record of another type than its tag's stream fails the
 //! job naming both; a tag never asked for drops its records; and the mistakes
-//! of building them are dataflow errors. One thread reads a stream and its
-//! side output from two egresses.
+//! of building them are dataflow errors.
 
 use std::collections::BTreeMap;
 
-use crossbeam_channel::RecvTimeoutError;
 use shardflow_benches::SplitMix;
 use shardflow_engine::{
-    BroadcastContext, CoProcessFunction, Dataflow, DataflowError, EgressHandle, Either, Emitter, Engine, EngineError,
-    JobHandle, JobStatus, KeyedBroadcastProcessFunction, KeyedCoProcessFunction, KeyedContext, KeyedProcessFunction,
-    OperatorContext, OperatorError, OutputTag, ProcessFunction, StateDeclarations, ValueState,
+    BroadcastContext, CoProcessFunction, Dataflow, DataflowError, Emitter, EngineError, KeyedBroadcastProcessFunction,
+    KeyedCoProcessFunction, KeyedContext, KeyedProcessFunction, OperatorContext, OperatorError, OutputTag,
+    ProcessFunction, StateDeclarations, ValueState,
 };
 
-use crate::common::{join_within, shard_count, small_engine, TIMEOUT};
+use crate::common::small_engine;
 
 type Payment = (String, u64);
 
@@ -403,78 +401,4 @@ fn mistakes_with_side_outputs_are_dataflow_errors() {
     fm.side_output(&tag).discard();
     fm.parallelism(2).discard();
     assert_eq!(build_error(&df), DataflowError::ParallelismAfterUse { operator: "fm".into() });
-}
-
-/// Numbers `0..n`, rebalanced: the even ones to the stream's egress, the odd
-/// ones (as text) to a side output's. Two results queued each: a reader that
-/// drained one egress before the other would wait forever on a job waiting
-/// for room in the other.
-fn parity_job(engine: &Engine, n: u64) -> (JobHandle, EgressHandle<u64>, EgressHandle<String>) {
-    let odd = OutputTag::<String>::new("odd");
-    let df = Dataflow::new("two-egresses").parallelism(shard_count() as u32);
-    let evens = df.generate("numbers", n, |r| r).rebalance().flat_map({
-        let odd = odd.clone();
-        move |r: &u64, out: &mut Emitter<'_, u64>| match r % 2 {
-            1 => out.emit_side(&odd, format!("odd-{r}")),
-            _ => out.emit(*r),
-        }
-    });
-    let odds = evens.side_output(&odd).egress(2);
-    let evens = evens.egress(2);
-    let job = engine.submit(df.build().expect("a valid dataflow")).expect("the job is accepted");
-    (job, evens, odds)
-}
-
-/// What a reader of [`parity_job`] got: every number once, each from its
-/// egress; both streams ended complete, and the job finished.
-fn check_parity(n: u64, (evens, odds): (Vec<u64>, Vec<String>), job: JobHandle, ends: [Option<String>; 2]) {
-    assert_eq!(sorted(evens), (0..n).step_by(2).collect::<Vec<_>>(), "every even number, from the stream");
-    let want_odds = sorted((1..n).step_by(2).map(|r| format!("odd-{r}")).collect());
-    assert_eq!(sorted(odds), want_odds, "every odd one, from the side output");
-    assert_eq!(ends, [None, None], "both streams ended complete");
-    let result = job.wait_timeout(TIMEOUT).expect("the job finishes");
-    assert_eq!(result.status, JobStatus::Finished);
-}
-
-#[test]
-fn one_thread_reads_a_stream_and_its_side_output_through_queues_of_two() {
-    let engine = small_engine().build().expect("engine starts");
-    let n = 5_000u64;
-    let (job, mut evens, mut odds) = parity_job(&engine, n);
-    let (mut got_evens, mut got_odds) = (Vec::new(), Vec::new());
-    loop {
-        match evens.recv_either_timeout(&mut odds, TIMEOUT) {
-            Ok(Either::Left(r)) => got_evens.push(r),
-            Ok(Either::Right(s)) => got_odds.push(s),
-            Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => {
-                panic!("neither egress delivered nor ended: {} and {} read", got_evens.len(), got_odds.len())
-            }
-        }
-    }
-    check_parity(n, (got_evens, got_odds), job, [evens.stopped(), odds.stopped()]);
-    engine.shutdown();
-}
-
-#[test]
-fn an_awaiting_reader_of_two_egresses_is_woken_by_either() {
-    let engine = small_engine().build().expect("engine starts");
-    let n = 5_000u64;
-    let (job, mut evens, mut odds) = parity_job(&engine, n);
-    // Awaited on a thread that hosts no shard: the sinks wake its waker.
-    let reader = std::thread::spawn(move || {
-        futures_lite::future::block_on(async move {
-            let (mut got_evens, mut got_odds) = (Vec::new(), Vec::new());
-            while let Some(next) = evens.recv_either_async(&mut odds).await {
-                match next {
-                    Either::Left(r) => got_evens.push(r),
-                    Either::Right(s) => got_odds.push(s),
-                }
-            }
-            ((got_evens, got_odds), [evens.stopped(), odds.stopped()])
-        })
-    });
-    let (got, ends) = join_within(reader, "every result of both egresses (a lost wake-up otherwise)");
-    check_parity(n, got, job, ends);
-    engine.shutdown();
 }

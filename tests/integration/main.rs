@@ -18,6 +18,7 @@ mod embedded_placement;
 mod embedded_random_graphs;
 mod embedded_records;
 mod embedded_routing;
+mod embedded_select;
 mod embedded_side_outputs;
 mod embedded_spin;
 mod embedded_state;

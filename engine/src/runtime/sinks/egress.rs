@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use either::Either;
@@ -21,6 +21,8 @@ use crate::runtime::collector::{Collector, Lifecycle, SharedCollector, SinkOutpu
 use crate::runtime::host::hosted_here;
 use crate::runtime::output::Output;
 use crate::runtime::{ParkedWaker, RoomWaiters};
+
+use super::select::{self, Input, Mapped};
 
 /// Why an egress's sinks stopped early: the first one's reason.
 #[derive(Default)]
@@ -152,10 +154,8 @@ impl<T> EgressHandle<T> {
     /// # Ok::<(), shardflow_engine::EngineError>(())
     /// ```
     pub fn recv_either<U>(&mut self, other: &mut EgressHandle<U>) -> Option<Either<T, U>> {
-        if let Some(sched) = hosted_here() {
-            return sched.block_on(either_result(self, other));
-        }
-        wait_either(self, other, None).ok()
+        let (left, right) = either(self, other);
+        select::recv(&[&left as &dyn Input<_>, &right], &mut [false; 2])
     }
 
     /// [`EgressHandle::recv_either`], waiting up to `timeout`: `Disconnected`
@@ -165,14 +165,8 @@ impl<T> EgressHandle<T> {
         other: &mut EgressHandle<U>,
         timeout: Duration,
     ) -> Result<Either<T, U>, RecvTimeoutError> {
-        if let Some(sched) = hosted_here() {
-            return match sched.block_on_timeout(either_result(self, other), timeout) {
-                Some(Some(r)) => Ok(r),
-                Some(None) => Err(RecvTimeoutError::Disconnected),
-                None => Err(RecvTimeoutError::Timeout),
-            };
-        }
-        wait_either(self, other, Instant::now().checked_add(timeout))
+        let (left, right) = either(self, other);
+        select::recv_timeout(&[&left as &dyn Input<_>, &right], &mut [false; 2], timeout)
     }
 
     /// [`EgressHandle::recv_either`], awaited (for a reader in an async
@@ -181,7 +175,19 @@ impl<T> EgressHandle<T> {
     /// # Cancel safety
     /// Cancel-safe: a result is taken only when the future completes.
     pub async fn recv_either_async<U>(&mut self, other: &mut EgressHandle<U>) -> Option<Either<T, U>> {
-        either_result(self, other).await
+        let (left, right) = either(self, other);
+        select::next_async(&[&left as &dyn Input<_>, &right], &mut [false; 2]).await
+    }
+
+    /// Waited on by `select` too (a select's blocking wait).
+    pub(super) fn register<'s>(&'s self, select: &mut crossbeam_channel::Select<'s>) {
+        select.recv(&self.rx);
+    }
+
+    /// `waker` is woken when a result comes or the stream ends (a select's
+    /// awaited wait).
+    pub(super) fn park(&self, waker: &std::task::Waker) {
+        self.reader.park(waker);
     }
 
     /// Results queued now.
@@ -214,83 +220,12 @@ impl<T> EgressHandle<T> {
     }
 }
 
-/// A result of `a` or `b` if one is queued, the fuller queue's first (the job
-/// may be waiting for room in it); else, for each, whether its stream ended.
-fn try_either<T, U>(a: &EgressHandle<T>, b: &EgressHandle<U>) -> Result<Either<T, U>, [bool; 2]> {
-    let b_first = b.rx.len() > a.rx.len();
-    let mut ended = [false; 2];
-    for from_b in [b_first, !b_first] {
-        let taken = if from_b {
-            b.rx.try_recv().map(|q| Either::Right(b.taken(q)))
-        } else {
-            a.rx.try_recv().map(|q| Either::Left(a.taken(q)))
-        };
-        match taken {
-            Ok(r) => return Ok(r),
-            Err(e) => ended[usize::from(from_b)] = e.is_disconnected(),
-        }
-    }
-    Err(ended)
-}
-
-/// The next result of `a` or `b`, awaited through both readers' wakers
-/// (see [`EgressHandle::recv_either`]).
-fn either_result<'h, T, U>(
+/// `a` and `b` as a select reads them: `a`'s results on the left.
+fn either<'h, T, U>(
     a: &'h EgressHandle<T>,
     b: &'h EgressHandle<U>,
-) -> impl std::future::Future<Output = Option<Either<T, U>>> + 'h {
-    std::future::poll_fn(move |cx| {
-        for attempt in 0..2 {
-            match try_either(a, b) {
-                Ok(r) => return Poll::Ready(Some(r)),
-                Err([true, true]) => return Poll::Ready(None),
-                // Park both, then look once more (`ParkedWaker`).
-                Err(_) if attempt == 0 => {
-                    a.reader.park(cx.waker());
-                    b.reader.park(cx.waker());
-                }
-                Err(_) => {}
-            }
-        }
-        Poll::Pending
-    })
-}
-
-/// The next result of `a` or `b`, blocking a thread that hosts no shard until
-/// one comes, both end, or `deadline` (`None`: no deadline) passes.
-fn wait_either<T, U>(
-    a: &EgressHandle<T>,
-    b: &EgressHandle<U>,
-    deadline: Option<Instant>,
-) -> Result<Either<T, U>, RecvTimeoutError> {
-    // Set up once a look finds nothing: most find a result queued.
-    let mut waiting = None;
-    let mut waited_on = [true; 2];
-    loop {
-        let ended = match try_either(a, b) {
-            Ok(r) => return Ok(r),
-            Err([true, true]) => return Err(RecvTimeoutError::Disconnected),
-            Err(ended) => ended,
-        };
-        let (select, ops) = waiting.get_or_insert_with(|| {
-            let mut select = crossbeam_channel::Select::new();
-            let ops = [select.recv(&a.rx), select.recv(&b.rx)];
-            (select, ops)
-        });
-        // An ended stream is ready for ever: no longer waited on.
-        for i in 0..2 {
-            if ended[i] && waited_on[i] {
-                select.remove(ops[i]);
-                waited_on[i] = false;
-            }
-        }
-        // Ready may be a moment early; the deadline holds all the same.
-        match deadline {
-            Some(d) if Instant::now() >= d => return Err(RecvTimeoutError::Timeout),
-            Some(d) => drop(select.ready_deadline(d)),
-            None => drop(select.ready()),
-        }
-    }
+) -> (impl Input<Either<T, U>> + 'h, impl Input<Either<T, U>> + 'h) {
+    (Mapped { handle: a, map: Either::Left }, Mapped { handle: b, map: Either::Right })
 }
 
 /// One sink subtask's end of an egress: records that found the queue full wait

@@ -2,9 +2,11 @@
 //! bounded, back-pressured egress handle a service reads results from.
 
 mod egress;
+mod select;
 
 pub(crate) use egress::egress;
 pub use egress::EgressHandle;
+pub use select::EgressSelect;
 
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, PoisonError};
