@@ -45,7 +45,7 @@ mod sync;
 
 pub use budget::{Budget, Reservation};
 pub use error::{BudgetKind, MemoryError};
-pub use pod::{pod_prefix, read_pod, SegmentWriter};
+pub use pod::{pod_prefix, read_pod, PodRooms, SegmentWriter};
 pub use pool::{
     PoolMonitor, Segment, SegmentPool, SegmentPoolBuilder, DEFAULT_SEGMENT_BYTES, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
 };
