@@ -99,33 +99,55 @@ fn select(egresses: &mut Egresses) -> EgressSelect<'_, Out> {
     }
 }
 
-#[test]
-fn one_thread_reads_a_stream_and_its_side_output_through_queues_of_two() {
+/// Runs [`split_job`] over `n` numbers split `ways` ways on a small engine,
+/// reads it with `read` and checks what that got.
+fn read_split(n: u64, ways: u64, read: impl FnOnce(Egresses) -> (Got, Egresses)) {
     let engine = small_engine().build().expect("engine starts");
-    let n = 5_000u64;
-    let (job, mut egresses) = split_job(&engine, n, 2);
+    let (job, egresses) = split_job(&engine, n, ways);
+    let (got, egresses) = read(egresses);
+    got.check(n, ways, job, &egresses);
+    engine.shutdown();
+}
+
+/// Every result `next` gives until the end, failing the test if it neither
+/// gives one nor ends within its timeout.
+fn read_blocking(mut next: impl FnMut() -> Result<Out, RecvTimeoutError>) -> Got {
     let mut got = Got::default();
-    let Egresses { numbers, texts, .. } = &mut egresses;
     loop {
-        match numbers.recv_either_timeout(texts, TIMEOUT) {
-            Ok(Either::Left(r)) => got.0.push(Out::Number(r)),
-            Ok(Either::Right(s)) => got.0.push(Out::Text(s)),
-            Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => panic!("neither egress delivered nor ended: {} read", got.0.len()),
+        match next() {
+            Ok(out) => got.0.push(out),
+            Err(RecvTimeoutError::Disconnected) => return got,
+            Err(RecvTimeoutError::Timeout) => panic!("no egress delivered nor ended: {} read", got.0.len()),
         }
     }
-    got.check(n, 2, job, &egresses);
-    engine.shutdown();
+}
+
+/// `read` awaited on a thread that hosts no shard (the sinks wake its
+/// waker), failing the test if it does not end within [`TIMEOUT`].
+fn read_awaiting<F>(egresses: Egresses, read: impl FnOnce(Egresses) -> F + Send + 'static) -> (Got, Egresses)
+where
+    F: std::future::Future<Output = (Got, Egresses)>,
+{
+    let reader = std::thread::spawn(move || futures_lite::future::block_on(read(egresses)));
+    join_within(reader, "every result of every egress (a lost wake-up otherwise)")
+}
+
+#[test]
+fn one_thread_reads_a_stream_and_its_side_output_through_queues_of_two() {
+    read_split(5_000, 2, |mut egresses| {
+        let Egresses { numbers, texts, .. } = &mut egresses;
+        let got = read_blocking(|| {
+            let next = numbers.recv_either_timeout(texts, TIMEOUT)?;
+            Ok(next.either(Out::Number, Out::Text))
+        });
+        (got, egresses)
+    });
 }
 
 #[test]
 fn an_awaiting_reader_of_two_egresses_is_woken_by_either() {
-    let engine = small_engine().build().expect("engine starts");
-    let n = 5_000u64;
-    let (job, mut egresses) = split_job(&engine, n, 2);
-    // Awaited on a thread that hosts no shard: the sinks wake its waker.
-    let reader = std::thread::spawn(move || {
-        futures_lite::future::block_on(async move {
+    read_split(5_000, 2, |egresses| {
+        read_awaiting(egresses, |mut egresses| async move {
             let mut got = Got::default();
             let Egresses { numbers, texts, .. } = &mut egresses;
             while let Some(next) = numbers.recv_either_async(texts).await {
@@ -134,38 +156,23 @@ fn an_awaiting_reader_of_two_egresses_is_woken_by_either() {
             (got, egresses)
         })
     });
-    let (got, egresses) = join_within(reader, "every result of both egresses (a lost wake-up otherwise)");
-    got.check(n, 2, job, &egresses);
-    engine.shutdown();
 }
 
 #[test]
 fn one_thread_reads_three_egresses_through_a_select() {
-    let engine = small_engine().build().expect("engine starts");
-    let n = 6_000u64;
-    let (job, mut egresses) = split_job(&engine, n, 3);
-    let mut got = Got::default();
-    let mut all = select(&mut egresses);
-    loop {
-        match all.recv_timeout(TIMEOUT) {
-            Ok(out) => got.0.push(out),
-            Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => panic!("no egress delivered nor ended: {} read", got.0.len()),
-        }
-    }
-    assert_eq!(all.try_recv(), Err(TryRecvError::Disconnected), "all have ended");
-    drop(all);
-    got.check(n, 3, job, &egresses);
-    engine.shutdown();
+    read_split(6_000, 3, |mut egresses| {
+        let mut all = select(&mut egresses);
+        let got = read_blocking(|| all.recv_timeout(TIMEOUT));
+        assert_eq!(all.try_recv(), Err(TryRecvError::Disconnected), "all have ended");
+        drop(all);
+        (got, egresses)
+    });
 }
 
 #[test]
 fn an_awaiting_reader_of_three_egresses_is_woken_by_each() {
-    let engine = small_engine().build().expect("engine starts");
-    let n = 6_000u64;
-    let (job, mut egresses) = split_job(&engine, n, 3);
-    let reader = std::thread::spawn(move || {
-        futures_lite::future::block_on(async move {
+    read_split(6_000, 3, |egresses| {
+        read_awaiting(egresses, |mut egresses| async move {
             let mut got = Got::default();
             let mut all = select(&mut egresses);
             while let Some(out) = all.recv_async().await {
@@ -175,9 +182,6 @@ fn an_awaiting_reader_of_three_egresses_is_woken_by_each() {
             (got, egresses)
         })
     });
-    let (got, egresses) = join_within(reader, "every result of three egresses (a lost wake-up otherwise)");
-    got.check(n, 3, job, &egresses);
-    engine.shutdown();
 }
 
 #[test]
