@@ -129,6 +129,7 @@ mod auto_traits {
         is_send::<IngressHandle<String>>();
         is_send::<KeyedIngressHandle<String>>();
         is_send::<EgressHandle<String>>();
+        is_send::<EgressSelect<'static, String>>();
         is_sync::<JobCatalog>();
         is_send::<EngineBuilder>();
     }

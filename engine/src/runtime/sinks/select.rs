@@ -20,7 +20,8 @@ use crate::runtime::host::hosted_here;
 /// Where several have results queued, the fullest queue's comes first. An
 /// egress that has ended is passed over; `None` (or `Disconnected`) once all
 /// have ended and everything was read. Holding a handle here is the only
-/// reading of it: a select takes it by `&mut`.
+/// reading of it: a select takes it by `&mut`. A select is `Send` (its maps
+/// are): it may be made on one thread and read on another.
 ///
 /// ```
 /// use shardflow_engine::{Dataflow, EgressSelect, Emitter, Engine, OutputTag};
@@ -64,7 +65,7 @@ use crate::runtime::host::hosted_here;
 /// # Ok::<(), shardflow_engine::EngineError>(())
 /// ```
 pub struct EgressSelect<'h, E> {
-    inputs: Vec<Box<dyn Input<E> + 'h>>,
+    inputs: Vec<Box<dyn Input<E> + Send + 'h>>,
     /// Which inputs have ended: for ever, once their queue was found empty
     /// with every sender gone.
     ended: Vec<bool>,
@@ -90,7 +91,7 @@ impl<'h, E> EgressSelect<'h, E> {
     }
 
     /// Reads `handle` too, each of its results mapped by `map`.
-    pub fn with<T: 'h>(mut self, handle: &'h mut EgressHandle<T>, map: impl Fn(T) -> E + 'h) -> Self {
+    pub fn with<T: Send + 'h>(mut self, handle: &'h mut EgressHandle<T>, map: impl Fn(T) -> E + Send + 'h) -> Self {
         self.inputs.push(Box::new(Mapped { handle, map }));
         self.ended.push(false);
         self
