@@ -18,7 +18,8 @@
 //!
 //! A service embeds it at one of three depths: [`Engine::run`] (submit, wait for
 //! the result); a running job fed through an [`IngressHandle`] and read through an
-//! [`EgressHandle`] from the service's threads; or, for a host that owns its loop,
+//! [`EgressHandle`] (several at once through an [`EgressSelect`]) from the
+//! service's threads; or, for a host that owns its loop,
 //! shard 0 on the host's own thread ([`EngineBuilder::build_hosted`]), whose tasks
 //! run only when the host steps its [`HostedShard`].
 //!
