@@ -64,11 +64,7 @@ impl<T> EgressHandle<T> {
     /// its shard meanwhile).
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
         if let Some(sched) = hosted_here() {
-            return match sched.block_on_timeout(self.next_result(), timeout) {
-                Some(Some(r)) => Ok(r),
-                Some(None) => Err(RecvTimeoutError::Disconnected),
-                None => Err(RecvTimeoutError::Timeout),
-            };
+            return select::hosted_timeout(&sched, self.next_result(), timeout);
         }
         self.rx.recv_timeout(timeout).map(|q| self.taken(q))
     }

@@ -10,6 +10,7 @@ use crossbeam_channel::{RecvTimeoutError, Select, TryRecvError};
 
 use super::egress::EgressHandle;
 use crate::runtime::host::hosted_here;
+use crate::runtime::scheduler::Scheduler;
 
 /// Reads any number of egresses, of any record types, from one thread: each
 /// handle's results mapped into one type `E` (an enum of the reader's, say),
@@ -212,13 +213,23 @@ where
     I::Target: Input<E>,
 {
     if let Some(sched) = hosted_here() {
-        return match sched.block_on_timeout(next_async(inputs, ended), timeout) {
-            Some(Some(r)) => Ok(r),
-            Some(None) => Err(RecvTimeoutError::Disconnected),
-            None => Err(RecvTimeoutError::Timeout),
-        };
+        return hosted_timeout(&sched, next_async(inputs, ended), timeout);
     }
     wait(inputs, ended, Instant::now().checked_add(timeout))
+}
+
+/// `next` (a result, `None` at the end) awaited on a host's thread for at most
+/// `timeout`, its shard running meanwhile.
+pub(super) fn hosted_timeout<T>(
+    sched: &Scheduler,
+    next: impl std::future::Future<Output = Option<T>>,
+    timeout: Duration,
+) -> Result<T, RecvTimeoutError> {
+    match sched.block_on_timeout(next, timeout) {
+        Some(Some(r)) => Ok(r),
+        Some(None) => Err(RecvTimeoutError::Disconnected),
+        None => Err(RecvTimeoutError::Timeout),
+    }
 }
 
 /// The next result of any input, awaited through every open input's reader
