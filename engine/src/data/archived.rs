@@ -291,17 +291,6 @@ where
     rkyv::deserialize::<T, rancor::BoxedError>(archived).map_err(malformed)
 }
 
-/// Declares rkyv record types (`#[derive(rkyv::Archive, rkyv::Serialize,
-/// rkyv::Deserialize)]`, plus `Clone`): archived once into a segment and read
-/// with checked access; operators see the deserialized value (an owned copy
-/// per record after an exchange). To read them in place instead, declare a view
-/// with [`rkyv_view!`](crate::rkyv_view).
-///
-/// ```
-/// #[derive(Clone, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-/// struct Request { user: String, path: String, millis: u64 }
-/// shardflow_engine::rkyv_data!(Request);
-/// ```
 /// The [`Access`] of rkyv type `$t`'s archive, as [`Checker`] picks it: for
 /// the declaring macros.
 #[doc(hidden)]
@@ -314,6 +303,17 @@ macro_rules! rkyv_access {
     }};
 }
 
+/// Declares rkyv record types (`#[derive(rkyv::Archive, rkyv::Serialize,
+/// rkyv::Deserialize)]`, plus `Clone`): archived once into a segment and read
+/// with checked access; operators see the deserialized value (an owned copy
+/// per record after an exchange). To read them in place instead, declare a view
+/// with [`rkyv_view!`](crate::rkyv_view).
+///
+/// ```
+/// #[derive(Clone, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+/// struct Request { user: String, path: String, millis: u64 }
+/// shardflow_engine::rkyv_data!(Request);
+/// ```
 #[macro_export]
 macro_rules! rkyv_data {
     ($($t:ty),* $(,)?) => {$(
