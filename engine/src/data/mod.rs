@@ -50,7 +50,22 @@ pub type EachInPlace<T> = for<'b> fn(
 /// A record type a stream can carry. Implement it with [`pod_data!`](crate::pod_data),
 /// [`rkyv_view!`](crate::rkyv_view) or [`rkyv_data!`](crate::rkyv_data); primitives,
 /// `String`, `Vec<u8>`, tuples (of 2 to 8 parts) and `Option`s of rkyv types,
-/// and vectors of numbers or strings have it.
+/// and vectors of numbers or strings have it. A stream of any other type is
+/// refused when the job is compiled, with a note that says how to declare it:
+///
+/// ```compile_fail
+/// #[derive(Clone)]
+/// struct Plain { x: u64 }   // neither rkyv nor plain data declared
+///
+/// let df = shardflow_engine::Dataflow::new("refused");
+/// df.from_iter("numbers", [1u64, 2]).map(|x: &u64| Plain { x: *x }).discard();
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a record type a stream can carry",
+    label = "not a shardflow record type",
+    note = "derive rkyv's `Archive`, `Serialize` and `Deserialize` for it and write `shardflow_engine::rkyv_data!({Self});`",
+    note = "plain fixed-size data (`#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]`, `#[repr(C)]`): `shardflow_engine::pod_data!({Self});`"
+)]
 pub trait Data: Clone + Send + Sync + 'static + Borrow<Self::Borrowed> {
     /// What operators see of a record: the type itself, or a form borrowed from
     /// the buffer it is read from (`str` for `String`).
@@ -134,6 +149,11 @@ pub(crate) fn write_to<T: Data>(
 
 /// A key of a keyed stream: hashable, comparable, and routable the same way in
 /// every process (its routing hash is [`key_hash`] of its borrowed form).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot key a stream",
+    label = "not a key",
+    note = "a key is a record type (`Data`) that is `Hash + Eq`, and so is its borrowed form; floating-point numbers are not: key by their bits (`f64::to_bits`) or by an integer"
+)]
 pub trait Key: Data<Borrowed: Hash + Eq> + Hash + Eq {}
 
 impl<K: Data<Borrowed: Hash + Eq> + Hash + Eq> Key for K {}
