@@ -189,7 +189,8 @@ impl JobSnapshot {
 
     /// Writes the snapshot to `path`, whole or not at all: into a file beside
     /// it, synced, then renamed over it (a full disk leaves any earlier file
-    /// at `path` as it was).
+    /// at `path` as it was), and the directory synced so that the rename
+    /// outlasts a crash of the machine.
     pub fn save(&self, path: &Path) -> Result<(), SnapshotError> {
         let io = |what: &str, e: std::io::Error| SnapshotError::Io {
             what: format!("{what} {}", path.display()),
@@ -211,7 +212,10 @@ impl JobSnapshot {
         std::fs::rename(&partial, path).map_err(|e| {
             let _ = std::fs::remove_file(&partial);
             io("renaming the written snapshot to", e)
-        })
+        })?;
+        std::fs::File::open(directory_of(path))
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("syncing the directory of", e))
     }
 
     /// Reads a snapshot [`JobSnapshot::save`] wrote.
@@ -327,6 +331,14 @@ impl Drop for GroupWriter<'_> {
     }
 }
 
+/// The directory a file at `path` is in (`.` for a bare file name).
+fn directory_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(&(b.len() as u32).to_le_bytes());
     out.extend_from_slice(b);
@@ -380,6 +392,13 @@ impl<'a> SnapshotReader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_snapshot_file_is_synced_in_its_own_directory() {
+        assert_eq!(directory_of(Path::new("job.snapshot")), Path::new("."));
+        assert_eq!(directory_of(Path::new("saved/job.snapshot")), Path::new("saved"));
+        assert_eq!(directory_of(Path::new("/var/saved/job.snapshot")), Path::new("/var/saved"));
+    }
 
     /// A snapshot with keyed state, operator lists and an empty operator.
     fn sample() -> JobSnapshot {
