@@ -8,7 +8,9 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
 use rustls::pki_types::ServerName;
-use shardflow_control::protocol::{self, AuthAccepted, AuthChallenge, AuthHello, AuthResponse, ErrorCode, Message};
+use shardflow_control::protocol::{
+    self, AuthAccepted, AuthChallenge, AuthHello, AuthResponse, ErrorCode, FrameError, Message,
+};
 
 use super::security::{nonce, Security};
 use super::{read_frame, ConnectionLimits, Received};
@@ -17,6 +19,11 @@ use super::{read_frame, ConnectionLimits, Received};
 const SERVER_LABEL: &[u8] = b"shardflow-auth-v1/server";
 /// Label of the client's proof.
 const CLIENT_LABEL: &[u8] = b"shardflow-auth-v1/client";
+/// Largest frame read while a connection is set up: its frames (nonces,
+/// proofs, a role, a refusal's reason) are far smaller, and a peer that has
+/// not proved the secret must not make the coordinator hold the megabytes a
+/// frame of a proven peer may have.
+const MAX_HANDSHAKE_FRAME_BYTES: usize = 4 << 10;
 
 /// A connection that is set up: its socket, and its TLS session if it has one.
 pub(crate) struct Established {
@@ -101,8 +108,8 @@ impl SetUp<'_> {
         self.write_all(&frame).map_err(|e| io_error("sending", msg.kind_name(), &e))
     }
 
-    fn receive(&mut self, max_frame_bytes: usize) -> Received {
-        read_frame(self, max_frame_bytes)
+    fn receive(&mut self, limits: &ConnectionLimits) -> Received {
+        read_frame(self, limits.max_frame_bytes.min(MAX_HANDSHAKE_FRAME_BYTES))
     }
 
     /// What not receiving the `waiting_for` means, TLS's own account first.
@@ -198,13 +205,20 @@ pub(crate) fn accept(
     };
     if let Some(secret) = &security.secret {
         let mut io = SetUp { stream: &mut stream, tls: tls.as_mut(), tls_failure: None };
-        let hello = match io.receive(limits.max_frame_bytes) {
+        let hello = match io.receive(limits) {
             Received::Message(Message::AuthHello(h)) => h,
             Received::Message(other) => {
                 return Err(io.refuse(format!(
                     "this cluster requires authentication: the first frame must prove the cluster's secret \
                      (give this process the cluster's --secret-file), not {}",
                     other.kind_name()
+                )))
+            }
+            Received::Bad(FrameError::TooLarge { len, max }) => {
+                return Err(io.refuse(format!(
+                    "this cluster requires authentication: the first frame must prove the cluster's secret \
+                     (give this process the cluster's --secret-file), not a frame of {len} bytes (an \
+                     authentication frame has at most {max})"
                 )))
             }
             Received::Bad(e) => {
@@ -216,7 +230,7 @@ pub(crate) fn accept(
         let server_nonce = fresh_nonce()?;
         let server_proof = secret.prove(SERVER_LABEL, &hello.client_nonce, &server_nonce);
         io.send(&Message::AuthChallenge(AuthChallenge { server_nonce, server_proof }))?;
-        match io.receive(limits.max_frame_bytes) {
+        match io.receive(limits) {
             Received::Message(Message::AuthResponse(r)) => {
                 if !secret.verify(CLIENT_LABEL, &server_nonce, &hello.client_nonce, &r.client_proof) {
                     return Err(io.refuse(format!("wrong cluster secret (a {} connecting)", printable(&hello.role))));
@@ -276,7 +290,7 @@ pub(crate) fn connect(
         let mut io = SetUp { stream: &mut stream, tls: tls.as_mut(), tls_failure: None };
         let client_nonce = fresh_nonce()?;
         io.send(&Message::AuthHello(AuthHello { client_nonce, role: role.to_string() }))?;
-        let challenge = match io.receive(limits.max_frame_bytes) {
+        let challenge = match io.receive(limits) {
             Received::Message(Message::AuthChallenge(c)) => c,
             Received::Message(Message::ErrorReply(e)) => return Err(HandshakeError::Refused(e.message)),
             Received::Message(other) => {
@@ -295,7 +309,7 @@ pub(crate) fn connect(
         }
         let client_proof = secret.prove(CLIENT_LABEL, &challenge.server_nonce, &client_nonce);
         io.send(&Message::AuthResponse(AuthResponse { client_proof }))?;
-        match io.receive(limits.max_frame_bytes) {
+        match io.receive(limits) {
             Received::Message(Message::AuthAccepted(_)) => {}
             Received::Message(Message::ErrorReply(e)) => return Err(HandshakeError::Refused(e.message)),
             Received::Message(other) => {
@@ -308,4 +322,55 @@ pub(crate) fn connect(
         }
     }
     Ok(Established { stream, tls })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
+
+    use shardflow_control::protocol::{self, AuthHello, ErrorCode, Message, HEADER_BYTES};
+
+    use super::*;
+    use crate::cluster::link::{read_frame, ClusterSecret, ConnectionLimits, Received, Security};
+
+    /// A stranger announcing a first frame of a megabyte is refused as soon
+    /// as its header is read, and told why: the coordinator neither waits for
+    /// nor holds the body.
+    #[test]
+    fn a_first_frame_larger_than_any_authentication_frame_is_refused_at_its_header() {
+        let security = Security::none().with_secret(ClusterSecret::new(b"0123456789abcdef0123456789abcdef").unwrap());
+        // Long enough that a server waiting for the body would fail the test
+        // by the reason it gives, short enough not to hold the suite up.
+        let limits = ConnectionLimits { handshake_timeout: Duration::from_secs(30), ..ConnectionLimits::default() };
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            accept(stream, &security, &limits).map(|_| ())
+        });
+        let mut stranger = TcpStream::connect(addr).unwrap();
+        let hello = Message::AuthHello(AuthHello { client_nonce: [7; 32], role: "stranger".into() });
+        let mut header: [u8; HEADER_BYTES] = protocol::encode(&hello).unwrap()[..HEADER_BYTES].try_into().unwrap();
+        header[..4].copy_from_slice(&(1u32 << 20).to_le_bytes());
+        stranger.write_all(&header).unwrap();
+        stranger.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        match read_frame(&mut stranger, 1 << 20) {
+            Received::Message(Message::ErrorReply(e)) => {
+                assert_eq!(e.code, ErrorCode::Unauthenticated);
+                assert!(e.message.contains("a frame of 1048576 bytes"), "{}", e.message);
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        match server.join().unwrap() {
+            Err(HandshakeError::Unauthenticated(why)) => {
+                assert!(why.contains(&format!("at most {MAX_HANDSHAKE_FRAME_BYTES}")), "{why}")
+            }
+            other => panic!("expected the stranger refused, got {other:?}"),
+        }
+        let mut rest = Vec::new();
+        stranger.read_to_end(&mut rest).expect("the coordinator closes the connection");
+        assert!(rest.is_empty());
+    }
 }
