@@ -24,17 +24,12 @@ const RECORDS: u64 = 20_000_000;
 const KEYS: u64 = 100_000;
 const WORD_RECORDS: u64 = 4_000_000;
 
-/// A state handle declared in `open`, or the error of a function used before.
-fn opened<S>(handle: &Option<S>) -> Result<&S, OperatorError> {
-    handle.as_ref().ok_or_else(|| OperatorError::User("used before open".into()))
-}
-
 /// A count per key in a value — a number or a word — (with a time-to-live, if
 /// given: one the job never reaches, so every count survives and only the
 /// bookkeeping costs).
 #[derive(Clone, Default)]
 struct ValueCount {
-    count: Option<ValueState<u64>>,
+    count: ValueState<u64>,
     ttl: Option<Duration>,
 }
 
@@ -47,7 +42,7 @@ where
         if let Some(ttl) = self.ttl {
             states.expire_after(&count, ttl)?;
         }
-        self.count = Some(count);
+        self.count = count;
         Ok(())
     }
 
@@ -57,7 +52,7 @@ where
         ctx: &mut KeyedContext<'_, K>,
         _: &mut Emitter<'_, (K, u64)>,
     ) -> Result<(), OperatorError> {
-        let count = opened(&self.count)?;
+        let count = &self.count;
         if ctx.update_value(count, |n| *n += 1)?.is_none() {
             ctx.set_value(count, 1)?;
         }
@@ -69,7 +64,7 @@ where
         ctx: &mut KeyedContext<'_, K>,
         out: &mut Emitter<'_, (K, u64)>,
     ) -> Result<(), OperatorError> {
-        let count = opened(&self.count)?;
+        let count = &self.count;
         let n = ctx.value(count)?.copied().unwrap_or(0);
         out.emit((K::to_owned_record(ctx.key()), n));
         Ok(())
@@ -79,12 +74,12 @@ where
 /// A count per key in a reducing state.
 #[derive(Clone, Default)]
 struct ReducingCount {
-    count: Option<ReducingState<u64>>,
+    count: ReducingState<u64>,
 }
 
 impl KeyedProcessFunction<u64, u64, (u64, u64)> for ReducingCount {
     fn open(&mut self, states: &mut StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
-        self.count = Some(states.reducing_state("count", |a: &u64, b: &u64| a + b)?);
+        self.count = states.reducing_state("count", |a: &u64, b: &u64| a + b)?;
         Ok(())
     }
 
@@ -94,7 +89,7 @@ impl KeyedProcessFunction<u64, u64, (u64, u64)> for ReducingCount {
         ctx: &mut KeyedContext<'_, u64>,
         _: &mut Emitter<'_, (u64, u64)>,
     ) -> Result<(), OperatorError> {
-        ctx.reducing_add(opened(&self.count)?, &1)
+        ctx.reducing_add(&self.count, &1)
     }
 
     fn on_end_of_input(
@@ -102,7 +97,7 @@ impl KeyedProcessFunction<u64, u64, (u64, u64)> for ReducingCount {
         ctx: &mut KeyedContext<'_, u64>,
         out: &mut Emitter<'_, (u64, u64)>,
     ) -> Result<(), OperatorError> {
-        let count = opened(&self.count)?;
+        let count = &self.count;
         let n = ctx.reducing_get(count)?.copied().unwrap_or(0);
         out.emit((*ctx.key(), n));
         Ok(())
@@ -145,7 +140,7 @@ fn keyed_state(c: &mut Criterion) {
     g.bench_function("process_reducing_state", |b| {
         b.iter(|| run(&engine, |df| keyed(df).process(ReducingCount::default())))
     });
-    let hour = ValueCount { count: None, ttl: Some(Duration::from_secs(3_600)) };
+    let hour = ValueCount { count: Default::default(), ttl: Some(Duration::from_secs(3_600)) };
     g.bench_function("process_value_state_ttl", |b| b.iter(|| run(&engine, |df| keyed(df).process(hour.clone()))));
     g.finish();
     let mut g = c.benchmark_group("keyed_state_words");

@@ -30,13 +30,13 @@ shardflow_engine::rkyv_data!(Request);
 /// is the answer.
 #[derive(Clone)]
 struct Totals {
-    total: Option<ValueState<u64>>,
+    total: ValueState<u64>,
     rejected: OutputTag<String>,
 }
 
 impl KeyedProcessFunction<String, Request, Request> for Totals {
     fn open(&mut self, states: &mut StateDeclarations<'_, String>) -> Result<(), OperatorError> {
-        self.total = Some(states.value_state("total")?);
+        self.total = states.value_state("total")?;
         Ok(())
     }
 
@@ -50,9 +50,8 @@ impl KeyedProcessFunction<String, Request, Request> for Totals {
             out.emit_side(&self.rejected, format!("request {} of {}: no amount", r.id, r.user));
             return Ok(());
         }
-        let total = self.total.as_ref().expect("opened");
-        let amount = ctx.value(total)?.copied().unwrap_or(0) + r.amount;
-        ctx.set_value(total, amount)?;
+        let amount = ctx.value(&self.total)?.copied().unwrap_or(0) + r.amount;
+        ctx.set_value(&self.total, amount)?;
         out.emit(Request { id: r.id, user: r.user.clone(), amount });
         Ok(())
     }
@@ -71,7 +70,7 @@ fn main() -> Result<(), EngineError> {
     let (requests, mut ingress) =
         df.ingress_keyed::<String, Request, _>("requests", bound, |r: &Request| r.user.clone());
     let rejected = OutputTag::<String>::new("rejected");
-    let totals = requests.process(Totals { total: None, rejected: rejected.clone() }).name("totals");
+    let totals = requests.process(Totals { total: Default::default(), rejected: rejected.clone() }).name("totals");
     let mut rejections = totals.side_output(&rejected).egress(1024);
     let mut answers = totals.egress(1024);
     let job = engine.submit(df.build()?)?;

@@ -184,12 +184,12 @@ fn keyed_state_beyond_the_slot_budget_fails_the_job_with_the_numbers() {
 /// Keeps every record of its key in list state.
 #[derive(Clone, Default)]
 struct KeepAll {
-    kept: Option<shardflow_engine::ListState<String>>,
+    kept: shardflow_engine::ListState<String>,
 }
 
 impl shardflow_engine::KeyedProcessFunction<u64, String, String> for KeepAll {
     fn open(&mut self, states: &mut shardflow_engine::StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
-        self.kept = Some(states.list_state("kept")?);
+        self.kept = states.list_state("kept")?;
         Ok(())
     }
     fn process(
@@ -198,7 +198,7 @@ impl shardflow_engine::KeyedProcessFunction<u64, String, String> for KeepAll {
         ctx: &mut shardflow_engine::KeyedContext<'_, u64>,
         _: &mut shardflow_engine::Emitter<'_, String>,
     ) -> Result<(), OperatorError> {
-        ctx.list_push(self.kept.as_ref().expect("opened"), line.to_string())
+        ctx.list_push(&self.kept, line.to_string())
     }
 }
 
@@ -231,16 +231,16 @@ fn what_state_values_hold_on_the_heap_counts_against_the_slot_budget() {
 /// Appends every line of its key to one string in value state, in place.
 #[derive(Clone, Default)]
 struct AppendInPlace {
-    text: Option<shardflow_engine::ValueState<String>>,
-    pages: Option<shardflow_engine::MapState<u64, String>>,
+    text: shardflow_engine::ValueState<String>,
+    pages: shardflow_engine::MapState<u64, String>,
     /// Grow the map entry instead of the value.
     in_map: bool,
 }
 
 impl shardflow_engine::KeyedProcessFunction<u64, String, String> for AppendInPlace {
     fn open(&mut self, states: &mut shardflow_engine::StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
-        self.text = Some(states.value_state("text")?);
-        self.pages = Some(states.map_state("pages")?);
+        self.text = states.value_state("text")?;
+        self.pages = states.map_state("pages")?;
         Ok(())
     }
     fn process(
@@ -250,15 +250,15 @@ impl shardflow_engine::KeyedProcessFunction<u64, String, String> for AppendInPla
         _: &mut shardflow_engine::Emitter<'_, String>,
     ) -> Result<(), OperatorError> {
         let grown = if self.in_map {
-            ctx.map_update(self.pages.as_ref().expect("opened"), &0, |s| s.push_str(line))?
+            ctx.map_update(&self.pages, &0, |s| s.push_str(line))?
         } else {
-            ctx.update_value(self.text.as_ref().expect("opened"), |s| s.push_str(line))?
+            ctx.update_value(&self.text, |s| s.push_str(line))?
         };
         if grown.is_none() {
             if self.in_map {
-                ctx.map_insert(self.pages.as_ref().expect("opened"), 0, line.to_string())?;
+                ctx.map_insert(&self.pages, 0, line.to_string())?;
             } else {
-                ctx.set_value(self.text.as_ref().expect("opened"), line.to_string())?;
+                ctx.set_value(&self.text, line.to_string())?;
             }
         }
         Ok(())
@@ -289,11 +289,11 @@ fn a_value_grown_in_place_is_charged_to_the_slot_budget() {
 
 /// Keeps every line in operator list state.
 #[derive(Clone, Default)]
-struct KeepLines(Option<shardflow_engine::ListStateHandle<String>>);
+struct KeepLines(shardflow_engine::ListStateHandle<String>);
 
 impl shardflow_engine::ProcessFunction<String, String> for KeepLines {
     fn open(&mut self, ctx: &mut shardflow_engine::OperatorContext<'_>) -> Result<(), OperatorError> {
-        self.0 = Some(ctx.list_state("lines")?);
+        self.0 = ctx.list_state("lines")?;
         Ok(())
     }
     fn process(
@@ -302,8 +302,61 @@ impl shardflow_engine::ProcessFunction<String, String> for KeepLines {
         ctx: &mut shardflow_engine::OperatorContext<'_>,
         _: &mut shardflow_engine::Emitter<'_, String>,
     ) -> Result<(), OperatorError> {
-        ctx.list(self.0.as_ref().expect("opened"))?.push(line.to_string())
+        ctx.list(&self.0)?.push(line.to_string())
     }
+}
+
+/// Counts each key's records in a value it forgot to declare in `open`.
+#[derive(Clone, Default)]
+struct Undeclared(shardflow_engine::ValueState<u64>);
+
+impl shardflow_engine::KeyedProcessFunction<u64, u64, u64> for Undeclared {
+    fn process(
+        &mut self,
+        r: &u64,
+        ctx: &mut shardflow_engine::KeyedContext<'_, u64>,
+        out: &mut shardflow_engine::Emitter<'_, u64>,
+    ) -> Result<(), OperatorError> {
+        let n = ctx.value(&self.0)?.copied().unwrap_or(0) + 1;
+        ctx.set_value(&self.0, n)?;
+        out.emit(*r);
+        Ok(())
+    }
+}
+
+/// Keeps every line in operator list state it forgot to declare in `open`.
+#[derive(Clone, Default)]
+struct UndeclaredList(shardflow_engine::ListStateHandle<String>);
+
+impl shardflow_engine::ProcessFunction<String, String> for UndeclaredList {
+    fn process(
+        &mut self,
+        line: &str,
+        ctx: &mut shardflow_engine::OperatorContext<'_>,
+        _: &mut shardflow_engine::Emitter<'_, String>,
+    ) -> Result<(), OperatorError> {
+        ctx.list(&self.0)?.push(line.to_string())
+    }
+}
+
+#[test]
+fn a_state_handle_used_before_open_declared_it_fails_the_job_saying_so() {
+    assert_eq!(format!("{:?}", Undeclared::default().0), "StateHandle(undeclared)");
+    assert_eq!(format!("{:?}", UndeclaredList::default().0), "ListStateHandle(undeclared)");
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("undeclared-keyed");
+    df.generate("numbers", 100, |r| r).key_by(|r: &u64| r % 7).process(Undeclared::default()).discard();
+    let cause = failure(engine.submit(df.build().unwrap()).unwrap().wait_timeout(TIMEOUT));
+    assert!(cause.contains("a state handle was used before `open` declared it"), "{cause}");
+    let lines = |f: &dyn Fn(&shardflow_engine::Stream<String>) -> shardflow_engine::Sink| {
+        let df = Dataflow::new("undeclared-list");
+        f(&df.generate("lines", 100, |r| r.to_string()));
+        engine.submit(df.build().unwrap()).unwrap().wait_timeout(TIMEOUT)
+    };
+    let cause = failure(lines(&|s| s.process(UndeclaredList::default()).discard()));
+    assert!(cause.contains("a list state handle was used before `open` declared it"), "{cause}");
+    // The engine runs on; declared, the same state works.
+    lines(&|s| s.process(KeepLines::default()).discard()).expect("declared in open, the list state is there");
 }
 
 #[test]

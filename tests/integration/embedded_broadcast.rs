@@ -20,12 +20,12 @@ use crate::common::{read_to_end, small_engine, TIMEOUT};
 /// threshold, and how many thresholds this subtask holds.
 #[derive(Clone, Default)]
 struct OverThreshold {
-    amounts: Option<ListState<u64>>,
+    amounts: ListState<u64>,
 }
 
 impl KeyedBroadcastProcessFunction<String, (String, u64), u64, (String, u64, u64)> for OverThreshold {
     fn open(&mut self, states: &mut StateDeclarations<'_, String>) -> Result<(), OperatorError> {
-        self.amounts = Some(states.list_state("amounts")?);
+        self.amounts = states.list_state("amounts")?;
         Ok(())
     }
     fn process_element(
@@ -35,7 +35,7 @@ impl KeyedBroadcastProcessFunction<String, (String, u64), u64, (String, u64, u64
         ctx: &mut KeyedContext<'_, String>,
         _: &mut Emitter<'_, (String, u64, u64)>,
     ) -> Result<(), OperatorError> {
-        ctx.list_push(self.amounts.as_ref().expect("opened"), payment.1)
+        ctx.list_push(&self.amounts, payment.1)
     }
     fn process_broadcast(
         &mut self,
@@ -56,7 +56,7 @@ impl KeyedBroadcastProcessFunction<String, (String, u64), u64, (String, u64, u64
         out: &mut Emitter<'_, (String, u64, u64)>,
     ) -> Result<(), OperatorError> {
         let lowest = thresholds.iter().min().copied().unwrap_or(u64::MAX);
-        let over = ctx.list(self.amounts.as_ref().expect("opened"))?.iter().filter(|a| **a > lowest).count();
+        let over = ctx.list(&self.amounts)?.iter().filter(|a| **a > lowest).count();
         out.emit((ctx.key().to_string(), over as u64, thresholds.len() as u64));
         Ok(())
     }
@@ -131,13 +131,13 @@ fn a_broadcast_state_is_restored_whole_into_every_subtask_at_another_parallelism
 /// At the end, each balance there is.
 #[derive(Clone)]
 struct Ledger {
-    balance: Option<ValueState<u64>>,
+    balance: ValueState<u64>,
     acks: OutputTag<String>,
 }
 
 impl KeyedBroadcastProcessFunction<String, (String, u64), (String, u64), (String, u64)> for Ledger {
     fn open(&mut self, states: &mut StateDeclarations<'_, String>) -> Result<(), OperatorError> {
-        self.balance = Some(states.value_state("balance")?);
+        self.balance = states.value_state("balance")?;
         Ok(())
     }
     fn process_element(
@@ -147,7 +147,7 @@ impl KeyedBroadcastProcessFunction<String, (String, u64), (String, u64), (String
         ctx: &mut KeyedContext<'_, String>,
         out: &mut Emitter<'_, (String, u64)>,
     ) -> Result<(), OperatorError> {
-        let balance = self.balance.as_ref().expect("opened");
+        let balance = &self.balance;
         let now = ctx.value(balance)?.copied().unwrap_or(0) + deposit.1;
         ctx.set_value(balance, now)?;
         out.emit_side_ref(&self.acks, ctx.key());
@@ -159,7 +159,7 @@ impl KeyedBroadcastProcessFunction<String, (String, u64), (String, u64), (String
         ctx: &mut BroadcastContext<'_, String, (String, u64)>,
         _: &mut Emitter<'_, (String, u64)>,
     ) -> Result<(), OperatorError> {
-        let balance = self.balance.as_ref().expect("opened");
+        let balance = &self.balance;
         let &(ref what, n) = command;
         ctx.broadcast().push(command.clone())?;
         ctx.for_each_key(|_, account| match what.as_str() {
@@ -175,7 +175,7 @@ impl KeyedBroadcastProcessFunction<String, (String, u64), (String, u64), (String
         out: &mut Emitter<'_, (String, u64)>,
     ) -> Result<(), OperatorError> {
         assert_eq!(commands.len(), 3, "every subtask holds every command");
-        if let Some(b) = ctx.value(self.balance.as_ref().expect("opened"))? {
+        if let Some(b) = ctx.value(&self.balance)? {
             out.emit((ctx.key().to_string(), *b));
         }
         Ok(())
@@ -194,7 +194,7 @@ fn a_broadcast_record_reaches_the_keyed_state_of_every_key_once() {
         .from_iter("deposits", deposits.clone())
         .key_by_ref::<String, _>(|d: &(String, u64)| d.0.as_str())
         .connect_broadcast(&commands)
-        .process(Ledger { balance: None, acks: acks.clone() });
+        .process(Ledger { balance: Default::default(), acks: acks.clone() });
     let balances = ledger.collect();
     let acked = ledger.side_output(&acks).egress(16);
     let job = engine.submit(df.build().expect("a valid dataflow")).expect("submit");

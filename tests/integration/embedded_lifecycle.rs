@@ -26,14 +26,14 @@ fn note(log: &Log, what: String) {
 #[derive(Clone, Default)]
 struct Holder {
     held: Vec<u64>,
-    state: Option<ListStateHandle<u64>>,
+    state: ListStateHandle<u64>,
     subtask: u32,
     log: Log,
 }
 
 impl ProcessFunction<u64, u64> for Holder {
     fn open(&mut self, ctx: &mut OperatorContext<'_>) -> Result<(), OperatorError> {
-        self.state = Some(ctx.list_state::<u64>("held")?);
+        self.state = ctx.list_state::<u64>("held")?;
         self.subtask = ctx.task().subtask;
         note(&self.log, format!("{}:open", self.subtask));
         Ok(())
@@ -44,14 +44,14 @@ impl ProcessFunction<u64, u64> for Holder {
     }
     fn snapshot(&mut self, checkpoint: u64, ctx: &mut OperatorContext<'_>) -> Result<(), OperatorError> {
         note(&self.log, format!("{}:snapshot {checkpoint} of {}", self.subtask, self.held.len()));
-        ctx.list(self.state.as_ref().expect("opened"))?.extend(self.held.drain(..))
+        ctx.list(&self.state)?.extend(self.held.drain(..))
     }
     fn on_checkpoint_complete(&mut self, checkpoint: u64) {
         note(&self.log, format!("{}:complete {checkpoint}", self.subtask));
     }
     fn finish(&mut self, ctx: &mut OperatorContext<'_>, out: &mut Emitter<'_, u64>) -> Result<(), OperatorError> {
         note(&self.log, format!("{}:finish", self.subtask));
-        let restored = ctx.list(self.state.as_ref().expect("opened"))?;
+        let restored = ctx.list(&self.state)?;
         restored.iter().chain(&self.held).for_each(|r| out.emit(*r));
         Ok(())
     }
@@ -111,13 +111,13 @@ fn a_function_is_told_of_its_snapshot_and_moves_what_it_holds_into_state() {
 /// open, checkpoint notifications and close.
 #[derive(Clone, Default)]
 struct KeyedCounter {
-    count: Option<ValueState<u64>>,
+    count: ValueState<u64>,
     log: Log,
 }
 
 impl KeyedProcessFunction<u64, u64, u64> for KeyedCounter {
     fn open(&mut self, states: &mut StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
-        self.count = Some(states.value_state("count")?);
+        self.count = states.value_state("count")?;
         note(&self.log, format!("{}:open", states.task().subtask));
         Ok(())
     }
@@ -127,7 +127,7 @@ impl KeyedProcessFunction<u64, u64, u64> for KeyedCounter {
         ctx: &mut KeyedContext<'_, u64>,
         _: &mut Emitter<'_, u64>,
     ) -> Result<(), OperatorError> {
-        let count = self.count.as_ref().expect("opened");
+        let count = &self.count;
         let now = ctx.value(count)?.copied().unwrap_or(0) + 1;
         ctx.set_value(count, now)
     }
@@ -136,7 +136,7 @@ impl KeyedProcessFunction<u64, u64, u64> for KeyedCounter {
         ctx: &mut KeyedContext<'_, u64>,
         out: &mut Emitter<'_, u64>,
     ) -> Result<(), OperatorError> {
-        out.emit(ctx.value(self.count.as_ref().expect("opened"))?.copied().unwrap_or(0));
+        out.emit(ctx.value(&self.count)?.copied().unwrap_or(0));
         Ok(())
     }
     fn on_checkpoint_complete(&mut self, checkpoint: u64) {

@@ -67,12 +67,12 @@ fn union_filter_map_reduce(engine: &Engine, rng: &mut SplitMix, max_p: u64) {
 /// Per user: the distinct pages (map state) and the clicks, emitted at the end.
 #[derive(Clone)]
 struct PagesPerUser {
-    pages: Option<MapState<String, u64>>,
+    pages: MapState<String, u64>,
 }
 
 impl KeyedProcessFunction<String, Click, (String, u64, u64)> for PagesPerUser {
     fn open(&mut self, states: &mut StateDeclarations<'_, String>) -> Result<(), OperatorError> {
-        self.pages = Some(states.map_state("pages")?);
+        self.pages = states.map_state("pages")?;
         Ok(())
     }
     fn process(
@@ -81,7 +81,7 @@ impl KeyedProcessFunction<String, Click, (String, u64, u64)> for PagesPerUser {
         ctx: &mut KeyedContext<'_, String>,
         _: &mut Emitter<'_, (String, u64, u64)>,
     ) -> Result<(), OperatorError> {
-        let pages = self.pages.as_ref().expect("opened");
+        let pages = &self.pages;
         if ctx.map_update(pages, c.page.as_str(), |n| *n += 1)?.is_none() {
             ctx.map_insert(pages, c.page.clone(), 1)?;
         }
@@ -92,7 +92,7 @@ impl KeyedProcessFunction<String, Click, (String, u64, u64)> for PagesPerUser {
         ctx: &mut KeyedContext<'_, String>,
         out: &mut Emitter<'_, (String, u64, u64)>,
     ) -> Result<(), OperatorError> {
-        let entries = ctx.map_entries(self.pages.as_ref().expect("opened"))?;
+        let entries = ctx.map_entries(&self.pages)?;
         let clicks = entries.iter().map(|(_, n)| n).sum();
         out.emit((ctx.key().to_string(), entries.len() as u64, clicks));
         Ok(())
@@ -126,7 +126,7 @@ fn keyed_process_with_map_state(engine: &Engine, rng: &mut SplitMix, max_p: u64)
     let out = df
         .from_iter("clicks", input.clone())
         .key_by(|c: &Click| c.user.clone())
-        .process(PagesPerUser { pages: None })
+        .process(PagesPerUser { pages: Default::default() })
         .parallelism(rng.range(1, max_p) as u32)
         .collect();
     let got: BTreeSet<(String, u64, u64)> = run(engine, &df, &out).into_iter().collect();
@@ -136,14 +136,14 @@ fn keyed_process_with_map_state(engine: &Engine, rng: &mut SplitMix, max_p: u64)
 /// Users' tiers joined with their clicks by a keyed co-process.
 #[derive(Clone, Default)]
 struct TierTotals {
-    tier: Option<ValueState<u64>>,
-    total: Option<ValueState<u64>>,
+    tier: ValueState<u64>,
+    total: ValueState<u64>,
 }
 
 impl KeyedCoProcessFunction<String, (String, u64), Click, (String, u64)> for TierTotals {
     fn open(&mut self, states: &mut StateDeclarations<'_, String>) -> Result<(), OperatorError> {
-        self.tier = Some(states.value_state("tier")?);
-        self.total = Some(states.value_state("total")?);
+        self.tier = states.value_state("tier")?;
+        self.total = states.value_state("total")?;
         Ok(())
     }
     fn process_first(
@@ -152,7 +152,7 @@ impl KeyedCoProcessFunction<String, (String, u64), Click, (String, u64)> for Tie
         ctx: &mut KeyedContext<'_, String>,
         _: &mut Emitter<'_, (String, u64)>,
     ) -> Result<(), OperatorError> {
-        ctx.set_value(self.tier.as_ref().expect("opened"), user.1)
+        ctx.set_value(&self.tier, user.1)
     }
     fn process_second(
         &mut self,
@@ -160,7 +160,7 @@ impl KeyedCoProcessFunction<String, (String, u64), Click, (String, u64)> for Tie
         ctx: &mut KeyedContext<'_, String>,
         _: &mut Emitter<'_, (String, u64)>,
     ) -> Result<(), OperatorError> {
-        let total = self.total.as_ref().expect("opened");
+        let total = &self.total;
         let now = ctx.value(total)?.copied().unwrap_or(0) + c.amount;
         ctx.set_value(total, now)
     }
@@ -169,8 +169,8 @@ impl KeyedCoProcessFunction<String, (String, u64), Click, (String, u64)> for Tie
         ctx: &mut KeyedContext<'_, String>,
         out: &mut Emitter<'_, (String, u64)>,
     ) -> Result<(), OperatorError> {
-        let tier = ctx.value(self.tier.as_ref().expect("opened"))?.copied().unwrap_or(0);
-        let total = ctx.value(self.total.as_ref().expect("opened"))?.copied().unwrap_or(0);
+        let tier = ctx.value(&self.tier)?.copied().unwrap_or(0);
+        let total = ctx.value(&self.total)?.copied().unwrap_or(0);
         out.emit((ctx.key().to_string(), tier * total));
         Ok(())
     }
@@ -196,7 +196,7 @@ fn keyed_ingress_into_process_and_co_process(engine: &Engine, rng: &mut SplitMix
     let df = Dataflow::new("keyed-ingress").parallelism(rng.range(1, max_p) as u32);
     let bound = QueueBound::records(rng.range(1, 64) as usize).and_bytes(rng.range(64, 4096) as usize);
     let (spend, mut ingress) = df.ingress_keyed::<String, Click, _>("clicks", bound, |c: &Click| c.user.clone());
-    let pages = spend.process(PagesPerUser { pages: None }).collect();
+    let pages = spend.process(PagesPerUser { pages: Default::default() }).collect();
     let tiers = df.from_iter("users", users.clone()).key_by_ref::<String, _>(|u: &(String, u64)| &u.0);
     let totals = tiers.connect(&spend).process(TierTotals::default()).collect();
     let handle = engine.submit(df.build().expect("the dataflow is valid")).expect("submit");

@@ -68,12 +68,12 @@ struct Node {
 /// per user at the end of input as `amount = distinct × 1000 + visits`.
 #[derive(Clone, Default)]
 struct DistinctPages {
-    pages: Option<MapState<String, u64>>,
+    pages: MapState<String, u64>,
 }
 
 impl KeyedProcessFunction<String, Visit, Visit> for DistinctPages {
     fn open(&mut self, states: &mut StateDeclarations<'_, String>) -> Result<(), OperatorError> {
-        self.pages = Some(states.map_state("pages")?);
+        self.pages = states.map_state("pages")?;
         Ok(())
     }
     fn process(
@@ -82,7 +82,7 @@ impl KeyedProcessFunction<String, Visit, Visit> for DistinctPages {
         ctx: &mut KeyedContext<'_, String>,
         _: &mut Emitter<'_, Visit>,
     ) -> Result<(), OperatorError> {
-        let pages = self.pages.as_ref().expect("opened");
+        let pages = &self.pages;
         if ctx.map_update(pages, v.page.as_str(), |n| *n += 1)?.is_none() {
             ctx.map_insert(pages, v.page.clone(), 1)?;
         }
@@ -93,7 +93,7 @@ impl KeyedProcessFunction<String, Visit, Visit> for DistinctPages {
         ctx: &mut KeyedContext<'_, String>,
         out: &mut Emitter<'_, Visit>,
     ) -> Result<(), OperatorError> {
-        let entries = ctx.map_entries(self.pages.as_ref().expect("opened"))?;
+        let entries = ctx.map_entries(&self.pages)?;
         let visits: u64 = entries.iter().map(|(_, n)| n).sum();
         let user = ctx.key().to_string();
         out.emit(Visit { user, page: "distinct".into(), amount: entries.len() as u64 * 1000 + visits });
@@ -116,13 +116,12 @@ fn distinct_pages(input: &[Visit]) -> Vec<Visit> {
 /// count of the second's records, emitted once per user at the end.
 #[derive(Clone, Default)]
 struct SumAndCount {
-    sum: Option<ValueState<u64>>,
-    count: Option<ValueState<u64>>,
+    sum: ValueState<u64>,
+    count: ValueState<u64>,
 }
 
 impl SumAndCount {
-    fn add(ctx: &mut KeyedContext<'_, String>, state: &Option<ValueState<u64>>, by: u64) -> Result<(), OperatorError> {
-        let state = state.as_ref().expect("opened");
+    fn add(ctx: &mut KeyedContext<'_, String>, state: &ValueState<u64>, by: u64) -> Result<(), OperatorError> {
         let now = ctx.value(state)?.copied().unwrap_or(0) + by;
         ctx.set_value(state, now)
     }
@@ -130,8 +129,8 @@ impl SumAndCount {
 
 impl KeyedCoProcessFunction<String, Visit, Visit, Visit> for SumAndCount {
     fn open(&mut self, states: &mut StateDeclarations<'_, String>) -> Result<(), OperatorError> {
-        self.sum = Some(states.value_state("sum")?);
-        self.count = Some(states.value_state("count")?);
+        self.sum = states.value_state("sum")?;
+        self.count = states.value_state("count")?;
         Ok(())
     }
     fn process_first(
@@ -155,8 +154,8 @@ impl KeyedCoProcessFunction<String, Visit, Visit, Visit> for SumAndCount {
         ctx: &mut KeyedContext<'_, String>,
         out: &mut Emitter<'_, Visit>,
     ) -> Result<(), OperatorError> {
-        let sum = ctx.value(self.sum.as_ref().expect("opened"))?.copied().unwrap_or(0);
-        let count = ctx.value(self.count.as_ref().expect("opened"))?.copied().unwrap_or(0);
+        let sum = ctx.value(&self.sum)?.copied().unwrap_or(0);
+        let count = ctx.value(&self.count)?.copied().unwrap_or(0);
         out.emit(Visit { user: ctx.key().to_string(), page: "co".into(), amount: sum * 7 + count });
         Ok(())
     }
@@ -177,14 +176,14 @@ fn sum_and_count(first: &[Visit], second: &[Visit]) -> Vec<Visit> {
 /// through operator state).
 #[derive(Clone, Default)]
 struct HoldBoth {
-    first: Option<ListStateHandle<Visit>>,
-    second: Option<ListStateHandle<Visit>>,
+    first: ListStateHandle<Visit>,
+    second: ListStateHandle<Visit>,
 }
 
 impl CoProcessFunction<Visit, Visit, Visit> for HoldBoth {
     fn open(&mut self, ctx: &mut OperatorContext<'_>) -> Result<(), OperatorError> {
-        self.first = Some(ctx.list_state("first")?);
-        self.second = Some(ctx.list_state("second")?);
+        self.first = ctx.list_state("first")?;
+        self.second = ctx.list_state("second")?;
         Ok(())
     }
     fn process_first(
@@ -193,7 +192,7 @@ impl CoProcessFunction<Visit, Visit, Visit> for HoldBoth {
         ctx: &mut OperatorContext<'_>,
         _: &mut Emitter<'_, Visit>,
     ) -> Result<(), OperatorError> {
-        ctx.list(self.first.as_ref().expect("opened"))?.push(v.clone())
+        ctx.list(&self.first)?.push(v.clone())
     }
     fn process_second(
         &mut self,
@@ -201,11 +200,11 @@ impl CoProcessFunction<Visit, Visit, Visit> for HoldBoth {
         ctx: &mut OperatorContext<'_>,
         _: &mut Emitter<'_, Visit>,
     ) -> Result<(), OperatorError> {
-        ctx.list(self.second.as_ref().expect("opened"))?.push(bump(v))
+        ctx.list(&self.second)?.push(bump(v))
     }
     fn finish(&mut self, ctx: &mut OperatorContext<'_>, out: &mut Emitter<'_, Visit>) -> Result<(), OperatorError> {
         for held in [&self.first, &self.second] {
-            ctx.list(held.as_ref().expect("opened"))?.take().into_iter().for_each(|v| out.emit(v));
+            ctx.list(held)?.take().into_iter().for_each(|v| out.emit(v));
         }
         Ok(())
     }

@@ -23,14 +23,14 @@ type Payment = (String, u64);
 /// output `large`, and each user's sum over 10 000 to `rich` at the end.
 #[derive(Clone)]
 struct Totals {
-    sum: Option<ValueState<u64>>,
+    sum: ValueState<u64>,
     large: OutputTag<Payment>,
     rich: OutputTag<String>,
 }
 
 impl KeyedProcessFunction<String, Payment, Payment> for Totals {
     fn open(&mut self, states: &mut StateDeclarations<'_, String>) -> Result<(), OperatorError> {
-        self.sum = Some(states.value_state("sum")?);
+        self.sum = states.value_state("sum")?;
         Ok(())
     }
     fn process(
@@ -42,7 +42,7 @@ impl KeyedProcessFunction<String, Payment, Payment> for Totals {
         if p.1 > 900 {
             out.emit_side(&self.large, p.clone());
         }
-        let sum = self.sum.as_ref().expect("opened");
+        let sum = &self.sum;
         let now = ctx.value(sum)?.copied().unwrap_or(0) + p.1;
         ctx.set_value(sum, now)
     }
@@ -51,7 +51,7 @@ impl KeyedProcessFunction<String, Payment, Payment> for Totals {
         ctx: &mut KeyedContext<'_, String>,
         out: &mut Emitter<'_, Payment>,
     ) -> Result<(), OperatorError> {
-        let sum = ctx.value(self.sum.as_ref().expect("opened"))?.copied().unwrap_or(0);
+        let sum = ctx.value(&self.sum)?.copied().unwrap_or(0);
         if sum > 10_000 {
             out.emit_side_ref(&self.rich, ctx.key());
         }
@@ -91,7 +91,7 @@ fn flat_map_and_keyed_process_send_records_to_their_side_outputs() {
     let zeros = nonzero.side_output(&zero).collect();
     let totals = nonzero
         .key_by_ref::<String, _>(|p: &Payment| p.0.as_str())
-        .process(Totals { sum: None, large: large.clone(), rich: rich.clone() })
+        .process(Totals { sum: Default::default(), large: large.clone(), rich: rich.clone() })
         .name("totals");
     let sums = totals.collect();
     // Through an exchange: the large payments counted per user.
@@ -187,13 +187,13 @@ impl ProcessFunction<(u64, u64), (u64, u64)> for SumTallies {
 /// `orphans` when their key had none before.
 #[derive(Clone)]
 struct Join {
-    any: Option<ValueState<u64>>,
+    any: ValueState<u64>,
     orphans: OutputTag<u64>,
 }
 
 impl KeyedCoProcessFunction<u64, u64, u64, u64> for Join {
     fn open(&mut self, states: &mut StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
-        self.any = Some(states.value_state("any")?);
+        self.any = states.value_state("any")?;
         Ok(())
     }
     fn process_first(
@@ -202,7 +202,7 @@ impl KeyedCoProcessFunction<u64, u64, u64, u64> for Join {
         ctx: &mut KeyedContext<'_, u64>,
         _: &mut Emitter<'_, u64>,
     ) -> Result<(), OperatorError> {
-        ctx.set_value(self.any.as_ref().expect("opened"), *r)
+        ctx.set_value(&self.any, *r)
     }
     fn process_second(
         &mut self,
@@ -210,7 +210,7 @@ impl KeyedCoProcessFunction<u64, u64, u64, u64> for Join {
         ctx: &mut KeyedContext<'_, u64>,
         out: &mut Emitter<'_, u64>,
     ) -> Result<(), OperatorError> {
-        match ctx.value(self.any.as_ref().expect("opened"))? {
+        match ctx.value(&self.any)? {
             Some(_) => out.emit(*r),
             None => out.emit_side(&self.orphans, *r),
         }
@@ -279,7 +279,7 @@ fn every_two_input_operator_emits_side_outputs() {
     let evens = numbers.filter(|n: &u64| n % 2 == 0).key_by(|n: &u64| n % 50);
     let joined = evens
         .connect(&df.from_iter("probes", 0..60u64).key_by(|n: &u64| n % 50))
-        .process(Join { any: None, orphans: orphans.clone() });
+        .process(Join { any: Default::default(), orphans: orphans.clone() });
     let matched = joined.collect();
     let unmatched = joined.side_output(&orphans).collect();
 

@@ -154,14 +154,14 @@ shardflow_engine::pod_data!(Rule);
 /// Each subtask also says how many rules it holds, as `(u64::MAX, n)`.
 #[derive(Clone, Default)]
 struct Matcher {
-    rules: Option<ListStateHandle<Rule>>,
-    held: Option<ListStateHandle<u64>>,
+    rules: ListStateHandle<Rule>,
+    held: ListStateHandle<u64>,
 }
 
 impl CoProcessFunction<u64, Rule, (u64, u64)> for Matcher {
     fn open(&mut self, ctx: &mut OperatorContext<'_>) -> Result<(), OperatorError> {
-        self.rules = Some(ctx.broadcast_state("rules")?);
-        self.held = Some(ctx.list_state("held")?);
+        self.rules = ctx.broadcast_state("rules")?;
+        self.held = ctx.list_state("held")?;
         Ok(())
     }
     fn process_first(
@@ -170,7 +170,7 @@ impl CoProcessFunction<u64, Rule, (u64, u64)> for Matcher {
         ctx: &mut OperatorContext<'_>,
         _: &mut Emitter<'_, (u64, u64)>,
     ) -> Result<(), OperatorError> {
-        ctx.list(self.held.as_ref().expect("opened"))?.push(*event)
+        ctx.list(&self.held)?.push(*event)
     }
     fn process_second(
         &mut self,
@@ -178,16 +178,16 @@ impl CoProcessFunction<u64, Rule, (u64, u64)> for Matcher {
         ctx: &mut OperatorContext<'_>,
         _: &mut Emitter<'_, (u64, u64)>,
     ) -> Result<(), OperatorError> {
-        ctx.list(self.rules.as_ref().expect("opened"))?.push(*rule)
+        ctx.list(&self.rules)?.push(*rule)
     }
     fn finish(
         &mut self,
         ctx: &mut OperatorContext<'_>,
         out: &mut Emitter<'_, (u64, u64)>,
     ) -> Result<(), OperatorError> {
-        let rules = ctx.list(self.rules.as_ref().expect("opened"))?.to_vec();
+        let rules = ctx.list(&self.rules)?.to_vec();
         out.emit((u64::MAX, rules.len() as u64));
-        for event in ctx.list(self.held.as_ref().expect("opened"))?.iter() {
+        for event in ctx.list(&self.held)?.iter() {
             rules.iter().filter(|r| *event >= r.min).for_each(|r| out.emit((*event, r.tag)));
         }
         Ok(())
@@ -330,12 +330,12 @@ fn state_whose_type_changed_fails_the_job_naming_the_state_and_the_engine_goes_o
 /// [`Matcher`] without its list of held events.
 #[derive(Clone, Default)]
 struct RulesOnly {
-    rules: Option<ListStateHandle<Rule>>,
+    rules: ListStateHandle<Rule>,
 }
 
 impl CoProcessFunction<u64, Rule, (u64, u64)> for RulesOnly {
     fn open(&mut self, ctx: &mut OperatorContext<'_>) -> Result<(), OperatorError> {
-        self.rules = Some(ctx.broadcast_state("rules")?);
+        self.rules = ctx.broadcast_state("rules")?;
         Ok(())
     }
     fn process_first(
@@ -440,14 +440,14 @@ fn a_users_aggregator_runs_per_key_emitting_as_it_goes_or_once_at_the_end() {
 /// count and mean (aggregating state), emitted at the end of input.
 #[derive(Clone, Default)]
 struct Summary {
-    largest: Option<ReducingState<u64>>,
-    mean: Option<AggregatingState<(u64, u64), Mean>>,
+    largest: ReducingState<u64>,
+    mean: AggregatingState<(u64, u64), Mean>,
 }
 
 impl KeyedProcessFunction<u64, (u64, u64), (u64, u64, u64, u64)> for Summary {
     fn open(&mut self, states: &mut StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
-        self.largest = Some(states.reducing_state("largest", |a: &u64, b: &u64| *a.max(b))?);
-        self.mean = Some(states.aggregating_state("mean", Mean)?);
+        self.largest = states.reducing_state("largest", |a: &u64, b: &u64| *a.max(b))?;
+        self.mean = states.aggregating_state("mean", Mean)?;
         Ok(())
     }
     fn process(
@@ -456,16 +456,16 @@ impl KeyedProcessFunction<u64, (u64, u64), (u64, u64, u64, u64)> for Summary {
         ctx: &mut KeyedContext<'_, u64>,
         _: &mut Emitter<'_, (u64, u64, u64, u64)>,
     ) -> Result<(), OperatorError> {
-        ctx.reducing_add(self.largest.as_ref().expect("opened"), &r.1)?;
-        ctx.aggregating_add(self.mean.as_ref().expect("opened"), r)
+        ctx.reducing_add(&self.largest, &r.1)?;
+        ctx.aggregating_add(&self.mean, r)
     }
     fn on_end_of_input(
         &mut self,
         ctx: &mut KeyedContext<'_, u64>,
         out: &mut Emitter<'_, (u64, u64, u64, u64)>,
     ) -> Result<(), OperatorError> {
-        let largest = ctx.reducing_get(self.largest.as_ref().expect("opened"))?.copied();
-        let mean = ctx.aggregating_get(self.mean.as_ref().expect("opened"))?;
+        let largest = ctx.reducing_get(&self.largest)?.copied();
+        let mean = ctx.aggregating_get(&self.mean)?;
         if let (Some(largest), Some((key, n, mean))) = (largest, mean) {
             out.emit((key, n, mean, largest));
         }
@@ -513,12 +513,12 @@ fn reducing_and_aggregating_state_serve_a_process_function_across_a_rescale() {
 /// empties the map and emits.
 #[derive(Clone, Default)]
 struct Pairs {
-    waiting: Option<MapState<u64, u64>>,
+    waiting: MapState<u64, u64>,
 }
 
 impl KeyedProcessFunction<u64, u64, u64> for Pairs {
     fn open(&mut self, states: &mut StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
-        self.waiting = Some(states.map_state("waiting")?);
+        self.waiting = states.map_state("waiting")?;
         Ok(())
     }
     fn process(
@@ -527,7 +527,7 @@ impl KeyedProcessFunction<u64, u64, u64> for Pairs {
         ctx: &mut KeyedContext<'_, u64>,
         out: &mut Emitter<'_, u64>,
     ) -> Result<(), OperatorError> {
-        let waiting = self.waiting.as_ref().expect("opened");
+        let waiting = &self.waiting;
         // The map's seat for this record: how many records wait already.
         ctx.map_insert(waiting, ctx.map_len(waiting)? as u64, *r)?;
         if ctx.map_len(waiting)? == 2 {

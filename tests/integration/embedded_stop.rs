@@ -253,14 +253,14 @@ fn stop_a_service_and_go_on(keyed: bool, (before, after): (u32, u32), keys: u64)
 /// egress shows progress.
 #[derive(Clone, Default)]
 struct Divisible {
-    rules: Option<ListStateHandle<u64>>,
-    held: Option<ListStateHandle<u64>>,
+    rules: ListStateHandle<u64>,
+    held: ListStateHandle<u64>,
 }
 
 impl CoProcessFunction<u64, u64, (u64, u64)> for Divisible {
     fn open(&mut self, ctx: &mut OperatorContext<'_>) -> Result<(), OperatorError> {
-        self.rules = Some(ctx.broadcast_state("rules")?);
-        self.held = Some(ctx.list_state("held")?);
+        self.rules = ctx.broadcast_state("rules")?;
+        self.held = ctx.list_state("held")?;
         Ok(())
     }
     fn process_first(
@@ -270,7 +270,7 @@ impl CoProcessFunction<u64, u64, (u64, u64)> for Divisible {
         out: &mut Emitter<'_, (u64, u64)>,
     ) -> Result<(), OperatorError> {
         out.emit((*event, 0));
-        ctx.list(self.held.as_ref().expect("opened"))?.push(*event)
+        ctx.list(&self.held)?.push(*event)
     }
     fn process_second(
         &mut self,
@@ -278,15 +278,15 @@ impl CoProcessFunction<u64, u64, (u64, u64)> for Divisible {
         ctx: &mut OperatorContext<'_>,
         _: &mut Emitter<'_, (u64, u64)>,
     ) -> Result<(), OperatorError> {
-        ctx.list(self.rules.as_ref().expect("opened"))?.push(*rule)
+        ctx.list(&self.rules)?.push(*rule)
     }
     fn finish(
         &mut self,
         ctx: &mut OperatorContext<'_>,
         out: &mut Emitter<'_, (u64, u64)>,
     ) -> Result<(), OperatorError> {
-        let rules = ctx.list(self.rules.as_ref().expect("opened"))?.to_vec();
-        for event in ctx.list(self.held.as_ref().expect("opened"))?.iter() {
+        let rules = ctx.list(&self.rules)?.to_vec();
+        for event in ctx.list(&self.held)?.iter() {
             out.emit((*event, 1 + rules.iter().filter(|r| event % **r == 0).count() as u64));
         }
         Ok(())

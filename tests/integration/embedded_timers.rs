@@ -20,12 +20,12 @@ use shardflow_engine::EngineError;
 /// `(key, count so far)`.
 #[derive(Clone, Default)]
 struct CountThenReport {
-    count: Option<ValueState<u64>>,
+    count: ValueState<u64>,
 }
 
 impl KeyedProcessFunction<u64, u64, (u64, u64)> for CountThenReport {
     fn open(&mut self, states: &mut StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
-        self.count = Some(states.value_state("count")?);
+        self.count = states.value_state("count")?;
         Ok(())
     }
     fn process(
@@ -34,7 +34,7 @@ impl KeyedProcessFunction<u64, u64, (u64, u64)> for CountThenReport {
         ctx: &mut KeyedContext<'_, u64>,
         _: &mut Emitter<'_, (u64, u64)>,
     ) -> Result<(), OperatorError> {
-        let count = self.count.as_ref().expect("opened");
+        let count = &self.count;
         let n = ctx.value(count)?.copied().unwrap_or(0);
         if n == 0 {
             ctx.register_timer(ctx.processing_time() + 5_000)?;
@@ -47,7 +47,7 @@ impl KeyedProcessFunction<u64, u64, (u64, u64)> for CountThenReport {
         ctx: &mut KeyedContext<'_, u64>,
         out: &mut Emitter<'_, (u64, u64)>,
     ) -> Result<(), OperatorError> {
-        let n = ctx.value(self.count.as_ref().expect("opened"))?.copied().unwrap_or(0);
+        let n = ctx.value(&self.count)?.copied().unwrap_or(0);
         out.emit((*ctx.key(), n));
         Ok(())
     }
@@ -77,12 +77,12 @@ fn processing_time_timers_fire_while_the_task_waits_for_input() {
 /// of input); a timer that fires emits `(key, 1)`, the end of input `(key, 0)`.
 #[derive(Clone, Default)]
 struct AnHourAhead {
-    seen: Option<ValueState<bool>>,
+    seen: ValueState<bool>,
 }
 
 impl KeyedProcessFunction<u64, u64, (u64, u64)> for AnHourAhead {
     fn open(&mut self, states: &mut StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
-        self.seen = Some(states.value_state("seen")?);
+        self.seen = states.value_state("seen")?;
         Ok(())
     }
     fn process(
@@ -91,7 +91,7 @@ impl KeyedProcessFunction<u64, u64, (u64, u64)> for AnHourAhead {
         ctx: &mut KeyedContext<'_, u64>,
         _: &mut Emitter<'_, (u64, u64)>,
     ) -> Result<(), OperatorError> {
-        ctx.set_value(self.seen.as_ref().expect("opened"), true)?;
+        ctx.set_value(&self.seen, true)?;
         ctx.register_timer(ctx.processing_time() + 3_600_000_000)
     }
     fn on_timer(
@@ -171,12 +171,12 @@ fn processing_time_timers_wake_a_hosted_shard_parked_between_the_hosts_calls() {
 /// Keeps every record it sees in operator list state.
 #[derive(Clone, Default)]
 struct Remember {
-    seen: Option<ListStateHandle<u64>>,
+    seen: ListStateHandle<u64>,
 }
 
 impl ProcessFunction<u64, u64> for Remember {
     fn open(&mut self, ctx: &mut OperatorContext<'_>) -> Result<(), OperatorError> {
-        self.seen = Some(ctx.list_state::<u64>("seen")?);
+        self.seen = ctx.list_state::<u64>("seen")?;
         Ok(())
     }
     fn process(
@@ -185,13 +185,13 @@ impl ProcessFunction<u64, u64> for Remember {
         ctx: &mut OperatorContext<'_>,
         out: &mut Emitter<'_, u64>,
     ) -> Result<(), OperatorError> {
-        ctx.list(self.seen.as_ref().expect("opened"))?.push(*r)?;
+        ctx.list(&self.seen)?.push(*r)?;
         out.emit(*r);
         Ok(())
     }
     fn finish(&mut self, ctx: &mut OperatorContext<'_>, out: &mut Emitter<'_, u64>) -> Result<(), OperatorError> {
         // At the end, report how many items this subtask holds (restored + new).
-        let held = ctx.list(self.seen.as_ref().expect("opened"))?.len() as u64;
+        let held = ctx.list(&self.seen)?.len() as u64;
         out.emit(1_000_000 + held);
         Ok(())
     }
@@ -230,12 +230,12 @@ fn operator_list_state_is_dealt_out_again_at_another_parallelism() {
 #[derive(Clone)]
 struct Ticker {
     fired: crossbeam_channel::Sender<()>,
-    armed: Option<ValueState<bool>>,
+    armed: ValueState<bool>,
 }
 
 impl KeyedProcessFunction<u64, u64, u64> for Ticker {
     fn open(&mut self, states: &mut StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
-        self.armed = Some(states.value_state("armed")?);
+        self.armed = states.value_state("armed")?;
         Ok(())
     }
     fn process(
@@ -244,7 +244,7 @@ impl KeyedProcessFunction<u64, u64, u64> for Ticker {
         ctx: &mut KeyedContext<'_, u64>,
         out: &mut Emitter<'_, u64>,
     ) -> Result<(), OperatorError> {
-        let armed = self.armed.as_ref().expect("opened");
+        let armed = &self.armed;
         if ctx.value(armed)?.is_none() {
             ctx.set_value(armed, true)?;
             ctx.register_timer(ctx.processing_time() + 1_000)?;
@@ -274,7 +274,7 @@ fn a_task_whose_output_is_full_still_fires_its_timers_and_is_cancelled_promptly(
     let out = df
         .generate("numbers", u64::MAX, |r| r)
         .key_by(|r: &u64| r % 4)
-        .process(Ticker { fired, armed: None })
+        .process(Ticker { fired, armed: Default::default() })
         .egress(8);
     let job = engine.submit(df.build().expect("valid")).expect("submit");
     // Timers that fire while the egress is full (it never drains: nobody reads).
@@ -300,13 +300,13 @@ fn a_task_whose_output_is_full_still_fires_its_timers_and_is_cancelled_promptly(
 /// ahead, whose firing reports `(key, count)` on `fired`.
 #[derive(Clone)]
 struct ReportLater {
-    count: Option<ValueState<u64>>,
+    count: ValueState<u64>,
     fired: crossbeam_channel::Sender<(u64, u64)>,
 }
 
 impl KeyedProcessFunction<u64, u64, u64> for ReportLater {
     fn open(&mut self, states: &mut StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
-        self.count = Some(states.value_state("count")?);
+        self.count = states.value_state("count")?;
         Ok(())
     }
     fn process(
@@ -315,7 +315,7 @@ impl KeyedProcessFunction<u64, u64, u64> for ReportLater {
         ctx: &mut KeyedContext<'_, u64>,
         _: &mut Emitter<'_, u64>,
     ) -> Result<(), OperatorError> {
-        let count = self.count.as_ref().expect("opened");
+        let count = &self.count;
         let n = ctx.value(count)?.copied().unwrap_or(0);
         if n == 0 {
             ctx.register_timer(ctx.processing_time() + 200_000)?;
@@ -328,7 +328,7 @@ impl KeyedProcessFunction<u64, u64, u64> for ReportLater {
         ctx: &mut KeyedContext<'_, u64>,
         _: &mut Emitter<'_, u64>,
     ) -> Result<(), OperatorError> {
-        let n = ctx.value(self.count.as_ref().expect("opened"))?.copied().unwrap_or(0);
+        let n = ctx.value(&self.count)?.copied().unwrap_or(0);
         let _ = self.fired.send((*ctx.key(), n));
         Ok(())
     }
@@ -342,7 +342,7 @@ fn pending_timers_are_in_the_snapshot_and_fire_after_a_restore_at_another_parall
     let df = Dataflow::new("report-later").parallelism(2).stop_with_snapshot();
     df.from_iter("numbers", 0..30u64)
         .key_by(|n: &u64| n % 10)
-        .process(ReportLater { count: None, fired: fired.clone() })
+        .process(ReportLater { count: Default::default(), fired: fired.clone() })
         .name("reporter")
         .discard();
     let snapshot = engine.run(df.build().unwrap()).expect("the job stops").snapshot.expect("a snapshot");
@@ -352,7 +352,11 @@ fn pending_timers_are_in_the_snapshot_and_fire_after_a_restore_at_another_parall
 
     let df = Dataflow::new("report-later").parallelism(3).restore(snapshot);
     let (numbers, ingress) = df.ingress::<u64>("numbers", 16);
-    numbers.key_by(|n: &u64| n % 10).process(ReportLater { count: None, fired }).name("reporter").discard();
+    numbers
+        .key_by(|n: &u64| n % 10)
+        .process(ReportLater { count: Default::default(), fired })
+        .name("reporter")
+        .discard();
     let job = engine.submit(df.build().unwrap()).unwrap();
     while seen.len() < 10 {
         seen.push(reports.recv_timeout(TIMEOUT).expect("every key's timer fires after the restore"));

@@ -23,10 +23,10 @@ const LONG: Duration = Duration::from_secs(3_600);
 /// short expiry reports what each reads then.
 #[derive(Clone, Default)]
 struct Sessions {
-    last: Option<ValueState<u64>>,
-    seen: Option<ListState<u64>>,
-    kept: Option<ValueState<u64>>,
-    count: Option<ValueState<u64>>,
+    last: ValueState<u64>,
+    seen: ListState<u64>,
+    kept: ValueState<u64>,
+    count: ValueState<u64>,
 }
 
 /// What a key reads at its timer: (key, last, seen's length, kept, count).
@@ -38,8 +38,8 @@ impl KeyedProcessFunction<u64, u64, Report> for Sessions {
         states.expire_after(&last, SHORT)?;
         states.expire_after(&seen, SHORT)?;
         states.expire_after(&kept, LONG)?;
-        (self.last, self.seen, self.kept) = (Some(last), Some(seen), Some(kept));
-        self.count = Some(states.value_state("count")?);
+        (self.last, self.seen, self.kept) = (last, seen, kept);
+        self.count = states.value_state("count")?;
         Ok(())
     }
     fn process(
@@ -48,10 +48,10 @@ impl KeyedProcessFunction<u64, u64, Report> for Sessions {
         ctx: &mut KeyedContext<'_, u64>,
         _: &mut Emitter<'_, Report>,
     ) -> Result<(), OperatorError> {
-        ctx.set_value(self.last.as_ref().expect("opened"), *r)?;
-        ctx.list_push(self.seen.as_ref().expect("opened"), *r)?;
-        ctx.set_value(self.kept.as_ref().expect("opened"), *r)?;
-        ctx.set_value(self.count.as_ref().expect("opened"), 1)?;
+        ctx.set_value(&self.last, *r)?;
+        ctx.list_push(&self.seen, *r)?;
+        ctx.set_value(&self.kept, *r)?;
+        ctx.set_value(&self.count, 1)?;
         // Read after the writes: the timer is past their expiry.
         ctx.register_timer(ctx.processing_time() + SHORT.as_micros() as u64 + 1)
     }
@@ -63,10 +63,10 @@ impl KeyedProcessFunction<u64, u64, Report> for Sessions {
     ) -> Result<(), OperatorError> {
         out.emit((
             *ctx.key(),
-            ctx.value(self.last.as_ref().expect("opened"))?.copied(),
-            ctx.list(self.seen.as_ref().expect("opened"))?.len() as u64,
-            ctx.value(self.kept.as_ref().expect("opened"))?.copied(),
-            ctx.value(self.count.as_ref().expect("opened"))?.copied(),
+            ctx.value(&self.last)?.copied(),
+            ctx.list(&self.seen)?.len() as u64,
+            ctx.value(&self.kept)?.copied(),
+            ctx.value(&self.count)?.copied(),
         ));
         Ok(())
     }
@@ -101,7 +101,7 @@ fn expired_state_reads_as_none_and_is_gone_from_a_snapshot() {
 #[derive(Clone)]
 struct Remember {
     ttl: Option<Duration>,
-    value: Option<ValueState<u64>>,
+    value: ValueState<u64>,
 }
 
 const TICK: u64 = u64::MAX;
@@ -112,7 +112,7 @@ impl KeyedProcessFunction<u64, u64, (u64, u64)> for Remember {
         if let Some(ttl) = self.ttl {
             states.expire_after(&value, ttl)?;
         }
-        self.value = Some(value);
+        self.value = value;
         Ok(())
     }
     fn process(
@@ -123,7 +123,7 @@ impl KeyedProcessFunction<u64, u64, (u64, u64)> for Remember {
     ) -> Result<(), OperatorError> {
         match *r {
             TICK => ctx.register_timer(ctx.processing_time() + SHORT.as_micros() as u64 + 1),
-            r => ctx.set_value(self.value.as_ref().expect("opened"), r),
+            r => ctx.set_value(&self.value, r),
         }
     }
     fn on_timer(
@@ -140,7 +140,7 @@ impl KeyedProcessFunction<u64, u64, (u64, u64)> for Remember {
         ctx: &mut KeyedContext<'_, u64>,
         out: &mut Emitter<'_, (u64, u64)>,
     ) -> Result<(), OperatorError> {
-        if let Some(v) = ctx.value(self.value.as_ref().expect("opened"))? {
+        if let Some(v) = ctx.value(&self.value)? {
             out.emit((*ctx.key(), *v));
         }
         Ok(())
@@ -159,7 +159,8 @@ fn remember(
         df = df.restore(s);
     }
     let (keys, push) = df.ingress::<u64>("keys", 16);
-    let out = keys.key_by(|k: &u64| *k).process(Remember { ttl, value: None }).name("remember").egress(16);
+    let out =
+        keys.key_by(|k: &u64| *k).process(Remember { ttl, value: Default::default() }).name("remember").egress(16);
     (push, out, engine.submit(df.build().expect("a valid dataflow")).expect("submit"))
 }
 
@@ -238,10 +239,10 @@ fn restored_state_expires_when_it_would_have_and_unstamped_state_starts_its_cloc
 /// its own time, so how late it fires changes nothing.
 #[derive(Clone, Default)]
 struct Cached {
-    used: Option<ValueState<u64>>,
-    written: Option<ValueState<u64>>,
+    used: ValueState<u64>,
+    written: ValueState<u64>,
     /// (start, step), without a time-to-live.
-    progress: Option<ValueState<(u64, u64)>>,
+    progress: ValueState<(u64, u64)>,
 }
 
 /// (key, step, the read-kept value, the write-kept value).
@@ -255,8 +256,8 @@ impl KeyedProcessFunction<u64, u64, Seen> for Cached {
         let (used, written) = (states.value_state("used")?, states.value_state("written")?);
         states.expire_after_access(&used, SHORT)?;
         states.expire_after(&written, SHORT)?;
-        (self.used, self.written) = (Some(used), Some(written));
-        self.progress = Some(states.value_state("progress")?);
+        (self.used, self.written) = (used, written);
+        self.progress = states.value_state("progress")?;
         Ok(())
     }
     fn process(
@@ -266,7 +267,7 @@ impl KeyedProcessFunction<u64, u64, Seen> for Cached {
         _: &mut Emitter<'_, Seen>,
     ) -> Result<(), OperatorError> {
         let now = ctx.processing_time();
-        ctx.set_value(self.progress.as_ref().expect("opened"), (now, 0))?;
+        ctx.set_value(&self.progress, (now, 0))?;
         ctx.register_timer(now)
     }
     fn on_timer(
@@ -275,8 +276,7 @@ impl KeyedProcessFunction<u64, u64, Seen> for Cached {
         ctx: &mut KeyedContext<'_, u64>,
         out: &mut Emitter<'_, Seen>,
     ) -> Result<(), OperatorError> {
-        let (used, written, progress) = (self.used.as_ref(), self.written.as_ref(), self.progress.as_ref());
-        let (used, written, progress) = (used.expect("opened"), written.expect("opened"), progress.expect("opened"));
+        let (used, written, progress) = (&self.used, &self.written, &self.progress);
         let (start, step) = ctx.value(progress)?.copied().expect("set before the first timer");
         let key = *ctx.key();
         if step == 0 {

@@ -311,13 +311,13 @@ fn a_snapshot_shows_how_many_entries_expire() {
     /// Each key's last record, kept an hour.
     #[derive(Clone, Default)]
     struct Last {
-        last: Option<ValueState<u64>>,
+        last: ValueState<u64>,
     }
     impl KeyedProcessFunction<u64, u64, u64> for Last {
         fn open(&mut self, states: &mut StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
             let last = states.value_state("last")?;
             states.expire_after(&last, Duration::from_secs(3_600))?;
-            self.last = Some(last);
+            self.last = last;
             Ok(())
         }
         fn process(
@@ -326,7 +326,7 @@ fn a_snapshot_shows_how_many_entries_expire() {
             ctx: &mut KeyedContext<'_, u64>,
             _: &mut Emitter<'_, u64>,
         ) -> Result<(), OperatorError> {
-            ctx.set_value(self.last.as_ref().expect("opened"), *r)
+            ctx.set_value(&self.last, *r)
         }
     }
 

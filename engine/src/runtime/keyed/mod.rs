@@ -53,16 +53,36 @@ pub use process::*;
 // ------------------------------------------------------------ keyed state
 
 /// A state handle: declared in `open`, used with the current key in
-/// `process`.
+/// `process`. A function's field holds the [`Default`] handle, which names no
+/// state, until `open` assigns it the declared one (so no `Option` is needed);
+/// using it before then is a typed error that says so.
 pub struct StateHandle<S> {
     index: usize,
     owner: u64,
     _s: PhantomData<fn() -> S>,
 }
 
+/// The owner of a handle no backend declared (backends count from 1).
+const UNDECLARED: u64 = 0;
+
 impl<S> Clone for StateHandle<S> {
     fn clone(&self) -> Self {
         StateHandle { index: self.index, owner: self.owner, _s: PhantomData }
+    }
+}
+
+impl<S> Default for StateHandle<S> {
+    fn default() -> Self {
+        StateHandle { index: usize::MAX, owner: UNDECLARED, _s: PhantomData }
+    }
+}
+
+impl<S> std::fmt::Debug for StateHandle<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.owner {
+            UNDECLARED => f.write_str("StateHandle(undeclared)"),
+            owner => f.debug_struct("StateHandle").field("index", &self.index).field("owner", &owner).finish(),
+        }
     }
 }
 
@@ -184,6 +204,12 @@ impl<K: Key> KeyedBackend<K> {
     /// Where `h`'s table is, if `h` is this backend's.
     #[inline]
     fn index_of<S>(&self, h: &StateHandle<S>) -> Result<usize, OperatorError> {
+        if h.owner == UNDECLARED {
+            return Err(OperatorError::User(
+                "a state handle was used before `open` declared it (assign it the handle `StateDeclarations` gives)"
+                    .into(),
+            ));
+        }
         if h.owner != self.owner {
             return Err(OperatorError::User("a state handle was used with another operator's state".into()));
         }

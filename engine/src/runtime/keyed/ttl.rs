@@ -242,14 +242,14 @@ impl<K: Key> StateDeclarations<'_, K> {
     /// /// A session's last page per user, forgotten after 30 idle minutes.
     /// #[derive(Clone, Default)]
     /// struct LastPage {
-    ///     page: Option<ValueState<String>>,
+    ///     page: ValueState<String>,
     /// }
     ///
     /// impl KeyedProcessFunction<String, (String, String), (String, String)> for LastPage {
     ///     fn open(&mut self, states: &mut StateDeclarations<'_, String>) -> Result<(), OperatorError> {
     ///         let page = states.value_state("page")?;
     ///         states.expire_after(&page, Duration::from_secs(30 * 60))?;
-    ///         self.page = Some(page);
+    ///         self.page = page;
     ///         Ok(())
     ///     }
     ///     fn process(
@@ -258,11 +258,10 @@ impl<K: Key> StateDeclarations<'_, K> {
     ///         ctx: &mut KeyedContext<'_, String>,
     ///         out: &mut Emitter<'_, (String, String)>,
     ///     ) -> Result<(), OperatorError> {
-    ///         let page = self.page.as_ref().unwrap();
-    ///         if let Some(previous) = ctx.value(page)? {
+    ///         if let Some(previous) = ctx.value(&self.page)? {
     ///             out.emit((previous.clone(), visit.1.clone()));
     ///         }
-    ///         ctx.set_value(page, visit.1.clone())
+    ///         ctx.set_value(&self.page, visit.1.clone())
     ///     }
     /// }
     /// ```
@@ -283,14 +282,14 @@ impl<K: Key> StateDeclarations<'_, K> {
     /// /// A user's profile, looked up per request and kept while requests come.
     /// #[derive(Clone, Default)]
     /// struct Profiles {
-    ///     profile: Option<ValueState<String>>,
+    ///     profile: ValueState<String>,
     /// }
     ///
     /// impl KeyedProcessFunction<String, String, String> for Profiles {
     ///     fn open(&mut self, states: &mut StateDeclarations<'_, String>) -> Result<(), OperatorError> {
     ///         let profile = states.value_state("profile")?;
     ///         states.expire_after_access(&profile, Duration::from_secs(10 * 60))?;
-    ///         self.profile = Some(profile);
+    ///         self.profile = profile;
     ///         Ok(())
     ///     }
     ///     fn process(
@@ -299,10 +298,9 @@ impl<K: Key> StateDeclarations<'_, K> {
     ///         ctx: &mut KeyedContext<'_, String>,
     ///         out: &mut Emitter<'_, String>,
     ///     ) -> Result<(), OperatorError> {
-    ///         let profile = self.profile.as_ref().unwrap();
-    ///         match ctx.value(profile)? {
+    ///         match ctx.value(&self.profile)? {
     ///             Some(p) => out.emit(format!("{p}: {request}")), // read: kept 10 more minutes
-    ///             None => ctx.set_value(profile, format!("profile of {}", ctx.key()))?,
+    ///             None => ctx.set_value(&self.profile, format!("profile of {}", ctx.key()))?,
     ///         }
     ///         Ok(())
     ///     }

@@ -19,8 +19,11 @@ use crate::runtime::side::{OutPorts, Outputs};
 use crate::runtime::state::{list_bytes, undecodable, JobSnapshot, OperatorSnapshot, StateMemory};
 
 /// A list of items kept per subtask, snapshotted item by item and dealt round
-/// robin to the subtasks of a restored job (Flink's operator list state).
+/// robin to the subtasks of a restored job (Flink's operator list state). As
+/// with keyed state handles, a function's field may hold the [`Default`]
+/// handle until `open` assigns it the declared one.
 pub struct ListStateHandle<V> {
+    /// The operator's name and the state's (empty: not declared yet).
     name: String,
     _v: PhantomData<fn() -> V>,
 }
@@ -28,6 +31,21 @@ pub struct ListStateHandle<V> {
 impl<V> Clone for ListStateHandle<V> {
     fn clone(&self) -> Self {
         ListStateHandle { name: self.name.clone(), _v: PhantomData }
+    }
+}
+
+impl<V> Default for ListStateHandle<V> {
+    fn default() -> Self {
+        ListStateHandle { name: String::new(), _v: PhantomData }
+    }
+}
+
+impl<V> std::fmt::Debug for ListStateHandle<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.name.as_str() {
+            "" => f.write_str("ListStateHandle(undeclared)"),
+            name => f.debug_tuple("ListStateHandle").field(&name).finish(),
+        }
     }
 }
 
@@ -190,6 +208,12 @@ impl OperatorContext<'_> {
 
     /// The items of list state `handle`.
     pub fn list<V: Data>(&mut self, handle: &ListStateHandle<V>) -> Result<ListRef<'_, V>, OperatorError> {
+        if handle.name.is_empty() {
+            return Err(OperatorError::User(
+                "a list state handle was used before `open` declared it (assign it the handle `list_state` gives)"
+                    .into(),
+            ));
+        }
         let items = self
             .lists
             .get_mut(&handle.name)
@@ -248,25 +272,25 @@ pub trait ProcessFunction<T: Data, O: Data>: Clone + Send + Sync + 'static {
 /// /// threshold may come after an event).
 /// #[derive(Clone, Default)]
 /// struct Above {
-///     thresholds: Option<ListStateHandle<u64>>,
-///     events: Option<ListStateHandle<u64>>,
+///     thresholds: ListStateHandle<u64>,
+///     events: ListStateHandle<u64>,
 /// }
 ///
 /// impl CoProcessFunction<u64, u64, u64> for Above {
 ///     fn open(&mut self, ctx: &mut OperatorContext<'_>) -> Result<(), OperatorError> {
-///         self.thresholds = Some(ctx.broadcast_state("thresholds")?);
-///         self.events = Some(ctx.list_state("events")?);
+///         self.thresholds = ctx.broadcast_state("thresholds")?;
+///         self.events = ctx.list_state("events")?;
 ///         Ok(())
 ///     }
 ///     fn process_first(&mut self, e: &u64, ctx: &mut OperatorContext<'_>, _: &mut Emitter<'_, u64>) -> Result<(), OperatorError> {
-///         ctx.list(self.events.as_ref().unwrap())?.push(*e)
+///         ctx.list(&self.events)?.push(*e)
 ///     }
 ///     fn process_second(&mut self, t: &u64, ctx: &mut OperatorContext<'_>, _: &mut Emitter<'_, u64>) -> Result<(), OperatorError> {
-///         ctx.list(self.thresholds.as_ref().unwrap())?.push(*t)
+///         ctx.list(&self.thresholds)?.push(*t)
 ///     }
 ///     fn finish(&mut self, ctx: &mut OperatorContext<'_>, out: &mut Emitter<'_, u64>) -> Result<(), OperatorError> {
-///         let min = ctx.list(self.thresholds.as_ref().unwrap())?.iter().copied().min().unwrap_or(u64::MAX);
-///         ctx.list(self.events.as_ref().unwrap())?.iter().filter(|e| **e >= min).for_each(|e| out.emit(*e));
+///         let min = ctx.list(&self.thresholds)?.iter().copied().min().unwrap_or(u64::MAX);
+///         ctx.list(&self.events)?.iter().filter(|e| **e >= min).for_each(|e| out.emit(*e));
 ///         Ok(())
 ///     }
 /// }

@@ -38,12 +38,12 @@ fn broadcast_entry(operator: &str) -> String {
 /// /// is over the lowest threshold broadcast.
 /// #[derive(Clone, Default)]
 /// struct Alerts {
-///     largest: Option<ValueState<u64>>,
+///     largest: ValueState<u64>,
 /// }
 ///
 /// impl KeyedBroadcastProcessFunction<String, (String, u64), u64, String> for Alerts {
 ///     fn open(&mut self, states: &mut StateDeclarations<'_, String>) -> Result<(), OperatorError> {
-///         self.largest = Some(states.value_state("largest")?);
+///         self.largest = states.value_state("largest")?;
 ///         Ok(())
 ///     }
 ///     fn process_element(
@@ -53,9 +53,8 @@ fn broadcast_entry(operator: &str) -> String {
 ///         ctx: &mut KeyedContext<'_, String>,
 ///         _: &mut Emitter<'_, String>,
 ///     ) -> Result<(), OperatorError> {
-///         let largest = self.largest.as_ref().unwrap();
-///         let now = ctx.value(largest)?.copied().unwrap_or(0).max(payment.1);
-///         ctx.set_value(largest, now)
+///         let now = ctx.value(&self.largest)?.copied().unwrap_or(0).max(payment.1);
+///         ctx.set_value(&self.largest, now)
 ///     }
 ///     fn process_broadcast(
 ///         &mut self,
@@ -71,7 +70,7 @@ fn broadcast_entry(operator: &str) -> String {
 ///         ctx: &mut KeyedContext<'_, String>,
 ///         out: &mut Emitter<'_, String>,
 ///     ) -> Result<(), OperatorError> {
-///         let largest = ctx.value(self.largest.as_ref().unwrap())?.copied().unwrap_or(0);
+///         let largest = ctx.value(&self.largest)?.copied().unwrap_or(0);
 ///         if thresholds.iter().min().is_some_and(|t| largest > *t) {
 ///             out.emit(format!("{}: {largest}", ctx.key()));
 ///         }
@@ -191,12 +190,12 @@ impl<K: Key, B: Data> BroadcastContext<'_, K, B> {
     /// /// account there is, and the balances emitted at the end.
     /// #[derive(Clone, Default)]
     /// struct Fees {
-    ///     balance: Option<ValueState<i64>>,
+    ///     balance: ValueState<i64>,
     /// }
     ///
     /// impl KeyedBroadcastProcessFunction<String, (String, i64), i64, (String, i64)> for Fees {
     ///     fn open(&mut self, states: &mut StateDeclarations<'_, String>) -> Result<(), OperatorError> {
-    ///         self.balance = Some(states.value_state("balance")?);
+    ///         self.balance = states.value_state("balance")?;
     ///         Ok(())
     ///     }
     ///     fn process_element(
@@ -206,9 +205,8 @@ impl<K: Key, B: Data> BroadcastContext<'_, K, B> {
     ///         ctx: &mut KeyedContext<'_, String>,
     ///         _: &mut Emitter<'_, (String, i64)>,
     ///     ) -> Result<(), OperatorError> {
-    ///         let balance = self.balance.as_ref().unwrap();
-    ///         let now = ctx.value(balance)?.copied().unwrap_or(0) + deposit.1;
-    ///         ctx.set_value(balance, now)
+    ///         let now = ctx.value(&self.balance)?.copied().unwrap_or(0) + deposit.1;
+    ///         ctx.set_value(&self.balance, now)
     ///     }
     ///     fn process_broadcast(
     ///         &mut self,
@@ -216,8 +214,7 @@ impl<K: Key, B: Data> BroadcastContext<'_, K, B> {
     ///         ctx: &mut BroadcastContext<'_, String, i64>,
     ///         _: &mut Emitter<'_, (String, i64)>,
     ///     ) -> Result<(), OperatorError> {
-    ///         let balance = self.balance.as_ref().unwrap();
-    ///         ctx.for_each_key(|_, account| account.update_value(balance, |b| *b -= fee).map(drop))
+    ///         ctx.for_each_key(|_, account| account.update_value(&self.balance, |b| *b -= fee).map(drop))
     ///     }
     ///     fn on_end_of_input(
     ///         &mut self,
@@ -225,7 +222,7 @@ impl<K: Key, B: Data> BroadcastContext<'_, K, B> {
     ///         ctx: &mut KeyedContext<'_, String>,
     ///         out: &mut Emitter<'_, (String, i64)>,
     ///     ) -> Result<(), OperatorError> {
-    ///         let balance = ctx.value(self.balance.as_ref().unwrap())?.copied().unwrap_or(0);
+    ///         let balance = ctx.value(&self.balance)?.copied().unwrap_or(0);
     ///         out.emit((ctx.key().to_string(), balance));
     ///         Ok(())
     ///     }

@@ -26,16 +26,16 @@ use crate::runtime::side::{OutPorts, Outputs};
 /// /// hour after the first (deleted by the time kept in state).
 /// #[derive(Clone, Default)]
 /// struct Purchases {
-///     count: Option<AggregatingState<(String, u64), Count>>,
-///     largest: Option<ReducingState<u64>>,
-///     reminder: Option<ValueState<u64>>,
+///     count: AggregatingState<(String, u64), Count>,
+///     largest: ReducingState<u64>,
+///     reminder: ValueState<u64>,
 /// }
 ///
 /// impl KeyedProcessFunction<String, (String, u64), String> for Purchases {
 ///     fn open(&mut self, states: &mut StateDeclarations<'_, String>) -> Result<(), OperatorError> {
-///         self.count = Some(states.aggregating_state("count", Count)?);
-///         self.largest = Some(states.reducing_state("largest", |a: &u64, b: &u64| *a.max(b))?);
-///         self.reminder = Some(states.value_state("reminder")?);
+///         self.count = states.aggregating_state("count", Count)?;
+///         self.largest = states.reducing_state("largest", |a: &u64, b: &u64| *a.max(b))?;
+///         self.reminder = states.value_state("reminder")?;
 ///         Ok(())
 ///     }
 ///     fn process(
@@ -44,12 +44,12 @@ use crate::runtime::side::{OutPorts, Outputs};
 ///         ctx: &mut KeyedContext<'_, String>,
 ///         _: &mut Emitter<'_, String>,
 ///     ) -> Result<(), OperatorError> {
-///         ctx.aggregating_add(self.count.as_ref().unwrap(), purchase)?;
-///         ctx.reducing_add(self.largest.as_ref().unwrap(), &purchase.1)?;
-///         if ctx.value(self.reminder.as_ref().unwrap())?.is_none() {
+///         ctx.aggregating_add(&self.count, purchase)?;
+///         ctx.reducing_add(&self.largest, &purchase.1)?;
+///         if ctx.value(&self.reminder)?.is_none() {
 ///             let at = ctx.processing_time() + 3_600_000_000;
 ///             ctx.register_timer(at)?;
-///             ctx.set_value(self.reminder.as_ref().unwrap(), at)?;
+///             ctx.set_value(&self.reminder, at)?;
 ///         }
 ///         Ok(())
 ///     }
@@ -58,11 +58,11 @@ use crate::runtime::side::{OutPorts, Outputs};
 ///         ctx: &mut KeyedContext<'_, String>,
 ///         out: &mut Emitter<'_, String>,
 ///     ) -> Result<(), OperatorError> {
-///         if let Some(at) = ctx.value(self.reminder.as_ref().unwrap())?.copied() {
+///         if let Some(at) = ctx.value(&self.reminder)?.copied() {
 ///             ctx.delete_timer(at);
 ///         }
-///         let count = ctx.aggregating_get(self.count.as_ref().unwrap())?;
-///         let largest = ctx.reducing_get(self.largest.as_ref().unwrap())?;
+///         let count = ctx.aggregating_get(&self.count)?;
+///         let largest = ctx.reducing_get(&self.largest)?;
 ///         if let (Some((user, n)), Some(largest)) = (count, largest) {
 ///             out.emit(format!("{user}: {n} purchases, largest {largest}"));
 ///         }
