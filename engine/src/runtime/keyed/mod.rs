@@ -470,11 +470,22 @@ impl<K: Key> KeyedContext<'_, K> {
     /// Clears the current key's list.
     #[inline]
     pub fn list_clear<V: Data>(&mut self, h: &ListState<V>) -> Result<(), OperatorError> {
+        self.list_take(h).map(drop)
+    }
+
+    /// Takes the current key's list out of its state, which it leaves empty
+    /// (an empty list if it had none, or if it expired): to hand on records
+    /// held until something came, with no copy and no borrow of the context
+    /// left open while the function emits or changes state.
+    #[inline]
+    pub fn list_take<V: Data>(&mut self, h: &ListState<V>) -> Result<Vec<V>, OperatorError> {
         let key = self.key;
-        if let Some(l) = self.backend.table_clearing::<_, ListTable<K, V>>(h, key)?.map.remove(key) {
-            self.backend.memory.shrink(entry_bytes::<K, Vec<V>>(key) + list_bytes(&l));
-        }
-        Ok(())
+        let expired = self.backend.expired(self.backend.index_of(h)?, key);
+        let Some(list) = self.backend.table_clearing::<_, ListTable<K, V>>(h, key)?.map.remove(key) else {
+            return Ok(Vec::new());
+        };
+        self.backend.memory.shrink(entry_bytes::<K, Vec<V>>(key) + list_bytes(&list));
+        Ok(if expired { Vec::new() } else { list })
     }
 
     /// The current key's map entry for `user_key`. To change it in place, see

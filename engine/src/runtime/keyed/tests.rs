@@ -234,3 +234,37 @@ fn a_list_set_anew_is_charged_for_what_it_holds_and_an_empty_one_leaves_no_state
     assert!(backend.keys().is_empty(), "an empty list is no state");
     assert_eq!(backend.memory.used_bytes(), 0);
 }
+
+#[test]
+fn a_list_taken_leaves_no_state_and_gives_back_its_memory_unless_it_expired() {
+    let budget = Budget::new(BudgetKind::ManagedMemory, 1 << 20);
+    let (task, mut backend) = charged_to(&budget);
+    let mut states = StateDeclarations { backend: &mut backend, task: &task };
+    let held: ListState<String> = states.list_state("held").expect("declared");
+    let short: ListState<u64> = states.list_state("short").expect("declared");
+    states.expire_after(&short, std::time::Duration::from_micros(10)).expect("a time-to-live");
+    backend.clock_at(1_000);
+    with_key(&mut backend, &task, "alice", |ctx| {
+        for e in ["view", "cart"] {
+            ctx.list_push(&held, e.to_string()).expect("fits");
+        }
+        ctx.list_push(&short, 7).expect("fits");
+    });
+    with_key(&mut backend, &task, "bob", |ctx| ctx.list_push(&held, "login".to_string())).expect("fits");
+    let with_bob = backend.memory.used_bytes();
+    with_key(&mut backend, &task, "alice", |ctx| {
+        assert_eq!(ctx.list_take(&held).expect("declared"), ["view", "cart"]);
+        assert!(ctx.list(&held).expect("declared").is_empty(), "taken");
+        assert!(ctx.list_take(&held).expect("declared").is_empty(), "nothing left to take");
+        assert_eq!(ctx.list_take(&short).expect("declared"), [7], "within its time-to-live");
+        ctx.list_push(&short, 8).expect("fits");
+    });
+    assert!(backend.memory.used_bytes() < with_bob, "alice's lists gave their memory back");
+    backend.clock_at(1_011);
+    with_key(&mut backend, &task, "alice", |ctx| {
+        assert!(ctx.list_take(&short).expect("declared").is_empty(), "expired: nothing to take");
+    });
+    with_key(&mut backend, &task, "bob", |ctx| assert_eq!(ctx.list_take(&held).expect("declared"), ["login"]));
+    assert!(backend.keys().is_empty(), "no key has state left");
+    assert_eq!(backend.memory.used_bytes(), 0, "and none is charged");
+}
