@@ -287,13 +287,19 @@ fn a_value_grown_in_place_is_charged_to_the_slot_budget() {
     }
 }
 
-/// Keeps every line in operator list state.
+/// Keeps every line in operator list state (which it forgets to declare in
+/// `open` if `undeclared`).
 #[derive(Clone, Default)]
-struct KeepLines(shardflow_engine::ListStateHandle<String>);
+struct KeepLines {
+    lines: shardflow_engine::ListStateHandle<String>,
+    undeclared: bool,
+}
 
 impl shardflow_engine::ProcessFunction<String, String> for KeepLines {
     fn open(&mut self, ctx: &mut shardflow_engine::OperatorContext<'_>) -> Result<(), OperatorError> {
-        self.0 = ctx.list_state("lines")?;
+        if !self.undeclared {
+            self.lines = ctx.list_state("lines")?;
+        }
         Ok(())
     }
     fn process(
@@ -302,7 +308,7 @@ impl shardflow_engine::ProcessFunction<String, String> for KeepLines {
         ctx: &mut shardflow_engine::OperatorContext<'_>,
         _: &mut shardflow_engine::Emitter<'_, String>,
     ) -> Result<(), OperatorError> {
-        ctx.list(&self.0)?.push(line.to_string())
+        ctx.list(&self.lines)?.push(line.to_string())
     }
 }
 
@@ -324,25 +330,10 @@ impl shardflow_engine::KeyedProcessFunction<u64, u64, u64> for Undeclared {
     }
 }
 
-/// Keeps every line in operator list state it forgot to declare in `open`.
-#[derive(Clone, Default)]
-struct UndeclaredList(shardflow_engine::ListStateHandle<String>);
-
-impl shardflow_engine::ProcessFunction<String, String> for UndeclaredList {
-    fn process(
-        &mut self,
-        line: &str,
-        ctx: &mut shardflow_engine::OperatorContext<'_>,
-        _: &mut shardflow_engine::Emitter<'_, String>,
-    ) -> Result<(), OperatorError> {
-        ctx.list(&self.0)?.push(line.to_string())
-    }
-}
-
 #[test]
 fn a_state_handle_used_before_open_declared_it_fails_the_job_saying_so() {
     assert_eq!(format!("{:?}", Undeclared::default().0), "StateHandle(undeclared)");
-    assert_eq!(format!("{:?}", UndeclaredList::default().0), "ListStateHandle(undeclared)");
+    assert_eq!(format!("{:?}", KeepLines::default().lines), "ListStateHandle(undeclared)");
     let engine = small_engine().build().expect("engine starts");
     let df = Dataflow::new("undeclared-keyed");
     df.generate("numbers", 100, |r| r).key_by(|r: &u64| r % 7).process(Undeclared::default()).discard();
@@ -353,7 +344,7 @@ fn a_state_handle_used_before_open_declared_it_fails_the_job_saying_so() {
         f(&df.generate("lines", 100, |r| r.to_string()));
         engine.submit(df.build().unwrap()).unwrap().wait_timeout(TIMEOUT)
     };
-    let cause = failure(lines(&|s| s.process(UndeclaredList::default()).discard()));
+    let cause = failure(lines(&|s| s.process(KeepLines { undeclared: true, ..KeepLines::default() }).discard()));
     assert!(cause.contains("a list state handle was used before `open` declared it"), "{cause}");
     // The engine runs on; declared, the same state works.
     lines(&|s| s.process(KeepLines::default()).discard()).expect("declared in open, the list state is there");
