@@ -417,6 +417,66 @@ impl<K: Key, T: Data, O: Data, S: KeySelector<K, T>, P: KeyedProcessFunction<K, 
 
 /// A function over the records of two keyed streams with one key type, sharing
 /// keyed state (Flink's `KeyedCoProcessFunction`).
+///
+/// ```
+/// use shardflow_engine::{
+///     Dataflow, Emitter, Engine, KeyedCoProcessFunction, KeyedContext, ListState, OperatorError,
+///     StateDeclarations, ValueState,
+/// };
+///
+/// /// Joins each payment `(order, amount)` to its order `(order, customer)`:
+/// /// a payment that comes before its order waits in state until it does.
+/// #[derive(Clone, Default)]
+/// struct PaidBy {
+///     customer: ValueState<String>,
+///     early: ListState<u64>,
+/// }
+///
+/// impl KeyedCoProcessFunction<u64, (u64, String), (u64, u64), (String, u64)> for PaidBy {
+///     fn open(&mut self, states: &mut StateDeclarations<'_, u64>) -> Result<(), OperatorError> {
+///         self.customer = states.value_state("customer")?;
+///         self.early = states.list_state("early")?;
+///         Ok(())
+///     }
+///     fn process_first(
+///         &mut self,
+///         order: &(u64, String),
+///         ctx: &mut KeyedContext<'_, u64>,
+///         out: &mut Emitter<'_, (String, u64)>,
+///     ) -> Result<(), OperatorError> {
+///         for amount in ctx.list_take(&self.early)? {
+///             out.emit((order.1.clone(), amount));
+///         }
+///         ctx.set_value(&self.customer, order.1.clone())
+///     }
+///     fn process_second(
+///         &mut self,
+///         payment: &(u64, u64),
+///         ctx: &mut KeyedContext<'_, u64>,
+///         out: &mut Emitter<'_, (String, u64)>,
+///     ) -> Result<(), OperatorError> {
+///         match ctx.value(&self.customer)? {
+///             Some(customer) => out.emit((customer.clone(), payment.1)),
+///             None => ctx.list_push(&self.early, payment.1)?,
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// let df = Dataflow::new("paid-by").parallelism(2);
+/// let orders = df.from_iter("orders", [(1, "ann".to_string()), (2, "bob".to_string())]);
+/// let payments = df.from_iter("payments", [(2, 30), (1, 10), (1, 5)]);
+/// let paid = orders
+///     .key_by(|o: &(u64, String)| o.0)
+///     .connect(&payments.key_by(|p: &(u64, u64)| p.0))
+///     .process(PaidBy::default())
+///     .collect();
+/// Engine::builder().shards(1).build()?.run(df.build()?)?;
+/// let mut got = paid.take();
+/// got.sort();
+/// assert_eq!(got, [("ann".to_string(), 5), ("ann".to_string(), 10), ("bob".to_string(), 30)]);
+/// # Ok::<(), shardflow_engine::EngineError>(())
+/// ```
 pub trait KeyedCoProcessFunction<K: Key, A: Data, B: Data, O: Data>: Clone + Send + Sync + 'static {
     /// Before the first record: declare the states here.
     fn open(&mut self, _states: &mut StateDeclarations<'_, K>) -> Result<(), OperatorError> {
