@@ -210,7 +210,8 @@ impl OperatorContext<'_> {
     pub fn list<V: Data>(&mut self, handle: &ListStateHandle<V>) -> Result<ListRef<'_, V>, OperatorError> {
         if handle.name.is_empty() {
             return Err(OperatorError::User(
-                "a list state handle was used before `open` declared it (assign it the handle `list_state` gives)"
+                "a list state handle was used before `open` declared it (assign it the handle `list_state` or \
+                 `broadcast_state` gives)"
                     .into(),
             ));
         }
