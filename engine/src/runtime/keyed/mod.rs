@@ -132,6 +132,18 @@ pub(crate) struct KeyedBackend<K: Key> {
 /// can have it: names starting with NUL are refused).
 pub(crate) const TIMERS: &str = "\0timers";
 
+/// Why a handle of `owner` cannot be used here: it names no state yet, or
+/// another operator's.
+#[cold]
+fn foreign_handle(owner: u64) -> OperatorError {
+    OperatorError::User(match owner {
+        UNDECLARED => {
+            "a state handle was used before `open` declared it (assign it the handle `StateDeclarations` gives)".into()
+        }
+        _ => "a state handle was used with another operator's state".into(),
+    })
+}
+
 fn handle_mismatch() -> OperatorError {
     OperatorError::User("a state handle does not match its state".into())
 }
@@ -204,14 +216,8 @@ impl<K: Key> KeyedBackend<K> {
     /// Where `h`'s table is, if `h` is this backend's.
     #[inline]
     fn index_of<S>(&self, h: &StateHandle<S>) -> Result<usize, OperatorError> {
-        if h.owner == UNDECLARED {
-            return Err(OperatorError::User(
-                "a state handle was used before `open` declared it (assign it the handle `StateDeclarations` gives)"
-                    .into(),
-            ));
-        }
         if h.owner != self.owner {
-            return Err(OperatorError::User("a state handle was used with another operator's state".into()));
+            return Err(foreign_handle(h.owner));
         }
         Ok(h.index)
     }

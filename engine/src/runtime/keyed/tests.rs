@@ -268,3 +268,20 @@ fn a_list_taken_leaves_no_state_and_gives_back_its_memory_unless_it_expired() {
     assert!(backend.keys().is_empty(), "no key has state left");
     assert_eq!(backend.memory.used_bytes(), 0, "and none is charged");
 }
+
+#[test]
+fn a_handle_of_another_operator_or_of_none_yet_is_a_typed_error_saying_which() {
+    let budget = Budget::new(BudgetKind::ManagedMemory, 1 << 20);
+    let (task, mut mine) = charged_to(&budget);
+    let (_, mut theirs) = charged_to(&budget);
+    let _own: ValueState<u64> =
+        StateDeclarations { backend: &mut mine, task: &task }.value_state("n").expect("declared");
+    let foreign: ValueState<u64> =
+        StateDeclarations { backend: &mut theirs, task: &task }.value_state("n").expect("declared");
+    let error = |h: &ValueState<u64>, backend: &mut KeyedBackend<String>| {
+        with_key(backend, &task, "k", |ctx| ctx.set_value(h, 1)).expect_err("not this operator's").to_string()
+    };
+    assert!(error(&foreign, &mut mine).contains("used with another operator's state"));
+    assert!(error(&ValueState::default(), &mut mine).contains("used before `open` declared it"));
+    assert!(mine.keys().is_empty(), "nothing was written");
+}
