@@ -1,5 +1,5 @@
 //! What keyed state costs per record, on a 2-shard embedded engine: 20 M records
-//! over 100 000 keys through a key-group exchange into a count per key — the
+//! (under `cargo bench`; one per key when CI runs it as a test) over 100 000 keys through a key-group exchange into a count per key — the
 //! built-in `count_final`, and the same count kept by a keyed process function
 //! in a `ValueState` and in a `ReducingState`, and in a `ValueState` with a
 //! time-to-live. The gap between the first and the others is what the state
@@ -20,9 +20,27 @@ use shardflow_engine::{
     ReducingState, StateDeclarations, Stream, ValueState,
 };
 
-const RECORDS: u64 = 20_000_000;
 const KEYS: u64 = 100_000;
-const WORD_RECORDS: u64 = 4_000_000;
+
+/// Records through the jobs: numbers and words.
+#[derive(Clone, Copy)]
+struct Sizes {
+    records: u64,
+    words: u64,
+}
+
+impl Sizes {
+    /// Under `cargo bench` (criterion is given `--bench`) 20 M numbers and 4 M
+    /// words; run as a test (`cargo test --benches` runs each function once,
+    /// in a debug build) one of each key, so CI checks the same jobs and
+    /// results in a second, not in forty.
+    fn of_this_run() -> Self {
+        match std::env::args().any(|a| a == "--bench") {
+            true => Sizes { records: 20_000_000, words: 4_000_000 },
+            false => Sizes { records: KEYS, words: KEYS },
+        }
+    }
+}
 
 /// A count per key in a value — a number or a word — (with a time-to-live, if
 /// given: one the job never reaches, so every count survives and only the
@@ -105,49 +123,54 @@ impl KeyedProcessFunction<u64, u64, (u64, u64)> for ReducingCount {
 }
 
 /// The records, keyed.
-fn keyed(df: &Dataflow) -> KeyedStream<u64, u64, impl KeySelector<u64, u64>> {
-    df.generate("numbers", RECORDS, |i| i.wrapping_mul(2_654_435_761) % KEYS).key_by(|k: &u64| *k)
+fn keyed(df: &Dataflow, records: u64) -> KeyedStream<u64, u64, impl KeySelector<u64, u64>> {
+    df.generate("numbers", records, |i| i.wrapping_mul(2_654_435_761) % KEYS).key_by(|k: &u64| *k)
 }
 
 /// Words `w0` … `w99999` (P8's vocabulary), keyed by the word itself.
-fn keyed_words(df: &Dataflow) -> KeyedStream<String, String, impl KeySelector<String, String>> {
-    df.generate("words", WORD_RECORDS, |i| format!("w{}", i.wrapping_mul(2_654_435_761) % KEYS))
+fn keyed_words(df: &Dataflow, words: u64) -> KeyedStream<String, String, impl KeySelector<String, String>> {
+    df.generate("words", words, |i| format!("w{}", i.wrapping_mul(2_654_435_761) % KEYS))
         .key_by_ref::<String, _>(|w: &str| w)
 }
 
 /// Runs the job that `count` counts each word of, and checks its result.
-fn run_words(engine: &Engine, count: impl FnOnce(&Dataflow) -> Stream<(String, u64)>) {
+fn run_words(engine: &Engine, words: u64, count: impl FnOnce(&Dataflow, u64) -> Stream<(String, u64)>) {
     let df = Dataflow::new("keyed-words").parallelism(2);
-    count(&df).count_and_sum(|r: &(String, u64)| r.1);
+    count(&df, words).count_and_sum(|r: &(String, u64)| r.1);
     let result = engine.run(df.build().expect("a valid job")).expect("finished");
-    assert_eq!(result.count(), (KEYS, WORD_RECORDS));
+    assert_eq!(result.count(), (KEYS, words));
 }
 
 /// Runs the job that `count` counts each key of, and checks its result.
-fn run(engine: &Engine, count: impl FnOnce(&Dataflow) -> Stream<(u64, u64)>) {
+fn run(engine: &Engine, records: u64, count: impl FnOnce(&Dataflow, u64) -> Stream<(u64, u64)>) {
     let df = Dataflow::new("keyed-state").parallelism(2);
-    count(&df).count_and_sum(|r: &(u64, u64)| r.1);
+    count(&df, records).count_and_sum(|r: &(u64, u64)| r.1);
     let result = engine.run(df.build().expect("a valid job")).expect("finished");
-    assert_eq!(result.count(), (KEYS, RECORDS));
+    assert_eq!(result.count(), (KEYS, records));
 }
 
 fn keyed_state(c: &mut Criterion) {
+    let Sizes { records, words } = Sizes::of_this_run();
     let engine = Engine::builder().shards(2).build().expect("the engine starts");
     let mut g = c.benchmark_group("keyed_state");
-    g.sample_size(10).measurement_time(Duration::from_secs(8)).throughput(Throughput::Elements(RECORDS));
-    g.bench_function("count_final", |b| b.iter(|| run(&engine, |df| keyed(df).count_final())));
-    g.bench_function("process_value_state", |b| b.iter(|| run(&engine, |df| keyed(df).process(ValueCount::default()))));
+    g.sample_size(10).measurement_time(Duration::from_secs(8)).throughput(Throughput::Elements(records));
+    g.bench_function("count_final", |b| b.iter(|| run(&engine, records, |df, n| keyed(df, n).count_final())));
+    g.bench_function("process_value_state", |b| {
+        b.iter(|| run(&engine, records, |df, n| keyed(df, n).process(ValueCount::default())))
+    });
     g.bench_function("process_reducing_state", |b| {
-        b.iter(|| run(&engine, |df| keyed(df).process(ReducingCount::default())))
+        b.iter(|| run(&engine, records, |df, n| keyed(df, n).process(ReducingCount::default())))
     });
     let hour = ValueCount { count: Default::default(), ttl: Some(Duration::from_secs(3_600)) };
-    g.bench_function("process_value_state_ttl", |b| b.iter(|| run(&engine, |df| keyed(df).process(hour.clone()))));
+    g.bench_function("process_value_state_ttl", |b| {
+        b.iter(|| run(&engine, records, |df, n| keyed(df, n).process(hour.clone())))
+    });
     g.finish();
     let mut g = c.benchmark_group("keyed_state_words");
-    g.sample_size(10).measurement_time(Duration::from_secs(8)).throughput(Throughput::Elements(WORD_RECORDS));
-    g.bench_function("count_final", |b| b.iter(|| run_words(&engine, |df| keyed_words(df).count_final())));
+    g.sample_size(10).measurement_time(Duration::from_secs(8)).throughput(Throughput::Elements(words));
+    g.bench_function("count_final", |b| b.iter(|| run_words(&engine, words, |df, n| keyed_words(df, n).count_final())));
     g.bench_function("process_value_state", |b| {
-        b.iter(|| run_words(&engine, |df| keyed_words(df).process(ValueCount::default())))
+        b.iter(|| run_words(&engine, words, |df, n| keyed_words(df, n).process(ValueCount::default())))
     });
     g.finish();
 }
