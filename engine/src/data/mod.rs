@@ -149,6 +149,12 @@ pub(crate) fn write_to<T: Data>(
 
 /// A key of a keyed stream: hashable, comparable, and routable the same way in
 /// every process (its routing hash is [`key_hash`] of its borrowed form).
+/// Floating-point numbers are not `Eq`, so they key nothing; their bits do:
+///
+/// ```compile_fail
+/// let df = shardflow_engine::Dataflow::new("refused");
+/// df.from_iter("prices", [1.5f64, 2.5]).key_by(|p: &f64| *p).count_final().discard();
+/// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot key a stream",
     label = "not a key",
