@@ -224,6 +224,53 @@ pub enum OperatorError {
     Memory(#[from] MemoryError),
 }
 
+impl From<String> for OperatorError {
+    /// The function's own reason: `return Err(format!("record {r} refused").into())`.
+    fn from(reason: String) -> Self {
+        OperatorError::User(reason)
+    }
+}
+
+impl From<&str> for OperatorError {
+    /// The function's own reason: `return Err("the model file is missing".into())`.
+    fn from(reason: &str) -> Self {
+        OperatorError::User(reason.to_string())
+    }
+}
+
+/// Turns what a function's own code fails with (a parse, a file, a lookup)
+/// into an [`OperatorError`] for `?`, saying what was being done, as
+/// `anyhow`'s `context` does: the job fails with that reason as its cause.
+///
+/// ```
+/// use shardflow_engine::{Dataflow, Engine, EngineError, OrFail};
+///
+/// let df = Dataflow::new("amounts");
+/// let lines = ["12", "7", "twelve"].map(String::from);
+/// df.from_iter("lines", lines).try_map(|line: &str| line.parse::<u64>().or_fail(format!("the amount {line:?}"))).count();
+/// let engine = Engine::builder().shards(1).build()?;
+/// let Err(EngineError::JobFailed { cause, .. }) = engine.run(df.build()?) else { panic!("it fails") };
+/// assert!(cause.contains("the amount \"twelve\": invalid digit found in string"), "{cause}");
+/// # Ok::<(), EngineError>(())
+/// ```
+pub trait OrFail<T> {
+    /// `self`'s value, or an [`OperatorError`] whose reason is `what` (and,
+    /// for a `Result`, what the error says).
+    fn or_fail(self, what: impl std::fmt::Display) -> Result<T, OperatorError>;
+}
+
+impl<T, E: std::fmt::Display> OrFail<T> for Result<T, E> {
+    fn or_fail(self, what: impl std::fmt::Display) -> Result<T, OperatorError> {
+        self.map_err(|e| OperatorError::User(format!("{what}: {e}")))
+    }
+}
+
+impl<T> OrFail<T> for Option<T> {
+    fn or_fail(self, what: impl std::fmt::Display) -> Result<T, OperatorError> {
+        self.ok_or_else(|| OperatorError::User(what.to_string()))
+    }
+}
+
 /// A dataflow that cannot be built, each naming the operator at fault.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum DataflowError {

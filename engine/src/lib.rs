@@ -86,7 +86,7 @@ pub use data::{key_hash, Data, Key};
 /// (`Left`) or of the second (`Right`).
 pub use either::Either;
 pub use engine::{Engine, PoolUsage, ShardInfo};
-pub use error::{DataflowError, EngineError, OperatorError, SnapshotError};
+pub use error::{DataflowError, EngineError, OperatorError, OrFail, SnapshotError};
 pub use job::{JobHandle, JobResult, SubtaskReport};
 pub use params::Params;
 pub use registry::{JobCatalog, JobParams};

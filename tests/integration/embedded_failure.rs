@@ -3,7 +3,7 @@
 //! runs the next job.
 
 use shardflow_engine::jobs::{KeyValue, GOLDEN};
-use shardflow_engine::{Dataflow, Emitter, EngineError, JobStatus, OperatorError};
+use shardflow_engine::{Dataflow, Emitter, EngineError, JobStatus, OperatorError, OrFail};
 
 use crate::common::{read_to_end, shard_count, small_engine, TIMEOUT};
 
@@ -103,7 +103,7 @@ fn an_egress_whose_task_fails_before_it_opens_names_the_cause() {
     struct Refuses;
     impl shardflow_engine::ProcessFunction<u64, u64> for Refuses {
         fn open(&mut self, _ctx: &mut shardflow_engine::OperatorContext<'_>) -> Result<(), OperatorError> {
-            Err(OperatorError::User("the model file is missing".into()))
+            Err("the model file is missing".into())
         }
         fn process(
             &mut self,
@@ -124,4 +124,34 @@ fn an_egress_whose_task_fails_before_it_opens_names_the_cause() {
     let why = answers.stopped().expect("the end says it was cut short");
     assert!(why.contains("scorer") && why.contains("the model file is missing"), "{why}");
     expect_failure(handle.wait_timeout(TIMEOUT), &["the model file is missing"]);
+}
+
+#[test]
+fn a_fallible_map_or_flat_map_that_fails_fails_the_job_with_its_reason_and_the_engine_runs_on() {
+    let engine = small_engine().build().expect("engine starts");
+    let lines =
+        |bad: Option<u64>| (0..10_000u64).map(move |i| if Some(i) == bad { "x7".into() } else { i.to_string() });
+    // A parse that fails on one line of ten thousand.
+    let parsed = |bad: Option<u64>| {
+        let df = Dataflow::new("parse").parallelism(2);
+        let amounts =
+            df.from_iter("lines", lines(bad)).try_map(|l: &str| l.parse::<u64>().or_fail(format!("amount {l:?}")));
+        amounts.count_and_sum(|a: &u64| *a);
+        engine.run(df.build().unwrap())
+    };
+    // The cause names the task (the try_map runs chained in the source's).
+    expect_failure(parsed(Some(4_321)), &["lines (", "amount \"x7\": invalid digit found in string"]);
+    // A lookup that finds nothing, through `Option`s.
+    let df = Dataflow::new("lookup").parallelism(2);
+    let names = ["zero", "one", "two"];
+    df.from_iter("indexes", [0u64, 1, 2, 3, 1])
+        .try_flat_map(move |i: &u64, out: &mut Emitter<'_, String>| {
+            out.emit_ref(names.get(*i as usize).or_fail(format!("no name for {i}"))?);
+            Ok(())
+        })
+        .count();
+    expect_failure(engine.run(df.build().unwrap()), &["indexes (", "no name for 3"]);
+    // The engine runs on: the same jobs on good input finish, every record through.
+    let result = parsed(None).expect("every line parses");
+    assert_eq!(result.count(), (10_000, (0..10_000).sum()));
 }

@@ -9,10 +9,11 @@ use shardflow_control::PartitionerKind;
 use super::{add_op, consumer_check, detach, ConnectedStreams, EdgeKind, Keeps, KeyedStream, Plan, PlanRef};
 use crate::data::{Data, Key};
 use crate::error::DataflowError;
+use crate::error::OperatorError;
 use crate::runtime::bound::QueueBound;
 use crate::runtime::build::{attach, port, Name, NodeFactory, Port};
 use crate::runtime::collector::Emitter;
-use crate::runtime::ops::{FilterFactory, FlatMapFactory, MapFactory, ProcessFactory, ProcessFunction};
+use crate::runtime::ops::{Fallible, FilterFactory, FlatMapFactory, MapFactory, ProcessFactory, ProcessFunction};
 use crate::runtime::output::{KeyBy, KeyByRef, KeySelector, Routing, SelectorRoute, WriterFactory};
 use crate::runtime::side::{OutPorts, OutputTag, SidePorts};
 use crate::runtime::sinks::{
@@ -246,6 +247,38 @@ impl<T: Data> Stream<T> {
     ) -> Stream<U> {
         let f = Arc::new(f);
         self.then_emitting("flat_map", |_, out| Arc::new(FlatMapFactory { f, out, _t: PhantomData }))
+    }
+
+    /// Each record mapped by `f`, which may fail: an error fails the job with
+    /// its reason as the cause (a panic would too, with less to say). With
+    /// [`crate::OrFail`], `?` reads what the user's own code fails with:
+    /// `.try_map(|line: &str| line.parse::<u64>().or_fail("an amount"))`.
+    pub fn try_map<U: Data>(
+        &self,
+        f: impl Fn(&T::Borrowed) -> Result<U, OperatorError> + Send + Sync + 'static,
+    ) -> Stream<U> {
+        self.fallible("try_map", move |r: &T::Borrowed, out: &mut Emitter<'_, U>| {
+            out.emit(f(r)?);
+            Ok(())
+        })
+    }
+
+    /// Zero or more records per record, emitted by `f`, which may fail: an
+    /// error fails the job with its reason as the cause, as [`Self::try_map`].
+    pub fn try_flat_map<U: Data>(
+        &self,
+        f: impl Fn(&T::Borrowed, &mut Emitter<'_, U>) -> Result<(), OperatorError> + Send + Sync + 'static,
+    ) -> Stream<U> {
+        self.fallible("try_flat_map", f)
+    }
+
+    fn fallible<U: Data>(
+        &self,
+        kind: &str,
+        f: impl Fn(&T::Borrowed, &mut Emitter<'_, U>) -> Result<(), OperatorError> + Send + Sync + 'static,
+    ) -> Stream<U> {
+        let f = Fallible(Arc::new(f));
+        self.then_emitting(kind, |name, out| Arc::new(ProcessFactory { name, f, out, _t: PhantomData }))
     }
 
     /// A process function over each record, with operator state.

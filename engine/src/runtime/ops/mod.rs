@@ -4,7 +4,7 @@
 
 mod process;
 
-pub(crate) use process::{list_items, restored_list, CoProcessFactory, ProcessFactory};
+pub(crate) use process::{list_items, restored_list, CoProcessFactory, Fallible, ProcessFactory};
 pub use process::{CoProcessFunction, ListRef, ListStateHandle, OperatorContext, ProcessFunction};
 
 use std::marker::PhantomData;
