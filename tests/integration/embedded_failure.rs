@@ -136,11 +136,13 @@ fn a_fallible_map_or_flat_map_that_fails_fails_the_job_with_its_reason_and_the_e
         let df = Dataflow::new("parse").parallelism(2);
         let amounts =
             df.from_iter("lines", lines(bad)).try_map(|l: &str| l.parse::<u64>().or_fail(format!("amount {l:?}")));
-        amounts.count_and_sum(|a: &u64| *a);
+        amounts.name("amounts").count_and_sum(|a: &u64| *a);
         engine.run(df.build().unwrap())
     };
-    // The cause names the task (the try_map runs chained in the source's).
-    expect_failure(parsed(Some(4_321)), &["lines (", "amount \"x7\": invalid digit found in string"]);
+    // The cause names the task (the source's, which the try_map runs chained
+    // in) and the operator.
+    let cause = ["lines (", "operator 'amounts': amount \"x7\": invalid digit found in string"];
+    expect_failure(parsed(Some(4_321)), &cause);
     // A lookup that finds nothing, through `Option`s.
     let df = Dataflow::new("lookup").parallelism(2);
     let names = ["zero", "one", "two"];
@@ -149,8 +151,9 @@ fn a_fallible_map_or_flat_map_that_fails_fails_the_job_with_its_reason_and_the_e
             out.emit_ref(names.get(*i as usize).or_fail(format!("no name for {i}"))?);
             Ok(())
         })
+        .name("names")
         .count();
-    expect_failure(engine.run(df.build().unwrap()), &["indexes (", "no name for 3"]);
+    expect_failure(engine.run(df.build().unwrap()), &["indexes (", "operator 'names': no name for 3"]);
     // The engine runs on: the same jobs on good input finish, every record through.
     let result = parsed(None).expect("every line parses");
     assert_eq!(result.count(), (10_000, (0..10_000).sum()));

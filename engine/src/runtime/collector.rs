@@ -110,6 +110,15 @@ impl Failure {
     }
 }
 
+/// `e` with the operator it came from, where it is the operator's own error
+/// (a chain's task is named after its first operator only).
+pub(crate) fn named(operator: &str, e: OperatorError) -> OperatorError {
+    match e {
+        OperatorError::User(m) => OperatorError::User(format!("operator '{operator}': {m}")),
+        other => other,
+    }
+}
+
 /// The failure of a record that reached an operator before it was opened.
 pub(crate) fn unopened() -> OperatorError {
     OperatorError::User("a record came before the operator opened".into())

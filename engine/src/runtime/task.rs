@@ -39,7 +39,7 @@ use shardflow_netstack::{
 
 use crate::error::OperatorError;
 use crate::runtime::build::BuildContext;
-use crate::runtime::collector::{Failure, Lifecycle, SinkOutput, TaskInfo};
+use crate::runtime::collector::{named, Failure, Lifecycle, SinkOutput, TaskInfo};
 use crate::runtime::control::{ControlLane, TaskControl};
 use crate::runtime::output::{Output, Partition};
 use crate::runtime::progress::ChannelProgress;
@@ -123,14 +123,6 @@ enum Body {
 
 /// The id of the snapshot a job stopping with a snapshot takes at its end.
 const END_SNAPSHOT: u64 = 0;
-
-/// `e` with the operator it came from, where it is the operator's own error.
-fn named(operator: &str, e: OperatorError) -> OperatorError {
-    match e {
-        OperatorError::User(m) => OperatorError::User(format!("operator '{operator}': {m}")),
-        other => other,
-    }
-}
 
 /// Emits a stop barrier on every partition (nothing follows it but their end);
 /// the task's end snapshot and that it stopped, for the task to keep.

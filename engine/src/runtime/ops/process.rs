@@ -12,7 +12,8 @@ use crate::data::Data;
 use crate::error::{EngineError, OperatorError};
 use crate::runtime::build::{BuildContext, Name, NodeFactory};
 use crate::runtime::collector::{
-    unopened, Collector, Emitter, Failure, FirstInput, Lifecycle, SecondInput, SharedCollector, SinkOutput, TaskInfo,
+    named, unopened, Collector, Emitter, Failure, FirstInput, Lifecycle, SecondInput, SharedCollector, SinkOutput,
+    TaskInfo,
 };
 use crate::runtime::keyed::TwoInputFactory;
 use crate::runtime::side::{OutPorts, Outputs};
@@ -438,7 +439,7 @@ impl<O: Data, C> ProcessOp<O, C> {
     ) {
         match self.with_context(f) {
             Some(Ok(())) => {}
-            Some(Err(e)) => self.failure.set(e),
+            Some(Err(e)) => self.failure.set(named(&self.name, e)),
             None => self.failure.set(unopened()),
         }
     }

@@ -16,7 +16,7 @@
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
-use crate::runtime::collector::unopened;
+use crate::runtime::collector::{named, unopened};
 use crate::runtime::ops::{list_items, restored_list, ListRef};
 
 /// The snapshot entry of a keyed-broadcast operator's broadcast state.
@@ -330,13 +330,13 @@ where
 
     fn broadcast(&mut self, record: &B::Borrowed) {
         let KeyedOp { core, callbacks: BroadcastInputs { f, broadcast, .. } } = self;
-        let KeyedCore { backend, out, failure, task, .. } = core;
+        let KeyedCore { name, backend, out, failure, task, .. } = core;
         let Some(task) = task.as_ref() else {
             return failure.set(unopened());
         };
         let mut ctx = BroadcastContext { broadcast, backend, task };
         if let Err(e) = f.process_broadcast(record, &mut ctx, &mut out.emitter()) {
-            failure.set(e);
+            failure.set(named(name, e));
         }
     }
 }

@@ -10,7 +10,7 @@ pub use broadcast::{BroadcastContext, KeyedBroadcastProcessFunction};
 #[allow(clippy::wildcard_imports)]
 use super::*;
 use crate::runtime::clock;
-use crate::runtime::collector::{unopened, FirstInput, SecondInput, Shared};
+use crate::runtime::collector::{named, unopened, FirstInput, SecondInput, Shared};
 use crate::runtime::side::{OutPorts, Outputs};
 
 /// A function over each record of a keyed stream, with keyed state and
@@ -166,7 +166,7 @@ impl<K: Key, O: Data> KeyedCore<K, O> {
         };
         let mut ctx = KeyedContext { key, backend: &mut self.backend, task };
         if let Err(e) = f(&mut ctx, &mut self.out.emitter()) {
-            self.failure.set(e);
+            self.failure.set(named(&self.name, e));
         }
     }
 
