@@ -250,8 +250,9 @@ impl<T: Data> Stream<T> {
     }
 
     /// Each record mapped by `f`, which may fail: an error fails the job with
-    /// its reason as the cause (a panic would too, with less to say). With
-    /// [`crate::OrFail`], `?` reads what the user's own code fails with:
+    /// its reason, and the operator's name, as the cause (a panic would too,
+    /// with less to say). [`crate::OrFail`] turns what the user's own calls
+    /// fail with into that error, saying what was being done:
     /// `.try_map(|line: &str| line.parse::<u64>().or_fail("an amount"))`.
     pub fn try_map<U: Data>(
         &self,
