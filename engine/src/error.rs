@@ -240,34 +240,43 @@ impl From<&str> for OperatorError {
 
 /// Turns what a function's own code fails with (a parse, a file, a lookup)
 /// into an [`OperatorError`] for `?`, saying what was being done, as
-/// `anyhow`'s `context` does: the job fails with that reason as its cause.
+/// `anyhow`'s `context` and `with_context` do: the job fails with that reason
+/// as its cause. A reason worth formatting goes through `or_fail_with`, which
+/// formats it only on failure.
 ///
 /// ```
 /// use shardflow_engine::{Dataflow, Engine, EngineError, OrFail};
 ///
 /// let df = Dataflow::new("amounts");
 /// let lines = ["12", "7", "twelve"].map(String::from);
-/// df.from_iter("lines", lines).try_map(|line: &str| line.parse::<u64>().or_fail(format!("the amount {line:?}"))).count();
+/// df.from_iter("lines", lines)
+///     .try_map(|line: &str| line.parse::<u64>().or_fail_with(|| format!("the amount {line:?}")))
+///     .count();
 /// let engine = Engine::builder().shards(1).build()?;
 /// let Err(EngineError::JobFailed { cause, .. }) = engine.run(df.build()?) else { panic!("it fails") };
 /// assert!(cause.contains("the amount \"twelve\": invalid digit found in string"), "{cause}");
 /// # Ok::<(), EngineError>(())
 /// ```
-pub trait OrFail<T> {
+pub trait OrFail<T>: Sized {
     /// `self`'s value, or an [`OperatorError`] whose reason is `what` (and,
     /// for a `Result`, what the error says).
-    fn or_fail(self, what: impl std::fmt::Display) -> Result<T, OperatorError>;
+    fn or_fail(self, what: impl std::fmt::Display) -> Result<T, OperatorError> {
+        self.or_fail_with(|| what)
+    }
+
+    /// As [`OrFail::or_fail`], with the reason made only on failure.
+    fn or_fail_with<D: std::fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T, OperatorError>;
 }
 
 impl<T, E: std::fmt::Display> OrFail<T> for Result<T, E> {
-    fn or_fail(self, what: impl std::fmt::Display) -> Result<T, OperatorError> {
-        self.map_err(|e| OperatorError::User(format!("{what}: {e}")))
+    fn or_fail_with<D: std::fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T, OperatorError> {
+        self.map_err(|e| OperatorError::User(format!("{}: {e}", what())))
     }
 }
 
 impl<T> OrFail<T> for Option<T> {
-    fn or_fail(self, what: impl std::fmt::Display) -> Result<T, OperatorError> {
-        self.ok_or_else(|| OperatorError::User(what.to_string()))
+    fn or_fail_with<D: std::fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T, OperatorError> {
+        self.ok_or_else(|| OperatorError::User(what().to_string()))
     }
 }
 

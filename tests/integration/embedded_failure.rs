@@ -134,8 +134,9 @@ fn a_fallible_map_or_flat_map_that_fails_fails_the_job_with_its_reason_and_the_e
     // A parse that fails on one line of ten thousand.
     let parsed = |bad: Option<u64>| {
         let df = Dataflow::new("parse").parallelism(2);
-        let amounts =
-            df.from_iter("lines", lines(bad)).try_map(|l: &str| l.parse::<u64>().or_fail(format!("amount {l:?}")));
+        let amounts = df
+            .from_iter("lines", lines(bad))
+            .try_map(|l: &str| l.parse::<u64>().or_fail_with(|| format!("amount {l:?}")));
         amounts.name("amounts").count_and_sum(|a: &u64| *a);
         engine.run(df.build().unwrap())
     };
@@ -148,7 +149,7 @@ fn a_fallible_map_or_flat_map_that_fails_fails_the_job_with_its_reason_and_the_e
     let names = ["zero", "one", "two"];
     df.from_iter("indexes", [0u64, 1, 2, 3, 1])
         .try_flat_map(move |i: &u64, out: &mut Emitter<'_, String>| {
-            out.emit_ref(names.get(*i as usize).or_fail(format!("no name for {i}"))?);
+            out.emit_ref(names.get(*i as usize).or_fail_with(|| format!("no name for {i}"))?);
             Ok(())
         })
         .name("names")

@@ -8,8 +8,7 @@ use shardflow_control::PartitionerKind;
 
 use super::{add_op, consumer_check, detach, ConnectedStreams, EdgeKind, Keeps, KeyedStream, Plan, PlanRef};
 use crate::data::{Data, Key};
-use crate::error::DataflowError;
-use crate::error::OperatorError;
+use crate::error::{DataflowError, OperatorError};
 use crate::runtime::bound::QueueBound;
 use crate::runtime::build::{attach, port, Name, NodeFactory, Port};
 use crate::runtime::collector::Emitter;
