@@ -209,20 +209,25 @@ impl OperatorContext<'_> {
 
     /// The items of list state `handle`.
     pub fn list<V: Data>(&mut self, handle: &ListStateHandle<V>) -> Result<ListRef<'_, V>, OperatorError> {
-        if handle.name.is_empty() {
-            return Err(OperatorError::User(
-                "a list state handle was used before `open` declared it (assign it the handle `list_state` or \
-                 `broadcast_state` gives)"
-                    .into(),
-            ));
-        }
         let items = self
             .lists
             .get_mut(&handle.name)
             .and_then(|l| l.any().downcast_mut::<Vec<V>>())
-            .ok_or_else(|| OperatorError::User(format!("list state '{}' is not this operator's", handle.name)))?;
+            .ok_or_else(|| foreign_list(&handle.name))?;
         Ok(ListRef { items, memory: self.memory })
     }
+}
+
+/// Why the list of a handle named `name` is not here: the handle names no
+/// list yet (no declared list has an empty name), or another operator's.
+#[cold]
+fn foreign_list(name: &str) -> OperatorError {
+    OperatorError::User(match name {
+        "" => "a list state handle was used before `open` declared it (assign it the handle `list_state` or \
+               `broadcast_state` gives)"
+            .into(),
+        _ => format!("list state '{name}' is not this operator's"),
+    })
 }
 
 /// A function over each record of a non-keyed stream, with operator state.
