@@ -77,8 +77,8 @@ mod shard;
 mod shared;
 
 pub use api::{
-    ConnectedStreams, Dataflow, Job, KeyedBroadcastStreams, KeyedConnectedStreams, KeyedStream, Sink, Stream,
-    DEFAULT_MAX_PARALLELISM,
+    ConnectedStreams, Dataflow, ExecutionPlan, Job, KeyedBroadcastStreams, KeyedConnectedStreams, KeyedStream,
+    PlannedEdge, PlannedOperator, PlannedVertex, Sink, Stream, DEFAULT_MAX_PARALLELISM,
 };
 pub use config::{online_cores, Cores, EngineBuilder, EngineConfig, IdlePolicy};
 pub use data::{key_hash, Data, Key};

@@ -2,6 +2,7 @@
 //! `shardflow_tools::main_with`) is a whole cluster: coordinator, worker and
 //! client processes of that one binary run its job over its own record type.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 
@@ -76,4 +77,28 @@ fn a_users_own_binary_runs_its_own_jobs_as_a_cluster() {
     // side output: every visit's time once.
     let home = (0..20_000u64).filter(|r| r % 7 == 0).count() as u64;
     assert_eq!((records, sum), (50 + home, 20_000 * 19_999 / 2), "per user, and the home page's visits: {v}");
+
+    // Its plan, asked of the binary without submitting: the side output's sink
+    // chained where the split runs, the keyed sum behind a hash edge; the
+    // vertices are those the cluster ran.
+    let plan = json(&[&submit[..], &["--plan"]].concat());
+    let chains: Vec<(&str, &str)> = plan["vertices"]
+        .as_array()
+        .expect("vertices")
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap_or_default(), v["chain"].as_str().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        chains,
+        [
+            ("visits", "visits [source] -> split [flat_map] -> side_output-2 -> home [count]"),
+            ("reduce-4", "reduce-4 (keyed state) -> per-user [count]"),
+        ],
+        "{plan}"
+    );
+    let edge = &plan["edges"][0];
+    assert_eq!((&edge["from_operator"], &edge["partitioner"]), (&"split".into(), &"Hash".into()), "{plan}");
+    let ran: BTreeSet<&str> =
+        v["subtasks"].as_array().expect("subtasks").iter().filter_map(|t| t["vertex"].as_str()).collect();
+    assert_eq!(ran, chains.iter().map(|c| c.0).collect(), "{v}");
 }

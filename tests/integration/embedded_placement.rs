@@ -144,3 +144,113 @@ fn the_dump_shows_each_running_task_on_its_core_with_its_records_so_far() {
     job.wait_timeout(TIMEOUT).expect("the job ends with its input");
     assert!(engine.dump().unwrap().shards.iter().all(|s| s.tasks.is_empty()), "ended tasks leave the dump");
 }
+
+/// A job of every kind of vertex: a chain with a fan-out and a side output, a
+/// keyed exchange into a stateful operator, an operator moved to a vertex of
+/// its own by its parallelism, a union and a two-input operator. Of 0..1000
+/// plus one, the odd go to `odds` (500), the multiples of 4 to `fours` (250),
+/// the even are summed per last digit (500 running sums) and halved; `both`
+/// gets those and `more` twice (506).
+fn planned_job() -> (Job, shardflow_engine::CollectHandle<u64>) {
+    use shardflow_engine::{Emitter, OutputTag};
+    let df = Dataflow::new("planned").parallelism(2);
+    let odd = OutputTag::<u64>::new("odd");
+    let numbers = df.generate("numbers", 1000, |r| r);
+    let evens = numbers.map(|r: &u64| r + 1).flat_map({
+        let odd = odd.clone();
+        move |r: &u64, out: &mut Emitter<'_, u64>| {
+            if r % 2 == 0 {
+                out.emit(*r);
+            } else {
+                out.emit_side(&odd, *r);
+            }
+        }
+    });
+    evens.side_output(&odd).name("odds").count();
+    evens.filter(|r: &u64| r % 4 == 0).name("fours").count();
+    let totals = evens.key_by(|r: &u64| r % 10).reduce(|a: &u64, b: &u64| a + b).name("totals");
+    totals.count();
+    let halved = totals.map(|r: &u64| r / 2).parallelism(1).name("halved");
+    let more = df.from_iter("more", [1u64, 2, 3]);
+    let both = halved.union(&more).connect(&more).map(|a: &u64| *a, |b: &u64| *b).name("both");
+    let collected = both.collect();
+    (df.build().expect("the job builds"), collected)
+}
+
+#[test]
+fn the_execution_plan_shows_each_vertex_chain_and_edge_and_is_what_runs() {
+    use std::collections::BTreeMap;
+
+    use shardflow_engine::{PartitionerKind, SinkOutput};
+    let (job, out) = planned_job();
+    let plan = job.execution_plan().clone();
+    let chains: Vec<(&str, u32, String)> =
+        plan.vertices.iter().map(|v| (v.name.as_str(), v.parallelism, v.chain())).collect();
+    let expected = [
+        (
+            "numbers",
+            2,
+            "numbers [source] -> map-1 -> flat_map-2 -> (odds [side_output] -> count-4, fours [filter] -> count-6)",
+        ),
+        ("totals", 2, "totals [reduce] (keyed state) -> count-8"),
+        ("halved", 1, "halved [map]"),
+        ("more", 2, "more [source]"),
+        ("union-11", 2, "union-11"),
+        ("both", 2, "both [co_flat_map] -> collect-13"),
+    ];
+    let expected: Vec<(&str, u32, String)> = expected.iter().map(|(n, p, c)| (*n, *p, c.to_string())).collect();
+    assert_eq!(chains, expected, "the plan:\n{plan}");
+    let edges: Vec<(&str, &str, &str, PartitionerKind)> = plan
+        .edges
+        .iter()
+        .map(|e| {
+            (
+                plan.vertices[e.from].name.as_str(),
+                e.from_operator.as_str(),
+                plan.vertices[e.to].name.as_str(),
+                e.partitioner,
+            )
+        })
+        .collect();
+    use PartitionerKind::{Forward, Hash, Rebalance};
+    let expected = [
+        ("numbers", "flat_map-2", "totals", Hash),
+        ("totals", "totals", "halved", Rebalance),
+        ("halved", "halved", "union-11", Rebalance),
+        ("more", "more", "union-11", Forward),
+        ("union-11", "union-11", "both", Forward),
+        ("more", "more", "both", Forward),
+    ];
+    assert_eq!(edges, expected, "the plan:\n{plan}");
+    assert!(plan.edges.iter().all(|e| e.format.type_name == "u64"), "the plan:\n{plan}");
+    let stateful: Vec<&str> =
+        plan.vertices.iter().flat_map(|v| &v.operators).filter(|o| o.keyed_state).map(|o| o.name.as_str()).collect();
+    assert_eq!(stateful, ["totals"]);
+    let text = plan.to_string();
+    assert!(text.starts_with("job planned: 6 vertices, max parallelism 128\n"), "{text}");
+    assert!(text.contains("\n  edge numbers (flat_map-2) -> totals: Hash, u64 (plain data, 8 bytes)\n"), "{text}");
+
+    // What runs is what the plan says: each vertex's subtasks, and the sinks
+    // of its chain counting in its subtasks.
+    let engine = small_engine().build().expect("engine starts");
+    let result = engine.submit(job).expect("submits").wait().expect("runs");
+    let mut subtasks: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut counted: BTreeMap<&str, u64> = BTreeMap::new();
+    for s in &result.subtasks {
+        *subtasks.entry(s.vertex.as_str()).or_default() += 1;
+        for sink in &s.sinks {
+            if let SinkOutput::Count { records, .. } = sink {
+                *counted.entry(s.vertex.as_str()).or_default() += records;
+            }
+        }
+    }
+    let planned: BTreeMap<&str, u32> = plan.vertices.iter().map(|v| (v.name.as_str(), v.parallelism)).collect();
+    assert_eq!(subtasks, planned);
+    let placed = result.placement.placements.iter().fold(BTreeMap::new(), |mut m: BTreeMap<&str, u32>, p| {
+        *m.entry(p.vertex_name.as_str()).or_default() += 1;
+        m
+    });
+    assert_eq!(placed, planned);
+    assert_eq!(counted, BTreeMap::from([("numbers", 750), ("totals", 500)]));
+    assert_eq!(out.take().len(), 506);
+}

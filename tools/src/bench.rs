@@ -103,6 +103,9 @@ pub(crate) struct BenchArgs {
     /// Print the placement table on stderr.
     #[arg(long)]
     show_placement: bool,
+    /// Print the job's execution plan (vertices, chains, edges) on stderr.
+    #[arg(long)]
+    show_plan: bool,
     /// Host shard 0 on this thread (`EngineBuilder::build_hosted`): the bench's
     /// own thread runs it while it waits (roundtrip: while it waits for each
     /// answer), pinned to the first core.
@@ -173,7 +176,7 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
     let (job, expected_source_records) = match a.pipeline {
         Pipeline::Roundtrip => {
             // Driven from this thread, not waited for.
-            let how = Roundtrip { hosted: hosted.is_some(), keyed_ingress: a.keyed_ingress };
+            let how = Roundtrip { hosted: hosted.is_some(), keyed_ingress: a.keyed_ingress, show_plan: a.show_plan };
             let ok = roundtrip(&engine, how, n, p, placement, startup_s)?;
             engine.shutdown();
             return Ok(if ok { Exit::Done } else { Exit::Failed });
@@ -187,6 +190,9 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
             (latency(a.rate, duration_ms, p)?, total)
         }
     };
+    if a.show_plan {
+        eprint!("{}", job.execution_plan());
+    }
     let cpu0 = process_cpu_time();
     let handle = engine.submit_with(job, placement)?;
     if a.show_placement {
@@ -297,6 +303,8 @@ struct Roundtrip {
     hosted: bool,
     /// Requests pushed to their key's subtask (no exchange).
     keyed_ingress: bool,
+    /// Print the job's execution plan on stderr.
+    show_plan: bool,
 }
 
 /// The `roundtrip` pipeline: `n` requests, one at a time, from this thread,
@@ -320,8 +328,12 @@ fn roundtrip(
         let answers = requests.key_by(|r: &u64| *r).as_stream().map(answer).name("answer").egress(1024);
         (answers, Box::new(move |r| ingress.push(r).is_ok()))
     };
+    let job = df.build()?;
+    if how.show_plan {
+        eprint!("{}", job.execution_plan());
+    }
     let cpu0 = process_cpu_time();
-    let handle = engine.submit_with(df.build()?, placement)?;
+    let handle = engine.submit_with(job, placement)?;
     let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)?;
     let mut right = 0u64;
     let start = Instant::now();

@@ -144,14 +144,14 @@ fn two_inputs<A: Data, B: Data, O: Data>(
     let vertex = p.add_vertex(&name, parallelism, VertexPlan::Inputs(Vec::new()));
     let key = p.edges.len();
     let (ra, ka) = first.edge();
-    let edge = p.add_edge(first.vertex, vertex, ka, A::format());
+    let edge = p.add_edge((first.vertex, first.op), vertex, ka, A::format());
     attach(&first.port, Arc::new(WriterFactory { edge, routing: ra }));
     p.add_entry(vertex, edge, Arc::new(SideEntry { op: op.clone(), key, first: true }));
     let (rb, kb) = second.edge();
-    let edge = p.add_edge(second.vertex, vertex, kb, B::format());
+    let edge = p.add_edge((second.vertex, second.op), vertex, kb, B::format());
     attach(&second.port, Arc::new(WriterFactory { edge, routing: rb }));
     p.add_entry(vertex, edge, Arc::new(SideEntry { op, key, first: false }));
-    let op = add_op(&mut p, name, vertex, true, Some(consumer_check(&out.main)), None);
+    let op = add_op(&mut p, name, kind, vertex, None, Some(consumer_check(&out.main)), None);
     p.ops[op].sides = Some(out.sides);
     Stream { plan: first.plan.clone(), vertex, port: out.main, op, exchange: None }
 }

@@ -26,6 +26,7 @@
 //! # Ok::<(), shardflow_engine::EngineError>(())
 //! ```
 
+mod execution_plan;
 mod keyed;
 mod stream;
 
@@ -52,6 +53,7 @@ use crate::runtime::state::{JobSnapshot, KeyGroupRouter, OperatorSnapshot};
 use crate::runtime::vertex::{EntryFactory, PortEntry, VertexPlan};
 use crate::runtime::JobPlan;
 
+pub use execution_plan::{ExecutionPlan, PlannedEdge, PlannedOperator, PlannedVertex};
 pub use keyed::{ConnectedStreams, KeyedBroadcastStreams, KeyedConnectedStreams, KeyedStream};
 pub use stream::{Sink, Stream};
 
@@ -72,6 +74,8 @@ pub(crate) enum EdgeKind {
 
 struct PlanEdge {
     source: usize,
+    /// The operator of `source` whose records it carries.
+    source_op: usize,
     target: usize,
     kind: EdgeKind,
     format: RecordFormat,
@@ -91,9 +95,11 @@ struct PlanVertex {
 /// An operator as the builder tracks it.
 struct PlanOp {
     name: Name,
+    /// What it is (`map`, `process`, `collect`, …), for the execution plan.
+    kind: String,
     vertex: usize,
-    /// Whether it heads its vertex (else it is chained after another).
-    head: bool,
+    /// The operator it is chained after (`None`: it heads its vertex).
+    after: Option<usize>,
     /// How many consumers its output has (`None`: a sink).
     consumers: Option<Box<dyn Fn() -> usize>>,
     /// Moves a chained operator into a vertex of its own (to give it another
@@ -171,8 +177,16 @@ impl Plan {
         self.vertices.len() - 1
     }
 
-    fn add_edge(&mut self, source: usize, target: usize, kind: EdgeKind, format: RecordFormat) -> usize {
-        self.edges.push(PlanEdge { source, target, kind, format });
+    /// Adds an edge carrying the records of operator `from` (in vertex
+    /// `source`) to vertex `target`.
+    fn add_edge(
+        &mut self,
+        (source, from): (usize, usize),
+        target: usize,
+        kind: EdgeKind,
+        format: RecordFormat,
+    ) -> usize {
+        self.edges.push(PlanEdge { source, source_op: from, target, kind, format });
         self.edges.len() - 1
     }
 
@@ -192,12 +206,12 @@ impl Plan {
         Name::new(format!("{kind}-{}", self.ops.len()))
     }
 
-    /// Sends the records of `port` (in vertex `from`) through a new edge to a new
-    /// vertex of its own, routed by `routing`; returns the vertex and the port
-    /// its records arrive at.
+    /// Sends the records of `port` (of operator `from.1` in vertex `from.0`)
+    /// through a new edge to a new vertex of its own, routed by `routing`;
+    /// returns the vertex and the port its records arrive at.
     fn exchange<T: Data>(
         &mut self,
-        from: usize,
+        from: (usize, usize),
         port_in: &Port<T>,
         routing: Routing<T>,
         kind: EdgeKind,
@@ -323,6 +337,16 @@ impl Dataflow {
         S: Source<T>,
         F: Fn(&TaskInfo) -> Result<S, crate::OperatorError> + Send + Sync + 'static,
     {
+        self.source_of_kind(name, "source", make)
+    }
+
+    /// A source vertex; `kind` says what it is in the execution plan.
+    fn source_of_kind<T, S, F>(&self, name: &str, kind: &str, make: F) -> Stream<T>
+    where
+        T: Data,
+        S: Source<T>,
+        F: Fn(&TaskInfo) -> Result<S, crate::OperatorError> + Send + Sync + 'static,
+    {
         let out = port::<T>();
         let name = Name::new(name);
         let node = SourceNode { name: name.clone(), make: Arc::new(make), port: out.clone(), _s: PhantomData };
@@ -331,7 +355,7 @@ impl Dataflow {
         let vertex = p.add_vertex(&name, parallelism, VertexPlan::Source(Arc::new(node)));
         drop(p);
         // Its position is an operator list (`name/position`).
-        Stream::head(&self.plan, name, vertex, out).keeping(Keeps::Position)
+        Stream::head(&self.plan, name, kind, vertex, out).keeping(Keeps::Position)
     }
 
     /// A source emitting `f(r)` for r in `0..n`, each subtask its contiguous share.
@@ -437,7 +461,7 @@ impl Dataflow {
         self.plan.borrow_mut().ingresses.push(queues.closer());
         let queues = Arc::new(queues);
         let who = name.to_string();
-        let stream = self.source_fallible(name, move |task: &TaskInfo| {
+        let stream = self.source_of_kind(name, "ingress", move |task: &TaskInfo| {
             queues.source(task.subtask).ok_or_else(|| {
                 crate::OperatorError::User(format!("ingress '{who}' has no queue for subtask {}", task.subtask))
             })
@@ -516,7 +540,8 @@ impl Dataflow {
             snapshot_at_end: p.snapshot_at_end,
             ingresses: p.ingresses.clone(),
         };
-        Ok(Job::new(graph, Arc::new(plan), hints))
+        let execution = Arc::new(ExecutionPlan::of(&p, &graph));
+        Ok(Job { graph, plan: Arc::new(plan), hints, execution })
     }
 }
 
@@ -588,11 +613,38 @@ pub struct Job {
     pub(crate) plan: Arc<JobPlan>,
     /// Vertex name → cores, from the dataflow's placement hints.
     pub(crate) hints: BTreeMap<String, Vec<usize>>,
+    execution: Arc<ExecutionPlan>,
 }
 
 impl Job {
-    pub(crate) fn new(graph: JobGraph, plan: Arc<JobPlan>, hints: BTreeMap<String, Vec<usize>>) -> Self {
-        Job { graph, plan, hints }
+    /// What the job will run: its vertices, the operators chained into each,
+    /// and the edges between them (print it to see the chains).
+    ///
+    /// ```
+    /// use shardflow_engine::{Dataflow, Emitter};
+    ///
+    /// let df = Dataflow::new("words").parallelism(2);
+    /// df.from_iter("lines", ["a rose is a rose".to_string()])
+    ///     .flat_map(|line: &str, out: &mut Emitter<'_, String>| line.split(' ').for_each(|w| out.emit_ref(w)))
+    ///     .name("split")
+    ///     .key_by_ref::<String, _>(|w: &str| w)
+    ///     .count_final()
+    ///     .collect();
+    /// let job = df.build()?;
+    /// assert_eq!(
+    ///     job.execution_plan().to_string(),
+    ///     "job words: 2 vertices, max parallelism 128
+    ///   vertex 0 lines: parallelism 2, group default
+    ///     lines [source] -> split [flat_map]
+    ///   vertex 1 count-2: parallelism 2, group default
+    ///     count-2 (keyed state) -> collect-3
+    ///   edge lines (split) -> count-2: Hash, alloc::string::String (rkyv, archived root of 8 bytes)
+    /// "
+    /// );
+    /// # Ok::<(), shardflow_engine::EngineError>(())
+    /// ```
+    pub fn execution_plan(&self) -> &ExecutionPlan {
+        &self.execution
     }
 
     /// The job graph.
@@ -616,12 +668,24 @@ pub(crate) const VERTEX_PARAM: &str = "vertex";
 pub(crate) fn add_op(
     plan: &mut Plan,
     name: Name,
+    kind: &str,
     vertex: usize,
-    head: bool,
+    after: Option<usize>,
     consumers: Option<Box<dyn Fn() -> usize>>,
     rehome: Option<Rehome>,
 ) -> usize {
-    plan.ops.push(PlanOp { name, vertex, head, consumers, rehome, keeps: Keeps::Nothing, sides: None, side_of: None });
+    let kind = kind.to_string();
+    plan.ops.push(PlanOp {
+        name,
+        kind,
+        vertex,
+        after,
+        consumers,
+        rehome,
+        keeps: Keeps::Nothing,
+        sides: None,
+        side_of: None,
+    });
     plan.ops.len() - 1
 }
 

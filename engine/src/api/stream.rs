@@ -54,8 +54,8 @@ impl<T: Data> std::fmt::Debug for Stream<T> {
 
 impl<T: Data> Stream<T> {
     /// The stream of an operator heading vertex `vertex`.
-    pub(crate) fn head(plan: &PlanRef, name: Name, vertex: usize, out: Port<T>) -> Self {
-        let op = add_op(&mut plan.borrow_mut(), name, vertex, true, Some(consumer_check(&out)), None);
+    pub(crate) fn head(plan: &PlanRef, name: Name, kind: &str, vertex: usize, out: Port<T>) -> Self {
+        let op = add_op(&mut plan.borrow_mut(), name, kind, vertex, None, Some(consumer_check(&out)), None);
         Stream { plan: plan.clone(), vertex, port: out, op, exchange: None }
     }
 
@@ -66,7 +66,7 @@ impl<T: Data> Stream<T> {
         match &self.exchange {
             None | Some((_, EdgeKind::Pinned)) => (self.vertex, self.port.clone(), false),
             Some((routing, kind)) => {
-                let (v, root) = p.exchange(self.vertex, &self.port, routing.clone(), *kind, name);
+                let (v, root) = p.exchange((self.vertex, self.op), &self.port, routing.clone(), *kind, name);
                 (v, root, true)
             }
         }
@@ -107,7 +107,7 @@ impl<T: Data> Stream<T> {
         let rehome: Option<super::Rehome> = if head {
             None
         } else {
-            let (from, name) = (vertex, name.clone());
+            let (from, name) = ((vertex, self.op), name.clone());
             let (routing, kind) = self.edge();
             Some(Box::new(move |p: &mut Plan| {
                 detach(&input, &factory);
@@ -116,7 +116,8 @@ impl<T: Data> Stream<T> {
                 v
             }))
         };
-        let op = add_op(&mut p, name, vertex, head, Some(consumer_check(&out.main)), rehome);
+        let after = (!head).then_some(self.op);
+        let op = add_op(&mut p, name, kind, vertex, after, Some(consumer_check(&out.main)), rehome);
         if emitting {
             p.ops[op].sides = Some(out.sides);
         }
@@ -136,7 +137,7 @@ impl<T: Data> Stream<T> {
         let factory = make(name.clone());
         let (vertex, input, head) = self.place(&mut p, &name);
         attach(&input, factory);
-        add_op(&mut p, name.clone(), vertex, head, None, None);
+        add_op(&mut p, name.clone(), kind, vertex, (!head).then_some(self.op), None, None);
         p.sinks += 1;
         Sink { name }
     }
@@ -188,14 +189,14 @@ impl<T: Data> Stream<T> {
         } else if p.vertices[vertex].parallelism == parallelism {
         } else if p.vertices[vertex].fixed_parallelism {
             p.error(DataflowError::FixedParallelism { operator });
-        } else if op.head {
+        } else if op.after.is_none() {
             p.vertices[vertex].parallelism = parallelism;
         } else if let Some(rehome) = p.ops[self.op].rehome.take() {
             let v = rehome(&mut p);
             p.vertices[v].parallelism = parallelism;
             let op = &mut p.ops[self.op];
             op.vertex = v;
-            op.head = true;
+            op.after = None;
             self.vertex = v;
         }
         drop(p);
@@ -355,11 +356,11 @@ impl<T: Data> Stream<T> {
         let key = p.edges.len();
         for s in [self, other] {
             let (routing, kind) = s.edge();
-            let edge = p.add_edge(s.vertex, vertex, kind, T::format());
+            let edge = p.add_edge((s.vertex, s.op), vertex, kind, T::format());
             attach(&s.port, Arc::new(WriterFactory { edge, routing }));
             p.add_entry(vertex, edge, Arc::new(PortEntry { port: root.clone(), key }));
         }
-        let op = add_op(&mut p, name, vertex, true, Some(consumer_check(&root)), None);
+        let op = add_op(&mut p, name, "union", vertex, None, Some(consumer_check(&root)), None);
         Stream { plan: self.plan.clone(), vertex, port: root, op, exchange: None }
     }
 
@@ -390,7 +391,7 @@ impl<T: Data> Stream<T> {
                 port::<U>()
             }
         };
-        let op = add_op(&mut p, name, self.vertex, false, Some(consumer_check(&port)), None);
+        let op = add_op(&mut p, name, "side_output", self.vertex, Some(self.op), Some(consumer_check(&port)), None);
         p.ops[op].side_of = Some(self.op);
         Stream { plan: self.plan.clone(), vertex: self.vertex, port, op, exchange: None }
     }

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use shardflow_engine::protocol::{JobDetails, SubtaskDetails, SubtaskProgress, TaskDumpEntry, WaitCondition};
-use shardflow_engine::{ExecutionState, JobStatus, WorkerId};
+use shardflow_engine::{ExecutionPlan, ExecutionState, JobStatus, WorkerId};
 
 use super::access::Connection;
 use super::{parse_job_id, ClientArgs, ConfigFile, FOLLOW_LEADER};
@@ -77,6 +77,10 @@ pub(crate) struct SubmitArgs {
     /// List the named jobs and their parameters.
     #[arg(long)]
     list_jobs: bool,
+    /// Print the job's execution plan (its vertices, the operators chained
+    /// into each, the edges between them) instead of submitting it.
+    #[arg(long)]
+    plan: bool,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -106,6 +110,15 @@ pub(crate) fn submit(a: &SubmitArgs, cfg: &ConfigFile) -> Result<Exit> {
     }
     let defaults = &cfg.submit;
     let job = crate::jobs().build(name, &params, a.parallelism.or(defaults.parallelism).unwrap_or(2))?;
+    if a.plan {
+        let plan = job.execution_plan();
+        if a.client.json {
+            println!("{}", plan_json(plan));
+        } else {
+            print!("{plan}");
+        }
+        return Ok(Exit::Done);
+    }
     let placement = match a.placement.as_ref().or(defaults.placement.as_ref()) {
         Some(p) if Path::new(p).is_file() => {
             std::fs::read_to_string(p).with_context(|| format!("reading placement file {p}"))?.trim().to_string()
@@ -134,6 +147,36 @@ pub(crate) fn submit(a: &SubmitArgs, cfg: &ConfigFile) -> Result<Exit> {
     let d = client.following(Duration::from_secs(timeout_s), |c, left| c.wait(id, wait.condition(), left))?;
     print_details(&d, &progress(&mut client, &d), a.client.json);
     Ok(wait.outcome(&d, timeout_s))
+}
+
+/// An execution plan as JSON: the job, its vertices (each with its chain's
+/// operators) and its edges, vertices named by index.
+fn plan_json(plan: &ExecutionPlan) -> serde_json::Value {
+    let vertices: Vec<_> = plan
+        .vertices
+        .iter()
+        .map(|v| {
+            let operators: Vec<_> = v
+                .operators
+                .iter()
+                .map(|o| {
+                    json!({"name": o.name, "kind": o.kind, "chained_after": o.chained_after,
+                           "keyed_state": o.keyed_state, "operator_state": o.operator_state, "sink": o.sink})
+                })
+                .collect();
+            json!({"name": v.name, "parallelism": v.parallelism, "slot_sharing_group": v.slot_sharing_group,
+                   "cores": v.cores, "chain": v.chain(), "operators": operators})
+        })
+        .collect();
+    let edges: Vec<_> = plan
+        .edges
+        .iter()
+        .map(|e| {
+            json!({"from": e.from, "from_operator": e.from_operator, "to": e.to,
+                   "partitioner": format!("{:?}", e.partitioner), "format": e.format.to_string()})
+        })
+        .collect();
+    json!({"job": plan.job, "max_parallelism": plan.max_parallelism, "vertices": vertices, "edges": edges})
 }
 
 /// `shardflow list`.
