@@ -158,4 +158,17 @@ fn a_fallible_map_or_flat_map_that_fails_fails_the_job_with_its_reason_and_the_e
     // The engine runs on: the same jobs on good input finish, every record through.
     let result = parsed(None).expect("every line parses");
     assert_eq!(result.count(), (10_000, (0..10_000).sum()));
+    // Plain data, mapped in batches: a failure amid a batch fails the job the
+    // same way; without one, every record is through.
+    let checked = |limit: u64| {
+        let df = Dataflow::new("checked").parallelism(2);
+        df.generate("numbers", 100_000, |r| r)
+            .try_map(move |r: &u64| if *r < limit { Ok(r * 2) } else { Err(format!("{r} is over {limit}").into()) })
+            .name("doubled")
+            .count_and_sum(|r: &u64| *r);
+        engine.run(df.build().unwrap())
+    };
+    expect_failure(checked(54_321), &["numbers (", "operator 'doubled': 54321 is over 54321"]);
+    let result = checked(u64::MAX).expect("every number is under the limit");
+    assert_eq!(result.count(), (100_000, (0..100_000u64).map(|r| r * 2).sum()));
 }

@@ -12,7 +12,9 @@ use crate::error::{DataflowError, OperatorError};
 use crate::runtime::bound::QueueBound;
 use crate::runtime::build::{attach, port, Name, NodeFactory, Port};
 use crate::runtime::collector::Emitter;
-use crate::runtime::ops::{Fallible, FilterFactory, FlatMapFactory, MapFactory, ProcessFactory, ProcessFunction};
+use crate::runtime::ops::{
+    FilterFactory, FlatMapFactory, MapFactory, ProcessFactory, ProcessFunction, TryFlatMapFactory, TryMapFactory,
+};
 use crate::runtime::output::{KeyBy, KeyByRef, KeySelector, Routing, SelectorRoute, WriterFactory};
 use crate::runtime::side::{OutPorts, OutputTag, SidePorts};
 use crate::runtime::sinks::{
@@ -258,10 +260,8 @@ impl<T: Data> Stream<T> {
         &self,
         f: impl Fn(&T::Borrowed) -> Result<U, OperatorError> + Send + Sync + 'static,
     ) -> Stream<U> {
-        self.fallible("try_map", move |r: &T::Borrowed, out: &mut Emitter<'_, U>| {
-            out.emit(f(r)?);
-            Ok(())
-        })
+        let f = Arc::new(f);
+        self.then("try_map", |name, next| Arc::new(TryMapFactory { name, f, next, _t: PhantomData }))
     }
 
     /// Zero or more records per record, emitted by `f`, which may fail: an
@@ -270,16 +270,8 @@ impl<T: Data> Stream<T> {
         &self,
         f: impl Fn(&T::Borrowed, &mut Emitter<'_, U>) -> Result<(), OperatorError> + Send + Sync + 'static,
     ) -> Stream<U> {
-        self.fallible("try_flat_map", f)
-    }
-
-    fn fallible<U: Data>(
-        &self,
-        kind: &str,
-        f: impl Fn(&T::Borrowed, &mut Emitter<'_, U>) -> Result<(), OperatorError> + Send + Sync + 'static,
-    ) -> Stream<U> {
-        let f = Fallible(Arc::new(f));
-        self.then_emitting(kind, |name, out| Arc::new(ProcessFactory { name, f, out, _t: PhantomData }))
+        let f = Arc::new(f);
+        self.then_emitting("try_flat_map", |name, out| Arc::new(TryFlatMapFactory { name, f, out, _t: PhantomData }))
     }
 
     /// A process function over each record, with operator state.

@@ -4,16 +4,16 @@
 
 mod process;
 
-pub(crate) use process::{list_items, restored_list, CoProcessFactory, Fallible, ProcessFactory};
+pub(crate) use process::{list_items, restored_list, CoProcessFactory, ProcessFactory};
 pub use process::{CoProcessFunction, ListRef, ListStateHandle, OperatorContext, ProcessFunction};
 
 use std::marker::PhantomData;
 use std::sync::Arc;
 
 use crate::data::Data;
-use crate::error::EngineError;
-use crate::runtime::build::{build_port, BuildContext, NodeFactory, Port};
-use crate::runtime::collector::{Collector, Emitter};
+use crate::error::{EngineError, OperatorError};
+use crate::runtime::build::{build_port, BuildContext, Name, NodeFactory, Port};
+use crate::runtime::collector::{named, Collector, Emitter, Failure};
 use crate::runtime::keyed::TwoInputFactory;
 use crate::runtime::side::{OutPorts, Outputs};
 
@@ -125,6 +125,107 @@ where
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
         let out = self.out.build(ctx)?;
         Ok(Box::new(FlatMapOp { f: self.f.clone(), out, _t: PhantomData }))
+    }
+}
+
+/// A record-to-record function that may fail: as [`MapOp`], an error kept as
+/// the task's failure (with the operator's name) instead of a record.
+pub(crate) struct TryMapOp<T: Data, U: Data, F> {
+    f: Arc<F>,
+    name: String,
+    failure: Failure,
+    next: Box<dyn Collector<U>>,
+    buf: Vec<U>,
+    _t: PhantomData<fn(&T)>,
+}
+
+impl<T: Data, U: Data, F: Fn(&T::Borrowed) -> Result<U, OperatorError>> Collector<T> for TryMapOp<T, U, F> {
+    #[inline]
+    fn collect(&mut self, record: &T::Borrowed) {
+        match (self.f)(record) {
+            Ok(u) => self.next.collect(u.borrow()),
+            Err(e) => self.failure.set(named(&self.name, e)),
+        }
+    }
+
+    fn collect_batch(&mut self, records: &[T]) {
+        if U::POD {
+            // The records before a failure go on; the rest of the batch does
+            // not (the task fails once the batch is through).
+            self.buf.clear();
+            for r in records {
+                match (self.f)(r.borrow()) {
+                    Ok(u) => self.buf.push(u),
+                    Err(e) => {
+                        self.failure.set(named(&self.name, e));
+                        break;
+                    }
+                }
+            }
+            self.next.collect_batch(&self.buf);
+        } else {
+            for r in records {
+                self.collect(r.borrow());
+            }
+        }
+    }
+}
+
+pub(crate) struct TryMapFactory<T, U: Data, F> {
+    pub(crate) name: Name,
+    pub(crate) f: Arc<F>,
+    pub(crate) next: Port<U>,
+    pub(crate) _t: PhantomData<fn(&T)>,
+}
+
+impl<T: Data, U: Data, F> NodeFactory<T> for TryMapFactory<T, U, F>
+where
+    F: Fn(&T::Borrowed) -> Result<U, OperatorError> + Send + Sync + 'static,
+{
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
+        let next = build_port(&self.next, ctx)?;
+        let (name, failure) = (self.name.get(), ctx.failure.clone());
+        Ok(Box::new(TryMapOp { f: self.f.clone(), name, failure, next, buf: Vec::new(), _t: PhantomData }))
+    }
+}
+
+/// A one-to-many function that may fail: as [`FlatMapOp`], an error kept as
+/// the task's failure (with the operator's name).
+pub(crate) struct TryFlatMapOp<T: Data, U: Data, F> {
+    f: Arc<F>,
+    name: String,
+    failure: Failure,
+    out: Outputs<U>,
+    _t: PhantomData<fn(&T)>,
+}
+
+impl<T: Data, U: Data, F> Collector<T> for TryFlatMapOp<T, U, F>
+where
+    F: Fn(&T::Borrowed, &mut Emitter<'_, U>) -> Result<(), OperatorError>,
+{
+    #[inline]
+    fn collect(&mut self, record: &T::Borrowed) {
+        if let Err(e) = (self.f)(record, &mut self.out.emitter()) {
+            self.failure.set(named(&self.name, e));
+        }
+    }
+}
+
+pub(crate) struct TryFlatMapFactory<T, U: Data, F> {
+    pub(crate) name: Name,
+    pub(crate) f: Arc<F>,
+    pub(crate) out: OutPorts<U>,
+    pub(crate) _t: PhantomData<fn(&T)>,
+}
+
+impl<T: Data, U: Data, F> NodeFactory<T> for TryFlatMapFactory<T, U, F>
+where
+    F: Fn(&T::Borrowed, &mut Emitter<'_, U>) -> Result<(), OperatorError> + Send + Sync + 'static,
+{
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
+        let out = self.out.build(ctx)?;
+        let (name, failure) = (self.name.get(), ctx.failure.clone());
+        Ok(Box::new(TryFlatMapOp { f: self.f.clone(), name, failure, out, _t: PhantomData }))
     }
 }
 

@@ -519,31 +519,6 @@ impl<O: Data, C: OperatorCallbacks<O>> Lifecycle for ProcessOp<O, C> {
     }
 }
 
-/// A closure that may fail, as a process function with no state: what
-/// [`crate::Stream::try_map`] and [`crate::Stream::try_flat_map`] run.
-pub(crate) struct Fallible<F>(pub(crate) Arc<F>);
-
-impl<F> Clone for Fallible<F> {
-    fn clone(&self) -> Self {
-        Fallible(self.0.clone())
-    }
-}
-
-impl<T: Data, O: Data, F> ProcessFunction<T, O> for Fallible<F>
-where
-    F: Fn(&T::Borrowed, &mut Emitter<'_, O>) -> Result<(), OperatorError> + Send + Sync + 'static,
-{
-    #[inline]
-    fn process(
-        &mut self,
-        record: &T::Borrowed,
-        _: &mut OperatorContext<'_>,
-        out: &mut Emitter<'_, O>,
-    ) -> Result<(), OperatorError> {
-        (self.0)(record, out)
-    }
-}
-
 pub(crate) struct ProcessFactory<T, O: Data, P> {
     pub(crate) name: Name,
     pub(crate) f: P,
