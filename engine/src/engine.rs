@@ -181,20 +181,14 @@ impl Engine {
     }
 
     /// `strategy`, or where the job has placement hints and `strategy` is the
-    /// default, an explicit map: hinted vertices on their cores, the others on
-    /// every shard's.
+    /// default, the explicit map they ask for over the engine's shards
+    /// ([`Job::hinted_placement`]).
     fn with_hints(&self, job: &Job, strategy: PlacementStrategy) -> PlacementStrategy {
-        if job.hints.is_empty() || strategy != PlacementStrategy::Spread {
+        if strategy != PlacementStrategy::Spread {
             return strategy;
         }
-        let all: Vec<usize> = self.shards.iter().map(|s| s.core).collect();
-        let map = job
-            .graph
-            .vertices
-            .iter()
-            .map(|v| (v.name.clone(), job.hints.get(&v.name).cloned().unwrap_or_else(|| all.clone())))
-            .collect();
-        PlacementStrategy::Explicit(map)
+        let cores: Vec<usize> = self.shards.iter().map(|s| s.core).collect();
+        job.hinted_placement(&cores).unwrap_or(strategy)
     }
 
     /// The shards and their cores.

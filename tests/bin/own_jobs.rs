@@ -21,9 +21,9 @@ fn main() -> std::process::ExitCode {
     jobs.register(
         "visit-time",
         "visits of `users` users, each user's total time summed by key, visits of /page/0 counted aside; \
-         visits=N, users=N",
+         visits=N, users=N, pin=CORE (a core hint: the visits' vertex on that core)",
         |p| {
-            p.only(&["visits", "users"])?;
+            p.only(&["visits", "users", "pin"])?;
             let (visits, users) = (p.u64_or("visits", 10_000)?, p.u64_or("users", 100)?.max(1));
             let df = Dataflow::new("visit-time").parallelism(p.parallelism());
             let home = OutputTag::<Visit>::new("home");
@@ -39,6 +39,10 @@ fn main() -> std::process::ExitCode {
                     _ => out.emit_ref(v),
                 })
                 .name("split");
+            let visits = match p.has("pin") {
+                true => visits.cores(&[p.u64_or("pin", 0)? as usize]),
+                false => visits,
+            };
             visits.side_output(&home).count_and_sum(|v: &Visit| v.millis).name("home");
             visits
                 .key_by_ref::<String, _>(|v: &Visit| &v.user)

@@ -78,6 +78,13 @@ fn a_users_own_binary_runs_its_own_jobs_as_a_cluster() {
     let home = (0..20_000u64).filter(|r| r % 7 == 0).count() as u64;
     assert_eq!((records, sum), (50 + home, 20_000 * 19_999 / 2), "per user, and the home page's visits: {v}");
 
+    // A core hint of its job places it: on the worker's core it runs, on a
+    // core no worker has it is refused, naming the vertex and the core.
+    let pinned = json(&[&submit[..], &["--param", "pin=0", "--wait", "finished"], &at[..]].concat());
+    assert_eq!(pinned["status"], "FINISHED", "{pinned}");
+    let out = own(&[&submit[..], &["--param", "pin=7"], &at[..]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("'visits'") && err.contains("core 7"), "{err}");
     // Its plan, asked of the binary without submitting: the side output's sink
     // chained where the split runs, the keyed sum behind a hash edge; the
     // vertices are those the cluster ran.

@@ -111,6 +111,43 @@ fn core_hints_of_a_dataflow_place_its_vertex() {
     assert_eq!(pinned.len(), 2);
     assert!(pinned.iter().all(|p| p.core == last), "{}", handle.placement());
     assert_eq!(handle.wait_timeout(TIMEOUT).unwrap().count().0, 1000);
+
+    // A vertex without a hint and of fewer subtasks than shards goes where
+    // the hinted ones left room (it was refused: its default map listed every
+    // core, more than its subtasks).
+    let first = engine.shards()[0].core;
+    let df = Dataflow::new("hinted-and-not").parallelism(2);
+    df.generate("source", 1000, |r| r).cores(&[first]).rebalance().map(|r: &u64| *r).name("one").parallelism(1).count();
+    let handle = engine.submit(df.build().unwrap()).expect("an unhinted vertex of one subtask is placed");
+    let one = handle.placement().placements.iter().find(|p| p.vertex_name == "one").expect("placed").core;
+    if engine.shards().len() > 1 {
+        assert_ne!(one, first, "the least loaded core: {}", handle.placement());
+    }
+    assert_eq!(handle.wait_timeout(TIMEOUT).unwrap().count().0, 1000);
+}
+
+#[test]
+fn hints_become_an_explicit_map_with_the_other_vertices_on_the_least_loaded_cores() {
+    let df = Dataflow::new("mapped").parallelism(4);
+    let a = df.generate("a", 10, |r| r).cores(&[0]);
+    let b = a.rebalance().map(|r: &u64| *r).name("b").parallelism(2);
+    let c = b.rebalance().map(|r: &u64| *r).name("c");
+    let d = c.rebalance().map(|r: &u64| *r).name("d").parallelism(1).cores(&[2]);
+    d.count();
+    let job = df.build().unwrap();
+    let map = |m: &[(&str, &[usize])]| {
+        PlacementStrategy::Explicit(m.iter().map(|(v, cs)| (v.to_string(), cs.to_vec())).collect())
+    };
+    // Hinted: a's 4 subtasks on core 0, d's on 2. Then b on the two least
+    // loaded (1 and 3), c on all four, least loaded first (1, 2 and 3 hold
+    // one each, 0 four), ties by core.
+    let placed = job.hinted_placement(&[3, 2, 1, 0, 1]).expect("the job has hints");
+    let want = map(&[("a", &[0]), ("b", &[1, 3]), ("c", &[1, 2, 3, 0]), ("d", &[2])]);
+    assert_eq!(placed, want, "{placed}");
+    assert_eq!(job.hinted_placement(&[]), None, "no cores: nothing to place on");
+    let df = Dataflow::new("free").parallelism(2);
+    df.generate("a", 10, |r| r).count();
+    assert_eq!(df.build().unwrap().hinted_placement(&[0, 1]), None, "no hints");
 }
 
 #[test]

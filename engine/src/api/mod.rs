@@ -36,7 +36,9 @@ use std::marker::PhantomData;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use shardflow_control::{JobGraph, JobVertex, OperatorSpec, PartitionerKind, RecordFormat, VertexId};
+use shardflow_control::{
+    JobGraph, JobVertex, OperatorSpec, PartitionerKind, PlacementStrategy, RecordFormat, VertexId,
+};
 
 use crate::data::{key_hash, Data, Key};
 use crate::error::{DataflowError, EngineError};
@@ -645,6 +647,57 @@ impl Job {
     /// ```
     pub fn execution_plan(&self) -> &ExecutionPlan {
         &self.execution
+    }
+
+    /// The dataflow's core hints ([`crate::Stream::cores`]): vertex name →
+    /// cores.
+    pub fn core_hints(&self) -> &BTreeMap<String, Vec<usize>> {
+        &self.hints
+    }
+
+    /// The placement the dataflow's core hints ([`crate::Stream::cores`])
+    /// ask for, on a cluster whose shards run on `cores`: an explicit map,
+    /// each hinted vertex on its cores, each other vertex spread over the
+    /// least loaded of `cores` (a core holding fewer of the job's subtasks
+    /// first; every core once before any twice). `None` if the job has no
+    /// hints. [`crate::Engine::submit`] places by it; so does `shardflow
+    /// submit` without `--placement`, over the cores of the cluster's workers.
+    pub fn hinted_placement(&self, cores: &[usize]) -> Option<PlacementStrategy> {
+        if self.hints.is_empty() || cores.is_empty() {
+            return None;
+        }
+        let mut cores = cores.to_vec();
+        cores.sort_unstable();
+        cores.dedup();
+        let mut load: BTreeMap<usize, u32> = cores.iter().map(|&c| (c, 0)).collect();
+        for v in &self.graph.vertices {
+            if let Some(hinted) = self.hints.get(&v.name) {
+                for i in 0..v.parallelism as usize {
+                    *load.entry(hinted[i % hinted.len()]).or_default() += 1;
+                }
+            }
+        }
+        let mut map = BTreeMap::new();
+        for v in &self.graph.vertices {
+            let chosen = match self.hints.get(&v.name) {
+                Some(hinted) => hinted.clone(),
+                None => {
+                    // Subtask i runs on the i-th core listed: list the least
+                    // loaded first, at most one per subtask.
+                    let mut order = cores.clone();
+                    order.sort_by_key(|c| load[c]);
+                    order.truncate(v.parallelism as usize);
+                    for i in 0..v.parallelism as usize {
+                        if let Some(n) = load.get_mut(&order[i % order.len()]) {
+                            *n += 1;
+                        }
+                    }
+                    order
+                }
+            };
+            map.insert(v.name.clone(), chosen);
+        }
+        Some(PlacementStrategy::Explicit(map))
     }
 
     /// The job graph.

@@ -214,7 +214,8 @@ impl<T: Data> Stream<T> {
     }
 
     /// Places the subtasks of this stream's vertex on `cores` (subtask i on
-    /// `cores[i % len]`); vertices without a hint spread over every shard.
+    /// `cores[i % len]`); vertices without a hint spread over the shards, the
+    /// least loaded first ([`crate::Job::hinted_placement`]).
     #[must_use]
     pub fn cores(self, cores: &[usize]) -> Self {
         let mut p = self.plan.borrow_mut();

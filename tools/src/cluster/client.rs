@@ -62,7 +62,9 @@ pub(crate) struct SubmitArgs {
     #[arg(long, short = 'p')]
     parallelism: Option<u32>,
     /// spread, pack, colocate, `vertex=cores;...`, or a file holding the latter.
-    /// Default: the config file's, else the cluster's (colocate).
+    /// Default: the config file's, else the job's core hints if it has some
+    /// (hinted vertices on their cores, the others on the least loaded of the
+    /// workers' cores), else the cluster's (colocate).
     #[arg(long)]
     placement: Option<String>,
     /// Restart strategy. Default: the config file's, else the cluster's.
@@ -127,6 +129,16 @@ pub(crate) fn submit(a: &SubmitArgs, cfg: &ConfigFile) -> Result<Exit> {
         None => String::new(),
     };
     let mut client = a.client.connect(cfg)?;
+    // Without a placement asked for, the job's own core hints place it, over
+    // the cores the cluster's workers run shards on.
+    let placement = match placement.is_empty() && !job.core_hints().is_empty() {
+        true => {
+            let workers = client.following(FOLLOW_LEADER, |c, _| c.workers())?;
+            let cores: Vec<usize> = workers.iter().flat_map(|w| &w.resources.cores).map(|&c| c as usize).collect();
+            job.hinted_placement(&cores).map(|p| p.to_string()).unwrap_or_default()
+        }
+        false => placement,
+    };
     let restart = a.restart.as_deref().or(defaults.restart.as_deref()).unwrap_or("");
     let id = client.once(|c| c.submit(job.graph().clone(), &placement, restart))?;
     let Some(wait) = a.wait else {
