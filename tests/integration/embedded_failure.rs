@@ -169,6 +169,19 @@ fn a_fallible_map_or_flat_map_that_fails_fails_the_job_with_its_reason_and_the_e
         engine.run(df.build().unwrap())
     };
     expect_failure(checked(54_321), &["numbers (", "operator 'doubled': 54321 is over 54321"]);
+    let df = Dataflow::new("spread").parallelism(2);
+    df.generate("numbers", 100_000, |r| r)
+        .try_flat_map(|r: &u64, out: &mut Emitter<'_, u64>| {
+            out.emit(*r);
+            if *r == 76_543 {
+                return Err("no more after 76543".into());
+            }
+            out.emit(r + 1);
+            Ok(())
+        })
+        .name("pairs")
+        .count();
+    expect_failure(engine.run(df.build().unwrap()), &["numbers (", "operator 'pairs': no more after 76543"]);
     let result = checked(u64::MAX).expect("every number is under the limit");
     assert_eq!(result.count(), (100_000, (0..100_000u64).map(|r| r * 2).sum()));
 }

@@ -246,6 +246,44 @@ impl KeyedBroadcastProcessFunction<u64, u64, u64, u64> for Echo {
     }
 }
 
+/// What a `flat_map` of plain data emits for `r`: `r`, and for every
+/// 5 000th record a run of 10 000 more (past what one batch gathers); odd
+/// records also to side output `odd`.
+fn exploded(r: u64) -> Vec<u64> {
+    let run = if r % 5_000 == 0 { 10_000 } else { 0 };
+    std::iter::once(r).chain((0..run).map(|i| 1_000_000_000 + r * 100_000 + i)).collect()
+}
+
+#[test]
+fn a_flat_map_of_plain_data_hands_on_every_record_in_order_and_its_side_outputs() {
+    let engine = small_engine().build().expect("engine starts");
+    let odd = OutputTag::<u64>::new("odd");
+    let n = 20_000u64;
+    let df = Dataflow::new("exploded").parallelism(1);
+    let tag = odd.clone();
+    let out = df.generate("numbers", n, |r| r).flat_map(move |r: &u64, out: &mut Emitter<'_, u64>| {
+        for (i, x) in exploded(*r).into_iter().enumerate() {
+            // Owned and borrowed forms alike.
+            if i % 2 == 0 {
+                out.emit(x);
+            } else {
+                out.emit_ref(&x);
+            }
+        }
+        if r % 2 == 1 {
+            out.emit_side(&tag, *r);
+        }
+    });
+    let main = out.collect();
+    let odds = out.side_output(&odd).collect();
+    engine.run(df.build().unwrap()).expect("finishes");
+    let want: Vec<u64> = (0..n).flat_map(exploded).collect();
+    let got = main.take();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "the first difference at {:?}", got.iter().zip(&want).position(|(a, b)| a != b));
+    assert_eq!(odds.take(), (0..n).filter(|r| r % 2 == 1).collect::<Vec<_>>());
+}
+
 #[test]
 fn every_two_input_operator_emits_side_outputs() {
     let engine = small_engine().build().expect("engine starts");

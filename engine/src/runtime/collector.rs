@@ -51,25 +51,51 @@ pub(crate) trait Collector<T: Data> {
 pub struct Emitter<'a, T: Data> {
     next: &'a mut dyn Collector<T>,
     side: &'a mut SideOutputs,
+    /// Where plain records gather, to go on as one batch, while the operator
+    /// handles a batch ([`Emitter::batching`]).
+    batch: Option<&'a mut Vec<T>>,
 }
+
+/// The most bytes of plain records an emitter gathers before it hands them on.
+const EMIT_BATCH_BYTES: usize = 64 << 10;
 
 impl<'a, T: Data> Emitter<'a, T> {
     /// An emitter onto `next` and the operator's side outputs.
     #[inline]
     pub(crate) fn with_side(next: &'a mut dyn Collector<T>, side: &'a mut SideOutputs) -> Self {
-        Emitter { next, side }
+        Emitter { next, side, batch: None }
+    }
+
+    /// An emitter that gathers plain records in `batch` and hands them on to
+    /// `next` as batches (a full one at once; the caller hands on the rest).
+    #[inline]
+    pub(crate) fn batching(next: &'a mut dyn Collector<T>, side: &'a mut SideOutputs, batch: &'a mut Vec<T>) -> Self {
+        Emitter { next, side, batch: Some(batch) }
     }
 
     /// Emits `record`.
     #[inline]
     pub fn emit(&mut self, record: T) {
-        self.next.collect(record.borrow());
+        match &mut self.batch {
+            // Only plain data gathers: the check is compiled away for the rest.
+            Some(batch) if T::POD => {
+                batch.push(record);
+                if batch.len() * std::mem::size_of::<T>() >= EMIT_BATCH_BYTES {
+                    self.next.collect_batch(batch);
+                    batch.clear();
+                }
+            }
+            _ => self.next.collect(record.borrow()),
+        }
     }
 
     /// Emits a record given in its borrowed form.
     #[inline]
     pub fn emit_ref(&mut self, record: &T::Borrowed) {
-        self.next.collect(record);
+        match self.batch {
+            Some(_) if T::POD => self.emit(T::to_owned_record(record)),
+            _ => self.next.collect(record),
+        }
     }
 
     /// Emits `record` to side output `tag`: to the stream

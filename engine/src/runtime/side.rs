@@ -200,4 +200,17 @@ impl<O: Data> Outputs<O> {
     pub(crate) fn emitter(&mut self) -> Emitter<'_, O> {
         Emitter::with_side(&mut *self.main, &mut self.side)
     }
+
+    /// Runs `each` with an emitter that gathers plain records in `batch` and
+    /// hands them on as batches, then hands on what is left.
+    #[inline]
+    pub(crate) fn batching<R>(&mut self, batch: &mut Vec<O>, each: impl FnOnce(&mut Emitter<'_, O>) -> R) -> R {
+        batch.clear();
+        let r = each(&mut Emitter::batching(&mut *self.main, &mut self.side, batch));
+        if !batch.is_empty() {
+            self.main.collect_batch(batch);
+            batch.clear();
+        }
+        r
+    }
 }

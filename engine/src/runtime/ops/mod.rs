@@ -102,6 +102,8 @@ impl<T: Data, F: Fn(&T::Borrowed) -> bool + Send + Sync + 'static> NodeFactory<T
 pub(crate) struct FlatMapOp<T: Data, U: Data, F> {
     f: Arc<F>,
     out: Outputs<U>,
+    /// Plain records emitted while a batch is handled, handed on as batches.
+    buf: Vec<U>,
     _t: PhantomData<fn(&T)>,
 }
 
@@ -109,6 +111,17 @@ impl<T: Data, U: Data, F: Fn(&T::Borrowed, &mut Emitter<'_, U>)> Collector<T> fo
     #[inline]
     fn collect(&mut self, record: &T::Borrowed) {
         (self.f)(record, &mut self.out.emitter());
+    }
+
+    fn collect_batch(&mut self, records: &[T]) {
+        if U::POD {
+            let FlatMapOp { f, out, buf, .. } = self;
+            out.batching(buf, |emitter| records.iter().for_each(|r| f(r.borrow(), emitter)));
+        } else {
+            for r in records {
+                self.collect(r.borrow());
+            }
+        }
     }
 }
 
@@ -124,7 +137,7 @@ where
 {
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
         let out = self.out.build(ctx)?;
-        Ok(Box::new(FlatMapOp { f: self.f.clone(), out, _t: PhantomData }))
+        Ok(Box::new(FlatMapOp { f: self.f.clone(), out, buf: Vec::new(), _t: PhantomData }))
     }
 }
 
@@ -196,6 +209,8 @@ pub(crate) struct TryFlatMapOp<T: Data, U: Data, F> {
     name: String,
     failure: Failure,
     out: Outputs<U>,
+    /// Plain records emitted while a batch is handled, handed on as batches.
+    buf: Vec<U>,
     _t: PhantomData<fn(&T)>,
 }
 
@@ -207,6 +222,22 @@ where
     fn collect(&mut self, record: &T::Borrowed) {
         if let Err(e) = (self.f)(record, &mut self.out.emitter()) {
             self.failure.set(named(&self.name, e));
+        }
+    }
+
+    fn collect_batch(&mut self, records: &[T]) {
+        if U::POD {
+            // What was emitted before a failure goes on; the rest of the
+            // batch does not (the task fails once the batch is through).
+            let TryFlatMapOp { f, out, buf, .. } = self;
+            let failed = out.batching(buf, |emitter| records.iter().find_map(|r| f(r.borrow(), emitter).err()));
+            if let Some(e) = failed {
+                self.failure.set(named(&self.name, e));
+            }
+        } else {
+            for r in records {
+                self.collect(r.borrow());
+            }
         }
     }
 }
@@ -225,7 +256,7 @@ where
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
         let out = self.out.build(ctx)?;
         let (name, failure) = (self.name.get(), ctx.failure.clone());
-        Ok(Box::new(TryFlatMapOp { f: self.f.clone(), name, failure, out, _t: PhantomData }))
+        Ok(Box::new(TryFlatMapOp { f: self.f.clone(), name, failure, out, buf: Vec::new(), _t: PhantomData }))
     }
 }
 
