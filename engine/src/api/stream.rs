@@ -13,7 +13,7 @@ use crate::runtime::bound::QueueBound;
 use crate::runtime::build::{attach, port, Name, NodeFactory, Port};
 use crate::runtime::collector::Emitter;
 use crate::runtime::ops::{
-    FilterFactory, FlatMapFactory, MapFactory, ProcessFactory, ProcessFunction, TryFlatMapFactory, TryMapFactory,
+    infallible, FilterFactory, FlatMapFactory, MapFactory, ProcessFactory, ProcessFunction, TryMapFactory,
 };
 use crate::runtime::output::{KeyBy, KeyByRef, KeySelector, Routing, SelectorRoute, WriterFactory};
 use crate::runtime::side::{OutPorts, OutputTag, SidePorts};
@@ -248,8 +248,8 @@ impl<T: Data> Stream<T> {
         &self,
         f: impl Fn(&T::Borrowed, &mut Emitter<'_, U>) + Send + Sync + 'static,
     ) -> Stream<U> {
-        let f = Arc::new(f);
-        self.then_emitting("flat_map", |_, out| Arc::new(FlatMapFactory { f, out, _t: PhantomData }))
+        let f = Arc::new(infallible::<T, U>(f));
+        self.then_emitting("flat_map", |name, out| Arc::new(FlatMapFactory { name, f, out, _t: PhantomData }))
     }
 
     /// Each record mapped by `f`, which may fail: an error fails the job with
@@ -272,7 +272,7 @@ impl<T: Data> Stream<T> {
         f: impl Fn(&T::Borrowed, &mut Emitter<'_, U>) -> Result<(), OperatorError> + Send + Sync + 'static,
     ) -> Stream<U> {
         let f = Arc::new(f);
-        self.then_emitting("try_flat_map", |name, out| Arc::new(TryFlatMapFactory { name, f, out, _t: PhantomData }))
+        self.then_emitting("try_flat_map", |name, out| Arc::new(FlatMapFactory { name, f, out, _t: PhantomData }))
     }
 
     /// A process function over each record, with operator state.

@@ -98,49 +98,6 @@ impl<T: Data, F: Fn(&T::Borrowed) -> bool + Send + Sync + 'static> NodeFactory<T
     }
 }
 
-/// A one-to-many function, emitting through an [`Emitter`] (side outputs too).
-pub(crate) struct FlatMapOp<T: Data, U: Data, F> {
-    f: Arc<F>,
-    out: Outputs<U>,
-    /// Plain records emitted while a batch is handled, handed on as batches.
-    buf: Vec<U>,
-    _t: PhantomData<fn(&T)>,
-}
-
-impl<T: Data, U: Data, F: Fn(&T::Borrowed, &mut Emitter<'_, U>)> Collector<T> for FlatMapOp<T, U, F> {
-    #[inline]
-    fn collect(&mut self, record: &T::Borrowed) {
-        (self.f)(record, &mut self.out.emitter());
-    }
-
-    fn collect_batch(&mut self, records: &[T]) {
-        if U::POD {
-            let FlatMapOp { f, out, buf, .. } = self;
-            out.batching(buf, |emitter| records.iter().for_each(|r| f(r.borrow(), emitter)));
-        } else {
-            for r in records {
-                self.collect(r.borrow());
-            }
-        }
-    }
-}
-
-pub(crate) struct FlatMapFactory<T, U: Data, F> {
-    pub(crate) f: Arc<F>,
-    pub(crate) out: OutPorts<U>,
-    pub(crate) _t: PhantomData<fn(&T)>,
-}
-
-impl<T: Data, U: Data, F> NodeFactory<T> for FlatMapFactory<T, U, F>
-where
-    F: Fn(&T::Borrowed, &mut Emitter<'_, U>) + Send + Sync + 'static,
-{
-    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
-        let out = self.out.build(ctx)?;
-        Ok(Box::new(FlatMapOp { f: self.f.clone(), out, buf: Vec::new(), _t: PhantomData }))
-    }
-}
-
 /// A record-to-record function that may fail: as [`MapOp`], an error kept as
 /// the task's failure (with the operator's name) instead of a record.
 pub(crate) struct TryMapOp<T: Data, U: Data, F> {
@@ -202,9 +159,11 @@ where
     }
 }
 
-/// A one-to-many function that may fail: as [`FlatMapOp`], an error kept as
-/// the task's failure (with the operator's name).
-pub(crate) struct TryFlatMapOp<T: Data, U: Data, F> {
+/// A one-to-many function, emitting through an [`Emitter`] (side outputs
+/// too), that may fail: an error is kept as the task's failure (with the
+/// operator's name). `flat_map`'s function is one that never fails
+/// ([`infallible`]: the error path compiles away).
+pub(crate) struct FlatMapOp<T: Data, U: Data, F> {
     f: Arc<F>,
     name: String,
     failure: Failure,
@@ -214,7 +173,7 @@ pub(crate) struct TryFlatMapOp<T: Data, U: Data, F> {
     _t: PhantomData<fn(&T)>,
 }
 
-impl<T: Data, U: Data, F> Collector<T> for TryFlatMapOp<T, U, F>
+impl<T: Data, U: Data, F> Collector<T> for FlatMapOp<T, U, F>
 where
     F: Fn(&T::Borrowed, &mut Emitter<'_, U>) -> Result<(), OperatorError>,
 {
@@ -229,7 +188,7 @@ where
         if U::POD {
             // What was emitted before a failure goes on; the rest of the
             // batch does not (the task fails once the batch is through).
-            let TryFlatMapOp { f, out, buf, .. } = self;
+            let FlatMapOp { f, out, buf, .. } = self;
             let failed = out.batching(buf, |emitter| records.iter().find_map(|r| f(r.borrow(), emitter).err()));
             if let Some(e) = failed {
                 self.failure.set(named(&self.name, e));
@@ -242,21 +201,31 @@ where
     }
 }
 
-pub(crate) struct TryFlatMapFactory<T, U: Data, F> {
+pub(crate) struct FlatMapFactory<T, U: Data, F> {
     pub(crate) name: Name,
     pub(crate) f: Arc<F>,
     pub(crate) out: OutPorts<U>,
     pub(crate) _t: PhantomData<fn(&T)>,
 }
 
-impl<T: Data, U: Data, F> NodeFactory<T> for TryFlatMapFactory<T, U, F>
+impl<T: Data, U: Data, F> NodeFactory<T> for FlatMapFactory<T, U, F>
 where
     F: Fn(&T::Borrowed, &mut Emitter<'_, U>) -> Result<(), OperatorError> + Send + Sync + 'static,
 {
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
         let out = self.out.build(ctx)?;
         let (name, failure) = (self.name.get(), ctx.failure.clone());
-        Ok(Box::new(TryFlatMapOp { f: self.f.clone(), name, failure, out, buf: Vec::new(), _t: PhantomData }))
+        Ok(Box::new(FlatMapOp { f: self.f.clone(), name, failure, out, buf: Vec::new(), _t: PhantomData }))
+    }
+}
+
+/// `f` as a function that never fails, for a [`FlatMapOp`].
+pub(crate) fn infallible<T: Data, U: Data>(
+    f: impl Fn(&T::Borrowed, &mut Emitter<'_, U>),
+) -> impl Fn(&T::Borrowed, &mut Emitter<'_, U>) -> Result<(), OperatorError> {
+    move |record, out| {
+        f(record, out);
+        Ok(())
     }
 }
 
