@@ -464,7 +464,7 @@ impl Dataflow {
         let queues = Arc::new(queues);
         let who = name.to_string();
         let stream = self.source_of_kind(name, "ingress", move |task: &TaskInfo| {
-            queues.source(task.subtask).ok_or_else(|| {
+            queues.source(task.subtask, task.job_start).ok_or_else(|| {
                 crate::OperatorError::User(format!("ingress '{who}' has no queue for subtask {}", task.subtask))
             })
         });

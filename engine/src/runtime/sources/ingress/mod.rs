@@ -37,6 +37,10 @@ struct IngressLife {
     pushing: AtomicUsize,
     /// By queue: pushers waiting for room (or the end).
     rooms: Vec<RoomWaiters>,
+    /// The attempt (by its start) a source of which was told to stop: every
+    /// source of that attempt will be, so none of them ends as if its input
+    /// were over when the pushers, refused, drop their handles.
+    stopping: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl IngressLife {
@@ -411,6 +415,7 @@ pub(crate) fn ingress<T: Data>(
         closed: AtomicBool::new(false),
         pushing: Default::default(),
         rooms,
+        stopping: Default::default(),
     });
     let queues = Arc::new(IngressQueues {
         name: name.to_string(),
