@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -40,7 +40,7 @@ struct IngressLife {
     /// The attempt (by its start) a source of which was told to stop: every
     /// source of that attempt will be, so none of them ends as if its input
     /// were over when the pushers, refused, drop their handles.
-    stopping: std::sync::Mutex<Option<std::time::Instant>>,
+    stopping: Mutex<Option<Instant>>,
 }
 
 impl IngressLife {
