@@ -42,6 +42,11 @@ fn a_users_own_binary_runs_its_own_jobs_as_a_cluster() {
     let addr = line.trim().rsplit(' ').next().unwrap_or_default().to_string();
     assert!(addr.starts_with("127.0.0.1:"), "coordinator said: {line}");
     let at = ["--coordinator", addr.as_str()];
+    // A job with core hints and no worker to place it over is refused, not
+    // placed without them.
+    let out = own(&["submit", "visit-time", "--param", "pin=0", "--coordinator", addr.as_str()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("core hints (visits)") && err.contains("no worker"), "{err}");
     let _worker = Proc(
         Command::new(OWN)
             .args(["worker", "--cores", "0", "--resource-id", "w0", "--slots-per-shard", "2"])

@@ -135,7 +135,17 @@ pub(crate) fn submit(a: &SubmitArgs, cfg: &ConfigFile) -> Result<Exit> {
         true => {
             let workers = client.following(FOLLOW_LEADER, |c, _| c.workers())?;
             let cores: Vec<usize> = workers.iter().flat_map(|w| &w.resources.cores).map(|&c| c as usize).collect();
-            job.hinted_placement(&cores).map(|p| p.to_string()).unwrap_or_default()
+            // With no worker yet the hints would be dropped for the default:
+            // say so instead.
+            let Some(hinted) = job.hinted_placement(&cores) else {
+                let hinted: Vec<&str> = job.core_hints().keys().map(String::as_str).collect();
+                bail!(
+                    "job '{name}' has core hints ({}) but no worker has registered to place it over: start the \
+                     workers first (`shardflow cluster --wait-workers N` waits for them), or give --placement",
+                    hinted.join(", ")
+                );
+            };
+            hinted.to_string()
         }
         false => placement,
     };
