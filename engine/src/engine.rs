@@ -187,8 +187,9 @@ impl Engine {
         if strategy != PlacementStrategy::Spread {
             return strategy;
         }
-        let cores: Vec<usize> = self.shards.iter().map(|s| s.core).collect();
-        job.hinted_placement(&cores).unwrap_or(strategy)
+        let slots = self.config.slots_per_shard;
+        let shards: Vec<(usize, u32)> = self.shards.iter().map(|s| (s.core, slots)).collect();
+        job.hinted_placement(&shards).unwrap_or(strategy)
     }
 
     /// The shards and their cores.

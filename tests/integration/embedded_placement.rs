@@ -5,7 +5,7 @@
 //! slots of its own.
 
 use shardflow_engine::jobs::{KeyValue, GOLDEN};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use shardflow_engine::protocol::ErrorCode;
 use shardflow_engine::{Dataflow, EngineError, ExecutionState, Job, PlacementStrategy};
@@ -141,13 +141,45 @@ fn hints_become_an_explicit_map_with_the_other_vertices_on_the_least_loaded_core
     // Hinted: a's 4 subtasks on core 0, d's on 2. Then b on the two least
     // loaded (1 and 3), c on all four, least loaded first (1, 2 and 3 hold
     // one each, 0 four), ties by core.
-    let placed = job.hinted_placement(&[3, 2, 1, 0, 1]).expect("the job has hints");
+    // Five shards of four slots, two on core 1.
+    let placed = job.hinted_placement(&[(3, 4), (2, 4), (1, 4), (0, 4), (1, 4)]).expect("the job has hints");
     let want = map(&[("a", &[0]), ("b", &[1, 3]), ("c", &[1, 2, 3, 0]), ("d", &[2])]);
     assert_eq!(placed, want, "{placed}");
     assert_eq!(job.hinted_placement(&[]), None, "no cores: nothing to place on");
     let df = Dataflow::new("free").parallelism(2);
     df.generate("a", 10, |r| r).count();
-    assert_eq!(df.build().unwrap().hinted_placement(&[0, 1]), None, "no hints");
+    assert_eq!(df.build().unwrap().hinted_placement(&[(0, 2), (1, 2)]), None, "no hints");
+}
+
+#[test]
+fn hints_leave_each_core_no_more_subtasks_than_its_slots_hold() {
+    let engine = small_engine().slots_per_shard(2).build().expect("engine starts");
+    let cores: Vec<usize> = engine.shards().iter().map(|s| s.core).collect();
+    let (first, last) = (cores[0], cores[cores.len() - 1]);
+    // Two subtasks hinted on the first core fill its two slots; the two of
+    // another slot-sharing group cannot share them, so both go to the last
+    // core although it then holds more subtasks (counting subtasks alone put
+    // one on the first core, and the job was refused: "core has no free slot").
+    let build = || {
+        let df = Dataflow::new("grouped").parallelism(2);
+        let pinned = df.generate("pinned", 1000, |r| r).cores(&[first]);
+        pinned.rebalance().map(|r: &u64| *r).name("other").slot_sharing_group("other").count();
+        df.build().unwrap()
+    };
+    let shards: Vec<(usize, u32)> = cores.iter().map(|&c| (c, 2)).collect();
+    let placed = build().hinted_placement(&shards).expect("the job has hints");
+    let want: BTreeMap<String, Vec<usize>> =
+        [("pinned".to_string(), vec![first]), ("other".to_string(), vec![last])].into();
+    assert_eq!(placed, PlacementStrategy::Explicit(want), "{placed}");
+    if cores.len() < 2 {
+        return; // one shard: its two slots cannot hold both groups
+    }
+    let handle = engine.submit(build()).expect("the hinted job fits the slots");
+    let on = |vertex: &str| -> Vec<usize> {
+        handle.placement().placements.iter().filter(|p| p.vertex_name == vertex).map(|p| p.core).collect()
+    };
+    assert_eq!((on("pinned"), on("other")), (vec![first; 2], vec![last; 2]), "{}", handle.placement());
+    assert_eq!(handle.wait_timeout(TIMEOUT).unwrap().count().0, 1000);
 }
 
 #[test]

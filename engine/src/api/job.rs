@@ -59,46 +59,51 @@ impl Job {
     }
 
     /// The placement the dataflow's core hints ([`crate::Stream::cores`])
-    /// ask for, on a cluster whose shards run on `cores`: an explicit map,
-    /// each hinted vertex on its cores, each other vertex spread over the
-    /// least loaded of `cores` (a core holding fewer of the job's subtasks
-    /// first; every core once before any twice). `None` if the job has no
-    /// hints. [`crate::Engine::submit`] places by it; so does `shardflow
-    /// submit` without `--placement`, over the cores of the cluster's workers.
-    pub fn hinted_placement(&self, cores: &[usize]) -> Option<PlacementStrategy> {
-        if self.hints.is_empty() || cores.is_empty() {
+    /// ask for, on shards given as `(core, slots)`, one pair per shard (two
+    /// workers on one machine give a core twice): an explicit map, each hinted
+    /// vertex on its cores, each subtask of another vertex on the core that
+    /// still has a slot for it (one its slot-sharing group already holds
+    /// there, or a free one) and, among those, holds the fewest subtasks of
+    /// its vertex, then of the job (every core once before any twice; ties by
+    /// core). `None` if the job has no hints or there are no shards.
+    /// [`crate::Engine::submit`] places by it; so does `shardflow submit`
+    /// without `--placement`, over the shards of the cluster's workers.
+    pub fn hinted_placement(&self, shards: &[(usize, u32)]) -> Option<PlacementStrategy> {
+        if self.hints.is_empty() || shards.is_empty() {
             return None;
         }
-        let mut cores = cores.to_vec();
-        cores.sort_unstable();
-        cores.dedup();
-        let mut load: BTreeMap<usize, u32> = cores.iter().map(|&c| (c, 0)).collect();
-        for v in &self.graph.vertices {
-            if let Some(hinted) = self.hints.get(&v.name) {
-                for i in 0..v.parallelism as usize {
-                    *load.entry(hinted[i % hinted.len()]).or_default() += 1;
+        let mut cores: BTreeMap<usize, CoreUse> = BTreeMap::new();
+        for &(core, slots) in shards {
+            cores.entry(core).or_default().slots += slots;
+        }
+        let vertices = &self.graph.vertices;
+        let mut map = BTreeMap::new();
+        for (v, vx) in vertices.iter().enumerate() {
+            if let Some(hinted) = self.hints.get(&vx.name) {
+                for i in 0..vx.parallelism as usize {
+                    cores.entry(hinted[i % hinted.len()]).or_default().add(v, &vx.slot_sharing_group);
                 }
+                map.insert(vx.name.clone(), hinted.clone());
             }
         }
-        let mut map = BTreeMap::new();
-        for v in &self.graph.vertices {
-            let chosen = match self.hints.get(&v.name) {
-                Some(hinted) => hinted.clone(),
-                None => {
-                    // Subtask i runs on the i-th core listed: list the least
-                    // loaded first, at most one per subtask.
-                    let mut order = cores.clone();
-                    order.sort_by_key(|c| load[c]);
-                    order.truncate(v.parallelism as usize);
-                    for i in 0..v.parallelism as usize {
-                        if let Some(n) = load.get_mut(&order[i % order.len()]) {
-                            *n += 1;
-                        }
-                    }
-                    order
-                }
-            };
-            map.insert(v.name.clone(), chosen);
+        for (v, vx) in vertices.iter().enumerate().filter(|(_, vx)| !self.hints.contains_key(&vx.name)) {
+            let group = vx.slot_sharing_group.as_str();
+            let mut chosen = Vec::with_capacity(vx.parallelism as usize);
+            for _ in 0..vx.parallelism {
+                let (&core, c) = cores
+                    .iter_mut()
+                    .filter(|(_, c)| c.slots > 0)
+                    .min_by_key(|(&core, c)| (!c.has_room(v, group), c.of(v), c.subtasks, core))?;
+                c.add(v, group);
+                chosen.push(core);
+            }
+            // Subtask i runs on the i-th core, the list repeating: the shortest
+            // list that says the same.
+            let period = (1..=chosen.len())
+                .find(|&k| chosen.len() % k == 0 && chosen.iter().enumerate().all(|(i, c)| *c == chosen[i % k]))
+                .unwrap_or(chosen.len());
+            chosen.truncate(period);
+            map.insert(vx.name.clone(), chosen);
         }
         Some(PlacementStrategy::Explicit(map))
     }
@@ -111,5 +116,42 @@ impl Job {
     /// The job's name.
     pub fn name(&self) -> &str {
         &self.graph.name
+    }
+}
+
+/// What one core holds of a job being placed by its hints.
+#[derive(Default)]
+struct CoreUse {
+    /// Its shards' slots.
+    slots: u32,
+    /// The job's subtasks on it.
+    subtasks: u32,
+    /// Per slot-sharing group, the subtasks of each of its vertices here: the
+    /// group needs as many slots as its largest count (a slot holds one
+    /// subtask of each vertex of its group).
+    groups: BTreeMap<String, BTreeMap<usize, u32>>,
+}
+
+impl CoreUse {
+    /// Subtasks of vertex `v` on this core.
+    fn of(&self, v: usize) -> u32 {
+        self.groups.values().find_map(|g| g.get(&v)).copied().unwrap_or(0)
+    }
+
+    fn slots_used(&self) -> u32 {
+        self.groups.values().map(|g| g.values().copied().max().unwrap_or(0)).sum()
+    }
+
+    /// Whether one more subtask of `v` (of `group`) fits: in a slot its group
+    /// holds here without a subtask of `v`, or in a free one.
+    fn has_room(&self, v: usize, group: &str) -> bool {
+        let mine = self.of(v);
+        let held = self.groups.get(group).and_then(|g| g.values().copied().max()).unwrap_or(0);
+        mine < held || self.slots_used() < self.slots
+    }
+
+    fn add(&mut self, v: usize, group: &str) {
+        *self.groups.entry(group.to_string()).or_default().entry(v).or_default() += 1;
+        self.subtasks += 1;
     }
 }

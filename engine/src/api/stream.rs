@@ -214,8 +214,9 @@ impl<T: Data> Stream<T> {
     }
 
     /// Places the subtasks of this stream's vertex on `cores` (subtask i on
-    /// `cores[i % len]`); vertices without a hint spread over the shards, the
-    /// least loaded first ([`crate::Job::hinted_placement`]).
+    /// `cores[i % len]`); vertices without a hint spread over the shards,
+    /// each subtask to the least loaded core with a slot for it
+    /// ([`crate::Job::hinted_placement`]).
     #[must_use]
     pub fn cores(self, cores: &[usize]) -> Self {
         let mut p = self.plan.borrow_mut();

@@ -134,10 +134,13 @@ pub(crate) fn submit(a: &SubmitArgs, cfg: &ConfigFile) -> Result<Exit> {
     let placement = match placement.is_empty() && !job.core_hints().is_empty() {
         true => {
             let workers = client.following(FOLLOW_LEADER, |c, _| c.workers())?;
-            let cores: Vec<usize> = workers.iter().flat_map(|w| &w.resources.cores).map(|&c| c as usize).collect();
+            let shards: Vec<(usize, u32)> = workers
+                .iter()
+                .flat_map(|w| w.resources.cores.iter().map(|&c| (c as usize, w.resources.slots_per_shard)))
+                .collect();
             // With no worker yet the hints would be dropped for the default:
             // say so instead.
-            let Some(hinted) = job.hinted_placement(&cores) else {
+            let Some(hinted) = job.hinted_placement(&shards) else {
                 let hinted: Vec<&str> = job.core_hints().keys().map(String::as_str).collect();
                 bail!(
                     "job '{name}' has core hints ({}) but no worker has registered to place it over: start the \
