@@ -35,7 +35,7 @@ use shardflow_benches::SplitMix;
 use shardflow_engine::{
     CoProcessFunction, CollectHandle, Data, Dataflow, Emitter, Engine, JobSnapshot, Key, KeySelector,
     KeyedCoProcessFunction, KeyedContext, KeyedProcessFunction, KeyedStream, ListStateHandle, MapState,
-    OperatorContext, OperatorError, OutputTag, StateDeclarations, Stream, TaskInfo, ValueState,
+    OperatorContext, OperatorError, OutputTag, ProcessFunction, StateDeclarations, Stream, TaskInfo, ValueState,
 };
 
 use crate::common::{oracle_cases, shard_count, small_engine, LogSource, TIMEOUT};
@@ -345,13 +345,75 @@ fn bump(v: &Visit) -> Visit {
     Visit { amount: v.amount + 7, ..v.clone() }
 }
 
+/// Keyed by user: each record counted in value state as it comes, the count
+/// so far emitted at once (a user's n visits give amounts 1 to n, whatever
+/// their order).
+struct RunningCount<R: Row> {
+    seen: ValueState<u64>,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R: Row> RunningCount<R> {
+    fn new() -> Self {
+        RunningCount { seen: ValueState::default(), _r: PhantomData }
+    }
+}
+
+impl<R: Row> Clone for RunningCount<R> {
+    fn clone(&self) -> Self {
+        RunningCount { seen: self.seen.clone(), _r: PhantomData }
+    }
+}
+
+impl<R: Row> KeyedProcessFunction<R::Key, R, R> for RunningCount<R> {
+    fn open(&mut self, states: &mut StateDeclarations<'_, R::Key>) -> Result<(), OperatorError> {
+        self.seen = states.value_state("seen")?;
+        Ok(())
+    }
+    fn process(
+        &mut self,
+        _: &R,
+        ctx: &mut KeyedContext<'_, R::Key>,
+        out: &mut Emitter<'_, R>,
+    ) -> Result<(), OperatorError> {
+        let seen = ctx.value(&self.seen)?.copied().unwrap_or(0) + 1;
+        ctx.set_value(&self.seen, seen)?;
+        out.emit(R::of(&Visit { user: R::name(ctx.key()), page: "running".into(), amount: seen }));
+        Ok(())
+    }
+}
+
+fn running_counts(input: &[Visit]) -> Vec<Visit> {
+    let mut per_user: BTreeMap<&str, u64> = BTreeMap::new();
+    input.iter().for_each(|v| *per_user.entry(&v.user).or_default() += 1);
+    let running = |user: &str, i| Visit { user: user.into(), page: "running".into(), amount: i };
+    per_user.into_iter().flat_map(|(user, n)| (1..=n).map(move |i| running(user, i))).collect()
+}
+
+/// Not keyed: each record bumped as it comes (a process function with no
+/// state to keep).
+struct Bumped<R: Row>(PhantomData<fn() -> R>);
+
+impl<R: Row> Clone for Bumped<R> {
+    fn clone(&self) -> Self {
+        Bumped(PhantomData)
+    }
+}
+
+impl<R: Row> ProcessFunction<R, R> for Bumped<R> {
+    fn process(&mut self, r: &R, _: &mut OperatorContext<'_>, out: &mut Emitter<'_, R>) -> Result<(), OperatorError> {
+        out.emit(on(bump)(r));
+        Ok(())
+    }
+}
+
 /// Folds two visits of one user: amounts add, the greater page stays.
 fn fold(acc: &Visit, v: &Visit) -> Visit {
     Visit { user: acc.user.clone(), page: acc.page.clone().max(v.page.clone()), amount: acc.amount + v.amount }
 }
 
 /// What the random graph is made of, one entry per kind of step.
-const STEPS: usize = 13;
+const STEPS: usize = 15;
 
 /// How a random graph is drawn: its shape (operators, their inputs and
 /// functions) from one generator and every parallelism from another, so the
@@ -409,7 +471,7 @@ where
         let b = rng.range(0, nodes.len() as u64 - 1) as usize;
         let mut step = rng.range(0, STEPS as u64 - 1);
         if step == 9 && !draw.broadcast {
-            step = STEPS as u64 - 1;
+            step = 12;
         }
         let p = draw.parallelism();
         if step == 11 {
@@ -510,6 +572,11 @@ where
                 let want = wa.iter().cloned().chain(wb.iter().map(bump)).collect();
                 (stream, want, format!("connect, co-process holding both in list state n{a} n{b}"))
             }
+            13 => {
+                let stream = R::by_user(sa).process(RunningCount::new());
+                (stream, running_counts(wa), format!("key_by user, process emitting a running count n{a}"))
+            }
+            14 => (sa.process(Bumped(PhantomData)), wa.iter().map(bump).collect(), format!("process n{a}")),
             9 => {
                 // Every record to each of the next operator's p subtasks.
                 let want = wa.iter().flat_map(|v| std::iter::repeat_n(v.clone(), p as usize)).collect();

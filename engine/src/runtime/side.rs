@@ -151,7 +151,7 @@ impl<O: Data> OutPorts<O> {
     pub(crate) fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Outputs<O>, EngineError> {
         let main = build_port(&self.main, ctx)?;
         let side = self.sides.build(ctx)?;
-        Ok(Outputs { main, side })
+        Ok(Outputs { main, side, batch: Vec::new(), gathering: false })
     }
 }
 
@@ -192,25 +192,39 @@ impl SideOutputs {
 pub(crate) struct Outputs<O: Data> {
     pub(crate) main: Box<dyn Collector<O>>,
     pub(crate) side: SideOutputs,
+    /// Plain records emitted while the operator handles a batch, handed on as
+    /// batches.
+    batch: Vec<O>,
+    /// Between [`Self::gather`] and [`Self::hand_on`], for plain records.
+    gathering: bool,
 }
 
 impl<O: Data> Outputs<O> {
-    /// An emitter onto these outputs.
+    /// An emitter onto these outputs (one that gathers, while they gather).
     #[inline]
     pub(crate) fn emitter(&mut self) -> Emitter<'_, O> {
-        Emitter::with_side(&mut *self.main, &mut self.side)
+        match self.gathering {
+            true => Emitter::batching(&mut *self.main, &mut self.side, &mut self.batch),
+            false => Emitter::with_side(&mut *self.main, &mut self.side),
+        }
     }
 
-    /// Runs `each` with an emitter that gathers plain records in `batch` and
-    /// hands them on as batches, then hands on what is left.
+    /// The operator handles a batch: until [`Self::hand_on`], the plain
+    /// records its emitters are given gather, and go on as batches (a full one
+    /// at once). Order on each output stays; a side output's records may go on
+    /// before main records emitted ahead of them.
     #[inline]
-    pub(crate) fn batching<R>(&mut self, batch: &mut Vec<O>, each: impl FnOnce(&mut Emitter<'_, O>) -> R) -> R {
-        batch.clear();
-        let r = each(&mut Emitter::batching(&mut *self.main, &mut self.side, batch));
-        if !batch.is_empty() {
-            self.main.collect_batch(batch);
-            batch.clear();
+    pub(crate) fn gather(&mut self) {
+        self.gathering = O::POD;
+    }
+
+    /// Hands on what gathered, and gathers no more.
+    #[inline]
+    pub(crate) fn hand_on(&mut self) {
+        self.gathering = false;
+        if !self.batch.is_empty() {
+            self.main.collect_batch(&self.batch);
+            self.batch.clear();
         }
-        r
     }
 }

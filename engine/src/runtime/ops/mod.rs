@@ -168,8 +168,6 @@ pub(crate) struct FlatMapOp<T: Data, U: Data, F> {
     name: String,
     failure: Failure,
     out: Outputs<U>,
-    /// Plain records emitted while a batch is handled, handed on as batches.
-    buf: Vec<U>,
     _t: PhantomData<fn(&T)>,
 }
 
@@ -188,8 +186,11 @@ where
         if U::POD {
             // What was emitted before a failure goes on; the rest of the
             // batch does not (the task fails once the batch is through).
-            let FlatMapOp { f, out, buf, .. } = self;
-            let failed = out.batching(buf, |emitter| records.iter().find_map(|r| f(r.borrow(), emitter).err()));
+            let FlatMapOp { f, out, .. } = self;
+            out.gather();
+            let mut emitter = out.emitter();
+            let failed = records.iter().find_map(|r| f(r.borrow(), &mut emitter).err());
+            out.hand_on();
             if let Some(e) = failed {
                 self.failure.set(named(&self.name, e));
             }
@@ -215,7 +216,7 @@ where
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Box<dyn Collector<T>>, EngineError> {
         let out = self.out.build(ctx)?;
         let (name, failure) = (self.name.get(), ctx.failure.clone());
-        Ok(Box::new(FlatMapOp { f: self.f.clone(), name, failure, out, buf: Vec::new(), _t: PhantomData }))
+        Ok(Box::new(FlatMapOp { f: self.f.clone(), name, failure, out, _t: PhantomData }))
     }
 }
 
@@ -242,6 +243,14 @@ impl<T: Data, O: Data, F: Fn(&T::Borrowed, &mut Emitter<'_, O>)> Collector<T> fo
     #[inline]
     fn collect(&mut self, record: &T::Borrowed) {
         (self.f)(record, &mut self.out.borrow_mut().emitter());
+    }
+
+    fn collect_batch(&mut self, records: &[T]) {
+        let mut out = self.out.borrow_mut();
+        out.gather();
+        let mut emitter = out.emitter();
+        records.iter().for_each(|r| (self.f)(r.borrow(), &mut emitter));
+        out.hand_on();
     }
 }
 

@@ -448,11 +448,27 @@ impl<O: Data, C> ProcessOp<O, C> {
             None => self.failure.set(unopened()),
         }
     }
+
+    /// Hands each of `records` to the function through `f`, the plain records
+    /// it emits handed on in batches.
+    fn batch<T: Data>(
+        &mut self,
+        records: &[T],
+        f: impl Fn(&mut C, &T::Borrowed, &mut OperatorContext<'_>, &mut Emitter<'_, O>) -> Result<(), OperatorError>,
+    ) {
+        self.out.gather();
+        records.iter().for_each(|r| self.record(|c, ctx, out| f(c, r.borrow(), ctx, out)));
+        self.out.hand_on();
+    }
 }
 
 impl<T: Data, O: Data, P: ProcessFunction<T, O>> Collector<T> for SharedCollector<ProcessOp<O, OneInput<T, P>>> {
     fn collect(&mut self, record: &T::Borrowed) {
         self.0.borrow_mut().record(|f, ctx, out| f.0.process(record, ctx, out));
+    }
+
+    fn collect_batch(&mut self, records: &[T]) {
+        self.0.borrow_mut().batch(records, |f, r, ctx, out| f.0.process(r, ctx, out));
     }
 }
 
@@ -462,6 +478,10 @@ impl<A: Data, B: Data, O: Data, P: CoProcessFunction<A, B, O>> Collector<A>
     fn collect(&mut self, record: &A::Borrowed) {
         self.0.borrow_mut().record(|f, ctx, out| f.0.process_first(record, ctx, out));
     }
+
+    fn collect_batch(&mut self, records: &[A]) {
+        self.0.borrow_mut().batch(records, |f, r, ctx, out| f.0.process_first(r, ctx, out));
+    }
 }
 
 impl<A: Data, B: Data, O: Data, P: CoProcessFunction<A, B, O>> Collector<B>
@@ -469,6 +489,10 @@ impl<A: Data, B: Data, O: Data, P: CoProcessFunction<A, B, O>> Collector<B>
 {
     fn collect(&mut self, record: &B::Borrowed) {
         self.0.borrow_mut().record(|f, ctx, out| f.0.process_second(record, ctx, out));
+    }
+
+    fn collect_batch(&mut self, records: &[B]) {
+        self.0.borrow_mut().batch(records, |f, r, ctx, out| f.0.process_second(r, ctx, out));
     }
 }
 

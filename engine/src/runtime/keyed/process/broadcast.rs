@@ -351,7 +351,7 @@ where
     }
 
     fn collect_batch(&mut self, records: &[A]) {
-        KeyedOp::clocked(&self.0, |op| records.iter().for_each(|r| op.element(r.borrow())));
+        KeyedOp::clocked_batch(&self.0, records, |op, r| op.element(r));
     }
 }
 

@@ -284,6 +284,16 @@ impl<K: Key, O: Data, C> KeyedOp<K, O, C> {
         op.core.backend.clock_in();
         f(&mut op)
     }
+
+    /// [`Self::clocked`] for each of a batch of records: the plain records
+    /// the function emits go on in batches.
+    fn clocked_batch<T: Data>(op: &Shared<Self>, records: &[T], mut each: impl FnMut(&mut Self, &T::Borrowed)) {
+        Self::clocked(op, |op| {
+            op.core.out.gather();
+            records.iter().for_each(|r| each(op, r.borrow()));
+            op.core.out.hand_on();
+        })
+    }
 }
 
 impl<K: Key, O: Data, C: KeyedCallbacks<K, O>> Lifecycle for KeyedOp<K, O, C> {
@@ -377,7 +387,7 @@ impl<K: Key, T: Data, O: Data, S: KeySelector<K, T>, P: KeyedProcessFunction<K, 
     }
 
     fn collect_batch(&mut self, records: &[T]) {
-        KeyedOp::clocked(&self.0, |op| records.iter().for_each(|r| op.one(r.borrow())));
+        KeyedOp::clocked_batch(&self.0, records, |op, r| op.one(r));
     }
 }
 
@@ -583,7 +593,7 @@ where
     }
 
     fn collect_batch(&mut self, records: &[A]) {
-        KeyedOp::clocked(&self.0, |op| records.iter().for_each(|r| op.first(r.borrow())));
+        KeyedOp::clocked_batch(&self.0, records, |op, r| op.first(r));
     }
 }
 
@@ -597,7 +607,7 @@ where
     }
 
     fn collect_batch(&mut self, records: &[B]) {
-        KeyedOp::clocked(&self.0, |op| records.iter().for_each(|r| op.second(r.borrow())));
+        KeyedOp::clocked_batch(&self.0, records, |op, r| op.second(r));
     }
 }
 
