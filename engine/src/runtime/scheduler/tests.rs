@@ -257,17 +257,16 @@ fn a_task_that_never_waits_yields_to_the_others() {
     on_own_thread(|| {
         let sched = Rc::new(Scheduler::new(IdlePolicy::Park));
         let stop = Rc::new(Cell::new(false));
-        let spins = Rc::new(Cell::new(0u64));
-        let (s, stop2, spins2) = (sched.clone(), stop.clone(), spins.clone());
+        let (s, stop2) = (sched.clone(), stop.clone());
         // The other thread wakes this one's task only once the busy one runs:
         // then that wake-up can reach it only by the busy task yielding.
         let (busy_tx, busy_rx) = mpsc::channel();
+        let mut started = Some(busy_tx);
         // Busy until told to stop; it only lets others in through `should_yield`.
         sched.spawn(async move {
             while !stop2.get() {
-                spins2.set(spins2.get() + 1);
-                if spins2.get() == 1 {
-                    busy_tx.send(()).unwrap();
+                if let Some(tx) = started.take() {
+                    tx.send(()).unwrap();
                 }
                 if s.should_yield() {
                     yield_now().await;
