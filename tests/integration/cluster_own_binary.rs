@@ -113,4 +113,14 @@ fn a_users_own_binary_runs_its_own_jobs_as_a_cluster() {
     let ran: BTreeSet<&str> =
         v["subtasks"].as_array().expect("subtasks").iter().filter_map(|t| t["vertex"].as_str()).collect();
     assert_eq!(ran, chains.iter().map(|c| c.0).collect(), "{v}");
+    // The plan of the job that ran, asked of the cluster: its graph as
+    // submitted, built again by the binary's catalog, with its status.
+    let job = v["job"].as_str().expect("job id");
+    let status = json(&[&["status", job, "--plan"][..], &at[..]].concat());
+    assert_eq!(status["plan"], plan, "{status}");
+    assert_eq!((&status["status"]["job"], &status["status"]["status"]), (&v["job"], &"FINISHED".into()), "{status}");
+    let out = own(&[&["status", job, "--plan"][..], &at[..]].concat());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.starts_with("job visit-time: 2 vertices"), "{text}");
+    assert!(text.contains(&format!("{job} visit-time FINISHED")), "the status follows the plan: {text}");
 }

@@ -262,6 +262,11 @@ impl ClusterClient {
         expect!(self.request(&Message::RequestJob(RequestJob { job }))?, JobDetails)
     }
 
+    /// `job`'s graph as it was submitted (running or ended).
+    pub fn job_graph(&mut self, job: JobId) -> Result<JobGraph, EngineError> {
+        Ok(expect!(self.request(&Message::RequestJobGraph(RequestJobGraph { job }))?, JobGraphReply)?.graph)
+    }
+
     /// Each subtask of `job` with its record counts so far (see [`JobProgress`]).
     pub fn job_progress(&mut self, job: JobId) -> Result<JobProgress, EngineError> {
         expect!(self.request(&Message::RequestJobProgress(RequestJobProgress { job }))?, JobProgress)

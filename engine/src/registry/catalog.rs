@@ -105,4 +105,25 @@ mod tests {
         ));
         assert!(!catalog.contains("generator"), "only typed jobs");
     }
+
+    #[test]
+    fn a_submitted_graph_is_built_again_into_its_plan_by_the_catalog_that_made_it() {
+        let jobs = crate::jobs::catalog();
+        let params = [("lines".to_string(), "100".to_string())].into();
+        let job = jobs.build("wordcount", &params, 2).unwrap();
+        let again = jobs.rebuild(job.graph()).expect("the same catalog builds it again");
+        assert_eq!(again.execution_plan(), job.execution_plan());
+        assert_eq!(again.graph(), job.graph());
+
+        // Another build whose job of that name makes another graph.
+        let mut other = JobCatalog::new();
+        other.register("wordcount", "not P8", |p| crate::jobs::exchange(10, p.parallelism()));
+        let e = other.rebuild(job.graph()).unwrap_err().to_string();
+        assert!(e.contains("another graph"), "{e}");
+        // A catalog without the job, and a graph of no vertex.
+        let e = JobCatalog::new().rebuild(job.graph()).unwrap_err().to_string();
+        assert!(e.contains("run 'job:wordcount', not a job of this binary's catalog (it has none)"), "{e}");
+        let e = jobs.rebuild(&shardflow_control::JobGraph::default()).unwrap_err().to_string();
+        assert!(e.contains("no vertex"), "{e}");
+    }
 }

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use shardflow_control::{panic_message, OperatorSpec};
+use shardflow_control::{panic_message, JobGraph, OperatorSpec};
 
 use crate::api::Job;
 use crate::api::{JOB_OPERATOR, VERTEX_PARAM};
@@ -124,6 +124,45 @@ impl JobCatalog {
     /// Whether `name` is registered.
     pub fn contains(&self, name: &str) -> bool {
         self.entries.contains_key(name)
+    }
+
+    /// The job `graph` stands for, built again from the name and parameters
+    /// its vertices carry (as a worker does to run it): a submitted job's
+    /// execution plan, seen from a client. An error if the graph was not
+    /// built from this catalog, or this catalog now builds another graph from
+    /// the same name and parameters (another build of the jobs).
+    pub fn rebuild(&self, graph: &JobGraph) -> Result<Job, EngineError> {
+        let Some(spec) = graph.vertices.first().and_then(|v| v.chain.first()) else {
+            return Err(EngineError::NamedJob { job: graph.name.clone(), reason: "the graph has no vertex".into() });
+        };
+        if !self.knows(spec) {
+            let known: Vec<&str> = self.entries.keys().map(String::as_str).collect();
+            let known = match known.is_empty() {
+                true => "it has none".to_string(),
+                false => format!("it has {}", known.join(", ")),
+            };
+            return Err(EngineError::NamedJob {
+                job: graph.name.clone(),
+                reason: format!("its vertices run '{}', not a job of this binary's catalog ({known})", spec.name),
+            });
+        }
+        let (job, _) = LiveRegistry::new(self.clone()).resolve(spec)?;
+        if job.graph != *graph {
+            return Err(EngineError::NamedJob {
+                job: graph.name.clone(),
+                reason: format!(
+                    "'{}' with its parameters builds another graph here than the one submitted: \
+                     another build of the job",
+                    spec.name
+                ),
+            });
+        }
+        Ok(Job::clone(&job))
+    }
+
+    /// Whether `spec` names a job of this catalog.
+    fn knows(&self, spec: &OperatorSpec) -> bool {
+        spec.name.strip_prefix(JOB_OPERATOR).is_some_and(|name| self.contains(name))
     }
 
     /// Builds job `name` from `params`; its graph names each vertex

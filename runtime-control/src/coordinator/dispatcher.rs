@@ -10,6 +10,7 @@ use super::validation::validate_job;
 use super::{ConnId, Coordinator, Output, Role};
 use crate::error::ControlError;
 use crate::ids::{JobId, JobMasterId, WorkerId};
+use crate::job_graph::JobGraph;
 use crate::job_store::JobRecord;
 use crate::placement::{PlacementStrategy, SlotAssignment};
 use crate::protocol::*;
@@ -191,6 +192,14 @@ impl Coordinator {
         match self.jobs.get(&job) {
             Some(jm) => Some(jm.details()),
             None => self.history.get(&job).map(JobRecord::details),
+        }
+    }
+
+    /// A job's graph as submitted, running or ended.
+    pub(super) fn graph_of(&self, job: JobId) -> Option<JobGraph> {
+        match self.jobs.get(&job) {
+            Some(jm) => Some(jm.graph().clone()),
+            None => self.history.get(&job).map(|r| r.graph.clone()),
         }
     }
 

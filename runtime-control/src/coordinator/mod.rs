@@ -286,6 +286,10 @@ impl Coordinator {
                 Some(d) => c.send(conn, Message::JobDetails(d)),
                 None => c.reject(conn, ErrorCode::UnknownJob, &format!("no job {}", m.job)),
             }),
+            Message::RequestJobGraph(m) => self.client(conn, role, |c| match c.graph_of(m.job) {
+                Some(graph) => c.send(conn, Message::JobGraphReply(JobGraphReply { job: m.job, graph })),
+                None => c.reject(conn, ErrorCode::UnknownJob, &format!("no job {}", m.job)),
+            }),
             Message::RequestJobProgress(m) => self.client(conn, role, |c| match c.progress(m.job) {
                 Some(subtasks) => c.send(conn, Message::JobProgress(JobProgress { job: m.job, subtasks })),
                 None => c.reject(conn, ErrorCode::UnknownJob, &format!("no job {}", m.job)),

@@ -376,6 +376,21 @@ payloads! {
         pub job: JobId,
     }
 
+    /// Client → Dispatcher: one job's graph as it was submitted, please
+    /// (running or ended).
+    pub struct RequestJobGraph {
+        /// The job.
+        pub job: JobId,
+    }
+
+    /// Dispatcher → client: a job's graph as it was submitted.
+    pub struct JobGraphReply {
+        /// The job.
+        pub job: JobId,
+        /// Its graph.
+        pub graph: JobGraph,
+    }
+
     /// Client → Dispatcher: one job's record counts so far, please.
     pub struct RequestJobProgress {
         /// The job.

@@ -44,7 +44,9 @@
 //!   (kinds 77–78, `RequestJobProgress`, `JobProgress`).
 //! - 6: `TriggerCheckpoint::stop`: a job stopped with a snapshot
 //!   (`StopWithSavepoint`, where the coordinator takes it) has its sources
-//!   stop after the barrier.
+//!   stop after the barrier. Kinds 79–80 (`RequestJobGraph`, `JobGraphReply`:
+//!   a job's graph as submitted) came later within it; a peer without them
+//!   answers [`ErrorCode::UnknownKind`].
 
 /// Declares payload structs: rkyv-archivable, comparable, cloneable.
 macro_rules! payloads {
@@ -345,6 +347,8 @@ message_kinds! {
     76 => WaitForWorkers,
     77 => RequestJobProgress,
     78 => JobProgress,
+    79 => RequestJobGraph,
+    80 => JobGraphReply,
     // JobMaster gateway
     96 => UpdateTaskExecutionState,
     97 => AcknowledgeCheckpoint,

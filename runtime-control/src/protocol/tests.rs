@@ -111,6 +111,8 @@ fn samples() -> Vec<Message> {
             report,
             tasks: vec![TaskProgress { job: JobId(1), attempt: attempt(1, 0, 2), records_in: 5, records_out: 4 }],
         }),
+        Message::RequestJobGraph(RequestJobGraph { job: JobId(3) }),
+        Message::JobGraphReply(JobGraphReply { job: JobId(3), graph: g.clone() }),
         Message::SubmitJob(SubmitJob { graph: g, placement: "colocate".into(), restart: "none".into() }),
         Message::UpdateTaskExecutionState(UpdateTaskExecutionState {
             job_master: JobMasterId(11),

@@ -170,7 +170,11 @@ pub(crate) fn submit(a: &SubmitArgs, cfg: &ConfigFile) -> Result<Exit> {
     let timeout_s = a.timeout_s.or(defaults.timeout_s).unwrap_or(300);
     // The job is kept by every leader: a wait follows a change of leader.
     let d = client.following(Duration::from_secs(timeout_s), |c, left| c.wait(id, wait.condition(), left))?;
-    print_details(&d, &progress(&mut client, &d), a.client.json);
+    let progress = progress(&mut client, &d);
+    match a.client.json {
+        true => println!("{}", details_json(&d, &progress)),
+        false => print_details(&d, &progress),
+    }
     Ok(wait.outcome(&d, timeout_s))
 }
 
@@ -254,6 +258,11 @@ pub(crate) struct StatusArgs {
     /// Seconds to wait at most.
     #[arg(long, default_value_t = 300)]
     timeout_s: u64,
+    /// Print the job's execution plan first (its vertices, the operators
+    /// chained into each, the edges), built again from this binary's jobs as
+    /// a worker builds it; with --json, as `{"plan": …, "status": …}`.
+    #[arg(long)]
+    plan: bool,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -261,14 +270,33 @@ pub(crate) struct StatusArgs {
 pub(crate) fn status(a: &StatusArgs, cfg: &ConfigFile) -> Result<Exit> {
     let id = parse_job_id(&a.job)?;
     let mut client = a.client.connect(cfg)?;
-    let Some(wait) = a.wait else {
-        let d = client.following(FOLLOW_LEADER, |c, _| c.job(id))?;
-        print_details(&d, &progress(&mut client, &d), a.client.json);
-        return Ok(Exit::Done);
+    let plan = match a.plan {
+        true => {
+            let graph = client.following(FOLLOW_LEADER, |c, _| c.job_graph(id))?;
+            let job = crate::jobs().rebuild(&graph).with_context(|| format!("the plan of {id}"))?;
+            Some(job.execution_plan().clone())
+        }
+        false => None,
     };
-    let d = client.following(Duration::from_secs(a.timeout_s), |c, left| c.wait(id, wait.condition(), left))?;
-    print_details(&d, &progress(&mut client, &d), a.client.json);
-    Ok(wait.outcome(&d, a.timeout_s))
+    let (d, exit) = match a.wait {
+        None => (client.following(FOLLOW_LEADER, |c, _| c.job(id))?, Exit::Done),
+        Some(wait) => {
+            let d = client.following(Duration::from_secs(a.timeout_s), |c, left| c.wait(id, wait.condition(), left))?;
+            let exit = wait.outcome(&d, a.timeout_s);
+            (d, exit)
+        }
+    };
+    let progress = progress(&mut client, &d);
+    match (plan, a.client.json) {
+        (Some(plan), true) => println!("{}", json!({"plan": plan_json(&plan), "status": details_json(&d, &progress)})),
+        (Some(plan), false) => {
+            print!("{plan}");
+            print_details(&d, &progress);
+        }
+        (None, true) => println!("{}", details_json(&d, &progress)),
+        (None, false) => print_details(&d, &progress),
+    }
+    Ok(exit)
 }
 
 /// A subtask's sink results as JSON: records, value sum and, for latency
@@ -326,30 +354,31 @@ fn counts(s: &SubtaskDetails, progress: &[SubtaskProgress]) -> Option<(u64, u64)
         .or_else(|| s.result.as_ref().map(|r| (r.records_in, r.records_out)))
 }
 
-fn print_details(d: &JobDetails, progress: &[SubtaskProgress], as_json: bool) {
+/// A job's details and its subtasks' counts as JSON.
+fn details_json(d: &JobDetails, progress: &[SubtaskProgress]) -> serde_json::Value {
     let records = |s: &SubtaskDetails| s.result.as_ref().map(|r| r.sinks.iter().map(|x| x.records).sum::<u64>());
     let value_sum =
         |s: &SubtaskDetails| s.result.as_ref().map(|r| r.sinks.iter().fold(0u64, |a, x| a.wrapping_add(x.value_sum)));
-    if as_json {
-        let subtasks: Vec<_> = d
-            .subtasks
-            .iter()
-            .map(|s| {
-                json!({"vertex": s.vertex, "subtask": s.subtask, "attempt": s.attempt, "state": s.state.to_string(),
+    let subtasks: Vec<_> = d
+        .subtasks
+        .iter()
+        .map(|s| {
+            json!({"vertex": s.vertex, "subtask": s.subtask, "attempt": s.attempt, "state": s.state.to_string(),
                        "worker": s.slot.map(|x| x.worker.0), "shard": s.slot.map(|x| x.shard.0),
                        "slot": s.slot.map(|x| x.to_string()), "core": s.core,
                        "records_in": counts(s, progress).map(|c| c.0),
                        "records_out": counts(s, progress).map(|c| c.1),
                        "sink_records": records(s), "sink_value_sum": value_sum(s), "sinks": sinks_json(s),
                        "failure": s.failure})
-            })
-            .collect();
-        let v = json!({"job": d.job.to_string(), "name": d.name, "status": d.status.to_string(),
-                       "restarts": d.restarts, "failure": d.failure,
-                       "submit_to_running_us": d.submit_to_running_us, "subtasks": subtasks});
-        println!("{v}");
-        return;
-    }
+        })
+        .collect();
+    json!({"job": d.job.to_string(), "name": d.name, "status": d.status.to_string(),
+           "restarts": d.restarts, "failure": d.failure,
+           "submit_to_running_us": d.submit_to_running_us, "subtasks": subtasks})
+}
+
+/// A job's details and its subtasks' counts as a table.
+fn print_details(d: &JobDetails, progress: &[SubtaskProgress]) {
     println!("{} {} {} (restarts {})", d.job, d.name, d.status, d.restarts);
     if let Some(f) = &d.failure {
         println!("failure: {f}");

@@ -52,3 +52,25 @@ fn a_jobs_progress_is_its_workers_last_heartbeat_then_its_results() {
     let out = h.c.on_message(at(t0, 11), 99, Message::RequestJobProgress(RequestJobProgress { job: JobId(77) }));
     assert!(matches!(&out[0], Output::Send(99, Message::ErrorReply(e)) if e.code == ErrorCode::UnknownJob), "{out:?}");
 }
+
+fn graph_of(h: &mut Harness, job: JobId, now: Instant) -> Result<JobGraph, ErrorCode> {
+    match &h.c.on_message(now, 99, Message::RequestJobGraph(RequestJobGraph { job }))[..] {
+        [Output::Send(99, Message::JobGraphReply(r))] if r.job == job => Ok(r.graph.clone()),
+        [Output::Send(99, Message::ErrorReply(e)), ..] => Err(e.code),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_jobs_graph_is_given_as_submitted_while_it_runs_and_after_it_ends() {
+    let (mut h, id, subs) = one_running_job();
+    let t0 = h.t0;
+    let submitted = job(1, PartitionerKind::Forward, b"");
+    assert_eq!(graph_of(&mut h, id, at(t0, 3)), Ok(submitted.clone()), "running");
+    for (conn, d) in &subs {
+        update(&mut h, *conn, d, ExecutionState::Finished, at(t0, 4));
+    }
+    assert_eq!(details(&mut h, id, at(t0, 5)).status, JobStatus::Finished);
+    assert_eq!(graph_of(&mut h, id, at(t0, 6)), Ok(submitted), "ended: from the job's record");
+    assert_eq!(graph_of(&mut h, JobId(77), at(t0, 7)), Err(ErrorCode::UnknownJob));
+}
