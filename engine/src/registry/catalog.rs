@@ -87,7 +87,7 @@ pub(crate) fn check_formats(graph: &JobGraph, live: &LiveRegistry) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::JobCatalog;
+    use crate::registry::{JobCatalog, JobParams};
 
     #[test]
     fn a_job_builder_that_panics_is_a_typed_catalog_error() {
@@ -108,21 +108,31 @@ mod tests {
 
     #[test]
     fn a_submitted_graph_is_built_again_into_its_plan_by_the_catalog_that_made_it() {
-        let jobs = crate::jobs::catalog();
-        let params = [("lines".to_string(), "100".to_string())].into();
-        let job = jobs.build("wordcount", &params, 2).unwrap();
+        // Numbers, doubled by a map of its own parallelism, then counted.
+        let numbers = |map_parallelism: u32| {
+            move |p: &JobParams| {
+                let df = crate::Dataflow::new("numbers").parallelism(p.parallelism());
+                let n = p.u64_or("n", 10)?;
+                df.generate("numbers", n, |r| r).rebalance().map(|r: &u64| r * 2).parallelism(map_parallelism).count();
+                df.build()
+            }
+        };
+        let mut jobs = JobCatalog::new();
+        jobs.register("numbers", "n=N", numbers(1));
+        let params = [("n".to_string(), "100".to_string())].into();
+        let job = jobs.build("numbers", &params, 2).unwrap();
         let again = jobs.rebuild(job.graph()).expect("the same catalog builds it again");
         assert_eq!(again.execution_plan(), job.execution_plan());
         assert_eq!(again.graph(), job.graph());
 
         // Another build whose job of that name makes another graph.
         let mut other = JobCatalog::new();
-        other.register("wordcount", "not P8", |p| crate::jobs::exchange(10, p.parallelism()));
+        other.register("numbers", "n=N", numbers(3));
         let e = other.rebuild(job.graph()).unwrap_err().to_string();
         assert!(e.contains("another graph"), "{e}");
         // A catalog without the job, and a graph of no vertex.
         let e = JobCatalog::new().rebuild(job.graph()).unwrap_err().to_string();
-        assert!(e.contains("run 'job:wordcount', not a job of this binary's catalog (it has none)"), "{e}");
+        assert!(e.contains("run 'job:numbers', not a job of this binary's catalog (it has none)"), "{e}");
         let e = jobs.rebuild(&shardflow_control::JobGraph::default()).unwrap_err().to_string();
         assert!(e.contains("no vertex"), "{e}");
     }
