@@ -93,7 +93,7 @@ impl Job {
                 let (&core, c) = cores
                     .iter_mut()
                     .filter(|(_, c)| c.slots > 0)
-                    .min_by_key(|(&core, c)| (!c.has_room(v, group), c.of(v), c.subtasks, core))?;
+                    .min_by_key(|(&core, c)| (!c.has_room(v, group), c.of(v, group), c.subtasks(), core))?;
                 c.add(v, group);
                 chosen.push(core);
             }
@@ -124,8 +124,6 @@ impl Job {
 struct CoreUse {
     /// Its shards' slots.
     slots: u32,
-    /// The job's subtasks on it.
-    subtasks: u32,
     /// Per slot-sharing group, the subtasks of each of its vertices here: the
     /// group needs as many slots as its largest count (a slot holds one
     /// subtask of each vertex of its group).
@@ -133,25 +131,29 @@ struct CoreUse {
 }
 
 impl CoreUse {
-    /// Subtasks of vertex `v` on this core.
-    fn of(&self, v: usize) -> u32 {
-        self.groups.values().find_map(|g| g.get(&v)).copied().unwrap_or(0)
+    /// Subtasks of vertex `v`, of slot-sharing group `group`, on this core.
+    fn of(&self, v: usize, group: &str) -> u32 {
+        self.groups.get(group).and_then(|g| g.get(&v)).copied().unwrap_or(0)
     }
 
-    fn slots_used(&self) -> u32 {
-        self.groups.values().map(|g| g.values().copied().max().unwrap_or(0)).sum()
+    /// The job's subtasks on this core.
+    fn subtasks(&self) -> u32 {
+        self.groups.values().flat_map(|g| g.values()).sum()
+    }
+
+    /// Slots group `group` holds here.
+    fn held(&self, group: &str) -> u32 {
+        self.groups.get(group).and_then(|g| g.values().copied().max()).unwrap_or(0)
     }
 
     /// Whether one more subtask of `v` (of `group`) fits: in a slot its group
     /// holds here without a subtask of `v`, or in a free one.
     fn has_room(&self, v: usize, group: &str) -> bool {
-        let mine = self.of(v);
-        let held = self.groups.get(group).and_then(|g| g.values().copied().max()).unwrap_or(0);
-        mine < held || self.slots_used() < self.slots
+        let used: u32 = self.groups.keys().map(|g| self.held(g)).sum();
+        self.of(v, group) < self.held(group) || used < self.slots
     }
 
     fn add(&mut self, v: usize, group: &str) {
         *self.groups.entry(group.to_string()).or_default().entry(v).or_default() += 1;
-        self.subtasks += 1;
     }
 }

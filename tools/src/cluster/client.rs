@@ -170,11 +170,7 @@ pub(crate) fn submit(a: &SubmitArgs, cfg: &ConfigFile) -> Result<Exit> {
     let timeout_s = a.timeout_s.or(defaults.timeout_s).unwrap_or(300);
     // The job is kept by every leader: a wait follows a change of leader.
     let d = client.following(Duration::from_secs(timeout_s), |c, left| c.wait(id, wait.condition(), left))?;
-    let progress = progress(&mut client, &d);
-    match a.client.json {
-        true => println!("{}", details_json(&d, &progress)),
-        false => print_details(&d, &progress),
-    }
+    print_details(&d, &progress(&mut client, &d), a.client.json);
     Ok(wait.outcome(&d, timeout_s))
 }
 
@@ -287,14 +283,15 @@ pub(crate) fn status(a: &StatusArgs, cfg: &ConfigFile) -> Result<Exit> {
         }
     };
     let progress = progress(&mut client, &d);
-    match (plan, a.client.json) {
-        (Some(plan), true) => println!("{}", json!({"plan": plan_json(&plan), "status": details_json(&d, &progress)})),
-        (Some(plan), false) => {
-            print!("{plan}");
-            print_details(&d, &progress);
+    match plan {
+        Some(plan) if a.client.json => {
+            println!("{}", json!({"plan": plan_json(&plan), "status": details_json(&d, &progress)}));
         }
-        (None, true) => println!("{}", details_json(&d, &progress)),
-        (None, false) => print_details(&d, &progress),
+        Some(plan) => {
+            print!("{plan}");
+            print_details(&d, &progress, false);
+        }
+        None => print_details(&d, &progress, a.client.json),
     }
     Ok(exit)
 }
@@ -364,12 +361,12 @@ fn details_json(d: &JobDetails, progress: &[SubtaskProgress]) -> serde_json::Val
         .iter()
         .map(|s| {
             json!({"vertex": s.vertex, "subtask": s.subtask, "attempt": s.attempt, "state": s.state.to_string(),
-                       "worker": s.slot.map(|x| x.worker.0), "shard": s.slot.map(|x| x.shard.0),
-                       "slot": s.slot.map(|x| x.to_string()), "core": s.core,
-                       "records_in": counts(s, progress).map(|c| c.0),
-                       "records_out": counts(s, progress).map(|c| c.1),
-                       "sink_records": records(s), "sink_value_sum": value_sum(s), "sinks": sinks_json(s),
-                       "failure": s.failure})
+                   "worker": s.slot.map(|x| x.worker.0), "shard": s.slot.map(|x| x.shard.0),
+                   "slot": s.slot.map(|x| x.to_string()), "core": s.core,
+                   "records_in": counts(s, progress).map(|c| c.0),
+                   "records_out": counts(s, progress).map(|c| c.1),
+                   "sink_records": records(s), "sink_value_sum": value_sum(s), "sinks": sinks_json(s),
+                   "failure": s.failure})
         })
         .collect();
     json!({"job": d.job.to_string(), "name": d.name, "status": d.status.to_string(),
@@ -377,8 +374,12 @@ fn details_json(d: &JobDetails, progress: &[SubtaskProgress]) -> serde_json::Val
            "submit_to_running_us": d.submit_to_running_us, "subtasks": subtasks})
 }
 
-/// A job's details and its subtasks' counts as a table.
-fn print_details(d: &JobDetails, progress: &[SubtaskProgress]) {
+/// A job's details and its subtasks' counts: as JSON, or as a table.
+fn print_details(d: &JobDetails, progress: &[SubtaskProgress], as_json: bool) {
+    if as_json {
+        println!("{}", details_json(d, progress));
+        return;
+    }
     println!("{} {} {} (restarts {})", d.job, d.name, d.status, d.restarts);
     if let Some(f) = &d.failure {
         println!("failure: {f}");
