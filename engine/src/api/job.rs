@@ -74,7 +74,8 @@ impl Job {
         }
         let mut cores: BTreeMap<usize, CoreUse> = BTreeMap::new();
         for &(core, slots) in shards {
-            cores.entry(core).or_default().slots += slots;
+            let c = cores.entry(core).or_default();
+            (c.shard, c.slots) = (true, c.slots + slots);
         }
         let vertices = &self.graph.vertices;
         let mut map = BTreeMap::new();
@@ -92,7 +93,7 @@ impl Job {
             for _ in 0..vx.parallelism {
                 let (&core, c) = cores
                     .iter_mut()
-                    .filter(|(_, c)| c.slots > 0)
+                    .filter(|(_, c)| c.shard)
                     .min_by_key(|(&core, c)| (!c.has_room(v, group), c.of(v, group), c.subtasks(), core))?;
                 c.add(v, group);
                 chosen.push(core);
@@ -122,7 +123,11 @@ impl Job {
 /// What one core holds of a job being placed by its hints.
 #[derive(Default)]
 struct CoreUse {
-    /// Its shards' slots.
+    /// Whether a shard runs on it (a hinted core may be one none does, and
+    /// the placement then refuses the job, naming it).
+    shard: bool,
+    /// Its shards' slots (none left: the placement refuses the job, saying
+    /// how many slots it needs).
     slots: u32,
     /// Per slot-sharing group, the subtasks of each of its vertices here: the
     /// group needs as many slots as its largest count (a slot holds one
