@@ -109,19 +109,33 @@ pub(crate) struct TryMapOp<T: Data, U: Data, F> {
     _t: PhantomData<fn(&T)>,
 }
 
+impl<T: Data, U: Data, F: Fn(&T::Borrowed) -> Result<U, OperatorError>> TryMapOp<T, U, F> {
+    /// Hands `record`'s result on, or keeps its failure: `false` then.
+    #[inline]
+    fn try_collect(&mut self, record: &T::Borrowed) -> bool {
+        match (self.f)(record) {
+            Ok(u) => {
+                self.next.collect(u.borrow());
+                true
+            }
+            Err(e) => {
+                self.failure.set(named(&self.name, e));
+                false
+            }
+        }
+    }
+}
+
 impl<T: Data, U: Data, F: Fn(&T::Borrowed) -> Result<U, OperatorError>> Collector<T> for TryMapOp<T, U, F> {
     #[inline]
     fn collect(&mut self, record: &T::Borrowed) {
-        match (self.f)(record) {
-            Ok(u) => self.next.collect(u.borrow()),
-            Err(e) => self.failure.set(named(&self.name, e)),
-        }
+        self.try_collect(record);
     }
 
     fn collect_batch(&mut self, records: &[T]) {
         if U::POD {
             // The records before a failure go on; the rest of the batch does
-            // not (the task fails once the batch is through).
+            // not (the task fails once the batch is through), on either path.
             self.buf.clear();
             for r in records {
                 match (self.f)(r.borrow()) {
@@ -134,9 +148,7 @@ impl<T: Data, U: Data, F: Fn(&T::Borrowed) -> Result<U, OperatorError>> Collecto
             }
             self.next.collect_batch(&self.buf);
         } else {
-            for r in records {
-                self.collect(r.borrow());
-            }
+            records.iter().all(|r| self.try_collect(r.borrow()));
         }
     }
 }
@@ -171,21 +183,33 @@ pub(crate) struct FlatMapOp<T: Data, U: Data, F> {
     _t: PhantomData<fn(&T)>,
 }
 
+impl<T: Data, U: Data, F> FlatMapOp<T, U, F>
+where
+    F: Fn(&T::Borrowed, &mut Emitter<'_, U>) -> Result<(), OperatorError>,
+{
+    /// Runs the function on `record`, or keeps its failure: `false` then.
+    #[inline]
+    fn try_collect(&mut self, record: &T::Borrowed) -> bool {
+        let Err(e) = (self.f)(record, &mut self.out.emitter()) else { return true };
+        self.failure.set(named(&self.name, e));
+        false
+    }
+}
+
 impl<T: Data, U: Data, F> Collector<T> for FlatMapOp<T, U, F>
 where
     F: Fn(&T::Borrowed, &mut Emitter<'_, U>) -> Result<(), OperatorError>,
 {
     #[inline]
     fn collect(&mut self, record: &T::Borrowed) {
-        if let Err(e) = (self.f)(record, &mut self.out.emitter()) {
-            self.failure.set(named(&self.name, e));
-        }
+        self.try_collect(record);
     }
 
     fn collect_batch(&mut self, records: &[T]) {
         if U::POD {
             // What was emitted before a failure goes on; the rest of the
-            // batch does not (the task fails once the batch is through).
+            // batch does not (the task fails once the batch is through), on
+            // either path.
             let FlatMapOp { f, out, .. } = self;
             out.gather();
             let mut emitter = out.emitter();
@@ -195,9 +219,7 @@ where
                 self.failure.set(named(&self.name, e));
             }
         } else {
-            for r in records {
-                self.collect(r.borrow());
-            }
+            records.iter().all(|r| self.try_collect(r.borrow()));
         }
     }
 }
