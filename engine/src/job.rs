@@ -24,6 +24,9 @@ pub struct SubtaskReport {
     pub records_in: u64,
     /// Records written to its partitions.
     pub records_out: u64,
+    /// Milliseconds it waited on a full output: its back-pressure, a consumer
+    /// downstream slower than it (Flink's `backPressuredTimeMs`).
+    pub back_pressured_ms: u64,
     /// Results of the sinks in its chain.
     pub sinks: Vec<SinkOutput>,
 }
@@ -217,6 +220,7 @@ impl JobHandle {
                         subtask: i,
                         records_in: o.records_in,
                         records_out: o.records_out,
+                        back_pressured_ms: o.back_pressured_ms,
                         sinks: o.sinks,
                     })
                     .collect(),

@@ -556,3 +556,39 @@ fn large_records_wait_for_credits_instead_of_filling_the_shard() {
         assert_eq!(pool.free_segments, pool.segments, "every segment came home");
     }
 }
+
+#[test]
+fn a_task_waiting_on_an_unread_egress_shows_its_back_pressure_while_it_waits_and_in_its_report() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("unread").parallelism(1);
+    let n = 10_000u64;
+    // One task: the source and its egress, chained; the egress takes 4.
+    let answers = df.generate("numbers", n, |r| r).name("numbers").egress(4);
+    df.generate("others", n, |r| r).name("others").count();
+    let job = engine.submit(df.build().unwrap()).unwrap();
+    // Nothing is read: the task waits on its full egress, and the dump counts
+    // the wait as it goes on.
+    let wait_ms = 30;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let seen = loop {
+        let dump = engine.dump().expect("the engine's dump");
+        let numbers = dump.shards.iter().flat_map(|s| &s.tasks).find(|t| t.vertex == "numbers").cloned();
+        if let Some(t) = numbers.filter(|t| t.back_pressured_ms >= wait_ms) {
+            break t;
+        }
+        assert!(std::time::Instant::now() < deadline, "the task never showed {wait_ms} ms of back-pressure: {dump:?}");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert!(seen.records_out == 0 && seen.records_in < n, "stuck part-way, nothing to a partition: {seen:?}");
+    let mut got = Vec::new();
+    while let Some(r) = answers.recv() {
+        got.push(r);
+    }
+    assert_eq!(got, (0..n).collect::<Vec<_>>(), "every record, once, in order");
+    let result = job.wait_timeout(TIMEOUT).expect("the job ends once read");
+    let report = |vertex: &str| result.subtasks.iter().find(|s| s.vertex == vertex).expect(vertex).clone();
+    assert!(report("numbers").back_pressured_ms >= wait_ms, "{:?}", report("numbers"));
+    // A task with no bounded output (an unbounded count) never waits on one.
+    assert_eq!(report("others").back_pressured_ms, 0, "{:?}", report("others"));
+    assert_eq!(result.count().0, n, "the count saw every record of its own");
+}

@@ -227,6 +227,8 @@ fn a_worker_dump_shows_each_shard_with_its_core_and_tasks() {
             // Paced at 1000 records/s for ten minutes: counted so far, not the whole.
             assert!(t["records_in"].as_u64().is_some_and(|n| n < 600_000), "{t}");
             assert!(t["records_out"].as_u64().is_some_and(|n| n < 600_000), "{t}");
+            // Its consumer keeps up with 1000 records/s: hardly a wait, if any.
+            assert!(t["back_pressured_ms"].as_u64().is_some(), "{t}");
         }
     }
     let out = c.run(&["dump", "worker-99"]);

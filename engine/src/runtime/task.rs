@@ -94,6 +94,8 @@ pub(crate) struct TaskOutput {
     pub(crate) sinks: Vec<SinkOutput>,
     pub(crate) records_in: u64,
     pub(crate) records_out: u64,
+    /// Milliseconds it waited on a full output.
+    pub(crate) back_pressured_ms: u64,
     /// The operators' state at the end of input, when the job stops with a
     /// snapshot.
     pub(crate) snapshot: Vec<OperatorSnapshot>,
@@ -154,6 +156,39 @@ impl StepClock {
     }
 }
 
+/// A task's waits on a full output (its back-pressure), published through
+/// its [`TaskCounters`]: the clock is read only as a wait begins and ends.
+#[derive(Default)]
+struct BackPressure {
+    since: Option<Instant>,
+    total: Duration,
+}
+
+impl BackPressure {
+    /// The task waits on a full output: from now, unless it waits already.
+    #[inline]
+    fn wait(&mut self, clock: &mut StepClock, counters: &TaskCounters) {
+        if self.since.is_none() {
+            let now = clock.now();
+            self.since = Some(now);
+            counters.blocked(crate::runtime::clock::us_at(now));
+        }
+    }
+
+    /// Its outputs take more: a wait going on ends.
+    #[inline]
+    fn go_on(&mut self, clock: &mut StepClock, counters: &TaskCounters) {
+        if let Some(since) = self.since.take() {
+            self.total += clock.now().saturating_duration_since(since);
+            counters.unblocked(self.total.as_micros().try_into().unwrap_or(u64::MAX));
+        }
+    }
+
+    fn total_ms(&self) -> u64 {
+        self.total.as_millis().try_into().unwrap_or(u64::MAX)
+    }
+}
+
 /// A task being run.
 struct Task {
     info: TaskInfo,
@@ -190,6 +225,7 @@ struct Task {
     timed_flush: bool,
     records_in: u64,
     counters: Arc<TaskCounters>,
+    back_pressure: BackPressure,
 }
 
 /// Runs one subtask to its end, serving `control`. `on_running` is called once
@@ -299,6 +335,7 @@ impl Task {
             timed_flush: d.flush_timeout.is_some(),
             records_in: 0,
             counters: d.counters,
+            back_pressure: BackPressure::default(),
         })
     }
 
@@ -451,9 +488,11 @@ impl Task {
             }
         }
         if self.poll_outputs(cx)? {
+            self.back_pressure.wait(&mut clock, &self.counters);
             self.arm_timer(cx, None, &mut clock);
             return Ok(None);
         }
+        self.back_pressure.go_on(&mut clock, &self.counters);
         let mut wake_at = None;
         match &mut self.body {
             Body::Source { driver, idle_until } => {
@@ -574,6 +613,12 @@ impl Task {
                 Ok(b) => b,
                 Err(e) => return Poll::Ready(Err(e)),
             };
+            let clock = &mut StepClock::default();
+            if blocked {
+                self.back_pressure.wait(clock, &self.counters);
+            } else {
+                self.back_pressure.go_on(clock, &self.counters);
+            }
             let waiting = if all { self.outputs.iter().any(|o| !o.is_idle()) } else { blocked };
             if waiting {
                 Poll::Pending
@@ -638,7 +683,8 @@ impl Task {
         }
         let (records_in, records_out) = self.counts();
         self.counters.publish(records_in, records_out);
-        Ok(TaskOutput { sinks, records_in, records_out, snapshot, stopped: self.stopped, position })
+        let back_pressured_ms = self.back_pressure.total_ms();
+        Ok(TaskOutput { sinks, records_in, records_out, back_pressured_ms, snapshot, stopped: self.stopped, position })
     }
 
     /// Records into the chain head (a source's: produced) and out of the chain

@@ -47,6 +47,10 @@
 //!   stop after the barrier. Kinds 79–80 (`RequestJobGraph`, `JobGraphReply`:
 //!   a job's graph as submitted) came later within it; a peer without them
 //!   answers [`ErrorCode::UnknownKind`].
+//! - 7: back-pressure: a task's time waiting on a full output
+//!   (`back_pressured_ms`) in its heartbeat counts (`TaskProgress`), a client's
+//!   view of them (`SubtaskProgress`), a dump's `TaskDumpEntry` and a finished
+//!   task's `TaskResultInfo`.
 
 /// Declares payload structs: rkyv-archivable, comparable, cloneable.
 macro_rules! payloads {
@@ -67,7 +71,7 @@ pub use messages::*;
 pub use parts::*;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 /// Bytes of the frame header.
 pub const HEADER_BYTES: usize = 16;
 /// The highest version a shardflow peer could speak; a higher one means the peer

@@ -156,6 +156,8 @@ payloads! {
         pub records_in: u64,
         /// Records out of the chain.
         pub records_out: u64,
+        /// Milliseconds it waited on a full output (its back-pressure).
+        pub back_pressured_ms: u64,
         /// One entry per sink of the chain.
         pub sinks: Vec<SinkResult>,
     }
@@ -180,6 +182,9 @@ payloads! {
         pub records_in: u64,
         /// Records out of its chain so far (into its result partitions).
         pub records_out: u64,
+        /// Milliseconds it has waited on a full output so far, a wait going
+        /// on included (its back-pressure: a consumer downstream is slower).
+        pub back_pressured_ms: u64,
     }
 
     /// A subtask's record counts so far, as a client reads them.
@@ -194,6 +199,9 @@ payloads! {
         pub records_in: u64,
         /// Records out of its chain so far (into its result partitions).
         pub records_out: u64,
+        /// Milliseconds it has waited on a full output so far, a wait going
+        /// on included (its back-pressure: a consumer downstream is slower).
+        pub back_pressured_ms: u64,
     }
 
     /// One task of a shard as it runs.
@@ -210,6 +218,9 @@ payloads! {
         pub records_in: u64,
         /// Records out of its chain so far (into its result partitions).
         pub records_out: u64,
+        /// Milliseconds it has waited on a full output so far, a wait going
+        /// on included (its back-pressure: a consumer downstream is slower).
+        pub back_pressured_ms: u64,
     }
 
     /// One worker as the ResourceManager knows it.

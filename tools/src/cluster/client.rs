@@ -341,14 +341,14 @@ fn progress(client: &mut Connection, d: &JobDetails) -> Vec<SubtaskProgress> {
     client.following(FOLLOW_LEADER, |c, _| c.job_progress(d.job)).map(|p| p.subtasks).unwrap_or_default()
 }
 
-/// A subtask's records in and out so far: its progress while it runs, its
-/// result once finished.
-fn counts(s: &SubtaskDetails, progress: &[SubtaskProgress]) -> Option<(u64, u64)> {
+/// A subtask's records in and out and its milliseconds of back-pressure so
+/// far: its progress while it runs, its result once finished.
+fn counts(s: &SubtaskDetails, progress: &[SubtaskProgress]) -> Option<(u64, u64, u64)> {
     progress
         .iter()
         .find(|p| p.vertex == s.vertex && p.subtask == s.subtask && p.attempt == s.attempt)
-        .map(|p| (p.records_in, p.records_out))
-        .or_else(|| s.result.as_ref().map(|r| (r.records_in, r.records_out)))
+        .map(|p| (p.records_in, p.records_out, p.back_pressured_ms))
+        .or_else(|| s.result.as_ref().map(|r| (r.records_in, r.records_out, r.back_pressured_ms)))
 }
 
 /// A job's details and its subtasks' counts as JSON.
@@ -365,6 +365,7 @@ fn details_json(d: &JobDetails, progress: &[SubtaskProgress]) -> serde_json::Val
                    "slot": s.slot.map(|x| x.to_string()), "core": s.core,
                    "records_in": counts(s, progress).map(|c| c.0),
                    "records_out": counts(s, progress).map(|c| c.1),
+                   "back_pressured_ms": counts(s, progress).map(|c| c.2),
                    "sink_records": records(s), "sink_value_sum": value_sum(s), "sinks": sinks_json(s),
                    "failure": s.failure})
         })
@@ -385,15 +386,15 @@ fn print_details(d: &JobDetails, progress: &[SubtaskProgress], as_json: bool) {
         println!("failure: {f}");
     }
     println!(
-        "{:<16} {:>4} {:>4} {:<13} {:<10} {:<8} {:>4} {:>12} {:>12}  SINKS",
-        "VERTEX", "SUB", "ATT", "STATE", "WORKER", "SHARD", "CORE", "RECORDS IN", "RECORDS OUT"
+        "{:<16} {:>4} {:>4} {:<13} {:<10} {:<8} {:>4} {:>12} {:>12} {:>10}  SINKS",
+        "VERTEX", "SUB", "ATT", "STATE", "WORKER", "SHARD", "CORE", "RECORDS IN", "RECORDS OUT", "BACKPR MS"
     );
     for s in &d.subtasks {
         let dash = || "-".to_string();
-        let (records_in, records_out) =
-            counts(s, progress).map_or_else(|| (dash(), dash()), |(i, o)| (i.to_string(), o.to_string()));
+        let [records_in, records_out, back_pressured] =
+            counts(s, progress).map_or_else(|| [dash(), dash(), dash()], |(i, o, b)| [i, o, b].map(|n| n.to_string()));
         println!(
-            "{:<16} {:>4} {:>4} {:<13} {:<10} {:<8} {:>4} {:>12} {:>12}  {}",
+            "{:<16} {:>4} {:>4} {:<13} {:<10} {:<8} {:>4} {:>12} {:>12} {:>10}  {}",
             s.vertex,
             s.subtask,
             s.attempt,
@@ -403,6 +404,7 @@ fn print_details(d: &JobDetails, progress: &[SubtaskProgress], as_json: bool) {
             s.core.map_or_else(dash, |c| c.to_string()),
             records_in,
             records_out,
+            back_pressured,
             sinks_cell(s),
         );
     }
@@ -517,7 +519,8 @@ pub(crate) fn cluster(a: &ClusterArgs, cfg: &ConfigFile) -> Result<Exit> {
 /// A task of a worker's dump, for `--json`.
 fn task_json(t: &TaskDumpEntry) -> serde_json::Value {
     json!({"job": t.job.to_string(), "attempt": t.attempt.to_string(), "vertex": t.vertex,
-           "state": t.state.to_string(), "records_in": t.records_in, "records_out": t.records_out})
+           "state": t.state.to_string(), "records_in": t.records_in, "records_out": t.records_out,
+           "back_pressured_ms": t.back_pressured_ms})
 }
 
 /// `shardflow dump`.
@@ -557,8 +560,8 @@ pub(crate) fn dump(a: &DumpArgs, cfg: &ConfigFile) -> Result<Exit> {
     }
     println!("{}", d.worker);
     println!(
-        "{:<6} {:>4}  {:<8} {:<12} {:<16} {:<12} {:>14} {:>14}",
-        "SHARD", "CORE", "JOB", "ATTEMPT", "VERTEX", "STATE", "RECORDS IN", "RECORDS OUT"
+        "{:<6} {:>4}  {:<8} {:<12} {:<16} {:<12} {:>14} {:>14} {:>10}",
+        "SHARD", "CORE", "JOB", "ATTEMPT", "VERTEX", "STATE", "RECORDS IN", "RECORDS OUT", "BACKPR MS"
     );
     for s in &d.shards {
         if s.tasks.is_empty() {
@@ -566,7 +569,7 @@ pub(crate) fn dump(a: &DumpArgs, cfg: &ConfigFile) -> Result<Exit> {
         }
         for t in &s.tasks {
             println!(
-                "{:<6} {:>4}  {:<8} {:<12} {:<16} {:<12} {:>14} {:>14}",
+                "{:<6} {:>4}  {:<8} {:<12} {:<16} {:<12} {:>14} {:>14} {:>10}",
                 s.shard,
                 s.core,
                 t.job.to_string(),
@@ -574,7 +577,8 @@ pub(crate) fn dump(a: &DumpArgs, cfg: &ConfigFile) -> Result<Exit> {
                 t.vertex,
                 t.state.to_string(),
                 t.records_in,
-                t.records_out
+                t.records_out,
+                t.back_pressured_ms
             );
         }
     }

@@ -474,13 +474,15 @@ impl Gateway {
         Action::Send(Message::TaskRefused(TaskRefused { job, attempt, error }))
     }
 
-    /// Its tasks' record counts so far, as they published them.
+    /// Its tasks' record counts and back-pressure so far, as they published
+    /// them.
     fn progress(&self) -> Vec<TaskProgress> {
         self.tasks
             .iter()
             .map(|(&(job, attempt), t)| {
-                let (records_in, records_out) = t.counters.read();
-                TaskProgress { job, attempt, records_in, records_out }
+                let c = t.counters.read();
+                let (records_in, records_out, back_pressured_ms) = (c.records_in, c.records_out, c.back_pressured_ms);
+                TaskProgress { job, attempt, records_in, records_out, back_pressured_ms }
             })
             .collect()
     }
@@ -498,14 +500,15 @@ impl Gateway {
                     .iter()
                     .filter(|(_, t)| t.slot.shard.0 == s.id)
                     .map(|(&(job, attempt), t)| {
-                        let (records_in, records_out) = t.counters.read();
+                        let c = t.counters.read();
                         TaskDumpEntry {
                             job,
                             attempt,
                             vertex: t.vertex.clone(),
                             state: t.state,
-                            records_in,
-                            records_out,
+                            records_in: c.records_in,
+                            records_out: c.records_out,
+                            back_pressured_ms: c.back_pressured_ms,
                         }
                     })
                     .collect(),
@@ -590,7 +593,12 @@ fn result_info(o: &TaskOutput) -> TaskResultInfo {
             }),
         })
         .collect();
-    TaskResultInfo { records_in: o.records_in, records_out: o.records_out, sinks }
+    TaskResultInfo {
+        records_in: o.records_in,
+        records_out: o.records_out,
+        back_pressured_ms: o.back_pressured_ms,
+        sinks,
+    }
 }
 
 /// The slot table of a worker with `shards` (id, core), every slot free; each

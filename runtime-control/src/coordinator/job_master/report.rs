@@ -33,26 +33,29 @@ impl JobMaster {
         }
     }
 
-    /// Each subtask's record counts so far, of its current attempt: a finished
-    /// one's result, a running one's last heartbeat.
+    /// Each subtask's record counts and back-pressure so far, of its current
+    /// attempt: a finished one's result, a running one's last heartbeat.
     pub(in crate::coordinator) fn progress(&self) -> Vec<SubtaskProgress> {
         self.eg
             .subtasks
             .iter()
             .filter_map(|s| {
-                let counts = match self.results.get(&s.id()) {
-                    Some(r) if s.state == ExecutionState::Finished => (r.records_in, r.records_out),
+                let (records_in, records_out, back_pressured_ms) = match self.results.get(&s.id()) {
+                    Some(r) if s.state == ExecutionState::Finished => {
+                        (r.records_in, r.records_out, r.back_pressured_ms)
+                    }
                     _ => {
                         let p = self.progress.get(&s.id()).filter(|p| p.attempt == s.attempt)?;
-                        (p.records_in, p.records_out)
+                        (p.records_in, p.records_out, p.back_pressured_ms)
                     }
                 };
                 Some(SubtaskProgress {
                     vertex: self.graph.vertices[s.id().vertex.0 as usize].name.clone(),
                     subtask: s.id().subtask,
                     attempt: s.attempt.attempt,
-                    records_in: counts.0,
-                    records_out: counts.1,
+                    records_in,
+                    records_out,
+                    back_pressured_ms,
                 })
             })
             .collect()

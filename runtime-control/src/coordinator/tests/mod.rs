@@ -138,8 +138,12 @@ fn update(
     state: ExecutionState,
     now: Instant,
 ) -> Vec<Output> {
-    let result =
-        (state == ExecutionState::Finished).then(|| TaskResultInfo { records_in: 5, records_out: 5, sinks: vec![] });
+    let result = (state == ExecutionState::Finished).then(|| TaskResultInfo {
+        records_in: 5,
+        records_out: 5,
+        back_pressured_ms: 3,
+        sinks: vec![],
+    });
     let failure = (state == ExecutionState::Failed).then(|| TaskFailureInfo { cause: "boom".into(), secondary: false });
     h.c.on_message(
         now,

@@ -236,11 +236,19 @@ fn a_deployment_goes_to_its_shard_and_its_states_flow_back() {
     let out = h.g.on_task(report(a, ExecutionState::Running, None));
     assert!(matches!(&out[..], [Action::Send(Message::UpdateTaskExecutionState(u))]
         if u.attempt == a && u.state == ExecutionState::Running && u.job_master == JobMasterId(11)));
-    let output =
-        TaskOutput { sinks: vec![], records_in: 50, records_out: 50, snapshot: vec![], stopped: false, position: None };
+    let output = TaskOutput {
+        sinks: vec![],
+        records_in: 50,
+        records_out: 50,
+        back_pressured_ms: 7,
+        snapshot: vec![],
+        stopped: false,
+        position: None,
+    };
     let out = h.g.on_task(report(a, ExecutionState::Finished, Some(output)));
     assert!(matches!(&out[..], [Action::Send(Message::UpdateTaskExecutionState(u))]
-        if u.state == ExecutionState::Finished && u.result.as_ref().is_some_and(|r| r.records_out == 50)));
+        if u.state == ExecutionState::Finished
+            && u.result.as_ref().is_some_and(|r| (r.records_out, r.back_pressured_ms) == (50, 7))));
     assert_eq!(h.board.take(JobId(1)).len(), 1, "the embedding engine gets the full output");
 
     // the same attempt again is refused while the other one still runs
@@ -405,6 +413,7 @@ fn a_dump_and_a_heartbeat_carry_the_counts_each_task_published() {
         other => panic!("{other:?}"),
     };
     counters.publish(70, 69);
+    counters.unblocked(42_500);
     let out = h.send(3, Message::RequestShardDump(RequestShardDump { resource_manager: RM }));
     let dump = match &out[..] {
         [Action::Send(Message::ShardDump(d))] => d,
@@ -418,6 +427,7 @@ fn a_dump_and_a_heartbeat_carry_the_counts_each_task_published() {
         state: ExecutionState::Deploying,
         records_in: 70,
         records_out: 69,
+        back_pressured_ms: 42,
     };
     assert_eq!(dump.shards[0].tasks, vec![task], "{dump:?}");
     assert!(dump.shards[1..].iter().all(|s| s.tasks.is_empty()), "{dump:?}");
@@ -425,7 +435,13 @@ fn a_dump_and_a_heartbeat_carry_the_counts_each_task_published() {
     let out = h.send(4, Message::HeartbeatFromCoordinator(HeartbeatFromCoordinator { resource_manager: RM, seq: 9 }));
     match &out[..] {
         [Action::Send(Message::HeartbeatFromWorker(hb))] => {
-            let counts = TaskProgress { job: JobId(1), attempt: attempt(0, 0), records_in: 70, records_out: 69 };
+            let counts = TaskProgress {
+                job: JobId(1),
+                attempt: attempt(0, 0),
+                records_in: 70,
+                records_out: 69,
+                back_pressured_ms: 42,
+            };
             assert_eq!((hb.seq, &hb.tasks[..]), (9, &[counts][..]), "{hb:?}");
         }
         other => panic!("{other:?}"),
