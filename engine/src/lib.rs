@@ -64,6 +64,8 @@ mod api;
 pub mod cluster;
 mod config;
 #[doc(hidden)]
+pub mod cpu;
+#[doc(hidden)]
 pub mod data;
 mod engine;
 mod error;

@@ -181,6 +181,9 @@ fn ensure_locked_memory(shards: usize) -> Result<(), EngineError> {
 pub(crate) struct ShardHandle {
     pub(crate) id: u32,
     pub(crate) core: usize,
+    /// The thread that runs it (its host's, for a hosted shard), for its CPU
+    /// time ([`crate::cpu::thread_cpu_time`]).
+    pub(crate) thread_id: i32,
     pub(crate) mailbox: MailboxSender<ShardCommand>,
     pub(crate) pool: PoolMonitor,
     thread: Option<glommio::ExecutorJoinHandle<()>>,
@@ -210,7 +213,7 @@ impl ShardHandle {
                         return;
                     }
                 };
-                let _ = ready_tx.send(Ok(pool.monitor()));
+                let _ = ready_tx.send(Ok((pool.monitor(), crate::cpu::current_thread_id())));
                 // The shard's tasks run on its own scheduler (see
                 // `runtime::scheduler`): glommio hosts the thread.
                 let sched = Rc::new(Scheduler::new(idle));
@@ -219,7 +222,9 @@ impl ShardHandle {
             })
             .map_err(|e| start_err(e.to_string()))?;
         match ready_rx.recv() {
-            Ok(Ok(pool)) => Ok(ShardHandle { id, core, mailbox: tx, pool, thread: Some(thread) }),
+            Ok(Ok((pool, thread_id))) => {
+                Ok(ShardHandle { id, core, thread_id, mailbox: tx, pool, thread: Some(thread) })
+            }
             Ok(Err(e)) => Err(start_err(e.to_string())),
             Err(_) => {
                 let reason = match thread.join() {
@@ -411,7 +416,8 @@ impl HostedShard {
             shard_loop(pool, s, rx, reports).await;
             done.update(|d| *d = true);
         });
-        let handle = ShardHandle { id, core, mailbox: tx.clone(), pool: monitor, thread: None };
+        let thread_id = crate::cpu::current_thread_id();
+        let handle = ShardHandle { id, core, thread_id, mailbox: tx.clone(), pool: monitor, thread: None };
         Ok((handle, HostedShard { id, core, sched, stopped, commands: tx }))
     }
 

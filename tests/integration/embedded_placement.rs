@@ -183,7 +183,7 @@ fn hints_leave_each_core_no_more_subtasks_than_its_slots_hold() {
 }
 
 #[test]
-fn the_dump_shows_each_running_task_on_its_core_with_its_records_so_far() {
+fn the_dump_shows_each_running_task_on_its_core_with_its_records_so_far_and_each_shards_cpu() {
     let engine = small_engine().build().expect("engine starts");
     let df = Dataflow::new("counted").parallelism(1);
     let (requests, mut ingress) = df.ingress::<u64>("requests", 128);
@@ -212,6 +212,15 @@ fn the_dump_shows_each_running_task_on_its_core_with_its_records_so_far() {
     drop(ingress);
     job.wait_timeout(TIMEOUT).expect("the job ends with its input");
     assert!(engine.dump().unwrap().shards.iter().all(|s| s.tasks.is_empty()), "ended tasks leave the dump");
+    // Each shard's thread's CPU time: a job's work shows in it (ticks of 10 ms;
+    // fifty million rounds of mixing take far more, even optimized).
+    let cpu = || -> u64 { engine.dump().unwrap().shards.iter().map(|s| s.cpu_ms.expect("readable")).sum() };
+    let before = cpu();
+    let df = Dataflow::new("busy").parallelism(1);
+    let mix = |r: &u64| (0..50).fold(*r, |x, _| std::hint::black_box(shardflow_engine::fmix64(x)));
+    df.generate("numbers", 1_000_000, |r| r).map(mix).count();
+    engine.run(df.build().unwrap()).expect("the busy job runs");
+    assert!(cpu() >= before + 10, "the shards' CPU time grows with their work: {before} ms, then {} ms", cpu());
 }
 
 /// A job of every kind of vertex: a chain with a fan-out and a side output, a

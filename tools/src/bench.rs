@@ -16,8 +16,8 @@ use shardflow_engine::{
 };
 
 use crate::cluster::ConfigFile;
-use crate::cpu::process_cpu_time;
 use crate::Exit;
+use shardflow_engine::cpu::process_cpu_time;
 
 /// The benchmark pipelines, by name or by their number in BENCHMARKS.md (`p1`, `p2`,
 /// `p4`, `p8`).

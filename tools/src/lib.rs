@@ -25,7 +25,6 @@
 
 mod bench;
 mod cluster;
-mod cpu;
 mod snapshot;
 
 use std::process::ExitCode;

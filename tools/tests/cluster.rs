@@ -218,6 +218,7 @@ fn a_worker_dump_shows_each_shard_with_its_core_and_tasks() {
         let shards = v["shards"].as_array().unwrap();
         assert_eq!(shards.len(), 1, "{v}");
         assert_eq!(shards[0]["core"], cores[i % cores.len()], "{v}");
+        assert!(shards[0]["cpu_ms"].as_u64().is_some(), "the shard thread's CPU time: {v}");
         let tasks = shards[0]["tasks"].as_array().unwrap();
         let worker: u64 = v["worker"].as_str().unwrap().trim_start_matches("worker-").parse().unwrap();
         let here = job["subtasks"].as_array().unwrap().iter().filter(|t| t["worker"] == worker).count();

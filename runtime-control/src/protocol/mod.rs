@@ -50,7 +50,8 @@
 //! - 7: back-pressure: a task's time waiting on a full output
 //!   (`back_pressured_ms`) in its heartbeat counts (`TaskProgress`), a client's
 //!   view of them (`SubtaskProgress`), a dump's `TaskDumpEntry` and a finished
-//!   task's `TaskResultInfo`.
+//!   task's `TaskResultInfo`; and a dump's shards their thread's CPU time
+//!   (`ShardDumpEntry::cpu_ms`).
 
 /// Declares payload structs: rkyv-archivable, comparable, cloneable.
 macro_rules! payloads {

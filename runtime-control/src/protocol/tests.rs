@@ -161,6 +161,7 @@ fn samples() -> Vec<Message> {
             shards: vec![ShardDumpEntry {
                 shard: 1,
                 core: 1,
+                cpu_ms: Some(2_340),
                 tasks: vec![TaskDumpEntry {
                     job: JobId(1),
                     attempt: attempt(0, 1, 0),

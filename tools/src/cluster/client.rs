@@ -553,25 +553,30 @@ pub(crate) fn dump(a: &DumpArgs, cfg: &ConfigFile) -> Result<Exit> {
         let shards: Vec<_> = d
             .shards
             .iter()
-            .map(|s| json!({"shard": s.shard, "core": s.core, "tasks": s.tasks.iter().map(task_json).collect::<Vec<_>>()}))
+            .map(|s| {
+                let tasks: Vec<_> = s.tasks.iter().map(task_json).collect();
+                json!({"shard": s.shard, "core": s.core, "cpu_ms": s.cpu_ms, "tasks": tasks})
+            })
             .collect();
         println!("{}", json!({"worker": d.worker.to_string(), "shards": shards}));
         return Ok(Exit::Done);
     }
     println!("{}", d.worker);
     println!(
-        "{:<6} {:>4}  {:<8} {:<12} {:<16} {:<12} {:>14} {:>14} {:>10}",
-        "SHARD", "CORE", "JOB", "ATTEMPT", "VERTEX", "STATE", "RECORDS IN", "RECORDS OUT", "BACKPR MS"
+        "{:<6} {:>4} {:>9}  {:<8} {:<12} {:<16} {:<12} {:>14} {:>14} {:>10}",
+        "SHARD", "CORE", "CPU S", "JOB", "ATTEMPT", "VERTEX", "STATE", "RECORDS IN", "RECORDS OUT", "BACKPR MS"
     );
     for s in &d.shards {
+        let cpu = s.cpu_ms.map_or_else(|| "-".to_string(), |ms| format!("{:.2}", ms as f64 / 1e3));
         if s.tasks.is_empty() {
-            println!("{:<6} {:>4}  -", s.shard, s.core);
+            println!("{:<6} {:>4} {:>9}  -", s.shard, s.core, cpu);
         }
         for t in &s.tasks {
             println!(
-                "{:<6} {:>4}  {:<8} {:<12} {:<16} {:<12} {:>14} {:>14} {:>10}",
+                "{:<6} {:>4} {:>9}  {:<8} {:<12} {:<16} {:<12} {:>14} {:>14} {:>10}",
                 s.shard,
                 s.core,
+                cpu,
                 t.job.to_string(),
                 t.attempt.to_string(),
                 t.vertex,

@@ -66,6 +66,8 @@ impl std::fmt::Debug for Action {
 pub(crate) struct ShardSlots {
     pub(crate) id: u32,
     pub(crate) core: usize,
+    /// The thread that runs it, for its CPU time in a dump.
+    pub(crate) thread_id: i32,
     pub(crate) network: Budget,
 }
 
@@ -496,6 +498,7 @@ impl Gateway {
             .map(|s| ShardDumpEntry {
                 shard: s.id,
                 core: s.core as u32,
+                cpu_ms: crate::cpu::thread_cpu_time(s.thread_id).map(|t| t.as_millis() as u64),
                 tasks: tasks
                     .iter()
                     .filter(|(_, t)| t.slot.shard.0 == s.id)

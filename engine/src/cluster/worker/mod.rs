@@ -105,7 +105,10 @@ impl Worker {
             .map_err(|reason| EngineError::Io { what: "following the cluster's leader".into(), reason })?;
         let (shards, hosted) = start_shards(&config, reports, host)?;
         let shard_list = shards.iter().map(|s| WorkerShard { id: s.id, core: s.core, pool: s.pool.clone() }).collect();
-        let slots = shards.iter().map(|s| ShardSlots { id: s.id, core: s.core, network: s.network_budget() }).collect();
+        let slots = shards
+            .iter()
+            .map(|s| ShardSlots { id: s.id, core: s.core, thread_id: s.thread_id, network: s.network_budget() })
+            .collect();
         let resource_id = options.resource_id.clone().unwrap_or_else(default_resource_id);
         let gateway = Gateway::new(config, live, board, slots, resource_id, options.registration_timeout);
         let registered = Arc::new(AtomicU64::new(0));

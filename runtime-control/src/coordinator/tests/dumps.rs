@@ -4,7 +4,7 @@
 use super::*;
 
 fn dump_of(worker: WorkerId) -> ShardDump {
-    ShardDump { worker, shards: vec![ShardDumpEntry { shard: 0, core: 3, tasks: vec![] }] }
+    ShardDump { worker, shards: vec![ShardDumpEntry { shard: 0, core: 3, cpu_ms: Some(120), tasks: vec![] }] }
 }
 
 fn request_dump(h: &mut Harness, client: ConnId, worker: WorkerId, timeout_ms: u64, now: Instant) -> Vec<Output> {

@@ -51,7 +51,9 @@ impl Harness {
         let board = Arc::new(JobBoard::embedded());
         let network = Budget::new(BudgetKind::NetworkBuffers, NETWORK_BYTES);
         let config = EngineConfig { slots_per_shard: 2, segment_bytes: 4096, ..EngineConfig::default() };
-        let shards = vec![ShardSlots { id: 0, core: 5, network: network.clone() }];
+        // The test's thread stands in for the shard's (for its CPU time).
+        let thread_id = crate::cpu::current_thread_id();
+        let shards = vec![ShardSlots { id: 0, core: 5, thread_id, network: network.clone() }];
         let live = Arc::new(LiveRegistry::new(catalog()));
         let g = Gateway::new(config, live, board.clone(), shards, "gw".into(), ms(10_000));
         Harness { g, board, network, t0: Instant::now() }
@@ -430,6 +432,7 @@ fn a_dump_and_a_heartbeat_carry_the_counts_each_task_published() {
         back_pressured_ms: 42,
     };
     assert_eq!(dump.shards[0].tasks, vec![task], "{dump:?}");
+    assert!(dump.shards[0].cpu_ms.is_some(), "its thread's CPU time: {dump:?}");
     assert!(dump.shards[1..].iter().all(|s| s.tasks.is_empty()), "{dump:?}");
     // The heartbeat carries the same counts to the coordinator.
     let out = h.send(4, Message::HeartbeatFromCoordinator(HeartbeatFromCoordinator { resource_manager: RM, seq: 9 }));
