@@ -53,6 +53,7 @@ use crate::runtime::JobPlan;
 mod counters;
 mod stop;
 
+use counters::BackPressure;
 pub(crate) use counters::TaskCounters;
 pub(crate) use stop::{TaskFailure, TaskStop};
 
@@ -153,39 +154,6 @@ impl StepClock {
     #[inline]
     fn now(&mut self) -> Instant {
         *self.0.get_or_insert_with(Instant::now)
-    }
-}
-
-/// A task's waits on a full output (its back-pressure), published through
-/// its [`TaskCounters`]: the clock is read only as a wait begins and ends.
-#[derive(Default)]
-struct BackPressure {
-    since: Option<Instant>,
-    total: Duration,
-}
-
-impl BackPressure {
-    /// The task waits on a full output: from now, unless it waits already.
-    #[inline]
-    fn wait(&mut self, clock: &mut StepClock, counters: &TaskCounters) {
-        if self.since.is_none() {
-            let now = clock.now();
-            self.since = Some(now);
-            counters.blocked(crate::runtime::clock::us_at(now));
-        }
-    }
-
-    /// Its outputs take more: a wait going on ends.
-    #[inline]
-    fn go_on(&mut self, clock: &mut StepClock, counters: &TaskCounters) {
-        if let Some(since) = self.since.take() {
-            self.total += clock.now().saturating_duration_since(since);
-            counters.unblocked(self.total.as_micros().try_into().unwrap_or(u64::MAX));
-        }
-    }
-
-    fn total_ms(&self) -> u64 {
-        self.total.as_millis().try_into().unwrap_or(u64::MAX)
     }
 }
 

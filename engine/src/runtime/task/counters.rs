@@ -11,7 +11,9 @@
 //! the read, so a task stuck behind a consumer that never reads shows it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
+use super::StepClock;
 use crate::runtime::clock;
 
 /// Records into the task's chain head and out of its chain so far, and its
@@ -75,6 +77,39 @@ impl TaskCounters {
             records_out: self.records_out.load(Ordering::Relaxed),
             back_pressured_ms: ended_us.saturating_add(ongoing_us) / 1_000,
         }
+    }
+}
+
+/// A task's waits on a full output (its back-pressure), published through
+/// its [`TaskCounters`]: the clock is read only as a wait begins and ends.
+#[derive(Default)]
+pub(super) struct BackPressure {
+    since: Option<Instant>,
+    total: Duration,
+}
+
+impl BackPressure {
+    /// The task waits on a full output: from now, unless it waits already.
+    #[inline]
+    pub(super) fn wait(&mut self, step: &mut StepClock, counters: &TaskCounters) {
+        if self.since.is_none() {
+            let now = step.now();
+            self.since = Some(now);
+            counters.blocked(clock::us_at(now));
+        }
+    }
+
+    /// Its outputs take more: a wait going on ends.
+    #[inline]
+    pub(super) fn go_on(&mut self, step: &mut StepClock, counters: &TaskCounters) {
+        if let Some(since) = self.since.take() {
+            self.total += step.now().saturating_duration_since(since);
+            counters.unblocked(self.total.as_micros().try_into().unwrap_or(u64::MAX));
+        }
+    }
+
+    pub(super) fn total_ms(&self) -> u64 {
+        self.total.as_millis().try_into().unwrap_or(u64::MAX)
     }
 }
 
