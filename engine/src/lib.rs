@@ -56,7 +56,7 @@
 #![forbid(unsafe_code)]
 
 // The import graph runs one way, bottom to top (`tests/layers.rs` checks it):
-// error, params, data → runtime → api (the typed dataflow API and the built
+// error, cpu, params, data → runtime → api (the typed dataflow API and the built
 // job) → registry → config → mailbox → shard → cluster → shared (the engine's
 // inner state) → job (handles and results) → engine → jobs (the named benchmark
 // jobs).

@@ -7,6 +7,7 @@ use std::path::Path;
 /// Layer of each top-level module, bottom first.
 const LAYERS: &[(&str, u32)] = &[
     ("error", 0),
+    ("cpu", 0),
     ("params", 1),
     ("data", 1),
     ("runtime", 2),
