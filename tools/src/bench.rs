@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use shardflow_engine::cpu::process_cpu_time;
 use shardflow_engine::jobs::{exchange, keyed_sum, latency, wordcount, P2_KEYS, P8_WORDS, P8_WORDS_PER_LINE};
 use shardflow_engine::{
     Cores, Dataflow, Engine, EngineError, IdlePolicy, JobHandle, JobResult, PlacementStrategy, QueueBound,
@@ -17,7 +18,6 @@ use shardflow_engine::{
 
 use crate::cluster::ConfigFile;
 use crate::Exit;
-use shardflow_engine::cpu::process_cpu_time;
 
 /// The benchmark pipelines, by name or by their number in BENCHMARKS.md (`p1`, `p2`,
 /// `p4`, `p8`).

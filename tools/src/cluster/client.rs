@@ -360,12 +360,13 @@ fn details_json(d: &JobDetails, progress: &[SubtaskProgress]) -> serde_json::Val
         .subtasks
         .iter()
         .map(|s| {
+            let counts = counts(s, progress);
             json!({"vertex": s.vertex, "subtask": s.subtask, "attempt": s.attempt, "state": s.state.to_string(),
                    "worker": s.slot.map(|x| x.worker.0), "shard": s.slot.map(|x| x.shard.0),
                    "slot": s.slot.map(|x| x.to_string()), "core": s.core,
-                   "records_in": counts(s, progress).map(|c| c.0),
-                   "records_out": counts(s, progress).map(|c| c.1),
-                   "back_pressured_ms": counts(s, progress).map(|c| c.2),
+                   "records_in": counts.map(|c| c.0),
+                   "records_out": counts.map(|c| c.1),
+                   "back_pressured_ms": counts.map(|c| c.2),
                    "sink_records": records(s), "sink_value_sum": value_sum(s), "sinks": sinks_json(s),
                    "failure": s.failure})
         })

@@ -483,8 +483,8 @@ impl Gateway {
             .iter()
             .map(|(&(job, attempt), t)| {
                 let c = t.counters.read();
-                let (records_in, records_out, back_pressured_ms) = (c.records_in, c.records_out, c.back_pressured_ms);
-                TaskProgress { job, attempt, records_in, records_out, back_pressured_ms }
+                let (records_in, records_out) = (c.records_in, c.records_out);
+                TaskProgress { job, attempt, records_in, records_out, back_pressured_ms: c.back_pressured_ms }
             })
             .collect()
     }
