@@ -10,7 +10,7 @@
 //! bounded egress unread). A wait still going on counts up to the moment of
 //! the read, so a task stuck behind a consumer that never reads shows it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::StepClock;
@@ -22,6 +22,10 @@ use crate::runtime::clock;
 pub(crate) struct TaskCounters {
     records_in: AtomicU64,
     records_out: AtomicU64,
+    /// Counts the changes to the two below, odd while one is being made (a
+    /// sequence lock: one writer, the task; a reader retries across a change,
+    /// so an ended wait is never counted twice, nor dropped, by a read).
+    changes: AtomicU64,
     /// Microseconds of the waits on a full output that have ended.
     back_pressured_us: AtomicU64,
     /// When the wait going on began (processing time in µs), or 0: none.
@@ -51,25 +55,38 @@ impl TaskCounters {
 
     /// The task waits on a full output from `since_us` (processing time).
     pub(crate) fn blocked(&self, since_us: u64) {
-        self.blocked_since_us.store(since_us.max(1), Ordering::Release);
+        self.change(|| self.blocked_since_us.store(since_us.max(1), Ordering::Relaxed));
     }
 
     /// The wait has ended: `total_us` waited in all.
     pub(crate) fn unblocked(&self, total_us: u64) {
-        self.back_pressured_us.store(total_us, Ordering::Relaxed);
-        self.blocked_since_us.store(0, Ordering::Release);
+        self.change(|| {
+            self.back_pressured_us.store(total_us, Ordering::Relaxed);
+            self.blocked_since_us.store(0, Ordering::Relaxed);
+        });
+    }
+
+    /// Makes a change to the waits under the sequence lock (the task's thread
+    /// alone calls it).
+    fn change(&self, f: impl FnOnce()) {
+        let n = self.changes.load(Ordering::Relaxed);
+        self.changes.store(n + 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        f();
+        self.changes.store(n + 2, Ordering::Release);
     }
 
     /// What was last published, a wait going on counted up to now.
     pub(crate) fn read(&self) -> TaskCounts {
-        // A wait that ends between the two looks at its start is read again,
-        // so it is not counted both in the total and as going on.
         let (ended_us, since_us) = loop {
-            let since = self.blocked_since_us.load(Ordering::Acquire);
-            let ended = self.back_pressured_us.load(Ordering::Acquire);
-            if self.blocked_since_us.load(Ordering::Acquire) == since {
+            let before = self.changes.load(Ordering::Acquire);
+            let ended = self.back_pressured_us.load(Ordering::Relaxed);
+            let since = self.blocked_since_us.load(Ordering::Relaxed);
+            fence(Ordering::Acquire);
+            if before % 2 == 0 && self.changes.load(Ordering::Relaxed) == before {
                 break (ended, since);
             }
+            std::thread::yield_now(); // the task is mid-change: a few instructions
         };
         let ongoing_us = if since_us == 0 { 0 } else { clock::now_us().saturating_sub(since_us) };
         TaskCounts {
