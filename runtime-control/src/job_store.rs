@@ -28,8 +28,11 @@ use crate::state::{ExecutionState, JobStatus};
 
 /// The first bytes of every record.
 const MAGIC: &[u8; 4] = b"SFJR";
-/// The record layout this build writes and reads.
-pub const JOB_RECORD_VERSION: u16 = 1;
+/// The record layout this build writes and reads: 2 since a finished task's
+/// result (`TaskResultInfo`, inside the final details) carries its
+/// back-pressure. A record of another version is refused by type, and a new
+/// leader skips it with that reason in its log.
+pub const JOB_RECORD_VERSION: u16 = 2;
 /// Bytes before the archive (keeps it 16-byte aligned).
 const HEADER: usize = 16;
 
@@ -207,9 +210,11 @@ mod tests {
             JobRecord::decode(b"{\"job\": 1, \"not\": \"a record\"}"),
             Err(JobRecordError::NotARecord { len: 29 })
         );
-        let mut v2 = bytes.clone();
-        v2[4] = 2;
-        assert_eq!(JobRecord::decode(&v2), Err(JobRecordError::Version { got: 2 }));
+        for version in [JOB_RECORD_VERSION - 1, JOB_RECORD_VERSION + 1] {
+            let mut other = bytes.clone();
+            other[4..6].copy_from_slice(&version.to_le_bytes());
+            assert_eq!(JobRecord::decode(&other), Err(JobRecordError::Version { got: version }));
+        }
         for cut in [HEADER, HEADER + 1, bytes.len() / 2, bytes.len() - 1] {
             assert!(matches!(JobRecord::decode(&bytes[..cut]), Err(JobRecordError::Malformed { .. })), "cut {cut}");
         }

@@ -197,7 +197,8 @@ async fn try_to_win(ctx: &Ctx, address: &str) -> Result<Option<(u64, i64, Durati
     Ok(Some((epoch, lease.id(), granted, sent)))
 }
 
-/// Every job record in the store; a damaged one is logged and skipped.
+/// Every job record in the store; one this build cannot read (damaged, or of
+/// another layout version) is logged and skipped.
 async fn read_jobs(ctx: &Ctx) -> Result<Vec<JobRecord>, String> {
     let mut c = ctx.client.clone();
     let resp =
@@ -206,7 +207,9 @@ async fn read_jobs(ctx: &Ctx) -> Result<Vec<JobRecord>, String> {
     for kv in resp.kvs() {
         match JobRecord::decode(kv.value()) {
             Ok(r) => records.push(r),
-            Err(e) => tracing::error!(key = %String::from_utf8_lossy(kv.key()), "skipping a damaged job record: {e}"),
+            Err(e) => {
+                tracing::error!(key = %String::from_utf8_lossy(kv.key()), "skipping a job record this build cannot read: {e}")
+            }
         }
     }
     Ok(records)
