@@ -455,12 +455,12 @@ impl Task {
                 }
             }
         }
-        if self.poll_outputs(cx)? {
-            self.back_pressure.wait(&mut clock, &self.counters);
+        let blocked = self.poll_outputs(cx)?;
+        self.back_pressure.note(blocked, &mut clock, &self.counters);
+        if blocked {
             self.arm_timer(cx, None, &mut clock);
             return Ok(None);
         }
-        self.back_pressure.go_on(&mut clock, &self.counters);
         let mut wake_at = None;
         match &mut self.body {
             Body::Source { driver, idle_until } => {
@@ -581,12 +581,7 @@ impl Task {
                 Ok(b) => b,
                 Err(e) => return Poll::Ready(Err(e)),
             };
-            let clock = &mut StepClock::default();
-            if blocked {
-                self.back_pressure.wait(clock, &self.counters);
-            } else {
-                self.back_pressure.go_on(clock, &self.counters);
-            }
+            self.back_pressure.note(blocked, &mut StepClock::default(), &self.counters);
             let waiting = if all { self.outputs.iter().any(|o| !o.is_idle()) } else { blocked };
             if waiting {
                 Poll::Pending

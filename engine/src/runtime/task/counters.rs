@@ -106,22 +106,22 @@ pub(super) struct BackPressure {
 }
 
 impl BackPressure {
-    /// The task waits on a full output: from now, unless it waits already.
+    /// Whether an output is `blocked` (overdrawn) at this step: a wait begins
+    /// now, goes on, or ends now.
     #[inline]
-    pub(super) fn wait(&mut self, step: &mut StepClock, counters: &TaskCounters) {
-        if self.since.is_none() {
-            let now = step.now();
-            self.since = Some(now);
-            counters.blocked(clock::us_at(now));
-        }
-    }
-
-    /// Its outputs take more: a wait going on ends.
-    #[inline]
-    pub(super) fn go_on(&mut self, step: &mut StepClock, counters: &TaskCounters) {
-        if let Some(since) = self.since.take() {
-            self.total += step.now().saturating_duration_since(since);
-            counters.unblocked(self.total.as_micros().try_into().unwrap_or(u64::MAX));
+    pub(super) fn note(&mut self, blocked: bool, step: &mut StepClock, counters: &TaskCounters) {
+        match (blocked, self.since) {
+            (true, None) => {
+                let now = step.now();
+                self.since = Some(now);
+                counters.blocked(clock::us_at(now));
+            }
+            (false, Some(since)) => {
+                self.since = None;
+                self.total += step.now().saturating_duration_since(since);
+                counters.unblocked(self.total.as_micros().try_into().unwrap_or(u64::MAX));
+            }
+            _ => {}
         }
     }
 
