@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use shardflow_control::protocol::{ErrorCode, JobDetails, WaitCondition};
+use shardflow_control::protocol::{ErrorCode, JobDetails, TaskTimes, WaitCondition};
 use shardflow_control::{JobId, JobStatus, SlotAssignment};
 
 use crate::error::EngineError;
@@ -24,9 +24,11 @@ pub struct SubtaskReport {
     pub records_in: u64,
     /// Records written to its partitions.
     pub records_out: u64,
-    /// Milliseconds it waited on a full output: its back-pressure, a consumer
-    /// downstream slower than it (Flink's `backPressuredTimeMs`).
-    pub back_pressured_ms: u64,
+    /// Where its time went, from its start to its end: busy, idle (waiting for
+    /// input) and back-pressured (waiting on a full output: a consumer
+    /// downstream slower than it), as Flink's `busyTimeMs`, `idleTimeMs` and
+    /// `backPressuredTimeMs`.
+    pub times: TaskTimes,
     /// Results of the sinks in its chain.
     pub sinks: Vec<SinkOutput>,
 }
@@ -220,7 +222,7 @@ impl JobHandle {
                         subtask: i,
                         records_in: o.records_in,
                         records_out: o.records_out,
-                        back_pressured_ms: o.back_pressured_ms,
+                        times: o.times,
                         sinks: o.sinks,
                     })
                     .collect(),

@@ -29,10 +29,11 @@ use crate::state::{ExecutionState, JobStatus};
 /// The first bytes of every record.
 const MAGIC: &[u8; 4] = b"SFJR";
 /// The record layout this build writes and reads: 2 since a finished task's
-/// result (`TaskResultInfo`, inside the final details) carries its
-/// back-pressure. A record of another version is refused by type, and a new
+/// result (`TaskResultInfo`, inside the final details) carried its
+/// back-pressure, 3 since it carries where its time went (`TaskTimes`). A
+/// record of another version is refused by type, and a new
 /// leader skips it with that reason in its log.
-pub const JOB_RECORD_VERSION: u16 = 2;
+pub const JOB_RECORD_VERSION: u16 = 3;
 /// Bytes before the archive (keeps it 16-byte aligned).
 const HEADER: usize = 16;
 

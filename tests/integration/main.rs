@@ -23,6 +23,7 @@ mod embedded_side_outputs;
 mod embedded_spin;
 mod embedded_state;
 mod embedded_stop;
+mod embedded_task_times;
 mod embedded_time;
 mod embedded_timers;
 mod embedded_ttl;

@@ -12,9 +12,9 @@
 //! low at no throughput cost), before an event, or after the flush timeout.
 //!
 //! ```text
-//!   loop: control lane? ─► failure? ─► due timers? ─► outputs overdrawn? (wait)
+//!   loop: control lane? ─► failure? ─► due timers? ─► outputs overdrawn? (wait: back-pressured)
 //!         ─► current buffer: feed a chunk ─► source: poll │ gates: next item (round robin)
-//!         ─► nothing: flush, arm timer, wait
+//!         ─► nothing: flush, arm timer, wait (idle)
 //!   end of input ─► finish operators upstream first (in steps) ─► end of partition ─► drain ─► close
 //!   stop (a source told to; a task whose inputs all brought the stop barrier) ─► barrier downstream
 //!         ─► at the end of input: snapshot instead of finish (a source: its position too) ─► …
@@ -30,6 +30,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
+use shardflow_control::protocol::TaskTimes;
 use shardflow_control::{AttemptId, JobId};
 use shardflow_memory::{Budget, SegmentPool};
 use shardflow_netstack::{
@@ -39,6 +40,7 @@ use shardflow_netstack::{
 
 use crate::error::OperatorError;
 use crate::runtime::build::BuildContext;
+use crate::runtime::clock;
 use crate::runtime::collector::{named, Failure, Lifecycle, SinkOutput, TaskInfo};
 use crate::runtime::control::{ControlLane, TaskControl};
 use crate::runtime::output::{Output, Partition};
@@ -53,8 +55,8 @@ use crate::runtime::JobPlan;
 mod counters;
 mod stop;
 
-use counters::BackPressure;
-pub(crate) use counters::TaskCounters;
+use counters::Waiting;
+pub(crate) use counters::{TaskCounters, Wait};
 pub(crate) use stop::{TaskFailure, TaskStop};
 
 /// Buffers a partition may hold beyond what credits let out before the task
@@ -95,8 +97,8 @@ pub(crate) struct TaskOutput {
     pub(crate) sinks: Vec<SinkOutput>,
     pub(crate) records_in: u64,
     pub(crate) records_out: u64,
-    /// Milliseconds it waited on a full output.
-    pub(crate) back_pressured_ms: u64,
+    /// Where its time went.
+    pub(crate) times: TaskTimes,
     /// The operators' state at the end of input, when the job stops with a
     /// snapshot.
     pub(crate) snapshot: Vec<OperatorSnapshot>,
@@ -193,7 +195,8 @@ struct Task {
     timed_flush: bool,
     records_in: u64,
     counters: Arc<TaskCounters>,
-    back_pressure: BackPressure,
+    back_pressure: Waiting,
+    input_wait: Waiting,
 }
 
 /// Runs one subtask to its end, serving `control`. `on_running` is called once
@@ -220,6 +223,7 @@ pub(crate) async fn run_task(
         }
     }
     task.close_after(&stop);
+    task.counters.ended(clock::now_us());
     Err(stop)
 }
 
@@ -303,12 +307,14 @@ impl Task {
             timed_flush: d.flush_timeout.is_some(),
             records_in: 0,
             counters: d.counters,
-            back_pressure: BackPressure::default(),
+            back_pressure: Waiting::on(Wait::Output),
+            input_wait: Waiting::on(Wait::Input),
         })
     }
 
     /// Opens the operators, runs the loop to the end of input and ends.
     async fn run(&mut self, on_running: impl FnOnce()) -> Result<TaskOutput, TaskStop> {
+        self.counters.began(clock::now_us());
         for k in (0..self.lifecycles.len()).rev() {
             self.opened += 1;
             let l = &mut self.lifecycles[k];
@@ -435,9 +441,11 @@ impl Task {
     }
 
     fn try_step(&mut self, cx: &mut Context<'_>) -> Result<Option<Step>, TaskStop> {
+        let mut clock = StepClock::default();
+        // Woken: whatever this step finds, its wait for it has ended.
+        self.input_wait.note(false, &mut clock, &self.counters);
         self.serve_control(cx)?;
         self.check_failure()?;
-        let mut clock = StepClock::default();
         if let Some(due) = self.next_timer() {
             let now = clock.now();
             if due <= now {
@@ -568,6 +576,7 @@ impl Task {
         }
         self.poll_outputs(cx)?;
         self.arm_timer(cx, wake_at, &mut clock);
+        self.input_wait.note(true, &mut clock, &self.counters);
         Ok(None)
     }
 
@@ -646,8 +655,9 @@ impl Task {
         }
         let (records_in, records_out) = self.counts();
         self.counters.publish(records_in, records_out);
-        let back_pressured_ms = self.back_pressure.total_ms();
-        Ok(TaskOutput { sinks, records_in, records_out, back_pressured_ms, snapshot, stopped: self.stopped, position })
+        self.counters.ended(clock::now_us());
+        let times = self.counters.read().times;
+        Ok(TaskOutput { sinks, records_in, records_out, times, snapshot, stopped: self.stopped, position })
     }
 
     /// Records into the chain head (a source's: produced) and out of the chain

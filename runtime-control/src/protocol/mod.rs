@@ -52,6 +52,8 @@
 //!   view of them (`SubtaskProgress`), a dump's `TaskDumpEntry` and a finished
 //!   task's `TaskResultInfo`; and a dump's shards their thread's CPU time
 //!   (`ShardDumpEntry::cpu_ms`).
+//! - 8: where a task's time goes: those four carry `TaskTimes` (busy, idle
+//!   and back-pressured ms) in place of `back_pressured_ms`.
 
 /// Declares payload structs: rkyv-archivable, comparable, cloneable.
 macro_rules! payloads {
@@ -72,7 +74,7 @@ pub use messages::*;
 pub use parts::*;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 /// Bytes of the frame header.
 pub const HEADER_BYTES: usize = 16;
 /// The highest version a shardflow peer could speak; a higher one means the peer

@@ -20,6 +20,21 @@ pub struct SlotAllocation {
     pub job: JobId,
 }
 
+/// Where a task's time has gone since it began, in ms (Flink's busy, idle and
+/// back-pressured time): the three add up to its time so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct TaskTimes {
+    /// Working: running its operators, or ready to and waiting for its core
+    /// (which other tasks of its shard hold).
+    pub busy_ms: u64,
+    /// Waiting for input: nothing to read, a source with nothing to emit
+    /// yet, a timer not due.
+    pub idle_ms: u64,
+    /// Waiting on a full output (its back-pressure: a consumer downstream is
+    /// slower, or a bounded egress is not read).
+    pub back_pressured_ms: u64,
+}
+
 payloads! {
     /// One slot of a worker.
     pub struct SlotStatus {
@@ -156,8 +171,8 @@ payloads! {
         pub records_in: u64,
         /// Records out of the chain.
         pub records_out: u64,
-        /// Milliseconds it waited on a full output (its back-pressure).
-        pub back_pressured_ms: u64,
+        /// Where its time went, from its start to its end.
+        pub times: TaskTimes,
         /// One entry per sink of the chain.
         pub sinks: Vec<SinkResult>,
     }
@@ -186,9 +201,9 @@ payloads! {
         pub records_in: u64,
         /// Records out of its chain so far (into its result partitions).
         pub records_out: u64,
-        /// Milliseconds it has waited on a full output so far, a wait going
-        /// on included (its back-pressure: a consumer downstream is slower).
-        pub back_pressured_ms: u64,
+        /// Where its time has gone so far, a wait going on counted up to
+        /// the moment it was read.
+        pub times: TaskTimes,
     }
 
     /// A subtask's record counts so far, as a client reads them.
@@ -203,9 +218,9 @@ payloads! {
         pub records_in: u64,
         /// Records out of its chain so far (into its result partitions).
         pub records_out: u64,
-        /// Milliseconds it has waited on a full output so far, a wait going
-        /// on included (its back-pressure: a consumer downstream is slower).
-        pub back_pressured_ms: u64,
+        /// Where its time has gone so far, a wait going on counted up to
+        /// the moment it was read.
+        pub times: TaskTimes,
     }
 
     /// One task of a shard as it runs.
@@ -222,9 +237,9 @@ payloads! {
         pub records_in: u64,
         /// Records out of its chain so far (into its result partitions).
         pub records_out: u64,
-        /// Milliseconds it has waited on a full output so far, a wait going
-        /// on included (its back-pressure: a consumer downstream is slower).
-        pub back_pressured_ms: u64,
+        /// Where its time has gone so far, a wait going on counted up to
+        /// the moment it was read.
+        pub times: TaskTimes,
     }
 
     /// One worker as the ResourceManager knows it.

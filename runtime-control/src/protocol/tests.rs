@@ -114,7 +114,7 @@ fn samples() -> Vec<Message> {
                 attempt: attempt(1, 0, 2),
                 records_in: 5,
                 records_out: 4,
-                back_pressured_ms: 250,
+                times: TaskTimes { busy_ms: 900, idle_ms: 50, back_pressured_ms: 250 },
             }],
         }),
         Message::RequestJobGraph(RequestJobGraph { job: JobId(3) }),
@@ -129,7 +129,7 @@ fn samples() -> Vec<Message> {
             result: Some(TaskResultInfo {
                 records_in: 10,
                 records_out: 0,
-                back_pressured_ms: 0,
+                times: TaskTimes { busy_ms: 12, idle_ms: 3, back_pressured_ms: 0 },
                 sinks: vec![SinkResult { records: 10, value_sum: 45, latency_ns: Some([1, 2, 3, 4]) }],
             }),
         }),
@@ -153,7 +153,7 @@ fn samples() -> Vec<Message> {
                 attempt: 0,
                 records_in: 7,
                 records_out: 7,
-                back_pressured_ms: 31,
+                times: TaskTimes { busy_ms: 400, idle_ms: 1_200, back_pressured_ms: 31 },
             }],
         }),
         Message::ShardDump(ShardDump {
@@ -169,7 +169,7 @@ fn samples() -> Vec<Message> {
                     state: ExecutionState::Running,
                     records_in: 1000,
                     records_out: 999,
-                    back_pressured_ms: 4,
+                    times: TaskTimes { busy_ms: 70, idle_ms: 5, back_pressured_ms: 4 },
                 }],
             }],
         }),
@@ -231,13 +231,13 @@ fn hex(bytes: &[u8]) -> String {
 #[test]
 fn golden_bytes() {
     let ack = encode(&Message::Ack(Ack {})).unwrap();
-    assert_eq!(hex(&ack), "00000000070047000000000000000000");
+    assert_eq!(hex(&ack), "00000000080047000000000000000000");
     let hb = encode(&Message::HeartbeatFromCoordinator(HeartbeatFromCoordinator {
         resource_manager: ResourceManagerId(0x0102030405060708),
         seq: 3,
     }))
     .unwrap();
-    assert_eq!(hex(&hb), "1000000007000c00000000000000000008070605040302010300000000000000");
+    assert_eq!(hex(&hb), "1000000008000c00000000000000000008070605040302010300000000000000");
     let req = encode(&Message::RequestSlot(RequestSlot {
         resource_manager: ResourceManagerId(1),
         slot: slot(2, 3, 4),
@@ -248,7 +248,7 @@ fn golden_bytes() {
     .unwrap();
     assert_eq!(
         hex(&req),
-        "30000000070001000000000000000000\
+        "30000000080001000000000000000000\
          0100000000000000020000000300000004000000000000000500000000000000\
          06000000000000000700000000000000"
     );
@@ -269,7 +269,7 @@ fn golden_bytes() {
         "0100000078fffffffffffffff4ffffff01000000753634ffffffffff0000000008000000080000006affffffffffffff76ffffffffffffff0200000080000000c4ffffff01000000ccffffff00000000c4ffffff01000000"
     );
     let err = encode(&Message::error(ErrorCode::StaleToken, "stale")).unwrap();
-    assert_eq!(hex(&err), "1000000007007f000000000000000000060000007374616c65ffffff00000000");
+    assert_eq!(hex(&err), "1000000008007f000000000000000000060000007374616c65ffffff00000000");
 }
 
 #[test]
@@ -366,10 +366,10 @@ fn another_protocol_is_named_as_such_and_a_near_version_as_a_version() {
         other => panic!("{other:?}"),
     }
     let mut h = [0u8; HEADER_BYTES];
-    h[4] = 8;
-    assert_eq!(FrameHeader::parse(&h, 1024), Err(FrameError::UnsupportedVersion { got: 8 }));
-    h[4] = 6;
-    assert_eq!(FrameHeader::parse(&h, 1024), Err(FrameError::UnsupportedVersion { got: 6 }), "the last version");
+    h[4] = 9;
+    assert_eq!(FrameHeader::parse(&h, 1024), Err(FrameError::UnsupportedVersion { got: 9 }));
+    h[4] = 7;
+    assert_eq!(FrameHeader::parse(&h, 1024), Err(FrameError::UnsupportedVersion { got: 7 }), "the last version");
     h[4] = 0;
     assert!(matches!(FrameHeader::parse(&h, 1024), Err(FrameError::NotShardflow { .. })), "version 0 was never used");
 }

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
-use shardflow_engine::protocol::{JobDetails, SubtaskDetails, SubtaskProgress, TaskDumpEntry, WaitCondition};
+use shardflow_engine::protocol::{
+    JobDetails, SubtaskDetails, SubtaskProgress, TaskDumpEntry, TaskTimes, WaitCondition,
+};
 use shardflow_engine::{ExecutionPlan, ExecutionState, JobStatus, WorkerId};
 
 use super::access::Connection;
@@ -341,14 +343,19 @@ fn progress(client: &mut Connection, d: &JobDetails) -> Vec<SubtaskProgress> {
     client.following(FOLLOW_LEADER, |c, _| c.job_progress(d.job)).map(|p| p.subtasks).unwrap_or_default()
 }
 
-/// A subtask's records in and out and its milliseconds of back-pressure so
-/// far: its progress while it runs, its result once finished.
-fn counts(s: &SubtaskDetails, progress: &[SubtaskProgress]) -> Option<(u64, u64, u64)> {
+/// A subtask's records in and out and where its time went so far: its
+/// progress while it runs, its result once finished.
+fn counts(s: &SubtaskDetails, progress: &[SubtaskProgress]) -> Option<(u64, u64, TaskTimes)> {
     progress
         .iter()
         .find(|p| p.vertex == s.vertex && p.subtask == s.subtask && p.attempt == s.attempt)
-        .map(|p| (p.records_in, p.records_out, p.back_pressured_ms))
-        .or_else(|| s.result.as_ref().map(|r| (r.records_in, r.records_out, r.back_pressured_ms)))
+        .map(|p| (p.records_in, p.records_out, p.times))
+        .or_else(|| s.result.as_ref().map(|r| (r.records_in, r.records_out, r.times)))
+}
+
+/// A task's times as the columns `BUSY MS`, `IDLE MS`, `BACKPR MS` show them.
+fn times_cells(t: Option<TaskTimes>) -> [String; 3] {
+    t.map_or_else(|| ["-"; 3].map(String::from), |t| [t.busy_ms, t.idle_ms, t.back_pressured_ms].map(|n| n.to_string()))
 }
 
 /// A job's details and its subtasks' counts as JSON.
@@ -366,7 +373,9 @@ fn details_json(d: &JobDetails, progress: &[SubtaskProgress]) -> serde_json::Val
                    "slot": s.slot.map(|x| x.to_string()), "core": s.core,
                    "records_in": counts.map(|c| c.0),
                    "records_out": counts.map(|c| c.1),
-                   "back_pressured_ms": counts.map(|c| c.2),
+                   "busy_ms": counts.map(|c| c.2.busy_ms),
+                   "idle_ms": counts.map(|c| c.2.idle_ms),
+                   "back_pressured_ms": counts.map(|c| c.2.back_pressured_ms),
                    "sink_records": records(s), "sink_value_sum": value_sum(s), "sinks": sinks_json(s),
                    "failure": s.failure})
         })
@@ -387,15 +396,28 @@ fn print_details(d: &JobDetails, progress: &[SubtaskProgress], as_json: bool) {
         println!("failure: {f}");
     }
     println!(
-        "{:<16} {:>4} {:>4} {:<13} {:<10} {:<8} {:>4} {:>12} {:>12} {:>10}  SINKS",
-        "VERTEX", "SUB", "ATT", "STATE", "WORKER", "SHARD", "CORE", "RECORDS IN", "RECORDS OUT", "BACKPR MS"
+        "{:<16} {:>4} {:>4} {:<13} {:<10} {:<8} {:>4} {:>12} {:>12} {:>10} {:>10} {:>10}  SINKS",
+        "VERTEX",
+        "SUB",
+        "ATT",
+        "STATE",
+        "WORKER",
+        "SHARD",
+        "CORE",
+        "RECORDS IN",
+        "RECORDS OUT",
+        "BUSY MS",
+        "IDLE MS",
+        "BACKPR MS"
     );
     for s in &d.subtasks {
         let dash = || "-".to_string();
-        let [records_in, records_out, back_pressured] =
-            counts(s, progress).map_or_else(|| [dash(), dash(), dash()], |(i, o, b)| [i, o, b].map(|n| n.to_string()));
+        let counts = counts(s, progress);
+        let [records_in, records_out] =
+            counts.map_or_else(|| [dash(), dash()], |(i, o, _)| [i, o].map(|n| n.to_string()));
+        let [busy, idle, back_pressured] = times_cells(counts.map(|c| c.2));
         println!(
-            "{:<16} {:>4} {:>4} {:<13} {:<10} {:<8} {:>4} {:>12} {:>12} {:>10}  {}",
+            "{:<16} {:>4} {:>4} {:<13} {:<10} {:<8} {:>4} {:>12} {:>12} {:>10} {:>10} {:>10}  {}",
             s.vertex,
             s.subtask,
             s.attempt,
@@ -405,6 +427,8 @@ fn print_details(d: &JobDetails, progress: &[SubtaskProgress], as_json: bool) {
             s.core.map_or_else(dash, |c| c.to_string()),
             records_in,
             records_out,
+            busy,
+            idle,
             back_pressured,
             sinks_cell(s),
         );
@@ -521,7 +545,8 @@ pub(crate) fn cluster(a: &ClusterArgs, cfg: &ConfigFile) -> Result<Exit> {
 fn task_json(t: &TaskDumpEntry) -> serde_json::Value {
     json!({"job": t.job.to_string(), "attempt": t.attempt.to_string(), "vertex": t.vertex,
            "state": t.state.to_string(), "records_in": t.records_in, "records_out": t.records_out,
-           "back_pressured_ms": t.back_pressured_ms})
+           "busy_ms": t.times.busy_ms, "idle_ms": t.times.idle_ms,
+           "back_pressured_ms": t.times.back_pressured_ms})
 }
 
 /// `shardflow dump`.
@@ -564,8 +589,19 @@ pub(crate) fn dump(a: &DumpArgs, cfg: &ConfigFile) -> Result<Exit> {
     }
     println!("{}", d.worker);
     println!(
-        "{:<6} {:>4} {:>9}  {:<8} {:<12} {:<16} {:<12} {:>14} {:>14} {:>10}",
-        "SHARD", "CORE", "CPU S", "JOB", "ATTEMPT", "VERTEX", "STATE", "RECORDS IN", "RECORDS OUT", "BACKPR MS"
+        "{:<6} {:>4} {:>9}  {:<8} {:<12} {:<16} {:<12} {:>14} {:>14} {:>10} {:>10} {:>10}",
+        "SHARD",
+        "CORE",
+        "CPU S",
+        "JOB",
+        "ATTEMPT",
+        "VERTEX",
+        "STATE",
+        "RECORDS IN",
+        "RECORDS OUT",
+        "BUSY MS",
+        "IDLE MS",
+        "BACKPR MS"
     );
     for s in &d.shards {
         let cpu = s.cpu_ms.map_or_else(|| "-".to_string(), |ms| format!("{:.2}", ms as f64 / 1e3));
@@ -573,8 +609,9 @@ pub(crate) fn dump(a: &DumpArgs, cfg: &ConfigFile) -> Result<Exit> {
             println!("{:<6} {:>4} {:>9}  -", s.shard, s.core, cpu);
         }
         for t in &s.tasks {
+            let [busy, idle, back_pressured] = times_cells(Some(t.times));
             println!(
-                "{:<6} {:>4} {:>9}  {:<8} {:<12} {:<16} {:<12} {:>14} {:>14} {:>10}",
+                "{:<6} {:>4} {:>9}  {:<8} {:<12} {:<16} {:<12} {:>14} {:>14} {:>10} {:>10} {:>10}",
                 s.shard,
                 s.core,
                 cpu,
@@ -584,7 +621,9 @@ pub(crate) fn dump(a: &DumpArgs, cfg: &ConfigFile) -> Result<Exit> {
                 t.state.to_string(),
                 t.records_in,
                 t.records_out,
-                t.back_pressured_ms
+                busy,
+                idle,
+                back_pressured
             );
         }
     }

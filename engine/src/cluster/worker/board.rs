@@ -83,7 +83,7 @@ mod tests {
             sinks: vec![SinkOutput::Count { records: n, value_sum: n }],
             records_in: n,
             records_out: 0,
-            back_pressured_ms: 0,
+            times: Default::default(),
             snapshot: Vec::new(),
             stopped: false,
             position: None,

@@ -476,15 +476,13 @@ impl Gateway {
         Action::Send(Message::TaskRefused(TaskRefused { job, attempt, error }))
     }
 
-    /// Its tasks' record counts and back-pressure so far, as they published
-    /// them.
+    /// Its tasks' record counts and times so far, as they published them.
     fn progress(&self) -> Vec<TaskProgress> {
         self.tasks
             .iter()
             .map(|(&(job, attempt), t)| {
                 let c = t.counters.read();
-                let (records_in, records_out) = (c.records_in, c.records_out);
-                TaskProgress { job, attempt, records_in, records_out, back_pressured_ms: c.back_pressured_ms }
+                TaskProgress { job, attempt, records_in: c.records_in, records_out: c.records_out, times: c.times }
             })
             .collect()
     }
@@ -511,7 +509,7 @@ impl Gateway {
                             state: t.state,
                             records_in: c.records_in,
                             records_out: c.records_out,
-                            back_pressured_ms: c.back_pressured_ms,
+                            times: c.times,
                         }
                     })
                     .collect(),
@@ -596,12 +594,7 @@ fn result_info(o: &TaskOutput) -> TaskResultInfo {
             }),
         })
         .collect();
-    TaskResultInfo {
-        records_in: o.records_in,
-        records_out: o.records_out,
-        back_pressured_ms: o.back_pressured_ms,
-        sinks,
-    }
+    TaskResultInfo { records_in: o.records_in, records_out: o.records_out, times: o.times, sinks }
 }
 
 /// The slot table of a worker with `shards` (id, core), every slot free; each

@@ -33,20 +33,18 @@ impl JobMaster {
         }
     }
 
-    /// Each subtask's record counts and back-pressure so far, of its current
+    /// Each subtask's record counts and times so far, of its current
     /// attempt: a finished one's result, a running one's last heartbeat.
     pub(in crate::coordinator) fn progress(&self) -> Vec<SubtaskProgress> {
         self.eg
             .subtasks
             .iter()
             .filter_map(|s| {
-                let (records_in, records_out, back_pressured_ms) = match self.results.get(&s.id()) {
-                    Some(r) if s.state == ExecutionState::Finished => {
-                        (r.records_in, r.records_out, r.back_pressured_ms)
-                    }
+                let (records_in, records_out, times) = match self.results.get(&s.id()) {
+                    Some(r) if s.state == ExecutionState::Finished => (r.records_in, r.records_out, r.times),
                     _ => {
                         let p = self.progress.get(&s.id()).filter(|p| p.attempt == s.attempt)?;
-                        (p.records_in, p.records_out, p.back_pressured_ms)
+                        (p.records_in, p.records_out, p.times)
                     }
                 };
                 Some(SubtaskProgress {
@@ -55,7 +53,7 @@ impl JobMaster {
                     attempt: s.attempt.attempt,
                     records_in,
                     records_out,
-                    back_pressured_ms,
+                    times,
                 })
             })
             .collect()

@@ -141,7 +141,7 @@ fn update(
     let result = (state == ExecutionState::Finished).then(|| TaskResultInfo {
         records_in: 5,
         records_out: 5,
-        back_pressured_ms: 3,
+        times: TaskTimes { busy_ms: 9, idle_ms: 1, back_pressured_ms: 3 },
         sinks: vec![],
     });
     let failure = (state == ExecutionState::Failed).then(|| TaskFailureInfo { cause: "boom".into(), secondary: false });

@@ -12,14 +12,14 @@ fn heartbeat_with(worker: WorkerId, tasks: Vec<TaskProgress>) -> Message {
     })
 }
 
-fn progress_of(h: &mut Harness, job: JobId, now: Instant) -> Vec<(String, u64, u64, u64)> {
+fn progress_of(h: &mut Harness, job: JobId, now: Instant) -> Vec<(String, u64, u64, TaskTimes)> {
     match &h.c.on_message(now, 99, Message::RequestJobProgress(RequestJobProgress { job }))[..] {
         [Output::Send(99, Message::JobProgress(p))] => p
             .subtasks
             .iter()
             .map(|s| {
                 let name = format!("{}/{}#{}", s.vertex, s.subtask, s.attempt);
-                (name, s.records_in, s.records_out, s.back_pressured_ms)
+                (name, s.records_in, s.records_out, s.times)
             })
             .collect(),
         other => panic!("{other:?}"),
@@ -32,17 +32,20 @@ fn a_jobs_progress_is_its_workers_last_heartbeat_then_its_results() {
     let t0 = h.t0;
     assert!(progress_of(&mut h, id, at(t0, 3)).is_empty(), "no heartbeat yet");
     let (source, sink) = (&subs[0].1, &subs[1].1);
-    // The source waited 12 ms on its full output, the sink never.
+    // The source waited 12 ms on its full output, the sink never; the sink
+    // waited 30 ms for input.
+    let times = |busy_ms, idle_ms, back_pressured_ms| TaskTimes { busy_ms, idle_ms, back_pressured_ms };
+    let (source_times, sink_times) = (times(40, 0, 12), times(22, 30, 0));
     let counts = |d: &TaskDeploymentDescriptor, n: u64, out: u64| TaskProgress {
         job: id,
         attempt: d.attempt,
         records_in: n,
         records_out: out,
-        back_pressured_ms: if out > 0 { 12 } else { 0 },
+        times: if out > 0 { source_times } else { sink_times },
     };
     let worker = source.slot.worker;
     h.c.on_message(at(t0, 4), 1, heartbeat_with(worker, vec![counts(source, 70, 70), counts(sink, 60, 0)]));
-    let both = vec![("source/0#0".to_string(), 70, 70, 12), ("sink/0#0".to_string(), 60, 0, 0)];
+    let both = vec![("source/0#0".to_string(), 70, 70, source_times), ("sink/0#0".to_string(), 60, 0, sink_times)];
     assert_eq!(progress_of(&mut h, id, at(t0, 5)), both);
     // An old attempt's counts, or another worker's, do not count.
     let mut stale = counts(source, 999, 999);
@@ -53,7 +56,10 @@ fn a_jobs_progress_is_its_workers_last_heartbeat_then_its_results() {
     assert_eq!(progress_of(&mut h, id, at(t0, 8)), both);
     // A finished subtask's counts are its result's.
     update(&mut h, 1, source, ExecutionState::Finished, at(t0, 9));
-    assert_eq!(progress_of(&mut h, id, at(t0, 10)), vec![("source/0#0".to_string(), 5, 5, 3), both[1].clone()]);
+    assert_eq!(
+        progress_of(&mut h, id, at(t0, 10)),
+        vec![("source/0#0".to_string(), 5, 5, times(9, 1, 3)), both[1].clone()]
+    );
     let out = h.c.on_message(at(t0, 11), 99, Message::RequestJobProgress(RequestJobProgress { job: JobId(77) }));
     assert!(matches!(&out[0], Output::Send(99, Message::ErrorReply(e)) if e.code == ErrorCode::UnknownJob), "{out:?}");
 }

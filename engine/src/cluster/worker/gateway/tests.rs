@@ -16,7 +16,7 @@ use crate::api::Dataflow;
 use crate::cluster::worker::board::JobBoard;
 use crate::config::EngineConfig;
 use crate::registry::{JobCatalog, LiveRegistry};
-use crate::runtime::task::TaskOutput;
+use crate::runtime::task::{TaskOutput, Wait};
 use crate::shard::{ShardCommand, TaskReport};
 
 const RM: ResourceManagerId = ResourceManagerId(0x77);
@@ -242,7 +242,7 @@ fn a_deployment_goes_to_its_shard_and_its_states_flow_back() {
         sinks: vec![],
         records_in: 50,
         records_out: 50,
-        back_pressured_ms: 7,
+        times: TaskTimes { busy_ms: 30, idle_ms: 2, back_pressured_ms: 7 },
         snapshot: vec![],
         stopped: false,
         position: None,
@@ -250,7 +250,7 @@ fn a_deployment_goes_to_its_shard_and_its_states_flow_back() {
     let out = h.g.on_task(report(a, ExecutionState::Finished, Some(output)));
     assert!(matches!(&out[..], [Action::Send(Message::UpdateTaskExecutionState(u))]
         if u.state == ExecutionState::Finished
-            && u.result.as_ref().is_some_and(|r| (r.records_out, r.back_pressured_ms) == (50, 7))));
+            && u.result.as_ref().is_some_and(|r| (r.records_out, r.times.back_pressured_ms) == (50, 7))));
     assert_eq!(h.board.take(JobId(1)).len(), 1, "the embedding engine gets the full output");
 
     // the same attempt again is refused while the other one still runs
@@ -415,7 +415,12 @@ fn a_dump_and_a_heartbeat_carry_the_counts_each_task_published() {
         other => panic!("{other:?}"),
     };
     counters.publish(70, 69);
-    counters.unblocked(42_500);
+    // 100 ms from its start to its end: 42.5 on a full output, 10.3 for input.
+    counters.began(1_000_000);
+    counters.wait_ended(Wait::Output, 42_500);
+    counters.wait_ended(Wait::Input, 10_300);
+    counters.ended(1_100_000);
+    let times = TaskTimes { busy_ms: 48, idle_ms: 10, back_pressured_ms: 42 };
     let out = h.send(3, Message::RequestShardDump(RequestShardDump { resource_manager: RM }));
     let dump = match &out[..] {
         [Action::Send(Message::ShardDump(d))] => d,
@@ -429,7 +434,7 @@ fn a_dump_and_a_heartbeat_carry_the_counts_each_task_published() {
         state: ExecutionState::Deploying,
         records_in: 70,
         records_out: 69,
-        back_pressured_ms: 42,
+        times,
     };
     assert_eq!(dump.shards[0].tasks, vec![task], "{dump:?}");
     assert!(dump.shards[0].cpu_ms.is_some(), "its thread's CPU time: {dump:?}");
@@ -438,13 +443,7 @@ fn a_dump_and_a_heartbeat_carry_the_counts_each_task_published() {
     let out = h.send(4, Message::HeartbeatFromCoordinator(HeartbeatFromCoordinator { resource_manager: RM, seq: 9 }));
     match &out[..] {
         [Action::Send(Message::HeartbeatFromWorker(hb))] => {
-            let counts = TaskProgress {
-                job: JobId(1),
-                attempt: attempt(0, 0),
-                records_in: 70,
-                records_out: 69,
-                back_pressured_ms: 42,
-            };
+            let counts = TaskProgress { job: JobId(1), attempt: attempt(0, 0), records_in: 70, records_out: 69, times };
             assert_eq!((hb.seq, &hb.tasks[..]), (9, &[counts][..]), "{hb:?}");
         }
         other => panic!("{other:?}"),

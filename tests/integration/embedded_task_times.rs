@@ -1,0 +1,101 @@
+//! Where a task's time goes: busy, idle (waiting for input) and back-pressured
+//! (waiting on a full output), as the engine's dump shows it while the task
+//! runs and its report once it has finished.
+
+use std::time::{Duration, Instant};
+
+use shardflow_engine::protocol::TaskDumpEntry;
+use shardflow_engine::{Dataflow, Engine, JobResult, SubtaskReport};
+
+use crate::common::{small_engine, TIMEOUT};
+
+/// The first dump in which `vertex`'s task satisfies `until`.
+fn dump_until(engine: &Engine, vertex: &str, what: &str, until: impl Fn(&TaskDumpEntry) -> bool) -> TaskDumpEntry {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let dump = engine.dump().expect("the engine's dump");
+        let task = dump.shards.iter().flat_map(|s| &s.tasks).find(|t| t.vertex == vertex).cloned();
+        if let Some(t) = task.filter(|t| until(t)) {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "{vertex} never showed {what}: {dump:?}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// `vertex`'s report in `result`.
+fn report(result: &JobResult, vertex: &str) -> SubtaskReport {
+    result.subtasks.iter().find(|s| s.vertex == vertex).expect(vertex).clone()
+}
+
+/// A finished task's times add up to no more than the job's run.
+fn within_the_run(result: &JobResult) {
+    for s in &result.subtasks {
+        let t = s.times;
+        let spent = t.busy_ms + t.idle_ms + t.back_pressured_ms;
+        assert!(spent <= result.duration().as_millis() as u64, "{spent} ms in a job of {:?}: {s:?}", result.duration());
+    }
+}
+
+#[test]
+fn a_task_with_nothing_to_read_is_idle_and_one_always_at_work_is_busy() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("idle-and-busy").parallelism(1);
+    let (requests, mut ingress) = df.ingress::<u64>("requests", 64);
+    requests.count();
+    // 20 M records: more than a millisecond's work on any machine.
+    let n = 20_000_000;
+    df.generate("work", n, |r| r).name("work").count();
+    let job = engine.submit(df.build().unwrap()).unwrap();
+    // Nobody pushes: the ingress's task waits for input, and the dump counts
+    // the wait as it goes on.
+    let idle_ms = 30;
+    let seen = dump_until(&engine, "requests", "its idle time", |t| t.times.idle_ms >= idle_ms);
+    assert_eq!((seen.records_in, seen.times.back_pressured_ms), (0, 0), "waiting for input alone: {seen:?}");
+    ingress.push_all(0..1000).expect("the job takes them");
+    drop(ingress);
+    let result = job.wait_timeout(TIMEOUT).expect("the job ends with its input");
+    assert_eq!(result.count().0, n + 1000, "every record");
+    let requests = report(&result, "requests");
+    assert!(requests.times.idle_ms >= idle_ms, "the wait stays in its report: {requests:?}");
+    // Never without work, never waiting on an output (its count is chained:
+    // it has none): all its time is busy.
+    let work = report(&result, "work");
+    assert_eq!((work.times.idle_ms, work.times.back_pressured_ms), (0, 0), "{work:?}");
+    assert!(work.times.busy_ms >= 1, "{work:?}");
+    within_the_run(&result);
+}
+
+#[test]
+fn a_task_waiting_on_an_unread_egress_shows_its_back_pressure_while_it_waits_and_in_its_report() {
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("unread").parallelism(1);
+    let n = 10_000u64;
+    // One task: the source and its egress, chained; the egress takes 4.
+    let answers = df.generate("numbers", n, |r| r).name("numbers").egress(4);
+    df.generate("others", n, |r| r).name("others").count();
+    let job = engine.submit(df.build().unwrap()).unwrap();
+    // Nothing is read: the task waits on its full egress, and the dump counts
+    // the wait as it goes on.
+    let wait_ms = 30;
+    let seen = dump_until(&engine, "numbers", "its back-pressure", |t| t.times.back_pressured_ms >= wait_ms);
+    assert!(seen.records_out == 0 && seen.records_in < n, "stuck part-way, nothing to a partition: {seen:?}");
+    let mut got = Vec::new();
+    while let Some(r) = answers.recv() {
+        got.push(r);
+    }
+    assert_eq!(got, (0..n).collect::<Vec<_>>(), "every record, once, in order");
+    let result = job.wait_timeout(TIMEOUT).expect("the job ends once read");
+    let report = |vertex: &str| report(&result, vertex);
+    assert!(report("numbers").times.back_pressured_ms >= wait_ms, "{:?}", report("numbers"));
+    // A task with no bounded output (its count chained: no partition either)
+    // never waits on one.
+    assert_eq!(
+        (report("others").records_out, report("others").times.back_pressured_ms),
+        (0, 0),
+        "{:?}",
+        report("others")
+    );
+    assert_eq!(result.count().0, n, "the count saw every record of its own");
+    within_the_run(&result);
+}
