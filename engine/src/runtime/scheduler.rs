@@ -368,6 +368,21 @@ impl Scheduler {
         steps % STEPS_PER_CLOCK_READ == 0 && self.slice_spent()
     }
 
+    /// The clock as the current round first read it, reading it now if it
+    /// has not: the tasks a round polls share one reading (a task woken from
+    /// a wait notes its end by it, at most the round's earlier polls early).
+    #[inline]
+    pub(crate) fn round_now(&self) -> Instant {
+        match self.slice_started.get() {
+            Some(now) => now,
+            None => {
+                let now = Instant::now();
+                self.slice_started.set(Some(now));
+                now
+            }
+        }
+    }
+
     #[cold]
     fn slice_spent(&self) -> bool {
         let now = Instant::now();

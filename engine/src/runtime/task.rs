@@ -441,11 +441,13 @@ impl Task {
     }
 
     fn try_step(&mut self, cx: &mut Context<'_>) -> Result<Option<Step>, TaskStop> {
-        let mut clock = StepClock::default();
-        // Woken: whatever this step finds, its wait for it has ended.
-        self.input_wait.note(false, &mut clock, &self.counters);
+        // Woken: whatever this step finds, its wait for it has ended (by the
+        // round's clock, which its timers or an earlier task may have read).
+        let sched = &self.sched;
+        self.input_wait.note(false, || sched.round_now(), &self.counters);
         self.serve_control(cx)?;
         self.check_failure()?;
+        let mut clock = StepClock::default();
         if let Some(due) = self.next_timer() {
             let now = clock.now();
             if due <= now {
@@ -464,7 +466,7 @@ impl Task {
             }
         }
         let blocked = self.poll_outputs(cx)?;
-        self.back_pressure.note(blocked, &mut clock, &self.counters);
+        self.back_pressure.note(blocked, || clock.now(), &self.counters);
         if blocked {
             self.arm_timer(cx, None, &mut clock);
             return Ok(None);
@@ -576,7 +578,7 @@ impl Task {
         }
         self.poll_outputs(cx)?;
         self.arm_timer(cx, wake_at, &mut clock);
-        self.input_wait.note(true, &mut clock, &self.counters);
+        self.input_wait.note(true, || clock.now(), &self.counters);
         Ok(None)
     }
 
@@ -590,7 +592,7 @@ impl Task {
                 Ok(b) => b,
                 Err(e) => return Poll::Ready(Err(e)),
             };
-            self.back_pressure.note(blocked, &mut StepClock::default(), &self.counters);
+            self.back_pressure.note(blocked, Instant::now, &self.counters);
             let waiting = if all { self.outputs.iter().any(|o| !o.is_idle()) } else { blocked };
             if waiting {
                 Poll::Pending

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use shardflow_control::protocol::TaskTimes;
 
-use super::StepClock;
 use crate::runtime::clock;
 
 /// What a task waits on.
@@ -152,19 +151,19 @@ impl Waiting {
         Waiting { what, since: None, total: Duration::ZERO }
     }
 
-    /// Whether the task `waits` on it as of this step: a wait begins now,
-    /// goes on, or ends now.
+    /// Whether the task `waits` on it as of this step: a wait begins, goes
+    /// on, or ends — at `now`, read only then.
     #[inline]
-    pub(super) fn note(&mut self, waits: bool, step: &mut StepClock, counters: &TaskCounters) {
+    pub(super) fn note(&mut self, waits: bool, now: impl FnOnce() -> Instant, counters: &TaskCounters) {
         match (waits, self.since) {
             (true, None) => {
-                let now = step.now();
+                let now = now();
                 self.since = Some(now);
                 counters.wait_began(self.what, clock::us_at(now));
             }
             (false, Some(since)) => {
                 self.since = None;
-                self.total += step.now().saturating_duration_since(since);
+                self.total += now().saturating_duration_since(since);
                 counters.wait_ended(self.what, self.total.as_micros().try_into().unwrap_or(u64::MAX));
             }
             _ => {}
