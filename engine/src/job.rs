@@ -89,6 +89,56 @@ impl JobResult {
     fn sink_outputs(&self) -> impl Iterator<Item = &SinkOutput> {
         self.subtasks.iter().flat_map(|s| s.sinks.iter())
     }
+
+    /// Its subtasks as a table to print: each one's core, records, and where
+    /// its time went — busy, idle, back-pressured, and its busy share. The
+    /// subtask that held the job up is the busy one its producers wait on.
+    ///
+    /// ```text
+    /// subtask     core  records in  records out  busy ms  idle ms  backpr ms  busy %
+    /// source[0]      0   50000000     50000000      118        0         96      55
+    /// sink[0]        1   50000000            0      201       13          0      94
+    /// ```
+    pub fn subtask_table(&self) -> SubtaskTable<'_> {
+        SubtaskTable(self)
+    }
+}
+
+/// [`JobResult::subtask_table`]: one line per subtask, in the order of its
+/// reports.
+pub struct SubtaskTable<'a>(&'a JobResult);
+
+impl std::fmt::Display for SubtaskTable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = self.0;
+        let name = |s: &SubtaskReport| format!("{}[{}]", s.vertex, s.subtask);
+        let w = r.subtasks.iter().map(|s| name(s).len()).max().unwrap_or(0).max(7);
+        writeln!(
+            f,
+            "{:<w$}  {:>4}  {:>12}  {:>12}  {:>9}  {:>9}  {:>9}  {:>6}",
+            "subtask", "core", "records in", "records out", "busy ms", "idle ms", "backpr ms", "busy %"
+        )?;
+        for s in &r.subtasks {
+            let core =
+                r.placement.placements.iter().find(|p| p.vertex_name == s.vertex && p.subtask.subtask == s.subtask);
+            let core = core.map_or_else(|| "-".to_string(), |p| p.core.to_string());
+            let t = s.times;
+            let all = t.busy_ms.saturating_add(t.idle_ms).saturating_add(t.back_pressured_ms);
+            let busy =
+                t.busy_ms.saturating_mul(100).checked_div(all).map_or_else(|| "-".to_string(), |p| p.to_string());
+            writeln!(
+                f,
+                "{:<w$}  {core:>4}  {:>12}  {:>12}  {:>9}  {:>9}  {:>9}  {busy:>6}",
+                name(s),
+                s.records_in,
+                s.records_out,
+                t.busy_ms,
+                t.idle_ms,
+                t.back_pressured_ms
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// A submitted job: its id and placement, and the way to wait for or cancel it.
@@ -262,5 +312,47 @@ impl Drop for JobHandle {
         if !self.taken.load(Ordering::Acquire) {
             self.engine.board.abandon(self.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shardflow_control::{ExecutionVertexId, ShardId, SlotId, SubtaskPlacement, VertexId, WorkerId};
+
+    use super::*;
+
+    #[test]
+    fn the_subtask_table_gives_each_subtask_its_core_counts_and_times() {
+        let at = Instant::now();
+        let report = |vertex: &str, subtask, records_in, busy_ms, idle_ms, back_pressured_ms| SubtaskReport {
+            vertex: vertex.into(),
+            subtask,
+            records_in,
+            records_out: records_in / 2,
+            times: TaskTimes { busy_ms, idle_ms, back_pressured_ms },
+            sinks: vec![],
+        };
+        let placed = |vertex: u32, vertex_name: &str, core| SubtaskPlacement {
+            subtask: ExecutionVertexId { vertex: VertexId(vertex), subtask: 0 },
+            vertex_name: vertex_name.into(),
+            slot: SlotId { worker: WorkerId(0), shard: ShardId(core as u32), index: 0 },
+            core,
+        };
+        let result = JobResult {
+            job_id: JobId(1),
+            name: "j".into(),
+            status: JobStatus::Finished,
+            placement: SlotAssignment { placements: vec![placed(0, "source", 3), placed(1, "a-long-sink", 5)] },
+            subtasks: vec![report("source", 0, 1000, 60, 0, 40), report("a-long-sink", 0, 1000, 25, 75, 0)],
+            submitted_at: at,
+            finished_at: at,
+            snapshot: None,
+        };
+        let want = "\
+subtask         core    records in   records out    busy ms    idle ms  backpr ms  busy %
+source[0]          3          1000           500         60          0         40      60
+a-long-sink[0]     5          1000           500         25         75          0      25
+";
+        assert_eq!(result.subtask_table().to_string(), want);
     }
 }

@@ -89,7 +89,7 @@ pub use data::{key_hash, Data, Key};
 pub use either::Either;
 pub use engine::{Engine, PoolUsage, ShardInfo};
 pub use error::{DataflowError, EngineError, OperatorError, OrFail, SnapshotError};
-pub use job::{JobHandle, JobResult, SubtaskReport};
+pub use job::{JobHandle, JobResult, SubtaskReport, SubtaskTable};
 pub use params::Params;
 pub use registry::{JobCatalog, JobParams};
 pub use runtime::bound::QueueBound;

@@ -106,6 +106,10 @@ pub(crate) struct BenchArgs {
     /// Print the job's execution plan (vertices, chains, edges) on stderr.
     #[arg(long)]
     show_plan: bool,
+    /// Print, at the end, each subtask's core, records and where its time went
+    /// (busy, idle, back-pressured) on stderr.
+    #[arg(long)]
+    show_tasks: bool,
     /// Host shard 0 on this thread (`EngineBuilder::build_hosted`): the bench's
     /// own thread runs it while it waits (roundtrip: while it waits for each
     /// answer), pinned to the first core.
@@ -176,7 +180,12 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
     let (job, expected_source_records) = match a.pipeline {
         Pipeline::Roundtrip => {
             // Driven from this thread, not waited for.
-            let how = Roundtrip { hosted: hosted.is_some(), keyed_ingress: a.keyed_ingress, show_plan: a.show_plan };
+            let how = Roundtrip {
+                hosted: hosted.is_some(),
+                keyed_ingress: a.keyed_ingress,
+                show_plan: a.show_plan,
+                show_tasks: a.show_tasks,
+            };
             let ok = roundtrip(&engine, how, n, p, placement, startup_s)?;
             engine.shutdown();
             return Ok(if ok { Exit::Done } else { Exit::Failed });
@@ -217,6 +226,9 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
     };
     let cpu_s = cpu_since(cpu0);
     let wall_s = result.duration().as_secs_f64();
+    if a.show_tasks {
+        eprint!("{}", result.subtask_table());
+    }
     let common = format!(
         "startup_s={startup_s:.3} cpu_s={cpu_s:.2} shards={} parallelism={p}{}",
         engine.shards().len(),
@@ -305,6 +317,8 @@ struct Roundtrip {
     keyed_ingress: bool,
     /// Print the job's execution plan on stderr.
     show_plan: bool,
+    /// Print its subtasks' times on stderr at the end.
+    show_tasks: bool,
 }
 
 /// The `roundtrip` pipeline: `n` requests, one at a time, from this thread,
@@ -353,8 +367,11 @@ fn roundtrip(
     }
     let wall_s = start.elapsed().as_secs_f64();
     drop(push);
-    handle.wait_timeout(ROUNDTRIP_TIMEOUT)?;
+    let result = handle.wait_timeout(ROUNDTRIP_TIMEOUT)?;
     let cpu_s = cpu_since(cpu0);
+    if how.show_tasks {
+        eprint!("{}", result.subtask_table());
+    }
     let ok = right == n;
     println!("answered={n} right={right} mean_us={:.1}", hist.mean() / 1000.0);
     println!(

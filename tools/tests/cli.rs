@@ -41,6 +41,36 @@ fn bench_exchange_prints_the_machine_readable_last_line() {
     field(&line, "cpu_s").parse::<f64>().unwrap();
 }
 
+/// The records in of `vertex`'s subtasks in the table `--show-tasks` prints
+/// on stderr, after checking its header.
+fn records_in_of(out: &Output, vertex: &str) -> Vec<u64> {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let header = stderr.lines().find(|l| l.starts_with("subtask")).unwrap_or_else(|| panic!("no table: {stderr}"));
+    let columns: Vec<&str> = header.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect();
+    let want = ["subtask", "core", "records in", "records out", "busy ms", "idle ms", "backpr ms", "busy %"];
+    assert_eq!(columns, want, "{header}");
+    let prefix = format!("{vertex}[");
+    stderr
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(|l| l.split_whitespace().nth(2).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{l}")))
+        .collect()
+}
+
+#[test]
+fn show_tasks_prints_each_subtasks_records_and_times() {
+    let out = shardflow(&["bench", "exchange", "--records", "200_000", "--segment-bytes", "4096", "--show-tasks"]);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(records_in_of(&out, "source"), vec![100_000, 100_000], "each source's share");
+    let sinks = records_in_of(&out, "sink");
+    assert_eq!((sinks.len(), sinks.iter().sum::<u64>()), (2, 200_000), "every record into a sink");
+    // The roundtrip pipeline drives its job from the bench's thread: its table too.
+    let args = ["roundtrip", "--records", "2000", "--segment-bytes", "4096", "--keyed-ingress", "--show-tasks"];
+    let out = shardflow(&[&["bench"][..], &args].concat());
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(records_in_of(&out, "requests").iter().sum::<u64>(), 2000, "every request");
+}
+
 #[test]
 fn bench_keyed_sum_and_latency_verify() {
     // By its number in BENCHMARKS.md.
@@ -122,7 +152,17 @@ fn help_documents_every_flag() {
     let out = shardflow(&["bench", "--help"]);
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--records", "--shards", "--cores", "--rate", "--duration", "--placement", "--idle", "--min-park-us"] {
+    for flag in [
+        "--records",
+        "--shards",
+        "--cores",
+        "--rate",
+        "--duration",
+        "--placement",
+        "--idle",
+        "--min-park-us",
+        "--show-tasks",
+    ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
 }
