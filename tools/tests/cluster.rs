@@ -235,9 +235,27 @@ fn a_worker_dump_shows_each_shard_with_its_core_and_tasks() {
             assert!(spent <= submitted.elapsed().as_millis() as u64, "{spent} ms: {t}");
         }
     }
+    // Over a window: what each shard and task did between two dumps.
+    let v = c.json(&["dump", "w0", "--over-s", "0.3"]);
+    assert!(v["over_s"].as_f64().is_some_and(|s| s >= 0.3), "{v}");
+    let shard = &v["shards"][0];
+    assert!(shard["cpu_percent"].as_f64().is_some_and(|p| p >= 0.0), "{v}");
+    for t in shard["tasks"].as_array().unwrap() {
+        assert!(t["job"] == id.as_str(), "{t}");
+        assert!(t["records_in_per_s"].as_f64().is_some_and(|r| r >= 0.0), "{t}");
+        // A running task spent the window somewhere: its shares make it whole.
+        let shares: f64 = ["busy_percent", "idle_percent", "back_pressured_percent"]
+            .iter()
+            .map(|k| t[k].as_f64().unwrap_or_else(|| panic!("{k}: {t}")))
+            .sum();
+        assert!((shares - 100.0).abs() < 1e-6, "{shares}: {t}");
+    }
     let out = c.run(&["dump", "worker-99"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no worker worker-99"));
+    let out = c.run(&["dump", "w0", "--over-s", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--over-s 0: give a number of seconds"), "{out:?}");
 }
 
 /// A job on both workers; worker w1 is ended by `end`, and the coordinator

@@ -1,4 +1,4 @@
-//! The client commands: submit, list, status, cancel, cluster, dump.
+//! The client commands: submit, list, status, cancel, cluster (dump: `dump.rs`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -7,10 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
-use shardflow_engine::protocol::{
-    JobDetails, SubtaskDetails, SubtaskProgress, TaskDumpEntry, TaskTimes, WaitCondition,
-};
-use shardflow_engine::{ExecutionPlan, ExecutionState, JobStatus, WorkerId};
+use shardflow_engine::protocol::{JobDetails, SubtaskDetails, SubtaskProgress, TaskTimes, WaitCondition};
+use shardflow_engine::{ExecutionPlan, ExecutionState, JobStatus};
 
 use super::access::Connection;
 use super::{parse_job_id, ClientArgs, ConfigFile, FOLLOW_LEADER};
@@ -354,7 +352,7 @@ fn counts(s: &SubtaskDetails, progress: &[SubtaskProgress]) -> Option<(u64, u64,
 }
 
 /// A task's times as the columns `BUSY MS`, `IDLE MS`, `BACKPR MS` show them.
-fn times_cells(t: Option<TaskTimes>) -> [String; 3] {
+pub(super) fn times_cells(t: Option<TaskTimes>) -> [String; 3] {
     t.map_or_else(|| ["-"; 3].map(String::from), |t| [t.busy_ms, t.idle_ms, t.back_pressured_ms].map(|n| n.to_string()))
 }
 
@@ -539,93 +537,4 @@ pub(crate) fn cluster(a: &ClusterArgs, cfg: &ConfigFile) -> Result<Exit> {
         }
         _ => Ok(Exit::Done),
     }
-}
-
-/// A task of a worker's dump, for `--json`.
-fn task_json(t: &TaskDumpEntry) -> serde_json::Value {
-    json!({"job": t.job.to_string(), "attempt": t.attempt.to_string(), "vertex": t.vertex,
-           "state": t.state.to_string(), "records_in": t.records_in, "records_out": t.records_out,
-           "busy_ms": t.times.busy_ms, "idle_ms": t.times.idle_ms,
-           "back_pressured_ms": t.times.back_pressured_ms})
-}
-
-/// `shardflow dump`.
-#[derive(Debug, Args)]
-pub(crate) struct DumpArgs {
-    /// The worker: `worker-1`, `1`, or the resource id it registered with.
-    worker: String,
-    /// Seconds to wait for its answer at most.
-    #[arg(long, default_value_t = 10)]
-    timeout_s: u64,
-    #[command(flatten)]
-    client: ClientArgs,
-}
-
-pub(crate) fn dump(a: &DumpArgs, cfg: &ConfigFile) -> Result<Exit> {
-    let mut connection = a.client.connect(cfg)?;
-    let client = connection.client();
-    let digits = a.worker.strip_prefix("worker-").unwrap_or(&a.worker);
-    let worker = match digits.parse() {
-        Ok(n) => WorkerId(n),
-        Err(_) => client
-            .workers()?
-            .iter()
-            .find(|w| w.resource_id == a.worker)
-            .map(|w| w.worker)
-            .with_context(|| format!("no worker '{}' (give worker-N, N or a resource id)", a.worker))?,
-    };
-    let d = client.shard_dump(worker, Duration::from_secs(a.timeout_s))?;
-    if a.client.json {
-        let shards: Vec<_> = d
-            .shards
-            .iter()
-            .map(|s| {
-                let tasks: Vec<_> = s.tasks.iter().map(task_json).collect();
-                json!({"shard": s.shard, "core": s.core, "cpu_ms": s.cpu_ms, "tasks": tasks})
-            })
-            .collect();
-        println!("{}", json!({"worker": d.worker.to_string(), "shards": shards}));
-        return Ok(Exit::Done);
-    }
-    println!("{}", d.worker);
-    println!(
-        "{:<6} {:>4} {:>9}  {:<8} {:<12} {:<16} {:<12} {:>14} {:>14} {:>10} {:>10} {:>10}",
-        "SHARD",
-        "CORE",
-        "CPU S",
-        "JOB",
-        "ATTEMPT",
-        "VERTEX",
-        "STATE",
-        "RECORDS IN",
-        "RECORDS OUT",
-        "BUSY MS",
-        "IDLE MS",
-        "BACKPR MS"
-    );
-    for s in &d.shards {
-        let cpu = s.cpu_ms.map_or_else(|| "-".to_string(), |ms| format!("{:.2}", ms as f64 / 1e3));
-        if s.tasks.is_empty() {
-            println!("{:<6} {:>4} {:>9}  -", s.shard, s.core, cpu);
-        }
-        for t in &s.tasks {
-            let [busy, idle, back_pressured] = times_cells(Some(t.times));
-            println!(
-                "{:<6} {:>4} {:>9}  {:<8} {:<12} {:<16} {:<12} {:>14} {:>14} {:>10} {:>10} {:>10}",
-                s.shard,
-                s.core,
-                cpu,
-                t.job.to_string(),
-                t.attempt.to_string(),
-                t.vertex,
-                t.state.to_string(),
-                t.records_in,
-                t.records_out,
-                busy,
-                idle,
-                back_pressured
-            );
-        }
-    }
-    Ok(Exit::Done)
 }

@@ -1,12 +1,13 @@
 //! Cluster commands: `coordinator` and `worker` processes (`roles.rs`), and the
-//! client commands `submit`, `list`, `status`, `cancel`, `cluster` and `dump`
-//! (`client.rs`). Tables for people, `--json` for programs; everything a flag sets
+//! client commands `submit`, `list`, `status`, `cancel`, `cluster` (`client.rs`)
+//! and `dump` (`dump.rs`). Tables for people, `--json` for programs; everything a flag sets
 //! can also come from the config file (`config.rs`).
 
 mod access;
 mod certs;
 mod client;
 mod config;
+mod dump;
 mod roles;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -19,9 +20,10 @@ use shardflow_engine::JobId;
 pub(crate) use access::{AccessArgs, Connection, HaSection, SecuritySection};
 pub(crate) use certs::{make_certs, MakeCertsArgs};
 
-pub(crate) use client::{cancel, cluster, dump, list, status, submit};
-pub(crate) use client::{CancelArgs, ClusterArgs, DumpArgs, ListArgs, StatusArgs, SubmitArgs};
+pub(crate) use client::{cancel, cluster, list, status, submit};
+pub(crate) use client::{CancelArgs, ClusterArgs, ListArgs, StatusArgs, SubmitArgs};
 pub(crate) use config::ConfigFile;
+pub(crate) use dump::{dump, DumpArgs};
 pub(crate) use roles::{coordinator, worker, CoordinatorArgs, WorkerArgs};
 
 /// Where clients look for the coordinator without a flag or config file.

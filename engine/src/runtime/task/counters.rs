@@ -132,7 +132,11 @@ impl TaskCounters {
             };
             let (idle_ms, back_pressured_ms) = (ms(Wait::Input), ms(Wait::Output));
             let all_ms = now.saturating_sub(began) / 1_000;
-            TaskTimes { busy_ms: all_ms.saturating_sub(idle_ms + back_pressured_ms), idle_ms, back_pressured_ms }
+            TaskTimes {
+                busy_ms: all_ms.saturating_sub(idle_ms.saturating_add(back_pressured_ms)),
+                idle_ms,
+                back_pressured_ms,
+            }
         };
         TaskCounts { records_in: load(&self.records_in), records_out: load(&self.records_out), times }
     }
