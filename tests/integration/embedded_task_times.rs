@@ -5,9 +5,9 @@
 use std::time::{Duration, Instant};
 
 use shardflow_engine::protocol::TaskDumpEntry;
-use shardflow_engine::{Dataflow, Engine, JobResult, SubtaskReport};
+use shardflow_engine::{Dataflow, Engine, JobResult, PlacementStrategy, SubtaskReport};
 
-use crate::common::{small_engine, TIMEOUT};
+use crate::common::{shard_count, small_engine, TIMEOUT};
 
 /// The first dump in which `vertex`'s task satisfies `until`.
 fn dump_until(engine: &Engine, vertex: &str, what: &str, until: impl Fn(&TaskDumpEntry) -> bool) -> TaskDumpEntry {
@@ -97,5 +97,45 @@ fn a_task_waiting_on_an_unread_egress_shows_its_back_pressure_while_it_waits_and
         report("others")
     );
     assert_eq!(result.count().0, n, "the count saw every record of its own");
+    within_the_run(&result);
+}
+
+#[test]
+fn a_task_whose_last_buffers_wait_for_their_consumer_is_back_pressured_until_they_leave() {
+    if shard_count() < 2 {
+        eprintln!("skipped: the held consumer needs a shard of its own");
+        return;
+    }
+    // Two credits per channel, none floating: the consumer takes two buffers.
+    let engine = small_engine().exclusive_credits(2).floating_credits(0).build().expect("engine starts");
+    let cores: Vec<usize> = engine.shards().iter().map(|s| s.core).collect();
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let gate = std::sync::Mutex::new(gate);
+    let df = Dataflow::new("last-buffers").parallelism(1);
+    // About five buffers of 4 KiB: more than the consumer's credits, fewer than
+    // those and the overdraft, so the producer's input ends without its
+    // output ever being overdrawn — and then its last buffers wait.
+    let n = 2_500u64;
+    df.generate("numbers", n, |r| r)
+        .name("numbers")
+        .rebalance()
+        .map(move |r: &u64| {
+            // Held at its first record until the test lets go.
+            let _ = gate.lock().map(|g| g.recv());
+            *r
+        })
+        .name("held")
+        .count();
+    let map: PlacementStrategy = format!("numbers={};held={}", cores[0], cores[1]).parse().unwrap();
+    let job = engine.submit_with(df.build().unwrap(), map).unwrap();
+    let wait_ms = 30;
+    let seen = dump_until(&engine, "numbers", "its end's wait on its consumer", |t| {
+        t.records_in == n && t.times.back_pressured_ms >= wait_ms
+    });
+    drop(release);
+    let result = job.wait_timeout(TIMEOUT).expect("the job ends once its consumer goes on");
+    assert_eq!(result.count().0, n, "every record");
+    let numbers = report(&result, "numbers");
+    assert!(numbers.times.back_pressured_ms >= seen.times.back_pressured_ms, "{numbers:?}");
     within_the_run(&result);
 }

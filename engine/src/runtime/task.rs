@@ -592,8 +592,9 @@ impl Task {
                 Ok(b) => b,
                 Err(e) => return Poll::Ready(Err(e)),
             };
-            self.back_pressure.note(blocked, Instant::now, &self.counters);
             let waiting = if all { self.outputs.iter().any(|o| !o.is_idle()) } else { blocked };
+            // At the end too the task waits on its consumers: back-pressure.
+            self.back_pressure.note(waiting, Instant::now, &self.counters);
             if waiting {
                 Poll::Pending
             } else {
