@@ -104,6 +104,14 @@ pub(crate) fn start_shards(
 ) -> Result<(Vec<ShardHandle>, Option<HostedShard>), EngineError> {
     let cores = config.cores.resolve()?;
     ensure_locked_memory(cores.len())?;
+    if spin_takes_every_core(config.idle, &cores, &crate::config::online_cores(), host) {
+        tracing::warn!(
+            ?cores,
+            "a spinning shard on every core: the process's other threads (one pushing into an ingress or \
+             reading an egress, the worker's) get a core only when the kernel preempts a shard, up to its \
+             tick (~4 ms) per wake; leave them a core, or host shard 0 on the service's thread"
+        );
+    }
     let segments = config.network_memory_bytes / config.segment_bytes;
     let mut handles = Vec::with_capacity(cores.len());
     let mut hosted = None;
@@ -125,6 +133,13 @@ pub(crate) fn start_shards(
         }
     }
     Ok((handles, hosted))
+}
+
+/// Whether shards that spin (`idle`) on `cores` leave none of the process's
+/// `online` cores to its other threads. A hosted shard's host is the thread
+/// that waits on it: it runs the shard itself.
+fn spin_takes_every_core(idle: IdlePolicy, cores: &[usize], online: &[usize], host: bool) -> bool {
+    idle == IdlePolicy::Spin && !host && online.iter().all(|c| cores.contains(c))
 }
 
 /// Locked memory a shard's reactor takes: glommio refuses to start below 512 KiB
@@ -554,5 +569,15 @@ mod tests {
             "the locked-memory limit (ulimit -l) is 64 KiB, hard limit 64 KiB, but 2 shards need 2560 KiB: \
              run `ulimit -l 2560` first (as root, or raise memlock in /etc/security/limits.conf)"
         );
+    }
+
+    #[test]
+    fn spinning_shards_on_every_core_are_told_apart_from_ones_that_leave_a_core() {
+        use IdlePolicy::{Park, Spin};
+        let online = [0, 1];
+        assert!(spin_takes_every_core(Spin, &[0, 1], &online, false), "no core left");
+        assert!(!spin_takes_every_core(Spin, &[1], &online, false), "core 0 is left");
+        assert!(!spin_takes_every_core(Park, &[0, 1], &online, false), "parked shards sleep");
+        assert!(!spin_takes_every_core(Spin, &[0, 1], &online, true), "the service's thread hosts shard 0");
     }
 }

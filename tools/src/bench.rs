@@ -51,7 +51,8 @@ pub(crate) enum Pipeline {
 pub(crate) enum Idle {
     /// Sleep in the kernel when idle (default; no CPU while idle).
     Park,
-    /// Busy-poll: lowest latency, a full core per shard.
+    /// Busy-poll: lowest latency, a full core per shard (leave a core for
+    /// roundtrip's pushing thread: `-s 1` on two cores, or --hosted).
     Spin,
 }
 

@@ -64,7 +64,10 @@ pub enum IdlePolicy {
     Park,
     /// Busy-poll when idle: the shard polls its timers and wake-ups from other
     /// threads instead of sleeping (parking after a second without work);
-    /// lowest latency, one full core per shard.
+    /// lowest latency, one full core per shard. Leave a core to the threads
+    /// that push into an ingress or read an egress (or host shard 0 on one):
+    /// behind shards spinning on every core they wait for the kernel's tick,
+    /// milliseconds (the engine warns at start).
     Spin,
 }
 
