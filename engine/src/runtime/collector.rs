@@ -39,9 +39,19 @@ pub(crate) trait Collector<T: Data> {
 
     /// `record` comes soon: a hint to start loading what handling it will
     /// read (a keyed table's slot), so a run of records waits for memory once.
-    /// Changes nothing but time; the default does nothing.
+    /// Changes nothing but time; the default does nothing. Returns what
+    /// [`Self::collect_prefetched`] may reuse rather than work out again (a
+    /// keyed table's hash of the record's key).
     #[inline(always)]
-    fn prefetch(&mut self, _record: &T::Borrowed) {}
+    fn prefetch(&mut self, _record: &T::Borrowed) -> u64 {
+        0
+    }
+
+    /// One record announced by [`Self::prefetch`], which returned `hint`.
+    #[inline(always)]
+    fn collect_prefetched(&mut self, record: &T::Borrowed, _hint: u64) {
+        self.collect(record);
+    }
 }
 
 /// Hands records to the next operator from inside a user function (`flat_map`,

@@ -63,15 +63,15 @@ impl<T: Data> InputEntry for VarEntry<T> {
         if let Some(each_in_place) = T::EACH_IN_PLACE.filter(|_| next.prefetches()) {
             // The chunk is read once and held: its records are announced (a
             // keyed table loads their slots meanwhile), then handed over.
-            let mut chunk = SmallVec::<[(&T::Borrowed, usize); VAR_CHUNK]>::new();
+            let mut chunk = SmallVec::<[(&T::Borrowed, usize, u64); VAR_CHUNK]>::new();
             let mut ahead = *cursor;
             each_in_place(buffer, &mut ahead, &mut |r, end| {
-                next.prefetch(r);
-                chunk.push((r, end));
+                let hint = next.prefetch(r);
+                chunk.push((r, end, hint));
                 chunk.len() < VAR_CHUNK
             })?;
-            for (r, end) in chunk {
-                next.collect(r);
+            for (r, end, hint) in chunk {
+                next.collect_prefetched(r, hint);
                 *cursor = end;
                 if any_overdrawn(partitions) {
                     break;
@@ -111,8 +111,12 @@ impl<T: Data> Collector<T> for SharedRoot<T> {
         self.0.borrow().prefetches()
     }
     #[inline]
-    fn prefetch(&mut self, record: &T::Borrowed) {
-        self.0.borrow_mut().prefetch(record);
+    fn prefetch(&mut self, record: &T::Borrowed) -> u64 {
+        self.0.borrow_mut().prefetch(record)
+    }
+    #[inline]
+    fn collect_prefetched(&mut self, record: &T::Borrowed, hint: u64) {
+        self.0.borrow_mut().collect_prefetched(record, hint);
     }
     #[inline]
     fn collect_batch(&mut self, records: &[T]) {
@@ -274,8 +278,13 @@ mod tests {
         fn prefetches(&self) -> bool {
             true
         }
-        fn prefetch(&mut self, word: &str) {
+        fn prefetch(&mut self, word: &str) -> u64 {
             self.announced.insert(word.to_owned());
+            word.len() as u64
+        }
+        fn collect_prefetched(&mut self, word: &str, hint: u64) {
+            assert_eq!(hint, word.len() as u64, "{word} comes with its own announcement's hint");
+            self.collect(word);
         }
     }
 

@@ -99,10 +99,11 @@ impl<K: Key, T: Data, S: KeySelector<K, T>, A: Aggregator<K, T>> AggregateOp<K, 
     /// Folds `record` into its key's accumulator and, if `running` (the
     /// operator's own flag, passed as a constant where a batch is folded),
     /// emits the key's new result.
+    /// `hash`: its key's, where [`Self::prefetch`] worked it out already.
     #[inline(always)]
-    fn one(&mut self, record: &T::Borrowed, running: bool) {
+    fn one(&mut self, record: &T::Borrowed, running: bool, hash: Option<u64>) {
         let AggregateOp { selector, agg, table, memory, next, failure, .. } = self;
-        let fresh = selector.with_key(record, |key| match table.map.get_mut(key) {
+        let fresh = selector.with_key(record, |key| match table.map.get_mut_hashed(key, hash) {
             Some(acc) => {
                 // Free for plain data: both sides are the constant 0.
                 let before = heap_of(acc);
@@ -125,10 +126,10 @@ impl<K: Key, T: Data, S: KeySelector<K, T>, A: Aggregator<K, T>> AggregateOp<K, 
         }
     }
 
-    /// Starts loading the table slot of `record`'s key.
+    /// Starts loading the table slot of `record`'s key; its hash.
     #[inline(always)]
-    fn prefetch(&self, record: &T::Borrowed) {
-        self.selector.with_key(record, |key| self.table.map.prefetch(key));
+    fn prefetch(&self, record: &T::Borrowed) -> u64 {
+        self.selector.with_key(record, |key| self.table.map.prefetch(key))
     }
 
     /// A key's first record: its state is created (and charged to memory).
@@ -156,16 +157,16 @@ impl<K: Key, T: Data, S: KeySelector<K, T>, A: Aggregator<K, T>> Collector<T>
     fn collect(&mut self, record: &T::Borrowed) {
         let mut op = self.0.borrow_mut();
         let running = op.running;
-        op.one(record, running);
+        op.one(record, running, None);
     }
 
     fn collect_batch(&mut self, records: &[T]) {
         let mut op = self.0.borrow_mut();
         // One loop per value of the flag: the flag is not read per record.
         if op.running {
-            records.iter().for_each(|r| op.one(r.borrow(), true));
+            records.iter().for_each(|r| op.one(r.borrow(), true, None));
         } else {
-            records.iter().for_each(|r| op.one(r.borrow(), false));
+            records.iter().for_each(|r| op.one(r.borrow(), false, None));
         }
     }
 
@@ -174,8 +175,15 @@ impl<K: Key, T: Data, S: KeySelector<K, T>, A: Aggregator<K, T>> Collector<T>
     }
 
     #[inline]
-    fn prefetch(&mut self, record: &T::Borrowed) {
-        std::cell::RefCell::borrow(&self.0).prefetch(record);
+    fn prefetch(&mut self, record: &T::Borrowed) -> u64 {
+        std::cell::RefCell::borrow(&self.0).prefetch(record)
+    }
+
+    #[inline]
+    fn collect_prefetched(&mut self, record: &T::Borrowed, hash: u64) {
+        let mut op = self.0.borrow_mut();
+        let running = op.running;
+        op.one(record, running, Some(hash));
     }
 }
 

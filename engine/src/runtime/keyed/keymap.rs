@@ -47,7 +47,14 @@ impl<K: Key, V> KeyMap<K, V> {
     /// `key`'s value, to change.
     #[inline(always)]
     pub(crate) fn get_mut(&mut self, key: &K::Borrowed) -> Option<&mut V> {
-        self.table.find_mut(hash(key), |(k, _)| k.borrow() == key).map(|(_, v)| v)
+        self.get_mut_hashed(key, None)
+    }
+
+    /// `key`'s value, to change, by its hash where [`Self::prefetch`] gave it.
+    #[inline(always)]
+    pub(crate) fn get_mut_hashed(&mut self, key: &K::Borrowed, known: Option<u64>) -> Option<&mut V> {
+        let h = known.unwrap_or_else(|| hash(key));
+        self.table.find_mut(h, |(k, _)| k.borrow() == key).map(|(_, v)| v)
     }
 
     /// Sets `key`'s value; the value it had, if any.
@@ -92,15 +99,18 @@ impl<K: Key, V> KeyMap<K, V> {
     /// Asks the processor to bring `key`'s entry into the cache, without
     /// waiting for it: a hint, right or wrong it changes nothing but time. Only
     /// the table's control bytes are read: the slot is the first on the key's
-    /// probe whose 7-bit tag matches its hash, rarely another key's.
+    /// probe whose 7-bit tag matches its hash, rarely another key's. Returns
+    /// the key's hash, for [`Self::get_mut_hashed`].
     #[inline(always)]
-    pub(crate) fn prefetch(&self, key: &K::Borrowed) {
-        let slot = self.table.iter_hash_buckets(hash(key)).next();
+    pub(crate) fn prefetch(&self, key: &K::Borrowed) -> u64 {
+        let h = hash(key);
+        let slot = self.table.iter_hash_buckets(h).next();
         if let Some((k, v)) = slot.and_then(|i| self.table.get_bucket(i)) {
             // Both ends: an entry may straddle two cache lines.
             shardflow_memory::prefetch(k);
             shardflow_memory::prefetch(v);
         }
+        h
     }
 }
 
@@ -127,13 +137,19 @@ mod tests {
         if let Some(v) = map.get_mut("a") {
             *v += 1;
         }
-        map.prefetch("a");
-        map.prefetch("missing");
-        assert_eq!((map.get("a"), map.get("b"), map.get("c")), (Some(&4), Some(&12), None));
+        // An announced key is found again by the hash its announcement gave.
+        let a = map.prefetch("a");
+        let missing = map.prefetch("missing");
+        if let Some(v) = map.get_mut_hashed("a", Some(a)) {
+            *v += 1;
+        }
+        assert_eq!(map.get_mut_hashed("missing", Some(missing)), None);
+        assert_eq!(map.get_mut_hashed("b", None), Some(&mut 12), "without one, worked out");
+        assert_eq!((map.get("a"), map.get("b"), map.get("c")), (Some(&5), Some(&12), None));
         let mut keys: Vec<&String> = map.keys().collect();
         keys.sort();
         assert_eq!(keys, ["a", "b"]);
-        assert_eq!(map.remove("a"), Some(4));
+        assert_eq!(map.remove("a"), Some(5));
         assert_eq!(map.remove("a"), None);
         let all: Vec<(String, u64)> = map.into_iter().collect();
         assert_eq!(all, [("b".to_string(), 12)]);
