@@ -228,10 +228,12 @@ impl Engine {
         Ok(self.inner.with_client(|c| c.overview())?.free_slots as usize)
     }
 
-    /// What each shard runs now: its core and its tasks, each with its job,
-    /// attempt, vertex, state and record counts so far (as `shardflow dump`
-    /// shows a cluster's worker): which subtask runs on which core, and how
-    /// far each has come.
+    /// What each shard runs now: its core, its thread's CPU time and its
+    /// tasks, each with its job, attempt, vertex, state, record counts and
+    /// times (busy, idle, back-pressured) so far (as `shardflow dump` shows a
+    /// cluster's worker): which subtask runs on which core, how far each has
+    /// come and what it waits on. Two dumps apart give rates and shares over
+    /// the time between.
     pub fn dump(&self) -> Result<ShardDump, EngineError> {
         self.inner.with_client(|c| {
             let unregistered = || EngineError::Io {
