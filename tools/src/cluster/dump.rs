@@ -89,24 +89,18 @@ fn print_totals(d: &ShardDump, as_json: bool) {
         return;
     }
     println!("{}", d.worker);
-    let header = ["RECORDS IN", "RECORDS OUT", "BUSY MS", "IDLE MS", "BACKPR MS"];
-    print_row(
-        "SHARD",
-        "CORE",
-        "CPU S",
-        ["JOB", "ATTEMPT", "VERTEX", "STATE"].map(String::from),
-        header.map(String::from),
-    );
+    print_header("CPU S", ["RECORDS IN", "RECORDS OUT", "BUSY MS", "IDLE MS", "BACKPR MS"]);
     for s in &d.shards {
         let cpu = s.cpu_ms.map_or_else(|| "-".to_string(), |ms| format!("{:.2}", ms as f64 / 1e3));
-        if s.tasks.is_empty() {
-            println!("{:<6} {:>4} {:>9}  -", s.shard, s.core, cpu);
-        }
-        for t in &s.tasks {
-            let [busy, idle, back_pressured] = times_cells(Some(t.times));
-            let counts = [t.records_in.to_string(), t.records_out.to_string(), busy, idle, back_pressured];
-            print_row(&s.shard.to_string(), &s.core.to_string(), &cpu, task_cells(t), counts);
-        }
+        print_shard(
+            s.shard,
+            s.core,
+            &cpu,
+            s.tasks.iter().map(|t| {
+                let [busy, idle, back_pressured] = times_cells(Some(t.times));
+                (t, [t.records_in.to_string(), t.records_out.to_string(), busy, idle, back_pressured])
+            }),
+        );
     }
 }
 
@@ -120,6 +114,27 @@ fn print_row(shard: &str, core: &str, cpu: &str, task: [String; 4], numbers: [St
     let [job, attempt, vertex, state] = task;
     let [a, b, c, d, e] = numbers;
     println!("{shard:<6} {core:>4} {cpu:>9}  {job:<8} {attempt:<12} {vertex:<16} {state:<12} {a:>14} {b:>14} {c:>10} {d:>10} {e:>10}");
+}
+
+/// The header of either table: its CPU column's name and its numbers'.
+fn print_header(cpu: &str, numbers: [&str; 5]) {
+    let task = ["JOB", "ATTEMPT", "VERTEX", "STATE"].map(String::from);
+    print_row("SHARD", "CORE", cpu, task, numbers.map(String::from));
+}
+
+/// A shard's rows: one per task with its numbers, or a dash for none.
+fn print_shard<'a>(
+    shard: u32,
+    core: u32,
+    cpu: &str,
+    tasks: impl ExactSizeIterator<Item = (&'a TaskDumpEntry, [String; 5])>,
+) {
+    if tasks.len() == 0 {
+        println!("{shard:<6} {core:>4} {cpu:>9}  -");
+    }
+    for (t, numbers) in tasks {
+        print_row(&shard.to_string(), &core.to_string(), cpu, task_cells(t), numbers);
+    }
 }
 
 /// What a worker's shards and tasks did between two dumps.
@@ -216,32 +231,20 @@ fn print_window(w: &Window, as_json: bool) {
         return;
     }
     println!("{} over {:.2} s", w.worker, w.seconds);
-    let header = ["RECORDS IN/S", "RECORDS OUT/S", "BUSY %", "IDLE %", "BACKPR %"];
-    print_row(
-        "SHARD",
-        "CORE",
-        "CPU %",
-        ["JOB", "ATTEMPT", "VERTEX", "STATE"].map(String::from),
-        header.map(String::from),
-    );
+    print_header("CPU %", ["RECORDS IN/S", "RECORDS OUT/S", "BUSY %", "IDLE %", "BACKPR %"]);
     for s in &w.shards {
         let cpu = s.cpu_percent.map_or_else(|| "-".to_string(), |p| format!("{p:.0}"));
-        if s.tasks.is_empty() {
-            println!("{:<6} {:>4} {:>9}  -", s.shard, s.core, cpu);
-        }
-        for t in &s.tasks {
-            let [busy, idle, back_pressured] =
-                t.shares.map_or_else(|| ["-"; 3].map(String::from), |p| p.map(|x| format!("{x:.0}")));
-            let rates = [format!("{:.0}", t.records_in_per_s), format!("{:.0}", t.records_out_per_s)];
-            let [r_in, r_out] = rates;
-            print_row(
-                &s.shard.to_string(),
-                &s.core.to_string(),
-                &cpu,
-                task_cells(&t.task),
-                [r_in, r_out, busy, idle, back_pressured],
-            );
-        }
+        print_shard(
+            s.shard,
+            s.core,
+            &cpu,
+            s.tasks.iter().map(|t| {
+                let [busy, idle, back_pressured] =
+                    t.shares.map_or_else(|| ["-"; 3].map(String::from), |p| p.map(|x| format!("{x:.0}")));
+                let rate = |r: f64| format!("{r:.0}");
+                (&t.task, [rate(t.records_in_per_s), rate(t.records_out_per_s), busy, idle, back_pressured])
+            }),
+        );
     }
 }
 
