@@ -95,9 +95,9 @@ impl JobResult {
     /// subtask that held the job up is the busy one its producers wait on.
     ///
     /// ```text
-    /// subtask     core  records in  records out  busy ms  idle ms  backpr ms  busy %
-    /// source[0]      0   50000000     50000000      118        0         96      55
-    /// sink[0]        1   50000000            0      201       13          0      94
+    /// subtask    core    records in   records out    busy ms    idle ms  backpr ms  busy %
+    /// source[0]     0      50000000      50000000        118          0         96      55
+    /// sink[0]       1      50000000             0        201         13          0      93
     /// ```
     pub fn subtask_table(&self) -> SubtaskTable<'_> {
         SubtaskTable(self)

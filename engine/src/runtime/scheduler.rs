@@ -287,7 +287,8 @@ pub(crate) struct Scheduler {
     free: RefCell<Vec<usize>>,
     timers: RefCell<BinaryHeap<Reverse<Deadline>>>,
     /// When the round polling the current task began, as first read in the
-    /// round (by its due timers, or the first [`Scheduler::should_yield`] that
+    /// round (by its due timers, a task ending a wait by
+    /// [`Scheduler::round_now`], or the first [`Scheduler::should_yield`] that
     /// reads the clock): time slices count from there, and a round with no
     /// timers and short polls reads no clock. And the task's steps since it
     /// was polled.

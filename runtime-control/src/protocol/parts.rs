@@ -27,8 +27,8 @@ pub struct TaskTimes {
     /// Working: running its operators, or ready to and waiting for its core
     /// (which other tasks of its shard hold).
     pub busy_ms: u64,
-    /// Waiting for input: nothing to read, a source with nothing to emit
-    /// yet, a timer not due.
+    /// Waiting for input — nothing to read, a source with nothing to emit
+    /// yet, a timer not due — until its shard polls it again.
     pub idle_ms: u64,
     /// Waiting on a full output (its back-pressure: a consumer downstream is
     /// slower, or a bounded egress is not read).
