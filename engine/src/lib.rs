@@ -56,7 +56,7 @@
 #![forbid(unsafe_code)]
 
 // The import graph runs one way, bottom to top (`tests/layers.rs` checks it):
-// error, cpu, params, data → runtime → api (the typed dataflow API and the built
+// error, cpu, dump, params, data → runtime → api (the typed dataflow API and the built
 // job) → registry → config → mailbox → shard → cluster → shared (the engine's
 // inner state) → job (handles and results) → engine → jobs (the named benchmark
 // jobs).
@@ -67,6 +67,7 @@ mod config;
 pub mod cpu;
 #[doc(hidden)]
 pub mod data;
+mod dump;
 mod engine;
 mod error;
 mod job;
@@ -84,6 +85,7 @@ pub use api::{
 };
 pub use config::{online_cores, Cores, EngineBuilder, EngineConfig, IdlePolicy};
 pub use data::{key_hash, Data, Key};
+pub use dump::{DumpWindow, ShardWindow, TaskShares, TaskWindow};
 /// What [`EgressHandle::recv_either`] returns: a result of the first egress
 /// (`Left`) or of the second (`Right`).
 pub use either::Either;

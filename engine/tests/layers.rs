@@ -8,6 +8,7 @@ use std::path::Path;
 const LAYERS: &[(&str, u32)] = &[
     ("error", 0),
     ("cpu", 0),
+    ("dump", 0),
     ("params", 1),
     ("data", 1),
     ("runtime", 2),

@@ -4,19 +4,29 @@
 
 use std::time::{Duration, Instant};
 
-use shardflow_engine::protocol::TaskDumpEntry;
-use shardflow_engine::{Dataflow, Engine, JobResult, PlacementStrategy, SubtaskReport};
+use shardflow_engine::protocol::{ShardDump, TaskDumpEntry};
+use shardflow_engine::{Dataflow, DumpWindow, Engine, JobResult, PlacementStrategy, SubtaskReport};
 
 use crate::common::{shard_count, small_engine, TIMEOUT};
 
-/// The first dump in which `vertex`'s task satisfies `until`.
+/// The first dump in which `vertex`'s task satisfies `until`: the task.
 fn dump_until(engine: &Engine, vertex: &str, what: &str, until: impl Fn(&TaskDumpEntry) -> bool) -> TaskDumpEntry {
+    whole_dump_until(engine, vertex, what, until).1
+}
+
+/// The first dump in which `vertex`'s task satisfies `until`, and the task.
+fn whole_dump_until(
+    engine: &Engine,
+    vertex: &str,
+    what: &str,
+    until: impl Fn(&TaskDumpEntry) -> bool,
+) -> (ShardDump, TaskDumpEntry) {
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let dump = engine.dump().expect("the engine's dump");
         let task = dump.shards.iter().flat_map(|s| &s.tasks).find(|t| t.vertex == vertex).cloned();
         if let Some(t) = task.filter(|t| until(t)) {
-            return t;
+            return (dump, t);
         }
         assert!(Instant::now() < deadline, "{vertex} never showed {what}: {dump:?}");
         std::thread::sleep(Duration::from_millis(1));
@@ -50,8 +60,17 @@ fn a_task_with_nothing_to_read_is_idle_and_one_always_at_work_is_busy() {
     // Nobody pushes: the ingress's task waits for input, and the dump counts
     // the wait as it goes on.
     let idle_ms = 30;
-    let seen = dump_until(&engine, "requests", "its idle time", |t| t.times.idle_ms >= idle_ms);
+    let (first, seen) = whole_dump_until(&engine, "requests", "its idle time", |t| t.times.idle_ms >= idle_ms);
+    let at = Instant::now();
     assert_eq!((seen.records_in, seen.times.back_pressured_ms), (0, 0), "waiting for input alone: {seen:?}");
+    // Over a window of 30 ms more: nothing in, nearly all its time idle (its
+    // busy time is what is left of its time in whole ms: 1 ms at most).
+    let more = |t: &TaskDumpEntry| t.times.idle_ms >= seen.times.idle_ms + 30;
+    let (second, _) = whole_dump_until(&engine, "requests", "30 ms more idle time", more);
+    let window = DumpWindow::between(&first, &second, at.elapsed());
+    let task = window.shards.iter().flat_map(|s| &s.tasks).find(|t| t.task.vertex == "requests").expect("the task");
+    let shares = task.shares.expect("time spent");
+    assert!(task.records_in_per_s == 0.0 && shares.idle_percent >= 90.0, "{task:?}");
     ingress.push_all(0..1000).expect("the job takes them");
     drop(ingress);
     let result = job.wait_timeout(TIMEOUT).expect("the job ends with its input");

@@ -1,17 +1,16 @@
 //! `shardflow dump`: a worker's shards and their tasks (our thread dump) —
 //! what each has done so far, or, with `--over-s`, what each did over a
-//! window between two dumps: a core's CPU share, a task's records per second
-//! and the shares of its time it was busy, idle and back-pressured (as
-//! Flink's task metrics give them per second).
+//! window between two dumps ([`DumpWindow`]): a core's CPU share, a task's
+//! records per second and the shares of its time it was busy, idle and
+//! back-pressured (as Flink's task metrics give them per second).
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
-use shardflow_engine::protocol::{ShardDump, TaskDumpEntry, TaskTimes};
-use shardflow_engine::{AttemptId, JobId, WorkerId};
+use shardflow_engine::protocol::{ShardDump, TaskDumpEntry};
+use shardflow_engine::{DumpWindow, TaskShares, WorkerId};
 
 use super::client::times_cells;
 use super::{ClientArgs, ConfigFile};
@@ -61,7 +60,7 @@ pub(crate) fn dump(a: &DumpArgs, cfg: &ConfigFile) -> Result<Exit> {
     let start = Instant::now();
     std::thread::sleep(over);
     let second = client.shard_dump(worker, timeout)?;
-    let window = Window::between(&first, &second, start.elapsed());
+    let window = DumpWindow::between(&first, &second, start.elapsed());
     print_window(&window, a.client.json);
     Ok(Exit::Done)
 }
@@ -137,76 +136,8 @@ fn print_shard<'a>(
     }
 }
 
-/// What a worker's shards and tasks did between two dumps.
-struct Window {
-    worker: WorkerId,
-    seconds: f64,
-    shards: Vec<ShardWindow>,
-}
-
-struct ShardWindow {
-    shard: u32,
-    core: u32,
-    /// Its thread's CPU time over the window, per cent of the window.
-    cpu_percent: Option<f64>,
-    tasks: Vec<TaskWindow>,
-}
-
-struct TaskWindow {
-    task: TaskDumpEntry,
-    records_in_per_s: f64,
-    records_out_per_s: f64,
-    /// Busy, idle and back-pressured, per cent of its time in the window;
-    /// none if it had none (it ended as the window began).
-    shares: Option<[f64; 3]>,
-}
-
-impl Window {
-    /// From `first` to `second`, `elapsed` apart. A task not in `first` began
-    /// within the window: all it did counts.
-    fn between(first: &ShardDump, second: &ShardDump, elapsed: Duration) -> Window {
-        let seconds = elapsed.as_secs_f64().max(1e-3);
-        let before: HashMap<(JobId, AttemptId), &TaskDumpEntry> =
-            first.shards.iter().flat_map(|s| &s.tasks).map(|t| ((t.job, t.attempt), t)).collect();
-        let cpu_before: HashMap<u32, Option<u64>> = first.shards.iter().map(|s| (s.shard, s.cpu_ms)).collect();
-        let shards = second
-            .shards
-            .iter()
-            .map(|s| {
-                let cpu_percent = match (cpu_before.get(&s.shard).copied().flatten(), s.cpu_ms) {
-                    (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / (seconds * 10.0)),
-                    _ => None,
-                };
-                let tasks = s
-                    .tasks
-                    .iter()
-                    .map(|t| {
-                        let was = before.get(&(t.job, t.attempt));
-                        let (records_in, records_out, times) =
-                            was.map_or((0, 0, TaskTimes::default()), |w| (w.records_in, w.records_out, w.times));
-                        let spent = [
-                            t.times.busy_ms.saturating_sub(times.busy_ms),
-                            t.times.idle_ms.saturating_sub(times.idle_ms),
-                            t.times.back_pressured_ms.saturating_sub(times.back_pressured_ms),
-                        ];
-                        let all: u64 = spent.iter().sum();
-                        TaskWindow {
-                            task: t.clone(),
-                            records_in_per_s: t.records_in.saturating_sub(records_in) as f64 / seconds,
-                            records_out_per_s: t.records_out.saturating_sub(records_out) as f64 / seconds,
-                            shares: (all > 0).then(|| spent.map(|ms| ms as f64 * 100.0 / all as f64)),
-                        }
-                    })
-                    .collect();
-                ShardWindow { shard: s.shard, core: s.core, cpu_percent, tasks }
-            })
-            .collect();
-        Window { worker: second.worker, seconds, shards }
-    }
-}
-
 /// What each shard and task did over the window.
-fn print_window(w: &Window, as_json: bool) {
+fn print_window(w: &DumpWindow, as_json: bool) {
     if as_json {
         let shards: Vec<_> = w
             .shards
@@ -216,12 +147,13 @@ fn print_window(w: &Window, as_json: bool) {
                     .tasks
                     .iter()
                     .map(|t| {
-                        let share = |k: usize| t.shares.map(|p| p[k]);
+                        let share = |f: fn(&TaskShares) -> f64| t.shares.as_ref().map(f);
                         json!({"job": t.task.job.to_string(), "attempt": t.task.attempt.to_string(),
                                "vertex": t.task.vertex, "state": t.task.state.to_string(),
                                "records_in_per_s": t.records_in_per_s, "records_out_per_s": t.records_out_per_s,
-                               "busy_percent": share(0), "idle_percent": share(1),
-                               "back_pressured_percent": share(2)})
+                               "busy_percent": share(|s| s.busy_percent),
+                               "idle_percent": share(|s| s.idle_percent),
+                               "back_pressured_percent": share(|s| s.back_pressured_percent)})
                     })
                     .collect();
                 json!({"shard": s.shard, "core": s.core, "cpu_percent": s.cpu_percent, "tasks": tasks})
@@ -239,58 +171,13 @@ fn print_window(w: &Window, as_json: bool) {
             s.core,
             &cpu,
             s.tasks.iter().map(|t| {
-                let [busy, idle, back_pressured] =
-                    t.shares.map_or_else(|| ["-"; 3].map(String::from), |p| p.map(|x| format!("{x:.0}")));
+                let [busy, idle, back_pressured] = t.shares.map_or_else(
+                    || ["-"; 3].map(String::from),
+                    |s| [s.busy_percent, s.idle_percent, s.back_pressured_percent].map(|x| format!("{x:.0}")),
+                );
                 let rate = |r: f64| format!("{r:.0}");
                 (&t.task, [rate(t.records_in_per_s), rate(t.records_out_per_s), busy, idle, back_pressured])
             }),
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use shardflow_engine::protocol::ShardDumpEntry;
-    use shardflow_engine::{ExecutionState, ExecutionVertexId, VertexId};
-
-    use super::*;
-
-    fn task(attempt: u32, records_in: u64, busy_ms: u64, idle_ms: u64, back_pressured_ms: u64) -> TaskDumpEntry {
-        TaskDumpEntry {
-            job: JobId(1),
-            attempt: AttemptId { execution_vertex: ExecutionVertexId { vertex: VertexId(0), subtask: 0 }, attempt },
-            vertex: "map".into(),
-            state: ExecutionState::Running,
-            records_in,
-            records_out: records_in,
-            times: TaskTimes { busy_ms, idle_ms, back_pressured_ms },
-        }
-    }
-
-    fn dump(cpu_ms: Option<u64>, tasks: Vec<TaskDumpEntry>) -> ShardDump {
-        ShardDump { worker: WorkerId(1), shards: vec![ShardDumpEntry { shard: 0, core: 3, cpu_ms, tasks }] }
-    }
-
-    #[test]
-    fn a_window_gives_rates_and_shares_of_what_happened_between_two_dumps() {
-        // Over 2 s: the shard's thread used 500 ms; the task took 10 000
-        // records, busy 1 500 ms, idle 400, back-pressured 100.
-        let first = dump(Some(1_000), vec![task(0, 5_000, 900, 50, 50)]);
-        let second = dump(Some(1_500), vec![task(0, 15_000, 2_400, 450, 150), task(1, 300, 10, 0, 0)]);
-        let w = Window::between(&first, &second, Duration::from_secs(2));
-        let s = &w.shards[0];
-        assert_eq!((s.core, s.cpu_percent), (3, Some(25.0)));
-        let t = &s.tasks[0];
-        assert_eq!((t.records_in_per_s, t.records_out_per_s), (5_000.0, 5_000.0));
-        assert_eq!(t.shares, Some([75.0, 20.0, 5.0]));
-        // Begun within the window: all it did counts.
-        assert_eq!((s.tasks[1].records_in_per_s, s.tasks[1].shares), (150.0, Some([100.0, 0.0, 0.0])));
-        // No CPU time known, or no time spent: nothing made up.
-        let w = Window::between(
-            &dump(None, vec![task(0, 1, 5, 5, 0)]),
-            &dump(Some(9), vec![task(0, 1, 5, 5, 0)]),
-            Duration::from_secs(1),
-        );
-        assert_eq!((w.shards[0].cpu_percent, w.shards[0].tasks[0].shares), (None, None));
     }
 }
