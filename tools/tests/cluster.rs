@@ -60,8 +60,15 @@ impl Cluster {
     fn count_to_the_end(&self, n: u64, flags: &[&str]) -> Value {
         let records = format!("records={n}");
         let submit = ["submit", "forward-count", "--param", &records, "--wait", "finished", "--timeout-s", "120"];
+        let submitted = std::time::Instant::now();
         let v = self.json(&[&submit[..], flags].concat());
         assert_eq!(v["status"], "FINISHED", "{v}");
+        // Each finished subtask's times, from its result: within the run.
+        for t in v["subtasks"].as_array().unwrap() {
+            let ms = |k: &str| t[k].as_u64().unwrap_or_else(|| panic!("{k}: {t}"));
+            let spent = ms("busy_ms") + ms("idle_ms") + ms("back_pressured_ms");
+            assert!(spent <= submitted.elapsed().as_millis() as u64, "{spent} ms: {t}");
+        }
         assert_eq!(sink_totals(&v), (n, n * (n + 1) / 2), "{v}");
         let records = |vertex: &str, key: &str| -> u64 {
             let of = |t: &&Value| t["vertex"] == vertex;
