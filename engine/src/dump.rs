@@ -44,7 +44,8 @@ pub struct ShardWindow {
     /// Its core.
     pub core: u32,
     /// Its thread's CPU time over the window, per cent of the window (in the
-    /// kernel's ticks of 10 ms); `None` where either dump lacks it.
+    /// kernel's ticks of 10 ms where it keeps no scheduler statistics);
+    /// `None` where either dump lacks it.
     pub cpu_percent: Option<f64>,
     /// Its tasks, as the later dump lists them.
     pub tasks: Vec<TaskWindow>,

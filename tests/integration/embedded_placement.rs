@@ -212,8 +212,8 @@ fn the_dump_shows_each_running_task_on_its_core_with_its_records_so_far_and_each
     drop(ingress);
     job.wait_timeout(TIMEOUT).expect("the job ends with its input");
     assert!(engine.dump().unwrap().shards.iter().all(|s| s.tasks.is_empty()), "ended tasks leave the dump");
-    // Each shard's thread's CPU time: a job's work shows in it (ticks of 10 ms;
-    // fifty million rounds of mixing take far more, even optimized).
+    // Each shard's thread's CPU time: a job's work shows in it (10 ms at
+    // least: fifty million rounds of mixing take far more, even optimized).
     let cpu = || -> u64 { engine.dump().unwrap().shards.iter().map(|s| s.cpu_ms.expect("readable")).sum() };
     let before = cpu();
     let df = Dataflow::new("busy").parallelism(1);

@@ -183,8 +183,9 @@ payloads! {
         pub shard: u32,
         /// Its core.
         pub core: u32,
-        /// CPU time its thread has used so far, in ms (in whole ticks of
-        /// 10 ms; a hosted shard's thread is its host's): how busy the core
+        /// CPU time its thread has used so far, in ms (from the kernel's
+        /// scheduler statistics, or where it keeps none in ticks of 10 ms; a
+        /// hosted shard's thread is its host's): how busy the core
         /// is, between two dumps. `None` where the worker cannot read it.
         pub cpu_ms: Option<u64>,
         /// Its tasks.
