@@ -50,27 +50,29 @@ mod tests {
 
     #[test]
     fn cpu_time_grows_with_work_in_the_process_and_in_the_thread_that_works() {
-        // Works until the kernel has counted a tick of it in both (a stalled
-        // machine may take long to give one), with a bound that fails clearly.
-        // (Each is scaled by the kernel on its own: neither bounds the other.)
+        // Works until the kernel has counted some of it in both (a stalled
+        // machine may take long to give a tick), with a bound that fails
+        // clearly. (Each is kept by the kernel on its own: neither bounds the
+        // other.)
         let me = current_thread_id();
         let before = process_cpu_time().expect("readable /proc/self/stat");
         let mine_before = thread_cpu_time(me).expect("this thread's stat is readable");
         let start = std::time::Instant::now();
         let mut x = 1u64;
-        let (after, mine_after) = loop {
+        let after = loop {
             for _ in 0..100_000 {
                 x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
             }
             let (now, mine) = (process_cpu_time().unwrap(), thread_cpu_time(me).unwrap());
             if now > before && mine > mine_before {
-                break (now, mine);
+                break now;
             }
             assert!(start.elapsed() < Duration::from_secs(60), "no CPU time counted in 60 s of work");
         };
+        // The thread's grew by any amount (finer where the kernel keeps
+        // schedstat); the process's by whole ticks.
         let tick = Duration::from_millis(1000 / USER_HZ);
         assert!(after - before >= tick, "the process's in whole ticks: {:?}", after - before);
-        assert!(mine_after > mine_before, "the thread's, finer where the kernel keeps schedstat");
         assert_eq!(thread_cpu_time(0), None, "no thread 0");
     }
 
