@@ -92,7 +92,8 @@ impl DumpWindow {
                     (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / (seconds * 10.0)),
                     _ => None,
                 };
-                let tasks = s.tasks.iter().map(|t| task_window(t, before.get(&(t.job, t.attempt)), seconds)).collect();
+                let tasks =
+                    s.tasks.iter().map(|t| task_window(t, before.get(&(t.job, t.attempt)).copied(), seconds)).collect();
                 ShardWindow { shard: s.shard, core: s.core, cpu_percent, tasks }
             })
             .collect();
@@ -102,7 +103,7 @@ impl DumpWindow {
 
 /// Task `t` over a window of `seconds` that began with it as `was` (none: it
 /// began within the window).
-fn task_window(t: &TaskDumpEntry, was: Option<&&TaskDumpEntry>, seconds: f64) -> TaskWindow {
+fn task_window(t: &TaskDumpEntry, was: Option<&TaskDumpEntry>, seconds: f64) -> TaskWindow {
     let (records_in, records_out, times) =
         was.map_or((0, 0, TaskTimes::default()), |w| (w.records_in, w.records_out, w.times));
     let spent = [

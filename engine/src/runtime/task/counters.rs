@@ -147,6 +147,9 @@ impl TaskCounters {
 pub(super) struct Waiting {
     what: Wait,
     since: Option<Instant>,
+    /// Every ended wait, to the nanosecond: the counters get it whole in µs
+    /// (adding each wait's µs there would drop up to one per wait, much
+    /// where a task waits for each of 200 000 records a second).
     total: Duration,
 }
 
