@@ -3,6 +3,7 @@
 //! coordinator and workers in one process over in-process connections that carry
 //! the same frames as TCP.
 
+mod finder;
 mod ha;
 mod link;
 mod retry_log;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use shardflow_control::protocol::*;
 use shardflow_control::{CoordinatorConfig, JobGraph, JobId, WorkerId};
 
+pub use finder::LeaderFinder;
 pub use ha::{HaConfig, LeaderInfo};
 pub use link::{ClusterSecret, ConnectionLimits, Security, TlsConfig, MIN_SECRET_BYTES};
 pub use server::{CoordinatorServer, ServerOptions};
@@ -158,18 +160,28 @@ impl ClusterClient {
     }
 
     /// Connects to the leader of the highly available cluster `ha`, waiting up
-    /// to `timeout` for one to be elected, proving what `security` holds.
-    /// Returns the client and the leader it reached. While the client lives it
-    /// watches the leadership: once its coordinator no longer leads, a request
-    /// (also one waiting for its answer) fails at once with
-    /// [`EngineError::Io`] naming who leads now — connect again.
+    /// to `timeout` for one to be elected and reached, proving what `security`
+    /// holds. Returns the client and the leader it reached. While the client
+    /// lives it watches the leadership: once its coordinator no longer leads, a
+    /// request (also one waiting for its answer) fails at once with
+    /// [`EngineError::Io`] naming who leads now — connect again (a
+    /// [`LeaderFinder`] does, waking at the change of leader).
     pub fn connect_leader(
         ha: &HaConfig,
         timeout: Duration,
         security: &Security,
     ) -> Result<(Self, LeaderInfo), EngineError> {
-        let services = ha::services(ha)?;
-        let leader = services.leader(timeout)?;
+        LeaderFinder::new(ha)?.connect(timeout, security, std::time::Instant::now() + timeout)
+    }
+
+    /// Connects to `leader` (as `services` name it) within `timeout`, and
+    /// watches the leadership for the client's lifetime.
+    fn attach(
+        services: Arc<dyn ha::HighAvailabilityServices>,
+        leader: LeaderInfo,
+        timeout: Duration,
+        security: &Security,
+    ) -> Result<Self, EngineError> {
         let addr = std::net::ToSocketAddrs::to_socket_addrs(leader.address.as_str())
             .ok()
             .and_then(|mut a| a.next())
@@ -180,11 +192,11 @@ impl ClusterClient {
         let mut client = Self::connect_with(addr, timeout, security)?;
         if let ClientReader::Tcp(reader) = &client.reader {
             let moved = Arc::new(Mutex::new(None));
-            let on_change = watch_leader(leader.clone(), reader.interrupter(), moved.clone());
+            let on_change = watch_leader(leader, reader.interrupter(), moved.clone());
             let retrieval = services.follow(on_change)?;
             client.leader_watch = Some(LeaderWatch { _retrieval: retrieval, _services: services, moved });
         }
-        Ok((client, leader))
+        Ok(client)
     }
 
     /// How long to wait for an answer (beyond a wait the request itself asks for).

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Deserialize;
-use shardflow_engine::cluster::{ClusterClient, ClusterSecret, HaConfig, LeaderInfo, Security, TlsConfig};
+use shardflow_engine::cluster::{
+    ClusterClient, ClusterSecret, HaConfig, LeaderFinder, LeaderInfo, Security, TlsConfig,
+};
 use shardflow_engine::protocol::ErrorCode;
 use shardflow_engine::EngineError;
 
@@ -179,20 +181,21 @@ impl AccessArgs {
     }
 }
 
-/// Whether `e` says the leader went away or is another one now: worth finding
-/// the leader again and asking again (under high availability).
-fn leader_moved(e: &EngineError) -> bool {
-    matches!(e, EngineError::Io { .. } | EngineError::Remote { code: ErrorCode::NotLeader, .. })
-}
-
 /// A client's way to the coordinator: a fixed address, or the leader of a
 /// highly available cluster, found again when it changes.
 pub(crate) struct Connection {
     client: ClusterClient,
-    ha: Option<HaConfig>,
+    /// Under high availability: follows the leader, to find it again.
+    ha: Option<Ha>,
     security: Security,
     /// The leader reached (under high availability).
     pub(crate) leader: Option<LeaderInfo>,
+}
+
+/// A highly available cluster, followed.
+struct Ha {
+    finder: LeaderFinder,
+    cluster_id: String,
 }
 
 /// How long a client waits for the coordinator to take its connection.
@@ -222,8 +225,9 @@ impl Connection {
             if coordinator.is_some() {
                 tracing::info!("--coordinator is ignored: the leader is found through --ha-etcd");
             }
-            let (client, leader) =
-                reach_leader(&ha, &security, Instant::now() + wait.unwrap_or_default().max(FIND_LEADER))?;
+            let ha = Ha { finder: LeaderFinder::new(&ha)?, cluster_id: ha.cluster_id };
+            let deadline = Instant::now() + wait.unwrap_or_default().max(FIND_LEADER);
+            let (client, leader) = ha.reach_leader(None, &security, deadline)?;
             return Ok(Connection { client, ha: Some(ha), security, leader: Some(leader) });
         }
         let addr =
@@ -265,7 +269,6 @@ impl Connection {
         mut request: impl FnMut(&mut ClusterClient) -> Result<T, EngineError>,
     ) -> Result<T> {
         let deadline = Instant::now() + FIND_LEADER;
-        let mut again = Pause::new();
         loop {
             match request(&mut self.client) {
                 Err(e @ EngineError::Remote { code: ErrorCode::NotLeader, .. }) => {
@@ -273,7 +276,7 @@ impl Connection {
                         return Err(e.into());
                     }
                     tracing::info!("{e}; finding the leader again");
-                    self.reach_leader_again(deadline, &mut again)?;
+                    self.reach_leader_again(deadline)?;
                 }
                 other => return Ok(other?),
             }
@@ -289,34 +292,58 @@ impl Connection {
         mut request: impl FnMut(&mut ClusterClient, Duration) -> Result<T, EngineError>,
     ) -> Result<T> {
         let deadline = Instant::now() + within;
-        let mut again = Pause::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let e = match request(&mut self.client, left) {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
-            if self.ha.is_none() || !leader_moved(&e) || Instant::now() >= deadline {
+            if self.ha.is_none() || !LeaderFinder::worth_another_try(&e) || Instant::now() >= deadline {
                 return Err(e.into());
             }
             tracing::info!("the leader went away ({e}); finding the leader again");
-            self.reach_leader_again(deadline, &mut again)?;
+            self.reach_leader_again(deadline)?;
         }
     }
 
-    /// Connects to the leader again after a request failed. The same leader
-    /// found again (its key outlives it until its lease lapses, or it fails
-    /// every request at once) is asked again only after a pause of `again`,
-    /// so a client never hammers a coordinator until its deadline.
-    fn reach_leader_again(&mut self, deadline: Instant, again: &mut Pause) -> Result<()> {
+    /// Connects to the leader again after a request to it failed. The same
+    /// leader (its key outlives it until its lease lapses, or it fails every
+    /// request at once) is asked again only after a change of leader or a
+    /// pause that grows while none comes, so a client never hammers a
+    /// coordinator until its deadline.
+    fn reach_leader_again(&mut self, deadline: Instant) -> Result<()> {
         let Some(ha) = self.ha.as_ref() else { return Ok(()) };
-        let (client, leader) = reach_leader(ha, &self.security, deadline)?;
-        if self.leader.as_ref() == Some(&leader) {
-            again.sleep_before(deadline);
-        }
+        let (client, leader) = ha.reach_leader(self.leader.as_ref(), &self.security, deadline)?;
         self.client = client;
         self.leader = Some(leader);
         Ok(())
+    }
+}
+
+impl Ha {
+    /// Connects to the leader (not `failed` before the leader changes or a
+    /// pause passes), trying again until `deadline`: a leader that just died,
+    /// a standby that does not lead yet. Refusals for good (a wrong secret,
+    /// TLS) are not tried again.
+    fn reach_leader(
+        &self,
+        failed: Option<&LeaderInfo>,
+        security: &Security,
+        deadline: Instant,
+    ) -> Result<(ClusterClient, LeaderInfo)> {
+        let start = Instant::now();
+        match self.finder.connect_instead_of(failed, CONNECT_TIMEOUT, security, deadline) {
+            Ok((client, leader)) => {
+                tracing::info!("reached the leader {} (epoch {})", leader.address, leader.epoch);
+                Ok((client, leader))
+            }
+            Err(e) if LeaderFinder::worth_another_try(&e) => Err(anyhow::Error::new(e).context(format!(
+                "no leader of cluster '{}' reached within {:.0} s",
+                self.cluster_id,
+                start.elapsed().as_secs_f64()
+            ))),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -328,15 +355,10 @@ impl Pause {
         Pause(Duration::from_millis(50))
     }
 
-    /// Whether a pause still ends before `deadline`.
-    fn fits_before(&self, deadline: Instant) -> bool {
-        Instant::now() + self.0 < deadline
-    }
-
     /// Sleeps the pause (at most until `deadline`) and doubles it.
     fn sleep_before(&mut self, deadline: Instant) {
-        // Not waiting for an event: what would end the pause (an old leader's key
-        // lapsing, a standby taking over) is announced to no one.
+        // Not waiting for an event: what would end the pause (a coordinator
+        // starting to listen) is announced to no one.
         std::thread::sleep(self.0.min(deadline.saturating_duration_since(Instant::now())));
         self.0 = (self.0 * 2).min(Duration::from_secs(1));
     }
@@ -345,30 +367,3 @@ impl Pause {
 /// How long a client looks for a leader it can reach (a dead leader's key
 /// lives until its lease lapses, and a standby needs a moment to take over).
 const FIND_LEADER: Duration = Duration::from_secs(30);
-
-/// Connects to the leader, trying again (a leader that just died, a standby
-/// that does not lead yet) until `deadline`. Refusals for good (a wrong
-/// secret, TLS) are not tried again.
-fn reach_leader(ha: &HaConfig, security: &Security, deadline: Instant) -> Result<(ClusterClient, LeaderInfo)> {
-    let (start, mut pause) = (Instant::now(), Pause::new());
-    loop {
-        match ClusterClient::connect_leader(ha, CONNECT_TIMEOUT, security) {
-            Ok((client, leader)) => {
-                tracing::info!("reached the leader {} (epoch {})", leader.address, leader.epoch);
-                return Ok((client, leader));
-            }
-            Err(e) if leader_moved(&e) && pause.fits_before(deadline) => {
-                tracing::debug!("no leader to reach yet: {e}");
-                pause.sleep_before(deadline);
-            }
-            Err(e) if leader_moved(&e) => {
-                return Err(anyhow::Error::new(e).context(format!(
-                    "no leader of cluster '{}' reached within {:.0} s",
-                    ha.cluster_id,
-                    start.elapsed().as_secs_f64()
-                )));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}

@@ -178,6 +178,9 @@ pub(crate) trait LeaderElection: Send {
 pub(crate) trait LeaderRetrieval: Send + Sync {
     /// The leader as last seen.
     fn current(&self) -> Option<LeaderInfo>;
+    /// Why the service cannot be read now, if it cannot (cleared by the next
+    /// read that succeeds).
+    fn last_error(&self) -> Option<String>;
 }
 
 /// The services a highly available cluster's processes share (Flink's

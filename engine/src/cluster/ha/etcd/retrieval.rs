@@ -11,6 +11,8 @@ use crate::cluster::ha::{LeaderInfo, LeaderRetrieval, LeaderSink};
 /// A watch of the leader running on the runtime.
 pub(super) struct EtcdRetrieval {
     current: Arc<Mutex<Option<LeaderInfo>>>,
+    /// Why the last read or watch of etcd failed, until one succeeds.
+    error: Arc<Mutex<Option<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -18,14 +20,19 @@ impl EtcdRetrieval {
     /// Follows the leader key on `runtime`, telling `on_change` of each change.
     pub(super) fn start(runtime: &tokio::runtime::Runtime, ctx: Ctx, on_change: LeaderSink) -> Self {
         let current = Arc::new(Mutex::new(None));
-        let task = runtime.spawn(follow(ctx, current.clone(), on_change));
-        EtcdRetrieval { current, task }
+        let error = Arc::new(Mutex::new(Some("etcd has not answered yet".to_string())));
+        let task = runtime.spawn(follow(ctx, current.clone(), error.clone(), on_change));
+        EtcdRetrieval { current, error, task }
     }
 }
 
 impl LeaderRetrieval for EtcdRetrieval {
     fn current(&self) -> Option<LeaderInfo> {
         self.current.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
 
@@ -76,9 +83,16 @@ pub(super) async fn next_change(w: &mut WatchStream) -> Result<Option<Option<Lea
     }
 }
 
-/// Leader retrieval: keeps `current` up to date and tells `on_change`.
-async fn follow(ctx: Ctx, current: Arc<Mutex<Option<LeaderInfo>>>, on_change: LeaderSink) {
+/// Leader retrieval: keeps `current` up to date and tells `on_change`; keeps
+/// in `error` why etcd cannot be read or watched, while it cannot.
+async fn follow(
+    ctx: Ctx,
+    current: Arc<Mutex<Option<LeaderInfo>>>,
+    error: Arc<Mutex<Option<String>>>,
+    on_change: LeaderSink,
+) {
     let mut backoff = Backoff::new();
+    let failed = |e: Option<String>| *error.lock().unwrap_or_else(PoisonError::into_inner) = e;
     let set = |l: Option<LeaderInfo>| {
         let mut cur = current.lock().unwrap_or_else(PoisonError::into_inner);
         if *cur != l {
@@ -94,15 +108,18 @@ async fn follow(ctx: Ctx, current: Arc<Mutex<Option<LeaderInfo>>>, on_change: Le
             Ok(x) => x,
             Err(e) => {
                 tracing::debug!("reading the leader from etcd: {e}");
+                failed(Some(e));
                 backoff.wait().await;
                 continue;
             }
         };
+        failed(None);
         set(leader);
         let mut watch = match watch_leader(&ctx, revision + 1).await {
             Ok(w) => w,
             Err(e) => {
                 tracing::debug!("watching the leader in etcd: {e}");
+                failed(Some(e));
                 backoff.wait().await;
                 continue;
             }
