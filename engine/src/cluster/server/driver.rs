@@ -7,8 +7,17 @@
 //!            standalone: Leading for ever (epoch 0, always confirmed)
 //!  HA:  Standby ──Granted(epoch, job records)──► Leading ──Revoked──► Standby
 //!         │ frames answered NotLeader              │ outputs through the gate
-//!         └ (names the leader where known)         └ Renewed: confirmed until …
+//!         │ (names the leader where known)         └ Renewed: confirmed until …
+//!         └ while none is: held, served once Granted
 //! ```
+//!
+//! **A vacancy's frames.** A standby that wins writes the leader key a moment
+//! before it leads (it reads the job store in between), and workers and clients
+//! that follow the key reach it in that moment. So while no leader is known a
+//! standby holds their frames (up to [`HELD_WHILE_VACANT`], for at most
+//! [`HOLD_WHILE_VACANT`]) and serves them once it leads; another's leadership,
+//! or the time running out, refuses them as before — instead of a refusal, a
+//! reconnection and a retry's pause on every failover.
 //!
 //! **The gate.** A leader acts on the cluster only while its leadership is
 //! confirmed (`now` before the last renewal's send time + TTL). Past that, every
@@ -25,14 +34,14 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use shardflow_control::protocol::{ErrorCode, Message};
 use shardflow_control::{ConnId, Coordinator, Output, ResourceManagerId};
 
 use super::super::ha::{HighAvailabilityServices, LeaderElection, LeaderInfo, LeadershipEvent, StoreOp};
-use super::super::link::{send_message, FrameSink, SendError};
+use super::super::link::{send_message, FrameSink, Permit, SendError};
 use super::Event;
 
 /// Makes the coordinator of a leadership of `epoch`, at `now`.
@@ -71,7 +80,38 @@ impl Leader {
 
 enum State {
     Leading(Box<Leader>),
-    Standby(Option<LeaderInfo>),
+    Standby(Standby),
+}
+
+/// A coordinator that does not lead.
+#[derive(Default)]
+struct Standby {
+    /// Who leads, where known.
+    leader: Option<LeaderInfo>,
+    /// Frames that came while no leader was known, in order (each with its
+    /// permit: a connection's frames held count against its reader's limit),
+    /// and when the first came.
+    held: Vec<(ConnId, Message, Permit)>,
+    since: Option<Instant>,
+}
+
+/// The most frames a standby holds while no leader is known.
+pub(super) const HELD_WHILE_VACANT: usize = 256;
+/// How long a standby holds a frame while no leader is known.
+pub(super) const HOLD_WHILE_VACANT: Duration = Duration::from_secs(2);
+
+impl Standby {
+    /// Why a frame of `kind` is not served here.
+    fn refusal(&self, kind: &str) -> Message {
+        let why = match &self.leader {
+            Some(l) => format!(
+                "this coordinator is a standby: the leader is {} (epoch {}); {kind} was not served",
+                l.address, l.epoch
+            ),
+            None => "this coordinator is a standby and no leader is elected yet: try again shortly".into(),
+        };
+        Message::error(ErrorCode::NotLeader, why)
+    }
 }
 
 /// The loop's state.
@@ -133,7 +173,7 @@ impl Driver {
 
     /// A highly available loop, a standby until its election is won.
     pub(super) fn highly_available(rx: Receiver<Event>, ha: Ha) -> Self {
-        Driver { rx, sinks: HashMap::new(), state: State::Standby(None), ha: Some(ha), on_job_end: None }
+        Driver { rx, sinks: HashMap::new(), state: State::Standby(Standby::default()), ha: Some(ha), on_job_end: None }
     }
 
     /// Tells `f` of each job's end from now on.
@@ -152,6 +192,16 @@ impl Driver {
                     Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => break,
                 },
+                State::Standby(Standby { since: Some(since), .. }) => {
+                    match self.rx.recv_deadline(*since + HOLD_WHILE_VACANT) {
+                        Ok(e) => Some(e),
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.refuse_held();
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
                 State::Standby(_) => match self.rx.recv() {
                     Ok(e) => Some(e),
                     Err(_) => break,
@@ -195,19 +245,16 @@ impl Driver {
                 self.sinks.insert(conn, sink);
                 Vec::new()
             }
-            Event::Frame(conn, m, _permit) if self.sinks.contains_key(&conn) => match &mut self.state {
+            Event::Frame(conn, m, permit) if self.sinks.contains_key(&conn) => match &mut self.state {
                 State::Leading(l) => l.c.on_message(now, conn, m),
-                State::Standby(leader) => {
-                    let why = match leader {
-                        Some(l) => format!(
-                            "this coordinator is a standby: the leader is {} (epoch {}); {} was not served",
-                            l.address,
-                            l.epoch,
-                            m.kind_name()
-                        ),
-                        None => "this coordinator is a standby and no leader is elected yet: try again shortly".into(),
-                    };
-                    self.refuse(conn, Message::error(ErrorCode::NotLeader, why));
+                State::Standby(s) if s.leader.is_none() && s.held.len() < HELD_WHILE_VACANT => {
+                    s.held.push((conn, m, permit));
+                    s.since.get_or_insert(now);
+                    Vec::new()
+                }
+                State::Standby(s) => {
+                    let reply = s.refusal(m.kind_name());
+                    self.refuse(conn, reply);
                     Vec::new()
                 }
             },
@@ -231,6 +278,18 @@ impl Driver {
         }
     }
 
+    /// Refuses the frames a standby held (another leads, or the hold ran out).
+    fn refuse_held(&mut self) {
+        let State::Standby(s) = &mut self.state else { return };
+        s.since = None;
+        let held = std::mem::take(&mut s.held);
+        for (conn, m, _permit) in held {
+            let State::Standby(s) = &self.state else { return };
+            let reply = s.refusal(m.kind_name());
+            self.refuse(conn, reply);
+        }
+    }
+
     /// Answers `conn` with `reply` and closes it (a standby's answer).
     fn refuse(&mut self, conn: ConnId, reply: Message) {
         if let Some(mut s) = self.sinks.remove(&conn) {
@@ -247,6 +306,10 @@ impl Driver {
                     tracing::error!(old = l.epoch, epoch, "granted a leadership while leading: the old one ends");
                 }
                 let jobs = records.len();
+                let held = match &mut self.state {
+                    State::Standby(s) => std::mem::take(&mut s.held),
+                    State::Leading(_) => Vec::new(),
+                };
                 let mut c = (ha.make)(ResourceManagerId(epoch), now).with_job_store(now, records);
                 for (&conn, s) in &self.sinks {
                     c.on_connect(conn, s.peer());
@@ -264,7 +327,14 @@ impl Driver {
                     lapse_logged: false,
                 };
                 self.state = State::Leading(Box::new(leader));
-                self.leader().map_or_else(Vec::new, |l| l.c.on_tick(now))
+                let mut outputs = self.leader().map_or_else(Vec::new, |l| l.c.on_tick(now));
+                // What came while it was about to lead, served in order.
+                for (conn, m, _permit) in held {
+                    if let (true, Some(l)) = (self.sinks.contains_key(&conn), self.leader()) {
+                        outputs.extend(l.c.on_message(now, conn, m));
+                    }
+                }
+                outputs
             }
             LeadershipEvent::Renewed { valid_until } => {
                 let Some(l) = self.leader() else { return Vec::new() };
@@ -298,13 +368,17 @@ impl Driver {
                     for (_, mut s) in self.sinks.drain() {
                         s.close();
                     }
-                    self.state = State::Standby(None);
+                    self.state = State::Standby(Standby::default());
                 }
                 Vec::new()
             }
             LeadershipEvent::Leader(info) => {
-                if let State::Standby(known) = &mut self.state {
-                    *known = info;
+                if let State::Standby(s) = &mut self.state {
+                    let another = info.is_some();
+                    s.leader = info;
+                    if another {
+                        self.refuse_held();
+                    }
                 }
                 Vec::new()
             }
@@ -429,5 +503,98 @@ mod tests {
             assert!(!informs(&Output::Send(1, m.clone())), "{} acts: it waits for the leadership", m.kind_name());
         }
         assert!(!informs(&Output::RemoveJob(job)));
+    }
+
+    /// An election and services by hand: the test tells the leadership's events.
+    struct ByHand;
+
+    impl LeaderElection for ByHand {
+        fn store(&self, _: u64, _: StoreOp) {}
+        fn resign(&mut self) {}
+    }
+
+    impl HighAvailabilityServices for ByHand {
+        fn elect(
+            &self,
+            _: String,
+            _: crate::cluster::ha::LeadershipSink,
+        ) -> Result<Box<dyn LeaderElection>, crate::EngineError> {
+            Ok(Box::new(ByHand))
+        }
+        fn follow(
+            &self,
+            _: crate::cluster::ha::LeaderSink,
+        ) -> Result<Box<dyn crate::cluster::ha::LeaderRetrieval>, crate::EngineError> {
+            unreachable!("a coordinator campaigns")
+        }
+        fn leader(&self, _: std::time::Duration) -> Result<LeaderInfo, crate::EngineError> {
+            unreachable!("a coordinator campaigns")
+        }
+    }
+
+    /// A connection's far end: the messages the coordinator sends it, and its close.
+    struct Peer(crossbeam_channel::Sender<Option<Message>>);
+
+    impl FrameSink for Peer {
+        fn try_send(&mut self, frame: Vec<u8>) -> Result<(), SendError> {
+            let (m, _) = decode(&frame, usize::MAX).expect("the coordinator sends whole frames");
+            let _ = self.0.send(Some(m));
+            Ok(())
+        }
+        fn close(&mut self) {
+            let _ = self.0.send(None);
+        }
+        fn abort(&mut self) {
+            let _ = self.0.send(None);
+        }
+        fn peer(&self) -> &str {
+            "test"
+        }
+    }
+
+    #[test]
+    fn a_standby_serves_what_came_in_a_vacancy_once_it_leads_and_refuses_it_once_another_does() {
+        let live = Arc::new(crate::registry::LiveRegistry::new(crate::registry::JobCatalog::new()));
+        let make: MakeCoordinator = Box::new(move |token, now| {
+            let catalog = Box::new(crate::registry::catalog::RegistryCatalog::new(live.clone()));
+            Coordinator::new(shardflow_control::CoordinatorConfig::default(), catalog, token, now)
+        });
+        let (events, rx) = crossbeam_channel::unbounded();
+        let ha = Ha { election: Box::new(ByHand), make, _services: Arc::new(ByHand) };
+        let looper = std::thread::spawn(move || Driver::highly_available(rx, ha).run());
+        let wait = std::time::Duration::from_secs(60);
+        let open = |conn: ConnId| {
+            let (tx, answers) = crossbeam_channel::unbounded();
+            events.send(Event::Open(conn, Box::new(Peer(tx)))).unwrap();
+            events.send(Event::Frame(conn, Message::ListJobs(ListJobs {}), Permit::unbounded())).unwrap();
+            answers
+        };
+        let leadership = |ev| events.send(Event::Leadership(ev)).unwrap();
+
+        // Nobody leads: the request waits, and is served once this one leads.
+        let first = open(1);
+        let valid_until = Instant::now() + std::time::Duration::from_secs(3600);
+        leadership(LeadershipEvent::Granted { epoch: 7, records: vec![], valid_until });
+        let answer = first.recv_timeout(wait).expect("served once it leads");
+        assert!(matches!(answer, Some(Message::JobList(JobList { ref jobs })) if jobs.is_empty()), "{answer:?}");
+
+        // Deposed, then a vacancy again: held until another is named, then refused naming it.
+        leadership(LeadershipEvent::Revoked { reason: "test".into() });
+        assert_eq!(first.recv_timeout(wait).unwrap(), None, "stepping down closes every connection");
+        let second = open(2);
+        let other = LeaderInfo { address: "127.0.0.1:9".into(), epoch: 8 };
+        leadership(LeadershipEvent::Leader(Some(other)));
+        match second.recv_timeout(wait).unwrap() {
+            Some(Message::ErrorReply(e)) => {
+                assert_eq!(e.code, ErrorCode::NotLeader);
+                assert!(e.message.contains("the leader is 127.0.0.1:9 (epoch 8)"), "{}", e.message);
+            }
+            other => panic!("a refusal naming the leader, not {other:?}"),
+        }
+        // With a leader known, a frame is refused at once.
+        let third = open(3);
+        assert!(matches!(third.recv_timeout(wait).unwrap(), Some(Message::ErrorReply(_))));
+        events.send(Event::Shutdown).unwrap();
+        looper.join().unwrap();
     }
 }
