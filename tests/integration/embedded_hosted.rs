@@ -140,6 +140,10 @@ fn the_engines_blocking_calls_on_the_host_thread_run_its_shard() {
         ingress.push_to(0, r).expect("the job takes every request");
         assert_eq!(answers.recv_timeout(TIMEOUT), Ok(r + 1), "answer to {r}");
     }
+    // A spinning read on the host's thread runs the shard too (the answer
+    // could never come while it spun).
+    ingress.push_to(0, 1_000).expect("the job takes every request");
+    assert_eq!(answers.recv_spinning(std::time::Duration::from_secs(3600), TIMEOUT), Ok(1_001));
     // 12 pushes into a queue of 8 nothing else drains: the 9th waits for the
     // shard to run (12 fit once the egress, 8 too, takes answers).
     let mut ingress = ingress;

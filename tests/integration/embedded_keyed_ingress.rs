@@ -126,3 +126,29 @@ fn a_key_selector_that_panics_unwinds_into_the_pusher_and_the_job_takes_the_next
     got.sort_unstable();
     assert_eq!(got, [1, 2, 6, 8], "running sums of keys 1 (1, 1+5) and 2 (2, 2+6); 13 never went in");
 }
+
+/// A reader that looks for each answer without sleeping first gets every
+/// answer, in order; with nothing to come it waits out its timeout, and it
+/// learns of the end of the stream.
+#[test]
+fn a_spinning_reader_gets_every_answer_and_learns_of_the_end() {
+    use std::time::Duration;
+    let engine = small_engine().build().expect("engine starts");
+    let df = Dataflow::new("spinning-reader").parallelism(2);
+    let (requests, mut ingress) = df.ingress_keyed::<u64, u64, _>("requests", QueueBound::records(8), |r| *r);
+    let answers = requests.as_stream().map(|r: &u64| r + 1).name("answer").egress(8);
+    let handle = engine.submit(df.build().expect("an ingress, a map and an egress")).unwrap();
+    let spin = Duration::from_micros(50);
+    for r in 0..2_000u64 {
+        ingress.push(r).expect("the job takes every request");
+        assert_eq!(answers.recv_spinning(spin, TIMEOUT), Ok(r + 1), "answer to {r}");
+    }
+    // Nothing was asked: nothing comes, after the spin and the wait.
+    let wait = Duration::from_millis(20);
+    assert_eq!(answers.recv_spinning(spin, wait), Err(crossbeam_channel::RecvTimeoutError::Timeout));
+    drop(ingress);
+    assert_eq!(answers.recv_spinning(spin, TIMEOUT), Err(crossbeam_channel::RecvTimeoutError::Disconnected));
+    assert_eq!(answers.stopped(), None, "the stream ended complete");
+    handle.wait_timeout(TIMEOUT).expect("the job ends when the ingress handle is dropped");
+    engine.shutdown();
+}

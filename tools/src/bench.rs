@@ -123,6 +123,11 @@ pub(crate) struct BenchArgs {
     /// the keyed step chains into the source, and no request crosses a core.
     #[arg(long)]
     keyed_ingress: bool,
+    /// Roundtrip: look for each answer without sleeping for up to this many
+    /// µs before waiting (`EgressHandle::recv_spinning`): no wake-up of the
+    /// bench's thread when the answer comes within it. Default 0.
+    #[arg(long, default_value_t = 0)]
+    reader_spin_us: u64,
 }
 
 /// Shards when neither flags nor the config file say: two (or every core, if
@@ -155,6 +160,9 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
     }
     if a.keyed_ingress && a.pipeline != Pipeline::Roundtrip {
         bail!("--keyed-ingress: only the roundtrip pipeline has an ingress");
+    }
+    if a.reader_spin_us > 0 && a.pipeline != Pipeline::Roundtrip {
+        bail!("--reader-spin-us: only the roundtrip pipeline has a reader");
     }
     let default_placement = if a.pipeline == Pipeline::Latency { "pack" } else { "spread" };
     let placement_name = a.placement.as_deref().unwrap_or(default_placement);
@@ -212,6 +220,7 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
             let how = Roundtrip {
                 hosted: hosted.is_some(),
                 keyed_ingress: a.keyed_ingress,
+                reader_spin: Duration::from_micros(a.reader_spin_us),
                 show_plan: a.show_plan,
                 show_tasks: a.show_tasks,
             };
@@ -344,6 +353,8 @@ struct Roundtrip {
     hosted: bool,
     /// Requests pushed to their key's subtask (no exchange).
     keyed_ingress: bool,
+    /// How long the reader looks for an answer before it sleeps.
+    reader_spin: Duration,
     /// Print the job's execution plan on stderr.
     show_plan: bool,
     /// Print its subtasks' times on stderr at the end.
@@ -386,7 +397,7 @@ fn roundtrip(
             bail!("the job stopped taking requests at request {r}: {:?}", answers.stopped());
         }
         // On a hosted shard's thread the wait runs the shard.
-        match answers.recv_timeout(ROUNDTRIP_TIMEOUT) {
+        match answers.recv_spinning(how.reader_spin, ROUNDTRIP_TIMEOUT) {
             Ok(answer) => {
                 hist.saturating_record(sent.elapsed().as_nanos() as u64);
                 right += u64::from(answer == r + 1);
@@ -405,7 +416,7 @@ fn roundtrip(
     println!("answered={n} right={right} mean_us={:.1}", hist.mean() / 1000.0);
     println!(
         "shardflow roundtrip N={n} requests_per_s={:.0} wall_s={wall_s:.3} verify={} {} idle={} \
-         startup_s={startup_s:.3} cpu_s={cpu_s:.2} shards={} parallelism={p}{}{}",
+         startup_s={startup_s:.3} cpu_s={cpu_s:.2} shards={} parallelism={p}{}{}{}",
         n as f64 / wall_s,
         verdict(ok),
         quantiles_us(&hist),
@@ -413,6 +424,10 @@ fn roundtrip(
         engine.shards().len(),
         hosted_tag(how.hosted),
         if how.keyed_ingress { " keyed_ingress=true" } else { "" },
+        match how.reader_spin.as_micros() {
+            0 => String::new(),
+            us => format!(" reader_spin_us={us}"),
+        },
     );
     Ok(ok)
 }

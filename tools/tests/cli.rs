@@ -106,6 +106,12 @@ fn bench_roundtrip_answers_every_request_and_reports_its_quantiles() {
         "shardflow roundtrip N=2000 requests_per_s=",
     );
     assert_eq!(field(&line, "keyed_ingress"), "true", "{line}");
+    // Its reader looks for each answer before it sleeps: the same answers.
+    let line = bench_line(
+        &["roundtrip", "--records", "2000", "--segment-bytes", "4096", "--keyed-ingress", "--reader-spin-us", "50"],
+        "shardflow roundtrip N=2000 requests_per_s=",
+    );
+    assert_eq!(field(&line, "reader_spin_us"), "50", "{line}");
 }
 
 #[test]
@@ -132,6 +138,7 @@ fn bad_input_is_one_clear_line_and_a_non_zero_exit() {
         ),
         (&["bench", "latency", "--rate", "0"][..], "error: --rate 0"),
         (&["bench", "exchange", "--keyed-ingress"][..], "error: --keyed-ingress: only the roundtrip pipeline"),
+        (&["bench", "latency", "--reader-spin-us", "5"][..], "error: --reader-spin-us: only the roundtrip pipeline"),
         (
             &["bench", "exchange", "--placement", "source=0"][..],
             "error: explicit placement: vertex 'sink' is not in the map",
