@@ -170,6 +170,17 @@ fn one_thread_reads_three_egresses_through_a_select() {
 }
 
 #[test]
+fn one_thread_reads_three_egresses_through_a_spinning_select() {
+    read_split(6_000, 3, |mut egresses| {
+        let mut all = select(&mut egresses);
+        let got = read_blocking(|| all.recv_spinning(Duration::from_micros(50), TIMEOUT));
+        assert_eq!(all.try_recv(), Err(TryRecvError::Disconnected), "all have ended");
+        drop(all);
+        (got, egresses)
+    });
+}
+
+#[test]
 fn an_awaiting_reader_of_three_egresses_is_woken_by_each() {
     read_split(6_000, 3, |egresses| {
         read_awaiting(egresses, |mut egresses| async move {
@@ -250,6 +261,9 @@ fn a_host_thread_reads_three_egresses_through_a_select_while_its_shard_runs() {
         ingress.push(r).expect("the job takes every request");
         assert_eq!(all.recv_timeout(TIMEOUT), Ok(split(r, 3)), "the answer to request {r}");
     }
+    // A spinning read here runs the shard too: no answer could come while it spun.
+    ingress.push(300).expect("the job takes every request");
+    assert_eq!(all.recv_spinning(Duration::from_secs(3600), TIMEOUT), Ok(split(300, 3)));
     drop(ingress);
     assert_eq!(all.recv_timeout(TIMEOUT), Err(RecvTimeoutError::Disconnected), "all end");
     drop(all);

@@ -77,23 +77,8 @@ impl<T> EgressHandle<T> {
     /// On the thread of a [`crate::HostedShard`] there is nothing to spin for:
     /// the wait runs the shard.
     pub fn recv_spinning(&self, spin: Duration, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        if hosted_here().is_none() {
-            let start = std::time::Instant::now();
-            let until = spin.min(timeout);
-            loop {
-                match self.rx.try_recv() {
-                    Ok(q) => return Ok(self.taken(q)),
-                    Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
-                    Err(TryRecvError::Empty) => {}
-                }
-                if start.elapsed() >= until {
-                    break;
-                }
-                std::hint::spin_loop();
-            }
-            return self.recv_timeout(timeout.saturating_sub(start.elapsed()));
-        }
-        self.recv_timeout(timeout)
+        let mut handle = self;
+        spin_then_wait(&mut handle, spin, timeout, |h: &mut &Self| h.try_recv(), |h, left| h.recv_timeout(left))
     }
 
     /// The next result if one is queued.
@@ -240,6 +225,34 @@ impl<T> EgressHandle<T> {
     /// stream ends (`None` from [`EgressHandle::recv`]) this is final.
     pub fn stopped(&self) -> Option<String> {
         self.stop.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// Looks for a result of `reader` with `try_take` without sleeping for up to
+/// `spin` (within `timeout`), then waits with `wait` for what is left of
+/// `timeout`; on a hosted shard's thread only waits (the wait runs the shard).
+pub(super) fn spin_then_wait<R, T>(
+    reader: &mut R,
+    spin: Duration,
+    timeout: Duration,
+    mut try_take: impl FnMut(&mut R) -> Result<T, TryRecvError>,
+    wait: impl FnOnce(&mut R, Duration) -> Result<T, RecvTimeoutError>,
+) -> Result<T, RecvTimeoutError> {
+    if hosted_here().is_some() {
+        return wait(reader, timeout);
+    }
+    let start = std::time::Instant::now();
+    let until = spin.min(timeout);
+    loop {
+        match try_take(reader) {
+            Ok(result) => return Ok(result),
+            Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+            Err(TryRecvError::Empty) => {}
+        }
+        if start.elapsed() >= until {
+            return wait(reader, timeout.saturating_sub(start.elapsed()));
+        }
+        std::hint::spin_loop();
     }
 }
 

@@ -111,6 +111,14 @@ impl<'h, E> EgressSelect<'h, E> {
         recv_timeout(&self.inputs, &mut self.ended, timeout)
     }
 
+    /// [`EgressSelect::recv_timeout`] after looking for a result without
+    /// sleeping for up to `spin`, as [`EgressHandle::recv_spinning`] does: a
+    /// reader with a core of its own takes a result that comes meanwhile
+    /// without being woken.
+    pub fn recv_spinning(&mut self, spin: Duration, timeout: Duration) -> Result<E, RecvTimeoutError> {
+        super::egress::spin_then_wait(self, spin, timeout, Self::try_recv, |s, left| s.recv_timeout(left))
+    }
+
     /// The next result if one is queued in any egress.
     pub fn try_recv(&mut self) -> Result<E, TryRecvError> {
         match try_next(&self.inputs, &mut self.ended) {
