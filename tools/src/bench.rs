@@ -174,6 +174,16 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
         Some(Idle::Spin) => builder = builder.idle(IdlePolicy::Spin),
         None => {}
     }
+    if let Some(b) = a.segment_bytes {
+        builder = builder.segment_bytes(b);
+    }
+    if let Some(us) = a.min_park_us {
+        builder = builder.min_park(Duration::from_micros(us));
+    }
+    if let Some(ms) = a.flush_timeout_ms {
+        builder = builder.flush_timeout((ms > 0).then(|| Duration::from_millis(ms)));
+    }
+    // Last: the default shards depend on the idle policy the rest settled.
     match (&a.cores, a.shards, &cfg.worker.cores) {
         (Some(list), _, _) => builder = builder.cores(Cores::List(list.clone())),
         (None, Some(n), _) => builder = builder.cores(Cores::Count(n)),
@@ -190,15 +200,6 @@ pub(crate) fn run(a: &BenchArgs, cfg: &ConfigFile) -> Result<Exit> {
             }
             builder = builder.cores(Cores::Count(n));
         }
-    }
-    if let Some(b) = a.segment_bytes {
-        builder = builder.segment_bytes(b);
-    }
-    if let Some(us) = a.min_park_us {
-        builder = builder.min_park(Duration::from_micros(us));
-    }
-    if let Some(ms) = a.flush_timeout_ms {
-        builder = builder.flush_timeout((ms > 0).then(|| Duration::from_millis(ms)));
     }
     let t0 = Instant::now();
     let (engine, mut hosted) = if a.hosted {

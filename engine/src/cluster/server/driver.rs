@@ -88,11 +88,17 @@ enum State {
 struct Standby {
     /// Who leads, where known.
     leader: Option<LeaderInfo>,
-    /// Frames that came while no leader was known, in order (each with its
-    /// permit: a connection's frames held count against its reader's limit),
-    /// and when the first came.
-    held: Vec<(ConnId, Message, Permit)>,
-    since: Option<Instant>,
+    /// Frames that came while no leader was known, in order.
+    held: Vec<HeldFrame>,
+}
+
+/// A frame a standby holds: its permit kept, so a connection's held frames
+/// count against its reader's limit.
+struct HeldFrame {
+    conn: ConnId,
+    message: Message,
+    _permit: Permit,
+    at: Instant,
 }
 
 /// The most frames a standby holds while no leader is known.
@@ -101,6 +107,11 @@ pub(super) const HELD_WHILE_VACANT: usize = 256;
 pub(super) const HOLD_WHILE_VACANT: Duration = Duration::from_secs(2);
 
 impl Standby {
+    /// When the hold of the frames held ends: [`HOLD_WHILE_VACANT`] after the first came.
+    fn hold_ends(&self) -> Option<Instant> {
+        self.held.first().map(|f| f.at + HOLD_WHILE_VACANT)
+    }
+
     /// Why a frame of `kind` is not served here.
     fn refusal(&self, kind: &str) -> Message {
         let why = match &self.leader {
@@ -192,19 +203,19 @@ impl Driver {
                     Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => break,
                 },
-                State::Standby(Standby { since: Some(since), .. }) => {
-                    match self.rx.recv_deadline(*since + HOLD_WHILE_VACANT) {
+                State::Standby(s) => match s.hold_ends() {
+                    Some(until) => match self.rx.recv_deadline(until) {
                         Ok(e) => Some(e),
                         Err(RecvTimeoutError::Timeout) => {
                             self.refuse_held();
                             continue;
                         }
                         Err(RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-                State::Standby(_) => match self.rx.recv() {
-                    Ok(e) => Some(e),
-                    Err(_) => break,
+                    },
+                    None => match self.rx.recv() {
+                        Ok(e) => Some(e),
+                        Err(_) => break,
+                    },
                 },
             };
             let now = Instant::now();
@@ -248,8 +259,7 @@ impl Driver {
             Event::Frame(conn, m, permit) if self.sinks.contains_key(&conn) => match &mut self.state {
                 State::Leading(l) => l.c.on_message(now, conn, m),
                 State::Standby(s) if s.leader.is_none() && s.held.len() < HELD_WHILE_VACANT => {
-                    s.held.push((conn, m, permit));
-                    s.since.get_or_insert(now);
+                    s.held.push(HeldFrame { conn, message: m, _permit: permit, at: now });
                     Vec::new()
                 }
                 State::Standby(s) => {
@@ -281,11 +291,9 @@ impl Driver {
     /// Refuses the frames a standby held (another leads, or the hold ran out).
     fn refuse_held(&mut self) {
         let State::Standby(s) = &mut self.state else { return };
-        s.since = None;
         let held = std::mem::take(&mut s.held);
-        for (conn, m, _permit) in held {
-            let State::Standby(s) = &self.state else { return };
-            let reply = s.refusal(m.kind_name());
+        let refusals: Vec<_> = held.into_iter().map(|f| (f.conn, s.refusal(f.message.kind_name()))).collect();
+        for (conn, reply) in refusals {
             self.refuse(conn, reply);
         }
     }
@@ -329,9 +337,9 @@ impl Driver {
                 self.state = State::Leading(Box::new(leader));
                 let mut outputs = self.leader().map_or_else(Vec::new, |l| l.c.on_tick(now));
                 // What came while it was about to lead, served in order.
-                for (conn, m, _permit) in held {
-                    if let (true, Some(l)) = (self.sinks.contains_key(&conn), self.leader()) {
-                        outputs.extend(l.c.on_message(now, conn, m));
+                for f in held {
+                    if let (true, Some(l)) = (self.sinks.contains_key(&f.conn), self.leader()) {
+                        outputs.extend(l.c.on_message(now, f.conn, f.message));
                     }
                 }
                 outputs
